@@ -1,0 +1,22 @@
+// Two projects: unit tests sit next to the code they test (src/**/*.test.ts);
+// end-to-end tests in test/ run real brokers, HTTP servers and processes.
+// @loadwise/* resolve to sources, so unit tests need no build; e2e tests that
+// spawn the CLIs use the built dist/ (`npm test` builds first).
+const common = {
+  testEnvironment: 'node',
+  transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.jest.json' }] },
+  moduleNameMapper: { '^@loadwise/([a-z-]+)$': '<rootDir>/packages/$1/src' },
+};
+
+/** @type {import('jest').Config} */
+module.exports = {
+  projects: [
+    { ...common, displayName: 'unit', testMatch: ['<rootDir>/packages/*/src/**/*.test.ts'] },
+    {
+      ...common,
+      displayName: 'e2e',
+      testMatch: ['<rootDir>/test/**/*.test.ts', '<rootDir>/bench/**/*.test.ts'],
+      testTimeout: 30000,
+    },
+  ],
+};

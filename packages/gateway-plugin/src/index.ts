@@ -1,0 +1,1 @@
+export { startEmbeddedBroker, type EmbeddedBroker, type EmbeddedBrokerOptions } from './transport/embedded-broker';

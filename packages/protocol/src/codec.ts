@@ -1,0 +1,211 @@
+import { ProtocolError, type ProtocolErrorCode } from './errors';
+import {
+  PROTOCOL_VERSION,
+  type BackendState,
+  type Message,
+  type MetricsReport,
+  type RegistrationMessage,
+  type StatusMessage,
+} from './messages';
+import {
+  DEFAULT_MAX_CLOCK_SKEW_MS,
+  DEFAULT_MAX_TRACKED_BACKENDS,
+  ReplayGuard,
+} from './replay';
+import { assertValidKey, signPayload, splitSignature, verifySignature, type SigningKey } from './signing';
+import {
+  DEFAULT_TOPIC_PREFIX,
+  assertValidBackendId,
+  assertValidPrefix,
+  parseTopic,
+  topicFor,
+} from './topics';
+import { validateMessage } from './validate';
+
+/**
+ * A full metrics report is ~700 bytes. 8 KiB leaves room for growth while a
+ * flood of huge payloads is rejected before any parsing.
+ */
+export const DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024;
+
+export interface EncodedMessage<M extends Message = Message> {
+  topic: string;
+  payload: string;
+  message: M;
+}
+
+/** Encodes a complete message. Throws ProtocolError if it would not decode. */
+export function encodeMessage<M extends Message>(
+  prefix: string,
+  message: M,
+  key?: SigningKey,
+  maxPayloadBytes = DEFAULT_MAX_PAYLOAD_BYTES,
+): EncodedMessage<M> {
+  const failure = validateMessage(message);
+  if (failure) {
+    throw new ProtocolError(failure.code, `cannot encode ${message.kind ?? 'message'}: field ${failure.path}`);
+  }
+  const topic = topicFor(prefix, message.backendId, message.kind);
+  const json = JSON.stringify(message);
+  const payload = key ? signPayload(topic, json, key) : json;
+  if (Buffer.byteLength(payload) > maxPayloadBytes) {
+    throw new ProtocolError('LW_PROTO_TOO_LARGE', `encoded ${message.kind} is over ${maxPayloadBytes} bytes`);
+  }
+  return { topic, payload, message };
+}
+
+export interface EncoderOptions {
+  backendId: string;
+  prefix?: string;
+  /** Sign every message with this key. */
+  key?: SigningKey;
+  /** Clock for `ts` and `epochMs`; injectable for tests. */
+  now?: () => number;
+  maxPayloadBytes?: number;
+}
+
+type Body<M extends Message> = Omit<M, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'>;
+
+/** One agent's encoder: stamps version, ids, (epochMs, seq) and ts on every message. */
+export interface Encoder {
+  readonly backendId: string;
+  readonly epochMs: number;
+  metrics(body: Body<MetricsReport>): EncodedMessage<MetricsReport>;
+  status(state: BackendState, extra?: { will?: boolean; reason?: string }): EncodedMessage<StatusMessage>;
+  registration(url: string, weight?: number): EncodedMessage<RegistrationMessage>;
+}
+
+export function createEncoder(opts: EncoderOptions): Encoder {
+  const prefix = opts.prefix ?? DEFAULT_TOPIC_PREFIX;
+  assertValidPrefix(prefix);
+  assertValidBackendId(opts.backendId);
+  if (opts.key) assertValidKey(opts.key);
+  const now = opts.now ?? Date.now;
+  const epochMs = now();
+  let seq = 0;
+  const stamp = <M extends Message>(kind: M['kind'], body: object): EncodedMessage<M> => {
+    const message = {
+      v: PROTOCOL_VERSION,
+      kind,
+      backendId: opts.backendId,
+      epochMs,
+      seq: seq++,
+      ts: now(),
+      ...body,
+    } as M;
+    return encodeMessage(prefix, message, opts.key, opts.maxPayloadBytes);
+  };
+  return {
+    backendId: opts.backendId,
+    epochMs,
+    metrics: (body) => stamp<MetricsReport>('metrics', body),
+    status: (state, extra = {}) =>
+      stamp<StatusMessage>('status', {
+        state,
+        ...(extra.will ? { will: true } : {}),
+        ...(extra.reason ? { reason: extra.reason } : {}),
+      }),
+    registration: (url, weight) =>
+      stamp<RegistrationMessage>('register', weight === undefined ? { url } : { url, weight }),
+  };
+}
+
+export interface DecoderOptions {
+  prefix?: string;
+  maxPayloadBytes?: number;
+  /** Verification keys. With keys, unsigned messages are rejected unless requireSignature is false. */
+  keys?: readonly SigningKey[];
+  requireSignature?: boolean;
+  maxClockSkewMs?: number;
+  maxTrackedBackends?: number;
+  now?: () => number;
+}
+
+export type DecodeResult =
+  | { ok: true; message: Message; keyId: string | undefined }
+  | { ok: false; code: ProtocolErrorCode; detail: string; backendId: string | undefined };
+
+export interface DecodeMeta {
+  /** The MQTT retain flag of the delivered message. */
+  retained?: boolean;
+}
+
+export interface Decoder {
+  /** Never throws: every failure is a result with a stable code. */
+  decode(topic: string, payload: Buffer | string, meta?: DecodeMeta): DecodeResult;
+  /** Drops replay state for a backend (e.g. when it is removed). */
+  forget(backendId: string): void;
+}
+
+export function createDecoder(opts: DecoderOptions = {}): Decoder {
+  const prefix = opts.prefix ?? DEFAULT_TOPIC_PREFIX;
+  assertValidPrefix(prefix);
+  const maxBytes = opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+  if (!Number.isSafeInteger(maxBytes) || maxBytes < 256) {
+    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'maxPayloadBytes must be an integer >= 256');
+  }
+  const keys = new Map<string, Buffer>();
+  for (const key of opts.keys ?? []) {
+    assertValidKey(key);
+    keys.set(key.keyId, key.secret);
+  }
+  const requireSignature = opts.requireSignature ?? keys.size > 0;
+  if (requireSignature && keys.size === 0) {
+    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'requireSignature needs at least one key');
+  }
+  const maxClockSkewMs = opts.maxClockSkewMs ?? DEFAULT_MAX_CLOCK_SKEW_MS;
+  if (!Number.isFinite(maxClockSkewMs) || maxClockSkewMs <= 0) {
+    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'maxClockSkewMs must be a positive number');
+  }
+  const guard = new ReplayGuard({
+    maxClockSkewMs,
+    checkClockSkew: keys.size > 0,
+    maxTrackedBackends: opts.maxTrackedBackends ?? DEFAULT_MAX_TRACKED_BACKENDS,
+    now: opts.now ?? Date.now,
+  });
+
+  const fail = (code: ProtocolErrorCode, detail: string, backendId?: string): DecodeResult => ({
+    ok: false,
+    code,
+    detail,
+    backendId,
+  });
+
+  return {
+    forget: (backendId) => guard.forget(backendId),
+    decode(topic, payload, meta = {}) {
+      const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
+      if (size > maxBytes) return fail('LW_PROTO_TOO_LARGE', `${size} bytes > ${maxBytes}`);
+      const parsedTopic = parseTopic(prefix, topic);
+      if (!parsedTopic.ok) return fail(parsedTopic.code, `topic ${JSON.stringify(topic.slice(0, 200))}`);
+      const { backendId, kind } = parsedTopic.value;
+
+      const text = typeof payload === 'string' ? payload : payload.toString('utf8');
+      const split = splitSignature(text);
+      if (!split) return fail('LW_PROTO_MALFORMED_JSON', 'unrecognised trailer after the JSON body', backendId);
+      let keyId: string | undefined;
+      if (split.keyId !== undefined && keys.size > 0) {
+        const bad = verifySignature(topic, split.body, split.keyId, split.signature ?? '', keys);
+        if (bad) return fail(bad, `key id ${JSON.stringify(split.keyId.slice(0, 64))}`, backendId);
+        keyId = split.keyId;
+      } else if (requireSignature) {
+        return fail('LW_PROTO_UNSIGNED', 'signature required', backendId);
+      }
+
+      let value: unknown;
+      try {
+        value = JSON.parse(split.body);
+      } catch (err) {
+        return fail('LW_PROTO_MALFORMED_JSON', (err as Error).message.slice(0, 200), backendId);
+      }
+      const invalid = validateMessage(value, parsedTopic.value);
+      if (invalid) return fail(invalid.code, `${kind} field ${invalid.path}`, backendId);
+      const message = value as Message;
+      const replay = guard.check(message, meta.retained === true);
+      if (replay) {
+        return fail(replay, `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}`, backendId);
+      }
+      return { ok: true, message, keyId };
+    },
+  };
+}

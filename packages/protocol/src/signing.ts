@@ -1,0 +1,114 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { ProtocolError, type ProtocolErrorCode } from './errors';
+
+/**
+ * Signed payloads are the JSON text followed by one trailer line:
+ *
+ *     {"v":1,...}\nsig1 <keyId> <base64url HMAC-SHA256(secret, topic + "\n" + json)>
+ *
+ * JSON.stringify never emits a raw newline, so the last "\n" splits body from
+ * trailer without parsing, and the verifier hashes the exact bytes it received
+ * (no canonicalisation). The topic is inside the MAC, so a signed report for
+ * one backend cannot be replayed onto another backend's topic.
+ */
+export const SIGNATURE_PREFIX = 'sig1 ';
+export const MIN_SECRET_BYTES = 16;
+const KEY_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const MAC_BYTES = 32;
+
+export interface SigningKey {
+  keyId: string;
+  secret: Buffer;
+}
+
+export function assertValidKey(key: SigningKey): void {
+  if (!key || typeof key.keyId !== 'string' || !KEY_ID_RE.test(key.keyId)) {
+    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'key id must be 1-64 characters of [A-Za-z0-9._-]');
+  }
+  if (!Buffer.isBuffer(key.secret) || key.secret.length < MIN_SECRET_BYTES) {
+    throw new ProtocolError(
+      'LW_PROTO_INVALID_OPTION',
+      `key ${key.keyId}: secret must be at least ${MIN_SECRET_BYTES} bytes`,
+    );
+  }
+}
+
+function mac(secret: Buffer, topic: string, body: string): Buffer {
+  return createHmac('sha256', secret).update(topic).update('\n').update(body).digest();
+}
+
+export function signPayload(topic: string, json: string, key: SigningKey): string {
+  return `${json}\n${SIGNATURE_PREFIX}${key.keyId} ${mac(key.secret, topic, json).toString('base64url')}`;
+}
+
+export interface SplitPayload {
+  body: string;
+  /** Present when the payload carries a trailer. */
+  keyId?: string;
+  signature?: string;
+}
+
+/** Separates the JSON body from a signature trailer, if any. Never throws. */
+export function splitSignature(text: string): SplitPayload | undefined {
+  const nl = text.lastIndexOf('\n');
+  if (nl < 0) return { body: text };
+  const trailer = text.slice(nl + 1);
+  if (!trailer.startsWith(SIGNATURE_PREFIX)) return undefined;
+  const space = trailer.indexOf(' ', SIGNATURE_PREFIX.length);
+  if (space < 0) return undefined;
+  return {
+    body: text.slice(0, nl),
+    keyId: trailer.slice(SIGNATURE_PREFIX.length, space),
+    signature: trailer.slice(space + 1),
+  };
+}
+
+export function verifySignature(
+  topic: string,
+  body: string,
+  keyId: string,
+  signature: string,
+  keys: ReadonlyMap<string, Buffer>,
+): ProtocolErrorCode | undefined {
+  const secret = keys.get(keyId);
+  if (!secret) return 'LW_PROTO_UNKNOWN_KEY';
+  const given = Buffer.from(signature, 'base64url');
+  // Lengths are public (every MAC is 32 bytes); the comparison of the bytes is
+  // constant-time so the MAC cannot be guessed byte by byte.
+  if (given.length !== MAC_BYTES) return 'LW_PROTO_BAD_SIGNATURE';
+  return timingSafeEqual(given, mac(secret, topic, body)) ? undefined : 'LW_PROTO_BAD_SIGNATURE';
+}
+
+/**
+ * Parses a key file: one key per line, `<keyId> <secret>`, the secret in
+ * base64 (`openssl rand -base64 32`) or as `hex:<hex>`. Blank lines and lines
+ * starting with `#` are ignored. Several keys allow rotation: agents sign with
+ * one, gateways accept all listed.
+ */
+export function parseKeyFile(text: string): SigningKey[] {
+  const keys: SigningKey[] = [];
+  text.split(/\r?\n/).forEach((raw, index) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const parts = line.split(/\s+/);
+    if (parts.length !== 2) {
+      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: expected "<keyId> <secret>"`);
+    }
+    const [keyId, encoded] = parts as [string, string];
+    const secret = encoded.startsWith('hex:')
+      ? Buffer.from(encoded.slice(4), 'hex')
+      : Buffer.from(encoded, 'base64');
+    const key = { keyId, secret };
+    try {
+      assertValidKey(key);
+    } catch (err) {
+      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: ${(err as Error).message}`);
+    }
+    if (keys.some((k) => k.keyId === keyId)) {
+      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: duplicate key id ${keyId}`);
+    }
+    keys.push(key);
+  });
+  if (keys.length === 0) throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'key file holds no keys');
+  return keys;
+}
