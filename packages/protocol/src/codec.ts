@@ -7,12 +7,14 @@ import {
   type RegistrationMessage,
   type StatusMessage,
 } from './messages';
+import { DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_TRACKED_BACKENDS, ReplayGuard } from './replay';
 import {
-  DEFAULT_MAX_CLOCK_SKEW_MS,
-  DEFAULT_MAX_TRACKED_BACKENDS,
-  ReplayGuard,
-} from './replay';
-import { assertValidKey, signPayload, splitSignature, verifySignature, type SigningKey } from './signing';
+  assertValidKey,
+  signPayload,
+  splitSignature,
+  verifySignature,
+  type SigningKey,
+} from './signing';
 import {
   DEFAULT_TOPIC_PREFIX,
   assertValidBackendId,
@@ -43,13 +45,19 @@ export function encodeMessage<M extends Message>(
 ): EncodedMessage<M> {
   const failure = validateMessage(message);
   if (failure) {
-    throw new ProtocolError(failure.code, `cannot encode ${message.kind ?? 'message'}: field ${failure.path}`);
+    throw new ProtocolError(
+      failure.code,
+      `cannot encode ${message.kind ?? 'message'}: field ${failure.path}`,
+    );
   }
   const topic = topicFor(prefix, message.backendId, message.kind);
   const json = JSON.stringify(message);
   const payload = key ? signPayload(topic, json, key) : json;
   if (Buffer.byteLength(payload) > maxPayloadBytes) {
-    throw new ProtocolError('LW_PROTO_TOO_LARGE', `encoded ${message.kind} is over ${maxPayloadBytes} bytes`);
+    throw new ProtocolError(
+      'LW_PROTO_TOO_LARGE',
+      `encoded ${message.kind} is over ${maxPayloadBytes} bytes`,
+    );
   }
   return { topic, payload, message };
 }
@@ -71,7 +79,10 @@ export interface Encoder {
   readonly backendId: string;
   readonly epochMs: number;
   metrics(body: Body<MetricsReport>): EncodedMessage<MetricsReport>;
-  status(state: BackendState, extra?: { will?: boolean; reason?: string }): EncodedMessage<StatusMessage>;
+  status(
+    state: BackendState,
+    extra?: { will?: boolean; reason?: string },
+  ): EncodedMessage<StatusMessage>;
   registration(url: string, weight?: number): EncodedMessage<RegistrationMessage>;
 }
 
@@ -177,12 +188,18 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
       if (size > maxBytes) return fail('LW_PROTO_TOO_LARGE', `${size} bytes > ${maxBytes}`);
       const parsedTopic = parseTopic(prefix, topic);
-      if (!parsedTopic.ok) return fail(parsedTopic.code, `topic ${JSON.stringify(topic.slice(0, 200))}`);
+      if (!parsedTopic.ok)
+        return fail(parsedTopic.code, `topic ${JSON.stringify(topic.slice(0, 200))}`);
       const { backendId, kind } = parsedTopic.value;
 
       const text = typeof payload === 'string' ? payload : payload.toString('utf8');
       const split = splitSignature(text);
-      if (!split) return fail('LW_PROTO_MALFORMED_JSON', 'unrecognised trailer after the JSON body', backendId);
+      if (!split)
+        return fail(
+          'LW_PROTO_MALFORMED_JSON',
+          'unrecognised trailer after the JSON body',
+          backendId,
+        );
       let keyId: string | undefined;
       if (split.keyId !== undefined && keys.size > 0) {
         const bad = verifySignature(topic, split.body, split.keyId, split.signature ?? '', keys);
@@ -203,7 +220,11 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       const message = value as Message;
       const replay = guard.check(message, meta.retained === true);
       if (replay) {
-        return fail(replay, `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}`, backendId);
+        return fail(
+          replay,
+          `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}`,
+          backendId,
+        );
       }
       return { ok: true, message, keyId };
     },

@@ -15,7 +15,8 @@ export const PROTOCOL_ERRORS = {
   LW_PROTO_WRONG_TYPE: 'a field has the wrong type',
   LW_PROTO_NOT_FINITE: 'a number is NaN or Infinity',
   LW_PROTO_NEGATIVE: 'a count, size or duration is negative',
-  LW_PROTO_OUT_OF_RANGE: 'a number is outside its range (utilization above 1, non-integer count, ...)',
+  LW_PROTO_OUT_OF_RANGE:
+    'a number is outside its range (utilization above 1, non-integer count, ...)',
   LW_PROTO_INVALID_VALUE: 'a string field has a value outside its allowed set or format',
   LW_PROTO_UNSIGNED: 'signatures are required and the message carries none',
   LW_PROTO_BAD_SIGNATURE: 'signature does not match the topic and payload',

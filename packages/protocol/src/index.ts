@@ -1,7 +1,12 @@
 export * from './errors';
 export * from './topics';
 export * from './messages';
-export { validateMessage, MAX_REASON_LENGTH, MAX_URL_LENGTH, type ValidationFailure } from './validate';
+export {
+  validateMessage,
+  MAX_REASON_LENGTH,
+  MAX_URL_LENGTH,
+  type ValidationFailure,
+} from './validate';
 export * from './signing';
 export { ReplayGuard, DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_TRACKED_BACKENDS } from './replay';
 export * from './codec';

@@ -45,7 +45,8 @@ export class ReplayGuard {
   check(message: Message, retained: boolean): ProtocolErrorCode | undefined {
     const now = this.opts.now();
     const skew = this.opts.maxClockSkewMs;
-    const isWill = message.kind === 'status' && message.will === true && message.state === 'offline';
+    const isWill =
+      message.kind === 'status' && message.will === true && message.state === 'offline';
     if (this.opts.checkClockSkew) {
       if (message.ts > now + skew) return 'LW_PROTO_CLOCK_SKEW';
       if (!retained && !isWill && message.ts < now - skew) return 'LW_PROTO_CLOCK_SKEW';
@@ -60,7 +61,8 @@ export class ReplayGuard {
     }
     if (last) {
       const newer =
-        message.epochMs > last.epochMs || (message.epochMs === last.epochMs && message.seq > last.seq);
+        message.epochMs > last.epochMs ||
+        (message.epochMs === last.epochMs && message.seq > last.seq);
       if (!newer) return 'LW_PROTO_REPLAY';
       last.epochMs = message.epochMs;
       last.seq = message.seq;

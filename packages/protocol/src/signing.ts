@@ -23,7 +23,10 @@ export interface SigningKey {
 
 export function assertValidKey(key: SigningKey): void {
   if (!key || typeof key.keyId !== 'string' || !KEY_ID_RE.test(key.keyId)) {
-    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'key id must be 1-64 characters of [A-Za-z0-9._-]');
+    throw new ProtocolError(
+      'LW_PROTO_INVALID_OPTION',
+      'key id must be 1-64 characters of [A-Za-z0-9._-]',
+    );
   }
   if (!Buffer.isBuffer(key.secret) || key.secret.length < MIN_SECRET_BYTES) {
     throw new ProtocolError(
@@ -92,7 +95,10 @@ export function parseKeyFile(text: string): SigningKey[] {
     if (line === '' || line.startsWith('#')) return;
     const parts = line.split(/\s+/);
     if (parts.length !== 2) {
-      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: expected "<keyId> <secret>"`);
+      throw new ProtocolError(
+        'LW_PROTO_INVALID_OPTION',
+        `key file line ${index + 1}: expected "<keyId> <secret>"`,
+      );
     }
     const [keyId, encoded] = parts as [string, string];
     const secret = encoded.startsWith('hex:')
@@ -102,13 +108,20 @@ export function parseKeyFile(text: string): SigningKey[] {
     try {
       assertValidKey(key);
     } catch (err) {
-      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: ${(err as Error).message}`);
+      throw new ProtocolError(
+        'LW_PROTO_INVALID_OPTION',
+        `key file line ${index + 1}: ${(err as Error).message}`,
+      );
     }
     if (keys.some((k) => k.keyId === keyId)) {
-      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: duplicate key id ${keyId}`);
+      throw new ProtocolError(
+        'LW_PROTO_INVALID_OPTION',
+        `key file line ${index + 1}: duplicate key id ${keyId}`,
+      );
     }
     keys.push(key);
   });
-  if (keys.length === 0) throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'key file holds no keys');
+  if (keys.length === 0)
+    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'key file holds no keys');
   return keys;
 }

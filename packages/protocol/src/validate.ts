@@ -72,21 +72,24 @@ class Validator {
 
   num(o: Obj, key: string, path: string, shape: Num, required: boolean): boolean {
     const value = o[key];
-    if (value === undefined) return required ? this.fail('LW_PROTO_MISSING_FIELD', path + key) : true;
+    if (value === undefined)
+      return required ? this.fail('LW_PROTO_MISSING_FIELD', path + key) : true;
     const code = numberCode(value, shape);
     return code === undefined ? true : this.fail(code, path + key);
   }
 
   oneOf(o: Obj, key: string, path: string, allowed: readonly string[], required: boolean): boolean {
     const value = o[key];
-    if (value === undefined) return required ? this.fail('LW_PROTO_MISSING_FIELD', path + key) : true;
+    if (value === undefined)
+      return required ? this.fail('LW_PROTO_MISSING_FIELD', path + key) : true;
     if (typeof value !== 'string') return this.fail('LW_PROTO_WRONG_TYPE', path + key);
     return allowed.includes(value) ? true : this.fail('LW_PROTO_INVALID_VALUE', path + key);
   }
 
   text(o: Obj, key: string, path: string, maxLength: number, required: boolean): boolean {
     const value = o[key];
-    if (value === undefined) return required ? this.fail('LW_PROTO_MISSING_FIELD', path + key) : true;
+    if (value === undefined)
+      return required ? this.fail('LW_PROTO_MISSING_FIELD', path + key) : true;
     if (typeof value !== 'string') return this.fail('LW_PROTO_WRONG_TYPE', path + key);
     return value.length <= maxLength ? true : this.fail('LW_PROTO_OUT_OF_RANGE', path + key);
   }
@@ -182,7 +185,12 @@ function validateRegistration(v: Validator, o: Obj): void {
   } catch {
     url = undefined;
   }
-  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.username || url.password) {
+  if (
+    !url ||
+    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
+    url.username ||
+    url.password
+  ) {
     v.fail('LW_PROTO_INVALID_VALUE', 'url');
   }
 }
@@ -197,14 +205,20 @@ export function validateMessage(
   topic?: { backendId: string; kind: MessageKind },
 ): ValidationFailure | undefined {
   const v = new Validator();
-  if (!isObj(value)) return v.fail('LW_PROTO_WRONG_TYPE', '$'), v.failure;
+  if (!isObj(value)) return (v.fail('LW_PROTO_WRONG_TYPE', '$'), v.failure);
   if (value.v !== PROTOCOL_VERSION) {
-    return { code: value.v === undefined ? 'LW_PROTO_MISSING_FIELD' : 'LW_PROTO_UNKNOWN_VERSION', path: 'v' };
+    return {
+      code: value.v === undefined ? 'LW_PROTO_MISSING_FIELD' : 'LW_PROTO_UNKNOWN_VERSION',
+      path: 'v',
+    };
   }
   const kind = value.kind;
   if (kind === undefined) return { code: 'LW_PROTO_MISSING_FIELD', path: 'kind' };
   if (kind !== 'metrics' && kind !== 'status' && kind !== 'register') {
-    return { code: typeof kind === 'string' ? 'LW_PROTO_UNKNOWN_KIND' : 'LW_PROTO_WRONG_TYPE', path: 'kind' };
+    return {
+      code: typeof kind === 'string' ? 'LW_PROTO_UNKNOWN_KIND' : 'LW_PROTO_WRONG_TYPE',
+      path: 'kind',
+    };
   }
   const id = value.backendId;
   if (id === undefined) return { code: 'LW_PROTO_MISSING_FIELD', path: 'backendId' };
@@ -224,4 +238,3 @@ export function validateMessage(
   } else validateRegistration(v, value);
   return v.failure;
 }
-

@@ -1,0 +1,285 @@
+import { createDecoder, createEncoder, encodeMessage } from './codec';
+import { ProtocolError } from './errors';
+import type { MetricsReport } from './messages';
+import type { SigningKey } from './signing';
+
+const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 9) };
+const body: Omit<MetricsReport, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'> = {
+  intervalMs: 1000,
+  state: 'online',
+  host: { cpuUtilization: 0.5, memoryUtilization: 0.25, memoryAvailableBytes: 1 << 30 },
+  queue: { inFlight: 4, queued: 1, source: { inFlight: 'tracker', queued: 'tracker' } },
+  concurrencyLimit: 8,
+  health: { verdict: 'up' },
+};
+
+function clock(start = 1_800_000_000_000) {
+  let t = start;
+  return { now: () => t, advance: (ms: number) => (t += ms) };
+}
+
+describe('encoder', () => {
+  it('stamps version, ids and an increasing sequence, and round-trips through the decoder', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', prefix: 'site/eu', now: c.now });
+    const dec = createDecoder({ prefix: 'site/eu', now: c.now });
+    const a = enc.metrics(body);
+    c.advance(1000);
+    const b = enc.metrics(body);
+    expect(a.topic).toBe('site/eu/v1/backends/b1/metrics');
+    expect([a.message.seq, b.message.seq]).toEqual([0, 1]);
+    expect(a.message.epochMs).toBe(b.message.epochMs);
+    expect(dec.decode(a.topic, Buffer.from(a.payload))).toEqual({
+      ok: true,
+      message: a.message,
+      keyId: undefined,
+    });
+    expect(dec.decode(b.topic, b.payload)).toMatchObject({
+      ok: true,
+      message: { seq: 1, ts: a.message.ts + 1000 },
+    });
+  });
+
+  it('round-trips status, will and registration messages, signed', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', key, now: c.now });
+    const dec = createDecoder({ keys: [key], now: c.now });
+    for (const m of [
+      enc.status('online'),
+      enc.status('draining', { reason: 'deploy' }),
+      enc.registration('https://10.1.2.3:8443', 3),
+    ]) {
+      expect(dec.decode(m.topic, m.payload)).toEqual({ ok: true, message: m.message, keyId: 'k1' });
+    }
+    const will = enc.status('offline', { will: true });
+    expect(will.message).toMatchObject({ state: 'offline', will: true });
+    expect(dec.decode(will.topic, will.payload).ok).toBe(true);
+  });
+
+  it('refuses to encode what would not decode, with the decoder code', () => {
+    const enc = createEncoder({ backendId: 'b1' });
+    const bad = (patch: object) => () => enc.metrics({ ...body, ...patch } as typeof body);
+    expect(bad({ host: { ...body.host, cpuUtilization: Number.NaN } })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_NOT_FINITE' }),
+    );
+    expect(bad({ intervalMs: 0 })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_OUT_OF_RANGE' }),
+    );
+    expect(bad({ health: { verdict: 'up', reason: 'x'.repeat(201) } })).toThrow(ProtocolError);
+    expect(() =>
+      encodeMessage('loadwise', { ...enc.metrics(body).message, backendId: 'a/b' }),
+    ).toThrow(expect.objectContaining({ code: 'LW_PROTO_INVALID_BACKEND_ID' }));
+  });
+
+  it('rejects invalid options with coded errors', () => {
+    expect(() => createEncoder({ backendId: 'has space' })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_INVALID_BACKEND_ID' }),
+    );
+    expect(() => createEncoder({ backendId: 'b', prefix: 'a/#' })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
+    );
+    expect(() =>
+      createEncoder({ backendId: 'b', key: { keyId: 'k', secret: Buffer.alloc(8) } }),
+    ).toThrow(expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }));
+    expect(() => createDecoder({ prefix: '/abs' })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
+    );
+    expect(() => createDecoder({ maxPayloadBytes: 10 })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
+    );
+    expect(() => createDecoder({ requireSignature: true })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
+    );
+    expect(() => createDecoder({ maxClockSkewMs: Number.NaN })).toThrow(
+      expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
+    );
+  });
+});
+
+describe('decoder never throws', () => {
+  const dec = createDecoder();
+  const topic = 'loadwise/v1/backends/b1/metrics';
+  it.each<[string, string | Buffer]>([
+    ['empty', ''],
+    ['null', 'null'],
+    ['array', '[1,2]'],
+    ['number', '42'],
+    ['binary', Buffer.from([0xff, 0xfe, 0x00, 0x01])],
+    ['trailer garbage', '{}\nnot a trailer'],
+    ['proto pollution', '{"__proto__":{"v":1},"v":1,"kind":"metrics","backendId":"b1"}'],
+    ['deep nesting', '['.repeat(5000) + ']'.repeat(5000)],
+  ])('%s payload gives a coded result', (_name, payload) => {
+    const result = dec.decode(topic, payload);
+    expect(result.ok).toBe(false);
+    expect(!result.ok && result.code).toMatch(/^LW_PROTO_/);
+  });
+
+  it('codes each bad number distinctly', () => {
+    const enc = createEncoder({ backendId: 'b1' });
+    const good = JSON.parse(enc.metrics(body).payload);
+    const codeFor = (mutate: (m: typeof good) => void) => {
+      const m = structuredClone(good);
+      mutate(m);
+      m.seq = Math.floor(Math.random() * 1e9) + 1;
+      const r = createDecoder().decode(topic, JSON.stringify(m));
+      return r.ok ? 'ok' : r.code;
+    };
+    expect(codeFor((m) => (m.queue.inFlight = 1.5))).toBe('LW_PROTO_OUT_OF_RANGE');
+    expect(codeFor((m) => (m.queue.inFlight = -3))).toBe('LW_PROTO_NEGATIVE');
+    expect(codeFor((m) => (m.queue.inFlight = null))).toBe('LW_PROTO_WRONG_TYPE');
+    expect(codeFor((m) => (m.queue.source = { inFlight: 'guess' }))).toBe('LW_PROTO_INVALID_VALUE');
+    expect(codeFor((m) => (m.queue.source = { depth: 'tracker' }))).toBe('LW_PROTO_INVALID_VALUE');
+    expect(codeFor((m) => (m.health = 'up'))).toBe('LW_PROTO_WRONG_TYPE');
+    expect(codeFor((m) => delete m.state)).toBe('LW_PROTO_MISSING_FIELD');
+    expect(codeFor((m) => delete m.v)).toBe('LW_PROTO_MISSING_FIELD');
+    expect(codeFor((m) => (m.kind = 5))).toBe('LW_PROTO_WRONG_TYPE');
+    expect(codeFor((m) => (m.extraFromNewerAgent = { x: 1 }))).toBe('ok');
+  });
+
+  it('rejects a registration whose url is not a plain http(s) URL', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', now: c.now });
+    const base = JSON.parse(enc.registration('http://127.0.0.1:1').payload);
+    const regTopic = 'loadwise/v1/backends/b1/register';
+    for (const url of ['ftp://x', 'http://user:pw@h/', 'not a url', 'javascript:alert(1)']) {
+      const r = createDecoder({ now: c.now }).decode(regTopic, JSON.stringify({ ...base, url }));
+      expect(!r.ok && r.code).toBe('LW_PROTO_INVALID_VALUE');
+    }
+  });
+});
+
+describe('replay protection', () => {
+  it('drops repeated and older sequence numbers; a restarted agent (newer epoch) is accepted', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', key, now: c.now });
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const m0 = enc.metrics(body);
+    const m1 = enc.metrics(body);
+    expect(dec.decode(m1.topic, m1.payload).ok).toBe(true);
+    expect(dec.decode(m1.topic, m1.payload)).toMatchObject({
+      ok: false,
+      code: 'LW_PROTO_REPLAY',
+      backendId: 'b1',
+    });
+    expect(dec.decode(m0.topic, m0.payload)).toMatchObject({ ok: false, code: 'LW_PROTO_REPLAY' });
+    c.advance(10);
+    const restarted = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    expect(restarted.message.seq).toBe(0);
+    expect(dec.decode(restarted.topic, restarted.payload).ok).toBe(true);
+  });
+
+  it('tracks each backend separately', () => {
+    const c = clock();
+    const dec = createDecoder({ now: c.now });
+    const a = createEncoder({ backendId: 'a', now: c.now }).metrics(body);
+    const b = createEncoder({ backendId: 'b', now: c.now }).metrics(body);
+    expect(dec.decode(a.topic, a.payload).ok).toBe(true);
+    expect(dec.decode(b.topic, b.payload).ok).toBe(true);
+  });
+
+  it('rejects signed messages outside the skew window, except retained ones and wills', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', key, now: c.now });
+    const online = enc.status('online');
+    const will = enc.status('offline', { will: true });
+    const metrics = enc.metrics(body);
+    c.advance(60_000);
+    const dec = createDecoder({ keys: [key], now: c.now, maxClockSkewMs: 30_000 });
+    expect(dec.decode(metrics.topic, metrics.payload)).toMatchObject({
+      ok: false,
+      code: 'LW_PROTO_CLOCK_SKEW',
+    });
+    // A retained status is old by design when a gateway subscribes [MQTT-3.3.1-8].
+    expect(dec.decode(online.topic, online.payload, { retained: true }).ok).toBe(true);
+    // The will was built at connect time; it fires much later.
+    expect(dec.decode(will.topic, will.payload).ok).toBe(true);
+    const future = createEncoder({ backendId: 'b2', key, now: () => c.now() + 120_000 }).metrics(
+      body,
+    );
+    expect(dec.decode(future.topic, future.payload, { retained: true })).toMatchObject({
+      code: 'LW_PROTO_CLOCK_SKEW',
+    });
+  });
+
+  it('rejects a will from an older epoch (a replayed will of a previous agent run)', () => {
+    const c = clock();
+    const oldWill = createEncoder({ backendId: 'b1', key, now: c.now }).status('offline', {
+      will: true,
+    });
+    c.advance(1000);
+    const current = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    const dec = createDecoder({ keys: [key], now: c.now });
+    expect(dec.decode(current.topic, current.payload).ok).toBe(true);
+    expect(dec.decode(oldWill.topic, oldWill.payload)).toMatchObject({
+      ok: false,
+      code: 'LW_PROTO_REPLAY',
+    });
+  });
+
+  it('forgets a backend silent for twice the skew window, so a clock stepped back heals', () => {
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now, maxClockSkewMs: 1000 });
+    const first = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    expect(dec.decode(first.topic, first.payload).ok).toBe(true);
+    // Agent restarts with a clock 500 ms behind: its epoch is older.
+    const behind = createEncoder({ backendId: 'b1', key, now: () => c.now() - 500 });
+    const m = behind.metrics(body);
+    expect(dec.decode(m.topic, m.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    c.advance(2001);
+    const later = behind.metrics(body);
+    expect(dec.decode(later.topic, later.payload).ok).toBe(true);
+  });
+
+  it('keeps replay state bounded: beyond the bound the oldest backend is forgotten, recent ones are not', () => {
+    const c = clock();
+    const dec = createDecoder({ now: c.now, maxTrackedBackends: 10 });
+    const sent = Array.from({ length: 50 }, (_, i) =>
+      createEncoder({ backendId: `b${i}`, now: c.now }).metrics(body),
+    );
+    for (const m of sent) expect(dec.decode(m.topic, m.payload).ok).toBe(true);
+    // b49 is tracked: its duplicate is a replay. b0 was evicted to stay within
+    // 10 entries, so its duplicate passes: the documented cost of a bound.
+    expect(dec.decode(sent[49]!.topic, sent[49]!.payload)).toMatchObject({
+      code: 'LW_PROTO_REPLAY',
+    });
+    expect(dec.decode(sent[0]!.topic, sent[0]!.payload).ok).toBe(true);
+  });
+});
+
+describe('signatures', () => {
+  it('binds the signature to the topic: a report for one backend cannot be moved to another', () => {
+    const c = clock();
+    const m = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const moved = m.payload.replace('"backendId":"b1"', '"backendId":"b2"');
+    expect(dec.decode('loadwise/v1/backends/b2/metrics', moved)).toMatchObject({
+      code: 'LW_PROTO_BAD_SIGNATURE',
+    });
+  });
+
+  it('accepts unsigned messages when signatures are optional, and ignores signatures without keys', () => {
+    const c = clock();
+    const signed = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    const unsigned = createEncoder({ backendId: 'b2', now: c.now }).metrics(body);
+    const optional = createDecoder({ keys: [key], requireSignature: false, now: c.now });
+    expect(optional.decode(unsigned.topic, unsigned.payload)).toMatchObject({
+      ok: true,
+      keyId: undefined,
+    });
+    expect(optional.decode(signed.topic, signed.payload)).toMatchObject({ ok: true, keyId: 'k1' });
+    const keyless = createDecoder({ now: c.now });
+    expect(keyless.decode(signed.topic, signed.payload)).toMatchObject({
+      ok: true,
+      keyId: undefined,
+    });
+  });
+
+  it('rejects a truncated or wrong-length signature as bad', () => {
+    const c = clock();
+    const m = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    const dec = createDecoder({ keys: [key], now: c.now });
+    expect(dec.decode(m.topic, m.payload.slice(0, -4))).toMatchObject({
+      code: 'LW_PROTO_BAD_SIGNATURE',
+    });
+  });
+});
