@@ -16,7 +16,10 @@ export function brokerTargets(): BrokerTarget[] {
   const targets: BrokerTarget[] = [{ name: 'embedded aedes', start: () => startEmbeddedBroker() }];
   const external = process.env.MQTT_URL;
   if (external) {
-    targets.push({ name: `mosquitto (${external})`, start: async () => ({ url: external, close: async () => {} }) });
+    targets.push({
+      name: `mosquitto (${external})`,
+      start: async () => ({ url: external, close: async () => {} }),
+    });
   }
   return targets;
 }
