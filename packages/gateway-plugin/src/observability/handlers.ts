@@ -1,0 +1,116 @@
+/**
+ * HTTP handlers for the status JSON and the Prometheus text. They take plain
+ * node:http request/response objects, so they mount in Express
+ * (`app.get('/lb/status', statusHandler(...))`), in connect or on a bare
+ * http.Server alike. The status can reveal backend addresses and load, so it
+ * can require a bearer token.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Registry } from 'prom-client';
+import type { BalancerSnapshot } from './snapshot';
+
+export type HttpHandler = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  next?: (err?: unknown) => void,
+) => void;
+
+export interface ProtectedHandlerOptions {
+  /** When set, requests must carry `Authorization: Bearer <token>`; others get 401. */
+  token?: string;
+}
+
+export interface StatusHandlerOptions extends ProtectedHandlerOptions {
+  getSnapshot: () => BalancerSnapshot;
+}
+
+/**
+ * Compares digests, not the strings: timingSafeEqual needs equal lengths, and
+ * hashing first keeps the token's length from leaking through an early return.
+ */
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+function makeAuthorizer(token: string | undefined): (req: IncomingMessage) => boolean {
+  if (token === undefined) return () => true;
+  if (token === '') throw new TypeError('token must not be empty (omit it to serve without one)');
+  const expected = digest(token);
+  return (req) => {
+    const header = req.headers.authorization;
+    if (typeof header !== 'string') return false;
+    // RFC 6750 §2.1: "Bearer" then one space; the scheme is case-insensitive (RFC 9110 §11.1).
+    const match = /^bearer +(\S+) *$/i.exec(header);
+    if (match === null) return false;
+    return timingSafeEqual(digest(match[1]!), expected);
+  };
+}
+
+function send(
+  res: ServerResponse,
+  req: IncomingMessage,
+  status: number,
+  type: string,
+  body: string,
+): void {
+  res.statusCode = status;
+  res.setHeader('Content-Type', type);
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/** Answers what is not an authorized GET/HEAD; returns true when it did. */
+function refuse(
+  req: IncomingMessage,
+  res: ServerResponse,
+  authorized: (req: IncomingMessage) => boolean,
+): boolean {
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('Allow', 'GET, HEAD');
+    send(res, req, 405, 'application/json; charset=utf-8', '{"error":"method not allowed"}');
+    return true;
+  }
+  if (!authorized(req)) {
+    res.setHeader('WWW-Authenticate', 'Bearer realm="loadwise"');
+    send(res, req, 401, 'application/json; charset=utf-8', '{"error":"unauthorized"}');
+    return true;
+  }
+  return false;
+}
+
+/** Serves `getSnapshot()` as JSON. */
+export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
+  const authorized = makeAuthorizer(opts.token);
+  return (req, res, next) => {
+    if (refuse(req, res, authorized)) return;
+    let body: string;
+    try {
+      body = JSON.stringify(opts.getSnapshot(), null, 2);
+    } catch (err) {
+      if (next) return next(err);
+      send(res, req, 500, 'application/json; charset=utf-8', '{"error":"snapshot failed"}');
+      return;
+    }
+    send(res, req, 200, 'application/json; charset=utf-8', body);
+  };
+}
+
+/** Serves the registry in the Prometheus text format. */
+export function metricsHandler(
+  registry: Registry,
+  opts: ProtectedHandlerOptions = {},
+): HttpHandler {
+  const authorized = makeAuthorizer(opts.token);
+  return (req, res, next) => {
+    if (refuse(req, res, authorized)) return;
+    registry.metrics().then(
+      (text) => send(res, req, 200, registry.contentType, text),
+      (err: unknown) => {
+        if (next) return next(err);
+        send(res, req, 500, 'text/plain; charset=utf-8', 'metrics collection failed\n');
+      },
+    );
+  };
+}
