@@ -195,12 +195,12 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   );
   const eventLoopDelay = gauge(
     'event_loop_delay_seconds',
-    'Event-loop delay the overload protection measured last, seconds',
+    'Event-loop delay the overload protection measured last, seconds (0 when it is off)',
     [],
   );
   const brokerConnected = gauge(
     'broker_connected',
-    '1 while connected to the MQTT broker (absent without a broker)',
+    '1 while connected to the MQTT broker (0 when disconnected or none is configured)',
     [],
   );
   const backendGauges: Gauge<string>[] = [inFlight, reportAge, reportFresh, share];
@@ -244,10 +244,9 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     panic.set(s.panic ? 1 : 0);
     overloaded.set(s.overloaded ? 1 : 0);
     queueLength.set(s.saturationQueueLength);
-    if (s.eventLoopDelayMs === null) eventLoopDelay.reset();
-    else eventLoopDelay.set(s.eventLoopDelayMs / 1000);
-    if (s.brokerConnected === null) brokerConnected.reset();
-    else brokerConnected.set(s.brokerConnected ? 1 : 0);
+    // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
+    eventLoopDelay.set((s.eventLoopDelayMs ?? 0) / 1000);
+    brokerConnected.set(s.brokerConnected === true ? 1 : 0);
   }
 
   return {

@@ -1,0 +1,148 @@
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import express from 'express';
+import { Registry } from 'prom-client';
+import { metricsHandler, statusHandler } from './handlers';
+import { createGatewayMetrics } from './metrics';
+import type { BalancerSnapshot } from './snapshot';
+
+const SNAPSHOT: BalancerSnapshot = {
+  takenAt: '2026-01-01T00:00:00.000Z',
+  strategy: 'load-aware',
+  panic: false,
+  saturationQueueLength: 0,
+  inFlight: 0,
+  eventLoopDelayMs: 1.5,
+  overloaded: false,
+  brokerConnected: true,
+  trafficWindowMs: 10_000,
+  backends: [
+    {
+      id: 'a',
+      url: 'http://127.0.0.1:9/',
+      origin: 'config',
+      weight: 1,
+      state: 'healthy',
+      stateReason: null,
+      inFlight: 0,
+      latencyMs: 3,
+      expectedWaitMs: 3,
+      reportAgeMs: 200,
+      reportFresh: true,
+      lastReport: null,
+      trafficShare: 1,
+      windowRequests: 10,
+      slowStartFactor: 1,
+      ejections: 0,
+      requestsTotal: 10,
+      failuresTotal: 0,
+    },
+  ],
+};
+
+let server: Server;
+let base: string;
+const registry = new Registry();
+const metrics = createGatewayMetrics({ registry, getSnapshot: () => SNAPSHOT });
+
+beforeAll(async () => {
+  const app = express();
+  app.get('/open/status', statusHandler({ getSnapshot: () => SNAPSHOT }));
+  app.all('/closed/status', statusHandler({ getSnapshot: () => SNAPSHOT, token: 's3cret' }));
+  app.get(
+    '/broken/status',
+    statusHandler({
+      getSnapshot: () => {
+        throw new Error('boom');
+      },
+    }),
+  );
+  app.get('/metrics', metricsHandler(registry));
+  app.get('/closed/metrics', metricsHandler(registry, { token: 's3cret' }));
+  // Express's default error handler would print the stack; answer 500 quietly instead.
+  app.use(
+    (_err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+      res.status(500).json({ error: 'handled' });
+    },
+  );
+  server = app.listen(0, '127.0.0.1');
+  await new Promise<void>((resolve) => server.once('listening', resolve));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+});
+
+describe('statusHandler', () => {
+  it('serves the snapshot as JSON, not cached', async () => {
+    const res = await fetch(`${base}/open/status`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(res.headers.get('cache-control')).toBe('no-store');
+    expect(await res.json()).toEqual(SNAPSHOT);
+  });
+
+  it.each([
+    ['no header', undefined],
+    ['wrong token', 'Bearer nope'],
+    ['longer token', 'Bearer s3cret-and-more'],
+    ['wrong scheme', 'Basic s3cret'],
+    ['empty bearer', 'Bearer '],
+  ])('answers 401 with %s', async (_label, authorization) => {
+    const res = await fetch(`${base}/closed/status`, {
+      headers: authorization ? { authorization } : {},
+    });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toMatch(/^Bearer/);
+    expect(await res.text()).not.toContain('127.0.0.1');
+  });
+
+  it.each(['Bearer s3cret', 'bearer s3cret'])('serves with %j', async (authorization) => {
+    const res = await fetch(`${base}/closed/status`, { headers: { authorization } });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as BalancerSnapshot).backends[0]!.id).toBe('a');
+  });
+
+  it('refuses other methods with 405 and Allow', async () => {
+    const res = await fetch(`${base}/closed/status`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer s3cret' },
+    });
+    expect(res.status).toBe(405);
+    expect(res.headers.get('allow')).toBe('GET, HEAD');
+  });
+
+  it('passes a snapshot failure to the error handler', async () => {
+    const res = await fetch(`${base}/broken/status`);
+    expect(res.status).toBe(500);
+    expect(await res.json()).toEqual({ error: 'handled' });
+  });
+
+  it('rejects an empty token at construction', () => {
+    expect(() => statusHandler({ getSnapshot: () => SNAPSHOT, token: '' })).toThrow(TypeError);
+  });
+});
+
+describe('metricsHandler', () => {
+  it('serves the Prometheus text with counters and scrape-time gauges', async () => {
+    metrics.onResponse('a', 200, 12);
+    metrics.onShed('overloaded');
+    const res = await fetch(`${base}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toBe(registry.contentType);
+    const text = await res.text();
+    expect(text).toContain('loadwise_backend_requests_total{backend="a",status_class="2xx"} 1');
+    expect(text).toContain('loadwise_shed_total{reason="overloaded"} 1');
+    expect(text).toContain('loadwise_backend_report_age_seconds{backend="a"} 0.2');
+    expect(text).toContain('loadwise_broker_connected 1');
+  });
+
+  it('requires the token when one is set', async () => {
+    expect((await fetch(`${base}/closed/metrics`)).status).toBe(401);
+    const ok = await fetch(`${base}/closed/metrics`, {
+      headers: { authorization: 'Bearer s3cret' },
+    });
+    expect(ok.status).toBe(200);
+  });
+});

@@ -1,0 +1,243 @@
+import { Registry } from 'prom-client';
+import { createGatewayMetrics, LATENCY_BUCKETS_S } from './metrics';
+import type { BackendSnapshot, BalancerSnapshot } from './snapshot';
+
+function backend(id: string, over: Partial<BackendSnapshot> = {}): BackendSnapshot {
+  return {
+    id,
+    url: `http://127.0.0.1:1/${id}`,
+    origin: 'config',
+    weight: 1,
+    state: 'healthy',
+    stateReason: null,
+    inFlight: 0,
+    latencyMs: null,
+    expectedWaitMs: null,
+    reportAgeMs: null,
+    reportFresh: false,
+    lastReport: null,
+    trafficShare: 0,
+    windowRequests: 0,
+    slowStartFactor: 1,
+    ejections: 0,
+    requestsTotal: 0,
+    failuresTotal: 0,
+    ...over,
+  };
+}
+
+function snapshot(
+  backends: BackendSnapshot[],
+  over: Partial<BalancerSnapshot> = {},
+): BalancerSnapshot {
+  return {
+    takenAt: new Date(0).toISOString(),
+    strategy: 'load-aware',
+    panic: false,
+    saturationQueueLength: 0,
+    inFlight: backends.reduce((n, b) => n + b.inFlight, 0),
+    eventLoopDelayMs: null,
+    overloaded: false,
+    brokerConnected: null,
+    trafficWindowMs: 10_000,
+    backends,
+    ...over,
+  };
+}
+
+/** Value of one series in the registry's JSON form, undefined when absent. */
+async function value(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string | number> = {},
+): Promise<number | undefined> {
+  const metric = registry.getSingleMetric(name);
+  if (!metric) throw new Error(`no metric ${name}`);
+  const { values } = await metric.get();
+  const hit = values.find(
+    (v) =>
+      Object.entries(labels).every(([k, want]) => String(v.labels[k]) === String(want)) &&
+      Object.keys(v.labels).length >= Object.keys(labels).length,
+  );
+  return hit?.value;
+}
+
+describe('createGatewayMetrics', () => {
+  it('counts responses by backend and status class and observes latency in seconds', async () => {
+    const registry = new Registry();
+    const m = createGatewayMetrics({ registry });
+    m.onResponse('a', 200, 4);
+    m.onResponse('a', 204, 30);
+    m.onResponse('a', 503, 2);
+    m.onResponse('b', 404, 1);
+    m.onResponse('b', 999, 1); // nonsense status: counted as 5xx, no new label
+    expect(
+      await value(registry, 'loadwise_backend_requests_total', {
+        backend: 'a',
+        status_class: '2xx',
+      }),
+    ).toBe(2);
+    expect(
+      await value(registry, 'loadwise_backend_requests_total', {
+        backend: 'a',
+        status_class: '5xx',
+      }),
+    ).toBe(1);
+    expect(
+      await value(registry, 'loadwise_backend_requests_total', {
+        backend: 'b',
+        status_class: '4xx',
+      }),
+    ).toBe(1);
+    expect(
+      await value(registry, 'loadwise_backend_requests_total', {
+        backend: 'b',
+        status_class: '5xx',
+      }),
+    ).toBe(1);
+
+    const text = await registry.metrics();
+    // 4 ms and 2 ms fall in le=0.005; 30 ms in le=0.05; count 3, sum 0.036 s.
+    expect(text).toContain('loadwise_backend_latency_seconds_bucket{le="0.005",backend="a"} 2');
+    expect(text).toContain('loadwise_backend_latency_seconds_bucket{le="0.05",backend="a"} 3');
+    expect(text).toContain('loadwise_backend_latency_seconds_count{backend="a"} 3');
+    expect(text).toMatch(/loadwise_backend_latency_seconds_sum\{backend="a"\} 0\.036/);
+  });
+
+  it('has latency buckets from 1 ms to 10 s', () => {
+    expect(LATENCY_BUCKETS_S[0]).toBe(0.001);
+    expect(LATENCY_BUCKETS_S[LATENCY_BUCKETS_S.length - 1]).toBe(10);
+  });
+
+  it('counts errors, picks, ejections, retries, sheds and invalid messages', async () => {
+    const registry = new Registry();
+    const m = createGatewayMetrics({ registry, prefix: 'gw_' });
+    m.onError('a', 'connect');
+    m.onError('a', 'connect');
+    m.onError('a', 'timeout');
+    m.onPick('a', 'load-aware');
+    m.onPick('b', 'load-aware');
+    m.onPick('b', 'load-aware');
+    m.onEjection('a');
+    m.onRetry('a');
+    m.onRetry('a');
+    m.onShed('saturated');
+    m.onShed('no-backend');
+    m.onShed('saturated');
+    m.onInvalidMessage('LW_PROTO_MALFORMED_JSON');
+    m.onInvalidMessage('LW_PROTO_REPLAY');
+    m.onInvalidMessage('LW_PROTO_REPLAY');
+    expect(
+      await value(registry, 'gw_backend_errors_total', { backend: 'a', kind: 'connect' }),
+    ).toBe(2);
+    expect(
+      await value(registry, 'gw_backend_errors_total', { backend: 'a', kind: 'timeout' }),
+    ).toBe(1);
+    expect(await value(registry, 'gw_picks_total', { backend: 'b', strategy: 'load-aware' })).toBe(
+      2,
+    );
+    expect(await value(registry, 'gw_ejections_total', { backend: 'a' })).toBe(1);
+    expect(await value(registry, 'gw_retries_total', { backend: 'a' })).toBe(2);
+    expect(await value(registry, 'gw_shed_total', { reason: 'saturated' })).toBe(2);
+    expect(await value(registry, 'gw_shed_total', { reason: 'no-backend' })).toBe(1);
+    expect(await value(registry, 'gw_invalid_messages_total', { code: 'LW_PROTO_REPLAY' })).toBe(2);
+  });
+
+  it('sets the gauges from the snapshot source once per scrape', async () => {
+    const registry = new Registry();
+    const getSnapshot = jest.fn(() =>
+      snapshot(
+        [
+          backend('a', {
+            inFlight: 3,
+            reportAgeMs: 1500,
+            reportFresh: true,
+            trafficShare: 0.75,
+            lastReport: {
+              cpuUtilization: 0.9,
+              memoryUtilization: 0.5,
+              inFlight: 4,
+              queued: 7,
+              concurrencyLimit: 8,
+              verdict: 'up',
+              agentState: 'online',
+            },
+          }),
+          backend('b', { state: 'ejected', trafficShare: 0.25 }),
+        ],
+        { panic: true, saturationQueueLength: 5, eventLoopDelayMs: 20, brokerConnected: true },
+      ),
+    );
+    createGatewayMetrics({ registry, getSnapshot });
+    const text = await registry.metrics();
+    expect(getSnapshot).toHaveBeenCalledTimes(1);
+    expect(text).toContain('loadwise_backend_in_flight{backend="a"} 3');
+    expect(text).toContain('loadwise_in_flight 3');
+    expect(text).toContain('loadwise_backend_report_age_seconds{backend="a"} 1.5');
+    expect(text).not.toContain('loadwise_backend_report_age_seconds{backend="b"}');
+    expect(text).toContain('loadwise_backend_report_fresh{backend="a"} 1');
+    expect(text).toContain('loadwise_backend_report_fresh{backend="b"} 0');
+    expect(text).toContain('loadwise_backend_traffic_share{backend="a"} 0.75');
+    expect(text).toContain('loadwise_backend_state{backend="b",state="ejected"} 1');
+    expect(text).toContain('loadwise_backend_state{backend="b",state="healthy"} 0');
+    expect(text).toContain('loadwise_backend_reported_cpu_utilization{backend="a"} 0.9');
+    expect(text).toContain('loadwise_backend_reported_queued{backend="a"} 7');
+    expect(text).toContain('loadwise_panic 1');
+    expect(text).toContain('loadwise_saturation_queue_length 5');
+    expect(text).toContain('loadwise_event_loop_delay_seconds 0.02');
+    expect(text).toContain('loadwise_broker_connected 1');
+  });
+
+  it('drops the gauge series of a backend that left the snapshot', async () => {
+    const registry = new Registry();
+    let backends = [backend('a', { inFlight: 1 }), backend('b', { inFlight: 2 })];
+    createGatewayMetrics({ registry, getSnapshot: () => snapshot(backends) });
+    expect(await registry.metrics()).toContain('loadwise_backend_in_flight{backend="b"} 2');
+    backends = [backend('a', { inFlight: 1 })];
+    // The per-scrape memo is released on the next turn of the event loop.
+    await new Promise((resolve) => setImmediate(resolve));
+    const text = await registry.metrics();
+    expect(text).toContain('loadwise_backend_in_flight{backend="a"} 1');
+    expect(text).not.toContain('backend="b"');
+  });
+
+  it('removeBackend drops every series of that backend and keeps the others', async () => {
+    const registry = new Registry();
+    const m = createGatewayMetrics({ registry });
+    for (const id of ['a', 'b']) {
+      m.onResponse(id, 200, 1);
+      m.onError(id, 'reset');
+      m.onPick(id, 'p2c');
+      m.onEjection(id);
+      m.onRetry(id);
+    }
+    m.removeBackend('a');
+    const text = await registry.metrics();
+    expect(text).not.toContain('backend="a"');
+    expect(text).toContain('loadwise_backend_requests_total{backend="b",status_class="2xx"} 1');
+    expect(text).toContain('loadwise_retries_total{backend="b"} 1');
+    // A backend that comes back starts from fresh children.
+    m.onResponse('a', 200, 1);
+    expect(
+      await value(registry, 'loadwise_backend_requests_total', {
+        backend: 'a',
+        status_class: '2xx',
+      }),
+    ).toBe(1);
+  });
+
+  it('two balancers with their own registries never clash', () => {
+    expect(() => {
+      createGatewayMetrics();
+      createGatewayMetrics();
+    }).not.toThrow();
+  });
+
+  it('reads 0 for gateway gauges that do not apply (no broker, no overload protection)', async () => {
+    const registry = new Registry();
+    createGatewayMetrics({ registry, getSnapshot: () => snapshot([backend('a')]) });
+    const text = await registry.metrics();
+    expect(text).toMatch(/^loadwise_broker_connected 0$/m);
+    expect(text).toMatch(/^loadwise_event_loop_delay_seconds 0$/m);
+  });
+});
