@@ -1,0 +1,305 @@
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import type { MqttClient } from 'mqtt';
+import {
+  createEncoder,
+  type BackendState,
+  type Encoder,
+  type MetricsReport,
+  type QueueMetrics,
+} from '@loadwise/protocol';
+import { AgentError } from './errors';
+import { connectBroker } from './mqtt-publisher';
+import { probe, type ProbeResult } from './probe';
+import { httpTrackerSource, inProcessTrackerSource } from './queue/tracker-source';
+import { kernelSource } from './queue/kernel-source';
+import { prometheusSource } from './queue/prometheus-source';
+import type { QueueReading, QueueSourceReader } from './queue/types';
+import { CgroupSampler } from './samplers/cgroup';
+import { HostSampler } from './samplers/host';
+import { ProcessSampler } from './samplers/process';
+import { createScheduler, type Scheduler } from './scheduler';
+import { healthVerdict } from './verdict';
+import { resolveAgentOptions, type AgentOptions, type ResolvedAgentOptions } from './options';
+
+export type MetricsBody = Omit<
+  MetricsReport,
+  'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'
+>;
+
+/** Typed events of an agent (`agent.on('sample', ...)`). */
+export interface AgentEvents {
+  /** Every sample taken on schedule; `published` is false when it was dropped (broker unreachable). */
+  sample: [report: MetricsReport, info: { published: boolean }];
+  /** Connected (or reconnected) to the broker; the status was just published. */
+  connect: [];
+  /** Lost the broker; mqtt.js keeps retrying every reconnectPeriodMs. */
+  offline: [];
+  /** Lifecycle state changed (online → draining → offline). */
+  state: [state: BackendState];
+  /** A sample or source failed in a way worth logging (queue source down, host read failed, ...). */
+  warning: [message: string];
+  /** Broker or TLS errors reported by mqtt.js; the agent keeps running. */
+  error: [error: Error];
+  /** A scheduled tick was skipped because the previous sample was still running. */
+  overlap: [];
+}
+
+export interface Agent extends EventEmitter<AgentEvents> {
+  readonly backendId: string;
+  readonly options: ResolvedAgentOptions;
+  readonly state: BackendState;
+  /** True while the MQTT connection is up. */
+  readonly connected: boolean;
+  readonly stats: { published: number; dropped: number; overlaps: number; connects: number };
+  /** Connects (in the background; retries forever) and starts the schedule. */
+  start(): Promise<void>;
+  /** Takes one sample now, without publishing it. */
+  sample(): Promise<MetricsBody>;
+  /** Takes one sample now and stamps it as the agent would publish it (uses a sequence number). */
+  sampleReport(): Promise<MetricsReport>;
+  /** Planned maintenance: publish `draining` (retained) and keep reporting with state draining. */
+  drain(reason?: string): Promise<void>;
+  /** `draining`, wait graceMs, `offline` (retained), disconnect cleanly. */
+  stop(opts?: { graceMs?: number }): Promise<void>;
+}
+
+class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
+  readonly options: ResolvedAgentOptions;
+  readonly stats = { published: 0, dropped: 0, overlaps: 0, connects: 0 };
+  private readonly encoder: Encoder;
+  private readonly host: HostSampler;
+  private readonly process: ProcessSampler | undefined;
+  private readonly cgroup: CgroupSampler | undefined;
+  private readonly queue: QueueSourceReader | undefined;
+  private readonly scheduler: Scheduler;
+  private client: MqttClient | undefined;
+  private _state: BackendState = 'online';
+  private drainReason: string | undefined;
+  private started = false;
+  private stopping: Promise<void> | undefined;
+  private lastProcessPid: number | undefined;
+  private primed: Promise<void> | undefined;
+
+  constructor(input: AgentOptions) {
+    super();
+    const o = resolveAgentOptions(input);
+    this.options = o;
+    this.encoder = createEncoder({ backendId: o.backendId, prefix: o.prefix, key: o.signingKey });
+    this.host = new HostSampler({ source: o.hostSource, procRoot: o.procRoot });
+    if (o.service) {
+      this.process = new ProcessSampler({
+        pid: o.service.pid,
+        pidFile: o.service.pidFile,
+        procRoot: o.procRoot,
+      });
+    }
+    if (o.cgroup) {
+      this.cgroup = new CgroupSampler({
+        root: o.cgroup.root,
+        procRoot: o.procRoot,
+        pid: () => this.lastProcessPid,
+      });
+    }
+    const q = o.queue;
+    if (q?.source === 'tracker') {
+      this.queue = q.tracker
+        ? inProcessTrackerSource(q.tracker)
+        : httpTrackerSource(q.url!, q.timeoutMs);
+    } else if (q?.source === 'kernel') {
+      this.queue = kernelSource(q.port, o.procRoot);
+    } else if (q?.source === 'prometheus') {
+      this.queue = prometheusSource(q.url, q.gauge, q.field, q.timeoutMs);
+    }
+    this.scheduler = createScheduler({
+      intervalMs: o.cron ? undefined : o.intervalMs,
+      cron: o.cron,
+      offsetMs: o.offsetMs,
+      tick: () => this.tick(),
+      onSkip: () => {
+        this.stats.overlaps++;
+        this.emit('overlap');
+      },
+    });
+  }
+
+  get backendId(): string {
+    return this.options.backendId;
+  }
+
+  get state(): BackendState {
+    return this._state;
+  }
+
+  get connected(): boolean {
+    return this.client?.connected === true;
+  }
+
+  /** First CPU readings so the first real sample has a delta. */
+  private prime(): Promise<void> {
+    this.primed ??= (async () => {
+      await Promise.all([
+        this.host.prime().catch(() => undefined),
+        this.process?.sample().catch(() => undefined),
+        this.cgroup?.sample().catch(() => undefined),
+      ]);
+    })();
+    return this.primed;
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    if (this.stopping)
+      throw new AgentError('LW_AGENT_NOT_STARTED', 'agent was stopped; create a new one');
+    this.started = true;
+    await this.prime();
+    const b = this.options.broker;
+    if (b) {
+      const clientId =
+        b.clientId ?? `lw-agent-${this.backendId}-${randomBytes(4).toString('hex')}`.slice(0, 64);
+      const will = this.encoder.status('offline', { will: true, reason: 'agent connection lost' });
+      const client = connectBroker(b, clientId, will);
+      this.client = client;
+      client.on('connect', () => {
+        this.stats.connects++;
+        // Retained status on every (re)connect: a broker restart may have lost
+        // retained state, and the Last Will may have replaced it meanwhile.
+        this.publishStatus();
+        this.emit('connect');
+      });
+      client.on('offline', () => this.emit('offline'));
+      client.on('error', (err) => this.emit('error', err));
+    }
+    this.scheduler.start();
+  }
+
+  private publishStatus(): void {
+    const c = this.client;
+    if (!c?.connected) return; // re-sent on the next connect; never queued to arrive late
+    const msg = this.encoder.status(
+      this._state,
+      this.drainReason ? { reason: this.drainReason } : {},
+    );
+    c.publish(msg.topic, msg.payload, { qos: 1, retain: true }, (err) => {
+      if (err) this.emit('warning', `status publish failed: ${err.message}`);
+    });
+  }
+
+  private setState(state: BackendState, reason?: string): void {
+    if (this._state === state) return;
+    this._state = state;
+    this.drainReason = reason;
+    this.emit('state', state);
+    this.publishStatus();
+  }
+
+  async drain(reason = 'planned maintenance'): Promise<void> {
+    if (this._state !== 'online') return;
+    this.setState('draining', reason.slice(0, 200));
+  }
+
+  private async tick(): Promise<void> {
+    let body: MetricsBody;
+    try {
+      body = await this.sample();
+    } catch (err) {
+      this.emit('warning', `sample failed: ${(err as Error).message}`);
+      return;
+    }
+    if (this.stopping && this._state === 'offline') return;
+    const c = this.client;
+    let encoded;
+    try {
+      encoded = this.encoder.metrics(body);
+    } catch (err) {
+      this.emit('warning', `cannot encode sample: ${(err as Error).message}`);
+      return;
+    }
+    // Connected-at-send only: with queueQoSZero off mqtt.js would drop it anyway,
+    // and the count of dropped samples is worth reporting.
+    const published = c?.connected === true;
+    if (published) {
+      c!.publish(encoded.topic, encoded.payload, { qos: 0, retain: false });
+      this.stats.published++;
+    } else {
+      this.stats.dropped++;
+    }
+    this.emit('sample', encoded.message, { published });
+  }
+
+  async sample(): Promise<MetricsBody> {
+    await this.prime();
+    const o = this.options;
+    const down: string[] = [];
+    const [host, proc, cgroup, queue, probeResult] = await Promise.all([
+      this.host.sample(),
+      this.process?.sample(),
+      this.cgroup?.sample().catch((err: Error) => {
+        this.emit('warning', `cgroup read failed: ${err.message}`);
+        return undefined;
+      }),
+      this.queue?.read().catch((err: Error): QueueReading | undefined => {
+        this.emit('warning', `queue source (${o.queue?.source}) failed: ${err.message}`);
+        return undefined;
+      }),
+      o.probe ? probe(o.probe) : Promise.resolve<ProbeResult | undefined>(undefined),
+    ]);
+    const body: MetricsBody = {
+      intervalMs: o.intervalMs,
+      state: this._state,
+      host,
+      health: { verdict: 'up' },
+    };
+    if (proc?.ok) {
+      body.process = proc.metrics;
+      this.lastProcessPid = proc.metrics.pid;
+    } else if (proc) {
+      down.push(proc.reason);
+    }
+    if (cgroup) body.cgroup = cgroup;
+    if (queue?.queue) body.queue = queue.queue as QueueMetrics;
+    if (queue?.traffic) body.traffic = queue.traffic;
+    const limit = o.concurrencyLimit ?? queue?.concurrencyLimit;
+    if (limit !== undefined) body.concurrencyLimit = limit;
+    body.health = healthVerdict(body, o.thresholds, probeResult, down, queue?.maxQueue);
+    return body;
+  }
+
+  async sampleReport(): Promise<MetricsReport> {
+    return this.encoder.metrics(await this.sample()).message;
+  }
+
+  stop(opts: { graceMs?: number } = {}): Promise<void> {
+    this.stopping ??= this.doStop(opts.graceMs ?? this.options.drainGraceMs);
+    return this.stopping;
+  }
+
+  private async doStop(graceMs: number): Promise<void> {
+    const c = this.client;
+    if (this.started && c) {
+      if (this._state === 'online') this.setState('draining', 'agent stopping');
+      // Keep reporting (state draining) through the grace period, so gateways
+      // see in-flight requests finish, then say offline and leave.
+      if (graceMs > 0) await new Promise((r) => setTimeout(r, graceMs).unref());
+    }
+    this.scheduler.stop();
+    this._state = 'offline';
+    this.emit('state', 'offline');
+    if (c) {
+      if (c.connected) {
+        const msg = this.encoder.status('offline', { reason: 'agent stopped' });
+        await c
+          .publishAsync(msg.topic, msg.payload, { qos: 1, retain: true })
+          .catch(() => undefined);
+      }
+      // A clean DISCONNECT: the broker discards the Last Will [MQTT-3.14.4-3].
+      // Forced when the broker is unreachable, so stop() cannot wait on it.
+      await new Promise<void>((resolve) => c.end(!c.connected, {}, () => resolve()));
+    }
+  }
+}
+
+/** Creates an agent (validates every option now; throws AgentError LW_AGENT_INVALID_OPTION). */
+export function createAgent(options: AgentOptions): Agent {
+  return new HealthAgent(options);
+}

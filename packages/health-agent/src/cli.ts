@@ -1,0 +1,254 @@
+#!/usr/bin/env node
+import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { createAgent, type Agent } from './agent';
+import { AgentError } from './errors';
+import {
+  CLI_OPTIONS,
+  LIBRARY_TO_FLAG,
+  camel,
+  envName,
+  mergeSources,
+  toAgentOptions,
+} from './config';
+import { readPidFile } from './samplers/process';
+
+/**
+ * loadwise-agent: exit codes 0 (clean stop, --once printed, drain sent),
+ * 2 (invalid configuration; one line on stderr naming the option),
+ * 1 (anything unexpected).
+ */
+const NAME = 'loadwise-agent';
+const LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+type Level = (typeof LEVELS)[number];
+/** The same warning (e.g. "tracker unreachable") is repeated at most this often. */
+const WARN_REPEAT_MS = 60_000;
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(`${__dirname}/../package.json`, 'utf8')) as { version: string })
+      .version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+export function helpText(): string {
+  const rows = CLI_OPTIONS.map((s) => {
+    const left = `  --${s.flag}${s.arg ? ` <${s.arg}>` : ''}`;
+    return `${left.padEnd(34)} ${s.help}\n${''.padEnd(35)}env ${envName(s.flag)}${s.flag === 'config' || s.flag === 'help' || s.flag === 'version' || s.flag === 'once' ? '' : `, config key "${camel(s.flag)}"`}`;
+  });
+  return [
+    `Usage: ${NAME} [options]`,
+    `       ${NAME} drain (--pid-file <agent pid file> | --pid <pid>)`,
+    '',
+    'Samples CPU, memory, cgroup limits, the request queue and a local health probe beside',
+    'one backend and publishes them over MQTT for loadwise gateways.',
+    '',
+    'Options (flag > environment > config file > default):',
+    ...rows,
+    '',
+    'Signals: SIGTERM/SIGINT publish draining, wait --drain-grace-ms, publish offline and exit 0;',
+    '         SIGUSR2 (or `loadwise-agent drain`) switches to draining for planned maintenance.',
+    'Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.',
+    '',
+  ].join('\n');
+}
+
+function flagsForParseArgs(): Record<string, { type: 'string' | 'boolean'; short?: string }> {
+  const o: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
+  for (const s of CLI_OPTIONS) o[s.flag] = { type: s.kind === 'boolean' ? 'boolean' : 'string' };
+  o['help']!.short = 'h';
+  return o;
+}
+
+function fail(message: string, code = 2): never {
+  process.stderr.write(`${NAME}: ${message}\n`);
+  process.exit(code);
+}
+
+function describeError(err: unknown): string {
+  if (err instanceof AgentError && err.code === 'LW_AGENT_INVALID_OPTION') {
+    // Library option names → the flag the user typed.
+    const m = /^LW_AGENT_INVALID_OPTION: ([\w.-]+): /.exec(err.message);
+    if (m && LIBRARY_TO_FLAG[m[1]!]) {
+      return err.message.replace(`${m[1]}:`, `--${LIBRARY_TO_FLAG[m[1]!]}:`);
+    }
+  }
+  return (err as Error).message;
+}
+
+async function drainCommand(argv: string[]): Promise<void> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { 'pid-file': { type: 'string' }, pid: { type: 'string' } },
+      strict: true,
+    }));
+  } catch (err) {
+    fail(`LW_AGENT_INVALID_OPTION: drain: ${(err as Error).message}`);
+  }
+  let pid: number;
+  if (values['pid'] !== undefined) {
+    pid = Number(values['pid']);
+    if (!Number.isSafeInteger(pid) || pid < 1)
+      fail('LW_AGENT_INVALID_OPTION: --pid: must be a process id');
+  } else if (values['pid-file']) {
+    try {
+      pid = await readPidFile(values['pid-file']);
+    } catch (err) {
+      fail((err as Error).message);
+    }
+  } else {
+    fail('LW_AGENT_INVALID_OPTION: drain: give --pid-file <agent pid file> or --pid <pid>');
+  }
+  try {
+    process.kill(pid, 'SIGUSR2');
+  } catch (err) {
+    fail(
+      `LW_AGENT_SIGNAL: cannot signal process ${pid}: ${(err as NodeJS.ErrnoException).code}`,
+      1,
+    );
+  }
+  process.stdout.write(`sent SIGUSR2 (drain) to ${pid}\n`);
+}
+
+async function main(argv: string[]): Promise<void> {
+  if (argv[0] === 'drain') return drainCommand(argv.slice(1));
+  let values: Record<string, unknown>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: flagsForParseArgs(),
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    fail(`LW_AGENT_INVALID_OPTION: ${(err as Error).message} (see --help)`);
+  }
+  if (values['help']) {
+    process.stdout.write(helpText());
+    return;
+  }
+  if (values['version']) {
+    process.stdout.write(`${version()}\n`);
+    return;
+  }
+  const once = values['once'] === true;
+  let agent: Agent;
+  let logLevel: Level = 'info';
+  let agentPidFile: string | undefined;
+  try {
+    const raw = mergeSources(values, process.env);
+    if (raw['logLevel'] !== undefined) {
+      if (!LEVELS.includes(raw['logLevel'] as Level))
+        fail(`LW_AGENT_INVALID_OPTION: --log-level: must be one of ${LEVELS.join(', ')}`);
+      logLevel = raw['logLevel'] as Level;
+    }
+    agentPidFile = raw['agentPidFile'] as string | undefined;
+    const options = toAgentOptions(raw, { requireBroker: !once });
+    if (once) delete options.broker;
+    agent = createAgent(options);
+  } catch (err) {
+    if (err instanceof AgentError) fail(describeError(err));
+    throw err;
+  }
+
+  if (once) {
+    // Two samples: the first only primes CPU counters, so the printed one
+    // covers a real interval instead of a zero-length delta.
+    await agent.sample();
+    await new Promise((r) => setTimeout(r, Math.min(agent.options.intervalMs, 500)));
+    const report = await agent.sampleReport();
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    return;
+  }
+
+  const threshold = LEVELS.indexOf(logLevel);
+  const log = (level: Level, msg: string): void => {
+    if (LEVELS.indexOf(level) <= threshold)
+      process.stderr.write(`${new Date().toISOString()} ${level} ${msg}\n`);
+  };
+  const lastWarned = new Map<string, number>();
+  agent.on('warning', (msg) => {
+    const now = Date.now();
+    if ((lastWarned.get(msg) ?? -Infinity) + WARN_REPEAT_MS > now) return;
+    lastWarned.set(msg, now);
+    log('warn', msg);
+  });
+  agent.on('error', (err) => log('warn', `broker: ${err.message}`));
+  agent.on('connect', () =>
+    log(
+      'info',
+      `connected to ${agent.options.broker?.url} as ${agent.backendId} (state ${agent.state})`,
+    ),
+  );
+  agent.on('offline', () =>
+    log('warn', 'broker connection lost; metrics are dropped until it is back'),
+  );
+  agent.on('state', (state) => log('info', `state ${state}`));
+  agent.on('overlap', () => log('warn', 'a sample took longer than the interval; tick skipped'));
+  agent.on('sample', (r, { published }) =>
+    log('debug', `seq ${r.seq} ${published ? 'published' : 'dropped'} verdict ${r.health.verdict}`),
+  );
+
+  if (agentPidFile) {
+    try {
+      writeFileSync(agentPidFile, `${process.pid}\n`);
+    } catch (err) {
+      fail(
+        `LW_AGENT_PID_FILE: cannot write --agent-pid-file ${agentPidFile}: ${(err as NodeJS.ErrnoException).code}`,
+      );
+    }
+  }
+  // Every timer of the agent is unref'd (library rule); the daemon itself
+  // stays up until a signal, even while the broker is unreachable.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) {
+      log('warn', `${signal} again: exiting without waiting`);
+      process.exit(1);
+    }
+    stopping = true;
+    log('info', `${signal}: draining for ${agent.options.drainGraceMs} ms, then offline`);
+    agent
+      .stop()
+      .then(() => {
+        clearInterval(keepAlive);
+        if (agentPidFile) {
+          try {
+            unlinkSync(agentPidFile);
+          } catch {
+            // already gone
+          }
+        }
+        log('info', 'stopped');
+        process.exit(0);
+      })
+      .catch((err: Error) => {
+        log('error', `stop failed: ${err.message}`);
+        process.exit(1);
+      });
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGUSR2', () => {
+    log('info', 'SIGUSR2: draining (planned maintenance)');
+    void agent.drain('drain requested');
+  });
+  await agent.start();
+  log(
+    'info',
+    `started: ${agent.backendId} every ${agent.options.intervalMs} ms${agent.options.cron ? ` (cron ${agent.options.cron})` : ''}, offset ${agent.options.offsetMs} ms, queue source ${agent.options.queue?.source ?? 'none'}`,
+  );
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`${NAME}: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}

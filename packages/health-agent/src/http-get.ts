@@ -1,0 +1,66 @@
+import http from 'node:http';
+import https from 'node:https';
+
+export interface HttpGetResult {
+  status: number;
+  body: string;
+  latencyMs: number;
+}
+
+/** Bodies of stats, metrics and health endpoints are small; a runaway one is cut off. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+/**
+ * A GET with a hard timeout covering connect, headers and body. node:http
+ * rather than fetch: at one request a second the difference is small, but it
+ * keeps undici's pool and its memory out of a daemon that must stay lean.
+ * No keep-alive: one fresh connection per probe also tests that the service
+ * still accepts connections.
+ */
+export function httpGet(
+  url: URL,
+  timeoutMs: number,
+  maxBodyBytes = MAX_BODY_BYTES,
+): Promise<HttpGetResult> {
+  const started = performance.now();
+  const mod = url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.get(
+      url,
+      { agent: false, headers: { 'user-agent': 'loadwise-agent' } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > maxBodyBytes) {
+            req.destroy(new Error(`response body over ${maxBodyBytes} bytes`));
+            return;
+          }
+          chunks.push(chunk);
+        });
+        res.on('end', () => {
+          clearTimeout(timer);
+          resolve({
+            status: res.statusCode ?? 0,
+            body: Buffer.concat(chunks).toString('utf8'),
+            latencyMs: performance.now() - started,
+          });
+        });
+        res.on('error', (err) => {
+          clearTimeout(timer);
+          reject(err);
+        });
+      },
+    );
+    const timer = setTimeout(
+      () => req.destroy(new Error(`timed out after ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    timer.unref();
+    req.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}

@@ -1,0 +1,63 @@
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import type { EncodedMessage } from '@loadwise/protocol';
+
+export interface BrokerOptions {
+  /** mqtt://, mqtts://, ws:// or wss:// URL of the broker. */
+  url: string;
+  /** Must be unique per agent: a broker disconnects the older of two clients with one id [MQTT-3.1.4-2]. */
+  clientId?: string;
+  username?: string;
+  password?: string;
+  /** PEM contents of the CA bundle to trust (mqtts). */
+  ca?: string | Buffer;
+  /** PEM client certificate and key for mutual TLS. */
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** Default true; false only for test brokers with self-signed certificates. */
+  rejectUnauthorized?: boolean;
+  /** Wait between reconnect attempts, ms (default 1000). */
+  reconnectPeriodMs?: number;
+  connectTimeoutMs?: number;
+  keepaliveS?: number;
+}
+
+export const DEFAULT_RECONNECT_PERIOD_MS = 1000;
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+/** Short keepalive: the Last Will fires after 1.5 × keepalive of silence [MQTT-3.1.2-24]. */
+export const DEFAULT_KEEPALIVE_S = 10;
+
+export function mqttClientOptions(
+  b: BrokerOptions,
+  clientId: string,
+  will: EncodedMessage,
+): IClientOptions {
+  const o: IClientOptions = {
+    clientId,
+    clean: true,
+    keepalive: b.keepaliveS ?? DEFAULT_KEEPALIVE_S,
+    reconnectPeriod: b.reconnectPeriodMs ?? DEFAULT_RECONNECT_PERIOD_MS,
+    connectTimeout: b.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+    // mqtt.js queues QoS 0 publishes made while offline and flushes them on
+    // reconnect (queueQoSZero defaults to true). A metric is only worth its
+    // freshness: drop it rather than deliver it late.
+    queueQoSZero: false,
+    // Last Will: retained `offline` status at QoS 1, published by the broker if
+    // the agent vanishes without a DISCONNECT [MQTT-3.1.2-8].
+    will: { topic: will.topic, payload: Buffer.from(will.payload), qos: 1, retain: true },
+  };
+  if (b.username !== undefined) o.username = b.username;
+  if (b.password !== undefined) o.password = b.password;
+  if (b.ca !== undefined) o.ca = b.ca;
+  if (b.cert !== undefined) o.cert = b.cert;
+  if (b.key !== undefined) o.key = b.key;
+  if (b.rejectUnauthorized !== undefined) o.rejectUnauthorized = b.rejectUnauthorized;
+  return o;
+}
+
+export function connectBroker(
+  b: BrokerOptions,
+  clientId: string,
+  will: EncodedMessage,
+): MqttClient {
+  return connect(b.url, mqttClientOptions(b, clientId, will));
+}

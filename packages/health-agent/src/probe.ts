@@ -1,0 +1,33 @@
+import { httpGet } from './http-get';
+
+export const DEFAULT_PROBE_TIMEOUT_MS = 1000;
+
+export interface ProbeOptions {
+  url: URL;
+  timeoutMs: number;
+  /** Accepted statuses; default any 2xx or 3xx. */
+  expectStatus?: readonly number[];
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  latencyMs?: number;
+  status?: number;
+  reason?: string;
+}
+
+/** One GET of the service's health URL from beside it: a backend that fails it is reported down. */
+export async function probe(opts: ProbeOptions): Promise<ProbeResult> {
+  try {
+    const res = await httpGet(opts.url, opts.timeoutMs, 64 * 1024);
+    const ok = opts.expectStatus
+      ? opts.expectStatus.includes(res.status)
+      : res.status >= 200 && res.status < 400;
+    const latencyMs = Math.round(res.latencyMs * 100) / 100;
+    return ok
+      ? { ok, status: res.status, latencyMs }
+      : { ok, status: res.status, latencyMs, reason: `probe answered ${res.status}` };
+  } catch (err) {
+    return { ok: false, reason: `probe failed: ${(err as Error).message}`.slice(0, 200) };
+  }
+}

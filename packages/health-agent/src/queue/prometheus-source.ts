@@ -1,0 +1,53 @@
+import type { QueueField } from '@loadwise/protocol';
+import { httpGet } from '../http-get';
+import type { QueueReading, QueueSourceReader } from './types';
+
+/**
+ * Reads one gauge from a Prometheus text exposition (format 0.0.4): lines
+ * `name{labels} value [timestamp]`. Samples of the gauge across label sets
+ * are summed (e.g. per-worker queue lengths), so a filter is expressed by
+ * exposing a dedicated gauge rather than by label matching here.
+ */
+export function parsePrometheusGauge(text: string, name: string): number | undefined {
+  let sum = 0;
+  let found = false;
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#') || !line.startsWith(name)) continue;
+    const after = line.charAt(name.length);
+    let rest: string;
+    if (after === '{') {
+      const close = line.lastIndexOf('}');
+      if (close < 0) continue;
+      rest = line.slice(close + 1);
+    } else if (after === ' ' || after === '\t') {
+      rest = line.slice(name.length);
+    } else {
+      continue; // a longer metric name sharing the prefix
+    }
+    const value = Number(rest.trim().split(/\s+/)[0]);
+    if (!Number.isFinite(value)) continue;
+    sum += value;
+    found = true;
+  }
+  return found ? sum : undefined;
+}
+
+export function prometheusSource(
+  url: URL,
+  gauge: string,
+  field: QueueField,
+  timeoutMs: number,
+): QueueSourceReader {
+  return {
+    async read(): Promise<QueueReading> {
+      const res = await httpGet(url, timeoutMs);
+      if (res.status !== 200) throw new Error(`prometheus endpoint answered ${res.status}`);
+      const value = parsePrometheusGauge(res.body, gauge);
+      if (value === undefined) throw new Error(`gauge ${gauge} not found at ${url.href}`);
+      return {
+        queue: { [field]: Math.max(0, Math.round(value)), source: { [field]: 'prometheus' } },
+      };
+    },
+  };
+}

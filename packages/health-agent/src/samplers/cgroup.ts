@@ -1,0 +1,176 @@
+import { access, readFile } from 'node:fs/promises';
+import type { CgroupMetrics } from '@loadwise/protocol';
+import { clamp01 } from './proc-stat';
+
+/**
+ * Container limits, so utilization is relative to what the service may use.
+ *
+ * cgroup v2 (Documentation/admin-guide/cgroup-v2.rst): cpu.max "<quota|max>
+ * <period>", cpu.stat usage_usec, memory.max "<bytes|max>", memory.current,
+ * memory.stat inactive_file. cgroup v1: cpu/cpu.cfs_quota_us (-1 = none),
+ * cpu/cpu.cfs_period_us, cpuacct/cpuacct.usage (ns), memory/memory.limit_in_bytes
+ * (a page-aligned huge number = none), memory/memory.usage_in_bytes,
+ * memory/memory.stat total_inactive_file.
+ *
+ * Memory "used" is the working set (usage minus inactive file cache), as
+ * cAdvisor, kubelet and `docker stats` report it: reclaimable page cache is
+ * not pressure.
+ */
+export interface CgroupSamplerOptions {
+  /** cgroup filesystem mount point; tests point it at a fixture directory. */
+  root: string;
+  /** procfs root, to find a process's own v2 cgroup. */
+  procRoot: string;
+  /** Process whose cgroup to read (default: the root, i.e. this container's namespace). */
+  pid?: () => number | undefined;
+  now?: () => number;
+}
+
+/** v1 "no limit" is LONG_MAX rounded down to a page; anything this large is unlimited. */
+const V1_UNLIMITED_BYTES = 2 ** 60;
+
+async function readText(path: string): Promise<string | undefined> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function num(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text.trim());
+  return Number.isFinite(n) ? n : undefined;
+}
+
+function statField(text: string | undefined, field: string): number | undefined {
+  if (!text) return undefined;
+  const m = new RegExp(`^${field} (\\d+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+export function parseCpuMax(text: string | undefined): number | undefined {
+  if (!text) return undefined;
+  const [quota, period] = text.trim().split(/\s+/);
+  if (quota === undefined || quota === 'max') return undefined;
+  const q = Number(quota);
+  const p = Number(period ?? 100000);
+  return q > 0 && p > 0 ? q / p : undefined;
+}
+
+interface Raw {
+  cpuLimitCores?: number;
+  /** Cumulative CPU time, µs. */
+  cpuUsageUs?: number;
+  memoryLimitBytes?: number;
+  memoryUsedBytes?: number;
+}
+
+export type CgroupVersion = 1 | 2 | undefined;
+
+export class CgroupSampler {
+  private version: CgroupVersion | null = null;
+  private prev: { usageUs: number; atMs: number } | undefined;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: CgroupSamplerOptions) {
+    this.now = opts.now ?? (() => performance.now());
+  }
+
+  async detect(): Promise<CgroupVersion> {
+    if (this.version !== null) return this.version;
+    if (await exists(`${this.opts.root}/cgroup.controllers`)) this.version = 2;
+    else if ((await exists(`${this.opts.root}/memory`)) || (await exists(`${this.opts.root}/cpu`)))
+      this.version = 1;
+    else this.version = undefined;
+    return this.version;
+  }
+
+  /** Undefined when there is no cgroup filesystem or nothing readable in it. */
+  async sample(): Promise<CgroupMetrics | undefined> {
+    const version = await this.detect();
+    if (version === undefined) return undefined;
+    const raw = version === 2 ? await this.readV2() : await this.readV1();
+    const out: CgroupMetrics = {};
+    const atMs = this.now();
+    if (raw.cpuLimitCores !== undefined) out.cpuLimitCores = raw.cpuLimitCores;
+    if (raw.cpuUsageUs !== undefined) {
+      if (raw.cpuLimitCores !== undefined && this.prev && atMs > this.prev.atMs) {
+        const usedCores = (raw.cpuUsageUs - this.prev.usageUs) / 1000 / (atMs - this.prev.atMs);
+        out.cpuUtilization = clamp01(usedCores / raw.cpuLimitCores);
+      }
+      this.prev = { usageUs: raw.cpuUsageUs, atMs };
+    }
+    if (raw.memoryLimitBytes !== undefined) out.memoryLimitBytes = raw.memoryLimitBytes;
+    if (raw.memoryUsedBytes !== undefined) {
+      out.memoryUsedBytes = raw.memoryUsedBytes;
+      if (raw.memoryLimitBytes)
+        out.memoryUtilization = clamp01(raw.memoryUsedBytes / raw.memoryLimitBytes);
+    }
+    return Object.keys(out).length === 0 ? undefined : out;
+  }
+
+  private async v2Dir(): Promise<string> {
+    const pid = this.opts.pid?.();
+    const text = await readText(`${this.opts.procRoot}/${pid ?? 'self'}/cgroup`);
+    const m = text ? /^0::(\/.*)$/m.exec(text) : null;
+    if (m && m[1] !== '/') {
+      const dir = `${this.opts.root}${m[1]}`;
+      if (await exists(`${dir}/memory.current`)) return dir;
+    }
+    return this.opts.root;
+  }
+
+  private async readV2(): Promise<Raw> {
+    const dir = await this.v2Dir();
+    const [cpuMax, cpuStat, memMax, memCurrent, memStat] = await Promise.all([
+      readText(`${dir}/cpu.max`),
+      readText(`${dir}/cpu.stat`),
+      readText(`${dir}/memory.max`),
+      readText(`${dir}/memory.current`),
+      readText(`${dir}/memory.stat`),
+    ]);
+    const current = num(memCurrent);
+    const inactive = statField(memStat, 'inactive_file') ?? 0;
+    const limit = memMax?.trim() === 'max' ? undefined : num(memMax);
+    return {
+      cpuLimitCores: parseCpuMax(cpuMax),
+      cpuUsageUs: statField(cpuStat, 'usage_usec'),
+      memoryLimitBytes: limit,
+      memoryUsedBytes: current === undefined ? undefined : Math.max(0, current - inactive),
+    };
+  }
+
+  private async readV1(): Promise<Raw> {
+    const r = this.opts.root;
+    const [quota, period, usageNs, memLimit, memUsage, memStat] = await Promise.all([
+      readText(`${r}/cpu/cpu.cfs_quota_us`),
+      readText(`${r}/cpu/cpu.cfs_period_us`),
+      readText(`${r}/cpuacct/cpuacct.usage`),
+      readText(`${r}/memory/memory.limit_in_bytes`),
+      readText(`${r}/memory/memory.usage_in_bytes`),
+      readText(`${r}/memory/memory.stat`),
+    ]);
+    const q = num(quota);
+    const p = num(period);
+    const limit = num(memLimit);
+    const usage = num(memUsage);
+    const inactive = statField(memStat, 'total_inactive_file') ?? 0;
+    const ns = num(usageNs);
+    return {
+      cpuLimitCores: q !== undefined && q > 0 && p ? q / p : undefined,
+      cpuUsageUs: ns === undefined ? undefined : ns / 1000,
+      memoryLimitBytes: limit !== undefined && limit < V1_UNLIMITED_BYTES ? limit : undefined,
+      memoryUsedBytes: usage === undefined ? undefined : Math.max(0, usage - inactive),
+    };
+  }
+}

@@ -1,0 +1,100 @@
+import { readFile } from 'node:fs/promises';
+import type { ProcessMetrics } from '@loadwise/protocol';
+import { AgentError } from '../errors';
+
+/**
+ * Per-process CPU and RSS from /proc/<pid>/stat and /proc/<pid>/status
+ * (proc(5)). systeminformation's processLoad() spawns `ps` on every call and
+ * doubles the agent's cost (DESIGN.md); two small file reads do not.
+ */
+export const DEFAULT_CLOCK_TICKS_PER_S = 100; // sysconf(_SC_CLK_TCK) is 100 on every mainstream Linux ABI
+
+export interface ProcessSamplerOptions {
+  pid?: number;
+  pidFile?: string;
+  procRoot: string;
+  clockTicksPerS?: number;
+  now?: () => number;
+}
+
+/** utime + stime in clock ticks. comm (field 2) may hold spaces and parentheses: split after the last ')'. */
+export function parseProcPidStat(text: string): number | undefined {
+  const close = text.lastIndexOf(')');
+  if (close < 0) return undefined;
+  const f = text.slice(close + 2).split(' ');
+  // f[0] is field 3 (state); utime is field 14, stime field 15.
+  const utime = Number(f[11]);
+  const stime = Number(f[12]);
+  return Number.isFinite(utime) && Number.isFinite(stime) ? utime + stime : undefined;
+}
+
+export function parseVmRssBytes(text: string): number | undefined {
+  const m = /^VmRSS:\s+(\d+)\s*kB/m.exec(text);
+  return m ? Number(m[1]) * 1024 : undefined;
+}
+
+export async function readPidFile(path: string): Promise<number> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new AgentError(
+      'LW_AGENT_PID_FILE',
+      `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+    );
+  }
+  const pid = Number(text.trim());
+  if (!Number.isSafeInteger(pid) || pid < 1) {
+    throw new AgentError('LW_AGENT_PID_FILE', `${path} does not hold a process id`);
+  }
+  return pid;
+}
+
+export type ProcessSample = { ok: true; metrics: ProcessMetrics } | { ok: false; reason: string };
+
+export class ProcessSampler {
+  private prev: { pid: number; ticks: number; atMs: number } | undefined;
+  private readonly ticksPerS: number;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: ProcessSamplerOptions) {
+    this.ticksPerS = opts.clockTicksPerS ?? DEFAULT_CLOCK_TICKS_PER_S;
+    this.now = opts.now ?? (() => performance.now());
+  }
+
+  async sample(): Promise<ProcessSample> {
+    let pid: number;
+    try {
+      // Re-read the PID file every time: a supervisor may have restarted the service.
+      pid = this.opts.pid ?? (await readPidFile(this.opts.pidFile!));
+    } catch (err) {
+      this.prev = undefined;
+      return { ok: false, reason: (err as Error).message };
+    }
+    let stat: string;
+    let status: string;
+    try {
+      [stat, status] = await Promise.all([
+        readFile(`${this.opts.procRoot}/${pid}/stat`, 'utf8'),
+        readFile(`${this.opts.procRoot}/${pid}/status`, 'utf8'),
+      ]);
+    } catch {
+      this.prev = undefined;
+      return { ok: false, reason: `process ${pid} is not running` };
+    }
+    const ticks = parseProcPidStat(stat);
+    const rssBytes = parseVmRssBytes(status) ?? 0;
+    if (ticks === undefined)
+      return { ok: false, reason: `cannot parse ${this.opts.procRoot}/${pid}/stat` };
+    const atMs = this.now();
+    let cpuCores = 0;
+    if (this.prev && this.prev.pid === pid && atMs > this.prev.atMs) {
+      cpuCores = Math.max(
+        0,
+        (ticks - this.prev.ticks) / this.ticksPerS / ((atMs - this.prev.atMs) / 1000),
+      );
+    }
+    this.prev = { pid, ticks, atMs };
+    return { ok: true, metrics: { pid, cpuCores, rssBytes } };
+  }
+}

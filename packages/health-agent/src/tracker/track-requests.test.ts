@@ -1,0 +1,331 @@
+import os from 'node:os';
+import express from 'express';
+import {
+  fire,
+  get,
+  listen,
+  until,
+  type InFlightRequest,
+  type Listening,
+} from '../../../../test/kit/agent-http';
+import { AgentError } from '../errors';
+import { trackRequests, type RequestTracker, type TrackRequestsOptions } from './track-requests';
+
+/**
+ * A real Express app on port 0. GET /hold/:id parks the request until the test
+ * calls release(id); the order in which handlers start is recorded, so FIFO
+ * admission is observable.
+ */
+async function holdApp(opts: TrackRequestsOptions): Promise<{
+  tracker: RequestTracker;
+  server: Listening;
+  started: string[];
+  release(id: string, status?: number): void;
+  close(): Promise<void>;
+}> {
+  const tracker = trackRequests(opts);
+  const started: string[] = [];
+  const parked = new Map<string, (status: number) => void>();
+  const app = express();
+  app.use(tracker);
+  app.get('/healthz', (_req, res) => {
+    res.send('ok');
+  });
+  app.get('/hold/:id', (req, res) => {
+    started.push(req.params.id);
+    parked.set(req.params.id, (status) => res.status(status).send(req.params.id));
+  });
+  app.get('/fail', (_req, res) => {
+    res.status(500).send('boom');
+  });
+  const server = await listen(app);
+  return {
+    tracker,
+    server,
+    started,
+    release(id, status = 200) {
+      const fn = parked.get(id);
+      if (!fn) throw new Error(`request ${id} is not running`);
+      parked.delete(id);
+      fn(status);
+    },
+    async close() {
+      tracker.close();
+      await server.close();
+    },
+  };
+}
+
+describe('trackRequests', () => {
+  it('counts in-flight requests and completions without a limit', async () => {
+    const app = await holdApp({});
+    try {
+      const reqs = ['a', 'b', 'c'].map((id) => fire(`${app.server.url}/hold/${id}`));
+      await until(() => app.started.length === 3);
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 3, queued: 0, completed: 0 });
+      expect(app.tracker.snapshot().concurrencyLimit).toBeUndefined();
+      for (const id of ['a', 'b', 'c']) app.release(id);
+      const replies = await Promise.all(reqs.map((r) => r.done));
+      expect(replies.map((r) => r?.status)).toEqual([200, 200, 200]);
+      await until(() => app.tracker.snapshot().completed === 3);
+      const s = app.tracker.snapshot();
+      expect(s).toMatchObject({
+        inFlight: 0,
+        queued: 0,
+        completed: 3,
+        windowCompleted: 3,
+        errorRate: 0,
+      });
+      expect(s.rps).toBeGreaterThan(0);
+      expect(s.latencyP99Ms).toBeGreaterThan(0);
+      expect(s.latencyP50Ms).toBeLessThanOrEqual(s.latencyP99Ms);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('runs at most concurrencyLimit requests and admits waiters in FIFO order', async () => {
+    const app = await holdApp({ concurrencyLimit: 2 });
+    const ids = ['r0', 'r1', 'r2', 'r3', 'r4'];
+    const reqs: InFlightRequest[] = [];
+    try {
+      // Fire one at a time, each after the previous one is counted, so arrival order is known.
+      for (const [i, id] of ids.entries()) {
+        reqs.push(fire(`${app.server.url}/hold/${id}`));
+        await until(() => {
+          const s = app.tracker.snapshot();
+          return s.inFlight + s.queued === i + 1;
+        });
+      }
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 2, queued: 3, concurrencyLimit: 2 });
+      expect(app.started).toEqual(['r0', 'r1']);
+      app.release('r1');
+      await until(() => app.started.length === 3);
+      expect(app.started).toEqual(['r0', 'r1', 'r2']);
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 2, queued: 2 });
+      app.release('r0');
+      app.release('r2');
+      await until(() => app.started.length === 5);
+      expect(app.started).toEqual(ids);
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 2, queued: 0 });
+      app.release('r3');
+      app.release('r4');
+      const replies = await Promise.all(reqs.map((r) => r.done));
+      expect(replies.map((r) => r?.body)).toEqual(ids);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('answers 503 with Retry-After beyond maxQueue', async () => {
+    const app = await holdApp({ concurrencyLimit: 1, maxQueue: 1, retryAfterS: 3 });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = fire(`${app.server.url}/hold/b`);
+      await until(() => app.tracker.snapshot().queued === 1);
+      const c = await fire(`${app.server.url}/hold/c`).done;
+      expect(c?.status).toBe(503);
+      expect(c?.headers['retry-after']).toBe('3');
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 1, queued: 1, rejected: 1 });
+      app.release('a');
+      await until(() => app.started.includes('b'));
+      app.release('b');
+      expect((await a.done)?.status).toBe(200);
+      expect((await b.done)?.status).toBe(200);
+      expect(app.started).toEqual(['a', 'b']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('drops a waiter whose client disconnects, and never runs it', async () => {
+    const app = await holdApp({ concurrencyLimit: 1 });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = fire(`${app.server.url}/hold/b`);
+      await until(() => app.tracker.snapshot().queued === 1);
+      const c = fire(`${app.server.url}/hold/c`);
+      await until(() => app.tracker.snapshot().queued === 2);
+      b.abort();
+      await until(
+        () => app.tracker.snapshot().queued === 1,
+        5000,
+        'the aborted waiter to leave the queue',
+      );
+      expect(app.tracker.snapshot().aborted).toBe(1);
+      app.release('a');
+      await until(() => app.started.length === 2);
+      expect(app.started).toEqual(['a', 'c']);
+      app.release('c');
+      expect((await c.done)?.body).toBe('c');
+      await a.done;
+      expect(await b.done).toBeUndefined();
+      await until(() => app.tracker.snapshot().completed === 3);
+      // Two served, one aborted: the abort counts as an error.
+      expect(app.tracker.snapshot().errorRate).toBeCloseTo(1 / 3, 5);
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 0, queued: 0 });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('frees the slot of a running request whose client disconnects', async () => {
+    const app = await holdApp({ concurrencyLimit: 1 });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = fire(`${app.server.url}/hold/b`);
+      await until(() => app.tracker.snapshot().queued === 1);
+      a.abort();
+      await until(() => app.started.includes('b'), 5000, 'the waiter to get the freed slot');
+      app.release('b');
+      expect((await b.done)?.status).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('counts 5xx responses in the error rate', async () => {
+    const app = await holdApp({});
+    try {
+      await get(`${app.server.url}/fail`);
+      await get(`${app.server.url}/healthz`);
+      await until(() => app.tracker.snapshot().completed === 2);
+      expect(app.tracker.snapshot().errorRate).toBe(0.5);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('lets bypassPaths through uncounted, even when saturated', async () => {
+    const app = await holdApp({ concurrencyLimit: 1, bypassPaths: ['/healthz'] });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      expect((await get(`${app.server.url}/healthz?x=1`)).status).toBe(200);
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 1, queued: 0, completed: 0 });
+      app.release('a');
+      await a.done;
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('answers 503 to a waiter after queueTimeoutMs', async () => {
+    const app = await holdApp({ concurrencyLimit: 1, queueTimeoutMs: 50 });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = await fire(`${app.server.url}/hold/b`).done;
+      expect(b?.status).toBe(503);
+      expect(app.tracker.snapshot()).toMatchObject({ queued: 0, rejected: 1 });
+      app.release('a');
+      await a.done;
+      expect(app.started).toEqual(['a']);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('close() answers every waiter 503', async () => {
+    const app = await holdApp({ concurrencyLimit: 1 });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = fire(`${app.server.url}/hold/b`);
+      await until(() => app.tracker.snapshot().queued === 1);
+      app.tracker.close();
+      expect((await b.done)?.status).toBe(503);
+      app.release('a');
+      expect((await a.done)?.status).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('serves its snapshot at exposePath to loopback clients, outside the limit', async () => {
+    const app = await holdApp({ concurrencyLimit: 1, exposePath: '/.well-known/loadwise/stats' });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = fire(`${app.server.url}/hold/b`);
+      await until(() => app.tracker.snapshot().queued === 1);
+      const reply = await get(`${app.server.url}/.well-known/loadwise/stats`);
+      expect(reply.status).toBe(200);
+      expect(reply.headers['content-type']).toBe('application/json');
+      expect(JSON.parse(reply.body)).toMatchObject({
+        inFlight: 1,
+        queued: 1,
+        concurrencyLimit: 1,
+        completed: 0,
+      });
+      app.release('a');
+      await until(() => app.started.includes('b'));
+      app.release('b');
+      await Promise.all([a.done, b.done]);
+    } finally {
+      await app.close();
+    }
+  });
+
+  const external = Object.values(os.networkInterfaces())
+    .flat()
+    .find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+  (external ? it : it.skip)('refuses exposePath to a non-loopback client by default', async () => {
+    const tracker = trackRequests({ exposePath: '/stats' });
+    const app = express();
+    app.use(tracker);
+    const server = await listen(app, external!);
+    try {
+      expect((await get(`${server.url}/stats`)).status).toBe(403);
+    } finally {
+      await server.close();
+    }
+    const open = trackRequests({ exposePath: '/stats', exposeToRemote: true });
+    const app2 = express();
+    app2.use(open);
+    const server2 = await listen(app2, external!);
+    try {
+      expect((await get(`${server2.url}/stats`)).status).toBe(200);
+    } finally {
+      await server2.close();
+    }
+  });
+
+  it.each([
+    [{ concurrencyLimit: 0 }, 'concurrencyLimit'],
+    [{ concurrencyLimit: 1.5 }, 'concurrencyLimit'],
+    [{ maxQueue: 3 }, 'maxQueue'],
+    [{ concurrencyLimit: 1, maxQueue: -1 }, 'maxQueue'],
+    [{ windowMs: 150 }, 'windowMs'],
+    [{ exposePath: 'stats' }, 'exposePath'],
+    [{ bypassPaths: ['healthz'] }, 'bypassPaths'],
+  ] as [TrackRequestsOptions, string][])('rejects %j naming %s', (opts, name) => {
+    let err: unknown;
+    try {
+      trackRequests(opts);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(AgentError);
+    expect((err as AgentError).code).toBe('LW_AGENT_INVALID_OPTION');
+    expect((err as AgentError).message).toContain(name);
+  });
+
+  it('reports zeros (not NaN) before any request, over a window that grows from creation', () => {
+    let t = 1_000;
+    const tracker = trackRequests({ now: () => t, windowMs: 10_000 });
+    t = 4_000;
+    expect(tracker.snapshot()).toMatchObject({
+      rps: 0,
+      errorRate: 0,
+      latencyP99Ms: 0,
+      windowMs: 3_000,
+    });
+    // Later the window slides in 1 s slots: between 9 and 10 s long.
+    t = 25_500;
+    expect(tracker.snapshot().windowMs).toBe(9_500);
+  });
+});

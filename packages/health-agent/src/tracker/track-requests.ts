@@ -1,0 +1,353 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { invalidOption } from '../errors';
+import { WindowHistogram } from './window-histogram';
+
+export const DEFAULT_TRACKER_WINDOW_MS = 10_000;
+const WINDOW_SLOTS = 10;
+/** Default bound on waiting requests: enough to absorb a burst, never unbounded. */
+export const DEFAULT_MAX_QUEUE = 1024;
+export const DEFAULT_QUEUE_RETRY_AFTER_S = 1;
+
+export interface TrackRequestsOptions {
+  /** At most this many requests run the downstream handlers at once; the rest wait in FIFO order. */
+  concurrencyLimit?: number;
+  /** Waiting requests beyond this are answered 503 at once (default 1024; needs concurrencyLimit). */
+  maxQueue?: number;
+  /** A request that waited this long without a slot is answered 503 (default: waits until served or aborted). */
+  queueTimeoutMs?: number;
+  /** Sliding window for rps, error rate and latency, ms (default 10000, a multiple of 100 ms). */
+  windowMs?: number;
+  /** Serve `snapshot()` as JSON at this path, e.g. '/.well-known/loadwise/stats'. */
+  exposePath?: string;
+  /** Serve exposePath to non-loopback clients too (default false: loopback only). */
+  exposeToRemote?: boolean;
+  /**
+   * Paths that are neither limited nor counted, e.g. ['/healthz']: the agent's
+   * own probe must not wait behind real traffic (a saturated backend is
+   * overloaded, not down) nor count as traffic. Exact match on the path.
+   */
+  bypassPaths?: readonly string[];
+  /** Seconds in the Retry-After header of a 503 (default 1). */
+  retryAfterS?: number;
+  /** Monotonic clock in ms; injectable for tests (default performance.now). */
+  now?: () => number;
+}
+
+export interface TrackerSnapshot {
+  /** Requests running the downstream handlers now. */
+  inFlight: number;
+  /** Requests waiting for a slot (only with concurrencyLimit). */
+  queued: number;
+  concurrencyLimit?: number;
+  maxQueue?: number;
+  /** Requests completed per second over the window. */
+  rps: number;
+  /** Share of requests completed in the window that were 5xx or aborted, 0..1. */
+  errorRate: number;
+  /** Latency from arrival (including queue wait) to the end of the response; 0 when windowCompleted is 0. */
+  latencyMeanMs: number;
+  latencyP50Ms: number;
+  latencyP90Ms: number;
+  latencyP99Ms: number;
+  /** The window the figures above cover, ms (shorter right after start). */
+  windowMs: number;
+  /** Requests completed within the window. */
+  windowCompleted: number;
+  /** Requests completed since the tracker was created (monotonic). */
+  completed: number;
+  /** Requests answered 503 because the queue was full or the wait timed out (monotonic). */
+  rejected: number;
+  /** Requests whose client went away before the response ended, queued or running (monotonic). */
+  aborted: number;
+}
+
+type Next = (err?: unknown) => void;
+
+/** The middleware (Express, connect or a plain http handler with a `next`), plus its figures. */
+export interface RequestTracker {
+  (req: IncomingMessage, res: ServerResponse, next: Next): void;
+  snapshot(): TrackerSnapshot;
+  /** Answers every waiting request 503 and stops limiting; later requests pass through uncounted. */
+  close(): void;
+  readonly options: Readonly<{
+    concurrencyLimit?: number;
+    maxQueue?: number;
+    windowMs: number;
+    exposePath?: string;
+  }>;
+}
+
+interface Waiter {
+  req: IncomingMessage;
+  res: ServerResponse;
+  next: Next;
+  arrivedMs: number;
+  prev: Waiter | undefined;
+  next_: Waiter | undefined;
+  queued: boolean;
+  timer: NodeJS.Timeout | undefined;
+}
+
+const LOOPBACK = /^(127\.|::1$|::ffff:127\.)/;
+
+function positiveInt(name: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+    throw invalidOption(name, `must be a positive integer, got ${String(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Counts a backend's own in-flight and queued requests and its traffic, and
+ * optionally limits concurrency (a FIFO admission queue, like a worker pool in
+ * front of the handlers). `app.use(trackRequests({concurrencyLimit: 8}))`.
+ *
+ * Cost per request: two closures, one 'close' listener and O(1) arithmetic;
+ * the window histogram has fixed memory (see window-histogram.ts).
+ */
+export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
+  const limit =
+    opts.concurrencyLimit === undefined
+      ? undefined
+      : positiveInt('concurrencyLimit', opts.concurrencyLimit);
+  const maxQueue =
+    opts.maxQueue === undefined
+      ? DEFAULT_MAX_QUEUE
+      : Number.isSafeInteger(opts.maxQueue) && opts.maxQueue >= 0
+        ? opts.maxQueue
+        : (() => {
+            throw invalidOption(
+              'maxQueue',
+              `must be an integer >= 0, got ${String(opts.maxQueue)}`,
+            );
+          })();
+  if (opts.maxQueue !== undefined && limit === undefined) {
+    throw invalidOption('maxQueue', 'only applies with concurrencyLimit');
+  }
+  const queueTimeoutMs =
+    opts.queueTimeoutMs === undefined
+      ? undefined
+      : positiveInt('queueTimeoutMs', opts.queueTimeoutMs);
+  const windowMs = opts.windowMs ?? DEFAULT_TRACKER_WINDOW_MS;
+  if (!Number.isSafeInteger(windowMs) || windowMs < 100 || windowMs % 100 !== 0) {
+    throw invalidOption(
+      'windowMs',
+      `must be a multiple of 100 ms, >= 100, got ${String(opts.windowMs)}`,
+    );
+  }
+  const exposePath = opts.exposePath;
+  if (
+    exposePath !== undefined &&
+    (typeof exposePath !== 'string' || !exposePath.startsWith('/') || exposePath.includes('?'))
+  ) {
+    throw invalidOption('exposePath', 'must be a path starting with "/" and without a query');
+  }
+  const retryAfterS =
+    opts.retryAfterS === undefined
+      ? DEFAULT_QUEUE_RETRY_AFTER_S
+      : positiveInt('retryAfterS', opts.retryAfterS);
+  const now = opts.now ?? (() => performance.now());
+  const bypass = new Set<string>();
+  for (const p of opts.bypassPaths ?? []) {
+    if (typeof p !== 'string' || !p.startsWith('/'))
+      throw invalidOption('bypassPaths', `${JSON.stringify(p)} is not a path`);
+    bypass.add(p);
+  }
+  const exposeToRemote = opts.exposeToRemote === true;
+
+  // Ten slots: the window slides in steps of a tenth of its length.
+  const histogram = new WindowHistogram(windowMs / WINDOW_SLOTS, WINDOW_SLOTS, now());
+
+  let inFlight = 0;
+  let queued = 0;
+  let head: Waiter | undefined;
+  let tail: Waiter | undefined;
+  let completed = 0;
+  let rejected = 0;
+  let aborted = 0;
+  let closed = false;
+
+  const unlink = (w: Waiter): void => {
+    if (w.prev) w.prev.next_ = w.next_;
+    else head = w.next_;
+    if (w.next_) w.next_.prev = w.prev;
+    else tail = w.prev;
+    w.prev = w.next_ = undefined;
+    w.queued = false;
+    queued--;
+    if (w.timer) clearTimeout(w.timer);
+    w.timer = undefined;
+  };
+
+  const reject503 = (res: ServerResponse, reason: string): void => {
+    rejected++;
+    if (res.headersSent || res.writableEnded || res.destroyed) return;
+    res.statusCode = 503;
+    res.setHeader('Retry-After', String(retryAfterS));
+    res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+    res.setHeader('Connection', 'close');
+    res.end(`Service Unavailable: ${reason}\n`);
+  };
+
+  /** Called once when a running request's response ends or its client goes away. */
+  const release = (): void => {
+    inFlight--;
+    // Hand the freed slot to the oldest waiter (FIFO). Waiters whose clients
+    // left were unlinked when they left, so head is always live.
+    while (limit !== undefined && inFlight < limit && head) {
+      const w = head;
+      unlink(w);
+      run(w.req, w.res, w.next);
+    }
+  };
+
+  const run = (_req: IncomingMessage, res: ServerResponse, next: Next): void => {
+    inFlight++;
+    let released = false;
+    res.once('close', () => {
+      if (!released) {
+        released = true;
+        release();
+      }
+    });
+    next();
+  };
+
+  const middleware = ((req: IncomingMessage, res: ServerResponse, next: Next): void => {
+    if (exposePath !== undefined && isStatsRequest(req, exposePath)) {
+      serveStats(req, res);
+      return;
+    }
+    if (closed || (bypass.size > 0 && bypass.has(pathOf(req)))) {
+      next();
+      return;
+    }
+    const arrivedMs = now();
+    // One 'close' listener accounts for every tracked request, whether it ran,
+    // waited, was rejected or was abandoned. ServerResponse emits 'close' after
+    // 'finish' and also when the connection drops first (Node >= 12), so
+    // `writableFinished` tells completed from aborted.
+    res.once('close', () => {
+      completed++;
+      const finished = res.writableFinished;
+      if (!finished) aborted++;
+      histogram.record(now(), now() - arrivedMs, !finished || res.statusCode >= 500);
+    });
+    if (limit === undefined || inFlight < limit) {
+      run(req, res, next);
+      return;
+    }
+    if (queued >= maxQueue) {
+      reject503(res, 'request queue is full');
+      return;
+    }
+    const w: Waiter = {
+      req,
+      res,
+      next,
+      arrivedMs,
+      prev: tail,
+      next_: undefined,
+      queued: true,
+      timer: undefined,
+    };
+    if (tail) tail.next_ = w;
+    else head = w;
+    tail = w;
+    queued++;
+    // A client that disconnects while waiting leaves the queue and is never run.
+    res.once('close', () => {
+      if (w.queued) unlink(w);
+    });
+    if (queueTimeoutMs !== undefined) {
+      w.timer = setTimeout(() => {
+        if (!w.queued) return;
+        unlink(w);
+        reject503(res, 'timed out waiting for a worker slot');
+      }, queueTimeoutMs);
+      w.timer.unref();
+    }
+  }) as RequestTracker;
+
+  const snapshot = (): TrackerSnapshot => {
+    const t = now();
+    const s = histogram.stats(t);
+    const spanMs = Math.min(s.spanMs, windowMs);
+    const snap: TrackerSnapshot = {
+      inFlight,
+      queued,
+      rps: (s.count * 1000) / spanMs,
+      errorRate: s.count === 0 ? 0 : s.errors / s.count,
+      latencyMeanMs: s.count === 0 ? 0 : s.sumMs / s.count,
+      latencyP50Ms: s.p50Ms,
+      latencyP90Ms: s.p90Ms,
+      latencyP99Ms: s.p99Ms,
+      windowMs: Math.round(spanMs),
+      windowCompleted: s.count,
+      completed,
+      rejected,
+      aborted,
+    };
+    if (limit !== undefined) {
+      snap.concurrencyLimit = limit;
+      snap.maxQueue = maxQueue;
+    }
+    return snap;
+  };
+
+  const serveStats = (req: IncomingMessage, res: ServerResponse): void => {
+    const remote = req.socket.remoteAddress ?? '';
+    if (!exposeToRemote && !LOOPBACK.test(remote)) {
+      res.statusCode = 403;
+      res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+      res.end('Forbidden: loadwise stats are served to loopback clients only\n');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.statusCode = 405;
+      res.setHeader('Allow', 'GET, HEAD');
+      res.end();
+      return;
+    }
+    const body = JSON.stringify(snapshot());
+    res.statusCode = 200;
+    res.setHeader('Content-Type', 'application/json');
+    res.setHeader('Cache-Control', 'no-store');
+    res.setHeader('Content-Length', Buffer.byteLength(body));
+    res.end(req.method === 'HEAD' ? undefined : body);
+  };
+
+  middleware.snapshot = snapshot;
+  middleware.close = (): void => {
+    if (closed) return;
+    closed = true;
+    while (head) {
+      const w = head;
+      unlink(w);
+      reject503(w.res, 'server is shutting down');
+    }
+  };
+  Object.defineProperty(middleware, 'options', {
+    value: Object.freeze({
+      concurrencyLimit: limit,
+      maxQueue: limit === undefined ? undefined : maxQueue,
+      windowMs,
+      exposePath,
+    }),
+  });
+  return middleware;
+}
+
+function pathOf(req: IncomingMessage): string {
+  const url = req.url ?? '';
+  const q = url.indexOf('?');
+  return q < 0 ? url : url.slice(0, q);
+}
+
+function isStatsRequest(req: IncomingMessage, path: string): boolean {
+  const url = req.url ?? '';
+  if (!url.startsWith(path)) return false;
+  const rest = url.length === path.length ? '' : url[path.length];
+  return rest === '' || rest === '?';
+}
