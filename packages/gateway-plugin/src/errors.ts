@@ -1,0 +1,71 @@
+/**
+ * Error catalogue of @loadwise/gateway-plugin (fastify `FST_ERR_*` / undici
+ * `UND_ERR_*` style). Codes are stable: users match on them and docs/gateway.md
+ * lists every one, with its HTTP status (a test checks that the two agree).
+ *
+ * Construction errors (`status` undefined) are thrown by `loadBalance(opts)`.
+ * Request errors (`status` set) are never thrown on the request path: they are
+ * written as a JSON response `{ "error": { "code", "message" } }` with the
+ * `X-Loadwise-Error` header, so a request is never silently lost.
+ */
+export const GATEWAY_ERRORS = {
+  LW_GW_INVALID_OPTION: { status: undefined, message: 'an option has the wrong type or range' },
+  LW_GW_NO_BACKENDS: {
+    status: undefined,
+    message: 'no backends configured and discovery is off',
+  },
+  LW_GW_INVALID_BACKEND_ID: {
+    status: undefined,
+    message: 'backend id is not a valid protocol backend id',
+  },
+  LW_GW_DUPLICATE_BACKEND: { status: undefined, message: 'two backends share an id' },
+  LW_GW_INVALID_BACKEND_URL: {
+    status: undefined,
+    message: 'backend url is not an absolute http(s) URL without credentials, query or hash',
+  },
+  LW_GW_INVALID_BROKER: {
+    status: undefined,
+    message: 'broker is not a mqtt/mqtts/ws/wss URL, an mqtt client or { embedded: true }',
+  },
+  LW_GW_UNKNOWN_STRATEGY: { status: undefined, message: 'strategy name is not registered' },
+  LW_GW_INVALID_DISCOVERY: {
+    status: undefined,
+    message: 'discovery needs signing keys and at least one valid allowed range (CIDR)',
+  },
+  LW_GW_NO_BACKEND: { status: 503, message: 'no backend is available for this request' },
+  LW_GW_SATURATED: {
+    status: 503,
+    message: 'every backend is saturated and the wait queue is full or the wait expired',
+  },
+  LW_GW_OVERLOADED: { status: 503, message: 'the gateway itself is overloaded (event-loop delay)' },
+  LW_GW_CLOSED: { status: 503, message: 'the balancer is closed' },
+  LW_GW_UPSTREAM_FAILED: {
+    status: 502,
+    message: 'every attempt to reach a backend failed (refused, reset or closed)',
+  },
+  LW_GW_UPSTREAM_TIMEOUT: { status: 504, message: 'the backend did not answer in time' },
+} as const satisfies Record<string, { status: number | undefined; message: string }>;
+
+export type GatewayErrorCode = keyof typeof GATEWAY_ERRORS;
+
+export class GatewayError extends Error {
+  readonly code: GatewayErrorCode;
+  /** HTTP status this error answers with, undefined for construction errors. */
+  readonly status: number | undefined;
+  constructor(code: GatewayErrorCode, detail?: string) {
+    super(`${code}: ${detail ?? GATEWAY_ERRORS[code].message}`);
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = GATEWAY_ERRORS[code].status;
+  }
+}
+
+export function invalidOption(name: string, expected: string, value: unknown): GatewayError {
+  let shown: string;
+  try {
+    shown = typeof value === 'function' ? 'a function' : String(JSON.stringify(value)).slice(0, 80);
+  } catch {
+    shown = typeof value;
+  }
+  return new GatewayError('LW_GW_INVALID_OPTION', `${name} must be ${expected}, got ${shown}`);
+}

@@ -1,0 +1,476 @@
+/**
+ * Validates `loadBalance(opts)` once, at construction (http-proxy-middleware's
+ * verifyConfig, fastify's option checks): every mistake throws a GatewayError
+ * with a stable code; nothing on the request path re-checks options.
+ */
+import { BlockList, isIP } from 'node:net';
+import {
+  DEFAULT_TOPIC_PREFIX,
+  assertValidKey,
+  assertValidPrefix,
+  isValidBackendId,
+} from '@loadwise/protocol';
+import { GatewayError, invalidOption } from './errors';
+import {
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_DECISION_HEADER,
+  DEFAULT_IDEMPOTENT_METHODS,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  DEFAULT_STRATEGY,
+  type BackendConfig,
+  type BrokerOption,
+  type LoadBalanceOptions,
+  type Logger,
+  type ResolvedOptions,
+} from './options';
+
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const BROKER_PROTOCOLS = new Set(['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:']);
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function num(
+  name: string,
+  v: unknown,
+  dflt: number,
+  min: number,
+  max = Infinity,
+  int = false,
+): number {
+  if (v === undefined) return dflt;
+  if (
+    typeof v !== 'number' ||
+    !Number.isFinite(v) ||
+    v < min ||
+    v > max ||
+    (int && !Number.isInteger(v))
+  ) {
+    const range = max === Infinity ? `>= ${min}` : `in [${min}, ${max}]`;
+    throw invalidOption(name, `${int ? 'an integer' : 'a number'} ${range}`, v);
+  }
+  return v;
+}
+
+function bool(name: string, v: unknown, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw invalidOption(name, 'a boolean', v);
+  return v;
+}
+
+function section(name: string, v: unknown): Record<string, unknown> {
+  if (v === undefined || v === true) return {};
+  if (!isObject(v)) throw invalidOption(name, 'an object', v);
+  return v;
+}
+
+function path(name: string, v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !v.startsWith('/') || /[?#\s]/.test(v)) {
+    throw invalidOption(name, "a path starting with '/' without query or spaces", v);
+  }
+  return v;
+}
+
+function backend(b: unknown, i: number): Required<BackendConfig> {
+  if (!isObject(b)) throw invalidOption(`backends[${i}]`, 'an object { id, url }', b);
+  if (!isValidBackendId(b.id)) {
+    throw new GatewayError(
+      'LW_GW_INVALID_BACKEND_ID',
+      `backends[${i}].id ${JSON.stringify(b.id)} must be 1-64 characters of [A-Za-z0-9._:@-] starting with a letter or digit`,
+    );
+  }
+  return {
+    id: b.id,
+    url: backendUrl(`backends[${i}].url`, b.url).href,
+    weight: num(`backends[${i}].weight`, b.weight, 1, Number.MIN_VALUE, 1e6),
+  };
+}
+
+/** Parses a backend URL; used for configured and for discovered backends. */
+export function backendUrl(name: string, v: unknown): URL {
+  let url: URL | undefined;
+  try {
+    url = typeof v === 'string' ? new URL(v) : undefined;
+  } catch {
+    url = undefined;
+  }
+  if (
+    !url ||
+    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
+    url.username ||
+    url.password ||
+    url.search ||
+    url.hash
+  ) {
+    throw new GatewayError(
+      'LW_GW_INVALID_BACKEND_URL',
+      `${name} ${JSON.stringify(v)}: expected http(s)://host[:port][/path]`,
+    );
+  }
+  return url;
+}
+
+function broker(v: unknown): BrokerOption | undefined {
+  if (v === undefined) return undefined;
+  const checkUrl = (u: unknown): void => {
+    let ok = false;
+    try {
+      ok = typeof u === 'string' && BROKER_PROTOCOLS.has(new URL(u).protocol);
+    } catch {
+      ok = false;
+    }
+    if (!ok)
+      throw new GatewayError(
+        'LW_GW_INVALID_BROKER',
+        `broker url ${JSON.stringify(u)}: expected mqtt://, mqtts://, ws:// or wss://`,
+      );
+  };
+  if (typeof v === 'string') {
+    checkUrl(v);
+    return v;
+  }
+  if (!isObject(v)) throw new GatewayError('LW_GW_INVALID_BROKER');
+  if ('client' in v) {
+    const c = v.client as { subscribe?: unknown; on?: unknown } | undefined;
+    if (!c || typeof c.subscribe !== 'function' || typeof c.on !== 'function') {
+      throw new GatewayError('LW_GW_INVALID_BROKER', 'broker.client is not an mqtt.js client');
+    }
+    return v as BrokerOption;
+  }
+  if ('embedded' in v) {
+    if (v.embedded !== true)
+      throw new GatewayError('LW_GW_INVALID_BROKER', 'broker.embedded must be true');
+    num('broker.port', v.port, 0, 0, 65535, true);
+    if (v.host !== undefined && typeof v.host !== 'string')
+      throw invalidOption('broker.host', 'a string', v.host);
+    return v as BrokerOption;
+  }
+  checkUrl(v.url);
+  num('broker.keepaliveSec', v.keepaliveSec, 30, 0, 65535, true);
+  num('broker.reconnectPeriodMs', v.reconnectPeriodMs, 1000, 1);
+  num('broker.connectTimeoutMs', v.connectTimeoutMs, 10000, 1);
+  if (
+    v.clientIdPrefix !== undefined &&
+    (typeof v.clientIdPrefix !== 'string' || v.clientIdPrefix.length > 40)
+  ) {
+    throw invalidOption(
+      'broker.clientIdPrefix',
+      'a string of at most 40 characters',
+      v.clientIdPrefix,
+    );
+  }
+  return v as unknown as BrokerOption;
+}
+
+function parseCidr(range: unknown, list: BlockList): void {
+  const [addr, bits, extra] = typeof range === 'string' ? range.split('/') : [];
+  const family = addr ? isIP(addr) : 0;
+  const prefix = Number(bits);
+  const max = family === 6 ? 128 : 32;
+  if (
+    !family ||
+    extra !== undefined ||
+    bits === undefined ||
+    !Number.isInteger(prefix) ||
+    prefix < 0 ||
+    prefix > max
+  ) {
+    throw new GatewayError(
+      'LW_GW_INVALID_DISCOVERY',
+      `allowed range ${JSON.stringify(range)} is not a CIDR (e.g. 10.0.0.0/8)`,
+    );
+  }
+  list.addSubnet(addr as string, prefix, family === 6 ? 'ipv6' : 'ipv4');
+}
+
+function logger(v: unknown): Logger {
+  if (v === undefined) {
+    return {
+      info: () => {},
+      warn: (m) => console.warn(`[loadwise] ${m}`),
+      error: (m) => console.error(`[loadwise] ${m}`),
+    };
+  }
+  const l = v as Partial<Logger>;
+  if (
+    !isObject(v) ||
+    typeof l.info !== 'function' ||
+    typeof l.warn !== 'function' ||
+    typeof l.error !== 'function'
+  ) {
+    throw invalidOption('logger', 'an object with info, warn and error functions', v);
+  }
+  return l as Logger;
+}
+
+function fn<T>(name: string, v: unknown, dflt: T): T {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'function') throw invalidOption(name, 'a function', v);
+  return v as T;
+}
+
+export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
+  if (!isObject(input)) throw invalidOption('options', 'an object', input);
+  const o = input as unknown as Record<string, unknown>;
+  if (o.backends !== undefined && !Array.isArray(o.backends))
+    throw invalidOption('backends', 'an array', o.backends);
+  const backends = ((o.backends as unknown[] | undefined) ?? []).map(backend);
+  const seen = new Set<string>();
+  for (const b of backends) {
+    if (seen.has(b.id))
+      throw new GatewayError('LW_GW_DUPLICATE_BACKEND', `backend id ${b.id} appears twice`);
+    seen.add(b.id);
+  }
+
+  const topicPrefix = o.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
+  try {
+    assertValidPrefix(topicPrefix as string);
+  } catch {
+    throw invalidOption(
+      'topicPrefix',
+      "topic levels of [A-Za-z0-9._:@-] separated by '/'",
+      topicPrefix,
+    );
+  }
+  if (o.keys !== undefined && !Array.isArray(o.keys))
+    throw invalidOption('keys', 'an array of { keyId, secret }', o.keys);
+  const keys = (o.keys as ResolvedOptions['keys'] | undefined) ?? [];
+  for (const k of keys) {
+    try {
+      assertValidKey(k);
+    } catch (err) {
+      throw invalidOption('keys', `valid keys (${(err as Error).message})`, k?.keyId);
+    }
+  }
+  if (o.requireSignature !== undefined) bool('requireSignature', o.requireSignature, false);
+  if (o.requireSignature === true && keys.length === 0)
+    throw invalidOption('requireSignature', 'false when no keys are given', true);
+
+  const strategy = o.strategy ?? DEFAULT_STRATEGY;
+  if (typeof strategy !== 'string' || strategy === '')
+    throw invalidOption('strategy', 'a strategy name', strategy);
+
+  const aff = o.affinity === undefined ? undefined : section('affinity', o.affinity);
+  if (aff) {
+    for (const k of ['header', 'cookie'] as const) {
+      if (
+        aff[k] !== undefined &&
+        (typeof aff[k] !== 'string' || !HEADER_NAME_RE.test(aff[k] as string))
+      ) {
+        throw invalidOption(`affinity.${k}`, 'a header/cookie name', aff[k]);
+      }
+    }
+    bool('affinity.clientAddress', aff.clientAddress, false);
+    if (bool('affinity.setCookie', aff.setCookie, false) && aff.cookie === undefined) {
+      throw invalidOption('affinity.setCookie', 'used together with affinity.cookie', true);
+    }
+    num('affinity.cookieMaxAgeSec', aff.cookieMaxAgeSec, 0, 0, 400 * 86400, true);
+    if (aff.header === undefined && aff.cookie === undefined && aff.clientAddress !== true) {
+      throw invalidOption('affinity', 'one of header, cookie or clientAddress', aff);
+    }
+  }
+
+  const agent = section('agent', o.agent);
+  const retry = section('retry', o.retry);
+  const methods = retry.methods ?? DEFAULT_IDEMPOTENT_METHODS;
+  if (
+    !Array.isArray(methods) ||
+    methods.some((m) => typeof m !== 'string' || !HEADER_NAME_RE.test(m))
+  ) {
+    throw invalidOption('retry.methods', 'an array of HTTP method names', methods);
+  }
+  const out = section('outlier', o.outlier);
+  const hc = section('healthCheck', o.healthCheck);
+  const sat = section('saturation', o.saturation);
+  const ovl = section('overload', o.overload);
+
+  let discovery: ResolvedOptions['discovery'];
+  if (o.discovery !== undefined && o.discovery !== false) {
+    const d = section('discovery', o.discovery);
+    if (keys.length === 0)
+      throw new GatewayError(
+        'LW_GW_INVALID_DISCOVERY',
+        'discovery needs keys: registrations are honoured only when signed',
+      );
+    if (!Array.isArray(d.allowedRanges) || d.allowedRanges.length === 0) {
+      throw new GatewayError(
+        'LW_GW_INVALID_DISCOVERY',
+        'discovery.allowedRanges must list at least one CIDR',
+      );
+    }
+    d.allowedRanges.forEach((r) => parseCidr(r, new BlockList()));
+    const ports = d.allowedPorts ?? [];
+    if (!Array.isArray(ports))
+      throw invalidOption('discovery.allowedPorts', 'an array of ports', ports);
+    ports.forEach((p, i) => num(`discovery.allowedPorts[${i}]`, p, 0, 1, 65535, true));
+    discovery = {
+      allowedRanges: d.allowedRanges as string[],
+      allowedPorts: ports as number[],
+      maxBackends: num('discovery.maxBackends', d.maxBackends, 100, 1, 10_000, true),
+    };
+  } else if (backends.length === 0) {
+    throw new GatewayError('LW_GW_NO_BACKENDS');
+  }
+
+  let decisionHeader: string | undefined;
+  if (o.decisionHeader === true) decisionHeader = DEFAULT_DECISION_HEADER;
+  else if (typeof o.decisionHeader === 'string' && HEADER_NAME_RE.test(o.decisionHeader))
+    decisionHeader = o.decisionHeader.toLowerCase();
+  else if (o.decisionHeader !== undefined && o.decisionHeader !== false)
+    throw invalidOption('decisionHeader', 'a boolean or a header name', o.decisionHeader);
+  if (
+    o.statusToken !== undefined &&
+    (typeof o.statusToken !== 'string' || o.statusToken.length < 8)
+  ) {
+    throw invalidOption('statusToken', 'a string of at least 8 characters', '<redacted>');
+  }
+  for (const k of ['strategyOptions', 'load'] as const) section(k, o[k]);
+
+  const resolved: ResolvedOptions = {
+    backends,
+    broker: broker(o.broker),
+    topicPrefix: topicPrefix as string,
+    keys,
+    requireSignature: o.requireSignature as boolean | undefined,
+    maxClockSkewMs:
+      o.maxClockSkewMs === undefined ? undefined : num('maxClockSkewMs', o.maxClockSkewMs, 0, 1),
+    maxPayloadBytes:
+      o.maxPayloadBytes === undefined
+        ? undefined
+        : num('maxPayloadBytes', o.maxPayloadBytes, 0, 256, 1 << 20, true),
+    strategy,
+    strategyOptions: section('strategyOptions', o.strategyOptions),
+    load: section('load', o.load),
+    affinity: aff,
+    connectTimeoutMs: num(
+      'connectTimeoutMs',
+      o.connectTimeoutMs,
+      DEFAULT_CONNECT_TIMEOUT_MS,
+      1,
+      2 ** 31 - 1,
+    ),
+    requestTimeoutMs: num(
+      'requestTimeoutMs',
+      o.requestTimeoutMs,
+      DEFAULT_REQUEST_TIMEOUT_MS,
+      1,
+      2 ** 31 - 1,
+    ),
+    changeOrigin: bool('changeOrigin', o.changeOrigin, false),
+    trustForwarded: bool('trustForwarded', o.trustForwarded, false),
+    forwardMountPath: bool('forwardMountPath', o.forwardMountPath, false),
+    agent: {
+      maxSockets: num('agent.maxSockets', agent.maxSockets, 256, 1, 1e6, true),
+      maxFreeSockets: num('agent.maxFreeSockets', agent.maxFreeSockets, 64, 0, 1e6, true),
+      keepAliveMsecs: num('agent.keepAliveMsecs', agent.keepAliveMsecs, 1000, 1),
+    },
+    retry:
+      o.retry === false
+        ? undefined
+        : {
+            maxRetries: num('retry.maxRetries', retry.maxRetries, 2, 0, 10, true),
+            methods: methods.map((m: string) => m.toUpperCase()),
+            budgetRatio: num('retry.budgetRatio', retry.budgetRatio, 0.2, 0, 1),
+            minRetriesPerSec: num('retry.minRetriesPerSec', retry.minRetriesPerSec, 10, 0),
+            budgetWindowMs: num(
+              'retry.budgetWindowMs',
+              retry.budgetWindowMs,
+              10_000,
+              1000,
+              600_000,
+              true,
+            ),
+          },
+    outlier: {
+      consecutiveFailures: num(
+        'outlier.consecutiveFailures',
+        out.consecutiveFailures,
+        5,
+        1,
+        1e6,
+        true,
+      ),
+      baseEjectionMs: num('outlier.baseEjectionMs', out.baseEjectionMs, 30_000, 1),
+      maxEjectionMs: num('outlier.maxEjectionMs', out.maxEjectionMs, 300_000, 1),
+      maxEjectionPercent: num('outlier.maxEjectionPercent', out.maxEjectionPercent, 50, 0, 100),
+      panicThresholdPercent: num(
+        'outlier.panicThresholdPercent',
+        out.panicThresholdPercent,
+        50,
+        0,
+        100,
+      ),
+      failOn5xx: bool('outlier.failOn5xx', out.failOn5xx, true),
+    },
+    healthCheck:
+      o.healthCheck === false
+        ? undefined
+        : {
+            path: path('healthCheck.path', hc.path) ?? '/',
+            intervalMs: num('healthCheck.intervalMs', hc.intervalMs, 5000, 10),
+            timeoutMs: num('healthCheck.timeoutMs', hc.timeoutMs, 2000, 1),
+            unhealthyThreshold: num(
+              'healthCheck.unhealthyThreshold',
+              hc.unhealthyThreshold,
+              2,
+              1,
+              100,
+              true,
+            ),
+            healthyThreshold: num(
+              'healthCheck.healthyThreshold',
+              hc.healthyThreshold,
+              1,
+              1,
+              100,
+              true,
+            ),
+          },
+    saturation: {
+      maxInFlightPerBackend: num(
+        'saturation.maxInFlightPerBackend',
+        sat.maxInFlightPerBackend,
+        256,
+        1,
+        1e6,
+        true,
+      ),
+      maxExpectedWaitMs:
+        sat.maxExpectedWaitMs === undefined
+          ? undefined
+          : num('saturation.maxExpectedWaitMs', sat.maxExpectedWaitMs, 0, 1),
+      queueSize: num('saturation.queueSize', sat.queueSize, 1000, 0, 1e6, true),
+      queueTimeoutMs: num('saturation.queueTimeoutMs', sat.queueTimeoutMs, 5000, 1),
+    },
+    overload:
+      o.overload === false
+        ? undefined
+        : {
+            maxEventLoopDelayMs: num(
+              'overload.maxEventLoopDelayMs',
+              ovl.maxEventLoopDelayMs,
+              1000,
+              1,
+            ),
+            sampleIntervalMs: num('overload.sampleIntervalMs', ovl.sampleIntervalMs, 500, 10),
+          },
+    discovery,
+    statusPath: path('statusPath', o.statusPath),
+    statusToken: o.statusToken as string | undefined,
+    metricsPath: path('metricsPath', o.metricsPath),
+    decisionHeader,
+    logger: logger(o.logger),
+    now: fn('now', o.now, Date.now),
+    random: fn('random', o.random, Math.random),
+  };
+  if (resolved.outlier.maxEjectionMs < resolved.outlier.baseEjectionMs) {
+    throw invalidOption(
+      'outlier.maxEjectionMs',
+      '>= outlier.baseEjectionMs',
+      resolved.outlier.maxEjectionMs,
+    );
+  }
+  return resolved;
+}
