@@ -1,0 +1,221 @@
+/**
+ * A fleet of real backends for end-to-end tests: each backend is the example
+ * program (examples/dist/backend.js) in its own process, each with its own
+ * health agent (the loadwise-agent CLI) in another process, publishing to a
+ * real broker. Tests break them with real signals: SIGKILL (crash), SIGSTOP
+ * (hang), SIGCONT, SIGTERM, and restart them on the same port.
+ *
+ * Needs the build (`npx tsc -b`): the children run dist/ code.
+ */
+import {
+  startAgentProcess,
+  startBackendProcess,
+  TRACKER_STATS_PATH,
+  type Exit,
+  type ManagedChild,
+} from '../../examples/lib/processes';
+import { startReportMonitor, type ReportMonitor } from '../../examples/lib/report-monitor';
+
+/** Agents report often in tests so states change within a second or two. */
+export const FLEET_AGENT_INTERVAL_MS = 250;
+
+export interface FleetBackendSpec {
+  id: string;
+  /** Worker slots (default 8). */
+  slots?: number;
+  /** Service time per request, ms (default 10). */
+  serviceMs?: number;
+  /** Start an agent beside it (default true when the fleet has a broker). */
+  agent?: boolean;
+}
+
+export interface FleetOptions {
+  backends: FleetBackendSpec[];
+  /** Broker the agents publish to; without it no agent starts. */
+  brokerUrl?: string;
+  /** Topic prefix (use uniquePrefix(): retained messages persist on Mosquitto). */
+  prefix?: string;
+  intervalMs?: number;
+  /** Extra loadwise-agent flags for every agent. */
+  agentArgs?: string[];
+}
+
+export interface BackendKnobs {
+  /** Service time per request, ms. */
+  serviceMs?: number;
+  /** Answer every request with this status; 0 turns it off. */
+  failStatus?: number;
+  /** Requests the backend keeps running against itself: load the gateway does not see. */
+  hiddenInFlight?: number;
+}
+
+export interface TrackerStats {
+  inFlight: number;
+  queued: number;
+  completed: number;
+  rejected: number;
+}
+
+export class FleetBackend {
+  /** The backend process; replaced by restart(). */
+  process!: ManagedChild;
+  /** The agent process, when one runs; replaced by restartAgent(). */
+  agent: ManagedChild | undefined;
+  readonly url: string;
+
+  constructor(
+    readonly spec: Required<FleetBackendSpec>,
+    readonly port: number,
+    process: ManagedChild,
+    private readonly fleet: {
+      brokerUrl?: string;
+      prefix?: string;
+      intervalMs: number;
+      agentArgs: string[];
+    },
+  ) {
+    this.process = process;
+    this.url = `http://127.0.0.1:${port}`;
+  }
+
+  get id(): string {
+    return this.spec.id;
+  }
+
+  /** Kills the backend process with `signal` and waits for it to exit (SIGKILL: a crash). */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<Exit> {
+    return this.process.stop(signal);
+  }
+
+  /** SIGSTOP: the process hangs; its sockets stay open but nothing answers. */
+  pause(): void {
+    this.process.signal('SIGSTOP');
+  }
+
+  /** SIGCONT after pause(). */
+  resume(): void {
+    this.process.signal('SIGCONT');
+  }
+
+  /** Starts the backend again on the same port (after kill()); the agent keeps running. */
+  async restart(): Promise<void> {
+    if (this.process.running) await this.process.stop('SIGKILL');
+    const started = await startBackendProcess({
+      id: this.spec.id,
+      slots: this.spec.slots,
+      serviceMs: this.spec.serviceMs,
+      port: this.port,
+    });
+    this.process = started.process;
+  }
+
+  /** Kills the agent with `signal` (SIGKILL: no goodbye, the broker sends its Last Will). */
+  async killAgent(signal: NodeJS.Signals = 'SIGKILL'): Promise<Exit | undefined> {
+    return this.agent?.stop(signal);
+  }
+
+  /** Starts a new agent (after killAgent()). */
+  startAgent(): void {
+    if (this.fleet.brokerUrl === undefined) throw new Error('fleet has no broker');
+    if (this.agent?.running) throw new Error(`agent ${this.id} is still running`);
+    this.agent = startAgentProcess({
+      backendId: this.id,
+      brokerUrl: this.fleet.brokerUrl,
+      prefix: this.fleet.prefix,
+      backendPort: this.port,
+      servicePid: this.process.pid,
+      intervalMs: this.fleet.intervalMs,
+      drainGraceMs: 100,
+      // The first report within one interval, not after a random offset of up to a second.
+      extraArgs: ['--jitter-ms', '0', ...this.fleet.agentArgs],
+    });
+  }
+
+  /** Changes the backend's behaviour at runtime (POST /admin/config). */
+  async configure(knobs: BackendKnobs): Promise<void> {
+    const res = await fetch(`${this.url}/admin/config`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(knobs),
+    });
+    if (!res.ok) throw new Error(`configure ${this.id}: ${res.status} ${await res.text()}`);
+  }
+
+  /** The backend's own tracker figures. */
+  async stats(): Promise<TrackerStats> {
+    const res = await fetch(`${this.url}${TRACKER_STATS_PATH}`);
+    return (await res.json()) as TrackerStats;
+  }
+
+  async close(): Promise<void> {
+    // The agent first, so its draining/offline goodbye is not a report about a dead backend.
+    await this.agent?.stop('SIGTERM');
+    await this.process.stop('SIGTERM');
+  }
+}
+
+export interface Fleet {
+  readonly backends: FleetBackend[];
+  get(id: string): FleetBackend;
+  /** Backend configuration for loadBalance({ backends }). */
+  backendConfig(): { id: string; url: string }[];
+  /** Reports as a gateway would see them (only when the fleet has a broker). */
+  readonly monitor: ReportMonitor | undefined;
+  /** Waits until every running agent has published `minReports` new reports. */
+  waitForReports(minReports?: number, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startFleet(opts: FleetOptions): Promise<Fleet> {
+  const shared = {
+    brokerUrl: opts.brokerUrl,
+    prefix: opts.prefix,
+    intervalMs: opts.intervalMs ?? FLEET_AGENT_INTERVAL_MS,
+    agentArgs: opts.agentArgs ?? [],
+  };
+  const backends: FleetBackend[] = [];
+  let monitor: ReportMonitor | undefined;
+  const close = async (): Promise<void> => {
+    await Promise.all(backends.map((b) => b.close()));
+    await monitor?.close();
+  };
+  try {
+    if (opts.brokerUrl !== undefined)
+      monitor = await startReportMonitor(opts.brokerUrl, opts.prefix);
+    const started = await Promise.all(
+      opts.backends.map(async (spec) => {
+        const full: Required<FleetBackendSpec> = {
+          slots: 8,
+          serviceMs: 10,
+          agent: opts.brokerUrl !== undefined,
+          ...spec,
+        };
+        const b = await startBackendProcess(full);
+        const fb = new FleetBackend(full, b.port, b.process, shared);
+        backends.push(fb);
+        if (full.agent) fb.startAgent();
+        return fb;
+      }),
+    );
+    backends.sort((a, b) => started.indexOf(a) - started.indexOf(b));
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return {
+    backends,
+    monitor,
+    get(id) {
+      const b = backends.find((x) => x.id === id);
+      if (!b) throw new Error(`no backend ${id} in the fleet`);
+      return b;
+    },
+    backendConfig: () => backends.map((b) => ({ id: b.id, url: b.url })),
+    async waitForReports(minReports = 1, timeoutMs = 15_000) {
+      if (!monitor) throw new Error('fleet has no broker');
+      const ids = backends.filter((b) => b.agent?.running).map((b) => b.id);
+      await monitor.waitForReports(ids, minReports, timeoutMs);
+    },
+    close,
+  };
+}
