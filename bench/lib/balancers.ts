@@ -1,0 +1,143 @@
+/**
+ * Every balancer a scenario can compare, by name. Each starts in its own
+ * process(es) on a loopback port in front of the same running backends.
+ */
+import type { GatewayDiag } from '../procs/gateway-diag';
+import type { RunningBackend } from './cluster';
+import { waitForHttp } from './http-get';
+import { freePort, startHaproxy, startNginx, type HaproxyPolicy, type NginxPolicy } from './peers';
+import { forkProc, type Proc } from './procs';
+
+export type BalancerFamily = 'loadwise' | 'express-hpm' | 'nginx' | 'haproxy';
+
+export interface BalancerContext {
+  backends: RunningBackend[];
+  tmpDir: string;
+  brokerUrl: string;
+  prefix: string;
+}
+
+export interface RunningBalancer {
+  url: string;
+  /** Processes whose CPU counts as the balancer's. */
+  procs: Proc[];
+  resetDiag(): void;
+  /** Event-loop delay and GC figures (Node gateways only). */
+  diag(): Promise<GatewayDiag | undefined>;
+  stop(): Promise<void>;
+}
+
+export interface BalancerDef {
+  name: string;
+  family: BalancerFamily;
+  start(ctx: BalancerContext, instance: number): Promise<RunningBalancer>;
+}
+
+async function nodeGateway(
+  name: string,
+  script: string,
+  config: Record<string, unknown>,
+): Promise<RunningBalancer> {
+  const proc = forkProc(name, script, config);
+  try {
+    const { port } = await proc.waitFor<{ port: number }>('ready');
+    const url = `http://127.0.0.1:${port}`;
+    await waitForHttp(url + '/healthz');
+    return {
+      url,
+      procs: [proc],
+      resetDiag: () => proc.send({ type: 'diag-reset' }),
+      diag: async () => {
+        proc.send({ type: 'diag' });
+        return (await proc.waitFor<{ diag: GatewayDiag }>('diag', 5_000)).diag;
+      },
+      stop: () => proc.stop(),
+    };
+  } catch (err) {
+    await proc.stop();
+    throw err;
+  }
+}
+
+async function nativeGateway(proc: Proc, port: number): Promise<RunningBalancer> {
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitForHttp(url + '/healthz');
+  } catch (err) {
+    await proc.stop();
+    throw new Error(`${proc.name}: ${(err as Error).message}\n${proc.stderrTail()}`);
+  }
+  return {
+    url,
+    procs: [proc],
+    resetDiag: () => undefined,
+    diag: async () => undefined,
+    stop: () => proc.stop(),
+  };
+}
+
+export function loadwise(strategy: string, extra: Record<string, unknown> = {}): BalancerDef {
+  return {
+    name: `loadwise ${strategy}`,
+    family: 'loadwise',
+    start: (ctx, instance) =>
+      nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
+        options: {
+          backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+          broker: ctx.brokerUrl,
+          topicPrefix: ctx.prefix,
+          strategy,
+          ...extra,
+        },
+      }),
+  };
+}
+
+export const expressHpm: BalancerDef = {
+  name: 'express+hpm round robin',
+  family: 'express-hpm',
+  start: (ctx, instance) =>
+    nodeGateway(`hpm-${instance}`, 'gateway-hpm.js', {
+      backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+    }),
+};
+
+export function nginx(policy: NginxPolicy): BalancerDef {
+  const slug = policy.replace(/ /g, '-');
+  return {
+    name: `nginx ${policy}`,
+    family: 'nginx',
+    start: async (ctx, instance) => {
+      const port = await freePort();
+      return nativeGateway(
+        startNginx(ctx.tmpDir, `nginx-${slug}-${instance}`, port, policy, ctx.backends),
+        port,
+      );
+    },
+  };
+}
+
+export function haproxy(policy: HaproxyPolicy): BalancerDef {
+  return {
+    name: `haproxy ${policy}`,
+    family: 'haproxy',
+    start: async (ctx, instance) => {
+      const port = await freePort();
+      return nativeGateway(
+        startHaproxy(ctx.tmpDir, `haproxy-${policy}-${instance}`, port, policy, ctx.backends),
+        port,
+      );
+    },
+  };
+}
+
+/** All peers the issue names. */
+export const PEERS: BalancerDef[] = [
+  nginx('round-robin'),
+  nginx('least_conn'),
+  nginx('random two least_conn'),
+  haproxy('roundrobin'),
+  haproxy('leastconn'),
+  haproxy('agent-check'),
+  expressHpm,
+];

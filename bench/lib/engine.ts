@@ -1,0 +1,198 @@
+/**
+ * Runs one scenario: starts its backends and agents once, then for each run
+ * and each balancer (interleaved, so slow drift in machine load hits all
+ * balancers alike) drains the backends, starts the balancer, drives load,
+ * measures CPU and stops the balancer again.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
+import type { GatewayDiag } from '../procs/gateway-diag';
+import type { BalancerDef, RunningBalancer } from './balancers';
+import { startCluster, type Cluster } from './cluster';
+import { CpuMeter, forkProc, sleep, type Proc } from './procs';
+import type { Scenario, ScenarioCase } from './scenario';
+import { maxWindowShareVsFair, shiftTimes } from './series-metrics';
+
+export interface RunRecord {
+  balancer: string;
+  family: string;
+  caseLabel: string;
+  run: number;
+  result?: LoadgenResult;
+  hidden?: LoadgenResult;
+  /** CPU use over the measured phase, cores (1 = one full core), per component. */
+  cpu: { gateway: number; loadgen: number; backends: number; agents: number; other: number };
+  diag?: GatewayDiag;
+  loadAvg1m: number;
+  drainWaitMs: number;
+  error?: string;
+  extra?: Record<string, number>;
+}
+
+export interface EngineOptions {
+  runs: number;
+  brokerUrl: string;
+  log: (s: string) => void;
+}
+
+export async function runScenario(
+  scenario: Scenario,
+  balancers: BalancerDef[],
+  opts: EngineOptions,
+): Promise<RunRecord[]> {
+  const prefix = `lwbench${process.pid}${scenario.name.replace(/[^a-z0-9]/gi, '')}${Date.now() % 100000}`;
+  const tmpDir = mkdtempSync(join(tmpdir(), 'loadwise-bench-'));
+  const records: RunRecord[] = [];
+  let cluster: Cluster | undefined;
+  try {
+    cluster = await startCluster({
+      backends: scenario.backends,
+      maxQueue: scenario.maxQueue,
+      agents: scenario.agents ? { brokerUrl: opts.brokerUrl, prefix, intervalMs: 1000 } : undefined,
+    });
+    const ctx = { backends: cluster.backends, tmpDir, brokerUrl: opts.brokerUrl, prefix };
+    for (const c of scenario.cases) {
+      for (let run = 1; run <= opts.runs; run++) {
+        for (const def of balancers) {
+          opts.log(`  ${scenario.name} ${c.label} run ${run}/${opts.runs}: ${def.name}`);
+          const rec = await runOnce(scenario, c, def, run, cluster, ctx, opts);
+          records.push(rec);
+          if (rec.error) opts.log(`    error: ${rec.error}`);
+          else
+            opts.log(
+              `    p50 ${rec.result!.latency.p50Ms} p99 ${rec.result!.latency.p99Ms} ms, ` +
+                `${rec.result!.throughputRps} req/s, errors ${rec.result!.errorCount}, ` +
+                `gateway cpu ${rec.cpu.gateway}, total cpu ${totalCpu(rec)}`,
+            );
+        }
+      }
+    }
+  } finally {
+    await cluster?.stop();
+    rmSync(tmpDir, { recursive: true, force: true });
+  }
+  return records;
+}
+
+export function totalCpu(r: RunRecord): number {
+  const c = r.cpu;
+  return Math.round((c.gateway + c.loadgen + c.backends + c.agents + c.other) * 100) / 100;
+}
+
+async function runOnce(
+  scenario: Scenario,
+  c: ScenarioCase,
+  def: BalancerDef,
+  run: number,
+  cluster: Cluster,
+  ctx: Parameters<BalancerDef['start']>[0],
+  opts: EngineOptions,
+): Promise<RunRecord> {
+  const rec: RunRecord = {
+    balancer: def.name,
+    family: def.family,
+    caseLabel: c.label,
+    run,
+    cpu: { gateway: 0, loadgen: 0, backends: 0, agents: 0, other: 0 },
+    loadAvg1m: Math.round(loadavg()[0]! * 100) / 100,
+    drainWaitMs: 0,
+  };
+  cluster.resetServiceTimes();
+  // One run's backlog must not poison the next: wait for empty queues.
+  const drain = await cluster.drain();
+  rec.drainWaitMs = drain.waitedMs;
+  if (!drain.drained)
+    opts.log(`    backends still busy after ${drain.waitedMs} ms; running anyway`);
+  else if (drain.waitedMs > 1_000)
+    opts.log(`    waited ${drain.waitedMs} ms for backend queues to drain`);
+  const gateways: RunningBalancer[] = [];
+  const side: Proc[] = [];
+  const timers: NodeJS.Timeout[] = [];
+  try {
+    for (let i = 0; i < (scenario.gatewayInstances ?? 1); i++)
+      gateways.push(await def.start(ctx, i));
+    const sideProcs = c.side ? await c.side(ctx) : [];
+    side.push(...sideProcs);
+    const load = c.load;
+    const cfg: LoadgenConfig = { ...load, targets: gateways.map((g) => g.url + '/work') };
+    const meter = new CpuMeter([
+      ...gateways.flatMap((g) =>
+        g.procs.map((p, i) => ({ name: `gateway:${p.name}:${i}`, pid: p.pid })),
+      ),
+      ...cluster.backends.map((b) => ({ name: `backends:${b.id}`, pid: b.proc.pid })),
+      ...cluster.backends
+        .filter((b) => b.agent)
+        .map((b) => ({ name: `agents:${b.id}`, pid: b.agent!.pid })),
+      ...side.map((p) => ({ name: `other:${p.name}`, pid: p.pid })),
+    ]);
+    let hiddenProc: Proc | undefined;
+    if (c.hiddenLoad) {
+      const target = cluster.backends.find((b) => b.id === c.hiddenLoad!.backendId)!;
+      hiddenProc = forkProc('hidden-load', 'loadgen.js', {
+        ...load,
+        mode: 'open',
+        rate: c.hiddenLoad.rate,
+        targets: [target.url + '/hidden'],
+      } satisfies LoadgenConfig);
+    }
+    const gen = forkProc('loadgen', 'loadgen.js', cfg);
+    const genMeter = new CpuMeter([{ name: 'loadgen', pid: gen.pid }]);
+    const resultP = gen.waitFor<LoadgenResult>(
+      'result',
+      load.warmupMs + load.durationMs + load.timeoutMs + 30_000,
+    );
+    const hiddenP = hiddenProc?.waitFor<LoadgenResult>(
+      'result',
+      load.warmupMs + load.durationMs + load.timeoutMs + 30_000,
+    );
+    timers.push(
+      setTimeout(() => {
+        meter.begin();
+        genMeter.begin();
+        for (const g of gateways) g.resetDiag();
+      }, load.warmupMs),
+    );
+    for (const ev of c.events ?? []) {
+      timers.push(
+        setTimeout(() => cluster.setServiceMs(ev.backendId, ev.serviceMs), load.warmupMs + ev.atMs),
+      );
+    }
+    const result = await resultP;
+    const cpu = { ...meter.end(), ...genMeter.end() };
+    rec.result = result;
+    if (hiddenP) rec.hidden = await hiddenP;
+    for (const [name, cores] of Object.entries(cpu)) {
+      const group = name.split(':')[0] as keyof RunRecord['cpu'];
+      rec.cpu[group] = Math.round((rec.cpu[group] + cores) * 1000) / 1000;
+    }
+    rec.diag = await gateways[0]!.diag().catch(() => undefined);
+    const [degrade, recover] = c.events ?? [];
+    if (degrade && recover) {
+      rec.extra = shiftTimes(
+        result.series,
+        degrade.backendId,
+        degrade.atMs,
+        recover.atMs,
+        load.windowMs,
+      );
+    }
+    if ((scenario.gatewayInstances ?? 1) > 1) {
+      rec.extra = maxWindowShareVsFair(
+        result.series,
+        cluster.backends.map((b) => b.id),
+      );
+    }
+    await gen.stop();
+    await hiddenProc?.stop();
+  } catch (err) {
+    rec.error = (err as Error).message.split('\n')[0];
+  } finally {
+    timers.forEach(clearTimeout);
+    await Promise.all([...gateways.map((g) => g.stop()), ...side.map((p) => p.stop())]);
+    cluster.resetServiceTimes();
+  }
+  await sleep(300);
+  return rec;
+}

@@ -1,0 +1,208 @@
+/**
+ * Turns run records into a result page per scenario: a markdown table of
+ * medians over runs (with ratios to the peers), a chart (vega-lite -> SVG),
+ * and the machine's core count, load and date.
+ */
+import { cpus, loadavg } from 'node:os';
+import type { RunRecord } from './engine';
+import { totalCpu } from './engine';
+import type { Scenario } from './scenario';
+import { median, round } from './stats';
+
+export interface Row {
+  caseLabel: string;
+  balancer: string;
+  family: string;
+  runs: number;
+  failedRuns: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  throughputRps: number;
+  errors: number;
+  errorRate: number;
+  shares: Record<string, number>;
+  gatewayCpu: number;
+  totalCpu: number;
+  loadgenCpu: number;
+  loadAvg1m: number;
+  /** Scenario-specific figures (medians): shift times, window shares, GC, event-loop delay. */
+  extra: Record<string, number>;
+  p99VsBestPeer?: number;
+  throughputVsHpm?: number;
+}
+
+export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
+  const rows: Row[] = [];
+  const keys = [...new Set(records.map((r) => `${r.caseLabel}\u0000${r.balancer}`))];
+  for (const key of keys) {
+    const [caseLabel, balancer] = key.split('\u0000') as [string, string];
+    const all = records.filter((r) => r.caseLabel === caseLabel && r.balancer === balancer);
+    const ok = all.filter((r) => r.result);
+    const m = (f: (r: RunRecord) => number): number => median(ok.map(f));
+    const ids = scenario.backends.map((b) => b.id);
+    const shares: Record<string, number> = {};
+    for (const id of ids)
+      shares[id] = round(
+        m((r) => r.result!.shares[id] ?? 0),
+        3,
+      );
+    const extra: Record<string, number> = {};
+    const extraKeys = new Set(ok.flatMap((r) => Object.keys(r.extra ?? {})));
+    for (const k of extraKeys)
+      extra[k] = round(
+        m((r) => r.extra?.[k] ?? NaN),
+        2,
+      );
+    if (ok.some((r) => r.diag)) {
+      extra.eventLoopDelayP99Ms = round(
+        m((r) => r.diag?.eventLoopDelayP99Ms ?? NaN),
+        2,
+      );
+      extra.gcTotalMs = round(
+        m((r) => r.diag?.gcTotalMs ?? NaN),
+        1,
+      );
+      extra.gcMaxMs = round(
+        m((r) => r.diag?.gcMaxMs ?? NaN),
+        1,
+      );
+    }
+    rows.push({
+      caseLabel,
+      balancer,
+      family: all[0]!.family,
+      runs: ok.length,
+      failedRuns: all.length - ok.length,
+      p50Ms: round(m((r) => r.result!.latency.p50Ms)),
+      p90Ms: round(m((r) => r.result!.latency.p90Ms)),
+      p99Ms: round(m((r) => r.result!.latency.p99Ms)),
+      p999Ms: round(m((r) => r.result!.latency.p999Ms)),
+      throughputRps: round(m((r) => r.result!.throughputRps)),
+      errors: m((r) => r.result!.errorCount),
+      errorRate: round(
+        m((r) => r.result!.errorCount / Math.max(1, r.result!.sent)),
+        4,
+      ),
+      shares,
+      gatewayCpu: round(
+        m((r) => r.cpu.gateway),
+        2,
+      ),
+      totalCpu: round(
+        m((r) => totalCpu(r)),
+        2,
+      ),
+      loadgenCpu: round(
+        m((r) => r.cpu.loadgen),
+        2,
+      ),
+      loadAvg1m: round(
+        m((r) => r.loadAvg1m),
+        2,
+      ),
+      extra,
+    });
+  }
+  for (const c of new Set(rows.map((r) => r.caseLabel))) {
+    const inCase = rows.filter((r) => r.caseLabel === c && r.runs > 0);
+    const peers = inCase.filter((r) => r.family === 'nginx' || r.family === 'haproxy');
+    const bestPeer = peers.length ? Math.min(...peers.map((r) => r.p99Ms)) : NaN;
+    const hpm = inCase.find((r) => r.family === 'express-hpm');
+    for (const r of inCase) {
+      if (Number.isFinite(bestPeer) && bestPeer > 0) r.p99VsBestPeer = round(r.p99Ms / bestPeer, 2);
+      if (hpm && hpm.throughputRps > 0)
+        r.throughputVsHpm = round(r.throughputRps / hpm.throughputRps, 3);
+    }
+  }
+  return rows;
+}
+
+function fmt(v: number | undefined, digits = 1): string {
+  if (v === undefined || !Number.isFinite(v)) return '–';
+  return v.toFixed(digits).replace(/\.0+$/, '');
+}
+
+export function markdownTable(rows: Row[], scenario: Scenario): string {
+  const ids = scenario.backends.map((b) => b.id);
+  const extraKeys = [...new Set(rows.flatMap((r) => Object.keys(r.extra)))];
+  const head = [
+    'case',
+    'balancer',
+    'p50 ms',
+    'p90 ms',
+    'p99 ms',
+    'p99.9 ms',
+    'req/s',
+    'errors',
+    `shares ${ids.join('/')}`,
+    'p99 / best peer',
+    'req/s / express+hpm',
+    'gateway CPU',
+    'all CPU',
+    ...extraKeys,
+  ];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const r of rows) {
+    const cells = [
+      r.caseLabel,
+      r.runs === 0 ? `${r.balancer} (failed)` : r.balancer,
+      fmt(r.p50Ms),
+      fmt(r.p90Ms),
+      fmt(r.p99Ms),
+      fmt(r.p999Ms),
+      fmt(r.throughputRps),
+      `${fmt(r.errors, 0)} (${fmt(r.errorRate * 100, 2)}%)`,
+      ids.map((id) => fmt(r.shares[id], 2)).join('/'),
+      fmt(r.p99VsBestPeer, 2),
+      fmt(r.throughputVsHpm, 2),
+      fmt(r.gatewayCpu, 2),
+      fmt(r.totalCpu, 2),
+      ...extraKeys.map((k) => fmt(r.extra[k], 2)),
+    ];
+    lines.push(`| ${cells.join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+export interface RunInfo {
+  date: string;
+  runs: number;
+  quick: boolean;
+  command: string;
+  loadAvgBefore: number[];
+}
+
+export function machineLine(info: RunInfo): string {
+  const cpu = cpus();
+  return (
+    `${info.date} · ${cpu.length} cores (${cpu[0]?.model.trim() ?? 'unknown CPU'}) · Node ${process.version} · ` +
+    `median of ${info.runs} run(s)${info.quick ? ' · QUICK (smoke) settings' : ''} · ` +
+    `load average before ${info.loadAvgBefore.map((l) => l.toFixed(2)).join(' ')}, after ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')} · \`${info.command}\``
+  );
+}
+
+export function scenarioPage(
+  scenario: Scenario,
+  rows: Row[],
+  info: RunInfo,
+  chartFile?: string,
+): string {
+  const parts = [
+    `## ${scenario.title}`,
+    '',
+    scenario.description,
+    '',
+    machineLine(info),
+    '',
+    markdownTable(rows, scenario),
+    '',
+    'CPU columns are cores used over the measured phase (1 = one full core); "all CPU" adds gateway, load ' +
+      "generator(s), backends and agents. Latency is measured from each request's scheduled send time.",
+  ];
+  if (chartFile) parts.push('', `![${scenario.title}](${chartFile})`);
+  return parts.join('\n') + '\n';
+}

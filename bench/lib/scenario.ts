@@ -1,0 +1,33 @@
+import type { LoadgenConfig } from '../procs/loadgen';
+import type { BalancerContext, BalancerDef } from './balancers';
+import type { BackendSpec } from './cluster';
+import type { Proc } from './procs';
+
+export type LoadSpec = Omit<LoadgenConfig, 'targets'>;
+
+/** One measured condition of a scenario (a sweep has one per rate). */
+export interface ScenarioCase {
+  label: string;
+  load: LoadSpec;
+  /** Traffic straight to one backend, past the gateway: only its agent sees it. */
+  hiddenLoad?: { backendId: string; rate: number };
+  /** Service-time changes, ms after the end of warm-up (scenario 3). */
+  events?: Array<{ atMs: number; backendId: string; serviceMs: number }>;
+  /** Extra processes for the run (scenario 7's simulated agents). */
+  side?: (ctx: BalancerContext) => Promise<Proc[]>;
+}
+
+export interface Scenario {
+  name: string;
+  title: string;
+  /** What it shows and how, for the results page. */
+  description: string;
+  backends: BackendSpec[];
+  maxQueue: number;
+  agents: boolean;
+  gatewayInstances?: number;
+  cases: ScenarioCase[];
+  balancers: BalancerDef[];
+  /** Only run when named (the smoke test's scenario). */
+  onlyWhenNamed?: boolean;
+}

@@ -1,0 +1,45 @@
+/**
+ * The baseline peer: Express + plain http-proxy-middleware, round robin over
+ * the backends through HPM's `router` option, every other option at its default
+ * (so, like most deployments, no keep-alive agent to the backends).
+ */
+import type { AddressInfo } from 'node:net';
+import express from 'express';
+import { createProxyMiddleware } from 'http-proxy-middleware';
+import { fail, onShutdown, readConfig, tell } from './child';
+import { startDiag } from './gateway-diag';
+
+interface HpmConfig {
+  backends: Array<{ id: string; url: string }>;
+  port?: number;
+}
+
+async function main(): Promise<void> {
+  const cfg = readConfig<HpmConfig>();
+  const diag = startDiag();
+  let i = 0;
+  const app = express();
+  app.disable('x-powered-by');
+  app.use(
+    createProxyMiddleware({
+      target: cfg.backends[0]!.url,
+      router: () => cfg.backends[i++ % cfg.backends.length]!.url,
+    }),
+  );
+  const server = app.listen(cfg.port ?? 0, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  process.on('message', (m: { type?: string }) => {
+    if (m.type === 'diag-reset') diag.reset();
+    if (m.type === 'diag') tell({ type: 'diag', diag: diag.read() });
+  });
+  onShutdown(async () => {
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  tell({ type: 'ready', port: (server.address() as AddressInfo).port });
+}
+
+main().catch(fail);

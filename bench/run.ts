@@ -1,0 +1,173 @@
+/**
+ * `npm run bench [-- --scenario NAME[,NAME]] [--runs N] [--quick]`
+ *
+ * Runs the scenarios of bench/scenarios.ts and writes bench/results/<name>.md,
+ * <name>.svg and latest.md (raw JSON to bench/results/raw/, git-ignored).
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as prettier from 'prettier';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { buildScenarios } from './scenarios';
+import { chartSpec, renderSvg } from './lib/chart';
+import { runScenario } from './lib/engine';
+import { ensurePeers } from './lib/peers';
+import { aggregate, machineLine, scenarioPage, type RunInfo } from './lib/report';
+import type { Scenario } from './lib/scenario';
+
+export interface BenchArgs {
+  scenarios: string[];
+  runs: number;
+  quick: boolean;
+  brokerUrl: string;
+  strategies?: string[];
+  balancers?: string[];
+  controlPlaneAgents: number;
+  resultsDir: string;
+  /** Write latest.md (off when only some scenarios run, so the combined page is not clobbered). */
+  writeLatest?: boolean;
+}
+
+export function parseArgs(argv: string[]): BenchArgs {
+  const args: BenchArgs = {
+    scenarios: [],
+    runs: 3,
+    quick: false,
+    brokerUrl: process.env.LOADWISE_BENCH_BROKER ?? 'mqtt://127.0.0.1:1883',
+    controlPlaneAgents: 5000,
+    resultsDir: join(__dirname, '..', 'results'),
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--scenario') args.scenarios.push(...value().split(','));
+    else if (a === '--runs') args.runs = Math.max(1, parseInt(value(), 10));
+    else if (a === '--quick') args.quick = true;
+    else if (a === '--broker') args.brokerUrl = value();
+    else if (a === '--strategies') args.strategies = value().split(',');
+    else if (a === '--balancers') args.balancers = value().split(',');
+    else if (a === '--agents') args.controlPlaneAgents = parseInt(value(), 10);
+    else if (a === '--out') args.resultsDir = value();
+    else throw new Error(`unknown argument ${a}`);
+  }
+  return args;
+}
+
+/** The gateway's registered strategy names, default first; falls back to the default alone. */
+export function loadwiseStrategies(): string[] {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const gw = require('@loadwise/gateway-plugin') as Record<string, unknown>;
+    const list = (gw.STRATEGY_NAMES ?? gw.strategyNames ?? gw.listStrategies) as unknown;
+    const names =
+      typeof list === 'function' ? (list as () => string[])() : (list as string[] | undefined);
+    if (Array.isArray(names) && names.length > 0) {
+      const def = typeof gw.DEFAULT_STRATEGY === 'string' ? gw.DEFAULT_STRATEGY : 'load-aware';
+      return [def, ...names.filter((n) => n !== def)];
+    }
+  } catch {
+    // not built yet: fall through
+  }
+  return ['load-aware'];
+}
+
+/** Writes markdown as the repo's Prettier config formats it, so `npm run lint` stays green. */
+async function writeMarkdown(file: string, text: string): Promise<void> {
+  const config = (await prettier.resolveConfig(file)) ?? {};
+  writeFileSync(file, await prettier.format(text, { ...config, filepath: file }));
+}
+
+export async function runBench(
+  args: BenchArgs,
+  log: (s: string) => void = console.log,
+): Promise<string[]> {
+  const strategies = args.strategies ?? loadwiseStrategies();
+  let scenarios: Scenario[] = buildScenarios({
+    quick: args.quick,
+    strategies,
+    controlPlaneAgents: args.controlPlaneAgents,
+  });
+  if (args.scenarios.length > 0) {
+    const unknown = args.scenarios.filter((s) => !scenarios.some((x) => x.name === s));
+    if (unknown.length)
+      throw new Error(
+        `unknown scenario(s) ${unknown.join(', ')}; known: ${scenarios.map((s) => s.name).join(', ')}`,
+      );
+    scenarios = scenarios.filter((s) => args.scenarios.includes(s.name));
+  } else {
+    scenarios = scenarios.filter((s) => !s.onlyWhenNamed);
+  }
+  const needsPeers = scenarios.some((s) =>
+    s.balancers.some((b) => b.family === 'nginx' || b.family === 'haproxy'),
+  );
+  const peers = needsPeers ? ensurePeers(log) : { nginx: false, haproxy: false };
+  mkdirSync(join(args.resultsDir, 'raw'), { recursive: true });
+  const info: RunInfo = {
+    date: new Date().toISOString(),
+    runs: args.runs,
+    quick: args.quick,
+    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    loadAvgBefore: loadavg(),
+  };
+  const pages: string[] = [];
+  const written: string[] = [];
+  for (const scenario of scenarios) {
+    const balancers = scenario.balancers.filter(
+      (b) =>
+        (b.family !== 'nginx' || peers.nginx) &&
+        (b.family !== 'haproxy' || peers.haproxy) &&
+        (!args.balancers || args.balancers.some((n) => b.name.includes(n))),
+    );
+    log(`scenario ${scenario.name}: ${balancers.map((b) => b.name).join(', ')}`);
+    const records = await runScenario(scenario, balancers, {
+      runs: args.runs,
+      brokerUrl: args.brokerUrl,
+      log,
+    });
+    writeFileSync(
+      join(args.resultsDir, 'raw', `${scenario.name}.json`),
+      JSON.stringify({ info, records }, null, 1),
+    );
+    const rows = aggregate(records, scenario);
+    const chartFile = `${scenario.name}.svg`;
+    let chart: string | undefined;
+    try {
+      writeFileSync(
+        join(args.resultsDir, chartFile),
+        await renderSvg(chartSpec(scenario.title, rows, scenario.name === 'rate-sweep')),
+      );
+      chart = chartFile;
+    } catch (err) {
+      log(`chart for ${scenario.name} failed: ${(err as Error).message}`);
+    }
+    const page = scenarioPage(scenario, rows, info, chart);
+    await writeMarkdown(
+      join(args.resultsDir, `${scenario.name}.md`),
+      `# Benchmark: ${scenario.title}\n\n${page}`,
+    );
+    written.push(join(args.resultsDir, `${scenario.name}.md`));
+    pages.push(page);
+  }
+  if (args.writeLatest ?? args.scenarios.length === 0) {
+    const latest = [`# loadwise benchmark results`, '', machineLine(info), '', ...pages].join('\n');
+    await writeMarkdown(join(args.resultsDir, 'latest.md'), latest);
+    written.push(join(args.resultsDir, 'latest.md'));
+  }
+  return written;
+}
+
+if (require.main === module) {
+  runBench(parseArgs(process.argv.slice(2)))
+    .then((files) => {
+      console.log(`wrote ${files.join(', ')}`);
+      process.exit(0);
+    })
+    .catch((err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    });
+}

@@ -1,0 +1,235 @@
+/**
+ * The scenarios of issue 5, as data. Service times are tens of ms and rates a
+ * few hundred per second so the load generator, backends and gateway together
+ * stay well inside the machine's 2 cores: the tails then come from routing,
+ * not from Node processes fighting for CPU. Capacity of a backend = slots /
+ * service time.
+ */
+import { expressHpm, haproxy, loadwise, nginx, PEERS, type BalancerDef } from './lib/balancers';
+import type { BackendSpec } from './lib/cluster';
+import { forkProc } from './lib/procs';
+import type { LoadSpec, Scenario } from './lib/scenario';
+
+export interface ScenarioOptions {
+  quick: boolean;
+  /** loadwise strategies to compare (the gateway's registered names). */
+  strategies: string[];
+  /** Simulated agents in scenario 7. */
+  controlPlaneAgents: number;
+}
+
+function open(rate: number, quick: boolean, durationMs = 10_000, windowMs = 1_000): LoadSpec {
+  return {
+    mode: 'open',
+    rate,
+    warmupMs: quick ? 1_000 : 2_000,
+    durationMs: quick ? 3_000 : durationMs,
+    maxSockets: 256,
+    timeoutMs: 10_000,
+    windowMs,
+  };
+}
+
+function closed(concurrency: number, quick: boolean): LoadSpec {
+  return {
+    mode: 'closed',
+    concurrency,
+    warmupMs: quick ? 1_000 : 2_000,
+    durationMs: quick ? 3_000 : 8_000,
+    maxSockets: 256,
+    timeoutMs: 10_000,
+    windowMs: 1_000,
+  };
+}
+
+function identical(n: number, slots: number, serviceMs: number): BackendSpec[] {
+  return Array.from({ length: n }, (_, i) => ({ id: `b${i + 1}`, slots, serviceMs }));
+}
+
+export function buildScenarios(o: ScenarioOptions): Scenario[] {
+  const [defaultStrategy = 'load-aware'] = o.strategies;
+  const lw = o.strategies.map((s) => loadwise(s));
+  const lwDefault = loadwise(defaultStrategy);
+  const leastConns = [nginx('least_conn'), nginx('random two least_conn'), haproxy('leastconn')];
+  const q = o.quick;
+
+  // 200 req/s per fast backend (8 slots x 40 ms).
+  const FAST = { slots: 8, serviceMs: 40 };
+  const three = identical(3, FAST.slots, FAST.serviceMs);
+
+  const scenarios: Scenario[] = [
+    {
+      name: 'heterogeneous',
+      title: '1. Heterogeneous capacities',
+      description:
+        'Backends b1, b2: 8 slots x 40 ms (200 req/s each); b3: 8 slots x 160 ms (50 req/s, 4x slower). ' +
+        'Open-loop Poisson at 315 req/s = 70% of the 450 req/s total.',
+      backends: [
+        { id: 'b1', ...FAST },
+        { id: 'b2', ...FAST },
+        { id: 'b3', slots: 8, serviceMs: 160 },
+      ],
+      maxQueue: 512,
+      agents: true,
+      cases: [{ label: '315 req/s', load: open(315, q) }],
+      balancers: [...lw, ...PEERS],
+    },
+    {
+      name: 'hidden-load',
+      title: '2. Hidden load',
+      description:
+        'Three backends of 200 req/s (8 slots x 40 ms). Another client sends 120 req/s straight to b3, ' +
+        "past the gateway; only b3's agent sees it. The gateway gets 300 req/s: 420 of 600 req/s in all (70%).",
+      backends: three,
+      maxQueue: 512,
+      agents: true,
+      cases: [
+        {
+          label: '300 + 120 hidden req/s',
+          load: open(300, q),
+          hiddenLoad: { backendId: 'b3', rate: 120 },
+        },
+      ],
+      balancers: [...lw, ...PEERS],
+    },
+    {
+      name: 'degradation',
+      title: '3. A backend degrades mid-run',
+      description:
+        "Three backends of 200 req/s at 360 req/s (60%). b1's service time goes 40 -> 200 ms (x5) " +
+        'from 6 s to 14 s after warm-up, then recovers. Shares are counted in 500 ms windows.',
+      backends: three,
+      maxQueue: 512,
+      agents: true,
+      cases: [
+        {
+          label: '360 req/s, b1 x5 6-14 s',
+          load: open(360, q, 22_000, 500),
+          events: q
+            ? [
+                { atMs: 1_000, backendId: 'b1', serviceMs: 200 },
+                { atMs: 2_000, backendId: 'b1', serviceMs: 40 },
+              ]
+            : [
+                { atMs: 6_000, backendId: 'b1', serviceMs: 200 },
+                { atMs: 14_000, backendId: 'b1', serviceMs: 40 },
+              ],
+        },
+      ],
+      balancers: [lwDefault, ...leastConns, haproxy('agent-check'), expressHpm],
+    },
+    {
+      name: 'identical',
+      title: '4. Identical backends',
+      description:
+        'Three backends of 200 req/s (8 slots x 40 ms), open-loop Poisson at 420 req/s (70%).',
+      backends: three,
+      maxQueue: 512,
+      agents: true,
+      cases: [{ label: '420 req/s', load: open(420, q) }],
+      balancers: [...lw, ...leastConns],
+    },
+    {
+      name: 'two-gateways',
+      title: '5. Two gateways, one broker',
+      description:
+        'Two gateway processes on the same broker and backends (three of 200 req/s); the load generator ' +
+        'alternates requests between them, 420 req/s in all. Herding shows as a backend taking far more than ' +
+        'its fair third in a 1 s window.',
+      backends: three,
+      maxQueue: 512,
+      agents: true,
+      gatewayInstances: 2,
+      cases: [{ label: '420 req/s over 2 gateways', load: open(420, q) }],
+      balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
+    },
+    {
+      name: 'overhead',
+      title: '6. Overhead',
+      description:
+        'Three backends that answer at once (no service time, 1000 slots). Closed loop, 32 concurrent ' +
+        'requests: the gateway is the bottleneck, so throughput and p99 show its cost per request. ' +
+        'All processes share the 2 cores, so absolute figures are lower than on separate machines.',
+      backends: identical(3, 1000, 0),
+      maxQueue: 1024,
+      agents: true,
+      cases: [{ label: 'closed loop, 32 concurrent', load: closed(32, q) }],
+      balancers: [lwDefault, expressHpm, nginx('least_conn'), haproxy('leastconn')],
+    },
+    {
+      name: 'control-plane',
+      title: '7. Control plane',
+      description:
+        `${o.controlPlaneAgents} simulated agents publish real encoded metrics reports at 1 Hz through ` +
+        'Mosquitto (from a separate process) while the gateway proxies. Idle cases (20 req/s) isolate the ' +
+        'ingest CPU; closed-loop cases (16 concurrent) show the effect on proxy throughput.',
+      backends: identical(3, 1000, 0),
+      maxQueue: 1024,
+      agents: true,
+      cases: [
+        { label: 'idle, no simulated agents', load: open(20, q) },
+        {
+          label: `idle, ${o.controlPlaneAgents} agents`,
+          load: open(20, q),
+          side: simAgents(o.controlPlaneAgents),
+        },
+        { label: 'proxy, no simulated agents', load: closed(16, q) },
+        {
+          label: `proxy, ${o.controlPlaneAgents} agents`,
+          load: closed(16, q),
+          side: simAgents(o.controlPlaneAgents),
+        },
+      ],
+      balancers: [lwDefault],
+    },
+    {
+      name: 'rate-sweep',
+      title: '8. Rate sweep with fast backends',
+      description:
+        'Three backends of 64 slots x 10 ms (6400 req/s each: they never queue), open-loop rate raised ' +
+        "step by step. Any tail here is the gateway's own.",
+      backends: identical(3, 64, 10),
+      maxQueue: 1024,
+      agents: true,
+      cases: (q ? [200, 400] : [300, 600, 900, 1200, 1500]).map((rate) => ({
+        label: `${rate} req/s`,
+        load: open(rate, q, 8_000),
+      })),
+      balancers: [nginx('least_conn'), expressHpm, lwDefault],
+    },
+    {
+      name: 'smoke',
+      title: 'Smoke test',
+      description:
+        'Two backends of 4 slots x 20 ms (200 req/s each) at 40 req/s for a few seconds: the harness works.',
+      backends: identical(2, 4, 20),
+      maxQueue: 64,
+      agents: true,
+      onlyWhenNamed: true,
+      cases: [
+        {
+          label: '40 req/s',
+          load: { ...open(40, true), warmupMs: 500, durationMs: 2_000, windowMs: 500 },
+        },
+      ],
+      balancers: [lwDefault, expressHpm],
+    },
+  ];
+  return scenarios;
+}
+
+/** Scenario 7: a separate process publishing `count` agents' reports at 1 Hz. */
+function simAgents(count: number) {
+  return async (ctx: { brokerUrl: string; prefix: string }) => {
+    const proc = forkProc('sim-agents', 'sim-agents.js', {
+      brokerUrl: ctx.brokerUrl,
+      prefix: ctx.prefix,
+      count,
+      intervalMs: 1000,
+    });
+    await proc.waitFor('ready', 30_000);
+    return [proc];
+  };
+}
+
+export type { BalancerDef };
