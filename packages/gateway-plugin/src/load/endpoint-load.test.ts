@@ -1,0 +1,349 @@
+import type { MetricsReport } from '@loadwise/protocol';
+import { GatewayError } from '../errors';
+import { createLoadCohort } from './cohort';
+import {
+  createEndpointLoad,
+  DEFAULT_LATENCY_MS,
+  DEFAULT_UTILIZATION_WEIGHT,
+  MAX_EXPECTED_WAIT_MS,
+  resolveLoadOptions,
+} from './endpoint-load';
+
+type ReportPatch = Omit<Partial<MetricsReport>, 'host' | 'health'> & {
+  host?: Partial<MetricsReport['host']>;
+  health?: Partial<MetricsReport['health']>;
+};
+
+/** A valid report with an idle backend; tests patch what they need. */
+function report(patch: ReportPatch = {}): MetricsReport {
+  const { host, health, ...rest } = patch;
+  return {
+    v: 1,
+    kind: 'metrics',
+    backendId: 'b1',
+    epochMs: 1,
+    seq: 1,
+    ts: 0,
+    intervalMs: 1000,
+    state: 'online',
+    host: { cpuUtilization: 0.2, memoryUtilization: 0.3, memoryAvailableBytes: 1e9, ...host },
+    health: { verdict: 'up', ...health },
+    ...rest,
+  };
+}
+
+/** Runs `n` requests of `latencyMs` each, one after the other, ending at `t`. */
+function serve(load: ReturnType<typeof createEndpointLoad>, t: number, latencyMs: number, n = 1) {
+  for (let i = 0; i < n; i++) {
+    load.onRequestStart(t);
+    load.onRequestEnd(t, latencyMs, true);
+  }
+}
+
+describe('createEndpointLoad: no data', () => {
+  it('scores a backend with no data at the neutral default, never zero', () => {
+    const load = createEndpointLoad();
+    expect(load.latencyMs(0)).toBeUndefined();
+    expect(load.expectedWaitMs(0)).toBe(DEFAULT_LATENCY_MS);
+    expect(load.snapshot(0).serviceTimeSource).toBe('default');
+  });
+
+  it('uses the mean service time of the cohort for a newcomer (DESIGN.md: no data must not look free)', () => {
+    const cohort = createLoadCohort();
+    const a = createEndpointLoad({ cohort });
+    const b = createEndpointLoad({ cohort });
+    const fresh = createEndpointLoad({ cohort });
+    serve(a, 0, 10);
+    serve(b, 0, 30);
+    expect(cohort.meanServiceTimeMs()).toBe(20);
+    expect(fresh.snapshot(0).serviceTimeSource).toBe('cohort');
+    expect(fresh.expectedWaitMs(0)).toBeCloseTo(20, 6);
+    b.dispose();
+    expect(cohort.meanServiceTimeMs()).toBe(10);
+  });
+
+  it('rejects a cohort that createLoadCohort did not make', () => {
+    expect(() => createEndpointLoad({ cohort: { size: 0 } as never })).toThrow(GatewayError);
+  });
+});
+
+describe('createEndpointLoad: local signals', () => {
+  it('counts in-flight and never goes below zero', () => {
+    const load = createEndpointLoad();
+    load.onRequestStart(0);
+    load.onRequestStart(0);
+    expect(load.inFlight).toBe(2);
+    load.onRequestEnd(1, 5, true);
+    load.onRequestEnd(1, 5, true);
+    load.onRequestEnd(1, 5, true);
+    expect(load.inFlight).toBe(0);
+  });
+
+  it('Peak EWMA: a peak counts at once, then fades towards the windowed minimum', () => {
+    const load = createEndpointLoad({ decayMs: 1000 });
+    serve(load, 0, 10);
+    serve(load, 100, 200);
+    expect(load.latencyMs(100)).toBe(200);
+    // One decay time later the excess over the 10 ms floor has shrunk by e.
+    expect(load.latencyMs(1100)).toBeCloseTo(10 + 190 / Math.E, 6);
+    expect(load.latencyMs(1_000_000)).toBeCloseTo(10, 6);
+  });
+
+  it('learns capacity from concurrency served at the base latency, and queues beyond it', () => {
+    const load = createEndpointLoad();
+    // 4 requests overlap and each finishes at the minimum latency: 4 slots exist.
+    for (let i = 0; i < 4; i++) load.onRequestStart(0);
+    for (let i = 0; i < 4; i++) load.onRequestEnd(10, 10, true);
+    const s = load.snapshot(10);
+    expect(s.capacitySource).toBe('learned');
+    expect(s.capacity).toBe(4);
+    // 3 in flight: a slot is free, wait = s × (1 + β × 3/4).
+    for (let i = 0; i < 3; i++) load.onRequestStart(10);
+    expect(load.expectedWaitMs(10)).toBeCloseTo(10 * (1 + (DEFAULT_UTILIZATION_WEIGHT * 3) / 4), 6);
+    // 7 in flight: 4 ahead in the queue at 4 per service time.
+    for (let i = 0; i < 4; i++) load.onRequestStart(10);
+    expect(load.expectedWaitMs(10)).toBeCloseTo(10 * (1 + 4 / 4 + DEFAULT_UTILIZATION_WEIGHT), 6);
+  });
+
+  it('capacity samples at saturation: n × minLatency / latency', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 10);
+    // 8 in flight but each took 20 ms where 10 ms is possible: about 4 slots.
+    for (let i = 0; i < 8; i++) load.onRequestStart(1);
+    load.onRequestEnd(20, 20, true);
+    expect(load.snapshot(20).capacity).toBe(4);
+  });
+
+  it('errors inflate the wait, bounded, and are forgotten without traffic', () => {
+    const load = createEndpointLoad({ decayMs: 1000 });
+    serve(load, 0, 10);
+    const healthy = load.expectedWaitMs(0);
+    for (let i = 0; i < 50; i++) {
+      load.onRequestStart(0);
+      load.onRequestEnd(0, 10, false);
+    }
+    expect(load.expectedWaitMs(0)).toBeGreaterThan(healthy * 4);
+    expect(load.expectedWaitMs(0)).toBeLessThanOrEqual(healthy * 5);
+    expect(load.expectedWaitMs(100_000)).toBeCloseTo(10, 3);
+  });
+});
+
+describe('createEndpointLoad: the agent report', () => {
+  it('detects hidden load: what the agent sees minus what this gateway had in flight', () => {
+    const load = createEndpointLoad({ defaultCapacity: 4 });
+    serve(load, 0, 10);
+    load.onRequestStart(0);
+    load.onRequestStart(0);
+    load.onReport(
+      report({ queue: { inFlight: 4, queued: 6, source: {} }, concurrencyLimit: 4 }),
+      0,
+    );
+    const s = load.snapshot(0);
+    expect(s.hiddenInFlight).toBe(8);
+    // 2 local + 8 hidden outstanding, 4 slots: 7 ahead in the queue.
+    expect(s.expectedWaitMs).toBeCloseTo(10 * (1 + 7 / 4 + DEFAULT_UTILIZATION_WEIGHT), 6);
+    // Local requests finishing after the report do not reduce the hidden part.
+    load.onRequestEnd(1, 10, true);
+    expect(load.snapshot(1).hiddenInFlight).toBe(8);
+  });
+
+  it("hidden load from Little's law when the agent has traffic but no queue figures", () => {
+    const load = createEndpointLoad();
+    load.onReport(report({ traffic: { rps: 500, latencyMeanMs: 20 } }), 0);
+    expect(load.snapshot(0).hiddenInFlight).toBe(10);
+    expect(load.snapshot(0).serviceTimeSource).toBe('reported');
+  });
+
+  it('reads the capacity off a queue: with requests queued, in-flight fills every slot', () => {
+    const load = createEndpointLoad();
+    load.onReport(report({ queue: { inFlight: 6, queued: 3, source: {} } }), 0);
+    expect(load.snapshot(0)).toMatchObject({ capacity: 6, capacitySource: 'reported' });
+  });
+
+  it('derives freshness from the report interval (3×), bounded both ways', () => {
+    const cases = [
+      { intervalMs: 1000, staleAfterMs: 3000 },
+      { intervalMs: 100, staleAfterMs: 1000 },
+      { intervalMs: 60_000, staleAfterMs: 30_000 },
+    ];
+    for (const c of cases) {
+      const load = createEndpointLoad();
+      load.onReport(report({ intervalMs: c.intervalMs }), 0);
+      expect(load.hasFreshReport(c.staleAfterMs)).toBe(true);
+      expect(load.hasFreshReport(c.staleAfterMs + 1)).toBe(false);
+    }
+    const fixed = createEndpointLoad({ staleAfterMs: 500 });
+    fixed.onReport(report({ intervalMs: 1000 }), 0);
+    expect(fixed.hasFreshReport(501)).toBe(false);
+  });
+
+  it('a stale report stops counting: local signals only, the backend does not vanish', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 10);
+    load.onReport(
+      report({
+        queue: { inFlight: 50, queued: 50, source: {} },
+        host: { cpuUtilization: 1 },
+        health: { verdict: 'degraded' },
+      }),
+      0,
+    );
+    // 100 outstanding on 50 slots (queued > 0: in-flight is the capacity), ×2 CPU, ×2 degraded.
+    expect(load.expectedWaitMs(3000)).toBeCloseTo(
+      10 * (1 + 51 / 50 + DEFAULT_UTILIZATION_WEIGHT) * 4,
+      6,
+    );
+    expect(load.reportVerdict(3000)).toBe('degraded');
+    // Stale: local signals only (nothing in flight here), 10 ms service time.
+    expect(load.expectedWaitMs(3001)).toBeCloseTo(10, 6);
+    expect(load.snapshot(3001)).toMatchObject({
+      hiddenInFlight: 0,
+      freshReport: false,
+      penaltyFactor: 1,
+    });
+    expect(load.reportAgeMs(3001)).toBe(3001);
+    expect(load.reportVerdict(3001)).toBeUndefined();
+    expect(load.reportState(3001)).toBeUndefined();
+  });
+
+  it.each([
+    { name: 'CPU at 100%', patch: { host: { cpuUtilization: 1 } }, factor: 2 },
+    { name: 'CPU below threshold', patch: { host: { cpuUtilization: 0.8 } }, factor: 1 },
+    { name: 'cgroup CPU at 100%', patch: { cgroup: { cpuUtilization: 1 } }, factor: 2 },
+    { name: 'memory at 100%', patch: { host: { memoryUtilization: 1 } }, factor: 3 },
+    { name: 'verdict degraded', patch: { health: { verdict: 'degraded' as const } }, factor: 2 },
+    { name: 'verdict down', patch: { health: { verdict: 'down' as const } }, factor: 8 },
+    { name: 'draining', patch: { state: 'draining' as const }, factor: 8 },
+    {
+      name: 'everything at once stays bounded',
+      patch: {
+        host: { cpuUtilization: 1, memoryUtilization: 1 },
+        health: { verdict: 'degraded' as const },
+        traffic: { errorRate: 1 },
+      },
+      factor: 8,
+    },
+  ])('penalty: $name → ×$factor', ({ patch, factor }) => {
+    const load = createEndpointLoad();
+    load.onReport(report(patch as ReportPatch), 0);
+    expect(load.snapshot(0).penaltyFactor).toBeCloseTo(factor, 6);
+  });
+
+  it('exposes the fresh verdict and state for the balancer', () => {
+    const load = createEndpointLoad();
+    expect(load.reportVerdict(0)).toBeUndefined();
+    load.onReport(report({ health: { verdict: 'down' }, state: 'draining' }), 0);
+    expect(load.reportVerdict(0)).toBe('down');
+    expect(load.reportState(0)).toBe('draining');
+  });
+});
+
+describe('createEndpointLoad: edge cases never leak NaN or Infinity', () => {
+  const cases: Array<{ name: string; setup: (l: ReturnType<typeof createEndpointLoad>) => void }> =
+    [
+      { name: 'zero latency', setup: (l) => serve(l, 0, 0, 3) },
+      { name: 'negative latency', setup: (l) => serve(l, 0, -5) },
+      { name: 'NaN latency', setup: (l) => serve(l, 0, NaN) },
+      { name: 'infinite latency', setup: (l) => serve(l, 0, Infinity) },
+      {
+        name: 'zero capacity reported',
+        setup: (l) =>
+          l.onReport(report({ concurrencyLimit: 0, queue: { inFlight: 0, source: {} } }), 0),
+      },
+      {
+        name: 'huge queue',
+        setup: (l) =>
+          l.onReport(report({ queue: { inFlight: 1e15, queued: 1e300, source: {} } }), 0),
+      },
+      {
+        name: 'NaN and negative figures',
+        setup: (l) =>
+          l.onReport(
+            report({
+              queue: { inFlight: NaN, queued: -3, source: {} },
+              concurrencyLimit: NaN,
+              traffic: { rps: Infinity, latencyMeanMs: NaN, errorRate: -1 },
+              host: { cpuUtilization: NaN, memoryUtilization: 7 },
+            }),
+            0,
+          ),
+      },
+      {
+        name: 'missing optional sections',
+        setup: (l) =>
+          l.onReport(
+            { ...report(), host: undefined, health: undefined } as unknown as MetricsReport,
+            0,
+          ),
+      },
+      { name: 'zero interval', setup: (l) => l.onReport(report({ intervalMs: 0 }), 0) },
+      { name: 'end without start', setup: (l) => l.onRequestEnd(0, 10, true) },
+    ];
+
+  it.each(cases)('$name', ({ setup }) => {
+    const load = createEndpointLoad();
+    setup(load);
+    for (const t of [0, 1, 1e6]) {
+      const w = load.expectedWaitMs(t);
+      expect(Number.isFinite(w)).toBe(true);
+      expect(w).toBeGreaterThan(0);
+      expect(w).toBeLessThanOrEqual(MAX_EXPECTED_WAIT_MS);
+      const lat = load.latencyMs(t);
+      if (lat !== undefined) expect(Number.isFinite(lat)).toBe(true);
+      expect(Number.isFinite(load.slowStartFactor(t))).toBe(true);
+    }
+  });
+});
+
+describe('createEndpointLoad: slow start', () => {
+  it('ramps linearly from the floor to 1 over slowStartMs after admit()', () => {
+    const load = createEndpointLoad({ slowStartMs: 10_000, slowStartMinFactor: 0.1 });
+    expect(load.slowStartFactor(0)).toBe(1);
+    load.admit(1000);
+    expect(load.slowStartFactor(1000)).toBeCloseTo(0.1, 9);
+    expect(load.slowStartFactor(6000)).toBeCloseTo(0.55, 9);
+    expect(load.slowStartFactor(11_000)).toBe(1);
+  });
+
+  it('slowStartOnCreate starts the ramp at the injected clock', () => {
+    const load = createEndpointLoad({
+      slowStartOnCreate: true,
+      now: () => 5000,
+      slowStartMs: 1000,
+    });
+    expect(load.slowStartFactor(5000)).toBeCloseTo(0.1, 9);
+    expect(load.slowStartFactor(6000)).toBe(1);
+  });
+
+  it('slowStartMs 0 disables it', () => {
+    const load = createEndpointLoad({ slowStartMs: 0 });
+    load.admit(0);
+    expect(load.slowStartFactor(0)).toBe(1);
+  });
+});
+
+describe('load options', () => {
+  it.each([
+    [{ staleAfterMs: 0 }],
+    [{ staleAfterMs: 'soon' }],
+    [{ decayMs: NaN }],
+    [{ slowStartMinFactor: 0 }],
+    [{ minStaleAfterMs: 5000, maxStaleAfterMs: 1000 }],
+    [{ defaultCapacity: 1.5 }],
+    [{ now: 42 }],
+    [{ slowStartOnCreate: 'yes' }],
+    [{ decayMS: 1000 }],
+    ['not an object'],
+  ])('%j throws LW_GW_INVALID_OPTION', (opts) => {
+    expect(() => resolveLoadOptions(opts as never)).toThrow(
+      expect.objectContaining({ code: 'LW_GW_INVALID_OPTION' }),
+    );
+    expect(() => createEndpointLoad(opts as never)).toThrow(GatewayError);
+  });
+
+  it('accepts documented options', () => {
+    expect(resolveLoadOptions({ staleAfterMs: 2000, slowStartMs: 0 }).freshness.staleAfterMs).toBe(
+      2000,
+    );
+  });
+});

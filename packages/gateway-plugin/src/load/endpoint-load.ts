@@ -1,0 +1,628 @@
+/**
+ * The per-backend load estimate and the default strategy's metric: the
+ * expected time until a new request sent now would finish (DESIGN.md: "the
+ * backend that will serve it soonest"). It fuses two kinds of signal:
+ *
+ * - local, instant: this gateway's in-flight count and its Peak EWMA of
+ *   latency (Finagle, Linkerd);
+ * - global, up to one interval old: the agent's report (queue, concurrency
+ *   limit, latency, CPU and memory utilization, health verdict).
+ *
+ * Model. With `c` concurrent slots, service time `s` and `o` requests
+ * outstanding, a new request waits for `max(0, o + 1 - c)` requests ahead of
+ * it to drain at `c / s` per ms, so
+ *
+ *     wait = s × (1 + max(0, o + 1 − c) / c + β × min(o, c) / c) × penalty
+ *
+ * (a deterministic M/D/c approximation; β, `utilizationWeight`, prefers the
+ * less busy of two backends that both have a free slot, DESIGN.md "equal
+ * expected wait"). Latency × (in-flight + 1) alone is the special case c = 1
+ * and, as DESIGN.md records, sends a five times slower backend a few percent of
+ * the traffic while faster ones have idle slots: capacity fixes that.
+ *
+ * - `o` = local in-flight now + hidden load, where hidden = what the agent saw
+ *   minus what this gateway had in flight when the report arrived (other
+ *   gateways, other clients). Hidden load counts only while the report is fresh.
+ * - `c` = the reported concurrencyLimit; else learned: the agent's in-flight
+ *   while requests were queued (every slot busy), or the Vegas/BBR-style
+ *   estimate n × minLatency / latency from this gateway's completions
+ *   (throughput × base service time = busy slots), tracked as a decaying peak.
+ * - `s` = local Peak EWMA when recent, else the reported latency while fresh,
+ *   else the cohort's mean (never zero: a backend with no data must not look
+ *   free), else `defaultLatencyMs`.
+ * - penalty: bounded factors for CPU and memory near saturation, an agent
+ *   verdict `degraded`, and error rate, capped at `maxPenaltyFactor`.
+ *
+ * A report older than its freshness limit stops counting: the backend falls
+ * back to local signals, it does not vanish.
+ */
+import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
+import type { EndpointLoad } from '../strategies/types';
+import { joinCohort, type CohortMembership, type LoadCohort } from './cohort';
+import {
+  functionOption,
+  integerOption,
+  numberOption,
+  optionBag,
+  rejectUnknownKeys,
+} from './option-check';
+import { PeakEwma } from './peak-ewma';
+import { digestReport, type FreshnessPolicy, type ReportDigest } from './report-digest';
+import { invalidOption } from '../errors';
+
+/** A report counts for this many of its own intervals (a lost report must not expire it). */
+export const DEFAULT_STALE_AFTER_INTERVALS = 3;
+export const DEFAULT_MIN_STALE_AFTER_MS = 1_000;
+export const DEFAULT_MAX_STALE_AFTER_MS = 30_000;
+/** Envoy's slow_start_window has no default; 15 s sits in the 10–30 s range the design asks for. */
+export const DEFAULT_SLOW_START_MS = 15_000;
+/** Envoy's min_weight_percent default is 10%. */
+export const DEFAULT_SLOW_START_MIN_FACTOR = 0.1;
+/** Finagle's PeakEwma decayTime and tower's default decay are both 10 s. */
+export const DEFAULT_DECAY_MS = 10_000;
+/** Window of the minimum-latency filter (BBR keeps its min RTT for 10 s). */
+export const DEFAULT_MIN_LATENCY_WINDOW_MS = 10_000;
+/** How fast a learned capacity peak fades towards newer, lower samples. */
+export const DEFAULT_CAPACITY_DECAY_MS = 30_000;
+/** Local latency older than this gives way to a fresh report's latency. */
+export const DEFAULT_LOCAL_FRESH_MS = 30_000;
+/** Neutral service time when no backend has any data at all (all then score alike). */
+export const DEFAULT_LATENCY_MS = 50;
+/** Concurrent slots assumed until some are observed or reported (Peak EWMA's implicit value). */
+export const DEFAULT_CAPACITY = 1;
+export const DEFAULT_MAX_CAPACITY = 100_000;
+export const DEFAULT_UTILIZATION_WEIGHT = 0.25;
+export const DEFAULT_CPU_PRESSURE_THRESHOLD = 0.85;
+/** Extra factor at 100% CPU (×2). */
+export const DEFAULT_CPU_PRESSURE_PENALTY = 1;
+export const DEFAULT_MEMORY_PRESSURE_THRESHOLD = 0.9;
+/** Extra factor at 100% memory (×3): running out of memory kills, running out of CPU slows. */
+export const DEFAULT_MEMORY_PRESSURE_PENALTY = 2;
+export const DEFAULT_DEGRADED_PENALTY = 2;
+/** Extra factor at a 100% error rate (×5): a backend failing fast must not look fast. */
+export const DEFAULT_ERROR_PENALTY = 4;
+export const DEFAULT_MAX_PENALTY_FACTOR = 8;
+/** Share of each completion in the local error-rate EWMA. */
+export const ERROR_EWMA_ALPHA = 0.1;
+/** No expected wait exceeds one hour: keeps every figure finite and ordered. */
+export const MAX_EXPECTED_WAIT_MS = 3_600_000;
+/** Service time floor: a measured 0 ms (coarse clocks) must not erase the queue term. */
+export const MIN_SERVICE_TIME_MS = 0.05;
+
+export interface EndpointLoadOptions {
+  /** Clock, used only to start slow start at creation (`slowStartOnCreate`); hooks take `nowMs`. */
+  now?: () => number;
+  /** Accepted for symmetry with createStrategy; the load estimate itself is deterministic. */
+  random?: () => number;
+  /** Fixed freshness limit of a report; by default `staleAfterIntervals` × its intervalMs. */
+  staleAfterMs?: number;
+  staleAfterIntervals?: number;
+  minStaleAfterMs?: number;
+  maxStaleAfterMs?: number;
+  /** Slow-start ramp after admit(); 0 disables. */
+  slowStartMs?: number;
+  slowStartMinFactor?: number;
+  /** Start slow start when the estimate is created (a backend added at run time). */
+  slowStartOnCreate?: boolean;
+  /** Peak EWMA decay time constant. */
+  decayMs?: number;
+  minLatencyWindowMs?: number;
+  capacityDecayMs?: number;
+  localFreshMs?: number;
+  defaultLatencyMs?: number;
+  defaultCapacity?: number;
+  maxCapacity?: number;
+  utilizationWeight?: number;
+  cpuPressureThreshold?: number;
+  cpuPressurePenalty?: number;
+  memoryPressureThreshold?: number;
+  memoryPressurePenalty?: number;
+  degradedPenalty?: number;
+  errorPenalty?: number;
+  maxPenaltyFactor?: number;
+  /** Shared neutral estimate: one per balancer, from createLoadCohort(). */
+  cohort?: LoadCohort;
+}
+
+const KNOWN_KEYS = [
+  'now',
+  'random',
+  'staleAfterMs',
+  'staleAfterIntervals',
+  'minStaleAfterMs',
+  'maxStaleAfterMs',
+  'slowStartMs',
+  'slowStartMinFactor',
+  'slowStartOnCreate',
+  'decayMs',
+  'minLatencyWindowMs',
+  'capacityDecayMs',
+  'localFreshMs',
+  'defaultLatencyMs',
+  'defaultCapacity',
+  'maxCapacity',
+  'utilizationWeight',
+  'cpuPressureThreshold',
+  'cpuPressurePenalty',
+  'memoryPressureThreshold',
+  'memoryPressurePenalty',
+  'degradedPenalty',
+  'errorPenalty',
+  'maxPenaltyFactor',
+  'cohort',
+] as const;
+
+const HOUR_MS = 3_600_000;
+
+export interface ResolvedLoadOptions {
+  now: () => number;
+  slowStartOnCreate: boolean;
+  freshness: FreshnessPolicy;
+  slowStartMs: number;
+  slowStartMinFactor: number;
+  decayMs: number;
+  minLatencyWindowMs: number;
+  capacityDecayMs: number;
+  localFreshMs: number;
+  defaultLatencyMs: number;
+  defaultCapacity: number;
+  maxCapacity: number;
+  utilizationWeight: number;
+  cpuPressureThreshold: number;
+  cpuPressurePenalty: number;
+  memoryPressureThreshold: number;
+  memoryPressurePenalty: number;
+  degradedPenalty: number;
+  errorPenalty: number;
+  maxPenaltyFactor: number;
+}
+
+/** Validates load options (throws LW_GW_INVALID_OPTION); exported so the balancer can check them early. */
+export function resolveLoadOptions(
+  opts?: EndpointLoadOptions | Record<string, unknown>,
+): ResolvedLoadOptions {
+  const bag = optionBag('load', opts);
+  const p = 'load.';
+  rejectUnknownKeys(bag, p, KNOWN_KEYS);
+  const staleAfterMs =
+    bag['staleAfterMs'] === undefined
+      ? undefined
+      : numberOption(bag, p, 'staleAfterMs', 0, 1, HOUR_MS);
+  const minStaleAfterMs = numberOption(
+    bag,
+    p,
+    'minStaleAfterMs',
+    DEFAULT_MIN_STALE_AFTER_MS,
+    1,
+    HOUR_MS,
+  );
+  const maxStaleAfterMs = numberOption(
+    bag,
+    p,
+    'maxStaleAfterMs',
+    DEFAULT_MAX_STALE_AFTER_MS,
+    1,
+    HOUR_MS,
+  );
+  if (maxStaleAfterMs < minStaleAfterMs) {
+    throw invalidOption(
+      `${p}maxStaleAfterMs`,
+      `>= minStaleAfterMs (${minStaleAfterMs})`,
+      maxStaleAfterMs,
+    );
+  }
+  const now = functionOption<() => number>(bag, p, 'now', Date.now);
+  functionOption<() => number>(bag, p, 'random', Math.random);
+  const slowStartOnCreate = bag['slowStartOnCreate'] ?? false;
+  if (typeof slowStartOnCreate !== 'boolean') {
+    throw invalidOption(`${p}slowStartOnCreate`, 'a boolean', slowStartOnCreate);
+  }
+  const minCapacity = 1;
+  const maxCapacity = numberOption(bag, p, 'maxCapacity', DEFAULT_MAX_CAPACITY, minCapacity, 1e9);
+  const cpuPressureThreshold = numberOption(
+    bag,
+    p,
+    'cpuPressureThreshold',
+    DEFAULT_CPU_PRESSURE_THRESHOLD,
+    0,
+    0.999,
+  );
+  const memoryPressureThreshold = numberOption(
+    bag,
+    p,
+    'memoryPressureThreshold',
+    DEFAULT_MEMORY_PRESSURE_THRESHOLD,
+    0,
+    0.999,
+  );
+  return {
+    now,
+    slowStartOnCreate,
+    freshness: {
+      staleAfterMs,
+      staleAfterIntervals: numberOption(
+        bag,
+        p,
+        'staleAfterIntervals',
+        DEFAULT_STALE_AFTER_INTERVALS,
+        1,
+        100,
+      ),
+      minStaleAfterMs,
+      maxStaleAfterMs,
+    },
+    slowStartMs: numberOption(bag, p, 'slowStartMs', DEFAULT_SLOW_START_MS, 0, HOUR_MS),
+    slowStartMinFactor: numberOption(
+      bag,
+      p,
+      'slowStartMinFactor',
+      DEFAULT_SLOW_START_MIN_FACTOR,
+      0.01,
+      1,
+    ),
+    decayMs: numberOption(bag, p, 'decayMs', DEFAULT_DECAY_MS, 1, HOUR_MS),
+    minLatencyWindowMs: numberOption(
+      bag,
+      p,
+      'minLatencyWindowMs',
+      DEFAULT_MIN_LATENCY_WINDOW_MS,
+      1,
+      HOUR_MS,
+    ),
+    capacityDecayMs: numberOption(bag, p, 'capacityDecayMs', DEFAULT_CAPACITY_DECAY_MS, 1, HOUR_MS),
+    localFreshMs: numberOption(bag, p, 'localFreshMs', DEFAULT_LOCAL_FRESH_MS, 0, HOUR_MS),
+    defaultLatencyMs: numberOption(
+      bag,
+      p,
+      'defaultLatencyMs',
+      DEFAULT_LATENCY_MS,
+      MIN_SERVICE_TIME_MS,
+      HOUR_MS,
+    ),
+    defaultCapacity: integerOption(
+      bag,
+      p,
+      'defaultCapacity',
+      DEFAULT_CAPACITY,
+      minCapacity,
+      maxCapacity,
+    ),
+    maxCapacity,
+    utilizationWeight: numberOption(bag, p, 'utilizationWeight', DEFAULT_UTILIZATION_WEIGHT, 0, 10),
+    cpuPressureThreshold,
+    cpuPressurePenalty: numberOption(
+      bag,
+      p,
+      'cpuPressurePenalty',
+      DEFAULT_CPU_PRESSURE_PENALTY,
+      0,
+      100,
+    ),
+    memoryPressureThreshold,
+    memoryPressurePenalty: numberOption(
+      bag,
+      p,
+      'memoryPressurePenalty',
+      DEFAULT_MEMORY_PRESSURE_PENALTY,
+      0,
+      100,
+    ),
+    degradedPenalty: numberOption(bag, p, 'degradedPenalty', DEFAULT_DEGRADED_PENALTY, 1, 100),
+    errorPenalty: numberOption(bag, p, 'errorPenalty', DEFAULT_ERROR_PENALTY, 0, 100),
+    maxPenaltyFactor: numberOption(bag, p, 'maxPenaltyFactor', DEFAULT_MAX_PENALTY_FACTOR, 1, 1000),
+  };
+}
+
+/** What the estimate is made of, for the status endpoint and for tests. */
+export interface LoadSnapshot {
+  inFlight: number;
+  hiddenInFlight: number;
+  capacity: number;
+  capacitySource: 'reported' | 'learned' | 'cohort' | 'default';
+  serviceTimeMs: number;
+  serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default';
+  penaltyFactor: number;
+  slowStartFactor: number;
+  expectedWaitMs: number;
+  reportAgeMs: number | undefined;
+  freshReport: boolean;
+}
+
+/** The EndpointLoad made by createEndpointLoad, with the extras the balancer may use. */
+export interface LoadEstimate extends EndpointLoad {
+  reportVerdict(nowMs: number): HealthVerdict | undefined;
+  reportState(nowMs: number): BackendState | undefined;
+  watchInFlight(listener: () => void): () => void;
+  snapshot(nowMs: number): LoadSnapshot;
+  dispose(): void;
+}
+
+export function createEndpointLoad(
+  opts?: EndpointLoadOptions | Record<string, unknown>,
+): LoadEstimate {
+  const o = resolveLoadOptions(opts);
+  const bag = optionBag('load', opts);
+  const cohortOpt = bag['cohort'] as LoadCohort | undefined;
+  const membership = joinCohort(cohortOpt);
+  if (cohortOpt !== undefined && membership === undefined) {
+    throw invalidOption('load.cohort', 'a cohort from createLoadCohort()', cohortOpt);
+  }
+  const est = new EndpointLoadEstimate(o, cohortOpt, membership);
+  if (o.slowStartOnCreate) est.admit(o.now());
+  return est;
+}
+
+class EndpointLoadEstimate implements LoadEstimate {
+  private inFlightCount = 0;
+  private readonly latency: PeakEwma;
+  private report: ReportDigest | undefined;
+  /** Decaying peak of capacity samples from this gateway's completions. */
+  private learnedCapacity: number | undefined;
+  private learnedCapacityStampMs = 0;
+  /** Capacity read off a report with a non-empty queue (every slot busy): a fact about the backend. */
+  private observedCapacity: number | undefined;
+  /** The last concurrencyLimit an agent reported: configuration, kept when reports go stale. */
+  private reportedLimit: number | undefined;
+  private errorRate = 0;
+  private errorStampMs = 0;
+  private admittedAtMs: number | undefined;
+  private listeners: Array<() => void> = [];
+
+  constructor(
+    private readonly o: ResolvedLoadOptions,
+    private readonly cohort: LoadCohort | undefined,
+    private readonly membership: CohortMembership | undefined,
+  ) {
+    this.latency = new PeakEwma(o.decayMs, o.minLatencyWindowMs);
+  }
+
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  onRequestStart(_nowMs: number): void {
+    this.inFlightCount++;
+    this.notify();
+  }
+
+  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean): void {
+    const n = this.inFlightCount;
+    if (this.inFlightCount > 0) this.inFlightCount--;
+    this.latency.observe(nowMs, latencyMs);
+    this.learnCapacity(nowMs, n + this.hidden(nowMs), latencyMs);
+    // Count-based EWMA of failures; time decay on read forgets them when traffic stops.
+    this.errorRate =
+      this.currentErrorRate(nowMs) * (1 - ERROR_EWMA_ALPHA) + (ok ? 0 : ERROR_EWMA_ALPHA);
+    this.errorStampMs = nowMs;
+    this.updateCohort(nowMs);
+    this.notify();
+  }
+
+  onReport(report: MetricsReport, receivedAtMs: number): void {
+    const d = digestReport(report, receivedAtMs, this.inFlightCount, this.o.freshness);
+    this.report = d;
+    if (d.concurrencyLimit !== undefined) this.reportedLimit = d.concurrencyLimit;
+    if (d.capacityHint !== undefined) {
+      if (d.capacityHintExact) this.observedCapacity = d.capacityHint;
+      // A lower bound (requests served at once without queueing) also feeds the learned peak.
+      this.raiseLearnedCapacity(receivedAtMs, d.capacityHint);
+    }
+    this.updateCohort(receivedAtMs);
+  }
+
+  hasFreshReport(nowMs: number): boolean {
+    return this.freshReport(nowMs) !== undefined;
+  }
+
+  reportAgeMs(nowMs: number): number | undefined {
+    return this.report === undefined ? undefined : Math.max(0, nowMs - this.report.receivedAtMs);
+  }
+
+  latencyMs(nowMs: number): number | undefined {
+    return this.latency.valueMs(nowMs);
+  }
+
+  reportVerdict(nowMs: number): HealthVerdict | undefined {
+    return this.freshReport(nowMs)?.verdict;
+  }
+
+  reportState(nowMs: number): BackendState | undefined {
+    return this.freshReport(nowMs)?.state;
+  }
+
+  admit(nowMs: number): void {
+    this.admittedAtMs = this.o.slowStartMs > 0 ? nowMs : undefined;
+  }
+
+  slowStartFactor(nowMs: number): number {
+    if (this.admittedAtMs === undefined) return 1;
+    const elapsed = nowMs - this.admittedAtMs;
+    if (elapsed >= this.o.slowStartMs) {
+      this.admittedAtMs = undefined;
+      return 1;
+    }
+    // Linear ramp from the floor, as Envoy's slow start with aggression 1.0.
+    const ramp = Math.max(0, elapsed) / this.o.slowStartMs;
+    const min = this.o.slowStartMinFactor;
+    return min + (1 - min) * ramp;
+  }
+
+  expectedWaitMs(nowMs: number): number {
+    const r = this.freshReport(nowMs);
+    const s = this.serviceTime(nowMs, r);
+    const c = this.capacity();
+    const outstanding = this.inFlightCount + this.hiddenOf(r);
+    const queued = outstanding + 1 - c.value;
+    const busy = outstanding < c.value ? outstanding : c.value;
+    let wait =
+      s.value *
+      (1 + (queued > 0 ? queued / c.value : 0) + (this.o.utilizationWeight * busy) / c.value);
+    wait *= this.penalty(nowMs, r);
+    // `!(wait < MAX)` also catches NaN: no NaN can leave this function.
+    return wait < MAX_EXPECTED_WAIT_MS ? wait : MAX_EXPECTED_WAIT_MS;
+  }
+
+  watchInFlight(listener: () => void): () => void {
+    this.listeners = [...this.listeners, listener];
+    return () => {
+      this.listeners = this.listeners.filter((l) => l !== listener);
+    };
+  }
+
+  snapshot(nowMs: number): LoadSnapshot {
+    const r = this.freshReport(nowMs);
+    const s = this.serviceTime(nowMs, r);
+    const c = this.capacity();
+    return {
+      inFlight: this.inFlightCount,
+      hiddenInFlight: this.hiddenOf(r),
+      capacity: c.value,
+      capacitySource: c.source,
+      serviceTimeMs: s.value,
+      serviceTimeSource: s.source,
+      penaltyFactor: this.penalty(nowMs, r),
+      slowStartFactor: this.slowStartFactor(nowMs),
+      expectedWaitMs: this.expectedWaitMs(nowMs),
+      reportAgeMs: this.reportAgeMs(nowMs),
+      freshReport: r !== undefined,
+    };
+  }
+
+  dispose(): void {
+    this.membership?.leave();
+    this.listeners = [];
+  }
+
+  private notify(): void {
+    const ls = this.listeners;
+    for (let i = 0; i < ls.length; i++) ls[i]!();
+  }
+
+  private freshReport(nowMs: number): ReportDigest | undefined {
+    const r = this.report;
+    // Age by the gateway's own receive time: the agent's `ts` is another host's clock.
+    return r !== undefined && nowMs - r.receivedAtMs <= r.staleAfterMs ? r : undefined;
+  }
+
+  private hidden(nowMs: number): number {
+    return this.hiddenOf(this.freshReport(nowMs));
+  }
+
+  private hiddenOf(r: ReportDigest | undefined): number {
+    if (r === undefined || r.outstanding === undefined) return 0;
+    const h = r.outstanding - r.localInFlightAtReport;
+    return h > 0 ? h : 0;
+  }
+
+  private serviceTime(
+    nowMs: number,
+    r: ReportDigest | undefined,
+  ): { value: number; source: LoadSnapshot['serviceTimeSource'] } {
+    const last = this.latency.lastSampleMs;
+    const reported = r?.latencyMs;
+    let value: number | undefined;
+    let source: LoadSnapshot['serviceTimeSource'];
+    if (last !== undefined && (nowMs - last <= this.o.localFreshMs || reported === undefined)) {
+      value = this.latency.valueMs(nowMs);
+      source = 'local';
+    } else if (reported !== undefined) {
+      value = reported;
+      source = 'reported';
+    } else {
+      value = this.cohort?.meanServiceTimeMs();
+      source = 'cohort';
+    }
+    if (value === undefined || !(value >= 0)) {
+      value = this.o.defaultLatencyMs;
+      source = 'default';
+    }
+    return { value: value > MIN_SERVICE_TIME_MS ? value : MIN_SERVICE_TIME_MS, source };
+  }
+
+  private capacity(): { value: number; source: LoadSnapshot['capacitySource'] } {
+    let value: number | undefined = this.reportedLimit ?? this.observedCapacity;
+    let source: LoadSnapshot['capacitySource'] = 'reported';
+    if (value === undefined && this.learnedCapacity !== undefined) {
+      value = this.learnedCapacity;
+      source = 'learned';
+    }
+    if (value === undefined) {
+      value = this.cohort?.meanCapacity();
+      source = 'cohort';
+    }
+    if (value === undefined || !(value >= 1)) {
+      value = this.o.defaultCapacity;
+      source = 'default';
+    }
+    return { value: value < this.o.maxCapacity ? value : this.o.maxCapacity, source };
+  }
+
+  /**
+   * One completion at concurrency n with latency L: busy slots ≈ throughput ×
+   * base service time = (n / L) × minLatency (Little's law; TCP Vegas and BBR
+   * estimate a path's capacity the same way). Below saturation this is ≈ n, a
+   * lower bound; at saturation it is the slot count.
+   */
+  private learnCapacity(nowMs: number, n: number, latencyMs: number): void {
+    if (!(n >= 1)) return;
+    const min = this.latency.minMs();
+    let sample = n;
+    if (min !== undefined && latencyMs > min && Number.isFinite(latencyMs))
+      sample = (n * min) / latencyMs;
+    this.raiseLearnedCapacity(nowMs, sample);
+  }
+
+  private raiseLearnedCapacity(nowMs: number, sample: number): void {
+    if (!(sample >= 1) || !Number.isFinite(sample)) sample = 1;
+    const prev = this.learnedCapacity;
+    if (prev === undefined || sample >= prev) {
+      this.learnedCapacity = sample;
+    } else {
+      const w = Math.exp(
+        -Math.max(0, nowMs - this.learnedCapacityStampMs) / this.o.capacityDecayMs,
+      );
+      this.learnedCapacity = prev * w + sample * (1 - w);
+    }
+    this.learnedCapacityStampMs = nowMs;
+  }
+
+  private currentErrorRate(nowMs: number): number {
+    if (this.errorRate === 0) return 0;
+    return this.errorRate * Math.exp(-Math.max(0, nowMs - this.errorStampMs) / this.o.decayMs);
+  }
+
+  private penalty(nowMs: number, r: ReportDigest | undefined): number {
+    const o = this.o;
+    let errors = this.currentErrorRate(nowMs);
+    let factor = 1;
+    if (r !== undefined) {
+      if (r.errorRate > errors) errors = r.errorRate;
+      if (r.cpuUtilization > o.cpuPressureThreshold) {
+        factor *=
+          1 +
+          (o.cpuPressurePenalty * (r.cpuUtilization - o.cpuPressureThreshold)) /
+            (1 - o.cpuPressureThreshold);
+      }
+      if (r.memoryUtilization > o.memoryPressureThreshold) {
+        factor *=
+          1 +
+          (o.memoryPressurePenalty * (r.memoryUtilization - o.memoryPressureThreshold)) /
+            (1 - o.memoryPressureThreshold);
+      }
+      // 'down', 'draining' and 'offline' are the balancer's eligibility decisions
+      // (reportVerdict / reportState); if it still routes here (panic), score it worst.
+      if (r.verdict === 'down' || r.state !== 'online') factor *= o.maxPenaltyFactor;
+      else if (r.verdict === 'degraded') factor *= o.degradedPenalty;
+    }
+    factor *= 1 + o.errorPenalty * errors;
+    return factor < o.maxPenaltyFactor ? factor : o.maxPenaltyFactor;
+  }
+
+  private updateCohort(nowMs: number): void {
+    if (this.membership === undefined) return;
+    const r = this.freshReport(nowMs);
+    const s = this.latency.valueMs(nowMs) ?? r?.latencyMs;
+    const c = this.reportedLimit ?? this.observedCapacity ?? this.learnedCapacity;
+    this.membership.set(s, c);
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * Peak EWMA of latency, after Finagle's `PeakEwma` (finagle-core
+ * loadbalancer/PeakEwma.scala) and tower's `PeakEwma` (tower/src/load/
+ * peak_ewma.rs): a sample above the estimate replaces it at once (peaks count
+ * immediately), a sample below it is blended in with a weight that depends on
+ * the time since the previous sample, `w = exp(-dtMs / decayMs)`, because the
+ * samples form an unevenly spaced series (Eckner, "Algorithms for unevenly
+ * spaced time series", 2012).
+ *
+ * One difference, on purpose: on read, Finagle and tower decay the estimate
+ * towards 0 so an idle, once-slow host gets probed again. A zero estimate makes
+ * a host look free (DESIGN.md, "Lessons already learned": a prototype that
+ * scored unknown latency as zero sent its first 70 requests to the slowest
+ * backend), so we decay a peak towards the windowed minimum latency instead:
+ * the spike is forgotten, the host's demonstrated best is not.
+ */
+export class PeakEwma {
+  private costMs = 0;
+  private stampMs = 0;
+  private samples = 0;
+  /** Windowed minimum over two alternating windows of `minWindowMs` (like BBR's min RTT filter). */
+  private minCurrentMs = Infinity;
+  private minPreviousMs = Infinity;
+  private minWindowStartMs = 0;
+
+  constructor(
+    private readonly decayMs: number,
+    private readonly minWindowMs: number,
+  ) {}
+
+  get count(): number {
+    return this.samples;
+  }
+
+  /** Time of the last sample, or undefined before the first. */
+  get lastSampleMs(): number | undefined {
+    return this.samples === 0 ? undefined : this.stampMs;
+  }
+
+  observe(nowMs: number, latencyMs: number): void {
+    // Callers pass measured durations; guard anyway so no NaN or negative value enters the state.
+    const rtt = latencyMs > 0 && Number.isFinite(latencyMs) ? latencyMs : 0;
+    if (this.samples === 0) {
+      this.costMs = rtt;
+      this.minWindowStartMs = nowMs;
+    } else if (rtt > this.costMs) {
+      this.costMs = rtt;
+    } else {
+      const w = Math.exp(-Math.max(0, nowMs - this.stampMs) / this.decayMs);
+      this.costMs = this.costMs * w + rtt * (1 - w);
+    }
+    this.stampMs = Math.max(this.stampMs, nowMs);
+    this.samples++;
+    if (nowMs - this.minWindowStartMs >= this.minWindowMs) {
+      // Two or more windows passed without a sample: the previous minimum is out of date too.
+      this.minPreviousMs =
+        nowMs - this.minWindowStartMs >= 2 * this.minWindowMs ? Infinity : this.minCurrentMs;
+      this.minCurrentMs = Infinity;
+      this.minWindowStartMs = nowMs;
+    }
+    if (rtt < this.minCurrentMs) this.minCurrentMs = rtt;
+  }
+
+  /** The lowest latency seen over the last one to two windows; undefined before the first sample. */
+  minMs(): number | undefined {
+    if (this.samples === 0) return undefined;
+    const m = Math.min(this.minCurrentMs, this.minPreviousMs);
+    return m === Infinity ? this.costMs : m;
+  }
+
+  /** The estimate at `nowMs`: a peak fades towards the windowed minimum with the time since the last sample. */
+  valueMs(nowMs: number): number | undefined {
+    if (this.samples === 0) return undefined;
+    const floor = Math.min(this.minCurrentMs, this.minPreviousMs, this.costMs);
+    const w = Math.exp(-Math.max(0, nowMs - this.stampMs) / this.decayMs);
+    return floor + (this.costMs - floor) * w;
+  }
+}

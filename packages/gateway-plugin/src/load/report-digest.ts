@@ -1,0 +1,124 @@
+/**
+ * The figures of an agent report the load estimate uses, extracted once when
+ * the report arrives so the pick path reads plain numbers. Reports are already
+ * validated by @loadwise/protocol; every figure is still guarded here (finite,
+ * in range) because a NaN reaching a comparison makes a backend unpickable or
+ * always picked.
+ */
+import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
+
+export interface ReportDigest {
+  receivedAtMs: number;
+  /** How long this report counts, in ms after receivedAtMs. */
+  staleAfterMs: number;
+  state: BackendState;
+  verdict: HealthVerdict;
+  /**
+   * Requests the backend has (serving + queued + in the accept backlog), as the
+   * agent saw them; from rps × latency (Little's law) when no queue figure is
+   * reported; undefined when neither is.
+   */
+  outstanding: number | undefined;
+  /** Requests this gateway had in flight on the backend when the report arrived. */
+  localInFlightAtReport: number;
+  /** Concurrent slots the agent reports (concurrencyLimit), undefined if not reported. */
+  concurrencyLimit: number | undefined;
+  /**
+   * Concurrent slots inferred from the report when no limit is reported: with
+   * requests queued, the ones being served fill every slot, so `queue.inFlight`
+   * is the capacity; otherwise Little's law rps × latency is a lower bound.
+   */
+  capacityHint: number | undefined;
+  /** True when capacityHint is the capacity itself (queue non-empty), not a lower bound. */
+  capacityHintExact: boolean;
+  /** Backend-side latency (mean, else p50), undefined if not reported. */
+  latencyMs: number | undefined;
+  /** Worst of host and cgroup CPU utilization, 0..1. */
+  cpuUtilization: number;
+  /** Worst of host and cgroup memory utilization, 0..1. */
+  memoryUtilization: number;
+  errorRate: number;
+}
+
+function finite(x: number | undefined): number | undefined {
+  return typeof x === 'number' && Number.isFinite(x) && x >= 0 ? x : undefined;
+}
+
+function unit(x: number | undefined): number {
+  const v = finite(x);
+  return v === undefined ? 0 : Math.min(1, v);
+}
+
+export interface FreshnessPolicy {
+  /** Fixed freshness limit; when undefined it is derived from the report's interval. */
+  staleAfterMs: number | undefined;
+  staleAfterIntervals: number;
+  minStaleAfterMs: number;
+  maxStaleAfterMs: number;
+}
+
+/**
+ * Freshness limit of one report: fixed if configured, else `staleAfterIntervals`
+ * × the agent's own interval (gRFC A58 expires weights after
+ * `weight_expiration_period`; a report skipped or lost must not expire the
+ * state at once, hence several intervals), bounded both ways so an agent
+ * cannot keep a report alive for hours with a huge interval.
+ */
+export function staleAfterFor(policy: FreshnessPolicy, intervalMs: number): number {
+  if (policy.staleAfterMs !== undefined) return policy.staleAfterMs;
+  const interval = finite(intervalMs) ?? 0;
+  const derived = interval * policy.staleAfterIntervals;
+  return Math.min(policy.maxStaleAfterMs, Math.max(policy.minStaleAfterMs, derived));
+}
+
+export function digestReport(
+  report: MetricsReport,
+  receivedAtMs: number,
+  localInFlight: number,
+  policy: FreshnessPolicy,
+): ReportDigest {
+  const queue = report.queue;
+  const traffic = report.traffic;
+  const inFlight = finite(queue?.inFlight);
+  const queued = finite(queue?.queued);
+  const backlog = finite(queue?.acceptBacklog);
+  const latencyMs = finite(traffic?.latencyMeanMs) ?? finite(traffic?.latencyP50Ms);
+  const rps = finite(traffic?.rps);
+
+  let outstanding: number | undefined;
+  if (inFlight !== undefined || queued !== undefined || backlog !== undefined) {
+    outstanding = (inFlight ?? 0) + (queued ?? 0) + (backlog ?? 0);
+  } else if (rps !== undefined && latencyMs !== undefined) {
+    // Little's law: mean requests in the system = arrival rate × mean time in it.
+    outstanding = (rps * latencyMs) / 1000;
+  }
+
+  const limit = finite(report.concurrencyLimit);
+  let capacityHint: number | undefined;
+  let capacityHintExact = false;
+  if (inFlight !== undefined && inFlight >= 1 && (queued ?? 0) + (backlog ?? 0) >= 1) {
+    capacityHint = inFlight;
+    capacityHintExact = true;
+  } else if (inFlight !== undefined && inFlight >= 1) {
+    capacityHint = inFlight;
+  } else if (rps !== undefined && latencyMs !== undefined) {
+    capacityHint = (rps * latencyMs) / 1000;
+  }
+
+  const cg = report.cgroup;
+  return {
+    receivedAtMs,
+    staleAfterMs: staleAfterFor(policy, report.intervalMs),
+    state: report.state,
+    verdict: report.health?.verdict ?? 'up',
+    outstanding,
+    localInFlightAtReport: localInFlight,
+    concurrencyLimit: limit !== undefined && limit >= 1 ? limit : undefined,
+    capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,
+    capacityHintExact,
+    latencyMs,
+    cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
+    memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),
+    errorRate: unit(traffic?.errorRate),
+  };
+}

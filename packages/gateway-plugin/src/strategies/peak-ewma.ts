@@ -1,0 +1,47 @@
+/**
+ * Peak EWMA (Finagle `Balancers.p2cPeakEwma`, Linkerd's default): P2C over
+ * cost = latency Peak EWMA × (in-flight + 1), divided by weight and by the
+ * slow-start factor. The latency estimate itself lives in src/load.
+ *
+ * As in Finagle, an endpoint with no latency sample yet costs 0 while idle (one
+ * probe request finds out) and a huge penalty once that probe is in flight, so
+ * a newcomer is never flooded before its first response. This is the reference
+ * strategy; `load-aware` adds capacity, hidden load and the agent's report.
+ */
+import { EndpointList } from './endpoint-list';
+import { Choice, selectP2C, type Metric } from './p2c-select';
+import { fmt, readCommon, weightOf } from './strategy-options';
+import type { Pick, PickContext, Strategy } from './types';
+
+/** Finagle's PeakEwma `Penalty`: Long.MaxValue >> 16, i.e. about 1.4e14. */
+export const NO_LATENCY_PENALTY = 2 ** 47;
+
+export const peakEwmaMetric: Metric = (ep, nowMs) => {
+  const load = ep.load;
+  const latency = load.latencyMs(nowMs);
+  const inFlight = load.inFlight;
+  if (latency === undefined || !(latency >= 0))
+    return inFlight === 0 ? 0 : NO_LATENCY_PENALTY + inFlight;
+  return (latency * (inFlight + 1)) / (weightOf(ep) * load.slowStartFactor(nowMs));
+};
+
+export function createPeakEwma(opts?: unknown): Strategy {
+  const { common } = readCommon('peak-ewma', opts, []);
+  let list = new EndpointList([]);
+  const choice = new Choice();
+  return {
+    name: 'peak-ewma',
+    setEndpoints(endpoints) {
+      list = new EndpointList(endpoints);
+    },
+    pick(ctx: PickContext): Pick | undefined {
+      const c = selectP2C(list, 2, peakEwmaMetric, common.random, ctx, choice);
+      const ep = c.best;
+      if (ep === undefined) return undefined;
+      if (!ctx.explain) return { endpoint: ep };
+      const vs =
+        c.other === undefined ? 'only candidate' : `${c.other.id} cost≈${fmt(c.otherMetric)}`;
+      return { endpoint: ep, reason: `peak-ewma p2c: ${ep.id} cost≈${fmt(c.bestMetric)} vs ${vs}` };
+    },
+  };
+}
