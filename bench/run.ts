@@ -5,11 +5,10 @@
  * <name>.svg and latest.md (raw JSON to bench/results/raw/, git-ignored).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import * as prettier from 'prettier';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { buildScenarios } from './scenarios';
-import { chartSpec, renderSvg } from './lib/chart';
+import { chartSpec, renderSvg, shareSeriesSpec } from './lib/chart';
 import { runScenario } from './lib/engine';
 import { ensurePeers } from './lib/peers';
 import { aggregate, machineLine, scenarioPage, type RunInfo } from './lib/report';
@@ -75,10 +74,9 @@ export function loadwiseStrategies(): string[] {
   return ['load-aware'];
 }
 
-/** Writes markdown as the repo's Prettier config formats it, so `npm run lint` stays green. */
+/** Result pages are generated (bench/results is in .prettierignore). */
 async function writeMarkdown(file: string, text: string): Promise<void> {
-  const config = (await prettier.resolveConfig(file)) ?? {};
-  writeFileSync(file, await prettier.format(text, { ...config, filepath: file }));
+  writeFileSync(file, text);
 }
 
 export async function runBench(
@@ -144,7 +142,18 @@ export async function runBench(
     } catch (err) {
       log(`chart for ${scenario.name} failed: ${(err as Error).message}`);
     }
-    const page = scenarioPage(scenario, rows, info, chart);
+    const charts = chart ? [chart] : [];
+    const [degrade, recover] = scenario.cases[0]?.events ?? [];
+    if (degrade && recover) {
+      const file = `${scenario.name}-share.svg`;
+      const spec = shareSeriesSpec(scenario.title, records, degrade.backendId, [
+        { tMs: degrade.atMs, label: 'degrades' },
+        { tMs: recover.atMs, label: 'recovers' },
+      ]);
+      writeFileSync(join(args.resultsDir, file), await renderSvg(spec));
+      charts.push(file);
+    }
+    const page = scenarioPage(scenario, rows, info, charts);
     await writeMarkdown(
       join(args.resultsDir, `${scenario.name}.md`),
       `# Benchmark: ${scenario.title}\n\n${page}`,

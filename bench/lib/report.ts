@@ -189,7 +189,7 @@ export function scenarioPage(
   scenario: Scenario,
   rows: Row[],
   info: RunInfo,
-  chartFile?: string,
+  chartFiles: string[] = [],
 ): string {
   const parts = [
     `## ${scenario.title}`,
@@ -203,6 +203,6 @@ export function scenarioPage(
     'CPU columns are cores used over the measured phase (1 = one full core); "all CPU" adds gateway, load ' +
       "generator(s), backends and agents. Latency is measured from each request's scheduled send time.",
   ];
-  if (chartFile) parts.push('', `![${scenario.title}](${chartFile})`);
+  for (const f of chartFiles) parts.push('', `![${scenario.title}](${f})`);
   return parts.join('\n') + '\n';
 }
