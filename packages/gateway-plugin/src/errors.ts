@@ -46,6 +46,18 @@ export const GATEWAY_ERRORS = {
   LW_GW_UPSTREAM_TIMEOUT: { status: 504, message: 'the backend did not answer in time' },
 } as const satisfies Record<string, { status: number | undefined; message: string }>;
 
+/**
+ * Why a wire message that decoded fine was still dropped (counted by code with
+ * the LW_PROTO_* decode failures, logged rate-limited; never an exception).
+ */
+export const DROP_REASONS = {
+  LW_GW_UNKNOWN_BACKEND: 'the message names a backend that is not configured (and not discovered)',
+  LW_GW_REGISTRATION_REJECTED:
+    'a registration was ignored: discovery off, unsigned, address outside the allowed ranges or ports, a changed address, or too many backends',
+} as const;
+
+export type DropReason = keyof typeof DROP_REASONS;
+
 export type GatewayErrorCode = keyof typeof GATEWAY_ERRORS;
 
 export class GatewayError extends Error {

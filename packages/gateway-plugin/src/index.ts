@@ -1,1 +1,30 @@
-export { startEmbeddedBroker, type EmbeddedBroker, type EmbeddedBrokerOptions } from './transport/embedded-broker';
+export { loadBalance, type LoadBalancerMiddleware } from './load-balance';
+export { Balancer } from './balancer';
+export type { BalancerEvents } from './events';
+export {
+  GatewayError,
+  GATEWAY_ERRORS,
+  DROP_REASONS,
+  type GatewayErrorCode,
+  type DropReason,
+} from './errors';
+export { ERROR_CODE_HEADER } from './error-response';
+export * from './options';
+export {
+  startEmbeddedBroker,
+  type EmbeddedBroker,
+  type EmbeddedBrokerOptions,
+} from './transport/embedded-broker';
+export {
+  createStrategy,
+  registerStrategy,
+  strategyNames,
+  STRATEGY_NAMES,
+  type Strategy,
+  type StrategyFactory,
+  type Endpoint,
+  type EndpointLoad,
+  type Pick,
+  type PickContext,
+} from './strategies';
+export type { BalancerSnapshot, BackendSnapshot, BackendStateName } from './observability';

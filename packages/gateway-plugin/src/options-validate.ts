@@ -60,7 +60,7 @@ function bool(name: string, v: unknown, dflt: boolean): boolean {
 }
 
 function section(name: string, v: unknown): Record<string, unknown> {
-  if (v === undefined || v === true) return {};
+  if (v === undefined || v === true || v === false) return {};
   if (!isObject(v)) throw invalidOption(name, 'an object', v);
   return v;
 }

@@ -18,7 +18,9 @@ export interface EmbeddedBroker {
  * An MQTT broker (aedes) inside this process, for a single gateway or a quick
  * start. Production with several gateways points `broker` at a real one.
  */
-export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions = {}): Promise<EmbeddedBroker> {
+export async function startEmbeddedBroker(
+  opts: EmbeddedBrokerOptions = {},
+): Promise<EmbeddedBroker> {
   const host = opts.host ?? '127.0.0.1';
   const aedes = createBroker(opts.aedes);
   const sockets = new Set<Socket>();

@@ -1,0 +1,91 @@
+/**
+ * The bounded wait for a free backend when every eligible one is saturated.
+ * Bounded twice, by length and by time (DESIGN: "nothing unbounded"): a full
+ * queue or an expired wait answers 503 + Retry-After instead of letting
+ * overload turn into an outage of ever-growing latency.
+ *
+ * FIFO: the oldest waiter gets the first free slot. The balancer calls
+ * `drain(tryDispatch)` whenever a request ends or the eligible set changes.
+ */
+export interface Waiter {
+  /** Called when the waiter may try again; returns false if it still cannot go. */
+  retry: () => boolean;
+  expire: () => void;
+  timer: NodeJS.Timeout | undefined;
+  done: boolean;
+}
+
+export class WaitQueue {
+  private readonly items: Waiter[] = [];
+  private head = 0;
+
+  constructor(
+    private readonly size: number,
+    private readonly timeoutMs: number,
+  ) {}
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  /** Queues a waiter; returns undefined when the queue is full. */
+  enqueue(retry: () => boolean, expire: () => void): Waiter | undefined {
+    if (this.length >= this.size) return undefined;
+    const waiter: Waiter = { retry, expire, timer: undefined, done: false };
+    waiter.timer = setTimeout(() => {
+      if (waiter.done) return;
+      waiter.done = true;
+      expire();
+    }, this.timeoutMs);
+    waiter.timer.unref();
+    this.items.push(waiter);
+    return waiter;
+  }
+
+  /** Removes a waiter (its client went away). */
+  cancel(waiter: Waiter): void {
+    if (waiter.done) return;
+    waiter.done = true;
+    clearTimeout(waiter.timer);
+  }
+
+  /** Lets waiters go, oldest first, until one still cannot. */
+  drain(): void {
+    while (this.head < this.items.length) {
+      const w = this.items[this.head]!;
+      if (!w.done) {
+        if (!w.retry()) break;
+        w.done = true;
+        clearTimeout(w.timer);
+      }
+      this.head++;
+    }
+    this.compact();
+  }
+
+  private compact(): void {
+    // Drop finished waiters from the front, and compact the array now and then
+    // so a long-lived queue does not keep a growing dead prefix.
+    while (this.head < this.items.length && this.items[this.head]!.done) this.head++;
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items.splice(0, this.head);
+      this.head = 0;
+    } else if (this.head === this.items.length) {
+      this.items.length = 0;
+      this.head = 0;
+    }
+  }
+
+  /** Expires every waiter (close()). */
+  close(): void {
+    for (let i = this.head; i < this.items.length; i++) {
+      const w = this.items[i]!;
+      if (w.done) continue;
+      w.done = true;
+      clearTimeout(w.timer);
+      w.expire();
+    }
+    this.items.length = 0;
+    this.head = 0;
+  }
+}

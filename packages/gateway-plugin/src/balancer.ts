@@ -1,0 +1,326 @@
+/**
+ * The stateful balancer behind `loadBalance(opts)`: owns the backends, the
+ * strategy, the MQTT source, health (passive and active), admission and the
+ * proxy, and ties their lifecycles together. The per-request path lives in
+ * proxy/request-flow.ts; this file is wiring, wire messages and state.
+ */
+import { BlockList, isIP } from 'node:net';
+import {
+  createDecoder,
+  type Decoder,
+  type Message,
+  type ProtocolErrorCode,
+  type RegistrationMessage,
+} from '@loadwise/protocol';
+import { GatewayError, type DropReason } from './errors';
+import { BalancerEmitter, type BalancerEvents } from './events';
+import { DrainRate } from './admission/drain-rate';
+import { OverloadMonitor } from './admission/overload-monitor';
+import { RetryBudget } from './admission/retry-budget';
+import { WaitQueue } from './admission/wait-queue';
+import { ActiveChecker } from './health/active-checker';
+import { OutlierDetector } from './health/outlier-detector';
+import { createEndpointLoad, createLoadCohort, type LoadCohort } from './load';
+import {
+  createGatewayMetrics,
+  TrafficWindow,
+  type BalancerSnapshot,
+  type GatewayMetrics,
+} from './observability';
+import { backendUrl } from './options-validate';
+import type { ResolvedOptions } from './options';
+import { ProxyEngine } from './proxy/proxy-engine';
+import { RequestFlow } from './proxy/request-flow';
+import { RateLimitedLog } from './rate-limited-log';
+import { Backend } from './registry/backend';
+import { Registry } from './registry/registry';
+import { buildSnapshot } from './snapshot';
+import { createStrategy } from './strategies';
+import type { Strategy } from './strategies/types';
+import { MqttSource } from './transport/mqtt-source';
+
+const FRESHNESS_SWEEP_MS = 1000;
+
+export class Balancer {
+  readonly events: BalancerEmitter;
+  readonly strategy: Strategy;
+  readonly registry: Registry;
+  readonly outlier: OutlierDetector;
+  readonly checker: ActiveChecker | undefined;
+  readonly budget: RetryBudget | undefined;
+  readonly queue: WaitQueue;
+  readonly drainRate: DrainRate;
+  readonly overload: OverloadMonitor | undefined;
+  readonly metrics: GatewayMetrics;
+  readonly traffic = new TrafficWindow();
+  readonly engine: ProxyEngine;
+  readonly flow: RequestFlow;
+  readonly now: () => number;
+  closed = false;
+  private readonly cohort: LoadCohort = createLoadCohort();
+  private readonly decoder: Decoder;
+  private readonly source: MqttSource | undefined;
+  private readonly log: RateLimitedLog;
+  private readonly allowed: BlockList | undefined;
+  private readonly sweepTimer: NodeJS.Timeout;
+  private saturated = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(readonly options: ResolvedOptions) {
+    const o = options;
+    this.now = o.now;
+    this.log = new RateLimitedLog(o.logger, o.now);
+    this.events = new BalancerEmitter((err) =>
+      o.logger.error(`event listener threw: ${String(err)}`),
+    );
+    this.strategy = createStrategy(o.strategy, {
+      random: o.random,
+      now: o.now,
+      ...o.strategyOptions,
+    });
+    this.decoder = this.makeDecoder();
+    this.registry = new Registry(
+      this.strategy,
+      this.events,
+      o.outlier.panicThresholdPercent,
+      o.now,
+    );
+    this.outlier = new OutlierDetector(o.outlier, this.registry, this.events, o.now);
+    this.events.on('backend-ejected', ({ id }) => this.metrics.onEjection(id));
+    this.checker =
+      o.healthCheck && new ActiveChecker(o.healthCheck, this.registry, o.now, o.random);
+    this.budget = o.retry && new RetryBudget(o.retry, o.now);
+    this.queue = new WaitQueue(o.saturation.queueSize, o.saturation.queueTimeoutMs);
+    this.drainRate = new DrainRate(o.now);
+    this.metrics = createGatewayMetrics({ getSnapshot: () => this.snapshot() });
+    this.flow = new RequestFlow(this);
+    const flow = this.flow;
+    this.engine = new ProxyEngine(
+      {
+        onStart: (req, target) => flow.onStart(req, target),
+        onProxyReq: (p, req, target) => flow.onProxyReq(p, req, target),
+        onProxyRes: (p, req, res) => flow.onProxyRes(p, req, res),
+        onError: (err, req, res, target) => flow.onError(err, req, res, target),
+        targetOf: (req) => flow.targetOf(req),
+      },
+      o.changeOrigin,
+    );
+    if (o.discovery) {
+      this.allowed = new BlockList();
+      for (const range of o.discovery.allowedRanges) {
+        const [addr, bits] = range.split('/') as [string, string];
+        this.allowed.addSubnet(addr, Number(bits), isIP(addr) === 6 ? 'ipv6' : 'ipv4');
+      }
+    }
+    for (const b of o.backends) this.addBackend(b.id, new URL(b.url), b.weight, 'config');
+    this.overload =
+      o.overload &&
+      new OverloadMonitor(o.overload, (overloaded, eventLoopDelayMs) =>
+        this.events.emit('overload', { overloaded, eventLoopDelayMs }),
+      );
+    this.sweepTimer = setInterval(() => this.sweep(), FRESHNESS_SWEEP_MS);
+    this.sweepTimer.unref();
+    this.source =
+      o.broker === undefined
+        ? undefined
+        : new MqttSource(
+            o.broker,
+            o.topicPrefix,
+            this.decoder,
+            {
+              onMessage: (m, keyId, at) => this.onMessage(m, keyId, at),
+              onInvalid: (code, detail, backendId) => this.drop(code, detail, backendId),
+              onConnected: (url) => this.events.emit('broker-connected', { url }),
+              onLost: (error) => {
+                this.log.warn(
+                  'broker-lost',
+                  `broker connection lost${error ? `: ${error}` : ''}; routing on last state`,
+                );
+                this.events.emit('broker-lost', { error });
+              },
+            },
+            o.now,
+          );
+  }
+
+  private makeDecoder(): Decoder {
+    const o = this.options;
+    try {
+      return createDecoder({
+        prefix: o.topicPrefix,
+        keys: o.keys,
+        requireSignature: o.requireSignature,
+        maxClockSkewMs: o.maxClockSkewMs,
+        maxPayloadBytes: o.maxPayloadBytes,
+        now: o.now,
+      });
+    } catch (err) {
+      throw new GatewayError('LW_GW_INVALID_OPTION', (err as Error).message);
+    }
+  }
+
+  /** URL of the broker (the embedded one's, once started). */
+  get brokerUrl(): string | undefined {
+    return this.source?.url;
+  }
+
+  get brokerConnected(): boolean | null {
+    return this.source ? this.source.isConnected : null;
+  }
+
+  /** Resolves once the broker (embedded or remote) is connected; at once without a broker. */
+  ready(): Promise<void> {
+    return this.source?.ready ?? Promise.resolve();
+  }
+
+  private addBackend(
+    id: string,
+    url: URL,
+    weight: number,
+    origin: 'config' | 'discovery',
+  ): Backend {
+    const load = createEndpointLoad({ now: this.now, cohort: this.cohort, ...this.options.load });
+    const backend = new Backend(id, url, weight, load, origin, this.options.agent);
+    this.engine.register(backend);
+    this.registry.add(backend, origin === 'discovery');
+    this.checker?.watch(backend);
+    return backend;
+  }
+
+  private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {
+    if (this.closed) return;
+    if (message.kind === 'register') return this.onRegistration(message, keyId);
+    const backend = this.registry.get(message.backendId);
+    // The allow-list: a report may change how much traffic a configured (or
+    // discovered) backend gets, never add one (HAProxy agent-check rule).
+    if (!backend) return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', message.backendId);
+    this.registry.applyMessage(backend, message, receivedAtMs);
+    if (this.queue.length > 0) this.drainQueue();
+  }
+
+  private onRegistration(message: RegistrationMessage, keyId: string | undefined): void {
+    const reject = (why: string): void =>
+      this.drop('LW_GW_REGISTRATION_REJECTED', why, message.backendId);
+    const d = this.options.discovery;
+    if (!d || !this.allowed) return reject('discovery is off');
+    if (keyId === undefined) return reject('registration is not signed');
+    let url: URL;
+    try {
+      url = backendUrl('registration url', message.url);
+    } catch {
+      return reject('url is not an http(s) URL');
+    }
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const family = isIP(host);
+    // IP literals only: a name would be resolved later, outside the check.
+    if (family === 0) return reject(`host ${host} is not an IP address`);
+    if (!this.allowed.check(host, family === 6 ? 'ipv6' : 'ipv4'))
+      return reject(`address ${host} is outside the allowed ranges`);
+    const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+    if (d.allowedPorts.length > 0 && !d.allowedPorts.includes(port))
+      return reject(`port ${port} is not allowed`);
+    const existing = this.registry.get(message.backendId);
+    if (existing) {
+      if (existing.target.href !== url.href) reject('a known backend cannot change its address');
+      return;
+    }
+    let discovered = 0;
+    for (const b of this.registry.backends.values()) if (b.origin === 'discovery') discovered++;
+    if (discovered >= d.maxBackends) return reject('discovery.maxBackends reached');
+    const weight = Math.min(Math.max(message.weight ?? 1, 0.01), 1e6);
+    this.addBackend(message.backendId, url, weight, 'discovery');
+    this.events.emit('backend-added', { id: message.backendId, url: url.href });
+  }
+
+  private drop(
+    code: ProtocolErrorCode | DropReason,
+    detail: string,
+    backendId: string | undefined,
+  ): void {
+    this.metrics.onInvalidMessage(code);
+    this.events.emit('invalid-message', { code, backendId });
+    this.log.warn(code, `dropped message (${code}) from ${backendId ?? 'unknown'}: ${detail}`);
+  }
+
+  /** Saturated: see docs/gateway.md ("Saturation"). */
+  isSaturated(backend: Backend, nowMs: number): boolean {
+    const s = this.options.saturation;
+    if (backend.load.inFlight >= s.maxInFlightPerBackend) return true;
+    return (
+      s.maxExpectedWaitMs !== undefined && backend.load.expectedWaitMs(nowMs) > s.maxExpectedWaitMs
+    );
+  }
+
+  /** Retry-After when nothing is eligible: until the first ejection expires, within [1, 60] s. */
+  noBackendRetryAfterSec(nowMs: number): number {
+    let soonest = Infinity;
+    for (const b of this.registry.backends.values()) {
+      if (b.ejectedUntilMs !== undefined) soonest = Math.min(soonest, b.ejectedUntilMs - nowMs);
+    }
+    return soonest === Infinity ? 1 : Math.min(60, Math.max(1, Math.ceil(soonest / 1000)));
+  }
+
+  drainQueue(): void {
+    this.queue.drain();
+    this.queueChanged();
+  }
+
+  /** Emits `saturation` on transitions of "requests are waiting". */
+  queueChanged(): void {
+    const saturated = this.queue.length > 0;
+    if (saturated === this.saturated) return;
+    this.saturated = saturated;
+    this.events.emit('saturation', { saturated, queued: this.queue.length });
+  }
+
+  private sweep(): void {
+    this.registry.sweepFreshness(this.now());
+    if (this.queue.length > 0) this.drainQueue();
+  }
+
+  snapshot(): BalancerSnapshot {
+    return buildSnapshot(this);
+  }
+
+  get brokerSource(): MqttSource | undefined {
+    return this.source;
+  }
+
+  on<K extends keyof BalancerEvents>(
+    event: K,
+    listener: (...args: BalancerEvents[K]) => void,
+  ): this {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    this.events.on(event, listener as any);
+    return this;
+  }
+
+  off<K extends keyof BalancerEvents>(
+    event: K,
+    listener: (...args: BalancerEvents[K]) => void,
+  ): this {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    this.events.off(event, listener as any);
+    return this;
+  }
+
+  /** Stops everything: timers, health checks, queue (waiters get 503), broker, pools. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      clearInterval(this.sweepTimer);
+      this.checker?.close();
+      this.overload?.close();
+      this.queue.close();
+      this.queueChanged();
+      try {
+        await this.source?.close();
+      } finally {
+        this.engine.close();
+        this.registry.close();
+        this.metrics.setSnapshotSource(undefined);
+      }
+    })();
+    return this.closing;
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * The hash key for consistent hashing / cookie affinity, from a configured
+ * header, cookie or the client address (in that order of preference), and the
+ * affinity cookie the gateway sets when the client has none yet, so that its
+ * next requests hash to the same backend.
+ */
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { AffinityOptions } from '../options';
+import { clientAddress } from './forwarded';
+
+const MAX_KEY_LENGTH = 256;
+
+export function readCookie(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  let from = 0;
+  while (from < header.length) {
+    const end = header.indexOf(';', from);
+    const part = header.slice(from, end < 0 ? header.length : end).trim();
+    const eq = part.indexOf('=');
+    if (eq > 0 && part.slice(0, eq) === name) return part.slice(eq + 1).replace(/^"|"$/g, '');
+    if (end < 0) break;
+    from = end + 1;
+  }
+  return undefined;
+}
+
+export interface HashKey {
+  key: string | undefined;
+  /** A new affinity cookie value to set on the response (none was sent). */
+  newCookie: string | undefined;
+}
+
+export function hashKeyOf(
+  req: IncomingMessage,
+  affinity: AffinityOptions,
+  trustForwarded: boolean,
+): HashKey {
+  if (affinity.header) {
+    const v = req.headers[affinity.header.toLowerCase()];
+    const s = Array.isArray(v) ? v[0] : v;
+    if (s) return { key: s.slice(0, MAX_KEY_LENGTH), newCookie: undefined };
+  }
+  if (affinity.cookie) {
+    const v = readCookie(req.headers.cookie, affinity.cookie);
+    if (v) return { key: v.slice(0, MAX_KEY_LENGTH), newCookie: undefined };
+    if (affinity.setCookie) {
+      const fresh = randomBytes(12).toString('base64url');
+      return { key: fresh, newCookie: fresh };
+    }
+  }
+  if (affinity.clientAddress)
+    return { key: clientAddress(req, trustForwarded), newCookie: undefined };
+  return { key: undefined, newCookie: undefined };
+}
+
+export function affinityCookie(
+  name: string,
+  value: string,
+  maxAgeSec: number,
+  secure: boolean,
+): string {
+  const parts = [`${name}=${value}`, 'Path=/', 'HttpOnly', 'SameSite=Lax'];
+  if (maxAgeSec > 0) parts.push(`Max-Age=${maxAgeSec}`);
+  if (secure) parts.push('Secure');
+  return parts.join('; ');
+}

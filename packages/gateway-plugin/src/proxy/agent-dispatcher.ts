@@ -1,0 +1,52 @@
+/**
+ * One http-proxy-middleware instance takes one `agent` option, but each
+ * backend should have its own keep-alive pool (sized, inspected and destroyed
+ * per backend). This Agent owns no sockets: `addRequest` — the hook every
+ * ClientRequest calls on its agent, and the one agent-base and proxy agents
+ * override too — hands the request to the pool of the backend whose host and
+ * port it targets. Unknown hosts (none expected) use a fallback pool.
+ */
+import { Agent as HttpAgent, type ClientRequest } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+
+type AddRequest = (req: ClientRequest, options: { host?: string; port?: number | string }) => void;
+
+export function hostKey(hostname: string, port: string | number): string {
+  // WHATWG URL keeps IPv6 brackets, Node's request options do not.
+  return `${hostname.replace(/^\[|\]$/g, '').toLowerCase()}:${port}`;
+}
+
+export function urlHostKey(url: URL): string {
+  return hostKey(url.hostname, url.port || (url.protocol === 'https:' ? 443 : 80));
+}
+
+export interface AgentDispatcher {
+  readonly agent: HttpAgent;
+  set(key: string, agent: HttpAgent): void;
+  delete(key: string): void;
+  destroy(): void;
+}
+
+export function createAgentDispatcher(protocol: 'http:' | 'https:'): AgentDispatcher {
+  const pools = new Map<string, HttpAgent>();
+  const Base = protocol === 'https:' ? HttpsAgent : HttpAgent;
+  // keepAlive must be true on the dispatcher itself: ClientRequest reads it to
+  // decide between `Connection: keep-alive` and `close`.
+  const fallback = new Base({ keepAlive: true, scheduling: 'lifo' });
+  const dispatcher = new Base({ keepAlive: true });
+  const defaultPort = protocol === 'https:' ? 443 : 80;
+  (dispatcher as unknown as { addRequest: AddRequest }).addRequest = (req, options) => {
+    const pool = pools.get(hostKey(options.host ?? 'localhost', options.port ?? defaultPort));
+    ((pool ?? fallback) as unknown as { addRequest: AddRequest }).addRequest(req, options);
+  };
+  return {
+    agent: dispatcher,
+    set: (key, agent) => void pools.set(key, agent),
+    delete: (key) => void pools.delete(key),
+    destroy() {
+      pools.clear();
+      fallback.destroy();
+      dispatcher.destroy();
+    },
+  };
+}

@@ -1,0 +1,105 @@
+/**
+ * The adapter over http-proxy-middleware 3. One HPM instance per backend
+ * protocol (http/https: an agent serves one protocol), with:
+ * - `router` returning the target the balancer picked for this attempt
+ *   (stored on the request before HPM runs, so HPM stays stateless);
+ * - `agent`: a dispatcher handing each request to its backend's keep-alive pool;
+ * - `xfwd: false`: X-Forwarded-* are overwritten by forwarded.ts instead;
+ * - `ejectPlugins: true` with our own listeners: HPM's default error plugin
+ *   would answer 502/504 itself, but the balancer must first decide whether
+ *   to retry on another backend, and answer with a coded error otherwise.
+ */
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { createProxyMiddleware, type RequestHandler } from 'http-proxy-middleware';
+import type { Backend } from '../registry/backend';
+import { createAgentDispatcher, urlHostKey, type AgentDispatcher } from './agent-dispatcher';
+
+export interface ProxyHooks {
+  /** An attempt starts: `target` identifies it in later events (http-proxy parses one per call). */
+  onStart(req: IncomingMessage, target: unknown): void;
+  onProxyReq(proxyReq: ClientRequest, req: IncomingMessage, target: unknown): void;
+  onProxyRes(proxyRes: IncomingMessage, req: IncomingMessage, res: ServerResponse): void;
+  /** `res` is the client socket for a WebSocket upgrade; `target` is undefined then. */
+  onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void;
+  /** Where to send this request: the current attempt's backend target (href). */
+  targetOf(req: IncomingMessage): string | undefined;
+}
+
+interface Instance {
+  handler: RequestHandler;
+  dispatcher: AgentDispatcher;
+}
+
+export class ProxyEngine {
+  private readonly instances = new Map<'http:' | 'https:', Instance>();
+
+  constructor(
+    private readonly hooks: ProxyHooks,
+    private readonly changeOrigin: boolean,
+  ) {}
+
+  /** Makes a backend's pool reachable through the dispatcher of its protocol. */
+  register(backend: Backend): void {
+    this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:').dispatcher.set(
+      urlHostKey(backend.target),
+      backend.agent,
+    );
+  }
+
+  web(backend: Backend, req: IncomingMessage, res: ServerResponse): void {
+    const { handler } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
+    void handler(req, res, (err?: unknown) => {
+      // HPM calls next(err) only if preparing the request failed (the router
+      // returned nothing): report it as an attempt error, never throw.
+      const error = err instanceof Error ? err : new Error('proxy preparation failed');
+      this.hooks.onError(error, req, res, undefined);
+    });
+  }
+
+  upgrade(backend: Backend, req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const { handler } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
+    handler.upgrade(req, socket, head);
+  }
+
+  private instance(protocol: 'http:' | 'https:'): Instance {
+    let inst = this.instances.get(protocol);
+    if (inst) return inst;
+    const dispatcher = createAgentDispatcher(protocol);
+    const hooks = this.hooks;
+    const handler = createProxyMiddleware<IncomingMessage, ServerResponse>({
+      router: (req) => hooks.targetOf(req),
+      agent: dispatcher.agent,
+      changeOrigin: this.changeOrigin,
+      xfwd: false,
+      ws: false,
+      ejectPlugins: true,
+      plugins: [
+        (proxyServer) => {
+          proxyServer.on('start', (req, _res, target) => hooks.onStart(req, target));
+          proxyServer.on('proxyReq', (proxyReq, req, _res, options) =>
+            hooks.onProxyReq(proxyReq, req, options.target),
+          );
+          proxyServer.on('proxyReqWs', (proxyReq, req, _socket, options) =>
+            hooks.onProxyReq(proxyReq, req, options.target),
+          );
+          proxyServer.on('proxyRes', (proxyRes, req, res) => hooks.onProxyRes(proxyRes, req, res));
+          proxyServer.on('error', (err, req, res, target) =>
+            hooks.onError(err, req, res as ServerResponse | Socket, target),
+          );
+          // http-proxy emits this instead of 'error' when the client went away
+          // first; the balancer learns it from the response's 'close'.
+          proxyServer.on('econnreset', () => {});
+        },
+      ],
+    });
+    inst = { handler, dispatcher };
+    this.instances.set(protocol, inst);
+    return inst;
+  }
+
+  close(): void {
+    for (const inst of this.instances.values()) inst.dispatcher.destroy();
+    this.instances.clear();
+  }
+}

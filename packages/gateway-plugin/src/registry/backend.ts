@@ -1,0 +1,101 @@
+/**
+ * One backend as the balancer sees it: its address (from configuration or a
+ * signed, allowed registration), its load estimate, and the flags that decide
+ * whether it may receive new requests. Flags are plain fields written by the
+ * registry, the outlier detector and the health checker; the registry turns
+ * them into an eligible set (registry.ts).
+ */
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import type { BackendState as AgentState, MetricsReport } from '@loadwise/protocol';
+import type { LoadEstimate } from '../load';
+import type { Endpoint } from '../strategies/types';
+
+/** What a backend is, for routing: derived from the flags below. */
+export type BackendCondition = 'up' | 'down' | 'ejected' | 'draining';
+
+export interface AgentOptions {
+  maxSockets: number;
+  maxFreeSockets: number;
+  keepAliveMsecs: number;
+}
+
+export class Backend {
+  readonly endpoint: Endpoint;
+  /** Keep-alive pool of this backend only: closing or replacing it never touches the others. */
+  readonly agent: HttpAgent;
+  /** The proxy target: origin plus the configured base path. */
+  readonly target: URL;
+
+  /** Last lifecycle state reported by the agent; 'online' until told otherwise. */
+  agentState: AgentState = 'online';
+  /** The agent's Last Will arrived: metrics go stale, the backend stays routable. */
+  agentLost = false;
+  /** The agent's health verdict is `down`. */
+  verdictDown = false;
+  /** Active health check: consecutive results and the resulting verdict. */
+  checkDown = false;
+  checkFailures = 0;
+  checkPasses = 0;
+  /** Passive outlier detection (Envoy): consecutive failures and ejection state. */
+  consecutiveFailures = 0;
+  timesEjected = 0;
+  ejectedUntilMs: number | undefined;
+  ejectionTimer: NodeJS.Timeout | undefined;
+  /** The condition last announced by an event, to emit only transitions. */
+  condition: BackendCondition = 'up';
+  /** Whether the last freshness sweep saw a fresh report (to emit metrics-stale once). */
+  wasFresh = false;
+  /** The last accepted report, for the status endpoint. */
+  lastReport: MetricsReport | undefined;
+  /** Requests sent and failed since creation (status endpoint). */
+  requests = 0;
+  failures = 0;
+
+  constructor(
+    readonly id: string,
+    url: URL,
+    readonly weight: number,
+    readonly load: LoadEstimate,
+    readonly origin: 'config' | 'discovery',
+    agentOptions: AgentOptions,
+  ) {
+    this.target = url;
+    this.endpoint = { id, weight, load };
+    // LIFO reuses the most recently used socket, so idle ones age out instead of
+    // every socket being kept barely alive (Node's documented reason for 'lifo').
+    const opts = { keepAlive: true, scheduling: 'lifo' as const, ...agentOptions };
+    this.agent = url.protocol === 'https:' ? new HttpsAgent(opts) : new HttpAgent(opts);
+  }
+
+  /** Administrative exclusion by the agent: never overridden by panic mode. */
+  get drainingOrOffline(): boolean {
+    return this.agentState === 'draining' || (this.agentState === 'offline' && !this.agentLost);
+  }
+
+  /** A health exclusion: panic mode may still route to it. */
+  get unhealthy(): boolean {
+    return this.ejectedUntilMs !== undefined || this.checkDown || this.verdictDown;
+  }
+
+  conditionNow(): BackendCondition {
+    if (this.drainingOrOffline) return this.agentState === 'draining' ? 'draining' : 'down';
+    if (this.ejectedUntilMs !== undefined) return 'ejected';
+    if (this.checkDown || this.verdictDown) return 'down';
+    return 'up';
+  }
+
+  downReason(): string {
+    if (this.agentState === 'offline') return 'agent reported offline';
+    if (this.checkDown) return 'active health check failed';
+    if (this.verdictDown) return 'agent health verdict down';
+    return 'unknown';
+  }
+
+  close(): void {
+    if (this.ejectionTimer) clearTimeout(this.ejectionTimer);
+    this.ejectionTimer = undefined;
+    this.agent.destroy();
+    this.load.dispose();
+  }
+}

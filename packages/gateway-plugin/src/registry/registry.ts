@@ -1,0 +1,131 @@
+/**
+ * The set of backends and the eligible subset the strategy picks from.
+ *
+ * Like grpc-js's load balancer pushing a new picker on every state change, the
+ * registry recomputes the eligible set whenever a flag changes (report, check,
+ * ejection) and hands it to `strategy.setEndpoints` only when it differs; the
+ * per-request pick never rebuilds anything.
+ *
+ * Eligibility:
+ * - draining, or offline by the agent's own word: excluded, always (HAProxy
+ *   agent `drain`/`maint`; the agent's Last Will only makes metrics stale);
+ * - ejected, failing active checks, or agent verdict `down`: "unhealthy";
+ * - panic (Envoy): when healthy backends are fewer than panicThresholdPercent
+ *   of the routable ones, spread over every routable backend instead, because
+ *   piling all traffic on the few left would take them down too.
+ */
+import type { Message, MetricsReport, StatusMessage } from '@loadwise/protocol';
+import type { Strategy } from '../strategies/types';
+import type { BalancerEmitter } from '../events';
+import type { Backend } from './backend';
+
+export class Registry {
+  readonly backends = new Map<string, Backend>();
+  /** What the strategy currently picks from. Replaced, never mutated. */
+  eligible: readonly Backend[] = [];
+  panic = false;
+
+  constructor(
+    private readonly strategy: Strategy,
+    private readonly events: BalancerEmitter,
+    private readonly panicThresholdPercent: number,
+    private readonly now: () => number,
+  ) {}
+
+  /** Adds a backend; `newcomer` starts slow start (a discovered one, not the initial set). */
+  add(backend: Backend, newcomer: boolean): void {
+    this.backends.set(backend.id, backend);
+    if (newcomer) backend.load.admit(this.now());
+    this.recompute();
+  }
+
+  get(id: string): Backend | undefined {
+    return this.backends.get(id);
+  }
+
+  /** Applies a decoded status or metrics message to a known backend. */
+  applyMessage(backend: Backend, message: Message, receivedAtMs: number): void {
+    if (message.kind === 'metrics') this.applyMetrics(backend, message, receivedAtMs);
+    else if (message.kind === 'status') this.applyStatus(backend, message);
+  }
+
+  private applyMetrics(backend: Backend, report: MetricsReport, receivedAtMs: number): void {
+    backend.load.onReport(report, receivedAtMs);
+    backend.lastReport = report;
+    const wasOut = backend.drainingOrOffline || backend.verdictDown;
+    backend.agentLost = false;
+    backend.agentState = report.state;
+    backend.verdictDown = report.health.verdict === 'down';
+    if (wasOut !== (backend.drainingOrOffline || backend.verdictDown)) this.recompute();
+    else if (backend.conditionNow() !== backend.condition) this.recompute();
+  }
+
+  private applyStatus(backend: Backend, status: StatusMessage): void {
+    const before = backend.conditionNow();
+    backend.agentState = status.state;
+    // The Last Will says the agent died, not the service: keep routing on local
+    // signals (HAProxy: an unreachable agent is not an error).
+    backend.agentLost = status.state === 'offline' && status.will === true;
+    if (status.state !== 'offline' && before !== backend.conditionNow()) {
+      // An agent coming back re-admits its backend through slow start.
+      if (before === 'down' || before === 'draining') backend.load.admit(this.now());
+    }
+    this.recompute();
+  }
+
+  /** Recomputes eligibility; pushes a new set to the strategy only if it changed. */
+  recompute(): void {
+    let routable = 0;
+    let healthyCount = 0;
+    for (const b of this.backends.values()) {
+      if (b.drainingOrOffline) continue;
+      routable++;
+      if (!b.unhealthy) healthyCount++;
+    }
+    const panic = routable > 0 && (healthyCount / routable) * 100 < this.panicThresholdPercent;
+    const next: Backend[] = [];
+    for (const b of this.backends.values()) {
+      if (b.drainingOrOffline) continue;
+      if (panic || !b.unhealthy) next.push(b);
+    }
+    if (panic !== this.panic) {
+      this.panic = panic;
+      this.events.emit('panic', { panic, healthy: healthyCount, routable });
+    }
+    const changed =
+      next.length !== this.eligible.length || next.some((b, i) => b !== this.eligible[i]);
+    if (changed) {
+      this.eligible = next;
+      this.strategy.setEndpoints(next.map((b) => b.endpoint));
+    }
+    for (const b of this.backends.values()) this.announce(b);
+  }
+
+  /** Emits the event of a backend's condition change, once per transition. */
+  private announce(b: Backend): void {
+    const now = b.conditionNow();
+    const before = b.condition;
+    if (now === before) return;
+    b.condition = now;
+    if (now === 'ejected') return; // the outlier detector emits backend-ejected with its details
+    if (now === 'draining') this.events.emit('backend-draining', { id: b.id });
+    else if (now === 'down') this.events.emit('backend-down', { id: b.id, reason: b.downReason() });
+    else if (before === 'ejected') this.events.emit('backend-restored', { id: b.id });
+    else this.events.emit('backend-up', { id: b.id });
+  }
+
+  /** Emits metrics-stale when a backend's report passes its freshness limit. */
+  sweepFreshness(nowMs: number): void {
+    for (const b of this.backends.values()) {
+      const fresh = b.load.hasFreshReport(nowMs);
+      if (b.wasFresh && !fresh) {
+        this.events.emit('metrics-stale', { id: b.id, ageMs: b.load.reportAgeMs(nowMs) });
+      }
+      b.wasFresh = fresh;
+    }
+  }
+
+  close(): void {
+    for (const b of this.backends.values()) b.close();
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * `balancer.snapshot()`: the state the status endpoint serves and the metrics
+ * gauges read at scrape time. Built on demand, never per request.
+ */
+import type { MetricsReport } from '@loadwise/protocol';
+import type { Balancer } from './balancer';
+import type {
+  BackendSnapshot,
+  BalancerSnapshot,
+  BackendStateName,
+  ReportedLoad,
+} from './observability';
+import type { Backend } from './registry/backend';
+
+const STATE_NAMES: Record<ReturnType<Backend['conditionNow']>, BackendStateName> = {
+  up: 'healthy',
+  down: 'down',
+  ejected: 'ejected',
+  draining: 'draining',
+};
+
+function reported(r: MetricsReport | undefined, b: Backend): ReportedLoad | null {
+  if (!r) return null;
+  const cg = r.cgroup;
+  return {
+    cpuUtilization: cg?.cpuUtilization ?? r.host.cpuUtilization,
+    memoryUtilization: cg?.memoryUtilization ?? r.host.memoryUtilization,
+    inFlight: r.queue?.inFlight ?? null,
+    queued: r.queue?.queued ?? null,
+    concurrencyLimit: r.concurrencyLimit ?? null,
+    verdict: r.health.verdict,
+    agentState: b.agentState,
+  };
+}
+
+export function buildSnapshot(lb: Balancer): BalancerSnapshot {
+  const nowMs = lb.now();
+  const counts = lb.traffic.counts(nowMs);
+  const backends: BackendSnapshot[] = [];
+  let inFlight = 0;
+  for (const b of lb.registry.backends.values()) {
+    const condition = b.conditionNow();
+    const load = b.load;
+    const windowRequests = counts.perBackend.get(b.id) ?? 0;
+    inFlight += load.inFlight;
+    const latency = load.latencyMs(nowMs);
+    const age = load.reportAgeMs(nowMs);
+    backends.push({
+      id: b.id,
+      url: b.target.href,
+      origin: b.origin,
+      weight: b.weight,
+      state: STATE_NAMES[condition],
+      stateReason:
+        condition === 'up'
+          ? null
+          : condition === 'ejected'
+            ? `${b.consecutiveFailures} consecutive failures`
+            : condition === 'draining'
+              ? 'agent reported draining'
+              : b.downReason(),
+      inFlight: load.inFlight,
+      latencyMs: latency ?? null,
+      expectedWaitMs: load.expectedWaitMs(nowMs),
+      reportAgeMs: age ?? null,
+      reportFresh: load.hasFreshReport(nowMs),
+      lastReport: reported(b.lastReport, b),
+      trafficShare: counts.total > 0 ? windowRequests / counts.total : 0,
+      windowRequests,
+      slowStartFactor: load.slowStartFactor(nowMs),
+      ejections: b.timesEjected,
+      requestsTotal: b.requests,
+      failuresTotal: b.failures,
+    });
+  }
+  return {
+    takenAt: new Date(nowMs).toISOString(),
+    strategy: lb.strategy.name,
+    panic: lb.registry.panic,
+    saturationQueueLength: lb.queue.length,
+    inFlight,
+    eventLoopDelayMs: lb.overload ? lb.overload.eventLoopDelayMs : null,
+    overloaded: lb.overload?.overloaded ?? false,
+    brokerConnected: lb.brokerConnected,
+    trafficWindowMs: lb.traffic.windowMs,
+    backends,
+  };
+}

@@ -1,0 +1,186 @@
+/**
+ * The MQTT side of the gateway: connects to the broker (a URL, the user's
+ * client, or an embedded aedes), subscribes to every backend's topics under
+ * the prefix, and hands each delivered message to the decoder. It never
+ * throws into mqtt.js: a bad message is a decode result, counted and dropped.
+ *
+ * Several gateways on one broker: every gateway has its own random client id
+ * (a duplicate id makes the broker disconnect the older session
+ * [MQTT-3.1.4-2]) and a clean session, so nothing assumes a single subscriber.
+ * Broker lost: mqtt.js reconnects by itself (reconnectPeriod); routing keeps
+ * the last state meanwhile. With a clean session subscriptions do not survive
+ * a reconnect [MQTT-3.1.2-6], so we subscribe again on every `connect`.
+ */
+import { randomBytes } from 'node:crypto';
+import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import {
+  subscriptionFilter,
+  type Decoder,
+  type Message,
+  type ProtocolErrorCode,
+} from '@loadwise/protocol';
+import type { BrokerOption, BrokerUrlOptions } from '../options';
+import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
+
+export interface MqttSourceHandlers {
+  onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void;
+  onInvalid(code: ProtocolErrorCode, detail: string, backendId: string | undefined): void;
+  onConnected(url: string | undefined): void;
+  onLost(error: string | undefined): void;
+}
+
+export class MqttSource {
+  private client: MqttClient | undefined;
+  private ownsClient = false;
+  private embedded: EmbeddedBroker | undefined;
+  private connected = false;
+  private closed = false;
+  /** URL of the broker, known once started (the embedded broker picks its port). */
+  url: string | undefined;
+  readonly ready: Promise<void>;
+
+  constructor(
+    private readonly broker: BrokerOption,
+    private readonly prefix: string,
+    private readonly decoder: Decoder,
+    private readonly handlers: MqttSourceHandlers,
+    private readonly now: () => number,
+  ) {
+    this.ready = this.start();
+    // Errors surface through `ready` and events; an unobserved rejection must not crash.
+    this.ready.catch(() => {});
+  }
+
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  private async start(): Promise<void> {
+    const b = this.broker;
+    if (typeof b === 'object' && 'client' in b) {
+      this.attach(b.client);
+      if (!b.client.connected) await onceConnected(b.client);
+      return;
+    }
+    let url: string;
+    let extra: IClientOptions = {};
+    if (typeof b === 'string') url = b;
+    else if ('embedded' in b) {
+      this.embedded = await startEmbeddedBroker({ port: b.port ?? 0, host: b.host });
+      if (this.closed) {
+        await this.embedded.close();
+        return;
+      }
+      url = this.embedded.url;
+    } else {
+      url = b.url;
+      extra = tlsAndAuth(b);
+    }
+    this.url = url;
+    const idPrefix =
+      (typeof b === 'object' && 'clientIdPrefix' in b && b.clientIdPrefix) || 'loadwise-gw';
+    const client = connect(url, {
+      clientId: `${idPrefix}-${randomBytes(6).toString('hex')}`,
+      clean: true,
+      resubscribe: false,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+      keepalive: 30,
+      ...extra,
+    });
+    this.ownsClient = true;
+    this.attach(client);
+    await onceConnected(client);
+  }
+
+  private attach(client: MqttClient): void {
+    this.client = client;
+    const o = client.options;
+    if (o?.hostname) this.url ??= `${o.protocol ?? 'mqtt'}://${o.hostname}:${o.port ?? 1883}`;
+    client.on('connect', this.onConnect);
+    client.on('close', this.onClose);
+    client.on('error', this.onError);
+    client.on('message', this.onMessageEvent);
+    if (client.connected) this.onConnect();
+  }
+
+  private readonly onConnect = (): void => {
+    if (this.closed || !this.client) return;
+    this.connected = true;
+    // QoS 1: a status change (draining, the Last Will) must not be lost; the
+    // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
+    this.client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
+      if (err && !this.closed) this.handlers.onLost(`subscribe failed: ${err.message}`);
+    });
+    this.handlers.onConnected(this.url);
+  };
+
+  private readonly onClose = (): void => {
+    if (!this.connected) return;
+    this.connected = false;
+    if (!this.closed) this.handlers.onLost(undefined);
+  };
+
+  private readonly onError = (err: Error): void => {
+    // mqtt.js emits connection errors here and keeps reconnecting; without a
+    // listener they would be thrown as an unhandled 'error' event.
+    if (!this.closed && this.connected) this.handlers.onLost(err.message);
+  };
+
+  private readonly onMessageEvent = (
+    topic: string,
+    payload: Buffer,
+    packet: { retain?: boolean },
+  ): void => {
+    if (this.closed) return;
+    // An empty retained payload clears a retained message [MQTT-3.3.1-10]: not an error.
+    if (payload.length === 0) return;
+    const result = this.decoder.decode(topic, payload, { retained: packet.retain === true });
+    if (result.ok) this.handlers.onMessage(result.message, result.keyId, this.now());
+    else this.handlers.onInvalid(result.code, result.detail, result.backendId);
+  };
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const client = this.client;
+    if (client) {
+      client.off('connect', this.onConnect);
+      client.off('close', this.onClose);
+      client.off('message', this.onMessageEvent);
+      if (this.ownsClient) {
+        await new Promise<void>((resolve) => client.end(true, {}, () => resolve()));
+        client.off('error', this.onError);
+      } else {
+        client.off('error', this.onError);
+        if (client.connected) client.unsubscribe(subscriptionFilter(this.prefix), () => {});
+      }
+    }
+    this.connected = false;
+    if (this.embedded) await this.embedded.close();
+  }
+}
+
+function tlsAndAuth(b: BrokerUrlOptions): IClientOptions {
+  const o: IClientOptions = {};
+  if (b.username !== undefined) o.username = b.username;
+  if (b.password !== undefined)
+    o.password = typeof b.password === 'string' ? b.password : b.password;
+  if (b.ca !== undefined) o.ca = b.ca as IClientOptions['ca'];
+  if (b.cert !== undefined) o.cert = b.cert;
+  if (b.key !== undefined) o.key = b.key;
+  if (b.rejectUnauthorized !== undefined) o.rejectUnauthorized = b.rejectUnauthorized;
+  if (b.keepaliveSec !== undefined) o.keepalive = b.keepaliveSec;
+  if (b.reconnectPeriodMs !== undefined) o.reconnectPeriod = b.reconnectPeriodMs;
+  if (b.connectTimeoutMs !== undefined) o.connectTimeout = b.connectTimeoutMs;
+  return o;
+}
+
+function onceConnected(client: MqttClient): Promise<void> {
+  return new Promise((resolve) => {
+    if (client.connected) return resolve();
+    // Resolve on the first connect only: a broker that is down at start is not
+    // fatal (routing works on local signals) and mqtt.js keeps retrying.
+    client.once('connect', () => resolve());
+  });
+}

@@ -1,0 +1,133 @@
+/**
+ * The MQTT side against real brokers (embedded aedes, and Mosquitto when
+ * MQTT_URL is set): reports reach the configured backend, unknown backends and
+ * invalid messages are dropped and counted, draining stops new requests, and
+ * the embedded mode exposes a URL agents can use.
+ */
+import { once } from 'node:events';
+import { createEncoder } from '@loadwise/protocol';
+import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
+import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+const metricsBody = {
+  intervalMs: 1000,
+  state: 'online' as const,
+  host: { cpuUtilization: 0.5, memoryUtilization: 0.25, memoryAvailableBytes: 1e9 },
+  queue: { inFlight: 3, source: { inFlight: 'tracker' as const } },
+  health: { verdict: 'up' as const },
+};
+
+async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
+  const start = Date.now();
+  while (!check()) {
+    if (Date.now() - start > timeoutMs) throw new Error('condition not reached');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe.each(brokerTargets())('gateway on $name', (target) => {
+  let broker: { url: string; close(): Promise<void> };
+  let a: TestServer;
+  let b: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    broker = await target.start();
+    a = await startBackend('a');
+    b = await startBackend('b');
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(async () => {
+    await a.close();
+    await b.close();
+    await broker.close();
+  });
+
+  it('applies reports of configured backends and ignores unknown ones', async () => {
+    const prefix = uniquePrefix('gw');
+    gw = await startGateway({
+      backends: [
+        { id: 'a', url: a.url },
+        { id: 'b', url: b.url },
+      ],
+      broker: broker.url,
+      topicPrefix: prefix,
+    });
+    await gw.lb.ready();
+    const dropped: string[] = [];
+    gw.lb.balancer.on('invalid-message', (e) => dropped.push(e.code));
+    const client = await connectClient(broker.url);
+    try {
+      const encA = createEncoder({ backendId: 'a', prefix });
+      const encX = createEncoder({ backendId: 'x', prefix });
+      const m = encA.metrics(metricsBody);
+      const x = encX.metrics(metricsBody);
+      await client.publishAsync(x.topic, x.payload, { qos: 1 });
+      await client.publishAsync(`${prefix}/v1/backends/a/metrics`, '{not json', { qos: 1 });
+      await client.publishAsync(m.topic, m.payload, { qos: 1 });
+      await until(() => gw!.lb.balancer.snapshot().backends[0]!.lastReport !== null);
+      const snap = gw.lb.balancer.snapshot();
+      expect(snap.backends.map((s) => s.id)).toEqual(['a', 'b']);
+      expect(snap.backends[0]!.lastReport).toMatchObject({ cpuUtilization: 0.5, inFlight: 3 });
+      expect(snap.backends[0]!.reportFresh).toBe(true);
+      expect(dropped.sort()).toEqual(['LW_GW_UNKNOWN_BACKEND', 'LW_PROTO_MALFORMED_JSON']);
+      expect(snap.brokerConnected).toBe(true);
+    } finally {
+      await endClient(client);
+    }
+  });
+
+  it('stops sending new requests to a draining backend', async () => {
+    const prefix = uniquePrefix('gw');
+    gw = await startGateway({
+      backends: [
+        { id: 'a', url: a.url },
+        { id: 'b', url: b.url },
+      ],
+      broker: broker.url,
+      topicPrefix: prefix,
+      strategy: 'round-robin',
+    });
+    await gw.lb.ready();
+    const client = await connectClient(broker.url);
+    try {
+      const draining = once(gw.lb.balancer.events, 'backend-draining');
+      const s = createEncoder({ backendId: 'a', prefix }).status('draining');
+      await client.publishAsync(s.topic, s.payload, { qos: 1 });
+      expect(await draining).toEqual([{ id: 'a' }]);
+      for (let i = 0; i < 6; i++) {
+        const r = await send(`${gw.url}/`);
+        expect(r.json<{ id: string }>().id).toBe('b');
+      }
+    } finally {
+      await endClient(client);
+    }
+  });
+});
+
+describe('embedded broker mode', () => {
+  it('hosts aedes in the gateway process and exposes its URL to agents', async () => {
+    const a = await startBackend('a');
+    const prefix = uniquePrefix('emb');
+    const gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { embedded: true, port: 0 },
+      topicPrefix: prefix,
+    });
+    try {
+      await gw.lb.ready();
+      const url = gw.lb.balancer.brokerUrl;
+      expect(url).toMatch(/^mqtt:\/\/127\.0\.0\.1:\d+$/);
+      const client = await connectClient(url!);
+      const m = createEncoder({ backendId: 'a', prefix }).metrics(metricsBody);
+      await client.publishAsync(m.topic, m.payload, { qos: 1 });
+      await until(() => gw.lb.balancer.snapshot().backends[0]!.reportFresh);
+      await endClient(client);
+    } finally {
+      await gw.close();
+      await a.close();
+    }
+  });
+});

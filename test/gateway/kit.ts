@@ -1,0 +1,133 @@
+/**
+ * A small test kit for the gateway's e2e tests (http-proxy-middleware's
+ * `createApp` style): real HTTP backends on port 0, a real Express app with
+ * `loadBalance`, and a request helper that opens no keep-alive sockets, so
+ * every test can close everything it opened and jest exits by itself.
+ */
+import {
+  createServer,
+  request,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import express from 'express';
+import {
+  loadBalance,
+  type LoadBalanceOptions,
+  type LoadBalancerMiddleware,
+} from '@loadwise/gateway-plugin';
+
+export interface TestServer {
+  url: string;
+  port: number;
+  server: Server;
+  close(): Promise<void>;
+}
+
+export async function listen(server: Server): Promise<TestServer> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A backend answering `{ id, method, url, headers, body }` as JSON (or via a custom handler). */
+export function startBackend(
+  id: string,
+  handler?: (req: IncomingMessage, res: ServerResponse, body: string) => void,
+): Promise<TestServer> {
+  const server = createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => (body += c));
+    req.on('end', () => {
+      if (handler) return handler(req, res, body);
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ id, method: req.method, url: req.url, headers: req.headers, body }));
+    });
+  });
+  return listen(server);
+}
+
+/** A port with nothing listening (connections are refused). */
+export async function refusedPort(): Promise<number> {
+  const s = await listen(createServer());
+  await s.close();
+  return s.port;
+}
+
+export interface TestGateway extends TestServer {
+  lb: LoadBalancerMiddleware;
+}
+
+export async function startGateway(
+  opts: LoadBalanceOptions,
+  setup?: (app: express.Express, lb: LoadBalancerMiddleware) => void,
+): Promise<TestGateway> {
+  const lb = loadBalance({ overload: false, healthCheck: false, logger: quietLogger, ...opts });
+  const app = express();
+  if (setup) setup(app, lb);
+  else app.use(lb);
+  const srv = await listen(createServer(app));
+  srv.server.on('upgrade', lb.upgrade);
+  return {
+    ...srv,
+    lb,
+    close: async () => {
+      await srv.close();
+      await lb.close();
+    },
+  };
+}
+
+export const quietLogger = { info: () => {}, warn: () => {}, error: () => {} };
+
+export interface Reply {
+  status: number;
+  headers: IncomingMessage['headers'];
+  body: string;
+  json<T = Record<string, unknown>>(): T;
+}
+
+export function send(
+  url: string,
+  opts: { method?: string; headers?: Record<string, string>; body?: string } = {},
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { method: opts.method ?? 'GET', headers: opts.headers, agent: false },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: res.headers,
+            body,
+            json: <T>() => JSON.parse(body) as T,
+          }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
