@@ -542,13 +542,21 @@ class EndpointLoadEstimate implements LoadEstimate {
   private capacity(): { value: number; source: LoadSnapshot['capacitySource'] } {
     let value: number | undefined = this.reportedLimit ?? this.observedCapacity;
     let source: LoadSnapshot['capacitySource'] = 'reported';
-    if (value === undefined && this.learnedCapacity !== undefined) {
-      value = this.learnedCapacity;
-      source = 'learned';
-    }
     if (value === undefined) {
-      value = this.cohort?.meanCapacity();
-      source = 'cohort';
+      // What this gateway learned is mostly a lower bound (concurrency served without
+      // queueing); the cohort's mean is the prior. Taking the larger breaks a feedback loop:
+      // a backend that happened to see little concurrency would otherwise look small, get
+      // less traffic, and never see more. A backend truly smaller than the prior queues,
+      // and its Peak EWMA latency (which includes the queueing) says so.
+      const prior = this.cohort?.meanCapacity();
+      const learned = this.learnedCapacity;
+      if (learned !== undefined && (prior === undefined || learned >= prior)) {
+        value = learned;
+        source = 'learned';
+      } else {
+        value = prior;
+        source = 'cohort';
+      }
     }
     if (value === undefined || !(value >= 1)) {
       value = this.o.defaultCapacity;

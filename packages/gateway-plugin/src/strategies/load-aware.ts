@@ -11,7 +11,7 @@
  * choices keep most of the benefit and none of the herding, and cost O(1).
  */
 import { EndpointList } from './endpoint-list';
-import { Choice, selectP2C, type Metric } from './p2c-select';
+import { Choice, MAX_CHOICES, selectP2C, type Metric } from './p2c-select';
 import { integerOption } from '../load/option-check';
 import { fmt, readCommon, weightOf } from './strategy-options';
 import type { Pick, PickContext, Strategy } from './types';
@@ -26,7 +26,7 @@ export const expectedWaitMetric: Metric = (ep, nowMs) => {
 
 export function createLoadAware(opts?: unknown): Strategy {
   const { bag, prefix, common } = readCommon('load-aware', opts, LOAD_AWARE_KEYS);
-  const choices = integerOption(bag, prefix, 'choices', DEFAULT_CHOICES, 1, 64);
+  const choices = integerOption(bag, prefix, 'choices', DEFAULT_CHOICES, 1, MAX_CHOICES);
   let list = new EndpointList([]);
   const choice = new Choice();
   return {

@@ -23,6 +23,10 @@ export class Choice {
   otherMetric = 0;
 }
 
+/** Indices sampled in the current pick (d <= MAX_CHOICES); reused, picks are synchronous. */
+export const MAX_CHOICES = 64;
+const sampled = new Int32Array(MAX_CHOICES);
+
 /** Samples up to `d` distinct allowed endpoints and keeps the lowest `metric`. */
 export function selectP2C(
   list: EndpointList,
@@ -43,7 +47,7 @@ export function selectP2C(
     return sampleFrom(list.allowed(ctx), d, metric, random, ctx.nowMs, out);
   }
   const items = list.items;
-  const k = d < allowedCount ? d : allowedCount;
+  const k = Math.min(d, allowedCount, MAX_CHOICES);
   if (k === 2 && excluded === 0) {
     // The common case, without a loop: two distinct uniform indices.
     const i = randomIndex(random, n);
@@ -55,19 +59,26 @@ export function selectP2C(
       metric(items[j]!, ctx.nowMs),
     );
   }
-  // General case: distinct, non-excluded samples by rejection (fewer than half are excluded,
-  // so each draw succeeds with probability > 1/2; the bound keeps a hostile random source finite).
+  if (k >= allowedCount) {
+    // d covers every allowed endpoint: compare them all (deterministic, no sampling).
+    for (let i = 0; i < n; i++) {
+      const ep = items[i]!;
+      if (excluded === 0 || !ctx.exclude!.has(ep)) consider(out, ep, metric(ep, ctx.nowMs));
+    }
+    return out;
+  }
+  // General case: k distinct, non-excluded samples by rejection. Fewer than half are excluded
+  // and k < allowed, so a draw succeeds often; the bound keeps a hostile random source finite.
   let taken = 0;
-  let a: Endpoint | undefined;
-  let b: Endpoint | undefined;
   for (let tries = 0; taken < k && tries < 64 * k; tries++) {
-    const ep = items[randomIndex(random, n)]!;
-    if (ep === a || ep === b || ctx.exclude?.has(ep)) continue;
-    if (taken === 0) a = ep;
-    else if (taken === 1) b = ep;
-    // With d > 2 a repeat after the first two is possible and harmless (it only re-compares).
+    const i = randomIndex(random, n);
+    const ep = items[i]!;
+    if (excluded > 0 && ctx.exclude!.has(ep)) continue;
+    let dup = false;
+    for (let j = 0; j < taken; j++) if (sampled[j] === i) dup = true;
+    if (dup) continue;
+    sampled[taken++] = i;
     consider(out, ep, metric(ep, ctx.nowMs));
-    taken++;
   }
   if (out.best === undefined) {
     for (const ep of items) {

@@ -1,0 +1,241 @@
+/**
+ * Distribution tests of the default strategy. A small closed-loop simulation
+ * drives it the way the balancer does: each step advances a fake clock, picks,
+ * starts the request, and once `window` requests are outstanding the oldest
+ * finishes with its backend's latency. Reports arrive on the fake clock. No
+ * sleeps, no timing thresholds: every number is a count over seeded picks.
+ */
+import type { MetricsReport } from '@loadwise/protocol';
+import { createEndpointLoad, createLoadCohort, type LoadCohort } from '../load';
+import { createStrategy } from './registry';
+import { createSeededRandom } from './seeded-random';
+import type { Endpoint, Strategy } from './types';
+
+interface Sim {
+  strategy: Strategy;
+  endpoints: Endpoint[];
+  latencyMs: Map<Endpoint, number>;
+  t: number;
+  outstanding: Array<{ ep: Endpoint; startMs: number }>;
+  cohort: LoadCohort;
+}
+
+function backend(sim: Pick<Sim, 'cohort'>, id: string, opts: object = {}): Endpoint {
+  return { id, weight: 1, load: createEndpointLoad({ cohort: sim.cohort, ...opts }) };
+}
+
+function setup(name: string, latencies: number[], seed = 1, opts: object = {}): Sim {
+  const cohort = createLoadCohort();
+  const endpoints = latencies.map((_, i) => backend({ cohort }, `b${i}`));
+  const sim: Sim = {
+    strategy: createStrategy(name, { random: createSeededRandom(seed), ...opts }),
+    endpoints,
+    latencyMs: new Map(endpoints.map((ep, i) => [ep, latencies[i]!])),
+    t: 0,
+    outstanding: [],
+    cohort,
+  };
+  sim.strategy.setEndpoints(endpoints);
+  return sim;
+}
+
+/** `picks` steps of `dtMs`; calls `every(t)` each step (reports). Returns each endpoint's share. */
+function run(
+  sim: Sim,
+  picks: number,
+  {
+    window = 6,
+    dtMs = 1,
+    every,
+  }: { window?: number; dtMs?: number; every?: (t: number) => void } = {},
+): number[] {
+  const counts = new Map<Endpoint, number>();
+  for (let i = 0; i < picks; i++) {
+    sim.t += dtMs;
+    every?.(sim.t);
+    const ep = sim.strategy.pick({ nowMs: sim.t })!.endpoint;
+    counts.set(ep, (counts.get(ep) ?? 0) + 1);
+    ep.load.onRequestStart(sim.t);
+    sim.outstanding.push({ ep, startMs: sim.t });
+    while (sim.outstanding.length > window) {
+      const done = sim.outstanding.shift()!;
+      done.ep.load.onRequestEnd(sim.t, sim.latencyMs.get(done.ep)!, true);
+    }
+  }
+  return sim.endpoints.map((ep) => (counts.get(ep) ?? 0) / picks);
+}
+
+function report(patch: Partial<MetricsReport> = {}): MetricsReport {
+  return {
+    v: 1,
+    kind: 'metrics',
+    backendId: 'b',
+    epochMs: 1,
+    seq: 1,
+    ts: 0,
+    intervalMs: 1000,
+    state: 'online',
+    host: { cpuUtilization: 0.2, memoryUtilization: 0.3, memoryAvailableBytes: 1e9 },
+    health: { verdict: 'up' },
+    concurrencyLimit: 8,
+    queue: { inFlight: 0, queued: 0, source: {} },
+    ...patch,
+  };
+}
+
+const DEEP_QUEUE = report({ queue: { inFlight: 8, queued: 40, source: {} } });
+const IDLE = report();
+
+/** Every `intervalMs`, each endpoint receives its current report (if any). */
+function reporter(sim: Sim, current: Map<Endpoint, MetricsReport>, intervalMs = 1000) {
+  let next = 0;
+  return (t: number) => {
+    if (t < next) return;
+    next = t + intervalMs;
+    for (const [ep, r] of current) ep.load.onReport(r, t);
+  };
+}
+
+const near = (got: number[], expected: number[], tol: number) =>
+  got.forEach((share, i) => expect(Math.abs(share - expected[i]!)).toBeLessThan(tol));
+
+describe('load-aware: the agent report', () => {
+  it('a backend reporting a deep queue gets a smaller share, and its share returns when it recovers', () => {
+    const sim = setup('load-aware', [10, 10, 10]);
+    const [b0, b1, b2] = sim.endpoints as [Endpoint, Endpoint, Endpoint];
+    const current = new Map([
+      [b0, DEEP_QUEUE],
+      [b1, IDLE],
+      [b2, IDLE],
+    ]);
+    const tick = reporter(sim, current);
+    // 48 requests on 8 slots: ~6 service times of wait; the others have free slots.
+    near(run(sim, 3000, { every: tick }), [0, 0.5, 0.5], 0.03);
+    current.set(b0, IDLE);
+    run(sim, 200, { every: tick }); // let one report and the in-flight counts settle
+    near(run(sim, 3000, { every: tick }), [1 / 3, 1 / 3, 1 / 3], 0.05);
+  });
+
+  it('a stale report stops counting: the backend falls back to local signals, it does not vanish', () => {
+    const sim = setup('load-aware', [10, 10, 10]);
+    const b0 = sim.endpoints[0]!;
+    b0.load.onReport(DEEP_QUEUE, 0); // one report, then the agent dies: fresh for 3 intervals
+    near(run(sim, 2900), [0, 0.5, 0.5], 0.03);
+    sim.t = 3001;
+    expect(b0.load.hasFreshReport(sim.t)).toBe(false);
+    near(run(sim, 3000), [1 / 3, 1 / 3, 1 / 3], 0.05);
+  });
+
+  it('hidden load (other gateways) lowers a share that in-flight counting alone cannot see', () => {
+    // b0's agent sees 6 requests this gateway did not send; its slots are not full.
+    const hidden = report({ queue: { inFlight: 6, queued: 0, source: {} } });
+    const shareOf = (name: string) => {
+      const sim = setup(name, [10, 10, 10]);
+      const current = new Map(sim.endpoints.map((ep, i) => [ep, i === 0 ? hidden : IDLE]));
+      return run(sim, 3000, { every: reporter(sim, current) })[0]!;
+    };
+    expect(shareOf('least-in-flight')).toBeCloseTo(1 / 3, 2);
+    expect(shareOf('p2c')).toBeGreaterThan(0.3);
+    expect(shareOf('load-aware')).toBeLessThan(0.1);
+  });
+
+  // Shares measured with a 40-request window over three equal backends: the penalty is a
+  // bounded factor on the expected wait, so the backend still takes traffic once the others'
+  // queues make their wait as long (×1.93 at 99% CPU, ×2.6 at 98% memory, ×2 degraded).
+  it.each([
+    {
+      name: 'CPU at 99%',
+      patch: { host: { cpuUtilization: 0.99, memoryUtilization: 0.3, memoryAvailableBytes: 1 } },
+      range: [0.15, 0.23],
+    },
+    {
+      name: 'memory at 98%',
+      patch: { host: { cpuUtilization: 0.2, memoryUtilization: 0.98, memoryAvailableBytes: 1 } },
+      range: [0.05, 0.11],
+    },
+    {
+      name: 'verdict degraded',
+      patch: { health: { verdict: 'degraded' as const } },
+      range: [0.15, 0.23],
+    },
+  ])('$name: share falls into $range, the backend is not ejected', ({ patch, range }) => {
+    const sim = setup('load-aware', [10, 10, 10]);
+    const current = new Map(sim.endpoints.map((ep, i) => [ep, i === 0 ? report(patch) : IDLE]));
+    const shares = run(sim, 3000, { window: 40, every: reporter(sim, current) });
+    expect(shares[0]).toBeGreaterThan(range[0]!);
+    expect(shares[0]).toBeLessThan(range[1]!);
+  });
+
+  it('P2C keeps several gateways from herding onto the one backend the last report showed idle', () => {
+    // Ten backends, nine reported half busy, one idle; the state is frozen between reports.
+    const sim = setup('load-aware', Array(10).fill(10));
+    sim.endpoints.forEach((ep, i) =>
+      ep.load.onReport(i === 0 ? IDLE : report({ queue: { inFlight: 4, source: {} } }), 0),
+    );
+    const counts = sim.endpoints.map(() => 0);
+    for (let i = 0; i < 20_000; i++)
+      counts[sim.endpoints.indexOf(sim.strategy.pick({ nowMs: 1 })!.endpoint)]!++;
+    // The idle one is in the sampled pair with probability 1 − C(9,2)/C(10,2) = 1/5, not 1.
+    expect(counts[0]! / 20_000).toBeCloseTo(0.2, 1);
+    const best3 = createStrategy('load-aware', { choices: 10, random: createSeededRandom(2) });
+    best3.setEndpoints(sim.endpoints);
+    expect(best3.pick({ nowMs: 1 })!.endpoint).toBe(sim.endpoints[0]);
+  });
+});
+
+describe('load-aware: local signals', () => {
+  it('a five times slower backend gets nothing while the fast ones have free slots (capacity-aware)', () => {
+    const limits = (sim: Sim) =>
+      sim.endpoints.forEach((ep) =>
+        ep.load.onReport(report({ queue: undefined, intervalMs: 60_000 }), 0),
+      );
+    const slowShare = (name: string) => {
+      const sim = setup(name, [5, 5, 25]);
+      limits(sim);
+      run(sim, 200, { window: 10 }); // the first picks find out every latency
+      return run(sim, 5000, { window: 10 })[2]!;
+    };
+    // Peak EWMA (latency × (in-flight + 1)) still sends the slow one some traffic: DESIGN.md's lesson.
+    expect(slowShare('peak-ewma')).toBeGreaterThan(0.02);
+    expect(slowShare('load-aware')).toBe(0);
+  });
+
+  it('a newcomer is not flooded: neutral estimate plus slow start, then its fair share', () => {
+    const sim = setup('load-aware', [10, 10, 10]);
+    run(sim, 3000, { window: 9 });
+    const newcomer = backend(sim, 'new', { slowStartMs: 15_000 });
+    sim.latencyMs.set(newcomer, 10);
+    newcomer.load.admit(sim.t);
+    sim.endpoints.push(newcomer);
+    sim.strategy.setEndpoints(sim.endpoints);
+    const first = run(sim, 1000, { window: 9 })[3]!;
+    expect(first).toBeLessThan(0.1);
+    sim.t += 15_000;
+    near(run(sim, 4000, { window: 9 }), [0.25, 0.25, 0.25, 0.25], 0.05);
+  });
+
+  it('a slow newcomer does not get the first burst (the prototype sent its first 70 there)', () => {
+    const sim = setup('load-aware', [10, 10, 10]);
+    run(sim, 2000, { window: 9 });
+    const slow = backend(sim, 'slow');
+    sim.latencyMs.set(slow, 200);
+    slow.load.admit(sim.t);
+    sim.endpoints.push(slow);
+    sim.strategy.setEndpoints(sim.endpoints);
+    const shares = run(sim, 100, { window: 9 });
+    expect(shares[3]! * 100).toBeLessThanOrEqual(3);
+  });
+
+  it('with no reports at all, it spreads like least-in-flight over equal backends', () => {
+    near(run(setup('load-aware', [10, 10, 10, 10]), 4000), [0.25, 0.25, 0.25, 0.25], 0.04);
+  });
+});
+
+describe('load-aware: explain', () => {
+  it('names both candidates and their expected waits', () => {
+    const sim = setup('load-aware', [10, 10]);
+    sim.endpoints[0]!.load.onReport(DEEP_QUEUE, 0);
+    const reason = sim.strategy.pick({ nowMs: 1, explain: true })!.reason;
+    expect(reason).toMatch(/^load-aware p2c: b1 wait≈\d+(\.\d+)?ms < b0 wait≈\d+(\.\d+)?ms$/);
+  });
+});
