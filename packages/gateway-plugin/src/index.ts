@@ -28,3 +28,12 @@ export {
   type PickContext,
 } from './strategies';
 export type { BalancerSnapshot, BackendSnapshot, BackendStateName } from './observability';
+export {
+  createEndpointLoad,
+  createLoadCohort,
+  type EndpointLoadOptions,
+  type LoadCohort,
+  type LoadEstimate,
+  type LoadSnapshot,
+} from './load';
+export { createSeededRandom } from './strategies';
