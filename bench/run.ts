@@ -4,14 +4,14 @@
  * Runs the scenarios of bench/scenarios.ts and writes bench/results/<name>.md,
  * <name>.svg and latest.md (raw JSON to bench/results/raw/, git-ignored).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { buildScenarios } from './scenarios';
 import { chartSpec, renderSvg, shareSeriesSpec } from './lib/chart';
 import { runScenario } from './lib/engine';
 import { ensurePeers } from './lib/peers';
-import { aggregate, machineLine, scenarioPage, type RunInfo } from './lib/report';
+import { aggregate, scenarioPage, type RunInfo } from './lib/report';
 import type { Scenario } from './lib/scenario';
 
 export interface BenchArgs {
@@ -23,7 +23,7 @@ export interface BenchArgs {
   balancers?: string[];
   controlPlaneAgents: number;
   resultsDir: string;
-  /** Write latest.md (off when only some scenarios run, so the combined page is not clobbered). */
+  /** Rebuild latest.md from every scenario page in resultsDir (default: unless only the smoke scenario ran). */
   writeLatest?: boolean;
 }
 
@@ -161,8 +161,30 @@ export async function runBench(
     written.push(join(args.resultsDir, `${scenario.name}.md`));
     pages.push(page);
   }
-  if (args.writeLatest ?? args.scenarios.length === 0) {
-    const latest = [`# loadwise benchmark results`, '', machineLine(info), '', ...pages].join('\n');
+  if (args.writeLatest ?? !scenarios.every((s) => s.onlyWhenNamed)) {
+    // Combine the latest page of every scenario, also those from earlier
+    // partial runs (`--scenario NAME`), in the scenario table's order.
+    const all = buildScenarios({
+      quick: false,
+      strategies,
+      controlPlaneAgents: args.controlPlaneAgents,
+    });
+    const sections = all
+      .filter((s) => !s.onlyWhenNamed && existsSync(join(args.resultsDir, `${s.name}.md`)))
+      .map((s) =>
+        readFileSync(join(args.resultsDir, `${s.name}.md`), 'utf8').replace(
+          /^# Benchmark: .*\n\n/,
+          '',
+        ),
+      );
+    const latest = [
+      '# loadwise benchmark results',
+      '',
+      'Each section names its own date, machine, load average and command. ' +
+        'Method and targets: [docs/bench.md](../../docs/bench.md).',
+      '',
+      ...sections,
+    ].join('\n');
     await writeMarkdown(join(args.resultsDir, 'latest.md'), latest);
     written.push(join(args.resultsDir, 'latest.md'));
   }

@@ -4,25 +4,18 @@
  */
 import type { AddressInfo } from 'node:net';
 import express from 'express';
-import type { RequestHandler } from 'express';
-import * as gateway from '@loadwise/gateway-plugin';
+import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { fail, onShutdown, readConfig, tell } from './child';
 import { startDiag } from './gateway-diag';
 
-// Looked up at run time while the gateway core lands in parallel (issue 1);
-// switch to the typed import once `loadBalance` is exported.
-type Balancer = RequestHandler & { close(): Promise<void> };
-const loadBalance = (gateway as unknown as { loadBalance?: (o: unknown) => Balancer }).loadBalance;
-
 interface LoadwiseConfig {
-  options: Record<string, unknown>;
+  options: LoadBalanceOptions;
   port?: number;
 }
 
 async function main(): Promise<void> {
   const cfg = readConfig<LoadwiseConfig>();
   const diag = startDiag();
-  if (!loadBalance) throw new Error('@loadwise/gateway-plugin does not export loadBalance yet');
   const balancer = loadBalance(cfg.options);
   const app = express();
   app.disable('x-powered-by');
