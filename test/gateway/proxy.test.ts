@@ -1,26 +1,183 @@
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+/**
+ * Proxying through http-proxy-middleware: paths (also mounted and behind the
+ * user's own middleware), bodies, X-Forwarded-* (overwritten unless trusted),
+ * WebSocket upgrades, the decision header, affinity cookies and the status
+ * endpoint.
+ */
+import { createServer, request } from 'node:http';
+import type { Socket } from 'node:net';
+import { listen, send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+interface Echo {
+  id: string;
+  method: string;
+  url: string;
+  body: string;
+  headers: Record<string, string>;
+}
 
 describe('proxying', () => {
   let a: TestServer;
+  let b: TestServer;
   let gw: TestGateway | undefined;
   beforeAll(async () => {
     a = await startBackend('a');
+    b = await startBackend('b');
   });
   afterEach(async () => {
     await gw?.close();
     gw = undefined;
   });
-  afterAll(() => a.close());
+  afterAll(async () => {
+    await a.close();
+    await b.close();
+  });
 
   it('forwards method, path, query and body to the backend', async () => {
-    gw = await startGateway({ backends: [{ id: 'a', url: a.url }], strategy: 'round-robin' });
+    gw = await startGateway({ backends: [{ id: 'a', url: a.url }] });
     const r = await send(`${gw.url}/x/y?z=1`, {
       method: 'POST',
       body: 'hello',
       headers: { 'content-type': 'text/plain' },
     });
     expect(r.status).toBe(200);
-    const j = r.json<{ id: string; method: string; url: string; body: string }>();
-    expect(j).toMatchObject({ id: 'a', method: 'POST', url: '/x/y?z=1', body: 'hello' });
+    expect(r.json<Echo>()).toMatchObject({
+      id: 'a',
+      method: 'POST',
+      url: '/x/y?z=1',
+      body: 'hello',
+    });
+  });
+
+  it('prepends the base path of a backend URL', async () => {
+    gw = await startGateway({ backends: [{ id: 'a', url: `${a.url}/base` }] });
+    expect((await send(`${gw.url}/x`)).json<Echo>().url).toBe('/base/x');
+  });
+
+  it('works mounted, after the user middleware, with the mount path stripped or kept', async () => {
+    gw = await startGateway({ backends: [{ id: 'a', url: a.url }] }, (app, lb) => {
+      app.use((req, res, next) =>
+        req.headers['x-user'] === 'ok' ? next() : res.status(401).end(),
+      );
+      app.use('/api', lb);
+    });
+    expect((await send(`${gw.url}/api/items`)).status).toBe(401);
+    const r = await send(`${gw.url}/api/items?q=1`, { headers: { 'x-user': 'ok' } });
+    expect(r.json<Echo>().url).toBe('/items?q=1');
+    await gw.close();
+    gw = await startGateway(
+      { backends: [{ id: 'a', url: a.url }], forwardMountPath: true },
+      (app, lb) => app.use('/api', lb),
+    );
+    expect((await send(`${gw.url}/api/items?q=1`)).json<Echo>().url).toBe('/api/items?q=1');
+  });
+
+  it('overwrites client X-Forwarded-* by default and appends when trusted', async () => {
+    gw = await startGateway({ backends: [{ id: 'a', url: a.url }] });
+    const spoof = {
+      'x-forwarded-for': '6.6.6.6',
+      'x-forwarded-proto': 'https',
+      forwarded: 'for=6.6.6.6',
+    };
+    const h = (await send(`${gw.url}/`, { headers: spoof })).json<Echo>().headers;
+    expect(h['x-forwarded-for']).toBe('127.0.0.1');
+    expect(h['x-forwarded-proto']).toBe('http');
+    expect(h['x-forwarded-host']).toBe(`127.0.0.1:${gw.port}`);
+    expect(h['x-forwarded-port']).toBe(String(gw.port));
+    expect(h.forwarded).toBeUndefined();
+    // Host is preserved by default (changeOrigin: false).
+    expect(h.host).toBe(`127.0.0.1:${gw.port}`);
+    await gw.close();
+    gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      trustForwarded: true,
+      changeOrigin: true,
+    });
+    const t = (await send(`${gw.url}/`, { headers: spoof })).json<Echo>().headers;
+    expect(t['x-forwarded-for']).toBe('6.6.6.6, 127.0.0.1');
+    expect(t['x-forwarded-proto']).toBe('https');
+    expect(t.host).toBe(`127.0.0.1:${a.port}`);
+  });
+
+  it('names the backend and the reason in the opt-in decision header', async () => {
+    gw = await startGateway({ backends: [{ id: 'a', url: a.url }], strategy: 'round-robin' });
+    expect((await send(`${gw.url}/`)).headers['x-loadwise-decision']).toBeUndefined();
+    await gw.close();
+    gw = await startGateway({ backends: [{ id: 'a', url: a.url }], decisionHeader: true });
+    const header = (await send(`${gw.url}/`)).headers['x-loadwise-decision'];
+    expect(header).toMatch(/^a; reason=".+"$/);
+  });
+
+  it('keeps a client on one backend with a cookie it sets itself', async () => {
+    gw = await startGateway({
+      backends: [
+        { id: 'a', url: a.url },
+        { id: 'b', url: b.url },
+      ],
+      strategy: 'consistent-hash',
+      affinity: { cookie: 'lw', setCookie: true, cookieMaxAgeSec: 60 },
+    });
+    const first = await send(`${gw.url}/`);
+    const setCookie = first.headers['set-cookie']?.[0] ?? '';
+    expect(setCookie).toMatch(/^lw=[A-Za-z0-9_-]+; Path=\/; HttpOnly; SameSite=Lax; Max-Age=60$/);
+    const cookie = setCookie.split(';')[0]!;
+    const id = first.json<Echo>().id;
+    for (let i = 0; i < 5; i++) {
+      const r = await send(`${gw.url}/`, { headers: { cookie } });
+      expect(r.json<Echo>().id).toBe(id);
+      expect(r.headers['set-cookie']).toBeUndefined();
+    }
+  });
+
+  it('serves the status JSON and Prometheus metrics behind a token', async () => {
+    gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      statusPath: '/_lb/status',
+      metricsPath: '/_lb/metrics',
+      statusToken: 'secret-token',
+    });
+    await send(`${gw.url}/x`);
+    expect((await send(`${gw.url}/_lb/status`)).status).toBe(401);
+    const auth = { authorization: 'Bearer secret-token' };
+    const status = await send(`${gw.url}/_lb/status`, { headers: auth });
+    expect(status.status).toBe(200);
+    expect(status.json()).toMatchObject({
+      strategy: 'load-aware',
+      backends: [{ id: 'a', state: 'healthy', requestsTotal: 1, trafficShare: 1 }],
+    });
+    const metrics = await send(`${gw.url}/_lb/metrics`, { headers: auth });
+    expect(metrics.status).toBe(200);
+    expect(metrics.body).toContain('loadwise_');
+  });
+
+  it('proxies WebSocket upgrades', async () => {
+    const wsBackend = createServer();
+    wsBackend.on('upgrade', (req, socket: Socket) => {
+      socket.write(
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+      );
+      socket.on('data', (d) => socket.write(`echo:${String(d)}`));
+    });
+    const ws = await listen(wsBackend);
+    try {
+      gw = await startGateway({ backends: [{ id: 'ws', url: ws.url }] });
+      const socket = await new Promise<Socket>((resolve, reject) => {
+        const req = request(`${gw!.url}/chat`, {
+          agent: false,
+          headers: { connection: 'Upgrade', upgrade: 'websocket' },
+        });
+        req.on('upgrade', (_res, s: Socket) => resolve(s));
+        req.on('error', reject);
+        req.end();
+      });
+      const reply = new Promise<string>((resolve) =>
+        socket.once('data', (d) => resolve(String(d))),
+      );
+      socket.write('ping');
+      expect(await reply).toBe('echo:ping');
+      socket.destroy();
+    } finally {
+      await ws.close();
+    }
   });
 });

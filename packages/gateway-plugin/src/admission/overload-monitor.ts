@@ -6,7 +6,7 @@
  * Shedding early keeps the requests already admitted fast; a melting gateway
  * fails all of them.
  */
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node:perf_hooks';
 
 export interface OverloadConfig {
   maxEventLoopDelayMs: number;
@@ -19,6 +19,7 @@ export class OverloadMonitor {
   eventLoopDelayMs = 0;
   private readonly histogram: IntervalHistogram;
   private readonly timer: NodeJS.Timeout;
+  private lastTickMs = performance.now();
 
   constructor(
     private readonly config: OverloadConfig,
@@ -28,11 +29,21 @@ export class OverloadMonitor {
     // without changing a decision made at a limit of hundreds of ms.
     this.histogram = monitorEventLoopDelay({ resolution: 10 });
     this.histogram.enable();
-    this.timer = setInterval(() => this.sample(), config.sampleIntervalMs);
+    this.timer = setInterval(() => this.tick(), config.sampleIntervalMs);
     this.timer.unref();
   }
 
-  /** Reads and resets the histogram; public so tests can drive it. */
+  private tick(): void {
+    // The sampler's own lateness is a delay measurement too, and it cannot be
+    // lost: the histogram's reset() may drop a stall it had not recorded yet
+    // when both timers fire right after that stall.
+    const nowMs = performance.now();
+    const latenessMs = nowMs - this.lastTickMs - this.config.sampleIntervalMs;
+    this.lastTickMs = nowMs;
+    this.sample(Math.max(this.readDelayMs(), latenessMs));
+  }
+
+  /** Applies a delay measurement (the histogram's by default); public so tests can drive it. */
   sample(delayMs = this.readDelayMs()): void {
     this.eventLoopDelayMs = delayMs;
     const over = delayMs > this.config.maxEventLoopDelayMs;

@@ -18,6 +18,8 @@ export interface Waiter {
 export class WaitQueue {
   private readonly items: Waiter[] = [];
   private head = 0;
+  /** Waiters not yet done (the array also holds finished ones until compaction). */
+  private live = 0;
 
   constructor(
     private readonly size: number,
@@ -25,7 +27,7 @@ export class WaitQueue {
   ) {}
 
   get length(): number {
-    return this.items.length - this.head;
+    return this.live;
   }
 
   /** Queues a waiter; returns undefined when the queue is full. */
@@ -35,10 +37,12 @@ export class WaitQueue {
     waiter.timer = setTimeout(() => {
       if (waiter.done) return;
       waiter.done = true;
+      this.live--;
       expire();
     }, this.timeoutMs);
     waiter.timer.unref();
     this.items.push(waiter);
+    this.live++;
     return waiter;
   }
 
@@ -46,6 +50,7 @@ export class WaitQueue {
   cancel(waiter: Waiter): void {
     if (waiter.done) return;
     waiter.done = true;
+    this.live--;
     clearTimeout(waiter.timer);
   }
 
@@ -55,7 +60,11 @@ export class WaitQueue {
       const w = this.items[this.head]!;
       if (!w.done) {
         if (!w.retry()) break;
-        w.done = true;
+        // retry() may have finished the waiter itself (its client went away).
+        if (!w.done) {
+          w.done = true;
+          this.live--;
+        }
         clearTimeout(w.timer);
       }
       this.head++;
@@ -87,5 +96,6 @@ export class WaitQueue {
     }
     this.items.length = 0;
     this.head = 0;
+    this.live = 0;
   }
 }

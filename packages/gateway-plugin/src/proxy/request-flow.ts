@@ -360,7 +360,8 @@ export class RequestFlow {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
     if (!r.methods.includes(flow.req.method ?? 'GET') || hasBody(flow.req)) return false;
-    if (flow.res.destroyed || flow.req.destroyed) return false;
+    // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
+    if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
   }
 

@@ -1,0 +1,110 @@
+/**
+ * Admission: when every backend is saturated requests wait in a bounded
+ * queue, then get 503 + Retry-After; when the gateway's own event loop is too
+ * slow it sheds at once with 503 + Retry-After.
+ */
+import { once } from 'node:events';
+import type { ServerResponse } from 'node:http';
+import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+describe('saturation', () => {
+  let held: ServerResponse[] = [];
+  let slow: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    slow = await startBackend('slow', (req, res) => {
+      if (req.url === '/hold') held.push(res);
+      else res.end('quick');
+    });
+  });
+  afterEach(async () => {
+    for (const r of held) r.end('released');
+    held = [];
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(() => slow.close());
+
+  async function untilHeld(n: number): Promise<void> {
+    while (held.length < n) await new Promise((r) => setTimeout(r, 5));
+  }
+
+  it('queues when all backends are saturated, answers 503 + Retry-After when the queue is full', async () => {
+    const events: boolean[] = [];
+    gw = await startGateway({
+      backends: [{ id: 'slow', url: slow.url }],
+      saturation: { maxInFlightPerBackend: 1, queueSize: 1, queueTimeoutMs: 5000 },
+    });
+    gw.lb.balancer.on('saturation', (e) => events.push(e.saturated));
+    const first = send(`${gw.url}/hold`);
+    await untilHeld(1);
+    const second = send(`${gw.url}/quick`);
+    while (gw.lb.balancer.snapshot().saturationQueueLength < 1)
+      await new Promise((r) => setTimeout(r, 5));
+    const third = await send(`${gw.url}/quick`);
+    expect(third.status).toBe(503);
+    expect(third.json()).toMatchObject({ error: { code: 'LW_GW_SATURATED' } });
+    expect(Number(third.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    held[0]!.end('released');
+    expect((await first).body).toBe('released');
+    const s = await second;
+    expect(s.status).toBe(200);
+    expect(s.body).toBe('quick');
+    expect(events).toEqual([true, false]);
+    expect(gw.lb.balancer.snapshot().inFlight).toBe(0);
+  });
+
+  it('answers 503 + Retry-After when the bounded wait expires', async () => {
+    gw = await startGateway({
+      backends: [{ id: 'slow', url: slow.url }],
+      saturation: { maxInFlightPerBackend: 1, queueSize: 10, queueTimeoutMs: 100 },
+    });
+    const first = send(`${gw.url}/hold`);
+    await untilHeld(1);
+    const waited = await send(`${gw.url}/quick`);
+    expect(waited.status).toBe(503);
+    expect(waited.headers['x-loadwise-error']).toBe('LW_GW_SATURATED');
+    expect(waited.headers['retry-after']).toBe('1');
+    expect(gw.lb.balancer.snapshot().saturationQueueLength).toBe(0);
+    held[0]!.end('released');
+    await first;
+  });
+});
+
+describe('self-overload', () => {
+  let a: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    a = await startBackend('a');
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(() => a.close());
+
+  it('sheds with 503 + Retry-After while the event-loop delay is above the limit', async () => {
+    gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      // A window long enough that the shed state outlives the request below.
+      overload: { maxEventLoopDelayMs: 100, sampleIntervalMs: 300 },
+    });
+    const changes: boolean[] = [];
+    gw.lb.balancer.on('overload', (e) => changes.push(e.overloaded));
+    const overloaded = once(gw.lb.balancer.events, 'overload');
+    // Block the event loop for 400 ms: the next sample sees the delay.
+    const until = Date.now() + 400;
+    while (Date.now() < until) {
+      /* busy: this is what a melting gateway looks like */
+    }
+    expect(await overloaded).toEqual([expect.objectContaining({ overloaded: true })]);
+    const shed = await send(`${gw.url}/`);
+    expect(shed.status).toBe(503);
+    expect(shed.headers['x-loadwise-error']).toBe('LW_GW_OVERLOADED');
+    expect(Number(shed.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    // Once samples are calm again, requests flow.
+    while (gw.lb.balancer.overload!.overloaded) await new Promise((r) => setTimeout(r, 10));
+    expect((await send(`${gw.url}/`)).status).toBe(200);
+    expect(changes).toEqual([true, false]);
+  });
+});

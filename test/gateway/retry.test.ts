@@ -1,0 +1,131 @@
+/**
+ * Failure handling on the request path, with real sockets: a refused
+ * connection is retried on another backend for idempotent bodiless requests,
+ * never for a request whose body was streamed; the retry budget bounds
+ * retries; every request ends in a response or a coded error.
+ */
+import { createServer } from 'node:http';
+import {
+  listen,
+  refusedPort,
+  send,
+  startBackend,
+  startGateway,
+  type TestGateway,
+  type TestServer,
+} from './kit';
+
+describe('retries and failure answers', () => {
+  let good: TestServer;
+  let deadUrl: string;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    good = await startBackend('good');
+    deadUrl = `http://127.0.0.1:${await refusedPort()}`;
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(() => good.close());
+
+  const twoBackends = () => [
+    { id: 'dead', url: deadUrl },
+    { id: 'good', url: good.url },
+  ];
+
+  it('retries a GET refused by one backend on the other', async () => {
+    gw = await startGateway({
+      backends: twoBackends(),
+      strategy: 'round-robin',
+      outlier: { consecutiveFailures: 100 },
+    });
+    for (let i = 0; i < 6; i++) {
+      const r = await send(`${gw.url}/r${i}`);
+      expect(r.status).toBe(200);
+      expect(r.json<{ id: string }>().id).toBe('good');
+    }
+    const snap = gw.lb.balancer.snapshot();
+    const dead = snap.backends.find((b) => b.id === 'dead')!;
+    // Round robin keeps offering 'dead' first; each time the retry saves the request.
+    expect(dead.failuresTotal).toBeGreaterThanOrEqual(3);
+    expect(snap.backends.find((b) => b.id === 'good')!.requestsTotal).toBe(6);
+    expect(dead.inFlight).toBe(0);
+    expect(snap.inFlight).toBe(0);
+  });
+
+  it('does not replay a POST with a body; answers 502 with a code', async () => {
+    gw = await startGateway({ backends: [{ id: 'dead', url: deadUrl }] });
+    const r = await send(`${gw.url}/p`, {
+      method: 'POST',
+      body: 'payload',
+      headers: { 'content-type': 'text/plain' },
+    });
+    expect(r.status).toBe(502);
+    expect(r.headers['x-loadwise-error']).toBe('LW_GW_UPSTREAM_FAILED');
+    expect(r.json()).toMatchObject({ error: { code: 'LW_GW_UPSTREAM_FAILED' } });
+  });
+
+  it('does not retry a POST even when another backend is up', async () => {
+    gw = await startGateway({
+      backends: twoBackends(),
+      strategy: 'round-robin',
+      outlier: { consecutiveFailures: 100 },
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      statuses.push((await send(`${gw.url}/`, { method: 'POST', body: 'x' })).status);
+    }
+    expect(statuses.sort()).toEqual([200, 200, 502, 502]);
+  });
+
+  it('stops retrying when the retry budget is spent', async () => {
+    gw = await startGateway({
+      backends: twoBackends(),
+      strategy: 'round-robin',
+      outlier: { consecutiveFailures: 1000 },
+      retry: { minRetriesPerSec: 0, budgetRatio: 0.2 },
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 20; i++) statuses.push((await send(`${gw.url}/`)).status);
+    // 10 of 20 requests hit the dead backend first; the budget allows retries
+    // for at most 20% of the requests seen, so some of those end in 502.
+    const failed = statuses.filter((s) => s === 502).length;
+    expect(failed).toBeGreaterThan(0);
+    expect(failed).toBeLessThan(10);
+    expect(statuses.filter((s) => s === 200).length + failed).toBe(20);
+  });
+
+  it('answers 504 with a code when the backend does not answer in time, and does not retry it', async () => {
+    let hits = 0;
+    const hang = await listen(createServer(() => void hits++));
+    try {
+      gw = await startGateway({
+        backends: [
+          { id: 'hang', url: hang.url },
+          { id: 'good', url: good.url },
+        ],
+        strategy: 'round-robin',
+        requestTimeoutMs: 200,
+      });
+      const r1 = await send(`${gw.url}/`);
+      expect(r1.status).toBe(504);
+      expect(r1.headers['x-loadwise-error']).toBe('LW_GW_UPSTREAM_TIMEOUT');
+      expect(hits).toBe(1);
+      expect(gw.lb.balancer.snapshot().inFlight).toBe(0);
+    } finally {
+      await hang.close();
+    }
+  });
+
+  it('answers 503 LW_GW_NO_BACKEND with Retry-After when every backend is draining', async () => {
+    gw = await startGateway({ backends: [{ id: 'good', url: good.url }] });
+    const backend = gw.lb.balancer.registry.get('good')!;
+    backend.agentState = 'draining';
+    gw.lb.balancer.registry.recompute();
+    const r = await send(`${gw.url}/`);
+    expect(r.status).toBe(503);
+    expect(r.headers['retry-after']).toBe('1');
+    expect(r.json()).toMatchObject({ error: { code: 'LW_GW_NO_BACKEND' } });
+  });
+});
