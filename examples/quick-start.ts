@@ -1,37 +1,54 @@
 /**
  * loadwise quick start (`npm start`): an embedded MQTT broker, three backends
  * of different capacity each with its own health agent (the real CLI, as child
- * processes), and a gateway that routes by their reported load.
+ * processes), and a gateway, `app.use(loadBalance(...))`, that routes by the
+ * load they report.
  *
- *   npm start                      # gateway on :8080, prints where to send requests
- *   npm start -- --load            # also drives load and prints routing once a second
+ *   npm start                            # gateway on :8080; prints where to send requests
+ *   npm start -- --load                  # also drives load and prints routing once a second
  *   npm start -- --port 9090 --load --rate 600
  *
  * Ctrl-C stops everything: load, gateway, agents, backends, broker.
  */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
+import express from 'express';
+import { loadBalance, startEmbeddedBroker, type BalancerSnapshot } from '@loadwise/gateway-plugin';
+import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
   startAgentProcess,
   startBackendProcess,
   type ManagedChild,
   type StartedBackend,
 } from './lib/processes';
-import { startReportMonitor, type ReportMonitor } from './lib/report-monitor';
 
-/** Three backends as in docs/DESIGN.md's measurement: 800, 800 and 200 req/s. */
+/** Three backends as in the design brief's measurement: 800, 800 and 200 req/s. */
 const FLEET = [
   { id: 'b1', slots: 8, serviceMs: 10 },
   { id: 'b2', slots: 8, serviceMs: 10 },
   { id: 'b3', slots: 4, serviceMs: 20 },
 ] as const;
 const TOPIC_PREFIX = 'loadwise';
+const STATUS_PATH = '/_lb/status';
+const METRICS_PATH = '/_lb/metrics';
+/**
+ * The --load scenario, in seconds of a 30 s cycle: from 10 s to 20 s another
+ * client (that the gateway cannot see) keeps 16 requests running on b1, so b1
+ * has its 8 slots busy and 8 queued; then it stops.
+ */
+const CYCLE_S = 30;
+const HIDDEN_FROM_S = 10;
+const HIDDEN_UNTIL_S = 20;
+const HIDDEN_IN_FLIGHT = 16;
+const HIDDEN_TARGET = 'b1';
 
 interface Args {
   port: number;
   load: boolean;
   ratePerSec: number;
   intervalMs: number;
+  steady: boolean;
 }
 
 function parse(): Args {
@@ -39,8 +56,9 @@ function parse(): Args {
     options: {
       port: { type: 'string', default: '8080' },
       load: { type: 'boolean', default: false },
-      rate: { type: 'string', default: '400' },
-      'interval-ms': { type: 'string', default: '1000' },
+      rate: { type: 'string', default: '300' },
+      'interval-ms': { type: 'string', default: '500' },
+      steady: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -48,11 +66,13 @@ function parse(): Args {
   if (values.help) {
     process.stdout.write(
       [
-        'Usage: npm start -- [--port 8080] [--load] [--rate 400] [--interval-ms 1000]',
-        '  --port         gateway port (0: any free port)',
+        'Usage: npm start -- [--port 8080] [--load [--rate 300] [--steady]] [--interval-ms 500]',
+        '  --port         gateway port on 127.0.0.1 (0: any free port)',
         '  --load         drive load through the gateway and print routing once a second',
-        '  --rate         load in requests per second (1..2000)',
-        '  --interval-ms  how often each agent reports',
+        '  --rate         that load, in requests per second (1..2000)',
+        `  --steady       no hidden-load scenario (by default, every ${CYCLE_S} s another client`,
+        `                 loads ${HIDDEN_TARGET} from second ${HIDDEN_FROM_S} to ${HIDDEN_UNTIL_S})`,
+        '  --interval-ms  how often each agent reports (100..60000)',
         '',
       ].join('\n'),
     );
@@ -71,11 +91,56 @@ function parse(): Args {
     load: values.load,
     ratePerSec: int('rate', values.rate, 1, 2000),
     intervalMs: int('interval-ms', values['interval-ms'], 100, 60_000),
+    steady: values.steady,
   };
 }
 
-function pct(x: number | undefined): string {
-  return x === undefined ? '   -' : `${Math.round(x * 100)}%`.padStart(4);
+const say = (line: string): void => {
+  process.stdout.write(`${line}\n`);
+};
+
+function pct(x: number | null | undefined): string {
+  return (x === null || x === undefined ? '-' : `${Math.round(x * 100)}%`).padStart(4);
+}
+
+function num(x: number | null | undefined): string {
+  return x === null || x === undefined ? '-' : String(x);
+}
+
+async function setHiddenLoad(backend: StartedBackend, hiddenInFlight: number): Promise<void> {
+  const res = await fetch(`${backend.url}/admin/config`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ hiddenInFlight }),
+  });
+  await res.body?.cancel();
+}
+
+/** One line per second: what each agent reports, and where the last second's requests went. */
+function printSecond(snapshot: BalancerSnapshot, driver: LoadDriver | undefined): void {
+  const w = driver?.takeWindow();
+  let served = 0;
+  if (w) for (const n of w.servedBy.values()) served += n;
+  const cells = snapshot.backends.map((b) => {
+    const r = b.lastReport;
+    const share = w ? pct(served === 0 ? 0 : (w.servedBy.get(b.id) ?? 0) / served) : '';
+    const report = r
+      ? `cpu ${pct(r.cpuUtilization)} busy ${num(r.inFlight)}/${num(r.concurrencyLimit)} queued ${num(r.queued).padStart(2)}`
+      : 'no report yet';
+    const state = b.state === 'healthy' ? '' : ` ${b.state.toUpperCase()}`;
+    return `${b.id}${w ? ` ${share}` : ''} [${report}${b.reportFresh ? '' : ' STALE'}]${state}`;
+  });
+  let tail = '';
+  if (w) {
+    const ok = w.statuses.get('2xx') ?? 0;
+    // Failed: answered with a non-2xx status, or no answer at all (refused, reset, timed out).
+    let failed = w.errors;
+    for (const [cls, n] of w.statuses) if (cls !== '2xx') failed += n;
+    const p50 = quantile(w.latenciesMs, 0.5);
+    const p99 = quantile(w.latenciesMs, 0.99);
+    tail = ` | ${ok} ok, ${failed} failed, p50 ${p50?.toFixed(0) ?? '-'} ms, p99 ${p99?.toFixed(0) ?? '-'} ms`;
+  }
+  say(`${cells.join('  ')}${tail}`);
 }
 
 async function main(): Promise<void> {
@@ -98,22 +163,25 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', () => {
     if (stopping) {
+      // Second Ctrl-C: do not wait for anyone.
       for (const c of children) c.signal('SIGKILL');
       process.exit(130);
     }
-    process.stdout.write('\nstopping...\n');
+    say('\nstopping: load, gateway, agents, backends, broker...');
     void stop(0);
   });
   process.on('SIGTERM', () => void stop(0));
 
+  // 1. The broker. Port 0: 1883 may be taken by a real Mosquitto.
   const broker = await startEmbeddedBroker();
   cleanups.push(() => broker.close());
-  process.stdout.write(`embedded MQTT broker on ${broker.url}\n`);
+  say(`embedded MQTT broker on ${broker.url}`);
 
+  // 2. Backends and their agents, each a child process.
   const backends: StartedBackend[] = await Promise.all(
     FLEET.map((spec) => startBackendProcess(spec)),
   );
-  for (const b of backends) children.push(b.process);
+  children.push(...backends.map((b) => b.process));
   const agents = backends.map((b) =>
     startAgentProcess({
       backendId: b.id,
@@ -132,38 +200,106 @@ async function main(): Promise<void> {
   });
   for (const [i, b] of backends.entries()) {
     const spec = FLEET[i]!;
-    process.stdout.write(
-      `backend ${b.id} on ${b.url}: ${spec.slots} slots x ${spec.serviceMs} ms = ${(spec.slots * 1000) / spec.serviceMs} req/s, agent pid ${agents[i]!.pid}\n`,
+    say(
+      `backend ${b.id} on ${b.url}: ${spec.slots} slots x ${spec.serviceMs} ms = ${(spec.slots * 1000) / spec.serviceMs} req/s (pid ${b.process.pid}, agent pid ${agents[i]!.pid})`,
     );
   }
 
-  const monitor: ReportMonitor = await startReportMonitor(broker.url, TOPIC_PREFIX);
-  cleanups.push(() => monitor.close());
-  await monitor.waitForReports(
-    backends.map((b) => b.id),
-    1,
-    15_000,
-  );
-  process.stdout.write('every agent is reporting; live reports once a second (Ctrl-C to stop):\n');
-
-  const timer = setInterval(() => {
-    const now = Date.now();
-    const cells = backends.map((b) => {
-      const r = monitor.backends.get(b.id);
-      const m = r?.metrics;
-      const age =
-        r?.metricsAtMs === undefined ? '-' : `${((now - r.metricsAtMs) / 1000).toFixed(1)}s`;
-      return `${b.id} cpu ${pct(m?.host.cpuUtilization)} in-flight ${m?.queue?.inFlight ?? '-'} queued ${m?.queue?.queued ?? '-'} (${r?.state ?? '?'}, ${age} old)`;
+  // 3. The gateway: the middleware is all a user adds to an Express app.
+  const lb = loadBalance({
+    backends: backends.map((b) => ({ id: b.id, url: b.url })),
+    broker: broker.url,
+    topicPrefix: TOPIC_PREFIX,
+    statusPath: STATUS_PATH,
+    metricsPath: METRICS_PATH,
+    decisionHeader: true,
+  });
+  cleanups.push(() => lb.close());
+  const app = express();
+  app.use(lb);
+  const server = http.createServer(app);
+  server.on('upgrade', lb.upgrade);
+  const listening = await new Promise<boolean>((resolve) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') {
+        process.stderr.write(
+          `quick-start: port ${args.port} is already in use. Pick another: npm start -- --port 9090 (or --port 0 for any free port)\n`,
+        );
+      } else {
+        process.stderr.write(`quick-start: cannot listen on port ${args.port}: ${err.message}\n`);
+      }
+      resolve(false);
     });
-    process.stdout.write(`${cells.join(' | ')}\n`);
+    server.listen(args.port, '127.0.0.1', () => resolve(true));
+  });
+  if (!listening) return stop(1);
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  );
+  await lb.ready();
+  // Routing works without reports (local signals), but the demo is clearer once every agent has spoken.
+  const deadline = Date.now() + 10_000;
+  while (lb.balancer.snapshot().backends.some((b) => !b.reportFresh) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const gw = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  say(`gateway listening on ${gw}`);
+  say('');
+  say('Send requests through it:');
+  say(
+    `  curl -i ${gw}/hello                 # x-served-by and x-loadwise-decision say who served it and why`,
+  );
+  say(`  curl -s ${gw}${STATUS_PATH}          # what the gateway knows about every backend (JSON)`);
+  say(`  curl -s ${gw}${METRICS_PATH}         # Prometheus metrics`);
+  say('');
+
+  // 4. Once a second: each agent's last report, and (with --load) where traffic went.
+  let driver: LoadDriver | undefined;
+  if (args.load) {
+    driver = startLoadDriver({ url: `${gw}/work`, ratePerSec: args.ratePerSec });
+    cleanups.push(() => driver!.stop());
+    say(
+      `driving ${args.ratePerSec} req/s through the gateway. Each line: backend, its share of the`,
+    );
+    say(
+      "last second's requests, [its agent's report: host CPU, busy slots/slots, queued requests].",
+    );
+    if (!args.steady) {
+      say(
+        `Every ${CYCLE_S} s, from second ${HIDDEN_FROM_S} to ${HIDDEN_UNTIL_S}, another client keeps ${HIDDEN_IN_FLIGHT} requests running on ${HIDDEN_TARGET}: watch its share fall while its queue is full, and come back.`,
+      );
+    }
+  } else {
+    say("Agents' reports once a second (run with --load to see routing follow the load):");
+  }
+  const target = backends.find((b) => b.id === HIDDEN_TARGET)!;
+  let second = 0;
+  let hidden = false;
+  const timer = setInterval(() => {
+    second++;
+    printSecond(lb.balancer.snapshot(), driver);
+    if (!args.load || args.steady) return;
+    const inCycle = second % CYCLE_S;
+    const want = inCycle >= HIDDEN_FROM_S && inCycle < HIDDEN_UNTIL_S;
+    if (want !== hidden) {
+      hidden = want;
+      say(
+        want
+          ? `-- another client now keeps ${HIDDEN_IN_FLIGHT} requests running on ${HIDDEN_TARGET} (load the gateway does not see) --`
+          : `-- the other client stopped; ${HIDDEN_TARGET} is free again --`,
+      );
+      setHiddenLoad(target, want ? HIDDEN_IN_FLIGHT : 0).catch(() => undefined);
+    }
   }, 1000);
   cleanups.push(() => clearInterval(timer));
-  if (args.load) {
-    process.stdout.write('--load needs the gateway, which this build does not include yet\n');
-  }
 }
 
 main().catch((err: unknown) => {
   process.stderr.write(`quick-start: ${(err as Error).stack ?? String(err)}\n`);
+  // Children are killed by the exit handler in lib/processes.
   process.exit(1);
 });

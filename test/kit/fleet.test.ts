@@ -4,19 +4,7 @@
  */
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { uniquePrefix } from './brokers';
-import { startFleet, type Fleet } from './fleet';
-
-/** Polls `check` until it returns true or `timeoutMs` passes (no fixed sleeps). */
-async function eventually(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+import { eventually, startFleet, type Fleet } from './fleet';
 
 let broker: { url: string; close(): Promise<void> };
 let fleet: Fleet | undefined;

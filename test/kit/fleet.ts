@@ -219,3 +219,16 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
     close,
   };
 }
+
+/** Polls `check` until it returns true or `timeoutMs` passes: waits on states, never on fixed sleeps. */
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
