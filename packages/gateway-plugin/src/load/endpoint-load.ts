@@ -367,6 +367,9 @@ class EndpointLoadEstimate implements LoadEstimate {
   private errorStampMs = 0;
   private admittedAtMs: number | undefined;
   private listeners: Array<() => void> = [];
+  /** Where the last serviceTime() / capacity() figure came from (for snapshot). */
+  private serviceSource: LoadSnapshot['serviceTimeSource'] = 'default';
+  private capacitySource: LoadSnapshot['capacitySource'] = 'default';
 
   constructor(
     private readonly o: ResolvedLoadOptions,
@@ -452,11 +455,9 @@ class EndpointLoadEstimate implements LoadEstimate {
     const s = this.serviceTime(nowMs, r);
     const c = this.capacity();
     const outstanding = this.inFlightCount + this.hiddenOf(r);
-    const queued = outstanding + 1 - c.value;
-    const busy = outstanding < c.value ? outstanding : c.value;
-    let wait =
-      s.value *
-      (1 + (queued > 0 ? queued / c.value : 0) + (this.o.utilizationWeight * busy) / c.value);
+    const queued = outstanding + 1 - c;
+    const busy = outstanding < c ? outstanding : c;
+    let wait = s * (1 + (queued > 0 ? queued / c : 0) + (this.o.utilizationWeight * busy) / c);
     wait *= this.penalty(nowMs, r);
     // `!(wait < MAX)` also catches NaN: no NaN can leave this function.
     return wait < MAX_EXPECTED_WAIT_MS ? wait : MAX_EXPECTED_WAIT_MS;
@@ -471,15 +472,15 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   snapshot(nowMs: number): LoadSnapshot {
     const r = this.freshReport(nowMs);
-    const s = this.serviceTime(nowMs, r);
-    const c = this.capacity();
+    const serviceTimeMs = this.serviceTime(nowMs, r);
+    const capacity = this.capacity();
     return {
       inFlight: this.inFlightCount,
       hiddenInFlight: this.hiddenOf(r),
-      capacity: c.value,
-      capacitySource: c.source,
-      serviceTimeMs: s.value,
-      serviceTimeSource: s.source,
+      capacity,
+      capacitySource: this.capacitySource,
+      serviceTimeMs,
+      serviceTimeSource: this.serviceSource,
       penaltyFactor: this.penalty(nowMs, r),
       slowStartFactor: this.slowStartFactor(nowMs),
       expectedWaitMs: this.expectedWaitMs(nowMs),
@@ -514,10 +515,8 @@ class EndpointLoadEstimate implements LoadEstimate {
     return h > 0 ? h : 0;
   }
 
-  private serviceTime(
-    nowMs: number,
-    r: ReportDigest | undefined,
-  ): { value: number; source: LoadSnapshot['serviceTimeSource'] } {
+  /** Service time in ms; sets `serviceSource` (numbers out, no object per call: this runs per pick). */
+  private serviceTime(nowMs: number, r: ReportDigest | undefined): number {
     const last = this.latency.lastSampleMs;
     const reported = r?.latencyMs;
     let value: number | undefined;
@@ -536,10 +535,12 @@ class EndpointLoadEstimate implements LoadEstimate {
       value = this.o.defaultLatencyMs;
       source = 'default';
     }
-    return { value: value > MIN_SERVICE_TIME_MS ? value : MIN_SERVICE_TIME_MS, source };
+    this.serviceSource = source;
+    return value > MIN_SERVICE_TIME_MS ? value : MIN_SERVICE_TIME_MS;
   }
 
-  private capacity(): { value: number; source: LoadSnapshot['capacitySource'] } {
+  /** Concurrent slots, >= 1; sets `capacitySource`. */
+  private capacity(): number {
     let value: number | undefined = this.reportedLimit ?? this.observedCapacity;
     let source: LoadSnapshot['capacitySource'] = 'reported';
     if (value === undefined) {
@@ -562,7 +563,8 @@ class EndpointLoadEstimate implements LoadEstimate {
       value = this.o.defaultCapacity;
       source = 'default';
     }
-    return { value: value < this.o.maxCapacity ? value : this.o.maxCapacity, source };
+    this.capacitySource = source;
+    return value < this.o.maxCapacity ? value : this.o.maxCapacity;
   }
 
   /**

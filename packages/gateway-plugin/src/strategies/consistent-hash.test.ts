@@ -126,3 +126,28 @@ describe('consistent-hash', () => {
     expect(placed.size).toBeGreaterThan(1);
   });
 });
+
+describe('consistent-hash bounded load bookkeeping', () => {
+  it('the watched in-flight total matches a recount after random starts and ends', () => {
+    const e = eps(8);
+    const s = make({ balanceFactor: 1.5 });
+    s.setEndpoints(e);
+    const random = createSeededRandom(77);
+    const placed: Endpoint[] = [];
+    for (let i = 0; i < 2000; i++) {
+      if (random() < 0.6 || placed.length === 0) {
+        const ep = s.pick({ nowMs: i, hashKey: `k${Math.floor(random() * 5)}` })!.endpoint;
+        ep.load.onRequestStart(i);
+        placed.push(ep);
+      } else {
+        placed.splice(Math.floor(random() * placed.length), 1)[0]!.load.onRequestEnd(i, 5, true);
+      }
+      // The bound holds at every step: nobody exceeds ceil(f × (total + 1) / n) + the one just placed.
+      const total = e.reduce((a, ep) => a + ep.load.inFlight, 0);
+      for (const ep of e) {
+        expect(ep.load.inFlight).toBeLessThanOrEqual(Math.ceil((1.5 * total) / e.length) + 1);
+      }
+    }
+    s.dispose!();
+  });
+});

@@ -9,7 +9,8 @@
  * with Bounded Loads", 2018; HAProxy `hash-balance-factor`, Envoy
  * `hash_balance_factor`): with `balanceFactor` f > 1, an endpoint whose
  * in-flight count would exceed ceil(f × (total in-flight + 1) / n) is skipped
- * like an excluded one, so a hot key cannot melt its backend.
+ * like an excluded one, so a hot key cannot melt its backend. The total is kept
+ * current through `watchInFlight`, so the bound costs O(1) per pick.
  *
  * Without a hash key the pick goes to the fallback strategy (default
  * `load-aware`). Point hashes are cached per endpoint id, so rebuilding after
@@ -78,18 +79,54 @@ export function createConsistentHash(opts: unknown, deps: ConsistentHashDeps): S
     return pts;
   };
 
+  // Total in-flight for the bound, kept current through watchInFlight (O(1) per pick);
+  // summed per pick only when some load cannot be watched.
+  let watchedTotal: number | undefined;
+  let lastSeen = new Float64Array(0);
+  let unsubscribe: Array<() => void> = [];
+  const unwatch = (): void => {
+    for (const u of unsubscribe) u();
+    unsubscribe = [];
+    watchedTotal = undefined;
+  };
+  const watch = (): void => {
+    const items = list.items;
+    if (balanceFactor === 0 || !items.every((ep) => typeof ep.load.watchInFlight === 'function')) {
+      return;
+    }
+    lastSeen = new Float64Array(items.length);
+    let total = 0;
+    for (let i = 0; i < items.length; i++) {
+      const load = items[i]!.load;
+      lastSeen[i] = load.inFlight;
+      total += load.inFlight;
+      unsubscribe.push(
+        load.watchInFlight!(() => {
+          watchedTotal = watchedTotal! + load.inFlight - lastSeen[i]!;
+          lastSeen[i] = load.inFlight;
+        }),
+      );
+    }
+    watchedTotal = total;
+  };
+
   const underBound = (ep: Endpoint): boolean => {
     if (balanceFactor === 0) return true;
-    let total = 0;
+    let total = watchedTotal;
     const items = list.items;
-    for (let i = 0; i < items.length; i++) total += items[i]!.load.inFlight;
+    if (total === undefined) {
+      total = 0;
+      for (let i = 0; i < items.length; i++) total += items[i]!.load.inFlight;
+    }
     return ep.load.inFlight + 1 <= Math.ceil((balanceFactor * (total + 1)) / items.length);
   };
 
   return {
     name: 'consistent-hash',
     setEndpoints(endpoints) {
+      unwatch();
       list = new EndpointList(endpoints);
+      watch();
       fallback.setEndpoints(endpoints);
       const counts = list.items.map((ep) => Math.max(1, Math.round(virtualNodes * weightOf(ep))));
       let total = counts.reduce((a, b) => a + b, 0);
@@ -164,6 +201,7 @@ export function createConsistentHash(opts: unknown, deps: ConsistentHashDeps): S
         : { endpoint: overloaded };
     },
     dispose() {
+      unwatch();
       fallback.dispose?.();
     },
   };
