@@ -19,6 +19,8 @@ export interface LoadCohort {
 /** Internal side of the cohort, used by endpoint-load.ts. */
 export interface CohortMembership {
   set(serviceTimeMs: number | undefined, capacity: number | undefined): void;
+  /** Mean capacity of the other members (a prior must not include the member's own figure). */
+  othersMeanCapacity(): number | undefined;
   leave(): void;
 }
 
@@ -68,6 +70,11 @@ export function createLoadCohort(): LoadCohort {
       return {
         set(s, c) {
           if (!left) apply(s, c);
+        },
+        othersMeanCapacity() {
+          const own = capacity === undefined ? 0 : 1;
+          const count = countCapacity - own;
+          return count <= 0 ? undefined : (sumCapacity - (capacity ?? 0)) / count;
         },
         leave() {
           if (left) return;

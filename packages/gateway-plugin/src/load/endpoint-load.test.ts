@@ -114,6 +114,37 @@ describe('createEndpointLoad: local signals', () => {
     expect(load.snapshot(20).capacity).toBe(4);
   });
 
+  it('the cohort prior lifts a learned lower bound, but not a capacity measured under queueing', () => {
+    const cohort = createLoadCohort();
+    const big = createEndpointLoad({ cohort });
+    for (let i = 0; i < 8; i++) big.onRequestStart(0);
+    for (let i = 0; i < 8; i++) big.onRequestEnd(10, 10, true);
+    // A backend that only ever saw one request at a time borrows the cohort's 8 slots...
+    const quiet = createEndpointLoad({ cohort });
+    serve(quiet, 0, 10);
+    expect(quiet.snapshot(10)).toMatchObject({ capacity: 8, capacitySource: 'cohort' });
+    // ...a backend seen queueing (4 in flight at twice its base latency: 2 slots) does not.
+    const small = createEndpointLoad({ cohort });
+    serve(small, 0, 10);
+    for (let i = 0; i < 4; i++) small.onRequestStart(1);
+    small.onRequestEnd(20, 20, true);
+    expect(small.snapshot(20)).toMatchObject({ capacity: 2, capacitySource: 'learned' });
+  });
+
+  it('a fast failure does not make a backend look fast (no black hole)', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 50);
+    for (let i = 0; i < 20; i++) {
+      load.onRequestStart(1);
+      load.onRequestEnd(1, 1, false);
+    }
+    expect(load.latencyMs(1)).toBeGreaterThanOrEqual(49);
+    // A slow failure (a timeout) counts as a peak.
+    load.onRequestStart(2);
+    load.onRequestEnd(2, 5000, false);
+    expect(load.latencyMs(2)).toBe(5000);
+  });
+
   it('errors inflate the wait, bounded, and are forgotten without traffic', () => {
     const load = createEndpointLoad({ decayMs: 1000 });
     serve(load, 0, 10);

@@ -64,6 +64,8 @@ export const DEFAULT_DECAY_MS = 10_000;
 export const DEFAULT_MIN_LATENCY_WINDOW_MS = 10_000;
 /** How fast a learned capacity peak fades towards newer, lower samples. */
 export const DEFAULT_CAPACITY_DECAY_MS = 30_000;
+/** Latency above this multiple of the windowed minimum, at 2+ concurrent requests, is queueing. */
+export const SATURATION_LATENCY_RATIO = 1.5;
 /** Local latency older than this gives way to a fresh report's latency. */
 export const DEFAULT_LOCAL_FRESH_MS = 30_000;
 /** Neutral service time when no backend has any data at all (all then score alike). */
@@ -363,6 +365,8 @@ class EndpointLoadEstimate implements LoadEstimate {
   private observedCapacity: number | undefined;
   /** The last concurrencyLimit an agent reported: configuration, kept when reports go stale. */
   private reportedLimit: number | undefined;
+  /** When this gateway last saw clear queueing (see learnCapacity). */
+  private saturatedAtMs: number | undefined;
   private errorRate = 0;
   private errorStampMs = 0;
   private admittedAtMs: number | undefined;
@@ -391,8 +395,19 @@ class EndpointLoadEstimate implements LoadEstimate {
   onRequestEnd(nowMs: number, latencyMs: number, ok: boolean): void {
     const n = this.inFlightCount;
     if (this.inFlightCount > 0) this.inFlightCount--;
-    this.latency.observe(nowMs, latencyMs);
-    this.learnCapacity(nowMs, n + this.hidden(nowMs), latencyMs);
+    if (ok) {
+      this.latency.observe(nowMs, latencyMs);
+      this.learnCapacity(nowMs, n + this.hidden(nowMs), latencyMs);
+    } else {
+      // A failure says nothing good about speed: a backend refusing connections in 1 ms must
+      // not look fast (the "black hole" of least-latency balancers). A slow failure (a
+      // timeout) still raises the estimate, as a peak.
+      const current = this.latency.valueMs(nowMs);
+      this.latency.observe(
+        nowMs,
+        current !== undefined && current > latencyMs ? current : latencyMs,
+      );
+    }
     // Count-based EWMA of failures; time decay on read forgets them when traffic stops.
     this.errorRate =
       this.currentErrorRate(nowMs) * (1 - ERROR_EWMA_ALPHA) + (ok ? 0 : ERROR_EWMA_ALPHA);
@@ -547,9 +562,13 @@ class EndpointLoadEstimate implements LoadEstimate {
       // What this gateway learned is mostly a lower bound (concurrency served without
       // queueing); the cohort's mean is the prior. Taking the larger breaks a feedback loop:
       // a backend that happened to see little concurrency would otherwise look small, get
-      // less traffic, and never see more. A backend truly smaller than the prior queues,
-      // and its Peak EWMA latency (which includes the queueing) says so.
-      const prior = this.cohort?.meanCapacity();
+      // less traffic, and never see more. A backend truly smaller than the prior queues:
+      // its Peak EWMA latency (which includes the queueing) says so at once, and once this
+      // gateway has seen that queueing its learned figure stands without the prior.
+      const saturated =
+        this.saturatedAtMs !== undefined &&
+        this.learnedCapacityStampMs - this.saturatedAtMs <= this.o.capacityDecayMs;
+      const prior = saturated ? undefined : this.membership?.othersMeanCapacity();
       const learned = this.learnedCapacity;
       if (learned !== undefined && (prior === undefined || learned >= prior)) {
         value = learned;
@@ -577,8 +596,12 @@ class EndpointLoadEstimate implements LoadEstimate {
     if (!(n >= 1)) return;
     const min = this.latency.minMs();
     let sample = n;
-    if (min !== undefined && latencyMs > min && Number.isFinite(latencyMs))
+    if (min !== undefined && latencyMs > min && Number.isFinite(latencyMs)) {
       sample = (n * min) / latencyMs;
+      // Clear queueing (latency well above the base at more than one request): this sample
+      // measures the capacity itself, not a lower bound, so the cohort prior must not lift it.
+      if (n >= 2 && latencyMs > min * SATURATION_LATENCY_RATIO) this.saturatedAtMs = nowMs;
+    }
     this.raiseLearnedCapacity(nowMs, sample);
   }
 
