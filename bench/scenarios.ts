@@ -24,7 +24,11 @@ function open(rate: number, quick: boolean, durationMs = 8_000, windowMs = 1_000
     rate,
     warmupMs: quick ? 1_000 : 2_000,
     durationMs: quick ? 3_000 : durationMs,
-    maxSockets: 256,
+    // Open loop models many independent clients: the pool must never cap
+    // concurrency, or requests queue behind one slow backend's responses in
+    // the client (head-of-line blocking no real user population has). Enough
+    // sockets for every request of the timeout span to be outstanding at once.
+    maxSockets: Math.min(4_000, Math.ceil((rate * 10_000) / 1000)),
     timeoutMs: 10_000,
     windowMs,
   };
