@@ -1,0 +1,185 @@
+import { GatewayError, type GatewayErrorCode } from './errors';
+import { loadBalance } from './load-balance';
+import type { LoadBalanceOptions } from './options';
+import { resolveOptions } from './options-validate';
+
+const base: LoadBalanceOptions = { backends: [{ id: 'a', url: 'http://127.0.0.1:3000' }] };
+const key = { keyId: 'k1', secret: Buffer.alloc(32, 1) };
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof GatewayError ? err.code : `not a GatewayError: ${String(err)}`;
+  }
+  return undefined;
+}
+
+// Table-driven (undici style): options → the code they must throw.
+const cases: Array<[string, unknown, GatewayErrorCode]> = [
+  ['options not an object', 'nope', 'LW_GW_INVALID_OPTION'],
+  ['no backends', { backends: [] }, 'LW_GW_NO_BACKENDS'],
+  ['backends not an array', { backends: {} }, 'LW_GW_INVALID_OPTION'],
+  [
+    'backend id with a slash',
+    { backends: [{ id: 'a/b', url: 'http://h' }] },
+    'LW_GW_INVALID_BACKEND_ID',
+  ],
+  [
+    'backend id with a wildcard',
+    { backends: [{ id: '+', url: 'http://h' }] },
+    'LW_GW_INVALID_BACKEND_ID',
+  ],
+  [
+    'duplicate id',
+    {
+      backends: [
+        { id: 'a', url: 'http://h' },
+        { id: 'a', url: 'http://i' },
+      ],
+    },
+    'LW_GW_DUPLICATE_BACKEND',
+  ],
+  ['ftp url', { backends: [{ id: 'a', url: 'ftp://h' }] }, 'LW_GW_INVALID_BACKEND_URL'],
+  ['relative url', { backends: [{ id: 'a', url: '/x' }] }, 'LW_GW_INVALID_BACKEND_URL'],
+  [
+    'url with credentials',
+    { backends: [{ id: 'a', url: 'http://u:p@h' }] },
+    'LW_GW_INVALID_BACKEND_URL',
+  ],
+  [
+    'url with a query',
+    { backends: [{ id: 'a', url: 'http://h/?q' }] },
+    'LW_GW_INVALID_BACKEND_URL',
+  ],
+  ['weight zero', { backends: [{ id: 'a', url: 'http://h', weight: 0 }] }, 'LW_GW_INVALID_OPTION'],
+  ['http broker', { ...base, broker: 'http://broker' }, 'LW_GW_INVALID_BROKER'],
+  ['broker garbage', { ...base, broker: 42 }, 'LW_GW_INVALID_BROKER'],
+  ['broker client without subscribe', { ...base, broker: { client: {} } }, 'LW_GW_INVALID_BROKER'],
+  ['embedded false', { ...base, broker: { embedded: false } }, 'LW_GW_INVALID_BROKER'],
+  [
+    'embedded port out of range',
+    { ...base, broker: { embedded: true, port: 70000 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['unknown strategy', { ...base, strategy: 'fastest' }, 'LW_GW_UNKNOWN_STRATEGY'],
+  [
+    'bad strategy option',
+    { ...base, strategy: 'load-aware', strategyOptions: { choices: 0 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['bad load option', { ...base, load: { slowStartMs: -1 } }, 'LW_GW_INVALID_OPTION'],
+  ['topic prefix with wildcard', { ...base, topicPrefix: 'a/#' }, 'LW_GW_INVALID_OPTION'],
+  [
+    'short key',
+    { ...base, keys: [{ keyId: 'k', secret: Buffer.alloc(4) }] },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['requireSignature without keys', { ...base, requireSignature: true }, 'LW_GW_INVALID_OPTION'],
+  ['negative timeout', { ...base, requestTimeoutMs: -1 }, 'LW_GW_INVALID_OPTION'],
+  ['NaN timeout', { ...base, connectTimeoutMs: NaN }, 'LW_GW_INVALID_OPTION'],
+  ['retries above 10', { ...base, retry: { maxRetries: 11 } }, 'LW_GW_INVALID_OPTION'],
+  [
+    'retry methods not names',
+    { ...base, retry: { methods: ['GET POST'] } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'ejection percent > 100',
+    { ...base, outlier: { maxEjectionPercent: 101 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'max ejection below base',
+    { ...base, outlier: { baseEjectionMs: 10, maxEjectionMs: 5 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'health path without slash',
+    { ...base, healthCheck: { path: 'health' } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['queue size fraction', { ...base, saturation: { queueSize: 1.5 } }, 'LW_GW_INVALID_OPTION'],
+  ['overload not an object', { ...base, overload: 3 }, 'LW_GW_INVALID_OPTION'],
+  ['affinity without a source', { ...base, affinity: {} }, 'LW_GW_INVALID_OPTION'],
+  [
+    'setCookie without cookie',
+    { ...base, affinity: { header: 'x-u', setCookie: true } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'discovery without keys',
+    { ...base, discovery: { allowedRanges: ['10.0.0.0/8'] } },
+    'LW_GW_INVALID_DISCOVERY',
+  ],
+  [
+    'discovery without ranges',
+    { ...base, keys: [key], discovery: { allowedRanges: [] } },
+    'LW_GW_INVALID_DISCOVERY',
+  ],
+  [
+    'discovery bad cidr',
+    { ...base, keys: [key], discovery: { allowedRanges: ['10.0.0.0/33'] } },
+    'LW_GW_INVALID_DISCOVERY',
+  ],
+  [
+    'discovery name not cidr',
+    { ...base, keys: [key], discovery: { allowedRanges: ['example.com/8'] } },
+    'LW_GW_INVALID_DISCOVERY',
+  ],
+  ['status path relative', { ...base, statusPath: 'status' }, 'LW_GW_INVALID_OPTION'],
+  ['short status token', { ...base, statusToken: 'abc' }, 'LW_GW_INVALID_OPTION'],
+  ['decision header with space', { ...base, decisionHeader: 'x y' }, 'LW_GW_INVALID_OPTION'],
+  ['logger without warn', { ...base, logger: { info() {} } }, 'LW_GW_INVALID_OPTION'],
+  ['now not a function', { ...base, now: 5 }, 'LW_GW_INVALID_OPTION'],
+];
+
+describe('loadBalance options', () => {
+  it.each(cases)('%s → %s', (_name, opts, code) => {
+    expect(codeOf(() => loadBalance(opts as LoadBalanceOptions))).toBe(code);
+  });
+
+  it('construction errors carry no HTTP status and name the option', () => {
+    try {
+      resolveOptions({ ...base, requestTimeoutMs: -1 });
+      throw new Error('no error');
+    } catch (err) {
+      expect(err).toBeInstanceOf(GatewayError);
+      expect((err as GatewayError).status).toBeUndefined();
+      expect((err as Error).message).toMatch(/^LW_GW_INVALID_OPTION: requestTimeoutMs must be/);
+    }
+  });
+
+  it('fills defaults', () => {
+    const o = resolveOptions(base);
+    expect(o.strategy).toBe('load-aware');
+    expect(o.retry).toMatchObject({
+      maxRetries: 2,
+      methods: ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'],
+    });
+    expect(o.outlier).toMatchObject({ consecutiveFailures: 5, panicThresholdPercent: 50 });
+    expect(o.discovery).toBeUndefined();
+    expect(o.decisionHeader).toBeUndefined();
+    expect(
+      resolveOptions({ ...base, retry: false, healthCheck: false, overload: false }),
+    ).toMatchObject({
+      retry: undefined,
+      healthCheck: undefined,
+      overload: undefined,
+    });
+    expect(resolveOptions({ ...base, decisionHeader: 'X-Why' }).decisionHeader).toBe('x-why');
+  });
+
+  it('accepts discovery without configured backends', () => {
+    const o = resolveOptions({
+      backends: [],
+      keys: [key],
+      discovery: { allowedRanges: ['127.0.0.0/8', '::1/128'] },
+    });
+    expect(o.discovery).toEqual({
+      allowedRanges: ['127.0.0.0/8', '::1/128'],
+      allowedPorts: [],
+      maxBackends: 100,
+    });
+  });
+});
