@@ -139,6 +139,11 @@ describe('createEndpointLoad: local signals', () => {
       load.onRequestEnd(1, 1, false);
     }
     expect(load.latencyMs(1)).toBeGreaterThanOrEqual(49);
+    // A first response that fails fast does not set a fast estimate either.
+    const fresh = createEndpointLoad();
+    fresh.onRequestStart(0);
+    fresh.onRequestEnd(0, 1, false);
+    expect(fresh.latencyMs(0)).toBe(DEFAULT_LATENCY_MS);
     // A slow failure (a timeout) counts as a peak.
     load.onRequestStart(2);
     load.onRequestEnd(2, 5000, false);

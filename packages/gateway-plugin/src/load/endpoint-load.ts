@@ -402,11 +402,10 @@ class EndpointLoadEstimate implements LoadEstimate {
       // A failure says nothing good about speed: a backend refusing connections in 1 ms must
       // not look fast (the "black hole" of least-latency balancers). A slow failure (a
       // timeout) still raises the estimate, as a peak.
-      const current = this.latency.valueMs(nowMs);
-      this.latency.observe(
-        nowMs,
-        current !== undefined && current > latencyMs ? current : latencyMs,
-      );
+      // Before any success, the neutral estimate stands in for the current one.
+      const floor =
+        this.latency.valueMs(nowMs) ?? this.cohort?.meanServiceTimeMs() ?? this.o.defaultLatencyMs;
+      this.latency.observe(nowMs, floor > latencyMs ? floor : latencyMs);
     }
     // Count-based EWMA of failures; time decay on read forgets them when traffic stops.
     this.errorRate =
