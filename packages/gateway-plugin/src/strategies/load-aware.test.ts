@@ -239,3 +239,12 @@ describe('load-aware: explain', () => {
     expect(reason).toMatch(/^load-aware p2c: b1 wait≈\d+(\.\d+)?ms < b0 wait≈\d+(\.\d+)?ms$/);
   });
 });
+
+describe('load-aware: explain on a tie', () => {
+  it('says "=" when both candidates score the same', () => {
+    const sim = setup('load-aware', [10, 10]);
+    expect(sim.strategy.pick({ nowMs: 0, explain: true })!.reason).toMatch(
+      /^load-aware p2c: b\d wait≈50\.0ms = b\d wait≈50\.0ms$/,
+    );
+  });
+});

@@ -43,7 +43,7 @@ export function createLoadAware(opts?: unknown): Strategy {
       const vs =
         c.other === undefined
           ? ' (only candidate)'
-          : ` < ${c.other.id} wait≈${fmt(c.otherMetric)}ms`;
+          : ` ${c.bestMetric < c.otherMetric ? '<' : '='} ${c.other.id} wait≈${fmt(c.otherMetric)}ms`;
       return {
         endpoint: ep,
         reason: `load-aware ${how}: ${ep.id} wait≈${fmt(c.bestMetric)}ms${vs}`,
