@@ -6,7 +6,8 @@
  * It mounts the loadwise tracker, so its agent reports real in-flight and
  * queued counts.
  *
- *   node examples/dist/backend.js --id b1 --slots 8 --service-ms 10 [--port 0] [--exit-with-parent]
+ *   node examples/dist/backend.js --id b1 --slots 8 --service-ms 10 [--port 0]
+ *                                 [--pid-file f] [--exit-with-parent]
  *
  * Prints one JSON line on stdout once listening: {"event":"listening","id","port","pid"}.
  * Admin routes (loopback only, outside the tracker so they never queue):
@@ -16,6 +17,7 @@
  *                                             load the gateway does not see (another client)
  *   GET  /health                              200 "ok" (the agent's probe)
  */
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
@@ -37,6 +39,7 @@ interface Args {
   slots: number;
   maxQueue: number;
   exitWithParent: boolean;
+  pidFile: string | undefined;
   config: BackendConfig;
 }
 
@@ -50,6 +53,7 @@ function parse(): Args {
       'service-ms': { type: 'string', default: '10' },
       'max-queue': { type: 'string', default: '1024' },
       'exit-with-parent': { type: 'boolean', default: false },
+      'pid-file': { type: 'string' },
     },
     strict: true,
   });
@@ -68,6 +72,7 @@ function parse(): Args {
     slots: int('slots', values.slots, 1),
     maxQueue: int('max-queue', values['max-queue'], 0),
     exitWithParent: values['exit-with-parent'],
+    pidFile: values['pid-file'],
     config: {
       serviceMs: int('service-ms', values['service-ms'], 0),
       failStatus: 0,
@@ -179,6 +184,8 @@ function main(): void {
   }
 
   server.listen(args.port, args.host, () => {
+    // Written once listening, so an agent watching it (--service-pid-file) follows a restart.
+    if (args.pidFile) writeFileSync(args.pidFile, `${process.pid}\n`);
     const port = (server.address() as AddressInfo).port;
     process.stdout.write(
       `${JSON.stringify({ event: 'listening', id: args.id, port, pid: process.pid })}\n`,

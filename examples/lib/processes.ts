@@ -158,6 +158,8 @@ export interface BackendProcessOptions {
   /** Port to listen on (default 0: any free port). */
   port?: number;
   maxQueue?: number;
+  /** The backend writes its PID here once listening (for the agent's --service-pid-file). */
+  pidFile?: string;
   startTimeoutMs?: number;
 }
 
@@ -184,6 +186,7 @@ export async function startBackendProcess(opts: BackendProcessOptions): Promise<
     '--exit-with-parent',
   ];
   if (opts.maxQueue !== undefined) args.push('--max-queue', String(opts.maxQueue));
+  if (opts.pidFile !== undefined) args.push('--pid-file', opts.pidFile);
   const proc = new ManagedChild(`backend ${opts.id}`, process.execPath, args);
   const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
   const port = await new Promise<number>((resolve, reject) => {
@@ -224,6 +227,8 @@ export interface AgentProcessOptions {
   backendPort: number;
   /** The backend's PID, for its process CPU and RSS. */
   servicePid?: number;
+  /** Or a file holding it, re-read every sample: follows a restarted backend. */
+  servicePidFile?: string;
   intervalMs?: number;
   /** Drain grace on SIGTERM, ms (the agent's default is 2000). */
   drainGraceMs?: number;
@@ -249,6 +254,7 @@ export function startAgentProcess(opts: AgentProcessOptions): ManagedChild {
   ];
   if (opts.prefix !== undefined) args.push('--prefix', opts.prefix);
   if (opts.servicePid !== undefined) args.push('--service-pid', String(opts.servicePid));
+  if (opts.servicePidFile !== undefined) args.push('--service-pid-file', opts.servicePidFile);
   if (opts.drainGraceMs !== undefined) args.push('--drain-grace-ms', String(opts.drainGraceMs));
   args.push(...(opts.extraArgs ?? []));
   return new ManagedChild(`agent ${opts.backendId}`, process.execPath, args);

@@ -7,6 +7,9 @@
  *
  * Needs the build (`npx tsc -b`): the children run dist/ code.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import {
   startAgentProcess,
   startBackendProcess,
@@ -56,6 +59,15 @@ export interface TrackerStats {
   rejected: number;
 }
 
+interface SharedFleetOptions {
+  brokerUrl?: string;
+  prefix?: string;
+  intervalMs: number;
+  agentArgs: string[];
+  /** Temporary directory for the backends' PID files. */
+  dir: string;
+}
+
 export class FleetBackend {
   /** The backend process; replaced by restart(). */
   process!: ManagedChild;
@@ -67,12 +79,7 @@ export class FleetBackend {
     readonly spec: Required<FleetBackendSpec>,
     readonly port: number,
     process: ManagedChild,
-    private readonly fleet: {
-      brokerUrl?: string;
-      prefix?: string;
-      intervalMs: number;
-      agentArgs: string[];
-    },
+    private readonly fleet: SharedFleetOptions,
   ) {
     this.process = process;
     this.url = `http://127.0.0.1:${port}`;
@@ -80,6 +87,11 @@ export class FleetBackend {
 
   get id(): string {
     return this.spec.id;
+  }
+
+  /** The backend writes its PID here; the agent re-reads it, so it follows a restart. */
+  get pidFile(): string {
+    return pidFileOf(this.fleet.dir, this.spec.id);
   }
 
   /** Kills the backend process with `signal` and waits for it to exit (SIGKILL: a crash). */
@@ -105,6 +117,7 @@ export class FleetBackend {
       slots: this.spec.slots,
       serviceMs: this.spec.serviceMs,
       port: this.port,
+      pidFile: this.pidFile,
     });
     this.process = started.process;
   }
@@ -123,7 +136,7 @@ export class FleetBackend {
       brokerUrl: this.fleet.brokerUrl,
       prefix: this.fleet.prefix,
       backendPort: this.port,
-      servicePid: this.process.pid,
+      servicePidFile: this.pidFile,
       intervalMs: this.fleet.intervalMs,
       drainGraceMs: 100,
       // The first report within one interval, not after a random offset of up to a second.
@@ -166,8 +179,13 @@ export interface Fleet {
   close(): Promise<void>;
 }
 
+function pidFileOf(dir: string, id: string): string {
+  return path.join(dir, `${id}.pid`);
+}
+
 export async function startFleet(opts: FleetOptions): Promise<Fleet> {
-  const shared = {
+  const shared: SharedFleetOptions = {
+    dir: mkdtempSync(path.join(tmpdir(), 'lw-fleet-')),
     brokerUrl: opts.brokerUrl,
     prefix: opts.prefix,
     intervalMs: opts.intervalMs ?? FLEET_AGENT_INTERVAL_MS,
@@ -178,6 +196,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   const close = async (): Promise<void> => {
     await Promise.all(backends.map((b) => b.close()));
     await monitor?.close();
+    rmSync(shared.dir, { recursive: true, force: true });
   };
   try {
     if (opts.brokerUrl !== undefined)
@@ -190,7 +209,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
           agent: opts.brokerUrl !== undefined,
           ...spec,
         };
-        const b = await startBackendProcess(full);
+        const b = await startBackendProcess({ ...full, pidFile: pidFileOf(shared.dir, full.id) });
         const fb = new FleetBackend(full, b.port, b.process, shared);
         backends.push(fb);
         if (full.agent) fb.startAgent();

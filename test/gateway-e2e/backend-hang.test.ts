@@ -1,0 +1,87 @@
+/**
+ * Proof: a hung backend (SIGSTOP: its sockets stay open, nothing answers)
+ * costs timeouts, is ejected, and does not collect a pile of requests.
+ *
+ * Three backends (4 slots x 10 ms), 12 closed-loop clients, 1,000 GETs,
+ * requestTimeoutMs 400. After 200 requests, `b` is stopped while it has
+ * requests in flight. Those time out (504: a request that timed out is not
+ * retried, the backend may have acted on it); 3 consecutive failures eject
+ * `b`. From then on `b` gets no new requests, so its in-flight count returns
+ * to 0 and the failures stay bounded by what was in flight when it hung plus
+ * what was sent before the ejection (at most 12 + 3 here, with 12 clients).
+ */
+import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
+import { uniquePrefix } from '../kit/brokers';
+import { eventually, startFleet, type Fleet } from '../kit/fleet';
+import { counter, startGateway, type TestGateway } from './gateway';
+import { failed, startLoad } from './load';
+
+const CONCURRENCY = 12;
+const CONSECUTIVE_FAILURES = 3;
+let broker: { url: string; close(): Promise<void> };
+let fleet: Fleet | undefined;
+let gw: TestGateway | undefined;
+
+beforeAll(async () => {
+  broker = await startEmbeddedBroker();
+  const prefix = uniquePrefix('hang');
+  fleet = await startFleet({
+    brokerUrl: broker.url,
+    prefix,
+    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+  });
+  gw = await startGateway({
+    backends: fleet.backendConfig(),
+    broker: broker.url,
+    topicPrefix: prefix,
+    requestTimeoutMs: 400,
+    // Long ejection: b must stay out for the rest of the test.
+    outlier: { consecutiveFailures: CONSECUTIVE_FAILURES, baseEjectionMs: 60_000 },
+    healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 300 },
+  });
+  await eventually(
+    () => gw!.snapshot().backends.every((b) => b.reportFresh),
+    15_000,
+    'fresh reports',
+  );
+});
+
+afterAll(async () => {
+  fleet?.get('b').resume();
+  await gw?.close();
+  await fleet?.close();
+  await broker?.close();
+});
+
+it('SIGSTOP under load: timeouts, ejection, no pile-up', async () => {
+  const load = startLoad({ url: `${gw!.url}/work`, total: 1_000, concurrency: CONCURRENCY });
+  await eventually(() => load.result.sent >= 200, 15_000, '200 requests sent');
+  await eventually(() => gw!.backend('b').inFlight > 0, 5_000, 'requests in flight on b');
+  fleet!.get('b').pause();
+  const requestsAtHang = gw!.backend('b').requestsTotal;
+
+  await eventually(() => gw!.backend('b').state !== 'healthy', 10_000, 'b out of rotation');
+  // Whatever took it out first (ejection, or the health check), the timeouts are counted.
+  await eventually(
+    async () =>
+      (await counter(gw!, 'backend_errors_total', { backend: 'b', kind: 'timeout' })) >= 1,
+    5_000,
+    'timeouts counted',
+  );
+  const requestsAtEjection = gw!.backend('b').requestsTotal;
+
+  const result = await load.done;
+  expect(result.sent).toBe(1_000);
+  expect(result.errors).toBe(0);
+  // The failures are the timed-out requests (504), nothing else, and they are bounded.
+  const failures = failed(result);
+  expect(failures).toBeGreaterThan(0);
+  expect([...result.statuses.keys()].filter((s) => s !== 200)).toEqual([504]);
+  expect(failures).toBeLessThanOrEqual(CONCURRENCY + CONSECUTIVE_FAILURES);
+  // No pile-up: nothing new was sent to b after it went out, and nothing is left hanging on it.
+  expect(gw!.backend('b').requestsTotal).toBe(requestsAtEjection);
+  expect(requestsAtEjection - requestsAtHang).toBeLessThanOrEqual(
+    CONCURRENCY + CONSECUTIVE_FAILURES,
+  );
+  await eventually(() => gw!.backend('b').inFlight === 0, 5_000, 'no request left on b');
+});
