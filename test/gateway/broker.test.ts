@@ -105,6 +105,63 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       await endClient(client);
     }
   });
+
+  it('serves several gateways on one broker: both hear every report', async () => {
+    const prefix = uniquePrefix('gw');
+    const opts = { backends: [{ id: 'a', url: a.url }], broker: broker.url, topicPrefix: prefix };
+    gw = await startGateway(opts);
+    const gw2 = await startGateway(opts);
+    try {
+      await Promise.all([gw.lb.ready(), gw2.lb.ready()]);
+      const client = await connectClient(broker.url);
+      const m = createEncoder({ backendId: 'a', prefix }).metrics(metricsBody);
+      await client.publishAsync(m.topic, m.payload, { qos: 1 });
+      await endClient(client);
+      await until(() => [gw!, gw2].every((g) => g.lb.balancer.snapshot().backends[0]!.reportFresh));
+      expect(gw.lb.balancer.brokerConnected && gw2.lb.balancer.brokerConnected).toBe(true);
+    } finally {
+      await gw2.close();
+    }
+  });
+
+  it("keeps a backend routable when its agent dies (Last Will); stops on the agent's own 'offline'", async () => {
+    const prefix = uniquePrefix('gw');
+    gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: broker.url,
+      topicPrefix: prefix,
+      load: { staleAfterMs: 200 },
+    });
+    await gw.lb.ready();
+    const client = await connectClient(broker.url);
+    try {
+      const enc = createEncoder({ backendId: 'a', prefix });
+      const m = enc.metrics(metricsBody);
+      await client.publishAsync(m.topic, m.payload, { qos: 1 });
+      await until(() => gw!.lb.balancer.snapshot().backends[0]!.reportFresh);
+      const stale = once(gw.lb.balancer.events, 'metrics-stale');
+      const will = enc.status('offline', { will: true });
+      await client.publishAsync(will.topic, will.payload, { qos: 1 });
+      expect(await stale).toEqual([expect.objectContaining({ id: 'a' })]);
+      expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+      expect((await send(`${gw.url}/`)).status).toBe(200);
+
+      const down = once(gw.lb.balancer.events, 'backend-down');
+      const off = enc.status('offline', { reason: 'maintenance' });
+      await client.publishAsync(off.topic, off.payload, { qos: 1 });
+      expect(await down).toEqual([{ id: 'a', reason: 'agent reported offline' }]);
+      const r = await send(`${gw.url}/`);
+      expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
+
+      const up = once(gw.lb.balancer.events, 'backend-up');
+      const online = enc.status('online');
+      await client.publishAsync(online.topic, online.payload, { qos: 1 });
+      await up;
+      expect((await send(`${gw.url}/`)).status).toBe(200);
+    } finally {
+      await endClient(client);
+    }
+  });
 });
 
 describe('embedded broker mode', () => {

@@ -20,7 +20,7 @@ import { RetryBudget } from './admission/retry-budget';
 import { WaitQueue } from './admission/wait-queue';
 import { ActiveChecker } from './health/active-checker';
 import { OutlierDetector } from './health/outlier-detector';
-import { createEndpointLoad, createLoadCohort, type LoadCohort } from './load';
+import { createEndpointLoad, createLoadCohort, resolveLoadOptions, type LoadCohort } from './load';
 import {
   createGatewayMetrics,
   TrafficWindow,

@@ -68,7 +68,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
       trafficShare: counts.total > 0 ? windowRequests / counts.total : 0,
       windowRequests,
       slowStartFactor: load.slowStartFactor(nowMs),
-      ejections: b.timesEjected,
+      ejections: b.ejectionsTotal,
       requestsTotal: b.requests,
       failuresTotal: b.failures,
     });

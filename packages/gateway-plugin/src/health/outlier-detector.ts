@@ -65,6 +65,7 @@ export class OutlierDetector {
     if (lastEnd !== undefined && nowMs - lastEnd > this.config.maxEjectionMs)
       backend.timesEjected = 0;
     backend.timesEjected++;
+    backend.ejectionsTotal++;
     const durationMs = Math.min(
       this.config.baseEjectionMs * backend.timesEjected,
       this.config.maxEjectionMs,

@@ -115,6 +115,10 @@ export class RequestFlow {
   /** Picks a backend and starts an attempt. */
   private dispatch(flow: Flow): 'started' | 'saturated' | 'failed' {
     const c = this.core;
+    if (c.closed) {
+      this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+      return 'failed';
+    }
     const nowMs = c.now();
     const eligible = c.registry.eligible;
     if (eligible.length === 0) {
@@ -177,6 +181,7 @@ export class RequestFlow {
 
   private shedSaturated(flow: Flow): void {
     const c = this.core;
+    if (c.closed) return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
     const fallbackSec = Math.ceil(c.options.saturation.queueTimeoutMs / 1000);
     this.shed(
       flow.res,

@@ -40,6 +40,8 @@ export class Backend {
   /** Passive outlier detection (Envoy): consecutive failures and ejection state. */
   consecutiveFailures = 0;
   timesEjected = 0;
+  /** Ejections since the backend was added (timesEjected resets after a quiet period). */
+  ejectionsTotal = 0;
   ejectedUntilMs: number | undefined;
   ejectionTimer: NodeJS.Timeout | undefined;
   /** The condition last announced by an event, to emit only transitions. */

@@ -52,6 +52,9 @@ export class Registry {
   private applyMetrics(backend: Backend, report: MetricsReport, receivedAtMs: number): void {
     backend.load.onReport(report, receivedAtMs);
     backend.lastReport = report;
+    // Fresh now: the next sweep that finds it stale announces metrics-stale,
+    // even if the report goes stale between two sweeps.
+    backend.wasFresh = true;
     const wasOut = backend.drainingOrOffline || backend.verdictDown;
     backend.agentLost = false;
     backend.agentState = report.state;

@@ -35,6 +35,7 @@ export class MqttSource {
   private embedded: EmbeddedBroker | undefined;
   private connected = false;
   private closed = false;
+  private lastError: string | undefined;
   /** URL of the broker, known once started (the embedded broker picks its port). */
   url: string | undefined;
   readonly ready: Promise<void>;
@@ -118,13 +119,16 @@ export class MqttSource {
   private readonly onClose = (): void => {
     if (!this.connected) return;
     this.connected = false;
-    if (!this.closed) this.handlers.onLost(undefined);
+    const error = this.lastError;
+    this.lastError = undefined;
+    if (!this.closed) this.handlers.onLost(error);
   };
 
   private readonly onError = (err: Error): void => {
     // mqtt.js emits connection errors here and keeps reconnecting; without a
-    // listener they would be thrown as an unhandled 'error' event.
-    if (!this.closed && this.connected) this.handlers.onLost(err.message);
+    // listener they would be thrown as an unhandled 'error' event. The loss
+    // itself is reported once, on 'close'.
+    this.lastError = err.message;
   };
 
   private readonly onMessageEvent = (

@@ -1,0 +1,106 @@
+/**
+ * The security model of the metrics channel: MQTT may only change how much
+ * traffic a configured backend gets. Discovery (off by default) admits a
+ * backend only from a signed registration inside the allowed ranges.
+ */
+import { once } from 'node:events';
+import { createEncoder } from '@loadwise/protocol';
+import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
+import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+const otherKey = { keyId: 'k1', secret: Buffer.alloc(32, 8) };
+
+describe('discovery', () => {
+  let a: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    a = await startBackend('a');
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(() => a.close());
+
+  async function gateway(
+    discovery: boolean,
+  ): Promise<{ gw: TestGateway; dropped: string[]; prefix: string }> {
+    const prefix = uniquePrefix('disc');
+    const g = await startGateway({
+      backends: discovery ? [] : [{ id: 'known', url: a.url }],
+      broker: { embedded: true },
+      topicPrefix: prefix,
+      keys: [key],
+      ...(discovery
+        ? { discovery: { allowedRanges: ['127.0.0.0/8'], allowedPorts: [a.port] } }
+        : {}),
+    });
+    await g.lb.ready();
+    const dropped: string[] = [];
+    g.lb.balancer.on('invalid-message', (e) => dropped.push(e.code));
+    return { gw: g, dropped, prefix };
+  }
+
+  async function publish(url: string, topic: string, payload: string): Promise<void> {
+    const client = await connectClient(url);
+    await client.publishAsync(topic, payload, { qos: 1 });
+    await endClient(client);
+  }
+
+  async function settle(g: TestGateway, dropped: string[], n: number): Promise<void> {
+    while (dropped.length < n) await new Promise((r) => setTimeout(r, 5));
+    expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).not.toContain('new');
+  }
+
+  it('is off by default: a signed registration of an allowed address is ignored', async () => {
+    const { gw: g, dropped, prefix } = await gateway(false);
+    gw = g;
+    const reg = createEncoder({ backendId: 'new', prefix, key }).registration(a.url);
+    await publish(g.lb.balancer.brokerUrl!, reg.topic, reg.payload);
+    await settle(g, dropped, 1);
+    expect(dropped).toEqual(['LW_GW_REGISTRATION_REJECTED']);
+  });
+
+  it('admits a signed registration inside the allowed ranges and routes to it', async () => {
+    const { gw: g, dropped, prefix } = await gateway(true);
+    gw = g;
+    const url = g.lb.balancer.brokerUrl!;
+    expect((await send(`${g.url}/`)).status).toBe(503); // nothing yet: LW_GW_NO_BACKEND
+
+    const unsigned = createEncoder({ backendId: 'new', prefix }).registration(a.url);
+    const forged = createEncoder({ backendId: 'new', prefix, key: otherKey }).registration(a.url);
+    // One agent's encoder: (epochMs, seq) grows, so the replay guard lets each through.
+    const agent = createEncoder({ backendId: 'new', prefix, key });
+    const outside = agent.registration('http://10.1.2.3:80');
+    const name = agent.registration(`http://localhost:${a.port}`);
+    const port = agent.registration('http://127.0.0.1:1');
+    for (const m of [unsigned, forged, outside, name, port]) await publish(url, m.topic, m.payload);
+    await settle(g, dropped, 5);
+    expect(dropped).toEqual([
+      'LW_PROTO_UNSIGNED',
+      'LW_PROTO_BAD_SIGNATURE',
+      'LW_GW_REGISTRATION_REJECTED',
+      'LW_GW_REGISTRATION_REJECTED',
+      'LW_GW_REGISTRATION_REJECTED',
+    ]);
+
+    const added = once(g.lb.balancer.events, 'backend-added');
+    const good = agent.registration(a.url);
+    await publish(url, good.topic, good.payload);
+    expect(await added).toEqual([{ id: 'new', url: `${a.url}/` }]);
+    const r = await send(`${g.url}/`);
+    expect(r.status).toBe(200);
+    expect(r.json<{ id: string }>().id).toBe('a');
+    const snap = g.lb.balancer.snapshot().backends[0]!;
+    expect(snap).toMatchObject({ id: 'new', origin: 'discovery' });
+    expect(snap.slowStartFactor).toBeLessThan(1);
+
+    // The same id cannot move to another address.
+    const moved = agent.registration(`http://127.0.0.2:${a.port}`);
+    await publish(url, moved.topic, moved.payload);
+    while (dropped.length < 6) await new Promise((r2) => setTimeout(r2, 5));
+    expect(dropped[5]).toBe('LW_GW_REGISTRATION_REJECTED');
+    expect(g.lb.balancer.snapshot().backends[0]!.url).toBe(`${a.url}/`);
+  });
+});

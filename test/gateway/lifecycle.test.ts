@@ -1,0 +1,96 @@
+/**
+ * Lifecycle: the broker going away does not stop routing and the gateway
+ * reconnects by itself; close() answers waiting requests with a coded 503
+ * and releases every timer, socket and broker so the process can exit.
+ */
+import { once } from 'node:events';
+import type { ServerResponse } from 'node:http';
+import { createEncoder } from '@loadwise/protocol';
+import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
+import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
+import { send, startBackend, startGateway, type TestServer } from './kit';
+
+describe('lifecycle', () => {
+  let a: TestServer;
+  const held: ServerResponse[] = [];
+  beforeAll(async () => {
+    a = await startBackend('a', (req, res) => {
+      if (req.url === '/hold') held.push(res);
+      else res.end('ok');
+    });
+  });
+  afterAll(async () => {
+    for (const r of held) r.end();
+    await a.close();
+  });
+
+  it('keeps routing while the broker is down and resubscribes when it is back', async () => {
+    let broker = await startEmbeddedBroker();
+    const port = broker.port;
+    const prefix = uniquePrefix('life');
+    const gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { url: broker.url, reconnectPeriodMs: 50 },
+      topicPrefix: prefix,
+    });
+    try {
+      await gw.lb.ready();
+      const lost = once(gw.lb.balancer.events, 'broker-lost');
+      await broker.close();
+      await lost;
+      expect(gw.lb.balancer.brokerConnected).toBe(false);
+      expect((await send(`${gw.url}/`)).body).toBe('ok');
+
+      const back = once(gw.lb.balancer.events, 'broker-connected');
+      broker = await startEmbeddedBroker({ port });
+      await back;
+      const client = await connectClient(broker.url);
+      const m = createEncoder({ backendId: 'a', prefix }).metrics({
+        intervalMs: 1000,
+        state: 'online',
+        host: { cpuUtilization: 0.3, memoryUtilization: 0.3, memoryAvailableBytes: 1 },
+        health: { verdict: 'up' },
+      });
+      // The subscription is re-established on connect; publish until it is seen.
+      while (!gw.lb.balancer.snapshot().backends[0]!.reportFresh) {
+        await client.publishAsync(m.topic, m.payload, { qos: 1 });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await endClient(client);
+    } finally {
+      await gw.close();
+      await broker.close();
+    }
+  });
+
+  it('close() answers waiting requests with LW_GW_CLOSED and refuses new ones', async () => {
+    const gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { embedded: true },
+      healthCheck: { intervalMs: 50 },
+      overload: { maxEventLoopDelayMs: 1000 },
+      saturation: { maxInFlightPerBackend: 1, queueTimeoutMs: 10_000 },
+    });
+    await gw.lb.ready();
+    const first = send(`${gw.url}/hold`);
+    while (held.length < 1) await new Promise((r) => setTimeout(r, 5));
+    const waiting = send(`${gw.url}/queued`);
+    while (gw.lb.balancer.snapshot().saturationQueueLength < 1)
+      await new Promise((r) => setTimeout(r, 5));
+    await gw.lb.close();
+    const w = await waiting;
+    expect(w.status).toBe(503);
+    expect(w.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+    const after = await send(`${gw.url}/`);
+    expect(after.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+    held.shift()!.end('late');
+    // The in-flight request was cut when its backend pool was destroyed: a
+    // coded error or a cut connection, never a hang.
+    await first.then(
+      (r) => expect([200, 502, 503]).toContain(r.status),
+      (err: Error) => expect(err.message).toMatch(/socket hang up|ECONNRESET/),
+    );
+    await gw.close();
+    await expect(gw.lb.close()).resolves.toBeUndefined();
+  });
+});
