@@ -78,6 +78,8 @@ export class Balancer {
       now: o.now,
       ...o.strategyOptions,
     });
+    // Checked before anything that holds a timer or socket is created.
+    resolveLoadOptions(o.load);
     this.decoder = this.makeDecoder();
     this.registry = new Registry(
       this.strategy,
