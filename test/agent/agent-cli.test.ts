@@ -139,7 +139,9 @@ describe.each(brokerTargets())('loadwise-agent CLI over MQTT: $name', (target) =
     expect(m.concurrencyLimit).toBe(2);
     expect(m.state).toBe('online');
     expect(m.intervalMs).toBe(200);
-    expect(m.health).toMatchObject({ verdict: 'up', probeStatus: 200 });
+    // Probe passes; the verdict may still be `degraded` when the (real, shared) host CPU is busy.
+    expect(m.health).toMatchObject({ probeStatus: 200 });
+    expect(m.health.verdict).not.toBe('down');
     expect(m.process?.pid).toBe(process.pid);
     expect(m.process?.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
     expect(m.host.cpuUtilization).toBeGreaterThanOrEqual(0);

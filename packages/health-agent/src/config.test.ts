@@ -1,0 +1,157 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AgentError } from './errors';
+import { CLI_OPTIONS, camel, envName, mergeSources, toAgentOptions } from './config';
+import { resolveAgentOptions } from './options';
+
+describe('config sources', () => {
+  let dir: string;
+  beforeAll(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'lw-config-'))));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, text: string): string => {
+    const p = path.join(dir, name);
+    writeFileSync(p, text);
+    return p;
+  };
+  const codeOf = (fn: () => unknown): { code: string; message: string } => {
+    try {
+      fn();
+    } catch (err) {
+      expect(err).toBeInstanceOf(AgentError);
+      return err as AgentError;
+    }
+    throw new Error('did not throw');
+  };
+
+  it('names every option the same way across flag, env var and config key', () => {
+    expect(camel('backend-id')).toBe('backendId');
+    expect(envName('backend-id')).toBe('LOADWISE_BACKEND_ID');
+    expect(new Set(CLI_OPTIONS.map((o) => o.flag)).size).toBe(CLI_OPTIONS.length);
+    for (const o of CLI_OPTIONS) expect(o.help.length).toBeGreaterThan(10);
+  });
+
+  it('takes flag over environment over config file', () => {
+    const config = file(
+      'a.json',
+      JSON.stringify({ backendId: 'from-file', intervalMs: 3000, prefix: 'file' }),
+    );
+    const env = { LOADWISE_INTERVAL_MS: '4000', LOADWISE_PREFIX: 'env' };
+    expect(mergeSources({ config }, {})).toMatchObject({
+      backendId: 'from-file',
+      intervalMs: 3000,
+      prefix: 'file',
+    });
+    expect(mergeSources({ config }, env)).toMatchObject({ intervalMs: 4000, prefix: 'env' });
+    expect(mergeSources({ config, 'interval-ms': '5000' }, env)).toMatchObject({
+      backendId: 'from-file',
+      intervalMs: 5000,
+    });
+    expect(mergeSources({}, { LOADWISE_CONFIG: config })).toMatchObject({ backendId: 'from-file' });
+  });
+
+  it('fails with one message naming the option', () => {
+    expect(codeOf(() => mergeSources({ 'interval-ms': '1s' }, {})).message).toBe(
+      'LW_AGENT_INVALID_OPTION: --interval-ms: must be an integer (from --interval-ms, got "1s")',
+    );
+    expect(codeOf(() => mergeSources({}, { LOADWISE_CPU_THRESHOLD: 'high' })).message).toContain(
+      '--cpu-threshold: must be a number (from LOADWISE_CPU_THRESHOLD',
+    );
+    const bad = file('bad.json', '{"backendId": "x", "intervalMS": 5}');
+    expect(codeOf(() => mergeSources({ config: bad }, {}))).toMatchObject({
+      code: 'LW_AGENT_CONFIG_FILE',
+    });
+    expect(codeOf(() => mergeSources({ config: file('arr.json', '[1]') }, {}))).toMatchObject({
+      code: 'LW_AGENT_CONFIG_FILE',
+    });
+    expect(
+      codeOf(() => mergeSources({ config: path.join(dir, 'missing.json') }, {})),
+    ).toMatchObject({
+      code: 'LW_AGENT_CONFIG_FILE',
+    });
+  });
+
+  it('maps raw config to library options and checks combinations', () => {
+    const raw = mergeSources(
+      {
+        'backend-id': 'b1',
+        broker: 'mqtts://broker:8883',
+        'tracker-url': 'http://127.0.0.1:3000/stats',
+        'probe-url': 'http://127.0.0.1:3000/healthz',
+        'probe-expect-status': '200,204',
+        'service-pid': '42',
+        'cpu-threshold': '0.8',
+        'no-cgroup': true,
+      },
+      { LOADWISE_PASSWORD: 's3cret', LOADWISE_USERNAME: 'agent' },
+    );
+    const o = toAgentOptions(raw, { requireBroker: true });
+    expect(o).toMatchObject({
+      backendId: 'b1',
+      broker: { url: 'mqtts://broker:8883', username: 'agent', password: 's3cret' },
+      queue: { source: 'tracker', url: 'http://127.0.0.1:3000/stats' },
+      probe: { url: 'http://127.0.0.1:3000/healthz', expectStatus: [200, 204] },
+      service: { pid: 42 },
+      thresholds: { cpuUtilization: 0.8 },
+      cgroup: false,
+    });
+    expect(resolveAgentOptions(o).queue).toMatchObject({ source: 'tracker', timeoutMs: 500 });
+
+    expect(codeOf(() => toAgentOptions({}, { requireBroker: false })).message).toContain(
+      '--backend-id: is required',
+    );
+    expect(
+      codeOf(() => toAgentOptions({ backendId: 'x' }, { requireBroker: true })).message,
+    ).toContain('--broker: is required');
+    expect(
+      codeOf(() =>
+        toAgentOptions(
+          { backendId: 'x', trackerUrl: 'http://a/', kernelPort: 80 },
+          { requireBroker: false },
+        ),
+      ).message,
+    ).toContain('choose one queue source');
+    expect(
+      codeOf(() =>
+        toAgentOptions({ backendId: 'x', prometheusUrl: 'http://a/' }, { requireBroker: false }),
+      ).message,
+    ).toContain('--prometheus-gauge');
+    expect(
+      codeOf(() =>
+        toAgentOptions(
+          { backendId: 'x', broker: 'mqtt://a', tlsCa: '/nonexistent/ca.pem' },
+          { requireBroker: true },
+        ),
+      ),
+    ).toMatchObject({ code: 'LW_AGENT_KEY_FILE' });
+  });
+
+  it('loads a signing key file and picks a key by id', () => {
+    const keys = file(
+      'keys',
+      `# rotation\nold ${Buffer.alloc(32, 1).toString('base64')}\nnew hex:${'ab'.repeat(32)}\n`,
+    );
+    expect(
+      toAgentOptions({ backendId: 'x', keyFile: keys }, { requireBroker: false }).signingKey?.keyId,
+    ).toBe('old');
+    expect(
+      toAgentOptions({ backendId: 'x', keyFile: keys, keyId: 'new' }, { requireBroker: false })
+        .signingKey?.keyId,
+    ).toBe('new');
+    expect(
+      codeOf(() =>
+        toAgentOptions({ backendId: 'x', keyFile: keys, keyId: 'nope' }, { requireBroker: false }),
+      ).message,
+    ).toContain('--key-id');
+    expect(
+      codeOf(() =>
+        toAgentOptions(
+          { backendId: 'x', keyFile: file('short', 'k c2hvcnQ=\n') },
+          { requireBroker: false },
+        ),
+      ),
+    ).toMatchObject({
+      code: 'LW_AGENT_KEY_FILE',
+    });
+  });
+});

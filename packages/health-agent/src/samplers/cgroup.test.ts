@@ -1,0 +1,116 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CgroupSampler, parseCpuMax } from './cgroup';
+
+function fixture(files: Record<string, string>): string {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'lw-cgroup-'));
+  for (const [rel, text] of Object.entries(files)) {
+    mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
+    writeFileSync(path.join(root, rel), text);
+  }
+  return root;
+}
+
+describe('parseCpuMax', () => {
+  it.each([
+    ['max 100000\n', undefined],
+    ['200000 100000\n', 2],
+    ['50000 100000', 0.5],
+    ['', undefined],
+  ])('%j → %s cores', (text, cores) => {
+    expect(parseCpuMax(text)).toBe(cores);
+  });
+});
+
+describe('CgroupSampler', () => {
+  const roots: string[] = [];
+  afterAll(() => roots.forEach((r) => rmSync(r, { recursive: true, force: true })));
+
+  it('reads cgroup v2 limits and computes utilization against the quota', async () => {
+    const root = fixture({
+      'cgroup.controllers': 'cpu memory\n',
+      'cpu.max': '150000 100000\n',
+      'cpu.stat': 'usage_usec 1000000\nuser_usec 600000\nsystem_usec 400000\n',
+      'memory.max': '536870912\n',
+      'memory.current': '300000000\n',
+      'memory.stat': 'anon 200000000\ninactive_file 31564800\nactive_file 1000\n',
+    });
+    roots.push(root);
+    const procRoot = fixture({ 'self/cgroup': '0::/\n' });
+    roots.push(procRoot);
+    let t = 0;
+    const s = new CgroupSampler({ root, procRoot, now: () => t });
+    expect(await s.detect()).toBe(2);
+    const first = await s.sample();
+    expect(first).toEqual({
+      cpuLimitCores: 1.5,
+      memoryLimitBytes: 536870912,
+      memoryUsedBytes: 300000000 - 31564800,
+      memoryUtilization: (300000000 - 31564800) / 536870912,
+    });
+    // One second later, 0.75 s more CPU time used: half of a 1.5-core quota.
+    t = 1000;
+    writeFileSync(path.join(root, 'cpu.stat'), 'usage_usec 1750000\n');
+    expect((await s.sample())?.cpuUtilization).toBeCloseTo(0.5, 10);
+  });
+
+  it('reports no limit for "max" and follows a process into its own v2 cgroup', async () => {
+    const root = fixture({
+      'cgroup.controllers': 'cpu memory\n',
+      'cpu.max': 'max 100000\n',
+      'memory.max': 'max\n',
+      'memory.current': '1\n',
+      'app.slice/cpu.max': '100000 100000\n',
+      'app.slice/memory.max': '1000\n',
+      'app.slice/memory.current': '250\n',
+    });
+    roots.push(root);
+    const procRoot = fixture({ '4242/cgroup': '0::/app.slice\n', 'self/cgroup': '0::/\n' });
+    roots.push(procRoot);
+    const atRoot = await new CgroupSampler({ root, procRoot }).sample();
+    expect(atRoot).toEqual({ memoryUsedBytes: 1 });
+    const inApp = await new CgroupSampler({ root, procRoot, pid: () => 4242 }).sample();
+    expect(inApp).toMatchObject({
+      cpuLimitCores: 1,
+      memoryLimitBytes: 1000,
+      memoryUsedBytes: 250,
+      memoryUtilization: 0.25,
+    });
+  });
+
+  it('falls back to cgroup v1 files and treats the huge default as unlimited', async () => {
+    const root = fixture({
+      'cpu/cpu.cfs_quota_us': '-1\n',
+      'cpu/cpu.cfs_period_us': '100000\n',
+      'cpuacct/cpuacct.usage': '5000000000\n',
+      'memory/memory.limit_in_bytes': '9223372036854771712\n',
+      'memory/memory.usage_in_bytes': '400000000\n',
+      'memory/memory.stat': 'cache 1\ntotal_inactive_file 100000000\n',
+    });
+    roots.push(root);
+    const s = new CgroupSampler({ root, procRoot: root });
+    expect(await s.detect()).toBe(1);
+    expect(await s.sample()).toEqual({ memoryUsedBytes: 300000000 });
+
+    writeFileSync(path.join(root, 'cpu/cpu.cfs_quota_us'), '200000\n');
+    writeFileSync(path.join(root, 'memory/memory.limit_in_bytes'), '1000000000\n');
+    let t = 0;
+    const limited = new CgroupSampler({ root, procRoot: root, now: () => t });
+    await limited.sample();
+    t = 2000;
+    writeFileSync(path.join(root, 'cpuacct/cpuacct.usage'), String(5e9 + 2e9)); // 2 s of CPU in 2 s = 1 of 2 cores
+    expect(await limited.sample()).toMatchObject({
+      cpuLimitCores: 2,
+      cpuUtilization: 0.5,
+      memoryLimitBytes: 1e9,
+      memoryUtilization: 0.3,
+    });
+  });
+
+  it('returns undefined without a cgroup filesystem', async () => {
+    const root = fixture({ 'unrelated.txt': '' });
+    roots.push(root);
+    expect(await new CgroupSampler({ root, procRoot: root }).sample()).toBeUndefined();
+  });
+});

@@ -1,0 +1,61 @@
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ProcessSampler, parseProcPidStat, parseVmRssBytes, readPidFile } from './process';
+import { AgentError } from '../errors';
+
+const STAT = (utime: number, stime: number): string =>
+  `1234 (my (weird) app) S 1 1234 1234 0 -1 4194560 1000 0 0 0 ${utime} ${stime} 0 0 20 0 11 0 5000 1000000 2500 18446744073709551615\n`;
+
+describe('process sampler', () => {
+  const dirs: string[] = [];
+  const tmp = (): string => {
+    const d = mkdtempSync(path.join(os.tmpdir(), 'lw-proc-'));
+    dirs.push(d);
+    return d;
+  };
+  afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+  it('parses utime + stime after a comm with spaces and parentheses', () => {
+    expect(parseProcPidStat(STAT(300, 50))).toBe(350);
+    expect(parseVmRssBytes('Name:\tx\nVmRSS:\t   2048 kB\n')).toBe(2048 * 1024);
+    expect(parseVmRssBytes('Name:\tx\n')).toBeUndefined();
+  });
+
+  it('computes CPU cores from tick deltas over wall time', async () => {
+    const root = tmp();
+    mkdirSync(path.join(root, '1234'));
+    writeFileSync(path.join(root, '1234/stat'), STAT(100, 0));
+    writeFileSync(path.join(root, '1234/status'), 'VmRSS:\t 51200 kB\n');
+    let t = 0;
+    const s = new ProcessSampler({ pid: 1234, procRoot: root, now: () => t });
+    expect(await s.sample()).toEqual({
+      ok: true,
+      metrics: { pid: 1234, cpuCores: 0, rssBytes: 51200 * 1024 },
+    });
+    t = 2000;
+    writeFileSync(path.join(root, '1234/stat'), STAT(350, 50)); // 300 ticks = 3 s of CPU in 2 s
+    const r = await s.sample();
+    expect(r.ok && r.metrics.cpuCores).toBeCloseTo(1.5, 10);
+  });
+
+  it('re-reads the PID file and reports a missing process', async () => {
+    const root = tmp();
+    const pidFile = path.join(root, 'svc.pid');
+    writeFileSync(pidFile, `${process.pid}\n`);
+    const s = new ProcessSampler({ pidFile, procRoot: '/proc' });
+    const live = await s.sample();
+    expect(live.ok && live.metrics.pid).toBe(process.pid);
+    expect(live.ok && live.metrics.rssBytes).toBeGreaterThan(0);
+    writeFileSync(pidFile, '999999999\n');
+    expect(await s.sample()).toEqual({ ok: false, reason: 'process 999999999 is not running' });
+    writeFileSync(pidFile, 'not a pid\n');
+    const bad = await s.sample();
+    expect(bad.ok).toBe(false);
+    expect(!bad.ok && bad.reason).toContain('LW_AGENT_PID_FILE');
+  });
+
+  it('readPidFile throws a coded error', async () => {
+    await expect(readPidFile('/nonexistent/x.pid')).rejects.toBeInstanceOf(AgentError);
+  });
+});

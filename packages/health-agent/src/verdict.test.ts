@@ -1,0 +1,99 @@
+import { DEFAULT_THRESHOLDS, healthVerdict } from './verdict';
+
+const host = (cpu: number, mem: number) => ({
+  cpuUtilization: cpu,
+  memoryUtilization: mem,
+  memoryAvailableBytes: 1,
+});
+
+describe('healthVerdict', () => {
+  it.each([
+    ['all fine', { host: host(0.2, 0.3) }, undefined, [], undefined, 'up', undefined],
+    [
+      'host CPU at the threshold',
+      { host: host(0.9, 0.3) },
+      undefined,
+      [],
+      undefined,
+      'degraded',
+      'host CPU 90%',
+    ],
+    [
+      'host memory',
+      { host: host(0.1, 0.95) },
+      undefined,
+      [],
+      undefined,
+      'degraded',
+      'host memory 95%',
+    ],
+    [
+      'cgroup memory',
+      { host: host(0.1, 0.1), cgroup: { memoryUtilization: 0.92 } },
+      undefined,
+      [],
+      undefined,
+      'degraded',
+      'cgroup memory 92%',
+    ],
+    [
+      'queue full',
+      { host: host(0.1, 0.1), queue: { queued: 8, source: {} } },
+      undefined,
+      [],
+      8,
+      'degraded',
+      'request queue full (8)',
+    ],
+    [
+      'queue not full',
+      { host: host(0.1, 0.1), queue: { queued: 7, source: {} } },
+      undefined,
+      [],
+      8,
+      'up',
+      undefined,
+    ],
+    [
+      'probe fails',
+      { host: host(0.99, 0.99) },
+      { ok: false, status: 500, latencyMs: 3, reason: 'probe answered 500' },
+      [],
+      undefined,
+      'down',
+      'probe answered 500',
+    ],
+    [
+      'process gone',
+      { host: host(0.1, 0.1) },
+      { ok: true, status: 200 },
+      ['process 7 is not running'],
+      undefined,
+      'down',
+      'process 7 is not running',
+    ],
+  ] as const)('%s', (_name, m, probe, down, maxQueue, verdict, reason) => {
+    const r = healthVerdict(m, DEFAULT_THRESHOLDS, probe, down, maxQueue);
+    expect(r.verdict).toBe(verdict);
+    expect(r.reason).toBe(reason);
+  });
+
+  it('carries probe status and latency, and cuts reasons to 200 characters', () => {
+    const r = healthVerdict(
+      { host: host(0, 0) },
+      DEFAULT_THRESHOLDS,
+      { ok: true, status: 204, latencyMs: 1.5 },
+      [],
+      undefined,
+    );
+    expect(r).toEqual({ verdict: 'up', probeStatus: 204, probeLatencyMs: 1.5 });
+    const long = healthVerdict(
+      { host: host(0, 0) },
+      DEFAULT_THRESHOLDS,
+      undefined,
+      ['x'.repeat(500)],
+      undefined,
+    );
+    expect(long.reason).toHaveLength(200);
+  });
+});

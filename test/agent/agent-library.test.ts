@@ -1,0 +1,217 @@
+import net from 'node:net';
+import express from 'express';
+import type { MqttClient } from 'mqtt';
+import { subscriptionFilter, topicFor, type MetricsReport } from '@loadwise/protocol';
+import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
+import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
+import { clearRetained, connectClient, endClient, uniquePrefix } from '../kit/brokers';
+import { fire, listen, until, type Listening } from '../kit/agent-http';
+import { inbox } from '../kit/agent-cli';
+
+/** createAgent() embedded in the app's own process: every queue source against real servers. */
+describe('createAgent (library, in-process)', () => {
+  const agents: Agent[] = [];
+  const servers: Listening[] = [];
+  afterEach(async () => {
+    await Promise.all(agents.splice(0).map((a) => a.stop({ graceMs: 0 })));
+    await Promise.all(servers.splice(0).map((s) => s.close()));
+  });
+
+  it('reads an in-process tracker, the probe and thresholds into one sample', async () => {
+    const tracker = trackRequests({ concurrencyLimit: 1, maxQueue: 2, bypassPaths: ['/healthz'] });
+    const parked: Array<() => void> = [];
+    const app = express();
+    app.use(tracker);
+    app.get('/healthz', (_req, res) => {
+      res.send('ok');
+    });
+    app.get('/work', (_req, res) => {
+      parked.push(() => res.send('done'));
+    });
+    const server = await listen(app);
+    servers.push(server);
+    const reqs = [
+      fire(`${server.url}/work`),
+      fire(`${server.url}/work`),
+      fire(`${server.url}/work`),
+    ];
+    await until(() => tracker.snapshot().queued === 2);
+
+    const agent = createAgent({
+      backendId: 'lib-1',
+      queue: { source: 'tracker', tracker },
+      probe: { url: `${server.url}/healthz`, expectStatus: [200] },
+      service: { pid: process.pid },
+      cgroup: false,
+    });
+    agents.push(agent);
+    const s = await agent.sample();
+    expect(s.queue).toEqual({
+      inFlight: 1,
+      queued: 2,
+      source: { inFlight: 'tracker', queued: 'tracker' },
+    });
+    expect(s.concurrencyLimit).toBe(1);
+    // The queue is at its maxQueue bound: degraded, not down.
+    expect(s.health).toMatchObject({ verdict: 'degraded', probeStatus: 200 });
+    expect(s.health.reason).toContain('request queue full (2)'); // (host CPU may be high too: it is real)
+    expect(s.traffic).toMatchObject({ rps: 0, errorRate: 0 });
+    expect(s.traffic?.latencyP50Ms).toBeUndefined(); // nothing completed yet: no latency, rather than 0
+    expect(s.process?.pid).toBe(process.pid);
+
+    while (parked.length > 0 || tracker.snapshot().inFlight > 0) {
+      parked.splice(0).forEach((f) => f());
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await Promise.all(reqs.map((r) => r.done));
+    const after = await agent.sample();
+    expect(after.queue).toMatchObject({ inFlight: 0, queued: 0 });
+    // No longer queue-full (the host itself may be busy with other tests: CPU is real here).
+    expect(after.health.verdict).not.toBe('down');
+    expect(after.health.reason ?? '').not.toMatch(/queue/);
+    expect(after.traffic?.latencyP50Ms).toBeGreaterThan(0);
+  });
+
+  it('reports down when the probe fails, and degraded past a memory threshold', async () => {
+    const sick = await listen((_req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    servers.push(sick);
+    const down = createAgent({
+      backendId: 'lib-2',
+      probe: { url: `${sick.url}/healthz`, timeoutMs: 1000 },
+      cgroup: false,
+    });
+    agents.push(down);
+    expect((await down.sample()).health).toMatchObject({
+      verdict: 'down',
+      reason: 'probe answered 503',
+      probeStatus: 503,
+    });
+
+    const closed = await listen(() => undefined);
+    const deadUrl = `${closed.url}/healthz`;
+    await closed.close();
+    const refused = createAgent({ backendId: 'lib-3', probe: { url: deadUrl }, cgroup: false });
+    agents.push(refused);
+    expect((await refused.sample()).health).toMatchObject({ verdict: 'down' });
+    expect((await refused.sample()).health.reason).toMatch(/^probe failed: .*ECONNREFUSED/);
+
+    // Any real host uses more than 0.1% of its memory.
+    const tight = createAgent({
+      backendId: 'lib-4',
+      thresholds: { memoryUtilization: 0.001 },
+      cgroup: false,
+    });
+    agents.push(tight);
+    expect((await tight.sample()).health).toMatchObject({ verdict: 'degraded' });
+    expect((await tight.sample()).health.reason).toMatch(/^host memory \d+%/);
+  });
+
+  it('reads established connections of a port from the kernel (zero-code source)', async () => {
+    const server = net.createServer((s) => s.on('error', () => undefined));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const { port } = server.address() as net.AddressInfo;
+    const sockets: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 4; i++) {
+        const s = net.connect(port, '127.0.0.1');
+        sockets.push(s);
+        await new Promise((r) => s.once('connect', r));
+      }
+      const agent = createAgent({
+        backendId: 'lib-5',
+        queue: { source: 'kernel', port },
+        cgroup: false,
+      });
+      agents.push(agent);
+      expect((await agent.sample()).queue).toMatchObject({
+        openConnections: 4,
+        source: { openConnections: 'kernel' },
+      });
+    } finally {
+      sockets.forEach((s) => s.destroy());
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('reads a gauge from a Prometheus endpoint, and warns (without failing the sample) when it is gone', async () => {
+    const prom = await listen((_req, res) => {
+      res.setHeader('content-type', 'text/plain; version=0.0.4');
+      res.end('# TYPE app_waiting gauge\napp_waiting{pool="a"} 3\napp_waiting{pool="b"} 2\n');
+    });
+    servers.push(prom);
+    const agent = createAgent({
+      backendId: 'lib-6',
+      queue: { source: 'prometheus', url: `${prom.url}/metrics`, gauge: 'app_waiting' },
+      cgroup: false,
+    });
+    agents.push(agent);
+    expect((await agent.sample()).queue).toEqual({ queued: 5, source: { queued: 'prometheus' } });
+
+    const warnings: string[] = [];
+    agent.on('warning', (w) => warnings.push(w));
+    const missing = createAgent({
+      backendId: 'lib-7',
+      queue: { source: 'prometheus', url: `${prom.url}/metrics`, gauge: 'absent_gauge' },
+      cgroup: false,
+    });
+    agents.push(missing);
+    missing.on('warning', (w) => warnings.push(w));
+    const s = await missing.sample();
+    expect(s.queue).toBeUndefined();
+    expect(s.health.verdict).toBe('up');
+    expect(warnings).toEqual([expect.stringContaining('gauge absent_gauge not found')]);
+  });
+
+  describe('publishing', () => {
+    let broker: EmbeddedBroker;
+    let sub: MqttClient;
+    beforeAll(async () => {
+      broker = await startEmbeddedBroker();
+      sub = await connectClient(broker.url);
+    });
+    afterAll(async () => {
+      await endClient(sub, true);
+      await broker.close();
+    });
+
+    it('signs every message with the key, emits typed events, and stops with draining then offline', async () => {
+      const prefix = uniquePrefix('agent-signed');
+      const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+      const box = inbox(sub, prefix, [key]);
+      await sub.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
+      const agent = createAgent({
+        backendId: 'lib-8',
+        broker: { url: broker.url },
+        prefix,
+        intervalMs: 100,
+        signingKey: key,
+        cgroup: false,
+      });
+      agents.push(agent);
+      const states: string[] = [];
+      agent.on('state', (s) => states.push(s));
+      const connected = new Promise<void>((r) => agent.once('connect', r));
+      await agent.start();
+      await connected;
+      const m = await box.waitFor((r) => r.message.kind === 'metrics', 5000, 'signed metrics');
+      expect((m.message as MetricsReport).intervalMs).toBe(100);
+      await agent.stop({ graceMs: 150 });
+      await box.waitFor(
+        (r) => r.message.kind === 'status' && r.message.state === 'offline',
+        3000,
+        'offline',
+      );
+      expect(box.rejected).toEqual([]); // every message verified against the key
+      expect(states).toEqual(['draining', 'offline']);
+      const metricsStates = box.received
+        .filter((r) => r.message.kind === 'metrics')
+        .map((r) => (r.message as MetricsReport).state);
+      expect(metricsStates).toContain('draining'); // kept reporting through the grace period
+      expect(agent.stats.published).toBeGreaterThan(0);
+      await clearRetained(sub, [topicFor(prefix, 'lib-8', 'status')]);
+    });
+  });
+});

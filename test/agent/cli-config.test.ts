@@ -1,0 +1,69 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CLI_OPTIONS, envName } from '../../packages/health-agent/src/config';
+import { spawnAgent } from '../kit/agent-cli';
+
+describe('loadwise-agent CLI interface', () => {
+  let dir: string;
+  beforeAll(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'lw-cli-'))));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('--help explains every option with its env var', async () => {
+    const p = spawnAgent(['--help']);
+    expect(await p.exited).toBe(0);
+    for (const o of CLI_OPTIONS) {
+      expect(p.stdout()).toContain(`--${o.flag}`);
+      expect(p.stdout()).toContain(envName(o.flag));
+    }
+    expect(p.stdout()).toContain('SIGUSR2');
+  });
+
+  it.each([
+    [
+      ['--backend-id', 'b', '--broker', 'mqtt://127.0.0.1:1', '--interval-ms', '50'],
+      '--interval-ms',
+    ],
+    [['--backend-id', 'b', '--broker', 'http://x'], '--broker'],
+    [['--broker', 'mqtt://127.0.0.1:1'], '--backend-id'],
+    [['--backend-id', 'b', '--once', '--probe-url', 'healthz'], '--probe-url'],
+    [['--backend-id', 'b', '--once', '--bogus'], "'--bogus'"],
+  ])('fails at start with exit 2 and one line naming the option: %j', async (args, name) => {
+    const p = spawnAgent(args);
+    expect(await p.exited).toBe(2);
+    const lines = p.stderr().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^loadwise-agent: LW_AGENT_INVALID_OPTION: /);
+    expect(lines[0]).toContain(name);
+  });
+
+  it('--once prints one sample as JSON without a broker, configured from file and env', async () => {
+    const config = path.join(dir, 'agent.json');
+    writeFileSync(
+      config,
+      JSON.stringify({ backendId: 'from-file', intervalMs: 3000, noCgroup: true }),
+    );
+    const p = spawnAgent(['--once', '--config', config, '--service-pid', String(process.pid)], {
+      LOADWISE_INTERVAL_MS: '200',
+    });
+    expect(await p.exited).toBe(0);
+    const sample = JSON.parse(p.stdout());
+    expect(sample).toMatchObject({
+      v: 1,
+      kind: 'metrics',
+      backendId: 'from-file',
+      intervalMs: 200,
+      state: 'online',
+      process: { pid: process.pid },
+      health: { verdict: expect.stringMatching(/^(up|degraded)$/) },
+    });
+    expect(sample.host.memoryAvailableBytes).toBeGreaterThan(0);
+    expect(sample.cgroup).toBeUndefined();
+  });
+
+  it('`drain` without a target fails clearly', async () => {
+    const p = spawnAgent(['drain']);
+    expect(await p.exited).toBe(2);
+    expect(p.stderr()).toContain('--pid-file');
+  });
+});
