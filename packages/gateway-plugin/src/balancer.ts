@@ -87,6 +87,12 @@ export class Balancer {
       o.outlier.panicThresholdPercent,
       o.now,
     );
+    // A backend came back (restored, checked up, agent online): waiting
+    // requests may go now. A microtask, so a recompute in the middle of one
+    // request's failure handling does not start others inside it.
+    this.registry.onEligibleChange = () => {
+      if (this.queue.length > 0) queueMicrotask(() => this.drainQueue());
+    };
     this.outlier = new OutlierDetector(o.outlier, this.registry, this.events, o.now);
     this.events.on('backend-ejected', ({ id }) => this.metrics.onEjection(id));
     this.checker =

@@ -17,7 +17,8 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
   const remote = req.socket.remoteAddress ?? '';
   const encrypted = (req.socket as TLSSocket).encrypted === true;
   const host = h.host ?? '';
-  const port = /:(\d+)$/.exec(host)?.[1] ?? (encrypted ? '443' : '80');
+  // The port the client actually connected to, not one claimed in Host.
+  const port = String(req.socket.localPort ?? (encrypted ? 443 : 80));
   if (trust) {
     h['x-forwarded-for'] = h['x-forwarded-for'] ? `${h['x-forwarded-for']}, ${remote}` : remote;
     h['x-forwarded-proto'] ??= encrypted ? 'https' : 'http';

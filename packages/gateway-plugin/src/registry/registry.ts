@@ -24,6 +24,8 @@ export class Registry {
   /** What the strategy currently picks from. Replaced, never mutated. */
   eligible: readonly Backend[] = [];
   panic = false;
+  /** Called after the eligible set changed (the balancer lets waiting requests retry). */
+  onEligibleChange: (() => void) | undefined;
 
   constructor(
     private readonly strategy: Strategy,
@@ -102,6 +104,7 @@ export class Registry {
       this.strategy.setEndpoints(next.map((b) => b.endpoint));
     }
     for (const b of this.backends.values()) this.announce(b);
+    if (changed) this.onEligibleChange?.();
   }
 
   /** Emits the event of a backend's condition change, once per transition. */
