@@ -7,7 +7,8 @@ describe('docs/gateway.md error catalogue', () => {
   const doc = readFileSync(join(__dirname, '../../../docs/gateway.md'), 'utf8');
   const section = doc.slice(doc.indexOf('## Errors'));
   const rows = new Map<string, string>();
-  for (const m of section.matchAll(/^\| `(LW_GW_[A-Z_]+)` \|(?: ([-0-9]+) \|)?/gm)) {
+  // Tolerates prettier's column padding.
+  for (const m of section.matchAll(/^\| `(LW_GW_[A-Z_]+)` +\|(?: +([-0-9]+) +\|)?/gm)) {
     rows.set(m[1]!, m[2] ?? 'drop');
   }
 
