@@ -4,9 +4,9 @@
  * `loadwise-agent` CLI, publishing to an embedded broker, reading a real
  * tracker endpoint, probing a health URL and watching a process.
  *
- *   npm run bench:agent -- [--duration-s 60] [--runs 3] [--warmup-s 5] [--sources proc,systeminformation]
+ *   npm run bench:agent -- [--duration-s 60] [--runs 3] [--warmup-s 5] [--variants proc,systeminformation,proc-cron]
  *
- * Each run starts one agent per host source at the same time (they measure
+ * Each run starts one agent per variant at the same time (they measure
  * only their own process, so running them side by side halves the wall time),
  * and the figures are the medians over the runs. Results go to stdout and to
  * bench/agent-cost/results.json.
@@ -26,6 +26,16 @@ const ROOT = path.resolve(__dirname, '../../..');
 const CLI = path.join(ROOT, 'packages/health-agent/dist/cli.js');
 const CLOCK_TICKS_PER_S = 100;
 const STATS_PATH = '/.well-known/loadwise/stats';
+
+/** What each measured agent runs with, on top of the common flags. */
+const VARIANTS: Record<string, string[]> = {
+  // the default: /proc readers, interval timer
+  proc: ['--host-source', 'proc'],
+  // the issue's named library for host CPU/memory
+  systeminformation: ['--host-source', 'systeminformation'],
+  // the same 1 Hz schedule through node-cron instead of the interval timer
+  'proc-cron': ['--host-source', 'proc', '--cron', '* * * * * *'],
+};
 
 interface Reading {
   cpuTicks: number;
@@ -53,6 +63,7 @@ const median = (xs: number[]): number => {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface RunResult {
+  /** The variant name. */
   source: string;
   cpuPercentOfOneCore: number;
   rssMaxMB: number;
@@ -67,13 +78,16 @@ async function main(): Promise<void> {
       'duration-s': { type: 'string', default: '60' },
       'warmup-s': { type: 'string', default: '5' },
       runs: { type: 'string', default: '3' },
-      sources: { type: 'string', default: 'proc,systeminformation' },
+      variants: { type: 'string', default: 'proc,systeminformation,proc-cron' },
     },
   });
   const durationS = Number(values['duration-s']);
   const warmupS = Number(values['warmup-s']);
   const runs = Number(values.runs);
-  const sources = values.sources!.split(',');
+  const sources = values.variants!.split(',');
+  for (const v of sources)
+    if (!VARIANTS[v])
+      throw new Error(`unknown variant ${v}; one of ${Object.keys(VARIANTS).join(', ')}`);
 
   // The backend the agent watches: a tracked Express app with light, steady traffic.
   const tracker = trackRequests({
@@ -124,8 +138,7 @@ async function main(): Promise<void> {
             'bench-agent',
             '--interval-ms',
             '1000',
-            '--host-source',
-            source,
+            ...VARIANTS[source]!,
             '--tracker-url',
             `${backendUrl}${STATS_PATH}`,
             '--probe-url',

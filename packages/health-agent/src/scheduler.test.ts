@@ -1,24 +1,10 @@
-import { createScheduler, cronExpressionForInterval } from './scheduler';
-
-describe('cronExpressionForInterval', () => {
-  it.each([
-    [1000, '* * * * * *'],
-    [5000, '*/5 * * * * *'],
-    [30000, '*/30 * * * * *'],
-    [500, undefined],
-    [7000, undefined],
-    [1500, undefined],
-    [120000, undefined],
-  ])('%i ms → %s', (ms, expr) => {
-    expect(cronExpressionForInterval(ms)).toBe(expr);
-  });
-});
+import { createScheduler } from './scheduler';
 
 describe('createScheduler', () => {
   beforeEach(() => jest.useFakeTimers({ now: new Date('2026-01-01T00:00:00.000Z') }));
   afterEach(() => jest.useRealTimers());
 
-  it('fires on interval instants plus the per-agent offset, on a timer when cron cannot express it', async () => {
+  it('fires on interval instants plus the per-agent offset, on a timer', async () => {
     const at: number[] = [];
     const s = createScheduler({
       intervalMs: 500,
@@ -59,10 +45,10 @@ describe('createScheduler', () => {
     expect(skipped).toBeGreaterThanOrEqual(ticks); // two of every three instants are skipped
   });
 
-  it('uses node-cron for whole-second intervals and delays each run by the offset', async () => {
+  it('runs a cron expression with node-cron and delays each run by the offset', async () => {
     const at: number[] = [];
     const s = createScheduler({
-      intervalMs: 2000,
+      cron: '*/2 * * * * *',
       offsetMs: 300,
       tick: async () => void at.push(Date.now() % 60_000),
     });
@@ -72,5 +58,34 @@ describe('createScheduler', () => {
     await jest.advanceTimersByTimeAsync(6500);
     s.stop();
     expect(at).toEqual([2300, 4300, 6300]);
+  });
+});
+
+describe('createScheduler with a timer that fires early', () => {
+  afterEach(() => jest.useRealTimers());
+
+  it('never runs the same instant twice when a timer fires a millisecond early by Date.now()', async () => {
+    jest.useFakeTimers({ now: 0 });
+    const realNow = Date.now.bind(Date);
+    // At each instant Date.now() reads 1 ms early (timers run on the monotonic
+    // clock, Date.now() on the wall clock, which NTP may slew).
+    const spy = jest
+      .spyOn(Date, 'now')
+      .mockImplementation(() => (realNow() % 1000 === 0 ? realNow() - 1 : realNow()));
+    const at: number[] = [];
+    let skipped = 0;
+    const s = createScheduler({
+      intervalMs: 1000,
+      offsetMs: 0,
+      tick: async () => void at.push(realNow()),
+      onSkip: () => skipped++,
+    });
+    s.start();
+    await jest.advanceTimersByTimeAsync(3500);
+    s.stop();
+    spy.mockRestore();
+    expect(skipped).toBe(0);
+    expect(at).toHaveLength(4);
+    for (let i = 1; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(999);
   });
 });

@@ -6,10 +6,13 @@ import cron, { type ScheduledTask } from 'node-cron';
  * once (a slow sample skips the next tick instead of piling up).
  *
  * - `cron`: a node-cron expression (seconds field allowed), e.g. '*\/5 * * * * *'.
- * - `intervalMs`: node-cron only resolves whole seconds and fires on wall-clock
- *   second boundaries, so an interval that is a whole number of seconds
- *   dividing 60 becomes '*\/N * * * * *'; any other interval (e.g. 500 ms or
- *   7 s) runs on a plain drift-free timer instead, which is also unref'd.
+ * - `intervalMs`: a plain unref'd timer firing at wall-clock instants
+ *   k × interval + offset (the same instants '*\/N * * * * *' would give).
+ *   node-cron only resolves whole seconds, so it cannot express 500 ms or
+ *   7 s; and starting a node-cron task initialises Intl.DateTimeFormat (it
+ *   matches every second's date in a time zone), which costs ~12 MB of RSS,
+ *   measured — a sixth of the agent's budget — for nothing an interval needs.
+ *   See docs/agent.md for the figures.
  *
  * node-cron's own `maxRandomDelay` draws a new delay on every run; a fixed
  * per-agent offset keeps the spacing between one agent's reports equal to the
@@ -31,17 +34,8 @@ export interface Scheduler {
   stop(): void;
 }
 
-export function cronExpressionForInterval(intervalMs: number): string | undefined {
-  if (intervalMs % 1000 !== 0) return undefined;
-  const s = intervalMs / 1000;
-  if (s < 1 || 60 % s !== 0) return undefined;
-  return s === 1 ? '* * * * * *' : `*/${s} * * * * *`;
-}
-
 export function createScheduler(opts: SchedulerOptions): Scheduler {
-  const expression =
-    opts.cron ??
-    (opts.intervalMs !== undefined ? cronExpressionForInterval(opts.intervalMs) : undefined);
+  const expression = opts.cron;
   let running = false;
   let stopped = true;
   const pending = new Set<NodeJS.Timeout>();
@@ -100,15 +94,22 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       stopped = false;
       // Instants k × interval + offset on the wall clock, like cron, so the
       // offset spreads agents and the schedule does not drift with tick time.
+      // A timer may run a millisecond before its instant by Date.now() (timers
+      // use the monotonic clock): never schedule the same instant twice.
+      let lastInstant = -Infinity;
       const schedule = (): void => {
         if (stopped) return;
         const now = Date.now();
-        const next =
-          Math.floor((now - opts.offsetMs) / intervalMs + 1) * intervalMs + opts.offsetMs;
-        later(() => {
-          fire();
-          schedule();
-        }, next - now);
+        let next = Math.floor((now - opts.offsetMs) / intervalMs + 1) * intervalMs + opts.offsetMs;
+        if (next <= lastInstant) next = lastInstant + intervalMs;
+        lastInstant = next;
+        later(
+          () => {
+            fire();
+            schedule();
+          },
+          Math.max(0, next - now),
+        );
       };
       schedule();
     },
