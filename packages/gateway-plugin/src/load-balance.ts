@@ -59,7 +59,7 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     balancer: { value: balancer, enumerable: true },
     upgrade: {
       value: (req: IncomingMessage, socket: Socket, head: Buffer) =>
-        balancer.flow.upgrade(req, socket, head),
+        balancer.flow.upgrades.upgrade(req, socket, head),
     },
     ready: { value: () => balancer.ready() },
     close: { value: () => balancer.close() },

@@ -16,16 +16,15 @@ import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { GatewayErrorCode } from '../errors';
 import { sendError } from '../error-response';
-import type { ShedReason, UpstreamErrorKind } from '../observability';
+import type { ShedReason } from '../observability';
 import { formatDecisionHeader } from '../observability';
 import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import type { Balancer as BalancerCore } from '../balancer';
 import { affinityCookie, hashKeyOf } from './affinity';
 import { setForwardedHeaders } from './forwarded';
-
-export const TIMEOUT_CODE = 'LW_GW_UPSTREAM_TIMEOUT';
-export const CONNECT_TIMEOUT_CODE = 'LW_GW_CONNECT_TIMEOUT';
+import { UpgradeFlow } from './upgrade-flow';
+import { CONNECT_TIMEOUT_CODE, TIMEOUT_CODE, classify, codedError } from './upstream-errors';
 
 interface Flow {
   req: IncomingMessage;
@@ -53,21 +52,13 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
 }
 
-function classify(err: Error & { code?: string }): UpstreamErrorKind {
-  if (err.code === TIMEOUT_CODE || err.code === CONNECT_TIMEOUT_CODE) return 'timeout';
-  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') return 'reset';
-  return 'connect';
-}
-
-function codedError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
-}
-
 export class RequestFlow {
   private readonly flows = new WeakMap<IncomingMessage, Flow>();
-  private readonly upgrades = new WeakMap<IncomingMessage, { backend: Backend }>();
+  readonly upgrades: UpgradeFlow;
 
-  constructor(private readonly core: BalancerCore) {}
+  constructor(private readonly core: BalancerCore) {
+    this.upgrades = new UpgradeFlow(core);
+  }
 
   /** The middleware body. Never throws. */
   handle(req: IncomingMessage, res: ServerResponse): void {
@@ -232,30 +223,7 @@ export class RequestFlow {
 
   /** HPM's router: the target of the current attempt. */
   targetOf(req: IncomingMessage): string | undefined {
-    const flow = this.flows.get(req) ?? this.upgrades.get(req);
-    return flow?.backend?.target.href;
-  }
-
-  /** A WebSocket upgrade: picked like a request, proxied without retries. */
-  upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const c = this.core;
-    const refuse = (status: string): void => {
-      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-    };
-    if (c.closed || c.overload?.overloaded) return refuse('503 Service Unavailable');
-    setForwardedHeaders(req, c.options.trustForwarded);
-    let hashKey: string | undefined;
-    if (c.options.affinity)
-      hashKey = hashKeyOf(req, c.options.affinity, c.options.trustForwarded).key;
-    const nowMs = c.now();
-    const pick = c.registry.eligible.length > 0 ? c.strategy.pick({ nowMs, hashKey }) : undefined;
-    const backend = pick && c.registry.get(pick.endpoint.id);
-    if (!backend) return refuse('503 Service Unavailable');
-    this.upgrades.set(req, { backend });
-    c.metrics.onPick(backend.id, c.strategy.name);
-    c.traffic.record(backend.id, nowMs);
-    socket.on('error', () => socket.destroy());
-    c.engine.upgrade(backend, req, socket, head);
+    return this.flows.get(req)?.backend?.target.href ?? this.upgrades.targetOf(req);
   }
 
   onStart(req: IncomingMessage, target: unknown): void {
@@ -327,16 +295,7 @@ export class RequestFlow {
 
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void {
     const flow = this.flows.get(req);
-    if (!flow) {
-      // A WebSocket upgrade failed: there is no HTTP response to write.
-      const up = this.upgrades.get(req);
-      if (up) {
-        this.core.metrics.onError(up.backend.id, classify(err as Error & { code?: string }));
-        this.core.outlier.onFailure(up.backend);
-      }
-      if (!('setHeader' in res)) res.destroy();
-      return;
-    }
+    if (!flow) return this.upgrades.onError(err, req, res);
     if (flow.done || !flow.attemptOpen || !flow.backend) return;
     if (target !== undefined && target !== flow.target) return; // a previous attempt's late error
     const c = this.core;
