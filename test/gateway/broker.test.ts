@@ -106,6 +106,30 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     }
   });
 
+  it("uses the user's own mqtt client without ending it on close", async () => {
+    const prefix = uniquePrefix('gw');
+    const own = await connectClient(broker.url);
+    try {
+      gw = await startGateway({
+        backends: [{ id: 'a', url: a.url }],
+        broker: { client: own },
+        topicPrefix: prefix,
+      });
+      await gw.lb.ready();
+      const m = createEncoder({ backendId: 'a', prefix }).metrics(metricsBody);
+      // Published through the same client the gateway subscribed with.
+      while (!gw.lb.balancer.snapshot().backends[0]!.reportFresh) {
+        await own.publishAsync(m.topic, m.payload, { qos: 1 });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await gw.close();
+      gw = undefined;
+      expect(own.connected).toBe(true);
+    } finally {
+      await endClient(own);
+    }
+  });
+
   it('serves several gateways on one broker: both hear every report', async () => {
     const prefix = uniquePrefix('gw');
     const opts = { backends: [{ id: 'a', url: a.url }], broker: broker.url, topicPrefix: prefix };

@@ -100,8 +100,7 @@ export class ActiveChecker {
       backend.checkPasses++;
       if (backend.checkDown && backend.checkPasses >= this.config.healthyThreshold) {
         backend.checkDown = false;
-        backend.load.admit(this.now());
-        this.registry.recompute();
+        this.registry.recompute(); // re-entering the eligible set starts slow start
       }
     } else {
       backend.checkPasses = 0;

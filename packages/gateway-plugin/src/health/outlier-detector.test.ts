@@ -97,6 +97,24 @@ describe('OutlierDetector (Envoy consecutive failures)', () => {
     expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c']);
   });
 
+  it('starts slow start when the backend is eligible again, not when one reason ends', () => {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    for (let i = 0; i < 3; i++) d.onFailure(a);
+    a.checkDown = true; // the health check also failed meanwhile
+    f.registry.recompute();
+    jest.advanceTimersByTime(10_000); // ejection over, still down by the check
+    expect(eligibleIds(f.registry)).not.toContain('a');
+    jest.advanceTimersByTime(60_000); // longer than any ramp
+    a.checkDown = false;
+    f.registry.recompute();
+    expect(eligibleIds(f.registry)).toContain('a');
+    expect(a.load.slowStartFactor(Date.now())).toBeLessThan(1);
+    // The initial set never ramps.
+    expect(f.backends[1]!.load.slowStartFactor(Date.now())).toBe(1);
+  });
+
   it('panic never overrides draining', () => {
     f = fleet(['a', 'b'], 100);
     const [a, b] = f.backends as [(typeof f.backends)[0], (typeof f.backends)[0]];

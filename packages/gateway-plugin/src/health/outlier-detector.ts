@@ -7,7 +7,8 @@
  * maxEjectionMs (Envoy `base_ejection_time`, `max_ejection_time`). At most
  * maxEjectionPercent of the backends are ejected at once, but at least one may
  * be (Envoy ejects one host regardless of the percentage). When the ejection
- * expires the backend is re-admitted through slow start (`load.admit`).
+ * expires the backend is eligible again and ramps up through slow start
+ * (registry.ts starts the ramp when it re-enters the eligible set).
  *
  * Envoy decrements the times-ejected multiplier while a host stays healthy;
  * we reset it after a full maxEjectionMs without a new ejection, same intent.
@@ -87,7 +88,6 @@ export class OutlierDetector {
     backend.ejectedUntilMs = undefined;
     backend.consecutiveFailures = 0;
     this.lastEjectionEndMs.set(backend, this.now());
-    backend.load.admit(this.now());
-    this.registry.recompute();
+    this.registry.recompute(); // back in the eligible set: slow start begins there
   }
 }

@@ -44,6 +44,8 @@ export class Backend {
   ejectionsTotal = 0;
   ejectedUntilMs: number | undefined;
   ejectionTimer: NodeJS.Timeout | undefined;
+  /** Left the eligible set (or is new): re-entering it starts slow start. */
+  rampOnEntry = false;
   /** The condition last announced by an event, to emit only transitions. */
   condition: BackendCondition = 'up';
   /** Whether the last freshness sweep saw a fresh report (to emit metrics-stale once). */

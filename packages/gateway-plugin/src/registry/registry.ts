@@ -37,7 +37,9 @@ export class Registry {
   /** Adds a backend; `newcomer` starts slow start (a discovered one, not the initial set). */
   add(backend: Backend, newcomer: boolean): void {
     this.backends.set(backend.id, backend);
-    if (newcomer) backend.load.admit(this.now());
+    // A discovered backend ramps up when it first becomes eligible; the
+    // initial set does not (slow start among equals would change nothing).
+    backend.rampOnEntry = newcomer;
     this.recompute();
   }
 
@@ -66,15 +68,10 @@ export class Registry {
   }
 
   private applyStatus(backend: Backend, status: StatusMessage): void {
-    const before = backend.conditionNow();
     backend.agentState = status.state;
     // The Last Will says the agent died, not the service: keep routing on local
     // signals (HAProxy: an unreachable agent is not an error).
     backend.agentLost = status.state === 'offline' && status.will === true;
-    if (status.state !== 'offline' && before !== backend.conditionNow()) {
-      // An agent coming back re-admits its backend through slow start.
-      if (before === 'down' || before === 'draining') backend.load.admit(this.now());
-    }
     this.recompute();
   }
 
@@ -100,11 +97,31 @@ export class Registry {
     const changed =
       next.length !== this.eligible.length || next.some((b, i) => b !== this.eligible[i]);
     if (changed) {
+      this.rampNewcomers(this.eligible, next);
       this.eligible = next;
       this.strategy.setEndpoints(next.map((b) => b.endpoint));
     }
     for (const b of this.backends.values()) this.announce(b);
     if (changed) this.onEligibleChange?.();
+  }
+
+  /**
+   * Slow start (Envoy) begins when a backend re-enters the eligible set,
+   * whatever brought it back (ejection expired, check passed, agent online
+   * again, discovered): not when one reason for its absence ended while
+   * another still holds, or the ramp would be over before it serves again.
+   */
+  private rampNewcomers(before: readonly Backend[], after: readonly Backend[]): void {
+    const was = new Set(before);
+    const is = new Set(after);
+    for (const b of before) if (!is.has(b)) b.rampOnEntry = true;
+    const nowMs = this.now();
+    for (const b of after) {
+      if (!was.has(b) && b.rampOnEntry) {
+        b.rampOnEntry = false;
+        b.load.admit(nowMs);
+      }
+    }
   }
 
   /** Emits the event of a backend's condition change, once per transition. */
