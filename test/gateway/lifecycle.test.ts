@@ -6,9 +6,10 @@
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { createEncoder } from '@loadwise/protocol';
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
+import { connect } from 'node:net';
+import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
-import { send, startBackend, startGateway, type TestServer } from './kit';
+import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
 
 describe('lifecycle', () => {
   let a: TestServer;
@@ -61,6 +62,24 @@ describe('lifecycle', () => {
       await gw.close();
       await broker.close();
     }
+  });
+
+  it('close() right after construction still stops the embedded broker it was starting', async () => {
+    const port = await refusedPort();
+    const lb = loadBalance({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { embedded: true, port },
+    });
+    await lb.close();
+    const refused = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(false);
+      });
+      s.once('error', () => resolve(true));
+    });
+    expect(refused).toBe(true);
   });
 
   it('close() answers waiting requests with LW_GW_CLOSED and refuses new ones', async () => {

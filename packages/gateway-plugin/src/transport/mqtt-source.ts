@@ -32,7 +32,7 @@ export interface MqttSourceHandlers {
 export class MqttSource {
   private client: MqttClient | undefined;
   private ownsClient = false;
-  private embedded: EmbeddedBroker | undefined;
+  private embeddedStart: Promise<EmbeddedBroker> | undefined;
   private connected = false;
   private closed = false;
   private lastError: string | undefined;
@@ -48,8 +48,11 @@ export class MqttSource {
     private readonly now: () => number,
   ) {
     this.ready = this.start();
-    // Errors surface through `ready` and events; an unobserved rejection must not crash.
-    this.ready.catch(() => {});
+    // A failed start (e.g. the embedded broker's port is taken) rejects
+    // `ready` and is reported as a broker loss; it must not crash the process.
+    this.ready.catch((err: unknown) => {
+      if (!this.closed) this.handlers.onLost(`broker start failed: ${String(err)}`);
+    });
   }
 
   get isConnected(): boolean {
@@ -67,12 +70,10 @@ export class MqttSource {
     let extra: IClientOptions = {};
     if (typeof b === 'string') url = b;
     else if ('embedded' in b) {
-      this.embedded = await startEmbeddedBroker({ port: b.port ?? 0, host: b.host });
-      if (this.closed) {
-        await this.embedded.close();
-        return;
-      }
-      url = this.embedded.url;
+      this.embeddedStart = startEmbeddedBroker({ port: b.port ?? 0, host: b.host });
+      const embedded = await this.embeddedStart;
+      if (this.closed) return; // close() awaits the start and closes it
+      url = embedded.url;
     } else {
       url = b.url;
       extra = tlsAndAuth(b);
@@ -161,7 +162,9 @@ export class MqttSource {
       }
     }
     this.connected = false;
-    if (this.embedded) await this.embedded.close();
+    // The embedded broker may still be starting: wait for it, then close it.
+    const embedded = this.embeddedStart && (await this.embeddedStart.catch(() => undefined));
+    if (embedded) await embedded.close();
   }
 }
 
