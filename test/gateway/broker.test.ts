@@ -54,6 +54,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       ],
       broker: broker.url,
       topicPrefix: prefix,
+      metricsPath: '/_lb/metrics',
     });
     await gw.lb.ready();
     const dropped: string[] = [];
@@ -74,6 +75,11 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       expect(snap.backends[0]!.reportFresh).toBe(true);
       expect(dropped.sort()).toEqual(['LW_GW_UNKNOWN_BACKEND', 'LW_PROTO_MALFORMED_JSON']);
       expect(snap.brokerConnected).toBe(true);
+      const metrics = (await send(`${gw.url}/_lb/metrics`)).body;
+      expect(metrics).toContain(
+        'loadwise_invalid_messages_total{code="LW_PROTO_MALFORMED_JSON"} 1',
+      );
+      expect(metrics).toContain('loadwise_invalid_messages_total{code="LW_GW_UNKNOWN_BACKEND"} 1');
     } finally {
       await endClient(client);
     }

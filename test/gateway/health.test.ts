@@ -1,0 +1,69 @@
+/**
+ * Health from the gateway's side, end to end: active checks take a backend
+ * that fails them out of rotation (only while it has no fresh agent report),
+ * and passive outlier detection ejects a backend that keeps failing requests.
+ */
+import { once } from 'node:events';
+import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+describe('gateway health', () => {
+  let a: TestServer;
+  let sick: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    a = await startBackend('a');
+    sick = await startBackend('sick', (req, res) => {
+      res.statusCode = req.url === '/healthz' ? 503 : 500;
+      res.end(JSON.stringify({ id: 'sick' }));
+    });
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(async () => {
+    await a.close();
+    await sick.close();
+  });
+
+  const backends = () => [
+    { id: 'a', url: a.url },
+    { id: 'sick', url: sick.url },
+  ];
+
+  it('active checks take a failing backend out of rotation', async () => {
+    gw = await startGateway({
+      backends: backends(),
+      strategy: 'round-robin',
+      healthCheck: { path: '/healthz', intervalMs: 20, unhealthyThreshold: 2 },
+      outlier: { consecutiveFailures: 1000 },
+    });
+    const down = once(gw.lb.balancer.events, 'backend-down');
+    expect(await down).toEqual([{ id: 'sick', reason: 'active health check failed' }]);
+    for (let i = 0; i < 4; i++)
+      expect((await send(`${gw.url}/`)).json<{ id: string }>().id).toBe('a');
+    expect(gw.lb.balancer.snapshot().backends[1]).toMatchObject({
+      state: 'down',
+      stateReason: 'active health check failed',
+    });
+  });
+
+  it('passive detection ejects a backend answering 5xx, and counts it', async () => {
+    gw = await startGateway({
+      backends: backends(),
+      strategy: 'round-robin',
+      outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000 },
+      metricsPath: '/_lb/metrics',
+    });
+    const ejected = once(gw.lb.balancer.events, 'backend-ejected');
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await send(`${gw.url}/`)).status);
+    // 5xx answers are proxied as they are (not retried), and count as failures.
+    expect(statuses).toEqual([200, 500, 200, 500, 200, 500]);
+    expect(await ejected).toEqual([{ id: 'sick', durationMs: 60_000, consecutiveFailures: 3 }]);
+    for (let i = 0; i < 4; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
+    const metrics = (await send(`${gw.url}/_lb/metrics`)).body;
+    expect(metrics).toMatch(/loadwise_ejections_total\{backend="sick"\} 1/);
+    expect(gw.lb.balancer.snapshot().backends[1]).toMatchObject({ state: 'ejected', ejections: 1 });
+  });
+});
