@@ -7,6 +7,11 @@
  * pick path. One cohort per balancer; every EndpointLoad of that balancer
  * joins it through the `cohort` option.
  */
+/** The hidden ratio is recomputed (a sort over members) at most this often. */
+export const RATIO_REFRESH_MS = 250;
+/** A member whose gateway kept fewer requests than this on average says nothing about the ratio. */
+export const MIN_LOCAL_MEAN = 0.05;
+
 export interface LoadCohort {
   /** Mean service time of the members that have one, or undefined if none has. */
   meanServiceTimeMs(): number | undefined;
@@ -21,6 +26,16 @@ export interface CohortMembership {
   set(serviceTimeMs: number | undefined, capacity: number | undefined): void;
   /** Mean capacity of the other members (a prior must not include the member's own figure). */
   othersMeanCapacity(): number | undefined;
+  /** This member's last interval: hidden mean concurrency and this gateway's mean in-flight. */
+  setFlow(hiddenMean: number, localMean: number): void;
+  /**
+   * How many requests other gateways keep on a backend per request this one
+   * keeps (G − 1 for G alike gateways): the median over members of hidden /
+   * local mean concurrency. A median, because load that is not from gateways
+   * (a batch job on one backend) inflates a few members' ratios, not the
+   * typical one. Recomputed at most every RATIO_REFRESH_MS.
+   */
+  hiddenRatio(nowMs: number): number;
   leave(): void;
 }
 
@@ -33,6 +48,23 @@ export function createLoadCohort(): LoadCohort {
   let countService = 0;
   let sumCapacity = 0;
   let countCapacity = 0;
+  /** Members' hidden/local ratios, by member; NaN when the member's local mean is ~0. */
+  const ratios = new Map<object, number>();
+  let ratio = 0;
+  let ratioAtMs = -Infinity;
+  let ratioDirty = false;
+  const scratch: number[] = [];
+  const recompute = (): void => {
+    scratch.length = 0;
+    for (const r of ratios.values()) if (r === r) scratch.push(r);
+    if (scratch.length === 0) {
+      ratio = 0;
+      return;
+    }
+    scratch.sort((a, b) => a - b);
+    const m = scratch.length >> 1;
+    ratio = scratch.length % 2 ? scratch[m]! : (scratch[m - 1]! + scratch[m]!) / 2;
+  };
 
   const cohort: CohortInternals = {
     meanServiceTimeMs: () => (countService === 0 ? undefined : sumServiceMs / countService),
@@ -43,6 +75,7 @@ export function createLoadCohort(): LoadCohort {
     join(): CohortMembership {
       let service: number | undefined;
       let capacity: number | undefined;
+      const key = {};
       let left = false;
       const apply = (s: number | undefined, c: number | undefined): void => {
         if (service !== undefined) {
@@ -76,9 +109,24 @@ export function createLoadCohort(): LoadCohort {
           const count = countCapacity - own;
           return count <= 0 ? undefined : (sumCapacity - (capacity ?? 0)) / count;
         },
+        setFlow(h, l) {
+          if (left) return;
+          ratios.set(key, l >= MIN_LOCAL_MEAN && h >= 0 ? h / l : NaN);
+          ratioDirty = true;
+        },
+        hiddenRatio(nowMs) {
+          if (ratioDirty && (nowMs - ratioAtMs >= RATIO_REFRESH_MS || nowMs < ratioAtMs)) {
+            recompute();
+            ratioAtMs = nowMs;
+            ratioDirty = false;
+          }
+          return ratio;
+        },
         leave() {
           if (left) return;
           apply(undefined, undefined);
+          ratios.delete(key);
+          ratioDirty = true;
           left = true;
         },
       };

@@ -224,9 +224,11 @@ describe('createEndpointLoad: the agent report', () => {
       }),
       0,
     );
-    // 100 outstanding on 50 slots (queued > 0: in-flight is the capacity), ×2 CPU, ×2 degraded.
+    // 100 outstanding on 50 slots (queued > 0: in-flight is the capacity). CPU and the
+    // degraded verdict weigh with this gateway's share of the traffic, here 0: all 100
+    // requests are other clients' and already count as hidden load.
     expect(load.expectedWaitMs(3000)).toBeCloseTo(
-      10 * (1 + 51 / 50 + DEFAULT_UTILIZATION_WEIGHT) * 4,
+      10 * (1 + 51 / 50 + DEFAULT_UTILIZATION_WEIGHT),
       6,
     );
     expect(load.reportVerdict(3000)).toBe('degraded');
@@ -263,6 +265,57 @@ describe('createEndpointLoad: the agent report', () => {
     const load = createEndpointLoad();
     load.onReport(report(patch as ReportPatch), 0);
     expect(load.snapshot(0).penaltyFactor).toBeCloseTo(factor, 6);
+  });
+
+  it("global penalties weigh with this gateway's share of the traffic (G gateways react as one)", () => {
+    const cases = [
+      { localInFlight: 8, factor: 2 }, // all the traffic is ours: the full ×2
+      { localInFlight: 2, factor: 1.25 }, // a quarter: a quarter of the extra
+      { localInFlight: 0, factor: 1 },
+    ];
+    for (const c of cases) {
+      const load = createEndpointLoad();
+      load.onReport(report({ queue: { inFlight: 0, source: {} } }), 0); // starts the interval
+      for (let i = 0; i < c.localInFlight; i++) load.onRequestStart(0);
+      // Over the interval the agent saw 8 requests on average (Little: 400 rps × 20 ms).
+      load.onReport(
+        report({
+          host: { cpuUtilization: 1 },
+          queue: { inFlight: 8, source: {} },
+          traffic: { rps: 400, latencyMeanMs: 20 },
+        }),
+        1000,
+      );
+      expect(load.snapshot(1000).penaltyFactor).toBeCloseTo(c.factor, 6);
+    }
+  });
+
+  it("hidden load from other gateways follows this gateway's in-flight at once (cohort ratio)", () => {
+    const cohort = createLoadCohort();
+    const loads = [0, 1, 2].map(() => createEndpointLoad({ cohort }));
+    // Every backend: this gateway kept 1 request on average, the agent saw 3 (two other gateways).
+    for (const l of loads) {
+      l.onReport(report({ queue: { inFlight: 0, source: {} } }), 0);
+      l.onRequestStart(0);
+      l.onReport(
+        report({ queue: { inFlight: 3, source: {} }, traffic: { rps: 300, latencyMeanMs: 10 } }),
+        1000,
+      );
+    }
+    const l0 = loads[0]!;
+    // Two others per one of ours; once the snapshot has drained (tens of ms), hidden = 2 × ours.
+    expect(l0.snapshot(2000).hiddenInFlight).toBeCloseTo(2, 6);
+    l0.onRequestStart(2000);
+    l0.onRequestStart(2000);
+    expect(l0.snapshot(2000).hiddenInFlight).toBeCloseTo(6, 6);
+    // A batch job on one backend (the agent sees 10 more there) is held as extra; the ratio,
+    // a median over backends, does not move.
+    loads[2]!.onReport(
+      report({ queue: { inFlight: 13, source: {} }, traffic: { rps: 1300, latencyMeanMs: 10 } }),
+      2000,
+    );
+    expect(loads[2]!.snapshot(3000).hiddenInFlight).toBeCloseTo(12, 6);
+    expect(l0.snapshot(3000).hiddenInFlight).toBeCloseTo(6, 6);
   });
 
   it('exposes the fresh verdict and state for the balancer', () => {

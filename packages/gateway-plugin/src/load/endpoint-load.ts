@@ -60,12 +60,24 @@ export const DEFAULT_SLOW_START_MS = 15_000;
 export const DEFAULT_SLOW_START_MIN_FACTOR = 0.1;
 /** Finagle's PeakEwma decayTime and tower's default decay are both 10 s. */
 export const DEFAULT_DECAY_MS = 10_000;
+/**
+ * Service time behind expectedWaitMs is a plain EWMA with a 1 s time constant:
+ * Peak EWMA's sticky peaks (a single slow request counts for ~10 s) made
+ * every backend look several times slower than its mean, at random, and with
+ * several gateways that noise tipped the system into oscillation
+ * (queueing-sim.test.ts). Sudden slowness still shows at once through in-flight.
+ */
+export const DEFAULT_SERVICE_DECAY_MS = 1_000;
 /** Window of the minimum-latency filter (BBR keeps its min RTT for 10 s). */
 export const DEFAULT_MIN_LATENCY_WINDOW_MS = 10_000;
 /** How fast a learned capacity peak fades towards newer, lower samples. */
 export const DEFAULT_CAPACITY_DECAY_MS = 30_000;
 /** Latency above this multiple of the windowed minimum, at 2+ concurrent requests, is queueing. */
 export const SATURATION_LATENCY_RATIO = 1.5;
+/** Weight of a new snapshot in the EWMA of the agent's outstanding (reports without traffic). */
+export const HIDDEN_EWMA_ALPHA = 0.5;
+/** Bound of the other-gateways-per-this-one ratio (a thousand gateways). */
+export const MAX_HIDDEN_RATIO = 1000;
 /** Local latency older than this gives way to a fresh report's latency. */
 export const DEFAULT_LOCAL_FRESH_MS = 30_000;
 /** Neutral service time when no backend has any data at all (all then score alike). */
@@ -108,6 +120,8 @@ export interface EndpointLoadOptions {
   slowStartOnCreate?: boolean;
   /** Peak EWMA decay time constant. */
   decayMs?: number;
+  /** Time constant of the service-time EWMA behind expectedWaitMs (a mean, not a peak). */
+  serviceDecayMs?: number;
   minLatencyWindowMs?: number;
   capacityDecayMs?: number;
   localFreshMs?: number;
@@ -137,6 +151,7 @@ const KNOWN_KEYS = [
   'slowStartMinFactor',
   'slowStartOnCreate',
   'decayMs',
+  'serviceDecayMs',
   'minLatencyWindowMs',
   'capacityDecayMs',
   'localFreshMs',
@@ -163,6 +178,7 @@ export interface ResolvedLoadOptions {
   slowStartMs: number;
   slowStartMinFactor: number;
   decayMs: number;
+  serviceDecayMs: number;
   minLatencyWindowMs: number;
   capacityDecayMs: number;
   localFreshMs: number;
@@ -263,6 +279,7 @@ export function resolveLoadOptions(
       1,
     ),
     decayMs: numberOption(bag, p, 'decayMs', DEFAULT_DECAY_MS, 1, HOUR_MS),
+    serviceDecayMs: numberOption(bag, p, 'serviceDecayMs', DEFAULT_SERVICE_DECAY_MS, 1, HOUR_MS),
     minLatencyWindowMs: numberOption(
       bag,
       p,
@@ -356,7 +373,10 @@ export function createEndpointLoad(
 
 class EndpointLoadEstimate implements LoadEstimate {
   private inFlightCount = 0;
+  /** Peak EWMA of observed latency (latencyMs(), the peak-ewma strategy). */
   private readonly latency: PeakEwma;
+  /** Peak EWMA of service time: latency with the queueing part taken out (expectedWaitMs). */
+  private readonly service: PeakEwma;
   private report: ReportDigest | undefined;
   /** Decaying peak of capacity samples from this gateway's completions. */
   private learnedCapacity: number | undefined;
@@ -365,6 +385,22 @@ class EndpointLoadEstimate implements LoadEstimate {
   private observedCapacity: number | undefined;
   /** The last concurrencyLimit an agent reported: configuration, kept when reports go stale. */
   private reportedLimit: number | undefined;
+  /** ∫ local in-flight dt since the last report, for the local mean concurrency (Little). */
+  private areaMs = 0;
+  private areaStartMs: number | undefined;
+  private areaLastMs = 0;
+  /** EWMA over reports of the agent's instantaneous outstanding, when it sends no traffic figures. */
+  private agentOutstandingEwma: number | undefined;
+  /** Hidden load: the report-time snapshot, the interval mean, and how fast one gives way to the other. */
+  private hiddenSnapshot = 0;
+  private hiddenMean = 0;
+  /** This gateway's mean in-flight over the last report interval. */
+  private localMean = 0;
+  private hiddenTauMs = 1;
+  /** This gateway's share of the backend's traffic over the last interval, 0..1 (1 if unknown). */
+  private reportShare = 1;
+  /** Penalty of the last report (computeReportFactor). */
+  private reportFactor = 1;
   /** When this gateway last saw clear queueing (see learnCapacity). */
   private saturatedAtMs: number | undefined;
   private errorRate = 0;
@@ -381,23 +417,36 @@ class EndpointLoadEstimate implements LoadEstimate {
     private readonly membership: CohortMembership | undefined,
   ) {
     this.latency = new PeakEwma(o.decayMs, o.minLatencyWindowMs);
+    this.service = new PeakEwma(o.serviceDecayMs, o.minLatencyWindowMs, false);
   }
 
   get inFlight(): number {
     return this.inFlightCount;
   }
 
-  onRequestStart(_nowMs: number): void {
+  onRequestStart(nowMs: number): void {
+    this.accumulate(nowMs);
     this.inFlightCount++;
     this.notify();
   }
 
   onRequestEnd(nowMs: number, latencyMs: number, ok: boolean): void {
+    this.accumulate(nowMs);
     const n = this.inFlightCount;
     if (this.inFlightCount > 0) this.inFlightCount--;
     if (ok) {
       this.latency.observe(nowMs, latencyMs);
-      this.learnCapacity(nowMs, n + this.hidden(nowMs), latencyMs);
+      const inSystem = n + this.hidden(nowMs);
+      // Capacity first: this completion may show more slots than known, and de-queueing
+      // with a too-small capacity would shrink the service time.
+      this.learnCapacity(nowMs, inSystem, latencyMs);
+      // The wait formula models queueing itself (o and c), so its service time must not
+      // contain queueing: with more requests in the system than slots, only c / inSystem of
+      // the latency was service. Feeding raw latency double-counts the queue, and the peak
+      // then sticks for decayMs: the queued backend looks slow long after its queue drained,
+      // every gateway leaves it, the others queue... (queueing-sim.test.ts, three gateways).
+      const c = this.capacity();
+      this.service.observe(nowMs, inSystem > c ? (latencyMs * c) / inSystem : latencyMs);
     } else {
       // A failure says nothing good about speed: a backend refusing connections in 1 ms must
       // not look fast (the "black hole" of least-latency balancers). A slow failure (a
@@ -406,6 +455,9 @@ class EndpointLoadEstimate implements LoadEstimate {
       const floor =
         this.latency.valueMs(nowMs) ?? this.cohort?.meanServiceTimeMs() ?? this.o.defaultLatencyMs;
       this.latency.observe(nowMs, floor > latencyMs ? floor : latencyMs);
+      const serviceFloor =
+        this.service.valueMs(nowMs) ?? this.cohort?.meanServiceTimeMs() ?? this.o.defaultLatencyMs;
+      this.service.observe(nowMs, serviceFloor > latencyMs ? serviceFloor : latencyMs);
     }
     // Count-based EWMA of failures; time decay on read forgets them when traffic stops.
     this.errorRate =
@@ -424,6 +476,8 @@ class EndpointLoadEstimate implements LoadEstimate {
       // A lower bound (requests served at once without queueing) also feeds the learned peak.
       this.raiseLearnedCapacity(receivedAtMs, d.capacityHint);
     }
+    this.estimateHidden(d, receivedAtMs);
+    this.reportFactor = this.computeReportFactor(d);
     this.updateCohort(receivedAtMs);
   }
 
@@ -468,7 +522,7 @@ class EndpointLoadEstimate implements LoadEstimate {
     const r = this.freshReport(nowMs);
     const s = this.serviceTime(nowMs, r);
     const c = this.capacity();
-    const outstanding = this.inFlightCount + this.hiddenOf(r);
+    const outstanding = this.inFlightCount + this.hiddenOf(r, nowMs);
     const queued = outstanding + 1 - c;
     const busy = outstanding < c ? outstanding : c;
     let wait = s * (1 + (queued > 0 ? queued / c : 0) + (this.o.utilizationWeight * busy) / c);
@@ -490,7 +544,7 @@ class EndpointLoadEstimate implements LoadEstimate {
     const capacity = this.capacity();
     return {
       inFlight: this.inFlightCount,
-      hiddenInFlight: this.hiddenOf(r),
+      hiddenInFlight: this.hiddenOf(r, nowMs),
       capacity,
       capacitySource: this.capacitySource,
       serviceTimeMs,
@@ -520,26 +574,105 @@ class EndpointLoadEstimate implements LoadEstimate {
   }
 
   private hidden(nowMs: number): number {
-    return this.hiddenOf(this.freshReport(nowMs));
+    return this.hiddenOf(this.freshReport(nowMs), nowMs);
   }
 
-  private hiddenOf(r: ReportDigest | undefined): number {
+  /**
+   * Hidden load at `nowMs`: the report's snapshot, fading into the interval's
+   * mean as the snapshot's requests drain (see estimateHidden).
+   */
+  private hiddenOf(r: ReportDigest | undefined, nowMs: number): number {
     if (r === undefined || r.outstanding === undefined) return 0;
-    const h = r.outstanding - r.localInFlightAtReport;
-    return h > 0 ? h : 0;
+    const age = nowMs - r.receivedAtMs;
+    // Other gateways act like this one: their share follows this gateway's in-flight now
+    // (ratio × inFlight), without the report's lag. Only the excess over that proportion
+    // (a batch job, a client that bypasses the gateways) is held from the report.
+    const ratio = this.membership?.hiddenRatio(nowMs) ?? 0;
+    const proportional = (ratio < MAX_HIDDEN_RATIO ? ratio : MAX_HIDDEN_RATIO) * this.inFlightCount;
+    let steady = this.hiddenMean - ratio * this.localMean;
+    if (!(steady > 0)) steady = 0;
+    const transient = this.hiddenSnapshot - this.hiddenMean;
+    return (
+      proportional + steady + (age > 0 ? transient * Math.exp(-age / this.hiddenTauMs) : transient)
+    );
+  }
+
+  /** Adds local in-flight × elapsed time to the running integral. */
+  private accumulate(nowMs: number): void {
+    if (this.areaStartMs === undefined) {
+      this.areaStartMs = nowMs;
+      this.areaLastMs = nowMs;
+      return;
+    }
+    if (nowMs > this.areaLastMs) {
+      this.areaMs += this.inFlightCount * (nowMs - this.areaLastMs);
+      this.areaLastMs = nowMs;
+    }
+  }
+
+  /**
+   * Hidden load = what the agent sees minus what this gateway sent. The
+   * report's queue is an instant; a request lasts a service time, a report an
+   * interval (100× longer or more). Held for a whole interval, a momentary
+   * spike sends every gateway away from the backend at once and onto the
+   * others — herding, measured in queueing-sim.test.ts with three gateways.
+   * So the snapshot counts only while its requests drain (time constant: the
+   * snapshot's drain time, s × max(1, outstanding / c)); after that the
+   * estimate is the interval's mean: the agent's mean concurrency (Little's
+   * law, rps × latency; else an EWMA of its snapshots) minus this gateway's
+   * mean in-flight over the same interval (the time integral kept by
+   * accumulate).
+   */
+  private estimateHidden(d: ReportDigest, nowMs: number): void {
+    this.accumulate(nowMs);
+    const start = this.areaStartMs ?? nowMs;
+    const localMean = nowMs > start ? this.areaMs / (nowMs - start) : this.inFlightCount;
+    this.areaMs = 0;
+    this.areaStartMs = nowMs;
+    this.areaLastMs = nowMs;
+    if (d.outstanding === undefined) {
+      this.hiddenSnapshot = 0;
+      this.hiddenMean = 0;
+      this.localMean = 0;
+      this.membership?.setFlow(0, 0);
+      this.reportShare = 1;
+      return;
+    }
+    let agentMean = d.meanOutstanding;
+    if (agentMean === undefined) {
+      const prev = this.agentOutstandingEwma;
+      agentMean =
+        prev === undefined ? d.outstanding : prev + HIDDEN_EWMA_ALPHA * (d.outstanding - prev);
+      this.agentOutstandingEwma = agentMean;
+    }
+    const snapshot = d.outstanding - d.localInFlightAtReport;
+    const mean = agentMean - localMean;
+    this.reportShare = agentMean > 0 && localMean < agentMean ? localMean / agentMean : 1;
+    this.hiddenSnapshot = snapshot > 0 ? snapshot : 0;
+    this.hiddenMean = mean > 0 ? mean : 0;
+    this.localMean = localMean;
+    this.membership?.setFlow(this.hiddenMean, localMean);
+    const s = this.serviceTime(nowMs, d);
+    const c = this.capacity();
+    const tau = s * Math.max(1, d.outstanding / c);
+    this.hiddenTauMs = tau > 1e-3 && tau < MAX_EXPECTED_WAIT_MS ? tau : MAX_EXPECTED_WAIT_MS;
   }
 
   /** Service time in ms; sets `serviceSource` (numbers out, no object per call: this runs per pick). */
   private serviceTime(nowMs: number, r: ReportDigest | undefined): number {
-    const last = this.latency.lastSampleMs;
+    const last = this.service.lastSampleMs;
     const reported = r?.latencyMs;
     let value: number | undefined;
     let source: LoadSnapshot['serviceTimeSource'];
     if (last !== undefined && (nowMs - last <= this.o.localFreshMs || reported === undefined)) {
-      value = this.latency.valueMs(nowMs);
+      value = this.service.valueMs(nowMs);
       source = 'local';
     } else if (reported !== undefined) {
-      value = reported;
+      // The agent's latency includes its queue too: with a mean of N requests in the system
+      // (Little) on c slots, the service part is c / N of it.
+      const n = r!.meanOutstanding;
+      const c = this.capacity();
+      value = n !== undefined && n > c ? (reported * c) / n : reported;
       source = 'reported';
     } else {
       value = this.cohort?.meanServiceTimeMs();
@@ -628,32 +761,52 @@ class EndpointLoadEstimate implements LoadEstimate {
     let errors = this.currentErrorRate(nowMs);
     let factor = 1;
     if (r !== undefined) {
-      if (r.errorRate > errors) errors = r.errorRate;
-      if (r.cpuUtilization > o.cpuPressureThreshold) {
-        factor *=
-          1 +
-          (o.cpuPressurePenalty * (r.cpuUtilization - o.cpuPressureThreshold)) /
-            (1 - o.cpuPressureThreshold);
-      }
-      if (r.memoryUtilization > o.memoryPressureThreshold) {
-        factor *=
-          1 +
-          (o.memoryPressurePenalty * (r.memoryUtilization - o.memoryPressureThreshold)) /
-            (1 - o.memoryPressureThreshold);
-      }
-      // 'down', 'draining' and 'offline' are the balancer's eligibility decisions
-      // (reportVerdict / reportState); if it still routes here (panic), score it worst.
-      if (r.verdict === 'down' || r.state !== 'online') factor *= o.maxPenaltyFactor;
-      else if (r.verdict === 'degraded') factor *= o.degradedPenalty;
+      factor = this.reportFactor;
+      const reported = r.errorRate * this.reportShare;
+      if (reported > errors) errors = reported;
     }
     factor *= 1 + o.errorPenalty * errors;
+    return factor < o.maxPenaltyFactor ? factor : o.maxPenaltyFactor;
+  }
+
+  /**
+   * The report's penalty factor, computed once per report. CPU, memory and a
+   * `degraded` verdict are global signals: every gateway reads the same report
+   * and reacts to it at the same time. If each applied the full penalty, G
+   * gateways would move G times the traffic one gateway would, leave the
+   * backend idle for an interval, then all come back: herding, measured with
+   * three gateways in queueing-sim.test.ts. So each gateway applies the part
+   * of the penalty that matches its share of the backend's traffic (its mean
+   * in-flight / the agent's mean outstanding): the reactions add up to one
+   * gateway's. A lone gateway has share 1 and the full penalty; load that is
+   * not requests (a CPU hog) does not dilute the share. `down` and
+   * non-`online` states are not scaled: they are eligibility, not load.
+   */
+  private computeReportFactor(d: ReportDigest): number {
+    const o = this.o;
+    if (d.verdict === 'down' || d.state !== 'online') return o.maxPenaltyFactor;
+    let raw = 1;
+    if (d.cpuUtilization > o.cpuPressureThreshold) {
+      raw *=
+        1 +
+        (o.cpuPressurePenalty * (d.cpuUtilization - o.cpuPressureThreshold)) /
+          (1 - o.cpuPressureThreshold);
+    }
+    if (d.memoryUtilization > o.memoryPressureThreshold) {
+      raw *=
+        1 +
+        (o.memoryPressurePenalty * (d.memoryUtilization - o.memoryPressureThreshold)) /
+          (1 - o.memoryPressureThreshold);
+    }
+    if (d.verdict === 'degraded') raw *= o.degradedPenalty;
+    const factor = 1 + (raw - 1) * this.reportShare;
     return factor < o.maxPenaltyFactor ? factor : o.maxPenaltyFactor;
   }
 
   private updateCohort(nowMs: number): void {
     if (this.membership === undefined) return;
     const r = this.freshReport(nowMs);
-    const s = this.latency.valueMs(nowMs) ?? r?.latencyMs;
+    const s = this.service.valueMs(nowMs) ?? r?.latencyMs;
     const c = this.reportedLimit ?? this.observedCapacity ?? this.learnedCapacity;
     this.membership.set(s, c);
   }

@@ -23,9 +23,15 @@ export class PeakEwma {
   private minPreviousMs = Infinity;
   private minWindowStartMs = 0;
 
+  /**
+   * @param peak false makes it a plain time-weighted EWMA: samples above the
+   *   estimate are blended like the others and a read does not decay (a mean,
+   *   not a peak detector).
+   */
   constructor(
     private readonly decayMs: number,
     private readonly minWindowMs: number,
+    private readonly peak = true,
   ) {}
 
   get count(): number {
@@ -43,7 +49,7 @@ export class PeakEwma {
     if (this.samples === 0) {
       this.costMs = rtt;
       this.minWindowStartMs = nowMs;
-    } else if (rtt > this.costMs) {
+    } else if (this.peak && rtt > this.costMs) {
       this.costMs = rtt;
     } else {
       const w = Math.exp(-Math.max(0, nowMs - this.stampMs) / this.decayMs);
@@ -71,6 +77,7 @@ export class PeakEwma {
   /** The estimate at `nowMs`: a peak fades towards the windowed minimum with the time since the last sample. */
   valueMs(nowMs: number): number | undefined {
     if (this.samples === 0) return undefined;
+    if (!this.peak) return this.costMs;
     const floor = Math.min(this.minCurrentMs, this.minPreviousMs, this.costMs);
     const w = Math.exp(-Math.max(0, nowMs - this.stampMs) / this.decayMs);
     return floor + (this.costMs - floor) * w;

@@ -19,6 +19,11 @@ export interface ReportDigest {
    * reported; undefined when neither is.
    */
   outstanding: number | undefined;
+  /**
+   * Time-averaged requests at the backend over the agent's traffic window, by
+   * Little's law (rps × mean latency); undefined without traffic figures.
+   */
+  meanOutstanding: number | undefined;
   /** Requests this gateway had in flight on the backend when the report arrived. */
   localInFlightAtReport: number;
   /** Concurrent slots the agent reports (concurrencyLimit), undefined if not reported. */
@@ -112,6 +117,8 @@ export function digestReport(
     state: report.state,
     verdict: report.health?.verdict ?? 'up',
     outstanding,
+    meanOutstanding:
+      rps !== undefined && latencyMs !== undefined ? (rps * latencyMs) / 1000 : undefined,
     localInFlightAtReport: localInFlight,
     concurrencyLimit: limit !== undefined && limit >= 1 ? limit : undefined,
     capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,

@@ -47,7 +47,8 @@ function run(
     window = 6,
     dtMs = 1,
     every,
-  }: { window?: number; dtMs?: number; every?: (t: number) => void } = {},
+    slots = Infinity,
+  }: { window?: number; dtMs?: number; every?: (t: number) => void; slots?: number } = {},
 ): number[] {
   const counts = new Map<Endpoint, number>();
   for (let i = 0; i < picks; i++) {
@@ -59,7 +60,10 @@ function run(
     sim.outstanding.push({ ep, startMs: sim.t });
     while (sim.outstanding.length > window) {
       const done = sim.outstanding.shift()!;
-      done.ep.load.onRequestEnd(sim.t, sim.latencyMs.get(done.ep)!, true);
+      // With more requests than `slots`, they share the slots: latency stretches by n / slots.
+      const n = done.ep.load.inFlight;
+      const stretch = n > slots ? n / slots : 1;
+      done.ep.load.onRequestEnd(sim.t, sim.latencyMs.get(done.ep)! * stretch, true);
     }
   }
   return sim.endpoints.map((ep) => (counts.get(ep) ?? 0) / picks);
@@ -112,7 +116,9 @@ describe('load-aware: the agent report', () => {
     // 48 requests on 8 slots: ~6 service times of wait; the others have free slots.
     near(run(sim, 3000, { every: tick }), [0, 0.5, 0.5], 0.03);
     current.set(b0, IDLE);
-    run(sim, 200, { every: tick }); // let one report and the in-flight counts settle
+    // Reports without traffic figures are smoothed (EWMA, α = 0.5 per report): 48 queued
+    // requests fade to under 2 in five reports.
+    run(sim, 5000, { every: tick });
     near(run(sim, 3000, { every: tick }), [1 / 3, 1 / 3, 1 / 3], 0.05);
   });
 
@@ -139,7 +145,9 @@ describe('load-aware: the agent report', () => {
     expect(shareOf('load-aware')).toBeLessThan(0.1);
   });
 
-  // Shares measured with a 40-request window over three equal backends: the penalty is a
+  // Shares measured with a 40-request window over three equal 8-slot backends (latency
+  // stretches when more than 8 share one); this gateway sends all the traffic, so the full
+  // penalty applies (its share of the backend's traffic is 1). The penalty is a
   // bounded factor on the expected wait, so the backend still takes traffic once the others'
   // queues make their wait as long (×1.93 at 99% CPU, ×2.6 at 98% memory, ×2 degraded).
   it.each([
@@ -161,7 +169,7 @@ describe('load-aware: the agent report', () => {
   ])('$name: share falls into $range, the backend is not ejected', ({ patch, range }) => {
     const sim = setup('load-aware', [10, 10, 10]);
     const current = new Map(sim.endpoints.map((ep, i) => [ep, i === 0 ? report(patch) : IDLE]));
-    const shares = run(sim, 3000, { window: 40, every: reporter(sim, current) });
+    const shares = run(sim, 3000, { window: 40, slots: 8, every: reporter(sim, current) });
     expect(shares[0]).toBeGreaterThan(range[0]!);
     expect(shares[0]).toBeLessThan(range[1]!);
   });
