@@ -165,6 +165,31 @@ describe('createAgent (library, in-process)', () => {
     expect(warnings).toEqual([expect.stringContaining('gauge absent_gauge not found')]);
   });
 
+  it('keeps running without an error listener while the broker is unreachable', async () => {
+    const closed = await listen(() => undefined);
+    const port = new URL(closed.url).port;
+    await closed.close();
+    const agent = createAgent({
+      backendId: 'lib-9',
+      broker: { url: `mqtt://127.0.0.1:${port}`, reconnectPeriodMs: 100 },
+      intervalMs: 100,
+      cgroup: false,
+    });
+    agents.push(agent);
+    const warnings: string[] = [];
+    agent.on('warning', (w) => warnings.push(w));
+    let dropped = 0;
+    agent.on('sample', (_r, { published }) => void (published ? undefined : dropped++));
+    await agent.start();
+    await until(
+      () => dropped >= 2 && warnings.some((w) => w.includes('ECONNREFUSED')),
+      5000,
+      'dropped samples',
+    );
+    expect(agent.connected).toBe(false);
+    expect(agent.stats.published).toBe(0);
+  });
+
   describe('publishing', () => {
     let broker: EmbeddedBroker;
     let sub: MqttClient;

@@ -39,7 +39,7 @@ export interface AgentEvents {
   state: [state: BackendState];
   /** A sample or source failed in a way worth logging (queue source down, host read failed, ...). */
   warning: [message: string];
-  /** Broker or TLS errors reported by mqtt.js; the agent keeps running. */
+  /** Broker or TLS errors reported by mqtt.js; the agent keeps running. Without a listener they become warnings. */
   error: [error: Error];
   /** A scheduled tick was skipped because the previous sample was still running. */
   overlap: [];
@@ -168,7 +168,12 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         this.emit('connect');
       });
       client.on('offline', () => this.emit('offline'));
-      client.on('error', (err) => this.emit('error', err));
+      // An EventEmitter 'error' without a listener throws; an embedding app
+      // that listens only for 'warning' must not crash on ECONNREFUSED.
+      client.on('error', (err) => {
+        if (this.listenerCount('error') > 0) this.emit('error', err);
+        else this.emit('warning', `broker: ${err.message}`);
+      });
     }
     this.scheduler.start();
   }

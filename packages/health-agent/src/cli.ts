@@ -171,13 +171,16 @@ async function main(argv: string[]): Promise<void> {
       process.stderr.write(`${new Date().toISOString()} ${level} ${msg}\n`);
   };
   const lastWarned = new Map<string, number>();
-  agent.on('warning', (msg) => {
+  const warnOnce = (msg: string): void => {
     const now = Date.now();
     if ((lastWarned.get(msg) ?? -Infinity) + WARN_REPEAT_MS > now) return;
+    if (lastWarned.size > 1000) lastWarned.clear(); // bounded, whatever the messages
     lastWarned.set(msg, now);
     log('warn', msg);
-  });
-  agent.on('error', (err) => log('warn', `broker: ${err.message}`));
+  };
+  agent.on('warning', warnOnce);
+  // Reconnect attempts fail every --reconnect-ms while the broker is down: log each error once a minute.
+  agent.on('error', (err) => warnOnce(`broker: ${err.message}`));
   agent.on('connect', () =>
     log(
       'info',
