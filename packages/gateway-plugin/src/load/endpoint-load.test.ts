@@ -1,13 +1,13 @@
 import type { MetricsReport } from '@loadwise/protocol';
 import { GatewayError } from '../errors';
 import { createLoadCohort } from './cohort';
+import { createEndpointLoad } from './endpoint-load';
 import {
-  createEndpointLoad,
   DEFAULT_LATENCY_MS,
   DEFAULT_UTILIZATION_WEIGHT,
   MAX_EXPECTED_WAIT_MS,
   resolveLoadOptions,
-} from './endpoint-load';
+} from './load-options';
 
 type ReportPatch = Omit<Partial<MetricsReport>, 'host' | 'health'> & {
   host?: Partial<MetricsReport['host']>;

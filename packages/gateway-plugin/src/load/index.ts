@@ -1,9 +1,7 @@
+export { createEndpointLoad, type LoadEstimate, type LoadSnapshot } from './endpoint-load';
 export {
-  createEndpointLoad,
   resolveLoadOptions,
   type EndpointLoadOptions,
-  type LoadEstimate,
-  type LoadSnapshot,
   type ResolvedLoadOptions,
   DEFAULT_STALE_AFTER_INTERVALS,
   DEFAULT_MIN_STALE_AFTER_MS,
@@ -11,9 +9,10 @@ export {
   DEFAULT_SLOW_START_MS,
   DEFAULT_SLOW_START_MIN_FACTOR,
   DEFAULT_DECAY_MS,
+  DEFAULT_SERVICE_DECAY_MS,
   DEFAULT_LATENCY_MS,
   DEFAULT_CAPACITY,
   MAX_EXPECTED_WAIT_MS,
-} from './endpoint-load';
+} from './load-options';
 export { createLoadCohort, type LoadCohort } from './cohort';
 export { PeakEwma } from './peak-ewma';
