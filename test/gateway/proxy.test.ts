@@ -79,12 +79,21 @@ describe('proxying', () => {
       'x-forwarded-proto': 'https',
       forwarded: 'for=6.6.6.6',
     };
-    const h = (await send(`${gw.url}/`, { headers: spoof })).json<Echo>().headers;
+    const hop = {
+      connection: 'close, x-hop',
+      'x-hop': 'only for the gateway',
+      'keep-alive': 'timeout=1',
+    };
+    const h = (await send(`${gw.url}/`, { headers: { ...spoof, ...hop } })).json<Echo>().headers;
     expect(h['x-forwarded-for']).toBe('127.0.0.1');
     expect(h['x-forwarded-proto']).toBe('http');
     expect(h['x-forwarded-host']).toBe(`127.0.0.1:${gw.port}`);
     expect(h['x-forwarded-port']).toBe(String(gw.port));
     expect(h.forwarded).toBeUndefined();
+    // Hop-by-hop headers of the client stop at the gateway (RFC 9110 §7.6.1).
+    expect(h.connection).toBe('keep-alive');
+    expect(h['x-hop']).toBeUndefined();
+    expect(h['keep-alive']).toBeUndefined();
     // Host is preserved by default (changeOrigin: false).
     expect(h.host).toBe(`127.0.0.1:${gw.port}`);
     await gw.close();
@@ -148,6 +157,25 @@ describe('proxying', () => {
     const metrics = await send(`${gw.url}/_lb/metrics`, { headers: auth });
     expect(metrics.status).toBe(200);
     expect(metrics.body).toContain('loadwise_');
+  });
+
+  it("reuses a backend connection and retires it before the backend's keep-alive timeout", async () => {
+    let connections = 0;
+    const ka = await startBackend('ka');
+    ka.server.keepAliveTimeout = 3000; // announced as `Keep-Alive: timeout=3`
+    ka.server.on('connection', () => connections++);
+    try {
+      gw = await startGateway({ backends: [{ id: 'ka', url: ka.url }] });
+      for (let i = 0; i < 5; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
+      expect(connections).toBe(1);
+      const agent = gw.lb.balancer.registry.get('ka')!.agent;
+      const free = Object.values(agent.freeSockets).flat();
+      expect(free).toHaveLength(1);
+      // Node retires it one second before the server's announced timeout.
+      expect(free[0]!.timeout).toBe(2000);
+    } finally {
+      await ka.close();
+    }
   });
 
   it('proxies WebSocket upgrades', async () => {

@@ -10,6 +10,7 @@ import {
   DEFAULT_CONNECT_TIMEOUT_MS,
   DEFAULT_DECISION_HEADER,
   DEFAULT_IDEMPOTENT_METHODS,
+  DEFAULT_MAX_SOCKETS,
   DEFAULT_REQUEST_TIMEOUT_MS,
   DEFAULT_STRATEGY,
   type LoadBalanceOptions,
@@ -93,6 +94,19 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   }
 
   const agent = section('agent', o.agent);
+  const maxSockets = num('agent.maxSockets', agent.maxSockets, DEFAULT_MAX_SOCKETS, 1, 1e6, true);
+  // As many idle sockets as the pool may hold (Node's default too): a lower
+  // cap closes sockets after every burst and reopens them on the next one.
+  const maxFreeSockets = num(
+    'agent.maxFreeSockets',
+    agent.maxFreeSockets,
+    maxSockets,
+    0,
+    1e6,
+    true,
+  );
+  const keepAliveMsecs = num('agent.keepAliveMsecs', agent.keepAliveMsecs, 1000, 1);
+  const idleTimeoutMs = num('agent.idleTimeoutMs', agent.idleTimeoutMs, 15_000, 1);
   const retry = section('retry', o.retry);
   const methods = retry.methods ?? DEFAULT_IDEMPOTENT_METHODS;
   if (
@@ -181,11 +195,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     changeOrigin: bool('changeOrigin', o.changeOrigin, false),
     trustForwarded: bool('trustForwarded', o.trustForwarded, false),
     forwardMountPath: bool('forwardMountPath', o.forwardMountPath, false),
-    agent: {
-      maxSockets: num('agent.maxSockets', agent.maxSockets, 256, 1, 1e6, true),
-      maxFreeSockets: num('agent.maxFreeSockets', agent.maxFreeSockets, 64, 0, 1e6, true),
-      keepAliveMsecs: num('agent.keepAliveMsecs', agent.keepAliveMsecs, 1000, 1),
-    },
+    agent: { maxSockets, maxFreeSockets, keepAliveMsecs, idleTimeoutMs },
     retry:
       o.retry === false
         ? undefined
@@ -249,10 +259,12 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
             ),
           },
     saturation: {
+      // Default: the pool size. Beyond it requests would wait inside the
+      // agent, an unbounded queue we cannot see; they wait in ours instead.
       maxInFlightPerBackend: num(
         'saturation.maxInFlightPerBackend',
         sat.maxInFlightPerBackend,
-        256,
+        maxSockets,
         1,
         1e6,
         true,

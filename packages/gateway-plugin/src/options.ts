@@ -87,7 +87,7 @@ export interface HealthCheckOptions {
 }
 
 export interface SaturationOptions {
-  /** Requests this gateway keeps outstanding on one backend at most (default 256). */
+  /** Requests this gateway keeps outstanding on one backend at most (default agent.maxSockets). */
   maxInFlightPerBackend?: number;
   /** A backend whose expected wait is above this is saturated too (off by default). */
   maxExpectedWaitMs?: number;
@@ -139,7 +139,13 @@ export interface LoadBalanceOptions {
   trustForwarded?: boolean;
   /** When mounted (app.use('/api', ...)), forward the mount path too (default false, like HPM 3). */
   forwardMountPath?: boolean;
-  agent?: { maxSockets?: number; maxFreeSockets?: number; keepAliveMsecs?: number };
+  agent?: {
+    maxSockets?: number;
+    maxFreeSockets?: number;
+    keepAliveMsecs?: number;
+    /** Idle pooled sockets close after this (default 15 000), sooner if the backend hints less. */
+    idleTimeoutMs?: number;
+  };
   retry?: RetryOptions | false;
   outlier?: OutlierOptions;
   healthCheck?: HealthCheckOptions | false;
@@ -165,6 +171,7 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_IDEMPOTENT_METHODS = ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'];
 export const DEFAULT_DECISION_HEADER = 'x-loadwise-decision';
+export const DEFAULT_MAX_SOCKETS = 256;
 
 export interface ResolvedOptions {
   backends: Required<BackendConfig>[];
@@ -183,7 +190,12 @@ export interface ResolvedOptions {
   changeOrigin: boolean;
   trustForwarded: boolean;
   forwardMountPath: boolean;
-  agent: { maxSockets: number; maxFreeSockets: number; keepAliveMsecs: number };
+  agent: {
+    maxSockets: number;
+    maxFreeSockets: number;
+    keepAliveMsecs: number;
+    idleTimeoutMs: number;
+  };
   retry: Required<RetryOptions> | undefined;
   outlier: Required<OutlierOptions>;
   healthCheck: Required<HealthCheckOptions> | undefined;

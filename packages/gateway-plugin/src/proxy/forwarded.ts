@@ -33,6 +33,31 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
   h['x-forwarded-port'] = port;
 }
 
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'upgrade'];
+
+/**
+ * Removes the client's hop-by-hop headers (RFC 9110 §7.6.1), and those its
+ * Connection header names, before the request goes to a backend.
+ * http-proxy forwards them when an agent is set, so a client sending
+ * `Connection: close` (HTTP/1.0 tools, some load balancers) would make the
+ * backend close the pooled connection after every response: connection
+ * churn, the p99 tail the keep-alive pool exists to avoid. The gateway's
+ * agent sets its own `Connection: keep-alive`. Transfer-Encoding stays: it
+ * frames the body being streamed through. Not for upgrades, which need
+ * Connection and Upgrade.
+ */
+export function stripHopByHop(req: IncomingMessage): void {
+  const h = req.headers;
+  const named = h.connection;
+  if (named) {
+    for (const token of named.split(',')) {
+      const name = token.trim().toLowerCase();
+      if (name && name !== 'transfer-encoding' && name !== 'host') delete h[name];
+    }
+  }
+  for (const name of HOP_BY_HOP) delete h[name];
+}
+
 /** The client address as the gateway trusts it (first X-Forwarded-For hop only when trusted). */
 export function clientAddress(req: IncomingMessage, trust: boolean): string {
   if (trust) {

@@ -22,7 +22,7 @@ import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import type { Balancer as BalancerCore } from '../balancer';
 import { affinityCookie, hashKeyOf } from './affinity';
-import { setForwardedHeaders } from './forwarded';
+import { setForwardedHeaders, stripHopByHop } from './forwarded';
 import { UpgradeFlow } from './upgrade-flow';
 import { CONNECT_TIMEOUT_CODE, TIMEOUT_CODE, classify, codedError } from './upstream-errors';
 
@@ -89,6 +89,7 @@ export class RequestFlow {
     };
     this.flows.set(req, flow);
     c.budget?.onRequest();
+    stripHopByHop(req);
     setForwardedHeaders(req, o.trustForwarded);
     if (o.forwardMountPath) {
       const original = (req as { originalUrl?: string }).originalUrl;

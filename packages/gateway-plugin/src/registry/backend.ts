@@ -18,6 +18,7 @@ export interface AgentOptions {
   maxSockets: number;
   maxFreeSockets: number;
   keepAliveMsecs: number;
+  idleTimeoutMs: number;
 }
 
 export class Backend {
@@ -68,7 +69,12 @@ export class Backend {
     this.endpoint = { id, weight, load };
     // LIFO reuses the most recently used socket, so idle ones age out instead of
     // every socket being kept barely alive (Node's documented reason for 'lifo').
-    const opts = { keepAlive: true, scheduling: 'lifo' as const, ...agentOptions };
+    // `timeout` retires idle pooled sockets, and only with it set does Node
+    // honour a backend's `Keep-Alive: timeout=N` hint (closing a second before
+    // the server would, instead of racing its close with a new request:
+    // Agent.prototype.keepSocketAlive). It never fires on a socket in use.
+    const { idleTimeoutMs, ...pool } = agentOptions;
+    const opts = { keepAlive: true, scheduling: 'lifo' as const, timeout: idleTimeoutMs, ...pool };
     this.agent = url.protocol === 'https:' ? new HttpsAgent(opts) : new HttpAgent(opts);
   }
 
