@@ -4,6 +4,7 @@
  * and passive outlier detection ejects a backend that keeps failing requests.
  */
 import { once } from 'node:events';
+import { Registry } from 'prom-client';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
 
 describe('gateway health', () => {
@@ -49,11 +50,13 @@ describe('gateway health', () => {
   });
 
   it('passive detection ejects a backend answering 5xx, and counts it', async () => {
+    const registry = new Registry(); // the user's own registry
     gw = await startGateway({
       backends: backends(),
       strategy: 'round-robin',
       outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000 },
       metricsPath: '/_lb/metrics',
+      metricsRegistry: registry,
     });
     const ejected = once(gw.lb.balancer.events, 'backend-ejected');
     const statuses: number[] = [];
@@ -64,6 +67,7 @@ describe('gateway health', () => {
     for (let i = 0; i < 4; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
     const metrics = (await send(`${gw.url}/_lb/metrics`)).body;
     expect(metrics).toMatch(/loadwise_ejections_total\{backend="sick"\} 1/);
+    expect(await registry.metrics()).toMatch(/loadwise_ejections_total\{backend="sick"\} 1/);
     expect(gw.lb.balancer.snapshot().backends[1]).toMatchObject({ state: 'ejected', ejections: 1 });
   });
 });

@@ -100,7 +100,10 @@ export class Balancer {
     this.budget = o.retry && new RetryBudget(o.retry, o.now);
     this.queue = new WaitQueue(o.saturation.queueSize, o.saturation.queueTimeoutMs);
     this.drainRate = new DrainRate(o.now);
-    this.metrics = createGatewayMetrics({ getSnapshot: () => this.snapshot() });
+    this.metrics = createGatewayMetrics({
+      getSnapshot: () => this.snapshot(),
+      ...(o.metricsRegistry ? { registry: o.metricsRegistry } : {}),
+    });
     this.flow = new RequestFlow(this);
     const flow = this.flow;
     this.engine = new ProxyEngine(

@@ -132,6 +132,7 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['decision header with space', { ...base, decisionHeader: 'x y' }, 'LW_GW_INVALID_OPTION'],
   ['logger without warn', { ...base, logger: { info() {} } }, 'LW_GW_INVALID_OPTION'],
   ['now not a function', { ...base, now: 5 }, 'LW_GW_INVALID_OPTION'],
+  ['metrics registry not a registry', { ...base, metricsRegistry: {} }, 'LW_GW_INVALID_OPTION'],
 ];
 
 describe('loadBalance options', () => {

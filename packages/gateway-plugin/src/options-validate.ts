@@ -32,6 +32,15 @@ import {
 
 export { backendUrl } from './options-checks';
 
+function metricsRegistry(v: unknown): ResolvedOptions['metricsRegistry'] {
+  if (v === undefined) return undefined;
+  const r = v as { registerMetric?: unknown; metrics?: unknown };
+  if (!isObject(v) || typeof r.registerMetric !== 'function' || typeof r.metrics !== 'function') {
+    throw invalidOption('metricsRegistry', 'a prom-client Registry', '<object>');
+  }
+  return v as unknown as ResolvedOptions['metricsRegistry'];
+}
+
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   if (!isObject(input)) throw invalidOption('options', 'an object', input);
   const o = input as unknown as Record<string, unknown>;
@@ -292,6 +301,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     statusPath: path('statusPath', o.statusPath),
     statusToken: o.statusToken as string | undefined,
     metricsPath: path('metricsPath', o.metricsPath),
+    metricsRegistry: metricsRegistry(o.metricsRegistry),
     decisionHeader,
     logger: logger(o.logger),
     now: fn('now', o.now, Date.now),

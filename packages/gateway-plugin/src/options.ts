@@ -3,6 +3,7 @@
  * in options-validate.ts; everything after construction reads ResolvedOptions.
  */
 import type { MqttClient } from 'mqtt';
+import type { Registry as MetricsRegistry } from 'prom-client';
 import type { SigningKey } from '@loadwise/protocol';
 
 /** A backend from configuration: the allow-list. MQTT can only change its share of traffic. */
@@ -158,6 +159,8 @@ export interface LoadBalanceOptions {
   statusToken?: string;
   /** Serve Prometheus metrics here; off by default. */
   metricsPath?: string;
+  /** prom-client registry to register the gateway's metrics in (default: one of its own). */
+  metricsRegistry?: MetricsRegistry;
   /** Add a response header naming the backend and why (true: 'x-loadwise-decision'). */
   decisionHeader?: boolean | string;
   logger?: Logger;
@@ -207,6 +210,7 @@ export interface ResolvedOptions {
   statusPath: string | undefined;
   statusToken: string | undefined;
   metricsPath: string | undefined;
+  metricsRegistry: MetricsRegistry | undefined;
   decisionHeader: string | undefined;
   logger: Logger;
   now: () => number;
