@@ -15,6 +15,8 @@ export interface LoadResult {
   servedBy: Map<string, number>;
   /** Requests that got no response (refused, reset, client timeout). */
   errors: number;
+  /** Slowest response per status code, ms (from sending the request to the end of the response). */
+  maxLatencyMs: Map<number, number>;
   /** Headers of the non-2xx responses (first 20), to explain failures. */
   failures: { status: number; headers: http.IncomingHttpHeaders; body: string }[];
 }
@@ -58,12 +60,14 @@ export function startLoad(opts: LoadOptions): RunningLoad {
     statuses: new Map(),
     servedBy: new Map(),
     errors: 0,
+    maxLatencyMs: new Map(),
     failures: [],
   };
   let stopped = false;
 
   const one = (): Promise<void> =>
     new Promise((resolve) => {
+      const startMs = performance.now();
       const req = http.request(
         {
           host: target.hostname,
@@ -82,6 +86,9 @@ export function startLoad(opts: LoadOptions): RunningLoad {
           res.on('end', () => {
             const status = res.statusCode ?? 0;
             result.statuses.set(status, (result.statuses.get(status) ?? 0) + 1);
+            const latencyMs = performance.now() - startMs;
+            if (latencyMs > (result.maxLatencyMs.get(status) ?? -1))
+              result.maxLatencyMs.set(status, latencyMs);
             if (status >= 200 && status < 300) {
               const by = String(res.headers['x-served-by'] ?? '?');
               result.servedBy.set(by, (result.servedBy.get(by) ?? 0) + 1);

@@ -1,0 +1,78 @@
+/**
+ * Proof: when a backend's agent dies, the backend stays routable on the
+ * gateway's local signals and its reports are marked stale.
+ *
+ * SIGKILL closes the agent's TCP connection, so the broker publishes its Last
+ * Will (status offline, will: true) at once. The gateway must read that as
+ * "the agent died", not "the backend died" (HAProxy agent-check: an
+ * unreachable agent is not an error). Two backends of 4 slots x 10 ms and 8
+ * clients: both are needed, so `a` keeps about half of the traffic
+ * (asserted above 0.2).
+ */
+import { brokerTargets, uniquePrefix } from '../kit/brokers';
+import { eventually, startFleet, type Fleet } from '../kit/fleet';
+import { startGateway, type TestGateway } from './gateway';
+import { fire, failed, shares } from './load';
+
+describe.each(brokerTargets())('agent killed, on $name', (target) => {
+  let broker: { url: string; close(): Promise<void> };
+  let fleet: Fleet | undefined;
+  let gw: TestGateway | undefined;
+
+  beforeAll(async () => {
+    broker = await target.start();
+    const prefix = uniquePrefix('agent-killed');
+    fleet = await startFleet({
+      brokerUrl: broker.url,
+      prefix,
+      backends: ['a', 'b'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+    });
+    gw = await startGateway({
+      backends: fleet.backendConfig(),
+      broker: broker.url,
+      topicPrefix: prefix,
+      healthCheck: { path: '/health', intervalMs: 500 },
+    });
+    await eventually(
+      () => gw!.snapshot().backends.every((b) => b.reportFresh),
+      15_000,
+      'fresh reports',
+    );
+  });
+
+  afterAll(async () => {
+    await gw?.close();
+    await fleet?.close();
+    await broker?.close();
+  });
+
+  it('keeps routing to the backend and marks its reports stale', async () => {
+    const exit = await fleet!.get('a').killAgent('SIGKILL');
+    expect(exit?.signal).toBe('SIGKILL');
+
+    await eventually(() => !gw!.backend('a').reportFresh, 10_000, 'reports of a stale');
+    // The event comes from the gateway's freshness sweep (once a second).
+    await eventually(
+      () => gw!.events.some((e) => e.name === 'metrics-stale' && e.data['id'] === 'a'),
+      5_000,
+      'metrics-stale event for a',
+    );
+    expect(gw!.backend('a').state).toBe('healthy');
+    expect(gw!.backend('b').reportFresh).toBe(true);
+
+    const result = await fire({ url: `${gw!.url}/work`, total: 300, concurrency: 8 });
+    expect(failed(result)).toBe(0);
+    expect(shares(result)['a']).toBeGreaterThan(0.2);
+    expect(gw!.backend('a').state).toBe('healthy');
+    // No event ever took it out of rotation.
+    expect(
+      gw!.events.some(
+        (e) => (e.name === 'backend-down' || e.name === 'backend-ejected') && e.data['id'] === 'a',
+      ),
+    ).toBe(false);
+
+    // A new agent: reports are fresh again.
+    fleet!.get('a').startAgent();
+    await eventually(() => gw!.backend('a').reportFresh, 10_000, 'reports of a fresh again');
+  });
+});
