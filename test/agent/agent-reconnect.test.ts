@@ -1,5 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { subscriptionFilter, type MetricsReport } from '@loadwise/protocol';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
@@ -14,6 +17,8 @@ interface RestartableBroker {
   url: string;
   stop(): Promise<void>;
   start(): Promise<void>;
+  /** Removes whatever the broker left on disk. */
+  dispose(): void;
 }
 
 async function freePort(): Promise<number> {
@@ -47,21 +52,29 @@ async function embedded(): Promise<RestartableBroker> {
     start: async () => {
       broker = await startEmbeddedBroker({ port });
     },
+    dispose: () => undefined,
   };
 }
 
 /** Our own Mosquitto on a free port (never the shared one on 1883, which must not be restarted). */
 async function mosquitto(): Promise<RestartableBroker> {
   const port = await freePort();
+  // Loopback only, anonymous, no persistence: a restart loses retained state, like aedes.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lw-mosq-'));
+  const conf = path.join(dir, 'mosquitto.conf');
+  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\n`);
+  chmodSync(dir, 0o755); // mosquitto started as root drops to its own user
+  chmodSync(conf, 0o644);
   let proc: ChildProcess | undefined;
   const start = async (): Promise<void> => {
-    proc = spawn('mosquitto', ['-p', String(port)], { stdio: 'ignore' });
+    proc = spawn('mosquitto', ['-c', conf], { stdio: 'ignore' });
     await waitForPort(port);
   };
   await start();
   return {
     url: `mqtt://127.0.0.1:${port}`,
     start,
+    dispose: () => rmSync(dir, { recursive: true, force: true }),
     stop: async () => {
       const p = proc;
       if (!p || p.exitCode !== null || p.signalCode !== null) return;
@@ -93,6 +106,7 @@ describe.each(targets)('agent reconnect after a broker restart: %s', (_name, mak
     await agent?.stop({ graceMs: 0 });
     await Promise.all(clients.splice(0).map((c) => endClient(c, true)));
     await broker?.stop().catch(() => undefined);
+    broker?.dispose();
   });
 
   it('publishes fresh metrics after reconnecting and never the samples taken while disconnected', async () => {
