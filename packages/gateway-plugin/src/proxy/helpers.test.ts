@@ -1,0 +1,80 @@
+import type { IncomingMessage } from 'node:http';
+import { affinityCookie, hashKeyOf, readCookie } from './affinity';
+import { hostKey, urlHostKey } from './agent-dispatcher';
+import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
+
+function req(
+  headers: Record<string, string>,
+  remoteAddress = '10.0.0.9',
+  localPort = 8080,
+): IncomingMessage {
+  return {
+    headers: { ...headers },
+    socket: { remoteAddress, localPort },
+  } as unknown as IncomingMessage;
+}
+
+describe('affinity', () => {
+  it('reads a cookie among others, quoted or not', () => {
+    expect(readCookie('a=1; lw=abc; b=2', 'lw')).toBe('abc');
+    expect(readCookie('lw="q"', 'lw')).toBe('q');
+    expect(readCookie('xlw=1; lw2=2', 'lw')).toBeUndefined();
+    expect(readCookie(undefined, 'lw')).toBeUndefined();
+  });
+
+  it('takes the key from the header, else the cookie, else the client address', () => {
+    const aff = { header: 'x-user', cookie: 'lw', clientAddress: true };
+    expect(hashKeyOf(req({ 'x-user': 'u1', cookie: 'lw=c1' }), aff, false).key).toBe('u1');
+    expect(hashKeyOf(req({ cookie: 'lw=c1' }), aff, false).key).toBe('c1');
+    expect(hashKeyOf(req({ 'x-forwarded-for': '1.2.3.4' }), aff, false).key).toBe('10.0.0.9');
+    expect(hashKeyOf(req({ 'x-forwarded-for': '1.2.3.4, 5.6.7.8' }), aff, true).key).toBe(
+      '1.2.3.4',
+    );
+  });
+
+  it('mints a cookie only when configured and absent', () => {
+    const k = hashKeyOf(req({}), { cookie: 'lw', setCookie: true }, false);
+    expect(k.newCookie).toMatch(/^[A-Za-z0-9_-]{16}$/);
+    expect(k.key).toBe(k.newCookie);
+    expect(
+      hashKeyOf(req({ cookie: 'lw=x' }), { cookie: 'lw', setCookie: true }, false).newCookie,
+    ).toBeUndefined();
+    expect(affinityCookie('lw', 'v', 0, true)).toBe('lw=v; Path=/; HttpOnly; SameSite=Lax; Secure');
+  });
+});
+
+describe('forwarded headers', () => {
+  it('overwrites untrusted values from the socket', () => {
+    const r = req({ host: 'gw.example:8080', 'x-forwarded-for': '6.6.6.6', forwarded: 'for=x' });
+    setForwardedHeaders(r, false);
+    expect(r.headers).toMatchObject({
+      'x-forwarded-for': '10.0.0.9',
+      'x-forwarded-proto': 'http',
+      'x-forwarded-host': 'gw.example:8080',
+      'x-forwarded-port': '8080',
+    });
+    expect(r.headers.forwarded).toBeUndefined();
+    expect(clientAddress(r, false)).toBe('10.0.0.9');
+  });
+
+  it('strips hop-by-hop headers and those Connection names, keeping the body framing', () => {
+    const r = req({
+      connection: 'close, X-Private, transfer-encoding',
+      'x-private': '1',
+      'keep-alive': 'timeout=1',
+      'proxy-connection': 'keep-alive',
+      'transfer-encoding': 'chunked',
+      'x-kept': 'yes',
+    });
+    stripHopByHop(r);
+    expect(r.headers).toEqual({ 'transfer-encoding': 'chunked', 'x-kept': 'yes' });
+  });
+});
+
+describe('agent dispatcher keys', () => {
+  it('matches WHATWG URLs with Node request options', () => {
+    expect(urlHostKey(new URL('http://[::1]:3000/x'))).toBe(hostKey('::1', 3000));
+    expect(urlHostKey(new URL('https://Example.com/'))).toBe(hostKey('example.com', '443'));
+    expect(urlHostKey(new URL('http://127.0.0.1'))).toBe('127.0.0.1:80');
+  });
+});
