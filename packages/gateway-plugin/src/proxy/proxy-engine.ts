@@ -49,12 +49,15 @@ export class ProxyEngine {
 
   web(backend: Backend, req: IncomingMessage, res: ServerResponse): void {
     const { handler } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
-    void handler(req, res, (err?: unknown) => {
+    const fail = (err?: unknown): void => {
       // HPM calls next(err) only if preparing the request failed (the router
       // returned nothing): report it as an attempt error, never throw.
       const error = err instanceof Error ? err : new Error('proxy preparation failed');
       this.hooks.onError(error, req, res, undefined);
-    });
+    };
+    // HPM catches its own errors into next(err); the catch is a second net so
+    // a rejection can never go unhandled on the request path.
+    handler(req, res, fail).catch(fail);
   }
 
   upgrade(backend: Backend, req: IncomingMessage, socket: Socket, head: Buffer): void {
