@@ -5,6 +5,7 @@
  * the embedded mode exposes a URL agents can use.
  */
 import { once } from 'node:events';
+import type { ServerResponse } from 'node:http';
 import { createEncoder } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
@@ -109,6 +110,40 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       }
     } finally {
       await endClient(client);
+    }
+  });
+
+  it('lets in-flight requests of a draining backend finish', async () => {
+    const prefix = uniquePrefix('gw');
+    const held: ServerResponse[] = [];
+    const h = await startBackend('h', (_req, res) => void held.push(res));
+    try {
+      gw = await startGateway({
+        backends: [
+          { id: 'h', url: h.url },
+          { id: 'b', url: b.url },
+        ],
+        broker: broker.url,
+        topicPrefix: prefix,
+        strategy: 'round-robin',
+      });
+      await gw.lb.ready();
+      const inFlight = send(`${gw.url}/slow`);
+      await until(() => held.length === 1);
+      const client = await connectClient(broker.url);
+      const draining = once(gw.lb.balancer.events, 'backend-draining');
+      const s = createEncoder({ backendId: 'h', prefix }).status('draining');
+      await client.publishAsync(s.topic, s.payload, { qos: 1 });
+      await endClient(client);
+      await draining;
+      for (let i = 0; i < 3; i++)
+        expect((await send(`${gw.url}/`)).json<{ id: string }>().id).toBe('b');
+      held[0]!.end('finished');
+      const r = await inFlight;
+      expect([r.status, r.body]).toEqual([200, 'finished']);
+    } finally {
+      for (const r of held) r.end();
+      await h.close();
     }
   });
 
