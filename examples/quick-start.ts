@@ -172,6 +172,23 @@ async function main(): Promise<void> {
   });
   process.on('SIGTERM', () => void stop(0));
 
+  // 0. The gateway's port first: if it is taken, say so before starting anything.
+  const server = http.createServer();
+  const listening = await new Promise<boolean>((resolve) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') {
+        process.stderr.write(
+          `quick-start: port ${args.port} is already in use. Pick another: npm start -- --port 9090 (or --port 0 for any free port)\n`,
+        );
+      } else {
+        process.stderr.write(`quick-start: cannot listen on port ${args.port}: ${err.message}\n`);
+      }
+      resolve(false);
+    });
+    server.listen(args.port, '127.0.0.1', () => resolve(true));
+  });
+  if (!listening) return stop(1);
+
   // 1. The broker. Port 0: 1883 may be taken by a real Mosquitto.
   const broker = await startEmbeddedBroker();
   cleanups.push(() => broker.close());
@@ -217,22 +234,9 @@ async function main(): Promise<void> {
   cleanups.push(() => lb.close());
   const app = express();
   app.use(lb);
-  const server = http.createServer(app);
+  server.on('request', app);
   server.on('upgrade', lb.upgrade);
-  const listening = await new Promise<boolean>((resolve) => {
-    server.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE') {
-        process.stderr.write(
-          `quick-start: port ${args.port} is already in use. Pick another: npm start -- --port 9090 (or --port 0 for any free port)\n`,
-        );
-      } else {
-        process.stderr.write(`quick-start: cannot listen on port ${args.port}: ${err.message}\n`);
-      }
-      resolve(false);
-    });
-    server.listen(args.port, '127.0.0.1', () => resolve(true));
-  });
-  if (!listening) return stop(1);
+  // Cleanups run newest first: the server stops taking requests before the gateway closes.
   cleanups.push(
     () =>
       new Promise<void>((resolve) => {
