@@ -26,6 +26,8 @@ export interface CohortMembership {
   set(serviceTimeMs: number | undefined, capacity: number | undefined): void;
   /** Mean capacity of the other members (a prior must not include the member's own figure). */
   othersMeanCapacity(): number | undefined;
+  /** Mean service time of the other members (a neutral target must not include the member's own figure). */
+  othersMeanServiceTimeMs(): number | undefined;
   /** This member's last interval: hidden mean concurrency and this gateway's mean in-flight. */
   setFlow(hiddenMean: number, localMean: number): void;
   /**
@@ -108,6 +110,11 @@ export function createLoadCohort(): LoadCohort {
           const own = capacity === undefined ? 0 : 1;
           const count = countCapacity - own;
           return count <= 0 ? undefined : (sumCapacity - (capacity ?? 0)) / count;
+        },
+        othersMeanServiceTimeMs() {
+          const own = service === undefined ? 0 : 1;
+          const count = countService - own;
+          return count <= 0 ? undefined : (sumServiceMs - (service ?? 0)) / count;
         },
         setFlow(h, l) {
           if (left) return;

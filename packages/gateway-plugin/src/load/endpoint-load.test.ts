@@ -436,3 +436,49 @@ describe('load options', () => {
     );
   });
 });
+
+describe('createEndpointLoad: no starvation after failures', () => {
+  it('admit() forgets the previous incarnation: a restarted backend scores like its peers, not like its crash', () => {
+    const cohort = createLoadCohort();
+    const peers = [createEndpointLoad({ cohort }), createEndpointLoad({ cohort })];
+    const crashed = createEndpointLoad({ cohort, slowStartMs: 0 });
+    for (const p of peers) serve(p, 0, 10, 20);
+    // While it died: timeouts (slow failures) raised its estimate well above the peers'.
+    for (let i = 0; i < 5; i++) {
+      crashed.onRequestStart(0);
+      crashed.onRequestEnd(0, 5000, false);
+    }
+    expect(crashed.expectedWaitMs(1000)).toBeGreaterThan(10 * peers[0]!.expectedWaitMs(1000));
+    crashed.admit(60_000);
+    expect(crashed.snapshot(60_000).serviceTimeSource).toBe('cohort');
+    expect(crashed.expectedWaitMs(60_000)).toBeCloseTo(peers[0]!.expectedWaitMs(60_000), 6);
+  });
+
+  it('an old local figure worse than the peers fades towards their mean when nothing fresher exists', () => {
+    const cohort = createLoadCohort();
+    const peers = [createEndpointLoad({ cohort }), createEndpointLoad({ cohort })];
+    const once = createEndpointLoad({ cohort, localFreshMs: 30_000, decayMs: 10_000 });
+    serve(once, 0, 200, 20); // slow once, then P2C stopped picking it: no new samples
+    const at = (t: number) => {
+      for (const p of peers) serve(p, t, 10); // the peers keep serving at 10 ms
+      return once.expectedWaitMs(t);
+    };
+    const stale = at(30_000);
+    const faded = at(30_000 + 10_000);
+    const gone = at(30_000 + 100_000);
+    expect(stale).toBeGreaterThan(150);
+    // One time constant: the excess over the peers' mean shrinks by 1/e.
+    expect(faded).toBeLessThan(stale);
+    expect(faded).toBeGreaterThan(gone);
+    expect(gone).toBeLessThan(1.1 * peers[0]!.expectedWaitMs(130_000));
+  });
+
+  it('keeps an old local figure that is better than the peers (fading only ever helps a probe)', () => {
+    const cohort = createLoadCohort();
+    const peer = createEndpointLoad({ cohort });
+    const fast = createEndpointLoad({ cohort, localFreshMs: 1000 });
+    serve(fast, 0, 5, 10);
+    serve(peer, 100_000, 50, 10);
+    expect(fast.snapshot(100_000).serviceTimeMs).toBeCloseTo(5, 6);
+  });
+});

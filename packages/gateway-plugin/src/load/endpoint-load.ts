@@ -234,6 +234,18 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   admit(nowMs: number): void {
     this.admittedAtMs = this.o.slowStartMs > 0 ? nowMs : undefined;
+    // A backend (re-)entering the eligible set is a new incarnation: restarted after a crash,
+    // back from an ejection or a drain. What this gateway measured before (timeouts, refused
+    // connections, a queue) describes the old one. Kept, it starves the newcomer: P2C never
+    // picks a backend whose estimate is worse than every peer's, so no completion ever
+    // corrects it. Forget it; the cohort's neutral estimate and slow start take over, and the
+    // agent's next report, if any, counts as usual.
+    this.latency.reset();
+    this.service.reset();
+    this.errorRate = 0;
+    this.learnedCapacity = undefined;
+    this.saturatedAtMs = undefined;
+    this.updateCohort(nowMs);
   }
 
   slowStartFactor(nowMs: number): number {
@@ -398,6 +410,16 @@ class EndpointLoadEstimate implements LoadEstimate {
     if (last !== undefined && (nowMs - last <= this.o.localFreshMs || reported === undefined)) {
       value = this.service.valueMs(nowMs);
       source = 'local';
+      const idleMs = nowMs - last - this.o.localFreshMs;
+      const neutral = idleMs > 0 ? this.membership?.othersMeanServiceTimeMs() : undefined;
+      if (value !== undefined && neutral !== undefined && value > neutral) {
+        // Nothing fresher than an old local figure, and it is worse than the peers': fade
+        // it towards their mean (time constant decayMs), so an idle, once-slow backend is
+        // probed again instead of losing every P2C comparison forever (Finagle and tower
+        // decay idle estimates for the same reason). Better-than-mean figures are kept.
+        const w = Math.exp(-idleMs / this.o.decayMs);
+        value = neutral + (value - neutral) * w;
+      }
     } else if (reported !== undefined) {
       // The agent's latency includes its queue too: with a mean of N requests in the system
       // (Little) on c slots, the service part is c / N of it.

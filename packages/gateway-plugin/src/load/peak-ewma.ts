@@ -67,6 +67,16 @@ export class PeakEwma {
     if (rtt < this.minCurrentMs) this.minCurrentMs = rtt;
   }
 
+  /** Forgets every sample: the backend behind it is a new incarnation (restarted, re-admitted). */
+  reset(): void {
+    this.costMs = 0;
+    this.stampMs = 0;
+    this.samples = 0;
+    this.minCurrentMs = Infinity;
+    this.minPreviousMs = Infinity;
+    this.minWindowStartMs = 0;
+  }
+
   /** The lowest latency seen over the last one to two windows; undefined before the first sample. */
   minMs(): number | undefined {
     if (this.samples === 0) return undefined;

@@ -90,8 +90,18 @@ describe('peak-ewma (Finagle/Linkerd: latency × (in-flight + 1), via P2C)', () 
 
   it('slow start divides the score: an admitted backend ramps up', () => {
     const e = timed([10, 10], [0, 0]);
+    // Admission forgets earlier samples (a new incarnation); it is then measured as fast as b0.
     e[1]!.load.admit(0);
+    e[1]!.load.onRequestStart(0);
+    e[1]!.load.onRequestEnd(0, 10, true);
     const early = shares('peak-ewma', e, 5000, 4);
     expect(early[1]).toBe(0);
+  });
+
+  it('admission forgets what the previous incarnation measured', () => {
+    const e = timed([10, 500], [0, 0]);
+    expect(e[1]!.load.latencyMs(0)).toBe(500);
+    e[1]!.load.admit(0);
+    expect(e[1]!.load.latencyMs(0)).toBeUndefined();
   });
 });
