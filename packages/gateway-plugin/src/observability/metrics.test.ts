@@ -226,6 +226,60 @@ describe('createGatewayMetrics', () => {
     ).toBe(1);
   });
 
+  it('keeps counting across scrapes (counts are handed over once, never twice)', async () => {
+    const registry = new Registry();
+    const m = createGatewayMetrics({ registry });
+    for (let i = 0; i < 3; i++) m.onPick('a', 'p2c');
+    m.onResponse('a', 200, 1);
+    await registry.metrics();
+    await registry.metrics();
+    for (let i = 0; i < 2; i++) m.onPick('a', 'p2c');
+    m.onResponse('a', 201, 1);
+    const text = await registry.metrics();
+    expect(text).toContain('loadwise_picks_total{backend="a",strategy="p2c"} 5');
+    expect(text).toContain('loadwise_backend_requests_total{backend="a",status_class="2xx"} 2');
+    expect(text).toContain('loadwise_backend_latency_seconds_count{backend="a"} 2');
+  });
+
+  it('puts a latency on a bucket bound into that bucket, and above 10 s into +Inf only', async () => {
+    const registry = new Registry();
+    const m = createGatewayMetrics({ registry });
+    m.onResponse('a', 200, 10); // exactly 0.01 s: le="0.01" (bounds are inclusive)
+    m.onResponse('a', 200, 60_000);
+    m.onResponse('a', 200, Number.NaN); // counted as a response, not observed
+    const text = await registry.metrics();
+    expect(text).toContain('loadwise_backend_latency_seconds_bucket{le="0.005",backend="a"} 0');
+    expect(text).toContain('loadwise_backend_latency_seconds_bucket{le="0.01",backend="a"} 1');
+    expect(text).toContain('loadwise_backend_latency_seconds_bucket{le="10",backend="a"} 1');
+    expect(text).toContain('loadwise_backend_latency_seconds_bucket{le="+Inf",backend="a"} 2');
+    expect(text).toContain('loadwise_backend_latency_seconds_count{backend="a"} 2');
+    expect(text).toContain('loadwise_backend_requests_total{backend="a",status_class="2xx"} 3');
+    expect(text).toContain('# TYPE loadwise_backend_latency_seconds histogram');
+  });
+
+  it('serves the histogram through getMetricsAsJSON and resetMetrics like prom-client metrics', async () => {
+    const registry = new Registry();
+    const m = createGatewayMetrics({ registry });
+    m.onResponse('a', 200, 3);
+    const json = await registry.getMetricsAsJSON();
+    const h = json.find((x) => x.name === 'loadwise_backend_latency_seconds');
+    expect(h?.type).toBe('histogram');
+    expect(h?.values).toContainEqual({
+      labels: { backend: 'a' },
+      value: 1,
+      metricName: 'loadwise_backend_latency_seconds_count',
+    });
+    registry.resetMetrics();
+    expect(await registry.metrics()).toContain(
+      'loadwise_backend_latency_seconds_count{backend="a"} 0',
+    );
+    // The request path keeps observing into the same series after a reset.
+    m.onResponse('a', 200, 3);
+    expect(await registry.metrics()).toContain(
+      'loadwise_backend_latency_seconds_count{backend="a"} 1',
+    );
+  });
+
   it('two balancers with their own registries never clash', () => {
     expect(() => {
       createGatewayMetrics();
