@@ -437,7 +437,7 @@ describe('load options', () => {
   });
 });
 
-describe('createEndpointLoad: no starvation after failures', () => {
+describe('createEndpointLoad: no starvation', () => {
   it('admit() forgets the previous incarnation: a restarted backend scores like its peers, not like its crash', () => {
     const cohort = createLoadCohort();
     const peers = [createEndpointLoad({ cohort }), createEndpointLoad({ cohort })];
@@ -448,37 +448,40 @@ describe('createEndpointLoad: no starvation after failures', () => {
       crashed.onRequestStart(0);
       crashed.onRequestEnd(0, 5000, false);
     }
-    expect(crashed.expectedWaitMs(1000)).toBeGreaterThan(10 * peers[0]!.expectedWaitMs(1000));
+    expect(crashed.expectedWaitMs(0)).toBeGreaterThan(10 * peers[0]!.expectedWaitMs(0));
     crashed.admit(60_000);
     expect(crashed.snapshot(60_000).serviceTimeSource).toBe('cohort');
     expect(crashed.expectedWaitMs(60_000)).toBeCloseTo(peers[0]!.expectedWaitMs(60_000), 6);
   });
 
-  it('an old local figure worse than the peers fades towards their mean when nothing fresher exists', () => {
+  it('without new samples a local figure regresses towards the peers mean (time constant serviceDecayMs)', () => {
     const cohort = createLoadCohort();
     const peers = [createEndpointLoad({ cohort }), createEndpointLoad({ cohort })];
-    const once = createEndpointLoad({ cohort, localFreshMs: 30_000, decayMs: 10_000 });
-    serve(once, 0, 200, 20); // slow once, then P2C stopped picking it: no new samples
-    const at = (t: number) => {
-      for (const p of peers) serve(p, t, 10); // the peers keep serving at 10 ms
-      return once.expectedWaitMs(t);
-    };
-    const stale = at(30_000);
-    const faded = at(30_000 + 10_000);
-    const gone = at(30_000 + 100_000);
-    expect(stale).toBeGreaterThan(150);
-    // One time constant: the excess over the peers' mean shrinks by 1/e.
-    expect(faded).toBeLessThan(stale);
-    expect(faded).toBeGreaterThan(gone);
-    expect(gone).toBeLessThan(1.1 * peers[0]!.expectedWaitMs(130_000));
+    const once = createEndpointLoad({ cohort, serviceDecayMs: 1000 });
+    serve(once, 0, 20); // one noisy sample, then P2C stopped picking it
+    for (const p of peers) serve(p, 0, 10, 5);
+    const excess = (t: number) => once.snapshot(t).serviceTimeMs - 10;
+    expect(excess(0)).toBeCloseTo(10, 6);
+    expect(excess(1000)).toBeCloseTo(10 * Math.exp(-1), 6);
+    expect(excess(5000)).toBeCloseTo(10 * Math.exp(-5), 6);
   });
 
-  it('keeps an old local figure that is better than the peers (fading only ever helps a probe)', () => {
+  it('regresses a better-than-peers figure too (shrinkage is symmetric: an idle fast backend stays honest)', () => {
     const cohort = createLoadCohort();
     const peer = createEndpointLoad({ cohort });
-    const fast = createEndpointLoad({ cohort, localFreshMs: 1000 });
+    const fast = createEndpointLoad({ cohort, serviceDecayMs: 1000 });
     serve(fast, 0, 5, 10);
-    serve(peer, 100_000, 50, 10);
-    expect(fast.snapshot(100_000).serviceTimeMs).toBeCloseTo(5, 6);
+    serve(peer, 0, 50, 10);
+    expect(fast.snapshot(0).serviceTimeMs).toBeCloseTo(5, 6);
+    expect(fast.snapshot(1000).serviceTimeMs).toBeCloseTo(50 - 45 * Math.exp(-1), 6);
+  });
+
+  it('a figure in use is not moved: every completion refreshes it', () => {
+    const cohort = createLoadCohort();
+    const peer = createEndpointLoad({ cohort });
+    const busy = createEndpointLoad({ cohort, serviceDecayMs: 1000 });
+    serve(peer, 0, 10, 5);
+    for (let t = 0; t <= 1000; t += 5) serve(busy, t, 30);
+    expect(busy.snapshot(1000).serviceTimeMs).toBeCloseTo(30, 6);
   });
 });

@@ -410,15 +410,19 @@ class EndpointLoadEstimate implements LoadEstimate {
     if (last !== undefined && (nowMs - last <= this.o.localFreshMs || reported === undefined)) {
       value = this.service.valueMs(nowMs);
       source = 'local';
-      const idleMs = nowMs - last - this.o.localFreshMs;
-      const neutral = idleMs > 0 ? this.membership?.othersMeanServiceTimeMs() : undefined;
-      if (value !== undefined && neutral !== undefined && value > neutral) {
-        // Nothing fresher than an old local figure, and it is worse than the peers': fade
-        // it towards their mean (time constant decayMs), so an idle, once-slow backend is
-        // probed again instead of losing every P2C comparison forever (Finagle and tower
-        // decay idle estimates for the same reason). Better-than-mean figures are kept.
-        const w = Math.exp(-idleMs / this.o.decayMs);
-        value = neutral + (value - neutral) * w;
+      // Shrinkage towards the prior: a local figure is only as good as its last sample. With
+      // no new sample it regresses towards the other members' mean, with the service EWMA's own
+      // time constant. A backend in use refreshes it every few ms, so nothing changes; one that
+      // lost a P2C comparison on a noisy sample (a cold first request, a slow burst) would
+      // otherwise lose every later one too, since only a pick can correct it: with two
+      // backends P2C compares both every time, and one of two identical backends got every
+      // request at low load (bench smoke). A truly slow backend pays one probe when it has
+      // regressed, is measured slow again, and backs off: about one request per
+      // serviceDecayMs (Finagle and tower decay idle estimates for the same reason).
+      const prior = this.membership?.othersMeanServiceTimeMs();
+      if (value !== undefined && prior !== undefined) {
+        const w = Math.exp(-Math.max(0, nowMs - last) / this.o.serviceDecayMs);
+        value = prior + (value - prior) * w;
       }
     } else if (reported !== undefined) {
       // The agent's latency includes its queue too: with a mean of N requests in the system
