@@ -5,7 +5,15 @@
  * not from Node processes fighting for CPU. Capacity of a backend = slots /
  * service time.
  */
-import { expressHpm, haproxy, loadwise, nginx, PEERS, type BalancerDef } from './lib/balancers';
+import {
+  expressHpm,
+  expressHpmKeepAlive,
+  haproxy,
+  loadwise,
+  nginx,
+  PEERS,
+  type BalancerDef,
+} from './lib/balancers';
 import type { BackendSpec } from './lib/cluster';
 import { forkProc } from './lib/procs';
 import type { LoadSpec, Scenario } from './lib/scenario';
@@ -198,11 +206,11 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       backends: identical(3, 64, 10),
       maxQueue: 1024,
       agents: true,
-      cases: (q ? [200, 400] : [300, 700, 1100, 1500]).map((rate) => ({
+      cases: (q ? [200, 400] : [500, 1000, 1500, 2000, 2500]).map((rate) => ({
         label: `${rate} req/s`,
         load: open(rate, q, 6_000),
       })),
-      balancers: [nginx('least_conn'), expressHpm, lwDefault],
+      balancers: [nginx('least_conn'), expressHpm, lwDefault, expressHpmKeepAlive],
     },
     {
       name: 'smoke',

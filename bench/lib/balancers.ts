@@ -8,7 +8,8 @@ import { waitForHttp } from './http-get';
 import { freePort, startHaproxy, startNginx, type HaproxyPolicy, type NginxPolicy } from './peers';
 import { forkProc, type Proc } from './procs';
 
-export type BalancerFamily = 'loadwise' | 'express-hpm' | 'nginx' | 'haproxy';
+export type BalancerFamily =
+  'loadwise' | 'express-hpm' | 'express-hpm-keepalive' | 'nginx' | 'haproxy';
 
 export interface BalancerContext {
   backends: RunningBackend[];
@@ -99,6 +100,17 @@ export const expressHpm: BalancerDef = {
   start: (ctx, instance) =>
     nodeGateway(`hpm-${instance}`, 'gateway-hpm.js', {
       backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+    }),
+};
+
+/** Scenario 8's diagnosis: the same gateway with a keep-alive agent to the backends. */
+export const expressHpmKeepAlive: BalancerDef = {
+  name: 'express+hpm round robin, keep-alive agent',
+  family: 'express-hpm-keepalive',
+  start: (ctx, instance) =>
+    nodeGateway(`hpm-ka-${instance}`, 'gateway-hpm.js', {
+      backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+      keepAlive: true,
     }),
 };
 

@@ -3,6 +3,7 @@
  * the backends through HPM's `router` option, every other option at its default
  * (so, like most deployments, no keep-alive agent to the backends).
  */
+import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { createProxyMiddleware } from 'http-proxy-middleware';
@@ -11,6 +12,8 @@ import { startDiag } from './gateway-diag';
 
 interface HpmConfig {
   backends: Array<{ id: string; url: string }>;
+  /** Diagnostic variant (scenario 8): a keep-alive agent to the backends instead of HPM's default. */
+  keepAlive?: boolean;
   port?: number;
 }
 
@@ -24,6 +27,8 @@ async function main(): Promise<void> {
     createProxyMiddleware({
       target: cfg.backends[0]!.url,
       router: () => cfg.backends[i++ % cfg.backends.length]!.url,
+      // Without an agent, http-proxy opens a new connection per request (agent: false).
+      ...(cfg.keepAlive ? { agent: new http.Agent({ keepAlive: true, maxSockets: 256 }) } : {}),
     }),
   );
   const server = app.listen(cfg.port ?? 0, '127.0.0.1');
