@@ -210,7 +210,9 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         label: `${rate} req/s`,
         load: open(rate, q, 6_000),
       })),
-      balancers: [nginx('least_conn'), expressHpm, lwDefault, expressHpmKeepAlive],
+      // Express + HPM (a connection per request) last, so its TIME_WAIT sockets
+      // follow every other balancer's run rather than precede loadwise's.
+      balancers: [nginx('least_conn'), lwDefault, expressHpmKeepAlive, expressHpm],
     },
     {
       name: 'smoke',

@@ -4,7 +4,8 @@
  * balancers alike) drains the backends, starts the balancer, drives load,
  * measures CPU and stops the balancer again.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { DEFAULT_TRACKER_WINDOW_MS } from '@loadwise/health-agent';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
@@ -103,6 +104,12 @@ async function runOnce(
   // One run's backlog must not poison the next: wait for empty queues.
   const drain = await cluster.drain();
   rec.drainWaitMs = drain.waitedMs;
+  if (c.events?.length) {
+    // The tracker reports latency over a sliding 10 s window: after a run that
+    // slowed a backend, its agent keeps reporting that slowness for up to 10 s.
+    // Wait it out, or the next balancer starts with the last one's history.
+    await sleep(DEFAULT_TRACKER_WINDOW_MS + 1_000);
+  }
   if (!drain.drained)
     opts.log(`    backends still busy after ${drain.waitedMs} ms; running anyway`);
   else if (drain.waitedMs > 1_000)
@@ -193,6 +200,34 @@ async function runOnce(
     await Promise.all([...gateways.map((g) => g.stop()), ...side.map((p) => p.stop())]);
     cluster.resetServiceTimes();
   }
-  await sleep(300);
+  if (def.family === 'express-hpm') await settleTimeWait(opts.log);
+  else await sleep(300);
   return rec;
+}
+
+/** Sockets in TIME_WAIT on this host (Linux /proc/net/sockstat), or 0 if unknown. */
+function timeWaitCount(): number {
+  try {
+    const m = /TCP: .*\btw (\d+)/.exec(readFileSync('/proc/net/sockstat', 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+const MAX_TIME_WAIT = 10_000;
+const MAX_SETTLE_MS = 65_000; // TIME_WAIT lasts 60 s on Linux
+
+/**
+ * A gateway that opens a connection per request (Express + HPM without a
+ * keep-alive agent) leaves tens of thousands of loopback sockets in
+ * TIME_WAIT at 2,000 req/s; the next balancer's connects then pay for the
+ * port search. Wait until they have mostly expired (bounded), so one run's
+ * sockets do not slow the next.
+ */
+async function settleTimeWait(log: (s: string) => void): Promise<void> {
+  const start = Date.now();
+  while (timeWaitCount() > MAX_TIME_WAIT && Date.now() - start < MAX_SETTLE_MS) await sleep(1_000);
+  const waited = Date.now() - start;
+  if (waited > 1_000) log(`    waited ${waited} ms for TIME_WAIT sockets to expire`);
 }
