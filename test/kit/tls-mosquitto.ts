@@ -1,0 +1,157 @@
+/**
+ * A Mosquitto of a test's own that requires TLS, a client certificate and a
+ * username/password, with a throwaway PKI made by openssl for the run (EC
+ * P-256 keys, one-day certificates, the server's SAN is 127.0.0.1). Agent and
+ * gateway TLS tests both use it.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect as netConnect, type AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+function have(cmd: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The binaries these tests need; .ci/run installs mosquitto (which brings mosquitto_passwd). */
+export const canRunTlsMosquitto = have('mosquitto') && have('openssl') && have('mosquitto_passwd');
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+async function waitForPort(port: number, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = netConnect(port, '127.0.0.1');
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`mosquitto did not listen on ${port}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface TlsMosquitto {
+  port: number;
+  /** `mqtts://127.0.0.1:<port>` */
+  url: string;
+  /** A file of the run: ca.pem, client.pem, client.key, password (the right password). */
+  file(name: 'ca.pem' | 'client.pem' | 'client.key' | 'password'): string;
+  /** mqtt.js TLS and login options for a client, with the given password. */
+  clientOptions(password?: string): {
+    ca: Buffer;
+    cert: Buffer;
+    key: Buffer;
+    username: string;
+    password: string;
+  };
+  stop(): Promise<void>;
+}
+
+export async function startTlsMosquitto(login: {
+  username: string;
+  password: string;
+}): Promise<TlsMosquitto> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lw-tls-'));
+  const f = (name: string): string => path.join(dir, name);
+  const ssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'ignore' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  ssl(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.pem'),
+    '-days',
+    '1',
+    '-subj',
+    '/CN=lw-test-ca',
+  );
+  writeFileSync(f('san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+  for (const [name, cn] of [
+    ['server', '/CN=127.0.0.1'],
+    ['client', `/CN=${login.username}`],
+  ] as const) {
+    ssl('req', ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', cn);
+    ssl(
+      'x509',
+      '-req',
+      '-in',
+      f(`${name}.csr`),
+      '-CA',
+      f('ca.pem'),
+      '-CAkey',
+      f('ca.key'),
+      '-CAcreateserial',
+      '-out',
+      f(`${name}.pem`),
+      '-days',
+      '1',
+      ...(name === 'server' ? ['-extfile', f('san.ext')] : []),
+    );
+  }
+  execFileSync('mosquitto_passwd', ['-b', '-c', f('passwd'), login.username, login.password], {
+    stdio: 'ignore',
+  });
+  writeFileSync(f('password'), `${login.password}\n`);
+  const port = await freePort();
+  writeFileSync(
+    f('mosquitto.conf'),
+    [
+      `listener ${port} 127.0.0.1`,
+      `cafile ${f('ca.pem')}`,
+      `certfile ${f('server.pem')}`,
+      `keyfile ${f('server.key')}`,
+      'require_certificate true',
+      'allow_anonymous false',
+      `password_file ${f('passwd')}`,
+      '',
+    ].join('\n'),
+  );
+  // Mosquitto started as root drops to its own user: let it read the test files.
+  chmodSync(dir, 0o755);
+  for (const name of readdirSync(dir)) chmodSync(f(name), 0o644);
+  const broker: ChildProcess = spawn('mosquitto', ['-c', f('mosquitto.conf')], { stdio: 'ignore' });
+  const stop = async (): Promise<void> => {
+    if (broker.exitCode === null && broker.signalCode === null) {
+      const exited = new Promise((r) => broker.once('exit', r));
+      broker.kill('SIGTERM');
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitForPort(port);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    port,
+    url: `mqtts://127.0.0.1:${port}`,
+    file: f,
+    clientOptions: (password = login.password) => ({
+      ca: readFileSync(f('ca.pem')),
+      cert: readFileSync(f('client.pem')),
+      key: readFileSync(f('client.key')),
+      username: login.username,
+      password,
+    }),
+    stop,
+  };
+}
