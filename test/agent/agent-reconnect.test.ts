@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -11,6 +10,7 @@ import type { MqttClient } from 'mqtt';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { inbox } from '../kit/agent-cli';
 import { until } from '../kit/agent-http';
+import { freePort, waitForPort } from '../kit/ports';
 
 /** A broker the test can stop and start again on the same port. */
 interface RestartableBroker {
@@ -19,28 +19,6 @@ interface RestartableBroker {
   start(): Promise<void>;
   /** Removes whatever the broker left on disk. */
   dispose(): void;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
-
-async function waitForPort(port: number, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const sock = connect(port, '127.0.0.1');
-      sock.once('connect', () => (sock.destroy(), resolve(true)));
-      sock.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 async function embedded(): Promise<RestartableBroker> {

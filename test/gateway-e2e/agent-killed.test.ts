@@ -9,9 +9,9 @@
  * clients: both are needed, so `a` keeps about half of the traffic
  * (asserted above 0.2).
  */
-import { brokerTargets, uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { startGateway, type TestGateway } from './gateway';
+import { brokerTargets } from '../kit/brokers';
+import { eventually, type Fleet } from '../kit/fleet';
+import { startFleetGateway, type TestGateway } from './gateway';
 import { fire, failed, shares } from './load';
 
 describe.each(brokerTargets())('agent killed, on $name', (target) => {
@@ -21,23 +21,14 @@ describe.each(brokerTargets())('agent killed, on $name', (target) => {
 
   beforeAll(async () => {
     broker = await target.start();
-    const prefix = uniquePrefix('agent-killed');
-    fleet = await startFleet({
+    ({ fleet, gw } = await startFleetGateway({
       brokerUrl: broker.url,
-      prefix,
+      label: 'agent-killed',
       backends: ['a', 'b'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-    });
-    gw = await startGateway({
-      backends: fleet.backendConfig(),
-      broker: broker.url,
-      topicPrefix: prefix,
-      healthCheck: { path: '/health', intervalMs: 500 },
-    });
-    await eventually(
-      () => gw!.snapshot().backends.every((b) => b.reportFresh),
-      15_000,
-      'fresh reports',
-    );
+      gateway: {
+        healthCheck: { path: '/health', intervalMs: 500 },
+      },
+    }));
   });
 
   afterAll(async () => {

@@ -10,9 +10,8 @@
  * backend, and 3 consecutive failures eject it (outlier.consecutiveFailures).
  */
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { counter, startGateway, type TestGateway } from './gateway';
+import { eventually, type Fleet } from '../kit/fleet';
+import { counter, startFleetGateway, type TestGateway } from './gateway';
 import { fire, failed, startLoad } from './load';
 
 const SLOW_START_MS = 2_000;
@@ -23,25 +22,16 @@ let gw: TestGateway | undefined;
 
 beforeAll(async () => {
   broker = await startEmbeddedBroker();
-  const prefix = uniquePrefix('crash');
-  fleet = await startFleet({
+  ({ fleet, gw } = await startFleetGateway({
     brokerUrl: broker.url,
-    prefix,
+    label: 'crash',
     backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-  });
-  gw = await startGateway({
-    backends: fleet.backendConfig(),
-    broker: broker.url,
-    topicPrefix: prefix,
-    outlier: { consecutiveFailures: 3, baseEjectionMs: BASE_EJECTION_MS },
-    healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 500 },
-    load: { slowStartMs: SLOW_START_MS },
-  });
-  await eventually(
-    () => gw!.snapshot().backends.every((b) => b.reportFresh),
-    15_000,
-    'fresh reports',
-  );
+    gateway: {
+      outlier: { consecutiveFailures: 3, baseEjectionMs: BASE_EJECTION_MS },
+      healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 500 },
+      load: { slowStartMs: SLOW_START_MS },
+    },
+  }));
 });
 
 afterAll(async () => {

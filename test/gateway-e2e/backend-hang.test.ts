@@ -11,9 +11,8 @@
  * what was sent before the ejection (at most 12 + 3 here, with 12 clients).
  */
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { counter, startGateway, type TestGateway } from './gateway';
+import { eventually, type Fleet } from '../kit/fleet';
+import { counter, startFleetGateway, type TestGateway } from './gateway';
 import { failed, startLoad } from './load';
 
 const CONCURRENCY = 12;
@@ -24,26 +23,17 @@ let gw: TestGateway | undefined;
 
 beforeAll(async () => {
   broker = await startEmbeddedBroker();
-  const prefix = uniquePrefix('hang');
-  fleet = await startFleet({
+  ({ fleet, gw } = await startFleetGateway({
     brokerUrl: broker.url,
-    prefix,
+    label: 'hang',
     backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-  });
-  gw = await startGateway({
-    backends: fleet.backendConfig(),
-    broker: broker.url,
-    topicPrefix: prefix,
-    requestTimeoutMs: 400,
-    // Long ejection: b must stay out for the rest of the test.
-    outlier: { consecutiveFailures: CONSECUTIVE_FAILURES, baseEjectionMs: 60_000 },
-    healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 300 },
-  });
-  await eventually(
-    () => gw!.snapshot().backends.every((b) => b.reportFresh),
-    15_000,
-    'fresh reports',
-  );
+    gateway: {
+      requestTimeoutMs: 400,
+      // Long ejection: b must stay out for the rest of the test.
+      outlier: { consecutiveFailures: CONSECUTIVE_FAILURES, baseEjectionMs: 60_000 },
+      healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 300 },
+    },
+  }));
 });
 
 afterAll(async () => {

@@ -14,6 +14,8 @@ import {
   type LoadBalanceOptions,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
+import { uniquePrefix } from '../kit/brokers';
+import { eventually, startFleet, type Fleet, type FleetBackendSpec } from '../kit/fleet';
 
 export interface LoggedEvent {
   name: keyof BalancerEvents;
@@ -106,4 +108,40 @@ export async function counter(
     if (Object.entries(labels).every(([k, want]) => v.labels[k] === want)) sum += v.value;
   }
   return sum;
+}
+
+/**
+ * The usual end-to-end setup: a fleet of real backends with their agents on
+ * `brokerUrl` (under a fresh topic prefix), a gateway over them, and a wait
+ * until every backend has a fresh report. Extra gateway options go in
+ * `gateway`. If the gateway fails to start, the fleet is stopped here.
+ */
+export async function startFleetGateway(opts: {
+  brokerUrl: string;
+  label: string;
+  backends: FleetBackendSpec[];
+  gateway?: Partial<LoadBalanceOptions>;
+}): Promise<{ fleet: Fleet; gw: TestGateway }> {
+  const prefix = uniquePrefix(opts.label);
+  const fleet = await startFleet({ brokerUrl: opts.brokerUrl, prefix, backends: opts.backends });
+  let gw: TestGateway | undefined;
+  try {
+    gw = await startGateway({
+      backends: fleet.backendConfig(),
+      broker: opts.brokerUrl,
+      topicPrefix: prefix,
+      ...opts.gateway,
+    });
+    const started = gw;
+    await eventually(
+      () => started.snapshot().backends.every((b) => b.reportFresh),
+      15_000,
+      'fresh reports',
+    );
+    return { fleet, gw };
+  } catch (err) {
+    await gw?.close();
+    await fleet.close();
+    throw err;
+  }
 }

@@ -16,9 +16,9 @@
  * measured 0-0.02 on a quiet machine, up to 0.14 while other jobs kept both
  * cores busy), and back above 0.15 once its queue is empty again.
  */
-import { brokerTargets, uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { startGateway, type TestGateway } from './gateway';
+import { brokerTargets } from '../kit/brokers';
+import { eventually, type Fleet } from '../kit/fleet';
+import { startFleetGateway, type TestGateway } from './gateway';
 import { fire, failed, shares, startLoad } from './load';
 
 const REQUESTS = 300;
@@ -31,23 +31,14 @@ describe.each(brokerTargets())('load share on $name', (target) => {
 
   beforeAll(async () => {
     broker = await target.start();
-    const prefix = uniquePrefix('share');
-    fleet = await startFleet({
+    ({ fleet, gw } = await startFleetGateway({
       brokerUrl: broker.url,
-      prefix,
+      label: 'share',
       backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 20 })),
-    });
-    gw = await startGateway({
-      backends: fleet.backendConfig(),
-      broker: broker.url,
-      topicPrefix: prefix,
-      healthCheck: { path: '/health', intervalMs: 1000 },
-    });
-    await eventually(
-      () => gw!.snapshot().backends.every((b) => b.reportFresh),
-      15_000,
-      'fresh reports',
-    );
+      gateway: {
+        healthCheck: { path: '/health', intervalMs: 1000 },
+      },
+    }));
   });
 
   afterAll(async () => {

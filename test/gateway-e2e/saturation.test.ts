@@ -11,9 +11,8 @@
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { startGateway, type TestGateway } from './gateway';
+import { eventually, type Fleet } from '../kit/fleet';
+import { startFleetGateway, type TestGateway } from './gateway';
 import { fire, ok } from './load';
 
 const MAX_IN_FLIGHT_PER_BACKEND = 2;
@@ -32,28 +31,19 @@ let gw: TestGateway | undefined;
 
 beforeAll(async () => {
   broker = await startEmbeddedBroker();
-  const prefix = uniquePrefix('saturation');
-  fleet = await startFleet({
+  ({ fleet, gw } = await startFleetGateway({
     brokerUrl: broker.url,
-    prefix,
+    label: 'saturation',
     backends: ['a', 'b'].map((id) => ({ id, slots: 2, serviceMs: 200 })),
-  });
-  gw = await startGateway({
-    backends: fleet.backendConfig(),
-    broker: broker.url,
-    topicPrefix: prefix,
-    healthCheck: { path: '/health', intervalMs: 1000 },
-    saturation: {
-      maxInFlightPerBackend: MAX_IN_FLIGHT_PER_BACKEND,
-      queueSize: QUEUE_SIZE,
-      queueTimeoutMs: QUEUE_TIMEOUT_MS,
+    gateway: {
+      healthCheck: { path: '/health', intervalMs: 1000 },
+      saturation: {
+        maxInFlightPerBackend: MAX_IN_FLIGHT_PER_BACKEND,
+        queueSize: QUEUE_SIZE,
+        queueTimeoutMs: QUEUE_TIMEOUT_MS,
+      },
     },
-  });
-  await eventually(
-    () => gw!.snapshot().backends.every((b) => b.reportFresh),
-    15_000,
-    'fresh reports',
-  );
+  }));
 });
 
 afterAll(async () => {
