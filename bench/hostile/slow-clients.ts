@@ -1,0 +1,275 @@
+/**
+ * Slow clients against one gateway, on loopback, bounded (about 20 s).
+ *
+ *   npm run bench:hostile                      # 1,000 slow-body + 1,000 slow-header, then 1,000 normal
+ *   npm run bench:hostile -- --server hardened # with the http.Server timeouts docs/gateway.md recommends
+ *   npm run bench:hostile -- --slow-body 200 --slow-header 200 --normal 500
+ *
+ * An attacker at 127.0.0.2 opens `--slow-body` POSTs that announce a 1 MB
+ * body and send one byte every 2 s (below any body idle timeout: only a
+ * per-client bound stops them), and `--slow-header` connections that send a
+ * header line every 2 s and never finish the head. Once they are all open,
+ * normal clients at 127.0.0.1 send `--normal` GETs, open loop over 5 s (users
+ * do not wait for each other), each with a 10 s timeout. Printed: normal
+ * requests ok / failed (by status and X-Loadwise-Error code), their latency,
+ * what the attacker's requests got, and the gateway's open file descriptors
+ * (/proc/<pid>/fd: client sockets, backend sockets, everything).
+ *
+ * Three backends answer after 10 ms once they have the whole body, like an
+ * app behind express.json(). The gateway runs with its default options (see
+ * bench/hostile/gateway.ts).
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import http from 'node:http';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import type { HostileGatewayConfig } from './gateway';
+
+const ATTACKER = '127.0.0.2';
+const TRICKLE_MS = 2_000;
+const NORMAL_SPREAD_MS = 5_000;
+const NORMAL_TIMEOUT_MS = 10_000;
+const BACKEND_SERVICE_MS = 10;
+
+/** The server settings docs/gateway.md recommends ("Slow and hostile clients"). */
+export const HARDENED_SERVER = {
+  headersTimeout: 10_000,
+  requestTimeout: 60_000,
+  keepAliveTimeout: 65_000,
+  maxHeadersCount: 100,
+};
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function countFds(pid: number): number {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return -1;
+  }
+}
+
+async function startBackends(n: number): Promise<http.Server[]> {
+  const servers: http.Server[] = [];
+  for (let i = 0; i < n; i++) {
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => setTimeout(() => res.end('ok'), BACKEND_SERVICE_MS));
+    });
+    server.keepAliveTimeout = 65_000;
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    servers.push(server);
+  }
+  return servers;
+}
+
+function startGateway(cfg: HostileGatewayConfig): Promise<{ child: ChildProcess; port: number }> {
+  const child = fork(join(__dirname, 'gateway.js'), [JSON.stringify(cfg)], {
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  return new Promise((resolve, reject) => {
+    child.once('message', (m: { type?: string; port?: number; message?: string }) => {
+      if (m.type === 'ready' && m.port) resolve({ child, port: m.port });
+      else reject(new Error(`gateway: ${JSON.stringify(m)}`));
+    });
+    child.once('exit', (code) => reject(new Error(`gateway exited (${code})\n${stderr}`)));
+  });
+}
+
+interface AttackStats {
+  opened: number;
+  connectErrors: number;
+  /** First status line the attacker got back, counted by status code ("none" if nothing). */
+  answers: Map<string, number>;
+  closedByGateway: number;
+}
+
+function attack(
+  port: number,
+  count: number,
+  kind: 'body' | 'header',
+  sockets: Socket[],
+  stats: AttackStats,
+): Promise<void> {
+  return new Promise((resolve) => {
+    let pending = count;
+    if (count === 0) return resolve();
+    const settle = (): void => {
+      if (--pending === 0) resolve();
+    };
+    let opened = 0;
+    const openBatch = (): void => {
+      // Batches of 100 per 20 ms: a burst of thousands of SYNs at once would
+      // overflow the accept backlog and measure the kernel, not the gateway.
+      for (let i = 0; i < 100 && opened < count; i++, opened++) {
+        const s = connect({ port, host: '127.0.0.1', localAddress: ATTACKER });
+        sockets.push(s);
+        let answered = false;
+        let settled = false;
+        const once = (): void => {
+          if (!settled) {
+            settled = true;
+            settle();
+          }
+        };
+        s.on('connect', () => {
+          stats.opened++;
+          s.write(
+            kind === 'body'
+              ? 'POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nx'
+              : 'GET /page HTTP/1.1\r\nHost: gw\r\n',
+          );
+          once();
+          let n = 0;
+          const timer = setInterval(() => {
+            if (s.destroyed || !s.writable) return clearInterval(timer);
+            s.write(kind === 'body' ? 'x' : `X-Pad-${n++}: y\r\n`);
+          }, TRICKLE_MS);
+          s.once('close', () => clearInterval(timer));
+        });
+        s.on('data', (d: Buffer) => {
+          if (answered) return;
+          answered = true;
+          const status = /^HTTP\/1\.[01] (\d{3})/.exec(d.toString('latin1'))?.[1] ?? 'other';
+          stats.answers.set(status, (stats.answers.get(status) ?? 0) + 1);
+        });
+        s.on('end', () => stats.closedByGateway++);
+        s.on('error', () => {
+          if (!s.readyState || s.connecting) stats.connectErrors++;
+          once();
+        });
+      }
+      if (opened < count) setTimeout(openBatch, 20);
+    };
+    openBatch();
+  });
+}
+
+interface NormalStats {
+  ok: number;
+  failed: Map<string, number>;
+  latenciesMs: number[];
+}
+
+async function normalLoad(port: number, count: number): Promise<NormalStats> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: count });
+  const stats: NormalStats = { ok: 0, failed: new Map(), latenciesMs: [] };
+  const fail = (why: string): void => void stats.failed.set(why, (stats.failed.get(why) ?? 0) + 1);
+  const one = (): Promise<void> =>
+    new Promise((resolve) => {
+      const start = performance.now();
+      const req = http.get(
+        { host: '127.0.0.1', port, path: '/api/item', agent, timeout: NORMAL_TIMEOUT_MS },
+        (res) => {
+          res.resume();
+          res.on('end', () => {
+            stats.latenciesMs.push(performance.now() - start);
+            if (res.statusCode === 200) stats.ok++;
+            else fail(`${res.statusCode} ${res.headers['x-loadwise-error'] ?? ''}`.trim());
+            resolve();
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('client timeout')));
+      req.on('error', (err) => {
+        stats.latenciesMs.push(performance.now() - start);
+        fail(err.message === 'client timeout' ? 'timeout (10 s)' : `error ${err.message}`);
+        resolve();
+      });
+    });
+  const all: Promise<void>[] = [];
+  for (let i = 0; i < count; i++) {
+    all.push(one());
+    await sleep(NORMAL_SPREAD_MS / count);
+  }
+  await Promise.all(all);
+  agent.destroy();
+  return stats;
+}
+
+function pct(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'slow-body': { type: 'string', default: '1000' },
+      'slow-header': { type: 'string', default: '1000' },
+      normal: { type: 'string', default: '1000' },
+      server: { type: 'string', default: 'default' },
+      options: { type: 'string', default: '{}' },
+    },
+  });
+  const slowBody = Number(values['slow-body']);
+  const slowHeader = Number(values['slow-header']);
+  const normal = Number(values.normal);
+  const backends = await startBackends(3);
+  const cfg: HostileGatewayConfig = {
+    options: {
+      backends: backends.map((b, i) => ({
+        id: `b${i + 1}`,
+        url: `http://127.0.0.1:${(b.address() as AddressInfo).port}`,
+      })),
+      ...(JSON.parse(values.options) as object),
+    },
+    server: values.server === 'hardened' ? HARDENED_SERVER : undefined,
+  };
+  const { child, port } = await startGateway(cfg);
+  const pid = child.pid ?? -1;
+  let crashed = false;
+  child.once('exit', () => (crashed = true));
+  let maxFds = countFds(pid);
+  const sampler = setInterval(() => (maxFds = Math.max(maxFds, countFds(pid))), 250);
+  const fdsIdle = countFds(pid);
+
+  const sockets: Socket[] = [];
+  const bodyStats: AttackStats = {
+    opened: 0,
+    connectErrors: 0,
+    answers: new Map(),
+    closedByGateway: 0,
+  };
+  const headerStats: AttackStats = { ...bodyStats, answers: new Map() };
+  const t0 = Date.now();
+  await Promise.all([
+    attack(port, slowBody, 'body', sockets, bodyStats),
+    attack(port, slowHeader, 'header', sockets, headerStats),
+  ]);
+  await sleep(1_000);
+  const fdsUnderAttack = countFds(pid);
+  const normalStats = await normalLoad(port, normal);
+  const fdsAfterNormal = countFds(pid);
+  const elapsedS = (Date.now() - t0) / 1000;
+  clearInterval(sampler);
+
+  const lat = normalStats.latenciesMs.sort((a, b) => a - b);
+  const answers = (m: Map<string, number>): string =>
+    [...m].map(([k, v]) => `${k}: ${v}`).join(', ') || 'none';
+  console.log(`slow clients: ${slowBody} slow-body + ${slowHeader} slow-header from ${ATTACKER}, then ${normal} normal GETs from 127.0.0.1 over 5 s
+  gateway options: ${values.options}, server: ${values.server}${crashed ? '  ** GATEWAY CRASHED **' : ''}
+  normal: ok ${normalStats.ok}, failed ${normal - normalStats.ok} (${answers(normalStats.failed)}); latency p50 ${pct(lat, 50).toFixed(0)} ms, p99 ${pct(lat, 99).toFixed(0)} ms, max ${pct(lat, 100).toFixed(0)} ms
+  slow-body: opened ${bodyStats.opened}/${slowBody}, answered (${answers(bodyStats.answers)}), closed by the gateway ${bodyStats.closedByGateway}
+  slow-header: opened ${headerStats.opened}/${slowHeader}, answered (${answers(headerStats.answers)}), closed by the gateway ${headerStats.closedByGateway}
+  gateway fds: idle ${fdsIdle}, under attack ${fdsUnderAttack}, after the normal load ${fdsAfterNormal}, max ${maxFds}; run ${elapsedS.toFixed(1)} s`);
+
+  for (const s of sockets) s.destroy();
+  child.kill('SIGTERM');
+  await new Promise<void>((r) => (child.exitCode !== null ? r() : child.once('exit', () => r())));
+  for (const b of backends) {
+    b.closeAllConnections();
+    b.close();
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
