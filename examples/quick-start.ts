@@ -173,7 +173,13 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void stop(0));
 
   // 0. The gateway's port first: if it is taken, say so before starting anything.
-  const server = http.createServer();
+  // Bounds for slow clients (docs/gateway.md, "Slow and hostile clients"):
+  // a head must arrive within 10 s, a whole request within 60 s, checked
+  // every 2 s (Node's default: 60 s, 300 s, checked every 30 s).
+  const server = http.createServer({ connectionsCheckingInterval: 2_000 });
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 60_000;
+  server.maxHeadersCount = 100;
   const listening = await new Promise<boolean>((resolve) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'EADDRINUSE') {
@@ -230,6 +236,8 @@ async function main(): Promise<void> {
     statusPath: STATUS_PATH,
     metricsPath: METRICS_PATH,
     decisionHeader: true,
+    // The --load driver stands for many users but comes from one address.
+    maxInFlightPerClient: false,
   });
   cleanups.push(() => lb.close());
   const app = express();

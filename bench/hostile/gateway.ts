@@ -14,6 +14,7 @@ import { fail, onShutdown, readConfig, tell } from '../procs/child';
 export interface HostileGatewayConfig {
   options: LoadBalanceOptions;
   server?: {
+    connectionsCheckingInterval?: number;
     headersTimeout?: number;
     requestTimeout?: number;
     keepAliveTimeout?: number;
@@ -27,8 +28,13 @@ async function main(): Promise<void> {
   const app = express();
   app.disable('x-powered-by');
   app.use(lb);
-  const server = createServer(app);
   const s = cfg.server;
+  const server = createServer(
+    s?.connectionsCheckingInterval === undefined
+      ? {}
+      : { connectionsCheckingInterval: s.connectionsCheckingInterval },
+    app,
+  );
   if (s?.headersTimeout !== undefined) server.headersTimeout = s.headersTimeout;
   if (s?.requestTimeout !== undefined) server.requestTimeout = s.requestTimeout;
   if (s?.keepAliveTimeout !== undefined) server.keepAliveTimeout = s.keepAliveTimeout;

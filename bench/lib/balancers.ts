@@ -88,6 +88,8 @@ export function loadwise(strategy: string, extra: Record<string, unknown> = {}):
           broker: ctx.brokerUrl,
           topicPrefix: ctx.prefix,
           strategy,
+          // One load generator process stands for a population of clients.
+          maxInFlightPerClient: false,
           ...extra,
         },
       }),

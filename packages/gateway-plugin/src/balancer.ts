@@ -113,6 +113,7 @@ export class Balancer {
         onProxyRes: (p, req, res) => flow.onProxyRes(p, req, res),
         onError: (err, req, res, target) => flow.onError(err, req, res, target),
         targetOf: (req) => flow.targetOf(req),
+        onPrepareError: (err, req, res) => flow.onPrepareError(err, req, res),
       },
       o.changeOrigin,
     );

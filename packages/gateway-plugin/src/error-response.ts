@@ -21,6 +21,8 @@ export function sendError(
   const status = GATEWAY_ERRORS[code].status ?? 500;
   const body = JSON.stringify({ error: { code, message: detail ?? GATEWAY_ERRORS[code].message } });
   res.statusCode = status;
+  // A backend's reason phrase may already be set (its head was being copied): Node's default instead.
+  res.statusMessage = '';
   res.setHeader('content-type', 'application/json; charset=utf-8');
   res.setHeader('content-length', Buffer.byteLength(body));
   res.setHeader('cache-control', 'no-store');

@@ -44,6 +44,28 @@ export const GATEWAY_ERRORS = {
     message: 'every attempt to reach a backend failed (refused, reset or closed)',
   },
   LW_GW_UPSTREAM_TIMEOUT: { status: 504, message: 'the backend did not answer in time' },
+  LW_GW_BAD_REQUEST: {
+    status: 400,
+    message:
+      'the request cannot be forwarded safely (Transfer-Encoding other than chunked, Content-Length with Transfer-Encoding or not a single number, duplicate Host, or a header Node refuses to send)',
+  },
+  LW_GW_BAD_PATH: {
+    status: 400,
+    message:
+      'the request path has a dot-segment ("." or "..", also percent-encoded or between backslashes) that could leave the backend base path',
+  },
+  LW_GW_BODY_TIMEOUT: {
+    status: 408,
+    message: 'the client sent no request body bytes for clientBodyTimeoutMs',
+  },
+  LW_GW_CLIENT_LIMIT: {
+    status: 429,
+    message: 'this client already has maxInFlightPerClient requests in flight',
+  },
+  LW_GW_PROXY_ERROR: {
+    status: 502,
+    message: 'the gateway could not send the request to the backend (logged)',
+  },
 } as const satisfies Record<string, { status: number | undefined; message: string }>;
 
 /**

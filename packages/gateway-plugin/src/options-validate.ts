@@ -7,9 +7,11 @@ import { BlockList } from 'node:net';
 import { DEFAULT_TOPIC_PREFIX, assertValidKey, assertValidPrefix } from '@loadwise/protocol';
 import { GatewayError, invalidOption } from './errors';
 import {
+  DEFAULT_CLIENT_BODY_TIMEOUT_MS,
   DEFAULT_CONNECT_TIMEOUT_MS,
   DEFAULT_DECISION_HEADER,
   DEFAULT_IDEMPOTENT_METHODS,
+  DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
   DEFAULT_MAX_SOCKETS,
   DEFAULT_REQUEST_TIMEOUT_MS,
   DEFAULT_STRATEGY,
@@ -201,6 +203,27 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
       1,
       2 ** 31 - 1,
     ),
+    clientBodyTimeoutMs:
+      o.clientBodyTimeoutMs === false
+        ? undefined
+        : num(
+            'clientBodyTimeoutMs',
+            o.clientBodyTimeoutMs,
+            DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+            1,
+            2 ** 31 - 1,
+          ),
+    maxInFlightPerClient:
+      o.maxInFlightPerClient === false
+        ? undefined
+        : num(
+            'maxInFlightPerClient',
+            o.maxInFlightPerClient,
+            DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            1,
+            1e6,
+            true,
+          ),
     changeOrigin: bool('changeOrigin', o.changeOrigin, false),
     trustForwarded: bool('trustForwarded', o.trustForwarded, false),
     forwardMountPath: bool('forwardMountPath', o.forwardMountPath, false),

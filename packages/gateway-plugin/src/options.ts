@@ -134,6 +134,19 @@ export interface LoadBalanceOptions {
   affinity?: AffinityOptions;
   connectTimeoutMs?: number;
   requestTimeoutMs?: number;
+  /**
+   * A request body that sends nothing for this long is answered 408
+   * LW_GW_BODY_TIMEOUT and its backend attempt aborted, not counted against
+   * the backend (default 10 000; false: off).
+   */
+  clientBodyTimeoutMs?: number | false;
+  /**
+   * Requests one client address (IPv6: its /64) may have in the gateway at
+   * once, waiting or proxied; more get 429 LW_GW_CLIENT_LIMIT (default 64;
+   * false: off). The address is the one X-Forwarded-For trust gives: behind
+   * your own proxy, set trustForwarded or every client shares its address.
+   */
+  maxInFlightPerClient?: number | false;
   /** Rewrite the Host header to the backend's host (default false). */
   changeOrigin?: boolean;
   /** Keep the client's X-Forwarded-* and append to them (default false: overwrite). */
@@ -175,6 +188,20 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_IDEMPOTENT_METHODS = ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'];
 export const DEFAULT_DECISION_HEADER = 'x-loadwise-decision';
 export const DEFAULT_MAX_SOCKETS = 256;
+/**
+ * A client sending nothing mid-body for 10 s: several TCP retransmission
+ * timeouts (1 s initial RTO, doubling, RFC 6298), far beyond a live upload's
+ * pauses; Apache's mod_reqtimeout allows 20 s, but here the backend slot is
+ * held meanwhile.
+ */
+export const DEFAULT_CLIENT_BODY_TIMEOUT_MS = 10_000;
+/**
+ * 64: ten times what a browser opens to one host over HTTP/1.1 (6), so a
+ * NAT of a few busy users fits; a quarter of one backend's default pool
+ * (agent.maxSockets 256), so a single address cannot fill even a
+ * one-backend gateway.
+ */
+export const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT = 64;
 
 export interface ResolvedOptions {
   backends: Required<BackendConfig>[];
@@ -190,6 +217,8 @@ export interface ResolvedOptions {
   affinity: AffinityOptions | undefined;
   connectTimeoutMs: number;
   requestTimeoutMs: number;
+  clientBodyTimeoutMs: number | undefined;
+  maxInFlightPerClient: number | undefined;
   changeOrigin: boolean;
   trustForwarded: boolean;
   forwardMountPath: boolean;

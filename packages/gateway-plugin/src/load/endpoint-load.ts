@@ -80,6 +80,12 @@ export interface LoadSnapshot {
 
 /** The EndpointLoad made by createEndpointLoad, with the extras the balancer may use. */
 export interface LoadEstimate extends EndpointLoad {
+  /**
+   * A request ended for a reason that says nothing about the backend (the
+   * client stalled its body, or the gateway could not send it): in-flight
+   * goes down, no latency or error sample is taken.
+   */
+  onRequestCancel(nowMs: number): void;
   reportVerdict(nowMs: number): HealthVerdict | undefined;
   reportState(nowMs: number): BackendState | undefined;
   watchInFlight(listener: () => void): () => void;
@@ -158,6 +164,12 @@ class EndpointLoadEstimate implements LoadEstimate {
   onRequestStart(nowMs: number): void {
     this.accumulate(nowMs);
     this.inFlightCount++;
+    this.notify();
+  }
+
+  onRequestCancel(nowMs: number): void {
+    this.accumulate(nowMs);
+    if (this.inFlightCount > 0) this.inFlightCount--;
     this.notify();
   }
 

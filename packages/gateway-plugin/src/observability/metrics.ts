@@ -61,6 +61,8 @@ export interface GatewayMetrics {
   onShed(reason: ShedReason): void;
   /** A wire message was dropped; `code` is the LW_PROTO_* (or LW_GW_*) code. */
   onInvalidMessage(code: string): void;
+  /** The gateway refused or failed a request because of the request itself (LW_GW_* code). */
+  onRequestRejected(code: string): void;
   /** Set the gauges from a snapshot (called at scrape time when a source is set). */
   collect(snapshot: BalancerSnapshot): void;
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
@@ -158,6 +160,13 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     registers,
   });
 
+  const rejected = new Counter({
+    name: `${p}rejected_requests_total`,
+    help: 'Requests the gateway answered itself because of the request (bad framing or path, body timeout, per-client limit, proxy error), by error code',
+    labelNames: ['code'] as const,
+    registers,
+  });
+
   // Snapshot gauges. Every one has the same collect hook; the first to run in a
   // scrape takes the snapshot, the others reuse it (prom-client calls the
   // collect hooks one after the other in the same tick of registry.metrics()).
@@ -246,6 +255,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   };
   const shedChildren = new Map<string, CounterChild>();
   const invalidChildren = new Map<string, CounterChild>();
+  const rejectedChildren = new Map<string, CounterChild>();
 
   function collect(s: BalancerSnapshot): void {
     // reset() first: a backend that left the registry must not keep a stale series.
@@ -327,6 +337,14 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       if (child === undefined) {
         child = invalidMessages.labels(code);
         invalidChildren.set(code, child);
+      }
+      child.inc();
+    },
+    onRequestRejected(code) {
+      let child = rejectedChildren.get(code);
+      if (child === undefined) {
+        child = rejected.labels(code);
+        rejectedChildren.set(code, child);
       }
       child.inc();
     },

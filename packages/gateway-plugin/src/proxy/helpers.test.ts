@@ -57,17 +57,45 @@ describe('forwarded headers', () => {
     expect(clientAddress(r, false)).toBe('10.0.0.9');
   });
 
-  it('strips hop-by-hop headers and those Connection names, keeping the body framing', () => {
+  it('sets X-Real-IP from the socket, or keeps a trusted proxy value, and drops Proxy-Authorization', () => {
+    const spoofed = { 'x-real-ip': '6.6.6.6', 'proxy-authorization': 'Basic eDp5' };
+    const r = req({ ...spoofed });
+    setForwardedHeaders(r, false);
+    expect(r.headers['x-real-ip']).toBe('10.0.0.9');
+    expect(r.headers['proxy-authorization']).toBeUndefined();
+    const t = req({ ...spoofed });
+    setForwardedHeaders(t, true);
+    expect(t.headers['x-real-ip']).toBe('6.6.6.6');
+    const x = req({ 'x-forwarded-for': '1.2.3.4, 5.6.7.8' });
+    setForwardedHeaders(x, true);
+    expect(x.headers['x-real-ip']).toBe('1.2.3.4');
+    expect(x.headers['proxy-authorization']).toBeUndefined();
+  });
+
+  it('strips hop-by-hop headers but never one the client names in Connection', () => {
     const r = req({
-      connection: 'close, X-Private, transfer-encoding',
+      connection: 'close, X-Private, content-length, authorization, host, transfer-encoding',
       'x-private': '1',
       'keep-alive': 'timeout=1',
       'proxy-connection': 'keep-alive',
-      'transfer-encoding': 'chunked',
+      te: 'trailers',
+      trailer: 'x-t',
+      expect: '100-continue',
+      upgrade: 'h2c',
+      'http2-settings': 'AAMAAABkAAQAoAAAAAIAAAAA',
+      'content-length': '5',
+      authorization: 'Bearer t',
+      host: 'gw',
       'x-kept': 'yes',
     });
     stripHopByHop(r);
-    expect(r.headers).toEqual({ 'transfer-encoding': 'chunked', 'x-kept': 'yes' });
+    expect(r.headers).toEqual({
+      'x-private': '1',
+      'content-length': '5',
+      authorization: 'Bearer t',
+      host: 'gw',
+      'x-kept': 'yes',
+    });
   });
 });
 

@@ -8,12 +8,19 @@
  * - `ejectPlugins: true` with our own listeners: HPM's default error plugin
  *   would answer 502/504 itself, but the balancer must first decide whether
  *   to retry on another backend, and answer with a coded error otherwise.
+ *
+ * Nothing thrown while a request is prepared or sent may escape: HPM turns a
+ * throw of `http.request()` (an invalid header or path) into next(err); the
+ * body is streamed by the flow's own pump instead of http-proxy's
+ * `req.pipe(proxyReq)`, whose writes throw inside stream listeners; and every
+ * listener below is guarded. All of them end in `onPrepareError`.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { createProxyMiddleware, type RequestHandler } from 'http-proxy-middleware';
 import type { Backend } from '../registry/backend';
 import { createAgentDispatcher, urlHostKey, type AgentDispatcher } from './agent-dispatcher';
+import { asError } from './upstream-errors';
 
 export interface ProxyHooks {
   /** An attempt starts: `target` identifies it in later events (http-proxy parses one per call). */
@@ -24,7 +31,15 @@ export interface ProxyHooks {
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void;
   /** Where to send this request: the current attempt's backend target (href). */
   targetOf(req: IncomingMessage): string | undefined;
+  /**
+   * Something threw while the request was prepared or sent (not a backend
+   * failure): the request must still end in a coded response.
+   */
+  onPrepareError(err: Error, req: IncomingMessage, res: ServerResponse | Socket): void;
 }
+
+/** Streams the request body into the backend request; see body-pump.ts. */
+export type BodyPump = (proxyReq: ClientRequest) => void;
 
 interface Instance {
   handler: RequestHandler;
@@ -47,14 +62,31 @@ export class ProxyEngine {
     );
   }
 
-  web(backend: Backend, req: IncomingMessage, res: ServerResponse): void {
+  web(backend: Backend, req: IncomingMessage, res: ServerResponse, pump: BodyPump): void {
     const { handler } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
     const fail = (err?: unknown): void => {
-      // HPM calls next(err) only if preparing the request failed (the router
-      // returned nothing): report it as an attempt error, never throw.
-      const error = err instanceof Error ? err : new Error('proxy preparation failed');
-      this.hooks.onError(error, req, res, undefined);
+      // HPM calls next(err) when preparing the request failed: the router
+      // returned nothing, or http.request() threw (an invalid header value
+      // or path, ERR_INVALID_CHAR, ERR_UNESCAPED_CHARACTERS...).
+      this.hooks.onPrepareError(
+        err === undefined ? new Error('proxy preparation failed') : asError(err),
+        req,
+        res,
+      );
     };
+    // http-proxy streams the body with `(options.buffer || req).pipe(proxyReq)`
+    // (web-incoming.js, `stream` pass), synchronously after http.request();
+    // this attempt's pump takes that one call over. The own property goes
+    // with the call, so the prototype's pipe is back for anything else.
+    Object.defineProperty(req, 'pipe', {
+      configurable: true,
+      writable: true,
+      value: (proxyReq: ClientRequest) => {
+        delete (req as { pipe?: unknown }).pipe;
+        pump(proxyReq);
+        return proxyReq;
+      },
+    });
     // HPM catches its own errors into next(err); the catch is a second net so
     // a rejection can never go unhandled on the request path.
     handler(req, res, fail).catch(fail);
@@ -79,16 +111,29 @@ export class ProxyEngine {
       ejectPlugins: true,
       plugins: [
         (proxyServer) => {
-          proxyServer.on('start', (req, _res, target) => hooks.onStart(req, target));
-          proxyServer.on('proxyReq', (proxyReq, req, _res, options) =>
-            hooks.onProxyReq(proxyReq, req, options.target),
+          // A throw in a listener would surface inside http-proxy's own
+          // callbacks (socket, response events) and crash the process.
+          const guard = (req: IncomingMessage, res: unknown, fn: () => void): void => {
+            try {
+              fn();
+            } catch (err) {
+              hooks.onPrepareError(asError(err), req, res as ServerResponse | Socket);
+            }
+          };
+          proxyServer.on('start', (req, res, target) =>
+            guard(req, res, () => hooks.onStart(req, target)),
           );
-          proxyServer.on('proxyReqWs', (proxyReq, req, _socket, options) =>
-            hooks.onProxyReq(proxyReq, req, options.target),
+          proxyServer.on('proxyReq', (proxyReq, req, res, options) =>
+            guard(req, res, () => hooks.onProxyReq(proxyReq, req, options.target)),
           );
-          proxyServer.on('proxyRes', (proxyRes, req, res) => hooks.onProxyRes(proxyRes, req, res));
+          proxyServer.on('proxyReqWs', (proxyReq, req, socket, options) =>
+            guard(req, socket, () => hooks.onProxyReq(proxyReq, req, options.target)),
+          );
+          proxyServer.on('proxyRes', (proxyRes, req, res) =>
+            guard(req, res, () => hooks.onProxyRes(proxyRes, req, res)),
+          );
           proxyServer.on('error', (err, req, res, target) =>
-            hooks.onError(err, req, res as ServerResponse | Socket, target),
+            guard(req, res, () => hooks.onError(err, req, res as ServerResponse | Socket, target)),
           );
           // http-proxy emits this instead of 'error' when the client went away
           // first; the balancer learns it from the response's 'close'.

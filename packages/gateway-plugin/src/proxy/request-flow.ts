@@ -11,20 +11,36 @@
  * retry budget): only idempotent methods, only requests without a body (a
  * body already streamed to the failed backend cannot be replayed), only
  * failures before a response started, and always to a backend not tried yet.
+ *
+ * Hostile or broken requests (docs/gateway.md, "Slow and hostile clients")
+ * are answered by the gateway itself with a coded 4xx, counted
+ * (`loadwise_rejected_requests_total`) and logged rate-limited: framing it
+ * cannot forward safely, dot-segment paths, a client over its in-flight
+ * bound, a body that stalls. None of them counts against a backend.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { ClientLimit, clientKey } from '../admission/client-limit';
 import type { GatewayErrorCode } from '../errors';
 import { sendError } from '../error-response';
+import { RateLimitedLog } from '../rate-limited-log';
 import type { ShedReason } from '../observability';
 import { formatDecisionHeader } from '../observability';
 import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import type { Balancer as BalancerCore } from '../balancer';
 import { affinityCookie, hashKeyOf } from './affinity';
-import { setForwardedHeaders, stripHopByHop } from './forwarded';
+import { pumpBody } from './body-pump';
+import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
+import { checkFraming, checkPath, type BodyFraming } from './request-checks';
 import { UpgradeFlow } from './upgrade-flow';
-import { CONNECT_TIMEOUT_CODE, TIMEOUT_CODE, classify, codedError } from './upstream-errors';
+import {
+  CONNECT_TIMEOUT_CODE,
+  TIMEOUT_CODE,
+  classify,
+  codedError,
+  isInvalidRequestError,
+} from './upstream-errors';
 
 interface Flow {
   req: IncomingMessage;
@@ -34,9 +50,20 @@ interface Flow {
   target: unknown;
   proxyReq: ClientRequest | undefined;
   attemptOpen: boolean;
+  /** Counts attempts, so a late pump call of an abandoned one is recognised. */
+  attempt: number;
   attemptStartMs: number;
+  /** The backend's answer started (response headers): it is no longer waited for. */
+  responded: boolean;
+  /** Time the gateway waits for the backend (requestTimeoutMs); paused while the upload waits for the client. */
   firstByteTimer: NodeJS.Timeout | undefined;
   connectTimer: NodeJS.Timeout | undefined;
+  /** The client's body idle timeout (clientBodyTimeoutMs), while the upload waits for it. */
+  bodyTimer: NodeJS.Timeout | undefined;
+  /** How the client's body is framed, read before http-proxy rewrites the headers. */
+  framing: BodyFraming;
+  /** The per-client bound's key this request holds a slot under. */
+  client: string | undefined;
   tried: Set<Endpoint> | undefined;
   retries: number;
   hashKey: string | undefined;
@@ -47,27 +74,63 @@ interface Flow {
   done: boolean;
 }
 
-function hasBody(req: IncomingMessage): boolean {
-  const len = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
+/** Method, path and peer of a request for a log line: printable ASCII only, bounded. */
+function describe(req: IncomingMessage): string {
+  const url = (req.url ?? '').slice(0, 120).replace(/[^\x20-\x7e]/g, '?');
+  return `${String(req.method).slice(0, 16)} ${url} from ${req.socket?.remoteAddress ?? '?'}`;
 }
 
 export class RequestFlow {
   private readonly flows = new WeakMap<IncomingMessage, Flow>();
   readonly upgrades: UpgradeFlow;
+  /** Per-client in-flight bound (maxInFlightPerClient), undefined when off. */
+  readonly clients: ClientLimit | undefined;
+  private readonly log: RateLimitedLog;
+  /** Connections answered with `Connection: close` by reject(): requests pipelined behind are not served. */
+  private readonly closing = new WeakSet<Socket>();
 
   constructor(private readonly core: BalancerCore) {
     this.upgrades = new UpgradeFlow(core);
+    const max = core.options.maxInFlightPerClient;
+    this.clients = max === undefined ? undefined : new ClientLimit(max);
+    this.log = new RateLimitedLog(core.options.logger, core.now);
   }
 
   /** The middleware body. Never throws. */
   handle(req: IncomingMessage, res: ServerResponse): void {
     const c = this.core;
+    // Node hands pipelined requests to the app as it parses them, before the
+    // refused one's answer is out; their answers could never be sent.
+    if (this.closing.has(req.socket)) return void req.socket.end();
     if (c.closed) return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
     if (c.overload?.overloaded) {
       return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', c.overload.retryAfterSec());
     }
     const o = c.options;
+    const framing = checkFraming(req);
+    if (!framing.ok) {
+      const { detail } = framing;
+      return this.reject(req, res, 'LW_GW_BAD_REQUEST', detail, true, undefined, detail);
+    }
+    if (o.forwardMountPath) {
+      const original = (req as { originalUrl?: string }).originalUrl;
+      if (original) req.url = original;
+    }
+    // Before http-proxy joins the backend's base path to it, and after the
+    // mount path is (or is not) put back: the path as the backend gets it.
+    const badPath = checkPath(req.url);
+    if (badPath) {
+      const close = framing.framing !== 'none';
+      return this.reject(req, res, 'LW_GW_BAD_PATH', badPath, close, undefined, badPath);
+    }
+    let client: string | undefined;
+    if (this.clients) {
+      client = clientKey(clientAddress(req, o.trustForwarded));
+      if (!this.clients.acquire(client)) {
+        const detail = `${this.clients.max} requests of ${client} in flight`;
+        return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
+      }
+    }
     const flow: Flow = {
       req,
       res,
@@ -75,9 +138,14 @@ export class RequestFlow {
       target: undefined,
       proxyReq: undefined,
       attemptOpen: false,
+      attempt: 0,
       attemptStartMs: 0,
+      responded: false,
       firstByteTimer: undefined,
       connectTimer: undefined,
+      bodyTimer: undefined,
+      framing: framing.framing,
+      client,
       tried: undefined,
       retries: 0,
       hashKey: undefined,
@@ -91,10 +159,6 @@ export class RequestFlow {
     c.budget?.onRequest();
     stripHopByHop(req);
     setForwardedHeaders(req, o.trustForwarded);
-    if (o.forwardMountPath) {
-      const original = (req as { originalUrl?: string }).originalUrl;
-      if (original) req.url = original;
-    }
     if (o.affinity) {
       const k = hashKeyOf(req, o.affinity, o.trustForwarded);
       flow.hashKey = k.key;
@@ -194,6 +258,8 @@ export class RequestFlow {
     flow.target = undefined;
     flow.proxyReq = undefined;
     flow.attemptOpen = true;
+    const attempt = ++flow.attempt;
+    flow.responded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
     backend.requests++;
@@ -202,12 +268,71 @@ export class RequestFlow {
     c.traffic.record(backend.id, nowMs);
     // Time to the response headers, whatever the stage (waiting for a pooled
     // socket, connecting, or the backend thinking): the "backend stops
-    // answering" case of the failure table.
-    flow.firstByteTimer = setTimeout(
-      () => this.timeout(flow, TIMEOUT_CODE),
-      c.options.requestTimeoutMs,
-    );
-    c.engine.web(backend, flow.req, flow.res);
+    // answering" case of the failure table. Paused while the upload waits for
+    // the client's body (see pump), as Envoy's route timeout starts at the
+    // end of the downstream request: a slow client is not a slow backend.
+    this.waitForBackend(flow);
+    c.engine.web(backend, flow.req, flow.res, (proxyReq) => this.pump(flow, attempt, proxyReq));
+  }
+
+  /** http-proxy's `req.pipe(proxyReq)`, taken over: see body-pump.ts. */
+  private pump(flow: Flow, attempt: number, proxyReq: ClientRequest): void {
+    if (flow.done || !flow.attemptOpen || flow.attempt !== attempt) {
+      proxyReq.destroy();
+      return;
+    }
+    flow.proxyReq = proxyReq;
+    // Node >= 18.10: a body longer or shorter than the Content-Length sent
+    // throws ERR_HTTP_CONTENT_LENGTH_MISMATCH (caught by the pump) instead of
+    // putting bytes on the wire that the backend would read as a second request.
+    (proxyReq as ClientRequest & { strictContentLength: boolean }).strictContentLength = true;
+    if (flow.framing === 'chunked' && !proxyReq.hasHeader('transfer-encoding')) {
+      // http-proxy's deleteLength pass (web-incoming.js) gives a DELETE or
+      // OPTIONS without Content-Length a `Content-Length: 0` and drops
+      // Transfer-Encoding, then streams the chunked body after that head
+      // unframed: the backend parsed the body as a second request. The head
+      // is not written before the first write, so the framing can go back.
+      proxyReq.removeHeader('content-length');
+      proxyReq.setHeader('transfer-encoding', 'chunked');
+    }
+    pumpBody(flow.req, proxyReq, {
+      waitingForClient: () => this.waitForClient(flow),
+      waitingForBackend: () => this.waitForBackend(flow),
+      ended: () => this.waitForBackend(flow),
+      threw: (err) => this.onPrepareError(err, flow.req, flow.res),
+    });
+  }
+
+  /** The upload waits for the client: its body idle timeout runs, the backend's does not. */
+  private waitForClient(flow: Flow): void {
+    if (flow.firstByteTimer) clearTimeout(flow.firstByteTimer);
+    flow.firstByteTimer = undefined;
+    const ms = this.core.options.clientBodyTimeoutMs;
+    if (ms === undefined || flow.done) return;
+    if (flow.bodyTimer) flow.bodyTimer.refresh();
+    else flow.bodyTimer = setTimeout(() => this.bodyTimeout(flow), ms);
+  }
+
+  /** The gateway waits for the backend (the body is sent, or it is not taking more): requestTimeoutMs runs. */
+  private waitForBackend(flow: Flow): void {
+    if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
+    flow.bodyTimer = undefined;
+    if (!flow.attemptOpen || flow.responded) return;
+    if (flow.firstByteTimer) flow.firstByteTimer.refresh();
+    else
+      flow.firstByteTimer = setTimeout(
+        () => this.timeout(flow, TIMEOUT_CODE),
+        this.core.options.requestTimeoutMs,
+      );
+  }
+
+  /** The client's body stalled: 408, and the attempt ends without counting against the backend. */
+  private bodyTimeout(flow: Flow): void {
+    flow.bodyTimer = undefined;
+    if (flow.done) return;
+    this.cancelAttempt(flow);
+    const ms = this.core.options.clientBodyTimeoutMs;
+    this.reject(flow.req, flow.res, 'LW_GW_BODY_TIMEOUT', `no body bytes for ${ms} ms`, true);
   }
 
   private timeout(flow: Flow, code: string): void {
@@ -215,11 +340,14 @@ export class RequestFlow {
       code === TIMEOUT_CODE ? 'backend did not answer in time' : 'connect timeout',
       code,
     );
-    // With a request on the wire, destroying it makes http-proxy report the
-    // error (and stops the upload); without one (still waiting for a socket
-    // from the pool), the attempt fails right here.
-    if (flow.proxyReq && !flow.proxyReq.destroyed) flow.proxyReq.destroy(err);
-    else this.onError(err, flow.req, flow.res, flow.target);
+    // With a request on a socket, destroying it makes http-proxy report the
+    // error (and stops the upload). Without a socket (waiting in the pool's
+    // queue), Node reports the destroy only once a socket frees up: the
+    // attempt fails right here.
+    const p = flow.proxyReq;
+    if (p && p.socket && !p.destroyed) return void p.destroy(err);
+    p?.destroy(err);
+    this.onError(err, flow.req, flow.res, flow.target);
   }
 
   /** HPM's router: the target of the current attempt. */
@@ -258,8 +386,26 @@ export class RequestFlow {
     if (!flow?.attemptOpen || !flow.backend) return;
     const c = this.core;
     const backend = flow.backend;
+    flow.responded = true;
     this.clearTimers(flow);
     const status = proxyRes.statusCode ?? 502;
+    if (status < 100 || status > 999) {
+      // llhttp reads any three digits; ServerResponse.writeHead throws on a
+      // status below 100 while http-proxy pipes the body, outside any handler
+      // (it killed the process). A server error in all but number.
+      c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
+      c.metrics.onError(backend.id, '5xx');
+      c.outlier.onFailure(backend);
+      flow.responseOk = false;
+      this.endAttempt(flow);
+      proxyRes.destroy();
+      // Ends `res`: http-proxy then neither copies this response's head nor pipes its body.
+      return this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
+    }
+    // http-proxy forwards the body, never trailer fields; and a Trailer
+    // header on a response that is not chunked makes writeHead throw
+    // ERR_HTTP_TRAILER_INVALID, which also killed the process.
+    delete proxyRes.headers.trailer;
     const failed = status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
     c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
@@ -299,6 +445,10 @@ export class RequestFlow {
     if (!flow) return this.upgrades.onError(err, req, res);
     if (flow.done || !flow.attemptOpen || !flow.backend) return;
     if (target !== undefined && target !== flow.target) return; // a previous attempt's late error
+    // The client's side broke (it reset the connection, or its body did not
+    // parse): http-proxy reports that through the same 'error', as it listens
+    // on the client request too (web-incoming.js). Not the backend's doing.
+    if (flow.req.socket.destroyed || flow.req.errored) return this.cancelAttempt(flow);
     const c = this.core;
     const backend = flow.backend;
     const kind = classify(err as Error & { code?: string });
@@ -324,7 +474,7 @@ export class RequestFlow {
   private mayRetry(flow: Flow): boolean {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
-    if (!r.methods.includes(flow.req.method ?? 'GET') || hasBody(flow.req)) return false;
+    if (!r.methods.includes(flow.req.method ?? 'GET') || flow.framing !== 'none') return false;
     // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
     if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
@@ -332,6 +482,63 @@ export class RequestFlow {
 
   private fail(flow: Flow, code: GatewayErrorCode): void {
     sendError(flow.res, code);
+  }
+
+  /**
+   * Something threw while the request was prepared or sent (proxy-engine.ts):
+   * a header Node refuses to send is the client's (400), anything else the
+   * gateway's (502). Never the backend's: the attempt is cancelled.
+   */
+  onPrepareError(err: Error, req: IncomingMessage, res: ServerResponse | Socket): void {
+    const code = isInvalidRequestError(err) ? 'LW_GW_BAD_REQUEST' : 'LW_GW_PROXY_ERROR';
+    const detail = `${(err as { code?: string }).code ?? err.name}: ${err.message}`;
+    const flow = this.flows.get(req);
+    if (!flow) {
+      // A WebSocket upgrade: no HTTP response left to write.
+      this.count(req, code, detail);
+      if ('setHeader' in res) sendError(res, code);
+      else res.destroy();
+      return;
+    }
+    if (flow.done) return;
+    this.cancelAttempt(flow);
+    this.reject(flow.req, flow.res, code, detail, true);
+  }
+
+  /** Ends the attempt without holding it against the backend, and stops its request. */
+  private cancelAttempt(flow: Flow): void {
+    this.endAttempt(flow, true);
+    const p = flow.proxyReq;
+    if (p && !p.destroyed) p.destroy();
+  }
+
+  /**
+   * The gateway answers the request itself because of the request: a coded
+   * error, counted and logged (rate-limited per code). `close`: the body is
+   * unread or its framing in doubt, so the connection must not carry another
+   * request (RFC 9112 §6.3), nor stay busy while Node discards a slow body.
+   */
+  private reject(
+    req: IncomingMessage,
+    res: ServerResponse,
+    code: GatewayErrorCode,
+    detail: string,
+    close: boolean,
+    retryAfterSec?: number,
+    reply?: string,
+  ): void {
+    this.count(req, code, detail);
+    if (close && !res.headersSent) {
+      res.setHeader('connection', 'close');
+      this.closing.add(req.socket);
+    }
+    sendError(res, code, retryAfterSec, reply);
+  }
+
+  private count(req: IncomingMessage, code: GatewayErrorCode, detail: string): void {
+    this.core.metrics.onRequestRejected(code);
+    const text = detail.slice(0, 200).replace(/[^\x20-\x7e]/g, '?');
+    this.log.warn(code, `request refused (${code}): ${text}; ${describe(req)}`);
   }
 
   private shed(
@@ -351,14 +558,17 @@ export class RequestFlow {
     flow.connectTimer = undefined;
   }
 
-  /** Ends the current attempt exactly once. */
-  private endAttempt(flow: Flow): void {
+  /** Ends the current attempt exactly once; `cancelled`: no latency or error sample. */
+  private endAttempt(flow: Flow, cancelled = false): void {
     if (!flow.attemptOpen || !flow.backend) return;
     flow.attemptOpen = false;
     this.clearTimers(flow);
+    if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
+    flow.bodyTimer = undefined;
     const c = this.core;
     const nowMs = c.now();
-    flow.backend.load.onRequestEnd(nowMs, nowMs - flow.attemptStartMs, flow.responseOk);
+    if (cancelled) flow.backend.load.onRequestCancel(nowMs);
+    else flow.backend.load.onRequestEnd(nowMs, nowMs - flow.attemptStartMs, flow.responseOk);
     c.drainRate.onCompletion();
     // A slot freed: let the oldest waiter go.
     if (c.queue.length > 0) c.drainQueue();
@@ -373,6 +583,9 @@ export class RequestFlow {
       flow.proxyReq.destroy();
     this.endAttempt(flow);
     flow.done = true;
+    if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
+    flow.bodyTimer = undefined;
+    if (flow.client !== undefined) this.clients?.release(flow.client);
     if (flow.queued) {
       flow.queued = false;
       this.core.queueChanged();

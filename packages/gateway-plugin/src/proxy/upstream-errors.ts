@@ -17,3 +17,26 @@ export function classify(err: Error & { code?: string }): UpstreamErrorKind {
 export function codedError(message: string, code: string): Error {
   return Object.assign(new Error(message), { code });
 }
+
+/**
+ * Errors Node's ClientRequest throws for a request it refuses to send as
+ * given: the client's doing (a 400), not the backend's or the gateway's.
+ */
+const INVALID_REQUEST_CODES = new Set([
+  'ERR_INVALID_CHAR', // a header value with a byte Node will not write
+  'ERR_INVALID_HTTP_TOKEN', // a header name or method that is not a token
+  'ERR_HTTP_INVALID_HEADER_VALUE',
+  'ERR_UNESCAPED_CHARACTERS', // a request path with characters Node will not write
+  'ERR_HTTP_TRAILER_INVALID', // a Trailer header on a request that is not chunked
+]);
+
+export function isInvalidRequestError(err: Error): boolean {
+  return INVALID_REQUEST_CODES.has((err as { code?: string }).code ?? '');
+}
+
+/** Not `instanceof Error`: Node's own errors may come from another realm (vm, jest). */
+export function asError(err: unknown): Error {
+  return typeof err === 'object' && err !== null && 'message' in err
+    ? (err as Error)
+    : new Error(String(err));
+}

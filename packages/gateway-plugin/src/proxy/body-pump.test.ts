@@ -1,0 +1,119 @@
+import { PassThrough, Writable } from 'node:stream';
+import { pumpBody, type PumpEvents } from './body-pump';
+
+function recorder(): PumpEvents & { log: string[] } {
+  const log: string[] = [];
+  return {
+    log,
+    waitingForClient: () => log.push('client'),
+    waitingForBackend: () => log.push('backend'),
+    ended: () => log.push('ended'),
+    threw: (err) => log.push(`threw ${err.message}`),
+  };
+}
+
+function sink(highWaterMark = 16_384): Writable & { got: Buffer[] } {
+  const got: Buffer[] = [];
+  const w = new Writable({
+    highWaterMark,
+    write(chunk: Buffer, _enc, cb) {
+      got.push(chunk);
+      cb();
+    },
+  });
+  return Object.assign(w, { got });
+}
+
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe('pumpBody', () => {
+  it('copies the body and says whom it waits for', async () => {
+    const src = new PassThrough();
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    src.write('ab');
+    src.end('c');
+    await tick();
+    expect(Buffer.concat(dest.got).toString()).toBe('abc');
+    expect(ev.log).toEqual(['client', 'client', 'client', 'ended']);
+    expect(dest.writableEnded).toBe(true);
+  });
+
+  it('waits for the backend under backpressure, then for the client again', async () => {
+    const src = new PassThrough();
+    let release: () => void = () => {};
+    const dest = new Writable({
+      highWaterMark: 1,
+      write(_c, _e, cb) {
+        release = cb;
+      },
+    });
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    src.write('xx');
+    await tick();
+    expect(ev.log).toEqual(['client', 'backend']);
+    expect(src.isPaused()).toBe(true);
+    release();
+    await tick();
+    expect(ev.log).toEqual(['client', 'backend', 'client']);
+    expect(src.isPaused()).toBe(false);
+  });
+
+  it('reports a throwing write instead of letting it escape, and stops', async () => {
+    const src = new PassThrough();
+    const dest = sink();
+    dest.write = () => {
+      throw Object.assign(new Error('Trailers are invalid'), { code: 'ERR_HTTP_TRAILER_INVALID' });
+    };
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    src.write('a');
+    src.write('b');
+    await tick();
+    expect(ev.log).toEqual(['client', 'threw Trailers are invalid']);
+    expect(src.listenerCount('data')).toBe(0);
+  });
+
+  it('reports a throwing end (the head of a bodyless request is written there)', async () => {
+    const src = new PassThrough();
+    const dest = sink();
+    dest.end = () => {
+      throw new Error('head refused');
+    };
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    src.end();
+    await tick();
+    expect(ev.log).toEqual(['client', 'threw head refused']);
+  });
+
+  it('ends the destination a tick later when the source already ended', async () => {
+    const src = new PassThrough();
+    src.end();
+    src.resume();
+    await tick();
+    expect(src.readableEnded).toBe(true);
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    expect(dest.writableEnded).toBe(false);
+    await tick();
+    expect(ev.log).toEqual(['ended']);
+    expect(dest.writableEnded).toBe(true);
+  });
+
+  it('stops when the destination closes', async () => {
+    const src = new PassThrough();
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    dest.destroy();
+    await tick();
+    expect(src.listenerCount('data')).toBe(0);
+    src.end('late');
+    await tick();
+    expect(ev.log).toEqual(['client']);
+  });
+});

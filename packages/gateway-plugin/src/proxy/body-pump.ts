@@ -1,0 +1,83 @@
+/**
+ * Streams the client's request body into the backend request, in place of
+ * the `req.pipe(proxyReq)` http-proxy does (web-incoming.js, `stream` pass).
+ * Two things Readable.pipe cannot do:
+ *
+ * - Every write and the end are guarded. Node's ClientRequest validates and
+ *   writes its head lazily, on the first write() or end() (`_implicitHeader`
+ *   → `_storeHeader` in _http_outgoing.js), and throws there: with
+ *   Readable.pipe that happens inside the request's 'data'/'end' listener,
+ *   where nothing can catch it, so the process died (ERR_HTTP_TRAILER_INVALID
+ *   from one `Trailer` header). A throw here becomes `threw(err)`.
+ * - It says whom the upload is waiting for: the client (its next bytes, the
+ *   body idle timeout) or the backend (backpressure: the socket is not taking
+ *   more, or the pool has no socket yet; the backend's timeout). A trickling
+ *   client must not make a healthy backend look like it timed out.
+ */
+import type { Readable, Writable } from 'node:stream';
+import { asError } from './upstream-errors';
+
+export interface PumpEvents {
+  /** The upload waits for the client's next bytes (at the start and after each chunk). */
+  waitingForClient(): void;
+  /** The backend request is not taking more (backpressure): the upload waits for it. */
+  waitingForBackend(): void;
+  /** The whole body is handed to the backend request. */
+  ended(): void;
+  /** write() or end() threw; the pump has stopped. */
+  threw(err: Error): void;
+}
+
+export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
+  let waitingForDrain = false;
+  let stopped = false;
+  const stop = (): void => {
+    stopped = true;
+    src.off('data', onData);
+    src.off('end', onEnd);
+    dest.off('drain', onDrain);
+    dest.off('close', stop);
+  };
+  const guarded = (fn: () => void): boolean => {
+    try {
+      fn();
+      return true;
+    } catch (err) {
+      stop();
+      ev.threw(asError(err));
+      return false;
+    }
+  };
+  function onData(chunk: Buffer): void {
+    let ok = true;
+    if (!guarded(() => (ok = dest.write(chunk)))) return;
+    if (ok) return ev.waitingForClient();
+    waitingForDrain = true;
+    src.pause();
+    ev.waitingForBackend();
+  }
+  function onDrain(): void {
+    if (!waitingForDrain || stopped) return;
+    waitingForDrain = false;
+    src.resume();
+    ev.waitingForClient();
+  }
+  function onEnd(): void {
+    if (stopped) return;
+    stop();
+    if (guarded(() => dest.end())) ev.ended();
+  }
+  dest.on('drain', onDrain);
+  dest.once('close', stop);
+  if (src.readableEnded) {
+    // Like Readable.pipe on an ended stream (a retry, or a body a middleware
+    // consumed): end the destination a tick later, as Readable.pipe does.
+    process.nextTick(onEnd);
+    return;
+  }
+  src.on('data', onData);
+  src.once('end', onEnd);
+  ev.waitingForClient();
+  // 'data' listeners start the flow unless the stream was paused explicitly.
+  src.resume();
+}

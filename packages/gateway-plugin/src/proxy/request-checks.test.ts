@@ -1,0 +1,86 @@
+import type { IncomingMessage } from 'node:http';
+import { checkFraming, checkPath } from './request-checks';
+
+function req(raw: string[]): IncomingMessage {
+  const headers: Record<string, string> = {};
+  // Like Node: the first of a repeated Host/Content-Length wins, others are joined.
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    if (headers[k] === undefined) headers[k] = raw[i + 1]!;
+    else if (k !== 'host' && k !== 'content-length') headers[k] += `, ${raw[i + 1]}`;
+  }
+  return { headers, rawHeaders: raw } as unknown as IncomingMessage;
+}
+
+describe('checkFraming', () => {
+  it('accepts a body framed by one Content-Length or by chunked, and none', () => {
+    expect(checkFraming(req(['Host', 'a']))).toEqual({ ok: true, framing: 'none' });
+    expect(checkFraming(req(['Host', 'a', 'Content-Length', '0']))).toEqual({
+      ok: true,
+      framing: 'none',
+    });
+    expect(checkFraming(req(['Host', 'a', 'Content-Length', '12']))).toEqual({
+      ok: true,
+      framing: 'length',
+    });
+    expect(checkFraming(req(['Host', 'a', 'Transfer-Encoding', ' Chunked ']))).toEqual({
+      ok: true,
+      framing: 'chunked',
+    });
+  });
+
+  it.each([
+    [['Host', 'a', 'Transfer-Encoding', 'gzip, chunked'], 'Transfer-Encoding other than chunked'],
+    [['Host', 'a', 'Transfer-Encoding', 'chunked', 'Transfer-Encoding', 'chunked'], 'other than'],
+    [['Host', 'a', 'Transfer-Encoding', 'identity'], 'other than chunked'],
+    [['Host', 'a', 'Transfer-Encoding', 'chunked', 'Content-Length', '3'], 'both'],
+    [['Host', 'a', 'Content-Length', '3, 3'], 'not a single number'],
+    [['Host', 'a', 'Content-Length', '-1'], 'not a single number'],
+    [['Host', 'a', 'Content-Length', '3', 'content-length', '3'], 'more than one Content-Length'],
+    [['Host', 'a', 'host', 'b'], 'more than one Host'],
+  ])('refuses %j', (raw, detail) => {
+    const r = checkFraming(req(raw));
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.detail).toContain(detail);
+  });
+});
+
+describe('checkPath', () => {
+  it.each([
+    '/..',
+    '/../secret',
+    '/a/../../secret',
+    '/./admin',
+    '/a/.',
+    '/..\\..\\secret',
+    '\\..\\x',
+    '/%2e%2e/secret',
+    '/%2E./secret',
+    '/.%2e',
+    '/a%2f..%2fb',
+    '/a%5C..%5Cb',
+    '/..;/admin',
+    '/..;jsessionid=x/admin',
+    'http://evil.example/a/../b',
+  ])('refuses %s', (url) => {
+    expect(checkPath(url)).toBe('dot-segment in the path');
+  });
+
+  it.each([
+    '/',
+    '*',
+    '/a/b.c',
+    '/.well-known/x',
+    '/..a/b',
+    '/a../b',
+    '/.../x',
+    '/a/b?next=../../x',
+    '/files/C:%5Cdata',
+    '/a%2fb',
+    '/%2e%2ex',
+    '/items#../x',
+    'http://example.com/x',
+  ])('accepts %s', (url) => {
+    expect(checkPath(url)).toBeUndefined();
+  });
+});

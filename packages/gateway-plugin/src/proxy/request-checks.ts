@@ -1,0 +1,82 @@
+/**
+ * What a request must satisfy before it is proxied: framing the gateway can
+ * forward as it was meant, and a path that cannot leave the backend's base
+ * path. Node's own parser (llhttp, strict by default) already refuses most
+ * broken framing with a 400 before the app sees it; these checks are the
+ * gateway's second line, for what strict Node lets through (`Transfer-Encoding:
+ * gzip, chunked`, a duplicate Host) and for servers created with
+ * `insecureHTTPParser` or middleware that rewrote headers.
+ */
+import type { IncomingMessage } from 'node:http';
+
+/** How the request body is delimited, decided once at admission (http-proxy rewrites the headers later). */
+export type BodyFraming = 'none' | 'length' | 'chunked';
+
+export type Framing = { ok: true; framing: BodyFraming } | { ok: false; detail: string };
+
+const DIGITS = /^[0-9]+$/;
+
+/**
+ * RFC 9112 §6.1-6.3 and §3.2: a body is framed by exactly one of
+ * `Transfer-Encoding: chunked` or one Content-Length; anything else could be
+ * read differently by the backend than by the gateway (request smuggling),
+ * so it is refused, and a request with more than one Host is refused too
+ * ("MUST respond with a 400").
+ */
+export function checkFraming(req: IncomingMessage): Framing {
+  const h = req.headers;
+  const te = h['transfer-encoding'];
+  const cl = h['content-length'];
+  if (te !== undefined && cl !== undefined) {
+    return { ok: false, detail: 'both Transfer-Encoding and Content-Length' };
+  }
+  // Transfer coding names are case-insensitive (RFC 9112 §7). Any other
+  // coding ("gzip, chunked", "identity") would be forwarded under a
+  // re-chunked body by Node's ClientRequest: refuse rather than guess.
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
+    return { ok: false, detail: 'Transfer-Encoding other than chunked' };
+  }
+  if (cl !== undefined && !DIGITS.test(cl)) {
+    return { ok: false, detail: 'Content-Length is not a single number' };
+  }
+  // Node keeps the first of several Host (and Content-Length) lines and
+  // drops the rest; a proxy in front may have used another one.
+  const raw = req.rawHeaders;
+  let hosts = 0;
+  let lengths = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+    else if (name.length === 14 && name.toLowerCase() === 'content-length') lengths++;
+  }
+  if (hosts > 1) return { ok: false, detail: 'more than one Host header' };
+  if (lengths > 1) return { ok: false, detail: 'more than one Content-Length header' };
+  if (te !== undefined) return { ok: true, framing: 'chunked' };
+  return { ok: true, framing: cl !== undefined && cl !== '0' ? 'length' : 'none' };
+}
+
+/**
+ * A dot-segment ("." or "..") anywhere in the path, in any spelling a backend
+ * might decode: "." as `%2e`, "/" as a backslash (url.parse, which http-proxy
+ * uses for the outgoing path, turns `\` into `/`; Windows servers do too),
+ * `%2f` or `%5c`, and with a `;parameter` (Tomcat reads `/..;/` as `/../`).
+ * The path is refused, not normalised: browsers and curl remove dot-segments
+ * before sending (RFC 3986 §5.2.4), so a request that still has one was made
+ * that way on purpose, and the app's own middleware (auth, routing) has
+ * already judged the unnormalised path. Forwarded, `/api/..\..\secret` became
+ * `/base/../../secret` at a backend whose target URL has the base path `/base`.
+ */
+const DOT_SEGMENT = /(?:^|[/\\]|%2f|%5c)(?:\.|%2e){1,2}(?:;[^/\\]*)?(?:[/\\]|%2f|%5c|$)/i;
+
+/** Why this request target must not be forwarded, or undefined. */
+export function checkPath(url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  // Only the path: a query may carry "../" as data.
+  let end = url.length;
+  const q = url.indexOf('?');
+  if (q >= 0) end = q;
+  const f = url.indexOf('#');
+  if (f >= 0 && f < end) end = f;
+  const path = end === url.length ? url : url.slice(0, end);
+  return DOT_SEGMENT.test(path) ? 'dot-segment in the path' : undefined;
+}

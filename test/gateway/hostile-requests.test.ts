@@ -1,0 +1,352 @@
+/**
+ * One request must not kill, fool or starve the gateway. Every case sends the
+ * exact bytes over a raw socket (raw-http.ts) to a real Express gateway in
+ * front of a real backend that records every request line its HTTP parser
+ * reads: a smuggled request shows up there as a second line.
+ */
+import { createServer, type IncomingMessage } from 'node:http';
+import express from 'express';
+import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
+import { listen, type TestServer } from './kit';
+import { openSlow, rawExchange, until, type SlowClient } from './raw-http';
+
+interface Seen {
+  line: string;
+  headers: IncomingMessage['headers'];
+  body: string;
+  aborted: boolean;
+}
+
+/**
+ * A backend that records each request its parser reads and answers
+ * `{ line, bytes }` once the body is in; `hold`: requests it never answers.
+ */
+async function recordingBackend(
+  opts: { hold?: (line: string) => boolean } = {},
+): Promise<TestServer & { seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const server = createServer((req, res) => {
+    const entry: Seen = {
+      line: `${req.method} ${req.url}`,
+      headers: req.headers,
+      body: '',
+      aborted: false,
+    };
+    seen.push(entry);
+    req.setEncoding('latin1');
+    req.on('data', (c: string) => (entry.body += c));
+    req.on('close', () => {
+      if (!req.complete) entry.aborted = true;
+    });
+    req.on('end', () => {
+      if (opts.hold?.(entry.line)) return;
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ line: entry.line, bytes: entry.body.length }));
+    });
+  });
+  return Object.assign(await listen(server), { seen });
+}
+
+interface Gw extends TestServer {
+  lb: ReturnType<typeof loadBalance>;
+  warnings: string[];
+  metric(name: string, code?: string): Promise<number>;
+}
+
+async function gateway(
+  opts: Partial<LoadBalanceOptions> & Pick<LoadBalanceOptions, 'backends'>,
+  setup: (app: express.Express, lb: ReturnType<typeof loadBalance>) => void = (app, lb) =>
+    app.use('/api', lb),
+  server: { insecureHTTPParser?: boolean } = {},
+): Promise<Gw> {
+  const warnings: string[] = [];
+  const lb = loadBalance({
+    overload: false,
+    healthCheck: false,
+    logger: { info: () => {}, warn: (m) => warnings.push(m), error: (m) => warnings.push(m) },
+    ...opts,
+  });
+  const app = express();
+  setup(app, lb);
+  const srv = await listen(createServer(server, app));
+  return {
+    ...srv,
+    lb,
+    warnings,
+    close: async () => {
+      await srv.close();
+      await lb.close();
+    },
+    async metric(name, code) {
+      const text = await lb.balancer.metrics.registry.metrics();
+      const label = code === undefined ? '' : `\\{code="${code}"\\}`;
+      const m = new RegExp(`^loadwise_${name}${label} (\\d+)`, 'm').exec(text);
+      return m ? Number(m[1]) : 0;
+    },
+  };
+}
+
+const SMUGGLED = 'GET /admin/SMUGGLED HTTP/1.1\r\nHost: a\r\n\r\n';
+
+let backend: TestServer & { seen: Seen[] };
+let gw: Gw | undefined;
+beforeEach(async () => {
+  backend = await recordingBackend();
+});
+afterEach(async () => {
+  await gw?.close();
+  gw = undefined;
+  await backend.close();
+});
+
+describe('a request that made Node throw', () => {
+  it("answers curl -H 'Trailer: X-T' instead of dying, and forwards no Trailer", async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    const curl = `GET /api/ HTTP/1.1\r\nHost: 127.0.0.1:${gw.port}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nTrailer: X-T\r\n\r\n`;
+    const r = await rawExchange(gw.port, curl, { responses: 1 });
+    expect(r.responses[0]?.status).toBe(200);
+    expect(backend.seen.map((s) => s.line)).toEqual(['GET /']);
+    expect(backend.seen[0]?.headers.trailer).toBeUndefined();
+    // The same with a body framed by Content-Length, and chunked with a real trailer.
+    const post = `POST /api/up HTTP/1.1\r\nHost: a\r\nTrailer: X-T\r\nContent-Length: 3\r\n\r\nabc`;
+    const chunked =
+      'POST /api/up HTTP/1.1\r\nHost: a\r\nTrailer: X-T\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n';
+    for (const req of [post, chunked]) {
+      const p = await rawExchange(gw.port, req, { responses: 1 });
+      expect(p.responses[0]?.status).toBe(200);
+      expect(JSON.parse(p.responses[0]!.body)).toEqual({ line: 'POST /up', bytes: 3 });
+    }
+  });
+
+  it('turns any throw while the request is prepared or sent into a coded, counted answer', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
+      app.use((req, _res, next) => {
+        // What a buggy middleware can leave for http.request() or the body write:
+        if (req.url === '/bad-value') req.headers['x-note'] = 'line\nbreak';
+        if (req.url === '/throwing') {
+          Object.defineProperty(req.headers, 'x-lazy', {
+            enumerable: true,
+            get: () => {
+              throw new Error('getter blew up');
+            },
+          });
+        }
+        if (req.url === '/short-length') req.headers['content-length'] = '2';
+        next();
+      });
+      app.use(lb);
+    });
+    const cases: Array<[string, number, string]> = [
+      ['GET /bad-value HTTP/1.1\r\nHost: a\r\n\r\n', 400, 'LW_GW_BAD_REQUEST'],
+      ['GET /throwing HTTP/1.1\r\nHost: a\r\n\r\n', 502, 'LW_GW_PROXY_ERROR'],
+      // The body is longer than the Content-Length a middleware left: the
+      // extra bytes must not reach the backend as a request of their own.
+      [
+        `POST /short-length HTTP/1.1\r\nHost: a\r\nContent-Length: 41\r\n\r\n${SMUGGLED}`,
+        502,
+        'LW_GW_PROXY_ERROR',
+      ],
+    ];
+    for (const [bytes, status, code] of cases) {
+      const r = await rawExchange(gw.port, bytes, { responses: 1 });
+      expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+        status,
+        code,
+      ]);
+    }
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_BAD_REQUEST')).toBe(1);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_PROXY_ERROR')).toBe(2);
+    expect(backend.seen.map((s) => s.line)).not.toContain('GET /admin/SMUGGLED');
+    // Not the backend's fault: no error counted against it, not ejected.
+    expect(await gw.metric('backend_errors_total')).toBe(0);
+    expect(gw.lb.balancer.snapshot().backends[0]?.inFlight).toBe(0);
+    expect(gw.warnings.some((w) => w.includes('LW_GW_PROXY_ERROR'))).toBe(true);
+    // Still serving.
+    const ok = await rawExchange(gw.port, 'GET /fine HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(ok.responses[0]?.status).toBe(200);
+  });
+});
+
+describe('request smuggling', () => {
+  it('keeps Content-Length when Connection names it: the backend parses one request', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: `${backend.url}/base` }] });
+    for (const method of ['GET', 'DELETE', 'OPTIONS']) {
+      const bytes = `${method} /api/x HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 41\r\n\r\n${SMUGGLED}`;
+      const r = await rawExchange(gw.port, bytes, { responses: 1 });
+      expect(r.responses[0]?.status).toBe(200);
+    }
+    expect(backend.seen.map((s) => s.line)).toEqual([
+      'GET /base/x',
+      'DELETE /base/x',
+      'OPTIONS /base/x',
+    ]);
+    expect(backend.seen.every((s) => s.body === SMUGGLED)).toBe(true);
+  });
+
+  it('keeps a chunked DELETE/OPTIONS body framed (http-proxy gives it Content-Length: 0)', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: `${backend.url}/base` }] });
+    const size = Buffer.byteLength(SMUGGLED).toString(16);
+    for (const method of ['DELETE', 'OPTIONS']) {
+      const bytes = `${method} /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n${size}\r\n${SMUGGLED}\r\n0\r\n\r\n`;
+      const r = await rawExchange(gw.port, bytes, { responses: 1 });
+      expect(r.responses[0]?.status).toBe(200);
+    }
+    expect(backend.seen.map((s) => s.line)).toEqual(['DELETE /base/x', 'OPTIONS /base/x']);
+    expect(backend.seen.map((s) => s.body)).toEqual([SMUGGLED, SMUGGLED]);
+  });
+
+  it('never lets Connection strip what the app checked; drops TE, proxy credentials; sets X-Real-IP', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
+      app.use((req, res, next) =>
+        req.headers.authorization === 'Bearer ok' ? next() : res.status(401).end(),
+      );
+      app.use(lb);
+    });
+    const bytes =
+      'GET /private HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ok\r\n' +
+      'Connection: authorization, host, keep-alive, x-client-note\r\nX-Client-Note: mine\r\n' +
+      'Keep-Alive: timeout=1\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\n' +
+      'Proxy-Authorization: Basic dTpw\r\nX-Real-IP: 6.6.6.6\r\n\r\n';
+    const r = await rawExchange(gw.port, bytes, { responses: 1 });
+    expect(r.responses[0]?.status).toBe(200);
+    const h = backend.seen[0]!.headers;
+    expect(h).toMatchObject({
+      authorization: 'Bearer ok',
+      host: 'a',
+      'x-client-note': 'mine',
+      'x-real-ip': '127.0.0.1',
+      'x-forwarded-for': '127.0.0.1',
+      connection: 'keep-alive', // the gateway's own pool
+    });
+    for (const gone of ['te', 'keep-alive', 'proxy-connection', 'upgrade', 'proxy-authorization'])
+      expect([gone, h[gone]]).toEqual([gone, undefined]);
+  });
+
+  it('refuses framing it cannot forward safely with 400 and closes the connection', async () => {
+    // insecureHTTPParser: Node's lenient parser lets TE with CL through; the gateway must not.
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] }, undefined, {
+      insecureHTTPParser: true,
+    });
+    const cases = [
+      'POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
+      'POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
+      'POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
+      'GET /api/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n',
+    ];
+    for (const bytes of cases) {
+      const r = await rawExchange(gw.port, bytes + 'GET /api/after HTTP/1.1\r\nHost: a\r\n\r\n');
+      expect([r.responses.length, r.responses[0]?.status, r.closed]).toEqual([1, 400, true]);
+      expect(r.responses[0]?.headers['x-loadwise-error']).toBe('LW_GW_BAD_REQUEST');
+    }
+    expect(backend.seen).toEqual([]);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_BAD_REQUEST')).toBe(cases.length);
+  });
+});
+
+describe('paths', () => {
+  const escapes = [
+    '/api/..\\..\\secret',
+    '/api/../../secret',
+    '/api/%2e%2e/%2E%2E/secret',
+    '/api/..%2F..%2Fsecret',
+    '/api/.%2e%5csecret',
+    '/api/..;/secret',
+    '/api/./admin',
+  ];
+
+  it.each([false, true])(
+    'refuses dot-segments before the base path is joined (forwardMountPath %s)',
+    async (forwardMountPath) => {
+      gw = await gateway({ backends: [{ id: 'b', url: `${backend.url}/base` }], forwardMountPath });
+      for (const path of escapes) {
+        const r = await rawExchange(gw.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, {
+          responses: 1,
+        });
+        expect([path, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual(
+          [path, 400, 'LW_GW_BAD_PATH'],
+        );
+      }
+      expect(backend.seen).toEqual([]);
+      const ok = await rawExchange(
+        gw.port,
+        'GET /api/a/b.txt?next=../x HTTP/1.1\r\nHost: a\r\n\r\n',
+        {
+          responses: 1,
+        },
+      );
+      expect(ok.responses[0]?.status).toBe(200);
+      expect(backend.seen.map((s) => s.line)).toEqual([
+        forwardMountPath ? 'GET /base/api/a/b.txt?next=../x' : 'GET /base/a/b.txt?next=../x',
+      ]);
+    },
+  );
+});
+
+describe('slow clients', () => {
+  it('answers a stalled body 408 and aborts the attempt without blaming the backend', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }], clientBodyTimeoutMs: 200 });
+    const r = await rawExchange(
+      gw.port,
+      'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc',
+    );
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
+      [408, 'LW_GW_BODY_TIMEOUT', true],
+    );
+    await until(() => backend.seen[0]?.aborted === true);
+    expect(await gw.metric('backend_errors_total')).toBe(0);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(1);
+    const b = gw.lb.balancer.snapshot().backends[0]!;
+    expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
+  });
+
+  it('does not time the backend out while a slow but live client is still uploading', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }], requestTimeoutMs: 150 });
+    const c = await openSlow(
+      gw.port,
+      'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n',
+    );
+    for (const byte of 'abcde') {
+      await new Promise((r) => setTimeout(r, 80)); // 400 ms in all: longer than requestTimeoutMs
+      c.socket.write(byte);
+    }
+    await until(() => c.responses().length === 1);
+    c.socket.destroy();
+    const [res] = c.responses();
+    expect(res?.status).toBe(200);
+    expect(JSON.parse(res!.body)).toEqual({ line: 'POST /upload', bytes: 5 });
+    expect(await gw.metric('backend_errors_total')).toBe(0);
+  });
+
+  it('bounds the requests one client address holds; other clients are served', async () => {
+    const held = await recordingBackend({ hold: (line) => line.startsWith('POST') });
+    gw = await gateway({ backends: [{ id: 'b', url: held.url }], maxInFlightPerClient: 5 });
+    const slow: SlowClient[] = [];
+    const upload = 'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nx';
+    for (let i = 0; i < 20; i++) slow.push(await openSlow(gw.port, upload, '127.0.0.2'));
+    await until(() => held.seen.length === 5);
+    for (const c of slow.slice(5)) {
+      const r = await c.closed; // a refused upload's connection is closed, its body unread
+      expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+        429,
+        'LW_GW_CLIENT_LIMIT',
+      ]);
+      expect(r.responses[0]?.headers['retry-after']).toBe('1');
+    }
+    expect(held.seen).toHaveLength(5);
+    const get = 'GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n';
+    // The same address is still at its bound; another one is served.
+    const same = await rawExchange(gw.port, get, { responses: 1, localAddress: '127.0.0.2' });
+    expect(same.responses[0]?.status).toBe(429);
+    const other = await rawExchange(gw.port, get, { responses: 1 });
+    expect(other.responses[0]?.status).toBe(200);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_CLIENT_LIMIT')).toBe(16);
+    // Slots come back when the requests end.
+    for (const c of slow) c.socket.destroy();
+    await until(() => gw!.lb.balancer.flow.clients?.clients === 0);
+    const again = await rawExchange(gw.port, get, { responses: 1, localAddress: '127.0.0.2' });
+    expect(again.responses[0]?.status).toBe(200);
+    await held.close();
+  });
+});
