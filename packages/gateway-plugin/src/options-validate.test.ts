@@ -133,6 +133,10 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['logger without warn', { ...base, logger: { info() {} } }, 'LW_GW_INVALID_OPTION'],
   ['now not a function', { ...base, now: 5 }, 'LW_GW_INVALID_OPTION'],
   ['metrics registry not a registry', { ...base, metricsRegistry: {} }, 'LW_GW_INVALID_OPTION'],
+  ['body timeout zero', { ...base, clientBodyTimeoutMs: 0 }, 'LW_GW_INVALID_OPTION'],
+  ['body timeout true', { ...base, clientBodyTimeoutMs: true }, 'LW_GW_INVALID_OPTION'],
+  ['per-client bound fraction', { ...base, maxInFlightPerClient: 2.5 }, 'LW_GW_INVALID_OPTION'],
+  ['per-client bound zero', { ...base, maxInFlightPerClient: 0 }, 'LW_GW_INVALID_OPTION'],
 ];
 
 describe('loadBalance options', () => {
@@ -169,6 +173,11 @@ describe('loadBalance options', () => {
       overload: undefined,
     });
     expect(resolveOptions({ ...base, decisionHeader: 'X-Why' }).decisionHeader).toBe('x-why');
+    // Slow-client protection is on by default; false turns each part off.
+    expect(o).toMatchObject({ clientBodyTimeoutMs: 10_000, maxInFlightPerClient: 64 });
+    expect(
+      resolveOptions({ ...base, clientBodyTimeoutMs: false, maxInFlightPerClient: false }),
+    ).toMatchObject({ clientBodyTimeoutMs: undefined, maxInFlightPerClient: undefined });
   });
 
   it('accepts discovery without configured backends', () => {

@@ -53,7 +53,6 @@ describe('checkPath', () => {
     '/./admin',
     '/a/.',
     '/..\\..\\secret',
-    '\\..\\x',
     '/%2e%2e/secret',
     '/%2E./secret',
     '/.%2e',
@@ -66,9 +65,14 @@ describe('checkPath', () => {
     expect(checkPath(url)).toBe('dot-segment in the path');
   });
 
+  it('refuses a target that is not a path (OPTIONS *)', () => {
+    expect(checkPath('*')).toBe('request target is not a path');
+    expect(checkPath('example.com:443')).toBe('request target is not a path');
+    expect(checkPath('\\..\\x')).toBe('request target is not a path');
+  });
+
   it.each([
     '/',
-    '*',
     '/a/b.c',
     '/.well-known/x',
     '/..a/b',

@@ -68,9 +68,15 @@ export function checkFraming(req: IncomingMessage): Framing {
  */
 const DOT_SEGMENT = /(?:^|[/\\]|%2f|%5c)(?:\.|%2e){1,2}(?:;[^/\\]*)?(?:[/\\]|%2f|%5c|$)/i;
 
+/** origin-form (`/path`) or absolute-form (`http://host/path`), RFC 9112 §3.2. */
+const PATH_OR_ABSOLUTE = /^(?:\/|[a-z][a-z0-9+.-]*:\/\/)/i;
+
 /** Why this request target must not be forwarded, or undefined. */
 export function checkPath(url: string | undefined): string | undefined {
   if (url === undefined) return undefined;
+  // `OPTIONS *` (asterisk-form) asks about this server, not a resource: no
+  // backend path can be made of it (http-proxy would send `/base*`).
+  if (!PATH_OR_ABSOLUTE.test(url)) return 'request target is not a path';
   // Only the path: a query may carry "../" as data.
   let end = url.length;
   const q = url.indexOf('?');

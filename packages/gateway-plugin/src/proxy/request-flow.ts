@@ -64,6 +64,8 @@ interface Flow {
   framing: BodyFraming;
   /** The per-client bound's key this request holds a slot under. */
   client: string | undefined;
+  /** The client's own Connection header (stripped before proxying). */
+  clientConnection: string | undefined;
   tried: Set<Endpoint> | undefined;
   retries: number;
   hashKey: string | undefined;
@@ -146,6 +148,7 @@ export class RequestFlow {
       bodyTimer: undefined,
       framing: framing.framing,
       client,
+      clientConnection: req.headers.connection,
       tried: undefined,
       retries: 0,
       hashKey: undefined,
@@ -402,6 +405,12 @@ export class RequestFlow {
       // Ends `res`: http-proxy then neither copies this response's head nor pipes its body.
       return this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
     }
+    // http-proxy answers an HTTP/1.0 client with the Connection of its
+    // request, else `close` (web-outgoing.js setConnection): give it back the
+    // header stripHopByHop took, or `ab -k` and other 1.0 keep-alive clients
+    // reconnect for every request. The request is on the wire by now.
+    if (req.httpVersion === '1.0' && flow.clientConnection !== undefined)
+      req.headers.connection = flow.clientConnection;
     // http-proxy forwards the body, never trailer fields; and a Trailer
     // header on a response that is not chunked makes writeHead throw
     // ERR_HTTP_TRAILER_INVALID, which also killed the process.
