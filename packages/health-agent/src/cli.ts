@@ -249,9 +249,12 @@ async function main(argv: string[]): Promise<void> {
   );
 }
 
-if (require.main === module) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
+/** Runs the CLI with `argv` (without node and script); the bin shim calls this. */
+export function run(argv: string[]): void {
+  main(argv).catch((err: unknown) => {
     process.stderr.write(`${NAME}: ${(err as Error)?.stack ?? String(err)}\n`);
     process.exit(1);
   });
 }
+
+if (require.main === module) run(process.argv.slice(2));
