@@ -9,7 +9,8 @@
  *   LOADWISE_GW_BROKER=mqtt://broker.internal:1883 node examples/dist/gateway-server.js
  *
  * Prints one JSON line on stdout once listening: {"event":"listening","id","port","pid"}.
- * SIGTERM/SIGINT: stop accepting, close the balancer, exit 0. With
+ * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
+ * STOP_GRACE_MS), close the balancer, exit 0. With
  * --exit-with-parent it also stops when its stdin closes (the parent died).
  * Exit 2: invalid configuration (one line on stderr naming the variable).
  */
@@ -46,6 +47,8 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
 };
 
 export const STATUS_PATH = '/_lb/status';
+/** On SIGTERM, in-flight requests get this long to finish (systemd's TimeoutStopSec must exceed it). */
+export const STOP_GRACE_MS = 10_000;
 export const METRICS_PATH = '/_lb/metrics';
 
 class ConfigError extends Error {}
@@ -175,13 +178,18 @@ async function main(): Promise<void> {
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
-    process.stderr.write(`gateway-server: ${signal}: closing\n`);
-    server.close();
+    process.stderr.write(`gateway-server: ${signal}: finishing in-flight requests, then closing\n`);
+    // Stop accepting; idle keep-alive connections close now, busy ones after
+    // their response. Requests still running after the grace are cut.
+    const drained = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
-    lb.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
+    void Promise.race([drained, grace])
+      .then(() => lb.close())
+      .then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
