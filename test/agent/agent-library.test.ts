@@ -5,6 +5,7 @@ import {
   subscriptionFilter,
   topicFor,
   type MetricsReport,
+  type SigningKey,
   type StatusMessage,
 } from '@loadwise/protocol';
 import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
@@ -207,18 +208,21 @@ describe('createAgent (library, in-process)', () => {
       await broker.close();
     });
 
-    it('signs every message with the key, emits typed events, and stops with draining then offline', async () => {
-      const prefix = uniquePrefix('agent-signed');
-      const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
-      const box = inbox(sub, prefix, [key]);
+    /** An agent publishing every 100 ms under `prefix`, connected; its messages land in `box`. */
+    async function connectedAgent(
+      prefix: string,
+      backendId: string,
+      extra: { signingKey?: SigningKey } = {},
+    ) {
+      const box = inbox(sub, prefix, extra.signingKey ? [extra.signingKey] : undefined);
       await sub.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
       const agent = createAgent({
-        backendId: 'lib-8',
+        backendId,
         broker: { url: broker.url },
         prefix,
         intervalMs: 100,
-        signingKey: key,
         cgroup: false,
+        ...extra,
       });
       agents.push(agent);
       const states: string[] = [];
@@ -226,6 +230,13 @@ describe('createAgent (library, in-process)', () => {
       const connected = new Promise<void>((r) => agent.once('connect', r));
       await agent.start();
       await connected;
+      return { box, agent, states };
+    }
+
+    it('signs every message with the key, emits typed events, and stops with draining then offline', async () => {
+      const prefix = uniquePrefix('agent-signed');
+      const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+      const { box, agent, states } = await connectedAgent(prefix, 'lib-8', { signingKey: key });
       const m = await box.waitFor((r) => r.message.kind === 'metrics', 5000, 'signed metrics');
       expect((m.message as MetricsReport).intervalMs).toBe(100);
       await agent.stop({ graceMs: 150 });
@@ -246,21 +257,7 @@ describe('createAgent (library, in-process)', () => {
 
     it('undrain() ends a drain(): online status again, metrics back to online; not during stop()', async () => {
       const prefix = uniquePrefix('agent-undrain');
-      const box = inbox(sub, prefix);
-      await sub.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
-      const agent = createAgent({
-        backendId: 'lib-9',
-        broker: { url: broker.url },
-        prefix,
-        intervalMs: 100,
-        cgroup: false,
-      });
-      agents.push(agent);
-      const states: string[] = [];
-      agent.on('state', (s) => states.push(s));
-      const connected = new Promise<void>((r) => agent.once('connect', r));
-      await agent.start();
-      await connected;
+      const { box, agent, states } = await connectedAgent(prefix, 'lib-9');
       await agent.undrain(); // not draining: nothing to undo
       await agent.drain('kernel upgrade');
       const drained = await box.waitFor(

@@ -18,7 +18,7 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { BalancerSnapshot } from '@loadwise/gateway-plugin';
+import type { BackendSnapshot, BalancerSnapshot } from '@loadwise/gateway-plugin';
 import { CLI_OPTIONS, envName } from '../../packages/health-agent/src/config';
 import { GATEWAY_ENV, STOP_GRACE_MS } from '../../examples/gateway-server';
 import {
@@ -167,6 +167,9 @@ describe('examples/systemd: unit files and environment files', () => {
   let gatewayUrl: string;
   let token: string;
   let agentPidFile: string;
+  /** api-1 as the gateway's status endpoint shows it. */
+  const api1 = async (): Promise<BackendSnapshot> =>
+    (await snapshot(gatewayUrl, token)).backends.find((x) => x.id === 'api-1')!;
 
   beforeAll(async () => {
     broker = await startExampleBroker(['gateway', 'agent-api-1']);
@@ -247,8 +250,8 @@ describe('examples/systemd: unit files and environment files', () => {
     // The gateway holds the agent's key file: only signed reports count.
     await eventually(
       async () => {
-        const b = (await snapshot(gatewayUrl, token)).backends.find((x) => x.id === 'api-1');
-        return b?.reportFresh === true && b.state === 'healthy';
+        const b = await api1();
+        return b.reportFresh && b.state === 'healthy';
       },
       20_000,
       () => `api-1 fresh at the gateway; agent said: ${agent!.stderrTail()}`,
@@ -269,22 +272,10 @@ describe('examples/systemd: unit files and environment files', () => {
   it('drains and undrains through the PID file the unit writes', async () => {
     const drain = spawnScript(AGENT_BIN, ['drain', '--pid-file', agentPidFile]);
     expect(await drain.exited).toBe(0);
-    await eventually(
-      async () =>
-        (await snapshot(gatewayUrl, token)).backends.find((x) => x.id === 'api-1')!.state ===
-        'draining',
-      10_000,
-      'api-1 draining',
-    );
+    await eventually(async () => (await api1()).state === 'draining', 10_000, 'api-1 draining');
     const undrain = spawnScript(AGENT_BIN, ['undrain', '--pid-file', agentPidFile]);
     expect(await undrain.exited).toBe(0);
-    await eventually(
-      async () =>
-        (await snapshot(gatewayUrl, token)).backends.find((x) => x.id === 'api-1')!.state ===
-        'healthy',
-      10_000,
-      'api-1 healthy again',
-    );
+    await eventually(async () => (await api1()).state === 'healthy', 10_000, 'api-1 healthy');
   }, 30_000);
 
   it('stops on KillSignal within TimeoutStopSec: the agent says offline, the gateway exits 0', async () => {
@@ -296,7 +287,7 @@ describe('examples/systemd: unit files and environment files', () => {
     expect(existsSync(agentPidFile)).toBe(false); // removed on a clean stop
     await eventually(
       async () => {
-        const b = (await snapshot(gatewayUrl, token)).backends.find((x) => x.id === 'api-1')!;
+        const b = await api1();
         return b.state === 'down' && b.stateReason === 'agent reported offline';
       },
       10_000,
