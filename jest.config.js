@@ -16,6 +16,8 @@ module.exports = {
       ...common,
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.test.ts', '<rootDir>/bench/**/*.test.ts'],
+      // Its own script, `npm run test:pack` (test/packaging/jest.config.js).
+      testPathIgnorePatterns: ['/node_modules/', '<rootDir>/test/packaging/'],
       testTimeout: 30000,
     },
   ],

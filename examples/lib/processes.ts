@@ -171,30 +171,18 @@ export interface StartedBackend {
   process: ManagedChild;
 }
 
-/** Starts examples/dist/backend.js and waits until it prints its port. */
-export async function startBackendProcess(opts: BackendProcessOptions): Promise<StartedBackend> {
-  const args = [
-    backendScript(),
-    '--id',
-    opts.id,
-    '--slots',
-    String(opts.slots ?? 8),
-    '--service-ms',
-    String(opts.serviceMs ?? 10),
-    '--port',
-    String(opts.port ?? 0),
-    '--exit-with-parent',
-  ];
-  if (opts.maxQueue !== undefined) args.push('--max-queue', String(opts.maxQueue));
-  if (opts.pidFile !== undefined) args.push('--pid-file', opts.pidFile);
-  const proc = new ManagedChild(`backend ${opts.id}`, process.execPath, args);
-  const timeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
-  const port = await new Promise<number>((resolve, reject) => {
+/**
+ * Waits for a child's first stdout line `{"event":"listening","port":N}` (the
+ * example backend and gateway-server print it) and returns the port; kills
+ * the child and rejects if it exits or stays silent for `timeoutMs`.
+ */
+export function waitForListening(proc: ManagedChild, timeoutMs: number): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
     const lines = createInterface({ input: proc.child.stdout! });
     const fail = (why: string): void => {
       clearTimeout(timer);
       lines.close();
-      reject(new Error(`backend ${opts.id}: ${why}\n${proc.stderrTail()}`));
+      reject(new Error(`${proc.name}: ${why}\n${proc.stderrTail()}`));
     };
     const timer = setTimeout(() => {
       fail(`did not print its port within ${timeoutMs} ms`);
@@ -215,6 +203,26 @@ export async function startBackendProcess(opts: BackendProcessOptions): Promise<
       }
     });
   });
+}
+
+/** Starts examples/dist/backend.js and waits until it prints its port. */
+export async function startBackendProcess(opts: BackendProcessOptions): Promise<StartedBackend> {
+  const args = [
+    backendScript(),
+    '--id',
+    opts.id,
+    '--slots',
+    String(opts.slots ?? 8),
+    '--service-ms',
+    String(opts.serviceMs ?? 10),
+    '--port',
+    String(opts.port ?? 0),
+    '--exit-with-parent',
+  ];
+  if (opts.maxQueue !== undefined) args.push('--max-queue', String(opts.maxQueue));
+  if (opts.pidFile !== undefined) args.push('--pid-file', opts.pidFile);
+  const proc = new ManagedChild(`backend ${opts.id}`, process.execPath, args);
+  const port = await waitForListening(proc, opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
   return { id: opts.id, port, url: `http://127.0.0.1:${port}`, process: proc };
 }
 

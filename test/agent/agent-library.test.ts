@@ -1,7 +1,13 @@
 import net from 'node:net';
 import express from 'express';
 import type { MqttClient } from 'mqtt';
-import { subscriptionFilter, topicFor, type MetricsReport } from '@loadwise/protocol';
+import {
+  subscriptionFilter,
+  topicFor,
+  type MetricsReport,
+  type SigningKey,
+  type StatusMessage,
+} from '@loadwise/protocol';
 import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { clearRetained, connectClient, endClient, uniquePrefix } from '../kit/brokers';
@@ -202,18 +208,21 @@ describe('createAgent (library, in-process)', () => {
       await broker.close();
     });
 
-    it('signs every message with the key, emits typed events, and stops with draining then offline', async () => {
-      const prefix = uniquePrefix('agent-signed');
-      const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
-      const box = inbox(sub, prefix, [key]);
+    /** An agent publishing every 100 ms under `prefix`, connected; its messages land in `box`. */
+    async function connectedAgent(
+      prefix: string,
+      backendId: string,
+      extra: { signingKey?: SigningKey } = {},
+    ) {
+      const box = inbox(sub, prefix, extra.signingKey ? [extra.signingKey] : undefined);
       await sub.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
       const agent = createAgent({
-        backendId: 'lib-8',
+        backendId,
         broker: { url: broker.url },
         prefix,
         intervalMs: 100,
-        signingKey: key,
         cgroup: false,
+        ...extra,
       });
       agents.push(agent);
       const states: string[] = [];
@@ -221,6 +230,13 @@ describe('createAgent (library, in-process)', () => {
       const connected = new Promise<void>((r) => agent.once('connect', r));
       await agent.start();
       await connected;
+      return { box, agent, states };
+    }
+
+    it('signs every message with the key, emits typed events, and stops with draining then offline', async () => {
+      const prefix = uniquePrefix('agent-signed');
+      const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+      const { box, agent, states } = await connectedAgent(prefix, 'lib-8', { signingKey: key });
       const m = await box.waitFor((r) => r.message.kind === 'metrics', 5000, 'signed metrics');
       expect((m.message as MetricsReport).intervalMs).toBe(100);
       await agent.stop({ graceMs: 150 });
@@ -237,6 +253,40 @@ describe('createAgent (library, in-process)', () => {
       expect(metricsStates).toContain('draining'); // kept reporting through the grace period
       expect(agent.stats.published).toBeGreaterThan(0);
       await clearRetained(sub, [topicFor(prefix, 'lib-8', 'status')]);
+    });
+
+    it('undrain() ends a drain(): online status again, metrics back to online; not during stop()', async () => {
+      const prefix = uniquePrefix('agent-undrain');
+      const { box, agent, states } = await connectedAgent(prefix, 'lib-9');
+      await agent.undrain(); // not draining: nothing to undo
+      await agent.drain('kernel upgrade');
+      const drained = await box.waitFor(
+        (r) => r.message.kind === 'status' && r.message.state === 'draining',
+        3000,
+        'draining',
+      );
+      expect((drained.message as StatusMessage).reason).toBe('kernel upgrade');
+      await agent.undrain();
+      const online = await box.waitFor(
+        (r) =>
+          r.message.kind === 'status' && r.message.state === 'online' && r.atMs >= drained.atMs,
+        3000,
+        'online again',
+      );
+      expect((online.message as StatusMessage).reason).toBeUndefined();
+      await box.waitFor(
+        (r) =>
+          r.message.kind === 'metrics' &&
+          (r.message as MetricsReport).state === 'online' &&
+          r.atMs > online.atMs,
+        3000,
+        'online metrics after undrain',
+      );
+      const stopping = agent.stop({ graceMs: 200 });
+      await agent.undrain(); // stop() drains on its way out: undrain must not cancel that
+      await stopping;
+      expect(states).toEqual(['draining', 'online', 'draining', 'offline']);
+      await clearRetained(sub, [topicFor(prefix, 'lib-9', 'status')]);
     });
   });
 });

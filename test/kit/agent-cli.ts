@@ -16,8 +16,24 @@ export interface AgentProcess {
   kill(): Promise<void>;
 }
 
+/** The committed bin shims npm links (`loadwise-agent`, `loadwise`); they load dist/. */
+export const AGENT_BIN = path.resolve(
+  __dirname,
+  '../../packages/health-agent/bin/loadwise-agent.js',
+);
+export const GATEWAY_BIN = path.resolve(__dirname, '../../packages/gateway-plugin/bin/loadwise.js');
+
 export function spawnAgent(args: string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
-  const child = spawn(process.execPath, [AGENT_CLI, ...args], {
+  return spawnScript(AGENT_CLI, args, env);
+}
+
+/** Runs a Node script with a clean environment (PATH plus `env`), collecting its output. */
+export function spawnScript(
+  script: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): AgentProcess {
+  const child = spawn(process.execPath, [script, ...args], {
     env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

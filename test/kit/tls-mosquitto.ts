@@ -5,7 +5,15 @@
  * gateway TLS tests both use it.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort, waitForPort } from './ports';
@@ -37,6 +45,44 @@ export interface TlsMosquitto {
     password: string;
   };
   stop(): Promise<void>;
+}
+
+/**
+ * Starts `mosquitto -c conf` and waits until it accepts TCP connections on
+ * `port`. `dir` holds the files the configuration names: Mosquitto started
+ * as root drops to its own user, so they are made readable to it.
+ */
+export async function runMosquitto(
+  conf: string,
+  port: number,
+  dir: string,
+): Promise<{ stop(): Promise<void>; output(): string }> {
+  chmodSync(dir, 0o755);
+  for (const name of readdirSync(dir, { recursive: true }) as string[]) {
+    const p = path.join(dir, name);
+    chmodSync(p, statSync(p).isDirectory() ? 0o755 : 0o644);
+  }
+  const broker: ChildProcess = spawn('mosquitto', ['-c', conf], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let output = '';
+  broker
+    .stderr!.setEncoding('utf8')
+    .on('data', (c: string) => (output = (output + c).slice(-4000)));
+  const stop = async (): Promise<void> => {
+    if (broker.exitCode === null && broker.signalCode === null) {
+      const exited = new Promise((r) => broker.once('exit', r));
+      broker.kill('SIGTERM');
+      await exited;
+    }
+  };
+  try {
+    await waitForPort(port);
+  } catch (err) {
+    await stop();
+    throw new Error(`${(err as Error).message}; mosquitto said: ${output}`);
+  }
+  return { stop, output: () => output };
 }
 
 export async function startTlsMosquitto(login: {
@@ -101,24 +147,17 @@ export async function startTlsMosquitto(login: {
       '',
     ].join('\n'),
   );
-  // Mosquitto started as root drops to its own user: let it read the test files.
-  chmodSync(dir, 0o755);
-  for (const name of readdirSync(dir)) chmodSync(f(name), 0o644);
-  const broker: ChildProcess = spawn('mosquitto', ['-c', f('mosquitto.conf')], { stdio: 'ignore' });
-  const stop = async (): Promise<void> => {
-    if (broker.exitCode === null && broker.signalCode === null) {
-      const exited = new Promise((r) => broker.once('exit', r));
-      broker.kill('SIGTERM');
-      await exited;
-    }
-    rmSync(dir, { recursive: true, force: true });
-  };
+  let broker: Awaited<ReturnType<typeof runMosquitto>>;
   try {
-    await waitForPort(port);
+    broker = await runMosquitto(f('mosquitto.conf'), port, dir);
   } catch (err) {
-    await stop();
+    rmSync(dir, { recursive: true, force: true });
     throw err;
   }
+  const stop = async (): Promise<void> => {
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
   return {
     port,
     url: `mqtts://127.0.0.1:${port}`,

@@ -60,6 +60,8 @@ export interface Agent extends EventEmitter<AgentEvents> {
   sampleReport(): Promise<MetricsReport>;
   /** Planned maintenance: publish `draining` (retained) and keep reporting with state draining. */
   drain(reason?: string): Promise<void>;
+  /** Ends planned maintenance: publish `online` (retained) again; a no-op unless draining by drain(). */
+  undrain(): Promise<void>;
   /** `draining`, wait graceMs, `offline` (retained), disconnect cleanly. */
   stop(opts?: { graceMs?: number }): Promise<void>;
 }
@@ -201,6 +203,12 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   async drain(reason = 'planned maintenance'): Promise<void> {
     if (this._state !== 'online') return;
     this.setState('draining', reason.slice(0, 200));
+  }
+
+  async undrain(): Promise<void> {
+    // Not while stopping: stop() also reports draining, on its way to offline.
+    if (this._state !== 'draining' || this.stopping) return;
+    this.setState('online');
   }
 
   private async tick(): Promise<void> {

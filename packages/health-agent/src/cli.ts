@@ -14,7 +14,7 @@ import {
 import { readPidFile } from './samplers/process';
 
 /**
- * loadwise-agent: exit codes 0 (clean stop, --once printed, drain sent),
+ * loadwise-agent: exit codes 0 (clean stop, --once printed, drain/undrain sent),
  * 2 (invalid configuration; one line on stderr naming the option),
  * 1 (anything unexpected).
  */
@@ -41,6 +41,7 @@ export function helpText(): string {
   return [
     `Usage: ${NAME} [options]`,
     `       ${NAME} drain (--pid-file <agent pid file> | --pid <pid>)`,
+    `       ${NAME} undrain (--pid-file <agent pid file> | --pid <pid>)`,
     '',
     'Samples CPU, memory, cgroup limits, the request queue and a local health probe beside',
     'one backend and publishes them over MQTT for loadwise gateways.',
@@ -49,7 +50,8 @@ export function helpText(): string {
     ...rows,
     '',
     'Signals: SIGTERM/SIGINT publish draining, wait --drain-grace-ms, publish offline and exit 0;',
-    '         SIGUSR2 (or `loadwise-agent drain`) switches to draining for planned maintenance.',
+    '         SIGUSR2 (or `loadwise-agent drain`) switches to draining for planned maintenance;',
+    '         SIGHUP (or `loadwise-agent undrain`) ends it: online again, no restart.',
     'Exit codes: 0 ok, 2 invalid configuration, 1 unexpected failure.',
     '',
   ].join('\n');
@@ -78,7 +80,14 @@ function describeError(err: unknown): string {
   return (err as Error).message;
 }
 
-async function drainCommand(argv: string[]): Promise<void> {
+/**
+ * The control commands signal a running agent: SIGUSR2 drains, SIGHUP ends the
+ * drain. SIGUSR1 is not usable: Node reserves it to start the inspector
+ * (nodejs.org/api/process.html#signal-events).
+ */
+const CONTROL_SIGNALS = { drain: 'SIGUSR2', undrain: 'SIGHUP' } as const;
+
+async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]): Promise<void> {
   let values;
   try {
     ({ values } = parseArgs({
@@ -87,7 +96,7 @@ async function drainCommand(argv: string[]): Promise<void> {
       strict: true,
     }));
   } catch (err) {
-    fail(`LW_AGENT_INVALID_OPTION: drain: ${(err as Error).message}`);
+    fail(`LW_AGENT_INVALID_OPTION: ${name}: ${(err as Error).message}`);
   }
   let pid: number;
   if (values['pid'] !== undefined) {
@@ -101,21 +110,22 @@ async function drainCommand(argv: string[]): Promise<void> {
       fail((err as Error).message);
     }
   } else {
-    fail('LW_AGENT_INVALID_OPTION: drain: give --pid-file <agent pid file> or --pid <pid>');
+    fail(`LW_AGENT_INVALID_OPTION: ${name}: give --pid-file <agent pid file> or --pid <pid>`);
   }
+  const signal = CONTROL_SIGNALS[name];
   try {
-    process.kill(pid, 'SIGUSR2');
+    process.kill(pid, signal);
   } catch (err) {
     fail(
       `LW_AGENT_SIGNAL: cannot signal process ${pid}: ${(err as NodeJS.ErrnoException).code}`,
       1,
     );
   }
-  process.stdout.write(`sent SIGUSR2 (drain) to ${pid}\n`);
+  process.stdout.write(`sent ${signal} (${name}) to ${pid}\n`);
 }
 
 async function main(argv: string[]): Promise<void> {
-  if (argv[0] === 'drain') return drainCommand(argv.slice(1));
+  if (argv[0] === 'drain' || argv[0] === 'undrain') return controlCommand(argv[0], argv.slice(1));
   let values: Record<string, unknown>;
   try {
     ({ values } = parseArgs({
@@ -196,15 +206,6 @@ async function main(argv: string[]): Promise<void> {
     log('debug', `seq ${r.seq} ${published ? 'published' : 'dropped'} verdict ${r.health.verdict}`),
   );
 
-  if (agentPidFile) {
-    try {
-      writeFileSync(agentPidFile, `${process.pid}\n`);
-    } catch (err) {
-      fail(
-        `LW_AGENT_PID_FILE: cannot write --agent-pid-file ${agentPidFile}: ${(err as NodeJS.ErrnoException).code}`,
-      );
-    }
-  }
   // Every timer of the agent is unref'd (library rule); the daemon itself
   // stays up until a signal, even while the broker is unreachable.
   const keepAlive = setInterval(() => undefined, 1 << 30);
@@ -242,6 +243,28 @@ async function main(argv: string[]): Promise<void> {
     log('info', 'SIGUSR2: draining (planned maintenance)');
     void agent.drain('drain requested');
   });
+  // Under a supervisor nothing else sends SIGHUP. A foreground agent whose
+  // terminal closes gets it too; before, that killed the agent, and the Last
+  // Will put the backend back in rotation just the same.
+  process.on('SIGHUP', () => {
+    if (stopping || agent.state !== 'draining') {
+      log('info', `SIGHUP: not in planned maintenance (state ${agent.state}); ignored`);
+      return;
+    }
+    log('info', 'SIGHUP: drain ended, back online');
+    void agent.undrain();
+  });
+  // Written once the signal handlers are in place: a drain sent as soon as the
+  // file appears must not meet SIGUSR2's default action (terminate).
+  if (agentPidFile) {
+    try {
+      writeFileSync(agentPidFile, `${process.pid}\n`);
+    } catch (err) {
+      fail(
+        `LW_AGENT_PID_FILE: cannot write --agent-pid-file ${agentPidFile}: ${(err as NodeJS.ErrnoException).code}`,
+      );
+    }
+  }
   await agent.start();
   log(
     'info',
@@ -249,9 +272,12 @@ async function main(argv: string[]): Promise<void> {
   );
 }
 
-if (require.main === module) {
-  main(process.argv.slice(2)).catch((err: unknown) => {
+/** Runs the CLI with `argv` (without node and script); the bin shim calls this. */
+export function run(argv: string[]): void {
+  main(argv).catch((err: unknown) => {
     process.stderr.write(`${NAME}: ${(err as Error)?.stack ?? String(err)}\n`);
     process.exit(1);
   });
 }
+
+if (require.main === module) run(process.argv.slice(2));

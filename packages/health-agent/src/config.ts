@@ -205,7 +205,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     flag: 'agent-pid-file',
     kind: 'string',
     arg: 'file',
-    help: "Write the agent's own PID here (for `loadwise-agent drain --pid-file`)",
+    help: "Write the agent's own PID here (for `loadwise-agent drain|undrain --pid-file`)",
   },
   { flag: 'log-level', kind: 'string', arg: 'level', help: 'error, warn, info (default) or debug' },
   { flag: 'once', kind: 'boolean', help: 'Print one sample as JSON and exit (no broker needed)' },

@@ -1,0 +1,217 @@
+/**
+ * A standalone loadwise gateway configured by environment variables: an
+ * Express app with `app.use(loadBalance(opts))` and the status and metrics
+ * endpoints. The systemd unit (examples/systemd/loadwise-gateway.service),
+ * the Docker Compose file (examples/compose/) and the two-gateway example
+ * (examples/two-gateways/) all run this program.
+ *
+ *   LOADWISE_GW_BACKENDS=api-1=http://10.0.0.11:3000,api-2=http://10.0.0.12:3000 \
+ *   LOADWISE_GW_BROKER=mqtt://broker.internal:1883 node examples/dist/gateway-server.js
+ *
+ * Prints one JSON line on stdout once listening: {"event":"listening","id","port","pid"}.
+ * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
+ * STOP_GRACE_MS), close the balancer, exit 0. With
+ * --exit-with-parent it also stops when its stdin closes (the parent died).
+ * Exit 2: invalid configuration (one line on stderr naming the variable).
+ */
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express from 'express';
+import {
+  GatewayError,
+  loadBalance,
+  type BackendConfig,
+  type BrokerUrlOptions,
+  type LoadBalanceOptions,
+} from '@loadwise/gateway-plugin';
+import { parseKeyFile } from '@loadwise/protocol';
+
+/** Every variable this program reads, with what it means (printed by --help; the Compose test checks against it). */
+export const GATEWAY_ENV: Readonly<Record<string, string>> = {
+  LOADWISE_GW_BACKENDS: 'required: id=url pairs, comma-separated (the allow-list)',
+  LOADWISE_GW_BROKER:
+    'broker URL (mqtt://, mqtts://, ws://, wss://); without it agents are not heard',
+  LOADWISE_GW_PREFIX: 'topic prefix shared with the agents (default loadwise)',
+  LOADWISE_GW_TLS_CA: 'PEM CA bundle of the broker',
+  LOADWISE_GW_TLS_CERT: 'PEM client certificate (mutual TLS)',
+  LOADWISE_GW_TLS_KEY: 'PEM client key',
+  LOADWISE_GW_USERNAME: 'MQTT username',
+  LOADWISE_GW_PASSWORD_FILE: 'file holding the MQTT password',
+  LOADWISE_GW_KEY_FILE:
+    'verification keys ("<keyId> <secret>" per line); unsigned reports are then dropped',
+  LOADWISE_GW_HOST: 'address to listen on (default 127.0.0.1)',
+  LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
+  LOADWISE_GW_STATUS_TOKEN: 'token /_lb/status and /_lb/metrics require (Authorization: Bearer)',
+  LOADWISE_GW_ID: 'name of this gateway, sent back in an x-loadwise-gateway response header',
+};
+
+export const STATUS_PATH = '/_lb/status';
+/** On SIGTERM, in-flight requests get this long to finish (systemd's TimeoutStopSec must exceed it). */
+export const STOP_GRACE_MS = 10_000;
+export const METRICS_PATH = '/_lb/metrics';
+
+class ConfigError extends Error {}
+
+function file(name: string, env: NodeJS.ProcessEnv): Buffer | undefined {
+  const p = env[name];
+  if (!p) return undefined;
+  try {
+    return readFileSync(p);
+  } catch (err) {
+    throw new ConfigError(`${name}: cannot read ${p}: ${(err as NodeJS.ErrnoException).code}`);
+  }
+}
+
+/** Parses `id=url,id=url`. */
+export function parseBackends(text: string | undefined): BackendConfig[] {
+  if (!text) throw new ConfigError('LOADWISE_GW_BACKENDS: is required (id=url,id=url)');
+  return text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((pair) => {
+      const eq = pair.indexOf('=');
+      if (eq < 1) throw new ConfigError(`LOADWISE_GW_BACKENDS: "${pair}" is not id=url`);
+      return { id: pair.slice(0, eq), url: pair.slice(eq + 1) };
+    });
+}
+
+/** The loadBalance() options and listen address the environment describes. */
+export function configFromEnv(env: NodeJS.ProcessEnv): {
+  options: LoadBalanceOptions;
+  host: string;
+  port: number;
+  id: string | undefined;
+} {
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('LOADWISE_GW_') && !(name in GATEWAY_ENV))
+      throw new ConfigError(`${name}: unknown variable (see --help)`);
+  }
+  const options: LoadBalanceOptions = {
+    backends: parseBackends(env['LOADWISE_GW_BACKENDS']),
+    statusPath: STATUS_PATH,
+    metricsPath: METRICS_PATH,
+  };
+  if (env['LOADWISE_GW_BROKER']) {
+    const broker: BrokerUrlOptions = { url: env['LOADWISE_GW_BROKER'] };
+    const ca = file('LOADWISE_GW_TLS_CA', env);
+    const cert = file('LOADWISE_GW_TLS_CERT', env);
+    const key = file('LOADWISE_GW_TLS_KEY', env);
+    const password = file('LOADWISE_GW_PASSWORD_FILE', env);
+    if (ca) broker.ca = ca;
+    if (cert) broker.cert = cert;
+    if (key) broker.key = key;
+    if (env['LOADWISE_GW_USERNAME']) broker.username = env['LOADWISE_GW_USERNAME'];
+    if (password) broker.password = password.toString('utf8').trim();
+    options.broker = broker;
+  }
+  if (env['LOADWISE_GW_PREFIX']) options.topicPrefix = env['LOADWISE_GW_PREFIX'];
+  const keys = file('LOADWISE_GW_KEY_FILE', env);
+  if (keys) {
+    try {
+      options.keys = parseKeyFile(keys.toString('utf8'));
+    } catch (err) {
+      throw new ConfigError(`LOADWISE_GW_KEY_FILE: ${(err as Error).message}`);
+    }
+  }
+  if (env['LOADWISE_GW_STATUS_TOKEN']) options.statusToken = env['LOADWISE_GW_STATUS_TOKEN'];
+  const rawPort = env['LOADWISE_GW_PORT'] ?? '8080';
+  const port = Number(rawPort);
+  if (!/^\d+$/.test(rawPort) || port > 65535)
+    throw new ConfigError(`LOADWISE_GW_PORT: not a port (got ${JSON.stringify(rawPort)})`);
+  return {
+    options,
+    host: env['LOADWISE_GW_HOST'] ?? '127.0.0.1',
+    port,
+    id: env['LOADWISE_GW_ID'] || undefined,
+  };
+}
+
+/** Logs go to stderr (the journal under systemd); stdout carries only the listening line. */
+const stderrLogger = {
+  info: (msg: string) => process.stderr.write(`info ${msg}\n`),
+  warn: (msg: string) => process.stderr.write(`warn ${msg}\n`),
+  error: (msg: string) => process.stderr.write(`error ${msg}\n`),
+};
+
+function help(): string {
+  return [
+    'Usage: node examples/dist/gateway-server.js [--exit-with-parent]   (configured by environment)',
+    '',
+    ...Object.entries(GATEWAY_ENV).map(([k, v]) => `  ${k.padEnd(27)} ${v}`),
+    '',
+    `Serves the balancer on every path except ${STATUS_PATH} and ${METRICS_PATH}.`,
+    '',
+  ].join('\n');
+}
+
+async function main(): Promise<void> {
+  if (process.argv.includes('--help')) {
+    process.stdout.write(help());
+    return;
+  }
+  let config: ReturnType<typeof configFromEnv>;
+  let lb: ReturnType<typeof loadBalance>;
+  try {
+    config = configFromEnv(process.env);
+    lb = loadBalance({ ...config.options, logger: stderrLogger });
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof GatewayError) {
+      process.stderr.write(`gateway-server: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const app = express();
+  if (config.id) {
+    const id = config.id;
+    app.use((_req, res, next) => {
+      res.setHeader('x-loadwise-gateway', id);
+      next();
+    });
+  }
+  app.use(lb);
+  const server = http.createServer(app);
+  server.on('upgrade', lb.upgrade);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`gateway-server: ${signal}: finishing in-flight requests, then closing\n`);
+    // Stop accepting; idle keep-alive connections close now, busy ones after
+    // their response. Requests still running after the grace are cut.
+    const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
+    void Promise.race([drained, grace])
+      .then(() => lb.close())
+      .then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  if (process.argv.includes('--exit-with-parent')) {
+    // The parent holds our stdin pipe: when it goes away (even by SIGKILL), so do we.
+    process.stdin.on('end', () => stop('parent gone'));
+    process.stdin.on('error', () => stop('parent gone'));
+    process.stdin.resume();
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, resolve);
+  });
+  const { port } = server.address() as AddressInfo;
+  process.stdout.write(
+    `${JSON.stringify({ event: 'listening', id: config.id ?? null, port, pid: process.pid })}\n`,
+  );
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`gateway-server: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,42 @@
+#!/bin/sh
+# A throwaway PKI for the loadwise examples: a CA, a broker certificate and
+# one client certificate per name given (its CN is the MQTT username the
+# ACL in loadwise.acl expects). EC P-256 keys, valid for 30 days.
+#
+#   ./gen-certs.sh <out dir> gateway agent-api-1 agent-api-2
+#   SERVER_SAN="DNS:broker.internal" ./gen-certs.sh ...   # the broker's names (default below)
+#
+# For tests and trials only. Keys are written world-readable so that a
+# Mosquitto that drops to its own user, in a container or not, can read
+# them; in production use your own CA and keep keys 0600/0640.
+set -eu
+[ $# -ge 1 ] || { echo "usage: $0 <out dir> [client name...]" >&2; exit 2; }
+out=$1
+shift
+san=${SERVER_SAN:-DNS:mosquitto,DNS:localhost,IP:127.0.0.1}
+days=${DAYS:-30}
+mkdir -p "$out"
+cd "$out"
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+
+# shellcheck disable=SC2086 # $ec is a list of options
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days "$days" -subj "/CN=loadwise example CA" 2>/dev/null
+
+sign() { # <name> <CN> [extension file]
+  # shellcheck disable=SC2086
+  openssl req $ec -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
+  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$1.pem" \
+    -days "$days" ${3:+-extfile "$3"} 2>/dev/null
+  rm -f "$1.csr"
+}
+
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" > server.ext
+sign server mosquitto server.ext
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+for name in "$@"; do
+  sign "$name" "$name" client.ext
+done
+rm -f server.ext client.ext ca.srl
+chmod 0644 ./*.pem ./*.key
+chmod 0600 ca.key # signs certificates; nothing at run time reads it
+echo "wrote $(ls | tr '\n' ' ')to $out"

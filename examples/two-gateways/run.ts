@@ -1,0 +1,65 @@
+/**
+ * Two gateways, one broker, a round-robin TCP front:
+ *
+ *   npm run build
+ *   node examples/dist/two-gateways/run.js                 # front on :8080, embedded broker
+ *   node examples/dist/two-gateways/run.js --port 9090 --broker mqtt://127.0.0.1:1883
+ *
+ * Without --broker, an embedded aedes broker in this process stands in for
+ * the shared one. Ctrl-C stops everything.
+ */
+import { parseArgs } from 'node:util';
+import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
+import { startCluster } from './cluster';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string', default: '8080' },
+      broker: { type: 'string' },
+      prefix: { type: 'string', default: 'loadwise' },
+    },
+    strict: true,
+  });
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stderr.write(`two-gateways: --port: not a port (${values.port})\n`);
+    process.exit(2);
+  }
+  let embedded: EmbeddedBroker | undefined;
+  const brokerUrl = values.broker ?? (embedded = await startEmbeddedBroker()).url;
+  const cluster = await startCluster({ brokerUrl, prefix: values.prefix, frontPort: port });
+  const lines = [
+    `broker   ${brokerUrl}${embedded ? ' (embedded aedes)' : ''}, topic prefix ${values.prefix}`,
+    ...cluster.backends.map(
+      (b) => `backend  ${b.id} ${b.url} (agent pid ${cluster.agents.get(b.id)!.pid})`,
+    ),
+    ...cluster.gateways.map((g) => `gateway  ${g.id} ${g.url} (pid ${g.process.pid})`),
+    `front    ${cluster.url} -> ${cluster.gateways.map((g) => g.id).join(', ')}, round robin per connection`,
+    '',
+    `  curl -si ${cluster.url}/hello | grep -i '^x-'     # x-loadwise-gateway: which gateway; x-served-by: which backend`,
+    ...cluster.gateways.map(
+      (g) => `  npx loadwise status --url ${g.url}/_lb/status --watch   # ${g.id}'s view`,
+    ),
+    `  npx loadwise-agent drain --pid ${cluster.agents.get(cluster.backends[0]!.id)!.pid}   # both gateways stop using ${cluster.backends[0]!.id}`,
+    '',
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    process.stdout.write('stopping...\n');
+    void cluster
+      .close()
+      .then(() => embedded?.close())
+      .then(() => process.exit(0));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`two-gateways: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

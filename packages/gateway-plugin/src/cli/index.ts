@@ -1,0 +1,374 @@
+/**
+ * `loadwise`: the gateway-side command line. `loadwise status` reads a
+ * gateway's status endpoint (the `statusPath` option) and prints its registry
+ * as a table, once or refreshed in place (`--watch`).
+ *
+ * Exit codes: 0 ok; 1 the gateway could not be read (unreachable, timeout,
+ * an HTTP error such as 401, a body that is not status JSON; with --watch:
+ * the last refresh failed); 2 invalid usage (one line on stderr).
+ */
+import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { parseArgs } from 'node:util';
+import { renderStatus } from './render';
+
+const NAME = 'loadwise';
+const DEFAULT_INTERVAL_MS = 1000;
+const MIN_INTERVAL_MS = 100;
+const DEFAULT_TIMEOUT_MS = 5000;
+
+interface FlagSpec {
+  flag: string;
+  type: 'string' | 'boolean';
+  arg?: string;
+  env?: string;
+  help: string;
+}
+
+/** One table drives parsing, the environment fallback and --help. */
+export const STATUS_FLAGS: readonly FlagSpec[] = [
+  {
+    flag: 'url',
+    type: 'string',
+    arg: 'url',
+    env: 'LOADWISE_STATUS_URL',
+    help: "The gateway's status endpoint (its statusPath), e.g. http://127.0.0.1:8080/_lb/status",
+  },
+  {
+    flag: 'token',
+    type: 'string',
+    arg: 'token',
+    env: 'LOADWISE_STATUS_TOKEN',
+    help: "The gateway's statusToken (prefer the variable: flags show in ps)",
+  },
+  {
+    flag: 'token-header',
+    type: 'string',
+    arg: 'name',
+    env: 'LOADWISE_STATUS_TOKEN_HEADER',
+    help: 'Header that carries the token: authorization (default; sent as "Bearer <token>") or another name, sent as the bare token',
+  },
+  {
+    flag: 'watch',
+    type: 'boolean',
+    help: 'Refresh in place every --interval-ms until Ctrl-C',
+  },
+  {
+    flag: 'interval-ms',
+    type: 'string',
+    arg: 'ms',
+    help: `Refresh interval with --watch (default ${DEFAULT_INTERVAL_MS}, min ${MIN_INTERVAL_MS})`,
+  },
+  { flag: 'count', type: 'string', arg: 'n', help: 'With --watch: stop after n refreshes' },
+  {
+    flag: 'timeout-ms',
+    type: 'string',
+    arg: 'ms',
+    help: `Timeout of one status request (default ${DEFAULT_TIMEOUT_MS})`,
+  },
+  {
+    flag: 'json',
+    type: 'boolean',
+    help: 'Print the status JSON as served (one line per refresh with --watch)',
+  },
+  { flag: 'help', type: 'boolean', help: 'Show this help' },
+];
+
+export function helpText(): string {
+  const rows = STATUS_FLAGS.map((f) => {
+    const left = `  --${f.flag}${f.arg ? ` <${f.arg}>` : ''}`;
+    return `${left.padEnd(26)} ${f.help}${f.env ? `\n${''.padEnd(27)}env ${f.env}` : ''}`;
+  });
+  return [
+    `Usage: ${NAME} status --url <status url> [options]`,
+    `       ${NAME} --help | --version`,
+    '',
+    "Prints a loadwise gateway's backends (state, traffic share, in-flight requests, latency,",
+    "expected wait, report age, the agents' CPU, memory and queue) from its status endpoint.",
+    '',
+    'Options of `status` (flag > environment):',
+    ...rows,
+    '',
+    'Exit codes: 0 ok, 1 the gateway could not be read, 2 invalid usage.',
+    '',
+  ].join('\n');
+}
+
+function version(): string {
+  try {
+    return (
+      JSON.parse(readFileSync(`${__dirname}/../../package.json`, 'utf8')) as { version: string }
+    ).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+class UsageError extends Error {}
+
+function positiveInt(flag: string, raw: string | undefined, fallback: number, min = 1): number {
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw.trim()) || Number(raw) < min)
+    throw new UsageError(`--${flag}: must be an integer >= ${min} (got ${JSON.stringify(raw)})`);
+  return Number(raw);
+}
+
+export interface StatusOptions {
+  url: URL;
+  headers: Record<string, string>;
+  /** The header the token goes in; undefined when no token was given. */
+  tokenHeader: string | undefined;
+  watch: boolean;
+  intervalMs: number;
+  count: number | undefined;
+  timeoutMs: number;
+  json: boolean;
+}
+
+/** Parses `status` arguments (and the environment) into options; throws UsageError. */
+export function parseStatusArgs(argv: string[], env: NodeJS.ProcessEnv): StatusOptions | 'help' {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: Object.fromEntries(
+        STATUS_FLAGS.map((f) => [
+          f.flag,
+          { type: f.type, ...(f.flag === 'help' ? { short: 'h' } : {}) },
+        ]),
+      ),
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values['help']) return 'help';
+  const get = (flag: string): string | undefined => {
+    const v = values[flag];
+    if (typeof v === 'string') return v;
+    const e = STATUS_FLAGS.find((f) => f.flag === flag)?.env;
+    return e && env[e] !== undefined && env[e] !== '' ? env[e] : undefined;
+  };
+  const rawUrl = get('url');
+  if (!rawUrl) throw new UsageError('--url: is required (or LOADWISE_STATUS_URL)');
+  let url: URL;
+  try {
+    url = new URL(rawUrl);
+  } catch {
+    throw new UsageError(`--url: not a URL (got ${JSON.stringify(rawUrl)})`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new UsageError(`--url: must be http:// or https:// (got ${url.protocol})`);
+  const headers: Record<string, string> = { accept: 'application/json' };
+  const token = get('token');
+  const header = (get('token-header') ?? 'authorization').toLowerCase();
+  // RFC 9110 §5.1: a field name is a token.
+  if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(header))
+    throw new UsageError(`--token-header: not a header name (got ${JSON.stringify(header)})`);
+  if (token !== undefined) headers[header] = header === 'authorization' ? `Bearer ${token}` : token;
+  const watch = values['watch'] === true;
+  const count = values['count'] === undefined ? undefined : positiveInt('count', get('count'), 1);
+  if (count !== undefined && !watch) throw new UsageError('--count: needs --watch');
+  if (values['interval-ms'] !== undefined && !watch)
+    throw new UsageError('--interval-ms: needs --watch');
+  return {
+    url,
+    headers,
+    tokenHeader: token === undefined ? undefined : header,
+    watch,
+    intervalMs: positiveInt(
+      'interval-ms',
+      get('interval-ms'),
+      DEFAULT_INTERVAL_MS,
+      MIN_INTERVAL_MS,
+    ),
+    count,
+    timeoutMs: positiveInt('timeout-ms', get('timeout-ms'), DEFAULT_TIMEOUT_MS),
+    json: values['json'] === true,
+  };
+}
+
+/** Larger bodies are refused: a status document is a few hundred bytes per backend. */
+const MAX_BODY_BYTES = 32 * 1024 * 1024;
+
+/**
+ * A GET on a connection of its own, closed afterwards: fetch() would keep the
+ * socket in a keep-alive pool and hold a one-shot `loadwise status` up for
+ * seconds after its answer (undici's keep-alive timeout).
+ */
+function get(
+  url: URL,
+  headers: Record<string, string>,
+  timeoutMs: number,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
+      url,
+      { headers, agent: false, timeout: timeoutMs },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_BODY_BYTES) req.destroy(new Error(`body over ${MAX_BODY_BYTES} bytes`));
+          else chunks.push(c);
+        });
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
+        );
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** One read of the status endpoint: the parsed JSON, or a one-line reason it failed. */
+export async function fetchStatus(
+  o: Pick<StatusOptions, 'url' | 'headers' | 'tokenHeader' | 'timeoutMs'>,
+): Promise<{ ok: true; body: Record<string, unknown> } | { ok: false; error: string }> {
+  let res: { status: number; body: string };
+  try {
+    res = await get(o.url, o.headers, o.timeoutMs);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { ok: false, error: `${o.url.href}: ${e.code ?? e.message}` };
+  }
+  if (res.status === 401) {
+    const hint =
+      o.tokenHeader === undefined
+        ? 'the gateway has a statusToken: give it with --token or LOADWISE_STATUS_TOKEN'
+        : `the token sent in ${o.tokenHeader} was refused (wrong token, or the gateway reads another --token-header)`;
+    return { ok: false, error: `${o.url.href}: 401 unauthorized: ${hint}` };
+  }
+  if (res.status < 200 || res.status > 299)
+    return { ok: false, error: `${o.url.href}: HTTP ${res.status} ${res.body.slice(0, 200)}` };
+  try {
+    const body = JSON.parse(res.body) as unknown;
+    if (
+      body &&
+      typeof body === 'object' &&
+      Array.isArray((body as { backends?: unknown }).backends)
+    )
+      return { ok: true, body: body as Record<string, unknown> };
+  } catch {
+    // reported below
+  }
+  return {
+    ok: false,
+    error: `${o.url.href}: not a loadwise status document (is --url the gateway's statusPath?)`,
+  };
+}
+
+/**
+ * On a terminal, each refresh redraws from the top-left corner and clears
+ * what the previous frame left below it (ECMA-48 CUP, EL and ED), so the
+ * table updates in place without flicker. Elsewhere (a pipe, a file) the
+ * frames follow each other.
+ */
+const CURSOR_HOME = '\x1b[H';
+const CLEAR_LINE_END = '\x1b[K';
+const CLEAR_SCREEN_END = '\x1b[J';
+
+function frameText(o: StatusOptions, r: Awaited<ReturnType<typeof fetchStatus>>): string {
+  if (o.json) return r.ok ? `${JSON.stringify(r.body)}\n` : '';
+  return r.ok ? renderStatus(r.body, o.url.href) : `${o.url.href}  ${new Date().toISOString()}\n`;
+}
+
+async function statusCommand(argv: string[]): Promise<number> {
+  const parsed = parseStatusArgs(argv, process.env);
+  if (parsed === 'help') {
+    process.stdout.write(helpText());
+    return 0;
+  }
+  const o = parsed;
+  if (!o.watch) {
+    const r = await fetchStatus(o);
+    if (!r.ok) {
+      process.stderr.write(`${NAME}: ${r.error}\n`);
+      return 1;
+    }
+    process.stdout.write(frameText(o, r));
+    return 0;
+  }
+  const inPlace = process.stdout.isTTY === true && !o.json;
+  let stop = false;
+  let wake: (() => void) | undefined;
+  const onSignal = (): void => {
+    stop = true;
+    wake?.();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  let lastOk = true;
+  try {
+    for (let n = 1; !stop; n++) {
+      const r = await fetchStatus(o);
+      lastOk = r.ok;
+      let text = frameText(o, r);
+      if (!r.ok) text += `${NAME}: ${r.error} (retrying every ${o.intervalMs} ms)\n`;
+      if (inPlace) {
+        text = `${CURSOR_HOME}${text.replace(/\n/g, `${CLEAR_LINE_END}\n`)}${CLEAR_SCREEN_END}`;
+      } else if (!o.json && n > 1) {
+        text = `\n${text}`;
+      }
+      if (o.json && !r.ok) process.stderr.write(`${NAME}: ${r.error}\n`);
+      else process.stdout.write(text);
+      if (o.count !== undefined && n >= o.count) break;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, o.intervalMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  }
+  return lastOk ? 0 : 1;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined) {
+    process.stderr.write(helpText());
+    return 2;
+  }
+  if (command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(helpText());
+    return 0;
+  }
+  if (command === '--version') {
+    process.stdout.write(`${version()}\n`);
+    return 0;
+  }
+  if (command !== 'status')
+    throw new UsageError(`unknown command ${JSON.stringify(command)} (see --help)`);
+  return statusCommand(rest);
+}
+
+/** Runs the CLI with `argv` (without node and script); the bin shim calls this. */
+export function run(argv: string[]): void {
+  main(argv).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      if (err instanceof UsageError) {
+        process.stderr.write(`${NAME}: ${err.message}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      process.stderr.write(`${NAME}: ${(err as Error)?.stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
+
+if (require.main === module) run(process.argv.slice(2));

@@ -1,0 +1,85 @@
+import type { BackendSnapshot } from '../observability';
+import { backendRow, renderStatus, table } from './render';
+
+describe('loadwise status rendering', () => {
+  const backend: Partial<BackendSnapshot> = {
+    id: 'api-1',
+    url: 'http://10.0.0.1:3000/',
+    state: 'healthy',
+    stateReason: null,
+    inFlight: 3,
+    latencyMs: 12.34,
+    expectedWaitMs: 1500,
+    reportAgeMs: 250,
+    reportFresh: true,
+    trafficShare: 0.456,
+    lastReport: {
+      cpuUtilization: 0.42,
+      memoryUtilization: 0.7,
+      inFlight: 5,
+      queued: 2,
+      concurrencyLimit: 8,
+      verdict: 'up',
+      agentState: 'online',
+    },
+  };
+
+  it('formats one backend: share and utilizations in %, times in ms or s, busy over limit', () => {
+    expect(backendRow(backend)).toEqual([
+      'api-1',
+      'healthy',
+      '46%',
+      '3',
+      '12.3 ms',
+      '1.5 s',
+      '250 ms',
+      '42%',
+      '70%',
+      '5/8',
+      '2',
+    ]);
+  });
+
+  it('says when a report is stale or missing, and why a backend is out', () => {
+    const row = backendRow({
+      ...backend,
+      state: 'down',
+      stateReason: 'active health check failed',
+      reportAgeMs: 42_000,
+      reportFresh: false,
+    });
+    expect(row[1]).toBe('down: active health check failed');
+    expect(row[6]).toBe('42 s stale');
+    const none = backendRow({ id: 'x', state: 'unknown', reportAgeMs: null, lastReport: null });
+    expect(none.slice(2)).toEqual(['-', '-', '-', '-', 'none', '-', '-', '-', '-']);
+  });
+
+  it('survives a document from another version: missing fields print as -', () => {
+    const text = renderStatus({ backends: [{ id: 'only-id' }] as never }, 'http://gw/_lb/status');
+    expect(text).toContain('strategy ?, - in flight, no broker, event loop -');
+    expect(text).toMatch(/^only-id +\? +- +- +- +- +none +- +- +- +-$/m);
+    expect(text).toContain('over the last window;');
+  });
+
+  it('puts overload, panic and saturation above the table', () => {
+    const text = renderStatus(
+      { overloaded: true, panic: true, saturationQueueLength: 7, backends: [] },
+      'src',
+    );
+    expect(text).toContain('OVERLOADED');
+    expect(text).toContain('PANIC');
+    expect(text).toContain('SATURATED: 7 requests wait');
+  });
+
+  it('aligns columns two spaces apart and leaves no trailing spaces', () => {
+    expect(
+      table(
+        ['A', 'BB'],
+        [
+          ['long-id', 'x'],
+          ['y', ''],
+        ],
+      ),
+    ).toEqual(['A        BB', 'long-id  x', 'y']);
+  });
+});

@@ -1,0 +1,115 @@
+/**
+ * Renders a gateway's status JSON (what `statusPath` serves, observability/
+ * snapshot.ts) as the table `loadwise status` prints. The JSON may come from
+ * another version of the gateway, so every field is read defensively: a
+ * missing or null figure prints as '-', never as a crash.
+ */
+import type { BackendSnapshot, BalancerSnapshot } from '../observability';
+
+type Loose<T> = { [K in keyof T]?: T[K] | null };
+
+function num(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+}
+
+function ms(v: unknown): string {
+  const n = num(v);
+  if (n === undefined) return '-';
+  if (n >= 10_000) return `${(n / 1000).toFixed(0)} s`;
+  if (n >= 1000) return `${(n / 1000).toFixed(1)} s`;
+  return n >= 100 ? `${n.toFixed(0)} ms` : `${n.toFixed(1)} ms`;
+}
+
+function pct(v: unknown): string {
+  const n = num(v);
+  return n === undefined ? '-' : `${Math.round(n * 100)}%`;
+}
+
+function int(v: unknown): string {
+  const n = num(v);
+  return n === undefined ? '-' : String(Math.round(n));
+}
+
+function stateCell(b: Loose<BackendSnapshot>): string {
+  const state = typeof b.state === 'string' ? b.state : '?';
+  return b.stateReason ? `${state}: ${b.stateReason}` : state;
+}
+
+function reportCell(b: Loose<BackendSnapshot>): string {
+  if (num(b.reportAgeMs) === undefined) return 'none';
+  return b.reportFresh === false ? `${ms(b.reportAgeMs)} stale` : ms(b.reportAgeMs);
+}
+
+/** The backend's own count of requests in its handlers, over its limit when reported. */
+function busyCell(b: Loose<BackendSnapshot>): string {
+  const r = b.lastReport;
+  if (!r || num(r.inFlight) === undefined) return '-';
+  return num(r.concurrencyLimit) === undefined
+    ? int(r.inFlight)
+    : `${int(r.inFlight)}/${int(r.concurrencyLimit)}`;
+}
+
+export const COLUMNS = [
+  'ID',
+  'STATE',
+  'SHARE',
+  'IN-FLIGHT',
+  'LATENCY',
+  'EXP. WAIT',
+  'REPORT AGE',
+  'CPU',
+  'MEM',
+  'BUSY',
+  'QUEUED',
+] as const;
+
+export function backendRow(b: Loose<BackendSnapshot>): string[] {
+  return [
+    String(b.id ?? '?'),
+    stateCell(b),
+    pct(b.trafficShare),
+    int(b.inFlight),
+    ms(b.latencyMs),
+    ms(b.expectedWaitMs),
+    reportCell(b),
+    pct(b.lastReport?.cpuUtilization),
+    pct(b.lastReport?.memoryUtilization),
+    busyCell(b),
+    int(b.lastReport?.queued),
+  ];
+}
+
+/** Left-aligned columns two spaces apart; the last column is not padded. */
+export function table(header: readonly string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]): string =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)];
+}
+
+/** The whole frame: a summary line, warnings, the table and a legend line. */
+export function renderStatus(snapshot: Loose<BalancerSnapshot>, source: string): string {
+  const s = snapshot;
+  const broker =
+    s.brokerConnected === true
+      ? 'broker connected'
+      : s.brokerConnected === false
+        ? 'broker DISCONNECTED'
+        : 'no broker';
+  const summary = [
+    `${source}  ${s.takenAt ?? ''}`.trimEnd(),
+    `strategy ${s.strategy ?? '?'}, ${int(s.inFlight)} in flight, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
+  ];
+  const warnings: string[] = [];
+  if (s.overloaded) warnings.push('OVERLOADED: the gateway is shedding new requests (503)');
+  if (s.panic) warnings.push('PANIC: too few healthy backends, routing over every routable one');
+  if ((num(s.saturationQueueLength) ?? 0) > 0)
+    warnings.push(`SATURATED: ${int(s.saturationQueueLength)} requests wait for a backend slot`);
+  const backends = Array.isArray(s.backends) ? (s.backends as Loose<BackendSnapshot>[]) : [];
+  const rows = table(COLUMNS, backends.map(backendRow));
+  const legend = `SHARE: of this gateway's requests over the last ${num(s.trafficWindowMs) === undefined ? 'window' : ms(s.trafficWindowMs)}; IN-FLIGHT, LATENCY, EXP. WAIT: as this gateway sees it; CPU, MEM, BUSY, QUEUED: from the agent's last report`;
+  return [...summary, ...warnings, '', ...rows, '', legend, ''].join('\n');
+}

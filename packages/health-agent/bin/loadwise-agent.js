@@ -1,0 +1,17 @@
+#!/usr/bin/env node
+'use strict';
+// Committed, not built: npm links a package's bins when it installs it, before
+// the root `prepare` script builds dist/, and skips a bin whose file does not
+// exist yet. A bin pointing at dist/cli.js was therefore never linked in a
+// fresh clone (`npx loadwise-agent` went looking in the registry instead).
+const { existsSync } = require('node:fs');
+const path = require('node:path');
+
+const cli = path.join(__dirname, '..', 'dist', 'cli.js');
+if (!existsSync(cli)) {
+  process.stderr.write(
+    `loadwise-agent: ${cli} is not built yet: run \`npm run build\` (tsc -b) at the repository root\n`,
+  );
+  process.exit(1);
+}
+require(cli).run(process.argv.slice(2));
