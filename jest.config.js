@@ -10,6 +10,9 @@ const common = {
 
 /** @type {import('jest').Config} */
 module.exports = {
+  // Global on purpose: jest-circus reads only the global testTimeout; a
+  // project's own key is ignored, which left e2e hooks at 5 s on a busy machine.
+  testTimeout: 30000,
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/packages/*/src/**/*.test.ts'] },
     {
@@ -18,7 +21,6 @@ module.exports = {
       testMatch: ['<rootDir>/test/**/*.test.ts', '<rootDir>/bench/**/*.test.ts'],
       // Its own script, `npm run test:pack` (test/packaging/jest.config.js).
       testPathIgnorePatterns: ['/node_modules/', '<rootDir>/test/packaging/'],
-      testTimeout: 30000,
     },
   ],
 };
