@@ -4,7 +4,12 @@
  * with a stable code; nothing on the request path re-checks options.
  */
 import { BlockList } from 'node:net';
-import { DEFAULT_TOPIC_PREFIX, assertValidKey, assertValidPrefix } from '@loadwise/protocol';
+import {
+  DEFAULT_TOPIC_PREFIX,
+  assertValidKey,
+  assertValidPrefix,
+  isValidBackendId,
+} from '@loadwise/protocol';
 import { GatewayError, invalidOption } from './errors';
 import {
   DEFAULT_CONNECT_TIMEOUT_MS,
@@ -12,6 +17,7 @@ import {
   DEFAULT_IDEMPOTENT_METHODS,
   DEFAULT_MAX_SOCKETS,
   DEFAULT_REQUEST_TIMEOUT_MS,
+  DEFAULT_RETRY_MAX_BODY_BYTES,
   DEFAULT_STRATEGY,
   type LoadBalanceOptions,
   type ResolvedOptions,
@@ -29,6 +35,7 @@ import {
   path,
   section,
 } from './options-checks';
+import { rejectUnknownOptions } from './options-keys';
 
 export { backendUrl } from './options-checks';
 
@@ -44,15 +51,31 @@ function metricsRegistry(v: unknown): ResolvedOptions['metricsRegistry'] {
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   if (!isObject(input)) throw invalidOption('options', 'an object', input);
   const o = input as unknown as Record<string, unknown>;
+  rejectUnknownOptions(o);
   if (o.backends !== undefined && !Array.isArray(o.backends))
     throw invalidOption('backends', 'an array', o.backends);
   const backends = ((o.backends as unknown[] | undefined) ?? []).map(backend);
   const seen = new Set<string>();
-  for (const b of backends) {
+  const urls = new Map<string, number>();
+  backends.forEach((b, i) => {
     if (seen.has(b.id))
       throw new GatewayError('LW_GW_DUPLICATE_BACKEND', `backend id ${b.id} appears twice`);
     seen.add(b.id);
-  }
+    // Two ids for one server would split its load estimate in two halves that each look idle.
+    const first = urls.get(b.url);
+    if (first !== undefined)
+      throw new GatewayError(
+        'LW_GW_DUPLICATE_BACKEND',
+        `backends[${i}].url ${b.url} is also backends[${first}].url`,
+      );
+    urls.set(b.url, i);
+  });
+  if (o.service !== undefined && !isValidBackendId(o.service))
+    throw invalidOption(
+      'service',
+      '1-64 characters of [A-Za-z0-9._:@-] (one topic level)',
+      o.service,
+    );
 
   const topicPrefix = o.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
   try {
@@ -169,12 +192,23 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   ) {
     throw invalidOption('statusToken', 'a string of at least 8 characters', '<redacted>');
   }
+  if (o.statusToken !== undefined && o.statusPath === undefined && o.metricsPath === undefined)
+    throw invalidOption(
+      'statusToken',
+      'used with statusPath or metricsPath (it protects them)',
+      '<redacted>',
+    );
+  const on = section('on', o.on);
+  for (const k of ['proxyReq', 'proxyRes'] as const) fn(`on.${k}`, on[k], undefined);
   for (const k of ['strategyOptions', 'load'] as const) section(k, o[k]);
 
   const resolved: ResolvedOptions = {
     backends,
     broker: broker(o.broker),
-    topicPrefix: topicPrefix as string,
+    // A service is one more topic level: its agents publish under it, and
+    // another service's reports never reach this balancer.
+    topicPrefix: o.service === undefined ? (topicPrefix as string) : `${topicPrefix}/${o.service}`,
+    service: o.service as string | undefined,
     keys,
     requireSignature: o.requireSignature as boolean | undefined,
     maxClockSkewMs:
@@ -221,7 +255,16 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
               600_000,
               true,
             ),
+            maxBodyBytes: num(
+              'retry.maxBodyBytes',
+              retry.maxBodyBytes,
+              DEFAULT_RETRY_MAX_BODY_BYTES,
+              0,
+              64 << 20,
+              true,
+            ),
           },
+    on: on as ResolvedOptions['on'],
     outlier: {
       consecutiveFailures: num(
         'outlier.consecutiveFailures',

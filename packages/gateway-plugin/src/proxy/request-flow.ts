@@ -8,9 +8,10 @@
  * so a backend's in-flight count can neither leak nor go negative.
  *
  * Retries (Envoy `retry_on: connect-failure,reset`, bounded by a Finagle
- * retry budget): only idempotent methods, only requests without a body (a
- * body already streamed to the failed backend cannot be replayed), only
- * failures before a response started, and always to a backend not tried yet.
+ * retry budget): only idempotent methods, only requests without a body or
+ * with one held in memory (request-body.ts: a body already streamed to the
+ * failed backend cannot be replayed), only failures before a response
+ * started, and always to a backend not tried yet.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -23,6 +24,14 @@ import type { Backend } from '../registry/backend';
 import type { Balancer as BalancerCore } from '../balancer';
 import { affinityCookie, hashKeyOf } from './affinity';
 import { setForwardedHeaders, stripHopByHop } from './forwarded';
+import {
+  declaredLength,
+  hasBody,
+  planBody,
+  readBody,
+  writeBody,
+  type BodyPlan,
+} from './request-body';
 import { UpgradeFlow } from './upgrade-flow';
 import { CONNECT_TIMEOUT_CODE, TIMEOUT_CODE, classify, codedError } from './upstream-errors';
 
@@ -45,16 +54,16 @@ interface Flow {
   responseOk: boolean;
   queued: boolean;
   done: boolean;
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const len = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
+  /** How the body reaches the backend (request-body.ts). */
+  body: BodyPlan;
 }
 
 export class RequestFlow {
   private readonly flows = new WeakMap<IncomingMessage, Flow>();
   readonly upgrades: UpgradeFlow;
+  /** Requests admitted and not finished yet (graceful close waits for them). */
+  active = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(private readonly core: BalancerCore) {
     this.upgrades = new UpgradeFlow(core);
@@ -64,6 +73,11 @@ export class RequestFlow {
   handle(req: IncomingMessage, res: ServerResponse): void {
     const c = this.core;
     if (c.closed) return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
+    if (c.draining) {
+      // Shutting down: this connection should go to another instance.
+      res.shouldKeepAlive = false;
+      return this.shed(res, 'LW_GW_DRAINING', 'no-backend', 1);
+    }
     if (c.overload?.overloaded) {
       return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', c.overload.retryAfterSec());
     }
@@ -86,8 +100,15 @@ export class RequestFlow {
       responseOk: true,
       queued: false,
       done: false,
+      body: planBody(req),
     };
+    if (flow.body.kind === 'lost') {
+      // Fails before any backend is picked: a gateway mistake, not a backend's.
+      c.logLine('body-consumed', `${req.method} ${req.url}: ${flow.body.detail}`);
+      return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, flow.body.detail);
+    }
     this.flows.set(req, flow);
+    this.active++;
     c.budget?.onRequest();
     stripHopByHop(req);
     setForwardedHeaders(req, o.trustForwarded);
@@ -101,7 +122,43 @@ export class RequestFlow {
       flow.newCookie = k.newCookie;
     }
     res.once('close', () => this.finish(flow));
+    const toBuffer = this.bufferForRetry(flow);
+    if (toBuffer === undefined) return this.start(flow);
+    void readBody(req, toBuffer).then((body) => {
+      if (flow.done || body === undefined) return; // the client left; finish() cleans up
+      flow.body = { kind: 'buffered', body };
+      this.start(flow);
+    });
+  }
+
+  private start(flow: Flow): void {
     if (this.dispatch(flow) === 'saturated') this.enqueue(flow);
+  }
+
+  /**
+   * The Content-Length of a body worth reading into memory first, so that a
+   * retry can send it again (retry.maxBodyBytes); undefined to stream it.
+   */
+  private bufferForRetry(flow: Flow): number | undefined {
+    const r = this.core.options.retry;
+    if (!r || r.maxRetries === 0 || flow.body.kind !== 'stream' || !hasBody(flow.req))
+      return undefined;
+    if (!r.methods.includes(flow.req.method ?? 'GET')) return undefined;
+    const length = declaredLength(flow.req);
+    return length !== undefined && length <= r.maxBodyBytes ? length : undefined;
+  }
+
+  /** Resolves once no admitted request is in flight or waiting, or after `graceMs`. */
+  idle(graceMs: number): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, graceMs);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.idleWaiters.push(done);
+    });
   }
 
   /** Picks a backend and starts an attempt. */
@@ -240,6 +297,9 @@ export class RequestFlow {
       return;
     }
     flow.proxyReq = proxyReq;
+    const hook = this.core.options.on.proxyReq;
+    if (hook && !this.runHook(flow, () => hook(proxyReq, req, flow.res))) return;
+    writeBody(proxyReq, flow.body);
     const socket = proxyReq.socket;
     if (socket?.connecting) {
       // Connect timeout, separate from the request timeout: a dead host (SYN
@@ -259,6 +319,10 @@ export class RequestFlow {
     const c = this.core;
     const backend = flow.backend;
     this.clearTimers(flow);
+    const hook = c.options.on.proxyRes;
+    if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
+    // Shutting down: the client's next request should open a connection elsewhere.
+    if (c.draining) proxyRes.headers.connection = 'close';
     const status = proxyRes.statusCode ?? 502;
     const failed = status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
@@ -302,14 +366,25 @@ export class RequestFlow {
     const c = this.core;
     const backend = flow.backend;
     const kind = classify(err as Error & { code?: string });
+    if (c.closed) {
+      // Cut by close() after its grace: not the backend's failure.
+      this.endAttempt(flow);
+      return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+    }
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
     c.outlier.onFailure(backend);
     const res2 = flow.res;
-    if (res2.headersSent) return void res2.destroy();
+    const errno = (err as { code?: string }).code ?? err.message;
+    const attempt = `attempt ${flow.retries + 1} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
+    if (res2.headersSent) {
+      c.logLine(`upstream:${backend.id}:${errno}`, `${attempt} mid-response; connection cut`);
+      return void res2.destroy();
+    }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       if (this.mayRetry(flow)) {
+        c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; retrying`);
         c.metrics.onRetry(backend.id);
         flow.tried ??= new Set();
         flow.tried.add(backend.endpoint);
@@ -318,13 +393,16 @@ export class RequestFlow {
         return;
       }
     }
-    this.fail(flow, kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED');
+    const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
+    c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; answering ${code}`);
+    this.fail(flow, code);
   }
 
   private mayRetry(flow: Flow): boolean {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
-    if (!r.methods.includes(flow.req.method ?? 'GET') || hasBody(flow.req)) return false;
+    if (!r.methods.includes(flow.req.method ?? 'GET')) return false;
+    if (hasBody(flow.req) && flow.body.kind !== 'buffered') return false;
     // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
     if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
@@ -332,6 +410,26 @@ export class RequestFlow {
 
   private fail(flow: Flow, code: GatewayErrorCode): void {
     sendError(flow.res, code);
+  }
+
+  /**
+   * Runs a user hook; one that throws ends the attempt without counting it
+   * against the backend (the request never fairly reached it) and answers
+   * 500 LW_GW_HOOK_FAILED. Returns false then.
+   */
+  private runHook(flow: Flow, hook: () => void, proxyRes?: IncomingMessage): boolean {
+    try {
+      hook();
+      return true;
+    } catch (err) {
+      this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`);
+      this.endAttempt(flow);
+      // Nothing of this attempt may reach the client after the error answer.
+      proxyRes?.destroy();
+      flow.proxyReq?.destroy();
+      sendError(flow.res, 'LW_GW_HOOK_FAILED');
+      return false;
+    }
   }
 
   private shed(
@@ -373,6 +471,12 @@ export class RequestFlow {
       flow.proxyReq.destroy();
     this.endAttempt(flow);
     flow.done = true;
+    this.active--;
+    if (this.active === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
     if (flow.queued) {
       flow.queued = false;
       this.core.queueChanged();
