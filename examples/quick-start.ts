@@ -14,7 +14,12 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import express from 'express';
-import { loadBalance, startEmbeddedBroker, type BalancerSnapshot } from '@loadwise/gateway-plugin';
+import {
+  loadBalance,
+  routeUpgrades,
+  startEmbeddedBroker,
+  type BalancerSnapshot,
+} from '@loadwise/gateway-plugin';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
   startAgentProcess,
@@ -173,7 +178,17 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void stop(0));
 
   // 0. The gateway's port first: if it is taken, say so before starting anything.
-  const server = http.createServer();
+  // Until the gateway is ready, whoever connects gets a 503 with Retry-After
+  // at once: a server without a request handler would leave them waiting.
+  let handler: http.RequestListener = (_req, res) => {
+    res.writeHead(503, {
+      'content-type': 'application/json; charset=utf-8',
+      'retry-after': '1',
+      connection: 'close',
+    });
+    res.end('{"error":{"code":"STARTING","message":"the quick start is still starting"}}');
+  };
+  const server = http.createServer((req, res) => handler(req, res));
   const listening = await new Promise<boolean>((resolve) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'EADDRINUSE') {
@@ -234,8 +249,8 @@ async function main(): Promise<void> {
   cleanups.push(() => lb.close());
   const app = express();
   app.use(lb);
-  server.on('request', app);
-  server.on('upgrade', lb.upgrade);
+  handler = app;
+  server.on('upgrade', routeUpgrades(app));
   // Cleanups run newest first: the server stops taking requests before the gateway closes.
   cleanups.push(
     () =>
