@@ -34,6 +34,7 @@ import {
   statusHandler,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
+import { integerArg } from './lib/args';
 import {
   startAgentProcess,
   startBackendProcess,
@@ -67,14 +68,8 @@ function parse(): Args {
     },
     strict: true,
   });
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!Number.isInteger(n) || n < min || n > max) {
-      process.stderr.write(`existing-gateway: --${name} must be an integer ${min}..${max}\n`);
-      process.exit(2);
-    }
-    return n;
-  };
+  const int = (name: string, text: string, min: number, max: number): number =>
+    integerArg('existing-gateway', name, text, min, max);
   return {
     port: int('port', values.port, 0, 65535),
     broker: values.broker,

@@ -20,6 +20,7 @@ import {
   startEmbeddedBroker,
   type BalancerSnapshot,
 } from '@loadwise/gateway-plugin';
+import { integerArg } from './lib/args';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
   startAgentProcess,
@@ -83,14 +84,8 @@ function parse(): Args {
     );
     process.exit(0);
   }
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!Number.isInteger(n) || n < min || n > max) {
-      process.stderr.write(`quick-start: --${name} must be an integer ${min}..${max}\n`);
-      process.exit(2);
-    }
-    return n;
-  };
+  const int = (name: string, text: string, min: number, max: number): number =>
+    integerArg('quick-start', name, text, min, max);
   return {
     port: int('port', values.port, 0, 65535),
     load: values.load,

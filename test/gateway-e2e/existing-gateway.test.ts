@@ -10,12 +10,12 @@
  * 2 s request in flight lets it finish with 200.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import type { IncomingMessage } from 'node:http';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import WebSocket from 'ws';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
+import { wsExchange } from '../kit/ws-client';
 
 const SCRIPT = path.resolve(__dirname, '../../examples/dist/existing-gateway.js');
 const TOKEN = 'app-token-e2e';
@@ -29,15 +29,6 @@ interface Started {
   stdout: string[];
   stderr: () => string;
   exited: Promise<{ code: number | null; signal: string | null }>;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function start(): Promise<Started> {
@@ -76,25 +67,6 @@ async function start(): Promise<Started> {
     stderr: () => stderr,
     exited,
   };
-}
-
-type WsOutcome = { echo: string } | { status: number };
-
-function wsExchange(url: string, headers: Record<string, string> = {}): Promise<WsOutcome> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { headers });
-    ws.on('unexpected-response', (_req, res: IncomingMessage) => {
-      res.resume();
-      resolve({ status: res.statusCode ?? 0 });
-      ws.terminate();
-    });
-    ws.on('open', () => ws.send('ping'));
-    ws.on('message', (data) => {
-      resolve({ echo: String(data) });
-      ws.close();
-    });
-    ws.on('error', reject);
-  });
 }
 
 interface Status {

@@ -10,6 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
 import { freePort } from '../kit/ports';
 
 /** The first answer from `url` once something listens there: status and Retry-After, or the time it took. */
@@ -38,15 +39,6 @@ async function firstAnswer(
 }
 
 const SCRIPT = path.resolve(__dirname, '../../examples/dist/quick-start.js');
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 let child: ChildProcess | undefined;
 const childPids: number[] = [];

@@ -11,6 +11,7 @@ import { request, type IncomingMessage } from 'node:http';
 import { gzipSync } from 'node:zlib';
 import express from 'express';
 import { fixRequestBody } from 'http-proxy-middleware';
+import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import {
   refusedPort,
   send,
@@ -44,6 +45,18 @@ describe('request bodies', () => {
     gw = undefined;
   });
   afterAll(() => a.close());
+
+  /** A refusing backend and a good one, offered in turn: every other first attempt fails. */
+  const deadThenA = (extra: Partial<LoadBalanceOptions> = {}): Promise<TestGateway> =>
+    startGateway({
+      backends: [
+        { id: 'dead', url: deadUrl },
+        { id: 'a', url: a.url },
+      ],
+      strategy: 'round-robin',
+      outlier: { consecutiveFailures: 100 },
+      ...extra,
+    });
 
   it.each([
     {
@@ -235,14 +248,7 @@ describe('request bodies', () => {
   });
 
   it('retries a PUT with a small body on another backend, body included', async () => {
-    gw = await startGateway({
-      backends: [
-        { id: 'dead', url: deadUrl },
-        { id: 'a', url: a.url },
-      ],
-      strategy: 'round-robin',
-      outlier: { consecutiveFailures: 100 },
-    });
+    gw = await deadThenA();
     for (let i = 0; i < 4; i++) {
       const body = JSON.stringify({ i, pad: 'p'.repeat(1000) });
       const r = await send(`${gw.url}/doc/${i}`, {
@@ -260,15 +266,7 @@ describe('request bodies', () => {
   });
 
   it('streams (and so does not retry) a body above retry.maxBodyBytes', async () => {
-    gw = await startGateway({
-      backends: [
-        { id: 'dead', url: deadUrl },
-        { id: 'a', url: a.url },
-      ],
-      strategy: 'round-robin',
-      outlier: { consecutiveFailures: 100 },
-      retry: { maxBodyBytes: 100 },
-    });
+    gw = await deadThenA({ retry: { maxBodyBytes: 100 } });
     const statuses: number[] = [];
     for (let i = 0; i < 4; i++) {
       const r = await send(`${gw.url}/doc`, { method: 'PUT', body: 'b'.repeat(101) });

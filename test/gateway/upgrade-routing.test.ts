@@ -6,10 +6,11 @@
  * no balancer is mounted on gets 404, and an authorised one reaches the echo
  * backend of its own mount path, with the mount path stripped.
  */
-import { createServer, type IncomingMessage } from 'node:http';
+import { createServer } from 'node:http';
 import express from 'express';
-import WebSocket, { WebSocketServer } from 'ws';
+import { WebSocketServer } from 'ws';
 import { loadBalance, routeUpgrades, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
+import { wsExchange } from '../kit/ws-client';
 import { listen, quietLogger, type TestServer } from './kit';
 
 const TOKEN = 'user-token-1';
@@ -30,26 +31,6 @@ async function echoBackend(id: string): Promise<TestServer> {
       await s.close();
     },
   };
-}
-
-type Outcome = { echo: string } | { status: number };
-
-/** Opens a WebSocket, sends one message, returns the echo or the HTTP status that refused it. */
-function exchange(url: string, headers: Record<string, string> = {}): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { headers });
-    ws.on('unexpected-response', (_req, res: IncomingMessage) => {
-      res.resume();
-      resolve({ status: res.statusCode ?? 0 });
-      ws.terminate();
-    });
-    ws.on('open', () => ws.send('hi'));
-    ws.on('message', (data) => {
-      resolve({ echo: String(data) });
-      ws.close();
-    });
-    ws.on('error', (err) => reject(err));
-  });
 }
 
 describe('routeUpgrades(app)', () => {
@@ -95,26 +76,26 @@ describe('routeUpgrades(app)', () => {
   const auth = { authorization: `Bearer ${TOKEN}` };
 
   it('refuses an unauthenticated upgrade with the auth middleware answer', async () => {
-    await expect(exchange(ws('/api/users/ws'))).resolves.toEqual({ status: 401 });
+    await expect(wsExchange(ws('/api/users/ws'))).resolves.toEqual({ status: 401 });
     expect(seen).toContain('/api/users/ws');
   });
 
   it('refuses an upgrade outside every mount path with 404', async () => {
-    await expect(exchange(ws('/anything'), auth)).resolves.toEqual({ status: 404 });
+    await expect(wsExchange(ws('/anything'), auth)).resolves.toEqual({ status: 404 });
   });
 
   it('proxies an authorised upgrade to the backends of its own mount path', async () => {
-    await expect(exchange(ws('/api/users/ws'), auth)).resolves.toEqual({
-      echo: 'users-1 /ws: hi',
+    await expect(wsExchange(ws('/api/users/ws'), auth)).resolves.toEqual({
+      echo: 'users-1 /ws: ping',
     });
-    await expect(exchange(ws('/api/orders/ws?room=7'), auth)).resolves.toEqual({
-      echo: 'orders-1 /ws?room=7: hi',
+    await expect(wsExchange(ws('/api/orders/ws?room=7'), auth)).resolves.toEqual({
+      echo: 'orders-1 /ws?room=7: ping',
     });
   });
 
   it('refuses upgrades once the balancer drains', async () => {
     const closing = lbs[1]!.close({ graceMs: 0 });
     await closing;
-    await expect(exchange(ws('/api/orders/ws'), auth)).resolves.toEqual({ status: 503 });
+    await expect(wsExchange(ws('/api/orders/ws'), auth)).resolves.toEqual({ status: 503 });
   });
 });
