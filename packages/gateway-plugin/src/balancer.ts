@@ -107,6 +107,7 @@ export class Balancer {
       getSnapshot: () => this.snapshot(),
       ...(o.metricsRegistry ? { registry: o.metricsRegistry } : {}),
       ...(o.service !== undefined ? { service: o.service } : {}),
+      ...(o.metricsPrefix !== undefined ? { prefix: o.metricsPrefix } : {}),
     });
     this.flow = new RequestFlow(this);
     const flow = this.flow;

@@ -83,6 +83,7 @@ const SHAPE: Shape = {
   statusToken: undefined,
   metricsPath: undefined,
   metricsRegistry: undefined,
+  metricsPrefix: undefined,
   decisionHeader: undefined,
   logger: undefined,
   now: undefined,

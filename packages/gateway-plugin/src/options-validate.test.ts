@@ -157,6 +157,7 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ],
   ['token without a path', { ...base, statusToken: 'long-enough' }, 'LW_GW_INVALID_OPTION'],
   ['service with a slash', { ...base, service: 'a/b' }, 'LW_GW_INVALID_OPTION'],
+  ['metrics prefix with a dash', { ...base, metricsPrefix: 'my-gw_' }, 'LW_GW_INVALID_OPTION'],
   ['hook not a function', { ...base, on: { proxyReq: 'x' } }, 'LW_GW_INVALID_OPTION'],
   ['retry body bound negative', { ...base, retry: { maxBodyBytes: -1 } }, 'LW_GW_INVALID_OPTION'],
 ];
@@ -193,6 +194,16 @@ describe('loadBalance options', () => {
     expect(() => resolveOptions({ ...base, ...extra } as LoadBalanceOptions)).toThrow(
       `LW_GW_INVALID_OPTION: ${message}`,
     );
+  });
+
+  it('names the metrics with metricsPrefix', async () => {
+    const lb = loadBalance({ ...base, metricsPrefix: 'gw_', healthCheck: false, overload: false });
+    try {
+      expect(lb.balancer.metrics.registry.getSingleMetric('gw_picks_total')).toBeDefined();
+      expect(lb.balancer.metrics.registry.getSingleMetric('loadwise_picks_total')).toBeUndefined();
+    } finally {
+      await lb.close();
+    }
   });
 
   it('scopes topics by service', () => {

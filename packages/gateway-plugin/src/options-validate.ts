@@ -48,6 +48,14 @@ function metricsRegistry(v: unknown): ResolvedOptions['metricsRegistry'] {
   return v as unknown as ResolvedOptions['metricsRegistry'];
 }
 
+/** A Prometheus metric name prefix: [a-zA-Z_:][a-zA-Z0-9_:]* (the exposition format's name rule). */
+function metricsPrefix(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(v))
+    throw invalidOption('metricsPrefix', 'a metric name prefix like "gw_"', v);
+  return v;
+}
+
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   if (!isObject(input)) throw invalidOption('options', 'an object', input);
   const o = input as unknown as Record<string, unknown>;
@@ -345,6 +353,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     statusToken: o.statusToken as string | undefined,
     metricsPath: path('metricsPath', o.metricsPath),
     metricsRegistry: metricsRegistry(o.metricsRegistry),
+    metricsPrefix: metricsPrefix(o.metricsPrefix),
     decisionHeader,
     logger: logger(o.logger),
     now: fn('now', o.now, Date.now),

@@ -187,6 +187,8 @@ export interface LoadBalanceOptions {
   metricsPath?: string;
   /** prom-client registry to register the gateway's metrics in (default: one of its own). */
   metricsRegistry?: MetricsRegistry;
+  /** Prefix of every metric name (default 'loadwise_'). */
+  metricsPrefix?: string;
   /** Add a response header naming the backend and why (true: 'x-loadwise-decision'). */
   decisionHeader?: boolean | string;
   logger?: Logger;
@@ -245,6 +247,7 @@ export interface ResolvedOptions {
   statusToken: string | undefined;
   metricsPath: string | undefined;
   metricsRegistry: MetricsRegistry | undefined;
+  metricsPrefix: string | undefined;
   decisionHeader: string | undefined;
   logger: Logger;
   now: () => number;
