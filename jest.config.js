@@ -10,13 +10,15 @@ const common = {
 
 /** @type {import('jest').Config} */
 module.exports = {
+  // A global option: inside a project Jest ignores it, and every hook that
+  // starts a fleet (seconds on a busy machine) timed out at the 5 s default.
+  testTimeout: 30000,
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/packages/*/src/**/*.test.ts'] },
     {
       ...common,
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.test.ts', '<rootDir>/bench/**/*.test.ts'],
-      testTimeout: 30000,
     },
   ],
 };
