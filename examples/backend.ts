@@ -16,12 +16,16 @@
  *   POST /admin/config {"hiddenInFlight":6}   keep 6 requests of its own running against itself:
  *                                             load the gateway does not see (another client)
  *   GET  /health                              200 "ok" (the agent's probe)
+ * Behind the tracker:
+ *   POST /echo (JSON)                         {"backend","body","contentLength"}: what arrived
+ *   WebSocket /ws                             echoes each message as "<id>: <message>"
  */
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import express from 'express';
+import { WebSocketServer } from 'ws';
 import { trackRequests } from '@loadwise/health-agent';
 
 export const STATS_PATH = '/.well-known/loadwise/stats';
@@ -122,6 +126,14 @@ function main(): void {
   });
 
   app.use(tracker);
+  app.post('/echo', express.json(), (req, res) => {
+    res.setHeader('x-served-by', args.id);
+    res.json({
+      backend: args.id,
+      body: req.body as unknown,
+      contentLength: req.headers['content-length'] ?? null,
+    });
+  });
   app.use((req, res) => {
     setTimeout(() => {
       res.setHeader('x-served-by', args.id);
@@ -134,6 +146,10 @@ function main(): void {
   });
 
   const server = http.createServer(app);
+  const wss = new WebSocketServer({ server, path: '/ws' });
+  wss.on('connection', (socket) => {
+    socket.on('message', (data) => socket.send(`${args.id}: ${String(data)}`));
+  });
   // Keep-alive longer than a gateway's idle sockets, so the gateway closes first (no reset races).
   server.keepAliveTimeout = 65_000;
 
@@ -169,6 +185,7 @@ function main(): void {
     stopping = true;
     tracker.close();
     selfAgent.destroy();
+    for (const c of wss.clients) c.terminate();
     server.close(() => process.exit(0));
     // In-flight requests get one service time plus a margin, then connections are cut.
     setTimeout(() => server.closeAllConnections(), config.serviceMs + 500).unref();

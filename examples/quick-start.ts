@@ -14,7 +14,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import express from 'express';
-import { loadBalance, startEmbeddedBroker, type BalancerSnapshot } from '@loadwise/gateway-plugin';
+import {
+  loadBalance,
+  routeUpgrades,
+  startEmbeddedBroker,
+  type BalancerSnapshot,
+} from '@loadwise/gateway-plugin';
+import { integerArg } from './lib/args';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
   startAgentProcess,
@@ -78,14 +84,8 @@ function parse(): Args {
     );
     process.exit(0);
   }
-  const int = (name: string, text: string, min: number, max: number): number => {
-    const n = Number(text);
-    if (!Number.isInteger(n) || n < min || n > max) {
-      process.stderr.write(`quick-start: --${name} must be an integer ${min}..${max}\n`);
-      process.exit(2);
-    }
-    return n;
-  };
+  const int = (name: string, text: string, min: number, max: number): number =>
+    integerArg('quick-start', name, text, min, max);
   return {
     port: int('port', values.port, 0, 65535),
     load: values.load,
@@ -173,10 +173,22 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void stop(0));
 
   // 0. The gateway's port first: if it is taken, say so before starting anything.
+  // Until the gateway is ready, whoever connects gets a 503 with Retry-After
+  // at once: a server without a request handler would leave them waiting.
+  let handler: http.RequestListener = (_req, res) => {
+    res.writeHead(503, {
+      'content-type': 'application/json; charset=utf-8',
+      'retry-after': '1',
+      connection: 'close',
+    });
+    res.end('{"error":{"code":"STARTING","message":"the quick start is still starting"}}');
+  };
   // Bounds for slow clients (docs/gateway.md, "Slow and hostile clients"):
   // a head must arrive within 10 s, a whole request within 60 s, checked
   // every 2 s (Node's default: 60 s, 300 s, checked every 30 s).
-  const server = http.createServer({ connectionsCheckingInterval: 2_000 });
+  const server = http.createServer({ connectionsCheckingInterval: 2_000 }, (req, res) =>
+    handler(req, res),
+  );
   server.headersTimeout = 10_000;
   server.requestTimeout = 60_000;
   server.maxHeadersCount = 100;
@@ -242,8 +254,8 @@ async function main(): Promise<void> {
   cleanups.push(() => lb.close());
   const app = express();
   app.use(lb);
-  server.on('request', app);
-  server.on('upgrade', lb.upgrade);
+  handler = app;
+  server.on('upgrade', routeUpgrades(app));
   // Cleanups run newest first: the server stops taking requests before the gateway closes.
   cleanups.push(
     () =>

@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CLI_OPTIONS, envName } from '../../packages/health-agent/src/config';
+import { CLI_OPTIONS, envName, fromEnvironment } from '../../packages/health-agent/src/config';
 import { spawnAgent } from '../kit/agent-cli';
 
 describe('loadwise-agent CLI interface', () => {
@@ -9,14 +9,28 @@ describe('loadwise-agent CLI interface', () => {
   beforeAll(() => (dir = mkdtempSync(path.join(os.tmpdir(), 'lw-cli-'))));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('--help explains every option with its env var', async () => {
+  it('--help explains every option with its env var, and lists no variable it ignores', async () => {
     const p = spawnAgent(['--help']);
     expect(await p.exited).toBe(0);
     for (const o of CLI_OPTIONS) {
       expect(p.stdout()).toContain(`--${o.flag}`);
-      expect(p.stdout()).toContain(envName(o.flag));
+      if (fromEnvironment(o.flag)) expect(p.stdout()).toContain(envName(o.flag));
+      else expect(p.stdout()).not.toContain(envName(o.flag));
     }
+    expect(p.stdout()).toContain('LOADWISE_ONCE');
+    expect(p.stdout()).not.toContain('LOADWISE_HELP');
     expect(p.stdout()).toContain('SIGUSR2');
+  });
+
+  it('LOADWISE_ONCE=1 samples once like --once; LOADWISE_HELP does not turn a daemon into --help', async () => {
+    const p = spawnAgent([], {
+      LOADWISE_ONCE: '1',
+      LOADWISE_HELP: '1',
+      LOADWISE_BACKEND_ID: 'from-env',
+      LOADWISE_NO_CGROUP: 'true',
+    });
+    expect(await p.exited).toBe(0);
+    expect(JSON.parse(p.stdout())).toMatchObject({ kind: 'metrics', backendId: 'from-env' });
   });
 
   it.each([

@@ -46,6 +46,7 @@ const EVENT_NAMES: (keyof BalancerEvents)[] = [
   'panic',
   'broker-connected',
   'broker-lost',
+  'broker-unreachable',
   'invalid-message',
 ];
 
@@ -87,8 +88,9 @@ export async function startGateway(opts: LoadBalanceOptions): Promise<TestGatewa
       return b;
     },
     async close() {
-      await lb.close();
+      // Clients first: a request still running must not hold lb.close() for its grace.
       server.closeAllConnections();
+      await lb.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };

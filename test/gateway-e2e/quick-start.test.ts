@@ -2,23 +2,43 @@
  * `npm start` runs the built quick start: this runs it on a free port with
  * --load for a few seconds, checks requests are served through the gateway,
  * then sends SIGINT and checks it exits 0 with every child (backends and
- * agents) gone.
+ * agents) gone. From the moment its port accepts connections, every request
+ * gets an answer at once (a 503 with Retry-After while it starts), never a
+ * silent wait.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
+import { freePort } from '../kit/ports';
 
-const SCRIPT = path.resolve(__dirname, '../../examples/dist/quick-start.js');
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
+/** The first answer from `url` once something listens there: status and Retry-After, or the time it took. */
+async function firstAnswer(
+  url: string,
+  deadlineMs: number,
+): Promise<{ status: number; retryAfter: string | null; ms: number }> {
+  for (;;) {
+    const started = Date.now();
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(5000) });
+      await res.body?.cancel();
+      return {
+        status: res.status,
+        retryAfter: res.headers.get('retry-after'),
+        ms: Date.now() - started,
+      };
+    } catch (err) {
+      // Refused: not listening yet. A timeout is the bug this guards against.
+      const cause = (err as { cause?: { code?: string } }).cause;
+      if (cause?.code !== 'ECONNREFUSED') throw err;
+      if (Date.now() > deadlineMs) throw new Error(`nothing listened on ${url}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 }
+
+const SCRIPT = path.resolve(__dirname, '../../examples/dist/quick-start.js');
 
 let child: ChildProcess | undefined;
 const childPids: number[] = [];
@@ -30,9 +50,10 @@ afterAll(() => {
 });
 
 it('serves requests through the gateway under --load and stops every child on SIGINT', async () => {
+  const port = await freePort();
   child = spawn(
     process.execPath,
-    [SCRIPT, '--port', '0', '--load', '--rate', '100', '--interval-ms', '250'],
+    [SCRIPT, '--port', String(port), '--load', '--rate', '100', '--interval-ms', '250'],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
@@ -44,6 +65,13 @@ it('serves requests through the gateway under --load and stops every child on SI
   const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
     child!.once('exit', (code, signal) => resolve({ code, signal })),
   );
+
+  // The port is bound before the broker, backends and agents start: a request
+  // then gets 503 + Retry-After at once (or is proxied if start-up already ended).
+  const early = await firstAnswer(`http://127.0.0.1:${port}/hello`, Date.now() + 20_000);
+  expect([200, 503]).toContain(early.status);
+  if (early.status === 503) expect(early.retryAfter).toBe('1');
+  expect(early.ms).toBeLessThan(2000);
 
   const find = (re: RegExp): RegExpMatchArray | undefined =>
     lines.map((l) => l.match(re)).find((m): m is RegExpMatchArray => m !== null);

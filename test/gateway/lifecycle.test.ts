@@ -96,7 +96,8 @@ describe('lifecycle', () => {
     const waiting = send(`${gw.url}/queued`);
     while (gw.lb.balancer.snapshot().saturationQueueLength < 1)
       await new Promise((r) => setTimeout(r, 5));
-    await gw.lb.close();
+    // No grace: what the gateway does when in-flight requests are out of time.
+    await gw.lb.close({ graceMs: 0 });
     const w = await waiting;
     expect(w.status).toBe(503);
     expect(w.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
@@ -111,5 +112,64 @@ describe('lifecycle', () => {
     );
     await gw.close();
     await expect(gw.lb.close()).resolves.toBeUndefined();
+  });
+});
+
+describe('graceful close', () => {
+  it('lets an in-flight request finish, refuses new ones with 503 LW_GW_DRAINING, then fires no event', async () => {
+    const slow = await startBackend('slow', (req, res) => {
+      setTimeout(() => res.end(`done ${req.url}`), req.url === '/slow' ? 600 : 0);
+    });
+    const gw = await startGateway({ backends: [{ id: 'slow', url: slow.url }] });
+    const events: string[] = [];
+    for (const name of ['backend-ejected', 'backend-down', 'broker-lost'] as const)
+      gw.lb.balancer.on(name, () => events.push(name));
+    try {
+      const inFlight = send(`${gw.url}/slow`);
+      while (gw.lb.balancer.snapshot().inFlight < 1) await new Promise((r) => setTimeout(r, 5));
+      const closing = gw.lb.close({ graceMs: 5000 });
+      const refused = await send(`${gw.url}/new`);
+      expect(refused.status).toBe(503);
+      expect(refused.headers['x-loadwise-error']).toBe('LW_GW_DRAINING');
+      expect(refused.headers['retry-after']).toBe('1');
+      expect(refused.headers.connection).toBe('close');
+      const r = await inFlight;
+      expect([r.status, r.body]).toEqual([200, 'done /slow']);
+      await closing;
+      // Closed: failures now (enough to eject) are not reported.
+      for (let i = 0; i < 10; i++)
+        gw.lb.balancer.outlier.onFailure(gw.lb.balancer.registry.get('slow')!);
+      gw.lb.balancer.events.emit('backend-ejected', {
+        id: 'slow',
+        durationMs: 1,
+        consecutiveFailures: 1,
+      });
+      expect(events).toEqual([]);
+      expect((await send(`${gw.url}/after`)).headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+    } finally {
+      await gw.close();
+      await slow.close();
+    }
+  });
+
+  it('cuts what is still running when the grace ends, without charging the backend', async () => {
+    const held: ServerResponse[] = [];
+    const hold = await startBackend('hold', (_req, res) => void held.push(res));
+    const gw = await startGateway({ backends: [{ id: 'hold', url: hold.url }] });
+    try {
+      const inFlight = send(`${gw.url}/forever`);
+      while (held.length < 1) await new Promise((r) => setTimeout(r, 5));
+      const started = Date.now();
+      await gw.lb.close({ graceMs: 200 });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+      const r = await inFlight;
+      expect(r.status).toBe(503);
+      expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+      expect(gw.lb.balancer.registry.get('hold')!.failures).toBe(0);
+    } finally {
+      for (const r of held) r.end();
+      await gw.close();
+      await hold.close();
+    }
   });
 });

@@ -28,7 +28,7 @@ import {
   type GatewayMetrics,
 } from './observability';
 import { backendUrl } from './options-validate';
-import type { ResolvedOptions } from './options';
+import { DEFAULT_CLOSE_GRACE_MS, DEFAULT_READY_TIMEOUT_MS, type ResolvedOptions } from './options';
 import { ProxyEngine } from './proxy/proxy-engine';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
@@ -57,6 +57,8 @@ export class Balancer {
   readonly flow: RequestFlow;
   readonly now: () => number;
   closed = false;
+  /** close() was called: new requests are refused while in-flight ones finish. */
+  draining = false;
   private readonly cohort: LoadCohort = createLoadCohort();
   private readonly decoder: Decoder;
   private readonly source: MqttSource | undefined;
@@ -64,6 +66,7 @@ export class Balancer {
   private readonly allowed: BlockList | undefined;
   private readonly sweepTimer: NodeJS.Timeout;
   private saturated = false;
+  private brokerDown = false;
   private closing: Promise<void> | undefined;
 
   constructor(readonly options: ResolvedOptions) {
@@ -103,6 +106,8 @@ export class Balancer {
     this.metrics = createGatewayMetrics({
       getSnapshot: () => this.snapshot(),
       ...(o.metricsRegistry ? { registry: o.metricsRegistry } : {}),
+      ...(o.service !== undefined ? { service: o.service } : {}),
+      ...(o.metricsPrefix !== undefined ? { prefix: o.metricsPrefix } : {}),
     });
     this.flow = new RequestFlow(this);
     const flow = this.flow;
@@ -142,7 +147,19 @@ export class Balancer {
             {
               onMessage: (m, keyId, at) => this.onMessage(m, keyId, at),
               onInvalid: (code, detail, backendId) => this.drop(code, detail, backendId),
-              onConnected: (url) => this.events.emit('broker-connected', { url }),
+              onConnected: (url) => {
+                if (this.brokerDown) o.logger.info(`broker ${url ?? ''} connected`);
+                this.brokerDown = false;
+                this.events.emit('broker-connected', { url });
+              },
+              onUnreachable: (url, error) => {
+                // One line per outage, not one per reconnect attempt.
+                this.brokerDown = true;
+                o.logger.warn(
+                  `broker ${url ?? '(unknown url)'} unreachable: ${error}; routing on local signals, reconnecting`,
+                );
+                this.events.emit('broker-unreachable', { url, error });
+              },
               onLost: (error) => {
                 this.log.warn(
                   'broker-lost',
@@ -180,9 +197,43 @@ export class Balancer {
     return this.source ? this.source.isConnected : null;
   }
 
-  /** Resolves once the broker (embedded or remote) is connected; at once without a broker. */
-  ready(): Promise<void> {
-    return this.source?.ready ?? Promise.resolve();
+  /**
+   * Resolves once the broker (embedded or remote) is connected; at once
+   * without a broker. Rejects with LW_GW_BROKER_UNREACHABLE (naming the URL
+   * and the last error) if it is not connected within `timeoutMs`; the
+   * balancer keeps reconnecting and routing on local signals meanwhile.
+   */
+  ready(opts: { timeoutMs?: number } = {}): Promise<void> {
+    const source = this.source;
+    if (!source) return Promise.resolve();
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const why = source.lastErrorMessage ?? 'no answer';
+        reject(
+          new GatewayError(
+            'LW_GW_BROKER_UNREACHABLE',
+            `broker ${source.url ?? '(starting)'} not connected after ${timeoutMs} ms: ${why}`,
+          ),
+        );
+      }, timeoutMs);
+      timer.unref();
+      source.ready.then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err instanceof Error ? err : new Error(String(err)));
+        },
+      );
+    });
+  }
+
+  /** A warning, at most once per key per 10 s (rate-limited-log.ts). */
+  logLine(key: string, message: string): void {
+    this.log.warn(key, message);
   }
 
   private addBackend(
@@ -316,10 +367,19 @@ export class Balancer {
     return this;
   }
 
-  /** Stops everything: timers, health checks, queue (waiters get 503), broker, pools. */
-  close(): Promise<void> {
+  /**
+   * Graceful close: new requests get 503 LW_GW_DRAINING at once; requests in
+   * flight (or waiting for a slot) get up to `graceMs` to finish; then
+   * everything stops: timers, health checks, queue (waiters get 503
+   * LW_GW_CLOSED), broker, pools (a request still running is cut). No event
+   * fires once it resolves.
+   */
+  close(opts: { graceMs?: number } = {}): Promise<void> {
     this.closing ??= (async () => {
+      this.draining = true;
+      await this.flow.idle(Math.max(0, opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS));
       this.closed = true;
+      this.events.mute();
       clearInterval(this.sweepTimer);
       this.checker?.close();
       this.overload?.close();
@@ -330,7 +390,7 @@ export class Balancer {
       } finally {
         this.engine.close();
         this.registry.close();
-        this.metrics.setSnapshotSource(undefined);
+        this.metrics.release();
       }
     })();
     return this.closing;

@@ -28,6 +28,10 @@ export const GATEWAY_ERRORS = {
     message: 'broker is not a mqtt/mqtts/ws/wss URL, an mqtt client or { embedded: true }',
   },
   LW_GW_UNKNOWN_STRATEGY: { status: undefined, message: 'strategy name is not registered' },
+  LW_GW_BROKER_UNREACHABLE: {
+    status: undefined,
+    message: 'ready() timed out: the broker did not accept a connection in time',
+  },
   LW_GW_INVALID_DISCOVERY: {
     status: undefined,
     message: 'discovery needs signing keys and at least one valid allowed range (CIDR)',
@@ -39,6 +43,15 @@ export const GATEWAY_ERRORS = {
   },
   LW_GW_OVERLOADED: { status: 503, message: 'the gateway itself is overloaded (event-loop delay)' },
   LW_GW_CLOSED: { status: 503, message: 'the balancer is closed' },
+  LW_GW_DRAINING: {
+    status: 503,
+    message: 'the gateway is shutting down; in-flight requests finish, new ones go elsewhere',
+  },
+  LW_GW_BODY_CONSUMED: {
+    status: 500,
+    message: 'the request body was read before the balancer and cannot be forwarded',
+  },
+  LW_GW_HOOK_FAILED: { status: 500, message: 'an on.proxyReq or on.proxyRes hook threw' },
   LW_GW_UPSTREAM_FAILED: {
     status: 502,
     message: 'every attempt to reach a backend failed (refused, reset or closed)',

@@ -28,16 +28,26 @@ export interface BalancerEvents {
   panic: [{ panic: boolean; healthy: number; routable: number }];
   'broker-connected': [{ url: string | undefined }];
   'broker-lost': [{ error: string | undefined }];
+  /** A connection attempt failed while not connected (once per outage; the URL and the error). */
+  'broker-unreachable': [{ url: string | undefined; error: string }];
   /** A wire message was dropped (protocol error code, or LW_GW_UNKNOWN_BACKEND style reasons). */
   'invalid-message': [{ code: string; backendId: string | undefined }];
 }
 
 export class BalancerEmitter extends EventEmitter<BalancerEvents> {
+  private muted = false;
+
   constructor(private readonly onListenerError: (err: unknown) => void) {
     super();
   }
 
+  /** After close(): nothing the closing cuts short (an ejection, a lost broker) is reported. */
+  mute(): void {
+    this.muted = true;
+  }
+
   override emit<K extends keyof BalancerEvents>(event: K, ...args: BalancerEvents[K]): boolean {
+    if (this.muted) return false;
     try {
       // eslint-disable-next-line @typescript-eslint/no-explicit-any
       return super.emit(event as any, ...(args as any));

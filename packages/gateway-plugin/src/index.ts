@@ -29,6 +29,21 @@ export {
 } from './strategies';
 export type { BalancerSnapshot, BackendSnapshot, BackendStateName } from './observability';
 export {
+  statusHandler,
+  metricsHandler,
+  createGatewayMetrics,
+  formatDecisionHeader,
+  TOKEN_HEADER,
+  DEFAULT_METRICS_PREFIX,
+  type HttpHandler,
+  type StatusHandlerOptions,
+  type ProtectedHandlerOptions,
+  type SnapshotSource,
+  type GatewayMetrics,
+  type GatewayMetricsOptions,
+} from './observability';
+export { routeUpgrades, type UpgradeListener, type AppHandler } from './upgrade-routing';
+export {
   createEndpointLoad,
   createLoadCohort,
   type EndpointLoadOptions,

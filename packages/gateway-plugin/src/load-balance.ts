@@ -5,9 +5,12 @@
  * response or a coded JSON error (errors.ts). It works mounted
  * (`app.use('/api', loadBalance(...))`) and after the user's own middleware.
  *
- * WebSocket: attach `lb.upgrade` to the HTTP server's 'upgrade' event
- * (`server.on('upgrade', lb.upgrade)`); http-proxy-middleware's own automatic
- * subscription only happens after a first HTTP request, which is too late.
+ * WebSocket: `server.on('upgrade', routeUpgrades(app))` runs upgrade requests
+ * through the app (middleware and mount paths apply) and the balancer they
+ * reach takes the socket over (upgrade-routing.ts). `lb.upgrade` is the raw
+ * handler for a server whose only job is this balancer.
+ * http-proxy-middleware's own automatic subscription only happens after a
+ * first HTTP request, which is too late.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -15,17 +18,29 @@ import { Balancer } from './balancer';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
 import type { LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
+import { takeUpgrade } from './upgrade-routing';
 
 export interface LoadBalancerMiddleware {
   (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void;
   /** The balancer: events, snapshot(), brokerUrl, ready(). */
   readonly balancer: Balancer;
-  /** WebSocket upgrades: `server.on('upgrade', lb.upgrade)`. */
+  /**
+   * Raw WebSocket upgrade handler: every upgrade goes to this balancer's
+   * backends, with no middleware and no mount path. In an app, use
+   * `server.on('upgrade', routeUpgrades(app))` instead.
+   */
   readonly upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
-  /** Resolves once the broker is connected (at once without one). */
-  ready(): Promise<void>;
-  /** Releases everything: timers, broker connection (or embedded broker), sockets. */
-  close(): Promise<void>;
+  /**
+   * Resolves once the broker is connected (at once without one); rejects with
+   * LW_GW_BROKER_UNREACHABLE after `timeoutMs` (default 10 000).
+   */
+  ready(opts?: { timeoutMs?: number }): Promise<void>;
+  /**
+   * Graceful: refuses new requests (503 LW_GW_DRAINING), lets in-flight ones
+   * finish for up to `graceMs` (default 10 000), then releases everything:
+   * timers, broker connection (or embedded broker), sockets.
+   */
+  close(opts?: { graceMs?: number }): Promise<void>;
 }
 
 function pathOf(url: string | undefined): string {
@@ -48,6 +63,9 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
       : metricsHandler(balancer.metrics.registry, { token: options.statusToken });
 
   const middleware = ((req: IncomingMessage, res: ServerResponse) => {
+    // An upgrade routed through the app (routeUpgrades) that reached this balancer.
+    const upgrade = takeUpgrade(req);
+    if (upgrade) return balancer.flow.upgrades.upgrade(req, upgrade.socket, upgrade.head);
     if (status || metrics) {
       const p = pathOf(req.url);
       if (status && p === options.statusPath) return status(req, res);
@@ -61,8 +79,8 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
       value: (req: IncomingMessage, socket: Socket, head: Buffer) =>
         balancer.flow.upgrades.upgrade(req, socket, head),
     },
-    ready: { value: () => balancer.ready() },
-    close: { value: () => balancer.close() },
+    ready: { value: (o?: { timeoutMs?: number }) => balancer.ready(o) },
+    close: { value: (o?: { graceMs?: number }) => balancer.close(o) },
   });
   return middleware;
 }

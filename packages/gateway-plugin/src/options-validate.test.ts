@@ -137,6 +137,33 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['body timeout true', { ...base, clientBodyTimeoutMs: true }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound fraction', { ...base, maxInFlightPerClient: 2.5 }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound zero', { ...base, maxInFlightPerClient: 0 }, 'LW_GW_INVALID_OPTION'],
+  ['unknown top-level key', { ...base, stratgy: 'p2c' }, 'LW_GW_INVALID_OPTION'],
+  ['unknown nested key', { ...base, healthCheck: { pathh: '/h' } }, 'LW_GW_INVALID_OPTION'],
+  [
+    'unknown backend key',
+    { backends: [{ id: 'a', url: 'http://h', wieght: 2 }] },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'unknown broker key',
+    { ...base, broker: { url: 'mqtt://h', usrname: 'u' } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'duplicate url',
+    {
+      backends: [
+        { id: 'a', url: 'http://h:1' },
+        { id: 'b', url: 'http://h:1/' },
+      ],
+    },
+    'LW_GW_DUPLICATE_BACKEND',
+  ],
+  ['token without a path', { ...base, statusToken: 'long-enough' }, 'LW_GW_INVALID_OPTION'],
+  ['service with a slash', { ...base, service: 'a/b' }, 'LW_GW_INVALID_OPTION'],
+  ['metrics prefix with a dash', { ...base, metricsPrefix: 'my-gw_' }, 'LW_GW_INVALID_OPTION'],
+  ['hook not a function', { ...base, on: { proxyReq: 'x' } }, 'LW_GW_INVALID_OPTION'],
+  ['retry body bound negative', { ...base, retry: { maxBodyBytes: -1 } }, 'LW_GW_INVALID_OPTION'],
 ];
 
 describe('loadBalance options', () => {
@@ -155,11 +182,50 @@ describe('loadBalance options', () => {
     }
   });
 
+  it.each([
+    [{ stratgy: 'p2c' }, 'unknown option stratgy (did you mean strategy?)'],
+    [
+      { healthCheck: { pathh: '/h' } },
+      'unknown option healthCheck.pathh (did you mean healthCheck.path?)',
+    ],
+    [{ retry: { maxRetry: 1 } }, 'unknown option retry.maxRetry (did you mean retry.maxRetries?)'],
+    [
+      { broker: { url: 'mqtt://h', usrname: 'u' } },
+      'unknown option broker.usrname (did you mean broker.username?)',
+    ],
+    [{ zzzzzz: 1 }, 'unknown option zzzzzz'],
+  ])('names an unknown key %j with its path and the nearest known one', (extra, message) => {
+    expect(() => resolveOptions({ ...base, ...extra } as LoadBalanceOptions)).toThrow(
+      `LW_GW_INVALID_OPTION: ${message}`,
+    );
+  });
+
+  it('names the metrics with metricsPrefix', async () => {
+    const lb = loadBalance({ ...base, metricsPrefix: 'gw_', healthCheck: false, overload: false });
+    try {
+      expect(lb.balancer.metrics.registry.getSingleMetric('gw_picks_total')).toBeDefined();
+      expect(lb.balancer.metrics.registry.getSingleMetric('loadwise_picks_total')).toBeUndefined();
+    } finally {
+      await lb.close();
+    }
+  });
+
+  it('scopes topics by service', () => {
+    expect(resolveOptions({ ...base, service: 'users' })).toMatchObject({
+      service: 'users',
+      topicPrefix: 'loadwise/users',
+    });
+    expect(resolveOptions({ ...base, topicPrefix: 'acme', service: 'orders' }).topicPrefix).toBe(
+      'acme/orders',
+    );
+  });
+
   it('fills defaults', () => {
     const o = resolveOptions(base);
     expect(o.strategy).toBe('load-aware');
     expect(o.retry).toMatchObject({
       maxRetries: 2,
+      maxBodyBytes: 16_384,
       methods: ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE'],
     });
     expect(o.outlier).toMatchObject({ consecutiveFailures: 5, panicThresholdPercent: 50 });

@@ -4,7 +4,12 @@
  * with a stable code; nothing on the request path re-checks options.
  */
 import { BlockList } from 'node:net';
-import { DEFAULT_TOPIC_PREFIX, assertValidKey, assertValidPrefix } from '@loadwise/protocol';
+import {
+  DEFAULT_TOPIC_PREFIX,
+  assertValidKey,
+  assertValidPrefix,
+  isValidBackendId,
+} from '@loadwise/protocol';
 import { GatewayError, invalidOption } from './errors';
 import {
   DEFAULT_CLIENT_BODY_TIMEOUT_MS,
@@ -14,6 +19,7 @@ import {
   DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
   DEFAULT_MAX_SOCKETS,
   DEFAULT_REQUEST_TIMEOUT_MS,
+  DEFAULT_RETRY_MAX_BODY_BYTES,
   DEFAULT_STRATEGY,
   type LoadBalanceOptions,
   type ResolvedOptions,
@@ -31,6 +37,7 @@ import {
   path,
   section,
 } from './options-checks';
+import { rejectUnknownOptions } from './options-keys';
 
 export { backendUrl } from './options-checks';
 
@@ -43,18 +50,42 @@ function metricsRegistry(v: unknown): ResolvedOptions['metricsRegistry'] {
   return v as unknown as ResolvedOptions['metricsRegistry'];
 }
 
+/** A Prometheus metric name prefix: [a-zA-Z_:][a-zA-Z0-9_:]* (the exposition format's name rule). */
+function metricsPrefix(v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(v))
+    throw invalidOption('metricsPrefix', 'a metric name prefix like "gw_"', v);
+  return v;
+}
+
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   if (!isObject(input)) throw invalidOption('options', 'an object', input);
   const o = input as unknown as Record<string, unknown>;
+  rejectUnknownOptions(o);
   if (o.backends !== undefined && !Array.isArray(o.backends))
     throw invalidOption('backends', 'an array', o.backends);
   const backends = ((o.backends as unknown[] | undefined) ?? []).map(backend);
   const seen = new Set<string>();
-  for (const b of backends) {
+  const urls = new Map<string, number>();
+  backends.forEach((b, i) => {
     if (seen.has(b.id))
       throw new GatewayError('LW_GW_DUPLICATE_BACKEND', `backend id ${b.id} appears twice`);
     seen.add(b.id);
-  }
+    // Two ids for one server would split its load estimate in two halves that each look idle.
+    const first = urls.get(b.url);
+    if (first !== undefined)
+      throw new GatewayError(
+        'LW_GW_DUPLICATE_BACKEND',
+        `backends[${i}].url ${b.url} is also backends[${first}].url`,
+      );
+    urls.set(b.url, i);
+  });
+  if (o.service !== undefined && !isValidBackendId(o.service))
+    throw invalidOption(
+      'service',
+      '1-64 characters of [A-Za-z0-9._:@-] (one topic level)',
+      o.service,
+    );
 
   const topicPrefix = o.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
   try {
@@ -171,12 +202,23 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   ) {
     throw invalidOption('statusToken', 'a string of at least 8 characters', '<redacted>');
   }
+  if (o.statusToken !== undefined && o.statusPath === undefined && o.metricsPath === undefined)
+    throw invalidOption(
+      'statusToken',
+      'used with statusPath or metricsPath (it protects them)',
+      '<redacted>',
+    );
+  const on = section('on', o.on);
+  for (const k of ['proxyReq', 'proxyRes'] as const) fn(`on.${k}`, on[k], undefined);
   for (const k of ['strategyOptions', 'load'] as const) section(k, o[k]);
 
   const resolved: ResolvedOptions = {
     backends,
     broker: broker(o.broker),
-    topicPrefix: topicPrefix as string,
+    // A service is one more topic level: its agents publish under it, and
+    // another service's reports never reach this balancer.
+    topicPrefix: o.service === undefined ? (topicPrefix as string) : `${topicPrefix}/${o.service}`,
+    service: o.service as string | undefined,
     keys,
     requireSignature: o.requireSignature as boolean | undefined,
     maxClockSkewMs:
@@ -244,7 +286,16 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
               600_000,
               true,
             ),
+            maxBodyBytes: num(
+              'retry.maxBodyBytes',
+              retry.maxBodyBytes,
+              DEFAULT_RETRY_MAX_BODY_BYTES,
+              0,
+              64 << 20,
+              true,
+            ),
           },
+    on: on as ResolvedOptions['on'],
     outlier: {
       consecutiveFailures: num(
         'outlier.consecutiveFailures',
@@ -325,6 +376,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     statusToken: o.statusToken as string | undefined,
     metricsPath: path('metricsPath', o.metricsPath),
     metricsRegistry: metricsRegistry(o.metricsRegistry),
+    metricsPrefix: metricsPrefix(o.metricsPrefix),
     decisionHeader,
     logger: logger(o.logger),
     now: fn('now', o.now, Date.now),

@@ -2,6 +2,7 @@
  * The public options of `loadBalance(opts)` and their defaults. Validation is
  * in options-validate.ts; everything after construction reads ResolvedOptions.
  */
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { MqttClient } from 'mqtt';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import type { SigningKey } from '@loadwise/protocol';
@@ -61,6 +62,20 @@ export interface RetryOptions {
   /** Retries always allowed per second regardless of the ratio (default 10). */
   minRetriesPerSec?: number;
   budgetWindowMs?: number;
+  /**
+   * A retryable request with a body of at most this many bytes (Content-Length)
+   * is read into memory before it is sent, so a retry can send it again
+   * (default 16 384; 0: requests with a body are never retried).
+   */
+  maxBodyBytes?: number;
+}
+
+/** Hooks on each attempt, in http-proxy-middleware's `on: { proxyReq, proxyRes }` shape. */
+export interface ProxyEventHooks {
+  /** Before the request to the backend is sent (every attempt): `proxyReq.setHeader(...)`. */
+  proxyReq?: (proxyReq: ClientRequest, req: IncomingMessage, res: ServerResponse) => void;
+  /** The backend's response headers arrived: change `proxyRes.headers` before they are copied. */
+  proxyRes?: (proxyRes: IncomingMessage, req: IncomingMessage, res: ServerResponse) => void;
 }
 
 export interface OutlierOptions {
@@ -121,6 +136,12 @@ export interface LoadBalanceOptions {
   /** Where agents' reports come from. Without it, the gateway routes on local signals only. */
   broker?: BrokerOption;
   topicPrefix?: string;
+  /**
+   * The service these backends make up, when one gateway runs several
+   * balancers: topics become `<topicPrefix>/<service>/v1/...` (agents take the
+   * same `--service`), and metrics and status carry it.
+   */
+  service?: string;
   /** Verification keys; with keys, unsigned reports are dropped unless requireSignature is false. */
   keys?: SigningKey[];
   requireSignature?: boolean;
@@ -161,6 +182,8 @@ export interface LoadBalanceOptions {
     idleTimeoutMs?: number;
   };
   retry?: RetryOptions | false;
+  /** Hooks on the request to the backend and on its response. */
+  on?: ProxyEventHooks;
   outlier?: OutlierOptions;
   healthCheck?: HealthCheckOptions | false;
   saturation?: SaturationOptions;
@@ -168,12 +191,17 @@ export interface LoadBalanceOptions {
   discovery?: DiscoveryOptions | false;
   /** Serve the JSON status here (relative to the mount point); off by default. */
   statusPath?: string;
-  /** Bearer token the status endpoint requires. */
+  /**
+   * Token the status and metrics endpoints require, in `X-Loadwise-Token`
+   * (or `Authorization: Bearer` when the app does not use that header itself).
+   */
   statusToken?: string;
   /** Serve Prometheus metrics here; off by default. */
   metricsPath?: string;
   /** prom-client registry to register the gateway's metrics in (default: one of its own). */
   metricsRegistry?: MetricsRegistry;
+  /** Prefix of every metric name (default 'loadwise_'). */
+  metricsPrefix?: string;
   /** Add a response header naming the backend and why (true: 'x-loadwise-decision'). */
   decisionHeader?: boolean | string;
   logger?: Logger;
@@ -202,11 +230,18 @@ export const DEFAULT_CLIENT_BODY_TIMEOUT_MS = 10_000;
  * one-backend gateway.
  */
 export const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT = 64;
+/** HAProxy's default buffer size (`tune.bufsize`), which bounds what its l7 retries can replay. */
+export const DEFAULT_RETRY_MAX_BODY_BYTES = 16_384;
+/** How long `lb.close()` lets in-flight requests finish by default. */
+export const DEFAULT_CLOSE_GRACE_MS = 10_000;
+/** How long `lb.ready()` waits for the broker by default. */
+export const DEFAULT_READY_TIMEOUT_MS = 10_000;
 
 export interface ResolvedOptions {
   backends: Required<BackendConfig>[];
   broker: BrokerOption | undefined;
   topicPrefix: string;
+  service: string | undefined;
   keys: SigningKey[];
   requireSignature: boolean | undefined;
   maxClockSkewMs: number | undefined;
@@ -229,6 +264,7 @@ export interface ResolvedOptions {
     idleTimeoutMs: number;
   };
   retry: Required<RetryOptions> | undefined;
+  on: ProxyEventHooks;
   outlier: Required<OutlierOptions>;
   healthCheck: Required<HealthCheckOptions> | undefined;
   saturation: Required<Omit<SaturationOptions, 'maxExpectedWaitMs'>> & {
@@ -240,6 +276,7 @@ export interface ResolvedOptions {
   statusToken: string | undefined;
   metricsPath: string | undefined;
   metricsRegistry: MetricsRegistry | undefined;
+  metricsPrefix: string | undefined;
   decisionHeader: string | undefined;
   logger: Logger;
   now: () => number;

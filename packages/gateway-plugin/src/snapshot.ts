@@ -75,6 +75,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
   }
   return {
     takenAt: new Date(nowMs).toISOString(),
+    service: lb.options.service ?? null,
     strategy: lb.strategy.name,
     panic: lb.registry.panic,
     saturationQueueLength: lb.queue.length,

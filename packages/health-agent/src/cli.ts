@@ -8,6 +8,7 @@ import {
   LIBRARY_TO_FLAG,
   camel,
   envName,
+  fromEnvironment,
   mergeSources,
   toAgentOptions,
 } from './config';
@@ -36,7 +37,11 @@ function version(): string {
 export function helpText(): string {
   const rows = CLI_OPTIONS.map((s) => {
     const left = `  --${s.flag}${s.arg ? ` <${s.arg}>` : ''}`;
-    return `${left.padEnd(34)} ${s.help}\n${''.padEnd(35)}env ${envName(s.flag)}${s.flag === 'config' || s.flag === 'help' || s.flag === 'version' || s.flag === 'once' ? '' : `, config key "${camel(s.flag)}"`}`;
+    const sources = [
+      fromEnvironment(s.flag) ? `env ${envName(s.flag)}` : '',
+      ['config', 'help', 'version', 'once'].includes(s.flag) ? '' : `config key "${camel(s.flag)}"`,
+    ].filter(Boolean);
+    return `${left.padEnd(34)} ${s.help}${sources.length > 0 ? `\n${''.padEnd(35)}${sources.join(', ')}` : ''}`;
   });
   return [
     `Usage: ${NAME} [options]`,
@@ -145,12 +150,14 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${version()}\n`);
     return;
   }
-  const once = values['once'] === true;
+  let once = values['once'] === true;
   let agent: Agent;
   let logLevel: Level = 'info';
   let agentPidFile: string | undefined;
   try {
     const raw = mergeSources(values, process.env);
+    // --once or LOADWISE_ONCE (mergeSources read both).
+    once = raw['once'] === true;
     if (raw['logLevel'] !== undefined) {
       if (!LEVELS.includes(raw['logLevel'] as Level))
         fail(`LW_AGENT_INVALID_OPTION: --log-level: must be one of ${LEVELS.join(', ')}`);

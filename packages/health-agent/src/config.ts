@@ -39,6 +39,12 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
   },
   { flag: 'prefix', kind: 'string', arg: 'prefix', help: 'Topic prefix (default loadwise)' },
   {
+    flag: 'service-name',
+    kind: 'string',
+    arg: 'name',
+    help: "The gateway balancer's `service` (one gateway, several services): topics go under <prefix>/<name>",
+  },
+  {
     flag: 'interval-ms',
     kind: 'int',
     arg: 'ms',
@@ -213,6 +219,14 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
   { flag: 'version', kind: 'boolean', help: 'Show the version' },
 ];
 
+/**
+ * Whether a flag can also come from its LOADWISE_* variable: every one except
+ * --help and --version, which a daemon's environment must not turn on.
+ */
+export function fromEnvironment(flag: string): boolean {
+  return flag !== 'help' && flag !== 'version';
+}
+
 export function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
@@ -297,6 +311,7 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
     }
   }
   for (const spec of CLI_OPTIONS) {
+    if (!fromEnvironment(spec.flag)) continue;
     const v = env[envName(spec.flag)];
     if (v !== undefined && spec.flag !== 'config')
       out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
@@ -332,6 +347,7 @@ export function toAgentOptions(c: RawConfig, opts: { requireBroker: boolean }): 
     );
   const o: AgentOptions = { backendId };
   if (s('prefix')) o.prefix = s('prefix');
+  if (s('serviceName')) o.serviceName = s('serviceName');
   if (n('intervalMs') !== undefined) o.intervalMs = n('intervalMs');
   if (s('cron')) o.cron = s('cron');
   if (n('jitterMs') !== undefined) o.jitterMs = n('jitterMs');
@@ -432,6 +448,7 @@ export function toAgentOptions(c: RawConfig, opts: { requireBroker: boolean }): 
 export const LIBRARY_TO_FLAG: Record<string, string> = {
   backendId: 'backend-id',
   prefix: 'prefix',
+  serviceName: 'service-name',
   broker: 'broker',
   clientId: 'client-id',
   reconnectPeriodMs: 'reconnect-ms',

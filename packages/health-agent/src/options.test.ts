@@ -16,6 +16,15 @@ describe('resolveAgentOptions', () => {
     });
   });
 
+  it("puts the gateway service's topics under <prefix>/<serviceName>", () => {
+    expect(resolveAgentOptions({ backendId: 'b', serviceName: 'users' }).prefix).toBe(
+      'loadwise/users',
+    );
+    expect(
+      resolveAgentOptions({ backendId: 'b', prefix: 'acme', serviceName: 'orders' }).prefix,
+    ).toBe('acme/orders');
+  });
+
   it('derives the reported interval from a cron expression', () => {
     expect(resolveAgentOptions({ backendId: 'b', cron: '*/5 * * * * *' }).intervalMs).toBe(5000);
     expect(resolveAgentOptions({ backendId: 'b', cron: '0 * * * * *' }).intervalMs).toBe(60000);
@@ -24,6 +33,7 @@ describe('resolveAgentOptions', () => {
   it.each<[string, Partial<AgentOptions>]>([
     ['backendId', { backendId: 'a/b' }],
     ['prefix', { prefix: 'a/#' }],
+    ['serviceName', { serviceName: 'a/b' }],
     ['broker', { broker: { url: 'http://x' } }],
     ['broker', { broker: { url: 'not a url' } }],
     ['cert', { broker: { url: 'mqtts://x', cert: 'PEM' } }],

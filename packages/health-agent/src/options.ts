@@ -5,6 +5,7 @@ import {
   assertValidBackendId,
   assertValidPrefix,
   assertValidKey,
+  isValidBackendId,
 } from '@loadwise/protocol';
 import cron from 'node-cron';
 import { invalidOption } from './errors';
@@ -37,6 +38,11 @@ export interface AgentOptions {
   /** Omit to sample without publishing (library use, `--once`). */
   broker?: BrokerOptions;
   prefix?: string;
+  /**
+   * The gateway balancer's `service` this backend belongs to: topics go under
+   * `<prefix>/<serviceName>`, which only that balancer subscribes to.
+   */
+  serviceName?: string;
   /** Sampling interval, ms (default 1000). Ignored when `cron` is set, except as reported intervalMs. */
   intervalMs?: number;
   /** node-cron expression (seconds field allowed), instead of intervalMs. */
@@ -135,8 +141,14 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
     assertValidBackendId(o.backendId);
     return o.backendId;
   });
-  const prefix = o.prefix ?? DEFAULT_TOPIC_PREFIX;
+  let prefix = o.prefix ?? DEFAULT_TOPIC_PREFIX;
   wrap('prefix', () => assertValidPrefix(prefix));
+  if (o.serviceName !== undefined) {
+    // One topic level, the gateway's `service` option (same alphabet as a backend id).
+    if (!isValidBackendId(o.serviceName))
+      throw invalidOption('serviceName', 'must be 1-64 characters of [A-Za-z0-9._:@-]');
+    prefix = `${prefix}/${o.serviceName}`;
+  }
 
   let broker: BrokerOptions | undefined;
   if (o.broker) {

@@ -8,6 +8,7 @@ import type { BalancerSnapshot } from './snapshot';
 
 const SNAPSHOT: BalancerSnapshot = {
   takenAt: '2026-01-01T00:00:00.000Z',
+  service: null,
   strategy: 'load-aware',
   panic: false,
   saturationQueueLength: 0,
@@ -57,6 +58,17 @@ beforeAll(async () => {
       },
     }),
   );
+  const other: BalancerSnapshot = { ...SNAPSHOT, service: 'orders', backends: [] };
+  app.get(
+    '/all/status',
+    statusHandler({
+      balancers: [
+        { snapshot: () => ({ ...SNAPSHOT, service: 'users' }) },
+        { balancer: { snapshot: () => other } },
+      ],
+      token: 's3cret',
+    }),
+  );
   app.get('/metrics', metricsHandler(registry));
   app.get('/closed/metrics', metricsHandler(registry, { token: 's3cret' }));
   // Express's default error handler would print the stack; answer 500 quietly instead.
@@ -102,6 +114,37 @@ describe('statusHandler', () => {
     const res = await fetch(`${base}/closed/status`, { headers: { authorization } });
     expect(res.status).toBe(200);
     expect(((await res.json()) as BalancerSnapshot).backends[0]!.id).toBe('a');
+  });
+
+  it.each([
+    [
+      "X-Loadwise-Token next to the app's own Authorization",
+      { 'x-loadwise-token': 's3cret', authorization: 'Bearer app-user-jwt' },
+      200,
+    ],
+    ['X-Loadwise-Token alone', { 'x-loadwise-token': 's3cret' }, 200],
+    [
+      'a wrong X-Loadwise-Token, even with a right Bearer',
+      { 'x-loadwise-token': 'nope', authorization: 'Bearer s3cret' },
+      401,
+    ],
+  ])('reads %s', async (_label, headers, status) => {
+    const res = await fetch(`${base}/closed/status`, { headers });
+    expect(res.status).toBe(status);
+  });
+
+  it('lists every balancer on one page', async () => {
+    const res = await fetch(`${base}/all/status`, { headers: { 'x-loadwise-token': 's3cret' } });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { takenAt: string; services: BalancerSnapshot[] };
+    expect(body.services.map((s) => s.service)).toEqual(['users', 'orders']);
+    expect(body.services[0]!.backends[0]!.id).toBe('a');
+    expect(Date.parse(body.takenAt)).not.toBeNaN();
+  });
+
+  it('needs exactly one of getSnapshot and balancers', () => {
+    expect(() => statusHandler({})).toThrow(TypeError);
+    expect(() => statusHandler({ balancers: [] })).toThrow(TypeError);
   });
 
   it('refuses other methods with 405 and Allow', async () => {

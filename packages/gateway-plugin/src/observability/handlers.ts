@@ -3,7 +3,9 @@
  * node:http request/response objects, so they mount in Express
  * (`app.get('/lb/status', statusHandler(...))`), in connect or on a bare
  * http.Server alike. The status can reveal backend addresses and load, so it
- * can require a bearer token.
+ * can require a token: in its own header, `X-Loadwise-Token`, so it never
+ * collides with the app's own `Authorization` scheme; `Authorization: Bearer`
+ * is read only when that header is absent.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -16,13 +18,29 @@ export type HttpHandler = (
   next?: (err?: unknown) => void,
 ) => void;
 
+/** The header the status and metrics token travels in. */
+export const TOKEN_HEADER = 'x-loadwise-token';
+
 export interface ProtectedHandlerOptions {
-  /** When set, requests must carry `Authorization: Bearer <token>`; others get 401. */
+  /**
+   * When set, requests must carry `X-Loadwise-Token: <token>` (or, without
+   * that header, `Authorization: Bearer <token>`); others get 401.
+   */
   token?: string;
 }
 
+/** A balancer, or the `loadBalance()` middleware that holds one. */
+export type SnapshotSource =
+  { snapshot(): BalancerSnapshot } | { readonly balancer: { snapshot(): BalancerSnapshot } };
+
 export interface StatusHandlerOptions extends ProtectedHandlerOptions {
-  getSnapshot: () => BalancerSnapshot;
+  /** One balancer's state (the body is that snapshot). */
+  getSnapshot?: () => BalancerSnapshot;
+  /**
+   * Several balancers on one page (one gateway, several services): the body is
+   * `{ takenAt, services: [snapshot, ...] }`, each snapshot naming its `service`.
+   */
+  balancers?: SnapshotSource[];
 }
 
 /**
@@ -38,6 +56,8 @@ function makeAuthorizer(token: string | undefined): (req: IncomingMessage) => bo
   if (token === '') throw new TypeError('token must not be empty (omit it to serve without one)');
   const expected = digest(token);
   return (req) => {
+    const own = req.headers[TOKEN_HEADER];
+    if (typeof own === 'string') return timingSafeEqual(digest(own.trim()), expected);
     const header = req.headers.authorization;
     if (typeof header !== 'string') return false;
     // RFC 6750 §2.1: "Bearer" then one space; the scheme is case-insensitive (RFC 9110 §11.1).
@@ -80,14 +100,27 @@ function refuse(
   return false;
 }
 
-/** Serves `getSnapshot()` as JSON. */
+function snapshotOf(source: SnapshotSource): BalancerSnapshot {
+  return 'balancer' in source ? source.balancer.snapshot() : source.snapshot();
+}
+
+/** Serves `getSnapshot()` (or every balancer's snapshot) as JSON. */
 export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
   const authorized = makeAuthorizer(opts.token);
+  const { getSnapshot, balancers } = opts;
+  if ((getSnapshot === undefined) === (balancers === undefined))
+    throw new TypeError('statusHandler: give either getSnapshot or balancers');
+  if (balancers !== undefined && (!Array.isArray(balancers) || balancers.length === 0))
+    throw new TypeError('statusHandler: balancers must be a non-empty array');
+  const take = (): unknown =>
+    getSnapshot !== undefined
+      ? getSnapshot()
+      : { takenAt: new Date().toISOString(), services: balancers!.map(snapshotOf) };
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
     let body: string;
     try {
-      body = JSON.stringify(opts.getSnapshot(), null, 2);
+      body = JSON.stringify(take(), null, 2);
     } catch (err) {
       if (next) return next(err);
       send(res, req, 500, 'application/json; charset=utf-8', '{"error":"snapshot failed"}');

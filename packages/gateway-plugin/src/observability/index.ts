@@ -19,6 +19,8 @@ export {
 export {
   statusHandler,
   metricsHandler,
+  TOKEN_HEADER,
+  type SnapshotSource,
   type HttpHandler,
   type StatusHandlerOptions,
   type ProtectedHandlerOptions,

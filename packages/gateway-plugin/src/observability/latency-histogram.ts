@@ -15,12 +15,15 @@ interface Series {
   count: number;
 }
 
-/** A prom-client-compatible histogram with one label, `backend`. */
+/**
+ * A prom-client-compatible histogram with the label `backend`, and `service`
+ * for a balancer that has one (several balancers share one histogram then).
+ */
 export class BackendLatencyHistogram {
   readonly type = 'histogram';
-  readonly labelNames = ['backend'] as const;
+  readonly labelNames = ['service', 'backend'] as const;
   readonly aggregator = 'sum';
-  private readonly series = new Map<string, Series>();
+  private readonly series = new Map<string, Series & { labels: Record<string, string> }>();
 
   constructor(
     readonly name: string,
@@ -37,11 +40,14 @@ export class BackendLatencyHistogram {
   }
 
   /** The series of one backend, created on first use; keep it to observe without a lookup. */
-  seriesOf(backendId: string): Series {
-    let s = this.series.get(backendId);
+  seriesOf(backendId: string, service?: string): Series {
+    const key = seriesKey(backendId, service);
+    let s = this.series.get(key);
     if (s === undefined) {
-      s = { counts: new Float64Array(this.bounds.length + 1), sum: 0, count: 0 };
-      this.series.set(backendId, s);
+      const labels: Record<string, string> =
+        service === undefined ? { backend: backendId } : { service, backend: backendId };
+      s = { counts: new Float64Array(this.bounds.length + 1), sum: 0, count: 0, labels };
+      this.series.set(key, s);
     }
     return s;
   }
@@ -55,8 +61,8 @@ export class BackendLatencyHistogram {
     series.count += 1;
   }
 
-  remove(backendId: string): void {
-    this.series.delete(backendId);
+  remove(backendId: string, service?: string): void {
+    this.series.delete(seriesKey(backendId, service));
   }
 
   /** Zeroes every series in place: callers keep their series objects (Registry.resetMetrics()). */
@@ -77,20 +83,25 @@ export class BackendLatencyHistogram {
   }> {
     const values: { labels: Record<string, string | number>; value: number; metricName: string }[] =
       [];
-    for (const [backend, s] of this.series) {
+    for (const s of this.series.values()) {
+      const labels = s.labels;
       let cumulative = 0;
       for (let i = 0; i <= this.bounds.length; i++) {
         cumulative += s.counts[i]!;
         const le = i < this.bounds.length ? this.bounds[i]! : '+Inf';
         values.push({
-          labels: { le, backend },
+          labels: { le, ...labels },
           value: cumulative,
           metricName: `${this.name}_bucket`,
         });
       }
-      values.push({ labels: { backend }, value: s.sum, metricName: `${this.name}_sum` });
-      values.push({ labels: { backend }, value: s.count, metricName: `${this.name}_count` });
+      values.push({ labels: { ...labels }, value: s.sum, metricName: `${this.name}_sum` });
+      values.push({ labels: { ...labels }, value: s.count, metricName: `${this.name}_count` });
     }
     return { name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values };
   }
+}
+
+function seriesKey(backendId: string, service: string | undefined): string {
+  return service === undefined ? backendId : `${service}\u0000${backendId}`;
 }

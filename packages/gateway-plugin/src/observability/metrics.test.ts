@@ -1,4 +1,4 @@
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { createGatewayMetrics, LATENCY_BUCKETS_S } from './metrics';
 import type { BackendSnapshot, BalancerSnapshot } from './snapshot';
 
@@ -32,6 +32,7 @@ function snapshot(
 ): BalancerSnapshot {
   return {
     takenAt: new Date(0).toISOString(),
+    service: null,
     strategy: 'load-aware',
     panic: false,
     saturationQueueLength: 0,
@@ -277,6 +278,79 @@ describe('createGatewayMetrics', () => {
     m.onResponse('a', 200, 3);
     expect(await registry.metrics()).toContain(
       'loadwise_backend_latency_seconds_count{backend="a"} 1',
+    );
+  });
+
+  it('balancers of different services share one registry, each series labelled with its service', async () => {
+    const registry = new Registry();
+    const users = createGatewayMetrics({
+      registry,
+      service: 'users',
+      getSnapshot: () => snapshot([backend('u1', { inFlight: 2 })]),
+    });
+    const orders = createGatewayMetrics({
+      registry,
+      service: 'orders',
+      getSnapshot: () => snapshot([backend('o1', { inFlight: 1 })], { panic: true }),
+    });
+    users.onResponse('u1', 200, 5);
+    orders.onResponse('o1', 503, 5);
+    orders.onShed('saturated');
+    const text = await registry.metrics();
+    expect(text).toContain(
+      'loadwise_backend_requests_total{service="users",backend="u1",status_class="2xx"} 1',
+    );
+    expect(text).toContain(
+      'loadwise_backend_requests_total{service="orders",backend="o1",status_class="5xx"} 1',
+    );
+    expect(text).toContain(
+      'loadwise_backend_latency_seconds_count{service="users",backend="u1"} 1',
+    );
+    expect(text).toContain('loadwise_shed_total{service="orders",reason="saturated"} 1');
+    expect(text).toContain('loadwise_backend_in_flight{service="users",backend="u1"} 2');
+    expect(text).toContain('loadwise_backend_in_flight{service="orders",backend="o1"} 1');
+    expect(text).toContain('loadwise_panic{service="users"} 0');
+    expect(text).toContain('loadwise_panic{service="orders"} 1');
+    // One HELP/TYPE per family, not one per balancer.
+    expect(text.match(/^# TYPE loadwise_backend_in_flight /gm)).toHaveLength(1);
+  });
+
+  it('refuses a second balancer of the same service on one registry with a coded error', () => {
+    const registry = new Registry();
+    createGatewayMetrics({ registry, service: 'users' });
+    expect(() => createGatewayMetrics({ registry, service: 'users' })).toThrow(
+      /^LW_GW_INVALID_OPTION: metricsRegistry is already used by a balancer of service users/,
+    );
+    createGatewayMetrics({ registry });
+    expect(() => createGatewayMetrics({ registry })).toThrow(
+      /^LW_GW_INVALID_OPTION: metricsRegistry is already used by a balancer without a service/,
+    );
+  });
+
+  it('turns a name clash with a metric registered elsewhere into a coded error', () => {
+    const registry = new Registry();
+    new Counter({ name: 'loadwise_picks_total', help: 'not ours', registers: [registry] });
+    expect(() => createGatewayMetrics({ registry })).toThrow(
+      /^LW_GW_INVALID_OPTION: metricsRegistry: .*already been registered/,
+    );
+  });
+
+  it('release() keeps the counts, stops the gauges and frees the service name', async () => {
+    const registry = new Registry();
+    const first = createGatewayMetrics({
+      registry,
+      service: 'users',
+      getSnapshot: () => snapshot([backend('u1', { inFlight: 4 })]),
+    });
+    first.onPick('u1', 'p2c');
+    first.release();
+    const text = await registry.metrics();
+    expect(text).toContain('loadwise_picks_total{service="users",backend="u1",strategy="p2c"} 1');
+    expect(text).not.toContain('loadwise_backend_in_flight{');
+    const second = createGatewayMetrics({ registry, service: 'users' });
+    second.onPick('u1', 'p2c');
+    expect(await registry.metrics()).toContain(
+      'loadwise_picks_total{service="users",backend="u1",strategy="p2c"} 2',
     );
   });
 

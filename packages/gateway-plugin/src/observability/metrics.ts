@@ -9,8 +9,14 @@
  * prom-client children. Gauges (in-flight, report age, state, traffic share,
  * panic, ...) are set from a BalancerSnapshot at scrape time
  * (`setSnapshotSource`), so the request path never touches them.
+ *
+ * Several balancers in one gateway (one per service) may share a registry:
+ * the metric families are created once per registry and prefix, every series
+ * carries the balancer's `service` label, and each scrape collects every
+ * balancer. prom-client itself refuses a second metric of the same name.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
+import { GatewayError } from '../errors';
 import { BackendLatencyHistogram } from './latency-histogram';
 import { BACKEND_STATE_NAMES, type BalancerSnapshot } from './snapshot';
 
@@ -41,6 +47,11 @@ export interface GatewayMetricsOptions {
   registry?: Registry;
   /** Metric name prefix (default 'loadwise_'). */
   prefix?: string;
+  /**
+   * The `service` label on every series. Balancers sharing a registry must
+   * each have their own (none is a value too: at most one balancer without).
+   */
+  service?: string;
   /** Snapshot source for the gauges; may also be set later with setSnapshotSource. */
   getSnapshot?: () => BalancerSnapshot;
 }
@@ -68,6 +79,11 @@ export interface GatewayMetrics {
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
   /** Drop every series of a backend that left the registry (bounded label cardinality). */
   removeBackend(backendId: string): void;
+  /**
+   * The balancer closed: its gauges stop, its counts so far stay in the
+   * registry, and its `service` may join the registry again.
+   */
+  release(): void;
 }
 
 interface CounterChild {
@@ -92,32 +108,65 @@ interface BackendChildren {
   retries: CounterChild | undefined;
 }
 
-export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayMetrics {
-  const registry = opts.registry ?? new Registry();
-  const p = opts.prefix ?? DEFAULT_METRICS_PREFIX;
-  let getSnapshot = opts.getSnapshot;
-  const registers = [registry];
+/** One balancer's share of a registry's metric families. */
+interface Member {
+  service: string | undefined;
+  children: Map<string, BackendChildren>;
+  getSnapshot: (() => BalancerSnapshot) | undefined;
+}
 
-  const children = new Map<string, BackendChildren>();
-  const flush = (pending: Pending | undefined): void => {
-    if (pending !== undefined && pending.count > 0) {
-      pending.child.inc(pending.count);
-      pending.count = 0;
-    }
-  };
+type Labels = Record<string, string>;
+
+/** The metric families of one registry and prefix, shared by every balancer registered there. */
+interface Families {
+  members: Set<Member>;
+  requests: Counter<string>;
+  errors: Counter<string>;
+  latency: BackendLatencyHistogram;
+  picks: Counter<string>;
+  ejections: Counter<string>;
+  retries: Counter<string>;
+  sheds: Counter<string>;
+  invalidMessages: Counter<string>;
+  rejected: Counter<string>;
+  /** Sets every gauge from every member's snapshot source. */
+  collectAll(): void;
+  /** Sets the gauges from `s` for `member`, after clearing every gauge. */
+  collectWith(member: Member, s: BalancerSnapshot): void;
+  backendGauges: Gauge<string>[];
+  state: Gauge<string>;
+}
+
+const familiesOf = new WeakMap<Registry, Map<string, Families>>();
+
+const flush = (pending: Pending | undefined): void => {
+  if (pending !== undefined && pending.count > 0) {
+    pending.child.inc(pending.count);
+    pending.count = 0;
+  }
+};
+
+/** `labels` with the member's service first, when it has one. */
+function withService(member: Member, labels: Labels): Labels {
+  return member.service === undefined ? labels : { service: member.service, ...labels };
+}
+
+function createFamilies(registry: Registry, p: string): Families {
+  const registers = [registry];
+  const members = new Set<Member>();
   const requests = new Counter({
     name: `${p}backend_requests_total`,
     help: 'Responses received from each backend, by status class',
-    labelNames: ['backend', 'status_class'] as const,
+    labelNames: ['service', 'backend', 'status_class'] as const,
     registers,
     collect() {
-      for (const c of children.values()) c.statusClass.forEach(flush);
+      for (const m of members) for (const c of m.children.values()) c.statusClass.forEach(flush);
     },
   });
   const errors = new Counter({
     name: `${p}backend_errors_total`,
     help: 'Failed requests to each backend, by kind (connect, reset, timeout, 5xx)',
-    labelNames: ['backend', 'kind'] as const,
+    labelNames: ['service', 'backend', 'kind'] as const,
     registers,
   });
   const latency = new BackendLatencyHistogram(
@@ -129,58 +178,64 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   const picks = new Counter({
     name: `${p}picks_total`,
     help: 'Backends chosen by the routing strategy',
-    labelNames: ['backend', 'strategy'] as const,
+    labelNames: ['service', 'backend', 'strategy'] as const,
     registers,
     collect() {
-      for (const c of children.values()) c.picks.forEach(flush);
+      for (const m of members) for (const c of m.children.values()) c.picks.forEach(flush);
     },
   });
   const ejections = new Counter({
     name: `${p}ejections_total`,
     help: 'Backends ejected by passive outlier detection',
-    labelNames: ['backend'] as const,
+    labelNames: ['service', 'backend'] as const,
     registers,
   });
   const retries = new Counter({
     name: `${p}retries_total`,
     help: 'Failed attempts on a backend retried on another backend',
-    labelNames: ['backend'] as const,
+    labelNames: ['service', 'backend'] as const,
     registers,
   });
   const sheds = new Counter({
     name: `${p}shed_total`,
     help: 'Requests the gateway answered 503 itself, by reason (saturated, overloaded, no-backend)',
-    labelNames: ['reason'] as const,
+    labelNames: ['service', 'reason'] as const,
     registers,
   });
   const invalidMessages = new Counter({
     name: `${p}invalid_messages_total`,
     help: 'MQTT messages dropped, by error code',
-    labelNames: ['code'] as const,
+    labelNames: ['service', 'code'] as const,
     registers,
   });
 
   const rejected = new Counter({
     name: `${p}rejected_requests_total`,
     help: 'Requests the gateway answered itself because of the request (bad framing or path, body timeout, per-client limit, proxy error), by error code',
-    labelNames: ['code'] as const,
+    labelNames: ['service', 'code'] as const,
     registers,
   });
 
   // Snapshot gauges. Every one has the same collect hook; the first to run in a
-  // scrape takes the snapshot, the others reuse it (prom-client calls the
+  // scrape takes the snapshots, the others reuse them (prom-client calls the
   // collect hooks one after the other in the same tick of registry.metrics()).
   let snapshotTaken = false;
   const refresh = (): void => {
-    if (snapshotTaken || getSnapshot === undefined) return;
+    if (snapshotTaken) return;
     snapshotTaken = true;
     setImmediate(() => {
       snapshotTaken = false;
     }).unref();
-    collect(getSnapshot());
+    collectAll();
   };
-  const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]) =>
-    new Gauge<L>({ name: `${p}${name}`, help, labelNames, registers, collect: refresh });
+  const gauge = (name: string, help: string, labelNames: readonly string[]): Gauge<string> =>
+    new Gauge<string>({
+      name: `${p}${name}`,
+      help,
+      labelNames: ['service', ...labelNames],
+      registers,
+      collect: refresh,
+    });
 
   const inFlight = gauge('backend_in_flight', 'Requests outstanding on each backend', ['backend']);
   const inFlightTotal = gauge('in_flight', 'Requests this gateway is proxying now', []);
@@ -237,6 +292,111 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   );
   const backendGauges: Gauge<string>[] = [inFlight, reportAge, reportFresh, share];
   backendGauges.push(reportedCpu, reportedQueued);
+  const allGauges = [...backendGauges, state, inFlightTotal, panic, overloaded, queueLength];
+  allGauges.push(eventLoopDelay, brokerConnected);
+
+  function write(member: Member, s: BalancerSnapshot): void {
+    const L = (labels: Labels): Labels => withService(member, labels);
+    for (const b of s.backends) {
+      const bl = L({ backend: b.id });
+      inFlight.set(bl, b.inFlight);
+      if (b.reportAgeMs !== null) reportAge.set(bl, b.reportAgeMs / 1000);
+      reportFresh.set(bl, b.reportFresh ? 1 : 0);
+      share.set(bl, b.trafficShare);
+      for (const name of BACKEND_STATE_NAMES)
+        state.set(L({ backend: b.id, state: name }), b.state === name ? 1 : 0);
+      const r = b.lastReport;
+      if (r?.cpuUtilization != null) reportedCpu.set(bl, r.cpuUtilization);
+      if (r?.queued != null) reportedQueued.set(bl, r.queued);
+    }
+    const gl = L({});
+    inFlightTotal.set(gl, s.inFlight);
+    panic.set(gl, s.panic ? 1 : 0);
+    overloaded.set(gl, s.overloaded ? 1 : 0);
+    queueLength.set(gl, s.saturationQueueLength);
+    // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
+    eventLoopDelay.set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
+    brokerConnected.set(gl, s.brokerConnected === true ? 1 : 0);
+  }
+
+  // reset() first: a backend (or balancer) that left must not keep a stale series.
+  const resetGauges = (): void => {
+    for (const g of allGauges) g.reset();
+  };
+  function collectAll(): void {
+    resetGauges();
+    for (const m of members) if (m.getSnapshot) write(m, m.getSnapshot());
+  }
+  function collectWith(member: Member, s: BalancerSnapshot): void {
+    resetGauges();
+    for (const m of members) {
+      if (m === member) write(m, s);
+      else if (m.getSnapshot) write(m, m.getSnapshot());
+    }
+  }
+
+  return {
+    members,
+    requests,
+    errors,
+    latency,
+    picks,
+    ejections,
+    retries,
+    sheds,
+    invalidMessages,
+    rejected,
+    collectAll,
+    collectWith,
+    backendGauges,
+    state,
+  };
+}
+
+/** The families of `registry` under `prefix`, created on first use. */
+function familiesFor(registry: Registry, prefix: string): Families {
+  let byPrefix = familiesOf.get(registry);
+  if (byPrefix === undefined) {
+    byPrefix = new Map();
+    familiesOf.set(registry, byPrefix);
+  }
+  let f = byPrefix.get(prefix);
+  if (f === undefined) {
+    try {
+      f = createFamilies(registry, prefix);
+    } catch (err) {
+      // prom-client: "A metric with the name ... has already been registered."
+      throw new GatewayError(
+        'LW_GW_INVALID_OPTION',
+        `metricsRegistry: ${(err as Error).message} (another library registered a ${prefix}* metric; pick another prefix or registry)`,
+      );
+    }
+    byPrefix.set(prefix, f);
+  }
+  return f;
+}
+
+export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayMetrics {
+  const registry = opts.registry ?? new Registry();
+  const f = familiesFor(registry, opts.prefix ?? DEFAULT_METRICS_PREFIX);
+  const member: Member = {
+    service: opts.service,
+    children: new Map(),
+    getSnapshot: opts.getSnapshot,
+  };
+  for (const other of f.members) {
+    if (other.service === member.service) {
+      throw new GatewayError(
+        'LW_GW_INVALID_OPTION',
+        member.service === undefined
+          ? 'metricsRegistry is already used by a balancer without a service: give each balancer sharing a registry its own `service`'
+          : `metricsRegistry is already used by a balancer of service ${member.service}: give each balancer sharing a registry its own \`service\``,
+      );
+    }
+  }
+  f.members.add(member);
+  const L = (labels: Labels): Labels => withService(member, labels);
+  const children = member.children;
 
   const childrenOf = (id: string): BackendChildren => {
     let c = children.get(id);
@@ -244,7 +404,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       c = {
         statusClass: [],
         errors: {},
-        latency: latency.seriesOf(id),
+        latency: f.latency.seriesOf(id, member.service),
         picks: new Map(),
         ejections: undefined,
         retries: undefined,
@@ -257,30 +417,6 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   const invalidChildren = new Map<string, CounterChild>();
   const rejectedChildren = new Map<string, CounterChild>();
 
-  function collect(s: BalancerSnapshot): void {
-    // reset() first: a backend that left the registry must not keep a stale series.
-    for (const g of backendGauges) g.reset();
-    state.reset();
-    for (const b of s.backends) {
-      inFlight.labels(b.id).set(b.inFlight);
-      if (b.reportAgeMs !== null) reportAge.labels(b.id).set(b.reportAgeMs / 1000);
-      reportFresh.labels(b.id).set(b.reportFresh ? 1 : 0);
-      share.labels(b.id).set(b.trafficShare);
-      for (const name of BACKEND_STATE_NAMES)
-        state.labels(b.id, name).set(b.state === name ? 1 : 0);
-      const r = b.lastReport;
-      if (r?.cpuUtilization != null) reportedCpu.labels(b.id).set(r.cpuUtilization);
-      if (r?.queued != null) reportedQueued.labels(b.id).set(r.queued);
-    }
-    inFlightTotal.set(s.inFlight);
-    panic.set(s.panic ? 1 : 0);
-    overloaded.set(s.overloaded ? 1 : 0);
-    queueLength.set(s.saturationQueueLength);
-    // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
-    eventLoopDelay.set((s.eventLoopDelayMs ?? 0) / 1000);
-    brokerConnected.set(s.brokerConnected === true ? 1 : 0);
-  }
-
   return {
     registry,
     onResponse(backendId, statusCode, latencyMs) {
@@ -289,18 +425,21 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       const idx = statusCode >= 100 && statusCode < 600 ? Math.floor(statusCode / 100) - 1 : 4;
       let pending = c.statusClass[idx];
       if (pending === undefined) {
-        pending = { child: requests.labels(backendId, STATUS_CLASSES[idx]!), count: 0 };
+        pending = {
+          child: f.requests.labels(L({ backend: backendId, status_class: STATUS_CLASSES[idx]! })),
+          count: 0,
+        };
         c.statusClass[idx] = pending;
       }
       pending.count++;
       if (latencyMs >= 0 && Number.isFinite(latencyMs))
-        latency.observe(c.latency, latencyMs / 1000);
+        f.latency.observe(c.latency, latencyMs / 1000);
     },
     onError(backendId, kind) {
       const c = childrenOf(backendId);
       let child = c.errors[kind];
       if (child === undefined) {
-        child = errors.labels(backendId, kind);
+        child = f.errors.labels(L({ backend: backendId, kind }));
         c.errors[kind] = child;
       }
       child.inc();
@@ -309,25 +448,25 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       const c = childrenOf(backendId);
       let pending = c.picks.get(strategy);
       if (pending === undefined) {
-        pending = { child: picks.labels(backendId, strategy), count: 0 };
+        pending = { child: f.picks.labels(L({ backend: backendId, strategy })), count: 0 };
         c.picks.set(strategy, pending);
       }
       pending.count++;
     },
     onEjection(backendId) {
       const c = childrenOf(backendId);
-      c.ejections ??= ejections.labels(backendId);
+      c.ejections ??= f.ejections.labels(L({ backend: backendId }));
       c.ejections.inc();
     },
     onRetry(backendId) {
       const c = childrenOf(backendId);
-      c.retries ??= retries.labels(backendId);
+      c.retries ??= f.retries.labels(L({ backend: backendId }));
       c.retries.inc();
     },
     onShed(reason) {
       let child = shedChildren.get(reason);
       if (child === undefined) {
-        child = sheds.labels(reason);
+        child = f.sheds.labels(L({ reason }));
         shedChildren.set(reason, child);
       }
       child.inc();
@@ -335,7 +474,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     onInvalidMessage(code) {
       let child = invalidChildren.get(code);
       if (child === undefined) {
-        child = invalidMessages.labels(code);
+        child = f.invalidMessages.labels(L({ code }));
         invalidChildren.set(code, child);
       }
       child.inc();
@@ -343,14 +482,16 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     onRequestRejected(code) {
       let child = rejectedChildren.get(code);
       if (child === undefined) {
-        child = rejected.labels(code);
+        child = f.rejected.labels(L({ code }));
         rejectedChildren.set(code, child);
       }
       child.inc();
     },
-    collect,
+    collect(s) {
+      f.collectWith(member, s);
+    },
     setSnapshotSource(fn) {
-      getSnapshot = fn;
+      member.getSnapshot = fn;
     },
     removeBackend(backendId) {
       const c = children.get(backendId);
@@ -358,16 +499,25 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       // prom-client removes a series by its full label set: remove exactly the ones created.
       if (c !== undefined) {
         c.statusClass.forEach((child, i) => {
-          if (child) requests.remove(backendId, STATUS_CLASSES[i]!);
+          if (child) f.requests.remove(L({ backend: backendId, status_class: STATUS_CLASSES[i]! }));
         });
-        for (const kind of Object.keys(c.errors)) errors.remove(backendId, kind);
-        for (const strategy of c.picks.keys()) picks.remove(backendId, strategy);
-        latency.remove(backendId);
-        if (c.ejections) ejections.remove(backendId);
-        if (c.retries) retries.remove(backendId);
+        for (const kind of Object.keys(c.errors)) f.errors.remove(L({ backend: backendId, kind }));
+        for (const strategy of c.picks.keys()) f.picks.remove(L({ backend: backendId, strategy }));
+        f.latency.remove(backendId, member.service);
+        if (c.ejections) f.ejections.remove(L({ backend: backendId }));
+        if (c.retries) f.retries.remove(L({ backend: backendId }));
       }
-      for (const g of backendGauges) g.remove(backendId);
-      for (const name of BACKEND_STATE_NAMES) state.remove(backendId, name);
+      for (const g of f.backendGauges) g.remove(L({ backend: backendId }));
+      for (const name of BACKEND_STATE_NAMES)
+        f.state.remove(L({ backend: backendId, state: name }));
+    },
+    release() {
+      for (const c of children.values()) {
+        c.statusClass.forEach(flush);
+        c.picks.forEach(flush);
+      }
+      member.getSnapshot = undefined;
+      f.members.delete(member);
     },
   };
 }

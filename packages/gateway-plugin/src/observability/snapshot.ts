@@ -79,6 +79,8 @@ export interface BackendSnapshot {
 export interface BalancerSnapshot {
   /** Wall-clock time the snapshot was taken, ISO 8601. */
   takenAt: string;
+  /** The balancer's `service` option; null when it has none. */
+  service: string | null;
   strategy: string;
   /** Too few healthy backends: traffic spreads over every routable one (Envoy panic mode). */
   panic: boolean;

@@ -8,9 +8,10 @@
  * so a backend's in-flight count can neither leak nor go negative.
  *
  * Retries (Envoy `retry_on: connect-failure,reset`, bounded by a Finagle
- * retry budget): only idempotent methods, only requests without a body (a
- * body already streamed to the failed backend cannot be replayed), only
- * failures before a response started, and always to a backend not tried yet.
+ * retry budget): only idempotent methods, only requests without a body or
+ * with one held in memory (request-body.ts: a body already streamed to the
+ * failed backend cannot be replayed), only failures before a response
+ * started, and always to a backend not tried yet.
  *
  * Hostile or broken requests (docs/gateway.md, "Slow and hostile clients")
  * are answered by the gateway itself with a coded 4xx, counted
@@ -33,6 +34,7 @@ import { affinityCookie, hashKeyOf } from './affinity';
 import { pumpBody } from './body-pump';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { checkFraming, checkPath, type BodyFraming } from './request-checks';
+import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
 import { UpgradeFlow } from './upgrade-flow';
 import {
   CONNECT_TIMEOUT_CODE,
@@ -74,6 +76,8 @@ interface Flow {
   responseOk: boolean;
   queued: boolean;
   done: boolean;
+  /** How the body reaches the backend (request-body.ts). */
+  body: BodyPlan;
 }
 
 /** Method, path and peer of a request for a log line: printable ASCII only, bounded. */
@@ -90,6 +94,9 @@ export class RequestFlow {
   private readonly log: RateLimitedLog;
   /** Connections answered with `Connection: close` by reject(): requests pipelined behind are not served. */
   private readonly closing = new WeakSet<Socket>();
+  /** Requests admitted and not finished yet (graceful close waits for them). */
+  active = 0;
+  private idleWaiters: (() => void)[] = [];
 
   constructor(private readonly core: BalancerCore) {
     this.upgrades = new UpgradeFlow(core);
@@ -105,6 +112,11 @@ export class RequestFlow {
     // refused one's answer is out; their answers could never be sent.
     if (this.closing.has(req.socket)) return void req.socket.end();
     if (c.closed) return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
+    if (c.draining) {
+      // Shutting down: this connection should go to another instance.
+      res.shouldKeepAlive = false;
+      return this.shed(res, 'LW_GW_DRAINING', 'no-backend', 1);
+    }
     if (c.overload?.overloaded) {
       return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', c.overload.retryAfterSec());
     }
@@ -124,6 +136,12 @@ export class RequestFlow {
     if (badPath) {
       const close = framing.framing !== 'none';
       return this.reject(req, res, 'LW_GW_BAD_PATH', badPath, close, undefined, badPath);
+    }
+    const body = planBody(req);
+    if (body.kind === 'lost') {
+      // Fails before any backend is picked: a gateway mistake, not a backend's.
+      c.logLine('body-consumed', `${req.method} ${req.url}: ${body.detail}`);
+      return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, body.detail);
     }
     let client: string | undefined;
     if (this.clients) {
@@ -157,8 +175,10 @@ export class RequestFlow {
       responseOk: true,
       queued: false,
       done: false,
+      body,
     };
     this.flows.set(req, flow);
+    this.active++;
     c.budget?.onRequest();
     stripHopByHop(req);
     setForwardedHeaders(req, o.trustForwarded);
@@ -168,7 +188,51 @@ export class RequestFlow {
       flow.newCookie = k.newCookie;
     }
     res.once('close', () => this.finish(flow));
+    const toBuffer = this.bufferForRetry(flow);
+    if (toBuffer === undefined) return this.start(flow);
+    // The body idle timeout runs while the gateway reads a body to hold for
+    // retries, as it does while the pump streams one.
+    const refresh = (): void => this.waitForClient(flow);
+    refresh();
+    req.on('data', refresh);
+    void readBody(req, toBuffer).then((bytes) => {
+      req.off('data', refresh);
+      if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
+      flow.bodyTimer = undefined;
+      if (flow.done || bytes === undefined) return; // the client left; finish() cleans up
+      flow.body = { kind: 'buffered', body: bytes };
+      this.start(flow);
+    });
+  }
+
+  private start(flow: Flow): void {
     if (this.dispatch(flow) === 'saturated') this.enqueue(flow);
+  }
+
+  /**
+   * The Content-Length of a body worth reading into memory first, so that a
+   * retry can send it again (retry.maxBodyBytes); undefined to stream it.
+   */
+  private bufferForRetry(flow: Flow): number | undefined {
+    const r = this.core.options.retry;
+    if (!r || r.maxRetries === 0 || flow.body.kind !== 'stream' || flow.framing === 'none')
+      return undefined;
+    if (!r.methods.includes(flow.req.method ?? 'GET')) return undefined;
+    const length = declaredLength(flow.req);
+    return length !== undefined && length <= r.maxBodyBytes ? length : undefined;
+  }
+
+  /** Resolves once no admitted request is in flight or waiting, or after `graceMs`. */
+  idle(graceMs: number): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, graceMs);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.idleWaiters.push(done);
+    });
   }
 
   /** Picks a backend and starts an attempt. */
@@ -289,7 +353,11 @@ export class RequestFlow {
     // throws ERR_HTTP_CONTENT_LENGTH_MISMATCH (caught by the pump) instead of
     // putting bytes on the wire that the backend would read as a second request.
     (proxyReq as ClientRequest & { strictContentLength: boolean }).strictContentLength = true;
-    if (flow.framing === 'chunked' && !proxyReq.hasHeader('transfer-encoding')) {
+    if (
+      flow.framing === 'chunked' &&
+      flow.body.kind === 'stream' &&
+      !proxyReq.hasHeader('transfer-encoding')
+    ) {
       // http-proxy's deleteLength pass (web-incoming.js) gives a DELETE or
       // OPTIONS without Content-Length a `Content-Length: 0` and drops
       // Transfer-Encoding, then streams the chunked body after that head
@@ -371,6 +439,9 @@ export class RequestFlow {
       return;
     }
     flow.proxyReq = proxyReq;
+    const hook = this.core.options.on.proxyReq;
+    if (hook && !this.runHook(flow, () => hook(proxyReq, req, flow.res))) return;
+    writeBody(proxyReq, flow.body);
     const socket = proxyReq.socket;
     if (socket?.connecting) {
       // Connect timeout, separate from the request timeout: a dead host (SYN
@@ -391,6 +462,10 @@ export class RequestFlow {
     const backend = flow.backend;
     flow.responded = true;
     this.clearTimers(flow);
+    const hook = c.options.on.proxyRes;
+    if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
+    // Shutting down: the client's next request should open a connection elsewhere.
+    if (c.draining) proxyRes.headers.connection = 'close';
     const status = proxyRes.statusCode ?? 502;
     if (status < 100 || status > 999) {
       // llhttp reads any three digits; ServerResponse.writeHead throws on a
@@ -461,14 +536,25 @@ export class RequestFlow {
     const c = this.core;
     const backend = flow.backend;
     const kind = classify(err as Error & { code?: string });
+    if (c.closed) {
+      // Cut by close() after its grace: not the backend's failure.
+      this.endAttempt(flow);
+      return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+    }
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
     c.outlier.onFailure(backend);
     const res2 = flow.res;
-    if (res2.headersSent) return void res2.destroy();
+    const errno = (err as { code?: string }).code ?? err.message;
+    const attempt = `attempt ${flow.retries + 1} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
+    if (res2.headersSent) {
+      c.logLine(`upstream:${backend.id}:${errno}`, `${attempt} mid-response; connection cut`);
+      return void res2.destroy();
+    }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       if (this.mayRetry(flow)) {
+        c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; retrying`);
         c.metrics.onRetry(backend.id);
         flow.tried ??= new Set();
         flow.tried.add(backend.endpoint);
@@ -477,13 +563,16 @@ export class RequestFlow {
         return;
       }
     }
-    this.fail(flow, kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED');
+    const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
+    c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; answering ${code}`);
+    this.fail(flow, code);
   }
 
   private mayRetry(flow: Flow): boolean {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
-    if (!r.methods.includes(flow.req.method ?? 'GET') || flow.framing !== 'none') return false;
+    if (!r.methods.includes(flow.req.method ?? 'GET')) return false;
+    if (flow.framing !== 'none' && flow.body.kind !== 'buffered') return false;
     // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
     if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
@@ -550,6 +639,26 @@ export class RequestFlow {
     this.log.warn(code, `request refused (${code}): ${text}; ${describe(req)}`);
   }
 
+  /**
+   * Runs a user hook; one that throws ends the attempt without counting it
+   * against the backend (the request never fairly reached it) and answers
+   * 500 LW_GW_HOOK_FAILED. Returns false then.
+   */
+  private runHook(flow: Flow, hook: () => void, proxyRes?: IncomingMessage): boolean {
+    try {
+      hook();
+      return true;
+    } catch (err) {
+      this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`);
+      this.endAttempt(flow, true);
+      // Nothing of this attempt may reach the client after the error answer.
+      proxyRes?.destroy();
+      flow.proxyReq?.destroy();
+      sendError(flow.res, 'LW_GW_HOOK_FAILED');
+      return false;
+    }
+  }
+
   private shed(
     res: ServerResponse,
     code: GatewayErrorCode,
@@ -595,6 +704,12 @@ export class RequestFlow {
     if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
     flow.bodyTimer = undefined;
     if (flow.client !== undefined) this.clients?.release(flow.client);
+    this.active--;
+    if (this.active === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
     if (flow.queued) {
       flow.queued = false;
       this.core.queueChanged();

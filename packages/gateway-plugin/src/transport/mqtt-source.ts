@@ -27,6 +27,8 @@ export interface MqttSourceHandlers {
   onInvalid(code: ProtocolErrorCode, detail: string, backendId: string | undefined): void;
   onConnected(url: string | undefined): void;
   onLost(error: string | undefined): void;
+  /** A connection attempt failed while not connected: once per outage, with the broker's URL. */
+  onUnreachable(url: string | undefined, error: string): void;
 }
 
 export class MqttSource {
@@ -36,6 +38,8 @@ export class MqttSource {
   private connected = false;
   private closed = false;
   private lastError: string | undefined;
+  /** An attempt failed since the last connect (reported once per outage). */
+  private unreachable = false;
   /** URL of the broker, known once started (the embedded broker picks its port). */
   url: string | undefined;
   readonly ready: Promise<void>;
@@ -57,6 +61,11 @@ export class MqttSource {
 
   get isConnected(): boolean {
     return this.connected;
+  }
+
+  /** The last connection error mqtt.js reported, if any. */
+  get lastErrorMessage(): string | undefined {
+    return this.lastError;
   }
 
   private async start(): Promise<void> {
@@ -109,6 +118,7 @@ export class MqttSource {
   private readonly onConnect = (): void => {
     if (this.closed || !this.client) return;
     this.connected = true;
+    this.unreachable = false;
     // QoS 1: a status change (draining, the Last Will) must not be lost; the
     // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
     this.client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
@@ -118,7 +128,15 @@ export class MqttSource {
   };
 
   private readonly onClose = (): void => {
-    if (!this.connected) return;
+    if (!this.connected) {
+      // No 'error' before the close: the peer hung up without a CONNACK (not
+      // an MQTT broker?) or mqtt.js's connectTimeout expired (nothing answers).
+      if (!this.unreachable && !this.closed) {
+        this.unreachable = true;
+        this.handlers.onUnreachable(this.url, 'connection closed before the broker accepted it');
+      }
+      return;
+    }
     this.connected = false;
     const error = this.lastError;
     this.lastError = undefined;
@@ -130,6 +148,10 @@ export class MqttSource {
     // listener they would be thrown as an unhandled 'error' event. The loss
     // itself is reported once, on 'close'.
     this.lastError = err.message;
+    if (!this.connected && !this.unreachable && !this.closed) {
+      this.unreachable = true;
+      this.handlers.onUnreachable(this.url, err.message);
+    }
   };
 
   private readonly onMessageEvent = (

@@ -1,0 +1,243 @@
+/**
+ * loadwise in an existing Express 5 gateway: two services behind one app,
+ * each a balancer with two backends (the example backend with
+ * `trackRequests()`) and a real health agent per backend, all on one broker.
+ *
+ *   node examples/dist/existing-gateway.js [--port 8080] [--broker mqtt://127.0.0.1:1883]
+ *        [--prefix loadwise] [--token <app token>] [--status-token <ops token>]
+ *        [--interval-ms 1000] [--rate-limit 100]
+ *
+ * Without --broker an embedded one is started. What the app does, in order:
+ *   request id  → /health (the gateway's own) → /_lb/metrics (ops token) →
+ *   rate limit  → Bearer auth → /_lb/status (ops token, X-Loadwise-Token) →
+ *   /api/users  (express.json() runs first: the balancer forwards the parsed body) →
+ *   /api/orders (body streamed) → 404
+ * WebSocket upgrades go through the same app (`routeUpgrades`), so the rate
+ * limit, the auth and the mount paths apply to them too. SIGTERM (or Ctrl-C)
+ * is the graceful shutdown recipe: stop accepting, let requests in flight
+ * finish, then stop.
+ *
+ * Prints one JSON line per backend ({"event":"backend","service","id","url"})
+ * and one once listening ({"event":"listening","port"}), then human lines.
+ */
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { parseArgs } from 'node:util';
+import express from 'express';
+import { Registry } from 'prom-client';
+import {
+  loadBalance,
+  metricsHandler,
+  routeUpgrades,
+  startEmbeddedBroker,
+  statusHandler,
+  type LoadBalancerMiddleware,
+} from '@loadwise/gateway-plugin';
+import { integerArg } from './lib/args';
+import {
+  startAgentProcess,
+  startBackendProcess,
+  type ManagedChild,
+  type StartedBackend,
+} from './lib/processes';
+
+const SERVICES = ['users', 'orders'] as const;
+type Service = (typeof SERVICES)[number];
+
+interface Args {
+  port: number;
+  broker: string | undefined;
+  prefix: string;
+  token: string;
+  statusToken: string;
+  intervalMs: number;
+  rateLimit: number;
+}
+
+function parse(): Args {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string', default: '8080' },
+      broker: { type: 'string' },
+      prefix: { type: 'string', default: 'loadwise' },
+      token: { type: 'string', default: process.env.GATEWAY_TOKEN ?? 'app-token' },
+      'status-token': { type: 'string', default: process.env.LB_TOKEN ?? 'ops-token-123' },
+      'interval-ms': { type: 'string', default: '1000' },
+      'rate-limit': { type: 'string', default: '100' },
+    },
+    strict: true,
+  });
+  const int = (name: string, text: string, min: number, max: number): number =>
+    integerArg('existing-gateway', name, text, min, max);
+  return {
+    port: int('port', values.port, 0, 65535),
+    broker: values.broker,
+    prefix: values.prefix,
+    token: values.token,
+    statusToken: values['status-token'],
+    intervalMs: int('interval-ms', values['interval-ms'], 100, 60_000),
+    rateLimit: int('rate-limit', values['rate-limit'], 1, 1_000_000),
+  };
+}
+
+const say = (line: string): void => void process.stdout.write(`${line}\n`);
+
+/** A request id: the client's `x-request-id` if it sent a sane one, else a new one; echoed back and forwarded. */
+function requestId(): express.RequestHandler {
+  return (req, res, next) => {
+    const given = req.headers['x-request-id'];
+    const id = typeof given === 'string' && /^[\w.-]{1,64}$/.test(given) ? given : randomUUID();
+    req.headers['x-request-id'] = id;
+    res.setHeader('x-request-id', id);
+    next();
+  };
+}
+
+/** A fixed one-second window per client address: enough for an example, not for production. */
+function rateLimit(perSecond: number): express.RequestHandler {
+  let windowStart = Date.now();
+  const counts = new Map<string, number>();
+  return (req, res, next) => {
+    const now = Date.now();
+    if (now - windowStart >= 1000) {
+      windowStart = now;
+      counts.clear();
+    }
+    const key = req.socket.remoteAddress ?? '';
+    const n = (counts.get(key) ?? 0) + 1;
+    counts.set(key, n);
+    if (n <= perSecond) return next();
+    res.setHeader('retry-after', '1');
+    res.status(429).json({ error: 'rate limited' });
+  };
+}
+
+/** `Authorization: Bearer <token>` or 401. */
+function bearerAuth(token: string): express.RequestHandler {
+  return (req, res, next) => {
+    if (req.headers.authorization === `Bearer ${token}`) return next();
+    res.setHeader('www-authenticate', 'Bearer realm="gateway"');
+    res.status(401).json({ error: 'unauthorized' });
+  };
+}
+
+async function main(): Promise<void> {
+  const args = parse();
+  const cleanups: (() => Promise<void> | void)[] = [];
+
+  // The broker: the given one (Mosquitto, ...) or an embedded one.
+  let brokerUrl = args.broker;
+  if (brokerUrl === undefined) {
+    const broker = await startEmbeddedBroker();
+    cleanups.push(() => broker.close());
+    brokerUrl = broker.url;
+  }
+
+  // Two backends per service, each with its agent; the agent's --service-name
+  // matches the balancer's `service`, so each balancer hears only its own.
+  const backends = new Map<Service, StartedBackend[]>();
+  const children: ManagedChild[] = [];
+  const started = await Promise.all(
+    SERVICES.map((service) =>
+      Promise.all(
+        [1, 2].map((n) => startBackendProcess({ id: `${service}-${n}`, slots: 8, serviceMs: 10 })),
+      ),
+    ),
+  );
+  for (const [i, service] of SERVICES.entries()) {
+    backends.set(service, started[i]!);
+    for (const b of started[i]!) {
+      children.push(b.process);
+      children.push(
+        startAgentProcess({
+          backendId: b.id,
+          brokerUrl,
+          prefix: args.prefix,
+          backendPort: b.port,
+          servicePid: b.process.pid,
+          intervalMs: args.intervalMs,
+          drainGraceMs: 200,
+          extraArgs: ['--service-name', service],
+        }),
+      );
+      say(JSON.stringify({ event: 'backend', service, id: b.id, url: b.url }));
+    }
+  }
+  cleanups.push(async () => {
+    // Agents first (they say goodbye), then their backends.
+    await Promise.all(children.filter((c) => c.name.startsWith('agent')).map((c) => c.stop()));
+    await Promise.all(children.filter((c) => c.name.startsWith('backend')).map((c) => c.stop()));
+  });
+
+  // One balancer per service, one metrics registry for both.
+  const registry = new Registry();
+  const lbs = {} as Record<Service, LoadBalancerMiddleware>;
+  for (const service of SERVICES) {
+    lbs[service] = loadBalance({
+      service,
+      backends: backends.get(service)!.map((b) => ({ id: b.id, url: b.url })),
+      broker: brokerUrl,
+      topicPrefix: args.prefix,
+      metricsRegistry: registry,
+      decisionHeader: true,
+    });
+  }
+  const all = Object.values(lbs);
+
+  const app = express();
+  app.use(requestId());
+  app.get('/health', (_req, res) => {
+    res.json({ status: 'ok', brokerConnected: all.map((lb) => lb.balancer.brokerConnected) });
+  });
+  app.get('/_lb/metrics', metricsHandler(registry, { token: args.statusToken }));
+  app.use(rateLimit(args.rateLimit));
+  app.use(bearerAuth(args.token));
+  // Behind the app's own Bearer auth: the ops token travels in X-Loadwise-Token.
+  app.get('/_lb/status', statusHandler({ balancers: all, token: args.statusToken }));
+  app.use('/api/users', express.json(), lbs.users);
+  app.use('/api/orders', lbs.orders);
+  app.use((_req, res) => void res.status(404).json({ error: 'not found' }));
+
+  // The app is complete before the port opens: no request can arrive before it.
+  const server = http.createServer(app);
+  server.on('upgrade', routeUpgrades(app));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(args.port, '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  say(JSON.stringify({ event: 'listening', port }));
+  say(`gateway on http://127.0.0.1:${port} (broker ${brokerUrl})`);
+  say(`  curl -H 'authorization: Bearer ${args.token}' http://127.0.0.1:${port}/api/users/hello`);
+  say(
+    `  curl -H 'authorization: Bearer ${args.token}' -H 'x-loadwise-token: ${args.statusToken}' http://127.0.0.1:${port}/_lb/status`,
+  );
+  // Not fatal: the balancers route on local signals until the broker answers.
+  Promise.all(all.map((lb) => lb.ready())).then(
+    () => say('every balancer is connected to the broker'),
+    (err: Error) => process.stderr.write(`existing-gateway: ${err.message}\n`),
+  );
+
+  // Graceful shutdown: refuse new connections, let requests in flight finish
+  // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
+  // stop the agents, backends and broker this example started.
+  let stopping = false;
+  const shutdown = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    say(`${signal}: draining`);
+    server.close();
+    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000 })));
+    for (const c of cleanups.reverse()) await c();
+    say('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`existing-gateway: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,59 @@
+import { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
+import { declaredLength, hasBody, planBody } from './request-body';
+
+/** A request whose body stream a parser already read to the end, with `req.body` set. */
+function parsed(headers: Record<string, string>, body: unknown): IncomingMessage {
+  const req = new IncomingMessage(new Socket());
+  req.headers = { ...headers };
+  req.push(null);
+  req.read();
+  (req as { _body?: boolean })._body = true; // body-parser 1.x's flag
+  (req as { body?: unknown }).body = body;
+  return req;
+}
+
+describe('planBody', () => {
+  it('streams a request nobody read', () => {
+    const req = new IncomingMessage(new Socket());
+    req.headers = { 'content-length': '5' };
+    expect(planBody(req)).toEqual({ kind: 'stream' });
+  });
+
+  it('re-serializes JSON and fixes Content-Length, Content-Encoding and charset', () => {
+    const req = parsed(
+      {
+        'content-type': 'application/vnd.api+json; charset=latin1',
+        'content-length': '999',
+        'content-encoding': 'gzip',
+      },
+      { é: 1 },
+    );
+    const plan = planBody(req);
+    expect(plan).toEqual({ kind: 'buffered', body: Buffer.from('{"é":1}') });
+    expect(req.headers).toEqual({
+      'content-type': 'application/vnd.api+json; charset=utf-8',
+      'content-length': String(Buffer.byteLength('{"é":1}')),
+    });
+  });
+
+  it.each([
+    ['multipart/form-data; boundary=x', { f: 'v' }, /multipart body cannot be rebuilt/],
+    ['application/xml', { a: 1 }, /no encoding for content type "application\/xml"/],
+    ['application/json', undefined, /req\.body is not set/],
+  ])('cannot rebuild %s from %j', (type, body, why) => {
+    const plan = planBody(parsed({ 'content-type': type, 'content-length': '3' }, body));
+    expect(plan.kind).toBe('lost');
+    expect(plan.kind === 'lost' && plan.detail).toMatch(why);
+  });
+
+  it('knows a body from its headers', () => {
+    const req = new IncomingMessage(new Socket());
+    req.headers = { 'content-length': '0' };
+    expect([hasBody(req), declaredLength(req)]).toEqual([false, 0]);
+    req.headers = { 'transfer-encoding': 'chunked' };
+    expect([hasBody(req), declaredLength(req)]).toEqual([true, undefined]);
+    req.headers = { 'content-length': '12' };
+    expect([hasBody(req), declaredLength(req)]).toEqual([true, 12]);
+  });
+});

@@ -1,0 +1,184 @@
+/**
+ * The request body on its way to a backend.
+ *
+ * http-proxy streams `req` into the backend request (`req.pipe(proxyReq)`).
+ * That fails in two ways inside a real gateway:
+ *
+ * 1. An earlier middleware already read the body (`express.json()` on the
+ *    route, a form parser, a signature check): the stream is at its end, the
+ *    `Content-Length` header still promises bytes, and the backend waits for
+ *    them until the gateway's request timeout. http-proxy-middleware leaves
+ *    the fix to the user (`on: { proxyReq: fixRequestBody }`,
+ *    src/handlers/fix-request-body.ts upstream); here it is done by default:
+ *    `req.body` is serialized again (JSON, urlencoded form, text, or a raw
+ *    Buffer) with a correct `Content-Length`. A body that is gone and cannot be
+ *    rebuilt fails fast with `LW_GW_BODY_CONSUMED`, before any backend is
+ *    picked, so it never counts against a backend's health.
+ * 2. A retry cannot replay bytes already streamed to the failed backend. A
+ *    small body of a retryable request is therefore read into memory first, up
+ *    to `retry.maxBodyBytes` (Envoy buffers retried bodies up to
+ *    `per_request_buffer_limit_bytes`; HAProxy's `retry-on` needs
+ *    `option http-buffer-request`), and written again on every attempt.
+ *
+ * A buffered body is written by `writeBody` from the 'proxyReq' event; http-proxy
+ * then pipes the already ended `req`, which only ends the backend request
+ * (Node's `Readable.pipe` ends the destination at once when the source
+ * already emitted 'end').
+ */
+import type { ClientRequest, IncomingMessage } from 'node:http';
+
+/** What the gateway sends as the body of each attempt. */
+export type BodyPlan =
+  /** Nothing read yet (or no body at all): http-proxy streams `req` as it arrives. */
+  | { kind: 'stream' }
+  /** The bytes to send, in memory: re-serialized from `req.body`, or read by the gateway. */
+  | { kind: 'buffered'; body: Buffer }
+  /** The body was read by someone else and cannot be rebuilt. */
+  | { kind: 'lost'; detail: string };
+
+/** Whether the request announces a body (RFC 9112 §6.3: Transfer-Encoding, or Content-Length > 0). */
+export function hasBody(req: IncomingMessage): boolean {
+  const len = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (len !== undefined && len !== '0');
+}
+
+/** The announced body length, when Content-Length gives it (undefined for chunked bodies). */
+export function declaredLength(req: IncomingMessage): number | undefined {
+  if (req.headers['transfer-encoding'] !== undefined) return undefined;
+  const len = req.headers['content-length'];
+  if (len === undefined) return 0;
+  const n = Number(len);
+  return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+}
+
+/**
+ * Whether something already read from the request stream: 'data' was emitted
+ * or the stream ended (body-parser reads to the end; body-parser 1.x also sets
+ * `req._body`).
+ */
+export function bodyWasRead(req: IncomingMessage): boolean {
+  return req.readableDidRead || req.readableEnded || (req as { _body?: unknown })._body === true;
+}
+
+/** The media type of a Content-Type value, lower case, without parameters. */
+function mediaType(contentType: string | undefined): string {
+  return (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+function isJson(type: string): boolean {
+  return type === 'application/json' || type.endsWith('+json');
+}
+
+/**
+ * `application/x-www-form-urlencoded` from a parsed form, in the bracket
+ * notation `qs` (Express's extended parser) reads back: `a[b]=1&list[0]=x`.
+ */
+function formEncode(value: unknown): string {
+  const parts: string[] = [];
+  const walk = (key: string, v: unknown): void => {
+    if (v === undefined) return;
+    if (v === null) {
+      parts.push(`${encodeURIComponent(key)}=`);
+    } else if (Array.isArray(v)) {
+      v.forEach((item, i) => walk(`${key}[${i}]`, item));
+    } else if (typeof v === 'object') {
+      for (const [k, item] of Object.entries(v as Record<string, unknown>))
+        walk(`${key}[${k}]`, item);
+    } else {
+      parts.push(`${encodeURIComponent(key)}=${encodeURIComponent(String(v))}`);
+    }
+  };
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) walk(k, v);
+  return parts.join('&');
+}
+
+/** `req.body` as bytes for the request's Content-Type, or why it cannot be rebuilt. */
+function serialize(parsed: unknown, contentType: string | undefined): Buffer | string {
+  if (Buffer.isBuffer(parsed)) return parsed;
+  if (parsed instanceof Uint8Array) return Buffer.from(parsed);
+  if (typeof parsed === 'string') return Buffer.from(parsed, 'utf8');
+  const type = mediaType(contentType);
+  if (typeof parsed === 'object' && parsed !== null) {
+    if (isJson(type)) return Buffer.from(JSON.stringify(parsed), 'utf8');
+    if (type === 'application/x-www-form-urlencoded')
+      return Buffer.from(formEncode(parsed), 'utf8');
+    if (type === 'multipart/form-data')
+      return 'a multipart body cannot be rebuilt from req.body (its files are not in it)';
+  }
+  return `req.body (${parsed === null ? 'null' : typeof parsed}) has no encoding for content type ${JSON.stringify(type || 'none')}`;
+}
+
+/**
+ * Decides how the body reaches the backend, and fixes the headers to match
+ * a re-serialized body: `Content-Length` of the new bytes, no
+ * `Transfer-Encoding`, no `Content-Encoding` (body-parser inflates gzip and
+ * deflate bodies before parsing them), and `charset=utf-8` where a charset
+ * was named (the new bytes are UTF-8 whatever the client sent).
+ */
+export function planBody(req: IncomingMessage): BodyPlan {
+  if (!hasBody(req) || !bodyWasRead(req)) return { kind: 'stream' };
+  const parsed = (req as { body?: unknown }).body;
+  if (parsed === undefined) {
+    return {
+      kind: 'lost',
+      detail:
+        'the request body was read by a middleware before the balancer and req.body is not set, so it cannot be forwarded; mount body parsers after the balancer or only on routes it does not serve',
+    };
+  }
+  const body = serialize(parsed, req.headers['content-type']);
+  if (typeof body === 'string') {
+    return {
+      kind: 'lost',
+      detail: `the request body was read by a middleware before the balancer and ${body}`,
+    };
+  }
+  const h = req.headers;
+  h['content-length'] = String(body.length);
+  delete h['transfer-encoding'];
+  delete h['content-encoding'];
+  if (h['content-type'] && /;\s*charset=/i.test(h['content-type']))
+    h['content-type'] = h['content-type'].replace(/charset=("[^"]*"|[^;\s]*)/i, 'charset=utf-8');
+  return { kind: 'buffered', body };
+}
+
+/**
+ * Reads a body of `length` bytes (Content-Length, at most the retry buffer
+ * limit) into memory. Resolves undefined if the client goes away first; never
+ * rejects.
+ */
+export function readBody(req: IncomingMessage, length: number): Promise<Buffer | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (body: Buffer | undefined): void => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onFail);
+      req.off('close', onFail);
+      resolve(body);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      // Node's parser enforces Content-Length; this only guards the bound.
+      if (size > length) return done(undefined);
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => done(Buffer.concat(chunks, size));
+    const onFail = (): void => done(undefined);
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('error', onFail);
+    req.once('close', onFail);
+  });
+}
+
+/**
+ * Writes a buffered body on a backend request, from the 'proxyReq' event
+ * (http-proxy ends the request right after, by piping the ended `req`). Does
+ * nothing if a user hook already wrote a body (e.g. a leftover
+ * `fixRequestBody`): writing it twice would corrupt the request.
+ */
+export function writeBody(proxyReq: ClientRequest, plan: BodyPlan | undefined): void {
+  if (plan?.kind !== 'buffered' || proxyReq.headersSent || proxyReq.destroyed) return;
+  proxyReq.write(plan.body);
+}

@@ -1,0 +1,85 @@
+/**
+ * WebSocket upgrades through the app: `server.on('upgrade', routeUpgrades(app))`.
+ *
+ * Node hands an upgrade request to the server's 'upgrade' listeners, never to
+ * the 'request' handler, so an Express app's middleware (authentication, rate
+ * limits, request ids) and its mount paths do not see it. A balancer's own
+ * upgrade handler attached there directly would proxy every upgrade, whatever
+ * its path and whoever sent it.
+ *
+ * routeUpgrades runs the upgrade request through the app like any request,
+ * with a response bound to the upgrade's socket:
+ * - a middleware that answers (401, 429, ...) writes a plain HTTP response on
+ *   the socket, which is then closed;
+ * - a path no route or balancer serves gets the app's 404;
+ * - a `loadBalance` middleware that the request reaches (through its mount
+ *   path, after every middleware before it) takes the socket over and proxies
+ *   the upgrade to one of its backends.
+ * The same approach as express-ws (an http.ServerResponse on the upgrade
+ * socket, passed through the app).
+ */
+import { ServerResponse, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+
+export type UpgradeListener = (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+
+/** What a balancer reached by an upgrade request needs to take its socket over. */
+interface PendingUpgrade {
+  socket: Socket;
+  head: Buffer;
+  res: ServerResponse;
+}
+
+const pending = new WeakMap<IncomingMessage, PendingUpgrade>();
+
+/** An Express app, a connect app, or any `(req, res, next)` handler. */
+export type AppHandler = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  next?: (err?: unknown) => void,
+) => unknown;
+
+/** The 'upgrade' listener that routes upgrade requests through `app`. */
+export function routeUpgrades(app: AppHandler): UpgradeListener {
+  if (typeof app !== 'function') throw new TypeError('routeUpgrades(app): app must be a function');
+  return (req, socket, head) => {
+    socket.on('error', () => socket.destroy());
+    const res = new ServerResponse(req);
+    // Whatever the app answers, this connection ends with it: the client
+    // asked to switch protocols, and what follows on the socket is not HTTP.
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket);
+    res.once('finish', () => socket.destroySoon());
+    pending.set(req, { socket, head, res });
+    const final = (err?: unknown): void => {
+      if (res.headersSent || !pending.has(req)) return void socket.destroy();
+      const status = (err as { status?: unknown } | undefined)?.status;
+      res.statusCode =
+        err === undefined
+          ? 404
+          : typeof status === 'number' && status >= 400 && status < 600
+            ? status
+            : 500;
+      res.setHeader('content-length', '0');
+      res.end();
+    };
+    try {
+      void app(req, res, final);
+    } catch (err) {
+      final(err);
+    }
+  };
+}
+
+/**
+ * Called by a balancer the request reached: returns the socket and head and
+ * detaches the response from the socket (the proxy writes the 101 itself),
+ * or undefined for an ordinary request.
+ */
+export function takeUpgrade(req: IncomingMessage): { socket: Socket; head: Buffer } | undefined {
+  const p = pending.get(req);
+  if (p === undefined) return undefined;
+  pending.delete(req);
+  p.res.detachSocket(p.socket);
+  return { socket: p.socket, head: p.head };
+}

@@ -1,0 +1,203 @@
+/**
+ * examples/existing-gateway.ts, run as a real process: an Express 5 gateway
+ * with a request id, a rate limit, Bearer auth, express.json() on one route,
+ * its own /health, and two services (/api/users, /api/orders) of two backends
+ * each, every backend with trackRequests() and a real agent, on one broker
+ * (Mosquitto when MQTT_URL is set, else an embedded one). Checks what a user
+ * of an existing gateway sees: parsed bodies arrive, each balancer hears only
+ * its own agents, one status page and one metrics registry cover both,
+ * WebSocket upgrades obey the app's auth and mount paths, and SIGTERM with a
+ * 2 s request in flight lets it finish with 200.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { uniquePrefix } from '../kit/brokers';
+import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
+import { wsExchange } from '../kit/ws-client';
+
+const SCRIPT = path.resolve(__dirname, '../../examples/dist/existing-gateway.js');
+const TOKEN = 'app-token-e2e';
+const OPS = 'ops-token-e2e';
+const APP = { authorization: `Bearer ${TOKEN}` };
+
+interface Started {
+  child: ChildProcess;
+  base: string;
+  backends: { service: string; id: string; url: string }[];
+  stdout: string[];
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: string | null }>;
+}
+
+async function start(): Promise<Started> {
+  const args = [SCRIPT, '--port', '0', '--token', TOKEN, '--status-token', OPS];
+  args.push('--interval-ms', '250', '--prefix', uniquePrefix('existing'));
+  if (process.env.MQTT_URL) args.push('--broker', process.env.MQTT_URL);
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const stdout: string[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  createInterface({ input: child.stdout! }).on('line', (l) => stdout.push(l));
+  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const events = (): {
+    event: string;
+    port?: number;
+    service?: string;
+    id?: string;
+    url?: string;
+  }[] => stdout.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as never);
+  await eventually(
+    () => events().some((e) => e.event === 'listening'),
+    30_000,
+    () => `gateway listening (stderr: ${stderr})`,
+  );
+  const port = events().find((e) => e.event === 'listening')!.port!;
+  const backends = events()
+    .filter((e) => e.event === 'backend')
+    .map((e) => ({ service: e.service!, id: e.id!, url: e.url! }));
+  return {
+    child,
+    base: `http://127.0.0.1:${port}`,
+    backends,
+    stdout,
+    stderr: () => stderr,
+    exited,
+  };
+}
+
+interface Status {
+  services: {
+    service: string;
+    brokerConnected: boolean;
+    backends: { id: string; reportFresh: boolean }[];
+  }[];
+}
+
+describe('an existing Express gateway with two services (examples/existing-gateway.ts)', () => {
+  let gw: Started;
+  beforeAll(async () => {
+    gw = await start();
+  }, 40_000);
+  afterAll(() => {
+    // On a failed assertion, leave nothing behind.
+    if (gw && gw.child.pid !== undefined && alive(gw.child.pid)) gw.child.kill('SIGKILL');
+  });
+
+  it('keeps the app in charge: own /health, auth, request id, and each mount path to its own backends', async () => {
+    const health = await fetch(`${gw.base}/health`);
+    expect(health.status).toBe(200);
+    const denied = await fetch(`${gw.base}/api/users/x`);
+    expect(denied.status).toBe(401);
+    const users = await fetch(`${gw.base}/api/users/x`, {
+      headers: { ...APP, 'x-request-id': 'req-42' },
+    });
+    expect(users.status).toBe(200);
+    expect(users.headers.get('x-request-id')).toBe('req-42');
+    expect(users.headers.get('x-served-by')).toMatch(/^users-[12]$/);
+    expect(await users.json()).toMatchObject({ path: '/x' });
+    const orders = await fetch(`${gw.base}/api/orders/y`, { headers: APP });
+    expect(orders.headers.get('x-served-by')).toMatch(/^orders-[12]$/);
+  });
+
+  it('forwards a JSON body that express.json() parsed before the balancer, at once', async () => {
+    const body = { name: 'Ada', roles: ['admin'] };
+    const started = Date.now();
+    const res = await fetch(`${gw.base}/api/users/echo`, {
+      method: 'POST',
+      headers: { ...APP, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({
+      body,
+      contentLength: String(JSON.stringify(body).length),
+    });
+    expect(Date.now() - started).toBeLessThan(5000);
+    // The streamed route (no parser in front) carries it as well.
+    const orders = await fetch(`${gw.base}/api/orders/echo`, {
+      method: 'POST',
+      headers: { ...APP, 'content-type': 'application/json' },
+      body: JSON.stringify({ order: 7 }),
+    });
+    expect(await orders.json()).toMatchObject({ body: { order: 7 } });
+  });
+
+  it('one status page lists both services, read with the ops token next to the app token', async () => {
+    const status = async (): Promise<Status> => {
+      const res = await fetch(`${gw.base}/_lb/status`, {
+        headers: { ...APP, 'x-loadwise-token': OPS },
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as Status;
+    };
+    await eventually(
+      async () => (await status()).services.every((s) => s.backends.every((b) => b.reportFresh)),
+      20_000,
+      'fresh reports from all four agents',
+    );
+    const s = await status();
+    expect(s.services.map((x) => [x.service, x.backends.map((b) => b.id).sort()])).toEqual([
+      ['users', ['users-1', 'users-2']],
+      ['orders', ['orders-1', 'orders-2']],
+    ]);
+    const noOps = await fetch(`${gw.base}/_lb/status`, { headers: APP });
+    expect(noOps.status).toBe(401);
+  });
+
+  it('each balancer hears only its own agents: no LW_GW_UNKNOWN_BACKEND, one registry with a service label', async () => {
+    // A few more report rounds (every 250 ms) after every agent was heard.
+    await new Promise((r) => setTimeout(r, 1500));
+    const res = await fetch(`${gw.base}/_lb/metrics`, { headers: { 'x-loadwise-token': OPS } });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).not.toContain('LW_GW_UNKNOWN_BACKEND');
+    expect(text).toMatch(/^loadwise_backend_report_fresh\{service="users",backend="users-1"\} 1$/m);
+    expect(text).toMatch(
+      /^loadwise_backend_report_fresh\{service="orders",backend="orders-2"\} 1$/m,
+    );
+    expect(text).toMatch(
+      /^loadwise_picks_total\{service="users",backend="users-[12]",strategy="load-aware"\} \d+$/m,
+    );
+    expect(gw.stderr()).not.toContain('LW_GW_UNKNOWN_BACKEND');
+  });
+
+  it('WebSocket upgrades go through the app: auth and mount paths apply', async () => {
+    const ws = (p: string): string => `${gw.base.replace('http', 'ws')}${p}`;
+    await expect(wsExchange(ws('/api/users/ws'))).resolves.toEqual({ status: 401 });
+    await expect(wsExchange(ws('/anything'), APP)).resolves.toEqual({ status: 404 });
+    const users = await wsExchange(ws('/api/users/ws'), APP);
+    expect(users).toEqual({ echo: expect.stringMatching(/^users-[12]: ping$/) });
+    const orders = await wsExchange(ws('/api/orders/ws'), APP);
+    expect(orders).toEqual({ echo: expect.stringMatching(/^orders-[12]: ping$/) });
+  });
+
+  it('SIGTERM with a 2 s request in flight: the client gets 200, then everything stops', async () => {
+    // Both users backends now take 2 s per request.
+    for (const b of gw.backends.filter((x) => x.service === 'users')) {
+      const r = await fetch(`${b.url}/admin/config`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ serviceMs: 2000 }),
+      });
+      expect(r.status).toBe(200);
+    }
+    const started = Date.now();
+    const slow = fetch(`${gw.base}/api/users/slow`, { headers: APP });
+    await new Promise((r) => setTimeout(r, 500));
+    gw.child.kill('SIGTERM');
+    const res = await slow;
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ path: '/slow' });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
+    expect(await gw.exited).toEqual({ code: 0, signal: null });
+    expect(gw.stdout).toContain('stopped');
+    // The backends it started are gone too.
+    for (const b of gw.backends) {
+      await expect(fetch(`${b.url}/health`)).rejects.toThrow();
+    }
+  }, 20_000);
+});

@@ -1,0 +1,110 @@
+/**
+ * Saying what is wrong, once: a broker nobody answers on is one log line with
+ * its URL and the error, one `broker-unreachable` event, and `ready()`
+ * rejects with LW_GW_BROKER_UNREACHABLE after its timeout, while requests
+ * keep being routed on local signals. A backend that refuses connections is
+ * a log line naming it, its URL, the errno and the attempt, rate-limited.
+ */
+import { once } from 'node:events';
+import { loadBalance, startEmbeddedBroker, type BalancerEvents } from '@loadwise/gateway-plugin';
+import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
+
+function captureLogger(): {
+  lines: string[];
+  info(m: string): void;
+  warn(m: string): void;
+  error(m: string): void;
+} {
+  const lines: string[] = [];
+  return {
+    lines,
+    info: (m) => lines.push(`info ${m}`),
+    warn: (m) => lines.push(`warn ${m}`),
+    error: (m) => lines.push(`error ${m}`),
+  };
+}
+
+describe('saying what is wrong', () => {
+  let a: TestServer;
+  beforeAll(async () => {
+    a = await startBackend('a');
+  });
+  afterAll(() => a.close());
+
+  it('an unreachable broker: one line with URL and error, ready() rejects, routing goes on', async () => {
+    const port = await refusedPort();
+    const url = `mqtt://127.0.0.1:${port}`;
+    const logger = captureLogger();
+    const gw = await startGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { url, reconnectPeriodMs: 50 },
+      logger,
+    });
+    let broker: Awaited<ReturnType<typeof startEmbeddedBroker>> | undefined;
+    try {
+      const err = await gw.lb.ready({ timeoutMs: 600 }).then(
+        () => undefined,
+        (e: Error & { code?: string }) => e,
+      );
+      expect(err?.code).toBe('LW_GW_BROKER_UNREACHABLE');
+      expect(err?.message).toContain(url);
+      expect(err?.message).toContain('ECONNREFUSED');
+      // Several reconnect attempts failed by now (every 50 ms), still one line.
+      const warned = logger.lines.filter((l) => l.includes('unreachable'));
+      expect(warned).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^warn broker ${url} unreachable: .*ECONNREFUSED.*; routing on local signals, reconnecting$`,
+          ),
+        ),
+      ]);
+      expect((await send(`${gw.url}/x`)).status).toBe(200);
+
+      // The broker comes: connected, and a line says so.
+      const connected = once(gw.lb.balancer.events, 'broker-connected');
+      broker = await startEmbeddedBroker({ port });
+      await connected;
+      await gw.lb.ready({ timeoutMs: 1000 });
+      expect(logger.lines).toContain(`info broker ${url} connected`);
+    } finally {
+      await gw.close();
+      await broker?.close();
+    }
+  });
+
+  it('emits broker-unreachable with the URL and the error', async () => {
+    const url = `mqtt://127.0.0.1:${await refusedPort()}`;
+    const lb = loadBalance({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { url, reconnectPeriodMs: 50 },
+      logger: captureLogger(),
+    });
+    // Attached in the same tick as the constructor: before any connection attempt ends.
+    const unreachable = once(lb.balancer.events, 'broker-unreachable');
+    try {
+      const [e] = (await unreachable) as BalancerEvents['broker-unreachable'];
+      expect(e.url).toBe(url);
+      expect(e.error).toMatch(/ECONNREFUSED/);
+    } finally {
+      await lb.close();
+    }
+  });
+
+  it('a refused backend: a line naming it, its URL, the errno and the attempt, rate-limited', async () => {
+    const dead = `http://127.0.0.1:${await refusedPort()}/`;
+    const logger = captureLogger();
+    const gw = await startGateway({ backends: [{ id: 'dead', url: dead }], logger });
+    try {
+      for (let i = 0; i < 5; i++) {
+        const r = await send(`${gw.url}/x${i}`);
+        expect(r.status).toBe(502);
+      }
+      const lines = logger.lines.filter((l) => l.includes('ECONNREFUSED'));
+      expect(lines).toEqual([
+        `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; retrying`,
+      ]);
+    } finally {
+      await gw.close();
+    }
+  });
+});
