@@ -1,39 +1,43 @@
 /**
- * Slow clients against one gateway, on loopback, bounded (about 25 s).
+ * Slow clients against one gateway, on loopback, bounded (about 30 s).
  *
  *   npm run bench:hostile                      # 1,000 slow-body + 1,000 slow-header, then 1,000 normal
  *   npm run bench:hostile -- --server hardened # with the http.Server timeouts docs/gateway.md recommends
  *   npm run bench:hostile -- --slow-body 200 --slow-header 200 --normal 500
  *
  * An attacker at 127.0.0.2 opens `--slow-body` POSTs that announce a 1 MB
- * body and send one byte every 2 s (below any body idle timeout: only a
+ * body and send one byte every 5 s (below any body idle timeout: only a
  * per-client bound stops them), and `--slow-header` connections that send a
- * header line every 2 s and never finish the head. Once they are all open,
- * normal clients at 127.0.0.1 send `--normal` GETs, open loop over 5 s (users
- * do not wait for each other), each with a 10 s timeout. Printed: normal
+ * header line every 5 s and never finish the head. Once they are all open,
+ * normal clients at 127.0.0.1 send `--normal` GETs, open loop over 10 s (users
+ * do not wait for each other) through 100 keep-alive connections, each with a
+ * 10 s deadline from the moment it is issued. Printed: normal
  * requests ok / failed (by status and X-Loadwise-Error code), their latency,
  * what the attacker's requests got, and the gateway's open file descriptors
  * (/proc/<pid>/fd: client sockets, backend sockets, everything) under
- * attack, after the normal load, and 20 s after the attack began.
+ * attack, after the normal load, and 25 s after the attack began.
  *
  * Three backends answer after 10 ms once they have the whole body, like an
  * app behind express.json(). The gateway runs with its default options (see
- * bench/hostile/gateway.ts).
+ * bench/hostile/gateway.ts). Gateway, backends and normal clients each run
+ * in a process of their own (this script forks itself for the latter two),
+ * so the attackers' sockets, here, do not slow the clients being measured.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import http from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { cpuSeconds } from '../lib/procs';
 import type { HostileGatewayConfig } from './gateway';
 
 const ATTACKER = '127.0.0.2';
-const TRICKLE_MS = 2_000;
-const NORMAL_SPREAD_MS = 5_000;
+const TRICKLE_MS = 5_000;
+const NORMAL_SPREAD_MS = 10_000;
 const NORMAL_TIMEOUT_MS = 10_000;
 const BACKEND_SERVICE_MS = 10;
-const SETTLE_MS = 20_000;
+const SETTLE_MS = 25_000;
 
 /** The server settings docs/gateway.md recommends ("Slow and hostile clients"). */
 export const HARDENED_SERVER = {
@@ -48,6 +52,15 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** The machine's 1-minute load average: on a shared machine, what the figures above are worth. */
+function loadAverage(): string {
+  try {
+    return readFileSync('/proc/loadavg', 'utf8').split(' ')[0]!;
+  } catch {
+    return '?';
+  }
+}
+
 function countFds(pid: number): number {
   try {
     return readdirSync(`/proc/${pid}/fd`).length;
@@ -56,33 +69,48 @@ function countFds(pid: number): number {
   }
 }
 
-async function startBackends(n: number): Promise<http.Server[]> {
-  const servers: http.Server[] = [];
-  for (let i = 0; i < n; i++) {
+/** Role `backends`: three servers; tells the parent their ports, runs until it goes away. */
+async function runBackends(): Promise<void> {
+  const ports: number[] = [];
+  for (let i = 0; i < 3; i++) {
     const server = http.createServer((req, res) => {
       req.resume();
       req.on('end', () => setTimeout(() => res.end('ok'), BACKEND_SERVICE_MS));
     });
     server.keepAliveTimeout = 65_000;
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    servers.push(server);
+    ports.push((server.address() as AddressInfo).port);
   }
-  return servers;
+  process.send?.({ type: 'ready', ports });
+  process.on('disconnect', () => process.exit(0));
 }
 
-function startGateway(cfg: HostileGatewayConfig): Promise<{ child: ChildProcess; port: number }> {
-  const child = fork(join(__dirname, 'gateway.js'), [JSON.stringify(cfg)], {
-    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-  });
+/** Role `normal`: the measured clients; sends their figures to the parent and exits. */
+async function runNormal(port: number, count: number): Promise<void> {
+  const stats = await normalLoad(port, count);
+  process.send?.(
+    { type: 'done', ok: stats.ok, failed: [...stats.failed], latenciesMs: stats.latenciesMs },
+    () => process.exit(0),
+  );
+}
+
+/** Forks a process (this script in a role, or the gateway) and waits for its first message. */
+function forkChild<T>(
+  script: string,
+  args: string[],
+  want: string,
+): { child: ChildProcess; first: Promise<T> } {
+  const child = fork(join(__dirname, script), args, { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-  return new Promise((resolve, reject) => {
-    child.once('message', (m: { type?: string; port?: number; message?: string }) => {
-      if (m.type === 'ready' && m.port) resolve({ child, port: m.port });
-      else reject(new Error(`gateway: ${JSON.stringify(m)}`));
+  const first = new Promise<T>((resolve, reject) => {
+    child.once('message', (m: T & { type?: string }) => {
+      if (m.type === want) resolve(m);
+      else reject(new Error(`${script}: ${JSON.stringify(m)}`));
     });
-    child.once('exit', (code) => reject(new Error(`gateway exited (${code})\n${stderr}`)));
+    child.once('exit', (code) => reject(new Error(`${script} exited (${code})\n${stderr}`)));
   });
+  return { child, first };
 }
 
 interface AttackStats {
@@ -169,20 +197,23 @@ async function normalLoad(port: number, count: number): Promise<NormalStats> {
   const one = (): Promise<void> =>
     new Promise((resolve) => {
       const start = performance.now();
-      const req = http.get(
-        { host: '127.0.0.1', port, path: '/api/item', agent, timeout: NORMAL_TIMEOUT_MS },
-        (res) => {
-          res.resume();
-          res.on('end', () => {
-            stats.latenciesMs.push(performance.now() - start);
-            if (res.statusCode === 200) stats.ok++;
-            else fail(`${res.statusCode} ${res.headers['x-loadwise-error'] ?? ''}`.trim());
-            resolve();
-          });
-        },
+      const req = http.get({ host: '127.0.0.1', port, path: '/api/item', agent }, (res) => {
+        res.resume();
+        res.on('end', () => {
+          clearTimeout(deadline);
+          stats.latenciesMs.push(performance.now() - start);
+          if (res.statusCode === 200) stats.ok++;
+          else fail(`${res.statusCode} ${res.headers['x-loadwise-error'] ?? ''}`.trim());
+          resolve();
+        });
+      });
+      // A deadline from the moment the user asks, queueing in the pool included.
+      const deadline = setTimeout(
+        () => req.destroy(new Error('client timeout')),
+        NORMAL_TIMEOUT_MS,
       );
-      req.on('timeout', () => req.destroy(new Error('client timeout')));
       req.on('error', (err) => {
+        clearTimeout(deadline);
         stats.latenciesMs.push(performance.now() - start);
         fail(err.message === 'client timeout' ? 'timeout (10 s)' : `error ${err.message}`);
         resolve();
@@ -206,6 +237,8 @@ function pct(sorted: number[], p: number): number {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
+      role: { type: 'string', default: 'main' },
+      port: { type: 'string', default: '0' },
       'slow-body': { type: 'string', default: '1000' },
       'slow-header': { type: 'string', default: '1000' },
       normal: { type: 'string', default: '1000' },
@@ -216,24 +249,28 @@ async function main(): Promise<void> {
   const slowBody = Number(values['slow-body']);
   const slowHeader = Number(values['slow-header']);
   const normal = Number(values.normal);
-  const backends = await startBackends(3);
+  if (values.role === 'backends') return runBackends();
+  if (values.role === 'normal') return runNormal(Number(values.port), normal);
+  const script = 'slow-clients.js';
+  const backendsProc = forkChild<{ ports: number[] }>(script, ['--role', 'backends'], 'ready');
+  const { ports } = await backendsProc.first;
   const cfg: HostileGatewayConfig = {
     options: {
-      backends: backends.map((b, i) => ({
-        id: `b${i + 1}`,
-        url: `http://127.0.0.1:${(b.address() as AddressInfo).port}`,
-      })),
+      backends: ports.map((p, i) => ({ id: `b${i + 1}`, url: `http://127.0.0.1:${p}` })),
       ...(JSON.parse(values.options) as object),
     },
     server: values.server === 'hardened' ? HARDENED_SERVER : undefined,
   };
-  const { child, port } = await startGateway(cfg);
+  const gateway = forkChild<{ port: number }>('gateway.js', [JSON.stringify(cfg)], 'ready');
+  const child = gateway.child;
+  const { port } = await gateway.first;
   const pid = child.pid ?? -1;
   let crashed = false;
   child.once('exit', () => (crashed = true));
   let maxFds = countFds(pid);
   const sampler = setInterval(() => (maxFds = Math.max(maxFds, countFds(pid))), 250);
   const fdsIdle = countFds(pid);
+  const cpuStart = cpuSeconds(pid);
 
   const sockets: Socket[] = [];
   const bodyStats: AttackStats = {
@@ -250,32 +287,36 @@ async function main(): Promise<void> {
   ]);
   await sleep(1_000);
   const fdsUnderAttack = countFds(pid);
-  const normalStats = await normalLoad(port, normal);
+  const normalProc = forkChild<{ ok: number; failed: [string, number][]; latenciesMs: number[] }>(
+    script,
+    ['--role', 'normal', '--port', String(port), '--normal', String(normal)],
+    'done',
+  );
+  const done = await normalProc.first;
+  const normalStats: NormalStats = { ...done, failed: new Map(done.failed) };
   const fdsAfterNormal = countFds(pid);
-  // Attackers keep trickling: what the gateway still holds 20 s in (after a
+  // Attackers keep trickling: what the gateway still holds 25 s in (after a
   // 10 s headersTimeout, checked every 2 s, in the hardened server).
   await sleep(Math.max(0, t0 + SETTLE_MS - Date.now()));
   const fdsLate = countFds(pid);
   const elapsedS = (Date.now() - t0) / 1000;
+  const cpuS = cpuSeconds(pid) - cpuStart;
   clearInterval(sampler);
 
   const lat = normalStats.latenciesMs.sort((a, b) => a - b);
   const answers = (m: Map<string, number>): string =>
     [...m].map(([k, v]) => `${k}: ${v}`).join(', ') || 'none';
-  console.log(`slow clients: ${slowBody} slow-body + ${slowHeader} slow-header from ${ATTACKER}, then ${normal} normal GETs from 127.0.0.1 over 5 s
+  console.log(`slow clients: ${slowBody} slow-body + ${slowHeader} slow-header from ${ATTACKER}, then ${normal} normal GETs from 127.0.0.1 over 10 s
   gateway options: ${values.options}, server: ${values.server}${crashed ? '  ** GATEWAY CRASHED **' : ''}
   normal: ok ${normalStats.ok}, failed ${normal - normalStats.ok} (${answers(normalStats.failed)}); latency p50 ${pct(lat, 50).toFixed(0)} ms, p99 ${pct(lat, 99).toFixed(0)} ms, max ${pct(lat, 100).toFixed(0)} ms
   slow-body: opened ${bodyStats.opened}/${slowBody}, answered (${answers(bodyStats.answers)}), closed by the gateway ${bodyStats.closedByGateway}
   slow-header: opened ${headerStats.opened}/${slowHeader}, answered (${answers(headerStats.answers)}), closed by the gateway ${headerStats.closedByGateway}
-  gateway fds: idle ${fdsIdle}, under attack ${fdsUnderAttack}, after the normal load ${fdsAfterNormal}, 20 s in ${fdsLate}, max ${maxFds}; run ${elapsedS.toFixed(1)} s`);
+  gateway fds: idle ${fdsIdle}, under attack ${fdsUnderAttack}, after the normal load ${fdsAfterNormal}, 25 s in ${fdsLate}, max ${maxFds}; run ${elapsedS.toFixed(1)} s, gateway CPU ${cpuS.toFixed(1)} s; load average ${loadAverage()}`);
 
   for (const s of sockets) s.destroy();
   child.kill('SIGTERM');
   await new Promise<void>((r) => (child.exitCode !== null ? r() : child.once('exit', () => r())));
-  for (const b of backends) {
-    b.closeAllConnections();
-    b.close();
-  }
+  backendsProc.child.kill('SIGTERM');
 }
 
 main().catch((err) => {

@@ -5,10 +5,22 @@
  * reads: a smuggled request shows up there as a second line.
  */
 import { createServer, type IncomingMessage } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import express from 'express';
 import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { listen, type TestServer } from './kit';
-import { openSlow, rawExchange, until, type SlowClient } from './raw-http';
+import {
+  counterValue,
+  openSlow,
+  rawExchange,
+  until,
+  type RawExchange,
+  type SlowClient,
+} from './raw-http';
+
+// Real processes and sockets on a shared machine: jest's 5 s default (the
+// project's testTimeout is not applied per project) is too tight for a fork.
+jest.setTimeout(30_000);
 
 interface Seen {
   line: string;
@@ -77,12 +89,8 @@ async function gateway(
       await srv.close();
       await lb.close();
     },
-    async metric(name, code) {
-      const text = await lb.balancer.metrics.registry.metrics();
-      const label = code === undefined ? '' : `\\{code="${code}"\\}`;
-      const m = new RegExp(`^loadwise_${name}${label} (\\d+)`, 'm').exec(text);
-      return m ? Number(m[1]) : 0;
-    },
+    metric: async (name, code) =>
+      counterValue(await lb.balancer.metrics.registry.metrics(), name, code),
   };
 }
 
@@ -166,6 +174,48 @@ describe('a request that made Node throw', () => {
       responses: 1,
     });
     expect(ok.responses[0]?.status).toBe(200);
+  });
+});
+
+describe('a backend answer Node cannot relay', () => {
+  it('answers 502 for a status below 100 and drops a Trailer header on an unchunked body', async () => {
+    const answers: Record<string, string> = {
+      '/099': 'HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nok',
+      '/000': 'HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok',
+      '/trailer': 'HTTP/1.1 200 OK\r\nTrailer: X-T\r\nContent-Length: 2\r\n\r\nok',
+    };
+    // A raw TCP backend: node:http would refuse to write these heads.
+    const raw = createNetServer((s) => {
+      s.on('error', () => {});
+      s.once('data', (d: Buffer) => {
+        const path = /^GET (\S+)/.exec(d.toString('latin1'))?.[1] ?? '';
+        s.end(answers[path] ?? 'HTTP/1.1 404 No\r\nContent-Length: 0\r\n\r\n');
+      });
+    });
+    const rawBackend = await listen(raw as unknown as Parameters<typeof listen>[0]);
+    gw = await gateway({ backends: [{ id: 'b', url: rawBackend.url }], retry: false }, (app, lb) =>
+      app.use(lb),
+    );
+    const get = (path: string): Promise<RawExchange> =>
+      rawExchange(gw!.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, { responses: 1 });
+    for (const path of ['/099', '/000']) {
+      const r = await get(path);
+      expect([path, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+        path,
+        502,
+        'LW_GW_UPSTREAM_FAILED',
+      ]);
+    }
+    const t = await get('/trailer');
+    expect([t.responses[0]?.status, t.responses[0]?.body, t.responses[0]?.headers.trailer]).toEqual(
+      [200, 'ok', undefined],
+    );
+    // Those were the backend's failures: counted against it.
+    expect(await gw.lb.balancer.metrics.registry.metrics()).toMatch(
+      /^loadwise_backend_errors_total\{backend="b",kind="5xx"\} 2$/m,
+    );
+    expect(await gw.metric('backend_errors_total')).toBe(2);
+    await rawBackend.close();
   });
 });
 

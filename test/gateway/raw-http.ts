@@ -180,3 +180,15 @@ export async function until(cond: () => boolean, guardMs = 5_000): Promise<void>
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/**
+ * The sum of a counter's series in Prometheus text (`loadwise_<name>`), or of
+ * those with `code="<code>"`; 0 when there is none.
+ */
+export function counterValue(metrics: string, name: string, code?: string): number {
+  let sum = 0;
+  for (const m of metrics.matchAll(new RegExp(`^loadwise_${name}(\\{[^}]*\\})? (\\d+)`, 'gm'))) {
+    if (code === undefined || (m[1] ?? '').includes(`code="${code}"`)) sum += Number(m[2]);
+  }
+  return sum;
+}

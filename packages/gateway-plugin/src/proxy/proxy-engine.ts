@@ -17,6 +17,7 @@
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { Readable } from 'node:stream';
 import { createProxyMiddleware, type RequestHandler } from 'http-proxy-middleware';
 import type { Backend } from '../registry/backend';
 import { createAgentDispatcher, urlHostKey, type AgentDispatcher } from './agent-dispatcher';
@@ -76,17 +77,16 @@ export class ProxyEngine {
     };
     // http-proxy streams the body with `(options.buffer || req).pipe(proxyReq)`
     // (web-incoming.js, `stream` pass), synchronously after http.request();
-    // this attempt's pump takes that one call over. The own property goes
-    // with the call, so the prototype's pipe is back for anything else.
-    Object.defineProperty(req, 'pipe', {
-      configurable: true,
-      writable: true,
-      value: (proxyReq: ClientRequest) => {
-        delete (req as { pipe?: unknown }).pipe;
-        pump(proxyReq);
-        return proxyReq;
-      },
-    });
+    // this attempt's pump takes that one call over, any later call gets the
+    // prototype's pipe. An own property assigned per attempt, never deleted:
+    // a delete would turn `req` into a slow dictionary-mode object in V8.
+    let taken = false;
+    (req as { pipe: unknown }).pipe = (dest: ClientRequest): ClientRequest => {
+      if (taken) return Readable.prototype.pipe.call(req, dest) as ClientRequest;
+      taken = true;
+      pump(dest);
+      return dest;
+    };
     // HPM catches its own errors into next(err); the catch is a second net so
     // a rejection can never go unhandled on the request path.
     handler(req, res, fail).catch(fail);

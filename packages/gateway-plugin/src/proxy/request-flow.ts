@@ -376,6 +376,8 @@ export class RequestFlow {
 
   /** The upload waits for the client: its body idle timeout runs, the backend's does not. */
   private waitForClient(flow: Flow): void {
+    // No body coming: the end is a tick away, the backend's clock keeps running.
+    if (flow.framing === 'none') return;
     if (flow.firstByteTimer) clearTimeout(flow.firstByteTimer);
     flow.firstByteTimer = undefined;
     const ms = this.core.options.clientBodyTimeoutMs;
@@ -407,6 +409,7 @@ export class RequestFlow {
   }
 
   private timeout(flow: Flow, code: string): void {
+    if (code === TIMEOUT_CODE) flow.firstByteTimer = undefined; // fired: never refresh() it again
     const err = codedError(
       code === TIMEOUT_CODE ? 'backend did not answer in time' : 'connect timeout',
       code,
