@@ -44,7 +44,8 @@ describe.each([
     await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
     const url = `http://127.0.0.1:${(backend.address() as AddressInfo).port}`;
     lb = loadBalance({
-      backends: ['api-1', 'api-2', 'api-3'].map((id) => ({ id, url })),
+      // One server; a base path each, since two backends may not share a URL.
+      backends: ['api-1', 'api-2', 'api-3'].map((id) => ({ id, url: `${url}/${id}` })),
       broker: { embedded: true },
       ...(signed ? { keys } : {}),
       healthCheck: false,
