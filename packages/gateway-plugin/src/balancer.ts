@@ -38,6 +38,7 @@ import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
 import type { Strategy } from './strategies/types';
 import { MqttSource } from './transport/mqtt-source';
+import { attachEventLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
 
@@ -73,6 +74,8 @@ export class Balancer {
     this.events = new BalancerEmitter((err) =>
       o.logger.error(`event listener threw: ${String(err)}`),
     );
+    // Every state change becomes a structured, levelled log line.
+    attachEventLog(this.events, o.logger, this.log);
     this.strategy = createStrategy(o.strategy, {
       random: o.random,
       now: o.now,
@@ -142,13 +145,7 @@ export class Balancer {
               onMessage: (m, keyId, at) => this.onMessage(m, keyId, at),
               onInvalid: (code, detail, backendId) => this.drop(code, detail, backendId),
               onConnected: (url) => this.events.emit('broker-connected', { url }),
-              onLost: (error) => {
-                this.log.warn(
-                  'broker-lost',
-                  `broker connection lost${error ? `: ${error}` : ''}; routing on last state`,
-                );
-                this.events.emit('broker-lost', { error });
-              },
+              onLost: (error) => this.events.emit('broker-lost', { error }),
             },
             o.now,
           );
@@ -249,8 +246,7 @@ export class Balancer {
     backendId: string | undefined,
   ): void {
     this.metrics.onInvalidMessage(code);
-    this.events.emit('invalid-message', { code, backendId });
-    this.log.warn(code, `dropped message (${code}) from ${backendId ?? 'unknown'}: ${detail}`);
+    this.events.emit('invalid-message', { code, backendId, detail });
   }
 
   /** Saturated: see docs/gateway.md ("Saturation"). */

@@ -29,7 +29,7 @@ export interface BalancerEvents {
   'broker-connected': [{ url: string | undefined }];
   'broker-lost': [{ error: string | undefined }];
   /** A wire message was dropped (protocol error code, or LW_GW_UNKNOWN_BACKEND style reasons). */
-  'invalid-message': [{ code: string; backendId: string | undefined }];
+  'invalid-message': [{ code: string; backendId: string | undefined; detail?: string }];
 }
 
 export class BalancerEmitter extends EventEmitter<BalancerEvents> {

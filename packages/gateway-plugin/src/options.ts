@@ -110,10 +110,15 @@ export interface DiscoveryOptions {
   maxBackends?: number;
 }
 
+/**
+ * pino-compatible: the balancer calls `logger.warn(fields, msg)` (an object of
+ * structured fields, then the sentence), so `pino()`, `console` and objects of
+ * `(msg) => void` functions all work (see observability/event-log.ts).
+ */
 export interface Logger {
-  info(msg: string): void;
-  warn(msg: string): void;
-  error(msg: string): void;
+  info(objOrMsg: object | string, msg?: string): void;
+  warn(objOrMsg: object | string, msg?: string): void;
+  error(objOrMsg: object | string, msg?: string): void;
 }
 
 export interface LoadBalanceOptions {
