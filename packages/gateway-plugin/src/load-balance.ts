@@ -12,6 +12,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Balancer } from './balancer';
+import { createDashboard, type Dashboard } from './dashboard';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
 import type { LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
@@ -22,6 +23,8 @@ export interface LoadBalancerMiddleware {
   readonly balancer: Balancer;
   /** WebSocket upgrades: `server.on('upgrade', lb.upgrade)`. */
   readonly upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+  /** The dashboard (viewers, sampling, recent events) when the `dashboard` option is on. */
+  readonly dashboard: Dashboard | undefined;
   /** Resolves once the broker is connected (at once without one). */
   ready(): Promise<void>;
   /** Releases everything: timers, broker connection (or embedded broker), sockets. */
@@ -47,22 +50,32 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
       ? undefined
       : metricsHandler(balancer.metrics.registry, { token: options.statusToken });
 
+  const dashboard = options.dashboard && createDashboard(balancer, options.dashboard);
+
   const middleware = ((req: IncomingMessage, res: ServerResponse) => {
-    if (status || metrics) {
+    if (status || metrics || dashboard) {
       const p = pathOf(req.url);
       if (status && p === options.statusPath) return status(req, res);
       if (metrics && p === options.metricsPath) return metrics(req, res);
+      if (dashboard && dashboard.handle(req, res, p)) return;
     }
     balancer.flow.handle(req, res);
   }) as LoadBalancerMiddleware;
   Object.defineProperties(middleware, {
     balancer: { value: balancer, enumerable: true },
+    dashboard: { value: dashboard || undefined },
     upgrade: {
       value: (req: IncomingMessage, socket: Socket, head: Buffer) =>
         balancer.flow.upgrades.upgrade(req, socket, head),
     },
     ready: { value: () => balancer.ready() },
-    close: { value: () => balancer.close() },
+    close: {
+      value: () => {
+        // Open dashboard streams would keep an HTTP server's close() waiting.
+        dashboard?.close();
+        return balancer.close();
+      },
+    },
   });
   return middleware;
 }

@@ -5,6 +5,7 @@
  */
 import { BlockList } from 'node:net';
 import { DEFAULT_TOPIC_PREFIX, assertValidKey, assertValidPrefix } from '@loadwise/protocol';
+import { resolveDashboardOptions } from './dashboard/options';
 import { GatewayError, invalidOption } from './errors';
 import {
   DEFAULT_CONNECT_TIMEOUT_MS,
@@ -303,6 +304,11 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     metricsPath: path('metricsPath', o.metricsPath),
     metricsRegistry: metricsRegistry(o.metricsRegistry),
     decisionHeader,
+    dashboard: resolveDashboardOptions(o.dashboard, {
+      statusToken: o.statusToken,
+      statusPath: o.statusPath as string | undefined,
+      metricsPath: o.metricsPath as string | undefined,
+    }),
     logger: logger(o.logger),
     now: fn('now', o.now, Date.now),
     random: fn('random', o.random, Math.random),

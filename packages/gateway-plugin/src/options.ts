@@ -5,6 +5,7 @@
 import type { MqttClient } from 'mqtt';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import type { SigningKey } from '@loadwise/protocol';
+import type { DashboardOptions, ResolvedDashboardOptions } from './dashboard/options';
 
 /** A backend from configuration: the allow-list. MQTT can only change its share of traffic. */
 export interface BackendConfig {
@@ -168,6 +169,8 @@ export interface LoadBalanceOptions {
   metricsRegistry?: MetricsRegistry;
   /** Add a response header naming the backend and why (true: 'x-loadwise-decision'). */
   decisionHeader?: boolean | string;
+  /** A live dashboard page behind its own read-only token; off by default (docs/dashboard.md). */
+  dashboard?: DashboardOptions | false;
   logger?: Logger;
   /** Injectable clock and random source (tests). */
   now?: () => number;
@@ -217,6 +220,7 @@ export interface ResolvedOptions {
   metricsPath: string | undefined;
   metricsRegistry: MetricsRegistry | undefined;
   decisionHeader: string | undefined;
+  dashboard: ResolvedDashboardOptions | undefined;
   logger: Logger;
   now: () => number;
   random: () => number;

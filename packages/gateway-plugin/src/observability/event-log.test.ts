@@ -110,6 +110,13 @@ const CASES: {
   ],
   'broker-connected': [
     [{ url: 'mqtt://127.0.0.1:1883' }, 'info', { url: 'mqtt://127.0.0.1:1883' }, /connected/],
+    // Credentials in a broker URL never reach the log.
+    [
+      { url: 'mqtts://gw:s3cret@broker.internal:8883' },
+      'info',
+      { url: 'mqtts://***@broker.internal:8883' },
+      /^broker connected \(mqtts:\/\/\*\*\*@broker.internal:8883\)$/,
+    ],
   ],
   'broker-lost': [
     [{ error: 'ECONNREFUSED' }, 'warn', { error: 'ECONNREFUSED' }, /lost: ECONNREFUSED/],

@@ -36,6 +36,11 @@ export interface LogRecord {
 
 type Describers = { [K in keyof BalancerEvents]: (data: BalancerEvents[K][0]) => LogRecord };
 
+/** A URL without its credentials: a broker URL may carry `user:password@`. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/?#]*@/i, '$1***@');
+}
+
 const seconds = (ms: number | undefined): string =>
   ms === undefined ? 'unknown' : `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
 
@@ -117,11 +122,14 @@ const DESCRIBE: Describers = {
           fields: { event: 'panic', panic, healthy, routable },
           msg: `panic mode over: ${healthy} of ${routable} routable backends healthy`,
         },
-  'broker-connected': ({ url }) => ({
-    level: 'info',
-    fields: { event: 'broker-connected', url: url ?? null },
-    msg: `broker connected${url ? ` (${url})` : ''}`,
-  }),
+  'broker-connected': ({ url }) => {
+    const shown = url === undefined ? null : redactUrl(url);
+    return {
+      level: 'info',
+      fields: { event: 'broker-connected', url: shown },
+      msg: `broker connected${shown ? ` (${shown})` : ''}`,
+    };
+  },
   'broker-lost': ({ error }) => ({
     level: 'warn',
     fields: { event: 'broker-lost', error: error ?? null },

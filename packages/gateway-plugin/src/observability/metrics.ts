@@ -66,6 +66,15 @@ export interface GatewayMetrics {
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
   /** Drop every series of a backend that left the registry (bounded label cardinality). */
   removeBackend(backendId: string): void;
+  /** Running totals of the rare counters, as plain numbers (read by the dashboard; never reset). */
+  totals(): GatewayTotals;
+}
+
+export interface GatewayTotals {
+  retries: number;
+  shed: Record<ShedReason, number>;
+  /** Dropped wire messages by code (bounded: protocol and gateway drop codes only). */
+  invalidMessages: Record<string, number>;
 }
 
 interface CounterChild {
@@ -246,6 +255,10 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   };
   const shedChildren = new Map<string, CounterChild>();
   const invalidChildren = new Map<string, CounterChild>();
+  // Plain copies of the rare counters: prom-client reads its own asynchronously.
+  let retriesTotal = 0;
+  const shedTotals: Record<ShedReason, number> = { saturated: 0, overloaded: 0, 'no-backend': 0 };
+  const invalidTotals = new Map<string, number>();
 
   function collect(s: BalancerSnapshot): void {
     // reset() first: a backend that left the registry must not keep a stale series.
@@ -313,6 +326,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       const c = childrenOf(backendId);
       c.retries ??= retries.labels(backendId);
       c.retries.inc();
+      retriesTotal++;
     },
     onShed(reason) {
       let child = shedChildren.get(reason);
@@ -321,6 +335,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         shedChildren.set(reason, child);
       }
       child.inc();
+      shedTotals[reason]++;
     },
     onInvalidMessage(code) {
       let child = invalidChildren.get(code);
@@ -329,8 +344,14 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         invalidChildren.set(code, child);
       }
       child.inc();
+      invalidTotals.set(code, (invalidTotals.get(code) ?? 0) + 1);
     },
     collect,
+    totals: () => ({
+      retries: retriesTotal,
+      shed: { ...shedTotals },
+      invalidMessages: Object.fromEntries(invalidTotals),
+    }),
     setSnapshotSource(fn) {
       getSnapshot = fn;
     },
