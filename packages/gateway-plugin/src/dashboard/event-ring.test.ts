@@ -82,22 +82,18 @@ describe('EventRing', () => {
 
   it('coalesce() of an evicted key starts a new entry', () => {
     const { events, ring } = setup(2);
-    ring.coalesce('shed:saturated', 3, (n) => ({
-      level: 'warn',
-      event: 'shed',
-      backend: null,
-      code: 'saturated',
-      msg: `shed ${n}`,
-    }));
+    const shed = (count: number): void =>
+      ring.coalesce('shed:saturated', count, (n) => ({
+        level: 'warn',
+        event: 'shed',
+        backend: null,
+        code: 'saturated',
+        msg: `shed ${n}`,
+      }));
+    shed(3);
     events.emit('backend-up', { id: 'b1' });
     events.emit('backend-up', { id: 'b2' });
-    ring.coalesce('shed:saturated', 2, (n) => ({
-      level: 'warn',
-      event: 'shed',
-      backend: null,
-      code: 'saturated',
-      msg: `shed ${n}`,
-    }));
+    shed(2);
     expect(ring.all().map((e) => e.msg)).toEqual(['backend b2 up again; slow start', 'shed 2']);
   });
 
