@@ -10,13 +10,16 @@ const common = {
 
 /** @type {import('jest').Config} */
 module.exports = {
+  // Top level, not in the e2e project: Jest ignores a project's testTimeout
+  // (jestjs/jest#9759; checked on Jest 30.5: hooks and tests got 5 s), and
+  // e2e hooks that start fleets of processes need more on a busy machine.
+  testTimeout: 30000,
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/packages/*/src/**/*.test.ts'] },
     {
       ...common,
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.test.ts', '<rootDir>/bench/**/*.test.ts'],
-      testTimeout: 30000,
     },
   ],
 };
