@@ -10,6 +10,7 @@
  *
  * Ctrl-C stops everything: load, gateway, agents, backends, broker.
  */
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
@@ -38,6 +39,7 @@ const FLEET = [
 const TOPIC_PREFIX = 'loadwise';
 const STATUS_PATH = '/_lb/status';
 const METRICS_PATH = '/_lb/metrics';
+const DASHBOARD_PATH = '/_lb/dashboard';
 /**
  * The --load scenario, in seconds of a 30 s cycle: from 10 s to 20 s another
  * client (that the gateway cannot see) keeps 16 requests running on b1, so b1
@@ -241,6 +243,7 @@ async function main(): Promise<void> {
   }
 
   // 3. The gateway: the middleware is all a user adds to an Express app.
+  const dashboardToken = randomBytes(18).toString('base64url');
   const lb = loadBalance({
     backends: backends.map((b) => ({ id: b.id, url: b.url })),
     broker: broker.url,
@@ -250,6 +253,8 @@ async function main(): Promise<void> {
     decisionHeader: true,
     // The --load driver stands for many users but comes from one address.
     maxInFlightPerClient: false,
+    // A fresh read-only token per run: the URL printed below is the only way in.
+    dashboard: { path: DASHBOARD_PATH, token: dashboardToken },
   });
   cleanups.push(() => lb.close());
   const app = express();
@@ -279,6 +284,8 @@ async function main(): Promise<void> {
   );
   say(`  curl -s ${gw}${STATUS_PATH}          # what the gateway knows about every backend (JSON)`);
   say(`  curl -s ${gw}${METRICS_PATH}         # Prometheus metrics`);
+  say('');
+  say(`dashboard: ${gw}${DASHBOARD_PATH}?token=${dashboardToken}`);
   say('');
 
   // 4. Once a second: each agent's last report, and (with --load) where traffic went.

@@ -94,6 +94,10 @@ it('serves requests through the gateway under --load and stops every child on SI
   expect(res.headers.get('x-loadwise-decision')).toMatch(/^b[123]\b/);
   const status = (await (await fetch(`${gw}/_lb/status`)).json()) as { backends: { id: string }[] };
   expect(status.backends.map((b) => b.id).sort()).toEqual(['b1', 'b2', 'b3']);
+  // The dashboard URL it prints opens the page (its token is in the URL).
+  const dashboard = find(/^dashboard: (http:\/\/\S+)$/)![1]!;
+  expect((await fetch(dashboard)).status).toBe(200);
+  expect((await fetch(dashboard.replace(/\?token=.*$/, ''))).status).toBe(401);
 
   // The per-second lines count served and failed requests of the driven load.
   const perSecond = (): { ok: number; failed: number }[] =>

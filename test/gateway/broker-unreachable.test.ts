@@ -65,7 +65,7 @@ describe('saying what is wrong', () => {
       broker = await startEmbeddedBroker({ port });
       await connected;
       await gw.lb.ready({ timeoutMs: 1000 });
-      expect(logger.lines).toContain(`info broker ${url} connected`);
+      expect(logger.lines).toContain(`info broker connected (${url})`);
     } finally {
       await gw.close();
       await broker?.close();

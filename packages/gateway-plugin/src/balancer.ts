@@ -38,6 +38,7 @@ import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
 import type { Strategy } from './strategies/types';
 import { MqttSource } from './transport/mqtt-source';
+import { attachEventLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
 
@@ -66,7 +67,6 @@ export class Balancer {
   private readonly allowed: BlockList | undefined;
   private readonly sweepTimer: NodeJS.Timeout;
   private saturated = false;
-  private brokerDown = false;
   private closing: Promise<void> | undefined;
 
   constructor(readonly options: ResolvedOptions) {
@@ -76,6 +76,8 @@ export class Balancer {
     this.events = new BalancerEmitter((err) =>
       o.logger.error(`event listener threw: ${String(err)}`),
     );
+    // Every state change becomes a structured, levelled log line.
+    attachEventLog(this.events, o.logger, this.log);
     this.strategy = createStrategy(o.strategy, {
       random: o.random,
       now: o.now,
@@ -147,26 +149,10 @@ export class Balancer {
             {
               onMessage: (m, keyId, at) => this.onMessage(m, keyId, at),
               onInvalid: (code, detail, backendId) => this.drop(code, detail, backendId),
-              onConnected: (url) => {
-                if (this.brokerDown) o.logger.info(`broker ${url ?? ''} connected`);
-                this.brokerDown = false;
-                this.events.emit('broker-connected', { url });
-              },
-              onUnreachable: (url, error) => {
-                // One line per outage, not one per reconnect attempt.
-                this.brokerDown = true;
-                o.logger.warn(
-                  `broker ${url ?? '(unknown url)'} unreachable: ${error}; routing on local signals, reconnecting`,
-                );
-                this.events.emit('broker-unreachable', { url, error });
-              },
-              onLost: (error) => {
-                this.log.warn(
-                  'broker-lost',
-                  `broker connection lost${error ? `: ${error}` : ''}; routing on last state`,
-                );
-                this.events.emit('broker-lost', { error });
-              },
+              onConnected: (url) => this.events.emit('broker-connected', { url }),
+              // Once per outage, not per reconnect attempt (mqtt-source.ts); logged by event-log.ts.
+              onUnreachable: (url, error) => this.events.emit('broker-unreachable', { url, error }),
+              onLost: (error) => this.events.emit('broker-lost', { error }),
             },
             o.now,
           );
@@ -301,8 +287,7 @@ export class Balancer {
     backendId: string | undefined,
   ): void {
     this.metrics.onInvalidMessage(code);
-    this.events.emit('invalid-message', { code, backendId });
-    this.log.warn(code, `dropped message (${code}) from ${backendId ?? 'unknown'}: ${detail}`);
+    this.events.emit('invalid-message', { code, backendId, detail });
   }
 
   /** Saturated: see docs/gateway.md ("Saturation"). */

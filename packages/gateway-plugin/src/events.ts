@@ -31,7 +31,7 @@ export interface BalancerEvents {
   /** A connection attempt failed while not connected (once per outage; the URL and the error). */
   'broker-unreachable': [{ url: string | undefined; error: string }];
   /** A wire message was dropped (protocol error code, or LW_GW_UNKNOWN_BACKEND style reasons). */
-  'invalid-message': [{ code: string; backendId: string | undefined }];
+  'invalid-message': [{ code: string; backendId: string | undefined; detail?: string }];
 }
 
 export class BalancerEmitter extends EventEmitter<BalancerEvents> {

@@ -10,6 +10,7 @@ export {
 } from './errors';
 export { ERROR_CODE_HEADER } from './error-response';
 export * from './options';
+export type { DashboardOptions } from './dashboard/options';
 export {
   startEmbeddedBroker,
   type EmbeddedBroker,

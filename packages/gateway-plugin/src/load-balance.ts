@@ -15,6 +15,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Balancer } from './balancer';
+import { createDashboard, type Dashboard } from './dashboard';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
 import type { LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
@@ -30,6 +31,8 @@ export interface LoadBalancerMiddleware {
    * `server.on('upgrade', routeUpgrades(app))` instead.
    */
   readonly upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
+  /** The dashboard (viewers, sampling, recent events) when the `dashboard` option is on. */
+  readonly dashboard: Dashboard | undefined;
   /**
    * Resolves once the broker is connected (at once without one); rejects with
    * LW_GW_BROKER_UNREACHABLE after `timeoutMs` (default 10 000).
@@ -62,25 +65,35 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
       ? undefined
       : metricsHandler(balancer.metrics.registry, { token: options.statusToken });
 
+  const dashboard = options.dashboard && createDashboard(balancer, options.dashboard);
+
   const middleware = ((req: IncomingMessage, res: ServerResponse) => {
     // An upgrade routed through the app (routeUpgrades) that reached this balancer.
     const upgrade = takeUpgrade(req);
     if (upgrade) return balancer.flow.upgrades.upgrade(req, upgrade.socket, upgrade.head);
-    if (status || metrics) {
+    if (status || metrics || dashboard) {
       const p = pathOf(req.url);
       if (status && p === options.statusPath) return status(req, res);
       if (metrics && p === options.metricsPath) return metrics(req, res);
+      if (dashboard && dashboard.handle(req, res, p)) return;
     }
     balancer.flow.handle(req, res);
   }) as LoadBalancerMiddleware;
   Object.defineProperties(middleware, {
     balancer: { value: balancer, enumerable: true },
+    dashboard: { value: dashboard || undefined },
     upgrade: {
       value: (req: IncomingMessage, socket: Socket, head: Buffer) =>
         balancer.flow.upgrades.upgrade(req, socket, head),
     },
     ready: { value: (o?: { timeoutMs?: number }) => balancer.ready(o) },
-    close: { value: (o?: { graceMs?: number }) => balancer.close(o) },
+    close: {
+      value: (o?: { graceMs?: number }) => {
+        // Open dashboard streams would keep an HTTP server's close() waiting.
+        dashboard?.close();
+        return balancer.close(o);
+      },
+    },
   });
   return middleware;
 }

@@ -6,6 +6,7 @@
 import { BlockList, isIP } from 'node:net';
 import { isValidBackendId } from '@loadwise/protocol';
 import { GatewayError, invalidOption } from './errors';
+import { defaultLogger } from './observability/event-log';
 import type { BackendConfig, BrokerOption, Logger } from './options';
 
 export const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -170,13 +171,7 @@ export function parseCidr(range: unknown, list: BlockList): void {
 }
 
 export function logger(v: unknown): Logger {
-  if (v === undefined) {
-    return {
-      info: () => {},
-      warn: (m) => console.warn(`[loadwise] ${m}`),
-      error: (m) => console.error(`[loadwise] ${m}`),
-    };
-  }
+  if (v === undefined) return defaultLogger();
   const l = v as Partial<Logger>;
   if (
     !isObject(v) ||

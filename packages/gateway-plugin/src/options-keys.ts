@@ -87,6 +87,13 @@ const SHAPE: Shape = {
   metricsRegistry: undefined,
   metricsPrefix: undefined,
   decisionHeader: undefined,
+  dashboard: {
+    path: undefined,
+    token: undefined,
+    maxViewers: undefined,
+    intervalMs: undefined,
+    historySec: undefined,
+  },
   logger: undefined,
   now: undefined,
   random: undefined,

@@ -10,6 +10,7 @@ import {
   assertValidPrefix,
   isValidBackendId,
 } from '@loadwise/protocol';
+import { resolveDashboardOptions } from './dashboard/options';
 import { GatewayError, invalidOption } from './errors';
 import {
   DEFAULT_CLIENT_BODY_TIMEOUT_MS,
@@ -378,6 +379,11 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     metricsRegistry: metricsRegistry(o.metricsRegistry),
     metricsPrefix: metricsPrefix(o.metricsPrefix),
     decisionHeader,
+    dashboard: resolveDashboardOptions(o.dashboard, {
+      statusToken: o.statusToken,
+      statusPath: o.statusPath as string | undefined,
+      metricsPath: o.metricsPath as string | undefined,
+    }),
     logger: logger(o.logger),
     now: fn('now', o.now, Date.now),
     random: fn('random', o.random, Math.random),

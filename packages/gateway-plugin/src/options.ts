@@ -6,6 +6,7 @@ import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { MqttClient } from 'mqtt';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import type { SigningKey } from '@loadwise/protocol';
+import type { DashboardOptions, ResolvedDashboardOptions } from './dashboard/options';
 
 /** A backend from configuration: the allow-list. MQTT can only change its share of traffic. */
 export interface BackendConfig {
@@ -125,10 +126,15 @@ export interface DiscoveryOptions {
   maxBackends?: number;
 }
 
+/**
+ * pino-compatible: the balancer calls `logger.warn(fields, msg)` (an object of
+ * structured fields, then the sentence), so `pino()`, `console` and objects of
+ * `(msg) => void` functions all work (see observability/event-log.ts).
+ */
 export interface Logger {
-  info(msg: string): void;
-  warn(msg: string): void;
-  error(msg: string): void;
+  info(objOrMsg: object | string, msg?: string): void;
+  warn(objOrMsg: object | string, msg?: string): void;
+  error(objOrMsg: object | string, msg?: string): void;
 }
 
 export interface LoadBalanceOptions {
@@ -204,6 +210,8 @@ export interface LoadBalanceOptions {
   metricsPrefix?: string;
   /** Add a response header naming the backend and why (true: 'x-loadwise-decision'). */
   decisionHeader?: boolean | string;
+  /** A live dashboard page behind its own read-only token; off by default (docs/dashboard.md). */
+  dashboard?: DashboardOptions | false;
   logger?: Logger;
   /** Injectable clock and random source (tests). */
   now?: () => number;
@@ -278,6 +286,7 @@ export interface ResolvedOptions {
   metricsRegistry: MetricsRegistry | undefined;
   metricsPrefix: string | undefined;
   decisionHeader: string | undefined;
+  dashboard: ResolvedDashboardOptions | undefined;
   logger: Logger;
   now: () => number;
   random: () => number;

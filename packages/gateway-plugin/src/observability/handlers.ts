@@ -51,23 +51,33 @@ function digest(text: string): Buffer {
   return createHash('sha256').update(text).digest();
 }
 
-function makeAuthorizer(token: string | undefined): (req: IncomingMessage) => boolean {
-  if (token === undefined) return () => true;
+/** A constant-time check of a presented token against `token` (the dashboard uses it too). */
+export function tokenMatcher(token: string): (given: string | undefined) => boolean {
   if (token === '') throw new TypeError('token must not be empty (omit it to serve without one)');
   const expected = digest(token);
+  return (given) => given !== undefined && timingSafeEqual(digest(given.trim()), expected);
+}
+
+/** The token of an `Authorization: Bearer <token>` header, if the request has one. */
+export function bearerToken(req: IncomingMessage): string | undefined {
+  const header = req.headers.authorization;
+  if (typeof header !== 'string') return undefined;
+  // RFC 6750 §2.1: "Bearer" then one space; the scheme is case-insensitive (RFC 9110 §11.1).
+  const match = /^bearer +(\S+) *$/i.exec(header);
+  return match === null ? undefined : match[1];
+}
+
+function makeAuthorizer(token: string | undefined): (req: IncomingMessage) => boolean {
+  if (token === undefined) return () => true;
+  const matches = tokenMatcher(token);
+  // Its own header first (X-Loadwise-Token): the app's auth may own Authorization.
   return (req) => {
     const own = req.headers[TOKEN_HEADER];
-    if (typeof own === 'string') return timingSafeEqual(digest(own.trim()), expected);
-    const header = req.headers.authorization;
-    if (typeof header !== 'string') return false;
-    // RFC 6750 §2.1: "Bearer" then one space; the scheme is case-insensitive (RFC 9110 §11.1).
-    const match = /^bearer +(\S+) *$/i.exec(header);
-    if (match === null) return false;
-    return timingSafeEqual(digest(match[1]!), expected);
+    return matches(typeof own === 'string' ? own : bearerToken(req));
   };
 }
 
-function send(
+export function send(
   res: ServerResponse,
   req: IncomingMessage,
   status: number,
@@ -82,7 +92,7 @@ function send(
 }
 
 /** Answers what is not an authorized GET/HEAD; returns true when it did. */
-function refuse(
+export function refuse(
   req: IncomingMessage,
   res: ServerResponse,
   authorized: (req: IncomingMessage) => boolean,

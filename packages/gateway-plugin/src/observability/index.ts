@@ -5,6 +5,7 @@ export {
   UPSTREAM_ERROR_KINDS,
   SHED_REASONS,
   type GatewayMetrics,
+  type GatewayTotals,
   type GatewayMetricsOptions,
   type UpstreamErrorKind,
   type ShedReason,

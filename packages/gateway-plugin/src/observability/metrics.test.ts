@@ -142,6 +142,15 @@ describe('createGatewayMetrics', () => {
     expect(await value(registry, 'gw_shed_total', { reason: 'saturated' })).toBe(2);
     expect(await value(registry, 'gw_shed_total', { reason: 'no-backend' })).toBe(1);
     expect(await value(registry, 'gw_invalid_messages_total', { code: 'LW_PROTO_REPLAY' })).toBe(2);
+    // The same counts as plain totals (the dashboard's view), and a copy: a reader cannot change them.
+    const totals = m.totals();
+    expect(totals).toEqual({
+      retries: 2,
+      shed: { saturated: 2, overloaded: 0, 'no-backend': 1 },
+      invalidMessages: { LW_PROTO_MALFORMED_JSON: 1, LW_PROTO_REPLAY: 2 },
+    });
+    totals.shed.saturated = 99;
+    expect(m.totals().shed.saturated).toBe(2);
   });
 
   it('sets the gauges from the snapshot source once per scrape', async () => {

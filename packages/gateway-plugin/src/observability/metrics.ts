@@ -84,6 +84,15 @@ export interface GatewayMetrics {
    * registry, and its `service` may join the registry again.
    */
   release(): void;
+  /** Running totals of the rare counters, as plain numbers (read by the dashboard; never reset). */
+  totals(): GatewayTotals;
+}
+
+export interface GatewayTotals {
+  retries: number;
+  shed: Record<ShedReason, number>;
+  /** Dropped wire messages by code (bounded: protocol and gateway drop codes only). */
+  invalidMessages: Record<string, number>;
 }
 
 interface CounterChild {
@@ -416,6 +425,10 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   const shedChildren = new Map<string, CounterChild>();
   const invalidChildren = new Map<string, CounterChild>();
   const rejectedChildren = new Map<string, CounterChild>();
+  // Plain copies of the rare counters: prom-client reads its own asynchronously.
+  let retriesTotal = 0;
+  const shedTotals: Record<ShedReason, number> = { saturated: 0, overloaded: 0, 'no-backend': 0 };
+  const invalidTotals = new Map<string, number>();
 
   return {
     registry,
@@ -462,6 +475,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       const c = childrenOf(backendId);
       c.retries ??= f.retries.labels(L({ backend: backendId }));
       c.retries.inc();
+      retriesTotal++;
     },
     onShed(reason) {
       let child = shedChildren.get(reason);
@@ -470,6 +484,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         shedChildren.set(reason, child);
       }
       child.inc();
+      shedTotals[reason]++;
     },
     onInvalidMessage(code) {
       let child = invalidChildren.get(code);
@@ -478,6 +493,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         invalidChildren.set(code, child);
       }
       child.inc();
+      invalidTotals.set(code, (invalidTotals.get(code) ?? 0) + 1);
     },
     onRequestRejected(code) {
       let child = rejectedChildren.get(code);
@@ -490,6 +506,11 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     collect(s) {
       f.collectWith(member, s);
     },
+    totals: () => ({
+      retries: retriesTotal,
+      shed: { ...shedTotals },
+      invalidMessages: Object.fromEntries(invalidTotals),
+    }),
     setSnapshotSource(fn) {
       member.getSnapshot = fn;
     },

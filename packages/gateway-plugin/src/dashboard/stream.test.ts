@@ -1,0 +1,114 @@
+/**
+ * The stream's cost rules with fake timers and recording responses (the real
+ * HTTP path is covered by test/dashboard/): one timer for all viewers, only
+ * while someone watches; the history survives between viewers with a gap
+ * marker; a viewer that stops reading is dropped.
+ */
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { loadBalance, type LoadBalancerMiddleware } from '../load-balance';
+import type { InitMessage } from './stream';
+
+/** A response that records what is written; `writableLength` is what the test says is unsent. */
+class RecordingResponse extends EventEmitter {
+  status = 0;
+  chunks: string[] = [];
+  writableLength = 0;
+  ended = false;
+  destroyed = false;
+  writeHead(status: number): this {
+    this.status = status;
+    return this;
+  }
+  write(chunk: string): boolean {
+    this.chunks.push(chunk);
+    return true;
+  }
+  end(chunk?: string): void {
+    if (chunk) this.chunks.push(chunk);
+    this.ended = true;
+    this.emit('close');
+  }
+  destroy(): void {
+    this.destroyed = true;
+    this.emit('close');
+  }
+  events(name: string): string[] {
+    return this.chunks
+      .filter((c) => c.includes(`event: ${name}\n`))
+      .map((c) => c.slice(c.indexOf('data: ') + 6).trim());
+  }
+}
+
+const request = { method: 'GET', socket: { setNoDelay: () => {} } } as unknown as IncomingMessage;
+
+let lb: LoadBalancerMiddleware;
+
+beforeEach(() => {
+  jest.useFakeTimers({ now: 1_000_000 });
+  lb = loadBalance({
+    backends: [
+      { id: 'b1', url: 'http://127.0.0.1:9' },
+      { id: 'b2', url: 'http://127.0.0.1:10' },
+    ],
+    healthCheck: false,
+    overload: false,
+    logger: { info: () => {}, warn: () => {}, error: () => {} },
+    dashboard: { token: 'dash-0123456789abcdef', intervalMs: 1000, historySec: 10, maxViewers: 2 },
+  });
+});
+
+afterEach(async () => {
+  await lb.close();
+  jest.useRealTimers();
+});
+
+function open(): RecordingResponse {
+  const res = new RecordingResponse();
+  lb.dashboard!.stream.open(request, res as unknown as ServerResponse);
+  return res;
+}
+
+it('runs one timer for all viewers, only while someone watches', () => {
+  const stream = lb.dashboard!.stream;
+  expect(jest.getTimerCount()).toBe(1); // the balancer's own freshness sweep
+  const a = open();
+  const b = open();
+  expect(stream.sampling).toBe(true);
+  expect(jest.getTimerCount()).toBe(2);
+  jest.advanceTimersByTime(3000);
+  expect(a.events('tick')).toHaveLength(3);
+  // The same serialised message to every viewer.
+  expect(b.events('tick')).toEqual(a.events('tick'));
+  a.end();
+  expect(stream.sampling).toBe(true);
+  b.end();
+  expect(stream.sampling).toBe(false);
+  expect(jest.getTimerCount()).toBe(1);
+});
+
+it('keeps historySec of points between viewers, with a gap marker where nobody watched', () => {
+  const a = open();
+  jest.advanceTimersByTime(15_000);
+  a.end();
+  jest.advanceTimersByTime(60_000);
+  const b = open();
+  const init = JSON.parse(b.events('init')[0]!) as InitMessage;
+  // 10 s of 1 s points (the oldest dropped), then the gap marker.
+  expect(init.history).toHaveLength(10);
+  expect(init.history.at(-1)).toMatchObject({ gap: true });
+  expect(init.history.at(-2)!.gap).toBeUndefined();
+  expect(init.frame.backends.map((x) => x.id)).toEqual(['b1', 'b2']);
+});
+
+it('drops a viewer that stops reading, and refuses viewers over the cap', () => {
+  const slow = open();
+  const ok = open();
+  const third = open();
+  expect(third.status).toBe(503);
+  slow.writableLength = 2 * 1024 * 1024;
+  jest.advanceTimersByTime(1000);
+  expect(slow.destroyed).toBe(true);
+  expect(ok.destroyed).toBe(false);
+  expect(lb.dashboard!.stream.viewerCount).toBe(1);
+});
