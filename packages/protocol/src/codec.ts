@@ -7,7 +7,12 @@ import {
   type RegistrationMessage,
   type StatusMessage,
 } from './messages';
-import { DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_TRACKED_BACKENDS, ReplayGuard } from './replay';
+import {
+  DEFAULT_MAX_CLOCK_SKEW_MS,
+  DEFAULT_MAX_RETAINED_AGE_MS,
+  DEFAULT_MAX_TRACKED_BACKENDS,
+  ReplayGuard,
+} from './replay';
 import {
   assertValidKey,
   signPayload,
@@ -26,7 +31,9 @@ import { validateMessage } from './validate';
 
 /**
  * A full metrics report is ~700 bytes. 8 KiB leaves room for growth while a
- * flood of huge payloads is rejected before any parsing.
+ * flood of huge payloads is rejected before any parsing. (The bound applies
+ * once a payload is in memory; keeping larger packets off the wire is the
+ * broker's and the MQTT connection's job, see docs/protocol.md "Size".)
  */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024;
 
@@ -126,8 +133,16 @@ export interface DecoderOptions {
   maxPayloadBytes?: number;
   /** Verification keys. With keys, unsigned messages are rejected unless requireSignature is false. */
   keys?: readonly SigningKey[];
+  /**
+   * Reject unsigned messages (default: true when keys are given). True without
+   * keys rejects every message: unsigned ones as LW_PROTO_UNSIGNED, signed ones
+   * as LW_PROTO_UNKNOWN_KEY (a gateway that was given no keys and does not
+   * allow unsigned reports).
+   */
   requireSignature?: boolean;
   maxClockSkewMs?: number;
+  /** Retained messages (other than the Last Will) older than this are LW_PROTO_STALE. */
+  maxRetainedAgeMs?: number;
   maxTrackedBackends?: number;
   now?: () => number;
 }
@@ -161,16 +176,20 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     keys.set(key.keyId, key.secret);
   }
   const requireSignature = opts.requireSignature ?? keys.size > 0;
-  if (requireSignature && keys.size === 0) {
-    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'requireSignature needs at least one key');
-  }
   const maxClockSkewMs = opts.maxClockSkewMs ?? DEFAULT_MAX_CLOCK_SKEW_MS;
   if (!Number.isFinite(maxClockSkewMs) || maxClockSkewMs <= 0) {
     throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'maxClockSkewMs must be a positive number');
   }
+  const maxRetainedAgeMs = opts.maxRetainedAgeMs ?? DEFAULT_MAX_RETAINED_AGE_MS;
+  if (!Number.isFinite(maxRetainedAgeMs) || maxRetainedAgeMs <= 0) {
+    throw new ProtocolError(
+      'LW_PROTO_INVALID_OPTION',
+      'maxRetainedAgeMs must be a positive number',
+    );
+  }
   const guard = new ReplayGuard({
     maxClockSkewMs,
-    checkClockSkew: keys.size > 0,
+    maxRetainedAgeMs,
     maxTrackedBackends: opts.maxTrackedBackends ?? DEFAULT_MAX_TRACKED_BACKENDS,
     now: opts.now ?? Date.now,
   });
@@ -200,8 +219,10 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
           'unrecognised trailer after the JSON body',
           backendId,
         );
+      // Signature before JSON.parse: a gateway that requires signatures spends
+      // one HMAC, not a parse, on a forged message.
       let keyId: string | undefined;
-      if (split.keyId !== undefined && keys.size > 0) {
+      if (split.keyId !== undefined && (keys.size > 0 || requireSignature)) {
         const bad = verifySignature(topic, split.body, split.keyId, split.signature ?? '', keys);
         if (bad) return fail(bad, `key id ${JSON.stringify(split.keyId.slice(0, 64))}`, backendId);
         keyId = split.keyId;
@@ -218,7 +239,10 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       const invalid = validateMessage(value, parsedTopic.value);
       if (invalid) return fail(invalid.code, `${kind} field ${invalid.path}`, backendId);
       const message = value as Message;
-      const replay = guard.check(message, meta.retained === true);
+      const replay = guard.check(message, {
+        retained: meta.retained === true,
+        signed: keyId !== undefined,
+      });
       if (replay) {
         return fail(
           replay,
