@@ -7,6 +7,7 @@
 import { BlockList, isIP } from 'node:net';
 import {
   createDecoder,
+  parseTopic,
   type Decoder,
   type Message,
   type ProtocolErrorCode,
@@ -37,6 +38,7 @@ import { Registry } from './registry/registry';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
 import type { Strategy } from './strategies/types';
+import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
 
 const FRESHNESS_SWEEP_MS = 1000;
@@ -59,6 +61,9 @@ export class Balancer {
   closed = false;
   private readonly cohort: LoadCohort = createLoadCohort();
   private readonly decoder: Decoder;
+  private readonly limiter: MessageLimiter;
+  /** The "no keys, unsigned refused" warning is logged once, not per message. */
+  private warnedUnsigned = false;
   private readonly source: MqttSource | undefined;
   private readonly log: RateLimitedLog;
   private readonly allowed: BlockList | undefined;
@@ -81,6 +86,7 @@ export class Balancer {
     // Checked before anything that holds a timer or socket is created.
     resolveLoadOptions(o.load);
     this.decoder = this.makeDecoder();
+    this.limiter = new MessageLimiter(o.messageLimits, o.now());
     this.registry = new Registry(
       this.strategy,
       this.events,
@@ -137,10 +143,14 @@ export class Balancer {
         : new MqttSource(
             o.broker,
             o.topicPrefix,
-            this.decoder,
             {
-              onMessage: (m, keyId, at) => this.onMessage(m, keyId, at),
-              onInvalid: (code, detail, backendId) => this.drop(code, detail, backendId),
+              onPacket: (topic, payload, retained) => this.receive(topic, payload, retained),
+              onPacketTooLarge: (bytes, from) =>
+                this.drop(
+                  'LW_GW_PACKET_TOO_LARGE',
+                  `embedded broker disconnected ${from ?? 'a client'}: packet of ${bytes}+ bytes > ${o.messageLimits.maxPacketBytes}`,
+                  undefined,
+                ),
               onConnected: (url) => this.events.emit('broker-connected', { url }),
               onLost: (error) => {
                 this.log.warn(
@@ -150,7 +160,7 @@ export class Balancer {
                 this.events.emit('broker-lost', { error });
               },
             },
-            o.now,
+            o.messageLimits.maxPacketBytes,
           );
   }
 
@@ -160,8 +170,10 @@ export class Balancer {
       return createDecoder({
         prefix: o.topicPrefix,
         keys: o.keys,
-        requireSignature: o.requireSignature,
+        // Without keys too: then nothing is accepted, until keys or allowUnsigned are set.
+        requireSignature: !o.allowUnsigned,
         maxClockSkewMs: o.maxClockSkewMs,
+        maxRetainedAgeMs: o.maxRetainedAgeMs,
         maxPayloadBytes: o.maxPayloadBytes,
         now: o.now,
       });
@@ -198,13 +210,54 @@ export class Balancer {
     return backend;
   }
 
-  private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {
+  /**
+   * One message as the broker delivered it (transport/mqtt-source.ts calls
+   * this for every one). The cheap checks come first so a flood costs as
+   * little as possible: empty, rate limits (per backend, then in total: a
+   * flood on one backend's topic never drains the shared budget), then the
+   * decoder (size before anything, signature before JSON), then the
+   * allow-list. Never throws; every message is applied or dropped by code.
+   * @internal
+   */
+  receive(topic: string, payload: Buffer, retained: boolean): void {
     if (this.closed) return;
+    // An empty retained payload clears a retained message [MQTT-3.3.1-10]: not an error.
+    if (payload.length === 0) return;
+    const nowMs = this.now();
+    const parsed = parseTopic(this.options.topicPrefix, topic);
+    const id = parsed.ok ? parsed.value.backendId : undefined;
+    const known = id !== undefined && this.registry.get(id) !== undefined ? id : undefined;
+    const limited = this.limiter.admit(known, nowMs);
+    if (limited !== undefined) {
+      const which =
+        limited === 'total' ? 'the gateway' : limited === 'backend' ? id : 'unknown backends';
+      return this.drop('LW_GW_RATE_LIMITED', `message rate of ${which} exceeded`, id);
+    }
+    const result = this.decoder.decode(topic, payload, { retained });
+    if (!result.ok) return this.drop(result.code, result.detail, result.backendId);
+    this.onMessage(result.message, result.keyId, nowMs);
+  }
+
+  private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {
     if (message.kind === 'register') return this.onRegistration(message, keyId);
     const backend = this.registry.get(message.backendId);
     // The allow-list: a report may change how much traffic a configured (or
     // discovered) backend gets, never add one (HAProxy agent-check rule).
     if (!backend) return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', message.backendId);
+    if (keyId === undefined) {
+      // Unsigned, and allowed (allowUnsigned): anyone on the broker could have
+      // sent it, so it may make the backend look busier, within a bound, and
+      // nothing else (registry/unsigned-report.ts, SECURITY.md).
+      if (message.kind === 'status') {
+        return this.drop(
+          'LW_GW_UNSIGNED_IGNORED',
+          `unsigned status ${message.state} ignored: only signed messages change eligibility`,
+          message.backendId,
+        );
+      }
+      this.registry.applyUnsigned(backend, message, receivedAtMs, this.options.unsignedMaxPenalty);
+      return;
+    }
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
   }
@@ -250,6 +303,18 @@ export class Balancer {
   ): void {
     this.metrics.onInvalidMessage(code);
     this.events.emit('invalid-message', { code, backendId });
+    if (code === 'LW_PROTO_UNSIGNED' && this.options.keys.length === 0) {
+      // The default posture meeting unsigned agents: one clear line, not one per report.
+      if (this.warnedUnsigned) return;
+      this.warnedUnsigned = true;
+      this.options.logger.warn(
+        `refusing unsigned reports (first from ${backendId ?? 'unknown'}): no signing keys are configured. ` +
+          'Set keys (and sign agents with --key-file), or allowUnsigned: true to accept unsigned ' +
+          "reports that can only lower a backend's share (SECURITY.md). Further refusals are counted " +
+          'as LW_PROTO_UNSIGNED in loadwise_invalid_messages_total, not logged.',
+      );
+      return;
+    }
     this.log.warn(code, `dropped message (${code}) from ${backendId ?? 'unknown'}: ${detail}`);
   }
 
