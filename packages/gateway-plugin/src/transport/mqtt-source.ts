@@ -159,9 +159,13 @@ export class MqttSource {
     client.options.protocolVersion = 4;
     delete client.options.properties;
     client.off('error', this.onVersionRefused);
-    setImmediate(() => {
-      if (!this.closed) client.reconnect();
-    });
+    // After the refused connection has closed: reconnecting earlier races its
+    // 'close' and leaves mqtt.js with a stray reconnect timer.
+    client.once('close', () =>
+      setImmediate(() => {
+        if (!this.closed) client.reconnect();
+      }),
+    );
   };
 
   private readonly onMessageEvent = (
