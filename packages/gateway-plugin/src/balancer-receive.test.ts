@@ -233,33 +233,47 @@ describe('size and rate', () => {
     }
   });
 
-  it("cuts a flood at the backend's bucket, leaves others alone, counts each drop and logs once", async () => {
+  it("cuts a flood at the backend's bucket, never at a genuine agent's, counts each drop and logs once", async () => {
     const r = rig({
       keys: [key],
-      messageLimits: {
-        perBackendPerSec: 10,
-        perBackendBurst: 20,
-        totalPerSec: 100,
-        totalBurst: 100,
-      },
+      allowUnsigned: true,
+      messageLimits: { perBackendPerSec: 10, perBackendBurst: 20, totalPerSec: 5000 },
     });
     try {
       const forger = createEncoder({ backendId: 'a', prefix: PREFIX, now: () => r.clock.t });
-      const m = forger.metrics(calm);
-      for (let i = 0; i < 1000; i++) r.send(m);
+      const forged = forger.metrics(hostile);
+      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const captured = agent.metrics(calm);
+      r.send(captured);
+      for (let i = 0; i < 1000; i++) {
+        r.send(forged);
+        r.send(captured); // a replay of a captured signed report: refused, and not charged
+      }
       expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(980);
-      expect(await r.counted('LW_PROTO_UNSIGNED')).toBe(20);
+      expect(await r.counted('LW_PROTO_REPLAY')).toBe(1000);
       expect(r.warnings.filter((w) => w.includes('LW_GW_RATE_LIMITED'))).toHaveLength(1);
-      // b's genuine report gets through: a's flood never touched the total bucket.
-      const agent = createEncoder({ backendId: 'b', prefix: PREFIX, key, now: () => r.clock.t });
-      r.send(agent.metrics(calm));
-      expect(r.lb.registry.get('b')!.lastReport).toBeDefined();
-      // Random backend ids share one bucket.
+      // The genuine agent's next reports get through: the flood used the unsigned bucket.
+      for (let i = 0; i < 5; i++) r.send(agent.metrics(calm));
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(980);
+      expect(r.lb.registry.get('a')!.lastReport?.seq).toBe(5);
+      // Random backend ids share one bucket per class.
       const before = await r.counted('LW_GW_RATE_LIMITED');
       for (let i = 0; i < 100; i++) {
-        r.send({ topic: `${PREFIX}/v1/backends/x${i}/metrics`, payload: m.payload });
+        r.send({ topic: `${PREFIX}/v1/backends/x${i}/metrics`, payload: forged.payload });
       }
       expect((await r.counted('LW_GW_RATE_LIMITED')) - before).toBe(80);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('caps the messages it looks at in all, before any check', async () => {
+    const r = rig({ keys: [key], messageLimits: { totalPerSec: 100, totalBurst: 100 } });
+    try {
+      const junk = { topic: 'somewhere/else', payload: 'x' };
+      for (let i = 0; i < 1000; i++) r.send(junk);
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(900);
+      expect(await r.counted('LW_PROTO_BAD_TOPIC')).toBe(100);
     } finally {
       await r.close();
     }

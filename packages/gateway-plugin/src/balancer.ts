@@ -7,7 +7,6 @@
 import { BlockList, isIP } from 'node:net';
 import {
   createDecoder,
-  parseTopic,
   type Decoder,
   type Message,
   type ProtocolErrorCode,
@@ -213,10 +212,12 @@ export class Balancer {
   /**
    * One message as the broker delivered it (transport/mqtt-source.ts calls
    * this for every one). The cheap checks come first so a flood costs as
-   * little as possible: empty, rate limits (per backend, then in total: a
-   * flood on one backend's topic never drains the shared budget), then the
-   * decoder (size before anything, signature before JSON), then the
-   * allow-list. Never throws; every message is applied or dropped by code.
+   * little as possible (transport/message-limiter.ts): the gateway-wide cap;
+   * then size, topic and signature (decoder.verify: one HMAC, no JSON); then
+   * the backend's bucket for its class, unsigned before parsing, signed after
+   * the replay check (so only genuine, new messages use an agent's budget);
+   * then the allow-list and the rules of onMessage. Never throws; every
+   * message is applied or dropped by code.
    * @internal
    */
   receive(topic: string, payload: Buffer, retained: boolean): void {
@@ -224,18 +225,32 @@ export class Balancer {
     // An empty retained payload clears a retained message [MQTT-3.3.1-10]: not an error.
     if (payload.length === 0) return;
     const nowMs = this.now();
-    const parsed = parseTopic(this.options.topicPrefix, topic);
-    const id = parsed.ok ? parsed.value.backendId : undefined;
-    const known = id !== undefined && this.registry.get(id) !== undefined ? id : undefined;
-    const limited = this.limiter.admit(known, nowMs);
-    if (limited !== undefined) {
-      const which =
-        limited === 'total' ? 'the gateway' : limited === 'backend' ? id : 'unknown backends';
-      return this.drop('LW_GW_RATE_LIMITED', `message rate of ${which} exceeded`, id);
+    if (!this.limiter.admitTotal(nowMs)) {
+      return this.drop('LW_GW_RATE_LIMITED', 'message rate of the gateway exceeded', undefined);
     }
-    const result = this.decoder.decode(topic, payload, { retained });
+    const verified = this.decoder.verify(topic, payload);
+    if (!verified.ok) return this.drop(verified.code, verified.detail, verified.backendId);
+    const id = verified.topic.backendId;
+    const known = this.registry.get(id) !== undefined ? id : undefined;
+    const signed = verified.keyId !== undefined;
+    if (!signed && this.limited(known, id, false, nowMs)) return;
+    const result = this.decoder.parse(verified, { retained });
     if (!result.ok) return this.drop(result.code, result.detail, result.backendId);
+    if (signed && this.limited(known, id, true, nowMs)) return;
     this.onMessage(result.message, result.keyId, nowMs);
+  }
+
+  /** Charges the backend's bucket; true (and counted) when the message is dropped. */
+  private limited(known: string | undefined, id: string, signed: boolean, nowMs: number): boolean {
+    const limited = this.limiter.admit(known, signed, nowMs);
+    if (limited === undefined) return false;
+    const which = limited === 'backend' ? `backend ${id}` : 'unknown backends';
+    this.drop(
+      'LW_GW_RATE_LIMITED',
+      `${signed ? 'signed' : 'unsigned'} message rate of ${which} exceeded`,
+      id,
+    );
+    return true;
   }
 
   private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {

@@ -55,7 +55,7 @@ export const DROP_REASONS = {
   LW_GW_REGISTRATION_REJECTED:
     'a registration was ignored: discovery off, unsigned, address outside the allowed ranges or ports, a changed address, or too many backends',
   LW_GW_RATE_LIMITED:
-    "the backend's or the gateway's message rate (messageLimits) was exceeded; dropped before decoding",
+    "the gateway's or a backend's message rate (messageLimits) was exceeded; dropped before it was parsed or applied",
   LW_GW_UNSIGNED_IGNORED:
     'an unsigned status was ignored: only signed messages change whether a backend is routable (allowUnsigned)',
   LW_GW_PACKET_TOO_LARGE:

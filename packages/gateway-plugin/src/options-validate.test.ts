@@ -207,8 +207,8 @@ describe('loadBalance options', () => {
     expect(o.messageLimits).toEqual({
       perBackendPerSec: 20,
       perBackendBurst: 40,
-      totalPerSec: 1000,
-      totalBurst: 2000,
+      totalPerSec: 20000,
+      totalBurst: 20000,
       maxPacketBytes: 65536,
     });
     // The legacy spelling of the same choice.
@@ -217,7 +217,7 @@ describe('loadBalance options', () => {
     );
     expect(
       resolveOptions({ ...base, messageLimits: { totalPerSec: 50 } }).messageLimits.totalBurst,
-    ).toBe(100);
+    ).toBe(50);
   });
 
   it('accepts discovery without configured backends', () => {

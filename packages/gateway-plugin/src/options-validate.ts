@@ -86,7 +86,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     throw invalidOption('allowUnsigned', 'false when requireSignature is true', true);
   const limits = section('messageLimits', o.messageLimits);
   const perBackendPerSec = num('messageLimits.perBackendPerSec', limits.perBackendPerSec, 20, 0.01);
-  const totalPerSec = num('messageLimits.totalPerSec', limits.totalPerSec, 1000, 0.01);
+  const totalPerSec = num('messageLimits.totalPerSec', limits.totalPerSec, 20_000, 0.01);
   const messageLimits: ResolvedOptions['messageLimits'] = {
     perBackendPerSec,
     perBackendBurst: num(
@@ -96,7 +96,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
       1,
     ),
     totalPerSec,
-    totalBurst: num('messageLimits.totalBurst', limits.totalBurst, Math.max(1, 2 * totalPerSec), 1),
+    totalBurst: num('messageLimits.totalBurst', limits.totalBurst, Math.max(1, totalPerSec), 1),
     maxPacketBytes: num(
       'messageLimits.maxPacketBytes',
       limits.maxPacketBytes,

@@ -118,10 +118,13 @@ export interface DiscoveryOptions {
 
 /** Bounds on the control channel (docs/gateway.md, "Control channel limits"). */
 export interface MessageLimitOptions {
-  /** Messages per second one backend's topics may bring (token bucket; default 20). */
+  /**
+   * Messages per second applied per backend, counted separately for verified
+   * signed and for unsigned messages (token bucket; default 20, burst 40).
+   */
   perBackendPerSec?: number;
   perBackendBurst?: number;
-  /** Messages per second for all backends together (default 1000). */
+  /** Messages per second the gateway looks at in all, before any check (default 20 000). */
   totalPerSec?: number;
   totalBurst?: number;
   /**

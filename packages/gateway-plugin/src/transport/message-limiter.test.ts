@@ -3,9 +3,15 @@ import { MessageLimiter, TokenBucket } from './message-limiter';
 const limits = { perBackendPerSec: 10, perBackendBurst: 5, totalPerSec: 100, totalBurst: 8 };
 
 /** Admits `n` messages for `id` at `atMs`; returns how many got through. */
-function admitted(l: MessageLimiter, id: string | undefined, n: number, atMs: number): number {
+function admitted(
+  l: MessageLimiter,
+  id: string | undefined,
+  signed: boolean,
+  n: number,
+  atMs: number,
+): number {
   let ok = 0;
-  for (let i = 0; i < n; i++) if (l.admit(id, atMs) === undefined) ok++;
+  for (let i = 0; i < n; i++) if (l.admit(id, signed, atMs) === undefined) ok++;
   return ok;
 }
 
@@ -24,29 +30,36 @@ describe('TokenBucket', () => {
 });
 
 describe('MessageLimiter', () => {
-  it('limits each backend on its own bucket and never lets one backend drain the shared one', () => {
+  it('caps all messages at the total, before anything else', () => {
     const l = new MessageLimiter(limits, 0);
-    // A flood on a's topics: a's burst (5) passes, the rest is refused as a's.
-    expect(admitted(l, 'a', 1000, 0)).toBe(5);
-    expect(l.admit('a', 0)).toBe('backend');
-    // b is unaffected: the refused messages of a never touched the total bucket (8 - 5 = 3 left).
-    expect(admitted(l, 'b', 3, 0)).toBe(3);
-    // Now the total is spent: c's first message is refused by it.
-    expect(l.admit('c', 0)).toBe('total');
+    let n = 0;
+    for (let i = 0; i < 100; i++) if (l.admitTotal(0)) n++;
+    expect(n).toBe(8);
+    expect(l.admitTotal(10)).toBe(true); // 100/s: one more token after 10 ms
   });
 
-  it('puts unknown backend ids in one shared bucket', () => {
+  it('limits each backend on its own bucket per class: unsigned floods never use the signed budget', () => {
     const l = new MessageLimiter(limits, 0);
-    expect(admitted(l, undefined, 100, 0)).toBe(5);
-    expect(l.admit(undefined, 0)).toBe('unknown-backend');
-    expect(l.admit('a', 0)).toBeUndefined();
+    expect(admitted(l, 'a', false, 1000, 0)).toBe(5);
+    expect(l.admit('a', false, 0)).toBe('backend');
+    // The genuine, signed messages of a still have their whole burst, and b has its own.
+    expect(admitted(l, 'a', true, 5, 0)).toBe(5);
+    expect(admitted(l, 'b', false, 5, 0)).toBe(5);
+  });
+
+  it('puts unknown backend ids in one shared bucket per class', () => {
+    const l = new MessageLimiter(limits, 0);
+    expect(admitted(l, undefined, false, 100, 0)).toBe(5);
+    expect(l.admit(undefined, false, 0)).toBe('unknown-backend');
+    expect(admitted(l, undefined, true, 100, 0)).toBe(5);
+    expect(l.admit('a', false, 0)).toBeUndefined();
   });
 
   it('refills at the configured rate', () => {
     const l = new MessageLimiter(limits, 0);
-    expect(admitted(l, 'a', 100, 0)).toBe(5);
+    expect(admitted(l, 'a', true, 100, 0)).toBe(5);
     // 10/s per backend: one second later, 10 more (capped by the burst of 5).
-    expect(admitted(l, 'a', 100, 1000)).toBe(5);
-    expect(admitted(l, 'a', 100, 1100)).toBe(1);
+    expect(admitted(l, 'a', true, 100, 1000)).toBe(5);
+    expect(admitted(l, 'a', true, 100, 1100)).toBe(1);
   });
 });

@@ -1,22 +1,26 @@
 /**
- * Token buckets in front of the decoder: how many control-channel messages
- * the gateway spends work on, per backend and in total. A flood on the broker
- * (thousands of messages a second, forged or from a broken agent) must not
- * turn into thousands of signature checks, JSON parses and eligibility
- * recomputes a second on the event loop that also proxies requests.
+ * Token buckets on the control channel: how much work the gateway spends on
+ * messages, so a flood on the broker (forged, replayed, or a broken agent)
+ * cannot take the event loop that also proxies requests. Two stages
+ * (Balancer.receive):
  *
- * A message is charged to its backend's bucket first and to the total bucket
- * only if its backend's bucket admitted it: a flood on one backend's topic
- * drains that backend's bucket and never the shared one, so the other
- * backends' reports keep getting through. Backend ids the gateway does not
- * know (not configured, not yet discovered, or not a loadwise topic at all)
- * share one bucket, so random ids cannot grow the map or starve anyone else.
+ * 1. `total`, before anything but the MQTT parse: a cap on all messages,
+ *    high enough (20 000/s) that a flood below it never costs a genuine
+ *    report; above it the gateway protects its CPU and drops at random.
+ * 2. Per backend and per class, after the signature check (one HMAC, no JSON):
+ *    verified signed messages and unsigned ones have separate buckets, so a
+ *    forger without the key can never use up a genuine agent's budget. A
+ *    signed message is charged after its replay check too (replays of
+ *    captured reports do not count against the agent), before it is applied
+ *    (the expensive part: eligibility, load estimate). Backend ids the
+ *    gateway does not know share one bucket per class, so random ids cannot
+ *    grow the map or starve anyone else.
  *
  * Defaults: an agent reports once per interval (1 s by default, 100 ms at
  * the least: packages/health-agent/src/options.ts) plus a status on
  * (re)connect and state changes, so 20/s with a burst of 40 is twice the
- * fastest agent; 1000/s in total covers 1000 agents at the default interval
- * or 100 at the fastest. docs/gateway.md says when to raise them.
+ * fastest agent. docs/gateway.md ("Control channel limits") says when to
+ * change them.
  */
 export interface MessageLimits {
   perBackendPerSec: number;
@@ -28,8 +32,8 @@ export interface MessageLimits {
 export const DEFAULT_MESSAGE_LIMITS: MessageLimits = {
   perBackendPerSec: 20,
   perBackendBurst: 40,
-  totalPerSec: 1000,
-  totalBurst: 2000,
+  totalPerSec: 20_000,
+  totalBurst: 20_000,
 };
 
 /** A token bucket: `burst` tokens, refilled at `ratePerSec`; one token per message. */
@@ -60,36 +64,43 @@ export class TokenBucket {
 }
 
 /** Which bucket refused a message, or undefined when it was admitted. */
-export type Limited = 'backend' | 'unknown-backend' | 'total' | undefined;
+export type Limited = 'backend' | 'unknown-backend' | undefined;
 
 export class MessageLimiter {
   private readonly perBackend = new Map<string, TokenBucket>();
-  private readonly unknown: TokenBucket;
+  private readonly unknown: [TokenBucket, TokenBucket];
   private readonly total: TokenBucket;
 
   constructor(
     private readonly limits: MessageLimits,
     nowMs: number,
   ) {
-    this.unknown = new TokenBucket(limits.perBackendPerSec, limits.perBackendBurst, nowMs);
+    const bucket = (): TokenBucket =>
+      new TokenBucket(limits.perBackendPerSec, limits.perBackendBurst, nowMs);
+    this.unknown = [bucket(), bucket()];
     this.total = new TokenBucket(limits.totalPerSec, limits.totalBurst, nowMs);
   }
 
+  /** Stage 1: charges one message to the gateway-wide cap. False: drop it. */
+  admitTotal(nowMs: number): boolean {
+    return this.total.take(nowMs);
+  }
+
   /**
-   * Charges one message. `knownBackendId` is the topic's backend id when the
-   * gateway knows that backend, undefined otherwise.
+   * Stage 2: charges one message to its backend's bucket of its class.
+   * `knownBackendId` is the topic's backend id when the gateway knows that
+   * backend, undefined otherwise.
    */
-  admit(knownBackendId: string | undefined, nowMs: number): Limited {
+  admit(knownBackendId: string | undefined, signed: boolean, nowMs: number): Limited {
     if (knownBackendId === undefined) {
-      if (!this.unknown.take(nowMs)) return 'unknown-backend';
-    } else {
-      let bucket = this.perBackend.get(knownBackendId);
-      if (bucket === undefined) {
-        bucket = new TokenBucket(this.limits.perBackendPerSec, this.limits.perBackendBurst, nowMs);
-        this.perBackend.set(knownBackendId, bucket);
-      }
-      if (!bucket.take(nowMs)) return 'backend';
+      return this.unknown[signed ? 1 : 0].take(nowMs) ? undefined : 'unknown-backend';
     }
-    return this.total.take(nowMs) ? undefined : 'total';
+    const key = (signed ? 's:' : 'u:') + knownBackendId;
+    let bucket = this.perBackend.get(key);
+    if (bucket === undefined) {
+      bucket = new TokenBucket(this.limits.perBackendPerSec, this.limits.perBackendBurst, nowMs);
+      this.perBackend.set(key, bucket);
+    }
+    return bucket.take(nowMs) ? undefined : 'backend';
   }
 }
