@@ -11,8 +11,11 @@
  * Ctrl-C stops everything: load, gateway, agents, backends, broker.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import express from 'express';
 import {
@@ -214,7 +217,17 @@ async function main(): Promise<void> {
   cleanups.push(() => broker.close());
   say(`embedded MQTT broker on ${broker.url}`);
 
-  // 2. Backends and their agents, each a child process.
+  // 2. A signing key for this run: the gateway refuses unsigned reports by
+  // default (anyone on a broker could forge them; SECURITY.md). In production
+  // the key file comes from `openssl rand -base64 32` and your secret store.
+  const key = { keyId: 'quick-start', secret: randomBytes(32) };
+  const keyDir = mkdtempSync(path.join(tmpdir(), 'loadwise-quick-start-'));
+  const keyFile = path.join(keyDir, 'keys');
+  writeFileSync(keyFile, `${key.keyId} ${key.secret.toString('base64')}\n`, { mode: 0o600 });
+  cleanups.push(() => rmSync(keyDir, { recursive: true, force: true }));
+  say(`signing key for this run in ${keyFile} (agents sign with it, the gateway verifies)`);
+
+  // 3. Backends and their agents, each a child process.
   const backends: StartedBackend[] = await Promise.all(
     FLEET.map((spec) => startBackendProcess(spec)),
   );
@@ -228,6 +241,7 @@ async function main(): Promise<void> {
       servicePid: b.process.pid,
       intervalMs: args.intervalMs,
       drainGraceMs: 200,
+      extraArgs: ['--key-file', keyFile],
     }),
   );
   children.push(...agents);
@@ -242,12 +256,13 @@ async function main(): Promise<void> {
     );
   }
 
-  // 3. The gateway: the middleware is all a user adds to an Express app.
+  // 4. The gateway: the middleware is all a user adds to an Express app.
   const dashboardToken = randomBytes(18).toString('base64url');
   const lb = loadBalance({
     backends: backends.map((b) => ({ id: b.id, url: b.url })),
     broker: broker.url,
     topicPrefix: TOPIC_PREFIX,
+    keys: [key],
     statusPath: STATUS_PATH,
     metricsPath: METRICS_PATH,
     decisionHeader: true,
@@ -288,7 +303,7 @@ async function main(): Promise<void> {
   say(`dashboard: ${gw}${DASHBOARD_PATH}?token=${dashboardToken}`);
   say('');
 
-  // 4. Once a second: each agent's last report, and (with --load) where traffic went.
+  // 5. Once a second: each agent's last report, and (with --load) where traffic went.
   let driver: LoadDriver | undefined;
   if (args.load) {
     driver = startLoadDriver({ url: `${gw}/work`, ratePerSec: args.ratePerSec });

@@ -16,6 +16,8 @@ export interface BalancerContext {
   tmpDir: string;
   brokerUrl: string;
   prefix: string;
+  /** Key file the agents sign with; the loadwise gateway verifies with it. */
+  keyFile: string;
 }
 
 export interface RunningBalancer {
@@ -83,6 +85,7 @@ export function loadwise(strategy: string, extra: Record<string, unknown> = {}):
     family: 'loadwise',
     start: (ctx, instance) =>
       nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
+        keyFile: ctx.keyFile,
         options: {
           backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
           broker: ctx.brokerUrl,

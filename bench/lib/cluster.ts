@@ -45,7 +45,7 @@ export interface ClusterOptions {
   backends: BackendSpec[];
   maxQueue: number;
   /** Start one health agent per backend (needs a broker). */
-  agents?: { brokerUrl: string; prefix: string; intervalMs: number };
+  agents?: { brokerUrl: string; prefix: string; intervalMs: number; keyFile: string };
 }
 
 export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
@@ -78,6 +78,9 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
         const agent = spawnProc(`agent-${b.id}`, process.execPath, [
           AGENT_CLI,
           ...agentArgs(b, opts.agents.brokerUrl, opts.agents.prefix, opts.agents.intervalMs),
+          // Signed: gateways refuse unsigned reports by default.
+          '--key-file',
+          opts.agents.keyFile,
         ]);
         all.push(agent);
         b.agent = agent;

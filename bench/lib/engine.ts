@@ -4,7 +4,8 @@
  * balancers alike) drains the backends, starts the balancer, drives load,
  * measures CPU and stops the balancer again.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { DEFAULT_TRACKER_WINDOW_MS } from '@loadwise/health-agent';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,15 +46,19 @@ export async function runScenario(
 ): Promise<RunRecord[]> {
   const prefix = `lwbench${process.pid}${scenario.name.replace(/[^a-z0-9]/gi, '')}${Date.now() % 100000}`;
   const tmpDir = mkdtempSync(join(tmpdir(), 'loadwise-bench-'));
+  const keyFile = join(tmpDir, 'keys');
+  writeFileSync(keyFile, `bench ${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
   const records: RunRecord[] = [];
   let cluster: Cluster | undefined;
   try {
     cluster = await startCluster({
       backends: scenario.backends,
       maxQueue: scenario.maxQueue,
-      agents: scenario.agents ? { brokerUrl: opts.brokerUrl, prefix, intervalMs: 1000 } : undefined,
+      agents: scenario.agents
+        ? { brokerUrl: opts.brokerUrl, prefix, intervalMs: 1000, keyFile }
+        : undefined,
     });
-    const ctx = { backends: cluster.backends, tmpDir, brokerUrl: opts.brokerUrl, prefix };
+    const ctx = { backends: cluster.backends, tmpDir, brokerUrl: opts.brokerUrl, prefix, keyFile };
     for (const c of scenario.cases) {
       for (let run = 1; run <= opts.runs; run++) {
         for (const def of balancers) {

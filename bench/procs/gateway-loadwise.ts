@@ -2,21 +2,26 @@
  * The gateway under test: an Express app with `app.use(loadBalance(opts))`,
  * fed by the backends' health agents through the broker.
  */
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
+import { parseKeyFile } from '@loadwise/protocol';
 import { fail, onShutdown, readConfig, tell } from './child';
 import { startDiag } from './gateway-diag';
 
 interface LoadwiseConfig {
   options: LoadBalanceOptions;
+  /** The agents' key file (keys cannot travel in the JSON config: they are Buffers). */
+  keyFile?: string;
   port?: number;
 }
 
 async function main(): Promise<void> {
   const cfg = readConfig<LoadwiseConfig>();
   const diag = startDiag();
-  const balancer = loadBalance(cfg.options);
+  const keys = cfg.keyFile ? parseKeyFile(readFileSync(cfg.keyFile, 'utf8')) : undefined;
+  const balancer = loadBalance({ ...cfg.options, ...(keys ? { keys } : {}) });
   const app = express();
   app.disable('x-powered-by');
   app.use(balancer);

@@ -37,6 +37,7 @@ it('keeps serving while the broker is down, and everyone reconnects when it is b
     backends: fleet.backendConfig(),
     broker: { url: broker.url, reconnectPeriodMs: 200 },
     topicPrefix: prefix,
+    keys: fleet.keys,
     healthCheck: { path: '/health', intervalMs: 500 },
   });
   await eventually(

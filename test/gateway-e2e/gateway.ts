@@ -114,9 +114,10 @@ export async function counter(
 
 /**
  * The usual end-to-end setup: a fleet of real backends with their agents on
- * `brokerUrl` (under a fresh topic prefix), a gateway over them, and a wait
- * until every backend has a fresh report. Extra gateway options go in
- * `gateway`. If the gateway fails to start, the fleet is stopped here.
+ * `brokerUrl` (under a fresh topic prefix), signing their reports with the
+ * fleet's key, a gateway over them that holds the key, and a wait until every
+ * backend has a fresh report. Extra gateway options go in `gateway`. If the
+ * gateway fails to start, the fleet is stopped here.
  */
 export async function startFleetGateway(opts: {
   brokerUrl: string;
@@ -132,6 +133,7 @@ export async function startFleetGateway(opts: {
       backends: fleet.backendConfig(),
       broker: opts.brokerUrl,
       topicPrefix: prefix,
+      keys: fleet.keys,
       ...opts.gateway,
     });
     const started = gw;

@@ -7,6 +7,7 @@
  * silent wait.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { eventually } from '../kit/fleet';
@@ -92,12 +93,25 @@ it('serves requests through the gateway under --load and stops every child on SI
   expect(res.status).toBe(200);
   expect(['b1', 'b2', 'b3']).toContain(res.headers.get('x-served-by'));
   expect(res.headers.get('x-loadwise-decision')).toMatch(/^b[123]\b/);
-  const status = (await (await fetch(`${gw}/_lb/status`)).json()) as { backends: { id: string }[] };
+  type Status = { backends: { id: string; reportFresh: boolean }[] };
+  const status = (await (await fetch(`${gw}/_lb/status`)).json()) as Status;
   expect(status.backends.map((b) => b.id).sort()).toEqual(['b1', 'b2', 'b3']);
   // The dashboard URL it prints opens the page (its token is in the URL).
   const dashboard = find(/^dashboard: (http:\/\/\S+)$/)![1]!;
   expect((await fetch(dashboard)).status).toBe(200);
   expect((await fetch(dashboard.replace(/\?token=.*$/, ''))).status).toBe(401);
+  // The agents sign with the run's key and the gateway accepts their reports
+  // (it refuses unsigned ones by default): routing is metric-driven.
+  await eventually(
+    async () =>
+      ((await (await fetch(`${gw}/_lb/status`)).json()) as Status).backends.every(
+        (b) => b.reportFresh,
+      ),
+    10_000,
+    'fresh signed reports of every backend',
+  );
+  const keyFile = find(/signing key for this run in (\S+)/)?.[1];
+  expect(keyFile).toBeDefined();
 
   // The per-second lines count served and failed requests of the driven load.
   const perSecond = (): { ok: number; failed: number }[] =>
@@ -116,4 +130,5 @@ it('serves requests through the gateway under --load and stops every child on SI
   const exit = await exited;
   expect(exit).toEqual({ code: 0, signal: null });
   for (const pid of childPids) expect(alive(pid)).toBe(false);
+  expect(existsSync(keyFile!)).toBe(false);
 }, 45_000);

@@ -3,10 +3,14 @@
  * a username/password (certificates made with openssl for this run): the
  * broker options reach mqtt.js, and a refused login leaves routing working.
  */
+import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { canRunTlsMosquitto, startTlsMosquitto, type TlsMosquitto } from '../kit/tls-mosquitto';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+/** Reports are signed, as a gateway requires by default. */
+const key = { keyId: 'k1', secret: randomBytes(32) };
 
 (canRunTlsMosquitto ? describe : describe.skip)(
   'gateway over mqtts with a client certificate and a password (own Mosquitto)',
@@ -38,12 +42,13 @@ import { send, startBackend, startGateway, type TestGateway, type TestServer } f
         backends: [{ id: 'a', url: a.url }],
         broker: tls('gw-pass'),
         topicPrefix: prefix,
+        keys: [key],
       });
       await gw.lb.ready();
       const { url, ...clientTls } = tls('gw-pass');
       const agent = await connectClient(url, clientTls);
       try {
-        const m = createEncoder({ backendId: 'a', prefix }).metrics({
+        const m = createEncoder({ backendId: 'a', prefix, key }).metrics({
           intervalMs: 1000,
           state: 'online',
           host: { cpuUtilization: 0.2, memoryUtilization: 0.2, memoryAvailableBytes: 1 },

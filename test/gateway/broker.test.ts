@@ -4,11 +4,15 @@
  * invalid messages are dropped and counted, draining stops new requests, and
  * the embedded mode exposes a URL agents can use.
  */
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
-import { createEncoder } from '@loadwise/protocol';
+import { createEncoder, signPayload, type SigningKey } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+/** Reports are signed, as a gateway requires by default (SECURITY.md). */
+const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };
 
 const metricsBody = {
   intervalMs: 1000,
@@ -55,6 +59,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       ],
       broker: broker.url,
       topicPrefix: prefix,
+      keys: [key],
       metricsPath: '/_lb/metrics',
     });
     await gw.lb.ready();
@@ -62,12 +67,16 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     gw.lb.balancer.on('invalid-message', (e) => dropped.push(e.code));
     const client = await connectClient(broker.url);
     try {
-      const encA = createEncoder({ backendId: 'a', prefix });
-      const encX = createEncoder({ backendId: 'x', prefix });
+      const encA = createEncoder({ backendId: 'a', prefix, key });
+      const encX = createEncoder({ backendId: 'x', prefix, key });
       const m = encA.metrics(metricsBody);
       const x = encX.metrics(metricsBody);
       await client.publishAsync(x.topic, x.payload, { qos: 1 });
-      await client.publishAsync(`${prefix}/v1/backends/a/metrics`, '{not json', { qos: 1 });
+      const garbageTopic = `${prefix}/v1/backends/a/metrics`;
+      // Signed garbage: the signature is checked first, then the JSON.
+      await client.publishAsync(garbageTopic, signPayload(garbageTopic, '{not json', key), {
+        qos: 1,
+      });
       await client.publishAsync(m.topic, m.payload, { qos: 1 });
       await until(() => gw!.lb.balancer.snapshot().backends[0]!.lastReport !== null);
       const snap = gw.lb.balancer.snapshot();
@@ -95,13 +104,14 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       ],
       broker: broker.url,
       topicPrefix: prefix,
+      keys: [key],
       strategy: 'round-robin',
     });
     await gw.lb.ready();
     const client = await connectClient(broker.url);
     try {
       const draining = once(gw.lb.balancer.events, 'backend-draining');
-      const s = createEncoder({ backendId: 'a', prefix }).status('draining');
+      const s = createEncoder({ backendId: 'a', prefix, key }).status('draining');
       await client.publishAsync(s.topic, s.payload, { qos: 1 });
       expect(await draining).toEqual([{ id: 'a' }]);
       for (let i = 0; i < 6; i++) {
@@ -125,6 +135,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
         ],
         broker: broker.url,
         topicPrefix: prefix,
+        keys: [key],
         strategy: 'round-robin',
       });
       await gw.lb.ready();
@@ -132,7 +143,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       await until(() => held.length === 1);
       const client = await connectClient(broker.url);
       const draining = once(gw.lb.balancer.events, 'backend-draining');
-      const s = createEncoder({ backendId: 'h', prefix }).status('draining');
+      const s = createEncoder({ backendId: 'h', prefix, key }).status('draining');
       await client.publishAsync(s.topic, s.payload, { qos: 1 });
       await endClient(client);
       await draining;
@@ -155,9 +166,10 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
         backends: [{ id: 'a', url: a.url }],
         broker: { client: own },
         topicPrefix: prefix,
+        keys: [key],
       });
       await gw.lb.ready();
-      const m = createEncoder({ backendId: 'a', prefix }).metrics(metricsBody);
+      const m = createEncoder({ backendId: 'a', prefix, key }).metrics(metricsBody);
       // Published through the same client the gateway subscribed with.
       while (!gw.lb.balancer.snapshot().backends[0]!.reportFresh) {
         await own.publishAsync(m.topic, m.payload, { qos: 1 });
@@ -173,13 +185,18 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
 
   it('serves several gateways on one broker: both hear every report', async () => {
     const prefix = uniquePrefix('gw');
-    const opts = { backends: [{ id: 'a', url: a.url }], broker: broker.url, topicPrefix: prefix };
+    const opts = {
+      backends: [{ id: 'a', url: a.url }],
+      broker: broker.url,
+      topicPrefix: prefix,
+      keys: [key],
+    };
     gw = await startGateway(opts);
     const gw2 = await startGateway(opts);
     try {
       await Promise.all([gw.lb.ready(), gw2.lb.ready()]);
       const client = await connectClient(broker.url);
-      const m = createEncoder({ backendId: 'a', prefix }).metrics(metricsBody);
+      const m = createEncoder({ backendId: 'a', prefix, key }).metrics(metricsBody);
       await client.publishAsync(m.topic, m.payload, { qos: 1 });
       await endClient(client);
       await until(() => [gw!, gw2].every((g) => g.lb.balancer.snapshot().backends[0]!.reportFresh));
@@ -195,12 +212,13 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       backends: [{ id: 'a', url: a.url }],
       broker: broker.url,
       topicPrefix: prefix,
+      keys: [key],
       load: { staleAfterMs: 200 },
     });
     await gw.lb.ready();
     const client = await connectClient(broker.url);
     try {
-      const enc = createEncoder({ backendId: 'a', prefix });
+      const enc = createEncoder({ backendId: 'a', prefix, key });
       const m = enc.metrics(metricsBody);
       await client.publishAsync(m.topic, m.payload, { qos: 1 });
       await until(() => gw!.lb.balancer.snapshot().backends[0]!.reportFresh);
@@ -237,13 +255,14 @@ describe('embedded broker mode', () => {
       backends: [{ id: 'a', url: a.url }],
       broker: { embedded: true, port: 0 },
       topicPrefix: prefix,
+      keys: [key],
     });
     try {
       await gw.lb.ready();
       const url = gw.lb.balancer.brokerUrl;
       expect(url).toMatch(/^mqtt:\/\/127\.0\.0\.1:\d+$/);
       const client = await connectClient(url!);
-      const m = createEncoder({ backendId: 'a', prefix }).metrics(metricsBody);
+      const m = createEncoder({ backendId: 'a', prefix, key }).metrics(metricsBody);
       await client.publishAsync(m.topic, m.payload, { qos: 1 });
       await until(() => gw.lb.balancer.snapshot().backends[0]!.reportFresh);
       await endClient(client);

@@ -5,11 +5,15 @@
  */
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
 import { connect } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
+
+/** Reports are signed, as a gateway requires by default. */
+const key = { keyId: 'k1', secret: randomBytes(32) };
 
 describe('lifecycle', () => {
   let a: TestServer;
@@ -33,6 +37,7 @@ describe('lifecycle', () => {
       backends: [{ id: 'a', url: a.url }],
       broker: { url: broker.url, reconnectPeriodMs: 50 },
       topicPrefix: prefix,
+      keys: [key],
     });
     try {
       await gw.lb.ready();
@@ -46,7 +51,7 @@ describe('lifecycle', () => {
       broker = await startEmbeddedBroker({ port });
       await back;
       const client = await connectClient(broker.url);
-      const m = createEncoder({ backendId: 'a', prefix }).metrics({
+      const m = createEncoder({ backendId: 'a', prefix, key }).metrics({
         intervalMs: 1000,
         state: 'online',
         host: { cpuUtilization: 0.3, memoryUtilization: 0.3, memoryAvailableBytes: 1 },

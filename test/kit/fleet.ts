@@ -7,7 +7,8 @@
  *
  * Needs the build (`npx tsc -b`): the children run dist/ code.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
@@ -18,6 +19,7 @@ import {
   type ManagedChild,
 } from '../../examples/lib/processes';
 import { startReportMonitor, type ReportMonitor } from '../../examples/lib/report-monitor';
+import type { SigningKey } from '@loadwise/protocol';
 
 /** Agents report often in tests so states change within a second or two. */
 export const FLEET_AGENT_INTERVAL_MS = 250;
@@ -41,6 +43,13 @@ export interface FleetOptions {
   intervalMs?: number;
   /** Extra loadwise-agent flags for every agent. */
   agentArgs?: string[];
+  /**
+   * Agents sign their reports with a key made for the fleet (`fleet.keys`,
+   * for the gateway), as a gateway requires by default. `false`: unsigned
+   * agents (a test of the unsigned posture); so does an own `--key-file` in
+   * agentArgs (then `fleet.keys` is empty).
+   */
+  sign?: boolean;
 }
 
 export interface BackendKnobs {
@@ -64,7 +73,7 @@ interface SharedFleetOptions {
   prefix?: string;
   intervalMs: number;
   agentArgs: string[];
-  /** Temporary directory for the backends' PID files. */
+  /** Temporary directory for the backends' PID files and the fleet's key file. */
   dir: string;
 }
 
@@ -169,6 +178,8 @@ export class FleetBackend {
 
 export interface Fleet {
   readonly backends: FleetBackend[];
+  /** The key the agents sign with (empty when they do not): pass as the gateway's `keys`. */
+  readonly keys: SigningKey[];
   get(id: string): FleetBackend;
   /** Backend configuration for loadBalance({ backends }). */
   backendConfig(): { id: string; url: string }[];
@@ -191,6 +202,14 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
     intervalMs: opts.intervalMs ?? FLEET_AGENT_INTERVAL_MS,
     agentArgs: opts.agentArgs ?? [],
   };
+  const keys: SigningKey[] = [];
+  if (opts.sign !== false && !shared.agentArgs.includes('--key-file')) {
+    const key = { keyId: 'fleet', secret: randomBytes(32) };
+    const keyFile = path.join(shared.dir, 'keys');
+    writeFileSync(keyFile, `${key.keyId} ${key.secret.toString('base64')}\n`, { mode: 0o600 });
+    shared.agentArgs = [...shared.agentArgs, '--key-file', keyFile];
+    keys.push(key);
+  }
   const backends: FleetBackend[] = [];
   let monitor: ReportMonitor | undefined;
   const close = async (): Promise<void> => {
@@ -223,6 +242,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
   }
   return {
     backends,
+    keys,
     monitor,
     get(id) {
       const b = backends.find((x) => x.id === id);

@@ -1,8 +1,16 @@
 /**
- * A Mosquitto of a test's own that requires TLS, a client certificate and a
+ * Mosquitto instances of a test's own.
+ *
+ * startTlsMosquitto: requires TLS, a client certificate and a
  * username/password, with a throwaway PKI made by openssl for the run (EC
- * P-256 keys, one-day certificates, the server's SAN is 127.0.0.1). Agent and
- * gateway TLS tests both use it.
+ * P-256 keys, one-day certificates, the server's SAN is 127.0.0.1). Every
+ * user gets a password entry (mosquitto_passwd) and a client certificate
+ * whose CN is the username; an optional ACL file says who may publish or
+ * subscribe where. A second CA ("rogue") signs certificates the broker must
+ * refuse. Agent and gateway TLS tests, and the broker security tests, use it.
+ *
+ * startMosquitto: a plain loopback listener with extra configuration lines
+ * (e.g. a bridge to a TLS one).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import {
@@ -30,27 +38,58 @@ function have(cmd: string): boolean {
 /** The binaries these tests need; .ci/run installs mosquitto (which brings mosquitto_passwd). */
 export const canRunTlsMosquitto = have('mosquitto') && have('openssl') && have('mosquitto_passwd');
 
+export interface MosquittoUser {
+  username: string;
+  password: string;
+}
+
+export interface TlsMosquittoOptions {
+  /** The first user's files are also client.pem, client.key and password. */
+  users: MosquittoUser[];
+  /** Lines of an ACL file (acl_file); without one, every authenticated user may do anything. */
+  acl?: string[];
+  /** Further mosquitto.conf lines (e.g. `max_packet_size 65536`). */
+  config?: string[];
+}
+
+export interface TlsClientOptions {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+  username: string;
+  password: string;
+}
+
 export interface TlsMosquitto {
   port: number;
   /** `mqtts://127.0.0.1:<port>` */
   url: string;
-  /** A file of the run: ca.pem, client.pem, client.key, password (the right password). */
-  file(name: 'ca.pem' | 'client.pem' | 'client.key' | 'password'): string;
-  /** mqtt.js TLS and login options for a client, with the given password. */
-  clientOptions(password?: string): {
-    ca: Buffer;
-    cert: Buffer;
-    key: Buffer;
-    username: string;
-    password: string;
-  };
+  /**
+   * A file of the run: ca.pem; client.pem, client.key, password (the first
+   * user's); <user>.pem, <user>.key, <user>.password; rogue-<user>.pem and
+   * .key (signed by a CA the broker does not trust).
+   */
+  file(name: string): string;
+  /** mqtt.js TLS and login options of the first user, with the given password. */
+  clientOptions(password?: string): TlsClientOptions;
+  /** The same for any user; `rogue`: a certificate from the untrusted CA. */
+  clientOptionsFor(
+    username: string,
+    opts?: { password?: string; rogue?: boolean },
+  ): TlsClientOptions;
   stop(): Promise<void>;
+}
+
+function makeDir(label: string): { dir: string; f: (name: string) => string } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), label));
+  return { dir, f: (name) => path.join(dir, name) };
 }
 
 /**
  * Starts `mosquitto -c conf` and waits until it accepts TCP connections on
  * `port`. `dir` holds the files the configuration names: Mosquitto started
- * as root drops to its own user, so they are made readable to it.
+ * as root drops to its own user, so they are made readable to it. stop()
+ * ends the broker; the caller owns `dir`.
  */
 export async function runMosquitto(
   conf: string,
@@ -85,54 +124,85 @@ export async function runMosquitto(
   return { stop, output: () => output };
 }
 
-export async function startTlsMosquitto(login: {
-  username: string;
-  password: string;
-}): Promise<TlsMosquitto> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'lw-tls-'));
-  const f = (name: string): string => path.join(dir, name);
+/** runMosquitto for a directory of the kit's own: stop() removes it too. */
+async function runOwnMosquitto(
+  dir: string,
+  conf: string,
+  port: number,
+): Promise<{ stop(): Promise<void> }> {
+  try {
+    const broker = await runMosquitto(conf, port, dir);
+    return {
+      stop: async () => {
+        await broker.stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+export async function startTlsMosquitto(
+  opts: MosquittoUser | TlsMosquittoOptions,
+): Promise<TlsMosquitto> {
+  const o: TlsMosquittoOptions = 'users' in opts ? opts : { users: [opts] };
+  const first = o.users[0];
+  if (!first) throw new Error('startTlsMosquitto needs at least one user');
+  const { dir, f } = makeDir('lw-tls-');
   const ssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'ignore' });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  ssl(
-    'req',
-    '-x509',
-    ...ec,
-    '-keyout',
-    f('ca.key'),
-    '-out',
-    f('ca.pem'),
-    '-days',
-    '1',
-    '-subj',
-    '/CN=lw-test-ca',
-  );
+  for (const ca of ['ca', 'rogue-ca']) {
+    ssl(
+      'req',
+      '-x509',
+      ...ec,
+      '-keyout',
+      f(`${ca}.key`),
+      '-out',
+      f(`${ca}.pem`),
+      '-days',
+      '1',
+      '-subj',
+      `/CN=lw-test-${ca}`,
+    );
+  }
   writeFileSync(f('san.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  for (const [name, cn] of [
-    ['server', '/CN=127.0.0.1'],
-    ['client', `/CN=${login.username}`],
-  ] as const) {
-    ssl('req', ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', cn);
+  const issue = (name: string, cn: string, ca: string, ext?: string): void => {
+    ssl('req', ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', `/CN=${cn}`);
     ssl(
       'x509',
       '-req',
       '-in',
       f(`${name}.csr`),
       '-CA',
-      f('ca.pem'),
+      f(`${ca}.pem`),
       '-CAkey',
-      f('ca.key'),
+      f(`${ca}.key`),
       '-CAcreateserial',
       '-out',
       f(`${name}.pem`),
       '-days',
       '1',
-      ...(name === 'server' ? ['-extfile', f('san.ext')] : []),
+      ...(ext ? ['-extfile', ext] : []),
     );
-  }
-  execFileSync('mosquitto_passwd', ['-b', '-c', f('passwd'), login.username, login.password], {
-    stdio: 'ignore',
+  };
+  issue('server', '127.0.0.1', 'ca', f('san.ext'));
+  o.users.forEach((u, i) => {
+    issue(u.username, u.username, 'ca');
+    issue(`rogue-${u.username}`, u.username, 'rogue-ca');
+    execFileSync(
+      'mosquitto_passwd',
+      ['-b', ...(i === 0 ? ['-c'] : []), f('passwd'), u.username, u.password],
+      { stdio: 'ignore' },
+    );
+    writeFileSync(f(`${u.username}.password`), `${u.password}\n`);
   });
-  writeFileSync(f('password'), `${login.password}\n`);
+  writeFileSync(f('client.pem'), readFileSync(f(`${first.username}.pem`)));
+  writeFileSync(f('client.key'), readFileSync(f(`${first.username}.key`)));
+  writeFileSync(f('password'), `${first.password}\n`);
+  if (o.acl) writeFileSync(f('acl'), `${o.acl.join('\n')}\n`);
   const port = await freePort();
   writeFileSync(
     f('mosquitto.conf'),
@@ -144,31 +214,49 @@ export async function startTlsMosquitto(login: {
       'require_certificate true',
       'allow_anonymous false',
       `password_file ${f('passwd')}`,
+      ...(o.acl ? [`acl_file ${f('acl')}`] : []),
+      ...(o.config ?? []),
       '',
     ].join('\n'),
   );
-  let broker: Awaited<ReturnType<typeof runMosquitto>>;
-  try {
-    broker = await runMosquitto(f('mosquitto.conf'), port, dir);
-  } catch (err) {
-    rmSync(dir, { recursive: true, force: true });
-    throw err;
-  }
-  const stop = async (): Promise<void> => {
-    await broker.stop();
-    rmSync(dir, { recursive: true, force: true });
+  const { stop } = await runOwnMosquitto(dir, f('mosquitto.conf'), port);
+  const clientOptionsFor: TlsMosquitto['clientOptionsFor'] = (username, opt = {}) => {
+    const user = o.users.find((u) => u.username === username);
+    if (!user) throw new Error(`no user ${username}`);
+    const prefix = opt.rogue ? `rogue-${username}` : username;
+    return {
+      ca: readFileSync(f('ca.pem')),
+      cert: readFileSync(f(`${prefix}.pem`)),
+      key: readFileSync(f(`${prefix}.key`)),
+      username,
+      password: opt.password ?? user.password,
+    };
   };
   return {
     port,
     url: `mqtts://127.0.0.1:${port}`,
     file: f,
-    clientOptions: (password = login.password) => ({
-      ca: readFileSync(f('ca.pem')),
-      cert: readFileSync(f('client.pem')),
-      key: readFileSync(f('client.key')),
-      username: login.username,
-      password,
-    }),
+    clientOptions: (password) => clientOptionsFor(first.username, { password }),
+    clientOptionsFor,
     stop,
   };
+}
+
+export interface PlainMosquitto {
+  port: number;
+  /** `mqtt://127.0.0.1:<port>` */
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** A plain loopback Mosquitto (anonymous clients allowed) with `config` lines added. */
+export async function startMosquitto(config: string[] = []): Promise<PlainMosquitto> {
+  const { dir, f } = makeDir('lw-mosq-');
+  const port = await freePort();
+  writeFileSync(
+    f('mosquitto.conf'),
+    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', ...config, ''].join('\n'),
+  );
+  const { stop } = await runOwnMosquitto(dir, f('mosquitto.conf'), port);
+  return { port, url: `mqtt://127.0.0.1:${port}`, stop };
 }

@@ -30,7 +30,7 @@ const fixtures: Fixture[] = readdirSync(FIXTURES)
   .map((file) => ({ file, ...JSON.parse(readFileSync(join(FIXTURES, file), 'utf8')) }));
 
 describe.each([
-  { signed: false, label: 'unsigned fixtures, gateway without keys' },
+  { signed: false, label: 'unsigned fixtures, gateway without keys, allowUnsigned' },
   { signed: true, label: 'signed fixtures, gateway requiring signatures' },
 ])('golden fixtures through a gateway: $label', ({ signed }) => {
   let backend: http.Server;
@@ -47,7 +47,7 @@ describe.each([
       // One server; a base path each, since two backends may not share a URL.
       backends: ['api-1', 'api-2', 'api-3'].map((id) => ({ id, url: `${url}/${id}` })),
       broker: { embedded: true },
-      ...(signed ? { keys } : {}),
+      ...(signed ? { keys } : { allowUnsigned: true }),
       healthCheck: false,
       now,
       logger: { info: () => {}, warn: () => {}, error: () => {} },
@@ -70,6 +70,7 @@ describe.each([
       const r = reference.decode(f.topic, Buffer.from(f.payload));
       if (!r.ok) expected.push(r.code);
       else if (r.message.kind === 'register') expected.push('LW_GW_REGISTRATION_REJECTED');
+      else if (!signed && r.message.kind === 'status') expected.push('LW_GW_UNSIGNED_IGNORED');
     }
     expect(expected.length).toBeGreaterThan(3);
 
@@ -87,16 +88,24 @@ describe.each([
     }
     expect(dropped).toEqual(expected);
 
-    // The valid metrics were applied, field for field as the fixture says.
     const byId = Object.fromEntries(lb.balancer.snapshot().backends.map((b) => [b.id, b]));
-    expect(byId['api-1']!.lastReport).toMatchObject({
-      inFlight: 12,
-      queued: 3,
-      concurrencyLimit: 16,
-    });
-    if (!signed) {
-      expect(byId['api-2']!.lastReport).toMatchObject({ cpuUtilization: 0, verdict: 'up' });
-      expect(byId['api-3']!.state).toBe('draining');
+    if (signed) {
+      // The valid signed metrics were applied, field for field as the fixture says.
+      expect(byId['api-1']!.lastReport).toMatchObject({
+        inFlight: 12,
+        queued: 3,
+        concurrencyLimit: 16,
+      });
+    } else {
+      // Unsigned: no report is taken as the backend's state, and the draining
+      // report and status excluded nothing; api-1's report (3 queued on 16
+      // slots) made it look busier, within the bound.
+      for (const id of ['api-1', 'api-2', 'api-3']) {
+        expect([id, byId[id]!.lastReport, byId[id]!.state]).toEqual([id, null, 'healthy']);
+      }
+      expect(byId['api-1']!.expectedWaitMs).toBeGreaterThan(
+        byId['api-2']!.expectedWaitMs ?? Infinity,
+      );
     }
 
     // And the gateway still routes, through a real server in front of it.

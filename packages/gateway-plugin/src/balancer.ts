@@ -37,6 +37,7 @@ import { Registry } from './registry/registry';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
 import type { Strategy } from './strategies/types';
+import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
 import { attachEventLog } from './observability/event-log';
 
@@ -62,6 +63,9 @@ export class Balancer {
   draining = false;
   private readonly cohort: LoadCohort = createLoadCohort();
   private readonly decoder: Decoder;
+  private readonly limiter: MessageLimiter;
+  /** The "no keys, unsigned refused" warning is logged once, not per message. */
+  private warnedUnsigned = false;
   private readonly source: MqttSource | undefined;
   private readonly log: RateLimitedLog;
   private readonly allowed: BlockList | undefined;
@@ -86,6 +90,7 @@ export class Balancer {
     // Checked before anything that holds a timer or socket is created.
     resolveLoadOptions(o.load);
     this.decoder = this.makeDecoder();
+    this.limiter = new MessageLimiter(o.messageLimits, o.now());
     this.registry = new Registry(
       this.strategy,
       this.events,
@@ -145,16 +150,20 @@ export class Balancer {
         : new MqttSource(
             o.broker,
             o.topicPrefix,
-            this.decoder,
             {
-              onMessage: (m, keyId, at) => this.onMessage(m, keyId, at),
-              onInvalid: (code, detail, backendId) => this.drop(code, detail, backendId),
+              onPacket: (topic, payload, retained) => this.receive(topic, payload, retained),
+              onPacketTooLarge: (bytes, from) =>
+                this.drop(
+                  'LW_GW_PACKET_TOO_LARGE',
+                  `embedded broker disconnected ${from ?? 'a client'}: packet of ${bytes}+ bytes > ${o.messageLimits.maxPacketBytes}`,
+                  undefined,
+                ),
               onConnected: (url) => this.events.emit('broker-connected', { url }),
               // Once per outage, not per reconnect attempt (mqtt-source.ts); logged by event-log.ts.
               onUnreachable: (url, error) => this.events.emit('broker-unreachable', { url, error }),
               onLost: (error) => this.events.emit('broker-lost', { error }),
             },
-            o.now,
+            o.messageLimits.maxPacketBytes,
           );
   }
 
@@ -164,8 +173,10 @@ export class Balancer {
       return createDecoder({
         prefix: o.topicPrefix,
         keys: o.keys,
-        requireSignature: o.requireSignature,
+        // Without keys too: then nothing is accepted, until keys or allowUnsigned are set.
+        requireSignature: !o.allowUnsigned,
         maxClockSkewMs: o.maxClockSkewMs,
+        maxRetainedAgeMs: o.maxRetainedAgeMs,
         maxPayloadBytes: o.maxPayloadBytes,
         now: o.now,
       });
@@ -236,13 +247,70 @@ export class Balancer {
     return backend;
   }
 
-  private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {
+  /**
+   * One message as the broker delivered it (transport/mqtt-source.ts calls
+   * this for every one). The cheap checks come first so a flood costs as
+   * little as possible (transport/message-limiter.ts): the gateway-wide cap;
+   * then size, topic and signature (decoder.verify: one HMAC, no JSON); then
+   * the backend's bucket for its class, unsigned before parsing, signed after
+   * the replay check (so only genuine, new messages use an agent's budget);
+   * then the allow-list and the rules of onMessage. Never throws; every
+   * message is applied or dropped by code.
+   * @internal
+   */
+  receive(topic: string, payload: Buffer, retained: boolean): void {
     if (this.closed) return;
+    // An empty retained payload clears a retained message [MQTT-3.3.1-10]: not an error.
+    if (payload.length === 0) return;
+    const nowMs = this.now();
+    if (!this.limiter.admitTotal(nowMs)) {
+      return this.drop('LW_GW_RATE_LIMITED', 'message rate of the gateway exceeded', undefined);
+    }
+    const verified = this.decoder.verify(topic, payload);
+    if (!verified.ok) return this.drop(verified.code, verified.detail, verified.backendId);
+    const id = verified.topic.backendId;
+    const known = this.registry.get(id) !== undefined ? id : undefined;
+    const signed = verified.keyId !== undefined;
+    if (!signed && this.limited(known, id, false, nowMs)) return;
+    const result = this.decoder.parse(verified, { retained });
+    if (!result.ok) return this.drop(result.code, result.detail, result.backendId);
+    if (signed && this.limited(known, id, true, nowMs)) return;
+    this.onMessage(result.message, result.keyId, nowMs);
+  }
+
+  /** Charges the backend's bucket; true (and counted) when the message is dropped. */
+  private limited(known: string | undefined, id: string, signed: boolean, nowMs: number): boolean {
+    const limited = this.limiter.admit(known, signed, nowMs);
+    if (limited === undefined) return false;
+    const which = limited === 'backend' ? `backend ${id}` : 'unknown backends';
+    this.drop(
+      'LW_GW_RATE_LIMITED',
+      `${signed ? 'signed' : 'unsigned'} message rate of ${which} exceeded`,
+      id,
+    );
+    return true;
+  }
+
+  private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {
     if (message.kind === 'register') return this.onRegistration(message, keyId);
     const backend = this.registry.get(message.backendId);
     // The allow-list: a report may change how much traffic a configured (or
     // discovered) backend gets, never add one (HAProxy agent-check rule).
     if (!backend) return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', message.backendId);
+    if (keyId === undefined) {
+      // Unsigned, and allowed (allowUnsigned): anyone on the broker could have
+      // sent it, so it may make the backend look busier, within a bound, and
+      // nothing else (registry/unsigned-report.ts, SECURITY.md).
+      if (message.kind === 'status') {
+        return this.drop(
+          'LW_GW_UNSIGNED_IGNORED',
+          `unsigned status ${message.state} ignored: only signed messages change eligibility`,
+          message.backendId,
+        );
+      }
+      this.registry.applyUnsigned(backend, message, receivedAtMs, this.options.unsignedMaxPenalty);
+      return;
+    }
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
   }
@@ -287,7 +355,19 @@ export class Balancer {
     backendId: string | undefined,
   ): void {
     this.metrics.onInvalidMessage(code);
-    this.events.emit('invalid-message', { code, backendId, detail });
+    // The default posture meeting unsigned agents: one clear line here, not one per report.
+    const quiet = code === 'LW_PROTO_UNSIGNED' && this.options.keys.length === 0;
+    this.events.emit('invalid-message', { code, backendId, detail, quiet });
+    if (quiet) {
+      if (this.warnedUnsigned) return;
+      this.warnedUnsigned = true;
+      this.options.logger.warn(
+        `refusing unsigned reports (first from ${backendId ?? 'unknown'}): no signing keys are configured. ` +
+          'Set keys (and sign agents with --key-file), or allowUnsigned: true to accept unsigned ' +
+          "reports that can only lower a backend's share (SECURITY.md). Further refusals are counted " +
+          'as LW_PROTO_UNSIGNED in loadwise_invalid_messages_total, not logged.',
+      );
+    }
   }
 
   /** Saturated: see docs/gateway.md ("Saturation"). */

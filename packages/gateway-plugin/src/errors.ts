@@ -89,6 +89,12 @@ export const DROP_REASONS = {
   LW_GW_UNKNOWN_BACKEND: 'the message names a backend that is not configured (and not discovered)',
   LW_GW_REGISTRATION_REJECTED:
     'a registration was ignored: discovery off, unsigned, address outside the allowed ranges or ports, a changed address, or too many backends',
+  LW_GW_RATE_LIMITED:
+    "the gateway's or a backend's message rate (messageLimits) was exceeded; dropped before it was parsed or applied",
+  LW_GW_UNSIGNED_IGNORED:
+    'an unsigned status was ignored: only signed messages change whether a backend is routable (allowUnsigned)',
+  LW_GW_PACKET_TOO_LARGE:
+    'the embedded broker disconnected a client whose packet exceeds messageLimits.maxPacketBytes',
 } as const;
 
 export type DropReason = keyof typeof DROP_REASONS;

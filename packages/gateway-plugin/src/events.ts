@@ -31,7 +31,15 @@ export interface BalancerEvents {
   /** A connection attempt failed while not connected (once per outage; the URL and the error). */
   'broker-unreachable': [{ url: string | undefined; error: string }];
   /** A wire message was dropped (protocol error code, or LW_GW_UNKNOWN_BACKEND style reasons). */
-  'invalid-message': [{ code: string; backendId: string | undefined; detail?: string }];
+  'invalid-message': [
+    {
+      code: string;
+      backendId: string | undefined;
+      detail?: string;
+      /** Already logged by the balancer itself (one warning for a whole class of drops). */
+      quiet?: boolean;
+    },
+  ];
 }
 
 export class BalancerEmitter extends EventEmitter<BalancerEvents> {

@@ -136,6 +136,8 @@ export function broker(v: unknown): BrokerOption | undefined {
   num('broker.keepaliveSec', v.keepaliveSec, 30, 0, 65535, true);
   num('broker.reconnectPeriodMs', v.reconnectPeriodMs, 1000, 1);
   num('broker.connectTimeoutMs', v.connectTimeoutMs, 10000, 1);
+  if (v.protocolVersion !== undefined && v.protocolVersion !== 4 && v.protocolVersion !== 5)
+    throw invalidOption('broker.protocolVersion', '4 or 5', v.protocolVersion);
   if (
     v.clientIdPrefix !== undefined &&
     (typeof v.clientIdPrefix !== 'string' || v.clientIdPrefix.length > 40)

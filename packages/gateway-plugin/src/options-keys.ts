@@ -26,6 +26,16 @@ const SHAPE: Shape = {
   requireSignature: undefined,
   maxClockSkewMs: undefined,
   maxPayloadBytes: undefined,
+  allowUnsigned: undefined,
+  unsignedMaxPenalty: undefined,
+  maxRetainedAgeMs: undefined,
+  messageLimits: {
+    perBackendPerSec: undefined,
+    perBackendBurst: undefined,
+    totalPerSec: undefined,
+    totalBurst: undefined,
+    maxPacketBytes: undefined,
+  },
   strategy: undefined,
   strategyOptions: undefined,
   load: undefined,
@@ -111,6 +121,7 @@ const BROKER_URL: Shape = {
   keepaliveSec: undefined,
   reconnectPeriodMs: undefined,
   connectTimeoutMs: undefined,
+  protocolVersion: undefined,
 };
 
 /** Levenshtein distance, small strings only (option names). */

@@ -76,6 +76,36 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'LW_GW_INVALID_OPTION',
   ],
   ['requireSignature without keys', { ...base, requireSignature: true }, 'LW_GW_INVALID_OPTION'],
+  ['allowUnsigned not a boolean', { ...base, allowUnsigned: 'yes' }, 'LW_GW_INVALID_OPTION'],
+  [
+    'allowUnsigned with requireSignature',
+    { ...base, keys: [key], requireSignature: true, allowUnsigned: true },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['unsigned penalty below 1', { ...base, unsignedMaxPenalty: 0.5 }, 'LW_GW_INVALID_OPTION'],
+  ['unsigned penalty above 8', { ...base, unsignedMaxPenalty: 9 }, 'LW_GW_INVALID_OPTION'],
+  ['retained age zero', { ...base, maxRetainedAgeMs: 0 }, 'LW_GW_INVALID_OPTION'],
+  [
+    'message rate zero',
+    { ...base, messageLimits: { perBackendPerSec: 0 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['message limits not an object', { ...base, messageLimits: 5 }, 'LW_GW_INVALID_OPTION'],
+  [
+    'packet bound below 1 KiB',
+    { ...base, messageLimits: { maxPacketBytes: 100 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'packet bound not above the payload bound',
+    { ...base, maxPayloadBytes: 8192, messageLimits: { maxPacketBytes: 8192 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'protocol version 3',
+    { ...base, broker: { url: 'mqtt://h', protocolVersion: 3 } },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['negative timeout', { ...base, requestTimeoutMs: -1 }, 'LW_GW_INVALID_OPTION'],
   ['NaN timeout', { ...base, connectTimeoutMs: NaN }, 'LW_GW_INVALID_OPTION'],
   ['retries above 10', { ...base, retry: { maxRetries: 11 } }, 'LW_GW_INVALID_OPTION'],
@@ -244,6 +274,25 @@ describe('loadBalance options', () => {
     expect(
       resolveOptions({ ...base, clientBodyTimeoutMs: false, maxInFlightPerClient: false }),
     ).toMatchObject({ clientBodyTimeoutMs: undefined, maxInFlightPerClient: undefined });
+  });
+
+  it('is secure by default: unsigned refused, bounded control channel', () => {
+    const o = resolveOptions(base);
+    expect([o.allowUnsigned, o.unsignedMaxPenalty]).toEqual([false, 2]);
+    expect(o.messageLimits).toEqual({
+      perBackendPerSec: 20,
+      perBackendBurst: 40,
+      totalPerSec: 20000,
+      totalBurst: 20000,
+      maxPacketBytes: 65536,
+    });
+    // The legacy spelling of the same choice.
+    expect(resolveOptions({ ...base, keys: [key], requireSignature: false }).allowUnsigned).toBe(
+      true,
+    );
+    expect(
+      resolveOptions({ ...base, messageLimits: { totalPerSec: 50 } }).messageLimits.totalBurst,
+    ).toBe(50);
   });
 
   it('accepts discovery without configured backends', () => {

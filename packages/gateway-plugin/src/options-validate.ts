@@ -40,6 +40,9 @@ import {
 } from './options-checks';
 import { rejectUnknownOptions } from './options-keys';
 
+import { DEFAULT_UNSIGNED_MAX_PENALTY } from './registry/unsigned-report';
+import { DEFAULT_MAX_PACKET_BYTES } from './transport/embedded-broker';
+
 export { backendUrl } from './options-checks';
 
 function metricsRegistry(v: unknown): ResolvedOptions['metricsRegistry'] {
@@ -111,6 +114,32 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   if (o.requireSignature !== undefined) bool('requireSignature', o.requireSignature, false);
   if (o.requireSignature === true && keys.length === 0)
     throw invalidOption('requireSignature', 'false when no keys are given', true);
+  // Secure by default: unsigned reports are refused unless allowed (SECURITY.md).
+  const allowUnsigned = bool('allowUnsigned', o.allowUnsigned, o.requireSignature === false);
+  if (allowUnsigned && o.requireSignature === true)
+    throw invalidOption('allowUnsigned', 'false when requireSignature is true', true);
+  const limits = section('messageLimits', o.messageLimits);
+  const perBackendPerSec = num('messageLimits.perBackendPerSec', limits.perBackendPerSec, 20, 0.01);
+  const totalPerSec = num('messageLimits.totalPerSec', limits.totalPerSec, 20_000, 0.01);
+  const messageLimits: ResolvedOptions['messageLimits'] = {
+    perBackendPerSec,
+    perBackendBurst: num(
+      'messageLimits.perBackendBurst',
+      limits.perBackendBurst,
+      Math.max(1, 2 * perBackendPerSec),
+      1,
+    ),
+    totalPerSec,
+    totalBurst: num('messageLimits.totalBurst', limits.totalBurst, Math.max(1, totalPerSec), 1),
+    maxPacketBytes: num(
+      'messageLimits.maxPacketBytes',
+      limits.maxPacketBytes,
+      DEFAULT_MAX_PACKET_BYTES,
+      1024,
+      256 * 1024 * 1024,
+      true,
+    ),
+  };
 
   const strategy = o.strategy ?? DEFAULT_STRATEGY;
   if (typeof strategy !== 'string' || strategy === '')
@@ -222,12 +251,25 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     service: o.service as string | undefined,
     keys,
     requireSignature: o.requireSignature as boolean | undefined,
+    allowUnsigned,
+    unsignedMaxPenalty: num(
+      'unsignedMaxPenalty',
+      o.unsignedMaxPenalty,
+      DEFAULT_UNSIGNED_MAX_PENALTY,
+      1,
+      8,
+    ),
     maxClockSkewMs:
       o.maxClockSkewMs === undefined ? undefined : num('maxClockSkewMs', o.maxClockSkewMs, 0, 1),
+    maxRetainedAgeMs:
+      o.maxRetainedAgeMs === undefined
+        ? undefined
+        : num('maxRetainedAgeMs', o.maxRetainedAgeMs, 0, 1),
     maxPayloadBytes:
       o.maxPayloadBytes === undefined
         ? undefined
         : num('maxPayloadBytes', o.maxPayloadBytes, 0, 256, 1 << 20, true),
+    messageLimits,
     strategy,
     strategyOptions: section('strategyOptions', o.strategyOptions),
     load: section('load', o.load),
@@ -388,6 +430,16 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
     now: fn('now', o.now, Date.now),
     random: fn('random', o.random, Math.random),
   };
+  if (
+    resolved.maxPayloadBytes !== undefined &&
+    resolved.messageLimits.maxPacketBytes <= resolved.maxPayloadBytes
+  ) {
+    throw invalidOption(
+      'messageLimits.maxPacketBytes',
+      '> maxPayloadBytes (a packet holds the topic and headers too)',
+      resolved.messageLimits.maxPacketBytes,
+    );
+  }
   if (resolved.outlier.maxEjectionMs < resolved.outlier.baseEjectionMs) {
     throw invalidOption(
       'outlier.maxEjectionMs',

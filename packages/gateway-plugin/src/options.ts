@@ -32,6 +32,12 @@ export interface BrokerUrlOptions {
   keepaliveSec?: number;
   reconnectPeriodMs?: number;
   connectTimeoutMs?: number;
+  /**
+   * MQTT protocol level: 5 (default) asks the broker not to send packets over
+   * messageLimits.maxPacketBytes, and falls back to 4 (3.1.1) if the broker
+   * refuses 5; 4 never tries 5.
+   */
+  protocolVersion?: 4 | 5;
 }
 
 export type BrokerOption =
@@ -126,6 +132,24 @@ export interface DiscoveryOptions {
   maxBackends?: number;
 }
 
+/** Bounds on the control channel (docs/gateway.md, "Control channel limits"). */
+export interface MessageLimitOptions {
+  /**
+   * Messages per second applied per backend, counted separately for verified
+   * signed and for unsigned messages (token bucket; default 20, burst 40).
+   */
+  perBackendPerSec?: number;
+  perBackendBurst?: number;
+  /** Messages per second the gateway looks at in all, before any check (default 20 000). */
+  totalPerSec?: number;
+  totalBurst?: number;
+  /**
+   * Largest MQTT packet: the MQTT 5 Maximum Packet Size asked of URL brokers,
+   * and the embedded broker's limit (default 65 536).
+   */
+  maxPacketBytes?: number;
+}
+
 /**
  * pino-compatible: the balancer calls `logger.warn(fields, msg)` (an object of
  * structured fields, then the sentence), so `pino()`, `console` and objects of
@@ -150,9 +174,22 @@ export interface LoadBalanceOptions {
   service?: string;
   /** Verification keys; with keys, unsigned reports are dropped unless requireSignature is false. */
   keys?: SigningKey[];
+  /** Legacy spelling: `requireSignature: false` is `allowUnsigned: true`. */
   requireSignature?: boolean;
+  /**
+   * Accept unsigned reports (default false: refused, with one warning). Even
+   * then an unsigned message can never drain, offline, mark down or eject a
+   * backend: an unsigned status is ignored and an unsigned report only raises
+   * the backend's expected wait, at most by `unsignedMaxPenalty`. SECURITY.md.
+   */
+  allowUnsigned?: boolean;
+  /** Largest factor an unsigned report may put on a backend's expected wait (default 2). */
+  unsignedMaxPenalty?: number;
   maxClockSkewMs?: number;
+  /** Retained messages (except the Last Will) older than this are ignored (default 60 000). */
+  maxRetainedAgeMs?: number;
   maxPayloadBytes?: number;
+  messageLimits?: MessageLimitOptions;
   /** Strategy name (default 'load-aware'); see docs/gateway.md. */
   strategy?: string;
   strategyOptions?: Record<string, unknown>;
@@ -252,8 +289,12 @@ export interface ResolvedOptions {
   service: string | undefined;
   keys: SigningKey[];
   requireSignature: boolean | undefined;
+  allowUnsigned: boolean;
+  unsignedMaxPenalty: number;
   maxClockSkewMs: number | undefined;
+  maxRetainedAgeMs: number | undefined;
   maxPayloadBytes: number | undefined;
+  messageLimits: Required<MessageLimitOptions>;
   strategy: string;
   strategyOptions: Record<string, unknown>;
   load: Record<string, unknown>;

@@ -87,7 +87,7 @@ describe('encoder', () => {
     expect(() => createDecoder({ maxPayloadBytes: 10 })).toThrow(
       expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
     );
-    expect(() => createDecoder({ requireSignature: true })).toThrow(
+    expect(() => createDecoder({ maxRetainedAgeMs: 0 })).toThrow(
       expect.objectContaining({ code: 'LW_PROTO_INVALID_OPTION' }),
     );
     expect(() => createDecoder({ maxClockSkewMs: Number.NaN })).toThrow(
@@ -177,28 +177,77 @@ describe('replay protection', () => {
     expect(dec.decode(b.topic, b.payload).ok).toBe(true);
   });
 
-  it('rejects signed messages outside the skew window, except retained ones and wills', () => {
+  it('rejects messages outside the skew window, signed or not; retained ones up to maxRetainedAgeMs; wills by epoch', () => {
     const c = clock();
     const enc = createEncoder({ backendId: 'b1', key, now: c.now });
     const online = enc.status('online');
     const will = enc.status('offline', { will: true });
     const metrics = enc.metrics(body);
-    c.advance(60_000);
-    const dec = createDecoder({ keys: [key], now: c.now, maxClockSkewMs: 30_000 });
+    const unsigned = createEncoder({ backendId: 'b3', now: c.now }).metrics(body);
+    c.advance(45_000);
+    const dec = createDecoder({
+      keys: [key],
+      requireSignature: false,
+      now: c.now,
+      maxClockSkewMs: 30_000,
+      maxRetainedAgeMs: 60_000,
+    });
     expect(dec.decode(metrics.topic, metrics.payload)).toMatchObject({
       ok: false,
       code: 'LW_PROTO_CLOCK_SKEW',
     });
-    // A retained status is old by design when a gateway subscribes [MQTT-3.3.1-8].
-    expect(dec.decode(online.topic, online.payload, { retained: true }).ok).toBe(true);
-    // The will was built at connect time; it fires much later.
-    expect(dec.decode(will.topic, will.payload).ok).toBe(true);
-    const future = createEncoder({ backendId: 'b2', key, now: () => c.now() + 120_000 }).metrics(
-      body,
-    );
-    expect(dec.decode(future.topic, future.payload, { retained: true })).toMatchObject({
+    expect(dec.decode(unsigned.topic, unsigned.payload)).toMatchObject({
+      ok: false,
       code: 'LW_PROTO_CLOCK_SKEW',
     });
+    // A retained status is old by design when a gateway subscribes [MQTT-3.3.1-8], up to a bound.
+    expect(dec.decode(online.topic, online.payload, { retained: true }).ok).toBe(true);
+    c.advance(20_000);
+    expect(dec.decode(online.topic, online.payload, { retained: true })).toMatchObject({
+      ok: false,
+      code: 'LW_PROTO_STALE',
+    });
+    // The will was built at connect time; it fires much later, live or retained.
+    c.advance(3_600_000);
+    expect(dec.decode(will.topic, will.payload).ok).toBe(true);
+    expect(dec.decode(will.topic, will.payload, { retained: true }).ok).toBe(true);
+    const future = createEncoder({ backendId: 'b2', key, now: () => c.now() + 120_000 });
+    const fromFuture = [future.metrics(body), future.status('offline', { will: true })];
+    for (const m of fromFuture) {
+      expect(dec.decode(m.topic, m.payload, { retained: true })).toMatchObject({
+        code: 'LW_PROTO_CLOCK_SKEW',
+      });
+    }
+  });
+
+  it('rejects an epoch beyond the skew window even with a current timestamp', () => {
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const m = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    const forged = { ...m.message, epochMs: c.now() + 3_600_000 };
+    const signed = encodeMessage('loadwise', forged, key);
+    expect(dec.decode(signed.topic, signed.payload)).toMatchObject({ code: 'LW_PROTO_CLOCK_SKEW' });
+    // Nothing advanced: the genuine report is still accepted.
+    expect(dec.decode(m.topic, m.payload).ok).toBe(true);
+  });
+
+  it('never lets an unsigned message touch replay state (a forged far-ahead sequence locks nobody out)', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', key, now: c.now });
+    const dec = createDecoder({ keys: [key], requireSignature: false, now: c.now });
+    const genuine = enc.metrics(body);
+    expect(dec.decode(genuine.topic, genuine.payload).ok).toBe(true);
+    // Same epoch, a sequence far ahead, unsigned: accepted as unsigned, remembered nowhere.
+    const forged = encodeMessage('loadwise', { ...genuine.message, seq: 2 ** 52 });
+    expect(dec.decode(forged.topic, forged.payload)).toMatchObject({ ok: true, keyId: undefined });
+    // An unsigned copy of a signed report is not a "replay" either: it is simply unsigned.
+    const copy = encodeMessage('loadwise', genuine.message);
+    expect(dec.decode(copy.topic, copy.payload)).toMatchObject({ ok: true, keyId: undefined });
+    for (let i = 0; i < 3; i++) {
+      c.advance(1000);
+      const next = enc.metrics(body);
+      expect(dec.decode(next.topic, next.payload)).toMatchObject({ ok: true, keyId: 'k1' });
+    }
   });
 
   it('rejects a will from an older epoch (a replayed will of a previous agent run)', () => {
@@ -232,9 +281,9 @@ describe('replay protection', () => {
 
   it('keeps replay state bounded: beyond the bound the oldest backend is forgotten, recent ones are not', () => {
     const c = clock();
-    const dec = createDecoder({ now: c.now, maxTrackedBackends: 10 });
+    const dec = createDecoder({ keys: [key], now: c.now, maxTrackedBackends: 10 });
     const sent = Array.from({ length: 50 }, (_, i) =>
-      createEncoder({ backendId: `b${i}`, now: c.now }).metrics(body),
+      createEncoder({ backendId: `b${i}`, key, now: c.now }).metrics(body),
     );
     for (const m of sent) expect(dec.decode(m.topic, m.payload).ok).toBe(true);
     // b49 is tracked: its duplicate is a replay. b0 was evicted to stay within
@@ -271,6 +320,14 @@ describe('signatures', () => {
     expect(keyless.decode(signed.topic, signed.payload)).toMatchObject({
       ok: true,
       keyId: undefined,
+    });
+    // Required without keys: nothing can be verified, so nothing is accepted.
+    const refuseAll = createDecoder({ requireSignature: true, now: c.now });
+    expect(refuseAll.decode(unsigned.topic, unsigned.payload)).toMatchObject({
+      code: 'LW_PROTO_UNSIGNED',
+    });
+    expect(refuseAll.decode(signed.topic, signed.payload)).toMatchObject({
+      code: 'LW_PROTO_UNKNOWN_KEY',
     });
   });
 

@@ -7,7 +7,12 @@ import {
   type RegistrationMessage,
   type StatusMessage,
 } from './messages';
-import { DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_TRACKED_BACKENDS, ReplayGuard } from './replay';
+import {
+  DEFAULT_MAX_CLOCK_SKEW_MS,
+  DEFAULT_MAX_RETAINED_AGE_MS,
+  DEFAULT_MAX_TRACKED_BACKENDS,
+  ReplayGuard,
+} from './replay';
 import {
   assertValidKey,
   signPayload,
@@ -21,12 +26,15 @@ import {
   assertValidPrefix,
   parseTopic,
   topicFor,
+  type ParsedTopic,
 } from './topics';
 import { validateMessage } from './validate';
 
 /**
  * A full metrics report is ~700 bytes. 8 KiB leaves room for growth while a
- * flood of huge payloads is rejected before any parsing.
+ * flood of huge payloads is rejected before any parsing. (The bound applies
+ * once a payload is in memory; keeping larger packets off the wire is the
+ * broker's and the MQTT connection's job, see docs/protocol.md "Size".)
  */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 8 * 1024;
 
@@ -126,15 +134,41 @@ export interface DecoderOptions {
   maxPayloadBytes?: number;
   /** Verification keys. With keys, unsigned messages are rejected unless requireSignature is false. */
   keys?: readonly SigningKey[];
+  /**
+   * Reject unsigned messages (default: true when keys are given). True without
+   * keys rejects every message: unsigned ones as LW_PROTO_UNSIGNED, signed ones
+   * as LW_PROTO_UNKNOWN_KEY (a gateway that was given no keys and does not
+   * allow unsigned reports).
+   */
   requireSignature?: boolean;
   maxClockSkewMs?: number;
+  /** Retained messages (other than the Last Will) older than this are LW_PROTO_STALE. */
+  maxRetainedAgeMs?: number;
   maxTrackedBackends?: number;
   now?: () => number;
 }
 
+export interface DecodeFailure {
+  ok: false;
+  code: ProtocolErrorCode;
+  detail: string;
+  backendId: string | undefined;
+}
+
 export type DecodeResult =
-  | { ok: true; message: Message; keyId: string | undefined }
-  | { ok: false; code: ProtocolErrorCode; detail: string; backendId: string | undefined };
+  { ok: true; message: Message; keyId: string | undefined } | DecodeFailure;
+
+/** A payload whose size, topic and signature passed, not yet parsed (Decoder.verify). */
+export interface Verified {
+  ok: true;
+  topic: ParsedTopic;
+  /** The JSON text, without the signature trailer. */
+  body: string;
+  /** Key id of the verified signature; undefined for an accepted unsigned payload. */
+  keyId: string | undefined;
+}
+
+export type VerifyResult = Verified | DecodeFailure;
 
 export interface DecodeMeta {
   /** The MQTT retain flag of the delivered message. */
@@ -142,8 +176,16 @@ export interface DecodeMeta {
 }
 
 export interface Decoder {
-  /** Never throws: every failure is a result with a stable code. */
+  /** Never throws: every failure is a result with a stable code. verify + parse. */
   decode(topic: string, payload: Buffer | string, meta?: DecodeMeta): DecodeResult;
+  /**
+   * The cheap half of decode: size, topic and signature (one HMAC), no JSON
+   * parsing. A caller may rate-limit between the two halves by what it learns
+   * here (backend id, signed or not). Never throws.
+   */
+  verify(topic: string, payload: Buffer | string): VerifyResult;
+  /** The other half: JSON, schema, time and order rules. Never throws. */
+  parse(verified: Verified, meta?: DecodeMeta): DecodeResult;
   /** Drops replay state for a backend (e.g. when it is removed). */
   forget(backendId: string): void;
 }
@@ -161,72 +203,88 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     keys.set(key.keyId, key.secret);
   }
   const requireSignature = opts.requireSignature ?? keys.size > 0;
-  if (requireSignature && keys.size === 0) {
-    throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'requireSignature needs at least one key');
-  }
   const maxClockSkewMs = opts.maxClockSkewMs ?? DEFAULT_MAX_CLOCK_SKEW_MS;
   if (!Number.isFinite(maxClockSkewMs) || maxClockSkewMs <= 0) {
     throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'maxClockSkewMs must be a positive number');
   }
+  const maxRetainedAgeMs = opts.maxRetainedAgeMs ?? DEFAULT_MAX_RETAINED_AGE_MS;
+  if (!Number.isFinite(maxRetainedAgeMs) || maxRetainedAgeMs <= 0) {
+    throw new ProtocolError(
+      'LW_PROTO_INVALID_OPTION',
+      'maxRetainedAgeMs must be a positive number',
+    );
+  }
   const guard = new ReplayGuard({
     maxClockSkewMs,
-    checkClockSkew: keys.size > 0,
+    maxRetainedAgeMs,
     maxTrackedBackends: opts.maxTrackedBackends ?? DEFAULT_MAX_TRACKED_BACKENDS,
     now: opts.now ?? Date.now,
   });
 
-  const fail = (code: ProtocolErrorCode, detail: string, backendId?: string): DecodeResult => ({
+  const fail = (code: ProtocolErrorCode, detail: string, backendId?: string): DecodeFailure => ({
     ok: false,
     code,
     detail,
     backendId,
   });
 
+  const verify: Decoder['verify'] = (topic, payload) => {
+    const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
+    if (size > maxBytes) return fail('LW_PROTO_TOO_LARGE', `${size} bytes > ${maxBytes}`);
+    const parsedTopic = parseTopic(prefix, topic);
+    if (!parsedTopic.ok)
+      return fail(parsedTopic.code, `topic ${JSON.stringify(topic.slice(0, 200))}`);
+    const { backendId } = parsedTopic.value;
+
+    const text = typeof payload === 'string' ? payload : payload.toString('utf8');
+    const split = splitSignature(text);
+    if (!split)
+      return fail('LW_PROTO_MALFORMED_JSON', 'unrecognised trailer after the JSON body', backendId);
+    // Signature before JSON.parse: a gateway that requires signatures spends
+    // one HMAC, not a parse, on a forged message.
+    let keyId: string | undefined;
+    if (split.keyId !== undefined && (keys.size > 0 || requireSignature)) {
+      const bad = verifySignature(topic, split.body, split.keyId, split.signature ?? '', keys);
+      if (bad) return fail(bad, `key id ${JSON.stringify(split.keyId.slice(0, 64))}`, backendId);
+      keyId = split.keyId;
+    } else if (requireSignature) {
+      return fail('LW_PROTO_UNSIGNED', 'signature required', backendId);
+    }
+    return { ok: true, topic: parsedTopic.value, body: split.body, keyId };
+  };
+
+  const parse: Decoder['parse'] = (verified, meta = {}) => {
+    const { backendId, kind } = verified.topic;
+    let value: unknown;
+    try {
+      value = JSON.parse(verified.body);
+    } catch (err) {
+      return fail('LW_PROTO_MALFORMED_JSON', (err as Error).message.slice(0, 200), backendId);
+    }
+    const invalid = validateMessage(value, verified.topic);
+    if (invalid) return fail(invalid.code, `${kind} field ${invalid.path}`, backendId);
+    const message = value as Message;
+    const replay = guard.check(message, {
+      retained: meta.retained === true,
+      signed: verified.keyId !== undefined,
+    });
+    if (replay) {
+      return fail(
+        replay,
+        `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}`,
+        backendId,
+      );
+    }
+    return { ok: true, message, keyId: verified.keyId };
+  };
+
   return {
     forget: (backendId) => guard.forget(backendId),
+    verify,
+    parse,
     decode(topic, payload, meta = {}) {
-      const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
-      if (size > maxBytes) return fail('LW_PROTO_TOO_LARGE', `${size} bytes > ${maxBytes}`);
-      const parsedTopic = parseTopic(prefix, topic);
-      if (!parsedTopic.ok)
-        return fail(parsedTopic.code, `topic ${JSON.stringify(topic.slice(0, 200))}`);
-      const { backendId, kind } = parsedTopic.value;
-
-      const text = typeof payload === 'string' ? payload : payload.toString('utf8');
-      const split = splitSignature(text);
-      if (!split)
-        return fail(
-          'LW_PROTO_MALFORMED_JSON',
-          'unrecognised trailer after the JSON body',
-          backendId,
-        );
-      let keyId: string | undefined;
-      if (split.keyId !== undefined && keys.size > 0) {
-        const bad = verifySignature(topic, split.body, split.keyId, split.signature ?? '', keys);
-        if (bad) return fail(bad, `key id ${JSON.stringify(split.keyId.slice(0, 64))}`, backendId);
-        keyId = split.keyId;
-      } else if (requireSignature) {
-        return fail('LW_PROTO_UNSIGNED', 'signature required', backendId);
-      }
-
-      let value: unknown;
-      try {
-        value = JSON.parse(split.body);
-      } catch (err) {
-        return fail('LW_PROTO_MALFORMED_JSON', (err as Error).message.slice(0, 200), backendId);
-      }
-      const invalid = validateMessage(value, parsedTopic.value);
-      if (invalid) return fail(invalid.code, `${kind} field ${invalid.path}`, backendId);
-      const message = value as Message;
-      const replay = guard.check(message, meta.retained === true);
-      if (replay) {
-        return fail(
-          replay,
-          `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}`,
-          backendId,
-        );
-      }
-      return { ok: true, message, keyId };
+      const verified = verify(topic, payload);
+      return verified.ok ? parse(verified, meta) : verified;
     },
   };
 }

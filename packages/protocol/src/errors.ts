@@ -1,6 +1,6 @@
 /**
  * Error catalogue of @loadwise/protocol. Codes are stable: gateways count
- * dropped messages by code, and docs/ERRORS.md lists every one (a test checks
+ * dropped messages by code, and docs/protocol.md lists every one (a test checks
  * that the two agree).
  */
 export const PROTOCOL_ERRORS = {
@@ -22,6 +22,7 @@ export const PROTOCOL_ERRORS = {
   LW_PROTO_BAD_SIGNATURE: 'signature does not match the topic and payload',
   LW_PROTO_UNKNOWN_KEY: 'signature names a key id the verifier does not hold',
   LW_PROTO_CLOCK_SKEW: 'timestamp is outside the allowed clock-skew window',
+  LW_PROTO_STALE: 'a retained message is older than its freshness limit (maxRetainedAgeMs)',
   LW_PROTO_REPLAY: 'sequence number is not newer than one already accepted for this backend',
   LW_PROTO_INVALID_OPTION: 'an option passed to a protocol function is invalid',
 } as const;

@@ -15,6 +15,8 @@ const FIXTURE_NOW_MS = 1767225600000;
 interface Fixture {
   description: string;
   signed: boolean;
+  /** Delivered with the MQTT retain flag (default false). */
+  retained?: boolean;
   topic: string;
   payload: string;
   expect: { ok: true; message: Message } | { ok: false; code: string };
@@ -44,7 +46,9 @@ describe('golden fixtures', () => {
   });
 
   it.each(fixtures.map((f) => [f.file, f] as const))('%s decodes as expected', (_file, f) => {
-    const result = decoderFor(f).decode(f.topic, Buffer.from(f.payload));
+    const result = decoderFor(f).decode(f.topic, Buffer.from(f.payload), {
+      retained: f.retained === true,
+    });
     if (f.expect.ok) {
       expect(result).toEqual({
         ok: true,

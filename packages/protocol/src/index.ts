@@ -8,5 +8,11 @@ export {
   type ValidationFailure,
 } from './validate';
 export * from './signing';
-export { ReplayGuard, DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_TRACKED_BACKENDS } from './replay';
+export {
+  ReplayGuard,
+  isLastWill,
+  DEFAULT_MAX_CLOCK_SKEW_MS,
+  DEFAULT_MAX_RETAINED_AGE_MS,
+  DEFAULT_MAX_TRACKED_BACKENDS,
+} from './replay';
 export * from './codec';

@@ -2,15 +2,30 @@ import type { ProtocolErrorCode } from './errors';
 import type { Message } from './messages';
 
 export const DEFAULT_MAX_CLOCK_SKEW_MS = 30_000;
+/**
+ * How old a retained message may be. Agents publish their status retained on
+ * every (re)connect and state change, and repeat their state in every metrics
+ * report, so a gateway that ignores an older retained status learns the state
+ * from the next report, one interval later, instead of trusting a claim
+ * (`offline`, `draining`) that may have outlived its agent by days.
+ */
+export const DEFAULT_MAX_RETAINED_AGE_MS = 60_000;
 export const DEFAULT_MAX_TRACKED_BACKENDS = 100_000;
 
 export interface ReplayGuardOptions {
   /** Reject timestamps further than this from the local clock. */
   maxClockSkewMs: number;
-  /** Skew is checked only for signed traffic: unsigned clocks are not worth trusting or punishing. */
-  checkClockSkew: boolean;
+  /** Reject retained messages (other than the Last Will) older than this. */
+  maxRetainedAgeMs: number;
   maxTrackedBackends: number;
   now: () => number;
+}
+
+export interface CheckMeta {
+  /** The MQTT retain flag of the delivered message. */
+  retained: boolean;
+  /** The message carried a signature the decoder verified. */
+  signed: boolean;
 }
 
 interface Last {
@@ -19,38 +34,61 @@ interface Last {
   seenAtMs: number;
 }
 
+/** The agent's Last Will: an `offline` status marked `will`, built when the agent connected. */
+export function isLastWill(message: Message): boolean {
+  return message.kind === 'status' && message.will === true && message.state === 'offline';
+}
+
 /**
- * Drops replayed and reordered messages per backend.
+ * Time and order rules of every decoded message (docs/protocol.md, "Signing
+ * and replay protection"), checked in this order so nothing a message claims
+ * about the future can advance any state:
  *
- * Order is (epochMs, seq): a restarted agent has a newer epoch. A message must
- * be strictly newer than the last accepted one. With signing on, it must also
- * be within the skew window, so only messages younger than the window could be
- * replayed at all, and the state of a backend silent for longer than twice the
- * window can be forgotten without opening a hole. Forgetting also lets an agent
- * whose clock stepped backwards across a restart be heard again.
+ * 1. Time, for every message, signed or not: `ts` and `epochMs` may not be
+ *    more than `maxClockSkewMs` ahead of the local clock (an agent cannot have
+ *    started, or sent, in the future); a live message may not be more than
+ *    `maxClockSkewMs` old; a retained one (delivered at subscribe time, old by
+ *    design [MQTT-3.3.1-8]) not more than `maxRetainedAgeMs` old
+ *    (LW_PROTO_STALE).
+ * 2. Order, for verified signed messages only: `(epochMs, seq)` must be
+ *    strictly newer than the last accepted one of the backend. Only a verified
+ *    signed message is remembered: an unsigned one can be forged by anyone on
+ *    the broker, and if it could move the high-water mark a single forged
+ *    `(epochMs, seq)` far ahead would make every genuine report a "replay".
+ *    Unsigned messages are neither checked against nor recorded in this state.
  *
- * Two exceptions, both from how MQTT delivers:
- * - retained messages arrive at subscribe time and may be old by design
- *   [MQTT-3.3.1-8]; they skip the staleness bound (not the future bound);
- * - the Last Will is fixed when the agent connects, so its seq and ts are old
- *   when it fires; a will (`status`, `will: true`, `offline`) need only come
- *   from the current or a newer epoch. A replayed will can only mark metrics
- *   stale, which is what the failure it announces does anyway.
+ * Because every accepted message is within the skew window, only messages
+ * younger than the window could be replayed at all, and the state of a
+ * backend silent for longer than twice the window can be forgotten without
+ * opening a hole; forgetting also lets an agent whose clock stepped backwards
+ * across a restart be heard again.
+ *
+ * The Last Will is fixed when the agent connects, so its `ts` (and `seq`) are
+ * old when it fires: it skips the staleness bounds (not the future bound) and
+ * is judged by its epoch instead: it must come from the current agent run or a
+ * newer one. Its effect is benign by design (the gateway keeps routing to the
+ * backend on local signals), so an old will can do no more than the failure it
+ * announces. It does not advance the sequence.
  */
 export class ReplayGuard {
   private readonly last = new Map<string, Last>();
 
   constructor(private readonly opts: ReplayGuardOptions) {}
 
-  check(message: Message, retained: boolean): ProtocolErrorCode | undefined {
+  check(message: Message, meta: CheckMeta): ProtocolErrorCode | undefined {
     const now = this.opts.now();
     const skew = this.opts.maxClockSkewMs;
-    const isWill =
-      message.kind === 'status' && message.will === true && message.state === 'offline';
-    if (this.opts.checkClockSkew) {
-      if (message.ts > now + skew) return 'LW_PROTO_CLOCK_SKEW';
-      if (!retained && !isWill && message.ts < now - skew) return 'LW_PROTO_CLOCK_SKEW';
+    const isWill = isLastWill(message);
+    if (message.ts > now + skew || message.epochMs > now + skew) return 'LW_PROTO_CLOCK_SKEW';
+    if (!isWill) {
+      if (meta.retained) {
+        if (message.ts < now - this.opts.maxRetainedAgeMs) return 'LW_PROTO_STALE';
+      } else if (message.ts < now - skew) {
+        return 'LW_PROTO_CLOCK_SKEW';
+      }
     }
+    if (!meta.signed) return undefined;
+
     let last = this.last.get(message.backendId);
     if (last && now - last.seenAtMs > 2 * skew) {
       this.last.delete(message.backendId);

@@ -60,7 +60,7 @@ import {
   type EndpointLoadOptions,
   type ResolvedLoadOptions,
 } from './load-options';
-import { digestReport, type ReportDigest } from './report-digest';
+import { digestReport, staleAfterFor, type ReportDigest } from './report-digest';
 import { invalidOption } from '../errors';
 
 /** What the estimate is made of, for the status endpoint and for tests. */
@@ -91,6 +91,14 @@ export interface LoadEstimate extends EndpointLoad {
   watchInFlight(listener: () => void): () => void;
   snapshot(nowMs: number): LoadSnapshot;
   dispose(): void;
+  /**
+   * An unsigned report (the balancer's `allowUnsigned`): the expected wait is
+   * multiplied by `factor` (>= 1, bounded by the caller:
+   * registry/unsigned-report.ts) until the report would be stale. Nothing
+   * else of it counts, so it can only make the backend look busier, by a
+   * bounded amount, for a bounded time.
+   */
+  onUnsignedReport(factor: number, intervalMs: number, receivedAtMs: number): void;
 }
 
 export function createEndpointLoad(
@@ -143,6 +151,9 @@ class EndpointLoadEstimate implements LoadEstimate {
   private errorRate = 0;
   private errorStampMs = 0;
   private admittedAtMs: number | undefined;
+  /** Factor of the last unsigned report and until when it counts (onUnsignedReport). */
+  private unsignedFactor = 1;
+  private unsignedUntilMs = -Infinity;
   private listeners: Array<() => void> = [];
   /** Where the last serviceTime() / capacity() figure came from (for snapshot). */
   private serviceSource: LoadSnapshot['serviceTimeSource'] = 'default';
@@ -222,6 +233,11 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.estimateHidden(d, receivedAtMs);
     this.reportFactor = this.computeReportFactor(d);
     this.updateCohort(receivedAtMs);
+  }
+
+  onUnsignedReport(factor: number, intervalMs: number, receivedAtMs: number): void {
+    this.unsignedFactor = factor >= 1 && factor < Infinity ? factor : 1;
+    this.unsignedUntilMs = receivedAtMs + staleAfterFor(this.o.freshness, intervalMs);
   }
 
   hasFreshReport(nowMs: number): boolean {
@@ -535,7 +551,8 @@ class EndpointLoadEstimate implements LoadEstimate {
       if (reported > errors) errors = reported;
     }
     factor *= 1 + o.errorPenalty * errors;
-    return factor < o.maxPenaltyFactor ? factor : o.maxPenaltyFactor;
+    if (!(factor < o.maxPenaltyFactor)) factor = o.maxPenaltyFactor;
+    return nowMs <= this.unsignedUntilMs ? factor * this.unsignedFactor : factor;
   }
 
   /**

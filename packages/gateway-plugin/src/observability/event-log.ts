@@ -197,6 +197,7 @@ export function attachEventLog(
   const listeners = BALANCER_EVENT_NAMES.map((name) => {
     // One generic listener per name; describeEvent is keyed by the same name.
     const listener = (data: unknown): void => {
+      if ((data as { quiet?: boolean } | undefined)?.quiet === true) return;
       const r = describeEvent(name, data as never);
       if (RATE_LIMITED.has(name)) {
         const key = name === 'invalid-message' ? String(r.fields.code) : name;

@@ -18,6 +18,7 @@ import type { Message, MetricsReport, StatusMessage } from '@loadwise/protocol';
 import type { Strategy } from '../strategies/types';
 import type { BalancerEmitter } from '../events';
 import type { Backend } from './backend';
+import { unsignedPenalty } from './unsigned-report';
 
 export class Registry {
   readonly backends = new Map<string, Backend>();
@@ -51,6 +52,25 @@ export class Registry {
   applyMessage(backend: Backend, message: Message, receivedAtMs: number): void {
     if (message.kind === 'metrics') this.applyMetrics(backend, message, receivedAtMs);
     else if (message.kind === 'status') this.applyStatus(backend, message);
+  }
+
+  /**
+   * An unsigned report the balancer allows (`allowUnsigned`): a bounded
+   * penalty on the backend's expected wait, nothing else. Eligibility, state,
+   * verdict, the report shown on the status page and the load model's inputs
+   * stay what signed reports and local signals made them, so no recompute.
+   */
+  applyUnsigned(
+    backend: Backend,
+    report: MetricsReport,
+    receivedAtMs: number,
+    maxPenalty: number,
+  ): void {
+    backend.load.onUnsignedReport(
+      unsignedPenalty(report, maxPenalty),
+      report.intervalMs,
+      receivedAtMs,
+    );
   }
 
   private applyMetrics(backend: Backend, report: MetricsReport, receivedAtMs: number): void {

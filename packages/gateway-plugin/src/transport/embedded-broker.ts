@@ -1,11 +1,22 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createBroker, type AedesOptions } from 'aedes';
+import { PacketSizeGuard } from './packet-size-guard';
+
+/** Largest MQTT packet the embedded broker reads (a full signed report is about 1 KiB). */
+export const DEFAULT_MAX_PACKET_BYTES = 64 * 1024;
 
 export interface EmbeddedBrokerOptions {
   /** TCP port; 0 (the default) lets the OS choose, so it never collides with a broker on 1883. */
   port?: number;
   host?: string;
   aedes?: AedesOptions;
+  /**
+   * A client announcing a larger packet is disconnected before its body is
+   * read (transport/packet-size-guard.ts). Default 64 KiB.
+   */
+  maxPacketBytes?: number;
+  /** Called for every client disconnected for an oversized packet. */
+  onPacketTooLarge?: (packetBytes: number, remoteAddress: string | undefined) => void;
 }
 
 export interface EmbeddedBroker {
@@ -22,12 +33,22 @@ export async function startEmbeddedBroker(
   opts: EmbeddedBrokerOptions = {},
 ): Promise<EmbeddedBroker> {
   const host = opts.host ?? '127.0.0.1';
+  const maxPacketBytes = opts.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
+  if (!Number.isSafeInteger(maxPacketBytes) || maxPacketBytes < 1024) {
+    throw new RangeError(
+      `maxPacketBytes must be an integer >= 1024, got ${String(maxPacketBytes)}`,
+    );
+  }
   const aedes = createBroker(opts.aedes);
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    aedes.handle(socket);
+    const guarded = new PacketSizeGuard(socket, maxPacketBytes, (bytes) =>
+      opts.onPacketTooLarge?.(bytes, socket.remoteAddress),
+    );
+    // aedes.handle takes any Duplex (its Connection type is Duplex | Socket).
+    aedes.handle(guarded);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

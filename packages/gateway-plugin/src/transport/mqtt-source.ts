@@ -13,23 +13,23 @@
  */
 import { randomBytes } from 'node:crypto';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
-import {
-  subscriptionFilter,
-  type Decoder,
-  type Message,
-  type ProtocolErrorCode,
-} from '@loadwise/protocol';
+import { subscriptionFilter } from '@loadwise/protocol';
 import type { BrokerOption, BrokerUrlOptions } from '../options';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
 
 export interface MqttSourceHandlers {
-  onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void;
-  onInvalid(code: ProtocolErrorCode, detail: string, backendId: string | undefined): void;
+  /** One delivered message, as is: the balancer bounds, rate-limits and decodes it (Balancer.receive). */
+  onPacket(topic: string, payload: Buffer, retained: boolean): void;
+  /** The embedded broker disconnected a client for an oversized packet. */
+  onPacketTooLarge(packetBytes: number, remoteAddress: string | undefined): void;
   onConnected(url: string | undefined): void;
   onLost(error: string | undefined): void;
   /** A connection attempt failed while not connected: once per outage, with the broker's URL. */
   onUnreachable(url: string | undefined, error: string): void;
 }
+
+/** MQTT 5 CONNACK "Unsupported Protocol Version" (0x84), and 3.1.1's return code 1 [MQTT-3.1.2-2]. */
+const UNSUPPORTED_PROTOCOL_CODES = new Set([1, 0x84]);
 
 export class MqttSource {
   private client: MqttClient | undefined;
@@ -47,9 +47,8 @@ export class MqttSource {
   constructor(
     private readonly broker: BrokerOption,
     private readonly prefix: string,
-    private readonly decoder: Decoder,
     private readonly handlers: MqttSourceHandlers,
-    private readonly now: () => number,
+    private readonly maxPacketBytes: number,
   ) {
     this.ready = this.start();
     // A failed start (e.g. the embedded broker's port is taken) rejects
@@ -77,15 +76,27 @@ export class MqttSource {
     }
     let url: string;
     let extra: IClientOptions = {};
+    // MQTT 5 unless pinned; the embedded aedes speaks 3.1.1 only and limits
+    // packets itself (embedded-broker.ts). `pinned`: no fallback to 3.1.1.
+    let version: 4 | 5 = 5;
+    let pinned = false;
     if (typeof b === 'string') url = b;
     else if ('embedded' in b) {
-      this.embeddedStart = startEmbeddedBroker({ port: b.port ?? 0, host: b.host });
+      version = 4;
+      this.embeddedStart = startEmbeddedBroker({
+        port: b.port ?? 0,
+        host: b.host,
+        maxPacketBytes: this.maxPacketBytes,
+        onPacketTooLarge: (bytes, from) => this.handlers.onPacketTooLarge(bytes, from),
+      });
       const embedded = await this.embeddedStart;
       if (this.closed) return; // close() awaits the start and closes it
       url = embedded.url;
     } else {
       url = b.url;
       extra = tlsAndAuth(b);
+      pinned = b.protocolVersion !== undefined;
+      version = b.protocolVersion ?? 5;
     }
     this.url = url;
     const idPrefix =
@@ -97,9 +108,11 @@ export class MqttSource {
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
       keepalive: 30,
+      ...packetLimit(version, this.maxPacketBytes),
       ...extra,
     });
     this.ownsClient = true;
+    if (version === 5 && !pinned) client.on('error', this.onVersionRefused);
     this.attach(client);
     await onceConnected(client);
   }
@@ -154,17 +167,36 @@ export class MqttSource {
     }
   };
 
+  /**
+   * A broker that does not speak MQTT 5 (aedes 0.51, Mosquitto 1.5) refuses
+   * the CONNECT; mqtt.js then stops reconnecting (a refused CONNACK suppresses
+   * it). Retry at once with 3.1.1, without the Maximum Packet Size, which
+   * that protocol cannot express: such a broker must limit packets itself
+   * (docs/protocol.md, "Size").
+   */
+  private readonly onVersionRefused = (err: Error & { code?: unknown }): void => {
+    const client = this.client;
+    if (this.closed || !client || client.options.protocolVersion !== 5) return;
+    if (typeof err.code !== 'number' || !UNSUPPORTED_PROTOCOL_CODES.has(err.code)) return;
+    client.options.protocolVersion = 4;
+    delete client.options.properties;
+    client.off('error', this.onVersionRefused);
+    // After the refused connection has closed: reconnecting earlier races its
+    // 'close' and leaves mqtt.js with a stray reconnect timer.
+    client.once('close', () =>
+      setImmediate(() => {
+        if (!this.closed) client.reconnect();
+      }),
+    );
+  };
+
   private readonly onMessageEvent = (
     topic: string,
     payload: Buffer,
     packet: { retain?: boolean },
   ): void => {
     if (this.closed) return;
-    // An empty retained payload clears a retained message [MQTT-3.3.1-10]: not an error.
-    if (payload.length === 0) return;
-    const result = this.decoder.decode(topic, payload, { retained: packet.retain === true });
-    if (result.ok) this.handlers.onMessage(result.message, result.keyId, this.now());
-    else this.handlers.onInvalid(result.code, result.detail, result.backendId);
+    this.handlers.onPacket(topic, payload, packet.retain === true);
   };
 
   async close(): Promise<void> {
@@ -175,6 +207,7 @@ export class MqttSource {
       client.off('connect', this.onConnect);
       client.off('close', this.onClose);
       client.off('message', this.onMessageEvent);
+      client.off('error', this.onVersionRefused);
       if (this.ownsClient) {
         await new Promise<void>((resolve) => client.end(true, {}, () => resolve()));
         client.off('error', this.onError);
@@ -188,6 +221,18 @@ export class MqttSource {
     const embedded = this.embeddedStart && (await this.embeddedStart.catch(() => undefined));
     if (embedded) await embedded.close();
   }
+}
+
+/**
+ * MQTT 5 lets a client state the largest packet it accepts; the broker must
+ * not send it a larger one [MQTT-3.1.2-24] and treats such a message as
+ * delivered [MQTT-3.1.2-25], so a 100 MB publish never reaches (or queues for)
+ * the gateway. mqtt.js sends it as the CONNECT property maximumPacketSize.
+ */
+function packetLimit(version: 4 | 5, maxPacketBytes: number): IClientOptions {
+  return version === 5
+    ? { protocolVersion: 5, properties: { maximumPacketSize: maxPacketBytes } }
+    : { protocolVersion: 4 };
 }
 
 function tlsAndAuth(b: BrokerUrlOptions): IClientOptions {

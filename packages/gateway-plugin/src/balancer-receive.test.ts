@@ -1,0 +1,286 @@
+/**
+ * The control channel's rules at the gateway, message by message, through
+ * Balancer.receive (what the MQTT source calls for every delivered message)
+ * with an injected clock: the default posture refuses unsigned reports with
+ * one warning; allowUnsigned lets them only raise an expected wait, within
+ * the bound, for their freshness; forged sequence numbers lock nobody out;
+ * stale retained claims are ignored; floods are cut by the rate limits. Every
+ * drop is counted by code.
+ */
+import {
+  createEncoder,
+  encodeMessage,
+  type MetricsReport,
+  type SigningKey,
+} from '@loadwise/protocol';
+import { Balancer } from './balancer';
+import type { LoadBalanceOptions, Logger } from './options';
+import { resolveOptions } from './options-validate';
+
+const T0 = 1_800_000_000_000;
+const PREFIX = 'rx';
+const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 5) };
+
+type Body = Omit<MetricsReport, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'>;
+const calm: Body = {
+  intervalMs: 1000,
+  state: 'online',
+  host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
+  health: { verdict: 'up' },
+};
+/** What a forger sends: every claim that would take the backend out, if believed. */
+const hostile: Body = {
+  ...calm,
+  state: 'draining',
+  queue: { inFlight: 8, queued: 500, source: { inFlight: 'tracker', queued: 'tracker' } },
+  concurrencyLimit: 1,
+  health: { verdict: 'down' },
+};
+
+interface Rig {
+  lb: Balancer;
+  clock: { t: number };
+  drops: string[];
+  warnings: string[];
+  send(m: { topic: string; payload: string | Buffer }, retained?: boolean): void;
+  counted(code: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+function rig(extra: Partial<LoadBalanceOptions> = {}): Rig {
+  const clock = { t: T0 };
+  const warnings: string[] = [];
+  // pino-style calls pass (fields, msg): keep the sentence.
+  const logger: Logger = {
+    info: () => {},
+    warn: (a: object | string, msg?: string) => void warnings.push(msg ?? String(a)),
+    error: () => {},
+  };
+  const lb = new Balancer(
+    resolveOptions({
+      backends: ['a', 'b', 'c'].map((id, i) => ({ id, url: `http://127.0.0.1:${9100 + i}` })),
+      topicPrefix: PREFIX,
+      healthCheck: false,
+      overload: false,
+      logger,
+      now: () => clock.t,
+      ...extra,
+    }),
+  );
+  const drops: string[] = [];
+  lb.on('invalid-message', (e) => drops.push(e.code));
+  return {
+    lb,
+    clock,
+    drops,
+    warnings,
+    send: (m, retained = false) => lb.receive(m.topic, Buffer.from(m.payload), retained),
+    async counted(code) {
+      const metric = lb.metrics.registry.getSingleMetric('loadwise_invalid_messages_total');
+      const values = (await metric!.get()).values;
+      return values.find((v) => v.labels['code'] === code)?.value ?? 0;
+    },
+    close: () => lb.close(),
+  };
+}
+
+const eligible = (lb: Balancer): string[] => lb.registry.eligible.map((b) => b.id);
+const waitOf = (r: Rig, id: string): number =>
+  r.lb.registry.get(id)!.load.expectedWaitMs(r.clock.t);
+
+describe('default posture: no keys, unsigned refused', () => {
+  it('refuses forged draining, offline and down claims, counts each, and warns once', async () => {
+    const r = rig();
+    try {
+      for (const id of ['a', 'b', 'c']) {
+        const forger = createEncoder({ backendId: id, prefix: PREFIX, now: () => r.clock.t });
+        for (let i = 0; i < 10; i++) {
+          r.send(forger.status('draining'));
+          r.send(forger.status('offline'), true);
+          r.send(forger.metrics(hostile));
+        }
+      }
+      expect(eligible(r.lb)).toEqual(['a', 'b', 'c']);
+      expect(new Set(r.drops)).toEqual(new Set(['LW_PROTO_UNSIGNED']));
+      expect(await r.counted('LW_PROTO_UNSIGNED')).toBe(90);
+      expect(r.warnings).toHaveLength(1);
+      expect(r.warnings[0]).toMatch(/no signing keys are configured.*Set keys.*allowUnsigned/);
+      // A signed report with a key the gateway does not have: refused too, as unknown key.
+      const signed = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      r.send(signed.metrics(calm));
+      expect(r.drops.at(-1)).toBe('LW_PROTO_UNKNOWN_KEY');
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('allowUnsigned: unsigned reports only raise an expected wait, within the bound', () => {
+  it('ignores unsigned statuses and never excludes, however hostile the report', async () => {
+    const r = rig({ allowUnsigned: true, unsignedMaxPenalty: 2 });
+    try {
+      const before = waitOf(r, 'a');
+      const forger = createEncoder({ backendId: 'a', prefix: PREFIX, now: () => r.clock.t });
+      r.send(forger.status('draining'));
+      r.send(forger.status('offline'));
+      r.send(forger.status('offline', { will: true }));
+      expect(r.drops).toEqual(Array(3).fill('LW_GW_UNSIGNED_IGNORED'));
+      r.send(forger.metrics(hostile));
+      expect(eligible(r.lb)).toEqual(['a', 'b', 'c']);
+      expect(r.lb.registry.get('a')!.conditionNow()).toBe('up');
+      // Exactly the bound: twice the wait local signals give.
+      expect(waitOf(r, 'a')).toBeCloseTo(2 * before, 9);
+      expect(waitOf(r, 'b')).toBeCloseTo(before, 9);
+      // Not shown as the backend's report, and gone once a report of its interval would be stale.
+      expect(r.lb.snapshot().backends[0]).toMatchObject({ lastReport: null, reportFresh: false });
+      r.clock.t += 3001;
+      expect(waitOf(r, 'a')).toBeCloseTo(before, 9);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('with keys too: signed messages still drain, unsigned ones still cannot', async () => {
+    const r = rig({ keys: [key], allowUnsigned: true });
+    try {
+      const agent = createEncoder({ backendId: 'b', prefix: PREFIX, key, now: () => r.clock.t });
+      r.send(agent.status('draining'));
+      expect(eligible(r.lb)).toEqual(['a', 'c']);
+      const forger = createEncoder({ backendId: 'b', prefix: PREFIX, now: () => r.clock.t });
+      r.send(forger.status('online'));
+      expect(eligible(r.lb)).toEqual(['a', 'c']);
+      expect(r.drops).toEqual(['LW_GW_UNSIGNED_IGNORED']);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('replay state cannot be poisoned', () => {
+  it.each([
+    ['keys, unsigned refused', { keys: [key] }],
+    ['keys, unsigned allowed', { keys: [key], allowUnsigned: true }],
+  ])(
+    '%s: a forged far-ahead sequence or epoch locks the genuine agent out of nothing',
+    async (_n, opts) => {
+      const r = rig(opts);
+      try {
+        const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+        r.send(agent.metrics(calm));
+        expect(r.lb.registry.get('a')!.lastReport).toBeDefined();
+        const first = agent.metrics(calm).message;
+        // Unsigned, same epoch, sequence far ahead; and an epoch an hour in the future.
+        r.send(encodeMessage(PREFIX, { ...first, seq: 2 ** 52 }));
+        r.send(encodeMessage(PREFIX, { ...first, epochMs: r.clock.t + 3_600_000, seq: 0 }));
+        // Signed but from the future (a compromised or badly skewed agent): refused before it counts.
+        r.send(encodeMessage(PREFIX, { ...first, epochMs: r.clock.t + 3_600_000, seq: 0 }, key));
+        expect(r.drops.at(-1)).toBe('LW_PROTO_CLOCK_SKEW');
+        const before = r.drops.length;
+        for (let i = 0; i < 5; i++) {
+          r.clock.t += 1000;
+          r.send(agent.metrics(calm));
+        }
+        expect(r.drops.length).toBe(before); // all five genuine reports accepted
+        expect(r.drops).not.toContain('LW_PROTO_REPLAY');
+        expect(r.lb.snapshot().backends[0]!.reportAgeMs).toBe(0);
+      } finally {
+        await r.close();
+      }
+    },
+  );
+});
+
+describe('retained messages', () => {
+  it('ignores a signed retained offline older than maxRetainedAgeMs; honours a fresh one', async () => {
+    const r = rig({ keys: [key] });
+    try {
+      const old = createEncoder({
+        backendId: 'a',
+        prefix: PREFIX,
+        key,
+        now: () => r.clock.t - 3_600_000,
+      }).status('offline', { reason: 'agent stopped' });
+      r.send(old, true);
+      expect(r.drops).toEqual(['LW_PROTO_STALE']);
+      expect(eligible(r.lb)).toEqual(['a', 'b', 'c']);
+      // The Last Will is judged by its epoch, not its age: benign, the backend stays routable.
+      const will = createEncoder({
+        backendId: 'b',
+        prefix: PREFIX,
+        key,
+        now: () => r.clock.t - 3_600_000,
+      }).status('offline', { will: true });
+      r.send(will, true);
+      expect(r.drops).toHaveLength(1);
+      expect(eligible(r.lb)).toEqual(['a', 'b', 'c']);
+      const fresh = createEncoder({
+        backendId: 'c',
+        prefix: PREFIX,
+        key,
+        now: () => r.clock.t - 10_000,
+      }).status('offline');
+      r.send(fresh, true);
+      expect(eligible(r.lb)).toEqual(['a', 'b']);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('size and rate', () => {
+  it('drops a payload above maxPayloadBytes before parsing it', async () => {
+    const r = rig({ keys: [key] });
+    try {
+      r.send({ topic: `${PREFIX}/v1/backends/a/metrics`, payload: Buffer.alloc(16 * 1024, 0x7b) });
+      expect(r.drops).toEqual(['LW_PROTO_TOO_LARGE']);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it("cuts a flood at the backend's bucket, never at a genuine agent's, counts each drop and logs once", async () => {
+    const r = rig({
+      keys: [key],
+      allowUnsigned: true,
+      messageLimits: { perBackendPerSec: 10, perBackendBurst: 20, totalPerSec: 5000 },
+    });
+    try {
+      const forger = createEncoder({ backendId: 'a', prefix: PREFIX, now: () => r.clock.t });
+      const forged = forger.metrics(hostile);
+      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const captured = agent.metrics(calm);
+      r.send(captured);
+      for (let i = 0; i < 1000; i++) {
+        r.send(forged);
+        r.send(captured); // a replay of a captured signed report: refused, and not charged
+      }
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(980);
+      expect(await r.counted('LW_PROTO_REPLAY')).toBe(1000);
+      expect(r.warnings.filter((w) => w.includes('LW_GW_RATE_LIMITED'))).toHaveLength(1);
+      // The genuine agent's next reports get through: the flood used the unsigned bucket.
+      for (let i = 0; i < 5; i++) r.send(agent.metrics(calm));
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(980);
+      expect(r.lb.registry.get('a')!.lastReport?.seq).toBe(5);
+      // Random backend ids share one bucket per class.
+      const before = await r.counted('LW_GW_RATE_LIMITED');
+      for (let i = 0; i < 100; i++) {
+        r.send({ topic: `${PREFIX}/v1/backends/x${i}/metrics`, payload: forged.payload });
+      }
+      expect((await r.counted('LW_GW_RATE_LIMITED')) - before).toBe(80);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('caps the messages it looks at in all, before any check', async () => {
+    const r = rig({ keys: [key], messageLimits: { totalPerSec: 100, totalBurst: 100 } });
+    try {
+      const junk = { topic: 'somewhere/else', payload: 'x' };
+      for (let i = 0; i < 1000; i++) r.send(junk);
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(900);
+      expect(await r.counted('LW_PROTO_BAD_TOPIC')).toBe(100);
+    } finally {
+      await r.close();
+    }
+  });
+});

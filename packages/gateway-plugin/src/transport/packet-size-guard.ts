@@ -1,0 +1,133 @@
+/**
+ * A byte stream that passes MQTT through unchanged but closes the connection
+ * as soon as a packet's fixed header announces more than `maxPacketBytes`.
+ *
+ * Why: aedes 0.51 has no packet-size limit, and its parser (mqtt-packet)
+ * appends every chunk to a buffer list until the whole packet has arrived:
+ * one 100 MB PUBLISH costs 100 MB of the broker's memory, and with the
+ * embedded broker that is the gateway's own process. The Remaining Length of
+ * every packet is in its fixed header, a variable byte integer of at most
+ * four bytes after the first byte [MQTT-2.2.3], so the size is known before
+ * the body: the guard never holds more than one chunk. A client that sends
+ * an oversized packet is disconnected, as Mosquitto does with
+ * `max_packet_size` (there is no way to skip a packet and stay in sync
+ * without reading it).
+ */
+import { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
+
+/** Packet size = 1 (type byte) + bytes of the length field + Remaining Length. */
+export class PacketSizeGuard extends Duplex {
+  /** 0: expecting a type byte; 1..4: reading the length field; 5: inside a body. */
+  private state = 0;
+  private length = 0;
+  private multiplier = 1;
+  private lengthBytes = 0;
+  private bodyLeft = 0;
+  /** Offset in the current chunk where the packet being read started (0 if in an earlier chunk). */
+  private packetStart = 0;
+  private tripped = false;
+  /** Size of the oversized packet found by scan(), and where in the chunk it starts. */
+  private oversized = 0;
+  private oversizedAt = 0;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly maxPacketBytes: number,
+    private readonly onTooLarge: (packetBytes: number) => void,
+  ) {
+    super({ allowHalfOpen: false });
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.push(null));
+    socket.on('error', (err) => this.destroy(err));
+    socket.on('close', () => this.destroy());
+  }
+
+  /** Remote address, for whoever logs it (aedes reads `conn.remoteAddress`). */
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.tripped) return;
+    if (this.scan(chunk)) {
+      this.tripped = true;
+      this.onTooLarge(this.oversized);
+      // The whole packets before the oversized one are passed on, then the
+      // stream ends and the socket is closed: no byte of the oversized body
+      // is read. (aedes closes the client on 'end' and may discard packets of
+      // it still queued: the client that broke the limit loses its last ones.)
+      if (this.oversizedAt > 0) this.push(chunk.subarray(0, this.oversizedAt));
+      this.push(null);
+      this.socket.destroy();
+      return;
+    }
+    if (!this.push(chunk)) this.socket.pause();
+  }
+
+  /** Walks the packet boundaries in `chunk`; true when a packet is over the limit. */
+  private scan(chunk: Buffer): boolean {
+    let i = 0;
+    this.packetStart = 0;
+    while (i < chunk.length) {
+      if (this.state === 5) {
+        const step = Math.min(this.bodyLeft, chunk.length - i);
+        this.bodyLeft -= step;
+        i += step;
+        if (this.bodyLeft === 0) this.state = 0;
+        continue;
+      }
+      const byte = chunk[i++]!;
+      if (this.state === 0) {
+        this.packetStart = i - 1;
+        this.state = 1;
+        this.length = 0;
+        this.multiplier = 1;
+        this.lengthBytes = 0;
+        continue;
+      }
+      this.length += (byte & 0x7f) * this.multiplier;
+      this.multiplier *= 128;
+      this.lengthBytes++;
+      const size = 1 + this.lengthBytes + this.length;
+      if (size > this.maxPacketBytes) {
+        this.oversized = size;
+        // Its header may have begun in an earlier chunk (already passed on, harmless: a
+        // parser never acts on a partial packet); then nothing of this chunk goes through.
+        this.oversizedAt = this.packetStart;
+        return true;
+      }
+      if ((byte & 0x80) === 0) {
+        this.bodyLeft = this.length;
+        this.state = this.length === 0 ? 0 : 5;
+      } else if (this.lengthBytes >= 4) {
+        // A fifth length byte is malformed [MQTT-2.2.3]; the parser will reject the stream.
+        this.state = 0;
+      } else {
+        this.state++;
+      }
+    }
+    return false;
+  }
+
+  override _read(): void {
+    this.socket.resume();
+  }
+
+  override _write(chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (this.socket.destroyed) return cb();
+    // This side's own buffer and 'drain' give aedes its backpressure; the
+    // socket's is passed on by waiting for its 'drain' before the next write.
+    if (this.socket.write(chunk, encoding)) cb();
+    else this.socket.once('drain', () => cb());
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.socket.end(() => cb());
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.socket.destroy();
+    cb(err);
+  }
+}
