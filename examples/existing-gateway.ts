@@ -35,6 +35,7 @@ import {
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
 import { integerArg } from './lib/args';
+import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,
   startBackendProcess,
@@ -138,6 +139,9 @@ async function main(): Promise<void> {
   // matches the balancer's `service`, so each balancer hears only its own.
   const backends = new Map<Service, StartedBackend[]>();
   const children: ManagedChild[] = [];
+  // The gateway refuses unsigned reports by default: agents sign with a run's key.
+  const runKey = createRunKey('existing-gateway');
+  cleanups.push(() => runKey.remove());
   const started = await Promise.all(
     SERVICES.map((service) =>
       Promise.all(
@@ -158,7 +162,7 @@ async function main(): Promise<void> {
           servicePid: b.process.pid,
           intervalMs: args.intervalMs,
           drainGraceMs: 200,
-          extraArgs: ['--service-name', service],
+          extraArgs: ['--service-name', service, '--key-file', runKey.file],
         }),
       );
       say(JSON.stringify({ event: 'backend', service, id: b.id, url: b.url }));
@@ -180,6 +184,7 @@ async function main(): Promise<void> {
       broker: brokerUrl,
       topicPrefix: args.prefix,
       metricsRegistry: registry,
+      keys: [runKey.key],
       decisionHeader: true,
     });
   }

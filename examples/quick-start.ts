@@ -11,11 +11,8 @@
  * Ctrl-C stops everything: load, gateway, agents, backends, broker.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import express from 'express';
 import {
@@ -25,6 +22,7 @@ import {
   type BalancerSnapshot,
 } from '@loadwise/gateway-plugin';
 import { integerArg } from './lib/args';
+import { createRunKey } from './lib/run-key';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
   startAgentProcess,
@@ -220,11 +218,9 @@ async function main(): Promise<void> {
   // 2. A signing key for this run: the gateway refuses unsigned reports by
   // default (anyone on a broker could forge them; SECURITY.md). In production
   // the key file comes from `openssl rand -base64 32` and your secret store.
-  const key = { keyId: 'quick-start', secret: randomBytes(32) };
-  const keyDir = mkdtempSync(path.join(tmpdir(), 'loadwise-quick-start-'));
-  const keyFile = path.join(keyDir, 'keys');
-  writeFileSync(keyFile, `${key.keyId} ${key.secret.toString('base64')}\n`, { mode: 0o600 });
-  cleanups.push(() => rmSync(keyDir, { recursive: true, force: true }));
+  const runKey = createRunKey('quick-start');
+  const { key, file: keyFile } = runKey;
+  cleanups.push(() => runKey.remove());
   say(`signing key for this run in ${keyFile} (agents sign with it, the gateway verifies)`);
 
   // 3. Backends and their agents, each a child process.

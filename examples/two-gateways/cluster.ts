@@ -5,6 +5,7 @@
  * broker and topic prefix) and the front (front.ts) in this process. Every
  * agent publishes once; both gateways hear every report and route on it.
  */
+import { createRunKey } from '../lib/run-key';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -78,6 +79,8 @@ export async function startGatewayServer(
 export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   const prefix = opts.prefix ?? 'loadwise';
   const dir = mkdtempSync(path.join(tmpdir(), 'lw-two-gw-'));
+  // The gateways refuse unsigned reports by default: agents sign with a run's key.
+  const runKey = createRunKey('two-gateways');
   const backends: StartedBackend[] = [];
   const agents = new Map<string, ManagedChild>();
   const gateways: RunningGateway[] = [];
@@ -88,6 +91,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     await Promise.all([...agents.values()].map((a) => a.stop('SIGTERM')));
     await Promise.all(backends.map((b) => b.process.stop('SIGTERM')));
     rmSync(dir, { recursive: true, force: true });
+    runKey.remove();
   };
   try {
     for (const spec of opts.backends ?? DEFAULT_BACKENDS) {
@@ -104,6 +108,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
           servicePidFile: pidFile,
           intervalMs: opts.intervalMs ?? 500,
           drainGraceMs: 200,
+          extraArgs: ['--key-file', runKey.file],
         }),
       );
     }
@@ -111,6 +116,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       LOADWISE_GW_BACKENDS: backends.map((b) => `${b.id}=${b.url}`).join(','),
       LOADWISE_GW_BROKER: opts.brokerUrl,
       LOADWISE_GW_PREFIX: prefix,
+      LOADWISE_GW_KEY_FILE: runKey.file,
     };
     for (const id of opts.gatewayIds ?? ['gw-1', 'gw-2'])
       gateways.push(await startGatewayServer(id, env));

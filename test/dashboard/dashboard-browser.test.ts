@@ -14,6 +14,7 @@
  * the test is skipped with a loud warning; in CI (CI=true, where .ci/run
  * installs it) a missing browser fails the test.
  */
+import { randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -63,6 +64,8 @@ describeBrowser('dashboard in Chromium', () => {
   beforeAll(async () => {
     broker = await startEmbeddedBroker();
     const prefix = uniquePrefix('dashboard');
+    // The gateway refuses unsigned reports by default: the agents sign.
+    const key = { keyId: 'dashboard-test', secret: randomBytes(32) };
     for (const id of ['b1', 'b2', 'b3']) {
       const tracker = trackRequests({ concurrencyLimit: 8 });
       const app = express();
@@ -85,6 +88,7 @@ describeBrowser('dashboard in Chromium', () => {
         // killed backend refuses at once, so this does not slow detection.
         probe: { url: `${server.url}/health`, timeoutMs: 3000 },
         cgroup: false,
+        signingKey: key,
       });
       backends.push({ id, server, agent });
       await agent.start();
@@ -93,6 +97,7 @@ describeBrowser('dashboard in Chromium', () => {
       backends: backends.map((b) => ({ id: b.id, url: b.server.url })),
       broker: broker.url,
       topicPrefix: prefix,
+      keys: [key],
       dashboard: { token: TOKEN },
       healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 3000 },
     });

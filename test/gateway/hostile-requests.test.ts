@@ -75,7 +75,11 @@ async function gateway(
   const lb = loadBalance({
     overload: false,
     healthCheck: false,
-    logger: { info: () => {}, warn: (m) => warnings.push(m), error: (m) => warnings.push(m) },
+    logger: {
+      info: () => {},
+      warn: (m, msg) => warnings.push(msg ?? String(m)),
+      error: (m, msg) => warnings.push(msg ?? String(m)),
+    },
     ...opts,
   });
   const app = express();

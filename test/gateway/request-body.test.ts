@@ -156,7 +156,11 @@ describe('request bodies', () => {
       {
         backends: [{ id: 'a', url: a.url }],
         requestTimeoutMs: TIMEOUT_MS,
-        logger: { info: () => {}, warn: (m) => warnings.push(m), error: () => {} },
+        logger: {
+          info: () => {},
+          warn: (m, msg) => warnings.push(msg ?? String(m)),
+          error: () => {},
+        },
       },
       (app, lb) => {
         // A signature check that reads the stream and keeps nothing.
