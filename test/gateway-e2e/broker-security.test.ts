@@ -19,6 +19,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect } from 'mqtt';
+import { loadBalance } from '@loadwise/gateway-plugin';
 import { subscriptionFilter, type SigningKey } from '@loadwise/protocol';
 import { startAgentProcess, type ManagedChild } from '../../examples/lib/processes';
 import { spawnAgent } from '../kit/agent-cli';
@@ -196,6 +197,28 @@ function acl(prefix: string): string[] {
       expect(rogue.child.exitCode).toBeNull(); // a daemon keeps trying
     } finally {
       await rogue.kill();
+    }
+
+    // A gateway with such a certificate never connects (its ready() never
+    // resolves) and routes on its own signals. What it reports about the
+    // refused handshake belongs to the broker-error reporting, not asserted here.
+    const rogueLb = loadBalance({
+      backends: fleet.backendConfig(),
+      broker: { url: broker.url, ...broker.clientOptionsFor('gw', { rogue: true }) },
+      topicPrefix: prefix,
+      keys: [key],
+      healthCheck: false,
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(rogueLb.balancer.brokerConnected).toBe(false);
+      expect(rogueLb.balancer.snapshot().backends.map((b) => b.state)).toEqual([
+        'healthy',
+        'healthy',
+      ]);
+    } finally {
+      await rogueLb.close();
     }
 
     // max_packet_size: a 20 MB publish gets its publisher disconnected by the broker.

@@ -19,7 +19,7 @@
  * No timing thresholds: counts, shares and codes.
  */
 import type { MqttClient } from 'mqtt';
-import { createEncoder, encodeMessage, topicFor, type MetricsReport } from '@loadwise/protocol';
+import { createEncoder, encodeMessage, topicFor, type MetricsBody } from '@loadwise/protocol';
 import {
   brokerTargets,
   clearRetained,
@@ -32,10 +32,8 @@ import { runHostile } from '../kit/hostile';
 import { counter, startGateway, type TestGateway } from './gateway';
 import { failed, fire, shares } from './load';
 
-type Body = Omit<MetricsReport, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'>;
-
 /** Every claim that would take a backend out of rotation, if believed. */
-const HOSTILE: Body = {
+const HOSTILE: MetricsBody = {
   intervalMs: 250,
   state: 'draining',
   host: { cpuUtilization: 1, memoryUtilization: 1, memoryAvailableBytes: 0 },

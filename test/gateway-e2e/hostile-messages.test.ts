@@ -22,15 +22,13 @@ import {
   createEncoder,
   signPayload,
   topicFor,
-  type MetricsReport,
+  type MetricsBody,
   type SigningKey,
 } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { eventually, startFleet, type Fleet } from '../kit/fleet';
 import { counter, startGateway, type TestGateway } from './gateway';
 import { fire, failed } from './load';
-
-type MetricsBody = Omit<MetricsReport, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'>;
 
 /** "I am idle": what a forger wants the gateway to believe. */
 const IDLE: MetricsBody = {

@@ -10,26 +10,25 @@
 import {
   createEncoder,
   encodeMessage,
-  type MetricsReport,
+  type MetricsBody,
   type SigningKey,
 } from '@loadwise/protocol';
-import { Balancer } from './balancer';
+import type { Balancer } from './balancer';
 import type { LoadBalanceOptions, Logger } from './options';
-import { resolveOptions } from './options-validate';
+import { testBalancer } from './test-balancer';
 
 const T0 = 1_800_000_000_000;
 const PREFIX = 'rx';
 const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 5) };
 
-type Body = Omit<MetricsReport, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'>;
-const calm: Body = {
+const calm: MetricsBody = {
   intervalMs: 1000,
   state: 'online',
   host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
   health: { verdict: 'up' },
 };
 /** What a forger sends: every claim that would take the backend out, if believed. */
-const hostile: Body = {
+const hostile: MetricsBody = {
   ...calm,
   state: 'draining',
   queue: { inFlight: 8, queued: 500, source: { inFlight: 'tracker', queued: 'tracker' } },
@@ -56,16 +55,10 @@ function rig(extra: Partial<LoadBalanceOptions> = {}): Rig {
     warn: (a: object | string, msg?: string) => void warnings.push(msg ?? String(a)),
     error: () => {},
   };
-  const lb = new Balancer(
-    resolveOptions({
-      backends: ['a', 'b', 'c'].map((id, i) => ({ id, url: `http://127.0.0.1:${9100 + i}` })),
-      topicPrefix: PREFIX,
-      healthCheck: false,
-      overload: false,
-      logger,
-      now: () => clock.t,
-      ...extra,
-    }),
+  const lb = testBalancer(
+    ['a', 'b', 'c'].map((id, i) => ({ id, url: `http://127.0.0.1:${9100 + i}` })),
+    () => clock.t,
+    { topicPrefix: PREFIX, logger, ...extra },
   );
   const drops: string[] = [];
   lb.on('invalid-message', (e) => drops.push(e.code));

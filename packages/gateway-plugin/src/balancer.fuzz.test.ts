@@ -17,11 +17,17 @@ import {
   type Message,
   type SigningKey,
 } from '@loadwise/protocol';
-import { Balancer } from './balancer';
+import type { Balancer } from './balancer';
 import { DROP_REASONS } from './errors';
-import { resolveOptions } from './options-validate';
 import type { LoadBalanceOptions } from './options';
+import { testBalancer } from './test-balancer';
 
+/**
+ * `npm test` runs a quarter of the cases (a few seconds); `npm run test:fuzz`
+ * runs them all (LOADWISE_FUZZ_SCALE=1), or more with a larger scale.
+ */
+const SCALE = Number(process.env.LOADWISE_FUZZ_SCALE ?? 0.25);
+const runs = (n: number): number => Math.max(100, Math.round(n * (SCALE > 0 ? SCALE : 0.25)));
 const NOW = 1_800_000_000_000;
 const PREFIX = 'fz';
 const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 3) };
@@ -32,22 +38,13 @@ const CONFIGURED = [
   { id: 'c', url: 'http://127.0.0.1:9003/' },
 ];
 const CODES = new Set([...Object.keys(PROTOCOL_ERRORS), ...Object.keys(DROP_REASONS)]);
-const silent = { info: () => {}, warn: () => {}, error: () => {} };
-
 function balancer(extra: Partial<LoadBalanceOptions>): Balancer {
-  return new Balancer(
-    resolveOptions({
-      backends: CONFIGURED,
-      topicPrefix: PREFIX,
-      healthCheck: false,
-      overload: false,
-      logger: silent,
-      now: () => NOW,
-      // Everything reaches the decoder: the limiter has its own tests.
-      messageLimits: { perBackendPerSec: 1e6, totalPerSec: 1e6 },
-      ...extra,
-    }),
-  );
+  return testBalancer(CONFIGURED, () => NOW, {
+    topicPrefix: PREFIX,
+    // Everything reaches the decoder: the limiter has its own tests.
+    messageLimits: { perBackendPerSec: 1e6, totalPerSec: 1e6 },
+    ...extra,
+  });
 }
 
 /** A valid message of each kind, as templates to mutate. */
@@ -148,7 +145,7 @@ describe('Balancer.receive under generated messages (fast-check)', () => {
           }
           expect(now.size).toBeLessThanOrEqual(CONFIGURED.length + 5);
         }),
-        { numRuns: 2500 },
+        { numRuns: runs(2500) },
       );
       // Counted: the Prometheus counter holds exactly the drops the events announced.
       const metric = lb.metrics.registry.getSingleMetric('loadwise_invalid_messages_total');
@@ -203,7 +200,7 @@ describe('Balancer.receive under generated messages (fast-check)', () => {
             });
           },
         ),
-        { numRuns: 2000 },
+        { numRuns: runs(2000) },
       );
     } finally {
       await lb.close();

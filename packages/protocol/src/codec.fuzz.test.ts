@@ -7,19 +7,30 @@
  * verified signed messages.
  */
 import fc from 'fast-check';
-import { createDecoder, createEncoder, encodeMessage, type Decoder } from './codec';
+import {
+  createDecoder,
+  createEncoder,
+  encodeMessage,
+  type Decoder,
+  type MetricsBody,
+} from './codec';
 import { PROTOCOL_ERRORS } from './errors';
-import type { MetricsReport } from './messages';
 import { signPayload, type SigningKey } from './signing';
 import { validateMessage } from './validate';
 
+/**
+ * `npm test` runs a quarter of the cases (a few seconds); `npm run test:fuzz`
+ * runs them all (LOADWISE_FUZZ_SCALE=1), or more with a larger scale.
+ */
+const SCALE = Number(process.env.LOADWISE_FUZZ_SCALE ?? 0.25);
+const runs = (n: number): number => Math.max(100, Math.round(n * (SCALE > 0 ? SCALE : 0.25)));
 const NOW = 1_800_000_000_000;
 const now = (): number => NOW;
 const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
 const topic = 'loadwise/v1/backends/b1/metrics';
 const codes = new Set(Object.keys(PROTOCOL_ERRORS));
 
-const body: Omit<MetricsReport, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'> = {
+const body: MetricsBody = {
   intervalMs: 1000,
   state: 'online',
   host: { cpuUtilization: 0.5, memoryUtilization: 0.25, memoryAvailableBytes: 1 << 30 },
@@ -119,7 +130,7 @@ describe('decode under generated input (fast-check)', () => {
           }
         },
       ),
-      { numRuns: 2500 },
+      { numRuns: runs(2500) },
     );
   });
 
@@ -129,7 +140,7 @@ describe('decode under generated input (fast-check)', () => {
       fc.property(fc.constantFrom(...PATHS), hostileValue, fc.boolean(), (path, value, raw) => {
         check(decoder, topic, mutate(path, value, raw));
       }),
-      { numRuns: 4000 },
+      { numRuns: runs(4000) },
     );
   });
 
@@ -149,7 +160,7 @@ describe('decode under generated input (fast-check)', () => {
           expect(codes.has(result.code)).toBe(true);
         }
       }),
-      { numRuns: 2000 },
+      { numRuns: runs(2000) },
     );
   });
 
@@ -182,7 +193,7 @@ describe('decode under generated input (fast-check)', () => {
           expect(next).toMatchObject({ ok: true, keyId: 'k1' });
         },
       ),
-      { numRuns: 500 },
+      { numRuns: runs(500) },
     );
   });
 
@@ -203,7 +214,7 @@ describe('decode under generated input (fast-check)', () => {
           }
         },
       ),
-      { numRuns: 3000 },
+      { numRuns: runs(3000) },
     );
   });
 });

@@ -80,7 +80,14 @@ export interface EncoderOptions {
   maxPayloadBytes?: number;
 }
 
-type Body<M extends Message> = Omit<M, 'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'>;
+/** A message without the header an encoder stamps (what Encoder.metrics and friends take). */
+export type MessageBody<M extends Message> = Omit<
+  M,
+  'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'
+>;
+/** The body of a metrics report: the agent's figures. */
+export type MetricsBody = MessageBody<MetricsReport>;
+type Body<M extends Message> = MessageBody<M>;
 
 /** One agent's encoder: stamps version, ids, (epochMs, seq) and ts on every message. */
 export interface Encoder {

@@ -225,7 +225,7 @@ export class MqttSource {
 
 /**
  * MQTT 5 lets a client state the largest packet it accepts; the broker must
- * not send it a larger one [MQTT-3.1.2-24] and treats such a message as
+ * not send it a larger one (MQTT 5.0 [MQTT-3.1.2-24]) and treats such a message as
  * delivered [MQTT-3.1.2-25], so a 100 MB publish never reaches (or queues for)
  * the gateway. mqtt.js sends it as the CONNECT property maximumPacketSize.
  */

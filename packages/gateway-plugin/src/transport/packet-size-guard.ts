@@ -7,7 +7,7 @@
  * one 100 MB PUBLISH costs 100 MB of the broker's memory, and with the
  * embedded broker that is the gateway's own process. The Remaining Length of
  * every packet is in its fixed header, a variable byte integer of at most
- * four bytes after the first byte [MQTT-2.2.3], so the size is known before
+ * four bytes after the first byte (MQTT 3.1.1 §2.2.3), so the size is known before
  * the body: the guard never holds more than one chunk. A client that sends
  * an oversized packet is disconnected, as Mosquitto does with
  * `max_packet_size` (there is no way to skip a packet and stay in sync
@@ -101,7 +101,7 @@ export class PacketSizeGuard extends Duplex {
         this.bodyLeft = this.length;
         this.state = this.length === 0 ? 0 : 5;
       } else if (this.lengthBytes >= 4) {
-        // A fifth length byte is malformed [MQTT-2.2.3]; the parser will reject the stream.
+        // A fifth length byte is malformed (MQTT 3.1.1 §2.2.3); the parser will reject the stream.
         this.state = 0;
       } else {
         this.state++;
