@@ -43,6 +43,8 @@ interface Flow {
   newCookie: string | undefined;
   reason: string | undefined;
   responseOk: boolean;
+  /** The backend answered "overloaded": neither success nor failure (see onProxyRes). */
+  overloaded: boolean;
   queued: boolean;
   done: boolean;
 }
@@ -84,6 +86,7 @@ export class RequestFlow {
       newCookie: undefined,
       reason: undefined,
       responseOk: true,
+      overloaded: false,
       queued: false,
       done: false,
     };
@@ -194,6 +197,7 @@ export class RequestFlow {
     flow.target = undefined;
     flow.proxyReq = undefined;
     flow.attemptOpen = true;
+    flow.overloaded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
     backend.requests++;
@@ -260,13 +264,22 @@ export class RequestFlow {
     const backend = flow.backend;
     this.clearTimers(flow);
     const status = proxyRes.statusCode ?? 502;
-    const failed = status >= 500 && c.options.outlier.failOn5xx;
+    const nowMs = c.now();
+    // Overload is not failure: a 503 with Retry-After (RFC 9110 §15.6.4: "temporary
+    // overload"; trackRequests() answers so when its queue is full), or a 503/429 while the
+    // backend's fresh report says it is saturated, lowers its share through the load
+    // estimate and never counts toward ejection. Ejecting it would move its load onto the
+    // others, who are as full: measured, 2× overload ejected a backend within 2 s.
+    flow.overloaded =
+      (status === 503 && proxyRes.headers['retry-after'] !== undefined) ||
+      ((status === 503 || status === 429) && backend.load.reportSaturated(nowMs));
+    const failed = !flow.overloaded && status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
-    c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
+    c.metrics.onResponse(backend.id, status, nowMs - flow.attemptStartMs);
     if (failed) {
       c.metrics.onError(backend.id, '5xx');
       c.outlier.onFailure(backend);
-    } else c.outlier.onSuccess(backend);
+    } else if (!flow.overloaded) c.outlier.onSuccess(backend);
     if (c.options.decisionHeader) {
       res.setHeader(c.options.decisionHeader, formatDecisionHeader(backend.id, flow.reason));
     }
@@ -288,6 +301,7 @@ export class RequestFlow {
           c.metrics.onError(backend.id, 'reset');
           c.outlier.onFailure(backend);
           flow.responseOk = false;
+          flow.overloaded = false;
         }
         res.destroy();
       }
@@ -358,7 +372,8 @@ export class RequestFlow {
     this.clearTimers(flow);
     const c = this.core;
     const nowMs = c.now();
-    flow.backend.load.onRequestEnd(nowMs, nowMs - flow.attemptStartMs, flow.responseOk);
+    const latencyMs = nowMs - flow.attemptStartMs;
+    flow.backend.load.onRequestEnd(nowMs, latencyMs, flow.responseOk, flow.overloaded);
     c.drainRate.onCompletion();
     // A slot freed: let the oldest waiter go.
     if (c.queue.length > 0) c.drainQueue();
