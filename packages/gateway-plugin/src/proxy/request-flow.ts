@@ -117,8 +117,7 @@ export class RequestFlow {
     const nowMs = c.now();
     const eligible = c.registry.eligible;
     if (eligible.length === 0) {
-      if (flow.retries > 0) this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
-      else this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
+      this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
       return 'failed';
     }
     // "Saturated" (see docs/gateway.md): this gateway already has
@@ -137,7 +136,9 @@ export class RequestFlow {
       }
     }
     if (untried === 0) {
-      this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
+      // Only a retry gets here: every backend refused or reset this request (panic mode with
+      // every backend dead, say). That is "unavailable, come back later", not a bad answer.
+      this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
       return 'failed';
     }
     const pick = c.strategy.pick({
@@ -323,22 +324,39 @@ export class RequestFlow {
     const res2 = flow.res;
     if (res2.headersSent) return void res2.destroy();
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
+      flow.tried ??= new Set();
+      flow.tried.add(backend.endpoint);
       if (this.mayRetry(flow)) {
         c.metrics.onRetry(backend.id);
-        flow.tried ??= new Set();
-        flow.tried.add(backend.endpoint);
         flow.retries++;
         if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
         return;
+      }
+      // A retryable request that could not reach a backend, when none is left to try or too
+      // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
+      // Retry-After as above, so clients back off instead of reading a gateway fault.
+      if (this.retryable(flow.req) && (c.registry.panic || this.noneUntried(flow))) {
+        const retryAfterSec = c.noBackendRetryAfterSec(c.now());
+        return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }
     }
     this.fail(flow, kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED');
   }
 
+  private retryable(req: IncomingMessage): boolean {
+    const r = this.core.options.retry;
+    return r !== undefined && r.methods.includes(req.method ?? 'GET') && !hasBody(req);
+  }
+
+  private noneUntried(flow: Flow): boolean {
+    for (const b of this.core.registry.eligible) if (!flow.tried?.has(b.endpoint)) return false;
+    return true;
+  }
+
   private mayRetry(flow: Flow): boolean {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
-    if (!r.methods.includes(flow.req.method ?? 'GET') || hasBody(flow.req)) return false;
+    if (!this.retryable(flow.req)) return false;
     // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
     if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
