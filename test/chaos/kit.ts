@@ -228,6 +228,8 @@ export interface SignedFleet {
   fleet: Fleet;
   gw: TestGateway;
   key: SigningKey;
+  /** The key in parseKeyFile's format, for a gateway in another process. */
+  keyFile: string;
   prefix: string;
   close(): Promise<void>;
 }
@@ -269,6 +271,9 @@ export async function startSignedFleet(opts: {
       broker: opts.brokerUrl,
       topicPrefix: prefix,
       keys: [key],
+      // The gateway shares this process's event loop with the load driver and the fleet's
+      // plumbing: its self-protection would measure them, not itself (as test/gateway/kit.ts).
+      overload: false,
       ...opts.gateway,
     });
     const g = gw;
@@ -277,7 +282,7 @@ export async function startSignedFleet(opts: {
       15_000,
       'fresh signed reports',
     );
-    return { fleet, gw, key, prefix, close };
+    return { fleet, gw, key, keyFile, prefix, close };
   } catch (err) {
     await close();
     throw err;

@@ -14,7 +14,7 @@ import { openLoad, report, scale, startSignedFleet, tally, type SignedFleet } fr
 const SLOTS = 2;
 const SERVICE_MS = 50;
 const CAPACITY_RPS = 3 * SLOTS * (1000 / SERVICE_MS);
-const DURATION_MS = scale(4_000, 30_000);
+const DURATION_MS = scale(2_000, 30_000);
 
 let broker: { url: string; close(): Promise<void> };
 let sf: SignedFleet | undefined;
