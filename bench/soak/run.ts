@@ -135,8 +135,18 @@ class Load {
     const req = http.get(
       { host: '127.0.0.1', port: this.port, path: '/soak', agent: this.agent },
       (res) => {
-        res.resume();
-        res.on('end', () => done(String(res.statusCode)));
+        // Errors are keyed by status and the gateway's code (503 LW_GW_SATURATED, ...), or
+        // `backend` for a backend's own answer passed through.
+        const status = res.statusCode ?? 0;
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          if (status >= 300 && body.length < 1024) body += c;
+        });
+        res.on('end', () => {
+          const code = /"code":"(LW_[A-Z_]+)"/.exec(body)?.[1] ?? 'backend';
+          done(status < 300 ? String(status) : `${status}-${code}`);
+        });
         res.on('error', (err: NodeJS.ErrnoException) => done(`client-${err.code ?? 'error'}`));
       },
     );
@@ -279,7 +289,8 @@ async function main(): Promise<void> {
       maxQueue: 256,
       port,
     });
-    return { proc, port: (await proc.waitFor<{ port: number }>('ready')).port };
+    // A start can take long on a busy machine; the run must survive it, not die of it.
+    return { proc, port: (await proc.waitFor<{ port: number }>('ready', 60_000)).port };
   };
   const backends: Backend[] = [];
   for (const id of BACKEND_IDS) {
@@ -330,7 +341,7 @@ async function main(): Promise<void> {
       brokerConnected: boolean | null;
       backends: string;
       queued: number;
-    }>('mem', 5_000);
+    }>('mem', 15_000);
     const counts = load.take();
     let ok = 0;
     let failed = 0;
@@ -382,29 +393,56 @@ async function main(): Promise<void> {
   // Faults, on their own schedule: a backend crash and restart every killEveryS
   // (round robin over the backends), a broker crash and restart every brokerEveryS.
   let stopping = false;
+  // A restart that fails (a start too slow on a busy machine) is logged and tried again.
+  const down = new Set<Backend>();
+  let brokerDown = false;
+  const restart = async (b: Backend): Promise<void> => {
+    try {
+      await b.proc.stop(0);
+      b.proc = (await startBackend(b.id, b.port)).proc;
+      down.delete(b);
+      pendingEvent.push(`restart:${b.id}`);
+    } catch (err) {
+      pendingEvent.push(`restart-failed:${b.id}`);
+      process.stderr.write(`soak: ${String(err)}\n`);
+    }
+  };
+  const restartBroker = async (): Promise<void> => {
+    try {
+      broker = forkProc('broker', '../soak/broker.js', { port: brokerPort });
+      await broker.waitFor('ready', 60_000);
+      brokerDown = false;
+      pendingEvent.push('broker-restart');
+    } catch (err) {
+      await broker.stop(0);
+      pendingEvent.push('broker-restart-failed');
+      process.stderr.write(`soak: ${String(err)}\n`);
+    }
+  };
   const chaos = async (): Promise<void> => {
     let nextKill = Date.now() + args.killEveryS * 1000;
     let nextBroker = Date.now() + args.brokerEveryS * 1000;
     let victim = 0;
     while (!stopping) {
       await sleep(250);
+      for (const b of [...down]) await restart(b);
+      if (brokerDown) await restartBroker();
       const now = Date.now();
       if (now >= nextKill && now < endAt - args.downS * 1000) {
         const b = backends[victim++ % backends.length]!;
         pendingEvent.push(`kill:${b.id}`);
         b.proc.child.kill('SIGKILL');
+        down.add(b);
         await sleep(args.downS * 1000);
-        b.proc = (await startBackend(b.id, b.port)).proc;
-        pendingEvent.push(`restart:${b.id}`);
+        await restart(b);
         nextKill = Date.now() + args.killEveryS * 1000;
       }
       if (now >= nextBroker && now < endAt - 5_000) {
         pendingEvent.push('broker-kill');
         broker.child.kill('SIGKILL');
+        brokerDown = true;
         await sleep(3_000);
-        broker = forkProc('broker', '../soak/broker.js', { port: brokerPort });
-        await broker.waitFor('ready');
-        pendingEvent.push('broker-restart');
+        await restartBroker();
         nextBroker = Date.now() + args.brokerEveryS * 1000;
       }
     }
@@ -417,7 +455,13 @@ async function main(): Promise<void> {
   );
   while (Date.now() < endAt) {
     await sleep(Math.min(args.sampleS * 1000, Math.max(0, endAt - Date.now())));
-    await sampleOnce();
+    try {
+      await sampleOnce();
+    } catch (err) {
+      // The gateway did not answer the sample request in time (a starved machine): skip it.
+      process.stderr.write(`soak: sample skipped: ${String(err)}\n`);
+      continue;
+    }
     const s = samples[samples.length - 1]!;
     process.stdout.write(
       `t=${s.tS}s rss=${s.rssMb}MB heap=${s.heapUsedMb}MB fds=${s.fds} sockets=${s.sockets} ok=${s.ok} failed=${s.failed} queued=${s.queued} [${s.backends}] ${s.event}\n`,
