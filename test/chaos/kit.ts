@@ -64,8 +64,10 @@ export function openLoad(opts: {
   durationMs: number;
   timeoutMs?: number;
 }): OpenLoad {
-  // Sockets enough that arrivals never queue in the client (that wait would not be the gateway's).
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 2048, timeout: 30_000 });
+  // Sockets enough that arrivals never queue in the client (that wait would not be the
+  // gateway's); idle ones closed well before the gateway's keep-alive timeout (Node's 5 s),
+  // so a reused socket never races the server closing it (a client-side ECONNRESET).
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 2048, timeout: 2_000 });
   const target = new URL(opts.url);
   const t0 = performance.now();
   const now = (): number => performance.now() - t0;
