@@ -6,34 +6,20 @@
  * and code, the slowest of them, time until the first backend is out and
  * until traffic is served again after the restart.
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
-import { eventAfter, openLoad, report, scale, sleep, startSignedFleet, tally } from './kit';
-import type { SignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
 
 const DOWN_MS = scale(2_000, 10_000);
 const RATE = scale(60, 100);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'alldown',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-    gateway: { healthCheck: { path: '/health', intervalMs: 250 } },
-  });
-}, 60_000);
-
-afterAll(async () => {
-  await sf?.close();
-  await broker?.close();
-}, 30_000);
+const fleetOf = useSignedFleet({
+  label: 'alldown',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+  gateway: { healthCheck: { path: '/health', intervalMs: 250 } },
+});
 
 it('all killed: fast 503 + Retry-After; all restarted: served again by itself', async () => {
-  const { gw, fleet } = sf!;
+  const { gw, fleet } = fleetOf();
   const load = openLoad({ url: `${gw.url}/work`, rate: RATE, durationMs: DOWN_MS + 30_000 });
   await sleep(1_000);
   const killedAt = Date.now();

@@ -10,33 +10,21 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
 import { counter } from '../gateway-e2e/gateway';
-import { openLoad, report, scale, sleep, startSignedFleet, tally } from './kit';
-import type { SignedFleet } from './kit';
+import { openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
 
 const SKEW_MS = 5 * 60_000;
 const RUN_MS = scale(2_000, 20_000);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
 const dir = mkdtempSync(path.join(tmpdir(), 'lw-skew-'));
 
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'skew',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-  });
-}, 60_000);
+const fleetOf = useSignedFleet({
+  label: 'skew',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+});
 
-afterAll(async () => {
-  await sf?.close();
-  await broker?.close();
-  rmSync(dir, { recursive: true, force: true });
-}, 30_000);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** Starts b's agent again with every clock read in it moved by `skewMs`. */
 function startSkewedAgent(skewMs: number): void {
@@ -49,7 +37,7 @@ function startSkewedAgent(skewMs: number): void {
   const saved = process.env['NODE_OPTIONS'];
   process.env['NODE_OPTIONS'] = `--require ${preload}`;
   try {
-    sf!.fleet.get('b').startAgent();
+    fleetOf().fleet.get('b').startAgent();
   } finally {
     if (saved === undefined) delete process.env['NODE_OPTIONS'];
     else process.env['NODE_OPTIONS'] = saved;
@@ -57,7 +45,7 @@ function startSkewedAgent(skewMs: number): void {
 }
 
 it('reports from a clock minutes ahead are dropped and counted; the backend stays routable', async () => {
-  const { gw, fleet } = sf!;
+  const { gw, fleet } = fleetOf();
   await fleet.get('b').killAgent('SIGKILL');
   startSkewedAgent(SKEW_MS);
   const skewed = (): Promise<number> =>

@@ -7,40 +7,26 @@
  * loop stops it serves again by itself. Printed per cycle: time until it was
  * out of rotation, time until it was marked up after listening again.
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
-import { eventAfter, openLoad, report, scale, sleep, startSignedFleet, tally } from './kit';
-import type { SignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
 
 const CYCLES = scale(2, 10);
 const DOWN_MS = scale(500, 2_000);
 const UP_MS = scale(1_000, 4_000);
 const RATE = scale(60, 100);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'crashloop',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-    gateway: {
-      outlier: { consecutiveFailures: 3 },
-      healthCheck: { path: '/health', intervalMs: 250 },
-      load: { slowStartMs: scale(2_000, 5_000) },
-    },
-  });
-}, 60_000);
-
-afterAll(async () => {
-  await sf?.close();
-  await broker?.close();
-}, 30_000);
+const fleetOf = useSignedFleet({
+  label: 'crashloop',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+  gateway: {
+    outlier: { consecutiveFailures: 3 },
+    healthCheck: { path: '/health', intervalMs: 250 },
+    load: { slowStartMs: scale(2_000, 5_000) },
+  },
+});
 
 it('SIGKILL and restart, again and again: few client errors, back by itself', async () => {
-  const { gw, fleet } = sf!;
+  const { gw, fleet } = fleetOf();
   const b = fleet.get('b');
   const load = openLoad({
     url: `${gw.url}/work`,

@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
+import { startEmbeddedBroker, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import type { SigningKey } from '@loadwise/protocol';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually, startFleet, type Fleet, type FleetBackendSpec } from '../kit/fleet';
@@ -123,9 +123,13 @@ export function openLoad(opts: {
         });
       },
     );
-    req.setTimeout(opts.timeoutMs ?? 60_000, () =>
-      req.destroy(Object.assign(new Error('client timeout'), { code: 'TIMEOUT' })),
+    // A wall-clock limit, not req.setTimeout: the socket's inactivity timeout is the agent's
+    // short idle timeout until a new socket has connected, which a starved machine can exceed.
+    const limit = setTimeout(
+      () => req.destroy(Object.assign(new Error('client timeout'), { code: 'TIMEOUT' })),
+      opts.timeoutMs ?? 60_000,
     );
+    req.once('close', () => clearTimeout(limit));
     req.on('error', (err: NodeJS.ErrnoException) => {
       if (rec.endMs !== 0) return;
       rec.error = err.code ?? 'error';
@@ -233,6 +237,7 @@ export interface SignedFleet {
   /** The key in parseKeyFile's format, for a gateway in another process. */
   keyFile: string;
   prefix: string;
+  brokerUrl: string;
   close(): Promise<void>;
 }
 
@@ -284,9 +289,33 @@ export async function startSignedFleet(opts: {
       15_000,
       'fresh signed reports',
     );
-    return { fleet, gw, key, keyFile, prefix, close };
+    return { fleet, gw, key, keyFile, prefix, brokerUrl: opts.brokerUrl, close };
   } catch (err) {
     await close();
     throw err;
   }
+}
+
+/**
+ * The usual scenario setup as jest hooks: an embedded broker and a signed
+ * fleet behind a gateway before the file's tests, both closed after them.
+ * Returns a getter (the fleet exists once beforeAll ran).
+ */
+export function useSignedFleet(
+  opts: Omit<Parameters<typeof startSignedFleet>[0], 'brokerUrl'>,
+): () => SignedFleet {
+  let broker: { url: string; close(): Promise<void> } | undefined;
+  let sf: SignedFleet | undefined;
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker();
+    sf = await startSignedFleet({ brokerUrl: broker.url, ...opts });
+  }, 60_000);
+  afterAll(async () => {
+    await sf?.close();
+    await broker?.close();
+  }, 30_000);
+  return () => {
+    if (!sf) throw new Error('the signed fleet did not start');
+    return sf;
+  };
 }

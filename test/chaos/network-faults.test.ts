@@ -12,43 +12,31 @@
  * - slow bodies: slow answers, not errors; b's share falls.
  * After each fault b recovers by itself (the ejection expires).
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
 import { startFaultProxy, type Fault, type FaultProxy } from '../kit/fault-proxy';
-import { eventAfter, openLoad, report, scale, sleep, startSignedFleet, tally } from './kit';
-import type { SignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
 
 const FAULT_MS = scale(1_000, 10_000);
 const RATE = scale(60, 100);
 const REQUEST_TIMEOUT_MS = scale(3_000, 5_000);
 const EJECTION_MS = scale(1_000, 5_000);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
 let proxy: FaultProxy | undefined;
 
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'netfault',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-    urls: async (fleet) => {
-      proxy = await startFaultProxy(fleet.get('b').port);
-      return { b: proxy.url };
-    },
-    gateway: {
-      requestTimeoutMs: REQUEST_TIMEOUT_MS,
-      outlier: { consecutiveFailures: 3, baseEjectionMs: EJECTION_MS },
-    },
-  });
-}, 60_000);
+const fleetOf = useSignedFleet({
+  label: 'netfault',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+  urls: async (fleet) => {
+    proxy = await startFaultProxy(fleet.get('b').port);
+    return { b: proxy.url };
+  },
+  gateway: {
+    requestTimeoutMs: REQUEST_TIMEOUT_MS,
+    outlier: { consecutiveFailures: 3, baseEjectionMs: EJECTION_MS },
+  },
+});
 
-afterAll(async () => {
-  await sf?.close();
-  await proxy?.close();
-  await broker?.close();
-}, 30_000);
+afterAll(() => proxy?.close(), 30_000);
 
 const faults: Array<{ name: string; fault: Fault; ejects: boolean; errorsExpected: boolean }> = [
   { name: 'latency', fault: { kind: 'latency', ms: 150 }, ejects: false, errorsExpected: false },
@@ -66,7 +54,7 @@ const faults: Array<{ name: string; fault: Fault; ejects: boolean; errorsExpecte
 it.each(faults)(
   '$name on the path to b',
   async ({ name, fault, ejects, errorsExpected }) => {
-    const { gw } = sf!;
+    const { gw } = fleetOf();
     const total = 1_000 + FAULT_MS + 45_000;
     const load = openLoad({ url: `${gw.url}/work`, rate: RATE, durationMs: total });
     await sleep(1_000);

@@ -8,38 +8,25 @@
  * with Retry-After for the excess. Figures (throughput against the 120 req/s
  * capacity, 503s) are printed, not asserted: the machine is shared.
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { openLoad, report, scale, startSignedFleet, tally, type SignedFleet } from './kit';
+import { openLoad, report, scale, tally, useSignedFleet } from './kit';
 
 const SLOTS = 2;
 const SERVICE_MS = 50;
 const CAPACITY_RPS = 3 * SLOTS * (1000 / SERVICE_MS);
 const DURATION_MS = scale(2_000, 30_000);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'overload',
-    backends: ['a', 'b', 'c'].map((id) => ({
-      id,
-      slots: SLOTS,
-      serviceMs: SERVICE_MS,
-      maxQueue: 4,
-    })),
-  });
-}, 60_000);
-
-afterAll(async () => {
-  await sf?.close();
-  await broker?.close();
-}, 30_000);
+const fleetOf = useSignedFleet({
+  label: 'overload',
+  backends: ['a', 'b', 'c'].map((id) => ({
+    id,
+    slots: SLOTS,
+    serviceMs: SERVICE_MS,
+    maxQueue: 4,
+  })),
+});
 
 it('2x overload: nobody ejected, the excess gets 503 + Retry-After', async () => {
-  const gw = sf!.gw;
+  const gw = fleetOf().gw;
   const load = openLoad({ url: `${gw.url}/work`, rate: 2 * CAPACITY_RPS, durationMs: DURATION_MS });
   const records = await load.done;
   const t = tally(records);

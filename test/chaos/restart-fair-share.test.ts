@@ -10,40 +10,26 @@
  * marked up, its share per sixth of the ramp and after it; asserted: it served
  * within the first half of the ramp and had a fair part of the traffic after it.
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
-import { eventAfter, openLoad, report, scale, sleep, startSignedFleet, tally } from './kit';
-import type { SignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
 
 const SLOW_START_MS = scale(2_400, 15_000);
 const DOWN_MS = scale(1_000, 5_000);
 const RATE = scale(60, 100);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'restart',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 20 })),
-    gateway: {
-      load: { slowStartMs: SLOW_START_MS },
-      // The default ejection (30 s): a restart must not wait for it to expire.
-      outlier: { consecutiveFailures: 3 },
-      healthCheck: { path: '/health', intervalMs: 250 },
-    },
-  });
-}, 60_000);
-
-afterAll(async () => {
-  await sf?.close();
-  await broker?.close();
-}, 30_000);
+const fleetOf = useSignedFleet({
+  label: 'restart',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 20 })),
+  gateway: {
+    load: { slowStartMs: SLOW_START_MS },
+    // The default ejection (30 s): a restart must not wait for it to expire.
+    outlier: { consecutiveFailures: 3 },
+    healthCheck: { path: '/health', intervalMs: 250 },
+  },
+});
 
 it('SIGKILL, restart: served during the ramp, its fair share by the end of it', async () => {
-  const { gw, fleet } = sf!;
+  const { gw, fleet } = fleetOf();
   const b = fleet.get('b');
   const totalMs = 2_000 + DOWN_MS + 20_000 + SLOW_START_MS * 2;
   const load = openLoad({ url: `${gw.url}/work`, rate: RATE, durationMs: totalMs });

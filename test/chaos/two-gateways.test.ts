@@ -6,38 +6,26 @@
  * reports now show the dead gateway's requests gone. The killed one's own
  * clients see their connections cut (printed).
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { forkProc, type Proc } from '../../bench/lib/procs';
-import { openLoad, report, scale, sleep, startSignedFleet, tally } from './kit';
-import type { SignedFleet } from './kit';
+import { openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
 
 const RUN_MS = scale(2_000, 20_000);
 const RATE = scale(50, 80);
 
-let broker: { url: string; close(): Promise<void> };
-let sf: SignedFleet | undefined;
 let peer: Proc | undefined;
 
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  sf = await startSignedFleet({
-    brokerUrl: broker.url,
-    label: 'twogw',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-  });
-}, 60_000);
+const fleetOf = useSignedFleet({
+  label: 'twogw',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+});
 
-afterAll(async () => {
-  await peer?.stop();
-  await sf?.close();
-  await broker?.close();
-}, 30_000);
+afterAll(() => peer?.stop(), 30_000);
 
 it('one of two gateways killed mid-load: the other serves on, error-free', async () => {
-  const { gw, fleet, keyFile, prefix } = sf!;
+  const { gw, fleet, keyFile, prefix, brokerUrl } = fleetOf();
   // The peer: the same options in its own process (bench/soak/gateway.ts, built by tsc -b).
   peer = forkProc('peer-gateway', '../soak/gateway.js', {
-    options: { backends: fleet.backendConfig(), broker: broker.url, topicPrefix: prefix },
+    options: { backends: fleet.backendConfig(), broker: brokerUrl, topicPrefix: prefix },
     keyFile,
     keepAliveTimeoutMs: 65_000,
   });
