@@ -66,6 +66,23 @@ describe('retries and failure answers', () => {
     expect(r.json()).toMatchObject({ error: { code: 'LW_GW_UPSTREAM_FAILED' } });
   });
 
+  it('a GET that every backend refused gets 503 LW_GW_NO_BACKEND with Retry-After', async () => {
+    const dead2 = `http://127.0.0.1:${await refusedPort()}`;
+    gw = await startGateway({
+      backends: [
+        { id: 'dead', url: deadUrl },
+        { id: 'dead2', url: dead2 },
+      ],
+      outlier: { consecutiveFailures: 100 },
+    });
+    for (let i = 0; i < 3; i++) {
+      const r = await send(`${gw.url}/g${i}`);
+      expect(r.status).toBe(503);
+      expect(r.headers['x-loadwise-error']).toBe('LW_GW_NO_BACKEND');
+      expect(Number(r.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    }
+  });
+
   it('does not retry a POST even when another backend is up', async () => {
     gw = await startGateway({
       backends: twoBackends(),

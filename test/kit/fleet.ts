@@ -30,6 +30,8 @@ export interface FleetBackendSpec {
   slots?: number;
   /** Service time per request, ms (default 10). */
   serviceMs?: number;
+  /** Requests waiting for a slot beyond this get 503 + Retry-After (default 1024, the backend's). */
+  maxQueue?: number;
   /** Start an agent beside it (default true when the fleet has a broker). */
   agent?: boolean;
 }
@@ -125,6 +127,7 @@ export class FleetBackend {
       id: this.spec.id,
       slots: this.spec.slots,
       serviceMs: this.spec.serviceMs,
+      maxQueue: this.spec.maxQueue,
       port: this.port,
       pidFile: this.pidFile,
     });
@@ -225,6 +228,7 @@ export async function startFleet(opts: FleetOptions): Promise<Fleet> {
         const full: Required<FleetBackendSpec> = {
           slots: 8,
           serviceMs: 10,
+          maxQueue: 1024,
           agent: opts.brokerUrl !== undefined,
           ...spec,
         };

@@ -1,4 +1,4 @@
-import { OutlierDetector } from './outlier-detector';
+import { OutlierDetector, RECOVERY_CHECK_MS } from './outlier-detector';
 import { eligibleIds, fleet, type Fleet } from './test-fleet';
 
 const config = {
@@ -128,5 +128,73 @@ describe('OutlierDetector (Envoy consecutive failures)', () => {
       'backend-down',
       { id: 'b', reason: 'active health check failed' },
     ]);
+  });
+});
+
+describe('OutlierDetector: a restarted backend is not kept out by its ejection', () => {
+  let f: Fleet;
+  beforeEach(() => jest.useFakeTimers({ now: 1_000_000 }));
+  afterEach(() => {
+    f.close();
+    jest.useRealTimers();
+  });
+
+  const detector = (): OutlierDetector =>
+    new OutlierDetector(
+      { ...config, baseEjectionMs: 30_000, maxEjectionMs: 300_000 },
+      f.registry,
+      f.events,
+      () => Date.now(),
+    );
+
+  it.each([
+    { signal: 'agent verdict', set: (b: Fleet['backends'][0], v: boolean) => (b.verdictDown = v) },
+    { signal: 'active check', set: (b: Fleet['backends'][0], v: boolean) => (b.checkDown = v) },
+  ])('ejected, then down by the $signal, then up: restored at once', ({ set }) => {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    for (let i = 0; i < 3; i++) d.onFailure(a); // killed: refused connections
+    expect(eligibleIds(f.registry)).not.toContain('a');
+    jest.advanceTimersByTime(1_000);
+    set(a, true); // its own health signal sees it dead
+    f.registry.recompute();
+    jest.advanceTimersByTime(4_000);
+    expect(eligibleIds(f.registry)).not.toContain('a');
+    set(a, false); // restarted: the probe passes again, 5 s into a 30 s ejection
+    f.registry.recompute();
+    jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+    expect(eligibleIds(f.registry)).toContain('a');
+    expect(f.seen).toContainEqual(['backend-restored', { id: 'a' }]);
+    // Back through slow start, from a clean slate (registry.ts admits it).
+    expect(a.load.slowStartFactor(Date.now())).toBeLessThan(1);
+    expect(a.consecutiveFailures).toBe(0);
+  });
+
+  it('a backend whose health signals never said down serves its whole ejection', () => {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    for (let i = 0; i < 3; i++) d.onFailure(a); // failing requests, probe fine all along
+    jest.advanceTimersByTime(29_999);
+    expect(eligibleIds(f.registry)).not.toContain('a');
+    jest.advanceTimersByTime(1);
+    expect(eligibleIds(f.registry)).toContain('a');
+  });
+
+  it('stays out while still down when the ejection expires; close() clears the timer', () => {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    for (let i = 0; i < 3; i++) d.onFailure(a);
+    a.verdictDown = true;
+    f.registry.recompute();
+    jest.advanceTimersByTime(30_000);
+    expect(a.ejectedUntilMs).toBeUndefined();
+    expect(eligibleIds(f.registry)).not.toContain('a');
+    expect(jest.getTimerCount()).toBe(0);
+    for (let i = 0; i < 3; i++) d.onFailure(a);
+    f.close();
+    expect(jest.getTimerCount()).toBe(0);
   });
 });

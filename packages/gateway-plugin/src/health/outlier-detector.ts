@@ -12,6 +12,16 @@
  *
  * Envoy decrements the times-ejected multiplier while a host stays healthy;
  * we reset it after a full maxEjectionMs without a new ejection, same intent.
+ *
+ * An ejection ends early when the backend's own health signals show it went
+ * down and came back while ejected: the agent's verdict (its local probe) or
+ * the gateway's active check was `down` and is `up` again. That is a restart,
+ * a new incarnation, and ejection is only a guess from failed requests: kept
+ * out for the rest of base × times ejected (up to minutes in a crash loop), a
+ * restarted backend would wait long after it is serving. Envoy does the same
+ * with `successful_active_health_check_uneject_host` (on by default). A
+ * backend that never looked down to those signals (it answers its probe but
+ * fails requests) serves its whole ejection.
  */
 import type { BalancerEmitter } from '../events';
 import type { Backend } from '../registry/backend';
@@ -24,8 +34,17 @@ export interface OutlierConfig {
   maxEjectionPercent: number;
 }
 
+/** While a backend is ejected, its health flags are re-read this often (see tick). */
+export const RECOVERY_CHECK_MS = 250;
+
+function lookedDown(b: Backend): boolean {
+  return b.checkDown || b.verdictDown;
+}
+
 export class OutlierDetector {
   private readonly lastEjectionEndMs = new WeakMap<Backend, number>();
+  /** Ejected backends whose health signals said `down` during the ejection. */
+  private readonly seenDown = new WeakSet<Backend>();
 
   constructor(
     private readonly config: OutlierConfig,
@@ -73,8 +92,9 @@ export class OutlierDetector {
     );
     backend.ejectedUntilMs = nowMs + durationMs;
     const failures = backend.consecutiveFailures;
-    backend.ejectionTimer = setTimeout(() => this.restore(backend), durationMs);
-    backend.ejectionTimer.unref();
+    this.seenDown.delete(backend);
+    if (lookedDown(backend)) this.seenDown.add(backend);
+    this.arm(backend, nowMs);
     this.registry.recompute();
     this.events.emit('backend-ejected', {
       id: backend.id,
@@ -83,8 +103,29 @@ export class OutlierDetector {
     });
   }
 
-  private restore(backend: Backend): void {
+  /** The next look at an ejected backend: a recovery check, or the end of the ejection. */
+  private arm(backend: Backend, nowMs: number): void {
+    const left = (backend.ejectedUntilMs ?? nowMs) - nowMs;
+    const delayMs = left < RECOVERY_CHECK_MS ? (left > 0 ? left : 0) : RECOVERY_CHECK_MS;
+    backend.ejectionTimer = setTimeout(() => this.tick(backend), delayMs);
+    backend.ejectionTimer.unref();
+  }
+
+  private tick(backend: Backend): void {
     backend.ejectionTimer = undefined;
+    const until = backend.ejectedUntilMs;
+    if (until === undefined) return;
+    const nowMs = this.now();
+    if (lookedDown(backend)) this.seenDown.add(backend);
+    else if (this.seenDown.has(backend)) return this.restore(backend); // down, then up: restarted
+    if (nowMs >= until) return this.restore(backend);
+    this.arm(backend, nowMs);
+  }
+
+  private restore(backend: Backend): void {
+    if (backend.ejectionTimer) clearTimeout(backend.ejectionTimer);
+    backend.ejectionTimer = undefined;
+    this.seenDown.delete(backend);
     backend.ejectedUntilMs = undefined;
     backend.consecutiveFailures = 0;
     this.lastEjectionEndMs.set(backend, this.now());

@@ -164,6 +164,84 @@ describe('createEndpointLoad: local signals', () => {
   });
 });
 
+describe('createEndpointLoad: overloaded answers (503 + Retry-After)', () => {
+  const overloaded = (load: ReturnType<typeof createEndpointLoad>, t: number, n: number) => {
+    for (let i = 0; i < n; i++) {
+      load.onRequestStart(t);
+      load.onRequestEnd(t, 1, true, true);
+    }
+  };
+
+  it('lower the share through a bounded penalty, not through the error rate', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 10);
+    const healthy = load.expectedWaitMs(0);
+    overloaded(load, 0, 50);
+    const snap = load.snapshot(0);
+    // 50 in a row: the EWMA (alpha 0.1) is at 1 - 0.9^50 ≈ 0.995, the factor at 1 + 4 × that.
+    expect(snap.overload).toBeCloseTo(1 - 0.9 ** 50, 6);
+    expect(snap.penaltyFactor).toBeCloseTo(1 + 4 * (1 - 0.9 ** 50), 6);
+    expect(load.expectedWaitMs(0)).toBeGreaterThan(healthy * 4);
+    expect(load.expectedWaitMs(0)).toBeLessThanOrEqual(healthy * 5);
+    // Not errors: one failure now brings the error rate to 0.1, not to 1 - 0.9^51.
+    load.onRequestStart(0);
+    load.onRequestEnd(0, 10, false);
+    const overloadAfter = (1 - 0.9 ** 50) * 0.9;
+    expect(load.snapshot(0).penaltyFactor).toBeCloseTo((1 + 4 * 0.1) * (1 + 4 * overloadAfter), 6);
+  });
+
+  it('fast rejections do not make the backend look fast', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 40);
+    overloaded(load, 1, 20);
+    expect(load.latencyMs(1)).toBeGreaterThanOrEqual(39);
+    expect(load.snapshot(1).serviceTimeMs).toBeGreaterThanOrEqual(39);
+  });
+
+  it('fade with answers that are not overloaded, and with time (overloadDecayMs)', () => {
+    const load = createEndpointLoad({ overloadDecayMs: 1000 });
+    overloaded(load, 0, 30);
+    const peak = load.snapshot(0).overload;
+    serve(load, 0, 10, 10);
+    expect(load.snapshot(0).overload).toBeCloseTo(peak * 0.9 ** 10, 9);
+    expect(load.snapshot(1000).overload).toBeCloseTo(peak * 0.9 ** 10 * Math.exp(-1), 9);
+    expect(load.snapshot(60_000).penaltyFactor).toBeCloseTo(1, 6);
+  });
+
+  it('capped by maxPenaltyFactor together with the other penalties', () => {
+    const load = createEndpointLoad({ overloadPenalty: 100, maxPenaltyFactor: 3 });
+    overloaded(load, 0, 30);
+    expect(load.snapshot(0).penaltyFactor).toBe(3);
+  });
+
+  it('admit() forgets them: a restarted backend starts clean', () => {
+    const load = createEndpointLoad();
+    overloaded(load, 0, 30);
+    load.admit(0);
+    expect(load.snapshot(0).overload).toBe(0);
+  });
+
+  it.each([
+    { queue: { inFlight: 4, queued: 3 }, limit: 4, saturated: true },
+    { queue: { inFlight: 4, queued: 0 }, limit: 4, saturated: false }, // busy, nobody waiting
+    { queue: { inFlight: 2, queued: 3 }, limit: 4, saturated: false }, // slots free: not full
+    { queue: { inFlight: 8, acceptBacklog: 5 }, limit: undefined, saturated: true },
+    { queue: undefined, limit: 4, saturated: false },
+  ])('reportSaturated: queue $queue, limit $limit → $saturated', ({ queue, limit, saturated }) => {
+    const load = createEndpointLoad();
+    load.onReport(
+      report({
+        ...(queue ? { queue: { ...queue, source: {} } } : {}),
+        ...(limit !== undefined ? { concurrencyLimit: limit } : {}),
+      }),
+      0,
+    );
+    expect(load.reportSaturated(0)).toBe(saturated);
+    // Only while the report is fresh.
+    expect(load.reportSaturated(60_000)).toBe(false);
+  });
+});
+
 describe('createEndpointLoad: the agent report', () => {
   it('detects hidden load: what the agent sees minus what this gateway had in flight', () => {
     const load = createEndpointLoad({ defaultCapacity: 4 });
@@ -422,6 +500,8 @@ describe('load options', () => {
     [{ now: 42 }],
     [{ slowStartOnCreate: 'yes' }],
     [{ decayMS: 1000 }],
+    [{ overloadPenalty: -1 }],
+    [{ overloadDecayMs: 0 }],
     ['not an object'],
   ])('%j throws LW_GW_INVALID_OPTION', (opts) => {
     expect(() => resolveLoadOptions(opts as never)).toThrow(

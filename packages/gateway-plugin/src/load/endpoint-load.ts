@@ -36,8 +36,9 @@
  *   a backend with no data must not look free), else `defaultLatencyMs`.
  * - penalty: bounded factors for CPU and memory near saturation and an agent
  *   verdict `degraded` (each weighted by this gateway's share of the
- *   backend's traffic, so G gateways react as one), and error rate, capped at
- *   `maxPenaltyFactor`.
+ *   backend's traffic, so G gateways react as one), error rate, and the share
+ *   of recent answers that were "overloaded" (503 + Retry-After: not errors),
+ *   capped at `maxPenaltyFactor`.
  *
  * docs/strategies.md explains each choice with the simulation that forced it.
  *
@@ -55,6 +56,7 @@ import {
   MAX_EXPECTED_WAIT_MS,
   MAX_HIDDEN_RATIO,
   MIN_SERVICE_TIME_MS,
+  OVERLOAD_EWMA_ALPHA,
   resolveLoadOptions,
   SATURATION_LATENCY_RATIO,
   type EndpointLoadOptions,
@@ -72,6 +74,8 @@ export interface LoadSnapshot {
   serviceTimeMs: number;
   serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default';
   penaltyFactor: number;
+  /** Overload signal 0..1: a decaying share of recent answers that were "overloaded". */
+  overload: number;
   slowStartFactor: number;
   expectedWaitMs: number;
   reportAgeMs: number | undefined;
@@ -88,6 +92,16 @@ export interface LoadEstimate extends EndpointLoad {
   onRequestCancel(nowMs: number): void;
   reportVerdict(nowMs: number): HealthVerdict | undefined;
   reportState(nowMs: number): BackendState | undefined;
+  /** The fresh report says every slot is busy and requests wait; false when none is fresh. */
+  reportSaturated(nowMs: number): boolean;
+  /**
+   * onRequestEnd, with the backend's answer "overloaded" (a 503 with
+   * Retry-After, or a 503/429 while it reports itself saturated): the request
+   * neither succeeded nor failed. It raises a bounded, decaying overload
+   * signal that lowers the backend's share, leaves the error rate alone, and
+   * (like a failure) says nothing good about its speed.
+   */
+  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean, overloaded?: boolean): void;
   watchInFlight(listener: () => void): () => void;
   snapshot(nowMs: number): LoadSnapshot;
   dispose(): void;
@@ -150,6 +164,8 @@ class EndpointLoadEstimate implements LoadEstimate {
   private saturatedAtMs: number | undefined;
   private errorRate = 0;
   private errorStampMs = 0;
+  private overload = 0;
+  private overloadStampMs = 0;
   private admittedAtMs: number | undefined;
   /** Factor of the last unsigned report and until when it counts (onUnsignedReport). */
   private unsignedFactor = 1;
@@ -184,11 +200,16 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.notify();
   }
 
-  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean): void {
+  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean, overloaded = false): void {
     this.accumulate(nowMs);
     const n = this.inFlightCount;
     if (this.inFlightCount > 0) this.inFlightCount--;
-    if (ok) {
+    // Count-based like the error rate; time decay on read forgets it when traffic stops.
+    this.overload =
+      this.currentOverload(nowMs) * (1 - OVERLOAD_EWMA_ALPHA) +
+      (overloaded ? OVERLOAD_EWMA_ALPHA : 0);
+    this.overloadStampMs = nowMs;
+    if (ok && !overloaded) {
       this.latency.observe(nowMs, latencyMs);
       const inSystem = n + this.hidden(nowMs);
       // Capacity first: this completion may show more slots than known, and de-queueing
@@ -213,10 +234,13 @@ class EndpointLoadEstimate implements LoadEstimate {
         this.service.valueMs(nowMs) ?? this.cohort?.meanServiceTimeMs() ?? this.o.defaultLatencyMs;
       this.service.observe(nowMs, serviceFloor > latencyMs ? serviceFloor : latencyMs);
     }
-    // Count-based EWMA of failures; time decay on read forgets them when traffic stops.
-    this.errorRate =
-      this.currentErrorRate(nowMs) * (1 - ERROR_EWMA_ALPHA) + (ok ? 0 : ERROR_EWMA_ALPHA);
-    this.errorStampMs = nowMs;
+    // Count-based EWMA of failures; time decay on read forgets them when traffic stops. An
+    // overloaded answer is not a failure (the backend is alive and said so): no change.
+    if (!overloaded) {
+      this.errorRate =
+        this.currentErrorRate(nowMs) * (1 - ERROR_EWMA_ALPHA) + (ok ? 0 : ERROR_EWMA_ALPHA);
+      this.errorStampMs = nowMs;
+    }
     this.updateCohort(nowMs);
     this.notify();
   }
@@ -260,6 +284,10 @@ class EndpointLoadEstimate implements LoadEstimate {
     return this.freshReport(nowMs)?.state;
   }
 
+  reportSaturated(nowMs: number): boolean {
+    return this.freshReport(nowMs)?.saturated === true;
+  }
+
   admit(nowMs: number): void {
     this.admittedAtMs = this.o.slowStartMs > 0 ? nowMs : undefined;
     // A backend (re-)entering the eligible set is a new incarnation: restarted after a crash,
@@ -271,6 +299,7 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.latency.reset();
     this.service.reset();
     this.errorRate = 0;
+    this.overload = 0;
     this.learnedCapacity = undefined;
     this.saturatedAtMs = undefined;
     this.updateCohort(nowMs);
@@ -321,6 +350,7 @@ class EndpointLoadEstimate implements LoadEstimate {
       serviceTimeMs,
       serviceTimeSource: this.serviceSource,
       penaltyFactor: this.penalty(nowMs, r),
+      overload: this.currentOverload(nowMs),
       slowStartFactor: this.slowStartFactor(nowMs),
       expectedWaitMs: this.expectedWaitMs(nowMs),
       reportAgeMs: this.reportAgeMs(nowMs),
@@ -541,6 +571,13 @@ class EndpointLoadEstimate implements LoadEstimate {
     return this.errorRate * Math.exp(-Math.max(0, nowMs - this.errorStampMs) / this.o.decayMs);
   }
 
+  private currentOverload(nowMs: number): number {
+    if (this.overload === 0) return 0;
+    return (
+      this.overload * Math.exp(-Math.max(0, nowMs - this.overloadStampMs) / this.o.overloadDecayMs)
+    );
+  }
+
   private penalty(nowMs: number, r: ReportDigest | undefined): number {
     const o = this.o;
     let errors = this.currentErrorRate(nowMs);
@@ -551,6 +588,8 @@ class EndpointLoadEstimate implements LoadEstimate {
       if (reported > errors) errors = reported;
     }
     factor *= 1 + o.errorPenalty * errors;
+    const overload = this.currentOverload(nowMs);
+    if (overload > 0) factor *= 1 + o.overloadPenalty * overload;
     if (!(factor < o.maxPenaltyFactor)) factor = o.maxPenaltyFactor;
     return nowMs <= this.unsignedUntilMs ? factor * this.unsignedFactor : factor;
   }

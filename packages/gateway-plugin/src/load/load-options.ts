@@ -60,6 +60,18 @@ export const DEFAULT_DEGRADED_PENALTY = 2;
 /** Extra factor at a 100% error rate (×5): a backend failing fast must not look fast. */
 export const DEFAULT_ERROR_PENALTY = 4;
 export const DEFAULT_MAX_PENALTY_FACTOR = 8;
+/**
+ * Extra factor when every recent answer was "overloaded" (503 + Retry-After, ×5):
+ * the same weight as errors, but it never counts toward ejection.
+ */
+export const DEFAULT_OVERLOAD_PENALTY = 4;
+/**
+ * Time constant of the overload signal without traffic. Shorter than decayMs: a
+ * queue drains in a few service times, and Retry-After is typically 1 s.
+ */
+export const DEFAULT_OVERLOAD_DECAY_MS = 2_000;
+/** Share of each completion in the overload EWMA (as ERROR_EWMA_ALPHA for errors). */
+export const OVERLOAD_EWMA_ALPHA = 0.1;
 /** Share of each completion in the local error-rate EWMA. */
 export const ERROR_EWMA_ALPHA = 0.1;
 /** No expected wait exceeds one hour: keeps every figure finite and ordered. */
@@ -99,6 +111,10 @@ export interface EndpointLoadOptions {
   memoryPressurePenalty?: number;
   degradedPenalty?: number;
   errorPenalty?: number;
+  /** Extra factor at a 100% share of overloaded answers (503 + Retry-After). */
+  overloadPenalty?: number;
+  /** Time constant of the overload signal when no request completes. */
+  overloadDecayMs?: number;
   maxPenaltyFactor?: number;
   /** Shared neutral estimate: one per balancer, from createLoadCohort(). */
   cohort?: LoadCohort;
@@ -129,6 +145,8 @@ const KNOWN_KEYS = [
   'memoryPressurePenalty',
   'degradedPenalty',
   'errorPenalty',
+  'overloadPenalty',
+  'overloadDecayMs',
   'maxPenaltyFactor',
   'cohort',
 ] as const;
@@ -156,6 +174,8 @@ export interface ResolvedLoadOptions {
   memoryPressurePenalty: number;
   degradedPenalty: number;
   errorPenalty: number;
+  overloadPenalty: number;
+  overloadDecayMs: number;
   maxPenaltyFactor: number;
 }
 
@@ -292,6 +312,8 @@ export function resolveLoadOptions(
     ),
     degradedPenalty: numberOption(bag, p, 'degradedPenalty', DEFAULT_DEGRADED_PENALTY, 1, 100),
     errorPenalty: numberOption(bag, p, 'errorPenalty', DEFAULT_ERROR_PENALTY, 0, 100),
+    overloadPenalty: numberOption(bag, p, 'overloadPenalty', DEFAULT_OVERLOAD_PENALTY, 0, 100),
+    overloadDecayMs: numberOption(bag, p, 'overloadDecayMs', DEFAULT_OVERLOAD_DECAY_MS, 1, HOUR_MS),
     maxPenaltyFactor: numberOption(bag, p, 'maxPenaltyFactor', DEFAULT_MAX_PENALTY_FACTOR, 1, 1000),
   };
 }

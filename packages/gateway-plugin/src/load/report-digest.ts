@@ -36,6 +36,12 @@ export interface ReportDigest {
   capacityHint: number | undefined;
   /** True when capacityHint is the capacity itself (queue non-empty), not a lower bound. */
   capacityHintExact: boolean;
+  /**
+   * The backend is at capacity by its own account: requests wait (queued or in
+   * the accept backlog) and every reported slot is busy. A 503 or 429 from it
+   * then means "full", not "broken" (request-flow.ts).
+   */
+  saturated: boolean;
   /** Backend-side latency (mean, else p50), undefined if not reported. */
   latencyMs: number | undefined;
   /** Worst of host and cgroup CPU utilization, 0..1. */
@@ -123,6 +129,9 @@ export function digestReport(
     concurrencyLimit: limit !== undefined && limit >= 1 ? limit : undefined,
     capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,
     capacityHintExact,
+    saturated:
+      (queued ?? 0) + (backlog ?? 0) >= 1 &&
+      (limit === undefined || (inFlight !== undefined && inFlight >= limit)),
     latencyMs,
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
     memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),

@@ -74,6 +74,8 @@ interface Flow {
   newCookie: string | undefined;
   reason: string | undefined;
   responseOk: boolean;
+  /** The backend answered "overloaded": neither success nor failure (see onProxyRes). */
+  overloaded: boolean;
   queued: boolean;
   done: boolean;
   /** How the body reaches the backend (request-body.ts). */
@@ -173,6 +175,7 @@ export class RequestFlow {
       newCookie: undefined,
       reason: undefined,
       responseOk: true,
+      overloaded: false,
       queued: false,
       done: false,
       body,
@@ -245,8 +248,7 @@ export class RequestFlow {
     const nowMs = c.now();
     const eligible = c.registry.eligible;
     if (eligible.length === 0) {
-      if (flow.retries > 0) this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
-      else this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
+      this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
       return 'failed';
     }
     // "Saturated" (see docs/gateway.md): this gateway already has
@@ -265,7 +267,9 @@ export class RequestFlow {
       }
     }
     if (untried === 0) {
-      this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
+      // Only a retry gets here: every backend refused or reset this request (panic mode with
+      // every backend dead, say). That is "unavailable, come back later", not a bad answer.
+      this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
       return 'failed';
     }
     const pick = c.strategy.pick({
@@ -327,6 +331,7 @@ export class RequestFlow {
     flow.attemptOpen = true;
     const attempt = ++flow.attempt;
     flow.responded = false;
+    flow.overloaded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
     backend.requests++;
@@ -493,13 +498,22 @@ export class RequestFlow {
     // header on a response that is not chunked makes writeHead throw
     // ERR_HTTP_TRAILER_INVALID, which also killed the process.
     delete proxyRes.headers.trailer;
-    const failed = status >= 500 && c.options.outlier.failOn5xx;
+    const nowMs = c.now();
+    // Overload is not failure: a 503 with Retry-After (RFC 9110 §15.6.4: "temporary
+    // overload"; trackRequests() answers so when its queue is full), or a 503/429 while the
+    // backend's fresh report says it is saturated, lowers its share through the load
+    // estimate and never counts toward ejection. Ejecting it would move its load onto the
+    // others, who are as full: measured, 2× overload ejected a backend within 2 s.
+    flow.overloaded =
+      (status === 503 && proxyRes.headers['retry-after'] !== undefined) ||
+      ((status === 503 || status === 429) && backend.load.reportSaturated(nowMs));
+    const failed = !flow.overloaded && status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
-    c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
+    c.metrics.onResponse(backend.id, status, nowMs - flow.attemptStartMs);
     if (failed) {
       c.metrics.onError(backend.id, '5xx');
       c.outlier.onFailure(backend);
-    } else c.outlier.onSuccess(backend);
+    } else if (!flow.overloaded) c.outlier.onSuccess(backend);
     if (c.options.decisionHeader) {
       res.setHeader(c.options.decisionHeader, formatDecisionHeader(backend.id, flow.reason));
     }
@@ -521,6 +535,7 @@ export class RequestFlow {
           c.metrics.onError(backend.id, 'reset');
           c.outlier.onFailure(backend);
           flow.responseOk = false;
+          flow.overloaded = false;
         }
         res.destroy();
       }
@@ -556,14 +571,21 @@ export class RequestFlow {
       return void res2.destroy();
     }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
+      flow.tried ??= new Set();
+      flow.tried.add(backend.endpoint);
       if (this.mayRetry(flow)) {
         c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; retrying`);
         c.metrics.onRetry(backend.id);
-        flow.tried ??= new Set();
-        flow.tried.add(backend.endpoint);
         flow.retries++;
         if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
         return;
+      }
+      // A retryable request that could not reach a backend, when none is left to try or too
+      // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
+      // Retry-After as above, so clients back off instead of reading a gateway fault.
+      if (this.retryable(flow) && (c.registry.panic || this.noneUntried(flow))) {
+        const retryAfterSec = c.noBackendRetryAfterSec(c.now());
+        return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }
     }
     const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
@@ -571,11 +593,22 @@ export class RequestFlow {
     this.fail(flow, code);
   }
 
+  /** An idempotent method, with no body or one held in memory (request-body.ts). */
+  private retryable(flow: Flow): boolean {
+    const r = this.core.options.retry;
+    if (r === undefined || !r.methods.includes(flow.req.method ?? 'GET')) return false;
+    return flow.framing === 'none' || flow.body.kind === 'buffered';
+  }
+
+  private noneUntried(flow: Flow): boolean {
+    for (const b of this.core.registry.eligible) if (!flow.tried?.has(b.endpoint)) return false;
+    return true;
+  }
+
   private mayRetry(flow: Flow): boolean {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
-    if (!r.methods.includes(flow.req.method ?? 'GET')) return false;
-    if (flow.framing !== 'none' && flow.body.kind !== 'buffered') return false;
+    if (!this.retryable(flow)) return false;
     // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
     if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
@@ -688,8 +721,9 @@ export class RequestFlow {
     flow.bodyTimer = undefined;
     const c = this.core;
     const nowMs = c.now();
+    const latencyMs = nowMs - flow.attemptStartMs;
     if (cancelled) flow.backend.load.onRequestCancel(nowMs);
-    else flow.backend.load.onRequestEnd(nowMs, nowMs - flow.attemptStartMs, flow.responseOk);
+    else flow.backend.load.onRequestEnd(nowMs, latencyMs, flow.responseOk, flow.overloaded);
     c.drainRate.onCompletion();
     // A slot freed: let the oldest waiter go.
     if (c.queue.length > 0) c.drainQueue();

@@ -239,6 +239,36 @@ describe('load-aware: local signals', () => {
     expect(shares[3]! * 100).toBeLessThanOrEqual(3);
   });
 
+  it('a restarted backend is back to its fair share within the slow-start window', () => {
+    // Three equal backends under load; b1 crashes (its requests fail, five more are refused),
+    // is out for 5 s, then restarts and is re-admitted (registry.ts calls admit()).
+    const sim = setup('load-aware', [10, 10, 10], 7);
+    run(sim, 3000, { window: 9 });
+    const [b0, b1, b2] = sim.endpoints as [Endpoint, Endpoint, Endpoint];
+    for (const o of sim.outstanding.filter((x) => x.ep === b1))
+      b1.load.onRequestEnd(sim.t, sim.t - o.startMs, false);
+    sim.outstanding = sim.outstanding.filter((x) => x.ep !== b1);
+    for (let i = 0; i < 5; i++) {
+      b1.load.onRequestStart(sim.t);
+      b1.load.onRequestEnd(sim.t, 1, false);
+    }
+    sim.endpoints = [b0, b2];
+    sim.strategy.setEndpoints(sim.endpoints);
+    run(sim, 5000, { window: 9 });
+    b1.load.admit(sim.t);
+    sim.endpoints = [b0, b1, b2];
+    sim.strategy.setEndpoints(sim.endpoints);
+    // The default ramp: 15 s from a factor of 0.1. One window per second of it (1,000 picks).
+    const perSecond = Array.from({ length: 15 }, () => run(sim, 1000, { window: 9 })[1]!);
+    // Served from the first second on (dividing the metric by the factor alone gave 0 for the
+    // first 10 s: P2C compares, so a handicap is a threshold), but not flooded...
+    expect(Math.min(...perSecond)).toBeGreaterThan(0.02);
+    expect(perSecond[0]).toBeLessThan(0.2);
+    // ...and at its fair share before the ramp ends, and after it.
+    near(perSecond.slice(10), Array(5).fill(1 / 3), 0.06);
+    near(run(sim, 5000, { window: 9 }), [1 / 3, 1 / 3, 1 / 3], 0.04);
+  });
+
   it('with no reports at all, it spreads like least-in-flight over equal backends', () => {
     near(run(setup('load-aware', [10, 10, 10, 10]), 4000), [0.25, 0.25, 0.25, 0.25], 0.04);
   });

@@ -2,7 +2,8 @@
  * The default strategy: P2C (or best of `choices`) over the expected wait of a
  * new request, `EndpointLoad.expectedWaitMs` (src/load/endpoint-load.ts fuses
  * local in-flight and latency with the agent's report), divided by the static
- * weight and by the slow-start factor so a newcomer ramps up (Envoy slow start).
+ * weight and by the slow-start factor so a newcomer ramps up (Envoy slow start;
+ * slow-start.ts turns the factor into a share of the traffic).
  *
  * Why random choices rather than the global minimum: reports are up to one
  * interval old and several gateways read the same ones; "go to the least
@@ -20,6 +21,7 @@
  */
 import { EndpointList } from './endpoint-list';
 import { Choice, MAX_CHOICES, selectP2C, type Metric } from './p2c-select';
+import { withSlowStartShare } from './slow-start';
 import { integerOption, numberOption } from '../load/option-check';
 import { fmt, readCommon, weightOf } from './strategy-options';
 import type { Pick, PickContext, Strategy } from './types';
@@ -40,13 +42,14 @@ export function createLoadAware(opts?: unknown): Strategy {
   const tieTolerance = numberOption(bag, prefix, 'tieTolerance', DEFAULT_TIE_TOLERANCE, 0, 1);
   let list = new EndpointList([]);
   const choice = new Choice();
+  const metric = withSlowStartShare(expectedWaitMetric, common.random);
   return {
     name: 'load-aware',
     setEndpoints(endpoints) {
       list = new EndpointList(endpoints);
     },
     pick(ctx: PickContext): Pick | undefined {
-      const c = selectP2C(list, choices, expectedWaitMetric, common.random, ctx, choice);
+      const c = selectP2C(list, choices, metric, common.random, ctx, choice);
       if (c.best === undefined) return undefined;
       if (
         c.other !== undefined &&

@@ -1,7 +1,8 @@
 /**
  * Peak EWMA (Finagle `Balancers.p2cPeakEwma`, Linkerd's default): P2C over
  * cost = latency Peak EWMA × (in-flight + 1), divided by weight and by the
- * slow-start factor. The latency estimate itself lives in src/load.
+ * slow-start factor (as a share: slow-start.ts). The latency estimate itself
+ * lives in src/load.
  *
  * As in Finagle, an endpoint with no latency sample yet costs 0 while idle (one
  * probe request finds out) and a huge penalty once that probe is in flight, so
@@ -10,6 +11,7 @@
  */
 import { EndpointList } from './endpoint-list';
 import { Choice, selectP2C, type Metric } from './p2c-select';
+import { withSlowStartShare } from './slow-start';
 import { fmt, readCommon, weightOf } from './strategy-options';
 import type { Pick, PickContext, Strategy } from './types';
 
@@ -29,13 +31,14 @@ export function createPeakEwma(opts?: unknown): Strategy {
   const { common } = readCommon('peak-ewma', opts, []);
   let list = new EndpointList([]);
   const choice = new Choice();
+  const metric = withSlowStartShare(peakEwmaMetric, common.random);
   return {
     name: 'peak-ewma',
     setEndpoints(endpoints) {
       list = new EndpointList(endpoints);
     },
     pick(ctx: PickContext): Pick | undefined {
-      const c = selectP2C(list, 2, peakEwmaMetric, common.random, ctx, choice);
+      const c = selectP2C(list, 2, metric, common.random, ctx, choice);
       const ep = c.best;
       if (ep === undefined) return undefined;
       if (!ctx.explain) return { endpoint: ep };

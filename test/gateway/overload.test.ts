@@ -1,0 +1,134 @@
+/**
+ * Overload is not failure (README failure semantics: "backend reports
+ * overload: its share falls; it is not ejected"). A backend that answers 503
+ * with Retry-After (trackRequests() does when its queue is full), or 503/429
+ * while its fresh report says every slot is busy and requests wait, is never
+ * ejected; its share falls through the load estimate. A plain 503 from a
+ * backend that does not say it is full still counts as a failure.
+ */
+import { randomBytes } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { createEncoder, type SigningKey } from '@loadwise/protocol';
+import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
+import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+
+function answer(res: ServerResponse, id: string, status: number, retryAfter?: string): void {
+  res.statusCode = status;
+  if (retryAfter !== undefined) res.setHeader('retry-after', retryAfter);
+  res.end(JSON.stringify({ id }));
+}
+
+describe('overload is not failure', () => {
+  let ok: TestServer;
+  let full: TestServer;
+  let broken: TestServer;
+  let busy429: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    ok = await startBackend('ok');
+    full = await startBackend('full', (_req, res) => answer(res, 'full', 503, '1'));
+    broken = await startBackend('broken', (_req, res) => answer(res, 'broken', 503));
+    busy429 = await startBackend('busy', (_req, res) => answer(res, 'busy', 429));
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(async () => {
+    for (const s of [ok, full, broken, busy429]) await s.close();
+  });
+
+  const ejections = (g: TestGateway, id: string): number =>
+    g.lb.balancer.snapshot().backends.find((b) => b.id === id)!.ejections;
+
+  it('503 + Retry-After: passed through, never ejected; a plain 503 is ejected', async () => {
+    gw = await startGateway({
+      backends: [
+        { id: 'ok', url: ok.url },
+        { id: 'full', url: full.url },
+        { id: 'broken', url: broken.url },
+      ],
+      strategy: 'round-robin', // every backend gets its turn, whatever its load
+      outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
+    });
+    const replies = [];
+    for (let i = 0; i < 18; i++) replies.push(await send(`${gw.url}/`));
+    const fromFull = replies.filter((r) => r.json<{ id: string }>().id === 'full');
+    // Six or more overloaded answers in a row (twice the ejection threshold; more once
+    // "broken" is out), each proxied as it is.
+    expect(fromFull.length).toBeGreaterThanOrEqual(6);
+    for (const r of fromFull) {
+      expect(r.status).toBe(503);
+      expect(r.headers['retry-after']).toBe('1');
+    }
+    expect(ejections(gw, 'full')).toBe(0);
+    // The control: the same status without Retry-After is a failure, ejected after three.
+    expect(ejections(gw, 'broken')).toBe(1);
+    expect(gw.lb.balancer.snapshot().backends.find((b) => b.id === 'full')!.state).toBe('healthy');
+  });
+
+  it("the overloaded backend's share falls (load-aware)", async () => {
+    gw = await startGateway({
+      backends: [
+        { id: 'ok', url: ok.url },
+        { id: 'full', url: full.url },
+      ],
+      outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
+    });
+    const served = new Map<string, number>();
+    for (let i = 0; i < 60; i++) {
+      const id = (await send(`${gw.url}/`)).json<{ id: string }>().id;
+      served.set(id, (served.get(id) ?? 0) + 1);
+    }
+    expect(ejections(gw, 'full')).toBe(0);
+    // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth.
+    expect(served.get('full') ?? 0).toBeGreaterThan(0);
+    expect(served.get('full') ?? 0).toBeLessThan(15);
+  });
+
+  it('503 or 429 without Retry-After count as overload while the report says it is full', async () => {
+    const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };
+    const prefix = uniquePrefix('overload');
+    gw = await startGateway({
+      backends: [
+        { id: 'ok', url: ok.url },
+        { id: 'broken', url: broken.url },
+        { id: 'busy', url: busy429.url },
+      ],
+      strategy: 'round-robin',
+      broker: { embedded: true, port: 0 },
+      topicPrefix: prefix,
+      keys: [key],
+      outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
+    });
+    await gw.lb.ready();
+    const client = await connectClient(gw.lb.balancer.brokerUrl!);
+    try {
+      for (const id of ['broken', 'busy']) {
+        const m = createEncoder({ backendId: id, prefix, key }).metrics({
+          intervalMs: 60_000,
+          state: 'online',
+          host: { cpuUtilization: 0.5, memoryUtilization: 0.25, memoryAvailableBytes: 1e9 },
+          concurrencyLimit: 4,
+          queue: { inFlight: 4, queued: 9, source: { inFlight: 'tracker', queued: 'tracker' } },
+          health: { verdict: 'up' },
+        });
+        await client.publishAsync(m.topic, m.payload, { qos: 1 });
+      }
+      const g = gw;
+      const start = Date.now();
+      while (!g.lb.balancer.snapshot().backends.every((b) => b.id === 'ok' || b.reportFresh)) {
+        if (Date.now() - start > 5000) throw new Error('reports not applied');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const statuses: number[] = [];
+      for (let i = 0; i < 18; i++) statuses.push((await send(`${gw.url}/`)).status);
+      expect(statuses.filter((s) => s === 503)).toHaveLength(6);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(6);
+      expect(ejections(gw, 'broken')).toBe(0);
+      expect(ejections(gw, 'busy')).toBe(0);
+    } finally {
+      await endClient(client);
+    }
+  });
+});
