@@ -69,6 +69,9 @@ describe('agent reports against the golden fixtures', () => {
       expect(decoded).toEqual({ ok: true, message: report, keyId: 'fixture-k1' });
 
       const known = new Set(paths(full));
+      // A busy host (real CPU at 90%+) makes the verdict degraded with a reason: a
+      // field the degraded fixture (valid-metrics-degraded-draining.json) pins.
+      known.add('health.reason');
       const unknown = paths(report).filter((p) => !known.has(p));
       expect(unknown).toEqual([]);
     } finally {
