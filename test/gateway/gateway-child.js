@@ -30,7 +30,12 @@ backend.listen(0, '127.0.0.1', () => {
     healthCheck: false,
     clientBodyTimeoutMs: 300,
     metricsPath: '/_lb/metrics',
-    logger: { info: () => {}, warn: (m) => warnings.push(m), error: (m) => warnings.push(m) },
+    // pino-style calls pass (fields, msg): keep the sentence.
+    logger: {
+      info: () => {},
+      warn: (m, msg) => warnings.push(msg ?? String(m)),
+      error: (m, msg) => warnings.push(msg ?? String(m)),
+    },
   });
   const app = express();
   app.use(lb);
