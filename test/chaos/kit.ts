@@ -281,6 +281,8 @@ export async function startSignedFleet(opts: {
       // The gateway shares this process's event loop with the load driver and the fleet's
       // plumbing: its self-protection would measure them, not itself (as test/gateway/kit.ts).
       overload: false,
+      // The load driver stands for many clients but comes from one address.
+      maxInFlightPerClient: false,
       ...opts.gateway,
     });
     const g = gw;
