@@ -8,6 +8,8 @@ const e2e = base.projects.find((p) => p.displayName === 'e2e');
 
 /** @type {import('jest').Config} */
 module.exports = {
+  // Top level: jest reads testTimeout only here, never from a project (jest.config.js).
+  testTimeout: 180000,
   projects: [
     {
       ...e2e,
@@ -15,7 +17,6 @@ module.exports = {
       testMatch: ['<rootDir>/test/chaos/**/*.test.ts'],
       // Every chaos file, including those npm test leaves out (jest.config.js).
       testPathIgnorePatterns: ['/node_modules/'],
-      testTimeout: 180000,
     },
   ],
 };

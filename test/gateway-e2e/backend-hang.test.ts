@@ -63,11 +63,17 @@ it('SIGSTOP under load: timeouts, ejection, no pile-up', async () => {
   const result = await load.done;
   expect(result.sent).toBe(1_000);
   expect(result.errors).toBe(0);
-  // The failures are the timed-out requests (504), nothing else, and they are bounded.
+  // The failures are the timed-out requests (504), nothing else, and those on b are bounded.
+  // A request on a or c may also pass 400 ms when the machine is starved (seen once in a
+  // full run with other jobs on both cores): counted by backend, not charged to b.
   const failures = failed(result);
   expect(failures).toBeGreaterThan(0);
   expect([...result.statuses.keys()].filter((s) => s !== 200)).toEqual([504]);
-  expect(failures).toBeLessThanOrEqual(CONCURRENCY + CONSECUTIVE_FAILURES);
+  const timeouts = async (id: string): Promise<number> =>
+    counter(gw!, 'backend_errors_total', { backend: id, kind: 'timeout' });
+  const onB = await timeouts('b');
+  expect(failures).toBe(onB + (await timeouts('a')) + (await timeouts('c')));
+  expect(onB).toBeLessThanOrEqual(CONCURRENCY + CONSECUTIVE_FAILURES);
   // No pile-up: nothing new was sent to b after it went out, and nothing is left hanging on it.
   expect(gw!.backend('b').requestsTotal).toBe(requestsAtEjection);
   expect(requestsAtEjection - requestsAtHang).toBeLessThanOrEqual(

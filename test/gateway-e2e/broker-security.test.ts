@@ -199,19 +199,31 @@ function acl(prefix: string): string[] {
       await rogue.kill();
     }
 
-    // A gateway with such a certificate never connects (its ready() never
-    // resolves) and routes on its own signals. What it reports about the
-    // refused handshake belongs to the broker-error reporting, not asserted here.
+    // A gateway with such a certificate never connects: ready() rejects with a coded
+    // error, one warn line and a broker-unreachable event name the refused handshake,
+    // and it routes on its own signals meanwhile.
+    const warnings: string[] = [];
     const rogueLb = loadBalance({
       backends: fleet.backendConfig(),
       broker: { url: broker.url, ...broker.clientOptionsFor('gw', { rogue: true }) },
       topicPrefix: prefix,
       keys: [key],
       healthCheck: false,
-      logger: { info: () => {}, warn: () => {}, error: () => {} },
+      logger: {
+        info: () => {},
+        warn: (...args: unknown[]) => warnings.push(args.map((a) => JSON.stringify(a)).join(' ')),
+        error: (...args: unknown[]) => warnings.push(args.map((a) => JSON.stringify(a)).join(' ')),
+      },
     });
+    const unreachable: unknown[] = [];
+    rogueLb.balancer.events.on('broker-unreachable', (e: unknown) => unreachable.push(e));
     try {
-      await new Promise((r) => setTimeout(r, 1000));
+      await expect(rogueLb.ready({ timeoutMs: 3_000 })).rejects.toMatchObject({
+        code: 'LW_GW_BROKER_UNREACHABLE',
+      });
+      console.log(`rogue gateway: ${JSON.stringify(unreachable)} ${warnings.join(' | ')}`);
+      expect(warnings.join('\n')).toMatch(/ERR_SSL_TLSV1_ALERT_UNKNOWN_CA: tlsv1 alert unknown ca/);
+      expect(unreachable.length).toBe(1);
       expect(rogueLb.balancer.brokerConnected).toBe(false);
       expect(rogueLb.balancer.snapshot().backends.map((b) => b.state)).toEqual([
         'healthy',

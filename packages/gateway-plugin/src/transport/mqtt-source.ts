@@ -160,10 +160,11 @@ export class MqttSource {
     // mqtt.js emits connection errors here and keeps reconnecting; without a
     // listener they would be thrown as an unhandled 'error' event. The loss
     // itself is reported once, on 'close'.
-    this.lastError = err.message;
+    const message = describeError(err);
+    this.lastError = message;
     if (!this.connected && !this.unreachable && !this.closed) {
       this.unreachable = true;
-      this.handlers.onUnreachable(this.url, err.message);
+      this.handlers.onUnreachable(this.url, message);
     }
   };
 
@@ -257,4 +258,19 @@ function onceConnected(client: MqttClient): Promise<void> {
     // fatal (routing works on local signals) and mqtt.js keeps retrying.
     client.once('connect', () => resolve());
   });
+}
+
+/**
+ * One readable line for a connection error. OpenSSL's messages carry a
+ * library-internal prefix, a source path and a trailing newline
+ * ("808C...:error:0A000418:SSL routines:ssl3_read_bytes:tlsv1 alert unknown
+ * ca:../deps/openssl/...:1601:SSL alert number 48\n"); Node also gives the
+ * same failure as `code` and `reason`, which is what an operator needs
+ * ("ERR_SSL_TLSV1_ALERT_UNKNOWN_CA: tlsv1 alert unknown ca").
+ */
+export function describeError(err: Error & { code?: unknown; reason?: unknown }): string {
+  if (typeof err.reason === 'string' && typeof err.code === 'string') {
+    return `${err.code}: ${err.reason}`;
+  }
+  return err.message.trim();
 }
