@@ -1,7 +1,7 @@
 /**
  * `npm run bench:control-flood [-- --runs 3] [--rate 200] [--flood-rate 9600]
  *   [--flood-ms 10000] [--kind forged|replayed] [--broker mqtt://127.0.0.1:1883]
- *   [--out bench/results/control-flood.md]`
+ *   [--no-pin] [--out bench/results/control-flood.md]`
  *
  * Does a flood on the control channel slow down requests? A loopback gateway
  * (its own process, load-aware, signed agents beside three backends of 8 slots
@@ -25,10 +25,21 @@
  * and the control phase shows what is left of that; flood vs control is the
  * gateway's own cost. The load average is recorded: on a shared machine every
  * figure moves with the neighbours.
+ *
+ * Pinned (the default on a machine with 2+ CPUs; `--no-pin` turns it off):
+ * the gateway gets the last CPU to itself (`taskset`), everything else (this
+ * process, the backends and agents, the load generator, the publisher, and a
+ * Mosquitto of the bench's own on a free port, started from the `mosquitto`
+ * binary unless `--broker` is given) shares the others. An attacker on the
+ * broker does not run on the gateway's host: unpinned, the flood phase
+ * measures the publisher's and the broker's CPU taken from the gateway as
+ * much as the gateway's own cost of refusing the flood.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, setPriority, tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import { cpus, loadavg, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import mqtt from 'mqtt';
@@ -36,7 +47,7 @@ import { createEncoder, topicFor } from '@loadwise/protocol';
 import { loadwise, type RunningBalancer } from '../lib/balancers';
 import { startCluster, type Cluster } from '../lib/cluster';
 import { httpGet } from '../lib/http-get';
-import { CpuMeter, forkProc, sleep } from '../lib/procs';
+import { CpuMeter, forkProc, sleep, spawnProc, type Proc } from '../lib/procs';
 import { summarize } from '../lib/stats';
 import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
 import type { HostilePublisherConfig } from '../procs/hostile-publisher';
@@ -47,7 +58,9 @@ interface Args {
   floodRate: number;
   floodMs: number;
   kind: 'forged' | 'replayed';
+  /** '' until resolved in main(): the bench's own Mosquitto when pinned, else 127.0.0.1:1883. */
   broker: string;
+  pin: boolean;
   out: string;
 }
 
@@ -58,7 +71,8 @@ function parseArgs(argv: string[]): Args {
     floodRate: 9600,
     floodMs: 10_000,
     kind: 'forged',
-    broker: process.env.LOADWISE_BENCH_BROKER ?? 'mqtt://127.0.0.1:1883',
+    broker: process.env.LOADWISE_BENCH_BROKER ?? '',
+    pin: cpus().length >= 2,
     out: join(__dirname, '..', '..', 'results', 'control-flood.md'),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -75,6 +89,7 @@ function parseArgs(argv: string[]): Args {
     else if (flag === '--kind') a.kind = v() === 'replayed' ? 'replayed' : 'forged';
     else if (flag === '--broker') a.broker = v();
     else if (flag === '--out') a.out = v();
+    else if (flag === '--no-pin') a.pin = false;
     else throw new Error(`unknown argument ${flag}`);
   }
   return a;
@@ -258,8 +273,44 @@ function table(args: Args, runs: Phase[][]): string {
   ].join('\n');
 }
 
+/** Pins `pid` and all its threads to the CPUs in `list` (taskset's syntax, e.g. "1" or "0-2"). */
+function pin(pid: number, list: string): void {
+  execFileSync('taskset', ['-a', '-pc', list, String(pid)], { stdio: 'ignore' });
+}
+
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+/** A Mosquitto of the bench's own on a free loopback port (inherits this process's CPUs). */
+async function ownMosquitto(): Promise<{ url: string; proc: Proc }> {
+  const port = await freePort();
+  const proc = spawnProc('mosquitto', 'mosquitto', ['-p', String(port)]);
+  const url = `mqtt://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    try {
+      const c = await mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 1000 });
+      await c.endAsync();
+      return { url, proc };
+    } catch {
+      await sleep(100);
+    }
+  }
+  await proc.stop();
+  throw new Error(`mosquitto -p ${port} did not accept connections:\n${proc.stderrTail()}`);
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
+  const last = cpus().length - 1;
+  // Children inherit the affinity: pin this process first, the gateway after it starts.
+  if (args.pin) pin(process.pid, last === 1 ? '0' : `0-${last - 1}`);
+  const own = args.broker === '' && args.pin ? await ownMosquitto() : undefined;
+  if (args.broker === '') args.broker = own?.url ?? 'mqtt://127.0.0.1:1883';
   const tmpDir = mkdtempSync(join(tmpdir(), 'loadwise-flood-'));
   const keyFile = join(tmpDir, 'keys');
   writeFileSync(keyFile, `bench ${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
@@ -276,6 +327,7 @@ async function main(): Promise<void> {
       statusPath: '/_lb/status',
       metricsPath: '/_lb/metrics',
     }).start({ backends: cluster.backends, tmpDir, brokerUrl: args.broker, prefix, keyFile }, 0);
+    if (args.pin) for (const p of gw.procs) pin(p.pid, String(last));
     const flood = await floodPayloads(
       args,
       prefix,
@@ -296,12 +348,16 @@ async function main(): Promise<void> {
       );
       runs.push([quiet, control, flooded]);
     }
-    const md = `# Control-channel flood (${new Date().toISOString().slice(0, 10)})\n\n${table(args, runs)}`;
+    const placement = args.pin
+      ? `Pinned: the gateway alone on CPU ${last}; backends, agents, load generator, publisher and broker (${args.broker}) on CPU ${last === 1 ? '0' : `0-${last - 1}`}.`
+      : `Not pinned: every process shares the machine's ${last + 1} CPUs; broker ${args.broker}.`;
+    const md = `# Control-channel flood (${new Date().toISOString().slice(0, 10)})\n\n\`npm run bench:control-flood -- ${process.argv.slice(2).join(' ')}\`\n\n${placement}\n\n${table(args, runs)}`;
     writeFileSync(args.out, md);
     process.stdout.write(`\n${md}\nwritten to ${args.out}\n`);
   } finally {
     await gw?.stop();
     await cluster?.stop();
+    await own?.proc.stop();
     rmSync(tmpDir, { recursive: true, force: true });
   }
 }
