@@ -195,9 +195,11 @@ describe.each(brokerTargets())('control channel under attack on $name', (target)
       expect(failed(result)).toBe(0);
       const s = shares(result);
       expect(s['a']).toBeGreaterThan(0.05);
-      const penalty = (gw.lb.balancer.registry.get('a')!.load.snapshot(Date.now()) as {
-        penaltyFactor: number;
-      }).penaltyFactor;
+      const penalty = (
+        gw.lb.balancer.registry.get('a')!.load.snapshot(Date.now()) as {
+          penaltyFactor: number;
+        }
+      ).penaltyFactor;
       // The forgery counts (the factor also carries a's genuine, signed CPU figure, so
       // its bound is checked in unsigned-report.test.ts, not here).
       expect(penalty).toBeGreaterThan(1);
