@@ -127,8 +127,16 @@ describe('decoder never throws', () => {
     expect(codeFor((m) => (m.queue.inFlight = 1.5))).toBe('LW_PROTO_OUT_OF_RANGE');
     expect(codeFor((m) => (m.queue.inFlight = -3))).toBe('LW_PROTO_NEGATIVE');
     expect(codeFor((m) => (m.queue.inFlight = null))).toBe('LW_PROTO_WRONG_TYPE');
-    expect(codeFor((m) => (m.queue.source = { inFlight: 'guess' }))).toBe('LW_PROTO_INVALID_VALUE');
-    expect(codeFor((m) => (m.queue.source = { depth: 'tracker' }))).toBe('LW_PROTO_INVALID_VALUE');
+    // queue.source is informational: a source or a figure a newer agent has is kept, not fatal.
+    expect(codeFor((m) => (m.queue.source = { inFlight: 'ebpf' }))).toBe('ok');
+    expect(codeFor((m) => (m.queue.source = { depth: 'tracker' }))).toBe('ok');
+    expect(codeFor((m) => (m.queue.source = { inFlight: 'Not A Token' }))).toBe(
+      'LW_PROTO_INVALID_VALUE',
+    );
+    expect(codeFor((m) => (m.queue.source = { inFlight: 'x'.repeat(33) }))).toBe(
+      'LW_PROTO_INVALID_VALUE',
+    );
+    expect(codeFor((m) => (m.queue.source = { inFlight: 3 }))).toBe('LW_PROTO_WRONG_TYPE');
     expect(codeFor((m) => (m.health = 'up'))).toBe('LW_PROTO_WRONG_TYPE');
     expect(codeFor((m) => delete m.state)).toBe('LW_PROTO_MISSING_FIELD');
     expect(codeFor((m) => delete m.v)).toBe('LW_PROTO_MISSING_FIELD');

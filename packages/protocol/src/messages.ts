@@ -11,9 +11,15 @@ export const BACKEND_STATES: readonly BackendState[] = ['online', 'draining', 'o
 export type HealthVerdict = 'up' | 'degraded' | 'down';
 export const HEALTH_VERDICTS: readonly HealthVerdict[] = ['up', 'degraded', 'down'];
 
-/** Where a request-queue figure came from. */
-export type QueueSource = 'tracker' | 'kernel' | 'prometheus';
-export const QUEUE_SOURCES: readonly QueueSource[] = ['tracker', 'kernel', 'prometheus'];
+/** Where a request-queue figure came from: the sources this version's agent has. */
+export type KnownQueueSource = 'tracker' | 'kernel' | 'prometheus';
+export const QUEUE_SOURCES: readonly KnownQueueSource[] = ['tracker', 'kernel', 'prometheus'];
+/**
+ * On the wire a source is informational: a newer agent may name one this
+ * version does not know (validate.ts accepts any short lowercase token), so
+ * the type stays open; `QUEUE_SOURCES` lists the known ones.
+ */
+export type QueueSource = KnownQueueSource | (string & {});
 
 export type QueueField = 'inFlight' | 'queued' | 'acceptBacklog' | 'openConnections';
 export const QUEUE_FIELDS: readonly QueueField[] = [

@@ -1,11 +1,5 @@
 import type { ProtocolErrorCode } from './errors';
-import {
-  BACKEND_STATES,
-  HEALTH_VERDICTS,
-  PROTOCOL_VERSION,
-  QUEUE_FIELDS,
-  QUEUE_SOURCES,
-} from './messages';
+import { BACKEND_STATES, HEALTH_VERDICTS, PROTOCOL_VERSION, QUEUE_FIELDS } from './messages';
 import { isValidBackendId, type MessageKind } from './topics';
 
 /** Where validation failed: the error code and the JSON path of the field. */
@@ -15,6 +9,7 @@ export interface ValidationFailure {
 }
 
 export const MAX_REASON_LENGTH = 200;
+const TOKEN = /^[a-z][a-z0-9_-]{0,31}$/;
 export const MAX_URL_LENGTH = 2048;
 
 type Obj = Record<string, unknown>;
@@ -86,6 +81,13 @@ class Validator {
     return allowed.includes(value) ? true : this.fail('LW_PROTO_INVALID_VALUE', path + key);
   }
 
+  /** A short lowercase name (`tracker`, `kernel`, a future source's): ≤ 32 of [a-z0-9_-]. */
+  token(o: Obj, key: string, path: string): boolean {
+    const value = o[key];
+    if (typeof value !== 'string') return this.fail('LW_PROTO_WRONG_TYPE', path + key);
+    return TOKEN.test(value) ? true : this.fail('LW_PROTO_INVALID_VALUE', path + key);
+  }
+
   text(o: Obj, key: string, path: string, maxLength: number, required: boolean): boolean {
     const value = o[key];
     if (value === undefined)
@@ -146,13 +148,11 @@ function validateMetrics(v: Validator, o: Obj): void {
     for (const field of QUEUE_FIELDS) v.num(queue, field, 'queue.', Num.Count, false);
     const source = v.obj(queue, 'source', 'queue.', true);
     if (source) {
-      for (const key in source) {
-        if (!(QUEUE_FIELDS as readonly string[]).includes(key)) {
-          v.fail('LW_PROTO_INVALID_VALUE', `queue.source.${key}`);
-        } else {
-          v.oneOf(source, key, 'queue.source.', QUEUE_SOURCES, true);
-        }
-      }
+      // Informational, so open to additions: a newer agent may name a source this version
+      // does not know, or give the source of a figure it does not know. Either is kept,
+      // never fatal (the whole report would be lost over a label); only a value that is
+      // not a short token is refused.
+      for (const key in source) v.token(source, key, 'queue.source.');
     }
   }
 
