@@ -140,6 +140,34 @@ describe('proxying', () => {
     }
   });
 
+  it('marks the affinity cookie Secure when the client came over HTTPS (auto), or as told', async () => {
+    const setCookieOf = async (
+      { trust, cookieSecure }: { trust?: boolean; cookieSecure?: boolean },
+      headers: Record<string, string>,
+    ) => {
+      gw = await startGateway({
+        backends: [{ id: 'a', url: a.url }],
+        strategy: 'consistent-hash',
+        affinity: { cookie: 'lw', setCookie: true, cookieSecure: cookieSecure ?? 'auto' },
+        trustForwarded: trust === true,
+      });
+      const r = await send(`${gw.url}/`, { headers });
+      await gw.close();
+      gw = undefined;
+      return r.headers['set-cookie']?.[0] ?? '';
+    };
+    const https = { 'x-forwarded-proto': 'https' };
+    // Plain HTTP to the gateway, no trusted proxy: the client's claim is not believed.
+    expect(await setCookieOf({}, https)).not.toMatch(/Secure/);
+    // A trusted proxy in front says the client used HTTPS.
+    expect(await setCookieOf({ trust: true }, https)).toMatch(/; Secure$/);
+    expect(await setCookieOf({ trust: true }, { 'x-forwarded-proto': 'http' })).not.toMatch(
+      /Secure/,
+    );
+    expect(await setCookieOf({ cookieSecure: true }, {})).toMatch(/; Secure$/);
+    expect(await setCookieOf({ trust: true, cookieSecure: false }, https)).not.toMatch(/Secure/);
+  });
+
   it('serves the status JSON and Prometheus metrics behind a token', async () => {
     gw = await startGateway({
       backends: [{ id: 'a', url: a.url }],

@@ -45,6 +45,7 @@ const SHAPE: Shape = {
     clientAddress: undefined,
     setCookie: undefined,
     cookieMaxAgeSec: undefined,
+    cookieSecure: undefined,
   },
   connectTimeoutMs: undefined,
   requestTimeoutMs: undefined,

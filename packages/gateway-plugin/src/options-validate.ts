@@ -160,6 +160,10 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
       throw invalidOption('affinity.setCookie', 'used together with affinity.cookie', true);
     }
     num('affinity.cookieMaxAgeSec', aff.cookieMaxAgeSec, 0, 0, 400 * 86400, true);
+    const secure = aff.cookieSecure;
+    if (secure !== undefined && secure !== 'auto' && typeof secure !== 'boolean') {
+      throw invalidOption('affinity.cookieSecure', "true, false or 'auto'", secure);
+    }
     if (aff.header === undefined && aff.cookie === undefined && aff.clientAddress !== true) {
       throw invalidOption('affinity', 'one of header, cookie or clientAddress', aff);
     }

@@ -57,6 +57,12 @@ export interface AffinityOptions {
   clientAddress?: boolean;
   setCookie?: boolean;
   cookieMaxAgeSec?: number;
+  /**
+   * `Secure` on the cookie the gateway sets: `'auto'` (default) when the
+   * client's request came over TLS, or, with trustForwarded, said
+   * `X-Forwarded-Proto: https`; `true` always; `false` never.
+   */
+  cookieSecure?: boolean | 'auto';
 }
 
 export interface RetryOptions {

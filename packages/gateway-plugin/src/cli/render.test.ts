@@ -50,7 +50,7 @@ describe('loadwise status rendering', () => {
     });
     expect(row[1]).toBe('down: active health check failed');
     expect(row[6]).toBe('42 s stale');
-    const none = backendRow({ id: 'x', state: 'unknown', reportAgeMs: null, lastReport: null });
+    const none = backendRow({ id: 'x', state: 'healthy', reportAgeMs: null, lastReport: null });
     expect(none.slice(2)).toEqual(['-', '-', '-', '-', 'none', '-', '-', '-', '-']);
   });
 

@@ -61,10 +61,6 @@ export class BackendLatencyHistogram {
     series.count += 1;
   }
 
-  remove(backendId: string, service?: string): void {
-    this.series.delete(seriesKey(backendId, service));
-  }
-
   /** Zeroes every series in place: callers keep their series objects (Registry.resetMetrics()). */
   reset(): void {
     for (const s of this.series.values()) {

@@ -211,31 +211,6 @@ describe('createGatewayMetrics', () => {
     expect(text).not.toContain('backend="b"');
   });
 
-  it('removeBackend drops every series of that backend and keeps the others', async () => {
-    const registry = new Registry();
-    const m = createGatewayMetrics({ registry });
-    for (const id of ['a', 'b']) {
-      m.onResponse(id, 200, 1);
-      m.onError(id, 'reset');
-      m.onPick(id, 'p2c');
-      m.onEjection(id);
-      m.onRetry(id);
-    }
-    m.removeBackend('a');
-    const text = await registry.metrics();
-    expect(text).not.toContain('backend="a"');
-    expect(text).toContain('loadwise_backend_requests_total{backend="b",status_class="2xx"} 1');
-    expect(text).toContain('loadwise_retries_total{backend="b"} 1');
-    // A backend that comes back starts from fresh children.
-    m.onResponse('a', 200, 1);
-    expect(
-      await value(registry, 'loadwise_backend_requests_total', {
-        backend: 'a',
-        status_class: '2xx',
-      }),
-    ).toBe(1);
-  });
-
   it('keeps counting across scrapes (counts are handed over once, never twice)', async () => {
     const registry = new Registry();
     const m = createGatewayMetrics({ registry });

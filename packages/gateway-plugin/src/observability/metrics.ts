@@ -77,8 +77,6 @@ export interface GatewayMetrics {
   /** Set the gauges from a snapshot (called at scrape time when a source is set). */
   collect(snapshot: BalancerSnapshot): void;
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
-  /** Drop every series of a backend that left the registry (bounded label cardinality). */
-  removeBackend(backendId: string): void;
   /**
    * The balancer closed: its gauges stop, its counts so far stay in the
    * registry, and its `service` may join the registry again.
@@ -513,24 +511,6 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     }),
     setSnapshotSource(fn) {
       member.getSnapshot = fn;
-    },
-    removeBackend(backendId) {
-      const c = children.get(backendId);
-      children.delete(backendId);
-      // prom-client removes a series by its full label set: remove exactly the ones created.
-      if (c !== undefined) {
-        c.statusClass.forEach((child, i) => {
-          if (child) f.requests.remove(L({ backend: backendId, status_class: STATUS_CLASSES[i]! }));
-        });
-        for (const kind of Object.keys(c.errors)) f.errors.remove(L({ backend: backendId, kind }));
-        for (const strategy of c.picks.keys()) f.picks.remove(L({ backend: backendId, strategy }));
-        f.latency.remove(backendId, member.service);
-        if (c.ejections) f.ejections.remove(L({ backend: backendId }));
-        if (c.retries) f.retries.remove(L({ backend: backendId }));
-      }
-      for (const g of f.backendGauges) g.remove(L({ backend: backendId }));
-      for (const name of BACKEND_STATE_NAMES)
-        f.state.remove(L({ backend: backendId, state: name }));
     },
     release() {
       for (const c of children.values()) {

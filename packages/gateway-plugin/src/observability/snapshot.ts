@@ -11,17 +11,18 @@
  * - `healthy`: eligible for new requests;
  * - `ejected`: passive outlier detection took it out for a while;
  * - `draining`: its agent reported `draining` (in-flight requests finish);
- * - `down`: an active health check, the agent's verdict or an `offline` status;
- * - `unknown`: nothing decided yet (no request, check or report so far).
+ * - `down`: an active health check, the agent's verdict or an `offline` status.
+ *
+ * A configured backend starts `healthy` and is routed on local signals until
+ * a check or a report says otherwise: there is no "not decided yet" state.
  */
-export type BackendStateName = 'healthy' | 'ejected' | 'draining' | 'down' | 'unknown';
+export type BackendStateName = 'healthy' | 'ejected' | 'draining' | 'down';
 
 export const BACKEND_STATE_NAMES: readonly BackendStateName[] = [
   'healthy',
   'ejected',
   'draining',
   'down',
-  'unknown',
 ];
 
 /** The load figures of the backend's last agent report (null fields: not reported). */

@@ -27,14 +27,6 @@ describe('TrafficWindow', () => {
     expect(w.counts(50_000).total).toBe(0);
   });
 
-  it('remove() forgets a backend', () => {
-    const w = new TrafficWindow();
-    w.record('a', 1);
-    w.record('b', 1);
-    w.remove('a');
-    expect(w.counts(2)).toEqual({ total: 1, perBackend: new Map([['b', 1]]) });
-  });
-
   it('rejects nonsense options', () => {
     expect(() => new TrafficWindow({ slots: 0 })).toThrow(RangeError);
     expect(() => new TrafficWindow({ windowMs: 0 })).toThrow(RangeError);

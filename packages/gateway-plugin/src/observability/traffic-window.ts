@@ -67,11 +67,6 @@ export class TrafficWindow {
     return { total, perBackend };
   }
 
-  /** Forget a backend (removed from the registry) so its counts stop counting. */
-  remove(backendId: string): void {
-    this.rings.delete(backendId);
-  }
-
   /** Clears the slots the clock skipped since the last call, for every backend. */
   private advance(slot: number): void {
     const from = Math.max(this.headSlot + 1, slot - this.slots + 1);

@@ -65,3 +65,23 @@ export function affinityCookie(
   if (secure) parts.push('Secure');
   return parts.join('; ');
 }
+
+/**
+ * Whether the affinity cookie gets `Secure` (affinity.cookieSecure): always,
+ * never, or (`'auto'`, the default) when this request reached the gateway
+ * over TLS, or a trusted proxy in front says it reached that proxy over TLS
+ * (the first `X-Forwarded-Proto`). A cookie set without `Secure` on an HTTPS
+ * site would also be sent over plain HTTP.
+ */
+export function cookieIsSecure(
+  setting: boolean | 'auto' | undefined,
+  req: IncomingMessage,
+  trustForwarded: boolean,
+): boolean {
+  if (typeof setting === 'boolean') return setting;
+  if ((req.socket as { encrypted?: boolean }).encrypted === true) return true;
+  if (!trustForwarded) return false;
+  const v = req.headers['x-forwarded-proto'];
+  const first = (Array.isArray(v) ? v[0] : v)?.split(',')[0]?.trim().toLowerCase();
+  return first === 'https';
+}

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { affinityCookie, hashKeyOf, readCookie } from './affinity';
+import { affinityCookie, cookieIsSecure, hashKeyOf, readCookie } from './affinity';
 import { hostKey, urlHostKey } from './agent-dispatcher';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 
@@ -40,6 +40,13 @@ describe('affinity', () => {
       hashKeyOf(req({ cookie: 'lw=x' }), { cookie: 'lw', setCookie: true }, false).newCookie,
     ).toBeUndefined();
     expect(affinityCookie('lw', 'v', 0, true)).toBe('lw=v; Path=/; HttpOnly; SameSite=Lax; Secure');
+    // A TLS socket (an https.Server in front of Express) counts without any header.
+    const tls = { socket: { encrypted: true }, headers: {} } as unknown as IncomingMessage;
+    const plain = { socket: {}, headers: { 'x-forwarded-proto': 'HTTPS, http' } };
+    expect(cookieIsSecure(undefined, tls, false)).toBe(true);
+    expect(cookieIsSecure('auto', plain as unknown as IncomingMessage, false)).toBe(false);
+    expect(cookieIsSecure('auto', plain as unknown as IncomingMessage, true)).toBe(true);
+    expect(cookieIsSecure(false, tls, true)).toBe(false);
   });
 });
 

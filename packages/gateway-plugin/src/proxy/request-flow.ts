@@ -30,7 +30,7 @@ import { formatDecisionHeader } from '../observability';
 import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import type { Balancer as BalancerCore } from '../balancer';
-import { affinityCookie, hashKeyOf } from './affinity';
+import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
 import { pumpBody } from './body-pump';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { checkFraming, checkPath, type BodyFraming } from './request-checks';
@@ -519,7 +519,8 @@ export class RequestFlow {
     }
     const aff = c.options.affinity;
     if (flow.newCookie && aff?.cookie) {
-      const cookie = affinityCookie(aff.cookie, flow.newCookie, aff.cookieMaxAgeSec ?? 0, false);
+      const secure = cookieIsSecure(aff.cookieSecure, flow.req, c.options.trustForwarded);
+      const cookie = affinityCookie(aff.cookie, flow.newCookie, aff.cookieMaxAgeSec ?? 0, secure);
       const existing = proxyRes.headers['set-cookie'];
       proxyRes.headers['set-cookie'] = existing ? [...existing, cookie] : [cookie];
     }
