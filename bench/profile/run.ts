@@ -159,21 +159,24 @@ async function profileOnce(
     await proc.waitFor('profile-started');
     gw.resetDiag();
     meter.begin();
-    const res = await result;
+    // The measured phase only: late answers and timeouts after it are not profiled.
+    await sleep(load.durationMs);
     const cores = meter.end().gateway ?? 0;
     const gc = await gw.diag().catch(() => undefined);
     const file = join(dir, `${def.family}-${run}.cpuprofile`);
     proc.send({ type: 'profile-stop', file });
     await proc.waitFor('profile-stopped', 30_000);
+    const res = await result;
     await gen.stop();
     const b = breakdown(JSON.parse(readFileSync(file, 'utf8')) as CpuProfile);
-    const served = res.ok;
-    const perReq: Record<string, number> = {};
+    const cpuUsPerReq = res.throughputRps > 0 ? (cores * 1e6) / res.throughputRps : NaN;
+    // The profiler samples wall time, and on a shared machine a descheduled
+    // thread's time lands on whatever was on top: use the profile for shares
+    // of the busy samples only, and /proc for the total.
     let busyMs = 0;
-    for (const c of CATEGORIES) {
-      perReq[c] = (b[c] * 1000) / Math.max(1, served);
-      busyMs += b[c];
-    }
+    for (const c of CATEGORIES) busyMs += b[c];
+    const perReq: Record<string, number> = {};
+    for (const c of CATEGORIES) perReq[c] = busyMs > 0 ? (b[c] / busyMs) * cpuUsPerReq : NaN;
     return {
       gateway: def.name,
       run,
@@ -181,7 +184,7 @@ async function profileOnce(
       p99Ms: res.latency.p99Ms,
       errors: res.errorCount,
       cpuCores: cores,
-      cpuUsPerReq: res.throughputRps > 0 ? (cores * 1e6) / res.throughputRps : NaN,
+      cpuUsPerReq,
       gc,
       perReq,
       busyMs,
@@ -231,10 +234,11 @@ function page(rows: RunRow[], args: Args, started: string, before: number[], dir
     '',
     `Open loop at ${args.rate} req/s for ${args.seconds} s after 2 s of warm-up; three backends that answer at once, ` +
       "with their agents. CPU µs/req: the gateway process's user + system time (/proc/<pid>/stat) over the " +
-      'measured phase / requests served. The other columns split the V8 CPU profile of the same phase by whose ' +
-      'code was on top of the stack (self time; code of Node itself, natives included, is "node http/net"; time ' +
-      'in V8 outside any JS function is "native/program"), per request served. GC: count and total pause time ' +
-      'over the phase. Every run is listed.',
+      'measured phase / requests served. The other columns split that figure by the V8 CPU profile of the same ' +
+      "phase: each part's share of the busy samples (idle excluded) by whose code was on top of the stack (self " +
+      'time; code of Node itself, natives included, is "node http/net"; time in V8 outside any JS function is ' +
+      '"native/program"; Express includes its router), times CPU µs/req. GC: count and total pause time over ' +
+      'the phase. Every run is listed.',
     '',
     `${started} · ${cpu.length} cores (${cpu[0]?.model.trim() ?? '?'}) · Node ${process.version} · ` +
       `load average before ${before.map((l) => l.toFixed(2)).join(' ')}, after ${loadavg()
