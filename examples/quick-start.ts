@@ -393,6 +393,10 @@ async function main(): Promise<void> {
       log: workersLog,
     });
     cleanups.push(() => pool!.close());
+    // Every worker crashed too often to be restarted: stop the rest too.
+    void pool!.done.then((code) => {
+      if (code !== 0) void stop(code);
+    });
     port = await pool!.listening();
     const gwUrl = `http://127.0.0.1:${port}`;
     // Each request's status comes from whichever worker answers it.

@@ -165,3 +165,25 @@ it('runs 2 workers on one port, replaces a killed one and closes all on SIGTERM'
   expect(lines.filter((l) => /closing: asked by the primary/.test(l))).toHaveLength(2);
   expect(lines.some((l) => l.includes('stopped (code 0)'))).toBe(true);
 }, 60_000);
+
+it('gives up a worker that keeps failing to start, and the primary exits 1 once every one is given up', async () => {
+  const run = startScript(SCRIPT, [], {
+    ...process.env,
+    LW_WORKERS: '2',
+    LW_PORT: '0',
+    LW_BROKER_URL: broker.url,
+    LW_BACKENDS: '[]',
+    LW_FAIL_START: '1',
+    LW_MAX_RESTARTS: '2',
+  });
+  expect(await run.exited).toEqual({ code: 1, signal: null });
+  const log = run.errLines;
+  // Each slot: the first start and 2 restarts, then given up.
+  expect(log.filter((l) => /worker w1 started/.test(l))).toHaveLength(3);
+  expect(log.filter((l) => /worker w2 started/.test(l))).toHaveLength(3);
+  expect(log.filter((l) => /failed to start: Error: start failed on purpose/.test(l))).toHaveLength(
+    6,
+  );
+  expect(log.filter((l) => /not restarting it/.test(l))).toHaveLength(2);
+  expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
+}, 30_000);

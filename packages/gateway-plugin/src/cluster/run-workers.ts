@@ -43,8 +43,9 @@ export interface RunWorkersOptions {
   /** Lifecycle lines of the primary and workers (default: stderr, "loadwise workers: ..."). */
   log?: (line: string) => void;
   /**
-   * The primary closes the pool on SIGTERM and SIGINT, then exits with the
-   * pool's code (default true). False: the caller calls `close()`.
+   * The primary closes the pool on SIGTERM and SIGINT, and exits with the
+   * pool's code once it stops (default true). False: the caller calls
+   * `close()` and watches `done`.
    */
   handleSignals?: boolean;
 }
@@ -243,10 +244,12 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   if (opts.handleSignals !== false) {
     const onSignal = (signal: NodeJS.Signals): void => {
       log(`${signal}: closing every worker`);
-      void close().then(() => done.then((code) => process.exit(code)));
+      void close();
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    // Once the pool stops (a signal, close(), or every slot given up), so does the primary.
+    void done.then((code) => process.exit(code));
   }
   log(`primary pid ${process.pid}: starting ${opts.workers} worker(s)`);
   for (const slot of slots) fork(slot);
