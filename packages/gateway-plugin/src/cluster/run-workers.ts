@@ -67,6 +67,12 @@ const ENV_RESTARTS = 'LOADWISE_WORKER_RESTARTS';
 const MAX_WORKERS = 256;
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 15_000;
 
+/** In a worker of runWorkers: its id ('w1', ...), for log lines; undefined elsewhere. */
+export function currentWorkerId(): string | undefined {
+  const index = process.env[ENV_INDEX];
+  return index === undefined ? undefined : `w${Number(index) + 1}`;
+}
+
 const defaultLog = (line: string): void => {
   process.stderr.write(`loadwise workers: ${line}\n`);
 };
@@ -90,7 +96,11 @@ export async function runWorkers(opts: RunWorkersOptions): Promise<WorkerPool | 
 
 function workerContext(): WorkerContext {
   const index = Number(process.env[ENV_INDEX] ?? 0);
-  return { index, id: `w${index + 1}`, restarts: Number(process.env[ENV_RESTARTS] ?? 0) };
+  return {
+    index,
+    id: currentWorkerId() ?? 'w1',
+    restarts: Number(process.env[ENV_RESTARTS] ?? 0),
+  };
 }
 
 async function runWorker(start: RunWorkersOptions['start'], log: (l: string) => void) {
