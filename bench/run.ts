@@ -153,7 +153,7 @@ export async function runBench(
       writeFileSync(join(args.resultsDir, file), await renderSvg(spec));
       charts.push(file);
     }
-    const page = scenarioPage(scenario, rows, info, charts);
+    const page = scenarioPage(scenario, rows, info, charts, records);
     await writeMarkdown(
       join(args.resultsDir, `${scenario.name}.md`),
       `# Benchmark: ${scenario.title}\n\n${page}`,

@@ -10,6 +10,7 @@ import {
   expressHpmKeepAlive,
   haproxy,
   loadwise,
+  loadwiseWorkers,
   nginx,
   PEERS,
   type BalancerDef,
@@ -164,12 +165,42 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       description:
         'Three backends that answer at once (no service time, 1000 slots). Closed loop, 32 concurrent ' +
         'requests: the gateway is the bottleneck, so throughput and p99 show its cost per request. ' +
+        'Open loop at 1,000 req/s: gateway CPU per proxied request (its /proc/<pid>/stat over the ' +
+        'measured phase / requests). The fair Node baseline is Express + http-proxy-middleware with a ' +
+        'keep-alive agent, round robin (bench/procs/gateway-hpm.ts); without the agent HPM opens a ' +
+        'connection per request (that row is in scenario 8). ' +
         'All processes share the 2 cores, so absolute figures are lower than on separate machines.',
       backends: identical(3, 1000, 0),
       maxQueue: 1024,
       agents: true,
-      cases: [{ label: 'closed loop, 32 concurrent', load: closed(32, q) }],
-      balancers: [lwDefault, expressHpm, nginx('least_conn'), haproxy('leastconn')],
+      cases: [
+        { label: 'closed loop, 32 concurrent', load: closed(32, q) },
+        { label: '1,000 req/s', load: open(1000, q, 6_000) },
+      ],
+      balancers: [lwDefault, expressHpmKeepAlive, nginx('least_conn'), haproxy('leastconn')],
+    },
+    {
+      name: 'workers',
+      title: 'Every core: 1 vs 2 gateway workers',
+      description:
+        'The default gateway in one process, and as 1 and 2 workers of runWorkers (node:cluster) on ' +
+        'one port; gateway CPU adds the primary and its workers. Three backends that answer at once; ' +
+        'closed loop, 32 concurrent, and open loop at 1,400 req/s. The machine has 2 cores, shared ' +
+        'by the gateway, the load generator, 3 backends and 3 agents: the "all CPU" column shows what ' +
+        'the other processes leave for a second worker.',
+      backends: identical(3, 1000, 0),
+      maxQueue: 1024,
+      agents: true,
+      cases: [
+        { label: 'closed loop, 32 concurrent', load: closed(32, q) },
+        { label: '1,400 req/s', load: open(1400, q, 6_000) },
+      ],
+      balancers: [
+        lwDefault,
+        loadwiseWorkers(defaultStrategy, 1),
+        loadwiseWorkers(defaultStrategy, 2),
+        nginx('least_conn'),
+      ],
     },
     {
       name: 'control-plane',

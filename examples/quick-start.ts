@@ -7,9 +7,11 @@
  *   npm start                            # gateway on :8080; prints where to send requests
  *   npm start -- --load                  # also drives load and prints routing once a second
  *   npm start -- --port 9090 --load --rate 600
+ *   npm start -- --workers 2             # 2 gateway workers on the port (node:cluster, runWorkers)
  *
  * Ctrl-C stops everything: load, gateway, agents, backends, broker.
  */
+import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -18,8 +20,10 @@ import express from 'express';
 import {
   loadBalance,
   routeUpgrades,
+  runWorkers,
   startEmbeddedBroker,
   type BalancerSnapshot,
+  type WorkerContext,
 } from '@loadwise/gateway-plugin';
 import { integerArg } from './lib/args';
 import { createRunKey } from './lib/run-key';
@@ -58,6 +62,8 @@ interface Args {
   ratePerSec: number;
   intervalMs: number;
   steady: boolean;
+  /** Gateway workers (node:cluster); undefined: the gateway runs in this process. */
+  workers: number | undefined;
 }
 
 function parse(): Args {
@@ -68,6 +74,7 @@ function parse(): Args {
       rate: { type: 'string', default: '300' },
       'interval-ms': { type: 'string', default: '500' },
       steady: { type: 'boolean', default: false },
+      workers: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -75,13 +82,15 @@ function parse(): Args {
   if (values.help) {
     process.stdout.write(
       [
-        'Usage: npm start -- [--port 8080] [--load [--rate 300] [--steady]] [--interval-ms 500]',
+        'Usage: npm start -- [--port 8080] [--load [--rate 300] [--steady]] [--interval-ms 500] [--workers N]',
         '  --port         gateway port on 127.0.0.1 (0: any free port)',
         '  --load         drive load through the gateway and print routing once a second',
         '  --rate         that load, in requests per second (1..2000)',
         `  --steady       no hidden-load scenario (by default, every ${CYCLE_S} s another client`,
         `                 loads ${HIDDEN_TARGET} from second ${HIDDEN_FROM_S} to ${HIDDEN_UNTIL_S})`,
         '  --interval-ms  how often each agent reports (100..60000)',
+        '  --workers      run N gateway workers on the port, one process each (1..16, node:cluster);',
+        '                 without it the gateway runs in the quick start process',
         '',
       ].join('\n'),
     );
@@ -95,6 +104,7 @@ function parse(): Args {
     ratePerSec: int('rate', values.rate, 1, 2000),
     intervalMs: int('interval-ms', values['interval-ms'], 100, 60_000),
     steady: values.steady,
+    workers: values.workers === undefined ? undefined : int('workers', values.workers, 1, 16),
   };
 }
 
@@ -146,8 +156,118 @@ function printSecond(snapshot: BalancerSnapshot, driver: LoadDriver | undefined)
   say(`${cells.join('  ')}${tail}`);
 }
 
+/** What a gateway needs from the rest of the quick start; a worker gets it in the environment. */
+interface GatewayConfig {
+  backends: { id: string; url: string }[];
+  brokerUrl: string;
+  keyId: string;
+  /** base64 */
+  secret: string;
+  dashboardToken: string;
+  port: number;
+}
+const CONFIG_ENV = 'LOADWISE_QUICK_START_CONFIG';
+
+/**
+ * The HTTP server of a gateway, with bounds for slow clients (docs/gateway.md,
+ * "Slow and hostile clients"): a head must arrive within 10 s, a whole request
+ * within 60 s, checked every 2 s (Node's default: 60 s, 300 s, checked every 30 s).
+ */
+function gatewayServer(handler: () => http.RequestListener): http.Server {
+  const server = http.createServer({ connectionsCheckingInterval: 2_000 }, (req, res) =>
+    handler()(req, res),
+  );
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 60_000;
+  server.maxHeadersCount = 100;
+  return server;
+}
+
+/** The gateway: the middleware is all a user adds to an Express app. */
+function createGateway(cfg: GatewayConfig, worker?: WorkerContext) {
+  const lb = loadBalance({
+    backends: cfg.backends,
+    // Each worker is a gateway of its own on the broker (its client id says which).
+    broker: worker
+      ? { url: cfg.brokerUrl, clientIdPrefix: `quick-start-${worker.id}` }
+      : cfg.brokerUrl,
+    topicPrefix: TOPIC_PREFIX,
+    keys: [{ keyId: cfg.keyId, secret: Buffer.from(cfg.secret, 'base64') }],
+    statusPath: STATUS_PATH,
+    metricsPath: METRICS_PATH,
+    decisionHeader: true,
+    // The --load driver stands for many users but comes from one address.
+    maxInFlightPerClient: false,
+    // A fresh read-only token per run: the URL printed below is the only way in.
+    dashboard: { path: DASHBOARD_PATH, token: cfg.dashboardToken },
+  });
+  const app = express();
+  if (worker) {
+    const served = `${worker.id} pid ${process.pid}`;
+    app.use((_req, res, next) => {
+      res.setHeader(WORKER_HEADER, served);
+      next();
+    });
+  }
+  app.use(lb);
+  return { lb, app };
+}
+const WORKER_HEADER = 'x-loadwise-worker';
+
+/** A worker of `--workers N`: one gateway on the shared port, until the primary says stop. */
+async function startWorkerGateway(worker: WorkerContext): Promise<{ close(): Promise<void> }> {
+  const cfg = JSON.parse(process.env[CONFIG_ENV] ?? '') as GatewayConfig;
+  const { lb, app } = createGateway(cfg, worker);
+  const server = gatewayServer(() => app);
+  server.on('upgrade', routeUpgrades(app));
+  await lb.ready();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(cfg.port, '127.0.0.1', () => resolve());
+  });
+  return {
+    close: async () => {
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      await Promise.all([closed, lb.close({ graceMs: 5_000 })]);
+    },
+  };
+}
+
+/** Binds the port for a moment: says so at once if it is taken, before anything starts. */
+async function listenOrSay(server: http.Server, port: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') {
+        process.stderr.write(
+          `quick-start: port ${port} is already in use. Pick another: npm start -- --port 9090 (or --port 0 for any free port)\n`,
+        );
+      } else {
+        process.stderr.write(`quick-start: cannot listen on port ${port}: ${err.message}\n`);
+      }
+      resolve(false);
+    });
+    server.listen(port, '127.0.0.1', () => resolve(true));
+  });
+}
+
+const workersLog = (line: string): void => say(`workers: ${line}`);
+
+async function fetchSnapshot(gw: string): Promise<BalancerSnapshot | undefined> {
+  try {
+    const res = await fetch(`${gw}${STATUS_PATH}`, { signal: AbortSignal.timeout(2_000) });
+    return (await res.json()) as BalancerSnapshot;
+  } catch {
+    return undefined;
+  }
+}
+
 async function main(): Promise<void> {
   const args = parse();
+  if (cluster.isWorker) {
+    await runWorkers({ workers: args.workers ?? 1, start: startWorkerGateway, log: workersLog });
+    return;
+  }
   const children: ManagedChild[] = [];
   const cleanups: (() => Promise<void> | void)[] = [];
   let stopping = false;
@@ -178,6 +298,7 @@ async function main(): Promise<void> {
   // 0. The gateway's port first: if it is taken, say so before starting anything.
   // Until the gateway is ready, whoever connects gets a 503 with Retry-After
   // at once: a server without a request handler would leave them waiting.
+  // With --workers the workers listen there once everything else runs.
   let handler: http.RequestListener = (_req, res) => {
     res.writeHead(503, {
       'content-type': 'application/json; charset=utf-8',
@@ -186,29 +307,11 @@ async function main(): Promise<void> {
     });
     res.end('{"error":{"code":"STARTING","message":"the quick start is still starting"}}');
   };
-  // Bounds for slow clients (docs/gateway.md, "Slow and hostile clients"):
-  // a head must arrive within 10 s, a whole request within 60 s, checked
-  // every 2 s (Node's default: 60 s, 300 s, checked every 30 s).
-  const server = http.createServer({ connectionsCheckingInterval: 2_000 }, (req, res) =>
-    handler(req, res),
-  );
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 60_000;
-  server.maxHeadersCount = 100;
-  const listening = await new Promise<boolean>((resolve) => {
-    server.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE') {
-        process.stderr.write(
-          `quick-start: port ${args.port} is already in use. Pick another: npm start -- --port 9090 (or --port 0 for any free port)\n`,
-        );
-      } else {
-        process.stderr.write(`quick-start: cannot listen on port ${args.port}: ${err.message}\n`);
-      }
-      resolve(false);
-    });
-    server.listen(args.port, '127.0.0.1', () => resolve(true));
-  });
-  if (!listening) return stop(1);
+  const server = gatewayServer(() => handler);
+  if (!(await listenOrSay(server, args.port))) return stop(1);
+  if (args.workers !== undefined) {
+    await new Promise<void>((r) => server.close(() => r()));
+  }
 
   // 1. The broker. Port 0: 1883 may be taken by a real Mosquitto.
   const broker = await startEmbeddedBroker();
@@ -252,51 +355,74 @@ async function main(): Promise<void> {
     );
   }
 
-  // 4. The gateway: the middleware is all a user adds to an Express app.
-  const dashboardToken = randomBytes(18).toString('base64url');
-  const lb = loadBalance({
+  // 4. The gateway, in this process or in --workers N processes.
+  const cfg: GatewayConfig = {
     backends: backends.map((b) => ({ id: b.id, url: b.url })),
-    broker: broker.url,
-    topicPrefix: TOPIC_PREFIX,
-    keys: [key],
-    statusPath: STATUS_PATH,
-    metricsPath: METRICS_PATH,
-    decisionHeader: true,
-    // The --load driver stands for many users but comes from one address.
-    maxInFlightPerClient: false,
-    // A fresh read-only token per run: the URL printed below is the only way in.
-    dashboard: { path: DASHBOARD_PATH, token: dashboardToken },
-  });
-  cleanups.push(() => lb.close());
-  const app = express();
-  app.use(lb);
-  handler = app;
-  server.on('upgrade', routeUpgrades(app));
-  // Cleanups run newest first: the server stops taking requests before the gateway closes.
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  );
-  await lb.ready();
+    brokerUrl: broker.url,
+    keyId: key.keyId,
+    secret: key.secret.toString('base64'),
+    dashboardToken: randomBytes(18).toString('base64url'),
+    port: args.port,
+  };
+  let snapshot: () => Promise<BalancerSnapshot | undefined>;
+  let port: number;
+  if (args.workers === undefined) {
+    const { lb, app } = createGateway(cfg);
+    cleanups.push(() => lb.close());
+    handler = app;
+    server.on('upgrade', routeUpgrades(app));
+    // Cleanups run newest first: the server stops taking requests before the gateway closes.
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        }),
+    );
+    await lb.ready();
+    snapshot = () => Promise.resolve(lb.balancer.snapshot());
+    port = (server.address() as AddressInfo).port;
+  } else {
+    const pool = await runWorkers({
+      workers: args.workers,
+      start: startWorkerGateway,
+      env: { [CONFIG_ENV]: JSON.stringify(cfg) },
+      // Ctrl-C reaches the workers too (they close themselves); the cleanups
+      // below close the pool before the agents, backends and broker.
+      handleSignals: false,
+      log: workersLog,
+    });
+    cleanups.push(() => pool!.close());
+    // Every worker crashed too often to be restarted: stop the rest too.
+    void pool!.done.then((code) => {
+      if (code !== 0) void stop(code);
+    });
+    port = await pool!.listening();
+    const gwUrl = `http://127.0.0.1:${port}`;
+    // Each request's status comes from whichever worker answers it.
+    snapshot = () => fetchSnapshot(gwUrl);
+  }
   // Routing works without reports (local signals), but the demo is clearer once every agent has spoken.
   const deadline = Date.now() + 10_000;
-  while (lb.balancer.snapshot().backends.some((b) => !b.reportFresh) && Date.now() < deadline) {
+  while (Date.now() < deadline) {
+    const s = await snapshot();
+    if (s && s.backends.every((b) => b.reportFresh)) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  const gw = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const gw = `http://127.0.0.1:${port}`;
   say(`gateway listening on ${gw}`);
   say('');
   say('Send requests through it:');
   say(
     `  curl -i ${gw}/hello                 # x-served-by and x-loadwise-decision say who served it and why`,
   );
+  if (args.workers !== undefined) {
+    say(`                                        # and ${WORKER_HEADER}: which gateway worker`);
+  }
   say(`  curl -s ${gw}${STATUS_PATH}          # what the gateway knows about every backend (JSON)`);
   say(`  curl -s ${gw}${METRICS_PATH}         # Prometheus metrics`);
   say('');
-  say(`dashboard: ${gw}${DASHBOARD_PATH}?token=${dashboardToken}`);
+  say(`dashboard: ${gw}${DASHBOARD_PATH}?token=${cfg.dashboardToken}`);
   say('');
 
   // 5. Once a second: each agent's last report, and (with --load) where traffic went.
@@ -323,7 +449,9 @@ async function main(): Promise<void> {
   let hidden = false;
   const timer = setInterval(() => {
     second++;
-    printSecond(lb.balancer.snapshot(), driver);
+    void snapshot().then((s) => {
+      if (s && !stopping) printSecond(s, driver);
+    });
     if (!args.load || args.steady) return;
     const inCycle = second % CYCLE_S;
     const want = inCycle >= HIDDEN_FROM_S && inCycle < HIDDEN_UNTIL_S;

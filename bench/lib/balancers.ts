@@ -24,6 +24,8 @@ export interface RunningBalancer {
   url: string;
   /** Processes whose CPU counts as the balancer's. */
   procs: Proc[];
+  /** Further pids whose CPU counts as the balancer's (workers the gateway process forked). */
+  extraPids?: number[];
   resetDiag(): void;
   /** Event-loop delay and GC figures (Node gateways only). */
   diag(): Promise<GatewayDiag | undefined>;
@@ -43,12 +45,15 @@ async function nodeGateway(
 ): Promise<RunningBalancer> {
   const proc = forkProc(name, script, config);
   try {
-    const { port } = await proc.waitFor<{ port: number }>('ready');
+    const { port, workerPids } = await proc.waitFor<{ port: number; workerPids?: number[] }>(
+      'ready',
+    );
     const url = `http://127.0.0.1:${port}`;
     await waitForHttp(url + '/healthz');
     return {
       url,
       procs: [proc],
+      extraPids: workerPids,
       resetDiag: () => proc.send({ type: 'diag-reset' }),
       diag: async () => {
         proc.send({ type: 'diag' });
@@ -79,6 +84,22 @@ async function nativeGateway(proc: Proc, port: number): Promise<RunningBalancer>
   };
 }
 
+function loadwiseOptions(
+  ctx: BalancerContext,
+  strategy: string,
+  extra: Record<string, unknown>,
+): Record<string, unknown> {
+  return {
+    backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+    broker: ctx.brokerUrl,
+    topicPrefix: ctx.prefix,
+    strategy,
+    // One load generator process stands for a population of clients.
+    maxInFlightPerClient: false,
+    ...extra,
+  };
+}
+
 export function loadwise(strategy: string, extra: Record<string, unknown> = {}): BalancerDef {
   return {
     name: `loadwise ${strategy}`,
@@ -86,15 +107,21 @@ export function loadwise(strategy: string, extra: Record<string, unknown> = {}):
     start: (ctx, instance) =>
       nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
         keyFile: ctx.keyFile,
-        options: {
-          backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
-          broker: ctx.brokerUrl,
-          topicPrefix: ctx.prefix,
-          strategy,
-          // One load generator process stands for a population of clients.
-          maxInFlightPerClient: false,
-          ...extra,
-        },
+        options: loadwiseOptions(ctx, strategy, extra),
+      }),
+  };
+}
+
+/** The default gateway as `workers` processes on one port (runWorkers, node:cluster). */
+export function loadwiseWorkers(strategy: string, workers: number): BalancerDef {
+  return {
+    name: `loadwise ${strategy}, ${workers} worker${workers === 1 ? '' : 's'}`,
+    family: 'loadwise',
+    start: (ctx, instance) =>
+      nodeGateway(`loadwise-${strategy}-w${workers}-${instance}`, 'gateway-loadwise.js', {
+        keyFile: ctx.keyFile,
+        workers,
+        options: loadwiseOptions(ctx, strategy, {}),
       }),
   };
 }

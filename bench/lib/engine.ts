@@ -130,9 +130,10 @@ async function runOnce(
     const load = c.load;
     const cfg: LoadgenConfig = { ...load, targets: gateways.map((g) => g.url + '/work') };
     const meter = new CpuMeter([
-      ...gateways.flatMap((g) =>
-        g.procs.map((p, i) => ({ name: `gateway:${p.name}:${i}`, pid: p.pid })),
-      ),
+      ...gateways.flatMap((g) => [
+        ...g.procs.map((p, i) => ({ name: `gateway:${p.name}:${i}`, pid: p.pid })),
+        ...(g.extraPids ?? []).map((pid) => ({ name: `gateway:pid${pid}`, pid })),
+      ]),
       ...cluster.backends.map((b) => ({ name: `backends:${b.id}`, pid: b.proc.pid })),
       ...cluster.backends
         .filter((b) => b.agent)

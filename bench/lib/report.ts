@@ -31,6 +31,17 @@ export interface Row {
   extra: Record<string, number>;
   p99VsBestPeer?: number;
   throughputVsHpm?: number;
+  /** Gateway CPU per proxied request, microseconds (median over runs). */
+  gatewayCpuUsPerReq: number;
+  /** Against Express + HPM with a keep-alive agent, the fair baseline of a Node proxy. */
+  throughputVsHpmKeepAlive?: number;
+  cpuPerReqVsHpmKeepAlive?: number;
+}
+
+/** Gateway CPU per proxied request of one run, microseconds. */
+export function cpuUsPerRequest(r: RunRecord): number {
+  const rps = r.result?.throughputRps ?? 0;
+  return rps > 0 ? (r.cpu.gateway * 1e6) / rps : NaN;
 }
 
 export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
@@ -98,6 +109,7 @@ export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
         m((r) => r.cpu.loadgen),
         2,
       ),
+      gatewayCpuUsPerReq: round(m(cpuUsPerRequest), 1),
       loadAvg1m: round(
         m((r) => r.loadAvg1m),
         2,
@@ -110,7 +122,12 @@ export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
     const peers = inCase.filter((r) => r.family === 'nginx' || r.family === 'haproxy');
     const bestPeer = peers.length ? Math.min(...peers.map((r) => r.p99Ms)) : NaN;
     const hpm = inCase.find((r) => r.family === 'express-hpm');
+    const ka = inCase.find((r) => r.family === 'express-hpm-keepalive');
     for (const r of inCase) {
+      if (ka && ka.throughputRps > 0) {
+        r.throughputVsHpmKeepAlive = round(r.throughputRps / ka.throughputRps, 3);
+        r.cpuPerReqVsHpmKeepAlive = round(r.gatewayCpuUsPerReq / ka.gatewayCpuUsPerReq, 3);
+      }
       if (Number.isFinite(bestPeer) && bestPeer > 0) r.p99VsBestPeer = round(r.p99Ms / bestPeer, 2);
       if (hpm && hpm.throughputRps > 0)
         r.throughputVsHpm = round(r.throughputRps / hpm.throughputRps, 3);
@@ -140,6 +157,9 @@ export function markdownTable(rows: Row[], scenario: Scenario): string {
     'p99 / best peer',
     'req/s / express+hpm',
     'gateway CPU',
+    'gateway CPU µs/req',
+    'req/s / hpm keep-alive',
+    'CPU µs/req / hpm keep-alive',
     'all CPU',
     ...extraKeys,
   ];
@@ -158,10 +178,64 @@ export function markdownTable(rows: Row[], scenario: Scenario): string {
       fmt(r.p99VsBestPeer, 2),
       fmt(r.throughputVsHpm, 2),
       fmt(r.gatewayCpu, 2),
+      fmt(r.gatewayCpuUsPerReq, 0),
+      fmt(r.throughputVsHpmKeepAlive, 2),
+      fmt(r.cpuPerReqVsHpmKeepAlive, 2),
       fmt(r.totalCpu, 2),
       ...extraKeys.map((k) => fmt(r.extra[k], 2)),
     ];
     lines.push(`| ${cells.join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+/**
+ * Every run, not only the medians: per run, the ratios to the keep-alive
+ * Express + HPM run of the same case and run number (they ran back to back).
+ */
+export function runsTable(records: RunRecord[]): string {
+  const head = [
+    'case',
+    'balancer',
+    'run',
+    'p50 ms',
+    'p99 ms',
+    'req/s',
+    'errors',
+    'gateway CPU',
+    'gateway CPU µs/req',
+    'req/s / hpm keep-alive',
+    'CPU µs/req / hpm keep-alive',
+    'backends+agents CPU',
+    'load generator CPU',
+    'load avg 1 min',
+  ];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const r of records) {
+    const ka = records.find(
+      (k) => k.family === 'express-hpm-keepalive' && k.caseLabel === r.caseLabel && k.run === r.run,
+    );
+    const res = r.result;
+    const ratio = (a: number | undefined, b: number | undefined): string =>
+      a !== undefined && b !== undefined && b > 0 ? fmt(a / b, 2) : '–';
+    lines.push(
+      `| ${[
+        r.caseLabel,
+        r.balancer,
+        String(r.run),
+        res ? fmt(res.latency.p50Ms) : `failed: ${r.error ?? ''}`,
+        res ? fmt(res.latency.p99Ms) : '–',
+        res ? fmt(res.throughputRps) : '–',
+        res ? String(res.errorCount) : '–',
+        fmt(r.cpu.gateway, 2),
+        fmt(cpuUsPerRequest(r), 0),
+        ratio(res?.throughputRps, ka?.result?.throughputRps),
+        ratio(cpuUsPerRequest(r), ka ? cpuUsPerRequest(ka) : undefined),
+        fmt(r.cpu.backends + r.cpu.agents, 2),
+        fmt(r.cpu.loadgen, 2),
+        fmt(r.loadAvg1m, 2),
+      ].join(' | ')} |`,
+    );
   }
   return lines.join('\n');
 }
@@ -190,6 +264,7 @@ export function scenarioPage(
   rows: Row[],
   info: RunInfo,
   chartFiles: string[] = [],
+  records: RunRecord[] = [],
 ): string {
   const parts = [
     `## ${scenario.title}`,
@@ -203,6 +278,7 @@ export function scenarioPage(
     'CPU columns are cores used over the measured phase (1 = one full core); "all CPU" adds gateway, load ' +
       "generator(s), backends and agents. Latency is measured from each request's scheduled send time.",
   ];
+  if (records.length > 0) parts.push('', '### Every run', '', runsTable(records));
   for (const f of chartFiles) parts.push('', `![${scenario.title}](${f})`);
   return parts.join('\n') + '\n';
 }

@@ -2,7 +2,10 @@
  * Diagnostics a Node gateway reports after a run (scenario 8 asks why Node
  * gateways grow tails): event-loop delay percentiles and time spent in GC.
  */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { tell } from './child';
 
 export interface GatewayDiag {
   eventLoopDelayP50Ms: number;
@@ -46,4 +49,34 @@ export function startDiag(): { reset(): void; read(): GatewayDiag } {
       };
     },
   };
+}
+
+/**
+ * The IPC messages every Node gateway of the bench answers: 'diag-reset',
+ * 'diag' (the figures above) and, for bench/profile/run.ts, 'profile-start'
+ * and 'profile-stop' { file }: a V8 CPU profile of the measured phase only
+ * (node:inspector in this process), written as a .cpuprofile.
+ */
+export function answerDiagMessages(diag: { reset(): void; read(): GatewayDiag }): void {
+  let session: Session | undefined;
+  process.on('message', (m: { type?: string; file?: string }) => {
+    if (m.type === 'diag-reset') diag.reset();
+    if (m.type === 'diag') tell({ type: 'diag', diag: diag.read() });
+    if (m.type === 'profile-start') {
+      session = new Session();
+      session.connect();
+      session.post('Profiler.enable', () =>
+        session!.post('Profiler.start', () => tell({ type: 'profile-started' })),
+      );
+    }
+    if (m.type === 'profile-stop' && session && m.file) {
+      const file = m.file;
+      session.post('Profiler.stop', (err, res) => {
+        if (!err) writeFileSync(file, JSON.stringify(res.profile));
+        session?.disconnect();
+        session = undefined;
+        tell({ type: 'profile-stopped', error: err?.message });
+      });
+    }
+  });
 }

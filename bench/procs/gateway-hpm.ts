@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { createProxyMiddleware } from 'http-proxy-middleware';
 import { fail, onShutdown, readConfig, tell } from './child';
-import { startDiag } from './gateway-diag';
+import { answerDiagMessages, startDiag } from './gateway-diag';
 
 interface HpmConfig {
   backends: Array<{ id: string; url: string }>;
@@ -36,10 +36,7 @@ async function main(): Promise<void> {
     server.once('listening', resolve);
     server.once('error', reject);
   });
-  process.on('message', (m: { type?: string }) => {
-    if (m.type === 'diag-reset') diag.reset();
-    if (m.type === 'diag') tell({ type: 'diag', diag: diag.read() });
-  });
+  answerDiagMessages(diag);
   onShutdown(async () => {
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -53,3 +53,4 @@ export {
   type LoadSnapshot,
 } from './load';
 export { createSeededRandom } from './strategies';
+export * from './cluster';

@@ -254,6 +254,20 @@ describe('default logger', () => {
   });
 });
 
+describe('default logger in a runWorkers worker', () => {
+  it('says which worker', () => {
+    const warn = jest.spyOn(console, 'warn').mockImplementation(() => {});
+    process.env.LOADWISE_WORKER_INDEX = '1';
+    try {
+      defaultLogger().warn('broker lost');
+      expect(warn.mock.calls).toEqual([['[loadwise w2] warn: broker lost']]);
+    } finally {
+      delete process.env.LOADWISE_WORKER_INDEX;
+      warn.mockRestore();
+    }
+  });
+});
+
 describe('loadBalance({ logger: pino() })', () => {
   it("writes the balancer's state changes as pino JSON lines", async () => {
     const out: string[] = [];

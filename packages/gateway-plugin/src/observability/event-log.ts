@@ -19,6 +19,7 @@
 import type { BalancerEmitter, BalancerEvents } from '../events';
 import type { Logger } from '../options';
 import type { RateLimitedLog } from '../rate-limited-log';
+import { currentWorkerId } from '../cluster/run-workers';
 
 export type LogLevel = 'info' | 'warn' | 'error';
 
@@ -216,13 +217,17 @@ export function attachEventLog(
 
 /**
  * The logger used when none is given: `warn` and `error` lines to stderr as
- * `[loadwise] <level>: <sentence> <fields as JSON>`, `info` dropped. Quiet,
+ * `[loadwise] <level>: <sentence> <fields as JSON>` (`[loadwise w2]` in a
+ * runWorkers worker), `info` dropped. Quiet,
  * because a library should not chat on the console of the app that embeds
  * it; not silent, because an operator who configured nothing must still see
  * ejections, a lost broker or panic mode. Pass `logger: pino()` (or any
  * `{ info, warn, error }`) for everything.
  */
 export function defaultLogger(): Logger {
+  // In a runWorkers worker, which one: `[loadwise w2]`.
+  const worker = currentWorkerId();
+  const tag = worker === undefined ? '[loadwise]' : `[loadwise ${worker}]`;
   const line =
     (level: 'warn' | 'error') =>
     (objOrMsg: object | string, msg?: string): void => {
@@ -230,7 +235,7 @@ export function defaultLogger(): Logger {
         typeof objOrMsg === 'string'
           ? objOrMsg
           : `${msg ?? ''} ${JSON.stringify(objOrMsg)}`.trimStart();
-      console[level](`[loadwise] ${level}: ${text}`);
+      console[level](`${tag} ${level}: ${text}`);
     };
   return { info: () => {}, warn: line('warn'), error: line('error') };
 }

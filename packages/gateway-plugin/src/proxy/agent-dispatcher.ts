@@ -27,6 +27,9 @@ export interface AgentDispatcher {
   destroy(): void;
 }
 
+/** Spellings remembered at most (backends are configured: a few per backend). */
+const MAX_SPELLINGS = 4096;
+
 export function createAgentDispatcher(protocol: 'http:' | 'https:'): AgentDispatcher {
   const pools = new Map<string, HttpAgent>();
   const Base = protocol === 'https:' ? HttpsAgent : HttpAgent;
@@ -35,15 +38,32 @@ export function createAgentDispatcher(protocol: 'http:' | 'https:'): AgentDispat
   const fallback = new Base({ keepAlive: true, scheduling: 'lifo' });
   const dispatcher = new Base({ keepAlive: true });
   const defaultPort = protocol === 'https:' ? 443 : 80;
+  // The pool of each host and port exactly as requests spell them: hostKey's
+  // normalising (a regex and a lower-casing) once per spelling, not per request.
+  const byRaw = new Map<string, HttpAgent>();
   (dispatcher as unknown as { addRequest: AddRequest }).addRequest = (req, options) => {
-    const pool = pools.get(hostKey(options.host ?? 'localhost', options.port ?? defaultPort));
-    ((pool ?? fallback) as unknown as { addRequest: AddRequest }).addRequest(req, options);
+    const host = options.host ?? 'localhost';
+    const port = options.port ?? defaultPort;
+    const raw = `${host} ${port}`;
+    let pool = byRaw.get(raw);
+    if (pool === undefined) {
+      pool = pools.get(hostKey(host, port)) ?? fallback;
+      if (byRaw.size < MAX_SPELLINGS) byRaw.set(raw, pool);
+    }
+    (pool as unknown as { addRequest: AddRequest }).addRequest(req, options);
   };
   return {
     agent: dispatcher,
-    set: (key, agent) => void pools.set(key, agent),
-    delete: (key) => void pools.delete(key),
+    set: (key, agent) => {
+      pools.set(key, agent);
+      byRaw.clear();
+    },
+    delete: (key) => {
+      pools.delete(key);
+      byRaw.clear();
+    },
     destroy() {
+      byRaw.clear();
       pools.clear();
       fallback.destroy();
       dispatcher.destroy();

@@ -116,4 +116,28 @@ describe('pumpBody', () => {
     await tick();
     expect(ev.log).toEqual(['client']);
   });
+
+  it('ends the destination a tick later, reading nothing, when the parser has the whole bodiless message', async () => {
+    // An IncomingMessage of a GET: complete, nothing buffered, 'end' not read yet.
+    const src = Object.assign(new PassThrough(), { complete: true });
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    expect(dest.writableEnded).toBe(false);
+    expect(src.listenerCount('data')).toBe(0);
+    await tick();
+    expect(ev.log).toEqual(['ended']);
+    expect(dest.writableEnded).toBe(true);
+  });
+
+  it('streams a complete message whose body is still buffered', async () => {
+    const src = Object.assign(new PassThrough(), { complete: true });
+    src.end('body');
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev);
+    await tick();
+    expect(Buffer.concat(dest.got).toString()).toBe('body');
+    expect(ev.log.at(-1)).toBe('ended');
+  });
 });

@@ -1,6 +1,6 @@
-import type { IncomingMessage } from 'node:http';
+import { Agent, type IncomingMessage } from 'node:http';
 import { affinityCookie, cookieIsSecure, hashKeyOf, readCookie } from './affinity';
-import { hostKey, urlHostKey } from './agent-dispatcher';
+import { createAgentDispatcher, hostKey, urlHostKey } from './agent-dispatcher';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 
 function req(
@@ -111,5 +111,27 @@ describe('agent dispatcher keys', () => {
     expect(urlHostKey(new URL('http://[::1]:3000/x'))).toBe(hostKey('::1', 3000));
     expect(urlHostKey(new URL('https://Example.com/'))).toBe(hostKey('example.com', '443'));
     expect(urlHostKey(new URL('http://127.0.0.1'))).toBe('127.0.0.1:80');
+  });
+
+  it('hands each request to the pool set for its host, also after the pools change', () => {
+    const d = createAgentDispatcher('http:');
+    const seen: string[] = [];
+    const pool = (name: string): Agent =>
+      Object.assign(new Agent(), { addRequest: () => void seen.push(name) });
+    const send = (host: string, port: number): void =>
+      (d.agent as unknown as { addRequest(r: unknown, o: object): void }).addRequest(
+        {},
+        { host, port },
+      );
+    d.set(hostKey('127.0.0.1', 8080), pool('a'));
+    send('127.0.0.1', 8080);
+    send('127.0.0.1', 8080);
+    d.set(hostKey('127.0.0.1', 8080), pool('b'));
+    send('127.0.0.1', 8080);
+    d.delete(hostKey('127.0.0.1', 8080));
+    d.set(hostKey('localhost', 80), pool('c'));
+    send('LOCALHOST', 80);
+    expect(seen).toEqual(['a', 'a', 'b', 'c']);
+    d.destroy();
   });
 });

@@ -18,13 +18,14 @@
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
+import { parse as parseUrl, type UrlWithStringQuery } from 'node:url';
 import { createProxyMiddleware, type RequestHandler } from 'http-proxy-middleware';
 import type { Backend } from '../registry/backend';
 import { createAgentDispatcher, urlHostKey, type AgentDispatcher } from './agent-dispatcher';
 import { asError } from './upstream-errors';
 
 export interface ProxyHooks {
-  /** An attempt starts: `target` identifies it in later events (http-proxy parses one per call). */
+  /** An attempt starts: `target` identifies it in later events (a fresh object per call, parsedTarget). */
   onStart(req: IncomingMessage, target: unknown): void;
   onProxyReq(proxyReq: ClientRequest, req: IncomingMessage, target: unknown): void;
   onProxyRes(proxyRes: IncomingMessage, req: IncomingMessage, res: ServerResponse): void;
@@ -47,8 +48,18 @@ interface Instance {
   dispatcher: AgentDispatcher;
 }
 
+/** Parsed targets remembered at most (one per backend URL in practice). */
+const MAX_PARSED_TARGETS = 4096;
+
 export class ProxyEngine {
   private readonly instances = new Map<'http:' | 'https:', Instance>();
+  /**
+   * http-proxy parses a string target with url.parse on every request
+   * (http-proxy/index.js); given an object it uses it as is. Each backend URL
+   * is parsed once here and each request gets a shallow copy: a fresh object
+   * per attempt still identifies that attempt in later events (onStart).
+   */
+  private readonly parsedTargets = new Map<string, UrlWithStringQuery>();
 
   constructor(
     private readonly hooks: ProxyHooks,
@@ -103,7 +114,7 @@ export class ProxyEngine {
     const dispatcher = createAgentDispatcher(protocol);
     const hooks = this.hooks;
     const handler = createProxyMiddleware<IncomingMessage, ServerResponse>({
-      router: (req) => hooks.targetOf(req),
+      router: (req) => this.parsedTarget(hooks.targetOf(req)),
       agent: dispatcher.agent,
       changeOrigin: this.changeOrigin,
       xfwd: false,
@@ -144,6 +155,16 @@ export class ProxyEngine {
     inst = { handler, dispatcher };
     this.instances.set(protocol, inst);
     return inst;
+  }
+
+  private parsedTarget(href: string | undefined): UrlWithStringQuery | undefined {
+    if (href === undefined) return undefined;
+    let parsed = this.parsedTargets.get(href);
+    if (parsed === undefined) {
+      parsed = parseUrl(href);
+      if (this.parsedTargets.size < MAX_PARSED_TARGETS) this.parsedTargets.set(href, parsed);
+    }
+    return { ...parsed };
   }
 
   close(): void {

@@ -1,0 +1,42 @@
+/**
+ * A pool of gateway workers (runWorkers, built from dist: `npm test` builds
+ * first) for cluster-workers.test.ts. The test owns the broker and backends
+ * and passes them in the environment: LW_BROKER_URL, LW_BACKENDS (JSON
+ * [{ id, url }]), LW_PORT, LW_WORKERS; LW_FAIL_START makes every start()
+ * throw, LW_MAX_RESTARTS bounds restarts. Each worker answers with
+ * x-gateway-pid so the test can see which worker served a request.
+ */
+const http = require('node:http');
+const express = require('express');
+const { loadBalance, runWorkers } = require('@loadwise/gateway-plugin');
+
+void runWorkers({
+  workers: Number(process.env.LW_WORKERS),
+  restart: { initialDelayMs: 50, maxRestarts: Number(process.env.LW_MAX_RESTARTS ?? 5) },
+  shutdownTimeoutMs: 10000,
+  start: async ({ id }) => {
+    if (process.env.LW_FAIL_START) throw new Error('start failed on purpose');
+    const lb = loadBalance({
+      backends: JSON.parse(process.env.LW_BACKENDS),
+      broker: { url: process.env.LW_BROKER_URL, clientIdPrefix: `lw-${id}`, protocolVersion: 4 },
+      healthCheck: false,
+      maxInFlightPerClient: false,
+    });
+    const app = express();
+    app.use((_req, res, next) => {
+      res.setHeader('x-gateway-pid', String(process.pid));
+      next();
+    });
+    app.use(lb);
+    await lb.ready();
+    const server = http.createServer(app);
+    await new Promise((r) => server.listen(Number(process.env.LW_PORT), '127.0.0.1', r));
+    return {
+      close: async () => {
+        const closed = new Promise((r) => server.close(r));
+        server.closeIdleConnections();
+        await Promise.all([closed, lb.close({ graceMs: 5000 })]);
+      },
+    };
+  },
+});

@@ -1,0 +1,199 @@
+/**
+ * runWorkers (packages/gateway-plugin/src/cluster/run-workers.ts) for real: a
+ * child process (cluster-child.js) runs a pool of 2 gateway workers on one
+ * port, both on this test's embedded broker. Requests on fresh connections
+ * reach both workers; each worker is its own MQTT client; a worker killed
+ * with SIGKILL is replaced, and only requests sent before the primary took it
+ * out of rotation fail (those it had in flight or was being handed); SIGTERM
+ * to the primary closes every worker and exits 0; a worker that keeps failing
+ * to start is given up.
+ */
+import type { ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import type { MqttClient } from 'mqtt';
+import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
+import { connectClient, endClient } from '../kit/brokers';
+import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
+import { freePort } from '../kit/ports';
+import { startScript } from '../kit/script-child';
+
+const SCRIPT = path.resolve(__dirname, 'cluster-child.js');
+const CONCURRENCY = 4;
+
+let broker: EmbeddedBroker;
+let watcher: MqttClient;
+const clientIds: string[] = [];
+const backends: http.Server[] = [];
+let child: ChildProcess | undefined;
+let lines: string[] = [];
+
+/** One request on a connection of its own (no keep-alive: the primary hands each connection to a worker). */
+function get(port: number): Promise<{ status: number; pid: number }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/x', agent: false }, (res) => {
+      res.resume();
+      res.on('end', () =>
+        resolve({ status: res.statusCode!, pid: Number(res.headers['x-gateway-pid']) }),
+      );
+      res.on('error', reject);
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+/** Worker pids the pool logged as started, by worker id, in order. */
+function started(): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  for (const l of lines) {
+    const hit = /worker (w\d+) started \(pid (\d+)\)/.exec(l);
+    if (hit) m.set(hit[1]!, [...(m.get(hit[1]!) ?? []), Number(hit[2])]);
+  }
+  return m;
+}
+
+beforeAll(async () => {
+  broker = await startEmbeddedBroker();
+  watcher = await connectClient(broker.url);
+  // aedes announces every client that connects on $SYS/<broker id>/new/clients.
+  watcher.on('message', (topic, payload) => {
+    if (topic.endsWith('/new/clients')) clientIds.push(payload.toString());
+  });
+  await watcher.subscribeAsync('$SYS/+/new/clients');
+  for (let i = 0; i < 2; i++) {
+    const s = http.createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+    backends.push(s);
+  }
+});
+
+afterAll(async () => {
+  if (child && child.exitCode === null) child.kill('SIGKILL');
+  for (const pids of started().values())
+    for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  await endClient(watcher, true);
+  await broker.close();
+  for (const s of backends) {
+    s.closeAllConnections();
+    await new Promise((r) => s.close(r));
+  }
+});
+
+it('runs 2 workers on one port, replaces a killed one and closes all on SIGTERM', async () => {
+  const port = await freePort();
+  const run = startScript(SCRIPT, [], {
+    ...process.env,
+    LW_WORKERS: '2',
+    LW_PORT: String(port),
+    LW_BROKER_URL: broker.url,
+    LW_BACKENDS: JSON.stringify(
+      backends.map((s, i) => ({
+        id: `b${i + 1}`,
+        url: `http://127.0.0.1:${(s.address() as AddressInfo).port}`,
+      })),
+    ),
+  });
+  child = run.child;
+  // The pool logs on stderr.
+  lines = run.errLines;
+  const { exited } = run;
+
+  // Both workers serve: fresh connections are handed out round robin.
+  const seen = new Set<number>();
+  await eventually(
+    async () => {
+      const r = await get(port).catch(() => undefined);
+      if (r?.status === 200) seen.add(r.pid);
+      return seen.size === 2;
+    },
+    20_000,
+    `both workers serve (log: ${lines.join(' / ')})`,
+  );
+  const first = started();
+  expect([...seen].sort()).toEqual([first.get('w1')![0]!, first.get('w2')![0]!].sort());
+
+  // Each worker is a gateway of its own on the broker: distinct MQTT client ids.
+  const ids = (w: string): string[] => clientIds.filter((c) => c.startsWith(`lw-${w}-`));
+  await eventually(
+    () => ids('w1').length > 0 && ids('w2').length > 0,
+    10_000,
+    'both on the broker',
+  );
+  expect(new Set(clientIds).size).toBe(clientIds.length);
+
+  // Load from CONCURRENCY loops, each one request at a time; kill w1 meanwhile.
+  let ok = 0;
+  /** Failed requests: when each was sent and when it failed (ms, this process's clock). */
+  const failures: { sentAt: number; failedAt: number; why: string }[] = [];
+  const servedBy = new Set<number>();
+  let running = true;
+  const loops = Array.from({ length: CONCURRENCY }, async () => {
+    while (running) {
+      const sentAt = performance.now();
+      try {
+        const r = await get(port);
+        if (r.status === 200) {
+          ok++;
+          servedBy.add(r.pid);
+        } else failures.push({ sentAt, failedAt: performance.now(), why: `status ${r.status}` });
+      } catch (err) {
+        failures.push({ sentAt, failedAt: performance.now(), why: (err as Error).message });
+      }
+    }
+  });
+  await eventually(() => ok >= 50, 10_000, 'load flowing');
+  const victim = first.get('w1')![0]!;
+  const killedAt = performance.now();
+  process.kill(victim, 'SIGKILL');
+  // The primary logs the exit once it has taken the worker out of its rotation.
+  const exitLine = `(pid ${victim}) exited (signal SIGKILL); restarting`;
+  await eventually(() => lines.some((l) => l.includes(exitLine)), 10_000, 'exit logged');
+  const exitSeenAt = performance.now();
+  await eventually(() => (started().get('w1') ?? []).length === 2, 10_000, 'w1 restarted');
+  const replacement = started().get('w1')![1]!;
+  await eventually(() => servedBy.has(replacement), 10_000, 'the new w1 serves');
+  const okAtReplacement = ok;
+  await eventually(() => ok >= okAtReplacement + 50, 10_000, 'load flowing after');
+  running = false;
+  await Promise.all(loops);
+  // Only requests sent before the primary took the dead worker out may fail:
+  // those it had in flight, or that were being handed to it (node:cluster
+  // cannot take those back: they wait for the client's timeout). None before
+  // the kill, none sent after the exit was logged.
+  expect(failures.filter((f) => f.failedAt < killedAt)).toEqual([]);
+  expect(failures.filter((f) => f.sentAt > exitSeenAt)).toEqual([]);
+  // The replacement is on the broker too, under w1's prefix.
+  await eventually(() => ids('w1').length === 2, 10_000, 'the new w1 on the broker');
+
+  child.kill('SIGTERM');
+  expect(await exited).toEqual({ code: 0, signal: null });
+  const last = started();
+  for (const pid of [...last.get('w1')!, ...last.get('w2')!]) expect(alive(pid)).toBe(false);
+  expect(lines.filter((l) => /closing: asked by the primary/.test(l))).toHaveLength(2);
+  expect(lines.some((l) => l.includes('stopped (code 0)'))).toBe(true);
+}, 60_000);
+
+it('gives up a worker that keeps failing to start, and the primary exits 1 once every one is given up', async () => {
+  const run = startScript(SCRIPT, [], {
+    ...process.env,
+    LW_WORKERS: '2',
+    LW_PORT: '0',
+    LW_BROKER_URL: broker.url,
+    LW_BACKENDS: '[]',
+    LW_FAIL_START: '1',
+    LW_MAX_RESTARTS: '2',
+  });
+  expect(await run.exited).toEqual({ code: 1, signal: null });
+  const log = run.errLines;
+  // Each slot: the first start and 2 restarts, then given up.
+  expect(log.filter((l) => /worker w1 started/.test(l))).toHaveLength(3);
+  expect(log.filter((l) => /worker w2 started/.test(l))).toHaveLength(3);
+  expect(log.filter((l) => /failed to start: Error: start failed on purpose/.test(l))).toHaveLength(
+    6,
+  );
+  expect(log.filter((l) => /not restarting it/.test(l))).toHaveLength(2);
+  expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
+}, 30_000);

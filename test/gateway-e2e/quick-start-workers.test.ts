@@ -1,0 +1,83 @@
+/**
+ * `npm start -- --workers 2`: the quick start's gateway as 2 workers
+ * (runWorkers) on one port. Fresh connections reach both workers (the
+ * x-loadwise-worker header says which), both route on the agents' signed
+ * reports, and SIGINT stops workers, agents and backends with exit code 0.
+ */
+import type { ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
+import { freePort } from '../kit/ports';
+import { startScript } from '../kit/script-child';
+
+const SCRIPT = path.resolve(__dirname, '../../examples/dist/quick-start.js');
+
+let child: ChildProcess | undefined;
+const pids: number[] = [];
+
+afterAll(() => {
+  child?.kill('SIGKILL');
+  for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+});
+
+it('runs the gateway as 2 workers and stops them all on SIGINT', async () => {
+  const port = await freePort();
+  const run = startScript(SCRIPT, [
+    '--port',
+    String(port),
+    '--workers',
+    '2',
+    '--interval-ms',
+    '250',
+  ]);
+  child = run.child;
+  const { lines, errLines, exited } = run;
+  await eventually(
+    () => lines.some((l) => l.startsWith('gateway listening on')),
+    30_000,
+    `gateway up (stderr: ${errLines.join('\n')})`,
+  );
+  for (const l of lines) {
+    const m =
+      /\(pid (\d+), agent pid (\d+)\)/.exec(l) ?? /worker w\d started \(pid (\d+)\)/.exec(l);
+    if (m) pids.push(...m.slice(1).filter(Boolean).map(Number));
+  }
+  expect(pids).toHaveLength(8);
+
+  const workers = new Set<string>();
+  await eventually(
+    async () => {
+      const res = await fetch(`http://127.0.0.1:${port}/hello`, {
+        headers: { connection: 'close' },
+      });
+      await res.body?.cancel();
+      expect(res.status).toBe(200);
+      expect(['b1', 'b2', 'b3']).toContain(res.headers.get('x-served-by'));
+      workers.add(res.headers.get('x-loadwise-worker')!.replace(/ pid \d+$/, ''));
+      return workers.size === 2;
+    },
+    10_000,
+    'both workers serve',
+  );
+  expect([...workers].sort()).toEqual(['w1', 'w2']);
+  // Whichever worker answers, it has fresh signed reports of every backend.
+  type Status = { backends: { reportFresh: boolean }[] };
+  let freshInARow = 0;
+  await eventually(
+    async () => {
+      const status = (await (
+        await fetch(`http://127.0.0.1:${port}/_lb/status`, { headers: { connection: 'close' } })
+      ).json()) as Status;
+      freshInARow = status.backends.every((b) => b.reportFresh) ? freshInARow + 1 : 0;
+      return freshInARow >= 4;
+    },
+    10_000,
+    'fresh reports in both workers',
+  );
+
+  child.kill('SIGINT');
+  expect(await exited).toEqual({ code: 0, signal: null });
+  for (const pid of pids) expect(alive(pid)).toBe(false);
+  expect(lines).toContain('workers: stopped (code 0)');
+}, 60_000);
