@@ -63,7 +63,7 @@ function metricsPrefix(v: unknown): string | undefined {
 }
 
 /** Self-overload shedding defaults (docs/gateway.md "Self-overload"). */
-const DEFAULT_MAX_EVENT_LOOP_DELAY_MS = 200;
+const DEFAULT_MAX_EVENT_LOOP_DELAY_MS = 500;
 const DEFAULT_OVERLOAD_SAMPLE_MS = 200;
 
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
@@ -410,8 +410,9 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
       o.overload === false
         ? undefined
         : {
-            // 200 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway
-            // never shed while its tails reached 10-20 s.
+            // 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway never
+            // shed while its tails reached 10-20 s; at 200 ms it shed a fresh gateway's first
+            // requests on a busy host (its own startup stall was 255 ms).
             maxEventLoopDelayMs: num(
               'overload.maxEventLoopDelayMs',
               ovl.maxEventLoopDelayMs,
