@@ -199,6 +199,8 @@ function dispatchTable(cells: DispatchCell[]): string {
 
 async function main(): Promise<void> {
   const { reps, json } = parseArgs(process.argv.slice(2));
+  // Warm-up: the first repetitions of whichever variant runs first otherwise time the JIT.
+  for (const v of DISPATCH_VARIANTS) await measureDispatch(v, 100, 2);
   const dispatch: DispatchCell[] = [];
   for (const v of DISPATCH_VARIANTS)
     for (const n of SIZES) dispatch.push(await measureDispatch(v, n, reps));
