@@ -245,6 +245,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       // follow every other balancer's run rather than precede loadwise's.
       balancers: [nginx('least_conn'), lwDefault, expressHpmKeepAlive, expressHpm],
     },
+    ...coldStartScenarios(defaultStrategy),
     {
       name: 'smoke',
       title: 'Smoke test',
@@ -264,6 +265,72 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
     },
   ];
   return scenarios;
+}
+
+/** Seconds of the cold-start run reported one by one. */
+export const COLD_START_SECONDS = 5;
+
+/**
+ * Cold start: the gateway is started and left idle for 5 s (agents reporting,
+ * no traffic), then open-loop Poisson load at about 45% of capacity arrives at
+ * once. No warm-up is discarded: the loadgen's series (1 s windows) starts with
+ * the first request. Identical backends (4 x 8 slots x 10 ms = 3,200 req/s at
+ * 1,400 req/s) and heterogeneous ones (8 slots x 10/10/20/50 ms = 800/800/400/160
+ * req/s, 2,160 in all, at 970 req/s). Run by `npm run bench:cold-start`
+ * (bench/cold-start/run.ts) or `npm run bench -- --scenario cold-start-identical`.
+ */
+export function coldStartScenarios(strategy = 'load-aware', durationMs = 10_000): Scenario[] {
+  const load = (rate: number): LoadSpec => ({
+    mode: 'open',
+    rate,
+    warmupMs: 0,
+    durationMs,
+    maxSockets: Math.min(4_000, Math.ceil((rate * 10_000) / 1000)),
+    timeoutMs: 10_000,
+    windowMs: 1_000,
+  });
+  // The gateway's queue, in-flight, pool and accept queue every 200 ms: the cause, not only the tail.
+  const balancers = [
+    loadwise(strategy, {}, { traceEveryMs: 200 }),
+    {
+      ...loadwise(strategy, {}, { traceEveryMs: 200, backlog: 4096 }),
+      name: `loadwise ${strategy} backlog 4096`,
+    },
+    nginx('least_conn'),
+  ];
+  return [
+    {
+      name: 'cold-start-identical',
+      title: 'Cold start, identical backends',
+      description:
+        '4 backends of 8 slots x 10 ms (3,200 req/s); the gateway idles 5 s after its start ' +
+        '(agents reporting), then 1,400 req/s (44%) open loop at once. Nothing is discarded as warm-up.',
+      backends: identical(4, 8, 10),
+      maxQueue: 1024,
+      agents: true,
+      onlyWhenNamed: true,
+      cases: [{ label: '1400 req/s', load: load(1400), idleBeforeMs: 5_000 }],
+      balancers,
+    },
+    {
+      name: 'cold-start-heterogeneous',
+      title: 'Cold start, heterogeneous backends',
+      description:
+        'Backends of 8 slots x 10/10/20/50 ms (800/800/400/160 req/s, 2,160 in all); the gateway idles ' +
+        '5 s after its start (agents reporting), then 970 req/s (45%) open loop at once.',
+      backends: [
+        { id: 'b1', slots: 8, serviceMs: 10 },
+        { id: 'b2', slots: 8, serviceMs: 10 },
+        { id: 'b3', slots: 8, serviceMs: 20 },
+        { id: 'b4', slots: 8, serviceMs: 50 },
+      ],
+      maxQueue: 1024,
+      agents: true,
+      onlyWhenNamed: true,
+      cases: [{ label: '970 req/s', load: load(970), idleBeforeMs: 5_000 }],
+      balancers,
+    },
+  ];
 }
 
 /** Scenario 7: a separate process publishing `count` agents' reports at 1 Hz. */

@@ -43,7 +43,9 @@ async function nodeGateway(
   script: string,
   config: Record<string, unknown>,
 ): Promise<RunningBalancer> {
-  const proc = forkProc(name, script, config);
+  // `nodeArgs`: flags for the gateway's node (a CPU profile of one run, say).
+  const { nodeArgs, ...rest } = config as { nodeArgs?: string[] };
+  const proc = forkProc(name, script, rest, nodeArgs ?? []);
   try {
     const { port, workerPids } = await proc.waitFor<{ port: number; workerPids?: number[] }>(
       'ready',
@@ -100,12 +102,18 @@ function loadwiseOptions(
   };
 }
 
-export function loadwise(strategy: string, extra: Record<string, unknown> = {}): BalancerDef {
+export function loadwise(
+  strategy: string,
+  extra: Record<string, unknown> = {},
+  /** Top-level settings of bench/procs/gateway-loadwise.ts (traceEveryMs). */
+  config: Record<string, unknown> = {},
+): BalancerDef {
   return {
     name: `loadwise ${strategy}`,
     family: 'loadwise',
     start: (ctx, instance) =>
       nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
+        ...config,
         keyFile: ctx.keyFile,
         options: loadwiseOptions(ctx, strategy, extra),
       }),

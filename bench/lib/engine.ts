@@ -4,6 +4,7 @@
  * balancers alike) drains the backends, starts the balancer, drives load,
  * measures CPU and stops the balancer again.
  */
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { DEFAULT_TRACKER_WINDOW_MS } from '@loadwise/health-agent';
@@ -31,6 +32,12 @@ export interface RunRecord {
   drainWaitMs: number;
   error?: string;
   extra?: Record<string, number>;
+  /**
+   * TcpExtListenOverflows (`nstat -az`) over the load phase: SYNs or
+   * handshakes the kernel dropped because a listen queue was full. Host-wide:
+   * other processes on the machine count too.
+   */
+  listenOverflows?: number;
 }
 
 export interface EngineOptions {
@@ -125,6 +132,7 @@ async function runOnce(
   try {
     for (let i = 0; i < (scenario.gatewayInstances ?? 1); i++)
       gateways.push(await def.start(ctx, i));
+    if (c.idleBeforeMs) await sleep(c.idleBeforeMs);
     const sideProcs = c.side ? await c.side(ctx) : [];
     side.push(...sideProcs);
     const load = c.load;
@@ -150,6 +158,7 @@ async function runOnce(
         targets: [target.url + '/hidden'],
       } satisfies LoadgenConfig);
     }
+    const overflowsBefore = listenOverflows();
     const gen = forkProc('loadgen', 'loadgen.js', cfg);
     const genMeter = new CpuMeter([{ name: 'loadgen', pid: gen.pid }]);
     const resultP = gen.waitFor<LoadgenResult>(
@@ -173,6 +182,7 @@ async function runOnce(
       );
     }
     const result = await resultP;
+    rec.listenOverflows = listenOverflows() - overflowsBefore;
     const cpu = { ...meter.end(), ...genMeter.end() };
     rec.result = result;
     if (hiddenP) rec.hidden = await hiddenP;
@@ -209,6 +219,17 @@ async function runOnce(
   if (def.family === 'express-hpm') await settleTimeWait(opts.log);
   else await sleep(300);
   return rec;
+}
+
+/** The host's TcpExtListenOverflows counter (nstat), NaN when nstat is missing. */
+export function listenOverflows(): number {
+  try {
+    const out = execFileSync('nstat', ['-az', 'TcpExtListenOverflows'], { encoding: 'utf8' });
+    const m = /TcpExtListenOverflows\s+(\d+)/.exec(out);
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
 }
 
 /** Sockets in TIME_WAIT on this host (Linux /proc/net/sockstat), or 0 if unknown. */

@@ -13,6 +13,11 @@ export interface ScenarioCase {
   hiddenLoad?: { backendId: string; rate: number };
   /** Service-time changes, ms after the end of warm-up (scenario 3). */
   events?: Array<{ atMs: number; backendId: string; serviceMs: number }>;
+  /**
+   * The gateway is started, then left idle this long (agents reporting, no
+   * traffic) before the load starts: the cold-start scenario.
+   */
+  idleBeforeMs?: number;
   /** Extra processes for the run (scenario 7's simulated agents). */
   side?: (ctx: BalancerContext) => Promise<Proc[]>;
 }

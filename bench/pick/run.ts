@@ -1,6 +1,9 @@
 /**
- * Pick-time micro-benchmark: median nanoseconds per `strategy.pick()` for every
- * strategy at 10, 100 and 1,000 endpoints, and the growth ratio 1000 vs 10.
+ * Pick-time micro-benchmark at 10, 100 and 1,000 endpoints, and the growth
+ * ratio 1000 vs 10: first the whole dispatch of a request on a real Balancer
+ * (dispatch.ts: eligibility, saturation, pick, start, end; with and without
+ * `saturation.maxExpectedWaitMs`), then median nanoseconds per
+ * `strategy.pick()` for every strategy.
  *
  *   npm run bench:pick            (tsc -b && node bench/dist/pick/run.js)
  *   node bench/dist/pick/run.js --reps 9 --json out.json
@@ -15,6 +18,7 @@
  * ms) that timer resolution does not matter.
  */
 import { writeFileSync } from 'node:fs';
+import { DISPATCH_VARIANTS, dispatchSink, measureDispatch, type DispatchCell } from './dispatch';
 import { cpus, loadavg } from 'node:os';
 import type { MetricsReport } from '@loadwise/protocol';
 import {
@@ -175,21 +179,47 @@ function table(cells: Cell[], field: 'pickNs' | 'cycleNs'): string {
   return rows.join('\n');
 }
 
-function main(): void {
+function dispatchTable(cells: DispatchCell[]): string {
+  const rows = [
+    '| dispatch | n=10 | n=100 | n=1000 | 1000 vs 10 | runs at n=1000 |',
+    '|---|---:|---:|---:|---:|---|',
+  ];
+  for (const v of DISPATCH_VARIANTS) {
+    const at = (n: number) => cells.find((c) => c.variant === v && c.endpoints === n)!;
+    const [a, b, c] = SIZES.map((n) => at(n).ns) as [number, number, number];
+    const runs = at(1000)
+      .repsNs.map((x) => x.toFixed(0))
+      .join(', ');
+    rows.push(
+      `| ${v} | ${a.toFixed(0)} | ${b.toFixed(0)} | ${c.toFixed(0)} | ${(c / a).toFixed(2)}× | ${runs} |`,
+    );
+  }
+  return rows.join('\n');
+}
+
+async function main(): Promise<void> {
   const { reps, json } = parseArgs(process.argv.slice(2));
+  // Warm-up: the first repetitions of whichever variant runs first otherwise time the JIT.
+  for (const v of DISPATCH_VARIANTS) await measureDispatch(v, 100, 2);
+  const dispatch: DispatchCell[] = [];
+  for (const v of DISPATCH_VARIANTS)
+    for (const n of SIZES) dispatch.push(await measureDispatch(v, n, reps));
   const cells: Cell[] = [];
   for (const name of STRATEGY_NAMES) for (const n of SIZES) cells.push(measure(name, n, reps));
   // Other work on the machine moves these figures: the load average is part of the result.
   const header =
     `node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model.trim() ?? '?'}), ` +
     `load average ${loadavg()[0]!.toFixed(2)}, ${reps} repetitions, median ns`;
+  process.stdout.write(
+    `dispatch: choose (eligibility, saturation, pick) + start + end, load-aware, ns per request (${header})\n${dispatchTable(dispatch)}\n\n`,
+  );
   process.stdout.write(`pick alone (${header})\n${table(cells, 'pickNs')}\n\n`);
   process.stdout.write(
     `pick + onRequestStart + onRequestEnd (${header})\n${table(cells, 'cycleNs')}\n`,
   );
   if (json !== undefined)
-    writeFileSync(json, JSON.stringify({ node: process.version, reps, cells }, null, 2));
-  if (sink === 0) process.stdout.write('(no picks)\n');
+    writeFileSync(json, JSON.stringify({ node: process.version, reps, dispatch, cells }, null, 2));
+  if (sink === 0 || dispatchSink() === 0) process.stdout.write('(no picks)\n');
 }
 
-if (require.main === module) main();
+if (require.main === module) void main();

@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { execFile } from 'node:child_process';
 import type { Server } from 'node:http';
 import express from 'express';
 import { loadBalance, runWorkers, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
@@ -18,6 +19,14 @@ interface LoadwiseConfig {
   port?: number;
   /** Run the gateway as this many workers (runWorkers, node:cluster) on one port. */
   workers?: number;
+  /**
+   * Instrumentation for the cold-start scenario: every `traceEveryMs` the
+   * waiting queue, the requests in flight per backend and the overload state,
+   * plus every saturation/overload event, sent to the parent on `diag`.
+   */
+  traceEveryMs?: number;
+  /** Listen backlog; absent: app.listen's (Node's default, 511). */
+  backlog?: number;
 }
 
 async function startGateway(cfg: LoadwiseConfig) {
@@ -26,7 +35,11 @@ async function startGateway(cfg: LoadwiseConfig) {
   const app = express();
   app.disable('x-powered-by');
   app.use(balancer);
-  const server: Server = app.listen(cfg.port ?? 0, '127.0.0.1');
+  // app.listen's backlog is Node's default, 511; `backlog` sets another (capped by somaxconn).
+  const server: Server =
+    cfg.backlog === undefined
+      ? app.listen(cfg.port ?? 0, '127.0.0.1')
+      : app.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog: cfg.backlog });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);
@@ -69,8 +82,45 @@ async function main(): Promise<void> {
   if (cfg.workers !== undefined) return mainWorkers(cfg, cfg.workers);
   const diag = startDiag();
   const { balancer, server } = await startGateway(cfg);
-  answerDiagMessages(diag);
+  const trace: Array<Record<string, unknown>> = [];
+  const acceptQueue: Array<[number, number, number]> = [];
+  const t0 = Date.now();
+  let tracer: NodeJS.Timeout | undefined;
+  if (cfg.traceEveryMs) {
+    const b = balancer.balancer;
+    tracer = setInterval(() => {
+      const inFlight: Record<string, number> = {};
+      let sockets = 0;
+      for (const be of b.registry.backends.values()) {
+        inFlight[be.id] = be.load.inFlight;
+        for (const list of Object.values(be.agent.sockets)) sockets += list?.length ?? 0;
+      }
+      const port = (server.address() as AddressInfo | null)?.port;
+      // The listen socket's accept queue (ss: Recv-Q) and its bound (Send-Q), read by a child
+      // process so that this event loop does not parse the host's socket table.
+      execFile('ss', ['-ltnH', `sport = :${port}`], (err, out) => {
+        const m = /^\S+\s+(\d+)\s+(\d+)/.exec(out);
+        if (!err && m) acceptQueue.push([Date.now() - t0, Number(m[1]), Number(m[2])]);
+      });
+      trace.push({
+        t: Date.now() - t0,
+        queued: b.queue.length,
+        active: b.flow.active,
+        sockets,
+        overloaded: b.overload?.overloaded ?? false,
+        inFlight,
+      });
+    }, cfg.traceEveryMs);
+    tracer.unref();
+    b.on('saturation', (e) => trace.push({ t: Date.now() - t0, event: 'saturation', ...e }));
+    b.on('overload', (e) => trace.push({ t: Date.now() - t0, event: 'overload', ...e }));
+  }
+  answerDiagMessages({
+    reset: () => diag.reset(),
+    read: () => ({ ...diag.read(), trace, acceptQueue }),
+  });
   onShutdown(async () => {
+    if (tracer) clearInterval(tracer);
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
     await balancer.close();

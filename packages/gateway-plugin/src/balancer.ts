@@ -36,12 +36,19 @@ import { Backend } from './registry/backend';
 import { Registry } from './registry/registry';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
-import type { Strategy } from './strategies/types';
+import type { Endpoint, PickContext, Strategy } from './strategies/types';
 import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
 import { attachEventLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
+/**
+ * Saturated picks choose() excludes and picks again before it tests every
+ * backend. With a share f of backends saturated, P2C returns a saturated one
+ * with probability about f² (both samples saturated), so five in a row is
+ * about f¹⁰: the full test runs only when nearly all are saturated.
+ */
+const SATURATED_REPICKS = 4;
 
 export class Balancer {
   readonly events: BalancerEmitter;
@@ -368,6 +375,94 @@ export class Balancer {
           'as LW_PROTO_UNSIGNED in loadwise_invalid_messages_total, not logged.',
       );
     }
+  }
+
+  /**
+   * Eligibility, saturation and the pick, for one attempt (proxy/request-flow.ts
+   * dispatch). A Backend, or why there is none: 'none' (nothing eligible),
+   * 'all-tried' (a retry that tried every eligible backend), 'saturated'
+   * (every untried one is saturated: the request waits). The pick's reason,
+   * when the decision header asks for one, is left in `chosenReason`.
+   *
+   * O(choices), not O(backends): the strategy picks first and only its pick is
+   * tested for saturation. A saturated pick is excluded and the strategy picks
+   * again, up to SATURATED_REPICKS times; only then, when nearly every backend
+   * is saturated, is each one tested (the exact "are all saturated?" answer),
+   * so a request waits or is shed exactly when every backend is saturated.
+   */
+  choose(
+    nowMs: number,
+    tried: ReadonlySet<Endpoint> | undefined,
+    hashKey: string | undefined,
+  ): Backend | 'none' | 'all-tried' | 'saturated' {
+    const eligible = this.registry.eligible;
+    if (eligible.length === 0) return 'none';
+    const ctx = this.pickContext;
+    ctx.nowMs = nowMs;
+    ctx.hashKey = hashKey;
+    ctx.exclude = tried;
+    ctx.explain = this.options.decisionHeader !== undefined;
+    let extra: Set<Endpoint> | undefined;
+    for (let round = 0; round <= SATURATED_REPICKS; round++) {
+      const pick = this.strategy.pick(ctx);
+      if (pick === undefined) return round === 0 ? 'all-tried' : 'saturated';
+      const backend = this.registry.get(pick.endpoint.id);
+      if (backend === undefined) return 'saturated';
+      if (!this.isSaturated(backend, nowMs)) {
+        this.chosenReason = pick.reason;
+        return backend;
+      }
+      extra ??= new Set(tried);
+      extra.add(pick.endpoint);
+      ctx.exclude = extra;
+    }
+    // Nearly everything sampled was saturated: test every untried backend once.
+    let untried = 0;
+    for (const b of eligible) {
+      if (tried?.has(b.endpoint)) continue;
+      untried++;
+      if (this.isSaturated(b, nowMs)) extra!.add(b.endpoint);
+    }
+    if (untried === 0) return 'all-tried';
+    const pick = this.strategy.pick(ctx);
+    const backend = pick && this.registry.get(pick.endpoint.id);
+    if (!pick || !backend) return 'saturated';
+    this.chosenReason = pick.reason;
+    return backend;
+  }
+
+  /** The pick's reason of the last choose() that found a backend (decision header). */
+  chosenReason: string | undefined;
+  /** choose()'s context, reused: picks are synchronous and no strategy keeps it. */
+  private readonly pickContext: PickContext = {
+    nowMs: 0,
+    hashKey: undefined,
+    exclude: undefined,
+    explain: false,
+  };
+
+  /** The bookkeeping of an attempt sent to `backend` (request-flow.ts startAttempt). */
+  attemptStarted(backend: Backend, nowMs: number): void {
+    backend.requests++;
+    backend.load.onRequestStart(nowMs);
+    this.metrics.onPick(backend.id, this.strategy.name);
+    this.traffic.record(backend.id, nowMs);
+  }
+
+  /** An attempt ended; `cancelled`: no latency or error sample (request-flow.ts endAttempt). */
+  attemptEnded(
+    backend: Backend,
+    nowMs: number,
+    latencyMs: number,
+    ok: boolean,
+    overloaded: boolean,
+    cancelled: boolean,
+  ): void {
+    if (cancelled) backend.load.onRequestCancel(nowMs);
+    else backend.load.onRequestEnd(nowMs, latencyMs, ok, overloaded);
+    this.drainRate.onCompletion();
+    // A slot freed: let the oldest waiter go.
+    if (this.queue.length > 0) this.drainQueue();
   }
 
   /** Saturated: see docs/gateway.md ("Saturation"). */

@@ -62,6 +62,10 @@ function metricsPrefix(v: unknown): string | undefined {
   return v;
 }
 
+/** Self-overload shedding defaults (docs/gateway.md "Self-overload"). */
+const DEFAULT_MAX_EVENT_LOOP_DELAY_MS = 500;
+const DEFAULT_OVERLOAD_SAMPLE_MS = 200;
+
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   if (!isObject(input)) throw invalidOption('options', 'an object', input);
   const o = input as unknown as Record<string, unknown>;
@@ -410,13 +414,21 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
       o.overload === false
         ? undefined
         : {
+            // 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway never
+            // shed while its tails reached 10-20 s; at 200 ms it shed a fresh gateway's first
+            // requests on a busy host (its own startup stall was 255 ms).
             maxEventLoopDelayMs: num(
               'overload.maxEventLoopDelayMs',
               ovl.maxEventLoopDelayMs,
-              1000,
+              DEFAULT_MAX_EVENT_LOOP_DELAY_MS,
               1,
             ),
-            sampleIntervalMs: num('overload.sampleIntervalMs', ovl.sampleIntervalMs, 500, 10),
+            sampleIntervalMs: num(
+              'overload.sampleIntervalMs',
+              ovl.sampleIntervalMs,
+              DEFAULT_OVERLOAD_SAMPLE_MS,
+              10,
+            ),
           },
     discovery,
     statusPath: path('statusPath', o.statusPath),

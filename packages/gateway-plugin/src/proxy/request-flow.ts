@@ -246,41 +246,17 @@ export class RequestFlow {
       return 'failed';
     }
     const nowMs = c.now();
-    const eligible = c.registry.eligible;
-    if (eligible.length === 0) {
+    // Eligibility, saturation and the pick, O(choices): Balancer.choose.
+    const chosen = c.choose(nowMs, flow.tried, flow.hashKey);
+    if (chosen === 'saturated') return 'saturated';
+    if (typeof chosen === 'string') {
+      // 'none', or 'all-tried': only a retry gets there, when every backend refused or reset
+      // this request (panic mode with every backend dead, say). That is "unavailable, come
+      // back later", not a bad answer.
       this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
       return 'failed';
     }
-    // "Saturated" (see docs/gateway.md): this gateway already has
-    // maxInFlightPerBackend requests outstanding on the backend, or the load
-    // estimate's expected wait is above maxExpectedWaitMs. Saturated backends
-    // are excluded from this pick; when all are, the request waits.
-    let exclude = flow.tried;
-    let untried = 0;
-    for (const b of eligible) {
-      if (flow.tried?.has(b.endpoint)) continue;
-      untried++;
-      if (c.isSaturated(b, nowMs)) {
-        exclude ??= new Set();
-        if (exclude === flow.tried) exclude = new Set(flow.tried);
-        exclude.add(b.endpoint);
-      }
-    }
-    if (untried === 0) {
-      // Only a retry gets here: every backend refused or reset this request (panic mode with
-      // every backend dead, say). That is "unavailable, come back later", not a bad answer.
-      this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', c.noBackendRetryAfterSec(nowMs));
-      return 'failed';
-    }
-    const pick = c.strategy.pick({
-      nowMs,
-      hashKey: flow.hashKey,
-      exclude,
-      explain: c.options.decisionHeader !== undefined,
-    });
-    const backend = pick && c.registry.get(pick.endpoint.id);
-    if (!pick || !backend) return 'saturated';
-    this.startAttempt(flow, backend, pick.reason, nowMs);
+    this.startAttempt(flow, chosen, c.chosenReason, nowMs);
     return 'started';
   }
 
@@ -334,10 +310,7 @@ export class RequestFlow {
     flow.overloaded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
-    backend.requests++;
-    backend.load.onRequestStart(nowMs);
-    c.metrics.onPick(backend.id, c.strategy.name);
-    c.traffic.record(backend.id, nowMs);
+    c.attemptStarted(backend, nowMs);
     // Time to the response headers, whatever the stage (waiting for a pooled
     // socket, connecting, or the backend thinking): the "backend stops
     // answering" case of the failure table. Paused while the upload waits for
@@ -723,11 +696,7 @@ export class RequestFlow {
     const c = this.core;
     const nowMs = c.now();
     const latencyMs = nowMs - flow.attemptStartMs;
-    if (cancelled) flow.backend.load.onRequestCancel(nowMs);
-    else flow.backend.load.onRequestEnd(nowMs, latencyMs, flow.responseOk, flow.overloaded);
-    c.drainRate.onCompletion();
-    // A slot freed: let the oldest waiter go.
-    if (c.queue.length > 0) c.drainQueue();
+    c.attemptEnded(flow.backend, nowMs, latencyMs, flow.responseOk, flow.overloaded, cancelled);
   }
 
   /** The client response closed (finished or aborted): the request is over. */

@@ -1,0 +1,178 @@
+/**
+ * Cold start (bench/scenarios.ts coldStartScenarios): a gateway started and
+ * idle, then hit at once by open-loop load at about 45% of capacity. Reports,
+ * for every run, the p99 of each of the first 5 seconds and of the whole run
+ * (nothing discarded as warm-up), the requests each backend got in second 0,
+ * and the errors; loadwise against nginx `least_conn`, interleaved.
+ *
+ *   npm run bench:cold-start [-- --runs 3 --seconds 10 --out bench/results/cold-start.md]
+ *   node bench/dist/cold-start/run.js --render   (the page again, from bench/results/raw)
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { cpus, loadavg } from 'node:os';
+import { runScenario, type RunRecord } from '../lib/engine';
+import { ensurePeers } from '../lib/peers';
+import { COLD_START_SECONDS, coldStartScenarios } from '../scenarios';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1]! : fallback;
+}
+
+const f = (x: number | undefined): string =>
+  x === undefined || !Number.isFinite(x) ? '–' : x.toFixed(1);
+
+function errorsOf(r: RunRecord): string {
+  const e = Object.entries(r.result?.errors ?? {});
+  return e.length === 0 ? '0' : e.map(([k, v]) => `${k} ${v}`).join(', ');
+}
+
+function rows(records: RunRecord[], backendIds: string[]): string[] {
+  const out: string[] = [];
+  for (const r of records) {
+    if (r.error || !r.result) {
+      out.push(`| ${r.balancer} | ${r.run} | error: ${r.error ?? '?'} |`);
+      continue;
+    }
+    const s = r.result.series;
+    // A second without a single answer (all still waiting, or failed) has no p99.
+    const answered = (i: number): boolean =>
+      Object.values(s[i]?.counts ?? {}).reduce((a, b) => a + b, 0) > 0;
+    const perSecond = Array.from({ length: COLD_START_SECONDS }, (_, i) =>
+      answered(i) ? f(s[i]?.p99Ms) : 'none',
+    );
+    const first = s[0]?.counts ?? {};
+    const split = backendIds.map((id) => String(first[id] ?? 0)).join(' / ');
+    out.push(
+      `| ${r.balancer} | ${r.run} | ${perSecond.join(' | ')} | **${f(r.result.latency.p99Ms)}** | ` +
+        `${f(r.result.latency.p50Ms)} | ${split} | ${errorsOf(r)} | ${r.listenOverflows ?? '?'} | ${r.loadAvg1m} |`,
+    );
+  }
+  return out;
+}
+
+interface Trace {
+  trace?: Array<{
+    t: number;
+    event?: string;
+    overloaded?: boolean;
+    queued?: number;
+    active?: number;
+    sockets?: number;
+  }>;
+  acceptQueue?: Array<[number, number, number]>;
+  eventLoopDelayP99Ms?: number;
+  eventLoopDelayMaxMs?: number;
+  gcMaxMs?: number;
+}
+
+/** What the gateway itself saw during each loadwise run (bench/procs/gateway-loadwise.ts). */
+function traceRows(records: RunRecord[]): string[] {
+  const out: string[] = [];
+  for (const r of records) {
+    const d = r.diag as Trace | undefined;
+    if (!d?.trace) continue;
+    const samples = d.trace.filter((x) => x.event === undefined);
+    const max = (k: 'queued' | 'active' | 'sockets'): number =>
+      Math.max(0, ...samples.map((x) => x[k] ?? 0));
+    const sheds = d.trace.filter((x) => x.event === 'overload' && x.overloaded).length;
+    const aq = d.acceptQueue ?? [];
+    const bound = aq[0]?.[2] ?? NaN;
+    const full = aq.filter(([, q, b]) => q >= b - 1);
+    const firstFull = full[0]?.[0];
+    const loadStart = samples.find((x) => (x.active ?? 0) > 0)?.t;
+    out.push(
+      `| ${r.balancer} | ${r.run} | ${f(d.eventLoopDelayP99Ms)} / ${f(d.eventLoopDelayMaxMs)} | ${f(d.gcMaxMs)} | ` +
+        `${max('queued')} | ${max('active')} | ${max('sockets')} | ${Math.max(0, ...aq.map((x) => x[1]))} / ${bound} | ` +
+        `${aq.length ? Math.round((100 * full.length) / aq.length) : '–'}% | ` +
+        `${firstFull !== undefined && loadStart !== undefined ? firstFull - loadStart : '–'} | ${sheds} |`,
+    );
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const runs = Number(arg('runs', '3'));
+  const seconds = Number(arg('seconds', '10'));
+  const outFile = arg('out', 'bench/results/cold-start.md');
+  const only = arg('scenario', '');
+  const balancerFilter = arg('balancers', '');
+  const brokerUrl = arg('broker', 'mqtt://127.0.0.1:1883');
+  // --render: write the page again from the last run's raw records, without running.
+  const render = process.argv.includes('--render');
+  const peers = render ? { nginx: true, haproxy: true } : ensurePeers(console.log);
+  const started = render
+    ? `(rendered again ${new Date().toISOString()})`
+    : new Date().toISOString();
+  const sections: string[] = [];
+  for (const scenario of coldStartScenarios('load-aware', seconds * 1000)) {
+    if (only && !scenario.name.includes(only)) continue;
+    const balancers = scenario.balancers.filter(
+      (b) =>
+        (b.family !== 'nginx' || peers.nginx) &&
+        (!balancerFilter || balancerFilter.split(',').some((n) => b.name.includes(n))),
+    );
+    // Every record with the gateway's trace (bench/procs/gateway-loadwise.ts traceEveryMs).
+    const raw = join(dirname(outFile), 'raw');
+    const rawFile = join(raw, `${scenario.name}.json`);
+    let records: RunRecord[];
+    if (render) {
+      records = JSON.parse(readFileSync(rawFile, 'utf8')) as RunRecord[];
+    } else {
+      console.log(`scenario ${scenario.name}: ${balancers.map((b) => b.name).join(', ')}`);
+      records = await runScenario(scenario, balancers, { runs, brokerUrl, log: console.log });
+      mkdirSync(raw, { recursive: true });
+      writeFileSync(rawFile, JSON.stringify(records, null, 1));
+    }
+    const ids = scenario.backends.map((b) => b.id);
+    const secs = Array.from({ length: COLD_START_SECONDS }, (_, i) => `s${i} p99`);
+    sections.push(
+      [
+        `## ${scenario.title}`,
+        '',
+        scenario.description,
+        '',
+        `| balancer | run | ${secs.join(' | ')} | whole run p99 | p50 | second 0 requests (${ids.join(' / ')}) | errors | ListenOverflows | load avg |`,
+        `|---|---:|${secs.map(() => '---:').join('|')}|---:|---:|---|---:|---:|---:|`,
+        ...rows(records, ids),
+        '',
+        'What the loadwise gateway saw (its trace every 200 ms): event-loop delay p99 / max over the run, ' +
+          'the longest GC pause, the most requests waiting in its saturation queue, admitted (in flight), ' +
+          'and sockets open to the backends at once; the accept queue of its listen socket (`ss`: Recv-Q, ' +
+          'most seen / bound), the share of samples where it was full, ms from the first admitted request ' +
+          'to the first full sample, and how often the overload guard started shedding.',
+        '',
+        '| balancer | run | event loop p99 / max ms | GC max ms | waiting max | admitted max | backend sockets max | accept queue max / bound | samples full | first full after ms | shed starts |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        ...traceRows(records),
+        '',
+      ].join('\n'),
+    );
+  }
+  const text = [
+    '# Cold start',
+    '',
+    `Command: \`npm run bench:cold-start -- ${process.argv
+      .slice(2)
+      .filter((a) => a !== '--render')
+      .join(' ')}\``.replace(' -- `', '`'),
+    '',
+    `Started ${started}; node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model.trim() ?? '?'}), ` +
+      `load average at the end ${loadavg()[0]!.toFixed(2)}. The machine is shared with other helpers' ` +
+      'tests and benchmarks; the load average of each run is in its row. Latencies in ms, from each ' +
+      "request's scheduled send (open loop); sN = the Nth second after the load started.",
+    '',
+    ...sections,
+  ].join('\n');
+  writeFileSync(outFile, text);
+  console.log(`wrote ${outFile}`);
+}
+
+if (require.main === module)
+  main()
+    .then(() => process.exit(0))
+    .catch((e: unknown) => {
+      console.error(e);
+      process.exit(1);
+    });
