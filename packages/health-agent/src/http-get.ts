@@ -21,13 +21,14 @@ export function httpGet(
   url: URL,
   timeoutMs: number,
   maxBodyBytes = MAX_BODY_BYTES,
+  signal?: AbortSignal,
 ): Promise<HttpGetResult> {
   const started = performance.now();
   const mod = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
     const req = mod.get(
       url,
-      { agent: false, headers: { 'user-agent': 'loadwise-agent' } },
+      { agent: false, headers: { 'user-agent': 'loadwise-agent' }, ...(signal ? { signal } : {}) },
       (res) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -1,10 +1,16 @@
-import type { TrackerSnapshot } from '../tracker/track-requests';
+import type { RiseWait, TrackerSnapshot } from '../tracker/track-requests';
 import { httpGet } from '../http-get';
-import type { QueueReading, QueueSourceReader } from './types';
+import type { QueueReading, QueueSourceReader, RiseReading } from './types';
 
 /** Anything with a snapshot(): the in-process tracker, or a test double of one. */
 export interface SnapshotProvider {
   snapshot(): TrackerSnapshot;
+  /** The tracker's rise watch (early reports); without it the agent reports on schedule only. */
+  waitForRise?(wait: RiseWait): Promise<TrackerSnapshot>;
+}
+
+function riseReading(s: TrackerSnapshot): RiseReading {
+  return { ...readingFromSnapshot(s), rose: s.rose === true };
 }
 
 export function readingFromSnapshot(s: TrackerSnapshot): QueueReading {
@@ -39,23 +45,45 @@ function isSnapshot(v: unknown): v is TrackerSnapshot {
 }
 
 export function inProcessTrackerSource(tracker: SnapshotProvider): QueueSourceReader {
-  return { read: async () => readingFromSnapshot(tracker.snapshot()) };
+  const source: QueueSourceReader = { read: async () => readingFromSnapshot(tracker.snapshot()) };
+  if (typeof tracker.waitForRise === 'function') {
+    source.waitForRise = async (from, rise, timeoutMs, signal) =>
+      riseReading(await tracker.waitForRise!({ from, rise, timeoutMs, signal }));
+  }
+  return source;
 }
 
-/** Reads a tracker's `exposePath` endpoint when the agent runs as a separate process. */
+async function fetchSnapshot(
+  url: URL,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<TrackerSnapshot> {
+  const res = await httpGet(url, timeoutMs, 64 * 1024, signal);
+  if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(res.body);
+  } catch {
+    throw new Error('tracker endpoint did not return JSON');
+  }
+  if (!isSnapshot(parsed)) throw new Error('tracker endpoint returned an unexpected document');
+  return parsed;
+}
+
+/**
+ * Reads a tracker's `exposePath` endpoint when the agent runs as a separate
+ * process. The rise watch is a long poll on the same path
+ * (`?rise=&from=&waitMs=`): the tracker answers when the rise happens.
+ */
 export function httpTrackerSource(url: URL, timeoutMs: number): QueueSourceReader {
   return {
-    async read() {
-      const res = await httpGet(url, timeoutMs, 64 * 1024);
-      if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(res.body);
-      } catch {
-        throw new Error('tracker endpoint did not return JSON');
-      }
-      if (!isSnapshot(parsed)) throw new Error('tracker endpoint returned an unexpected document');
-      return readingFromSnapshot(parsed);
+    read: async () => readingFromSnapshot(await fetchSnapshot(url, timeoutMs)),
+    async waitForRise(from, rise, waitMs, signal) {
+      const u = new URL(url);
+      u.searchParams.set('rise', String(rise));
+      u.searchParams.set('from', String(from));
+      u.searchParams.set('waitMs', String(waitMs));
+      return riseReading(await fetchSnapshot(u, waitMs + timeoutMs, signal));
     },
   };
 }
