@@ -380,6 +380,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     }
     this.scheduler.stop();
     await this.early?.stop();
+    this.queue?.close?.();
     this._state = 'offline';
     this.emit('state', 'offline');
     if (c) {

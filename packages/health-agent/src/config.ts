@@ -72,7 +72,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     flag: 'early-min-gap-ms',
     kind: 'int',
     arg: 'ms',
-    help: 'Least time between two reports with early reports on (default 100, 10..60000)',
+    help: 'Least time between two reports with early reports on (default 300, 10..60000)',
   },
   {
     flag: 'tracker-url',

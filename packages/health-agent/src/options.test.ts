@@ -12,7 +12,7 @@ describe('resolveAgentOptions', () => {
       cgroup: { root: '/sys/fs/cgroup' },
       procRoot: '/proc',
       drainGraceMs: 2000,
-      early: { rise: 2, minGapMs: 100 },
+      early: { rise: 2, minGapMs: 300 },
       thresholds: { cpuUtilization: 0.9, memoryUtilization: 0.9, queueFull: true },
     });
   });

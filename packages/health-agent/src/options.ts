@@ -25,7 +25,7 @@ export const DEFAULT_HOST_SOURCE: HostSource = 'proc';
 /** Rise of outstanding requests that triggers an early report (early-report.ts); 0 disables. */
 export const DEFAULT_EARLY_RISE = 2;
 /** Least time between two reports when early reports are on, ms. */
-export const DEFAULT_EARLY_MIN_GAP_MS = 100;
+export const DEFAULT_EARLY_MIN_GAP_MS = 300;
 
 export type QueueOptions =
   /** In-process: pass the middleware returned by trackRequests(). */
@@ -73,7 +73,7 @@ export interface AgentOptions {
    * source (it watches the rise as it happens); other sources report on schedule only.
    */
   earlyRise?: number;
-  /** Least time between two reports when early reports are on, ms (default 100, 10..60000). */
+  /** Least time between two reports when early reports are on, ms (default 300, 10..60000). */
   earlyMinGapMs?: number;
   /** Random source for the jitter offset; injectable for tests. */
   random?: () => number;

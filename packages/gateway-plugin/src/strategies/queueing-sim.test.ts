@@ -351,7 +351,7 @@ describe('queueing simulation: several gateways on one broker', () => {
     // Each gateway's load is hidden load for the others: every gateway's requests fire
     // early reports (packages/health-agent/src/early-report.ts) that all gateways act on at once.
     const lif = simulate('least-in-flight', sc);
-    const withEarly = simulate('load-aware', { ...sc, early: { rise: 2, minGapMs: 100 } });
+    const withEarly = simulate('load-aware', { ...sc, early: { rise: 2, minGapMs: 300 } });
     expect(withEarly.p99Ms).toBeLessThan(lif.p99Ms * 1.1);
     expect(withEarly.meanMs).toBeLessThan(lif.meanMs * 1.1);
   });
@@ -372,10 +372,11 @@ describe('queueing simulation: early reports', () => {
     fixedService: true,
     durationMs: 20_000,
   };
-  const early = { rise: 2, minGapMs: 100 };
+  // The agent's defaults (packages/health-agent/src/options.ts).
+  const early = { rise: 2, minGapMs: 300 };
 
   it.each([1, 2, 3])(
-    'hidden load: early reports (rise 2, 100 ms gap) lower the p99, to half least-in-flight (seed %i)',
+    'hidden load: early reports (rise 2, 300 ms gap) lower the p99, to half least-in-flight (seed %i)',
     (seed) => {
       const lif = simulate('least-in-flight', hidden, seed);
       const scheduled = simulate('load-aware', hidden, seed);

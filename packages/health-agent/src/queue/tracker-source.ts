@@ -1,3 +1,5 @@
+import http from 'node:http';
+import https from 'node:https';
 import type { RiseWait, TrackerSnapshot } from '../tracker/track-requests';
 import { httpGet } from '../http-get';
 import type { QueueReading, QueueSourceReader, RiseReading } from './types';
@@ -56,9 +58,9 @@ export function inProcessTrackerSource(tracker: SnapshotProvider): QueueSourceRe
 async function fetchSnapshot(
   url: URL,
   timeoutMs: number,
-  signal?: AbortSignal,
+  opts: { signal?: AbortSignal; agent?: http.Agent } = {},
 ): Promise<TrackerSnapshot> {
-  const res = await httpGet(url, timeoutMs, 64 * 1024, signal);
+  const res = await httpGet(url, timeoutMs, 64 * 1024, opts);
   if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
   let parsed: unknown;
   try {
@@ -73,9 +75,13 @@ async function fetchSnapshot(
 /**
  * Reads a tracker's `exposePath` endpoint when the agent runs as a separate
  * process. The rise watch is a long poll on the same path
- * (`?rise=&from=&waitMs=`): the tracker answers when the rise happens.
+ * (`?rise=&from=&waitMs=`): the tracker answers when the rise happens. The
+ * watch keeps its one connection alive between answers: a new TCP connection
+ * per early report cost more CPU than the rest of the report (bench:agent,
+ * docs/agent.md "Measured cost").
  */
 export function httpTrackerSource(url: URL, timeoutMs: number): QueueSourceReader {
+  let keepAlive: http.Agent | undefined;
   return {
     read: async () => readingFromSnapshot(await fetchSnapshot(url, timeoutMs)),
     async waitForRise(from, rise, waitMs, signal) {
@@ -83,7 +89,15 @@ export function httpTrackerSource(url: URL, timeoutMs: number): QueueSourceReade
       u.searchParams.set('rise', String(rise));
       u.searchParams.set('from', String(from));
       u.searchParams.set('waitMs', String(waitMs));
-      return riseReading(await fetchSnapshot(u, waitMs + timeoutMs, signal));
+      keepAlive ??= new (url.protocol === 'https:' ? https.Agent : http.Agent)({
+        keepAlive: true,
+        maxSockets: 1,
+      });
+      return riseReading(await fetchSnapshot(u, waitMs + timeoutMs, { signal, agent: keepAlive }));
+    },
+    close() {
+      keepAlive?.destroy();
+      keepAlive = undefined;
     },
   };
 }

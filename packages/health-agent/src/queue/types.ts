@@ -27,4 +27,6 @@ export interface QueueSourceReader {
     timeoutMs: number,
     signal: AbortSignal,
   ): Promise<RiseReading>;
+  /** Releases what the source keeps open between reads (the watch's keep-alive connection). */
+  close?(): void;
 }
