@@ -296,9 +296,9 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
    * an interval; re-reading them after a few ms would say nothing new and cost
    * /proc reads).
    */
-  private publishEarly(reading: RiseReading): void {
+  private publishEarly(reading: RiseReading): boolean {
     const last = this.published;
-    if (!last || (this.stopping && this._state === 'offline')) return;
+    if (!last || (this.stopping && this._state === 'offline')) return false;
     const body: MetricsBody = { ...last.body, state: this._state, early: true };
     if (reading.queue) body.queue = reading.queue as QueueMetrics;
     if (reading.traffic) body.traffic = reading.traffic;
@@ -309,7 +309,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       encoded = this.encoder.metrics(body);
     } catch (err) {
       this.emit('warning', `cannot encode early report: ${(err as Error).message}`);
-      return;
+      return false;
     }
     const published = this.send(encoded.topic, encoded.payload);
     if (published) {
@@ -321,6 +321,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       };
     }
     this.emit('sample', encoded.message, { published, early: true });
+    return published;
   }
 
   async sample(): Promise<MetricsBody> {

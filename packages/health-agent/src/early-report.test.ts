@@ -25,6 +25,7 @@ function setup(over: Partial<EarlyReporterOptions> = {}) {
     outstanding: 2,
     atMs: Date.now(),
   };
+  let connected = true;
   const reporter = new EarlyReporter({
     source: {
       waitForRise: (from, rise, timeoutMs, signal) =>
@@ -46,9 +47,11 @@ function setup(over: Partial<EarlyReporterOptions> = {}) {
     retryMs: 250,
     last: () => last,
     publish: (r) => {
+      if (!connected) return false;
       const outstanding = outstandingOf(r.queue);
       published.push({ atMs: Date.now(), outstanding });
       last = { outstanding: outstanding!, atMs: Date.now() };
+      return true;
     },
     onError: () => undefined,
     ...over,
@@ -58,6 +61,7 @@ function setup(over: Partial<EarlyReporterOptions> = {}) {
     watches,
     published,
     setLast: (v: typeof last) => (last = v),
+    setConnected: (v: boolean) => (connected = v),
     /** The watch the reporter holds now. */
     current: () => watches[watches.length - 1]!,
   };
@@ -166,6 +170,27 @@ describe('EarlyReporter', () => {
     // One try at 100 ms, then one per retryMs (250 ms).
     expect(calls).toBe(5);
     expect(errors[0]).toBe('ECONNREFUSED');
+    await t.reporter.stop();
+  });
+
+  it('pauses retryMs after a report that could not go out, instead of spinning on the same rise', async () => {
+    const t = setup();
+    t.setConnected(false);
+    t.reporter.start();
+    // The backend stays risen: every watch is answered at once.
+    for (let i = 0; i < 1000; i++) {
+      const w = t.watches[t.watches.length - 1];
+      w?.answer(w.from + 2, true);
+      await jest.advanceTimersByTimeAsync(1);
+    }
+    // One try at 100 ms, then one per retryMs (250 ms): 4 in the first second.
+    expect(t.watches).toHaveLength(4);
+    expect(t.published).toHaveLength(0);
+    t.setConnected(true);
+    await jest.advanceTimersByTimeAsync(250);
+    t.current().answer(t.current().from + 2, true);
+    await jest.advanceTimersByTimeAsync(0);
+    expect(t.published).toHaveLength(1);
     await t.reporter.stop();
   });
 

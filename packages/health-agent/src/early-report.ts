@@ -32,8 +32,12 @@ export interface EarlyReporterOptions {
   retryMs: number;
   /** Outstanding requests of the last published report and when it went out; undefined before the first. */
   last(): { outstanding: number; atMs: number } | undefined;
-  /** Publishes an early report made of this reading. */
-  publish(reading: RiseReading): void;
+  /**
+   * Publishes an early report made of this reading; false when it could not
+   * go out (broker unreachable): the watch then pauses retryMs rather than
+   * find the same rise again at once.
+   */
+  publish(reading: RiseReading): boolean;
   onError(err: Error): void;
   now?: () => number;
 }
@@ -120,7 +124,7 @@ export class EarlyReporter {
         if (n === undefined || n < latest.outstanding + o.rise) continue;
         if (this.now() - latest.atMs < o.minGapMs) continue;
       }
-      o.publish(reading);
+      if (!o.publish(reading)) await sleep(o.retryMs, signal);
     }
   }
 }
