@@ -5,6 +5,7 @@
  * tracker endpoint, probing a health URL and watching a process.
  *
  *   npm run bench:agent -- [--duration-s 60] [--runs 3] [--warmup-s 5] [--variants proc,systeminformation,proc-cron]
+ *   npm run bench:agent -- --variants proc,early-off,early-max,early-max-100 --out bench/agent-cost/early-results.json
  *
  * Each run starts one agent per variant at the same time (they measure
  * only their own process, so running them side by side halves the wall time),
@@ -35,6 +36,13 @@ const VARIANTS: Record<string, string[]> = {
   systeminformation: ['--host-source', 'systeminformation'],
   // the same 1 Hz schedule through node-cron instead of the interval timer
   'proc-cron': ['--host-source', 'proc', '--cron', '* * * * * *'],
+  // early reports off: the scheduled reports alone
+  'early-off': ['--host-source', 'proc', '--early-rise', '0'],
+  // early reports at their most frequent: the backend's outstanding goes 0 -> 1 on every
+  // request (one each 20 ms), so a rise of 1 fires as often as the default 300 ms gap allows
+  'early-max': ['--host-source', 'proc', '--early-rise', '1'],
+  // the same with a 100 ms gap (up to 10 early reports a second)
+  'early-max-100': ['--host-source', 'proc', '--early-rise', '1', '--early-min-gap-ms', '100'],
 };
 
 interface Reading {
@@ -79,6 +87,7 @@ async function main(): Promise<void> {
       'warmup-s': { type: 'string', default: '5' },
       runs: { type: 'string', default: '3' },
       variants: { type: 'string', default: 'proc,systeminformation,proc-cron' },
+      out: { type: 'string', default: 'bench/agent-cost/results.json' },
     },
   });
   const durationS = Number(values['duration-s']);
@@ -208,7 +217,7 @@ async function main(): Promise<void> {
   console.log('\nmedians:');
   console.table(summary);
   writeFileSync(
-    path.join(ROOT, 'bench/agent-cost/results.json'),
+    path.resolve(ROOT, values.out!),
     `${JSON.stringify({ measuredAt: new Date().toISOString(), node: process.version, cpus: (await import('node:os')).cpus().length, summary, results }, null, 2)}\n`,
   );
 

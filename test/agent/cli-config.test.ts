@@ -42,6 +42,9 @@ describe('loadwise-agent CLI interface', () => {
     [['--broker', 'mqtt://127.0.0.1:1'], '--backend-id'],
     [['--backend-id', 'b', '--once', '--probe-url', 'healthz'], '--probe-url'],
     [['--backend-id', 'b', '--once', '--bogus'], "'--bogus'"],
+    [['--backend-id', 'b', '--once', '--early-rise=-1'], '--early-rise'],
+    [['--backend-id', 'b', '--once', '--early-min-gap-ms', '5'], '--early-min-gap-ms'],
+    [['--backend-id', 'b', '--once', '--early-min-gap-ms', 'soon'], '--early-min-gap-ms'],
   ])('fails at start with exit 2 and one line naming the option: %j', async (args, name) => {
     const p = spawnAgent(args);
     expect(await p.exited).toBe(2);

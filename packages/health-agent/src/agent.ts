@@ -9,12 +9,13 @@ import {
   type QueueMetrics,
 } from '@loadwise/protocol';
 import { AgentError } from './errors';
+import { EarlyReporter, outstandingOf } from './early-report';
 import { connectBroker } from './mqtt-publisher';
 import { probe, type ProbeResult } from './probe';
 import { httpTrackerSource, inProcessTrackerSource } from './queue/tracker-source';
 import { kernelSource } from './queue/kernel-source';
 import { prometheusSource } from './queue/prometheus-source';
-import type { QueueReading, QueueSourceReader } from './queue/types';
+import type { QueueReading, QueueSourceReader, RiseReading } from './queue/types';
 import { CgroupSampler } from './samplers/cgroup';
 import { HostSampler } from './samplers/host';
 import { ProcessSampler } from './samplers/process';
@@ -27,10 +28,21 @@ export type MetricsBody = Omit<
   'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'
 >;
 
+/** What went into the last published report (early reports are made from it). */
+interface Published {
+  outstanding: number | undefined;
+  atMs: number;
+  /** The last scheduled report's body: an early report repeats all but its queue and traffic. */
+  body: MetricsBody;
+}
+
 /** Typed events of an agent (`agent.on('sample', ...)`). */
 export interface AgentEvents {
-  /** Every sample taken on schedule; `published` is false when it was dropped (broker unreachable). */
-  sample: [report: MetricsReport, info: { published: boolean }];
+  /**
+   * Every report: taken on schedule, or early (`early`: outstanding requests
+   * rose, early-report.ts); `published` is false when it was dropped (broker unreachable).
+   */
+  sample: [report: MetricsReport, info: { published: boolean; early?: boolean }];
   /** Connected (or reconnected) to the broker; the status was just published. */
   connect: [];
   /** Lost the broker; mqtt.js keeps retrying every reconnectPeriodMs. */
@@ -51,7 +63,14 @@ export interface Agent extends EventEmitter<AgentEvents> {
   readonly state: BackendState;
   /** True while the MQTT connection is up. */
   readonly connected: boolean;
-  readonly stats: { published: number; dropped: number; overlaps: number; connects: number };
+  readonly stats: {
+    published: number;
+    dropped: number;
+    overlaps: number;
+    connects: number;
+    /** Early reports published (also counted in `published`). */
+    early: number;
+  };
   /** Connects (in the background; retries forever) and starts the schedule. */
   start(): Promise<void>;
   /** Takes one sample now, without publishing it. */
@@ -68,7 +87,7 @@ export interface Agent extends EventEmitter<AgentEvents> {
 
 class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   readonly options: ResolvedAgentOptions;
-  readonly stats = { published: 0, dropped: 0, overlaps: 0, connects: 0 };
+  readonly stats = { published: 0, dropped: 0, overlaps: 0, connects: 0, early: 0 };
   private readonly encoder: Encoder;
   private readonly host: HostSampler;
   private readonly process: ProcessSampler | undefined;
@@ -82,6 +101,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private stopping: Promise<void> | undefined;
   private lastProcessPid: number | undefined;
   private primed: Promise<void> | undefined;
+  private readonly early: EarlyReporter | undefined;
+  private published: Published | undefined;
 
   constructor(input: AgentOptions) {
     super();
@@ -123,6 +144,25 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         this.emit('overlap');
       },
     });
+    const watch = this.queue?.waitForRise;
+    if (o.early && watch && o.broker) {
+      const queue = this.queue!;
+      this.early = new EarlyReporter({
+        source: { waitForRise: watch.bind(queue) },
+        rise: o.early.rise,
+        minGapMs: o.early.minGapMs,
+        waitMs: o.intervalMs,
+        retryMs: Math.min(o.intervalMs, 1000),
+        last: () => {
+          const p = this.published;
+          return p?.outstanding === undefined
+            ? undefined
+            : { outstanding: p.outstanding, atMs: p.atMs };
+        },
+        publish: (reading) => this.publishEarly(reading),
+        onError: (err) => this.emit('warning', `early-report watch failed: ${err.message}`),
+      });
+    }
   }
 
   get backendId(): string {
@@ -178,6 +218,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       });
     }
     this.scheduler.start();
+    this.early?.start();
   }
 
   private publishStatus(): void {
@@ -220,7 +261,6 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       return;
     }
     if (this.stopping && this._state === 'offline') return;
-    const c = this.client;
     let encoded;
     try {
       encoded = this.encoder.metrics(body);
@@ -228,16 +268,60 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       this.emit('warning', `cannot encode sample: ${(err as Error).message}`);
       return;
     }
+    const published = this.send(encoded.topic, encoded.payload);
+    if (published) {
+      this.published = { outstanding: outstandingOf(body.queue), atMs: Date.now(), body };
+    }
+    this.emit('sample', encoded.message, { published });
+  }
+
+  /** Publishes a metrics payload if connected; counts it as published or dropped. */
+  private send(topic: string, payload: string | Buffer): boolean {
+    const c = this.client;
     // Connected-at-send only: with queueQoSZero off mqtt.js would drop it anyway,
     // and the count of dropped samples is worth reporting.
     const published = c?.connected === true;
     if (published) {
-      c!.publish(encoded.topic, encoded.payload, { qos: 0, retain: false });
+      c!.publish(topic, payload, { qos: 0, retain: false });
       this.stats.published++;
     } else {
       this.stats.dropped++;
     }
-    this.emit('sample', encoded.message, { published });
+    return published;
+  }
+
+  /**
+   * An early report: the fresh queue and traffic of `reading`, the rest as the
+   * last scheduled report said it (host, process and cgroup CPU are rates over
+   * an interval; re-reading them after a few ms would say nothing new and cost
+   * /proc reads).
+   */
+  private publishEarly(reading: RiseReading): boolean {
+    const last = this.published;
+    if (!last || (this.stopping && this._state === 'offline')) return false;
+    const body: MetricsBody = { ...last.body, state: this._state, early: true };
+    if (reading.queue) body.queue = reading.queue as QueueMetrics;
+    if (reading.traffic) body.traffic = reading.traffic;
+    const limit = this.options.concurrencyLimit ?? reading.concurrencyLimit;
+    if (limit !== undefined) body.concurrencyLimit = limit;
+    let encoded;
+    try {
+      encoded = this.encoder.metrics(body);
+    } catch (err) {
+      this.emit('warning', `cannot encode early report: ${(err as Error).message}`);
+      return false;
+    }
+    const published = this.send(encoded.topic, encoded.payload);
+    if (published) {
+      this.stats.early++;
+      this.published = {
+        outstanding: outstandingOf(body.queue),
+        atMs: Date.now(),
+        body: last.body,
+      };
+    }
+    this.emit('sample', encoded.message, { published, early: true });
+    return published;
   }
 
   async sample(): Promise<MetricsBody> {
@@ -296,6 +380,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       if (graceMs > 0) await new Promise((r) => setTimeout(r, graceMs).unref());
     }
     this.scheduler.stop();
+    await this.early?.stop();
+    this.queue?.close?.();
     this._state = 'offline';
     this.emit('state', 'offline');
     if (c) {

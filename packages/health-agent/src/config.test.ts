@@ -50,6 +50,16 @@ describe('config sources', () => {
     expect(mergeSources({}, { LOADWISE_CONFIG: config })).toMatchObject({ backendId: 'from-file' });
   });
 
+  it('reads the early-report options from flag, environment and config file', () => {
+    const config = file('early.json', JSON.stringify({ backendId: 'x', earlyRise: 3 }));
+    expect(mergeSources({ config }, { LOADWISE_EARLY_MIN_GAP_MS: '40' })).toMatchObject({
+      earlyRise: 3,
+      earlyMinGapMs: 40,
+    });
+    const raw = mergeSources({ config, 'early-rise': '0' }, {});
+    expect(toAgentOptions(raw, { requireBroker: false })).toMatchObject({ earlyRise: 0 });
+  });
+
   it('fails with one message naming the option', () => {
     expect(codeOf(() => mergeSources({ 'interval-ms': '1s' }, {})).message).toBe(
       'LW_AGENT_INVALID_OPTION: --interval-ms: must be an integer (from --interval-ms, got "1s")',

@@ -63,6 +63,18 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     help: 'Max random per-agent offset after each scheduled instant (default min(interval, 1000))',
   },
   {
+    flag: 'early-rise',
+    kind: 'int',
+    arg: 'n',
+    help: 'Publish early when in-flight + queued rise by n over the last report (default 2, 0 = off; tracker sources)',
+  },
+  {
+    flag: 'early-min-gap-ms',
+    kind: 'int',
+    arg: 'ms',
+    help: 'Least time between two reports with early reports on (default 300, 10..60000)',
+  },
+  {
     flag: 'tracker-url',
     kind: 'string',
     arg: 'url',
@@ -351,6 +363,8 @@ export function toAgentOptions(c: RawConfig, opts: { requireBroker: boolean }): 
   if (n('intervalMs') !== undefined) o.intervalMs = n('intervalMs');
   if (s('cron')) o.cron = s('cron');
   if (n('jitterMs') !== undefined) o.jitterMs = n('jitterMs');
+  if (n('earlyRise') !== undefined) o.earlyRise = n('earlyRise');
+  if (n('earlyMinGapMs') !== undefined) o.earlyMinGapMs = n('earlyMinGapMs');
 
   const brokerUrl = s('broker');
   if (brokerUrl) {
@@ -457,6 +471,8 @@ export const LIBRARY_TO_FLAG: Record<string, string> = {
   cron: 'cron',
   intervalMs: 'interval-ms',
   jitterMs: 'jitter-ms',
+  earlyRise: 'early-rise',
+  earlyMinGapMs: 'early-min-gap-ms',
   signingKey: 'key-file',
   servicePid: 'service-pid',
   trackerUrl: 'tracker-url',

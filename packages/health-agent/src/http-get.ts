@@ -14,20 +14,26 @@ export const MAX_BODY_BYTES = 1024 * 1024;
  * A GET with a hard timeout covering connect, headers and body. node:http
  * rather than fetch: at one request a second the difference is small, but it
  * keeps undici's pool and its memory out of a daemon that must stay lean.
- * No keep-alive: one fresh connection per probe also tests that the service
- * still accepts connections.
+ * No keep-alive by default: one fresh connection per probe also tests that the
+ * service still accepts connections. The early-report watch, which may ask
+ * several times a second, passes a keep-alive `agent` (tracker-source.ts).
  */
 export function httpGet(
   url: URL,
   timeoutMs: number,
   maxBodyBytes = MAX_BODY_BYTES,
+  opts: { signal?: AbortSignal; agent?: http.Agent } = {},
 ): Promise<HttpGetResult> {
   const started = performance.now();
   const mod = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
     const req = mod.get(
       url,
-      { agent: false, headers: { 'user-agent': 'loadwise-agent' } },
+      {
+        agent: opts.agent ?? false,
+        headers: { 'user-agent': 'loadwise-agent' },
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      },
       (res) => {
         const chunks: Buffer[] = [];
         let size = 0;

@@ -12,7 +12,16 @@ describe('resolveAgentOptions', () => {
       cgroup: { root: '/sys/fs/cgroup' },
       procRoot: '/proc',
       drainGraceMs: 2000,
+      early: { rise: 2, minGapMs: 300 },
       thresholds: { cpuUtilization: 0.9, memoryUtilization: 0.9, queueFull: true },
+    });
+  });
+
+  it('turns early reports off with earlyRise 0', () => {
+    expect(resolveAgentOptions({ backendId: 'b', earlyRise: 0 }).early).toBeUndefined();
+    expect(resolveAgentOptions({ backendId: 'b', earlyRise: 4, earlyMinGapMs: 20 }).early).toEqual({
+      rise: 4,
+      minGapMs: 20,
     });
   });
 
@@ -57,6 +66,10 @@ describe('resolveAgentOptions', () => {
     ['hostSource', { hostSource: 'wmi' as never }],
     ['concurrencyLimit', { concurrencyLimit: 0 }],
     ['drainGraceMs', { drainGraceMs: 1.5 }],
+    ['earlyRise', { earlyRise: -1 }],
+    ['earlyRise', { earlyRise: 1.5 }],
+    ['earlyMinGapMs', { earlyMinGapMs: 5 }],
+    ['earlyMinGapMs', { earlyMinGapMs: 60_001 }],
     ['signingKey', { signingKey: { keyId: 'k', secret: Buffer.alloc(4) } }],
   ])('rejects a bad %s', (name, bad) => {
     let err: unknown;

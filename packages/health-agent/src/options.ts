@@ -22,6 +22,10 @@ export const DEFAULT_PROC_ROOT = '/proc';
 export const DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup';
 /** systeminformation's currentLoad() spawns a shell per call on Linux; see docs/agent.md for the measured difference. */
 export const DEFAULT_HOST_SOURCE: HostSource = 'proc';
+/** Rise of outstanding requests that triggers an early report (early-report.ts); 0 disables. */
+export const DEFAULT_EARLY_RISE = 2;
+/** Least time between two reports when early reports are on, ms. */
+export const DEFAULT_EARLY_MIN_GAP_MS = 300;
 
 export type QueueOptions =
   /** In-process: pass the middleware returned by trackRequests(). */
@@ -63,6 +67,14 @@ export interface AgentOptions {
   procRoot?: string;
   /** How long stop() reports `draining` before `offline`, ms (default 2000). */
   drainGraceMs?: number;
+  /**
+   * Publish an early report when outstanding requests rise by this many over
+   * the last published figure (default 2; 0 disables). Needs a tracker queue
+   * source (it watches the rise as it happens); other sources report on schedule only.
+   */
+  earlyRise?: number;
+  /** Least time between two reports when early reports are on, ms (default 300, 10..60000). */
+  earlyMinGapMs?: number;
   /** Random source for the jitter offset; injectable for tests. */
   random?: () => number;
 }
@@ -88,6 +100,8 @@ export interface ResolvedAgentOptions {
   cgroup: { root: string } | undefined;
   procRoot: string;
   drainGraceMs: number;
+  /** Early reports (early-report.ts); undefined when off. */
+  early: { rise: number; minGapMs: number } | undefined;
 }
 
 function int(name: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {
@@ -287,6 +301,12 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
         : fraction('memoryThreshold', t.memoryUtilization),
     queueFull: t.queueFull ?? DEFAULT_THRESHOLDS.queueFull,
   };
+  const earlyRise =
+    o.earlyRise === undefined ? DEFAULT_EARLY_RISE : int('earlyRise', o.earlyRise, 0, 1_000_000);
+  const earlyMinGapMs =
+    o.earlyMinGapMs === undefined
+      ? DEFAULT_EARLY_MIN_GAP_MS
+      : int('earlyMinGapMs', o.earlyMinGapMs, 10, 60_000);
   const hostSource = o.hostSource ?? DEFAULT_HOST_SOURCE;
   if (!HOST_SOURCES.includes(hostSource))
     throw invalidOption('hostSource', `must be one of ${HOST_SOURCES.join(', ')}`);
@@ -315,5 +335,6 @@ export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
       o.drainGraceMs === undefined
         ? DEFAULT_DRAIN_GRACE_MS
         : int('drainGraceMs', o.drainGraceMs, 0, 600_000),
+    early: earlyRise > 0 ? { rise: earlyRise, minGapMs: earlyMinGapMs } : undefined,
   };
 }

@@ -119,6 +119,14 @@ export interface MetricsReport extends MessageHeader {
   concurrencyLimit?: number;
   traffic?: TrafficMetrics;
   health: HealthReport;
+  /**
+   * Set on a report sent between two scheduled ones because the backend's
+   * outstanding requests rose sharply (the agent's early reports): its queue
+   * and traffic figures are fresh, the rest repeats the last scheduled report.
+   * Absent on scheduled reports. Optional: older gateways ignore it and treat
+   * the report as a scheduled one.
+   */
+  early?: boolean;
 }
 
 export interface StatusMessage extends MessageHeader {

@@ -117,6 +117,7 @@ function validateMetrics(v: Validator, o: Obj): void {
   v.num(o, 'intervalMs', '', Num.Positive, true);
   v.oneOf(o, 'state', '', BACKEND_STATES, true);
   v.num(o, 'concurrencyLimit', '', Num.Positive, false);
+  v.bool(o, 'early', '');
 
   const host = v.obj(o, 'host', '', true);
   if (host) {

@@ -565,3 +565,63 @@ describe('createEndpointLoad: no starvation', () => {
     expect(busy.snapshot(1000).serviceTimeMs).toBeCloseTo(30, 6);
   });
 });
+
+describe('createEndpointLoad: early reports', () => {
+  const busy = (inFlight: number, queued = 0) => ({ inFlight, queued, source: {} });
+
+  it('takes the jump of an early report at once, and lets it fade as its requests drain', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 40);
+    load.onReport(
+      report({ queue: busy(4), concurrencyLimit: 8, traffic: { rps: 100, latencyMeanMs: 40 } }),
+      0,
+    );
+    expect(load.snapshot(300).hiddenInFlight).toBeCloseTo(4, 6);
+    // 300 ms later the backend has 10 requests; the early report says so.
+    load.onReport(
+      report({
+        queue: busy(8, 2),
+        concurrencyLimit: 8,
+        traffic: { rps: 100, latencyMeanMs: 40 },
+        early: true,
+      }),
+      300,
+    );
+    expect(load.snapshot(300).hiddenInFlight).toBeCloseTo(10, 6);
+    // 2 queued ahead of a new request on 8 slots: the wait says so at once.
+    expect(load.snapshot(300).expectedWaitMs).toBeCloseTo(
+      40 * (1 + 3 / 8 + DEFAULT_UTILIZATION_WEIGHT),
+      6,
+    );
+    // Drained (time constant 40 ms × 10 / 8): back to the interval's mean of 4.
+    expect(load.snapshot(1300).hiddenInFlight).toBeCloseTo(4, 6);
+  });
+
+  it("leaves the interval's means alone: the next scheduled report is judged over its whole interval", () => {
+    const run = (early: boolean) => {
+      const load = createEndpointLoad({ defaultLatencyMs: 40 });
+      load.onReport(report({ queue: busy(0), concurrencyLimit: 8 }), 0);
+      load.onRequestStart(0); // this gateway keeps 1 request from 0 to 500 ms
+      load.onReport(report({ queue: busy(6), concurrencyLimit: 8, early }), 400);
+      load.onRequestEnd(500, 500, true);
+      // Scheduled: on average 1 request over the second (Little: 25 rps × 40 ms).
+      load.onReport(
+        report({ queue: busy(0), concurrencyLimit: 8, traffic: { rps: 25, latencyMeanMs: 40 } }),
+        1000,
+      );
+      // Late enough for the report's snapshot to have drained, early enough to be fresh.
+      return load.snapshot(4000).hiddenInFlight;
+    };
+    // This gateway's mean over 0..1000 ms is 0.5: half the agent's mean is hidden.
+    expect(run(true)).toBeCloseTo(0.5, 2);
+    // Read as a scheduled report, the early one would cut the interval at 400 ms: this
+    // gateway's mean 100/600, and a hidden mean a third too high.
+    expect(run(false)).toBeCloseTo(1 - 100 / 600, 2);
+  });
+
+  it('an early report before any scheduled one is read as a scheduled one', () => {
+    const load = createEndpointLoad();
+    load.onReport(report({ queue: busy(3), concurrencyLimit: 8, early: true }), 0);
+    expect(load.snapshot(0)).toMatchObject({ hiddenInFlight: 3, freshReport: true });
+  });
+});

@@ -247,12 +247,17 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   onReport(report: MetricsReport, receivedAtMs: number): void {
     const d = digestReport(report, receivedAtMs, this.inFlightCount, this.o.freshness);
+    const hadReport = this.report !== undefined;
     this.report = d;
     if (d.concurrencyLimit !== undefined) this.reportedLimit = d.concurrencyLimit;
     if (d.capacityHint !== undefined) {
       if (d.capacityHintExact) this.observedCapacity = d.capacityHint;
       // A lower bound (requests served at once without queueing) also feeds the learned peak.
       this.raiseLearnedCapacity(receivedAtMs, d.capacityHint);
+    }
+    if (d.early && hadReport) {
+      this.trustJump(d, receivedAtMs);
+      return;
     }
     this.estimateHidden(d, receivedAtMs);
     this.reportFactor = this.computeReportFactor(d);
@@ -453,10 +458,36 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.hiddenMean = mean > 0 ? mean : 0;
     this.localMean = localMean;
     this.membership?.setFlow(this.hiddenMean, localMean);
+    this.setHiddenTau(d, d.outstanding, nowMs);
+  }
+
+  /** Time constant of the snapshot's fade: its drain time, s × max(1, outstanding / c). */
+  private setHiddenTau(d: ReportDigest, outstanding: number, nowMs: number): void {
     const s = this.serviceTime(nowMs, d);
     const c = this.capacity();
-    const tau = s * Math.max(1, d.outstanding / c);
+    const tau = s * Math.max(1, outstanding / c);
     this.hiddenTauMs = tau > 1e-3 && tau < MAX_EXPECTED_WAIT_MS ? tau : MAX_EXPECTED_WAIT_MS;
+  }
+
+  /**
+   * An early report: the agent saw the backend's outstanding requests jump
+   * since its last report (packages/health-agent/src/early-report.ts). The jump
+   * is taken at once: the report's snapshot replaces the transient part of the
+   * hidden load, and fades as its requests drain like a scheduled one's.
+   * Everything averaged over an interval stays as the last scheduled report
+   * left it: the interval's hidden mean, this gateway's mean in-flight and its
+   * integral (a mean over the few ms since the last report would be noise, and
+   * would reset the interval the next scheduled report is judged over), the
+   * traffic share and the cohort flow (so the other gateways' share in
+   * hiddenOf keeps following their in-flight), and the report's penalty
+   * (CPU and memory repeat the scheduled report).
+   */
+  private trustJump(d: ReportDigest, nowMs: number): void {
+    if (d.outstanding === undefined) return;
+    const snapshot = d.outstanding - d.localInFlightAtReport;
+    this.hiddenSnapshot = snapshot > 0 ? snapshot : 0;
+    this.setHiddenTau(d, d.outstanding, nowMs);
+    this.updateCohort(nowMs);
   }
 
   /** Service time in ms; sets `serviceSource` (numbers out, no object per call: this runs per pick). */

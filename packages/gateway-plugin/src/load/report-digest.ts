@@ -49,6 +49,12 @@ export interface ReportDigest {
   /** Worst of host and cgroup memory utilization, 0..1. */
   memoryUtilization: number;
   errorRate: number;
+  /**
+   * An early report (the agent saw outstanding requests rise between two
+   * scheduled reports): its queue is the backend's state now, its other
+   * figures repeat the last scheduled report.
+   */
+  early: boolean;
 }
 
 function finite(x: number | undefined): number | undefined {
@@ -136,5 +142,6 @@ export function digestReport(
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
     memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),
     errorRate: unit(traffic?.errorRate),
+    early: report.early === true,
   };
 }

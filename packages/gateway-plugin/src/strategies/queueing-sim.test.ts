@@ -33,6 +33,15 @@ interface Scenario {
   reportLimit?: boolean;
   /** No agents at all: local signals only. */
   noReports?: boolean;
+  /**
+   * Agents also report early, as health-agent's early reports do
+   * (packages/health-agent/src/early-report.ts): when outstanding rises by
+   * `rise` over the lowest figure since the last report, at most one report per
+   * `minGapMs`. Undefined: scheduled reports only.
+   */
+  early?: { rise: number; minGapMs: number };
+  /** Every request takes exactly serviceMs (bench/procs/backend.ts), instead of an exponential time. */
+  fixedService?: boolean;
   durationMs: number;
 }
 
@@ -88,6 +97,8 @@ class Events {
 function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: number; p99Ms: number } {
   const random = createSeededRandom(seed);
   const exp = (mean: number) => -Math.log(1 - random()) * mean;
+  const service = (b: number) =>
+    sc.fixedService ? sc.backends[b]!.serviceMs : exp(sc.backends[b]!.serviceMs);
   // One view of the backends per gateway: its own loads, cohort and strategy.
   const views = Array.from({ length: sc.gateways ?? 1 }, (_, g) => {
     const cohort = createLoadCohort();
@@ -134,10 +145,45 @@ function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: numbe
     }
     const next = queues[b]!.shift();
     if (next !== undefined) startService(b, next, now);
+    watchRise(b);
+  };
+  // Early reports: per backend, the last report sent, the lowest outstanding since, and
+  // whether a check is already scheduled for the end of the gap.
+  const lastReport: Array<MetricsReport | undefined> = sc.backends.map(() => undefined);
+  const lastSentMs = sc.backends.map(() => -Infinity);
+  const floor = sc.backends.map(() => 0);
+  const checkPending = sc.backends.map(() => false);
+  const sendReport = (b: number, r: MetricsReport) => {
+    lastSentMs[b] = now;
+    floor[b] = busy[b]! + queues[b]!.length;
+    // Every gateway hears every report (one broker, several subscribers).
+    for (const v of views) v.eps[b]!.load.onReport(r, now);
+  };
+  const watchRise = (b: number) => {
+    const e = sc.early;
+    const last = lastReport[b];
+    if (e === undefined || last === undefined) return;
+    const outstanding = busy[b]! + queues[b]!.length;
+    if (outstanding < floor[b]!) floor[b] = outstanding;
+    if (outstanding < floor[b]! + e.rise) return;
+    // `now < last + gap`, not `now - last < gap`: the check runs at exactly last + gap.
+    if (now < lastSentMs[b]! + e.minGapMs) {
+      if (!checkPending[b]) {
+        checkPending[b] = true;
+        events.push(lastSentMs[b]! + e.minGapMs, () => {
+          checkPending[b] = false;
+          watchRise(b);
+        });
+      }
+      return;
+    }
+    const queue = { inFlight: busy[b]!, queued: queues[b]!.length, source: {} };
+    sendReport(b, { ...last, ts: now, queue, early: true });
   };
   const arrive = (b: number, job: Job) => {
     if (busy[b]! < sc.backends[b]!.slots) startService(b, job, now);
     else queues[b]!.push(job);
+    watchRise(b);
   };
 
   // Each gateway's arrivals.
@@ -146,7 +192,7 @@ function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: numbe
       const p = strategy.pick({ nowMs: now })!;
       const b = eps.indexOf(p.endpoint);
       p.endpoint.load.onRequestStart(now);
-      arrive(b, { ep: p.endpoint, startMs: now, serviceMs: exp(sc.backends[b]!.serviceMs) });
+      arrive(b, { ep: p.endpoint, startMs: now, serviceMs: service(b) });
       const next = now + exp(1000 / sc.gatewayRps);
       if (next < sc.durationMs) events.push(next, gatewayArrival);
     };
@@ -156,7 +202,7 @@ function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: numbe
   (sc.hiddenRps ?? []).forEach((rps, b) => {
     if (rps <= 0) return;
     const hidden = () => {
-      arrive(b, { ep: undefined, startMs: now, serviceMs: exp(sc.backends[b]!.serviceMs) });
+      arrive(b, { ep: undefined, startMs: now, serviceMs: service(b) });
       const next = now + exp(1000 / rps);
       if (next < sc.durationMs) events.push(next, hidden);
     };
@@ -198,8 +244,8 @@ function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: numbe
           health: { verdict: 'up' },
         };
         done[b] = [];
-        // Every gateway hears every report (one broker, several subscribers).
-        for (const v of views) v.eps[b]!.load.onReport(r, now);
+        lastReport[b] = r;
+        sendReport(b, r);
         if (now + 1000 < sc.durationMs) events.push(now + 1000, report);
       };
       events.push(random() * 1000, report);
@@ -300,4 +346,44 @@ describe('queueing simulation: several gateways on one broker', () => {
     expect(la.p99Ms).toBeLessThan(lif.p99Ms * 1.1);
     expect(la.meanMs).toBeLessThan(lif.meanMs * 1.1);
   });
+
+  it('early reports do not make them herd', () => {
+    // Each gateway's load is hidden load for the others: every gateway's requests fire
+    // early reports (packages/health-agent/src/early-report.ts) that all gateways act on at once.
+    const lif = simulate('least-in-flight', sc);
+    const withEarly = simulate('load-aware', { ...sc, early: { rise: 2, minGapMs: 300 } });
+    expect(withEarly.p99Ms).toBeLessThan(lif.p99Ms * 1.1);
+    expect(withEarly.meanMs).toBeLessThan(lif.meanMs * 1.1);
+  });
+});
+
+describe('queueing simulation: early reports', () => {
+  // Bench scenario 2 (bench/scenarios.ts, hidden-load): three backends of 8 slots x 40 ms
+  // (fixed, as bench/procs/backend.ts), 300 rps through the gateway, 120 rps straight to b0.
+  const hidden: Scenario = {
+    backends: [
+      { slots: 8, serviceMs: 40 },
+      { slots: 8, serviceMs: 40 },
+      { slots: 8, serviceMs: 40 },
+    ],
+    gatewayRps: 300,
+    hiddenRps: [120, 0, 0],
+    reportLimit: true,
+    fixedService: true,
+    durationMs: 20_000,
+  };
+  // The agent's defaults (packages/health-agent/src/options.ts).
+  const early = { rise: 2, minGapMs: 300 };
+
+  it.each([1, 2, 3])(
+    'hidden load: early reports (rise 2, 300 ms gap) lower the p99, to half least-in-flight (seed %i)',
+    (seed) => {
+      const lif = simulate('least-in-flight', hidden, seed);
+      const scheduled = simulate('load-aware', hidden, seed);
+      const withEarly = simulate('load-aware', { ...hidden, early }, seed);
+      expect(withEarly.p99Ms).toBeLessThanOrEqual(scheduled.p99Ms);
+      expect(withEarly.meanMs).toBeLessThanOrEqual(scheduled.meanMs * 1.01);
+      expect(withEarly.p99Ms).toBeLessThan(lif.p99Ms * 0.55);
+    },
+  );
 });

@@ -1,10 +1,18 @@
-import type { TrackerSnapshot } from '../tracker/track-requests';
+import http from 'node:http';
+import https from 'node:https';
+import type { RiseWait, TrackerSnapshot } from '../tracker/track-requests';
 import { httpGet } from '../http-get';
-import type { QueueReading, QueueSourceReader } from './types';
+import type { QueueReading, QueueSourceReader, RiseReading } from './types';
 
 /** Anything with a snapshot(): the in-process tracker, or a test double of one. */
 export interface SnapshotProvider {
   snapshot(): TrackerSnapshot;
+  /** The tracker's rise watch (early reports); without it the agent reports on schedule only. */
+  waitForRise?(wait: RiseWait): Promise<TrackerSnapshot>;
+}
+
+function riseReading(s: TrackerSnapshot): RiseReading {
+  return { ...readingFromSnapshot(s), rose: s.rose === true };
 }
 
 export function readingFromSnapshot(s: TrackerSnapshot): QueueReading {
@@ -39,23 +47,57 @@ function isSnapshot(v: unknown): v is TrackerSnapshot {
 }
 
 export function inProcessTrackerSource(tracker: SnapshotProvider): QueueSourceReader {
-  return { read: async () => readingFromSnapshot(tracker.snapshot()) };
+  const source: QueueSourceReader = { read: async () => readingFromSnapshot(tracker.snapshot()) };
+  if (typeof tracker.waitForRise === 'function') {
+    source.waitForRise = async (from, rise, timeoutMs, signal) =>
+      riseReading(await tracker.waitForRise!({ from, rise, timeoutMs, signal }));
+  }
+  return source;
 }
 
-/** Reads a tracker's `exposePath` endpoint when the agent runs as a separate process. */
+async function fetchSnapshot(
+  url: URL,
+  timeoutMs: number,
+  opts: { signal?: AbortSignal; agent?: http.Agent } = {},
+): Promise<TrackerSnapshot> {
+  const res = await httpGet(url, timeoutMs, 64 * 1024, opts);
+  if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(res.body);
+  } catch {
+    throw new Error('tracker endpoint did not return JSON');
+  }
+  if (!isSnapshot(parsed)) throw new Error('tracker endpoint returned an unexpected document');
+  return parsed;
+}
+
+/**
+ * Reads a tracker's `exposePath` endpoint when the agent runs as a separate
+ * process. The rise watch is a long poll on the same path
+ * (`?rise=&from=&waitMs=`): the tracker answers when the rise happens. The
+ * watch keeps its one connection alive between answers: a new TCP connection
+ * per early report cost more CPU than the rest of the report (bench:agent,
+ * docs/agent.md "Measured cost").
+ */
 export function httpTrackerSource(url: URL, timeoutMs: number): QueueSourceReader {
+  let keepAlive: http.Agent | undefined;
   return {
-    async read() {
-      const res = await httpGet(url, timeoutMs, 64 * 1024);
-      if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(res.body);
-      } catch {
-        throw new Error('tracker endpoint did not return JSON');
-      }
-      if (!isSnapshot(parsed)) throw new Error('tracker endpoint returned an unexpected document');
-      return readingFromSnapshot(parsed);
+    read: async () => readingFromSnapshot(await fetchSnapshot(url, timeoutMs)),
+    async waitForRise(from, rise, waitMs, signal) {
+      const u = new URL(url);
+      u.searchParams.set('rise', String(rise));
+      u.searchParams.set('from', String(from));
+      u.searchParams.set('waitMs', String(waitMs));
+      keepAlive ??= new (url.protocol === 'https:' ? https.Agent : http.Agent)({
+        keepAlive: true,
+        maxSockets: 1,
+      });
+      return riseReading(await fetchSnapshot(u, waitMs + timeoutMs, { signal, agent: keepAlive }));
+    },
+    close() {
+      keepAlive?.destroy();
+      keepAlive = undefined;
     },
   };
 }

@@ -8,7 +8,25 @@ export interface QueueReading {
   maxQueue?: number;
 }
 
+/** A reading taken because outstanding requests rose (`rose`), or after the wait ran out. */
+export interface RiseReading extends QueueReading {
+  rose: boolean;
+}
+
 /** One configured request-queue source. read() may reject; the agent reports the failure. */
 export interface QueueSourceReader {
   read(): Promise<QueueReading>;
+  /**
+   * Only sources that can tell a rise when it happens (a tracker): resolves
+   * once inFlight + queued rose by `rise` over the lowest figure since `from`,
+   * or after `timeoutMs` with `rose: false` (early-report.ts).
+   */
+  waitForRise?(
+    from: number,
+    rise: number,
+    timeoutMs: number,
+    signal: AbortSignal,
+  ): Promise<RiseReading>;
+  /** Releases what the source keeps open between reads (the watch's keep-alive connection). */
+  close?(): void;
 }

@@ -9,7 +9,12 @@ import {
   type Listening,
 } from '../../../../test/kit/agent-http';
 import { AgentError } from '../errors';
-import { trackRequests, type RequestTracker, type TrackRequestsOptions } from './track-requests';
+import {
+  trackRequests,
+  type RequestTracker,
+  type TrackerSnapshot,
+  type TrackRequestsOptions,
+} from './track-requests';
 
 /**
  * A real Express app on port 0. GET /hold/:id parks the request until the test
@@ -327,5 +332,106 @@ describe('trackRequests', () => {
     // Later the window slides in 1 s slots: between 9 and 10 s long.
     t = 25_500;
     expect(tracker.snapshot().windowMs).toBe(9_500);
+  });
+});
+
+describe('trackRequests rise watch (early reports)', () => {
+  const STATS = '/.well-known/loadwise/stats';
+
+  it('answers a watch when outstanding rises by `rise` over the lowest figure since `from`', async () => {
+    const app = await holdApp({ concurrencyLimit: 2, exposePath: STATS });
+    const reqs: InFlightRequest[] = [];
+    try {
+      reqs.push(fire(`${app.server.url}/hold/a`));
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      // Last published: 1 outstanding. A rise of 2 means 3 outstanding.
+      let answered: TrackerSnapshot | undefined;
+      const watch = app.tracker
+        .waitForRise({ from: 1, rise: 2, timeoutMs: 60_000 })
+        .then((s) => (answered = s));
+      // Down to 0 first: the floor follows, so 2 outstanding is already a rise of 2.
+      app.release('a');
+      await until(() => app.tracker.snapshot().inFlight === 0);
+      reqs.push(fire(`${app.server.url}/hold/b`));
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      expect(answered).toBeUndefined();
+      reqs.push(fire(`${app.server.url}/hold/c`));
+      await watch;
+      expect(answered).toMatchObject({ inFlight: 2, queued: 0, rose: true });
+      // A rise that already stands against `from` is answered at once.
+      reqs.push(fire(`${app.server.url}/hold/d`));
+      await until(() => app.tracker.snapshot().queued === 1);
+      expect(await app.tracker.waitForRise({ from: 0, rise: 3, timeoutMs: 60_000 })).toMatchObject({
+        inFlight: 2,
+        queued: 1,
+        rose: true,
+      });
+      for (const id of ['b', 'c']) app.release(id);
+      await until(() => app.started.includes('d'));
+      app.release('d');
+      await Promise.all(reqs.map((r) => r.done));
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('serves the watch as a long poll on exposePath, ended by a rise, an abort or close()', async () => {
+    const app = await holdApp({ exposePath: STATS });
+    try {
+      const poll = fire(`${app.server.url}${STATS}?rise=1&from=0&waitMs=60000`);
+      // Held: no answer until a request arrives.
+      await until(() => app.started.length === 0);
+      const held = fire(`${app.server.url}/hold/x`);
+      const reply = await poll.done;
+      expect(reply?.status).toBe(200);
+      expect(JSON.parse(reply!.body)).toMatchObject({ inFlight: 1, rose: true });
+      app.release('x');
+      await held.done;
+
+      // A client that goes away ends its watch: close() then has nothing left to answer.
+      const gone = fire(`${app.server.url}${STATS}?rise=5&from=0&waitMs=60000`);
+      await new Promise((r) => setTimeout(r, 20));
+      gone.abort();
+      expect(await gone.done).toBeUndefined();
+
+      // close() answers the watches still held, without a rise.
+      const last = fire(`${app.server.url}${STATS}?rise=5&from=0&waitMs=60000`);
+      await until(() => app.started.length === 1);
+      await new Promise((r) => setTimeout(r, 20));
+      app.tracker.close();
+      const end = await last.done;
+      expect(JSON.parse(end!.body)).toMatchObject({ rose: false });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it.each([
+    'rise=0&from=0&waitMs=10',
+    'rise=1&waitMs=10',
+    'rise=1&from=0&waitMs=61000',
+    'rise=x&from=0&waitMs=1',
+  ])('answers 400 to a bad watch query (%s)', async (query) => {
+    const app = await holdApp({ exposePath: STATS });
+    try {
+      expect((await get(`${app.server.url}${STATS}?${query}`)).status).toBe(400);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('answers a watch after timeoutMs without a rise (fake time)', async () => {
+    jest.useFakeTimers();
+    try {
+      const tracker = trackRequests({ concurrencyLimit: 2 });
+      let answered: TrackerSnapshot | undefined;
+      void tracker.waitForRise({ from: 0, rise: 1, timeoutMs: 1000 }).then((s) => (answered = s));
+      await jest.advanceTimersByTimeAsync(999);
+      expect(answered).toBeUndefined();
+      await jest.advanceTimersByTimeAsync(1);
+      expect(answered).toMatchObject({ inFlight: 0, rose: false });
+    } finally {
+      jest.useRealTimers();
+    }
   });
 });

@@ -60,7 +60,25 @@ export interface TrackerSnapshot {
   rejected: number;
   /** Requests whose client went away before the response ended, queued or running (monotonic). */
   aborted: number;
+  /** Only on an answer to waitForRise (or the `rise` query): true when the rise happened, false on timeout. */
+  rose?: boolean;
 }
+
+/** Bounds of one waitForRise. */
+export interface RiseWait {
+  /** Outstanding requests (inFlight + queued) the caller last knew of. */
+  from: number;
+  /** Answer once outstanding reaches the lowest figure since `from` plus this (>= 1). */
+  rise: number;
+  /** Answer with `rose: false` after this long, ms. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/** Callers waiting at once beyond this are answered at once (`rose: false`): the watch is for one agent. */
+export const MAX_RISE_WATCHERS = 8;
+/** Longest a rise watch may be held, ms. */
+export const MAX_RISE_WAIT_MS = 60_000;
 
 type Next = (err?: unknown) => void;
 
@@ -68,6 +86,16 @@ type Next = (err?: unknown) => void;
 export interface RequestTracker {
   (req: IncomingMessage, res: ServerResponse, next: Next): void;
   snapshot(): TrackerSnapshot;
+  /**
+   * Resolves with a snapshot as soon as outstanding requests (inFlight +
+   * queued) rise by `rise` over the lowest figure since `from` (`rose: true`),
+   * or after `timeoutMs` (`rose: false`); an aborted signal or close() ends
+   * the wait the same way. This is what the agent's early reports watch:
+   * a jump is known when it happens, at the cost of one answer per jump, not
+   * of a poll per few ms. Also served at exposePath with
+   * `?rise=N&from=N&waitMs=N`.
+   */
+  waitForRise(wait: RiseWait): Promise<TrackerSnapshot>;
   /** Answers every waiting request 503 and stops limiting; later requests pass through uncounted. */
   close(): void;
   readonly options: Readonly<{
@@ -76,6 +104,12 @@ export interface RequestTracker {
     windowMs: number;
     exposePath?: string;
   }>;
+}
+
+interface RiseWatcher {
+  floor: number;
+  rise: number;
+  done: (rose: boolean) => void;
 }
 
 interface Waiter {
@@ -167,6 +201,17 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
   let rejected = 0;
   let aborted = 0;
   let closed = false;
+  const watchers = new Set<RiseWatcher>();
+
+  /** After every change of inFlight + queued: wakes the rise watchers whose rise happened. */
+  const changed = (): void => {
+    if (watchers.size === 0) return;
+    const outstanding = inFlight + queued;
+    for (const w of watchers) {
+      if (outstanding >= w.floor + w.rise) w.done(true);
+      else if (outstanding < w.floor) w.floor = outstanding;
+    }
+  };
 
   const unlink = (w: Waiter): void => {
     if (w.prev) w.prev.next_ = w.next_;
@@ -200,6 +245,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       unlink(w);
       run(w.req, w.res, w.next);
     }
+    changed();
   };
 
   const run = (_req: IncomingMessage, res: ServerResponse, next: Next): void => {
@@ -236,6 +282,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     });
     if (limit === undefined || inFlight < limit) {
       run(req, res, next);
+      changed();
       return;
     }
     if (queued >= maxQueue) {
@@ -256,14 +303,19 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     else head = w;
     tail = w;
     queued++;
+    changed();
     // A client that disconnects while waiting leaves the queue and is never run.
     res.once('close', () => {
-      if (w.queued) unlink(w);
+      if (w.queued) {
+        unlink(w);
+        changed();
+      }
     });
     if (queueTimeoutMs !== undefined) {
       w.timer = setTimeout(() => {
         if (!w.queued) return;
         unlink(w);
+        changed();
         reject503(res, 'timed out waiting for a worker slot');
       }, queueTimeoutMs);
       w.timer.unref();
@@ -296,6 +348,57 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     return snap;
   };
 
+  const waitForRise = (wait: RiseWait): Promise<TrackerSnapshot> =>
+    new Promise((resolve) => {
+      const answer = (rose: boolean): TrackerSnapshot => ({ ...snapshot(), rose });
+      const outstanding = inFlight + queued;
+      const from = wait.from >= 0 ? wait.from : outstanding;
+      const floor = outstanding < from ? outstanding : from;
+      const rise = wait.rise >= 1 ? wait.rise : 1;
+      if (outstanding >= floor + rise) return resolve(answer(true));
+      if (closed || watchers.size >= MAX_RISE_WATCHERS || wait.signal?.aborted)
+        return resolve(answer(false));
+      const onAbort = (): void => w.done(false);
+      const timer = setTimeout(
+        () => w.done(false),
+        Math.min(Math.max(0, wait.timeoutMs), MAX_RISE_WAIT_MS),
+      );
+      timer.unref();
+      const w: RiseWatcher = {
+        floor,
+        rise,
+        done: (rose) => {
+          if (!watchers.delete(w)) return;
+          clearTimeout(timer);
+          wait.signal?.removeEventListener('abort', onAbort);
+          resolve(answer(rose));
+        },
+      };
+      watchers.add(w);
+      wait.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+
+  /** `?rise=N&from=N&waitMs=N` on exposePath: a long poll on waitForRise. Undefined: a plain read. */
+  const riseQuery = (req: IncomingMessage): RiseWait | 'bad' | undefined => {
+    const url = req.url ?? '';
+    const q = url.indexOf('?');
+    if (q < 0) return undefined;
+    const params = new URLSearchParams(url.slice(q + 1));
+    if (!params.has('rise')) return undefined;
+    const int = (name: string, max: number): number | undefined => {
+      const v = params.get(name);
+      if (v === null || !/^\d{1,9}$/.test(v)) return undefined;
+      const n = Number(v);
+      return n <= max ? n : undefined;
+    };
+    const rise = int('rise', 1_000_000);
+    const from = int('from', 1_000_000_000);
+    const timeoutMs = int('waitMs', MAX_RISE_WAIT_MS);
+    if (rise === undefined || rise < 1 || from === undefined || timeoutMs === undefined)
+      return 'bad';
+    return { rise, from, timeoutMs };
+  };
+
   const serveStats = (req: IncomingMessage, res: ServerResponse): void => {
     const remote = req.socket.remoteAddress ?? '';
     if (!exposeToRemote && !LOOPBACK.test(remote)) {
@@ -310,18 +413,35 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       res.end();
       return;
     }
-    const body = JSON.stringify(snapshot());
-    res.statusCode = 200;
-    res.setHeader('Content-Type', 'application/json');
-    res.setHeader('Cache-Control', 'no-store');
-    res.setHeader('Content-Length', Buffer.byteLength(body));
-    res.end(req.method === 'HEAD' ? undefined : body);
+    const send = (snap: TrackerSnapshot): void => {
+      if (res.writableEnded || res.destroyed) return;
+      const body = JSON.stringify(snap);
+      res.statusCode = 200;
+      res.setHeader('Content-Type', 'application/json');
+      res.setHeader('Cache-Control', 'no-store');
+      res.setHeader('Content-Length', Buffer.byteLength(body));
+      res.end(req.method === 'HEAD' ? undefined : body);
+    };
+    const wait = riseQuery(req);
+    if (wait === undefined) return send(snapshot());
+    if (wait === 'bad') {
+      res.statusCode = 400;
+      res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+      res.end('Bad Request: rise (>= 1), from and waitMs (<= 60000) must be integers\n');
+      return;
+    }
+    // A client that goes away ends its watch (the agent aborts it when it stops).
+    const controller = new AbortController();
+    res.once('close', () => controller.abort());
+    void waitForRise({ ...wait, signal: controller.signal }).then(send);
   };
 
   middleware.snapshot = snapshot;
+  middleware.waitForRise = waitForRise;
   middleware.close = (): void => {
     if (closed) return;
     closed = true;
+    for (const w of [...watchers]) w.done(false);
     while (head) {
       const w = head;
       unlink(w);

@@ -1,0 +1,99 @@
+import express from 'express';
+import type { MqttClient } from 'mqtt';
+import { subscriptionFilter, type MetricsReport } from '@loadwise/protocol';
+import { trackRequests } from '@loadwise/health-agent';
+import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
+import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
+import { fire, listen, until, type InFlightRequest, type Listening } from '../kit/agent-http';
+import { inbox, spawnAgent, type AgentProcess, type Received } from '../kit/agent-cli';
+
+const STATS_PATH = '/.well-known/loadwise/stats';
+const metrics = (r: Received): MetricsReport | undefined =>
+  r.message.kind === 'metrics' ? r.message : undefined;
+
+/**
+ * Early reports end to end: the real agent CLI watching a real tracked
+ * backend over HTTP, publishing through the embedded broker. A jump of the
+ * backend's outstanding requests right after a scheduled report is published
+ * at once, marked `early`, between that report and the next one (5 s later).
+ */
+describe('loadwise-agent early reports', () => {
+  let broker: EmbeddedBroker;
+  let client: MqttClient | undefined;
+  let agent: AgentProcess | undefined;
+  let server: Listening | undefined;
+  const reqs: InFlightRequest[] = [];
+
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker();
+  });
+  afterEach(async () => {
+    await agent?.kill();
+    for (const r of reqs.splice(0)) r.abort();
+    await server?.close();
+    if (client) await endClient(client, true);
+  });
+  afterAll(async () => {
+    await broker.close();
+  });
+
+  it('publishes a jump of outstanding requests between two scheduled reports', async () => {
+    const tracker = trackRequests({ concurrencyLimit: 2, exposePath: STATS_PATH });
+    const app = express();
+    app.use(tracker);
+    app.get('/work', () => undefined); // held until the test ends
+    server = await listen(app);
+
+    const prefix = uniquePrefix('agent-early');
+    client = await connectClient(broker.url);
+    const box = inbox(client, prefix);
+    await client.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
+
+    const intervalMs = 5000;
+    agent = spawnAgent([
+      '--backend-id',
+      'early-1',
+      '--broker',
+      broker.url,
+      '--prefix',
+      prefix,
+      '--interval-ms',
+      String(intervalMs),
+      '--jitter-ms',
+      '0',
+      '--tracker-url',
+      `${server.url}${STATS_PATH}`,
+      '--no-cgroup',
+      '--early-rise',
+      '2',
+      '--early-min-gap-ms',
+      '50',
+    ]);
+    const first = await box.waitFor((r) => metrics(r) !== undefined, 3 * intervalMs, 'a report');
+    const scheduled = metrics(first)!;
+    expect(scheduled.early).toBeUndefined();
+    expect(scheduled.queue).toMatchObject({ inFlight: 0, queued: 0 });
+
+    // The jump: 3 requests on 2 slots (2 in flight, 1 queued), a rise of 3 over the report.
+    for (let i = 0; i < 3; i++) reqs.push(fire(`${server.url}/work`));
+    await until(() => tracker.snapshot().queued === 1);
+
+    const early = await box.waitFor((r) => metrics(r)?.early === true, 3 * intervalMs, 'early');
+    const e = metrics(early)!;
+    expect(e.queue).toMatchObject({ inFlight: 2, queued: 1 });
+    expect(e.concurrencyLimit).toBe(2);
+    // The next report after the scheduled one: nothing came between them.
+    expect(e.seq).toBe(scheduled.seq + 1);
+    expect(e.intervalMs).toBe(intervalMs);
+    // And it came before the next scheduled report, which carries no `early`.
+    const next = await box.waitFor(
+      (r) => (metrics(r)?.seq ?? -1) > e.seq,
+      3 * intervalMs,
+      'the next scheduled report',
+    );
+    expect(metrics(next)!.early).toBeUndefined();
+    expect(box.received.indexOf(early)).toBeLessThan(box.received.indexOf(next));
+    // Nothing else rose: one early report only.
+    expect(box.received.filter((r) => metrics(r)?.early === true)).toHaveLength(1);
+  });
+});
