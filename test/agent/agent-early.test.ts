@@ -80,7 +80,10 @@ describe('loadwise-agent early reports', () => {
 
     const early = await box.waitFor((r) => metrics(r)?.early === true, 3 * intervalMs, 'early');
     const e = metrics(early)!;
-    expect(e.queue).toMatchObject({ inFlight: 2, queued: 1 });
+    // The watch answers once the rise reaches 2: the third request may or may not be in yet
+    // (seen both ways in full runs).
+    expect(e.queue?.inFlight).toBe(2);
+    expect([0, 1]).toContain(e.queue?.queued);
     expect(e.concurrencyLimit).toBe(2);
     // The next report after the scheduled one: nothing came between them.
     expect(e.seq).toBe(scheduled.seq + 1);
