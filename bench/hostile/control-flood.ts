@@ -30,7 +30,8 @@
  * the gateway gets the last CPU to itself (`taskset`), everything else (this
  * process, the backends and agents, the load generator, the publisher, and a
  * Mosquitto of the bench's own on a free port, started from the `mosquitto`
- * binary unless `--broker` is given) shares the others. An attacker on the
+ * binary unless `--broker` is given, at nice 19 like the publisher) shares
+ * the others. An attacker on the
  * broker does not run on the gateway's host: unpinned, the flood phase
  * measures the publisher's and the broker's CPU taken from the gateway as
  * much as the gateway's own cost of refusing the flood.
@@ -290,6 +291,9 @@ async function freePort(): Promise<number> {
 async function ownMosquitto(): Promise<{ url: string; proc: Proc }> {
   const port = await freePort();
   const proc = spawnProc('mosquitto', 'mosquitto', ['-p', String(port)]);
+  // Like the publisher, at the lowest priority: on CPU 0 the broker's fan-out of the flood to
+  // the gateway would otherwise come out of the backends' and the load generator's time.
+  setPriority(proc.pid, 19);
   const url = `mqtt://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try {
@@ -349,7 +353,7 @@ async function main(): Promise<void> {
       runs.push([quiet, control, flooded]);
     }
     const placement = args.pin
-      ? `Pinned: the gateway alone on CPU ${last}; backends, agents, load generator, publisher and broker (${args.broker}) on CPU ${last === 1 ? '0' : `0-${last - 1}`}.`
+      ? `Pinned: the gateway alone on CPU ${last}; backends, agents, load generator, publisher and broker (${args.broker}${own ? ', nice 19' : ''}) on CPU ${last === 1 ? '0' : `0-${last - 1}`}.`
       : `Not pinned: every process shares the machine's ${last + 1} CPUs; broker ${args.broker}.`;
     const md = `# Control-channel flood (${new Date().toISOString().slice(0, 10)})\n\n\`npm run bench:control-flood -- ${process.argv.slice(2).join(' ')}\`\n\n${placement}\n\n${table(args, runs)}`;
     writeFileSync(args.out, md);

@@ -273,7 +273,7 @@ export class Balancer {
     if (!this.limiter.admitTotal(nowMs)) {
       return this.drop('LW_GW_RATE_LIMITED', 'message rate of the gateway exceeded', undefined);
     }
-    const verified = this.decoder.verify(topic, payload);
+    const verified = this.decoder.verify(topic, payload, { retained });
     if (!verified.ok) return this.drop(verified.code, verified.detail, verified.backendId);
     const id = verified.topic.backendId;
     const known = this.registry.get(id) !== undefined ? id : undefined;

@@ -176,6 +176,43 @@ describe('replay protection', () => {
     expect(dec.decode(restarted.topic, restarted.payload).ok).toBe(true);
   });
 
+  it('refuses a copy of a judged signed message before its HMAC and JSON; wills are judged each time', () => {
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', key, now: c.now });
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const m = enc.metrics(body);
+    expect(dec.decode(m.topic, m.payload).ok).toBe(true);
+    // A copy is a replay, retained or not; the same signature on a changed body too: it is
+    // answered from the copy before the MAC is computed (else LW_PROTO_BAD_SIGNATURE).
+    expect(dec.decode(m.topic, m.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    expect(dec.decode(m.topic, m.payload, { retained: true })).toMatchObject({
+      code: 'LW_PROTO_REPLAY',
+    });
+    const tampered = m.payload.replace('"seq":0', '"seq":9');
+    expect(tampered).not.toBe(m.payload);
+    expect(dec.decode(m.topic, tampered)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    // Another topic with that signature is not a copy: the MAC decides.
+    const other = m.topic.replace('/b1/', '/b2/');
+    expect(dec.decode(other, m.payload)).toMatchObject({ code: 'LW_PROTO_BAD_SIGNATURE' });
+    // Newer messages pass; the oldest copy leaves the per-topic memory after eight newer ones.
+    const newer = Array.from({ length: 8 }, () => enc.metrics(body));
+    for (const n of newer) expect(dec.decode(n.topic, n.payload).ok).toBe(true);
+    expect(dec.decode(m.topic, m.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' }); // the guard
+    // A live copy of a message refused as too old stays refused as a copy; a retained copy
+    // goes through the retained bound, which admits it.
+    const aging = enc.metrics(body);
+    c.advance(45_000); // past the 30 s skew window, inside the 60 s retained bound
+    expect(dec.decode(aging.topic, aging.payload)).toMatchObject({ code: 'LW_PROTO_CLOCK_SKEW' });
+    expect(dec.decode(aging.topic, aging.payload.replace('"seq"', '"seq" '))).toMatchObject({
+      code: 'LW_PROTO_REPLAY',
+    });
+    expect(dec.decode(aging.topic, aging.payload, { retained: true }).ok).toBe(true);
+    // A Last Will delivered twice (retained, then again on a resubscribe) is judged twice.
+    const will = enc.status('offline', { will: true });
+    expect(dec.decode(will.topic, will.payload, { retained: true }).ok).toBe(true);
+    expect(dec.decode(will.topic, will.payload, { retained: true }).ok).toBe(true);
+  });
+
   it('tracks each backend separately', () => {
     const c = clock();
     const dec = createDecoder({ now: c.now });
@@ -211,7 +248,20 @@ describe('replay protection', () => {
     // A retained status is old by design when a gateway subscribes [MQTT-3.3.1-8], up to a bound.
     expect(dec.decode(online.topic, online.payload, { retained: true }).ok).toBe(true);
     c.advance(20_000);
+    // Past the bound. This decoder accepted these very bytes above, so it refuses the copy as
+    // a replay before any clock rule; a decoder that never saw it finds it stale.
     expect(dec.decode(online.topic, online.payload, { retained: true })).toMatchObject({
+      ok: false,
+      code: 'LW_PROTO_REPLAY',
+    });
+    const fresh = createDecoder({
+      keys: [key],
+      requireSignature: false,
+      now: c.now,
+      maxClockSkewMs: 30_000,
+      maxRetainedAgeMs: 60_000,
+    });
+    expect(fresh.decode(online.topic, online.payload, { retained: true })).toMatchObject({
       ok: false,
       code: 'LW_PROTO_STALE',
     });
