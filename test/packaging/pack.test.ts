@@ -76,6 +76,7 @@ function packageOf(specifier: string): string | undefined {
 function importsOf(text: string): string[] {
   const out = new Set<string>();
   for (const m of text.matchAll(/\brequire\(\s*['"]([^'"]+)['"]\s*\)/g)) out.add(m[1]!);
+  for (const m of text.matchAll(/\brequire\.resolve\(\s*['"]([^'"]+)['"]/g)) out.add(m[1]!);
   for (const m of text.matchAll(/\bfrom\s+['"]([^'"]+)['"]/g)) out.add(m[1]!);
   for (const m of text.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g)) out.add(m[1]!);
   return [...out].map(packageOf).filter((n): n is string => n !== undefined);

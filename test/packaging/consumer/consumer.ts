@@ -1,6 +1,7 @@
 // A TypeScript consumer, compiled with "module": "node16" in a project that
 // installed the packed tarballs: the README's gateway, agent and protocol
 // usage, end to end, in one process. Prints one JSON line; exits 0 on success.
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
@@ -11,7 +12,12 @@ import {
   type LoadBalanceOptions,
 } from '@loadwise/gateway-plugin';
 import { createAgent, trackRequests, type AgentOptions } from '@loadwise/health-agent';
-import { createDecoder, createEncoder, type StatusMessage } from '@loadwise/protocol';
+import {
+  createDecoder,
+  createEncoder,
+  type SigningKey,
+  type StatusMessage,
+} from '@loadwise/protocol';
 
 const PREFIX = 'packtest';
 
@@ -48,11 +54,14 @@ async function main(): Promise<void> {
   });
   const backend = await listen(backendApp);
 
-  // The gateway: app.use(loadBalance(opts)) with the embedded broker.
+  // The gateway: app.use(loadBalance(opts)) with the embedded broker, holding the key the
+  // agent signs with (a gateway without keys refuses every report, as the README says).
+  const key: SigningKey = { keyId: 'pack', secret: randomBytes(32) };
   const options: LoadBalanceOptions = {
     backends: [{ id: 'api-1', url: backend.url }],
     broker: { embedded: true },
     topicPrefix: PREFIX,
+    keys: [key],
     statusPath: '/_lb/status',
   };
   const lb = loadBalance(options);
@@ -70,6 +79,7 @@ async function main(): Promise<void> {
     jitterMs: 0,
     queue: { source: 'tracker', tracker },
     cgroup: false,
+    signingKey: key,
   };
   const agent = createAgent(agentOptions);
   await agent.start();
