@@ -5,7 +5,7 @@
  * metrics reports (~700 bytes, every optional block present) with increasing
  * sequence numbers, decoded as MQTT delivers them (Buffers). Variants:
  *   json-parse-only  JSON.parse of the same payloads: the floor, what a bare
- *                    subscriber pays (DESIGN.md: ~10% of a core for 5,000 agents at 1 Hz)
+ *                    subscriber pays (docs/architecture.md, rule 6)
  *   decode           topic + size + schema + order checks, unsigned
  *   decode+verify    the same with HMAC-SHA256 verification and the skew window
  * Each variant runs `--reps` times (default 7) over `--rounds` rounds of the

@@ -1,6 +1,6 @@
 /**
- * The neutral estimate for a backend with no data of its own. DESIGN.md
- * ("Lessons already learned"): a backend with no data must not look free; use
+ * The neutral estimate for a backend with no data of its own. docs/architecture.md,
+ * rule 2: a backend with no data must not look free; use
  * the mean of the others. gRFC A58 does the same for weights ("no valid weight
  * means the mean weight"). A cohort keeps running sums of its members' current
  * service time and capacity estimates so that reading the mean is O(1) on the

@@ -48,7 +48,7 @@ describe('createEndpointLoad: no data', () => {
     expect(load.snapshot(0).serviceTimeSource).toBe('default');
   });
 
-  it('uses the mean service time of the cohort for a newcomer (DESIGN.md: no data must not look free)', () => {
+  it('uses the mean service time of the cohort for a newcomer (architecture.md rule 2: no data must not look free)', () => {
     const cohort = createLoadCohort();
     const a = createEndpointLoad({ cohort });
     const b = createEndpointLoad({ cohort });

@@ -1,7 +1,7 @@
 /**
  * The per-backend load estimate and the default strategy's metric: the
- * expected time until a new request sent now would finish (DESIGN.md: "the
- * backend that will serve it soonest"). It fuses two kinds of signal:
+ * expected time until a new request sent now would finish (docs/architecture.md,
+ * rule 1: "the backend that will serve it soonest"). It fuses two kinds of signal:
  *
  * - local, instant: this gateway's in-flight count and the latencies it
  *   observes (Peak EWMA as Finagle and Linkerd for latencyMs(); a mean of
@@ -16,9 +16,9 @@
  *     wait = s × (1 + max(0, o + 1 − c) / c + β × min(o, c) / c) × penalty
  *
  * (a deterministic M/D/c approximation; β, `utilizationWeight`, prefers the
- * less busy of two backends that both have a free slot, DESIGN.md "equal
+ * less busy of two backends that both have a free slot, rule 3, "equal
  * expected wait"). Latency × (in-flight + 1) alone is the special case c = 1
- * and, as DESIGN.md records, sends a five times slower backend a few percent of
+ * and, as rule 4 records, sends a five times slower backend a few percent of
  * the traffic while faster ones have idle slots: capacity fixes that.
  *
  * - `o` = local in-flight now + hidden load (what the agent sees minus what

@@ -2,7 +2,7 @@
  * Option readers shared by createEndpointLoad and createStrategy. Options come
  * from the user as `Record<string, unknown>` (LoadBalanceOptions.load and
  * .strategyOptions), so every figure is checked once, at construction, and a
- * bad one throws a coded LW_GW_INVALID_OPTION (STYLE.md habit 3: validate at
+ * bad one throws a coded LW_GW_INVALID_OPTION (docs/architecture.md, rule 7: validate at
  * the edges only; the pick path never throws).
  */
 import { GatewayError, invalidOption } from '../errors';

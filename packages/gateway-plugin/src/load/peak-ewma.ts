@@ -9,7 +9,7 @@
  *
  * One difference, on purpose: on read, Finagle and tower decay the estimate
  * towards 0 so an idle, once-slow host gets probed again. A zero estimate makes
- * a host look free (DESIGN.md, "Lessons already learned": a prototype that
+ * a host look free (docs/architecture.md, rule 2: a prototype that
  * scored unknown latency as zero sent its first 70 requests to the slowest
  * backend), so we decay a peak towards the windowed minimum latency instead:
  * the spike is forgotten, the host's demonstrated best is not.

@@ -203,7 +203,7 @@ describe('load-aware: local signals', () => {
       run(sim, 200, { window: 10 }); // the first picks find out every latency
       return run(sim, 5000, { window: 10 })[2]!;
     };
-    // Peak EWMA (latency × (in-flight + 1)) still sends the slow one some traffic: DESIGN.md's lesson.
+    // Peak EWMA (latency × (in-flight + 1)) still sends the slow one some traffic: docs/architecture.md, rule 4.
     expect(slowShare('peak-ewma')).toBeGreaterThan(0.02);
     // load-aware: nothing but the probes that keep its idle estimate honest (one when the
     // estimate has regressed towards the peers', at most one per serviceDecayMs = 1 s):

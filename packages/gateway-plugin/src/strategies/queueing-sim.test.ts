@@ -1,6 +1,6 @@
 /**
  * A discrete-event queueing simulation (simulated time, seeded random: no
- * sleeps, no wall-clock thresholds) that checks the claim in DESIGN.md: the
+ * sleeps, no wall-clock thresholds) that checks the claim of docs/architecture.md, rule 4: the
  * default strategy must beat least connections where hidden load exists and
  * never be worse where none does. Backends are c-slot FIFO servers with
  * exponential service times; arrivals are Poisson; an agent per backend
@@ -306,7 +306,7 @@ describe('queueing simulation: load-aware against least-in-flight', () => {
     expect(la.meanMs).toBeLessThan(lif.meanMs * 1.1);
   });
 
-  it('DESIGN.md capacities 800/800/200 at 67% load, local signals only: better than least-in-flight', () => {
+  it('rule 4 capacities 800/800/200 at 67% load, local signals only: better than least-in-flight', () => {
     const sc: Scenario = {
       backends: [
         { slots: 8, serviceMs: 10 },

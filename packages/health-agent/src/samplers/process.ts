@@ -5,7 +5,7 @@ import { AgentError } from '../errors';
 /**
  * Per-process CPU and RSS from /proc/<pid>/stat and /proc/<pid>/status
  * (proc(5)). systeminformation's processLoad() spawns `ps` on every call and
- * doubles the agent's cost (DESIGN.md); two small file reads do not.
+ * doubles the agent's cost (docs/architecture.md, rule 6); two small file reads do not.
  */
 export const DEFAULT_CLOCK_TICKS_PER_S = 100; // sysconf(_SC_CLK_TCK) is 100 on every mainstream Linux ABI
 
