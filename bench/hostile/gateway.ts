@@ -9,7 +9,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
-import { fail, onShutdown, readConfig, tell } from '../procs/child';
+import { closeServer, fail, onShutdown, readConfig, tell } from '../procs/child';
 
 export interface HostileGatewayConfig {
   options: LoadBalanceOptions;
@@ -44,8 +44,7 @@ async function main(): Promise<void> {
     server.listen({ port: 0, host: '127.0.0.1', backlog: 4096 }, resolve);
   });
   onShutdown(async () => {
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await closeServer(server);
     await lb.close();
   });
   tell({ type: 'ready', port: (server.address() as AddressInfo).port });

@@ -14,7 +14,7 @@ import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import express from 'express';
 import { trackRequests } from '@loadwise/health-agent';
-import { fail, onShutdown, readConfig, tell } from './child';
+import { closeServer, fail, onShutdown, readConfig, tell } from './child';
 
 export const STATS_PATH = '/.well-known/loadwise/stats';
 
@@ -90,8 +90,7 @@ async function main(): Promise<void> {
   onShutdown(async () => {
     tracker.close();
     agentServer.close();
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await closeServer(server);
   });
   tell({ type: 'ready', port, agentCheckPort, pid: process.pid });
 }

@@ -1,3 +1,4 @@
+import type { Server } from 'node:http';
 /** Helpers for the bench's child processes: config from argv, messages to the parent. */
 export function readConfig<T>(): T {
   const raw = process.argv[2];
@@ -7,6 +8,12 @@ export function readConfig<T>(): T {
 
 export function tell(msg: Record<string, unknown>): void {
   if (process.send) process.send(msg);
+}
+
+/** Closes an HTTP server now: keep-alive connections dropped, resolves once it is closed. */
+export async function closeServer(server: Server): Promise<void> {
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
 }
 
 /** Runs `close` on SIGTERM/SIGINT or when the parent goes away, then exits. */

@@ -7,7 +7,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { createProxyMiddleware } from 'http-proxy-middleware';
-import { fail, onShutdown, readConfig, tell } from './child';
+import { closeServer, fail, onShutdown, readConfig, tell } from './child';
 import { answerDiagMessages, startDiag } from './gateway-diag';
 
 interface HpmConfig {
@@ -38,8 +38,7 @@ async function main(): Promise<void> {
   });
   answerDiagMessages(diag);
   onShutdown(async () => {
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await closeServer(server);
   });
   tell({ type: 'ready', port: (server.address() as AddressInfo).port });
 }

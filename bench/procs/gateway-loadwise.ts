@@ -9,7 +9,7 @@ import type { Server } from 'node:http';
 import express from 'express';
 import { loadBalance, runWorkers, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
-import { fail, onShutdown, readConfig, tell } from './child';
+import { closeServer, fail, onShutdown, readConfig, tell } from './child';
 import { answerDiagMessages, startDiag } from './gateway-diag';
 
 interface LoadwiseConfig {
@@ -61,8 +61,7 @@ async function mainWorkers(cfg: LoadwiseConfig, workers: number): Promise<void> 
       const { balancer, server } = await startGateway(cfg);
       return {
         close: async () => {
-          server.closeAllConnections();
-          await new Promise<void>((resolve) => server.close(() => resolve()));
+          await closeServer(server);
           await balancer.close();
         },
       };
@@ -121,8 +120,7 @@ async function main(): Promise<void> {
   });
   onShutdown(async () => {
     if (tracer) clearInterval(tracer);
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await closeServer(server);
     await balancer.close();
   });
   tell({ type: 'ready', port: (server.address() as AddressInfo).port });

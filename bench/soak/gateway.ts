@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
-import { fail, onShutdown, readConfig, tell } from '../procs/child';
+import { closeServer, fail, onShutdown, readConfig, tell } from '../procs/child';
 
 async function main(): Promise<void> {
   const cfg = readConfig<{
@@ -57,8 +57,7 @@ async function main(): Promise<void> {
     });
   });
   onShutdown(async () => {
-    server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await closeServer(server);
     await lb.close();
   });
   tell({ type: 'ready', port: (server.address() as AddressInfo).port });

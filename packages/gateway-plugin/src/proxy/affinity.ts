@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { AffinityOptions } from '../options';
-import { clientAddress } from './forwarded';
+import { clientAddress, firstForwarded } from './forwarded';
 
 const MAX_KEY_LENGTH = 256;
 
@@ -81,7 +81,5 @@ export function cookieIsSecure(
   if (typeof setting === 'boolean') return setting;
   if ((req.socket as { encrypted?: boolean }).encrypted === true) return true;
   if (!trustForwarded) return false;
-  const v = req.headers['x-forwarded-proto'];
-  const first = (Array.isArray(v) ? v[0] : v)?.split(',')[0]?.trim().toLowerCase();
-  return first === 'https';
+  return firstForwarded(req, 'x-forwarded-proto')?.toLowerCase() === 'https';
 }

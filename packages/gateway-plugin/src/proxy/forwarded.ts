@@ -94,11 +94,16 @@ export function stripHopByHop(req: IncomingMessage): void {
   for (const name of HOP_BY_HOP) delete h[name];
 }
 
+/** The first entry of a comma-separated X-Forwarded-* header (what the outermost proxy saw). */
+export function firstForwarded(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return (Array.isArray(v) ? v[0] : v)?.split(',')[0]?.trim();
+}
+
 /** The client address as the gateway trusts it (first X-Forwarded-For hop only when trusted). */
 export function clientAddress(req: IncomingMessage, trust: boolean): string {
   if (trust) {
-    const xff = req.headers['x-forwarded-for'];
-    const first = (Array.isArray(xff) ? xff[0] : xff)?.split(',')[0]?.trim();
+    const first = firstForwarded(req, 'x-forwarded-for');
     if (first) return first;
   }
   return req.socket.remoteAddress ?? '';
