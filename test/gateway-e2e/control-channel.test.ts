@@ -191,10 +191,15 @@ describe.each(brokerTargets())('control channel under attack on $name', (target)
       // and c (a new request there waits >= 3.25 service times against a's 2). One slow
       // response on a (the gateway's peak latency memory of it, decaying over ~2 s) can
       // idle it for a while on top: the round is long enough to see it come back.
+      // What this test holds is "never excluded": a forged `draining` status took a to 0
+      // before the fix. How large a's part is under the penalty is a property of the
+      // expected-wait routing and the machine's timing (measured 0.042-0.14 over fresh-clone
+      // runs, lowest on the in-process aedes broker), so the bound is 1% of 2,400
+      // requests (24), not a share.
       const result = await fire({ url: `${gw.url}/work`, total: 8 * REQUESTS, concurrency: 24 });
       expect(failed(result)).toBe(0);
       const s = shares(result);
-      expect(s['a']).toBeGreaterThan(0.05);
+      expect(s['a']).toBeGreaterThan(0.01);
       const penalty = (
         gw.lb.balancer.registry.get('a')!.load.snapshot(Date.now()) as {
           penaltyFactor: number;
