@@ -5,7 +5,10 @@
 const common = {
   testEnvironment: 'node',
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.jest.json' }] },
-  moduleNameMapper: { '^@loadwise/([a-z-]+)$': '<rootDir>/packages/$1/src' },
+  moduleNameMapper: {
+    '^@loadwise/([a-z-]+)/internals$': '<rootDir>/packages/$1/src/internals',
+    '^@loadwise/([a-z-]+)$': '<rootDir>/packages/$1/src',
+  },
 };
 
 /** @type {import('jest').Config} */

@@ -14,10 +14,10 @@
 import {
   createSeededRandom,
   loadBalance,
-  type Balancer,
   type Endpoint,
   type Logger,
 } from '@loadwise/gateway-plugin';
+import { internals, type Balancer } from '@loadwise/gateway-plugin/internals';
 
 const quiet: Logger = { info: () => {}, warn: () => {}, error: () => {} };
 const STEP_MS = 0.0005;
@@ -54,7 +54,7 @@ function rig(n: number, variant: DispatchVariant, seed: number): Rig {
     // and excludes nothing, as on a gateway that is not overloaded.
     ...(variant.endsWith('maxExpectedWaitMs') ? { saturation: { maxExpectedWaitMs: 5_000 } } : {}),
   });
-  const lb = mw.balancer;
+  const lb = internals(mw);
   const random = createSeededRandom(seed + 99);
   // History: every backend has served requests (5-50 ms), as in run.ts's cluster().
   for (const b of lb.registry.eligible) {

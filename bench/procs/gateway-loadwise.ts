@@ -11,6 +11,7 @@ import { loadBalance, runWorkers, type LoadBalanceOptions } from '@loadwise/gate
 import { parseKeyFile } from '@loadwise/protocol';
 import { closeServer, fail, onShutdown, readConfig, tell } from './child';
 import { answerDiagMessages, startDiag } from './gateway-diag';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 interface LoadwiseConfig {
   options: LoadBalanceOptions;
@@ -86,7 +87,7 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   let tracer: NodeJS.Timeout | undefined;
   if (cfg.traceEveryMs) {
-    const b = balancer.balancer;
+    const b = internals(balancer);
     tracer = setInterval(() => {
       const inFlight: Record<string, number> = {};
       let sockets = 0;

@@ -16,6 +16,7 @@ import {
   type TestServer,
 } from '../gateway/kit';
 import { openSse, type SseStream } from './sse';
+import { dashboardOf } from '@loadwise/gateway-plugin/internals';
 
 const TOKEN = 'dash-0123456789abcdef';
 const STATUS_TOKEN = 'status-0123456789';
@@ -125,7 +126,7 @@ describe('assets', () => {
 
 describe('the event stream', () => {
   it('starts with the frame, history and events, then ticks; one timer only while watched', async () => {
-    const d = gw.lb.dashboard!;
+    const d = dashboardOf(gw.lb)!;
     expect(d.stream.sampling).toBe(false);
     const s = await watch();
     expect(s.status).toBe(200);
@@ -213,7 +214,7 @@ it('close() ends every open stream, so the HTTP server can close', async () => {
     await s.next('init');
     await own.lb.close();
     await s.ended;
-    expect(own.lb.dashboard!.stream.sampling).toBe(false);
+    expect(dashboardOf(own.lb)!.stream.sampling).toBe(false);
     const after = await send(`${own.url}${PATH}/events?token=${TOKEN}`);
     expect(after.status).toBe(503);
   } finally {

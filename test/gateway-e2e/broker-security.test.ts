@@ -35,6 +35,7 @@ import {
 } from '../kit/tls-mosquitto';
 import { startGateway, type TestGateway } from './gateway';
 import { failed, fire } from './load';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 jest.setTimeout(60_000);
 
@@ -216,7 +217,7 @@ function acl(prefix: string): string[] {
       },
     });
     const unreachable: unknown[] = [];
-    rogueLb.balancer.events.on('broker-unreachable', (e: unknown) => unreachable.push(e));
+    internals(rogueLb).events.on('broker-unreachable', (e: unknown) => unreachable.push(e));
     try {
       await expect(rogueLb.ready({ timeoutMs: 3_000 })).rejects.toMatchObject({
         code: 'LW_GW_BROKER_UNREACHABLE',

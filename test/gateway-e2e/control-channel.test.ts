@@ -31,6 +31,7 @@ import { eventually, startFleet, type Fleet } from '../kit/fleet';
 import { runHostile } from '../kit/hostile';
 import { counter, startGateway, type TestGateway } from './gateway';
 import { failed, fire, shares } from './load';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Every claim that would take a backend out of rotation, if believed. */
 const HOSTILE: MetricsBody = {
@@ -201,7 +202,7 @@ describe.each(brokerTargets())('control channel under attack on $name', (target)
       const s = shares(result);
       expect(s['a']).toBeGreaterThan(0.01);
       const penalty = (
-        gw.lb.balancer.registry.get('a')!.load.snapshot(Date.now()) as {
+        internals(gw.lb).registry.get('a')!.load.snapshot(Date.now()) as {
           penaltyFactor: number;
         }
       ).penaltyFactor;

@@ -107,7 +107,7 @@ export async function counter(
   name: string,
   labels: Record<string, string>,
 ): Promise<number> {
-  const metric = gw.lb.balancer.metrics.registry.getSingleMetric(`loadwise_${name}`);
+  const metric = gw.lb.balancer.metricsRegistry.getSingleMetric(`loadwise_${name}`);
   if (!metric) throw new Error(`no metric loadwise_${name}`);
   const { values } = await metric.get();
   let sum = 0;

@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 describe('saturation', () => {
   let held: ServerResponse[] = [];
@@ -91,7 +92,7 @@ describe('self-overload', () => {
     });
     const changes: boolean[] = [];
     gw.lb.balancer.on('overload', (e) => changes.push(e.overloaded));
-    const overloaded = once(gw.lb.balancer.events, 'overload');
+    const overloaded = once(internals(gw.lb).events, 'overload');
     // Block the event loop for 400 ms: the next sample sees the delay.
     const until = Date.now() + 400;
     while (Date.now() < until) {
@@ -103,7 +104,7 @@ describe('self-overload', () => {
     expect(shed.headers['x-loadwise-error']).toBe('LW_GW_OVERLOADED');
     expect(Number(shed.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     // Once samples are calm again, requests flow.
-    while (gw.lb.balancer.overload!.overloaded) await new Promise((r) => setTimeout(r, 10));
+    while (internals(gw.lb).overload!.overloaded) await new Promise((r) => setTimeout(r, 10));
     expect((await send(`${gw.url}/`)).status).toBe(200);
     expect(changes).toEqual([true, false]);
   });

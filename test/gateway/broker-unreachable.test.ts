@@ -8,6 +8,7 @@
 import { once } from 'node:events';
 import { loadBalance, startEmbeddedBroker, type BalancerEvents } from '@loadwise/gateway-plugin';
 import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 function captureLogger(): {
   lines: string[];
@@ -61,7 +62,7 @@ describe('saying what is wrong', () => {
       expect((await send(`${gw.url}/x`)).status).toBe(200);
 
       // The broker comes: connected, and a line says so.
-      const connected = once(gw.lb.balancer.events, 'broker-connected');
+      const connected = once(internals(gw.lb).events, 'broker-connected');
       broker = await startEmbeddedBroker({ port });
       await connected;
       await gw.lb.ready({ timeoutMs: 1000 });
@@ -80,7 +81,7 @@ describe('saying what is wrong', () => {
       logger: captureLogger(),
     });
     // Attached in the same tick as the constructor: before any connection attempt ends.
-    const unreachable = once(lb.balancer.events, 'broker-unreachable');
+    const unreachable = once(internals(lb).events, 'broker-unreachable');
     try {
       const [e] = (await unreachable) as BalancerEvents['broker-unreachable'];
       expect(e.url).toBe(url);

@@ -10,6 +10,7 @@ import type { ServerResponse } from 'node:http';
 import { createEncoder, signPayload, type SigningKey } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default (SECURITY.md). */
 const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };
@@ -110,7 +111,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     await gw.lb.ready();
     const client = await connectClient(broker.url);
     try {
-      const draining = once(gw.lb.balancer.events, 'backend-draining');
+      const draining = once(internals(gw.lb).events, 'backend-draining');
       const s = createEncoder({ backendId: 'a', prefix, key }).status('draining');
       await client.publishAsync(s.topic, s.payload, { qos: 1 });
       expect(await draining).toEqual([{ id: 'a' }]);
@@ -142,7 +143,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       const inFlight = send(`${gw.url}/slow`);
       await until(() => held.length === 1);
       const client = await connectClient(broker.url);
-      const draining = once(gw.lb.balancer.events, 'backend-draining');
+      const draining = once(internals(gw.lb).events, 'backend-draining');
       const s = createEncoder({ backendId: 'h', prefix, key }).status('draining');
       await client.publishAsync(s.topic, s.payload, { qos: 1 });
       await endClient(client);
@@ -222,21 +223,21 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       const m = enc.metrics(metricsBody);
       await client.publishAsync(m.topic, m.payload, { qos: 1 });
       await until(() => gw!.lb.balancer.snapshot().backends[0]!.reportFresh);
-      const stale = once(gw.lb.balancer.events, 'metrics-stale');
+      const stale = once(internals(gw.lb).events, 'metrics-stale');
       const will = enc.status('offline', { will: true });
       await client.publishAsync(will.topic, will.payload, { qos: 1 });
       expect(await stale).toEqual([expect.objectContaining({ id: 'a' })]);
       expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
       expect((await send(`${gw.url}/`)).status).toBe(200);
 
-      const down = once(gw.lb.balancer.events, 'backend-down');
+      const down = once(internals(gw.lb).events, 'backend-down');
       const off = enc.status('offline', { reason: 'maintenance' });
       await client.publishAsync(off.topic, off.payload, { qos: 1 });
       expect(await down).toEqual([{ id: 'a', reason: 'agent reported offline' }]);
       const r = await send(`${gw.url}/`);
       expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
 
-      const up = once(gw.lb.balancer.events, 'backend-up');
+      const up = once(internals(gw.lb).events, 'backend-up');
       const online = enc.status('online');
       await client.publishAsync(online.topic, online.payload, { qos: 1 });
       await up;

@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
 const otherKey = { keyId: 'k1', secret: Buffer.alloc(32, 8) };
@@ -85,7 +86,7 @@ describe('discovery', () => {
       'LW_GW_REGISTRATION_REJECTED',
     ]);
 
-    const added = once(g.lb.balancer.events, 'backend-added');
+    const added = once(internals(g.lb).events, 'backend-added');
     const good = agent.registration(a.url);
     await publish(url, good.topic, good.payload);
     expect(await added).toEqual([{ id: 'new', url: `${a.url}/` }]);

@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import { Registry } from 'prom-client';
 import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 describe('gateway health', () => {
   let a: TestServer;
@@ -39,7 +40,7 @@ describe('gateway health', () => {
       healthCheck: { path: '/healthz', intervalMs: 20, unhealthyThreshold: 2 },
       outlier: { consecutiveFailures: 1000 },
     });
-    const down = once(gw.lb.balancer.events, 'backend-down');
+    const down = once(internals(gw.lb).events, 'backend-down');
     expect(await down).toEqual([{ id: 'sick', reason: 'active health check failed' }]);
     for (let i = 0; i < 4; i++)
       expect((await send(`${gw.url}/`)).json<{ id: string }>().id).toBe('a');
@@ -58,7 +59,7 @@ describe('gateway health', () => {
       metricsPath: '/_lb/metrics',
       metricsRegistry: registry,
     });
-    const ejected = once(gw.lb.balancer.events, 'backend-ejected');
+    const ejected = once(internals(gw.lb).events, 'backend-ejected');
     const statuses: number[] = [];
     for (let i = 0; i < 6; i++) statuses.push((await send(`${gw.url}/`)).status);
     // 5xx answers are proxied as they are (not retried), and count as failures.

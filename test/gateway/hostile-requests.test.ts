@@ -17,6 +17,7 @@ import {
   type RawExchange,
   type SlowClient,
 } from './raw-http';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 // Real processes and sockets on a shared machine: jest's 5 s default (the
 // project's testTimeout is not applied per project) is too tight for a fork.
@@ -94,7 +95,7 @@ async function gateway(
       await lb.close();
     },
     metric: async (name, code) =>
-      counterValue(await lb.balancer.metrics.registry.metrics(), name, code),
+      counterValue(await lb.balancer.metricsRegistry.metrics(), name, code),
   };
 }
 
@@ -215,7 +216,7 @@ describe('a backend answer Node cannot relay', () => {
       [200, 'ok', undefined],
     );
     // Those were the backend's failures: counted against it.
-    expect(await gw.lb.balancer.metrics.registry.metrics()).toMatch(
+    expect(await gw.lb.balancer.metricsRegistry.metrics()).toMatch(
       /^loadwise_backend_errors_total\{backend="b",kind="5xx"\} 2$/m,
     );
     expect(await gw.metric('backend_errors_total')).toBe(2);
@@ -398,7 +399,7 @@ describe('slow clients', () => {
     expect(await gw.metric('rejected_requests_total', 'LW_GW_CLIENT_LIMIT')).toBe(16);
     // Slots come back when the requests end.
     for (const c of slow) c.socket.destroy();
-    await until(() => gw!.lb.balancer.flow.clients?.clients === 0);
+    await until(() => internals(gw!.lb).flow.clients?.clients === 0);
     const again = await rawExchange(gw.port, get, { responses: 1, localAddress: '127.0.0.2' });
     expect(again.responses[0]?.status).toBe(200);
     await held.close();

@@ -11,6 +11,7 @@ import { connect } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default. */
 const key = { keyId: 'k1', secret: randomBytes(32) };
@@ -41,13 +42,13 @@ describe('lifecycle', () => {
     });
     try {
       await gw.lb.ready();
-      const lost = once(gw.lb.balancer.events, 'broker-lost');
+      const lost = once(internals(gw.lb).events, 'broker-lost');
       await broker.close();
       await lost;
       expect(gw.lb.balancer.brokerConnected).toBe(false);
       expect((await send(`${gw.url}/`)).body).toBe('ok');
 
-      const back = once(gw.lb.balancer.events, 'broker-connected');
+      const back = once(internals(gw.lb).events, 'broker-connected');
       broker = await startEmbeddedBroker({ port });
       await back;
       const client = await connectClient(broker.url);
@@ -143,8 +144,8 @@ describe('graceful close', () => {
       await closing;
       // Closed: failures now (enough to eject) are not reported.
       for (let i = 0; i < 10; i++)
-        gw.lb.balancer.outlier.onFailure(gw.lb.balancer.registry.get('slow')!);
-      gw.lb.balancer.events.emit('backend-ejected', {
+        internals(gw.lb).outlier.onFailure(internals(gw.lb).registry.get('slow')!);
+      internals(gw.lb).events.emit('backend-ejected', {
         id: 'slow',
         durationMs: 1,
         consecutiveFailures: 1,
@@ -170,7 +171,7 @@ describe('graceful close', () => {
       const r = await inFlight;
       expect(r.status).toBe(503);
       expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
-      expect(gw.lb.balancer.registry.get('hold')!.failures).toBe(0);
+      expect(internals(gw.lb).registry.get('hold')!.failures).toBe(0);
     } finally {
       for (const r of held) r.end();
       await gw.close();

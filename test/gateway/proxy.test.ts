@@ -7,6 +7,7 @@
 import { createServer, request } from 'node:http';
 import type { Socket } from 'node:net';
 import { listen, send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 interface Echo {
   id: string;
@@ -198,7 +199,7 @@ describe('proxying', () => {
       gw = await startGateway({ backends: [{ id: 'ka', url: ka.url }] });
       for (let i = 0; i < 5; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
       expect(connections).toBe(1);
-      const agent = gw.lb.balancer.registry.get('ka')!.agent;
+      const agent = internals(gw.lb).registry.get('ka')!.agent;
       const free = Object.values(agent.freeSockets).flat();
       expect(free).toHaveLength(1);
       // Node retires it one second before the server's announced timeout.

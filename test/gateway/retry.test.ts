@@ -14,6 +14,7 @@ import {
   type TestGateway,
   type TestServer,
 } from './kit';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 describe('retries and failure answers', () => {
   let good: TestServer;
@@ -137,9 +138,9 @@ describe('retries and failure answers', () => {
 
   it('answers 503 LW_GW_NO_BACKEND with Retry-After when every backend is draining', async () => {
     gw = await startGateway({ backends: [{ id: 'good', url: good.url }] });
-    const backend = gw.lb.balancer.registry.get('good')!;
+    const backend = internals(gw.lb).registry.get('good')!;
     backend.agentState = 'draining';
-    gw.lb.balancer.registry.recompute();
+    internals(gw.lb).registry.recompute();
     const r = await send(`${gw.url}/`);
     expect(r.status).toBe(503);
     expect(r.headers['retry-after']).toBe('1');

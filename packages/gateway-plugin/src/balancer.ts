@@ -14,6 +14,7 @@ import {
 } from '@loadwise/protocol';
 import { GatewayError, type DropReason } from './errors';
 import { BalancerEmitter, type BalancerEvents } from './events';
+import type { BalancerHandle } from './handle';
 import { DrainRate } from './admission/drain-rate';
 import { OverloadMonitor } from './admission/overload-monitor';
 import { RetryBudget } from './admission/retry-budget';
@@ -50,7 +51,7 @@ const FRESHNESS_SWEEP_MS = 1000;
  */
 const SATURATED_REPICKS = 4;
 
-export class Balancer {
+export class Balancer implements BalancerHandle {
   readonly events: BalancerEmitter;
   readonly strategy: Strategy;
   readonly registry: Registry;
@@ -195,6 +196,10 @@ export class Balancer {
   /** URL of the broker (the embedded one's, once started). */
   get brokerUrl(): string | undefined {
     return this.source?.url;
+  }
+
+  get metricsRegistry(): BalancerHandle['metricsRegistry'] {
+    return this.metrics.registry;
   }
 
   get brokerConnected(): boolean | null {

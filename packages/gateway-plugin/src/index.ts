@@ -1,5 +1,5 @@
 export { loadBalance, type LoadBalancerMiddleware } from './load-balance';
-export { Balancer } from './balancer';
+export type { BalancerHandle } from './handle';
 export type { BalancerEvents } from './events';
 export {
   GatewayError,
@@ -9,7 +9,33 @@ export {
   type DropReason,
 } from './errors';
 export { ERROR_CODE_HEADER } from './error-response';
-export * from './options';
+export {
+  DEFAULT_STRATEGY,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  DEFAULT_IDEMPOTENT_METHODS,
+  DEFAULT_DECISION_HEADER,
+  DEFAULT_MAX_SOCKETS,
+  DEFAULT_RETRY_MAX_BODY_BYTES,
+  DEFAULT_CLOSE_GRACE_MS,
+  DEFAULT_READY_TIMEOUT_MS,
+  DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+  DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+  type AffinityOptions,
+  type BackendConfig,
+  type BrokerOption,
+  type BrokerUrlOptions,
+  type DiscoveryOptions,
+  type HealthCheckOptions,
+  type LoadBalanceOptions,
+  type Logger,
+  type MessageLimitOptions,
+  type OutlierOptions,
+  type OverloadOptions,
+  type ProxyEventHooks,
+  type RetryOptions,
+  type SaturationOptions,
+} from './options';
 export type { DashboardOptions } from './dashboard/options';
 export {
   startEmbeddedBroker,
@@ -28,7 +54,15 @@ export {
   type Pick,
   type PickContext,
 } from './strategies';
-export type { BalancerSnapshot, BackendSnapshot, BackendStateName } from './observability';
+export type {
+  BalancerSnapshot,
+  BackendSnapshot,
+  BackendStateName,
+  ReportedLoad,
+  UpstreamErrorKind,
+  ShedReason,
+  GatewayTotals,
+} from './observability';
 export {
   statusHandler,
   metricsHandler,

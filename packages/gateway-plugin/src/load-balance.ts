@@ -15,7 +15,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Balancer } from './balancer';
-import { createDashboard, type Dashboard } from './dashboard';
+import { createDashboard } from './dashboard';
+import type { BalancerHandle } from './handle';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
 import type { LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
@@ -23,16 +24,14 @@ import { takeUpgrade } from './upgrade-routing';
 
 export interface LoadBalancerMiddleware {
   (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void;
-  /** The balancer: events, snapshot(), brokerUrl, ready(). */
-  readonly balancer: Balancer;
+  /** The running balancer: events, snapshot(), the broker connection, the metrics registry. */
+  readonly balancer: BalancerHandle;
   /**
    * Raw WebSocket upgrade handler: every upgrade goes to this balancer's
    * backends, with no middleware and no mount path. In an app, use
    * `server.on('upgrade', routeUpgrades(app))` instead.
    */
   readonly upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
-  /** The dashboard (viewers, sampling, recent events) when the `dashboard` option is on. */
-  readonly dashboard: Dashboard | undefined;
   /**
    * Resolves once the broker is connected (at once without one); rejects with
    * LW_GW_BROKER_UNREACHABLE after `timeoutMs` (default 10 000).
@@ -55,7 +54,7 @@ function pathOf(url: string | undefined): string {
 export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
   const options = resolveOptions(opts);
   const balancer = new Balancer(options);
-  const getSnapshot = (): ReturnType<Balancer['snapshot']> => balancer.snapshot();
+  const getSnapshot = (): ReturnType<BalancerHandle['snapshot']> => balancer.snapshot();
   const status: HttpHandler | undefined =
     options.statusPath === undefined
       ? undefined

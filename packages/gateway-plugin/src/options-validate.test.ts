@@ -233,8 +233,8 @@ describe('loadBalance options', () => {
   it('names the metrics with metricsPrefix', async () => {
     const lb = loadBalance({ ...base, metricsPrefix: 'gw_', healthCheck: false, overload: false });
     try {
-      expect(lb.balancer.metrics.registry.getSingleMetric('gw_picks_total')).toBeDefined();
-      expect(lb.balancer.metrics.registry.getSingleMetric('loadwise_picks_total')).toBeUndefined();
+      expect(lb.balancer.metricsRegistry.getSingleMetric('gw_picks_total')).toBeDefined();
+      expect(lb.balancer.metricsRegistry.getSingleMetric('loadwise_picks_total')).toBeUndefined();
     } finally {
       await lb.close();
     }

@@ -7,7 +7,10 @@ export type {
   TrackRequestsOptions,
   TrackerSnapshot,
   RequestTracker,
+  RiseWait,
+  Next,
 } from './tracker/track-requests';
+export type { SnapshotProvider } from './queue/tracker-source';
 export { createAgent } from './agent';
 export type { Agent, AgentEvents, MetricsBody } from './agent';
 export type { AgentOptions, QueueOptions, ResolvedAgentOptions } from './options';

@@ -88,13 +88,12 @@ export type MessageBody<M extends Message> = Omit<
 >;
 /** The body of a metrics report: the agent's figures. */
 export type MetricsBody = MessageBody<MetricsReport>;
-type Body<M extends Message> = MessageBody<M>;
 
 /** One agent's encoder: stamps version, ids, (epochMs, seq) and ts on every message. */
 export interface Encoder {
   readonly backendId: string;
   readonly epochMs: number;
-  metrics(body: Body<MetricsReport>): EncodedMessage<MetricsReport>;
+  metrics(body: MessageBody<MetricsReport>): EncodedMessage<MetricsReport>;
   status(
     state: BackendState,
     extra?: { will?: boolean; reason?: string },

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { loadBalance, type LoadBalancerMiddleware } from '../load-balance';
 import type { InitMessage } from './stream';
+import { dashboardOf } from '../internals';
 
 /** A response that records what is written; `writableLength` is what the test says is unsent. */
 class RecordingResponse extends EventEmitter {
@@ -65,12 +66,12 @@ afterEach(async () => {
 
 function open(): RecordingResponse {
   const res = new RecordingResponse();
-  lb.dashboard!.stream.open(request, res as unknown as ServerResponse);
+  dashboardOf(lb)!.stream.open(request, res as unknown as ServerResponse);
   return res;
 }
 
 it('runs one timer for all viewers, only while someone watches', () => {
-  const stream = lb.dashboard!.stream;
+  const stream = dashboardOf(lb)!.stream;
   expect(jest.getTimerCount()).toBe(1); // the balancer's own freshness sweep
   const a = open();
   const b = open();
@@ -110,5 +111,5 @@ it('drops a viewer that stops reading, and refuses viewers over the cap', () => 
   jest.advanceTimersByTime(1000);
   expect(slow.destroyed).toBe(true);
   expect(ok.destroyed).toBe(false);
-  expect(lb.dashboard!.stream.viewerCount).toBe(1);
+  expect(dashboardOf(lb)!.stream.viewerCount).toBe(1);
 });

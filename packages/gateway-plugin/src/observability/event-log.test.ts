@@ -11,6 +11,7 @@ import {
   describeEvent,
   type LogLevel,
 } from './event-log';
+import { internals } from '../internals';
 
 interface Line {
   level: LogLevel;
@@ -284,7 +285,7 @@ describe('loadBalance({ logger: pino() })', () => {
       logger: pino({ level: 'info' }, sink),
     });
     try {
-      lb.balancer.events.emit('backend-ejected', {
+      internals(lb).events.emit('backend-ejected', {
         id: 'b1',
         durationMs: 30_000,
         consecutiveFailures: 5,

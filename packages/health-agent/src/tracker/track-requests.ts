@@ -80,7 +80,8 @@ export const MAX_RISE_WATCHERS = 8;
 /** Longest a rise watch may be held, ms. */
 export const MAX_RISE_WAIT_MS = 60_000;
 
-type Next = (err?: unknown) => void;
+/** Express's `next`: the tracker passes the request on, or an error. */
+export type Next = (err?: unknown) => void;
 
 /** The middleware (Express, connect or a plain http handler with a `next`), plus its figures. */
 export interface RequestTracker {
