@@ -1,6 +1,6 @@
 // `npm run test:chaos`: the chaos scenarios (test/chaos) at full length. The
 // same files run in `npm test` (the e2e project) in their short versions;
-// LW_CHAOS=full selects the long ones (test/chaos/kit.ts). Set here, before
+// LW_CHAOS=full selects the long ones (test/kit/chaos.ts). Set here, before
 // jest starts its workers, so they inherit it.
 process.env.LW_CHAOS = 'full';
 const base = require('./jest.config.js');

@@ -7,7 +7,7 @@
  * until traffic is served again after the restart.
  */
 import { eventually } from '../kit/fleet';
-import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
 
 const DOWN_MS = scale(2_000, 10_000);
 const RATE = scale(60, 100);

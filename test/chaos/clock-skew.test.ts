@@ -11,8 +11,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { eventually } from '../kit/fleet';
-import { counter } from '../gateway-e2e/gateway';
-import { openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
+import { counter } from '../kit/gateway';
+import { openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
 
 const SKEW_MS = 5 * 60_000;
 const RUN_MS = scale(2_000, 20_000);

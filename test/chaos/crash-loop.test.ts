@@ -8,7 +8,7 @@
  * out of rotation, time until it was marked up after listening again.
  */
 import { eventually } from '../kit/fleet';
-import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
 
 const CYCLES = scale(2, 10);
 const DOWN_MS = scale(500, 2_000);

@@ -14,7 +14,7 @@
  */
 import { eventually } from '../kit/fleet';
 import { startFaultProxy, type Fault, type FaultProxy } from '../kit/fault-proxy';
-import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
 
 const FAULT_MS = scale(1_000, 10_000);
 const RATE = scale(60, 100);

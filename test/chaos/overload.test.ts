@@ -8,7 +8,7 @@
  * with Retry-After for the excess. Figures (throughput against the 120 req/s
  * capacity, 503s) are printed, not asserted: the machine is shared.
  */
-import { openLoad, report, scale, tally, useSignedFleet } from './kit';
+import { openLoad, report, scale, tally, useSignedFleet } from '../kit/chaos';
 
 const SLOTS = 2;
 const SERVICE_MS = 50;

@@ -11,7 +11,7 @@
  * within the first half of the ramp and had a fair part of the traffic after it.
  */
 import { eventually } from '../kit/fleet';
-import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
+import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
 
 const SLOW_START_MS = scale(2_400, 15_000);
 const DOWN_MS = scale(1_000, 5_000);

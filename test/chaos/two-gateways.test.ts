@@ -7,7 +7,7 @@
  * clients see their connections cut (printed).
  */
 import { forkProc, type Proc } from '../../bench/lib/procs';
-import { openLoad, report, scale, sleep, tally, useSignedFleet } from './kit';
+import { openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
 
 const RUN_MS = scale(2_000, 20_000);
 const RATE = scale(50, 80);

@@ -25,9 +25,9 @@ import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
-import { listen, type TestServer } from '../gateway/kit';
-import { startGateway, type TestGateway } from '../gateway-e2e/gateway';
-import { startLoad, type RunningLoad } from '../gateway-e2e/load';
+import { listen, type TestServer } from '../kit/http';
+import { startGateway, type TestGateway } from '../kit/gateway';
+import { startLoad, type RunningLoad } from '../kit/load';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const IN_CI = process.env.CI === 'true';

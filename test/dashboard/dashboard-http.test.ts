@@ -7,15 +7,9 @@
  */
 import type { Frame } from '../../packages/gateway-plugin/src/dashboard/frame';
 import type { InitMessage } from '../../packages/gateway-plugin/src/dashboard/stream';
-import {
-  refusedPort,
-  send,
-  startBackend,
-  startGateway,
-  type TestGateway,
-  type TestServer,
-} from '../gateway/kit';
-import { openSse, type SseStream } from './sse';
+import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { openSse, type SseStream } from '../kit/sse';
 import { dashboardOf } from '@loadwise/gateway-plugin/internals';
 
 const TOKEN = 'dash-0123456789abcdef';
@@ -28,7 +22,7 @@ const streams: SseStream[] = [];
 
 beforeAll(async () => {
   backends = await Promise.all(['b1', 'b2', 'b3'].map((id) => startBackend(id)));
-  gw = await startGateway({
+  gw = await startLocalGateway({
     backends: backends.map((b, i) => ({ id: `b${i + 1}`, url: b.url })),
     statusPath: '/_lb/status',
     statusToken: STATUS_TOKEN,
@@ -164,7 +158,7 @@ describe('the event stream', () => {
 it('streams real state changes and sheds as recent events', async () => {
   // One backend whose port refuses: the first failure ejects it, and with
   // panic mode off the next request finds no backend and is shed (503).
-  const own = await startGateway({
+  const own = await startLocalGateway({
     backends: [{ id: 'gone', url: `http://127.0.0.1:${await refusedPort()}` }],
     retry: false,
     outlier: { consecutiveFailures: 1, panicThresholdPercent: 0 },
@@ -205,7 +199,7 @@ it('streams real state changes and sheds as recent events', async () => {
 
 it('close() ends every open stream, so the HTTP server can close', async () => {
   const backend = await startBackend('solo');
-  const own = await startGateway({
+  const own = await startLocalGateway({
     backends: [{ id: 'solo', url: backend.url }],
     dashboard: { token: TOKEN, intervalMs: 250 },
   });

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { CLI_OPTIONS, envName } from '../../packages/health-agent/src/config';
 import { GATEWAY_ENV } from '../../examples/gateway-server';
-import { EXAMPLES, MOSQUITTO_EXAMPLE, genCerts } from './example-broker';
+import { EXAMPLES, MOSQUITTO_EXAMPLE, genCerts } from '../kit/example-broker';
 
 const COMPOSE_DIR = path.join(EXAMPLES, 'compose');
 const COMPOSE_FILE = path.join(COMPOSE_DIR, 'compose.yaml');

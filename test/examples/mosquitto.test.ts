@@ -10,7 +10,7 @@ import { createEncoder, subscriptionFilter } from '@loadwise/protocol';
 import { connectClient, endClient } from '../kit/brokers';
 import { inbox, spawnAgent, type AgentProcess } from '../kit/agent-cli';
 import { canRunTlsMosquitto } from '../kit/tls-mosquitto';
-import { startExampleBroker, type ExampleBroker } from './example-broker';
+import { startExampleBroker, type ExampleBroker } from '../kit/example-broker';
 
 const PREFIX = 'loadwise'; // the ACL is written for the default prefix
 

@@ -30,7 +30,7 @@ import {
 import { AGENT_BIN, GATEWAY_BIN, spawnScript } from '../kit/agent-cli';
 import { eventually } from '../kit/fleet';
 import { canRunTlsMosquitto } from '../kit/tls-mosquitto';
-import { EXAMPLES, startExampleBroker, type ExampleBroker } from './example-broker';
+import { EXAMPLES, startExampleBroker, type ExampleBroker } from '../kit/example-broker';
 
 const ROOT = path.resolve(__dirname, '../..');
 const SYSTEMD = path.join(EXAMPLES, 'systemd');

@@ -11,8 +11,8 @@
  */
 import { brokerTargets } from '../kit/brokers';
 import { eventually, type Fleet } from '../kit/fleet';
-import { startFleetGateway, type TestGateway } from './gateway';
-import { fire, failed, shares } from './load';
+import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fire, failed, shares } from '../kit/load';
 
 describe.each(brokerTargets())('agent killed, on $name', (target) => {
   let broker: { url: string; close(): Promise<void> };

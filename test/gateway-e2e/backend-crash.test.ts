@@ -11,8 +11,8 @@
  */
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually, type Fleet } from '../kit/fleet';
-import { counter, startFleetGateway, type TestGateway } from './gateway';
-import { fire, failed, startLoad } from './load';
+import { counter, startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fire, failed, startLoad } from '../kit/load';
 
 const SLOW_START_MS = 2_000;
 const BASE_EJECTION_MS = 2_000;

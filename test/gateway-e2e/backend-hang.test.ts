@@ -12,8 +12,8 @@
  */
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually, type Fleet } from '../kit/fleet';
-import { counter, startFleetGateway, type TestGateway } from './gateway';
-import { failed, startLoad } from './load';
+import { counter, startFleetGateway, type TestGateway } from '../kit/gateway';
+import { failed, startLoad } from '../kit/load';
 
 const CONCURRENCY = 12;
 const CONSECUTIVE_FAILURES = 3;

@@ -10,8 +10,8 @@
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { startGateway, type TestGateway } from './gateway';
-import { failed, startLoad } from './load';
+import { startGateway, type TestGateway } from '../kit/gateway';
+import { failed, startLoad } from '../kit/load';
 
 let broker: EmbeddedBroker | undefined;
 let fleet: Fleet | undefined;

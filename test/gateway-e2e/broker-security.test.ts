@@ -33,8 +33,8 @@ import {
   type PlainMosquitto,
   type TlsMosquitto,
 } from '../kit/tls-mosquitto';
-import { startGateway, type TestGateway } from './gateway';
-import { failed, fire } from './load';
+import { startGateway, type TestGateway } from '../kit/gateway';
+import { failed, fire } from '../kit/load';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 jest.setTimeout(60_000);

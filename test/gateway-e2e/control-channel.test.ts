@@ -29,8 +29,8 @@ import {
 } from '../kit/brokers';
 import { eventually, startFleet, type Fleet } from '../kit/fleet';
 import { runHostile } from '../kit/hostile';
-import { counter, startGateway, type TestGateway } from './gateway';
-import { failed, fire, shares } from './load';
+import { counter, startGateway, type TestGateway } from '../kit/gateway';
+import { failed, fire, shares } from '../kit/load';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Every claim that would take a backend out of rotation, if believed. */

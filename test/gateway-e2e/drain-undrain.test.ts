@@ -7,8 +7,8 @@
 import { spawnScript, AGENT_BIN } from '../kit/agent-cli';
 import { brokerTargets } from '../kit/brokers';
 import { eventually, type Fleet } from '../kit/fleet';
-import { startFleetGateway, type TestGateway } from './gateway';
-import { fire, failed } from './load';
+import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fire, failed } from '../kit/load';
 
 describe.each(brokerTargets())('drain and undrain a running agent, on $name', (target) => {
   let broker: { url: string; close(): Promise<void> };

@@ -27,8 +27,8 @@ import {
 } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { eventually, startFleet, type Fleet } from '../kit/fleet';
-import { counter, startGateway, type TestGateway } from './gateway';
-import { fire, failed } from './load';
+import { counter, startGateway, type TestGateway } from '../kit/gateway';
+import { fire, failed } from '../kit/load';
 
 /** "I am idle": what a forger wants the gateway to believe. */
 const IDLE: MetricsBody = {

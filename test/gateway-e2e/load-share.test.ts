@@ -18,8 +18,8 @@
  */
 import { brokerTargets } from '../kit/brokers';
 import { eventually, type Fleet } from '../kit/fleet';
-import { startFleetGateway, type TestGateway } from './gateway';
-import { fire, failed, shares, startLoad } from './load';
+import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fire, failed, shares, startLoad } from '../kit/load';
 
 const REQUESTS = 300;
 const CONCURRENCY = 6;

@@ -22,7 +22,7 @@ import { createEncoder, topicFor, type SigningKey } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
 import { runHostile } from '../kit/hostile';
-import { counter, startGateway, type TestGateway } from './gateway';
+import { counter, startGateway, type TestGateway } from '../kit/gateway';
 
 jest.setTimeout(60_000);
 

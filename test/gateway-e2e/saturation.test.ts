@@ -12,8 +12,8 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually, type Fleet } from '../kit/fleet';
-import { startFleetGateway, type TestGateway } from './gateway';
-import { fire, ok } from './load';
+import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fire, ok } from '../kit/load';
 
 const MAX_IN_FLIGHT_PER_BACKEND = 2;
 const QUEUE_SIZE = 4;

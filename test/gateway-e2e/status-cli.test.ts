@@ -11,8 +11,8 @@ import { GATEWAY_BIN, spawnScript, type AgentProcess } from '../kit/agent-cli';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually, type Fleet } from '../kit/fleet';
 import { freePort } from '../kit/ports';
-import { startFleetGateway, type TestGateway } from './gateway';
-import { fire } from './load';
+import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fire } from '../kit/load';
 
 const TOKEN = 'status-token-for-tests';
 const ESC = '\x1b';

@@ -5,7 +5,8 @@
  */
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 describe('saturation', () => {
@@ -32,7 +33,7 @@ describe('saturation', () => {
 
   it('queues when all backends are saturated, answers 503 + Retry-After when the queue is full', async () => {
     const events: boolean[] = [];
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'slow', url: slow.url }],
       saturation: { maxInFlightPerBackend: 1, queueSize: 1, queueTimeoutMs: 5000 },
     });
@@ -56,7 +57,7 @@ describe('saturation', () => {
   });
 
   it('answers 503 + Retry-After when the bounded wait expires', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'slow', url: slow.url }],
       saturation: { maxInFlightPerBackend: 1, queueSize: 10, queueTimeoutMs: 100 },
     });
@@ -85,7 +86,7 @@ describe('self-overload', () => {
   afterAll(() => a.close());
 
   it('sheds with 503 + Retry-After while the event-loop delay is above the limit', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       // A window long enough that the shed state outlives the request below.
       overload: { maxEventLoopDelayMs: 100, sampleIntervalMs: 300 },

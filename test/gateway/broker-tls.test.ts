@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { canRunTlsMosquitto, startTlsMosquitto, type TlsMosquitto } from '../kit/tls-mosquitto';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
 /** Reports are signed, as a gateway requires by default. */
 const key = { keyId: 'k1', secret: randomBytes(32) };
@@ -38,7 +39,7 @@ const key = { keyId: 'k1', secret: randomBytes(32) };
 
     it('receives reports over TLS with a client certificate and a password', async () => {
       const prefix = uniquePrefix('gw-tls');
-      gw = await startGateway({
+      gw = await startLocalGateway({
         backends: [{ id: 'a', url: a.url }],
         broker: tls('gw-pass'),
         topicPrefix: prefix,
@@ -65,7 +66,7 @@ const key = { keyId: 'k1', secret: randomBytes(32) };
     });
 
     it('keeps routing on local signals when the broker refuses the login', async () => {
-      gw = await startGateway({
+      gw = await startLocalGateway({
         backends: [{ id: 'a', url: a.url }],
         broker: { ...tls('wrong'), reconnectPeriodMs: 100 },
       });

@@ -7,7 +7,8 @@
  */
 import { once } from 'node:events';
 import { loadBalance, startEmbeddedBroker, type BalancerEvents } from '@loadwise/gateway-plugin';
-import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
+import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 function captureLogger(): {
@@ -36,7 +37,7 @@ describe('saying what is wrong', () => {
     const port = await refusedPort();
     const url = `mqtt://127.0.0.1:${port}`;
     const logger = captureLogger();
-    const gw = await startGateway({
+    const gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       broker: { url, reconnectPeriodMs: 50 },
       logger,
@@ -94,7 +95,7 @@ describe('saying what is wrong', () => {
   it('a refused backend: a line naming it, its URL, the errno and the attempt, rate-limited', async () => {
     const dead = `http://127.0.0.1:${await refusedPort()}/`;
     const logger = captureLogger();
-    const gw = await startGateway({ backends: [{ id: 'dead', url: dead }], logger });
+    const gw = await startLocalGateway({ backends: [{ id: 'dead', url: dead }], logger });
     try {
       for (let i = 0; i < 5; i++) {
         const r = await send(`${gw.url}/x${i}`);

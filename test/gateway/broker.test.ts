@@ -9,7 +9,8 @@ import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { createEncoder, signPayload, type SigningKey } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default (SECURITY.md). */
@@ -53,7 +54,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
 
   it('applies reports of configured backends and ignores unknown ones', async () => {
     const prefix = uniquePrefix('gw');
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'a', url: a.url },
         { id: 'b', url: b.url },
@@ -98,7 +99,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
 
   it('stops sending new requests to a draining backend', async () => {
     const prefix = uniquePrefix('gw');
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'a', url: a.url },
         { id: 'b', url: b.url },
@@ -129,7 +130,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     const held: ServerResponse[] = [];
     const h = await startBackend('h', (_req, res) => void held.push(res));
     try {
-      gw = await startGateway({
+      gw = await startLocalGateway({
         backends: [
           { id: 'h', url: h.url },
           { id: 'b', url: b.url },
@@ -163,7 +164,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     const prefix = uniquePrefix('gw');
     const own = await connectClient(broker.url);
     try {
-      gw = await startGateway({
+      gw = await startLocalGateway({
         backends: [{ id: 'a', url: a.url }],
         broker: { client: own },
         topicPrefix: prefix,
@@ -192,8 +193,8 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       topicPrefix: prefix,
       keys: [key],
     };
-    gw = await startGateway(opts);
-    const gw2 = await startGateway(opts);
+    gw = await startLocalGateway(opts);
+    const gw2 = await startLocalGateway(opts);
     try {
       await Promise.all([gw.lb.ready(), gw2.lb.ready()]);
       const client = await connectClient(broker.url);
@@ -209,7 +210,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
 
   it("keeps a backend routable when its agent dies (Last Will); stops on the agent's own 'offline'", async () => {
     const prefix = uniquePrefix('gw');
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       broker: broker.url,
       topicPrefix: prefix,
@@ -252,7 +253,7 @@ describe('embedded broker mode', () => {
   it('hosts aedes in the gateway process and exposes its URL to agents', async () => {
     const a = await startBackend('a');
     const prefix = uniquePrefix('emb');
-    const gw = await startGateway({
+    const gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       broker: { embedded: true, port: 0 },
       topicPrefix: prefix,

@@ -7,7 +7,8 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
 const BLOCKED_HOST = `
 const net = require('node:net');
@@ -47,7 +48,7 @@ describe('connect timeout', () => {
     for (let i = 0; i < 4; i++) fillers.push(connect(port, '127.0.0.1').on('error', () => {}));
     await new Promise((r) => setTimeout(r, 100));
 
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'blocked', url: `http://127.0.0.1:${port}` },
         { id: 'good', url: good.url },

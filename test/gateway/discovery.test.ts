@@ -6,7 +6,8 @@
 import { once } from 'node:events';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
@@ -28,7 +29,7 @@ describe('discovery', () => {
     discovery: boolean,
   ): Promise<{ gw: TestGateway; dropped: string[]; prefix: string }> {
     const prefix = uniquePrefix('disc');
-    const g = await startGateway({
+    const g = await startLocalGateway({
       backends: discovery ? [] : [{ id: 'known', url: a.url }],
       broker: { embedded: true },
       topicPrefix: prefix,

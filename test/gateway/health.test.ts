@@ -5,7 +5,8 @@
  */
 import { once } from 'node:events';
 import { Registry } from 'prom-client';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 describe('gateway health', () => {
@@ -34,7 +35,7 @@ describe('gateway health', () => {
   ];
 
   it('active checks take a failing backend out of rotation', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: backends(),
       strategy: 'round-robin',
       healthCheck: { path: '/healthz', intervalMs: 20, unhealthyThreshold: 2 },
@@ -52,7 +53,7 @@ describe('gateway health', () => {
 
   it('passive detection ejects a backend answering 5xx, and counts it', async () => {
     const registry = new Registry(); // the user's own registry
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: backends(),
       strategy: 'round-robin',
       outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000 },

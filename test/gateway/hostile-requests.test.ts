@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import express from 'express';
 import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
-import { listen, type TestServer } from './kit';
+import { listen, type TestServer } from '../kit/http';
 import {
   counterValue,
   openSlow,
@@ -16,7 +16,7 @@ import {
   until,
   type RawExchange,
   type SlowClient,
-} from './raw-http';
+} from '../kit/raw-http';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 // Real processes and sockets on a shared machine: jest's 5 s default (the

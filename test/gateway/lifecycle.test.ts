@@ -10,7 +10,8 @@ import { createEncoder } from '@loadwise/protocol';
 import { connect } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
-import { refusedPort, send, startBackend, startGateway, type TestServer } from './kit';
+import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default. */
@@ -34,7 +35,7 @@ describe('lifecycle', () => {
     let broker = await startEmbeddedBroker();
     const port = broker.port;
     const prefix = uniquePrefix('life');
-    const gw = await startGateway({
+    const gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       broker: { url: broker.url, reconnectPeriodMs: 50 },
       topicPrefix: prefix,
@@ -89,7 +90,7 @@ describe('lifecycle', () => {
   });
 
   it('close() answers waiting requests with LW_GW_CLOSED and refuses new ones', async () => {
-    const gw = await startGateway({
+    const gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       broker: { embedded: true },
       healthCheck: { intervalMs: 50 },
@@ -126,7 +127,7 @@ describe('graceful close', () => {
     const slow = await startBackend('slow', (req, res) => {
       setTimeout(() => res.end(`done ${req.url}`), req.url === '/slow' ? 600 : 0);
     });
-    const gw = await startGateway({ backends: [{ id: 'slow', url: slow.url }] });
+    const gw = await startLocalGateway({ backends: [{ id: 'slow', url: slow.url }] });
     const events: string[] = [];
     for (const name of ['backend-ejected', 'backend-down', 'broker-lost'] as const)
       gw.lb.balancer.on(name, () => events.push(name));
@@ -161,7 +162,7 @@ describe('graceful close', () => {
   it('cuts what is still running when the grace ends, without charging the backend', async () => {
     const held: ServerResponse[] = [];
     const hold = await startBackend('hold', (_req, res) => void held.push(res));
-    const gw = await startGateway({ backends: [{ id: 'hold', url: hold.url }] });
+    const gw = await startLocalGateway({ backends: [{ id: 'hold', url: hold.url }] });
     try {
       const inFlight = send(`${gw.url}/forever`);
       while (held.length < 1) await new Promise((r) => setTimeout(r, 5));

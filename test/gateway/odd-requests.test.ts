@@ -14,7 +14,7 @@ import {
   until,
   type RawExchange,
   type RawOptions,
-} from './raw-http';
+} from '../kit/raw-http';
 
 // Real processes and sockets on a shared machine: jest's 5 s default (the
 // project's testTimeout is not applied per project) is too tight for a fork.

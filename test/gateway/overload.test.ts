@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { createEncoder, type SigningKey } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
-import { send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
 function answer(res: ServerResponse, id: string, status: number, retryAfter?: string): void {
   res.statusCode = status;
@@ -42,7 +43,7 @@ describe('overload is not failure', () => {
     g.lb.balancer.snapshot().backends.find((b) => b.id === id)!.ejections;
 
   it('503 + Retry-After: passed through, never ejected; a plain 503 is ejected', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'ok', url: ok.url },
         { id: 'full', url: full.url },
@@ -68,7 +69,7 @@ describe('overload is not failure', () => {
   });
 
   it("the overloaded backend's share falls (load-aware)", async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'ok', url: ok.url },
         { id: 'full', url: full.url },
@@ -89,7 +90,7 @@ describe('overload is not failure', () => {
   it('503 or 429 without Retry-After count as overload while the report says it is full', async () => {
     const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };
     const prefix = uniquePrefix('overload');
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'ok', url: ok.url },
         { id: 'broken', url: broken.url },

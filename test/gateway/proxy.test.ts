@@ -6,7 +6,8 @@
  */
 import { createServer, request } from 'node:http';
 import type { Socket } from 'node:net';
-import { listen, send, startBackend, startGateway, type TestGateway, type TestServer } from './kit';
+import { listen, send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 interface Echo {
@@ -35,7 +36,7 @@ describe('proxying', () => {
   });
 
   it('forwards method, path, query and body to the backend', async () => {
-    gw = await startGateway({ backends: [{ id: 'a', url: a.url }] });
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: a.url }] });
     const r = await send(`${gw.url}/x/y?z=1`, {
       method: 'POST',
       body: 'hello',
@@ -51,12 +52,12 @@ describe('proxying', () => {
   });
 
   it('prepends the base path of a backend URL', async () => {
-    gw = await startGateway({ backends: [{ id: 'a', url: `${a.url}/base` }] });
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: `${a.url}/base` }] });
     expect((await send(`${gw.url}/x`)).json<Echo>().url).toBe('/base/x');
   });
 
   it('works mounted, after the user middleware, with the mount path stripped or kept', async () => {
-    gw = await startGateway({ backends: [{ id: 'a', url: a.url }] }, (app, lb) => {
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: a.url }] }, (app, lb) => {
       app.use((req, res, next) =>
         req.headers['x-user'] === 'ok' ? next() : res.status(401).end(),
       );
@@ -66,7 +67,7 @@ describe('proxying', () => {
     const r = await send(`${gw.url}/api/items?q=1`, { headers: { 'x-user': 'ok' } });
     expect(r.json<Echo>().url).toBe('/items?q=1');
     await gw.close();
-    gw = await startGateway(
+    gw = await startLocalGateway(
       { backends: [{ id: 'a', url: a.url }], forwardMountPath: true },
       (app, lb) => app.use('/api', lb),
     );
@@ -74,7 +75,7 @@ describe('proxying', () => {
   });
 
   it('overwrites client X-Forwarded-* by default and appends when trusted', async () => {
-    gw = await startGateway({ backends: [{ id: 'a', url: a.url }] });
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: a.url }] });
     const spoof = {
       'x-forwarded-for': '6.6.6.6',
       'x-forwarded-proto': 'https',
@@ -100,7 +101,7 @@ describe('proxying', () => {
     // Host is preserved by default (changeOrigin: false).
     expect(h.host).toBe(`127.0.0.1:${gw.port}`);
     await gw.close();
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       trustForwarded: true,
       changeOrigin: true,
@@ -112,16 +113,16 @@ describe('proxying', () => {
   });
 
   it('names the backend and the reason in the opt-in decision header', async () => {
-    gw = await startGateway({ backends: [{ id: 'a', url: a.url }], strategy: 'round-robin' });
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: a.url }], strategy: 'round-robin' });
     expect((await send(`${gw.url}/`)).headers['x-loadwise-decision']).toBeUndefined();
     await gw.close();
-    gw = await startGateway({ backends: [{ id: 'a', url: a.url }], decisionHeader: true });
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: a.url }], decisionHeader: true });
     const header = (await send(`${gw.url}/`)).headers['x-loadwise-decision'];
     expect(header).toMatch(/^a; reason=".+"$/);
   });
 
   it('keeps a client on one backend with a cookie it sets itself', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'a', url: a.url },
         { id: 'b', url: b.url },
@@ -146,7 +147,7 @@ describe('proxying', () => {
       { trust, cookieSecure }: { trust?: boolean; cookieSecure?: boolean },
       headers: Record<string, string>,
     ) => {
-      gw = await startGateway({
+      gw = await startLocalGateway({
         backends: [{ id: 'a', url: a.url }],
         strategy: 'consistent-hash',
         affinity: { cookie: 'lw', setCookie: true, cookieSecure: cookieSecure ?? 'auto' },
@@ -170,7 +171,7 @@ describe('proxying', () => {
   });
 
   it('serves the status JSON and Prometheus metrics behind a token', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       statusPath: '/_lb/status',
       metricsPath: '/_lb/metrics',
@@ -196,7 +197,7 @@ describe('proxying', () => {
     ka.server.keepAliveTimeout = 3000; // announced as `Keep-Alive: timeout=3`
     ka.server.on('connection', () => connections++);
     try {
-      gw = await startGateway({ backends: [{ id: 'ka', url: ka.url }] });
+      gw = await startLocalGateway({ backends: [{ id: 'ka', url: ka.url }] });
       for (let i = 0; i < 5; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
       expect(connections).toBe(1);
       const agent = internals(gw.lb).registry.get('ka')!.agent;
@@ -219,7 +220,7 @@ describe('proxying', () => {
     });
     const ws = await listen(wsBackend);
     try {
-      gw = await startGateway({ backends: [{ id: 'ws', url: ws.url }] });
+      gw = await startLocalGateway({ backends: [{ id: 'ws', url: ws.url }] });
       const socket = await new Promise<Socket>((resolve, reject) => {
         const req = request(`${gw!.url}/chat`, {
           agent: false,

@@ -12,14 +12,8 @@ import { gzipSync } from 'node:zlib';
 import express from 'express';
 import { fixRequestBody } from 'http-proxy-middleware';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
-import {
-  refusedPort,
-  send,
-  startBackend,
-  startGateway,
-  type TestGateway,
-  type TestServer,
-} from './kit';
+import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
 interface Echo {
   id: string;
@@ -48,7 +42,7 @@ describe('request bodies', () => {
 
   /** A refusing backend and a good one, offered in turn: every other first attempt fails. */
   const deadThenA = (extra: Partial<LoadBalanceOptions> = {}): Promise<TestGateway> =>
-    startGateway({
+    startLocalGateway({
       backends: [
         { id: 'dead', url: deadUrl },
         { id: 'a', url: a.url },
@@ -90,7 +84,7 @@ describe('request bodies', () => {
   ])(
     'forwards a body parsed by $parser before the balancer',
     async ({ mount, contentType, body, expected }) => {
-      gw = await startGateway(
+      gw = await startLocalGateway(
         { backends: [{ id: 'a', url: a.url }], requestTimeoutMs: TIMEOUT_MS },
         (app, lb) => {
           mount(app);
@@ -112,7 +106,7 @@ describe('request bodies', () => {
   );
 
   it('forwards a raw Buffer body and an inflated gzip JSON body without Content-Encoding', async () => {
-    gw = await startGateway(
+    gw = await startLocalGateway(
       { backends: [{ id: 'a', url: a.url }], requestTimeoutMs: TIMEOUT_MS },
       (app, lb) => {
         app.use('/raw', express.raw({ type: 'application/octet-stream' }), lb);
@@ -152,7 +146,7 @@ describe('request bodies', () => {
 
   it('answers 500 LW_GW_BODY_CONSUMED at once when a middleware ate the body, and no backend is charged', async () => {
     const warnings: string[] = [];
-    gw = await startGateway(
+    gw = await startLocalGateway(
       {
         backends: [{ id: 'a', url: a.url }],
         requestTimeoutMs: TIMEOUT_MS,
@@ -187,7 +181,7 @@ describe('request bodies', () => {
   });
 
   it('runs on.proxyReq and on.proxyRes on the attempt; a leftover fixRequestBody does not double the body', async () => {
-    gw = await startGateway(
+    gw = await startLocalGateway(
       {
         backends: [{ id: 'a', url: a.url }],
         requestTimeoutMs: TIMEOUT_MS,
@@ -218,7 +212,7 @@ describe('request bodies', () => {
   });
 
   it('answers 500 LW_GW_HOOK_FAILED when a hook throws, without charging the backend', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       on: {
         proxyReq: () => {
@@ -234,7 +228,7 @@ describe('request bodies', () => {
   });
 
   it('answers 500 LW_GW_HOOK_FAILED when on.proxyRes throws, and nothing of the response follows', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
       on: {
         proxyRes: () => {

@@ -5,15 +5,8 @@
  * retries; every request ends in a response or a coded error.
  */
 import { createServer } from 'node:http';
-import {
-  listen,
-  refusedPort,
-  send,
-  startBackend,
-  startGateway,
-  type TestGateway,
-  type TestServer,
-} from './kit';
+import { listen, refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 describe('retries and failure answers', () => {
@@ -36,7 +29,7 @@ describe('retries and failure answers', () => {
   ];
 
   it('retries a GET refused by one backend on the other', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: twoBackends(),
       strategy: 'round-robin',
       outlier: { consecutiveFailures: 100 },
@@ -56,7 +49,7 @@ describe('retries and failure answers', () => {
   });
 
   it('does not replay a POST with a body; answers 502 with a code', async () => {
-    gw = await startGateway({ backends: [{ id: 'dead', url: deadUrl }] });
+    gw = await startLocalGateway({ backends: [{ id: 'dead', url: deadUrl }] });
     const r = await send(`${gw.url}/p`, {
       method: 'POST',
       body: 'payload',
@@ -69,7 +62,7 @@ describe('retries and failure answers', () => {
 
   it('a GET that every backend refused gets 503 LW_GW_NO_BACKEND with Retry-After', async () => {
     const dead2 = `http://127.0.0.1:${await refusedPort()}`;
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: [
         { id: 'dead', url: deadUrl },
         { id: 'dead2', url: dead2 },
@@ -85,7 +78,7 @@ describe('retries and failure answers', () => {
   });
 
   it('does not retry a POST even when another backend is up', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: twoBackends(),
       strategy: 'round-robin',
       outlier: { consecutiveFailures: 100 },
@@ -98,7 +91,7 @@ describe('retries and failure answers', () => {
   });
 
   it('stops retrying when the retry budget is spent', async () => {
-    gw = await startGateway({
+    gw = await startLocalGateway({
       backends: twoBackends(),
       strategy: 'round-robin',
       outlier: { consecutiveFailures: 1000 },
@@ -118,7 +111,7 @@ describe('retries and failure answers', () => {
     let hits = 0;
     const hang = await listen(createServer(() => void hits++));
     try {
-      gw = await startGateway({
+      gw = await startLocalGateway({
         backends: [
           { id: 'hang', url: hang.url },
           { id: 'good', url: good.url },
@@ -137,7 +130,7 @@ describe('retries and failure answers', () => {
   });
 
   it('answers 503 LW_GW_NO_BACKEND with Retry-After when every backend is draining', async () => {
-    gw = await startGateway({ backends: [{ id: 'good', url: good.url }] });
+    gw = await startLocalGateway({ backends: [{ id: 'good', url: good.url }] });
     const backend = internals(gw.lb).registry.get('good')!;
     backend.agentState = 'draining';
     internals(gw.lb).registry.recompute();

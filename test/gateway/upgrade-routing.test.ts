@@ -11,7 +11,8 @@ import express from 'express';
 import { WebSocketServer } from 'ws';
 import { loadBalance, routeUpgrades, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
 import { wsExchange } from '../kit/ws-client';
-import { listen, quietLogger, type TestServer } from './kit';
+import { listen, type TestServer } from '../kit/http';
+import { quietLogger } from '../kit/gateway';
 
 const TOKEN = 'user-token-1';
 

@@ -8,8 +8,8 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort } from '../kit/ports';
-import { runMosquitto } from '../kit/tls-mosquitto';
+import { freePort } from './ports';
+import { runMosquitto } from './tls-mosquitto';
 
 export const EXAMPLES = path.resolve(__dirname, '../../examples');
 export const MOSQUITTO_EXAMPLE = path.join(EXAMPLES, 'mosquitto');

@@ -14,9 +14,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { startEmbeddedBroker, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import type { SigningKey } from '@loadwise/protocol';
-import { uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet, type FleetBackendSpec } from '../kit/fleet';
-import { startGateway, type TestGateway } from '../gateway-e2e/gateway';
+import { uniquePrefix } from './brokers';
+import { eventually, startFleet, type Fleet, type FleetBackendSpec } from './fleet';
+import { startGateway, type TestGateway } from './gateway';
 
 /** `npm run test:chaos` sets LW_CHAOS=full (jest.chaos.config.js); `npm test` runs short. */
 export const FULL = process.env.LW_CHAOS === 'full';
@@ -278,9 +278,8 @@ export async function startSignedFleet(opts: {
       broker: opts.brokerUrl,
       topicPrefix: prefix,
       keys: [key],
-      // The gateway shares this process's event loop with the load driver and the fleet's
-      // plumbing: its self-protection would measure them, not itself (as test/gateway/kit.ts).
-      overload: false,
+      // Overload shedding is off (startGateway's default): the gateway shares this process's
+      // event loop with the load driver and the fleet's plumbing.
       // The load driver stands for many clients but comes from one address.
       maxInFlightPerClient: false,
       ...opts.gateway,

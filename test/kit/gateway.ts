@@ -1,10 +1,8 @@
 /**
- * A real gateway for the end-to-end tests: an Express app with
- * `app.use(loadBalance(opts))` on 127.0.0.1, port 0, in the test process (so
- * tests read its snapshot and events directly), plus an event log.
+ * A real gateway for the tests: an Express app with `app.use(loadBalance(opts))`,
+ * its event log, and the usual fleet + gateway setup of the end-to-end tests.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import express from 'express';
 import {
   loadBalance,
@@ -14,8 +12,9 @@ import {
   type LoadBalanceOptions,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
-import { uniquePrefix } from '../kit/brokers';
-import { eventually, startFleet, type Fleet, type FleetBackendSpec } from '../kit/fleet';
+import { uniquePrefix } from './brokers';
+import { listen, type TestServer } from './http';
+import { eventually, startFleet, type Fleet, type FleetBackendSpec } from './fleet';
 
 export interface LoggedEvent {
   name: keyof BalancerEvents;
@@ -23,14 +22,12 @@ export interface LoggedEvent {
   data: Record<string, unknown>;
 }
 
-export interface TestGateway {
-  url: string;
+export interface TestGateway extends TestServer {
   lb: LoadBalancerMiddleware;
   /** Every balancer event so far, in order. */
   events: LoggedEvent[];
   snapshot(): BalancerSnapshot;
   backend(id: string): BackendSnapshot;
-  close(): Promise<void>;
 }
 
 const EVENT_NAMES: (keyof BalancerEvents)[] = [
@@ -50,26 +47,24 @@ const EVENT_NAMES: (keyof BalancerEvents)[] = [
   'invalid-message',
 ];
 
-/** Logs go to an array, not the console: tests assert on them when they matter. */
-export const quietLogger = {
-  lines: [] as string[],
-  info(msg: string) {
-    this.lines.push(`info ${msg}`);
-  },
-  warn(msg: string) {
-    this.lines.push(`warn ${msg}`);
-  },
-  error(msg: string) {
-    this.lines.push(`error ${msg}`);
-  },
-};
+export const quietLogger = { info: () => {}, warn: () => {}, error: () => {} };
 
-export async function startGateway(opts: LoadBalanceOptions): Promise<TestGateway> {
+/**
+ * `app.use(loadBalance(opts))` on 127.0.0.1, port 0, in the test process (so tests
+ * read its snapshot and events directly); `setup` builds the app itself instead
+ * (middleware before the balancer, a mount path). WebSocket upgrades go to the
+ * balancer.
+ */
+export async function startGateway(
+  opts: LoadBalanceOptions,
+  setup?: (app: express.Express, lb: LoadBalancerMiddleware) => void,
+  waitReady = true,
+): Promise<TestGateway> {
   // The gateway shares this process with jest, the fleet's agents, often the embedded
   // broker and forced GCs: its event-loop delay measures the harness, not the gateway,
   // and a 503 LW_GW_OVERLOADED from it failed a saturation test in a CI run. Overload
-  // shedding is off unless a test turns it on (as test/gateway/kit.ts does; it is tested
-  // in test/gateway/overload.test.ts and test/chaos/overload.test.ts).
+  // shedding is off unless a test turns it on (test/gateway/overload.test.ts and
+  // test/chaos/overload.test.ts do).
   const lb = loadBalance({ overload: false, logger: quietLogger, ...opts });
   const events: LoggedEvent[] = [];
   for (const name of EVENT_NAMES) {
@@ -77,13 +72,13 @@ export async function startGateway(opts: LoadBalanceOptions): Promise<TestGatewa
       events.push({ name, atMs: Date.now(), data })) as never);
   }
   const app = express();
-  app.use(lb);
-  const server = http.createServer(app);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  await lb.ready();
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  if (setup) setup(app, lb);
+  else app.use(lb);
+  const srv = await listen(http.createServer(app));
+  srv.server.on('upgrade', lb.upgrade);
+  if (waitReady) await lb.ready();
   return {
-    url,
+    ...srv,
     lb,
     events,
     snapshot: () => lb.balancer.snapshot(),
@@ -94,11 +89,22 @@ export async function startGateway(opts: LoadBalanceOptions): Promise<TestGatewa
     },
     async close() {
       // Clients first: a request still running must not hold lb.close() for its grace.
-      server.closeAllConnections();
+      const closed = srv.close();
       await lb.close();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closed;
     },
   };
+}
+
+/**
+ * A gateway for the proxy's own tests (test/gateway/): no active health checks, and
+ * returned before its broker (if any) connects, for the tests of that connection.
+ */
+export function startLocalGateway(
+  opts: LoadBalanceOptions,
+  setup?: (app: express.Express, lb: LoadBalancerMiddleware) => void,
+): Promise<TestGateway> {
+  return startGateway({ healthCheck: false, ...opts }, setup, false);
 }
 
 /** Value of a counter series in the gateway's Prometheus registry (0 when absent). */

@@ -1,8 +1,9 @@
 /**
- * A small test kit for the gateway's e2e tests (http-proxy-middleware's
- * `createApp` style): real HTTP backends on port 0, a real Express app with
- * `loadBalance`, and a request helper that opens no keep-alive sockets, so
- * every test can close everything it opened and jest exits by itself.
+ * HTTP pieces of the test kit (http-proxy-middleware's `createApp` style): real
+ * servers on port 0 that close every socket they accepted, JSON echo backends,
+ * a refused port, and a request helper that opens no keep-alive sockets, so
+ * every test can close everything it opened and jest exits by itself. The
+ * gateway itself is in gateway.ts.
  */
 import {
   createServer,
@@ -12,12 +13,6 @@ import {
   type ServerResponse,
 } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import express from 'express';
-import {
-  loadBalance,
-  type LoadBalanceOptions,
-  type LoadBalancerMiddleware,
-} from '@loadwise/gateway-plugin';
 
 export interface TestServer {
   url: string;
@@ -70,32 +65,6 @@ export async function refusedPort(): Promise<number> {
   await s.close();
   return s.port;
 }
-
-export interface TestGateway extends TestServer {
-  lb: LoadBalancerMiddleware;
-}
-
-export async function startGateway(
-  opts: LoadBalanceOptions,
-  setup?: (app: express.Express, lb: LoadBalancerMiddleware) => void,
-): Promise<TestGateway> {
-  const lb = loadBalance({ overload: false, healthCheck: false, logger: quietLogger, ...opts });
-  const app = express();
-  if (setup) setup(app, lb);
-  else app.use(lb);
-  const srv = await listen(createServer(app));
-  srv.server.on('upgrade', lb.upgrade);
-  return {
-    ...srv,
-    lb,
-    close: async () => {
-      await srv.close();
-      await lb.close();
-    },
-  };
-}
-
-export const quietLogger = { info: () => {}, warn: () => {}, error: () => {} };
 
 export interface Reply {
   status: number;
