@@ -253,7 +253,12 @@ describe('packed packages in an empty project', () => {
 
   it('runs the gateway, an agent and a backend as the README shows, from the installed packages', async () => {
     const r = await run(process.execPath, ['dist/consumer.js'], app, 60_000);
-    expect(r.stderr).toBe('');
+    // The default logger's one line: the agent stopped, so the backend is down (a CI run saw
+    // it race the gateway's close when the consumer did not wait for it).
+    expect(r.stderr).toBe(
+      '[loadwise] warn: backend api-1 down: agent reported offline ' +
+        '{"event":"backend-down","backend":"api-1","reason":"agent reported offline"}\n',
+    );
     expect(JSON.parse(r.stdout)).toEqual({
       decoded: { kind: 'status', state: 'draining', reason: 'pack test' },
       proxied: { status: 200, body: 'hello from api-1' },

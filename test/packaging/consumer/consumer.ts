@@ -96,7 +96,10 @@ async function main(): Promise<void> {
     if (err instanceof GatewayError) errorCode = err.code;
   }
 
+  // The agent says `offline` as it stops; the gateway logs the backend down (one warning,
+  // the pack test expects it). Waiting for it keeps the log from racing lb.close().
   await agent.stop({ graceMs: 0 });
+  await until(() => lb.balancer.snapshot().backends[0]!.state === 'down', 'api-1 seen offline');
   await lb.close();
   tracker.close();
   for (const s of [gateway.server, backend.server]) {
