@@ -53,6 +53,9 @@ export {
   type EndpointLoad,
   type Pick,
   type PickContext,
+  p2c,
+  type P2COptions,
+  type Metric as EndpointMetric,
 } from './strategies';
 export type {
   BalancerSnapshot,

@@ -10,6 +10,7 @@ export {
 } from './registry';
 export { createSeededRandom } from './seeded-random';
 export { selectP2C, Choice, type Metric } from './p2c-select';
+export { p2c, type P2COptions } from './p2c-strategy';
 export { expectedWaitMetric } from './load-aware';
 export { peakEwmaMetric } from './peak-ewma';
 export { inFlightMetric } from './p2c';

@@ -19,61 +19,22 @@
  * One request in flight on a 4-slot backend already moves its wait by 6%
  * (utilizationWeight 0.25 / 4), so real differences still decide.
  */
-import { EndpointList } from './endpoint-list';
-import { Choice, MAX_CHOICES, selectP2C, type Metric } from './p2c-select';
-import { withSlowStartShare } from './slow-start';
-import { integerOption, numberOption } from '../load/option-check';
-import { fmt, readCommon, weightOf } from './strategy-options';
-import type { Pick, PickContext, Strategy } from './types';
+import type { Metric } from './p2c-select';
+import { p2c } from './p2c-strategy';
+import { fmt, weightOf } from './strategy-options';
 
 export const DEFAULT_CHOICES = 2;
 /** Relative difference of expected waits below which two candidates count as equal. */
 export const DEFAULT_TIE_TOLERANCE = 0.05;
-export const LOAD_AWARE_KEYS = ['choices', 'tieTolerance'] as const;
 
 export const expectedWaitMetric: Metric = (ep, nowMs) => {
   const load = ep.load;
   return load.expectedWaitMs(nowMs) / (weightOf(ep) * load.slowStartFactor(nowMs));
 };
 
-export function createLoadAware(opts?: unknown): Strategy {
-  const { bag, prefix, common } = readCommon('load-aware', opts, LOAD_AWARE_KEYS);
-  const choices = integerOption(bag, prefix, 'choices', DEFAULT_CHOICES, 1, MAX_CHOICES);
-  const tieTolerance = numberOption(bag, prefix, 'tieTolerance', DEFAULT_TIE_TOLERANCE, 0, 1);
-  let list = new EndpointList([]);
-  const choice = new Choice();
-  const metric = withSlowStartShare(expectedWaitMetric, common.random);
-  return {
-    name: 'load-aware',
-    setEndpoints(endpoints) {
-      list = new EndpointList(endpoints);
-    },
-    pick(ctx: PickContext): Pick | undefined {
-      const c = selectP2C(list, choices, metric, common.random, ctx, choice);
-      if (c.best === undefined) return undefined;
-      if (
-        c.other !== undefined &&
-        c.otherMetric - c.bestMetric <= tieTolerance * c.bestMetric &&
-        common.random() < 0.5
-      ) {
-        const best = c.best;
-        const bestMetric = c.bestMetric;
-        c.best = c.other;
-        c.bestMetric = c.otherMetric;
-        c.other = best;
-        c.otherMetric = bestMetric;
-      }
-      const ep = c.best;
-      if (!ctx.explain) return { endpoint: ep };
-      const how = choices === 2 ? 'p2c' : `best of ${choices}`;
-      const vs =
-        c.other === undefined
-          ? ' (only candidate)'
-          : ` ${c.otherMetric - c.bestMetric > tieTolerance * c.bestMetric ? '<' : '='} ${c.other.id} wait≈${fmt(c.otherMetric)}ms`;
-      return {
-        endpoint: ep,
-        reason: `load-aware ${how}: ${ep.id} wait≈${fmt(c.bestMetric)}ms${vs}`,
-      };
-    },
-  };
-}
+export const createLoadAware = p2c(expectedWaitMetric, {
+  name: 'load-aware',
+  choices: DEFAULT_CHOICES,
+  tieTolerance: DEFAULT_TIE_TOLERANCE,
+  describe: (_ep, m) => `wait≈${fmt(m)}ms`,
+});

@@ -45,7 +45,7 @@ describe('p2c (power of two choices on in-flight)', () => {
     const s = createStrategy('p2c', { random: createSeededRandom(5) });
     s.setEndpoints(eps([0, 4]));
     expect(s.pick({ nowMs: 0, explain: true })!.reason).toBe(
-      'p2c: b0 in-flight 0 vs b1 in-flight 4',
+      'p2c: b0 in-flight 0 < b1 in-flight 4',
     );
   });
 });

@@ -9,11 +9,9 @@
  * a newcomer is never flooded before its first response. This is the reference
  * strategy; `load-aware` adds capacity, hidden load and the agent's report.
  */
-import { EndpointList } from './endpoint-list';
-import { Choice, selectP2C, type Metric } from './p2c-select';
-import { withSlowStartShare } from './slow-start';
-import { fmt, readCommon, weightOf } from './strategy-options';
-import type { Pick, PickContext, Strategy } from './types';
+import type { Metric } from './p2c-select';
+import { p2c } from './p2c-strategy';
+import { fmt, weightOf } from './strategy-options';
 
 /** Finagle's PeakEwma `Penalty`: Long.MaxValue >> 16, i.e. about 1.4e14. */
 export const NO_LATENCY_PENALTY = 2 ** 47;
@@ -27,24 +25,7 @@ export const peakEwmaMetric: Metric = (ep, nowMs) => {
   return (latency * (inFlight + 1)) / (weightOf(ep) * load.slowStartFactor(nowMs));
 };
 
-export function createPeakEwma(opts?: unknown): Strategy {
-  const { common } = readCommon('peak-ewma', opts, []);
-  let list = new EndpointList([]);
-  const choice = new Choice();
-  const metric = withSlowStartShare(peakEwmaMetric, common.random);
-  return {
-    name: 'peak-ewma',
-    setEndpoints(endpoints) {
-      list = new EndpointList(endpoints);
-    },
-    pick(ctx: PickContext): Pick | undefined {
-      const c = selectP2C(list, 2, metric, common.random, ctx, choice);
-      const ep = c.best;
-      if (ep === undefined) return undefined;
-      if (!ctx.explain) return { endpoint: ep };
-      const vs =
-        c.other === undefined ? 'only candidate' : `${c.other.id} cost≈${fmt(c.otherMetric)}`;
-      return { endpoint: ep, reason: `peak-ewma p2c: ${ep.id} cost≈${fmt(c.bestMetric)} vs ${vs}` };
-    },
-  };
-}
+export const createPeakEwma = p2c(peakEwmaMetric, {
+  name: 'peak-ewma',
+  describe: (_ep, m) => `cost≈${fmt(m)}`,
+});
