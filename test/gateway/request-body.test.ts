@@ -68,6 +68,13 @@ describe('request bodies', () => {
         expect(JSON.parse(b)).toEqual({ name: 'Ada', tags: ['x', 'y'], nested: { n: 1 } }),
     },
     {
+      parser: 'express.json({ strict: false }), a top-level number',
+      mount: (app: express.Express) => app.use(express.json({ strict: false })),
+      contentType: 'application/json',
+      body: '42',
+      expected: (b: string) => expect(b).toBe('42'),
+    },
+    {
       parser: 'express.urlencoded({ extended: true })',
       mount: (app: express.Express) => app.use(express.urlencoded({ extended: true })),
       contentType: 'application/x-www-form-urlencoded',
