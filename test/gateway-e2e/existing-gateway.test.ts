@@ -195,6 +195,9 @@ describe('an existing Express gateway with two services (examples/existing-gatew
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
     expect(await gw.exited).toEqual({ code: 0, signal: null });
     expect(gw.stdout).toContain('stopped');
+    // The agents, backends and broker stop after the balancers closed: no
+    // balancer says so (nothing fires after close()).
+    expect(gw.stderr()).not.toMatch(/backend \S+ (down|ejected)|broker connection lost/);
     // The backends it started are gone too.
     for (const b of gw.backends) {
       await expect(fetch(`${b.url}/health`)).rejects.toThrow();

@@ -8,22 +8,24 @@
 import { once } from 'node:events';
 import { loadBalance, startEmbeddedBroker, type BalancerEvents } from '@loadwise/gateway-plugin';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway } from '../kit/gateway';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
+/** Lines as a `(msg: string)` logger prints them, and the fields a JSON logger (pino) would get. */
 function captureLogger(): {
   lines: string[];
+  fields: Record<string, unknown>[];
   info(m: string): void;
   warn(m: string): void;
   error(m: string): void;
 } {
   const lines: string[] = [];
-  return {
-    lines,
-    info: (m) => lines.push(`info ${m}`),
-    warn: (m) => lines.push(`warn ${m}`),
-    error: (m) => lines.push(`error ${m}`),
+  const fields: Record<string, unknown>[] = [];
+  const line = (level: string) => (m: string | Record<string, unknown>) => {
+    lines.push(`${level} ${String(m)}`);
+    if (typeof m === 'object') fields.push({ ...m });
   };
+  return { lines, fields, info: line('info'), warn: line('warn'), error: line('error') };
 }
 
 describe('saying what is wrong', () => {
@@ -92,11 +94,22 @@ describe('saying what is wrong', () => {
     }
   });
 
-  it('a refused backend: a line naming it, its URL, the errno and the attempt, rate-limited', async () => {
+  /** A gateway whose only backend refuses connections, its log captured; closed after `use`. */
+  async function withRefusedBackend(
+    use: (gw: TestGateway, dead: string, logger: ReturnType<typeof captureLogger>) => Promise<void>,
+  ): Promise<void> {
     const dead = `http://127.0.0.1:${await refusedPort()}/`;
     const logger = captureLogger();
     const gw = await startLocalGateway({ backends: [{ id: 'dead', url: dead }], logger });
     try {
+      await use(gw, dead, logger);
+    } finally {
+      await gw.close();
+    }
+  }
+
+  it('a refused backend: a line naming it, its URL, the errno and the attempt, rate-limited', () =>
+    withRefusedBackend(async (gw, dead, logger) => {
       for (let i = 0; i < 5; i++) {
         const r = await send(`${gw.url}/x${i}`);
         // A GET no backend could take: 503 + Retry-After (docs/gateway.md, failure semantics).
@@ -106,8 +119,25 @@ describe('saying what is wrong', () => {
       expect(lines).toEqual([
         `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; retrying`,
       ]);
-    } finally {
-      await gw.close();
-    }
-  });
+      // The same, as fields for a JSON logger.
+      expect(logger.fields.filter((f) => f.errno !== undefined)).toEqual([
+        {
+          backend: 'dead',
+          url: dead,
+          errno: 'ECONNREFUSED',
+          attempt: 1,
+          method: 'GET',
+          path: '/x0',
+        },
+      ]);
+    }));
+
+  it('a POST to a refused backend: 502 LW_GW_UPSTREAM_FAILED and a line saying so', () =>
+    withRefusedBackend(async (gw, dead, logger) => {
+      const r = await send(`${gw.url}/orders`, { method: 'POST', body: '{"n":1}' });
+      expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+      expect(logger.lines.filter((l) => l.includes('ECONNREFUSED'))).toEqual([
+        `warn attempt 1 of POST /orders to dead (${dead}) failed: ECONNREFUSED; answering LW_GW_UPSTREAM_FAILED`,
+      ]);
+    }));
 });

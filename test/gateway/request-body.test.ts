@@ -62,6 +62,13 @@ describe('request bodies', () => {
         expect(JSON.parse(b)).toEqual({ name: 'Ada', tags: ['x', 'y'], nested: { n: 1 } }),
     },
     {
+      parser: 'express.json({ strict: false }), a top-level number',
+      mount: (app: express.Express) => app.use(express.json({ strict: false })),
+      contentType: 'application/json',
+      body: '42',
+      expected: (b: string) => expect(b).toBe('42'),
+    },
+    {
       parser: 'express.urlencoded({ extended: true })',
       mount: (app: express.Express) => app.use(express.urlencoded({ extended: true })),
       contentType: 'application/x-www-form-urlencoded',
@@ -120,6 +127,7 @@ describe('request bodies', () => {
     });
     expect(raw.status).toBe(200);
     expect(raw.json<Echo>().body).toBe('binary\u0000bytes');
+    expect(raw.json<Echo>().headers['content-length']).toBe(String('binary\u0000bytes'.length));
 
     const zipped = gzipSync(JSON.stringify({ big: 'x'.repeat(100) }));
     const json = await new Promise<Echo>((resolve, reject) => {
@@ -142,6 +150,8 @@ describe('request bodies', () => {
     });
     expect(JSON.parse(json.body)).toEqual({ big: 'x'.repeat(100) });
     expect(json.headers['content-encoding']).toBeUndefined();
+    // The inflated JSON's length, not the gzip bytes' the client announced.
+    expect(json.headers['content-length']).toBe(String(Buffer.byteLength(json.body)));
   });
 
   it('answers 500 LW_GW_BODY_CONSUMED at once when a middleware ate the body, and no backend is charged', async () => {

@@ -240,9 +240,9 @@ export class Balancer implements BalancerHandle {
     });
   }
 
-  /** A warning, at most once per key per 10 s (rate-limited-log.ts). */
-  logLine(key: string, message: string): void {
-    this.log.warn(key, message);
+  /** A warning with its fields, at most once per key per 10 s (rate-limited-log.ts). */
+  logLine(key: string, message: string, fields: Record<string, unknown> = {}): void {
+    this.log.warn(key, message, fields);
   }
 
   private addBackend(

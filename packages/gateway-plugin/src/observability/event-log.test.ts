@@ -244,8 +244,10 @@ describe('default logger', () => {
       l.info({ event: 'backend-up' }, 'backend b1 up again');
       l.warn({ event: 'backend-down', backend: 'b1' }, 'backend b1 down: x');
       l.error('plain message');
+      l.warn({}, 'a line without fields');
       expect(warn.mock.calls).toEqual([
         ['[loadwise] warn: backend b1 down: x {"event":"backend-down","backend":"b1"}'],
+        ['[loadwise] warn: a line without fields'],
       ]);
       expect(error.mock.calls).toEqual([['[loadwise] error: plain message']]);
     } finally {

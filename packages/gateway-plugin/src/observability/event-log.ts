@@ -231,10 +231,12 @@ export function defaultLogger(): Logger {
   const line =
     (level: 'warn' | 'error') =>
     (objOrMsg: object | string, msg?: string): void => {
+      // Fields after the sentence; none (a plain warning) adds nothing.
+      const fields = typeof objOrMsg === 'string' ? '' : JSON.stringify(objOrMsg);
       const text =
         typeof objOrMsg === 'string'
           ? objOrMsg
-          : `${msg ?? ''} ${JSON.stringify(objOrMsg)}`.trimStart();
+          : `${msg ?? ''} ${fields === '{}' ? '' : fields}`.trim();
       console[level](`${tag} ${level}: ${text}`);
     };
   return { info: () => {}, warn: line('warn'), error: line('error') };

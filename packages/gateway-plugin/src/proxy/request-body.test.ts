@@ -38,6 +38,19 @@ describe('planBody', () => {
   });
 
   it.each([
+    [42, '42'],
+    [false, 'false'],
+    [null, 'null'],
+  ])(
+    're-serializes the JSON scalar %j that express.json({ strict: false }) parsed',
+    (body, sent) => {
+      const req = parsed({ 'content-type': 'application/json', 'content-length': '9' }, body);
+      expect(planBody(req)).toEqual({ kind: 'buffered', body: Buffer.from(sent) });
+      expect(req.headers['content-length']).toBe(String(sent.length));
+    },
+  );
+
+  it.each([
     ['multipart/form-data; boundary=x', { f: 'v' }, /multipart body cannot be rebuilt/],
     ['application/xml', { a: 1 }, /no encoding for content type "application\/xml"/],
     ['application/json', undefined, /req\.body is not set/],

@@ -98,6 +98,9 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
   if (parsed instanceof Uint8Array) return Buffer.from(parsed);
   if (typeof parsed === 'string') return Buffer.from(parsed, 'utf8');
   const type = mediaType(contentType);
+  // A number, boolean or null: only a JSON parser (express.json({ strict: false })) makes one.
+  const scalar = parsed === null || typeof parsed === 'number' || typeof parsed === 'boolean';
+  if (scalar && isJson(type)) return Buffer.from(JSON.stringify(parsed), 'utf8');
   if (typeof parsed === 'object' && parsed !== null) {
     if (isJson(type)) return Buffer.from(JSON.stringify(parsed), 'utf8');
     if (type === 'application/x-www-form-urlencoded')
