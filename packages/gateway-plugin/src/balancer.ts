@@ -30,6 +30,7 @@ import {
 } from './observability';
 import { backendUrl } from './options-validate';
 import { DEFAULT_CLOSE_GRACE_MS, DEFAULT_READY_TIMEOUT_MS, type ResolvedOptions } from './options';
+import type { FlowHost } from './proxy/flow-host';
 import { ProxyEngine } from './proxy/proxy-engine';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
@@ -51,7 +52,7 @@ const FRESHNESS_SWEEP_MS = 1000;
  */
 const SATURATED_REPICKS = 4;
 
-export class Balancer implements BalancerHandle {
+export class Balancer implements BalancerHandle, FlowHost {
   readonly events: BalancerEmitter;
   readonly strategy: Strategy;
   readonly registry: Registry;
@@ -438,6 +439,24 @@ export class Balancer implements BalancerHandle {
 
   /** The pick's reason of the last choose() that found a backend (decision header). */
   chosenReason: string | undefined;
+
+  /** A WebSocket upgrade's backend: the strategy's pick, counted as a pick (upgrade-flow.ts). */
+  pickUpgrade(nowMs: number, hashKey: string | undefined): Backend | undefined {
+    if (this.registry.eligible.length === 0) return undefined;
+    const pick = this.strategy.pick({ nowMs, hashKey });
+    const backend = pick && this.registry.get(pick.endpoint.id);
+    if (!backend) return undefined;
+    this.metrics.onPick(backend.id, this.strategy.name);
+    this.traffic.record(backend.id, nowMs);
+    return backend;
+  }
+
+  /** A failed attempt has nowhere else to go: panic, or every eligible backend was tried. */
+  nothingLeftToTry(tried: ReadonlySet<Endpoint> | undefined): boolean {
+    if (this.registry.panic) return true;
+    for (const b of this.registry.eligible) if (!tried?.has(b.endpoint)) return false;
+    return true;
+  }
   /** choose()'s context, reused: picks are synchronous and no strategy keeps it. */
   private readonly pickContext: PickContext = {
     nowMs: 0,

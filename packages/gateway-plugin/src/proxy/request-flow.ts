@@ -29,12 +29,12 @@ import type { ShedReason } from '../observability';
 import { formatDecisionHeader } from '../observability';
 import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
-import type { Balancer as BalancerCore } from '../balancer';
 import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
 import { pumpBody } from './body-pump';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { checkFraming, checkPath, type BodyFraming } from './request-checks';
 import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
+import type { FlowHost } from './flow-host';
 import { UpgradeFlow } from './upgrade-flow';
 import {
   CONNECT_TIMEOUT_CODE,
@@ -100,7 +100,7 @@ export class RequestFlow {
   active = 0;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(private readonly core: BalancerCore) {
+  constructor(private readonly core: FlowHost) {
     this.upgrades = new UpgradeFlow(core);
     const max = core.options.maxInFlightPerClient;
     this.clients = max === undefined ? undefined : new ClientLimit(max);
@@ -571,7 +571,7 @@ export class RequestFlow {
       // A retryable request that could not reach a backend, when none is left to try or too
       // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
       // Retry-After as above, so clients back off instead of reading a gateway fault.
-      if (this.retryable(flow) && (c.registry.panic || this.noneUntried(flow))) {
+      if (this.retryable(flow) && c.nothingLeftToTry(flow.tried)) {
         const retryAfterSec = c.noBackendRetryAfterSec(c.now());
         return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }
@@ -586,11 +586,6 @@ export class RequestFlow {
     const r = this.core.options.retry;
     if (r === undefined || !r.methods.includes(flow.req.method ?? 'GET')) return false;
     return flow.framing === 'none' || flow.body.kind === 'buffered';
-  }
-
-  private noneUntried(flow: Flow): boolean {
-    for (const b of this.core.registry.eligible) if (!flow.tried?.has(b.endpoint)) return false;
-    return true;
   }
 
   private mayRetry(flow: Flow): boolean {

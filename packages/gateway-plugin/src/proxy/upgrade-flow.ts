@@ -7,16 +7,16 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Balancer } from '../balancer';
 import type { Backend } from '../registry/backend';
 import { hashKeyOf } from './affinity';
+import type { FlowHost } from './flow-host';
 import { setForwardedHeaders } from './forwarded';
 import { classify } from './upstream-errors';
 
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
 
-  constructor(private readonly core: Balancer) {}
+  constructor(private readonly core: FlowHost) {}
 
   targetOf(req: IncomingMessage): string | undefined {
     return this.upgrades.get(req)?.target.href;
@@ -36,12 +36,9 @@ export class UpgradeFlow {
     const aff = c.options.affinity;
     const hashKey = aff ? hashKeyOf(req, aff, c.options.trustForwarded).key : undefined;
     const nowMs = c.now();
-    const pick = c.registry.eligible.length > 0 ? c.strategy.pick({ nowMs, hashKey }) : undefined;
-    const backend = pick && c.registry.get(pick.endpoint.id);
+    const backend = c.pickUpgrade(nowMs, hashKey);
     if (!backend) return refuse('503 Service Unavailable');
     this.upgrades.set(req, backend);
-    c.metrics.onPick(backend.id, c.strategy.name);
-    c.traffic.record(backend.id, nowMs);
     socket.on('error', () => socket.destroy());
     c.engine.upgrade(backend, req, socket, head);
   }

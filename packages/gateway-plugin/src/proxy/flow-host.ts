@@ -1,0 +1,60 @@
+/**
+ * What the request and upgrade flows (request-flow.ts, upgrade-flow.ts) need of
+ * the balancer that owns them: the dispatch (choose, attempt hooks), admission
+ * (queue, drain rate, overload, retry budget), health (outlier), metrics and a
+ * log. The `Balancer` (balancer.ts) implements it; the flows see nothing else
+ * of it (not the strategy, registry, decoder or broker), and proxy/ imports
+ * nothing from balancer.ts.
+ */
+import type { DrainRate } from '../admission/drain-rate';
+import type { OverloadMonitor } from '../admission/overload-monitor';
+import type { RetryBudget } from '../admission/retry-budget';
+import type { WaitQueue } from '../admission/wait-queue';
+import type { OutlierDetector } from '../health/outlier-detector';
+import type { GatewayMetrics } from '../observability';
+import type { ResolvedOptions } from '../options';
+import type { Backend } from '../registry/backend';
+import type { Endpoint } from '../strategies/types';
+import type { ProxyEngine } from './proxy-engine';
+
+export interface FlowHost {
+  readonly options: ResolvedOptions;
+  readonly now: () => number;
+  /** close() has released everything: requests get LW_GW_CLOSED. */
+  readonly closed: boolean;
+  /** close() was called: new requests get LW_GW_DRAINING while in-flight ones finish. */
+  readonly draining: boolean;
+  readonly engine: ProxyEngine;
+  readonly metrics: GatewayMetrics;
+  readonly outlier: OutlierDetector;
+  readonly overload: OverloadMonitor | undefined;
+  readonly queue: WaitQueue;
+  readonly drainRate: DrainRate;
+  readonly budget: RetryBudget | undefined;
+  /** The pick's reason of the last choose() that found a backend (decision header). */
+  readonly chosenReason: string | undefined;
+  /** A backend for a new attempt, or why there is none (balancer.ts). */
+  choose(
+    nowMs: number,
+    tried: ReadonlySet<Endpoint> | undefined,
+    hashKey: string | undefined,
+  ): Backend | 'none' | 'all-tried' | 'saturated';
+  /** A backend for a WebSocket upgrade (no saturation test, no in-flight accounting). */
+  pickUpgrade(nowMs: number, hashKey: string | undefined): Backend | undefined;
+  attemptStarted(backend: Backend, nowMs: number): void;
+  attemptEnded(
+    backend: Backend,
+    nowMs: number,
+    latencyMs: number,
+    ok: boolean,
+    overloaded: boolean,
+    cancelled: boolean,
+  ): void;
+  /** Too few healthy backends (panic), or every eligible one is in `tried`. */
+  nothingLeftToTry(tried: ReadonlySet<Endpoint> | undefined): boolean;
+  noBackendRetryAfterSec(nowMs: number): number;
+  /** The wait queue's length changed (saturation events, metrics). */
+  queueChanged(): void;
+  /** A warning, at most once per key per 10 s. */
+  logLine(key: string, message: string, fields?: Record<string, unknown>): void;
+}
