@@ -92,6 +92,27 @@ describe('saying what is wrong', () => {
     }
   });
 
+  it('a broker that speaks only MQTT 3.1.1 (aedes): connected, with no unreachable line or event', async () => {
+    // The gateway asks for MQTT 5 first and retries at once with 3.1.1 when the
+    // CONNACK refuses the version: a negotiation, not an outage. Every quick
+    // start (an aedes broker given by URL) used to begin with a false
+    // "unreachable: Connection refused: Unacceptable protocol version".
+    const broker = await startEmbeddedBroker();
+    const logger = captureLogger();
+    const lb = loadBalance({ backends: [{ id: 'a', url: a.url }], broker: broker.url, logger });
+    const unreachable: unknown[] = [];
+    lb.balancer.on('broker-unreachable', (e) => unreachable.push(e));
+    try {
+      await lb.ready({ timeoutMs: 5000 });
+      expect(lb.balancer.brokerConnected).toBe(true);
+      expect(unreachable).toEqual([]);
+      expect(logger.lines).toEqual([`info broker connected (${broker.url})`]);
+    } finally {
+      await lb.close();
+      await broker.close();
+    }
+  });
+
   it('a refused backend: a line naming it, its URL, the errno and the attempt, rate-limited', async () => {
     const dead = `http://127.0.0.1:${await refusedPort()}/`;
     const logger = captureLogger();
