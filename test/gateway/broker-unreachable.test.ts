@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { loadBalance, startEmbeddedBroker, type BalancerEvents } from '@loadwise/gateway-plugin';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway } from '../kit/gateway';
+import { rawExchange } from '../kit/raw-http';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 function captureLogger(): {
@@ -126,6 +127,45 @@ describe('saying what is wrong', () => {
       const lines = logger.lines.filter((l) => l.includes('ECONNREFUSED'));
       expect(lines).toEqual([
         `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; retrying`,
+      ]);
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it('request-path warnings are structured too: event first, then what explains it', async () => {
+    const dead = `http://127.0.0.1:${await refusedPort()}/`;
+    const lines: { fields: Record<string, unknown>; msg: string | undefined }[] = [];
+    const record = (obj: object | string, msg?: string): void =>
+      void lines.push(
+        typeof obj === 'string' ? { fields: {}, msg: obj } : { fields: { ...obj }, msg },
+      );
+    const gw = await startLocalGateway({
+      backends: [{ id: 'dead', url: dead }],
+      logger: { info: record, warn: record, error: record },
+    });
+    try {
+      expect((await send(`${gw.url}/x`)).status).toBe(503);
+      const r = await rawExchange(gw.port, 'GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n', {
+        responses: 1,
+      });
+      expect(r.responses[0]?.status).toBe(400);
+      expect(lines).toEqual([
+        {
+          fields: {
+            event: 'upstream-failed',
+            backend: 'dead',
+            error: 'ECONNREFUSED',
+            attempt: 1,
+            method: 'GET',
+            outcome: 'retrying',
+          },
+          msg: `attempt 1 of GET /x to dead (${dead}) failed: ECONNREFUSED; retrying`,
+        },
+        {
+          fields: { event: 'request-refused', code: 'LW_GW_BAD_PATH' },
+          msg: 'request refused (LW_GW_BAD_PATH): dot-segment in the path; GET /a/../b from 127.0.0.1',
+        },
       ]);
     } finally {
       await gw.close();

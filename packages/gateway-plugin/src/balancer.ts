@@ -40,7 +40,7 @@ import { createStrategy } from './strategies';
 import type { Endpoint, PickContext, Strategy } from './strategies/types';
 import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
-import { attachEventLog } from './observability/event-log';
+import { attachEventLog, writeLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
 /**
@@ -86,7 +86,12 @@ export class Balancer implements BalancerHandle {
     this.now = o.now;
     this.log = new RateLimitedLog(o.logger, o.now);
     this.events = new BalancerEmitter((err) =>
-      o.logger.error(`event listener threw: ${String(err)}`),
+      writeLog(
+        o.logger,
+        'error',
+        { event: 'listener-threw' },
+        `event listener threw: ${String(err)}`,
+      ),
     );
     // Every state change becomes a structured, levelled log line.
     attachEventLog(this.events, o.logger, this.log);
@@ -240,9 +245,13 @@ export class Balancer implements BalancerHandle {
     });
   }
 
-  /** A warning, at most once per key per 10 s (rate-limited-log.ts). */
-  logLine(key: string, message: string): void {
-    this.log.warn(key, message);
+  /**
+   * A warning outside the state changes (a failed attempt, a refused
+   * request), at most once per key per 10 s (rate-limited-log.ts); `fields`
+   * start with `event`, as the state changes' lines do.
+   */
+  logLine(key: string, message: string, fields: { event: string; [field: string]: unknown }): void {
+    this.log.warn(key, message, fields);
   }
 
   private addBackend(
@@ -373,7 +382,10 @@ export class Balancer implements BalancerHandle {
     if (quiet) {
       if (this.warnedUnsigned) return;
       this.warnedUnsigned = true;
-      this.options.logger.warn(
+      writeLog(
+        this.options.logger,
+        'warn',
+        { event: 'unsigned-refused', backend: backendId ?? null },
         `refusing unsigned reports (first from ${backendId ?? 'unknown'}): no signing keys are configured. ` +
           'Set keys (and sign agents with --key-file), or allowUnsigned: true to accept unsigned ' +
           "reports that can only lower a backend's share (SECURITY.md). Further refusals are counted " +

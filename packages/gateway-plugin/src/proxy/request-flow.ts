@@ -142,7 +142,10 @@ export class RequestFlow {
     const body = planBody(req);
     if (body.kind === 'lost') {
       // Fails before any backend is picked: a gateway mistake, not a backend's.
-      c.logLine('body-consumed', `${req.method} ${req.url}: ${body.detail}`);
+      c.logLine('body-consumed', `${req.method} ${req.url}: ${body.detail}`, {
+        event: 'body-consumed',
+        method: req.method,
+      });
       return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, body.detail);
     }
     let client: string | undefined;
@@ -540,15 +543,24 @@ export class RequestFlow {
     const res2 = flow.res;
     const errno = (err as { code?: string }).code ?? err.message;
     const attempt = `attempt ${flow.retries + 1} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
+    const logFailure = (outcome: string, sentence: string): void =>
+      c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}${sentence}`, {
+        event: 'upstream-failed',
+        backend: backend.id,
+        error: errno,
+        attempt: flow.retries + 1,
+        method: flow.req.method,
+        outcome,
+      });
     if (res2.headersSent) {
-      c.logLine(`upstream:${backend.id}:${errno}`, `${attempt} mid-response; connection cut`);
+      logFailure('cut', ' mid-response; connection cut');
       return void res2.destroy();
     }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       flow.tried ??= new Set();
       flow.tried.add(backend.endpoint);
       if (this.mayRetry(flow)) {
-        c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; retrying`);
+        logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
         flow.retries++;
         if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
@@ -563,7 +575,7 @@ export class RequestFlow {
       }
     }
     const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
-    c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; answering ${code}`);
+    logFailure(code, `; answering ${code}`);
     this.fail(flow, code);
   }
 
@@ -646,7 +658,10 @@ export class RequestFlow {
   private count(req: IncomingMessage, code: GatewayErrorCode, detail: string): void {
     this.core.metrics.onRequestRejected(code);
     const text = detail.slice(0, 200).replace(/[^\x20-\x7e]/g, '?');
-    this.log.warn(code, `request refused (${code}): ${text}; ${describe(req)}`);
+    this.log.warn(code, `request refused (${code}): ${text}; ${describe(req)}`, {
+      event: 'request-refused',
+      code,
+    });
   }
 
   /**
@@ -659,7 +674,9 @@ export class RequestFlow {
       hook();
       return true;
     } catch (err) {
-      this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`);
+      this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`, {
+        event: 'hook-threw',
+      });
       this.endAttempt(flow, true);
       // Nothing of this attempt may reach the client after the error answer.
       proxyRes?.destroy();
