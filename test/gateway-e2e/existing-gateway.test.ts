@@ -14,6 +14,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
+import { GATEWAY_BIN, spawnScript } from '../kit/agent-cli';
 import { alive } from '../kit/pids';
 import { wsExchange } from '../kit/ws-client';
 
@@ -146,6 +147,28 @@ describe('an existing Express gateway with two services (examples/existing-gatew
     ]);
     const noOps = await fetch(`${gw.base}/_lb/status`, { headers: APP });
     expect(noOps.status).toBe(401);
+  });
+
+  it('`loadwise status` reads that page: the app token with --header, a table per service', async () => {
+    const p = spawnScript(
+      GATEWAY_BIN,
+      ['status', '--url', `${gw.base}/_lb/status`, '--header', `authorization: Bearer ${TOKEN}`],
+      { LOADWISE_STATUS_TOKEN: OPS, LOADWISE_STATUS_TOKEN_HEADER: 'x-loadwise-token' },
+    );
+    expect(await p.exited).toBe(0);
+    const lines = p.stdout().split('\n');
+    const users = lines.findIndex((l) => l.startsWith('service users: strategy load-aware'));
+    const orders = lines.findIndex((l) => l.startsWith('service orders: strategy load-aware'));
+    expect(users).toBeGreaterThan(0);
+    expect(orders).toBeGreaterThan(users);
+    const ids = (from: number, to?: number): string[] =>
+      lines
+        .slice(from, to)
+        .map((l) => /^(\S+) +healthy /.exec(l)?.[1])
+        .filter((id): id is string => id !== undefined)
+        .sort();
+    expect(ids(users, orders)).toEqual(['users-1', 'users-2']);
+    expect(ids(orders)).toEqual(['orders-1', 'orders-2']);
   });
 
   it('each balancer hears only its own agents: no LW_GW_UNKNOWN_BACKEND, one registry with a service label', async () => {

@@ -206,6 +206,22 @@ describe('loadwise status CLI against a real gateway', () => {
       const q = await loadwise(['status', '--url', url, '--token', TOKEN]);
       expect(await q.exited).toBe(0);
       expect(seen[1]!['authorization']).toBe(`Bearer ${TOKEN}`);
+      // An app's own credentials next to the status token: --header (repeatable), or one in the variable.
+      const h = await loadwise(
+        ['status', '--url', url, '--header', 'Authorization: Bearer app', '--header', 'x-tenant:a'],
+        { LOADWISE_STATUS_TOKEN: TOKEN, LOADWISE_STATUS_TOKEN_HEADER: 'x-loadwise-token' },
+      );
+      expect(await h.exited).toBe(0);
+      expect(seen[2]).toMatchObject({
+        authorization: 'Bearer app',
+        'x-tenant': 'a',
+        'x-loadwise-token': TOKEN,
+      });
+      const e = await loadwise(['status', '--url', url], {
+        LOADWISE_STATUS_HEADER: 'authorization: Bearer from-env',
+      });
+      expect(await e.exited).toBe(0);
+      expect(seen[3]!['authorization']).toBe('Bearer from-env');
     } finally {
       await new Promise<void>((r) => front.close(() => r()));
     }
@@ -230,21 +246,31 @@ describe('loadwise status CLI against a real gateway', () => {
       ['status', '--url', statusUrl, '--count', '2'],
       ['status', '--url', statusUrl, '--watch', '--interval-ms', '10'],
       ['status', '--url', statusUrl, '--bogus'],
+      ['status', '--url', statusUrl, '--header', 'no-colon-secret'],
+      ['status', '--url', statusUrl, '--token', 't', '--header', 'Authorization: Bearer secret'],
       ['stats'],
     ]) {
       const p = await loadwise(args);
       expect({ args, code: await p.exited }).toEqual({ args, code: 2 });
       expect(p.stderr().trim().split('\n')).toHaveLength(1);
       expect(p.stderr()).toMatch(/^loadwise: /);
+      expect(p.stderr()).not.toContain('secret'); // a header's value is never echoed
     }
   }, 20_000);
 
   it('--help lists every option and its variable', async () => {
     const p = await loadwise(['--help']);
     expect(await p.exited).toBe(0);
-    for (const flag of ['--url', '--token', '--token-header', '--watch', '--interval-ms'])
+    for (const flag of [
+      '--url',
+      '--token',
+      '--token-header',
+      '--header',
+      '--watch',
+      '--interval-ms',
+    ])
       expect(p.stdout()).toContain(flag);
-    for (const env of ['LOADWISE_STATUS_URL', 'LOADWISE_STATUS_TOKEN'])
+    for (const env of ['LOADWISE_STATUS_URL', 'LOADWISE_STATUS_TOKEN', 'LOADWISE_STATUS_HEADER'])
       expect(p.stdout()).toContain(env);
   });
 });

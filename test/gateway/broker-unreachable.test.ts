@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { loadBalance, startEmbeddedBroker, type BalancerEvents } from '@loadwise/gateway-plugin';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { rawExchange } from '../kit/raw-http';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Lines as a `(msg: string)` logger prints them, and the fields a JSON logger (pino) would get. */
@@ -94,6 +95,27 @@ describe('saying what is wrong', () => {
     }
   });
 
+  it('a broker that speaks only MQTT 3.1.1 (aedes): connected, with no unreachable line or event', async () => {
+    // The gateway asks for MQTT 5 first and retries at once with 3.1.1 when the
+    // CONNACK refuses the version: a negotiation, not an outage. Every quick
+    // start (an aedes broker given by URL) used to begin with a false
+    // "unreachable: Connection refused: Unacceptable protocol version".
+    const broker = await startEmbeddedBroker();
+    const logger = captureLogger();
+    const lb = loadBalance({ backends: [{ id: 'a', url: a.url }], broker: broker.url, logger });
+    const unreachable: unknown[] = [];
+    lb.balancer.on('broker-unreachable', (e) => unreachable.push(e));
+    try {
+      await lb.ready({ timeoutMs: 5000 });
+      expect(lb.balancer.brokerConnected).toBe(true);
+      expect(unreachable).toEqual([]);
+      expect(logger.lines).toEqual([`info broker connected (${broker.url})`]);
+    } finally {
+      await lb.close();
+      await broker.close();
+    }
+  });
+
   /** A gateway whose only backend refuses connections, its log captured; closed after `use`. */
   async function withRefusedBackend(
     use: (gw: TestGateway, dead: string, logger: ReturnType<typeof captureLogger>) => Promise<void>,
@@ -120,14 +142,16 @@ describe('saying what is wrong', () => {
         `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; retrying`,
       ]);
       // The same, as fields for a JSON logger.
-      expect(logger.fields.filter((f) => f.errno !== undefined)).toEqual([
+      expect(logger.fields.filter((f) => f.event === 'upstream-failed')).toEqual([
         {
+          event: 'upstream-failed',
           backend: 'dead',
           url: dead,
-          errno: 'ECONNREFUSED',
+          error: 'ECONNREFUSED',
           attempt: 1,
           method: 'GET',
           path: '/x0',
+          outcome: 'retrying',
         },
       ]);
     }));
@@ -140,4 +164,45 @@ describe('saying what is wrong', () => {
         `warn attempt 1 of POST /orders to dead (${dead}) failed: ECONNREFUSED; answering LW_GW_UPSTREAM_FAILED`,
       ]);
     }));
+
+  it('request-path warnings are structured too: event first, then what explains it', async () => {
+    const dead = `http://127.0.0.1:${await refusedPort()}/`;
+    const lines: { fields: Record<string, unknown>; msg: string | undefined }[] = [];
+    const record = (obj: object | string, msg?: string): void =>
+      void lines.push(
+        typeof obj === 'string' ? { fields: {}, msg: obj } : { fields: { ...obj }, msg },
+      );
+    const gw = await startLocalGateway({
+      backends: [{ id: 'dead', url: dead }],
+      logger: { info: record, warn: record, error: record },
+    });
+    try {
+      expect((await send(`${gw.url}/x`)).status).toBe(503);
+      const r = await rawExchange(gw.port, 'GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n', {
+        responses: 1,
+      });
+      expect(r.responses[0]?.status).toBe(400);
+      expect(lines).toEqual([
+        {
+          fields: {
+            event: 'upstream-failed',
+            backend: 'dead',
+            url: dead,
+            error: 'ECONNREFUSED',
+            attempt: 1,
+            method: 'GET',
+            path: '/x',
+            outcome: 'retrying',
+          },
+          msg: `attempt 1 of GET /x to dead (${dead}) failed: ECONNREFUSED; retrying`,
+        },
+        {
+          fields: { event: 'request-refused', code: 'LW_GW_BAD_PATH' },
+          msg: 'request refused (LW_GW_BAD_PATH): dot-segment in the path; GET /a/../b from 127.0.0.1',
+        },
+      ]);
+    } finally {
+      await gw.close();
+    }
+  });
 });

@@ -41,7 +41,7 @@ import { createStrategy } from './strategies';
 import type { Endpoint, PickContext, Strategy } from './strategies/types';
 import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
-import { attachEventLog } from './observability/event-log';
+import { attachEventLog, writeLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
 /**
@@ -87,7 +87,12 @@ export class Balancer implements BalancerHandle, FlowHost {
     this.now = o.now;
     this.log = new RateLimitedLog(o.logger, o.now);
     this.events = new BalancerEmitter((err) =>
-      o.logger.error(`event listener threw: ${String(err)}`),
+      writeLog(
+        o.logger,
+        'error',
+        { event: 'listener-threw' },
+        `event listener threw: ${String(err)}`,
+      ),
     );
     // Every state change becomes a structured, levelled log line.
     attachEventLog(this.events, o.logger, this.log);
@@ -241,8 +246,12 @@ export class Balancer implements BalancerHandle, FlowHost {
     });
   }
 
-  /** A warning with its fields, at most once per key per 10 s (rate-limited-log.ts). */
-  logLine(key: string, message: string, fields: Record<string, unknown> = {}): void {
+  /**
+   * A warning outside the state changes (a failed attempt, a refused
+   * request), at most once per key per 10 s (rate-limited-log.ts); `fields`
+   * start with `event`, as the state changes' lines do.
+   */
+  logLine(key: string, message: string, fields: { event: string; [field: string]: unknown }): void {
     this.log.warn(key, message, fields);
   }
 
@@ -374,7 +383,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (quiet) {
       if (this.warnedUnsigned) return;
       this.warnedUnsigned = true;
-      this.options.logger.warn(
+      writeLog(
+        this.options.logger,
+        'warn',
+        { event: 'unsigned-refused', backend: backendId ?? null },
         `refusing unsigned reports (first from ${backendId ?? 'unknown'}): no signing keys are configured. ` +
           'Set keys (and sign agents with --key-file), or allowUnsigned: true to accept unsigned ' +
           "reports that can only lower a backend's share (SECURITY.md). Further refusals are counted " +

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
-import { renderStatus } from './render';
+import { balancersOf, renderStatus, type StatusDocument } from './render';
 
 const NAME = 'loadwise';
 const DEFAULT_INTERVAL_MS = 1000;
@@ -23,6 +23,8 @@ interface FlagSpec {
   type: 'string' | 'boolean';
   arg?: string;
   env?: string;
+  /** May be given several times (parseArgs `multiple`). */
+  multiple?: boolean;
   help: string;
 }
 
@@ -48,6 +50,14 @@ export const STATUS_FLAGS: readonly FlagSpec[] = [
     arg: 'name',
     env: 'LOADWISE_STATUS_TOKEN_HEADER',
     help: 'Header that carries the token: authorization (default; sent as "Bearer <token>") or another name, sent as the bare token',
+  },
+  {
+    flag: 'header',
+    type: 'string',
+    arg: 'name: value',
+    multiple: true,
+    env: 'LOADWISE_STATUS_HEADER',
+    help: 'Another request header, e.g. the credentials of an app in front of the status endpoint (repeatable; the variable holds one)',
   },
   {
     flag: 'watch',
@@ -107,6 +117,25 @@ function version(): string {
 
 class UsageError extends Error {}
 
+/** RFC 9110 §5.1: a field name is a token (lowercased here). */
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9a-z-]+$/;
+
+/**
+ * `name: value` from --header, the name lowercased. The value may be a
+ * secret (an app's own credentials), so no message ever repeats it.
+ */
+function splitHeader(raw: string): [string, string] {
+  const colon = raw.indexOf(':');
+  const name = raw.slice(0, Math.max(colon, 0)).trim().toLowerCase();
+  if (colon < 0 || !HEADER_NAME.test(name))
+    throw new UsageError('--header: give it as "<name>: <value>"');
+  const value = raw.slice(colon + 1).trim();
+  // A line break would end the header early (request splitting); Node refuses it anyway.
+  if (/[\r\n\0]/.test(value))
+    throw new UsageError(`--header ${name}: the value may not contain a line break`);
+  return [name, value];
+}
+
 function positiveInt(flag: string, raw: string | undefined, fallback: number, min = 1): number {
   if (raw === undefined) return fallback;
   if (!/^\d+$/.test(raw.trim()) || Number(raw) < min)
@@ -128,14 +157,18 @@ export interface StatusOptions {
 
 /** Parses `status` arguments (and the environment) into options; throws UsageError. */
 export function parseStatusArgs(argv: string[], env: NodeJS.ProcessEnv): StatusOptions | 'help' {
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | (string | boolean)[] | undefined>;
   try {
     ({ values } = parseArgs({
       args: argv,
       options: Object.fromEntries(
         STATUS_FLAGS.map((f) => [
           f.flag,
-          { type: f.type, ...(f.flag === 'help' ? { short: 'h' } : {}) },
+          {
+            type: f.type,
+            ...(f.multiple ? { multiple: true } : {}),
+            ...(f.flag === 'help' ? { short: 'h' } : {}),
+          },
         ]),
       ),
       strict: true,
@@ -164,9 +197,22 @@ export function parseStatusArgs(argv: string[], env: NodeJS.ProcessEnv): StatusO
   const headers: Record<string, string> = { accept: 'application/json' };
   const token = get('token');
   const header = (get('token-header') ?? 'authorization').toLowerCase();
-  // RFC 9110 §5.1: a field name is a token.
-  if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(header))
+  if (!HEADER_NAME.test(header))
     throw new UsageError(`--token-header: not a header name (got ${JSON.stringify(header)})`);
+  const given = values['header'];
+  const envHeader = env['LOADWISE_STATUS_HEADER'];
+  const extra = Array.isArray(given)
+    ? given.map(String)
+    : envHeader !== undefined && envHeader !== ''
+      ? [envHeader]
+      : [];
+  for (const [name, value] of extra.map(splitHeader)) {
+    if (token !== undefined && name === header)
+      throw new UsageError(
+        `--header: ${name} already carries the --token; name another --token-header`,
+      );
+    headers[name] = value;
+  }
   if (token !== undefined) headers[header] = header === 'authorization' ? `Bearer ${token}` : token;
   const watch = values['watch'] === true;
   const count = values['count'] === undefined ? undefined : positiveInt('count', get('count'), 1);
@@ -243,16 +289,22 @@ export async function fetchStatus(
       o.tokenHeader === undefined
         ? 'the gateway has a statusToken: give it with --token or LOADWISE_STATUS_TOKEN'
         : `the token sent in ${o.tokenHeader} was refused (wrong token, or the gateway reads another --token-header)`;
-    return { ok: false, error: `${o.url.href}: 401 unauthorized: ${hint}` };
+    return {
+      ok: false,
+      error: `${o.url.href}: 401 unauthorized: ${hint}; if the app's own auth guards it, send that with --header`,
+    };
   }
   if (res.status < 200 || res.status > 299)
     return { ok: false, error: `${o.url.href}: HTTP ${res.status} ${res.body.slice(0, 200)}` };
   try {
     const body = JSON.parse(res.body) as unknown;
+    // One balancer's snapshot, or a page of several (`services`), each with its backends.
     if (
       body &&
       typeof body === 'object' &&
-      Array.isArray((body as { backends?: unknown }).backends)
+      balancersOf(body as StatusDocument).every(
+        (b) => b && typeof b === 'object' && Array.isArray(b.backends),
+      )
     )
       return { ok: true, body: body as Record<string, unknown> };
   } catch {

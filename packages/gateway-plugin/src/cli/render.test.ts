@@ -71,6 +71,35 @@ describe('loadwise status rendering', () => {
     expect(text).toContain('SATURATED: 7 requests wait');
   });
 
+  it('prints one block per service when one page holds several balancers', () => {
+    const text = renderStatus(
+      {
+        takenAt: 't0',
+        services: [
+          {
+            service: 'users',
+            strategy: 'load-aware',
+            trafficWindowMs: 10_000,
+            backends: [backend],
+          },
+          { service: 'orders', strategy: 'p2c', panic: true, backends: [{ id: 'orders-1' }] },
+        ],
+      } as never,
+      'http://gw/_lb/status',
+    );
+    const lines = text.split('\n');
+    expect(lines[0]).toBe('http://gw/_lb/status  t0');
+    const users = lines.findIndex((l) => l.startsWith('service users: strategy load-aware,'));
+    const orders = lines.findIndex((l) => l.startsWith('service orders: strategy p2c,'));
+    expect(users).toBeGreaterThan(0);
+    expect(orders).toBeGreaterThan(users);
+    expect(lines.slice(users, orders).some((l) => l.startsWith('api-1  '))).toBe(true);
+    expect(lines.slice(orders).some((l) => l.startsWith('orders-1  '))).toBe(true);
+    expect(lines[orders + 1]).toMatch(/^PANIC/);
+    expect(text.match(/^SHARE: /gm)).toHaveLength(1);
+    expect(text).toContain('over the last 10 s;');
+  });
+
   it('aligns columns two spaces apart and leaves no trailing spaces', () => {
     expect(
       table(

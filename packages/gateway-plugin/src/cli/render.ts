@@ -90,26 +90,43 @@ export function table(header: readonly string[], rows: string[][]): string[] {
   return [line(header), ...rows.map(line)];
 }
 
-/** The whole frame: a summary line, warnings, the table and a legend line. */
-export function renderStatus(snapshot: Loose<BalancerSnapshot>, source: string): string {
-  const s = snapshot;
+/** One balancer: its summary line (named by its `service` when it has one), warnings and table. */
+function balancerBlock(s: Loose<BalancerSnapshot>): string[] {
   const broker =
     s.brokerConnected === true
       ? 'broker connected'
       : s.brokerConnected === false
         ? 'broker DISCONNECTED'
         : 'no broker';
-  const summary = [
-    `${source}  ${s.takenAt ?? ''}`.trimEnd(),
-    `strategy ${s.strategy ?? '?'}, ${int(s.inFlight)} in flight, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
+  const service = typeof s.service === 'string' ? `service ${s.service}: ` : '';
+  const lines = [
+    `${service}strategy ${s.strategy ?? '?'}, ${int(s.inFlight)} in flight, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
   ];
-  const warnings: string[] = [];
-  if (s.overloaded) warnings.push('OVERLOADED: the gateway is shedding new requests (503)');
-  if (s.panic) warnings.push('PANIC: too few healthy backends, routing over every routable one');
+  if (s.overloaded) lines.push('OVERLOADED: the gateway is shedding new requests (503)');
+  if (s.panic) lines.push('PANIC: too few healthy backends, routing over every routable one');
   if ((num(s.saturationQueueLength) ?? 0) > 0)
-    warnings.push(`SATURATED: ${int(s.saturationQueueLength)} requests wait for a backend slot`);
+    lines.push(`SATURATED: ${int(s.saturationQueueLength)} requests wait for a backend slot`);
   const backends = Array.isArray(s.backends) ? (s.backends as Loose<BackendSnapshot>[]) : [];
-  const rows = table(COLUMNS, backends.map(backendRow));
-  const legend = `SHARE: of this gateway's requests over the last ${num(s.trafficWindowMs) === undefined ? 'window' : ms(s.trafficWindowMs)}; IN-FLIGHT, LATENCY, EXP. WAIT: as this gateway sees it; CPU, MEM, BUSY, QUEUED: from the agent's last report`;
-  return [...summary, ...warnings, '', ...rows, '', legend, ''].join('\n');
+  return [...lines, '', ...table(COLUMNS, backends.map(backendRow))];
+}
+
+/** What a status endpoint serves: one balancer's snapshot, or several under `services` (statusHandler). */
+export type StatusDocument = Loose<BalancerSnapshot> & { services?: unknown };
+
+/** The balancers a status document holds: its `services`, or the document itself. */
+export function balancersOf(doc: StatusDocument): Loose<BalancerSnapshot>[] {
+  return Array.isArray(doc.services) ? (doc.services as Loose<BalancerSnapshot>[]) : [doc];
+}
+
+/**
+ * The whole frame: the source and time, then per balancer a summary line,
+ * warnings and the table (one block per service on a page of several), and a
+ * legend line.
+ */
+export function renderStatus(doc: StatusDocument, source: string): string {
+  const balancers = balancersOf(doc);
+  const blocks = balancers.flatMap((s, i) => [...(i > 0 ? [''] : []), ...balancerBlock(s)]);
+  const windowMs = balancers.map((s) => num(s.trafficWindowMs)).find((n) => n !== undefined);
+  const legend = `SHARE: of this gateway's requests over the last ${windowMs === undefined ? 'window' : ms(windowMs)}; IN-FLIGHT, LATENCY, EXP. WAIT: as this gateway sees it; CPU, MEM, BUSY, QUEUED: from the agent's last report`;
+  return [`${source}  ${doc.takenAt ?? ''}`.trimEnd(), ...blocks, '', legend, ''].join('\n');
 }

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { BalancerEmitter, type BalancerEvents } from '../events';
@@ -143,6 +145,23 @@ const CASES: {
 describe('event log', () => {
   it('has a case above for every balancer event', () => {
     expect(Object.keys(CASES).sort()).toEqual([...BALANCER_EVENT_NAMES].sort());
+  });
+
+  it("docs/observability.md's log table has a row per event, with the levels it is written at", () => {
+    const text = readFileSync(join(__dirname, '../../../../docs/observability.md'), 'utf8');
+    const start = text.indexOf('\n## Logs');
+    const end = text.indexOf('\n## ', start + 1);
+    const doc = text.slice(start, end < 0 ? undefined : end);
+    const levelColumn = new Map<string, string>();
+    for (const m of doc.matchAll(/^\| `([a-z-]+)` +\| ([^|]+)\|/gm)) levelColumn.set(m[1]!, m[2]!);
+    for (const name of BALANCER_EVENT_NAMES) {
+      const levels = [...new Set(CASES[name].map(([, level]) => level))];
+      const column = levelColumn.get(name) ?? '(no row)';
+      expect({ name, levels: levels.filter((l) => !column.includes(l)) }).toEqual({
+        name,
+        levels: [],
+      });
+    }
   });
 
   for (const name of Object.keys(CASES) as (keyof BalancerEvents)[]) {

@@ -143,6 +143,7 @@ export class RequestFlow {
     if (body.kind === 'lost') {
       // Fails before any backend is picked: a gateway mistake, not a backend's.
       c.logLine('body-consumed', `${req.method} ${req.url}: ${body.detail}`, {
+        event: 'body-consumed',
         code: 'LW_GW_BODY_CONSUMED',
         method: req.method,
         path: req.url,
@@ -545,24 +546,26 @@ export class RequestFlow {
     const errno = (err as { code?: string }).code ?? err.message;
     const attempt = `attempt ${flow.retries + 1} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
     // One line per backend and errno per 10 s; the fields say the same for a JSON logger.
-    const logAttempt = (outcome: string): void =>
-      c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}; ${outcome}`, {
+    const logFailure = (outcome: string, sentence: string): void =>
+      c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}${sentence}`, {
+        event: 'upstream-failed',
         backend: backend.id,
         url: backend.target.href,
-        errno,
+        error: errno,
         attempt: flow.retries + 1,
         method: flow.req.method,
         path: flow.req.url,
+        outcome,
       });
     if (res2.headersSent) {
-      logAttempt('the response had begun: connection cut');
+      logFailure('cut', ' mid-response; connection cut');
       return void res2.destroy();
     }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       flow.tried ??= new Set();
       flow.tried.add(backend.endpoint);
       if (this.mayRetry(flow)) {
-        logAttempt('retrying');
+        logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
         flow.retries++;
         if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
@@ -577,7 +580,7 @@ export class RequestFlow {
       }
     }
     const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
-    logAttempt(`answering ${code}`);
+    logFailure(code, `; answering ${code}`);
     this.fail(flow, code);
   }
 
@@ -655,7 +658,10 @@ export class RequestFlow {
   private count(req: IncomingMessage, code: GatewayErrorCode, detail: string): void {
     this.core.metrics.onRequestRejected(code);
     const text = detail.slice(0, 200).replace(/[^\x20-\x7e]/g, '?');
-    this.log.warn(code, `request refused (${code}): ${text}; ${describe(req)}`, { code });
+    this.log.warn(code, `request refused (${code}): ${text}; ${describe(req)}`, {
+      event: 'request-refused',
+      code,
+    });
   }
 
   /**
@@ -669,6 +675,7 @@ export class RequestFlow {
       return true;
     } catch (err) {
       this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`, {
+        event: 'hook-threw',
         code: 'LW_GW_HOOK_FAILED',
       });
       this.endAttempt(flow, true);

@@ -40,6 +40,11 @@ export class MqttSource {
   private lastError: string | undefined;
   /** An attempt failed since the last connect (reported once per outage). */
   private unreachable = false;
+  /**
+   * A refused MQTT 5 CONNECT is being retried as 3.1.1 (onVersionRefused):
+   * a negotiation, not an outage, so its error and close are not reported.
+   */
+  private retryingV4 = false;
   /** URL of the broker, known once started (the embedded broker picks its port). */
   url: string | undefined;
   readonly ready: Promise<void>;
@@ -142,6 +147,7 @@ export class MqttSource {
 
   private readonly onClose = (): void => {
     if (!this.connected) {
+      if (this.retryingV4) return;
       // No 'error' before the close: the peer hung up without a CONNACK (not
       // an MQTT broker?) or mqtt.js's connectTimeout expired (nothing answers).
       if (!this.unreachable && !this.closed) {
@@ -160,6 +166,7 @@ export class MqttSource {
     // mqtt.js emits connection errors here and keeps reconnecting; without a
     // listener they would be thrown as an unhandled 'error' event. The loss
     // itself is reported once, on 'close'.
+    if (this.retryingV4) return;
     const message = describeError(err);
     this.lastError = message;
     if (!this.connected && !this.unreachable && !this.closed) {
@@ -181,11 +188,13 @@ export class MqttSource {
     if (typeof err.code !== 'number' || !UNSUPPORTED_PROTOCOL_CODES.has(err.code)) return;
     client.options.protocolVersion = 4;
     delete client.options.properties;
+    this.retryingV4 = true;
     client.off('error', this.onVersionRefused);
     // After the refused connection has closed: reconnecting earlier races its
     // 'close' and leaves mqtt.js with a stray reconnect timer.
     client.once('close', () =>
       setImmediate(() => {
+        this.retryingV4 = false;
         if (!this.closed) client.reconnect();
       }),
     );
