@@ -13,8 +13,7 @@ import {
   mergeSources,
   toAgentOptions,
 } from './config';
-import { resolveAgentOptions } from './options';
-import { agentOptionsSchema } from './options-schema';
+import { agentOptionsSchema, resolveAgentOptions } from './options';
 
 /** Every option path of the library schema, e.g. queue.port, down to the leaves. */
 function schemaPaths(schema: z.ZodType, prefix = ''): string[] {

@@ -510,7 +510,7 @@ const given = (c: RawConfig, spec: OptionSpec): boolean => {
 /**
  * Turns the merged raw config into library options, row by row through the
  * table (file reads happen here, so their errors name the flag). The
- * library then validates every value (createAgent(), options-schema.ts).
+ * library then validates every value (createAgent(), agentOptionsSchema in options.ts).
  */
 export function toAgentOptions(c: RawConfig, opts: { requireBroker: boolean }): AgentOptions {
   const required = (flag: string, extra = ''): never => {
