@@ -8,7 +8,7 @@ import {
   type SigningKey,
   type StatusMessage,
 } from '@loadwise/protocol';
-import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
+import { createAgent, trackRequests, type Agent, type AgentOptions } from '@loadwise/health-agent';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { clearRetained, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { fire, listen, until, type Listening } from '../kit/agent-http';
@@ -21,6 +21,27 @@ describe('createAgent (library, in-process)', () => {
   afterEach(async () => {
     await Promise.all(agents.splice(0).map((a) => a.stop({ graceMs: 0 })));
     await Promise.all(servers.splice(0).map((s) => s.close()));
+  });
+
+  it('rejects a misspelt option at construction, by its path, with the nearest name', () => {
+    // Plain JavaScript callers have no type checker to catch these.
+    const typo = { backendId: 'a', qeue: {}, intervalMS: 5 } as unknown as AgentOptions;
+    expect(() => createAgent(typo)).toThrow(
+      expect.objectContaining({
+        code: 'LW_AGENT_INVALID_OPTION',
+        option: 'qeue',
+        message: 'LW_AGENT_INVALID_OPTION: unknown option qeue (did you mean queue?)',
+      }),
+    );
+    const deep = {
+      backendId: 'a',
+      queue: { source: 'kernel', port: 8080, timeoutMS: 5 },
+    } as unknown as AgentOptions;
+    expect(() => createAgent(deep)).toThrow('unknown option queue.timeoutMS');
+    // A library user sees the library's names, not the CLI's.
+    expect(() => createAgent({ backendId: 'a', queue: { source: 'kernel', port: 0 } })).toThrow(
+      'LW_AGENT_INVALID_OPTION: queue.port: must be an integer from 1 to 65535, got 0',
+    );
   });
 
   it('reads an in-process tracker, the probe and thresholds into one sample', async () => {

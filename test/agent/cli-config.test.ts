@@ -1,7 +1,12 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CLI_OPTIONS, envName, fromEnvironment } from '../../packages/health-agent/src/config';
+import {
+  CLI_OPTIONS,
+  configKey,
+  envName,
+  fromEnvironment,
+} from '../../packages/health-agent/src/config';
 import { spawnAgent } from '../kit/agent-cli';
 
 describe('loadwise-agent CLI interface', () => {
@@ -12,10 +17,24 @@ describe('loadwise-agent CLI interface', () => {
   it('--help explains every option with its env var, and lists no variable it ignores', async () => {
     const p = spawnAgent(['--help']);
     expect(await p.exited).toBe(0);
+    // One row of the table, one entry of --help: its flag, env var, config key and library option.
+    const entries = new Map(
+      p
+        .stdout()
+        .split('\n  --')
+        .slice(1)
+        .map((e) => [e.split(/\s/)[0]!, e]),
+    );
+    expect([...entries.keys()]).toEqual(CLI_OPTIONS.map((o) => o.flag));
     for (const o of CLI_OPTIONS) {
-      expect(p.stdout()).toContain(`--${o.flag}`);
-      if (fromEnvironment(o.flag)) expect(p.stdout()).toContain(envName(o.flag));
+      const entry = entries.get(o.flag);
+      expect(entry).toBeDefined();
+      if (fromEnvironment(o.flag)) expect(entry).toContain(`env ${envName(o.flag)}`);
       else expect(p.stdout()).not.toContain(envName(o.flag));
+      const key = configKey(o);
+      if (key) expect(entry).toContain(`config key "${key}"`);
+      else expect(entry).not.toContain('config key');
+      if (o.option) expect(entry).toContain(`createAgent() ${o.option}`);
     }
     expect(p.stdout()).toContain('LOADWISE_ONCE');
     expect(p.stdout()).not.toContain('LOADWISE_HELP');
@@ -41,7 +60,24 @@ describe('loadwise-agent CLI interface', () => {
     [['--backend-id', 'b', '--broker', 'http://x'], '--broker'],
     [['--broker', 'mqtt://127.0.0.1:1'], '--backend-id'],
     [['--backend-id', 'b', '--once', '--probe-url', 'healthz'], '--probe-url'],
-    [['--backend-id', 'b', '--once', '--bogus'], "'--bogus'"],
+    [['--backend-id', 'b', '--once', '--bogus'], 'unknown option --bogus'],
+    [
+      ['--backend-id', 'b', '--once', '--kernel-prot', '8080'],
+      'unknown option --kernel-prot (did you mean --kernel-port?)',
+    ],
+    // A library check (queue.port), named by the flag the user typed.
+    [
+      ['--backend-id', 'b', '--once', '--kernel-port', '70000'],
+      '--kernel-port: must be an integer',
+    ],
+    [
+      ['--backend-id', 'b', '--once', '--prometheus-url', 'http://x/'],
+      '--prometheus-gauge: is required',
+    ],
+    [
+      ['--backend-id', 'b', '--once', '--probe-timeout-ms', '50'],
+      '--probe-timeout-ms: needs --probe-url',
+    ],
     [['--backend-id', 'b', '--once', '--early-rise=-1'], '--early-rise'],
     [['--backend-id', 'b', '--once', '--early-min-gap-ms', '5'], '--early-min-gap-ms'],
     [['--backend-id', 'b', '--once', '--early-min-gap-ms', 'soon'], '--early-min-gap-ms'],
@@ -52,6 +88,16 @@ describe('loadwise-agent CLI interface', () => {
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/^loadwise-agent: LW_AGENT_INVALID_OPTION: /);
     expect(lines[0]).toContain(name);
+  });
+
+  it('rejects a typo in the config file with the nearest key, exit 2', async () => {
+    const config = path.join(dir, 'typo.json');
+    writeFileSync(config, JSON.stringify({ backendId: 'b', kernelPrt: 8080 }));
+    const p = spawnAgent(['--once', '--config', config]);
+    expect(await p.exited).toBe(2);
+    expect(p.stderr().trim()).toBe(
+      `loadwise-agent: LW_AGENT_CONFIG_FILE: ${config}: unknown option kernelPrt (did you mean kernelPort?)`,
+    );
   });
 
   it('--once prints one sample as JSON without a broker, configured from file and env', async () => {

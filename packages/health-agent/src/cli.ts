@@ -5,12 +5,14 @@ import { createAgent, type Agent } from './agent';
 import { AgentError } from './errors';
 import {
   CLI_OPTIONS,
-  LIBRARY_TO_FLAG,
-  camel,
+  configKey,
   envName,
+  flagFor,
   fromEnvironment,
   mergeSources,
   toAgentOptions,
+  unknownFlag,
+  type RawConfig,
 } from './config';
 import { readPidFile } from './samplers/process';
 
@@ -37,9 +39,13 @@ function version(): string {
 export function helpText(): string {
   const rows = CLI_OPTIONS.map((s) => {
     const left = `  --${s.flag}${s.arg ? ` <${s.arg}>` : ''}`;
+    const key = configKey(s);
     const sources = [
       fromEnvironment(s.flag) ? `env ${envName(s.flag)}` : '',
-      ['config', 'help', 'version', 'once'].includes(s.flag) ? '' : `config key "${camel(s.flag)}"`,
+      key ? `config key "${key}"` : '',
+      s.option
+        ? `createAgent() ${[s.option, ...Object.entries(s.implies ?? {}).map(([k, v]) => `${k}: '${v}'`)].join(' + ')}`
+        : '',
     ].filter(Boolean);
     return `${left.padEnd(34)} ${s.help}${sources.length > 0 ? `\n${''.padEnd(35)}${sources.join(', ')}` : ''}`;
   });
@@ -74,15 +80,10 @@ function fail(message: string, code = 2): never {
   process.exit(code);
 }
 
-function describeError(err: unknown): string {
-  if (err instanceof AgentError && err.code === 'LW_AGENT_INVALID_OPTION') {
-    // Library option names → the flag the user typed.
-    const m = /^LW_AGENT_INVALID_OPTION: ([\w.-]+): /.exec(err.message);
-    if (m && LIBRARY_TO_FLAG[m[1]!]) {
-      return err.message.replace(`${m[1]}:`, `--${LIBRARY_TO_FLAG[m[1]!]}:`);
-    }
-  }
-  return (err as Error).message;
+/** A library error names `queue.port`; the CLI user typed --kernel-port. */
+function describeError(err: AgentError, raw: RawConfig): string {
+  const flag = err.option && !err.option.startsWith('-') ? flagFor(err.option, raw) : undefined;
+  return flag ? err.message.replace(`: ${err.option}: `, `: ${flag}: `) : err.message;
 }
 
 /**
@@ -132,6 +133,11 @@ async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]
 async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'drain' || argv[0] === 'undrain') return controlCommand(argv[0], argv.slice(1));
   let values: Record<string, unknown>;
+  // Unknown flags first, with the nearest known one (parseArgs names only the unknown).
+  for (const t of parseArgs({ args: argv, strict: false, tokens: true }).tokens) {
+    const unknown = t.kind === 'option' ? unknownFlag(t.name) : undefined;
+    if (unknown) fail(`LW_AGENT_INVALID_OPTION: ${unknown} (see --help)`);
+  }
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -154,8 +160,9 @@ async function main(argv: string[]): Promise<void> {
   let agent: Agent;
   let logLevel: Level = 'info';
   let agentPidFile: string | undefined;
+  let raw: RawConfig = {};
   try {
-    const raw = mergeSources(values, process.env);
+    raw = mergeSources(values, process.env);
     // --once or LOADWISE_ONCE (mergeSources read both).
     once = raw['once'] === true;
     if (raw['logLevel'] !== undefined) {
@@ -168,7 +175,7 @@ async function main(argv: string[]): Promise<void> {
     if (once) delete options.broker;
     agent = createAgent(options);
   } catch (err) {
-    if (err instanceof AgentError) fail(describeError(err));
+    if (err instanceof AgentError) fail(describeError(err, raw));
     throw err;
   }
 

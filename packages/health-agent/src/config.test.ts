@@ -1,9 +1,48 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { z } from 'zod';
 import { AgentError } from './errors';
-import { CLI_OPTIONS, camel, envName, mergeSources, toAgentOptions } from './config';
-import { resolveAgentOptions } from './options';
+import {
+  CLI_OPTIONS,
+  camel,
+  configKey,
+  envName,
+  flagFor,
+  fromEnvironment,
+  mergeSources,
+  toAgentOptions,
+} from './config';
+import { agentOptionsSchema, resolveAgentOptions } from './options';
+
+/** Every option path of the library schema, e.g. queue.port, down to the leaves. */
+function schemaPaths(schema: z.ZodType, prefix = ''): string[] {
+  if (schema instanceof z.ZodOptional) return schemaPaths(schema.unwrap() as z.ZodType, prefix);
+  if (schema instanceof z.ZodUnion)
+    return [...new Set((schema.options as z.ZodType[]).flatMap((o) => schemaPaths(o, prefix)))];
+  if (schema instanceof z.ZodObject) {
+    return Object.entries(schema.shape as Record<string, z.ZodType>).flatMap(([k, v]) => [
+      `${prefix}${k}`,
+      ...schemaPaths(v, `${prefix}${k}.`),
+    ]);
+  }
+  return [];
+}
+
+/** createAgent() options no CLI row sets, each for a reason. */
+const LIBRARY_ONLY: Record<string, string> = {
+  broker: 'an object; its fields have rows',
+  'broker.connectTimeoutMs': 'mqtt.js default suits a daemon',
+  signingKey: 'set by --key-file (row option signingKey)',
+  service: 'an object; its fields have rows',
+  queue: 'an object; its fields have rows',
+  'queue.source': 'implied by the source URL or port row',
+  'queue.tracker': 'an in-process tracker object',
+  probe: 'an object; its fields have rows',
+  thresholds: 'an object; its fields have rows',
+  'thresholds.queueFull': 'library only so far',
+  random: 'a function, for tests',
+};
 
 describe('config sources', () => {
   let dir: string;
@@ -28,7 +67,58 @@ describe('config sources', () => {
     expect(camel('backend-id')).toBe('backendId');
     expect(envName('backend-id')).toBe('LOADWISE_BACKEND_ID');
     expect(new Set(CLI_OPTIONS.map((o) => o.flag)).size).toBe(CLI_OPTIONS.length);
-    for (const o of CLI_OPTIONS) expect(o.help.length).toBeGreaterThan(10);
+    for (const o of CLI_OPTIONS) {
+      expect(o.help.length).toBeGreaterThan(10);
+      expect(o.flag).toMatch(/^[a-z][a-z0-9]*(-[a-z0-9]+)*$/);
+      // The env name and the config key are the flag, respelled; nothing else.
+      expect(envName(o.flag)).toBe(`LOADWISE_${o.flag.toUpperCase().split('-').join('_')}`);
+      const key = configKey(o);
+      if (key !== undefined)
+        expect(key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).toBe(o.flag);
+    }
+    expect(CLI_OPTIONS.filter((o) => configKey(o) === undefined).map((o) => o.flag)).toEqual([
+      'config',
+      'once',
+      'help',
+      'version',
+    ]);
+    expect(CLI_OPTIONS.filter((o) => !fromEnvironment(o.flag)).map((o) => o.flag)).toEqual([
+      'help',
+      'version',
+    ]);
+  });
+
+  it('ties every row to a real createAgent() option, and every option to a row or a reason', () => {
+    const paths = schemaPaths(agentOptionsSchema);
+    const set = new Set<string>();
+    for (const o of CLI_OPTIONS) {
+      for (const p of [o.option, ...Object.keys(o.implies ?? {})]) {
+        if (p === undefined) continue;
+        expect(paths).toContain(p);
+        set.add(p);
+      }
+      for (const f of o.needs ?? []) expect(CLI_OPTIONS.map((x) => x.flag)).toContain(f);
+    }
+    const unset = paths.filter((p) => !set.has(p)).sort();
+    expect(unset).toEqual(
+      Object.keys(LIBRARY_ONLY)
+        .filter((p) => !set.has(p))
+        .sort(),
+    );
+  });
+
+  it('turns a library option path into the flag the CLI user gave', () => {
+    expect(flagFor('queue.port', { kernelPort: 80 })).toBe('--kernel-port');
+    expect(flagFor('queue.url', { trackerUrl: 'x' })).toBe('--tracker-url');
+    expect(flagFor('queue.url', { prometheusUrl: 'x' })).toBe('--prometheus-url');
+    expect(flagFor('queue.gauge', { prometheusUrl: 'x' })).toBe('--prometheus-gauge');
+    expect(flagFor('service', { servicePidFile: '/x', servicePid: 1 })).toBe('--service-pid');
+    expect(flagFor('probe.expectStatus[0]', { probeExpectStatus: [1] })).toBe(
+      '--probe-expect-status',
+    );
+    expect(flagFor('broker.cert', { tlsCert: '/c' })).toBe('--tls-cert');
+    expect(flagFor('signingKey', { keyFile: '/k' })).toBe('--key-file');
+    expect(flagFor('random', {})).toBeUndefined();
   });
 
   it('takes flag over environment over config file', () => {
@@ -70,7 +160,12 @@ describe('config sources', () => {
     const bad = file('bad.json', '{"backendId": "x", "intervalMS": 5}');
     expect(codeOf(() => mergeSources({ config: bad }, {}))).toMatchObject({
       code: 'LW_AGENT_CONFIG_FILE',
+      message: `LW_AGENT_CONFIG_FILE: ${bad}: unknown option intervalMS (did you mean intervalMs?)`,
     });
+    const once = file('once.json', '{"backendId": "x", "once": true}');
+    expect(codeOf(() => mergeSources({ config: once }, {})).message).toContain(
+      'unknown option once',
+    );
     expect(codeOf(() => mergeSources({ config: file('arr.json', '[1]') }, {}))).toMatchObject({
       code: 'LW_AGENT_CONFIG_FILE',
     });
@@ -121,11 +216,13 @@ describe('config sources', () => {
         ),
       ).message,
     ).toContain('choose one queue source');
-    expect(
-      codeOf(() =>
-        toAgentOptions({ backendId: 'x', prometheusUrl: 'http://a/' }, { requireBroker: false }),
-      ).message,
-    ).toContain('--prometheus-gauge');
+    // The library finds the missing gauge; the CLI names it by its flag.
+    const noGauge = { backendId: 'x', prometheusUrl: 'http://a/' };
+    const err = codeOf(() =>
+      resolveAgentOptions(toAgentOptions(noGauge, { requireBroker: false })),
+    );
+    expect(err.message).toBe('LW_AGENT_INVALID_OPTION: queue.gauge: is required');
+    expect(flagFor((err as AgentError).option!, noGauge)).toBe('--prometheus-gauge');
     expect(
       codeOf(() =>
         toAgentOptions(

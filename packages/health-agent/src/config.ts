@@ -1,21 +1,33 @@
 import { readFileSync } from 'node:fs';
-import { parseKeyFile, type QueueField } from '@loadwise/protocol';
-import { AgentError, invalidOption } from './errors';
+import { parseKeyFile, type SigningKey } from '@loadwise/protocol';
+import { AgentError, invalidOption, unknownOptionText } from './errors';
 import type { AgentOptions } from './options';
-import type { HostSource } from './samplers/host';
 
 /**
- * One table drives the CLI flags, the LOADWISE_* environment variables, the
- * config file keys and --help, so the four cannot drift apart.
- * Precedence: flag > environment > config file > default.
+ * One table gives each option its one name. From a row's flag come its
+ * LOADWISE_* environment variable and its config file key; its `option` is
+ * the createAgent() option it sets, so that an error about `queue.port` is
+ * shown to a CLI user as `--kernel-port`. --help and docs/agent.md list the
+ * rows. Precedence: flag > environment > config file > default.
  */
 type Kind = 'string' | 'int' | 'number' | 'boolean' | 'list';
 
 export interface OptionSpec {
+  /** The option's one name: `--<flag>`, LOADWISE_<FLAG>, config key camel(flag). */
   flag: string;
   kind: Kind;
   help: string;
   arg?: string;
+  /** Where else the value may come from (default both): --help and --version are flags only. */
+  from?: 'flag' | 'flag+env';
+  /** The createAgent() option this row sets, as a path (`queue.port`); none for CLI-only rows. */
+  option?: string;
+  /** Library options that giving this row also sets, e.g. the queue source. */
+  implies?: Readonly<Record<string, string>>;
+  /** Rows of which one must be given with this one. */
+  needs?: readonly string[];
+  /** Turns the raw value into the option's value (reads a file, inverts a switch); undefined sets nothing. */
+  value?: (v: NonNullable<RawConfig[string]>, raw: RawConfig) => unknown;
 }
 
 export const CLI_OPTIONS: readonly OptionSpec[] = [
@@ -27,194 +39,293 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
   },
   {
     flag: 'backend-id',
+    option: 'backendId',
     kind: 'string',
     arg: 'id',
     help: 'Backend id as the gateways know it (required)',
   },
   {
     flag: 'broker',
+    option: 'broker.url',
     kind: 'string',
     arg: 'url',
     help: 'MQTT broker URL: mqtt://host:1883, mqtts://host:8883, ws(s)://... (required unless --once)',
   },
-  { flag: 'prefix', kind: 'string', arg: 'prefix', help: 'Topic prefix (default loadwise)' },
+  {
+    flag: 'prefix',
+    option: 'prefix',
+    kind: 'string',
+    arg: 'prefix',
+    help: 'Topic prefix (default loadwise)',
+  },
   {
     flag: 'service-name',
+    option: 'serviceName',
     kind: 'string',
     arg: 'name',
     help: "The gateway balancer's `service` (one gateway, several services): topics go under <prefix>/<name>",
   },
   {
     flag: 'interval-ms',
+    option: 'intervalMs',
     kind: 'int',
     arg: 'ms',
     help: 'Sampling and publishing interval (default 1000, min 100)',
   },
   {
     flag: 'cron',
+    option: 'cron',
     kind: 'string',
     arg: 'expr',
     help: 'node-cron schedule instead of --interval-ms, e.g. "*/5 * * * * *"',
   },
   {
     flag: 'jitter-ms',
+    option: 'jitterMs',
     kind: 'int',
     arg: 'ms',
     help: 'Max random per-agent offset after each scheduled instant (default min(interval, 1000))',
   },
   {
     flag: 'early-rise',
+    option: 'earlyRise',
     kind: 'int',
     arg: 'n',
     help: 'Publish early when in-flight + queued rise by n over the last report (default 2, 0 = off; tracker sources)',
   },
   {
     flag: 'early-min-gap-ms',
+    option: 'earlyMinGapMs',
     kind: 'int',
     arg: 'ms',
     help: 'Least time between two reports with early reports on (default 300, 10..60000)',
   },
   {
     flag: 'tracker-url',
+    option: 'queue.url',
+    implies: { 'queue.source': 'tracker' },
     kind: 'string',
     arg: 'url',
     help: 'Queue source: URL of the trackRequests() exposePath, e.g. http://127.0.0.1:3000/.well-known/loadwise/stats',
   },
   {
     flag: 'kernel-port',
+    option: 'queue.port',
+    implies: { 'queue.source': 'kernel' },
     kind: 'int',
     arg: 'port',
     help: 'Queue source: read accept backlog and established connections of this port from /proc/net/tcp*',
   },
   {
     flag: 'prometheus-url',
+    option: 'queue.url',
+    implies: { 'queue.source': 'prometheus' },
     kind: 'string',
     arg: 'url',
     help: 'Queue source: Prometheus text endpoint',
   },
   {
     flag: 'prometheus-gauge',
+    option: 'queue.gauge',
+    needs: ['prometheus-url'],
     kind: 'string',
     arg: 'name',
     help: 'Gauge to read from --prometheus-url (summed over label sets)',
   },
   {
     flag: 'prometheus-field',
+    option: 'queue.field',
+    needs: ['prometheus-url'],
     kind: 'string',
     arg: 'field',
     help: 'Queue field the gauge reports: queued (default), inFlight, acceptBacklog, openConnections',
   },
   {
     flag: 'source-timeout-ms',
+    option: 'queue.timeoutMs',
+    needs: ['tracker-url', 'prometheus-url'],
     kind: 'int',
     arg: 'ms',
     help: 'Timeout of a tracker or Prometheus read (default 500)',
   },
   {
     flag: 'probe-url',
+    option: 'probe.url',
     kind: 'string',
     arg: 'url',
     help: "The service's health URL; a failing probe reports the backend down",
   },
-  { flag: 'probe-timeout-ms', kind: 'int', arg: 'ms', help: 'Probe timeout (default 1000)' },
+  {
+    flag: 'probe-timeout-ms',
+    option: 'probe.timeoutMs',
+    needs: ['probe-url'],
+    kind: 'int',
+    arg: 'ms',
+    help: 'Probe timeout (default 1000)',
+  },
   {
     flag: 'probe-expect-status',
+    option: 'probe.expectStatus',
+    needs: ['probe-url'],
     kind: 'list',
     arg: 'codes',
     help: 'Accepted probe statuses, comma-separated (default any 2xx/3xx)',
   },
   {
     flag: 'concurrency-limit',
+    option: 'concurrencyLimit',
     kind: 'int',
     arg: 'n',
     help: 'Requests the service serves at once (overrides what the tracker reports)',
   },
   {
     flag: 'service-pid',
+    option: 'service.pid',
     kind: 'int',
     arg: 'pid',
     help: "Watched service's PID, for its CPU and RSS",
   },
   {
     flag: 'service-pid-file',
+    option: 'service.pidFile',
     kind: 'string',
     arg: 'file',
     help: "Watched service's PID file (re-read every sample)",
   },
   {
     flag: 'cpu-threshold',
+    option: 'thresholds.cpuUtilization',
     kind: 'number',
     arg: '0..1',
     help: 'Host/cgroup CPU utilization reported as degraded (default 0.9)',
   },
   {
     flag: 'memory-threshold',
+    option: 'thresholds.memoryUtilization',
     kind: 'number',
     arg: '0..1',
     help: 'Host/cgroup memory utilization reported as degraded (default 0.9)',
   },
   {
     flag: 'host-source',
+    option: 'hostSource',
     kind: 'string',
     arg: 'src',
     help: 'Host CPU/memory reader: proc (default, reads /proc) or systeminformation',
   },
   {
     flag: 'cgroup-root',
+    option: 'cgroup.root',
     kind: 'string',
     arg: 'dir',
     help: 'cgroup mount (default /sys/fs/cgroup)',
   },
-  { flag: 'no-cgroup', kind: 'boolean', help: 'Do not read cgroup limits' },
-  { flag: 'proc-root', kind: 'string', arg: 'dir', help: 'procfs mount (default /proc)' },
+  {
+    flag: 'no-cgroup',
+    option: 'cgroup',
+    value: (v) => (v ? false : undefined),
+    kind: 'boolean',
+    help: 'Do not read cgroup limits',
+  },
+  {
+    flag: 'proc-root',
+    option: 'procRoot',
+    kind: 'string',
+    arg: 'dir',
+    help: 'procfs mount (default /proc)',
+  },
   {
     flag: 'client-id',
+    option: 'broker.clientId',
     kind: 'string',
     arg: 'id',
     help: 'MQTT client id (default lw-agent-<backend-id>-<random>; must be unique)',
   },
-  { flag: 'username', kind: 'string', arg: 'user', help: 'MQTT username' },
+  {
+    flag: 'username',
+    option: 'broker.username',
+    kind: 'string',
+    arg: 'user',
+    help: 'MQTT username',
+  },
   {
     flag: 'password',
+    option: 'broker.password',
     kind: 'string',
     arg: 'pass',
     help: 'MQTT password (prefer LOADWISE_PASSWORD: flags show in ps)',
   },
-  { flag: 'password-file', kind: 'string', arg: 'file', help: 'File holding the MQTT password' },
-  { flag: 'tls-ca', kind: 'string', arg: 'file', help: 'PEM CA bundle for mqtts:// / wss://' },
-  { flag: 'tls-cert', kind: 'string', arg: 'file', help: 'PEM client certificate (mutual TLS)' },
-  { flag: 'tls-key', kind: 'string', arg: 'file', help: 'PEM client key (mutual TLS)' },
+  {
+    flag: 'password-file',
+    option: 'broker.password',
+    value: (v) => readFileOption('password-file', String(v)).toString('utf8').trim(),
+    kind: 'string',
+    arg: 'file',
+    help: 'File holding the MQTT password',
+  },
+  {
+    flag: 'tls-ca',
+    option: 'broker.ca',
+    value: (v) => readFileOption('tls-ca', String(v)),
+    kind: 'string',
+    arg: 'file',
+    help: 'PEM CA bundle for mqtts:// / wss://',
+  },
+  {
+    flag: 'tls-cert',
+    option: 'broker.cert',
+    value: (v) => readFileOption('tls-cert', String(v)),
+    kind: 'string',
+    arg: 'file',
+    help: 'PEM client certificate (mutual TLS)',
+  },
+  {
+    flag: 'tls-key',
+    option: 'broker.key',
+    value: (v) => readFileOption('tls-key', String(v)),
+    kind: 'string',
+    arg: 'file',
+    help: 'PEM client key (mutual TLS)',
+  },
   {
     flag: 'tls-insecure',
+    option: 'broker.rejectUnauthorized',
+    value: (v) => (v ? false : undefined),
     kind: 'boolean',
     help: 'Do not verify the broker certificate (testing only)',
   },
   {
     flag: 'reconnect-ms',
+    option: 'broker.reconnectPeriodMs',
     kind: 'int',
     arg: 'ms',
     help: 'Wait between broker reconnect attempts (default 1000)',
   },
   {
     flag: 'keepalive-s',
+    option: 'broker.keepaliveS',
     kind: 'int',
     arg: 's',
     help: 'MQTT keepalive; the Last Will fires after 1.5x this (default 10)',
   },
   {
     flag: 'key-file',
+    option: 'signingKey',
+    value: (v, raw) => signingKey(String(v), raw['keyId'] as string | undefined),
     kind: 'string',
     arg: 'file',
     help: 'Signing key file ("<keyId> <base64 secret>" per line); signs every message',
   },
   {
     flag: 'key-id',
+    needs: ['key-file'],
     kind: 'string',
     arg: 'id',
     help: 'Which key of --key-file signs (default the first)',
   },
   {
     flag: 'drain-grace-ms',
+    option: 'drainGraceMs',
     kind: 'int',
     arg: 'ms',
     help: 'On SIGTERM/SIGINT, report draining this long before offline (default 2000)',
@@ -227,16 +338,15 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
   },
   { flag: 'log-level', kind: 'string', arg: 'level', help: 'error, warn, info (default) or debug' },
   { flag: 'once', kind: 'boolean', help: 'Print one sample as JSON and exit (no broker needed)' },
-  { flag: 'help', kind: 'boolean', help: 'Show this help' },
-  { flag: 'version', kind: 'boolean', help: 'Show the version' },
+  { flag: 'help', from: 'flag', kind: 'boolean', help: 'Show this help' },
+  { flag: 'version', from: 'flag', kind: 'boolean', help: 'Show the version' },
 ];
 
-/**
- * Whether a flag can also come from its LOADWISE_* variable: every one except
- * --help and --version, which a daemon's environment must not turn on.
- */
+const CLI_ONLY = new Set(['config', 'once']);
+
+/** Whether a row can also come from its LOADWISE_* variable: every one but --help and --version. */
 export function fromEnvironment(flag: string): boolean {
-  return flag !== 'help' && flag !== 'version';
+  return specOf(flag)?.from !== 'flag';
 }
 
 export function camel(flag: string): string {
@@ -244,6 +354,14 @@ export function camel(flag: string): string {
 }
 export function envName(flag: string): string {
   return `LOADWISE_${flag.replace(/-/g, '_').toUpperCase()}`;
+}
+/** The row's key in a --config file; none for --config itself, --once, --help and --version. */
+export function configKey(spec: OptionSpec): string | undefined {
+  return spec.from === 'flag' || CLI_ONLY.has(spec.flag) ? undefined : camel(spec.flag);
+}
+
+function specOf(flag: string): OptionSpec | undefined {
+  return CLI_OPTIONS.find((s) => s.flag === flag);
 }
 
 export type RawConfig = Record<string, string | number | boolean | string[] | number[] | undefined>;
@@ -310,23 +428,27 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
     if (!doc || typeof doc !== 'object' || Array.isArray(doc)) {
       throw new AgentError('LW_AGENT_CONFIG_FILE', `${configPath}: must hold a JSON object`);
     }
-    const byCamel = new Map(CLI_OPTIONS.map((s) => [camel(s.flag), s]));
+    const byKey = new Map<string, OptionSpec>();
+    for (const spec of CLI_OPTIONS) {
+      const key = configKey(spec);
+      if (key) byKey.set(key, spec);
+    }
     for (const [key, value] of Object.entries(doc as Record<string, unknown>)) {
-      const spec = byCamel.get(key);
-      if (!spec || ['config', 'help', 'version', 'once'].includes(spec.flag)) {
+      const spec = byKey.get(key);
+      if (!spec) {
         throw new AgentError(
           'LW_AGENT_CONFIG_FILE',
-          `${configPath}: unknown key ${JSON.stringify(key)}`,
+          `${configPath}: ${unknownOptionText(key, [...byKey.keys()])}`,
+          key,
         );
       }
       out[key] = coerce(spec, value, configPath);
     }
   }
   for (const spec of CLI_OPTIONS) {
-    if (!fromEnvironment(spec.flag)) continue;
+    if (!fromEnvironment(spec.flag) || spec.flag === 'config') continue;
     const v = env[envName(spec.flag)];
-    if (v !== undefined && spec.flag !== 'config')
-      out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
+    if (v !== undefined) out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
   }
   for (const spec of CLI_OPTIONS) {
     const v = flags[spec.flag];
@@ -334,6 +456,12 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
       out[camel(spec.flag)] = coerce(spec, v, describe(spec));
   }
   return out;
+}
+
+/** `unknown option --kernel-prot (did you mean --kernel-port?)` for a flag not in the table, else undefined. */
+export function unknownFlag(name: string): string | undefined {
+  const flags = CLI_OPTIONS.map((s) => s.flag);
+  return flags.includes(name) || name === 'h' ? undefined : unknownOptionText(name, flags, '--');
 }
 
 function readFileOption(flag: string, path: string): Buffer {
@@ -347,147 +475,96 @@ function readFileOption(flag: string, path: string): Buffer {
   }
 }
 
-/** Turns the merged raw config into library options (file reads happen here, so errors name the flag). */
-export function toAgentOptions(c: RawConfig, opts: { requireBroker: boolean }): AgentOptions {
-  const s = (k: string): string | undefined => c[k] as string | undefined;
-  const n = (k: string): number | undefined => c[k] as number | undefined;
-  const backendId = s('backendId');
-  if (!backendId)
-    throw invalidOption(
-      '--backend-id',
-      'is required (or LOADWISE_BACKEND_ID, or backendId in --config)',
-    );
-  const o: AgentOptions = { backendId };
-  if (s('prefix')) o.prefix = s('prefix');
-  if (s('serviceName')) o.serviceName = s('serviceName');
-  if (n('intervalMs') !== undefined) o.intervalMs = n('intervalMs');
-  if (s('cron')) o.cron = s('cron');
-  if (n('jitterMs') !== undefined) o.jitterMs = n('jitterMs');
-  if (n('earlyRise') !== undefined) o.earlyRise = n('earlyRise');
-  if (n('earlyMinGapMs') !== undefined) o.earlyMinGapMs = n('earlyMinGapMs');
-
-  const brokerUrl = s('broker');
-  if (brokerUrl) {
-    let password = s('password');
-    if (s('passwordFile'))
-      password = readFileOption('password-file', s('passwordFile')!).toString('utf8').trim();
-    o.broker = {
-      url: brokerUrl,
-      ...(s('clientId') ? { clientId: s('clientId') } : {}),
-      ...(s('username') ? { username: s('username') } : {}),
-      ...(password !== undefined ? { password } : {}),
-      ...(s('tlsCa') ? { ca: readFileOption('tls-ca', s('tlsCa')!) } : {}),
-      ...(s('tlsCert') ? { cert: readFileOption('tls-cert', s('tlsCert')!) } : {}),
-      ...(s('tlsKey') ? { key: readFileOption('tls-key', s('tlsKey')!) } : {}),
-      ...(c['tlsInsecure'] ? { rejectUnauthorized: false } : {}),
-      ...(n('reconnectMs') !== undefined ? { reconnectPeriodMs: n('reconnectMs') } : {}),
-      ...(n('keepaliveS') !== undefined ? { keepaliveS: n('keepaliveS') } : {}),
-    };
-  } else if (opts.requireBroker) {
-    throw invalidOption(
-      '--broker',
-      'is required (or LOADWISE_BROKER); use --once to sample without one',
+/** The key of --key-file that signs: --key-id's, or the first. */
+function signingKey(file: string, wanted: string | undefined): SigningKey {
+  let keys;
+  try {
+    keys = parseKeyFile(readFileOption('key-file', file).toString('utf8'));
+  } catch (err) {
+    if (err instanceof AgentError) throw err;
+    throw new AgentError(
+      'LW_AGENT_KEY_FILE',
+      `--key-file ${file}: ${(err as Error).message.replace(/^LW_PROTO_\w+: /, '')}`,
     );
   }
-
-  if (s('keyFile')) {
-    const text = readFileOption('key-file', s('keyFile')!).toString('utf8');
-    let keys;
-    try {
-      keys = parseKeyFile(text);
-    } catch (err) {
-      throw new AgentError(
-        'LW_AGENT_KEY_FILE',
-        `--key-file ${s('keyFile')}: ${(err as Error).message.replace(/^LW_PROTO_\w+: /, '')}`,
-      );
-    }
-    const wanted = s('keyId');
-    const key = wanted ? keys.find((k) => k.keyId === wanted) : keys[0];
-    if (!key) throw invalidOption('--key-id', `${wanted} is not in ${s('keyFile')}`);
-    o.signingKey = key;
-  } else if (s('keyId')) {
-    throw invalidOption('--key-id', 'needs --key-file');
-  }
-
-  const sources = [
-    s('trackerUrl') && 'tracker-url',
-    n('kernelPort') !== undefined && 'kernel-port',
-    s('prometheusUrl') && 'prometheus-url',
-  ].filter(Boolean);
-  if (sources.length > 1)
-    throw invalidOption(`--${sources[1]}`, `choose one queue source (also given: --${sources[0]})`);
-  const timeoutMs = n('sourceTimeoutMs');
-  if (s('trackerUrl'))
-    o.queue = { source: 'tracker', url: s('trackerUrl')!, ...(timeoutMs ? { timeoutMs } : {}) };
-  if (n('kernelPort') !== undefined) o.queue = { source: 'kernel', port: n('kernelPort')! };
-  if (s('prometheusUrl')) {
-    if (!s('prometheusGauge'))
-      throw invalidOption('--prometheus-gauge', 'is required with --prometheus-url');
-    o.queue = {
-      source: 'prometheus',
-      url: s('prometheusUrl')!,
-      gauge: s('prometheusGauge')!,
-      ...(s('prometheusField') ? { field: s('prometheusField') as QueueField } : {}),
-      ...(timeoutMs ? { timeoutMs } : {}),
-    };
-  } else if (s('prometheusGauge')) {
-    throw invalidOption('--prometheus-gauge', 'needs --prometheus-url');
-  }
-
-  if (s('probeUrl')) {
-    o.probe = { url: s('probeUrl')! };
-    if (n('probeTimeoutMs') !== undefined) o.probe.timeoutMs = n('probeTimeoutMs');
-    if (c['probeExpectStatus']) o.probe.expectStatus = c['probeExpectStatus'] as number[];
-  }
-  if (n('concurrencyLimit') !== undefined) o.concurrencyLimit = n('concurrencyLimit');
-  if (n('servicePid') !== undefined || s('servicePidFile')) {
-    o.service = {};
-    if (n('servicePid') !== undefined) o.service.pid = n('servicePid');
-    if (s('servicePidFile')) o.service.pidFile = s('servicePidFile');
-  }
-  if (n('cpuThreshold') !== undefined || n('memoryThreshold') !== undefined) {
-    o.thresholds = {};
-    if (n('cpuThreshold') !== undefined) o.thresholds.cpuUtilization = n('cpuThreshold');
-    if (n('memoryThreshold') !== undefined) o.thresholds.memoryUtilization = n('memoryThreshold');
-  }
-  if (s('hostSource')) o.hostSource = s('hostSource') as HostSource;
-  if (c['noCgroup']) o.cgroup = false;
-  else if (s('cgroupRoot')) o.cgroup = { root: s('cgroupRoot')! };
-  if (s('procRoot')) o.procRoot = s('procRoot');
-  if (n('drainGraceMs') !== undefined) o.drainGraceMs = n('drainGraceMs');
-  return o;
+  const key = wanted ? keys.find((k) => k.keyId === wanted) : keys[0];
+  if (!key) throw invalidOption('--key-id', `${wanted} is not in ${file}`);
+  return key;
 }
 
-/** Library option names in errors become the flag a CLI user typed. */
-export const LIBRARY_TO_FLAG: Record<string, string> = {
-  backendId: 'backend-id',
-  prefix: 'prefix',
-  serviceName: 'service-name',
-  broker: 'broker',
-  clientId: 'client-id',
-  reconnectPeriodMs: 'reconnect-ms',
-  keepaliveS: 'keepalive-s',
-  cert: 'tls-cert',
-  cron: 'cron',
-  intervalMs: 'interval-ms',
-  jitterMs: 'jitter-ms',
-  earlyRise: 'early-rise',
-  earlyMinGapMs: 'early-min-gap-ms',
-  signingKey: 'key-file',
-  servicePid: 'service-pid',
-  trackerUrl: 'tracker-url',
-  trackerTimeoutMs: 'source-timeout-ms',
-  prometheusTimeoutMs: 'source-timeout-ms',
-  kernelPort: 'kernel-port',
-  prometheusGauge: 'prometheus-gauge',
-  prometheusField: 'prometheus-field',
-  prometheusUrl: 'prometheus-url',
-  probeUrl: 'probe-url',
-  probeTimeoutMs: 'probe-timeout-ms',
-  probeExpectStatus: 'probe-expect-status',
-  cpuThreshold: 'cpu-threshold',
-  memoryThreshold: 'memory-threshold',
-  hostSource: 'host-source',
-  concurrencyLimit: 'concurrency-limit',
-  drainGraceMs: 'drain-grace-ms',
+function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const keys = path.split('.');
+  let at = target;
+  for (const k of keys.slice(0, -1)) {
+    if (typeof at[k] !== 'object' || at[k] === null) at[k] = {};
+    at = at[k] as Record<string, unknown>;
+  }
+  at[keys.at(-1)!] = value;
+}
+
+const given = (c: RawConfig, spec: OptionSpec): boolean => {
+  const v = c[camel(spec.flag)];
+  return v !== undefined && v !== '';
 };
+
+/**
+ * Turns the merged raw config into library options, row by row through the
+ * table (file reads happen here, so their errors name the flag). The
+ * library then validates every value (createAgent(), agentOptionsSchema in options.ts).
+ */
+export function toAgentOptions(c: RawConfig, opts: { requireBroker: boolean }): AgentOptions {
+  const required = (flag: string, extra = ''): never => {
+    throw invalidOption(
+      `--${flag}`,
+      `is required (or ${envName(flag)}, or ${camel(flag)} in --config)${extra}`,
+    );
+  };
+  if (!given(c, specOf('backend-id')!)) required('backend-id');
+  const o: Record<string, unknown> = {};
+  const implied = new Map<string, OptionSpec>();
+  for (const spec of CLI_OPTIONS) {
+    if (!given(c, spec)) continue;
+    if (spec.needs && !spec.needs.some((f) => given(c, specOf(f)!))) {
+      throw invalidOption(
+        `--${spec.flag}`,
+        `needs ${spec.needs.map((f) => `--${f}`).join(' or ')}`,
+      );
+    }
+    for (const [path, value] of Object.entries(spec.implies ?? {})) {
+      const other = implied.get(path);
+      if (other) {
+        throw invalidOption(
+          `--${spec.flag}`,
+          `choose one ${path.replace('.', ' ')} (also given: --${other.flag})`,
+        );
+      }
+      implied.set(path, spec);
+      setPath(o, path, value);
+    }
+    if (!spec.option) continue;
+    const raw = c[camel(spec.flag)]!;
+    const value = spec.value ? spec.value(raw, c) : raw;
+    if (value !== undefined) setPath(o, spec.option, value);
+  }
+  // The broker's other settings mean nothing without its URL (--once drops it all).
+  if (!(o['broker'] as { url?: string } | undefined)?.url) {
+    delete o['broker'];
+    if (opts.requireBroker) required('broker', '; use --once to sample without one');
+  }
+  return o as unknown as AgentOptions;
+}
+
+/**
+ * The flag that sets a library option, for errors: `queue.url` is
+ * --tracker-url or --prometheus-url, whichever was given; `service` (the
+ * object) is the first given row under it.
+ */
+export function flagFor(option: string, c: RawConfig): string | undefined {
+  const path = option.replace(/\[\d+\]/g, '');
+  const rows = CLI_OPTIONS.filter((s) => s.option !== undefined && given(c, s));
+  const row =
+    rows.find((s) => s.option === path) ??
+    rows.find((s) => s.option!.startsWith(`${path}.`) || path.startsWith(`${s.option!}.`)) ??
+    CLI_OPTIONS.find((s) => s.option === path); // a required one not given
+  return row && `--${row.flag}`;
+}

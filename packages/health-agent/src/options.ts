@@ -3,12 +3,14 @@ import {
   DEFAULT_TOPIC_PREFIX,
   QUEUE_FIELDS,
   assertValidBackendId,
-  assertValidPrefix,
   assertValidKey,
+  assertValidPrefix,
   isValidBackendId,
 } from '@loadwise/protocol';
 import cron from 'node-cron';
+import { z } from 'zod';
 import { invalidOption } from './errors';
+import { parseOptions, show } from './option-errors';
 import type { BrokerOptions } from './mqtt-publisher';
 import { DEFAULT_PROBE_TIMEOUT_MS } from './probe';
 import type { SnapshotProvider } from './queue/tracker-source';
@@ -104,39 +106,175 @@ export interface ResolvedAgentOptions {
   early: { rise: number; minGapMs: number } | undefined;
 }
 
-function int(name: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw invalidOption(name, `must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
-  }
-  return v;
+/*
+ * The one schema of these options (zod 4). Every object is strict: an unknown
+ * key at any depth is an error that names its full path and the nearest known
+ * key. Messages name the library path (`queue.port`); the CLI shows that path
+ * as the flag its user typed (config.ts). The public types above stay
+ * hand-written, with their doc comments, so that no zod type reaches the
+ * package's .d.ts; the compile-time checks below keep them and the schema equal.
+ */
+
+function int(min: number, max = Number.MAX_SAFE_INTEGER) {
+  const error = (iss: { input?: unknown }): string =>
+    `must be an integer from ${min} to ${max}, got ${show(iss.input)}`;
+  return z.int({ error }).min(min, { error }).max(max, { error });
 }
 
-function fraction(name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > 1) {
-    throw invalidOption(name, `must be a number in (0, 1], got ${JSON.stringify(v)}`);
-  }
-  return v;
+const fraction = z.number().refine((v) => v > 0 && v <= 1, {
+  error: (iss) => `must be a number in (0, 1], got ${show(iss.input)}`,
+});
+
+/** A check of @loadwise/protocol, its message without the protocol's code. */
+function asserted<S extends z.ZodType>(schema: S, assert: (v: z.output<S>) => void): S {
+  return schema.superRefine((v, ctx) => {
+    try {
+      assert(v);
+    } catch (err) {
+      ctx.addIssue({
+        code: 'custom',
+        message: (err as Error).message.replace(/^LW_PROTO_\w+: /, ''),
+      });
+    }
+  });
 }
 
-function httpUrl(name: string, v: unknown): URL {
-  let url: URL;
-  try {
-    url = new URL(String(v));
-  } catch {
-    throw invalidOption(name, `is not a URL: ${JSON.stringify(v)}`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw invalidOption(name, 'must be an http(s) URL');
-  return url;
+function url(protocols: readonly string[], wrong: string) {
+  return z.string().superRefine((v, ctx) => {
+    let parsed: URL;
+    try {
+      parsed = new URL(v);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `is not a URL: ${show(v)}` });
+      return;
+    }
+    if (!protocols.includes(parsed.protocol)) ctx.addIssue({ code: 'custom', message: wrong });
+  });
 }
+const httpUrl = url(['http:', 'https:'], 'must be an http(s) URL');
+const pem = z.union([z.string(), z.instanceof(Buffer)], { error: 'must be PEM text or a Buffer' });
+const sourceTimeoutMs = int(1, 60_000).optional();
 
-function wrap<T>(name: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    throw invalidOption(name, (err as Error).message.replace(/^LW_PROTO_\w+: /, ''));
-  }
-}
+const brokerSchema = z
+  .strictObject({
+    url: url(
+      ['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'],
+      'must be an mqtt://, mqtts://, ws:// or wss:// URL',
+    ),
+    clientId: z.string().min(1).max(128, 'must be 1-128 characters').optional(),
+    username: z.string().optional(),
+    password: z.string().optional(),
+    ca: pem.optional(),
+    cert: pem.optional(),
+    key: pem.optional(),
+    rejectUnauthorized: z.boolean().optional(),
+    reconnectPeriodMs: int(100).optional(),
+    connectTimeoutMs: int(1, 600_000).optional(),
+    keepaliveS: int(1, 65535).optional(),
+  })
+  .refine((b) => (b.cert === undefined) === (b.key === undefined), {
+    path: ['cert'],
+    error: 'a client certificate needs its key (and the key its certificate)',
+  });
+
+const queueSchema = z.discriminatedUnion('source', [
+  z
+    .strictObject({
+      source: z.literal('tracker'),
+      tracker: z
+        .custom<SnapshotProvider>(
+          (v) => typeof (v as SnapshotProvider | null)?.snapshot === 'function',
+          'must have snapshot()',
+        )
+        .optional(),
+      url: httpUrl.optional(),
+      timeoutMs: sourceTimeoutMs,
+    })
+    .refine((q) => (q.tracker === undefined) !== (q.url === undefined), {
+      path: ['url'],
+      error: 'give url (the exposePath of another process) or tracker (in-process), one of them',
+    }),
+  z.strictObject({ source: z.literal('kernel'), port: int(1, 65535) }),
+  z.strictObject({
+    source: z.literal('prometheus'),
+    url: httpUrl,
+    gauge: z.string().regex(/^[a-zA-Z_:][a-zA-Z0-9_:]*$/, {
+      error: (iss) => `must be a Prometheus metric name, got ${show(iss.input)}`,
+    }),
+    field: z.enum(QUEUE_FIELDS).optional(),
+    timeoutMs: sourceTimeoutMs,
+  }),
+]);
+
+const thresholdsSchema = z.strictObject({
+  cpuUtilization: fraction.optional(),
+  memoryUtilization: fraction.optional(),
+  queueFull: z.boolean().optional(),
+});
+
+export const agentOptionsSchema = z.strictObject({
+  backendId: asserted(z.string(), assertValidBackendId),
+  broker: brokerSchema.optional(),
+  prefix: asserted(z.string(), assertValidPrefix).optional(),
+  serviceName: z
+    .string()
+    .refine(isValidBackendId, 'must be 1-64 characters of [A-Za-z0-9._:@-]')
+    .optional(),
+  intervalMs: int(100, 3_600_000).optional(),
+  cron: z
+    .string()
+    .refine((v) => cron.validate(v), { error: (iss) => `invalid expression ${show(iss.input)}` })
+    .optional(),
+  jitterMs: int(0, 3_600_000).optional(),
+  signingKey: asserted(
+    z.custom<SigningKey>((v) => typeof v === 'object' && v !== null, 'must be a signing key'),
+    assertValidKey,
+  ).optional(),
+  service: z
+    .strictObject({ pid: int(1).optional(), pidFile: z.string().min(1).optional() })
+    .refine(
+      (s) => s.pid === undefined || s.pidFile === undefined,
+      'give a PID or a PID file, not both',
+    )
+    .optional(),
+  queue: queueSchema.optional(),
+  probe: z
+    .strictObject({
+      url: httpUrl,
+      timeoutMs: int(1, 60_000).optional(),
+      expectStatus: z
+        .array(int(100, 599))
+        .min(1, 'must be a non-empty list of HTTP statuses')
+        .optional(),
+    })
+    .optional(),
+  concurrencyLimit: int(1).optional(),
+  thresholds: thresholdsSchema.optional(),
+  hostSource: z.enum(HOST_SOURCES).optional(),
+  cgroup: z.union([z.boolean(), z.strictObject({ root: z.string().min(1).optional() })]).optional(),
+  procRoot: z.string().min(1).optional(),
+  drainGraceMs: int(0, 600_000).optional(),
+  earlyRise: int(0, 1_000_000).optional(),
+  earlyMinGapMs: int(10, 60_000).optional(),
+  random: z.custom<() => number>((v) => typeof v === 'function', 'must be a function').optional(),
+});
+
+// Compile-time: the hand-written public types and the schema accept the same options.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+type SameKeys<A, B> = Same<keyof A, keyof B>;
+type Input = z.input<typeof agentOptionsSchema>;
+type Check<T extends true> = T;
+export type _SchemaMatchesTypes = [
+  Check<Same<Omit<Input, 'queue'>, Omit<AgentOptions, 'queue'>>>,
+  Check<SameKeys<Required<Input>, Required<AgentOptions>>>,
+  Check<SameKeys<NonNullable<Input['broker']>, BrokerOptions>>,
+  Check<Same<NonNullable<Input['broker']>, BrokerOptions>>,
+  Check<SameKeys<NonNullable<Input['thresholds']>, Thresholds>>,
+  Check<SameKeys<NonNullable<Input['probe']>, NonNullable<AgentOptions['probe']>>>,
+  Check<SameKeys<NonNullable<Input['service']>, NonNullable<AgentOptions['service']>>>,
+  // The schema's tracker variant is one object with url or tracker; the type has two variants.
+  Check<QueueOptions extends NonNullable<Input['queue']> ? true : false>,
+];
 
 /** Derives the spacing of a cron schedule from its next two runs. */
 function cronIntervalMs(expr: string): number {
@@ -149,192 +287,65 @@ function cronIntervalMs(expr: string): number {
   }
 }
 
-export function resolveAgentOptions(o: AgentOptions): ResolvedAgentOptions {
-  if (!o || typeof o !== 'object') throw invalidOption('options', 'must be an object');
-  const backendId = wrap('backendId', () => {
-    assertValidBackendId(o.backendId);
-    return o.backendId;
-  });
-  let prefix = o.prefix ?? DEFAULT_TOPIC_PREFIX;
-  wrap('prefix', () => assertValidPrefix(prefix));
-  if (o.serviceName !== undefined) {
-    // One topic level, the gateway's `service` option (same alphabet as a backend id).
-    if (!isValidBackendId(o.serviceName))
-      throw invalidOption('serviceName', 'must be 1-64 characters of [A-Za-z0-9._:@-]');
-    prefix = `${prefix}/${o.serviceName}`;
-  }
-
-  let broker: BrokerOptions | undefined;
-  if (o.broker) {
-    let url: URL;
-    try {
-      url = new URL(o.broker.url);
-    } catch {
-      throw invalidOption('broker', `is not a URL: ${JSON.stringify(o.broker.url)}`);
-    }
-    if (!['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'].includes(url.protocol)) {
-      throw invalidOption('broker', 'must be an mqtt://, mqtts://, ws:// or wss:// URL');
-    }
-    if (
-      o.broker.clientId !== undefined &&
-      (o.broker.clientId.length < 1 || o.broker.clientId.length > 128)
-    ) {
-      throw invalidOption('clientId', 'must be 1-128 characters');
-    }
-    if (o.broker.reconnectPeriodMs !== undefined)
-      int('reconnectPeriodMs', o.broker.reconnectPeriodMs, 100);
-    if (o.broker.keepaliveS !== undefined) int('keepaliveS', o.broker.keepaliveS, 1, 65535);
-    if ((o.broker.cert === undefined) !== (o.broker.key === undefined)) {
-      throw invalidOption(
-        'cert',
-        'a client certificate needs its key (and the key its certificate)',
-      );
-    }
-    broker = o.broker;
-  }
-
-  let cronExpr: string | undefined;
-  if (o.cron !== undefined) {
-    if (typeof o.cron !== 'string' || !cron.validate(o.cron))
-      throw invalidOption('cron', `invalid expression ${JSON.stringify(o.cron)}`);
-    cronExpr = o.cron;
-  }
-  const intervalMs =
-    o.intervalMs !== undefined
-      ? int('intervalMs', o.intervalMs, 100, 3_600_000)
-      : cronExpr
-        ? cronIntervalMs(cronExpr)
-        : DEFAULT_INTERVAL_MS;
-  const jitterMs =
-    o.jitterMs === undefined
-      ? Math.min(intervalMs, 1000)
-      : int('jitterMs', o.jitterMs, 0, 3_600_000);
+/**
+ * Validates the options against the schema (agentOptionsSchema above: unknown keys
+ * and bad values throw LW_AGENT_INVALID_OPTION naming the option's path),
+ * then fills in the defaults.
+ */
+export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
+  if (!input || typeof input !== 'object') throw invalidOption('options', 'must be an object');
+  const o = parseOptions(agentOptionsSchema, input);
+  const prefix = o.prefix ?? DEFAULT_TOPIC_PREFIX;
+  const intervalMs = o.intervalMs ?? (o.cron ? cronIntervalMs(o.cron) : DEFAULT_INTERVAL_MS);
+  const jitterMs = o.jitterMs ?? Math.min(intervalMs, 1000);
   const random = o.random ?? Math.random;
-  const offsetMs = Math.floor(random() * jitterMs);
-
-  if (o.signingKey) wrap('signingKey', () => assertValidKey(o.signingKey!));
-
-  let service: ResolvedAgentOptions['service'];
-  if (o.service) {
-    if (o.service.pid !== undefined && o.service.pidFile !== undefined) {
-      throw invalidOption('servicePid', 'give a PID or a PID file, not both');
-    }
-    if (o.service.pid !== undefined) service = { pid: int('servicePid', o.service.pid, 1) };
-    else if (o.service.pidFile) service = { pidFile: String(o.service.pidFile) };
-  }
-
-  let queue: ResolvedAgentOptions['queue'];
   const q = o.queue;
-  if (q) {
-    const timeoutMs = (v: number | undefined, name: string): number =>
-      v === undefined ? DEFAULT_SOURCE_TIMEOUT_MS : int(name, v, 1, 60_000);
-    switch (q.source) {
-      case 'tracker':
-        if (q.tracker) {
-          if (typeof q.tracker.snapshot !== 'function')
-            throw invalidOption('queue.tracker', 'must have snapshot()');
-          queue = { source: 'tracker', tracker: q.tracker, timeoutMs: 0 };
-        } else {
-          queue = {
-            source: 'tracker',
-            url: httpUrl('trackerUrl', q.url),
-            timeoutMs: timeoutMs(q.timeoutMs, 'trackerTimeoutMs'),
-          };
-        }
-        break;
-      case 'kernel':
-        queue = { source: 'kernel', port: int('kernelPort', q.port, 1, 65535) };
-        break;
-      case 'prometheus': {
-        if (typeof q.gauge !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(q.gauge)) {
-          throw invalidOption(
-            'prometheusGauge',
-            `must be a Prometheus metric name, got ${JSON.stringify(q.gauge)}`,
-          );
-        }
-        const field = q.field ?? 'queued';
-        if (!QUEUE_FIELDS.includes(field))
-          throw invalidOption('prometheusField', `must be one of ${QUEUE_FIELDS.join(', ')}`);
-        queue = {
-          source: 'prometheus',
-          url: httpUrl('prometheusUrl', q.url),
-          gauge: q.gauge,
-          field,
-          timeoutMs: timeoutMs(q.timeoutMs, 'prometheusTimeoutMs'),
-        };
-        break;
-      }
-      default:
-        throw invalidOption(
-          'queue.source',
-          `must be tracker, kernel or prometheus, got ${JSON.stringify((q as { source: unknown }).source)}`,
-        );
-    }
-  }
-
-  let probe: ResolvedAgentOptions['probe'];
-  if (o.probe) {
-    probe = {
-      url: httpUrl('probeUrl', o.probe.url),
-      timeoutMs:
-        o.probe.timeoutMs === undefined
-          ? DEFAULT_PROBE_TIMEOUT_MS
-          : int('probeTimeoutMs', o.probe.timeoutMs, 1, 60_000),
-    };
-    if (o.probe.expectStatus !== undefined) {
-      if (!Array.isArray(o.probe.expectStatus) || o.probe.expectStatus.length === 0) {
-        throw invalidOption('probeExpectStatus', 'must be a non-empty list of HTTP statuses');
-      }
-      probe.expectStatus = o.probe.expectStatus.map((s) => int('probeExpectStatus', s, 100, 599));
-    }
-  }
-
-  const t = o.thresholds ?? {};
-  const thresholds: Thresholds = {
-    cpuUtilization:
-      t.cpuUtilization === undefined
-        ? DEFAULT_THRESHOLDS.cpuUtilization
-        : fraction('cpuThreshold', t.cpuUtilization),
-    memoryUtilization:
-      t.memoryUtilization === undefined
-        ? DEFAULT_THRESHOLDS.memoryUtilization
-        : fraction('memoryThreshold', t.memoryUtilization),
-    queueFull: t.queueFull ?? DEFAULT_THRESHOLDS.queueFull,
-  };
-  const earlyRise =
-    o.earlyRise === undefined ? DEFAULT_EARLY_RISE : int('earlyRise', o.earlyRise, 0, 1_000_000);
-  const earlyMinGapMs =
-    o.earlyMinGapMs === undefined
-      ? DEFAULT_EARLY_MIN_GAP_MS
-      : int('earlyMinGapMs', o.earlyMinGapMs, 10, 60_000);
-  const hostSource = o.hostSource ?? DEFAULT_HOST_SOURCE;
-  if (!HOST_SOURCES.includes(hostSource))
-    throw invalidOption('hostSource', `must be one of ${HOST_SOURCES.join(', ')}`);
-
+  const earlyRise = o.earlyRise ?? DEFAULT_EARLY_RISE;
   return {
-    backendId,
-    broker,
-    prefix,
+    backendId: o.backendId,
+    broker: o.broker,
+    // One topic level, the gateway's `service` option (same alphabet as a backend id).
+    prefix: o.serviceName !== undefined ? `${prefix}/${o.serviceName}` : prefix,
     intervalMs,
-    cron: cronExpr,
-    offsetMs,
+    cron: o.cron,
+    offsetMs: Math.floor(random() * jitterMs),
     signingKey: o.signingKey,
-    service,
-    queue,
-    probe,
-    concurrencyLimit:
-      o.concurrencyLimit === undefined ? undefined : int('concurrencyLimit', o.concurrencyLimit, 1),
-    thresholds,
-    hostSource,
+    service: o.service?.pid !== undefined || o.service?.pidFile ? o.service : undefined,
+    queue:
+      q?.source === 'tracker'
+        ? q.tracker
+          ? { source: 'tracker', tracker: q.tracker, timeoutMs: 0 }
+          : {
+              source: 'tracker',
+              url: new URL(q.url!),
+              timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
+            }
+        : q?.source === 'prometheus'
+          ? {
+              source: 'prometheus',
+              url: new URL(q.url),
+              gauge: q.gauge,
+              field: q.field ?? 'queued',
+              timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
+            }
+          : q,
+    probe: o.probe && {
+      url: new URL(o.probe.url),
+      timeoutMs: o.probe.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS,
+      ...(o.probe.expectStatus ? { expectStatus: o.probe.expectStatus } : {}),
+    },
+    concurrencyLimit: o.concurrencyLimit,
+    thresholds: { ...DEFAULT_THRESHOLDS, ...o.thresholds },
+    hostSource: o.hostSource ?? DEFAULT_HOST_SOURCE,
     cgroup:
       o.cgroup === false
         ? undefined
         : { root: (typeof o.cgroup === 'object' && o.cgroup.root) || DEFAULT_CGROUP_ROOT },
     procRoot: o.procRoot ?? DEFAULT_PROC_ROOT,
-    drainGraceMs:
-      o.drainGraceMs === undefined
-        ? DEFAULT_DRAIN_GRACE_MS
-        : int('drainGraceMs', o.drainGraceMs, 0, 600_000),
-    early: earlyRise > 0 ? { rise: earlyRise, minGapMs: earlyMinGapMs } : undefined,
+    drainGraceMs: o.drainGraceMs ?? DEFAULT_DRAIN_GRACE_MS,
+    early:
+      earlyRise > 0
+        ? { rise: earlyRise, minGapMs: o.earlyMinGapMs ?? DEFAULT_EARLY_MIN_GAP_MS }
+        : undefined,
   };
 }
