@@ -9,6 +9,7 @@
  * estimate themselves (load/option-check.ts); objects the user owns (a
  * metrics registry, a logger, an mqtt client) are not walked.
  */
+import { didYouMean } from '@loadwise/protocol';
 import { GatewayError } from './errors';
 import { isObject } from './options-checks';
 
@@ -124,39 +125,6 @@ const BROKER_URL: Shape = {
   connectTimeoutMs: undefined,
   protocolVersion: undefined,
 };
-
-/** Levenshtein distance, small strings only (option names). */
-function distance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const up = prev[j]!;
-      const cost = a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1;
-      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + cost);
-      diag = up;
-    }
-  }
-  return prev[b.length]!;
-}
-
-/** The known key nearest to `key`, if it is close enough to be a typo. */
-export function didYouMean(key: string, known: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestD = Infinity;
-  for (const k of known) {
-    const d = distance(key, k);
-    if (d < bestD) {
-      best = k;
-      bestD = d;
-    }
-  }
-  // A third of the name (at least 1, at most 3) may differ: `stratgy`, `pathh`, `maxRetry`.
-  return best !== undefined && bestD <= Math.min(3, Math.max(1, Math.ceil(key.length / 3)))
-    ? best
-    : undefined;
-}
 
 function check(value: Record<string, unknown>, shape: Shape, path: string): void {
   const known = Object.keys(shape);

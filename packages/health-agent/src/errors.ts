@@ -1,3 +1,5 @@
+import { didYouMean } from '@loadwise/protocol';
+
 /**
  * Error catalogue of @loadwise/health-agent. Codes are stable and listed in
  * docs/agent.md (a test checks that the two agree). Only constructors, config
@@ -44,31 +46,4 @@ export function invalidOption(option: string, detail: string): AgentError {
 export function unknownOptionText(name: string, known: readonly string[], prefix = ''): string {
   const near = didYouMean(name, known);
   return `unknown option ${prefix}${name}${near ? ` (did you mean ${prefix}${near}?)` : ''}`;
-}
-
-/** Levenshtein distance, case-insensitive; small strings only (option names). */
-function distance(a: string, b: string): number {
-  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let diag = prev[0]!;
-    prev[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const up = prev[j]!;
-      const cost = a[i - 1]!.toLowerCase() === b[j - 1]!.toLowerCase() ? 0 : 1;
-      prev[j] = Math.min(up + 1, prev[j - 1]! + 1, diag + cost);
-      diag = up;
-    }
-  }
-  return prev[b.length]!;
-}
-
-/** The known name nearest to `name`, if it is close enough to be a typo (a third of it may differ, 1 to 3 edits). */
-export function didYouMean(name: string, known: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestD = Infinity;
-  for (const k of known) {
-    const d = distance(name, k);
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  return bestD <= Math.min(3, Math.max(1, Math.ceil(name.length / 3))) ? best : undefined;
 }
