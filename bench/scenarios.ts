@@ -296,6 +296,12 @@ export function coldStartScenarios(strategy = 'load-aware', durationMs = 10_000)
       ...loadwise(strategy, {}, { traceEveryMs: 200, backlog: 4096 }),
       name: `loadwise ${strategy} backlog 4096`,
     },
+    {
+      // A diagnostic, not a product setting: the same gateway after 3,000 requests through
+      // itself (code compiled, pools open), to tell a cold process from cold routing.
+      ...loadwise(strategy, {}, { traceEveryMs: 200, selfWarmRequests: 3_000 }),
+      name: `loadwise ${strategy} after 3,000 warm-up requests`,
+    },
     nginx('least_conn'),
   ];
   return [

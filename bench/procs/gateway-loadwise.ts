@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { execFile } from 'node:child_process';
-import type { Server } from 'node:http';
+import http, { type Server } from 'node:http';
 import express from 'express';
 import { loadBalance, runWorkers, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
@@ -28,6 +28,33 @@ interface LoadwiseConfig {
   traceEveryMs?: number;
   /** Listen backlog; absent: app.listen's (Node's default, 511). */
   backlog?: number;
+  /**
+   * A diagnostic for the cold-start scenario: this many GETs through the gateway's own
+   * port (16 keep-alive connections) before it says ready, so the code on the request
+   * path is compiled and the pools hold sockets when the measured load arrives.
+   */
+  selfWarmRequests?: number;
+}
+
+/** `n` GETs to `port` over 16 keep-alive connections; answers are read and dropped. */
+async function selfWarm(port: number, n: number): Promise<void> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  let next = 0;
+  const one = (): Promise<void> =>
+    new Promise((resolve) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
+        res.resume();
+        res.on('end', resolve);
+        res.on('error', () => resolve());
+      });
+      req.on('error', () => resolve());
+    });
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next++ < n) await one();
+    }),
+  );
+  agent.destroy();
 }
 
 async function startGateway(cfg: LoadwiseConfig) {
@@ -124,7 +151,9 @@ async function main(): Promise<void> {
     await closeServer(server);
     await balancer.close();
   });
-  tell({ type: 'ready', port: (server.address() as AddressInfo).port });
+  const port = (server.address() as AddressInfo).port;
+  if (cfg.selfWarmRequests) await selfWarm(port, cfg.selfWarmRequests);
+  tell({ type: 'ready', port });
 }
 
 main().catch(fail);
