@@ -12,21 +12,17 @@ import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { rawExchange } from '../kit/raw-http';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
-/** Lines as a `(msg: string)` logger prints them, and the fields a JSON logger (pino) would get. */
+/** Lines as a `(msg: string)` logger prints them (the fields object's toString is the sentence). */
 function captureLogger(): {
   lines: string[];
-  fields: Record<string, unknown>[];
   info(m: string): void;
   warn(m: string): void;
   error(m: string): void;
 } {
   const lines: string[] = [];
-  const fields: Record<string, unknown>[] = [];
-  const line = (level: string) => (m: string | Record<string, unknown>) => {
-    lines.push(`${level} ${String(m)}`);
-    if (typeof m === 'object') fields.push({ ...m });
-  };
-  return { lines, fields, info: line('info'), warn: line('warn'), error: line('error') };
+  const line = (level: string) => (m: string | Record<string, unknown>) =>
+    void lines.push(`${level} ${String(m)}`);
+  return { lines, info: line('info'), warn: line('warn'), error: line('error') };
 }
 
 describe('saying what is wrong', () => {
@@ -141,19 +137,7 @@ describe('saying what is wrong', () => {
       expect(lines).toEqual([
         `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; retrying`,
       ]);
-      // The same, as fields for a JSON logger.
-      expect(logger.fields.filter((f) => f.event === 'upstream-failed')).toEqual([
-        {
-          event: 'upstream-failed',
-          backend: 'dead',
-          url: dead,
-          error: 'ECONNREFUSED',
-          attempt: 1,
-          method: 'GET',
-          path: '/x0',
-          outcome: 'retrying',
-        },
-      ]);
+      // Its fields for a JSON logger: the structured-warnings test below.
     }));
 
   it('a POST to a refused backend: 502 LW_GW_UPSTREAM_FAILED and a line saying so', () =>
