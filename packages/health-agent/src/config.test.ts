@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { z } from 'zod';
 import { AgentError } from './errors';
 import {
   CLI_OPTIONS,
@@ -15,13 +14,26 @@ import {
 } from './config';
 import { agentOptionsSchema, resolveAgentOptions } from './options';
 
+/** The parts of a valibot schema that hold other schemas (a picklist's options are strings). */
+interface SchemaNode {
+  kind?: string;
+  wrapped?: SchemaNode;
+  options?: readonly SchemaNode[];
+  entries?: Record<string, SchemaNode>;
+  pipe?: readonly SchemaNode[];
+}
+
 /** Every option path of the library schema, e.g. queue.port, down to the leaves. */
-function schemaPaths(schema: z.ZodType, prefix = ''): string[] {
-  if (schema instanceof z.ZodOptional) return schemaPaths(schema.unwrap() as z.ZodType, prefix);
-  if (schema instanceof z.ZodUnion)
-    return [...new Set((schema.options as z.ZodType[]).flatMap((o) => schemaPaths(o, prefix)))];
-  if (schema instanceof z.ZodObject) {
-    return Object.entries(schema.shape as Record<string, z.ZodType>).flatMap(([k, v]) => [
+function schemaPaths(node: unknown, prefix = ''): string[] {
+  const schema = node as SchemaNode;
+  const inner = (nodes: readonly SchemaNode[]): string[] => [
+    ...new Set(nodes.filter((n) => n.kind === 'schema').flatMap((n) => schemaPaths(n, prefix))),
+  ];
+  if (schema.pipe) return inner(schema.pipe);
+  if (schema.wrapped) return schemaPaths(schema.wrapped, prefix);
+  if (schema.options) return inner(schema.options);
+  if (schema.entries) {
+    return Object.entries(schema.entries).flatMap(([k, v]) => [
       `${prefix}${k}`,
       ...schemaPaths(v, `${prefix}${k}.`),
     ]);

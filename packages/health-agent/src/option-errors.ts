@@ -1,89 +1,126 @@
 /**
- * zod issues as AgentErrors in this package's wording: one error, for the
+ * valibot issues as AgentErrors in this package's wording: one error, for the
  * first bad option, named by its path (`queue.port`). An unknown key, which
- * zod reports after the "required" issue its typo also causes, comes first,
+ * valibot reports after the "required" issue its typo also causes, comes first,
  * with the nearest known key, like the gateway's options.
  */
-import type { z } from 'zod';
+import * as v from 'valibot';
 import { AgentError, invalidOption, unknownOptionText } from './errors';
 
 /** A value as an error message shows it. */
-export const show = (v: unknown): string =>
-  typeof v === 'function' ? 'a function' : (JSON.stringify(v) ?? String(v));
+export const show = (x: unknown): string =>
+  typeof x === 'function' ? 'a function' : (JSON.stringify(x) ?? String(x));
 
-type Issue = z.core.$ZodIssue;
-type RawIssue = z.core.$ZodRawIssue;
+type Issue = v.BaseIssue<unknown>;
+type Path = readonly v.IssuePathItem[];
 
 const article = (type: string): string => `${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type}`;
-const oneOf = (values: readonly unknown[]): string =>
+
+/** `a, b or c` */
+export const oneOf = (values: readonly unknown[]): string =>
   values.length < 2
     ? values.map(String).join('')
     : `${values.slice(0, -1).map(String).join(', ')} or ${String(values.at(-1))}`;
 
-const pathText = (path: readonly PropertyKey[]): string =>
+const pathText = (path: Path): string =>
   path
-    .map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i > 0 ? '.' : ''}${String(p)}`))
+    .map((p, i) =>
+      typeof p.key === 'number' ? `[${p.key}]` : `${i > 0 ? '.' : ''}${String(p.key)}`,
+    )
     .join('');
 
-/** Wording of zod's own issues; checks above carry their own messages. */
-function message(iss: RawIssue): string | undefined {
-  switch (iss.code) {
-    case 'invalid_type':
-      return iss.input === undefined
-        ? 'is required'
-        : `must be ${article(iss.expected === 'int' ? 'integer' : iss.expected)}, got ${show(iss.input)}`;
-    case 'invalid_value':
-      return `must be ${oneOf(iss.values)}, got ${show(iss.input)}`;
-    case 'invalid_union': {
-      if ('discriminator' in iss && Array.isArray(iss.options)) {
-        const input = iss.input as Record<string, unknown>;
-        return `must be ${oneOf(iss.options as unknown[])}, got ${show(input[String(iss.discriminator)])}`;
-      }
-      // Every branch refused the type itself: list the types.
-      const types = iss.errors.map((b) =>
-        b[0]?.code === 'invalid_type' && b[0].path.length === 0 ? b[0].expected : undefined,
-      );
-      return types.every((t) => t !== undefined)
-        ? `must be ${oneOf(types.map((t) => article(t!)))}, got ${show(iss.input)}`
-        : undefined;
-    }
-    case 'unrecognized_keys': {
-      // The object schema that found the keys knows the keys it allows.
-      const shape = (iss.inst as { _zod?: { def?: { shape?: object } } } | undefined)?._zod?.def
-        ?.shape;
-      const at = iss.path && iss.path.length > 0 ? `${pathText(iss.path)}.` : '';
-      return unknownOptionText(iss.keys[0]!, Object.keys(shape ?? {}), at);
-    }
-    default:
-      return undefined;
-  }
+/** `must be a string, got 5`, or `is required` when the value is missing. */
+export const wrongType =
+  (type: string) =>
+  (iss: Issue): string =>
+    iss.input === undefined ? 'is required' : `must be ${article(type)}, got ${show(iss.input)}`;
+
+/** valibot's objects take arrays (typeof [] is 'object'); an option object never is one. */
+export function notArray<S extends v.GenericSchema>(schema: S) {
+  return v.pipe(
+    v.custom<v.InferInput<S>>((x) => !Array.isArray(x), wrongType('object')),
+    schema,
+  );
 }
 
-/** Of a union's branches, the issue of the one that got furthest (an object's inner issue over "expected boolean"). */
-function innermost(iss: Issue): Issue {
-  if (iss.code !== 'invalid_union' || iss.errors.length === 0) return iss;
-  const branch = iss.errors
-    .map((issues) => issues[0])
-    .find((b) => b !== undefined && (b.code !== 'invalid_type' || b.path.length > 0));
-  return branch ? innermost({ ...branch, path: [...iss.path, ...branch.path] }) : iss;
+/** The keys each unknown-key issue's object allows, for the did-you-mean. */
+const knownKeys = new WeakMap<Issue, readonly string[]>();
+
+/**
+ * A strict object in this wording. A missing key gets its entry's own message
+ * for an absent value (`is required`, or an integer's range); an unknown key is
+ * worded in toAgentError(), which knows its full path.
+ */
+export function strictObject<E extends v.ObjectEntries>(entries: E) {
+  const known = Object.keys(entries);
+  return v.strictObject(entries, (iss) => {
+    const key = iss.path?.[0]?.key;
+    if (key === undefined) return wrongType('object')(iss);
+    if (iss.expected === 'never') {
+      knownKeys.set(iss, known);
+      return unknownOptionText(String(key), known);
+    }
+    return v.safeParse(entries[String(key)]!, undefined).issues?.[0].message ?? 'is required';
+  });
+}
+
+/**
+ * A check that runs only on a value of the right type and reports the message
+ * `check` returns, if any (zod's superRefine).
+ */
+export function refine<T>(check: (value: T) => string | undefined) {
+  return v.rawCheck<T>(({ dataset, addIssue }) => {
+    if (!dataset.typed) return;
+    const message = check(dataset.value);
+    if (message !== undefined) addIssue({ message });
+  });
+}
+
+type Found = { iss: Issue; path: Path; wrapped: boolean };
+
+/**
+ * The issues, each with its full path, a union's replaced by those of the
+ * branch that got furthest (an object's inner issues over "expected boolean").
+ * As zod did: a branch that only failed checks or had unknown keys stands for
+ * the union; one that also failed a type shows its first issue, which then
+ * does not count as an unknown key to put first.
+ */
+function flatten(iss: Issue, path: Path, wrapped = false): Found[] {
+  const further =
+    iss.type === 'union'
+      ? (iss.issues ?? []).filter((b) => b.kind !== 'schema' || (b.path?.length ?? 0) > 0)
+      : [];
+  if (further.length === 0) return [{ iss, path, wrapped }];
+  const open = further.every((b) => b.kind !== 'schema' || knownKeys.has(b));
+  return (open ? further : further.slice(0, 1)).flatMap((b) =>
+    flatten(b, [...path, ...(b.path ?? [])], wrapped || !open),
+  );
 }
 
 function toAgentError(issues: readonly Issue[]): AgentError {
+  const all = issues.flatMap((i) => flatten(i, i.path ?? []));
   // A typo also leaves its right name missing: report the unknown key, the cause.
-  const first = innermost(issues.find((i) => i.code === 'unrecognized_keys') ?? issues[0]!);
-  const at = pathText(first.path);
-  if (first.code === 'unrecognized_keys')
+  const first = all.find((f) => !f.wrapped && knownKeys.has(f.iss)) ?? all[0]!;
+  const known = knownKeys.get(first.iss);
+  if (known) {
+    const at = pathText(first.path.slice(0, -1));
+    const prefix = at ? `${at}.` : '';
+    const key = String(first.path.at(-1)!.key);
     return new AgentError(
       'LW_AGENT_INVALID_OPTION',
-      first.message,
-      `${at ? `${at}.` : ''}${first.keys[0]}`,
+      unknownOptionText(key, known, prefix),
+      `${prefix}${key}`,
     );
-  return invalidOption(at || 'options', first.message);
+  }
+  return invalidOption(pathText(first.path) || 'options', first.iss.message);
 }
 
 /** Parses `input` with `schema`; throws LW_AGENT_INVALID_OPTION naming the first bad option by its path. */
-export function parseOptions<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
-  const result = schema.safeParse(input, { error: message });
-  if (!result.success) throw toAgentError(result.error.issues);
-  return result.data;
+export function parseOptions<S extends v.GenericSchema>(
+  schema: S,
+  input: unknown,
+): v.InferOutput<S> {
+  const result = v.safeParse(schema, input);
+  if (!result.success) throw toAgentError(result.issues);
+  return result.output;
 }

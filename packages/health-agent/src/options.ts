@@ -8,9 +8,17 @@ import {
   isValidBackendId,
 } from '@loadwise/protocol';
 import cron from 'node-cron';
-import { z } from 'zod';
+import * as v from 'valibot';
 import { invalidOption } from './errors';
-import { parseOptions, show } from './option-errors';
+import {
+  notArray,
+  oneOf,
+  parseOptions,
+  refine,
+  show,
+  strictObject,
+  wrongType,
+} from './option-errors';
 import type { BrokerOptions } from './mqtt-publisher';
 import { DEFAULT_PROBE_TIMEOUT_MS } from './probe';
 import type { SnapshotProvider } from './queue/tracker-source';
@@ -107,162 +115,227 @@ export interface ResolvedAgentOptions {
 }
 
 /*
- * The one schema of these options (zod 4). Every object is strict: an unknown
+ * The one schema of these options (valibot). Every object is strict: an unknown
  * key at any depth is an error that names its full path and the nearest known
  * key. Messages name the library path (`queue.port`); the CLI shows that path
  * as the flag its user typed (config.ts). The public types above stay
- * hand-written, with their doc comments, so that no zod type reaches the
+ * hand-written, with their doc comments, so that no valibot type reaches the
  * package's .d.ts; the compile-time checks below keep them and the schema equal.
+ * valibot rather than zod: it has a CommonJS build and no dependencies, and
+ * costs ~2 MB of RSS at require against zod's ~11 MB (docs/agent.md).
  */
 
 function int(min: number, max = Number.MAX_SAFE_INTEGER) {
-  const error = (iss: { input?: unknown }): string =>
+  const error = (iss: { input: unknown }): string =>
     `must be an integer from ${min} to ${max}, got ${show(iss.input)}`;
-  return z.int({ error }).min(min, { error }).max(max, { error });
+  return v.pipe(v.number(error), v.integer(error), v.minValue(min, error), v.maxValue(max, error));
 }
 
-const fraction = z.number().refine((v) => v > 0 && v <= 1, {
-  error: (iss) => `must be a number in (0, 1], got ${show(iss.input)}`,
-});
+const string = () => v.string(wrongType('string'));
+const boolean = () => v.boolean(wrongType('boolean'));
+/** zod's wording for an empty string, kept so that messages did not change. */
+const nonEmpty = () =>
+  v.pipe(string(), v.minLength(1, 'Too small: expected string to have >=1 characters'));
+const picklist = <const T extends readonly string[]>(values: T) =>
+  v.picklist(values, (iss) => `must be ${oneOf(values)}, got ${show(iss.input)}`);
+
+/** v.number() takes ±Infinity, which zod's refused as not a number: finite() says so. */
+const fraction = v.pipe(
+  v.number(wrongType('number')),
+  v.finite(wrongType('number')),
+  v.check(
+    (x) => x > 0 && x <= 1,
+    (iss) => `must be a number in (0, 1], got ${show(iss.input)}`,
+  ),
+);
 
 /** A check of @loadwise/protocol, its message without the protocol's code. */
-function asserted<S extends z.ZodType>(schema: S, assert: (v: z.output<S>) => void): S {
-  return schema.superRefine((v, ctx) => {
+function asserted<T>(assert: (v: T) => void) {
+  return refine<T>((x) => {
     try {
-      assert(v);
+      assert(x);
+      return undefined;
     } catch (err) {
-      ctx.addIssue({
-        code: 'custom',
-        message: (err as Error).message.replace(/^LW_PROTO_\w+: /, ''),
-      });
+      return (err as Error).message.replace(/^LW_PROTO_\w+: /, '');
     }
   });
 }
 
 function url(protocols: readonly string[], wrong: string) {
-  return z.string().superRefine((v, ctx) => {
-    let parsed: URL;
-    try {
-      parsed = new URL(v);
-    } catch {
-      ctx.addIssue({ code: 'custom', message: `is not a URL: ${show(v)}` });
-      return;
-    }
-    if (!protocols.includes(parsed.protocol)) ctx.addIssue({ code: 'custom', message: wrong });
-  });
+  return v.pipe(
+    string(),
+    refine<string>((x) => {
+      let parsed: URL;
+      try {
+        parsed = new URL(x);
+      } catch {
+        return `is not a URL: ${show(x)}`;
+      }
+      return protocols.includes(parsed.protocol) ? undefined : wrong;
+    }),
+  );
 }
 const httpUrl = url(['http:', 'https:'], 'must be an http(s) URL');
-const pem = z.union([z.string(), z.instanceof(Buffer)], { error: 'must be PEM text or a Buffer' });
-const sourceTimeoutMs = int(1, 60_000).optional();
+const pem = v.union([v.string(), v.instance(Buffer)], 'must be PEM text or a Buffer');
+const sourceTimeoutMs = v.optional(int(1, 60_000));
 
-const brokerSchema = z
-  .strictObject({
-    url: url(
-      ['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'],
-      'must be an mqtt://, mqtts://, ws:// or wss:// URL',
+const brokerSchema = notArray(
+  v.pipe(
+    strictObject({
+      url: url(
+        ['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'],
+        'must be an mqtt://, mqtts://, ws:// or wss:// URL',
+      ),
+      clientId: v.optional(v.pipe(nonEmpty(), v.maxLength(128, 'must be 1-128 characters'))),
+      username: v.optional(string()),
+      password: v.optional(string()),
+      ca: v.optional(pem),
+      cert: v.optional(pem),
+      key: v.optional(pem),
+      rejectUnauthorized: v.optional(boolean()),
+      reconnectPeriodMs: v.optional(int(100)),
+      connectTimeoutMs: v.optional(int(1, 600_000)),
+      keepaliveS: v.optional(int(1, 65535)),
+    }),
+    v.forward(
+      v.check(
+        (b) => (b.cert === undefined) === (b.key === undefined),
+        'a client certificate needs its key (and the key its certificate)',
+      ),
+      ['cert'],
     ),
-    clientId: z.string().min(1).max(128, 'must be 1-128 characters').optional(),
-    username: z.string().optional(),
-    password: z.string().optional(),
-    ca: pem.optional(),
-    cert: pem.optional(),
-    key: pem.optional(),
-    rejectUnauthorized: z.boolean().optional(),
-    reconnectPeriodMs: int(100).optional(),
-    connectTimeoutMs: int(1, 600_000).optional(),
-    keepaliveS: int(1, 65535).optional(),
-  })
-  .refine((b) => (b.cert === undefined) === (b.key === undefined), {
-    path: ['cert'],
-    error: 'a client certificate needs its key (and the key its certificate)',
-  });
+  ),
+);
 
-const queueSchema = z.discriminatedUnion('source', [
-  z
-    .strictObject({
-      source: z.literal('tracker'),
-      tracker: z
-        .custom<SnapshotProvider>(
-          (v) => typeof (v as SnapshotProvider | null)?.snapshot === 'function',
+// Plain strict objects: v.variant() reads their entries. notArray() below guards them all.
+const queueVariants = [
+  v.pipe(
+    strictObject({
+      source: v.literal('tracker'),
+      tracker: v.optional(
+        v.custom<SnapshotProvider>(
+          (x) => typeof (x as SnapshotProvider | null)?.snapshot === 'function',
           'must have snapshot()',
-        )
-        .optional(),
-      url: httpUrl.optional(),
+        ),
+      ),
+      url: v.optional(httpUrl),
       timeoutMs: sourceTimeoutMs,
-    })
-    .refine((q) => (q.tracker === undefined) !== (q.url === undefined), {
-      path: ['url'],
-      error: 'give url (the exposePath of another process) or tracker (in-process), one of them',
     }),
-  z.strictObject({ source: z.literal('kernel'), port: int(1, 65535) }),
-  z.strictObject({
-    source: z.literal('prometheus'),
+    v.forward(
+      v.check(
+        (q) => (q.tracker === undefined) !== (q.url === undefined),
+        'give url (the exposePath of another process) or tracker (in-process), one of them',
+      ),
+      ['url'],
+    ),
+  ),
+  strictObject({ source: v.literal('kernel'), port: int(1, 65535) }),
+  strictObject({
+    source: v.literal('prometheus'),
     url: httpUrl,
-    gauge: z.string().regex(/^[a-zA-Z_:][a-zA-Z0-9_:]*$/, {
-      error: (iss) => `must be a Prometheus metric name, got ${show(iss.input)}`,
-    }),
-    field: z.enum(QUEUE_FIELDS).optional(),
+    gauge: v.pipe(
+      string(),
+      v.regex(
+        /^[a-zA-Z_:][a-zA-Z0-9_:]*$/,
+        (iss) => `must be a Prometheus metric name, got ${show(iss.input)}`,
+      ),
+    ),
+    field: v.optional(picklist(QUEUE_FIELDS)),
     timeoutMs: sourceTimeoutMs,
   }),
-]);
+] as const;
+const queueSources = queueVariants.map((q) => q.entries.source.literal);
+const queueSchema = notArray(
+  v.variant('source', queueVariants, (iss) =>
+    iss.path ? `must be ${oneOf(queueSources)}, got ${show(iss.input)}` : wrongType('object')(iss),
+  ),
+);
 
-const thresholdsSchema = z.strictObject({
-  cpuUtilization: fraction.optional(),
-  memoryUtilization: fraction.optional(),
-  queueFull: z.boolean().optional(),
-});
+const thresholdsSchema = notArray(
+  strictObject({
+    cpuUtilization: v.optional(fraction),
+    memoryUtilization: v.optional(fraction),
+    queueFull: v.optional(boolean()),
+  }),
+);
 
-export const agentOptionsSchema = z.strictObject({
-  backendId: asserted(z.string(), assertValidBackendId),
-  broker: brokerSchema.optional(),
-  prefix: asserted(z.string(), assertValidPrefix).optional(),
-  serviceName: z
-    .string()
-    .refine(isValidBackendId, 'must be 1-64 characters of [A-Za-z0-9._:@-]')
-    .optional(),
-  intervalMs: int(100, 3_600_000).optional(),
-  cron: z
-    .string()
-    .refine((v) => cron.validate(v), { error: (iss) => `invalid expression ${show(iss.input)}` })
-    .optional(),
-  jitterMs: int(0, 3_600_000).optional(),
-  signingKey: asserted(
-    z.custom<SigningKey>((v) => typeof v === 'object' && v !== null, 'must be a signing key'),
-    assertValidKey,
-  ).optional(),
-  service: z
-    .strictObject({ pid: int(1).optional(), pidFile: z.string().min(1).optional() })
-    .refine(
-      (s) => s.pid === undefined || s.pidFile === undefined,
-      'give a PID or a PID file, not both',
-    )
-    .optional(),
-  queue: queueSchema.optional(),
-  probe: z
-    .strictObject({
-      url: httpUrl,
-      timeoutMs: int(1, 60_000).optional(),
-      expectStatus: z
-        .array(int(100, 599))
-        .min(1, 'must be a non-empty list of HTTP statuses')
-        .optional(),
-    })
-    .optional(),
-  concurrencyLimit: int(1).optional(),
-  thresholds: thresholdsSchema.optional(),
-  hostSource: z.enum(HOST_SOURCES).optional(),
-  cgroup: z.union([z.boolean(), z.strictObject({ root: z.string().min(1).optional() })]).optional(),
-  procRoot: z.string().min(1).optional(),
-  drainGraceMs: int(0, 600_000).optional(),
-  earlyRise: int(0, 1_000_000).optional(),
-  earlyMinGapMs: int(10, 60_000).optional(),
-  random: z.custom<() => number>((v) => typeof v === 'function', 'must be a function').optional(),
-});
+export const agentOptionsSchema = notArray(
+  strictObject({
+    backendId: v.pipe(string(), asserted(assertValidBackendId)),
+    broker: v.optional(brokerSchema),
+    prefix: v.optional(v.pipe(string(), asserted(assertValidPrefix))),
+    serviceName: v.optional(
+      v.pipe(
+        string(),
+        v.check((x) => isValidBackendId(x), 'must be 1-64 characters of [A-Za-z0-9._:@-]'),
+      ),
+    ),
+    intervalMs: v.optional(int(100, 3_600_000)),
+    cron: v.optional(
+      v.pipe(
+        string(),
+        v.check(
+          (x) => cron.validate(x),
+          (iss) => `invalid expression ${show(iss.input)}`,
+        ),
+      ),
+    ),
+    jitterMs: v.optional(int(0, 3_600_000)),
+    signingKey: v.optional(
+      v.pipe(
+        v.custom<SigningKey>((x) => typeof x === 'object' && x !== null, 'must be a signing key'),
+        asserted(assertValidKey),
+      ),
+    ),
+    service: v.optional(
+      notArray(
+        v.pipe(
+          strictObject({ pid: v.optional(int(1)), pidFile: v.optional(nonEmpty()) }),
+          v.check(
+            (s) => s.pid === undefined || s.pidFile === undefined,
+            'give a PID or a PID file, not both',
+          ),
+        ),
+      ),
+    ),
+    queue: v.optional(queueSchema),
+    probe: v.optional(
+      notArray(
+        strictObject({
+          url: httpUrl,
+          timeoutMs: v.optional(int(1, 60_000)),
+          expectStatus: v.optional(
+            v.pipe(
+              v.array(int(100, 599), wrongType('array')),
+              v.minLength(1, 'must be a non-empty list of HTTP statuses'),
+            ),
+          ),
+        }),
+      ),
+    ),
+    concurrencyLimit: v.optional(int(1)),
+    thresholds: v.optional(thresholdsSchema),
+    hostSource: v.optional(picklist(HOST_SOURCES)),
+    cgroup: v.optional(
+      v.union(
+        [boolean(), notArray(strictObject({ root: v.optional(nonEmpty()) }))],
+        (iss) => `must be a boolean or an object, got ${show(iss.input)}`,
+      ),
+    ),
+    procRoot: v.optional(nonEmpty()),
+    drainGraceMs: v.optional(int(0, 600_000)),
+    earlyRise: v.optional(int(0, 1_000_000)),
+    earlyMinGapMs: v.optional(int(10, 60_000)),
+    random: v.optional(
+      v.custom<() => number>((x) => typeof x === 'function', 'must be a function'),
+    ),
+  }),
+);
 
 // Compile-time: the hand-written public types and the schema accept the same options.
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 type SameKeys<A, B> = Same<keyof A, keyof B>;
-type Input = z.input<typeof agentOptionsSchema>;
+type Input = v.InferInput<typeof agentOptionsSchema>;
 type Check<T extends true> = T;
 export type _SchemaMatchesTypes = [
   Check<Same<Omit<Input, 'queue'>, Omit<AgentOptions, 'queue'>>>,
