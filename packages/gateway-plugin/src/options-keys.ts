@@ -9,7 +9,7 @@
  * estimate themselves (load/option-check.ts); objects the user owns (a
  * metrics registry, a logger, an mqtt client) are not walked.
  */
-import { didYouMean } from '@loadwise/protocol';
+import { unknownOptionText } from '@loadwise/protocol';
 import { GatewayError } from './errors';
 import { isObject } from './options-checks';
 
@@ -131,11 +131,7 @@ function check(value: Record<string, unknown>, shape: Shape, path: string): void
   for (const key of Object.keys(value)) {
     const full = `${path}${key}`;
     if (!Object.prototype.hasOwnProperty.call(shape, key)) {
-      const near = didYouMean(key, known);
-      throw new GatewayError(
-        'LW_GW_INVALID_OPTION',
-        `unknown option ${full}${near ? ` (did you mean ${path}${near}?)` : ''}`,
-      );
+      throw new GatewayError('LW_GW_INVALID_OPTION', unknownOptionText(key, known, path));
     }
     const sub = shape[key];
     if (sub !== undefined && isObject(value[key]))

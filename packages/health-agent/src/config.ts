@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { parseKeyFile, type SigningKey } from '@loadwise/protocol';
-import { AgentError, invalidOption, unknownOptionText } from './errors';
+import { parseKeyFile, unknownOptionText, type SigningKey } from '@loadwise/protocol';
+import { AgentError, invalidOption } from './errors';
 import type { AgentOptions } from './options';
 
 /**

@@ -1,5 +1,3 @@
-import { didYouMean } from '@loadwise/protocol';
-
 /**
  * Error catalogue of @loadwise/health-agent. Codes are stable and listed in
  * docs/agent.md (a test checks that the two agree). Only constructors, config
@@ -37,13 +35,4 @@ export class AgentError extends Error {
 
 export function invalidOption(option: string, detail: string): AgentError {
   return new AgentError('LW_AGENT_INVALID_OPTION', `${option}: ${detail}`, option);
-}
-
-/**
- * `unknown option queue.prot (did you mean queue.port?)`, the gateway's
- * wording: `prefix` is the path of the object (`queue.`) or `--` for a flag.
- */
-export function unknownOptionText(name: string, known: readonly string[], prefix = ''): string {
-  const near = didYouMean(name, known);
-  return `unknown option ${prefix}${name}${near ? ` (did you mean ${prefix}${near}?)` : ''}`;
 }

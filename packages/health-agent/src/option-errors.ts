@@ -5,7 +5,8 @@
  * with the nearest known key, like the gateway's options.
  */
 import * as v from 'valibot';
-import { AgentError, invalidOption, unknownOptionText } from './errors';
+import { unknownOptionText } from '@loadwise/protocol';
+import { AgentError, invalidOption } from './errors';
 
 /** A value as an error message shows it. */
 export const show = (x: unknown): string =>

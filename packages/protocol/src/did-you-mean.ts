@@ -40,3 +40,13 @@ export function didYouMean(name: string, known: readonly string[]): string | und
     ? best
     : undefined;
 }
+
+/**
+ * `unknown option queue.prot (did you mean queue.port?)`: the wording of the
+ * gateway's and the agent's option errors. `prefix` is the path of the object
+ * (`queue.`), or `--` for a flag.
+ */
+export function unknownOptionText(name: string, known: readonly string[], prefix = ''): string {
+  const near = didYouMean(name, known);
+  return `unknown option ${prefix}${name}${near ? ` (did you mean ${prefix}${near}?)` : ''}`;
+}

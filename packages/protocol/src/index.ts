@@ -16,4 +16,4 @@ export {
   DEFAULT_MAX_TRACKED_BACKENDS,
 } from './replay';
 export * from './codec';
-export { didYouMean } from './did-you-mean';
+export { didYouMean, unknownOptionText } from './did-you-mean';
