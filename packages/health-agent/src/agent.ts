@@ -12,9 +12,7 @@ import { AgentError } from './errors';
 import { EarlyReporter, outstandingOf } from './early-report';
 import { connectBroker } from './mqtt-publisher';
 import { probe, type ProbeResult } from './probe';
-import { httpTrackerSource, inProcessTrackerSource } from './queue/tracker-source';
-import { kernelSource } from './queue/kernel-source';
-import { prometheusSource } from './queue/prometheus-source';
+import { QUEUE_SOURCES, createQueueReader } from './queue';
 import type { QueueReading, QueueSourceReader, RiseReading } from './queue/types';
 import { CgroupSampler } from './samplers/cgroup';
 import { HostSampler } from './samplers/host';
@@ -124,15 +122,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         pid: () => this.lastProcessPid,
       });
     }
-    const q = o.queue;
-    if (q?.source === 'tracker') {
-      this.queue = q.tracker
-        ? inProcessTrackerSource(q.tracker)
-        : httpTrackerSource(q.url!, q.timeoutMs);
-    } else if (q?.source === 'kernel') {
-      this.queue = kernelSource(q.port, o.procRoot);
-    } else if (q?.source === 'prometheus') {
-      this.queue = prometheusSource(q.url, q.gauge, q.field, q.timeoutMs);
+    if (o.queue) {
+      this.queue = createQueueReader(QUEUE_SOURCES, o.queue, { procRoot: o.procRoot });
     }
     this.scheduler = createScheduler({
       intervalMs: o.cron ? undefined : o.intervalMs,

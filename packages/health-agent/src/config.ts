@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parseKeyFile, unknownOptionText, type SigningKey } from '@loadwise/protocol';
 import { AgentError, invalidOption } from './errors';
 import type { AgentOptions } from './options';
+import { QUEUE_SOURCES, queueCliOptions } from './queue';
 
 /**
  * One table gives each option its one name. From a row's flag come its
@@ -100,54 +101,8 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     arg: 'ms',
     help: 'Least time between two reports with early reports on (default 300, 10..60000)',
   },
-  {
-    flag: 'tracker-url',
-    option: 'queue.url',
-    implies: { 'queue.source': 'tracker' },
-    kind: 'string',
-    arg: 'url',
-    help: 'Queue source: URL of the trackRequests() exposePath, e.g. http://127.0.0.1:3000/.well-known/loadwise/stats',
-  },
-  {
-    flag: 'kernel-port',
-    option: 'queue.port',
-    implies: { 'queue.source': 'kernel' },
-    kind: 'int',
-    arg: 'port',
-    help: 'Queue source: read accept backlog and established connections of this port from /proc/net/tcp*',
-  },
-  {
-    flag: 'prometheus-url',
-    option: 'queue.url',
-    implies: { 'queue.source': 'prometheus' },
-    kind: 'string',
-    arg: 'url',
-    help: 'Queue source: Prometheus text endpoint',
-  },
-  {
-    flag: 'prometheus-gauge',
-    option: 'queue.gauge',
-    needs: ['prometheus-url'],
-    kind: 'string',
-    arg: 'name',
-    help: 'Gauge to read from --prometheus-url (summed over label sets)',
-  },
-  {
-    flag: 'prometheus-field',
-    option: 'queue.field',
-    needs: ['prometheus-url'],
-    kind: 'string',
-    arg: 'field',
-    help: 'Queue field the gauge reports: queued (default), inFlight, acceptBacklog, openConnections',
-  },
-  {
-    flag: 'source-timeout-ms',
-    option: 'queue.timeoutMs',
-    needs: ['tracker-url', 'prometheus-url'],
-    kind: 'int',
-    arg: 'ms',
-    help: 'Timeout of a tracker or Prometheus read (default 500)',
-  },
+  // The queue sources' rows (queue/index.ts), then --source-timeout-ms.
+  ...queueCliOptions(QUEUE_SOURCES),
   {
     flag: 'probe-url',
     option: 'probe.url',

@@ -13,7 +13,12 @@ export type {
 export type { SnapshotProvider } from './queue/tracker-source';
 export { createAgent } from './agent';
 export type { Agent, AgentEvents, MetricsBody } from './agent';
-export type { AgentOptions, QueueOptions, ResolvedAgentOptions } from './options';
+export type {
+  AgentOptions,
+  QueueOptions,
+  ResolvedAgentOptions,
+  ResolvedQueueOptions,
+} from './options';
 export { DEFAULT_INTERVAL_MS, DEFAULT_DRAIN_GRACE_MS } from './options';
 export type { BrokerOptions } from './mqtt-publisher';
 export type { Thresholds } from './verdict';

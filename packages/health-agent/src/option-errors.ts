@@ -2,7 +2,9 @@
  * valibot issues as AgentErrors in this package's wording: one error, for the
  * first bad option, named by its path (`queue.port`). An unknown key, which
  * valibot reports after the "required" issue its typo also causes, comes first,
- * with the nearest known key, like the gateway's options.
+ * with the nearest known key, like the gateway's options. The schema building
+ * blocks below (int(), httpUrl, ...) carry that wording; options.ts and each
+ * queue source's schema (queue/) are made of them.
  */
 import * as v from 'valibot';
 import { unknownOptionText } from '@loadwise/protocol';
@@ -125,3 +127,35 @@ export function parseOptions<S extends v.GenericSchema>(
   if (!result.success) throw toAgentError(result.issues);
   return result.output;
 }
+
+/** An integer in [min, max]; one message for every way to miss it. */
+export function int(min: number, max = Number.MAX_SAFE_INTEGER) {
+  const error = (iss: { input: unknown }): string =>
+    `must be an integer from ${min} to ${max}, got ${show(iss.input)}`;
+  return v.pipe(v.number(error), v.integer(error), v.minValue(min, error), v.maxValue(max, error));
+}
+
+export const string = () => v.string(wrongType('string'));
+export const boolean = () => v.boolean(wrongType('boolean'));
+/** zod's wording for an empty string, kept so that messages did not change. */
+export const nonEmpty = () =>
+  v.pipe(string(), v.minLength(1, 'Too small: expected string to have >=1 characters'));
+export const picklist = <const T extends readonly string[]>(values: T) =>
+  v.picklist(values, (iss) => `must be ${oneOf(values)}, got ${show(iss.input)}`);
+
+/** A URL string with one of `protocols` (`'http:'`); `wrong` is the message for another. */
+export function url(protocols: readonly string[], wrong: string) {
+  return v.pipe(
+    string(),
+    refine<string>((x) => {
+      let parsed: URL;
+      try {
+        parsed = new URL(x);
+      } catch {
+        return `is not a URL: ${show(x)}`;
+      }
+      return protocols.includes(parsed.protocol) ? undefined : wrong;
+    }),
+  );
+}
+export const httpUrl = url(['http:', 'https:'], 'must be an http(s) URL');

@@ -1,7 +1,6 @@
-import type { QueueField, SigningKey } from '@loadwise/protocol';
+import type { SigningKey } from '@loadwise/protocol';
 import {
   DEFAULT_TOPIC_PREFIX,
-  QUEUE_FIELDS,
   assertValidBackendId,
   assertValidKey,
   assertValidPrefix,
@@ -11,23 +10,36 @@ import cron from 'node-cron';
 import * as v from 'valibot';
 import { invalidOption } from './errors';
 import {
+  boolean,
+  httpUrl,
+  int,
+  nonEmpty,
   notArray,
-  oneOf,
   parseOptions,
+  picklist,
   refine,
   show,
   strictObject,
+  string,
+  url,
   wrongType,
 } from './option-errors';
 import type { BrokerOptions } from './mqtt-publisher';
 import { DEFAULT_PROBE_TIMEOUT_MS } from './probe';
-import type { SnapshotProvider } from './queue/tracker-source';
+import {
+  QUEUE_SOURCES,
+  queueSchema,
+  resolveQueue,
+  type QueueOptions,
+  type ResolvedQueueOptions,
+} from './queue';
 import { HOST_SOURCES, type HostSource } from './samplers/host';
 import { DEFAULT_THRESHOLDS, type Thresholds } from './verdict';
 
+export type { QueueOptions, ResolvedQueueOptions } from './queue';
+
 export const DEFAULT_INTERVAL_MS = 1000;
 export const DEFAULT_DRAIN_GRACE_MS = 2000;
-export const DEFAULT_SOURCE_TIMEOUT_MS = 500;
 export const DEFAULT_PROC_ROOT = '/proc';
 export const DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup';
 /** systeminformation's currentLoad() spawns a shell per call on Linux; see docs/agent.md for the measured difference. */
@@ -36,16 +48,6 @@ export const DEFAULT_HOST_SOURCE: HostSource = 'proc';
 export const DEFAULT_EARLY_RISE = 2;
 /** Least time between two reports when early reports are on, ms. */
 export const DEFAULT_EARLY_MIN_GAP_MS = 300;
-
-export type QueueOptions =
-  /** In-process: pass the middleware returned by trackRequests(). */
-  | { source: 'tracker'; tracker: SnapshotProvider; url?: undefined; timeoutMs?: number }
-  /** Separate process: the URL of the tracker's exposePath. */
-  | { source: 'tracker'; url: string; tracker?: undefined; timeoutMs?: number }
-  /** Zero-code: accept backlog and established connections of a listening port, from /proc/net/tcp*. */
-  | { source: 'kernel'; port: number }
-  /** A Prometheus text endpoint; `gauge` is summed across label sets and reported as `field` (default queued). */
-  | { source: 'prometheus'; url: string; gauge: string; field?: QueueField; timeoutMs?: number };
 
 export interface AgentOptions {
   backendId: string;
@@ -98,11 +100,7 @@ export interface ResolvedAgentOptions {
   offsetMs: number;
   signingKey: SigningKey | undefined;
   service: { pid?: number; pidFile?: string } | undefined;
-  queue:
-    | { source: 'tracker'; tracker?: SnapshotProvider; url?: URL; timeoutMs: number }
-    | { source: 'kernel'; port: number }
-    | { source: 'prometheus'; url: URL; gauge: string; field: QueueField; timeoutMs: number }
-    | undefined;
+  queue: ResolvedQueueOptions | undefined;
   probe: { url: URL; timeoutMs: number; expectStatus?: number[] } | undefined;
   concurrencyLimit: number | undefined;
   thresholds: Thresholds;
@@ -124,20 +122,6 @@ export interface ResolvedAgentOptions {
  * valibot rather than zod: it has a CommonJS build and no dependencies, and
  * costs ~2 MB of RSS at require against zod's ~11 MB (docs/agent.md).
  */
-
-function int(min: number, max = Number.MAX_SAFE_INTEGER) {
-  const error = (iss: { input: unknown }): string =>
-    `must be an integer from ${min} to ${max}, got ${show(iss.input)}`;
-  return v.pipe(v.number(error), v.integer(error), v.minValue(min, error), v.maxValue(max, error));
-}
-
-const string = () => v.string(wrongType('string'));
-const boolean = () => v.boolean(wrongType('boolean'));
-/** zod's wording for an empty string, kept so that messages did not change. */
-const nonEmpty = () =>
-  v.pipe(string(), v.minLength(1, 'Too small: expected string to have >=1 characters'));
-const picklist = <const T extends readonly string[]>(values: T) =>
-  v.picklist(values, (iss) => `must be ${oneOf(values)}, got ${show(iss.input)}`);
 
 /** v.number() takes ±Infinity, which zod's refused as not a number: finite() says so. */
 const fraction = v.pipe(
@@ -161,23 +145,7 @@ function asserted<T>(assert: (v: T) => void) {
   });
 }
 
-function url(protocols: readonly string[], wrong: string) {
-  return v.pipe(
-    string(),
-    refine<string>((x) => {
-      let parsed: URL;
-      try {
-        parsed = new URL(x);
-      } catch {
-        return `is not a URL: ${show(x)}`;
-      }
-      return protocols.includes(parsed.protocol) ? undefined : wrong;
-    }),
-  );
-}
-const httpUrl = url(['http:', 'https:'], 'must be an http(s) URL');
 const pem = v.union([v.string(), v.instance(Buffer)], 'must be PEM text or a Buffer');
-const sourceTimeoutMs = v.optional(int(1, 60_000));
 
 const brokerSchema = notArray(
   v.pipe(
@@ -204,50 +172,6 @@ const brokerSchema = notArray(
       ),
       ['cert'],
     ),
-  ),
-);
-
-// Plain strict objects: v.variant() reads their entries. notArray() below guards them all.
-const queueVariants = [
-  v.pipe(
-    strictObject({
-      source: v.literal('tracker'),
-      tracker: v.optional(
-        v.custom<SnapshotProvider>(
-          (x) => typeof (x as SnapshotProvider | null)?.snapshot === 'function',
-          'must have snapshot()',
-        ),
-      ),
-      url: v.optional(httpUrl),
-      timeoutMs: sourceTimeoutMs,
-    }),
-    v.forward(
-      v.check(
-        (q) => (q.tracker === undefined) !== (q.url === undefined),
-        'give url (the exposePath of another process) or tracker (in-process), one of them',
-      ),
-      ['url'],
-    ),
-  ),
-  strictObject({ source: v.literal('kernel'), port: int(1, 65535) }),
-  strictObject({
-    source: v.literal('prometheus'),
-    url: httpUrl,
-    gauge: v.pipe(
-      string(),
-      v.regex(
-        /^[a-zA-Z_:][a-zA-Z0-9_:]*$/,
-        (iss) => `must be a Prometheus metric name, got ${show(iss.input)}`,
-      ),
-    ),
-    field: v.optional(picklist(QUEUE_FIELDS)),
-    timeoutMs: sourceTimeoutMs,
-  }),
-] as const;
-const queueSources = queueVariants.map((q) => q.entries.source.literal);
-const queueSchema = notArray(
-  v.variant('source', queueVariants, (iss) =>
-    iss.path ? `must be ${oneOf(queueSources)}, got ${show(iss.input)}` : wrongType('object')(iss),
   ),
 );
 
@@ -298,7 +222,7 @@ export const agentOptionsSchema = notArray(
         ),
       ),
     ),
-    queue: v.optional(queueSchema),
+    queue: v.optional(queueSchema(QUEUE_SOURCES)),
     probe: v.optional(
       notArray(
         strictObject({
@@ -347,6 +271,8 @@ export type _SchemaMatchesTypes = [
   Check<SameKeys<NonNullable<Input['service']>, NonNullable<AgentOptions['service']>>>,
   // The schema's tracker variant is one object with url or tracker; the type has two variants.
   Check<QueueOptions extends NonNullable<Input['queue']> ? true : false>,
+  // Every listed source has its member in QueueOptions (queue/index.ts).
+  Check<Same<NonNullable<Input['queue']>['source'], QueueOptions['source']>>,
 ];
 
 /** Derives the spacing of a cron schedule from its next two runs. */
@@ -384,24 +310,7 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
     offsetMs: Math.floor(random() * jitterMs),
     signingKey: o.signingKey,
     service: o.service?.pid !== undefined || o.service?.pidFile ? o.service : undefined,
-    queue:
-      q?.source === 'tracker'
-        ? q.tracker
-          ? { source: 'tracker', tracker: q.tracker, timeoutMs: 0 }
-          : {
-              source: 'tracker',
-              url: new URL(q.url!),
-              timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
-            }
-        : q?.source === 'prometheus'
-          ? {
-              source: 'prometheus',
-              url: new URL(q.url),
-              gauge: q.gauge,
-              field: q.field ?? 'queued',
-              timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
-            }
-          : q,
+    queue: q && resolveQueue(QUEUE_SOURCES, q),
     probe: o.probe && {
       url: new URL(o.probe.url),
       timeoutMs: o.probe.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS,

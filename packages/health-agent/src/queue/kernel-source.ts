@@ -1,4 +1,7 @@
 import { readFile } from 'node:fs/promises';
+import * as v from 'valibot';
+import { int, strictObject } from '../option-errors';
+import { defineQueueSource } from './source';
 import type { QueueReading, QueueSourceReader } from './types';
 
 /**
@@ -72,3 +75,20 @@ export function kernelSource(port: number, procRoot: string): QueueSourceReader 
     },
   };
 }
+
+/** `{ source: 'kernel', port }`, --kernel-port. */
+export const kernelQueueSource = defineQueueSource('kernel', {
+  schema: strictObject({ source: v.literal('kernel'), port: int(1, 65535) }),
+  resolve: (q) => q,
+  create: (q, ctx) => kernelSource(q.port, ctx.procRoot),
+  cli: [
+    {
+      flag: 'kernel-port',
+      option: 'queue.port',
+      implies: { 'queue.source': 'kernel' },
+      kind: 'int',
+      arg: 'port',
+      help: 'Queue source: read accept backlog and established connections of this port from /proc/net/tcp*',
+    },
+  ],
+});

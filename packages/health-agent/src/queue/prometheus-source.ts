@@ -1,5 +1,8 @@
-import type { QueueField } from '@loadwise/protocol';
+import { QUEUE_FIELDS, type QueueField } from '@loadwise/protocol';
+import * as v from 'valibot';
 import { httpGet } from '../http-get';
+import { httpUrl, picklist, show, strictObject, string } from '../option-errors';
+import { DEFAULT_SOURCE_TIMEOUT_MS, defineQueueSource, sourceTimeoutMs } from './source';
 import type { QueueReading, QueueSourceReader } from './types';
 
 /**
@@ -51,3 +54,54 @@ export function prometheusSource(
     },
   };
 }
+
+/** `{ source: 'prometheus', url, gauge, field?, timeoutMs? }`, --prometheus-url and its rows. */
+export const prometheusQueueSource = defineQueueSource('prometheus', {
+  schema: strictObject({
+    source: v.literal('prometheus'),
+    url: httpUrl,
+    gauge: v.pipe(
+      string(),
+      v.regex(
+        /^[a-zA-Z_:][a-zA-Z0-9_:]*$/,
+        (iss) => `must be a Prometheus metric name, got ${show(iss.input)}`,
+      ),
+    ),
+    field: v.optional(picklist(QUEUE_FIELDS)),
+    timeoutMs: sourceTimeoutMs,
+  }),
+  resolve: (q) => ({
+    source: 'prometheus',
+    url: new URL(q.url),
+    gauge: q.gauge,
+    field: q.field ?? 'queued',
+    timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
+  }),
+  create: (q) => prometheusSource(q.url, q.gauge, q.field, q.timeoutMs),
+  cli: [
+    {
+      flag: 'prometheus-url',
+      option: 'queue.url',
+      implies: { 'queue.source': 'prometheus' },
+      kind: 'string',
+      arg: 'url',
+      help: 'Queue source: Prometheus text endpoint',
+    },
+    {
+      flag: 'prometheus-gauge',
+      option: 'queue.gauge',
+      needs: ['prometheus-url'],
+      kind: 'string',
+      arg: 'name',
+      help: 'Gauge to read from --prometheus-url (summed over label sets)',
+    },
+    {
+      flag: 'prometheus-field',
+      option: 'queue.field',
+      needs: ['prometheus-url'],
+      kind: 'string',
+      arg: 'field',
+      help: 'Queue field the gauge reports: queued (default), inFlight, acceptBacklog, openConnections',
+    },
+  ],
+});

@@ -1,7 +1,10 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { RiseWait, TrackerSnapshot } from '../tracker/track-requests';
+import * as v from 'valibot';
 import { httpGet } from '../http-get';
+import { httpUrl, strictObject } from '../option-errors';
+import { DEFAULT_SOURCE_TIMEOUT_MS, defineQueueSource, sourceTimeoutMs } from './source';
 import type { QueueReading, QueueSourceReader, RiseReading } from './types';
 
 /** Anything with a snapshot(): the in-process tracker, or a test double of one. */
@@ -101,3 +104,47 @@ export function httpTrackerSource(url: URL, timeoutMs: number): QueueSourceReade
     },
   };
 }
+
+/** `{ source: 'tracker', tracker }` in-process, or `{ source: 'tracker', url }` over HTTP (--tracker-url). */
+export const trackerQueueSource = defineQueueSource('tracker', {
+  schema: v.pipe(
+    strictObject({
+      source: v.literal('tracker'),
+      tracker: v.optional(
+        v.custom<SnapshotProvider>(
+          (x) => typeof (x as SnapshotProvider | null)?.snapshot === 'function',
+          'must have snapshot()',
+        ),
+      ),
+      url: v.optional(httpUrl),
+      timeoutMs: sourceTimeoutMs,
+    }),
+    v.forward(
+      v.check(
+        (q) => (q.tracker === undefined) !== (q.url === undefined),
+        'give url (the exposePath of another process) or tracker (in-process), one of them',
+      ),
+      ['url'],
+    ),
+  ),
+  resolve: (q) =>
+    q.tracker
+      ? { source: 'tracker', tracker: q.tracker, timeoutMs: 0 }
+      : {
+          source: 'tracker',
+          url: new URL(q.url!),
+          timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
+        },
+  create: (q) =>
+    q.tracker ? inProcessTrackerSource(q.tracker) : httpTrackerSource(q.url!, q.timeoutMs),
+  cli: [
+    {
+      flag: 'tracker-url',
+      option: 'queue.url',
+      implies: { 'queue.source': 'tracker' },
+      kind: 'string',
+      arg: 'url',
+      help: 'Queue source: URL of the trackRequests() exposePath, e.g. http://127.0.0.1:3000/.well-known/loadwise/stats',
+    },
+  ],
+});
