@@ -41,8 +41,12 @@ export class HiddenLoad {
     return this.shareOfTraffic;
   }
 
-  /** Adds local in-flight × elapsed time to the running integral; call before in-flight changes. */
+  /**
+   * Adds local in-flight × elapsed time to the running integral; call before
+   * in-flight changes. A write path: it also lets the cohort refresh its ratio.
+   */
   accumulate(nowMs: number, inFlight: number): void {
+    this.membership?.refreshRatio(nowMs);
     if (this.areaStartMs === undefined) {
       this.areaStartMs = nowMs;
       this.areaLastMs = nowMs;
@@ -80,6 +84,7 @@ export class HiddenLoad {
       this.mean = 0;
       this.localMean = 0;
       this.membership?.setFlow(0, 0);
+      this.membership?.refreshRatio(nowMs);
       this.shareOfTraffic = 1;
       return false;
     }
@@ -97,6 +102,7 @@ export class HiddenLoad {
     this.mean = mean > 0 ? mean : 0;
     this.localMean = localMean;
     this.membership?.setFlow(this.mean, localMean);
+    this.membership?.refreshRatio(nowMs);
     return true;
   }
 
@@ -130,7 +136,7 @@ export class HiddenLoad {
   value(r: ReportDigest | undefined, nowMs: number, inFlight: number): number {
     if (r === undefined || r.outstanding === undefined) return 0;
     const age = nowMs - r.receivedAtMs;
-    const ratio = this.membership?.hiddenRatio(nowMs) ?? 0;
+    const ratio = this.membership?.hiddenRatio() ?? 0;
     const proportional = (ratio < MAX_HIDDEN_RATIO ? ratio : MAX_HIDDEN_RATIO) * inFlight;
     let steady = this.mean - ratio * this.localMean;
     if (!(steady > 0)) steady = 0;
