@@ -21,7 +21,7 @@ export interface LoadCohort {
   readonly size: number;
 }
 
-/** Internal side of the cohort, used by endpoint-load.ts. */
+/** Internal side of the cohort, used by service-time.ts, capacity.ts and hidden-load.ts. */
 export interface CohortMembership {
   set(serviceTimeMs: number | undefined, capacity: number | undefined): void;
   /** Mean capacity of the other members (a prior must not include the member's own figure). */
