@@ -76,7 +76,13 @@ export class Capacity {
 
   /** Concurrent slots, >= 1, at most maxCapacity. */
   value(): number {
-    let v = this.raw(this.origin());
+    // One pass of origin() and raw() (this runs on every pick).
+    let v = this.reportedLimit ?? this.observed;
+    if (v === undefined) {
+      const prior = this.prior();
+      const learned = this.learned;
+      v = learned !== undefined && (prior === undefined || learned >= prior) ? learned : prior;
+    }
     if (v === undefined || !(v >= 1)) v = this.o.defaultCapacity;
     return v < this.o.maxCapacity ? v : this.o.maxCapacity;
   }
