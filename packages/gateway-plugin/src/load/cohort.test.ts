@@ -1,4 +1,4 @@
-import { createLoadCohort, joinCohort } from './cohort';
+import { createLoadCohort, joinCohort, RATIO_REFRESH_MS } from './cohort';
 import { PeakEwma } from './peak-ewma';
 
 describe('createLoadCohort', () => {
@@ -26,6 +26,22 @@ describe('createLoadCohort', () => {
       undefined,
       0,
     ]);
+  });
+
+  it('hidden ratio: a median refreshed from write paths at most every RATIO_REFRESH_MS; reading it changes nothing', () => {
+    const cohort = createLoadCohort();
+    const [a, b, c] = [joinCohort(cohort)!, joinCohort(cohort)!, joinCohort(cohort)!];
+    a.setFlow(2, 1);
+    b.setFlow(2, 1);
+    c.setFlow(12, 1); // a batch job on one backend does not move the median
+    expect(a.hiddenRatio()).toBe(0); // nothing refreshed yet, however often it is read
+    a.refreshRatio(0);
+    expect([a.hiddenRatio(), b.hiddenRatio()]).toEqual([2, 2]);
+    b.setFlow(6, 1);
+    c.refreshRatio(RATIO_REFRESH_MS - 1); // too soon
+    expect(a.hiddenRatio()).toBe(2);
+    c.refreshRatio(RATIO_REFRESH_MS);
+    expect(a.hiddenRatio()).toBe(6);
   });
 
   it('joins only cohorts it made', () => {

@@ -21,7 +21,7 @@ export interface LoadCohort {
   readonly size: number;
 }
 
-/** Internal side of the cohort, used by endpoint-load.ts. */
+/** Internal side of the cohort, used by service-time.ts, capacity.ts and hidden-load.ts. */
 export interface CohortMembership {
   set(serviceTimeMs: number | undefined, capacity: number | undefined): void;
   /** Mean capacity of the other members (a prior must not include the member's own figure). */
@@ -35,9 +35,15 @@ export interface CohortMembership {
    * keeps (G − 1 for G alike gateways): the median over members of hidden /
    * local mean concurrency. A median, because load that is not from gateways
    * (a batch job on one backend) inflates a few members' ratios, not the
-   * typical one. Recomputed at most every RATIO_REFRESH_MS.
+   * typical one. A pure read: the figure refreshRatio last computed.
    */
-  hiddenRatio(nowMs: number): number;
+  hiddenRatio(): number;
+  /**
+   * Recomputes the ratio if a member's flow changed, at most every
+   * RATIO_REFRESH_MS. Called from the members' write paths (request starts
+   * and ends, reports), never from a read, so reading changes nothing.
+   */
+  refreshRatio(nowMs: number): void;
   leave(): void;
 }
 
@@ -121,13 +127,15 @@ export function createLoadCohort(): LoadCohort {
           ratios.set(key, l >= MIN_LOCAL_MEAN && h >= 0 ? h / l : NaN);
           ratioDirty = true;
         },
-        hiddenRatio(nowMs) {
+        hiddenRatio() {
+          return ratio;
+        },
+        refreshRatio(nowMs) {
           if (ratioDirty && (nowMs - ratioAtMs >= RATIO_REFRESH_MS || nowMs < ratioAtMs)) {
             recompute();
             ratioAtMs = nowMs;
             ratioDirty = false;
           }
-          return ratio;
         },
         leave() {
           if (left) return;

@@ -1,4 +1,5 @@
-export { createEndpointLoad, type LoadEstimate, type LoadSnapshot } from './endpoint-load';
+export { createEndpointLoad } from './endpoint-load';
+export type { EndpointLoad, LoadEstimate, LoadSnapshot } from './types';
 export {
   resolveLoadOptions,
   type EndpointLoadOptions,

@@ -3,48 +3,12 @@
  * strategies. The balancer owns backends and their lifecycle; it hands a
  * strategy the eligible endpoints whenever that set changes, and asks it for a
  * synchronous pick per request. A strategy never reads CPU fields itself: it
- * compares `load` figures (lower is better), computed by src/load.
+ * compares `load` figures (lower is better), computed by src/load (the
+ * EndpointLoad interface lives in load/types.ts and is re-exported here).
  */
-import type { MetricsReport } from '@loadwise/protocol';
+import type { EndpointLoad } from '../load/types';
 
-/** Per-backend load state, updated in place by the balancer, read by strategies. */
-export interface EndpointLoad {
-  /** Requests this gateway has sent to the backend and not yet finished. */
-  readonly inFlight: number;
-  /** Called by the balancer when it sends a request to the backend. */
-  onRequestStart(nowMs: number): void;
-  /** Called when that request finishes (response end, error or timeout). */
-  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean): void;
-  /** A decoded, validated agent report arrived. */
-  onReport(report: MetricsReport, receivedAtMs: number): void;
-  /** True while the last report is younger than its freshness limit. */
-  hasFreshReport(nowMs: number): boolean;
-  /** Age of the last report, undefined if none ever arrived. */
-  reportAgeMs(nowMs: number): number | undefined;
-  /** Latency this gateway observes (Peak EWMA), undefined before the first response. */
-  latencyMs(nowMs: number): number | undefined;
-  /**
-   * Expected time until a new request sent now would finish, in ms: the
-   * default strategy's metric. Fuses local in-flight and latency with the
-   * agent's report while it is fresh; falls back to local signals when stale;
-   * a backend with no data gets a neutral estimate, never zero.
-   */
-  expectedWaitMs(nowMs: number): number;
-  /** Starts (or restarts) slow start: a newcomer or re-admitted backend ramps up. */
-  admit(nowMs: number): void;
-  /** 0 < factor <= 1 while ramping up, 1 when settled. */
-  slowStartFactor(nowMs: number): number;
-  /**
-   * Optional (added by the strategies author, compatible): subscribe to
-   * changes of `inFlight`, so a strategy can keep an index (least-in-flight's
-   * heap) instead of scanning every endpoint per pick. Returns the unsubscribe.
-   */
-  watchInFlight?(listener: () => void): () => void;
-  /** Optional: the fresh report's health verdict, undefined when none is fresh (balancer eligibility). */
-  reportVerdict?(nowMs: number): 'up' | 'degraded' | 'down' | undefined;
-  /** Optional: the fresh report's lifecycle state, undefined when none is fresh. */
-  reportState?(nowMs: number): 'online' | 'draining' | 'offline' | undefined;
-}
+export type { EndpointLoad };
 
 export interface Endpoint {
   readonly id: string;

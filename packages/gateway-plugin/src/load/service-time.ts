@@ -1,0 +1,175 @@
+/**
+ * The latencies this gateway observes, and `s` of the expected wait
+ * (load/endpoint-load.ts): the time one request takes with no queue ahead.
+ *
+ * - `latencyMs()`: Peak EWMA of observed latency (as Finagle and Linkerd; the
+ *   peak-ewma strategy reads it, and its windowed minimum is the base latency
+ *   capacity learning divides by, load/capacity.ts);
+ * - service time: a 1 s EWMA of this gateway's latencies with the queueing
+ *   part taken out (latency × c / n when n > c) when recent, else the
+ *   reported latency (de-queued the same way) while fresh, else the cohort's
+ *   mean (never zero: a backend with no data must not look free), else
+ *   `defaultLatencyMs`.
+ *
+ * Written on completions; `value()`, `source()` and `latencyMs()` are pure.
+ */
+import type { CohortMembership, LoadCohort } from './cohort';
+import { MIN_SERVICE_TIME_MS, type ResolvedLoadOptions } from './load-options';
+import { PeakEwma } from './peak-ewma';
+import type { ReportDigest } from './report-digest';
+import type { LoadSnapshot } from './types';
+
+export type ServiceTimeSource = LoadSnapshot['serviceTimeSource'];
+type Origin = 'local' | 'reported' | 'cohort';
+
+export class ServiceTime {
+  /** Peak EWMA of observed latency (latencyMs(), the peak-ewma strategy). */
+  private readonly latency: PeakEwma;
+  /** EWMA of service time: latency with the queueing part taken out. */
+  private readonly service: PeakEwma;
+
+  constructor(
+    private readonly o: ResolvedLoadOptions,
+    private readonly cohort: LoadCohort | undefined,
+    private readonly membership: CohortMembership | undefined,
+  ) {
+    this.latency = new PeakEwma(o.decayMs, o.minLatencyWindowMs);
+    this.service = new PeakEwma(o.serviceDecayMs, o.minLatencyWindowMs, false);
+  }
+
+  /** A success: its latency counts as observed (before capacity learning reads minLatencyMs). */
+  observeLatency(nowMs: number, latencyMs: number): void {
+    this.latency.observe(nowMs, latencyMs);
+  }
+
+  /**
+   * The same success as a service-time sample, with `inSystem` requests at the
+   * backend (local + hidden) on `capacity` slots. The wait formula models
+   * queueing itself (o and c), so its service time must not contain queueing:
+   * with more requests in the system than slots, only c / inSystem of the
+   * latency was service. Feeding raw latency double-counts the queue, and the
+   * peak then sticks for decayMs: the queued backend looks slow long after its
+   * queue drained, every gateway leaves it, the others queue...
+   * (strategies/queueing-sim.test.ts, three gateways).
+   */
+  observeService(nowMs: number, latencyMs: number, inSystem: number, capacity: number): void {
+    this.service.observe(
+      nowMs,
+      inSystem > capacity ? (latencyMs * capacity) / inSystem : latencyMs,
+    );
+  }
+
+  /**
+   * A failure (or an overloaded answer) says nothing good about speed: a
+   * backend refusing connections in 1 ms must not look fast (the "black hole"
+   * of least-latency balancers). A slow failure (a timeout) still raises the
+   * estimates, as a peak. Before any success, the neutral estimate stands in
+   * for the current one.
+   */
+  observeFailure(nowMs: number, latencyMs: number): void {
+    observeAtLeastCurrent(
+      this.latency,
+      nowMs,
+      latencyMs,
+      this.neutral() ?? this.o.defaultLatencyMs,
+    );
+    observeAtLeastCurrent(
+      this.service,
+      nowMs,
+      latencyMs,
+      this.neutral() ?? this.o.defaultLatencyMs,
+    );
+  }
+
+  /** Forgets every sample (admit: a new incarnation). */
+  reset(): void {
+    this.latency.reset();
+    this.service.reset();
+  }
+
+  latencyMs(nowMs: number): number | undefined {
+    return this.latency.valueMs(nowMs);
+  }
+
+  /** The base latency over the last one to two windows (load/capacity.ts divides by it). */
+  minLatencyMs(): number | undefined {
+    return this.latency.minMs();
+  }
+
+  /** This backend's own figure for the cohort's mean: local, else the fresh report's. */
+  own(nowMs: number, r: ReportDigest | undefined): number | undefined {
+    return this.service.valueMs(nowMs) ?? r?.latencyMs;
+  }
+
+  /** Service time in ms, >= MIN_SERVICE_TIME_MS; `r` is the fresh report, `capacity` the slots. */
+  value(nowMs: number, r: ReportDigest | undefined, capacity: number): number {
+    let v = this.raw(this.origin(nowMs, r), nowMs, r, capacity);
+    if (v === undefined || !(v >= 0)) v = this.o.defaultLatencyMs;
+    return v > MIN_SERVICE_TIME_MS ? v : MIN_SERVICE_TIME_MS;
+  }
+
+  /** Where value() comes from (for the snapshot). */
+  source(nowMs: number, r: ReportDigest | undefined, capacity: number): ServiceTimeSource {
+    const origin = this.origin(nowMs, r);
+    const v = this.raw(origin, nowMs, r, capacity);
+    return v === undefined || !(v >= 0) ? 'default' : origin;
+  }
+
+  private origin(nowMs: number, r: ReportDigest | undefined): Origin {
+    const last = this.service.lastSampleMs;
+    const reported = r?.latencyMs;
+    if (last !== undefined && (nowMs - last <= this.o.localFreshMs || reported === undefined)) {
+      return 'local';
+    }
+    return reported !== undefined ? 'reported' : 'cohort';
+  }
+
+  private raw(
+    origin: Origin,
+    nowMs: number,
+    r: ReportDigest | undefined,
+    capacity: number,
+  ): number | undefined {
+    if (origin === 'local') {
+      const value = this.service.valueMs(nowMs);
+      // Shrinkage towards the prior: a local figure is only as good as its last sample. With
+      // no new sample it regresses towards the other members' mean, with the service EWMA's own
+      // time constant. A backend in use refreshes it every few ms, so nothing changes; one that
+      // lost a P2C comparison on a noisy sample (a cold first request, a slow burst) would
+      // otherwise lose every later one too, since only a pick can correct it: with two
+      // backends P2C compares both every time, and one of two identical backends got every
+      // request at low load (bench smoke). A truly slow backend pays one probe when it has
+      // regressed, is measured slow again, and backs off: about one request per
+      // serviceDecayMs (Finagle and tower decay idle estimates for the same reason).
+      const prior = this.membership?.othersMeanServiceTimeMs();
+      if (value === undefined || prior === undefined) return value;
+      const last = this.service.lastSampleMs!;
+      const w = Math.exp(-Math.max(0, nowMs - last) / this.o.serviceDecayMs);
+      return prior + (value - prior) * w;
+    }
+    if (origin === 'reported') {
+      // The agent's latency includes its queue too: with a mean of N requests in the system
+      // (Little) on c slots, the service part is c / N of it.
+      const reported = r!.latencyMs!;
+      const n = r!.meanOutstanding;
+      return n !== undefined && n > capacity ? (reported * capacity) / n : reported;
+    }
+    return this.neutral();
+  }
+
+  /** The neutral estimate: the cohort's mean, else undefined (the caller's default). */
+  private neutral(): number | undefined {
+    return this.cohort?.meanServiceTimeMs();
+  }
+}
+
+/** Observes max(latencyMs, the current estimate, or `neutralMs` before the first sample). */
+function observeAtLeastCurrent(
+  ewma: PeakEwma,
+  nowMs: number,
+  latencyMs: number,
+  neutralMs: number,
+): void {
+  const floor = ewma.valueMs(nowMs) ?? neutralMs;
+  ewma.observe(nowMs, floor > latencyMs ? floor : latencyMs);
+}
