@@ -196,10 +196,13 @@ export const loadOptionsInput = v.pipe(
   }),
 );
 
-// Compile-time: the public type and the schema accept the same options.
-export type _LoadSchemaMatchesType = Check<
-  Same<v.InferInput<typeof loadOptionsInput>, EndpointLoadOptions>
->;
+// Compile-time: the public type and the schema accept the same options (the
+// keys apart: Same<> alone misses an extra optional key on either side).
+type LoadInput = v.InferInput<typeof loadOptionsInput>;
+export type _LoadSchemaMatchesType = [
+  Check<Same<LoadInput, EndpointLoadOptions>>,
+  Check<Same<keyof LoadInput, keyof EndpointLoadOptions>>,
+];
 
 export interface ResolvedLoadOptions {
   now: () => number;
