@@ -21,7 +21,7 @@ import { RetryBudget } from './admission/retry-budget';
 import { WaitQueue } from './admission/wait-queue';
 import { ActiveChecker } from './health/active-checker';
 import { OutlierDetector } from './health/outlier-detector';
-import { createEndpointLoad, createLoadCohort, resolveLoadOptions, type LoadCohort } from './load';
+import { createEndpointLoad, createLoadCohort, type LoadCohort } from './load';
 import {
   createGatewayMetrics,
   TrafficWindow,
@@ -101,8 +101,6 @@ export class Balancer implements BalancerHandle, FlowHost {
       now: o.now,
       ...o.strategyOptions,
     });
-    // Checked before anything that holds a timer or socket is created.
-    resolveLoadOptions(o.load);
     this.decoder = this.makeDecoder();
     this.limiter = new MessageLimiter(o.messageLimits, o.now());
     this.registry = new Registry(

@@ -1,6 +1,8 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { GatewayError, type GatewayErrorCode } from './errors';
 import { loadBalance } from './load-balance';
-import type { LoadBalanceOptions } from './options';
+import { DEFAULTS, type LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
 
 const base: LoadBalanceOptions = { backends: [{ id: 'a', url: 'http://127.0.0.1:3000' }] };
@@ -307,4 +309,36 @@ describe('loadBalance options', () => {
       maxBackends: 100,
     });
   });
+});
+
+describe('the defaults table and docs/gateway.md', () => {
+  const docs = readFileSync(path.resolve(__dirname, '../../../docs/gateway.md'), 'utf8');
+  /** The options table's row of a top-level option, without digit grouping and `?` marks. */
+  function row(option: string): string {
+    const line = docs.split('\n').find((l) => l.startsWith(`| \`${option}\``)) ?? '';
+    return line.replace(/(\d) (\d)/g, '$1$2').replace(/\?:/g, ':');
+  }
+  const shown = (value: unknown): string[] =>
+    Array.isArray(value)
+      ? [value.length === 0 ? '[]' : value.join(' ')]
+      : typeof value === 'string'
+        ? [`'${value}'`, `\`${value}\``]
+        : [String(value)];
+  const leaves = Object.entries(DEFAULTS).flatMap(([option, value]) =>
+    typeof value === 'object' && !Array.isArray(value)
+      ? Object.entries(value).map(
+          ([key, v]) => [option === 'backend' ? 'backends' : option, key, v] as const,
+        )
+      : [[option, undefined, value] as const],
+  );
+
+  // Functions (now, random) are named in the row by hand: `Date.now`, `Math.random`.
+  it.each(leaves.filter(([, , v]) => typeof v !== 'function'))(
+    'shows %s %s',
+    (option, key, value) => {
+      const text = row(option);
+      const forms = shown(value).map((v) => (key === undefined ? v : `${key}: ${v}`));
+      expect(forms.some((f) => text.includes(f)) ? text : forms).toBe(text);
+    },
+  );
 });

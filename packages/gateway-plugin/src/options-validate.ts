@@ -1,467 +1,652 @@
 /**
- * Validates `loadBalance(opts)` once, at construction (http-proxy-middleware's
- * verifyConfig, fastify's option checks): every mistake throws a GatewayError
- * with a stable code; nothing on the request path re-checks options.
+ * The one schema of `loadBalance(opts)` (valibot), checked once, at
+ * construction (http-proxy-middleware's verifyConfig, fastify's option
+ * checks): which keys exist, what each accepts, and, from options.ts
+ * DEFAULTS, what an absent one becomes. Every object is strict: an unknown
+ * key at any depth throws LW_GW_INVALID_OPTION with its path and the nearest
+ * known key. Every mistake throws a GatewayError with a stable code, for the
+ * first bad option (option-errors.ts); nothing on the request path re-checks
+ * options. ResolvedOptions is this schema's output.
+ *
+ * The public types stay hand-written in options.ts, with their doc comments;
+ * the compile-time checks at the end keep them and the schema equal.
  */
-import { BlockList } from 'node:net';
+import { isIP } from 'node:net';
+import type { Registry as MetricsRegistry } from 'prom-client';
 import {
-  DEFAULT_TOPIC_PREFIX,
   assertValidKey,
   assertValidPrefix,
   isValidBackendId,
+  type SigningKey,
 } from '@loadwise/protocol';
-import { resolveDashboardOptions } from './dashboard/options';
+import * as v from 'valibot';
 import { GatewayError, invalidOption } from './errors';
+import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
+import { defaultLogger } from './observability/event-log';
 import {
-  DEFAULT_CLIENT_BODY_TIMEOUT_MS,
-  DEFAULT_CONNECT_TIMEOUT_MS,
-  DEFAULT_DECISION_HEADER,
-  DEFAULT_IDEMPOTENT_METHODS,
-  DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
-  DEFAULT_MAX_SOCKETS,
-  DEFAULT_REQUEST_TIMEOUT_MS,
-  DEFAULT_RETRY_MAX_BODY_BYTES,
-  DEFAULT_STRATEGY,
+  type Check,
+  type Fail,
+  type Same,
+  crossCheck,
+  expected,
+  fixed,
+  isObject,
+  leaf,
+  parseOptions,
+  strict,
+} from './option-errors';
+import {
+  DEFAULTS,
+  type BackendConfig,
+  type BrokerOption,
   type LoadBalanceOptions,
+  type Logger,
+  type ProxyEventHooks,
   type ResolvedOptions,
 } from './options';
-import {
-  HEADER_NAME_RE,
-  backend,
-  bool,
-  broker,
-  fn,
-  isObject,
-  logger,
-  num,
-  parseCidr,
-  path,
-  section,
-} from './options-checks';
-import { rejectUnknownOptions } from './options-keys';
 
-import { DEFAULT_UNSIGNED_MAX_PENALTY } from './registry/unsigned-report';
-import { DEFAULT_MAX_PACKET_BYTES } from './transport/embedded-broker';
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const BROKER_PROTOCOLS = new Set(['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:']);
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The dashboard token travels in URLs: long, and unlocking nothing else. */
+export const MIN_DASHBOARD_TOKEN_LENGTH = 16;
 
-export { backendUrl } from './options-checks';
+// Leaves: each says what it accepts in the words of its error.
 
-function metricsRegistry(v: unknown): ResolvedOptions['metricsRegistry'] {
-  if (v === undefined) return undefined;
-  const r = v as { registerMetric?: unknown; metrics?: unknown };
-  if (!isObject(v) || typeof r.registerMetric !== 'function' || typeof r.metrics !== 'function') {
-    throw invalidOption('metricsRegistry', 'a prom-client Registry', '<object>');
+function num(min: number, max = Infinity, int = false) {
+  const range = max === Infinity ? `>= ${min}` : `in [${min}, ${max}]`;
+  const wrong = expected(`${int ? 'an integer' : 'a number'} ${range}`);
+  return leaf<number>((x) =>
+    typeof x !== 'number' ||
+    !Number.isFinite(x) ||
+    x < min ||
+    x > max ||
+    (int && !Number.isInteger(x))
+      ? wrong(x)
+      : undefined,
+  );
+}
+const int = (min: number, max = Infinity) => num(min, max, true);
+const is =
+  <T>(test: (x: unknown) => boolean, what: string) =>
+  () =>
+    leaf<T>((x) => (test(x) ? undefined : expected(what)(x)));
+const bool = is<boolean>((x) => typeof x === 'boolean', 'a boolean');
+const str = is<string>((x) => typeof x === 'string', 'a string');
+const fn = <F>() => is<F>((x) => typeof x === 'function', 'a function')();
+const isPath = (x: unknown): x is string =>
+  typeof x === 'string' && x.startsWith('/') && !/[?#\s]/.test(x);
+const path = is<string>(isPath, "a path starting with '/' without query or spaces");
+const isHeaderName = (x: unknown): x is string => typeof x === 'string' && HEADER_NAME_RE.test(x);
+const isPem = (x: unknown): boolean => typeof x === 'string' || Buffer.isBuffer(x);
+const pem = is<string | Buffer>(isPem, 'PEM text or a Buffer');
+/** A secret: its error never shows it. */
+const secret = (test: (x: unknown) => boolean, what: string) =>
+  leaf<string>((x) => (test(x) ? undefined : (name) => invalidOption(name, what, '<redacted>')));
+/** An object the user owns (a logger, a registry): checked by its methods, never walked. */
+const withMethods = <T>(methods: readonly string[], what: string, shown?: string) =>
+  leaf<T>((x) =>
+    isObject(x) && methods.every((m) => typeof x[m] === 'function')
+      ? undefined
+      : (name) => invalidOption(name, what, shown ?? x),
+  );
+/** A section the user may turn off with `false`. */
+const orFalse = <S extends v.GenericSchema>(section: S) =>
+  v.lazy((x) => (x === false ? v.literal(false) : section));
+
+// Backends and broker: their own error codes.
+
+/** Parses a backend URL; used for configured and for discovered backends. */
+export function backendUrl(name: string, x: unknown): URL {
+  const url = parseUrl(x);
+  if (
+    !url ||
+    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
+    url.username ||
+    url.password ||
+    url.search ||
+    url.hash
+  ) {
+    throw new GatewayError(
+      'LW_GW_INVALID_BACKEND_URL',
+      `${name} ${JSON.stringify(x)}: expected http(s)://host[:port][/path]`,
+    );
   }
-  return v as unknown as ResolvedOptions['metricsRegistry'];
+  return url;
 }
 
-/** A Prometheus metric name prefix: [a-zA-Z_:][a-zA-Z0-9_:]* (the exposition format's name rule). */
-function metricsPrefix(v: unknown): string | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(v))
-    throw invalidOption('metricsPrefix', 'a metric name prefix like "gw_"', v);
-  return v;
+function parseUrl(x: unknown): URL | undefined {
+  try {
+    return typeof x === 'string' ? new URL(x) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
-/** Self-overload shedding defaults (docs/gateway.md "Self-overload"). */
-const DEFAULT_MAX_EVENT_LOOP_DELAY_MS = 500;
-const DEFAULT_OVERLOAD_SAMPLE_MS = 200;
+/** Wraps a throwing check as a leaf's problem. */
+const thrown =
+  (check: (x: unknown, name: string) => void) =>
+  (x: unknown): Fail | undefined => {
+    try {
+      check(x, '');
+      return undefined;
+    } catch {
+      return (name) => {
+        try {
+          check(x, name);
+        } catch (err) {
+          return err as GatewayError;
+        }
+        return invalidOption(name, 'valid', x);
+      };
+    }
+  };
 
-export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
-  if (!isObject(input)) throw invalidOption('options', 'an object', input);
-  const o = input as unknown as Record<string, unknown>;
-  rejectUnknownOptions(o);
-  if (o.backends !== undefined && !Array.isArray(o.backends))
-    throw invalidOption('backends', 'an array', o.backends);
-  const backends = ((o.backends as unknown[] | undefined) ?? []).map(backend);
-  const seen = new Set<string>();
+const backend = strict(
+  {
+    id: leaf<string>((x) =>
+      isValidBackendId(x)
+        ? undefined
+        : (name) =>
+            new GatewayError(
+              'LW_GW_INVALID_BACKEND_ID',
+              `${name} ${JSON.stringify(x)} must be 1-64 characters of [A-Za-z0-9._:@-] starting with a letter or digit`,
+            ),
+    ),
+    url: v.pipe(
+      leaf<string>(thrown((x, name) => backendUrl(name, x))),
+      v.transform((u) => new URL(u).href),
+    ),
+    weight: v.optional(num(Number.MIN_VALUE, 1e6), DEFAULTS.backend.weight),
+  },
+  expected('an object { id, url }'),
+);
+
+/** Two ids for one server would split its load estimate in two halves that each look idle. */
+function duplicateBackend(list: Required<BackendConfig>[]): GatewayError | undefined {
+  const ids = new Set<string>();
   const urls = new Map<string, number>();
-  backends.forEach((b, i) => {
-    if (seen.has(b.id))
-      throw new GatewayError('LW_GW_DUPLICATE_BACKEND', `backend id ${b.id} appears twice`);
-    seen.add(b.id);
-    // Two ids for one server would split its load estimate in two halves that each look idle.
+  for (const [i, b] of list.entries()) {
+    if (ids.has(b.id))
+      return new GatewayError('LW_GW_DUPLICATE_BACKEND', `backend id ${b.id} appears twice`);
+    ids.add(b.id);
     const first = urls.get(b.url);
     if (first !== undefined)
-      throw new GatewayError(
+      return new GatewayError(
         'LW_GW_DUPLICATE_BACKEND',
         `backends[${i}].url ${b.url} is also backends[${first}].url`,
       );
     urls.set(b.url, i);
-  });
-  if (o.service !== undefined && !isValidBackendId(o.service))
-    throw invalidOption(
-      'service',
-      '1-64 characters of [A-Za-z0-9._:@-] (one topic level)',
-      o.service,
-    );
-
-  const topicPrefix = o.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
-  try {
-    assertValidPrefix(topicPrefix as string);
-  } catch {
-    throw invalidOption(
-      'topicPrefix',
-      "topic levels of [A-Za-z0-9._:@-] separated by '/'",
-      topicPrefix,
-    );
   }
-  if (o.keys !== undefined && !Array.isArray(o.keys))
-    throw invalidOption('keys', 'an array of { keyId, secret }', o.keys);
-  const keys = (o.keys as ResolvedOptions['keys'] | undefined) ?? [];
-  for (const k of keys) {
-    try {
-      assertValidKey(k);
-    } catch (err) {
-      throw invalidOption('keys', `valid keys (${(err as Error).message})`, k?.keyId);
-    }
-  }
-  if (o.requireSignature !== undefined) bool('requireSignature', o.requireSignature, false);
-  if (o.requireSignature === true && keys.length === 0)
-    throw invalidOption('requireSignature', 'false when no keys are given', true);
-  // Secure by default: unsigned reports are refused unless allowed (SECURITY.md).
-  const allowUnsigned = bool('allowUnsigned', o.allowUnsigned, o.requireSignature === false);
-  if (allowUnsigned && o.requireSignature === true)
-    throw invalidOption('allowUnsigned', 'false when requireSignature is true', true);
-  const limits = section('messageLimits', o.messageLimits);
-  const perBackendPerSec = num('messageLimits.perBackendPerSec', limits.perBackendPerSec, 20, 0.01);
-  const totalPerSec = num('messageLimits.totalPerSec', limits.totalPerSec, 20_000, 0.01);
-  const messageLimits: ResolvedOptions['messageLimits'] = {
-    perBackendPerSec,
-    perBackendBurst: num(
-      'messageLimits.perBackendBurst',
-      limits.perBackendBurst,
-      Math.max(1, 2 * perBackendPerSec),
-      1,
-    ),
-    totalPerSec,
-    totalBurst: num('messageLimits.totalBurst', limits.totalBurst, Math.max(1, totalPerSec), 1),
-    maxPacketBytes: num(
-      'messageLimits.maxPacketBytes',
-      limits.maxPacketBytes,
-      DEFAULT_MAX_PACKET_BYTES,
-      1024,
-      256 * 1024 * 1024,
-      true,
-    ),
-  };
+  return undefined;
+}
 
-  const strategy = o.strategy ?? DEFAULT_STRATEGY;
-  if (typeof strategy !== 'string' || strategy === '')
-    throw invalidOption('strategy', 'a strategy name', strategy);
+const brokerError = (detail?: string): Fail =>
+  fixed(new GatewayError('LW_GW_INVALID_BROKER', detail));
+const brokerUrl = leaf<string>((u) =>
+  typeof u === 'string' && BROKER_PROTOCOLS.has(parseUrl(u)?.protocol ?? '')
+    ? undefined
+    : brokerError(`broker url ${JSON.stringify(u)}: expected mqtt://, mqtts://, ws:// or wss://`),
+);
+const brokerClient = strict({
+  client: leaf<Extract<BrokerOption, { client: unknown }>['client']>((c) => {
+    const m = c as { subscribe?: unknown; on?: unknown } | undefined;
+    return m && typeof m.subscribe === 'function' && typeof m.on === 'function'
+      ? undefined
+      : brokerError('broker.client is not an mqtt.js client');
+  }),
+});
+const embeddedBroker = strict({
+  embedded: leaf<true>((x) =>
+    x === true ? undefined : brokerError('broker.embedded must be true'),
+  ),
+  port: v.optional(int(0, 65535)),
+  host: v.optional(str()),
+});
+const brokerUrlOptions = strict({
+  url: brokerUrl,
+  username: v.optional(str()),
+  password: v.optional(pem()),
+  ca: v.optional(
+    is<string | Buffer | Array<string | Buffer>>(
+      (x) => isPem(x) || (Array.isArray(x) && x.every(isPem)),
+      'PEM text, a Buffer or an array of them',
+    )(),
+  ),
+  cert: v.optional(pem()),
+  key: v.optional(pem()),
+  rejectUnauthorized: v.optional(bool()),
+  clientIdPrefix: v.optional(
+    is<string>(
+      (x) => typeof x === 'string' && x.length <= 40,
+      'a string of at most 40 characters',
+    )(),
+  ),
+  keepaliveSec: v.optional(int(0, 65535)),
+  reconnectPeriodMs: v.optional(num(1)),
+  connectTimeoutMs: v.optional(num(1)),
+  protocolVersion: v.optional(is<4 | 5>((x) => x === 4 || x === 5, '4 or 5')()),
+});
+const broker = v.lazy((x) =>
+  typeof x === 'string'
+    ? brokerUrl
+    : !isObject(x)
+      ? leaf<never>(() => brokerError())
+      : 'client' in x
+        ? brokerClient
+        : 'embedded' in x
+          ? embeddedBroker
+          : brokerUrlOptions,
+);
 
-  const aff = o.affinity === undefined ? undefined : section('affinity', o.affinity);
-  if (aff) {
-    for (const k of ['header', 'cookie'] as const) {
-      if (
-        aff[k] !== undefined &&
-        (typeof aff[k] !== 'string' || !HEADER_NAME_RE.test(aff[k] as string))
-      ) {
-        throw invalidOption(`affinity.${k}`, 'a header/cookie name', aff[k]);
-      }
-    }
-    bool('affinity.clientAddress', aff.clientAddress, false);
-    if (bool('affinity.setCookie', aff.setCookie, false) && aff.cookie === undefined) {
-      throw invalidOption('affinity.setCookie', 'used together with affinity.cookie', true);
-    }
-    num('affinity.cookieMaxAgeSec', aff.cookieMaxAgeSec, 0, 0, 400 * 86400, true);
-    const secure = aff.cookieSecure;
-    if (secure !== undefined && secure !== 'auto' && typeof secure !== 'boolean') {
-      throw invalidOption('affinity.cookieSecure', "true, false or 'auto'", secure);
-    }
-    if (aff.header === undefined && aff.cookie === undefined && aff.clientAddress !== true) {
-      throw invalidOption('affinity', 'one of header, cookie or clientAddress', aff);
-    }
-  }
+// Discovery: its own error code too.
 
-  const agent = section('agent', o.agent);
-  const maxSockets = num('agent.maxSockets', agent.maxSockets, DEFAULT_MAX_SOCKETS, 1, 1e6, true);
-  // As many idle sockets as the pool may hold (Node's default too): a lower
-  // cap closes sockets after every burst and reopens them on the next one.
-  const maxFreeSockets = num(
-    'agent.maxFreeSockets',
-    agent.maxFreeSockets,
-    maxSockets,
-    0,
-    1e6,
-    true,
+const discoveryError = (detail: string): Fail =>
+  fixed(new GatewayError('LW_GW_INVALID_DISCOVERY', detail));
+
+function isCidr(range: unknown): boolean {
+  const [addr, bits, extra] = typeof range === 'string' ? range.split('/') : [];
+  const family = addr ? isIP(addr) : 0;
+  const prefix = Number(bits);
+  return (
+    family !== 0 &&
+    extra === undefined &&
+    bits !== undefined &&
+    Number.isInteger(prefix) &&
+    prefix >= 0 &&
+    prefix <= (family === 6 ? 128 : 32)
   );
-  const keepAliveMsecs = num('agent.keepAliveMsecs', agent.keepAliveMsecs, 1000, 1);
-  const idleTimeoutMs = num('agent.idleTimeoutMs', agent.idleTimeoutMs, 15_000, 1);
-  const retry = section('retry', o.retry);
-  const methods = retry.methods ?? DEFAULT_IDEMPOTENT_METHODS;
-  if (
-    !Array.isArray(methods) ||
-    methods.some((m) => typeof m !== 'string' || !HEADER_NAME_RE.test(m))
-  ) {
-    throw invalidOption('retry.methods', 'an array of HTTP method names', methods);
-  }
-  const out = section('outlier', o.outlier);
-  const hc = section('healthCheck', o.healthCheck);
-  const sat = section('saturation', o.saturation);
-  const ovl = section('overload', o.overload);
+}
 
-  let discovery: ResolvedOptions['discovery'];
-  if (o.discovery !== undefined && o.discovery !== false) {
-    const d = section('discovery', o.discovery);
-    if (keys.length === 0)
-      throw new GatewayError(
-        'LW_GW_INVALID_DISCOVERY',
-        'discovery needs keys: registrations are honoured only when signed',
-      );
-    if (!Array.isArray(d.allowedRanges) || d.allowedRanges.length === 0) {
-      throw new GatewayError(
-        'LW_GW_INVALID_DISCOVERY',
-        'discovery.allowedRanges must list at least one CIDR',
-      );
-    }
-    d.allowedRanges.forEach((r) => parseCidr(r, new BlockList()));
-    const ports = d.allowedPorts ?? [];
-    if (!Array.isArray(ports))
-      throw invalidOption('discovery.allowedPorts', 'an array of ports', ports);
-    ports.forEach((p, i) => num(`discovery.allowedPorts[${i}]`, p, 0, 1, 65535, true));
-    discovery = {
-      allowedRanges: d.allowedRanges as string[],
-      allowedPorts: ports as number[],
-      maxBackends: num('discovery.maxBackends', d.maxBackends, 100, 1, 10_000, true),
-    };
-  } else if (backends.length === 0) {
-    throw new GatewayError('LW_GW_NO_BACKENDS');
-  }
+const allowedRanges = leaf<string[]>((x) => {
+  if (!Array.isArray(x) || x.length === 0)
+    return discoveryError('discovery.allowedRanges must list at least one CIDR');
+  const bad = x.find((r) => !isCidr(r));
+  return bad === undefined
+    ? undefined
+    : discoveryError(`allowed range ${JSON.stringify(bad)} is not a CIDR (e.g. 10.0.0.0/8)`);
+});
+const ports = leaf<number[]>((x) => {
+  if (!Array.isArray(x)) return expected('an array of ports')(x);
+  const i = x.findIndex((p) => !Number.isInteger(p) || p < 1 || p > 65535);
+  return i < 0
+    ? undefined
+    : (name) => invalidOption(`${name}[${i}]`, 'an integer in [1, 65535]', x[i]);
+});
 
-  let decisionHeader: string | undefined;
-  if (o.decisionHeader === true) decisionHeader = DEFAULT_DECISION_HEADER;
-  else if (typeof o.decisionHeader === 'string' && HEADER_NAME_RE.test(o.decisionHeader))
-    decisionHeader = o.decisionHeader.toLowerCase();
-  else if (o.decisionHeader !== undefined && o.decisionHeader !== false)
-    throw invalidOption('decisionHeader', 'a boolean or a header name', o.decisionHeader);
-  if (
-    o.statusToken !== undefined &&
-    (typeof o.statusToken !== 'string' || o.statusToken.length < 8)
-  ) {
-    throw invalidOption('statusToken', 'a string of at least 8 characters', '<redacted>');
-  }
+/** The options schema, its entries in the order their checks run (the first error wins). */
+const entries = {
+  backends: v.optional(
+    v.pipe(
+      leaf<v.InferInput<typeof backend>[]>((x) =>
+        Array.isArray(x) ? undefined : expected('an array')(x),
+      ),
+      v.array(backend),
+      crossCheck(duplicateBackend),
+    ),
+    () => [],
+  ),
+  service: v.optional(
+    is<string>(isValidBackendId, '1-64 characters of [A-Za-z0-9._:@-] (one topic level)')(),
+  ),
+  topicPrefix: v.optional(
+    leaf<string>(
+      thrown((x, name) => {
+        try {
+          assertValidPrefix(x as string);
+        } catch {
+          throw invalidOption(name, "topic levels of [A-Za-z0-9._:@-] separated by '/'", x);
+        }
+      }),
+    ),
+    DEFAULTS.topicPrefix,
+  ),
+  keys: v.optional(
+    leaf<SigningKey[]>(
+      thrown((x, name) => {
+        if (!Array.isArray(x)) throw invalidOption(name, 'an array of { keyId, secret }', x);
+        for (const k of x as SigningKey[]) {
+          try {
+            assertValidKey(k);
+          } catch (err) {
+            throw invalidOption(name, `valid keys (${(err as Error).message})`, k?.keyId);
+          }
+        }
+      }),
+    ),
+    () => [],
+  ),
+  requireSignature: v.optional(bool()),
+  allowUnsigned: v.optional(bool()),
+  messageLimits: v.optional(
+    strict({
+      perBackendPerSec: v.optional(num(0.01), DEFAULTS.messageLimits.perBackendPerSec),
+      perBackendBurst: v.optional(num(1)),
+      totalPerSec: v.optional(num(0.01), DEFAULTS.messageLimits.totalPerSec),
+      totalBurst: v.optional(num(1)),
+      maxPacketBytes: v.optional(
+        int(1024, 256 * 1024 * 1024),
+        DEFAULTS.messageLimits.maxPacketBytes,
+      ),
+    }),
+    {},
+  ),
+  strategy: v.optional(
+    is<string>((x) => typeof x === 'string' && x !== '', 'a strategy name')(),
+    DEFAULTS.strategy,
+  ),
+  affinity: v.optional(
+    v.pipe(
+      strict({
+        header: v.optional(is<string>(isHeaderName, 'a header/cookie name')()),
+        cookie: v.optional(is<string>(isHeaderName, 'a header/cookie name')()),
+        clientAddress: v.optional(bool()),
+        setCookie: v.optional(bool()),
+        cookieMaxAgeSec: v.optional(int(0, 400 * 86400)),
+        cookieSecure: v.optional(
+          is<boolean | 'auto'>(
+            (x) => typeof x === 'boolean' || x === 'auto',
+            "true, false or 'auto'",
+          )(),
+        ),
+      }),
+      crossCheck((a) =>
+        a.setCookie === true && a.cookie === undefined
+          ? invalidOption('affinity.setCookie', 'used together with affinity.cookie', true)
+          : a.header === undefined && a.cookie === undefined && a.clientAddress !== true
+            ? invalidOption('affinity', 'one of header, cookie or clientAddress', a)
+            : undefined,
+      ),
+    ),
+  ),
+  agent: v.optional(
+    strict({
+      maxSockets: v.optional(int(1, 1e6), DEFAULTS.agent.maxSockets),
+      maxFreeSockets: v.optional(int(0, 1e6)),
+      keepAliveMsecs: v.optional(num(1), DEFAULTS.agent.keepAliveMsecs),
+      idleTimeoutMs: v.optional(num(1), DEFAULTS.agent.idleTimeoutMs),
+    }),
+    {},
+  ),
+  retry: v.optional(
+    orFalse(
+      strict({
+        maxRetries: v.optional(int(0, 10), DEFAULTS.retry.maxRetries),
+        methods: v.optional(
+          is<string[]>(
+            (x) => Array.isArray(x) && x.every(isHeaderName),
+            'an array of HTTP method names',
+          )(),
+          () => DEFAULTS.retry.methods,
+        ),
+        budgetRatio: v.optional(num(0, 1), DEFAULTS.retry.budgetRatio),
+        minRetriesPerSec: v.optional(num(0), DEFAULTS.retry.minRetriesPerSec),
+        budgetWindowMs: v.optional(int(1000, 600_000), DEFAULTS.retry.budgetWindowMs),
+        maxBodyBytes: v.optional(int(0, 64 << 20), DEFAULTS.retry.maxBodyBytes),
+      }),
+    ),
+    {},
+  ),
+  outlier: v.optional(
+    v.pipe(
+      strict({
+        consecutiveFailures: v.optional(int(1, 1e6), DEFAULTS.outlier.consecutiveFailures),
+        baseEjectionMs: v.optional(num(1), DEFAULTS.outlier.baseEjectionMs),
+        maxEjectionMs: v.optional(num(1), DEFAULTS.outlier.maxEjectionMs),
+        maxEjectionPercent: v.optional(num(0, 100), DEFAULTS.outlier.maxEjectionPercent),
+        panicThresholdPercent: v.optional(num(0, 100), DEFAULTS.outlier.panicThresholdPercent),
+        failOn5xx: v.optional(bool(), DEFAULTS.outlier.failOn5xx),
+      }),
+      crossCheck((o) =>
+        o.maxEjectionMs < o.baseEjectionMs
+          ? invalidOption('outlier.maxEjectionMs', '>= outlier.baseEjectionMs', o.maxEjectionMs)
+          : undefined,
+      ),
+    ),
+    {},
+  ),
+  healthCheck: v.optional(
+    orFalse(
+      strict({
+        path: v.optional(path(), DEFAULTS.healthCheck.path),
+        intervalMs: v.optional(num(10), DEFAULTS.healthCheck.intervalMs),
+        timeoutMs: v.optional(num(1), DEFAULTS.healthCheck.timeoutMs),
+        unhealthyThreshold: v.optional(int(1, 100), DEFAULTS.healthCheck.unhealthyThreshold),
+        healthyThreshold: v.optional(int(1, 100), DEFAULTS.healthCheck.healthyThreshold),
+      }),
+    ),
+    {},
+  ),
+  saturation: v.optional(
+    strict({
+      maxInFlightPerBackend: v.optional(int(1, 1e6)),
+      maxExpectedWaitMs: v.optional(num(1)),
+      queueSize: v.optional(int(0, 1e6), DEFAULTS.saturation.queueSize),
+      queueTimeoutMs: v.optional(num(1), DEFAULTS.saturation.queueTimeoutMs),
+    }),
+    {},
+  ),
+  overload: v.optional(
+    orFalse(
+      strict({
+        maxEventLoopDelayMs: v.optional(num(1), DEFAULTS.overload.maxEventLoopDelayMs),
+        sampleIntervalMs: v.optional(num(10), DEFAULTS.overload.sampleIntervalMs),
+      }),
+    ),
+    {},
+  ),
+  discovery: v.optional(
+    orFalse(
+      strict({
+        allowedRanges,
+        allowedPorts: v.optional(ports, () => [...DEFAULTS.discovery.allowedPorts]),
+        maxBackends: v.optional(int(1, 10_000), DEFAULTS.discovery.maxBackends),
+      }),
+    ),
+  ),
+  decisionHeader: v.optional(
+    is<boolean | string>(
+      (x) => typeof x === 'boolean' || isHeaderName(x),
+      'a boolean or a header name',
+    )(),
+  ),
+  statusToken: v.optional(
+    secret((x) => typeof x === 'string' && x.length >= 8, 'a string of at least 8 characters'),
+  ),
+  on: v.optional(
+    strict({
+      proxyReq: v.optional(fn<NonNullable<ProxyEventHooks['proxyReq']>>()),
+      proxyRes: v.optional(fn<NonNullable<ProxyEventHooks['proxyRes']>>()),
+    }),
+    {},
+  ),
+  strategyOptions: v.optional(is<Record<string, unknown>>(isObject, 'an object')(), () => ({})),
+  load: v.optional(loadOptionsInput, {}),
+  broker: v.optional(broker),
+  unsignedMaxPenalty: v.optional(num(1, 8), DEFAULTS.unsignedMaxPenalty),
+  maxClockSkewMs: v.optional(num(1)),
+  maxRetainedAgeMs: v.optional(num(1)),
+  maxPayloadBytes: v.optional(int(256, 1 << 20)),
+  connectTimeoutMs: v.optional(num(1, MAX_TIMER_MS), DEFAULTS.connectTimeoutMs),
+  requestTimeoutMs: v.optional(num(1, MAX_TIMER_MS), DEFAULTS.requestTimeoutMs),
+  clientBodyTimeoutMs: v.optional(orFalse(num(1, MAX_TIMER_MS)), DEFAULTS.clientBodyTimeoutMs),
+  maxInFlightPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.maxInFlightPerClient),
+  changeOrigin: v.optional(bool(), DEFAULTS.changeOrigin),
+  trustForwarded: v.optional(bool(), DEFAULTS.trustForwarded),
+  forwardMountPath: v.optional(bool(), DEFAULTS.forwardMountPath),
+  statusPath: v.optional(path()),
+  metricsPath: v.optional(path()),
+  metricsRegistry: v.optional(
+    withMethods<MetricsRegistry>(
+      ['registerMetric', 'metrics'],
+      'a prom-client Registry',
+      '<object>',
+    ),
+  ),
+  metricsPrefix: v.optional(
+    is<string>(
+      (x) => typeof x === 'string' && /^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(x),
+      'a metric name prefix like "gw_"',
+    )(),
+  ),
+  dashboard: v.optional(
+    orFalse(
+      strict(
+        {
+          path: v.optional(
+            leaf<string>((x) =>
+              !isPath(x)
+                ? expected("a path starting with '/' without query or spaces")(x)
+                : // Assets and the stream live under `<path>/`, referenced relative to the page.
+                  x === '/' || x.endsWith('/')
+                  ? expected("a path that does not end with '/'")(x)
+                  : undefined,
+            ),
+            DEFAULTS.dashboard.path,
+          ),
+          token: secret(
+            (x) =>
+              typeof x === 'string' &&
+              x.length >= MIN_DASHBOARD_TOKEN_LENGTH &&
+              /^[\x21-\x7e]+$/.test(x),
+            `a string of at least ${MIN_DASHBOARD_TOKEN_LENGTH} visible ASCII characters`,
+          ),
+          maxViewers: v.optional(int(1, 1000), DEFAULTS.dashboard.maxViewers),
+          intervalMs: v.optional(int(250, 60_000), DEFAULTS.dashboard.intervalMs),
+          historySec: v.optional(int(10, 3600), DEFAULTS.dashboard.historySec),
+        },
+        expected('an object { token, path? } or false'),
+      ),
+    ),
+  ),
+  logger: v.optional(
+    withMethods<Logger>(['info', 'warn', 'error'], 'an object with info, warn and error functions'),
+    // A function default is called: this one makes the default logger.
+    defaultLogger,
+  ),
+  now: v.optional(fn<() => number>(), () => DEFAULTS.now),
+  random: v.optional(fn<() => number>(), () => DEFAULTS.random),
+};
+
+type Parsed = v.InferOutput<ReturnType<typeof strict<typeof entries>>>;
+
+/** Checks between options, once each option passed its own. */
+function betweenOptions(o: Parsed): GatewayError | undefined {
+  if (o.requireSignature === true && o.keys.length === 0)
+    return invalidOption('requireSignature', 'false when no keys are given', true);
+  if (o.allowUnsigned === true && o.requireSignature === true)
+    return invalidOption('allowUnsigned', 'false when requireSignature is true', true);
+  if (o.discovery && o.keys.length === 0)
+    return new GatewayError(
+      'LW_GW_INVALID_DISCOVERY',
+      'discovery needs keys: registrations are honoured only when signed',
+    );
+  if (!o.discovery && o.backends.length === 0) return new GatewayError('LW_GW_NO_BACKENDS');
   if (o.statusToken !== undefined && o.statusPath === undefined && o.metricsPath === undefined)
-    throw invalidOption(
+    return invalidOption(
       'statusToken',
       'used with statusPath or metricsPath (it protects them)',
       '<redacted>',
     );
-  const on = section('on', o.on);
-  for (const k of ['proxyReq', 'proxyRes'] as const) fn(`on.${k}`, on[k], undefined);
-  for (const k of ['strategyOptions', 'load'] as const) section(k, o[k]);
-
-  const resolved: ResolvedOptions = {
-    backends,
-    broker: broker(o.broker),
-    // A service is one more topic level: its agents publish under it, and
-    // another service's reports never reach this balancer.
-    topicPrefix: o.service === undefined ? (topicPrefix as string) : `${topicPrefix}/${o.service}`,
-    service: o.service as string | undefined,
-    keys,
-    requireSignature: o.requireSignature as boolean | undefined,
-    allowUnsigned,
-    unsignedMaxPenalty: num(
-      'unsignedMaxPenalty',
-      o.unsignedMaxPenalty,
-      DEFAULT_UNSIGNED_MAX_PENALTY,
-      1,
-      8,
-    ),
-    maxClockSkewMs:
-      o.maxClockSkewMs === undefined ? undefined : num('maxClockSkewMs', o.maxClockSkewMs, 0, 1),
-    maxRetainedAgeMs:
-      o.maxRetainedAgeMs === undefined
-        ? undefined
-        : num('maxRetainedAgeMs', o.maxRetainedAgeMs, 0, 1),
-    maxPayloadBytes:
-      o.maxPayloadBytes === undefined
-        ? undefined
-        : num('maxPayloadBytes', o.maxPayloadBytes, 0, 256, 1 << 20, true),
-    messageLimits,
-    strategy,
-    strategyOptions: section('strategyOptions', o.strategyOptions),
-    load: section('load', o.load),
-    affinity: aff,
-    connectTimeoutMs: num(
-      'connectTimeoutMs',
-      o.connectTimeoutMs,
-      DEFAULT_CONNECT_TIMEOUT_MS,
-      1,
-      2 ** 31 - 1,
-    ),
-    requestTimeoutMs: num(
-      'requestTimeoutMs',
-      o.requestTimeoutMs,
-      DEFAULT_REQUEST_TIMEOUT_MS,
-      1,
-      2 ** 31 - 1,
-    ),
-    clientBodyTimeoutMs:
-      o.clientBodyTimeoutMs === false
-        ? undefined
-        : num(
-            'clientBodyTimeoutMs',
-            o.clientBodyTimeoutMs,
-            DEFAULT_CLIENT_BODY_TIMEOUT_MS,
-            1,
-            2 ** 31 - 1,
-          ),
-    maxInFlightPerClient:
-      o.maxInFlightPerClient === false
-        ? undefined
-        : num(
-            'maxInFlightPerClient',
-            o.maxInFlightPerClient,
-            DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
-            1,
-            1e6,
-            true,
-          ),
-    changeOrigin: bool('changeOrigin', o.changeOrigin, false),
-    trustForwarded: bool('trustForwarded', o.trustForwarded, false),
-    forwardMountPath: bool('forwardMountPath', o.forwardMountPath, false),
-    agent: { maxSockets, maxFreeSockets, keepAliveMsecs, idleTimeoutMs },
-    retry:
-      o.retry === false
-        ? undefined
-        : {
-            maxRetries: num('retry.maxRetries', retry.maxRetries, 2, 0, 10, true),
-            methods: methods.map((m: string) => m.toUpperCase()),
-            budgetRatio: num('retry.budgetRatio', retry.budgetRatio, 0.2, 0, 1),
-            minRetriesPerSec: num('retry.minRetriesPerSec', retry.minRetriesPerSec, 10, 0),
-            budgetWindowMs: num(
-              'retry.budgetWindowMs',
-              retry.budgetWindowMs,
-              10_000,
-              1000,
-              600_000,
-              true,
-            ),
-            maxBodyBytes: num(
-              'retry.maxBodyBytes',
-              retry.maxBodyBytes,
-              DEFAULT_RETRY_MAX_BODY_BYTES,
-              0,
-              64 << 20,
-              true,
-            ),
-          },
-    on: on as ResolvedOptions['on'],
-    outlier: {
-      consecutiveFailures: num(
-        'outlier.consecutiveFailures',
-        out.consecutiveFailures,
-        5,
-        1,
-        1e6,
-        true,
-      ),
-      baseEjectionMs: num('outlier.baseEjectionMs', out.baseEjectionMs, 30_000, 1),
-      maxEjectionMs: num('outlier.maxEjectionMs', out.maxEjectionMs, 300_000, 1),
-      maxEjectionPercent: num('outlier.maxEjectionPercent', out.maxEjectionPercent, 50, 0, 100),
-      panicThresholdPercent: num(
-        'outlier.panicThresholdPercent',
-        out.panicThresholdPercent,
-        50,
-        0,
-        100,
-      ),
-      failOn5xx: bool('outlier.failOn5xx', out.failOn5xx, true),
-    },
-    healthCheck:
-      o.healthCheck === false
-        ? undefined
-        : {
-            path: path('healthCheck.path', hc.path) ?? '/',
-            intervalMs: num('healthCheck.intervalMs', hc.intervalMs, 5000, 10),
-            timeoutMs: num('healthCheck.timeoutMs', hc.timeoutMs, 2000, 1),
-            unhealthyThreshold: num(
-              'healthCheck.unhealthyThreshold',
-              hc.unhealthyThreshold,
-              2,
-              1,
-              100,
-              true,
-            ),
-            healthyThreshold: num(
-              'healthCheck.healthyThreshold',
-              hc.healthyThreshold,
-              1,
-              1,
-              100,
-              true,
-            ),
-          },
-    saturation: {
-      // Default: the pool size. Beyond it requests would wait inside the
-      // agent, an unbounded queue we cannot see; they wait in ours instead.
-      maxInFlightPerBackend: num(
-        'saturation.maxInFlightPerBackend',
-        sat.maxInFlightPerBackend,
-        maxSockets,
-        1,
-        1e6,
-        true,
-      ),
-      maxExpectedWaitMs:
-        sat.maxExpectedWaitMs === undefined
-          ? undefined
-          : num('saturation.maxExpectedWaitMs', sat.maxExpectedWaitMs, 0, 1),
-      queueSize: num('saturation.queueSize', sat.queueSize, 1000, 0, 1e6, true),
-      queueTimeoutMs: num('saturation.queueTimeoutMs', sat.queueTimeoutMs, 5000, 1),
-    },
-    overload:
-      o.overload === false
-        ? undefined
-        : {
-            // 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway never
-            // shed while its tails reached 10-20 s; at 200 ms it shed a fresh gateway's first
-            // requests on a busy host (its own startup stall was 255 ms).
-            maxEventLoopDelayMs: num(
-              'overload.maxEventLoopDelayMs',
-              ovl.maxEventLoopDelayMs,
-              DEFAULT_MAX_EVENT_LOOP_DELAY_MS,
-              1,
-            ),
-            sampleIntervalMs: num(
-              'overload.sampleIntervalMs',
-              ovl.sampleIntervalMs,
-              DEFAULT_OVERLOAD_SAMPLE_MS,
-              10,
-            ),
-          },
-    discovery,
-    statusPath: path('statusPath', o.statusPath),
-    statusToken: o.statusToken as string | undefined,
-    metricsPath: path('metricsPath', o.metricsPath),
-    metricsRegistry: metricsRegistry(o.metricsRegistry),
-    metricsPrefix: metricsPrefix(o.metricsPrefix),
-    decisionHeader,
-    dashboard: resolveDashboardOptions(o.dashboard, {
-      statusToken: o.statusToken,
-      statusPath: o.statusPath as string | undefined,
-      metricsPath: o.metricsPath as string | undefined,
-    }),
-    logger: logger(o.logger),
-    now: fn('now', o.now, Date.now),
-    random: fn('random', o.random, Math.random),
-  };
-  if (
-    resolved.maxPayloadBytes !== undefined &&
-    resolved.messageLimits.maxPacketBytes <= resolved.maxPayloadBytes
-  ) {
-    throw invalidOption(
+  if (o.dashboard) {
+    const p = o.dashboard.path;
+    for (const other of [o.statusPath, o.metricsPath]) {
+      if (other !== undefined && (other === p || other.startsWith(`${p}/`)))
+        return invalidOption('dashboard.path', `a path apart from ${other}`, p);
+    }
+    if (o.dashboard.token === o.statusToken)
+      return invalidOption('dashboard.token', 'a token other than statusToken', '<redacted>');
+  }
+  const packet = o.messageLimits.maxPacketBytes;
+  if (o.maxPayloadBytes !== undefined && packet <= o.maxPayloadBytes)
+    return invalidOption(
       'messageLimits.maxPacketBytes',
       '> maxPayloadBytes (a packet holds the topic and headers too)',
-      resolved.messageLimits.maxPacketBytes,
+      packet,
     );
-  }
-  if (resolved.outlier.maxEjectionMs < resolved.outlier.baseEjectionMs) {
-    throw invalidOption(
-      'outlier.maxEjectionMs',
-      '>= outlier.baseEjectionMs',
-      resolved.outlier.maxEjectionMs,
-    );
-  }
-  return resolved;
+  return undefined;
 }
+
+/** The defaults that follow other options, and the shapes the balancer reads. */
+function resolve(o: Parsed) {
+  const { messageLimits: limits, agent, saturation, decisionHeader } = o;
+  const off = <T>(x: T | false): T | undefined => (x === false ? undefined : x);
+  const retry = off(o.retry);
+  return {
+    ...o,
+    backends: o.backends as Required<BackendConfig>[],
+    broker: o.broker as BrokerOption | undefined,
+    // A service is one more topic level: its agents publish under it, and
+    // another service's reports never reach this balancer.
+    topicPrefix: o.service === undefined ? o.topicPrefix : `${o.topicPrefix}/${o.service}`,
+    // Secure by default: unsigned reports are refused unless allowed (SECURITY.md).
+    allowUnsigned: o.allowUnsigned ?? o.requireSignature === false,
+    messageLimits: {
+      ...limits,
+      perBackendBurst: limits.perBackendBurst ?? Math.max(1, 2 * limits.perBackendPerSec),
+      totalBurst: limits.totalBurst ?? Math.max(1, limits.totalPerSec),
+    },
+    load: o.load as Record<string, unknown>,
+    // As many idle sockets as the pool may hold (Node's default too): a lower
+    // cap closes sockets after every burst and reopens them on the next one.
+    agent: { ...agent, maxFreeSockets: agent.maxFreeSockets ?? agent.maxSockets },
+    retry: retry && { ...retry, methods: retry.methods.map((m) => m.toUpperCase()) },
+    on: o.on as ProxyEventHooks,
+    healthCheck: off(o.healthCheck),
+    saturation: {
+      ...saturation,
+      // Default: the pool size. Beyond it requests would wait inside the
+      // agent, an unbounded queue we cannot see; they wait in ours instead.
+      maxInFlightPerBackend: saturation.maxInFlightPerBackend ?? agent.maxSockets,
+    },
+    overload: off(o.overload),
+    discovery: off(o.discovery),
+    clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
+    maxInFlightPerClient: off(o.maxInFlightPerClient),
+    decisionHeader:
+      decisionHeader === true
+        ? DEFAULTS.decisionHeader
+        : decisionHeader === false
+          ? undefined
+          : decisionHeader?.toLowerCase(),
+    dashboard: off(o.dashboard),
+  };
+}
+
+export const loadBalanceOptionsSchema = v.pipe(
+  strict(entries),
+  crossCheck(betweenOptions),
+  v.transform(resolve),
+);
+
+export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
+  return parseOptions(loadBalanceOptionsSchema, input);
+}
+
+// Compile-time: the hand-written public types and the schema accept the same
+// options. Same<> alone misses an extra optional key in a section (either
+// side accepts the other), so each section's keys are compared too.
+type Input = v.InferInput<typeof loadBalanceOptionsSchema>;
+type Public = LoadBalanceOptions;
+/** The keys of a section (of each member of a union); none for arrays and functions. */
+type Keys<T> = T extends readonly unknown[] | ((...args: never[]) => unknown)
+  ? never
+  : T extends object
+    ? keyof T
+    : never;
+type SectionKeys = {
+  [K in Exclude<keyof Public, 'load'>]-?: Same<
+    Keys<NonNullable<Public[K]>>,
+    Keys<NonNullable<Input[K]>>
+  >;
+};
+export type _SchemaMatchesTypes = [
+  Check<Same<keyof Input, keyof Public>>,
+  // backends may be absent when discovery is on; the type asks for it.
+  Check<Same<Omit<Input, 'backends' | 'load'>, Omit<Public, 'backends' | 'load'>>>,
+  Check<Same<NonNullable<Input['backends']>, Public['backends']>>,
+  Check<Same<Keys<NonNullable<Input['backends']>[number]>, keyof BackendConfig>>,
+  Check<Same<SectionKeys[keyof SectionKeys], true>>,
+  // `load` is checked against EndpointLoadOptions in load/load-options.ts.
+  Check<Same<NonNullable<Input['load']>, EndpointLoadOptions>>,
+];

@@ -1,12 +1,18 @@
 /**
- * The public options of `loadBalance(opts)` and their defaults. Validation is
- * in options-validate.ts; everything after construction reads ResolvedOptions.
+ * The public options of `loadBalance(opts)` (hand-written, for their doc
+ * comments) and the table of their defaults. The schema in
+ * options-validate.ts checks them, and a compile-time check there keeps it
+ * and these types equal; everything after construction reads ResolvedOptions.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { MqttClient } from 'mqtt';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import type { SigningKey } from '@loadwise/protocol';
-import type { DashboardOptions, ResolvedDashboardOptions } from './dashboard/options';
+import type { InferOutput } from 'valibot';
+import { DEFAULT_TOPIC_PREFIX } from '@loadwise/protocol';
+import type { DashboardOptions } from './dashboard/options';
+import { DEFAULT_METRICS_PREFIX } from './observability/metrics';
+import type { loadBalanceOptionsSchema } from './options-validate';
 
 /** A backend from configuration: the allow-list. MQTT can only change its share of traffic. */
 export interface BackendConfig {
@@ -288,53 +294,71 @@ export const DEFAULT_CLOSE_GRACE_MS = 10_000;
 /** How long `lb.ready()` waits for the broker by default. */
 export const DEFAULT_READY_TIMEOUT_MS = 10_000;
 
-export interface ResolvedOptions {
-  backends: Required<BackendConfig>[];
-  broker: BrokerOption | undefined;
-  topicPrefix: string;
-  service: string | undefined;
-  keys: SigningKey[];
-  requireSignature: boolean | undefined;
-  allowUnsigned: boolean;
-  unsignedMaxPenalty: number;
-  maxClockSkewMs: number | undefined;
-  maxRetainedAgeMs: number | undefined;
-  maxPayloadBytes: number | undefined;
-  messageLimits: Required<MessageLimitOptions>;
-  strategy: string;
-  strategyOptions: Record<string, unknown>;
-  load: Record<string, unknown>;
-  affinity: AffinityOptions | undefined;
-  connectTimeoutMs: number;
-  requestTimeoutMs: number;
-  clientBodyTimeoutMs: number | undefined;
-  maxInFlightPerClient: number | undefined;
-  changeOrigin: boolean;
-  trustForwarded: boolean;
-  forwardMountPath: boolean;
-  agent: {
-    maxSockets: number;
-    maxFreeSockets: number;
-    keepAliveMsecs: number;
-    idleTimeoutMs: number;
-  };
-  retry: Required<RetryOptions> | undefined;
-  on: ProxyEventHooks;
-  outlier: Required<OutlierOptions>;
-  healthCheck: Required<HealthCheckOptions> | undefined;
-  saturation: Required<Omit<SaturationOptions, 'maxExpectedWaitMs'>> & {
-    maxExpectedWaitMs: number | undefined;
-  };
-  overload: Required<OverloadOptions> | undefined;
-  discovery: Required<DiscoveryOptions> | undefined;
-  statusPath: string | undefined;
-  statusToken: string | undefined;
-  metricsPath: string | undefined;
-  metricsRegistry: MetricsRegistry | undefined;
-  metricsPrefix: string | undefined;
-  decisionHeader: string | undefined;
-  dashboard: ResolvedDashboardOptions | undefined;
-  logger: Logger;
-  now: () => number;
-  random: () => number;
-}
+/**
+ * The one table of option defaults: the schema (options-validate.ts) fills
+ * every absent option from here, and docs/gateway.md's options table shows
+ * the same figures (options-validate.test.ts checks it). A few defaults
+ * follow other options and are filled by the schema's last step:
+ * `messageLimits.perBackendBurst` (2 × perBackendPerSec), `totalBurst`
+ * (totalPerSec), `agent.maxFreeSockets` and `saturation.maxInFlightPerBackend`
+ * (agent.maxSockets), and `allowUnsigned` (`requireSignature === false`).
+ */
+export const DEFAULTS = {
+  backend: { weight: 1 },
+  topicPrefix: DEFAULT_TOPIC_PREFIX,
+  unsignedMaxPenalty: 2, // ×2: what a genuine report of 100% CPU gives by default
+  messageLimits: { perBackendPerSec: 20, totalPerSec: 20_000, maxPacketBytes: 64 * 1024 },
+  strategy: DEFAULT_STRATEGY,
+  connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
+  requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
+  clientBodyTimeoutMs: DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+  maxInFlightPerClient: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+  changeOrigin: false,
+  trustForwarded: false,
+  forwardMountPath: false,
+  agent: { maxSockets: DEFAULT_MAX_SOCKETS, keepAliveMsecs: 1_000, idleTimeoutMs: 15_000 },
+  retry: {
+    maxRetries: 2,
+    methods: DEFAULT_IDEMPOTENT_METHODS,
+    budgetRatio: 0.2,
+    minRetriesPerSec: 10,
+    budgetWindowMs: 10_000,
+    maxBodyBytes: DEFAULT_RETRY_MAX_BODY_BYTES,
+  },
+  outlier: {
+    consecutiveFailures: 5,
+    baseEjectionMs: 30_000,
+    maxEjectionMs: 300_000,
+    maxEjectionPercent: 50,
+    panicThresholdPercent: 50,
+    failOn5xx: true,
+  },
+  healthCheck: {
+    path: '/',
+    intervalMs: 5_000,
+    timeoutMs: 2_000,
+    unhealthyThreshold: 2,
+    healthyThreshold: 1,
+  },
+  saturation: { queueSize: 1_000, queueTimeoutMs: 5_000 },
+  /**
+   * 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway
+   * never shed while its tails reached 10-20 s; at 200 ms it shed a fresh
+   * gateway's first requests on a busy host (its own startup stall was 255 ms).
+   */
+  overload: { maxEventLoopDelayMs: 500, sampleIntervalMs: 200 },
+  discovery: { allowedPorts: [] as number[], maxBackends: 100 },
+  decisionHeader: DEFAULT_DECISION_HEADER,
+  metricsPrefix: DEFAULT_METRICS_PREFIX,
+  dashboard: { path: '/_lb/dashboard', maxViewers: 10, intervalMs: 1_000, historySec: 300 },
+  // Read at construction, not at import: tests fake Date.now after importing.
+  get now(): () => number {
+    return Date.now;
+  },
+  get random(): () => number {
+    return Math.random;
+  },
+} as const;
+
+/** What every part of the gateway reads after construction: the schema's output. */
+export type ResolvedOptions = InferOutput<typeof loadBalanceOptionsSchema>;

@@ -1,17 +1,20 @@
 /**
  * Options of createEndpointLoad: unit-suffixed defaults (grpc-js style) and
- * their validation, once, at construction (LW_GW_INVALID_OPTION). The
+ * their schema, checked once, at construction (LW_GW_INVALID_OPTION). The
  * estimate itself is in endpoint-load.ts.
  */
+import * as v from 'valibot';
 import { invalidOption } from '../errors';
-import type { LoadCohort } from './cohort';
 import {
-  functionOption,
-  integerOption,
-  numberOption,
-  optionBag,
-  rejectUnknownKeys,
-} from './option-check';
+  type Check,
+  type Same,
+  crossCheck,
+  expected,
+  leaf,
+  parseOptions,
+  strict,
+} from '../option-errors';
+import type { LoadCohort } from './cohort';
 import type { FreshnessPolicy } from './report-digest';
 
 /** A report counts for this many of its own intervals (a lost report must not expire it). */
@@ -48,6 +51,7 @@ export const DEFAULT_LOCAL_FRESH_MS = 30_000;
 export const DEFAULT_LATENCY_MS = 50;
 /** Concurrent slots assumed until some are observed or reported (Peak EWMA's implicit value). */
 export const DEFAULT_CAPACITY = 1;
+const MIN_CAPACITY = 1;
 export const DEFAULT_MAX_CAPACITY = 100_000;
 export const DEFAULT_UTILIZATION_WEIGHT = 0.25;
 export const DEFAULT_CPU_PRESSURE_THRESHOLD = 0.85;
@@ -120,38 +124,85 @@ export interface EndpointLoadOptions {
   cohort?: LoadCohort;
 }
 
-const KNOWN_KEYS = [
-  'now',
-  'random',
-  'staleAfterMs',
-  'staleAfterIntervals',
-  'minStaleAfterMs',
-  'maxStaleAfterMs',
-  'slowStartMs',
-  'slowStartMinFactor',
-  'slowStartOnCreate',
-  'decayMs',
-  'serviceDecayMs',
-  'minLatencyWindowMs',
-  'capacityDecayMs',
-  'localFreshMs',
-  'defaultLatencyMs',
-  'defaultCapacity',
-  'maxCapacity',
-  'utilizationWeight',
-  'cpuPressureThreshold',
-  'cpuPressurePenalty',
-  'memoryPressureThreshold',
-  'memoryPressurePenalty',
-  'degradedPenalty',
-  'errorPenalty',
-  'overloadPenalty',
-  'overloadDecayMs',
-  'maxPenaltyFactor',
-  'cohort',
-] as const;
-
 const HOUR_MS = 3_600_000;
+
+/** `load.<key> must be a finite number in [min, max]` (option-check.ts wording). */
+function finite(min: number, max: number) {
+  return leaf<number>((x) =>
+    typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max
+      ? expected(`a finite number in [${min}, ${max}]`)(x)
+      : undefined,
+  );
+}
+const fn = () =>
+  leaf<() => number>((x) => (typeof x === 'function' ? undefined : expected('a function')(x)));
+
+/**
+ * The schema of these options (valibot; the gateway's `load` option is this
+ * schema, options-validate.ts). It checks and keeps what the user gave; the
+ * defaults are filled by resolveLoadOptions, so a balancer can pass the bag on
+ * with its own clock.
+ */
+export const loadOptionsInput = v.pipe(
+  strict({
+    now: v.optional(fn()),
+    random: v.optional(fn()),
+    staleAfterMs: v.optional(finite(1, HOUR_MS)),
+    staleAfterIntervals: v.optional(finite(1, 100)),
+    minStaleAfterMs: v.optional(finite(1, HOUR_MS)),
+    maxStaleAfterMs: v.optional(finite(1, HOUR_MS)),
+    slowStartMs: v.optional(finite(0, HOUR_MS)),
+    slowStartMinFactor: v.optional(finite(0.01, 1)),
+    slowStartOnCreate: v.optional(
+      leaf<boolean>((x) => (typeof x === 'boolean' ? undefined : expected('a boolean')(x))),
+    ),
+    decayMs: v.optional(finite(1, HOUR_MS)),
+    serviceDecayMs: v.optional(finite(1, HOUR_MS)),
+    minLatencyWindowMs: v.optional(finite(1, HOUR_MS)),
+    capacityDecayMs: v.optional(finite(1, HOUR_MS)),
+    localFreshMs: v.optional(finite(0, HOUR_MS)),
+    defaultLatencyMs: v.optional(finite(MIN_SERVICE_TIME_MS, HOUR_MS)),
+    // At most maxCapacity: checked below, once both are known.
+    defaultCapacity: v.optional(finite(MIN_CAPACITY, 1e9)),
+    maxCapacity: v.optional(finite(MIN_CAPACITY, 1e9)),
+    utilizationWeight: v.optional(finite(0, 10)),
+    cpuPressureThreshold: v.optional(finite(0, 0.999)),
+    cpuPressurePenalty: v.optional(finite(0, 100)),
+    memoryPressureThreshold: v.optional(finite(0, 0.999)),
+    memoryPressurePenalty: v.optional(finite(0, 100)),
+    degradedPenalty: v.optional(finite(1, 100)),
+    errorPenalty: v.optional(finite(0, 100)),
+    overloadPenalty: v.optional(finite(0, 100)),
+    overloadDecayMs: v.optional(finite(1, HOUR_MS)),
+    maxPenaltyFactor: v.optional(finite(1, 1000)),
+    // Checked by createEndpointLoad, which joins it.
+    cohort: v.optional(leaf<LoadCohort>(() => undefined)),
+  }),
+  crossCheck((o) => {
+    const min = o.minStaleAfterMs ?? DEFAULT_MIN_STALE_AFTER_MS;
+    const max = o.maxStaleAfterMs ?? DEFAULT_MAX_STALE_AFTER_MS;
+    if (max < min) return invalidOption('load.maxStaleAfterMs', `>= minStaleAfterMs (${min})`, max);
+    const cap = o.maxCapacity ?? DEFAULT_MAX_CAPACITY;
+    const c = o.defaultCapacity;
+    if (c !== undefined && c > cap)
+      return invalidOption(
+        'load.defaultCapacity',
+        `a finite number in [${MIN_CAPACITY}, ${cap}]`,
+        c,
+      );
+    if (c !== undefined && !Number.isInteger(c))
+      return invalidOption('load.defaultCapacity', 'an integer', c);
+    return undefined;
+  }),
+);
+
+// Compile-time: the public type and the schema accept the same options (the
+// keys apart: Same<> alone misses an extra optional key on either side).
+type LoadInput = v.InferInput<typeof loadOptionsInput>;
+export type _LoadSchemaMatchesType = [
+  Check<Same<LoadInput, EndpointLoadOptions>>,
+  Check<Same<keyof LoadInput, keyof EndpointLoadOptions>>,
+];
 
 export interface ResolvedLoadOptions {
   now: () => number;
@@ -179,141 +230,39 @@ export interface ResolvedLoadOptions {
   maxPenaltyFactor: number;
 }
 
-/** Validates load options (throws LW_GW_INVALID_OPTION); exported so the balancer can check them early. */
+/** Validates load options (throws LW_GW_INVALID_OPTION) and fills their defaults. */
 export function resolveLoadOptions(
   opts?: EndpointLoadOptions | Record<string, unknown>,
 ): ResolvedLoadOptions {
-  const bag = optionBag('load', opts);
-  const p = 'load.';
-  rejectUnknownKeys(bag, p, KNOWN_KEYS);
-  const staleAfterMs =
-    bag['staleAfterMs'] === undefined
-      ? undefined
-      : numberOption(bag, p, 'staleAfterMs', 0, 1, HOUR_MS);
-  const minStaleAfterMs = numberOption(
-    bag,
-    p,
-    'minStaleAfterMs',
-    DEFAULT_MIN_STALE_AFTER_MS,
-    1,
-    HOUR_MS,
-  );
-  const maxStaleAfterMs = numberOption(
-    bag,
-    p,
-    'maxStaleAfterMs',
-    DEFAULT_MAX_STALE_AFTER_MS,
-    1,
-    HOUR_MS,
-  );
-  if (maxStaleAfterMs < minStaleAfterMs) {
-    throw invalidOption(
-      `${p}maxStaleAfterMs`,
-      `>= minStaleAfterMs (${minStaleAfterMs})`,
-      maxStaleAfterMs,
-    );
-  }
-  const now = functionOption<() => number>(bag, p, 'now', Date.now);
-  functionOption<() => number>(bag, p, 'random', Math.random);
-  const slowStartOnCreate = bag['slowStartOnCreate'] ?? false;
-  if (typeof slowStartOnCreate !== 'boolean') {
-    throw invalidOption(`${p}slowStartOnCreate`, 'a boolean', slowStartOnCreate);
-  }
-  const minCapacity = 1;
-  const maxCapacity = numberOption(bag, p, 'maxCapacity', DEFAULT_MAX_CAPACITY, minCapacity, 1e9);
-  const cpuPressureThreshold = numberOption(
-    bag,
-    p,
-    'cpuPressureThreshold',
-    DEFAULT_CPU_PRESSURE_THRESHOLD,
-    0,
-    0.999,
-  );
-  const memoryPressureThreshold = numberOption(
-    bag,
-    p,
-    'memoryPressureThreshold',
-    DEFAULT_MEMORY_PRESSURE_THRESHOLD,
-    0,
-    0.999,
-  );
+  const o = parseOptions(loadOptionsInput, opts ?? {}, 'load');
   return {
-    now,
-    slowStartOnCreate,
+    now: o.now ?? Date.now,
+    slowStartOnCreate: o.slowStartOnCreate ?? false,
     freshness: {
-      staleAfterMs,
-      staleAfterIntervals: numberOption(
-        bag,
-        p,
-        'staleAfterIntervals',
-        DEFAULT_STALE_AFTER_INTERVALS,
-        1,
-        100,
-      ),
-      minStaleAfterMs,
-      maxStaleAfterMs,
+      staleAfterMs: o.staleAfterMs,
+      staleAfterIntervals: o.staleAfterIntervals ?? DEFAULT_STALE_AFTER_INTERVALS,
+      minStaleAfterMs: o.minStaleAfterMs ?? DEFAULT_MIN_STALE_AFTER_MS,
+      maxStaleAfterMs: o.maxStaleAfterMs ?? DEFAULT_MAX_STALE_AFTER_MS,
     },
-    slowStartMs: numberOption(bag, p, 'slowStartMs', DEFAULT_SLOW_START_MS, 0, HOUR_MS),
-    slowStartMinFactor: numberOption(
-      bag,
-      p,
-      'slowStartMinFactor',
-      DEFAULT_SLOW_START_MIN_FACTOR,
-      0.01,
-      1,
-    ),
-    decayMs: numberOption(bag, p, 'decayMs', DEFAULT_DECAY_MS, 1, HOUR_MS),
-    serviceDecayMs: numberOption(bag, p, 'serviceDecayMs', DEFAULT_SERVICE_DECAY_MS, 1, HOUR_MS),
-    minLatencyWindowMs: numberOption(
-      bag,
-      p,
-      'minLatencyWindowMs',
-      DEFAULT_MIN_LATENCY_WINDOW_MS,
-      1,
-      HOUR_MS,
-    ),
-    capacityDecayMs: numberOption(bag, p, 'capacityDecayMs', DEFAULT_CAPACITY_DECAY_MS, 1, HOUR_MS),
-    localFreshMs: numberOption(bag, p, 'localFreshMs', DEFAULT_LOCAL_FRESH_MS, 0, HOUR_MS),
-    defaultLatencyMs: numberOption(
-      bag,
-      p,
-      'defaultLatencyMs',
-      DEFAULT_LATENCY_MS,
-      MIN_SERVICE_TIME_MS,
-      HOUR_MS,
-    ),
-    defaultCapacity: integerOption(
-      bag,
-      p,
-      'defaultCapacity',
-      DEFAULT_CAPACITY,
-      minCapacity,
-      maxCapacity,
-    ),
-    maxCapacity,
-    utilizationWeight: numberOption(bag, p, 'utilizationWeight', DEFAULT_UTILIZATION_WEIGHT, 0, 10),
-    cpuPressureThreshold,
-    cpuPressurePenalty: numberOption(
-      bag,
-      p,
-      'cpuPressurePenalty',
-      DEFAULT_CPU_PRESSURE_PENALTY,
-      0,
-      100,
-    ),
-    memoryPressureThreshold,
-    memoryPressurePenalty: numberOption(
-      bag,
-      p,
-      'memoryPressurePenalty',
-      DEFAULT_MEMORY_PRESSURE_PENALTY,
-      0,
-      100,
-    ),
-    degradedPenalty: numberOption(bag, p, 'degradedPenalty', DEFAULT_DEGRADED_PENALTY, 1, 100),
-    errorPenalty: numberOption(bag, p, 'errorPenalty', DEFAULT_ERROR_PENALTY, 0, 100),
-    overloadPenalty: numberOption(bag, p, 'overloadPenalty', DEFAULT_OVERLOAD_PENALTY, 0, 100),
-    overloadDecayMs: numberOption(bag, p, 'overloadDecayMs', DEFAULT_OVERLOAD_DECAY_MS, 1, HOUR_MS),
-    maxPenaltyFactor: numberOption(bag, p, 'maxPenaltyFactor', DEFAULT_MAX_PENALTY_FACTOR, 1, 1000),
+    slowStartMs: o.slowStartMs ?? DEFAULT_SLOW_START_MS,
+    slowStartMinFactor: o.slowStartMinFactor ?? DEFAULT_SLOW_START_MIN_FACTOR,
+    decayMs: o.decayMs ?? DEFAULT_DECAY_MS,
+    serviceDecayMs: o.serviceDecayMs ?? DEFAULT_SERVICE_DECAY_MS,
+    minLatencyWindowMs: o.minLatencyWindowMs ?? DEFAULT_MIN_LATENCY_WINDOW_MS,
+    capacityDecayMs: o.capacityDecayMs ?? DEFAULT_CAPACITY_DECAY_MS,
+    localFreshMs: o.localFreshMs ?? DEFAULT_LOCAL_FRESH_MS,
+    defaultLatencyMs: o.defaultLatencyMs ?? DEFAULT_LATENCY_MS,
+    defaultCapacity: o.defaultCapacity ?? DEFAULT_CAPACITY,
+    maxCapacity: o.maxCapacity ?? DEFAULT_MAX_CAPACITY,
+    utilizationWeight: o.utilizationWeight ?? DEFAULT_UTILIZATION_WEIGHT,
+    cpuPressureThreshold: o.cpuPressureThreshold ?? DEFAULT_CPU_PRESSURE_THRESHOLD,
+    cpuPressurePenalty: o.cpuPressurePenalty ?? DEFAULT_CPU_PRESSURE_PENALTY,
+    memoryPressureThreshold: o.memoryPressureThreshold ?? DEFAULT_MEMORY_PRESSURE_THRESHOLD,
+    memoryPressurePenalty: o.memoryPressurePenalty ?? DEFAULT_MEMORY_PRESSURE_PENALTY,
+    degradedPenalty: o.degradedPenalty ?? DEFAULT_DEGRADED_PENALTY,
+    errorPenalty: o.errorPenalty ?? DEFAULT_ERROR_PENALTY,
+    overloadPenalty: o.overloadPenalty ?? DEFAULT_OVERLOAD_PENALTY,
+    overloadDecayMs: o.overloadDecayMs ?? DEFAULT_OVERLOAD_DECAY_MS,
+    maxPenaltyFactor: o.maxPenaltyFactor ?? DEFAULT_MAX_PENALTY_FACTOR,
   };
 }

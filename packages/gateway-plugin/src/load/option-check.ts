@@ -1,10 +1,13 @@
 /**
- * Option readers shared by createEndpointLoad and createStrategy. Options come
- * from the user as `Record<string, unknown>` (LoadBalanceOptions.load and
- * .strategyOptions), so every figure is checked once, at construction, and a
- * bad one throws a coded LW_GW_INVALID_OPTION (docs/architecture.md, rule 7: validate at
- * the edges only; the pick path never throws).
+ * Option readers of the strategies (createStrategy). Their options come from
+ * the user as `Record<string, unknown>` (LoadBalanceOptions.strategyOptions,
+ * read by whichever strategy is named), so every figure is checked once, at
+ * construction, and a bad one throws a coded LW_GW_INVALID_OPTION
+ * (docs/architecture.md, rule 7: validate at the edges only; the pick path
+ * never throws). The load estimate's options have a schema
+ * (load-options.ts).
  */
+import { unknownOptionText } from '@loadwise/protocol';
 import { GatewayError, invalidOption } from '../errors';
 
 export type OptionBag = Readonly<Record<string, unknown>>;
@@ -65,10 +68,7 @@ export function functionOption<F extends (...args: never[]) => unknown>(
 export function rejectUnknownKeys(bag: OptionBag, prefix: string, known: readonly string[]): void {
   for (const key of Object.keys(bag)) {
     if (!known.includes(key)) {
-      throw new GatewayError(
-        'LW_GW_INVALID_OPTION',
-        `${prefix}${key} is not a known option (known: ${known.join(', ')})`,
-      );
+      throw new GatewayError('LW_GW_INVALID_OPTION', unknownOptionText(key, known, prefix));
     }
   }
 }

@@ -18,9 +18,10 @@ import {
   DEFAULT_CPU_PRESSURE_THRESHOLD,
   DEFAULT_MEMORY_PRESSURE_THRESHOLD,
 } from '../load/load-options';
+import { DEFAULTS } from '../options';
 
-/** Default bound of the factor (the ×2 a genuine report of 100% CPU gives by default). */
-export const DEFAULT_UNSIGNED_MAX_PENALTY = 2;
+/** Default bound of the factor (options.ts DEFAULTS). */
+export const DEFAULT_UNSIGNED_MAX_PENALTY = DEFAULTS.unsignedMaxPenalty;
 
 function ratio(x: number | undefined): number {
   return typeof x === 'number' && x > 0 ? (x < 1 ? x : 1) : 0;

@@ -20,6 +20,7 @@ import { EndpointList } from './endpoint-list';
 import { hash32 } from './hash';
 import { integerOption, numberOption } from '../load/option-check';
 import { invalidOption } from '../errors';
+import { DEFAULT_STRATEGY } from '../options';
 import { readCommon, weightOf } from './strategy-options';
 import type { Endpoint, Pick, PickContext, Strategy } from './types';
 
@@ -53,7 +54,7 @@ export function createConsistentHash(opts: unknown, deps: ConsistentHashDeps): S
   ) {
     throw invalidOption(`${prefix}fallbackOptions`, 'an object', fallbackOptions);
   }
-  const fallbackName = bag['fallback'] ?? 'load-aware';
+  const fallbackName = bag['fallback'] ?? DEFAULT_STRATEGY;
   if (typeof fallbackName !== 'string' || fallbackName === 'consistent-hash') {
     throw invalidOption(`${prefix}fallback`, 'the name of another strategy', fallbackName);
   }

@@ -5,6 +5,7 @@
  * bad options throw LW_GW_INVALID_OPTION.
  */
 import { GatewayError } from '../errors';
+import { DEFAULT_STRATEGY } from '../options';
 import { createConsistentHash } from './consistent-hash';
 import { createLeastInFlight } from './least-in-flight';
 import { createLoadAware } from './load-aware';
@@ -16,7 +17,7 @@ import { createWeightedRoundRobin } from './weighted-round-robin';
 
 export type StrategyFactory = (opts: unknown) => Strategy;
 
-export const DEFAULT_STRATEGY_NAME = 'load-aware';
+export const DEFAULT_STRATEGY_NAME = DEFAULT_STRATEGY;
 
 const BUILT_IN: ReadonlyArray<readonly [string, StrategyFactory]> = [
   ['round-robin', createRoundRobin],

@@ -1,9 +1,10 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createBroker, type AedesOptions } from 'aedes';
+import { DEFAULTS } from '../options';
 import { PacketSizeGuard } from './packet-size-guard';
 
 /** Largest MQTT packet the embedded broker reads (a full signed report is about 1 KiB). */
-export const DEFAULT_MAX_PACKET_BYTES = 64 * 1024;
+export const DEFAULT_MAX_PACKET_BYTES = DEFAULTS.messageLimits.maxPacketBytes;
 
 export interface EmbeddedBrokerOptions {
   /** TCP port; 0 (the default) lets the OS choose, so it never collides with a broker on 1883. */
