@@ -85,6 +85,7 @@ const SHAPE: Shape = {
     unhealthyThreshold: undefined,
     healthyThreshold: undefined,
   },
+  warmUp: { requests: undefined, connectionsPerBackend: undefined },
   saturation: {
     maxInFlightPerBackend: undefined,
     maxExpectedWaitMs: undefined,

@@ -22,6 +22,8 @@ import {
   DEFAULT_REQUEST_TIMEOUT_MS,
   DEFAULT_RETRY_MAX_BODY_BYTES,
   DEFAULT_STRATEGY,
+  DEFAULT_WARM_UP_CONNECTIONS,
+  DEFAULT_WARM_UP_REQUESTS,
   type LoadBalanceOptions,
   type ResolvedOptions,
 } from './options';
@@ -198,6 +200,7 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   const out = section('outlier', o.outlier);
   const hc = section('healthCheck', o.healthCheck);
   const sat = section('saturation', o.saturation);
+  const warm = section('warmUp', o.warmUp);
   const ovl = section('overload', o.overload);
 
   let discovery: ResolvedOptions['discovery'];
@@ -389,6 +392,27 @@ export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
               1,
               1,
               100,
+              true,
+            ),
+          },
+    warmUp:
+      o.warmUp === false
+        ? undefined
+        : {
+            requests: num(
+              'warmUp.requests',
+              warm.requests,
+              DEFAULT_WARM_UP_REQUESTS,
+              0,
+              100_000,
+              true,
+            ),
+            connectionsPerBackend: num(
+              'warmUp.connectionsPerBackend',
+              warm.connectionsPerBackend,
+              DEFAULT_WARM_UP_CONNECTIONS,
+              0,
+              1024,
               true,
             ),
           },
