@@ -62,8 +62,10 @@ async function nodeGateway(
   const { nodeArgs, ...rest } = config as { nodeArgs?: string[] };
   let proc = forkProc(name, script, rest, nodeArgs ?? []);
   try {
+    // Ready includes `await lb.ready()`: the broker and the warm-up (up to 5 s on a slow host).
     const { port, workerPids } = await proc.waitFor<{ port: number; workerPids?: number[] }>(
       'ready',
+      30_000,
     );
     const url = `http://127.0.0.1:${port}`;
     await waitForHttp(url + '/healthz');

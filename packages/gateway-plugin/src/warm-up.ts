@@ -39,7 +39,7 @@ import type { Backend } from './registry/backend';
 /** Synthetic requests in flight at once (keep-alive connections to the shadow). */
 const CONCURRENCY = 16;
 /** The warm-up stops after this, whatever is left; ready() does not wait longer. */
-export const MAX_WARM_UP_MS = 10_000;
+export const MAX_WARM_UP_MS = 5_000;
 const SILENT = { info: () => {}, warn: () => {}, error: () => {} };
 const BODY = Buffer.from('{"warmUp":true}');
 
