@@ -193,6 +193,31 @@ describe('warm-up', () => {
     await readyP; // close() ends the warm-up: ready() does not hang
   });
 
+  it('close() mid-way returns under a fake clock (unit tests of apps that use one)', async () => {
+    jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+    try {
+      let fifth!: () => void;
+      const fifthSeen = new Promise<void>((resolve) => (fifth = resolve));
+      const handle = RequestFlow.prototype.handle;
+      let calls = 0;
+      jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
+        this: RequestFlow,
+        req,
+        res,
+      ) {
+        if (++calls === 5) fifth();
+        return handle.call(this, req, res);
+      });
+      const gw = start({ healthCheck: false, warmUp: { requests: 100_000 } });
+      await fifthSeen;
+      await gw.close({ graceMs: 0 });
+      lb = undefined;
+      await gw.ready();
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
   it.each([
     ['at once', 0],
     ['mid-way', 5],
