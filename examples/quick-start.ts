@@ -369,7 +369,6 @@ async function main(): Promise<void> {
   if (args.workers === undefined) {
     const { lb, app } = createGateway(cfg);
     cleanups.push(() => lb.close());
-    handler = app;
     server.on('upgrade', routeUpgrades(app));
     // Cleanups run newest first: the server stops taking requests before the gateway closes.
     cleanups.push(
@@ -379,7 +378,10 @@ async function main(): Promise<void> {
           server.closeAllConnections();
         }),
     );
+    // Ready: the broker connected and the warm-up done (its request path compiled, its
+    // backend pools open). Until then the 503 above answers, not a cold gateway.
     await lb.ready();
+    handler = app;
     snapshot = () => Promise.resolve(lb.balancer.snapshot());
     port = (server.address() as AddressInfo).port;
   } else {

@@ -7,6 +7,13 @@
  *
  *   npm run bench:cold-start [-- --runs 3 --seconds 10 --out bench/results/cold-start.md]
  *   node bench/dist/cold-start/run.js --render   (the page again, from bench/results/raw)
+ *
+ * `--restart [--restart-at S]`: restart under load. S seconds into the load
+ * (default: 3, or half the run if shorter) each balancer's process is killed
+ * with SIGKILL and started again on the same port while the load goes on; the
+ * page (default bench/results/cold-start-restart.md) gives p99 and errors by
+ * code (ECONNREFUSED while nothing listens, ECONNRESET for connections cut)
+ * for each second around the restart, and the whole run.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -52,6 +59,36 @@ function rows(records: RunRecord[], backendIds: string[]): string[] {
   return out;
 }
 
+/** `p99 / errors` of second `i`, with the errors' codes: the cells of the restart table. */
+function secondCell(r: RunRecord, i: number): string {
+  const w = r.result?.series[i];
+  if (!w) return 'none';
+  const answered = Object.values(w.counts).reduce((a, b) => a + b, 0) > 0;
+  const codes = Object.entries(w.errorCodes ?? {})
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
+  return `${answered ? f(w.p99Ms) : 'none'} / ${w.errors}${codes ? ` (${codes})` : ''}`;
+}
+
+/** Seconds around the kill: the one before it, the kill's own, and the two after. */
+const AROUND = [-1, 0, 1, 2];
+
+function restartRows(records: RunRecord[]): string[] {
+  return records.map((r) => {
+    if (r.error || !r.result) return `| ${r.balancer} | ${r.run} | error: ${r.error ?? '?'} |`;
+    const rs = r.restart;
+    if (!rs) return `| ${r.balancer} | ${r.run} | not restarted (the run ended first) |`;
+    const k = Math.floor(rs.killedAtMs / 1000);
+    const back = rs.readyAtMs !== undefined ? f(rs.readyAtMs - rs.killedAtMs) : (rs.error ?? '–');
+    const refused = r.result.errors['ECONNREFUSED'] ?? 0;
+    return (
+      `| ${r.balancer} | ${r.run} | ${f(rs.killedAtMs / 1000)} | ${back} | ` +
+      `${AROUND.map((d) => (k + d < 0 ? '–' : `s${k + d}: ${secondCell(r, k + d)}`)).join(' | ')} | ` +
+      `**${f(r.result.latency.p99Ms)}** | ${errorsOf(r)} | ${refused} | ${rs.detail ?? ''} | ${r.loadAvg1m} |`
+    );
+  });
+}
+
 interface Trace {
   trace?: Array<{
     t: number;
@@ -95,7 +132,12 @@ function traceRows(records: RunRecord[]): string[] {
 async function main(): Promise<void> {
   const runs = Number(arg('runs', '3'));
   const seconds = Number(arg('seconds', '10'));
-  const outFile = arg('out', 'bench/results/cold-start.md');
+  const restart = process.argv.includes('--restart');
+  const restartAtS = Number(arg('restart-at', String(Math.min(3, seconds / 2))));
+  const outFile = arg(
+    'out',
+    restart ? 'bench/results/cold-start-restart.md' : 'bench/results/cold-start.md',
+  );
   const only = arg('scenario', '');
   const balancerFilter = arg('balancers', '');
   const brokerUrl = arg('broker', 'mqtt://127.0.0.1:1883');
@@ -106,7 +148,8 @@ async function main(): Promise<void> {
     ? `(rendered again ${new Date().toISOString()})`
     : new Date().toISOString();
   const sections: string[] = [];
-  for (const scenario of coldStartScenarios('load-aware', seconds * 1000)) {
+  const restartAtMs = restart ? restartAtS * 1000 : undefined;
+  for (const scenario of coldStartScenarios('load-aware', seconds * 1000, restartAtMs)) {
     if (only && !scenario.name.includes(only)) continue;
     const balancers = scenario.balancers.filter(
       (b) =>
@@ -115,7 +158,7 @@ async function main(): Promise<void> {
     );
     // Every record with the gateway's trace (bench/procs/gateway-loadwise.ts traceEveryMs).
     const raw = join(dirname(outFile), 'raw');
-    const rawFile = join(raw, `${scenario.name}.json`);
+    const rawFile = join(raw, `${scenario.name}${restart ? '-restart' : ''}.json`);
     let records: RunRecord[];
     if (render) {
       records = JSON.parse(readFileSync(rawFile, 'utf8')) as RunRecord[];
@@ -126,6 +169,29 @@ async function main(): Promise<void> {
       writeFileSync(rawFile, JSON.stringify(records, null, 1));
     }
     const ids = scenario.backends.map((b) => b.id);
+    if (restartAtMs !== undefined) {
+      sections.push(
+        [
+          `## ${scenario.title}: restart under load`,
+          '',
+          scenario.description,
+          '',
+          `${restartAtS} s into the load each balancer's process was killed (SIGKILL) and started ` +
+            'again on the same port while the load went on; loadwise listens once `lb.ready()` ' +
+            'has resolved (broker connected, warm-up done), nginx once it has started. "Back after": ' +
+            'ms from the kill to the new process being ready (loadwise: its ready message; nginx: ' +
+            'the first answer through it, polled every 10 ms). Columns k-1 … k+2: the second before ' +
+            'the one the kill fell in, that one, and the two after; each `sN: p99 ms / errors (by code)`. ' +
+            'Whole-run p99 is over the requests answered; failed ones are in the errors.',
+          '',
+          '| balancer | run | killed at s | back after ms | k-1 | k | k+1 | k+2 | whole run p99 | errors | ECONNREFUSED | new process | load avg |',
+          '|---|---:|---:|---:|---|---|---|---|---:|---|---:|---|---:|',
+          ...restartRows(records),
+          '',
+        ].join('\n'),
+      );
+      continue;
+    }
     const secs = Array.from({ length: COLD_START_SECONDS }, (_, i) => `s${i} p99`);
     sections.push(
       [
@@ -151,7 +217,7 @@ async function main(): Promise<void> {
     );
   }
   const text = [
-    '# Cold start',
+    restart ? '# Cold start: restart under load' : '# Cold start',
     '',
     `Command: \`npm run bench:cold-start -- ${process.argv
       .slice(2)

@@ -30,12 +30,27 @@ export interface RunningBalancer {
   /** Event-loop delay and GC figures (Node gateways only). */
   diag(): Promise<GatewayDiag | undefined>;
   stop(): Promise<void>;
+  /**
+   * SIGKILL the balancer's process and start it again on the same port;
+   * resolves once the new one is ready (the restart variant of the cold-start
+   * scenario). `procs` keeps the first process: CPU is not measured across it.
+   */
+  restart?(): Promise<string | undefined>;
 }
 
 export interface BalancerDef {
   name: string;
   family: BalancerFamily;
   start(ctx: BalancerContext, instance: number): Promise<RunningBalancer>;
+}
+
+/** SIGKILL, and resolves once the process has exited. */
+async function kill(proc: Proc): Promise<void> {
+  const child = proc.child;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
 }
 
 async function nodeGateway(
@@ -45,13 +60,16 @@ async function nodeGateway(
 ): Promise<RunningBalancer> {
   // `nodeArgs`: flags for the gateway's node (a CPU profile of one run, say).
   const { nodeArgs, ...rest } = config as { nodeArgs?: string[] };
-  const proc = forkProc(name, script, rest, nodeArgs ?? []);
+  let proc = forkProc(name, script, rest, nodeArgs ?? []);
   try {
+    // Ready includes `await lb.ready()`: the broker and the warm-up (up to 5 s on a slow host).
     const { port, workerPids } = await proc.waitFor<{ port: number; workerPids?: number[] }>(
       'ready',
+      30_000,
     );
     const url = `http://127.0.0.1:${port}`;
     await waitForHttp(url + '/healthz');
+    let restarts = 0;
     return {
       url,
       procs: [proc],
@@ -62,6 +80,14 @@ async function nodeGateway(
         return (await proc.waitFor<{ diag: GatewayDiag }>('diag', 5_000)).diag;
       },
       stop: () => proc.stop(),
+      restart: async () => {
+        if (workerPids) throw new Error(`${name}: restart of a worker pool is not supported`);
+        await kill(proc);
+        // Ready (the gateway's own `await lb.ready()`, then listen): no probe request of ours.
+        proc = forkProc(`${name}-restart${++restarts}`, script, { ...rest, port }, nodeArgs ?? []);
+        const r = await proc.waitFor<{ readyMs?: number; uptimeMs?: number }>('ready', 30_000);
+        return `listening at ${r.uptimeMs ?? '?'} ms of its life, after ${r.readyMs ?? '?'} ms of lb.ready()`;
+      },
     };
   } catch (err) {
     await proc.stop();
@@ -69,8 +95,10 @@ async function nodeGateway(
   }
 }
 
-async function nativeGateway(proc: Proc, port: number): Promise<RunningBalancer> {
+/** `start` runs the native program on `port`; called again by restart(). */
+async function nativeGateway(start: () => Proc, port: number): Promise<RunningBalancer> {
   const url = `http://127.0.0.1:${port}`;
+  let proc = start();
   try {
     await waitForHttp(url + '/healthz');
   } catch (err) {
@@ -83,6 +111,13 @@ async function nativeGateway(proc: Proc, port: number): Promise<RunningBalancer>
     resetDiag: () => undefined,
     diag: async () => undefined,
     stop: () => proc.stop(),
+    restart: async () => {
+      await kill(proc);
+      proc = start();
+      // Serving again: the first GET through it that answers (polled every 10 ms).
+      await waitForHttp(url + '/healthz', 10_000, 10);
+      return undefined;
+    },
   };
 }
 
@@ -162,7 +197,7 @@ export function nginx(policy: NginxPolicy): BalancerDef {
     start: async (ctx, instance) => {
       const port = await freePort();
       return nativeGateway(
-        startNginx(ctx.tmpDir, `nginx-${slug}-${instance}`, port, policy, ctx.backends),
+        () => startNginx(ctx.tmpDir, `nginx-${slug}-${instance}`, port, policy, ctx.backends),
         port,
       );
     },
@@ -176,7 +211,7 @@ export function haproxy(policy: HaproxyPolicy): BalancerDef {
     start: async (ctx, instance) => {
       const port = await freePort();
       return nativeGateway(
-        startHaproxy(ctx.tmpDir, `haproxy-${policy}-${instance}`, port, policy, ctx.backends),
+        () => startHaproxy(ctx.tmpDir, `haproxy-${policy}-${instance}`, port, policy, ctx.backends),
         port,
       );
     },

@@ -38,6 +38,12 @@ export interface RunRecord {
    * other processes on the machine count too.
    */
   listenOverflows?: number;
+  /**
+   * The restart variant (ScenarioCase.restartAtMs): when the balancer was
+   * killed and when its new process was ready, ms after the measured load
+   * started (the loadgen's series time base); `error` if it did not come back.
+   */
+  restart?: { killedAtMs: number; readyAtMs?: number; error?: string; detail?: string };
 }
 
 export interface EngineOptions {
@@ -176,12 +182,39 @@ async function runOnce(
         for (const g of gateways) g.resetDiag();
       }, load.warmupMs),
     );
+    let restarted: Promise<void> | undefined;
+    if (c.restartAtMs !== undefined) {
+      const g = gateways[0]!;
+      const restart = g.restart;
+      if (!restart) throw new Error(`${def.name}: no restart`);
+      timers.push(
+        setTimeout(() => {
+          // Epoch ms: the loadgen's measured phase began at measureStartEpochMs.
+          const killedAt = Date.now();
+          restarted = restart.call(g).then(
+            (detail) => {
+              rec.restart = { killedAtMs: killedAt, readyAtMs: Date.now(), detail };
+            },
+            (err: unknown) => {
+              rec.restart = { killedAtMs: killedAt, error: (err as Error).message.split('\n')[0] };
+            },
+          );
+        }, load.warmupMs + c.restartAtMs),
+      );
+    }
     for (const ev of c.events ?? []) {
       timers.push(
         setTimeout(() => cluster.setServiceMs(ev.backendId, ev.serviceMs), load.warmupMs + ev.atMs),
       );
     }
     const result = await resultP;
+    await restarted;
+    if (rec.restart) {
+      // From epoch ms to the series' time base.
+      const base = result.measureStartEpochMs;
+      rec.restart.killedAtMs -= base;
+      if (rec.restart.readyAtMs !== undefined) rec.restart.readyAtMs -= base;
+    }
     rec.listenOverflows = listenOverflows() - overflowsBefore;
     const cpu = { ...meter.end(), ...genMeter.end() };
     rec.result = result;

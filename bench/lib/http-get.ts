@@ -15,8 +15,12 @@ export function httpGet(url: string, timeoutMs = 2_000): Promise<{ status: numbe
   });
 }
 
-/** Polls until GET url answers 200, or throws after timeoutMs. */
-export async function waitForHttp(url: string, timeoutMs = 10_000): Promise<void> {
+/** Polls (every `intervalMs`) until GET url answers 200, or throws after timeoutMs. */
+export async function waitForHttp(
+  url: string,
+  timeoutMs = 10_000,
+  intervalMs = 100,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
@@ -27,7 +31,7 @@ export async function waitForHttp(url: string, timeoutMs = 10_000): Promise<void
     } catch (err) {
       last = (err as Error).message;
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
   throw new Error(`${url} not ready after ${timeoutMs} ms (${last})`);
 }

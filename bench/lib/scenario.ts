@@ -18,6 +18,12 @@ export interface ScenarioCase {
    * traffic) before the load starts: the cold-start scenario.
    */
   idleBeforeMs?: number;
+  /**
+   * Restart under load: this long after the measured load starts, the
+   * balancer's process is killed (SIGKILL) and started again on the same port
+   * while the load goes on (RunningBalancer.restart).
+   */
+  restartAtMs?: number;
   /** Extra processes for the run (scenario 7's simulated agents). */
   side?: (ctx: BalancerContext) => Promise<Proc[]>;
 }

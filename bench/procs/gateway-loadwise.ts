@@ -5,7 +5,8 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { execFile } from 'node:child_process';
-import http, { type Server } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Server } from 'node:http';
 import express from 'express';
 import { loadBalance, runWorkers, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
@@ -26,53 +27,38 @@ interface LoadwiseConfig {
    * plus every saturation/overload event, sent to the parent on `diag`.
    */
   traceEveryMs?: number;
-  /** Listen backlog; absent: app.listen's (Node's default, 511). */
-  backlog?: number;
   /**
-   * A diagnostic for the cold-start scenario: this many GETs through the gateway's own
-   * port (16 keep-alive connections) before it says ready, so the code on the request
-   * path is compiled and the pools hold sockets when the measured load arrives.
+   * Listen backlog; absent: 511, Node's default for `app.listen` (capped by
+   * net.core.somaxconn). Always passed explicitly and stated in the ready message.
    */
-  selfWarmRequests?: number;
+  backlog?: number;
 }
 
-/** `n` GETs to `port` over 16 keep-alive connections; answers are read and dropped. */
-async function selfWarm(port: number, n: number): Promise<void> {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
-  let next = 0;
-  const one = (): Promise<void> =>
-    new Promise((resolve) => {
-      const req = http.get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
-        res.resume();
-        res.on('end', resolve);
-        res.on('error', () => resolve());
-      });
-      req.on('error', () => resolve());
-    });
-  await Promise.all(
-    Array.from({ length: 16 }, async () => {
-      while (next++ < n) await one();
-    }),
-  );
-  agent.destroy();
-}
+/** Node's default listen backlog (net.Server#listen), which `app.listen` uses. */
+const NODE_DEFAULT_BACKLOG = 511;
 
+/**
+ * The gateway as the docs deploy it (docs/operations.md): `loadBalance`, then
+ * `await lb.ready()` (the broker connected and the product's warm-up done, unless
+ * the options say `warmUp: false`), then listen. A restarted gateway refuses
+ * connections until then instead of serving a flood cold.
+ */
 async function startGateway(cfg: LoadwiseConfig) {
   const keys = cfg.keyFile ? parseKeyFile(readFileSync(cfg.keyFile, 'utf8')) : undefined;
   const balancer = loadBalance({ ...cfg.options, ...(keys ? { keys } : {}) });
   const app = express();
   app.disable('x-powered-by');
   app.use(balancer);
-  // app.listen's backlog is Node's default, 511; `backlog` sets another (capped by somaxconn).
-  const server: Server =
-    cfg.backlog === undefined
-      ? app.listen(cfg.port ?? 0, '127.0.0.1')
-      : app.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog: cfg.backlog });
+  const readyFrom = performance.now();
+  await balancer.ready();
+  const readyMs = Math.round(performance.now() - readyFrom);
+  const backlog = cfg.backlog ?? NODE_DEFAULT_BACKLOG;
+  const server: Server = app.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);
   });
-  return { balancer, server };
+  return { balancer, server, backlog, readyMs };
 }
 
 /**
@@ -108,7 +94,7 @@ async function main(): Promise<void> {
   const cfg = readConfig<LoadwiseConfig>();
   if (cfg.workers !== undefined) return mainWorkers(cfg, cfg.workers);
   const diag = startDiag();
-  const { balancer, server } = await startGateway(cfg);
+  const { balancer, server, backlog, readyMs } = await startGateway(cfg);
   const trace: Array<Record<string, unknown>> = [];
   const acceptQueue: Array<[number, number, number]> = [];
   const t0 = Date.now();
@@ -152,8 +138,8 @@ async function main(): Promise<void> {
     await balancer.close();
   });
   const port = (server.address() as AddressInfo).port;
-  if (cfg.selfWarmRequests) await selfWarm(port, cfg.selfWarmRequests);
-  tell({ type: 'ready', port });
+  // How long `lb.ready()` took, and the process's age when it listened (the restart variant).
+  tell({ type: 'ready', port, backlog, readyMs, uptimeMs: Math.round(process.uptime() * 1000) });
 }
 
 main().catch(fail);

@@ -40,6 +40,8 @@ export interface SeriesWindow {
   tMs: number;
   counts: Record<string, number>;
   errors: number;
+  /** The window's errors by status or error code (ECONNREFUSED, ECONNRESET, timeout, 503...). */
+  errorCodes: Record<string, number>;
   p99Ms: number;
 }
 
@@ -88,7 +90,12 @@ async function main(): Promise<void> {
   const perBackend: Record<string, number> = {};
   const windows = new Map<
     number,
-    { counts: Record<string, number>; errors: number; lat: number[] }
+    {
+      counts: Record<string, number>;
+      errors: number;
+      errorCodes: Record<string, number>;
+      lat: number[];
+    }
   >();
   let sent = 0;
   let ok = 0;
@@ -109,10 +116,15 @@ async function main(): Promise<void> {
 
   const windowOf = (
     scheduledMs: number,
-  ): { counts: Record<string, number>; errors: number; lat: number[] } => {
+  ): {
+    counts: Record<string, number>;
+    errors: number;
+    errorCodes: Record<string, number>;
+    lat: number[];
+  } => {
     const idx = Math.floor((scheduledMs - measureFromMs) / cfg.windowMs);
     let w = windows.get(idx);
-    if (!w) windows.set(idx, (w = { counts: {}, errors: 0, lat: [] }));
+    if (!w) windows.set(idx, (w = { counts: {}, errors: 0, errorCodes: {}, lat: [] }));
     return w;
   };
 
@@ -137,6 +149,7 @@ async function main(): Promise<void> {
         w.errors++;
         const key = String(status);
         errors[key] = (errors[key] ?? 0) + 1;
+        w.errorCodes[key] = (w.errorCodes[key] ?? 0) + 1;
       }
       lastEndMs = Math.max(lastEndMs, endMs);
     }
@@ -238,6 +251,7 @@ async function main(): Promise<void> {
       tMs: idx * cfg.windowMs,
       counts: w.counts,
       errors: w.errors,
+      errorCodes: w.errorCodes,
       p99Ms: summarize(w.lat).p99Ms,
     }));
   const result: LoadgenResult = {

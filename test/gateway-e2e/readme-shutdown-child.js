@@ -38,6 +38,9 @@ const recipe = /^process\.on\('SIGTERM', async \(\) => \{\n[\s\S]*?\n\}\);$/m.ex
 if (!recipe) throw new Error("README.md has no process.on('SIGTERM', async () => { ... }); block");
 new Function('server', 'lb', recipe[0])(server, lb);
 
-server.listen(0, '127.0.0.1', () => {
-  console.log(JSON.stringify({ event: 'listening', port: server.address().port }));
-});
+// As the README: listen once lb.ready() has resolved (broker connected, warm-up done).
+void lb.ready().then(() =>
+  server.listen(0, '127.0.0.1', () => {
+    console.log(JSON.stringify({ event: 'listening', port: server.address().port }));
+  }),
+);

@@ -36,6 +36,8 @@ describe("the README's SIGTERM recipe", () => {
   const arrived: ServerResponse[] = [];
   beforeAll(async () => {
     backend = await startBackend('api-1', (req, res) => {
+      // The gateway's own GETs (warm-up preconnect, health checks) are answered at once.
+      if (req.headers['user-agent']?.startsWith('loadwise-gateway')) return void res.end('ok');
       arrived.push(res);
       setTimeout(() => res.end(`done ${req.url}`), 2000);
     });

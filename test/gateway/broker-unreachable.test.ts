@@ -79,6 +79,8 @@ describe('saying what is wrong', () => {
       backends: [{ id: 'a', url: a.url }],
       broker: { url, reconnectPeriodMs: 50 },
       logger: captureLogger(),
+      // These tests read every log line: the warm-up's would be one more.
+      warmUp: false,
     });
     // Attached in the same tick as the constructor: before any connection attempt ends.
     const unreachable = once(internals(lb).events, 'broker-unreachable');
@@ -98,7 +100,12 @@ describe('saying what is wrong', () => {
     // "unreachable: Connection refused: Unacceptable protocol version".
     const broker = await startEmbeddedBroker();
     const logger = captureLogger();
-    const lb = loadBalance({ backends: [{ id: 'a', url: a.url }], broker: broker.url, logger });
+    const lb = loadBalance({
+      backends: [{ id: 'a', url: a.url }],
+      broker: broker.url,
+      logger,
+      warmUp: false,
+    });
     const unreachable: unknown[] = [];
     lb.balancer.on('broker-unreachable', (e) => unreachable.push(e));
     try {

@@ -65,7 +65,10 @@ export async function startGateway(
   // and a 503 LW_GW_OVERLOADED from it failed a saturation test in a CI run. Overload
   // shedding is off unless a test turns it on (test/gateway/overload.test.ts and
   // test/chaos/overload.test.ts do).
-  const lb = loadBalance({ overload: false, logger: quietLogger, ...opts });
+  // Warm-up is off too: its loopback requests cost every test a few hundred ms, and
+  // its preconnect GETs would show in the backends' request counts. The tests of the
+  // warm-up itself (test/gateway/warm-up.test.ts) turn it on.
+  const lb = loadBalance({ overload: false, logger: quietLogger, warmUp: false, ...opts });
   const events: LoggedEvent[] = [];
   for (const name of EVENT_NAMES) {
     lb.balancer.on(name, ((data: Record<string, unknown>) =>

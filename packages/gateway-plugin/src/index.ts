@@ -27,6 +27,7 @@ export {
   type BrokerUrlOptions,
   type DiscoveryOptions,
   type HealthCheckOptions,
+  type WarmUpOptions,
   type LoadBalanceOptions,
   type Logger,
   type MessageLimitOptions,

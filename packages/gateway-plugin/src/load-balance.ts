@@ -21,6 +21,7 @@ import { metricsHandler, statusHandler, type HttpHandler } from './observability
 import type { LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
 import { takeUpgrade } from './upgrade-routing';
+import { WarmUp } from './warm-up';
 
 export interface LoadBalancerMiddleware {
   (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void;
@@ -33,8 +34,10 @@ export interface LoadBalancerMiddleware {
    */
   readonly upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
   /**
-   * Resolves once the broker is connected (at once without one); rejects with
-   * LW_GW_BROKER_UNREACHABLE after `timeoutMs` (default 10 000).
+   * Resolves once the broker is connected (at once without one) and the
+   * warm-up is over (`warmUp`: the request path run, the backend pools
+   * opened); rejects with LW_GW_BROKER_UNREACHABLE after `timeoutMs`
+   * (default 10 000). Requests that come earlier are served, colder.
    */
   ready(opts?: { timeoutMs?: number }): Promise<void>;
   /**
@@ -65,6 +68,8 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
       : metricsHandler(balancer.metrics.registry, { token: options.statusToken });
 
   const dashboard = options.dashboard && createDashboard(balancer, options.dashboard);
+  // Starts now, beside the broker connection; ready() waits for both (warm-up.ts).
+  const warmUp = options.warmUp && new WarmUp(balancer, options.warmUp);
 
   const middleware = ((req: IncomingMessage, res: ServerResponse) => {
     // An upgrade routed through the app (routeUpgrades) that reached this balancer.
@@ -85,12 +90,19 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
       value: (req: IncomingMessage, socket: Socket, head: Buffer) =>
         balancer.flow.upgrades.upgrade(req, socket, head),
     },
-    ready: { value: (o?: { timeoutMs?: number }) => balancer.ready(o) },
+    ready: {
+      value: (o?: { timeoutMs?: number }) =>
+        warmUp
+          ? Promise.all([balancer.ready(o), warmUp.done]).then(() => undefined)
+          : balancer.ready(o),
+    },
     close: {
       value: (o?: { graceMs?: number }) => {
         // Open dashboard streams would keep an HTTP server's close() waiting.
         dashboard?.close();
-        return balancer.close(o);
+        // Both at once: draining starts now, not after the warm-up has stopped.
+        const closing = balancer.close(o);
+        return warmUp ? Promise.all([warmUp.close(), closing]).then(() => undefined) : closing;
       },
     },
   });

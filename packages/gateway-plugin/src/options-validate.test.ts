@@ -196,6 +196,13 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['metrics prefix with a dash', { ...base, metricsPrefix: 'my-gw_' }, 'LW_GW_INVALID_OPTION'],
   ['hook not a function', { ...base, on: { proxyReq: 'x' } }, 'LW_GW_INVALID_OPTION'],
   ['retry body bound negative', { ...base, retry: { maxBodyBytes: -1 } }, 'LW_GW_INVALID_OPTION'],
+  ['warm-up requests negative', { ...base, warmUp: { requests: -1 } }, 'LW_GW_INVALID_OPTION'],
+  [
+    'warm-up connections fractional',
+    { ...base, warmUp: { connectionsPerBackend: 1.5 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['warm-up a number', { ...base, warmUp: 300 }, 'LW_GW_INVALID_OPTION'],
 ];
 
 describe('loadBalance options', () => {
@@ -221,6 +228,7 @@ describe('loadBalance options', () => {
       'unknown option healthCheck.pathh (did you mean healthCheck.path?)',
     ],
     [{ retry: { maxRetry: 1 } }, 'unknown option retry.maxRetry (did you mean retry.maxRetries?)'],
+    [{ warmUp: { request: 10 } }, 'unknown option warmUp.request (did you mean warmUp.requests?)'],
     [
       { broker: { url: 'mqtt://h', usrname: 'u' } },
       'unknown option broker.usrname (did you mean broker.username?)',
@@ -271,6 +279,9 @@ describe('loadBalance options', () => {
       overload: undefined,
     });
     expect(resolveOptions({ ...base, decisionHeader: 'X-Why' }).decisionHeader).toBe('x-why');
+    // Warm-up is on by default (warm-up.ts); false turns it off.
+    expect(o.warmUp).toEqual({ requests: 300, connectionsPerBackend: 4 });
+    expect(resolveOptions({ ...base, warmUp: false }).warmUp).toBeUndefined();
     // Slow-client protection is on by default; false turns each part off.
     expect(o).toMatchObject({ clientBodyTimeoutMs: 10_000, maxInFlightPerClient: 64 });
     expect(

@@ -417,6 +417,15 @@ const entries = {
     ),
     {},
   ),
+  warmUp: v.optional(
+    orFalse(
+      strict({
+        requests: v.optional(int(0, 100_000), DEFAULTS.warmUp.requests),
+        connectionsPerBackend: v.optional(int(0, 1024), DEFAULTS.warmUp.connectionsPerBackend),
+      }),
+    ),
+    {},
+  ),
   saturation: v.optional(
     strict({
       maxInFlightPerBackend: v.optional(int(1, 1e6)),
@@ -593,6 +602,7 @@ function resolve(o: Parsed) {
     retry: retry && { ...retry, methods: retry.methods.map((m) => m.toUpperCase()) },
     on: o.on as ProxyEventHooks,
     healthCheck: off(o.healthCheck),
+    warmUp: off(o.warmUp),
     saturation: {
       ...saturation,
       // Default: the pool size. Beyond it requests would wait inside the

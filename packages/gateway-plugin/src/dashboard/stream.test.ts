@@ -54,6 +54,8 @@ beforeEach(() => {
     ],
     healthCheck: false,
     overload: false,
+    // Its timer would count below (warm-up.ts); these tests count the dashboard's.
+    warmUp: false,
     logger: { info: () => {}, warn: () => {}, error: () => {} },
     dashboard: { token: 'dash-0123456789abcdef', intervalMs: 1000, historySec: 10, maxViewers: 2 },
   });

@@ -76,7 +76,7 @@ export class ActiveChecker {
       this.inFlight.delete(req);
       done(ok);
     };
-    const url = new URL(this.config.path.replace(/^\//, ''), withSlash(backend.target));
+    const url = healthCheckUrl(this.config.path, backend.target);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
     const req = send(url, {
       method: 'GET',
@@ -123,4 +123,9 @@ export class ActiveChecker {
 
 function withSlash(url: URL): URL {
   return url.pathname.endsWith('/') ? url : new URL(`${url.href}/`);
+}
+
+/** The health check's URL on a backend: `path` under the backend's base path. */
+export function healthCheckUrl(path: string, target: URL): URL {
+  return new URL(path.replace(/^\//, ''), withSlash(target));
 }

@@ -1,0 +1,259 @@
+/**
+ * The warm-up (warm-up.ts) with real servers on port 0: its requests go
+ * through the request path to a loopback sink and are counted nowhere, its
+ * preconnected sockets are the ones the first real requests use, a request
+ * during the warm-up is served, and close() mid-warm-up releases everything.
+ */
+import http, { type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { BalancerEvents } from './events';
+import { loadBalance, type LoadBalancerMiddleware } from './load-balance';
+import type { LoadBalanceOptions } from './options';
+import { ProxyEngine } from './proxy/proxy-engine';
+import { RequestFlow } from './proxy/request-flow';
+
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+
+interface TestBackend {
+  url: string;
+  /** `METHOD path user-agent` of every request, in order. */
+  requests: string[];
+  /** Client ports of the sockets that carried a preconnect. */
+  preconnectPorts: Set<number>;
+  /** Client port of the socket of each other request, by path. */
+  portOf: Map<string, number>;
+  close(): Promise<void>;
+}
+
+/** A server on 127.0.0.1, port 0, that closes every socket it accepted. */
+async function listen(
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ server: Server; port: number; close(): Promise<void> }> {
+  const server = http.createServer(handler);
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    server,
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+async function startBackend(): Promise<TestBackend> {
+  const b = { requests: [] as string[], preconnectPorts: new Set<number>(), portOf: new Map() };
+  const srv = await listen((req, res) => {
+    const ua = req.headers['user-agent'] ?? '-';
+    b.requests.push(`${req.method} ${req.url} ${ua}`);
+    if (ua === 'loadwise-gateway-preconnect') b.preconnectPorts.add(req.socket.remotePort!);
+    else b.portOf.set(req.url!, req.socket.remotePort!);
+    req.resume();
+    res.end('ok');
+  });
+  return { ...b, url: `http://127.0.0.1:${srv.port}`, close: srv.close };
+}
+
+/** A GET on a connection of its own. */
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+  });
+}
+
+const EVENTS: (keyof BalancerEvents)[] = [
+  'backend-up',
+  'backend-down',
+  'backend-ejected',
+  'backend-restored',
+  'backend-added',
+  'saturation',
+  'overload',
+  'panic',
+  'invalid-message',
+];
+
+describe('warm-up', () => {
+  let a: TestBackend;
+  let lb: LoadBalancerMiddleware | undefined;
+  beforeEach(async () => {
+    a = await startBackend();
+  });
+  afterEach(async () => {
+    jest.restoreAllMocks();
+    await lb?.close({ graceMs: 0 });
+    lb = undefined;
+    await a.close();
+  });
+
+  function start(opts: Partial<LoadBalanceOptions>): LoadBalancerMiddleware {
+    lb = loadBalance({
+      backends: [{ id: 'a', url: a.url }],
+      overload: false,
+      logger: quiet,
+      ...opts,
+    });
+    return lb;
+  }
+
+  it('runs its requests through the request path to a loopback sink, counted nowhere', async () => {
+    const handle = jest.spyOn(RequestFlow.prototype, 'handle');
+    const web = jest.spyOn(ProxyEngine.prototype, 'web');
+    const gw = start({ healthCheck: false, warmUp: { requests: 40 } });
+    const events: string[] = [];
+    for (const name of EVENTS) gw.balancer.on(name, () => events.push(name));
+    await gw.ready();
+
+    // The request flow and the proxy engine ran each synthetic request...
+    expect(handle).toHaveBeenCalledTimes(40);
+    expect(web).toHaveBeenCalledTimes(40);
+    // ...to the sink, never to the configured backend (healthCheck: false: no preconnect).
+    expect(new Set(web.mock.calls.map(([backend]) => backend.id))).toEqual(new Set(['warm-up']));
+    expect(a.requests).toEqual([]);
+    // Nothing of it in the snapshot, the metrics or the events.
+    const [snap] = gw.balancer.snapshot().backends;
+    expect(snap).toMatchObject({ id: 'a', requestsTotal: 0, windowRequests: 0, inFlight: 0 });
+    expect(gw.balancer.snapshot().backends.map((b) => b.id)).toEqual(['a']);
+    const text = await gw.balancer.metricsRegistry.metrics();
+    expect(text).not.toContain('warm-up');
+    expect(text).not.toMatch(/^loadwise_picks_total\{[^}]*\} [1-9]/m);
+    expect(events).toEqual([]);
+
+    // The real path still works afterwards.
+    const srv = await listen((req, res) => gw(req, res));
+    try {
+      expect(await get(srv.port, '/after')).toEqual({ status: 200, body: 'ok' });
+      expect(a.requests).toEqual(['GET /after -']);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it("preconnects sockets to each backend's pool with GETs of the health path; real requests reuse them", async () => {
+    const gw = start({
+      healthCheck: { path: '/healthz', intervalMs: 60_000 },
+      warmUp: { requests: 0, connectionsPerBackend: 3 },
+    });
+    await gw.ready();
+    const preconnects = a.requests.filter((r) => r.endsWith('loadwise-gateway-preconnect'));
+    expect(preconnects).toEqual(Array(3).fill('GET /healthz loadwise-gateway-preconnect'));
+    expect(a.preconnectPorts.size).toBe(3);
+    expect(gw.balancer.snapshot().backends[0]).toMatchObject({ requestsTotal: 0 });
+
+    const srv = await listen((req, res) => gw(req, res));
+    try {
+      for (let i = 0; i < 3; i++) expect((await get(srv.port, `/r${i}`)).status).toBe(200);
+      // Every proxied request went over a preconnected socket: no connection was opened for it.
+      for (let i = 0; i < 3; i++) expect(a.preconnectPorts.has(a.portOf.get(`/r${i}`)!)).toBe(true);
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('serves a request that arrives during the warm-up', async () => {
+    let fifth!: () => void;
+    const fifthSeen = new Promise<void>((resolve) => (fifth = resolve));
+    const handle = RequestFlow.prototype.handle;
+    let calls = 0;
+    jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
+      this: RequestFlow,
+      req,
+      res,
+    ) {
+      if (++calls === 5) fifth();
+      return handle.call(this, req, res);
+    });
+    // Far more requests than the test lasts: the warm-up is still running below.
+    const gw = start({ healthCheck: false, warmUp: { requests: 100_000 } });
+    let ready = false;
+    const readyP = gw.ready().then(() => (ready = true));
+    const srv = await listen((req, res) => gw(req, res));
+    try {
+      await fifthSeen;
+      expect(await get(srv.port, '/during')).toEqual({ status: 200, body: 'ok' });
+      expect(ready).toBe(false);
+      expect(a.requests).toEqual(['GET /during -']);
+      expect(gw.balancer.snapshot().backends[0]).toMatchObject({ requestsTotal: 1 });
+    } finally {
+      await srv.close();
+    }
+    await gw.close();
+    await readyP; // close() ends the warm-up: ready() does not hang
+  });
+
+  it('close() mid-way returns under a fake clock (unit tests of apps that use one)', async () => {
+    jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+    try {
+      let fifth!: () => void;
+      const fifthSeen = new Promise<void>((resolve) => (fifth = resolve));
+      const handle = RequestFlow.prototype.handle;
+      let calls = 0;
+      jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
+        this: RequestFlow,
+        req,
+        res,
+      ) {
+        if (++calls === 5) fifth();
+        return handle.call(this, req, res);
+      });
+      const gw = start({ healthCheck: false, warmUp: { requests: 100_000 } });
+      await fifthSeen;
+      await gw.close({ graceMs: 0 });
+      lb = undefined;
+      await gw.ready();
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
+  it.each([
+    ['at once', 0],
+    ['mid-way', 5],
+  ])('close() %s stops the warm-up and closes its servers', async (_when, after) => {
+    const servers: Server[] = [];
+    const createServer = http.createServer.bind(http);
+    jest.spyOn(http, 'createServer').mockImplementation(((...args: unknown[]) => {
+      const s = (createServer as (...a: unknown[]) => Server)(...args);
+      servers.push(s);
+      return s;
+    }) as typeof http.createServer);
+    let nth!: () => void;
+    const seen = new Promise<void>((resolve) => (nth = resolve));
+    const handle = RequestFlow.prototype.handle;
+    let calls = 0;
+    jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
+      this: RequestFlow,
+      req,
+      res,
+    ) {
+      if (++calls === after) nth();
+      return handle.call(this, req, res);
+    });
+    const gw = start({ warmUp: { requests: 100_000, connectionsPerBackend: 2 } });
+    if (after > 0) await seen;
+    await gw.close();
+    lb = undefined;
+    await gw.ready();
+    // The sink and the shadow's front: both closed (a server still binding closes once bound).
+    if (after > 0) expect(servers).toHaveLength(2);
+    await Promise.all(
+      servers.map((s) =>
+        s.listening ? new Promise((resolve) => s.once('close', resolve)) : undefined,
+      ),
+    );
+    expect(servers.every((s) => !s.listening)).toBe(true);
+    expect(a.requests.filter((r) => r.endsWith('loadwise-gateway-preconnect'))).toEqual([]);
+  });
+});

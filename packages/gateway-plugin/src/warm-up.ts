@@ -1,0 +1,269 @@
+/**
+ * The gateway's own warm-up, before `lb.ready()` resolves (docs/gateway.md,
+ * "Warm-up"). A cold process answers its first requests slowly: its request
+ * path runs uncompiled code and every backend pool starts empty, so the first
+ * burst opens a backend connection per request (docs/bench.md, "Cold start").
+ *
+ * 1. The request path: `requests` synthetic requests go through a shadow
+ *    Balancer, built from the same options and classes (admission, choose()
+ *    and the strategy, proxy/request-flow.ts, http-proxy-middleware, the agent
+ *    dispatcher, Node's HTTP client and server) whose only backend is a
+ *    loopback sink in this process (127.0.0.1, port 0, 200 at once). The
+ *    shadow has its own metrics registry, events and a silent logger, no
+ *    broker, health checks or hooks: nothing of it reaches a backend, the
+ *    metrics, the snapshot or the events. V8 compiles and optimises per
+ *    function, not per object, so the real balancer's first requests run
+ *    the code the shadow's made hot. Both servers close afterwards.
+ * 2. The pools: `connectionsPerBackend` concurrent GETs of `healthCheck.path`
+ *    through each backend's own pool, whose sockets stay in it (Envoy's
+ *    cluster `preconnect_policy` does the same without a request; Node's
+ *    http.Agent pools only a socket that carried a keep-alive request, and
+ *    has no supported way to add one). Without an active health check there
+ *    is no path known to be cheap, so no preconnect. Backends added later
+ *    (discovery) get theirs when they are added.
+ *
+ * Requests that arrive meanwhile are served by the real balancer as usual.
+ * Nothing here throws or rejects: a warm-up that fails or takes longer than
+ * MAX_WARM_UP_MS stops, logs one line, and `ready()` goes on.
+ */
+import http, { type ClientRequest, type Server } from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { Registry as MetricsRegistry } from 'prom-client';
+import { Balancer } from './balancer';
+import { healthCheckUrl } from './health/active-checker';
+import { writeLog } from './observability/event-log';
+import type { ResolvedOptions, WarmUpOptions } from './options';
+import type { Backend } from './registry/backend';
+
+/** Synthetic requests in flight at once (keep-alive connections to the shadow). */
+const CONCURRENCY = 16;
+/** The warm-up stops after this, whatever is left; ready() does not wait longer. */
+export const MAX_WARM_UP_MS = 5_000;
+const SILENT = { info: () => {}, warn: () => {}, error: () => {} };
+const BODY = Buffer.from('{"warmUp":true}');
+
+/** The shadow's options: the user's, with one loopback backend and nothing that reaches out. */
+function shadowOptions(o: ResolvedOptions, sinkUrl: string): ResolvedOptions {
+  return {
+    ...o,
+    backends: [{ id: 'warm-up', url: sinkUrl, weight: 1 }],
+    broker: undefined,
+    discovery: undefined,
+    healthCheck: undefined,
+    overload: undefined,
+    warmUp: undefined,
+    // User hooks may count, authenticate or log: synthetic requests are not theirs.
+    on: {},
+    metricsRegistry: new MetricsRegistry(),
+    statusPath: undefined,
+    metricsPath: undefined,
+    dashboard: undefined,
+    logger: SILENT,
+    // A seeded random source stays the real balancer's alone.
+    random: Math.random,
+  };
+}
+
+export class WarmUp {
+  /** Resolves when the warm-up is over (done, failed, timed out or closed); never rejects. */
+  readonly done: Promise<void>;
+  private finish!: () => void;
+  /** The warm-up phase is over: nothing of it is left but preconnects of added backends. */
+  private over = false;
+  private closed = false;
+  private readonly servers = new Set<Server>();
+  private readonly inFlight = new Set<ClientRequest>();
+  private shadow: Balancer | undefined;
+  private client: http.Agent | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private sent = 0;
+  private connections = 0;
+  private readonly startedAt = Date.now();
+
+  constructor(
+    private readonly balancer: Balancer,
+    private readonly plan: Required<WarmUpOptions>,
+  ) {
+    this.done = new Promise<void>((resolve) => (this.finish = resolve));
+    this.timer = setTimeout(() => this.stop(`stopped after ${MAX_WARM_UP_MS} ms`), MAX_WARM_UP_MS);
+    this.timer.unref();
+    if (plan.connectionsPerBackend > 0 && balancer.options.healthCheck) {
+      balancer.on('backend-added', ({ id }) => {
+        const backend = balancer.registry.get(id);
+        if (backend) void this.preconnect(backend);
+      });
+    }
+    this.run().then(
+      () => this.stop(),
+      (err: unknown) => this.stop(`failed: ${String(err)}`),
+    );
+  }
+
+  private async run(): Promise<void> {
+    if (this.plan.requests > 0) await this.compile();
+    if (this.over) return;
+    this.releaseShadow();
+    const backends = [...this.balancer.registry.backends.values()];
+    await Promise.all(backends.map((b) => this.preconnect(b)));
+  }
+
+  /** The request path, through the shadow balancer and back. */
+  private async compile(): Promise<void> {
+    const sink = await this.listen(
+      http.createServer((req, res) => {
+        req.resume();
+        req.on('end', () => {
+          res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '2' });
+          res.end('ok');
+        });
+      }),
+    );
+    if (this.over) return;
+    const shadow = new Balancer(shadowOptions(this.balancer.options, `http://127.0.0.1:${sink}`));
+    this.shadow = shadow;
+    const front = await this.listen(http.createServer((req, res) => shadow.flow.handle(req, res)));
+    if (this.over) return;
+    const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
+    this.client = agent;
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (!this.over && next < this.plan.requests) await this.send(front, agent, next++);
+    };
+    await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  }
+
+  /** One synthetic request; every fourth a POST with a body (the body pump's path). */
+  private send(port: number, agent: http.Agent, i: number): Promise<void> {
+    return new Promise((resolve) => {
+      const post = i % 4 === 3;
+      const req = http.request({
+        host: '127.0.0.1',
+        port,
+        agent,
+        method: post ? 'POST' : 'GET',
+        path: `/warm-up/${i % 64}?i=${i}`,
+        headers: post ? { 'content-type': 'application/json', 'content-length': BODY.length } : {},
+      });
+      this.track(req, () => {
+        this.sent++;
+        resolve();
+      });
+      req.end(post ? BODY : undefined);
+    });
+  }
+
+  /**
+   * `connectionsPerBackend` concurrent GETs of the health check's path through
+   * the backend's pool: each opens a socket, and each socket goes back to the
+   * pool's free list when its answer has been read.
+   */
+  private async preconnect(backend: Backend): Promise<void> {
+    const hc = this.balancer.options.healthCheck;
+    const pool = this.balancer.options.agent;
+    const n = Math.min(this.plan.connectionsPerBackend, pool.maxSockets, pool.maxFreeSockets);
+    if (!hc || n === 0 || this.closed) return;
+    const url = healthCheckUrl(hc.path, backend.target);
+    const send = url.protocol === 'https:' ? https.request : http.request;
+    const one = (): Promise<void> =>
+      new Promise((resolve) => {
+        const req = send(url, {
+          method: 'GET',
+          agent: backend.agent,
+          timeout: hc.timeoutMs,
+          headers: { 'user-agent': 'loadwise-gateway-preconnect' },
+        });
+        req.on('timeout', () => req.destroy());
+        this.track(req, (ok) => {
+          if (ok) this.connections++;
+          resolve();
+        });
+        req.end();
+      });
+    await Promise.all(Array.from({ length: n }, one));
+  }
+
+  /** `done(ok)` once: the answer was read to its end (ok), or the request failed. */
+  private track(req: ClientRequest, done: (ok: boolean) => void): void {
+    this.inFlight.add(req);
+    let settled = false;
+    const end = (ok: boolean): void => {
+      if (settled) return;
+      settled = true;
+      this.inFlight.delete(req);
+      done(ok);
+    };
+    req.on('error', () => end(false));
+    req.on('close', () => end(false));
+    req.on('response', (res) => {
+      res.on('end', () => end(true));
+      res.on('error', () => end(false));
+      res.resume();
+    });
+  }
+
+  /** A loopback server on port 0 that keeps neither the process nor its clients alive. */
+  private listen(server: Server): Promise<number> {
+    this.servers.add(server);
+    server.on('connection', (socket) => socket.unref());
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        server.unref();
+        // Closed while it was binding: close() did not reach a server that was not listening yet.
+        if (this.over) server.close();
+        resolve((server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  /** The shadow, its servers and its client go; the backends' pools stay. */
+  private releaseShadow(): void {
+    this.client?.destroy();
+    this.client = undefined;
+    for (const server of this.servers) {
+      server.closeAllConnections();
+      server.close();
+    }
+    this.servers.clear();
+    const shadow = this.shadow;
+    this.shadow = undefined;
+    // Not awaited: its connections are cut above, and the wait for its flows to see
+    // that is a timer (flow.idle), which a test's fake clock would never fire.
+    void shadow?.close({ graceMs: 0 });
+  }
+
+  private stop(why?: string): void {
+    if (this.over) return;
+    this.over = true;
+    clearTimeout(this.timer);
+    this.releaseShadow();
+    const ms = Date.now() - this.startedAt;
+    const logger = this.balancer.options.logger;
+    const summary = `${this.sent} requests through the request path, ${this.connections} connections to backends, ${ms} ms`;
+    if (why === undefined)
+      writeLog(
+        logger,
+        'info',
+        { event: 'warm-up', requests: this.sent, connections: this.connections, ms },
+        `warm-up done: ${summary}`,
+      );
+    else if (!this.closed)
+      writeLog(
+        logger,
+        'warn',
+        { event: 'warm-up', requests: this.sent, connections: this.connections, ms, error: why },
+        `warm-up ${why}: ${summary}`,
+      );
+    this.finish();
+  }
+
+  /** lb.close(): stops the warm-up and any preconnect, and closes its servers and client. */
+  close(): Promise<void> {
+    this.closed = true;
+    for (const req of this.inFlight) req.destroy();
+    this.inFlight.clear();
+    this.stop('closed');
+    return this.done;
+  }
+}
