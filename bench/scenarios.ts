@@ -311,6 +311,11 @@ export function coldStartScenarios(
       name: `loadwise ${strategy} (backlog 511)`,
     },
     {
+      // Ten times the default warm-up: does the default's 300 requests compile enough?
+      ...loadwise(strategy, { warmUp: { requests: 3_000 } }, { traceEveryMs: 200 }),
+      name: `loadwise ${strategy} warm-up 3,000`,
+    },
+    {
       // The same with nginx's backlog in this harness (bench/lib/peers.ts: backlog=4096).
       ...loadwise(strategy, {}, { traceEveryMs: 200, backlog: 4096 }),
       name: `loadwise ${strategy} backlog 4096`,
