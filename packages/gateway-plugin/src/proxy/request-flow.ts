@@ -128,12 +128,13 @@ function newFlow(
 
 /**
  * What `flows` maps a request to once it is over (finish): no attempt open, done, so the late
- * http-proxy events of a finished request are ignored as before. It does not refer to the
+ * http-proxy events of a finished request are ignored as before, and it has no target
+ * (targetOf): an attempt whose client left while http-proxy-middleware was still routing
+ * it is not sent at all, where it used to be sent and destroyed. It does not refer to the
  * request. A WeakMap entry is weak only for a full (mark-compact) GC: V8's scavenger
  * treats the values of a WeakMap as strong, and a Flow holds its request, so a finished
- * Flow left in the map kept its request, response, closures and listeners alive through
- * every scavenge until they were promoted, then waited for a major GC (docs/bench.md,
- * "Where the time goes").
+ * Flow left in the map would keep its request, response, closures and listeners alive
+ * through every scavenge until they were promoted (docs/bench.md, "Where the time goes").
  */
 const FINISHED: Flow = Object.freeze<Flow>({
   ...newFlow(
