@@ -178,16 +178,24 @@ export const expressHpm: BalancerDef = {
     }),
 };
 
-/** Scenario 8's diagnosis: the same gateway with a keep-alive agent to the backends. */
-export const expressHpmKeepAlive: BalancerDef = {
-  name: 'express+hpm round robin, keep-alive agent',
-  family: 'express-hpm-keepalive',
-  start: (ctx, instance) =>
-    nodeGateway(`hpm-ka-${instance}`, 'gateway-hpm.js', {
-      backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
-      keepAlive: true,
-    }),
-};
+/**
+ * Scenario 8's diagnosis: the same gateway with a keep-alive agent to the backends.
+ * `config`: further settings of bench/procs/gateway-hpm.ts, or `nodeArgs`.
+ */
+export function expressHpmKeepAliveWith(config: Record<string, unknown> = {}): BalancerDef {
+  return {
+    name: 'express+hpm round robin, keep-alive agent',
+    family: 'express-hpm-keepalive',
+    start: (ctx, instance) =>
+      nodeGateway(`hpm-ka-${instance}`, 'gateway-hpm.js', {
+        ...config,
+        backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+        keepAlive: true,
+      }),
+  };
+}
+
+export const expressHpmKeepAlive: BalancerDef = expressHpmKeepAliveWith();
 
 export function nginx(policy: NginxPolicy): BalancerDef {
   const slug = policy.replace(/ /g, '-');

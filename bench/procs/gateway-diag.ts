@@ -5,6 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { writeHeapSnapshot } from 'node:v8';
 import { tell } from './child';
 
 export interface GatewayDiag {
@@ -55,7 +56,11 @@ export function startDiag(): { reset(): void; read(): GatewayDiag } {
  * The IPC messages every Node gateway of the bench answers: 'diag-reset',
  * 'diag' (the figures above) and, for bench/profile/run.ts, 'profile-start'
  * and 'profile-stop' { file }: a V8 CPU profile of the measured phase only
- * (node:inspector in this process), written as a .cpuprofile.
+ * (node:inspector in this process), written as a .cpuprofile; for
+ * bench/profile/gc-survival.ts, 'heap-sampling-start' and 'heap-sampling-stop'
+ * { file }: a sampling heap profile of the objects that outlived a scavenge
+ * (those collected by a minor GC are left out, those a major GC collected are
+ * kept), written as a .heapprofile; and 'heap-snapshot' { file }.
  */
 export function answerDiagMessages(diag: { reset(): void; read(): GatewayDiag }): void {
   let session: Session | undefined;
@@ -68,6 +73,31 @@ export function answerDiagMessages(diag: { reset(): void; read(): GatewayDiag })
       session.post('Profiler.enable', () =>
         session!.post('Profiler.start', () => tell({ type: 'profile-started' })),
       );
+    }
+    if (m.type === 'heap-snapshot' && m.file) {
+      writeHeapSnapshot(m.file);
+      tell({ type: 'heap-snapshot-written' });
+    }
+    if (m.type === 'heap-sampling-start') {
+      session = new Session();
+      session.connect();
+      const params = {
+        samplingInterval: 4096,
+        includeObjectsCollectedByMajorGC: true,
+        includeObjectsCollectedByMinorGC: false,
+      };
+      session.post('HeapProfiler.startSampling', params, () =>
+        tell({ type: 'heap-sampling-started' }),
+      );
+    }
+    if (m.type === 'heap-sampling-stop' && session && m.file) {
+      const file = m.file;
+      session.post('HeapProfiler.stopSampling', (err, res) => {
+        if (!err) writeFileSync(file, JSON.stringify(res.profile));
+        session?.disconnect();
+        session = undefined;
+        tell({ type: 'heap-sampling-stopped', error: err?.message });
+      });
     }
     if (m.type === 'profile-stop' && session && m.file) {
       const file = m.file;

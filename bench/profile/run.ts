@@ -20,8 +20,13 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
 import type { GatewayDiag } from '../procs/gateway-diag';
-import { expressHpmKeepAlive, loadwise, type BalancerDef } from '../lib/balancers';
-import { startCluster } from '../lib/cluster';
+import {
+  expressHpmKeepAlive,
+  loadwise,
+  type BalancerContext,
+  type BalancerDef,
+} from '../lib/balancers';
+import { startCluster, type Cluster } from '../lib/cluster';
 import { CpuMeter, forkProc, sleep } from '../lib/procs';
 
 interface ProfileNode {
@@ -86,6 +91,45 @@ export function breakdown(profile: CpuProfile): Record<Category | 'idle', number
   return out;
 }
 
+/**
+ * The setting of this benchmark: three backends that answer at once, each with
+ * its agent, and what a balancer needs to start in front of them.
+ */
+export async function startInstantCluster(
+  brokerUrl: string,
+  tag: string,
+): Promise<{ cluster: Cluster; ctx: BalancerContext; dir: string }> {
+  const dir = mkdtempSync(join(tmpdir(), `loadwise-${tag}-`));
+  const keyFile = join(dir, 'keys');
+  writeFileSync(keyFile, `bench ${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
+  const prefix = `lw${tag.replace(/[^a-z]/g, '')}${process.pid}`;
+  const cluster = await startCluster({
+    backends: [1, 2, 3].map((i) => ({ id: `b${i}`, slots: 1000, serviceMs: 0 })),
+    maxQueue: 1024,
+    agents: { brokerUrl, prefix, intervalMs: 1000, keyFile },
+  });
+  const ctx = { backends: cluster.backends, tmpDir: dir, brokerUrl, prefix, keyFile };
+  return { cluster, ctx, dir };
+}
+
+/** The load of one run: 2 s of warm-up, then `seconds` measured, against `url`/work. */
+export function loadFor(
+  url: string,
+  shape: Pick<LoadgenConfig, 'mode' | 'rate' | 'concurrency'>,
+  seconds: number,
+): LoadgenConfig {
+  const sockets = shape.rate === undefined ? (shape.concurrency ?? 1) : shape.rate * 10;
+  return {
+    targets: [url + '/work'],
+    ...shape,
+    warmupMs: 2_000,
+    durationMs: seconds * 1000,
+    maxSockets: Math.min(4_000, Math.ceil(sockets)),
+    timeoutMs: 10_000,
+    windowMs: 1_000,
+  };
+}
+
 interface Args {
   rate: number;
   seconds: number;
@@ -140,17 +184,8 @@ async function profileOnce(
   const gw = await def.start(ctx, 0);
   const proc = gw.procs[0]!;
   try {
-    const warmupMs = 2_000;
-    const load: LoadgenConfig = {
-      targets: [gw.url + '/work'],
-      mode: 'open',
-      rate: args.rate,
-      warmupMs,
-      durationMs: args.seconds * 1000,
-      maxSockets: Math.min(4_000, Math.ceil(args.rate * 10)),
-      timeoutMs: 10_000,
-      windowMs: 1_000,
-    };
+    const load = loadFor(gw.url, { mode: 'open', rate: args.rate }, args.seconds);
+    const { warmupMs } = load;
     const gen = forkProc('loadgen', 'loadgen.js', load);
     const result = gen.waitFor<LoadgenResult>('result', warmupMs + load.durationMs + 40_000);
     await sleep(warmupMs);
@@ -257,24 +292,9 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const started = new Date().toISOString();
   const before = loadavg();
-  const dir = mkdtempSync(join(tmpdir(), 'loadwise-profile-'));
-  const keyFile = join(dir, 'keys');
-  writeFileSync(keyFile, `bench ${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
-  const prefix = `lwprofile${process.pid}`;
-  const cluster = await startCluster({
-    backends: [1, 2, 3].map((i) => ({ id: `b${i}`, slots: 1000, serviceMs: 0 })),
-    maxQueue: 1024,
-    agents: { brokerUrl: args.brokerUrl, prefix, intervalMs: 1000, keyFile },
-  });
+  const { cluster, ctx, dir } = await startInstantCluster(args.brokerUrl, 'profile');
   const rows: RunRow[] = [];
   try {
-    const ctx = {
-      backends: cluster.backends,
-      tmpDir: dir,
-      brokerUrl: args.brokerUrl,
-      prefix,
-      keyFile,
-    };
     for (let run = 1; run <= args.runs; run++) {
       for (const def of [loadwise('load-aware'), expressHpmKeepAlive]) {
         await cluster.drain();

@@ -51,6 +51,25 @@ describe('proxying', () => {
     });
   });
 
+  it('leaves no per-request closure on req (the pipe it takes over is one shared function)', async () => {
+    // Express re-prototypes req; a function stored on such an object survives
+    // scavenges until a major GC, with all it refers to (docs/bench.md, "Where the
+    // time goes"): a closure over the attempt's flow there was promoted per request.
+    const seen: Array<{ pipe: unknown }> = [];
+    gw = await startLocalGateway({ backends: [{ id: 'a', url: a.url }] }, (app, lb) => {
+      app.use((req, _res, next) => {
+        seen.push(req);
+        next();
+      });
+      app.use(lb);
+    });
+    expect((await send(`${gw.url}/one`)).status).toBe(200);
+    expect((await send(`${gw.url}/two`, { method: 'POST', body: 'x' })).status).toBe(200);
+    expect(seen).toHaveLength(2);
+    expect(typeof seen[0]!.pipe).toBe('function');
+    expect(seen[0]!.pipe).toBe(seen[1]!.pipe);
+  });
+
   it('prepends the base path of a backend URL', async () => {
     gw = await startLocalGateway({ backends: [{ id: 'a', url: `${a.url}/base` }] });
     expect((await send(`${gw.url}/x`)).json<Echo>().url).toBe('/base/x');

@@ -51,6 +51,23 @@ interface Instance {
 /** Parsed targets remembered at most (one per backend URL in practice). */
 const MAX_PARSED_TARGETS = 4096;
 
+/** Each request's pump until http-proxy pipes the request into its backend request (takeOverPipe). */
+const pumps = new WeakMap<IncomingMessage, BodyPump>();
+
+/** `req.pipe` while an attempt is being sent: the first call goes to the attempt's pump. */
+function takeOverPipe(this: IncomingMessage, dest: ClientRequest): ClientRequest {
+  const pump = pumps.get(this);
+  if (pump === undefined) return Readable.prototype.pipe.call(this, dest) as ClientRequest;
+  pumps.delete(this);
+  pump(dest);
+  return dest;
+}
+
+/** The pump of a request that is over (ProxyEngine.release): what request-flow.ts's pump does then. */
+function destroyRequest(dest: ClientRequest): void {
+  dest.destroy();
+}
+
 export class ProxyEngine {
   private readonly instances = new Map<'http:' | 'https:', Instance>();
   /**
@@ -90,17 +107,28 @@ export class ProxyEngine {
     // (web-incoming.js, `stream` pass), synchronously after http.request();
     // this attempt's pump takes that one call over, any later call gets the
     // prototype's pipe. An own property assigned per attempt, never deleted:
-    // a delete would turn `req` into a slow dictionary-mode object in V8.
-    let taken = false;
-    (req as { pipe: unknown }).pipe = (dest: ClientRequest): ClientRequest => {
-      if (taken) return Readable.prototype.pipe.call(req, dest) as ClientRequest;
-      taken = true;
-      pump(dest);
-      return dest;
-    };
+    // a delete would turn `req` into a slow dictionary-mode object in V8. Its
+    // value is one shared function, the attempt's pump waits in `pumps`: a
+    // closure stored on `req` outlived the request. Express gives `req` a
+    // prototype of its own (Object.setPrototypeOf), after which V8 gives it a
+    // map of its own too, and a function added to such an object stays
+    // reachable from that map until a major GC: the pump closure, and the whole
+    // flow behind it, survived every scavenge and was promoted (docs/bench.md,
+    // "Where the time goes").
+    pumps.set(req, pump);
+    (req as { pipe: unknown }).pipe = takeOverPipe;
     // HPM catches its own errors into next(err); the catch is a second net so
     // a rejection can never go unhandled on the request path.
     handler(req, res, fail).catch(fail);
+  }
+
+  /**
+   * The request is over: an attempt whose pipe http-proxy has not called yet
+   * (the client left before the request was sent) lets go of its pump. The
+   * pump would only have destroyed the backend request; so will the pipe.
+   */
+  release(req: IncomingMessage): void {
+    if (pumps.has(req)) pumps.set(req, destroyRequest);
   }
 
   upgrade(backend: Backend, req: IncomingMessage, socket: Socket, head: Buffer): void {

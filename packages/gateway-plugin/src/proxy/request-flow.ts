@@ -88,6 +88,66 @@ function describe(req: IncomingMessage): string {
   return `${String(req.method).slice(0, 16)} ${url} from ${req.socket?.remoteAddress ?? '?'}`;
 }
 
+/** A request's flow record before its first attempt. */
+function newFlow(
+  req: IncomingMessage,
+  res: ServerResponse,
+  framing: BodyFraming,
+  client: string | undefined,
+  clientConnection: string | undefined,
+  body: BodyPlan,
+): Flow {
+  return {
+    req,
+    res,
+    backend: undefined,
+    target: undefined,
+    proxyReq: undefined,
+    attemptOpen: false,
+    attempt: 0,
+    attemptStartMs: 0,
+    responded: false,
+    firstByteTimer: undefined,
+    connectTimer: undefined,
+    bodyTimer: undefined,
+    framing,
+    client,
+    clientConnection,
+    tried: undefined,
+    retries: 0,
+    hashKey: undefined,
+    newCookie: undefined,
+    reason: undefined,
+    responseOk: true,
+    overloaded: false,
+    queued: false,
+    done: false,
+    body,
+  };
+}
+
+/**
+ * What `flows` maps a request to once it is over (finish): no attempt open, done, so the late
+ * http-proxy events of a finished request are ignored as before, and it has no target
+ * (targetOf): an attempt whose client left while http-proxy-middleware was still routing
+ * it is not sent at all, where it used to be sent and destroyed. It does not refer to the
+ * request. A WeakMap entry is weak only for a full (mark-compact) GC: V8's scavenger
+ * treats the values of a WeakMap as strong, and a Flow holds its request, so a finished
+ * Flow left in the map would keep its request, response, closures and listeners alive
+ * through every scavenge until they were promoted (docs/bench.md, "Where the time goes").
+ */
+const FINISHED: Flow = Object.freeze<Flow>({
+  ...newFlow(
+    undefined as unknown as IncomingMessage,
+    undefined as unknown as ServerResponse,
+    'none',
+    undefined,
+    undefined,
+    { kind: 'stream' },
+  ),
+  done: true,
+});
+
 export class RequestFlow {
   private readonly flows = new WeakMap<IncomingMessage, Flow>();
   readonly upgrades: UpgradeFlow;
@@ -158,33 +218,7 @@ export class RequestFlow {
         return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
       }
     }
-    const flow: Flow = {
-      req,
-      res,
-      backend: undefined,
-      target: undefined,
-      proxyReq: undefined,
-      attemptOpen: false,
-      attempt: 0,
-      attemptStartMs: 0,
-      responded: false,
-      firstByteTimer: undefined,
-      connectTimer: undefined,
-      bodyTimer: undefined,
-      framing: framing.framing,
-      client,
-      clientConnection: req.headers.connection,
-      tried: undefined,
-      retries: 0,
-      hashKey: undefined,
-      newCookie: undefined,
-      reason: undefined,
-      responseOk: true,
-      overloaded: false,
-      queued: false,
-      done: false,
-      body,
-    };
+    const flow = newFlow(req, res, framing.framing, client, req.headers.connection, body);
     this.flows.set(req, flow);
     this.active++;
     c.budget?.onRequest();
@@ -740,5 +774,7 @@ export class RequestFlow {
       this.core.queueChanged();
     }
     flow.proxyReq = undefined;
+    this.flows.set(flow.req, FINISHED);
+    this.core.engine.release(flow.req);
   }
 }
