@@ -335,12 +335,16 @@ describe('the defaults table and docs/gateway.md', () => {
       : typeof value === 'string'
         ? [`'${value}'`, `\`${value}\``]
         : [String(value)];
-  const leaves = Object.entries(DEFAULTS).flatMap(([option, value]) =>
-    typeof value === 'object' && !Array.isArray(value)
-      ? Object.entries(value).map(
-          ([key, v]) => [option === 'backend' ? 'backends' : option, key, v] as const,
-        )
-      : [[option, undefined, value] as const],
+  type Leaf = readonly [option: string, key: string | undefined, value: unknown];
+  const leaves = Object.entries(DEFAULTS as Record<string, unknown>).flatMap(
+    ([option, value]): Leaf[] =>
+      typeof value === 'object' && value !== null && !Array.isArray(value)
+        ? Object.entries(value).map(([key, v]): Leaf => [
+            option === 'backend' ? 'backends' : option,
+            key,
+            v,
+          ])
+        : [[option, undefined, value]],
   );
 
   // Functions (now, random) are named in the row by hand: `Date.now`, `Math.random`.
