@@ -1,9 +1,9 @@
 /**
  * The benchmark scenarios (docs/bench.md "Scenarios"), as data. Service
- * times are tens of ms and rates a few hundred per second so the load generator, backends and gateway together
- * stay well inside the machine's 2 cores: the tails then come from routing,
- * not from Node processes fighting for CPU. Capacity of a backend = slots /
- * service time.
+ * times are tens of ms and rates a few hundred per second so the load
+ * generator, backends and gateway together stay well inside the machine's 2
+ * cores: the tails then come from routing, not from Node processes fighting
+ * for CPU. Capacity of a backend = slots / service time.
  */
 import {
   expressHpm,
