@@ -19,6 +19,7 @@ import {
   isValidBackendId,
   type SigningKey,
 } from '@loadwise/protocol';
+import type { MqttClient } from 'mqtt';
 import * as v from 'valibot';
 import { GatewayError, invalidOption } from './errors';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
@@ -189,7 +190,9 @@ const brokerUrl = leaf<string>((u) =>
     : brokerError(`broker url ${JSON.stringify(u)}: expected mqtt://, mqtts://, ws:// or wss://`),
 );
 const brokerClient = strict({
-  client: leaf<Extract<BrokerOption, { client: unknown }>['client']>((c) => {
+  // Named from 'mqtt' here so the declaration emitted for this schema imports the
+  // package's entry point, not a subpath its exports map does not resolve for consumers.
+  client: leaf<MqttClient>((c) => {
     const m = c as { subscribe?: unknown; on?: unknown } | undefined;
     return m && typeof m.subscribe === 'function' && typeof m.on === 'function'
       ? undefined
