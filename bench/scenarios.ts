@@ -8,6 +8,7 @@
 import {
   expressHpm,
   expressHpmKeepAlive,
+  expressUndici,
   haproxy,
   loadwise,
   loadwiseWorkers,
@@ -168,7 +169,9 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         'Open loop at 1,000 req/s: gateway CPU per proxied request (its /proc/<pid>/stat over the ' +
         'measured phase / requests). The fair Node baseline is Express + http-proxy-middleware with a ' +
         'keep-alive agent, round robin (bench/procs/gateway-hpm.ts); without the agent HPM opens a ' +
-        'connection per request (that row is in scenario 8). ' +
+        'connection per request (that row is in scenario 8). Express + undici is the same Express front ' +
+        "with undici (a keep-alive Pool per backend) in place of Node's http client and http-proxy, " +
+        'round robin (bench/procs/gateway-undici.ts). ' +
         'All processes share the 2 cores, so absolute figures are lower than on separate machines.',
       backends: identical(3, 1000, 0),
       maxQueue: 1024,
@@ -177,7 +180,13 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         { label: 'closed loop, 32 concurrent', load: closed(32, q) },
         { label: '1,000 req/s', load: open(1000, q, 6_000) },
       ],
-      balancers: [lwDefault, expressHpmKeepAlive, nginx('least_conn'), haproxy('leastconn')],
+      balancers: [
+        lwDefault,
+        expressHpmKeepAlive,
+        expressUndici,
+        nginx('least_conn'),
+        haproxy('leastconn'),
+      ],
     },
     {
       name: 'workers',

@@ -9,7 +9,7 @@ import { freePort, startHaproxy, startNginx, type HaproxyPolicy, type NginxPolic
 import { forkProc, type Proc } from './procs';
 
 export type BalancerFamily =
-  'loadwise' | 'express-hpm' | 'express-hpm-keepalive' | 'nginx' | 'haproxy';
+  'loadwise' | 'express-hpm' | 'express-hpm-keepalive' | 'express-undici' | 'nginx' | 'haproxy';
 
 export interface BalancerContext {
   backends: RunningBackend[];
@@ -196,6 +196,20 @@ export function expressHpmKeepAliveWith(config: Record<string, unknown> = {}): B
 }
 
 export const expressHpmKeepAlive: BalancerDef = expressHpmKeepAliveWith();
+
+/**
+ * Express proxying with undici (bench/procs/gateway-undici.ts): a keep-alive
+ * Pool per backend, round robin. Beside the keep-alive HPM peer it shows what
+ * Node's http client costs a Node proxy.
+ */
+export const expressUndici: BalancerDef = {
+  name: 'express+undici round robin, keep-alive pool',
+  family: 'express-undici',
+  start: (ctx, instance) =>
+    nodeGateway(`undici-${instance}`, 'gateway-undici.js', {
+      backends: ctx.backends.map((b) => ({ id: b.id, url: b.url })),
+    }),
+};
 
 export function nginx(policy: NginxPolicy): BalancerDef {
   const slug = policy.replace(/ /g, '-');

@@ -3,10 +3,12 @@
  * gateways grow tails): event-loop delay percentiles and time spent in GC.
  */
 import { writeFileSync } from 'node:fs';
+import http, { type RequestListener } from 'node:http';
 import { Session } from 'node:inspector';
+import type { AddressInfo } from 'node:net';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { writeHeapSnapshot } from 'node:v8';
-import { tell } from './child';
+import { closeServer, onShutdown, tell } from './child';
 
 export interface GatewayDiag {
   eventLoopDelayP50Ms: number;
@@ -109,4 +111,28 @@ export function answerDiagMessages(diag: { reset(): void; read(): GatewayDiag })
       });
     }
   });
+}
+
+/**
+ * Serves a peer gateway's app (Express + a proxy) on loopback `port` (0: any
+ * free one) with the diagnostics above, closes it (then `close`, its clients
+ * to the backends) on shutdown, and tells the parent 'ready' with the port.
+ */
+export async function servePeerGateway(
+  app: RequestListener,
+  port = 0,
+  close: () => Promise<unknown> = async () => undefined,
+): Promise<void> {
+  const diag = startDiag();
+  const server = http.createServer(app).listen(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  answerDiagMessages(diag);
+  onShutdown(async () => {
+    await closeServer(server);
+    await close();
+  });
+  tell({ type: 'ready', port: (server.address() as AddressInfo).port });
 }

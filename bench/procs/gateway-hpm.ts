@@ -4,11 +4,10 @@
  * (so, like most deployments, no keep-alive agent to the backends).
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { createProxyMiddleware } from 'http-proxy-middleware';
-import { closeServer, fail, onShutdown, readConfig, tell } from './child';
-import { answerDiagMessages, startDiag } from './gateway-diag';
+import { fail, readConfig } from './child';
+import { servePeerGateway } from './gateway-diag';
 
 interface HpmConfig {
   backends: Array<{ id: string; url: string }>;
@@ -19,7 +18,6 @@ interface HpmConfig {
 
 async function main(): Promise<void> {
   const cfg = readConfig<HpmConfig>();
-  const diag = startDiag();
   let i = 0;
   const app = express();
   app.disable('x-powered-by');
@@ -31,16 +29,7 @@ async function main(): Promise<void> {
       ...(cfg.keepAlive ? { agent: new http.Agent({ keepAlive: true, maxSockets: 256 }) } : {}),
     }),
   );
-  const server = app.listen(cfg.port ?? 0, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => {
-    server.once('listening', resolve);
-    server.once('error', reject);
-  });
-  answerDiagMessages(diag);
-  onShutdown(async () => {
-    await closeServer(server);
-  });
-  tell({ type: 'ready', port: (server.address() as AddressInfo).port });
+  await servePeerGateway(app, cfg.port);
 }
 
 main().catch(fail);

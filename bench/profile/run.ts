@@ -2,14 +2,16 @@
  * `npm run bench:profile [-- --rate 1400] [--seconds 8] [--runs 3] [--out FILE]`
  *
  * Where a gateway's time goes at an open-loop rate: the loadwise gateway
- * (default options) and Express + http-proxy-middleware with a keep-alive
- * agent (bench/procs/gateway-hpm.ts), each in front of the same three
+ * (default options), Express + http-proxy-middleware with a keep-alive
+ * agent (bench/procs/gateway-hpm.ts) and Express + undici (a keep-alive Pool
+ * per backend, bench/procs/gateway-undici.ts), each in front of the same three
  * backends that answer at once, with their agents. Per run and gateway: its
  * CPU from /proc/<pid>/stat over the measured phase, per request; GC count and
  * time (PerformanceObserver, bench/procs/gateway-diag.ts); and a V8 CPU
  * profile of the measured phase only, its self time split by where the code
- * lives: Express (and its router), http-proxy / http-proxy-middleware, Node's
- * http/net (node: internals and natives), loadwise (packages/*), metrics
+ * lives: Express (and its router), http-proxy / http-proxy-middleware, undici
+ * (its JS and its WebAssembly HTTP parser), Node's http/net (node: internals
+ * and natives), loadwise (packages/*), metrics
  * (prom-client), MQTT, GC. Writes a markdown page (default
  * bench/results/profile.md); the .cpuprofile files stay in a temp directory
  * (their path is printed) for Chrome DevTools.
@@ -22,6 +24,7 @@ import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
 import type { GatewayDiag } from '../procs/gateway-diag';
 import {
   expressHpmKeepAlive,
+  expressUndici,
   loadwise,
   type BalancerContext,
   type BalancerDef,
@@ -46,6 +49,7 @@ export const CATEGORIES = [
   'loadwise',
   'express',
   'http-proxy/hpm',
+  'undici',
   'node http/net',
   'metrics (prom-client)',
   'mqtt',
@@ -62,6 +66,8 @@ export function categorize(frame: { functionName: string; url: string }): Catego
   if (functionName === '(garbage collector)') return 'gc';
   if (functionName === '(program)' || functionName === '(root)') return 'native/program';
   if (/\/node_modules\/(http-proxy|http-proxy-middleware)\//.test(url)) return 'http-proxy/hpm';
+  // undici's llhttp is WebAssembly; no other gateway here runs any (Node's own fetch is node:).
+  if (/\/node_modules\/undici\//.test(url) || url.startsWith('wasm://')) return 'undici';
   if (/\/node_modules\/prom-client\//.test(url)) return 'metrics (prom-client)';
   if (/\/node_modules\/(mqtt|mqtt-packet|aedes)\//.test(url)) return 'mqtt';
   if (/\/packages\/[a-z-]+\/(dist|src)\//.test(url)) return 'loadwise';
@@ -296,7 +302,7 @@ async function main(): Promise<void> {
   const rows: RunRow[] = [];
   try {
     for (let run = 1; run <= args.runs; run++) {
-      for (const def of [loadwise('load-aware'), expressHpmKeepAlive]) {
+      for (const def of [loadwise('load-aware'), expressHpmKeepAlive, expressUndici]) {
         await cluster.drain();
         const row = await profileOnce(def, ctx, args, run, dir);
         rows.push(row);
