@@ -2,7 +2,8 @@
  * A pool of gateway workers (runWorkers, built from dist: `npm test` builds
  * first) for cluster-workers.test.ts. The test owns the broker and backends
  * and passes them in the environment: LW_BROKER_URL, LW_BACKENDS (JSON
- * [{ id, url }]), LW_PORT, LW_WORKERS; LW_FAIL_START makes every start()
+ * [{ id, url }]), LW_PORT (0: the kernel's choice, which the primary logs as
+ * `pool listening on <port>`), LW_WORKERS; LW_FAIL_START makes every start()
  * throw, LW_MAX_RESTARTS bounds restarts. Each worker answers with
  * x-gateway-pid so the test can see which worker served a request.
  */
@@ -10,7 +11,7 @@ const http = require('node:http');
 const express = require('express');
 const { loadBalance, runWorkers } = require('@loadwise/gateway-plugin');
 
-void runWorkers({
+const pool = runWorkers({
   workers: Number(process.env.LW_WORKERS),
   restart: { initialDelayMs: 50, maxRestarts: Number(process.env.LW_MAX_RESTARTS ?? 5) },
   shutdownTimeoutMs: 10000,
@@ -19,7 +20,8 @@ void runWorkers({
     const lb = loadBalance({
       backends: JSON.parse(process.env.LW_BACKENDS),
       broker: { url: process.env.LW_BROKER_URL, clientIdPrefix: `lw-${id}`, protocolVersion: 4 },
-      healthCheck: false,
+      // LW_HEALTH_CHECK: active checks on, so the warm-up also preconnects to the backends.
+      healthCheck: process.env.LW_HEALTH_CHECK ? { path: '/' } : false,
       maxInFlightPerClient: false,
     });
     const app = express();
@@ -40,3 +42,11 @@ void runWorkers({
     };
   },
 });
+
+// The primary says which port the pool listens on (LW_PORT=0: one the kernel chose).
+void pool.then((p) =>
+  p?.listening().then(
+    (port) => process.stderr.write(`pool listening on ${port}\n`),
+    () => undefined,
+  ),
+);

@@ -176,6 +176,31 @@ it('runs 2 workers on one port, replaces a killed one and closes all on SIGTERM'
   expect(lines.some((l) => l.includes('stopped (code 0)'))).toBe(true);
 }, 60_000);
 
+it('reports the port its workers listen on, with the warm-up on (its loopback servers are not the pool port)', async () => {
+  const run = startScript(SCRIPT, [], {
+    ...process.env,
+    LW_WORKERS: '1',
+    LW_PORT: '0',
+    LW_HEALTH_CHECK: '1',
+    LW_BROKER_URL: broker.url,
+    LW_BACKENDS: JSON.stringify([
+      { id: 'b1', url: `http://127.0.0.1:${(backends[0]!.address() as AddressInfo).port}` },
+    ]),
+  });
+  child = run.child;
+  lines = run.errLines;
+  let port: number | undefined;
+  await eventually(() => {
+    const hit = lines.map((l) => /pool listening on (\d+)/.exec(l)).find(Boolean);
+    port = hit ? Number(hit[1]) : undefined;
+    return port !== undefined;
+  }, 30_000);
+  // Before the fix this port was the warm-up sink's, closed by then: ECONNREFUSED.
+  expect((await get(port!)).status).toBe(200);
+  run.child.kill('SIGTERM');
+  expect(await run.exited).toEqual({ code: 0, signal: null });
+}, 60_000);
+
 it('gives up a worker that keeps failing to start, and the primary exits 1 once every one is given up', async () => {
   const run = startScript(SCRIPT, [], {
     ...process.env,

@@ -208,7 +208,11 @@ export class WarmUp {
     server.on('connection', (socket) => socket.unref());
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => {
+      // `exclusive`: in a runWorkers (node:cluster) worker the server binds in
+      // this process instead of through the primary, so the primary never sees
+      // it as the worker's listening port, and no port-0 handle is shared with
+      // the gateway's own server (closing it would close theirs).
+      server.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => {
         server.unref();
         // Closed while it was binding: close() did not reach a server that was not listening yet.
         if (this.over) server.close();
