@@ -47,6 +47,26 @@ async function listen(
   };
 }
 
+/**
+ * Resolves once the request flow has handled `n` requests (the warm-up's own,
+ * while nothing else is sent); each still goes through the real handle().
+ */
+function afterRequests(n: number): Promise<void> {
+  let reached!: () => void;
+  const seen = new Promise<void>((resolve) => (reached = resolve));
+  const handle = RequestFlow.prototype.handle;
+  let calls = 0;
+  jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
+    this: RequestFlow,
+    req,
+    res,
+  ) {
+    if (++calls === n) reached();
+    return handle.call(this, req, res);
+  });
+  return seen;
+}
+
 async function startBackend(): Promise<TestBackend> {
   const b = { requests: [] as string[], preconnectPorts: new Set<number>(), portOf: new Map() };
   const srv = await listen((req, res) => {
@@ -163,18 +183,7 @@ describe('warm-up', () => {
   });
 
   it('serves a request that arrives during the warm-up', async () => {
-    let fifth!: () => void;
-    const fifthSeen = new Promise<void>((resolve) => (fifth = resolve));
-    const handle = RequestFlow.prototype.handle;
-    let calls = 0;
-    jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
-      this: RequestFlow,
-      req,
-      res,
-    ) {
-      if (++calls === 5) fifth();
-      return handle.call(this, req, res);
-    });
+    const fifthSeen = afterRequests(5);
     // Far more requests than the test lasts: the warm-up is still running below.
     const gw = start({ healthCheck: false, warmUp: { requests: 100_000 } });
     let ready = false;
@@ -196,18 +205,7 @@ describe('warm-up', () => {
   it('close() mid-way returns under a fake clock (unit tests of apps that use one)', async () => {
     jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
     try {
-      let fifth!: () => void;
-      const fifthSeen = new Promise<void>((resolve) => (fifth = resolve));
-      const handle = RequestFlow.prototype.handle;
-      let calls = 0;
-      jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
-        this: RequestFlow,
-        req,
-        res,
-      ) {
-        if (++calls === 5) fifth();
-        return handle.call(this, req, res);
-      });
+      const fifthSeen = afterRequests(5);
       const gw = start({ healthCheck: false, warmUp: { requests: 100_000 } });
       await fifthSeen;
       await gw.close({ graceMs: 0 });
@@ -229,18 +227,7 @@ describe('warm-up', () => {
       servers.push(s);
       return s;
     }) as typeof http.createServer);
-    let nth!: () => void;
-    const seen = new Promise<void>((resolve) => (nth = resolve));
-    const handle = RequestFlow.prototype.handle;
-    let calls = 0;
-    jest.spyOn(RequestFlow.prototype, 'handle').mockImplementation(function (
-      this: RequestFlow,
-      req,
-      res,
-    ) {
-      if (++calls === after) nth();
-      return handle.call(this, req, res);
-    });
+    const seen = afterRequests(after);
     const gw = start({ warmUp: { requests: 100_000, connectionsPerBackend: 2 } });
     if (after > 0) await seen;
     await gw.close();
