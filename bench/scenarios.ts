@@ -161,6 +161,30 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
     },
     {
+      name: 'gateways',
+      title: '5b. Several gateways, one slow backend',
+      description:
+        'Four backends of 160/160/80/32 req/s (8 slots x 50/50/100/250 ms; b4 is 5x slower), 280 req/s ' +
+        '(65% of 432) spread evenly over 1, 2 or 4 gateway processes on the same broker, warm (5 s ' +
+        "discarded), 20 s measured. Each gateway's own p99 is reported (gwNP99Ms) and the worst of them: " +
+        'every gateway must keep the advantage, not only their mix. The peers run as many instances, ' +
+        'each with only its own connection counts, as several nginx or HAProxy boxes would.',
+      backends: [
+        { id: 'b1', slots: 8, serviceMs: 50 },
+        { id: 'b2', slots: 8, serviceMs: 50 },
+        { id: 'b3', slots: 8, serviceMs: 100 },
+        { id: 'b4', slots: 8, serviceMs: 250 },
+      ],
+      maxQueue: 512,
+      agents: true,
+      cases: [1, 2, 4].map((n) => ({
+        label: `280 req/s over ${n} gateway${n > 1 ? 's' : ''}`,
+        load: { ...open(280, q, 20_000), warmupMs: q ? 1_000 : 5_000 },
+        gatewayInstances: n,
+      })),
+      balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
+    },
+    {
       name: 'overhead',
       title: '6. Overhead',
       description:

@@ -132,12 +132,12 @@ async function runOnce(
     opts.log(`    backends still busy after ${drain.waitedMs} ms; running anyway`);
   else if (drain.waitedMs > 1_000)
     opts.log(`    waited ${drain.waitedMs} ms for backend queues to drain`);
+  const instances = c.gatewayInstances ?? scenario.gatewayInstances ?? 1;
   const gateways: RunningBalancer[] = [];
   const side: Proc[] = [];
   const timers: NodeJS.Timeout[] = [];
   try {
-    for (let i = 0; i < (scenario.gatewayInstances ?? 1); i++)
-      gateways.push(await def.start(ctx, i));
+    for (let i = 0; i < instances; i++) gateways.push(await def.start(ctx, i));
     if (c.idleBeforeMs) await sleep(c.idleBeforeMs);
     const sideProcs = c.side ? await c.side(ctx) : [];
     side.push(...sideProcs);
@@ -234,11 +234,14 @@ async function runOnce(
         load.windowMs,
       );
     }
-    if ((scenario.gatewayInstances ?? 1) > 1) {
-      rec.extra = maxWindowShareVsFair(
-        result.series,
-        cluster.backends.map((b) => b.id),
-      );
+    if (instances > 1) {
+      rec.extra = {
+        ...maxWindowShareVsFair(
+          result.series,
+          cluster.backends.map((b) => b.id),
+        ),
+        ...perGatewayP99(result),
+      };
     }
     await gen.stop();
     await hiddenProc?.stop();
@@ -252,6 +255,21 @@ async function runOnce(
   if (def.family === 'express-hpm') await settleTimeWait(opts.log);
   else await sleep(300);
   return rec;
+}
+
+/**
+ * Each gateway's own p99 (the load generator alternates requests over them)
+ * and the worst of them: with several gateways, every one must keep the tail.
+ */
+function perGatewayP99(result: LoadgenResult): Record<string, number> {
+  const out: Record<string, number> = {};
+  let worst = 0;
+  (result.perTarget ?? []).forEach((l, i) => {
+    out[`gw${i + 1}P99Ms`] = l.p99Ms;
+    if (l.p99Ms > worst) worst = l.p99Ms;
+  });
+  out.worstGatewayP99Ms = worst;
+  return out;
 }
 
 /** The host's TcpExtListenOverflows counter (nstat), NaN when nstat is missing. */

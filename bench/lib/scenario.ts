@@ -24,6 +24,8 @@ export interface ScenarioCase {
    * while the load goes on (RunningBalancer.restart).
    */
   restartAtMs?: number;
+  /** Gateway processes for this case (default: the scenario's `gatewayInstances`). */
+  gatewayInstances?: number;
   /** Extra processes for the run (scenario 7's simulated agents). */
   side?: (ctx: BalancerContext) => Promise<Proc[]>;
 }

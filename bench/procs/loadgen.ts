@@ -64,6 +64,8 @@ export interface LoadgenResult {
   /** How late this process sent open-loop requests vs schedule, p99 ms (generator health). */
   sendLagP99Ms: number;
   eventLoopDelayP99Ms: number;
+  /** Latency of OK responses per target, in `targets` order (each gateway's own p99). */
+  perTarget: LatencySummary[];
 }
 
 function expSample(ratePerMs: number): number {
@@ -85,6 +87,7 @@ async function main(): Promise<void> {
   onShutdown(() => agents.forEach((a) => a.destroy()));
 
   const latencies: number[] = [];
+  const targetLatencies: number[][] = cfg.targets.map(() => []);
   const sendLags: number[] = [];
   const errors: Record<string, number> = {};
   const perBackend: Record<string, number> = {};
@@ -130,6 +133,7 @@ async function main(): Promise<void> {
 
   const record = (
     scheduledMs: number,
+    target: number,
     status: number | string,
     backend: string | undefined,
   ): void => {
@@ -140,6 +144,7 @@ async function main(): Promise<void> {
       if (status === 200) {
         ok++;
         latencies.push(latencyMs);
+        targetLatencies[target]!.push(latencyMs);
         w.lat.push(latencyMs);
         const id = backend ?? 'unknown';
         perBackend[id] = (perBackend[id] ?? 0) + 1;
@@ -165,7 +170,7 @@ async function main(): Promise<void> {
       if (finished) return;
       finished = true;
       outstanding--;
-      record(scheduledMs, status, backend);
+      record(scheduledMs, i, status, backend);
       onEnd?.();
       if (!scheduling && outstanding === 0) drained();
     };
@@ -269,6 +274,7 @@ async function main(): Promise<void> {
     measureStartEpochMs,
     sendLagP99Ms: summarize(sendLags).p99Ms,
     eventLoopDelayP99Ms: Math.round(eld.percentile(99) / 1e4) / 100,
+    perTarget: targetLatencies.map((l) => summarize(l)),
   };
   agents.forEach((a) => a.destroy());
   tell(result as unknown as Record<string, unknown>);
