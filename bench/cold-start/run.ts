@@ -119,11 +119,53 @@ function traceRows(records: RunRecord[]): string[] {
     const full = aq.filter(([, q, b]) => q >= b - 1);
     const firstFull = full[0]?.[0];
     const loadStart = samples.find((x) => (x.active ?? 0) > 0)?.t;
+    if (!d.trace.length) {
+      // An untraced row: its event loop and GC only.
+      out.push(
+        `| ${r.balancer} | ${r.run} | ${f(d.eventLoopDelayP99Ms)} / ${f(d.eventLoopDelayMaxMs)} | ${f(d.gcMaxMs)} | – | – | – | – | – | – | – |`,
+      );
+      continue;
+    }
     out.push(
       `| ${r.balancer} | ${r.run} | ${f(d.eventLoopDelayP99Ms)} / ${f(d.eventLoopDelayMaxMs)} | ${f(d.gcMaxMs)} | ` +
         `${max('queued')} | ${max('active')} | ${max('sockets')} | ${Math.max(0, ...aq.map((x) => x[1]))} / ${bound} | ` +
         `${aq.length ? Math.round((100 * full.length) / aq.length) : '–'}% | ` +
         `${firstFull !== undefined && loadStart !== undefined ? firstFull - loadStart : '–'} | ${sheds} |`,
+    );
+  }
+  return out;
+}
+
+/** Median of the per-second p99s after the first COLD_START_SECONDS: the run's own steady state. */
+function steadyP99(r: RunRecord): number | undefined {
+  const later = (r.result?.series ?? [])
+    .slice(COLD_START_SECONDS)
+    .map((w) => w.p99Ms)
+    .filter((x) => Number.isFinite(x) && x > 0)
+    .sort((a, b) => a - b);
+  return later.length ? later[Math.floor(later.length / 2)] : undefined;
+}
+
+/**
+ * The issue's two cold-start targets, per loadwise row and run: the first
+ * second's p99 over the same gateway's steady state (median per-second p99 of
+ * seconds 5 on) at most 2x, and the whole run's p99 over nginx `least_conn`'s
+ * in the same run at most 1.5x.
+ */
+function targetRows(records: RunRecord[]): string[] {
+  const out: string[] = [];
+  for (const r of records) {
+    if (r.family !== 'loadwise' || !r.result) continue;
+    const peer = records.find((x) => x.family === 'nginx' && x.run === r.run && x.result);
+    const steady = steadyP99(r);
+    const s0 = r.result.series[0]?.p99Ms;
+    const first = s0 !== undefined && steady ? s0 / steady : undefined;
+    const whole = peer ? r.result.latency.p99Ms / peer.result!.latency.p99Ms : undefined;
+    const mark = (x: number | undefined, bound: number): string =>
+      x === undefined ? '–' : `${x.toFixed(2)}× ${x <= bound ? 'met' : '**missed**'}`;
+    out.push(
+      `| ${r.balancer} | ${r.run} | ${f(s0)} | ${f(steady)} | ${mark(first, 2)} | ` +
+        `${f(r.result.latency.p99Ms)} | ${f(peer?.result?.latency.p99Ms)} | ${mark(whole, 1.5)} |`,
     );
   }
   return out;
@@ -202,6 +244,14 @@ async function main(): Promise<void> {
         `| balancer | run | ${secs.join(' | ')} | whole run p99 | p50 | second 0 requests (${ids.join(' / ')}) | errors | ListenOverflows | load avg |`,
         `|---|---:|${secs.map(() => '---:').join('|')}|---:|---:|---|---:|---:|---:|`,
         ...rows(records, ids),
+        '',
+        "Targets: the first second's p99 at most 2x the gateway's own steady state (the median " +
+          'per-second p99 from second 5 on, same run), and the whole run at most 1.5x nginx ' +
+          '`least_conn` in the same run.',
+        '',
+        '| balancer | run | s0 p99 | steady p99 | s0 / steady (≤ 2×) | whole run p99 | nginx whole run p99 | ÷ nginx (≤ 1.5×) |',
+        '|---|---:|---:|---:|---|---:|---:|---|',
+        ...targetRows(records),
         '',
         'What the loadwise gateway saw (its trace every 200 ms): event-loop delay p99 / max over the run, ' +
           'the longest GC pause, the most requests waiting in its saturation queue, admitted (in flight), ' +
