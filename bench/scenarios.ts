@@ -278,6 +278,24 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       // follow every other balancer's run rather than precede loadwise's.
       balancers: [nginx('least_conn'), lwDefault, expressHpmKeepAlive, expressHpm],
     },
+    {
+      name: 'steady-heterogeneous',
+      title: '8b. Steady tails, fast heterogeneous backends',
+      description:
+        'The cold-start fleet warm: 8 slots x 10/10/20/50 ms (800/800/400/160 req/s, 2,160 in all), ' +
+        "open loop at 1,400 req/s (65%), 2 s warm-up discarded, 10 s measured. Any tail is the gateway's " +
+        'or its routing: the backends answer in 10-50 ms.',
+      backends: [
+        { id: 'b1', slots: 8, serviceMs: 10 },
+        { id: 'b2', slots: 8, serviceMs: 10 },
+        { id: 'b3', slots: 8, serviceMs: 20 },
+        { id: 'b4', slots: 8, serviceMs: 50 },
+      ],
+      maxQueue: 1024,
+      agents: true,
+      cases: [{ label: '1,400 req/s', load: open(1400, q, 10_000) }],
+      balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
+    },
     ...coldStartScenarios(defaultStrategy),
     {
       name: 'smoke',

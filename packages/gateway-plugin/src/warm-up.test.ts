@@ -161,6 +161,28 @@ describe('warm-up', () => {
     }
   });
 
+  it('sends half of its requests on new connections, through an Express app', async () => {
+    // The warm-up's own servers: the sink first, then the front (warm-up.ts compile()).
+    const created: Array<{ listener: unknown; connections: number }> = [];
+    const createServer = http.createServer.bind(http) as (l: unknown) => Server;
+    jest.spyOn(http, 'createServer').mockImplementation(((listener: unknown) => {
+      const server = createServer(listener);
+      const rec = { listener, connections: 0 };
+      created.push(rec);
+      server.on('connection', () => rec.connections++);
+      return server;
+    }) as unknown as typeof http.createServer);
+    const gw = start({ healthCheck: false, warmUp: { requests: 40 } });
+    await gw.ready();
+    expect(created).toHaveLength(2);
+    const front = created[1]!;
+    // Express is installed here (a devDependency): the front is an Express app.
+    expect(typeof (front.listener as { use?: unknown }).use).toBe('function');
+    // 20 requests on connections of their own, 20 over at most 16 keep-alive ones.
+    expect(front.connections).toBeGreaterThanOrEqual(20);
+    expect(front.connections).toBeLessThanOrEqual(36);
+  });
+
   it("preconnects sockets to each backend's pool with GETs of the health path; real requests reuse them", async () => {
     const gw = start({
       healthCheck: { path: '/healthz', intervalMs: 60_000 },

@@ -8,7 +8,9 @@
  *    Balancer, built from the same options and classes (admission, choose()
  *    and the strategy, proxy/request-flow.ts, http-proxy-middleware, the agent
  *    dispatcher, Node's HTTP client and server) whose only backend is a
- *    loopback sink in this process (127.0.0.1, port 0, 200 at once). The
+ *    loopback sink in this process (127.0.0.1, port 0, 200 at once), in
+ *    front of it an Express app when Express is there (expressFront), and
+ *    every other request on a new connection (the accept path). The
  *    shadow has its own metrics registry, events and a silent logger, no
  *    broker, health checks or hooks: nothing of it reaches a backend, the
  *    metrics, the snapshot or the events. V8 compiles and optimises per
@@ -26,7 +28,13 @@
  * Nothing here throws or rejects: a warm-up that fails or takes longer than
  * MAX_WARM_UP_MS stops, logs one line, and `ready()` goes on.
  */
-import http, { type ClientRequest, type Server } from 'node:http';
+import http, {
+  type ClientRequest,
+  type IncomingMessage,
+  type RequestListener,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Registry as MetricsRegistry } from 'prom-client';
@@ -65,6 +73,31 @@ function shadowOptions(o: ResolvedOptions, sinkUrl: string): ResolvedOptions {
   };
 }
 
+/**
+ * The shadow's front as an Express app, when the process has Express (an
+ * optional peer dependency; a gateway built on it has): the first real
+ * requests then also find Express's router and request/response code
+ * compiled, which the user's app runs before this middleware. Undefined
+ * without Express: the plain handler is the front.
+ */
+function expressFront(
+  handle: (req: IncomingMessage, res: ServerResponse) => void,
+): RequestListener | undefined {
+  let express:
+    (() => { use(path: string, fn: typeof handle): void; disable(s: string): void }) | undefined;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    express = require('express') as typeof express;
+  } catch {
+    return undefined;
+  }
+  if (typeof express !== 'function') return undefined;
+  const app = express();
+  app.disable('x-powered-by');
+  app.use('/warm-up', handle);
+  return app as unknown as RequestListener;
+}
+
 export class WarmUp {
   /** Resolves when the warm-up is over (done, failed, timed out or closed); never rejects. */
   readonly done: Promise<void>;
@@ -75,7 +108,7 @@ export class WarmUp {
   private readonly servers = new Set<Server>();
   private readonly inFlight = new Set<ClientRequest>();
   private shadow: Balancer | undefined;
-  private client: http.Agent | undefined;
+  private readonly clients: http.Agent[] = [];
   private readonly timer: NodeJS.Timeout;
   private sent = 0;
   private connections = 0;
@@ -122,13 +155,22 @@ export class WarmUp {
     if (this.over) return;
     const shadow = new Balancer(shadowOptions(this.balancer.options, `http://127.0.0.1:${sink}`));
     this.shadow = shadow;
-    const front = await this.listen(http.createServer((req, res) => shadow.flow.handle(req, res)));
+    const handle = (req: IncomingMessage, res: ServerResponse): void =>
+      shadow.flow.handle(req, res);
+    const front = await this.listen(http.createServer(expressFront(handle) ?? handle));
     if (this.over) return;
     const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-    this.client = agent;
+    const fresh = new http.Agent({ keepAlive: false, maxSockets: CONCURRENCY });
+    this.clients.push(agent, fresh);
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (!this.over && next < this.plan.requests) await this.send(front, agent, next++);
+      while (!this.over && next < this.plan.requests) {
+        const i = next++;
+        // Every other request on a new connection: a cold gateway's first second is mostly new
+        // client connections (a client's pool grows with the latency), and accepting one runs
+        // its own code (the listen socket, a socket and parser per connection, the teardown).
+        await this.send(front, i % 2 === 1 ? fresh : agent, i);
+      }
     };
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   }
@@ -223,8 +265,8 @@ export class WarmUp {
 
   /** The shadow, its servers and its client go; the backends' pools stay. */
   private releaseShadow(): void {
-    this.client?.destroy();
-    this.client = undefined;
+    for (const client of this.clients) client.destroy();
+    this.clients.length = 0;
     for (const server of this.servers) {
       server.closeAllConnections();
       server.close();
