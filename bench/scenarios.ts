@@ -60,6 +60,11 @@ function identical(n: number, slots: number, serviceMs: number): BackendSpec[] {
   return Array.from({ length: n }, (_, i) => ({ id: `b${i + 1}`, slots, serviceMs }));
 }
 
+/** Backends b1, b2, … of 8 slots each, with these service times in ms. */
+function slots8(...serviceMs: number[]): BackendSpec[] {
+  return serviceMs.map((ms, i) => ({ id: `b${i + 1}`, slots: 8, serviceMs: ms }));
+}
+
 export function buildScenarios(o: ScenarioOptions): Scenario[] {
   const [defaultStrategy = 'load-aware'] = o.strategies;
   const lw = o.strategies.map((s) => loadwise(s));
@@ -169,12 +174,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         "discarded), 20 s measured. Each gateway's own p99 is reported (gwNP99Ms) and the worst of them: " +
         'every gateway must keep the advantage, not only their mix. The peers run as many instances, ' +
         'each with only its own connection counts, as several nginx or HAProxy boxes would.',
-      backends: [
-        { id: 'b1', slots: 8, serviceMs: 50 },
-        { id: 'b2', slots: 8, serviceMs: 50 },
-        { id: 'b3', slots: 8, serviceMs: 100 },
-        { id: 'b4', slots: 8, serviceMs: 250 },
-      ],
+      backends: slots8(50, 50, 100, 250),
       maxQueue: 512,
       agents: true,
       cases: [1, 2, 4].map((n) => ({
@@ -285,12 +285,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         'The cold-start fleet warm: 8 slots x 10/10/20/50 ms (800/800/400/160 req/s, 2,160 in all), ' +
         "open loop at 1,400 req/s (65%), 2 s warm-up discarded, 10 s measured. Any tail is the gateway's " +
         'or its routing: the backends answer in 10-50 ms.',
-      backends: [
-        { id: 'b1', slots: 8, serviceMs: 10 },
-        { id: 'b2', slots: 8, serviceMs: 10 },
-        { id: 'b3', slots: 8, serviceMs: 20 },
-        { id: 'b4', slots: 8, serviceMs: 50 },
-      ],
+      backends: slots8(10, 10, 20, 50),
       maxQueue: 1024,
       agents: true,
       cases: [{ label: '1,400 req/s', load: open(1400, q, 10_000) }],
@@ -399,12 +394,7 @@ export function coldStartScenarios(
       description:
         'Backends of 8 slots x 10/10/20/50 ms (800/800/400/160 req/s, 2,160 in all); the gateway idles ' +
         '5 s after its start (agents reporting), then 970 req/s (45%) open loop at once.',
-      backends: [
-        { id: 'b1', slots: 8, serviceMs: 10 },
-        { id: 'b2', slots: 8, serviceMs: 10 },
-        { id: 'b3', slots: 8, serviceMs: 20 },
-        { id: 'b4', slots: 8, serviceMs: 50 },
-      ],
+      backends: slots8(10, 10, 20, 50),
       maxQueue: 1024,
       agents: true,
       onlyWhenNamed: true,
