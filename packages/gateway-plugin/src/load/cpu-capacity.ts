@@ -1,32 +1,31 @@
 /**
  * CPU as capacity: how many requests per second the CPU a backend can get
  * would drain, from one scheduled agent report (docs/strategies.md, "CPU as
- * capacity"). With the process's CPU `p` (cores), its completions `rps`, and
- * the CPU the service can get:
+ * capacity"). With the process's CPU `p` (cores) and its completions `rps`:
  *
- *     k         = p / rps                       CPU per request (core-seconds)
- *     others    = max(0, u × L − p)             what the others in its cgroup
- *                                               (L = cpuLimitCores, u = its
- *                                               utilization) or on its host
- *                                               (L = cpuCount) take
- *     headroom  = min(L − others, c)           c = reported slots: a single-
- *                                               threaded slot uses one core
- *     whileBusy = p / busy                      the CPU it got while it had
- *                                               work (busy = N/c ÷ (1 + N/c),
- *                                               N = rps × mean latency)
- *     μ         = max(headroom, whileBusy) / k  req/s
- *
- * `whileBusy` is there for a greedy neighbour (a busy loop in the same
- * cgroup): it takes whatever the service leaves, so `L − others` is only what
- * the service used, i.e. μ would be the current rps, which falls when a
- * gateway sends less and never recovers (the queueing simulation starved
- * such a backend that way). Under fair share the service gets back its part
- * as soon as it has work, and `p / busy` measures that part.
+ *     k         = p / rps                    CPU per request (core-seconds)
+ *     others    = max(0, u × L − p)          what the others in its cgroup (L =
+ *                                            cpuLimitCores, u = its utilization)
+ *                                            or on its host (L = cpuCount) take
+ *     headroom  = min(L − others, c)         c = reported slots (a single-threaded
+ *                                            slot uses one core); at least p
+ *     μ         = headroom / k               req/s
  *
  * The service is CPU-bound when it uses most of its headroom
  * (CPU_BOUND_SHARE); only then does the load estimate take its service time
  * from μ (c / μ, load/endpoint-load.ts): an IO-bound service uses little CPU
  * per request, and its μ says nothing about how long a request waits.
+ *
+ * Except when the others are elastic: a cgroup or host kept full
+ * (ELASTIC_UTILIZATION) while others take a real part of it (a busy loop in the
+ * same cgroup takes whatever the service leaves). Then `L − others` is only
+ * what the service used, μ would be its current rps, which falls when the
+ * gateways send less and never recovers (the queueing simulation starved
+ * such a backend that way); under fair share the service gets a part back as
+ * soon as it has work, and how much cannot be read off CPU figures (an
+ * estimate of its busy time from rps × latency overrated it by 15–20% in the
+ * simulation with three gateways, and its p99 was least-in-flight's). The
+ * figure is then only a lower bound, not `bound`: the latency judges.
  *
  * Evidence first: at least MIN_CPU_COMPLETIONS completions in the agent's
  * window, at least MIN_PROCESS_CPU_CORES of process CPU, a limit (cgroup quota
@@ -41,15 +40,20 @@ export const MIN_CPU_COMPLETIONS = 20;
 export const MIN_PROCESS_CPU_CORES = 0.01;
 /** The service uses at least this share of the CPU it can get: CPU-bound. */
 export const CPU_BOUND_SHARE = 0.8;
+/** A cgroup or host at least this busy, with others taking ELASTIC_OTHERS_SHARE of it: elastic others. */
+export const ELASTIC_UTILIZATION = 0.95;
+export const ELASTIC_OTHERS_SHARE = 0.05;
 
 export interface CpuEvidence {
   /** CPU per request, in core-milliseconds. */
   cpuPerRequestMs: number;
-  /** Cores the service can get (max of its headroom and its rate while busy). */
+  /** Cores the service can get: its headroom. */
   availableCores: number;
-  /** Requests per second that CPU drains: availableCores / CPU per request. */
+  /** Requests per second that CPU drains: availableCores / CPU per request (a lower bound if `elastic`). */
   throughputRps: number;
-  /** The service uses most of the CPU it can get. */
+  /** The others take whatever the service leaves: the headroom is only what the service used. */
+  elastic: boolean;
+  /** The service uses most of the CPU it can get (never when `elastic`): its service time is c / μ. */
   bound: boolean;
 }
 
@@ -65,7 +69,10 @@ function share(x: number | undefined): number | undefined {
  * The CPU evidence of one report, or undefined when it has none.
  * `slots` is the reported concurrencyLimit (undefined if none).
  */
-export function cpuEvidence(report: MetricsReport, slots: number | undefined): CpuEvidence | undefined {
+export function cpuEvidence(
+  report: MetricsReport,
+  slots: number | undefined,
+): CpuEvidence | undefined {
   const traffic = report.traffic;
   const rps = positive(traffic?.rps);
   const p = positive(report.process?.cpuCores);
@@ -86,23 +93,16 @@ export function cpuEvidence(report: MetricsReport, slots: number | undefined): C
   if (slots !== undefined && slots >= 1 && headroom > slots) headroom = slots;
   // The process used p: it can get at least that (figures sampled a few ms apart may disagree).
   if (!(headroom >= p)) headroom = p;
-  let available = headroom;
-  const ceiling = slots !== undefined && slots < limit ? slots : limit;
-  const latencyMs = positive(traffic?.latencyMeanMs) ?? positive(traffic?.latencyP50Ms);
-  if (latencyMs !== undefined) {
-    const perSlot = (rps * latencyMs) / 1000 / (slots ?? 1);
-    const busy = perSlot / (1 + perSlot);
-    const whileBusy = p / busy;
-    if (whileBusy > available) available = whileBusy < ceiling ? whileBusy : ceiling;
-  }
   const cpuPerRequestMs = (p / rps) * 1000;
-  const throughputRps = available / (p / rps);
+  const throughputRps = headroom / (p / rps);
   if (!(throughputRps > 0 && throughputRps < Infinity)) return undefined;
+  const elastic = util >= ELASTIC_UTILIZATION && others >= ELASTIC_OTHERS_SHARE * limit;
   return {
     cpuPerRequestMs,
-    availableCores: available,
+    availableCores: headroom,
     throughputRps,
-    bound: p >= CPU_BOUND_SHARE * headroom,
+    elastic,
+    bound: !elastic && p >= CPU_BOUND_SHARE * headroom,
   };
 }
 

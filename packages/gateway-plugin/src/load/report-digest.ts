@@ -50,6 +50,11 @@ export interface ReportDigest {
    * (enough completions, process CPU, a limit and its utilization).
    */
   cpu: CpuEvidence | undefined;
+  /**
+   * The report has the service process's CPU (`process.cpuCores`): its CPU is
+   * judged as capacity (load/cpu-capacity.ts), never as a pressure penalty.
+   */
+  processCpuReported: boolean;
   /** Worst of host and cgroup CPU utilization, 0..1. */
   cpuUtilization: number;
   /** Worst of host and cgroup memory utilization, 0..1. */
@@ -147,6 +152,7 @@ export function digestReport(
       (limit === undefined || (inFlight !== undefined && inFlight >= limit)),
     latencyMs,
     cpu: cpuEvidence(report, concurrencyLimit),
+    processCpuReported: finite(report.process?.cpuCores) !== undefined,
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
     memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),
     errorRate: unit(traffic?.errorRate),
