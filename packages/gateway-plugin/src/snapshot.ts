@@ -45,6 +45,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
     inFlight += load.inFlight;
     const latency = load.latencyMs(nowMs);
     const age = load.reportAgeMs(nowMs);
+    const loadSnap = load.snapshot(nowMs);
     backends.push({
       id: b.id,
       url: b.target.href,
@@ -61,7 +62,9 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
               : b.downReason(),
       inFlight: load.inFlight,
       latencyMs: latency ?? null,
-      expectedWaitMs: load.expectedWaitMs(nowMs),
+      expectedWaitMs: loadSnap.expectedWaitMs,
+      serviceTimeSource: loadSnap.serviceTimeSource,
+      cpuThroughputRps: loadSnap.cpuThroughputRps ?? null,
       reportAgeMs: age ?? null,
       reportFresh: load.hasFreshReport(nowMs),
       lastReport: reported(b.lastReport, b),

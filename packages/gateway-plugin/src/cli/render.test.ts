@@ -10,6 +10,8 @@ describe('loadwise status rendering', () => {
     inFlight: 3,
     latencyMs: 12.34,
     expectedWaitMs: 1500,
+    serviceTimeSource: 'local',
+    cpuThroughputRps: null,
     reportAgeMs: 250,
     reportFresh: true,
     trafficShare: 0.456,

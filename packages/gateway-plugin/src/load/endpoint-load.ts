@@ -15,11 +15,13 @@
  */
 import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
 import { Capacity } from './capacity';
+import { CpuCapacity } from './cpu-capacity';
 import { joinCohort, type CohortMembership, type LoadCohort } from './cohort';
 import { HiddenLoad } from './hidden-load';
 import { InFlight } from './in-flight';
 import {
   MAX_EXPECTED_WAIT_MS,
+  MIN_SERVICE_TIME_MS,
   resolveLoadOptions,
   type EndpointLoadOptions,
   type ResolvedLoadOptions,
@@ -54,6 +56,7 @@ class EndpointLoadEstimate implements LoadEstimate {
   private report: ReportDigest | undefined;
   private readonly times: ServiceTime;
   private readonly capacity: Capacity;
+  private readonly cpu = new CpuCapacity();
   private readonly hidden: HiddenLoad;
   private readonly overload: OverloadPenalty;
   private readonly penalties: Penalties;
@@ -116,6 +119,8 @@ class EndpointLoadEstimate implements LoadEstimate {
     const hadReport = this.report !== undefined;
     this.report = d;
     this.capacity.onReport(d, receivedAtMs);
+    // An early report repeats the last scheduled CPU figures: the CPU term keeps that report's.
+    if (!d.early || !hadReport) this.cpu.onScheduledReport(d.cpu);
     if (d.early && hadReport) {
       // The jump only; the interval's means and the report penalty stay (hidden-load.ts).
       if (this.hidden.onEarlyReport(d)) {
@@ -181,7 +186,7 @@ class EndpointLoadEstimate implements LoadEstimate {
   expectedWaitMs(nowMs: number): number {
     const r = this.freshReport(nowMs);
     const c = this.capacity.value();
-    const s = this.times.value(nowMs, r, c);
+    const s = this.serviceTime(nowMs, r, c);
     const outstanding = this.local.count + this.hidden.value(r, nowMs, this.local.count);
     const queued = outstanding + 1 - c;
     const busy = outstanding < c ? outstanding : c;
@@ -203,8 +208,12 @@ class EndpointLoadEstimate implements LoadEstimate {
       hiddenInFlight: this.hidden.value(r, nowMs, this.local.count),
       capacity,
       capacitySource: this.capacity.source(),
-      serviceTimeMs: this.times.value(nowMs, r, capacity),
-      serviceTimeSource: this.times.source(nowMs, r, capacity),
+      serviceTimeMs: this.serviceTime(nowMs, r, capacity),
+      serviceTimeSource:
+        this.cpu.serviceTimeMs(r !== undefined, capacity) !== undefined
+          ? 'cpu'
+          : this.times.source(nowMs, r, capacity),
+      cpuThroughputRps: this.cpu.evidence(r !== undefined)?.throughputRps,
       penaltyFactor: this.penalties.factor(nowMs, r, this.hidden.share),
       overload: this.overload.value(nowMs),
       slowStartFactor: this.slowStart.factor(nowMs),
@@ -228,7 +237,17 @@ class EndpointLoadEstimate implements LoadEstimate {
   /** The report's snapshot fades with its drain time (hidden-load.ts setDrainTime). */
   private setDrainTime(d: ReportDigest, nowMs: number): void {
     const c = this.capacity.value();
-    this.hidden.setDrainTime(this.times.value(nowMs, d, c), c, d.outstanding!);
+    this.hidden.setDrainTime(this.serviceTime(nowMs, d, c), c, d.outstanding!);
+  }
+
+  /**
+   * `s`: the CPU's (c / μ) while the fresh report shows the service CPU-bound
+   * (load/cpu-capacity.ts), else the latency's (load/service-time.ts).
+   */
+  private serviceTime(nowMs: number, r: ReportDigest | undefined, c: number): number {
+    const cpu = this.cpu.serviceTimeMs(r !== undefined, c);
+    if (cpu !== undefined) return cpu > MIN_SERVICE_TIME_MS ? cpu : MIN_SERVICE_TIME_MS;
+    return this.times.value(nowMs, r, c);
   }
 
   private updateCohort(nowMs: number): void {

@@ -109,7 +109,13 @@ export interface EndpointLoadOptions {
   defaultCapacity?: number;
   maxCapacity?: number;
   utilizationWeight?: number;
+  /**
+   * CPU utilization (worst of host and cgroup) above which a report's penalty
+   * grows; applies only to reports without `process.cpuCores` (with it, the CPU
+   * is a capacity: load/cpu-capacity.ts).
+   */
   cpuPressureThreshold?: number;
+  /** Extra factor at 100% CPU, for reports without `process.cpuCores` only. */
   cpuPressurePenalty?: number;
   memoryPressureThreshold?: number;
   memoryPressurePenalty?: number;

@@ -6,6 +6,7 @@
  * always picked.
  */
 import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
+import { cpuEvidence, type CpuEvidence } from './cpu-capacity';
 
 export interface ReportDigest {
   receivedAtMs: number;
@@ -44,6 +45,16 @@ export interface ReportDigest {
   saturated: boolean;
   /** Backend-side latency (mean, else p50), undefined if not reported. */
   latencyMs: number | undefined;
+  /**
+   * CPU as capacity (load/cpu-capacity.ts), undefined without the evidence
+   * (enough completions, process CPU, a limit and its utilization).
+   */
+  cpu: CpuEvidence | undefined;
+  /**
+   * The report has the service process's CPU (`process.cpuCores`): its CPU is
+   * judged as capacity (load/cpu-capacity.ts), never as a pressure penalty.
+   */
+  processCpuReported: boolean;
   /** Worst of host and cgroup CPU utilization, 0..1. */
   cpuUtilization: number;
   /** Worst of host and cgroup memory utilization, 0..1. */
@@ -123,6 +134,7 @@ export function digestReport(
   }
 
   const cg = report.cgroup;
+  const concurrencyLimit = limit !== undefined && limit >= 1 ? limit : undefined;
   return {
     receivedAtMs,
     staleAfterMs: staleAfterFor(policy, report.intervalMs),
@@ -132,13 +144,15 @@ export function digestReport(
     meanOutstanding:
       rps !== undefined && latencyMs !== undefined ? (rps * latencyMs) / 1000 : undefined,
     localInFlightAtReport: localInFlight,
-    concurrencyLimit: limit !== undefined && limit >= 1 ? limit : undefined,
+    concurrencyLimit,
     capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,
     capacityHintExact,
     saturated:
       (queued ?? 0) + (backlog ?? 0) >= 1 &&
       (limit === undefined || (inFlight !== undefined && inFlight >= limit)),
     latencyMs,
+    cpu: cpuEvidence(report, concurrencyLimit),
+    processCpuReported: finite(report.process?.cpuCores) !== undefined,
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
     memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),
     errorRate: unit(traffic?.errorRate),

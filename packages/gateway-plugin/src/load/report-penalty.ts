@@ -9,7 +9,9 @@
  * penalty that matches its share of the backend's traffic (its mean in-flight
  * / the agent's mean outstanding, load/hidden-load.ts): the reactions add up to
  * one gateway's. A lone gateway has share 1 and the full penalty; load that is
- * not requests (a CPU hog) does not dilute the share. `down` and non-`online`
+ * not requests (a CPU hog) does not dilute the share. The CPU term applies only
+ * to a report without the service's process CPU: with it, the CPU is a
+ * capacity in the expected wait instead (load/cpu-capacity.ts). `down` and non-`online`
  * states are not scaled: they are eligibility, not load.
  */
 import type { ResolvedLoadOptions } from './load-options';
@@ -34,7 +36,11 @@ export class ReportPenalty implements LoadPenalty {
 export function reportFactor(o: ResolvedLoadOptions, d: ReportDigest, share: number): number {
   if (d.verdict === 'down' || d.state !== 'online') return o.maxPenaltyFactor;
   let raw = 1;
-  if (d.cpuUtilization > o.cpuPressureThreshold) {
+  // With the process's CPU the CPU is a capacity (load/cpu-capacity.ts), not a penalty: a
+  // neighbour that keeps the cgroup at 100% would otherwise penalise, for good, a backend that
+  // still has capacity (docs/strategies.md, "CPU as capacity"). Without enough completions for
+  // CPU evidence such a backend gets little traffic, and the latency judges it.
+  if (!d.processCpuReported && d.cpuUtilization > o.cpuPressureThreshold) {
     raw *=
       1 +
       (o.cpuPressurePenalty * (d.cpuUtilization - o.cpuPressureThreshold)) /

@@ -54,7 +54,10 @@ export interface LoadSnapshot {
   capacity: number;
   capacitySource: 'reported' | 'learned' | 'cohort' | 'default';
   serviceTimeMs: number;
-  serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default';
+  /** `cpu`: the backend is CPU-bound and `s` is c / cpuThroughputRps (load/cpu-capacity.ts). */
+  serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default' | 'cpu';
+  /** Requests per second the CPU the backend can get would drain; undefined without CPU evidence. */
+  cpuThroughputRps: number | undefined;
   penaltyFactor: number;
   /** Overload signal 0..1: a decaying share of recent answers that were "overloaded". */
   overload: number;

@@ -28,6 +28,8 @@ const SNAPSHOT: BalancerSnapshot = {
       inFlight: 0,
       latencyMs: 3,
       expectedWaitMs: 3,
+      serviceTimeSource: 'local',
+      cpuThroughputRps: null,
       reportAgeMs: 200,
       reportFresh: true,
       lastReport: null,

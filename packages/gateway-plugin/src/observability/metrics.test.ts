@@ -13,6 +13,8 @@ function backend(id: string, over: Partial<BackendSnapshot> = {}): BackendSnapsh
     inFlight: 0,
     latencyMs: null,
     expectedWaitMs: null,
+    serviceTimeSource: 'local',
+    cpuThroughputRps: null,
     reportAgeMs: null,
     reportFresh: false,
     lastReport: null,

@@ -58,6 +58,14 @@ export interface BackendSnapshot {
   latencyMs: number | null;
   /** The strategy's expected wait for a request sent now, ms (load-aware metric); null if not computed. */
   expectedWaitMs: number | null;
+  /**
+   * Where the expected wait's service time comes from: `local` (this gateway's
+   * latencies), `reported` (the agent's), `cohort`, `default`, or `cpu` (the
+   * backend is CPU-bound: the CPU it can get / CPU per request, docs/strategies.md).
+   */
+  serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default' | 'cpu';
+  /** Requests per second the CPU the backend can get would drain; null without CPU evidence. */
+  cpuThroughputRps: number | null;
   /** Age of the last agent report, ms; null if no report ever arrived. */
   reportAgeMs: number | null;
   /** Whether that report is younger than its freshness limit (so it steers routing). */

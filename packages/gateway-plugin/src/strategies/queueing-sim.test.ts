@@ -10,6 +10,7 @@ import type { MetricsReport } from '@loadwise/protocol';
 import { createEndpointLoad, createLoadCohort } from '../load';
 import { createStrategy } from './registry';
 import { createSeededRandom } from './seeded-random';
+import { Events } from './test-sim-events';
 import type { Endpoint } from './types';
 
 interface BackendSpec {
@@ -49,49 +50,6 @@ interface Job {
   ep: Endpoint | undefined; // undefined: hidden traffic
   startMs: number;
   serviceMs: number;
-}
-
-/** Min-heap of events by time. */
-class Events {
-  private t: number[] = [];
-  private f: Array<() => void> = [];
-  push(at: number, fn: () => void): void {
-    this.t.push(at);
-    this.f.push(fn);
-    let i = this.t.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (this.t[p]! <= this.t[i]!) break;
-      this.swap(i, p);
-      i = p;
-    }
-  }
-  pop(): [number, () => void] | undefined {
-    if (this.t.length === 0) return undefined;
-    const top: [number, () => void] = [this.t[0]!, this.f[0]!];
-    const lastT = this.t.pop()!;
-    const lastF = this.f.pop()!;
-    if (this.t.length > 0) {
-      this.t[0] = lastT;
-      this.f[0] = lastF;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < this.t.length && this.t[l]! < this.t[m]!) m = l;
-        if (r < this.t.length && this.t[r]! < this.t[m]!) m = r;
-        if (m === i) break;
-        this.swap(i, m);
-        i = m;
-      }
-    }
-    return top;
-  }
-  private swap(a: number, b: number): void {
-    [this.t[a], this.t[b]] = [this.t[b]!, this.t[a]!];
-    [this.f[a], this.f[b]] = [this.f[b]!, this.f[a]!];
-  }
 }
 
 function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: number; p99Ms: number } {

@@ -1,0 +1,135 @@
+/**
+ * CPU as capacity: how many requests per second the CPU a backend can get
+ * would drain, from one scheduled agent report (docs/strategies.md, "CPU as
+ * capacity"). With the process's CPU `p` (cores) and its completions `rps`:
+ *
+ *     k         = p / rps                    CPU per request (core-seconds)
+ *     others    = max(0, u × L − p)          what the others in its cgroup (L =
+ *                                            cpuLimitCores, u = its utilization)
+ *                                            or on its host (L = cpuCount) take
+ *     headroom  = min(L − others, c)         c = reported slots (a single-threaded
+ *                                            slot uses one core); at least p
+ *     μ         = headroom / k               req/s
+ *
+ * The service is CPU-bound when it uses most of its headroom
+ * (CPU_BOUND_SHARE); only then does the load estimate take its service time
+ * from μ (c / μ, load/endpoint-load.ts): an IO-bound service uses little CPU
+ * per request, and its μ says nothing about how long a request waits.
+ *
+ * Except when the others are elastic: a cgroup or host kept full
+ * (ELASTIC_UTILIZATION) while others take a real part of it (a busy loop in the
+ * same cgroup takes whatever the service leaves). Then `L − others` is only
+ * what the service used, μ would be its current rps, which falls when the
+ * gateways send less and never recovers (the queueing simulation starved
+ * such a backend that way); under fair share the service gets a part back as
+ * soon as it has work, and how much cannot be read off CPU figures (an
+ * estimate of its busy time from rps × latency overrated it by 15–20% in the
+ * simulation with three gateways, and its p99 was least-in-flight's). The
+ * figure is then only a lower bound, not `bound`: the latency judges.
+ *
+ * Evidence first: at least MIN_CPU_COMPLETIONS completions in the agent's
+ * window, at least MIN_PROCESS_CPU_CORES of process CPU, a limit (cgroup quota
+ * or host CPU count) with its utilization. Anything missing, non-finite or
+ * negative: no CPU figure, and the estimate is what it was without one.
+ */
+import type { MetricsReport } from '@loadwise/protocol';
+
+/** Fewer completions than this in the agent's window: CPU per request is noise. */
+export const MIN_CPU_COMPLETIONS = 20;
+/** Less process CPU than this (cores): the service's CPU figures are not evidence. */
+export const MIN_PROCESS_CPU_CORES = 0.01;
+/** The service uses at least this share of the CPU it can get: CPU-bound. */
+export const CPU_BOUND_SHARE = 0.8;
+/** A cgroup or host at least this busy, with others taking ELASTIC_OTHERS_SHARE of it: elastic others. */
+export const ELASTIC_UTILIZATION = 0.95;
+export const ELASTIC_OTHERS_SHARE = 0.05;
+
+export interface CpuEvidence {
+  /** CPU per request, in core-milliseconds. */
+  cpuPerRequestMs: number;
+  /** Cores the service can get: its headroom. */
+  availableCores: number;
+  /** Requests per second that CPU drains: availableCores / CPU per request (a lower bound if `elastic`). */
+  throughputRps: number;
+  /** The others take whatever the service leaves: the headroom is only what the service used. */
+  elastic: boolean;
+  /** The service uses most of the CPU it can get (never when `elastic`): its service time is c / μ. */
+  bound: boolean;
+}
+
+function positive(x: number | undefined): number | undefined {
+  return typeof x === 'number' && Number.isFinite(x) && x > 0 ? x : undefined;
+}
+
+function share(x: number | undefined): number | undefined {
+  return typeof x === 'number' && Number.isFinite(x) && x >= 0 ? Math.min(1, x) : undefined;
+}
+
+/**
+ * The CPU evidence of one report, or undefined when it has none.
+ * `slots` is the reported concurrencyLimit (undefined if none).
+ */
+export function cpuEvidence(
+  report: MetricsReport,
+  slots: number | undefined,
+): CpuEvidence | undefined {
+  const traffic = report.traffic;
+  const rps = positive(traffic?.rps);
+  const p = positive(report.process?.cpuCores);
+  if (rps === undefined || p === undefined || p < MIN_PROCESS_CPU_CORES) return undefined;
+  const windowMs = positive(traffic?.windowMs) ?? positive(report.intervalMs);
+  if (windowMs === undefined || (rps * windowMs) / 1000 < MIN_CPU_COMPLETIONS) return undefined;
+
+  let limit = positive(report.cgroup?.cpuLimitCores);
+  let util = share(report.cgroup?.cpuUtilization);
+  if (limit === undefined || util === undefined) {
+    limit = positive(report.host?.cpuCount);
+    util = share(report.host?.cpuUtilization);
+  }
+  if (limit === undefined || util === undefined) return undefined;
+
+  const others = Math.max(0, util * limit - p);
+  let headroom = limit - others;
+  if (slots !== undefined && slots >= 1 && headroom > slots) headroom = slots;
+  // The process used p: it can get at least that (figures sampled a few ms apart may disagree).
+  if (!(headroom >= p)) headroom = p;
+  const cpuPerRequestMs = (p / rps) * 1000;
+  const throughputRps = headroom / (p / rps);
+  if (!(throughputRps > 0 && throughputRps < Infinity)) return undefined;
+  const elastic = util >= ELASTIC_UTILIZATION && others >= ELASTIC_OTHERS_SHARE * limit;
+  return {
+    cpuPerRequestMs,
+    availableCores: headroom,
+    throughputRps,
+    elastic,
+    bound: !elastic && p >= CPU_BOUND_SHARE * headroom,
+  };
+}
+
+/**
+ * The CPU term of the load estimate: the last scheduled report's evidence
+ * (an early report repeats the scheduled CPU figures, so it changes nothing
+ * here), counted only while a report is fresh.
+ */
+export class CpuCapacity {
+  private last: CpuEvidence | undefined;
+
+  onScheduledReport(evidence: CpuEvidence | undefined): void {
+    this.last = evidence;
+  }
+
+  /** The evidence in use: undefined without a fresh report (`fresh` false) or without evidence. */
+  evidence(fresh: boolean): CpuEvidence | undefined {
+    return fresh ? this.last : undefined;
+  }
+
+  /**
+   * Service time for `capacity` slots, in ms: `capacity / μ` while the service
+   * is CPU-bound (the queue ahead drains at μ), else undefined (the latency's
+   * service time stands).
+   */
+  serviceTimeMs(fresh: boolean, capacity: number): number | undefined {
+    const e = fresh ? this.last : undefined;
+    return e !== undefined && e.bound ? (capacity * 1000) / e.throughputRps : undefined;
+  }
+}

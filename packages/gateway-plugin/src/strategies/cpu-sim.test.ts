@@ -1,0 +1,458 @@
+/**
+ * CPU as capacity in the seeded queueing simulation (simulated time, seeded
+ * random: deterministic counts, no wall-clock thresholds): docs/strategies.md,
+ * "CPU as capacity". A backend is a worker with `slots` FIFO slots in a cgroup
+ * with a CPU quota; a request needs `cpuMs` of CPU (exponential) plus `ioMs`
+ * of waiting (exponential). A greedy neighbour in the same cgroup (a busy
+ * loop) takes `neighbourShare` of the quota while the service has work (fair
+ * share) and all of it while the service is idle, so the cgroup reads ~100%
+ * all the time. The agent reports what a real one would, once per second:
+ * process CPU, cgroup limit and utilization, host utilization and CPU count,
+ * rps and mean latency, outstanding requests (a Prometheus gauge, as
+ * `inFlight`), concurrencyLimit. `agent` drops sections to compare with the
+ * model without CPU evidence in the same seeded run.
+ *
+ * Simplification: a slot's CPU rate is fixed (min(1, quota × (1 − share)));
+ * slots of one backend do not share the quota with each other. The CPU-bound
+ * backends here have one slot, the IO-bound ones little CPU, so that does not
+ * matter.
+ */
+import type { MetricsReport } from '@loadwise/protocol';
+import { createEndpointLoad, createLoadCohort } from '../load';
+import { createStrategy } from './registry';
+import { createSeededRandom } from './seeded-random';
+import { Events } from './test-sim-events';
+import type { Endpoint } from './types';
+
+interface CpuBackend {
+  slots: number;
+  quotaCores: number;
+  /** Share of the quota a greedy neighbour takes while the service has work (0: none). */
+  neighbourShare: number;
+  /** The neighbour takes its share all the time (a steady batch job), not whatever is left. */
+  fixedNeighbour?: boolean;
+  cpuMs: number;
+  ioMs?: number;
+}
+
+/** What the agents report: everything, or without process figures (no CPU evidence), or without cgroup. */
+type Agent = 'full' | 'no-process' | 'no-cgroup' | 'no-cgroup-no-process';
+
+interface CpuScenario {
+  backends: CpuBackend[];
+  /** Per gateway. */
+  gatewayRps: number;
+  gateways?: number;
+  agent: Agent;
+  hostCpus: number;
+  /**
+   * CFS bandwidth control instead of the fluid model: the cgroup gets
+   * quota × period of CPU per period, then waits for the next one (throttled),
+   * which makes latencies jittery as on a real quota. Single-slot backends only.
+   */
+  cfsPeriodMs?: number;
+  durationMs: number;
+}
+
+interface Result {
+  meanMs: number;
+  p99Ms: number;
+  /** Share of all gateways' requests per backend, measured part only. */
+  shares: number[];
+  /** Share of b0's reports after which the first gateway took b0's service time from its CPU. */
+  b0CpuSourced: number;
+}
+
+function simulate(strategyName: string, sc: CpuScenario, seed: number): Result {
+  const random = createSeededRandom(seed);
+  const exp = (mean: number) => -Math.log(1 - random()) * mean;
+  const rate = sc.backends.map((b) => Math.min(1, b.quotaCores * (1 - b.neighbourShare)));
+  const views = Array.from({ length: sc.gateways ?? 1 }, (_, g) => {
+    const cohort = createLoadCohort();
+    const loads = sc.backends.map(() => createEndpointLoad({ cohort }));
+    const eps: Endpoint[] = loads.map((load, i) => ({ id: `b${i}`, weight: 1, load }));
+    const strategy = createStrategy(strategyName, { random: createSeededRandom(seed + 100 + g) });
+    strategy.setEndpoints(eps);
+    return { eps, loads, strategy };
+  });
+  interface Job {
+    ep: Endpoint;
+    startMs: number;
+    serviceMs: number;
+    cpuMs: number;
+  }
+  const n = sc.backends.length;
+  const busy = new Array<number>(n).fill(0);
+  const queues: Job[][] = sc.backends.map(() => []);
+  const done: number[][] = sc.backends.map(() => []);
+  const cpuMsDone = new Array<number>(n).fill(0);
+  // Time with at least one slot busy since the last report (the neighbour's fair share).
+  const busyMs = new Array<number>(n).fill(0);
+  const lastChange = new Array<number>(n).fill(0);
+  // Each cgroup's CPU over its last report window, in cores (the host's utilization).
+  const cgroupCores = new Array<number>(n).fill(0);
+  const measuredFrom = 1000;
+  const latencies: number[] = [];
+  const picks = new Array<number>(n).fill(0);
+  const events = new Events();
+  let now = 0;
+  let b0Reports = 0;
+  let b0Cpu = 0;
+
+  const account = (b: number) => {
+    if (busy[b]! > 0) busyMs[b]! += now - lastChange[b]!;
+    lastChange[b] = now;
+  };
+  const complete = (b: number, job: Job) => {
+    cpuMsDone[b]! += job.cpuMs;
+    const latency = now - job.startMs;
+    done[b]!.push(latency);
+    job.ep.load.onRequestEnd(now, latency, true);
+    if (job.startMs >= measuredFrom) latencies.push(latency);
+  };
+  // Fluid model: each slot runs at its fair-share rate.
+  const start = (b: number, job: Job) => {
+    account(b);
+    busy[b]!++;
+    events.push(now + job.serviceMs, () => finish(b, job));
+  };
+  const finish = (b: number, job: Job) => {
+    account(b);
+    busy[b]!--;
+    complete(b, job);
+    const next = queues[b]!.shift();
+    if (next !== undefined) start(b, next);
+  };
+
+  // CFS model (cfsPeriodMs): one slot; the service thread runs at one core, the neighbour
+  // (share / (1 − share) cores: one busy-loop thread for a share of 1/2) too, until the
+  // cgroup has used quota × period in the period; then both wait for the next period.
+  const period = sc.cfsPeriodMs;
+  const nbCores = sc.backends.map((b) => b.neighbourShare / (1 - b.neighbourShare));
+  const quotaLeft = sc.backends.map((b) => b.quotaCores * (period ?? 0));
+  const throttled = sc.backends.map(() => false);
+  const lastT = sc.backends.map(() => 0);
+  const current: Array<{ job: Job; leftMs: number } | undefined> = sc.backends.map(() => undefined);
+  const version = sc.backends.map(() => 0);
+  const processMs = new Array<number>(n).fill(0);
+  const neighbourMs = new Array<number>(n).fill(0);
+  const advance = (b: number) => {
+    const dt = now - lastT[b]!;
+    lastT[b] = now;
+    if (throttled[b] || !(dt > 0)) return;
+    const cur = current[b];
+    const running = cur === undefined ? 0 : 1;
+    quotaLeft[b]! -= dt * (running + nbCores[b]!);
+    if (cur !== undefined) cur.leftMs -= dt;
+    processMs[b]! += dt * running;
+    neighbourMs[b]! += dt * nbCores[b]!;
+  };
+  const schedule = (b: number) => {
+    const v = ++version[b]!;
+    if (throttled[b]) return;
+    const cur = current[b];
+    const burn = (cur === undefined ? 0 : 1) + nbCores[b]!;
+    if (burn === 0 && cur === undefined) return;
+    const t = Math.min(burn > 0 ? quotaLeft[b]! / burn : Infinity, cur?.leftMs ?? Infinity);
+    events.push(now + Math.max(0, t), () => {
+      if (version[b] !== v) return;
+      advance(b);
+      const c = current[b];
+      if (c !== undefined && c.leftMs <= 1e-9) {
+        complete(b, c.job);
+        const next = queues[b]!.shift();
+        current[b] = next === undefined ? undefined : { job: next, leftMs: next.cpuMs };
+      }
+      if (quotaLeft[b]! <= 1e-9) throttled[b] = true;
+      schedule(b);
+    });
+  };
+  if (period !== undefined) {
+    const refill = () => {
+      sc.backends.forEach((spec, b) => {
+        advance(b);
+        quotaLeft[b] = spec.quotaCores * period;
+        throttled[b] = false;
+        schedule(b);
+      });
+      if (now + period < sc.durationMs + 10_000) events.push(now + period, refill);
+    };
+    events.push(0, refill);
+  }
+  const arriveAt = (b: number, job: Job) => {
+    if (period === undefined) {
+      if (busy[b]! < sc.backends[b]!.slots) start(b, job);
+      else queues[b]!.push(job);
+      return;
+    }
+    advance(b);
+    if (current[b] !== undefined) {
+      queues[b]!.push(job);
+      return;
+    }
+    current[b] = { job, leftMs: job.cpuMs };
+    schedule(b);
+  };
+
+  for (const { eps, strategy } of views) {
+    const arrival = () => {
+      const p = strategy.pick({ nowMs: now })!;
+      const b = eps.indexOf(p.endpoint);
+      if (now >= measuredFrom) picks[b]!++;
+      p.endpoint.load.onRequestStart(now);
+      const spec = sc.backends[b]!;
+      const cpuMs = exp(spec.cpuMs);
+      const job = {
+        ep: p.endpoint,
+        startMs: now,
+        cpuMs,
+        serviceMs: cpuMs / rate[b]! + (spec.ioMs ? exp(spec.ioMs) : 0),
+      };
+      arriveAt(b, job);
+      const next = now + exp(1000 / sc.gatewayRps);
+      if (next < sc.durationMs) events.push(next, arrival);
+    };
+    events.push(exp(1000 / sc.gatewayRps), arrival);
+  }
+
+  sc.backends.forEach((spec, b) => {
+    const report = () => {
+      account(b);
+      let processCores: number;
+      if (period === undefined) {
+        processCores = cpuMsDone[b]! / 1000;
+        const idleMs = spec.fixedNeighbour ? 0 : 1000 - busyMs[b]!;
+        const neighbourCores =
+          spec.neighbourShare > 0
+            ? (spec.quotaCores * (spec.neighbourShare * busyMs[b]! + idleMs)) / 1000
+            : 0;
+        cgroupCores[b] = Math.min(spec.quotaCores, processCores + neighbourCores);
+      } else {
+        advance(b);
+        processCores = processMs[b]! / 1000;
+        cgroupCores[b] = Math.min(spec.quotaCores, (processMs[b]! + neighbourMs[b]!) / 1000);
+        processMs[b] = 0;
+        neighbourMs[b] = 0;
+      }
+      const hostUtilization = Math.min(1, cgroupCores.reduce((a, x) => a + x, 0) / sc.hostCpus);
+      const lat = done[b]!;
+      const mean = lat.length ? lat.reduce((a, x) => a + x, 0) / lat.length : undefined;
+      const noProcess = sc.agent === 'no-process' || sc.agent === 'no-cgroup-no-process';
+      const noCgroup = sc.agent === 'no-cgroup' || sc.agent === 'no-cgroup-no-process';
+      const r: MetricsReport = {
+        v: 1,
+        kind: 'metrics',
+        backendId: `b${b}`,
+        epochMs: 1,
+        seq: 1,
+        ts: now,
+        intervalMs: 1000,
+        state: 'online',
+        host: {
+          cpuUtilization: hostUtilization,
+          memoryUtilization: 0.4,
+          memoryAvailableBytes: 1e9,
+          cpuCount: sc.hostCpus,
+        },
+        ...(noProcess ? {} : { process: { pid: 100 + b, cpuCores: processCores, rssBytes: 1e8 } }),
+        ...(noCgroup
+          ? {}
+          : {
+              cgroup: {
+                cpuLimitCores: spec.quotaCores,
+                cpuUtilization: cgroupCores[b]! / spec.quotaCores,
+              },
+            }),
+        queue: {
+          inFlight: busy[b]! + (current[b] === undefined ? 0 : 1) + queues[b]!.length,
+          source: { inFlight: 'prometheus' },
+        },
+        concurrencyLimit: spec.slots,
+        traffic: {
+          rps: lat.length,
+          windowMs: 1000,
+          ...(mean === undefined ? {} : { latencyMeanMs: mean }),
+        },
+        health: { verdict: 'up' },
+      };
+      done[b] = [];
+      cpuMsDone[b] = 0;
+      busyMs[b] = 0;
+      for (const v of views) v.eps[b]!.load.onReport(r, now);
+      if (b === 0) {
+        b0Reports++;
+        if (views[0]!.loads[0]!.snapshot(now).serviceTimeSource === 'cpu') b0Cpu++;
+      }
+      if (now + 1000 < sc.durationMs) events.push(now + 1000, report);
+    };
+    events.push(random() * 1000, report);
+  });
+
+  for (let e = events.pop(); e !== undefined; e = events.pop()) {
+    now = e[0];
+    e[1]();
+  }
+  latencies.sort((a, b) => a - b);
+  const total = picks.reduce((a, x) => a + x, 0);
+  return {
+    meanMs: latencies.reduce((a, x) => a + x, 0) / latencies.length,
+    p99Ms: latencies[Math.floor(latencies.length * 0.99)]!,
+    shares: picks.map((x) => x / total),
+    b0CpuSourced: b0Cpu / b0Reports,
+  };
+}
+
+/** The fleet's throughput by CPU: each slot at its CPU rate. */
+function capacityRps(backends: CpuBackend[]): number[] {
+  return backends.map(
+    (b) => (b.slots * Math.min(1, b.quotaCores * (1 - b.neighbourShare)) * 1000) / b.cpuMs,
+  );
+}
+
+// The issue's fleet: three single-worker CPU-bound backends (2 ms of CPU per request), a
+// quota of half a core each; a busy loop in b0's cgroup takes half of its quota, so b0 keeps
+// 20% of the fleet's capacity (125 of 625 req/s). Open loop at 65%.
+const NOISY: CpuBackend[] = [
+  { slots: 1, quotaCores: 0.5, neighbourShare: 0.5, cpuMs: 2 },
+  { slots: 1, quotaCores: 0.5, neighbourShare: 0, cpuMs: 2 },
+  { slots: 1, quotaCores: 0.5, neighbourShare: 0, cpuMs: 2 },
+];
+const NOISY_RPS = 0.65 * capacityRps(NOISY).reduce((a, x) => a + x, 0);
+
+function scenario(
+  backends: CpuBackend[],
+  load: number,
+  extra: Partial<CpuScenario> = {},
+): CpuScenario {
+  const total = capacityRps(backends).reduce((a, x) => a + x, 0);
+  const gateways = extra.gateways ?? 1;
+  return {
+    backends,
+    gatewayRps: (load * total) / gateways,
+    agent: 'full',
+    hostCpus: 4,
+    durationMs: 60_000,
+    ...extra,
+  };
+}
+
+function capacityShare(backends: CpuBackend[], b: number): number {
+  const caps = capacityRps(backends);
+  return caps[b]! / caps.reduce((a, x) => a + x, 0);
+}
+
+const SEEDS = [1, 2, 3];
+
+describe('CPU as capacity: a busy loop in the cgroup of b0 (takes what b0 leaves)', () => {
+  const sc = scenario(NOISY, 0.65);
+
+  it.each(SEEDS)(
+    'seed %i: b0 gets its capacity share ±30%%, and a better p99 and mean than with the old CPU penalty',
+    (seed) => {
+      const cpu = simulate('load-aware', sc, seed);
+      const old = simulate('load-aware', { ...sc, agent: 'no-process' }, seed);
+      const b0 = capacityShare(NOISY, 0);
+      expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.7);
+      expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
+      // The old penalty (cgroup at 100% all the time: x2) starves b0 below half its share.
+      expect(old.shares[0]).toBeLessThan(b0 * 0.5);
+      expect(cpu.p99Ms).toBeLessThan(old.p99Ms);
+      expect(cpu.meanMs).toBeLessThan(old.meanMs * 0.9);
+      // Elastic others: the CPU cannot tell b0's capacity, its latency does (load/cpu-capacity.ts).
+      expect(cpu.b0CpuSourced).toBe(0);
+    },
+  );
+
+  it.each(SEEDS)('seed %i: a better p99 than least-in-flight', (seed) => {
+    const cpu = simulate('load-aware', sc, seed);
+    const lif = simulate('least-in-flight', sc, seed);
+    expect(cpu.p99Ms).toBeLessThan(lif.p99Ms);
+  });
+
+  it.each(SEEDS)('seed %i: three gateways on shared reports do not herd', (seed) => {
+    const three = scenario(NOISY, 0.65, { gateways: 3 });
+    const cpu = simulate('load-aware', three, seed);
+    const lif = simulate('least-in-flight', three, seed);
+    const b0 = capacityShare(NOISY, 0);
+    expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.7);
+    expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
+    expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.9);
+  });
+});
+
+describe('CPU as capacity: a steady batch job takes half of the quota of b0', () => {
+  // The neighbour is not elastic: b0's headroom is a quarter of a core, and near saturation
+  // the service is CPU-bound, so its service time comes from the CPU (c / μ).
+  const fixed = NOISY.map((b, i) => (i === 0 ? { ...b, fixedNeighbour: true } : b));
+  const sc = scenario(fixed, 0.9);
+
+  it.each(SEEDS)(
+    'seed %i: at 90%% load (b0 CPU-bound part of the time), a better p99 than the old penalty and least-in-flight',
+    (seed) => {
+      const cpu = simulate('load-aware', sc, seed);
+      const old = simulate('load-aware', { ...sc, agent: 'no-process' }, seed);
+      const lif = simulate('least-in-flight', sc, seed);
+      const b0 = capacityShare(fixed, 0);
+      expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.7);
+      expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
+      expect(cpu.p99Ms).toBeLessThan(old.p99Ms);
+      expect(cpu.p99Ms).toBeLessThan(lif.p99Ms);
+    },
+  );
+});
+
+describe('CPU as capacity: no harm where nothing is skewed', () => {
+  const equal: CpuBackend[] = [0, 1, 2].map(() => ({
+    slots: 1,
+    quotaCores: 0.5,
+    neighbourShare: 0,
+    cpuMs: 2,
+  }));
+
+  it.each(SEEDS)(
+    'seed %i: identical CPU-bound backends at 90%% load are not made worse',
+    (seed) => {
+      const sc = scenario(equal, 0.9);
+      const cpu = simulate('load-aware', sc, seed);
+      const old = simulate('load-aware', { ...sc, agent: 'no-process' }, seed);
+      expect(cpu.p99Ms).toBeLessThanOrEqual(old.p99Ms * 1.02);
+      expect(cpu.meanMs).toBeLessThanOrEqual(old.meanMs * 1.02);
+      for (const share of cpu.shares) expect(Math.abs(share - 1 / 3)).toBeLessThan(0.02);
+      // The CPU term is in use (b0 CPU-bound, no neighbour), and costs nothing.
+      expect(cpu.b0CpuSourced).toBeGreaterThan(0.5);
+    },
+  );
+
+  it.each(SEEDS)('seed %i: an IO-bound fleet (little CPU per request) is unchanged', (seed) => {
+    const io: CpuBackend[] = [0, 1, 2].map(() => ({
+      slots: 4,
+      quotaCores: 2,
+      neighbourShare: 0,
+      cpuMs: 0.05,
+      ioMs: 10,
+    }));
+    const sc: CpuScenario = { ...scenario(io, 0), gatewayRps: 900 };
+    expect(simulate('load-aware', sc, seed)).toEqual(
+      simulate('load-aware', { ...sc, agent: 'no-process' }, seed),
+    );
+  });
+});
+
+describe('CFS bandwidth control: throttled periods make b0 bimodal', () => {
+  // The same fleet under 100 ms CFS periods: b0's service and the busy loop run at a core each
+  // until the quota is spent, a quarter of each period, then wait: a request either takes its
+  // 2 ms or waits up to 75 ms. b0 gets little traffic then (below the CPU evidence's 20
+  // completions per window: its latency judges it), which is what its latency deserves:
+  // least-in-flight gives it its queue-length share and pays for it in p99.
+  it.each(SEEDS)(
+    'seed %i: load-aware avoids the throttled backend; least-in-flight pays in p99',
+    (seed) => {
+      const sc = scenario(NOISY, 0.65, { cfsPeriodMs: 100, durationMs: 20_000 });
+      const cpu = simulate('load-aware', sc, seed);
+      const lif = simulate('least-in-flight', sc, seed);
+      expect(cpu.shares[0]).toBeLessThan(0.05);
+      expect(lif.shares[0]).toBeGreaterThan(0.1);
+      expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.75);
+    },
+  );
+});
