@@ -59,9 +59,9 @@ export interface Cluster {
   drain(timeoutMs?: number): Promise<{ drained: boolean; waitedMs: number }>;
   /**
    * Restarts the agents with their flags rewritten by `transform` (undefined:
-   * as configured) unless they already run that way.
+   * as configured) unless they already run that way; true if it restarted them.
    */
-  useAgentArgs(transform: AgentArgsTransform | undefined): Promise<void>;
+  useAgentArgs(transform: AgentArgsTransform | undefined): Promise<boolean>;
   /** Stops every process, then removes the cgroups. */
   stop(): Promise<void>;
 }
@@ -185,13 +185,14 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       return { drained: false, waitedMs: Date.now() - start };
     },
     async useAgentArgs(transform) {
-      if (!opts.agents || transform === agentTransform) return;
+      if (!opts.agents || transform === agentTransform) return false;
       // SIGTERM: each agent publishes draining, then offline, and leaves;
       // the new one publishes online before any gateway of the next run starts.
       const old = backends.map((b) => b.agent).filter((p): p is Proc => p !== undefined);
       await Promise.all(old.map((p) => p.stop()));
       for (const p of old) if (all.includes(p)) all.splice(all.indexOf(p), 1);
       await startAgents(transform);
+      return true;
     },
     stop: stopAll,
   };

@@ -147,7 +147,10 @@ async function runOnce(
   };
   cluster.resetServiceTimes();
   // The agents as this balancer needs them (restarted only when that changes).
-  await cluster.useAgentArgs(def.agentArgs);
+  if (await cluster.useAgentArgs(def.agentArgs))
+    opts.log(
+      `    agents restarted: ${cluster.backends[0]?.agent?.child.spawnargs.slice(2).join(' ')}`,
+    );
   // One run's backlog must not poison the next: wait for empty queues.
   const drain = await cluster.drain();
   rec.drainWaitMs = drain.waitedMs;
