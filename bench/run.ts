@@ -125,6 +125,7 @@ export async function runBench(
       runs: args.runs,
       brokerUrl: args.brokerUrl,
       log,
+      quick: args.quick,
     });
     writeFileSync(
       join(args.resultsDir, 'raw', `${scenario.name}.json`),

@@ -16,7 +16,7 @@ import {
   PEERS,
   type BalancerDef,
 } from './lib/balancers';
-import type { BackendSpec } from './lib/cluster';
+import { withoutCgroup, type BackendSpec } from './lib/cluster';
 import { forkProc } from './lib/procs';
 import type { LoadSpec, Scenario } from './lib/scenario';
 
@@ -292,6 +292,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
     },
     ...coldStartScenarios(defaultStrategy),
+    ...cpuBoundScenarios(defaultStrategy, q),
     {
       name: 'smoke',
       title: 'Smoke test',
@@ -400,6 +401,82 @@ export function coldStartScenarios(
       onlyWhenNamed: true,
       cases: [{ label: '970 req/s', load: load(970), idleBeforeMs: 5_000, restartAtMs }],
       balancers,
+    },
+  ];
+}
+
+/**
+ * CPU-bound backends (docs/bench.md "CPU-bound"): three one-worker backends
+ * (bench/procs/cpu-backend.ts), each request 2 ms of CPU time, each backend in
+ * its own cgroup of 0.3 core with a 10 ms CFS period: 150 req/s each, 450 for
+ * the fleet. `identical`: open-loop Poisson at 290 req/s (65%). `degraded`: a
+ * busy-loop neighbour joins b1's cgroup when the warm-up starts and takes
+ * about half of its quota under CFS fair share (b1 keeps ~75 req/s, the fleet
+ * ~375), at 245 req/s (65%). Needs root and a writable cpu controller (the
+ * scenario fails, saying why, without them), so it runs only when named:
+ * `cpu-bound` runs both variants, `cpu-bound-identical` and
+ * `cpu-bound-degraded` one each.
+ */
+export function cpuBoundScenarios(strategy: string, quick: boolean): Scenario[] {
+  const CPU_MS = 2;
+  const cgroup = { quotaCores: 0.3, periodUs: 10_000 };
+  const backends: BackendSpec[] = ['b1', 'b2', 'b3'].map((id) => ({
+    id,
+    slots: 1,
+    serviceMs: CPU_MS,
+    cpuMs: CPU_MS,
+    cgroup,
+  }));
+  const load = (rate: number): LoadSpec => ({
+    ...open(rate, quick, 20_000),
+    warmupMs: quick ? 1_000 : 3_000,
+  });
+  const identicalCase = { label: 'identical, 290 req/s', load: load(290) };
+  const degradedCase = {
+    label: 'degraded (neighbour in b1), 245 req/s',
+    load: load(245),
+    neighbour: { backendId: 'b1' },
+  };
+  const lw = loadwise(strategy);
+  const lwNoCgroup: BalancerDef = {
+    ...loadwise(strategy),
+    name: `loadwise ${strategy}, agents --no-cgroup`,
+    agentArgs: withoutCgroup,
+  };
+  const base = {
+    description:
+      'Three CPU-bound backends with one worker each (bench/procs/cpu-backend.ts): every request burns 2 ms ' +
+      'of CPU time, FIFO, 503 beyond 256 waiting. Each backend runs in its own cgroup with a quota of 0.3 ' +
+      'core and a 10 ms CFS period (150 req/s each, 450 for the fleet). Agents read the outstanding-requests ' +
+      "gauge at /metrics (--prometheus-url, --concurrency-limit 1) and their backend's cgroup. Identical: " +
+      "open-loop Poisson at 290 req/s (65%). Degraded: a busy-loop neighbour joins b1's cgroup when the " +
+      "warm-up starts (about half its quota: b1 keeps ~75 of the fleet's ~375 req/s), at 245 req/s (65%). " +
+      'loadwise runs twice: with its agents as configured, and with agents started with --no-cgroup.',
+    backends,
+    maxQueue: 256,
+    agents: true,
+    onlyWhenNamed: true,
+    balancers: [nginx('least_conn'), haproxy('leastconn'), lw, lwNoCgroup],
+    cpuTargets: { loadwise: lw.name, withoutSignal: lwNoCgroup.name },
+  };
+  return [
+    {
+      ...base,
+      name: 'cpu-bound',
+      title: 'CPU-bound backends under cgroup quotas',
+      cases: [identicalCase, degradedCase],
+    },
+    {
+      ...base,
+      name: 'cpu-bound-identical',
+      title: 'CPU-bound backends under cgroup quotas, identical',
+      cases: [identicalCase],
+    },
+    {
+      ...base,
+      name: 'cpu-bound-degraded',
+      title: 'CPU-bound backends under cgroup quotas, a noisy neighbour in b1',
+      cases: [degradedCase],
     },
   ];
 }

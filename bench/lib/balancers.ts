@@ -3,7 +3,7 @@
  * process(es) on a loopback port in front of the same running backends.
  */
 import type { GatewayDiag } from '../procs/gateway-diag';
-import type { RunningBackend } from './cluster';
+import type { AgentArgsTransform, RunningBackend } from './cluster';
 import { waitForHttp } from './http-get';
 import { freePort, startHaproxy, startNginx, type HaproxyPolicy, type NginxPolicy } from './peers';
 import { forkProc, type Proc } from './procs';
@@ -42,6 +42,12 @@ export interface BalancerDef {
   name: string;
   family: BalancerFamily;
   start(ctx: BalancerContext, instance: number): Promise<RunningBalancer>;
+  /**
+   * This balancer's runs need the agents started with other flags (e.g.
+   * cluster.ts withoutCgroup); the engine restarts them before its run, and
+   * back before the next balancer's.
+   */
+  agentArgs?: AgentArgsTransform;
 }
 
 /** SIGKILL, and resolves once the process has exited. */

@@ -14,6 +14,9 @@ import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
 import type { GatewayDiag } from '../procs/gateway-diag';
 import type { BalancerDef, RunningBalancer } from './balancers';
 import { startCluster, type Cluster } from './cluster';
+import { capacityFigures } from './cpu-share';
+import { calibrateNeighbour, startNeighbour, type Neighbour } from './neighbour';
+import type { NeighbourCalibration } from './neighbour';
 import { CpuMeter, forkProc, sleep, type Proc } from './procs';
 import type { Scenario, ScenarioCase } from './scenario';
 import { maxWindowShareVsFair, shiftTimes } from './series-metrics';
@@ -50,6 +53,8 @@ export interface EngineOptions {
   runs: number;
   brokerUrl: string;
   log: (s: string) => void;
+  /** Short settings (--quick): the neighbour's calibration is shorter too. */
+  quick?: boolean;
 }
 
 export async function runScenario(
@@ -70,13 +75,17 @@ export async function runScenario(
       agents: scenario.agents
         ? { brokerUrl: opts.brokerUrl, prefix, intervalMs: 1000, keyFile }
         : undefined,
+      tmpDir,
     });
     const ctx = { backends: cluster.backends, tmpDir, brokerUrl: opts.brokerUrl, prefix, keyFile };
     for (const c of scenario.cases) {
+      const calibration = c.neighbour
+        ? await calibrate(cluster, c.neighbour.backendId, opts)
+        : undefined;
       for (let run = 1; run <= opts.runs; run++) {
         for (const def of balancers) {
           opts.log(`  ${scenario.name} ${c.label} run ${run}/${opts.runs}: ${def.name}`);
-          const rec = await runOnce(scenario, c, def, run, cluster, ctx, opts);
+          const rec = await runOnce(scenario, c, def, run, cluster, ctx, opts, calibration);
           records.push(rec);
           if (rec.error) opts.log(`    error: ${rec.error}`);
           else
@@ -100,6 +109,23 @@ export function totalCpu(r: RunRecord): number {
   return Math.round((c.gateway + c.loadgen + c.backends + c.agents + c.other) * 100) / 100;
 }
 
+/** What the neighbour takes from a busy backend (lib/neighbour.ts), once per case. */
+async function calibrate(
+  cluster: Cluster,
+  backendId: string,
+  opts: EngineOptions,
+): Promise<NeighbourCalibration> {
+  const backend = cluster.backends.find((b) => b.id === backendId);
+  if (!backend) throw new Error(`neighbour: no backend ${backendId}`);
+  await cluster.drain();
+  const cal = await calibrateNeighbour(backend, opts.quick ?? false);
+  opts.log(
+    `  neighbour in ${backendId}'s cgroup, ${backendId} saturated: neighbour ${cal.neighbourCores} cores, ` +
+      `${backendId} ${cal.backendCores} cores, ${cal.backendRps} req/s`,
+  );
+  return cal;
+}
+
 async function runOnce(
   scenario: Scenario,
   c: ScenarioCase,
@@ -108,6 +134,7 @@ async function runOnce(
   cluster: Cluster,
   ctx: Parameters<BalancerDef['start']>[0],
   opts: EngineOptions,
+  calibration?: NeighbourCalibration,
 ): Promise<RunRecord> {
   const rec: RunRecord = {
     balancer: def.name,
@@ -119,6 +146,11 @@ async function runOnce(
     drainWaitMs: 0,
   };
   cluster.resetServiceTimes();
+  // The agents as this balancer needs them (restarted only when that changes).
+  if (await cluster.useAgentArgs(def.agentArgs))
+    opts.log(
+      `    agents restarted: ${cluster.backends[0]?.agent?.child.spawnargs.slice(2).join(' ')}`,
+    );
   // One run's backlog must not poison the next: wait for empty queues.
   const drain = await cluster.drain();
   rec.drainWaitMs = drain.waitedMs;
@@ -136,6 +168,7 @@ async function runOnce(
   const gateways: RunningBalancer[] = [];
   const side: Proc[] = [];
   const timers: NodeJS.Timeout[] = [];
+  let neighbour: Neighbour | undefined;
   try {
     for (let i = 0; i < instances; i++) gateways.push(await def.start(ctx, i));
     if (c.idleBeforeMs) await sleep(c.idleBeforeMs);
@@ -164,6 +197,14 @@ async function runOnce(
         targets: [target.url + '/hidden'],
       } satisfies LoadgenConfig);
     }
+    if (c.neighbour) {
+      const backend = cluster.backends.find((b) => b.id === c.neighbour!.backendId);
+      if (!backend) throw new Error(`neighbour: no backend ${c.neighbour.backendId}`);
+      neighbour = startNeighbour(backend);
+      meter.add({ name: `other:neighbour`, pid: neighbour.proc.pid });
+    }
+    const groups = cluster.backends.filter((b) => b.group);
+    let groupUsageStart: number[] = [];
     const overflowsBefore = listenOverflows();
     const gen = forkProc('loadgen', 'loadgen.js', cfg);
     const genMeter = new CpuMeter([{ name: 'loadgen', pid: gen.pid }]);
@@ -179,6 +220,7 @@ async function runOnce(
       setTimeout(() => {
         meter.begin();
         genMeter.begin();
+        groupUsageStart = groups.map((b) => b.group!.usageUs());
         for (const g of gateways) g.resetDiag();
       }, load.warmupMs),
     );
@@ -216,6 +258,7 @@ async function runOnce(
       if (rec.restart.readyAtMs !== undefined) rec.restart.readyAtMs -= base;
     }
     rec.listenOverflows = listenOverflows() - overflowsBefore;
+    const groupUsageEnd = groups.map((b) => b.group!.usageUs());
     const cpu = { ...meter.end(), ...genMeter.end() };
     rec.result = result;
     if (hiddenP) rec.hidden = await hiddenP;
@@ -234,8 +277,33 @@ async function runOnce(
         load.windowMs,
       );
     }
+    if (groups.length > 0) {
+      const measuredS = meter.elapsedS();
+      rec.extra = capacityFigures({
+        backends: cluster.backends.map((b) => ({
+          id: b.id,
+          quotaCores: b.group?.quotaCores ?? NaN,
+          processCores: cpu[`backends:${b.id}`] ?? NaN,
+        })),
+        groupCores: Object.fromEntries(
+          groups.map((b, i) => [
+            b.id,
+            (groupUsageEnd[i]! - (groupUsageStart[i] ?? NaN)) / 1e6 / measuredS,
+          ]),
+        ),
+        neighbour: c.neighbour
+          ? {
+              backendId: c.neighbour.backendId,
+              cores: cpu['other:neighbour'] ?? NaN,
+              contendedCores: calibration?.neighbourCores ?? NaN,
+            }
+          : undefined,
+        shares: result.shares,
+      });
+    }
     if (instances > 1) {
       rec.extra = {
+        ...rec.extra,
         ...maxWindowShareVsFair(
           result.series,
           cluster.backends.map((b) => b.id),
@@ -249,7 +317,11 @@ async function runOnce(
     rec.error = (err as Error).message.split('\n')[0];
   } finally {
     timers.forEach(clearTimeout);
-    await Promise.all([...gateways.map((g) => g.stop()), ...side.map((p) => p.stop())]);
+    await Promise.all([
+      ...gateways.map((g) => g.stop()),
+      ...side.map((p) => p.stop()),
+      neighbour?.stop(),
+    ]);
     cluster.resetServiceTimes();
   }
   if (def.family === 'express-hpm') await settleTimeWait(opts.log);

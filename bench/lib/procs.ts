@@ -153,13 +153,23 @@ export function cpuSeconds(pid: number): number {
 export class CpuMeter {
   private readonly start = new Map<string, number>();
   private startedAtMs = 0;
+  private endedAtMs = 0;
   constructor(private readonly procs: Array<{ name: string; pid: number }>) {}
+  /** One more process (before begin()). */
+  add(p: { name: string; pid: number }): void {
+    this.procs.push(p);
+  }
+  /** Seconds from begin() to the last end(). */
+  elapsedS(): number {
+    return Math.max((this.endedAtMs - this.startedAtMs) / 1000, 1e-3);
+  }
   begin(): void {
     this.startedAtMs = Date.now();
     for (const p of this.procs) this.start.set(p.name, cpuSeconds(p.pid));
   }
   end(): Record<string, number> {
-    const elapsedS = Math.max((Date.now() - this.startedAtMs) / 1000, 1e-3);
+    this.endedAtMs = Date.now();
+    const elapsedS = this.elapsedS();
     const out: Record<string, number> = {};
     for (const p of this.procs) {
       const used = cpuSeconds(p.pid) - (this.start.get(p.name) ?? 0);

@@ -278,7 +278,137 @@ export function scenarioPage(
     'CPU columns are cores used over the measured phase (1 = one full core); "all CPU" adds gateway, load ' +
       "generator(s), backends and agents. Latency is measured from each request's scheduled send time.",
   ];
+  if (scenario.cpuTargets && records.length > 0) parts.push('', cpuBoundSection(scenario, records));
   if (records.length > 0) parts.push('', '### Every run', '', runsTable(records));
   for (const f of chartFiles) parts.push('', `![${scenario.title}](${f})`);
   return parts.join('\n') + '\n';
+}
+
+const LEAST_CONNS = new Set(['nginx', 'haproxy']);
+
+function verdict(value: number, ok: (v: number) => boolean): string {
+  if (!Number.isFinite(value)) return '–';
+  return `${fmt(value, 2)} (${ok(value) ? 'met' : 'missed'})`;
+}
+
+/**
+ * The CPU-bound scenario (Scenario.cpuTargets): per run, each balancer's
+ * latency, shares and the CPU each backend and the neighbour used; then the
+ * issue's targets per run: loadwise p99 ≤ 0.7x and p50 ≤ 1.0x the best
+ * least-connections peer of the same run (lowest p99), the starved backend's
+ * share within ±30% of its remaining capacity share (cpu-share.ts), and
+ * loadwise with the cgroup signal ahead of loadwise without it (p99).
+ */
+export function cpuBoundSection(scenario: Scenario, records: RunRecord[]): string {
+  const targets = scenario.cpuTargets!;
+  const ids = scenario.backends.map((b) => b.id);
+  const out: string[] = [];
+  const head = [
+    'case',
+    'balancer',
+    'run',
+    'p50 ms',
+    'p99 ms',
+    'errors',
+    `shares ${ids.join('/')}`,
+    `backend CPU ${ids.join('/')}`,
+    'neighbour CPU',
+    'starved group CPU',
+    'starved: share / remaining capacity share (window)',
+    'starved: share / capacity share when busy',
+  ];
+  out.push(
+    '### CPU and capacity, every run',
+    '',
+    'Backend CPU is each backend process over the measured phase (/proc/<pid>/stat), in cores, ' +
+      'against a quota of ' +
+      scenario.backends.map((b) => b.cgroup?.quotaCores ?? '–').join('/') +
+      '; the neighbour is the busy loop in the starved backend\'s cgroup; "starved group CPU" ' +
+      "is that cgroup's own usage counter (backend + neighbour). Remaining capacity share = " +
+      "(quota − neighbour CPU) / Σ over backends (quota − neighbour CPU), with the neighbour's CPU " +
+      'over the measured window, and with its CPU while the starved backend was kept busy ' +
+      '(measured once per case before the runs: bench/lib/neighbour.ts). The window figure is the ' +
+      "backend's own CPU use whatever the routing (bench/lib/cpu-share.ts): read the second.",
+    '',
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---').join('|')}|`,
+  );
+  for (const r of records) {
+    const res = r.result;
+    const c = scenario.cases.find((x) => x.label === r.caseLabel);
+    const starved = c?.neighbour?.backendId;
+    const x = r.extra ?? {};
+    out.push(
+      `| ${[
+        r.caseLabel,
+        r.balancer,
+        String(r.run),
+        res ? fmt(res.latency.p50Ms) : `failed: ${r.error ?? ''}`,
+        res ? fmt(res.latency.p99Ms) : '–',
+        res ? String(res.errorCount) : '–',
+        res ? ids.map((id) => fmt(res.shares[id] ?? 0, 3)).join('/') : '–',
+        ids.map((id) => fmt(x[`${id}Cores`], 3)).join('/'),
+        fmt(x.neighbourCores, 3),
+        starved ? fmt(x[`${starved}GroupCores`], 3) : '–',
+        starved
+          ? `${fmt(res?.shares[starved] ?? NaN, 3)} / ${fmt(x[`${starved}CapacityShare`], 3)} = ${fmt(x[`${starved}ShareVsCapacity`], 2)}`
+          : '–',
+        starved
+          ? `${fmt(res?.shares[starved] ?? NaN, 3)} / ${fmt(x[`${starved}BusyCapacityShare`], 3)} = ${fmt(x[`${starved}ShareVsBusyCapacity`], 2)} (neighbour ${fmt(x.neighbourContendedCores, 3)} cores when busy)`
+          : '–',
+      ].join(' | ')} |`,
+    );
+  }
+  const th = [
+    'case',
+    'run',
+    'best least-conn peer (p50 / p99 ms)',
+    `${targets.loadwise} (p50 / p99 ms)`,
+    'p99 / peer (target ≤ 0.7)',
+    'p50 / peer (target ≤ 1.0)',
+    'starved share / remaining capacity share, window (target 0.7-1.3)',
+    'starved share / capacity share when busy (target 0.7-1.3)',
+    `p99 / ${targets.withoutSignal} p99 (target < 1)`,
+  ];
+  out.push(
+    '',
+    '### Targets, every run',
+    '',
+    'Each run against the least-connections peer (nginx `least_conn`, HAProxy `leastconn`) with the lowest ' +
+      'p99 in the same run.',
+    '',
+    `| ${th.join(' | ')} |`,
+    `|${th.map(() => '---').join('|')}|`,
+  );
+  const keys = [...new Set(records.map((r) => `${r.caseLabel}\u0000${r.run}`))];
+  for (const key of keys) {
+    const [caseLabel, run] = key.split('\u0000') as [string, string];
+    const inRun = records.filter(
+      (r) => r.caseLabel === caseLabel && String(r.run) === run && r.result,
+    );
+    const peers = inRun.filter((r) => LEAST_CONNS.has(r.family));
+    const peer = peers.sort((a, b) => a.result!.latency.p99Ms - b.result!.latency.p99Ms)[0];
+    const lw = inRun.find((r) => r.balancer === targets.loadwise);
+    const bare = inRun.find((r) => r.balancer === targets.withoutSignal);
+    const starved = scenario.cases.find((x) => x.label === caseLabel)?.neighbour?.backendId;
+    const p = peer?.result?.latency;
+    const l = lw?.result?.latency;
+    out.push(
+      `| ${[
+        caseLabel,
+        run,
+        p ? `${peer!.balancer}: ${fmt(p.p50Ms)} / ${fmt(p.p99Ms)}` : '–',
+        l ? `${fmt(l.p50Ms)} / ${fmt(l.p99Ms)}` : '–',
+        verdict(l && p ? l.p99Ms / p.p99Ms : NaN, (v) => v <= 0.7),
+        verdict(l && p ? l.p50Ms / p.p50Ms : NaN, (v) => v <= 1.0),
+        ...[`${starved}ShareVsCapacity`, `${starved}ShareVsBusyCapacity`].map((k) =>
+          starved
+            ? verdict(lw?.extra?.[k] ?? NaN, (v) => v >= 0.7 && v <= 1.3)
+            : '– (no neighbour)',
+        ),
+        verdict(l && bare?.result ? l.p99Ms / bare.result.latency.p99Ms : NaN, (v) => v < 1),
+      ].join(' | ')} |`,
+    );
+  }
+  return out.join('\n');
 }

@@ -26,6 +26,12 @@ export interface ScenarioCase {
   restartAtMs?: number;
   /** Gateway processes for this case (default: the scenario's `gatewayInstances`). */
   gatewayInstances?: number;
+  /**
+   * A noisy neighbour: a busy-loop process that joins this backend's CPU
+   * cgroup (BackendSpec.cgroup) when the warm-up starts and leaves with the
+   * run, taking part of the group's quota under CFS fair share.
+   */
+  neighbour?: { backendId: string };
   /** Extra processes for the run (scenario 7's simulated agents). */
   side?: (ctx: BalancerContext) => Promise<Proc[]>;
 }
@@ -43,4 +49,10 @@ export interface Scenario {
   balancers: BalancerDef[];
   /** Only run when named (the smoke test's scenario). */
   onlyWhenNamed?: boolean;
+  /**
+   * The rows the CPU-bound scenario's targets compare (report.ts
+   * cpuBoundSection): loadwise, and loadwise with agents without the cgroup
+   * signal, against the best least-connections peer of the same run.
+   */
+  cpuTargets?: { loadwise: string; withoutSignal: string };
 }
