@@ -158,6 +158,23 @@ export interface OverloadOptions {
   sampleIntervalMs?: number;
 }
 
+/**
+ * Shedding on the listen socket's accept queue (Linux; docs/gateway.md,
+ * "Accept queue"). Shares are of the effective backlog: `backlog` capped by
+ * net.core.somaxconn.
+ */
+export interface AcceptQueueOptions {
+  /** The backlog your server listens with: `server.listen({ port, backlog })` (Node's default 511). */
+  backlog?: number;
+  /** Shed new requests once this share of the backlog waits to be accepted (0-1). */
+  shedAt?: number;
+  /** Stop shedding after the queue stayed at or below this share (below `shedAt`) for `holdMs`. */
+  resumeAt?: number;
+  holdMs?: number;
+  /** How often the queue is read while requests arrive (not at all when idle). */
+  sampleIntervalMs?: number;
+}
+
 export interface DiscoveryOptions {
   /** CIDRs a registered backend URL must be inside (IP literals only; names are refused). */
   allowedRanges: string[];
@@ -266,6 +283,8 @@ export interface LoadBalanceOptions {
   warmUp?: WarmUpOptions | false;
   saturation?: SaturationOptions;
   overload?: OverloadOptions | false;
+  /** Shed on the kernel's accept-queue depth (Linux); `false` disables. */
+  acceptQueue?: AcceptQueueOptions | false;
   discovery?: DiscoveryOptions | false;
   /** Serve the JSON status here (relative to the mount point); off by default. */
   statusPath?: string;
@@ -375,6 +394,15 @@ export const DEFAULTS = {
    * gateway's first requests on a busy host (its own startup stall was 255 ms).
    */
   overload: { maxEventLoopDelayMs: 500, sampleIntervalMs: 200 },
+  /**
+   * A quarter of Node's default backlog: the queue a sample sees is what came
+   * in while the process last turned its event loop, so 128 waiting at 2,000
+   * connections/s is a 64 ms turn, half-way to the 255 ms one that overflows
+   * 511 (docs/gateway.md, "Accept queue"). A 1 s hold after the queue fell to
+   * 5% keeps it from flapping; 50 ms sampling reads a table head (~50 us for
+   * IPv4 listeners) 20 times a second only while requests arrive.
+   */
+  acceptQueue: { backlog: 511, shedAt: 0.25, resumeAt: 0.05, holdMs: 1_000, sampleIntervalMs: 50 },
   discovery: { allowedPorts: [] as number[], maxBackends: 100 },
   decisionHeader: DEFAULT_DECISION_HEADER,
   metricsPrefix: DEFAULT_METRICS_PREFIX,
