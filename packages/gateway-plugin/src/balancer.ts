@@ -158,8 +158,10 @@ export class Balancer implements BalancerHandle, FlowHost {
       );
     this.acceptQueue =
       o.acceptQueue &&
-      new AcceptQueueMonitor(o.acceptQueue, (shedding, depth, limit) =>
-        this.events.emit('accept-queue', { shedding, depth, limit }),
+      new AcceptQueueMonitor(
+        o.acceptQueue,
+        (shedding, depth, limit) => this.events.emit('accept-queue', { shedding, depth, limit }),
+        { inFlight: () => flow.active },
       );
     this.sweepTimer = setInterval(() => this.sweep(), FRESHNESS_SWEEP_MS);
     this.sweepTimer.unref();

@@ -200,7 +200,7 @@ describe('AcceptQueueMonitor: hysteresis', () => {
     expect(monitor({ holdMs: 0 }).retryAfterSec()).toBe(1);
   });
 
-  function polled(depths: (number | null | undefined)[]) {
+  function polled(depths: (number | null | undefined)[], inFlight = () => 0) {
     const reads: { port: number; ipv6: boolean }[] = [];
     const read: DepthReader = (key) => {
       reads.push(key);
@@ -211,6 +211,7 @@ describe('AcceptQueueMonitor: hysteresis', () => {
       read,
       somaxconn: undefined,
       now: Date.now,
+      inFlight,
     });
     return { m, reads };
   }
@@ -231,6 +232,18 @@ describe('AcceptQueueMonitor: hysteresis', () => {
       { port: 8080, ipv6: true },
       { port: 8081, ipv6: false },
     ]);
+    m.close();
+  });
+
+  it('keeps polling while requests are in flight: the tick after a stall must see its queue', () => {
+    let inFlight = 1;
+    const { m, reads } = polled([0], () => inFlight);
+    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    jest.advanceTimersByTime(500);
+    expect(reads).toHaveLength(10);
+    inFlight = 0;
+    jest.advanceTimersByTime(500);
+    expect(reads).toHaveLength(11);
     m.close();
   });
 

@@ -150,6 +150,8 @@ export function readSomaxconn(procRoot = '/proc'): number | undefined {
 
 export interface AcceptQueueDeps {
   read?: DepthReader;
+  /** Requests in flight: polling goes on while there are some, as while requests arrive. */
+  inFlight?: () => number;
   somaxconn?: number | undefined;
   now?: () => number;
 }
@@ -167,6 +169,7 @@ export class AcceptQueueMonitor {
   private readonly ports = new Map<number, boolean>();
   private readonly read: DepthReader;
   private readonly now: () => number;
+  private readonly inFlight: () => number;
   private timer: NodeJS.Timeout | undefined;
   private active = false;
   private calmSinceMs: number | undefined;
@@ -178,6 +181,7 @@ export class AcceptQueueMonitor {
   ) {
     this.read = deps.read ?? procDepthReader();
     this.now = deps.now ?? Date.now;
+    this.inFlight = deps.inFlight ?? (() => 0);
     const somaxconn = 'somaxconn' in deps ? deps.somaxconn : readSomaxconn();
     this.limit = Math.min(config.backlog, somaxconn ?? config.backlog);
     this.shedDepth = Math.max(1, Math.ceil(config.shedAt * this.limit));
@@ -186,7 +190,8 @@ export class AcceptQueueMonitor {
 
   /**
    * A request arrived on `socket`: remember its listening port and poll while
-   * traffic flows. Per request: a map lookup and a flag.
+   * traffic flows (requests arrive or are in flight). Per request: a map lookup
+   * and a flag.
    */
   noteRequest(socket: { localPort?: number; localFamily?: string }): void {
     if (!this.available) return;
@@ -222,7 +227,7 @@ export class AcceptQueueMonitor {
     }
     this.sample(depth);
     // Sampled first: the tick after a stall must see the queue the stall left.
-    if (!this.active && !this.shedding) this.stop();
+    if (!this.active && !this.shedding && this.inFlight() === 0) this.stop();
     this.active = false;
   }
 
