@@ -16,7 +16,7 @@ import {
   type BalancerEvents,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
-import { readListenDepth } from '../../packages/gateway-plugin/src/admission/accept-queue';
+import { readListenDepth } from '@loadwise/gateway-plugin/internals';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { quietLogger } from '../kit/gateway';
 

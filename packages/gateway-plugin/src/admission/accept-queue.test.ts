@@ -247,6 +247,28 @@ describe('AcceptQueueMonitor: hysteresis', () => {
     m.close();
   });
 
+  it('spaces reads that cost: at most 1% of the time goes to reading the table', () => {
+    const reads: number[] = [];
+    changes = [];
+    const m = new AcceptQueueMonitor(CONFIG, (...c) => changes.push(c), {
+      // Each read takes 5 ms of the (fake) clock: the next may come 500 ms later.
+      read: () => {
+        reads.push(Date.now());
+        jest.setSystemTime(Date.now() + 5);
+        return 0;
+      },
+      somaxconn: undefined,
+      now: Date.now,
+      inFlight: () => 1,
+    });
+    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    jest.advanceTimersByTime(2000);
+    const gaps = reads.slice(1).map((t, i) => t - reads[i]!);
+    expect(gaps.length).toBeGreaterThan(1);
+    for (const gap of gaps) expect(gap).toBeGreaterThanOrEqual(500);
+    m.close();
+  });
+
   it('keeps polling while it sheds, until the queue has been calm for holdMs', () => {
     const { m, reads } = polled([40, 0]);
     m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
