@@ -161,7 +161,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       new AcceptQueueMonitor(
         o.acceptQueue,
         (shedding, depth, limit) => this.events.emit('accept-queue', { shedding, depth, limit }),
-        { inFlight: () => flow.active },
+        { inFlight: () => flow.active, random: o.random },
       );
     this.sweepTimer = setInterval(() => this.sweep(), FRESHNESS_SWEEP_MS);
     this.sweepTimer.unref();

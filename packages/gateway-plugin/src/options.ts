@@ -166,10 +166,14 @@ export interface OverloadOptions {
 export interface AcceptQueueOptions {
   /** The backlog your server listens with: `server.listen({ port, backlog })` (Node's default 511). */
   backlog?: number;
-  /** Shed new requests once this share of the backlog waits to be accepted (0-1). */
+  /**
+   * Start shedding new requests once this share of the backlog waits to be accepted (0-1);
+   * the share of requests shed grows with the depth, to all of them at a full queue.
+   */
   shedAt?: number;
-  /** Stop shedding after the queue stayed at or below this share (below `shedAt`) for `holdMs`. */
+  /** The shed share falls only while at most this share of the backlog waits (below `shedAt`). */
   resumeAt?: number;
+  /** Time the shed share takes to fall from all to none while the queue stays short. */
   holdMs?: number;
   /** How often the queue is read while requests arrive (not at all when idle). */
   sampleIntervalMs?: number;
@@ -395,14 +399,14 @@ export const DEFAULTS = {
    */
   overload: { maxEventLoopDelayMs: 500, sampleIntervalMs: 200 },
   /**
-   * A quarter of Node's default backlog: the queue a sample sees is what came
-   * in while the process last turned its event loop, so 128 waiting at 2,000
-   * connections/s is a 64 ms turn, half-way to the 255 ms one that overflows
-   * 511 (docs/gateway.md, "Accept queue"). A 1 s hold after the queue fell to
-   * 5% keeps it from flapping; 50 ms sampling reads a table head (~50 us for
-   * IPv4 listeners) 20 times a second only while requests arrive.
+   * Shedding starts when half of the backlog waits (the queue a sample sees is
+   * what came in while the process last turned its event loop: 256 at 2,000
+   * connections/s is a 128 ms turn, half-way to the one that overflows 511) and
+   * sheds all once the queue is full; the share falls over 1 s once at most a
+   * tenth waits (docs/gateway.md, "Accept queue"). 50 ms sampling reads a table
+   * head (~0.1 ms) while requests arrive, never when idle.
    */
-  acceptQueue: { backlog: 511, shedAt: 0.25, resumeAt: 0.05, holdMs: 1_000, sampleIntervalMs: 50 },
+  acceptQueue: { backlog: 511, shedAt: 0.5, resumeAt: 0.1, holdMs: 1_000, sampleIntervalMs: 50 },
   discovery: { allowedPorts: [] as number[], maxBackends: 100 },
   decisionHeader: DEFAULT_DECISION_HEADER,
   metricsPrefix: DEFAULT_METRICS_PREFIX,

@@ -125,7 +125,7 @@ describe('readListenDepth: reading a table', () => {
   });
 });
 
-describe('AcceptQueueMonitor: hysteresis', () => {
+describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
   const CONFIG: AcceptQueueConfig = {
     backlog: 100,
     shedAt: 0.25,
@@ -134,44 +134,60 @@ describe('AcceptQueueMonitor: hysteresis', () => {
     sampleIntervalMs: 50,
   };
   let changes: [boolean, number, number][];
-  const monitor = (config: Partial<AcceptQueueConfig> = {}, somaxconn?: number) => {
+  const monitor = (
+    config: Partial<AcceptQueueConfig> = {},
+    somaxconn?: number,
+    random: () => number = () => 0.5,
+  ) => {
     changes = [];
     return new AcceptQueueMonitor(
       { ...CONFIG, ...config },
       (shedding, depth, limit) => changes.push([shedding, depth, limit]),
-      { read: () => 0, somaxconn, now: Date.now },
+      { read: () => 0, somaxconn, now: Date.now, random },
     );
   };
   beforeEach(() => jest.useFakeTimers({ now: 0 }));
   afterEach(() => jest.useRealTimers());
 
-  it('sheds at shedAt of the backlog, and stops only after holdMs at or below resumeAt', () => {
+  it('starts shedding at shedAt, grows while the queue stays deep, sheds all at a full queue', () => {
     const m = monitor();
     m.sample(24);
-    expect(m.shedding).toBe(false);
+    expect(m.shedShare).toBe(0);
     m.sample(25);
-    expect(m.shedding).toBe(true);
+    expect(m.shedShare).toBeCloseTo(0.05, 9);
+    m.sample(25);
+    expect(m.shedShare).toBeCloseTo(0.1, 9);
+    // At least the depth's place between shedAt (25) and the backlog (100).
+    m.sample(70);
+    expect(m.shedShare).toBeCloseTo(45 / 75, 9);
+    m.sample(100);
+    expect(m.shedShare).toBe(1);
+    m.sample(101);
+    expect(m.shedShare).toBe(1);
     expect(changes).toEqual([[true, 25, 100]]);
-    // Between the two levels: still shedding, and the calm has not started.
+  });
+
+  it('holds between the levels, and falls over holdMs only at or below resumeAt', () => {
+    const m = monitor();
+    m.sample(100);
     jest.advanceTimersByTime(5000);
     m.sample(10);
-    expect(m.shedding).toBe(true);
+    expect(m.shedShare).toBe(1);
+    jest.advanceTimersByTime(500);
     m.sample(5);
-    jest.advanceTimersByTime(999);
-    m.sample(0);
-    expect(m.shedding).toBe(true);
-    // A deeper sample restarts the hold.
+    expect(m.shedShare).toBeCloseTo(0.5, 9);
+    jest.advanceTimersByTime(250);
     m.sample(6);
-    jest.advanceTimersByTime(1);
+    expect(m.shedShare).toBeCloseTo(0.5, 9);
+    jest.advanceTimersByTime(250);
     m.sample(0);
-    jest.advanceTimersByTime(999);
-    m.sample(0);
+    expect(m.shedShare).toBeCloseTo(0.25, 9);
     expect(m.shedding).toBe(true);
-    jest.advanceTimersByTime(1);
+    jest.advanceTimersByTime(250);
     m.sample(0);
     expect(m.shedding).toBe(false);
     expect(changes).toEqual([
-      [true, 25, 100],
+      [true, 100, 100],
       [false, 0, 100],
     ]);
   });
@@ -185,6 +201,20 @@ describe('AcceptQueueMonitor: hysteresis', () => {
     expect(changes).toEqual([[true, 30, 100]]);
   });
 
+  it('sheds a request on a draw below the share; none drawn at 0, all at 1', () => {
+    const draws = [0.4, 0.6];
+    const random = jest.fn(() => draws.shift()!);
+    const m = monitor({}, undefined, random);
+    expect(m.shed()).toBe(false);
+    expect(random).not.toHaveBeenCalled();
+    m.sample(63); // (63 - 25) / 75 ≈ 0.507
+    expect(m.shed()).toBe(true);
+    expect(m.shed()).toBe(false);
+    m.sample(100);
+    expect(m.shed()).toBe(true);
+    expect(random).toHaveBeenCalledTimes(2);
+  });
+
   it('caps the backlog at net.core.somaxconn, as listen(2) does', () => {
     const m = monitor({ backlog: 4096 }, 128);
     expect(m.limit).toBe(128);
@@ -194,10 +224,8 @@ describe('AcceptQueueMonitor: hysteresis', () => {
     expect(m.shedding).toBe(true);
   });
 
-  it('answers Retry-After with the hold, rounded up, at least 1 s', () => {
+  it('answers Retry-After: 1 (the queue drains within a loop turn or two)', () => {
     expect(monitor().retryAfterSec()).toBe(1);
-    expect(monitor({ holdMs: 2500 }).retryAfterSec()).toBe(3);
-    expect(monitor({ holdMs: 0 }).retryAfterSec()).toBe(1);
   });
 
   function polled(depths: (number | null | undefined)[], inFlight = () => 0) {
@@ -269,7 +297,7 @@ describe('AcceptQueueMonitor: hysteresis', () => {
     m.close();
   });
 
-  it('keeps polling while it sheds, until the queue has been calm for holdMs', () => {
+  it('keeps polling while it sheds, until the shed share has fallen to none', () => {
     const { m, reads } = polled([40, 0]);
     m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
     jest.advanceTimersByTime(50);

@@ -30,8 +30,9 @@ export interface AcceptQueueConfig {
   backlog: number;
   /** Start shedding when the queue holds this share of the effective backlog. */
   shedAt: number;
-  /** Stop shedding once the queue has stayed at or below this share for holdMs. */
+  /** The shed share falls only while the queue is at or below this share of the backlog. */
   resumeAt: number;
+  /** Time the shed share takes to fall from all to none while the queue stays short. */
   holdMs: number;
   sampleIntervalMs: number;
 }
@@ -51,6 +52,8 @@ const SYN_RECV = '03';
 /** A read never goes past this, whatever the table holds. */
 const MAX_BYTES = 256 * 1024;
 const CHUNK = 16 * 1024;
+/** Growth of the shed share per sample while the queue stays at or above shedAt. */
+const SHARE_STEP = 0.05;
 /** Ports remembered (a gateway listens on one or two). */
 const MAX_PORTS = 8;
 /**
@@ -158,14 +161,28 @@ export function readSomaxconn(procRoot = '/proc'): number | undefined {
 
 export interface AcceptQueueDeps {
   read?: DepthReader;
+  /** Random source of the shedding draw (the `random` option). */
+  random?: () => number;
   /** Requests in flight: polling goes on while there are some, as while requests arrive. */
   inFlight?: () => number;
   somaxconn?: number | undefined;
   now?: () => number;
 }
 
+/**
+ * Sheds a share of new requests, not all of them: a burst at a rate near what
+ * the process accepts would otherwise be refused whole for a queue the process
+ * was about to drain (a smoke run shed 3,900 of 4,000 requests that way). The
+ * share follows the depth: at `shedAt` of the backlog it starts, it is at least
+ * the depth's place between `shedAt` and the full backlog (all of them once the
+ * queue is full, when the kernel drops), and it grows by SHARE_STEP a sample
+ * while the queue stays deep. Hysteresis: it holds while the depth is between
+ * `resumeAt` and `shedAt`, and falls to none over `holdMs` only while the depth
+ * stays at or below `resumeAt`, so it does not flap between samples.
+ */
 export class AcceptQueueMonitor {
-  shedding = false;
+  /** Share of new requests shed (0-1). */
+  shedShare = 0;
   /** Depth of the last sample (the deepest queue of the ports seen); null before one. */
   depth: number | null = null;
   /** The effective backlog: `backlog` capped by net.core.somaxconn. */
@@ -177,10 +194,11 @@ export class AcceptQueueMonitor {
   private readonly ports = new Map<number, boolean>();
   private readonly read: DepthReader;
   private readonly now: () => number;
+  private readonly random: () => number;
   private readonly inFlight: () => number;
   private timer: NodeJS.Timeout | undefined;
   private active = false;
-  private calmSinceMs: number | undefined;
+  private lastSampleMs: number | undefined;
   private nextReadAtMs = 0;
 
   constructor(
@@ -190,11 +208,22 @@ export class AcceptQueueMonitor {
   ) {
     this.read = deps.read ?? procDepthReader();
     this.now = deps.now ?? Date.now;
+    this.random = deps.random ?? Math.random;
     this.inFlight = deps.inFlight ?? (() => 0);
     const somaxconn = 'somaxconn' in deps ? deps.somaxconn : readSomaxconn();
     this.limit = Math.min(config.backlog, somaxconn ?? config.backlog);
     this.shedDepth = Math.max(1, Math.ceil(config.shedAt * this.limit));
     this.resumeDepth = Math.min(this.shedDepth - 1, Math.floor(config.resumeAt * this.limit));
+  }
+
+  /** Whether it sheds at all now. */
+  get shedding(): boolean {
+    return this.shedShare > 0;
+  }
+
+  /** Whether this request is shed: a draw against the shed share (none drawn when 0). */
+  shed(): boolean {
+    return this.shedShare > 0 && (this.shedShare >= 1 || this.random() < this.shedShare);
   }
 
   /**
@@ -232,7 +261,7 @@ export class AcceptQueueMonitor {
       this.available = false;
       this.stop();
       if (this.shedding) {
-        this.shedding = false;
+        this.shedShare = 0;
         this.onChange(false, 0, this.limit);
       }
       return;
@@ -243,30 +272,27 @@ export class AcceptQueueMonitor {
     this.active = false;
   }
 
-  /** Applies a depth with hysteresis; public so tests can drive it. */
+  /** Applies a depth (class comment); public so tests can drive it. */
   sample(depth: number): void {
-    this.depth = depth;
-    if (!this.shedding) {
-      if (depth < this.shedDepth) return;
-      this.shedding = true;
-      this.calmSinceMs = undefined;
-      this.onChange(true, depth, this.limit);
-      return;
-    }
-    if (depth > this.resumeDepth) {
-      this.calmSinceMs = undefined;
-      return;
-    }
     const nowMs = this.now();
-    this.calmSinceMs ??= nowMs;
-    if (nowMs - this.calmSinceMs < this.config.holdMs) return;
-    this.shedding = false;
-    this.onChange(false, depth, this.limit);
+    const elapsedMs = nowMs - (this.lastSampleMs ?? nowMs);
+    this.lastSampleMs = nowMs;
+    this.depth = depth;
+    const was = this.shedShare;
+    if (depth >= this.shedDepth) {
+      const place =
+        this.limit > this.shedDepth ? (depth - this.shedDepth) / (this.limit - this.shedDepth) : 1;
+      this.shedShare = Math.min(1, Math.max(was + SHARE_STEP, place));
+    } else if (depth <= this.resumeDepth && was > 0) {
+      const fall = this.config.holdMs > 0 ? elapsedMs / this.config.holdMs : 1;
+      this.shedShare = Math.max(0, was - fall);
+    }
+    if (was > 0 !== this.shedShare > 0) this.onChange(this.shedShare > 0, depth, this.limit);
   }
 
-  /** Seconds a shed client should wait: the hold, rounded up, at least 1. */
+  /** Seconds a shed client should wait: 1 (the queue drains within a loop turn or two). */
   retryAfterSec(): number {
-    return Math.min(60, Math.max(1, Math.ceil(this.config.holdMs / 1000)));
+    return 1;
   }
 
   private stop(): void {

@@ -185,7 +185,7 @@ export class RequestFlow {
     const aq = c.acceptQueue;
     if (aq) {
       aq.noteRequest(req.socket);
-      if (aq.shedding) return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', aq.retryAfterSec());
+      if (aq.shed()) return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', aq.retryAfterSec());
     }
     const o = c.options;
     const framing = checkFraming(req);
