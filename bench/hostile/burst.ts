@@ -3,14 +3,17 @@
  * (one request each, `agent: false`, open loop: each request timed from its
  * scheduled send) well above what one gateway process serves, against the
  * bench gateway (bench/procs/gateway-loadwise.ts: Express + loadBalance,
- * `app.listen`, so Node's default listen backlog of 511, below the host's
- * net.core.somaxconn) in front of 4 backends that answer after 2 ms. Per
- * `overload.maxEventLoopDelayMs` setting: the 503 + Retry-After answers
- * (LW_GW_OVERLOADED), the errors (refused, reset, timed out), the p50/p99 of
- * all answers and of the 200s, and TcpExtListenOverflows (`nstat -az`, a host-wide counter)
- * before and after.
+ * listening with `--backlog`, 511 by default as Node's `app.listen`, capped by
+ * the host's net.core.somaxconn) in front of 4 backends that answer after 2 ms.
+ * Per configuration (the accept-queue signal on or off, `acceptQueue` with the
+ * same backlog, × each `overload.maxEventLoopDelayMs`), interleaved in each run:
+ * the requests shed (503 LW_GW_OVERLOADED with Retry-After), other answers, the
+ * errors (refused, reset, timed out), the p50/p99 of all answers and of the
+ * 200s, and TcpExtListenOverflows (`nstat -az`, a host-wide counter) before
+ * and after.
  *
- *   npm run bench:burst [-- --rate 6000 --seconds 3 --runs 3 --limits 1000,200,100,50]
+ *   npm run bench:burst [-- --rate 2000 --seconds 2 --runs 3 --signal on,off --limits 500 --backlog 511
+ *                          --accept-queue '{"shedAt":0.75}']
  */
 import { fork } from 'node:child_process';
 import { listenOverflows } from '../lib/engine';
@@ -41,8 +44,9 @@ interface BurstResult {
   type: 'done';
   sent: number;
   ok: number;
+  /** 503 LW_GW_OVERLOADED with Retry-After: the gateway shed it. */
   shed: number;
-  shedWithoutRetryAfter: number;
+  /** Any other answer (a 503 without the code or Retry-After included). */
   otherStatus: number;
   errors: Record<string, number>;
   allMs: number[];
@@ -56,7 +60,6 @@ async function runBurst(port: number, rate: number, seconds: number): Promise<vo
     sent: 0,
     ok: 0,
     shed: 0,
-    shedWithoutRetryAfter: 0,
     otherStatus: 0,
     errors: {},
     allMs: [],
@@ -78,16 +81,21 @@ async function runBurst(port: number, rate: number, seconds: number): Promise<vo
         const req = http.get(
           { host: '127.0.0.1', port, path: '/', agent: false, timeout: 10_000 },
           (res) => {
-            res.resume();
+            let body = '';
+            if (res.statusCode === 503) res.on('data', (d: Buffer) => (body += d.toString()));
+            else res.resume();
             res.on('end', () => {
               const ms = performance.now() - at;
               r.allMs.push(ms);
               if (res.statusCode === 200) {
                 r.ok++;
                 r.okMs.push(ms);
-              } else if (res.statusCode === 503) {
+              } else if (
+                res.statusCode === 503 &&
+                res.headers['retry-after'] !== undefined &&
+                body.includes('LW_GW_OVERLOADED')
+              ) {
                 r.shed++;
-                if (res.headers['retry-after'] === undefined) r.shedWithoutRetryAfter++;
               } else r.otherStatus++;
               done();
             });
@@ -137,55 +145,68 @@ function arg(name: string, fallback: string): string {
 }
 
 async function main(): Promise<void> {
-  const rate = Number(arg('rate', '6000'));
-  const seconds = Number(arg('seconds', '3'));
+  const rate = Number(arg('rate', '2000'));
+  const seconds = Number(arg('seconds', '2'));
   const runs = Number(arg('runs', '3'));
-  const limits = arg('limits', '1000,200,100,50').split(',').map(Number);
+  const limits = arg('limits', '500').split(',').map(Number);
+  const signals = arg('signal', 'on,off').split(',');
+  const backlog = Number(arg('backlog', '511'));
+  /** Extra acceptQueue options for the signal-on runs, as JSON (e.g. '{"shedAt":0.5}'). */
+  const acceptQueueExtra = JSON.parse(arg('accept-queue', '{}')) as Record<string, unknown>;
+  if (signals.some((x) => x !== 'on' && x !== 'off'))
+    throw new Error('--signal: on, off or on,off');
   const somaxconn = readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim();
   const backends = await forkRole<{
     ports: number[];
     child: import('node:child_process').ChildProcess;
   }>(['backends'], 'ready');
-  const rows: string[] = [];
   process.stdout.write(
     `burst: ${rate} new connections/s for ${seconds} s, 4 backends of ${BACKEND_MS} ms; ` +
-      `listen backlog 511 (Node default, app.listen), net.core.somaxconn ${somaxconn}\n` +
-      '| maxEventLoopDelayMs | run | sent | 200 | 503+Retry-After | errors | p50 all ms | p99 all ms | p99 of 200s ms | ListenOverflows |\n' +
-      '|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n',
+      `net.core.somaxconn ${somaxconn}; accept-queue signal on: acceptQueue ${JSON.stringify({ backlog, ...acceptQueueExtra })} (other keys default)\n` +
+      '| accept-queue signal | maxEventLoopDelayMs | listen backlog | run | sent | 200 | shed (503 LW_GW_OVERLOADED) | other status | errors | p50 all ms | p99 all ms | p99 of 200s ms | ListenOverflows |\n' +
+      '|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n',
   );
   for (let run = 1; run <= runs; run++) {
-    for (const limit of limits) {
-      const gw = forkProc('gateway', 'gateway-loadwise.js', {
-        options: {
-          backends: backends.ports.map((p, i) => ({ id: `b${i}`, url: `http://127.0.0.1:${p}` })),
-          healthCheck: false,
-          overload: { maxEventLoopDelayMs: limit, sampleIntervalMs: Math.min(500, limit) },
-          logger: undefined,
-        },
-      });
-      const { port } = await gw.waitFor<{ port: number }>('ready');
-      await sleep(500);
-      const before = listenOverflows();
-      const r = await forkRole<BurstResult>(
-        ['burst', String(port), String(rate), String(seconds)],
-        'done',
-        120_000,
-      );
-      const after = listenOverflows();
-      await gw.stop();
-      const errs = Object.entries(r.errors)
-        .map(([k, v]) => `${k} ${v}`)
-        .join(', ');
-      const row =
-        `| ${limit} | ${run} | ${r.sent} | ${r.ok} | ${r.shed - r.shedWithoutRetryAfter} (other status ${r.otherStatus + r.shedWithoutRetryAfter}) | ${errs || '0'} | ` +
-        `${pct(r.allMs, 50).toFixed(0)} | ${pct(r.allMs, 99).toFixed(0)} | ${pct(r.okMs, 99).toFixed(0)} | ${after - before} |`;
-      rows.push(row);
-      process.stdout.write(row + '\n');
-      await sleep(1000);
+    for (const signal of signals) {
+      for (const limit of limits) {
+        await burstOnce(run, signal === 'on', limit);
+      }
     }
   }
   backends.child.disconnect();
   backends.child.kill();
+
+  async function burstOnce(run: number, signal: boolean, limit: number): Promise<void> {
+    const gw = forkProc('gateway', 'gateway-loadwise.js', {
+      options: {
+        backends: backends.ports.map((p, i) => ({ id: `b${i}`, url: `http://127.0.0.1:${p}` })),
+        healthCheck: false,
+        overload: { maxEventLoopDelayMs: limit, sampleIntervalMs: Math.min(500, limit) },
+        acceptQueue: signal ? { backlog } : false,
+        logger: undefined,
+      },
+      backlog,
+    });
+    const ready = await gw.waitFor<{ port: number; backlog: number }>('ready');
+    const { port } = ready;
+    await sleep(500);
+    const before = listenOverflows();
+    const r = await forkRole<BurstResult>(
+      ['burst', String(port), String(rate), String(seconds)],
+      'done',
+      120_000,
+    );
+    const after = listenOverflows();
+    await gw.stop();
+    const errs = Object.entries(r.errors)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
+    const row =
+      `| ${signal ? 'on' : 'off'} | ${limit} | ${ready.backlog} | ${run} | ${r.sent} | ${r.ok} | ${r.shed} | ${r.otherStatus} | ${errs || '0'} | ` +
+      `${pct(r.allMs, 50).toFixed(0)} | ${pct(r.allMs, 99).toFixed(0)} | ${pct(r.okMs, 99).toFixed(0)} | ${after - before} |`;
+    process.stdout.write(row + '\n');
+    await sleep(1000);
+  }
 }
 
 const role = process.argv[2];

@@ -40,6 +40,7 @@ const EVENT_NAMES: (keyof BalancerEvents)[] = [
   'metrics-stale',
   'saturation',
   'overload',
+  'accept-queue',
   'panic',
   'broker-connected',
   'broker-lost',

@@ -16,6 +16,7 @@ import { GatewayError, type DropReason } from './errors';
 import { BalancerEmitter, type BalancerEvents } from './events';
 import type { BalancerHandle } from './handle';
 import { DrainRate } from './admission/drain-rate';
+import { AcceptQueueMonitor } from './admission/accept-queue';
 import { OverloadMonitor } from './admission/overload-monitor';
 import { RetryBudget } from './admission/retry-budget';
 import { WaitQueue } from './admission/wait-queue';
@@ -62,6 +63,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   readonly queue: WaitQueue;
   readonly drainRate: DrainRate;
   readonly overload: OverloadMonitor | undefined;
+  readonly acceptQueue: AcceptQueueMonitor | undefined;
   readonly metrics: GatewayMetrics;
   readonly traffic = new TrafficWindow();
   readonly engine: ProxyEngine;
@@ -153,6 +155,13 @@ export class Balancer implements BalancerHandle, FlowHost {
       o.overload &&
       new OverloadMonitor(o.overload, (overloaded, eventLoopDelayMs) =>
         this.events.emit('overload', { overloaded, eventLoopDelayMs }),
+      );
+    this.acceptQueue =
+      o.acceptQueue &&
+      new AcceptQueueMonitor(
+        o.acceptQueue,
+        (shedding, depth, limit) => this.events.emit('accept-queue', { shedding, depth, limit }),
+        { inFlight: () => flow.active, random: o.random },
       );
     this.sweepTimer = setInterval(() => this.sweep(), FRESHNESS_SWEEP_MS);
     this.sweepTimer.unref();
@@ -577,6 +586,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       clearInterval(this.sweepTimer);
       this.checker?.close();
       this.overload?.close();
+      this.acceptQueue?.close();
       this.queue.close();
       this.queueChanged();
       try {

@@ -24,6 +24,11 @@ export interface BalancerEvents {
   saturation: [{ saturated: boolean; queued: number }];
   /** The gateway's event loop is too slow: it sheds new requests, or stopped shedding. */
   overload: [{ overloaded: boolean; eventLoopDelayMs: number }];
+  /**
+   * Connections wait in the listen socket's accept queue (`depth` of `limit`, the
+   * effective backlog): the gateway sheds new requests, or stopped shedding.
+   */
+  'accept-queue': [{ shedding: boolean; depth: number; limit: number }];
   /** Too few healthy backends: traffic spreads over every routable one (Envoy panic). */
   panic: [{ panic: boolean; healthy: number; routable: number }];
   'broker-connected': [{ url: string | undefined }];

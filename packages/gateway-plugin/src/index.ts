@@ -33,6 +33,7 @@ export {
   type MessageLimitOptions,
   type OutlierOptions,
   type OverloadOptions,
+  type AcceptQueueOptions,
   type ProxyEventHooks,
   type RetryOptions,
   type SaturationOptions,

@@ -18,3 +18,6 @@ export function internals(lb: Pick<LoadBalancerMiddleware, 'balancer'>): Balance
 export function dashboardOf(lb: LoadBalancerMiddleware): Dashboard | undefined {
   return (lb as unknown as { dashboard: Dashboard | undefined }).dashboard;
 }
+
+/** The accept-queue signal's table read (test/gateway/accept-queue.test.ts, bench/hostile/accept-queue-read.ts). */
+export { readListenDepth } from './admission/accept-queue';

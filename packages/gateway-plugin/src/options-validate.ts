@@ -447,6 +447,28 @@ const entries = {
     ),
     {},
   ),
+  acceptQueue: v.optional(
+    orFalse(
+      v.pipe(
+        strict({
+          backlog: v.optional(int(1, 1 << 20), DEFAULTS.acceptQueue.backlog),
+          shedAt: v.optional(num(0, 1), DEFAULTS.acceptQueue.shedAt),
+          resumeAt: v.optional(num(0, 1), DEFAULTS.acceptQueue.resumeAt),
+          holdMs: v.optional(num(0, MAX_TIMER_MS), DEFAULTS.acceptQueue.holdMs),
+          sampleIntervalMs: v.optional(
+            num(10, MAX_TIMER_MS),
+            DEFAULTS.acceptQueue.sampleIntervalMs,
+          ),
+        }),
+        crossCheck((a) =>
+          a.resumeAt >= a.shedAt
+            ? invalidOption('acceptQueue.resumeAt', '< acceptQueue.shedAt', a.resumeAt)
+            : undefined,
+        ),
+      ),
+    ),
+    {},
+  ),
   discovery: v.optional(
     orFalse(
       strict({
@@ -613,6 +635,7 @@ function resolve(o: Parsed) {
       maxInFlightPerBackend: saturation.maxInFlightPerBackend ?? agent.maxSockets,
     },
     overload: off(o.overload),
+    acceptQueue: off(o.acceptQueue),
     discovery: off(o.discovery),
     clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
     maxInFlightPerClient: off(o.maxInFlightPerClient),

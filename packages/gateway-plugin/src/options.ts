@@ -158,6 +158,27 @@ export interface OverloadOptions {
   sampleIntervalMs?: number;
 }
 
+/**
+ * Shedding on the listen socket's accept queue (Linux; docs/gateway.md,
+ * "Accept queue"). Shares are of the effective backlog: `backlog` capped by
+ * net.core.somaxconn.
+ */
+export interface AcceptQueueOptions {
+  /** The backlog your server listens with: `server.listen({ port, backlog })` (Node's default 511). */
+  backlog?: number;
+  /**
+   * Start shedding new requests once this share of the backlog waits to be accepted (0-1);
+   * the share of requests shed grows with the depth, to all of them at a full queue.
+   */
+  shedAt?: number;
+  /** The shed share falls only while at most this share of the backlog waits (below `shedAt`). */
+  resumeAt?: number;
+  /** Time the shed share takes to fall from all to none while the queue stays short. */
+  holdMs?: number;
+  /** How often the queue is read while requests arrive (not at all when idle). */
+  sampleIntervalMs?: number;
+}
+
 export interface DiscoveryOptions {
   /** CIDRs a registered backend URL must be inside (IP literals only; names are refused). */
   allowedRanges: string[];
@@ -266,6 +287,8 @@ export interface LoadBalanceOptions {
   warmUp?: WarmUpOptions | false;
   saturation?: SaturationOptions;
   overload?: OverloadOptions | false;
+  /** Shed on the kernel's accept-queue depth (Linux); `false` disables. */
+  acceptQueue?: AcceptQueueOptions | false;
   discovery?: DiscoveryOptions | false;
   /** Serve the JSON status here (relative to the mount point); off by default. */
   statusPath?: string;
@@ -375,6 +398,15 @@ export const DEFAULTS = {
    * gateway's first requests on a busy host (its own startup stall was 255 ms).
    */
   overload: { maxEventLoopDelayMs: 500, sampleIntervalMs: 200 },
+  /**
+   * Shedding starts when half of the backlog waits (the queue a sample sees is
+   * what came in while the process last turned its event loop: 256 at 2,000
+   * connections/s is a 128 ms turn, half-way to the one that overflows 511) and
+   * sheds all once the queue is full; the share falls over 1 s once at most a
+   * tenth waits (docs/gateway.md, "Accept queue"). 50 ms sampling reads a table
+   * head (~0.1 ms) while requests arrive, never when idle.
+   */
+  acceptQueue: { backlog: 511, shedAt: 0.5, resumeAt: 0.1, holdMs: 1_000, sampleIntervalMs: 50 },
   discovery: { allowedPorts: [] as number[], maxBackends: 100 },
   decisionHeader: DEFAULT_DECISION_HEADER,
   metricsPrefix: DEFAULT_METRICS_PREFIX,

@@ -101,6 +101,7 @@ const EVENTS: (keyof BalancerEvents)[] = [
   'backend-added',
   'saturation',
   'overload',
+  'accept-queue',
   'panic',
   'invalid-message',
 ];

@@ -60,6 +60,7 @@ function shadowOptions(o: ResolvedOptions, sinkUrl: string): ResolvedOptions {
     discovery: undefined,
     healthCheck: undefined,
     overload: undefined,
+    acceptQueue: undefined,
     warmUp: undefined,
     // User hooks may count, authenticate or log: synthetic requests are not theirs.
     on: {},

@@ -102,6 +102,15 @@ const CASES: {
     ],
     [{ overloaded: false, eventLoopDelayMs: 12 }, 'info', { overloaded: false }, /no longer/],
   ],
+  'accept-queue': [
+    [
+      { shedding: true, depth: 200, limit: 511 },
+      'error',
+      { shedding: true, depth: 200, limit: 511 },
+      /200 of 511 connections wait to be accepted\): shedding/,
+    ],
+    [{ shedding: false, depth: 3, limit: 511 }, 'info', { shedding: false }, /accepts again/],
+  ],
   panic: [
     [
       { panic: true, healthy: 1, routable: 3 },

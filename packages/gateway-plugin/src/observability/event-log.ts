@@ -111,6 +111,18 @@ const DESCRIBE: Describers = {
           msg: `gateway no longer overloaded (event-loop delay ${delay} ms)`,
         };
   },
+  'accept-queue': ({ shedding, depth, limit }) =>
+    shedding
+      ? {
+          level: 'error',
+          fields: { event: 'accept-queue', shedding, depth, limit },
+          msg: `gateway overloaded (${depth} of ${limit} connections wait to be accepted): shedding new requests with 503`,
+        }
+      : {
+          level: 'info',
+          fields: { event: 'accept-queue', shedding, depth, limit },
+          msg: `gateway accepts again without a queue (${depth} of ${limit} waiting)`,
+        },
   panic: ({ panic, healthy, routable }) =>
     panic
       ? {

@@ -15,6 +15,7 @@ const SNAPSHOT: BalancerSnapshot = {
   inFlight: 0,
   eventLoopDelayMs: 1.5,
   overloaded: false,
+  acceptQueueDepth: 0,
   brokerConnected: true,
   trafficWindowMs: 10_000,
   backends: [

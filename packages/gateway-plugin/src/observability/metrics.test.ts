@@ -41,6 +41,7 @@ function snapshot(
     inFlight: backends.reduce((n, b) => n + b.inFlight, 0),
     eventLoopDelayMs: null,
     overloaded: false,
+    acceptQueueDepth: null,
     brokerConnected: null,
     trafficWindowMs: 10_000,
     backends,
@@ -177,7 +178,13 @@ describe('createGatewayMetrics', () => {
           }),
           backend('b', { state: 'ejected', trafficShare: 0.25 }),
         ],
-        { panic: true, saturationQueueLength: 5, eventLoopDelayMs: 20, brokerConnected: true },
+        {
+          panic: true,
+          saturationQueueLength: 5,
+          eventLoopDelayMs: 20,
+          acceptQueueDepth: 130,
+          brokerConnected: true,
+        },
       ),
     );
     createGatewayMetrics({ registry, getSnapshot });
@@ -197,6 +204,7 @@ describe('createGatewayMetrics', () => {
     expect(text).toContain('loadwise_panic 1');
     expect(text).toContain('loadwise_saturation_queue_length 5');
     expect(text).toContain('loadwise_event_loop_delay_seconds 0.02');
+    expect(text).toContain('loadwise_accept_queue_depth 130');
     expect(text).toContain('loadwise_broker_connected 1');
   });
 
@@ -353,5 +361,6 @@ describe('createGatewayMetrics', () => {
     const text = await registry.metrics();
     expect(text).toMatch(/^loadwise_broker_connected 0$/m);
     expect(text).toMatch(/^loadwise_event_loop_delay_seconds 0$/m);
+    expect(text).toMatch(/^loadwise_accept_queue_depth 0$/m);
   });
 });

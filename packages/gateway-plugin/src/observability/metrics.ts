@@ -279,7 +279,7 @@ function createFamilies(registry: Registry, p: string): Families {
   const panic = gauge('panic', '1 while too few backends are healthy (panic mode)', []);
   const overloaded = gauge(
     'overloaded',
-    '1 while the gateway sheds load for its own event loop',
+    '1 while the gateway sheds load for its own event loop or accept queue',
     [],
   );
   const queueLength = gauge(
@@ -292,6 +292,11 @@ function createFamilies(registry: Registry, p: string): Families {
     'Event-loop delay the overload protection measured last, seconds (0 when it is off)',
     [],
   );
+  const acceptQueueDepth = gauge(
+    'accept_queue_depth',
+    'Connections waiting in the listen socket accept queue at the last sample (0 when off or not Linux)',
+    [],
+  );
   const brokerConnected = gauge(
     'broker_connected',
     '1 while connected to the MQTT broker (0 when disconnected or none is configured)',
@@ -300,7 +305,7 @@ function createFamilies(registry: Registry, p: string): Families {
   const backendGauges: Gauge<string>[] = [inFlight, reportAge, reportFresh, share];
   backendGauges.push(reportedCpu, reportedQueued);
   const allGauges = [...backendGauges, state, inFlightTotal, panic, overloaded, queueLength];
-  allGauges.push(eventLoopDelay, brokerConnected);
+  allGauges.push(eventLoopDelay, acceptQueueDepth, brokerConnected);
 
   function write(member: Member, s: BalancerSnapshot): void {
     const L = (labels: Labels): Labels => withService(member, labels);
@@ -323,6 +328,7 @@ function createFamilies(registry: Registry, p: string): Families {
     queueLength.set(gl, s.saturationQueueLength);
     // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
     eventLoopDelay.set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
+    acceptQueueDepth.set(gl, s.acceptQueueDepth ?? 0);
     brokerConnected.set(gl, s.brokerConnected === true ? 1 : 0);
   }
 

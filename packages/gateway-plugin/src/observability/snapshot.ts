@@ -99,8 +99,17 @@ export interface BalancerSnapshot {
   inFlight: number;
   /** The gateway's own event-loop delay (last sample), ms; null when overload protection is off. */
   eventLoopDelayMs: number | null;
-  /** Whether the gateway is shedding new requests because its event loop is too slow. */
+  /**
+   * Whether the gateway is shedding new requests (503 LW_GW_OVERLOADED): its event
+   * loop is too slow, or connections wait in its accept queue.
+   */
   overloaded: boolean;
+  /**
+   * Connections waiting in the listen socket's accept queue at the last sample (the
+   * deepest of the ports requests came in on); null when the accept-queue signal is
+   * off or absent (not Linux), or before the first request.
+   */
+  acceptQueueDepth: number | null;
   /** MQTT connection to the broker; null when no broker is configured. */
   brokerConnected: boolean | null;
   /** The window `trafficShare` covers, ms. */

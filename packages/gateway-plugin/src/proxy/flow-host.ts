@@ -7,6 +7,7 @@
  * nothing from balancer.ts.
  */
 import type { DrainRate } from '../admission/drain-rate';
+import type { AcceptQueueMonitor } from '../admission/accept-queue';
 import type { OverloadMonitor } from '../admission/overload-monitor';
 import type { RetryBudget } from '../admission/retry-budget';
 import type { WaitQueue } from '../admission/wait-queue';
@@ -28,6 +29,8 @@ export interface FlowHost {
   readonly metrics: GatewayMetrics;
   readonly outlier: OutlierDetector;
   readonly overload: OverloadMonitor | undefined;
+  /** Sheds while connections wait in the kernel's accept queue (Linux); undefined when off. */
+  readonly acceptQueue: AcceptQueueMonitor | undefined;
   readonly queue: WaitQueue;
   readonly drainRate: DrainRate;
   readonly budget: RetryBudget | undefined;

@@ -182,6 +182,11 @@ export class RequestFlow {
     if (c.overload?.overloaded) {
       return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', c.overload.retryAfterSec());
     }
+    const aq = c.acceptQueue;
+    if (aq) {
+      aq.noteRequest(req.socket);
+      if (aq.shed()) return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', aq.retryAfterSec());
+    }
     const o = c.options;
     const framing = checkFraming(req);
     if (!framing.ok) {

@@ -27,7 +27,8 @@ export class UpgradeFlow {
     const refuse = (status: string): void => {
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     };
-    if (c.closed || c.draining || c.overload?.overloaded) return refuse('503 Service Unavailable');
+    if (c.closed || c.draining || c.overload?.overloaded || c.acceptQueue?.shed())
+      return refuse('503 Service Unavailable');
     setForwardedHeaders(req, c.options.trustForwarded);
     if (c.options.forwardMountPath) {
       const original = (req as { originalUrl?: string }).originalUrl;

@@ -1,0 +1,83 @@
+/**
+ * What the accept-queue signal costs (packages/gateway-plugin/src/admission/accept-queue.ts):
+ * one read of the listeners at the head of /proc/net/tcp (an IPv4 listener) or
+ * /proc/net/tcp6 (a dual-stack `::` listener, Node's default for `listen(port)`),
+ * with `--connections` open loopback connections to each listener, against a
+ * read of the whole table. The read runs on the event loop every
+ * `acceptQueue.sampleIntervalMs` (50 ms) while requests arrive.
+ *
+ *   npm run bench:accept-queue-read [-- --connections 1500 --reads 200]
+ */
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import { readListenDepth } from '@loadwise/gateway-plugin/internals';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1]! : fallback;
+}
+
+function perReadUs(fn: () => unknown, reads: number): number {
+  fn();
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < reads; i++) fn();
+  return Number(process.hrtime.bigint() - t0) / reads / 1000;
+}
+
+async function listener(host: string): Promise<{ server: net.Server; port: number }> {
+  const server = net.createServer((s) => s.on('error', () => undefined));
+  await new Promise<void>((r) => server.listen({ port: 0, host, backlog: 4096 }, r));
+  return { server, port: (server.address() as net.AddressInfo).port };
+}
+
+async function connect(port: number, n: number): Promise<net.Socket[]> {
+  const sockets: net.Socket[] = [];
+  for (let i = 0; i < n; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    sockets.push(s);
+    if (i % 100 === 99) await new Promise((r) => s.once('connect', r));
+  }
+  await Promise.all(
+    sockets.map((s) => (s.connecting ? new Promise((r) => s.once('connect', r)) : 0)),
+  );
+  return sockets;
+}
+
+const lines = (path: string): number => readFileSync(path, 'latin1').split('\n').length - 2;
+
+async function main(): Promise<void> {
+  const n = Number(arg('connections', '1500'));
+  const reads = Number(arg('reads', '200'));
+  const v4 = await listener('127.0.0.1');
+  const v6 = await listener('::');
+  const rows: string[] = [];
+  for (const open of [0, n]) {
+    const sockets =
+      open === 0 ? [] : [...(await connect(v4.port, open)), ...(await connect(v6.port, open))];
+    const tcp = lines('/proc/net/tcp');
+    const tcp6 = lines('/proc/net/tcp6');
+    const head4 = perReadUs(() => readListenDepth('/proc/net/tcp', v4.port), reads);
+    const head6 = perReadUs(() => readListenDepth('/proc/net/tcp6', v6.port), reads);
+    const full4 = perReadUs(() => readFileSync('/proc/net/tcp'), Math.max(10, reads / 10));
+    const full6 = perReadUs(() => readFileSync('/proc/net/tcp6'), Math.max(10, reads / 10));
+    rows.push(
+      `| ${open} per listener | ${tcp} / ${tcp6} | ${head4.toFixed(0)} | ${head6.toFixed(0)} | ${full4.toFixed(0)} | ${full6.toFixed(0)} |`,
+    );
+    sockets.forEach((s) => s.destroy());
+  }
+  v4.server.close();
+  v6.server.close();
+  process.stdout.write(
+    `accept-queue read cost, ${reads} reads each, µs per read\n` +
+      '| open connections | lines in tcp / tcp6 | head of tcp (IPv4 listener) | head of tcp6 (`::` listener) | whole tcp | whole tcp6 |\n' +
+      '|---|---:|---:|---:|---:|---:|\n' +
+      rows.join('\n') +
+      '\n',
+  );
+}
+
+void main().catch((e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,307 @@
+/**
+ * Shedding on the kernel's accept queue (docs/gateway.md, "Accept queue").
+ *
+ * A burst of new connections waits in the listen socket's accept queue before
+ * the process accepts it; beyond the listen backlog the kernel drops the
+ * handshake (TcpExtListenOverflows) and the client retries after 1 s, 3 s, 7 s.
+ * The event-loop delay guard (overload-monitor.ts) does not see that wait: the
+ * loop keeps turning while connections queue in the kernel
+ * (bench/results/burst.md). This monitor reads the queue's depth from the
+ * kernel's socket table and, while it is deep, lets the request flow answer
+ * new requests 503 LW_GW_OVERLOADED + Retry-After before any body read or
+ * proxy work: a shed request costs its accept and parse only, so the process
+ * drains its queue faster and clients get an answer instead of a drop.
+ *
+ * The table: /proc/net/tcp (IPv4 listeners) and /proc/net/tcp6 (IPv6 and
+ * dual-stack ones), format of net/ipv4/tcp_ipv4.c get_tcp4_sock. For a socket
+ * in LISTEN (st 0A) rx_queue is sk_ack_backlog, the connections waiting for
+ * accept(); tx_queue is 0 there (only inet_diag, `ss`'s Send-Q, reports the
+ * backlog limit), so the limit comes from the `backlog` option, capped by
+ * net.core.somaxconn as listen(2) caps it. The kernel lists listening sockets
+ * before the others, so a read stops at the first line of another state: its
+ * cost is that of the listeners, not of every connection in the namespace.
+ *
+ * Off Linux, or without /proc, the signal is absent: nothing is shed for it.
+ */
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+
+export interface AcceptQueueConfig {
+  /** The backlog the server listens with (Node's default 511). */
+  backlog: number;
+  /** Start shedding when the queue holds this share of the effective backlog. */
+  shedAt: number;
+  /** The shed share falls only while the queue is at or below this share of the backlog. */
+  resumeAt: number;
+  /** Time the shed share takes to fall from all to none while the queue stays short. */
+  holdMs: number;
+  sampleIntervalMs: number;
+}
+
+/** What a request tells the monitor: the listening port it came in on, and the table. */
+export interface ListenerKey {
+  port: number;
+  ipv6: boolean;
+}
+
+/** Depth of the accept queue of `port` (the deepest if several listen on it); null: no table. */
+export type DepthReader = (key: ListenerKey) => number | null | undefined;
+
+const LISTEN = '0A';
+/** Kernels before 4.4 printed a listener's pending handshakes (SYN_RECV) right after it. */
+const SYN_RECV = '03';
+/** A read never goes past this, whatever the table holds. */
+const MAX_BYTES = 256 * 1024;
+const CHUNK = 16 * 1024;
+/** Growth of the shed share per sample while the queue stays at or above shedAt. */
+const SHARE_STEP = 0.05;
+/** Ports remembered (a gateway listens on one or two). */
+const MAX_PORTS = 8;
+/**
+ * The reads take at most 1% of the event loop: after a read of d ms the next
+ * one waits 100 d. A head read costs ~0.1 ms, far under the 50 ms interval;
+ * a read of /proc/net/tcp6 when no IPv6 connection is open walks the kernel's
+ * whole connection hash (4.4 ms measured, bench/hostile/accept-queue-read.ts),
+ * and is then made 0.44 s apart.
+ */
+const READ_COST_SHARE = 0.01;
+
+export interface ListenScan {
+  /** Deepest accept queue of a LISTEN line on the port; undefined when none is listed. */
+  depth: number | undefined;
+  /** A line of another state was seen: the listeners are over, stop reading. */
+  done: boolean;
+}
+
+/**
+ * Scans complete lines of a /proc/net/tcp{,6} table for LISTEN sockets on `port`
+ * (`portHex`: 4 upper-case hex digits). The header and malformed lines are
+ * skipped, never thrown on.
+ */
+export function scanListeners(text: string, portHex: string, scan: ListenScan): ListenScan {
+  let start = 0;
+  while (start < text.length && !scan.done) {
+    let end = text.indexOf('\n', start);
+    if (end < 0) end = text.length;
+    const line = text.slice(start, end);
+    start = end + 1;
+    // "  12: 0100007F:1F90 00000000:0000 0A 00000000:00000003 ..."
+    const f = line.trim().split(/\s+/);
+    if (f.length < 5 || !/^\d+:$/.test(f[0]!)) continue; // header, blank or garbage
+    const st = f[3]!;
+    if (!/^[0-9A-F]{2}$/.test(st)) continue;
+    if (st !== LISTEN) {
+      if (st !== SYN_RECV) scan.done = true;
+      continue;
+    }
+    const local = f[1]!;
+    const colon = local.lastIndexOf(':');
+    if (colon < 0 || local.slice(colon + 1) !== portHex) continue;
+    const m = /^[0-9A-F]{8}:([0-9A-F]{8})$/.exec(f[4]!);
+    if (!m) continue;
+    const depth = parseInt(m[1]!, 16);
+    scan.depth = Math.max(scan.depth ?? 0, depth);
+  }
+  return scan;
+}
+
+export const portHex = (port: number): string => port.toString(16).toUpperCase().padStart(4, '0');
+
+/**
+ * Reads the head of a table until the listeners are over (or MAX_BYTES): the
+ * accept-queue depth of `port`, undefined when nothing listens on it there,
+ * null when the table cannot be read (no /proc).
+ */
+export function readListenDepth(path: string, port: number): number | null | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch {
+    return null;
+  }
+  const buf = Buffer.allocUnsafe(CHUNK);
+  const scan: ListenScan = { depth: undefined, done: false };
+  const hex = portHex(port);
+  try {
+    let carry = '';
+    let total = 0;
+    while (!scan.done && total < MAX_BYTES) {
+      const n = readSync(fd, buf, 0, CHUNK, null);
+      if (n <= 0) {
+        scanListeners(carry, hex, scan);
+        break;
+      }
+      total += n;
+      const text = carry + buf.toString('latin1', 0, n);
+      const lastNewline = text.lastIndexOf('\n');
+      carry = text.slice(lastNewline + 1);
+      scanListeners(text.slice(0, lastNewline + 1), hex, scan);
+    }
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+  return scan.depth;
+}
+
+export const procDepthReader =
+  (procRoot = '/proc'): DepthReader =>
+  ({ port, ipv6 }) =>
+    readListenDepth(`${procRoot}/net/${ipv6 ? 'tcp6' : 'tcp'}`, port);
+
+/** net.core.somaxconn, the kernel's cap on any listen backlog; undefined when unreadable. */
+export function readSomaxconn(procRoot = '/proc'): number | undefined {
+  try {
+    const n = Number(readFileSync(`${procRoot}/sys/net/core/somaxconn`, 'utf8').trim());
+    return Number.isInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface AcceptQueueDeps {
+  read?: DepthReader;
+  /** Random source of the shedding draw (the `random` option). */
+  random?: () => number;
+  /** Requests in flight: polling goes on while there are some, as while requests arrive. */
+  inFlight?: () => number;
+  somaxconn?: number | undefined;
+  now?: () => number;
+}
+
+/**
+ * Sheds a share of new requests, not all of them: a burst at a rate near what
+ * the process accepts would otherwise be refused whole for a queue the process
+ * was about to drain (a smoke run shed 3,900 of 4,000 requests that way). The
+ * share follows the depth: at `shedAt` of the backlog it starts, it is at least
+ * the depth's place between `shedAt` and the full backlog (all of them once the
+ * queue is full, when the kernel drops), and it grows by SHARE_STEP a sample
+ * while the queue stays deep. Hysteresis: it holds while the depth is between
+ * `resumeAt` and `shedAt`, and falls to none over `holdMs` only while the depth
+ * stays at or below `resumeAt`, so it does not flap between samples.
+ */
+export class AcceptQueueMonitor {
+  /** Share of new requests shed (0-1). */
+  shedShare = 0;
+  /** Depth of the last sample (the deepest queue of the ports seen); null before one. */
+  depth: number | null = null;
+  /** The effective backlog: `backlog` capped by net.core.somaxconn. */
+  readonly limit: number;
+  /** false once a table could not be read: the signal is absent (no /proc). */
+  available = true;
+  private readonly shedDepth: number;
+  private readonly resumeDepth: number;
+  private readonly ports = new Map<number, boolean>();
+  private readonly read: DepthReader;
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private readonly inFlight: () => number;
+  private timer: NodeJS.Timeout | undefined;
+  private active = false;
+  private lastSampleMs: number | undefined;
+  private nextReadAtMs = 0;
+
+  constructor(
+    private readonly config: AcceptQueueConfig,
+    private readonly onChange: (shedding: boolean, depth: number, limit: number) => void,
+    deps: AcceptQueueDeps = {},
+  ) {
+    this.read = deps.read ?? procDepthReader();
+    this.now = deps.now ?? Date.now;
+    this.random = deps.random ?? Math.random;
+    this.inFlight = deps.inFlight ?? (() => 0);
+    const somaxconn = 'somaxconn' in deps ? deps.somaxconn : readSomaxconn();
+    this.limit = Math.min(config.backlog, somaxconn ?? config.backlog);
+    this.shedDepth = Math.max(1, Math.ceil(config.shedAt * this.limit));
+    this.resumeDepth = Math.min(this.shedDepth - 1, Math.floor(config.resumeAt * this.limit));
+  }
+
+  /** Whether it sheds at all now. */
+  get shedding(): boolean {
+    return this.shedShare > 0;
+  }
+
+  /** Whether this request is shed: a draw against the shed share (none drawn when 0). */
+  shed(): boolean {
+    return this.shedShare > 0 && (this.shedShare >= 1 || this.random() < this.shedShare);
+  }
+
+  /**
+   * A request arrived on `socket`: remember its listening port and poll while
+   * traffic flows (requests arrive or are in flight). Per request: a map lookup
+   * and a flag.
+   */
+  noteRequest(socket: { localPort?: number; localFamily?: string }): void {
+    if (!this.available) return;
+    const port = socket.localPort;
+    if (port === undefined) return; // a UNIX socket or a closed one
+    if (!this.ports.has(port) && this.ports.size < MAX_PORTS) {
+      // A dual-stack listener (`::`) gives IPv4 clients IPv6 sockets too.
+      this.ports.set(port, socket.localFamily === 'IPv6');
+    }
+    this.active = true;
+    if (this.timer === undefined) {
+      this.timer = setInterval(() => this.tick(), this.config.sampleIntervalMs);
+      this.timer.unref();
+    }
+  }
+
+  private tick(): void {
+    const startMs = this.now();
+    if (startMs < this.nextReadAtMs) return;
+    let depth: number | null = null;
+    for (const [port, ipv6] of this.ports) {
+      const d = this.read({ port, ipv6 });
+      if (d === null) continue;
+      depth = Math.max(depth ?? 0, d ?? 0);
+    }
+    this.nextReadAtMs = startMs + (this.now() - startMs) / READ_COST_SHARE;
+    if (depth === null) {
+      // No table to read (not Linux, no /proc): the signal is absent, not an error.
+      this.available = false;
+      this.stop();
+      if (this.shedding) {
+        this.shedShare = 0;
+        this.onChange(false, 0, this.limit);
+      }
+      return;
+    }
+    this.sample(depth);
+    // Sampled first: the tick after a stall must see the queue the stall left.
+    if (!this.active && !this.shedding && this.inFlight() === 0) this.stop();
+    this.active = false;
+  }
+
+  /** Applies a depth (class comment); public so tests can drive it. */
+  sample(depth: number): void {
+    const nowMs = this.now();
+    const elapsedMs = nowMs - (this.lastSampleMs ?? nowMs);
+    this.lastSampleMs = nowMs;
+    this.depth = depth;
+    const was = this.shedShare;
+    if (depth >= this.shedDepth) {
+      const place =
+        this.limit > this.shedDepth ? (depth - this.shedDepth) / (this.limit - this.shedDepth) : 1;
+      this.shedShare = Math.min(1, Math.max(was + SHARE_STEP, place));
+    } else if (depth <= this.resumeDepth && was > 0) {
+      const fall = this.config.holdMs > 0 ? elapsedMs / this.config.holdMs : 1;
+      this.shedShare = Math.max(0, was - fall);
+    }
+    if (was > 0 !== this.shedShare > 0) this.onChange(this.shedShare > 0, depth, this.limit);
+  }
+
+  /** Seconds a shed client should wait: 1 (the queue drains within a loop turn or two). */
+  retryAfterSec(): number {
+    return 1;
+  }
+
+  private stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  close(): void {
+    this.stop();
+    this.available = false;
+  }
+}
