@@ -78,6 +78,27 @@ describe('healthVerdict', () => {
     expect(r.reason).toBe(reason);
   });
 
+  it('names what made the verdict degraded (health.causes), each cause once', () => {
+    const v = (m: Parameters<typeof healthVerdict>[0], maxQueue?: number) =>
+      healthVerdict(m, DEFAULT_THRESHOLDS, undefined, [], maxQueue);
+    expect(v({ host: host(0.95, 0.1), cgroup: { cpuUtilization: 1 } })).toEqual({
+      verdict: 'degraded',
+      reason: 'host CPU 95%; cgroup CPU 100%',
+      causes: ['cpu'],
+    });
+    expect(
+      v(
+        {
+          host: host(0.1, 0.95),
+          cgroup: { cpuUtilization: 0.92 },
+          queue: { queued: 8, source: {} },
+        },
+        8,
+      ).causes,
+    ).toEqual(['cpu', 'memory', 'queue']);
+    expect(v({ host: host(0.1, 0.1) }).causes).toBeUndefined();
+  });
+
   it('carries probe status and latency, and cuts reasons to 200 characters', () => {
     const r = healthVerdict(
       { host: host(0, 0) },

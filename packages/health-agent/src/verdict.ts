@@ -1,4 +1,4 @@
-import type { HealthReport, MetricsReport } from '@loadwise/protocol';
+import type { HealthReport, KnownDegradedCause, MetricsReport } from '@loadwise/protocol';
 import type { ProbeResult } from './probe';
 
 export interface Thresholds {
@@ -42,26 +42,32 @@ export function healthVerdict(
     return report;
   }
   const degraded: string[] = [];
+  const causes = new Set<KnownDegradedCause>();
+  const add = (cause: KnownDegradedCause, reason: string): void => {
+    causes.add(cause);
+    degraded.push(reason);
+  };
   const pct = (x: number): string => `${Math.round(x * 100)}%`;
   if (m.host.cpuUtilization >= t.cpuUtilization)
-    degraded.push(`host CPU ${pct(m.host.cpuUtilization)}`);
+    add('cpu', `host CPU ${pct(m.host.cpuUtilization)}`);
   if (m.cgroup?.cpuUtilization !== undefined && m.cgroup.cpuUtilization >= t.cpuUtilization) {
-    degraded.push(`cgroup CPU ${pct(m.cgroup.cpuUtilization)}`);
+    add('cpu', `cgroup CPU ${pct(m.cgroup.cpuUtilization)}`);
   }
   if (m.host.memoryUtilization >= t.memoryUtilization)
-    degraded.push(`host memory ${pct(m.host.memoryUtilization)}`);
+    add('memory', `host memory ${pct(m.host.memoryUtilization)}`);
   if (
     m.cgroup?.memoryUtilization !== undefined &&
     m.cgroup.memoryUtilization >= t.memoryUtilization
   ) {
-    degraded.push(`cgroup memory ${pct(m.cgroup.memoryUtilization)}`);
+    add('memory', `cgroup memory ${pct(m.cgroup.memoryUtilization)}`);
   }
   if (t.queueFull && maxQueue !== undefined && (m.queue?.queued ?? 0) >= maxQueue && maxQueue > 0) {
-    degraded.push(`request queue full (${m.queue?.queued})`);
+    add('queue', `request queue full (${m.queue?.queued})`);
   }
   if (degraded.length > 0) {
     report.verdict = 'degraded';
     report.reason = degraded.join('; ').slice(0, 200);
+    report.causes = [...causes];
   }
   return report;
 }

@@ -138,6 +138,17 @@ describe('decoder never throws', () => {
     );
     expect(codeFor((m) => (m.queue.source = { inFlight: 3 }))).toBe('LW_PROTO_WRONG_TYPE');
     expect(codeFor((m) => (m.health = 'up'))).toBe('LW_PROTO_WRONG_TYPE');
+    // health.causes: short tokens, open to a newer agent's, at most 8.
+    const causes = (c: unknown) =>
+      codeFor((m) => (m.health = { verdict: 'degraded', causes: c as string[] }));
+    expect(causes(['cpu'])).toBe('ok');
+    expect(causes(['cpu', 'memory', 'queue', 'disk-io'])).toBe('ok');
+    expect(causes([])).toBe('ok');
+    expect(causes(Array(9).fill('cpu'))).toBe('LW_PROTO_OUT_OF_RANGE');
+    expect(causes('cpu')).toBe('LW_PROTO_WRONG_TYPE');
+    expect(causes([1])).toBe('LW_PROTO_WRONG_TYPE');
+    expect(causes(['CPU'])).toBe('LW_PROTO_INVALID_VALUE');
+    expect(causes(['x'.repeat(33)])).toBe('LW_PROTO_INVALID_VALUE');
     expect(codeFor((m) => delete m.state)).toBe('LW_PROTO_MISSING_FIELD');
     expect(codeFor((m) => delete m.v)).toBe('LW_PROTO_MISSING_FIELD');
     expect(codeFor((m) => (m.kind = 5))).toBe('LW_PROTO_WRONG_TYPE');

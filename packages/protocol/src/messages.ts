@@ -97,10 +97,20 @@ export interface TrafficMetrics {
   windowMs?: number;
 }
 
+/** The causes of a `degraded` verdict this version's agent names (HealthReport.causes). */
+export type KnownDegradedCause = 'cpu' | 'memory' | 'queue';
+
 export interface HealthReport {
   verdict: HealthVerdict;
   /** Short human reason for `degraded` / `down`; at most 200 characters. */
   reason?: string;
+  /**
+   * What made the verdict `degraded`, as short tokens (`cpu`, `memory`,
+   * `queue`; a newer agent may add others), at most 8: a gateway that judges
+   * CPU as capacity does not also penalise a verdict CPU alone explains.
+   * Optional: older agents omit it, older gateways ignore it.
+   */
+  causes?: string[];
   probeLatencyMs?: number;
   probeStatus?: number;
 }

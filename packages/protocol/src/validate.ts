@@ -9,6 +9,8 @@ export interface ValidationFailure {
 }
 
 export const MAX_REASON_LENGTH = 200;
+/** Entries of `health.causes` at most. */
+export const MAX_DEGRADED_CAUSES = 8;
 const TOKEN = /^[a-z][a-z0-9_-]{0,31}$/;
 export const MAX_URL_LENGTH = 2048;
 
@@ -86,6 +88,20 @@ class Validator {
     const value = o[key];
     if (typeof value !== 'string') return this.fail('LW_PROTO_WRONG_TYPE', path + key);
     return TOKEN.test(value) ? true : this.fail('LW_PROTO_INVALID_VALUE', path + key);
+  }
+
+  /** An optional list of at most `max` tokens (informational, so open to names this version does not know). */
+  tokens(o: Obj, key: string, path: string, max: number): boolean {
+    const value = o[key];
+    if (value === undefined) return true;
+    if (!Array.isArray(value)) return this.fail('LW_PROTO_WRONG_TYPE', path + key);
+    if (value.length > max) return this.fail('LW_PROTO_OUT_OF_RANGE', path + key);
+    for (let i = 0; i < value.length; i++) {
+      const t: unknown = value[i];
+      if (typeof t !== 'string') return this.fail('LW_PROTO_WRONG_TYPE', `${path}${key}.${i}`);
+      if (!TOKEN.test(t)) return this.fail('LW_PROTO_INVALID_VALUE', `${path}${key}.${i}`);
+    }
+    return true;
   }
 
   text(o: Obj, key: string, path: string, maxLength: number, required: boolean): boolean {
@@ -172,6 +188,7 @@ function validateMetrics(v: Validator, o: Obj): void {
   if (health) {
     v.oneOf(health, 'verdict', 'health.', HEALTH_VERDICTS, true);
     v.text(health, 'reason', 'health.', MAX_REASON_LENGTH, false);
+    v.tokens(health, 'causes', 'health.', MAX_DEGRADED_CAUSES);
     v.num(health, 'probeLatencyMs', 'health.', Num.NonNegative, false);
     v.num(health, 'probeStatus', 'health.', Num.HttpStatus, false);
   }

@@ -207,6 +207,31 @@ describe('the CPU term in the expected wait', () => {
     expect(withCpu.snapshot(0).cpuThroughputRps).toBeUndefined();
   });
 
+  it('a degraded verdict CPU alone explains is not penalised with the process CPU; other causes are', () => {
+    const degraded = (causes: string[] | undefined, process = true): MetricsReport => {
+      const r = report({ cpuCores: 0.15, cgroupUtil: 1, limit: 0.5 });
+      delete r.queue;
+      delete r.traffic;
+      if (!process) delete r.process;
+      r.health = { verdict: 'degraded', reason: 'cgroup CPU 100%', ...(causes ? { causes } : {}) };
+      return r;
+    };
+    const factor = (r: MetricsReport): number => {
+      const load = createEndpointLoad();
+      load.onReport(r, 0);
+      return load.snapshot(0).penaltyFactor;
+    };
+    // A neighbour keeps the cgroup full: the agent says degraded for CPU, CPU as capacity judges.
+    expect(factor(degraded(['cpu']))).toBe(1);
+    // Memory or a full queue too, or an agent that names no causes: the degraded penalty (x2).
+    expect(factor(degraded(['cpu', 'memory']))).toBeCloseTo(2, 9);
+    expect(factor(degraded(['queue']))).toBeCloseTo(2, 9);
+    expect(factor(degraded(undefined))).toBeCloseTo(2, 9);
+    expect(factor(degraded([]))).toBeCloseTo(2, 9);
+    // Without the process CPU, CPU is still a pressure penalty: x2 for 100%, x2 degraded.
+    expect(factor(degraded(['cpu'], false))).toBeCloseTo(4, 9);
+  });
+
   it.each([NaN, -1, 0, Infinity])(
     'hostile figures (%d everywhere) never give NaN or a zero wait',
     (x) => {

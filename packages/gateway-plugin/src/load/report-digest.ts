@@ -56,6 +56,12 @@ export interface ReportDigest {
    */
   processCpuReported: boolean;
   /** Worst of host and cgroup CPU utilization, 0..1. */
+  /**
+   * A `degraded` verdict that CPU alone explains (the agent's `health.causes`
+   * is exactly `cpu`): with the process's CPU reported, CPU as capacity judges
+   * it, and the degraded penalty does not count it twice (load/report-penalty.ts).
+   */
+  degradedByCpuOnly: boolean;
   cpuUtilization: number;
   /** Worst of host and cgroup memory utilization, 0..1. */
   memoryUtilization: number;
@@ -75,6 +81,12 @@ function finite(x: number | undefined): number | undefined {
 function unit(x: number | undefined): number {
   const v = finite(x);
   return v === undefined ? 0 : Math.min(1, v);
+}
+
+function cpuOnly(causes: readonly string[] | undefined): boolean {
+  if (!Array.isArray(causes) || causes.length === 0) return false;
+  for (const c of causes) if (c !== 'cpu') return false;
+  return true;
 }
 
 export interface FreshnessPolicy {
@@ -153,6 +165,7 @@ export function digestReport(
     latencyMs,
     cpu: cpuEvidence(report, concurrencyLimit),
     processCpuReported: finite(report.process?.cpuCores) !== undefined,
+    degradedByCpuOnly: cpuOnly(report.health?.causes),
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
     memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),
     errorRate: unit(traffic?.errorRate),

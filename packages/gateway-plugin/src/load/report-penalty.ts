@@ -52,7 +52,11 @@ export function reportFactor(o: ResolvedLoadOptions, d: ReportDigest, share: num
       (o.memoryPressurePenalty * (d.memoryUtilization - o.memoryPressureThreshold)) /
         (1 - o.memoryPressureThreshold);
   }
-  if (d.verdict === 'degraded') raw *= o.degradedPenalty;
+  // The same for the agent's `degraded` when CPU alone made it (its causes): the cgroup a
+  // neighbour keeps full is degraded by the agent's threshold for as long as the neighbour runs.
+  if (d.verdict === 'degraded' && !(d.processCpuReported && d.degradedByCpuOnly)) {
+    raw *= o.degradedPenalty;
+  }
   const factor = 1 + (raw - 1) * share;
   return factor < o.maxPenaltyFactor ? factor : o.maxPenaltyFactor;
 }
