@@ -6,7 +6,7 @@
  * always picked.
  */
 import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
-import { cpuEvidence, type CpuEvidence } from './cpu-capacity';
+import { cpuEvidence, type CpuEvidence, type LocalRate } from './cpu-capacity';
 
 export interface ReportDigest {
   receivedAtMs: number;
@@ -104,6 +104,8 @@ export function digestReport(
   receivedAtMs: number,
   localInFlight: number,
   policy: FreshnessPolicy,
+  /** This gateway's completions since the last scheduled report (CPU per request without traffic figures). */
+  localRate?: LocalRate,
 ): ReportDigest {
   const queue = report.queue;
   const traffic = report.traffic;
@@ -151,7 +153,7 @@ export function digestReport(
       (queued ?? 0) + (backlog ?? 0) >= 1 &&
       (limit === undefined || (inFlight !== undefined && inFlight >= limit)),
     latencyMs,
-    cpu: cpuEvidence(report, concurrencyLimit),
+    cpu: cpuEvidence(report, concurrencyLimit, localRate),
     processCpuReported: finite(report.process?.cpuCores) !== undefined,
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
     memoryUtilization: Math.max(unit(report.host?.memoryUtilization), unit(cg?.memoryUtilization)),
