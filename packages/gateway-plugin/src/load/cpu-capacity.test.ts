@@ -106,6 +106,26 @@ describe('cpuEvidence: CPU per request, headroom, throughput', () => {
     expect(cpuEvidence(noProcess, 1)).toBeUndefined();
   });
 
+  it("without the agent's traffic figures, this gateway's own completion rate stands in", () => {
+    const noTraffic = report({ cpuCores: 0.45, cgroupUtil: 0.9, limit: 0.5 });
+    delete noTraffic.traffic;
+    expect(cpuEvidence(noTraffic, 1)).toBeUndefined();
+    // 225 completions over the last 1 s interval: 2 ms per request, μ = 0.5 / 2 ms = 250 req/s.
+    const e = cpuEvidence(noTraffic, 1, { rps: 225, windowMs: 1000 })!;
+    expect(e.cpuPerRequestMs).toBeCloseTo(2, 9);
+    expect(e.throughputRps).toBeCloseTo(250, 6);
+    expect(e.bound).toBe(true);
+    // The same evidence gates: too few completions in the window is no figure.
+    expect(cpuEvidence(noTraffic, 1, { rps: 19, windowMs: 1000 })).toBeUndefined();
+    for (const x of [NaN, -1, 0, Infinity])
+      expect(cpuEvidence(noTraffic, 1, { rps: x, windowMs: 1000 })).toBeUndefined();
+    // The agent's own rate wins when it has one.
+    expect(cpuEvidence(report(), 1, { rps: 10, windowMs: 1000 })!.cpuPerRequestMs).toBeCloseTo(
+      2,
+      9,
+    );
+  });
+
   const hostile = [NaN, -1, 0, Infinity, -Infinity, 1e300];
   it.each(
     hostile.flatMap((x) =>
@@ -137,6 +157,33 @@ describe('the CPU term in the expected wait', () => {
     expect(snap.serviceTimeMs).toBeCloseTo(4, 9);
     // o = 3 hidden, c = 1: wait = 4 × (1 + 3 + β).
     expect(load.expectedWaitMs(0)).toBeCloseTo(4 * (4 + β), 6);
+  });
+
+  it("a report without traffic figures: the rate is this gateway's completions between scheduled reports", () => {
+    const load = createEndpointLoad();
+    const noTraffic = (early = false): MetricsReport => {
+      const r = report({ cpuCores: 0.45, cgroupUtil: 0.9, limit: 0.5, early });
+      delete r.traffic;
+      return r;
+    };
+    load.onReport(noTraffic(), 0);
+    // No interval seen yet: no rate, no CPU figure.
+    expect(load.snapshot(0).cpuThroughputRps).toBeUndefined();
+    // 225 completions in the next second (an early report in between does not cut the window).
+    for (let i = 0; i < 225; i++) {
+      const t = 1 + i * 4;
+      load.onRequestStart(t);
+      load.onRequestEnd(t + 3, 3, true);
+      if (i === 100) load.onReport(noTraffic(true), t + 3);
+    }
+    load.onReport(noTraffic(), 1000);
+    expect(load.snapshot(1000).cpuThroughputRps).toBeCloseTo(250, 6);
+    expect(load.snapshot(1000).serviceTimeSource).toBe('cpu');
+    // A failed request is not a completion: the next interval has 0 and no figure.
+    load.onRequestStart(1100);
+    load.onRequestEnd(1110, 10, false);
+    load.onReport(noTraffic(), 2000);
+    expect(load.snapshot(2000).cpuThroughputRps).toBeUndefined();
   });
 
   it('latency figures that disagree do not move a CPU-bound service time', () => {

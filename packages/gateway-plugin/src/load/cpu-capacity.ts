@@ -27,6 +27,14 @@
  * simulation with three gateways, and its p99 was least-in-flight's). The
  * figure is then only a lower bound, not `bound`: the latency judges.
  *
+ * Without the agent's `traffic.rps` (a queue read off a Prometheus gauge comes
+ * without traffic figures), this gateway's own completions on the backend
+ * over the last report interval stand in (`LocalRate`). With other gateways
+ * or clients sending too that rate is only this gateway's part, so CPU per
+ * request is overrated by 1 / its share and μ underrated by as much; a lone
+ * gateway (or one with the same share of every backend) compares backends
+ * rightly.
+ *
  * Evidence first: at least MIN_CPU_COMPLETIONS completions in the agent's
  * window, at least MIN_PROCESS_CPU_CORES of process CPU, a limit (cgroup quota
  * or host CPU count) with its utilization. Anything missing, non-finite or
@@ -65,6 +73,12 @@ function share(x: number | undefined): number | undefined {
   return typeof x === 'number' && Number.isFinite(x) && x >= 0 ? Math.min(1, x) : undefined;
 }
 
+/** This gateway's own completions on a backend between its last two scheduled reports. */
+export interface LocalRate {
+  rps: number;
+  windowMs: number;
+}
+
 /**
  * The CPU evidence of one report, or undefined when it has none.
  * `slots` is the reported concurrencyLimit (undefined if none).
@@ -72,12 +86,17 @@ function share(x: number | undefined): number | undefined {
 export function cpuEvidence(
   report: MetricsReport,
   slots: number | undefined,
+  local?: LocalRate,
 ): CpuEvidence | undefined {
   const traffic = report.traffic;
-  const rps = positive(traffic?.rps);
+  let rps = positive(traffic?.rps);
+  let windowMs = positive(traffic?.windowMs) ?? positive(report.intervalMs);
+  if (rps === undefined && local !== undefined) {
+    rps = positive(local.rps);
+    windowMs = positive(local.windowMs);
+  }
   const p = positive(report.process?.cpuCores);
   if (rps === undefined || p === undefined || p < MIN_PROCESS_CPU_CORES) return undefined;
-  const windowMs = positive(traffic?.windowMs) ?? positive(report.intervalMs);
   if (windowMs === undefined || (rps * windowMs) / 1000 < MIN_CPU_COMPLETIONS) return undefined;
 
   let limit = positive(report.cgroup?.cpuLimitCores);

@@ -15,7 +15,7 @@
  */
 import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
 import { Capacity } from './capacity';
-import { CpuCapacity } from './cpu-capacity';
+import { CpuCapacity, type LocalRate } from './cpu-capacity';
 import { joinCohort, type CohortMembership, type LoadCohort } from './cohort';
 import { HiddenLoad } from './hidden-load';
 import { InFlight } from './in-flight';
@@ -57,6 +57,11 @@ class EndpointLoadEstimate implements LoadEstimate {
   private readonly times: ServiceTime;
   private readonly capacity: Capacity;
   private readonly cpu = new CpuCapacity();
+  /** This gateway's successful completions since the last scheduled report. */
+  private readonly completions: { count: number; sinceMs: number | undefined } = {
+    count: 0,
+    sinceMs: undefined,
+  };
   private readonly hidden: HiddenLoad;
   private readonly overload: OverloadPenalty;
   private readonly penalties: Penalties;
@@ -100,6 +105,7 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.hidden.accumulate(nowMs, n);
     this.local.end();
     if (ok && !overloaded) {
+      this.completions.count++;
       this.times.observeLatency(nowMs, latencyMs);
       const inSystem = n + this.hidden.value(this.freshReport(nowMs), nowMs, this.local.count);
       // Capacity first: this completion may show more slots than known, and de-queueing
@@ -115,7 +121,19 @@ class EndpointLoadEstimate implements LoadEstimate {
   }
 
   onReport(report: MetricsReport, receivedAtMs: number): void {
-    const d = digestReport(report, receivedAtMs, this.local.count, this.o.freshness);
+    let localRate: LocalRate | undefined;
+    if (report.early !== true) {
+      // This gateway's completions over the interval the report covers: the CPU term's rate
+      // when the report has no traffic figures (load/cpu-capacity.ts).
+      const since = this.completions.sinceMs;
+      if (since !== undefined && receivedAtMs > since) {
+        const windowMs = receivedAtMs - since;
+        localRate = { rps: (this.completions.count * 1000) / windowMs, windowMs };
+      }
+      this.completions.count = 0;
+      this.completions.sinceMs = receivedAtMs;
+    }
+    const d = digestReport(report, receivedAtMs, this.local.count, this.o.freshness, localRate);
     const hadReport = this.report !== undefined;
     this.report = d;
     this.capacity.onReport(d, receivedAtMs);

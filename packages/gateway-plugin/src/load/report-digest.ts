@@ -6,7 +6,7 @@
  * always picked.
  */
 import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
-import { cpuEvidence, type CpuEvidence } from './cpu-capacity';
+import { cpuEvidence, type CpuEvidence, type LocalRate } from './cpu-capacity';
 
 export interface ReportDigest {
   receivedAtMs: number;
@@ -116,6 +116,8 @@ export function digestReport(
   receivedAtMs: number,
   localInFlight: number,
   policy: FreshnessPolicy,
+  /** This gateway's completions since the last scheduled report (CPU per request without traffic figures). */
+  localRate?: LocalRate,
 ): ReportDigest {
   const queue = report.queue;
   const traffic = report.traffic;
@@ -163,7 +165,7 @@ export function digestReport(
       (queued ?? 0) + (backlog ?? 0) >= 1 &&
       (limit === undefined || (inFlight !== undefined && inFlight >= limit)),
     latencyMs,
-    cpu: cpuEvidence(report, concurrencyLimit),
+    cpu: cpuEvidence(report, concurrencyLimit, localRate),
     processCpuReported: finite(report.process?.cpuCores) !== undefined,
     degradedByCpuOnly: cpuOnly(report.health?.causes),
     cpuUtilization: Math.max(unit(report.host?.cpuUtilization), unit(cg?.cpuUtilization)),
