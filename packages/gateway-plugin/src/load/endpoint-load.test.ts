@@ -556,6 +556,49 @@ describe('createEndpointLoad: no starvation', () => {
     expect(fast.snapshot(1000).serviceTimeMs).toBeCloseTo(50 - 45 * Math.exp(-1), 6);
   });
 
+  it('regresses more slowly each time a probe confirms a slow backend, and at the usual pace after a fast probe', () => {
+    const cohort = createLoadCohort();
+    const peers = [createEndpointLoad({ cohort }), createEndpointLoad({ cohort })];
+    const slow = createEndpointLoad({ cohort, serviceDecayMs: 1000 });
+    const peersServe = (t: number) => peers.forEach((p) => serve(p, t, 10, 5));
+    peersServe(0);
+    serve(slow, 0, 50);
+    const excess = (t: number) => slow.snapshot(t).serviceTimeMs - 10;
+    expect(excess(1000)).toBeCloseTo(40 * Math.exp(-1), 6);
+    // Probes 2 s, 4 s and 8 s after the last sample, each 5x the peers: 2x, 4x, 8x slower regression.
+    let t = 0;
+    for (const [gap, tau] of [
+      [2000, 2000],
+      [4000, 4000],
+      [8000, 8000],
+    ] as const) {
+      t += gap;
+      peersServe(t);
+      serve(slow, t, 50);
+      expect(excess(t + tau)).toBeCloseTo(40 * Math.exp(-1), 6);
+    }
+    // A probe only as slow as 1.5x the peers ends it: back to serviceDecayMs.
+    t += 8000;
+    peersServe(t);
+    serve(slow, t, 15);
+    peersServe(t);
+    expect(slow.snapshot(t).serviceTimeMs).toBeGreaterThan(10);
+    const after = slow.snapshot(t).serviceTimeMs - 10;
+    expect(excess(t + 1000)).toBeCloseTo(after * Math.exp(-1), 6);
+    // The backoff is capped: 32 x serviceDecayMs however often it is confirmed.
+    for (let i = 0; i < 10; i++) {
+      t += 40_000;
+      peersServe(t);
+      serve(slow, t, 50);
+    }
+    const e0 = excess(t);
+    expect(excess(t + 32_000)).toBeCloseTo(e0 * Math.exp(-1), 6);
+    // admit (a new incarnation) forgets it with the rest.
+    slow.admit(t + 1);
+    serve(slow, t + 2, 50);
+    expect(excess(t + 1002)).toBeCloseTo(40 * Math.exp(-1), 6);
+  });
+
   it('a figure in use is not moved: every completion refreshes it', () => {
     const cohort = createLoadCohort();
     const peer = createEndpointLoad({ cohort });

@@ -9,7 +9,9 @@
  *   part taken out (latency × c / n when n > c) when recent, else the
  *   reported latency (de-queued the same way) while fresh, else the cohort's
  *   mean (never zero: a backend with no data must not look free), else
- *   `defaultLatencyMs`.
+ *   `defaultLatencyMs`. A local figure nobody refreshes regresses towards the
+ *   peers' mean (raw()), more slowly each time a probe confirms it slow
+ *   (observeService).
  *
  * Written on completions; `value()`, `source()` and `latencyMs()` are pure.
  */
@@ -20,6 +22,11 @@ import type { ReportDigest } from './report-digest';
 import type { LoadSnapshot } from './types';
 
 export type ServiceTimeSource = LoadSnapshot['serviceTimeSource'];
+
+/** A probe at least this many times the peers' mean service time confirms a slow backend. */
+export const PROBE_SLOW_RATIO = 2;
+/** The regression of a confirmed slow backend's figure slows down to this × serviceDecayMs. */
+export const MAX_PROBE_BACKOFF = 32;
 type Origin = 'local' | 'reported' | 'cohort';
 
 export class ServiceTime {
@@ -27,6 +34,8 @@ export class ServiceTime {
   private readonly latency: PeakEwma;
   /** EWMA of service time: latency with the queueing part taken out. */
   private readonly service: PeakEwma;
+  /** serviceDecayMs × this is the regression's time constant (observeService: probes). */
+  private backoff = 1;
 
   constructor(
     private readonly o: ResolvedLoadOptions,
@@ -53,10 +62,23 @@ export class ServiceTime {
    * (strategies/queueing-sim.test.ts, three gateways).
    */
   observeService(nowMs: number, latencyMs: number, inSystem: number, capacity: number): void {
-    this.service.observe(
-      nowMs,
-      inSystem > capacity ? (latencyMs * capacity) / inSystem : latencyMs,
-    );
+    const sample = inSystem > capacity ? (latencyMs * capacity) / inSystem : latencyMs;
+    const last = this.service.lastSampleMs;
+    if (last !== undefined && nowMs - last > this.o.serviceDecayMs) {
+      // A probe: the first sample after the figure had been regressing (raw() below). Slower
+      // than PROBE_SLOW_RATIO × the peers confirms the figure: the next regression is twice as
+      // slow, so a truly slow backend costs one request per 1, 2, 4 … 32 serviceDecayMs instead
+      // of one per serviceDecayMs (with several gateways probing on their own, that was enough
+      // requests to the 5x slower backend to set the p99: bench/results, scenario 5b). A fast
+      // probe ends the backoff.
+      const prior = this.membership?.othersMeanServiceTimeMs();
+      if (prior !== undefined && sample >= PROBE_SLOW_RATIO * prior) {
+        this.backoff = Math.min(this.backoff * 2, MAX_PROBE_BACKOFF);
+      } else {
+        this.backoff = 1;
+      }
+    }
+    this.service.observe(nowMs, sample);
   }
 
   /**
@@ -85,6 +107,7 @@ export class ServiceTime {
   reset(): void {
     this.latency.reset();
     this.service.reset();
+    this.backoff = 1;
   }
 
   latencyMs(nowMs: number): number | undefined {
@@ -144,7 +167,7 @@ export class ServiceTime {
       const prior = this.membership?.othersMeanServiceTimeMs();
       if (value === undefined || prior === undefined) return value;
       const last = this.service.lastSampleMs!;
-      const w = Math.exp(-Math.max(0, nowMs - last) / this.o.serviceDecayMs);
+      const w = Math.exp(-Math.max(0, nowMs - last) / (this.o.serviceDecayMs * this.backoff));
       return prior + (value - prior) * w;
     }
     if (origin === 'reported') {

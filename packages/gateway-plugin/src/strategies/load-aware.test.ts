@@ -213,6 +213,19 @@ describe('load-aware: local signals', () => {
     expect(probes).toBeLessThanOrEqual(5);
   });
 
+  it('probes a confirmed slow backend less and less often (backoff), however long it runs', () => {
+    const sim = setup('load-aware', [5, 5, 25]);
+    sim.endpoints.forEach((ep) =>
+      ep.load.onReport(report({ queue: undefined, intervalMs: 60_000 }), 0),
+    );
+    run(sim, 200, { window: 10 });
+    // 60 s of picks 1 ms apart. One probe per regression of serviceDecayMs (1 s) would be
+    // 30 or more; each confirmed probe doubles the next wait (2, 4, 8, 16, 32 s): a handful.
+    const probes = run(sim, 60_000, { window: 10 })[2]! * 60_000;
+    expect(probes).toBeGreaterThanOrEqual(2);
+    expect(probes).toBeLessThanOrEqual(8);
+  });
+
   it('a newcomer is not flooded: neutral estimate plus slow start, then its fair share', () => {
     const sim = setup('load-aware', [10, 10, 10]);
     run(sim, 3000, { window: 9 });
