@@ -9,15 +9,15 @@ import type { QueueReading, QueueSourceReader } from './types';
  * /proc/net/tcp6 (proc(5); format from net/ipv4/tcp_ipv4.c get_tcp4_sock):
  * `sl local_address rem_address st tx_queue:rx_queue ...`, ports in hex.
  * For a socket in LISTEN (st 0A) rx_queue is the accept queue's current length
- * and tx_queue its maximum (inet_diag / tcp_ipv4.c: sk_ack_backlog /
- * sk_max_ack_backlog); ESTABLISHED is st 01.
+ * (sk_ack_backlog); tx_queue is 0 there (only inet_diag, `ss`'s Send-Q, gives
+ * the backlog limit, checked on Linux 6.1: backlog 7 with 8 waiting reads
+ * `00000000:00000008`); ESTABLISHED is st 01.
  */
 const ESTABLISHED = '01';
 const LISTEN = '0A';
 
 export interface KernelCounts {
   acceptBacklog: number;
-  acceptBacklogMax: number;
   openConnections: number;
   listening: boolean;
 }
@@ -26,7 +26,6 @@ export function countSockets(tables: readonly string[], port: number): KernelCou
   const portHex = port.toString(16).toUpperCase().padStart(4, '0');
   const counts: KernelCounts = {
     acceptBacklog: 0,
-    acceptBacklogMax: 0,
     openConnections: 0,
     listening: false,
   };
@@ -46,10 +45,9 @@ export function countSockets(tables: readonly string[], port: number): KernelCou
       if (st === ESTABLISHED) {
         counts.openConnections++;
       } else if (st === LISTEN) {
-        const [tx, rx] = queues.split(':');
+        const rx = queues.slice(queues.indexOf(':') + 1);
         counts.listening = true;
-        counts.acceptBacklog += parseInt(rx ?? '0', 16) || 0;
-        counts.acceptBacklogMax += parseInt(tx ?? '0', 16) || 0;
+        counts.acceptBacklog += parseInt(rx, 16) || 0;
       }
     }
   }
