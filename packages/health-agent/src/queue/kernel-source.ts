@@ -45,7 +45,8 @@ export function countSockets(tables: readonly string[], port: number): KernelCou
       if (st === ESTABLISHED) {
         counts.openConnections++;
       } else if (st === LISTEN) {
-        const rx = queues.slice(queues.indexOf(':') + 1);
+        const colon = queues.indexOf(':');
+        const rx = colon < 0 ? '' : queues.slice(colon + 1);
         counts.listening = true;
         counts.acceptBacklog += parseInt(rx, 16) || 0;
       }
