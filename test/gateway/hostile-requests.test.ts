@@ -300,6 +300,31 @@ describe('request smuggling', () => {
   });
 });
 
+describe('Connection: close from the client', () => {
+  it('is honoured: the answer says close and the gateway closes, while its backend pool stays open', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    for (const bytes of [
+      'GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n',
+      'GET /api/y HTTP/1.0\r\nHost: a\r\n\r\n',
+    ]) {
+      // No response count: resolves when the gateway closes (a hang fails at guardMs).
+      const r = await rawExchange(gw.port, bytes, { guardMs: 5_000 });
+      expect(r.closed).toBe(true);
+      expect(r.responses).toHaveLength(1);
+      expect(r.responses[0]!.status).toBe(200);
+      expect(r.responses[0]!.headers.connection).toBe('close');
+    }
+    // The client's hop-by-hop header never reaches the backend: its pooled connection stays.
+    expect(backend.seen.map((s) => s.headers.connection)).toEqual(['keep-alive', 'keep-alive']);
+    // Control: a keep-alive client's connection stays open after its answer.
+    const open = await rawExchange(gw.port, 'GET /api/z HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(open.closed).toBe(false);
+    expect(open.responses[0]!.headers.connection).toBe('keep-alive');
+  });
+});
+
 describe('paths', () => {
   const escapes = [
     '/api/..\\..\\secret',

@@ -489,8 +489,11 @@ export class RequestFlow {
     this.clearTimers(flow);
     const hook = c.options.on.proxyRes;
     if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
-    // Shutting down: the client's next request should open a connection elsewhere.
-    if (c.draining) proxyRes.headers.connection = 'close';
+    // Shutting down: the client's next request should open a connection elsewhere. Or the
+    // client asked to close (`Connection: close`, HTTP/1.0 without keep-alive; Node read it
+    // into shouldKeepAlive before forwarded.ts removed the header): http-proxy would otherwise
+    // answer `connection: keep-alive` and the connection would stay open (RFC 9112 §9.6).
+    if (c.draining || !res.shouldKeepAlive) proxyRes.headers.connection = 'close';
     const status = proxyRes.statusCode ?? 502;
     if (status < 100 || status > 999) {
       // llhttp reads any three digits; ServerResponse.writeHead throws on a
