@@ -16,7 +16,7 @@ import {
   PEERS,
   type BalancerDef,
 } from './lib/balancers';
-import { withoutCgroup, type BackendSpec } from './lib/cluster';
+import { reportEvery, withoutCgroup, type BackendSpec } from './lib/cluster';
 import { forkProc } from './lib/procs';
 import type { LoadSpec, Scenario } from './lib/scenario';
 
@@ -173,7 +173,9 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         '(65% of 432) spread evenly over 1, 2 or 4 gateway processes on the same broker, warm (5 s ' +
         "discarded), 20 s measured. Each gateway's own p99 is reported (gwNP99Ms) and the worst of them: " +
         'every gateway must keep the advantage, not only their mix. The peers run as many instances, ' +
-        'each with only its own connection counts, as several nginx or HAProxy boxes would.',
+        'each with only its own connection counts, as several nginx or HAProxy boxes would. A gateway learns ' +
+        "the others' requests only from the backends' reports; a loadwise row with agents reporting every " +
+        '250 ms instead of 1 s shows what knowing them sooner buys.',
       backends: slots8(50, 50, 100, 250),
       maxQueue: 512,
       agents: true,
@@ -182,7 +184,18 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         load: { ...open(280, q, 20_000), warmupMs: q ? 1_000 : 5_000 },
         gatewayInstances: n,
       })),
-      balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
+      balancers: [
+        lwDefault,
+        // How much must each gateway know of the others' requests? They see them only in the
+        // backends' reports: this row has the agents report 4 times as often.
+        {
+          ...lwDefault,
+          name: `${lwDefault.name}, agents every 250 ms`,
+          agentArgs: reportEvery(250),
+        },
+        nginx('least_conn'),
+        haproxy('leastconn'),
+      ],
     },
     {
       name: 'overhead',

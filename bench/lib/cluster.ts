@@ -244,3 +244,14 @@ export const withoutCgroup: AgentArgsTransform = (args) => {
   }
   return [...out, '--no-cgroup'];
 };
+
+/** The agents report every `ms` instead of every second (the harness's interval). */
+export function reportEvery(ms: number): AgentArgsTransform {
+  return (args) => {
+    const out = [...args];
+    const i = out.indexOf('--interval-ms');
+    if (i >= 0) out[i + 1] = String(ms);
+    else out.push('--interval-ms', String(ms));
+    return out;
+  };
+}
