@@ -317,7 +317,6 @@ const NOISY: CpuBackend[] = [
   { slots: 1, quotaCores: 0.5, neighbourShare: 0, cpuMs: 2 },
   { slots: 1, quotaCores: 0.5, neighbourShare: 0, cpuMs: 2 },
 ];
-const NOISY_RPS = 0.65 * capacityRps(NOISY).reduce((a, x) => a + x, 0);
 
 function scenario(
   backends: CpuBackend[],
