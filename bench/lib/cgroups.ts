@@ -18,6 +18,7 @@
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { rmdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { onExitSync } from './procs';
 
 export const GROUP_PREFIX = 'loadwise-bench-';
 
@@ -133,7 +134,6 @@ export interface CpuGroup {
 }
 
 const live = new Set<LiveGroup>();
-let hooked = false;
 let counter = 0;
 
 interface LiveGroup {
@@ -194,18 +194,6 @@ function removeAllSync(): void {
   }
 }
 
-function hookExit(): void {
-  if (hooked) return;
-  hooked = true;
-  process.once('exit', removeAllSync);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      removeAllSync();
-      process.exit(130);
-    });
-  }
-}
-
 function write(file: string, text: string): void {
   try {
     writeFileSync(file, text);
@@ -244,7 +232,7 @@ export function createCpuGroup(tag: string, opts: CpuGroupOptions): CpuGroup {
     live.delete(entry);
   };
   const entry: LiveGroup = { dirs, removeSync };
-  hookExit();
+  onExitSync(removeAllSync);
   live.add(entry);
   try {
     if (h.version === 2) enableCpu(h.mount);

@@ -9,15 +9,26 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const children = new Set<ChildProcess>();
+/** Synchronous clean-ups for the way out, in registration order (onExitSync). */
+const exitCleanups: Array<() => void> = [];
 let hooked = false;
 
-function hookExit(): void {
+/**
+ * Runs `cleanup` when this process exits, and on SIGINT or SIGTERM (then exits
+ * 130): one hook for every clean-up of a bench run (its children here, its
+ * cgroups in cgroups.ts). Each runs once, registered ones in order.
+ */
+export function onExitSync(cleanup: () => void): void {
+  if (!exitCleanups.includes(cleanup)) exitCleanups.push(cleanup);
   if (hooked) return;
   hooked = true;
-  process.once('exit', killAllNow);
+  const runAll = (): void => {
+    for (const fn of exitCleanups.splice(0)) fn();
+  };
+  process.once('exit', runAll);
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
-      killAllNow();
+      runAll();
       process.exit(130);
     });
   }
@@ -46,7 +57,7 @@ export interface Proc {
 
 function wrap(name: string, child: ChildProcess): Proc {
   children.add(child);
-  hookExit();
+  onExitSync(killAllNow);
   const tail: string[] = [];
   child.stderr?.on('data', (d: Buffer) => {
     tail.push(d.toString());
