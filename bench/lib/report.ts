@@ -136,6 +136,18 @@ export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
   return rows;
 }
 
+/** The first cells of a per-run row: case, balancer, run, p50 (or why it failed), p99. */
+function runCells(r: RunRecord): string[] {
+  const res = r.result;
+  return [
+    r.caseLabel,
+    r.balancer,
+    String(r.run),
+    res ? fmt(res.latency.p50Ms) : `failed: ${r.error ?? ''}`,
+    res ? fmt(res.latency.p99Ms) : '–',
+  ];
+}
+
 function fmt(v: number | undefined, digits = 1): string {
   if (v === undefined || !Number.isFinite(v)) return '–';
   return v.toFixed(digits).replace(/\.0+$/, '');
@@ -220,11 +232,7 @@ export function runsTable(records: RunRecord[]): string {
       a !== undefined && b !== undefined && b > 0 ? fmt(a / b, 2) : '–';
     lines.push(
       `| ${[
-        r.caseLabel,
-        r.balancer,
-        String(r.run),
-        res ? fmt(res.latency.p50Ms) : `failed: ${r.error ?? ''}`,
-        res ? fmt(res.latency.p99Ms) : '–',
+        ...runCells(r),
         res ? fmt(res.throughputRps) : '–',
         res ? String(res.errorCount) : '–',
         fmt(r.cpu.gateway, 2),
@@ -340,11 +348,7 @@ export function cpuBoundSection(scenario: Scenario, records: RunRecord[]): strin
     const x = r.extra ?? {};
     out.push(
       `| ${[
-        r.caseLabel,
-        r.balancer,
-        String(r.run),
-        res ? fmt(res.latency.p50Ms) : `failed: ${r.error ?? ''}`,
-        res ? fmt(res.latency.p99Ms) : '–',
+        ...runCells(r),
         res ? String(res.errorCount) : '–',
         res ? ids.map((id) => fmt(res.shares[id] ?? 0, 3)).join('/') : '–',
         ids.map((id) => fmt(x[`${id}Cores`], 3)).join('/'),
