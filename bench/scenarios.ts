@@ -387,6 +387,14 @@ export function coldStartScenarios(
       name: `loadwise ${strategy} default, traced`,
     },
     nginx('least_conn'),
+    // The restart variant also restarts as operators do: a rolling reload of a
+    // one-worker pool (runWorkers, SIGHUP) and nginx's graceful reload (SIGHUP).
+    ...(restartAtMs === undefined
+      ? []
+      : [
+          { ...loadwiseWorkers(strategy, 1), name: `loadwise ${strategy}, 1 worker, reload` },
+          nginx('least_conn', { reload: true }),
+        ]),
   ];
   return [
     {

@@ -10,7 +10,8 @@
  *
  * `--restart [--restart-at S]`: restart under load. S seconds into the load
  * (default: 3, or half the run if shorter) each balancer's process is killed
- * with SIGKILL and started again on the same port while the load goes on; the
+ * with SIGKILL and started again on the same port while the load goes on (the
+ * "reload" rows: SIGHUP, a graceful rolling reload, instead); the
  * page (default bench/results/cold-start-restart.md) gives p99 and errors by
  * code (ECONNREFUSED while nothing listens, ECONNRESET for connections cut)
  * for each second around the restart, and the whole run.
@@ -220,9 +221,13 @@ async function main(): Promise<void> {
           '',
           `${restartAtS} s into the load each balancer's process was killed (SIGKILL) and started ` +
             'again on the same port while the load went on; loadwise listens once `lb.ready()` ' +
-            'has resolved (broker connected, warm-up done), nginx once it has started. "Back after": ' +
+            'has resolved (broker connected, warm-up done), nginx once it has started. The rows ' +
+            'named "reload" restart as an operator would instead: SIGHUP to the loadwise worker ' +
+            "pool's primary (runWorkers reload(): a new worker beside the old one, the old one " +
+            'closed once the new one listens) and to the nginx master (graceful reload). "Back after": ' +
             'ms from the kill to the new process being ready (loadwise: its ready message; nginx: ' +
-            'the first answer through it, polled every 10 ms). Columns k-1 … k+2: the second before ' +
+            'the first answer through it, polled every 10 ms); for a reload, until it has finished ' +
+            '(nginx: the signal sent). Columns k-1 … k+2: the second before ' +
             'the one the kill fell in, that one, and the two after; each `sN: p99 ms / errors (by code)`. ' +
             'Whole-run p99 is over the requests answered; failed ones are in the errors.',
           '',

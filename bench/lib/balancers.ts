@@ -87,7 +87,18 @@ async function nodeGateway(
       },
       stop: () => proc.stop(),
       restart: async () => {
-        if (workerPids) throw new Error(`${name}: restart of a worker pool is not supported`);
+        if (workerPids) {
+          // A worker pool restarts as an operator restarts it: SIGHUP to the
+          // primary, a rolling reload (runWorkers reload()), nothing killed.
+          const reloaded = proc.waitFor<{ ms?: number; replaced?: number; error?: string }>(
+            'reloaded',
+            60_000,
+          );
+          proc.child.kill('SIGHUP');
+          const r = await reloaded;
+          if (r.error) throw new Error(`${name}: reload failed: ${r.error}`);
+          return `SIGHUP: ${r.replaced} worker(s) replaced one at a time in ${r.ms} ms`;
+        }
         await kill(proc);
         // Ready (the gateway's own `await lb.ready()`, then listen): no probe request of ours.
         proc = forkProc(`${name}-restart${++restarts}`, script, { ...rest, port }, nodeArgs ?? []);
@@ -101,8 +112,17 @@ async function nodeGateway(
   }
 }
 
-/** `start` runs the native program on `port`; called again by restart(). */
-async function nativeGateway(start: () => Proc, port: number): Promise<RunningBalancer> {
+/**
+ * `start` runs the native program on `port`; called again by restart().
+ * `reloadOnRestart`: restart() sends SIGHUP instead (nginx's graceful reload:
+ * new workers with the configuration read again, old ones finish their
+ * requests), and resolves at once.
+ */
+async function nativeGateway(
+  start: () => Proc,
+  port: number,
+  reloadOnRestart = false,
+): Promise<RunningBalancer> {
   const url = `http://127.0.0.1:${port}`;
   let proc = start();
   try {
@@ -118,6 +138,10 @@ async function nativeGateway(start: () => Proc, port: number): Promise<RunningBa
     diag: async () => undefined,
     stop: () => proc.stop(),
     restart: async () => {
+      if (reloadOnRestart) {
+        proc.child.kill('SIGHUP');
+        return 'SIGHUP (graceful reload)';
+      }
       await kill(proc);
       proc = start();
       // Serving again: the first GET through it that answers (polled every 10 ms).
@@ -161,7 +185,10 @@ export function loadwise(
   };
 }
 
-/** The default gateway as `workers` processes on one port (runWorkers, node:cluster). */
+/**
+ * The default gateway as `workers` processes on one port (runWorkers,
+ * node:cluster). The restart variant reloads the pool (SIGHUP to the primary).
+ */
 export function loadwiseWorkers(strategy: string, workers: number): BalancerDef {
   return {
     name: `loadwise ${strategy}, ${workers} worker${workers === 1 ? '' : 's'}`,
@@ -217,16 +244,18 @@ export const expressUndici: BalancerDef = {
     }),
 };
 
-export function nginx(policy: NginxPolicy): BalancerDef {
+/** `reload`: the restart variant reloads it (SIGHUP) instead of killing it. */
+export function nginx(policy: NginxPolicy, opts: { reload?: boolean } = {}): BalancerDef {
   const slug = policy.replace(/ /g, '-');
   return {
-    name: `nginx ${policy}`,
+    name: `nginx ${policy}${opts.reload ? ', reload' : ''}`,
     family: 'nginx',
     start: async (ctx, instance) => {
       const port = await freePort();
       return nativeGateway(
         () => startNginx(ctx.tmpDir, `nginx-${slug}-${instance}`, port, policy, ctx.backends),
         port,
+        opts.reload,
       );
     },
   };

@@ -87,6 +87,20 @@ async function mainWorkers(cfg: LoadwiseConfig, workers: number): Promise<void> 
     if (m.type === 'diag') tell({ type: 'diag' });
   });
   onShutdown(() => pool.close());
+  // The restart variant's rolling reload, as an operator sends it (runWorkers'
+  // own SIGHUP handling is off here with handleSignals: false).
+  process.on('SIGHUP', () => {
+    const from = performance.now();
+    pool.reload().then(
+      (r) =>
+        tell({
+          type: 'reloaded',
+          ms: Math.round(performance.now() - from),
+          replaced: r.replaced.length,
+        }),
+      (err: unknown) => tell({ type: 'reloaded', error: String(err) }),
+    );
+  });
   tell({ type: 'ready', port, workerPids: [...pool.pids().values()] });
 }
 

@@ -4,7 +4,8 @@
  * and passes them in the environment: LW_BROKER_URL, LW_BACKENDS (JSON
  * [{ id, url }]), LW_PORT (0: the kernel's choice, which the primary logs as
  * `pool listening on <port>`), LW_WORKERS; LW_FAIL_START makes every start()
- * throw, LW_MAX_RESTARTS bounds restarts. Each worker answers with
+ * throw, LW_FAIL_RESTART every start but a slot's first, LW_MAX_RESTARTS
+ * bounds restarts. Each worker answers with
  * x-gateway-pid so the test can see which worker served a request.
  */
 const http = require('node:http');
@@ -15,8 +16,9 @@ const pool = runWorkers({
   workers: Number(process.env.LW_WORKERS),
   restart: { initialDelayMs: 50, maxRestarts: Number(process.env.LW_MAX_RESTARTS ?? 5) },
   shutdownTimeoutMs: 10000,
-  start: async ({ id }) => {
+  start: async ({ id, restarts }) => {
     if (process.env.LW_FAIL_START) throw new Error('start failed on purpose');
+    if (process.env.LW_FAIL_RESTART && restarts > 0) throw new Error('restart failed on purpose');
     const lb = loadBalance({
       backends: JSON.parse(process.env.LW_BACKENDS),
       broker: { url: process.env.LW_BROKER_URL, clientIdPrefix: `lw-${id}`, protocolVersion: 4 },

@@ -84,22 +84,8 @@ afterAll(async () => {
 
 it('runs 2 workers on one port, replaces a killed one and closes all on SIGTERM', async () => {
   const port = await freePort();
-  const run = startScript(SCRIPT, [], {
-    ...process.env,
-    LW_WORKERS: '2',
-    LW_PORT: String(port),
-    LW_BROKER_URL: broker.url,
-    LW_BACKENDS: JSON.stringify(
-      backends.map((s, i) => ({
-        id: `b${i + 1}`,
-        url: `http://127.0.0.1:${(s.address() as AddressInfo).port}`,
-      })),
-    ),
-  });
-  child = run.child;
-  // The pool logs on stderr.
-  lines = run.errLines;
-  const { exited } = run;
+  // The pool logs on stderr (`lines`).
+  const { exited } = startPool(port);
 
   // Both workers serve: fresh connections are handed out round robin.
   const seen = new Set<number>();
@@ -168,7 +154,7 @@ it('runs 2 workers on one port, replaces a killed one and closes all on SIGTERM'
   // The replacement is on the broker too, under w1's prefix.
   await eventually(() => ids('w1').length === 2, 10_000, 'the new w1 on the broker');
 
-  child.kill('SIGTERM');
+  child!.kill('SIGTERM');
   expect(await exited).toEqual({ code: 0, signal: null });
   const last = started();
   for (const pid of [...last.get('w1')!, ...last.get('w2')!]) expect(alive(pid)).toBe(false);
@@ -222,3 +208,128 @@ it('gives up a worker that keeps failing to start, and the primary exits 1 once 
   expect(log.filter((l) => /not restarting it/.test(l))).toHaveLength(2);
   expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
 }, 30_000);
+
+/** Starts cluster-child.js with 2 workers on `port`; its stderr lines land in `lines`. */
+function startPool(port: number, extraEnv: Record<string, string> = {}) {
+  const run = startScript(SCRIPT, [], {
+    ...process.env,
+    LW_WORKERS: '2',
+    LW_PORT: String(port),
+    LW_BROKER_URL: broker.url,
+    LW_BACKENDS: JSON.stringify(
+      backends.map((s, i) => ({
+        id: `b${i + 1}`,
+        url: `http://127.0.0.1:${(s.address() as AddressInfo).port}`,
+      })),
+    ),
+    ...extraEnv,
+  });
+  child = run.child;
+  lines = run.errLines;
+  return run;
+}
+
+/** CONCURRENCY loops of one request at a time on fresh connections, until stop(). */
+function loadLoops(port: number) {
+  const failures: string[] = [];
+  const servedBy = new Map<number, number>();
+  let ok = 0;
+  let running = true;
+  const loops = Array.from({ length: CONCURRENCY }, async () => {
+    while (running) {
+      try {
+        const r = await get(port);
+        if (r.status === 200) {
+          ok++;
+          servedBy.set(r.pid, (servedBy.get(r.pid) ?? 0) + 1);
+        } else failures.push(`status ${r.status}`);
+      } catch (err) {
+        failures.push((err as Error).message);
+      }
+    }
+  });
+  return {
+    failures,
+    servedBy,
+    ok: () => ok,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+it('SIGHUP replaces every worker one at a time under load and refuses no connection', async () => {
+  const port = await freePort();
+  const { exited } = startPool(port);
+  // Every worker listens (the primary logs it): from then on no connection is refused.
+  await eventually(() => lines.some((l) => l.startsWith('pool listening on')), 30_000, 'listening');
+  const load = loadLoops(port);
+  const first = started();
+  const old = [first.get('w1')![0]!, first.get('w2')![0]!];
+  await eventually(() => old.every((pid) => load.servedBy.has(pid)), 20_000, 'both serve');
+
+  child!.kill('SIGHUP');
+  await eventually(
+    () => lines.some((l) => l.includes('reloaded 2 worker(s)')),
+    30_000,
+    `reloaded (log: ${lines.join(' / ')})`,
+  );
+  const now = started();
+  const fresh = [now.get('w1')![1]!, now.get('w2')![1]!];
+  const okAtReload = load.ok();
+  await eventually(() => load.ok() >= okAtReload + 50, 10_000, 'load flowing after');
+  await load.stop();
+
+  // Not one request failed: no ECONNREFUSED (the primary's socket always had
+  // a listening worker), no reset, no 503 from a draining worker.
+  expect(load.failures).toEqual([]);
+  for (const pid of old) expect(alive(pid)).toBe(false);
+  for (const pid of fresh) expect(load.servedBy.get(pid)).toBeGreaterThan(0);
+  // One slot at a time: w1's new worker started, the old w1 closed and
+  // exited, and only then did w2's new worker start.
+  const at = (needle: string): number => lines.findIndex((l) => l.includes(needle));
+  const w1New = at(`worker w1 started (pid ${fresh[0]})`);
+  const w1OldExit = at(`worker w1 (pid ${old[0]}) exited (code 0)`);
+  const w2New = at(`worker w2 started (pid ${fresh[1]})`);
+  expect(w1New).toBeGreaterThan(-1);
+  expect(w1OldExit).toBeGreaterThan(w1New);
+  expect(w2New).toBeGreaterThan(w1OldExit);
+  // Replaced workers are not restarted.
+  expect(lines.filter((l) => l.includes('restarting in'))).toEqual([]);
+
+  child!.kill('SIGTERM');
+  expect(await exited).toEqual({ code: 0, signal: null });
+  for (const pid of fresh) expect(alive(pid)).toBe(false);
+}, 60_000);
+
+it('a reload whose new worker fails to start stops there, and the old workers keep serving', async () => {
+  const port = await freePort();
+  const { exited } = startPool(port, { LW_FAIL_RESTART: '1' });
+  // Every worker listens (the primary logs it): from then on no connection is refused.
+  await eventually(() => lines.some((l) => l.startsWith('pool listening on')), 30_000, 'listening');
+  const first = started();
+  const old = [first.get('w1')![0]!, first.get('w2')![0]!];
+  const load = loadLoops(port);
+  await eventually(() => old.every((pid) => load.servedBy.has(pid)), 20_000, 'both serve');
+
+  child!.kill('SIGHUP');
+  await eventually(
+    () => lines.some((l) => l.includes('reload stopped')),
+    30_000,
+    `reload stopped (log: ${lines.join(' / ')})`,
+  );
+  const okThen = load.ok();
+  await eventually(() => load.ok() >= okThen + 50, 10_000, 'load flowing after');
+  await load.stop();
+
+  expect(load.failures).toEqual([]);
+  for (const pid of old) expect(alive(pid)).toBe(true);
+  // The reload stopped at w1: its replacement was tried once, w2's never.
+  expect(started().get('w1')).toHaveLength(2);
+  expect(started().get('w2')).toHaveLength(1);
+  expect(lines.some((l) => /the old worker w1 keeps serving/.test(l))).toBe(true);
+
+  child!.kill('SIGTERM');
+  expect(await exited).toEqual({ code: 0, signal: null });
+}, 60_000);

@@ -159,6 +159,42 @@ describe('graceful close', () => {
     }
   });
 
+  it('serves a request already on a connection once the server has stopped listening, with Connection: close', async () => {
+    const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
+    const gw = await startLocalGateway({ backends: [{ id: 'ok', url: ok.url }] });
+    // A request before: the balancer has seen the server (the close waits for its connections).
+    expect((await send(`${gw.url}/first`)).status).toBe(200);
+    const sock = connect(gw.port, '127.0.0.1');
+    try {
+      await once(sock, 'connect');
+      // The request has begun (so server.close() does not count the connection
+      // idle) but is not complete when the shutdown starts.
+      sock.write('GET /late HTTP/1.1\r\nHost: gw\r\n');
+      await new Promise((r) => setTimeout(r, 50));
+      gw.server.close();
+      let closed = false;
+      const closing = gw.lb.close({ graceMs: 5000 }).then(() => (closed = true));
+      await new Promise((r) => setTimeout(r, 50));
+      // Nothing is in flight, but the close waits for the server's connections.
+      expect(closed).toBe(false);
+      let raw = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => (raw += d));
+      sock.write('\r\n');
+      await once(sock, 'end');
+      // Before: 503 LW_GW_DRAINING, although no other instance could take it.
+      expect(raw).toMatch(/^HTTP\/1\.1 200 /);
+      expect(raw).toMatch(/\r\nconnection: close\r\n/i);
+      expect(raw).toMatch(/done \/late$/);
+      // The connection ended: the close goes on.
+      await closing;
+    } finally {
+      sock.destroy();
+      await gw.close();
+      await ok.close();
+    }
+  });
+
   it('cuts what is still running when the grace ends, without charging the backend', async () => {
     const held: ServerResponse[] = [];
     const hold = await startBackend('hold', (_req, res) => void held.push(res));

@@ -3,6 +3,7 @@ export {
   type RunWorkersOptions,
   type WorkerContext,
   type WorkerPool,
+  type ReloadResult,
   type StartedWorker,
 } from './run-workers';
 export type { RestartOptions } from './restart-policy';

@@ -12,6 +12,13 @@
  * The primary restarts a crashed worker with backoff (restart-policy.ts),
  * and on close() (or SIGTERM/SIGINT) asks every worker to close gracefully,
  * killing any that has not exited after `shutdownTimeoutMs`.
+ *
+ * reload() (or SIGHUP) replaces the workers one slot at a time, as `nginx -s
+ * reload` replaces its own: a new worker starts beside the old one, and only
+ * once it listens (which `start()` does after `await lb.ready()`: broker and
+ * warm-up done) is the old one asked to close gracefully. node:cluster keeps
+ * the listen socket in the primary while any worker listens on it, so no
+ * connection is refused on the way, and no slot ever serves cold.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { decideRestart, resolveRestart, type RestartOptions } from './restart-policy';
@@ -40,12 +47,18 @@ export interface RunWorkersOptions {
   restart?: RestartOptions;
   /** How long the primary waits for workers to close before SIGKILL, ms (default 15 000). */
   shutdownTimeoutMs?: number;
+  /**
+   * reload(): how long a new worker may take to listen before the reload of
+   * its slot is given up (it is killed, the old one keeps serving), ms
+   * (default 60 000).
+   */
+  startTimeoutMs?: number;
   /** Lifecycle lines of the primary and workers (default: stderr, "loadwise workers: ..."). */
   log?: (line: string) => void;
   /**
-   * The primary closes the pool on SIGTERM and SIGINT, and exits with the
-   * pool's code once it stops (default true). False: the caller calls
-   * `close()` and watches `done`.
+   * The primary closes the pool on SIGTERM and SIGINT, reloads it on SIGHUP,
+   * and exits with the pool's code once it stops (default true). False: the
+   * caller calls `close()` / `reload()` and watches `done`.
    */
   handleSignals?: boolean;
 }
@@ -57,15 +70,35 @@ export interface WorkerPool {
   listening(): Promise<number>;
   /** Asks every worker to close, restarts none; resolves once all have exited. */
   close(): Promise<void>;
+  /**
+   * Replaces every worker, one slot at a time: starts the new one (running
+   * the script's current code), waits until it listens, then asks the old
+   * one to close gracefully and waits for it to exit. Resolves with the
+   * slots replaced. A new worker that exits or does not listen within
+   * `startTimeoutMs` ends the reload (rejects): it is killed, the old worker
+   * of that slot and of the slots after it keep serving. A call while a
+   * reload runs returns that reload.
+   */
+  reload(): Promise<ReloadResult>;
   /** The pool's exit code once it stops: 0 after close(), 1 when every slot was given up. */
   readonly done: Promise<number>;
 }
 
+/** What reload() did: the slots replaced, old pid → new pid. */
+export interface ReloadResult {
+  replaced: { id: string; oldPid: number | undefined; newPid: number | undefined }[];
+}
+
 const SHUTDOWN = 'loadwise:shutdown';
+/** A closed worker's last round trip to the primary (leave()). */
+const LEAVING = 'loadwise:leaving';
+const LEFT = 'loadwise:left';
+const LEAVE_TIMEOUT_MS = 2_000;
 const ENV_INDEX = 'LOADWISE_WORKER_INDEX';
 const ENV_RESTARTS = 'LOADWISE_WORKER_RESTARTS';
 const MAX_WORKERS = 256;
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 15_000;
+const DEFAULT_START_TIMEOUT_MS = 60_000;
 
 /** In a worker of runWorkers: its id ('w1', ...), for log lines; undefined elsewhere. */
 export function currentWorkerId(): string | undefined {
@@ -103,6 +136,34 @@ function workerContext(): WorkerContext {
   };
 }
 
+/**
+ * Before a worker exits: a round trip to the primary. The primary may have
+ * handed this worker a connection just before it learnt (from the server's
+ * close()) that the worker stopped listening; node:cluster answers such a
+ * connection "not accepted" and the primary gives it to another worker, but
+ * only while this process lives: one in the IPC pipe of an exited worker
+ * waits for the client's timeout. Messages on the channel keep their order,
+ * so once the primary's answer arrives every earlier handoff has been
+ * answered. Bounded by LEAVE_TIMEOUT_MS (a primary that does not answer).
+ */
+function leave(): Promise<void> {
+  const send = process.send?.bind(process);
+  if (!send || !process.connected) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      process.off('message', onMessage);
+      resolve();
+    };
+    const onMessage = (m: unknown): void => {
+      if (m === LEFT) done();
+    };
+    const timer = setTimeout(done, LEAVE_TIMEOUT_MS);
+    process.on('message', onMessage);
+    send(LEAVING, undefined, undefined, (err: Error | null) => err && done());
+  });
+}
+
 async function runWorker(start: RunWorkersOptions['start'], log: (l: string) => void) {
   const ctx = workerContext();
   let started: StartedWorker | undefined;
@@ -112,6 +173,7 @@ async function runWorker(start: RunWorkersOptions['start'], log: (l: string) => 
     closing = true;
     log(`worker ${ctx.id} (pid ${process.pid}) closing: ${why}`);
     Promise.resolve(started?.close())
+      .then(leave)
       .then(
         () => process.exit(0),
         (err: unknown) => {
@@ -152,6 +214,7 @@ interface Slot {
 function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): WorkerPool {
   const restart = resolveRestart(opts.restart);
   const shutdownTimeoutMs = opts.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
+  const startTimeoutMs = opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
   const slots: Slot[] = Array.from({ length: opts.workers }, (_, index) => ({
     index,
     id: `w${index + 1}`,
@@ -170,34 +233,41 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     for (const w of waiters.splice(0)) w.resolve(port);
   };
 
-  const fork = (slot: Slot): void => {
-    slot.timer = undefined;
+  /** Workers being replaced by reload() (asked to close) or not yet in their slot (starting). */
+  const extra = new Set<Worker>();
+
+  /** Forks a worker for `slot`; it takes the slot's place only where the caller puts it there. */
+  const spawn = (slot: Slot): Worker => {
     const worker = cluster.fork({
       ...opts.env,
       [ENV_INDEX]: String(slot.index),
       [ENV_RESTARTS]: String(slot.starts),
     });
     slot.starts++;
-    slot.worker = worker;
-    slot.listening = false;
     const pid = worker.process.pid;
     log(`worker ${slot.id} started (pid ${pid})`);
     worker.on('listening', (address) => {
+      port ??= address.port;
       if (slot.worker !== worker) return;
       slot.listening = true;
-      port ??= address.port;
       settleListening();
     });
     // An IPC error (e.g. a send to a worker that just died) must not crash the primary.
     worker.on('error', (err) => log(`worker ${slot.id} (pid ${pid}): ${err.message}`));
+    worker.on('message', (m: unknown) => {
+      if (m === LEAVING && worker.isConnected())
+        worker.send(LEFT, (err: Error | null) => err && undefined);
+    });
     worker.once('exit', (code, signal) => {
-      if (slot.worker === worker) slot.worker = undefined;
-      slot.listening = false;
       const how = signal ? `signal ${signal}` : `code ${code}`;
-      if (closing) {
+      // A worker replaced by reload(), or a new one that never took its slot: no restart.
+      if (slot.worker !== worker || closing) {
+        extra.delete(worker);
         log(`worker ${slot.id} (pid ${pid}) exited (${how})`);
         return;
       }
+      slot.worker = undefined;
+      slot.listening = false;
       const { decision, crashTimes } = decideRestart(slot.crashTimes, Date.now(), restart);
       slot.crashTimes = crashTimes;
       if (decision.restart) {
@@ -214,6 +284,117 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         void close(1);
       } else settleListening();
     });
+    return worker;
+  };
+
+  const fork = (slot: Slot): void => {
+    slot.timer = undefined;
+    slot.listening = false;
+    slot.worker = spawn(slot);
+  };
+
+  /** Asks a worker to close gracefully (SIGTERM if its IPC channel is gone). */
+  const askToClose = (w: Worker): void => {
+    if (w.isConnected()) w.send(SHUTDOWN, (err: Error | null) => err && undefined);
+    else w.process.kill('SIGTERM');
+  };
+
+  /** Resolves once `w` has exited; SIGKILL after `shutdownTimeoutMs`. */
+  const exitOf = (w: Worker): Promise<void> =>
+    new Promise<void>((resolve) => {
+      if (w.isDead()) return resolve();
+      const timer = setTimeout(() => {
+        if (w.isDead()) return;
+        log(`worker pid ${w.process.pid} did not close in ${shutdownTimeoutMs} ms; SIGKILL`);
+        w.process.kill('SIGKILL');
+      }, shutdownTimeoutMs);
+      w.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+
+  /** Starts `slot`'s replacement; resolves once it listens, rejects if it exits or times out first. */
+  const startReplacement = (slot: Slot): Promise<Worker> =>
+    new Promise<Worker>((resolve, reject) => {
+      const next = spawn(slot);
+      extra.add(next);
+      const fail = (why: string): void => {
+        clearTimeout(timer);
+        next.off('listening', onListening);
+        next.off('exit', onExit);
+        if (!next.isDead()) next.process.kill('SIGKILL');
+        reject(new Error(`the new worker ${slot.id} (pid ${next.process.pid}) ${why}`));
+      };
+      const onListening = (): void => {
+        clearTimeout(timer);
+        next.off('exit', onExit);
+        extra.delete(next);
+        resolve(next);
+      };
+      const onExit = (code: number | null, signal: string | null): void =>
+        fail(`exited (${signal ? `signal ${signal}` : `code ${code}`}) before listening`);
+      const timer = setTimeout(
+        () => fail(`did not listen in ${startTimeoutMs} ms`),
+        startTimeoutMs,
+      );
+      next.once('listening', onListening);
+      next.once('exit', onExit);
+    });
+
+  let reloading: Promise<ReloadResult> | undefined;
+  const reload = (): Promise<ReloadResult> => {
+    if (closing) return Promise.reject(new Error('the worker pool stopped'));
+    reloading ??= (async () => {
+      log(`reloading ${slots.length} worker(s), one at a time`);
+      const replaced: ReloadResult['replaced'] = [];
+      for (const slot of slots) {
+        if (closing) throw new Error('the worker pool stopped during the reload');
+        const old = slot.worker;
+        // A slot waiting for its restart (or given up) gets the current code anyway.
+        if (!old || slot.gaveUp) continue;
+        let next: Worker;
+        try {
+          next = await startReplacement(slot);
+        } catch (err) {
+          log(`reload stopped: ${(err as Error).message}; the old worker ${slot.id} keeps serving`);
+          throw err;
+        }
+        if (closing) {
+          askToClose(next);
+          throw new Error('the worker pool stopped during the reload');
+        }
+        // The new worker takes the slot before the old one is asked to close:
+        // the primary's listen socket always has a worker.
+        if (slot.worker === old) {
+          extra.add(old);
+          slot.worker = next;
+          slot.listening = true;
+          slot.crashTimes = [];
+          askToClose(old);
+          await exitOf(old);
+        } else {
+          // The old worker died meanwhile: the new one takes the slot, and a
+          // restart of it (pending, or already forked) is not needed.
+          clearTimeout(slot.timer);
+          slot.timer = undefined;
+          const restarted = slot.worker;
+          slot.worker = next;
+          slot.listening = true;
+          if (restarted) {
+            extra.add(restarted);
+            askToClose(restarted);
+          }
+        }
+        replaced.push({ id: slot.id, oldPid: old.process.pid, newPid: next.process.pid });
+      }
+      log(`reloaded ${replaced.length} worker(s)`);
+      settleListening();
+      return { replaced };
+    })().finally(() => {
+      reloading = undefined;
+    });
+    return reloading;
   };
 
   const close = (code = 0): Promise<void> => {
@@ -223,6 +404,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         clearTimeout(slot.timer);
         if (slot.worker) live.push(slot.worker);
       }
+      for (const w of extra) if (!live.includes(w)) live.push(w);
       for (const w of waiters.splice(0)) w.reject(new Error('the worker pool stopped'));
       let left = live.length;
       const finish = (): void => {
@@ -244,8 +426,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         w.once('exit', () => {
           if (--left === 0) finish();
         });
-        if (w.isConnected()) w.send(SHUTDOWN, (err: Error | null) => err && undefined);
-        else w.process.kill('SIGTERM');
+        askToClose(w);
       }
     });
     return closing;
@@ -258,6 +439,15 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    const onHup = (): void => {
+      log('SIGHUP: reloading every worker');
+      reload().then(
+        () => undefined,
+        () => undefined, // logged by reload()
+      );
+    };
+    process.on('SIGHUP', onHup);
+    void done.then(() => process.off('SIGHUP', onHup));
     // Once the pool stops (a signal, close(), or every slot given up), so does the primary.
     void done.then((code) => process.exit(code));
   }
@@ -277,6 +467,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         settleListening();
       }),
     close: () => close(0),
+    reload,
     done,
   };
 }

@@ -20,7 +20,7 @@
  * bound, a body that stalls. None of them counts against a backend.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import type { GatewayErrorCode } from '../errors';
 import { sendError } from '../error-response';
@@ -159,6 +159,15 @@ export class RequestFlow {
   /** Requests admitted and not finished yet (graceful close waits for them). */
   active = 0;
   private idleWaiters: (() => void)[] = [];
+  /**
+   * The servers requests came from, and those of them that have closed (their
+   * 'close': stopped listening and every connection ended). A graceful close
+   * waits for a server that has stopped listening to lose its connections:
+   * their requests are still served (see handle()).
+   */
+  private readonly servers = new Set<Server>();
+  private readonly serversClosed = new WeakSet<Server>();
+  private lastServer: Server | undefined;
 
   constructor(private readonly core: FlowHost) {
     this.upgrades = new UpgradeFlow(core);
@@ -173,11 +182,21 @@ export class RequestFlow {
     // Node hands pipelined requests to the app as it parses them, before the
     // refused one's answer is out; their answers could never be sent.
     if (this.closing.has(req.socket)) return void req.socket.end();
-    if (c.closed) return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
+    const server = (req.socket as { server?: Server }).server;
+    if (server !== this.lastServer && server) this.noteServer(server);
+    if (c.closed) {
+      res.shouldKeepAlive = false;
+      return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
+    }
     if (c.draining) {
       // Shutting down: this connection should go to another instance.
       res.shouldKeepAlive = false;
-      return this.shed(res, 'LW_GW_DRAINING', 'no-backend', 1);
+      // Unless the server has stopped listening (server.close() first, as the
+      // shutdown recipe and a worker replaced by runWorkers' reload() do): the
+      // connection was accepted before, so no other instance can take this
+      // request; serve it (Connection: close, within the grace) as nginx does
+      // on a graceful stop, rather than fail it.
+      if (server?.listening !== false) return this.shed(res, 'LW_GW_DRAINING', 'no-backend', 1);
     }
     if (c.overload?.overloaded) {
       return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', c.overload.retryAfterSec());
@@ -271,7 +290,7 @@ export class RequestFlow {
 
   /** Resolves once no admitted request is in flight or waiting, or after `graceMs`. */
   idle(graceMs: number): Promise<void> {
-    if (this.active === 0) return Promise.resolve();
+    if (this.isIdle()) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(done, graceMs);
       function done(): void {
@@ -279,6 +298,30 @@ export class RequestFlow {
         resolve();
       }
       this.idleWaiters.push(done);
+    });
+  }
+
+  /** Nothing in flight, and no server that has stopped listening still has connections. */
+  private isIdle(): boolean {
+    if (this.active !== 0) return false;
+    for (const s of this.servers) if (!s.listening && !this.serversClosed.has(s)) return false;
+    return true;
+  }
+
+  private wakeIdleWaiters(): void {
+    if (this.idleWaiters.length === 0 || !this.isIdle()) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private noteServer(server: Server): void {
+    this.lastServer = server;
+    if (this.servers.has(server)) return;
+    this.servers.add(server);
+    server.once('close', () => {
+      this.serversClosed.add(server);
+      this.wakeIdleWaiters();
     });
   }
 
@@ -772,11 +815,7 @@ export class RequestFlow {
     flow.bodyTimer = undefined;
     if (flow.client !== undefined) this.clients?.release(flow.client);
     this.active--;
-    if (this.active === 0 && this.idleWaiters.length > 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
-    }
+    if (this.active === 0) this.wakeIdleWaiters();
     if (flow.queued) {
       flow.queued = false;
       this.core.queueChanged();
