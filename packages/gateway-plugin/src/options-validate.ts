@@ -455,6 +455,7 @@ const entries = {
           shedAt: v.optional(num(0, 1), DEFAULTS.acceptQueue.shedAt),
           resumeAt: v.optional(num(0, 1), DEFAULTS.acceptQueue.resumeAt),
           holdMs: v.optional(num(0, MAX_TIMER_MS), DEFAULTS.acceptQueue.holdMs),
+          maxShare: v.optional(num(0, 1), DEFAULTS.acceptQueue.maxShare),
           sampleIntervalMs: v.optional(
             num(10, MAX_TIMER_MS),
             DEFAULTS.acceptQueue.sampleIntervalMs,

@@ -131,6 +131,8 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
     shedAt: 0.25,
     resumeAt: 0.05,
     holdMs: 1000,
+    // Uncapped here; the cap has its own test.
+    maxShare: 1,
     sampleIntervalMs: 50,
   };
   let changes: [boolean, number, number][];
@@ -165,6 +167,18 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
     m.sample(101);
     expect(m.shedShare).toBe(1);
     expect(changes).toEqual([[true, 25, 100]]);
+  });
+
+  it('never sheds more than maxShare, however deep and however long the queue stays', () => {
+    const m = monitor({ maxShare: 0.5 }, undefined, () => 0.6);
+    for (let i = 0; i < 100; i++) {
+      m.sample(100);
+      jest.advanceTimersByTime(50);
+    }
+    expect(m.shedShare).toBe(0.5);
+    // A draw above the share is served.
+    expect(m.shed()).toBe(false);
+    expect(changes).toEqual([[true, 100, 100]]);
   });
 
   it('holds between the levels, and falls over holdMs only at or below resumeAt', () => {
