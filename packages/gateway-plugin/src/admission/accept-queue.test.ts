@@ -301,6 +301,7 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
       },
       somaxconn: undefined,
       now: Date.now,
+      clock: Date.now,
       inFlight: () => 1,
     });
     m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });

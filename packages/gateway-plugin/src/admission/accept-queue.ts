@@ -24,6 +24,7 @@
  * Off Linux, or without /proc, the signal is absent: nothing is shed for it.
  */
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 
 export interface AcceptQueueConfig {
   /** The backlog the server listens with (Node's default 511). */
@@ -169,6 +170,8 @@ export interface AcceptQueueDeps {
   inFlight?: () => number;
   somaxconn?: number | undefined;
   now?: () => number;
+  /** The clock a read's cost is measured on (ms; performance.now by default). */
+  clock?: () => number;
 }
 
 /**
@@ -203,6 +206,7 @@ export class AcceptQueueMonitor {
   private readonly ports = new Map<number, boolean>();
   private readonly read: DepthReader;
   private readonly now: () => number;
+  private readonly clock: () => number;
   private readonly random: () => number;
   private readonly inFlight: () => number;
   private timer: NodeJS.Timeout | undefined;
@@ -217,6 +221,7 @@ export class AcceptQueueMonitor {
   ) {
     this.read = deps.read ?? procDepthReader();
     this.now = deps.now ?? Date.now;
+    this.clock = deps.clock ?? (() => performance.now());
     this.random = deps.random ?? Math.random;
     this.inFlight = deps.inFlight ?? (() => 0);
     const somaxconn = 'somaxconn' in deps ? deps.somaxconn : readSomaxconn();
@@ -258,13 +263,17 @@ export class AcceptQueueMonitor {
   private tick(): void {
     const startMs = this.now();
     if (startMs < this.nextReadAtMs) return;
+    // The read's cost on the high-resolution clock: a 0.1 ms read that
+    // straddled a millisecond of Date.now() counted 1 ms and deferred the next
+    // read by 100 ms, blinding the signal (a flaky test found it).
+    const readFrom = this.clock();
     let depth: number | null = null;
     for (const [port, ipv6] of this.ports) {
       const d = this.read({ port, ipv6 });
       if (d === null) continue;
       depth = Math.max(depth ?? 0, d ?? 0);
     }
-    this.nextReadAtMs = startMs + (this.now() - startMs) / READ_COST_SHARE;
+    this.nextReadAtMs = startMs + (this.clock() - readFrom) / READ_COST_SHARE;
     if (depth === null) {
       // No table to read (not Linux, no /proc): the signal is absent, not an error.
       this.available = false;
