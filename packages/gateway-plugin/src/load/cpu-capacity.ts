@@ -143,12 +143,19 @@ export class CpuCapacity {
   }
 
   /**
-   * Service time for `capacity` slots, in ms: `capacity / μ` while the service
-   * is CPU-bound (the queue ahead drains at μ), else undefined (the latency's
-   * service time stands).
+   * The CPU's service time for `capacity` slots, `capacity / μ` in ms, from a
+   * fresh report whose others are not elastic; else undefined. While the
+   * service is CPU-bound (`bound`) it is the service time; otherwise it is a
+   * floor under the latency's: each request spends 1 / μ of the CPU the
+   * service can get, however fast it is answered. On a CFS quota a lone
+   * request runs at full speed while the period's quota lasts, and the
+   * requests after it wait for the next period (docs/strategies.md, "CPU as
+   * capacity"). An IO-bound service (little CPU per request) has a floor far
+   * below its latency, which then stands.
    */
-  serviceTimeMs(fresh: boolean, capacity: number): number | undefined {
+  serviceTime(fresh: boolean, capacity: number): { ms: number; bound: boolean } | undefined {
     const e = fresh ? this.last : undefined;
-    return e !== undefined && e.bound ? (capacity * 1000) / e.throughputRps : undefined;
+    if (e === undefined || e.elastic) return undefined;
+    return { ms: (capacity * 1000) / e.throughputRps, bound: e.bound };
   }
 }
