@@ -63,6 +63,8 @@ export interface CpuEvidence {
   elastic: boolean;
   /** The service uses most of the CPU it can get (never when `elastic`): its service time is c / μ. */
   bound: boolean;
+  /** The limit is the cgroup's quota (not the host's CPU count): c / μ is a floor under s. */
+  quota: boolean;
 }
 
 function positive(x: number | undefined): number | undefined {
@@ -101,7 +103,8 @@ export function cpuEvidence(
 
   let limit = positive(report.cgroup?.cpuLimitCores);
   let util = share(report.cgroup?.cpuUtilization);
-  if (limit === undefined || util === undefined) {
+  const quota = limit !== undefined && util !== undefined;
+  if (!quota) {
     limit = positive(report.host?.cpuCount);
     util = share(report.host?.cpuUtilization);
   }
@@ -122,6 +125,7 @@ export function cpuEvidence(
     throughputRps,
     elastic,
     bound: !elastic && p >= CPU_BOUND_SHARE * headroom,
+    quota,
   };
 }
 
@@ -145,17 +149,21 @@ export class CpuCapacity {
   /**
    * The CPU's service time for `capacity` slots, `capacity / μ` in ms, from a
    * fresh report whose others are not elastic; else undefined. While the
-   * service is CPU-bound (`bound`) it is the service time; otherwise it is a
-   * floor under the latency's: each request spends 1 / μ of the CPU the
-   * service can get, however fast it is answered. On a CFS quota a lone
-   * request runs at full speed while the period's quota lasts, and the
+   * service is CPU-bound (`bound`) it is the service time. Otherwise, under a
+   * cgroup quota (`floor`), it is a floor under the latency's: each request
+   * spends 1 / μ of the quota, however fast it is answered. On a CFS quota a
+   * lone request runs at full speed while the period's quota lasts, and the
    * requests after it wait for the next period (docs/strategies.md, "CPU as
    * capacity"). An IO-bound service (little CPU per request) has a floor far
-   * below its latency, which then stands.
+   * below its latency, which then stands. A host's CPU count is no quota: a
+   * request there is not held back once it runs, and its latency says so.
    */
-  serviceTime(fresh: boolean, capacity: number): { ms: number; bound: boolean } | undefined {
+  serviceTime(
+    fresh: boolean,
+    capacity: number,
+  ): { ms: number; bound: boolean; floor: boolean } | undefined {
     const e = fresh ? this.last : undefined;
     if (e === undefined || e.elastic) return undefined;
-    return { ms: (capacity * 1000) / e.throughputRps, bound: e.bound };
+    return { ms: (capacity * 1000) / e.throughputRps, bound: e.bound, floor: e.quota };
   }
 }

@@ -302,21 +302,22 @@ class EndpointLoadEstimate implements LoadEstimate {
   /**
    * `s` (load/cpu-capacity.ts, docs/strategies.md "CPU as capacity"): with a
    * fresh report whose others are not elastic, `c / μ` while the service is
-   * CPU-bound, else the latency's (load/service-time.ts) but never below
-   * `c / μ`; without one, the latency's.
+   * CPU-bound, else the latency's (load/service-time.ts), under a cgroup quota
+   * never below `c / μ`; without one, the latency's.
    */
   private serviceTime(nowMs: number, r: ReportDigest | undefined, c: number): number {
     const cpu = this.cpu.serviceTime(r !== undefined, c);
     if (cpu === undefined) return this.times.value(nowMs, r, c);
     if (cpu.bound) return cpu.ms > MIN_SERVICE_TIME_MS ? cpu.ms : MIN_SERVICE_TIME_MS;
     const s = this.times.value(nowMs, r, c);
-    return cpu.ms > s ? cpu.ms : s;
+    return cpu.floor && cpu.ms > s ? cpu.ms : s;
   }
 
   /** True when `s` is the CPU's (the snapshot's `cpu` source). */
   private cpuSetsServiceTime(nowMs: number, r: ReportDigest | undefined, c: number): boolean {
     const cpu = this.cpu.serviceTime(r !== undefined, c);
-    return cpu !== undefined && (cpu.bound || cpu.ms > this.times.value(nowMs, r, c));
+    if (cpu === undefined) return false;
+    return cpu.bound || (cpu.floor && cpu.ms > this.times.value(nowMs, r, c));
   }
 
   private updateCohort(nowMs: number): void {
