@@ -1,5 +1,5 @@
 import type { MetricsReport } from '@loadwise/protocol';
-import { cpuEvidence, MIN_CPU_COMPLETIONS } from './cpu-capacity';
+import { cpuEvidence, ELASTIC_MEMORY_REPORTS, MIN_CPU_COMPLETIONS } from './cpu-capacity';
 import { createEndpointLoad } from './endpoint-load';
 import { DEFAULT_UTILIZATION_WEIGHT, MAX_EXPECTED_WAIT_MS } from './load-options';
 
@@ -275,6 +275,30 @@ describe('the CPU term in the expected wait', () => {
     expect(elastic!.cpuThroughputRps).toBeGreaterThan(0);
     expect(elastic!.serviceTimeSource).toBe('local');
     expect(elastic!.serviceTimeMs).toBe(elasticNoCpu!.serviceTimeMs);
+  });
+
+  it('elastic others stay elastic for ELASTIC_MEMORY_REPORTS scheduled reports', () => {
+    // A busy loop keeps the cgroup full (100%): elastic. One report reads 90% (sampling): by
+    // the threshold alone the service's own use (0.05 of 0.3 cores) would be its capacity,
+    // μ = 35 req/s and a floor of 28 ms under a 3 ms latency.
+    const full = report({ cpuCores: 0.05, rps: 22, cgroupUtil: 1, limit: 0.3 });
+    const dip = report({ cpuCores: 0.05, rps: 22, cgroupUtil: 0.9, limit: 0.3 });
+    expect(cpuEvidence(dip, 1)!.elastic).toBe(false);
+    const load = createEndpointLoad();
+    load.onReport(full, 0);
+    load.onRequestStart(0);
+    load.onRequestEnd(3, 3, true);
+    let t = 0;
+    for (let i = 0; i < ELASTIC_MEMORY_REPORTS; i++) {
+      t += 1000;
+      load.onReport(dip, t);
+      load.onRequestStart(t);
+      load.onRequestEnd(t + 3, 3, true);
+      expect(load.snapshot(t + 3).serviceTimeSource).toBe('local');
+    }
+    t += 1000;
+    load.onReport(dip, t);
+    expect(load.snapshot(t).serviceTimeSource).toBe('cpu');
   });
 
   it("the local rate counts only while this gateway is the backend's only sender", () => {
