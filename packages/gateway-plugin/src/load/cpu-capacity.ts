@@ -12,11 +12,15 @@
  *     μ         = headroom / k               req/s
  *
  * The service is CPU-bound when it uses most of its headroom
- * (CPU_BOUND_SHARE); only then does the load estimate take its service time
- * from μ (c / μ, load/endpoint-load.ts): an IO-bound service uses little CPU
- * per request, and its μ says nothing about how long a request waits.
+ * (CPU_BOUND_SHARE); then the load estimate takes its service time from μ
+ * (c / μ, load/endpoint-load.ts). Otherwise, under a cgroup quota, c / μ is a
+ * floor under the latency's service time (CpuCapacity.serviceTime: on a CFS
+ * quota a lone request is fast while the period's quota lasts, the queue
+ * drains at μ); an IO-bound service uses little CPU per request, its floor is
+ * far below its latency, and its μ says nothing about how long a request waits.
  *
- * Except when the others are elastic: a cgroup or host kept full
+ * Except when the others are elastic (and for ELASTIC_MEMORY_REPORTS scheduled
+ * reports after): a cgroup or host kept full
  * (ELASTIC_UTILIZATION) while others take a real part of it (a busy loop in the
  * same cgroup takes whatever the service leaves). Then `L − others` is only
  * what the service used, μ would be its current rps, which falls when the
@@ -31,9 +35,9 @@
  * without traffic figures), this gateway's own completions on the backend
  * over the last report interval stand in (`LocalRate`). With other gateways
  * or clients sending too that rate is only this gateway's part, so CPU per
- * request is overrated by 1 / its share and μ underrated by as much; a lone
- * gateway (or one with the same share of every backend) compares backends
- * rightly.
+ * request is overrated by 1 / its share and μ underrated by as much. So the
+ * local rate counts only while this gateway looks like the backend's only
+ * sender (load/endpoint-load.ts, Senders); otherwise there is no CPU figure.
  *
  * Evidence first: at least MIN_CPU_COMPLETIONS completions in the agent's
  * window, at least MIN_PROCESS_CPU_CORES of process CPU, a limit (cgroup quota
