@@ -2,7 +2,7 @@
  * The gateway under test: an Express app with `app.use(loadBalance(opts))`,
  * fed by the backends' health agents through the broker.
  */
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { execFile } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
@@ -104,6 +104,39 @@ async function mainWorkers(cfg: LoadwiseConfig, workers: number): Promise<void> 
   tell({ type: 'ready', port, workerPids: [...pool.pids().values()] });
 }
 
+/**
+ * Diagnosis only (the cpu-bound scenario's routing): with LOADWISE_BENCH_LOAD_TRACE=<file>
+ * in the environment, every 250 ms one JSON line per backend with its load snapshot (expected
+ * wait, service time and its source, CPU throughput) and the CPU evidence behind it, appended
+ * to that file. Off by default.
+ */
+function startLoadTrace(balancer: ReturnType<typeof loadBalance>): NodeJS.Timeout | undefined {
+  const file = process.env.LOADWISE_BENCH_LOAD_TRACE;
+  if (!file) return undefined;
+  const b = internals(balancer);
+  const timer = setInterval(() => {
+    const now = Date.now();
+    const lines: string[] = [];
+    for (const be of b.registry.backends.values()) {
+      const load = be.load as unknown as {
+        snapshot(nowMs: number): object;
+        cpu?: { last?: object };
+      };
+      lines.push(
+        JSON.stringify({
+          t: now,
+          id: be.id,
+          ...load.snapshot(now),
+          cpu: load.cpu?.last,
+        }),
+      );
+    }
+    appendFileSync(file, lines.join('\n') + '\n');
+  }, 250);
+  timer.unref();
+  return timer;
+}
+
 async function main(): Promise<void> {
   const cfg = readConfig<LoadwiseConfig>();
   if (cfg.workers !== undefined) return mainWorkers(cfg, cfg.workers);
@@ -142,12 +175,14 @@ async function main(): Promise<void> {
     b.on('saturation', (e) => trace.push({ t: Date.now() - t0, event: 'saturation', ...e }));
     b.on('overload', (e) => trace.push({ t: Date.now() - t0, event: 'overload', ...e }));
   }
+  const loadTrace = startLoadTrace(balancer);
   answerDiagMessages({
     reset: () => diag.reset(),
     read: () => ({ ...diag.read(), trace, acceptQueue }),
   });
   onShutdown(async () => {
     if (tracer) clearInterval(tracer);
+    if (loadTrace) clearInterval(loadTrace);
     await closeServer(server);
     await balancer.close();
   });

@@ -1,5 +1,5 @@
 import type { MetricsReport } from '@loadwise/protocol';
-import { cpuEvidence, MIN_CPU_COMPLETIONS } from './cpu-capacity';
+import { cpuEvidence, ELASTIC_MEMORY_REPORTS, MIN_CPU_COMPLETIONS } from './cpu-capacity';
 import { createEndpointLoad } from './endpoint-load';
 import { DEFAULT_UTILIZATION_WEIGHT, MAX_EXPECTED_WAIT_MS } from './load-options';
 
@@ -234,6 +234,100 @@ describe('the CPU term in the expected wait', () => {
     }
     expect(withCpu.snapshot(5).cpuThroughputRps).toBeGreaterThan(0);
     expect(withCpu.expectedWaitMs(5)).toBe(without.expectedWaitMs(5));
+  });
+
+  it('below the CPU-bound share: c / μ is a floor under the latency, not a replacement', () => {
+    // The benchmark's b2: 0.21 of 0.3 cores (70%, not CPU-bound) for 95 req/s: 2.2 ms of CPU
+    // per request, μ = 0.3 / 2.2 ms = 136 req/s, c / μ = 7.3 ms. On a CFS quota a lone request
+    // is answered in 2.2 ms while the period's quota lasts; the queue drains at 7.3 ms each.
+    const quota = () => report({ cpuCores: 0.21, rps: 95, cgroupUtil: 0.7, limit: 0.3 });
+    const load = createEndpointLoad();
+    load.onReport({ ...quota(), queue: { inFlight: 2, source: {} } }, 0);
+    load.onRequestStart(0);
+    load.onRequestEnd(3, 3, true);
+    const snap = load.snapshot(3);
+    const floor = (1000 * 0.21) / 95 / 0.3;
+    expect(snap.serviceTimeSource).toBe('cpu');
+    expect(snap.serviceTimeMs).toBeCloseTo(1000 / ((0.3 * 95) / 0.21), 9);
+    expect(snap.serviceTimeMs).toBeCloseTo(floor, 9);
+    // A latency above the floor stands (not exactly the s without process figures: the hidden
+    // load's drain time, hidden-load.ts, is the floored s).
+    const latencyOnly = (r: MetricsReport, latencyMs: number) => {
+      const noProcess = { ...r };
+      delete noProcess.process;
+      return [r, noProcess].map((x) => {
+        const l = createEndpointLoad();
+        l.onReport(x, 0);
+        l.onRequestStart(0);
+        l.onRequestEnd(latencyMs, latencyMs, true);
+        return l.snapshot(latencyMs);
+      });
+    };
+    const [slow, slowNoCpu] = latencyOnly(quota(), 20);
+    expect(slow!.serviceTimeSource).toBe('local');
+    expect(slow!.serviceTimeMs).toBeGreaterThan(floor);
+    expect(slow!.serviceTimeMs).toBeCloseTo(slowNoCpu!.serviceTimeMs, 0);
+    // Elastic others (a busy loop takes what the service leaves): no floor, the latency judges.
+    const [elastic, elasticNoCpu] = latencyOnly(
+      report({ cpuCores: 0.05, rps: 22, cgroupUtil: 1, limit: 0.3 }),
+      3,
+    );
+    expect(elastic!.cpuThroughputRps).toBeGreaterThan(0);
+    expect(elastic!.serviceTimeSource).toBe('local');
+    expect(elastic!.serviceTimeMs).toBe(elasticNoCpu!.serviceTimeMs);
+  });
+
+  it('elastic others stay elastic for ELASTIC_MEMORY_REPORTS scheduled reports', () => {
+    // A busy loop keeps the cgroup full (100%): elastic. One report reads 90% (sampling): by
+    // the threshold alone the service's own use (0.05 of 0.3 cores) would be its capacity,
+    // μ = 35 req/s and a floor of 28 ms under a 3 ms latency.
+    const full = report({ cpuCores: 0.05, rps: 22, cgroupUtil: 1, limit: 0.3 });
+    const dip = report({ cpuCores: 0.05, rps: 22, cgroupUtil: 0.9, limit: 0.3 });
+    expect(cpuEvidence(dip, 1)!.elastic).toBe(false);
+    const load = createEndpointLoad();
+    load.onReport(full, 0);
+    load.onRequestStart(0);
+    load.onRequestEnd(3, 3, true);
+    let t = 0;
+    for (let i = 0; i < ELASTIC_MEMORY_REPORTS; i++) {
+      t += 1000;
+      load.onReport(dip, t);
+      load.onRequestStart(t);
+      load.onRequestEnd(t + 3, 3, true);
+      expect(load.snapshot(t + 3).serviceTimeSource).toBe('local');
+    }
+    t += 1000;
+    load.onReport(dip, t);
+    expect(load.snapshot(t).serviceTimeSource).toBe('cpu');
+  });
+
+  it("the local rate counts only while this gateway is the backend's only sender", () => {
+    // A gauge agent (no traffic figures): the rate is this gateway's completions. The backend
+    // shows 3 outstanding where this gateway has 1 in flight: others send too, and its
+    // completions would overrate CPU per request about 3x.
+    const gauge = (outstanding: number): MetricsReport => {
+      const r = report({ cpuCores: 0.45, cgroupUtil: 0.9, limit: 0.5, outstanding });
+      delete r.traffic;
+      return r;
+    };
+    const run = (outstanding: number) => {
+      const load = createEndpointLoad();
+      let t = 0;
+      for (let interval = 0; interval < 6; interval++) {
+        for (let i = 0; i < 100; i++, t += 10) {
+          load.onRequestStart(t);
+          load.onRequestEnd(t + 3, 3, true);
+        }
+        load.onRequestStart(t);
+        load.onReport(gauge(outstanding), t);
+        load.onRequestEnd(t + 3, 3, true);
+      }
+      return load.snapshot(t);
+    };
+    // Alone: the backend's 1 outstanding is this gateway's 1 in flight.
+    expect(run(1).cpuThroughputRps).toBeGreaterThan(0);
+    expect(run(3).cpuThroughputRps).toBeUndefined();
+    expect(run(3).serviceTimeSource).not.toBe('cpu');
   });
 
   it('the CPU pressure penalty applies only without the process CPU', () => {

@@ -12,11 +12,15 @@
  *     μ         = headroom / k               req/s
  *
  * The service is CPU-bound when it uses most of its headroom
- * (CPU_BOUND_SHARE); only then does the load estimate take its service time
- * from μ (c / μ, load/endpoint-load.ts): an IO-bound service uses little CPU
- * per request, and its μ says nothing about how long a request waits.
+ * (CPU_BOUND_SHARE); then the load estimate takes its service time from μ
+ * (c / μ, load/endpoint-load.ts). Otherwise, under a cgroup quota, c / μ is a
+ * floor under the latency's service time (CpuCapacity.serviceTime: on a CFS
+ * quota a lone request is fast while the period's quota lasts, the queue
+ * drains at μ); an IO-bound service uses little CPU per request, its floor is
+ * far below its latency, and its μ says nothing about how long a request waits.
  *
- * Except when the others are elastic: a cgroup or host kept full
+ * Except when the others are elastic (and for ELASTIC_MEMORY_REPORTS scheduled
+ * reports after): a cgroup or host kept full
  * (ELASTIC_UTILIZATION) while others take a real part of it (a busy loop in the
  * same cgroup takes whatever the service leaves). Then `L − others` is only
  * what the service used, μ would be its current rps, which falls when the
@@ -31,9 +35,9 @@
  * without traffic figures), this gateway's own completions on the backend
  * over the last report interval stand in (`LocalRate`). With other gateways
  * or clients sending too that rate is only this gateway's part, so CPU per
- * request is overrated by 1 / its share and μ underrated by as much; a lone
- * gateway (or one with the same share of every backend) compares backends
- * rightly.
+ * request is overrated by 1 / its share and μ underrated by as much. So the
+ * local rate counts only while this gateway looks like the backend's only
+ * sender (load/endpoint-load.ts, Senders); otherwise there is no CPU figure.
  *
  * Evidence first: at least MIN_CPU_COMPLETIONS completions in the agent's
  * window, at least MIN_PROCESS_CPU_CORES of process CPU, a limit (cgroup quota
@@ -50,6 +54,13 @@ export const MIN_PROCESS_CPU_CORES = 0.01;
 export const CPU_BOUND_SHARE = 0.8;
 /** A cgroup or host at least this busy, with others taking ELASTIC_OTHERS_SHARE of it: elastic others. */
 export const ELASTIC_UTILIZATION = 0.95;
+/**
+ * Scheduled reports after an elastic one during which the others still count as elastic: one
+ * report in which a busy loop's cgroup read under ELASTIC_UTILIZATION must not turn the
+ * service's own use into its capacity (a floor above the latency of the backend beside the busy
+ * loop in the cpu-bound benchmark).
+ */
+export const ELASTIC_MEMORY_REPORTS = 5;
 export const ELASTIC_OTHERS_SHARE = 0.05;
 
 export interface CpuEvidence {
@@ -63,6 +74,8 @@ export interface CpuEvidence {
   elastic: boolean;
   /** The service uses most of the CPU it can get (never when `elastic`): its service time is c / μ. */
   bound: boolean;
+  /** The limit is the cgroup's quota (not the host's CPU count): c / μ is a floor under s. */
+  quota: boolean;
 }
 
 function positive(x: number | undefined): number | undefined {
@@ -101,7 +114,8 @@ export function cpuEvidence(
 
   let limit = positive(report.cgroup?.cpuLimitCores);
   let util = share(report.cgroup?.cpuUtilization);
-  if (limit === undefined || util === undefined) {
+  const quota = limit !== undefined && util !== undefined;
+  if (!quota) {
     limit = positive(report.host?.cpuCount);
     util = share(report.host?.cpuUtilization);
   }
@@ -122,6 +136,7 @@ export function cpuEvidence(
     throughputRps,
     elastic,
     bound: !elastic && p >= CPU_BOUND_SHARE * headroom,
+    quota,
   };
 }
 
@@ -132,8 +147,16 @@ export function cpuEvidence(
  */
 export class CpuCapacity {
   private last: CpuEvidence | undefined;
+  /** Scheduled reports left during which the others count as elastic (ELASTIC_MEMORY_REPORTS). */
+  private elasticLeft = 0;
 
   onScheduledReport(evidence: CpuEvidence | undefined): void {
+    if (evidence?.elastic) {
+      this.elasticLeft = ELASTIC_MEMORY_REPORTS;
+    } else if (evidence !== undefined && this.elasticLeft > 0) {
+      this.elasticLeft--;
+      evidence = { ...evidence, elastic: true, bound: false };
+    }
     this.last = evidence;
   }
 
@@ -143,12 +166,23 @@ export class CpuCapacity {
   }
 
   /**
-   * Service time for `capacity` slots, in ms: `capacity / μ` while the service
-   * is CPU-bound (the queue ahead drains at μ), else undefined (the latency's
-   * service time stands).
+   * The CPU's service time for `capacity` slots, `capacity / μ` in ms, from a
+   * fresh report whose others are not elastic; else undefined. While the
+   * service is CPU-bound (`bound`) it is the service time. Otherwise, under a
+   * cgroup quota (`floor`), it is a floor under the latency's: each request
+   * spends 1 / μ of the quota, however fast it is answered. On a CFS quota a
+   * lone request runs at full speed while the period's quota lasts, and the
+   * requests after it wait for the next period (docs/strategies.md, "CPU as
+   * capacity"). An IO-bound service (little CPU per request) has a floor far
+   * below its latency, which then stands. A host's CPU count is no quota: a
+   * request there is not held back once it runs, and its latency says so.
    */
-  serviceTimeMs(fresh: boolean, capacity: number): number | undefined {
+  serviceTime(
+    fresh: boolean,
+    capacity: number,
+  ): { ms: number; bound: boolean; floor: boolean } | undefined {
     const e = fresh ? this.last : undefined;
-    return e !== undefined && e.bound ? (capacity * 1000) / e.throughputRps : undefined;
+    if (e === undefined || e.elastic) return undefined;
+    return { ms: (capacity * 1000) / e.throughputRps, bound: e.bound, floor: e.quota };
   }
 }

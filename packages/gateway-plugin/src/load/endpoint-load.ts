@@ -36,6 +36,40 @@ import { SlowStart } from './slow-start';
 import type { LoadEstimate, LoadSnapshot } from './types';
 import { invalidOption } from '../errors';
 
+/** Weight of each scheduled report in Senders' averages (about the last five reports). */
+const SENDERS_ALPHA = 0.2;
+/** Senders' factor up to this: this gateway is the backend's only sender. */
+const ALONE_FACTOR = 1.1;
+
+/** The report has its own request rate: the CPU term does not need this gateway's. */
+function hasOwnRate(report: MetricsReport): boolean {
+  const rps = report.traffic?.rps;
+  return typeof rps === 'number' && Number.isFinite(rps) && rps > 0;
+}
+
+/**
+ * How many times this gateway's part of a backend's requests the backend has:
+ * the backend's outstanding requests (the report's snapshot) over this
+ * gateway's in flight at the same instant, each averaged over the last few
+ * scheduled reports. 1 while the backend has no outstanding figure or this
+ * gateway sent it nothing.
+ */
+class Senders {
+  private agent = 0;
+  private local = 0;
+
+  onScheduledReport(d: ReportDigest): number {
+    if (d.outstanding === undefined) {
+      this.agent = 0;
+      this.local = 0;
+      return 1;
+    }
+    this.agent += SENDERS_ALPHA * (d.outstanding - this.agent);
+    this.local += SENDERS_ALPHA * (d.localInFlightAtReport - this.local);
+    return this.local > 0 && this.agent > this.local ? this.agent / this.local : 1;
+  }
+}
+
 export function createEndpointLoad(
   opts?: EndpointLoadOptions | Record<string, unknown>,
 ): LoadEstimate {
@@ -57,6 +91,7 @@ class EndpointLoadEstimate implements LoadEstimate {
   private readonly times: ServiceTime;
   private readonly capacity: Capacity;
   private readonly cpu = new CpuCapacity();
+  private readonly senders = new Senders();
   /** This gateway's successful completions since the last scheduled report. */
   private readonly completions: { count: number; sinceMs: number | undefined } = {
     count: 0,
@@ -147,9 +182,16 @@ class EndpointLoadEstimate implements LoadEstimate {
       }
       return;
     }
-    if (this.hidden.onScheduledReport(d, receivedAtMs, this.local.count)) {
-      this.setDrainTime(d, receivedAtMs);
+    const hasOutstanding = this.hidden.onScheduledReport(d, receivedAtMs, this.local.count);
+    const alone = this.senders.onScheduledReport(d) <= ALONE_FACTOR;
+    if (!alone && !hasOwnRate(report)) {
+      // The CPU term's rate is this gateway's completions, and others send to the backend
+      // too: CPU per request would be overrated by their part and μ underrated as much.
+      // Scaling our rate by the estimated number of senders was too noisy to help (three
+      // gateways with gauge agents in cpu-sim.test.ts): no CPU figure, the latency decides.
+      this.cpu.onScheduledReport(undefined);
     }
+    if (hasOutstanding) this.setDrainTime(d, receivedAtMs);
     this.penalties.onReport(d, this.hidden.share);
     this.updateCohort(receivedAtMs);
   }
@@ -227,10 +269,9 @@ class EndpointLoadEstimate implements LoadEstimate {
       capacity,
       capacitySource: this.capacity.source(),
       serviceTimeMs: this.serviceTime(nowMs, r, capacity),
-      serviceTimeSource:
-        this.cpu.serviceTimeMs(r !== undefined, capacity) !== undefined
-          ? 'cpu'
-          : this.times.source(nowMs, r, capacity),
+      serviceTimeSource: this.cpuSetsServiceTime(nowMs, r, capacity)
+        ? 'cpu'
+        : this.times.source(nowMs, r, capacity),
       cpuThroughputRps: this.cpu.evidence(r !== undefined)?.throughputRps,
       penaltyFactor: this.penalties.factor(nowMs, r, this.hidden.share),
       overload: this.overload.value(nowMs),
@@ -259,13 +300,24 @@ class EndpointLoadEstimate implements LoadEstimate {
   }
 
   /**
-   * `s`: the CPU's (c / μ) while the fresh report shows the service CPU-bound
-   * (load/cpu-capacity.ts), else the latency's (load/service-time.ts).
+   * `s` (load/cpu-capacity.ts, docs/strategies.md "CPU as capacity"): with a
+   * fresh report whose others are not elastic, `c / μ` while the service is
+   * CPU-bound, else the latency's (load/service-time.ts), under a cgroup quota
+   * never below `c / μ`; without one, the latency's.
    */
   private serviceTime(nowMs: number, r: ReportDigest | undefined, c: number): number {
-    const cpu = this.cpu.serviceTimeMs(r !== undefined, c);
-    if (cpu !== undefined) return cpu > MIN_SERVICE_TIME_MS ? cpu : MIN_SERVICE_TIME_MS;
-    return this.times.value(nowMs, r, c);
+    const cpu = this.cpu.serviceTime(r !== undefined, c);
+    if (cpu === undefined) return this.times.value(nowMs, r, c);
+    if (cpu.bound) return cpu.ms > MIN_SERVICE_TIME_MS ? cpu.ms : MIN_SERVICE_TIME_MS;
+    const s = this.times.value(nowMs, r, c);
+    return cpu.floor && cpu.ms > s ? cpu.ms : s;
+  }
+
+  /** True when `s` is the CPU's (the snapshot's `cpu` source). */
+  private cpuSetsServiceTime(nowMs: number, r: ReportDigest | undefined, c: number): boolean {
+    const cpu = this.cpu.serviceTime(r !== undefined, c);
+    if (cpu === undefined) return false;
+    return cpu.bound || (cpu.floor && cpu.ms > this.times.value(nowMs, r, c));
   }
 
   private updateCohort(nowMs: number): void {

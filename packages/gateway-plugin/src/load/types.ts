@@ -54,7 +54,10 @@ export interface LoadSnapshot {
   capacity: number;
   capacitySource: 'reported' | 'learned' | 'cohort' | 'default';
   serviceTimeMs: number;
-  /** `cpu`: the backend is CPU-bound and `s` is c / cpuThroughputRps (load/cpu-capacity.ts). */
+  /**
+   * `cpu`: `s` is c / cpuThroughputRps (load/cpu-capacity.ts): the backend is CPU-bound, or
+   * the latency's service time is below that floor.
+   */
   serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default' | 'cpu';
   /** Requests per second the CPU the backend can get would drain; undefined without CPU evidence. */
   cpuThroughputRps: number | undefined;

@@ -60,8 +60,9 @@ export interface BackendSnapshot {
   expectedWaitMs: number | null;
   /**
    * Where the expected wait's service time comes from: `local` (this gateway's
-   * latencies), `reported` (the agent's), `cohort`, `default`, or `cpu` (the
-   * backend is CPU-bound: the CPU it can get / CPU per request, docs/strategies.md).
+   * latencies), `reported` (the agent's), `cohort`, `default`, or `cpu` (c /
+   * the CPU it can get per CPU per request: the backend is CPU-bound, or its
+   * latency's service time is below that floor, docs/strategies.md).
    */
   serviceTimeSource: 'local' | 'reported' | 'cohort' | 'default' | 'cpu';
   /** Requests per second the CPU the backend can get would drain; null without CPU evidence. */
