@@ -395,6 +395,16 @@ async function main(): Promise<void> {
       log: workersLog,
     });
     cleanups.push(() => pool!.close());
+    // SIGHUP: replace the workers one at a time (a deploy), no connection refused.
+    const onHup = (): void => {
+      say('SIGHUP: reloading the gateway workers one at a time');
+      pool!.reload().then(
+        (r) => say(`reloaded: ${r.replaced.map((w) => `${w.id} pid ${w.newPid}`).join(', ')}`),
+        (err: unknown) => say(`reload failed: ${(err as Error).message}`),
+      );
+    };
+    process.on('SIGHUP', onHup);
+    cleanups.push(() => void process.off('SIGHUP', onHup));
     // Every worker crashed too often to be restarted: stop the rest too.
     void pool!.done.then((code) => {
       if (code !== 0) void stop(code);
@@ -420,6 +430,7 @@ async function main(): Promise<void> {
   );
   if (args.workers !== undefined) {
     say(`                                        # and ${WORKER_HEADER}: which gateway worker`);
+    say(`  kill -HUP ${process.pid}                    # reload the workers one at a time, none refused`);
   }
   say(`  curl -s ${gw}${STATUS_PATH}          # what the gateway knows about every backend (JSON)`);
   say(`  curl -s ${gw}${METRICS_PATH}         # Prometheus metrics`);

@@ -2,7 +2,8 @@
  * `npm start -- --workers 2`: the quick start's gateway as 2 workers
  * (runWorkers) on one port. Fresh connections reach both workers (the
  * x-loadwise-worker header says which), both route on the agents' signed
- * reports, and SIGINT stops workers, agents and backends with exit code 0.
+ * reports, SIGHUP replaces both workers (the command it prints), and SIGINT
+ * stops workers, agents and backends with exit code 0.
  */
 import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
@@ -21,7 +22,7 @@ afterAll(() => {
   for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
 });
 
-it('runs the gateway as 2 workers and stops them all on SIGINT', async () => {
+it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on SIGINT', async () => {
   const port = await freePort();
   const run = startScript(SCRIPT, [
     '--port',
@@ -74,6 +75,36 @@ it('runs the gateway as 2 workers and stops them all on SIGINT', async () => {
     },
     10_000,
     'fresh reports in both workers',
+  );
+
+  // The printed reload command, as written: new workers serve, the old ones are gone.
+  expect(lines.some((l) => l.includes(`kill -HUP ${child!.pid} `))).toBe(true);
+  const before = lines.flatMap((l) => /worker w\d started \(pid (\d+)\)/.exec(l)?.[1] ?? []);
+  child.kill('SIGHUP');
+  await eventually(
+    () => lines.some((l) => l.startsWith('reloaded: ')),
+    30_000,
+    `reloaded (stdout: ${lines.join('\n')})`,
+  );
+  const after = [...lines.find((l) => l.startsWith('reloaded: '))!.matchAll(/pid (\d+)/g)].map(
+    (m) => Number(m[1]),
+  );
+  pids.push(...after);
+  expect(after).toHaveLength(2);
+  for (const pid of before) expect(alive(Number(pid))).toBe(false);
+  const servedBy = new Set<number>();
+  await eventually(
+    async () => {
+      const res = await fetch(`http://127.0.0.1:${port}/hello`, {
+        headers: { connection: 'close' },
+      });
+      await res.body?.cancel();
+      expect(res.status).toBe(200);
+      servedBy.add(Number(/pid (\d+)$/.exec(res.headers.get('x-loadwise-worker')!)![1]));
+      return after.every((pid) => servedBy.has(pid));
+    },
+    10_000,
+    'the new workers serve',
   );
 
   child.kill('SIGINT');
