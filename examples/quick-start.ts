@@ -430,7 +430,9 @@ async function main(): Promise<void> {
   );
   if (args.workers !== undefined) {
     say(`                                        # and ${WORKER_HEADER}: which gateway worker`);
-    say(`  kill -HUP ${process.pid}                    # reload the workers one at a time, none refused`);
+    say(
+      `  kill -HUP ${process.pid}                    # reload the workers one at a time, none refused`,
+    );
   }
   say(`  curl -s ${gw}${STATUS_PATH}          # what the gateway knows about every backend (JSON)`);
   say(`  curl -s ${gw}${METRICS_PATH}         # Prometheus metrics`);

@@ -74,9 +74,14 @@ async function mainWorkers(cfg: LoadwiseConfig, workers: number): Promise<void> 
     start: async () => {
       const { balancer, server } = await startGateway(cfg);
       return {
+        // The graceful recipe (docs/gateway.md, Every core), as a reload
+        // closes a worker under load: stop listening, close idle connections,
+        // serve the requests on the others (Connection: close), then stop.
+        // closeServer() would cut those requests (ECONNRESET to the client).
         close: async () => {
-          await closeServer(server);
-          await balancer.close();
+          const closed = new Promise((r) => server.close(r));
+          server.closeIdleConnections();
+          await Promise.all([closed, balancer.close({ graceMs: 10_000 })]);
         },
       };
     },

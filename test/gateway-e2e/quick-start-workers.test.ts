@@ -17,6 +17,14 @@ const SCRIPT = path.resolve(__dirname, '../../examples/dist/quick-start.js');
 let child: ChildProcess | undefined;
 const pids: number[] = [];
 
+/** GET /hello on a connection of its own (so the primary hands it to a worker); expects 200. */
+async function hello(port: number): Promise<Response> {
+  const res = await fetch(`http://127.0.0.1:${port}/hello`, { headers: { connection: 'close' } });
+  await res.body?.cancel();
+  expect(res.status).toBe(200);
+  return res;
+}
+
 afterAll(() => {
   child?.kill('SIGKILL');
   for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
@@ -49,11 +57,7 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
   const workers = new Set<string>();
   await eventually(
     async () => {
-      const res = await fetch(`http://127.0.0.1:${port}/hello`, {
-        headers: { connection: 'close' },
-      });
-      await res.body?.cancel();
-      expect(res.status).toBe(200);
+      const res = await hello(port);
       expect(['b1', 'b2', 'b3']).toContain(res.headers.get('x-served-by'));
       workers.add(res.headers.get('x-loadwise-worker')!.replace(/ pid \d+$/, ''));
       return workers.size === 2;
@@ -95,11 +99,7 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
   const servedBy = new Set<number>();
   await eventually(
     async () => {
-      const res = await fetch(`http://127.0.0.1:${port}/hello`, {
-        headers: { connection: 'close' },
-      });
-      await res.body?.cancel();
-      expect(res.status).toBe(200);
+      const res = await hello(port);
       servedBy.add(Number(/pid (\d+)$/.exec(res.headers.get('x-loadwise-worker')!)![1]));
       return after.every((pid) => servedBy.has(pid));
     },
