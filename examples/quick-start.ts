@@ -18,6 +18,7 @@ import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import express from 'express';
 import {
+  closeListener,
   loadBalance,
   routeUpgrades,
   runWorkers,
@@ -226,10 +227,10 @@ async function startWorkerGateway(worker: WorkerContext): Promise<{ close(): Pro
     server.listen(cfg.port, '127.0.0.1', () => resolve());
   });
   return {
+    // Stop listening; the open connections are served until they end (a reload
+    // replaces this worker under load: none is cut, none refused).
     close: async () => {
-      const closed = new Promise<void>((r) => server.close(() => r()));
-      server.closeIdleConnections();
-      await Promise.all([closed, lb.close({ graceMs: 5_000 })]);
+      await Promise.all([closeListener(server), lb.close({ graceMs: 5_000 })]);
     },
   };
 }

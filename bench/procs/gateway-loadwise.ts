@@ -8,7 +8,12 @@ import { execFile } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import type { Server } from 'node:http';
 import express from 'express';
-import { loadBalance, runWorkers, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
+import {
+  closeListener,
+  loadBalance,
+  runWorkers,
+  type LoadBalanceOptions,
+} from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
 import { closeServer, fail, onShutdown, readConfig, tell } from './child';
 import { answerDiagMessages, startDiag } from './gateway-diag';
@@ -75,13 +80,12 @@ async function mainWorkers(cfg: LoadwiseConfig, workers: number): Promise<void> 
       const { balancer, server } = await startGateway(cfg);
       return {
         // The graceful recipe (docs/gateway.md, Every core), as a reload
-        // closes a worker under load: stop listening, close idle connections,
-        // serve the requests on the others (Connection: close), then stop.
-        // closeServer() would cut those requests (ECONNRESET to the client).
+        // closes a worker under load: stop listening, serve what comes on the
+        // open connections (Connection: close) until they end, then stop.
+        // closeServer() would cut those requests, and http's server.close()
+        // closes idle keep-alive ones a client may be sending on (ECONNRESET).
         close: async () => {
-          const closed = new Promise((r) => server.close(r));
-          server.closeIdleConnections();
-          await Promise.all([closed, balancer.close({ graceMs: 10_000 })]);
+          await Promise.all([closeListener(server), balancer.close({ graceMs: 10_000 })]);
         },
       };
     },

@@ -10,7 +10,7 @@
  */
 const http = require('node:http');
 const express = require('express');
-const { loadBalance, runWorkers } = require('@loadwise/gateway-plugin');
+const { closeListener, loadBalance, runWorkers } = require('@loadwise/gateway-plugin');
 
 const pool = runWorkers({
   workers: Number(process.env.LW_WORKERS),
@@ -37,9 +37,7 @@ const pool = runWorkers({
     await new Promise((r) => server.listen(Number(process.env.LW_PORT), '127.0.0.1', r));
     return {
       close: async () => {
-        const closed = new Promise((r) => server.close(r));
-        server.closeIdleConnections();
-        await Promise.all([closed, lb.close({ graceMs: 5000 })]);
+        await Promise.all([closeListener(server), lb.close({ graceMs: 5000 })]);
       },
     };
   },

@@ -1,5 +1,6 @@
 export {
   runWorkers,
+  closeListener,
   type RunWorkersOptions,
   type WorkerContext,
   type WorkerPool,
