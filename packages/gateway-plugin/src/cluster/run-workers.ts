@@ -478,7 +478,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
  * Stops `server` accepting connections, without closing the idle keep-alive
  * ones; resolves once every connection has ended. Node's http `server.close()`
  * closes idle keep-alive connections at once, and a client that picked one of
- * them to send its next request on gets ECONNRESET: 48-50 of them a reload at
+ * them to send its next request on gets ECONNRESET: 48-246 of them a reload at
  * 970 req/s in the bench's restart variant, against 0-1 this way (docs/bench.md,
  * "Restart as a reload"). Left open, each connection ends after its next
  * answer (every answer from now on says `Connection: close`, whichever route
