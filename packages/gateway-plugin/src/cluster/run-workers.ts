@@ -400,37 +400,26 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   };
 
   const close = (code = 0): Promise<void> => {
-    closing ??= new Promise<void>((resolve) => {
-      const live: Worker[] = [];
+    closing ??= (async () => {
+      const live = new Set<Worker>(extra);
       for (const slot of slots) {
         clearTimeout(slot.timer);
-        if (slot.worker) live.push(slot.worker);
+        if (slot.worker) live.add(slot.worker);
       }
-      for (const w of extra) if (!live.includes(w)) live.push(w);
       for (const w of waiters.splice(0)) w.reject(new Error('the worker pool stopped'));
-      let left = live.length;
-      const finish = (): void => {
-        clearTimeout(killTimer);
-        log(`stopped (code ${code})`);
-        resolveDone(code);
-        resolve();
-      };
-      const killTimer = setTimeout(() => {
-        for (const w of live) {
-          if (w.isDead()) continue;
-          log(`worker pid ${w.process.pid} did not close in ${shutdownTimeoutMs} ms; SIGKILL`);
-          w.process.kill('SIGKILL');
-        }
-      }, shutdownTimeoutMs);
-      if (left === 0) return finish();
-      log(`closing ${left} worker(s)`);
-      for (const w of live) {
-        w.once('exit', () => {
-          if (--left === 0) finish();
-        });
-        askToClose(w);
+      if (live.size > 0) {
+        log(`closing ${live.size} worker(s)`);
+        await Promise.all(
+          [...live].map((w) => {
+            const exited = exitOf(w);
+            askToClose(w);
+            return exited;
+          }),
+        );
       }
-    });
+      log(`stopped (code ${code})`);
+      resolveDone(code);
+    })();
     return closing;
   };
 

@@ -160,13 +160,12 @@ export class RequestFlow {
   active = 0;
   private idleWaiters: (() => void)[] = [];
   /**
-   * The servers requests came from, and those of them that have closed (their
-   * 'close': stopped listening and every connection ended). A graceful close
-   * waits for a server that has stopped listening to lose its connections:
-   * their requests are still served (see handle()).
+   * The servers requests came from, until their 'close' (stopped listening
+   * and every connection ended). A graceful close waits for one that has
+   * stopped listening to lose its connections: their requests are still
+   * served (see handle()).
    */
   private readonly servers = new Set<Server>();
-  private readonly serversClosed = new WeakSet<Server>();
   private lastServer: Server | undefined;
 
   constructor(private readonly core: FlowHost) {
@@ -304,7 +303,7 @@ export class RequestFlow {
   /** Nothing in flight, and no server that has stopped listening still has connections. */
   private isIdle(): boolean {
     if (this.active !== 0) return false;
-    for (const s of this.servers) if (!s.listening && !this.serversClosed.has(s)) return false;
+    for (const s of this.servers) if (!s.listening) return false;
     return true;
   }
 
@@ -320,7 +319,9 @@ export class RequestFlow {
     if (this.servers.has(server)) return;
     this.servers.add(server);
     server.once('close', () => {
-      this.serversClosed.add(server);
+      // Forgotten: if it listens again, its next request notes it anew.
+      this.servers.delete(server);
+      if (this.lastServer === server) this.lastServer = undefined;
       this.wakeIdleWaiters();
     });
   }
