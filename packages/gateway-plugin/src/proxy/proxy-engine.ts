@@ -1,23 +1,28 @@
 /**
  * The adapter over http-proxy-middleware 3. One HPM instance per backend
- * protocol (http/https: an agent serves one protocol), with:
- * - `router` returning the target the balancer picked for this attempt
- *   (stored on the request before HPM runs, so HPM stays stateless);
- * - `agent`: a dispatcher handing each request to its backend's keep-alive pool;
+ * protocol (http/https), created with:
  * - `xfwd: false`: X-Forwarded-* are overwritten by forwarded.ts instead;
  * - `ejectPlugins: true` with our own listeners: HPM's default error plugin
  *   would answer 502/504 itself, but the balancer must first decide whether
  *   to retry on another backend, and answer with a coded error otherwise.
  *
- * Nothing thrown while a request is prepared or sent may escape: HPM turns a
- * throw of `http.request()` (an invalid header or path) into next(err); the
- * body is streamed by the flow's own pump instead of http-proxy's
+ * A request goes straight to the http-proxy server HPM made and configured
+ * (handed to our plugin), with this attempt's target and its backend's
+ * keep-alive pool as per-request options: HPM's own per-request layer is a
+ * path filter, a router and a path rewrite, none of which the balancer uses,
+ * run over three awaits and a copy of every option (docs/bench.md, "Where
+ * the time goes"). A WebSocket upgrade still goes through HPM's handler,
+ * with `router` returning the target the balancer picked and `agent` a
+ * dispatcher handing it to its backend's pool.
+ *
+ * Nothing thrown while a request is prepared or sent may escape: a throw of
+ * `http.request()` (an invalid header or path) is caught here; the body is
+ * streamed by the flow's own pump instead of http-proxy's
  * `req.pipe(proxyReq)`, whose writes throw inside stream listeners; and every
  * listener below is guarded. All of them end in `onPrepareError`.
  */
-import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { Agent, ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { Readable } from 'node:stream';
 import { parse as parseUrl, type UrlWithStringQuery } from 'node:url';
 import { createProxyMiddleware, type RequestHandler } from 'http-proxy-middleware';
 import type { Backend } from '../registry/backend';
@@ -40,33 +45,38 @@ export interface ProxyHooks {
   onPrepareError(err: Error, req: IncomingMessage, res: ServerResponse | Socket): void;
 }
 
-/** Streams the request body into the backend request; see body-pump.ts. */
-export type BodyPump = (proxyReq: ClientRequest) => void;
+/**
+ * What http-proxy streams the request body from: its `stream` pass calls
+ * `(options.buffer || req).pipe(proxyReq)` synchronously inside `web()`,
+ * right after `http.request()`. The flow's object takes that call and starts
+ * its own pump (body-pump.ts), so `req` itself is never touched.
+ */
+export interface BodySource {
+  pipe(proxyReq: ClientRequest): unknown;
+}
+
+/** The part of http-proxy's server the engine calls (HPM hands it to plugins). */
+interface ProxyServer {
+  web(req: IncomingMessage, res: ServerResponse, options: WebOptions): void;
+}
+
+/** Per-request options: http-proxy copies them over the server's (none: HPM makes it with `{}`). */
+interface WebOptions {
+  target: UrlWithStringQuery;
+  agent: Agent;
+  changeOrigin: boolean;
+  xfwd: false;
+  buffer: BodySource;
+}
 
 interface Instance {
   handler: RequestHandler;
+  server: ProxyServer;
   dispatcher: AgentDispatcher;
 }
 
 /** Parsed targets remembered at most (one per backend URL in practice). */
 const MAX_PARSED_TARGETS = 4096;
-
-/** Each request's pump until http-proxy pipes the request into its backend request (takeOverPipe). */
-const pumps = new WeakMap<IncomingMessage, BodyPump>();
-
-/** `req.pipe` while an attempt is being sent: the first call goes to the attempt's pump. */
-function takeOverPipe(this: IncomingMessage, dest: ClientRequest): ClientRequest {
-  const pump = pumps.get(this);
-  if (pump === undefined) return Readable.prototype.pipe.call(this, dest) as ClientRequest;
-  pumps.delete(this);
-  pump(dest);
-  return dest;
-}
-
-/** The pump of a request that is over (ProxyEngine.release): what request-flow.ts's pump does then. */
-function destroyRequest(dest: ClientRequest): void {
-  dest.destroy();
-}
 
 export class ProxyEngine {
   private readonly instances = new Map<'http:' | 'https:', Instance>();
@@ -83,7 +93,7 @@ export class ProxyEngine {
     private readonly changeOrigin: boolean,
   ) {}
 
-  /** Makes a backend's pool reachable through the dispatcher of its protocol. */
+  /** Makes a backend's pool reachable through the dispatcher of its protocol (upgrades). */
   register(backend: Backend): void {
     this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:').dispatcher.set(
       urlHostKey(backend.target),
@@ -91,44 +101,25 @@ export class ProxyEngine {
     );
   }
 
-  web(backend: Backend, req: IncomingMessage, res: ServerResponse, pump: BodyPump): void {
-    const { handler } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
-    const fail = (err?: unknown): void => {
-      // HPM calls next(err) when preparing the request failed: the router
-      // returned nothing, or http.request() threw (an invalid header value
-      // or path, ERR_INVALID_CHAR, ERR_UNESCAPED_CHARACTERS...).
-      this.hooks.onPrepareError(
-        err === undefined ? new Error('proxy preparation failed') : asError(err),
-        req,
-        res,
-      );
-    };
-    // http-proxy streams the body with `(options.buffer || req).pipe(proxyReq)`
-    // (web-incoming.js, `stream` pass), synchronously after http.request();
-    // this attempt's pump takes that one call over, any later call gets the
-    // prototype's pipe. An own property assigned per attempt, never deleted:
-    // a delete would turn `req` into a slow dictionary-mode object in V8. Its
-    // value is one shared function, the attempt's pump waits in `pumps`: a
-    // closure stored on `req` outlived the request. Express gives `req` a
-    // prototype of its own (Object.setPrototypeOf), after which V8 gives it a
-    // map of its own too, and a function added to such an object stays
-    // reachable from that map until a major GC: the pump closure, and the whole
-    // flow behind it, survived every scavenge and was promoted (docs/bench.md,
-    // "Where the time goes").
-    pumps.set(req, pump);
-    (req as { pipe: unknown }).pipe = takeOverPipe;
-    // HPM catches its own errors into next(err); the catch is a second net so
-    // a rejection can never go unhandled on the request path.
-    handler(req, res, fail).catch(fail);
-  }
-
   /**
-   * The request is over: an attempt whose pipe http-proxy has not called yet
-   * (the client left before the request was sent) lets go of its pump. The
-   * pump would only have destroyed the backend request; so will the pipe.
+   * Sends one attempt: synchronously, http-proxy emits 'start', makes the
+   * backend request on `backend.agent` and calls `body.pipe(proxyReq)`.
    */
-  release(req: IncomingMessage): void {
-    if (pumps.has(req)) pumps.set(req, destroyRequest);
+  web(backend: Backend, req: IncomingMessage, res: ServerResponse, body: BodySource): void {
+    const { server } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
+    try {
+      server.web(req, res, {
+        target: this.parsed(backend.target.href),
+        agent: backend.agent,
+        changeOrigin: this.changeOrigin,
+        xfwd: false,
+        buffer: body,
+      });
+    } catch (err) {
+      // http.request() threw: an invalid header value or path
+      // (ERR_INVALID_CHAR, ERR_UNESCAPED_CHARACTERS...).
+      this.hooks.onPrepareError(asError(err), req, res);
+    }
   }
 
   upgrade(backend: Backend, req: IncomingMessage, socket: Socket, head: Buffer): void {
@@ -141,7 +132,9 @@ export class ProxyEngine {
     if (inst) return inst;
     const dispatcher = createAgentDispatcher(protocol);
     const hooks = this.hooks;
+    let server: ProxyServer | undefined;
     const handler = createProxyMiddleware<IncomingMessage, ServerResponse>({
+      // Upgrades only: web requests pass their target themselves (web()).
       router: (req) => this.parsedTarget(hooks.targetOf(req)),
       agent: dispatcher.agent,
       changeOrigin: this.changeOrigin,
@@ -150,6 +143,7 @@ export class ProxyEngine {
       ejectPlugins: true,
       plugins: [
         (proxyServer) => {
+          server = proxyServer as unknown as ProxyServer;
           // A throw in a listener would surface inside http-proxy's own
           // callbacks (socket, response events) and crash the process.
           const guard = (req: IncomingMessage, res: unknown, fn: () => void): void => {
@@ -180,13 +174,18 @@ export class ProxyEngine {
         },
       ],
     });
-    inst = { handler, dispatcher };
+    // HPM registers its plugins while it is constructed.
+    if (server === undefined) throw new Error('http-proxy-middleware did not hand over its server');
+    inst = { handler, server, dispatcher };
     this.instances.set(protocol, inst);
     return inst;
   }
 
   private parsedTarget(href: string | undefined): UrlWithStringQuery | undefined {
-    if (href === undefined) return undefined;
+    return href === undefined ? undefined : this.parsed(href);
+  }
+
+  private parsed(href: string): UrlWithStringQuery {
     let parsed = this.parsedTargets.get(href);
     if (parsed === undefined) {
       parsed = parseUrl(href);

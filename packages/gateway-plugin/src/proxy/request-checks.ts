@@ -16,6 +16,11 @@ export type Framing = { ok: true; framing: BodyFraming } | { ok: false; detail: 
 
 const DIGITS = /^[0-9]+$/;
 
+// The answers for a sound request, shared: checkFraming runs on every request.
+const NO_BODY: Framing = Object.freeze({ ok: true, framing: 'none' });
+const BY_LENGTH: Framing = Object.freeze({ ok: true, framing: 'length' });
+const CHUNKED: Framing = Object.freeze({ ok: true, framing: 'chunked' });
+
 /**
  * RFC 9112 §6.1-6.3 and §3.2: a body is framed by exactly one of
  * `Transfer-Encoding: chunked` or one Content-Length; anything else could be
@@ -51,8 +56,8 @@ export function checkFraming(req: IncomingMessage): Framing {
   }
   if (hosts > 1) return { ok: false, detail: 'more than one Host header' };
   if (lengths > 1) return { ok: false, detail: 'more than one Content-Length header' };
-  if (te !== undefined) return { ok: true, framing: 'chunked' };
-  return { ok: true, framing: cl !== undefined && cl !== '0' ? 'length' : 'none' };
+  if (te !== undefined) return CHUNKED;
+  return cl !== undefined && cl !== '0' ? BY_LENGTH : NO_BODY;
 }
 
 /**

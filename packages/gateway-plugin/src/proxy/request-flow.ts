@@ -31,10 +31,12 @@ import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
 import { pumpBody } from './body-pump';
+import { writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { checkFraming, checkPath, type BodyFraming } from './request-checks';
 import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
 import type { FlowHost } from './flow-host';
+import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
 import {
   CONNECT_TIMEOUT_CODE,
@@ -52,8 +54,6 @@ interface Flow {
   target: unknown;
   proxyReq: ClientRequest | undefined;
   attemptOpen: boolean;
-  /** Counts attempts, so a late pump call of an abandoned one is recognised. */
-  attempt: number;
   attemptStartMs: number;
   /** The backend's answer started (response headers): it is no longer waited for. */
   responded: boolean;
@@ -88,6 +88,11 @@ function describe(req: IncomingMessage): string {
   return `${String(req.method).slice(0, 16)} ${url} from ${req.socket?.remoteAddress ?? '?'}`;
 }
 
+/** A backend request's 'timeout' listener (onProxyRes): its socket was silent mid-response. */
+function backendStalled(this: ClientRequest): void {
+  this.destroy(codedError('backend stalled mid-response', TIMEOUT_CODE));
+}
+
 /** A request's flow record before its first attempt. */
 function newFlow(
   req: IncomingMessage,
@@ -104,7 +109,6 @@ function newFlow(
     target: undefined,
     proxyReq: undefined,
     attemptOpen: false,
-    attempt: 0,
     attemptStartMs: 0,
     responded: false,
     firstByteTimer: undefined,
@@ -128,9 +132,7 @@ function newFlow(
 
 /**
  * What `flows` maps a request to once it is over (finish): no attempt open, done, so the late
- * http-proxy events of a finished request are ignored as before, and it has no target
- * (targetOf): an attempt whose client left while http-proxy-middleware was still routing
- * it is not sent at all, where it used to be sent and destroyed. It does not refer to the
+ * http-proxy events of a finished request are ignored as before. It does not refer to the
  * request. A WeakMap entry is weak only for a full (mark-compact) GC: V8's scavenger
  * treats the values of a WeakMap as strong, and a Flow holds its request, so a finished
  * Flow left in the map would keep its request, response, closures and listeners alive
@@ -167,8 +169,27 @@ export class RequestFlow {
    */
   private readonly servers = new Set<Server>();
   private lastServer: Server | undefined;
+  /** The flow whose attempt engine.web() is sending (synchronously): see pipeTaken(). */
+  private sending: Flow | undefined;
+  /** One object for every attempt: which flow it serves is `sending`. */
+  private readonly bodySource: BodySource = {
+    pipe: (proxyReq: ClientRequest) => this.pipeTaken(proxyReq),
+  };
+
+  /**
+   * Every response's 'close' listener, one function for all: its flow is
+   * found through the response's request (a closure per request cost its
+   * allocation and `once`'s wrapper on every request).
+   */
+  private readonly onResponseClose: (this: ServerResponse) => void;
 
   constructor(private readonly core: FlowHost) {
+    const flows = this.flows;
+    const finish = (flow: Flow): void => this.finish(flow);
+    this.onResponseClose = function (this: ServerResponse): void {
+      const flow = flows.get(this.req);
+      if (flow !== undefined) finish(flow);
+    };
     this.upgrades = new UpgradeFlow(core);
     const max = core.options.maxInFlightPerClient;
     this.clients = max === undefined ? undefined : new ClientLimit(max);
@@ -252,7 +273,7 @@ export class RequestFlow {
       flow.hashKey = k.key;
       flow.newCookie = k.newCookie;
     }
-    res.once('close', () => this.finish(flow));
+    res.on('close', this.onResponseClose);
     const toBuffer = this.bufferForRetry(flow);
     if (toBuffer === undefined) return this.start(flow);
     // The body idle timeout runs while the gateway reads a body to hold for
@@ -393,7 +414,6 @@ export class RequestFlow {
     flow.target = undefined;
     flow.proxyReq = undefined;
     flow.attemptOpen = true;
-    const attempt = ++flow.attempt;
     flow.responded = false;
     flow.overloaded = false;
     flow.attemptStartMs = nowMs;
@@ -405,12 +425,24 @@ export class RequestFlow {
     // the client's body (see pump), as Envoy's route timeout starts at the
     // end of the downstream request: a slow client is not a slow backend.
     this.waitForBackend(flow);
-    c.engine.web(backend, flow.req, flow.res, (proxyReq) => this.pump(flow, attempt, proxyReq));
+    const outer = this.sending;
+    this.sending = flow;
+    try {
+      c.engine.web(backend, flow.req, flow.res, this.bodySource);
+    } finally {
+      this.sending = outer;
+    }
   }
 
-  /** http-proxy's `req.pipe(proxyReq)`, taken over: see body-pump.ts. */
-  private pump(flow: Flow, attempt: number, proxyReq: ClientRequest): void {
-    if (flow.done || !flow.attemptOpen || flow.attempt !== attempt) {
+  /**
+   * http-proxy's `(options.buffer || req).pipe(proxyReq)`, called inside
+   * engine.web() for the attempt `sending` names: the body goes through the
+   * flow's pump instead (body-pump.ts).
+   */
+  private pipeTaken(proxyReq: ClientRequest): void {
+    const flow = this.sending;
+    this.sending = undefined;
+    if (flow === undefined || flow.done || !flow.attemptOpen) {
       proxyReq.destroy();
       return;
     }
@@ -578,9 +610,6 @@ export class RequestFlow {
       c.metrics.onError(backend.id, '5xx');
       c.outlier.onFailure(backend);
     } else if (!flow.overloaded) c.outlier.onSuccess(backend);
-    if (c.options.decisionHeader) {
-      res.setHeader(c.options.decisionHeader, formatDecisionHeader(backend.id, flow.reason));
-    }
     const aff = c.options.affinity;
     if (flow.newCookie && aff?.cookie) {
       const secure = cookieIsSecure(aff.cookieSecure, flow.req, c.options.trustForwarded);
@@ -589,10 +618,13 @@ export class RequestFlow {
       proxyRes.headers['set-cookie'] = existing ? [...existing, cookie] : [cookie];
     }
     // An idle backend mid-response is cut after requestTimeoutMs of silence.
-    flow.proxyReq?.setTimeout(c.options.requestTimeoutMs, () =>
-      flow.proxyReq?.destroy(codedError('backend stalled mid-response', TIMEOUT_CODE)),
-    );
-    proxyRes.once('close', () => {
+    const proxyReq = flow.proxyReq;
+    if (proxyReq) {
+      proxyReq.on('timeout', backendStalled);
+      proxyReq.setTimeout(c.options.requestTimeoutMs);
+    }
+    // 'close' comes once: `on` spares `once`'s wrapper.
+    proxyRes.on('close', () => {
       // The backend cut the body short: the client must see a cut too, not a
       // response that never ends (http-proxy leaves `res` open in that case).
       if (!proxyRes.complete && !res.writableEnded) {
@@ -605,6 +637,13 @@ export class RequestFlow {
         res.destroy();
       }
     });
+    // The head in one call where it can be (response-head.ts); the decision
+    // header is the gateway's, never a backend's of the same name.
+    const decision = c.options.decisionHeader;
+    const decisionValue = decision ? formatDecisionHeader(backend.id, flow.reason) : '';
+    if (writeResponseHead(req, res, proxyRes, decision, decisionValue) || !decision) return;
+    if (proxyRes.headers[decision] !== undefined) delete proxyRes.headers[decision];
+    res.setHeader(decision, decisionValue);
   }
 
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void {
@@ -823,6 +862,5 @@ export class RequestFlow {
     }
     flow.proxyReq = undefined;
     this.flows.set(flow.req, FINISHED);
-    this.core.engine.release(flow.req);
   }
 }

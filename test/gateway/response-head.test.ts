@@ -1,0 +1,139 @@
+/**
+ * The backend's status line and headers as the client gets them. The gateway
+ * writes them in one writeHead call when the response has no header yet
+ * (response-head.ts), and leaves them to http-proxy's passes when a middleware
+ * set some first (Express's X-Powered-By, CORS, security headers): both paths
+ * must give the same answer. Raw bytes on both sides, so nothing tidies them.
+ */
+import type { ServerResponse } from 'node:http';
+import express from 'express';
+import { startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { rawExchange } from '../kit/raw-http';
+
+/** The head's lines after the status line, lower-cased names, in order. */
+function headLines(raw: string): { status: string; lines: string[] } {
+  const head = raw.slice(0, raw.indexOf('\r\n\r\n'));
+  const [status, ...rest] = head.split('\r\n');
+  return { status: status!, lines: rest.map((l) => l.replace(/^[^:]+/, (n) => n.toLowerCase())) };
+}
+
+const named = (lines: string[], name: string): string[] =>
+  lines.filter((l) => l.startsWith(`${name}:`)).map((l) => l.slice(name.length + 1).trim());
+
+function answer(res: ServerResponse, url: string): void {
+  if (url === '/made') {
+    // Two Set-Cookie lines, a reason phrase of its own, and a forged decision header.
+    res.writeHead(201, 'Made It', [
+      'Content-Type',
+      'text/plain',
+      'Set-Cookie',
+      'a=1; Path=/',
+      'Set-Cookie',
+      'b=2; Path=/',
+      'X-Loadwise-Decision',
+      'backend=forged',
+      'X-Custom',
+      'kept',
+    ]);
+    return void res.end('made');
+  }
+  if (url === '/stream') {
+    // No Content-Length: chunked to an HTTP/1.1 client.
+    res.setHeader('content-type', 'text/plain');
+    res.write('part 1, ');
+    return void setTimeout(() => res.end('part 2'), 20);
+  }
+  if (url === '/empty') {
+    res.statusCode = 204;
+    return void res.end();
+  }
+  res.end('ok');
+}
+
+describe.each([
+  ['no header set before the balancer (one writeHead)', false],
+  ['headers set by middleware first (http-proxy copies them)', true],
+])('response head: %s', (_name, presetHeaders) => {
+  let backend: TestServer;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    backend = await startBackend('b1', (req, res) => answer(res, req.url ?? '/'));
+    gw = await startLocalGateway(
+      { backends: [{ id: 'b1', url: backend.url }], decisionHeader: true },
+      (app: express.Express, lb) => {
+        if (presetHeaders) {
+          app.use((_req, res, next) => {
+            res.setHeader('x-frame-options', 'DENY');
+            res.setHeader('content-type', 'application/octet-stream');
+            next();
+          });
+        } else app.disable('x-powered-by');
+        app.use(lb);
+      },
+    );
+  });
+  afterAll(async () => {
+    await gw.close();
+    await backend.close();
+  });
+
+  it("keeps the backend's status, reason phrase, repeated headers and values", async () => {
+    const ex = await rawExchange(gw.port, 'GET /made HTTP/1.1\r\nHost: x\r\n\r\n', {
+      responses: 1,
+    });
+    const { status, lines } = headLines(ex.raw);
+    expect(status).toBe('HTTP/1.1 201 Made It');
+    expect(named(lines, 'set-cookie')).toEqual(['a=1; Path=/', 'b=2; Path=/']);
+    expect(named(lines, 'x-custom')).toEqual(['kept']);
+    // The backend's value replaces a middleware's of the same name.
+    expect(named(lines, 'content-type')).toEqual(['text/plain']);
+    expect(named(lines, 'connection')).toEqual(['keep-alive']);
+    // The gateway's decision header, once: a backend cannot forge it.
+    expect(named(lines, 'x-loadwise-decision')).toHaveLength(1);
+    expect(named(lines, 'x-loadwise-decision')[0]).toMatch(/b1/);
+    expect(named(lines, 'x-frame-options')).toEqual(presetHeaders ? ['DENY'] : []);
+    expect(named(lines, 'x-powered-by')).toEqual(presetHeaders ? ['Express'] : []);
+    expect(ex.responses[0]!.body).toBe('made');
+  });
+
+  it('streams a body without Content-Length chunked to HTTP/1.1 and unframed to HTTP/1.0', async () => {
+    const v11 = await rawExchange(gw.port, 'GET /stream HTTP/1.1\r\nHost: x\r\n\r\n', {
+      responses: 1,
+    });
+    expect(named(headLines(v11.raw).lines, 'transfer-encoding')).toEqual(['chunked']);
+    expect(v11.responses[0]!.body).toBe('part 1, part 2');
+    // HTTP/1.0 has no chunked coding: the body ends with the connection.
+    const v10 = await rawExchange(gw.port, 'GET /stream HTTP/1.0\r\n\r\n');
+    const { lines } = headLines(v10.raw);
+    expect(named(lines, 'transfer-encoding')).toEqual([]);
+    expect(named(lines, 'connection')).toEqual(['close']);
+    expect(v10.closed).toBe(true);
+    expect(v10.raw.endsWith('part 1, part 2')).toBe(true);
+  });
+
+  it('keeps an HTTP/1.0 keep-alive connection open for the next request', async () => {
+    const ex = await rawExchange(gw.port, 'GET /plain HTTP/1.0\r\nConnection: keep-alive\r\n\r\n', {
+      responses: 2,
+      then: ['GET /plain HTTP/1.0\r\nConnection: keep-alive\r\n\r\n'],
+    });
+    expect(ex.responses.map((r) => [r.status, r.body])).toEqual([
+      [200, 'ok'],
+      [200, 'ok'],
+    ]);
+    expect(named(headLines(ex.raw).lines, 'connection')).toEqual(['keep-alive']);
+  });
+
+  it('answers a HEAD and a 204 without a body, and the connection carries on', async () => {
+    const ex = await rawExchange(gw.port, 'HEAD /plain HTTP/1.1\r\nHost: x\r\n\r\n', {
+      responses: 2,
+      bodiless: [0],
+      then: ['GET /empty HTTP/1.1\r\nHost: x\r\n\r\n'],
+    });
+    expect(ex.responses.map((r) => [r.status, r.body])).toEqual([
+      [200, ''],
+      [204, ''],
+    ]);
+    expect(ex.closed).toBe(false);
+  });
+});
