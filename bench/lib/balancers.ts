@@ -2,6 +2,7 @@
  * Every balancer a scenario can compare, by name. Each starts in its own
  * process(es) on a loopback port in front of the same running backends.
  */
+import { join, resolve } from 'node:path';
 import type { GatewayDiag } from '../procs/gateway-diag';
 import type { AgentArgsTransform, RunningBackend } from './cluster';
 import { waitForHttp } from './http-get';
@@ -182,6 +183,24 @@ export function loadwise(
         keyFile: ctx.keyFile,
         options: loadwiseOptions(ctx, strategy, extra),
       }),
+  };
+}
+
+/**
+ * The default gateway of another checkout (`root`, built with `npx tsc -b`):
+ * its bench/dist/procs/gateway-loadwise.js, which loads that checkout's
+ * packages. A before/after comparison in one run (bench:overhead-ab --baseline).
+ */
+export function loadwiseAt(root: string, label: string, strategy = 'load-aware'): BalancerDef {
+  return {
+    name: `loadwise ${strategy} (${label})`,
+    family: 'loadwise',
+    start: (ctx, instance) =>
+      nodeGateway(
+        `loadwise-${label}-${instance}`,
+        join(resolve(root), 'bench', 'dist', 'procs', 'gateway-loadwise.js'),
+        { keyFile: ctx.keyFile, options: loadwiseOptions(ctx, strategy, {}) },
+      ),
   };
 }
 

@@ -6,7 +6,7 @@
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 
 const children = new Set<ChildProcess>();
 /** Synchronous clean-ups for the way out, in registration order (onExitSync). */
@@ -124,14 +124,18 @@ const PROCS_DIR = __filename.endsWith('.ts')
   ? join(__dirname, '..', 'dist', 'procs')
   : join(__dirname, '..', 'procs');
 
-/** Forks one of bench/dist/procs/*.js with its config as JSON in argv[2]. */
+/**
+ * Forks one of bench/dist/procs/*.js with its config as JSON in argv[2]; an
+ * absolute `script` path runs that file instead (another checkout's build).
+ */
 export function forkProc(
   name: string,
   script: string,
   config: unknown,
   execArgv: string[] = [],
 ): Proc {
-  const child = fork(join(PROCS_DIR, script), [JSON.stringify(config)], {
+  const path = isAbsolute(script) ? script : join(PROCS_DIR, script);
+  const child = fork(path, [JSON.stringify(config)], {
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     execArgv,
   });

@@ -15,7 +15,12 @@
  * (/proc/<pid>/stat) over the measured span, per request served. Every round
  * is listed, then the median of the per-round ratios and how many rounds met
  * the targets (throughput ≥ 1.0×, CPU per request ≤ 1.1× the peer).
+ *
+ * `--baseline DIR`: also the gateway of another checkout of this repository
+ * (an earlier commit, built with `npx tsc -b` in DIR), in the same rounds: a
+ * change's effect measured before and after in one run.
  */
+import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +29,7 @@ import {
   expressHpmKeepAlive,
   expressUndici,
   loadwise,
+  loadwiseAt,
   type BalancerDef,
   type RunningBalancer,
 } from '../lib/balancers';
@@ -35,6 +41,7 @@ interface Args {
   seconds: number;
   rate: number;
   undici: boolean;
+  baseline: string | undefined;
   out: string;
   brokerUrl: string;
 }
@@ -45,6 +52,7 @@ function parseArgs(argv: string[]): Args {
     seconds: 3,
     rate: 1000,
     undici: false,
+    baseline: undefined,
     out: join(__dirname, '..', '..', 'results', 'overhead-interleaved.md'),
     brokerUrl: process.env.LOADWISE_BENCH_BROKER ?? 'mqtt://127.0.0.1:1883',
   };
@@ -55,6 +63,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--seconds') a.seconds = Number(v());
     else if (k === '--rate') a.rate = Number(v());
     else if (k === '--undici') a.undici = true;
+    else if (k === '--baseline') a.baseline = v();
     else if (k === '--out') a.out = v();
     else if (k === '--broker') a.brokerUrl = v();
     else throw new Error(`unknown argument ${k}`);
@@ -102,6 +111,17 @@ async function measure(
     errors: res.errorCount,
     cpuUsPerReq: res.throughputRps > 0 ? (cores * 1e6) / res.throughputRps : NaN,
   };
+}
+
+/** The short commit a checkout is at (its build is what runs), or its path. */
+function commitOf(dir: string): string {
+  try {
+    return execFileSync('git', ['-C', dir, 'rev-parse', '--short', 'HEAD'], {
+      encoding: 'utf8',
+    }).trim();
+  } catch {
+    return dir;
+  }
 }
 
 function shuffled<T>(xs: T[]): T[] {
@@ -198,6 +218,10 @@ async function main(): Promise<void> {
   const { cluster, ctx } = await startInstantCluster(args.brokerUrl, 'interleaved');
   const defs: BalancerDef[] = [loadwise('load-aware'), expressHpmKeepAlive];
   if (args.undici) defs.push(expressUndici);
+  if (args.baseline) {
+    const label = `baseline ${commitOf(args.baseline)}`;
+    defs.push(loadwiseAt(args.baseline, label));
+  }
   const running: Array<{ name: string; gw: RunningBalancer }> = [];
   const rows: Row[] = [];
   try {
