@@ -30,9 +30,15 @@ import {
   type GatewayMetrics,
 } from './observability';
 import { backendUrl } from './options-validate';
-import { DEFAULT_CLOSE_GRACE_MS, DEFAULT_READY_TIMEOUT_MS, type ResolvedOptions } from './options';
+import {
+  DEFAULT_CLOSE_GRACE_MS,
+  DEFAULT_READY_TIMEOUT_MS,
+  DEFAULTS,
+  type ResolvedOptions,
+} from './options';
 import type { FlowHost } from './proxy/flow-host';
 import { ProxyEngine } from './proxy/proxy-engine';
+import { LoopDelay } from './load/loop-delay';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
@@ -63,6 +69,8 @@ export class Balancer implements BalancerHandle, FlowHost {
   readonly queue: WaitQueue;
   readonly drainRate: DrainRate;
   readonly overload: OverloadMonitor | undefined;
+  /** The event loop's lateness: the tie band of latency-based picks (load/loop-delay.ts). */
+  private readonly loopDelay: LoopDelay | undefined;
   readonly acceptQueue: AcceptQueueMonitor | undefined;
   readonly metrics: GatewayMetrics;
   readonly traffic = new TrafficWindow();
@@ -163,6 +171,9 @@ export class Balancer implements BalancerHandle, FlowHost {
         (shedding, depth, limit) => this.events.emit('accept-queue', { shedding, depth, limit }),
         { inFlight: () => flow.active, random: o.random },
       );
+    // Real time only: a lateness measured on the wall clock means nothing
+    // against an injected clock (simulations, tests).
+    this.loopDelay = o.now === DEFAULTS.now ? new LoopDelay() : undefined;
     this.sweepTimer = setInterval(() => this.sweep(), FRESHNESS_SWEEP_MS);
     this.sweepTimer.unref();
     this.source =
@@ -427,6 +438,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     ctx.hashKey = hashKey;
     ctx.exclude = tried;
     ctx.explain = this.options.decisionHeader !== undefined;
+    ctx.measurementNoiseMs = this.loopDelay?.valueMs ?? 0;
     let extra: Set<Endpoint> | undefined;
     for (let round = 0; round <= SATURATED_REPICKS; round++) {
       const pick = this.strategy.pick(ctx);
@@ -584,6 +596,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.closed = true;
       this.events.mute();
       clearInterval(this.sweepTimer);
+      this.loopDelay?.close();
       this.checker?.close();
       this.overload?.close();
       this.acceptQueue?.close();

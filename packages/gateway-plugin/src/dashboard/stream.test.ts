@@ -74,11 +74,12 @@ function open(): RecordingResponse {
 
 it('runs one timer for all viewers, only while someone watches', () => {
   const stream = dashboardOf(lb)!.stream;
-  expect(jest.getTimerCount()).toBe(1); // the balancer's own freshness sweep
+  // The balancer's own: its freshness sweep and its event-loop lateness read (load/loop-delay.ts).
+  expect(jest.getTimerCount()).toBe(2);
   const a = open();
   const b = open();
   expect(stream.sampling).toBe(true);
-  expect(jest.getTimerCount()).toBe(2);
+  expect(jest.getTimerCount()).toBe(3);
   jest.advanceTimersByTime(3000);
   expect(a.events('tick')).toHaveLength(3);
   // The same serialised message to every viewer.
@@ -87,7 +88,7 @@ it('runs one timer for all viewers, only while someone watches', () => {
   expect(stream.sampling).toBe(true);
   b.end();
   expect(stream.sampling).toBe(false);
-  expect(jest.getTimerCount()).toBe(1);
+  expect(jest.getTimerCount()).toBe(2);
 });
 
 it('keeps historySec of points between viewers, with a gap marker where nobody watched', () => {

@@ -11,13 +11,22 @@
  * report (Mitzenmacher, "How useful is old information?", 2000). Two random
  * choices keep most of the benefit and none of the herding, and cost O(1).
  *
- * Waits within `tieTolerance` of each other are ties, decided by a fair coin.
+ * Waits within `tieTolerance` of each other are ties.
  * The estimates carry measurement noise of a few percent (a cold first request,
  * scheduling jitter); at low load both candidates are idle, and a strict `<`
  * on that noise sent one of two identical backends every request (bench
  * smoke: 77 of 80), which is "fill one server first", not equal expected wait.
  * One request in flight on a 4-slot backend already moves its wait by 6%
  * (utilizationWeight 0.25 / 4), so real differences still decide.
+ *
+ * Waits within the gateway's own event-loop lateness of each other are ties
+ * too (`noiseTies`, load/loop-delay.ts), and a tie goes to the candidate with
+ * fewer requests in flight from this gateway, then to a coin. The latencies
+ * behind `s` are timed by this event loop: after a stall, the backends that
+ * had requests in flight during it looked slower than identical others for
+ * seconds, P2C left them alone, and only a pick could refresh their figure
+ * (docs/strategies.md, "Ties"). Within the noise, fewer in flight is what
+ * least-connections decides on, and it corrects itself with every pick.
  */
 import type { Metric } from './p2c-select';
 import { p2c } from './p2c-strategy';
@@ -36,5 +45,6 @@ export const createLoadAware = p2c(expectedWaitMetric, {
   name: 'load-aware',
   choices: DEFAULT_CHOICES,
   tieTolerance: DEFAULT_TIE_TOLERANCE,
+  noiseTies: true,
   describe: (_ep, m) => `wait≈${fmt(m)}ms`,
 });

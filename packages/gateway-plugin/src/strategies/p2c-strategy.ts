@@ -26,6 +26,13 @@ export interface P2COptions {
   choices?: number;
   /** Relative difference of two metrics below which they tie, decided by a coin (default 0). */
   tieTolerance?: number;
+  /**
+   * The metric is a latency-based time in ms: a difference beyond
+   * `tieTolerance` but within the pick's `measurementNoiseMs` (the gateway's
+   * own event-loop lateness) is a tie too, which goes to the candidate with
+   * fewer requests in flight from this gateway (a coin when equal). Default false.
+   */
+  noiseTies?: boolean;
   /** A backend in slow start gets a share of the traffic, not a handicap (default true). */
   slowStart?: boolean;
   /** An endpoint's figure in explain reasons (default: the metric, `≈1.5`). */
@@ -43,6 +50,7 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
     const { bag, prefix, common } = readCommon(name, opts, P2C_KEYS);
     const choices = integerOption(bag, prefix, 'choices', options.choices ?? 2, 1, MAX_CHOICES);
     const tieTolerance = numberOption(bag, prefix, 'tieTolerance', options.tieTolerance ?? 0, 0, 1);
+    const noiseTies = options.noiseTies === true;
     const label = options.label ?? `${name} ${choices === 2 ? 'p2c' : `best of ${choices}`}`;
     const m = options.slowStart === false ? metric : withSlowStartShare(metric, common.random);
     let list = new EndpointList([]);
@@ -55,15 +63,19 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
       pick(ctx: PickContext): Pick | undefined {
         const c = selectP2C(list, choices, m, common.random, ctx, choice);
         if (c.best === undefined) return undefined;
+        const relative = tieTolerance * c.bestMetric;
+        const band = relative + (noiseTies ? (ctx.measurementNoiseMs ?? 0) : 0);
+        const other = c.other;
+        const gap = c.otherMetric - c.bestMetric;
         if (
           tieTolerance > 0 &&
-          c.other !== undefined &&
-          c.otherMetric - c.bestMetric <= tieTolerance * c.bestMetric &&
-          common.random() < 0.5
+          other !== undefined &&
+          gap <= band &&
+          (gap <= relative ? common.random() < 0.5 : fewerInFlight(other, c.best, common.random))
         ) {
           const best = c.best;
           const bestMetric = c.bestMetric;
-          c.best = c.other;
+          c.best = other;
           c.bestMetric = c.otherMetric;
           c.other = best;
           c.otherMetric = bestMetric;
@@ -73,9 +85,16 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
         const vs =
           c.other === undefined
             ? ' (only candidate)'
-            : ` ${c.otherMetric - c.bestMetric > tieTolerance * c.bestMetric ? '<' : '='} ${c.other.id} ${describe(c.other, c.otherMetric)}`;
+            : ` ${c.otherMetric - c.bestMetric > band ? '<' : '='} ${c.other.id} ${describe(c.other, c.otherMetric)}`;
         return { endpoint: ep, reason: `${label}: ${ep.id} ${describe(ep, c.bestMetric)}${vs}` };
       },
     };
   };
+}
+
+/** A tie between `a` and `b`: true when `a` has fewer requests in flight, a coin when equal. */
+function fewerInFlight(a: Endpoint, b: Endpoint, random: () => number): boolean {
+  const x = a.load.inFlight;
+  const y = b.load.inFlight;
+  return x === y ? random() < 0.5 : x < y;
 }

@@ -1,4 +1,5 @@
 import { createEndpointLoad } from '../load';
+import { p2c } from './p2c-strategy';
 import { createStrategy } from './registry';
 import { createSeededRandom } from './seeded-random';
 import type { Endpoint } from './types';
@@ -105,5 +106,53 @@ describe('peak-ewma (Finagle/Linkerd: latency × (in-flight + 1), via P2C)', () 
     expect(e[1]!.load.latencyMs(0)).toBe(500);
     e[1]!.load.admit(0);
     expect(e[1]!.load.latencyMs(0)).toBeUndefined();
+  });
+});
+
+describe('noise ties (load-aware): differences within the gateway event loop lateness', () => {
+  // Two candidates, so every pick compares both: the fixed metric says b0 is 2 ms faster.
+  function setup(inFlight: [number, number], seed = 3) {
+    const e = eps(inFlight);
+    const metric = (ep: Endpoint): number => (ep.id === 'b0' ? 10 : 12);
+    const s = p2c(metric, { name: 't', tieTolerance: 0.05, noiseTies: true, slowStart: false })({
+      random: createSeededRandom(seed),
+    });
+    s.setEndpoints(e);
+    return (noiseMs: number, picks = 2_000): number[] => {
+      const counts = [0, 0];
+      for (let i = 0; i < picks; i++)
+        counts[s.pick({ nowMs: 0, measurementNoiseMs: noiseMs })!.endpoint.id === 'b0' ? 0 : 1]!++;
+      return counts.map((c) => c / picks);
+    };
+  }
+
+  it('a gap beyond tieTolerance decides while there is no noise, or the gap exceeds it', () => {
+    const pick = setup([3, 1]);
+    expect(pick(0)).toEqual([1, 0]);
+    expect(pick(1)).toEqual([1, 0]); // 2 ms > 5% of 10 + 1 ms
+  });
+
+  it('within the noise, the candidate with fewer requests in flight wins', () => {
+    expect(setup([3, 1])(3)).toEqual([0, 1]);
+    expect(setup([1, 3])(3)).toEqual([1, 0]);
+  });
+
+  it('within the noise and with as many in flight, a coin decides', () => {
+    const [b0] = setup([2, 2])(3, 20_000);
+    expect(Math.abs(b0! - 0.5)).toBeLessThan(0.02);
+  });
+
+  it('explains a noise tie with "="', () => {
+    const e = eps([3, 1]);
+    const s = p2c((ep) => (ep.id === 'b0' ? 10 : 12), {
+      name: 't',
+      tieTolerance: 0.05,
+      noiseTies: true,
+      slowStart: false,
+    })({ random: createSeededRandom(1) });
+    s.setEndpoints(e);
+    expect(s.pick({ nowMs: 0, explain: true, measurementNoiseMs: 3 })!.reason).toBe(
+      't p2c: b1 ≈12.0 = b0 ≈10.0',
+    );
   });
 });

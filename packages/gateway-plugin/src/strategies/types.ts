@@ -25,6 +25,12 @@ export interface PickContext {
   exclude?: ReadonlySet<Endpoint>;
   /** When true, fill `Pick.reason` (for the opt-in decision header). */
   explain?: boolean;
+  /**
+   * How late the gateway's event loop runs, ms (load/loop-delay.ts): latencies
+   * it measures are that coarse. A strategy comparing latency-based figures may
+   * treat differences below it as ties (load-aware does). 0 or absent: none.
+   */
+  measurementNoiseMs?: number;
 }
 
 export interface Pick {

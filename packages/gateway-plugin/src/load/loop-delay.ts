@@ -1,0 +1,58 @@
+/**
+ * How late this gateway's own event loop runs: the resolution of every
+ * latency it measures. A backend's latency is timed from the request's start
+ * to the response's parse, and a response that waits for a busy loop (a GC
+ * pause, a burst of parsing) is timed that much longer, whichever backend sent
+ * it. On instant backends behind a gateway on a busy 2-core machine, the
+ * service-time estimates of identical backends differed by 10-200% for
+ * seconds after such stalls (a diagnostic of 2026-12-01 in docs/strategies.md,
+ * "Ties"), and P2C, which always takes the lower of two, sent one of three
+ * identical backends nothing for 4 s: an estimate only a pick can refresh.
+ *
+ * The figure is the mean lateness of a 10 ms timer (perf_hooks'
+ * monitorEventLoopDelay, whose sampling timer runs in C++), read every 500 ms;
+ * `valueMs` is the largest of the last four reads, so it covers the ~1 s
+ * EWMA that carries a stall's samples.
+ */
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+
+const RESOLUTION_MS = 10;
+const READ_EVERY_MS = 500;
+const WINDOWS = 4;
+
+export class LoopDelay {
+  /** Mean event-loop lateness, ms: the largest of the last WINDOWS reads. */
+  valueMs = 0;
+  private readonly histogram: IntervalHistogram;
+  private readonly timer: NodeJS.Timeout;
+  private readonly reads = new Float64Array(WINDOWS);
+  private next = 0;
+
+  constructor() {
+    this.histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+    this.histogram.enable();
+    this.timer = setInterval(() => this.read(), READ_EVERY_MS);
+    this.timer.unref();
+  }
+
+  private read(): void {
+    // Nanoseconds; the sampling timer's own period is in every sample.
+    const meanMs = this.histogram.mean / 1e6 - RESOLUTION_MS;
+    this.histogram.reset();
+    this.record(Number.isFinite(meanMs) && meanMs > 0 ? meanMs : 0);
+  }
+
+  /** One read, ms (public so tests can drive it). */
+  record(ms: number): void {
+    this.reads[this.next] = ms;
+    this.next = (this.next + 1) % WINDOWS;
+    let max = 0;
+    for (const r of this.reads) if (r > max) max = r;
+    this.valueMs = max;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.histogram.disable();
+  }
+}
