@@ -7,7 +7,7 @@
  * service-time estimates of identical backends differed by 10-200% for
  * seconds after such stalls (a diagnostic of 2026-12-01 in docs/strategies.md,
  * "Ties"), and P2C, which always takes the lower of two, sent one of three
- * identical backends nothing for 4 s: an estimate only a pick can refresh.
+ * identical backends nothing for 3.5 s: an estimate only a pick can refresh.
  *
  * The figure is the mean lateness of a 10 ms timer (perf_hooks'
  * monitorEventLoopDelay, whose sampling timer runs in C++), read every 500 ms;
