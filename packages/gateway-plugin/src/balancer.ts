@@ -38,7 +38,7 @@ import {
 } from './options';
 import type { FlowHost } from './proxy/flow-host';
 import { ProxyEngine } from './proxy/proxy-engine';
-import { LoopDelay } from './load/loop-delay';
+import { acquireLoopDelay, releaseLoopDelay, type LoopDelay } from './load/loop-delay';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
@@ -173,7 +173,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       );
     // Real time only: a lateness measured on the wall clock means nothing
     // against an injected clock (simulations, tests).
-    this.loopDelay = o.now === DEFAULTS.now ? new LoopDelay() : undefined;
+    this.loopDelay = o.now === DEFAULTS.now ? acquireLoopDelay() : undefined;
     this.sweepTimer = setInterval(() => this.sweep(), FRESHNESS_SWEEP_MS);
     this.sweepTimer.unref();
     this.source =
@@ -596,7 +596,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.closed = true;
       this.events.mute();
       clearInterval(this.sweepTimer);
-      this.loopDelay?.close();
+      if (this.loopDelay) releaseLoopDelay(this.loopDelay);
       this.checker?.close();
       this.overload?.close();
       this.acceptQueue?.close();

@@ -1,4 +1,4 @@
-import { LoopDelay } from './loop-delay';
+import { acquireLoopDelay, LoopDelay, releaseLoopDelay } from './loop-delay';
 
 describe('LoopDelay', () => {
   let d: LoopDelay;
@@ -15,5 +15,21 @@ describe('LoopDelay', () => {
     expect(d.valueMs).toBe(6);
     d.record(1); // the stall's read is the fifth from now: forgotten
     expect(d.valueMs).toBe(2);
+  });
+});
+
+describe('acquireLoopDelay: one sampler per process', () => {
+  it('is shared by its users and stops with the last release', () => {
+    const a = acquireLoopDelay();
+    const b = acquireLoopDelay();
+    expect(b).toBe(a);
+    releaseLoopDelay(a);
+    const c = acquireLoopDelay();
+    expect(c).toBe(a);
+    releaseLoopDelay(b);
+    releaseLoopDelay(c);
+    const d = acquireLoopDelay();
+    expect(d).not.toBe(a);
+    releaseLoopDelay(d);
   });
 });

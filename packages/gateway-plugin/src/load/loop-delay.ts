@@ -13,6 +13,10 @@
  * monitorEventLoopDelay, whose sampling timer runs in C++), read every 500 ms;
  * `valueMs` is the largest of the last four reads, so it covers the ~1 s
  * EWMA that carries a stall's samples.
+ *
+ * The lateness is the process's, not a balancer's: every balancer of the
+ * process (one per service, the warm-up's shadow) shares one sampler through
+ * acquireLoopDelay() / releaseLoopDelay().
  */
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 
@@ -55,4 +59,22 @@ export class LoopDelay {
     clearInterval(this.timer);
     this.histogram.disable();
   }
+}
+
+let shared: LoopDelay | undefined;
+let users = 0;
+
+/** The process's sampler, started by its first user. */
+export function acquireLoopDelay(): LoopDelay {
+  users++;
+  shared ??= new LoopDelay();
+  return shared;
+}
+
+/** One user is done with it; the last one stops it. */
+export function releaseLoopDelay(d: LoopDelay): void {
+  if (d !== shared) return d.close();
+  if (--users > 0) return;
+  shared = undefined;
+  d.close();
 }
