@@ -69,6 +69,8 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
   const [defaultStrategy = 'load-aware'] = o.strategies;
   const lw = o.strategies.map((s) => loadwise(s));
   const lwDefault = loadwise(defaultStrategy);
+  // Option variants (`load-aware/choices=3`) also run where only the default would.
+  const variants = lw.filter((b) => b.name.includes('/'));
   const leastConns = [nginx('least_conn'), nginx('random two least_conn'), haproxy('leastconn')];
   const q = o.quick;
 
@@ -135,7 +137,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
               ],
         },
       ],
-      balancers: [lwDefault, ...leastConns, haproxy('agent-check'), expressHpm],
+      balancers: [lwDefault, ...variants, ...leastConns, haproxy('agent-check'), expressHpm],
     },
     {
       name: 'identical',
@@ -163,7 +165,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       agents: true,
       gatewayInstances: 2,
       cases: [{ label: '420 req/s over 2 gateways', load: open(420, q) }],
-      balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
+      balancers: [lwDefault, ...variants, nginx('least_conn'), haproxy('leastconn')],
     },
     {
       name: 'gateways',
@@ -186,6 +188,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       })),
       balancers: [
         lwDefault,
+        ...variants,
         // How much must each gateway know of the others' requests? They see them only in the
         // backends' reports: this row has the agents report 4 times as often.
         {
@@ -305,7 +308,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       balancers: [lwDefault, nginx('least_conn'), haproxy('leastconn')],
     },
     ...coldStartScenarios(defaultStrategy),
-    ...cpuBoundScenarios(defaultStrategy, q),
+    ...cpuBoundScenarios(defaultStrategy, q, variants),
     {
       name: 'smoke',
       title: 'Smoke test',
@@ -438,7 +441,11 @@ export function coldStartScenarios(
  * `cpu-bound` runs both variants, `cpu-bound-identical` and
  * `cpu-bound-degraded` one each.
  */
-export function cpuBoundScenarios(strategy: string, quick: boolean): Scenario[] {
+export function cpuBoundScenarios(
+  strategy: string,
+  quick: boolean,
+  variants: BalancerDef[] = [],
+): Scenario[] {
   const CPU_MS = 2;
   const cgroup = { quotaCores: 0.3, periodUs: 10_000 };
   const backends: BackendSpec[] = ['b1', 'b2', 'b3'].map((id) => ({
@@ -477,7 +484,7 @@ export function cpuBoundScenarios(strategy: string, quick: boolean): Scenario[] 
     maxQueue: 256,
     agents: true,
     onlyWhenNamed: true,
-    balancers: [nginx('least_conn'), haproxy('leastconn'), lw, lwNoCgroup],
+    balancers: [nginx('least_conn'), haproxy('leastconn'), lw, lwNoCgroup, ...variants],
     cpuTargets: { loadwise: lw.name, withoutSignal: lwNoCgroup.name },
   };
   return [

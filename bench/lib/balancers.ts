@@ -169,21 +169,46 @@ function loadwiseOptions(
 }
 
 export function loadwise(
-  strategy: string,
+  spec: string,
   extra: Record<string, unknown> = {},
   /** Top-level settings of bench/procs/gateway-loadwise.ts (traceEveryMs). */
   config: Record<string, unknown> = {},
 ): BalancerDef {
+  const { strategy, strategyOptions } = parseStrategySpec(spec);
+  const options = strategyOptions ? { strategyOptions, ...extra } : extra;
   return {
-    name: `loadwise ${strategy}`,
+    name: `loadwise ${spec}`,
     family: 'loadwise',
     start: (ctx, instance) =>
       nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
         ...config,
         keyFile: ctx.keyFile,
-        options: loadwiseOptions(ctx, strategy, extra),
+        options: loadwiseOptions(ctx, strategy, options),
       }),
   };
+}
+
+/**
+ * `--strategies` entries: a strategy name, or a name with strategy options
+ * (`load-aware/choices=3/tieTolerance=0.1`, numbers), a variant measured
+ * beside the default in the same run.
+ */
+export function parseStrategySpec(spec: string): {
+  strategy: string;
+  strategyOptions?: Record<string, number>;
+} {
+  const [strategy = spec, ...pairs] = spec.split('/');
+  if (pairs.length === 0) return { strategy };
+  const strategyOptions: Record<string, number> = {};
+  for (const pair of pairs) {
+    const [key, value] = pair.split('=');
+    const n = Number(value);
+    if (!key || value === undefined || !Number.isFinite(n)) {
+      throw new Error(`strategy variant ${spec}: expected name/key=number, got ${pair}`);
+    }
+    strategyOptions[key] = n;
+  }
+  return { strategy, strategyOptions };
 }
 
 /**

@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import http, { type RequestListener } from 'node:http';
 import { Session } from 'node:inspector';
 import type { AddressInfo } from 'node:net';
-import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { constants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { writeHeapSnapshot } from 'node:v8';
 import { closeServer, onShutdown, tell } from './child';
 
@@ -17,6 +17,9 @@ export interface GatewayDiag {
   gcCount: number;
   gcTotalMs: number;
   gcMaxMs: number;
+  /** Major (mark-compact) collections among gcCount, and their total ms: the long pauses. */
+  gcMajorCount: number;
+  gcMajorMs: number;
 }
 
 export function startDiag(): { reset(): void; read(): GatewayDiag } {
@@ -25,11 +28,18 @@ export function startDiag(): { reset(): void; read(): GatewayDiag } {
   let gcCount = 0;
   let gcTotalMs = 0;
   let gcMaxMs = 0;
+  let gcMajorCount = 0;
+  let gcMajorMs = 0;
   const obs = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       gcCount++;
       gcTotalMs += e.duration;
       if (e.duration > gcMaxMs) gcMaxMs = e.duration;
+      const kind = (e as { detail?: { kind?: number } }).detail?.kind;
+      if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
+        gcMajorCount++;
+        gcMajorMs += e.duration;
+      }
     }
   });
   obs.observe({ entryTypes: ['gc'] });
@@ -40,6 +50,8 @@ export function startDiag(): { reset(): void; read(): GatewayDiag } {
       gcCount = 0;
       gcTotalMs = 0;
       gcMaxMs = 0;
+      gcMajorCount = 0;
+      gcMajorMs = 0;
     },
     read() {
       return {
@@ -49,6 +61,8 @@ export function startDiag(): { reset(): void; read(): GatewayDiag } {
         gcCount,
         gcTotalMs: Math.round(gcTotalMs * 10) / 10,
         gcMaxMs: Math.round(gcMaxMs * 10) / 10,
+        gcMajorCount,
+        gcMajorMs: Math.round(gcMajorMs * 10) / 10,
       };
     },
   };

@@ -58,6 +58,8 @@ export interface LoadgenResult {
   throughputRps: number;
   /** Share of OK responses per backend id (sums to 1). */
   shares: Record<string, number>;
+  /** Latency of OK responses per backend id (where a tail comes from). */
+  perBackend: Record<string, LatencySummary>;
   series: SeriesWindow[];
   /** Epoch ms when the measured phase began (after warm-up). */
   measureStartEpochMs: number;
@@ -91,6 +93,7 @@ async function main(): Promise<void> {
   const sendLags: number[] = [];
   const errors: Record<string, number> = {};
   const perBackend: Record<string, number> = {};
+  const backendLatencies: Record<string, number[]> = {};
   const windows = new Map<
     number,
     {
@@ -148,6 +151,7 @@ async function main(): Promise<void> {
         w.lat.push(latencyMs);
         const id = backend ?? 'unknown';
         perBackend[id] = (perBackend[id] ?? 0) + 1;
+        (backendLatencies[id] ??= []).push(latencyMs);
         w.counts[id] = (w.counts[id] ?? 0) + 1;
       } else {
         errorCount++;
@@ -270,6 +274,9 @@ async function main(): Promise<void> {
     latency: summarize(latencies),
     throughputRps: Math.round((ok / spanMs) * 1000 * 10) / 10,
     shares,
+    perBackend: Object.fromEntries(
+      Object.entries(backendLatencies).map(([id, l]) => [id, summarize(l)]),
+    ),
     series,
     measureStartEpochMs,
     sendLagP99Ms: summarize(sendLags).p99Ms,
