@@ -74,6 +74,11 @@ export function loadwiseStrategies(): string[] {
   return ['load-aware'];
 }
 
+/** An argument as a shell would need it typed (`--balancers "nginx least_conn,loadwise"`). */
+function shellWord(a: string): string {
+  return /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`;
+}
+
 /** Result pages are generated (bench/results is in .prettierignore). */
 async function writeMarkdown(file: string, text: string): Promise<void> {
   writeFileSync(file, text);
@@ -108,7 +113,7 @@ export async function runBench(
     date: new Date().toISOString(),
     runs: args.runs,
     quick: args.quick,
-    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    command: `npm run bench -- ${process.argv.slice(2).map(shellWord).join(' ')}`.trim(),
     loadAvgBefore: loadavg(),
   };
   const pages: string[] = [];

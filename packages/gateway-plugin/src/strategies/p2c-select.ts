@@ -15,16 +15,22 @@ import type { Endpoint, PickContext } from './types';
 
 export type Metric = (ep: Endpoint, nowMs: number) => number;
 
+/** Most endpoints sampled per pick. */
+export const MAX_CHOICES = 64;
+
 export class Choice {
   best: Endpoint | undefined;
   bestMetric = 0;
   /** The runner-up among the sampled (for explain), undefined when only one was sampled. */
   other: Endpoint | undefined;
   otherMetric = 0;
+  /** Every sampled endpoint and its metric, in sampling order (ties among more than two). */
+  count = 0;
+  readonly sampled: Array<Endpoint | undefined> = new Array<Endpoint | undefined>(MAX_CHOICES);
+  readonly metrics = new Float64Array(MAX_CHOICES);
 }
 
 /** Indices sampled in the current pick (d <= MAX_CHOICES); reused, picks are synchronous. */
-export const MAX_CHOICES = 64;
 const sampled = new Int32Array(MAX_CHOICES);
 
 /** Samples up to `d` distinct allowed endpoints and keeps the lowest `metric`. */
@@ -38,6 +44,7 @@ export function selectP2C(
 ): Choice {
   out.best = undefined;
   out.other = undefined;
+  out.count = 0;
   const n = list.length;
   const excluded = list.excludedCount(ctx);
   const allowedCount = n - excluded;
@@ -111,6 +118,10 @@ function sampleFrom(
 function consider(out: Choice, ep: Endpoint, m: number): Choice {
   // A NaN metric from a foreign EndpointLoad must not win: treat it as +Infinity.
   const v = m === m ? m : Infinity;
+  if (out.count < MAX_CHOICES) {
+    out.sampled[out.count] = ep;
+    out.metrics[out.count++] = v;
+  }
   if (out.best === undefined) {
     out.best = ep;
     out.bestMetric = v;

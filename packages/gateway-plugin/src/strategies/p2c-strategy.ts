@@ -6,7 +6,8 @@
  *   registerStrategy('least-cpu', p2c((ep) => cpuOf(ep.id), { name: 'least-cpu' }));
  *
  * It samples `choices` endpoints (p2c-select.ts), keeps the lowest metric, and
- * breaks near-ties (`tieTolerance`, relative) with a fair coin. With
+ * gives near-ties (`tieTolerance`, relative) to the fewest in flight, then to
+ * a fair draw. With
  * `slowStart` on, a backend ramping up after a restart or an ejection takes
  * its share of the traffic (slow-start.ts). `choices` and `tieTolerance` may
  * also come from `strategyOptions`.
@@ -24,13 +25,15 @@ export interface P2COptions {
   name: string;
   /** Endpoints sampled per pick (default 2: power of two choices). */
   choices?: number;
-  /** Relative difference of two metrics below which they tie, decided by a coin (default 0). */
+  /**
+   * Relative difference from the best metric below which a sampled candidate ties with it
+   * (default 0). A tie goes to the fewest requests in flight, then a fair draw.
+   */
   tieTolerance?: number;
   /**
    * The metric is a latency-based time in ms: a difference beyond
    * `tieTolerance` but within the pick's `measurementNoiseMs` (the gateway's
-   * own event-loop lateness) is a tie too, which goes to the candidate with
-   * fewer requests in flight from this gateway (a coin when equal). Default false.
+   * own event-loop lateness) is a tie too, decided the same way. Default false.
    */
   noiseTies?: boolean;
   /** A backend in slow start gets a share of the traffic, not a handicap (default true). */
@@ -65,20 +68,16 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
         if (c.best === undefined) return undefined;
         const relative = tieTolerance * c.bestMetric;
         const band = relative + (noiseTies ? (ctx.measurementNoiseMs ?? 0) : 0);
-        const other = c.other;
-        const gap = c.otherMetric - c.bestMetric;
-        if (
-          tieTolerance > 0 &&
-          other !== undefined &&
-          gap <= band &&
-          (gap <= relative ? common.random() < 0.5 : fewerInFlight(other, c.best, common.random))
-        ) {
-          const best = c.best;
-          const bestMetric = c.bestMetric;
-          c.best = other;
-          c.bestMetric = c.otherMetric;
-          c.other = best;
-          c.otherMetric = bestMetric;
+        if (tieTolerance > 0 && c.other !== undefined && c.otherMetric - c.bestMetric <= band) {
+          const i = breakTie(c, band, common.random);
+          if (i >= 0) {
+            const best = c.best;
+            const bestMetric = c.bestMetric;
+            c.best = c.sampled[i]!;
+            c.bestMetric = c.metrics[i]!;
+            c.other = best;
+            c.otherMetric = bestMetric;
+          }
         }
         const ep = c.best;
         if (!ctx.explain) return { endpoint: ep };
@@ -92,9 +91,38 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
   };
 }
 
-/** A tie between `a` and `b`: true when `a` has fewer requests in flight, a coin when equal. */
-function fewerInFlight(a: Endpoint, b: Endpoint, random: () => number): boolean {
-  const x = a.load.inFlight;
-  const y = b.load.inFlight;
-  return x === y ? random() < 0.5 : x < y;
+/** Indices into `c.sampled` of the candidates tied with the best (reused: picks are synchronous). */
+const tied = new Int32Array(MAX_CHOICES);
+
+/**
+ * A tie among every sampled candidate within `band` of the best, not only the
+ * runner-up: the fewest requests in flight from this gateway win, then a
+ * uniform draw among those. In-flight counts are exact where the metric
+ * carries noise (a cold first request, the gateway's own lateness), and with
+ * three or more sampled a coin between the best two would never pick the
+ * third of three idle backends (the one whose noise happened to be highest),
+ * whose figure only a pick refreshes. Returns the index of the winner in
+ * `c.sampled`, or -1 when the best stays.
+ */
+function breakTie(c: Choice, band: number, random: () => number): number {
+  const best = c.best!;
+  let fewest = best.load.inFlight;
+  let n = 0;
+  for (let i = 0; i < c.count; i++) {
+    const ep = c.sampled[i]!;
+    if (ep === best || c.metrics[i]! - c.bestMetric > band) continue;
+    const f = ep.load.inFlight;
+    if (f > fewest) continue;
+    if (f < fewest) {
+      fewest = f;
+      n = 0;
+    }
+    tied[n++] = i;
+  }
+  if (n === 0) return -1;
+  // The best, if it has as few in flight, counts as the first of n + 1: with two tied, a
+  // draw under 0.5 takes the other one, as P2C's coin did.
+  if (best.load.inFlight > fewest) return n === 1 ? tied[0]! : tied[Math.floor(random() * n)]!;
+  const k = n - Math.floor(random() * (n + 1));
+  return k === 0 ? -1 : tied[k - 1]!;
 }
