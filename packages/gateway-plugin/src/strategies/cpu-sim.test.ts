@@ -388,8 +388,7 @@ describe('CPU as capacity: a busy loop in the cgroup of b0 (takes what b0 leaves
       const b0 = capacityShare(NOISY, 0);
       // 0.65, not 0.7: over seeds 2 and 4-9 b0 got 14.0-15.0% (mean 14.5%) before the CPU floor
       // under s (load/endpoint-load.ts serviceTime) and 13.9-15.1% (mean 14.6%) after it; the
-      // 0.7 bound sat at the edge of that spread and seed 2 moved from 14.5% to 13.9%. With the
-      // default best of 3 (strategies/load-aware.ts) 13.7-15.2% over seeds 1-5.
+      // 0.7 bound sat at the edge of that spread and seed 2 moved from 14.5% to 13.9%.
       expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.65);
       expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
       // The old penalty (cgroup at 100% all the time: x2) starves b0 below half its share.
@@ -412,10 +411,7 @@ describe('CPU as capacity: a busy loop in the cgroup of b0 (takes what b0 leaves
     const cpu = simulate('load-aware', three, seed);
     const lif = simulate('least-in-flight', three, seed);
     const b0 = capacityShare(NOISY, 0);
-    // Herding would send b0 far more (every gateway on the backend a report showed idle) or
-    // nothing. 0.6, not 0.7: comparing all three (the default `choices: 3`) sends b0
-    // 12.8-13.7% over seeds 1-5 (P2C 16.3-17.7%), for a p99 of 35.4-38.3 ms against 38.5-41.5.
-    expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.6);
+    expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.7);
     expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
     expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.9);
   });
@@ -535,11 +531,7 @@ describe('CFS bandwidth control as in the benchmark: 10 ms periods, a pinned bus
       expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.95);
       expect(cpu.p99Ms).toBeLessThan(noCgroup.p99Ms);
       expect(cpu.meanMs).toBeLessThan(noCgroup.meanMs);
-      // With `choices: 3` b0 gets 11.6% and 11.9% in seeds 2 and 3 (0.58 of its capacity
-      // share), what the latency-only estimate gave it (above), but now with the p99 below
-      // least-in-flight's and the no-cgroup run's (the assertions above): 0.5 guards against
-      // starvation only.
-      expect(cpu.shares[0]).toBeGreaterThan(capacityShare(BENCH, 0) * 0.5);
+      expect(cpu.shares[0]).toBeGreaterThan(capacityShare(BENCH, 0) * 0.6);
     },
   );
 

@@ -159,8 +159,7 @@ describe('load-aware: the agent report', () => {
     {
       name: 'memory at 98%',
       patch: { host: { cpuUtilization: 0.2, memoryUtilization: 0.98, memoryAvailableBytes: 1 } },
-      // 0.047 with the default best of 3 (every backend compared), 0.05-0.11 with P2C.
-      range: [0.03, 0.11],
+      range: [0.05, 0.11],
     },
     {
       name: 'verdict degraded',
@@ -175,7 +174,7 @@ describe('load-aware: the agent report', () => {
     expect(shares[0]).toBeLessThan(range[1]!);
   });
 
-  it('best of 3 keeps several gateways from herding onto the one backend the last report showed idle', () => {
+  it('P2C keeps several gateways from herding onto the one backend the last report showed idle', () => {
     // Ten backends, nine reported half busy, one idle; the state is frozen between reports.
     const sim = setup('load-aware', Array(10).fill(10));
     sim.endpoints.forEach((ep, i) =>
@@ -184,11 +183,23 @@ describe('load-aware: the agent report', () => {
     const counts = sim.endpoints.map(() => 0);
     for (let i = 0; i < 20_000; i++)
       counts[sim.endpoints.indexOf(sim.strategy.pick({ nowMs: 1 })!.endpoint)]!++;
-    // The idle one is among the three sampled with probability 1 − C(9,3)/C(10,3) = 3/10, not 1.
-    expect(counts[0]! / 20_000).toBeCloseTo(0.3, 1);
-    const all = createStrategy('load-aware', { choices: 10, random: createSeededRandom(2) });
-    all.setEndpoints(sim.endpoints);
-    expect(all.pick({ nowMs: 1 })!.endpoint).toBe(sim.endpoints[0]);
+    // The idle one is in the sampled pair with probability 1 − C(9,2)/C(10,2) = 1/5, not 1.
+    expect(counts[0]! / 20_000).toBeCloseTo(0.2, 1);
+    const best3 = createStrategy('load-aware', { choices: 10, random: createSeededRandom(2) });
+    best3.setEndpoints(sim.endpoints);
+    expect(best3.pick({ nowMs: 1 })!.endpoint).toBe(sim.endpoints[0]);
+  });
+});
+
+describe('load-aware: ties among more than two sampled', () => {
+  it('with choices: 3, three idle backends that score alike each get a third', () => {
+    // A coin between the best two only would leave the third out for good (the chaos test's
+    // backend behind a fault proxy got 0-3%): every candidate within the band is tied.
+    const sim = setup('load-aware', [10, 10, 10], 4, { choices: 3 });
+    const counts = [0, 0, 0];
+    for (let i = 0; i < 6_000; i++)
+      counts[sim.endpoints.indexOf(sim.strategy.pick({ nowMs: 1 })!.endpoint)]!++;
+    counts.forEach((c) => expect(Math.abs(c / 6_000 - 1 / 3)).toBeLessThan(0.03));
   });
 });
 
@@ -293,7 +304,7 @@ describe('load-aware: explain', () => {
     const sim = setup('load-aware', [10, 10]);
     sim.endpoints[0]!.load.onReport(DEEP_QUEUE, 0);
     const reason = sim.strategy.pick({ nowMs: 1, explain: true })!.reason;
-    expect(reason).toMatch(/^load-aware best of 3: b1 wait≈\d+(\.\d+)?ms < b0 wait≈\d+(\.\d+)?ms$/);
+    expect(reason).toMatch(/^load-aware p2c: b1 wait≈\d+(\.\d+)?ms < b0 wait≈\d+(\.\d+)?ms$/);
   });
 });
 
@@ -301,7 +312,7 @@ describe('load-aware: explain on a tie', () => {
   it('says "=" when both candidates score the same', () => {
     const sim = setup('load-aware', [10, 10]);
     expect(sim.strategy.pick({ nowMs: 0, explain: true })!.reason).toMatch(
-      /^load-aware best of 3: b\d wait≈50\.0ms = b\d wait≈50\.0ms$/,
+      /^load-aware p2c: b\d wait≈50\.0ms = b\d wait≈50\.0ms$/,
     );
   });
 });

@@ -6,8 +6,8 @@
  *   registerStrategy('least-cpu', p2c((ep) => cpuOf(ep.id), { name: 'least-cpu' }));
  *
  * It samples `choices` endpoints (p2c-select.ts), keeps the lowest metric, and
- * gives near-ties (`tieTolerance`, relative) to the fewest in flight, then to
- * a fair draw. With
+ * breaks near-ties (`tieTolerance`, relative) with a fair draw among every
+ * sampled candidate within it. With
  * `slowStart` on, a backend ramping up after a restart or an ejection takes
  * its share of the traffic (slow-start.ts). `choices` and `tieTolerance` may
  * also come from `strategyOptions`.
@@ -27,7 +27,7 @@ export interface P2COptions {
   choices?: number;
   /**
    * Relative difference from the best metric below which a sampled candidate ties with it
-   * (default 0). A tie goes to the fewest requests in flight, then a fair draw.
+   * (default 0), decided by a fair draw among all that tie.
    */
   tieTolerance?: number;
   /**
@@ -69,7 +69,7 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
         const relative = tieTolerance * c.bestMetric;
         const band = relative + (noiseTies ? (ctx.measurementNoiseMs ?? 0) : 0);
         if (tieTolerance > 0 && c.other !== undefined && c.otherMetric - c.bestMetric <= band) {
-          const i = breakTie(c, band, common.random);
+          const i = breakTie(c, relative, band, common.random);
           if (i >= 0) {
             const best = c.best;
             const bestMetric = c.bestMetric;
@@ -96,33 +96,43 @@ const tied = new Int32Array(MAX_CHOICES);
 
 /**
  * A tie among every sampled candidate within `band` of the best, not only the
- * runner-up: the fewest requests in flight from this gateway win, then a
- * uniform draw among those. In-flight counts are exact where the metric
- * carries noise (a cold first request, the gateway's own lateness), and with
- * three or more sampled a coin between the best two would never pick the
- * third of three idle backends (the one whose noise happened to be highest),
- * whose figure only a pick refreshes. Returns the index of the winner in
- * `c.sampled`, or -1 when the best stays.
+ * runner-up: with `choices` of 3 or more, a coin between the best two would
+ * never pick the third of three idle backends (the one whose noise happened to
+ * be highest), whose figure only a pick refreshes. All within `relative`: a
+ * fair draw. Wider (the event-loop noise band): the fewest in flight from this
+ * gateway, then a fair draw among those. With two sampled this is P2C's coin
+ * exactly (a draw under 0.5 takes the other one). Returns the index of the
+ * winner in `c.sampled`, or -1 when the best stays.
  */
-function breakTie(c: Choice, band: number, random: () => number): number {
+function breakTie(c: Choice, relative: number, band: number, random: () => number): number {
   const best = c.best!;
-  let fewest = best.load.inFlight;
   let n = 0;
+  let widest = 0;
   for (let i = 0; i < c.count; i++) {
-    const ep = c.sampled[i]!;
-    if (ep === best || c.metrics[i]! - c.bestMetric > band) continue;
-    const f = ep.load.inFlight;
-    if (f > fewest) continue;
-    if (f < fewest) {
-      fewest = f;
-      n = 0;
+    if (c.sampled[i] === best) continue;
+    const gap = c.metrics[i]! - c.bestMetric;
+    if (gap <= band) {
+      tied[n++] = i;
+      if (gap > widest) widest = gap;
     }
-    tied[n++] = i;
   }
   if (n === 0) return -1;
-  // The best, if it has as few in flight, counts as the first of n + 1: with two tied, a
-  // draw under 0.5 takes the other one, as P2C's coin did.
-  if (best.load.inFlight > fewest) return n === 1 ? tied[0]! : tied[Math.floor(random() * n)]!;
+  if (widest > relative) {
+    let fewest = best.load.inFlight;
+    for (let j = 0; j < n; j++) {
+      const f = c.sampled[tied[j]!]!.load.inFlight;
+      if (f < fewest) fewest = f;
+    }
+    const keepBest = best.load.inFlight === fewest;
+    let m = 0;
+    for (let j = 0; j < n; j++) {
+      if (c.sampled[tied[j]!]!.load.inFlight === fewest) tied[m++] = tied[j]!;
+    }
+    n = m;
+    if (n === 0) return -1;
+    if (!keepBest) return n === 1 ? tied[0]! : tied[Math.floor(random() * n)]!;
+  }
+  // The best counts as the first of n + 1.
   const k = n - Math.floor(random() * (n + 1));
   return k === 0 ? -1 : tied[k - 1]!;
 }
