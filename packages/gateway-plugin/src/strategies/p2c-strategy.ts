@@ -33,7 +33,8 @@ export interface P2COptions {
   /**
    * The metric is a latency-based time in ms: a difference beyond
    * `tieTolerance` but within the pick's `measurementNoiseMs` (the gateway's
-   * own event-loop lateness) is a tie too, decided the same way. Default false.
+   * own event-loop lateness) is a tie too, won by the fewest requests in flight
+   * from this gateway (a fair draw among those with as few). Default false.
    */
   noiseTies?: boolean;
   /** A backend in slow start gets a share of the traffic, not a handicap (default true). */
