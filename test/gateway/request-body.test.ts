@@ -237,6 +237,26 @@ describe('request bodies', () => {
     expect([b.failuresTotal, b.inFlight, b.state]).toEqual([0, 0, 'healthy']);
   });
 
+  it('answers a bodiless request whose head cannot be written (a hook set Trailer), and stays up', async () => {
+    // Node writes a backend request's head on end(); a GET ends without the
+    // body pump (request-flow.ts, endBodiless), so the throw lands there.
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      on: {
+        proxyReq: (proxyReq) => {
+          proxyReq.setHeader('trailer', 'x-t');
+        },
+      },
+    });
+    for (const method of ['GET', 'DELETE']) {
+      const r = await send(`${gw.url}/t`, { method });
+      expect(r.status).toBe(400);
+      expect(r.headers['x-loadwise-error']).toBe('LW_GW_BAD_REQUEST');
+    }
+    const b = gw.lb.balancer.snapshot().backends[0]!;
+    expect([b.failuresTotal, b.inFlight, b.state]).toEqual([0, 0, 'healthy']);
+  });
+
   it('answers 500 LW_GW_HOOK_FAILED when on.proxyRes throws, and nothing of the response follows', async () => {
     gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
