@@ -390,6 +390,10 @@ export function coldStartScenarios(
       name: `loadwise ${strategy} default, traced`,
     },
     nginx('least_conn'),
+    // The Node baseline: Express + http-proxy-middleware with a keep-alive agent, round robin,
+    // no warm-up. Whether a cold tail is this product's or any Node proxy's on the machine.
+    // Not in the restart variant: killed in place, it only adds its boot time.
+    ...(restartAtMs === undefined ? [expressHpmKeepAlive] : []),
     // The restart variant also restarts as operators do: a rolling reload of a
     // one-worker pool (runWorkers, SIGHUP) and nginx's graceful reload (SIGHUP).
     ...(restartAtMs === undefined

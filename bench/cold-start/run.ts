@@ -36,6 +36,14 @@ function errorsOf(r: RunRecord): string {
   return e.length === 0 ? '0' : e.map(([k, v]) => `${k} ${v}`).join(', ');
 }
 
+const cores = (x: number | undefined): string =>
+  x === undefined || !Number.isFinite(x) || x < 0 ? '–' : x.toFixed(2);
+
+function allCpu(r: RunRecord): number {
+  const c = r.cpu;
+  return c.gateway + c.loadgen + c.backends + c.agents + c.other;
+}
+
 function rows(records: RunRecord[], backendIds: string[]): string[] {
   const out: string[] = [];
   for (const r of records) {
@@ -54,7 +62,8 @@ function rows(records: RunRecord[], backendIds: string[]): string[] {
     const split = backendIds.map((id) => String(first[id] ?? 0)).join(' / ');
     out.push(
       `| ${r.balancer} | ${r.run} | ${perSecond.join(' | ')} | **${f(r.result.latency.p99Ms)}** | ` +
-        `${f(r.result.latency.p50Ms)} | ${split} | ${errorsOf(r)} | ${r.listenOverflows ?? '?'} | ${r.loadAvg1m} |`,
+        `${f(r.result.latency.p50Ms)} | ${split} | ${errorsOf(r)} | ${r.listenOverflows ?? '?'} | ` +
+        `${cores(r.cpu.gateway)} | ${cores(allCpu(r))} | ${r.loadAvg1m} |`,
     );
   }
   return out;
@@ -246,8 +255,13 @@ async function main(): Promise<void> {
         '',
         scenario.description,
         '',
-        `| balancer | run | ${secs.join(' | ')} | whole run p99 | p50 | second 0 requests (${ids.join(' / ')}) | errors | ListenOverflows | load avg |`,
-        `|---|---:|${secs.map(() => '---:').join('|')}|---:|---:|---|---:|---:|---:|`,
+        'CPU in cores over the run (1 = one full core; the machine has ' +
+          `${cpus().length}): the gateway process (a pool: its workers), and everything the run ` +
+          "started (gateway, load generator, backends, agents). Near the machine's cores, the " +
+          'machine itself is full and a gateway gets only what the others leave.',
+        '',
+        `| balancer | run | ${secs.join(' | ')} | whole run p99 | p50 | second 0 requests (${ids.join(' / ')}) | errors | ListenOverflows | gateway CPU | all CPU | load avg |`,
+        `|---|---:|${secs.map(() => '---:').join('|')}|---:|---:|---|---:|---:|---:|---:|---:|`,
         ...rows(records, ids),
         '',
         "Targets: the first second's p99 at most 2x the gateway's own steady state (the median " +
