@@ -400,6 +400,11 @@ export function coldStartScenarios(
       ? []
       : [
           { ...loadwiseWorkers(strategy, 1), name: `loadwise ${strategy}, 1 worker, reload` },
+          {
+            // The replaced worker's clients move over 2 s, not at once (closeListener drainMs).
+            ...loadwiseWorkers(strategy, 1, 2_000),
+            name: `loadwise ${strategy}, 1 worker, reload, drain 2 s`,
+          },
           nginx('least_conn', { reload: true }),
         ]),
   ];

@@ -233,7 +233,12 @@ export function loadwiseAt(root: string, label: string, strategy = 'load-aware')
  * The default gateway as `workers` processes on one port (runWorkers,
  * node:cluster). The restart variant reloads the pool (SIGHUP to the primary).
  */
-export function loadwiseWorkers(strategy: string, workers: number): BalancerDef {
+export function loadwiseWorkers(
+  strategy: string,
+  workers: number,
+  /** A replaced worker's closeListener drainMs (default 0: every answer closes at once). */
+  drainMs?: number,
+): BalancerDef {
   return {
     name: `loadwise ${strategy}, ${workers} worker${workers === 1 ? '' : 's'}`,
     family: 'loadwise',
@@ -241,6 +246,7 @@ export function loadwiseWorkers(strategy: string, workers: number): BalancerDef 
       nodeGateway(`loadwise-${strategy}-w${workers}-${instance}`, 'gateway-loadwise.js', {
         keyFile: ctx.keyFile,
         workers,
+        ...(drainMs === undefined ? {} : { drainMs }),
         options: loadwiseOptions(ctx, strategy, {}),
       }),
   };

@@ -26,6 +26,8 @@ interface LoadwiseConfig {
   port?: number;
   /** Run the gateway as this many workers (runWorkers, node:cluster) on one port. */
   workers?: number;
+  /** A replaced worker spreads its connections' ends over this long (closeListener drainMs). */
+  drainMs?: number;
   /**
    * Instrumentation for the cold-start scenario: every `traceEveryMs` the
    * waiting queue, the requests in flight per backend and the overload state,
@@ -85,7 +87,10 @@ async function mainWorkers(cfg: LoadwiseConfig, workers: number): Promise<void> 
         // closeServer() would cut those requests, and http's server.close()
         // closes idle keep-alive ones a client may be sending on (ECONNRESET).
         close: async () => {
-          await Promise.all([closeListener(server), balancer.close({ graceMs: 10_000 })]);
+          await Promise.all([
+            closeListener(server, { drainMs: cfg.drainMs ?? 0 }),
+            balancer.close({ graceMs: 10_000 }),
+          ]);
         },
       };
     },

@@ -5,6 +5,7 @@ export {
   type WorkerContext,
   type WorkerPool,
   type ReloadResult,
+  type CloseListenerOptions,
   type StartedWorker,
 } from './run-workers';
 export type { RestartOptions } from './restart-policy';

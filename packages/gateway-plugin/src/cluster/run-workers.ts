@@ -23,6 +23,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { Server as NetServer } from 'node:net';
+import { invalidOption } from '../errors';
+import { gradualDrain } from './listener-drain';
 import { decideRestart, resolveRestart, type RestartOptions } from './restart-policy';
 
 export interface WorkerContext {
@@ -463,6 +465,24 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   };
 }
 
+/** closeListener()'s options: how the open connections end. */
+export interface CloseListenerOptions {
+  /**
+   * Spread the connections' ends over this long, ms (default 0). The share
+   * of answers that say `Connection: close` grows from none when the
+   * listener stops to all `drainMs` later (Envoy's gradual drain), so the
+   * clients move to the other workers over that time, not all at once: a
+   * replaced worker's clients, all reconnecting within a few milliseconds,
+   * hit the new worker as a cold start does (docs/gateway.md, Every core).
+   * 0: every answer from now on closes its connection.
+   */
+  drainMs?: number;
+  /** Clock of the ramp, ms (default Date.now). */
+  now?: () => number;
+  /** Random source of the per-answer draw (default Math.random). */
+  random?: () => number;
+}
+
 /**
  * Stops `server` accepting connections, without closing the idle keep-alive
  * ones; resolves once every connection has ended. Node's http `server.close()`
@@ -470,14 +490,25 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
  * them to send its next request on gets ECONNRESET: 48-246 of them a reload at
  * 970 req/s in the bench's restart variant, against 0-1 this way (docs/bench.md,
  * "Restart as a reload"). Left open, each connection ends after its next
- * answer (every answer from now on says `Connection: close`, whichever route
- * sends it) or at the server's `keepAliveTimeout`. For a worker's `close()`,
- * with `lb.close({ graceMs })` beside it.
+ * answer that says `Connection: close` (every answer from now on, whichever
+ * route sends it, or a share growing over `drainMs`) or at the server's
+ * `keepAliveTimeout`. For a worker's `close()`, with `lb.close({ graceMs })`
+ * beside it.
  */
-export function closeListener(server: HttpServer): Promise<void> {
-  // First in line, before the app has written anything.
+export function closeListener(server: HttpServer, opts: CloseListenerOptions = {}): Promise<void> {
+  const drainMs = opts.drainMs ?? 0;
+  if (typeof drainMs !== 'number' || !(drainMs >= 0) || drainMs === Infinity) {
+    throw invalidOption('closeListener drainMs', 'a finite number of ms >= 0', drainMs);
+  }
+  const now = opts.now ?? Date.now;
+  const random = opts.random ?? Math.random;
+  const from = now();
+  // First in line, before the app has written anything; the balancer's drain
+  // leaves the decision to this listener (listener-drain.ts).
+  gradualDrain.add(server);
   server.prependListener('request', (_req: IncomingMessage, res: ServerResponse) => {
-    res.shouldKeepAlive = false;
+    const share = drainMs === 0 ? 1 : (now() - from) / drainMs;
+    if (share >= 1 || random() < share) res.shouldKeepAlive = false;
   });
   return new Promise<void>((resolve) => {
     if (!server.listening) {

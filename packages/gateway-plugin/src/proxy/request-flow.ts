@@ -22,6 +22,7 @@
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Server, Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
+import { drainClosesConnections } from '../cluster/listener-drain';
 import type { GatewayErrorCode } from '../errors';
 import { sendError } from '../error-response';
 import { RateLimitedLog } from '../rate-limited-log';
@@ -151,6 +152,11 @@ const FINISHED: Flow = Object.freeze<Flow>({
   done: true,
 });
 
+/** The server a request came through (undefined for a socket of no server's). */
+function serverOf(req: IncomingMessage): Server | undefined {
+  return (req.socket as { server?: Server }).server;
+}
+
 export class RequestFlow {
   private readonly flows = new WeakMap<IncomingMessage, Flow>();
   readonly upgrades: UpgradeFlow;
@@ -203,15 +209,17 @@ export class RequestFlow {
     // Node hands pipelined requests to the app as it parses them, before the
     // refused one's answer is out; their answers could never be sent.
     if (this.closing.has(req.socket)) return void req.socket.end();
-    const server = (req.socket as { server?: Server }).server;
+    const server = serverOf(req);
     if (server !== this.lastServer && server) this.noteServer(server);
     if (c.closed) {
       res.shouldKeepAlive = false;
       return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
     }
     if (c.draining) {
-      // Shutting down: this connection should go to another instance.
-      res.shouldKeepAlive = false;
+      // Shutting down: this connection should go to another instance, at
+      // once, or over closeListener's drainMs when it closes this server's
+      // connections gradually (its listener has decided for this answer).
+      if (drainClosesConnections(server)) res.shouldKeepAlive = false;
       // Unless the server has stopped listening (server.close() first, as the
       // shutdown recipe and a worker replaced by runWorkers' reload() do): the
       // connection was accepted before, so no other instance can take this
@@ -589,7 +597,9 @@ export class RequestFlow {
     // client asked to close (`Connection: close`, HTTP/1.0 without keep-alive; Node read it
     // into shouldKeepAlive before forwarded.ts removed the header): http-proxy would otherwise
     // answer `connection: keep-alive` and the connection would stay open (RFC 9112 §9.6).
-    if (c.draining || !res.shouldKeepAlive) proxyRes.headers.connection = 'close';
+    if (!res.shouldKeepAlive || (c.draining && drainClosesConnections(serverOf(req)))) {
+      proxyRes.headers.connection = 'close';
+    }
     const status = proxyRes.statusCode ?? 502;
     if (status < 100 || status > 999) {
       // llhttp reads any three digits; ServerResponse.writeHead throws on a

@@ -1,0 +1,143 @@
+/**
+ * closeListener (cluster/run-workers.ts): a worker's graceful stop that
+ * keeps the open connections and ends each after an answer that says
+ * `Connection: close`, at once or spread over `drainMs` (a share of the
+ * answers growing from none to all), with the balancer's own drain leaving
+ * that decision to it.
+ */
+import http, { type Server } from 'node:http';
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { closeListener } from '@loadwise/gateway-plugin';
+import { startBackend, type TestServer } from '../kit/http';
+import { startLocalGateway } from '../kit/gateway';
+
+interface Answer {
+  status: number;
+  connection: string | undefined;
+}
+
+/** One GET on an open connection, its answer read whole (Content-Length framed). */
+function exchange(sock: Socket, path: string): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    let raw = Buffer.alloc(0);
+    const onData = (d: Buffer): void => {
+      raw = Buffer.concat([raw, d]);
+      const end = raw.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const head = raw.subarray(0, end).toString('latin1');
+      const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+      if (raw.length < end + 4 + length) return;
+      sock.off('data', onData);
+      sock.off('error', reject);
+      resolve({
+        status: Number(head.split(' ')[1]),
+        connection: /\r\nconnection: *([^\r]+)/i.exec(head)?.[1]?.toLowerCase(),
+      });
+    };
+    sock.on('data', onData);
+    sock.once('error', reject);
+    sock.write(`GET ${path} HTTP/1.1\r\nHost: t\r\n\r\n`);
+  });
+}
+
+async function open(port: number): Promise<Socket> {
+  const sock = connect(port, '127.0.0.1');
+  await once(sock, 'connect');
+  return sock;
+}
+
+describe('closeListener', () => {
+  const sockets: Socket[] = [];
+  afterEach(() => {
+    for (const s of sockets.splice(0)) s.destroy();
+  });
+
+  async function plainServer(): Promise<{ server: Server; port: number }> {
+    const server = http.createServer((_req, res) => res.end('ok'));
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return { server, port: (server.address() as { port: number }).port };
+  }
+
+  it('spreads the connections’ ends over drainMs: none at first, a growing share, then all', async () => {
+    const { server, port } = await plainServer();
+    for (let i = 0; i < 4; i++) sockets.push(await open(port));
+    for (const s of sockets) expect((await exchange(s, '/before')).connection).toBe('keep-alive');
+    let t = 1_000;
+    let r = 0;
+    const closed = closeListener(server, { drainMs: 1_000, now: () => t, random: () => r });
+    expect(server.listening).toBe(false);
+    // At the start no answer closes, whatever the draw.
+    r = 0.001;
+    expect((await exchange(sockets[0]!, '/a')).connection).toBe('keep-alive');
+    // Half-way, an answer closes with probability one half.
+    t = 1_500;
+    r = 0.6;
+    expect((await exchange(sockets[0]!, '/b')).connection).toBe('keep-alive');
+    r = 0.4;
+    const ending = once(sockets[0]!, 'end');
+    expect((await exchange(sockets[0]!, '/c')).connection).toBe('close');
+    await ending;
+    // From drainMs on, every answer closes.
+    t = 2_000;
+    r = 0.99;
+    for (const s of sockets.slice(1)) {
+      const end = once(s, 'end');
+      expect((await exchange(s, '/d')).connection).toBe('close');
+      await end;
+    }
+    // Every connection has ended: the close is over.
+    await closed;
+  });
+
+  it('closes every connection after its next answer by default, and refuses a bad drainMs', async () => {
+    const { server, port } = await plainServer();
+    const s = await open(port);
+    sockets.push(s);
+    expect((await exchange(s, '/before')).connection).toBe('keep-alive');
+    expect(() => closeListener(server, { drainMs: -1 })).toThrow(
+      expect.objectContaining({ code: 'LW_GW_INVALID_OPTION' }),
+    );
+    expect(() => closeListener(server, { drainMs: Number.NaN })).toThrow(/drainMs/);
+    const closed = closeListener(server);
+    expect((await exchange(s, '/after')).connection).toBe('close');
+    await closed;
+  });
+
+  describe('with the balancer draining beside it (lb.close)', () => {
+    let backend: TestServer;
+    beforeAll(async () => {
+      backend = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
+    });
+    afterAll(() => backend.close());
+
+    it('leaves keep-alive to the gradual drain, then closes', async () => {
+      const gw = await startLocalGateway({ backends: [{ id: 'ok', url: backend.url }] });
+      try {
+        const s = await open(gw.port);
+        sockets.push(s);
+        expect(await exchange(s, '/first')).toEqual({ status: 200, connection: 'keep-alive' });
+        let t = 0;
+        const stopped = closeListener(gw.server, {
+          drainMs: 1_000,
+          now: () => t,
+          random: () => 0.5,
+        });
+        let closed = false;
+        const closing = gw.lb.close({ graceMs: 5_000 }).then(() => (closed = true));
+        // Draining, the balancer still serves the open connection and keeps it open:
+        // before the gradual drain every answer said close.
+        expect(await exchange(s, '/early')).toEqual({ status: 200, connection: 'keep-alive' });
+        expect(closed).toBe(false);
+        t = 1_000;
+        const end = once(s, 'end');
+        expect(await exchange(s, '/late')).toEqual({ status: 200, connection: 'close' });
+        await end;
+        await Promise.all([stopped, closing]);
+      } finally {
+        await gw.close();
+      }
+    });
+  });
+});
