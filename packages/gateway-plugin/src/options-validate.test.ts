@@ -280,7 +280,7 @@ describe('loadBalance options', () => {
     });
     expect(resolveOptions({ ...base, decisionHeader: 'X-Why' }).decisionHeader).toBe('x-why');
     // Warm-up is on by default (warm-up.ts); false turns it off.
-    expect(o.warmUp).toEqual({ requests: 300, connectionsPerBackend: 4 });
+    expect(o.warmUp).toEqual({ requests: 3_000, connectionsPerBackend: 4 });
     expect(resolveOptions({ ...base, warmUp: false }).warmUp).toBeUndefined();
     // Slow-client protection is on by default; false turns each part off.
     expect(o).toMatchObject({ clientBodyTimeoutMs: 10_000, maxInFlightPerClient: 64 });

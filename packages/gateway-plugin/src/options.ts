@@ -394,10 +394,14 @@ export const DEFAULTS = {
     healthyThreshold: 1,
   },
   /**
-   * 300 requests took 0.35-0.94 s through the warm-up's own balancer on a
-   * shared 2-core machine (load average 4): under about a second before ready.
+   * 3,000: on a slow 2-core machine, where a Node gateway used 550-730 CPU µs
+   * a request, the cold start's whole-run p99 was 60-137 ms after 3,000 and
+   * 153-1,481 ms after 300 (docs/bench.md, "Cold start"); V8 was still
+   * speeding the path up at 3,000 (200 requests took 255 ms at first, 105 ms
+   * at the end). On a fast one both gave the same. 3,000 take about 1 s
+   * there and 2.7 s on the slow one; the warm-up's 5 s budget bounds it.
    */
-  warmUp: { requests: 300, connectionsPerBackend: 4 },
+  warmUp: { requests: 3_000, connectionsPerBackend: 4 },
   saturation: { queueSize: 1_000, queueTimeoutMs: 5_000 },
   /**
    * 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway

@@ -11,6 +11,7 @@ import { loadBalance, type LoadBalancerMiddleware } from './load-balance';
 import type { LoadBalanceOptions } from './options';
 import { ProxyEngine } from './proxy/proxy-engine';
 import { RequestFlow } from './proxy/request-flow';
+import { REQUEST_BUDGET_MS } from './warm-up';
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
@@ -203,6 +204,31 @@ describe('warm-up', () => {
     } finally {
       await srv.close();
     }
+  });
+
+  it('ends its requests when their time budget is spent, still preconnects, and logs how far it got', async () => {
+    // A slow host: the clock jumps past the request budget after the fifth request.
+    const realNow = Date.now.bind(Date);
+    let shift = 0;
+    jest.spyOn(Date, 'now').mockImplementation(() => realNow() + shift);
+    const fifthSeen = afterRequests(5);
+    const lines: string[] = [];
+    const log = (fields: { event?: string }, msg: string): void => {
+      if (fields.event === 'warm-up') lines.push(msg);
+    };
+    const gw = start({
+      healthCheck: { path: '/healthz', intervalMs: 60_000 },
+      warmUp: { requests: 100_000, connectionsPerBackend: 2 },
+      logger: { info: log, warn: log, error: log },
+    });
+    await fifthSeen;
+    shift = REQUEST_BUDGET_MS;
+    await gw.ready();
+    expect(a.requests.filter((r) => r.endsWith('loadwise-gateway-preconnect'))).toHaveLength(2);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      /^warm-up done: \d+ requests through the request path \(of 100000: the 4000 ms budget ended\), 2 connections to backends/,
+    );
   });
 
   it('serves a request that arrives during the warm-up', async () => {

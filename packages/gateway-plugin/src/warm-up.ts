@@ -25,6 +25,8 @@
  *    (discovery) get theirs when they are added.
  *
  * Requests that arrive meanwhile are served by the real balancer as usual.
+ * On a slow host the synthetic requests stop at REQUEST_BUDGET_MS, as far as
+ * they got (logged with the rest), and the pools are warmed after them.
  * Nothing here throws or rejects: a warm-up that fails or takes longer than
  * MAX_WARM_UP_MS stops, logs one line, and `ready()` goes on.
  */
@@ -48,6 +50,12 @@ import type { Backend } from './registry/backend';
 const CONCURRENCY = 16;
 /** The warm-up stops after this, whatever is left; ready() does not wait longer. */
 export const MAX_WARM_UP_MS = 5_000;
+/**
+ * The request path's share of that budget: on a slow host the synthetic
+ * requests end here, done as far as they got, and the pools still get their
+ * preconnects within the rest.
+ */
+export const REQUEST_BUDGET_MS = 4_000;
 const SILENT = { info: () => {}, warn: () => {}, error: () => {} };
 const BODY = Buffer.from('{"warmUp":true}');
 
@@ -112,6 +120,8 @@ export class WarmUp {
   private readonly clients: http.Agent[] = [];
   private readonly timer: NodeJS.Timeout;
   private sent = 0;
+  /** The request budget ended before `requests` were sent (REQUEST_BUDGET_MS). */
+  private cutShort = false;
   private connections = 0;
   private readonly startedAt = Date.now();
 
@@ -164,8 +174,13 @@ export class WarmUp {
     const fresh = new http.Agent({ keepAlive: false, maxSockets: CONCURRENCY });
     this.clients.push(agent, fresh);
     let next = 0;
+    const deadline = this.startedAt + REQUEST_BUDGET_MS;
     const worker = async (): Promise<void> => {
       while (!this.over && next < this.plan.requests) {
+        if (Date.now() >= deadline) {
+          this.cutShort = true;
+          return;
+        }
         const i = next++;
         // Every other request on a new connection: a cold gateway's first second is mostly new
         // client connections (a client's pool grows with the latency), and accepting one runs
@@ -287,7 +302,10 @@ export class WarmUp {
     this.releaseShadow();
     const ms = Date.now() - this.startedAt;
     const logger = this.balancer.options.logger;
-    const summary = `${this.sent} requests through the request path, ${this.connections} connections to backends, ${ms} ms`;
+    const budget = this.cutShort
+      ? ` (of ${this.plan.requests}: the ${REQUEST_BUDGET_MS} ms budget ended)`
+      : '';
+    const summary = `${this.sent} requests through the request path${budget}, ${this.connections} connections to backends, ${ms} ms`;
     if (why === undefined)
       writeLog(
         logger,
