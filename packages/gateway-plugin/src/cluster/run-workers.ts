@@ -470,11 +470,10 @@ export interface CloseListenerOptions {
   /**
    * Spread the connections' ends over this long, ms (default 0). The share
    * of answers that say `Connection: close` grows from none when the
-   * listener stops to all `drainMs` later (Envoy's gradual drain), so the
-   * clients move to the other workers over that time, not all at once: a
-   * replaced worker's clients, all reconnecting within a few milliseconds,
-   * hit the new worker as a cold start does (docs/gateway.md, Every core).
-   * 0: every answer from now on closes its connection.
+   * listener stops to all `drainMs` later (HAProxy's close-spread-time,
+   * Envoy's gradual drain), so the clients move to the other workers over
+   * that time instead of all within a few milliseconds (docs/gateway.md,
+   * Every core). 0: every answer from now on closes its connection.
    */
   drainMs?: number;
   /** Clock of the ramp, ms (default Date.now). */

@@ -464,7 +464,7 @@ export class RequestFlow {
       // No body by its framing (no Transfer-Encoding, no Content-Length or 0:
       // RFC 9112 §6.3), most requests: the backend request ends a tick later,
       // as Readable.pipe ends it, without the pump's four closures and
-      // listeners (about 5 µs a request, docs/bench.md "Where the time goes").
+      // listeners (about 5 µs a request: docs/bench.md, "Raw proxy cost, interleaved").
       // Nothing to wait for: the backend's timer started with the attempt.
       process.nextTick(this.endBodiless, flow, proxyReq);
       return;
