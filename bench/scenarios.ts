@@ -13,6 +13,7 @@ import {
   loadwise,
   loadwiseWorkers,
   nginx,
+  parseStrategySpec,
   PEERS,
   type BalancerDef,
 } from './lib/balancers';
@@ -70,7 +71,9 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
   const lw = o.strategies.map((s) => loadwise(s));
   const lwDefault = loadwise(defaultStrategy);
   // Option variants (`load-aware/choices=3`) also run where only the default would.
-  const variants = lw.filter((b) => b.name.includes('/'));
+  const variants = o.strategies
+    .filter((s) => parseStrategySpec(s).strategyOptions !== undefined)
+    .map((s) => loadwise(s));
   const leastConns = [nginx('least_conn'), nginx('random two least_conn'), haproxy('leastconn')];
   const q = o.quick;
 

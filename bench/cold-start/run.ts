@@ -19,7 +19,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { cpus, loadavg } from 'node:os';
-import { runScenario, type RunRecord } from '../lib/engine';
+import { runScenario, totalCpu, type RunRecord } from '../lib/engine';
 import { ensurePeers } from '../lib/peers';
 import { COLD_START_SECONDS, coldStartScenarios } from '../scenarios';
 
@@ -38,11 +38,6 @@ function errorsOf(r: RunRecord): string {
 
 const cores = (x: number | undefined): string =>
   x === undefined || !Number.isFinite(x) || x < 0 ? '–' : x.toFixed(2);
-
-function allCpu(r: RunRecord): number {
-  const c = r.cpu;
-  return c.gateway + c.loadgen + c.backends + c.agents + c.other;
-}
 
 function rows(records: RunRecord[], backendIds: string[]): string[] {
   const out: string[] = [];
@@ -63,7 +58,7 @@ function rows(records: RunRecord[], backendIds: string[]): string[] {
     out.push(
       `| ${r.balancer} | ${r.run} | ${perSecond.join(' | ')} | **${f(r.result.latency.p99Ms)}** | ` +
         `${f(r.result.latency.p50Ms)} | ${split} | ${errorsOf(r)} | ${r.listenOverflows ?? '?'} | ` +
-        `${cores(r.cpu.gateway)} | ${cores(allCpu(r))} | ${r.loadAvg1m} |`,
+        `${cores(r.cpu.gateway)} | ${cores(totalCpu(r))} | ${r.loadAvg1m} |`,
     );
   }
   return out;

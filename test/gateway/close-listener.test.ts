@@ -100,6 +100,17 @@ describe('closeListener', () => {
       expect.objectContaining({ code: 'LW_GW_INVALID_OPTION' }),
     );
     expect(() => closeListener(server, { drainMs: Number.NaN })).toThrow(/drainMs/);
+    // Checked before the server stops, not at its first answer (inside the 'request' listener).
+    expect(() => closeListener(server, { now: 5 as unknown as () => number })).toThrow(
+      expect.objectContaining({
+        code: 'LW_GW_INVALID_OPTION',
+        message: expect.stringMatching(/now/),
+      }),
+    );
+    expect(() => closeListener(server, { drainMS: 2_000 } as { drainMs?: number })).toThrow(
+      /drainMS/,
+    );
+    expect(server.listening).toBe(true);
     const closed = closeListener(server);
     expect((await exchange(s, '/after')).connection).toBe('close');
     await closed;

@@ -48,7 +48,7 @@ import {
 
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const BROKER_PROTOCOLS = new Set(['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:']);
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The dashboard token travels in URLs: long, and unlocking nothing else. */
 export const MIN_DASHBOARD_TOKEN_LENGTH = 16;
 

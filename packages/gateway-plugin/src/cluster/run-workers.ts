@@ -23,7 +23,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { Server as NetServer } from 'node:net';
-import { invalidOption } from '../errors';
+import { functionOption, numberOption, optionBag, rejectUnknownKeys } from '../load/option-check';
+import { MAX_TIMER_MS } from '../options-validate';
 import { gradualDrain } from './listener-drain';
 import { decideRestart, resolveRestart, type RestartOptions } from './restart-policy';
 
@@ -473,7 +474,10 @@ export interface CloseListenerOptions {
    * listener stops to all `drainMs` later (HAProxy's close-spread-time,
    * Envoy's gradual drain), so the clients move to the other workers over
    * that time instead of all within a few milliseconds (docs/gateway.md,
-   * Every core). 0: every answer from now on closes its connection.
+   * Every core). 0: every answer from now on closes its connection. At most
+   * 2^31 - 1, as every ms option; checked when closeListener is called (a
+   * bad value, a non-function `now` or `random`, or an unknown key throws
+   * LW_GW_INVALID_OPTION before the server stops).
    */
   drainMs?: number;
   /** Clock of the ramp, ms (default Date.now). */
@@ -495,12 +499,12 @@ export interface CloseListenerOptions {
  * beside it.
  */
 export function closeListener(server: HttpServer, opts: CloseListenerOptions = {}): Promise<void> {
-  const drainMs = opts.drainMs ?? 0;
-  if (typeof drainMs !== 'number' || !(drainMs >= 0) || drainMs === Infinity) {
-    throw invalidOption('closeListener drainMs', 'a finite number of ms >= 0', drainMs);
-  }
-  const now = opts.now ?? Date.now;
-  const random = opts.random ?? Math.random;
+  // Checked here, not at the first answer: a bad `now` would throw inside the 'request' listener.
+  const bag = optionBag('closeListener options', opts);
+  rejectUnknownKeys(bag, 'closeListener.', ['drainMs', 'now', 'random']);
+  const drainMs = numberOption(bag, 'closeListener.', 'drainMs', 0, 0, MAX_TIMER_MS);
+  const now = functionOption(bag, 'closeListener.', 'now', Date.now);
+  const random = functionOption(bag, 'closeListener.', 'random', Math.random);
   const from = now();
   // First in line, before the app has written anything; the balancer's drain
   // leaves the decision to this listener (listener-drain.ts).

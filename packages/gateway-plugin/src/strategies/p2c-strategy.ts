@@ -17,7 +17,7 @@ import { EndpointList } from './endpoint-list';
 import { Choice, MAX_CHOICES, selectP2C, type Metric } from './p2c-select';
 import type { StrategyFactory } from './registry';
 import { withSlowStartShare } from './slow-start';
-import { fmt, readCommon } from './strategy-options';
+import { fmt, randomIndex, readCommon } from './strategy-options';
 import type { Endpoint, Pick, PickContext, Strategy } from './types';
 
 export interface P2COptions {
@@ -131,9 +131,9 @@ function breakTie(c: Choice, relative: number, band: number, random: () => numbe
     }
     n = m;
     if (n === 0) return -1;
-    if (!keepBest) return n === 1 ? tied[0]! : tied[Math.floor(random() * n)]!;
+    if (!keepBest) return n === 1 ? tied[0]! : tied[randomIndex(random, n)]!;
   }
   // The best counts as the first of n + 1.
-  const k = n - Math.floor(random() * (n + 1));
+  const k = n - randomIndex(random, n + 1);
   return k === 0 ? -1 : tied[k - 1]!;
 }
