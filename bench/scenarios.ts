@@ -17,7 +17,7 @@ import {
   PEERS,
   type BalancerDef,
 } from './lib/balancers';
-import { reportEvery, withoutCgroup, type BackendSpec } from './lib/cluster';
+import { reportEvery, withoutCgroup, withoutServicePid, type BackendSpec } from './lib/cluster';
 import { forkProc } from './lib/procs';
 import type { LoadSpec, Scenario } from './lib/scenario';
 
@@ -483,6 +483,18 @@ export function cpuBoundScenarios(
     name: `loadwise ${strategy}, agents --no-cgroup`,
     agentArgs: withoutCgroup,
   };
+  // Agents without --service-pid report the cgroup's CPU only: the CPU pressure penalty's
+  // case. By default it is off; the second row turns it on as it was by default before.
+  const lwNoPid: BalancerDef = {
+    ...loadwise(strategy),
+    name: `loadwise ${strategy}, agents without --service-pid`,
+    agentArgs: withoutServicePid,
+  };
+  const lwNoPidPenalty: BalancerDef = {
+    ...loadwise(strategy, { load: { cpuPressurePenalty: 1 } }),
+    name: `loadwise ${strategy}, agents without --service-pid, cpuPressurePenalty 1`,
+    agentArgs: withoutServicePid,
+  };
   const base = {
     description:
       'Three CPU-bound backends with one worker each (bench/procs/cpu-backend.ts): every request burns 2 ms ' +
@@ -491,12 +503,22 @@ export function cpuBoundScenarios(
       "gauge at /metrics (--prometheus-url, --concurrency-limit 1) and their backend's cgroup. Identical: " +
       "open-loop Poisson at 290 req/s (65%). Degraded: a busy-loop neighbour joins b1's cgroup when the " +
       "warm-up starts (about half its quota: b1 keeps ~75 of the fleet's ~375 req/s), at 245 req/s (65%). " +
-      'loadwise runs twice: with its agents as configured, and with agents started with --no-cgroup.',
+      'loadwise runs four times: with its agents as configured, with agents started with --no-cgroup, ' +
+      'and with agents started without --service-pid (no process CPU in their reports), by default and ' +
+      'with the CPU pressure penalty on (cpuPressurePenalty 1, its default before 2026-12-02).',
     backends,
     maxQueue: 256,
     agents: true,
     onlyWhenNamed: true,
-    balancers: [nginx('least_conn'), haproxy('leastconn'), lw, lwNoCgroup, ...variants],
+    balancers: [
+      nginx('least_conn'),
+      haproxy('leastconn'),
+      lw,
+      lwNoCgroup,
+      lwNoPid,
+      lwNoPidPenalty,
+      ...variants,
+    ],
     cpuTargets: { loadwise: lw.name, withoutSignal: lwNoCgroup.name },
   };
   return [

@@ -236,14 +236,27 @@ function agentArgs(
 }
 
 /** The agent without the cgroup signal: `--no-cgroup` in place of `--cgroup-root`. */
-export const withoutCgroup: AgentArgsTransform = (args) => {
+export const withoutCgroup: AgentArgsTransform = (args) => [
+  ...withoutFlag(args, '--cgroup-root'),
+  '--no-cgroup',
+];
+
+/** `args` without `flag` and its value. */
+function withoutFlag(args: string[], flag: string): string[] {
   const out: string[] = [];
   for (let i = 0; i < args.length; i++) {
-    if (args[i] === '--cgroup-root') i++;
+    if (args[i] === flag) i++;
     else out.push(args[i]!);
   }
-  return [...out, '--no-cgroup'];
-};
+  return out;
+}
+
+/**
+ * The agent without the service's process: no `--service-pid`, so its reports
+ * carry the cgroup's (or host's) CPU but not the process's, as an agent
+ * started without that flag does (the product's issue ran its agents so).
+ */
+export const withoutServicePid: AgentArgsTransform = (args) => withoutFlag(args, '--service-pid');
 
 /** The agents report every `ms` instead of every second (the harness's interval). */
 export function reportEvery(ms: number): AgentArgsTransform {

@@ -340,15 +340,19 @@ describe('the CPU term in the expected wait', () => {
     expect(withCpu.snapshot(0).penaltyFactor).toBe(1);
     const noProcess = { ...full };
     delete noProcess.process;
-    const old = createEndpointLoad();
+    const old = createEndpointLoad({ cpuPressurePenalty: 1 });
     old.onReport(noProcess, 0);
-    // 100% CPU: x (1 + cpuPressurePenalty), as before.
+    // 100% CPU: x (1 + cpuPressurePenalty) where the penalty is on.
     expect(old.snapshot(0).penaltyFactor).toBeCloseTo(2, 9);
+    // It is off by default: no penalty without the process CPU either.
+    const byDefault = createEndpointLoad();
+    byDefault.onReport(noProcess, 0);
+    expect(byDefault.snapshot(0).penaltyFactor).toBe(1);
     // With the process CPU but too little traffic for evidence: no penalty either.
     expect(withCpu.snapshot(0).cpuThroughputRps).toBeUndefined();
   });
 
-  it('a degraded verdict CPU alone explains is not penalised with the process CPU; other causes are', () => {
+  it('a degraded verdict CPU alone explains is not penalised unless the CPU penalty is on; other causes are', () => {
     const degraded = (causes: string[] | undefined, process = true): MetricsReport => {
       const r = report({ cpuCores: 0.15, cgroupUtil: 1, limit: 0.5 });
       delete r.queue;
@@ -357,8 +361,8 @@ describe('the CPU term in the expected wait', () => {
       r.health = { verdict: 'degraded', reason: 'cgroup CPU 100%', ...(causes ? { causes } : {}) };
       return r;
     };
-    const factor = (r: MetricsReport): number => {
-      const load = createEndpointLoad();
+    const factor = (r: MetricsReport, opts?: object): number => {
+      const load = createEndpointLoad(opts);
       load.onReport(r, 0);
       return load.snapshot(0).penaltyFactor;
     };
@@ -369,8 +373,13 @@ describe('the CPU term in the expected wait', () => {
     expect(factor(degraded(['queue']))).toBeCloseTo(2, 9);
     expect(factor(degraded(undefined))).toBeCloseTo(2, 9);
     expect(factor(degraded([]))).toBeCloseTo(2, 9);
-    // Without the process CPU, CPU is still a pressure penalty: x2 for 100%, x2 degraded.
-    expect(factor(degraded(['cpu'], false))).toBeCloseTo(4, 9);
+    // Without the process CPU and with the CPU pressure penalty on, CPU is a penalty: x2 for
+    // 100%, x2 degraded. By default (penalty off) a CPU-only verdict counts for nothing there
+    // either; other causes still do.
+    expect(factor(degraded(['cpu'], false), { cpuPressurePenalty: 1 })).toBeCloseTo(4, 9);
+    expect(factor(degraded(['cpu'], false))).toBe(1);
+    expect(factor(degraded(['cpu', 'memory'], false))).toBeCloseTo(2, 9);
+    expect(factor(degraded(undefined, false))).toBeCloseTo(2, 9);
   });
 
   it.each([NaN, -1, 0, Infinity])(

@@ -40,6 +40,8 @@ function serve(load: ReturnType<typeof createEndpointLoad>, t: number, latencyMs
   }
 }
 
+/** The CPU pressure penalty as it was by default until 2026-12-02 (now off by default). */
+const PENALTY_ON = { cpuPressurePenalty: 1 };
 describe('createEndpointLoad: no data', () => {
   it('scores a backend with no data at the neutral default, never zero', () => {
     const load = createEndpointLoad();
@@ -323,9 +325,20 @@ describe('createEndpointLoad: the agent report', () => {
   });
 
   it.each([
-    { name: 'CPU at 100%', patch: { host: { cpuUtilization: 1 } }, factor: 2 },
-    { name: 'CPU below threshold', patch: { host: { cpuUtilization: 0.8 } }, factor: 1 },
-    { name: 'cgroup CPU at 100%', patch: { cgroup: { cpuUtilization: 1 } }, factor: 2 },
+    { name: 'CPU at 100%, by default (off)', patch: { host: { cpuUtilization: 1 } }, factor: 1 },
+    { name: 'CPU at 100%', patch: { host: { cpuUtilization: 1 } }, factor: 2, load: PENALTY_ON },
+    {
+      name: 'CPU below threshold',
+      patch: { host: { cpuUtilization: 0.8 } },
+      factor: 1,
+      load: PENALTY_ON,
+    },
+    {
+      name: 'cgroup CPU at 100%',
+      patch: { cgroup: { cpuUtilization: 1 } },
+      factor: 2,
+      load: PENALTY_ON,
+    },
     { name: 'memory at 100%', patch: { host: { memoryUtilization: 1 } }, factor: 3 },
     { name: 'verdict degraded', patch: { health: { verdict: 'degraded' as const } }, factor: 2 },
     { name: 'verdict down', patch: { health: { verdict: 'down' as const } }, factor: 8 },
@@ -339,8 +352,8 @@ describe('createEndpointLoad: the agent report', () => {
       },
       factor: 8,
     },
-  ])('penalty: $name → ×$factor', ({ patch, factor }) => {
-    const load = createEndpointLoad();
+  ])('penalty: $name → ×$factor', ({ patch, factor, load: opts }) => {
+    const load = createEndpointLoad(opts);
     load.onReport(report(patch as ReportPatch), 0);
     expect(load.snapshot(0).penaltyFactor).toBeCloseTo(factor, 6);
   });
@@ -352,7 +365,7 @@ describe('createEndpointLoad: the agent report', () => {
       { localInFlight: 0, factor: 1 },
     ];
     for (const c of cases) {
-      const load = createEndpointLoad();
+      const load = createEndpointLoad(PENALTY_ON);
       load.onReport(report({ queue: { inFlight: 0, source: {} } }), 0); // starts the interval
       for (let i = 0; i < c.localInFlight; i++) load.onRequestStart(0);
       // Over the interval the agent saw 8 requests on average (Little: 400 rps × 20 ms).

@@ -55,8 +55,12 @@ const MIN_CAPACITY = 1;
 export const DEFAULT_MAX_CAPACITY = 100_000;
 export const DEFAULT_UTILIZATION_WEIGHT = 0.25;
 export const DEFAULT_CPU_PRESSURE_THRESHOLD = 0.85;
-/** Extra factor at 100% CPU (×2). */
-export const DEFAULT_CPU_PRESSURE_PENALTY = 1;
+/**
+ * Extra factor at 100% CPU: none by default. A one-second-old CPU figure as a
+ * penalty herded identical backends near saturation (docs/strategies.md, "The
+ * pressure penalty"); the latency and the queue judge instead.
+ */
+export const DEFAULT_CPU_PRESSURE_PENALTY = 0;
 export const DEFAULT_MEMORY_PRESSURE_THRESHOLD = 0.9;
 /** Extra factor at 100% memory (×3): running out of memory kills, running out of CPU slows. */
 export const DEFAULT_MEMORY_PRESSURE_PENALTY = 2;
@@ -115,7 +119,11 @@ export interface EndpointLoadOptions {
    * is a capacity: load/cpu-capacity.ts).
    */
   cpuPressureThreshold?: number;
-  /** Extra factor at 100% CPU, for reports without `process.cpuCores` only. */
+  /**
+   * Extra factor at 100% CPU, for reports without `process.cpuCores` only
+   * (default 0: off). Above 0 it also lets a `degraded` verdict that CPU alone
+   * explains count (`degradedPenalty`) for such reports.
+   */
   cpuPressurePenalty?: number;
   memoryPressureThreshold?: number;
   memoryPressurePenalty?: number;

@@ -9,10 +9,11 @@
  * penalty that matches its share of the backend's traffic (its mean in-flight
  * / the agent's mean outstanding, load/hidden-load.ts): the reactions add up to
  * one gateway's. A lone gateway has share 1 and the full penalty; load that is
- * not requests (a CPU hog) does not dilute the share. The CPU term applies only
- * to a report without the service's process CPU: with it, the CPU is a
- * capacity in the expected wait instead (load/cpu-capacity.ts). `down` and non-`online`
- * states are not scaled: they are eligibility, not load.
+ * not requests (a CPU hog) does not dilute the share. The CPU term is off by
+ * default (`cpuPressurePenalty` 0) and applies only to a report without the
+ * service's process CPU: with it, the CPU is a capacity in the expected wait
+ * instead (load/cpu-capacity.ts). `down` and non-`online` states are not
+ * scaled: they are eligibility, not load.
  */
 import type { ResolvedLoadOptions } from './load-options';
 import type { LoadPenalty } from './penalties';
@@ -38,9 +39,11 @@ export function reportFactor(o: ResolvedLoadOptions, d: ReportDigest, share: num
   let raw = 1;
   // With the process's CPU the CPU is a capacity (load/cpu-capacity.ts), not a penalty: a
   // neighbour that keeps the cgroup at 100% would otherwise penalise, for good, a backend that
-  // still has capacity (docs/strategies.md, "CPU as capacity"). Without enough completions for
-  // CPU evidence such a backend gets little traffic, and the latency judges it.
-  if (!d.processCpuReported && d.cpuUtilization > o.cpuPressureThreshold) {
+  // still has capacity (docs/strategies.md, "CPU as capacity"). Without it the penalty is off
+  // unless configured: a one-second-old figure moved traffic between identical backends near
+  // saturation in turn (docs/strategies.md, "The pressure penalty"); the latency judges.
+  const cpuIsPenalty = !d.processCpuReported && o.cpuPressurePenalty > 0;
+  if (cpuIsPenalty && d.cpuUtilization > o.cpuPressureThreshold) {
     raw *=
       1 +
       (o.cpuPressurePenalty * (d.cpuUtilization - o.cpuPressureThreshold)) /
@@ -53,8 +56,10 @@ export function reportFactor(o: ResolvedLoadOptions, d: ReportDigest, share: num
         (1 - o.memoryPressureThreshold);
   }
   // The same for the agent's `degraded` when CPU alone made it (its causes): the cgroup a
-  // neighbour keeps full is degraded by the agent's threshold for as long as the neighbour runs.
-  if (d.verdict === 'degraded' && !(d.processCpuReported && d.degradedByCpuOnly)) {
+  // neighbour keeps full is degraded by the agent's threshold for as long as the neighbour runs,
+  // and a fleet near saturation crosses it in turn. It is the CPU signal again: it counts only
+  // where the CPU penalty does (a report without process CPU, cpuPressurePenalty above 0).
+  if (d.verdict === 'degraded' && !(d.degradedByCpuOnly && !cpuIsPenalty)) {
     raw *= o.degradedPenalty;
   }
   const factor = 1 + (raw - 1) * share;

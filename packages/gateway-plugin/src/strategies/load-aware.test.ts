@@ -24,9 +24,16 @@ function backend(sim: Pick<Sim, 'cohort'>, id: string, opts: object = {}): Endpo
   return { id, weight: 1, load: createEndpointLoad({ cohort: sim.cohort, ...opts }) };
 }
 
-function setup(name: string, latencies: number[], seed = 1, opts: object = {}): Sim {
+function setup(
+  name: string,
+  latencies: number[],
+  seed = 1,
+  opts: object = {},
+  /** Every endpoint's load options. */
+  load: object = {},
+): Sim {
   const cohort = createLoadCohort();
-  const endpoints = latencies.map((_, i) => backend({ cohort }, `b${i}`));
+  const endpoints = latencies.map((_, i) => backend({ cohort }, `b${i}`, load));
   const sim: Sim = {
     strategy: createStrategy(name, { random: createSeededRandom(seed), ...opts }),
     endpoints,
@@ -152,9 +159,16 @@ describe('load-aware: the agent report', () => {
   // queues make their wait as long (×1.93 at 99% CPU, ×2.6 at 98% memory, ×2 degraded).
   it.each([
     {
-      name: 'CPU at 99%',
+      name: 'CPU at 99%, cpuPressurePenalty 1',
       patch: { host: { cpuUtilization: 0.99, memoryUtilization: 0.3, memoryAvailableBytes: 1 } },
       range: [0.15, 0.23],
+      load: { cpuPressurePenalty: 1 },
+    },
+    {
+      // The penalty is off by default: the latency and the queue judge (an equal share).
+      name: 'CPU at 99%, by default',
+      patch: { host: { cpuUtilization: 0.99, memoryUtilization: 0.3, memoryAvailableBytes: 1 } },
+      range: [0.29, 0.38],
     },
     {
       name: 'memory at 98%',
@@ -166,8 +180,8 @@ describe('load-aware: the agent report', () => {
       patch: { health: { verdict: 'degraded' as const } },
       range: [0.15, 0.23],
     },
-  ])('$name: share falls into $range, the backend is not ejected', ({ patch, range }) => {
-    const sim = setup('load-aware', [10, 10, 10]);
+  ])('$name: share falls into $range, the backend is not ejected', ({ patch, range, load }) => {
+    const sim = setup('load-aware', [10, 10, 10], 1, {}, load);
     const current = new Map(sim.endpoints.map((ep, i) => [ep, i === 0 ? report(patch) : IDLE]));
     const shares = run(sim, 3000, { window: 40, slots: 8, every: reporter(sim, current) });
     expect(shares[0]).toBeGreaterThan(range[0]!);
