@@ -26,6 +26,8 @@ export interface RunRecord {
   family: string;
   caseLabel: string;
   run: number;
+  /** When the run measured it: 1 for first (the order turns every run: rotated()). */
+  position?: number;
   result?: LoadgenResult;
   hidden?: LoadgenResult;
   /** CPU use over the measured phase, cores (1 = one full core), per component. */
@@ -83,10 +85,12 @@ export async function runScenario(
         ? await calibrate(cluster, c.neighbour.backendId, opts)
         : undefined;
       for (let run = 1; run <= opts.runs; run++) {
-        for (const def of balancers) {
+        const inRun: RunRecord[] = [];
+        for (const def of rotated(balancers, run - 1)) {
           opts.log(`  ${scenario.name} ${c.label} run ${run}/${opts.runs}: ${def.name}`);
           const rec = await runOnce(scenario, c, def, run, cluster, ctx, opts, calibration);
-          records.push(rec);
+          rec.position = inRun.length + 1;
+          inRun.push(rec);
           if (rec.error) opts.log(`    error: ${rec.error}`);
           else
             opts.log(
@@ -95,6 +99,8 @@ export async function runScenario(
                 `gateway cpu ${rec.cpu.gateway}, total cpu ${totalCpu(rec)}`,
             );
         }
+        // The pages list a run's rows in the balancers' order, whichever order measured them.
+        for (const def of balancers) records.push(...inRun.filter((r) => r.balancer === def.name));
       }
     }
   } finally {
@@ -102,6 +108,20 @@ export async function runScenario(
     rmSync(tmpDir, { recursive: true, force: true });
   }
   return records;
+}
+
+/**
+ * The balancers in the order run `k` (from 0) measures them: the list turned
+ * by k places, so that each one runs first, second, ... in turn. In a fixed
+ * order the first loadwise row of a run came out behind the second in 9 of
+ * 11 runs whichever configuration it was (bench/results,
+ * cpu-bound-identical-no-service-pid-swapped-2026-12-02.md).
+ */
+export function rotated<T>(list: readonly T[], k: number): T[] {
+  const n = list.length;
+  if (n === 0) return [];
+  const s = ((k % n) + n) % n;
+  return [...list.slice(s), ...list.slice(0, s)];
 }
 
 export function totalCpu(r: RunRecord): number {

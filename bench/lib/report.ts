@@ -137,12 +137,25 @@ export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
 }
 
 /** The first cells of a per-run row: case, balancer, run, p50 (or why it failed), p99. */
+/** 1st, 2nd, 3rd, 4th ... (a run's measuring order in the run column). */
+function ordinal(n: number): string {
+  const suffix =
+    n % 10 === 1 && n % 100 !== 11
+      ? 'st'
+      : n % 10 === 2 && n % 100 !== 12
+        ? 'nd'
+        : n % 10 === 3 && n % 100 !== 13
+          ? 'rd'
+          : 'th';
+  return `${n}${suffix}`;
+}
+
 function runCells(r: RunRecord): string[] {
   const res = r.result;
   return [
     r.caseLabel,
     r.balancer,
-    String(r.run),
+    r.position === undefined ? String(r.run) : `${r.run} (${ordinal(r.position)})`,
     res ? fmt(res.latency.p50Ms) : `failed: ${r.error ?? ''}`,
     res ? fmt(res.latency.p99Ms) : '–',
   ];
@@ -203,7 +216,8 @@ export function markdownTable(rows: Row[], scenario: Scenario): string {
 
 /**
  * Every run, not only the medians: per run, the ratios to the keep-alive
- * Express + HPM run of the same case and run number (they ran back to back).
+ * Express + HPM run of the same case and run number (the same run; the run
+ * column says in which place each was measured, since the order turns).
  */
 export function runsTable(records: RunRecord[]): string {
   const head = [
