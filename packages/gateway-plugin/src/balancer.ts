@@ -515,6 +515,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   ): void {
     if (cancelled) backend.load.onRequestCancel(nowMs);
     else backend.load.onRequestEnd(nowMs, latencyMs, ok, overloaded);
+    if (ok && !cancelled) backend.lastAnsweredAtMs = nowMs;
     this.drainRate.onCompletion();
     // A slot freed: let the oldest waiter go.
     if (this.queue.length > 0) this.drainQueue();

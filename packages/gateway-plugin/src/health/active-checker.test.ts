@@ -46,12 +46,27 @@ describe('ActiveChecker', () => {
       Object.defineProperty(b, 'target', { value: new URL(target) });
       return new Promise((resolve) => checker.check(b, resolve));
     };
+    const runPath = (target: string): Promise<boolean> => {
+      const b = f!.backends[0]!;
+      Object.defineProperty(b, 'target', { value: new URL(target) });
+      return new Promise((resolve) => checker.check(b, resolve, true));
+    };
     try {
       expect(await run(`${url}/base`)).toBe(true);
       expect(await run(`${url}/bad`)).toBe(false);
       expect(await run(`${url}/hang`)).toBe(false);
       expect(await run('http://127.0.0.1:1')).toBe(false);
-      expect(paths).toEqual(['/base/healthz', '/bad/healthz', '/hang/healthz']);
+      // The path check: any answer passes, a 503 too; no answer fails.
+      expect(await runPath(`${url}/bad`)).toBe(true);
+      expect(await runPath(`${url}/hang`)).toBe(false);
+      expect(await runPath('http://127.0.0.1:1')).toBe(false);
+      expect(paths).toEqual([
+        '/base/healthz',
+        '/bad/healthz',
+        '/hang/healthz',
+        '/bad/healthz',
+        '/hang/healthz',
+      ]);
     } finally {
       checker.close();
       server.closeAllConnections();
@@ -79,31 +94,99 @@ describe('ActiveChecker', () => {
     checker.close();
   });
 
-  it('does not probe a backend whose agent report is fresh, and clears a stale check verdict', () => {
-    jest.useFakeTimers({ now: 1_700_000_000_000 });
-    f = fleet(['a', 'b', 'c']);
-    const checker = new ActiveChecker(
+  /** A checker on the (fake) clock, its timers at exactly the interval (no jitter). */
+  function fakeClockChecker(fl: Fleet): ActiveChecker {
+    return new ActiveChecker(
       config,
-      f.registry,
+      fl.registry,
       () => Date.now(),
       () => 0.5,
     );
-    const a = f.backends[0]!;
-    a.checkDown = true;
-    f.registry.recompute();
-    const m = createEncoder({ backendId: 'a', now: () => Date.now() }).metrics({
+  }
+
+  /** A fresh signed report for `id` in the fleet's registry. */
+  function freshReport(fl: Fleet, id: string): void {
+    const b = fl.backends.find((x) => x.id === id)!;
+    const m = createEncoder({ backendId: id, now: () => Date.now() }).metrics({
       intervalMs: 1000,
       state: 'online',
       host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1 },
       health: { verdict: 'up' },
     });
-    f.registry.applyMessage(a, m.message, Date.now());
+    fl.registry.applyMessage(b, m.message, Date.now());
+  }
+
+  it('a fresh report but no answer from here within an interval: a path check', () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
+    let answer = false;
+    const calls: boolean[] = [];
+    jest.spyOn(checker, 'check').mockImplementation((_b, done, pathOnly) => {
+      calls.push(pathOnly === true);
+      done(answer);
+    });
+    checker.watch(a);
+    // The agent keeps reporting `up`; the path from this gateway gives no answer.
+    for (let i = 0; i < 2; i++) {
+      freshReport(f, 'a');
+      jest.advanceTimersByTime(1000);
+    }
+    expect(calls).toEqual([true, true]);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    expect(f.seen).toContainEqual([
+      'backend-down',
+      { id: 'a', reason: 'no answer to the path check from this gateway' },
+    ]);
+    // The path heals: healthyThreshold (2) answers bring it back, the report still fresh.
+    answer = true;
+    for (let i = 0; i < 2; i++) {
+      freshReport(f, 'a');
+      jest.advanceTimersByTime(1000);
+    }
+    expect(eligibleIds(f.registry)).toContain('a');
+    checker.close();
+  });
+
+  it('a fresh report and an answer from here within the interval: no check at all', () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
     const check = jest.spyOn(checker, 'check');
     checker.watch(a);
-    jest.advanceTimersByTime(1000);
+    for (let i = 0; i < 3; i++) {
+      freshReport(f, 'a');
+      a.lastAnsweredAtMs = Date.now();
+      jest.advanceTimersByTime(1000);
+    }
     expect(check).not.toHaveBeenCalled();
-    expect(a.checkDown).toBe(false);
-    expect(eligibleIds(f.registry)).toContain('a');
+    checker.close();
+  });
+
+  it('a fresh report clears a full check verdict: at once with traffic, at the first answer without', () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c', 'd', 'e']);
+    const checker = fakeClockChecker(f);
+    const [a, b] = [f.backends[0]!, f.backends[1]!];
+    // Both were marked down by full checks (5xx) before their agents reported.
+    for (const x of [a, b]) {
+      checker.record(x, false);
+      checker.record(x, false);
+    }
+    expect(eligibleIds(f.registry)).toEqual(['c', 'd', 'e']);
+    const check = jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    freshReport(f, 'a');
+    freshReport(f, 'b');
+    a.lastAnsweredAtMs = Date.now();
+    checker.watch(a);
+    checker.watch(b);
+    jest.advanceTimersByTime(1000);
+    // a: traffic proves the path, no check; b: one answer to the path check (healthyThreshold
+    // is 2), since the agent speaks for the service now.
+    expect(check.mock.calls.map(([x]) => x.id)).toEqual(['b']);
+    expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c', 'd', 'e']);
     checker.close();
   });
 });

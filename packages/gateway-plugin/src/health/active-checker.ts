@@ -1,20 +1,37 @@
 /**
- * Active health checks from the gateway, only for backends without a fresh
- * agent report: the agent's own probe is closer to the service and already
- * covers the others (HAProxy runs agent-check and health checks side by side;
- * we avoid doubling the probe traffic).
+ * Active health checks from the gateway. For a backend without a fresh agent
+ * report, a full check: the service's health as this gateway sees it.
+ *
+ * With a fresh report the agent's own probe is closer to the service and
+ * speaks for its health (HAProxy runs agent-check and health checks side by
+ * side; we avoid doubling the probe traffic), but the agent cannot see the
+ * path from this gateway: a partition between the two hosts, a firewall or a
+ * proxy in between leaves the agent reporting `up` while every request from
+ * here fails. Traffic proves that path (a successful answer within the last
+ * interval: `Backend.lastAnsweredAtMs`), and then nothing is sent. A backend
+ * this gateway has not had an answer from within an interval (it routes
+ * elsewhere: a slower backend at low load, or after a fault) gets a path
+ * check instead: the same GET, where any answer passes, whatever its status,
+ * and only no answer (refused, reset, timeout) fails. So a path that broke
+ * while no request used it is found before requests do, and one that healed
+ * is found without sending a client's request into it.
  *
  * A check is `GET <target><path>` on a fresh connection (not the keep-alive
  * pool: reusing a pooled socket would not notice a backend that stopped
  * accepting). Any status below 500 passes: the check asks "is it serving",
  * not "is this route 200". unhealthyThreshold failures in a row mark the
  * backend down, healthyThreshold passes mark it up (Envoy's thresholds).
- * Each backend's timer is jittered ±10% so gateways do not probe in lockstep.
+ * Each backend's timer is jittered ±10% so gateways do not probe in lockstep;
+ * an answer since the last tick (at most an interval plus the jitter ago)
+ * counts as traffic.
  */
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Backend } from '../registry/backend';
 import type { Registry } from '../registry/registry';
+
+/** Each timer is the interval ±10%, so that gateways do not probe in lockstep. */
+const JITTER = 0.1;
 
 export interface HealthCheckConfig {
   path: string;
@@ -43,7 +60,7 @@ export class ActiveChecker {
   }
 
   private schedule(backend: Backend): void {
-    const delayMs = this.config.intervalMs * (0.9 + 0.2 * this.random());
+    const delayMs = this.config.intervalMs * (1 - JITTER + 2 * JITTER * this.random());
     const timer = setTimeout(() => this.tick(backend), delayMs);
     timer.unref();
     this.timers.set(backend, timer);
@@ -51,24 +68,49 @@ export class ActiveChecker {
 
   private tick(backend: Backend): void {
     if (this.closed) return;
-    if (backend.load.hasFreshReport(this.now())) {
-      // The agent speaks for the backend now; a stale check verdict must not outlive it.
-      backend.checkFailures = 0;
-      if (backend.checkDown) {
-        backend.checkDown = false;
-        this.registry.recompute();
-      }
+    const now = this.now();
+    const fresh = backend.load.hasFreshReport(now);
+    const answered = backend.lastAnsweredAtMs;
+    if (
+      fresh &&
+      answered !== undefined &&
+      now - answered <= this.config.intervalMs * (1 + JITTER)
+    ) {
+      // The agent speaks for the backend and traffic for the path: a check verdict must not
+      // outlive either.
+      this.clear(backend);
       this.schedule(backend);
       return;
     }
-    this.check(backend, (ok) => {
-      this.record(backend, ok);
-      if (!this.closed) this.schedule(backend);
-    });
+    this.check(
+      backend,
+      (ok) => {
+        if (fresh && ok && backend.checkDown && !backend.checkDownByPath) {
+          // A full check's verdict (a 5xx) from before the report: the agent speaks now.
+          this.clear(backend);
+        } else {
+          this.record(backend, ok, fresh);
+        }
+        if (!this.closed) this.schedule(backend);
+      },
+      fresh,
+    );
   }
 
-  /** One check; `done` is called exactly once. */
-  check(backend: Backend, done: (ok: boolean) => void): void {
+  private clear(backend: Backend): void {
+    backend.checkFailures = 0;
+    if (backend.checkDown) {
+      backend.checkDown = false;
+      backend.checkDownByPath = false;
+      this.registry.recompute();
+    }
+  }
+
+  /**
+   * One check; `done` is called exactly once. `pathOnly`: any answer passes
+   * (the path check of a backend with a fresh report), else a status below 500.
+   */
+  check(backend: Backend, done: (ok: boolean) => void, pathOnly = false): void {
     let settled = false;
     const finish = (ok: boolean): void => {
       if (settled) return;
@@ -89,17 +131,19 @@ export class ActiveChecker {
     req.on('response', (res) => {
       res.resume();
       res.on('error', () => finish(false));
-      finish((res.statusCode ?? 500) < 500);
+      finish(pathOnly || (res.statusCode ?? 500) < 500);
     });
     req.end();
   }
 
-  record(backend: Backend, ok: boolean): void {
+  /** A check's result; `byPath`: a path check's (a fresh report speaks for the service). */
+  record(backend: Backend, ok: boolean, byPath = false): void {
     if (ok) {
       backend.checkFailures = 0;
       backend.checkPasses++;
       if (backend.checkDown && backend.checkPasses >= this.config.healthyThreshold) {
         backend.checkDown = false;
+        backend.checkDownByPath = false;
         this.registry.recompute(); // re-entering the eligible set starts slow start
       }
     } else {
@@ -107,6 +151,7 @@ export class ActiveChecker {
       backend.checkFailures++;
       if (!backend.checkDown && backend.checkFailures >= this.config.unhealthyThreshold) {
         backend.checkDown = true;
+        backend.checkDownByPath = byPath;
         this.registry.recompute();
       }
     }

@@ -36,6 +36,8 @@ export class Backend {
   verdictDown = false;
   /** Active health check: consecutive results and the resulting verdict. */
   checkDown = false;
+  /** `checkDown` came from path checks (no answer at all), not from a full check's status. */
+  checkDownByPath = false;
   checkFailures = 0;
   checkPasses = 0;
   /** Passive outlier detection (Envoy): consecutive failures and ejection state. */
@@ -53,6 +55,12 @@ export class Backend {
   wasFresh = false;
   /** The last accepted report, for the status endpoint. */
   lastReport: MetricsReport | undefined;
+  /**
+   * When this gateway last had a successful answer from the backend (ms,
+   * `now`): traffic that proves the path from here, so the active checker's
+   * path check can skip it (health/active-checker.ts).
+   */
+  lastAnsweredAtMs: number | undefined;
   /** Requests sent and failed since creation (status endpoint). */
   requests = 0;
   failures = 0;
@@ -97,7 +105,11 @@ export class Backend {
 
   downReason(): string {
     if (this.agentState === 'offline') return 'agent reported offline';
-    if (this.checkDown) return 'active health check failed';
+    if (this.checkDown) {
+      return this.checkDownByPath
+        ? 'no answer to the path check from this gateway'
+        : 'active health check failed';
+    }
     if (this.verdictDown) return 'agent health verdict down';
     return 'unknown';
   }
