@@ -136,7 +136,6 @@ export function aggregate(records: RunRecord[], scenario: Scenario): Row[] {
   return rows;
 }
 
-/** The first cells of a per-run row: case, balancer, run, p50 (or why it failed), p99. */
 /** 1st, 2nd, 3rd, 4th ... (a run's measuring order in the run column). */
 function ordinal(n: number): string {
   const suffix =
@@ -150,6 +149,7 @@ function ordinal(n: number): string {
   return `${n}${suffix}`;
 }
 
+/** The first cells of a per-run row: case, balancer, run (and its place), p50 (or why it failed), p99. */
 function runCells(r: RunRecord): string[] {
   const res = r.result;
   return [

@@ -223,6 +223,10 @@ function simulate(strategyName: string, sc: Scenario, seed = 1): { meanMs: numbe
   };
 }
 
+/** Backends of 8 slots each, one per service time: the benchmark's fleets (bench/scenarios.ts). */
+const eight = (...serviceMs: number[]): BackendSpec[] =>
+  serviceMs.map((ms) => ({ slots: 8, serviceMs: ms }));
+
 const THREE_EQUAL: BackendSpec[] = [
   { slots: 4, serviceMs: 10 },
   { slots: 4, serviceMs: 10 },
@@ -292,11 +296,7 @@ describe('queueing simulation: the CPU pressure penalty near saturation', () => 
   // the next one, its traffic went to the others, which crossed it in turn (docs/strategies.md,
   // "The pressure penalty"); least-in-flight does not read the CPU at all.
   const sc: Scenario = {
-    backends: [
-      { slots: 8, serviceMs: 40 },
-      { slots: 8, serviceMs: 40 },
-      { slots: 8, serviceMs: 40 },
-    ],
+    backends: eight(40, 40, 40),
     gatewayRps: 480,
     reportLimit: true,
     fixedService: true,
@@ -354,11 +354,7 @@ describe('queueing simulation: early reports', () => {
   // Bench scenario 2 (bench/scenarios.ts, hidden-load): three backends of 8 slots x 40 ms
   // (fixed, as bench/procs/backend.ts), 300 rps through the gateway, 120 rps straight to b0.
   const hidden: Scenario = {
-    backends: [
-      { slots: 8, serviceMs: 40 },
-      { slots: 8, serviceMs: 40 },
-      { slots: 8, serviceMs: 40 },
-    ],
+    backends: eight(40, 40, 40),
     gatewayRps: 300,
     hiddenRps: [120, 0, 0],
     reportLimit: true,
@@ -389,8 +385,6 @@ describe('queueing simulation: best of 3 (choices: 3) against the default P2C', 
   // Over three or four backends, two random choices leave the best one out of a third of the
   // picks or more; comparing three must not trade that for herding when gateways share reports
   // (docs/strategies.md, "Three choices").
-  const eight = (...serviceMs: number[]): BackendSpec[] =>
-    serviceMs.map((ms) => ({ slots: 8, serviceMs: ms }));
   const cases: Array<[string, Scenario]> = [
     [
       'identical backends at 70% (scenario 4)',
