@@ -559,6 +559,25 @@ describe('createEndpointLoad: no starvation', () => {
     expect(excess(5000)).toBeCloseTo(10 * Math.exp(-5), 6);
   });
 
+  it('a figure nobody refreshes leaves the mean that idle peers regress towards', () => {
+    // A latency fault on s's path, then the routing leaves s alone: its 200 ms must not pull
+    // the healthy, idle b up towards (10 + 200) / 2 once it is older than 3 × serviceDecayMs.
+    const cohort = createLoadCohort();
+    const [a, b, s] = [0, 1, 2].map(() => createEndpointLoad({ cohort, serviceDecayMs: 1000 }));
+    serve(a!, 0, 10, 5);
+    serve(b!, 0, 10, 5);
+    serve(s!, 0, 200);
+    serve(a!, 2000, 10, 5);
+    s!.onReport(report({ queue: { inFlight: 0, queued: 0, source: {} } }), 2000);
+    // Within 3 s s still counts: b regresses towards the mean of a and s.
+    expect(b!.snapshot(2000).serviceTimeMs).toBeGreaterThan(50);
+    serve(a!, 4000, 10, 5);
+    s!.onReport(report({ queue: { inFlight: 0, queued: 0, source: {} } }), 4000);
+    // Older: s's agent, which reports no latency, speaks for it, and b's target is a's 10 ms.
+    expect(b!.snapshot(4000).serviceTimeMs).toBeCloseTo(10, 0);
+    expect(cohort.size).toBe(2);
+  });
+
   it('regresses a better-than-peers figure too (shrinkage is symmetric: an idle fast backend stays honest)', () => {
     const cohort = createLoadCohort();
     const peer = createEndpointLoad({ cohort });

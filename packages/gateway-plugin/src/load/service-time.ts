@@ -8,7 +8,7 @@
  * - service time: a 1 s EWMA of this gateway's latencies with the queueing
  *   part taken out (latency × c / n when n > c) when recent, else the
  *   reported latency (de-queued the same way) while fresh, else the cohort's
- *   mean (never zero: a backend with no data must not look free), else
+ *   mean of recent figures (never zero: a backend with no data must not look free), else
  *   `defaultLatencyMs`. A local figure nobody refreshes regresses towards the
  *   peers' mean (raw()), more slowly each time a probe confirms it slow
  *   (observeService).
@@ -27,6 +27,8 @@ export type ServiceTimeSource = LoadSnapshot['serviceTimeSource'];
 export const PROBE_SLOW_RATIO = 2;
 /** The regression of a confirmed slow backend's figure slows down to this × serviceDecayMs. */
 export const MAX_PROBE_BACKOFF = 32;
+/** A local figure older than this × serviceDecayMs no longer speaks for the cohort's mean (own()). */
+export const COHORT_FRESH_DECAYS = 3;
 type Origin = 'local' | 'reported' | 'cohort';
 
 export class ServiceTime {
@@ -119,9 +121,20 @@ export class ServiceTime {
     return this.latency.minMs();
   }
 
-  /** This backend's own figure for the cohort's mean: local, else the fresh report's. */
+  /**
+   * This backend's own figure for the cohort's mean: local while recent, else the fresh
+   * report's, else none. The mean is every idle member's regression target (raw()), so a
+   * figure nobody refreshes must stop counting in it: a backend left alone after a latency
+   * fault kept the fault's figure in the mean, and its idle, healthy peers regressed up
+   * towards it (the chaos test's latency fault with best of 3: one at 116 ms for a true 15,
+   * three seconds after the fault ended).
+   */
   own(nowMs: number, r: ReportDigest | undefined): number | undefined {
-    return this.service.valueMs(nowMs) ?? r?.latencyMs;
+    const last = this.service.lastSampleMs;
+    if (last !== undefined && nowMs - last <= COHORT_FRESH_DECAYS * this.o.serviceDecayMs) {
+      return this.service.valueMs(nowMs);
+    }
+    return r?.latencyMs;
   }
 
   /** Service time in ms, >= MIN_SERVICE_TIME_MS; `r` is the fresh report, `capacity` the slots. */
