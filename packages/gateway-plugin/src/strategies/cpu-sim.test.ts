@@ -395,10 +395,10 @@ describe('CPU as capacity: a busy loop in the cgroup of b0 (takes what b0 leaves
       const cpu = simulate('load-aware', sc, seed);
       const old = simulate('load-aware', { ...sc, ...OLD }, seed);
       const b0 = capacityShare(NOISY, 0);
-      // 0.65, not 0.7: over seeds 2 and 4-9 b0 got 14.0-15.0% (mean 14.5%) before the CPU floor
-      // under s (load/endpoint-load.ts serviceTime) and 13.9-15.1% (mean 14.6%) after it; the
-      // 0.7 bound sat at the edge of that spread and seed 2 moved from 14.5% to 13.9%.
-      expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.65);
+      // 0.6: with P2C b0 got 13.9-14.3% (seeds 1-3); best of 3, the default since 2026-12-02,
+      // compares all three and sends it 12.2-14.0% for a lower p99 (31.6-33.8 ms against
+      // 33.3-37.2) and p50 (docs/strategies.md, "Three choices").
+      expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.6);
       expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
       // The old penalty (cgroup at 100% all the time: x2) starves b0 below half its share.
       expect(old.shares[0]).toBeLessThan(b0 * 0.5);
@@ -420,7 +420,9 @@ describe('CPU as capacity: a busy loop in the cgroup of b0 (takes what b0 leaves
     const cpu = simulate('load-aware', three, seed);
     const lif = simulate('least-in-flight', three, seed);
     const b0 = capacityShare(NOISY, 0);
-    expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.7);
+    // 0.6, not 0.7: best of 3 sends b0 13.2-13.8% here (P2C 16.3-17.3%), for a p99 of
+    // 34.5-38.1 ms against 38.9-41.2 (least-in-flight 54.4-56.4).
+    expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.6);
     expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
     expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.9);
   });
@@ -436,7 +438,8 @@ describe('agents without the process CPU (no --service-pid): the CPU penalty is 
     const now = simulate('load-aware', sc, seed);
     const old = simulate('load-aware', { ...sc, ...OLD }, seed);
     const b0 = capacityShare(NOISY, 0);
-    expect(now.shares[0]).toBeGreaterThan(b0 * 0.65);
+    // Best of 3: 12.5-13.9% (seeds 1-3); with the penalty 5.6-6.1%.
+    expect(now.shares[0]).toBeGreaterThan(b0 * 0.6);
     expect(old.shares[0]).toBeLessThan(b0 * 0.5);
     expect(now.p99Ms).toBeLessThan(old.p99Ms);
   });
@@ -449,7 +452,7 @@ describe('CPU as capacity: a steady batch job takes half of the quota of b0', ()
   const sc = scenario(fixed, 0.9);
 
   it.each(SEEDS)(
-    'seed %i: at 90%% load (b0 CPU-bound part of the time), a better p99 than the old penalty and least-in-flight',
+    'seed %i: at 90%% load (b0 CPU-bound part of the time), a p99 within 1%% of the old penalty and below least-in-flight',
     (seed) => {
       const cpu = simulate('load-aware', sc, seed);
       const old = simulate('load-aware', { ...sc, ...OLD }, seed);
@@ -457,7 +460,9 @@ describe('CPU as capacity: a steady batch job takes half of the quota of b0', ()
       const b0 = capacityShare(fixed, 0);
       expect(cpu.shares[0]).toBeGreaterThan(b0 * 0.7);
       expect(cpu.shares[0]).toBeLessThan(b0 * 1.3);
-      expect(cpu.p99Ms).toBeLessThan(old.p99Ms);
+      // Seed 2 ties with the old penalty under best of 3 (71.6 against 71.5 ms; seeds 1 and 3:
+      // 82.2 against 84.5, 84.2 against 86.9).
+      expect(cpu.p99Ms).toBeLessThan(old.p99Ms * 1.01);
       expect(cpu.p99Ms).toBeLessThan(lif.p99Ms);
     },
   );
@@ -556,7 +561,8 @@ describe('CFS bandwidth control as in the benchmark: 10 ms periods, a pinned bus
       expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.95);
       expect(cpu.p99Ms).toBeLessThan(noCgroup.p99Ms);
       expect(cpu.meanMs).toBeLessThan(noCgroup.meanMs);
-      expect(cpu.shares[0]).toBeGreaterThan(capacityShare(BENCH, 0) * 0.6);
+      // 0.5: best of 3 sends b0 11.5-13.9% of its 20% (P2C 13.9-15.2%), for a lower p99.
+      expect(cpu.shares[0]).toBeGreaterThan(capacityShare(BENCH, 0) * 0.5);
     },
   );
 

@@ -136,7 +136,10 @@ describe('load-aware: the agent report', () => {
     near(run(sim, 2900), [0, 0.5, 0.5], 0.03);
     sim.t = 3001;
     expect(b0.load.hasFreshReport(sim.t)).toBe(false);
-    near(run(sim, 3000), [1 / 3, 1 / 3, 1 / 3], 0.05);
+    // Compared in full (best of 3 over three), the split follows the capacities: b0 keeps the
+    // concurrency limit its last report gave (8: a limit does not go stale as load does), b1
+    // and b2, never reported, the cohort's mean (about 6). P2C's coins blurred it to a third.
+    near(run(sim, 3000), [0.4, 0.3, 0.3], 0.03);
   });
 
   it('hidden load (other gateways) lowers a share that in-flight counting alone cannot see', () => {
@@ -188,28 +191,39 @@ describe('load-aware: the agent report', () => {
     expect(shares[0]).toBeLessThan(range[1]!);
   });
 
-  it('P2C keeps several gateways from herding onto the one backend the last report showed idle', () => {
+  it('sampling keeps several gateways from herding onto the one backend the last report showed idle', () => {
     // Ten backends, nine reported half busy, one idle; the state is frozen between reports.
-    const sim = setup('load-aware', Array(10).fill(10));
-    sim.endpoints.forEach((ep, i) =>
-      ep.load.onReport(i === 0 ? IDLE : report({ queue: { inFlight: 4, source: {} } }), 0),
-    );
-    const counts = sim.endpoints.map(() => 0);
-    for (let i = 0; i < 20_000; i++)
-      counts[sim.endpoints.indexOf(sim.strategy.pick({ nowMs: 1 })!.endpoint)]!++;
-    // The idle one is in the sampled pair with probability 1 − C(9,2)/C(10,2) = 1/5, not 1.
-    expect(counts[0]! / 20_000).toBeCloseTo(0.2, 1);
-    const best3 = createStrategy('load-aware', { choices: 10, random: createSeededRandom(2) });
-    best3.setEndpoints(sim.endpoints);
-    expect(best3.pick({ nowMs: 1 })!.endpoint).toBe(sim.endpoints[0]);
+    const frozen = (strategyOptions: object = {}) => {
+      const sim = setup('load-aware', Array(10).fill(10), 1, strategyOptions);
+      sim.endpoints.forEach((ep, i) =>
+        ep.load.onReport(i === 0 ? IDLE : report({ queue: { inFlight: 4, source: {} } }), 0),
+      );
+      return sim;
+    };
+    const idleShare = (strategyOptions?: object) => {
+      const sim = frozen(strategyOptions);
+      let idle = 0;
+      for (let i = 0; i < 20_000; i++)
+        if (sim.strategy.pick({ nowMs: 1 })!.endpoint === sim.endpoints[0]) idle++;
+      return idle / 20_000;
+    };
+    // The idle one is among the three sampled with probability 1 − C(9,3)/C(10,3) = 3/10, not
+    // 1; among two (P2C) 1 − C(9,2)/C(10,2) = 1/5.
+    expect(idleShare()).toBeCloseTo(0.3, 1);
+    expect(idleShare({ choices: 2 })).toBeCloseTo(0.2, 1);
+    const sim = frozen();
+    // Comparing all ten is "always the least loaded": every gateway sends everything there.
+    const all = createStrategy('load-aware', { choices: 10, random: createSeededRandom(2) });
+    all.setEndpoints(sim.endpoints);
+    expect(all.pick({ nowMs: 1 })!.endpoint).toBe(sim.endpoints[0]);
   });
 });
 
 describe('load-aware: ties among more than two sampled', () => {
-  it('with choices: 3, three idle backends that score alike each get a third', () => {
+  it('best of 3 (the default): three idle backends that score alike each get a third', () => {
     // A coin between the best two only would leave the third out for good (the chaos test's
     // backend behind a fault proxy got 0-3%): every candidate within the band is tied.
-    const sim = setup('load-aware', [10, 10, 10], 4, { choices: 3 });
+    const sim = setup('load-aware', [10, 10, 10], 4);
     const counts = [0, 0, 0];
     for (let i = 0; i < 6_000; i++)
       counts[sim.endpoints.indexOf(sim.strategy.pick({ nowMs: 1 })!.endpoint)]!++;
@@ -318,7 +332,7 @@ describe('load-aware: explain', () => {
     const sim = setup('load-aware', [10, 10]);
     sim.endpoints[0]!.load.onReport(DEEP_QUEUE, 0);
     const reason = sim.strategy.pick({ nowMs: 1, explain: true })!.reason;
-    expect(reason).toMatch(/^load-aware p2c: b1 wait≈\d+(\.\d+)?ms < b0 wait≈\d+(\.\d+)?ms$/);
+    expect(reason).toMatch(/^load-aware best of 3: b1 wait≈\d+(\.\d+)?ms < b0 wait≈\d+(\.\d+)?ms$/);
   });
 });
 
@@ -326,7 +340,7 @@ describe('load-aware: explain on a tie', () => {
   it('says "=" when both candidates score the same', () => {
     const sim = setup('load-aware', [10, 10]);
     expect(sim.strategy.pick({ nowMs: 0, explain: true })!.reason).toMatch(
-      /^load-aware p2c: b\d wait≈50\.0ms = b\d wait≈50\.0ms$/,
+      /^load-aware best of 3: b\d wait≈50\.0ms = b\d wait≈50\.0ms$/,
     );
   });
 });
@@ -401,7 +415,9 @@ describe('load-aware at cold start', () => {
       s.pick({ nowMs: t0 + i * 0.01 })!.endpoint.load.onRequestStart(t0);
     const inFlight = eps.map((e) => e.load.inFlight);
     expect(inFlight.reduce((a, b) => a + b, 0)).toBe(200);
-    expect(Math.max(...inFlight) - Math.min(...inFlight)).toBeLessThanOrEqual(2);
+    // 48-52 each: one or two in flight on an 8-slot backend are within the 5% tie band, and a
+    // tie among the three sampled is a fair draw (with P2C the spread was 2 at most).
+    expect(Math.max(...inFlight) - Math.min(...inFlight)).toBeLessThanOrEqual(4);
   });
 
   it('gives a 5x slower backend about its capacity share from the first second', () => {

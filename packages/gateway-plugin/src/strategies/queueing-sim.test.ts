@@ -370,17 +370,18 @@ describe('queueing simulation: early reports', () => {
       const lif = simulate('least-in-flight', hidden, seed);
       const scheduled = simulate('load-aware', hidden, seed);
       const withEarly = simulate('load-aware', { ...hidden, early }, seed);
-      // Within 1%: without the CPU pressure penalty (off by default since 2026-12-02) seed 1's
-      // scheduled-only p99 fell from 55.7 to 54.7 ms and early reports give 54.8 there (seeds
-      // 2 and 3: 57.0 against 58.1, 55.1 against 58.6).
-      expect(withEarly.p99Ms).toBeLessThanOrEqual(scheduled.p99Ms * 1.01);
+      // Within 2%: without the CPU pressure penalty (off by default since 2026-12-02) the
+      // scheduled reports alone do nearly as well. With P2C: 54.8 against 54.7 ms (seed 1),
+      // 57.0 against 58.1, 55.1 against 58.6; best of 3 (the default since the same day),
+      // lower in all: 52.9 against 52.2, 56.3 against 55.6, 53.1 against 54.7.
+      expect(withEarly.p99Ms).toBeLessThanOrEqual(scheduled.p99Ms * 1.02);
       expect(withEarly.meanMs).toBeLessThanOrEqual(scheduled.meanMs * 1.01);
       expect(withEarly.p99Ms).toBeLessThan(lif.p99Ms * 0.55);
     },
   );
 });
 
-describe('queueing simulation: best of 3 (choices: 3) against the default P2C', () => {
+describe('queueing simulation: best of 3 (the default) against P2C (choices: 2)', () => {
   // The benchmark's fleets (bench/scenarios.ts; fixed service times as bench/procs/backend.ts).
   // Over three or four backends, two random choices leave the best one out of a third of the
   // picks or more; comparing three must not trade that for herding when gateways share reports
@@ -424,8 +425,8 @@ describe('queueing simulation: best of 3 (choices: 3) against the default P2C', 
   it.each(cases.flatMap(([name, sc]) => [1, 2].map((seed) => [name, seed, sc] as const)))(
     '%s (seed %i): a lower p99 and mean',
     (_name, seed, sc) => {
-      const best3 = simulate('load-aware', { ...sc, strategyOptions: { choices: 3 } }, seed);
-      const two = simulate('load-aware', sc, seed);
+      const best3 = simulate('load-aware', sc, seed);
+      const two = simulate('load-aware', { ...sc, strategyOptions: { choices: 2 } }, seed);
       expect(best3.p99Ms).toBeLessThan(two.p99Ms);
       expect(best3.meanMs).toBeLessThanOrEqual(two.meanMs * 1.005);
     },
