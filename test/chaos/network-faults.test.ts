@@ -35,7 +35,8 @@ const IDS = ['a', 'b', 'c'];
  * "b serves again after the fault" measured that choice, not the recovery.
  */
 const proxies = new Map<string, FaultProxy>();
-let proxy: FaultProxy | undefined;
+/** b's proxy, the one every fault is set on. */
+const proxyOfB = (): FaultProxy => proxies.get('b')!;
 
 const fleetOf = useSignedFleet({
   label: 'netfault',
@@ -47,7 +48,6 @@ const fleetOf = useSignedFleet({
       proxies.set(id, p);
       urls[id] = p.url;
     }
-    proxy = proxies.get('b');
     return urls;
   },
   gateway: {
@@ -80,7 +80,7 @@ it.each(faults)(
     await sleep(1_000);
     const faultAt = Date.now();
     const faultAtLoad = load.now();
-    proxy!.setFault(fault);
+    proxyOfB().setFault(fault);
     await sleep(FAULT_MS);
     // A fault that must take b out lasts until it did (bounded): detection time is measured.
     // Ejection needs requests on b; at this rate b may get too few, and then the path check
@@ -92,7 +92,7 @@ it.each(faults)(
         () => `b ejected or down (b is ${gw.backend('b').state})`,
       );
     }
-    proxy!.setFault({ kind: 'none' });
+    proxyOfB().setFault({ kind: 'none' });
     const healedAtLoad = load.now();
     // Recovery by itself: b is eligible again and serves a request sent after the network healed.
     await eventually(
