@@ -20,4 +20,4 @@ export function dashboardOf(lb: LoadBalancerMiddleware): Dashboard | undefined {
 }
 
 /** The accept-queue signal's table read (test/gateway/accept-queue.test.ts, bench/hostile/accept-queue-read.ts). */
-export { readListenDepth } from './admission/accept-queue';
+export { procDepthReader, readListenDepth } from './admission/accept-queue';

@@ -7,6 +7,7 @@ import {
   procDepthReader,
   readListenDepth,
   readSomaxconn,
+  RECHECK_MS,
   scanListeners,
   type AcceptQueueConfig,
   type DepthReader,
@@ -33,9 +34,10 @@ describe('scanListeners: /proc/net/tcp lines', () => {
   it('reads rx_queue of the LISTEN lines on the port, and stops at the first other state', () => {
     // The listener listed after an ESTABLISHED line is not read: the kernel lists
     // listeners first, so it would be another table's.
-    expect(scanListeners(TCP, '1F90', fresh())).toEqual({ depth: 0x7b, done: true });
-    expect(scanListeners(TCP, '0BB8', fresh())).toEqual({ depth: 3, done: true });
-    expect(scanListeners(TCP6, '1F90', fresh())).toEqual({ depth: 512, done: false });
+    const one = { listeners: 1 };
+    expect(scanListeners(TCP, '1F90', fresh())).toEqual({ depth: 0x7b, done: true, ...one });
+    expect(scanListeners(TCP, '0BB8', fresh())).toEqual({ depth: 3, done: true, ...one });
+    expect(scanListeners(TCP6, '1F90', fresh())).toEqual({ depth: 512, done: false, ...one });
   });
 
   it('is undefined for a port nothing listens on', () => {
@@ -49,7 +51,13 @@ describe('scanListeners: /proc/net/tcp lines', () => {
       HEADER +
       '   0: 0100007F:1F90 00000000:0000 0A 00000000:00000004 00:00000000 00000000 0 0 1 1 0\n' +
       '   1: 0200007F:1F90 00000000:0000 0A 00000000:00000009 00:00000000 00000000 0 0 2 1 0\n';
-    expect(scanListeners(two, '1F90', fresh()).depth).toBe(9);
+    expect(scanListeners(two, '1F90', fresh())).toMatchObject({ depth: 9, listeners: 2 });
+  });
+
+  it("with `first`, stops at the port's first LISTEN line", () => {
+    const scan = scanListeners(TCP, '1F90', { ...fresh(), first: true });
+    expect(scan).toEqual({ depth: 0x7b, done: true, listeners: 1, first: true });
+    expect(scanListeners(TCP, '0050', { ...fresh(), first: true }).done).toBe(true);
   });
 
   it('reads past pending handshakes (SYN_RECV, listed beside their listener before Linux 4.4)', () => {
@@ -58,7 +66,7 @@ describe('scanListeners: /proc/net/tcp lines', () => {
       '   0: 0100007F:0BB8 00000000:0000 0A 00000000:00000001 00:00000000 00000000 0 0 1 1 0\n' +
       '   1: 0100007F:0BB8 0100007F:D431 03 00000000:00000000 00:00000000 00000000 0 0 0 1 0\n' +
       '   2: 0100007F:1F90 00000000:0000 0A 00000000:00000006 00:00000000 00000000 0 0 2 1 0\n';
-    expect(scanListeners(old, '1F90', fresh())).toEqual({ depth: 6, done: false });
+    expect(scanListeners(old, '1F90', fresh())).toEqual({ depth: 6, done: false, listeners: 1 });
   });
 
   it.each([
@@ -100,6 +108,36 @@ describe('readListenDepth: reading a table', () => {
     expect(readListenDepth(path.join(dir, 'net/tcp'), 8080)).toBe(42);
     expect(procDepthReader(dir)({ port: 8080, ipv6: false })).toBe(42);
     expect(procDepthReader(dir)({ port: 9999, ipv6: false })).toBeUndefined();
+  });
+
+  it('stops at a single listener, and finds a second one within RECHECK_MS', () => {
+    // Ours (8080, 5 waiting) second of three listeners; the third is another port.
+    const line = (sl: number, port: string, depth: number, st = '0A'): string =>
+      `${String(sl).padStart(4)}: 0100007F:${port} 00000000:0000 ${st} 00000000:${depth.toString(16).toUpperCase().padStart(8, '0')} 00:00000000 00000000     0        0 ${sl} 1 0\n`;
+    const file = path.join(dir, 'net/tcp');
+    writeFileSync(file, HEADER + line(0, '0BB8', 1) + line(1, '1F90', 5) + line(2, '0050', 0));
+    let t = 1_000;
+    const read = procDepthReader(dir, () => t);
+    expect(read({ port: 8080, ipv6: false })).toBe(5); // full: one listener on the port
+    // A second listener on 8080 appears after ours, deeper: the reads that stop at the
+    // first one do not see it (which is what makes them cheap) ...
+    writeFileSync(
+      file,
+      HEADER + line(0, '0BB8', 1) + line(1, '1F90', 5) + line(2, '1F90', 40) + line(3, '0050', 0),
+    );
+    t += RECHECK_MS - 1;
+    expect(read({ port: 8080, ipv6: false })).toBe(5);
+    // ... until the next full read, after which every read is full, for the deepest.
+    t += 1;
+    expect(read({ port: 8080, ipv6: false })).toBe(40);
+    t += 1;
+    expect(read({ port: 8080, ipv6: false })).toBe(40);
+    // Back to one: stopping at it again after the next full read.
+    writeFileSync(file, HEADER + line(0, '1F90', 7) + line(1, '0050', 0));
+    expect(read({ port: 8080, ipv6: false })).toBe(7);
+    // Our listener gone: the stopping read finds nothing and a full read answers.
+    writeFileSync(file, HEADER + line(0, '0050', 0) + line(1, '1F90', 0, '01'));
+    expect(read({ port: 8080, ipv6: false })).toBeUndefined();
   });
 
   it('is null without a table (not Linux, no /proc), and somaxconn undefined', () => {
