@@ -300,13 +300,13 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
     const { m, reads } = polled([0]);
     jest.advanceTimersByTime(1000);
     expect(reads).toHaveLength(0);
-    m.noteRequest({ localPort: 8080, localFamily: 'IPv6' });
+    m.noteRequest({ port: 8080, family: 'IPv6' });
     jest.advanceTimersByTime(50);
     expect(reads).toEqual([{ port: 8080, ipv6: true }]);
     // No request since that tick: one more sample, then the timer stops.
     jest.advanceTimersByTime(1000);
     expect(reads).toHaveLength(2);
-    m.noteRequest({ localPort: 8081, localFamily: 'IPv4' });
+    m.noteRequest({ port: 8081, family: 'IPv4' });
     jest.advanceTimersByTime(50);
     expect(reads.slice(2)).toEqual([
       { port: 8080, ipv6: true },
@@ -318,7 +318,7 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
   it('keeps polling while requests are in flight: the tick after a stall must see its queue', () => {
     let inFlight = 1;
     const { m, reads } = polled([0], () => inFlight);
-    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    m.noteRequest({ port: 8080, family: 'IPv4' });
     jest.advanceTimersByTime(500);
     expect(reads).toHaveLength(10);
     inFlight = 0;
@@ -342,7 +342,7 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
       clock: Date.now,
       inFlight: () => 1,
     });
-    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    m.noteRequest({ port: 8080, family: 'IPv4' });
     jest.advanceTimersByTime(2000);
     const gaps = reads.slice(1).map((t, i) => t - reads[i]!);
     expect(gaps.length).toBeGreaterThan(1);
@@ -352,7 +352,7 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
 
   it('keeps polling while it sheds, until the shed share has fallen to none', () => {
     const { m, reads } = polled([40, 0]);
-    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    m.noteRequest({ port: 8080, family: 'IPv4' });
     jest.advanceTimersByTime(50);
     expect(m.shedding).toBe(true);
     expect(m.depth).toBe(40);
@@ -367,10 +367,10 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
 
   it('goes quiet for good when there is no table: the signal is absent, not an error', () => {
     const { m, reads } = polled([null]);
-    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    m.noteRequest({ port: 8080, family: 'IPv4' });
     jest.advanceTimersByTime(50);
     expect(m.available).toBe(false);
-    m.noteRequest({ localPort: 8080, localFamily: 'IPv4' });
+    m.noteRequest({ port: 8080, family: 'IPv4' });
     jest.advanceTimersByTime(1000);
     expect(reads).toHaveLength(1);
     expect(m.shedding).toBe(false);

@@ -307,17 +307,17 @@ export class AcceptQueueMonitor {
   }
 
   /**
-   * A request arrived on `socket`: remember its listening port and poll while
-   * traffic flows (requests arrive or are in flight). Per request: a map lookup
-   * and a flag.
+   * A request arrived at `local` (its listening port and family,
+   * proxy/listen-address.ts): remember the port and poll while traffic flows
+   * (requests arrive or are in flight). Per request: a map lookup and a flag.
    */
-  noteRequest(socket: { localPort?: number; localFamily?: string }): void {
+  noteRequest(local: { port?: number; family?: string }): void {
     if (!this.available) return;
-    const port = socket.localPort;
+    const port = local.port;
     if (port === undefined) return; // a UNIX socket or a closed one
     if (!this.ports.has(port) && this.ports.size < MAX_PORTS) {
       // A dual-stack listener (`::`) gives IPv4 clients IPv6 sockets too.
-      this.ports.set(port, socket.localFamily === 'IPv6');
+      this.ports.set(port, local.family === 'IPv6');
     }
     this.active = true;
     if (this.timer === undefined) {

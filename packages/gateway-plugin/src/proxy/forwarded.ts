@@ -12,6 +12,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import { localAddressOf } from './listen-address';
 
 export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void {
   const h = req.headers;
@@ -19,7 +20,7 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
   const encrypted = (req.socket as TLSSocket).encrypted === true;
   const host = h.host ?? '';
   // The port the client actually connected to, not one claimed in Host.
-  const port = String(req.socket.localPort ?? (encrypted ? 443 : 80));
+  const port = String(localAddressOf(req.socket).port ?? (encrypted ? 443 : 80));
   // Credentials for a proxy are for this gateway (RFC 9110 §11.7.4): a
   // backend must not see, log or act on them.
   delete h['proxy-authorization'];

@@ -34,6 +34,7 @@ import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
 import { pumpBody } from './body-pump';
 import { writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
+import { localAddressOf } from './listen-address';
 import { checkFraming, checkPath, type BodyFraming } from './request-checks';
 import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
 import type { FlowHost } from './flow-host';
@@ -232,7 +233,7 @@ export class RequestFlow {
     }
     const aq = c.acceptQueue;
     if (aq) {
-      aq.noteRequest(req.socket);
+      aq.noteRequest(localAddressOf(req.socket));
       if (aq.shed()) return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', aq.retryAfterSec());
     }
     const o = c.options;
