@@ -13,8 +13,8 @@
  *   npm run bench:accept-queue-read [-- --connections 1500 --reads 200]
  */
 import { readFileSync } from 'node:fs';
-import net from 'node:net';
 import { procDepthReader, readListenDepth } from '@loadwise/gateway-plugin/internals';
+import { withOpenConnections } from '../lib/loopback';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -26,26 +26,6 @@ function perReadUs(fn: () => unknown, reads: number): number {
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < reads; i++) fn();
   return Number(process.hrtime.bigint() - t0) / reads / 1000;
-}
-
-async function listener(host: string): Promise<{ server: net.Server; port: number }> {
-  const server = net.createServer((s) => s.on('error', () => undefined));
-  await new Promise<void>((r) => server.listen({ port: 0, host, backlog: 4096 }, r));
-  return { server, port: (server.address() as net.AddressInfo).port };
-}
-
-async function connect(port: number, n: number): Promise<net.Socket[]> {
-  const sockets: net.Socket[] = [];
-  for (let i = 0; i < n; i++) {
-    const s = net.connect(port, '127.0.0.1');
-    s.on('error', () => undefined);
-    sockets.push(s);
-    if (i % 100 === 99) await new Promise((r) => s.once('connect', r));
-  }
-  await Promise.all(
-    sockets.map((s) => (s.connecting ? new Promise((r) => s.once('connect', r)) : 0)),
-  );
-  return sockets;
 }
 
 const lines = (path: string): number => readFileSync(path, 'latin1').split('\n').length - 2;
@@ -64,12 +44,7 @@ function place(path: string, port: number): string {
 async function main(): Promise<void> {
   const n = Number(arg('connections', '1500'));
   const reads = Number(arg('reads', '200'));
-  const v4 = await listener('127.0.0.1');
-  const v6 = await listener('::');
-  const rows: string[] = [];
-  for (const open of [0, n]) {
-    const sockets =
-      open === 0 ? [] : [...(await connect(v4.port, open)), ...(await connect(v6.port, open))];
+  const rows = await withOpenConnections(n, (open, v4, v6) => {
     const tcp = lines('/proc/net/tcp');
     const tcp6 = lines('/proc/net/tcp6');
     const head4 = perReadUs(() => readListenDepth('/proc/net/tcp', v4.port), reads);
@@ -79,13 +54,8 @@ async function main(): Promise<void> {
     const own6 = perReadUs(() => reader({ port: v6.port, ipv6: true }), reads);
     const full4 = perReadUs(() => readFileSync('/proc/net/tcp'), Math.max(10, reads / 10));
     const full6 = perReadUs(() => readFileSync('/proc/net/tcp6'), Math.max(10, reads / 10));
-    rows.push(
-      `| ${open} per listener | ${tcp} / ${tcp6} | ${place('/proc/net/tcp', v4.port)} / ${place('/proc/net/tcp6', v6.port)} | ${head4.toFixed(0)} | ${own4.toFixed(0)} | ${head6.toFixed(0)} | ${own6.toFixed(0)} | ${full4.toFixed(0)} | ${full6.toFixed(0)} |`,
-    );
-    sockets.forEach((s) => s.destroy());
-  }
-  v4.server.close();
-  v6.server.close();
+    return `| ${open} per listener | ${tcp} / ${tcp6} | ${place('/proc/net/tcp', v4.port)} / ${place('/proc/net/tcp6', v6.port)} | ${head4.toFixed(0)} | ${own4.toFixed(0)} | ${head6.toFixed(0)} | ${own6.toFixed(0)} | ${full4.toFixed(0)} | ${full6.toFixed(0)} |`;
+  });
   process.stdout.write(
     `accept-queue read cost, ${reads} reads each, µs per read\n` +
       "| open connections | lines in tcp / tcp6 | listener among the listeners, tcp / tcp6 | tcp (IPv4 listener) to the end of the listeners | tcp, the product's reader | tcp6 (`::` listener) to the end | tcp6, the product's reader | whole tcp | whole tcp6 |\n" +

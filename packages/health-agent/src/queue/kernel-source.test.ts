@@ -1,5 +1,8 @@
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { countSockets, kernelSource } from './kernel-source';
+import os from 'node:os';
+import path from 'node:path';
+import { countSockets, kernelSource, TABLES_RECHECK_MS } from './kernel-source';
 
 // Lines in the format of net/ipv4/tcp_ipv4.c get_tcp4_sock (trailing fields cut).
 const TCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -44,6 +47,36 @@ describe('kernel queue source', () => {
     } finally {
       sockets.forEach((s) => s.destroy());
       await new Promise((r) => server.close(r));
+    }
+  });
+
+  it("reads only the table of the port's listener, both again every TABLES_RECHECK_MS", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'lw-kernel-'));
+    mkdirSync(path.join(dir, 'net'));
+    const v6Listener = TCP6.split('\n')[0] + '\n';
+    // One established connection on 3000 in tcp6, which a v4-only listener cannot have:
+    // counted only when tcp6 is read.
+    const v6Conn =
+      '   1: 0000000000000000FFFF00000100007F:0BB8 0000000000000000FFFF00000100007F:D433 01 00000000:00000000 00:00000000\n';
+    const write = (tcp: string, tcp6: string): void => {
+      writeFileSync(path.join(dir, 'net/tcp'), tcp);
+      writeFileSync(path.join(dir, 'net/tcp6'), tcp6);
+    };
+    try {
+      let t = 1_000;
+      const source = kernelSource(3000, dir, () => t);
+      write(TCP, v6Listener); // the listener in tcp only
+      expect((await source.read()).queue).toMatchObject({ acceptBacklog: 3, openConnections: 2 });
+      write(TCP, v6Listener + v6Conn);
+      t += TABLES_RECHECK_MS - 1;
+      expect((await source.read()).queue?.openConnections).toBe(2); // tcp6 not read
+      t += 1;
+      expect((await source.read()).queue?.openConnections).toBe(3); // both again
+      // The listener moves to tcp6 (restarted on `::`): found at once, not after the recheck.
+      write(TCP.split('\n')[0] + '\n', TCP6 + v6Conn);
+      expect((await source.read()).queue).toMatchObject({ acceptBacklog: 1, openConnections: 1 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
