@@ -137,9 +137,22 @@ export function forkProc(
   const path = isAbsolute(script) ? script : join(PROCS_DIR, script);
   const child = fork(path, [JSON.stringify(config)], {
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-    execArgv,
+    execArgv: [...execArgv, ...gatewayNodeArgs(path)],
   });
   return wrap(name, child);
+}
+
+/**
+ * Diagnosis only: Node flags for every loadwise gateway process a benchmark
+ * starts, from LOADWISE_BENCH_GATEWAY_NODE_ARGS (space-separated), e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/gw --cpu-prof-interval=200` or
+ * `--log-deopt --logfile=/tmp/v8.log --no-logfile-per-isolate`
+ * (docs/bench.md, "Cold start"). The figures of such a run are not the
+ * product's: a profiler costs the gateway CPU.
+ */
+function gatewayNodeArgs(path: string): string[] {
+  const args = process.env.LOADWISE_BENCH_GATEWAY_NODE_ARGS;
+  return args && path.endsWith('gateway-loadwise.js') ? args.split(' ').filter(Boolean) : [];
 }
 
 /** Spawns a native program (nginx, haproxy, the agent CLI). */
