@@ -5,7 +5,7 @@
 import net from 'node:net';
 
 /** A TCP listener on `host`, port 0, that accepts and holds connections. */
-async function listener(host: string): Promise<{ server: net.Server; port: number }> {
+async function listener(host: string): Promise<Listener> {
   const server = net.createServer((s) => s.on('error', () => undefined));
   await new Promise<void>((r) => server.listen({ port: 0, host, backlog: 4096 }, r));
   return { server, port: (server.address() as net.AddressInfo).port };

@@ -198,7 +198,7 @@ function scanTable(path: string, port: number, first: boolean): ListenScan | nul
  * full one again every RECHECK_MS (header comment).
  */
 export const procDepthReader = (procRoot = '/proc', now: () => number = Date.now): DepthReader => {
-  /** Per table and port: when a full read last found at most one listener there. */
+  /** Per table and port: when a full read last found exactly one listener there. */
   const single = new Map<string, number>();
   return ({ port, ipv6 }) => {
     const path = `${procRoot}/net/${ipv6 ? 'tcp6' : 'tcp'}`;
@@ -212,7 +212,8 @@ export const procDepthReader = (procRoot = '/proc', now: () => number = Date.now
     }
     const scan = scanTable(path, port, false);
     if (scan === null) return null;
-    if ((scan.listeners ?? 0) <= 1) single.set(key, t);
+    // None found: a stopping read would find none either, and then read in full again.
+    if (scan.listeners === 1) single.set(key, t);
     else single.delete(key);
     return scan.depth;
   };

@@ -21,8 +21,8 @@ export interface LocalAddress {
   family: string | undefined;
 }
 
-/** Per server: its listening address, or null when it has none to give (a pipe, not listening). */
-const byServer = new WeakMap<ListeningServer, LocalAddress | null>();
+/** Per listening server: its address (a server with none to give, a pipe or closed, is not kept). */
+const byServer = new WeakMap<ListeningServer, LocalAddress>();
 
 export function localAddressOf(socket: Socket): LocalAddress {
   const server = (socket as { server?: Partial<ListeningServer> }).server;
@@ -31,15 +31,14 @@ export function localAddressOf(socket: Socket): LocalAddress {
     let known = byServer.get(s);
     if (known === undefined) {
       const a = s.address();
-      known = a !== null && typeof a === 'object' ? { port: a.port, family: a.family } : null;
-      // Only a listening server's address is kept (a null one would not be forgotten on a
-      // 'close' that never comes).
-      if (known !== null) {
+      // Only a listening server's address is kept: forgotten at its 'close'.
+      if (a !== null && typeof a === 'object') {
+        known = { port: a.port, family: a.family };
         byServer.set(s, known);
         s.once('close', () => byServer.delete(s));
       }
     }
-    if (known !== null) return known;
+    if (known !== undefined) return known;
   }
   return { port: socket.localPort, family: socket.localFamily };
 }

@@ -109,16 +109,19 @@ export function kernelSource(
       }
       const tables = await readTables(TABLES);
       if (tables.every((x) => x === '')) throw new Error(`cannot read ${procRoot}/net/tcp`);
-      const c = countSockets(tables, port);
-      if (!c.listening) {
+      // Each table counted on its own: the sum is the reading, and where a listener is
+      // is what the next reads need.
+      const each = tables.map((table) => countSockets([table], port));
+      if (!each.some((c) => c.listening)) {
         known = undefined;
         throw new Error(`nothing listens on port ${port}`);
       }
-      known = {
-        tables: TABLES.filter((_, i) => countSockets([tables[i]!], port).listening),
-        atMs: t,
-      };
-      return reading(c);
+      known = { tables: TABLES.filter((_, i) => each[i]!.listening), atMs: t };
+      return reading({
+        acceptBacklog: each.reduce((sum, c) => sum + c.acceptBacklog, 0),
+        openConnections: each.reduce((sum, c) => sum + c.openConnections, 0),
+        listening: true,
+      });
     },
   };
 }
