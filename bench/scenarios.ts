@@ -8,6 +8,7 @@
 import {
   expressHpm,
   expressHpmKeepAlive,
+  serverClassVariants,
   expressUndici,
   haproxy,
   loadwise,
@@ -214,7 +215,8 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         'keep-alive agent, round robin (bench/procs/gateway-hpm.ts); without the agent HPM opens a ' +
         'connection per request (that row is in scenario 8). Express + undici is the same Express front ' +
         "with undici (a keep-alive Pool per backend) in place of Node's http client and http-proxy, " +
-        'round robin (bench/procs/gateway-undici.ts). ' +
+        'round robin (bench/procs/gateway-undici.ts). The last two rows swap the server classes: loadwise on ' +
+        "Node's own (app.listen), the keep-alive peer on loadwise's gatewayServerOptions() (docs/gateway.md). " +
         'All processes share the 2 cores, so absolute figures are lower than on separate machines.',
       backends: identical(3, 1000, 0),
       maxQueue: 1024,
@@ -229,6 +231,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
         expressUndici,
         nginx('least_conn'),
         haproxy('leastconn'),
+        ...serverClassVariants(),
       ],
     },
     {

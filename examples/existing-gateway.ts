@@ -27,6 +27,7 @@ import { parseArgs } from 'node:util';
 import express from 'express';
 import { Registry } from 'prom-client';
 import {
+  gatewayServerOptions,
   loadBalance,
   metricsHandler,
   routeUpgrades,
@@ -205,7 +206,9 @@ async function main(): Promise<void> {
   app.use((_req, res) => void res.status(404).json({ error: 'not found' }));
 
   // The app is complete before the port opens: no request can arrive before it.
-  const server = http.createServer(app);
+  // gatewayServerOptions() declares the fields Express adds to every request, and
+  // express.json()'s too (docs/gateway.md, "The gateway's server").
+  const server = http.createServer(gatewayServerOptions({ requestFields: ['body', '_body'] }), app);
   server.on('upgrade', routeUpgrades(app));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -20,6 +20,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import {
   GatewayError,
+  gatewayServerOptions,
   loadBalance,
   type BackendConfig,
   type BrokerUrlOptions,
@@ -172,7 +173,7 @@ async function main(): Promise<void> {
     });
   }
   app.use(lb);
-  const server = http.createServer(app);
+  const server = http.createServer(gatewayServerOptions(), app);
   server.on('upgrade', lb.upgrade);
   let stopping = false;
   const stop = (signal: string): void => {

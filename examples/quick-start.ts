@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import express from 'express';
 import {
   closeListener,
+  gatewayServerOptions,
   loadBalance,
   routeUpgrades,
   runWorkers,
@@ -172,11 +173,13 @@ const CONFIG_ENV = 'LOADWISE_QUICK_START_CONFIG';
 /**
  * The HTTP server of a gateway, with bounds for slow clients (docs/gateway.md,
  * "Slow and hostile clients"): a head must arrive within 10 s, a whole request
- * within 60 s, checked every 2 s (Node's default: 60 s, 300 s, checked every 30 s).
+ * within 60 s, checked every 2 s (Node's default: 60 s, 300 s, checked every 30 s);
+ * and request classes that declare Express's per-request fields ("The gateway's server").
  */
 function gatewayServer(handler: () => http.RequestListener): http.Server {
-  const server = http.createServer({ connectionsCheckingInterval: 2_000 }, (req, res) =>
-    handler()(req, res),
+  const server = http.createServer(
+    { ...gatewayServerOptions(), connectionsCheckingInterval: 2_000 },
+    (req, res) => handler()(req, res),
   );
   server.headersTimeout = 10_000;
   server.requestTimeout = 60_000;

@@ -10,7 +10,13 @@ import { freePort, startHaproxy, startNginx, type HaproxyPolicy, type NginxPolic
 import { forkProc, type Proc } from './procs';
 
 export type BalancerFamily =
-  'loadwise' | 'express-hpm' | 'express-hpm-keepalive' | 'express-undici' | 'nginx' | 'haproxy';
+  | 'loadwise'
+  | 'express-hpm'
+  | 'express-hpm-keepalive'
+  | 'express-hpm-classes'
+  | 'express-undici'
+  | 'nginx'
+  | 'haproxy';
 
 export interface BalancerContext {
   backends: RunningBackend[];
@@ -279,6 +285,21 @@ export function expressHpmKeepAliveWith(config: Record<string, unknown> = {}): B
 }
 
 export const expressHpmKeepAlive: BalancerDef = expressHpmKeepAliveWith();
+
+/**
+ * The server-classes comparison (docs/gateway.md, "The gateway's server"): the
+ * loadwise gateway on Node's own request and response classes (`app.listen`),
+ * and the keep-alive peer on loadwise's gatewayServerOptions(), which any
+ * Express server can use. `config`: further gateway settings (`nodeArgs`).
+ */
+export function serverClassVariants(config: Record<string, unknown> = {}): BalancerDef[] {
+  const lw = loadwise('load-aware', {}, { ...config, nodeServerClasses: true });
+  const peer = expressHpmKeepAliveWith({ ...config, gatewayServerClasses: true });
+  return [
+    { ...lw, name: `${lw.name} on Node's server classes` },
+    { ...peer, name: `${peer.name}, gateway server classes`, family: 'express-hpm-classes' },
+  ];
+}
 
 /**
  * Express proxying with undici (bench/procs/gateway-undici.ts): a keep-alive

@@ -131,14 +131,16 @@ export function answerDiagMessages(diag: { reset(): void; read(): GatewayDiag })
  * Serves a peer gateway's app (Express + a proxy) on loopback `port` (0: any
  * free one) with the diagnostics above, closes it (then `close`, its clients
  * to the backends) on shutdown, and tells the parent 'ready' with the port.
+ * `serverOptions`: http.createServer's (the server-classes variant).
  */
 export async function servePeerGateway(
   app: RequestListener,
   port = 0,
   close: () => Promise<unknown> = async () => undefined,
+  serverOptions: http.ServerOptions = {},
 ): Promise<void> {
   const diag = startDiag();
-  const server = http.createServer(app).listen(port, '127.0.0.1');
+  const server = http.createServer(serverOptions, app).listen(port, '127.0.0.1');
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);

@@ -6,6 +6,7 @@
 import http from 'node:http';
 import express from 'express';
 import { createProxyMiddleware } from 'http-proxy-middleware';
+import { gatewayServerOptions } from '@loadwise/gateway-plugin';
 import { fail, readConfig } from './child';
 import { servePeerGateway } from './gateway-diag';
 
@@ -14,6 +15,11 @@ interface HpmConfig {
   /** Diagnostic variant (scenario 8): a keep-alive agent to the backends instead of HPM's default. */
   keepAlive?: boolean;
   port?: number;
+  /**
+   * Transparency variant: the same peer served with loadwise's gatewayServerOptions()
+   * (docs/gateway.md, "The gateway's server"), which any Express server can use.
+   */
+  gatewayServerClasses?: boolean;
 }
 
 async function main(): Promise<void> {
@@ -29,7 +35,12 @@ async function main(): Promise<void> {
       ...(cfg.keepAlive ? { agent: new http.Agent({ keepAlive: true, maxSockets: 256 }) } : {}),
     }),
   );
-  await servePeerGateway(app, cfg.port);
+  await servePeerGateway(
+    app,
+    cfg.port,
+    undefined,
+    cfg.gatewayServerClasses ? { ...gatewayServerOptions() } : {},
+  );
 }
 
 main().catch(fail);

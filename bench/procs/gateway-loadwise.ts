@@ -6,10 +6,11 @@ import { appendFileSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { execFile } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import express from 'express';
 import {
   closeListener,
+  gatewayServerOptions,
   loadBalance,
   runWorkers,
   type LoadBalanceOptions,
@@ -39,6 +40,11 @@ interface LoadwiseConfig {
    * net.core.somaxconn). Always passed explicitly and stated in the ready message.
    */
   backlog?: number;
+  /**
+   * Serve with Node's own request and response classes, as `app.listen` does,
+   * instead of gatewayServerOptions()'s (docs/gateway.md, "The gateway's server").
+   */
+  nodeServerClasses?: boolean;
 }
 
 /** Node's default listen backlog (net.Server#listen), which `app.listen` uses. */
@@ -60,7 +66,12 @@ async function startGateway(cfg: LoadwiseConfig) {
   await balancer.ready();
   const readyMs = Math.round(performance.now() - readyFrom);
   const backlog = cfg.backlog ?? NODE_DEFAULT_BACKLOG;
-  const server: Server = app.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
+  // As docs/gateway.md deploys it: the server built with gatewayServerOptions(); the
+  // nodeServerClasses variant is `app.listen` (Node's request and response classes).
+  const server: Server = cfg.nodeServerClasses
+    ? createServer(app)
+    : createServer({ ...gatewayServerOptions() }, app);
+  server.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);

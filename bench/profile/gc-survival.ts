@@ -1,5 +1,8 @@
 /**
- * `npm run bench:gc-survival [-- --rate 1400 | --concurrency 32] [--seconds 6] [--runs 3] [--out FILE]`
+ * `npm run bench:gc-survival [-- --rate 1400 | --concurrency 32] [--seconds 6] [--runs 3] [--classes] [--out FILE]`
+ *
+ * `--classes`: also the loadwise gateway on Node's own server classes and the
+ * peer on gatewayServerOptions() (docs/gateway.md, "The gateway's server").
  *
  * What survives a scavenge, per request: the loadwise gateway (default
  * options) and the keep-alive Express + http-proxy-middleware peer, in front
@@ -19,7 +22,12 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { LoadgenConfig, LoadgenResult } from '../procs/loadgen';
-import { expressHpmKeepAliveWith, loadwise, type BalancerDef } from '../lib/balancers';
+import {
+  expressHpmKeepAliveWith,
+  loadwise,
+  serverClassVariants,
+  type BalancerDef,
+} from '../lib/balancers';
 import { forkProc, sleep } from '../lib/procs';
 import { loadFor, startInstantCluster } from './run';
 
@@ -127,6 +135,8 @@ interface Args {
   /** Write a heap snapshot of each gateway halfway through the measured phase here. */
   snapshotDir: string | undefined;
   brokerUrl: string;
+  /** Also the two server-classes variants (bench/lib/balancers.ts serverClassVariants). */
+  classes: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -139,6 +149,7 @@ function parseArgs(argv: string[]): Args {
     sampleDir: undefined,
     snapshotDir: undefined,
     brokerUrl: process.env.LOADWISE_BENCH_BROKER ?? 'mqtt://127.0.0.1:1883',
+    classes: false,
   };
   const flags: Record<string, (v: string) => void> = {
     '--rate': (v) => (a.rate = Number(v)),
@@ -151,6 +162,10 @@ function parseArgs(argv: string[]): Args {
     '--broker': (v) => (a.brokerUrl = v),
   };
   for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--classes') {
+      a.classes = true;
+      continue;
+    }
     const set = flags[argv[i]!];
     if (!set) throw new Error(`unknown argument ${argv[i]}`);
     set(argv[++i] ?? '');
@@ -268,6 +283,7 @@ async function main(): Promise<void> {
   const { cluster, ctx } = await startInstantCluster(args.brokerUrl, 'gc-survival');
   const traced = { nodeArgs: ['--trace-gc-nvp'] };
   const defs = [loadwise('load-aware', {}, traced), expressHpmKeepAliveWith(traced)];
+  if (args.classes) defs.push(...serverClassVariants(traced));
   const rows: SurvivalRow[] = [];
   try {
     for (let run = 1; run <= args.runs; run++) {

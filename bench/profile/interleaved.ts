@@ -1,5 +1,5 @@
 /**
- * `npm run bench:overhead-ab [-- --rounds 12] [--seconds 3] [--rate 1000] [--out FILE]`
+ * `npm run bench:overhead-ab [-- --rounds 12] [--seconds 3] [--rate 1000] [--classes] [--out FILE]`
  *
  * Scenario 6's question (what does the gateway itself cost against Express +
  * http-proxy-middleware with a keep-alive agent?) asked so that a shared
@@ -16,6 +16,10 @@
  * is listed, then the median of the per-round ratios and how many rounds met
  * the targets (throughput ≥ 1.0×, CPU per request ≤ 1.1× the peer).
  *
+ * `--classes`: also the loadwise gateway on Node's own server classes
+ * (`app.listen`) and the peer on loadwise's gatewayServerOptions()
+ * (docs/gateway.md, "The gateway's server"), in the same rounds.
+ *
  * `--baseline DIR`: also the gateway of another checkout of this repository
  * (an earlier commit, built with `npx tsc -b` in DIR), in the same rounds: a
  * change's effect measured before and after in one run.
@@ -29,6 +33,7 @@ import {
   expressHpmKeepAlive,
   expressUndici,
   loadwise,
+  serverClassVariants,
   loadwiseAt,
   type BalancerDef,
   type RunningBalancer,
@@ -41,6 +46,7 @@ interface Args {
   seconds: number;
   rate: number;
   undici: boolean;
+  classes: boolean;
   baseline: string | undefined;
   out: string;
   brokerUrl: string;
@@ -52,6 +58,7 @@ function parseArgs(argv: string[]): Args {
     seconds: 3,
     rate: 1000,
     undici: false,
+    classes: false,
     baseline: undefined,
     out: join(__dirname, '..', '..', 'results', 'overhead-interleaved.md'),
     brokerUrl: process.env.LOADWISE_BENCH_BROKER ?? 'mqtt://127.0.0.1:1883',
@@ -63,6 +70,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--seconds') a.seconds = Number(v());
     else if (k === '--rate') a.rate = Number(v());
     else if (k === '--undici') a.undici = true;
+    else if (k === '--classes') a.classes = true;
     else if (k === '--baseline') a.baseline = v();
     else if (k === '--out') a.out = v();
     else if (k === '--broker') a.brokerUrl = v();
@@ -218,6 +226,7 @@ async function main(): Promise<void> {
   const { cluster, ctx } = await startInstantCluster(args.brokerUrl, 'interleaved');
   const defs: BalancerDef[] = [loadwise('load-aware'), expressHpmKeepAlive];
   if (args.undici) defs.push(expressUndici);
+  if (args.classes) defs.push(...serverClassVariants());
   if (args.baseline) {
     const label = `baseline ${commitOf(args.baseline)}`;
     defs.push(loadwiseAt(args.baseline, label));

@@ -93,3 +93,8 @@ export {
 } from './load';
 export { createSeededRandom } from './strategies';
 export * from './cluster';
+export {
+  gatewayServerOptions,
+  EXPRESS_REQUEST_FIELDS,
+  type GatewayServerOptions,
+} from './proxy/server-classes';

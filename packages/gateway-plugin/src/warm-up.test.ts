@@ -11,6 +11,7 @@ import { loadBalance, type LoadBalancerMiddleware } from './load-balance';
 import type { LoadBalanceOptions } from './options';
 import { ProxyEngine } from './proxy/proxy-engine';
 import { RequestFlow } from './proxy/request-flow';
+import { gatewayServerOptions } from './proxy/server-classes';
 import { REQUEST_BUDGET_MS } from './warm-up';
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
@@ -165,11 +166,15 @@ describe('warm-up', () => {
 
   it('sends half of its requests on new connections, through an Express app', async () => {
     // The warm-up's own servers: the sink first, then the front (warm-up.ts compile()).
-    const created: Array<{ listener: unknown; connections: number }> = [];
-    const createServer = http.createServer.bind(http) as (l: unknown) => Server;
-    jest.spyOn(http, 'createServer').mockImplementation(((listener: unknown) => {
-      const server = createServer(listener);
-      const rec = { listener, connections: 0 };
+    const created: Array<{ listener: unknown; options: unknown; connections: number }> = [];
+    const createServer = http.createServer.bind(http) as (...args: unknown[]) => Server;
+    jest.spyOn(http, 'createServer').mockImplementation(((...args: unknown[]) => {
+      const server = createServer(...args);
+      const rec = {
+        listener: args[args.length - 1],
+        options: args.length > 1 ? args[0] : undefined,
+        connections: 0,
+      };
       created.push(rec);
       server.on('connection', () => rec.connections++);
       return server;
@@ -180,6 +185,9 @@ describe('warm-up', () => {
     const front = created[1]!;
     // Express is installed here (a devDependency): the front is an Express app.
     expect(typeof (front.listener as { use?: unknown }).use).toBe('function');
+    // On the classes a gateway built as docs/gateway.md says serves with: the same
+    // constructors, compiled by the warm-up's requests.
+    expect(front.options).toEqual(gatewayServerOptions());
     // 20 requests on connections of their own, 20 over at most 16 keep-alive ones.
     expect(front.connections).toBeGreaterThanOrEqual(20);
     expect(front.connections).toBeLessThanOrEqual(36);

@@ -41,6 +41,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Registry as MetricsRegistry } from 'prom-client';
 import { Balancer } from './balancer';
+import { gatewayServerOptions } from './proxy/server-classes';
 import { healthCheckUrl } from './health/active-checker';
 import { writeLog } from './observability/event-log';
 import type { ResolvedOptions, WarmUpOptions } from './options';
@@ -168,7 +169,11 @@ export class WarmUp {
     this.shadow = shadow;
     const handle = (req: IncomingMessage, res: ServerResponse): void =>
       shadow.flow.handle(req, res);
-    const front = await this.listen(http.createServer(expressFront(handle) ?? handle));
+    // The server classes docs/gateway.md deploys ("The gateway's server"): their
+    // constructors run on every real request of such a gateway, so they are compiled too.
+    const front = await this.listen(
+      http.createServer(gatewayServerOptions(), expressFront(handle) ?? handle),
+    );
     if (this.over) return;
     const agent = new http.Agent({ keepAlive: true, maxSockets: CONCURRENCY });
     const fresh = new http.Agent({ keepAlive: false, maxSockets: CONCURRENCY });
