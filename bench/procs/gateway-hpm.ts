@@ -39,7 +39,7 @@ async function main(): Promise<void> {
     app,
     cfg.port,
     undefined,
-    cfg.gatewayServerClasses ? { ...gatewayServerOptions() } : {},
+    cfg.gatewayServerClasses ? gatewayServerOptions() : {},
   );
 }
 

@@ -70,7 +70,7 @@ async function startGateway(cfg: LoadwiseConfig) {
   // nodeServerClasses variant is `app.listen` (Node's request and response classes).
   const server: Server = cfg.nodeServerClasses
     ? createServer(app)
-    : createServer({ ...gatewayServerOptions() }, app);
+    : createServer(gatewayServerOptions(), app);
   server.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);

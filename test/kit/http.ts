@@ -68,6 +68,7 @@ export async function refusedPort(): Promise<number> {
 
 export interface Reply {
   status: number;
+  statusMessage: string;
   headers: IncomingMessage['headers'];
   body: string;
   json<T = Record<string, unknown>>(): T;
@@ -88,6 +89,7 @@ export function send(
         res.on('end', () =>
           resolve({
             status: res.statusCode ?? 0,
+            statusMessage: res.statusMessage ?? '',
             headers: res.headers,
             body,
             json: <T>() => JSON.parse(body) as T,

@@ -53,8 +53,6 @@ export interface GatewayServerOptions {
   ServerResponse: typeof ServerResponse;
 }
 
-const own = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
-
 /**
  * One pair of classes for every server that declares no more fields: the
  * warm-up's shadow server (warm-up.ts) uses it too, so its requests compile
@@ -73,7 +71,7 @@ class GatewayIncomingMessage extends IncomingMessage {
     self.route = undefined;
     // Node's Readable keeps its listener count on the prototype until the first
     // listener; the first `on()` would add it after Express's prototype switch.
-    if (!own(self, '_eventsCount')) self._eventsCount = 0;
+    if (!Object.hasOwn(self, '_eventsCount')) self._eventsCount = 0;
   }
 }
 
@@ -82,10 +80,10 @@ class GatewayServerResponse extends ServerResponse {
   constructor(req: IncomingMessage, ...rest: unknown[]) {
     super(...([req, ...rest] as [IncomingMessage]));
     const self = this as unknown as Record<string, unknown>;
-    if (!own(self, 'locals')) self.locals = undefined;
+    if (!Object.hasOwn(self, 'locals')) self.locals = undefined;
     // The prototype's defaults (200, no message), as own fields.
-    if (!own(self, 'statusCode')) self.statusCode = this.statusCode;
-    if (!own(self, 'statusMessage')) self.statusMessage = this.statusMessage;
+    if (!Object.hasOwn(self, 'statusCode')) self.statusCode = this.statusCode;
+    if (!Object.hasOwn(self, 'statusMessage')) self.statusMessage = this.statusMessage;
   }
 }
 

@@ -1,35 +1,13 @@
-import http, { type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import http, { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import express, { type Request, type Response } from 'express';
-import { loadBalance } from '../load-balance';
-import { GatewayError } from '../errors';
-import { EXPRESS_REQUEST_FIELDS, gatewayServerOptions } from './server-classes';
-
-async function listen(server: Server): Promise<number> {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
-}
-
-async function close(server: Server): Promise<void> {
-  server.closeAllConnections();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-}
-
-function get(
-  port: number,
-  path: string,
-): Promise<{ status: number; message: string | undefined; body: string }> {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (d: string) => (body += d));
-        res.on('end', () => resolve({ status: res.statusCode!, message: res.statusMessage, body }));
-      })
-      .on('error', reject);
-  });
-}
+import {
+  EXPRESS_REQUEST_FIELDS,
+  GatewayError,
+  gatewayServerOptions,
+  loadBalance,
+} from '@loadwise/gateway-plugin';
+import { listen, send, startBackend } from '../kit/http';
 
 /**
  * A server on gatewayServerOptions() that records the own keys of each request and response
@@ -73,14 +51,14 @@ describe('gatewayServerOptions', () => {
       res.status(201).json({ id: req.params.id, q: req.query.q, base: req.baseUrl });
     });
     app.use('/api', router);
-    const port = await listen(server);
+    const srv = await listen(server);
     try {
-      const r = await get(port, '/api/items/7?q=x');
+      const r = await send(`${srv.url}/api/items/7?q=x`);
       expect(r.status).toBe(201);
-      expect(JSON.parse(r.body)).toEqual({ id: '7', q: 'x', base: '/api' });
+      expect(r.json()).toEqual({ id: '7', q: 'x', base: '/api' });
       expect(await seen).toEqual({ req: [], res: [] });
     } finally {
-      await close(server);
+      await srv.close();
     }
   });
 
@@ -96,12 +74,12 @@ describe('gatewayServerOptions', () => {
       before.set(req, Object.keys(req));
       app(req, res);
     });
-    const port = await listen(server);
+    const srv = await listen(server);
     try {
-      await get(port, '/x');
+      await send(`${srv.url}/x`);
       expect(addedToReq).toEqual(expect.arrayContaining(['next', 'baseUrl', 'originalUrl']));
     } finally {
-      await close(server);
+      await srv.close();
     }
   });
 
@@ -115,35 +93,31 @@ describe('gatewayServerOptions', () => {
         originalUrl: req.originalUrl,
       });
     });
-    const server = http.createServer({ ...gatewayServerOptions() }, app);
-    const port = await listen(server);
+    const srv = await listen(http.createServer(gatewayServerOptions(), app));
     try {
-      const ok = await get(port, '/q?a=1&b=2');
+      const ok = await send(`${srv.url}/q?a=1&b=2`);
       expect(ok.status).toBe(200);
-      expect(ok.message).toBe('OK');
-      expect(JSON.parse(ok.body)).toEqual({
+      expect(ok.statusMessage).toBe('OK');
+      expect(ok.json()).toEqual({
         query: { a: '1', b: '2' },
         locals: 'object',
         statusCode: 200,
         originalUrl: '/q?a=1&b=2',
       });
-      const missing = await get(port, '/nothing');
+      const missing = await send(`${srv.url}/nothing`);
       expect(missing.status).toBe(404);
-      expect(missing.message).toBe('Not Found');
+      expect(missing.statusMessage).toBe('Not Found');
     } finally {
-      await close(server);
+      await srv.close();
     }
   });
 
   it('serves a loadBalance() gateway: requests reach the backend and come back whole', async () => {
-    const backend = http.createServer((req: IncomingMessage, res) => {
-      let body = '';
-      req.on('data', (d: Buffer) => (body += d.toString()));
-      req.on('end', () => res.end(`${req.method} ${req.url} ${body}`));
-    });
-    const backendPort = await listen(backend);
+    const backend = await startBackend('b1', (req, res, body) =>
+      res.end(`${req.method} ${req.url} ${body}`),
+    );
     const lb = loadBalance({
-      backends: [{ id: 'b1', url: `http://127.0.0.1:${backendPort}` }],
+      backends: [{ id: 'b1', url: backend.url }],
       warmUp: false,
     });
     const app = express();
@@ -159,17 +133,17 @@ describe('gatewayServerOptions', () => {
     });
     app.use(lb);
     const { server: gateway, before } = recordingServer(app);
-    const port = await listen(gateway);
+    const gw = await listen(gateway);
     try {
       await lb.ready();
-      const r = await get(port, '/hello?x=1');
+      const r = await send(`${gw.url}/hello?x=1`);
       expect(r).toMatchObject({ status: 200, body: 'GET /hello?x=1 ' });
       // Neither does the balancer's proxy path.
       expect(await seen).toEqual({ req: [], res: [] });
     } finally {
-      await close(gateway);
+      await gw.close();
       await lb.close();
-      await close(backend);
+      await backend.close();
     }
   });
 
@@ -182,31 +156,17 @@ describe('gatewayServerOptions', () => {
       addedToReq = added(req, before.get(req));
       res.json(req.body);
     });
-    const port = await listen(server);
+    const srv = await listen(server);
     try {
-      const body = await new Promise<string>((resolve, reject) => {
-        const rq = http.request(
-          {
-            host: '127.0.0.1',
-            port,
-            path: '/p',
-            method: 'POST',
-            agent: false,
-            headers: { 'content-type': 'application/json' },
-          },
-          (res) => {
-            let b = '';
-            res.on('data', (d: Buffer) => (b += d.toString()));
-            res.on('end', () => resolve(b));
-          },
-        );
-        rq.on('error', reject);
-        rq.end('{"a":1}');
+      const r = await send(`${srv.url}/p`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"a":1}',
       });
-      expect(JSON.parse(body)).toEqual({ a: 1 });
+      expect(r.json()).toEqual({ a: 1 });
       expect(addedToReq).toEqual([]);
     } finally {
-      await close(server);
+      await srv.close();
     }
   });
 
@@ -225,5 +185,15 @@ describe('gatewayServerOptions', () => {
     }
     expect(code).toBe('LW_GW_INVALID_OPTION');
     expect(EXPRESS_REQUEST_FIELDS).toContain('next');
+  });
+
+  it('declares every field EXPRESS_REQUEST_FIELDS names, and requestFields beside them', () => {
+    const plain = new (gatewayServerOptions().IncomingMessage)(new Socket());
+    for (const f of EXPRESS_REQUEST_FIELDS) expect(Object.hasOwn(plain, f)).toBe(true);
+    const more = new (gatewayServerOptions({ requestFields: ['user'] }).IncomingMessage)(
+      new Socket(),
+    );
+    for (const f of [...EXPRESS_REQUEST_FIELDS, 'user']) expect(Object.hasOwn(more, f)).toBe(true);
+    expect(more).toBeInstanceOf(IncomingMessage);
   });
 });
