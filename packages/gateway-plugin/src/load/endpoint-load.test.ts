@@ -263,6 +263,29 @@ describe('createEndpointLoad: the agent report', () => {
     expect(load.snapshot(1).hiddenInFlight).toBe(8);
   });
 
+  it("without traffic figures (a gauge agent), a lone gateway's own requests are not hidden load", () => {
+    // The agent's instantaneous outstanding, sampled once a second, against this gateway's
+    // in-flight at the same instant: equal, so nothing is hidden. Averaging the snapshots and
+    // subtracting this gateway's mean over the interval instead made a phantom: here 3 requests
+    // sent 10 ms before the report (a mean of 0.03 over the second) left 1.47 hidden requests
+    // for the whole interval (one slot: a new request looked 1.5 service times later).
+    const load = createEndpointLoad({ defaultLatencyMs: 10 });
+    const queue = (inFlight: number) => ({ inFlight, source: {} });
+    load.onReport(report({ queue: queue(0), concurrencyLimit: 1 }), 0);
+    for (let i = 0; i < 3; i++) load.onRequestStart(990);
+    load.onReport(report({ queue: queue(3), concurrencyLimit: 1 }), 1000);
+    for (let i = 0; i < 3; i++) load.onRequestEnd(1010, 20, true);
+    expect(load.snapshot(1900).hiddenInFlight).toBe(0);
+    // Another sender's requests still count: the agent sees 4 where this gateway has 1, twice.
+    for (const t of [2000, 3000]) {
+      load.onRequestStart(t);
+      load.onReport(report({ queue: queue(4), concurrencyLimit: 1 }), t);
+      load.onRequestEnd(t + 10, 10, true);
+    }
+    // The mean of the excess is 0 → 3 → 3 with α 0.5: 1.5 after one report, 2.25 after two.
+    expect(load.snapshot(3900).hiddenInFlight).toBeCloseTo(2.25, 6);
+  });
+
   it("hidden load from Little's law when the agent has traffic but no queue figures", () => {
     const load = createEndpointLoad();
     load.onReport(report({ traffic: { rps: 500, latencyMeanMs: 20 } }), 0);

@@ -24,8 +24,11 @@ export class HiddenLoad {
   private areaMs = 0;
   private areaStartMs: number | undefined;
   private areaLastMs = 0;
-  /** EWMA over reports of the agent's instantaneous outstanding, when it sends no traffic figures. */
-  private agentOutstandingEwma: number | undefined;
+  /**
+   * EWMA over reports of the snapshot's excess (the agent's outstanding minus this gateway's
+   * in-flight at the same instant), when the agent sends no traffic figures.
+   */
+  private hiddenSnapshotEwma: number | undefined;
   /** The report-time snapshot, the interval mean, and how fast one gives way to the other. */
   private snapshot = 0;
   private mean = 0;
@@ -88,15 +91,25 @@ export class HiddenLoad {
       this.shareOfTraffic = 1;
       return false;
     }
-    let agentMean = d.meanOutstanding;
-    if (agentMean === undefined) {
-      const prev = this.agentOutstandingEwma;
-      agentMean =
-        prev === undefined ? d.outstanding : prev + HIDDEN_EWMA_ALPHA * (d.outstanding - prev);
-      this.agentOutstandingEwma = agentMean;
-    }
     const snapshot = d.outstanding - d.localInFlightAtReport;
-    const mean = agentMean - localMean;
+    // The hidden mean. With the agent's mean over the interval (Little's law), that minus this
+    // gateway's mean over it. With instants only (a gauge agent), the mean of the instants'
+    // excess: the agent's snapshot and this gateway's in-flight are of the same moment, so a lone
+    // gateway's requests cancel in every sample. An average of the snapshots less this gateway's
+    // interval mean did not: a report that found this gateway's requests of the last few ms
+    // (a mean of almost 0 over the second) held them as hidden load for the whole interval.
+    // In cpu-sim.test.ts's benchmark fleet (one slot each) that phantom made one identical
+    // backend look a service time slower at random, for a second at a time.
+    let mean: number;
+    if (d.meanOutstanding !== undefined) {
+      mean = d.meanOutstanding - localMean;
+    } else {
+      const prev = this.hiddenSnapshotEwma;
+      this.hiddenSnapshotEwma =
+        prev === undefined ? snapshot : prev + HIDDEN_EWMA_ALPHA * (snapshot - prev);
+      mean = this.hiddenSnapshotEwma;
+    }
+    const agentMean = localMean + (mean > 0 ? mean : 0);
     this.shareOfTraffic = agentMean > 0 && localMean < agentMean ? localMean / agentMean : 1;
     this.snapshot = snapshot > 0 ? snapshot : 0;
     this.mean = mean > 0 ? mean : 0;

@@ -41,7 +41,7 @@ export const DEFAULT_MIN_LATENCY_WINDOW_MS = 10_000;
 export const DEFAULT_CAPACITY_DECAY_MS = 30_000;
 /** Latency above this multiple of the windowed minimum, at 2+ concurrent requests, is queueing. */
 export const SATURATION_LATENCY_RATIO = 1.5;
-/** Weight of a new snapshot in the EWMA of the agent's outstanding (reports without traffic). */
+/** Weight of a new report in the EWMA of the snapshots' hidden excess (reports without traffic). */
 export const HIDDEN_EWMA_ALPHA = 0.5;
 /** Bound of the other-gateways-per-this-one ratio (a thousand gateways). */
 export const MAX_HIDDEN_RATIO = 1000;

@@ -315,7 +315,9 @@ describe('queueing simulation: the CPU pressure penalty near saturation', () => 
       );
       expect(byDefault.p99Ms).toBeLessThan(lif.p99Ms * 1.15);
       expect(byDefault.meanMs).toBeLessThan(lif.meanMs * 1.02);
-      expect(penalised.p99Ms).toBeGreaterThan(lif.p99Ms * 1.5);
+      // Seeds 1-3: 1.75 / 1.80 / 1.23x least-in-flight's p99 (seed 3 was 1.73x while the
+      // snapshot-only reports' hidden mean had its phantom: load/hidden-load.ts).
+      expect(penalised.p99Ms).toBeGreaterThan(lif.p99Ms * 1.2);
     },
   );
 });
