@@ -86,6 +86,13 @@ interface Result {
   b0CpuSourced: number;
 }
 
+/**
+ * Not a strategy: each request goes where it would finish first, computed from
+ * what no gateway can see (every backend's queue, remaining work, quota left
+ * in the period). A bound on what better information could buy (CFS only).
+ */
+const ORACLE = 'oracle (perfect information, greedy)';
+
 function simulate(strategyName: string, sc: CpuScenario, seed: number): Result {
   const random = createSeededRandom(seed);
   const exp = (mean: number) => -Math.log(1 - random()) * mean;
@@ -94,7 +101,9 @@ function simulate(strategyName: string, sc: CpuScenario, seed: number): Result {
     const cohort = createLoadCohort();
     const loads = sc.backends.map(() => createEndpointLoad({ cohort, ...sc.loadOptions }));
     const eps: Endpoint[] = loads.map((load, i) => ({ id: `b${i}`, weight: 1, load }));
-    const strategy = createStrategy(strategyName, { random: createSeededRandom(seed + 100 + g) });
+    const strategy = createStrategy(strategyName === ORACLE ? 'least-in-flight' : strategyName, {
+      random: createSeededRandom(seed + 100 + g),
+    });
     strategy.setEndpoints(eps);
     return { eps, loads, strategy };
   });
@@ -229,9 +238,57 @@ function simulate(strategyName: string, sc: CpuScenario, seed: number): Result {
     schedule(b);
   };
 
+  // The oracle's projection (CFS model only): when a request of `w` ms of CPU sent to b now
+  // would finish, knowing b's queue, its current request's remaining work, its quota left in
+  // this period and the periods to come.
+  const finishAt = (b: number, w: number): number => {
+    const per = period!;
+    advance(b);
+    let work = (current[b]?.leftMs ?? 0) + w;
+    for (const j of queues[b]!) work += j.cpuMs;
+    const full = sc.backends[b]!.quotaCores * per;
+    const { burn, service } = rates(b, 1);
+    let t = now;
+    let left = throttled[b] ? 0 : quotaLeft[b]!;
+    let refill = (Math.floor(now / per + 1e-9) + 1) * per;
+    while (work > 1e-9) {
+      if (left <= 1e-9) {
+        t = refill;
+        refill += per;
+        left = full;
+        continue;
+      }
+      const dt = Math.min(left / burn, work / service, refill - t);
+      t += dt;
+      work -= dt * service;
+      left -= dt * burn;
+      if (t >= refill - 1e-9) {
+        left = full;
+        refill += per;
+      }
+    }
+    return t;
+  };
+  const oracle = (backends: CpuBackend[]): number => {
+    let best = 0;
+    let bestAt = Infinity;
+    for (let b = 0; b < backends.length; b++) {
+      // A random jitter far below a CPU-ms breaks exact ties fairly.
+      const at = finishAt(b, backends[b]!.cpuMs) + random() * 1e-6;
+      if (at < bestAt) {
+        bestAt = at;
+        best = b;
+      }
+    }
+    return best;
+  };
+
   for (const { eps, strategy } of views) {
     const arrival = () => {
-      const p = strategy.pick({ nowMs: now })!;
+      const p =
+        strategyName === ORACLE
+          ? { endpoint: eps[oracle(sc.backends)]! }
+          : strategy.pick({ nowMs: now })!;
       const b = eps.indexOf(p.endpoint);
       if (now >= measuredFrom) picks[b]!++;
       p.endpoint.load.onRequestStart(now);
@@ -550,6 +607,12 @@ describe('CFS bandwidth control as in the benchmark: 10 ms periods, a pinned bus
     fixedCpu: true,
     durationMs: 30_000,
   });
+  /** The same fleet without the neighbour, at the benchmark's identical rate (65%). */
+  const identical: CpuScenario = {
+    ...bench(1),
+    gatewayRps: 290,
+    backends: BENCH.map((b) => ({ ...b, neighbourShare: 0 })),
+  };
 
   it.each(SEEDS)(
     'seed %i: a better p99 than least-in-flight and than without the CPU signal; b0 not starved',
@@ -561,7 +624,8 @@ describe('CFS bandwidth control as in the benchmark: 10 ms periods, a pinned bus
       expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 0.95);
       expect(cpu.p99Ms).toBeLessThan(noCgroup.p99Ms);
       expect(cpu.meanMs).toBeLessThan(noCgroup.meanMs);
-      // 0.5: best of 3 sends b0 11.3-11.5% of its 20% (P2C 13.9-15.2% before the hidden-load fix), for a lower p99.
+      // 0.5: best of 3 sends b0 11.3-11.5% of its 20% (P2C 13.9-15.2% before the fix for
+      // phantom hidden load), for a lower p99.
       expect(cpu.shares[0]).toBeGreaterThan(capacityShare(BENCH, 0) * 0.5);
     },
   );
@@ -576,16 +640,38 @@ describe('CFS bandwidth control as in the benchmark: 10 ms periods, a pinned bus
       // looked a service time slower at random: shares 0.28-0.37, p50 1.52-1.56x
       // least-in-flight's (seeds 1-3). Now: shares within 0.006 of a third, p50 1.05-1.13x,
       // p99 1.05-1.13x (least-in-flight 16.4-19.9 ms).
-      const sc = {
-        ...bench(1),
-        gatewayRps: 290,
-        backends: BENCH.map((b) => ({ ...b, neighbourShare: 0 })),
-      };
+      const sc = identical;
       const cpu = simulate('load-aware', sc, seed);
       const lif = simulate('least-in-flight', sc, seed);
       for (const share of cpu.shares) expect(Math.abs(share - 1 / 3)).toBeLessThan(0.02);
       expect(cpu.p50Ms).toBeLessThan(lif.p50Ms * 1.2);
       expect(cpu.p99Ms).toBeLessThan(lif.p99Ms * 1.2);
+    },
+  );
+
+  it.each(SEEDS)(
+    'seed %i: against perfect information: load-aware within 1.2x the oracle p99, and what the oracle cannot do',
+    (seed) => {
+      // The oracle sends each request where it would finish first, knowing every backend's
+      // queue and quota left (no gateway can). Greedy, it is the bound better estimates could
+      // approach. Seeds 1-3, p50 / p99 ms:
+      // - with the neighbour (245 req/s): oracle 6.52/23.5, 7.14/28.1, 6.12/25.7 (b0 5.4-6.6%);
+      //   load-aware 5.51/27.3, 5.53/25.9, 5.34/30.1; least-in-flight 4.21/35.0, 4.13/34.0,
+      //   4.05/36.6. A p50 at or below least-in-flight's and a p99 at 0.7x of it together (issue
+      //   13's targets) are not met even with perfect information: least-in-flight's p50 comes
+      //   from sending b0 its share of the requests that find every backend idle.
+      // - identical (290 req/s): oracle 2.20/16.2, 2.20/17.9, 2.20/17.9; least-in-flight
+      //   2.20/16.9, 2.20/16.4, 2.20/19.9; load-aware 2.50/19.1, 2.48/18.1, 2.31/20.9. On
+      //   identical backends least-in-flight is about as good as perfect information: no p99
+      //   at 0.7x of it is there to be had.
+      for (const sc of [bench(1), identical]) {
+        const cpu = simulate('load-aware', sc, seed);
+        const best = simulate(ORACLE, sc, seed);
+        const lif = simulate('least-in-flight', sc, seed);
+        expect(cpu.p99Ms).toBeLessThan(best.p99Ms * 1.2);
+        expect(best.p99Ms).toBeGreaterThan(lif.p99Ms * (sc === identical ? 0.85 : 0.6));
+        if (sc !== identical) expect(best.p50Ms).toBeGreaterThan(lif.p50Ms * 1.4);
+      }
     },
   );
 
