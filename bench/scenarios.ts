@@ -298,7 +298,17 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       })),
       // Express + HPM (a connection per request) last, so its TIME_WAIT sockets
       // follow every other balancer's run rather than precede loadwise's.
-      balancers: [nginx('least_conn'), lwDefault, expressHpmKeepAlive, expressHpm],
+      // The accept-queue guard at its default cap (0.5 of new requests), uncapped, and off: a
+      // fresh gateway per rate meets the load generator's connection storm (docs/bench.md, "On a
+      // slower machine, the same afternoon").
+      balancers: [
+        nginx('least_conn'),
+        lwDefault,
+        loadwise(defaultStrategy, { acceptQueue: { maxShare: 1 } }, {}, 'acceptQueue maxShare 1'),
+        loadwise(defaultStrategy, { acceptQueue: false }, {}, 'acceptQueue off'),
+        expressHpmKeepAlive,
+        expressHpm,
+      ],
     },
     {
       name: 'steady-heterogeneous',

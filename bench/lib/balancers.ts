@@ -179,11 +179,13 @@ export function loadwise(
   extra: Record<string, unknown> = {},
   /** Top-level settings of bench/procs/gateway-loadwise.ts (traceEveryMs). */
   config: Record<string, unknown> = {},
+  /** Added to the row's name (`loadwise <spec>, <suffix>`): a variant of the same strategy. */
+  suffix?: string,
 ): BalancerDef {
   const { strategy, strategyOptions } = parseStrategySpec(spec);
   const options = strategyOptions ? { strategyOptions, ...extra } : extra;
   return {
-    name: `loadwise ${spec}`,
+    name: suffix ? `loadwise ${spec}, ${suffix}` : `loadwise ${spec}`,
     family: 'loadwise',
     start: (ctx, instance) =>
       nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
