@@ -304,8 +304,8 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       balancers: [
         nginx('least_conn'),
         lwDefault,
-        loadwise(defaultStrategy, { acceptQueue: { maxShare: 1 } }, {}, 'acceptQueue maxShare 1'),
-        loadwise(defaultStrategy, { acceptQueue: false }, {}, 'acceptQueue off'),
+        loadwise(defaultStrategy, { acceptQueue: { maxShare: 1 } }, {}, ', acceptQueue maxShare 1'),
+        loadwise(defaultStrategy, { acceptQueue: false }, {}, ', acceptQueue off'),
         expressHpmKeepAlive,
         expressHpm,
       ],

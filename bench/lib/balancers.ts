@@ -179,13 +179,13 @@ export function loadwise(
   extra: Record<string, unknown> = {},
   /** Top-level settings of bench/procs/gateway-loadwise.ts (traceEveryMs). */
   config: Record<string, unknown> = {},
-  /** Added to the row's name (`loadwise <spec>, <suffix>`): a variant of the same strategy. */
-  suffix?: string,
+  /** Appended to the row's name (`loadwise <spec><suffix>`): a variant of the same strategy. */
+  suffix = '',
 ): BalancerDef {
   const { strategy, strategyOptions } = parseStrategySpec(spec);
   const options = strategyOptions ? { strategyOptions, ...extra } : extra;
   return {
-    name: suffix ? `loadwise ${spec}, ${suffix}` : `loadwise ${spec}`,
+    name: `loadwise ${spec}${suffix}`,
     family: 'loadwise',
     start: (ctx, instance) =>
       nodeGateway(`loadwise-${strategy}-${instance}`, 'gateway-loadwise.js', {
@@ -295,10 +295,9 @@ export const expressHpmKeepAlive: BalancerDef = expressHpmKeepAliveWith();
  * Express server can use. `config`: further gateway settings (`nodeArgs`).
  */
 export function serverClassVariants(config: Record<string, unknown> = {}): BalancerDef[] {
-  const lw = loadwise('load-aware', {}, { ...config, nodeServerClasses: true });
   const peer = expressHpmKeepAliveWith({ ...config, gatewayServerClasses: true });
   return [
-    { ...lw, name: `${lw.name} on Node's server classes` },
+    loadwise('load-aware', {}, { ...config, nodeServerClasses: true }, " on Node's server classes"),
     { ...peer, name: `${peer.name}, gateway server classes`, family: 'express-hpm-classes' },
   ];
 }

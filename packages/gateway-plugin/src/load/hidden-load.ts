@@ -109,10 +109,10 @@ export class HiddenLoad {
         prev === undefined ? snapshot : prev + HIDDEN_EWMA_ALPHA * (snapshot - prev);
       mean = this.hiddenSnapshotEwma;
     }
-    const agentMean = localMean + (mean > 0 ? mean : 0);
-    this.shareOfTraffic = agentMean > 0 && localMean < agentMean ? localMean / agentMean : 1;
-    this.snapshot = snapshot > 0 ? snapshot : 0;
     this.mean = mean > 0 ? mean : 0;
+    // This gateway's part of the agent's mean (local + hidden); all of it when nothing is hidden.
+    this.shareOfTraffic = this.mean > 0 ? localMean / (localMean + this.mean) : 1;
+    this.snapshot = snapshot > 0 ? snapshot : 0;
     this.localMean = localMean;
     this.membership?.setFlow(this.mean, localMean);
     this.membership?.refreshRatio(nowMs);
