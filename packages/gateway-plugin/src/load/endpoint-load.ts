@@ -256,6 +256,13 @@ class EndpointLoadEstimate implements LoadEstimate {
     return wait < MAX_EXPECTED_WAIT_MS ? wait : MAX_EXPECTED_WAIT_MS;
   }
 
+  expectedWaitError(nowMs: number): number {
+    const r = this.freshReport(nowMs);
+    const e = this.times.relativeError(nowMs, r);
+    // A CPU-set service time is not a mean of these samples.
+    return e > 0 && !this.cpuSetsServiceTime(nowMs, r, this.capacity.value()) ? e : 0;
+  }
+
   watchInFlight(listener: () => void): () => void {
     return this.local.watch(listener);
   }

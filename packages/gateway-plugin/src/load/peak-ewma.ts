@@ -14,6 +14,9 @@
  * backend), so we decay a peak towards the windowed minimum latency instead:
  * the spike is forgotten, the host's demonstrated best is not.
  */
+/** Weight of one sample in the plain mode's variance of the samples (about the last 32). */
+const VARIANCE_WEIGHT = 1 / 32;
+
 export class PeakEwma {
   private costMs = 0;
   private stampMs = 0;
@@ -22,6 +25,14 @@ export class PeakEwma {
   private minCurrentMs = Infinity;
   private minPreviousMs = Infinity;
   private minWindowStartMs = 0;
+  /** Plain mode: the variance of the samples around the estimate (VARIANCE_WEIGHT per sample). */
+  private variance = 0;
+  /**
+   * Plain mode: the sum of the squared weights the estimate gives its samples,
+   * the variance of the estimate in units of one sample's (1 after the first,
+   * about 1 / (2 × samples per decayMs) in a steady stream).
+   */
+  private weightSq = 0;
 
   /**
    * @param peak false makes it a plain time-weighted EWMA: samples above the
@@ -49,11 +60,23 @@ export class PeakEwma {
     if (this.samples === 0) {
       this.costMs = rtt;
       this.minWindowStartMs = nowMs;
+      this.variance = 0;
+      this.weightSq = 1;
     } else if (this.peak && rtt > this.costMs) {
       this.costMs = rtt;
     } else {
       const w = Math.exp(-Math.max(0, nowMs - this.stampMs) / this.decayMs);
-      this.costMs = this.costMs * w + rtt * (1 - w);
+      const a = 1 - w;
+      const diff = rtt - this.costMs;
+      this.costMs = this.costMs * w + rtt * a;
+      if (!this.peak) {
+        // The samples' spread, per sample (West's incremental variance at a fixed weight): a
+        // time weight would collapse it to the last sample after a gap, just when the estimate
+        // rests on that one sample. weightSq follows the estimate's own recursion, squared.
+        const v = VARIANCE_WEIGHT;
+        this.variance = (1 - v) * (this.variance + v * diff * diff);
+        this.weightSq = w * w * this.weightSq + a * a;
+      }
     }
     this.stampMs = Math.max(this.stampMs, nowMs);
     this.samples++;
@@ -67,9 +90,20 @@ export class PeakEwma {
     if (rtt < this.minCurrentMs) this.minCurrentMs = rtt;
   }
 
+  /**
+   * Plain mode: the standard error of the estimate relative to it, from the
+   * samples' spread and how many of them it rests on (0 before two samples).
+   */
+  relativeError(): number {
+    if (this.samples < 2 || !(this.costMs > 0)) return 0;
+    return Math.sqrt(this.variance * this.weightSq) / this.costMs;
+  }
+
   /** Forgets every sample: the backend behind it is a new incarnation (restarted, re-admitted). */
   reset(): void {
     this.costMs = 0;
+    this.variance = 0;
+    this.weightSq = 0;
     this.stampMs = 0;
     this.samples = 0;
     this.minCurrentMs = Infinity;

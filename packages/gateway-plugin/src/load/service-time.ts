@@ -27,6 +27,16 @@ export type ServiceTimeSource = LoadSnapshot['serviceTimeSource'];
 export const PROBE_SLOW_RATIO = 2;
 /** The regression of a confirmed slow backend's figure slows down to this × serviceDecayMs. */
 export const MAX_PROBE_BACKOFF = 32;
+/**
+ * A local figure without a sample for this × serviceDecayMs is unchecked: its
+ * sampling error can win it a tie (relativeError). A backend in use gets a
+ * sample every few ms; one the picks left out gets none. Gating on this kept
+ * the hidden-load simulation as it was (queueing-sim.test.ts): there the
+ * loaded backend keeps getting samples, and its latency is the freshest sign
+ * of the hidden client's bursts, which a tie on every pick blurred (p99 0.50
+ * to 0.53x least-in-flight with seed 1).
+ */
+export const QUIET_DECAY_SHARE = 0.25;
 /** A local figure older than this × serviceDecayMs no longer speaks for the cohort's mean (own()). */
 export const COHORT_FRESH_DECAYS = 3;
 type Origin = 'local' | 'reported' | 'cohort';
@@ -142,6 +152,19 @@ export class ServiceTime {
     let v = this.raw(this.origin(nowMs, r), nowMs, r, capacity);
     if (v === undefined || !(v >= 0)) v = this.o.defaultLatencyMs;
     return v > MIN_SERVICE_TIME_MS ? v : MIN_SERVICE_TIME_MS;
+  }
+
+  /**
+   * The standard error of value() relative to it, when the local figure has
+   * had no sample for QUIET_DECAY_SHARE of serviceDecayMs: from its samples'
+   * spread and how many it rests on (PeakEwma.relativeError). 0 while samples
+   * keep coming (the figure is checked), and for a reported or neutral figure,
+   * whose spread is unknown here.
+   */
+  relativeError(nowMs: number, r: ReportDigest | undefined): number {
+    if (this.origin(nowMs, r) !== 'local') return 0;
+    if (nowMs - this.service.lastSampleMs! < QUIET_DECAY_SHARE * this.o.serviceDecayMs) return 0;
+    return this.service.relativeError();
   }
 
   /** Where value() comes from (for the snapshot). */

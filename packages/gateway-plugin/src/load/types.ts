@@ -31,6 +31,14 @@ export interface EndpointLoad {
    * a backend with no data gets a neutral estimate, never zero.
    */
   expectedWaitMs(nowMs: number): number;
+  /**
+   * Optional: the standard error of expectedWaitMs relative to it, for a figure
+   * nobody has refreshed lately (0 otherwise, or when unknown). The default
+   * strategy lets such a candidate win a tie within it, so a backend whose
+   * last samples were unlucky is not left out until its figure decays
+   * (strategies/p2c-strategy.ts, samplingBand).
+   */
+  expectedWaitError?(nowMs: number): number;
   /** Starts (or restarts) slow start: a newcomer or re-admitted backend ramps up. */
   admit(nowMs: number): void;
   /** 0 < factor <= 1 while ramping up, 1 when settled. */

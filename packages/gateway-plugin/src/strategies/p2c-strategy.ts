@@ -68,7 +68,11 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
         const c = selectP2C(list, choices, m, common.random, ctx, choice);
         if (c.best === undefined) return undefined;
         const relative = tieTolerance * c.bestMetric;
-        const band = relative + (noiseTies ? (ctx.measurementNoiseMs ?? 0) : 0);
+        const band =
+          relative +
+          (noiseTies && c.other !== undefined
+            ? (ctx.measurementNoiseMs ?? 0) + samplingBand(c, ctx.nowMs)
+            : 0);
         if (tieTolerance > 0 && c.other !== undefined && c.otherMetric - c.bestMetric <= band) {
           const i = breakTie(c, relative, band, common.random);
           if (i >= 0) {
@@ -90,6 +94,38 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
       },
     };
   };
+}
+
+/** Standard errors apart within which two estimates count as equal (about 95% two-sided). */
+export const SAMPLING_TIE_Z = 2;
+/** The sampling band never spans more than this share of the best metric. */
+export const MAX_SAMPLING_TIE = 0.25;
+
+/**
+ * How far apart the best and another sampled candidate can be by sampling
+ * alone: SAMPLING_TIE_Z standard errors of their difference, from each
+ * estimate's relative error (EndpointLoad.expectedWaitError), the widest pair,
+ * at most MAX_SAMPLING_TIE of the best. A latency EWMA over a second of
+ * samples with a coefficient of variation of 1 is off by ~5% at 170 samples a
+ * second; a strict comparison then sent one of three identical 64-slot
+ * backends every request for seconds at a time (the rate sweep, and
+ * queueing-sim.test.ts), since the others got no samples to correct theirs.
+ * A real difference of 2x stays a difference whatever the noise.
+ */
+function samplingBand(c: Choice, nowMs: number): number {
+  const best = c.best!;
+  const eb = (best.load.expectedWaitError?.(nowMs) ?? 0) * c.bestMetric;
+  let widest = 0;
+  for (let i = 0; i < c.count; i++) {
+    const ep = c.sampled[i]!;
+    if (ep === best) continue;
+    const e = (ep.load.expectedWaitError?.(nowMs) ?? 0) * c.metrics[i]!;
+    if (e > widest) widest = e;
+  }
+  if (eb === 0 && widest === 0) return 0;
+  const band = SAMPLING_TIE_Z * Math.sqrt(eb * eb + widest * widest);
+  const cap = MAX_SAMPLING_TIE * c.bestMetric;
+  return band < cap ? band : cap;
 }
 
 /** Indices into `c.sampled` of the candidates tied with the best (reused: picks are synchronous). */
