@@ -298,13 +298,20 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       })),
       // Express + HPM (a connection per request) last, so its TIME_WAIT sockets
       // follow every other balancer's run rather than precede loadwise's.
-      // The accept-queue guard at its default cap (0.5 of new requests), uncapped, and off: a
-      // fresh gateway per rate meets the load generator's connection storm (docs/bench.md, "On a
-      // slower machine, the same afternoon").
+      // The default (Node's backlog of 511), the backlog nginx gets here, and the accept-queue
+      // guard off: a fresh gateway per rate meets the load generator's connection storm
+      // (docs/bench.md, "On a slower machine, the same afternoon").
       balancers: [
         nginx('least_conn'),
         lwDefault,
-        loadwise(defaultStrategy, { acceptQueue: { maxShare: 1 } }, {}, ', acceptQueue maxShare 1'),
+        // Listening with nginx's backlog in this harness (bench/lib/peers.ts: backlog=4096), as
+        // docs/gateway.md deploys it, the guard told so.
+        loadwise(
+          defaultStrategy,
+          { acceptQueue: { backlog: 4096 } },
+          { backlog: 4096 },
+          ', backlog 4096',
+        ),
         loadwise(defaultStrategy, { acceptQueue: false }, {}, ', acceptQueue off'),
         expressHpmKeepAlive,
         expressHpm,

@@ -47,6 +47,8 @@ interface LoadwiseConfig {
   nodeServerClasses?: boolean;
 }
 
+const round2 = (x: number): number => Math.round(x * 100) / 100;
+
 /** Node's default listen backlog (net.Server#listen), which `app.listen` uses. */
 const NODE_DEFAULT_BACKLOG = 511;
 
@@ -176,8 +178,22 @@ async function main(): Promise<void> {
     tracer = setInterval(() => {
       const inFlight: Record<string, number> = {};
       let sockets = 0;
+      // Per backend, the estimate behind each pick: [s ms, its source, expected wait ms, hidden
+      // in flight, slots, penalty factor, slow-start factor] (docs/strategies.md).
+      const estimates: Record<string, unknown[]> = {};
+      const nowMs = Date.now();
       for (const be of b.registry.backends.values()) {
         inFlight[be.id] = be.load.inFlight;
+        const s = be.load.snapshot(nowMs);
+        estimates[be.id] = [
+          round2(s.serviceTimeMs),
+          s.serviceTimeSource,
+          round2(s.expectedWaitMs),
+          round2(s.hiddenInFlight),
+          round2(s.capacity),
+          round2(s.penaltyFactor),
+          round2(s.slowStartFactor),
+        ];
         for (const list of Object.values(be.agent.sockets)) sockets += list?.length ?? 0;
       }
       const port = (server.address() as AddressInfo | null)?.port;
@@ -193,7 +209,11 @@ async function main(): Promise<void> {
         active: b.flow.active,
         sockets,
         overloaded: b.overload?.overloaded ?? false,
+        // What the accept-queue guard last read, and the share it sheds.
+        guardDepth: b.acceptQueue?.depth ?? null,
+        guardShare: b.acceptQueue?.shedShare ?? 0,
         inFlight,
+        estimates,
       });
     }, cfg.traceEveryMs);
     tracer.unref();

@@ -410,12 +410,12 @@ export const DEFAULTS = {
    */
   overload: { maxEventLoopDelayMs: 500, sampleIntervalMs: 200 },
   /**
-   * Shedding starts when half of the backlog waits (the queue a sample sees is
-   * what came in while the process last turned its event loop: 256 at 2,000
-   * connections/s is a 128 ms turn, half-way to the one that overflows 511) and
-   * sheds all once the queue is full; the share falls over 1 s once at most a
-   * tenth waits (docs/gateway.md, "Accept queue"). 50 ms sampling reads a table
-   * head (~0.1 ms) while requests arrive, never when idle.
+   * Shedding starts when half of the backlog waits (Node 20 accepts one
+   * connection per event-loop turn, so a busy loop lets the queue grow: 256
+   * waiting is half-way to overflowing 511) and sheds all once the queue is
+   * full; the share falls over 1 s once at most a tenth waits (docs/gateway.md,
+   * "Accept queue"). 50 ms sampling reads a table head (~0.1 ms) while
+   * requests arrive, never when idle.
    */
   acceptQueue: {
     backlog: 511,

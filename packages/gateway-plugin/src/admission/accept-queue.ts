@@ -9,8 +9,10 @@
  * (bench/results/burst.md). This monitor reads the queue's depth from the
  * kernel's socket table and, while it is deep, lets the request flow answer
  * new requests 503 LW_GW_OVERLOADED + Retry-After before any body read or
- * proxy work: a shed request costs its accept and parse only, so the process
- * drains its queue faster and clients get an answer instead of a drop.
+ * proxy work: a shed request costs its parse only, so the loop's turns get a
+ * little shorter and clients get an answer instead of a drop. Only a little:
+ * Node 20 accepts one connection per turn (docs/gateway.md, "Accept queue"),
+ * and the shed requests arrive on connections already accepted.
  *
  * The table: /proc/net/tcp (IPv4 listeners) and /proc/net/tcp6 (IPv6 and
  * dual-stack ones), format of net/ipv4/tcp_ipv4.c get_tcp4_sock. For a socket
