@@ -128,6 +128,18 @@ export function answerDiagMessages(diag: { reset(): void; read(): GatewayDiag })
 }
 
 /**
+ * Client keep-alive as docs/gateway.md ("Running it well") deploys a gateway,
+ * and as nginx (75 s) and HAProxy (`timeout client 60s`) keep it here: with
+ * Node's default 5 s the server closed pooled client sockets the load
+ * generator was reusing, and 2 requests of a scenario 4 run failed with
+ * ECONNRESET (2026-12-02).
+ */
+export function keepClientsAlive(server: http.Server): void {
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
+}
+
+/**
  * Serves a peer gateway's app (Express + a proxy) on loopback `port` (0: any
  * free one) with the diagnostics above, closes it (then `close`, its clients
  * to the backends) on shutdown, and tells the parent 'ready' with the port.
@@ -140,7 +152,9 @@ export async function servePeerGateway(
   serverOptions: http.ServerOptions = {},
 ): Promise<void> {
   const diag = startDiag();
-  const server = http.createServer(serverOptions, app).listen(port, '127.0.0.1');
+  const server = http.createServer(serverOptions, app);
+  keepClientsAlive(server);
+  server.listen(port, '127.0.0.1');
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
     server.once('error', reject);

@@ -17,7 +17,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
 import { closeServer, fail, onShutdown, readConfig, tell } from './child';
-import { answerDiagMessages, startDiag } from './gateway-diag';
+import { answerDiagMessages, keepClientsAlive, startDiag } from './gateway-diag';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 interface LoadwiseConfig {
@@ -73,6 +73,7 @@ async function startGateway(cfg: LoadwiseConfig) {
   const server: Server = cfg.nodeServerClasses
     ? createServer(app)
     : createServer(gatewayServerOptions(), app);
+  keepClientsAlive(server);
   server.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
   await new Promise<void>((resolve, reject) => {
     server.once('listening', resolve);
