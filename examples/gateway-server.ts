@@ -50,6 +50,13 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
 export const STATUS_PATH = '/_lb/status';
 /** On SIGTERM, in-flight requests get this long to finish (systemd's TimeoutStopSec must exceed it). */
 export const STOP_GRACE_MS = 10_000;
+/**
+ * The listen backlog, told to the accept-queue guard too. Node accepts one
+ * connection per event-loop turn, so a burst waits in the kernel's queue, and
+ * beyond Node's default of 511 the kernel drops it (docs/gateway.md, "Accept
+ * queue"); the kernel caps it at net.core.somaxconn.
+ */
+export const LISTEN_BACKLOG = 4096;
 export const METRICS_PATH = '/_lb/metrics';
 
 class ConfigError extends Error {}
@@ -156,7 +163,11 @@ async function main(): Promise<void> {
   let lb: ReturnType<typeof loadBalance>;
   try {
     config = configFromEnv(process.env);
-    lb = loadBalance({ ...config.options, logger: stderrLogger });
+    lb = loadBalance({
+      acceptQueue: { backlog: LISTEN_BACKLOG },
+      ...config.options,
+      logger: stderrLogger,
+    });
   } catch (err) {
     if (err instanceof ConfigError || err instanceof GatewayError) {
       process.stderr.write(`gateway-server: ${err.message}\n`);
@@ -174,6 +185,10 @@ async function main(): Promise<void> {
   }
   app.use(lb);
   const server = http.createServer(gatewayServerOptions(), app);
+  // Idle client connections stay open longer than a front's idle timeout (60 s on an AWS
+  // ALB): Node's default 5 s closes sockets a client may be reusing (docs/gateway.md).
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   server.on('upgrade', lb.upgrade);
   let stopping = false;
   const stop = (signal: string): void => {
@@ -202,7 +217,7 @@ async function main(): Promise<void> {
   }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(config.port, config.host, resolve);
+    server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, resolve);
   });
   const { port } = server.address() as AddressInfo;
   process.stdout.write(
