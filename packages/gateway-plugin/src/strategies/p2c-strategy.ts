@@ -34,7 +34,9 @@ export interface P2COptions {
    * The metric is a latency-based time in ms: a difference beyond
    * `tieTolerance` but within the pick's `measurementNoiseMs` (the gateway's
    * own event-loop lateness) is a tie too, won by the fewest requests in flight
-   * from this gateway (a fair draw among those with as few). Default false.
+   * from this gateway (a fair draw among those with as few); so is one within
+   * the sampling error of a figure nobody has refreshed lately
+   * (`EndpointLoad.expectedWaitError`, samplingBand below). Default false.
    */
   noiseTies?: boolean;
   /** A backend in slow start gets a share of the traffic, not a handicap (default true). */
