@@ -21,6 +21,8 @@ export interface BenchArgs {
   brokerUrl: string;
   strategies?: string[];
   balancers?: string[];
+  /** Scenario 8's open-loop rates (req/s) instead of its default steps. */
+  rates?: number[];
   controlPlaneAgents: number;
   resultsDir: string;
   /** Rebuild latest.md from every scenario page in resultsDir (default: unless only the smoke scenario ran). */
@@ -50,7 +52,13 @@ export function parseArgs(argv: string[]): BenchArgs {
     else if (a === '--strategies') args.strategies = value().split(',');
     else if (a === '--balancers') args.balancers = value().split(',');
     else if (a === '--agents') args.controlPlaneAgents = parseInt(value(), 10);
-    else if (a === '--out') args.resultsDir = value();
+    else if (a === '--rates') {
+      const rates = value().split(',').map(Number);
+      if (!rates.every((r) => Number.isFinite(r) && r > 0)) {
+        throw new Error('--rates needs positive numbers, comma-separated (req/s)');
+      }
+      args.rates = rates;
+    } else if (a === '--out') args.resultsDir = value();
     else throw new Error(`unknown argument ${a}`);
   }
   return args;
@@ -93,6 +101,7 @@ export async function runBench(
     quick: args.quick,
     strategies,
     controlPlaneAgents: args.controlPlaneAgents,
+    ...(args.rates ? { rates: args.rates } : {}),
   });
   if (args.scenarios.length > 0) {
     const unknown = args.scenarios.filter((s) => !scenarios.some((x) => x.name === s));

@@ -28,6 +28,8 @@ export interface ScenarioOptions {
   strategies: string[];
   /** Simulated agents in scenario 7. */
   controlPlaneAgents: number;
+  /** Scenario 8's rates (req/s); default 500 to 2,500 by 500 (200 and 400 with `quick`). */
+  rates?: number[];
 }
 
 function open(rate: number, quick: boolean, durationMs = 8_000, windowMs = 1_000): LoadSpec {
@@ -292,7 +294,7 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
       backends: identical(3, 64, 10),
       maxQueue: 1024,
       agents: true,
-      cases: (q ? [200, 400] : [500, 1000, 1500, 2000, 2500]).map((rate) => ({
+      cases: (o.rates ?? (q ? [200, 400] : [500, 1000, 1500, 2000, 2500])).map((rate) => ({
         label: `${rate} req/s`,
         load: open(rate, q, 6_000),
       })),
