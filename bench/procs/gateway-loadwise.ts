@@ -16,6 +16,7 @@ import {
   type LoadBalanceOptions,
 } from '@loadwise/gateway-plugin';
 import { parseKeyFile } from '@loadwise/protocol';
+import { round } from '../lib/stats';
 import { closeServer, fail, onShutdown, readConfig, tell } from './child';
 import { answerDiagMessages, keepClientsAlive, startDiag } from './gateway-diag';
 import { internals } from '@loadwise/gateway-plugin/internals';
@@ -46,8 +47,6 @@ interface LoadwiseConfig {
    */
   nodeServerClasses?: boolean;
 }
-
-const round2 = (x: number): number => Math.round(x * 100) / 100;
 
 /** Node's default listen backlog (net.Server#listen), which `app.listen` uses. */
 const NODE_DEFAULT_BACKLOG = 511;
@@ -187,13 +186,13 @@ async function main(): Promise<void> {
         inFlight[be.id] = be.load.inFlight;
         const s = be.load.snapshot(nowMs);
         estimates[be.id] = [
-          round2(s.serviceTimeMs),
+          round(s.serviceTimeMs, 2),
           s.serviceTimeSource,
-          round2(s.expectedWaitMs),
-          round2(s.hiddenInFlight),
-          round2(s.capacity),
-          round2(s.penaltyFactor),
-          round2(s.slowStartFactor),
+          round(s.expectedWaitMs, 2),
+          round(s.hiddenInFlight, 2),
+          round(s.capacity, 2),
+          round(s.penaltyFactor, 2),
+          round(s.slowStartFactor, 2),
         ];
         for (const list of Object.values(be.agent.sockets)) sockets += list?.length ?? 0;
       }
