@@ -314,6 +314,14 @@ export function buildScenarios(o: ScenarioOptions): Scenario[] {
           { backlog: 4096 },
           ', backlog 4096',
         ),
+        // The same with 4 accept handles (multiAccept): Node 20 accepts one connection per
+        // handle per event-loop turn (docs/gateway.md, "Accept queue").
+        loadwise(
+          defaultStrategy,
+          { acceptQueue: { backlog: 4096 } },
+          { backlog: 4096, acceptHandles: 4 },
+          ', backlog 4096, 4 accept handles',
+        ),
         loadwise(defaultStrategy, { acceptQueue: false }, {}, ', acceptQueue off'),
         expressHpmKeepAlive,
         expressHpm,
@@ -409,6 +417,11 @@ export function coldStartScenarios(
       // The same with nginx's backlog in this harness (bench/lib/peers.ts: backlog=4096).
       ...loadwise(strategy, {}, { backlog: 4096 }),
       name: `loadwise ${strategy} backlog 4096`,
+    },
+    {
+      // And 4 accept handles (multiAccept): the storm accepted 4 connections a turn, not 1.
+      ...loadwise(strategy, {}, { backlog: 4096, acceptHandles: 4 }),
+      name: `loadwise ${strategy} backlog 4096, 4 accept handles`,
     },
     {
       ...loadwise(strategy, {}, { traceEveryMs: 200 }),

@@ -22,6 +22,7 @@ import {
   GatewayError,
   gatewayServerOptions,
   loadBalance,
+  multiAccept,
   type BackendConfig,
   type BrokerUrlOptions,
   type LoadBalanceOptions,
@@ -45,6 +46,8 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
   LOADWISE_GW_STATUS_TOKEN: 'token /_lb/status and /_lb/metrics require (Authorization: Bearer)',
   LOADWISE_GW_ID: 'name of this gateway, sent back in an x-loadwise-gateway response header',
+  LOADWISE_GW_ACCEPT_HANDLES:
+    'connections accepted per event-loop turn, 1..64 (default 1; multiAccept, docs/gateway.md)',
 };
 
 export const STATUS_PATH = '/_lb/status';
@@ -90,6 +93,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   options: LoadBalanceOptions;
   host: string;
   port: number;
+  /** Listen handles accepting connections (multiAccept); 1 is the server's own alone. */
+  acceptHandles: number;
   id: string | undefined;
 } {
   for (const name of Object.keys(env)) {
@@ -128,10 +133,18 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   const port = Number(rawPort);
   if (!/^\d+$/.test(rawPort) || port > 65535)
     throw new ConfigError(`LOADWISE_GW_PORT: not a port (got ${JSON.stringify(rawPort)})`);
+  const rawHandles = env['LOADWISE_GW_ACCEPT_HANDLES'] ?? '1';
+  const acceptHandles = Number(rawHandles);
+  if (!/^\d+$/.test(rawHandles) || acceptHandles < 1 || acceptHandles > 64) {
+    throw new ConfigError(
+      `LOADWISE_GW_ACCEPT_HANDLES: not an integer 1..64 (got ${JSON.stringify(rawHandles)})`,
+    );
+  }
   return {
     options,
     host: env['LOADWISE_GW_HOST'] ?? '127.0.0.1',
     port,
+    acceptHandles,
     id: env['LOADWISE_GW_ID'] || undefined,
   };
 }
@@ -219,6 +232,8 @@ async function main(): Promise<void> {
     server.once('error', reject);
     server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, resolve);
   });
+  // More than one connection accepted per loop turn on Node 20 (docs/gateway.md, "Accept queue").
+  await multiAccept(server, { handles: config.acceptHandles, backlog: LISTEN_BACKLOG });
   const { port } = server.address() as AddressInfo;
   process.stdout.write(
     `${JSON.stringify({ event: 'listening', id: config.id ?? null, port, pid: process.pid })}\n`,

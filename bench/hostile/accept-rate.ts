@@ -12,12 +12,15 @@
  * task. `--cluster` runs the server as the one worker of a `node:cluster`
  * primary, which then does the accepting.
  *
- *   npm run bench:accept-rate [-- --rate 2000 --seconds 6 --busy 50,300,400 --stall 0 --cluster]
+ * `--handles 1,4` compares accept handles (multiAccept, cluster/multi-accept.ts).
+ *
+ *   npm run bench:accept-rate [-- --rate 2000 --seconds 6 --busy 50,300,400 --stall 0 --handles 1 --cluster]
  */
 import cluster from 'node:cluster';
 import { fork } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { multiAccept } from '@loadwise/gateway-plugin';
 import { procDepthReader } from '@loadwise/gateway-plugin/internals';
 
 function arg(name: string, fallback: string): string {
@@ -34,7 +37,7 @@ interface ServerStats {
 }
 
 /** The server: in a child process (or a cluster worker); answers `stats` on IPC. */
-function serve(busyUs: number, stallMs: number): void {
+function serve(busyUs: number, stallMs: number, handles: number): void {
   const stats: ServerStats = { connections: 0, requests: 0, maxAcceptsPerTurn: 0, depths: [] };
   let acceptsThisTurn = 0;
   const server = http.createServer((_req, res) => {
@@ -57,7 +60,9 @@ function serve(busyUs: number, stallMs: number): void {
   setImmediate(turn);
   server.listen(
     { port: Number(process.env.ACCEPT_RATE_PORT ?? 0), host: '127.0.0.1', backlog: 4096 },
-    () => {
+    async () => {
+      // In a cluster worker the primary accepts: no copies there.
+      if (handles > 1 && cluster.isPrimary) await multiAccept(server, { handles, backlog: 4096 });
       const port = (server.address() as AddressInfo).port;
       const read = procDepthReader();
       const t0 = Date.now();
@@ -138,10 +143,11 @@ async function measure(
   rate: number,
   seconds: number,
   inCluster: boolean,
+  handles: number,
 ) {
   const child = fork(
     __filename,
-    [inCluster ? 'primary' : 'server', String(busyUs), String(stallMs)],
+    [inCluster ? 'primary' : 'server', String(busyUs), String(stallMs), String(handles)],
     {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     },
@@ -167,7 +173,9 @@ async function measure(
 
 async function main(): Promise<void> {
   const role = process.argv[2];
-  if (role === 'server') return serve(Number(process.argv[3]), Number(process.argv[4]));
+  if (role === 'server') {
+    return serve(Number(process.argv[3]), Number(process.argv[4]), Number(process.argv[5]));
+  }
   if (role === 'primary') {
     if (cluster.isPrimary) {
       // The primary accepts (round robin, Linux's default) and hands each connection over.
@@ -177,29 +185,32 @@ async function main(): Promise<void> {
       worker.on('exit', () => process.exit(0));
       return;
     }
-    return serve(Number(process.argv[3]), Number(process.argv[4]));
+    return serve(Number(process.argv[3]), Number(process.argv[4]), 1);
   }
   const rate = Number(arg('rate', '2000'));
   const seconds = Number(arg('seconds', '6'));
   const busy = arg('busy', '50,300,400').split(',').map(Number);
   const stalls = arg('stall', '0').split(',').map(Number);
+  const handleCounts = arg('handles', '1').split(',').map(Number);
   const inCluster = process.argv.includes('--cluster');
   const rows: string[] = [];
   for (const b of busy) {
     for (const stall of stalls) {
-      const r = await measure(b, stall, rate, seconds, inCluster);
-      const s = r.summary;
-      rows.push(
-        `| ${b} | ${stall} | ${s.p50Ms.toFixed(1)} | ${s.p99Ms.toFixed(1)} | ${s.done} | ${s.errors} | ${r.stats.connections} | ${r.stats.maxAcceptsPerTurn} | ${r.peak} | ${r.queuedMs} |`,
-      );
+      for (const handles of handleCounts) {
+        const r = await measure(b, stall, rate, seconds, inCluster, handles);
+        const s = r.summary;
+        rows.push(
+          `| ${b} | ${stall} | ${handles} | ${s.p50Ms.toFixed(1)} | ${s.p99Ms.toFixed(1)} | ${s.done} | ${s.errors} | ${r.stats.connections} | ${r.stats.maxAcceptsPerTurn} | ${r.peak} | ${r.queuedMs} |`,
+        );
+      }
     }
   }
   process.stdout.write(
     `accept rate of a busy Node server (node ${process.version}, libuv ${process.versions.uv}), ` +
       `${rate} req/s open loop for ${seconds} s, keep-alive pool of up to 4,000 sockets, ` +
       `backlog 4096${inCluster ? ', node:cluster (one worker)' : ''}\n` +
-      '| busy µs/request | one stall, ms | p50 ms | p99 ms | answered | errors | connections accepted | most accepts in one turn | peak accept queue | ms with a queue |\n' +
-      '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n' +
+      '| busy µs/request | one stall, ms | accept handles | p50 ms | p99 ms | answered | errors | connections accepted | most accepts in one turn | peak accept queue | ms with a queue |\n' +
+      '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n' +
       rows.join('\n') +
       '\n',
   );

@@ -9,6 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { createServer, type Server } from 'node:http';
 import express from 'express';
 import {
+  multiAccept,
   closeListener,
   gatewayServerOptions,
   loadBalance,
@@ -41,6 +42,8 @@ interface LoadwiseConfig {
    * net.core.somaxconn). Always passed explicitly and stated in the ready message.
    */
   backlog?: number;
+  /** Accept handles on the listen socket (multiAccept, cluster/multi-accept.ts); absent: 1. */
+  acceptHandles?: number;
   /**
    * Serve with Node's own request and response classes, as `app.listen` does,
    * instead of gatewayServerOptions()'s (docs/gateway.md, "The gateway's server").
@@ -78,6 +81,10 @@ async function startGateway(cfg: LoadwiseConfig) {
     server.once('listening', resolve);
     server.once('error', reject);
   });
+  // In a worker pool the primary accepts: multiAccept is for a single process.
+  if (cfg.acceptHandles !== undefined && cfg.workers === undefined) {
+    await multiAccept(server, { handles: cfg.acceptHandles, backlog });
+  }
   return { balancer, server, backlog, readyMs };
 }
 

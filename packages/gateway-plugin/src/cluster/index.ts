@@ -9,3 +9,4 @@ export {
   type StartedWorker,
 } from './run-workers';
 export type { RestartOptions } from './restart-policy';
+export { multiAccept, type MultiAcceptOptions } from './multi-accept';

@@ -26,6 +26,7 @@ import { Server as NetServer } from 'node:net';
 import { functionOption, numberOption, optionBag, rejectUnknownKeys } from '../load/option-check';
 import { MAX_TIMER_MS } from '../options-validate';
 import { gradualDrain } from './listener-drain';
+import { closeAcceptCopies } from './multi-accept';
 import { decideRestart, resolveRestart, type RestartOptions } from './restart-policy';
 
 export interface WorkerContext {
@@ -521,6 +522,7 @@ export function closeListener(server: HttpServer, opts: CloseListenerOptions = {
       );
       return;
     }
+    closeAcceptCopies(server);
     NetServer.prototype.close.call(server, () => resolve());
   });
 }
