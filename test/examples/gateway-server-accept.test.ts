@@ -1,0 +1,55 @@
+/**
+ * examples/gateway-server.ts with LOADWISE_GW_ACCEPT_HANDLES: the process
+ * listens on that many descriptors of one socket (multiAccept), proxies, and
+ * stops cleanly on SIGTERM; a bad value stops it at start with exit 2.
+ */
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import {
+  ManagedChild,
+  startBackendProcess,
+  waitForListening,
+  type StartedBackend,
+} from '../../examples/lib/processes';
+import { spawnScript } from '../kit/agent-cli';
+
+const GATEWAY_SERVER = path.resolve(__dirname, '../../examples/dist/gateway-server.js');
+
+describe('gateway-server with LOADWISE_GW_ACCEPT_HANDLES', () => {
+  let backend: StartedBackend | undefined;
+  let gateway: ManagedChild | undefined;
+  afterAll(async () => {
+    await gateway?.stop('SIGKILL');
+    await backend?.process.stop('SIGTERM');
+  });
+
+  test('accepts on 4 descriptors of its listen socket, proxies, and stops on SIGTERM', async () => {
+    backend = await startBackendProcess({ id: 'api-1' });
+    gateway = new ManagedChild('gateway-server', process.execPath, [GATEWAY_SERVER], {
+      PATH: process.env.PATH,
+      LOADWISE_GW_BACKENDS: `api-1=${backend.url}`,
+      LOADWISE_GW_PORT: '0',
+      LOADWISE_GW_ACCEPT_HANDLES: '4',
+    });
+    const port = await waitForListening(gateway, 15_000);
+    // ss lists every descriptor a process holds on the socket: fd=N once per handle.
+    const line = execFileSync('ss', ['-Hltnp', `sport = :${port}`], { encoding: 'utf8' });
+    expect(line.match(new RegExp(`pid=${gateway.pid},fd=\\d+`, 'g'))).toHaveLength(4);
+
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, () => fetch(`http://127.0.0.1:${port}/hello`)),
+    );
+    expect(answers.map((r) => r.status)).toEqual(Array(20).fill(200));
+    await Promise.all(answers.map((r) => r.arrayBuffer()));
+    expect(await gateway.stop('SIGTERM', 15_000)).toEqual({ code: 0, signal: null });
+  }, 40_000);
+
+  test('a value outside 1..64 stops it at start with exit 2, naming the variable', async () => {
+    const run = spawnScript(GATEWAY_SERVER, [], {
+      LOADWISE_GW_BACKENDS: 'api-1=http://127.0.0.1:9',
+      LOADWISE_GW_ACCEPT_HANDLES: '65',
+    });
+    expect(await run.exited).toBe(2);
+    expect(run.stderr()).toMatch(/LOADWISE_GW_ACCEPT_HANDLES: not an integer 1\.\.64 \(got "65"\)/);
+  });
+});
