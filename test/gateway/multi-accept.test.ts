@@ -4,11 +4,15 @@
  * connections instead of Node 20's one, every connection served as the
  * server's own, and all of them closed with it.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import http, { type Server } from 'node:http';
 import { connect, type Socket } from 'node:net';
+import path from 'node:path';
 import { closeListener, multiAccept } from '@loadwise/gateway-plugin';
+
+/** The built package (`npm test` builds first), for a process of its own. */
+const GATEWAY_DIST = path.resolve(__dirname, '../../packages/gateway-plugin/dist');
 
 async function listen(backlog = 511): Promise<{ server: Server; port: number }> {
   const server = http.createServer((_req, res) => res.end('ok'));
@@ -159,6 +163,26 @@ describe('multiAccept', () => {
     await multiAccept(server, { handles: 2 });
     await closeListener(server);
     expect(await refused(port)).toBe('ECONNREFUSED');
+  });
+
+  test("an unref'd server's copies do not keep the process alive", async () => {
+    // In a process of its own: it must end by itself once the server is unref'd.
+    const script = `
+      const http = require('node:http');
+      const { multiAccept } = require(${JSON.stringify(GATEWAY_DIST)});
+      const server = http.createServer().listen(0, '127.0.0.1', async () => {
+        await multiAccept(server, { handles: 3 });
+        server.unref();
+        process.stdout.write('unref');
+      });`;
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
+    // A bound, not a timing check: without it a child that never ends would outlive jest.
+    const guard = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    clearTimeout(guard);
+    expect({ code, out }).toEqual({ code: 0, out: 'unref' });
   });
 
   test("the copies keep the server's backlog", async () => {

@@ -24,7 +24,7 @@
  * Every connection a copy accepts is handed to `server` as its own: counted
  * in its connections, subject to its `maxConnections`, closed with it. The
  * copies stop accepting when `server.close()` is called (or closeListener(),
- * or the server emits 'close').
+ * or the server emits 'close'), and follow its ref()/unref().
  */
 import { spawn } from 'node:child_process';
 import cluster from 'node:cluster';
@@ -79,6 +79,8 @@ interface ServerInternals {
   keepAliveInitialDelay?: number;
   allowHalfOpen?: boolean;
   pauseOnConnect?: boolean;
+  /** Set by unref(). */
+  _unref?: boolean;
 }
 interface SocketInternals {
   server: unknown;
@@ -212,6 +214,17 @@ export async function multiAccept(server: NetServer, opts: MultiAcceptOptions): 
     return close.apply(this, args);
   } as NetServer['close'];
   server.once('close', () => closeAcceptCopies(server));
+  // ref()/unref() cover the copies: an unref'd server must not keep the process alive.
+  if ((server as unknown as ServerInternals)._unref) for (const copy of copies) copy.unref();
+  const { ref, unref } = server;
+  server.ref = function refWithCopies(this: NetServer) {
+    for (const copy of copiesOf.get(server) ?? []) copy.ref();
+    return ref.call(this);
+  };
+  server.unref = function unrefWithCopies(this: NetServer) {
+    for (const copy of copiesOf.get(server) ?? []) copy.unref();
+    return unref.call(this);
+  };
 }
 
 /** Moves a connection a copy accepted onto `server`, as if its own handle had accepted it. */
