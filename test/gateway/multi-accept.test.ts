@@ -205,6 +205,15 @@ describe('multiAccept', () => {
     await expect(multiAccept(server, { handles: 2, backlog: 0 })).rejects.toMatchObject({
       code: 'LW_GW_INVALID_OPTION',
     });
+    // A typo must not fall back to the default backlog (which would shrink the server's).
+    const typo = { handles: 2, backlogg: 4096 } as unknown as { handles: number };
+    await expect(multiAccept(server, typo)).rejects.toMatchObject({
+      code: 'LW_GW_INVALID_OPTION',
+      message: expect.stringMatching(/backlogg/),
+    });
+    await expect(multiAccept(server, {} as { handles: number })).rejects.toMatchObject({
+      code: 'LW_GW_INVALID_OPTION',
+    });
     const idle = http.createServer();
     await expect(multiAccept(idle, { handles: 2 })).rejects.toThrow(/must be listening/);
     await multiAccept(server, { handles: 2 });

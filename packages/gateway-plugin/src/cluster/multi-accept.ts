@@ -30,6 +30,7 @@ import { spawn } from 'node:child_process';
 import cluster from 'node:cluster';
 import { Server as NetServer, type Socket } from 'node:net';
 import { invalidOption } from '../errors';
+import { integerOption, optionBag, rejectUnknownKeys } from '../load/option-check';
 
 export interface MultiAcceptOptions {
   /**
@@ -72,7 +73,6 @@ process.on('disconnect', () => process.exit(0));
 /** What net.Server keeps about its connections; internal, stable since Node 0.x. */
 interface ServerInternals {
   _connections: number;
-  _emitCloseIfDrained?: () => void;
   _handle: unknown;
   noDelay?: boolean;
   keepAlive?: boolean;
@@ -161,18 +161,14 @@ function copyListenHandle(server: NetServer, count: number, timeoutMs: number): 
  * primary accepts there), or the helper process fails.
  */
 export async function multiAccept(server: NetServer, opts: MultiAcceptOptions): Promise<void> {
-  const { handles } = opts;
-  if (!Number.isInteger(handles) || handles < 1 || handles > MAX_HANDLES) {
-    throw invalidOption('multiAccept handles', `an integer 1..${MAX_HANDLES}`, handles);
+  const bag = optionBag('multiAccept options', opts);
+  rejectUnknownKeys(bag, 'multiAccept.', ['handles', 'backlog', 'timeoutMs']);
+  if (bag['handles'] === undefined) {
+    throw invalidOption('multiAccept.handles', `an integer in [1, ${MAX_HANDLES}]`, undefined);
   }
-  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 600_000) {
-    throw invalidOption('multiAccept timeoutMs', 'an integer 1..600000', timeoutMs);
-  }
-  const backlog = opts.backlog ?? DEFAULT_BACKLOG;
-  if (!Number.isInteger(backlog) || backlog < 1 || backlog > 65_535) {
-    throw invalidOption('multiAccept backlog', 'an integer 1..65535', backlog);
-  }
+  const handles = integerOption(bag, 'multiAccept.', 'handles', 1, 1, MAX_HANDLES);
+  const timeoutMs = integerOption(bag, 'multiAccept.', 'timeoutMs', DEFAULT_TIMEOUT_MS, 1, 600_000);
+  const backlog = integerOption(bag, 'multiAccept.', 'backlog', DEFAULT_BACKLOG, 1, 65_535);
   if (handles === 1) return;
   if (cluster.isWorker) {
     throw new Error('multiAccept: in a node:cluster worker the primary accepts the connections');
@@ -215,7 +211,7 @@ export async function multiAccept(server: NetServer, opts: MultiAcceptOptions): 
   } as NetServer['close'];
   server.once('close', () => closeAcceptCopies(server));
   // ref()/unref() cover the copies: an unref'd server must not keep the process alive.
-  if ((server as unknown as ServerInternals)._unref) for (const copy of copies) copy.unref();
+  if (main._unref) for (const copy of copies) copy.unref();
   const { ref, unref } = server;
   server.ref = function refWithCopies(this: NetServer) {
     for (const copy of copiesOf.get(server) ?? []) copy.ref();
