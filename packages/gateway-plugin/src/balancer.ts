@@ -158,7 +158,8 @@ export class Balancer implements BalancerHandle, FlowHost {
         this.allowed.addSubnet(addr, Number(bits), isIP(addr) === 6 ? 'ipv6' : 'ipv4');
       }
     }
-    for (const b of o.backends) this.addBackend(b.id, new URL(b.url), b.weight, 'config');
+    for (const b of o.backends) this.addBackend(b.id, new URL(b.url), b.weight, 'config', false);
+    this.registry.recompute();
     this.overload =
       o.overload &&
       new OverloadMonitor(o.overload, (overloaded, eventLoopDelayMs) =>
@@ -278,11 +279,12 @@ export class Balancer implements BalancerHandle, FlowHost {
     url: URL,
     weight: number,
     origin: 'config' | 'discovery',
+    recompute = true,
   ): Backend {
     const load = createEndpointLoad({ now: this.now, cohort: this.cohort, ...this.options.load });
     const backend = new Backend(id, url, weight, load, origin, this.options.agent);
     this.engine.register(backend);
-    this.registry.add(backend, origin === 'discovery');
+    this.registry.add(backend, origin === 'discovery', recompute);
     this.checker?.watch(backend);
     return backend;
   }
