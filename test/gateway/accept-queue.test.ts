@@ -15,6 +15,7 @@ import {
   loadBalance,
   type BalancerEvents,
   type LoadBalancerMiddleware,
+  type Logger,
 } from '@loadwise/gateway-plugin';
 import { readListenDepth } from '@loadwise/gateway-plugin/internals';
 import { send, startBackend, type TestServer } from '../kit/http';
@@ -110,14 +111,14 @@ linux('accept-queue shedding: a real listen backlog filled while the loop is bus
   });
   afterAll(() => backend.close());
 
-  async function start(acceptQueue: false | object) {
+  async function start(acceptQueue: false | object, logger: Logger = quietLogger) {
     const events: BalancerEvents['accept-queue'][0][] = [];
     lb = loadBalance({
       backends: [{ id: 'held', url: backend.url }],
       healthCheck: false,
       warmUp: false,
       overload: false,
-      logger: quietLogger,
+      logger,
       acceptQueue,
     });
     lb.balancer.on('accept-queue', (e) => events.push(e));
@@ -155,6 +156,27 @@ linux('accept-queue shedding: a real listen backlog filled while the loop is bus
     expect(snap.acceptQueueDepth).toBeGreaterThanOrEqual(0);
     const metrics = await lb!.balancer.metricsRegistry.metrics();
     expect(metrics).toContain(`loadwise_shed_total{reason="overloaded"} ${BACKLOG}`);
+  }, 30_000);
+
+  it('says once that the server listens with a larger backlog than acceptQueue.backlog', async () => {
+    // Told 4, listening with 8: the 8 queued connections are more than Linux queues for 4
+    // (backlog + 1), so the configured backlog is wrong and the guard shed from 2 of them.
+    const warnings: Array<{ fields: unknown; msg: string }> = [];
+    const logger: Logger = {
+      ...quietLogger,
+      warn: (fields: unknown, msg?: string) => warnings.push({ fields, msg: msg ?? '' }),
+    };
+    const { answers } = await start(
+      { backlog: 4, shedAt: 0.5, resumeAt: 0, holdMs: 60_000, sampleIntervalMs: SAMPLE_MS },
+      logger,
+    );
+    expect(answers).toHaveLength(BACKLOG);
+    const lines = warnings.filter(
+      (w) => (w.fields as { event?: string }).event === 'accept-queue-backlog',
+    );
+    expect(lines).toHaveLength(1);
+    expect(lines[0]!.fields).toMatchObject({ depth: BACKLOG, limit: 4 });
+    expect(lines[0]!.msg).toContain('Set acceptQueue.backlog to the backlog you listen with');
   }, 30_000);
 
   it('control: without the signal the same queued connections are proxied (200, late)', async () => {

@@ -165,12 +165,26 @@ export class Balancer implements BalancerHandle, FlowHost {
       new OverloadMonitor(o.overload, (overloaded, eventLoopDelayMs) =>
         this.events.emit('overload', { overloaded, eventLoopDelayMs }),
       );
+    const aq = o.acceptQueue;
     this.acceptQueue =
-      o.acceptQueue &&
+      aq &&
       new AcceptQueueMonitor(
-        o.acceptQueue,
+        aq,
         (shedding, depth, limit) => this.events.emit('accept-queue', { shedding, depth, limit }),
-        { inFlight: () => flow.active, random: o.random },
+        {
+          inFlight: () => flow.active,
+          random: o.random,
+          onBacklogExceeded: (depth, limit) =>
+            writeLog(
+              o.logger,
+              'warn',
+              { event: 'accept-queue-backlog', depth, limit },
+              `${depth} connections wait to be accepted, more than a backlog of ${limit} allows: ` +
+                'the server listens with a larger backlog than acceptQueue.backlog says, so the ' +
+                `gateway sheds (503) from ${Math.ceil(aq.shedAt * limit)} queued connections. ` +
+                'Set acceptQueue.backlog to the backlog you listen with.',
+            ),
+        },
       );
     // Real time only: a lateness measured on the wall clock means nothing
     // against an injected clock (simulations, tests).

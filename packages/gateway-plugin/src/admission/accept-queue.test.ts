@@ -276,6 +276,26 @@ describe('AcceptQueueMonitor: the shed share and its hysteresis', () => {
     expect(m.shedding).toBe(true);
   });
 
+  it('says once when the queue is deeper than the backlog allows (listening with a larger one)', () => {
+    const said: Array<[number, number]> = [];
+    const m = new AcceptQueueMonitor(CONFIG, () => {}, {
+      read: () => 0,
+      somaxconn: 4096,
+      now: Date.now,
+      onBacklogExceeded: (depth, limit) => said.push([depth, limit]),
+    });
+    // Linux queues up to backlog + 1 (sk_acceptq_is_full): 101 fits a backlog of 100.
+    m.sample(100);
+    m.sample(101);
+    expect(said).toEqual([]);
+    m.sample(102);
+    m.sample(900);
+    expect(said).toEqual([[102, 100]]);
+    // It still sheds by the backlog it was told: the operator decides, nothing is guessed.
+    expect(m.shedding).toBe(true);
+    expect(m.limit).toBe(100);
+  });
+
   it('answers Retry-After: 1 (the queue drains within a loop turn or two)', () => {
     expect(monitor().retryAfterSec()).toBe(1);
   });

@@ -241,6 +241,12 @@ export interface AcceptQueueDeps {
   now?: () => number;
   /** The clock a read's cost is measured on (ms; performance.now by default). */
   clock?: () => number;
+  /**
+   * Called once, the first time the queue holds more connections than the
+   * configured backlog allows (see backlogExceeded): the server listens with a
+   * larger one than `acceptQueue.backlog` says.
+   */
+  onBacklogExceeded?: (depth: number, limit: number) => void;
 }
 
 /**
@@ -282,6 +288,7 @@ export class AcceptQueueMonitor {
   private active = false;
   private lastSampleMs: number | undefined;
   private nextReadAtMs = 0;
+  private onBacklogExceeded: ((depth: number, limit: number) => void) | undefined;
 
   constructor(
     private readonly config: AcceptQueueConfig,
@@ -293,6 +300,7 @@ export class AcceptQueueMonitor {
     this.clock = deps.clock ?? (() => performance.now());
     this.random = deps.random ?? Math.random;
     this.inFlight = deps.inFlight ?? (() => 0);
+    this.onBacklogExceeded = deps.onBacklogExceeded;
     const somaxconn = 'somaxconn' in deps ? deps.somaxconn : readSomaxconn();
     this.limit = Math.min(config.backlog, somaxconn ?? config.backlog);
     this.shedDepth = Math.max(1, Math.ceil(config.shedAt * this.limit));
@@ -365,6 +373,7 @@ export class AcceptQueueMonitor {
     const elapsedMs = nowMs - (this.lastSampleMs ?? nowMs);
     this.lastSampleMs = nowMs;
     this.depth = depth;
+    if (depth > this.limit + 1) this.backlogExceeded(depth);
     const was = this.shedShare;
     if (depth >= this.shedDepth) {
       const place =
@@ -375,6 +384,23 @@ export class AcceptQueueMonitor {
       this.shedShare = Math.max(0, was - fall);
     }
     if (was > 0 !== this.shedShare > 0) this.onChange(this.shedShare > 0, depth, this.limit);
+  }
+
+  /**
+   * Linux queues at most backlog + 1 connections (sk_acceptq_is_full), so a
+   * deeper queue means the server listens with a larger backlog than
+   * `acceptQueue.backlog` says, and the guard sheds from `shedAt` of the
+   * smaller one: a cold start's connection burst on a server listening with
+   * 4,096 was answered 503 from 256 queued connections, 1,284-2,579 requests
+   * a run (docs/bench.md, "Cold start"). Only the operator knows the real
+   * backlog (the kernel tells it through inet_diag, `ss`'s Send-Q, not
+   * through /proc), so this is said once, not guessed.
+   */
+  private backlogExceeded(depth: number): void {
+    const warn = this.onBacklogExceeded;
+    if (warn === undefined) return;
+    this.onBacklogExceeded = undefined;
+    warn(depth, this.limit);
   }
 
   /** Seconds a shed client should wait: 1 (the queue drains within a loop turn or two). */
