@@ -80,7 +80,19 @@ it('keeps serving while the broker is down, and everyone reconnects when it is b
           (b) => b.reportFresh && (b.reportAgeMs ?? Infinity) < reportsBefore.get(b.id)!,
         ),
     15_000,
-    'fresh reports after the restart',
+    // Which backend is still waiting, and what the gateway knows of it (a failure explains itself).
+    () =>
+      `fresh reports after the restart (${JSON.stringify(
+        gw!.snapshot().backends.map((b) => ({
+          id: b.id,
+          fresh: b.reportFresh,
+          ageMs: b.reportAgeMs,
+          beforeMs: reportsBefore.get(b.id),
+        })),
+      )}, fleet agents running: ${fleet!.backends
+        .filter((b) => b.agent?.running)
+        .map((b) => b.id)
+        .join(',')})`,
   );
 
   const result = await load.stop();
