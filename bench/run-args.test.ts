@@ -1,3 +1,5 @@
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from './run';
 import { buildScenarios } from './scenarios';
 
@@ -29,5 +31,11 @@ describe('bench arguments', () => {
       '2000 req/s',
       '2500 req/s',
     ]);
+  });
+
+  it('--baseline takes a built checkout, and says what is missing in one that is not', () => {
+    const root = join(__dirname, '..');
+    expect(parseArgs(['--baseline', root]).baseline).toBe(root);
+    expect(() => parseArgs(['--baseline', tmpdir()])).toThrow(/npx tsc -b/);
   });
 });

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { buildScenarios } from './scenarios';
 import { chartSpec, renderSvg, shareSeriesSpec } from './lib/chart';
 import { runScenario } from './lib/engine';
+import { loadwiseAt, parseStrategySpec } from './lib/balancers';
 import { ensurePeers } from './lib/peers';
 import { aggregate, scenarioPage, type RunInfo } from './lib/report';
 import type { Scenario } from './lib/scenario';
@@ -25,6 +26,12 @@ export interface BenchArgs {
   rates?: number[];
   controlPlaneAgents: number;
   resultsDir: string;
+  /**
+   * Another checkout of loadwise (built with `npx tsc -b`): its default gateway runs as one
+   * more row, "loadwise <strategy> (baseline)", in every scenario with a loadwise row, so a
+   * change is measured against the code before it in the same runs.
+   */
+  baseline?: string;
   /** Rebuild latest.md from every scenario page in resultsDir (default: unless only the smoke scenario ran). */
   writeLatest?: boolean;
 }
@@ -59,7 +66,15 @@ export function parseArgs(argv: string[]): BenchArgs {
       }
       args.rates = rates;
     } else if (a === '--out') args.resultsDir = value();
-    else throw new Error(`unknown argument ${a}`);
+    else if (a === '--baseline') {
+      args.baseline = value();
+      const gateway = join(args.baseline, 'bench', 'dist', 'procs', 'gateway-loadwise.js');
+      if (!existsSync(gateway)) {
+        throw new Error(
+          `--baseline ${args.baseline}: no ${gateway} (build that checkout: npx tsc -b)`,
+        );
+      }
+    } else throw new Error(`unknown argument ${a}`);
   }
   return args;
 }
@@ -134,6 +149,15 @@ export async function runBench(
         (b.family !== 'haproxy' || peers.haproxy) &&
         (!args.balancers || args.balancers.some((n) => b.name.includes(n))),
     );
+    if (args.baseline && balancers.some((b) => b.family === 'loadwise')) {
+      balancers.push(
+        loadwiseAt(
+          args.baseline,
+          'baseline',
+          parseStrategySpec(strategies[0] ?? 'load-aware').strategy,
+        ),
+      );
+    }
     log(`scenario ${scenario.name}: ${balancers.map((b) => b.name).join(', ')}`);
     const records = await runScenario(scenario, balancers, {
       runs: args.runs,
