@@ -29,7 +29,8 @@
  *
  * Waits within the gateway's own event-loop lateness of each other are ties
  * too (`noiseTies`, load/loop-delay.ts), and a tie goes to the candidate with
- * fewer requests in flight from this gateway, then to a coin. The latencies
+ * fewer requests in flight from this gateway, then to the least recently
+ * picked (round robin among equals: p2c-strategy.ts, breakTie). The latencies
  * behind `s` are timed by this event loop: after a stall, the backends that
  * had requests in flight during it looked slower than identical others for
  * seconds, P2C left them alone, and only a pick could refresh their figure
