@@ -59,15 +59,15 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
     const noiseTies = options.noiseTies === true;
     const label = options.label ?? `${name} ${choices === 2 ? 'p2c' : `best of ${choices}`}`;
     const m = options.slowStart === false ? metric : withSlowStartShare(metric, common.random);
-    let list = new EndpointList([]);
     const choice = new Choice();
-    const order: TieOrder = { last: new Float64Array(0), counter: 1, list };
+    // The endpoints and when each was last picked (ties go round robin: breakTie).
+    const order: TieOrder = { list: new EndpointList([]), last: new Float64Array(0), counter: 1 };
     return {
       name,
       setEndpoints(endpoints) {
         const before = order.list;
-        const last = new Float64Array(endpoints.length);
-        list = new EndpointList(endpoints);
+        const list = new EndpointList(endpoints);
+        const last = new Float64Array(list.length);
         for (let i = 0; i < last.length; i++) {
           // A backend kept across the change keeps its place; a new one joins in random order
           // below every pick so far (counts start from 1).
@@ -78,7 +78,7 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
         order.list = list;
       },
       pick(ctx: PickContext): Pick | undefined {
-        const c = selectP2C(list, choices, m, common.random, ctx, choice);
+        const c = selectP2C(order.list, choices, m, common.random, ctx, choice);
         if (c.best === undefined) return undefined;
         const relative = tieTolerance * c.bestMetric;
         const band =
@@ -98,7 +98,7 @@ export function p2c(metric: Metric, options: P2COptions): StrategyFactory {
           }
         }
         const ep = c.best;
-        const at = list.indexOf(ep);
+        const at = order.list.indexOf(ep);
         if (at >= 0) order.last[at] = order.counter++;
         if (!ctx.explain) return { endpoint: ep };
         const vs =
@@ -149,9 +149,9 @@ function samplingBand(c: Choice, nowMs: number): number {
  * below 1 before its first pick), so ties go round robin.
  */
 interface TieOrder {
+  list: EndpointList;
   last: Float64Array;
   counter: number;
-  list: EndpointList;
 }
 
 /** Indices into `c.sampled` of the candidates tied with the best (reused: picks are synchronous). */

@@ -242,6 +242,19 @@ function simulate(strategyName: string, sc: Scenario, seed = 1): SimResult {
 const eight = (...serviceMs: number[]): BackendSpec[] =>
   serviceMs.map((ms) => ({ slots: 8, serviceMs: ms }));
 
+/**
+ * Bench scenario 4 (bench/scenarios.ts, identical): 3 x 8 slots x 40 ms, fixed as
+ * bench/procs/backend.ts serves them, 420 rps (70%), agents reporting their limit. Scenario 2
+ * (hidden load) is the same fleet at another rate.
+ */
+const SCENARIO_4: Scenario = {
+  backends: eight(40, 40, 40),
+  gatewayRps: 420,
+  reportLimit: true,
+  fixedService: true,
+  durationMs: 20_000,
+};
+
 const THREE_EQUAL: BackendSpec[] = [
   { slots: 4, serviceMs: 10 },
   { slots: 4, serviceMs: 10 },
@@ -332,13 +345,7 @@ describe('queueing simulation: the CPU pressure penalty near saturation', () => 
   // backend was busiest over the last second crossed the 85% threshold and was penalised for
   // the next one, its traffic went to the others, which crossed it in turn (docs/strategies.md,
   // "The pressure penalty"); least-in-flight does not read the CPU at all.
-  const sc: Scenario = {
-    backends: eight(40, 40, 40),
-    gatewayRps: 480,
-    reportLimit: true,
-    fixedService: true,
-    durationMs: 20_000,
-  };
+  const sc: Scenario = { ...SCENARIO_4, gatewayRps: 480 };
 
   it.each([1, 2, 3])(
     'identical backends at 80%% (seed %i): off by default, near least-in-flight; on, far above it',
@@ -368,13 +375,7 @@ describe('queueing simulation: ties go round robin', () => {
   // the tie tolerance. A coin among them splits the arrivals at random (each backend's
   // stays Poisson); taking them in turn, as least-in-flight and nginx do, makes them more
   // regular. Coins: 1.041 / 1.046 / 1.026x least-in-flight's p99; in turn: 1.000 (all three).
-  const sc: Scenario = {
-    backends: eight(40, 40, 40),
-    gatewayRps: 420,
-    reportLimit: true,
-    fixedService: true,
-    durationMs: 20_000,
-  };
+  const sc = SCENARIO_4;
 
   it.each([1, 2, 3])("identical backends at 70%% (seed %i): least-in-flight's p99", (seed) => {
     const lif = simulate('least-in-flight', sc, seed);
@@ -417,14 +418,7 @@ describe('queueing simulation: several gateways on one broker', () => {
 describe('queueing simulation: early reports', () => {
   // Bench scenario 2 (bench/scenarios.ts, hidden-load): three backends of 8 slots x 40 ms
   // (fixed, as bench/procs/backend.ts), 300 rps through the gateway, 120 rps straight to b0.
-  const hidden: Scenario = {
-    backends: eight(40, 40, 40),
-    gatewayRps: 300,
-    hiddenRps: [120, 0, 0],
-    reportLimit: true,
-    fixedService: true,
-    durationMs: 20_000,
-  };
+  const hidden: Scenario = { ...SCENARIO_4, gatewayRps: 300, hiddenRps: [120, 0, 0] };
   // The agent's defaults (packages/health-agent/src/options.ts).
   const early = { rise: 2, minGapMs: 300 };
 
@@ -451,26 +445,14 @@ describe('queueing simulation: best of 3 (the default) against P2C (choices: 2)'
   // picks or more; comparing three must not trade that for herding when gateways share reports
   // (docs/strategies.md, "Three choices").
   const cases: Array<[string, Scenario]> = [
-    [
-      'identical backends at 70% (scenario 4)',
-      {
-        backends: eight(40, 40, 40),
-        gatewayRps: 420,
-        reportLimit: true,
-        fixedService: true,
-        durationMs: 20_000,
-      },
-    ],
+    ['identical backends at 70% (scenario 4)', SCENARIO_4],
     [
       'hidden load on one backend (scenario 2)',
       {
-        backends: eight(40, 40, 40),
+        ...SCENARIO_4,
         gatewayRps: 300,
         hiddenRps: [120, 0, 0],
-        reportLimit: true,
-        fixedService: true,
         early: { rise: 2, minGapMs: 300 },
-        durationMs: 20_000,
       },
     ],
     [
