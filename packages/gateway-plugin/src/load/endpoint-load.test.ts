@@ -1,7 +1,7 @@
 import type { MetricsReport } from '@loadwise/protocol';
 import { GatewayError } from '../errors';
 import { createLoadCohort } from './cohort';
-import { createEndpointLoad } from './endpoint-load';
+import { createEndpointLoad, expectedExcess } from './endpoint-load';
 import {
   DEFAULT_LATENCY_MS,
   DEFAULT_UTILIZATION_WEIGHT,
@@ -256,8 +256,11 @@ describe('createEndpointLoad: the agent report', () => {
     );
     const s = load.snapshot(0);
     expect(s.hiddenInFlight).toBe(8);
-    // 2 local + 8 hidden outstanding, 4 slots: 7 ahead in the queue.
-    expect(s.expectedWaitMs).toBeCloseTo(10 * (1 + 7 / 4 + DEFAULT_UTILIZATION_WEIGHT), 6);
+    // 2 local + 8 hidden outstanding, 4 slots: 7 ahead in the queue, and a little more
+    // for the hidden count's spread (0 or 1 hidden would have left a free slot).
+    const ahead = expectedExcess(2 + 1 - 4, 8);
+    expect(ahead).toBeCloseTo(7 + Math.exp(-8), 9);
+    expect(s.expectedWaitMs).toBeCloseTo(10 * (1 + ahead / 4 + DEFAULT_UTILIZATION_WEIGHT), 6);
     // Local requests finishing after the report do not reduce the hidden part.
     load.onRequestEnd(1, 10, true);
     expect(load.snapshot(1).hiddenInFlight).toBe(8);
@@ -686,11 +689,14 @@ describe('createEndpointLoad: early reports', () => {
       300,
     );
     expect(load.snapshot(300).hiddenInFlight).toBeCloseTo(10, 6);
-    // 2 queued ahead of a new request on 8 slots: the wait says so at once.
+    // 2 queued ahead of a new request on 8 slots (3 with itself): the wait says so at once.
+    // The interval's mean of 4 counts by its spread, the jump above it as seen.
+    const ahead = expectedExcess(10 - 4 + 1 - 8, 4);
     expect(load.snapshot(300).expectedWaitMs).toBeCloseTo(
-      40 * (1 + 3 / 8 + DEFAULT_UTILIZATION_WEIGHT),
+      40 * (1 + ahead / 8 + DEFAULT_UTILIZATION_WEIGHT),
       6,
     );
+    expect(ahead).toBeGreaterThan(3);
     // Drained (time constant 40 ms × 10 / 8): back to the interval's mean of 4.
     expect(load.snapshot(1300).hiddenInFlight).toBeCloseTo(4, 6);
   });
@@ -721,5 +727,89 @@ describe('createEndpointLoad: early reports', () => {
     const load = createEndpointLoad();
     load.onReport(report({ queue: busy(3), concurrencyLimit: 8, early: true }), 0);
     expect(load.snapshot(0)).toMatchObject({ hiddenInFlight: 3, freshReport: true });
+  });
+});
+
+describe("expectedExcess: the hidden count's spread", () => {
+  /** E[max(0, base + H)] for H ~ Poisson(h), summed term by term. */
+  const bruteForce = (base: number, h: number): number => {
+    let p = Math.exp(-h);
+    let e = 0;
+    for (let x = 0; x < 400; x++) {
+      e += Math.max(0, base + x) * p;
+      p *= h / (x + 1);
+    }
+    return e;
+  };
+
+  it('is the Poisson expectation of the requests beyond the free slots', () => {
+    for (const h of [0.3, 1, 4.8, 10, 30]) {
+      for (const base of [-40, -9, -7.5, -3, -1, 0, 2.5]) {
+        expect(expectedExcess(base, h)).toBeCloseTo(bruteForce(base, h), 9);
+      }
+    }
+  });
+
+  it('is never below what the mean alone says, and equals it without hidden load', () => {
+    for (const h of [0, 0.5, 4.8, 20]) {
+      for (const base of [-12, -7, -2, 0, 3]) {
+        expect(expectedExcess(base, h)).toBeGreaterThanOrEqual(Math.max(0, base + h) - 1e-12);
+      }
+    }
+    expect(expectedExcess(-3, 0)).toBe(0);
+    expect(expectedExcess(2, 0)).toBe(2);
+    expect(expectedExcess(-3, Number.NaN)).toBe(0);
+    // A snapshot below the interval's mean makes the estimate negative: it lowers the queue.
+    expect(expectedExcess(2, -1.5)).toBe(0.5);
+    expect(expectedExcess(-1, -1)).toBe(0);
+  });
+
+  it('sees the queue the mean hides: 4.8 hidden on 8 slots', () => {
+    // The mean leaves 3.2 slots free; the backend is full 11% of the time.
+    expect(expectedExcess(1 - 8, 4.8)).toBeCloseTo(0.211, 3);
+    expect(expectedExcess(3 - 8, 4.8)).toBeCloseTo(0.769, 3);
+  });
+
+  it('leaves the spread out past 64 free slots or hidden requests (bounded cost)', () => {
+    expect(expectedExcess(-100, 50)).toBe(0);
+    expect(expectedExcess(-10, 80)).toBe(70);
+  });
+
+  it('spreads only a steady hidden mean of a request or more', () => {
+    // One request outstanding now, 2 slots; the interval's mean (Little: rps x latency) is
+    // 0.8 or 1.2 requests, none of them this gateway's.
+    const wait = (rps: number) => {
+      const load = createEndpointLoad();
+      serve(load, 0, 40);
+      load.onReport(
+        report({
+          queue: { inFlight: 1, queued: 0, source: {} },
+          concurrencyLimit: 2,
+          traffic: { rps, latencyMeanMs: 40 },
+        }),
+        0,
+      );
+      return load.expectedWaitMs(0);
+    };
+    const mean = DEFAULT_UTILIZATION_WEIGHT / 2;
+    // 0.8: within the estimate's noise, by its mean: a free slot, no queue term.
+    expect(wait(20)).toBeCloseTo(40 * (1 + mean), 6);
+    // 1.2: by its spread. The snapshot's 1 is 0.2 under the mean, known.
+    expect(wait(30)).toBeCloseTo(40 * (1 + expectedExcess(1 - 1.2 + 1 - 2, 1.2) / 2 + mean), 6);
+    expect(wait(30)).toBeGreaterThan(40 * (1 + mean) + 1);
+  });
+
+  it("makes a backend with hidden load wait longer than one whose load is all this gateway's", () => {
+    // Both have 5 of 8 slots taken on average; only b's are known to be there.
+    const a = createEndpointLoad();
+    const b = createEndpointLoad();
+    serve(a, 0, 40);
+    serve(b, 0, 40);
+    a.onReport(report({ queue: { inFlight: 5, queued: 0, source: {} }, concurrencyLimit: 8 }), 0);
+    for (let i = 0; i < 5; i++) b.onRequestStart(0);
+    b.onReport(report({ queue: { inFlight: 5, queued: 0, source: {} }, concurrencyLimit: 8 }), 0);
+    expect(a.snapshot(0).hiddenInFlight).toBeCloseTo(5, 6);
+    expect(b.snapshot(0).hiddenInFlight).toBeCloseTo(0, 6);
+    expect(a.expectedWaitMs(0)).toBeGreaterThan(b.expectedWaitMs(0));
   });
 });

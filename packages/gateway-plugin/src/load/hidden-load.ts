@@ -145,6 +145,18 @@ export class HiddenLoad {
     this.tauMs = tau > 1e-3 && tau < MAX_EXPECTED_WAIT_MS ? tau : MAX_EXPECTED_WAIT_MS;
   }
 
+  /**
+   * The part of value() known only as a mean over the last interval: the
+   * steady excess, load that does not follow the gateways. Its spread counts
+   * in the queue term (endpoint-load.ts, expectedExcess); the proportional
+   * part follows this gateway's own count and the transient is a snapshot.
+   */
+  steadyPart(r: ReportDigest | undefined): number {
+    if (r === undefined || r.outstanding === undefined) return 0;
+    const steady = this.mean - (this.membership?.hiddenRatio() ?? 0) * this.localMean;
+    return steady > 0 ? steady : 0;
+  }
+
   /** Hidden requests at `nowMs`; `r` is the fresh report (none: 0), `inFlight` this gateway's now. */
   value(r: ReportDigest | undefined, nowMs: number, inFlight: number): number {
     if (r === undefined || r.outstanding === undefined) return 0;

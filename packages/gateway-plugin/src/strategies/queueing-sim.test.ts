@@ -423,7 +423,7 @@ describe('queueing simulation: early reports', () => {
   const early = { rise: 2, minGapMs: 300 };
 
   it.each([1, 2, 3])(
-    'hidden load: early reports (rise 2, 300 ms gap) lower the p99, to half least-in-flight (seed %i)',
+    'hidden load: early reports (rise 2, 300 ms gap) lower the p99, to under half least-in-flight (seed %i)',
     (seed) => {
       const lif = simulate('least-in-flight', hidden, seed);
       const scheduled = simulate('load-aware', hidden, seed);
@@ -434,7 +434,9 @@ describe('queueing simulation: early reports', () => {
       // lower in all: 52.9 against 52.2, 56.3 against 55.6, 53.1 against 54.7.
       expect(withEarly.p99Ms).toBeLessThanOrEqual(scheduled.p99Ms * 1.02);
       expect(withEarly.meanMs).toBeLessThanOrEqual(scheduled.meanMs * 1.01);
-      expect(withEarly.p99Ms).toBeLessThan(lif.p99Ms * 0.55);
+      // The hidden count's spread (load/endpoint-load.ts, expectedExcess) took seeds 1-3 from
+      // 0.493 / 0.483 / 0.492 x least-in-flight's p99 to 0.471 / 0.455 / 0.477.
+      expect(withEarly.p99Ms).toBeLessThan(lif.p99Ms * 0.49);
     },
   );
 });
