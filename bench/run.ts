@@ -11,6 +11,7 @@ import { buildScenarios } from './scenarios';
 import { chartSpec, renderSvg, shareSeriesSpec } from './lib/chart';
 import { runScenario } from './lib/engine';
 import { loadwiseAt, parseStrategySpec } from './lib/balancers';
+import { balancerWords, keepsBalancer } from './lib/balancer-filter';
 import { ensurePeers } from './lib/peers';
 import { aggregate, scenarioPage, type RunInfo } from './lib/report';
 import type { Scenario } from './lib/scenario';
@@ -57,7 +58,7 @@ export function parseArgs(argv: string[]): BenchArgs {
     else if (a === '--quick') args.quick = true;
     else if (a === '--broker') args.brokerUrl = value();
     else if (a === '--strategies') args.strategies = value().split(',');
-    else if (a === '--balancers') args.balancers = value().split(',');
+    else if (a === '--balancers') args.balancers = balancerWords(value());
     else if (a === '--agents') args.controlPlaneAgents = parseInt(value(), 10);
     else if (a === '--rates') {
       const rates = value().split(',').map(Number);
@@ -147,7 +148,7 @@ export async function runBench(
       (b) =>
         (b.family !== 'nginx' || peers.nginx) &&
         (b.family !== 'haproxy' || peers.haproxy) &&
-        (!args.balancers || args.balancers.some((n) => b.name.includes(n))),
+        keepsBalancer(args.balancers, b.name),
     );
     if (args.baseline && balancers.some((b) => b.family === 'loadwise')) {
       balancers.push(

@@ -22,6 +22,7 @@ import { cpus, loadavg } from 'node:os';
 import { runScenario, totalCpu, type RunRecord } from '../lib/engine';
 import { ensurePeers } from '../lib/peers';
 import { COLD_START_SECONDS, coldStartScenarios } from '../scenarios';
+import { balancerWords, keepsBalancer } from '../lib/balancer-filter';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -186,7 +187,7 @@ async function main(): Promise<void> {
     restart ? 'bench/results/cold-start-restart.md' : 'bench/results/cold-start.md',
   );
   const only = arg('scenario', '');
-  const balancerFilter = arg('balancers', '');
+  const balancerFilter = balancerWords(arg('balancers', ''));
   const brokerUrl = arg('broker', 'mqtt://127.0.0.1:1883');
   // --render: write the page again from the last run's raw records, without running.
   const render = process.argv.includes('--render');
@@ -199,9 +200,7 @@ async function main(): Promise<void> {
   for (const scenario of coldStartScenarios('load-aware', seconds * 1000, restartAtMs)) {
     if (only && !scenario.name.includes(only)) continue;
     const balancers = scenario.balancers.filter(
-      (b) =>
-        (b.family !== 'nginx' || peers.nginx) &&
-        (!balancerFilter || balancerFilter.split(',').some((n) => b.name.includes(n))),
+      (b) => (b.family !== 'nginx' || peers.nginx) && keepsBalancer(balancerFilter, b.name),
     );
     // Every record with the gateway's trace (bench/procs/gateway-loadwise.ts traceEveryMs).
     const raw = join(dirname(outFile), 'raw');
