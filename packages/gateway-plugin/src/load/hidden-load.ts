@@ -153,7 +153,12 @@ export class HiddenLoad {
    */
   steadyPart(r: ReportDigest | undefined): number {
     if (r === undefined || r.outstanding === undefined) return 0;
-    const steady = this.mean - (this.membership?.hiddenRatio() ?? 0) * this.localMean;
+    return this.steady(this.membership?.hiddenRatio() ?? 0);
+  }
+
+  /** The steady excess for the cohort's `ratio`: the hidden mean beyond what follows the gateways. */
+  private steady(ratio: number): number {
+    const steady = this.mean - ratio * this.localMean;
     return steady > 0 ? steady : 0;
   }
 
@@ -163,9 +168,11 @@ export class HiddenLoad {
     const age = nowMs - r.receivedAtMs;
     const ratio = this.membership?.hiddenRatio() ?? 0;
     const proportional = (ratio < MAX_HIDDEN_RATIO ? ratio : MAX_HIDDEN_RATIO) * inFlight;
-    let steady = this.mean - ratio * this.localMean;
-    if (!(steady > 0)) steady = 0;
     const transient = this.snapshot - this.mean;
-    return proportional + steady + (age > 0 ? transient * Math.exp(-age / this.tauMs) : transient);
+    return (
+      proportional +
+      this.steady(ratio) +
+      (age > 0 ? transient * Math.exp(-age / this.tauMs) : transient)
+    );
   }
 }
