@@ -18,6 +18,11 @@ describe('bench arguments', () => {
     expect(() => parseArgs(['--rates', '0'])).toThrow(/--rates/);
   });
 
+  it('primes the backends unless told --no-prime', () => {
+    expect(parseArgs(['--scenario', 'identical']).prime).toBeUndefined();
+    expect(parseArgs(['--scenario', 'identical', '--no-prime']).prime).toBe(false);
+  });
+
   it('without --rates, scenario 8 keeps its steps', () => {
     const sweep = buildScenarios({
       quick: false,

@@ -33,6 +33,8 @@ export interface BenchArgs {
    * change is measured against the code before it in the same runs.
    */
   baseline?: string;
+  /** `--no-prime`: leave the backends cold for the first balancer (bench/lib/prime.ts). */
+  prime?: boolean;
   /** Rebuild latest.md from every scenario page in resultsDir (default: unless only the smoke scenario ran). */
   writeLatest?: boolean;
 }
@@ -56,6 +58,7 @@ export function parseArgs(argv: string[]): BenchArgs {
     if (a === '--scenario') args.scenarios.push(...value().split(','));
     else if (a === '--runs') args.runs = Math.max(1, parseInt(value(), 10));
     else if (a === '--quick') args.quick = true;
+    else if (a === '--no-prime') args.prime = false;
     else if (a === '--broker') args.brokerUrl = value();
     else if (a === '--strategies') args.strategies = value().split(',');
     else if (a === '--balancers') args.balancers = balancerWords(value());
@@ -165,6 +168,7 @@ export async function runBench(
       brokerUrl: args.brokerUrl,
       log,
       quick: args.quick,
+      prime: args.prime,
     });
     writeFileSync(
       join(args.resultsDir, 'raw', `${scenario.name}.json`),

@@ -15,6 +15,9 @@
  * page (default bench/results/cold-start-restart.md) gives p99 and errors by
  * code (ECONNREFUSED while nothing listens, ECONNRESET for connections cut)
  * for each second around the restart, and the whole run.
+ *
+ * `--no-prime`: the backends are not warmed before the first balancer
+ * (bench/lib/prime.ts), as before 2026-12-04.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -210,7 +213,12 @@ async function main(): Promise<void> {
       records = JSON.parse(readFileSync(rawFile, 'utf8')) as RunRecord[];
     } else {
       console.log(`scenario ${scenario.name}: ${balancers.map((b) => b.name).join(', ')}`);
-      records = await runScenario(scenario, balancers, { runs, brokerUrl, log: console.log });
+      records = await runScenario(scenario, balancers, {
+        runs,
+        brokerUrl,
+        log: console.log,
+        prime: !process.argv.includes('--no-prime'),
+      });
       mkdirSync(raw, { recursive: true });
       writeFileSync(rawFile, JSON.stringify(records, null, 1));
     }
@@ -290,7 +298,11 @@ async function main(): Promise<void> {
     `Started ${started}; node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model.trim() ?? '?'}), ` +
       `load average at the end ${loadavg()[0]!.toFixed(2)}. The machine is shared with other helpers' ` +
       'tests and benchmarks; the load average of each run is in its row. Latencies in ms, from each ' +
-      "request's scheduled send (open loop); sN = the Nth second after the load started.",
+      "request's scheduled send (open loop); sN = the Nth second after the load started. " +
+      (process.argv.includes('--no-prime')
+        ? 'The backends met the first balancer cold (`--no-prime`).'
+        : 'The backends were primed with requests of their own before the first balancer ' +
+          '(bench/lib/prime.ts): only the gateway starts cold.'),
     '',
     ...sections,
   ].join('\n');

@@ -15,6 +15,7 @@ import type { GatewayDiag } from '../procs/gateway-diag';
 import type { BalancerDef, RunningBalancer } from './balancers';
 import { startCluster, type Cluster } from './cluster';
 import { capacityFigures } from './cpu-share';
+import { primeBackends } from './prime';
 import { calibrateNeighbour, startNeighbour, type Neighbour } from './neighbour';
 import type { NeighbourCalibration } from './neighbour';
 import { CpuMeter, forkProc, sleep, type Proc } from './procs';
@@ -57,6 +58,8 @@ export interface EngineOptions {
   log: (s: string) => void;
   /** Short settings (--quick): the neighbour's calibration is shorter too. */
   quick?: boolean;
+  /** false (`--no-prime`): the backends meet the first balancer cold, as before 2026-12-04. */
+  prime?: boolean;
 }
 
 export async function runScenario(
@@ -80,6 +83,20 @@ export async function runScenario(
       tmpDir,
     });
     const ctx = { backends: cluster.backends, tmpDir, brokerUrl: opts.brokerUrl, prefix, keyFile };
+    // Fresh backend processes would give their first-compile cost to whichever balancer runs
+    // first (lib/prime.ts); then two agent intervals, so no report still carries that traffic.
+    if (opts.prime !== false) {
+      const primed = await primeBackends(
+        cluster.backends.map((b) => b.url),
+        opts.quick ? { requests: 100, maxMs: 1_000 } : {},
+      );
+      opts.log(
+        `  backends primed: ${[...primed.answered.values()].join(' / ')} requests in ${primed.ms} ms` +
+          (primed.failed > 0 ? `, ${primed.failed} failed` : ''),
+      );
+      await cluster.drain();
+      if (scenario.agents) await new Promise((r) => setTimeout(r, 2_000));
+    }
     for (const c of scenario.cases) {
       const calibration = c.neighbour
         ? await calibrate(cluster, c.neighbour.backendId, opts)
