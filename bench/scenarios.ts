@@ -450,6 +450,12 @@ export function coldStartScenarios(
     ...(restartAtMs === undefined
       ? []
       : [
+          {
+            // Killed and started in place, but listening before lb.ready(): it serves while
+            // it warms up instead of refusing (docs/operations.md).
+            ...loadwise(strategy, {}, { listenBeforeReady: true }),
+            name: `loadwise ${strategy}, listening before ready`,
+          },
           { ...loadwiseWorkers(strategy, 1), name: `loadwise ${strategy}, 1 worker, reload` },
           {
             // The replaced worker's clients move over 2 s, not at once (closeListener drainMs).

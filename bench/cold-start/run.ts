@@ -232,11 +232,13 @@ async function main(): Promise<void> {
           '',
           `${restartAtS} s into the load each balancer's process was killed (SIGKILL) and started ` +
             'again on the same port while the load went on; loadwise listens once `lb.ready()` ' +
-            'has resolved (broker connected, warm-up done), nginx once it has started. The rows ' +
+            'has resolved (broker connected, warm-up done), except the row "listening before ' +
+            'ready", which listens first and serves while it warms up; nginx once it has started. The rows ' +
             'named "reload" restart as an operator would instead: SIGHUP to the loadwise worker ' +
             "pool's primary (runWorkers reload(): a new worker beside the old one, the old one " +
             'closed once the new one listens) and to the nginx master (graceful reload). "Back after": ' +
-            'ms from the kill to the new process being ready (loadwise: its ready message; nginx: ' +
+            'ms from the kill to the new process being ready (loadwise: its ready message, or its ' +
+            'listening one for the row that listens first; nginx: ' +
             'the first answer through it, polled every 10 ms); for a reload, until it has finished ' +
             '(nginx: the signal sent). Columns k-1 … k+2: the second before ' +
             'the one the kill fell in, that one, and the two after; each `sN: p99 ms / errors (by code)`. ' +

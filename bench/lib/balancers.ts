@@ -41,8 +41,10 @@ export interface RunningBalancer {
    * SIGKILL the balancer's process and start it again on the same port;
    * resolves once the new one is ready (the restart variant of the cold-start
    * scenario). `procs` keeps the first process: CPU is not measured across it.
+   * Resolves with what to say of the new process and, when it took connections
+   * before it was ready (`listenBeforeReady`), the epoch ms it began to.
    */
-  restart?(): Promise<string | undefined>;
+  restart?(): Promise<string | { detail: string; backAtMs: number } | undefined>;
 }
 
 export interface BalancerDef {
@@ -109,8 +111,23 @@ async function nodeGateway(
         await kill(proc);
         // Ready (the gateway's own `await lb.ready()`, then listen): no probe request of ours.
         proc = forkProc(`${name}-restart${++restarts}`, script, { ...rest, port }, nodeArgs ?? []);
-        const r = await proc.waitFor<{ readyMs?: number; uptimeMs?: number }>('ready', 30_000);
-        return `listening at ${r.uptimeMs ?? '?'} ms of its life, after ${r.readyMs ?? '?'} ms of lb.ready()`;
+        // A gateway that listens before lb.ready() says so at once: it is back from then.
+        const listening = (rest as { listenBeforeReady?: boolean }).listenBeforeReady
+          ? proc.waitFor('listening', 30_000).then(() => Date.now())
+          : undefined;
+        listening?.catch(() => undefined);
+        const r = await proc.waitFor<{
+          readyMs?: number;
+          uptimeMs?: number;
+          listenedFirst?: boolean;
+        }>('ready', 30_000);
+        if (!r.listenedFirst || !listening) {
+          return `listening at ${r.uptimeMs ?? '?'} ms of its life, after ${r.readyMs ?? '?'} ms of lb.ready()`;
+        }
+        return {
+          detail: `listening at ${r.uptimeMs ?? '?'} ms of its life, then ${r.readyMs ?? '?'} ms of lb.ready() while serving`,
+          backAtMs: await listening,
+        };
       },
     };
   } catch (err) {

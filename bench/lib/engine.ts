@@ -271,8 +271,9 @@ async function runOnce(
           // Epoch ms: the loadgen's measured phase began at measureStartEpochMs.
           const killedAt = Date.now();
           restarted = restart.call(g).then(
-            (detail) => {
-              rec.restart = { killedAtMs: killedAt, readyAtMs: Date.now(), detail };
+            (out) => {
+              const back = typeof out === 'object' ? out : { detail: out, backAtMs: Date.now() };
+              rec.restart = { killedAtMs: killedAt, readyAtMs: back.backAtMs, detail: back.detail };
             },
             (err: unknown) => {
               rec.restart = { killedAtMs: killedAt, error: (err as Error).message.split('\n')[0] };

@@ -49,6 +49,12 @@ interface LoadwiseConfig {
    * instead of gatewayServerOptions()'s (docs/gateway.md, "The gateway's server").
    */
   nodeServerClasses?: boolean;
+  /**
+   * Listen first, then `await lb.ready()`: a restarted gateway takes connections
+   * while it warms up (the real balancer serves them meanwhile) instead of refusing
+   * them (docs/operations.md, "Restarting a single instance").
+   */
+  listenBeforeReady?: boolean;
 }
 
 /** Node's default listen backlog (net.Server#listen), which `app.listen` uses. */
@@ -58,7 +64,8 @@ const NODE_DEFAULT_BACKLOG = 511;
  * The gateway as the docs deploy it (docs/operations.md): `loadBalance`, then
  * `await lb.ready()` (the broker connected and the product's warm-up done, unless
  * the options say `warmUp: false`), then listen. A restarted gateway refuses
- * connections until then instead of serving a flood cold.
+ * connections until then instead of serving a flood cold; `listenBeforeReady`
+ * listens first and warms up while it serves.
  */
 async function startGateway(cfg: LoadwiseConfig) {
   const keys = cfg.keyFile ? parseKeyFile(readFileSync(cfg.keyFile, 'utf8')) : undefined;
@@ -66,9 +73,6 @@ async function startGateway(cfg: LoadwiseConfig) {
   const app = express();
   app.disable('x-powered-by');
   app.use(balancer);
-  const readyFrom = performance.now();
-  await balancer.ready();
-  const readyMs = Math.round(performance.now() - readyFrom);
   const backlog = cfg.backlog ?? NODE_DEFAULT_BACKLOG;
   // As docs/gateway.md deploys it: the server built with gatewayServerOptions(); the
   // nodeServerClasses variant is `app.listen` (Node's request and response classes).
@@ -76,16 +80,26 @@ async function startGateway(cfg: LoadwiseConfig) {
     ? createServer(app)
     : createServer(gatewayServerOptions(), app);
   keepClientsAlive(server);
-  server.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
-  await new Promise<void>((resolve, reject) => {
-    server.once('listening', resolve);
-    server.once('error', reject);
-  });
-  // In a worker pool the primary accepts: multiAccept is for a single process.
-  if (cfg.acceptHandles !== undefined && cfg.workers === undefined) {
-    await multiAccept(server, { handles: cfg.acceptHandles, backlog });
-  }
-  return { balancer, server, backlog, readyMs };
+  /** Listens; resolves with the process's age (ms) when it does. */
+  const listen = async (): Promise<number> => {
+    server.listen({ port: cfg.port ?? 0, host: '127.0.0.1', backlog });
+    await new Promise<void>((resolve, reject) => {
+      server.once('listening', resolve);
+      server.once('error', reject);
+    });
+    // In a worker pool the primary accepts: multiAccept is for a single process.
+    if (cfg.acceptHandles !== undefined && cfg.workers === undefined) {
+      await multiAccept(server, { handles: cfg.acceptHandles, backlog });
+    }
+    // Taking connections before ready(): the restart variant counts the gateway back from here.
+    if (cfg.listenBeforeReady) tell({ type: 'listening' });
+    return Math.round(process.uptime() * 1000);
+  };
+  const listenedAtMs = cfg.listenBeforeReady ? await listen() : undefined;
+  const readyFrom = performance.now();
+  await balancer.ready();
+  const readyMs = Math.round(performance.now() - readyFrom);
+  return { balancer, server, backlog, readyMs, listenedAtMs: listenedAtMs ?? (await listen()) };
 }
 
 /**
@@ -175,7 +189,7 @@ async function main(): Promise<void> {
   const cfg = readConfig<LoadwiseConfig>();
   if (cfg.workers !== undefined) return mainWorkers(cfg, cfg.workers);
   const diag = startDiag();
-  const { balancer, server, backlog, readyMs } = await startGateway(cfg);
+  const { balancer, server, backlog, readyMs, listenedAtMs } = await startGateway(cfg);
   const trace: Array<Record<string, unknown>> = [];
   const acceptQueue: Array<[number, number, number]> = [];
   const t0 = Date.now();
@@ -240,7 +254,14 @@ async function main(): Promise<void> {
   });
   const port = (server.address() as AddressInfo).port;
   // How long `lb.ready()` took, and the process's age when it listened (the restart variant).
-  tell({ type: 'ready', port, backlog, readyMs, uptimeMs: Math.round(process.uptime() * 1000) });
+  tell({
+    type: 'ready',
+    port,
+    backlog,
+    readyMs,
+    uptimeMs: listenedAtMs,
+    listenedFirst: cfg.listenBeforeReady === true,
+  });
 }
 
 main().catch(fail);
