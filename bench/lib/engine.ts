@@ -6,7 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { DEFAULT_TRACKER_WINDOW_MS } from '@loadwise/health-agent';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +18,7 @@ import { capacityFigures } from './cpu-share';
 import { primeBackends } from './prime';
 import { calibrateNeighbour, startNeighbour, type Neighbour } from './neighbour';
 import type { NeighbourCalibration } from './neighbour';
-import { CpuMeter, forkProc, sleep, type Proc } from './procs';
+import { CpuMeter, forkProc, gatewayStdoutFile, sleep, type Proc } from './procs';
 import type { Scenario, ScenarioCase } from './scenario';
 import { maxWindowShareVsFair, shiftTimes } from './series-metrics';
 
@@ -288,6 +288,10 @@ async function runOnce(
       );
     }
     const result = await resultP;
+    const stdoutFile = def.family === 'loadwise' ? gatewayStdoutFile() : undefined;
+    if (stdoutFile) {
+      appendFileSync(stdoutFile, `@load ${result.measureStartEpochMs} ${def.name} run ${run}\n`);
+    }
     await restarted;
     if (rec.restart) {
       // From epoch ms to the series' time base.

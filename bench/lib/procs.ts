@@ -5,7 +5,7 @@
  * Every child is registered here and stopped on exit, SIGINT and SIGTERM.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 
 const children = new Set<ChildProcess>();
@@ -139,7 +139,13 @@ export function forkProc(
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     execArgv: [...execArgv, ...gatewayNodeArgs(path)],
   });
-  return wrap(name, child);
+  const proc = wrap(name, child);
+  const out = gatewayStdoutFile(path);
+  if (out) {
+    // Each chunk stamped with when it arrived: V8's --trace-opt/--trace-deopt print no time.
+    child.stdout?.on('data', (d: Buffer) => appendFileSync(out, `@${Date.now()} ${name}\n${d}`));
+  }
+  return proc;
 }
 
 /**
@@ -153,6 +159,19 @@ export function forkProc(
 function gatewayNodeArgs(path: string): string[] {
   const args = process.env.LOADWISE_BENCH_GATEWAY_NODE_ARGS;
   return args && path.endsWith('gateway-loadwise.js') ? args.split(' ').filter(Boolean) : [];
+}
+
+/**
+ * Diagnosis only: LOADWISE_BENCH_GATEWAY_STDOUT=FILE appends every loadwise
+ * gateway process's stdout to FILE, each chunk after a line `@<epoch ms>
+ * <process>`, and the engine adds `@load <epoch ms> <balancer> run <n>` for
+ * each run's first measured request. With
+ * LOADWISE_BENCH_GATEWAY_NODE_ARGS="--trace-opt --trace-deopt" it shows what
+ * V8 compiles and throws away, and when (docs/bench.md, "Cold start").
+ */
+export function gatewayStdoutFile(path = 'gateway-loadwise.js'): string | undefined {
+  const file = process.env.LOADWISE_BENCH_GATEWAY_STDOUT;
+  return file && path.endsWith('gateway-loadwise.js') ? file : undefined;
 }
 
 /** Spawns a native program (nginx, haproxy, the agent CLI). */

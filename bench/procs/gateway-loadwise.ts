@@ -99,6 +99,8 @@ async function startGateway(cfg: LoadwiseConfig) {
   const readyFrom = performance.now();
   await balancer.ready();
   const readyMs = Math.round(performance.now() - readyFrom);
+  // A marker in a traced gateway's stdout (bench/cold-start/v8-trace.ts): the warm-up ends here.
+  if (process.env.LOADWISE_BENCH_GATEWAY_STDOUT) process.stdout.write('[loadwise ready]\n');
   return { balancer, server, backlog, readyMs, listenedAtMs: listenedAtMs ?? (await listen()) };
 }
 
