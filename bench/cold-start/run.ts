@@ -192,6 +192,8 @@ async function main(): Promise<void> {
   const only = arg('scenario', '');
   const balancerFilter = balancerWords(arg('balancers', ''));
   const brokerUrl = arg('broker', 'mqtt://127.0.0.1:1883');
+  // The backends warmed before the first balancer (bench/lib/prime.ts) unless --no-prime.
+  const prime = !process.argv.includes('--no-prime');
   // --render: write the page again from the last run's raw records, without running.
   const render = process.argv.includes('--render');
   const peers = render ? { nginx: true, haproxy: true } : ensurePeers(console.log);
@@ -217,7 +219,7 @@ async function main(): Promise<void> {
         runs,
         brokerUrl,
         log: console.log,
-        prime: !process.argv.includes('--no-prime'),
+        prime,
       });
       mkdirSync(raw, { recursive: true });
       writeFileSync(rawFile, JSON.stringify(records, null, 1));
@@ -301,10 +303,10 @@ async function main(): Promise<void> {
       `load average at the end ${loadavg()[0]!.toFixed(2)}. The machine is shared with other helpers' ` +
       'tests and benchmarks; the load average of each run is in its row. Latencies in ms, from each ' +
       "request's scheduled send (open loop); sN = the Nth second after the load started. " +
-      (process.argv.includes('--no-prime')
-        ? 'The backends met the first balancer cold (`--no-prime`).'
-        : 'The backends were primed with requests of their own before the first balancer ' +
-          '(bench/lib/prime.ts): only the gateway starts cold.'),
+      (prime
+        ? 'The backends were primed with requests of their own before the first balancer ' +
+          '(bench/lib/prime.ts): only the gateway starts cold.'
+        : 'The backends met the first balancer cold (`--no-prime`).'),
     '',
     ...sections,
   ].join('\n');

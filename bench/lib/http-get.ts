@@ -1,9 +1,16 @@
 import http from 'node:http';
 
-/** One GET with a fresh connection; resolves status and body, rejects on error or timeout. */
-export function httpGet(url: string, timeoutMs = 2_000): Promise<{ status: number; body: string }> {
+/**
+ * One GET, on a fresh connection unless given an `agent` (a keep-alive pool);
+ * resolves status and body, rejects on error or timeout.
+ */
+export function httpGet(
+  url: string,
+  timeoutMs = 2_000,
+  agent: http.Agent | false = false,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent: false, timeout: timeoutMs }, (res) => {
+    const req = http.get(url, { agent, timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { httpGet } from './http-get';
 
 /**
  * Warms the backends before the first measured row: every backend is a fresh
@@ -35,25 +36,16 @@ export async function primeBackends(urls: string[], opts: PrimeOptions = {}): Pr
   const started = Date.now();
   const answered = new Map<string, number>();
   let failed = 0;
+  // Any status counts: the backend's code ran.
   const one = (url: string, agent: http.Agent | false): Promise<void> =>
-    new Promise((resolve) => {
-      const req = http.get(`${url}/prime`, { agent, timeout: 2_000 }, (res) => {
-        res.resume();
-        res.on('end', () => {
-          answered.set(url, (answered.get(url) ?? 0) + 1);
-          resolve();
-        });
-        res.on('error', () => {
-          failed++;
-          resolve();
-        });
-      });
-      req.on('timeout', () => req.destroy(new Error('timeout')));
-      req.on('error', () => {
+    httpGet(`${url}/prime`, 2_000, agent).then(
+      () => {
+        answered.set(url, (answered.get(url) ?? 0) + 1);
+      },
+      () => {
         failed++;
-        resolve();
-      });
-    });
+      },
+    );
   await Promise.all(
     urls.map(async (url) => {
       const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });

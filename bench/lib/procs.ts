@@ -140,7 +140,7 @@ export function forkProc(
     execArgv: [...execArgv, ...gatewayNodeArgs(path)],
   });
   const proc = wrap(name, child);
-  const out = gatewayStdoutFile(path);
+  const out = isLoadwiseGateway(path) ? gatewayStdoutFile() : undefined;
   if (out) {
     // Each chunk stamped with when it arrived: V8's --trace-opt/--trace-deopt print no time.
     child.stdout?.on('data', (d: Buffer) => appendFileSync(out, `@${Date.now()} ${name}\n${d}`));
@@ -158,7 +158,12 @@ export function forkProc(
  */
 function gatewayNodeArgs(path: string): string[] {
   const args = process.env.LOADWISE_BENCH_GATEWAY_NODE_ARGS;
-  return args && path.endsWith('gateway-loadwise.js') ? args.split(' ').filter(Boolean) : [];
+  return args && isLoadwiseGateway(path) ? args.split(' ').filter(Boolean) : [];
+}
+
+/** The loadwise gateway's script, this checkout's or another's (`--baseline`). */
+function isLoadwiseGateway(path: string): boolean {
+  return path.endsWith('gateway-loadwise.js');
 }
 
 /**
@@ -169,9 +174,8 @@ function gatewayNodeArgs(path: string): string[] {
  * LOADWISE_BENCH_GATEWAY_NODE_ARGS="--trace-opt --trace-deopt" it shows what
  * V8 compiles and throws away, and when (docs/bench.md, "Cold start").
  */
-export function gatewayStdoutFile(path = 'gateway-loadwise.js'): string | undefined {
-  const file = process.env.LOADWISE_BENCH_GATEWAY_STDOUT;
-  return file && path.endsWith('gateway-loadwise.js') ? file : undefined;
+export function gatewayStdoutFile(): string | undefined {
+  return process.env.LOADWISE_BENCH_GATEWAY_STDOUT || undefined;
 }
 
 /** Spawns a native program (nginx, haproxy, the agent CLI). */
