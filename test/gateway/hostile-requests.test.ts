@@ -7,7 +7,7 @@
 import { createServer, type IncomingMessage } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import express from 'express';
-import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
+import { loadBalance, routeUpgrades, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { listen, type TestServer } from '../kit/http';
 import {
   counterValue,
@@ -70,7 +70,7 @@ async function gateway(
   opts: Partial<LoadBalanceOptions> & Pick<LoadBalanceOptions, 'backends'>,
   setup: (app: express.Express, lb: ReturnType<typeof loadBalance>) => void = (app, lb) =>
     app.use('/api', lb),
-  server: { insecureHTTPParser?: boolean } = {},
+  server: { insecureHTTPParser?: boolean; upgrades?: boolean } = {},
 ): Promise<Gw> {
   const warnings: string[] = [];
   const lb = loadBalance({
@@ -85,7 +85,8 @@ async function gateway(
   });
   const app = express();
   setup(app, lb);
-  const srv = await listen(createServer(server, app));
+  const srv = await listen(createServer({ insecureHTTPParser: server.insecureHTTPParser }, app));
+  if (server.upgrades) srv.server.on('upgrade', routeUpgrades(app));
   return {
     ...srv,
     lb,
@@ -101,15 +102,38 @@ async function gateway(
 
 const SMUGGLED = 'GET /admin/SMUGGLED HTTP/1.1\r\nHost: a\r\n\r\n';
 
+/** A raw TCP backend answering each request's path with the bytes `answers` gives (node:http would tidy them). */
+async function rawBackend(
+  answers: Record<string, string>,
+): Promise<TestServer & { lines: string[] }> {
+  const lines: string[] = [];
+  const raw = createNetServer((s) => {
+    s.on('error', () => {});
+    s.on('data', (d: Buffer) => {
+      const line = /^(\S+ \S+)/.exec(d.toString('latin1'))?.[1] ?? '';
+      lines.push(line);
+      s.write(answers[line.split(' ')[1] ?? ''] ?? 'HTTP/1.1 404 No\r\nContent-Length: 0\r\n\r\n');
+    });
+  });
+  const server = Object.assign(await listen(raw as unknown as Parameters<typeof listen>[0]), {
+    lines,
+  });
+  others.push(server);
+  return server;
+}
+
 let backend: TestServer & { seen: Seen[] };
 let gw: Gw | undefined;
 beforeEach(async () => {
   backend = await recordingBackend();
 });
+/** Other servers a test opened: closed after it, whether it passed or not. */
+const others: TestServer[] = [];
 afterEach(async () => {
   await gw?.close();
   gw = undefined;
   await backend.close();
+  for (const s of others.splice(0)) await s.close();
 });
 
 describe('a request that made Node throw', () => {
@@ -221,6 +245,77 @@ describe('a backend answer Node cannot relay', () => {
     );
     expect(await gw.metric('backend_errors_total')).toBe(2);
     await rawBackend.close();
+  });
+});
+
+describe('what a backend says about its own connection', () => {
+  it('never reaches the client: Keep-Alive, Connection and what it names, Upgrade', async () => {
+    const hop = (connection: string): string =>
+      `HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=65\r\nConnection: ${connection}\r\nX-Secret: 1\r\nUpgrade: h2c\r\nX-Kept: 1\r\n\r\nok`;
+    const raw = await rawBackend({ '/named': hop('x-secret, keep-alive'), '/close': hop('close') });
+    gw = await gateway({ backends: [{ id: 'b', url: raw.url }] }, (app, lb) => app.use(lb));
+    const r = await rawExchange(
+      gw.port,
+      'GET /named HTTP/1.1\r\nHost: a\r\n\r\nGET /close HTTP/1.1\r\nHost: a\r\n\r\n',
+      { responses: 2 },
+    );
+    const [named, close] = r.responses;
+    expect([named?.status, named?.body, named?.headers['x-kept']]).toEqual([200, 'ok', '1']);
+    expect(named?.headers['x-secret']).toBeUndefined();
+    for (const h of [named!.headers, close!.headers]) {
+      expect([h['keep-alive'], h.upgrade, h.connection]).toEqual([
+        undefined,
+        undefined,
+        'keep-alive',
+      ]);
+    }
+    // The backend closing its connection does not close the client's.
+    expect(close?.headers['x-secret']).toBe('1');
+    expect(r.closed).toBe(false);
+  });
+
+  it('relays a complete answer followed by stray bytes (HEAD, 204) and does not blame the backend', async () => {
+    const raw = await rawBackend({
+      '/head': 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello',
+      '/204': 'HTTP/1.1 204 No Content\r\nX-A: 2\r\n\r\nstray',
+    });
+    gw = await gateway({ backends: [{ id: 'b', url: raw.url }], retry: false }, (app, lb) =>
+      app.use(lb),
+    );
+    const head = await rawExchange(gw.port, 'HEAD /head HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+      bodiless: [0],
+    });
+    expect([head.responses[0]?.status, head.responses[0]?.headers['x-a']]).toEqual([200, '1']);
+    const noContent = await rawExchange(gw.port, 'GET /204 HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect([noContent.responses[0]?.status, noContent.responses[0]?.headers['x-a']]).toEqual([
+      204,
+      '2',
+    ]);
+    expect(await gw.metric('backend_errors_total')).toBe(0);
+    expect(gw.warnings.join('\n')).toMatch(/sent bytes after a complete answer to HEAD \/head/);
+  });
+});
+
+describe('pipelining', () => {
+  it('answers the requests before a refused one, then closes: none is lost', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(
+      gw.port,
+      'POST /api/order HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}' +
+        'GET /api/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n' +
+        'GET /api/after HTTP/1.1\r\nHost: a\r\n\r\n',
+      { guardMs: 5_000 },
+    );
+    expect(r.responses.map((x) => [x.status, x.headers['x-loadwise-error']])).toEqual([
+      [200, undefined],
+      [400, 'LW_GW_BAD_REQUEST'],
+    ]);
+    expect(JSON.parse(r.responses[0]!.body)).toEqual({ line: 'POST /order', bytes: 2 });
+    expect(r.closed).toBe(true);
+    expect(backend.seen.map((s) => s.line)).toEqual(['POST /order']);
   });
 });
 
@@ -362,6 +457,71 @@ describe('paths', () => {
       ]);
     },
   );
+});
+
+describe('paths http-proxy would rewrite', () => {
+  it('refuses // and \\, which the app matched as they came and the backend would get merged', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: `${backend.url}/base` }] }, (app, lb) => {
+      app.use('/api/admin', (_req, res) => void res.status(403).end());
+      app.use('/api', lb);
+    });
+    for (const [path, status] of [
+      ['/api/admin/users', 403],
+      ['/api//admin/users', 400],
+      ['/api/\\admin/users', 400],
+      ['/api/x//', 400],
+    ] as const) {
+      const r = await rawExchange(gw.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, {
+        responses: 1,
+      });
+      expect([path, r.responses[0]?.status]).toEqual([path, status]);
+    }
+    expect(backend.seen).toEqual([]);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_BAD_PATH')).toBe(3);
+  });
+
+  it('checks an upgrade as a request: a bad path or a target that is not one gets 400 at once', async () => {
+    gw = await gateway(
+      { backends: [{ id: 'b', url: `${backend.url}/base` }] },
+      (app, lb) => app.use('/api', lb),
+      { upgrades: true },
+    );
+    const upgrade = 'Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n';
+    for (const [target, code] of [
+      ['/api/x/../../secret', 'LW_GW_BAD_PATH'],
+      ['/api/..\\..\\secret', 'LW_GW_BAD_PATH'],
+      ['/api//admin', 'LW_GW_BAD_PATH'],
+    ] as const) {
+      const r = await rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: a\r\n${upgrade}`, {
+        guardMs: 5_000,
+      });
+      expect([target, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual(
+        [target, 400, code],
+      );
+      expect(r.closed).toBe(true);
+    }
+    const twoHosts = await rawExchange(
+      gw.port,
+      `GET /api/ws HTTP/1.1\r\nHost: a\r\nHost: b\r\n${upgrade}`,
+      { guardMs: 5_000 },
+    );
+    expect(twoHosts.responses[0]?.headers['x-loadwise-error']).toBe('LW_GW_BAD_REQUEST');
+    expect(backend.seen).toEqual([]);
+  });
+
+  it('answers an upgrade of `*` with 400 instead of holding its socket', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => app.use(lb), {
+      upgrades: true,
+    });
+    const r = await rawExchange(
+      gw.port,
+      'GET * HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+      { guardMs: 5_000 },
+    );
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
+      [400, 'LW_GW_BAD_PATH', true],
+    );
+  });
 });
 
 describe('slow clients', () => {

@@ -65,7 +65,7 @@ export const GATEWAY_ERRORS = {
   LW_GW_BAD_PATH: {
     status: 400,
     message:
-      'the request path has a dot-segment ("." or "..", also percent-encoded or between backslashes) that could leave the backend base path, or the target is not a path',
+      'the request path has a dot-segment ("." or "..", also percent-encoded or between backslashes) that could leave the backend base path, an empty segment ("//") or a backslash that the proxy would rewrite, or the target is not a path',
   },
   LW_GW_BODY_TIMEOUT: {
     status: 408,

@@ -65,6 +65,23 @@ describe('checkPath', () => {
     expect(checkPath(url)).toBe('dot-segment in the path');
   });
 
+  // http-proxy would merge the slashes and turn `\` into `/`: the backend would get a path the
+  // app's middleware never matched (`//admin` passes `app.use('/admin', guard)`).
+  it.each([
+    ['//admin', 'empty segment (//) in the path'],
+    ['/api//admin/users', 'empty segment (//) in the path'],
+    ['/a/', undefined],
+    ['/a//', 'empty segment (//) in the path'],
+    ['http://a//admin', 'empty segment (//) in the path'],
+    ['http://a/x?u=http://b//c', undefined],
+    ['/\\admin', 'backslash in the path'],
+    ['/a\\b?q=\\', 'backslash in the path'],
+    ['/a?q=\\x', undefined],
+    ['http://a', undefined],
+  ])('%s: %s', (url, why) => {
+    expect(checkPath(url)).toBe(why);
+  });
+
   it('refuses a target that is not a path (OPTIONS *)', () => {
     expect(checkPath('*')).toBe('request target is not a path');
     expect(checkPath('example.com:443')).toBe('request target is not a path');

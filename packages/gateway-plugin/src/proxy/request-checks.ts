@@ -76,6 +76,25 @@ const DOT_SEGMENT = /(?:^|[/\\]|%2f|%5c)(?:\.|%2e){1,2}(?:;[^/\\]*)?(?:[/\\]|%2f
 /** origin-form (`/path`) or absolute-form (`http://host/path`), RFC 9112 §3.2. */
 const PATH_OR_ABSOLUTE = /^(?:\/|[a-z][a-z0-9+.-]*:\/\/)/i;
 
+/**
+ * What http-proxy would change on the way to the backend: it joins the
+ * outgoing path with `common.urlJoin`, which merges every run of slashes
+ * (`//admin` becomes `/admin`), after url.parse turned each `\` before the
+ * query into `/`. The app's middleware matched the path as it came, so
+ * `GET //admin` passed `app.use('/admin', guard)` and reached the backend as
+ * `/admin`. Refused for the same reason as a dot-segment: the backend must
+ * get the path the app judged, and http-proxy has no way to send it as is.
+ */
+const REWRITTEN_BY_PROXY = /\/\/|\\/;
+
+/** The path of an origin- or absolute-form target (after `scheme://authority`). */
+function pathOf(target: string): string {
+  if (target.charCodeAt(0) === 47 /* / */) return target;
+  const authority = target.indexOf('://') + 3;
+  const slash = target.indexOf('/', authority);
+  return slash < 0 ? '' : target.slice(slash);
+}
+
 /** Why this request target must not be forwarded, or undefined. */
 export function checkPath(url: string | undefined): string | undefined {
   if (url === undefined) return undefined;
@@ -88,6 +107,10 @@ export function checkPath(url: string | undefined): string | undefined {
   if (q >= 0) end = q;
   const f = url.indexOf('#');
   if (f >= 0 && f < end) end = f;
-  const path = end === url.length ? url : url.slice(0, end);
-  return DOT_SEGMENT.test(path) ? 'dot-segment in the path' : undefined;
+  const path = pathOf(end === url.length ? url : url.slice(0, end));
+  if (DOT_SEGMENT.test(path)) return 'dot-segment in the path';
+  const rewritten = REWRITTEN_BY_PROXY.exec(path);
+  if (rewritten)
+    return rewritten[0] === '\\' ? 'backslash in the path' : 'empty segment (//) in the path';
+  return undefined;
 }

@@ -208,8 +208,11 @@ export class RequestFlow {
   handle(req: IncomingMessage, res: ServerResponse): void {
     const c = this.core;
     // Node hands pipelined requests to the app as it parses them, before the
-    // refused one's answer is out; their answers could never be sent.
-    if (this.closing.has(req.socket)) return void req.socket.end();
+    // refused one's answer is out. Those behind it stay unanswered: Node
+    // writes the answers in order and ends the connection after the refusal's
+    // (`Connection: close`). Ending the socket here cut the answers still
+    // queued before the refusal, a processed POST's among them.
+    if (this.closing.has(req.socket)) return;
     const server = serverOf(req);
     if (server !== this.lastServer && server) this.noteServer(server);
     if (c.closed) {
@@ -594,13 +597,6 @@ export class RequestFlow {
     this.clearTimers(flow);
     const hook = c.options.on.proxyRes;
     if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
-    // Shutting down: the client's next request should open a connection elsewhere. Or the
-    // client asked to close (`Connection: close`, HTTP/1.0 without keep-alive; Node read it
-    // into shouldKeepAlive before forwarded.ts removed the header): http-proxy would otherwise
-    // answer `connection: keep-alive` and the connection would stay open (RFC 9112 §9.6).
-    if (!res.shouldKeepAlive || (c.draining && drainClosesConnections(serverOf(req)))) {
-      proxyRes.headers.connection = 'close';
-    }
     const status = proxyRes.statusCode ?? 502;
     if (status < 100 || status > 999) {
       // llhttp reads any three digits; ServerResponse.writeHead throws on a
@@ -672,9 +668,12 @@ export class RequestFlow {
     // header is the gateway's, never a backend's of the same name.
     const decision = c.options.decisionHeader;
     const decisionValue = decision ? formatDecisionHeader(backend.id, flow.reason) : '';
-    if (writeResponseHead(req, res, proxyRes, decision, decisionValue) || !decision) return;
-    if (proxyRes.headers[decision] !== undefined) delete proxyRes.headers[decision];
-    res.setHeader(decision, decisionValue);
+    // Shutting down: the client's next request should open a connection elsewhere. Or the
+    // client asked to close (`Connection: close`, HTTP/1.0 without keep-alive; Node read it
+    // into shouldKeepAlive before forwarded.ts removed the header): the answer says `close`
+    // and the connection closes after it (RFC 9112 §9.6).
+    const close = !res.shouldKeepAlive || (c.draining && drainClosesConnections(serverOf(req)));
+    writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
   }
 
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void {
@@ -693,6 +692,21 @@ export class RequestFlow {
       // Cut by close() after its grace: not the backend's failure.
       this.endAttempt(flow);
       return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+    }
+    // Node keeps the backend's answer on its request (`req.res`), which the types omit.
+    if ((flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete) {
+      // The answer was whole (a HEAD, 204 or 304 is at its head) and bytes
+      // followed it (a body Node skips for them, or garbage): the parser fails
+      // on those, not on the answer, which goes on to the client in full, as
+      // nginx relays it. Node discards the backend's socket; the attempt ends
+      // with the answer. Logged, not held against the backend.
+      const errno = (err as { code?: string }).code ?? err.message;
+      c.logLine(
+        `upstream:${backend.id}:after-answer`,
+        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${flow.req.url}: ${errno}; answer relayed, its connection closed`,
+        { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
+      );
+      return;
     }
     flow.responseOk = false;
     this.endAttempt(flow);

@@ -1,25 +1,60 @@
 /**
- * The backend's status line and headers, written to the client in one
- * `writeHead` call. What http-proxy's response passes do (web-outgoing.js:
- * removeChunked, setConnection, writeHeaders, writeStatusCode), with the
- * same result: the backend's parsed headers, lower-case, `Connection` as
- * http-proxy sets it. It runs from the balancer's 'proxyRes' listener, which
- * http-proxy calls before its passes; with the head written
- * (`res.headersSent`) http-proxy skips them and only pipes the body.
+ * The backend's status line and headers, written to the client by the
+ * balancer's 'proxyRes' listener, which http-proxy calls before its own
+ * response passes (web-outgoing.js: removeChunked, setConnection,
+ * writeHeaders, writeStatusCode); with the head written (`res.headersSent`)
+ * http-proxy skips them and only pipes the body.
  *
- * Why: http-proxy copies the head one `res.setHeader` per header (each
- * validated, lower-cased and stored as a [name, value] pair) and then the
- * status; handing Node the flat list costs one validation per header and
- * nothing else (docs/bench.md, "Where the time goes").
+ * What differs from those passes: what the backend says about its own
+ * connection is not relayed (RFC 9110 §7.6.1, as nginx and Envoy do):
+ * `Connection` and the headers it names (but the body's framing),
+ * `Keep-Alive`, `Proxy-Connection`, and `Upgrade` outside a 101. Relayed, a
+ * backend's `Keep-Alive: timeout=65` told clients to keep idle connections
+ * the gateway closes after its own keepAliveTimeout, and its `Connection:
+ * close` closed the client's connection with the backend's. The gateway says
+ * its own `Connection` instead: `close` when it closes (`close`), else the
+ * client's (HTTP/1.0: its `Connection`, else `close`; 1.1: `keep-alive`).
+ * `proxyRes.headers` is read, never changed: Node's agent reads the backend's
+ * Keep-Alive hint there when the answer ends, to retire the pooled socket
+ * before the backend does.
  *
- * Only when the response has no header yet: headers an app middleware set
- * before the proxy (CORS, security headers, Express's X-Powered-By) make Node
- * take a slower merge path for a list; http-proxy's own passes do that merge,
- * so they are left to it.
+ * Why not http-proxy's passes: they copy the head one `res.setHeader` per
+ * header (each validated, lower-cased and stored as a [name, value] pair);
+ * when the response has no header yet, handing Node the flat list costs one
+ * validation per header and nothing else (docs/bench.md, "Where the time
+ * goes"). Headers an app middleware set before the proxy (CORS, security
+ * headers, Express's X-Powered-By) are merged as http-proxy merged them: the
+ * backend's replace the app's of the same name.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
-/** Writes the head and returns true, or returns false and leaves it to http-proxy. */
+/**
+ * The names a backend's `Connection` header lists, lower-case, but the body's
+ * framing (which Node writes from the answer itself) and the connection
+ * options `close` and `keep-alive`; undefined when there are none.
+ */
+function namedByConnection(value: string | undefined): Set<string> | undefined {
+  if (value === undefined) return undefined;
+  let named: Set<string> | undefined;
+  for (const token of value.split(',')) {
+    const name = token.trim().toLowerCase();
+    if (
+      name === '' ||
+      name === 'close' ||
+      name === 'keep-alive' ||
+      name === 'content-length' ||
+      name === 'transfer-encoding'
+    )
+      continue;
+    (named ??= new Set()).add(name);
+  }
+  return named;
+}
+
+/**
+ * Writes the head; false only when it was already out (a user's proxyRes hook
+ * wrote it), which http-proxy then leaves alone too.
+ */
 export function writeResponseHead(
   req: IncomingMessage,
   res: ServerResponse,
@@ -27,27 +62,48 @@ export function writeResponseHead(
   /** A header of the gateway's own (lower-case), which replaces the backend's of that name. */
   extra: string | undefined,
   extraValue: string,
+  /** The gateway closes this client connection after the answer. */
+  close: boolean,
 ): boolean {
-  if (res.headersSent || res.getHeaderNames().length !== 0) return false;
+  if (res.headersSent) return false;
   const h = proxyRes.headers;
-  // web-outgoing.js removeChunked and setConnection.
-  if (req.httpVersion === '1.0') {
-    delete h['transfer-encoding'];
-    h.connection = req.headers.connection || 'close';
-  } else if (!h.connection) {
-    h.connection = req.headers.connection || 'keep-alive';
-  }
+  const status = proxyRes.statusCode!;
+  const http10 = req.httpVersion === '1.0';
+  const named = namedByConnection(h.connection);
+  const connection = close
+    ? 'close'
+    : (req.headers.connection ?? (http10 ? 'close' : 'keep-alive'));
+  const merge = res.getHeaderNames().length !== 0;
   const flat: string[] = [];
   for (const name in h) {
     const value = h[name];
-    if (value === undefined || name === extra) continue;
-    if (typeof value === 'string') flat.push(name, value);
+    if (
+      value === undefined ||
+      name === extra ||
+      name === 'connection' ||
+      name === 'keep-alive' ||
+      name === 'proxy-connection' ||
+      (name === 'upgrade' && status !== 101) ||
+      (http10 && name === 'transfer-encoding') ||
+      named?.has(name)
+    )
+      continue;
+    if (merge) res.setHeader(name, value);
+    else if (typeof value === 'string') flat.push(name, value);
     else for (const v of value) flat.push(name, v);
   }
-  if (extra !== undefined) flat.push(extra, extraValue);
-  const status = proxyRes.statusCode!;
+  if (merge) {
+    res.setHeader('connection', connection);
+    if (extra !== undefined) res.setHeader(extra, extraValue);
+  } else {
+    flat.push('connection', connection);
+    if (extra !== undefined) flat.push(extra, extraValue);
+  }
   const message = proxyRes.statusMessage;
-  if (message) res.writeHead(status, message, flat);
+  if (merge) {
+    if (message) res.writeHead(status, message);
+    else res.writeHead(status);
+  } else if (message) res.writeHead(status, message, flat);
   else res.writeHead(status, flat);
   return true;
 }

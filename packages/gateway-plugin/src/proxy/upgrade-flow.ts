@@ -8,9 +8,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Backend } from '../registry/backend';
+import { ERROR_CODE_HEADER } from '../error-response';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
 import { setForwardedHeaders } from './forwarded';
+import { checkFraming, checkPath } from './request-checks';
 import { classify } from './upstream-errors';
 
 export class UpgradeFlow {
@@ -29,11 +31,26 @@ export class UpgradeFlow {
     };
     if (c.closed || c.draining || c.overload?.overloaded || c.acceptQueue?.shed())
       return refuse('503 Service Unavailable');
-    setForwardedHeaders(req, c.options.trustForwarded);
     if (c.options.forwardMountPath) {
       const original = (req as { originalUrl?: string }).originalUrl;
       if (original) req.url = original;
     }
+    // The same checks as a request's (request-flow.ts handle): an upgrade's
+    // path is joined to the backend's base path the same way, and a target
+    // that is not a path (`GET *`) would otherwise get no answer at all
+    // (http-proxy-middleware leaves a socket it does not proxy alone).
+    const framing = checkFraming(req);
+    const bad = framing.ok ? checkPath(req.url) : framing.detail;
+    if (bad !== undefined) {
+      const code = framing.ok ? 'LW_GW_BAD_PATH' : 'LW_GW_BAD_REQUEST';
+      c.metrics.onRequestRejected(code);
+      c.logLine(`upgrade-refused:${code}`, `upgrade refused (${code}): ${bad}`, {
+        event: 'request-refused',
+        code,
+      });
+      return refuse(`400 Bad Request\r\n${ERROR_CODE_HEADER}: ${code}`);
+    }
+    setForwardedHeaders(req, c.options.trustForwarded);
     const aff = c.options.affinity;
     const hashKey = aff ? hashKeyOf(req, aff, c.options.trustForwarded).key : undefined;
     const nowMs = c.now();
