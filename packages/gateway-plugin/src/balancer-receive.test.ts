@@ -183,6 +183,93 @@ describe('replay state cannot be poisoned', () => {
   );
 });
 
+describe('Last Will replays', () => {
+  // An agent signs its will once per run and the broker publishes it to every
+  // subscriber when the agent's connection breaks: anyone on the broker can keep a copy.
+  it("cannot end a drain, bring back a stopped backend, or use up the agent's budget", async () => {
+    const r = rig({
+      keys: [key],
+      messageLimits: { perBackendPerSec: 10, perBackendBurst: 20, totalPerSec: 50_000 },
+    });
+    try {
+      const agent = createEncoder({ backendId: 'b', prefix: PREFIX, key, now: () => r.clock.t });
+      const will = agent.status('offline', { will: true });
+      r.send(agent.metrics(calm));
+      r.send(will); // the connection broke once: a genuine will, the agent is lost
+      expect([eligible(r.lb), r.lb.registry.get('b')!.agentLost]).toEqual([['a', 'b', 'c'], true]);
+      r.clock.t += 1000;
+      r.send(agent.metrics(calm)); // reconnected
+      r.send(agent.status('draining'));
+      expect(eligible(r.lb)).toEqual(['a', 'c']);
+      for (let i = 0; i < 1000; i++) r.send(will);
+      expect(eligible(r.lb)).toEqual(['a', 'c']);
+      expect(r.lb.registry.get('b')!.condition).toBe('draining');
+      // The first copy marked the agent lost (it may be); the others changed nothing and cost nothing.
+      expect(await r.counted('LW_PROTO_REPLAY')).toBe(999);
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(0);
+      r.send(agent.metrics({ ...calm, state: 'draining' }));
+      expect(r.lb.registry.get('b')!.lastReport?.state).toBe('draining');
+      // A planned stop: the signed offline takes it out, and no will brings it back.
+      r.send(agent.status('offline'));
+      for (let i = 0; i < 10; i++) r.send(will);
+      expect(eligible(r.lb)).toEqual(['a', 'c']);
+      // The agent's next run: online, then its own will (a crash) leaves the backend routable.
+      r.clock.t += 1000;
+      const next = createEncoder({ backendId: 'b', prefix: PREFIX, key, now: () => r.clock.t });
+      r.send(next.status('online'));
+      r.send(next.status('offline', { will: true }));
+      expect(eligible(r.lb)).toEqual(['a', 'b', 'c']);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('signed messages of an unknown id do not use the bucket registrations need', async () => {
+    const r = rig({
+      keys: [key],
+      discovery: { allowedRanges: ['127.0.0.0/8'] },
+      messageLimits: { perBackendPerSec: 10, perBackendBurst: 20, totalPerSec: 50_000 },
+    });
+    try {
+      const ghost = createEncoder({
+        backendId: 'ghost',
+        prefix: PREFIX,
+        key,
+        now: () => r.clock.t,
+      });
+      const will = ghost.status('offline', { will: true });
+      const report = ghost.metrics(calm);
+      for (let i = 0; i < 100; i++) {
+        r.send(will);
+        r.send(report);
+      }
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(0);
+      const fresh = createEncoder({ backendId: 'new2', prefix: PREFIX, key, now: () => r.clock.t });
+      r.send(fresh.registration('http://127.0.0.1:9200'));
+      expect(r.lb.registry.get('new2')).toBeDefined();
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('what a dropped message held', () => {
+  it('reaches the log and the event as printable ASCII only', async () => {
+    const r = rig({ allowUnsigned: true });
+    const details: string[] = [];
+    r.lb.on('invalid-message', (e) => details.push(e.detail ?? ''));
+    try {
+      // V8's JSON error quotes the text around the fault: a CR, U+2028 and an escape sequence here.
+      r.send({ topic: `${PREFIX}/v1/backends/a/metrics`, payload: 'x\r\u2028\u001b[2K' });
+      expect(r.drops).toEqual(['LW_PROTO_MALFORMED_JSON']);
+      expect(details).toHaveLength(1);
+      expect(details[0]).toMatch(/^[\x20-\x7e]+$/);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
 describe('retained messages', () => {
   it('ignores a signed retained offline older than maxRetainedAgeMs; honours a fresh one', async () => {
     const r = rig({ keys: [key] });

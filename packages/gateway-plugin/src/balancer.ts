@@ -330,8 +330,32 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (!signed && this.limited(known, id, false, nowMs)) return;
     const result = this.decoder.parse(verified, { retained });
     if (!result.ok) return this.drop(result.code, result.detail, result.backendId);
-    if (signed && this.limited(known, id, true, nowMs)) return;
-    this.onMessage(result.message, result.keyId, nowMs);
+    const message = result.message;
+    if (signed) {
+      // Nothing to apply (onMessage would drop them) and so nothing to charge: a
+      // will, a report or a status of an unknown id, or a will that changes
+      // nothing. Each is a replay of something genuine (signed, and the replay
+      // rules pass wills, registry.ts willChangesNothing), and charged it used
+      // up the unknown ids' bucket that registrations need, or the agent's own.
+      if (known === undefined && message.kind !== 'register') {
+        return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', id);
+      }
+      const backend = known === undefined ? undefined : this.registry.get(known);
+      if (
+        backend !== undefined &&
+        message.kind === 'status' &&
+        message.will === true &&
+        Registry.willChangesNothing(backend)
+      ) {
+        return this.drop(
+          'LW_PROTO_REPLAY',
+          'a Last Will that changes nothing (the agent is lost already, or took the backend offline)',
+          id,
+        );
+      }
+      if (this.limited(known, id, true, nowMs)) return;
+    }
+    this.onMessage(message, result.keyId, nowMs);
   }
 
   /** Charges the backend's bucket; true (and counted) when the message is dropped. */
@@ -411,6 +435,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     backendId: string | undefined,
   ): void {
     this.metrics.onInvalidMessage(code);
+    // Details quote what the message held (a JSON error, a topic): printable ASCII only in a log.
+    detail = detail.replace(/[^\x20-\x7e]/g, '?');
     // The default posture meeting unsigned agents: one clear line here, not one per report.
     const quiet = code === 'LW_PROTO_UNSIGNED' && this.options.keys.length === 0;
     this.events.emit('invalid-message', { code, backendId, detail, quiet });

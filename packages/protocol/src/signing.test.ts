@@ -1,4 +1,4 @@
-import { parseKeyFile } from './signing';
+import { parseKeyFile, signPayload, verifySignature } from './signing';
 
 describe('key files', () => {
   const secret = Buffer.alloc(32, 3);
@@ -23,5 +23,24 @@ describe('key files', () => {
         message: expect.stringContaining(message),
       }),
     );
+  });
+});
+
+describe('signatures', () => {
+  const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+  const keys = new Map([[key.keyId, key.secret]]);
+  const topic = 'lw/v1/backends/b1/metrics';
+  const signed = signPayload(topic, '{"v":1}', key);
+  const sig = signed.slice(signed.lastIndexOf(' ') + 1);
+
+  it('verifies the signature as signPayload wrote it', () => {
+    expect(sig).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(verifySignature(topic, '{"v":1}', 'k1', sig, keys)).toBeUndefined();
+  });
+
+  // Buffer.from(s, 'base64url') skips what it cannot read, so each of these decoded to the
+  // same MAC: one captured message had many spellings, each new to the cache of copies seen.
+  it.each(['=', '==', ' ', '$', '!!', 'é', '\n'])('refuses the signature with %j appended', (x) => {
+    expect(verifySignature(topic, '{"v":1}', 'k1', sig + x, keys)).toBe('LW_PROTO_BAD_SIGNATURE');
   });
 });

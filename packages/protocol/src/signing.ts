@@ -15,6 +15,14 @@ export const SIGNATURE_PREFIX = 'sig1 ';
 export const MIN_SECRET_BYTES = 16;
 const KEY_ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const MAC_BYTES = 32;
+/**
+ * A MAC as signPayload writes it: 43 base64url characters, no padding. Checked
+ * before decoding because Buffer.from(s, 'base64url') skips what it cannot
+ * read (`=`, spaces, other bytes): `<sig>==` or `<sig> x` decoded to the same
+ * 32 bytes, so one captured message had many spellings that all verified and
+ * each got past the decoder's cache of messages already seen.
+ */
+const MAC_RE = /^[A-Za-z0-9_-]{43}$/;
 
 export interface SigningKey {
   keyId: string;
@@ -75,9 +83,10 @@ export function verifySignature(
 ): ProtocolErrorCode | undefined {
   const secret = keys.get(keyId);
   if (!secret) return 'LW_PROTO_UNKNOWN_KEY';
-  const given = Buffer.from(signature, 'base64url');
   // Lengths are public (every MAC is 32 bytes); the comparison of the bytes is
   // constant-time so the MAC cannot be guessed byte by byte.
+  if (!MAC_RE.test(signature)) return 'LW_PROTO_BAD_SIGNATURE';
+  const given = Buffer.from(signature, 'base64url');
   if (given.length !== MAC_BYTES) return 'LW_PROTO_BAD_SIGNATURE';
   return timingSafeEqual(given, mac(secret, topic, body)) ? undefined : 'LW_PROTO_BAD_SIGNATURE';
 }

@@ -93,11 +93,31 @@ export class Registry {
   }
 
   private applyStatus(backend: Backend, status: StatusMessage): void {
-    backend.agentState = status.state;
-    // The Last Will says the agent died, not the service: keep routing on local
-    // signals (HAProxy: an unreachable agent is not an error).
-    backend.agentLost = status.state === 'offline' && status.will === true;
+    if (status.will === true) {
+      if (Registry.willChangesNothing(backend)) return;
+      // The Last Will says the agent died, not the service: keep routing on local
+      // signals (HAProxy: an unreachable agent is not an error). A backend its
+      // agent was draining stays drained.
+      backend.agentLost = true;
+      if (backend.agentState !== 'draining') backend.agentState = 'offline';
+    } else {
+      backend.agentState = status.state;
+      backend.agentLost = false;
+    }
     this.recompute();
+  }
+
+  /**
+   * A Last Will would change nothing: the agent is lost already, or it took
+   * the backend offline itself (a stop sends a signed `offline`; its will
+   * never comes, as the broker sends a will only for a connection that broke).
+   * An agent builds and signs its will once per run, and the replay rules
+   * accept any will of the current run (protocol/src/replay.ts): whoever
+   * captured one could otherwise replay it to put a stopped backend back in
+   * rotation, or to end a drain, until the agent's next message.
+   */
+  static willChangesNothing(backend: Backend): boolean {
+    return backend.agentLost || backend.agentState === 'offline';
   }
 
   /** Recomputes eligibility; pushes a new set to the strategy only if it changed. */
