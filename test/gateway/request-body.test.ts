@@ -72,13 +72,32 @@ describe('request bodies', () => {
       parser: 'express.urlencoded({ extended: true })',
       mount: (app: express.Express) => app.use(express.urlencoded({ extended: true })),
       contentType: 'application/x-www-form-urlencoded',
-      body: 'name=Ada+L&list[0]=a&list[1]=b&o[k]=v%26w',
+      // A list of values goes as a repeated key, which every parser reads back as the list
+      // (qs included); a list of objects keeps the indices its fields need.
+      body: 'name=Ada+L&list[0]=a&list[1]=b&o[k]=v%26w&tag=x&tag=y&rows[0][n]=1&rows[1][n]=2',
       expected: (b: string) =>
         expect([...new URLSearchParams(b)]).toEqual([
           ['name', 'Ada L'],
-          ['list[0]', 'a'],
-          ['list[1]', 'b'],
+          ['list', 'a'],
+          ['list', 'b'],
           ['o[k]', 'v&w'],
+          ['tag', 'x'],
+          ['tag', 'y'],
+          ['rows[0][n]', '1'],
+          ['rows[1][n]', '2'],
+        ]),
+    },
+    {
+      parser: 'express.urlencoded({ extended: false })',
+      mount: (app: express.Express) => app.use(express.urlencoded({ extended: false })),
+      contentType: 'application/x-www-form-urlencoded',
+      body: 'tag=a&tag=b&list[]=1&list[]=2',
+      expected: (b: string) =>
+        expect([...new URLSearchParams(b)]).toEqual([
+          ['tag', 'a'],
+          ['tag', 'b'],
+          ['list[]', '1'],
+          ['list[]', '2'],
         ]),
     },
     {

@@ -70,8 +70,9 @@ function isJson(type: string): boolean {
 }
 
 /**
- * `application/x-www-form-urlencoded` from a parsed form, in the bracket
- * notation `qs` (Express's extended parser) reads back: `a[b]=1&list[0]=x`.
+ * `application/x-www-form-urlencoded` from a parsed form: objects in the
+ * bracket notation `qs` (Express's extended parser) reads back (`a[b]=1`),
+ * lists of values as a repeated key (`list=x&list=y`).
  */
 function formEncode(value: unknown): string {
   const parts: string[] = [];
@@ -80,7 +81,13 @@ function formEncode(value: unknown): string {
     if (v === null) {
       parts.push(`${encodeURIComponent(key)}=`);
     } else if (Array.isArray(v)) {
-      v.forEach((item, i) => walk(`${key}[${i}]`, item));
+      // A list of values repeats its key, as a form sends a multi-select
+      // (`tag=a&tag=b`): qs, querystring and URLSearchParams.getAll all read
+      // that back as the list, where indices (`tag[0]`) only qs reads, and
+      // `extended: false` keeps `list[]` as the key it was. A list holding
+      // objects keeps its indices, which their fields need.
+      const nested = v.some((item) => item !== null && typeof item === 'object');
+      v.forEach((item, i) => walk(nested ? `${key}[${i}]` : key, item));
     } else if (typeof v === 'object') {
       for (const [k, item] of Object.entries(v as Record<string, unknown>))
         walk(`${key}[${k}]`, item);
