@@ -135,6 +135,16 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['overload not an object', { ...base, overload: 3 }, 'LW_GW_INVALID_OPTION'],
   ['affinity without a source', { ...base, affinity: {} }, 'LW_GW_INVALID_OPTION'],
   [
+    'affinity beside a built-in strategy that ignores it',
+    { ...base, strategy: 'least-in-flight', affinity: { header: 'x-u' } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'statusPath and metricsPath the same',
+    { ...base, statusPath: '/_lb', metricsPath: '/_lb' },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
     'setCookie without cookie',
     { ...base, affinity: { header: 'x-u', setCookie: true } },
     'LW_GW_INVALID_OPTION',

@@ -24,6 +24,7 @@ import * as v from 'valibot';
 import { GatewayError, invalidOption } from './errors';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
 import { defaultLogger } from './observability/event-log';
+import { STRATEGY_NAMES } from './strategies/registry';
 import {
   type Check,
   type Fail,
@@ -582,6 +583,16 @@ function betweenOptions(o: Parsed): GatewayError | undefined {
       'statusToken',
       'used with statusPath or metricsPath (it protects them)',
       '<redacted>',
+    );
+  if (o.statusPath !== undefined && o.statusPath === o.metricsPath)
+    return invalidOption('metricsPath', 'a path apart from statusPath', o.metricsPath);
+  // A user-registered strategy may read the hash key; of the built-in ones only
+  // consistent-hash does, so affinity beside another is a setting with no effect.
+  if (o.affinity && o.strategy !== 'consistent-hash' && STRATEGY_NAMES.includes(o.strategy))
+    return invalidOption(
+      'affinity',
+      "used with strategy 'consistent-hash' (the only built-in strategy that reads its key)",
+      o.strategy,
     );
   if (o.dashboard) {
     const p = o.dashboard.path;
