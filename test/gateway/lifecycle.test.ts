@@ -108,6 +108,7 @@ describe('lifecycle', () => {
     const w = await waiting;
     expect(w.status).toBe(503);
     expect(w.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+    expect(w.headers.connection).toBe('close');
     const after = await send(`${gw.url}/`);
     expect(after.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
     held.shift()!.end('late');
@@ -208,6 +209,9 @@ describe('graceful close', () => {
       const r = await inFlight;
       expect(r.status).toBe(503);
       expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+      // Nothing more is served on that connection: it closes now, not after the client's
+      // keep-alive idles out (which kept a stopped process alive for keepAliveTimeout).
+      expect(r.headers.connection).toBe('close');
       expect(internals(gw.lb).registry.get('hold')!.failures).toBe(0);
     } finally {
       for (const r of held) r.end();

@@ -637,6 +637,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.draining = true;
       await this.flow.idle(Math.max(0, opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS));
       this.closed = true;
+      this.flow.upgrades.closeAll();
       this.events.mute();
       clearInterval(this.sweepTimer);
       if (this.loopDelay) releaseLoopDelay(this.loopDelay);

@@ -198,7 +198,7 @@ export class RequestFlow {
       const flow = flows.get(this.req);
       if (flow !== undefined) finish(flow);
     };
-    this.upgrades = new UpgradeFlow(core);
+    this.upgrades = new UpgradeFlow(core, () => this.wakeIdleWaiters());
     const max = core.options.maxInFlightPerClient;
     this.clients = max === undefined ? undefined : new ClientLimit(max);
     this.log = new RateLimitedLog(core.options.logger, core.now);
@@ -321,7 +321,7 @@ export class RequestFlow {
     return length !== undefined && length <= r.maxBodyBytes ? length : undefined;
   }
 
-  /** Resolves once no admitted request is in flight or waiting, or after `graceMs`. */
+  /** Resolves once no admitted request is in flight or waiting and no WebSocket is open, or after `graceMs`. */
   idle(graceMs: number): Promise<void> {
     if (this.isIdle()) return Promise.resolve();
     return new Promise((resolve) => {
@@ -334,9 +334,9 @@ export class RequestFlow {
     });
   }
 
-  /** Nothing in flight, and no server that has stopped listening still has connections. */
+  /** Nothing in flight, no WebSocket open, and no server that has stopped listening still has connections. */
   private isIdle(): boolean {
-    if (this.active !== 0) return false;
+    if (this.active !== 0 || this.upgrades.openCount !== 0) return false;
     for (const s of this.servers) if (!s.listening) return false;
     return true;
   }
@@ -566,7 +566,7 @@ export class RequestFlow {
 
   onProxyReq(proxyReq: ClientRequest, req: IncomingMessage, target: unknown): void {
     const flow = this.flows.get(req);
-    if (!flow) return; // a WebSocket upgrade: no attempt bookkeeping
+    if (!flow) return this.upgrades.onProxyReq(proxyReq, req); // no attempt bookkeeping
     if (!flow.attemptOpen || flow.target !== target) {
       proxyReq.destroy(); // an abandoned attempt got its socket late
       return;
@@ -864,6 +864,10 @@ export class RequestFlow {
     retryAfterSec: number,
   ): void {
     this.core.metrics.onShed(reason);
+    // After close(): nothing more is served on this connection, so it closes
+    // now rather than idling out the client's keep-alive (which kept a
+    // stopped process alive for server.keepAliveTimeout).
+    if (code === 'LW_GW_CLOSED') res.shouldKeepAlive = false;
     sendError(res, code, retryAfterSec);
   }
 
