@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -129,4 +130,24 @@ describe('loadwise-agent CLI interface', () => {
     expect(await p.exited).toBe(2);
     expect(p.stderr()).toContain('--pid-file');
   });
+
+  // SIGUSR2's default action ends a process: a wrong --pid (the backend's, printed
+  // beside the agent's) or a stale pid file whose pid was reused must not hit it.
+  (process.platform === 'linux' ? it : it.skip)(
+    '`drain --pid` of a process that is not an agent: refused, the process untouched',
+    async () => {
+      const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 30000)'], {
+        stdio: 'ignore',
+      });
+      try {
+        const p = spawnAgent(['drain', '--pid', String(other.pid)]);
+        expect(await p.exited).toBe(1);
+        expect(p.stderr()).toContain(`process ${other.pid} is not a loadwise agent`);
+        expect(other.exitCode).toBeNull();
+        expect(other.signalCode).toBeNull();
+      } finally {
+        other.kill('SIGKILL');
+      }
+    },
+  );
 });

@@ -93,6 +93,30 @@ function describeError(err: AgentError, raw: RawConfig): string {
  */
 const CONTROL_SIGNALS = { drain: 'SIGUSR2', undrain: 'SIGHUP' } as const;
 
+/**
+ * What a running agent calls itself (process.title, set when it starts): `ps`
+ * shows it, and the control commands check it in /proc/<pid>/cmdline before
+ * they signal. SIGUSR2's default action ends a process, and SIGHUP reloads a
+ * runWorkers pool: a wrong --pid (the backend's, printed beside the agent's)
+ * or a stale pid file whose pid was reused would otherwise hit another process.
+ */
+export const AGENT_PROCESS_TITLE = 'loadwise-agent';
+
+/**
+ * Whether `pid` runs a loadwise agent: true or false where /proc tells, and
+ * undefined where it cannot (no /proc: not Linux; or no such process, which
+ * process.kill then reports).
+ */
+function runsAnAgent(pid: number): boolean | undefined {
+  let cmdline: string;
+  try {
+    cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+  } catch {
+    return undefined;
+  }
+  return cmdline.startsWith(AGENT_PROCESS_TITLE);
+}
+
 async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]): Promise<void> {
   let values;
   try {
@@ -119,6 +143,13 @@ async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]
     fail(`LW_AGENT_INVALID_OPTION: ${name}: give --pid-file <agent pid file> or --pid <pid>`);
   }
   const signal = CONTROL_SIGNALS[name];
+  if (runsAnAgent(pid) === false) {
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0+/g, ' ').trim();
+    fail(
+      `LW_AGENT_SIGNAL: process ${pid} is not a loadwise agent (it runs ${JSON.stringify(cmd.slice(0, 120))}); ${signal} not sent`,
+      1,
+    );
+  }
   try {
     process.kill(pid, signal);
   } catch (err) {
@@ -156,6 +187,8 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${version()}\n`);
     return;
   }
+  // Named for ps and for `loadwise-agent drain --pid`, which checks it (AGENT_PROCESS_TITLE).
+  process.title = AGENT_PROCESS_TITLE;
   let once = values['once'] === true;
   let agent: Agent;
   let logLevel: Level = 'info';
