@@ -12,15 +12,32 @@ import { parseArgs } from 'node:util';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { startCluster } from './cluster';
 
+const USAGE = `usage: node examples/dist/two-gateways/run.js [--port 8080] [--broker mqtt://host:1883] [--prefix loadwise]
+  --port    the round-robin TCP front in front of both gateways (default 8080)
+  --broker  an MQTT broker to use instead of the embedded one
+  --prefix  the topic prefix (default loadwise)
+`;
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      port: { type: 'string', default: '8080' },
-      broker: { type: 'string' },
-      prefix: { type: 'string', default: 'loadwise' },
-    },
-    strict: true,
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        port: { type: 'string', default: '8080' },
+        broker: { type: 'string' },
+        prefix: { type: 'string', default: 'loadwise' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`two-gateways: ${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     process.stderr.write(`two-gateways: --port: not a port (${values.port})\n`);
