@@ -299,6 +299,28 @@ describe('what a backend says about its own connection', () => {
   });
 });
 
+describe('a backend that switches protocols unasked', () => {
+  it('fails the attempt at once (502, the backend blamed), instead of a 504 after requestTimeoutMs', async () => {
+    const raw = await rawBackend({
+      '/ws':
+        'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+    });
+    gw = await gateway(
+      { backends: [{ id: 'b', url: raw.url }], retry: false, requestTimeoutMs: 60_000 },
+      (app, lb) => app.use(lb),
+    );
+    const r = await rawExchange(gw.port, 'GET /ws HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+      guardMs: 5_000,
+    });
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+      502,
+      'LW_GW_UPSTREAM_FAILED',
+    ]);
+    expect(await gw.metric('backend_errors_total')).toBe(1);
+  });
+});
+
 describe('pipelining', () => {
   it('answers the requests before a refused one, then closes: none is lost', async () => {
     gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });

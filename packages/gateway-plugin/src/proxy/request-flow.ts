@@ -96,6 +96,22 @@ function backendStalled(this: ClientRequest): void {
   this.destroy(codedError('backend stalled mid-response', TIMEOUT_CODE));
 }
 
+/**
+ * A backend request's 'upgrade' listener: a 101 to a request that asked for
+ * none (a plain request's Upgrade header never reaches a backend; upgrades
+ * take upgrade-flow.ts). Without a listener Node destroys the socket and
+ * reports nothing, and the request waited requestTimeoutMs for a 504 blamed
+ * on a timeout. The socket goes, and the attempt fails at once, as the
+ * backend's error (retried where the request may be).
+ */
+function backendUpgradedUnasked(this: ClientRequest, _res: IncomingMessage, socket: Socket): void {
+  socket.destroy();
+  this.emit(
+    'error',
+    codedError('the backend switched protocols (101) unasked', 'LW_UNASKED_UPGRADE'),
+  );
+}
+
 /** A request's flow record before its first attempt. */
 function newFlow(
   req: IncomingMessage,
@@ -572,6 +588,7 @@ export class RequestFlow {
       return;
     }
     flow.proxyReq = proxyReq;
+    proxyReq.on('upgrade', backendUpgradedUnasked);
     const hook = this.core.options.on.proxyReq;
     if (hook && !this.runHook(flow, () => hook(proxyReq, req, flow.res))) return;
     writeBody(proxyReq, flow.body);
@@ -694,7 +711,7 @@ export class RequestFlow {
       return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
     }
     // Node keeps the backend's answer on its request (`req.res`), which the types omit.
-    if ((flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete) {
+    if (flow.responded && (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete) {
       // The answer was whole (a HEAD, 204 or 304 is at its head) and bytes
       // followed it (a body Node skips for them, or garbage): the parser fails
       // on those, not on the answer, which goes on to the client in full, as
