@@ -325,7 +325,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     const verified = this.decoder.verify(topic, payload, { retained });
     if (!verified.ok) return this.drop(verified.code, verified.detail, verified.backendId);
     const id = verified.topic.backendId;
-    const known = this.registry.get(id) !== undefined ? id : undefined;
+    const backend = this.registry.get(id);
+    const known = backend !== undefined ? id : undefined;
     const signed = verified.keyId !== undefined;
     if (!signed && this.limited(known, id, false, nowMs)) return;
     const result = this.decoder.parse(verified, { retained });
@@ -337,10 +338,9 @@ export class Balancer implements BalancerHandle, FlowHost {
       // nothing. Each is a replay of something genuine (signed, and the replay
       // rules pass wills, registry.ts willChangesNothing), and charged it used
       // up the unknown ids' bucket that registrations need, or the agent's own.
-      if (known === undefined && message.kind !== 'register') {
+      if (backend === undefined && message.kind !== 'register') {
         return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', id);
       }
-      const backend = known === undefined ? undefined : this.registry.get(known);
       if (
         backend !== undefined &&
         message.kind === 'status' &&

@@ -100,21 +100,19 @@ const CONTROL_SIGNALS = { drain: 'SIGUSR2', undrain: 'SIGHUP' } as const;
  * runWorkers pool: a wrong --pid (the backend's, printed beside the agent's)
  * or a stale pid file whose pid was reused would otherwise hit another process.
  */
-export const AGENT_PROCESS_TITLE = 'loadwise-agent';
+const AGENT_PROCESS_TITLE = 'loadwise-agent';
 
 /**
- * Whether `pid` runs a loadwise agent: true or false where /proc tells, and
- * undefined where it cannot (no /proc: not Linux; or no such process, which
- * process.kill then reports).
+ * What `pid` runs, its arguments joined by spaces, where /proc tells; undefined
+ * where it cannot (no /proc: not Linux; or no such process, which process.kill
+ * then reports).
  */
-function runsAnAgent(pid: number): boolean | undefined {
-  let cmdline: string;
+function commandLineOf(pid: number): string | undefined {
   try {
-    cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0+/g, ' ').trim();
   } catch {
     return undefined;
   }
-  return cmdline.startsWith(AGENT_PROCESS_TITLE);
 }
 
 async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]): Promise<void> {
@@ -143,8 +141,8 @@ async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]
     fail(`LW_AGENT_INVALID_OPTION: ${name}: give --pid-file <agent pid file> or --pid <pid>`);
   }
   const signal = CONTROL_SIGNALS[name];
-  if (runsAnAgent(pid) === false) {
-    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0+/g, ' ').trim();
+  const cmd = commandLineOf(pid);
+  if (cmd !== undefined && !cmd.startsWith(AGENT_PROCESS_TITLE)) {
     fail(
       `LW_AGENT_SIGNAL: process ${pid} is not a loadwise agent (it runs ${JSON.stringify(cmd.slice(0, 120))}); ${signal} not sent`,
       1,
