@@ -333,3 +333,50 @@ it('a reload whose new worker fails to start stops there, and the old workers ke
   child!.kill('SIGTERM');
   expect(await exited).toEqual({ code: 0, signal: null });
 }, 60_000);
+
+it('a primary killed with SIGKILL: each worker finishes the requests it has, then exits', async () => {
+  // A backend that answers 1.5 s after a request arrives; `arrived` says when one has.
+  let arrived = 0;
+  const slow = http.createServer((_req, res) => {
+    arrived++;
+    setTimeout(() => res.end('slow ok'), 1_500);
+  });
+  await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
+  try {
+    const port = await freePort();
+    const run = startPool(port, {
+      LW_WORKERS: '1',
+      LW_BACKENDS: JSON.stringify([
+        { id: 'slow', url: `http://127.0.0.1:${(slow.address() as AddressInfo).port}` },
+      ]),
+    });
+    await eventually(
+      () => lines.some((l) => l.includes(`pool listening on ${port}`)),
+      20_000,
+      'listening',
+    );
+    const worker = started().get('w1')![0]!;
+    const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/x', agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+    });
+    await eventually(() => arrived === 1, 10_000, 'the request reached the backend');
+    run.child.kill('SIGKILL');
+    expect(await run.exited).toEqual({ code: null, signal: 'SIGKILL' });
+    // node:cluster used to exit the worker at once here: ECONNRESET 300 ms in.
+    expect(await answer).toEqual({ status: 200, body: 'slow ok' });
+    await eventually(() => !alive(worker), 10_000, 'the worker exits once it has answered');
+    expect(lines.some((l) => l.includes(`(pid ${worker}) closing: the primary is gone`))).toBe(
+      true,
+    );
+  } finally {
+    slow.closeAllConnections();
+    await new Promise((r) => slow.close(r));
+  }
+}, 40_000);

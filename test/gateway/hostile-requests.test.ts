@@ -369,7 +369,7 @@ describe('request smuggling', () => {
     expect(backend.seen.map((s) => s.body)).toEqual([SMUGGLED, SMUGGLED]);
   });
 
-  it('never lets Connection strip what the app checked; drops TE, proxy credentials; sets X-Real-IP', async () => {
+  it('never lets Connection strip what the app checked; drops TE, proxy credentials, the status token; sets X-Real-IP', async () => {
     gw = await gateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
       app.use((req, res, next) =>
         req.headers.authorization === 'Bearer ok' ? next() : res.status(401).end(),
@@ -380,7 +380,9 @@ describe('request smuggling', () => {
       'GET /private HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer ok\r\n' +
       'Connection: authorization, host, keep-alive, x-client-note\r\nX-Client-Note: mine\r\n' +
       'Keep-Alive: timeout=1\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\n' +
-      'Proxy-Authorization: Basic dTpw\r\nX-Real-IP: 6.6.6.6\r\n\r\n';
+      'Proxy-Authorization: Basic dTpw\r\nX-Real-IP: 6.6.6.6\r\n' +
+      // A near miss of the status path (`/_lb/status/`) is proxied: its token must not be.
+      'X-Loadwise-Token: status-secret\r\n\r\n';
     const r = await rawExchange(gw.port, bytes, { responses: 1 });
     expect(r.responses[0]?.status).toBe(200);
     const h = backend.seen[0]!.headers;
@@ -392,7 +394,14 @@ describe('request smuggling', () => {
       'x-forwarded-for': '127.0.0.1',
       connection: 'keep-alive', // the gateway's own pool
     });
-    for (const gone of ['te', 'keep-alive', 'proxy-connection', 'upgrade', 'proxy-authorization'])
+    for (const gone of [
+      'te',
+      'keep-alive',
+      'proxy-connection',
+      'upgrade',
+      'proxy-authorization',
+      'x-loadwise-token',
+    ])
       expect([gone, h[gone]]).toEqual([gone, undefined]);
   });
 

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
@@ -87,6 +87,52 @@ describe('lifecycle', () => {
       s.once('error', () => resolve(true));
     });
     expect(refused).toBe(true);
+  });
+
+  it('ready() during or after close() rejects at once with LW_GW_CLOSED, whatever the broker', async () => {
+    const codeOf = (p: Promise<void>) =>
+      p.then(
+        () => 'resolved',
+        (e: { code?: string }) => e.code,
+      );
+    // A URL broker nobody answers at: ready() used to wait out its 10 s (an unref'd timer,
+    // so a script awaiting only it exited 0 in silence); the embedded one resolved.
+    const refused = await refusedPort();
+    for (const broker of [`mqtt://127.0.0.1:${refused}`, { embedded: true as const }]) {
+      const lb = loadBalance({ backends: [{ id: 'a', url: a.url }], broker });
+      const waiting = codeOf(lb.ready({ timeoutMs: 60_000 }));
+      const closed = lb.close();
+      expect(await codeOf(lb.ready({ timeoutMs: 60_000 }))).toBe('LW_GW_CLOSED');
+      expect(await waiting).toBe('LW_GW_CLOSED');
+      await closed;
+      expect(await codeOf(lb.ready())).toBe('LW_GW_CLOSED');
+    }
+    // Without a broker too: a closed balancer is never ready.
+    const lb = loadBalance({ backends: [{ id: 'a', url: a.url }] });
+    await lb.close();
+    expect(await codeOf(lb.ready())).toBe('LW_GW_CLOSED');
+  });
+
+  it('an embedded broker that cannot listen: ready() rejects with LW_GW_BROKER_UNREACHABLE, the cause kept', async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+    const port = (taken.address() as AddressInfo).port;
+    const lb = loadBalance({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { embedded: true, port, host: '127.0.0.1' },
+    });
+    try {
+      // It was the bare EADDRINUSE, without the documented code.
+      const err = await lb.ready().then(
+        () => undefined,
+        (e: { code?: string; cause?: { code?: string } }) => e,
+      );
+      expect(err?.code).toBe('LW_GW_BROKER_UNREACHABLE');
+      expect(err?.cause?.code).toBe('EADDRINUSE');
+    } finally {
+      await lb.close();
+      await new Promise((r) => taken.close(r));
+    }
   });
 
   it('close() answers waiting requests with LW_GW_CLOSED and refuses new ones', async () => {

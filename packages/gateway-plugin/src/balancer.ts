@@ -91,6 +91,8 @@ export class Balancer implements BalancerHandle, FlowHost {
   private readonly sweepTimer: NodeJS.Timeout;
   private saturated = false;
   private closing: Promise<void> | undefined;
+  /** ready() calls still waiting: close() rejects them with LW_GW_CLOSED. */
+  private readonly readyWaiters = new Set<() => void>();
 
   constructor(readonly options: ResolvedOptions) {
     const o = options;
@@ -252,11 +254,22 @@ export class Balancer implements BalancerHandle, FlowHost {
    * balancer keeps reconnecting and routing on local signals meanwhile.
    */
   ready(opts: { timeoutMs?: number } = {}): Promise<void> {
+    // Closing or closed: nothing will connect. An embedded broker's ready() used to resolve
+    // here and a URL broker's to wait out the timeout (unref'd, so a script awaiting only
+    // it exited 0 in silence).
+    if (this.closing) return Promise.reject(closedError());
     const source = this.source;
     if (!source) return Promise.resolve();
     const timeoutMs = opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
     return new Promise<void>((resolve, reject) => {
+      const onClose = (): void => {
+        clearTimeout(timer);
+        reject(closedError());
+      };
+      this.readyWaiters.add(onClose);
+      const settle = (): void => void this.readyWaiters.delete(onClose);
       const timer = setTimeout(() => {
+        settle();
         const why = source.lastErrorMessage ?? 'no answer';
         reject(
           new GatewayError(
@@ -268,12 +281,26 @@ export class Balancer implements BalancerHandle, FlowHost {
       timer.unref();
       source.ready.then(
         () => {
+          settle();
           clearTimeout(timer);
           resolve();
         },
         (err: unknown) => {
+          settle();
           clearTimeout(timer);
-          reject(err instanceof Error ? err : new Error(String(err)));
+          // An embedded broker that cannot listen (EADDRINUSE, a host that does not resolve)
+          // rejects with the system's error: the documented code, with it as the cause.
+          reject(
+            err instanceof GatewayError
+              ? err
+              : Object.assign(
+                  new GatewayError(
+                    'LW_GW_BROKER_UNREACHABLE',
+                    `broker ${source.url ?? '(embedded)'} did not start: ${err instanceof Error ? err.message : String(err)}`,
+                  ),
+                  { cause: err },
+                ),
+          );
         },
       );
     });
@@ -635,6 +662,8 @@ export class Balancer implements BalancerHandle, FlowHost {
   close(opts: { graceMs?: number } = {}): Promise<void> {
     this.closing ??= (async () => {
       this.draining = true;
+      for (const reject of this.readyWaiters) reject();
+      this.readyWaiters.clear();
       await this.flow.idle(Math.max(0, opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS));
       this.closed = true;
       this.flow.upgrades.closeAll();
@@ -656,4 +685,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     })();
     return this.closing;
   }
+}
+
+function closedError(): GatewayError {
+  return new GatewayError('LW_GW_CLOSED', 'ready() on a balancer that is closing or closed');
 }

@@ -114,11 +114,22 @@ export class GatewayError extends Error {
 }
 
 export function invalidOption(name: string, expected: string, value: unknown): GatewayError {
-  let shown: string;
+  return new GatewayError(
+    'LW_GW_INVALID_OPTION',
+    `${name} must be ${expected}, got ${shown(value)}`,
+  );
+}
+
+/**
+ * A user's value in an error message: JSON, at most 80 characters. Never throws: a BigInt or
+ * a cycle, which JSON.stringify throws on, is named by its type.
+ */
+export function shown(value: unknown): string {
+  if (typeof value === 'function') return 'a function';
+  if (typeof value === 'bigint') return `${value}n`.slice(0, 80);
   try {
-    shown = typeof value === 'function' ? 'a function' : String(JSON.stringify(value)).slice(0, 80);
+    return String(JSON.stringify(value)).slice(0, 80);
   } catch {
-    shown = typeof value;
+    return typeof value;
   }
-  return new GatewayError('LW_GW_INVALID_OPTION', `${name} must be ${expected}, got ${shown}`);
 }

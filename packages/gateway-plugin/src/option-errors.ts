@@ -21,6 +21,16 @@ export function isObject(x: unknown): x is Record<string, unknown> {
   return typeof x === 'object' && x !== null && !Array.isArray(x);
 }
 
+/**
+ * An options section: an object literal (or one without a prototype). A Date or a RegExp
+ * passed as a section used to read as `{}`, every default in place and no error.
+ */
+function isPlainObject(x: unknown): x is Record<string, unknown> {
+  if (!isObject(x)) return false;
+  const proto = Object.getPrototypeOf(x) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
 /** `<name> must be <expected>, got <value>` (invalidOption). */
 export const expected =
   (text: string) =>
@@ -87,7 +97,7 @@ export function strict<E extends v.ObjectEntries>(
     return 'missing option';
   });
   return v.pipe(
-    leaf<v.InferInput<typeof object>>((x) => (isObject(x) ? undefined : notObject(x))),
+    leaf<v.InferInput<typeof object>>((x) => (isPlainObject(x) ? undefined : notObject(x))),
     object,
   );
 }

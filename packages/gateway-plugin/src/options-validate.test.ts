@@ -213,6 +213,44 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'LW_GW_INVALID_OPTION',
   ],
   ['warm-up a number', { ...base, warmUp: 300 }, 'LW_GW_INVALID_OPTION'],
+  // The message shows the value; JSON.stringify threw a TypeError on a BigInt.
+  ['a BigInt backend id', { backends: [{ id: 1n, url: 'http://h' }] }, 'LW_GW_INVALID_BACKEND_ID'],
+  ['a BigInt backend url', { backends: [{ id: 'a', url: 2n }] }, 'LW_GW_INVALID_BACKEND_URL'],
+  // Read as {} (every default, no error) before sections had to be plain objects.
+  ['a Date as a section', { ...base, healthCheck: new Date(0) }, 'LW_GW_INVALID_OPTION'],
+  ['a RegExp as a section', { ...base, outlier: /x/ }, 'LW_GW_INVALID_OPTION'],
+  // An array has a `join` method: taken for a cohort, it threw at the first request.
+  ['an array as the load cohort', { ...base, load: { cohort: [] } }, 'LW_GW_INVALID_OPTION'],
+  ['null as the load cohort', { ...base, load: { cohort: null } }, 'LW_GW_INVALID_OPTION'],
+  [
+    'a look-alike cohort',
+    { ...base, load: { cohort: { join: () => ({}) } } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  // Past 2^31 - 1 ms Node fires a timer after 1 ms: 3e9 meant "practically never" and made
+  // 700 health checks a second, or answered every queued request 503 at once.
+  ...(
+    [
+      { broker: { url: 'mqtt://h', reconnectPeriodMs: 3e9 } },
+      { broker: { url: 'mqtt://h', connectTimeoutMs: 3e9 } },
+      { agent: { keepAliveMsecs: 3e9 } },
+      { agent: { idleTimeoutMs: 3e9 } },
+      { outlier: { baseEjectionMs: 3e9, maxEjectionMs: 3e9 } },
+      { outlier: { maxEjectionMs: 3e9 } },
+      { healthCheck: { path: '/h', intervalMs: 3e9 } },
+      // its ±10% jitter would take the largest timer past the bound
+      { healthCheck: { path: '/h', intervalMs: 2e9 } },
+      { healthCheck: { path: '/h', timeoutMs: 3e9 } },
+      { saturation: { queueTimeoutMs: 3e9 } },
+      { overload: { sampleIntervalMs: 3e9 } },
+      { maxClockSkewMs: 3e9 },
+      { maxRetainedAgeMs: 3e9 },
+    ] as object[]
+  ).map((o): [string, unknown, GatewayErrorCode] => [
+    `a timer past 2^31 - 1 ms: ${JSON.stringify(o)}`,
+    { ...base, ...o },
+    'LW_GW_INVALID_OPTION',
+  ]),
 ];
 
 describe('loadBalance options', () => {

@@ -21,7 +21,8 @@ import {
 } from '@loadwise/protocol';
 import type { MqttClient } from 'mqtt';
 import * as v from 'valibot';
-import { GatewayError, invalidOption } from './errors';
+import { GatewayError, invalidOption, shown } from './errors';
+import { HEALTH_CHECK_JITTER } from './health/active-checker';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
 import { defaultLogger } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
@@ -69,6 +70,13 @@ function num(min: number, max = Infinity, int = false) {
   );
 }
 const int = (min: number, max = Infinity) => num(min, max, true);
+/**
+ * A duration that ends up in a Node timer: past 2^31 - 1 ms Node warns and fires it after
+ * 1 ms, so "practically never" would become "all the time".
+ */
+const ms = (min: number, max = MAX_TIMER_MS) => num(min, max);
+/** The checker's timer is the interval jittered by up to +10%: that must stay a valid timer too. */
+const MAX_HEALTH_CHECK_INTERVAL_MS = Math.floor(MAX_TIMER_MS / (1 + HEALTH_CHECK_JITTER));
 const is =
   <T>(test: (x: unknown) => boolean, what: string) =>
   () =>
@@ -111,7 +119,7 @@ export function backendUrl(name: string, x: unknown): URL {
   ) {
     throw new GatewayError(
       'LW_GW_INVALID_BACKEND_URL',
-      `${name} ${JSON.stringify(x)}: expected http(s)://host[:port][/path]`,
+      `${name} ${shown(x)}: expected http(s)://host[:port][/path]`,
     );
   }
   return url;
@@ -152,7 +160,7 @@ const backend = strict(
         : (name) =>
             new GatewayError(
               'LW_GW_INVALID_BACKEND_ID',
-              `${name} ${JSON.stringify(x)} must be 1-64 characters of [A-Za-z0-9._:@-] starting with a letter or digit`,
+              `${name} ${shown(x)} must be 1-64 characters of [A-Za-z0-9._:@-] starting with a letter or digit`,
             ),
     ),
     url: v.pipe(
@@ -188,7 +196,7 @@ const brokerError = (detail?: string): Fail =>
 const brokerUrl = leaf<string>((u) =>
   typeof u === 'string' && BROKER_PROTOCOLS.has(parseUrl(u)?.protocol ?? '')
     ? undefined
-    : brokerError(`broker url ${JSON.stringify(u)}: expected mqtt://, mqtts://, ws:// or wss://`),
+    : brokerError(`broker url ${shown(u)}: expected mqtt://, mqtts://, ws:// or wss://`),
 );
 const brokerClient = strict({
   // Named from 'mqtt' here so the declaration emitted for this schema imports the
@@ -227,8 +235,8 @@ const brokerUrlOptions = strict({
     )(),
   ),
   keepaliveSec: v.optional(int(0, 65535)),
-  reconnectPeriodMs: v.optional(num(1)),
-  connectTimeoutMs: v.optional(num(1)),
+  reconnectPeriodMs: v.optional(ms(1)),
+  connectTimeoutMs: v.optional(ms(1)),
   protocolVersion: v.optional(is<4 | 5>((x) => x === 4 || x === 5, '4 or 5')()),
 });
 const broker = v.lazy((x) =>
@@ -268,7 +276,7 @@ const allowedRanges = leaf<string[]>((x) => {
   const bad = x.find((r) => !isCidr(r));
   return bad === undefined
     ? undefined
-    : discoveryError(`allowed range ${JSON.stringify(bad)} is not a CIDR (e.g. 10.0.0.0/8)`);
+    : discoveryError(`allowed range ${shown(bad)} is not a CIDR (e.g. 10.0.0.0/8)`);
 });
 const ports = leaf<number[]>((x) => {
   if (!Array.isArray(x)) return expected('an array of ports')(x);
@@ -367,8 +375,8 @@ const entries = {
     strict({
       maxSockets: v.optional(int(1, 1e6), DEFAULTS.agent.maxSockets),
       maxFreeSockets: v.optional(int(0, 1e6)),
-      keepAliveMsecs: v.optional(num(1), DEFAULTS.agent.keepAliveMsecs),
-      idleTimeoutMs: v.optional(num(1), DEFAULTS.agent.idleTimeoutMs),
+      keepAliveMsecs: v.optional(ms(1), DEFAULTS.agent.keepAliveMsecs),
+      idleTimeoutMs: v.optional(ms(1), DEFAULTS.agent.idleTimeoutMs),
     }),
     {},
   ),
@@ -395,8 +403,8 @@ const entries = {
     v.pipe(
       strict({
         consecutiveFailures: v.optional(int(1, 1e6), DEFAULTS.outlier.consecutiveFailures),
-        baseEjectionMs: v.optional(num(1), DEFAULTS.outlier.baseEjectionMs),
-        maxEjectionMs: v.optional(num(1), DEFAULTS.outlier.maxEjectionMs),
+        baseEjectionMs: v.optional(ms(1), DEFAULTS.outlier.baseEjectionMs),
+        maxEjectionMs: v.optional(ms(1), DEFAULTS.outlier.maxEjectionMs),
         maxEjectionPercent: v.optional(num(0, 100), DEFAULTS.outlier.maxEjectionPercent),
         panicThresholdPercent: v.optional(num(0, 100), DEFAULTS.outlier.panicThresholdPercent),
         failOn5xx: v.optional(bool(), DEFAULTS.outlier.failOn5xx),
@@ -413,8 +421,11 @@ const entries = {
     orFalse(
       strict({
         path: v.optional(path(), DEFAULTS.healthCheck.path),
-        intervalMs: v.optional(num(10), DEFAULTS.healthCheck.intervalMs),
-        timeoutMs: v.optional(num(1), DEFAULTS.healthCheck.timeoutMs),
+        intervalMs: v.optional(
+          ms(10, MAX_HEALTH_CHECK_INTERVAL_MS),
+          DEFAULTS.healthCheck.intervalMs,
+        ),
+        timeoutMs: v.optional(ms(1), DEFAULTS.healthCheck.timeoutMs),
         unhealthyThreshold: v.optional(int(1, 100), DEFAULTS.healthCheck.unhealthyThreshold),
         healthyThreshold: v.optional(int(1, 100), DEFAULTS.healthCheck.healthyThreshold),
       }),
@@ -435,7 +446,7 @@ const entries = {
       maxInFlightPerBackend: v.optional(int(1, 1e6)),
       maxExpectedWaitMs: v.optional(num(1)),
       queueSize: v.optional(int(0, 1e6), DEFAULTS.saturation.queueSize),
-      queueTimeoutMs: v.optional(num(1), DEFAULTS.saturation.queueTimeoutMs),
+      queueTimeoutMs: v.optional(ms(1), DEFAULTS.saturation.queueTimeoutMs),
     }),
     {},
   ),
@@ -443,7 +454,7 @@ const entries = {
     orFalse(
       strict({
         maxEventLoopDelayMs: v.optional(num(1), DEFAULTS.overload.maxEventLoopDelayMs),
-        sampleIntervalMs: v.optional(num(10), DEFAULTS.overload.sampleIntervalMs),
+        sampleIntervalMs: v.optional(ms(10), DEFAULTS.overload.sampleIntervalMs),
       }),
     ),
     {},
@@ -500,8 +511,8 @@ const entries = {
   load: v.optional(loadOptionsInput, {}),
   broker: v.optional(broker),
   unsignedMaxPenalty: v.optional(num(1, 8), DEFAULTS.unsignedMaxPenalty),
-  maxClockSkewMs: v.optional(num(1)),
-  maxRetainedAgeMs: v.optional(num(1)),
+  maxClockSkewMs: v.optional(ms(1)),
+  maxRetainedAgeMs: v.optional(ms(1)),
   maxPayloadBytes: v.optional(int(256, 1 << 20)),
   connectTimeoutMs: v.optional(num(1, MAX_TIMER_MS), DEFAULTS.connectTimeoutMs),
   requestTimeoutMs: v.optional(num(1, MAX_TIMER_MS), DEFAULTS.requestTimeoutMs),

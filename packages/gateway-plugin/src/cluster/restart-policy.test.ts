@@ -32,7 +32,20 @@ describe('decideRestart', () => {
 
   it('checks its options', () => {
     expect(resolveRestart()).toEqual(DEFAULT_RESTART);
-    expect(() => resolveRestart({ maxRestarts: -1 })).toThrow(RangeError);
-    expect(() => resolveRestart({ initialDelayMs: 2000, maxDelayMs: 1000 })).toThrow(RangeError);
+    const code = (o: object) => {
+      try {
+        resolveRestart(o);
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+      return undefined;
+    };
+    expect(code({ maxRestarts: -1 })).toBe('LW_GW_INVALID_OPTION');
+    expect(code({ initialDelayMs: 2000, maxDelayMs: 1000 })).toBe('LW_GW_INVALID_OPTION');
+    // Past 2^31 - 1 ms a timer fires after 1 ms: a slot would restart at once.
+    expect(code({ maxDelayMs: 3e9 })).toBe('LW_GW_INVALID_OPTION');
+    expect(code({ initialDelayMs: 3e9, maxDelayMs: 3e9 })).toBe('LW_GW_INVALID_OPTION');
+    expect(code({ maxDelay: 10 })).toBe('LW_GW_INVALID_OPTION');
+    expect(code({ windowMs: 1.5 })).toBe('LW_GW_INVALID_OPTION');
   });
 });

@@ -5,6 +5,10 @@
  * the supervisor of the whole pool, e.g. systemd, decides what comes next).
  */
 
+import { invalidOption } from '../errors';
+import { integerOption, optionBag, rejectUnknownKeys } from '../load/option-check';
+import { MAX_TIMER_MS } from '../options-validate';
+
 export interface RestartOptions {
   /** Delay before the first restart of a slot, ms (default 100). */
   initialDelayMs?: number;
@@ -25,15 +29,53 @@ export const DEFAULT_RESTART: ResolvedRestartOptions = {
   windowMs: 60_000,
 };
 
+/**
+ * Checks `opts` (LW_GW_INVALID_OPTION): integers, the delays and the window valid timers (past
+ * 2^31 - 1 ms Node fires after 1 ms, so a slot would restart at once), no unknown key.
+ */
 export function resolveRestart(opts: RestartOptions = {}): ResolvedRestartOptions {
-  const r = { ...DEFAULT_RESTART, ...opts };
-  for (const [name, v] of Object.entries(r)) {
-    if (!Number.isSafeInteger(v) || v < 0) {
-      throw new RangeError(`restart.${name} must be an integer >= 0, got ${String(v)}`);
-    }
-  }
+  const bag = optionBag('restart', opts);
+  rejectUnknownKeys(bag, 'restart.', Object.keys(DEFAULT_RESTART));
+  const r: ResolvedRestartOptions = {
+    initialDelayMs: integerOption(
+      bag,
+      'restart.',
+      'initialDelayMs',
+      DEFAULT_RESTART.initialDelayMs,
+      0,
+      MAX_TIMER_MS,
+    ),
+    maxDelayMs: integerOption(
+      bag,
+      'restart.',
+      'maxDelayMs',
+      DEFAULT_RESTART.maxDelayMs,
+      0,
+      MAX_TIMER_MS,
+    ),
+    maxRestarts: integerOption(
+      bag,
+      'restart.',
+      'maxRestarts',
+      DEFAULT_RESTART.maxRestarts,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    windowMs: integerOption(
+      bag,
+      'restart.',
+      'windowMs',
+      DEFAULT_RESTART.windowMs,
+      0,
+      Number.MAX_SAFE_INTEGER,
+    ),
+  };
   if (r.maxDelayMs < r.initialDelayMs) {
-    throw new RangeError('restart.maxDelayMs must be >= restart.initialDelayMs');
+    throw invalidOption(
+      'restart.maxDelayMs',
+      `>= restart.initialDelayMs (${r.initialDelayMs})`,
+      r.maxDelayMs,
+    );
   }
   return r;
 }

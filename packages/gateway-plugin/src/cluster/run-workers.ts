@@ -23,7 +23,14 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { Server as NetServer } from 'node:net';
-import { functionOption, numberOption, optionBag, rejectUnknownKeys } from '../load/option-check';
+import { invalidOption } from '../errors';
+import {
+  functionOption,
+  integerOption,
+  numberOption,
+  optionBag,
+  rejectUnknownKeys,
+} from '../load/option-check';
 import { MAX_TIMER_MS } from '../options-validate';
 import { gradualDrain } from './listener-drain';
 import { closeAcceptCopies } from './multi-accept';
@@ -121,16 +128,49 @@ const defaultLog = (line: string): void => {
  * same script, forked by the primary): runs `start()` and returns null.
  */
 export async function runWorkers(opts: RunWorkersOptions): Promise<WorkerPool | null> {
-  if (!Number.isInteger(opts.workers) || opts.workers < 1 || opts.workers > MAX_WORKERS) {
-    throw new RangeError(`workers must be an integer 1..${MAX_WORKERS}, got ${opts.workers}`);
-  }
-  if (typeof opts.start !== 'function') throw new TypeError('start must be a function');
+  checkOptions(opts);
   const log = opts.log ?? defaultLog;
   if (cluster.isWorker) {
-    await runWorker(opts.start, log);
+    await runWorker(opts.start, log, opts.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS);
     return null;
   }
   return startPrimary(opts, log);
+}
+
+const KNOWN_OPTIONS = [
+  'workers',
+  'start',
+  'env',
+  'restart',
+  'shutdownTimeoutMs',
+  'startTimeoutMs',
+  'log',
+  'handleSignals',
+];
+
+/**
+ * Every option, checked before anything forks, with a coded LW_GW_INVALID_OPTION: a timeout
+ * past 2^31 - 1 ms (or NaN) fires after 1 ms, which turned every graceful close into a SIGKILL
+ * and every reload into a failure; a misspelt key used to fall back to its default.
+ */
+function checkOptions(opts: RunWorkersOptions): void {
+  const bag = optionBag('runWorkers options', opts);
+  rejectUnknownKeys(bag, '', KNOWN_OPTIONS);
+  integerOption(bag, '', 'workers', NaN, 1, MAX_WORKERS);
+  if (bag.workers === undefined)
+    throw invalidOption('workers', `an integer in [1, ${MAX_WORKERS}]`, undefined);
+  if (typeof bag.start !== 'function') throw invalidOption('start', 'a function', bag.start);
+  functionOption(bag, '', 'log', defaultLog);
+  numberOption(bag, '', 'shutdownTimeoutMs', 0, 0, MAX_TIMER_MS);
+  numberOption(bag, '', 'startTimeoutMs', 0, 1, MAX_TIMER_MS);
+  if (bag.handleSignals !== undefined && typeof bag.handleSignals !== 'boolean') {
+    throw invalidOption('handleSignals', 'a boolean', bag.handleSignals);
+  }
+  const env = optionBag('env', bag.env);
+  for (const [key, value] of Object.entries(env)) {
+    if (typeof value !== 'string') throw invalidOption(`env.${key}`, 'a string', value);
+  }
+  resolveRestart(opts.restart);
 }
 
 function workerContext(): WorkerContext {
@@ -170,7 +210,11 @@ function leave(): Promise<void> {
   });
 }
 
-async function runWorker(start: RunWorkersOptions['start'], log: (l: string) => void) {
+async function runWorker(
+  start: RunWorkersOptions['start'],
+  log: (l: string) => void,
+  shutdownTimeoutMs: number,
+) {
   const ctx = workerContext();
   let started: StartedWorker | undefined;
   let closing = false;
@@ -178,6 +222,14 @@ async function runWorker(start: RunWorkersOptions['start'], log: (l: string) => 
     if (closing) return;
     closing = true;
     log(`worker ${ctx.id} (pid ${process.pid}) closing: ${why}`);
+    // The primary kills a worker that overruns its close; with the primary gone (or a signal
+    // to this process alone) nobody would, so the worker bounds its own close the same way.
+    setTimeout(() => {
+      log(
+        `worker ${ctx.id} (pid ${process.pid}) did not close in ${shutdownTimeoutMs} ms; exiting`,
+      );
+      process.exit(1);
+    }, shutdownTimeoutMs).unref();
     Promise.resolve(started?.close())
       .then(leave)
       .then(
@@ -196,7 +248,13 @@ async function runWorker(start: RunWorkersOptions['start'], log: (l: string) => 
   });
   process.once('SIGTERM', () => close('SIGTERM'));
   process.once('SIGINT', () => close('SIGINT'));
-  process.once('disconnect', () => close('the primary is gone'));
+  // node:cluster's own 'disconnect' handler exits a worker at once when the primary is gone,
+  // resetting every request in flight, unless the disconnect was asked for; it emits the
+  // worker's 'disconnect' first, so marking it here turns that exit into a graceful close.
+  cluster.worker?.once('disconnect', () => {
+    cluster.worker!.exitedAfterDisconnect = true;
+    close('the primary is gone');
+  });
   try {
     started = await start(ctx);
   } catch (err) {

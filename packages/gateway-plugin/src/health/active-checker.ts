@@ -31,7 +31,8 @@ import type { Backend } from '../registry/backend';
 import type { Registry } from '../registry/registry';
 
 /** Each timer is the interval ±10%, so that gateways do not probe in lockstep. */
-const JITTER = 0.1;
+export const HEALTH_CHECK_JITTER = 0.1;
+const JITTER = HEALTH_CHECK_JITTER;
 
 export interface HealthCheckConfig {
   path: string;

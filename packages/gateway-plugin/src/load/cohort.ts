@@ -51,6 +51,17 @@ interface CohortInternals extends LoadCohort {
   join(): CohortMembership;
 }
 
+/**
+ * Cohorts made by createLoadCohort. A duck-typed check (a `join` method) took any array as
+ * one, and the first request then threw inside the pick.
+ */
+const made = new WeakSet<object>();
+
+/** True for a cohort made by createLoadCohort (load options accept nothing else). */
+export function isLoadCohort(x: unknown): x is LoadCohort {
+  return typeof x === 'object' && x !== null && made.has(x);
+}
+
 export function createLoadCohort(): LoadCohort {
   let sumServiceMs = 0;
   let countService = 0;
@@ -147,12 +158,11 @@ export function createLoadCohort(): LoadCohort {
       };
     },
   };
+  made.add(cohort);
   return cohort;
 }
 
 /** Joins `cohort` if it was made by createLoadCohort; other objects cannot be joined. */
 export function joinCohort(cohort: LoadCohort | undefined): CohortMembership | undefined {
-  if (cohort === undefined) return undefined;
-  const join = (cohort as Partial<CohortInternals>).join;
-  return typeof join === 'function' ? join.call(cohort) : undefined;
+  return isLoadCohort(cohort) ? (cohort as CohortInternals).join() : undefined;
 }

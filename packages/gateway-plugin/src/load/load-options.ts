@@ -14,7 +14,7 @@ import {
   parseOptions,
   strict,
 } from '../option-errors';
-import type { LoadCohort } from './cohort';
+import { isLoadCohort, type LoadCohort } from './cohort';
 import type { FreshnessPolicy } from './report-digest';
 
 /** A report counts for this many of its own intervals (a lost report must not expire it). */
@@ -189,8 +189,11 @@ export const loadOptionsInput = v.pipe(
     overloadPenalty: v.optional(finite(0, 100)),
     overloadDecayMs: v.optional(finite(1, HOUR_MS)),
     maxPenaltyFactor: v.optional(finite(1, 1000)),
-    // Checked by createEndpointLoad, which joins it.
-    cohort: v.optional(leaf<LoadCohort>(() => undefined)),
+    cohort: v.optional(
+      leaf<LoadCohort>((x) =>
+        isLoadCohort(x) ? undefined : expected('a cohort made by createLoadCohort()')(x),
+      ),
+    ),
   }),
   crossCheck((o) => {
     const min = o.minStaleAfterMs ?? DEFAULT_MIN_STALE_AFTER_MS;

@@ -12,6 +12,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import { TOKEN_HEADER } from '../observability/handlers';
 import { localAddressOf } from './listen-address';
 
 export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void {
@@ -24,6 +25,9 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
   // Credentials for a proxy are for this gateway (RFC 9110 §11.7.4): a
   // backend must not see, log or act on them.
   delete h['proxy-authorization'];
+  // So is the status endpoint's token: a near miss of its path (`/_lb/status/`, `/_LB/status`)
+  // is an ordinary request, and the backend would log the token.
+  delete h[TOKEN_HEADER];
   if (trust) {
     // X-Real-IP (nginx's `proxy_set_header X-Real-IP $remote_addr`): the
     // same rule as X-Forwarded-For, a trusted proxy's value is kept.

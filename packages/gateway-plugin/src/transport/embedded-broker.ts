@@ -51,13 +51,20 @@ export async function startEmbeddedBroker(
     // aedes.handle takes any Duplex (its Connection type is Duplex | Socket).
     aedes.handle(guarded);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port ?? 0, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (err) {
+    // aedes runs a heartbeat timer from its creation: left open, a process whose broker
+    // could not listen (EADDRINUSE) never exited by itself.
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    throw err;
+  }
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<void> | undefined;
   return {
