@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import express from 'express';
@@ -211,6 +211,55 @@ describe.each(brokerTargets())('loadwise-agent CLI over MQTT: $name', (target) =
     const retained = await late.waitFor((r) => isStatus(r), 5000, 'retained status');
     expect(retained.retained).toBe(true);
     expect(retained.message).toMatchObject({ state: 'offline', will: true });
+  });
+
+  it('a hung health endpoint cannot silence it, and it warns of a key file others can read', async () => {
+    // The probe never answers, with a timeout 25 times the interval: each sample gets at most
+    // 90% of the interval, so a down report still goes out every interval. It used to go
+    // silent (no report in 12 s with a 30 s timeout) and gateways never heard "down".
+    const hung = await listen(() => undefined);
+    servers.push(hung);
+    const keyFile = path.join(tmp, 'agent-hung.key');
+    writeFileSync(keyFile, `k1 ${Buffer.alloc(32, 3).toString('base64')}\n`, { mode: 0o644 });
+    chmodSync(keyFile, 0o644);
+    const key = { keyId: 'k1', secret: Buffer.alloc(32, 3) };
+    const prefix = uniquePrefix('agent-hung');
+    retainedTopics.push(topicFor(prefix, 'api-4', 'status'));
+    const client = await connectClient(broker.url);
+    clients.push(client);
+    const box = inbox(client, prefix, [key]);
+    await client.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
+    const agent = spawnAgent([
+      '--backend-id',
+      'api-4',
+      '--broker',
+      broker.url,
+      '--prefix',
+      prefix,
+      '--interval-ms',
+      '200',
+      '--probe-url',
+      `${hung.url}/healthz`,
+      '--probe-timeout-ms',
+      '5000',
+      '--key-file',
+      keyFile,
+      '--no-cgroup',
+    ]);
+    agents.push(agent);
+    const first = await box.waitFor((r) => isMetrics(r), 8000, 'first metrics');
+    await box.waitFor(
+      (r) => isMetrics(r) && r.atMs >= first.atMs + 1000,
+      8000,
+      'metrics a second later',
+    );
+    const reports = box.received.filter(
+      (r) => isMetrics(r) && r.atMs >= first.atMs && r.atMs <= first.atMs + 1000,
+    );
+    // Every 200 ms: 6 in the second from the first on; allow for a late tick.
+    expect(reports.length).toBeGreaterThanOrEqual(4);
+    expect(reports.every((r) => (r.message as MetricsReport).health.verdict === 'down')).toBe(true);
+    expect(agent.stderr()).toContain(`--key-file ${keyFile} can be read by other users (mode 644)`);
   });
 
   it('drains on `loadwise-agent drain --pid-file` and keeps reporting with state draining', async () => {

@@ -278,6 +278,59 @@ describe('createAgent (library, in-process)', () => {
       await clearRetained(sub, [topicFor(prefix, 'lib-8', 'status')]);
     });
 
+    it('a reading out of the protocol range costs its block, never the report: the down verdict goes out', async () => {
+      // A tracker document with a fractional count (the protocol wants integers), and a
+      // probe nobody answers. The agent used to publish nothing at all: one warning a minute.
+      const tracker = await listen((_req, res) => {
+        res.setHeader('content-type', 'application/json');
+        res.end(
+          JSON.stringify({
+            inFlight: 1.5,
+            queued: 0,
+            rps: 1,
+            errorRate: 2,
+            windowMs: 1000,
+            completed: 1,
+          }),
+        );
+      });
+      servers.push(tracker);
+      const refused = await listen(() => undefined);
+      const probeUrl = `${refused.url}/healthz`;
+      await refused.close();
+      const prefix = uniquePrefix('agent-bad-reading');
+      const box = inbox(sub, prefix);
+      await sub.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
+      const agent = createAgent({
+        backendId: 'lib-10',
+        broker: { url: broker.url },
+        prefix,
+        intervalMs: 100,
+        cgroup: false,
+        queue: { source: 'tracker', url: `${tracker.url}/stats` },
+        probe: { url: probeUrl },
+      });
+      agents.push(agent);
+      const warnings: string[] = [];
+      agent.on('warning', (w) => warnings.push(w));
+      await agent.start();
+      const m = await box.waitFor((r) => r.message.kind === 'metrics', 5000, 'a report');
+      const report = m.message as MetricsReport;
+      expect(report.health.verdict).toBe('down');
+      expect(report.queue).toBeUndefined();
+      expect(report.traffic).toBeUndefined();
+      expect(warnings).toEqual(
+        expect.arrayContaining([
+          expect.stringContaining('sent without queue (queue.inFlight: LW_PROTO_OUT_OF_RANGE)'),
+          expect.stringContaining(
+            'sent without traffic (traffic.errorRate: LW_PROTO_OUT_OF_RANGE)',
+          ),
+        ]),
+      );
+      await agent.stop({ graceMs: 0 });
+      await clearRetained(sub, [topicFor(prefix, 'lib-10', 'status')]);
+    });
+
     it('undrain() ends a drain(): online status again, metrics back to online; not during stop()', async () => {
       const prefix = uniquePrefix('agent-undrain');
       const { box, agent, states } = await connectedAgent(prefix, 'lib-9');

@@ -18,6 +18,7 @@ import { CgroupSampler } from './samplers/cgroup';
 import { HostSampler } from './samplers/host';
 import { ProcessSampler } from './samplers/process';
 import { createScheduler, type Scheduler } from './scheduler';
+import { dropInvalidBlocks } from './report-guard';
 import { healthVerdict } from './verdict';
 import { resolveAgentOptions, type AgentOptions, type ResolvedAgentOptions } from './options';
 
@@ -252,6 +253,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       return;
     }
     if (this.stopping && this._state === 'offline') return;
+    this.guard(body, 'report');
     let encoded;
     try {
       encoded = this.encoder.metrics(body);
@@ -264,6 +266,13 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       this.published = { outstanding: outstandingOf(body.queue), atMs: Date.now(), body };
     }
     this.emit('sample', encoded.message, { published });
+  }
+
+  /** Drops the optional blocks of `body` that break a protocol rule (report-guard.ts), with a warning. */
+  private guard(body: MetricsBody, what: string): void {
+    for (const block of dropInvalidBlocks(body)) {
+      this.emit('warning', `${what} sent without ${block}: a reading out of the protocol's range`);
+    }
   }
 
   /** Publishes a metrics payload if connected; counts it as published or dropped. */
@@ -295,6 +304,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (reading.traffic) body.traffic = reading.traffic;
     const limit = this.options.concurrencyLimit ?? reading.concurrencyLimit;
     if (limit !== undefined) body.concurrencyLimit = limit;
+    this.guard(body, 'early report');
     let encoded;
     try {
       encoded = this.encoder.metrics(body);
@@ -354,7 +364,9 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   }
 
   async sampleReport(): Promise<MetricsReport> {
-    return this.encoder.metrics(await this.sample()).message;
+    const body = await this.sample();
+    this.guard(body, 'report');
+    return this.encoder.metrics(body).message;
   }
 
   stop(opts: { graceMs?: number } = {}): Promise<void> {

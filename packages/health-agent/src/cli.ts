@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createAgent, type Agent } from './agent';
 import { AgentError } from './errors';
@@ -24,6 +24,40 @@ import { readPidFile } from './samplers/process';
 const NAME = 'loadwise-agent';
 const LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 type Level = (typeof LEVELS)[number];
+/**
+ * Warnings about secrets, once at start: no signing key (every gateway refuses the reports
+ * unless it sets allowUnsigned), and secret files that others on the host can read (whoever
+ * reads a signing key signs for every backend, SECURITY.md).
+ */
+function secretWarnings(raw: RawConfig, signed: boolean): string[] {
+  const out: string[] = [];
+  if (!signed) {
+    out.push(
+      'no --key-file: reports are unsigned, and gateways refuse them unless they set allowUnsigned',
+    );
+  }
+  const files: Array<[string, unknown]> = [
+    ['key-file', raw['keyFile']],
+    ['password-file', raw['passwordFile']],
+    ['tls-key', raw['tlsKey']],
+  ];
+  for (const [flag, file] of files) {
+    if (typeof file !== 'string') continue;
+    let mode: number;
+    try {
+      mode = statSync(file).mode;
+    } catch {
+      continue; // reading it has already failed or will, with its own error
+    }
+    if ((mode & 0o077) !== 0) {
+      out.push(
+        `--${flag} ${file} can be read by other users (mode ${(mode & 0o777).toString(8)}): chmod 600 it`,
+      );
+    }
+  }
+  return out;
+}
+
 /** The same warning (e.g. "tracker unreachable") is repeated at most this often. */
 const WARN_REPEAT_MS = 60_000;
 
@@ -246,7 +280,9 @@ async function main(argv: string[]): Promise<void> {
     log('warn', 'broker connection lost; metrics are dropped until it is back'),
   );
   agent.on('state', (state) => log('info', `state ${state}`));
-  agent.on('overlap', () => log('warn', 'a sample took longer than the interval; tick skipped'));
+  // Once a minute, as docs/agent.md says of every repeated warning.
+  agent.on('overlap', () => warnOnce('a sample took longer than the interval; tick skipped'));
+  for (const line of secretWarnings(raw, agent.options.signingKey !== undefined)) log('warn', line);
   agent.on('sample', (r, { published }) =>
     log('debug', `seq ${r.seq} ${published ? 'published' : 'dropped'} verdict ${r.health.verdict}`),
   );

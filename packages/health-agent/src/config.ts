@@ -78,7 +78,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     option: 'cron',
     kind: 'string',
     arg: 'expr',
-    help: 'node-cron schedule instead of --interval-ms, e.g. "*/5 * * * * *"',
+    help: 'node-cron schedule instead of --interval-ms (which must then agree), e.g. "*/5 * * * * *"',
   },
   {
     flag: 'jitter-ms',
@@ -116,7 +116,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     needs: ['probe-url'],
     kind: 'int',
     arg: 'ms',
-    help: 'Probe timeout (default 1000)',
+    help: 'Probe timeout (default 1000; at most 90% of the interval)',
   },
   {
     flag: 'probe-expect-status',
@@ -254,7 +254,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     option: 'broker.reconnectPeriodMs',
     kind: 'int',
     arg: 'ms',
-    help: 'Wait between broker reconnect attempts (default 1000)',
+    help: 'Wait between broker reconnect attempts (default 1000, at most 2147483647)',
   },
   {
     flag: 'keepalive-s',

@@ -37,6 +37,35 @@ describe('resolveAgentOptions', () => {
   it('derives the reported interval from a cron expression', () => {
     expect(resolveAgentOptions({ backendId: 'b', cron: '*/5 * * * * *' }).intervalMs).toBe(5000);
     expect(resolveAgentOptions({ backendId: 'b', cron: '0 * * * * *' }).intervalMs).toBe(60000);
+    // Both, agreeing: fine.
+    expect(
+      resolveAgentOptions({ backendId: 'b', cron: '*/5 * * * * *', intervalMs: 5000 }).intervalMs,
+    ).toBe(5000);
+  });
+
+  it('refuses an interval that contradicts the cron schedule: reports would claim the wrong one', () => {
+    // Reports every 5 s that said 1 s looked stale to gateways 40% of the time.
+    expect(() =>
+      resolveAgentOptions({ backendId: 'b', cron: '*/5 * * * * *', intervalMs: 1000 }),
+    ).toThrow(expect.objectContaining({ code: 'LW_AGENT_INVALID_OPTION', option: 'intervalMs' }));
+  });
+
+  it('gives the probe and an HTTP queue source at most 90% of the interval, so a hung app cannot skip a report', () => {
+    const o = resolveAgentOptions({
+      backendId: 'b',
+      intervalMs: 1000,
+      probe: { url: 'http://127.0.0.1:1/healthz', timeoutMs: 30_000 },
+      queue: { source: 'tracker', url: 'http://127.0.0.1:1/stats', timeoutMs: 5000 },
+    });
+    expect(o.probe?.timeoutMs).toBe(900);
+    expect(o.queue).toMatchObject({ timeoutMs: 900 });
+    // Shorter ones are kept as given.
+    const short = resolveAgentOptions({
+      backendId: 'b',
+      intervalMs: 5000,
+      probe: { url: 'http://127.0.0.1:1/healthz', timeoutMs: 300 },
+    });
+    expect(short.probe?.timeoutMs).toBe(300);
   });
 
   it.each<[string, Partial<AgentOptions>]>([
@@ -47,6 +76,8 @@ describe('resolveAgentOptions', () => {
     ['broker.url', { broker: { url: 'not a url' } }],
     ['broker.cert', { broker: { url: 'mqtts://x', cert: 'PEM' } }],
     ['intervalMs', { intervalMs: 50 }],
+    // Past 2^31 - 1 ms Node fires the timer after 1 ms: a reconnect every millisecond.
+    ['broker.reconnectPeriodMs', { broker: { url: 'mqtt://x', reconnectPeriodMs: 2 ** 31 } }],
     ['cron', { cron: 'every second' }],
     ['jitterMs', { jitterMs: -1 }],
     ['service', { service: { pid: 1, pidFile: '/run/x.pid' } }],

@@ -42,6 +42,8 @@ export const DEFAULT_INTERVAL_MS = 1000;
 export const DEFAULT_DRAIN_GRACE_MS = 2000;
 export const DEFAULT_PROC_ROOT = '/proc';
 export const DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup';
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** systeminformation's currentLoad() spawns a shell per call on Linux; see docs/agent.md for the measured difference. */
 export const DEFAULT_HOST_SOURCE: HostSource = 'proc';
 /** Rise of outstanding requests that triggers an early report (early-report.ts); 0 disables. */
@@ -161,7 +163,8 @@ const brokerSchema = notArray(
       cert: v.optional(pem),
       key: v.optional(pem),
       rejectUnauthorized: v.optional(boolean()),
-      reconnectPeriodMs: v.optional(int(100)),
+      // A Node timer: past 2^31 - 1 ms it fires after 1 ms (a reconnect every millisecond).
+      reconnectPeriodMs: v.optional(int(100, MAX_TIMER_MS)),
       connectTimeoutMs: v.optional(int(1, 600_000)),
       keepaliveS: v.optional(int(1, 65535)),
     }),
@@ -275,6 +278,19 @@ export type _SchemaMatchesTypes = [
   Check<Same<NonNullable<Input['queue']>['source'], QueueOptions['source']>>,
 ];
 
+/** The share of the interval a sample's inputs (probe, queue source) may take at most. */
+export const SAMPLE_SHARE_OF_INTERVAL = 0.9;
+
+/** A resolved queue source with its timeout (absent or 0: none, e.g. in-process) bounded by `bound`. */
+function boundQueueTimeout(
+  q: ResolvedQueueOptions,
+  bound: (ms: number) => number,
+): ResolvedQueueOptions {
+  return 'timeoutMs' in q && q.timeoutMs
+    ? ({ ...q, timeoutMs: bound(q.timeoutMs) } as ResolvedQueueOptions)
+    : q;
+}
+
 /** Derives the spacing of a cron schedule from its next two runs. */
 function cronIntervalMs(expr: string): number {
   const task = cron.createTask(expr, () => undefined);
@@ -295,7 +311,21 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
   if (!input || typeof input !== 'object') throw invalidOption('options', 'must be an object');
   const o = parseOptions(agentOptionsSchema, input);
   const prefix = o.prefix ?? DEFAULT_TOPIC_PREFIX;
-  const intervalMs = o.intervalMs ?? (o.cron ? cronIntervalMs(o.cron) : DEFAULT_INTERVAL_MS);
+  const cronMs = o.cron ? cronIntervalMs(o.cron) : undefined;
+  // Reports say their interval, and gateways judge staleness by it: a report every 5 s that
+  // claimed 1 s looked stale 40% of the time. The two may be given together only if they agree.
+  if (cronMs !== undefined && o.intervalMs !== undefined && o.intervalMs !== cronMs) {
+    throw invalidOption(
+      'intervalMs',
+      `is ${o.intervalMs} ms but the cron schedule runs every ${cronMs} ms: give one of them`,
+    );
+  }
+  const intervalMs = o.intervalMs ?? cronMs ?? DEFAULT_INTERVAL_MS;
+  // Every input of a sample gets at most 90% of the interval, whatever its timeout, so that a
+  // hung app cannot silence the agent: the sample is over before the next tick, and the
+  // report (a down verdict, most likely) goes out every interval (docs/agent.md).
+  const withinInterval = (timeoutMs: number): number =>
+    Math.max(1, Math.min(timeoutMs, Math.floor(intervalMs * SAMPLE_SHARE_OF_INTERVAL)));
   const jitterMs = o.jitterMs ?? Math.min(intervalMs, 1000);
   const random = o.random ?? Math.random;
   const q = o.queue;
@@ -310,10 +340,10 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
     offsetMs: Math.floor(random() * jitterMs),
     signingKey: o.signingKey,
     service: o.service?.pid !== undefined || o.service?.pidFile ? o.service : undefined,
-    queue: q && resolveQueue(QUEUE_SOURCES, q),
+    queue: q && boundQueueTimeout(resolveQueue(QUEUE_SOURCES, q), withinInterval),
     probe: o.probe && {
       url: new URL(o.probe.url),
-      timeoutMs: o.probe.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS,
+      timeoutMs: withinInterval(o.probe.timeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS),
       ...(o.probe.expectStatus ? { expectStatus: o.probe.expectStatus } : {}),
     },
     concurrencyLimit: o.concurrencyLimit,

@@ -18,4 +18,14 @@ describe('parsePrometheusGauge', () => {
     expect(parsePrometheusGauge(TEXT, 'missing')).toBeUndefined();
     expect(parsePrometheusGauge('x NaNx\n', 'x')).toBeUndefined();
   });
+  it('reads only values as the text format writes them, and each series once', () => {
+    // Number() took an empty value for 0 and hex for a number.
+    expect(parsePrometheusGauge('x \n', 'x')).toBeUndefined();
+    expect(parsePrometheusGauge('x 0x10\n', 'x')).toBeUndefined();
+    expect(parsePrometheusGauge('x{a="1"} 0x10\nx{a="2"} 2\n', 'x')).toBe(2);
+    expect(parsePrometheusGauge('x 1e3\nx{a="1"} -.5\n', 'x')).toBe(999.5);
+    expect(parsePrometheusGauge('x +Inf\nx{a="1"} NaN\n', 'x')).toBeUndefined();
+    // A broken exporter repeating a series: counted once.
+    expect(parsePrometheusGauge('x{a="1"} 3\nx{a="1"} 3\nx{a="2"} 1\n', 'x')).toBe(4);
+  });
 });

@@ -11,25 +11,39 @@ import type { QueueReading, QueueSourceReader } from './types';
  * are summed (e.g. per-worker queue lengths), so a filter is expressed by
  * exposing a dedicated gauge rather than by label matching here.
  */
+/**
+ * A sample value as the text format writes one (a Go float: digits, a point, an exponent).
+ * Number() alone read an empty value as 0 and `0x10` as 16. NaN and ±Inf are skipped.
+ */
+const VALUE_RE = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
+
 export function parsePrometheusGauge(text: string, name: string): number | undefined {
   let sum = 0;
   let found = false;
+  /** Series already summed: a repeated one (a broken exporter) counts once, the first. */
+  const seen = new Set<string>();
   for (const raw of text.split('\n')) {
     const line = raw.trim();
     if (line === '' || line.startsWith('#') || !line.startsWith(name)) continue;
     const after = line.charAt(name.length);
     let rest: string;
+    let series: string;
     if (after === '{') {
       const close = line.lastIndexOf('}');
       if (close < 0) continue;
       rest = line.slice(close + 1);
+      series = line.slice(name.length, close + 1);
     } else if (after === ' ' || after === '\t') {
       rest = line.slice(name.length);
+      series = '';
     } else {
       continue; // a longer metric name sharing the prefix
     }
-    const value = Number(rest.trim().split(/\s+/)[0]);
-    if (!Number.isFinite(value)) continue;
+    const token = rest.trim().split(/\s+/)[0] ?? '';
+    if (!VALUE_RE.test(token)) continue;
+    const value = Number(token);
+    if (!Number.isFinite(value) || seen.has(series)) continue;
+    seen.add(series);
     sum += value;
     found = true;
   }
@@ -49,7 +63,11 @@ export function prometheusSource(
       const value = parsePrometheusGauge(res.body, gauge);
       if (value === undefined) throw new Error(`gauge ${gauge} not found at ${url.href}`);
       return {
-        queue: { [field]: Math.max(0, Math.round(value)), source: { [field]: 'prometheus' } },
+        // A count the protocol can carry (a safe integer); a sum of huge values is not one.
+        queue: {
+          [field]: Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.round(value))),
+          source: { [field]: 'prometheus' },
+        },
       };
     },
   };

@@ -79,6 +79,19 @@ describe('CgroupSampler', () => {
     });
   });
 
+  it('reads an empty, signed or too large figure as unknown, never as 0 or past 2^53', async () => {
+    const root = fixture({
+      'cgroup.controllers': 'cpu memory\n',
+      'cpu.max': 'max 100000\n',
+      'memory.max': '\n', // was a 0-byte limit
+      'memory.current': '99999999999999999999\n', // past 2^53: cost the whole report
+    });
+    roots.push(root);
+    const procRoot = fixture({ 'self/cgroup': '0::/\n' });
+    roots.push(procRoot);
+    expect(await new CgroupSampler({ root, procRoot }).sample()).toBeUndefined();
+  });
+
   it('falls back to cgroup v1 files and treats the huge default as unlimited', async () => {
     const root = fixture({
       'cpu/cpu.cfs_quota_us': '-1\n',

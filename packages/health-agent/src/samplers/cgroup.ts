@@ -46,10 +46,15 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * A figure of a cgroup file: a non-negative safe integer, else unknown. Number() read an
+ * empty file as 0 (a 0-byte memory limit) and a value past 2^53 cost the whole report.
+ */
 function num(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text.trim());
-  return Number.isFinite(n) ? n : undefined;
+  const t = text?.trim();
+  if (!t || !/^\d+$/.test(t)) return undefined;
+  const n = Number(t);
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 function statField(text: string | undefined, field: string): number | undefined {
