@@ -63,6 +63,23 @@ describe('loadwise status rendering', () => {
     expect(text).toContain('over the last window;');
   });
 
+  it('prints no control character from the document: an escape sequence never reaches the terminal', () => {
+    // `--url` may name any server: its strings are printed as one line of plain text each.
+    const out = renderStatus(
+      {
+        strategy: 'p2c\u001b]0;owned\u0007',
+        service: 'a\r\nFAKE LINE',
+        takenAt: '\u009b2J',
+        backends: [{ id: 'x\u001b[31m', state: 'down', stateReason: 'r\nFAKE' }] as never,
+      },
+      'http://gw/_lb/status',
+    );
+    // eslint-disable-next-line no-control-regex
+    expect(out.replace(/\n/g, '')).not.toMatch(/[\u0000-\u001f\u007f-\u009f]/);
+    expect(out).not.toMatch(/^FAKE/m);
+    expect(out).toContain('x?[31m');
+  });
+
   it('puts overload, panic and saturation above the table', () => {
     const text = renderStatus(
       { overloaded: true, panic: true, saturationQueueLength: 7, backends: [] },

@@ -8,6 +8,16 @@ import type { BackendSnapshot, BalancerSnapshot } from '../observability';
 
 type Loose<T> = { [K in keyof T]?: T[K] | null };
 
+/**
+ * A string from the document as one line of plain text: control characters (ESC, CR, LF,
+ * C1) become '?'. The document comes from whatever `--url` names; an escape sequence in
+ * an id or a reason would otherwise reach the operator's terminal.
+ */
+function text(v: unknown): string {
+  // eslint-disable-next-line no-control-regex
+  return String(v).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+}
+
 function num(v: unknown): number | undefined {
   return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
 }
@@ -31,8 +41,8 @@ function int(v: unknown): string {
 }
 
 function stateCell(b: Loose<BackendSnapshot>): string {
-  const state = typeof b.state === 'string' ? b.state : '?';
-  return b.stateReason ? `${state}: ${b.stateReason}` : state;
+  const state = typeof b.state === 'string' ? text(b.state) : '?';
+  return b.stateReason ? `${state}: ${text(b.stateReason)}` : state;
 }
 
 function reportCell(b: Loose<BackendSnapshot>): string {
@@ -65,7 +75,7 @@ export const COLUMNS = [
 
 export function backendRow(b: Loose<BackendSnapshot>): string[] {
   return [
-    String(b.id ?? '?'),
+    text(b.id ?? '?'),
     stateCell(b),
     pct(b.trafficShare),
     int(b.inFlight),
@@ -98,9 +108,9 @@ function balancerBlock(s: Loose<BalancerSnapshot>): string[] {
       : s.brokerConnected === false
         ? 'broker DISCONNECTED'
         : 'no broker';
-  const service = typeof s.service === 'string' ? `service ${s.service}: ` : '';
+  const service = typeof s.service === 'string' ? `service ${text(s.service)}: ` : '';
   const lines = [
-    `${service}strategy ${s.strategy ?? '?'}, ${int(s.inFlight)} in flight, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
+    `${service}strategy ${text(s.strategy ?? '?')}, ${int(s.inFlight)} in flight, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
   ];
   if (s.overloaded) lines.push('OVERLOADED: the gateway is shedding new requests (503)');
   if (s.panic) lines.push('PANIC: too few healthy backends, routing over every routable one');
@@ -128,5 +138,7 @@ export function renderStatus(doc: StatusDocument, source: string): string {
   const blocks = balancers.flatMap((s, i) => [...(i > 0 ? [''] : []), ...balancerBlock(s)]);
   const windowMs = balancers.map((s) => num(s.trafficWindowMs)).find((n) => n !== undefined);
   const legend = `SHARE: of this gateway's requests over the last ${windowMs === undefined ? 'window' : ms(windowMs)}; IN-FLIGHT, LATENCY, EXP. WAIT: as this gateway sees it; CPU, MEM, BUSY, QUEUED: from the agent's last report`;
-  return [`${source}  ${doc.takenAt ?? ''}`.trimEnd(), ...blocks, '', legend, ''].join('\n');
+  return [`${text(source)}  ${text(doc.takenAt ?? '')}`.trimEnd(), ...blocks, '', legend, ''].join(
+    '\n',
+  );
 }
