@@ -126,6 +126,21 @@ interface Waiter {
 
 const LOOPBACK = /^(127\.|::1$|::ffff:127\.)/;
 
+/**
+ * A request a proxy forwarded: its socket is the proxy's. A gateway on the same host
+ * (loadwise's sets X-Forwarded-For and X-Real-IP on every request) connects from loopback,
+ * so without this any client of the gateway read the stats and held rise long polls.
+ */
+function proxied(req: IncomingMessage): boolean {
+  const h = req.headers;
+  return (
+    h['x-forwarded-for'] !== undefined ||
+    h['x-real-ip'] !== undefined ||
+    h.forwarded !== undefined ||
+    h.via !== undefined
+  );
+}
+
 function positiveInt(name: string, value: unknown): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
     throw invalidOption(name, `must be a positive integer, got ${String(value)}`);
@@ -402,7 +417,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
 
   const serveStats = (req: IncomingMessage, res: ServerResponse): void => {
     const remote = req.socket.remoteAddress ?? '';
-    if (!exposeToRemote && !LOOPBACK.test(remote)) {
+    if (!exposeToRemote && (!LOOPBACK.test(remote) || proxied(req))) {
       res.statusCode = 403;
       res.setHeader('Content-Type', 'text/plain; charset=utf-8');
       res.end('Forbidden: loadwise stats are served to loopback clients only\n');
