@@ -41,6 +41,7 @@ import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
 import {
+  CLIENT_STALLED_CODE,
   CONNECT_TIMEOUT_CODE,
   TIMEOUT_CODE,
   asError,
@@ -93,6 +94,14 @@ function describe(req: IncomingMessage): string {
 
 /** A backend request's 'timeout' listener (onProxyRes): its socket was silent mid-response. */
 function backendStalled(this: ClientRequest): void {
+  // The backend's socket is idle because the client stopped reading: the pipe to the client
+  // paused the answer (backpressure). A client that reads slowly on purpose used to get
+  // healthy backends charged with timeouts and ejected; it is cut without a charge.
+  const answer = (this as { res?: IncomingMessage }).res;
+  if (answer?.readableFlowing === false) {
+    this.destroy(codedError('client stopped reading mid-response', CLIENT_STALLED_CODE));
+    return;
+  }
   this.destroy(codedError('backend stalled mid-response', TIMEOUT_CODE));
 }
 
@@ -689,7 +698,13 @@ export class RequestFlow {
     // client asked to close (`Connection: close`, HTTP/1.0 without keep-alive; Node read it
     // into shouldKeepAlive before forwarded.ts removed the header): the answer says `close`
     // and the connection closes after it (RFC 9112 §9.6).
-    const close = !res.shouldKeepAlive || (c.draining && drainClosesConnections(serverOf(req)));
+    // An answer before the whole request body arrived (a 401 to an upload): the rest of the
+    // body is not read, so the connection cannot carry another request; said up front, the
+    // client reconnects at once instead of waiting out keepAliveTimeout for a reset.
+    const close =
+      !res.shouldKeepAlive ||
+      !req.complete ||
+      (c.draining && drainClosesConnections(serverOf(req)));
     writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
   }
 
@@ -702,6 +717,17 @@ export class RequestFlow {
     // parse): http-proxy reports that through the same 'error', as it listens
     // on the client request too (web-incoming.js). Not the backend's doing.
     if (flow.req.socket.destroyed || flow.req.errored) return this.cancelAttempt(flow);
+    if ((err as { code?: string }).code === CLIENT_STALLED_CODE) {
+      // backendStalled: the client, not the backend, held the answer up for
+      // requestTimeoutMs. Cut the client; the backend is not charged.
+      this.core.logLine(
+        'client-stalled',
+        `${describe(flow.req)} stopped reading the answer of ${flow.backend.id} for ${this.core.options.requestTimeoutMs} ms; connection cut, the backend not charged`,
+        { event: 'client-stalled', backend: flow.backend.id },
+      );
+      this.cancelAttempt(flow);
+      return void flow.res.destroy();
+    }
     const c = this.core;
     const backend = flow.backend;
     const kind = classify(err as Error & { code?: string });
@@ -913,8 +939,16 @@ export class RequestFlow {
     if (flow.done) return;
     // The client left before the response ended: stop the backend's work too
     // (http-proxy only aborts on the request's 'aborted', not on a closed response).
-    if (!flow.res.writableFinished && flow.proxyReq && !flow.proxyReq.destroyed)
-      flow.proxyReq.destroy();
+    // So does an answer that came before the whole body was sent (a 401 or 413 to an
+    // upload): left open, that backend request held a pooled socket for good, and
+    // `agent.maxSockets` such requests blocked the backend.
+    const proxyReq = flow.proxyReq;
+    if (
+      proxyReq &&
+      !proxyReq.destroyed &&
+      (!flow.res.writableFinished || !proxyReq.writableFinished)
+    )
+      proxyReq.destroy();
     this.endAttempt(flow);
     flow.done = true;
     if (flow.bodyTimer) clearTimeout(flow.bodyTimer);

@@ -55,6 +55,20 @@ function namedByConnection(value: string | undefined): Set<string> | undefined {
  * Writes the head; false only when it was already out (a user's proxyRes hook
  * wrote it), which http-proxy then leaves alone too.
  */
+/** A reason phrase as RFC 9112 §4 allows it: HTAB, SP, VCHAR, obs-text. */
+const REASON_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * Whether a backend's Transfer-Encoding ends with chunked. Any other (gzip, identity,
+ * `chunked, gzip`) means a body delimited by the backend closing (RFC 9112 §6.3); relayed
+ * as it came, Node added no framing and kept the client connection alive, so the next
+ * answer ran into this body. Dropped, Node frames the body itself.
+ */
+function endsChunked(value: string | string[]): boolean {
+  const last = (Array.isArray(value) ? value.join(',') : value).split(',').pop();
+  return last?.trim().toLowerCase() === 'chunked';
+}
+
 export function writeResponseHead(
   req: IncomingMessage,
   res: ServerResponse,
@@ -84,7 +98,7 @@ export function writeResponseHead(
       name === 'keep-alive' ||
       name === 'proxy-connection' ||
       (name === 'upgrade' && status !== 101) ||
-      (http10 && name === 'transfer-encoding') ||
+      (name === 'transfer-encoding' && (http10 || !endsChunked(value))) ||
       named?.has(name)
     )
       continue;
@@ -99,7 +113,9 @@ export function writeResponseHead(
     flat.push('connection', connection);
     if (extra !== undefined) flat.push(extra, extraValue);
   }
-  const message = proxyRes.statusMessage;
+  // A reason phrase Node's writeHead refuses (a control byte) made the client's answer a
+  // 400 blamed on the client; without it Node writes the standard one.
+  const message = REASON_RE.test(proxyRes.statusMessage ?? '') ? proxyRes.statusMessage : '';
   if (merge) {
     if (message) res.writeHead(status, message);
     else res.writeHead(status);

@@ -7,6 +7,8 @@ import type { UpstreamErrorKind } from '../observability';
 /** Our own error codes on a destroyed backend request, to tell timeouts from resets. */
 export const TIMEOUT_CODE = 'LW_GW_UPSTREAM_TIMEOUT';
 export const CONNECT_TIMEOUT_CODE = 'LW_GW_CONNECT_TIMEOUT';
+/** The backend's answer waited on the client (it stopped reading), not the other way round. */
+export const CLIENT_STALLED_CODE = 'LW_GW_CLIENT_STALLED';
 
 export function classify(err: Error & { code?: string }): UpstreamErrorKind {
   if (err.code === TIMEOUT_CODE || err.code === CONNECT_TIMEOUT_CODE) return 'timeout';

@@ -1,0 +1,175 @@
+/**
+ * Backends that answer in ways a proxy must not pass on as they came, each a raw TCP server
+ * writing exact bytes behind a real gateway:
+ * - an answer before the whole upload (a 401 to a large POST) left the gateway's request to
+ *   the backend open for good, holding a pooled socket (enough of them blocked the backend),
+ *   and the client's keep-alive connection stalled until keepAliveTimeout;
+ * - a Transfer-Encoding other than chunked (a body the backend ends by closing) was relayed
+ *   as it came: no framing, the connection kept alive, the next answer inside this body;
+ * - a control byte in the reason phrase made Node's writeHead throw, and the client got a
+ *   400 blamed on itself.
+ */
+import http from 'node:http';
+import net, { type AddressInfo, type Server, type Socket } from 'node:net';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { rawExchange } from '../kit/raw-http';
+
+/** A backend that answers each request head with `answer(path)` and never reads a body. */
+async function rawBackend(
+  answer: (path: string, socket: Socket) => void,
+): Promise<{ server: Server; url: string; open: () => Promise<number> }> {
+  const server = net.createServer((socket) => {
+    socket.on('error', () => undefined);
+    let head = '';
+    const onData = (d: Buffer): void => {
+      head += d.toString('latin1');
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const path = head.split(' ')[1] ?? '/';
+      head = head.slice(end + 4);
+      answer(path, socket);
+    };
+    socket.on('data', onData);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const open = () => new Promise<number>((r) => server.getConnections((_e, n) => r(n)));
+  return { server, url, open };
+}
+
+describe('hostile backend responses', () => {
+  let gw: TestGateway | undefined;
+  let backend: Awaited<ReturnType<typeof rawBackend>> | undefined;
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+    if (backend) await new Promise((r) => backend!.server.close(r));
+    backend = undefined;
+  });
+
+  it('an answer before the whole upload: the backend request is closed, the client told to reconnect', async () => {
+    backend = await rawBackend((path, socket) =>
+      socket.write(
+        path === '/upload'
+          ? 'HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nnope!\n'
+          : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+      ),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      // 1 MiB announced, 64 KiB sent before the answer; the client then stops sending.
+      const first = await new Promise<{ status: number; connection?: string }>(
+        (resolve, reject) => {
+          const req = http.request(
+            {
+              host: '127.0.0.1',
+              port: gw!.port,
+              path: '/upload',
+              method: 'POST',
+              agent,
+              headers: { 'content-length': String(1 << 20) },
+            },
+            (res) => {
+              res.resume();
+              res.on('end', () =>
+                resolve({ status: res.statusCode!, connection: res.headers.connection }),
+              );
+            },
+          );
+          req.on('error', reject);
+          req.write(Buffer.alloc(64 * 1024, 1));
+        },
+      );
+      expect(first).toEqual({ status: 401, connection: 'close' });
+      // The next request on the same agent is served at once (it stalled until
+      // keepAliveTimeout, then reset), and no backend socket is left held by the upload.
+      const second = await new Promise<number>((resolve, reject) => {
+        http
+          .get({ host: '127.0.0.1', port: gw!.port, path: '/after', agent }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode!));
+          })
+          .on('error', reject);
+      });
+      expect(second).toBe(200);
+      const deadline = Date.now() + 5_000;
+      // The gateway's pool may keep the GET's socket alive: at most that one stays open.
+      while ((await backend.open()) > 1 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(await backend.open()).toBeLessThanOrEqual(1);
+      expect(gw.snapshot().inFlight).toBe(0);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('a body the backend ends by closing (Transfer-Encoding: gzip) is framed for the client', async () => {
+    backend = await rawBackend((path, socket) => {
+      socket.end(
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Type: text/plain\r\n\r\n' +
+          (path === '/first' ? 'first-body' : 'second-body'),
+      );
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(
+      gw.port,
+      'GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n',
+      { responses: 2 },
+    );
+    // Two answers, each framed (chunked), each its own body.
+    expect(r.responses.map((x) => [x.status, x.body])).toEqual([
+      [200, 'first-body'],
+      [200, 'second-body'],
+    ]);
+    expect(r.responses[0]!.headers['transfer-encoding']).toBe('chunked');
+  });
+
+  it('a client that stops reading is cut without charging the backend', async () => {
+    // 16 MiB, written as fast as the gateway takes it.
+    const big = Buffer.alloc(16 << 20, 120);
+    backend = await rawBackend((_path, socket) => {
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`);
+      socket.write(big);
+    });
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      requestTimeoutMs: 300,
+    });
+    // Reads 64 KiB, then nothing for 1.5 s: the gateway's buffers fill, the backend's answer
+    // pauses. Then it reads on: the connection was cut, the body short.
+    const got = await new Promise<number>((resolve) => {
+      const s = net.connect(gw!.port, '127.0.0.1', () =>
+        s.write('GET /big HTTP/1.1\r\nHost: a\r\n\r\n'),
+      );
+      let n = 0;
+      let paused = false;
+      s.on('data', (d) => {
+        n += d.length;
+        if (!paused && n >= 64 * 1024) {
+          paused = true;
+          s.pause();
+          setTimeout(() => s.resume(), 1_500);
+        }
+      });
+      s.on('close', () => resolve(n));
+      s.on('error', () => undefined);
+    });
+    expect(got).toBeLessThan(big.length);
+    const b = gw.backend('b');
+    // It was charged a timeout each time, and enough such clients ejected a healthy backend.
+    expect(b.failuresTotal).toBe(0);
+    expect(b.state).toBe('healthy');
+    expect(gw.snapshot().inFlight).toBe(0);
+  });
+
+  it('a control byte in the reason phrase: the answer goes out with the standard one', async () => {
+    backend = await rawBackend((_path, socket) =>
+      socket.write('HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nok'),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(gw.port, 'GET /p HTTP/1.1\r\nHost: a\r\n\r\n', { responses: 1 });
+    expect(r.responses[0]).toMatchObject({ status: 200, body: 'ok' });
+    expect(r.raw.startsWith('HTTP/1.1 200 OK\r\n')).toBe(true);
+  });
+});
