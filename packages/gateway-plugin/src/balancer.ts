@@ -262,16 +262,18 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (!source) return Promise.resolve();
     const timeoutMs = opts.timeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
     return new Promise<void>((resolve, reject) => {
-      const onClose = (): void => {
+      // Settles once, whichever comes first: the broker, the timeout or close().
+      const settle = (err?: Error): void => {
         clearTimeout(timer);
-        reject(closedError());
+        this.readyWaiters.delete(onClose);
+        if (err) reject(err);
+        else resolve();
       };
+      const onClose = (): void => settle(closedError());
       this.readyWaiters.add(onClose);
-      const settle = (): void => void this.readyWaiters.delete(onClose);
       const timer = setTimeout(() => {
-        settle();
         const why = source.lastErrorMessage ?? 'no answer';
-        reject(
+        settle(
           new GatewayError(
             'LW_GW_BROKER_UNREACHABLE',
             `broker ${source.url ?? '(starting)'} not connected after ${timeoutMs} ms: ${why}`,
@@ -280,17 +282,11 @@ export class Balancer implements BalancerHandle, FlowHost {
       }, timeoutMs);
       timer.unref();
       source.ready.then(
-        () => {
-          settle();
-          clearTimeout(timer);
-          resolve();
-        },
-        (err: unknown) => {
-          settle();
-          clearTimeout(timer);
+        () => settle(),
+        (err: unknown) =>
           // An embedded broker that cannot listen (EADDRINUSE, a host that does not resolve)
           // rejects with the system's error: the documented code, with it as the cause.
-          reject(
+          settle(
             err instanceof GatewayError
               ? err
               : Object.assign(
@@ -300,8 +296,7 @@ export class Balancer implements BalancerHandle, FlowHost {
                   ),
                   { cause: err },
                 ),
-          );
-        },
+          ),
       );
     });
   }

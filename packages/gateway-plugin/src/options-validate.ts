@@ -466,12 +466,9 @@ const entries = {
           backlog: v.optional(int(1, 1 << 20), DEFAULTS.acceptQueue.backlog),
           shedAt: v.optional(num(0, 1), DEFAULTS.acceptQueue.shedAt),
           resumeAt: v.optional(num(0, 1), DEFAULTS.acceptQueue.resumeAt),
-          holdMs: v.optional(num(0, MAX_TIMER_MS), DEFAULTS.acceptQueue.holdMs),
+          holdMs: v.optional(ms(0), DEFAULTS.acceptQueue.holdMs),
           maxShare: v.optional(num(0, 1), DEFAULTS.acceptQueue.maxShare),
-          sampleIntervalMs: v.optional(
-            num(10, MAX_TIMER_MS),
-            DEFAULTS.acceptQueue.sampleIntervalMs,
-          ),
+          sampleIntervalMs: v.optional(ms(10), DEFAULTS.acceptQueue.sampleIntervalMs),
         }),
         crossCheck((a) =>
           a.resumeAt >= a.shedAt
@@ -514,9 +511,9 @@ const entries = {
   maxClockSkewMs: v.optional(ms(1)),
   maxRetainedAgeMs: v.optional(ms(1)),
   maxPayloadBytes: v.optional(int(256, 1 << 20)),
-  connectTimeoutMs: v.optional(num(1, MAX_TIMER_MS), DEFAULTS.connectTimeoutMs),
-  requestTimeoutMs: v.optional(num(1, MAX_TIMER_MS), DEFAULTS.requestTimeoutMs),
-  clientBodyTimeoutMs: v.optional(orFalse(num(1, MAX_TIMER_MS)), DEFAULTS.clientBodyTimeoutMs),
+  connectTimeoutMs: v.optional(ms(1), DEFAULTS.connectTimeoutMs),
+  requestTimeoutMs: v.optional(ms(1), DEFAULTS.requestTimeoutMs),
+  clientBodyTimeoutMs: v.optional(orFalse(ms(1)), DEFAULTS.clientBodyTimeoutMs),
   maxInFlightPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.maxInFlightPerClient),
   changeOrigin: v.optional(bool(), DEFAULTS.changeOrigin),
   trustForwarded: v.optional(bool(), DEFAULTS.trustForwarded),

@@ -4,6 +4,7 @@ import type { MqttClient } from 'mqtt';
 import {
   createEncoder,
   type BackendState,
+  type EncodedMessage,
   type Encoder,
   type MetricsReport,
   type QueueMetrics,
@@ -253,14 +254,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       return;
     }
     if (this.stopping && this._state === 'offline') return;
-    this.guard(body, 'report');
-    let encoded;
-    try {
-      encoded = this.encoder.metrics(body);
-    } catch (err) {
-      this.emit('warning', `cannot encode sample: ${(err as Error).message}`);
-      return;
-    }
+    const encoded = this.encodeReport(body, 'sample');
+    if (!encoded) return;
     const published = this.send(encoded.topic, encoded.payload);
     if (published) {
       this.published = { outstanding: outstandingOf(body.queue), atMs: Date.now(), body };
@@ -272,6 +267,17 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private guard(body: MetricsBody, what: string): void {
     for (const block of dropInvalidBlocks(body)) {
       this.emit('warning', `${what} sent without ${block}: a reading out of the protocol's range`);
+    }
+  }
+
+  /** `body` guarded and encoded; undefined (with a warning) if it still cannot be. */
+  private encodeReport(body: MetricsBody, what: string): EncodedMessage<MetricsReport> | undefined {
+    this.guard(body, what);
+    try {
+      return this.encoder.metrics(body);
+    } catch (err) {
+      this.emit('warning', `cannot encode ${what}: ${(err as Error).message}`);
+      return undefined;
     }
   }
 
@@ -304,14 +310,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (reading.traffic) body.traffic = reading.traffic;
     const limit = this.options.concurrencyLimit ?? reading.concurrencyLimit;
     if (limit !== undefined) body.concurrencyLimit = limit;
-    this.guard(body, 'early report');
-    let encoded;
-    try {
-      encoded = this.encoder.metrics(body);
-    } catch (err) {
-      this.emit('warning', `cannot encode early report: ${(err as Error).message}`);
-      return false;
-    }
+    const encoded = this.encodeReport(body, 'early report');
+    if (!encoded) return false;
     const published = this.send(encoded.topic, encoded.payload);
     if (published) {
       this.stats.early++;
@@ -365,7 +365,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
 
   async sampleReport(): Promise<MetricsReport> {
     const body = await this.sample();
-    this.guard(body, 'report');
+    this.guard(body, 'sample');
     return this.encoder.metrics(body).message;
   }
 

@@ -156,9 +156,10 @@ const KNOWN_OPTIONS = [
 function checkOptions(opts: RunWorkersOptions): void {
   const bag = optionBag('runWorkers options', opts);
   rejectUnknownKeys(bag, '', KNOWN_OPTIONS);
-  integerOption(bag, '', 'workers', NaN, 1, MAX_WORKERS);
+  // Required: no default to fall back to.
   if (bag.workers === undefined)
     throw invalidOption('workers', `an integer in [1, ${MAX_WORKERS}]`, undefined);
+  integerOption(bag, '', 'workers', 1, 1, MAX_WORKERS);
   if (typeof bag.start !== 'function') throw invalidOption('start', 'a function', bag.start);
   functionOption(bag, '', 'log', defaultLog);
   numberOption(bag, '', 'shutdownTimeoutMs', 0, 0, MAX_TIMER_MS);

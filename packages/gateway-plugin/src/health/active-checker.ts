@@ -32,7 +32,6 @@ import type { Registry } from '../registry/registry';
 
 /** Each timer is the interval ±10%, so that gateways do not probe in lockstep. */
 export const HEALTH_CHECK_JITTER = 0.1;
-const JITTER = HEALTH_CHECK_JITTER;
 
 export interface HealthCheckConfig {
   path: string;
@@ -61,7 +60,8 @@ export class ActiveChecker {
   }
 
   private schedule(backend: Backend): void {
-    const delayMs = this.config.intervalMs * (1 - JITTER + 2 * JITTER * this.random());
+    const delayMs =
+      this.config.intervalMs * (1 - HEALTH_CHECK_JITTER + 2 * HEALTH_CHECK_JITTER * this.random());
     const timer = setTimeout(() => this.tick(backend), delayMs);
     timer.unref();
     this.timers.set(backend, timer);
@@ -75,7 +75,7 @@ export class ActiveChecker {
     if (
       fresh &&
       answered !== undefined &&
-      now - answered <= this.config.intervalMs * (1 + JITTER)
+      now - answered <= this.config.intervalMs * (1 + HEALTH_CHECK_JITTER)
     ) {
       // The agent speaks for the backend and traffic for the path: a check verdict must not
       // outlive either.
