@@ -248,6 +248,42 @@ describe('a backend answer Node cannot relay', () => {
   });
 });
 
+describe('a garbled answer with retries on', () => {
+  it('is retried on another backend, and with none left answered 502, not 503 "no backend"', async () => {
+    // A head Node's parser refuses (a header line without a colon): HPE_INVALID_HEADER_TOKEN.
+    const garbled = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nNo colon here\r\n\r\nok';
+    const one = await rawBackend({ '/x': garbled });
+    gw = await gateway({ backends: [{ id: 'one', url: one.url }] }, (app, lb) => app.use(lb));
+    const get = (): Promise<RawExchange> =>
+      rawExchange(gw!.port, 'GET /x HTTP/1.1\r\nHost: a\r\n\r\n', { responses: 1 });
+    const alone = await get();
+    expect([alone.responses[0]?.status, alone.responses[0]?.headers['x-loadwise-error']]).toEqual([
+      502,
+      'LW_GW_UPSTREAM_FAILED',
+    ]);
+    expect(one.lines).toEqual(['GET /x']);
+    await gw.close();
+    // Two backends that garble: the retry goes to the other one, then 502.
+    const two = await rawBackend({ '/x': garbled });
+    gw = await gateway(
+      {
+        backends: [
+          { id: 'one', url: one.url },
+          { id: 'two', url: two.url },
+        ],
+      },
+      (app, lb) => app.use(lb),
+    );
+    const both = await get();
+    expect([both.responses[0]?.status, both.responses[0]?.headers['x-loadwise-error']]).toEqual([
+      502,
+      'LW_GW_UPSTREAM_FAILED',
+    ]);
+    expect([one.lines, two.lines]).toEqual([['GET /x', 'GET /x'], ['GET /x']]);
+    expect(await gw.metric('backend_errors_total')).toBe(2);
+  });
+});
+
 describe('what a backend says about its own connection', () => {
   it('never reaches the client: Keep-Alive, Connection and what it names, Upgrade', async () => {
     const hop = (connection: string): string =>
@@ -403,6 +439,43 @@ describe('request smuggling', () => {
       'x-loadwise-token',
     ])
       expect([gone, h[gone]]).toEqual([gone, undefined]);
+  });
+
+  it('refuses TRACE (405), which would echo a credential a hook adds, then serves the next request', async () => {
+    gw = await gateway(
+      {
+        backends: [{ id: 'b', url: backend.url }],
+        on: { proxyReq: (proxyReq) => proxyReq.setHeader('x-internal-auth', 'gateway-secret') },
+      },
+      (app, lb) => app.use(lb),
+      { upgrades: true },
+    );
+    const r = await rawExchange(
+      gw.port,
+      'TRACE /echo HTTP/1.1\r\nHost: a\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n',
+      { responses: 2 },
+    );
+    expect(r.responses.map((x) => [x.status, x.headers['x-loadwise-error']])).toEqual([
+      [405, 'LW_GW_METHOD_NOT_ALLOWED'],
+      [200, undefined],
+    ]);
+    expect(r.responses[0]!.body).not.toContain('gateway-secret');
+    // An upgrade by TRACE is refused the same way, its socket answered and closed.
+    const up = await rawExchange(
+      gw.port,
+      'TRACE /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+      { guardMs: 5_000 },
+    );
+    expect([
+      up.responses[0]?.status,
+      up.responses[0]?.headers['x-loadwise-error'],
+      up.closed,
+    ]).toEqual([405, 'LW_GW_METHOD_NOT_ALLOWED', true]);
+    // Only the request after the TRACE reached the backend, with the hook's header.
+    expect(backend.seen.map((x) => [x.line, x.headers['x-internal-auth']])).toEqual([
+      ['GET /after', 'gateway-secret'],
+    ]);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_METHOD_NOT_ALLOWED')).toBe(2);
   });
 
   it('refuses framing it cannot forward safely with 400 and closes the connection', async () => {

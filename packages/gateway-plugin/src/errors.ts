@@ -67,6 +67,11 @@ export const GATEWAY_ERRORS = {
     message:
       'the request path has a dot-segment ("." or "..", also percent-encoded or between backslashes) that could leave the backend base path, an empty segment ("//") or a backslash that the proxy would rewrite, or the target is not a path',
   },
+  LW_GW_METHOD_NOT_ALLOWED: {
+    status: 405,
+    message:
+      'TRACE is not proxied: the backend would echo the headers the gateway added (credentials, identity, X-Forwarded-*)',
+  },
   LW_GW_BODY_TIMEOUT: {
     status: 408,
     message: 'the client sent no request body bytes for clientBodyTimeoutMs',

@@ -114,3 +114,17 @@ export function checkPath(url: string | undefined): string | undefined {
     return rewritten[0] === '\\' ? 'backslash in the path' : 'empty segment (//) in the path';
   return undefined;
 }
+
+/**
+ * A method the gateway answers itself instead of proxying, and why; undefined
+ * for every other. TRACE makes the backend echo the request as it received
+ * it, so the client would read what the gateway added on the way: an
+ * internal credential an `on.proxyReq` hook sets, the identity an auth
+ * middleware put in a header, X-Forwarded-*. nginx refuses it the same way
+ * (405). Node's parser hands over methods in upper case only.
+ */
+export function refusedMethod(method: string | undefined): string | undefined {
+  return method === 'TRACE'
+    ? 'TRACE is not proxied: the backend would echo the headers the gateway added'
+    : undefined;
+}

@@ -35,7 +35,7 @@ import { pumpBody } from './body-pump';
 import { writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { localAddressOf } from './listen-address';
-import { checkFraming, checkPath, type BodyFraming } from './request-checks';
+import { checkFraming, checkPath, refusedMethod, type BodyFraming } from './request-checks';
 import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
 import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
@@ -47,7 +47,9 @@ import {
   asError,
   classify,
   codedError,
+  isBadAnswer,
   isInvalidRequestError,
+  UNASKED_UPGRADE_CODE,
 } from './upstream-errors';
 
 interface Flow {
@@ -117,7 +119,7 @@ function backendUpgradedUnasked(this: ClientRequest, _res: IncomingMessage, sock
   socket.destroy();
   this.emit(
     'error',
-    codedError('the backend switched protocols (101) unasked', 'LW_UNASKED_UPGRADE'),
+    codedError('the backend switched protocols (101) unasked', UNASKED_UPGRADE_CODE),
   );
 }
 
@@ -269,6 +271,11 @@ export class RequestFlow {
     if (!framing.ok) {
       const { detail } = framing;
       return this.reject(req, res, 'LW_GW_BAD_REQUEST', detail, true, undefined, detail);
+    }
+    const refused = refusedMethod(req.method);
+    if (refused) {
+      const close = framing.framing !== 'none';
+      return this.reject(req, res, 'LW_GW_METHOD_NOT_ALLOWED', refused, close);
     }
     if (o.forwardMountPath) {
       const original = (req as { originalUrl?: string }).originalUrl;
@@ -777,7 +784,12 @@ export class RequestFlow {
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       flow.tried ??= new Set();
       flow.tried.add(backend.endpoint);
-      if (this.mayRetry(flow)) {
+      // A backend that answered, badly (a head Node cannot parse, a 101 unasked), was
+      // reached: with no other backend to try that is a bad gateway (502), not "unavailable,
+      // come back later" (503), which a retry on the same set would then have answered.
+      const badAnswer = isBadAnswer(err);
+      const noneLeft = c.nothingLeftToTry(flow.tried);
+      if (!(badAnswer && noneLeft) && this.mayRetry(flow)) {
         logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
         flow.retries++;
@@ -787,7 +799,7 @@ export class RequestFlow {
       // A retryable request that could not reach a backend, when none is left to try or too
       // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
       // Retry-After as above, so clients back off instead of reading a gateway fault.
-      if (this.retryable(flow) && c.nothingLeftToTry(flow.tried)) {
+      if (!badAnswer && noneLeft && this.retryable(flow)) {
         const retryAfterSec = c.noBackendRetryAfterSec(c.now());
         return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }

@@ -21,7 +21,7 @@ import type { GatewayErrorCode } from '../errors';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
 import { setForwardedHeaders } from './forwarded';
-import { checkFraming, checkPath } from './request-checks';
+import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { classify } from './upstream-errors';
 
 export class UpgradeFlow {
@@ -62,15 +62,21 @@ export class UpgradeFlow {
     // that is not a path (`GET *`) would otherwise get no answer at all
     // (http-proxy-middleware leaves a socket it does not proxy alone).
     const framing = checkFraming(req);
-    const bad = framing.ok ? checkPath(req.url) : framing.detail;
+    const method = framing.ok ? refusedMethod(req.method) : undefined;
+    const bad = method ?? (framing.ok ? checkPath(req.url) : framing.detail);
     if (bad !== undefined) {
-      const code = framing.ok ? 'LW_GW_BAD_PATH' : 'LW_GW_BAD_REQUEST';
+      const code =
+        method !== undefined
+          ? 'LW_GW_METHOD_NOT_ALLOWED'
+          : framing.ok
+            ? 'LW_GW_BAD_PATH'
+            : 'LW_GW_BAD_REQUEST';
       c.metrics.onRequestRejected(code);
       c.logLine(`upgrade-refused:${code}`, `upgrade refused (${code}): ${bad}`, {
         event: 'request-refused',
         code,
       });
-      return refuse(socket, 400, code);
+      return refuse(socket, method !== undefined ? 405 : 400, code);
     }
     setForwardedHeaders(req, c.options.trustForwarded);
     const aff = c.options.affinity;
@@ -124,12 +130,13 @@ export class UpgradeFlow {
 
 const REASONS: Record<number, string> = {
   400: 'Bad Request',
+  405: 'Method Not Allowed',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
 };
 
 /** A coded answer on the raw socket of an upgrade, which then closes. */
-function refuse(socket: Socket, status: 400 | 502 | 503, code: GatewayErrorCode): void {
+function refuse(socket: Socket, status: 400 | 405 | 502 | 503, code: GatewayErrorCode): void {
   const retry = status === 503 ? 'Retry-After: 1\r\n' : '';
   socket.end(
     `HTTP/1.1 ${status} ${REASONS[status]}\r\n${ERROR_CODE_HEADER}: ${code}\r\n${retry}` +

@@ -16,6 +16,19 @@ export function classify(err: Error & { code?: string }): UpstreamErrorKind {
   return 'connect';
 }
 
+/** A backend request's error for a 101 to a request that asked for no upgrade. */
+export const UNASKED_UPGRADE_CODE = 'LW_UNASKED_UPGRADE';
+
+/**
+ * The backend answered, and the answer could not be relayed: Node's parser
+ * refused its bytes (llhttp's `HPE_*`: a status below 100, a broken head), or
+ * it switched protocols unasked. Not a backend that could not be reached.
+ */
+export function isBadAnswer(err: Error & { code?: string }): boolean {
+  const code = err.code ?? '';
+  return code.startsWith('HPE_') || code === UNASKED_UPGRADE_CODE;
+}
+
 export function codedError(message: string, code: string): Error {
   return Object.assign(new Error(message), { code });
 }
