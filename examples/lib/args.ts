@@ -9,7 +9,8 @@ export function integerArg(
   min: number,
   max: number,
 ): number {
-  const n = Number(text);
+  // Decimal digits only: Number() also reads ' 2', '2e0', '0x2' and '' (as 0).
+  const n = /^-?[0-9]+$/.test(text) ? Number(text) : NaN;
   if (!Number.isInteger(n) || n < min || n > max) {
     process.stderr.write(`${program}: --${name} must be an integer ${min}..${max}\n`);
     process.exit(2);

@@ -82,6 +82,8 @@ describe('loadwise-agent CLI interface', () => {
     [['--backend-id', 'b', '--once', '--early-rise=-1'], '--early-rise'],
     [['--backend-id', 'b', '--once', '--early-min-gap-ms', '5'], '--early-min-gap-ms'],
     [['--backend-id', 'b', '--once', '--early-min-gap-ms', 'soon'], '--early-min-gap-ms'],
+    // A value starting with a dash: the flag it belongs to is named, never "unknown option --5".
+    [['--backend-id', 'b', '--once', '--interval-ms', '-5'], "'--interval-ms=-XYZ'"],
   ])('fails at start with exit 2 and one line naming the option: %j', async (args, name) => {
     const p = spawnAgent(args);
     expect(await p.exited).toBe(2);

@@ -135,3 +135,20 @@ it('serves requests through the gateway under --load and stops every child on SI
   for (const pid of childPids) expect(alive(pid)).toBe(false);
   expect(existsSync(keyFile!)).toBe(false);
 }, 45_000);
+
+it.each([' 2', '2e0', '0x2', '', '1.5'])(
+  'refuses --workers %j with one line and exit 2, before starting anything',
+  async (value) => {
+    const p = spawn(process.execPath, [SCRIPT, '--workers', value], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    // A value taken for 2 starts the whole quick start: stopped, so the test fails instead of hanging.
+    const guard = setTimeout(() => p.kill('SIGINT'), 10_000);
+    const code = await new Promise<number | null>((resolve) => p.once('exit', resolve));
+    clearTimeout(guard);
+    expect([code, stderr]).toEqual([2, 'quick-start: --workers must be an integer 1..16\n']);
+  },
+  20_000,
+);

@@ -197,19 +197,24 @@ async function main(argv: string[]): Promise<void> {
   if (argv[0] === 'drain' || argv[0] === 'undrain') return controlCommand(argv[0], argv.slice(1));
   let values: Record<string, unknown>;
   // Unknown flags first, with the nearest known one (parseArgs names only the unknown).
-  for (const t of parseArgs({ args: argv, strict: false, tokens: true }).tokens) {
+  // With the options, so a string option takes the next argument as its value (`--interval-ms
+  // -5`), as the strict pass does, instead of reading `-5` as an unknown flag.
+  const options = flagsForParseArgs();
+  for (const t of parseArgs({ args: argv, options, strict: false, tokens: true }).tokens) {
     const unknown = t.kind === 'option' ? unknownFlag(t.name) : undefined;
     if (unknown) fail(`LW_AGENT_INVALID_OPTION: ${unknown} (see --help)`);
   }
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: flagsForParseArgs(),
+      options,
       strict: true,
       allowPositionals: false,
     }));
   } catch (err) {
-    fail(`LW_AGENT_INVALID_OPTION: ${(err as Error).message} (see --help)`);
+    // One line: parseArgs words some refusals over three (an option value starting with '-').
+    const message = (err as Error).message.replace(/\s*\n\s*/g, ' ');
+    fail(`LW_AGENT_INVALID_OPTION: ${message} (see --help)`);
   }
   if (values['help']) {
     process.stdout.write(helpText());
