@@ -248,9 +248,10 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 
   /**
-   * Resolves once the broker (embedded or remote) is connected; at once
-   * without a broker. Rejects with LW_GW_BROKER_UNREACHABLE (naming the URL
-   * and the last error) if it is not connected within `timeoutMs`; the
+   * Resolves once the broker (embedded or remote) is connected and has
+   * acknowledged the subscription to the agents' topics; at once without a
+   * broker. Rejects with LW_GW_BROKER_UNREACHABLE (naming the URL and the last
+   * error, a refused subscription too) if that is not so within `timeoutMs`; the
    * balancer keeps reconnecting and routing on local signals meanwhile.
    */
   ready(opts: { timeoutMs?: number } = {}): Promise<void> {
@@ -276,7 +277,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         settle(
           new GatewayError(
             'LW_GW_BROKER_UNREACHABLE',
-            `broker ${source.url ?? '(starting)'} not connected after ${timeoutMs} ms: ${why}`,
+            `broker ${source.url ?? '(starting)'} not connected and subscribed after ${timeoutMs} ms: ${why}`,
           ),
         );
       }, timeoutMs);

@@ -48,6 +48,14 @@ export class MqttSource {
   /** URL of the broker, known once started (the embedded broker picks its port). */
   url: string | undefined;
   readonly ready: Promise<void>;
+  /**
+   * The broker acknowledged the subscription (SUBACK) once: from then on every
+   * report an agent publishes reaches this gateway, and the retained ones are
+   * on their way. `ready` waits for it, not only for the connection: a report
+   * published between CONNACK and SUBACK is not delivered to us.
+   */
+  private readonly subscribed: Promise<void>;
+  private onSubscribed!: () => void;
 
   constructor(
     private readonly broker: BrokerOption,
@@ -55,7 +63,8 @@ export class MqttSource {
     private readonly handlers: MqttSourceHandlers,
     private readonly maxPacketBytes: number,
   ) {
-    this.ready = this.start();
+    this.subscribed = new Promise((resolve) => (this.onSubscribed = resolve));
+    this.ready = this.start().then(() => this.subscribed);
     // A failed start (e.g. the embedded broker's port is taken) rejects
     // `ready` and is reported as a broker loss; it must not crash the process.
     this.ready.catch((err: unknown) => {
@@ -140,7 +149,10 @@ export class MqttSource {
     // QoS 1: a status change (draining, the Last Will) must not be lost; the
     // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
     this.client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
-      if (err && !this.closed) this.handlers.onLost(`subscribe failed: ${err.message}`);
+      if (!err) return this.onSubscribed();
+      // Refused (an ACL): said now, and by ready() at its timeout, which this leaves pending.
+      this.lastError = `subscribe failed: ${err.message}`;
+      if (!this.closed) this.handlers.onLost(this.lastError);
     });
     this.handlers.onConnected(this.url);
   };
