@@ -262,7 +262,15 @@ describe('createAgent (library, in-process)', () => {
       const { box, agent, states } = await connectedAgent(prefix, 'lib-8', { signingKey: key });
       const m = await box.waitFor((r) => r.message.kind === 'metrics', 5000, 'signed metrics');
       expect((m.message as MetricsReport).intervalMs).toBe(100);
-      await agent.stop({ graceMs: 150 });
+      // A grace of ten intervals: a stall of the test process around the only tick of a
+      // shorter one could leave no draining report to see.
+      const stopped = agent.stop({ graceMs: 1_000 });
+      await box.waitFor(
+        (r) => r.message.kind === 'metrics' && (r.message as MetricsReport).state === 'draining',
+        3000,
+        'a draining report during the grace period',
+      );
+      await stopped;
       await box.waitFor(
         (r) => r.message.kind === 'status' && r.message.state === 'offline',
         3000,

@@ -44,6 +44,9 @@ it(
       await b.restart();
       const listeningAt = Date.now();
       await sleep(UP_MS);
+      // Up again before the next crash (on a slow machine coming back can take longer than
+      // UP_MS): killing a backend still down changes nothing for the gateway to notice.
+      await eventually(() => gw.backend('b').state === 'healthy', 10_000, `b up (cycle ${i})`);
       cycles.push({
         outMs: eventAfter(gw, killedAt, ['backend-ejected', 'backend-down'], 'b'),
         upMs: eventAfter(gw, listeningAt, ['backend-up', 'backend-restored'], 'b'),

@@ -168,7 +168,8 @@ function acl(prefix: string): string[] {
     await new Promise((r) => setTimeout(r, 1500));
     expect([...epochsOfA]).toEqual([genuineEpoch]);
     expect(g.events.slice(from).filter((e) => e.name === 'invalid-message')).toEqual([]);
-    expect(reports()).toBeLessThan(1000);
+    // a's genuine agent keeps reporting (waited for: one stalled instant could read an old age).
+    await eventually(() => reports() < 1000, 5_000, "a's genuine reports keep arriving");
 
     // A certificate from a CA the broker does not trust: the handshake fails, the agent says so.
     const rogue = spawnAgent([

@@ -16,6 +16,7 @@ import { uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
 import { GATEWAY_BIN, spawnScript } from '../kit/agent-cli';
 import { alive } from '../kit/pids';
+import { TRACKER_STATS_PATH } from '../../examples/lib/processes';
 import { wsExchange } from '../kit/ws-client';
 
 const SCRIPT = path.resolve(__dirname, '../../examples/dist/existing-gateway.js');
@@ -174,9 +175,21 @@ describe('an existing Express gateway with two services (examples/existing-gatew
   it('each balancer hears only its own agents: no LW_GW_UNKNOWN_BACKEND, one registry with a service label', async () => {
     // A few more report rounds (every 250 ms) after every agent was heard.
     await new Promise((r) => setTimeout(r, 1500));
-    const res = await fetch(`${gw.base}/_lb/metrics`, { headers: { 'x-loadwise-token': OPS } });
-    expect(res.status).toBe(200);
-    const text = await res.text();
+    // Fresh at one instant: a report is fresh for 1 s, so a starved agent or test process
+    // could miss that instant; the next report (250 ms) makes it fresh again.
+    let text = '';
+    await eventually(
+      async () => {
+        const res = await fetch(`${gw.base}/_lb/metrics`, {
+          headers: { 'x-loadwise-token': OPS },
+        });
+        expect(res.status).toBe(200);
+        text = await res.text();
+        return /^loadwise_backend_report_fresh\{[^}]*\} 0$/m.test(text) === false;
+      },
+      5_000,
+      () => `every report fresh in /_lb/metrics:\n${text}`,
+    );
     expect(text).not.toContain('LW_GW_UNKNOWN_BACKEND');
     expect(text).toMatch(/^loadwise_backend_report_fresh\{service="users",backend="users-1"\} 1$/m);
     expect(text).toMatch(
@@ -210,7 +223,16 @@ describe('an existing Express gateway with two services (examples/existing-gatew
     }
     const started = Date.now();
     const slow = fetch(`${gw.base}/api/users/slow`, { headers: APP });
-    await new Promise((r) => setTimeout(r, 500));
+    // SIGTERM once a users backend has it (its tracker says so), not after a guessed sleep:
+    // a request not yet read when the server closes is on an idle connection, and is closed.
+    const inFlightAtUsers = async (): Promise<boolean> => {
+      for (const b of gw.backends.filter((x) => x.service === 'users')) {
+        const stats = await fetch(`${b.url}${TRACKER_STATS_PATH}`);
+        if (((await stats.json()) as { inFlight: number }).inFlight > 0) return true;
+      }
+      return false;
+    };
+    await eventually(inFlightAtUsers, 10_000, 'the slow request at a users backend');
     gw.child.kill('SIGTERM');
     const res = await slow;
     expect(res.status).toBe(200);

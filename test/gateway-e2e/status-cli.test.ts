@@ -58,10 +58,24 @@ describe('loadwise status CLI against a real gateway', () => {
   });
 
   it('prints every backend with its state, share, load and report age', async () => {
-    const p = await loadwise(['status', '--url', statusUrl, '--token', TOKEN]);
-    expect(p.stderr()).toBe('');
-    expect(await p.exited).toBe(0);
-    const out = p.stdout();
+    // The table is read at one instant: a report is fresh for 1 s and one starved probe can
+    // report "down" until the next report, so read it again (up to 5 s) until every row is
+    // healthy with a report age, then check the whole table.
+    let out = '';
+    await eventually(
+      async () => {
+        const p = await loadwise(['status', '--url', statusUrl, '--token', TOKEN]);
+        expect(p.stderr()).toBe('');
+        expect(await p.exited).toBe(0);
+        out = p.stdout();
+        return gw!.snapshot().backends.every((b) => {
+          const [, state, , , , , age] = row(out, b.id);
+          return state === 'healthy' && /^\d+(\.\d)? m?s$/.test(age ?? '');
+        });
+      },
+      5_000,
+      () => `every row healthy with a fresh report:\n${out}`,
+    );
     expect(out).toContain(statusUrl);
     expect(out).toMatch(/strategy load-aware, \d+ in flight, broker connected/);
     expect(out).toMatch(

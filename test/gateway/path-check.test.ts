@@ -39,8 +39,11 @@ it.each([
   '%s on the idle path to b: down while its agent says up, back once the path heals',
   async (_name, fault) => {
     const { gw } = fleetOf();
-    await eventually(() => gw.backend('b').state === 'healthy', 10_000, 'b healthy at first');
-    expect(gw.backend('b').reportFresh).toBe(true);
+    await eventually(
+      () => gw.backend('b').state === 'healthy' && gw.backend('b').reportFresh,
+      10_000,
+      'b healthy and reported at first',
+    );
     const sentBefore = gw.backend('b').requestsTotal;
     proxy!.setFault(fault);
     await eventually(
@@ -48,8 +51,9 @@ it.each([
       10_000,
       () => `b down (b is ${gw.backend('b').state})`,
     );
-    // The agent still reports b up: only this gateway's path is broken.
-    expect(gw.backend('b').reportFresh).toBe(true);
+    // The agent still reports b up: only this gateway's path is broken. (Fresh for 1 s: a
+    // stall of this process could miss one instant, so waited for.)
+    await eventually(() => gw.backend('b').reportFresh, 5_000, "b's agent still reporting");
     expect(gw.backend('b').stateReason).toBe('no answer to the path check from this gateway');
     proxy!.setFault({ kind: 'none' });
     await eventually(() => gw.backend('b').state === 'healthy', 10_000, 'b healthy again');
