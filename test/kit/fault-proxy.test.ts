@@ -57,10 +57,42 @@ function collect(
   });
 }
 
+type Got = { data: string; chunks: number; ended: string | undefined };
+
+/**
+ * What `s` receives until `done` holds (or `maxMs`, a bound, not a timing): for what must
+ * arrive, a fixed window would fail on a stalled jest worker. What must not arrive is
+ * checked with collect() over a window.
+ */
+function collectUntil(s: Socket, done: (got: Got) => boolean, maxMs = 5_000): Promise<Got> {
+  return new Promise((resolve) => {
+    const got: Got = { data: '', chunks: 0, ended: undefined };
+    const timer = setTimeout(() => resolve(got), maxMs);
+    const check = (): void => {
+      if (!done(got)) return;
+      clearTimeout(timer);
+      resolve(got);
+    };
+    s.on('data', (d: Buffer) => {
+      got.data += d.toString();
+      got.chunks++;
+      check();
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => {
+      got.ended = e.code;
+      check();
+    });
+    s.once('end', () => {
+      got.ended ??= 'FIN';
+      check();
+    });
+  });
+}
+
 it('forwards both ways with no fault', async () => {
   const s = await open();
   s.write('hello');
-  expect((await collect(s, 150)).data).toBe('hello');
+  expect((await collectUntil(s, (g) => g.data === 'hello')).data).toBe('hello');
 });
 
 it('latency delays every chunk', async () => {
@@ -68,17 +100,17 @@ it('latency delays every chunk', async () => {
   const s = await open();
   s.write('x');
   expect((await collect(s, 150)).data).toBe(''); // not yet: 2 × 300 ms on the way
-  expect((await collect(s, 800)).data).toBe('x');
+  expect((await collectUntil(s, (g) => g.data === 'x')).data).toBe('x');
 });
 
 it('reset: a new connection is reset, an open one at its next byte', async () => {
   const s = await open();
   proxy.setFault({ kind: 'reset' });
   s.write('x');
-  expect((await collect(s, 200)).ended).toBe('ECONNRESET');
+  expect((await collectUntil(s, (g) => g.ended !== undefined)).ended).toBe('ECONNRESET');
   const fresh = connect(proxy.port, '127.0.0.1');
   clients.add(fresh);
-  expect((await collect(fresh, 200)).ended).toBe('ECONNRESET');
+  expect((await collectUntil(fresh, (g) => g.ended !== undefined)).ended).toBe('ECONNRESET');
 });
 
 it('black hole: accepted, never answered, never closed', async () => {
@@ -92,7 +124,7 @@ it('slow body: the answer trickles in small pieces', async () => {
   proxy.setFault({ kind: 'slow-body', bytesPerTick: 2, tickMs: 20 });
   const s = await open();
   s.write('0123456789');
-  const got = await collect(s, 600);
+  const got = await collectUntil(s, (g) => g.data.length >= 10 || g.ended !== undefined);
   expect(got.data).toBe('0123456789');
   expect(got.chunks).toBeGreaterThanOrEqual(5);
 });
@@ -100,7 +132,7 @@ it('slow body: the answer trickles in small pieces', async () => {
 it('half-open: an open connection goes silent and stays open; new ones are black-holed', async () => {
   const s = await open();
   s.write('a');
-  expect((await collect(s, 150)).data).toBe('a');
+  expect((await collectUntil(s, (g) => g.data === 'a')).data).toBe('a');
   proxy.setFault({ kind: 'half-open' });
   s.write('b');
   expect(await collect(s, 300)).toEqual({ data: '', chunks: 0, ended: undefined });
@@ -109,5 +141,5 @@ it('half-open: an open connection goes silent and stays open; new ones are black
   expect((await collect(s, 200)).data).toBe('');
   const fresh = await open();
   fresh.write('d');
-  expect((await collect(fresh, 150)).data).toBe('d');
+  expect((await collectUntil(fresh, (g) => g.data === 'd')).data).toBe('d');
 });

@@ -40,24 +40,32 @@ describe('ActiveChecker', () => {
       // '/hang/healthz' never answers
     });
     f = fleet(['x']);
+    // 100 ms for the checks that must time out; 5 s for those that must pass, which a
+    // stalled jest worker could otherwise time out too.
     const checker = new ActiveChecker(config, f.registry, Date.now, Math.random);
-    const run = (target: string): Promise<boolean> => {
+    const patient = new ActiveChecker(
+      { ...config, timeoutMs: 5_000 },
+      f.registry,
+      Date.now,
+      Math.random,
+    );
+    const run = (target: string, c = checker): Promise<boolean> => {
       const b = f!.backends[0]!;
       Object.defineProperty(b, 'target', { value: new URL(target) });
-      return new Promise((resolve) => checker.check(b, resolve));
+      return new Promise((resolve) => c.check(b, resolve));
     };
-    const runPath = (target: string): Promise<boolean> => {
+    const runPath = (target: string, c = checker): Promise<boolean> => {
       const b = f!.backends[0]!;
       Object.defineProperty(b, 'target', { value: new URL(target) });
-      return new Promise((resolve) => checker.check(b, resolve, true));
+      return new Promise((resolve) => c.check(b, resolve, true));
     };
     try {
-      expect(await run(`${url}/base`)).toBe(true);
-      expect(await run(`${url}/bad`)).toBe(false);
+      expect(await run(`${url}/base`, patient)).toBe(true);
+      expect(await run(`${url}/bad`, patient)).toBe(false);
       expect(await run(`${url}/hang`)).toBe(false);
       expect(await run('http://127.0.0.1:1')).toBe(false);
       // The path check: any answer passes, a 503 too; no answer fails.
-      expect(await runPath(`${url}/bad`)).toBe(true);
+      expect(await runPath(`${url}/bad`, patient)).toBe(true);
       expect(await runPath(`${url}/hang`)).toBe(false);
       expect(await runPath('http://127.0.0.1:1')).toBe(false);
       expect(paths).toEqual([
@@ -69,6 +77,7 @@ describe('ActiveChecker', () => {
       ]);
     } finally {
       checker.close();
+      patient.close();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
     }
