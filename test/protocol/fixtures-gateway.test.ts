@@ -35,11 +35,13 @@ describe.each([
 ])('golden fixtures through a gateway: $label', ({ signed }) => {
   let backend: http.Server;
   let lb: ReturnType<typeof loadBalance>;
-  const t0 = Date.now();
-  // The fixtures were stamped at FIXTURE_NOW_MS; the gateway's clock runs from there.
+  // The fixtures were stamped at FIXTURE_NOW_MS; the gateway's clock runs from there, from
+  // when this block starts (not when jest collected the file: the other block runs first).
+  let t0 = Date.now();
   const now = () => FIXTURE_NOW_MS + (Date.now() - t0);
 
   beforeAll(async () => {
+    t0 = Date.now();
     backend = http.createServer((_req, res) => res.end('ok'));
     await new Promise<void>((resolve) => backend.listen(0, '127.0.0.1', resolve));
     const url = `http://127.0.0.1:${(backend.address() as AddressInfo).port}`;
