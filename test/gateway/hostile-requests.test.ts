@@ -628,6 +628,109 @@ describe('paths http-proxy would rewrite', () => {
   });
 });
 
+describe('upgrades to a backend that serves only HTTP (the README mounts lb for every upgrade)', () => {
+  /** A backend with no 'upgrade' listener: Node serves an upgrade as a plain request. */
+  async function httpOnlyBackend(hold = false): Promise<
+    TestServer & {
+      seen: Array<{ line: string; port: number; headers: IncomingMessage['headers'] }>;
+      closedSockets: () => number;
+    }
+  > {
+    const seen: Array<{ line: string; port: number; headers: IncomingMessage['headers'] }> = [];
+    const state = { closedSockets: 0 };
+    const server = createServer((req, res) => {
+      seen.push({
+        line: `${req.method} ${req.url}`,
+        port: req.socket.remotePort!,
+        headers: req.headers,
+      });
+      if (hold) return;
+      res.setHeader('content-type', 'text/plain');
+      res.end('plain');
+    });
+    server.on('connection', (sock) => sock.once('close', () => state.closedSockets++));
+    const srv = await listen(server);
+    const out = Object.assign(srv, { seen, closedSockets: () => state.closedSockets });
+    others.push(out);
+    return out;
+  }
+  const upgradeHead = 'Connection: Upgrade\r\nUpgrade: websocket\r\n';
+
+  it('refuses an upgrade with a body (400): http-proxy would send the head only, and smuggle', async () => {
+    const http = await httpOnlyBackend();
+    gw = await gateway({ backends: [{ id: 'h', url: http.url }] }, (app, lb) => app.use(lb), {
+      upgrades: true,
+    });
+    const r = await rawExchange(
+      gw.port,
+      `GET /health HTTP/1.1\r\nHost: a\r\n${upgradeHead}Content-Length: 20\r\n\r\n`,
+      { guardMs: 5_000 },
+    );
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
+      [400, 'LW_GW_BAD_REQUEST', true],
+    );
+    expect(http.seen).toEqual([]);
+  });
+
+  it('never gives the connection of an upgrade answered without 101 back to the pool', async () => {
+    const http = await httpOnlyBackend();
+    gw = await gateway({ backends: [{ id: 'h', url: http.url }] }, (app, lb) => app.use(lb), {
+      upgrades: true,
+    });
+    const up = await rawExchange(gw.port, `GET /ws HTTP/1.1\r\nHost: a\r\n${upgradeHead}\r\n`, {
+      responses: 1,
+    });
+    expect(up.responses[0]?.status).toBe(200);
+    // At once: on the old code the next request reused that connection (the pool is LIFO).
+    const plain = await rawExchange(gw.port, 'GET /next HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(plain.responses[0]?.status).toBe(200);
+    expect(http.seen.map((x) => x.line)).toEqual(['GET /ws', 'GET /next']);
+    expect(http.seen[1]!.port).not.toBe(http.seen[0]!.port);
+    await until(() => http.closedSockets() === 1);
+  });
+
+  it('drops Trailer and TE from an upgrade: a client cannot make it throw and charge the backend', async () => {
+    const http = await httpOnlyBackend();
+    gw = await gateway({ backends: [{ id: 'h', url: http.url }] }, (app, lb) => app.use(lb), {
+      upgrades: true,
+    });
+    for (let i = 0; i < 6; i++) {
+      const r = await rawExchange(
+        gw.port,
+        `GET /ws HTTP/1.1\r\nHost: a\r\n${upgradeHead}Trailer: x\r\nTE: trailers\r\n\r\n`,
+        { guardMs: 5_000 },
+      );
+      expect(r.responses[0]?.status).toBe(200);
+    }
+    expect(http.seen).toHaveLength(6);
+    expect(
+      http.seen.every((x) => x.headers.trailer === undefined && x.headers.te === undefined),
+    ).toBe(true);
+    expect(await gw.metric('backend_errors_total')).toBe(0);
+    expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+  });
+
+  it('bounds the wait for the answer to an upgrade: 504 after requestTimeoutMs, backend connection closed', async () => {
+    const held = await httpOnlyBackend(true);
+    gw = await gateway(
+      { backends: [{ id: 'h', url: held.url }], requestTimeoutMs: 300 },
+      (app, lb) => app.use(lb),
+      { upgrades: true },
+    );
+    const r = await rawExchange(gw.port, `GET /ws HTTP/1.1\r\nHost: a\r\n${upgradeHead}\r\n`, {
+      guardMs: 5_000,
+    });
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
+      [504, 'LW_GW_UPSTREAM_TIMEOUT', true],
+    );
+    expect(held.seen).toHaveLength(1);
+    // Nothing is left holding a socket of the backend's pool.
+    await until(() => held.closedSockets() === 1);
+  });
+});
+
 describe('slow clients', () => {
   it('answers a stalled body 408 and aborts the attempt without blaming the backend', async () => {
     gw = await gateway({ backends: [{ id: 'b', url: backend.url }], clientBodyTimeoutMs: 200 });

@@ -99,6 +99,17 @@ export function stripHopByHop(req: IncomingMessage): void {
   for (const name of HOP_BY_HOP) delete h[name];
 }
 
+/**
+ * The same for an upgrade, but Connection and Upgrade, which the handshake
+ * needs: a `Trailer` made Node's ClientRequest throw on the upgrade too
+ * (charged to the backend), and `te`, `expect`, `keep-alive` describe the
+ * client's hop, not the backend's.
+ */
+export function stripHopByHopForUpgrade(req: IncomingMessage): void {
+  const h = req.headers;
+  for (const name of HOP_BY_HOP) if (name !== 'connection' && name !== 'upgrade') delete h[name];
+}
+
 /** The first entry of a comma-separated X-Forwarded-* header (what the outermost proxy saw). */
 export function firstForwarded(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];

@@ -12,6 +12,12 @@
  * ones within its grace, then cuts them with their backend connections
  * (http-proxy pipes the two sockets, and a destroyed pipe source does not end
  * what it writes to).
+ *
+ * Before its `101` an upgrade is a request like any other, bounded as one: no
+ * body (http-proxy would send the head only), the client's hop-by-hop
+ * headers removed, the backend's answer due within requestTimeoutMs, and its
+ * backend connection closed after an answer that is not a `101`, never
+ * pooled.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -20,9 +26,9 @@ import { ERROR_CODE_HEADER } from '../error-response';
 import type { GatewayErrorCode } from '../errors';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
-import { setForwardedHeaders } from './forwarded';
+import { setForwardedHeaders, stripHopByHopForUpgrade } from './forwarded';
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
-import { classify } from './upstream-errors';
+import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
 
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
@@ -31,6 +37,8 @@ export class UpgradeFlow {
   private readonly sockets = new WeakMap<IncomingMessage, Socket>();
   /** Upgrades the backend accepted (101): a WebSocket, no place for an HTTP answer any more. */
   private readonly upgraded = new WeakSet<IncomingMessage>();
+  /** Upgrades whose client left before the backend answered: their backend request was cut. */
+  private readonly cancelled = new WeakSet<IncomingMessage>();
 
   constructor(
     private readonly core: FlowHost,
@@ -63,12 +71,18 @@ export class UpgradeFlow {
     // (http-proxy-middleware leaves a socket it does not proxy alone).
     const framing = checkFraming(req);
     const method = framing.ok ? refusedMethod(req.method) : undefined;
-    const bad = method ?? (framing.ok ? checkPath(req.url) : framing.detail);
+    // A body on an upgrade: http-proxy sends the head, never the body (the client's bytes
+    // flow only after a 101), so a backend that serves it as a plain request waits for
+    // Content-Length bytes on a pooled connection, and eats the next request's head as
+    // them (request smuggling). A WebSocket handshake has no body (RFC 6455 §4.1).
+    const body =
+      framing.ok && framing.framing !== 'none' ? 'a request body on an upgrade' : undefined;
+    const bad = method ?? body ?? (framing.ok ? checkPath(req.url) : framing.detail);
     if (bad !== undefined) {
       const code =
         method !== undefined
           ? 'LW_GW_METHOD_NOT_ALLOWED'
-          : framing.ok
+          : framing.ok && body === undefined
             ? 'LW_GW_BAD_PATH'
             : 'LW_GW_BAD_REQUEST';
       c.metrics.onRequestRejected(code);
@@ -79,6 +93,7 @@ export class UpgradeFlow {
       return refuse(socket, method !== undefined ? 405 : 400, code);
     }
     setForwardedHeaders(req, c.options.trustForwarded);
+    stripHopByHopForUpgrade(req);
     const aff = c.options.affinity;
     const hashKey = aff ? hashKeyOf(req, aff, c.options.trustForwarded).key : undefined;
     const nowMs = c.now();
@@ -95,11 +110,41 @@ export class UpgradeFlow {
     c.engine.upgrade(backend, req, socket, head);
   }
 
-  /** The backend request of an upgrade: its socket, once upgraded, closes with the client's. */
+  /**
+   * The backend request of an upgrade: its socket, once upgraded, closes with
+   * the client's. Until then it is bounded: it never goes back to the
+   * backend's keep-alive pool (a backend that answered without switching may
+   * have left the connection in any state), and a client that leaves before
+   * the answer cancels it, without charging the backend.
+   */
   onProxyReq(proxyReq: ClientRequest, req: IncomingMessage): void {
     const socket = this.sockets.get(req);
     if (!socket) return;
+    const cancel = (): void => {
+      if (this.upgraded.has(req) || proxyReq.destroyed) return;
+      this.cancelled.add(req);
+      proxyReq.destroy();
+    };
+    if (socket.destroyed) return cancel();
+    socket.once('close', cancel);
+    // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
+    // must; else 504, the backend's failure. The client's socket is not read before the
+    // 101 (its bytes are the WebSocket's), so a client that left is noticed no sooner:
+    // this bound is what frees the backend connection then.
+    const timer = setTimeout(() => {
+      if (this.upgraded.has(req) || proxyReq.destroyed) return;
+      proxyReq.destroy(codedError('no answer to the upgrade in time', TIMEOUT_CODE));
+    }, this.core.options.requestTimeoutMs);
+    const settled = (): void => clearTimeout(timer);
+    proxyReq.once('response', () => {
+      settled();
+      // Node's agent then closes the socket when this non-101 answer ends, instead of
+      // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
+      proxyReq.shouldKeepAlive = false;
+    });
+    proxyReq.once('close', settled);
     proxyReq.once('upgrade', (_res: IncomingMessage, backendSocket: Socket) => {
+      settled();
       this.upgraded.add(req);
       if (socket.destroyed) backendSocket.destroy();
       else socket.once('close', () => backendSocket.destroy());
@@ -112,14 +157,28 @@ export class UpgradeFlow {
    * WebSocket, and its socket is closed.
    */
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket): void {
+    // The client left before the answer: its backend request was cancelled, nobody's failure.
+    if (this.cancelled.has(req)) return;
+    if (isInvalidRequestError(err)) {
+      // A header Node refuses to send is the client's (or a middleware's), as on the request
+      // path: 400, never the backend's failure (five in a row ejected a healthy backend).
+      this.core.metrics.onRequestRejected('LW_GW_BAD_REQUEST');
+      if ('setHeader' in res) return;
+      if (res.writable) refuse(res, 400, 'LW_GW_BAD_REQUEST');
+      else res.destroy();
+      return;
+    }
     const backend = this.upgrades.get(req);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
       this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
-    if (!this.upgraded.has(req) && res.writable) refuse(res, 502, 'LW_GW_UPSTREAM_FAILED');
-    else res.destroy();
+    const timedOut = (err as { code?: string }).code === TIMEOUT_CODE;
+    if (!this.upgraded.has(req) && res.writable) {
+      if (timedOut) refuse(res, 504, 'LW_GW_UPSTREAM_TIMEOUT');
+      else refuse(res, 502, 'LW_GW_UPSTREAM_FAILED');
+    } else res.destroy();
   }
 
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */
@@ -133,10 +192,11 @@ const REASONS: Record<number, string> = {
   405: 'Method Not Allowed',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
+  504: 'Gateway Timeout',
 };
 
 /** A coded answer on the raw socket of an upgrade, which then closes. */
-function refuse(socket: Socket, status: 400 | 405 | 502 | 503, code: GatewayErrorCode): void {
+function refuse(socket: Socket, status: 400 | 405 | 502 | 503 | 504, code: GatewayErrorCode): void {
   const retry = status === 503 ? 'Retry-After: 1\r\n' : '';
   socket.end(
     `HTTP/1.1 ${status} ${REASONS[status]}\r\n${ERROR_CODE_HEADER}: ${code}\r\n${retry}` +
