@@ -9,6 +9,7 @@ import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
+import { eventually } from '../kit/fleet';
 
 const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
 const otherKey = { keyId: 'k1', secret: Buffer.alloc(32, 8) };
@@ -104,5 +105,56 @@ describe('discovery', () => {
     while (dropped.length < 6) await new Promise((r2) => setTimeout(r2, 5));
     expect(dropped[5]).toBe('LW_GW_REGISTRATION_REJECTED');
     expect(g.lb.balancer.snapshot().backends[0]!.url).toBe(`${a.url}/`);
+  });
+
+  it('refuses link-local, unspecified, multicast and IPv4-mapped targets, and a second id for one URL, even with ranges of everything', async () => {
+    const prefix = uniquePrefix('disc-special');
+    const g = await startLocalGateway({
+      backends: [],
+      broker: { embedded: true },
+      topicPrefix: prefix,
+      keys: [key],
+      discovery: { allowedRanges: ['0.0.0.0/0', '::/0'] },
+    });
+    gw = g;
+    await g.lb.ready();
+    const dropped: string[] = [];
+    g.lb.balancer.on('invalid-message', (e) => dropped.push(`${e.backendId}`));
+    const url = g.lb.balancer.brokerUrl!;
+    const targets: Record<string, string> = {
+      metadata: 'http://169.254.169.254/',
+      mapped: `http://[::ffff:127.0.0.1]:${a.port}/`,
+      mappedMetadata: 'http://[::ffff:a9fe:a9fe]/',
+      linkLocal6: 'http://[fe80::1]:80/',
+      unspecified: `http://0.0.0.0:${a.port}/`,
+      multicast: 'http://224.0.0.1/',
+    };
+    for (const [id, target] of Object.entries(targets)) {
+      const m = createEncoder({ backendId: id, prefix, key }).registration(target);
+      await publish(url, m.topic, m.payload);
+    }
+    // Bounded waits: on a gateway that admits them, the test fails instead of hanging.
+    const ids = (): string[] => g.lb.balancer.snapshot().backends.map((b) => b.id);
+    await eventually(
+      () => dropped.length + ids().length >= Object.keys(targets).length,
+      5_000,
+      () => `every registration decided (dropped ${dropped.join()}, admitted ${ids().join()})`,
+    );
+    expect(ids()).toEqual([]);
+    expect(dropped.sort()).toEqual(Object.keys(targets).sort());
+
+    const added = once(internals(g.lb).events, 'backend-added');
+    const first = createEncoder({ backendId: 'first', prefix, key }).registration(a.url);
+    await publish(url, first.topic, first.payload);
+    await added;
+    const second = createEncoder({ backendId: 'second', prefix, key }).registration(a.url);
+    await publish(url, second.topic, second.payload);
+    await eventually(
+      () => dropped.length > Object.keys(targets).length || ids().length > 1,
+      5_000,
+      'the second registration decided',
+    );
+    expect(ids()).toEqual(['first']);
+    expect(dropped.at(-1)).toBe('second');
   });
 });

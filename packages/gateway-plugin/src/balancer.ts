@@ -434,6 +434,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     const family = isIP(host);
     // IP literals only: a name would be resolved later, outside the check.
     if (family === 0) return reject(`host ${host} is not an IP address`);
+    const special = specialAddress(host, family);
+    if (special) return reject(`address ${host} is ${special}`);
     if (!this.allowed.check(host, family === 6 ? 'ipv6' : 'ipv4'))
       return reject(`address ${host} is outside the allowed ranges`);
     const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
@@ -443,6 +445,11 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (existing) {
       if (existing.target.href !== url.href) reject('a known backend cannot change its address');
       return;
+    }
+    // Two ids for one server would split its load estimate into two halves that each look
+    // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND).
+    for (const b of this.registry.backends.values()) {
+      if (b.target.href === url.href) return reject(`${url.href} is backend ${b.id} already`);
     }
     let discovered = 0;
     for (const b of this.registry.backends.values()) if (b.origin === 'discovery') discovered++;
@@ -685,4 +692,31 @@ export class Balancer implements BalancerHandle, FlowHost {
 
 function closedError(): GatewayError {
   return new GatewayError('LW_GW_CLOSED', 'ready() on a balancer that is closing or closed');
+}
+
+/**
+ * Why a registration may not target this address whatever the allowed ranges
+ * say, or undefined. A broad range (`0.0.0.0/0`, `::/0`) also covers the
+ * link-local block, where clouds serve instance metadata and credentials
+ * (169.254.169.254), the unspecified and multicast addresses, which are no
+ * backend; and node's BlockList matches an IPv4-mapped IPv6 address
+ * (`::ffff:169.254.169.254`) against IPv6 rules, so `::/0` let any IPv4 host
+ * in under another spelling. An agent registers its plain IPv4 address.
+ */
+function specialAddress(host: string, family: number): string | undefined {
+  if (family === 4) {
+    const [a, b] = host.split('.').map(Number) as [number, number];
+    if (a === 169 && b === 254) return 'link-local (instance metadata lives there)';
+    if (a === 0) return 'unspecified';
+    if (a >= 224) return 'multicast or reserved';
+    return undefined;
+  }
+  const h = host.toLowerCase();
+  if (/^::ffff:/.test(h) || /^0{0,4}(:0{0,4}){4}:ffff:/.test(h)) {
+    return 'IPv4-mapped (register the IPv4 address)';
+  }
+  if (/^fe[89ab][0-9a-f]:/.test(h)) return 'link-local';
+  if (/^ff[0-9a-f]{2}:/.test(h)) return 'multicast';
+  if (h === '::') return 'unspecified';
+  return undefined;
 }
