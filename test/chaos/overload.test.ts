@@ -9,7 +9,7 @@
  * capacity, 503s) are printed, not asserted: the machine is shared.
  */
 import { openLoad, report, scale, tally, useSignedFleet } from '../kit/chaos';
-import { eventually } from '../kit/fleet';
+import { everyBackendHealthy } from '../kit/gateway';
 
 const SLOTS = 2;
 const SERVICE_MS = 50;
@@ -47,15 +47,7 @@ it('2x overload: nobody ejected, the excess gets 503 + Retry-After', async () =>
   expect(ejected).toEqual([]);
   // Healthy (waited for: a probe starved by the overload can report one "down" that the
   // next report ends; an ejection would have stayed, and is checked just above and below).
-  await eventually(
-    () => gw.snapshot().backends.every((b) => b.state === 'healthy'),
-    5_000,
-    () =>
-      `every backend healthy (${gw
-        .snapshot()
-        .backends.map((b) => b.state)
-        .join(',')})`,
-  );
+  await everyBackendHealthy(gw);
   for (const b of gw.snapshot().backends) {
     expect(b.ejections).toBe(0);
     // Every backend kept serving its share.

@@ -8,7 +8,7 @@
  */
 import { forkProc, type Proc } from '../../bench/lib/procs';
 import { openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
-import { eventually } from '../kit/fleet';
+import { everyBackendHealthy } from '../kit/gateway';
 
 const RUN_MS = scale(2_000, 20_000);
 const RATE = scale(50, 80);
@@ -55,13 +55,5 @@ it('one of two gateways killed mid-load: the other serves on, error-free', async
   // Its clients were cut, as they would be: the kill was real.
   expect(peerSide.sent - peerSide.ok).toBeGreaterThan(0);
   // Every backend healthy (waited for: one starved probe's "down" ends at the next report).
-  await eventually(
-    () => gw.snapshot().backends.every((b) => b.state === 'healthy'),
-    5_000,
-    () =>
-      `every backend healthy (${gw
-        .snapshot()
-        .backends.map((b) => b.state)
-        .join(',')})`,
-  );
+  await everyBackendHealthy(gw);
 }, 90_000);

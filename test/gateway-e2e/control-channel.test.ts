@@ -29,7 +29,7 @@ import {
 } from '../kit/brokers';
 import { eventually, startFleet, type Fleet } from '../kit/fleet';
 import { runHostile } from '../kit/hostile';
-import { counter, startGateway, type TestGateway } from '../kit/gateway';
+import { counter, everyBackendHealthy, startGateway, type TestGateway } from '../kit/gateway';
 import { failed, fire, shares } from '../kit/load';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
@@ -134,15 +134,7 @@ describe.each(brokerTargets())('control channel under attack on $name', (target)
     expect(gw.events.slice(from).some((e) => e.name === 'backend-draining')).toBe(false);
     // Healthy (waited for: a starved probe can report one "down" that the next report ends;
     // a forged drain would have stayed, and emits backend-draining above).
-    await eventually(
-      () => gw.snapshot().backends.every((b) => b.state === 'healthy'),
-      5_000,
-      () =>
-        `every backend healthy (${gw
-          .snapshot()
-          .backends.map((b) => b.state)
-          .join(',')})`,
-    );
+    await everyBackendHealthy(gw);
     // The genuine agent of a is still heard: new reports, none taken for a replay.
     const reportsBefore = fleet!.monitor!.backends.get('a')!.reports;
     await eventually(
@@ -269,14 +261,6 @@ describe.each(brokerTargets())('control channel under attack on $name', (target)
     for (const id of IDS) expect(gw.backend(id).lastReport?.concurrencyLimit).toBe(4);
     // Healthy (waited for: a starved probe can report one "down" that the next report ends;
     // a forged drain would have stayed, and emits backend-draining above).
-    await eventually(
-      () => gw.snapshot().backends.every((b) => b.state === 'healthy'),
-      5_000,
-      () =>
-        `every backend healthy (${gw
-          .snapshot()
-          .backends.map((b) => b.state)
-          .join(',')})`,
-    );
+    await everyBackendHealthy(gw);
   });
 });

@@ -164,3 +164,21 @@ export async function startFleetGateway(opts: {
     throw err;
   }
 }
+
+/**
+ * Waits (up to `timeoutMs`) until every backend of `gw` is healthy. Health read at one
+ * instant can fail on a starved machine: one probe that timed out reports "down" until
+ * the agent's next report ends it; a state that stays (an ejection, a forged drain) still
+ * fails, naming every backend's state.
+ */
+export function everyBackendHealthy(gw: TestGateway, timeoutMs = 5_000): Promise<void> {
+  return eventually(
+    () => gw.snapshot().backends.every((b) => b.state === 'healthy'),
+    timeoutMs,
+    () =>
+      `every backend healthy (${gw
+        .snapshot()
+        .backends.map((b) => b.state)
+        .join(',')})`,
+  );
+}

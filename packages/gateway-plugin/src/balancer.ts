@@ -446,13 +446,13 @@ export class Balancer implements BalancerHandle, FlowHost {
       if (existing.target.href !== url.href) reject('a known backend cannot change its address');
       return;
     }
-    // Two ids for one server would split its load estimate into two halves that each look
-    // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND).
-    for (const b of this.registry.backends.values()) {
-      if (b.target.href === url.href) return reject(`${url.href} is backend ${b.id} already`);
-    }
     let discovered = 0;
-    for (const b of this.registry.backends.values()) if (b.origin === 'discovery') discovered++;
+    for (const b of this.registry.backends.values()) {
+      // Two ids for one server would split its load estimate into two halves that each look
+      // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND).
+      if (b.target.href === url.href) return reject(`${url.href} is backend ${b.id} already`);
+      if (b.origin === 'discovery') discovered++;
+    }
     if (discovered >= d.maxBackends) return reject('discovery.maxBackends reached');
     const weight = Math.min(Math.max(message.weight ?? 1, 0.01), 1e6);
     this.addBackend(message.backendId, url, weight, 'discovery');
@@ -711,12 +711,10 @@ function specialAddress(host: string, family: number): string | undefined {
     if (a >= 224) return 'multicast or reserved';
     return undefined;
   }
-  const h = host.toLowerCase();
-  if (/^::ffff:/.test(h) || /^0{0,4}(:0{0,4}){4}:ffff:/.test(h)) {
-    return 'IPv4-mapped (register the IPv4 address)';
-  }
-  if (/^fe[89ab][0-9a-f]:/.test(h)) return 'link-local';
-  if (/^ff[0-9a-f]{2}:/.test(h)) return 'multicast';
-  if (h === '::') return 'unspecified';
+  // WHATWG URL has normalised the literal: lower case, `::ffff:a9fe:a9fe` for every spelling.
+  if (host.startsWith('::ffff:')) return 'IPv4-mapped (register the IPv4 address)';
+  if (/^fe[89ab][0-9a-f]:/.test(host)) return 'link-local';
+  if (/^ff[0-9a-f]{2}:/.test(host)) return 'multicast';
+  if (host === '::') return 'unspecified';
   return undefined;
 }

@@ -107,8 +107,9 @@ export function stripHopByHop(req: IncomingMessage): void {
  */
 export function stripHopByHopForUpgrade(req: IncomingMessage): void {
   const h = req.headers;
-  for (const name of HOP_BY_HOP) if (name !== 'connection' && name !== 'upgrade') delete h[name];
+  for (const name of UPGRADE_HOP_BY_HOP) delete h[name];
 }
+const UPGRADE_HOP_BY_HOP = HOP_BY_HOP.filter((n) => n !== 'connection' && n !== 'upgrade');
 
 /** The first entry of a comma-separated X-Forwarded-* header (what the outermost proxy saw). */
 export function firstForwarded(req: IncomingMessage, name: string): string | undefined {

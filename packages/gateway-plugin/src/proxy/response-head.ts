@@ -51,10 +51,6 @@ function namedByConnection(value: string | undefined): Set<string> | undefined {
   return named;
 }
 
-/**
- * Writes the head; false only when it was already out (a user's proxyRes hook
- * wrote it), which http-proxy then leaves alone too.
- */
 /** A reason phrase as RFC 9112 §4 allows it: HTAB, SP, VCHAR, obs-text. */
 const REASON_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
 
@@ -69,6 +65,10 @@ function endsChunked(value: string | string[]): boolean {
   return last?.trim().toLowerCase() === 'chunked';
 }
 
+/**
+ * Writes the head; false only when it was already out (a user's proxyRes hook
+ * wrote it), which http-proxy then leaves alone too.
+ */
 export function writeResponseHead(
   req: IncomingMessage,
   res: ServerResponse,

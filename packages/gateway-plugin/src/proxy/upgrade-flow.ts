@@ -23,7 +23,7 @@ import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Backend } from '../registry/backend';
 import { ERROR_CODE_HEADER } from '../error-response';
-import type { GatewayErrorCode } from '../errors';
+import { GATEWAY_ERRORS, type GatewayErrorCode } from '../errors';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
 import { setForwardedHeaders, stripHopByHopForUpgrade } from './forwarded';
@@ -69,28 +69,15 @@ export class UpgradeFlow {
     // path is joined to the backend's base path the same way, and a target
     // that is not a path (`GET *`) would otherwise get no answer at all
     // (http-proxy-middleware leaves a socket it does not proxy alone).
-    const framing = checkFraming(req);
-    const method = framing.ok ? refusedMethod(req.method) : undefined;
-    // A body on an upgrade: http-proxy sends the head, never the body (the client's bytes
-    // flow only after a 101), so a backend that serves it as a plain request waits for
-    // Content-Length bytes on a pooled connection, and eats the next request's head as
-    // them (request smuggling). A WebSocket handshake has no body (RFC 6455 §4.1).
-    const body =
-      framing.ok && framing.framing !== 'none' ? 'a request body on an upgrade' : undefined;
-    const bad = method ?? body ?? (framing.ok ? checkPath(req.url) : framing.detail);
-    if (bad !== undefined) {
-      const code =
-        method !== undefined
-          ? 'LW_GW_METHOD_NOT_ALLOWED'
-          : framing.ok && body === undefined
-            ? 'LW_GW_BAD_PATH'
-            : 'LW_GW_BAD_REQUEST';
+    const refusal = upgradeRefusal(req);
+    if (refusal) {
+      const { code, detail } = refusal;
       c.metrics.onRequestRejected(code);
-      c.logLine(`upgrade-refused:${code}`, `upgrade refused (${code}): ${bad}`, {
+      c.logLine(`upgrade-refused:${code}`, `upgrade refused (${code}): ${detail}`, {
         event: 'request-refused',
         code,
       });
-      return refuse(socket, method !== undefined ? 405 : 400, code);
+      return refuse(socket, GATEWAY_ERRORS[code].status, code);
     }
     setForwardedHeaders(req, c.options.trustForwarded);
     stripHopByHopForUpgrade(req);
@@ -185,6 +172,31 @@ export class UpgradeFlow {
   closeAll(): void {
     for (const socket of this.open) socket.destroy();
   }
+}
+
+/**
+ * Why an upgrade is answered by the gateway instead of proxied, or undefined:
+ * the checks of a request (request-flow.ts handle), and no body. http-proxy
+ * sends an upgrade's head and never its body (the client's bytes flow only
+ * after a 101), so a backend that serves it as a plain request would wait for
+ * Content-Length bytes on a pooled connection and read the next request's
+ * head as them (request smuggling). A WebSocket handshake has no body (RFC
+ * 6455 §4.1).
+ */
+function upgradeRefusal(req: IncomingMessage):
+  | {
+      code: 'LW_GW_BAD_REQUEST' | 'LW_GW_METHOD_NOT_ALLOWED' | 'LW_GW_BAD_PATH';
+      detail: string;
+    }
+  | undefined {
+  const framing = checkFraming(req);
+  if (!framing.ok) return { code: 'LW_GW_BAD_REQUEST', detail: framing.detail };
+  const method = refusedMethod(req.method);
+  if (method) return { code: 'LW_GW_METHOD_NOT_ALLOWED', detail: method };
+  if (framing.framing !== 'none')
+    return { code: 'LW_GW_BAD_REQUEST', detail: 'a request body on an upgrade' };
+  const path = checkPath(req.url);
+  return path === undefined ? undefined : { code: 'LW_GW_BAD_PATH', detail: path };
 }
 
 const REASONS: Record<number, string> = {
