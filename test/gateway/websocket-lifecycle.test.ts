@@ -3,16 +3,23 @@
  * WebSockets within its grace and then cuts them, client and backend side,
  * so the shutdown recipe's process ends by itself; every answer the gateway
  * writes on an upgrade's socket is coded, a backend that cannot be reached
- * included. Real `ws` servers and clients, a real Express app with
+ * included; an open WebSocket is bounded (`webSockets`: idle timeout, per
+ * client, in all). Real `ws` servers and clients, a real Express app with
  * `routeUpgrades(app)`.
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import WebSocket, { WebSocketServer } from 'ws';
-import { loadBalance, routeUpgrades, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
+import {
+  loadBalance,
+  routeUpgrades,
+  type LoadBalanceOptions,
+  type LoadBalancerMiddleware,
+} from '@loadwise/gateway-plugin';
 import { listen, refusedPort, type TestServer } from '../kit/http';
 import { quietLogger } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
 
 jest.setTimeout(30_000);
 
@@ -39,13 +46,17 @@ async function echoBackend(): Promise<Echo> {
   };
 }
 
-async function gateway(url: string): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
+async function gateway(
+  url: string,
+  extra: Partial<LoadBalanceOptions> = {},
+): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
   const lb = loadBalance({
     backends: [{ id: 'b', url }],
     healthCheck: false,
     overload: false,
     retry: false,
     logger: quietLogger,
+    ...extra,
   });
   const app = express();
   app.use(lb);
@@ -141,5 +152,99 @@ describe('answers on an upgrade socket', () => {
     ws.on('error', () => {});
     ws.terminate();
     expect(answer).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+  });
+});
+
+/** The refusal of an upgrade: status, error code, Retry-After. */
+function refusal(port: number): Promise<[number, unknown, unknown]> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+  ws.on('error', () => {});
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => {
+      ws.terminate();
+      reject(new Error('the upgrade was not refused'));
+    });
+    ws.once('unexpected-response', (_req, res) => {
+      res.resume();
+      resolve([res.statusCode ?? 0, res.headers['x-loadwise-error'], res.headers['retry-after']]);
+      ws.terminate();
+    });
+  });
+}
+
+/** A metric's value in the gateway's registry: the sample with these labels. */
+async function metric(
+  lb: LoadBalancerMiddleware,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number | undefined> {
+  const m = await lb.balancer.metricsRegistry.getSingleMetric(name)?.get();
+  const match = m?.values.find((v) =>
+    Object.entries(labels).every(([k, want]) => (v.labels as Record<string, unknown>)[k] === want),
+  );
+  return match?.value;
+}
+
+describe('bounds on open WebSockets (webSockets)', () => {
+  it('closes a WebSocket idle for idleTimeoutMs, both sides, and leaves a busy one open', async () => {
+    const backend = await echoBackend();
+    const gw = await gateway(backend.url, { webSockets: { idleTimeoutMs: 1_500 } });
+    servers.push(backend, gw);
+    const quiet = await openSocket(gw.port);
+    const busy = await openSocket(gw.port);
+    // The busy one sends every 100 ms, so it is never 1.5 s without a byte; the
+    // backend's answers alone would keep it open too (a write is activity).
+    let echoes = 0;
+    busy.on('message', () => echoes++);
+    const ticker = setInterval(() => busy.send('tick'), 100);
+    try {
+      await eventually(() => quiet.readyState === WebSocket.CLOSED, 10_000, 'the idle one closed');
+      expect(busy.readyState).toBe(WebSocket.OPEN);
+      expect(echoes).toBeGreaterThan(5);
+      // The quiet one's backend connection went with it; the busy one's stays.
+      await eventually(
+        () => backend.open() === 1,
+        5_000,
+        'the backend side of the idle one closed',
+      );
+      expect(gw.lb.balancer.snapshot().openWebSockets).toBe(1);
+      expect(await metric(gw.lb, 'loadwise_websocket_idle_closed_total')).toBe(1);
+      expect(await metric(gw.lb, 'loadwise_websockets_open')).toBe(1);
+    } finally {
+      clearInterval(ticker);
+    }
+    busy.close();
+    await closed(busy);
+  });
+
+  it('maxPerClient: one more from the same address gets 429, and a closed one frees its place', async () => {
+    const backend = await echoBackend();
+    const gw = await gateway(backend.url, { webSockets: { maxPerClient: 2 } });
+    servers.push(backend, gw);
+    const a = await openSocket(gw.port);
+    const b = await openSocket(gw.port);
+    expect(await refusal(gw.port)).toEqual([429, 'LW_GW_CLIENT_LIMIT', '1']);
+    expect(backend.open()).toBe(2);
+    a.close();
+    await closed(a);
+    await eventually(() => gw.lb.balancer.snapshot().openWebSockets === 1, 5_000, 'a released');
+    const c = await openSocket(gw.port);
+    for (const ws of [b, c]) ws.close();
+    await Promise.all([closed(b), closed(c)]);
+  });
+
+  it('maxOpen: one more gets 503 LW_GW_OVERLOADED with Retry-After, counted as shed', async () => {
+    const backend = await echoBackend();
+    const gw = await gateway(backend.url, { webSockets: { maxOpen: 2, maxPerClient: false } });
+    servers.push(backend, gw);
+    const open = [await openSocket(gw.port), await openSocket(gw.port)];
+    expect(await refusal(gw.port)).toEqual([503, 'LW_GW_OVERLOADED', '1']);
+    expect(gw.lb.balancer.snapshot().openWebSockets).toBe(2);
+    expect(await metric(gw.lb, 'loadwise_shed_total', { reason: 'overloaded' })).toBe(1);
+    // Plain requests are not WebSockets: still served.
+    const res = await fetch(`http://127.0.0.1:${gw.port}/plain`);
+    expect([res.status, await res.text()]).toEqual([200, 'http']);
+    for (const ws of open) ws.close();
+    await Promise.all(open.map(closed));
   });
 });

@@ -37,6 +37,7 @@ export {
   type ProxyEventHooks,
   type RetryOptions,
   type SaturationOptions,
+  type WebSocketOptions,
 } from './options';
 export type { DashboardOptions } from './dashboard/options';
 export {

@@ -179,6 +179,14 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['body timeout true', { ...base, clientBodyTimeoutMs: true }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound fraction', { ...base, maxInFlightPerClient: 2.5 }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound zero', { ...base, maxInFlightPerClient: 0 }, 'LW_GW_INVALID_OPTION'],
+  ['WebSocket idle zero', { ...base, webSockets: { idleTimeoutMs: 0 } }, 'LW_GW_INVALID_OPTION'],
+  [
+    'WebSockets per client 1.5',
+    { ...base, webSockets: { maxPerClient: 1.5 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['WebSockets max open true', { ...base, webSockets: { maxOpen: true } }, 'LW_GW_INVALID_OPTION'],
+  ['WebSockets unknown key', { ...base, webSockets: { idleMs: 5 } }, 'LW_GW_INVALID_OPTION'],
   ['unknown top-level key', { ...base, stratgy: 'p2c' }, 'LW_GW_INVALID_OPTION'],
   ['unknown nested key', { ...base, healthCheck: { pathh: '/h' } }, 'LW_GW_INVALID_OPTION'],
   [
@@ -335,6 +343,10 @@ describe('loadBalance options', () => {
     expect(
       resolveOptions({ ...base, clientBodyTimeoutMs: false, maxInFlightPerClient: false }),
     ).toMatchObject({ clientBodyTimeoutMs: undefined, maxInFlightPerClient: undefined });
+    // WebSockets are bounded by default; false turns each bound off.
+    expect(o.webSockets).toEqual({ idleTimeoutMs: 300_000, maxPerClient: 256, maxOpen: 10_000 });
+    const ws = { idleTimeoutMs: false, maxPerClient: false, maxOpen: false } as const;
+    expect(resolveOptions({ ...base, webSockets: ws }).webSockets).toEqual({});
   });
 
   it('is secure by default: unsigned refused, bounded control channel', () => {

@@ -450,6 +450,14 @@ const entries = {
     }),
     {},
   ),
+  webSockets: v.optional(
+    strict({
+      idleTimeoutMs: v.optional(orFalse(ms(1)), DEFAULTS.webSockets.idleTimeoutMs),
+      maxPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.webSockets.maxPerClient),
+      maxOpen: v.optional(orFalse(int(1, 1e7)), DEFAULTS.webSockets.maxOpen),
+    }),
+    {},
+  ),
   overload: v.optional(
     orFalse(
       strict({
@@ -653,6 +661,11 @@ function resolve(o: Parsed) {
       // Default: the pool size. Beyond it requests would wait inside the
       // agent, an unbounded queue we cannot see; they wait in ours instead.
       maxInFlightPerBackend: saturation.maxInFlightPerBackend ?? agent.maxSockets,
+    },
+    webSockets: {
+      idleTimeoutMs: off(o.webSockets.idleTimeoutMs),
+      maxPerClient: off(o.webSockets.maxPerClient),
+      maxOpen: off(o.webSockets.maxOpen),
     },
     overload: off(o.overload),
     acceptQueue: off(o.acceptQueue),

@@ -152,6 +152,31 @@ export interface SaturationOptions {
   queueTimeoutMs?: number;
 }
 
+/**
+ * Bounds on WebSockets (upgrades) through a balancer: an open WebSocket holds
+ * a client connection and a backend connection until one side closes it, so
+ * without bounds one client, or clients that vanish without a FIN, hold the
+ * gateway's and the backends' sockets for good.
+ */
+export interface WebSocketOptions {
+  /**
+   * A WebSocket with no byte in either direction for this long is closed,
+   * client and backend side (default 300 000, Envoy's stream idle timeout;
+   * false: never). Applications that stay quiet longer send pings.
+   */
+  idleTimeoutMs?: number | false;
+  /**
+   * WebSockets one client address (IPv6: its /64) may hold open through this
+   * balancer; more get 429 LW_GW_CLIENT_LIMIT (default 256; false: no bound).
+   */
+  maxPerClient?: number | false;
+  /**
+   * WebSockets open through this balancer at most; more get 503
+   * LW_GW_OVERLOADED with Retry-After (default 10 000; false: no bound).
+   */
+  maxOpen?: number | false;
+}
+
 export interface OverloadOptions {
   /** Shed new requests while the event-loop delay (p99 of the last sample) is above this. */
   maxEventLoopDelayMs?: number;
@@ -293,6 +318,8 @@ export interface LoadBalanceOptions {
   /** Warm-up before `lb.ready()` resolves (on by default); `false` turns it off. */
   warmUp?: WarmUpOptions | false;
   saturation?: SaturationOptions;
+  /** Bounds on WebSockets: idle timeout, per client, in all. */
+  webSockets?: WebSocketOptions;
   overload?: OverloadOptions | false;
   /** Shed on the kernel's accept-queue depth (Linux); `false` disables. */
   acceptQueue?: AcceptQueueOptions | false;
@@ -403,6 +430,13 @@ export const DEFAULTS = {
    */
   warmUp: { requests: 3_000, connectionsPerBackend: 4 },
   saturation: { queueSize: 1_000, queueTimeoutMs: 5_000 },
+  /**
+   * 300 s idle: Envoy's stream idle timeout, which covers its WebSockets
+   * (nginx closes after 60 s without a read); 256 per client: a WebSocket is
+   * long-lived, so a client behind a NAT may hold many; 10 000 in all, 20 000
+   * file descriptors, under the usual limit of 65 536.
+   */
+  webSockets: { idleTimeoutMs: 300_000, maxPerClient: 256, maxOpen: 10_000 },
   /**
    * 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway
    * never shed while its tails reached 10-20 s; at 200 ms it shed a fresh

@@ -83,6 +83,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
     panic: lb.registry.panic,
     saturationQueueLength: lb.queue.length,
     inFlight,
+    openWebSockets: lb.flow.upgrades.openCount,
     eventLoopDelayMs: lb.overload ? lb.overload.eventLoopDelayMs : null,
     overloaded: (lb.overload?.overloaded ?? false) || (lb.acceptQueue?.shedding ?? false),
     acceptQueueDepth: lb.acceptQueue?.available ? lb.acceptQueue.depth : null,

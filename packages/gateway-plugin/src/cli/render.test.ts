@@ -63,6 +63,16 @@ describe('loadwise status rendering', () => {
     expect(text).toContain('over the last window;');
   });
 
+  it('names the open WebSockets in the summary line when there are any', () => {
+    const doc = { strategy: 'p2c', inFlight: 2, brokerConnected: null, backends: [] };
+    expect(renderStatus({ ...doc, openWebSockets: 3 }, 'u')).toContain(
+      'strategy p2c, 2 in flight, 3 WebSockets open, no broker',
+    );
+    expect(renderStatus({ ...doc, openWebSockets: 0 }, 'u')).toContain(
+      'strategy p2c, 2 in flight, no broker',
+    );
+  });
+
   it('prints no control character from the document: an escape sequence never reaches the terminal', () => {
     // `--url` may name any server: its strings are printed as one line of plain text each.
     const out = renderStatus(

@@ -12,6 +12,7 @@ const SNAPSHOT: BalancerSnapshot = {
   strategy: 'load-aware',
   panic: false,
   saturationQueueLength: 0,
+  openWebSockets: 0,
   inFlight: 0,
   eventLoopDelayMs: 1.5,
   overloaded: false,

@@ -74,6 +74,8 @@ export interface GatewayMetrics {
   onInvalidMessage(code: string): void;
   /** The gateway refused or failed a request because of the request itself (LW_GW_* code). */
   onRequestRejected(code: string): void;
+  /** A WebSocket was closed after `webSockets.idleTimeoutMs` without a byte either way. */
+  onWebSocketIdleClosed(): void;
   /** Set the gauges from a snapshot (called at scrape time when a source is set). */
   collect(snapshot: BalancerSnapshot): void;
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
@@ -136,6 +138,7 @@ interface Families {
   sheds: Counter<string>;
   invalidMessages: Counter<string>;
   rejected: Counter<string>;
+  webSocketIdleClosed: Counter<string>;
   /** Sets every gauge from every member's snapshot source. */
   collectAll(): void;
   /** Sets the gauges from `s` for `member`, after clearing every gauge. */
@@ -222,6 +225,12 @@ function createFamilies(registry: Registry, p: string): Families {
     labelNames: ['service', 'code'] as const,
     registers,
   });
+  const webSocketIdleClosed = new Counter({
+    name: `${p}websocket_idle_closed_total`,
+    help: 'WebSockets closed after webSockets.idleTimeoutMs without a byte in either direction',
+    labelNames: ['service'] as const,
+    registers,
+  });
 
   // Snapshot gauges. Every one has the same collect hook; the first to run in a
   // scrape takes the snapshots, the others reuse them (prom-client calls the
@@ -287,6 +296,11 @@ function createFamilies(registry: Registry, p: string): Families {
     'Requests waiting for a free backend slot',
     [],
   );
+  const webSocketsOpen = gauge(
+    'websockets_open',
+    'WebSockets open through this gateway (upgrades taken and not closed)',
+    [],
+  );
   const eventLoopDelay = gauge(
     'event_loop_delay_seconds',
     'Event-loop delay the overload protection measured last, seconds (0 when it is off)',
@@ -305,7 +319,7 @@ function createFamilies(registry: Registry, p: string): Families {
   const backendGauges: Gauge<string>[] = [inFlight, reportAge, reportFresh, share];
   backendGauges.push(reportedCpu, reportedQueued);
   const allGauges = [...backendGauges, state, inFlightTotal, panic, overloaded, queueLength];
-  allGauges.push(eventLoopDelay, acceptQueueDepth, brokerConnected);
+  allGauges.push(eventLoopDelay, acceptQueueDepth, brokerConnected, webSocketsOpen);
 
   function write(member: Member, s: BalancerSnapshot): void {
     const L = (labels: Labels): Labels => withService(member, labels);
@@ -326,6 +340,7 @@ function createFamilies(registry: Registry, p: string): Families {
     panic.set(gl, s.panic ? 1 : 0);
     overloaded.set(gl, s.overloaded ? 1 : 0);
     queueLength.set(gl, s.saturationQueueLength);
+    webSocketsOpen.set(gl, s.openWebSockets);
     // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
     eventLoopDelay.set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
     acceptQueueDepth.set(gl, s.acceptQueueDepth ?? 0);
@@ -359,6 +374,7 @@ function createFamilies(registry: Registry, p: string): Families {
     sheds,
     invalidMessages,
     rejected,
+    webSocketIdleClosed,
     collectAll,
     collectWith,
     backendGauges,
@@ -429,6 +445,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   const shedChildren = new Map<string, CounterChild>();
   const invalidChildren = new Map<string, CounterChild>();
   const rejectedChildren = new Map<string, CounterChild>();
+  let webSocketIdleChild: CounterChild | undefined;
   // Plain copies of the rare counters: prom-client reads its own asynchronously.
   let retriesTotal = 0;
   const shedTotals: Record<ShedReason, number> = { saturated: 0, overloaded: 0, 'no-backend': 0 };
@@ -506,6 +523,10 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         rejectedChildren.set(code, child);
       }
       child.inc();
+    },
+    onWebSocketIdleClosed() {
+      webSocketIdleChild ??= f.webSocketIdleClosed.labels(L({}));
+      webSocketIdleChild.inc();
     },
     collect(s) {
       f.collectWith(member, s);

@@ -98,6 +98,8 @@ export interface BalancerSnapshot {
   saturationQueueLength: number;
   /** Requests this gateway is proxying now, over all backends. */
   inFlight: number;
+  /** WebSockets open through this balancer (upgrades taken, waiting for their 101 or open). */
+  openWebSockets: number;
   /** The gateway's own event-loop delay (last sample), ms; null when overload protection is off. */
   eventLoopDelayMs: number | null;
   /**

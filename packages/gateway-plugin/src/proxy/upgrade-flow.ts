@@ -18,15 +18,21 @@
  * headers removed, the backend's answer due within requestTimeoutMs, and its
  * backend connection closed after an answer that is not a `101`, never
  * pooled.
+ *
+ * Open, it is bounded too (`webSockets`): closed, both sides, after
+ * idleTimeoutMs without a byte either way; at most maxPerClient per client
+ * address (429 LW_GW_CLIENT_LIMIT) and maxOpen in all (503
+ * LW_GW_OVERLOADED), each counted from the moment the upgrade is taken.
  */
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { ClientLimit, clientKey } from '../admission/client-limit';
 import type { Backend } from '../registry/backend';
 import { ERROR_CODE_HEADER } from '../error-response';
 import { GATEWAY_ERRORS, type GatewayErrorCode } from '../errors';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
-import { setForwardedHeaders, stripHopByHopForUpgrade } from './forwarded';
+import { clientAddress, setForwardedHeaders, stripHopByHopForUpgrade } from './forwarded';
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
 
@@ -39,12 +45,17 @@ export class UpgradeFlow {
   private readonly upgraded = new WeakSet<IncomingMessage>();
   /** Upgrades whose client left before the backend answered: their backend request was cut. */
   private readonly cancelled = new WeakSet<IncomingMessage>();
+  /** WebSockets per client address (webSockets.maxPerClient), undefined when unbounded. */
+  private readonly perClient: ClientLimit | undefined;
 
   constructor(
     private readonly core: FlowHost,
     /** An open WebSocket closed (the shutdown's wait for idle looks again). */
     private readonly onClosed: () => void = () => {},
-  ) {}
+  ) {
+    const max = core.options.webSockets.maxPerClient;
+    this.perClient = max === undefined ? undefined : new ClientLimit(max);
+  }
 
   /** WebSockets open through this balancer. */
   get openCount(): number {
@@ -79,19 +90,44 @@ export class UpgradeFlow {
       });
       return refuse(socket, GATEWAY_ERRORS[code].status, code);
     }
+    const { maxOpen } = c.options.webSockets;
+    if (maxOpen !== undefined && this.open.size >= maxOpen) {
+      c.metrics.onShed('overloaded');
+      c.logLine('websockets-max-open', `upgrade refused: ${maxOpen} WebSockets open`, {
+        event: 'request-refused',
+        code: 'LW_GW_OVERLOADED',
+        limit: 'webSockets.maxOpen',
+      });
+      return refuse(socket, 503, 'LW_GW_OVERLOADED');
+    }
+    // Before the headers change: the address X-Forwarded-For trust gives, as a request's.
+    const client = this.perClient && clientKey(clientAddress(req, c.options.trustForwarded));
+    if (client !== undefined && !this.perClient!.acquire(client)) {
+      c.metrics.onRequestRejected('LW_GW_CLIENT_LIMIT');
+      c.logLine(
+        'websockets-per-client',
+        `upgrade refused: ${this.perClient!.max} WebSockets of ${client} open`,
+        { event: 'request-refused', code: 'LW_GW_CLIENT_LIMIT', limit: 'webSockets.maxPerClient' },
+      );
+      return refuse(socket, 429, 'LW_GW_CLIENT_LIMIT');
+    }
     setForwardedHeaders(req, c.options.trustForwarded);
     stripHopByHopForUpgrade(req);
     const aff = c.options.affinity;
     const hashKey = aff ? hashKeyOf(req, aff, c.options.trustForwarded).key : undefined;
     const nowMs = c.now();
     const backend = c.pickUpgrade(nowMs, hashKey);
-    if (!backend) return refuse(socket, 503, 'LW_GW_NO_BACKEND');
+    if (!backend) {
+      if (client !== undefined) this.perClient!.release(client);
+      return refuse(socket, 503, 'LW_GW_NO_BACKEND');
+    }
     this.upgrades.set(req, backend);
     this.sockets.set(req, socket);
     this.open.add(socket);
     socket.on('error', () => socket.destroy());
     socket.once('close', () => {
       this.open.delete(socket);
+      if (client !== undefined) this.perClient!.release(client);
       this.onClosed();
     });
     c.engine.upgrade(backend, req, socket, head);
@@ -133,8 +169,18 @@ export class UpgradeFlow {
     proxyReq.once('upgrade', (_res: IncomingMessage, backendSocket: Socket) => {
       settled();
       this.upgraded.add(req);
-      if (socket.destroyed) backendSocket.destroy();
-      else socket.once('close', () => backendSocket.destroy());
+      if (socket.destroyed) return backendSocket.destroy();
+      socket.once('close', () => backendSocket.destroy());
+      // The client socket carries both directions (a read is the client's byte, a
+      // write the backend's), so its inactivity timer is the tunnel's. http-proxy
+      // has set it to 0 before this request; nothing sets it after.
+      const idle = this.core.options.webSockets.idleTimeoutMs;
+      if (idle !== undefined) {
+        socket.setTimeout(idle, () => {
+          this.core.metrics.onWebSocketIdleClosed();
+          socket.destroy();
+        });
+      }
     });
   }
 
@@ -202,14 +248,19 @@ function upgradeRefusal(req: IncomingMessage):
 const REASONS: Record<number, string> = {
   400: 'Bad Request',
   405: 'Method Not Allowed',
+  429: 'Too Many Requests',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
   504: 'Gateway Timeout',
 };
 
 /** A coded answer on the raw socket of an upgrade, which then closes. */
-function refuse(socket: Socket, status: 400 | 405 | 502 | 503 | 504, code: GatewayErrorCode): void {
-  const retry = status === 503 ? 'Retry-After: 1\r\n' : '';
+function refuse(
+  socket: Socket,
+  status: 400 | 405 | 429 | 502 | 503 | 504,
+  code: GatewayErrorCode,
+): void {
+  const retry = status === 503 || status === 429 ? 'Retry-After: 1\r\n' : '';
   socket.end(
     `HTTP/1.1 ${status} ${REASONS[status]}\r\n${ERROR_CODE_HEADER}: ${code}\r\n${retry}` +
       'Connection: close\r\nContent-Length: 0\r\n\r\n',
