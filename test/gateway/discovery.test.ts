@@ -9,6 +9,7 @@ import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
+import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
 
 const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
@@ -156,5 +157,111 @@ describe('discovery', () => {
     );
     expect(ids()).toEqual(['first']);
     expect(dropped.at(-1)).toBe('second');
+  });
+
+  it('forgets a discovered backend whose agent falls silent, keeps one whose agent speaks, and lets the id register again elsewhere', async () => {
+    const b = await startBackend('b');
+    const prefix = uniquePrefix('disc-lease');
+    const g = await startLocalGateway({
+      backends: [],
+      broker: { embedded: true },
+      topicPrefix: prefix,
+      keys: [key],
+      discovery: { allowedRanges: ['127.0.0.0/8'], forgetAfterMs: 1_500 },
+    });
+    gw = g;
+    await g.lb.ready();
+    const client = await connectClient(g.lb.balancer.brokerUrl!);
+    const agents = {
+      gone: createEncoder({ backendId: 'gone', prefix, key }),
+      kept: createEncoder({ backendId: 'kept', prefix, key }),
+    };
+    const register = async (id: keyof typeof agents, target: string): Promise<void> => {
+      const m = agents[id].registration(target);
+      await client.publishAsync(m.topic, m.payload, { qos: 1 });
+    };
+    const removed: string[] = [];
+    g.lb.balancer.on('backend-removed', (e) => removed.push(e.id));
+    const ids = (): string[] => g.lb.balancer.snapshot().backends.map((x) => x.id);
+    // 'kept' registers again every 200 ms, as an agent renews its registration.
+    const renew = setInterval(() => void register('kept', b.url).catch(() => {}), 200);
+    try {
+      await register('gone', a.url);
+      await register('kept', b.url);
+      await eventually(() => ids().length === 2, 5_000, 'both registered');
+      await eventually(
+        () => removed.length > 0,
+        10_000,
+        () => `a removal (have ${ids().join()})`,
+      );
+      expect(removed).toEqual(['gone']);
+      expect(ids()).toEqual(['kept']);
+      // Every request now goes to the one left.
+      const r = await send(`${g.url}/`);
+      expect(r.json<{ id: string }>().id).toBe('b');
+      // Forgotten, the id is free: it may come back at another address.
+      await register('gone', `http://127.0.0.2:${a.port}`);
+      await eventually(() => ids().includes('gone'), 5_000, 'gone registered again');
+      expect(g.lb.balancer.snapshot().backends.find((x) => x.id === 'gone')!.url).toBe(
+        `http://127.0.0.2:${a.port}/`,
+      );
+    } finally {
+      clearInterval(renew);
+      await endClient(client);
+      await b.close();
+    }
+  });
+
+  it("does not count a broker outage as the agents' silence", async () => {
+    // The gateway's clock is ours (`now`), the sweep runs on its real 1 s timer.
+    let clock = Date.now();
+    let broker: EmbeddedBroker | undefined = await startEmbeddedBroker();
+    const port = broker.port;
+    const prefix = uniquePrefix('disc-outage');
+    const g = await startLocalGateway({
+      backends: [],
+      broker: { url: broker.url, reconnectPeriodMs: 100 },
+      topicPrefix: prefix,
+      keys: [key],
+      discovery: { allowedRanges: ['127.0.0.0/8'], forgetAfterMs: 1_500 },
+      now: () => clock,
+    });
+    gw = g;
+    try {
+      await g.lb.ready();
+      const enc = createEncoder({ backendId: 'x', prefix, key });
+      const body = {
+        intervalMs: 1000,
+        state: 'online' as const,
+        host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
+        health: { verdict: 'up' as const },
+      };
+      for (const m of [enc.registration(a.url), enc.metrics(body)])
+        await publish(broker.url, m.topic, m.payload);
+      await eventually(() => g.backend('x')?.reportFresh === true, 5_000, 'x registered, fresh');
+
+      await broker.close();
+      broker = undefined;
+      await eventually(() => g.lb.balancer.snapshot().brokerConnected === false, 5_000, 'lost');
+      // Ten seconds of silence, all of it with the broker down: a sweep after this finds x's
+      // report stale (metrics-stale) and, in the same sweep, must not forget it.
+      const stale = once(internals(g.lb).events, 'metrics-stale');
+      clock += 10_000;
+      await stale;
+      expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
+
+      // The broker back: silence counts from the reconnection, and then x is forgotten.
+      broker = await startEmbeddedBroker({ port });
+      await eventually(() => g.lb.balancer.snapshot().brokerConnected === true, 10_000, 'back');
+      expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
+      const removed = once(internals(g.lb).events, 'backend-removed');
+      clock += 2_000;
+      expect((await removed)[0]).toMatchObject({ id: 'x', silentMs: 2_000 });
+      expect(g.lb.balancer.snapshot().backends).toEqual([]);
+    } finally {
+      await g.close();
+      gw = undefined;
+      await broker?.close();
+    }
   });
 });

@@ -37,6 +37,7 @@ const EVENT_NAMES: (keyof BalancerEvents)[] = [
   'backend-restored',
   'backend-draining',
   'backend-added',
+  'backend-removed',
   'metrics-stale',
   'saturation',
   'overload',

@@ -89,6 +89,8 @@ export class Balancer implements BalancerHandle, FlowHost {
   private readonly log: RateLimitedLog;
   private readonly allowed: BlockList | undefined;
   private readonly sweepTimer: NodeJS.Timeout;
+  /** Since when the broker connection is up (ms, `now`); undefined while it is down. */
+  private brokerUpSinceMs: number | undefined;
   private saturated = false;
   private closing: Promise<void> | undefined;
   /** ready() calls still waiting: close() rejects them with LW_GW_CLOSED. */
@@ -207,10 +209,16 @@ export class Balancer implements BalancerHandle, FlowHost {
                   `embedded broker disconnected ${from ?? 'a client'}: packet of ${bytes}+ bytes > ${o.messageLimits.maxPacketBytes}`,
                   undefined,
                 ),
-              onConnected: (url) => this.events.emit('broker-connected', { url }),
+              onConnected: (url) => {
+                this.brokerUpSinceMs = this.now();
+                this.events.emit('broker-connected', { url });
+              },
               // Once per outage, not per reconnect attempt (mqtt-source.ts); logged by event-log.ts.
               onUnreachable: (url, error) => this.events.emit('broker-unreachable', { url, error }),
-              onLost: (error) => this.events.emit('broker-lost', { error }),
+              onLost: (error) => {
+                this.brokerUpSinceMs = undefined;
+                this.events.emit('broker-lost', { error });
+              },
             },
             o.messageLimits.maxPacketBytes,
           );
@@ -414,6 +422,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.registry.applyUnsigned(backend, message, receivedAtMs, this.options.unsignedMaxPenalty);
       return;
     }
+    backend.lastHeardMs = receivedAtMs;
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
   }
@@ -444,6 +453,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     const existing = this.registry.get(message.backendId);
     if (existing) {
       if (existing.target.href !== url.href) reject('a known backend cannot change its address');
+      // The agent's periodic registration renews a discovered backend's lease.
+      else existing.lastHeardMs = this.now();
       return;
     }
     let discovered = 0;
@@ -455,7 +466,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     }
     if (discovered >= d.maxBackends) return reject('discovery.maxBackends reached');
     const weight = Math.min(Math.max(message.weight ?? 1, 0.01), 1e6);
-    this.addBackend(message.backendId, url, weight, 'discovery');
+    const added = this.addBackend(message.backendId, url, weight, 'discovery');
+    added.lastHeardMs = this.now();
     this.events.emit('backend-added', { id: message.backendId, url: url.href });
   }
 
@@ -625,8 +637,37 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 
   private sweep(): void {
-    this.registry.sweepFreshness(this.now());
+    const nowMs = this.now();
+    this.registry.sweepFreshness(nowMs);
+    this.forgetSilent(nowMs);
     if (this.queue.length > 0) this.drainQueue();
+  }
+
+  /**
+   * Discovery's lease: a discovered backend whose agent has sent nothing
+   * signed (report, status, registration) for discovery.forgetAfterMs is
+   * forgotten, so a fleet that scales in and out does not fill maxBackends
+   * with dead entries for good, nor keep checking (and, once the address is
+   * reused, routing to) hosts that are gone. Silence counts only while the
+   * broker connection is up: a broker outage is not the agents' silence.
+   * A backend with requests in flight waits for the next sweep.
+   */
+  private forgetSilent(nowMs: number): void {
+    const after = this.options.discovery?.forgetAfterMs;
+    const upSince = this.brokerUpSinceMs;
+    if (after === undefined || upSince === undefined) return;
+    for (const b of this.registry.backends.values()) {
+      if (b.origin !== 'discovery' || b.load.inFlight > 0) continue;
+      const silentMs = nowMs - Math.max(b.lastHeardMs ?? upSince, upSince);
+      if (silentMs < after) continue;
+      this.registry.remove(b);
+      this.engine.unregister(b);
+      this.checker?.unwatch(b);
+      this.traffic.forget(b.id);
+      this.limiter.forget(b.id);
+      b.close();
+      this.events.emit('backend-removed', { id: b.id, url: b.target.href, silentMs });
+    }
   }
 
   snapshot(): BalancerSnapshot {

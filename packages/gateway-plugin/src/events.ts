@@ -18,6 +18,8 @@ export interface BalancerEvents {
   'backend-draining': [{ id: string }];
   /** A signed registration inside the allowed ranges added a backend (discovery). */
   'backend-added': [{ id: string; url: string }];
+  /** A discovered backend was forgotten: its agent sent nothing signed for discovery.forgetAfterMs. */
+  'backend-removed': [{ id: string; url: string; silentMs: number }];
   /** The last report of a backend became older than its freshness limit. */
   'metrics-stale': [{ id: string; ageMs: number | undefined }];
   /** Every eligible backend is saturated (requests queue), or no longer. */

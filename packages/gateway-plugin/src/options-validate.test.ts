@@ -378,6 +378,7 @@ describe('loadBalance options', () => {
       allowedRanges: ['127.0.0.0/8', '::1/128'],
       allowedPorts: [],
       maxBackends: 100,
+      forgetAfterMs: 600_000,
     });
   });
 });

@@ -493,6 +493,7 @@ const entries = {
         allowedRanges,
         allowedPorts: v.optional(ports, () => [...DEFAULTS.discovery.allowedPorts]),
         maxBackends: v.optional(int(1, 10_000), DEFAULTS.discovery.maxBackends),
+        forgetAfterMs: v.optional(orFalse(ms(1_000)), DEFAULTS.discovery.forgetAfterMs),
       }),
     ),
   ),
@@ -669,7 +670,10 @@ function resolve(o: Parsed) {
     },
     overload: off(o.overload),
     acceptQueue: off(o.acceptQueue),
-    discovery: off(o.discovery),
+    discovery:
+      o.discovery === false || o.discovery === undefined
+        ? undefined
+        : { ...o.discovery, forgetAfterMs: off(o.discovery.forgetAfterMs) },
     clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
     maxInFlightPerClient: off(o.maxInFlightPerClient),
     decisionHeader:

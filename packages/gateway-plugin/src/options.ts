@@ -216,6 +216,13 @@ export interface DiscoveryOptions {
   allowedRanges: string[];
   allowedPorts?: number[];
   maxBackends?: number;
+  /**
+   * A discovered backend whose agent has sent nothing signed for this long,
+   * counted while this gateway is connected to the broker, is forgotten once
+   * it has no request in flight (default 600 000; false: kept until the
+   * gateway restarts). Its id may then register again, at another address.
+   */
+  forgetAfterMs?: number | false;
 }
 
 /** Bounds on the control channel (docs/gateway.md, "Control channel limits"). */
@@ -459,7 +466,12 @@ export const DEFAULTS = {
     maxShare: 0.5,
     sampleIntervalMs: 50,
   },
-  discovery: { allowedPorts: [] as number[], maxBackends: 100 },
+  /**
+   * forgetAfterMs 10 min: a lease, as Eureka's (90 s) or a Consul check's
+   * deregister_critical_service_after, but long: an agent restarting, or cut
+   * from the broker for minutes, must not take a working backend out.
+   */
+  discovery: { allowedPorts: [] as number[], maxBackends: 100, forgetAfterMs: 600_000 },
   decisionHeader: DEFAULT_DECISION_HEADER,
   metricsPrefix: DEFAULT_METRICS_PREFIX,
   dashboard: { path: '/_lb/dashboard', maxViewers: 10, intervalMs: 1_000, historySec: 300 },

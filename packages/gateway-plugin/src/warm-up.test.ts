@@ -101,6 +101,7 @@ const EVENTS: (keyof BalancerEvents)[] = [
   'backend-ejected',
   'backend-restored',
   'backend-added',
+  'backend-removed',
   'saturation',
   'overload',
   'accept-queue',

@@ -43,6 +43,7 @@ export interface HealthCheckConfig {
 
 export class ActiveChecker {
   private readonly timers = new Map<Backend, NodeJS.Timeout>();
+  private readonly unwatched = new WeakSet<Backend>();
   private readonly inFlight = new Set<ClientRequest>();
   private closed = false;
 
@@ -59,7 +60,15 @@ export class ActiveChecker {
     this.schedule(backend);
   }
 
+  /** A backend that left the registry: no more checks (a check under way ends unrecorded). */
+  unwatch(backend: Backend): void {
+    clearTimeout(this.timers.get(backend));
+    this.timers.delete(backend);
+    this.unwatched.add(backend);
+  }
+
   private schedule(backend: Backend): void {
+    if (this.unwatched.has(backend)) return;
     const delayMs =
       this.config.intervalMs * (1 - HEALTH_CHECK_JITTER + 2 * HEALTH_CHECK_JITTER * this.random());
     const timer = setTimeout(() => this.tick(backend), delayMs);

@@ -85,6 +85,14 @@ const CASES: {
       /b9 added by discovery/,
     ],
   ],
+  'backend-removed': [
+    [
+      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 600_500 },
+      'info',
+      { backend: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 600_500 },
+      /b9 at http:\/\/10.0.0.9:3000\/ forgotten by discovery: nothing signed from its agent for 601 s/,
+    ],
+  ],
   'metrics-stale': [
     [{ id: 'b1', ageMs: 3500 }, 'warn', { backend: 'b1', ageMs: 3500 }, /stale \(last one 3.5 s/],
     [{ id: 'b1', ageMs: undefined }, 'warn', { backend: 'b1', ageMs: null }, /unknown ago/],

@@ -80,6 +80,11 @@ const DESCRIBE: Describers = {
     fields: { event: 'backend-added', backend: id, url },
     msg: `backend ${id} added by discovery at ${url}`,
   }),
+  'backend-removed': ({ id, url, silentMs }) => ({
+    level: 'info',
+    fields: { event: 'backend-removed', backend: id, url, silentMs },
+    msg: `backend ${id} at ${url} forgotten by discovery: nothing signed from its agent for ${seconds(silentMs)}`,
+  }),
   'metrics-stale': ({ id, ageMs }) => ({
     level: 'warn',
     fields: { event: 'metrics-stale', backend: id, ageMs: ageMs ?? null },

@@ -53,6 +53,11 @@ export class TrafficWindow {
     ring[slot % this.slots]! += 1;
   }
 
+  /** A backend that left: its counts leave the window. */
+  forget(backendId: string): void {
+    this.rings.delete(backendId);
+  }
+
   counts(nowMs: number): TrafficCounts {
     const slot = Math.floor(nowMs / this.slotMs);
     if (slot > this.headSlot) this.advance(slot);

@@ -101,6 +101,13 @@ export class ProxyEngine {
     );
   }
 
+  /** A backend that left: its pool is no longer reachable through the dispatcher. */
+  unregister(backend: Backend): void {
+    this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:').dispatcher.delete(
+      urlHostKey(backend.target),
+    );
+  }
+
   /**
    * Sends one attempt: synchronously, http-proxy emits 'start', makes the
    * backend request on `backend.agent` and calls `body.pipe(proxyReq)`.

@@ -61,6 +61,12 @@ export class Backend {
    * path check can skip it (health/active-checker.ts).
    */
   lastAnsweredAtMs: number | undefined;
+  /**
+   * When this gateway last applied a signed message of the backend's agent
+   * (its registration included; ms, `now`): a discovered backend's lease
+   * (balancer.ts forgetSilent).
+   */
+  lastHeardMs: number | undefined;
   /** Requests sent and failed since creation (status endpoint). */
   requests = 0;
   failures = 0;

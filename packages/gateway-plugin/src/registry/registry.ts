@@ -49,6 +49,13 @@ export class Registry {
     if (recompute) this.recompute();
   }
 
+  /** Takes a backend out (discovery forgot it): it is no longer picked, checked or shown. */
+  remove(backend: Backend): void {
+    if (this.backends.get(backend.id) !== backend) return;
+    this.backends.delete(backend.id);
+    this.recompute();
+  }
+
   get(id: string): Backend | undefined {
     return this.backends.get(id);
   }

@@ -86,6 +86,12 @@ export class MessageLimiter {
     return this.total.take(nowMs);
   }
 
+  /** A backend that left: its buckets go (its id now counts as unknown). */
+  forget(backendId: string): void {
+    this.perBackend.delete(`s:${backendId}`);
+    this.perBackend.delete(`u:${backendId}`);
+  }
+
   /**
    * Stage 2: charges one message to its backend's bucket of its class.
    * `knownBackendId` is the topic's backend id when the gateway knows that
