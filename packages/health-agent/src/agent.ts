@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
 import {
   createEncoder,
+  topicFor,
   type BackendState,
   type EncodedMessage,
   type Encoder,
@@ -22,6 +23,14 @@ import { createScheduler, type Scheduler } from './scheduler';
 import { dropInvalidBlocks } from './report-guard';
 import { healthVerdict } from './verdict';
 import { resolveAgentOptions, type AgentOptions, type ResolvedAgentOptions } from './options';
+
+/**
+ * How often an advertising agent (`advertiseUrl`) registers again: well
+ * within a gateway's maxRetainedAgeMs (60 s by default), so a gateway that
+ * starts reads a retained registration it accepts, and far within
+ * discovery.forgetAfterMs (10 min), whose lease each registration renews.
+ */
+export const REGISTRATION_RENEW_MS = 20_000;
 
 export type MetricsBody = Omit<
   MetricsReport,
@@ -103,6 +112,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private primed: Promise<void> | undefined;
   private readonly early: EarlyReporter | undefined;
   private published: Published | undefined;
+  private registrationTimer: NodeJS.Timeout | undefined;
 
   constructor(input: AgentOptions) {
     super();
@@ -200,6 +210,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         // Retained status on every (re)connect: a broker restart may have lost
         // retained state, and the Last Will may have replaced it meanwhile.
         this.publishStatus();
+        this.publishRegistration();
         this.emit('connect');
       });
       client.on('offline', () => this.emit('offline'));
@@ -210,8 +221,25 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         else this.emit('warning', `broker: ${err.message}`);
       });
     }
+    if (b && this.options.advertiseUrl !== undefined) {
+      this.registrationTimer = setInterval(
+        () => this.publishRegistration(),
+        REGISTRATION_RENEW_MS,
+      ).unref();
+    }
     this.scheduler.start();
     this.early?.start();
+  }
+
+  /** Discovery: the signed, retained registration (advertiseUrl), while not offline. */
+  private publishRegistration(): void {
+    const url = this.options.advertiseUrl;
+    const c = this.client;
+    if (url === undefined || !c?.connected || this._state === 'offline') return;
+    const msg = this.encoder.registration(url);
+    c.publish(msg.topic, msg.payload, { qos: 1, retain: true }, (err) => {
+      if (err) this.emit('warning', `registration publish failed: ${err.message}`);
+    });
   }
 
   private publishStatus(): void {
@@ -382,12 +410,19 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       // see in-flight requests finish, then say offline and leave.
       if (graceMs > 0) await new Promise((r) => setTimeout(r, graceMs).unref());
     }
+    clearInterval(this.registrationTimer);
     this.scheduler.stop();
     await this.early?.stop();
     this.queue?.close?.();
     this._state = 'offline';
     this.emit('state', 'offline');
     if (c) {
+      if (c.connected && this.options.advertiseUrl !== undefined) {
+        // An empty retained payload clears the registration [MQTT-3.3.1-10]: a gateway
+        // that starts later does not add a backend that is gone.
+        const topic = topicFor(this.options.prefix, this.backendId, 'register');
+        await c.publishAsync(topic, '', { qos: 1, retain: true }).catch(() => undefined);
+      }
       if (c.connected) {
         const msg = this.encoder.status('offline', { reason: 'agent stopped' });
         await c

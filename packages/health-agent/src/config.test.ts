@@ -245,6 +245,19 @@ describe('config sources', () => {
     ).toMatchObject({ code: 'LW_AGENT_KEY_FILE' });
   });
 
+  it('--advertise-url needs --key-file, and goes into advertiseUrl', () => {
+    const keys = file('adv-keys', `k ${Buffer.alloc(32, 1).toString('base64')}\n`);
+    const url = 'http://10.0.0.5:8080';
+    expect(
+      toAgentOptions({ backendId: 'x', keyFile: keys, advertiseUrl: url }, { requireBroker: false })
+        .advertiseUrl,
+    ).toBe(url);
+    const err = codeOf(() =>
+      toAgentOptions({ backendId: 'x', advertiseUrl: url }, { requireBroker: false }),
+    );
+    expect(err.message).toContain('--key-file');
+  });
+
   it('loads a signing key file and picks a key by id', () => {
     const keys = file(
       'keys',

@@ -279,6 +279,14 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     help: 'Which key of --key-file signs (default the first)',
   },
   {
+    flag: 'advertise-url',
+    option: 'advertiseUrl',
+    needs: ['key-file'],
+    kind: 'string',
+    arg: 'url',
+    help: 'Register the backend at url with gateways that run discovery (signed, renewed every 20 s, cleared on stop)',
+  },
+  {
     flag: 'drain-grace-ms',
     option: 'drainGraceMs',
     kind: 'int',

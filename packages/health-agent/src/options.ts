@@ -5,6 +5,7 @@ import {
   assertValidKey,
   assertValidPrefix,
   isValidBackendId,
+  MAX_URL_LENGTH,
 } from '@loadwise/protocol';
 import cron from 'node-cron';
 import * as v from 'valibot';
@@ -68,6 +69,13 @@ export interface AgentOptions {
   /** Largest random per-agent offset after each scheduled instant, ms (default min(interval, 1000)); 0 disables. */
   jitterMs?: number;
   signingKey?: SigningKey;
+  /**
+   * Register the backend at this URL with gateways that run discovery: a
+   * signed, retained `register` message on every connect and every 20 s
+   * (which renews the gateways' lease), cleared when the agent stops. Needs
+   * `signingKey`: gateways admit signed registrations only.
+   */
+  advertiseUrl?: string;
   /** The watched service process, for its CPU and RSS (Linux /proc). */
   service?: { pid?: number; pidFile?: string };
   queue?: QueueOptions;
@@ -101,6 +109,7 @@ export interface ResolvedAgentOptions {
   cron: string | undefined;
   offsetMs: number;
   signingKey: SigningKey | undefined;
+  advertiseUrl: string | undefined;
   service: { pid?: number; pidFile?: string } | undefined;
   queue: ResolvedQueueOptions | undefined;
   probe: { url: URL; timeoutMs: number; expectStatus?: number[] } | undefined;
@@ -214,6 +223,18 @@ export const agentOptionsSchema = notArray(
         asserted(assertValidKey),
       ),
     ),
+    advertiseUrl: v.optional(
+      v.pipe(
+        httpUrl,
+        refine<string>((x) =>
+          x.length > MAX_URL_LENGTH
+            ? `is longer than ${MAX_URL_LENGTH} characters`
+            : new URL(x).username || new URL(x).password
+              ? 'must not carry credentials (gateways refuse them)'
+              : undefined,
+        ),
+      ),
+    ),
     service: v.optional(
       notArray(
         v.pipe(
@@ -321,6 +342,12 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
     );
   }
   const intervalMs = o.intervalMs ?? cronMs ?? DEFAULT_INTERVAL_MS;
+  if (o.advertiseUrl !== undefined && o.signingKey === undefined) {
+    throw invalidOption(
+      'advertiseUrl',
+      'needs signingKey: gateways admit only signed registrations (docs/gateway.md, "Discovery")',
+    );
+  }
   // Every input of a sample gets at most 90% of the interval, whatever its timeout, so that a
   // hung app cannot silence the agent: the sample is over before the next tick, and the
   // report (a down verdict, most likely) goes out every interval (docs/agent.md).
@@ -339,6 +366,7 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
     cron: o.cron,
     offsetMs: Math.floor(random() * jitterMs),
     signingKey: o.signingKey,
+    advertiseUrl: o.advertiseUrl,
     service: o.service?.pid !== undefined || o.service?.pidFile ? o.service : undefined,
     queue: q && boundQueueTimeout(resolveQueue(QUEUE_SOURCES, q), withinInterval),
     probe: o.probe && {
