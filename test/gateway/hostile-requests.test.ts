@@ -712,6 +712,31 @@ describe('upgrades to a backend that serves only HTTP (the README mounts lb for 
     expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
   });
 
+  it('relays a chunked answer to an upgrade framed by the close, not as chunked bare bytes', async () => {
+    // A raw backend: a chunked 404 with its own connection headers and a reason phrase of its own.
+    const raw = await rawBackend({
+      '/ws':
+        'HTTP/1.1 404 Gone Fishing\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-hop\r\n' +
+        'Keep-Alive: timeout=5\r\nX-Hop: 1\r\nX-Kept: 1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n',
+    });
+    gw = await gateway({ backends: [{ id: 'r', url: raw.url }] }, (app, lb) => app.use(lb), {
+      upgrades: true,
+    });
+    const r = await rawExchange(gw.port, `GET /ws HTTP/1.1\r\nHost: a\r\n${upgradeHead}\r\n`, {
+      guardMs: 5_000,
+    });
+    const head = r.raw.slice(0, r.raw.indexOf('\r\n\r\n')).toLowerCase();
+    expect(r.raw.startsWith('HTTP/1.1 404 Not Found\r\n')).toBe(true);
+    expect(head).not.toContain('transfer-encoding');
+    expect(head).not.toContain('keep-alive');
+    expect(head).not.toContain('x-hop');
+    expect(head).toContain('connection: close');
+    expect(head).toContain('x-kept: 1');
+    // The body as the backend meant it, ended by the close.
+    expect(r.raw.slice(r.raw.indexOf('\r\n\r\n') + 4)).toBe('hello world');
+    expect(r.closed).toBe(true);
+  });
+
   it('bounds the wait for the answer to an upgrade: 504 after requestTimeoutMs, backend connection closed', async () => {
     const held = await httpOnlyBackend(true);
     gw = await gateway(

@@ -24,7 +24,12 @@
  * address (429 LW_GW_CLIENT_LIMIT) and maxOpen in all (503
  * LW_GW_OVERLOADED), each counted from the moment the upgrade is taken.
  */
-import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import {
+  STATUS_CODES,
+  type ClientRequest,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
 import type { Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import type { Backend } from '../registry/backend';
@@ -159,11 +164,12 @@ export class UpgradeFlow {
       proxyReq.destroy(codedError('no answer to the upgrade in time', TIMEOUT_CODE));
     }, this.core.options.requestTimeoutMs);
     const settled = (): void => clearTimeout(timer);
-    proxyReq.once('response', () => {
+    proxyReq.once('response', (res: IncomingMessage) => {
       settled();
       // Node's agent then closes the socket when this non-101 answer ends, instead of
       // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
       proxyReq.shouldKeepAlive = false;
+      closeDelimited(res);
     });
     proxyReq.once('close', settled);
     proxyReq.once('upgrade', (_res: IncomingMessage, backendSocket: Socket) => {
@@ -244,6 +250,39 @@ function upgradeRefusal(req: IncomingMessage):
   const path = checkPath(req.url);
   return path === undefined ? undefined : { code: 'LW_GW_BAD_PATH', detail: path };
 }
+
+/**
+ * A backend's answer to an upgrade that is not a `101`, made true to how
+ * http-proxy relays it (its ws pass, on 'response' after this listener): it
+ * writes the head as the backend sent it, then pipes the body Node has already
+ * decoded, and ends the client's socket with it. A chunked answer reached the
+ * client as `Transfer-Encoding: chunked` over bare bytes, which a client
+ * parses as chunk sizes. So the head loses its framing and the backend's
+ * connection headers and says `Connection: close`: the body ends with the
+ * connection (or at its Content-Length). The reason phrase is the standard
+ * one: http-proxy writes the backend's unchecked, a control byte included
+ * (the request path drops such a phrase, response-head.ts).
+ */
+function closeDelimited(res: IncomingMessage): void {
+  const h = res.headers;
+  // What the backend's Connection names is about its connection too (RFC 9110 §7.6.1).
+  for (const token of String(h.connection ?? '').split(',')) {
+    const name = token.trim().toLowerCase();
+    if (name !== '' && name !== 'content-length') delete h[name];
+  }
+  for (const name of CONNECTION_HEADERS) delete h[name];
+  h.connection = 'close';
+  res.statusMessage = STATUS_CODES[res.statusCode ?? 0] ?? 'Unknown';
+}
+
+/** The backend's framing and connection headers, none of which hold on the client's connection. */
+const CONNECTION_HEADERS = [
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'trailer',
+];
 
 const REASONS: Record<number, string> = {
   400: 'Bad Request',
