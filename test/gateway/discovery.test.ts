@@ -189,6 +189,10 @@ describe('discovery', () => {
       await register('gone', a.url);
       await register('kept', b.url);
       await eventually(() => ids().length === 2, 5_000, 'both registered');
+      // Traffic to both (ties go round robin), so each has metric series.
+      for (let i = 0; i < 10; i++) await send(`${g.url}/`);
+      const series = async (): Promise<string> => g.lb.balancer.metricsRegistry.metrics();
+      expect(await series()).toContain('backend="gone"');
       await eventually(
         () => removed.length > 0,
         10_000,
@@ -196,6 +200,8 @@ describe('discovery', () => {
       );
       expect(removed).toEqual(['gone']);
       expect(ids()).toEqual(['kept']);
+      // Its series left the scrape with it.
+      expect(await series()).not.toContain('backend="gone"');
       // Every request now goes to the one left.
       const r = await send(`${g.url}/`);
       expect(r.json<{ id: string }>().id).toBe('b');

@@ -665,6 +665,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.checker?.unwatch(b);
       this.traffic.forget(b.id);
       this.limiter.forget(b.id);
+      this.metrics.forgetBackend(b.id);
       b.close();
       this.events.emit('backend-removed', { id: b.id, url: b.target.href, silentMs });
     }

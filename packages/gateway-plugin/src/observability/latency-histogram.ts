@@ -52,6 +52,11 @@ export class BackendLatencyHistogram {
     return s;
   }
 
+  /** A backend that left: its series goes from the exposition. */
+  remove(backendId: string, service?: string): void {
+    this.series.delete(seriesKey(backendId, service));
+  }
+
   observe(series: Series, value: number): void {
     const bounds = this.bounds;
     let i = 0;

@@ -224,6 +224,31 @@ describe('createGatewayMetrics', () => {
     expect(text).not.toContain('backend="b"');
   });
 
+  it('forgets every series of a backend that left for good, and no other', async () => {
+    const m = createGatewayMetrics();
+    for (const id of ['gone', 'kept']) {
+      m.onResponse(id, 200, 5);
+      m.onResponse(id, 503, 5);
+      m.onError(id, 'reset');
+      m.onPick(id, 'p2c');
+      m.onEjection(id);
+      m.onRetry(id);
+    }
+    expect(await m.registry.metrics()).toContain('backend="gone"');
+    m.forgetBackend('gone');
+    const text = await m.registry.metrics();
+    expect(text).not.toContain('backend="gone"');
+    for (const name of ['requests_total', 'errors_total', 'latency_seconds_count']) {
+      expect(text).toContain(`loadwise_backend_${name}{`);
+    }
+    expect(text.match(/backend="kept"/g)!.length).toBeGreaterThan(6);
+    // It may come back, counted from zero.
+    m.onResponse('gone', 200, 5);
+    expect(await m.registry.metrics()).toContain(
+      'loadwise_backend_requests_total{backend="gone",status_class="2xx"} 1',
+    );
+  });
+
   it('keeps counting across scrapes (counts are handed over once, never twice)', async () => {
     const registry = new Registry();
     const m = createGatewayMetrics({ registry });

@@ -76,6 +76,11 @@ export interface GatewayMetrics {
   onRequestRejected(code: string): void;
   /** A WebSocket was closed after `webSockets.idleTimeoutMs` without a byte either way. */
   onWebSocketIdleClosed(): void;
+  /**
+   * A backend left for good (discovery forgot it): its series leave the
+   * registry, so a fleet that scales in and out does not grow the scrape.
+   */
+  forgetBackend(backendId: string): void;
   /** Set the gauges from a snapshot (called at scrape time when a source is set). */
   collect(snapshot: BalancerSnapshot): void;
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
@@ -523,6 +528,20 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         rejectedChildren.set(code, child);
       }
       child.inc();
+    },
+    forgetBackend(backendId) {
+      const c = children.get(backendId);
+      if (c === undefined) return;
+      children.delete(backendId);
+      const backend = { backend: backendId };
+      c.statusClass.forEach((pending, i) => {
+        if (pending) f.requests.remove(L({ ...backend, status_class: STATUS_CLASSES[i]! }));
+      });
+      for (const kind of Object.keys(c.errors)) f.errors.remove(L({ ...backend, kind }));
+      for (const strategy of c.picks.keys()) f.picks.remove(L({ ...backend, strategy }));
+      if (c.ejections) f.ejections.remove(L(backend));
+      if (c.retries) f.retries.remove(L(backend));
+      f.latency.remove(backendId, member.service);
     },
     onWebSocketIdleClosed() {
       webSocketIdleChild ??= f.webSocketIdleClosed.labels(L({}));
