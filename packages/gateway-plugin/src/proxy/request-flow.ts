@@ -19,7 +19,12 @@
  * cannot forward safely, dot-segment paths, a client over its in-flight
  * bound, a body that stalls. None of them counts against a backend.
  */
-import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type {
+  ClientRequest,
+  IncomingHttpHeaders,
+  IncomingMessage,
+  ServerResponse,
+} from 'node:http';
 import type { Server, Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { drainClosesConnections } from '../cluster/listener-drain';
@@ -121,6 +126,38 @@ function backendUpgradedUnasked(this: ClientRequest, _res: IncomingMessage, sock
     'error',
     codedError('the backend switched protocols (101) unasked', UNASKED_UPGRADE_CODE),
   );
+}
+
+/**
+ * The client response each backend request's informational answers belong
+ * to (103 Early Hints: earlyHints below). A WeakMap rather than a closure
+ * per request; an attempt's entry goes with its ClientRequest.
+ */
+const hintsTarget = new WeakMap<ClientRequest, ServerResponse>();
+
+/**
+ * A backend's `103 Early Hints` reaches the client (http-proxy relays no 1xx):
+ * its `Link` headers only, so the browser can preload while the backend
+ * works, as Envoy relays them. Never after the response head, never to an
+ * HTTP/1.0 client (RFC 9110 §15.2), never once the client has gone; a 102
+ * or another 1xx is dropped, as before.
+ */
+function earlyHints(
+  this: ClientRequest,
+  info: { statusCode: number; headers: IncomingHttpHeaders },
+): void {
+  if (info.statusCode !== 103) return;
+  const res = hintsTarget.get(this);
+  const link = info.headers.link;
+  if (!res || link === undefined || res.headersSent || res.destroyed) return;
+  const req = res.req;
+  if (req.httpVersionMajor < 1 || (req.httpVersionMajor === 1 && req.httpVersionMinor < 1)) return;
+  try {
+    res.writeEarlyHints({ link: String(link).split(/,(?=\s*<)/) });
+  } catch {
+    // A Link value Node's validator refuses (not `<uri>; param=...`): those hints are
+    // dropped. Thrown here, inside the client parser's callback, it killed the process.
+  }
 }
 
 /** A request's flow record before its first attempt. */
@@ -605,6 +642,8 @@ export class RequestFlow {
     }
     flow.proxyReq = proxyReq;
     proxyReq.on('upgrade', backendUpgradedUnasked);
+    hintsTarget.set(proxyReq, flow.res);
+    proxyReq.on('information', earlyHints);
     const hook = this.core.options.on.proxyReq;
     if (hook && !this.runHook(flow, () => hook(proxyReq, req, flow.res))) return;
     writeBody(proxyReq, flow.body);
