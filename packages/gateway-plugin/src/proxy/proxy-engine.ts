@@ -95,17 +95,12 @@ export class ProxyEngine {
 
   /** Makes a backend's pool reachable through the dispatcher of its protocol (upgrades). */
   register(backend: Backend): void {
-    this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:').dispatcher.set(
-      urlHostKey(backend.target),
-      backend.agent,
-    );
+    this.instanceOf(backend).dispatcher.set(urlHostKey(backend.target), backend.agent);
   }
 
   /** A backend that left: its pool is no longer reachable through the dispatcher. */
   unregister(backend: Backend): void {
-    this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:').dispatcher.delete(
-      urlHostKey(backend.target),
-    );
+    this.instanceOf(backend).dispatcher.delete(urlHostKey(backend.target));
   }
 
   /**
@@ -113,7 +108,7 @@ export class ProxyEngine {
    * backend request on `backend.agent` and calls `body.pipe(proxyReq)`.
    */
   web(backend: Backend, req: IncomingMessage, res: ServerResponse, body: BodySource): void {
-    const { server } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
+    const { server } = this.instanceOf(backend);
     try {
       server.web(req, res, {
         target: this.parsed(backend.target.href),
@@ -130,8 +125,13 @@ export class ProxyEngine {
   }
 
   upgrade(backend: Backend, req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const { handler } = this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
+    const { handler } = this.instanceOf(backend);
     handler.upgrade(req, socket, head);
+  }
+
+  /** The http-proxy instance of a backend's protocol. */
+  private instanceOf(backend: Backend): Instance {
+    return this.instance(backend.target.protocol === 'https:' ? 'https:' : 'http:');
   }
 
   private instance(protocol: 'http:' | 'https:'): Instance {

@@ -33,7 +33,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
  * framing (which Node writes from the answer itself) and the connection
  * options `close` and `keep-alive`; undefined when there are none.
  */
-function namedByConnection(value: string | undefined): Set<string> | undefined {
+export function namedByConnection(value: string | undefined): Set<string> | undefined {
   if (value === undefined) return undefined;
   let named: Set<string> | undefined;
   for (const token of value.split(',')) {

@@ -39,6 +39,7 @@ import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
 import { clientAddress, setForwardedHeaders, stripHopByHopForUpgrade } from './forwarded';
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
+import { namedByConnection } from './response-head';
 import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
 
 export class UpgradeFlow {
@@ -266,10 +267,7 @@ function upgradeRefusal(req: IncomingMessage):
 function closeDelimited(res: IncomingMessage): void {
   const h = res.headers;
   // What the backend's Connection names is about its connection too (RFC 9110 §7.6.1).
-  for (const token of String(h.connection ?? '').split(',')) {
-    const name = token.trim().toLowerCase();
-    if (name !== '' && name !== 'content-length') delete h[name];
-  }
+  for (const name of namedByConnection(h.connection) ?? []) delete h[name];
   for (const name of CONNECTION_HEADERS) delete h[name];
   h.connection = 'close';
   res.statusMessage = STATUS_CODES[res.statusCode ?? 0] ?? 'Unknown';
@@ -284,15 +282,6 @@ const CONNECTION_HEADERS = [
   'trailer',
 ];
 
-const REASONS: Record<number, string> = {
-  400: 'Bad Request',
-  405: 'Method Not Allowed',
-  429: 'Too Many Requests',
-  502: 'Bad Gateway',
-  503: 'Service Unavailable',
-  504: 'Gateway Timeout',
-};
-
 /** A coded answer on the raw socket of an upgrade, which then closes. */
 function refuse(
   socket: Socket,
@@ -301,7 +290,7 @@ function refuse(
 ): void {
   const retry = status === 503 || status === 429 ? 'Retry-After: 1\r\n' : '';
   socket.end(
-    `HTTP/1.1 ${status} ${REASONS[status]}\r\n${ERROR_CODE_HEADER}: ${code}\r\n${retry}` +
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${ERROR_CODE_HEADER}: ${code}\r\n${retry}` +
       'Connection: close\r\nContent-Length: 0\r\n\r\n',
   );
 }
