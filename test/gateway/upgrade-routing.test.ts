@@ -6,33 +6,15 @@
  * no balancer is mounted on gets 404, and an authorised one reaches the echo
  * backend of its own mount path, with the mount path stripped.
  */
-import { createServer } from 'node:http';
 import express from 'express';
-import { WebSocketServer } from 'ws';
 import { loadBalance, routeUpgrades, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
 import { wsExchange } from '../kit/ws-client';
+import { createServer } from 'node:http';
 import { listen, type TestServer } from '../kit/http';
+import { wsEchoBackend } from '../kit/ws-server';
 import { quietLogger } from '../kit/gateway';
 
 const TOKEN = 'user-token-1';
-
-/** A `ws` echo server answering `<id> <path>: <message>`. */
-async function echoBackend(id: string): Promise<TestServer> {
-  const server = createServer((_req, res) => res.end(id));
-  const wss = new WebSocketServer({ server });
-  wss.on('connection', (socket, req) => {
-    socket.on('message', (data) => socket.send(`${id} ${req.url}: ${String(data)}`));
-  });
-  const s = await listen(server);
-  return {
-    ...s,
-    close: async () => {
-      for (const c of wss.clients) c.terminate();
-      wss.close();
-      await s.close();
-    },
-  };
-}
 
 describe('routeUpgrades(app)', () => {
   const backends: TestServer[] = [];
@@ -41,7 +23,8 @@ describe('routeUpgrades(app)', () => {
   const seen: string[] = [];
 
   beforeAll(async () => {
-    for (const id of ['users-1', 'orders-1']) backends.push(await echoBackend(id));
+    for (const id of ['users-1', 'orders-1'])
+      backends.push(await wsEchoBackend((m, req) => `${id} ${req.url}: ${m}`, id));
     const [users, orders] = (['users', 'orders'] as const).map((service, i) =>
       loadBalance({
         backends: [{ id: `${service}-1`, url: backends[i]!.url }],

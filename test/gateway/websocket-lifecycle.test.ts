@@ -8,43 +8,21 @@
  * `routeUpgrades(app)`.
  */
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import express from 'express';
-import WebSocket, { WebSocketServer } from 'ws';
+import WebSocket from 'ws';
 import {
   loadBalance,
   routeUpgrades,
   type LoadBalanceOptions,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
-import { listen, refusedPort, type TestServer } from '../kit/http';
+import { listen, refusedPort, startBackend, type TestServer } from '../kit/http';
 import { quietLogger } from '../kit/gateway';
 import { eventually } from '../kit/fleet';
+import { wsEchoBackend } from '../kit/ws-server';
 
 jest.setTimeout(30_000);
-
-interface Echo extends TestServer {
-  wss: WebSocketServer;
-  /** Connections the backend holds now. */
-  open(): number;
-}
-
-async function echoBackend(): Promise<Echo> {
-  const server = createServer((_req, res) => res.end('http'));
-  const wss = new WebSocketServer({ server });
-  wss.on('connection', (socket) => socket.on('message', (d) => socket.send(`echo ${String(d)}`)));
-  const s = await listen(server);
-  return {
-    ...s,
-    wss,
-    open: () => wss.clients.size,
-    close: async () => {
-      for (const c of wss.clients) c.terminate();
-      wss.close();
-      await s.close();
-    },
-  };
-}
 
 async function gateway(
   url: string,
@@ -98,7 +76,7 @@ afterEach(async () => {
 
 describe('WebSockets at shutdown', () => {
   it('lb.close() waits for an open WebSocket within its grace: it ends when the socket does', async () => {
-    const backend = await echoBackend();
+    const backend = await wsEchoBackend();
     const gw = await gateway(backend.url);
     servers.push(backend, gw);
     const ws = await openSocket(gw.port);
@@ -122,7 +100,7 @@ describe('WebSockets at shutdown', () => {
   });
 
   it('cuts the WebSockets still open when the grace ends, the backend side too', async () => {
-    const backend = await echoBackend();
+    const backend = await wsEchoBackend();
     const gw = await gateway(backend.url);
     servers.push(backend, gw);
     const sockets = [await openSocket(gw.port), await openSocket(gw.port)];
@@ -152,6 +130,79 @@ describe('answers on an upgrade socket', () => {
     ws.on('error', () => {});
     ws.terminate();
     expect(answer).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+  });
+});
+
+/**
+ * A raw client that sends an upgrade request, reads the answer to its end
+ * (the gateway's FIN) and never closes its own side, as a client that is
+ * gone or hostile does. Resolves with what it read; `close()` ends it.
+ */
+async function halfOpenUpgrade(
+  port: number,
+  target = '/ws',
+): Promise<{ answer: string; close(): void }> {
+  const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  socket.on('error', () => {});
+  socket.write(
+    `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+  );
+  let answer = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => (answer += d));
+  await new Promise((resolve) => socket.once('end', resolve));
+  return { answer, close: () => socket.destroy() };
+}
+
+/** The sockets a server holds open now. */
+const connections = (gw: TestServer): Promise<number> =>
+  new Promise((resolve, reject) =>
+    gw.server.getConnections((err, n) => (err ? reject(err) : resolve(n))),
+  );
+
+describe('an upgrade answered without a 101 frees its socket, though the client never closes', () => {
+  it("a backend's 404: the socket and its webSockets places are given back", async () => {
+    const backend = await startBackend('plain', (_req, res) => {
+      res.statusCode = 404;
+      res.end('nope');
+    });
+    const gw = await gateway(backend.url, { webSockets: { maxPerClient: 1 } });
+    servers.push(backend, gw);
+    const clients = [await halfOpenUpgrade(gw.port)];
+    try {
+      expect(clients[0]!.answer).toMatch(/^HTTP\/1\.1 404 Not Found\r\n[\s\S]*\r\n\r\nnope$/);
+      await eventually(async () => (await connections(gw)) === 0, 5_000, 'the socket closed');
+      expect(gw.lb.balancer.snapshot().openWebSockets).toBe(0);
+      // The one place of this address is free again: the next upgrade is the backend's
+      // 404 again, not 429 LW_GW_CLIENT_LIMIT.
+      clients.push(await halfOpenUpgrade(gw.port));
+      expect(clients[1]!.answer).toMatch(/^HTTP\/1\.1 404 Not Found\r\n/);
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+
+  it("the gateway's own answers (502, and a refusal) close the socket too", async () => {
+    const gw = await gateway(`http://127.0.0.1:${await refusedPort()}`, {
+      webSockets: { maxPerClient: 1 },
+    });
+    servers.push(gw);
+    const clients = [await halfOpenUpgrade(gw.port)];
+    try {
+      expect(clients[0]!.answer).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
+      await eventually(async () => (await connections(gw)) === 0, 5_000, 'the socket closed');
+      expect(gw.lb.balancer.snapshot().openWebSockets).toBe(0);
+      // Its place was given back: the next one is a 502 too, not a 429.
+      clients.push(await halfOpenUpgrade(gw.port));
+      expect(clients[1]!.answer).toMatch(/^HTTP\/1\.1 502 Bad Gateway\r\n/);
+      // A refusal before any place is taken (`GET *` is no path): its socket closes too.
+      clients.push(await halfOpenUpgrade(gw.port, '*'));
+      expect(clients[2]!.answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+      await eventually(async () => (await connections(gw)) === 0, 5_000, 'all sockets closed');
+    } finally {
+      for (const c of clients) c.close();
+    }
   });
 });
 
@@ -187,7 +238,7 @@ async function metric(
 
 describe('bounds on open WebSockets (webSockets)', () => {
   it('closes a WebSocket idle for idleTimeoutMs, both sides, and leaves a busy one open', async () => {
-    const backend = await echoBackend();
+    const backend = await wsEchoBackend();
     const gw = await gateway(backend.url, { webSockets: { idleTimeoutMs: 1_500 } });
     servers.push(backend, gw);
     const quiet = await openSocket(gw.port);
@@ -218,7 +269,7 @@ describe('bounds on open WebSockets (webSockets)', () => {
   });
 
   it('maxPerClient: one more from the same address gets 429, and a closed one frees its place', async () => {
-    const backend = await echoBackend();
+    const backend = await wsEchoBackend();
     const gw = await gateway(backend.url, { webSockets: { maxPerClient: 2 } });
     servers.push(backend, gw);
     const a = await openSocket(gw.port);
@@ -234,7 +285,7 @@ describe('bounds on open WebSockets (webSockets)', () => {
   });
 
   it('maxOpen: one more gets 503 LW_GW_OVERLOADED with Retry-After, counted as shed', async () => {
-    const backend = await echoBackend();
+    const backend = await wsEchoBackend();
     const gw = await gateway(backend.url, { webSockets: { maxOpen: 2, maxPerClient: false } });
     servers.push(backend, gw);
     const open = [await openSocket(gw.port), await openSocket(gw.port)];

@@ -17,7 +17,9 @@
  * body (http-proxy would send the head only), the client's hop-by-hop
  * headers removed, the backend's answer due within requestTimeoutMs, and its
  * backend connection closed after an answer that is not a `101`, never
- * pooled.
+ * pooled. Such an answer, or the gateway's own, closes the client's socket
+ * once it is out: ended only, a socket the client never closed stayed
+ * half-open for good, with its webSockets places.
  *
  * Open, it is bounded too (`webSockets`): closed, both sides, after
  * idleTimeoutMs without a byte either way; at most maxPerClient per client
@@ -73,6 +75,9 @@ export class UpgradeFlow {
   }
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    // Closed before this ran (routeUpgrades runs the app's middleware first, an async one
+    // included): its 'close' has fired, so nothing would give back what is taken below.
+    if (socket.destroyed) return;
     const c = this.core;
     if (c.closed) return refuse(socket, 503, 'LW_GW_CLOSED');
     if (c.draining) return refuse(socket, 503, 'LW_GW_DRAINING');
@@ -130,9 +135,12 @@ export class UpgradeFlow {
     this.upgrades.set(req, backend);
     this.sockets.set(req, socket);
     this.open.add(socket);
+    // Counted on the backend too: discovery does not forget a backend with one open.
+    backend.openUpgrades++;
     socket.on('error', () => socket.destroy());
     socket.once('close', () => {
       this.open.delete(socket);
+      backend.openUpgrades--;
       if (client !== undefined) this.perClient!.release(client);
       this.onClosed();
     });
@@ -171,6 +179,12 @@ export class UpgradeFlow {
       // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
       proxyReq.shouldKeepAlive = false;
       closeDelimited(res);
+      // http-proxy ends the client's socket with the answer, and the server's sockets
+      // allow half-open: a client that never closes its side held the socket, and its
+      // webSockets places, for good. So it closes once the answer is out, and an answer
+      // that stops moving (a stalled body, a client that does not read) is cut.
+      socket.once('finish', () => socket.destroy());
+      socket.setTimeout(this.core.options.requestTimeoutMs, () => socket.destroy());
     });
     proxyReq.once('close', settled);
     proxyReq.once('upgrade', (_res: IncomingMessage, backendSocket: Socket) => {
@@ -293,4 +307,7 @@ function refuse(
     `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${ERROR_CODE_HEADER}: ${code}\r\n${retry}` +
       'Connection: close\r\nContent-Length: 0\r\n\r\n',
   );
+  // Closed once written, as Node's server closes after a `Connection: close` answer:
+  // ended only, the socket stayed half-open for as long as the client kept its side.
+  socket.destroySoon();
 }
