@@ -28,6 +28,17 @@ async function hintingBackend(): Promise<TestServer> {
   return s;
 }
 
+/** A backend that answers every request with these bytes. */
+async function rawBackend(answer: string): Promise<TestServer> {
+  const raw = createNetServer((sock) => {
+    sock.on('error', () => {});
+    sock.once('data', () => sock.write(answer));
+  });
+  const backend = await listen(raw as unknown as Server);
+  servers.push(backend);
+  return backend;
+}
+
 async function gateway(url: string): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
   const lb = loadBalance({
     backends: [{ id: 'b', url }],
@@ -65,6 +76,25 @@ describe('103 Early Hints', () => {
     expect([r.responses[0]?.status, r.responses[0]?.body]).toEqual([200, 'ok']);
   });
 
+  it('relays every Link of a hint: repeated headers and a comma-separated list', async () => {
+    const gw = await gateway(
+      (
+        await rawBackend(
+          'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload; as=style\r\n' +
+            'Link: </b.js>; rel=preload; as=script, </c.woff2>; rel=preload; as=font\r\n\r\n' +
+            'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+        )
+      ).url,
+    );
+    const r = await rawExchange(gw.port, 'GET /page HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(r.interim).toEqual([103]);
+    const hint = r.raw.slice(0, r.raw.indexOf('\r\n\r\n')).toLowerCase();
+    for (const uri of ['</a.css>', '</b.js>', '</c.woff2>']) expect(hint).toContain(uri);
+    expect([r.responses[0]?.status, r.responses[0]?.body]).toEqual([200, 'ok']);
+  });
+
   it('is not sent to an HTTP/1.0 client', async () => {
     const gw = await gateway((await hintingBackend()).url);
     const r = await rawExchange(gw.port, 'GET /page HTTP/1.0\r\nHost: a\r\n\r\n');
@@ -73,17 +103,10 @@ describe('103 Early Hints', () => {
   });
 
   it('drops a hint whose Link Node refuses, and serves the answer', async () => {
-    const raw = createNetServer((sock) => {
-      sock.on('error', () => {});
-      sock.once('data', () =>
-        sock.write(
-          'HTTP/1.1 103 Early Hints\r\nLink: not a link\r\n\r\n' +
-            'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
-        ),
-      );
-    });
-    const backend = await listen(raw as unknown as Server);
-    servers.push(backend);
+    const backend = await rawBackend(
+      'HTTP/1.1 103 Early Hints\r\nLink: not a link\r\n\r\n' +
+        'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
+    );
     const gw = await gateway(backend.url);
     const r = await rawExchange(gw.port, 'GET /page HTTP/1.1\r\nHost: a\r\n\r\n', {
       responses: 1,

@@ -157,7 +157,9 @@ function earlyHints(
   const req = res.req;
   if (req.httpVersionMajor < 1 || (req.httpVersionMajor === 1 && req.httpVersionMinor < 1)) return;
   try {
-    res.writeEarlyHints({ link: String(link).split(/,(?=\s*<)/) });
+    // Several Links arrive joined by ", " (Node joins repeated headers): split before each
+    // `<`, the space with the comma, since Node refuses a value that does not start with `<`.
+    res.writeEarlyHints({ link: String(link).split(/\s*,\s*(?=<)/) });
   } catch {
     // A Link value Node's validator refuses (not `<uri>; param=...`): those hints are
     // dropped. Thrown here, inside the client parser's callback, it killed the process.
