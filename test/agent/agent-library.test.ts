@@ -219,6 +219,31 @@ describe('createAgent (library, in-process)', () => {
     expect(agent.stats.published).toBe(0);
   });
 
+  it('stop() while start() is still priming: nothing connects or runs afterwards', async () => {
+    const broker = await startEmbeddedBroker();
+    try {
+      const sockets = (): number =>
+        process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
+      const before = sockets();
+      const agent = createAgent({
+        backendId: 'lib-10',
+        broker: { url: broker.url },
+        intervalMs: 100,
+        cgroup: false,
+      });
+      const connects: unknown[] = [];
+      agent.on('connect', () => connects.push(1));
+      const started = agent.start();
+      await agent.stop({ graceMs: 0 });
+      await started;
+      // mqtt.js opens its socket synchronously: a client made after stop() shows here.
+      expect(sockets()).toBe(before);
+      expect([connects.length, agent.state]).toEqual([0, 'offline']);
+    } finally {
+      await broker.close();
+    }
+  });
+
   describe('publishing', () => {
     let broker: EmbeddedBroker;
     let sub: MqttClient;

@@ -198,6 +198,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       throw new AgentError('LW_AGENT_NOT_STARTED', 'agent was stopped; create a new one');
     this.started = true;
     await this.prime();
+    // stop() during the priming: connecting now would leave a client (and timers) nobody ends.
+    if (this.stopping) return;
     const b = this.options.broker;
     if (b) {
       const clientId =

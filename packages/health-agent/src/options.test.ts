@@ -159,6 +159,22 @@ describe('resolveAgentOptions', () => {
     },
   );
 
+  it('refuses an advertiseUrl that names its host: gateways admit IP literals only', () => {
+    const signingKey = { keyId: 'k', secret: Buffer.alloc(32, 1) };
+    expect(() =>
+      resolveAgentOptions({
+        backendId: 'b',
+        signingKey,
+        advertiseUrl: 'http://app.internal:8080',
+      }),
+    ).toThrow('advertiseUrl: must name its host by IP address');
+    for (const url of ['http://10.0.0.5:8080', 'http://[fd00::5]:8080']) {
+      expect(
+        resolveAgentOptions({ backendId: 'b', signingKey, advertiseUrl: url }).advertiseUrl,
+      ).toBe(url);
+    }
+  });
+
   it('names the library path, never a CLI name, in a library error', () => {
     expect(() =>
       resolveAgentOptions({ backendId: 'b', queue: { source: 'kernel', port: 0 } }),

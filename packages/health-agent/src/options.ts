@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import type { SigningKey } from '@loadwise/protocol';
 import {
   DEFAULT_TOPIC_PREFIX,
@@ -231,7 +232,9 @@ export const agentOptionsSchema = notArray(
             ? `is longer than ${MAX_URL_LENGTH} characters`
             : new URL(x).username || new URL(x).password
               ? 'must not carry credentials (gateways refuse them)'
-              : undefined,
+              : isIP(new URL(x).hostname.replace(/^\[|\]$/g, '')) === 0
+                ? 'must name its host by IP address (gateways refuse a name: it would be resolved after their range check)'
+                : undefined,
         ),
       ),
     ),
