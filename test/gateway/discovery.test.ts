@@ -4,13 +4,19 @@
  * backend only from a signed registration inside the allowed ranges.
  */
 import { once } from 'node:events';
+import WebSocket from 'ws';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
-import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
+import {
+  startEmbeddedBroker,
+  type EmbeddedBroker,
+  type LoadBalanceOptions,
+} from '@loadwise/gateway-plugin';
 import { eventually } from '../kit/fleet';
+import { wsEchoBackend } from '../kit/ws-server';
 
 const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
 const otherKey = { keyId: 'k1', secret: Buffer.alloc(32, 8) };
@@ -218,33 +224,56 @@ describe('discovery', () => {
     }
   });
 
-  it("does not count a broker outage as the agents' silence", async () => {
-    // The gateway's clock is ours (`now`), the sweep runs on its real 1 s timer.
-    let clock = Date.now();
-    let broker: EmbeddedBroker | undefined = await startEmbeddedBroker();
-    const port = broker.port;
-    const prefix = uniquePrefix('disc-outage');
+  /** A signed report of `x`, fresh for 1 s, as its agent sends it. */
+  const report = {
+    intervalMs: 1000,
+    state: 'online' as const,
+    host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
+    health: { verdict: 'up' as const },
+  };
+
+  /**
+   * A discovering gateway (forgetAfterMs 1.5 s) on a clock only the test moves
+   * (`clock.ms`); its sweep runs on its real 1 s timer.
+   */
+  async function leasedGateway(
+    name: string,
+    extra: Partial<LoadBalanceOptions> = {},
+  ): Promise<{ g: TestGateway; prefix: string; clock: { ms: number } }> {
+    const clock = { ms: Date.now() };
+    const prefix = uniquePrefix(name);
     const g = await startLocalGateway({
       backends: [],
-      broker: { url: broker.url, reconnectPeriodMs: 100 },
+      broker: { embedded: true },
       topicPrefix: prefix,
       keys: [key],
       discovery: { allowedRanges: ['127.0.0.0/8'], forgetAfterMs: 1_500 },
-      now: () => clock,
+      now: () => clock.ms,
+      ...extra,
     });
     gw = g;
+    await g.lb.ready();
+    return { g, prefix, clock };
+  }
+
+  /** Backend `x` registers at `url` and reports, through `brokerUrl`; resolves once it is in. */
+  async function registerX(g: TestGateway, prefix: string, url: string, brokerUrl: string) {
+    const enc = createEncoder({ backendId: 'x', prefix, key });
+    for (const m of [enc.registration(url), enc.metrics(report)])
+      await publish(brokerUrl, m.topic, m.payload);
+    await eventually(() => g.backend('x')?.reportFresh === true, 5_000, 'x registered, fresh');
+  }
+
+  it("does not count a broker outage as the agents' silence, and a reconnect restarts no lease", async () => {
+    let broker: EmbeddedBroker | undefined = await startEmbeddedBroker();
+    const port = broker.port;
+    const { g, prefix, clock } = await leasedGateway('disc-outage', {
+      broker: { url: broker.url, reconnectPeriodMs: 100 },
+    });
     try {
-      await g.lb.ready();
-      const enc = createEncoder({ backendId: 'x', prefix, key });
-      const body = {
-        intervalMs: 1000,
-        state: 'online' as const,
-        host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
-        health: { verdict: 'up' as const },
-      };
-      for (const m of [enc.registration(a.url), enc.metrics(body)])
-        await publish(broker.url, m.topic, m.payload);
-      await eventually(() => g.backend('x')?.reportFresh === true, 5_000, 'x registered, fresh');
+      await registerX(g, prefix, a.url, broker.url);
+      // One second of silence with the broker up: it counts.
+      clock.ms += 1_000;
 
       await broker.close();
       broker = undefined;
@@ -252,22 +281,105 @@ describe('discovery', () => {
       // Ten seconds of silence, all of it with the broker down: a sweep after this finds x's
       // report stale (metrics-stale) and, in the same sweep, must not forget it.
       const stale = once(internals(g.lb).events, 'metrics-stale');
-      clock += 10_000;
+      clock.ms += 10_000;
       await stale;
       expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
 
-      // The broker back: silence counts from the reconnection, and then x is forgotten.
+      // The broker back: the lease goes on from where the outage stopped it (1 s), not
+      // from zero, so 600 ms more (1.6 s in all) forget x.
       broker = await startEmbeddedBroker({ port });
       await eventually(() => g.lb.balancer.snapshot().brokerConnected === true, 10_000, 'back');
       expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
-      const removed = once(internals(g.lb).events, 'backend-removed');
-      clock += 2_000;
-      expect((await removed)[0]).toMatchObject({ id: 'x', silentMs: 2_000 });
+      const removed: unknown[] = [];
+      g.lb.balancer.on('backend-removed', (e) => removed.push(e));
+      clock.ms += 600;
+      await eventually(
+        () => removed.length > 0,
+        5_000,
+        'x forgotten 600 ms after the reconnection',
+      );
+      expect(removed).toEqual([{ id: 'x', url: `${a.url}/`, silentMs: 1_600 }]);
       expect(g.lb.balancer.snapshot().backends).toEqual([]);
     } finally {
       await g.close();
       gw = undefined;
       await broker?.close();
+    }
+  });
+
+  it('does not age leases while a flood has the gateway-wide message cap dropping messages', async () => {
+    // The cap's bucket refills on the gateway's clock, which only the test moves.
+    const { g, prefix, clock } = await leasedGateway('disc-flood', {
+      messageLimits: { totalPerSec: 5, totalBurst: 5 },
+    });
+    const client = await connectClient(g.lb.balancer.brokerUrl!);
+    const capped: string[] = [];
+    g.lb.balancer.on('invalid-message', (e) => {
+      if (e.code === 'LW_GW_RATE_LIMITED') capped.push(e.code);
+    });
+    let flood: NodeJS.Timeout | undefined;
+    try {
+      await registerX(g, prefix, a.url, g.lb.balancer.brokerUrl!);
+      // Junk on another id's topic, 20 messages every 20 ms: each burst empties the
+      // cap's bucket, so every sweep period has drops (the agent's renewals would be
+      // among them).
+      const topic = createEncoder({ backendId: 'flood', prefix }).metrics(report).topic;
+      flood = setInterval(() => {
+        for (let i = 0; i < 20; i++) client.publish(topic, 'junk');
+      }, 20);
+      await eventually(() => capped.length > 0, 5_000, 'the cap dropping messages');
+      const stale = once(internals(g.lb).events, 'metrics-stale');
+      clock.ms += 5_000;
+      await stale;
+      // The sweep that found x's report stale did not count those 5 s against its lease.
+      expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
+
+      // The flood over, the lease runs again.
+      clearInterval(flood);
+      flood = undefined;
+      const tick = setInterval(() => (clock.ms += 500), 100);
+      try {
+        await eventually(
+          () => g.lb.balancer.snapshot().backends.length === 0,
+          10_000,
+          'x forgotten after the flood',
+        );
+      } finally {
+        clearInterval(tick);
+      }
+    } finally {
+      clearInterval(flood);
+      await endClient(client);
+      await g.close();
+      gw = undefined;
+    }
+  });
+
+  it('does not forget a backend while a WebSocket to it is open', async () => {
+    const backend = await wsEchoBackend();
+    const { g, prefix, clock } = await leasedGateway('disc-ws');
+    let ws: WebSocket | undefined;
+    try {
+      await registerX(g, prefix, backend.url, g.lb.balancer.brokerUrl!);
+      ws = new WebSocket(`ws://127.0.0.1:${g.port}/ws`);
+      await once(ws, 'open');
+      const stale = once(internals(g.lb).events, 'metrics-stale');
+      clock.ms += 5_000;
+      await stale;
+      // Silent past its lease, but a WebSocket is open to it: kept, and the WebSocket works.
+      expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
+      ws.send('hi');
+      expect(String((await once(ws, 'message'))[0])).toBe('echo hi');
+      // Closed, the backend goes at a later sweep.
+      ws.close();
+      await once(ws, 'close');
+      const removed = once(internals(g.lb).events, 'backend-removed');
+      expect((await removed)[0]).toMatchObject({ id: 'x' });
+    } finally {
+      ws?.terminate();
+      await g.close();
+      gw = undefined;
+      await backend.close();
     }
   });
 });

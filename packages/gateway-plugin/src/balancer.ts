@@ -89,8 +89,19 @@ export class Balancer implements BalancerHandle, FlowHost {
   private readonly log: RateLimitedLog;
   private readonly allowed: BlockList | undefined;
   private readonly sweepTimer: NodeJS.Timeout;
-  /** Since when the broker connection is up (ms, `now`); undefined while it is down. */
-  private brokerUpSinceMs: number | undefined;
+  /**
+   * Discovery's lease clock (ms): the time that counts as an agent's silence
+   * (forgetSilent). It runs while the broker connection is up and stands
+   * still while it is down, so an outage pauses every lease and a reconnect
+   * restarts none; a sweep period in which the gateway-wide message cap
+   * dropped anything is not counted either, since a flood may have dropped
+   * the agents' renewals with the rest.
+   */
+  private leaseMs = 0;
+  /** `now` when leaseMs last advanced; undefined while the broker is down. */
+  private leaseMarkMs: number | undefined;
+  /** The gateway-wide message cap dropped something since leaseMs last advanced. */
+  private capDropped = false;
   private saturated = false;
   private closing: Promise<void> | undefined;
   /** ready() calls still waiting: close() rejects them with LW_GW_CLOSED. */
@@ -210,13 +221,13 @@ export class Balancer implements BalancerHandle, FlowHost {
                   undefined,
                 ),
               onConnected: (url) => {
-                this.brokerUpSinceMs = this.now();
+                this.advanceLease(this.now(), true);
                 this.events.emit('broker-connected', { url });
               },
               // Once per outage, not per reconnect attempt (mqtt-source.ts); logged by event-log.ts.
               onUnreachable: (url, error) => this.events.emit('broker-unreachable', { url, error }),
               onLost: (error) => {
-                this.brokerUpSinceMs = undefined;
+                this.advanceLease(this.now(), false);
                 this.events.emit('broker-lost', { error });
               },
             },
@@ -351,6 +362,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (payload.length === 0) return;
     const nowMs = this.now();
     if (!this.limiter.admitTotal(nowMs)) {
+      this.capDropped = true;
       return this.drop('LW_GW_RATE_LIMITED', 'message rate of the gateway exceeded', undefined);
     }
     const verified = this.decoder.verify(topic, payload, { retained });
@@ -422,7 +434,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.registry.applyUnsigned(backend, message, receivedAtMs, this.options.unsignedMaxPenalty);
       return;
     }
-    backend.lastHeardMs = receivedAtMs;
+    backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
   }
@@ -454,7 +466,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (existing) {
       if (existing.target.href !== url.href) reject('a known backend cannot change its address');
       // The agent's periodic registration renews a discovered backend's lease.
-      else existing.lastHeardMs = this.now();
+      else existing.heardAtLeaseMs = this.leaseNow(this.now());
       return;
     }
     let discovered = 0;
@@ -467,7 +479,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (discovered >= d.maxBackends) return reject('discovery.maxBackends reached');
     const weight = Math.min(Math.max(message.weight ?? 1, 0.01), 1e6);
     const added = this.addBackend(message.backendId, url, weight, 'discovery');
-    added.lastHeardMs = this.now();
+    added.heardAtLeaseMs = this.leaseNow(this.now());
     this.events.emit('backend-added', { id: message.backendId, url: url.href });
   }
 
@@ -639,32 +651,46 @@ export class Balancer implements BalancerHandle, FlowHost {
   private sweep(): void {
     const nowMs = this.now();
     this.registry.sweepFreshness(nowMs);
-    this.forgetSilent(nowMs);
+    if (this.leaseMarkMs !== undefined) this.advanceLease(nowMs, true);
+    this.forgetSilent();
     if (this.queue.length > 0) this.drainQueue();
+  }
+
+  /** Moves the lease clock to `nowMs` (leaseMs), then marks the broker up or down. */
+  private advanceLease(nowMs: number, up: boolean): void {
+    this.leaseMs = this.leaseNow(nowMs);
+    this.capDropped = false;
+    this.leaseMarkMs = up ? nowMs : undefined;
+  }
+
+  /** The lease clock at `nowMs`. */
+  private leaseNow(nowMs: number): number {
+    const mark = this.leaseMarkMs;
+    if (mark === undefined || this.capDropped) return this.leaseMs;
+    return this.leaseMs + Math.max(0, nowMs - mark);
   }
 
   /**
    * Discovery's lease: a discovered backend whose agent has sent nothing
-   * signed (report, status, registration) for discovery.forgetAfterMs is
-   * forgotten, so a fleet that scales in and out does not fill maxBackends
-   * with dead entries for good, nor keep checking (and, once the address is
-   * reused, routing to) hosts that are gone. Silence counts only while the
-   * broker connection is up: a broker outage is not the agents' silence.
-   * A backend with requests in flight waits for the next sweep.
+   * signed (report, status, registration) for discovery.forgetAfterMs on the
+   * lease clock is forgotten, so a fleet that scales in and out does not
+   * fill maxBackends with dead entries for good, nor keep checking (and,
+   * once the address is reused, routing to) hosts that are gone. A backend
+   * with requests in flight or a WebSocket open waits for a later sweep.
    */
-  private forgetSilent(nowMs: number): void {
+  private forgetSilent(): void {
     const after = this.options.discovery?.forgetAfterMs;
-    const upSince = this.brokerUpSinceMs;
-    if (after === undefined || upSince === undefined) return;
+    if (after === undefined) return;
     for (const b of this.registry.backends.values()) {
-      if (b.origin !== 'discovery' || b.load.inFlight > 0) continue;
-      const silentMs = nowMs - Math.max(b.lastHeardMs ?? upSince, upSince);
+      if (b.origin !== 'discovery' || b.load.inFlight > 0 || b.openUpgrades > 0) continue;
+      const silentMs = this.leaseMs - b.heardAtLeaseMs;
       if (silentMs < after) continue;
       this.registry.remove(b);
       this.engine.unregister(b);
       this.checker?.unwatch(b);
       this.traffic.forget(b.id);
       this.limiter.forget(b.id);
+      this.decoder.forget(b.id);
       this.metrics.forgetBackend(b.id);
       b.close();
       this.events.emit('backend-removed', { id: b.id, url: b.target.href, silentMs });

@@ -23,7 +23,8 @@ export function urlHostKey(url: URL): string {
 export interface AgentDispatcher {
   readonly agent: HttpAgent;
   set(key: string, agent: HttpAgent): void;
-  delete(key: string): void;
+  /** Removes `agent` from `key`, unless another backend's pool has taken that key since. */
+  delete(key: string, agent: HttpAgent): void;
   destroy(): void;
 }
 
@@ -58,7 +59,8 @@ export function createAgentDispatcher(protocol: 'http:' | 'https:'): AgentDispat
       pools.set(key, agent);
       byRaw.clear();
     },
-    delete: (key) => {
+    delete: (key, agent) => {
+      if (pools.get(key) !== agent) return;
       pools.delete(key);
       byRaw.clear();
     },

@@ -126,12 +126,16 @@ describe('agent dispatcher keys', () => {
     d.set(hostKey('127.0.0.1', 8080), pool('a'));
     send('127.0.0.1', 8080);
     send('127.0.0.1', 8080);
-    d.set(hostKey('127.0.0.1', 8080), pool('b'));
+    const b = pool('b');
+    d.set(hostKey('127.0.0.1', 8080), b);
     send('127.0.0.1', 8080);
-    d.delete(hostKey('127.0.0.1', 8080));
+    // The pool that was replaced leaving removes nothing: 'b' still serves the key.
+    d.delete(hostKey('127.0.0.1', 8080), new Agent());
+    send('127.0.0.1', 8080);
+    d.delete(hostKey('127.0.0.1', 8080), b);
     d.set(hostKey('localhost', 80), pool('c'));
     send('LOCALHOST', 80);
-    expect(seen).toEqual(['a', 'a', 'b', 'c']);
+    expect(seen).toEqual(['a', 'a', 'b', 'b', 'c']);
     d.destroy();
   });
 });

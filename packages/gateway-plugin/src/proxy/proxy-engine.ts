@@ -100,7 +100,7 @@ export class ProxyEngine {
 
   /** A backend that left: its pool is no longer reachable through the dispatcher. */
   unregister(backend: Backend): void {
-    this.instanceOf(backend).dispatcher.delete(urlHostKey(backend.target));
+    this.instanceOf(backend).dispatcher.delete(urlHostKey(backend.target), backend.agent);
   }
 
   /**

@@ -63,10 +63,12 @@ export class Backend {
   lastAnsweredAtMs: number | undefined;
   /**
    * When this gateway last applied a signed message of the backend's agent
-   * (its registration included; ms, `now`): a discovered backend's lease
-   * (balancer.ts forgetSilent).
+   * (its registration included), on the lease clock (ms, balancer.ts
+   * leaseNow): a discovered backend's lease (balancer.ts forgetSilent).
    */
-  lastHeardMs: number | undefined;
+  heardAtLeaseMs = 0;
+  /** Upgrades to this backend taken and not yet closed (proxy/upgrade-flow.ts). */
+  openUpgrades = 0;
   /** Requests sent and failed since creation (status endpoint). */
   requests = 0;
   failures = 0;
