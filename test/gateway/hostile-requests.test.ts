@@ -822,3 +822,153 @@ describe('slow clients', () => {
     await held.close();
   });
 });
+
+describe('a client that leaves takes nothing with it', () => {
+  /** Requests in flight, client slots and the backend's in-flight count: all back to 0. */
+  async function nothingHeld(g: Gw): Promise<void> {
+    const b = internals(g.lb);
+    await until(
+      () =>
+        b.flow.active === 0 &&
+        (b.flow.clients?.clients ?? 0) === 0 &&
+        b.snapshot().backends.every((x) => x.inFlight === 0),
+    );
+  }
+
+  it('pipelined requests behind a running one, the connection then closed', async () => {
+    const held = await recordingBackend({ hold: (line) => line === 'GET /1' });
+    others.push(held);
+    gw = await gateway({ backends: [{ id: 'b', url: held.url }], maxInFlightPerClient: 4 });
+    const slow = await openSlow(
+      gw.port,
+      ['/api/1', '/api/2', '/api/3'].map((p) => `GET ${p} HTTP/1.1\r\nHost: a\r\n\r\n`).join(''),
+    );
+    // The first is at the backend; the two behind it are dispatched too (their answers
+    // wait for the first's).
+    await until(() => held.seen.length === 3);
+    slow.socket.destroy();
+    // Node never emits 'close' on the two waiting answers: their flows ended anyway.
+    await nothingHeld(gw);
+  });
+
+  it('leaving while an async middleware before the balancer runs', async () => {
+    let reached!: () => void;
+    const inMiddleware = new Promise<void>((r) => (reached = r));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let gone!: () => void;
+    const serverSawClose = new Promise<void>((r) => (gone = r));
+    let handled!: () => void;
+    const balancerRan = new Promise<void>((r) => (handled = r));
+    gw = await gateway(
+      { backends: [{ id: 'b', url: backend.url }], maxInFlightPerClient: 4 },
+      (app, lb) => {
+        // An auth or session lookup that takes a while.
+        app.use((_req, res, next) => {
+          res.once('close', gone);
+          reached();
+          void released.then(() => next());
+        });
+        app.use((req, res, next) => {
+          lb(req, res, next);
+          handled();
+        });
+      },
+    );
+    const slow = await openSlow(gw.port, 'GET /late HTTP/1.1\r\nHost: a\r\n\r\n');
+    await inMiddleware;
+    slow.socket.destroy();
+    // The server has seen the connection close before the middleware lets the request go.
+    await serverSawClose;
+    release();
+    await balancerRan;
+    await nothingHeld(gw);
+    expect(backend.seen.map((s) => s.line)).not.toContain('GET /late');
+  });
+
+  it('a queued request with a header Node refuses gets 400, the process lives, the queue moves on', async () => {
+    const held = await recordingBackend({ hold: (line) => line === 'GET /slow' });
+    others.push(held);
+    gw = await gateway(
+      {
+        backends: [{ id: 'b', url: held.url }],
+        saturation: { maxInFlightPerBackend: 1 },
+      },
+      (app, lb) => {
+        app.use((req, _res, next) => {
+          // A user name from a verified token, say: not a valid header value byte string.
+          if (req.url === '/bad') req.headers['x-user'] = '\u0141ukasz';
+          next();
+        });
+        app.use(lb);
+      },
+    );
+    const slow = await openSlow(gw.port, 'GET /slow HTTP/1.1\r\nHost: a\r\n\r\n');
+    await until(() => held.seen.length === 1);
+    // Waits in the queue: the backend's one place is taken.
+    const bad = rawExchange(gw.port, 'GET /bad HTTP/1.1\r\nHost: a\r\n\r\n', { responses: 1 });
+    await until(() => internals(gw!.lb).queue.length === 1);
+    // The place frees: the waiter's attempt throws, ends at once, and drains the queue
+    // again from inside the drain (which recursed until the stack overflowed).
+    slow.socket.destroy();
+    const r = await bad;
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+      400,
+      'LW_GW_BAD_REQUEST',
+    ]);
+    await nothingHeld(gw);
+  });
+
+  it('a client gone before the head is no success of the backend, nor a failure', async () => {
+    const held = await recordingBackend({ hold: () => true });
+    others.push(held);
+    gw = await gateway({ backends: [{ id: 'b', url: held.url }] });
+    const slow = await openSlow(gw.port, 'GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n');
+    await until(() => held.seen.length === 1);
+    slow.socket.destroy();
+    await nothingHeld(gw);
+    const b = internals(gw.lb).registry.get('b')!;
+    // A timed "answer" would have let the active checker skip this backend's path check.
+    expect(b.lastAnsweredAtMs).toBeUndefined();
+    expect(await gw.metric('backend_errors_total')).toBe(0);
+  });
+});
+
+describe('the connection after the answer', () => {
+  it("says close on the answer that reaches the server's maxRequestsPerSocket", async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    gw.server.maxRequestsPerSocket = 2;
+    const get = (p: string): string => `GET /api/${p} HTTP/1.1\r\nHost: a\r\n\r\n`;
+    const r = await rawExchange(gw.port, get('1'), { then: [get('2'), get('3')] });
+    // Two answers, the second with `Connection: close`, then the close: no third request
+    // on this connection, and so no bare 503 from Node.
+    expect(r.responses.map((x) => [x.status, x.headers.connection])).toEqual([
+      [200, 'keep-alive'],
+      [200, 'close'],
+    ]);
+    expect(r.closed).toBe(true);
+  });
+
+  it('drops the forwarding headers it does not set from an untrusted client', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    const spoofed = [
+      'X-Forwarded-Ssl: on',
+      'X-Forwarded-Scheme: https',
+      'X-Forwarded-Prefix: /admin',
+      'Front-End-Https: on',
+      'X-Original-URL: /admin',
+    ];
+    const r = await rawExchange(
+      gw.port,
+      `GET /api/x HTTP/1.1\r\nHost: a\r\n${spoofed.join('\r\n')}\r\n\r\n`,
+      { responses: 1 },
+    );
+    expect(r.responses[0]?.status).toBe(200);
+    const h = backend.seen.at(-1)!.headers;
+    for (const line of spoofed) {
+      const name = line.split(':')[0]!.toLowerCase();
+      expect([name, h[name]]).toEqual([name, undefined]);
+    }
+    expect(h['x-forwarded-proto']).toBe('http');
+  });
+});

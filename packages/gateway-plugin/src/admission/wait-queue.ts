@@ -54,8 +54,35 @@ export class WaitQueue {
     clearTimeout(waiter.timer);
   }
 
-  /** Lets waiters go, oldest first, until one still cannot. */
+  /** drain() is running: a call from inside it (a retry whose attempt ended at once) waits. */
+  private draining = false;
+  /** drain() was called from inside drain(): the outer one goes round again. */
+  private again = false;
+
+  /**
+   * Lets waiters go, oldest first, until one still cannot. Not re-entrant: a
+   * waiter's retry may end an attempt synchronously (a header Node refuses
+   * to send), and the end of an attempt drains the queue. Called from inside
+   * the loop, drain() ran the same head waiter again, which failed again, and
+   * so on until the stack overflowed; now the outer loop goes round once more.
+   */
   drain(): void {
+    if (this.draining) {
+      this.again = true;
+      return;
+    }
+    this.draining = true;
+    try {
+      do {
+        this.again = false;
+        this.drainOnce();
+      } while (this.again);
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private drainOnce(): void {
     while (this.head < this.items.length) {
       const w = this.items[this.head]!;
       if (!w.done) {

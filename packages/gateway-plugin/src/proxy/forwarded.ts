@@ -15,6 +15,19 @@ import type { TLSSocket } from 'node:tls';
 import { TOKEN_HEADER } from '../observability/handlers';
 import { localAddressOf } from './listen-address';
 
+/** Forwarding headers the gateway does not set, dropped when the client is not trusted. */
+const UNTRUSTED_FORWARDING = [
+  'x-forwarded-ssl',
+  'x-forwarded-scheme',
+  'x-forwarded-prefix',
+  'x-forwarded-server',
+  'x-forwarded-protocol',
+  'x-url-scheme',
+  'front-end-https',
+  'x-original-url',
+  'x-rewrite-url',
+];
+
 export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void {
   const h = req.headers;
   const remote = req.socket.remoteAddress ?? '';
@@ -39,6 +52,11 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
     return;
   }
   delete h.forwarded;
+  // The other spellings of "how the client reached the proxy" that frameworks read:
+  // Rack takes its scheme from X-Forwarded-Ssl before X-Forwarded-Proto, Spring's
+  // ForwardedHeaderFilter honours X-Forwarded-Prefix. Untrusted, a client's copy
+  // would pose as HTTPS or move the app's base path.
+  for (const name of UNTRUSTED_FORWARDING) delete h[name];
   h['x-real-ip'] = remote;
   h['x-forwarded-for'] = remote;
   h['x-forwarded-proto'] = encrypted ? 'https' : 'http';

@@ -19,6 +19,7 @@
  * cannot forward safely, dot-segment paths, a client over its in-flight
  * bound, a body that stalls. None of them counts against a backend.
  */
+import type { Waiter } from '../admission/wait-queue';
 import type {
   ClientRequest,
   IncomingHttpHeaders,
@@ -88,6 +89,10 @@ interface Flow {
   /** The backend answered "overloaded": neither success nor failure (see onProxyRes). */
   overloaded: boolean;
   queued: boolean;
+  /** The request's place in the wait queue, while it waits. */
+  waiter: Waiter | undefined;
+  /** The connection's 'close' listener of a pipelined request (handle). */
+  onSocketClose: (() => void) | undefined;
   done: boolean;
   /** How the body reaches the backend (request-body.ts). */
   body: BodyPlan;
@@ -198,6 +203,8 @@ function newFlow(
     responseOk: true,
     overloaded: false,
     queued: false,
+    waiter: undefined,
+    onSocketClose: undefined,
     done: false,
     body,
   };
@@ -283,6 +290,10 @@ export class RequestFlow {
     // (`Connection: close`). Ending the socket here cut the answers still
     // queued before the refusal, a processed POST's among them.
     if (this.closing.has(req.socket)) return;
+    // The client is gone already (it left while a middleware before this one, an async
+    // one, ran): nobody to answer, and the response's 'close' has fired, so nothing
+    // taken below (a client slot, an in-flight place) would ever be given back.
+    if (req.socket.destroyed) return;
     const server = serverOf(req);
     if (server !== this.lastServer && server) this.noteServer(server);
     if (c.closed) {
@@ -362,6 +373,14 @@ export class RequestFlow {
       flow.newCookie = k.newCookie;
     }
     res.on('close', this.onResponseClose);
+    // A pipelined request's response waits, without a socket, behind the one before it.
+    // If the connection closes then, Node destroys the request but never emits the
+    // response's 'close': the flow would hold its client slot, its queue place or its
+    // backend attempt for good. The connection's own 'close' finishes it instead.
+    if (!res.socket) {
+      flow.onSocketClose = () => this.finish(flow);
+      req.socket.once('close', flow.onSocketClose);
+    }
     const toBuffer = this.bufferForRetry(flow);
     if (toBuffer === undefined) return this.start(flow);
     // The body idle timeout runs while the gateway reads a body to hold for
@@ -462,7 +481,8 @@ export class RequestFlow {
     if (flow.retries > 0) return this.shedSaturated(flow);
     const waiter = c.queue.enqueue(
       () => {
-        if (flow.done) return true;
+        // Answered already (a refused header, say): nothing left to dispatch.
+        if (flow.done || flow.res.writableEnded) return true;
         const r = this.dispatch(flow);
         if (r !== 'saturated') flow.queued = false;
         return r !== 'saturated';
@@ -475,7 +495,8 @@ export class RequestFlow {
     );
     if (!waiter) return this.shedSaturated(flow);
     flow.queued = true;
-    flow.res.once('close', () => c.queue.cancel(waiter));
+    // finish() cancels it, however the request ends.
+    flow.waiter = waiter;
     c.queueChanged();
   }
 
@@ -753,9 +774,14 @@ export class RequestFlow {
     // An answer before the whole request body arrived (a 401 to an upload): the rest of the
     // body is not read, so the connection cannot carry another request; said up front, the
     // client reconnects at once instead of waiting out keepAliveTimeout for a reset.
+    // Or the server's maxRequestsPerSocket is reached with this answer: Node says `close`
+    // itself only when no `Connection` header is set, and this head sets one, so the
+    // client sent one more request and got Node's bare 503.
     const close =
       !res.shouldKeepAlive ||
       !req.complete ||
+      (res as { maxRequestsOnConnectionReached?: boolean }).maxRequestsOnConnectionReached ===
+        true ||
       (c.draining && drainClosesConnections(serverOf(req)));
     writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
   }
@@ -1006,8 +1032,14 @@ export class RequestFlow {
       (!flow.res.writableFinished || !proxyReq.writableFinished)
     )
       proxyReq.destroy();
-    this.endAttempt(flow);
+    // A client that left before the backend's head arrived proves nothing about the
+    // backend: cancelled, as onError treats a client's break, never a timed success.
+    this.endAttempt(flow, !flow.responded);
     flow.done = true;
+    if (flow.waiter) this.core.queue.cancel(flow.waiter);
+    flow.waiter = undefined;
+    if (flow.onSocketClose) flow.req.socket.off('close', flow.onSocketClose);
+    flow.onSocketClose = undefined;
     if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
     flow.bodyTimer = undefined;
     if (flow.client !== undefined) this.clients?.release(flow.client);
