@@ -972,3 +972,36 @@ describe('the connection after the answer', () => {
     expect(h['x-forwarded-proto']).toBe('http');
   });
 });
+
+describe('a request the pool queues for a socket', () => {
+  it('gets its hook and its body before the head goes: a place freed by a client that left', async () => {
+    const held = await recordingBackend({ hold: (line) => line === 'GET /slow' });
+    others.push(held);
+    // One socket and one place: the queued PUT is dispatched the moment the GET's client
+    // leaves, while the pool still counts the GET's socket, so the pool queues the PUT.
+    gw = await gateway({
+      backends: [{ id: 'b', url: held.url }],
+      agent: { maxSockets: 1 },
+      retry: false,
+      on: { proxyReq: (proxyReq) => proxyReq.setHeader('x-hooked', '1') },
+    });
+    const slow = await openSlow(gw.port, 'GET /api/slow HTTP/1.1\r\nHost: a\r\n\r\n');
+    await until(() => held.seen.length === 1);
+    const put = rawExchange(
+      gw.port,
+      'PUT /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello',
+      {
+        responses: 1,
+      },
+    );
+    await until(() => internals(gw!.lb).queue.length === 1);
+    slow.socket.destroy();
+    const r = await put;
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+      200,
+      undefined,
+    ]);
+    expect(JSON.parse(r.responses[0]!.body)).toEqual({ line: 'PUT /x', bytes: 5 });
+    expect(held.seen[1]?.headers['x-hooked']).toBe('1');
+  });
+});

@@ -582,6 +582,25 @@ export class RequestFlow {
       proxyReq.removeHeader('content-length');
       proxyReq.setHeader('transfer-encoding', 'chunked');
     }
+    process.nextTick(this.pumpOnSocket, flow, proxyReq);
+  }
+
+  /**
+   * The body, or the end of a bodiless request, goes to the backend request
+   * only once it has its socket. http-proxy's 'proxyReq' event (the user's
+   * on.proxyReq hook, a buffered body's write) comes with the socket, and so
+   * must the head's last changes: that is the next tick when the pool has a
+   * socket or opens one, but later when the agent queues the request (a
+   * place freed by a cancelled attempt whose socket has not closed yet).
+   * Written or ended first, the head was fixed before the hook and the
+   * buffered body: a queued PUT got 502, a hook setting a header 500.
+   */
+  private readonly pumpOnSocket = (flow: Flow, proxyReq: ClientRequest): void => {
+    if (proxyReq.socket || proxyReq.destroyed) return this.pump(flow, proxyReq);
+    proxyReq.once('socket', () => this.pump(flow, proxyReq));
+  };
+
+  private pump(flow: Flow, proxyReq: ClientRequest): void {
     pumpBody(flow.req, proxyReq, {
       waitingForClient: () => this.waitForClient(flow),
       waitingForBackend: () => this.waitForBackend(flow),
@@ -593,6 +612,11 @@ export class RequestFlow {
   /** Ends the backend request of a request without a body (pipeTaken); a throw fails the attempt. */
   private readonly endBodiless = (flow: Flow, proxyReq: ClientRequest): void => {
     if (proxyReq.destroyed) return;
+    // Not before its socket: see pumpOnSocket.
+    if (!proxyReq.socket) {
+      proxyReq.once('socket', () => this.endBodiless(flow, proxyReq));
+      return;
+    }
     try {
       proxyReq.end();
     } catch (err) {
