@@ -24,16 +24,8 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createPki, have } from './pki';
 import { freePort, waitForPort } from './ports';
-
-function have(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The binaries these tests need; .ci/run installs mosquitto (which brings mosquitto_passwd). */
 export const canRunTlsMosquitto = have('mosquitto') && have('openssl') && have('mosquitto_passwd');
@@ -151,47 +143,13 @@ export async function startTlsMosquitto(
   const first = o.users[0];
   if (!first) throw new Error('startTlsMosquitto needs at least one user');
   const { dir, f } = makeDir('lw-tls-');
-  const ssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'ignore' });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  for (const ca of ['ca', 'rogue-ca']) {
-    ssl(
-      'req',
-      '-x509',
-      ...ec,
-      '-keyout',
-      f(`${ca}.key`),
-      '-out',
-      f(`${ca}.pem`),
-      '-days',
-      '1',
-      '-subj',
-      `/CN=lw-test-${ca}`,
-    );
-  }
-  writeFileSync(f('san.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  const issue = (name: string, cn: string, ca: string, ext?: string): void => {
-    ssl('req', ...ec, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', `/CN=${cn}`);
-    ssl(
-      'x509',
-      '-req',
-      '-in',
-      f(`${name}.csr`),
-      '-CA',
-      f(`${ca}.pem`),
-      '-CAkey',
-      f(`${ca}.key`),
-      '-CAcreateserial',
-      '-out',
-      f(`${name}.pem`),
-      '-days',
-      '1',
-      ...(ext ? ['-extfile', ext] : []),
-    );
-  };
-  issue('server', '127.0.0.1', 'ca', f('san.ext'));
+  const pki = createPki(dir);
+  pki.ca('ca');
+  pki.ca('rogue-ca');
+  pki.issue('server', '127.0.0.1', 'ca', 'IP:127.0.0.1');
   o.users.forEach((u, i) => {
-    issue(u.username, u.username, 'ca');
-    issue(`rogue-${u.username}`, u.username, 'rogue-ca');
+    pki.issue(u.username, u.username, 'ca');
+    pki.issue(`rogue-${u.username}`, u.username, 'rogue-ca');
     execFileSync(
       'mosquitto_passwd',
       ['-b', ...(i === 0 ? ['-c'] : []), f('passwd'), u.username, u.password],
