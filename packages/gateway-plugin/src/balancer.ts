@@ -121,6 +121,17 @@ export class Balancer implements BalancerHandle, FlowHost {
     );
     // Every state change becomes a structured, levelled log line.
     attachEventLog(this.events, o.logger, this.log);
+    if (!o.backendTls.rejectUnauthorized) {
+      // Once, here: unverified backends are a setting, not an event, and a
+      // line per connection would bury everything else.
+      writeLog(
+        o.logger,
+        'warn',
+        { event: 'backend-tls-unverified' },
+        'backendTls.rejectUnauthorized is false: https backends are not verified, so anyone ' +
+          'who can intercept the traffic to them can read and change every request (testing only).',
+      );
+    }
     this.strategy = createStrategy(o.strategy, {
       random: o.random,
       now: o.now,
@@ -338,7 +349,15 @@ export class Balancer implements BalancerHandle, FlowHost {
     recompute = true,
   ): Backend {
     const load = createEndpointLoad({ now: this.now, cohort: this.cohort, ...this.options.load });
-    const backend = new Backend(id, url, weight, load, origin, this.options.agent);
+    const backend = new Backend(
+      id,
+      url,
+      weight,
+      load,
+      origin,
+      this.options.agent,
+      this.options.backendTls,
+    );
     this.engine.register(backend);
     this.registry.add(backend, origin === 'discovery', recompute);
     this.checker?.watch(backend);

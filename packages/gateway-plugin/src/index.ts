@@ -23,6 +23,7 @@ export {
   DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
   type AffinityOptions,
   type BackendConfig,
+  type BackendTlsOptions,
   type BrokerOption,
   type BrokerUrlOptions,
   type DiscoveryOptions,

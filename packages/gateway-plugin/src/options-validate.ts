@@ -90,9 +90,18 @@ const path = is<string>(isPath, "a path starting with '/' without query or space
 const isHeaderName = (x: unknown): x is string => typeof x === 'string' && HEADER_NAME_RE.test(x);
 const isPem = (x: unknown): boolean => typeof x === 'string' || Buffer.isBuffer(x);
 const pem = is<string | Buffer>(isPem, 'PEM text or a Buffer');
+/** CA certificates: one PEM text or Buffer, or an array of them (Node's `ca`). */
+const pemList = is<string | Buffer | Array<string | Buffer>>(
+  (x) => isPem(x) || (Array.isArray(x) && x.every(isPem)),
+  'PEM text, a Buffer or an array of them',
+);
 /** A secret: its error never shows it. */
 const secret = (test: (x: unknown) => boolean, what: string) =>
   leaf<string>((x) => (test(x) ? undefined : (name) => invalidOption(name, what, '<redacted>')));
+/** A private key: its error never shows it either. */
+const secretPem = leaf<string | Buffer>((x) =>
+  isPem(x) ? undefined : (name) => invalidOption(name, 'PEM text or a Buffer', '<redacted>'),
+);
 /** An object the user owns (a logger, a registry): checked by its methods, never walked. */
 const withMethods = <T>(methods: readonly string[], what: string, shown?: string) =>
   leaf<T>((x) =>
@@ -219,12 +228,7 @@ const brokerUrlOptions = strict({
   url: brokerUrl,
   username: v.optional(str()),
   password: v.optional(pem()),
-  ca: v.optional(
-    is<string | Buffer | Array<string | Buffer>>(
-      (x) => isPem(x) || (Array.isArray(x) && x.every(isPem)),
-      'PEM text, a Buffer or an array of them',
-    )(),
-  ),
+  ca: v.optional(pemList()),
   cert: v.optional(pem()),
   key: v.optional(pem()),
   rejectUnauthorized: v.optional(bool()),
@@ -249,6 +253,49 @@ const broker = v.lazy((x) =>
         : 'embedded' in x
           ? embeddedBroker
           : brokerUrlOptions,
+);
+
+// TLS to backends.
+
+/**
+ * A name to verify certificates against and send as SNI: a DNS name, never
+ * an IP address (RFC 6066 §3 forbids an IP in SNI; a backend addressed by IP
+ * is verified against its IP without this option).
+ */
+const isServerName = (x: unknown): x is string =>
+  typeof x === 'string' &&
+  x.length <= 253 &&
+  /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(x) &&
+  isIP(x) === 0;
+
+const backendTls = v.pipe(
+  strict({
+    ca: v.optional(pemList()),
+    cert: v.optional(pem()),
+    // A key's text in an error message would end up in logs.
+    key: v.optional(secretPem),
+    servername: v.optional(
+      is<string>(isServerName, 'a DNS name (not an IP address, no trailing dot)')(),
+    ),
+    rejectUnauthorized: v.optional(bool(), DEFAULTS.backendTls.rejectUnauthorized),
+  }),
+  // Node would connect without a client certificate when one of the two is
+  // missing, and the backend's refusal would then read as its own failure.
+  crossCheck((t) =>
+    t.cert !== undefined && t.key === undefined
+      ? invalidOption(
+          'backendTls.key',
+          'given with backendTls.cert (mutual TLS needs both)',
+          undefined,
+        )
+      : t.key !== undefined && t.cert === undefined
+        ? invalidOption(
+            'backendTls.cert',
+            'given with backendTls.key (mutual TLS needs both)',
+            undefined,
+          )
+        : undefined,
+  ),
 );
 
 // Discovery: its own error code too.
@@ -380,6 +427,7 @@ const entries = {
     }),
     {},
   ),
+  backendTls: v.optional(backendTls, {}),
   retry: v.optional(
     orFalse(
       strict({

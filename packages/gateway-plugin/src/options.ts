@@ -142,6 +142,31 @@ export interface WarmUpOptions {
   connectionsPerBackend?: number;
 }
 
+/**
+ * TLS to https backends: the pools, the active health checks and the
+ * warm-up's preconnects (docs/gateway.md, "TLS to backends"). The name a
+ * backend's certificate is verified against always comes from its configured
+ * URL (or `servername`), never from a client's `Host` header.
+ */
+export interface BackendTlsOptions {
+  /** CA certificates (PEM) to trust instead of Node's bundled roots: a private CA. */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** Client certificate (PEM) for mutual TLS; needs `key`. */
+  cert?: string | Buffer;
+  /** Client key (PEM) for mutual TLS; needs `cert`. */
+  key?: string | Buffer;
+  /**
+   * The name every backend's certificate is verified against, and sent as
+   * SNI, instead of the URL's hostname: for backends addressed by IP whose
+   * certificates carry a DNS name. Without it, a hostname is verified (and
+   * sent) as it is, and an IP address is verified against the certificate's
+   * IP entries with no SNI.
+   */
+  servername?: string;
+  /** Verify backends' certificates (default true); `false` is logged as a warning. */
+  rejectUnauthorized?: boolean;
+}
+
 export interface SaturationOptions {
   /** Requests this gateway keeps outstanding on one backend at most (default agent.maxSockets). */
   maxInFlightPerBackend?: number;
@@ -317,6 +342,8 @@ export interface LoadBalanceOptions {
     /** Idle pooled sockets close after this (default 15 000), sooner if the backend hints less. */
     idleTimeoutMs?: number;
   };
+  /** TLS to https backends: a private CA, mutual TLS, the verified name. */
+  backendTls?: BackendTlsOptions;
   retry?: RetryOptions | false;
   /** Hooks on the request to the backend and on its response. */
   on?: ProxyEventHooks;
@@ -404,6 +431,7 @@ export const DEFAULTS = {
   trustForwarded: false,
   forwardMountPath: false,
   agent: { maxSockets: DEFAULT_MAX_SOCKETS, keepAliveMsecs: 1_000, idleTimeoutMs: 15_000 },
+  backendTls: { rejectUnauthorized: true },
   retry: {
     maxRetries: 2,
     methods: DEFAULT_IDEMPOTENT_METHODS,

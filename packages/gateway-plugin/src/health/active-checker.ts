@@ -134,6 +134,9 @@ export class ActiveChecker {
       method: 'GET',
       agent: false,
       headers: { 'user-agent': 'loadwise-gateway-health-check' },
+      // Not the pool, but the same trust and name as its connections: a check that
+      // verified otherwise would pass a backend every request fails on, or the reverse.
+      ...backend.tls,
     });
     this.inFlight.add(req);
     req.setTimeout(this.config.timeoutMs, () => req.destroy(new Error('health check timeout')));

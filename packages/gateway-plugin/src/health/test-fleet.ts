@@ -41,6 +41,7 @@ export function fleet(ids: string[], panicThresholdPercent = 50): Fleet {
       createEndpointLoad({ now }),
       'config',
       { maxSockets: 1, maxFreeSockets: 1, keepAliveMsecs: 1000, idleTimeoutMs: 1000 },
+      { rejectUnauthorized: true },
     );
     registry.add(b, false);
     return b;

@@ -9,6 +9,7 @@ import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import type { BackendState as AgentState, MetricsReport } from '@loadwise/protocol';
 import type { LoadEstimate } from '../load';
+import { backendTlsOptions, type BackendTls, type BackendTlsConnectOptions } from './backend-tls';
 import type { Endpoint } from '../strategies/types';
 
 /** What a backend is, for routing: derived from the flags below. */
@@ -27,6 +28,12 @@ export class Backend {
   readonly agent: HttpAgent;
   /** The proxy target: origin plus the configured base path. */
   readonly target: URL;
+  /**
+   * TLS options of every connection to an https backend (undefined for
+   * http): its pool has them, and the active health checks, which open
+   * connections of their own, pass them too (registry/backend-tls.ts).
+   */
+  readonly tls: BackendTlsConnectOptions | undefined;
 
   /** Last lifecycle state reported by the agent; 'online' until told otherwise. */
   agentState: AgentState = 'online';
@@ -80,6 +87,7 @@ export class Backend {
     readonly load: LoadEstimate,
     readonly origin: 'config' | 'discovery',
     agentOptions: AgentOptions,
+    tls: BackendTls,
   ) {
     this.target = url;
     this.endpoint = { id, weight, load };
@@ -91,7 +99,11 @@ export class Backend {
     // Agent.prototype.keepSocketAlive). It never fires on a socket in use.
     const { idleTimeoutMs, ...pool } = agentOptions;
     const opts = { keepAlive: true, scheduling: 'lifo' as const, timeout: idleTimeoutMs, ...pool };
-    this.agent = url.protocol === 'https:' ? new HttpsAgent(opts) : new HttpAgent(opts);
+    this.tls = url.protocol === 'https:' ? backendTlsOptions(url, tls) : undefined;
+    // The TLS options are the agent's own: Node's Agent lays them over each request's,
+    // so neither a client's Host header nor http-proxy's per-request
+    // rejectUnauthorized can change what a connection verifies.
+    this.agent = this.tls ? new HttpsAgent({ ...opts, ...this.tls }) : new HttpAgent(opts);
   }
 
   /** Administrative exclusion by the agent: never overridden by panic mode. */

@@ -1,0 +1,59 @@
+/**
+ * The TLS options of every connection to an https backend: its keep-alive
+ * pool (requests, WebSocket upgrades through the dispatcher, the warm-up's
+ * preconnects) and the active health checks, which open connections of their
+ * own. One object per backend, so they all verify the same name with the
+ * same trust.
+ *
+ * The name is the point. Node's https Agent takes the TLS servername (the SNI
+ * it sends and the name it verifies the certificate against) from the
+ * request's `Host` header unless the options name one
+ * (`_http_agent.js` calculateServerName). The gateway forwards the client's
+ * `Host` (changeOrigin is false by default), so a client sending
+ * `Host: evil.example` made the gateway verify the backend's certificate
+ * against evil.example: the handshake failed, counted as the backend's
+ * failure, and five such requests ejected a healthy backend. Every distinct
+ * `Host` was a pool key of its own too, so a client could also make the
+ * gateway open a TLS connection per request. Here the name always comes from
+ * the backend's configured URL (or `backendTls.servername`); the agent's
+ * options win over a request's in Agent.createSocket, so no request can
+ * change it.
+ */
+import { isIP } from 'node:net';
+
+/** `backendTls` as resolved (options-validate.ts): rejectUnauthorized defaulted. */
+export interface BackendTls {
+  ca?: string | Buffer | Array<string | Buffer>;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  servername?: string;
+  rejectUnauthorized: boolean;
+}
+
+/** What https.Agent and https.request take for one backend. */
+export interface BackendTlsConnectOptions {
+  servername: string;
+  rejectUnauthorized: boolean;
+  ca?: string | Buffer | Array<string | Buffer>;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+}
+
+/**
+ * The name a backend's certificate is verified against, from its URL: the
+ * hostname without a trailing dot (SNI carries none, RFC 6066 §3), or '' for
+ * an IP literal. An IP must not be sent as SNI, and with '' Node sends none
+ * and verifies the certificate against the host it connected to, the IP
+ * (tls.connect: `servername || host`).
+ */
+export function backendServerName(url: URL): string {
+  // WHATWG URL keeps an IPv6 literal's brackets.
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  return isIP(host) === 0 ? host.replace(/\.$/, '') : '';
+}
+
+/** The TLS options of an https backend's connections. */
+export function backendTlsOptions(url: URL, tls: BackendTls): BackendTlsConnectOptions {
+  const { servername, ...trust } = tls;
+  return { ...trust, servername: servername ?? backendServerName(url) };
+}

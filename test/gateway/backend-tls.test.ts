@@ -1,0 +1,274 @@
+/**
+ * TLS to https backends, against real https servers with certificates made by
+ * openssl for this run: the name a backend's certificate is verified against
+ * comes from its configured URL (or `backendTls.servername`), never from the
+ * client's Host header, for requests, WebSocket upgrades, the warm-up's
+ * preconnects and the active health checks; `backendTls` brings a private
+ * CA, mutual TLS and the override of that name, and is checked at
+ * construction.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import type { TLSSocket } from 'node:tls';
+import { WebSocketServer } from 'ws';
+import { loadBalance, type BackendTlsOptions } from '@loadwise/gateway-plugin';
+import { eventually } from '../kit/fleet';
+import { quietLogger, startGateway, startLocalGateway, type TestGateway } from '../kit/gateway';
+import { listen, send, type TestServer } from '../kit/http';
+import { canRunOpenssl, createPki, type Pki } from '../kit/pki';
+import { wsExchange } from '../kit/ws-client';
+
+interface HttpsBackend extends TestServer {
+  /** The SNI of each TLS connection the backend accepted, in order (false: none sent). */
+  handshakes: Array<string | false | null>;
+  /** The User-Agent of each request, in order. */
+  agents: string[];
+  wss: WebSocketServer;
+}
+
+/**
+ * An https backend that answers `{ host }` (the Host header it got) and echoes
+ * WebSocket messages; `/healthz` answers 200 too.
+ */
+async function startHttpsBackend(tls: ServerOptions): Promise<HttpsBackend> {
+  const handshakes: Array<string | false | null> = [];
+  const agents: string[] = [];
+  const server = createHttpsServer(tls, (req: IncomingMessage, res: ServerResponse) => {
+    agents.push(req.headers['user-agent'] ?? '');
+    req.resume();
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ host: req.headers.host }));
+  });
+  server.on('secureConnection', (s: TLSSocket) => handshakes.push(s.servername));
+  const wss = new WebSocketServer({ server });
+  wss.on('connection', (socket) => socket.on('message', (d) => socket.send(`echo ${String(d)}`)));
+  // An https.Server is a tls.Server with http.Server's request handling: listen()
+  // needs only its 'connection' events, listen() and close().
+  const s = await listen(server as unknown as Server);
+  return {
+    ...s,
+    url: `https://127.0.0.1:${s.port}`,
+    handshakes,
+    agents,
+    wss,
+    close: async () => {
+      for (const c of wss.clients) c.terminate();
+      wss.close();
+      await s.close();
+    },
+  };
+}
+
+/** Hosts a client may send, none of them the backend's. */
+const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1', 'c.example'];
+
+(canRunOpenssl ? describe : describe.skip)('TLS to https backends', () => {
+  let dir: string;
+  let pki: Pki;
+  let ca: Buffer;
+  let gw: TestGateway | undefined;
+  const backends: HttpsBackend[] = [];
+
+  /** An https backend with the certificate `<name>` of the run's PKI; closed after each test. */
+  async function backend(name: string, extra: ServerOptions = {}): Promise<HttpsBackend> {
+    const b = await startHttpsBackend({
+      cert: pki.read(`${name}.pem`),
+      key: pki.read(`${name}.key`),
+      ...extra,
+    });
+    backends.push(b);
+    return b;
+  }
+
+  const gateway = (url: string, backendTls?: BackendTlsOptions, more = {}) =>
+    startLocalGateway({ backends: [{ id: 'b', url }], backendTls, ...more });
+
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'lw-backend-tls-'));
+    pki = createPki(dir);
+    pki.ca('ca');
+    pki.issue('ip', '127.0.0.1', 'ca', 'IP:127.0.0.1');
+    pki.issue('dns', 'backend.internal', 'ca', 'DNS:backend.internal');
+    pki.issue('gateway', 'gateway', 'ca');
+    ca = pki.read('ca.pem');
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+    await Promise.all(backends.splice(0).map((b) => b.close()));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("verifies the backend's URL, not the client's Host: any Host is served on one pooled connection", async () => {
+    const b = await backend('ip');
+    gw = await gateway(b.url, { ca });
+    for (const host of [...HOSTS, ...HOSTS]) {
+      const r = await send(`${gw.url}/`, { headers: { host } });
+      expect([host, r.status, r.headers['x-loadwise-error']]).toEqual([host, 200, undefined]);
+      // The client's Host still reaches the backend (changeOrigin is false).
+      expect(r.json<{ host: string }>().host).toBe(host);
+    }
+    expect(gw.backend('b')).toMatchObject({ state: 'healthy', ejections: 0, failuresTotal: 0 });
+    // One connection, without SNI: an IP address is never sent as a server name.
+    expect(b.handshakes).toEqual([false]);
+  });
+
+  it('verifies the same name on a WebSocket upgrade', async () => {
+    const b = await backend('ip');
+    gw = await gateway(b.url, { ca });
+    for (const host of HOSTS.slice(0, 3)) {
+      expect(await wsExchange(`ws://127.0.0.1:${gw.port}/`, { host })).toEqual({
+        echo: 'echo ping',
+      });
+    }
+    expect(gw.backend('b')).toMatchObject({ ejections: 0, failuresTotal: 0 });
+    expect(b.handshakes.every((sni) => sni === false)).toBe(true);
+  });
+
+  /** A POST, never retried: the attempt's own failure is the answer (a GET would get 503). */
+  const post = (url: string, headers: Record<string, string> = {}) =>
+    send(`${url}/`, { method: 'POST', body: 'x', headers });
+
+  it('refuses a backend whose certificate it cannot verify (no ca): 502, counted', async () => {
+    const b = await backend('ip');
+    gw = await gateway(b.url);
+    const r = await post(gw.url);
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect(gw.backend('b').failuresTotal).toBeGreaterThan(0);
+    expect(b.agents).toEqual([]);
+  });
+
+  it('connects unverified with rejectUnauthorized: false, whatever http-proxy asks per request', async () => {
+    // http-proxy sets rejectUnauthorized: true on every request to an https target; the
+    // pool's own options win (Agent.createSocket), so the setting reaches the connection.
+    const b = await backend('dns');
+    gw = await gateway(b.url, { rejectUnauthorized: false });
+    expect((await send(`${gw.url}/`, { headers: { host: 'evil.example' } })).status).toBe(200);
+  });
+
+  it('presents its client certificate to a backend that requires one (mutual TLS)', async () => {
+    const b = await backend('ip', { ca, requestCert: true, rejectUnauthorized: true });
+    gw = await gateway(b.url, { ca, cert: pki.read('gateway.pem'), key: pki.read('gateway.key') });
+    for (const host of HOSTS.slice(0, 3))
+      expect((await send(`${gw.url}/`, { headers: { host } })).status).toBe(200);
+    expect(b.handshakes).toHaveLength(1);
+    await gw.close();
+
+    gw = await gateway(b.url, { ca });
+    const r = await post(gw.url);
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect(b.agents).toHaveLength(3);
+  });
+
+  it('verifies backendTls.servername, and sends it as SNI, for a backend addressed by IP', async () => {
+    const b = await backend('dns');
+    gw = await gateway(b.url, { ca, servername: 'backend.internal' });
+    for (const host of HOSTS.slice(0, 3))
+      expect((await send(`${gw.url}/`, { headers: { host } })).status).toBe(200);
+    expect(b.handshakes).toEqual(['backend.internal']);
+    await gw.close();
+
+    // Without it the certificate, which names no IP, is verified against the IP and refused.
+    gw = await gateway(b.url, { ca });
+    const r = await post(gw.url, { host: 'backend.internal' });
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+  });
+
+  it('runs the active health checks with the same trust and name', async () => {
+    const b = await backend('dns');
+    const healthCheck = { path: '/healthz', intervalMs: 20, unhealthyThreshold: 1 };
+    gw = await gateway(b.url, { ca, servername: 'backend.internal' }, { healthCheck });
+    const checks = () => b.agents.filter((a) => a === 'loadwise-gateway-health-check').length;
+    await eventually(() => checks() >= 3, 5_000, 'three health checks');
+    expect(gw.backend('b').state).toBe('healthy');
+    expect(new Set(b.handshakes)).toEqual(new Set(['backend.internal']));
+    await gw.close();
+
+    // A check that cannot verify the backend fails, and takes it out.
+    gw = await gateway(b.url, { ca }, { healthCheck });
+    const started = gw;
+    await eventually(() => started.backend('b').state === 'down', 5_000, 'backend down');
+    expect(started.backend('b').stateReason).toBe('active health check failed');
+  });
+
+  it("warms the backend's pool with verified connections that any Host then reuses", async () => {
+    const b = await backend('ip');
+    gw = await startGateway({
+      backends: [{ id: 'b', url: b.url }],
+      backendTls: { ca },
+      // A long interval: no check runs during the test, only the warm-up's preconnects.
+      healthCheck: { path: '/healthz', intervalMs: 60_000 },
+      warmUp: { requests: 0, connectionsPerBackend: 2 },
+    });
+    expect(b.agents).toEqual(['loadwise-gateway-preconnect', 'loadwise-gateway-preconnect']);
+    expect(b.handshakes).toEqual([false, false]);
+    for (const host of HOSTS)
+      expect((await send(`${gw.url}/`, { headers: { host } })).status).toBe(200);
+    expect(b.handshakes).toHaveLength(2);
+  });
+
+  describe('options', () => {
+    const base = { backends: [{ id: 'b', url: 'https://127.0.0.1:8443' }] };
+    const construct = (backendTls: unknown) => () =>
+      loadBalance({ ...base, backendTls } as Parameters<typeof loadBalance>[0]);
+
+    it.each([
+      [
+        { cert: 'CERT' },
+        'LW_GW_INVALID_OPTION: backendTls.key must be given with backendTls.cert (mutual TLS needs both), got undefined',
+      ],
+      [
+        { key: 'KEY' },
+        'LW_GW_INVALID_OPTION: backendTls.cert must be given with backendTls.key (mutual TLS needs both), got undefined',
+      ],
+      [
+        { ca: 42 },
+        'LW_GW_INVALID_OPTION: backendTls.ca must be PEM text, a Buffer or an array of them, got 42',
+      ],
+      [
+        { ca: ['PEM', 1] },
+        'LW_GW_INVALID_OPTION: backendTls.ca must be PEM text, a Buffer or an array of them, got ["PEM",1]',
+      ],
+      [
+        { cert: 'CERT', key: { pem: 'secret key text' } },
+        'LW_GW_INVALID_OPTION: backendTls.key must be PEM text or a Buffer, got "<redacted>"',
+      ],
+      [
+        { servername: '127.0.0.1' },
+        'LW_GW_INVALID_OPTION: backendTls.servername must be a DNS name (not an IP address, no trailing dot), got "127.0.0.1"',
+      ],
+      [
+        { servername: '' },
+        'LW_GW_INVALID_OPTION: backendTls.servername must be a DNS name (not an IP address, no trailing dot), got ""',
+      ],
+      [
+        { rejectUnauthorized: 'no' },
+        'LW_GW_INVALID_OPTION: backendTls.rejectUnauthorized must be a boolean, got "no"',
+      ],
+      [
+        { servrname: 'backend.internal' },
+        'LW_GW_INVALID_OPTION: unknown option backendTls.servrname (did you mean backendTls.servername?)',
+      ],
+      ['ca.pem', 'LW_GW_INVALID_OPTION: backendTls must be an object, got "ca.pem"'],
+    ])('refuses %j', (backendTls, message) => {
+      expect(construct(backendTls)).toThrow(message);
+    });
+
+    it('warns once that rejectUnauthorized: false verifies nothing', async () => {
+      const warnings: string[] = [];
+      const lb = loadBalance({
+        ...base,
+        backendTls: { rejectUnauthorized: false },
+        healthCheck: false,
+        warmUp: false,
+        overload: false,
+        logger: { ...quietLogger, warn: (_fields, msg) => warnings.push(String(msg)) },
+      });
+      await lb.close({ graceMs: 0 });
+      expect(warnings).toEqual([expect.stringContaining('backendTls.rejectUnauthorized is false')]);
+    });
+  });
+});
