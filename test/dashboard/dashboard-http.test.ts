@@ -5,6 +5,7 @@
  * timer that runs only while someone watches, a viewer cap, and nothing left
  * open after close().
  */
+import { connect } from 'node:net';
 import type { Frame } from '../../packages/gateway-plugin/src/dashboard/frame';
 import type { InitMessage } from '../../packages/gateway-plugin/src/dashboard/stream';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
@@ -224,3 +225,51 @@ async function waitFor(check: () => boolean, timeoutMs = 5000): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+it('a viewer that left while a middleware before the balancer ran holds no place', async () => {
+  let reached!: () => void;
+  const inMiddleware = new Promise<void>((r) => (reached = r));
+  let gone!: () => void;
+  const serverSawClose = new Promise<void>((r) => (gone = r));
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let handled!: () => void;
+  const balancerRan = new Promise<void>((r) => (handled = r));
+  const g = await startLocalGateway(
+    {
+      backends: [{ id: 'b1', url: backends[0]!.url }],
+      dashboard: { token: TOKEN, maxViewers: 1, intervalMs: 250 },
+    },
+    (app, lb) => {
+      // A session lookup, say: async, before the balancer.
+      app.use((_req, res, next) => {
+        res.once('close', gone);
+        reached();
+        void released.then(() => next());
+      });
+      app.use((req, res, next) => {
+        lb(req, res, next);
+        handled();
+      });
+    },
+  );
+  try {
+    const socket = connect(g.port, '127.0.0.1');
+    socket.on('error', () => {});
+    socket.write(`GET ${PATH}/events?token=${TOKEN} HTTP/1.1\r\nHost: a\r\n\r\n`);
+    await inMiddleware;
+    socket.destroy();
+    await serverSawClose;
+    release();
+    await balancerRan;
+    const d = dashboardOf(g.lb)!;
+    expect([d.stream.viewerCount, d.stream.sampling]).toEqual([0, false]);
+    // The one place is free: a real viewer gets its stream.
+    const s = await openSse(`${g.url}${PATH}/events?token=${TOKEN}`);
+    streams.push(s);
+    await s.next('init');
+  } finally {
+    for (const s of streams.splice(0)) s.close();
+    await g.close();
+  }
+});

@@ -85,6 +85,9 @@ export class DashboardStream {
       res.end(body);
       return;
     }
+    // Gone already (it left while a middleware before the balancer ran): its 'close' has
+    // fired, so a viewer added now would hold its place, and the sampling timer, for good.
+    if (res.destroyed || req.socket.destroyed) return;
     res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
       'Cache-Control': 'no-store',
@@ -177,7 +180,8 @@ export class DashboardStream {
   }
 
   private write(res: ServerResponse, message: string): void {
-    if (res.writableLength > MAX_BUFFERED_BYTES) {
+    // A destroyed response buffers nothing, so the bound below never caught one.
+    if (res.destroyed || res.writableLength > MAX_BUFFERED_BYTES) {
       res.destroy();
       this.leave(res);
       return;
