@@ -171,6 +171,12 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ],
   ['status path relative', { ...base, statusPath: 'status' }, 'LW_GW_INVALID_OPTION'],
   ['short status token', { ...base, statusToken: 'abc' }, 'LW_GW_INVALID_OPTION'],
+  // Read from a secret file with its newline, it could never match: refused at construction.
+  [
+    'status token with a trailing newline',
+    { ...base, statusPath: '/_lb/status', statusToken: 'long-enough\n' },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['decision header with space', { ...base, decisionHeader: 'x y' }, 'LW_GW_INVALID_OPTION'],
   ['logger without warn', { ...base, logger: { info() {} } }, 'LW_GW_INVALID_OPTION'],
   ['now not a function', { ...base, now: 5 }, 'LW_GW_INVALID_OPTION'],

@@ -551,8 +551,13 @@ const entries = {
       'a boolean or a header name',
     )(),
   ),
+  // Visible ASCII, as dashboard.token: a token read from a secret file with its trailing
+  // newline could never match (the token presented is trimmed), a permanent 401.
   statusToken: v.optional(
-    secret((x) => typeof x === 'string' && x.length >= 8, 'a string of at least 8 characters'),
+    secret(
+      (x) => typeof x === 'string' && x.length >= 8 && /^[\x21-\x7e]+$/.test(x),
+      'a string of at least 8 visible ASCII characters',
+    ),
   ),
   on: v.optional(
     strict({

@@ -7,6 +7,7 @@
  * an HTTP error such as 401, a body that is not status JSON; with --watch:
  * the last refresh failed); 2 invalid usage (one line on stderr).
  */
+import { TOKEN_HEADER } from '../observability/handlers';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -49,7 +50,7 @@ export const STATUS_FLAGS: readonly FlagSpec[] = [
     type: 'string',
     arg: 'name',
     env: 'LOADWISE_STATUS_TOKEN_HEADER',
-    help: 'Header that carries the token: authorization (default; sent as "Bearer <token>") or another name, sent as the bare token',
+    help: 'Header that carries the token: x-loadwise-token (default; a backend never sees it), authorization (sent as "Bearer <token>") or another name, sent as the bare token',
   },
   {
     flag: 'header',
@@ -136,10 +137,15 @@ function splitHeader(raw: string): [string, string] {
   return [name, value];
 }
 
+/** Node's timers take at most 2^31 - 1 ms; a longer one fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 function positiveInt(flag: string, raw: string | undefined, fallback: number, min = 1): number {
   if (raw === undefined) return fallback;
-  if (!/^\d+$/.test(raw.trim()) || Number(raw) < min)
-    throw new UsageError(`--${flag}: must be an integer >= ${min} (got ${JSON.stringify(raw)})`);
+  if (!/^\d+$/.test(raw.trim()) || Number(raw) < min || Number(raw) > MAX_TIMER_MS)
+    throw new UsageError(
+      `--${flag}: must be an integer from ${min} to ${MAX_TIMER_MS} (got ${JSON.stringify(raw)})`,
+    );
   return Number(raw);
 }
 
@@ -196,7 +202,10 @@ export function parseStatusArgs(argv: string[], env: NodeJS.ProcessEnv): StatusO
     throw new UsageError(`--url: must be http:// or https:// (got ${url.protocol})`);
   const headers: Record<string, string> = { accept: 'application/json' };
   const token = get('token');
-  const header = (get('token-header') ?? 'authorization').toLowerCase();
+  // The gateway's own header by default: the gateway strips it from what it proxies, so a
+  // --url a little off (a trailing slash, another mount path) that reaches a backend does
+  // not hand it the token, as an Authorization header would.
+  const header = (get('token-header') ?? TOKEN_HEADER).toLowerCase();
   if (!HEADER_NAME.test(header))
     throw new UsageError(`--token-header: not a header name (got ${JSON.stringify(header)})`);
   const given = values['header'];
@@ -370,7 +379,8 @@ async function statusCommand(argv: string[]): Promise<number> {
       }
       if (o.json && !r.ok) process.stderr.write(`${NAME}: ${r.error}\n`);
       else process.stdout.write(text);
-      if (o.count !== undefined && n >= o.count) break;
+      // Ctrl-C during the fetch: exit now, not after one more interval.
+      if (stop || (o.count !== undefined && n >= o.count)) break;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, o.intervalMs);
         wake = () => {

@@ -11,6 +11,7 @@ import {
   BALANCER_EVENT_NAMES,
   defaultLogger,
   describeEvent,
+  redactUrl,
   type LogLevel,
 } from './event-log';
 import { internals } from '../internals';
@@ -341,5 +342,17 @@ describe('loadBalance({ logger: pino() })', () => {
         msg: 'backend b1 ejected for 30 s after 5 consecutive failures',
       }),
     );
+  });
+});
+
+describe('redactUrl', () => {
+  it.each([
+    ['mqtt://gw:secret@broker:1883', 'mqtt://***@broker:1883'],
+    // mqtt.js takes a password holding '@': nothing of it may show.
+    ['mqtt://gw:p@ss@broker:1883/x?y=1', 'mqtt://***@broker:1883/x?y=1'],
+    ['mqtts://broker:8883', 'mqtts://broker:8883'],
+    ['ws://broker/mqtt?token=a@b', 'ws://broker/mqtt?token=a@b'],
+  ])('%s -> %s', (url, shown) => {
+    expect(redactUrl(url)).toBe(shown);
   });
 });

@@ -39,7 +39,9 @@ type Describers = { [K in keyof BalancerEvents]: (data: BalancerEvents[K][0]) =>
 
 /** A URL without its credentials: a broker URL may carry `user:password@`. */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/?#]*@/i, '$1***@');
+  // Up to the last `@` of the authority: a password may hold one (mqtt.js takes
+  // `mqtt://u:p@ss@host`), and up to the first showed its end.
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
 }
 
 const seconds = (ms: number | undefined): string =>
