@@ -5,9 +5,11 @@
  * [{ id, url }]), LW_PORT (0: the kernel's choice, which the primary logs as
  * `pool listening on <port>`), LW_WORKERS; LW_FAIL_START makes every start()
  * throw, LW_FAIL_RESTART every start but a slot's first, LW_MAX_RESTARTS
- * bounds restarts. Each worker answers with
+ * bounds restarts; LW_W2_FAIL_WHILE (a path) makes w2's start throw while that file
+ * exists. Each worker answers with
  * x-gateway-pid so the test can see which worker served a request.
  */
+const fs = require('node:fs');
 const http = require('node:http');
 const express = require('express');
 const { closeListener, loadBalance, runWorkers } = require('@loadwise/gateway-plugin');
@@ -19,6 +21,8 @@ const pool = runWorkers({
   start: async ({ id, restarts }) => {
     if (process.env.LW_FAIL_START) throw new Error('start failed on purpose');
     if (process.env.LW_FAIL_RESTART && restarts > 0) throw new Error('restart failed on purpose');
+    if (id === 'w2' && process.env.LW_W2_FAIL_WHILE && fs.existsSync(process.env.LW_W2_FAIL_WHILE))
+      throw new Error('w2 failed on purpose');
     const lb = loadBalance({
       backends: JSON.parse(process.env.LW_BACKENDS),
       broker: { url: process.env.LW_BROKER_URL, clientIdPrefix: `lw-${id}`, protocolVersion: 4 },

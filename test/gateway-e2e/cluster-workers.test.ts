@@ -9,7 +9,9 @@
  * to start is given up.
  */
 import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { MqttClient } from 'mqtt';
@@ -332,6 +334,38 @@ it('a reload whose new worker fails to start stops there, and the old workers ke
 
   child!.kill('SIGTERM');
   expect(await exited).toEqual({ code: 0, signal: null });
+}, 60_000);
+
+it('a reload tries a given-up slot again: fixed meanwhile, it serves', async () => {
+  const port = await freePort();
+  const marker = path.join(mkdtempSync(path.join(tmpdir(), 'lw-cluster-')), 'w2-fails');
+  writeFileSync(marker, '');
+  try {
+    const { exited } = startPool(port, { LW_W2_FAIL_WHILE: marker, LW_MAX_RESTARTS: '1' });
+    await eventually(
+      () => lines.some((l) => /worker w2 .* not restarting it/.test(l)),
+      30_000,
+      `w2 given up (log: ${lines.join(' / ')})`,
+    );
+    // The cause is fixed; the operator reloads.
+    rmSync(marker);
+    child!.kill('SIGHUP');
+    await eventually(
+      () => lines.some((l) => /reloaded \d+ worker/.test(l)),
+      30_000,
+      `reloaded (log: ${lines.join(' / ')})`,
+    );
+    expect(lines.some((l) => /worker w2 is back/.test(l))).toBe(true);
+    const w2 = started().get('w2')!.at(-1)!;
+    const load = loadLoops(port);
+    await eventually(() => load.servedBy.has(w2), 20_000, 'the revived w2 serves');
+    await load.stop();
+    expect(load.failures).toEqual([]);
+    child!.kill('SIGTERM');
+    expect(await exited).toEqual({ code: 0, signal: null });
+  } finally {
+    rmSync(path.dirname(marker), { recursive: true, force: true });
+  }
 }, 60_000);
 
 it('a primary killed with SIGKILL: each worker finishes the requests it has, then exits', async () => {

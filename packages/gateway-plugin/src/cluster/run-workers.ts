@@ -407,6 +407,32 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       next.once('exit', onExit);
     });
 
+  /**
+   * A reload tries a given-up slot again: the operator's reload is when the
+   * cause (a dependency down, a bad deploy) may be fixed, and nothing else
+   * ever would bring the slot back short of restarting the primary. A slot
+   * that still fails stays given up; the reload goes on with the others.
+   */
+  const revive = async (slot: Slot, replaced: ReloadResult['replaced']): Promise<void> => {
+    let next: Worker;
+    try {
+      next = await startReplacement(slot);
+    } catch (err) {
+      log(`reload: ${(err as Error).message}; slot ${slot.id} stays given up`);
+      return;
+    }
+    if (closing) {
+      askToClose(next);
+      return;
+    }
+    slot.gaveUp = false;
+    slot.crashTimes = [];
+    slot.worker = next;
+    slot.listening = true;
+    log(`worker ${slot.id} is back (pid ${next.process.pid})`);
+    replaced.push({ id: slot.id, oldPid: undefined, newPid: next.process.pid });
+  };
+
   let reloading: Promise<ReloadResult> | undefined;
   const reload = (): Promise<ReloadResult> => {
     if (closing) return Promise.reject(new Error('the worker pool stopped'));
@@ -416,8 +442,12 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       for (const slot of slots) {
         if (closing) throw new Error('the worker pool stopped during the reload');
         const old = slot.worker;
-        // A slot waiting for its restart (or given up) gets the current code anyway.
-        if (!old || slot.gaveUp) continue;
+        if (slot.gaveUp) {
+          await revive(slot, replaced);
+          continue;
+        }
+        // A slot waiting for its restart gets the current code anyway.
+        if (!old) continue;
         let next: Worker;
         try {
           next = await startReplacement(slot);
