@@ -1,4 +1,6 @@
-import { parseStatusArgs } from './index';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fetchStatus, parseStatusArgs, shownUrl } from './index';
 
 describe('parseStatusArgs', () => {
   const url = ['--url', 'http://127.0.0.1:8080/_lb/status'];
@@ -21,5 +23,39 @@ describe('parseStatusArgs', () => {
     if (o === 'help') return;
     expect(o.headers).toMatchObject({ 'x-loadwise-token': 'tok-12345678' });
     expect(o.headers['authorization']).toBeUndefined();
+  });
+});
+
+describe('what the CLI prints of the endpoint', () => {
+  it('shows the URL without its user and password (they are still sent)', () => {
+    expect(shownUrl(new URL('http://ops:s3cret@gw:8080/_lb/status'))).toBe(
+      'http://gw:8080/_lb/status',
+    );
+    expect(shownUrl(new URL('http://gw/_lb/status'))).toBe('http://gw/_lb/status');
+  });
+
+  it("never passes an error body's control bytes to the terminal", async () => {
+    const server = createServer((_req, res) => {
+      res.statusCode = 500;
+      res.end('\x1b]0;PWNED\x07\x1b[2Jboom');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const r = await fetchStatus({
+        url: new URL(`http://u:pw@127.0.0.1:${port}/_lb/status`),
+        headers: {},
+        tokenHeader: undefined,
+        timeoutMs: 2000,
+      });
+      expect(r.ok).toBe(false);
+      if (r.ok) return;
+      // eslint-disable-next-line no-control-regex
+      expect(r.error).not.toMatch(/[\x00-\x1f]/);
+      expect(r.error).toContain('HTTP 500');
+      expect(r.error).not.toContain('pw@');
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
-import { balancersOf, renderStatus, type StatusDocument } from './render';
+import { balancersOf, renderStatus, text, type StatusDocument } from './render';
 
 const NAME = 'loadwise';
 const DEFAULT_INTERVAL_MS = 1000;
@@ -282,16 +282,26 @@ function get(
   });
 }
 
+/** The URL as printed: without the user and password it may carry (they are still sent). */
+export function shownUrl(url: URL): string {
+  if (url.username === '' && url.password === '') return url.href;
+  const shown = new URL(url.href);
+  shown.username = '';
+  shown.password = '';
+  return shown.href;
+}
+
 /** One read of the status endpoint: the parsed JSON, or a one-line reason it failed. */
 export async function fetchStatus(
   o: Pick<StatusOptions, 'url' | 'headers' | 'tokenHeader' | 'timeoutMs'>,
 ): Promise<{ ok: true; body: Record<string, unknown> } | { ok: false; error: string }> {
   let res: { status: number; body: string };
+  const where = shownUrl(o.url);
   try {
     res = await get(o.url, o.headers, o.timeoutMs);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    return { ok: false, error: `${o.url.href}: ${e.code ?? e.message}` };
+    return { ok: false, error: `${where}: ${e.code ?? e.message}` };
   }
   if (res.status === 401) {
     const hint =
@@ -300,11 +310,13 @@ export async function fetchStatus(
         : `the token sent in ${o.tokenHeader} was refused (wrong token, or the gateway reads another --token-header)`;
     return {
       ok: false,
-      error: `${o.url.href}: 401 unauthorized: ${hint}; if the app's own auth guards it, send that with --header`,
+      error: `${where}: 401 unauthorized: ${hint}; if the app's own auth guards it, send that with --header`,
     };
   }
   if (res.status < 200 || res.status > 299)
-    return { ok: false, error: `${o.url.href}: HTTP ${res.status} ${res.body.slice(0, 200)}` };
+    // The body is whatever answered --url: its control bytes (an escape sequence) never reach
+    // the terminal.
+    return { ok: false, error: `${where}: HTTP ${res.status} ${text(res.body.slice(0, 200))}` };
   try {
     const body = JSON.parse(res.body) as unknown;
     // One balancer's snapshot, or a page of several (`services`), each with its backends.
@@ -321,7 +333,7 @@ export async function fetchStatus(
   }
   return {
     ok: false,
-    error: `${o.url.href}: not a loadwise status document (is --url the gateway's statusPath?)`,
+    error: `${where}: not a loadwise status document (is --url the gateway's statusPath?)`,
   };
 }
 
@@ -337,7 +349,8 @@ const CLEAR_SCREEN_END = '\x1b[J';
 
 function frameText(o: StatusOptions, r: Awaited<ReturnType<typeof fetchStatus>>): string {
   if (o.json) return r.ok ? `${JSON.stringify(r.body)}\n` : '';
-  return r.ok ? renderStatus(r.body, o.url.href) : `${o.url.href}  ${new Date().toISOString()}\n`;
+  const where = shownUrl(o.url);
+  return r.ok ? renderStatus(r.body, where) : `${where}  ${new Date().toISOString()}\n`;
 }
 
 async function statusCommand(argv: string[]): Promise<number> {

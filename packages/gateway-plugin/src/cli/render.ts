@@ -13,7 +13,7 @@ type Loose<T> = { [K in keyof T]?: T[K] | null };
  * C1) become '?'. The document comes from whatever `--url` names; an escape sequence in
  * an id or a reason would otherwise reach the operator's terminal.
  */
-function text(v: unknown): string {
+export function text(v: unknown): string {
   // eslint-disable-next-line no-control-regex
   return String(v).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
 }
