@@ -81,20 +81,39 @@ describe('EventRing', () => {
   });
 
   it('coalesce() of an evicted key starts a new entry', () => {
-    const { events, ring } = setup(2);
-    const shed = (count: number): void =>
-      ring.coalesce('shed:saturated', count, (n) => ({
+    const { ring } = setup(2);
+    const fold = (key: string, count: number): void =>
+      ring.coalesce(key, count, (n) => ({
         level: 'warn',
         event: 'shed',
         backend: null,
-        code: 'saturated',
-        msg: `shed ${n}`,
+        code: key,
+        msg: `${key} ${n}`,
       }));
-    shed(3);
-    events.emit('backend-up', { id: 'b1' });
-    events.emit('backend-up', { id: 'b2' });
-    shed(2);
-    expect(ring.all().map((e) => e.msg)).toEqual(['backend b2 up again; slow start', 'shed 2']);
+    fold('shed:saturated', 3);
+    fold('shed:overloaded', 1);
+    fold('shed:no-backend', 1); // evicts shed:saturated
+    fold('shed:saturated', 2);
+    expect(ring.all().map((e) => e.msg)).toEqual(['shed:no-backend 1', 'shed:saturated 2']);
+  });
+
+  it('a flood lasting many windows never pushes the real events out', () => {
+    const { events, ring, advance } = setup(5, 10_000);
+    events.emit('backend-ejected', { id: 'b1', durationMs: 30_000, consecutiveFailures: 5 });
+    events.emit('panic', { panic: true, healthy: 1, routable: 3 });
+    // 5 codes, every second, for 7 minutes: a new entry per code every 10 s window.
+    for (let s = 0; s < 420; s++) {
+      for (const code of ['A', 'B', 'C', 'D', 'E'])
+        events.emit('invalid-message', { code, backendId: 'forged' });
+      advance(1_000);
+    }
+    const all = ring.all();
+    expect(all.filter((e) => e.event !== 'invalid-message').map((e) => e.event)).toEqual([
+      'backend-ejected',
+      'panic',
+    ]);
+    // The folded ones are the newest, bounded by the capacity.
+    expect(all.filter((e) => e.event === 'invalid-message')).toHaveLength(5);
   });
 
   it('close() unsubscribes', () => {

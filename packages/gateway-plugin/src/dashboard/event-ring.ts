@@ -8,7 +8,11 @@
  * What a peer can repeat at will (dropped messages) and what the dashboard
  * counts itself (sheds) is coalesced: one entry per key per `coalesceMs`,
  * whose count grows, so a flood of forged reports costs one Map lookup per
- * message and never pushes the real events out.
+ * message. Coalesced entries have a ring of their own, as large as the
+ * events': a flood that goes on for minutes makes a new entry per code every
+ * window, and in a shared ring those pushed the real events out (5 forged
+ * messages a second over 5 codes emptied a 200-entry ring of its ejections
+ * in 7 minutes).
  */
 import type { BalancerEmitter, BalancerEvents } from '../events';
 import { BALANCER_EVENT_NAMES, describeEvent, type LogLevel } from '../observability/event-log';
@@ -33,10 +37,35 @@ export interface DashboardEvent {
   count: number;
 }
 
-export class EventRing {
+/** A fixed-size ring, oldest first; `push` returns what it evicted. */
+class Ring {
   private readonly entries: DashboardEvent[] = [];
-  /** Ring start: entries[head] is the oldest once the ring is full. */
+  /** entries[head] is the oldest once the ring is full. */
   private head = 0;
+
+  constructor(private readonly capacity: number) {}
+
+  push(entry: DashboardEvent): DashboardEvent | undefined {
+    if (this.entries.length < this.capacity) {
+      this.entries.push(entry);
+      return undefined;
+    }
+    const evicted = this.entries[this.head]!;
+    this.entries[this.head] = entry;
+    this.head = (this.head + 1) % this.capacity;
+    return evicted;
+  }
+
+  all(): DashboardEvent[] {
+    return [...this.entries.slice(this.head), ...this.entries.slice(0, this.head)];
+  }
+}
+
+export class EventRing {
+  /** Balancer events, one entry each. */
+  private readonly events: Ring;
+  /** Coalesced entries (dropped messages, sheds): a flood of them never evicts an event. */
+  private readonly folded: Ring;
   private nextId = 1;
   private seqCounter = 0;
   /** Coalesced entries still open for more occurrences, by key. */
@@ -46,9 +75,11 @@ export class EventRing {
   constructor(
     events: BalancerEmitter,
     private readonly now: () => number,
-    private readonly capacity = 200,
+    capacity = 200,
     private readonly coalesceMs = 10_000,
   ) {
+    this.events = new Ring(capacity);
+    this.folded = new Ring(capacity);
     const listeners = BALANCER_EVENT_NAMES.map((name) => {
       const listener = (data: unknown): void => this.onEvent(name, data);
       events.on(name, listener as never);
@@ -64,9 +95,9 @@ export class EventRing {
     return this.seqCounter;
   }
 
-  /** Every entry, oldest first. */
+  /** Every entry, oldest first (by first occurrence; ids break ties). */
   all(): DashboardEvent[] {
-    return [...this.entries.slice(this.head), ...this.entries.slice(0, this.head)];
+    return [...this.events.all(), ...this.folded.all()].sort((a, b) => a.at - b.at || a.id - b.id);
   }
 
   /** Entries added or updated after `seq`, oldest first. */
@@ -94,7 +125,7 @@ export class EventRing {
     }
     // Keys are error codes and shed reasons (bounded sets), but a bound costs nothing.
     if (entry === undefined && this.open.size >= 256) this.open.clear();
-    this.open.set(key, this.push({ ...make(count), count }));
+    this.open.set(key, this.push({ ...make(count), count }, true));
   }
 
   close(): void {
@@ -115,10 +146,13 @@ export class EventRing {
     }
     const r = describeEvent(name, data as never);
     const backend = typeof r.fields.backend === 'string' ? r.fields.backend : null;
-    this.push({ level: r.level, event: name, backend, code: null, msg: r.msg, count: 1 });
+    this.push({ level: r.level, event: name, backend, code: null, msg: r.msg, count: 1 }, false);
   }
 
-  private push(e: Omit<DashboardEvent, 'id' | 'seq' | 'at' | 'lastAt'>): DashboardEvent {
+  private push(
+    e: Omit<DashboardEvent, 'id' | 'seq' | 'at' | 'lastAt'>,
+    folded: boolean,
+  ): DashboardEvent {
     const nowMs = this.now();
     const entry: DashboardEvent = {
       id: this.nextId++,
@@ -127,13 +161,9 @@ export class EventRing {
       lastAt: nowMs,
       ...e,
     };
-    if (this.entries.length < this.capacity) {
-      this.entries.push(entry);
-    } else {
-      const evicted = this.entries[this.head]!;
+    const evicted = (folded ? this.folded : this.events).push(entry);
+    if (evicted !== undefined && folded) {
       for (const [k, v] of this.open) if (v === evicted) this.open.delete(k);
-      this.entries[this.head] = entry;
-      this.head = (this.head + 1) % this.capacity;
     }
     return entry;
   }
