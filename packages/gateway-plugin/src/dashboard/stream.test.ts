@@ -116,3 +116,42 @@ it('drops a viewer that stops reading, and refuses viewers over the cap', () => 
   expect(ok.destroyed).toBe(false);
   expect(dashboardOf(lb)!.stream.viewerCount).toBe(1);
 });
+
+it('serialises the history once per tick, however many viewers open the stream', () => {
+  const a = open();
+  jest.advanceTimersByTime(10_000);
+  const stringify = jest.spyOn(JSON, 'stringify');
+  try {
+    for (let i = 0; i < 5; i++) open().end();
+    const ofHistory = stringify.mock.calls.filter(
+      ([v]) => Array.isArray(v) || (typeof v === 'object' && v !== null && 'history' in v),
+    );
+    expect(ofHistory).toHaveLength(1);
+  } finally {
+    stringify.mockRestore();
+  }
+  const b = open();
+  const init = JSON.parse(b.events('init')[0]!) as InitMessage;
+  expect(init.history).toHaveLength(10);
+  expect(Object.keys(init).sort()).toEqual([
+    'events',
+    'frame',
+    'history',
+    'historySec',
+    'intervalMs',
+  ]);
+  a.end();
+  b.end();
+});
+
+it("counts a viewer's unread bytes from its first message, however large", () => {
+  const v = open();
+  const first = v.chunks.join('').length;
+  // Its whole first message still unsent, plus less than the bound: kept.
+  v.writableLength = first + 1024 * 1024 - 1;
+  jest.advanceTimersByTime(1000);
+  expect(v.destroyed).toBe(false);
+  v.writableLength = first + 1024 * 1024 + 1;
+  jest.advanceTimersByTime(1000);
+  expect(v.destroyed).toBe(true);
+});
