@@ -6,11 +6,12 @@
  * `pool listening on <port>`), LW_WORKERS; LW_FAIL_START makes every start()
  * throw, LW_FAIL_RESTART every start but a slot's first, LW_MAX_RESTARTS
  * bounds restarts; LW_W2_FAIL_WHILE (a path) makes w2's start throw while that file
- * exists. Each worker answers with
+ * exists; LW_SLOW_START_MS makes start() wait that long after listening. Each worker answers with
  * x-gateway-pid so the test can see which worker served a request.
  */
 const fs = require('node:fs');
 const http = require('node:http');
+const { setTimeout: sleep } = require('node:timers/promises');
 const express = require('express');
 const { closeListener, loadBalance, runWorkers } = require('@loadwise/gateway-plugin');
 
@@ -43,9 +44,14 @@ const pool = runWorkers({
     await lb.ready();
     const server = http.createServer(app);
     await new Promise((r) => server.listen(Number(process.env.LW_PORT), '127.0.0.1', r));
+    if (process.env.LW_SLOW_START_MS) {
+      process.stderr.write(`worker ${id} listening, start() not done\n`);
+      await sleep(Number(process.env.LW_SLOW_START_MS));
+    }
     return {
       close: async () => {
         await Promise.all([closeListener(server), lb.close({ graceMs: 5000 })]);
+        process.stderr.write(`worker ${id} closed its server and balancer\n`);
       },
     };
   },

@@ -368,6 +368,20 @@ it('a reload tries a given-up slot again: fixed meanwhile, it serves', async () 
   }
 }, 60_000);
 
+it('a worker asked to close while start() still runs closes what start() returns', async () => {
+  const port = await freePort();
+  const { exited } = startPool(port, { LW_SLOW_START_MS: '1500' });
+  await eventually(
+    () => lines.filter((l) => /listening, start\(\) not done/.test(l)).length === 2,
+    30_000,
+    `both listening, starting (log: ${lines.join(' / ')})`,
+  );
+  child!.kill('SIGTERM');
+  expect(await exited).toEqual({ code: 0, signal: null });
+  // Each closed its server and balancer once start() returned, instead of exiting under them.
+  expect(lines.filter((l) => /worker w\d closed its server and balancer/.test(l))).toHaveLength(2);
+}, 60_000);
+
 it('a primary killed with SIGKILL: each worker finishes the requests it has, then exits', async () => {
   // A backend that answers 1.5 s after a request arrives; `arrived` says when one has.
   let arrived = 0;

@@ -218,6 +218,7 @@ async function runWorker(
 ) {
   const ctx = workerContext();
   let started: StartedWorker | undefined;
+  let starting = true;
   let closing = false;
   const close = (why: string): void => {
     if (closing) return;
@@ -231,6 +232,12 @@ async function runWorker(
       );
       process.exit(1);
     }, shutdownTimeoutMs).unref();
+    // Asked while start() runs: its server may listen already, with connections handed to
+    // it, so the worker closes what start() returns, once it has returned, rather than
+    // exiting under them.
+    if (!starting) finish();
+  };
+  const finish = (): void => {
     Promise.resolve(started?.close())
       .then(leave)
       .then(
@@ -262,7 +269,8 @@ async function runWorker(
     log(`worker ${ctx.id} (pid ${process.pid}) failed to start: ${(err as Error).stack ?? err}`);
     process.exit(1);
   }
-  if (closing) close('closed while starting');
+  starting = false;
+  if (closing) finish();
 }
 
 interface Slot {
