@@ -1,3 +1,4 @@
+import { connect, type Socket } from 'node:net';
 import os from 'node:os';
 import express from 'express';
 import {
@@ -191,6 +192,77 @@ describe('trackRequests', () => {
       await app.close();
     }
   });
+
+  /** Two pipelined GETs on one raw connection: the second's response waits behind the first's. */
+  async function pipelined(url: string, a: string, b: string): Promise<Socket> {
+    const { hostname, port } = new URL(url);
+    const socket = connect(Number(port), hostname);
+    socket.on('error', () => undefined);
+    await new Promise((r) => socket.once('connect', r));
+    socket.write(`GET ${a} HTTP/1.1\r\nHost: x\r\n\r\nGET ${b} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    return socket;
+  }
+
+  it('gives back what a pipelined request held when its client leaves (no limit)', async () => {
+    const app = await holdApp({});
+    try {
+      const socket = await pipelined(app.server.url, '/hold/a', '/hold/b');
+      // Without a limit both run: b's response waits behind a's on the connection.
+      await until(() => app.started.length === 2);
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 2, queued: 0 });
+      socket.destroy();
+      await until(
+        () => app.tracker.snapshot().inFlight === 0,
+        2000,
+        'both pipelined requests to be released',
+      );
+      expect(app.tracker.snapshot()).toMatchObject({
+        inFlight: 0,
+        queued: 0,
+        completed: 2,
+        aborted: 2,
+      });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it.each([
+    ['the first of the pair holds the slot', false],
+    ['another client holds the slot', true],
+  ])(
+    'gives back a pipelined request that waited for a slot when its client leaves (%s)',
+    async (_what, otherHolds) => {
+      const app = await holdApp({ concurrencyLimit: 1 });
+      try {
+        const other = otherHolds ? fire(`${app.server.url}/hold/x`) : undefined;
+        if (other) await until(() => app.started.includes('x'));
+        const socket = await pipelined(app.server.url, '/hold/a', '/hold/b');
+        await until(() => app.tracker.snapshot().queued === (otherHolds ? 2 : 1));
+        socket.destroy();
+        await until(
+          () =>
+            app.tracker.snapshot().queued === 0 &&
+            app.tracker.snapshot().inFlight === (otherHolds ? 1 : 0),
+          2000,
+          'the pipelined pair to give back its slot and its place in the queue',
+        );
+        if (other) {
+          app.release('x');
+          expect((await other.done)?.status).toBe(200);
+        }
+        // The slot is free: a later request is served, not queued for good.
+        const c = fire(`${app.server.url}/hold/c`);
+        await until(() => app.started.includes('c'), 2000, 'a later request to run');
+        app.release('c');
+        expect((await c.done)?.status).toBe(200);
+        await until(() => app.tracker.snapshot().inFlight === 0);
+        expect(app.tracker.snapshot()).toMatchObject({ inFlight: 0, queued: 0 });
+      } finally {
+        await app.close();
+      }
+    },
+  );
 
   it('counts 5xx responses in the error rate', async () => {
     const app = await holdApp({});

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { invalidOption } from '../errors';
 import { WindowHistogram } from './window-histogram';
@@ -141,6 +142,46 @@ function proxied(req: IncomingMessage): boolean {
   );
 }
 
+/** Per connection, the callbacks of its responses still waiting behind an earlier one: one 'close' listener a socket. */
+const waitingOnSocket = new WeakMap<Socket, Set<() => void>>();
+
+/**
+ * Runs `fn` once, when `res` closes or, for a response that has no socket yet
+ * (pipelined behind an earlier response on its connection), when the connection
+ * closes: Node never emits 'close' on such a response, since it was never given
+ * the socket (its abortIncoming only destroys the IncomingMessage).
+ */
+function onResponseGone(req: IncomingMessage, res: ServerResponse, fn: () => void): void {
+  const socket = res.socket ? undefined : req.socket;
+  let done = false;
+  const gone = (): void => {
+    if (done) return;
+    done = true;
+    res.removeListener('close', gone);
+    if (socket) waitingOnSocket.get(socket)?.delete(gone);
+    fn();
+  };
+  res.once('close', gone);
+  if (!socket) return;
+  if (socket.closed) {
+    process.nextTick(gone);
+    return;
+  }
+  let waiting = waitingOnSocket.get(socket);
+  if (!waiting) {
+    const set = new Set<() => void>();
+    waiting = set;
+    waitingOnSocket.set(socket, set);
+    // A Set visits what is added while it is iterated: a waiter run by a
+    // release during this loop is released too.
+    socket.once('close', () => {
+      waitingOnSocket.delete(socket);
+      for (const f of set) f();
+    });
+  }
+  waiting.add(gone);
+}
+
 function positiveInt(name: string, value: unknown): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
     throw invalidOption(name, `must be a positive integer, got ${String(value)}`);
@@ -264,15 +305,9 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     changed();
   };
 
-  const run = (_req: IncomingMessage, res: ServerResponse, next: Next): void => {
+  const run = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
     inFlight++;
-    let released = false;
-    res.once('close', () => {
-      if (!released) {
-        released = true;
-        release();
-      }
-    });
+    onResponseGone(req, res, release);
     next();
   };
 
@@ -289,8 +324,9 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     // One 'close' listener accounts for every tracked request, whether it ran,
     // waited, was rejected or was abandoned. ServerResponse emits 'close' after
     // 'finish' and also when the connection drops first (Node >= 12), so
-    // `writableFinished` tells completed from aborted.
-    res.once('close', () => {
+    // `writableFinished` tells completed from aborted; a pipelined response
+    // still waiting for the connection counts when the connection closes.
+    onResponseGone(req, res, () => {
       completed++;
       const finished = res.writableFinished;
       if (!finished) aborted++;
@@ -321,7 +357,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     queued++;
     changed();
     // A client that disconnects while waiting leaves the queue and is never run.
-    res.once('close', () => {
+    onResponseGone(req, res, () => {
       if (w.queued) {
         unlink(w);
         changed();
@@ -448,7 +484,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     }
     // A client that goes away ends its watch (the agent aborts it when it stops).
     const controller = new AbortController();
-    res.once('close', () => controller.abort());
+    onResponseGone(req, res, () => controller.abort());
     void waitForRise({ ...wait, signal: controller.signal }).then(send);
   };
 
