@@ -40,6 +40,7 @@ export type MetricsBody = Omit<
 /** What went into the last published report (early reports are made from it). */
 interface Published {
   outstanding: number | undefined;
+  /** performance.now() when it went out: the early reporter's gap runs on the monotonic clock. */
   atMs: number;
   /** The last scheduled report's body: an early report repeats all but its queue and traffic. */
   body: MetricsBody;
@@ -288,7 +289,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (!encoded) return;
     const published = this.send(encoded.topic, encoded.payload);
     if (published) {
-      this.published = { outstanding: outstandingOf(body.queue), atMs: Date.now(), body };
+      this.published = { outstanding: outstandingOf(body.queue), atMs: performance.now(), body };
     }
     this.emit('sample', encoded.message, { published });
   }
@@ -347,7 +348,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       this.stats.early++;
       this.published = {
         outstanding: outstandingOf(body.queue),
-        atMs: Date.now(),
+        atMs: performance.now(),
         body: last.body,
       };
     }

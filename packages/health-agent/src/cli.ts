@@ -266,7 +266,7 @@ async function main(argv: string[]): Promise<void> {
   };
   const lastWarned = new Map<string, number>();
   const warnOnce = (msg: string): void => {
-    const now = Date.now();
+    const now = performance.now(); // monotonic: a wall clock stepped back does not mute warnings
     if ((lastWarned.get(msg) ?? -Infinity) + WARN_REPEAT_MS > now) return;
     if (lastWarned.size > 1000) lastWarned.clear(); // bounded, whatever the messages
     lastWarned.set(msg, now);

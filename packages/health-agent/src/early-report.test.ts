@@ -23,7 +23,7 @@ function setup(over: Partial<EarlyReporterOptions> = {}) {
   const published: Array<{ atMs: number; outstanding: number | undefined }> = [];
   let last: { outstanding: number; atMs: number } | undefined = {
     outstanding: 2,
-    atMs: Date.now(),
+    atMs: performance.now(),
   };
   let connected = true;
   const reporter = new EarlyReporter({
@@ -49,8 +49,8 @@ function setup(over: Partial<EarlyReporterOptions> = {}) {
     publish: (r) => {
       if (!connected) return false;
       const outstanding = outstandingOf(r.queue);
-      published.push({ atMs: Date.now(), outstanding });
-      last = { outstanding: outstanding!, atMs: Date.now() };
+      published.push({ atMs: performance.now(), outstanding });
+      last = { outstanding: outstanding!, atMs: performance.now() };
       return true;
     },
     onError: () => undefined,
@@ -76,6 +76,7 @@ describe('EarlyReporter', () => {
   });
 
   it('publishes as soon as the watch reports a rise, from the last published figure', async () => {
+    const t0 = performance.now();
     const t = setup();
     t.reporter.start();
     await jest.advanceTimersByTimeAsync(100); // the gap after the last (scheduled) report
@@ -83,7 +84,7 @@ describe('EarlyReporter', () => {
     expect(t.current()).toMatchObject({ from: 2, rise: 2 });
     t.current().answer(5, true);
     await jest.advanceTimersByTimeAsync(0);
-    expect(t.published).toEqual([{ atMs: 1_000_100, outstanding: 5 }]);
+    expect(t.published).toEqual([{ atMs: t0 + 100, outstanding: 5 }]);
     await t.reporter.stop();
   });
 
@@ -107,7 +108,7 @@ describe('EarlyReporter', () => {
 
   it('waits out the gap after a scheduled report, then watches from its figure', async () => {
     const t = setup();
-    t.setLast({ outstanding: 6, atMs: Date.now() + 40 });
+    t.setLast({ outstanding: 6, atMs: performance.now() + 40 });
     t.reporter.start();
     await jest.advanceTimersByTimeAsync(139);
     expect(t.watches).toHaveLength(0);
@@ -117,12 +118,32 @@ describe('EarlyReporter', () => {
     await t.reporter.stop();
   });
 
+  it('measures the gap on the monotonic clock: a wall clock stepped back 60 s holds nothing', async () => {
+    const t = setup(); // the last report went out now, stamped with performance.now() as the agent does
+    const realNow = Date.now.bind(Date);
+    // An NTP step or a VM resume: Date.now() jumps back, performance.now() does not.
+    const spy = jest.spyOn(Date, 'now').mockImplementation(() => realNow() - 60_000);
+    try {
+      t.reporter.start();
+      await jest.advanceTimersByTimeAsync(99);
+      expect(t.watches).toHaveLength(0);
+      await jest.advanceTimersByTimeAsync(1);
+      expect(t.watches).toHaveLength(1);
+      t.current().answer(5, true);
+      await jest.advanceTimersByTimeAsync(0);
+      expect(t.published).toHaveLength(1);
+      await t.reporter.stop();
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
   it('drops a rise that no longer stands against a scheduled report sent meanwhile', async () => {
     const t = setup();
     t.reporter.start();
     await jest.advanceTimersByTimeAsync(100);
     // A scheduled report goes out with 7 outstanding while the watch (from 2) is held.
-    t.setLast({ outstanding: 7, atMs: Date.now() });
+    t.setLast({ outstanding: 7, atMs: performance.now() });
     t.current().answer(5, true);
     await jest.advanceTimersByTimeAsync(0);
     expect(t.published).toHaveLength(0);
@@ -138,7 +159,7 @@ describe('EarlyReporter', () => {
     t.reporter.start();
     await jest.advanceTimersByTimeAsync(1000);
     expect(t.watches).toHaveLength(0);
-    t.setLast({ outstanding: 0, atMs: Date.now() });
+    t.setLast({ outstanding: 0, atMs: performance.now() });
     await jest.advanceTimersByTimeAsync(250 + 100);
     expect(t.watches).toHaveLength(1);
     await t.reporter.stop();

@@ -30,7 +30,10 @@ export interface EarlyReporterOptions {
   waitMs: number;
   /** Pause after a failed watch, or while nothing was published yet, ms. */
   retryMs: number;
-  /** Outstanding requests of the last published report and when it went out; undefined before the first. */
+  /**
+   * Outstanding requests of the last published report and when it went out
+   * (on `now`'s clock: performance.now() by default); undefined before the first.
+   */
   last(): { outstanding: number; atMs: number } | undefined;
   /**
    * Publishes an early report made of this reading; false when it could not
@@ -39,6 +42,10 @@ export interface EarlyReporterOptions {
    */
   publish(reading: RiseReading): boolean;
   onError(err: Error): void;
+  /**
+   * Clock of the gap, ms (default performance.now()): monotonic, so a wall clock
+   * stepped back (an NTP step, a VM resume) does not hold early reports as long as the step.
+   */
   now?: () => number;
 }
 
@@ -71,7 +78,7 @@ export class EarlyReporter {
   private readonly now: () => number;
 
   constructor(private readonly o: EarlyReporterOptions) {
-    this.now = o.now ?? Date.now;
+    this.now = o.now ?? (() => performance.now());
   }
 
   start(): void {

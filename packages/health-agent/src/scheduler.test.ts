@@ -89,3 +89,32 @@ describe('createScheduler with a timer that fires early', () => {
     for (let i = 1; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(999);
   });
 });
+
+describe('createScheduler when the wall clock steps back', () => {
+  afterEach(() => jest.useRealTimers());
+
+  it('keeps ticking every interval after the wall clock steps back 60 s', async () => {
+    jest.useFakeTimers({ now: 0 });
+    const realNow = Date.now.bind(Date);
+    let skew = 0;
+    // An NTP step or a VM resume: Date.now() jumps back; timers (monotonic) do not.
+    const spy = jest.spyOn(Date, 'now').mockImplementation(() => realNow() + skew);
+    const at: number[] = [];
+    const s = createScheduler({
+      intervalMs: 1000,
+      offsetMs: 0,
+      tick: async () => void at.push(realNow()),
+    });
+    s.start();
+    await jest.advanceTimersByTimeAsync(2500);
+    skew = -60_000;
+    await jest.advanceTimersByTimeAsync(3000);
+    s.stop();
+    spy.mockRestore();
+    // The tick set before the step runs at 3000; the next within two intervals of it.
+    expect(at.slice(0, 3)).toEqual([1000, 2000, 3000]);
+    expect(at[3]).toBeDefined();
+    expect(at[3]! - 3000).toBeLessThanOrEqual(2000);
+    expect(at).toEqual([1000, 2000, 3000, 4000, 5000]);
+  });
+});

@@ -95,13 +95,16 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
       // Instants k × interval + offset on the wall clock, like cron, so the
       // offset spreads agents and the schedule does not drift with tick time.
       // A timer may run a millisecond before its instant by Date.now() (timers
-      // use the monotonic clock): never schedule the same instant twice.
+      // use the monotonic clock): never schedule the same instant twice. Only
+      // while the last instant is at most an interval ahead, though: after the
+      // wall clock stepped back (an NTP step, a VM resume) it lies as far ahead
+      // as the step, and waiting for it would stop reporting that long.
       let lastInstant = -Infinity;
       const schedule = (): void => {
         if (stopped) return;
         const now = Date.now();
         let next = Math.floor((now - opts.offsetMs) / intervalMs + 1) * intervalMs + opts.offsetMs;
-        if (next <= lastInstant) next = lastInstant + intervalMs;
+        if (next <= lastInstant && lastInstant - now <= intervalMs) next = lastInstant + intervalMs;
         lastInstant = next;
         later(
           () => {
