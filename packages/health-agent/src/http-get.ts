@@ -10,6 +10,18 @@ export interface HttpGetResult {
 /** Bodies of stats, metrics and health endpoints are small; a runaway one is cut off. */
 export const MAX_BODY_BYTES = 1024 * 1024;
 
+export interface HttpGetOptions {
+  signal?: AbortSignal;
+  agent?: http.Agent;
+  /**
+   * Resolve as soon as the response head arrives, with an empty body, and
+   * destroy the response: for a caller that needs only the status (the probe),
+   * a large or endless body is neither read nor a failure. The timeout then
+   * covers connect and headers, and `latencyMs` is the time to the head.
+   */
+  headOnly?: boolean;
+}
+
 /**
  * A GET with a hard timeout covering connect, headers and body. node:http
  * rather than fetch: at one request a second the difference is small, but it
@@ -22,7 +34,7 @@ export function httpGet(
   url: URL,
   timeoutMs: number,
   maxBodyBytes = MAX_BODY_BYTES,
-  opts: { signal?: AbortSignal; agent?: http.Agent } = {},
+  opts: HttpGetOptions = {},
 ): Promise<HttpGetResult> {
   const started = performance.now();
   const mod = url.protocol === 'https:' ? https : http;
@@ -35,6 +47,16 @@ export function httpGet(
         ...(opts.signal ? { signal: opts.signal } : {}),
       },
       (res) => {
+        if (opts.headOnly) {
+          clearTimeout(timer);
+          resolve({
+            status: res.statusCode ?? 0,
+            body: '',
+            latencyMs: performance.now() - started,
+          });
+          res.destroy();
+          return;
+        }
         const chunks: Buffer[] = [];
         let size = 0;
         res.on('data', (chunk: Buffer) => {

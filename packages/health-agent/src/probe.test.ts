@@ -1,5 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { listen } from '../../../test/kit/agent-http';
 import { createAgent } from './agent';
 import { probe } from './probe';
 
@@ -41,6 +42,41 @@ describe('probe', () => {
       const result = await probe({ url: new URL(app.url), timeoutMs: 1000 });
       expect(result).toMatchObject({ ok: false, reason: 'probe answered an invalid status 999' });
       expect(result.status).toBeUndefined();
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('decides on the head: a 100 KB health page is ok, not a failure', async () => {
+    const page = 'x'.repeat(100 * 1024);
+    const app = await listen((_req, res) => {
+      res.setHeader('Content-Type', 'text/plain');
+      res.end(page);
+    });
+    try {
+      expect(await probe({ url: new URL(`${app.url}/healthz`), timeoutMs: 1000 })).toMatchObject({
+        ok: true,
+        status: 200,
+      });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('decides on the head: an endless body is ok, answered well within the timeout', async () => {
+    const app = await listen((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      const chunk = Buffer.alloc(16 * 1024, 'y');
+      const pump = (): void => {
+        while (!res.destroyed && res.write(chunk));
+      };
+      res.on('drain', pump);
+      pump();
+    });
+    try {
+      const result = await probe({ url: new URL(`${app.url}/healthz`), timeoutMs: 2000 });
+      expect(result).toMatchObject({ ok: true, status: 200 });
+      expect(result.latencyMs).toBeLessThan(2000);
     } finally {
       await app.close();
     }

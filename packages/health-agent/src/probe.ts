@@ -16,10 +16,14 @@ export interface ProbeResult {
   reason?: string;
 }
 
-/** One GET of the service's health URL from beside it: a backend that fails it is reported down. */
+/**
+ * One GET of the service's health URL from beside it: a backend that fails it
+ * is reported down. Only the status counts: the body is not read (a large or
+ * endless health page is no failure), and the latency is the time to the head.
+ */
 export async function probe(opts: ProbeOptions): Promise<ProbeResult> {
   try {
-    const res = await httpGet(opts.url, opts.timeoutMs, 64 * 1024);
+    const res = await httpGet(opts.url, opts.timeoutMs, undefined, { headOnly: true });
     const latencyMs = Math.round(res.latencyMs * 100) / 100;
     // llhttp takes any three digits (`HTTP/1.1 999`): such a status is no
     // health.probeStatus the protocol allows, and reporting it would make
