@@ -32,6 +32,16 @@ import { resolveAgentOptions, type AgentOptions, type ResolvedAgentOptions } fro
  */
 export const REGISTRATION_RENEW_MS = 20_000;
 
+/**
+ * Longest stop() waits, after the grace period, for the broker to take the
+ * offline status (and the registration clear) and the clean disconnect:
+ * min(grace, 2 s), at least 300 ms. A broker that stops acking, or a connection
+ * that drops on the way, then gets a forced end: SIGTERM must end the process.
+ */
+export function stopFlushMs(graceMs: number): number {
+  return Math.max(300, Math.min(graceMs, 2000));
+}
+
 export type MetricsBody = Omit<
   MetricsReport,
   'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'
@@ -420,23 +430,55 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     this._state = 'offline';
     this.emit('state', 'offline');
     if (c) {
-      if (c.connected && this.options.advertiseUrl !== undefined) {
-        // An empty retained payload clears the registration [MQTT-3.3.1-10]: a gateway
-        // that starts later does not add a backend that is gone.
-        const topic = topicFor(this.options.prefix, this.backendId, 'register');
-        await c.publishAsync(topic, '', { qos: 1, retain: true }).catch(() => undefined);
-      }
-      if (c.connected) {
-        const msg = this.encoder.status('offline', { reason: 'agent stopped' });
-        await c
-          .publishAsync(msg.topic, msg.payload, { qos: 1, retain: true })
-          .catch(() => undefined);
-      }
-      // A clean DISCONNECT: the broker discards the Last Will [MQTT-3.14.4-3].
-      // Forced when the broker is unreachable, so stop() cannot wait on it.
-      await new Promise<void>((resolve) => c.end(!c.connected, {}, () => resolve()));
+      // QoS 1 waits for a PUBACK and a clean end for the outgoing queue and the
+      // broker's close: a broker that stops acking would hold stop() for good.
+      let timer: NodeJS.Timeout | undefined;
+      const clean = await Promise.race([
+        this.leaveCleanly(c),
+        new Promise<false>((resolve) => {
+          timer = setTimeout(() => resolve(false), stopFlushMs(graceMs));
+        }),
+      ]);
+      clearTimeout(timer);
+      if (!clean) await forceEnd(c);
     }
   }
+
+  /** Offline status, registration cleared, clean DISCONNECT; false when not connected for it. */
+  private async leaveCleanly(c: MqttClient): Promise<boolean> {
+    if (c.connected && this.options.advertiseUrl !== undefined) {
+      // An empty retained payload clears the registration [MQTT-3.3.1-10]: a gateway
+      // that starts later does not add a backend that is gone.
+      const topic = topicFor(this.options.prefix, this.backendId, 'register');
+      await c.publishAsync(topic, '', { qos: 1, retain: true }).catch(() => undefined);
+    }
+    if (c.connected) {
+      const msg = this.encoder.status('offline', { reason: 'agent stopped' });
+      await c.publishAsync(msg.topic, msg.payload, { qos: 1, retain: true }).catch(() => undefined);
+    }
+    // A clean DISCONNECT: the broker discards the Last Will [MQTT-3.14.4-3].
+    // Not when the broker is unreachable: forceEnd() then.
+    if (!c.connected) return false;
+    await new Promise<void>((resolve) => c.end(false, {}, () => resolve()));
+    return true;
+  }
+}
+
+/**
+ * Ends the connection now, without DISCONNECT (the broker publishes the Last
+ * Will, offline). end(true) is a no-op while a clean end is pending (mqtt.js
+ * answers at once when already disconnecting): the stream is destroyed under it.
+ */
+function forceEnd(c: MqttClient): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const stream = c.stream;
+    if (!c.disconnecting) c.end(true, {}, () => resolve());
+    else if (!stream || stream.closed) resolve();
+    else {
+      stream.once('close', () => resolve());
+      stream.destroy();
+    }
+  });
 }
 
 /** Creates an agent (validates every option now; throws AgentError LW_AGENT_INVALID_OPTION). */
