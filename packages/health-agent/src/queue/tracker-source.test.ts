@@ -1,5 +1,6 @@
-import { listen, type Listening } from '../../../../test/kit/agent-http';
+import { fire, listen, until, type Listening } from '../../../../test/kit/agent-http';
 import { probe } from '../probe';
+import { trackRequests } from '../tracker/track-requests';
 import { httpTrackerSource, readingFromSnapshot } from './tracker-source';
 
 const snap = {
@@ -66,6 +67,33 @@ describe('tracker source over HTTP and the probe', () => {
   ])('rejects status %i body %j', async (status, body, message) => {
     const url = await serve(status, body);
     await expect(httpTrackerSource(new URL(url), 500).read()).rejects.toThrow(message);
+  });
+
+  it('holds a rise watch longer than the tracker allows (--interval-ms 120000) at its maximum', async () => {
+    const tracker = trackRequests({ exposePath: '/stats' });
+    const held: Array<() => void> = [];
+    const urls: string[] = [];
+    const s = await listen((req, res) => {
+      urls.push(req.url ?? '');
+      tracker(req, res, () => held.push(() => res.end('done')));
+    });
+    servers.push(s);
+    const source = httpTrackerSource(new URL(`${s.url}/stats`), 500);
+    try {
+      const watch = source.waitForRise!(0, 1, 120_000, new AbortController().signal);
+      // A rise answers the watch at once: no need to wait out its timeout.
+      const req = fire(`${s.url}/work`);
+      await until(() => held.length === 1);
+      const reading = await watch;
+      expect(reading.rose).toBe(true);
+      expect(reading.queue).toMatchObject({ inFlight: 1 });
+      expect(urls.find((u) => u.startsWith('/stats?'))).toContain('waitMs=60000');
+      held[0]!();
+      await req.done;
+    } finally {
+      source.close?.();
+      tracker.close();
+    }
   });
 
   it('probe: expected statuses, and a timeout on a server that never answers', async () => {

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
-import type { RiseWait, TrackerSnapshot } from '../tracker/track-requests';
+import { MAX_RISE_WAIT_MS, type RiseWait, type TrackerSnapshot } from '../tracker/track-requests';
 import * as v from 'valibot';
 import { httpGet } from '../http-get';
 import { httpUrl, strictObject } from '../option-errors';
@@ -88,15 +88,18 @@ export function httpTrackerSource(url: URL, timeoutMs: number): QueueSourceReade
   return {
     read: async () => readingFromSnapshot(await fetchSnapshot(url, timeoutMs)),
     async waitForRise(from, rise, waitMs, signal) {
+      // The tracker refuses (400) a longer watch: with --interval-ms above
+      // its maximum, every watch failed and early reports never worked.
+      const wait = Math.min(waitMs, MAX_RISE_WAIT_MS);
       const u = new URL(url);
       u.searchParams.set('rise', String(rise));
       u.searchParams.set('from', String(from));
-      u.searchParams.set('waitMs', String(waitMs));
+      u.searchParams.set('waitMs', String(wait));
       keepAlive ??= new (url.protocol === 'https:' ? https.Agent : http.Agent)({
         keepAlive: true,
         maxSockets: 1,
       });
-      return riseReading(await fetchSnapshot(u, waitMs + timeoutMs, { signal, agent: keepAlive }));
+      return riseReading(await fetchSnapshot(u, wait + timeoutMs, { signal, agent: keepAlive }));
     },
     close() {
       keepAlive?.destroy();
