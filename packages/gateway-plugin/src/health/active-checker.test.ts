@@ -83,6 +83,71 @@ describe('ActiveChecker', () => {
     }
   });
 
+  it('decides on the status and closes the connection: an endless body holds no socket', async () => {
+    const open = new Set<import('node:net').Socket>();
+    const server = createServer((_req, res) => {
+      // An event stream at the checked path: it never ends.
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const t = setInterval(() => res.write('data: x\n\n'), 20);
+      res.on('close', () => clearInterval(t));
+    });
+    server.on('connection', (s) => {
+      open.add(s);
+      s.on('close', () => open.delete(s));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    f = fleet(['x']);
+    const checker = new ActiveChecker(
+      { ...config, timeoutMs: 5_000 },
+      f.registry,
+      Date.now,
+      Math.random,
+    );
+    try {
+      const b = f.backends[0]!;
+      const port = (server.address() as AddressInfo).port;
+      Object.defineProperty(b, 'target', { value: new URL(`http://127.0.0.1:${port}`) });
+      expect(await new Promise<boolean>((resolve) => checker.check(b, resolve))).toBe(true);
+      // The check's connection closes with its verdict, instead of streaming for good.
+      const deadline = Date.now() + 2_000;
+      while (open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(open.size).toBe(0);
+    } finally {
+      checker.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
+  it('fails a check whose status line trickles in past timeoutMs (a deadline, not an idle timeout)', async () => {
+    const raw = await import('node:net');
+    const head = 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n';
+    const server = raw.createServer((socket) => {
+      socket.on('error', () => {});
+      let i = 0;
+      // One byte every 30 ms: never 100 ms idle, the whole head in about 1.2 s.
+      const t = setInterval(() => {
+        if (i < head.length) socket.write(head[i++]!);
+        else clearInterval(t);
+      }, 30);
+      socket.on('close', () => clearInterval(t));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    f = fleet(['x']);
+    const checker = new ActiveChecker(config, f.registry, Date.now, Math.random);
+    try {
+      const b = f.backends[0]!;
+      const port = (server.address() as AddressInfo).port;
+      Object.defineProperty(b, 'target', { value: new URL(`http://127.0.0.1:${port}`) });
+      // Without a deadline the head arrives whole after about 1.2 s and the check passes.
+      const ok = await new Promise<boolean>((resolve) => checker.check(b, resolve));
+      expect(ok).toBe(false);
+    } finally {
+      checker.close();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it('marks down after unhealthyThreshold failures and up after healthyThreshold passes', () => {
     f = fleet(['a', 'b', 'c', 'd']);
     const checker = new ActiveChecker(config, f.registry, Date.now, Math.random);

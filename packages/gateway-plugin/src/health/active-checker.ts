@@ -125,6 +125,7 @@ export class ActiveChecker {
     const finish = (ok: boolean): void => {
       if (settled) return;
       settled = true;
+      clearTimeout(deadline);
       this.inFlight.delete(req);
       done(ok);
     };
@@ -139,12 +140,20 @@ export class ActiveChecker {
       ...backend.tls,
     });
     this.inFlight.add(req);
-    req.setTimeout(this.config.timeoutMs, () => req.destroy(new Error('health check timeout')));
+    // A deadline, not an idle timeout: a status line sent a byte at a time, each within
+    // timeoutMs of the last, never timed out, and the check that never ended never
+    // scheduled the next (the backend was not checked again).
+    const deadline = setTimeout(
+      () => req.destroy(new Error('health check timeout')),
+      this.config.timeoutMs,
+    );
     req.on('error', () => finish(false));
     req.on('response', (res) => {
-      res.resume();
-      res.on('error', () => finish(false));
       finish(pathOnly || (res.statusCode ?? 500) < 500);
+      // The status is the verdict; the body is not read. Drained, an endless or huge one
+      // (an event stream at the default path `/`) held a socket open after every check.
+      res.on('error', () => {});
+      res.destroy();
     });
     req.end();
   }
