@@ -18,7 +18,20 @@ export interface EmbeddedBrokerOptions {
   maxPacketBytes?: number;
   /** Called for every client disconnected for an oversized packet. */
   onPacketTooLarge?: (packetBytes: number, remoteAddress: string | undefined) => void;
+  /**
+   * Bytes of retained payloads the broker keeps in all (default 16 MiB; a
+   * fleet's retained statuses and registrations are a few hundred bytes a
+   * backend). A retained publish past it is refused and its client
+   * disconnected: aedes keeps every retained message in this process.
+   */
+  maxRetainedBytes?: number;
+  /** Client connections at once (default 1024); more are refused by the listener. */
+  maxConnections?: number;
 }
+
+/** Retained bytes kept at most by default: far above any fleet's, far below the process's memory. */
+export const DEFAULT_MAX_RETAINED_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_MAX_CONNECTIONS = 1024;
 
 export interface EmbeddedBroker {
   readonly url: string;
@@ -40,7 +53,10 @@ export async function startEmbeddedBroker(
       `maxPacketBytes must be an integer >= 1024, got ${String(maxPacketBytes)}`,
     );
   }
-  const aedes = createBroker(opts.aedes);
+  const aedes = createBroker({
+    ...guardedAuthorizers(opts.maxRetainedBytes ?? DEFAULT_MAX_RETAINED_BYTES),
+    ...opts.aedes,
+  });
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
@@ -51,6 +67,7 @@ export async function startEmbeddedBroker(
     // aedes.handle takes any Duplex (its Connection type is Duplex | Socket).
     aedes.handle(guarded);
   });
+  server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -79,6 +96,43 @@ export async function startEmbeddedBroker(
         aedes.close(() => resolve());
       });
       return closing;
+    },
+  };
+}
+
+/**
+ * The embedded broker's defaults for who may publish and subscribe what
+ * (opts.aedes's own handlers replace them):
+ * - Retained payloads are counted per topic (an empty one clears its topic,
+ *   [MQTT-3.3.1-10]) and a publish that would take the total past
+ *   `maxRetainedBytes` is refused: anyone who can connect could otherwise
+ *   grow the gateway's memory until it died (2,000 retained 60 KiB messages
+ *   kept 118 MB, for good).
+ * - `$SYS/#` is not subscribed to: aedes announces every client id there,
+ *   and a client that connects with another's id takes its session over (the
+ *   gateway's own, every time it reconnected).
+ */
+function guardedAuthorizers(
+  maxRetainedBytes: number,
+): Pick<AedesOptions, 'authorizePublish' | 'authorizeSubscribe'> {
+  const retained = new Map<string, number>();
+  let total = 0;
+  return {
+    authorizePublish: (_client, packet, cb) => {
+      if (!packet.retain) return cb(null);
+      const bytes = packet.payload.length;
+      const before = retained.get(packet.topic) ?? 0;
+      if (bytes > 0 && total - before + bytes > maxRetainedBytes) {
+        return cb(new Error(`retained messages over ${maxRetainedBytes} bytes`));
+      }
+      total += bytes - before;
+      if (bytes === 0) retained.delete(packet.topic);
+      else retained.set(packet.topic, bytes);
+      cb(null);
+    },
+    authorizeSubscribe: (_client, sub, cb) => {
+      if (sub.topic.startsWith('$SYS')) return cb(null, null);
+      cb(null, sub);
     },
   };
 }

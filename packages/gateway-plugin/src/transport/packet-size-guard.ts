@@ -16,6 +16,13 @@
 import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 
+/**
+ * Bytes a client may leave unread before it is disconnected: well above what
+ * a gateway subscribing to a fleet's retained statuses and registrations gets
+ * at once (under 2 MB at discovery.maxBackends 100, 8 KiB each).
+ */
+export const MAX_UNREAD_BYTES = 4 * 1024 * 1024;
+
 /** Packet size = 1 (type byte) + bytes of the length field + Remaining Length. */
 export class PacketSizeGuard extends Duplex {
   /** 0: expecting a type byte; 1..4: reading the length field; 5: inside a body. */
@@ -116,10 +123,15 @@ export class PacketSizeGuard extends Duplex {
 
   override _write(chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
     if (this.socket.destroyed) return cb();
-    // This side's own buffer and 'drain' give aedes its backpressure; the
-    // socket's is passed on by waiting for its 'drain' before the next write.
-    if (this.socket.write(chunk, encoding)) cb();
-    else this.socket.once('drain', () => cb());
+    this.socket.write(chunk, encoding);
+    // Never wait for a client's 'drain': aedes delivers a message to its
+    // subscribers with a bounded number of deliveries in flight, and one
+    // subscriber that stopped reading held them all (about 80 publishes to a
+    // topic it subscribed and no report reached the gateway any more: every
+    // backend stale, drains unheard, discovery leases running out). Instead a
+    // client that leaves more than MAX_UNREAD_BYTES unread is disconnected.
+    if (this.socket.writableLength > MAX_UNREAD_BYTES) this.socket.destroy();
+    cb();
   }
 
   override _final(cb: (err?: Error | null) => void): void {

@@ -1,0 +1,114 @@
+/**
+ * What anyone who can connect to the embedded broker could do to the gateway
+ * that hosts it, with real sockets and mqtt.js clients: retained payloads are
+ * bounded in all, a subscriber that stops reading stalls nobody else, and
+ * `$SYS` (where aedes names every client id) is not readable.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect, type MqttClient } from 'mqtt';
+import mqttPacket from 'mqtt-packet';
+import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
+
+function client(url: string): Promise<MqttClient> {
+  const c = connect(url, { reconnectPeriod: 0 });
+  c.on('error', () => undefined);
+  return new Promise((resolve, reject) => {
+    c.once('connect', () => resolve(c));
+    c.once('error', reject);
+  });
+}
+
+const end = (c: MqttClient): Promise<void> => new Promise((r) => c.end(true, {}, () => r()));
+
+describe('embedded broker bounds', () => {
+  let broker: EmbeddedBroker;
+  const clients: MqttClient[] = [];
+  const raw: Socket[] = [];
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker({ maxRetainedBytes: 256 * 1024 });
+  });
+  afterEach(async () => {
+    for (const s of raw.splice(0)) s.destroy();
+    await Promise.all(clients.splice(0).map(end));
+  });
+  afterAll(() => broker.close());
+
+  async function open(): Promise<MqttClient> {
+    const c = await client(broker.url);
+    clients.push(c);
+    return c;
+  }
+
+  it('refuses retained payloads past maxRetainedBytes and disconnects their sender', async () => {
+    const flooder = await open();
+    const closed = new Promise<void>((r) => flooder.once('close', () => r()));
+    const payload = Buffer.alloc(60 * 1024, 1);
+    // 20 × 60 KiB = 1.2 MiB asked to be kept; 256 KiB may be.
+    for (let i = 0; i < 20 && flooder.connected; i++)
+      flooder.publish(`flood/${i}`, payload, { qos: 0, retain: true });
+    await closed;
+    // A subscriber gets what was kept: within the bound.
+    const sub = await open();
+    let bytes = 0;
+    const done = new Promise<void>((resolve) =>
+      sub.on('message', (t, p) => (t === 'flood/done' ? resolve() : void (bytes += p.length))),
+    );
+    await sub.subscribeAsync('flood/#', { qos: 1 });
+    const probe = await open();
+    // After the retained ones, in order.
+    await probe.publishAsync('flood/done', 'x', { qos: 1 });
+    await done;
+    expect(bytes).toBeGreaterThan(0);
+    expect(bytes).toBeLessThanOrEqual(256 * 1024);
+    // Clearing a topic (an empty retained payload) gives its bytes back.
+    await probe.publishAsync('flood/0', '', { qos: 1, retain: true });
+    await probe.publishAsync('flood/new', payload, { qos: 1, retain: true });
+  });
+
+  it('one subscriber that stops reading does not stop delivery to the others', async () => {
+    // A raw client: CONNECT, SUBSCRIBE junk/#, then never read another byte.
+    const s = netConnect(broker.port, '127.0.0.1');
+    raw.push(s);
+    s.on('error', () => undefined);
+    await new Promise((r) => s.once('connect', r));
+    s.write(
+      mqttPacket.generate({
+        cmd: 'connect',
+        clientId: 'stalled',
+        protocolVersion: 4,
+        keepalive: 0,
+        clean: true,
+      }),
+    );
+    s.write(
+      mqttPacket.generate({
+        cmd: 'subscribe',
+        messageId: 1,
+        subscriptions: [{ topic: 'junk/#', qos: 0 }],
+      }),
+    );
+    s.pause();
+    await new Promise((r) => setTimeout(r, 50));
+    // The gateway's subscription, elsewhere.
+    const gateway = await open();
+    const got: string[] = [];
+    gateway.on('message', (t) => got.push(t));
+    await gateway.subscribeAsync('reports/#', { qos: 0 });
+    // Many publishers to the stalled subscriber's topic, each a large message.
+    const big = Buffer.alloc(32 * 1024, 7);
+    const publishers = await Promise.all(Array.from({ length: 100 }, () => open()));
+    for (const p of publishers) for (let i = 0; i < 4; i++) p.publish('junk/x', big, { qos: 0 });
+    const agent = await open();
+    agent.publish('reports/b1', 'fresh', { qos: 0 });
+    const deadline = Date.now() + 5_000;
+    while (!got.includes('reports/b1') && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(got).toContain('reports/b1');
+  });
+
+  it('does not let a client read $SYS, where aedes names every client id', async () => {
+    const spy = await open();
+    // Refused: SUBACK 0x80, which mqtt.js turns into an error.
+    await expect(spy.subscribeAsync('$SYS/#', { qos: 0 })).rejects.toThrow(/Subscribe error/);
+  });
+});
