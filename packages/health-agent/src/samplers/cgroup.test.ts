@@ -79,6 +79,36 @@ describe('CgroupSampler', () => {
     });
   });
 
+  it('takes no CPU delta across two cgroups (its own, then the service its pid is in)', async () => {
+    const root = fixture({
+      'cgroup.controllers': 'cpu memory\n',
+      'agent.slice/cpu.max': '100000 100000\n',
+      'agent.slice/cpu.stat': 'usage_usec 1000\n',
+      'agent.slice/memory.current': '1\n',
+      'app.slice/cpu.max': '100000 100000\n',
+      'app.slice/cpu.stat': 'usage_usec 900000000\n',
+      'app.slice/memory.current': '1\n',
+    });
+    roots.push(root);
+    const procRoot = fixture({
+      '4242/cgroup': '0::/app.slice\n',
+      'self/cgroup': '0::/agent.slice\n',
+    });
+    roots.push(procRoot);
+    let t = 0;
+    // The service's pid is not known at first (the agent reads its own cgroup), then it is.
+    let pid: number | undefined;
+    const s = new CgroupSampler({ root, procRoot, now: () => t, pid: () => pid });
+    expect((await s.sample())?.cpuUtilization).toBeUndefined();
+    pid = 4242;
+    t = 1000;
+    // The agent's 1 ms against the service's 900 s: no figure, not 100%.
+    expect((await s.sample())?.cpuUtilization).toBeUndefined();
+    t = 2000;
+    writeFileSync(path.join(root, 'app.slice/cpu.stat'), 'usage_usec 900250000\n');
+    expect((await s.sample())?.cpuUtilization).toBeCloseTo(0.25, 10);
+  });
+
   it('reads an empty, signed or too large figure as unknown, never as 0 or past 2^53', async () => {
     const root = fixture({
       'cgroup.controllers': 'cpu memory\n',

@@ -73,6 +73,8 @@ export function parseCpuMax(text: string | undefined): number | undefined {
 }
 
 interface Raw {
+  /** Which cgroup was read: a CPU-time delta means something only between reads of one. */
+  source: string;
   cpuLimitCores?: number;
   /** Cumulative CPU time, µs. */
   cpuUsageUs?: number;
@@ -84,7 +86,7 @@ export type CgroupVersion = 1 | 2 | undefined;
 
 export class CgroupSampler {
   private version: CgroupVersion | null = null;
-  private prev: { usageUs: number; atMs: number } | undefined;
+  private prev: { usageUs: number; atMs: number; source: string } | undefined;
   private readonly now: () => number;
 
   constructor(private readonly opts: CgroupSamplerOptions) {
@@ -109,11 +111,14 @@ export class CgroupSampler {
     const atMs = this.now();
     if (raw.cpuLimitCores !== undefined) out.cpuLimitCores = raw.cpuLimitCores;
     if (raw.cpuUsageUs !== undefined) {
-      if (raw.cpuLimitCores !== undefined && this.prev && atMs > this.prev.atMs) {
-        const usedCores = (raw.cpuUsageUs - this.prev.usageUs) / 1000 / (atMs - this.prev.atMs);
+      // Not across two cgroups: the agent's own (read before the service's pid is known,
+      // or when the service has died) minus the service's was a false 100% and `degraded`.
+      const prev = this.prev?.source === raw.source ? this.prev : undefined;
+      if (raw.cpuLimitCores !== undefined && prev && atMs > prev.atMs) {
+        const usedCores = (raw.cpuUsageUs - prev.usageUs) / 1000 / (atMs - prev.atMs);
         out.cpuUtilization = clamp01(usedCores / raw.cpuLimitCores);
       }
-      this.prev = { usageUs: raw.cpuUsageUs, atMs };
+      this.prev = { usageUs: raw.cpuUsageUs, atMs, source: raw.source };
     }
     if (raw.memoryLimitBytes !== undefined) out.memoryLimitBytes = raw.memoryLimitBytes;
     if (raw.memoryUsedBytes !== undefined) {
@@ -148,6 +153,7 @@ export class CgroupSampler {
     const inactive = statField(memStat, 'inactive_file') ?? 0;
     const limit = memMax?.trim() === 'max' ? undefined : num(memMax);
     return {
+      source: dir,
       cpuLimitCores: parseCpuMax(cpuMax),
       cpuUsageUs: statField(cpuStat, 'usage_usec'),
       memoryLimitBytes: limit,
@@ -172,6 +178,7 @@ export class CgroupSampler {
     const inactive = statField(memStat, 'total_inactive_file') ?? 0;
     const ns = num(usageNs);
     return {
+      source: r,
       cpuLimitCores: q !== undefined && q > 0 && p ? q / p : undefined,
       cpuUsageUs: ns === undefined ? undefined : ns / 1000,
       memoryLimitBytes: limit !== undefined && limit < V1_UNLIMITED_BYTES ? limit : undefined,
