@@ -334,33 +334,124 @@ describe('replay protection', () => {
     });
   });
 
-  it('forgets a backend silent for twice the skew window, so a clock stepped back heals', () => {
+  it('forgets a backend once none of its messages could be accepted again, so a clock stepped back heals', () => {
     const c = clock();
-    const dec = createDecoder({ keys: [key], now: c.now, maxClockSkewMs: 1000 });
+    // Retention: max(maxRetainedAgeMs, skew) + skew = 3 s.
+    const dec = createDecoder({
+      keys: [key],
+      now: c.now,
+      maxClockSkewMs: 1000,
+      maxRetainedAgeMs: 2000,
+    });
     const first = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
     expect(dec.decode(first.topic, first.payload).ok).toBe(true);
     // Agent restarts with a clock 500 ms behind: its epoch is older.
     const behind = createEncoder({ backendId: 'b1', key, now: () => c.now() - 500 });
     const m = behind.metrics(body);
     expect(dec.decode(m.topic, m.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
-    c.advance(2001);
+    c.advance(3000);
+    const stillOld = behind.metrics(body);
+    expect(dec.decode(stillOld.topic, stillOld.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    c.advance(1);
     const later = behind.metrics(body);
     expect(dec.decode(later.topic, later.payload).ok).toBe(true);
   });
 
-  it('keeps replay state bounded: beyond the bound the oldest backend is forgotten, recent ones are not', () => {
-    const c = clock();
-    const dec = createDecoder({ keys: [key], now: c.now, maxTrackedBackends: 10 });
-    const sent = Array.from({ length: 50 }, (_, i) =>
-      createEncoder({ backendId: `b${i}`, key, now: c.now }).metrics(body),
-    );
-    for (const m of sent) expect(dec.decode(m.topic, m.payload).ok).toBe(true);
-    // b49 is tracked: its duplicate is a replay. b0 was evicted to stay within
-    // 10 entries, so its duplicate passes: the documented cost of a bound.
-    expect(dec.decode(sent[49]!.topic, sent[49]!.payload)).toMatchObject({
-      code: 'LW_PROTO_REPLAY',
+  describe('a retained replay after the agent fell silent (review finding 4)', () => {
+    const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    /** The same message with its signature's last character spelled another way (same MAC bytes). */
+    const respelled = (payload: string): string => {
+      const last = B64URL.indexOf(payload.at(-1)!);
+      return payload.slice(0, -1) + B64URL[last ^ 1];
+    };
+
+    it('refuses the captured draining status, re-spelled, 61.5 s after an agent 20 s ahead fell silent', () => {
+      const c = clock();
+      const agent = createEncoder({ backendId: 'b1', key, now: () => c.now() + 20_000 });
+      const dec = createDecoder({ keys: [key], now: c.now });
+      const draining = agent.status('draining');
+      expect(dec.decode(draining.topic, draining.payload).ok).toBe(true);
+      c.advance(1000);
+      const online = agent.status('online');
+      expect(dec.decode(online.topic, online.payload).ok).toBe(true);
+      // The agent crashes or is cut off; its draining comes back retained (a gateway
+      // restart, a broker reconnect) while its ts is still young enough for the retained bound.
+      c.advance(61_500);
+      expect(
+        dec.decode(draining.topic, respelled(draining.payload), { retained: true }),
+      ).toMatchObject({ ok: false, code: 'LW_PROTO_BAD_SIGNATURE' });
+      expect(dec.decode(draining.topic, draining.payload, { retained: true })).toMatchObject({
+        ok: false,
+        code: 'LW_PROTO_REPLAY',
+      });
+      const next = agent.status('online');
+      expect(dec.decode(next.topic, next.payload).ok).toBe(true);
     });
-    expect(dec.decode(sent[0]!.topic, sent[0]!.payload).ok).toBe(true);
+
+    // A report says `state` too, and the copy cache turns over every 8 reports: a replay
+    // of a captured report needs no re-spelling to reach the replay guard.
+    it.each([
+      // The agent's clock 20 s ahead (within the 30 s skew), default bounds.
+      { leadMs: 20_000, silenceMs: 61_500, maxRetainedAgeMs: undefined },
+      // No lead, a longer retained bound.
+      { leadMs: 0, silenceMs: 120_000, maxRetainedAgeMs: 300_000 },
+    ])(
+      'refuses a captured draining report as a replay (lead $leadMs ms, silence $silenceMs ms, maxRetainedAgeMs $maxRetainedAgeMs)',
+      ({ leadMs, silenceMs, maxRetainedAgeMs }) => {
+        const c = clock();
+        const agent = createEncoder({ backendId: 'b1', key, now: () => c.now() + leadMs });
+        const dec = createDecoder({
+          keys: [key],
+          now: c.now,
+          ...(maxRetainedAgeMs === undefined ? {} : { maxRetainedAgeMs }),
+        });
+        const draining = agent.metrics({ ...body, state: 'draining' });
+        expect(dec.decode(draining.topic, draining.payload).ok).toBe(true);
+        for (let i = 0; i < 8; i++) {
+          c.advance(1000);
+          const online = agent.metrics(body);
+          expect(dec.decode(online.topic, online.payload).ok).toBe(true);
+        }
+        c.advance(silenceMs);
+        expect(dec.decode(draining.topic, draining.payload, { retained: true })).toMatchObject({
+          ok: false,
+          code: 'LW_PROTO_REPLAY',
+        });
+        const next = agent.metrics(body);
+        expect(dec.decode(next.topic, next.payload).ok).toBe(true);
+      },
+    );
+
+    it('keeps the state through forget() while a replay could still be accepted', () => {
+      const c = clock();
+      const agent = createEncoder({ backendId: 'b1', key, now: c.now });
+      const dec = createDecoder({ keys: [key], now: c.now });
+      const draining = agent.metrics({ ...body, state: 'draining' });
+      expect(dec.decode(draining.topic, draining.payload).ok).toBe(true);
+      for (let i = 0; i < 8; i++) {
+        const online = agent.metrics(body);
+        expect(dec.decode(online.topic, online.payload).ok).toBe(true);
+      }
+      // The gateway forgets the backend (discovery's lease: forgetAfterMs may be 1 s).
+      c.advance(5_000);
+      dec.forget('b1');
+      expect(dec.decode(draining.topic, draining.payload, { retained: true })).toMatchObject({
+        code: 'LW_PROTO_REPLAY',
+      });
+      // Past the retention (max(60 s, 30 s) + 30 s), forget() drops it: an agent
+      // restarted with an epoch older than the one remembered is heard again.
+      c.advance(85_001);
+      dec.forget('b1');
+      let restarting = true;
+      const restarted = createEncoder({
+        backendId: 'b1',
+        key,
+        now: () => (restarting ? draining.message.epochMs - 1000 : c.now()),
+      });
+      restarting = false;
+      const m = restarted.metrics(body);
+      expect(dec.decode(m.topic, m.payload).ok).toBe(true);
+    });
   });
 });
 

@@ -195,7 +195,10 @@ export interface Decoder {
   verify(topic: string, payload: Buffer | string, meta?: DecodeMeta): VerifyResult;
   /** The other half: JSON, schema, time and order rules. Never throws. */
   parse(verified: Verified, meta?: DecodeMeta): DecodeResult;
-  /** Drops replay state for a backend (e.g. when it is removed). */
+  /**
+   * Drops replay state for a backend (e.g. when it is removed), once none of
+   * its messages could pass the time rules again (ReplayGuard.forget).
+   */
   forget(backendId: string): void;
 }
 

@@ -34,6 +34,18 @@ interface Last {
   seenAtMs: number;
 }
 
+/**
+ * How long the guard must remember a backend's last accepted `(epochMs, seq)`
+ * so that none of its earlier messages can be accepted again: a message is
+ * acceptable until its `ts` plus `max(maxRetainedAgeMs, maxClockSkewMs)`, and
+ * an accepted `ts` may lead the local clock by up to `maxClockSkewMs`.
+ */
+export function replayRetentionMs(
+  opts: Pick<ReplayGuardOptions, 'maxClockSkewMs' | 'maxRetainedAgeMs'>,
+): number {
+  return Math.max(opts.maxRetainedAgeMs, opts.maxClockSkewMs) + opts.maxClockSkewMs;
+}
+
 /** The agent's Last Will: an `offline` status marked `will`, built when the agent connected. */
 export function isLastWill(message: Message): boolean {
   return message.kind === 'status' && message.will === true && message.state === 'offline';
@@ -57,11 +69,17 @@ export function isLastWill(message: Message): boolean {
  *    `(epochMs, seq)` far ahead would make every genuine report a "replay".
  *    Unsigned messages are neither checked against nor recorded in this state.
  *
- * Because every accepted message is within the skew window, only messages
- * younger than the window could be replayed at all, and the state of a
- * backend silent for longer than twice the window can be forgotten without
- * opening a hole; forgetting also lets an agent whose clock stepped backwards
- * across a restart be heard again.
+ * A backend's state is kept for `retentionMs(opts)` after its last accepted
+ * message, `max(maxRetainedAgeMs, maxClockSkewMs) + maxClockSkewMs`: a
+ * message the guard has seen had a `ts` at most `maxClockSkewMs` ahead of the
+ * local clock when it was accepted, and stays acceptable until `ts` plus the
+ * larger of the two age bounds (retained messages are judged by
+ * `maxRetainedAgeMs`, and may be delivered again on any resubscribe). Only
+ * then can the state be forgotten without opening a hole; forgetting it then
+ * also lets an agent whose clock stepped backwards across a restart be heard
+ * again. (It used to be forgotten after twice the skew window, 60 s, while a
+ * retained copy from an agent 20 s ahead was acceptable for 80 s: replayed as
+ * retained after the agent fell silent, a captured `draining` was accepted.)
  *
  * The Last Will is fixed when the agent connects, so its `ts` (and `seq`) are
  * old when it fires: it skips the staleness bounds (not the future bound) and
@@ -71,9 +89,13 @@ export function isLastWill(message: Message): boolean {
  * announces. It does not advance the sequence.
  */
 export class ReplayGuard {
+  /** Per backend, in order of the last accepted message (least recently heard first). */
   private readonly last = new Map<string, Last>();
+  private readonly retentionMs: number;
 
-  constructor(private readonly opts: ReplayGuardOptions) {}
+  constructor(private readonly opts: ReplayGuardOptions) {
+    this.retentionMs = replayRetentionMs(opts);
+  }
 
   check(message: Message, meta: CheckMeta): ProtocolErrorCode | undefined {
     const now = this.opts.now();
@@ -90,7 +112,7 @@ export class ReplayGuard {
     if (!meta.signed) return undefined;
 
     let last = this.last.get(message.backendId);
-    if (last && now - last.seenAtMs > 2 * skew) {
+    if (last && now - last.seenAtMs > this.retentionMs) {
       this.last.delete(message.backendId);
       last = undefined;
     }
@@ -105,6 +127,10 @@ export class ReplayGuard {
       last.epochMs = message.epochMs;
       last.seq = message.seq;
       last.seenAtMs = now;
+      // Moved to the end: the map stays ordered by last accepted message, so
+      // eviction at the bound drops the backend heard least recently.
+      this.last.delete(message.backendId);
+      this.last.set(message.backendId, last);
       return undefined;
     }
     if (this.last.size >= this.opts.maxTrackedBackends) this.evict(now);
@@ -112,8 +138,16 @@ export class ReplayGuard {
     return undefined;
   }
 
+  /**
+   * Drops a backend's state (it was removed), once nothing it refuses could
+   * still be accepted: a state younger than the retention stays until a later
+   * check or eviction finds it expired, so forgetting a backend never lets a
+   * replay of its recent messages in (a genuine agent's next message is newer
+   * and is accepted either way).
+   */
   forget(backendId: string): void {
-    this.last.delete(backendId);
+    const last = this.last.get(backendId);
+    if (last && this.opts.now() - last.seenAtMs > this.retentionMs) this.last.delete(backendId);
   }
 
   get size(): number {
@@ -122,10 +156,10 @@ export class ReplayGuard {
 
   private evict(now: number): void {
     for (const [id, last] of this.last) {
-      if (now - last.seenAtMs > 2 * this.opts.maxClockSkewMs) this.last.delete(id);
+      if (now - last.seenAtMs > this.retentionMs) this.last.delete(id);
     }
-    // Still full of live backends: drop the oldest inserted. Bounded memory
-    // beats remembering everyone; the skew window still bounds replays.
+    // Still full of live backends: drop the one heard least recently. Bounded
+    // memory beats remembering everyone; the time rules still bound replays.
     if (this.last.size >= this.opts.maxTrackedBackends) {
       const oldest = this.last.keys().next();
       if (!oldest.done) this.last.delete(oldest.value);

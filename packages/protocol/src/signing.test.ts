@@ -44,3 +44,27 @@ describe('signatures', () => {
     expect(verifySignature(topic, '{"v":1}', 'k1', sig + x, keys)).toBe('LW_PROTO_BAD_SIGNATURE');
   });
 });
+
+describe('the last character of a signature', () => {
+  const key = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+  const keys = new Map([[key.keyId, key.secret]]);
+  const B64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+  // 43 characters carry 258 bits for a 256-bit MAC: the decoder ignores the last
+  // character's two low bits, so four spellings decoded to the same bytes.
+  it('accepts only the canonical spelling of the four that decode to the same MAC', () => {
+    for (const topic of ['lw/v1/backends/b1/status', 'lw/v1/backends/b2/metrics']) {
+      const signed = signPayload(topic, '{"v":1}', key);
+      const sig = signed.slice(signed.lastIndexOf(' ') + 1);
+      const last = B64URL.indexOf(sig.at(-1)!);
+      const spellings = [0, 1, 2, 3].map((low) => sig.slice(0, -1) + B64URL[(last & ~3) | low]);
+      expect(spellings).toContain(sig);
+      for (const s of spellings) {
+        expect(Buffer.from(s, 'base64url').equals(Buffer.from(sig, 'base64url'))).toBe(true);
+        expect(verifySignature(topic, '{"v":1}', 'k1', s, keys)).toBe(
+          s === sig ? undefined : 'LW_PROTO_BAD_SIGNATURE',
+        );
+      }
+    }
+  });
+});

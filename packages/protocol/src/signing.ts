@@ -20,7 +20,10 @@ const MAC_BYTES = 32;
  * before decoding because Buffer.from(s, 'base64url') skips what it cannot
  * read (`=`, spaces, other bytes): `<sig>==` or `<sig> x` decoded to the same
  * 32 bytes, so one captured message had many spellings that all verified and
- * each got past the decoder's cache of messages already seen.
+ * each got past the decoder's cache of messages already seen. The pattern is
+ * not enough alone: 43 characters carry 258 bits for 256, and the decoder
+ * ignores the last character's two low bits, so verifySignature also requires
+ * the canonical spelling (the one signPayload writes).
  */
 const MAC_RE = new RegExp(`^[A-Za-z0-9_-]{${Math.ceil((MAC_BYTES * 8) / 6)}}$`);
 
@@ -88,6 +91,9 @@ export function verifySignature(
   // guessed byte by byte.
   if (!MAC_RE.test(signature)) return 'LW_PROTO_BAD_SIGNATURE';
   const given = Buffer.from(signature, 'base64url');
+  // One spelling per MAC: the other three of the last character decode to the
+  // same bytes and would each miss the decoder's copy cache (keyed by the text).
+  if (given.toString('base64url') !== signature) return 'LW_PROTO_BAD_SIGNATURE';
   return timingSafeEqual(given, mac(secret, topic, body)) ? undefined : 'LW_PROTO_BAD_SIGNATURE';
 }
 
