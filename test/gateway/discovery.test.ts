@@ -165,6 +165,48 @@ describe('discovery', () => {
     expect(dropped.at(-1)).toBe('second');
   });
 
+  it('admits a whole fleet of retained registrations at once when the gateway starts after them', async () => {
+    // More than the per-backend burst (40) the unknown ids' bucket used to have.
+    const fleet = 60;
+    const broker = await startEmbeddedBroker();
+    const client = await connectClient(broker.url);
+    const prefix = uniquePrefix('disc-fleet');
+    try {
+      for (let i = 0; i < fleet; i++) {
+        const m = createEncoder({ backendId: `f${i}`, prefix, key }).registration(
+          `http://127.0.0.1:${20_000 + i}`,
+        );
+        await client.publishAsync(m.topic, m.payload, { qos: 1, retain: true });
+      }
+      const limited: string[] = [];
+      const g = await startLocalGateway({
+        backends: [],
+        broker: { url: broker.url },
+        topicPrefix: prefix,
+        keys: [key],
+        discovery: { allowedRanges: ['127.0.0.0/8'] },
+      });
+      gw = g;
+      g.lb.balancer.on('invalid-message', (e) => {
+        if (e.code === 'LW_GW_RATE_LIMITED') limited.push(`${e.backendId}`);
+      });
+      await g.lb.ready();
+      // No renewal comes in this test: without room for all, the rest never arrive.
+      const ids = (): string[] => g.lb.balancer.snapshot().backends.map((b) => b.id);
+      await eventually(
+        () => ids().length === fleet,
+        5_000,
+        () => `${fleet} backends (have ${ids().length}; rate-limited ${limited.join()})`,
+      );
+      expect(limited).toEqual([]);
+    } finally {
+      await gw?.close();
+      gw = undefined;
+      await endClient(client);
+      await broker.close();
+    }
+  });
+
   it('forgets a discovered backend whose agent falls silent, keeps one whose agent speaks, and lets the id register again elsewhere', async () => {
     const b = await startBackend('b');
     const prefix = uniquePrefix('disc-lease');

@@ -138,7 +138,8 @@ export class Balancer implements BalancerHandle, FlowHost {
       ...o.strategyOptions,
     });
     this.decoder = this.makeDecoder();
-    this.limiter = new MessageLimiter(o.messageLimits, o.now());
+    // Every retained registration arrives at once on (re)subscribe: room for a full fleet.
+    this.limiter = new MessageLimiter(o.messageLimits, o.now(), o.discovery?.maxBackends);
     this.registry = new Registry(
       this.strategy,
       this.events,

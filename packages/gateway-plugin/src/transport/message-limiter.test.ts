@@ -55,6 +55,16 @@ describe('MessageLimiter', () => {
     expect(l.admit('a', false, 0)).toBeUndefined();
   });
 
+  it("sizes the unknown ids' signed burst for a fleet's retained registrations, not the unsigned one", () => {
+    const l = new MessageLimiter(limits, 0, 60);
+    expect(admitted(l, undefined, true, 100, 0)).toBe(60);
+    expect(admitted(l, undefined, false, 100, 0)).toBe(5);
+    // The rate is unchanged: 10/s.
+    expect(admitted(l, undefined, true, 100, 100)).toBe(1);
+    // Never below the per-backend burst.
+    expect(admitted(new MessageLimiter(limits, 0, 2), undefined, true, 100, 0)).toBe(5);
+  });
+
   it('refills at the configured rate', () => {
     const l = new MessageLimiter(limits, 0);
     expect(admitted(l, 'a', true, 100, 0)).toBe(5);

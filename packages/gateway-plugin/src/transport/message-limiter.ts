@@ -14,7 +14,15 @@
  *    captured reports do not count against the agent), before it is applied
  *    (the expensive part: eligibility, load estimate). Backend ids the
  *    gateway does not know share one bucket per class, so random ids cannot
- *    grow the map or starve anyone else.
+ *    grow the map or starve anyone else. With discovery on, the signed one's
+ *    burst is at least `discovery.maxBackends` (`unknownSignedBurst`): the
+ *    only signed messages of unknown ids it is charged for are registrations
+ *    (Balancer.receive drops the rest before), and on (re)subscribe the
+ *    broker delivers every retained registration at once; with a burst of
+ *    40, the 41st and later were dropped, and since the replay guard had
+ *    recorded them, those backends waited for their agents' next renewal
+ *    (20 s). The rate stays `perBackendPerSec`, and only a key holder can
+ *    use the burst, once per refill, and no further than maxBackends admits.
  *
  * Defaults: an agent reports once per interval (1 s by default, 100 ms at
  * the least: packages/health-agent/src/options.ts) plus a status on
@@ -71,13 +79,22 @@ export class MessageLimiter {
   private readonly unknown: [TokenBucket, TokenBucket];
   private readonly total: TokenBucket;
 
+  /**
+   * @param unknownSignedBurst - burst of the bucket shared by verified signed
+   *   messages of unknown backend ids (registrations), when larger than
+   *   `perBackendBurst`: discovery.maxBackends.
+   */
   constructor(
     private readonly limits: MessageLimits,
     nowMs: number,
+    unknownSignedBurst = 0,
   ) {
-    const bucket = (): TokenBucket =>
-      new TokenBucket(limits.perBackendPerSec, limits.perBackendBurst, nowMs);
-    this.unknown = [bucket(), bucket()];
+    const bucket = (burst: number): TokenBucket =>
+      new TokenBucket(limits.perBackendPerSec, burst, nowMs);
+    this.unknown = [
+      bucket(limits.perBackendBurst),
+      bucket(Math.max(limits.perBackendBurst, unknownSignedBurst)),
+    ];
     this.total = new TokenBucket(limits.totalPerSec, limits.totalBurst, nowMs);
   }
 
