@@ -114,14 +114,16 @@ describe('discovery', () => {
     expect(g.lb.balancer.snapshot().backends[0]!.url).toBe(`${a.url}/`);
   });
 
-  it('refuses link-local, unspecified, multicast and IPv4-mapped targets, and a second id for one URL, even with ranges of everything', async () => {
+  it('refuses link-local, unspecified, multicast, IPv4-mapped, loopback and NAT64 targets, and a second id for one URL, even with ranges of everything', async () => {
     const prefix = uniquePrefix('disc-special');
     const g = await startLocalGateway({
       backends: [],
       broker: { embedded: true },
       topicPrefix: prefix,
       keys: [key],
-      discovery: { allowedRanges: ['0.0.0.0/0', '::/0'] },
+      // Loopback only where a range inside 127.0.0.0/8 names it: 127.0.0.2, not the rest.
+      discovery: { allowedRanges: ['0.0.0.0/0', '::/0', '127.0.0.2/32'] },
+      statusPath: '/_lb/status',
     });
     gw = g;
     await g.lb.ready();
@@ -135,6 +137,12 @@ describe('discovery', () => {
       linkLocal6: 'http://[fe80::1]:80/',
       unspecified: `http://0.0.0.0:${a.port}/`,
       multicast: 'http://224.0.0.1/',
+      // The gateway's own port (its status page) and the embedded broker's.
+      gatewayItself: `${g.url}/`,
+      broker: `http://127.0.0.1:${new URL(g.lb.balancer.brokerUrl!).port}/`,
+      loopback6: `http://[::1]:${a.port}/`,
+      nat64Metadata: 'http://[64:ff9b::a9fe:a9fe]/',
+      nat64: 'http://[64:ff9b::a01:203]/',
     };
     for (const [id, target] of Object.entries(targets)) {
       const m = createEncoder({ backendId: id, prefix, key }).registration(target);
@@ -151,10 +159,11 @@ describe('discovery', () => {
     expect(dropped.sort()).toEqual(Object.keys(targets).sort());
 
     const added = once(internals(g.lb).events, 'backend-added');
-    const first = createEncoder({ backendId: 'first', prefix, key }).registration(a.url);
+    const listed = `http://127.0.0.2:${a.port}`;
+    const first = createEncoder({ backendId: 'first', prefix, key }).registration(listed);
     await publish(url, first.topic, first.payload);
     await added;
-    const second = createEncoder({ backendId: 'second', prefix, key }).registration(a.url);
+    const second = createEncoder({ backendId: 'second', prefix, key }).registration(listed);
     await publish(url, second.topic, second.payload);
     await eventually(
       () => dropped.length > Object.keys(targets).length || ids().length > 1,

@@ -253,6 +253,73 @@ describe('Last Will replays', () => {
   });
 });
 
+describe("discovery's refused addresses", () => {
+  /** Registers each url under its own id; the ids admitted, and why the others were refused. */
+  async function register(
+    allowedRanges: string[],
+    urls: Record<string, string>,
+  ): Promise<{ admitted: string[]; refused: Record<string, string> }> {
+    const r = rig({ keys: [key], discovery: { allowedRanges } });
+    const refused: Record<string, string> = {};
+    r.lb.on('invalid-message', (e) => {
+      if (e.code === 'LW_GW_REGISTRATION_REJECTED') refused[`${e.backendId}`] = e.detail ?? '';
+    });
+    try {
+      for (const [id, url] of Object.entries(urls)) {
+        const agent = createEncoder({ backendId: id, prefix: PREFIX, key, now: () => r.clock.t });
+        r.send(agent.registration(url));
+      }
+      const admitted = [...r.lb.registry.backends.values()]
+        .filter((b) => b.origin === 'discovery')
+        .map((b) => b.id);
+      return { admitted, refused };
+    } finally {
+      await r.close();
+    }
+  }
+
+  it('refuses loopback and NAT64 (and NAT64 of a special IPv4) under ranges of everything', async () => {
+    const { admitted, refused } = await register(['0.0.0.0/0', '::/0'], {
+      gatewayStatus: 'http://127.0.0.1:8080/',
+      loopback: 'http://127.1.2.3:9000/',
+      loopback6: 'http://[::1]:9000/',
+      nat64Metadata: 'http://[64:ff9b::169.254.169.254]/',
+      nat64Loopback: 'http://[64:ff9b::7f00:1]:8080/',
+      nat64: 'http://[64:ff9b::10.1.2.3]:9000/',
+      plain: 'http://10.1.2.3:9000/',
+    });
+    expect(admitted).toEqual(['plain']);
+    expect(Object.keys(refused).sort()).toEqual(
+      ['gatewayStatus', 'loopback', 'loopback6', 'nat64Metadata', 'nat64Loopback', 'nat64'].sort(),
+    );
+    expect(refused['gatewayStatus']).toMatch(/is loopback/);
+    expect(refused['loopback6']).toMatch(/is loopback/);
+    expect(refused['nat64Metadata']).toMatch(/NAT64 of 169\.254\.169\.254, link-local/);
+    expect(refused['nat64Loopback']).toMatch(/NAT64 of 127\.0\.0\.1, loopback/);
+    expect(refused['nat64']).toMatch(/is NAT64/);
+  });
+
+  it('admits loopback and NAT64 only inside a range that lies in those blocks', async () => {
+    const { admitted, refused } = await register(
+      ['0.0.0.0/0', '::/0', '127.0.0.2/32', '::1/128', '64:ff9b::/96'],
+      {
+        listed: 'http://127.0.0.2:9000/',
+        unlisted: 'http://127.0.0.1:9000/',
+        loopback6: 'http://[::1]:9000/',
+        nat64: 'http://[64:ff9b::10.1.2.3]:9000/',
+        nat64Metadata: 'http://[64:ff9b::169.254.169.254]/',
+        nat64Multicast: 'http://[64:ff9b::224.0.0.1]/',
+      },
+    );
+    expect(admitted.sort()).toEqual(['listed', 'loopback6', 'nat64']);
+    expect(Object.keys(refused).sort()).toEqual(['nat64Metadata', 'nat64Multicast', 'unlisted']);
+    // The quick start's and the tests' range.
+    expect((await register(['127.0.0.0/8'], { q: 'http://127.0.0.1:9000/' })).admitted).toEqual([
+      'q',
+    ]);
+  });
+});
+
 describe('what a dropped message held', () => {
   it('reaches the log and the event as printable ASCII only', async () => {
     const r = rig({ allowUnsigned: true });

@@ -88,6 +88,8 @@ export class Balancer implements BalancerHandle, FlowHost {
   private readonly source: MqttSource | undefined;
   private readonly log: RateLimitedLog;
   private readonly allowed: BlockList | undefined;
+  /** Loopback and NAT64 ranges that discovery.allowedRanges names explicitly. */
+  private readonly explicit: ExplicitlyAllowed | undefined;
   private readonly sweepTimer: NodeJS.Timeout;
   /**
    * Discovery's lease clock (ms): the time that counts as an agent's silence
@@ -184,6 +186,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         const [addr, bits] = range.split('/') as [string, string];
         this.allowed.addSubnet(addr, Number(bits), isIP(addr) === 6 ? 'ipv6' : 'ipv4');
       }
+      this.explicit = explicitlyAllowed(o.discovery.allowedRanges);
     }
     for (const b of o.backends) this.addBackend(b.id, new URL(b.url), b.weight, 'config', false);
     this.registry.recompute();
@@ -463,7 +466,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     const reject = (why: string): void =>
       this.drop('LW_GW_REGISTRATION_REJECTED', why, message.backendId);
     const d = this.options.discovery;
-    if (!d || !this.allowed) return reject('discovery is off');
+    if (!d || !this.allowed || !this.explicit) return reject('discovery is off');
     if (keyId === undefined) return reject('registration is not signed');
     let url: URL;
     try {
@@ -475,7 +478,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     const family = isIP(host);
     // IP literals only: a name would be resolved later, outside the check.
     if (family === 0) return reject(`host ${host} is not an IP address`);
-    const special = specialAddress(host, family);
+    const special = specialAddress(host, family, this.explicit);
     if (special) return reject(`address ${host} is ${special}`);
     if (!this.allowed.check(host, family === 6 ? 'ipv6' : 'ipv4'))
       return reject(`address ${host} is outside the allowed ranges`);
@@ -783,20 +786,97 @@ function closedError(): GatewayError {
 }
 
 /**
- * Why a registration may not target this address whatever the allowed ranges
- * say, or undefined. A broad range (`0.0.0.0/0`, `::/0`) also covers the
- * link-local block, where clouds serve instance metadata and credentials
- * (169.254.169.254), the unspecified and multicast addresses, which are no
- * backend; and node's BlockList matches an IPv4-mapped IPv6 address
- * (`::ffff:169.254.169.254`) against IPv6 rules, so `::/0` let any IPv4 host
- * in under another spelling. An agent registers its plain IPv4 address.
+ * The allowed ranges that lie inside loopback (127.0.0.0/8, ::1/128) and
+ * inside NAT64's well-known prefix (64:ff9b::/96): an address of those blocks
+ * is admitted only inside one of these (specialAddress).
  */
-function specialAddress(host: string, family: number): string | undefined {
+interface ExplicitlyAllowed {
+  loopback: BlockList;
+  nat64: BlockList;
+}
+
+type Rule = [addr: string, bits: number, family: 'ipv4' | 'ipv6'];
+
+function blockOf(rules: readonly Rule[]): BlockList {
+  const list = new BlockList();
+  for (const [addr, bits, family] of rules) list.addSubnet(addr, bits, family);
+  return list;
+}
+
+const LOOPBACK: Rule[] = [
+  ['127.0.0.0', 8, 'ipv4'],
+  ['::1', 128, 'ipv6'],
+];
+const NAT64: Rule[] = [['64:ff9b::', 96, 'ipv6']];
+const NAT64_BLOCK = blockOf(NAT64);
+
+/**
+ * The ranges that lie inside `rules`' blocks (prefix at least as long, network
+ * address inside): `127.0.0.0/8` or `127.0.0.1/32` name loopback, while
+ * `0.0.0.0/0`, which merely contains it, does not.
+ */
+function rangesInside(ranges: readonly string[], rules: readonly Rule[]): BlockList {
+  const blocks = blockOf(rules);
+  const inside: Rule[] = [];
+  for (const range of ranges) {
+    const [addr, bits] = range.split('/') as [string, string];
+    const family = isIP(addr) === 6 ? 'ipv6' : 'ipv4';
+    const prefix = Number(bits);
+    if (rules.some(([, b, f]) => f === family && prefix >= b) && blocks.check(addr, family))
+      inside.push([addr, prefix, family]);
+  }
+  return blockOf(inside);
+}
+
+function explicitlyAllowed(ranges: readonly string[]): ExplicitlyAllowed {
+  return { loopback: rangesInside(ranges, LOOPBACK), nat64: rangesInside(ranges, NAT64) };
+}
+
+/** The 8 groups of an IPv6 literal as WHATWG URL writes it (lower case, hex groups, `::`). */
+function ipv6Groups(host: string): number[] {
+  const [head = '', tail] = host.split('::') as [string, string | undefined];
+  const parse = (part: string): number[] =>
+    part === '' ? [] : part.split(':').map((g) => parseInt(g, 16));
+  const left = parse(head);
+  if (tail === undefined) return left;
+  const right = parse(tail);
+  return [...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right];
+}
+
+/**
+ * Why a registration may not target this address, or undefined. A broad
+ * range (`0.0.0.0/0`, `::/0`) also covers the link-local block, where clouds
+ * serve instance metadata and credentials (169.254.169.254), the unspecified
+ * and multicast addresses, which are no backend; and node's BlockList
+ * matches an IPv4-mapped IPv6 address (`::ffff:169.254.169.254`) against
+ * IPv6 rules, so `::/0` let any IPv4 host in under another spelling. An
+ * agent registers its plain IPv4 address. These are refused whatever the
+ * ranges say.
+ *
+ * Loopback (127.0.0.0/8, `::1`) is the gateway's own host: its status page,
+ * its embedded broker, anything listening locally. NAT64's well-known prefix
+ * (64:ff9b::/96) reaches whatever IPv4 address it embeds, 169.254.169.254
+ * included. An address of either block is refused unless it is inside a
+ * range that itself lies in the block (`explicit`), as a gateway with its
+ * backends on its own host lists `127.0.0.0/8`; and a NAT64 address is
+ * refused whatever the ranges when its IPv4 address would be (link-local,
+ * unspecified, multicast; loopback unless so allowed).
+ */
+function specialAddress(
+  host: string,
+  family: number,
+  explicit: ExplicitlyAllowed,
+): string | undefined {
+  const loopback = (addr: string, f: 'ipv4' | 'ipv6'): string | undefined =>
+    explicit.loopback.check(addr, f)
+      ? undefined
+      : "loopback (the gateway's own host: list a range inside 127.0.0.0/8 or ::1/128 to allow it)";
   if (family === 4) {
     const [a, b] = host.split('.').map(Number) as [number, number];
     if (a === 169 && b === 254) return 'link-local (instance metadata lives there)';
     if (a === 0) return 'unspecified';
     if (a >= 224) return 'multicast or reserved';
+    if (a === 127) return loopback(host, 'ipv4');
     return undefined;
   }
   // WHATWG URL has normalised the literal: lower case, `::ffff:a9fe:a9fe` for every spelling.
@@ -804,5 +884,14 @@ function specialAddress(host: string, family: number): string | undefined {
   if (/^fe[89ab][0-9a-f]:/.test(host)) return 'link-local';
   if (/^ff[0-9a-f]{2}:/.test(host)) return 'multicast';
   if (host === '::') return 'unspecified';
+  if (host === '::1') return loopback(host, 'ipv6');
+  if (NAT64_BLOCK.check(host, 'ipv6')) {
+    const g = ipv6Groups(host);
+    const v4 = [g[6]! >> 8, g[6]! & 255, g[7]! >> 8, g[7]! & 255].join('.');
+    const embedded = specialAddress(v4, 4, explicit);
+    if (embedded) return `NAT64 of ${v4}, ${embedded}`;
+    if (!explicit.nat64.check(host, 'ipv6'))
+      return 'NAT64 (64:ff9b::/96: register the IPv4 address, or list a range inside 64:ff9b::/96)';
+  }
   return undefined;
 }

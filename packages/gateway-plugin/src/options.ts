@@ -237,7 +237,12 @@ export interface AcceptQueueOptions {
 }
 
 export interface DiscoveryOptions {
-  /** CIDRs a registered backend URL must be inside (IP literals only; names are refused). */
+  /**
+   * CIDRs a registered backend URL must be inside (IP literals only; names are
+   * refused). Loopback and NAT64 (64:ff9b::/96) addresses are admitted only
+   * inside a range that lies within those blocks (`127.0.0.0/8`; `0.0.0.0/0`
+   * does not admit them).
+   */
   allowedRanges: string[];
   allowedPorts?: number[];
   maxBackends?: number;
