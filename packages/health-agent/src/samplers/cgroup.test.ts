@@ -97,10 +97,10 @@ describe('CgroupSampler', () => {
     roots.push(procRoot);
     let t = 0;
     // The service's pid is not known at first (the agent reads its own cgroup), then it is.
-    let pid: number | undefined;
-    const s = new CgroupSampler({ root, procRoot, now: () => t, pid: () => pid });
+    const service: { pid?: number } = {};
+    const s = new CgroupSampler({ root, procRoot, now: () => t, pid: () => service.pid });
     expect((await s.sample())?.cpuUtilization).toBeUndefined();
-    pid = 4242;
+    service.pid = 4242;
     t = 1000;
     // The agent's 1 ms against the service's 900 s: no figure, not 100%.
     expect((await s.sample())?.cpuUtilization).toBeUndefined();
