@@ -286,12 +286,25 @@ describe("discovery's refused addresses", () => {
       nat64Metadata: 'http://[64:ff9b::169.254.169.254]/',
       nat64Loopback: 'http://[64:ff9b::7f00:1]:8080/',
       nat64: 'http://[64:ff9b::10.1.2.3]:9000/',
+      compatMetadata: 'http://[::169.254.169.254]/',
+      localNat64: 'http://[64:ff9b:1::a9fe:a9fe]/',
       plain: 'http://10.1.2.3:9000/',
     });
     expect(admitted).toEqual(['plain']);
     expect(Object.keys(refused).sort()).toEqual(
-      ['gatewayStatus', 'loopback', 'loopback6', 'nat64Metadata', 'nat64Loopback', 'nat64'].sort(),
+      [
+        'gatewayStatus',
+        'loopback',
+        'loopback6',
+        'nat64Metadata',
+        'nat64Loopback',
+        'nat64',
+        'compatMetadata',
+        'localNat64',
+      ].sort(),
     );
+    expect(refused['compatMetadata']).toMatch(/IPv4-compatible/);
+    expect(refused['localNat64']).toMatch(/local-use NAT64/);
     expect(refused['gatewayStatus']).toMatch(/is loopback/);
     expect(refused['loopback6']).toMatch(/is loopback/);
     expect(refused['nat64Metadata']).toMatch(/NAT64 of 169\.254\.169\.254, link-local/);

@@ -809,6 +809,16 @@ const LOOPBACK: Rule[] = [
 ];
 const NAT64: Rule[] = [['64:ff9b::', 96, 'ipv6']];
 const NAT64_BLOCK = blockOf(NAT64);
+/**
+ * Prefixes that wrap an IPv4 address in another way, refused outright (register
+ * the IPv4 address): IPv4-compatible `::a.b.c.d` (deprecated, RFC 4291 §2.5.5.1,
+ * `[::169.254.169.254]` under `::/0`) and NAT64's local-use 64:ff9b:1::/48
+ * (RFC 8215), whose embedding depends on the operator's prefix length.
+ */
+const WRAPPED_IPV4_BLOCK = blockOf([
+  ['::', 96, 'ipv6'],
+  ['64:ff9b:1::', 48, 'ipv6'],
+]);
 
 /**
  * The ranges that lie inside `rules`' blocks (prefix at least as long, network
@@ -885,6 +895,8 @@ function specialAddress(
   if (/^ff[0-9a-f]{2}:/.test(host)) return 'multicast';
   if (host === '::') return 'unspecified';
   if (host === '::1') return loopback(host, 'ipv6');
+  if (WRAPPED_IPV4_BLOCK.check(host, 'ipv6'))
+    return 'IPv4-compatible or local-use NAT64 (register the IPv4 address)';
   if (NAT64_BLOCK.check(host, 'ipv6')) {
     const g = ipv6Groups(host);
     const v4 = [g[6]! >> 8, g[6]! & 255, g[7]! >> 8, g[7]! & 255].join('.');
