@@ -43,6 +43,7 @@ import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
 import { Registry } from './registry/registry';
+import { ipv6Groups } from './ipv6-groups';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
 import type { Endpoint, PickContext, Strategy } from './strategies/types';
@@ -840,17 +841,6 @@ function rangesInside(ranges: readonly string[], rules: readonly Rule[]): BlockL
 
 function explicitlyAllowed(ranges: readonly string[]): ExplicitlyAllowed {
   return { loopback: rangesInside(ranges, LOOPBACK), nat64: rangesInside(ranges, NAT64) };
-}
-
-/** The 8 groups of an IPv6 literal as WHATWG URL writes it (lower case, hex groups, `::`). */
-function ipv6Groups(host: string): number[] {
-  const [head = '', tail] = host.split('::') as [string, string | undefined];
-  const parse = (part: string): number[] =>
-    part === '' ? [] : part.split(':').map((g) => parseInt(g, 16));
-  const left = parse(head);
-  if (tail === undefined) return left;
-  const right = parse(tail);
-  return [...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right];
 }
 
 /**

@@ -9,6 +9,7 @@
  * when its last request ends.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { ipv6Groups } from '../ipv6-groups';
 
 export class ClientLimit {
   private readonly inFlight = new Map<string, number>();
@@ -56,16 +57,8 @@ export function clientKey(address: string): string {
   const zone = address.indexOf('%');
   const ip = zone >= 0 ? address.slice(0, zone) : address;
   if (!isIPv6(ip)) return address;
-  const [head = '', tail] = ip.split('::') as [string, string | undefined];
-  const left = head ? head.split(':') : [];
-  const right = tail ? tail.split(':') : [];
-  // An embedded IPv4 tail (::1.2.3.4) takes two groups; it never reaches the first four.
-  const rightGroups = right.reduce((n, g) => n + (g.includes('.') ? 2 : 1), 0);
-  const groups =
-    tail === undefined ? left : [...left, ...Array(8 - left.length - rightGroups).fill('0')];
-  const prefix = [...groups, ...right]
+  const prefix = ipv6Groups(ip)
     .slice(0, 4)
-    .map((g) => (g.includes('.') ? g : parseInt(g, 16).toString(16)));
-  while (prefix.length < 4) prefix.push('0');
+    .map((g) => g.toString(16));
   return `${prefix.join(':')}::/64`;
 }
