@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import type { Frame } from '../../packages/gateway-plugin/src/dashboard/frame';
 import type { InitMessage } from '../../packages/gateway-plugin/src/dashboard/stream';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { heldBeforeBalancer, startLocalGateway, type TestGateway } from '../kit/gateway';
 import { openSse, type SseStream } from '../kit/sse';
 import { dashboardOf } from '@loadwise/gateway-plugin/internals';
 
@@ -227,41 +227,24 @@ async function waitFor(check: () => boolean, timeoutMs = 5000): Promise<void> {
 }
 
 it('a viewer that left while a middleware before the balancer ran holds no place', async () => {
-  let reached!: () => void;
-  const inMiddleware = new Promise<void>((r) => (reached = r));
-  let gone!: () => void;
-  const serverSawClose = new Promise<void>((r) => (gone = r));
-  let release!: () => void;
-  const released = new Promise<void>((r) => (release = r));
-  let handled!: () => void;
-  const balancerRan = new Promise<void>((r) => (handled = r));
+  // A session lookup, say: async, before the balancer.
+  const held = heldBeforeBalancer();
   const g = await startLocalGateway(
     {
       backends: [{ id: 'b1', url: backends[0]!.url }],
       dashboard: { token: TOKEN, maxViewers: 1, intervalMs: 250 },
     },
-    (app, lb) => {
-      // A session lookup, say: async, before the balancer.
-      app.use((_req, res, next) => {
-        res.once('close', gone);
-        reached();
-        void released.then(() => next());
-      });
-      app.use((req, res, next) => {
-        lb(req, res, next);
-        handled();
-      });
-    },
+    held.mount,
   );
   try {
     const socket = connect(g.port, '127.0.0.1');
     socket.on('error', () => {});
     socket.write(`GET ${PATH}/events?token=${TOKEN} HTTP/1.1\r\nHost: a\r\n\r\n`);
-    await inMiddleware;
+    await held.reached;
     socket.destroy();
-    await serverSawClose;
-    release();
-    await balancerRan;
+    await held.clientGone;
+    held.letGo();
+    await held.balancerRan;
     const d = dashboardOf(g.lb)!;
     expect([d.stream.viewerCount, d.stream.sampling]).toEqual([0, false]);
     // The one place is free: a real viewer gets its stream.

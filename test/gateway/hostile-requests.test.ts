@@ -18,6 +18,7 @@ import {
   type SlowClient,
 } from '../kit/raw-http';
 import { internals } from '@loadwise/gateway-plugin/internals';
+import { heldBeforeBalancer } from '../kit/gateway';
 
 // Real processes and sockets on a shared machine: jest's 5 s default (the
 // project's testTimeout is not applied per project) is too tight for a fork.
@@ -852,36 +853,19 @@ describe('a client that leaves takes nothing with it', () => {
   });
 
   it('leaving while an async middleware before the balancer runs', async () => {
-    let reached!: () => void;
-    const inMiddleware = new Promise<void>((r) => (reached = r));
-    let release!: () => void;
-    const released = new Promise<void>((r) => (release = r));
-    let gone!: () => void;
-    const serverSawClose = new Promise<void>((r) => (gone = r));
-    let handled!: () => void;
-    const balancerRan = new Promise<void>((r) => (handled = r));
+    // An auth or session lookup that takes a while.
+    const held = heldBeforeBalancer();
     gw = await gateway(
       { backends: [{ id: 'b', url: backend.url }], maxInFlightPerClient: 4 },
-      (app, lb) => {
-        // An auth or session lookup that takes a while.
-        app.use((_req, res, next) => {
-          res.once('close', gone);
-          reached();
-          void released.then(() => next());
-        });
-        app.use((req, res, next) => {
-          lb(req, res, next);
-          handled();
-        });
-      },
+      held.mount,
     );
     const slow = await openSlow(gw.port, 'GET /late HTTP/1.1\r\nHost: a\r\n\r\n');
-    await inMiddleware;
+    await held.reached;
     slow.socket.destroy();
     // The server has seen the connection close before the middleware lets the request go.
-    await serverSawClose;
-    release();
-    await balancerRan;
+    await held.clientGone;
+    held.letGo();
+    await held.balancerRan;
     await nothingHeld(gw);
     expect(backend.seen.map((s) => s.line)).not.toContain('GET /late');
   });

@@ -183,3 +183,46 @@ export function everyBackendHealthy(gw: TestGateway, timeoutMs = 5_000): Promise
         .join(',')})`,
   );
 }
+
+/** A promise and the function that resolves it. */
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/**
+ * An async middleware in front of the balancer (a session lookup, say) that
+ * holds the request until `letGo()`: for the tests of a client that leaves
+ * meanwhile. `reached`: the request is inside it; `clientGone`: the server
+ * saw its response close; `balancerRan`: the balancer was called with it.
+ */
+export function heldBeforeBalancer(): {
+  mount(app: express.Express, lb: LoadBalancerMiddleware): void;
+  reached: Promise<void>;
+  clientGone: Promise<void>;
+  balancerRan: Promise<void>;
+  letGo(): void;
+} {
+  const reached = deferred();
+  const gone = deferred();
+  const released = deferred();
+  const ran = deferred();
+  return {
+    mount(app, lb) {
+      app.use((_req, res, next) => {
+        res.once('close', gone.resolve);
+        reached.resolve();
+        void released.promise.then(() => next());
+      });
+      app.use((req, res, next) => {
+        lb(req, res, next);
+        ran.resolve();
+      });
+    },
+    reached: reached.promise,
+    clientGone: gone.promise,
+    balancerRan: ran.promise,
+    letGo: released.resolve,
+  };
+}
