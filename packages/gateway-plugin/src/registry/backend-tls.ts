@@ -20,24 +20,13 @@
  * change it.
  */
 import { isIP } from 'node:net';
+import type { BackendTlsOptions } from '../options';
 
 /** `backendTls` as resolved (options-validate.ts): rejectUnauthorized defaulted. */
-export interface BackendTls {
-  ca?: string | Buffer | Array<string | Buffer>;
-  cert?: string | Buffer;
-  key?: string | Buffer;
-  servername?: string;
-  rejectUnauthorized: boolean;
-}
+export type BackendTls = BackendTlsOptions & { rejectUnauthorized: boolean };
 
-/** What https.Agent and https.request take for one backend. */
-export interface BackendTlsConnectOptions {
-  servername: string;
-  rejectUnauthorized: boolean;
-  ca?: string | Buffer | Array<string | Buffer>;
-  cert?: string | Buffer;
-  key?: string | Buffer;
-}
+/** What https.Agent and https.request take for one backend: the name always set. */
+export type BackendTlsConnectOptions = Omit<BackendTls, 'servername'> & { servername: string };
 
 /**
  * The name a backend's certificate is verified against, from its URL: the
