@@ -91,8 +91,8 @@ interface Flow {
   queued: boolean;
   /** The request's place in the wait queue, while it waits. */
   waiter: Waiter | undefined;
-  /** The connection's 'close' listener of a pipelined request (handle). */
-  onSocketClose: (() => void) | undefined;
+  /** Its response waited behind an earlier one on its connection (handle, finishOnClose). */
+  pipelined: boolean;
   done: boolean;
   /** How the body reaches the backend (request-body.ts). */
   body: BodyPlan;
@@ -204,7 +204,7 @@ function newFlow(
     overloaded: false,
     queued: false,
     waiter: undefined,
-    onSocketClose: undefined,
+    pipelined: false,
     done: false,
     body,
   };
@@ -243,6 +243,11 @@ export class RequestFlow {
   private readonly log: RateLimitedLog;
   /** Connections answered with `Connection: close` by reject(): requests pipelined behind are not served. */
   private readonly closing = new WeakSet<Socket>();
+  /**
+   * Per connection, its flows whose response waits behind an earlier one
+   * (handle): one 'close' listener a connection, however deep the pipeline.
+   */
+  private readonly waitingOn = new WeakMap<Socket, Set<Flow>>();
   /** Requests admitted and not finished yet (graceful close waits for them). */
   active = 0;
   private idleWaiters: (() => void)[] = [];
@@ -377,10 +382,7 @@ export class RequestFlow {
     // If the connection closes then, Node destroys the request but never emits the
     // response's 'close': the flow would hold its client slot, its queue place or its
     // backend attempt for good. The connection's own 'close' finishes it instead.
-    if (!res.socket) {
-      flow.onSocketClose = () => this.finish(flow);
-      req.socket.once('close', flow.onSocketClose);
-    }
+    if (!res.socket) this.finishOnClose(req.socket, flow);
     const toBuffer = this.bufferForRetry(flow);
     if (toBuffer === undefined) return this.start(flow);
     // The body idle timeout runs while the gateway reads a body to hold for
@@ -1041,6 +1043,22 @@ export class RequestFlow {
     c.attemptEnded(flow.backend, nowMs, latencyMs, flow.responseOk, flow.overloaded, cancelled);
   }
 
+  /** Finishes `flow` when `socket` closes (a pipelined flow: see handle). */
+  private finishOnClose(socket: Socket, flow: Flow): void {
+    let waiting = this.waitingOn.get(socket);
+    if (!waiting) {
+      const flows = new Set<Flow>();
+      waiting = flows;
+      this.waitingOn.set(socket, flows);
+      socket.once('close', () => {
+        this.waitingOn.delete(socket);
+        for (const f of flows) this.finish(f);
+      });
+    }
+    waiting.add(flow);
+    flow.pipelined = true;
+  }
+
   /** The client response closed (finished or aborted): the request is over. */
   private finish(flow: Flow): void {
     if (flow.done) return;
@@ -1062,8 +1080,7 @@ export class RequestFlow {
     flow.done = true;
     if (flow.waiter) this.core.queue.cancel(flow.waiter);
     flow.waiter = undefined;
-    if (flow.onSocketClose) flow.req.socket.off('close', flow.onSocketClose);
-    flow.onSocketClose = undefined;
+    if (flow.pipelined) this.waitingOn.get(flow.req.socket)?.delete(flow);
     if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
     flow.bodyTimer = undefined;
     if (flow.client !== undefined) this.clients?.release(flow.client);
