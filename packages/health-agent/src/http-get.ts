@@ -20,6 +20,12 @@ export interface HttpGetOptions {
    * covers connect and headers, and `latencyMs` is the time to the head.
    */
   headOnly?: boolean;
+  /**
+   * Each piece of the body as it arrives, for a caller that reads it as a
+   * stream (the Prometheus source): the body is then not kept, `body` is '',
+   * and `maxBodyBytes` still cuts the response off.
+   */
+  onData?: (chunk: Buffer) => void;
 }
 
 /**
@@ -65,7 +71,8 @@ export function httpGet(
             req.destroy(new Error(`response body over ${maxBodyBytes} bytes`));
             return;
           }
-          chunks.push(chunk);
+          if (opts.onData) opts.onData(chunk);
+          else chunks.push(chunk);
         });
         res.on('end', () => {
           clearTimeout(timer);

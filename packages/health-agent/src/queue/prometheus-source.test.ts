@@ -1,4 +1,6 @@
-import { parsePrometheusGauge } from './prometheus-source';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { GaugeReader, parsePrometheusGauge, prometheusSource } from './prometheus-source';
 
 const TEXT = `# HELP app_queue_depth Requests waiting
 # TYPE app_queue_depth gauge
@@ -27,5 +29,64 @@ describe('parsePrometheusGauge', () => {
     expect(parsePrometheusGauge('x +Inf\nx{a="1"} NaN\n', 'x')).toBeUndefined();
     // A broken exporter repeating a series: counted once.
     expect(parsePrometheusGauge('x{a="1"} 3\nx{a="1"} 3\nx{a="2"} 1\n', 'x')).toBe(4);
+  });
+});
+
+describe('GaugeReader', () => {
+  it('reads the same fed in pieces of any size as whole, a line split across pieces too', () => {
+    const text = TEXT + 'app_queue_depth{worker="2"} 5'; // the last line has no newline
+    for (let size = 1; size <= text.length; size++) {
+      const r = new GaugeReader('app_queue_depth');
+      for (let i = 0; i < text.length; i += size) r.feed(text.slice(i, i + size));
+      expect(r.result()).toBe(12);
+    }
+  });
+  it('skips a line longer than 64 Ki characters without keeping it, and reads the next', () => {
+    const r = new GaugeReader('x');
+    r.feed('x{a="');
+    for (let i = 0; i < 100; i++) r.feed('y'.repeat(1024)); // 100 KiB, no end of line yet
+    r.feed('"} 50\nx{a="2"} 3\n');
+    expect(r.result()).toBe(3);
+  });
+});
+
+describe('prometheusSource', () => {
+  let server: http.Server;
+  let page = '';
+  beforeAll(async () => {
+    server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
+      // Written in 1000-byte pieces: lines (and a UTF-8 character) split across chunks.
+      let i = 0;
+      const next = (): void => {
+        while (i < page.length) {
+          const piece = page.slice(i, i + 1000);
+          i += 1000;
+          if (!res.write(piece)) return void res.once('drain', next);
+        }
+        res.end();
+      };
+      next();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  });
+  afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const url = (): URL =>
+    new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`);
+
+  it('reads a gauge at the end of a page of several MiB (refused whole at 1 MiB before)', async () => {
+    const filler: string[] = [];
+    for (let i = 0; i < 40_000; i++)
+      filler.push(`http_request_duration_seconds_bucket{route="/r${i}",le="0.1",label="é"} ${i}`);
+    page = filler.join('\n') + '\napp_queue_depth{worker="0"} 3\napp_queue_depth{worker="1"} 4\n';
+    expect(Buffer.byteLength(page)).toBeGreaterThan(3 * 1024 * 1024);
+    const reading = await prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read();
+    expect(reading.queue).toEqual({ queued: 7, source: { queued: 'prometheus' } });
+  });
+  it('says so when the gauge is not on the page', async () => {
+    page = 'other 1\n';
+    await expect(
+      prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read(),
+    ).rejects.toThrow(/gauge app_queue_depth not found/);
   });
 });

@@ -1,4 +1,5 @@
 import { QUEUE_FIELDS, type QueueField } from '@loadwise/protocol';
+import { StringDecoder } from 'node:string_decoder';
 import * as v from 'valibot';
 import { httpGet } from '../http-get';
 import { httpUrl, picklist, show, strictObject, string } from '../option-errors';
@@ -17,37 +18,89 @@ import type { QueueReading, QueueSourceReader } from './types';
  */
 const VALUE_RE = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
 
-export function parsePrometheusGauge(text: string, name: string): number | undefined {
-  let sum = 0;
-  let found = false;
+/**
+ * The longest line kept while it waits for its end. A gauge's sample line is
+ * short; a longer one (a label value of megabytes) is skipped, not buffered.
+ */
+const MAX_LINE_CHARS = 64 * 1024;
+
+/**
+ * An application's whole /metrics page can run to megabytes (histograms per
+ * route and status). Such a page used to be refused whole at 1 MiB, and the
+ * agent then never read its queue. It is now read as it arrives, line by line,
+ * keeping one line at a time, up to this much; the read's timeout bounds it too.
+ */
+export const MAX_EXPOSITION_BYTES = 64 * 1024 * 1024;
+
+/** Sums one gauge over the lines of an exposition fed to it in pieces of any size. */
+export class GaugeReader {
+  private sum = 0;
+  private found = false;
   /** Series already summed: a repeated one (a broken exporter) counts once, the first. */
-  const seen = new Set<string>();
-  for (const raw of text.split('\n')) {
+  private readonly seen = new Set<string>();
+  /** The unfinished last line of what was fed so far. */
+  private tail = '';
+  /** Inside a line longer than MAX_LINE_CHARS: dropped up to its end. */
+  private skipping = false;
+
+  constructor(private readonly name: string) {}
+
+  feed(text: string): this {
+    let from = 0;
+    for (;;) {
+      const nl = text.indexOf('\n', from);
+      if (nl < 0) break;
+      if (this.skipping) this.skipping = false;
+      else this.line(this.tail === '' ? text.slice(from, nl) : this.tail + text.slice(from, nl));
+      this.tail = '';
+      from = nl + 1;
+    }
+    if (this.skipping || from === text.length) return this;
+    this.tail += text.slice(from);
+    if (this.tail.length > MAX_LINE_CHARS) {
+      this.tail = '';
+      this.skipping = true;
+    }
+    return this;
+  }
+
+  /** The sum once the exposition ended; undefined when the gauge was not in it. */
+  result(): number | undefined {
+    if (this.tail !== '') this.line(this.tail);
+    this.tail = '';
+    return this.found ? this.sum : undefined;
+  }
+
+  private line(raw: string): void {
+    const name = this.name;
     const line = raw.trim();
-    if (line === '' || line.startsWith('#') || !line.startsWith(name)) continue;
+    if (!line.startsWith(name)) return; // comments, blank lines and other metrics
     const after = line.charAt(name.length);
     let rest: string;
     let series: string;
     if (after === '{') {
       const close = line.lastIndexOf('}');
-      if (close < 0) continue;
+      if (close < 0) return;
       rest = line.slice(close + 1);
       series = line.slice(name.length, close + 1);
     } else if (after === ' ' || after === '\t') {
       rest = line.slice(name.length);
       series = '';
     } else {
-      continue; // a longer metric name sharing the prefix
+      return; // a longer metric name sharing the prefix
     }
     const token = rest.trim().split(/\s+/)[0] ?? '';
-    if (!VALUE_RE.test(token)) continue;
+    if (!VALUE_RE.test(token)) return;
     const value = Number(token);
-    if (!Number.isFinite(value) || seen.has(series)) continue;
-    seen.add(series);
-    sum += value;
-    found = true;
+    if (!Number.isFinite(value) || this.seen.has(series)) return;
+    this.seen.add(series);
+    this.sum += value;
+    this.found = true;
   }
-  return found ? sum : undefined;
+}
+
+export function parsePrometheusGauge(text: string, name: string): number | undefined {
+  return new GaugeReader(name).feed(text).result();
 }
 
 export function prometheusSource(
@@ -58,9 +111,13 @@ export function prometheusSource(
 ): QueueSourceReader {
   return {
     async read(): Promise<QueueReading> {
-      const res = await httpGet(url, timeoutMs);
+      const reader = new GaugeReader(gauge);
+      const decoder = new StringDecoder('utf8');
+      const res = await httpGet(url, timeoutMs, MAX_EXPOSITION_BYTES, {
+        onData: (chunk) => reader.feed(decoder.write(chunk)),
+      });
       if (res.status !== 200) throw new Error(`prometheus endpoint answered ${res.status}`);
-      const value = parsePrometheusGauge(res.body, gauge);
+      const value = reader.feed(decoder.end()).result();
       if (value === undefined) throw new Error(`gauge ${gauge} not found at ${url.href}`);
       return {
         // A count the protocol can carry (a safe integer); a sum of huge values is not one.
