@@ -10,7 +10,7 @@
  *
  * Prints one JSON line on stdout once listening: {"event":"listening","id","port","pid"}.
  * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
- * STOP_GRACE_MS), close the balancer, exit 0. With
+ * LOADWISE_GW_STOP_GRACE_MS), answer what is cut, exit 0. With
  * --exit-with-parent it also stops when its stdin closes (the parent died).
  * Exit 2: invalid configuration (one line on stderr naming the variable).
  */
@@ -48,10 +48,16 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_ID: 'name of this gateway, sent back in an x-loadwise-gateway response header',
   LOADWISE_GW_ACCEPT_HANDLES:
     'connections accepted per event-loop turn, 1..64 (default 1; multiAccept, docs/gateway.md)',
+  LOADWISE_GW_STOP_GRACE_MS:
+    'on SIGTERM, how long in-flight requests get to finish, ms (default 10000; below the stop timeout)',
 };
 
 export const STATUS_PATH = '/_lb/status';
-/** On SIGTERM, in-flight requests get this long to finish (systemd's TimeoutStopSec must exceed it). */
+/**
+ * On SIGTERM, in-flight requests get this long to finish by default
+ * (systemd's TimeoutStopSec must exceed it by a few seconds: after the grace
+ * the cut requests are answered and the broker connection closes).
+ */
 export const STOP_GRACE_MS = 10_000;
 /**
  * The listen backlog, told to the accept-queue guard too. Node accepts one
@@ -95,6 +101,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   port: number;
   /** Listen handles accepting connections (multiAccept); 1 is the server's own alone. */
   acceptHandles: number;
+  /** On SIGTERM, how long in-flight requests get to finish. */
+  stopGraceMs: number;
   id: string | undefined;
 } {
   for (const name of Object.keys(env)) {
@@ -140,11 +148,19 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       `LOADWISE_GW_ACCEPT_HANDLES: not an integer 1..64 (got ${JSON.stringify(rawHandles)})`,
     );
   }
+  const rawGrace = env['LOADWISE_GW_STOP_GRACE_MS'] ?? String(STOP_GRACE_MS);
+  const stopGraceMs = Number(rawGrace);
+  if (!/^\d+$/.test(rawGrace) || stopGraceMs > 600_000) {
+    throw new ConfigError(
+      `LOADWISE_GW_STOP_GRACE_MS: not an integer 0..600000 (got ${JSON.stringify(rawGrace)})`,
+    );
+  }
   return {
     options,
     host: env['LOADWISE_GW_HOST'] ?? '127.0.0.1',
     port,
     acceptHandles,
+    stopGraceMs,
     id: env['LOADWISE_GW_ID'] || undefined,
   };
 }
@@ -208,17 +224,19 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     process.stderr.write(`gateway-server: ${signal}: finishing in-flight requests, then closing\n`);
-    // Stop accepting; idle keep-alive connections close now, busy ones after
-    // their response. Requests still running after the grace are cut.
-    const drained = new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeIdleConnections();
-    const grace = new Promise<void>((resolve) => setTimeout(resolve, STOP_GRACE_MS).unref());
-    void Promise.race([drained, grace])
-      .then(() => lb.close())
-      .then(
-        () => process.exit(0),
-        () => process.exit(1),
-      );
+    // The recipe of docs/gateway.md, "Shutdown": stop accepting (idle keep-alive
+    // connections close now), and drain the balancer at once, so that every answer
+    // from here on says `Connection: close`. One grace for both: close() waits for
+    // the requests in flight and for the server's last connection, cuts what still
+    // runs after the grace (503 LW_GW_CLOSED), and resolves once those answers are
+    // out. (This used to wait for the server, then give lb.close() a grace of its
+    // own: twice the grace, past systemd's stop timeout, and keep-alive clients
+    // were served without `Connection: close` all along.)
+    server.close();
+    void lb.close({ graceMs: config.stopGraceMs }).then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

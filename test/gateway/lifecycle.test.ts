@@ -252,7 +252,10 @@ describe('graceful close', () => {
       const started = Date.now();
       await gw.lb.close({ graceMs: 200 });
       expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+      const activeAtClose = internals(gw.lb).flow.active;
       const r = await inFlight;
+      // Answered before close() resolved: a `process.exit()` after it reset the client.
+      expect(activeAtClose).toBe(0);
       expect(r.status).toBe(503);
       expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
       // Nothing more is served on that connection: it closes now, not after the client's

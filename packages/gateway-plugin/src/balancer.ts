@@ -52,6 +52,8 @@ import { MqttSource } from './transport/mqtt-source';
 import { attachEventLog, writeLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
+/** How long close() waits, after cutting, for the cut requests' answers to go out. */
+const CUT_SETTLE_MS = 1000;
 /**
  * Saturated picks choose() excludes and picks again before it tests every
  * backend. With a share f of backends saturated, P2C returns a saturated one
@@ -777,6 +779,10 @@ export class Balancer implements BalancerHandle, FlowHost {
         this.registry.close();
         this.metrics.release();
       }
+      // The requests just cut are answered (503 LW_GW_CLOSED) on a later tick, when their
+      // backend request reports the destroyed socket. Resolving before that let a caller's
+      // `process.exit()` reset those clients instead.
+      await this.flow.idle(CUT_SETTLE_MS, false);
     })();
     return this.closing;
   }

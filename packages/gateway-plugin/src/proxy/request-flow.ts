@@ -250,7 +250,7 @@ export class RequestFlow {
   private readonly waitingOn = new WeakMap<Socket, Set<Flow>>();
   /** Requests admitted and not finished yet (graceful close waits for them). */
   active = 0;
-  private idleWaiters: (() => void)[] = [];
+  private idleWaiters: Array<{ servers: boolean; done: () => void }> = [];
   /**
    * The servers requests came from, until their 'close' (stopped listening
    * and every connection ended). A graceful close waits for one that has
@@ -417,31 +417,37 @@ export class RequestFlow {
     return length !== undefined && length <= r.maxBodyBytes ? length : undefined;
   }
 
-  /** Resolves once no admitted request is in flight or waiting and no WebSocket is open, or after `graceMs`. */
-  idle(graceMs: number): Promise<void> {
-    if (this.isIdle()) return Promise.resolve();
+  /**
+   * Resolves once no admitted request is in flight or waiting and no WebSocket is open,
+   * and (`servers`, the default) no server that has stopped listening still has a
+   * connection; or after `graceMs`.
+   */
+  idle(graceMs: number, servers = true): Promise<void> {
+    if (this.isIdle(servers)) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(done, graceMs);
       function done(): void {
         clearTimeout(timer);
         resolve();
       }
-      this.idleWaiters.push(done);
+      this.idleWaiters.push({ servers, done });
     });
   }
 
-  /** Nothing in flight, no WebSocket open, and no server that has stopped listening still has connections. */
-  private isIdle(): boolean {
+  private isIdle(servers: boolean): boolean {
     if (this.active !== 0 || this.upgrades.openCount !== 0) return false;
-    for (const s of this.servers) if (!s.listening) return false;
+    if (servers) for (const s of this.servers) if (!s.listening) return false;
     return true;
   }
 
   private wakeIdleWaiters(): void {
-    if (this.idleWaiters.length === 0 || !this.isIdle()) return;
+    if (this.idleWaiters.length === 0 || !this.isIdle(false)) return;
     const waiters = this.idleWaiters;
     this.idleWaiters = [];
-    for (const w of waiters) w();
+    for (const w of waiters) {
+      if (this.isIdle(w.servers)) w.done();
+      else this.idleWaiters.push(w);
+    }
   }
 
   private noteServer(server: Server): void {
