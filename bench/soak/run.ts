@@ -80,7 +80,7 @@ function parse(): Args {
     downS: num('down-s', values['down-s'], 0, 600),
     brokerEveryS: num('broker-every-s', values['broker-every-s'], 10, 86_400),
     sampleS: num('sample-s', values['sample-s'], 1, 600),
-    out: values.out ?? join(__dirname, '..', '..', 'bench', 'results', 'raw', `soak-${stamp}`),
+    out: values.out ?? join(__dirname, '..', '..', 'results', 'raw', `soak-${stamp}`),
   };
 }
 
