@@ -209,6 +209,46 @@ describe('request bodies', () => {
     expect([b.requestsTotal, b.failuresTotal, b.state]).toEqual([0, 0, 'healthy']);
   });
 
+  it('answers 500 LW_GW_BODY_CONSUMED, never next(err), for a req.body JSON.stringify refuses', async () => {
+    const handed: unknown[] = [];
+    gw = await startLocalGateway(
+      { backends: [{ id: 'a', url: a.url }], requestTimeoutMs: TIMEOUT_MS },
+      (app, lb) => {
+        // A bigint-aware JSON parser (json-bigint with useNativeBigInt keeps 64-bit ids).
+        app.use('/big', express.json(), (req, _res, next) => {
+          req.body = { id: 12345678901234567890n };
+          next();
+        });
+        app.use('/loop', express.json(), (req, _res, next) => {
+          const o: Record<string, unknown> = {};
+          o.self = o;
+          req.body = o;
+          next();
+        });
+        app.use(lb);
+        app.use((err: unknown, _req: express.Request, res: express.Response, _next: unknown) => {
+          handed.push(err);
+          res.status(599).end();
+        });
+      },
+    );
+    for (const [path, why] of [
+      ['/big', /BigInt/],
+      ['/loop', /circular/i],
+    ] as const) {
+      const r = await send(`${gw.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"id":12345678901234567890}',
+      });
+      expect(r.status).toBe(500);
+      expect(r.headers['x-loadwise-error']).toBe('LW_GW_BODY_CONSUMED');
+      expect(r.json<{ error: { message: string } }>().error.message).toMatch(why);
+    }
+    expect(handed).toEqual([]);
+    expect(gw.lb.balancer.snapshot().backends[0]!.requestsTotal).toBe(0);
+  });
+
   it('runs on.proxyReq and on.proxyRes on the attempt; a leftover fixRequestBody does not double the body', async () => {
     gw = await startLocalGateway(
       {

@@ -60,6 +60,36 @@ describe('planBody', () => {
     expect(plan.kind === 'lost' && plan.detail).toMatch(why);
   });
 
+  const circular: Record<string, unknown> = {};
+  circular.self = circular;
+  it.each([
+    ['application/json', { id: 12345678901234567890n }, /BigInt/],
+    ['application/json', circular, /TypeError: .*circular/i],
+    ['application/json', { toJSON: () => undefined }, /no JSON form/],
+    ['application/x-www-form-urlencoded', circular, /RangeError/],
+    [
+      'application/x-www-form-urlencoded',
+      {
+        get boom(): string {
+          throw new Error('getter');
+        },
+      },
+      /Error: getter/,
+    ],
+  ])(
+    'answers lost, never throws, for a %s req.body it cannot serialize (%#)',
+    (type, body, why) => {
+      const req = parsed({ 'content-type': type, 'content-length': '3' }, body);
+      let plan: ReturnType<typeof planBody> | undefined;
+      expect(() => (plan = planBody(req))).not.toThrow();
+      expect(plan?.kind).toBe('lost');
+      expect(plan?.kind === 'lost' && plan.detail).toMatch(/cannot be serialized again/);
+      expect(plan?.kind === 'lost' && plan.detail).toMatch(why);
+      // The headers are left as the client sent them.
+      expect(req.headers['content-length']).toBe('3');
+    },
+  );
+
   it('knows a body from its headers', () => {
     const req = new IncomingMessage(new Socket());
     req.headers = { 'content-length': '0' };

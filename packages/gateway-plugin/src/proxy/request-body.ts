@@ -99,6 +99,18 @@ function formEncode(value: unknown): string {
   return parts.join('&');
 }
 
+/**
+ * JSON text of `value`. JSON.stringify throws on a BigInt (a bigint-aware
+ * parser such as json-bigint makes them) and on a circular object, and
+ * returns undefined for a value with no JSON form (a `toJSON` returning
+ * undefined): each is a string saying why, never a throw out of the
+ * middleware.
+ */
+function jsonText(value: unknown): string | Error {
+  const text = JSON.stringify(value) as string | undefined;
+  return text ?? new Error('it has no JSON form');
+}
+
 /** `req.body` as bytes for the request's Content-Type, or why it cannot be rebuilt. */
 function serialize(parsed: unknown, contentType: string | undefined): Buffer | string {
   if (Buffer.isBuffer(parsed)) return parsed;
@@ -107,14 +119,21 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
   const type = mediaType(contentType);
   // A number, boolean or null: only a JSON parser (express.json({ strict: false })) makes one.
   const scalar = parsed === null || typeof parsed === 'number' || typeof parsed === 'boolean';
-  if (scalar && isJson(type)) return Buffer.from(JSON.stringify(parsed), 'utf8');
-  if (typeof parsed === 'object' && parsed !== null) {
-    if (isJson(type)) return Buffer.from(JSON.stringify(parsed), 'utf8');
-    if (type === 'application/x-www-form-urlencoded')
-      return Buffer.from(formEncode(parsed), 'utf8');
-    if (type === 'multipart/form-data')
-      return 'a multipart body cannot be rebuilt from req.body (its files are not in it)';
+  const object = typeof parsed === 'object' && parsed !== null;
+  let text: string | Error | undefined;
+  try {
+    if ((scalar || object) && isJson(type)) text = jsonText(parsed);
+    else if (object && type === 'application/x-www-form-urlencoded') text = formEncode(parsed);
+  } catch (err) {
+    // A user's req.body can hold anything: a throwing getter or toJSON, a
+    // circular object (a stack overflow in formEncode), a Symbol.
+    text = err instanceof Error ? err : new Error(String(err));
   }
+  if (typeof text === 'string') return Buffer.from(text, 'utf8');
+  if (text !== undefined)
+    return `req.body cannot be serialized again for content type ${JSON.stringify(type)} (${text.name}: ${text.message})`;
+  if (object && type === 'multipart/form-data')
+    return 'a multipart body cannot be rebuilt from req.body (its files are not in it)';
   return `req.body (${parsed === null ? 'null' : typeof parsed}) has no encoding for content type ${JSON.stringify(type || 'none')}`;
 }
 
