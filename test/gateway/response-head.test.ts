@@ -137,3 +137,71 @@ describe.each([
     expect(ex.closed).toBe(false);
   });
 });
+
+describe('response head: headers a middleware set merged with the same names from the backend', () => {
+  let backend: TestServer;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    backend = await startBackend('b1', (_req, res) => {
+      res.writeHead(200, [
+        'Set-Cookie',
+        'pref=1; Path=/',
+        'Set-Cookie',
+        'theme=dark; Path=/',
+        'Vary',
+        'Accept-Encoding, origin',
+        'Content-Type',
+        'text/plain',
+      ]);
+      res.end('ok');
+    });
+    gw = await startLocalGateway(
+      { backends: [{ id: 'b1', url: backend.url }] },
+      (app: express.Express, lb) => {
+        // A CORS middleware reflecting the origin, which must vary on it.
+        app.use((req, res, next) => {
+          res.setHeader('access-control-allow-origin', req.headers.origin ?? '*');
+          res.append('vary', 'Origin');
+          if (req.url === '/star') res.append('vary', '*');
+          next();
+        });
+        // An auth middleware rotating its session cookie before handing over.
+        app.use((_req, res, next) => {
+          res.append('set-cookie', 'session=rotated; HttpOnly; Path=/');
+          res.setHeader('content-type', 'application/octet-stream');
+          next();
+        });
+        app.use(lb);
+      },
+    );
+  });
+  afterAll(async () => {
+    await gw.close();
+    await backend.close();
+  });
+
+  it("adds the backend's Set-Cookie lines to the app's and joins both Vary lists", async () => {
+    const ex = await rawExchange(
+      gw.port,
+      'GET /x HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n',
+      { responses: 1 },
+    );
+    const { lines } = headLines(ex.raw);
+    expect(named(lines, 'set-cookie')).toEqual([
+      'session=rotated; HttpOnly; Path=/',
+      'pref=1; Path=/',
+      'theme=dark; Path=/',
+    ]);
+    expect(named(lines, 'vary')).toEqual(['Origin, Accept-Encoding']);
+    expect(named(lines, 'access-control-allow-origin')).toEqual(['https://a.example']);
+    // Any other header: the backend's replaces the app's.
+    expect(named(lines, 'content-type')).toEqual(['text/plain']);
+  });
+
+  it('answers Vary: * alone when either side says it', async () => {
+    const ex = await rawExchange(gw.port, 'GET /star HTTP/1.1\r\nHost: x\r\n\r\n', {
+      responses: 1,
+    });
+    expect(named(headLines(ex.raw).lines, 'vary')).toEqual(['*']);
+  });
+});

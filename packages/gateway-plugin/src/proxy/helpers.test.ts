@@ -2,6 +2,7 @@ import { Agent, type IncomingMessage } from 'node:http';
 import { affinityCookie, cookieIsSecure, hashKeyOf, readCookie } from './affinity';
 import { createAgentDispatcher, hostKey, urlHostKey } from './agent-dispatcher';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
+import { joinVary } from './response-head';
 
 function req(
   headers: Record<string, string>,
@@ -137,5 +138,18 @@ describe('agent dispatcher keys', () => {
     send('LOCALHOST', 80);
     expect(seen).toEqual(['a', 'a', 'b', 'b', 'c']);
     d.destroy();
+  });
+});
+
+describe('joinVary', () => {
+  it('joins Vary lists, each field once whatever its case, in the order first seen', () => {
+    expect(joinVary('Origin', 'Accept-Encoding, origin')).toBe('Origin, Accept-Encoding');
+    expect(joinVary(['Origin', 'Accept'], ' accept ,, Cookie')).toBe('Origin, Accept, Cookie');
+    expect(joinVary(undefined, 'Accept-Encoding')).toBe('Accept-Encoding');
+  });
+
+  it('answers * alone when any value says it', () => {
+    expect(joinVary('Origin', 'Accept-Encoding, *')).toBe('*');
+    expect(joinVary(['*'], 'Origin')).toBe('*');
   });
 });

@@ -23,8 +23,9 @@
  * when the response has no header yet, handing Node the flat list costs one
  * validation per header and nothing else (docs/bench.md, "Where the time
  * goes"). Headers an app middleware set before the proxy (CORS, security
- * headers, Express's X-Powered-By) are merged as http-proxy merged them: the
- * backend's replace the app's of the same name.
+ * headers, Express's X-Powered-By) are merged as http-proxy merged them, the
+ * backend's replacing the app's of the same name, but two (`mergeHeader`):
+ * `Set-Cookie` lines add up, and `Vary` joins both lists.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
@@ -66,6 +67,43 @@ function endsChunked(value: string | string[]): boolean {
 }
 
 /**
+ * The tokens of `Vary` values, joined: each once (field names are
+ * case-insensitive), in the order first seen; `*` (varies on more than
+ * headers) alone when any says it.
+ */
+export function joinVary(
+  ...values: Array<number | string | readonly string[] | undefined>
+): string {
+  const seen = new Map<string, string>();
+  for (const value of values) {
+    if (value === undefined) continue;
+    for (const line of typeof value === 'object' ? value : [String(value)]) {
+      for (const raw of line.split(',')) {
+        const token = raw.trim();
+        if (token === '*') return '*';
+        if (token !== '' && !seen.has(token.toLowerCase())) seen.set(token.toLowerCase(), token);
+      }
+    }
+  }
+  return [...seen.values()].join(', ');
+}
+
+/**
+ * Sets a backend header on a response an app middleware already gave
+ * headers. The backend's replaces the app's of the same name (http-proxy's
+ * rule), but for two whose values add up. `Set-Cookie`: replaced, an
+ * auth or CSRF middleware's rotated cookie never reached the client.
+ * `Vary`: replaced, a CORS middleware's `Vary: Origin` was lost while its
+ * reflected Access-Control-Allow-Origin stayed, so a shared cache could
+ * serve one origin's grant to another.
+ */
+function mergeHeader(res: ServerResponse, name: string, value: string | string[]): void {
+  if (name === 'set-cookie') res.appendHeader(name, value);
+  else if (name === 'vary') res.setHeader(name, joinVary(res.getHeader(name), value));
+  else res.setHeader(name, value);
+}
+
+/**
  * Writes the head; false only when it was already out (a user's proxyRes hook
  * wrote it), which http-proxy then leaves alone too.
  */
@@ -102,7 +140,7 @@ export function writeResponseHead(
       named?.has(name)
     )
       continue;
-    if (merge) res.setHeader(name, value);
+    if (merge) mergeHeader(res, name, value);
     else if (typeof value === 'string') flat.push(name, value);
     else for (const v of value) flat.push(name, v);
   }
