@@ -7,13 +7,14 @@
  * idempotent request is held in memory so a refused attempt is retried with
  * it, a large one is not.
  */
-import { request, type IncomingMessage } from 'node:http';
+import { createServer, request, type IncomingMessage } from 'node:http';
 import { gzipSync } from 'node:zlib';
 import express from 'express';
 import { fixRequestBody } from 'http-proxy-middleware';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
-import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { listen, refusedPort, send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { rawExchange } from '../kit/raw-http';
 
 interface Echo {
   id: string;
@@ -361,5 +362,94 @@ describe('request bodies', () => {
       if (r.status === 502) expect(r.headers['x-loadwise-error']).toBe('LW_GW_UPSTREAM_FAILED');
     }
     expect(statuses.sort()).toEqual([200, 200, 502, 502]);
+  });
+});
+
+/**
+ * The exact bytes and labels a backend receives behind body parsers, raw on
+ * both sides: a body sent as it came must arrive byte for byte, with the
+ * client's Content-Type and, while still encoded, its Content-Encoding.
+ */
+describe('request bodies, byte for byte', () => {
+  let backend: TestServer;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    backend = await listen(
+      createServer((req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          res.setHeader('content-type', 'application/json');
+          res.end(
+            JSON.stringify({ headers: req.headers, hex: Buffer.concat(chunks).toString('hex') }),
+          );
+        });
+      }),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
+      app.use('/raw', express.raw({ type: '*/*' }), lb);
+      // A raw-body middleware that keeps the bytes as received (to check a signature) and
+      // inflates nothing.
+      app.use(
+        '/kept',
+        (req, _res, next) => {
+          const chunks: Buffer[] = [];
+          req.on('data', (c: Buffer) => chunks.push(c));
+          req.on('end', () => {
+            req.body = Buffer.concat(chunks);
+            next();
+          });
+        },
+        lb,
+      );
+    });
+  });
+  afterAll(async () => {
+    await gw.close();
+    await backend.close();
+  });
+
+  /** POSTs `body` with `headers` over a raw socket; what the backend received. */
+  async function through(
+    path: string,
+    headers: Record<string, string>,
+    body: Buffer,
+  ): Promise<{ headers: Record<string, string>; bytes: Buffer }> {
+    let head = `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n`;
+    for (const [k, v] of Object.entries(headers)) head += `${k}: ${v}\r\n`;
+    const ex = await rawExchange(gw.port, Buffer.concat([Buffer.from(`${head}\r\n`), body]), {
+      responses: 1,
+    });
+    expect(ex.responses[0]!.status).toBe(200);
+    const echo = JSON.parse(ex.responses[0]!.body) as {
+      headers: Record<string, string>;
+      hex: string;
+    };
+    return { headers: echo.headers, bytes: Buffer.from(echo.hex, 'hex') };
+  }
+
+  it("keeps a raw body's charset label: express.raw() decodes none", async () => {
+    const latin1 = Buffer.from('café crème', 'latin1');
+    const got = await through(
+      '/raw/a',
+      { 'Content-Type': 'text/plain; charset=iso-8859-1' },
+      latin1,
+    );
+    expect(got.bytes).toEqual(latin1);
+    expect(got.headers['content-type']).toBe('text/plain; charset=iso-8859-1');
+    expect(got.headers['content-length']).toBe(String(latin1.length));
+  });
+
+  it('drops Content-Encoding of a body express.raw() inflated, keeps it on bytes still gzip', async () => {
+    const json = Buffer.from('{"event":"paid"}');
+    const zipped = gzipSync(json);
+    const headers = { 'Content-Type': 'application/json', 'Content-Encoding': 'gzip' };
+    const inflated = await through('/raw/a', headers, zipped);
+    expect(inflated.bytes).toEqual(json);
+    expect(inflated.headers['content-encoding']).toBeUndefined();
+    const kept = await through('/kept/a', headers, zipped);
+    expect(kept.bytes).toEqual(zipped);
+    expect(kept.headers['content-encoding']).toBe('gzip');
+    expect(kept.headers['content-length']).toBe(String(zipped.length));
   });
 });

@@ -38,6 +38,47 @@ describe('planBody', () => {
   });
 
   it.each([
+    ['a Buffer', (b: Buffer): unknown => b],
+    ['a Uint8Array', (b: Buffer): unknown => new Uint8Array(b)],
+  ])(
+    'sends %s req.body as it is, its charset label untouched (express.raw decodes none)',
+    (_name, wrap) => {
+      const latin1 = Buffer.from('café crème', 'latin1');
+      const req = parsed(
+        {
+          'content-type': 'text/plain; charset=iso-8859-1',
+          'transfer-encoding': 'chunked',
+          'content-encoding': 'deflate',
+        },
+        wrap(latin1),
+      );
+      expect(planBody(req)).toEqual({ kind: 'buffered', body: latin1 });
+      // Inflated by body-parser: no Content-Encoding.
+      expect(req.headers).toEqual({
+        'content-type': 'text/plain; charset=iso-8859-1',
+        'content-length': String(latin1.length),
+      });
+    },
+  );
+
+  it.each([
+    ['gzip', Buffer.from([0x1f, 0x8b, 8, 0]), 'gzip'],
+    [' X-Gzip ', Buffer.from([0x1f, 0x8b, 8, 0]), ' X-Gzip '],
+    ['gzip', Buffer.from('{"a":1}'), undefined],
+    ['deflate', Buffer.from([0x1f, 0x8b, 8, 0]), undefined],
+  ])(
+    'a Buffer req.body sent as Content-Encoding %j keeps it only while still gzip (%#)',
+    (encoding, bytes, kept) => {
+      const req = parsed(
+        { 'content-type': 'application/json', 'content-encoding': encoding, 'content-length': '4' },
+        bytes,
+      );
+      expect(planBody(req)).toEqual({ kind: 'buffered', body: bytes });
+      expect(req.headers['content-encoding']).toBe(kept);
+    },
+  );
+
+  it.each([
     [42, '42'],
     [false, 'false'],
     [null, 'null'],

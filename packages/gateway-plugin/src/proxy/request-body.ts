@@ -113,8 +113,6 @@ function jsonText(value: unknown): string | Error {
 
 /** `req.body` as bytes for the request's Content-Type, or why it cannot be rebuilt. */
 function serialize(parsed: unknown, contentType: string | undefined): Buffer | string {
-  if (Buffer.isBuffer(parsed)) return parsed;
-  if (parsed instanceof Uint8Array) return Buffer.from(parsed);
   if (typeof parsed === 'string') return Buffer.from(parsed, 'utf8');
   const type = mediaType(contentType);
   // A number, boolean or null: only a JSON parser (express.json({ strict: false })) makes one.
@@ -138,15 +136,56 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
 }
 
 /**
+ * Whether bytes the client sent as `Content-Encoding: gzip` are still gzip
+ * (they start with its magic number, RFC 1952 §2.3.1): a raw-body
+ * middleware that did not inflate them, where body-parser (express.raw()
+ * included) always does.
+ */
+function stillGzipped(encoding: string | undefined, bytes: Buffer): boolean {
+  const coding = encoding?.trim().toLowerCase();
+  return (
+    (coding === 'gzip' || coding === 'x-gzip') &&
+    bytes.length >= 2 &&
+    bytes[0] === 0x1f &&
+    bytes[1] === 0x8b
+  );
+}
+
+/** The bytes the gateway sends for a body already read: Content-Length of them, no chunking. */
+function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
+  req.headers['content-length'] = String(body.length);
+  delete req.headers['transfer-encoding'];
+  return { kind: 'buffered', body };
+}
+
+/**
  * Decides how the body reaches the backend, and fixes the headers to match
- * a re-serialized body: `Content-Length` of the new bytes, no
- * `Transfer-Encoding`, no `Content-Encoding` (body-parser inflates gzip and
- * deflate bodies before parsing them), and `charset=utf-8` where a charset
- * was named (the new bytes are UTF-8 whatever the client sent).
+ * the bytes it sends.
+ *
+ * Bytes as received (a Buffer or Uint8Array `req.body`, from express.raw()
+ * or a raw-body middleware) go as they are, with their `Content-Type`
+ * untouched: nothing decoded their charset, so the client's label is still
+ * theirs. `Content-Encoding` is dropped, since body-parser inflates gzip,
+ * deflate and br bodies before handing them over, unless the bytes are
+ * still gzip (`stillGzipped`).
+ *
+ * A re-serialized body (a string, a parsed object) is UTF-8 whatever the
+ * client sent: no `Content-Encoding` (the parser inflated it), and
+ * `charset=utf-8` where a charset was named.
  */
 export function planBody(req: IncomingMessage): BodyPlan {
   if (!hasBody(req) || !bodyWasRead(req)) return { kind: 'stream' };
+  const h = req.headers;
   const parsed = (req as { body?: unknown }).body;
+  const bytes = Buffer.isBuffer(parsed)
+    ? parsed
+    : parsed instanceof Uint8Array
+      ? Buffer.from(parsed.buffer, parsed.byteOffset, parsed.byteLength)
+      : undefined;
+  if (bytes) {
+    if (!stillGzipped(h['content-encoding'], bytes)) delete h['content-encoding'];
+    return buffered(req, bytes);
+  }
   if (parsed === undefined) {
     return {
       kind: 'lost',
@@ -154,20 +193,17 @@ export function planBody(req: IncomingMessage): BodyPlan {
         'the request body was read by a middleware before the balancer and req.body is not set, so it cannot be forwarded; mount body parsers after the balancer or only on routes it does not serve',
     };
   }
-  const body = serialize(parsed, req.headers['content-type']);
+  const body = serialize(parsed, h['content-type']);
   if (typeof body === 'string') {
     return {
       kind: 'lost',
       detail: `the request body was read by a middleware before the balancer and ${body}`,
     };
   }
-  const h = req.headers;
-  h['content-length'] = String(body.length);
-  delete h['transfer-encoding'];
   delete h['content-encoding'];
   if (h['content-type'] && /;\s*charset=/i.test(h['content-type']))
     h['content-type'] = h['content-type'].replace(/charset=("[^"]*"|[^;\s]*)/i, 'charset=utf-8');
-  return { kind: 'buffered', body };
+  return buffered(req, body);
 }
 
 /**
