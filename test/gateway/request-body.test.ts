@@ -388,6 +388,16 @@ describe('request bodies, byte for byte', () => {
     );
     gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
       app.use('/raw', express.raw({ type: '*/*' }), lb);
+      // The usual way to keep a webhook's bytes for its signature.
+      app.use(
+        '/signed',
+        express.json({
+          verify: (req, _res, buf) => {
+            (req as { rawBody?: Buffer }).rawBody = buf;
+          },
+        }),
+        lb,
+      );
       // A raw-body middleware that keeps the bytes as received (to check a signature) and
       // inflates nothing.
       app.use(
@@ -451,5 +461,18 @@ describe('request bodies, byte for byte', () => {
     expect(kept.bytes).toEqual(zipped);
     expect(kept.headers['content-encoding']).toBe('gzip');
     expect(kept.headers['content-length']).toBe(String(zipped.length));
+  });
+
+  it('sends the bytes express.json({ verify }) kept in req.rawBody, numbers and all', async () => {
+    const json = Buffer.from('{"id":12345678901234567890123,"n":9007199254740993,"price":1.10}');
+    const got = await through(
+      '/signed/hook',
+      { 'Content-Type': 'application/json; charset=utf-8', 'Content-Encoding': 'gzip' },
+      gzipSync(json),
+    );
+    expect(got.bytes).toEqual(json);
+    expect(got.headers['content-type']).toBe('application/json; charset=utf-8');
+    expect(got.headers['content-encoding']).toBeUndefined();
+    expect(got.headers['content-length']).toBe(String(json.length));
   });
 });

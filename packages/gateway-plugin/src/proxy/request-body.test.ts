@@ -78,6 +78,28 @@ describe('planBody', () => {
     },
   );
 
+  it('sends req.rawBody, the bytes a verify hook kept, rather than re-serializing req.body', () => {
+    const sent = '{"id":12345678901234567890123, "n":9007199254740993,"p":1.10,"p":2}';
+    const req = parsed(
+      {
+        'content-type': 'application/json; charset=utf-8',
+        'content-length': '40',
+        'content-encoding': 'gzip',
+      },
+      JSON.parse(sent),
+    );
+    (req as { rawBody?: Buffer }).rawBody = Buffer.from(sent);
+    expect(planBody(req)).toEqual({ kind: 'buffered', body: Buffer.from(sent) });
+    expect(req.headers).toEqual({
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': String(sent.length),
+    });
+    // Even when req.body could not be serialized at all.
+    const big = parsed({ 'content-type': 'application/json', 'content-length': '9' }, { n: 1n });
+    (big as { rawBody?: Buffer }).rawBody = Buffer.from('{"n":1}');
+    expect(planBody(big)).toEqual({ kind: 'buffered', body: Buffer.from('{"n":1}') });
+  });
+
   it.each([
     [42, '42'],
     [false, 'false'],

@@ -129,7 +129,7 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
   }
   if (typeof text === 'string') return Buffer.from(text, 'utf8');
   if (text !== undefined)
-    return `req.body cannot be serialized again for content type ${JSON.stringify(type)} (${text.name}: ${text.message})`;
+    return `req.body cannot be serialized again for content type ${JSON.stringify(type)} (${text.name}: ${text.message}); keep the bytes received in req.rawBody to send them as they came`;
   if (object && type === 'multipart/form-data')
     return 'a multipart body cannot be rebuilt from req.body (its files are not in it)';
   return `req.body (${parsed === null ? 'null' : typeof parsed}) has no encoding for content type ${JSON.stringify(type || 'none')}`;
@@ -162,8 +162,8 @@ function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
  * Decides how the body reaches the backend, and fixes the headers to match
  * the bytes it sends.
  *
- * Bytes as received (a Buffer or Uint8Array `req.body`, from express.raw()
- * or a raw-body middleware) go as they are, with their `Content-Type`
+ * Bytes as received (`req.rawBody` when it is a Buffer, else a Buffer or
+ * Uint8Array `req.body`, from express.raw() or a raw-body middleware) go as they are, with their `Content-Type`
  * untouched: nothing decoded their charset, so the client's label is still
  * theirs. `Content-Encoding` is dropped, since body-parser inflates gzip,
  * deflate and br bodies before handing them over, unless the bytes are
@@ -176,12 +176,18 @@ function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
 export function planBody(req: IncomingMessage): BodyPlan {
   if (!hasBody(req) || !bodyWasRead(req)) return { kind: 'stream' };
   const h = req.headers;
-  const parsed = (req as { body?: unknown }).body;
-  const bytes = Buffer.isBuffer(parsed)
-    ? parsed
-    : parsed instanceof Uint8Array
-      ? Buffer.from(parsed.buffer, parsed.byteOffset, parsed.byteLength)
-      : undefined;
+  const { body: parsed, rawBody } = req as { body?: unknown; rawBody?: unknown };
+  // The bytes a parser's verify hook kept (express.json({ verify }) hands it
+  // them inflated, before any charset decoding) win over req.body: sent
+  // again, they are what the client signed, where JSON.stringify rounds
+  // numbers past 2^53, rewrites 1.10 as 1.1 and drops duplicate keys.
+  const bytes = Buffer.isBuffer(rawBody)
+    ? rawBody
+    : Buffer.isBuffer(parsed)
+      ? parsed
+      : parsed instanceof Uint8Array
+        ? Buffer.from(parsed.buffer, parsed.byteOffset, parsed.byteLength)
+        : undefined;
   if (bytes) {
     if (!stillGzipped(h['content-encoding'], bytes)) delete h['content-encoding'];
     return buffered(req, bytes);
