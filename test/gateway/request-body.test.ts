@@ -388,6 +388,7 @@ describe('request bodies, byte for byte', () => {
     );
     gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
       app.use('/raw', express.raw({ type: '*/*' }), lb);
+      app.use('/text', express.text({ type: 'text/*', defaultCharset: 'latin1' }), lb);
       // The usual way to keep a webhook's bytes for its signature.
       app.use(
         '/signed',
@@ -474,5 +475,18 @@ describe('request bodies, byte for byte', () => {
     expect(got.headers['content-type']).toBe('application/json; charset=utf-8');
     expect(got.headers['content-encoding']).toBeUndefined();
     expect(got.headers['content-length']).toBe(String(json.length));
+  });
+
+  it('labels a text body decoded and sent again as UTF-8, and only its charset parameter', async () => {
+    const latin1 = Buffer.from('café', 'latin1');
+    const utf8 = Buffer.from('café');
+    // No charset named: the app's parser read latin-1, the backend must not guess.
+    const bare = await through('/text/a', { 'Content-Type': 'text/plain' }, latin1);
+    expect(bare.bytes).toEqual(utf8);
+    expect(bare.headers['content-type']).toBe('text/plain; charset=utf-8');
+    const type = 'text/plain; x-orig-charset=latin1; charset=iso-8859-1';
+    const named = await through('/text/a', { 'Content-Type': type }, latin1);
+    expect(named.bytes).toEqual(utf8);
+    expect(named.headers['content-type']).toBe('text/plain; x-orig-charset=latin1; charset=utf-8');
   });
 });

@@ -101,6 +101,31 @@ describe('planBody', () => {
   });
 
   it.each([
+    [
+      'text/plain; x-orig-charset=latin1; charset=iso-8859-1',
+      'text/plain; x-orig-charset=latin1; charset=utf-8',
+    ],
+    ['text/plain;charset="ISO-8859-1";format=flowed', 'text/plain;charset=utf-8;format=flowed'],
+    ['text/plain', 'text/plain; charset=utf-8'],
+    ['Text/CSV ; ', 'Text/CSV; charset=utf-8'],
+    ['text/plain; x-charset=latin1', 'text/plain; x-charset=latin1; charset=utf-8'],
+    ['application/json', 'application/json'],
+  ])('labels a string sent as UTF-8 with %j as %j', (type, sent) => {
+    const req = parsed({ 'content-type': type, 'content-length': '4' }, 'café');
+    expect(planBody(req)).toEqual({ kind: 'buffered', body: Buffer.from('café') });
+    expect(req.headers['content-type']).toBe(sent);
+  });
+
+  it('adds no charset to a re-encoded form', () => {
+    const req = parsed(
+      { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '3' },
+      { e: 'é' },
+    );
+    expect(planBody(req)).toEqual({ kind: 'buffered', body: Buffer.from('e=%C3%A9') });
+    expect(req.headers['content-type']).toBe('application/x-www-form-urlencoded');
+  });
+
+  it.each([
     [42, '42'],
     [false, 'false'],
     [null, 'null'],

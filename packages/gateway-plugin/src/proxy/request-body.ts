@@ -151,6 +151,26 @@ function stillGzipped(encoding: string | undefined, bytes: Buffer): boolean {
   );
 }
 
+/** A `charset` parameter, not a parameter whose name ends with it (`x-orig-charset`). */
+const CHARSET_RE = /(;\s*)charset=("[^"]*"|[^;\s]*)/i;
+
+/**
+ * A Content-Type for bytes the gateway encoded as UTF-8: the charset it
+ * names becomes utf-8; a text/* type that names none gets one, since
+ * without it a text type reads as US-ASCII (RFC 2046 §4.1.2) or as the
+ * backend's default, which need not be what the app's parser assumed
+ * (`express.text({ defaultCharset })`). JSON (UTF-8 by definition,
+ * RFC 8259 §8.1) and forms (percent-encoded ASCII) need none.
+ */
+function labelUtf8(contentType: string): string {
+  if (CHARSET_RE.test(contentType)) return contentType.replace(CHARSET_RE, '$1charset=utf-8');
+  if (!mediaType(contentType).startsWith('text/')) return contentType;
+  // A loop, not /[\s;]+$/, which backtracks quadratically on `; ; ; x`.
+  let type = contentType.trimEnd();
+  while (type.endsWith(';')) type = type.slice(0, -1).trimEnd();
+  return `${type}; charset=utf-8`;
+}
+
 /** The bytes the gateway sends for a body already read: Content-Length of them, no chunking. */
 function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
   req.headers['content-length'] = String(body.length);
@@ -171,7 +191,7 @@ function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
  *
  * A re-serialized body (a string, a parsed object) is UTF-8 whatever the
  * client sent: no `Content-Encoding` (the parser inflated it), and
- * `charset=utf-8` where a charset was named.
+ * `charset=utf-8` where a charset was named or a text type names none (`labelUtf8`).
  */
 export function planBody(req: IncomingMessage): BodyPlan {
   if (!hasBody(req) || !bodyWasRead(req)) return { kind: 'stream' };
@@ -207,8 +227,7 @@ export function planBody(req: IncomingMessage): BodyPlan {
     };
   }
   delete h['content-encoding'];
-  if (h['content-type'] && /;\s*charset=/i.test(h['content-type']))
-    h['content-type'] = h['content-type'].replace(/charset=("[^"]*"|[^;\s]*)/i, 'charset=utf-8');
+  if (h['content-type']) h['content-type'] = labelUtf8(h['content-type']);
   return buffered(req, body);
 }
 
