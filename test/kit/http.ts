@@ -76,28 +76,31 @@ export interface Reply {
 
 export function send(
   url: string,
-  opts: { method?: string; headers?: Record<string, string>; body?: string } = {},
+  opts: {
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string;
+    /** Source address (any 127.0.0.0/8 address works on loopback): another client. */
+    localAddress?: string;
+  } = {},
 ): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      { method: opts.method ?? 'GET', headers: opts.headers, agent: false },
-      (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            statusMessage: res.statusMessage ?? '',
-            headers: res.headers,
-            body,
-            json: <T>() => JSON.parse(body) as T,
-          }),
-        );
-        res.on('error', reject);
-      },
-    );
+    const { method = 'GET', headers, localAddress } = opts;
+    const req = request(url, { method, headers, localAddress, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () =>
+        resolve({
+          status: res.statusCode ?? 0,
+          statusMessage: res.statusMessage ?? '',
+          headers: res.headers,
+          body,
+          json: <T>() => JSON.parse(body) as T,
+        }),
+      );
+      res.on('error', reject);
+    });
     req.on('error', reject);
     req.end(opts.body);
   });
