@@ -185,6 +185,10 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['body timeout true', { ...base, clientBodyTimeoutMs: true }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound fraction', { ...base, maxInFlightPerClient: 2.5 }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound zero', { ...base, maxInFlightPerClient: 0 }, 'LW_GW_INVALID_OPTION'],
+  ['trusted proxies 33', { ...base, trustForwarded: 33 }, 'LW_GW_INVALID_OPTION'],
+  ['trusted proxies -1', { ...base, trustForwarded: -1 }, 'LW_GW_INVALID_OPTION'],
+  ['trusted proxies 1.5', { ...base, trustForwarded: 1.5 }, 'LW_GW_INVALID_OPTION'],
+  ['trusted proxies as text', { ...base, trustForwarded: '1' }, 'LW_GW_INVALID_OPTION'],
   ['WebSocket idle zero', { ...base, webSockets: { idleTimeoutMs: 0 } }, 'LW_GW_INVALID_OPTION'],
   [
     'WebSockets per client 1.5',
@@ -349,6 +353,11 @@ describe('loadBalance options', () => {
     expect(
       resolveOptions({ ...base, clientBodyTimeoutMs: false, maxInFlightPerClient: false }),
     ).toMatchObject({ clientBodyTimeoutMs: undefined, maxInFlightPerClient: undefined });
+    // trustForwarded resolves to the number of trusted proxies: true is one.
+    expect(o.trustForwarded).toBe(0);
+    const hops = (t: boolean | number) =>
+      resolveOptions({ ...base, trustForwarded: t }).trustForwarded;
+    expect([hops(true), hops(false), hops(0), hops(3), hops(32)]).toEqual([1, 0, 0, 3, 32]);
     // WebSockets are bounded by default; false turns each bound off.
     expect(o.webSockets).toEqual({ idleTimeoutMs: 300_000, maxPerClient: 256, maxOpen: 10_000 });
     const ws = { idleTimeoutMs: false, maxPerClient: false, maxOpen: false } as const;

@@ -51,6 +51,8 @@ import {
 const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const BROKER_PROTOCOLS = new Set(['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:']);
 export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** trustForwarded as a number of proxies in front: more than any real chain. */
+export const MAX_TRUSTED_HOPS = 32;
 /** The dashboard token travels in URLs: long, and unlocking nothing else. */
 export const MIN_DASHBOARD_TOKEN_LENGTH = 16;
 
@@ -578,7 +580,15 @@ const entries = {
   clientBodyTimeoutMs: v.optional(orFalse(ms(1)), DEFAULTS.clientBodyTimeoutMs),
   maxInFlightPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.maxInFlightPerClient),
   changeOrigin: v.optional(bool(), DEFAULTS.changeOrigin),
-  trustForwarded: v.optional(bool(), DEFAULTS.trustForwarded),
+  trustForwarded: v.optional(
+    is<boolean | number>(
+      (x) =>
+        typeof x === 'boolean' ||
+        (Number.isInteger(x) && (x as number) >= 0 && (x as number) <= MAX_TRUSTED_HOPS),
+      `a boolean or an integer in [0, ${MAX_TRUSTED_HOPS}]`,
+    )(),
+    DEFAULTS.trustForwarded,
+  ),
   forwardMountPath: v.optional(bool(), DEFAULTS.forwardMountPath),
   statusPath: v.optional(path()),
   metricsPath: v.optional(path()),
@@ -729,6 +739,10 @@ function resolve(o: Parsed) {
         : { ...o.discovery, forgetAfterMs: off(o.discovery.forgetAfterMs) },
     clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
     maxInFlightPerClient: off(o.maxInFlightPerClient),
+    // The number of trusted proxies, what the request path counts with
+    // (proxy/forwarded.ts clientAddress): true is one, false none.
+    trustForwarded:
+      typeof o.trustForwarded === 'number' ? o.trustForwarded : o.trustForwarded ? 1 : 0,
     decisionHeader:
       decisionHeader === true
         ? DEFAULTS.decisionHeader

@@ -59,7 +59,7 @@ export interface AffinityOptions {
   header?: string;
   /** Hash key from this cookie; with setCookie, the gateway sets it when absent. */
   cookie?: string;
-  /** Hash key from the client address (after the trusted X-Forwarded-For, see trustForwarded). */
+  /** Hash key from the client address (the socket's, or the one trustForwarded gives). */
   clientAddress?: boolean;
   setCookie?: boolean;
   cookieMaxAgeSec?: number;
@@ -330,14 +330,26 @@ export interface LoadBalanceOptions {
   /**
    * Requests one client address (IPv6: its /64) may have in the gateway at
    * once, waiting or proxied; more get 429 LW_GW_CLIENT_LIMIT (default 64;
-   * false: off). The address is the one X-Forwarded-For trust gives: behind
-   * your own proxy, set trustForwarded or every client shares its address.
+   * false: off). The address is the one trustForwarded gives: behind your own
+   * proxies, set it to their number or every client shares their address.
    */
   maxInFlightPerClient?: number | false;
   /** Rewrite the Host header to the backend's host (default false). */
   changeOrigin?: boolean;
-  /** Keep the client's X-Forwarded-* and append to them (default false: overwrite). */
-  trustForwarded?: boolean;
+  /**
+   * The proxies in front of the gateway that it trusts (default false: none).
+   * A number n (0-32) is how many: each must append the address it got the
+   * request from to X-Forwarded-For (nginx `$proxy_add_x_forwarded_for`, AWS
+   * ALB, Envoy), and the client address is the n-th entry from the right
+   * (the left-most one when there are fewer), as Envoy's
+   * `xff_num_trusted_hops` and Express's numeric `trust proxy` count; entries
+   * further left are the client's own and never believed. true is 1. That
+   * address keys maxInFlightPerClient, webSockets.maxPerClient and
+   * affinity.clientAddress, and is sent as X-Real-IP. With trust the gateway
+   * appends to X-Forwarded-For and keeps the proxy's X-Forwarded-Proto,
+   * -Host and -Port; without, it overwrites them from the connection.
+   */
+  trustForwarded?: boolean | number;
   /** When mounted (app.use('/api', ...)), forward the mount path too (default false, like HPM 3). */
   forwardMountPath?: boolean;
   agent?: {

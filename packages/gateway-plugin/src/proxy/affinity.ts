@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { AffinityOptions } from '../options';
-import { clientAddress, firstForwarded } from './forwarded';
+import { firstForwarded } from './forwarded';
 
 const MAX_KEY_LENGTH = 256;
 
@@ -31,10 +31,11 @@ export interface HashKey {
   newCookie: string | undefined;
 }
 
+/** `client`: the flow's clientAddress (taken before X-Forwarded-For is appended to). */
 export function hashKeyOf(
   req: IncomingMessage,
   affinity: AffinityOptions,
-  trustForwarded: boolean,
+  client: string,
 ): HashKey {
   if (affinity.header) {
     const v = req.headers[affinity.header.toLowerCase()];
@@ -49,8 +50,7 @@ export function hashKeyOf(
       return { key: fresh, newCookie: fresh };
     }
   }
-  if (affinity.clientAddress)
-    return { key: clientAddress(req, trustForwarded), newCookie: undefined };
+  if (affinity.clientAddress) return { key: client, newCookie: undefined };
   return { key: undefined, newCookie: undefined };
 }
 
@@ -76,10 +76,10 @@ export function affinityCookie(
 export function cookieIsSecure(
   setting: boolean | 'auto' | undefined,
   req: IncomingMessage,
-  trustForwarded: boolean,
+  trusted: boolean,
 ): boolean {
   if (typeof setting === 'boolean') return setting;
   if ((req.socket as { encrypted?: boolean }).encrypted === true) return true;
-  if (!trustForwarded) return false;
+  if (!trusted) return false;
   return firstForwarded(req, 'x-forwarded-proto')?.toLowerCase() === 'https';
 }

@@ -2,10 +2,10 @@
  * X-Forwarded-* for the backend. By default the client's values are not
  * trusted: a client could claim any address, so we overwrite (and drop the
  * RFC 7239 `Forwarded` header we do not maintain). With trustForwarded (the
- * gateway sits behind a proxy of the user's), we append to X-Forwarded-For and
+ * gateway sits behind proxies of the user's), we append to X-Forwarded-For and
  * keep the proto/host the previous proxy set, like nginx's
- * `$proxy_add_x_forwarded_for`. X-Real-IP follows the same rule: the socket
- * address, or a trusted proxy's value.
+ * `$proxy_add_x_forwarded_for`. X-Real-IP is always the client address as the
+ * gateway trusts it (clientAddress), never a value the request brought.
  *
  * http-proxy's own `xfwd` always appends to whatever the client sent, so it is
  * off and this module does the job.
@@ -28,7 +28,11 @@ const UNTRUSTED_FORWARDING = [
   'x-rewrite-url',
 ];
 
-export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void {
+/**
+ * `client`: the flow's clientAddress(req, hops), taken before this appends to
+ * X-Forwarded-For; `hops`: the resolved trustForwarded (0: trust nothing).
+ */
+export function setForwardedHeaders(req: IncomingMessage, hops: number, client: string): void {
   const h = req.headers;
   const remote = req.socket.remoteAddress ?? '';
   const encrypted = (req.socket as TLSSocket).encrypted === true;
@@ -41,10 +45,12 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
   // So is the status endpoint's token: a near miss of its path (`/_lb/status/`, `/_LB/status`)
   // is an ordinary request, and the backend would log the token.
   delete h[TOKEN_HEADER];
-  if (trust) {
-    // X-Real-IP (nginx's `proxy_set_header X-Real-IP $remote_addr`): the
-    // same rule as X-Forwarded-For, a trusted proxy's value is kept.
-    h['x-real-ip'] ??= clientAddress(req, true);
+  // X-Real-IP (nginx's `proxy_set_header X-Real-IP $remote_addr`) is
+  // overwritten even behind trusted proxies: one that does not set it (an AWS
+  // ALB does not) passes the client's own, and backends act on it (allow-lists,
+  // audit logs).
+  h['x-real-ip'] = client;
+  if (hops > 0) {
     h['x-forwarded-for'] = h['x-forwarded-for'] ? `${h['x-forwarded-for']}, ${remote}` : remote;
     h['x-forwarded-proto'] ??= encrypted ? 'https' : 'http';
     h['x-forwarded-host'] ??= host;
@@ -57,7 +63,6 @@ export function setForwardedHeaders(req: IncomingMessage, trust: boolean): void 
   // ForwardedHeaderFilter honours X-Forwarded-Prefix. Untrusted, a client's copy
   // would pose as HTTPS or move the app's base path.
   for (const name of UNTRUSTED_FORWARDING) delete h[name];
-  h['x-real-ip'] = remote;
   h['x-forwarded-for'] = remote;
   h['x-forwarded-proto'] = encrypted ? 'https' : 'http';
   h['x-forwarded-host'] = host;
@@ -135,11 +140,45 @@ export function firstForwarded(req: IncomingMessage, name: string): string | und
   return (Array.isArray(v) ? v[0] : v)?.split(',')[0]?.trim();
 }
 
-/** The client address as the gateway trusts it (first X-Forwarded-For hop only when trusted). */
-export function clientAddress(req: IncomingMessage, trust: boolean): string {
-  if (trust) {
-    const first = firstForwarded(req, 'x-forwarded-for');
-    if (first) return first;
+/**
+ * The client address as the gateway trusts it. `hops` (the resolved
+ * trustForwarded) is the number of trusted proxies in front: each appends the
+ * address it got the request from to X-Forwarded-For, so the right-most entry
+ * is what the nearest one saw and the `hops`-th from the right what the
+ * farthest trusted one saw: the client. Entries further left are whatever the
+ * client sent, so the left-most entry is never believed unless there are no
+ * more entries than trusted proxies (then it is the left-most present one).
+ * The rule of Envoy's `xff_num_trusted_hops` and Express's numeric
+ * `trust proxy`, so an app's `req.ip` and the backend's X-Real-IP agree.
+ * Empty entries (`a, , b`, or the `, b` nginx makes of an empty header) are
+ * skipped, as Express does. Without trust, or with no entry, the socket's.
+ *
+ * Called on every request: scans from the right, allocating only the entries
+ * it passes.
+ */
+export function clientAddress(req: IncomingMessage, hops: number): string {
+  const remote = req.socket.remoteAddress ?? '';
+  if (hops === 0) return remote;
+  const v = req.headers['x-forwarded-for'];
+  if (v === undefined) return remote;
+  // Node joins repeated X-Forwarded-For lines with ", " already; an array can
+  // only come from a middleware before the balancer.
+  return nthFromRight(Array.isArray(v) ? v.join(',') : v, hops) ?? remote;
+}
+
+/** The `n`-th non-empty entry from the right of a comma-separated list, else its left-most one. */
+function nthFromRight(list: string, n: number): string | undefined {
+  let found: string | undefined;
+  let seen = 0;
+  let end = list.length;
+  while (end > 0) {
+    const comma = list.lastIndexOf(',', end - 1);
+    const entry = list.slice(comma + 1, end).trim();
+    if (entry !== '') {
+      found = entry;
+      if (++seen === n) return found;
+    }
+    end = comma;
   }
-  return req.socket.remoteAddress ?? '';
+  return found;
 }

@@ -25,20 +25,18 @@ describe('affinity', () => {
 
   it('takes the key from the header, else the cookie, else the client address', () => {
     const aff = { header: 'x-user', cookie: 'lw', clientAddress: true };
-    expect(hashKeyOf(req({ 'x-user': 'u1', cookie: 'lw=c1' }), aff, false).key).toBe('u1');
-    expect(hashKeyOf(req({ cookie: 'lw=c1' }), aff, false).key).toBe('c1');
-    expect(hashKeyOf(req({ 'x-forwarded-for': '1.2.3.4' }), aff, false).key).toBe('10.0.0.9');
-    expect(hashKeyOf(req({ 'x-forwarded-for': '1.2.3.4, 5.6.7.8' }), aff, true).key).toBe(
-      '1.2.3.4',
-    );
+    expect(hashKeyOf(req({ 'x-user': 'u1', cookie: 'lw=c1' }), aff, '10.0.0.9').key).toBe('u1');
+    expect(hashKeyOf(req({ cookie: 'lw=c1' }), aff, '10.0.0.9').key).toBe('c1');
+    // The address is the flow's clientAddress, taken before X-Forwarded-For grows.
+    expect(hashKeyOf(req({ 'x-forwarded-for': '1.2.3.4' }), aff, '5.6.7.8').key).toBe('5.6.7.8');
   });
 
   it('mints a cookie only when configured and absent', () => {
-    const k = hashKeyOf(req({}), { cookie: 'lw', setCookie: true }, false);
+    const k = hashKeyOf(req({}), { cookie: 'lw', setCookie: true }, '');
     expect(k.newCookie).toMatch(/^[A-Za-z0-9_-]{16}$/);
     expect(k.key).toBe(k.newCookie);
     expect(
-      hashKeyOf(req({ cookie: 'lw=x' }), { cookie: 'lw', setCookie: true }, false).newCookie,
+      hashKeyOf(req({ cookie: 'lw=x' }), { cookie: 'lw', setCookie: true }, '').newCookie,
     ).toBeUndefined();
     expect(affinityCookie('lw', 'v', 0, true)).toBe('lw=v; Path=/; HttpOnly; SameSite=Lax; Secure');
     // A TLS socket (an https.Server in front of Express) counts without any header.
@@ -54,7 +52,8 @@ describe('affinity', () => {
 describe('forwarded headers', () => {
   it('overwrites untrusted values from the socket', () => {
     const r = req({ host: 'gw.example:8080', 'x-forwarded-for': '6.6.6.6', forwarded: 'for=x' });
-    setForwardedHeaders(r, false);
+    expect(clientAddress(r, 0)).toBe('10.0.0.9');
+    setForwardedHeaders(r, 0, '10.0.0.9');
     expect(r.headers).toMatchObject({
       'x-forwarded-for': '10.0.0.9',
       'x-forwarded-proto': 'http',
@@ -62,24 +61,68 @@ describe('forwarded headers', () => {
       'x-forwarded-port': '8080',
     });
     expect(r.headers.forwarded).toBeUndefined();
-    expect(clientAddress(r, false)).toBe('10.0.0.9');
   });
 
-  it('sets X-Real-IP from the socket, or keeps a trusted proxy value, and drops Proxy-Authorization', () => {
+  it('sets X-Real-IP to the client address, never the one a request brought, and drops Proxy-Authorization', () => {
     const spoofed = { 'x-real-ip': '6.6.6.6', 'proxy-authorization': 'Basic eDp5' };
     const r = req({ ...spoofed });
-    setForwardedHeaders(r, false);
+    setForwardedHeaders(r, 0, clientAddress(r, 0));
     expect(r.headers['x-real-ip']).toBe('10.0.0.9');
     expect(r.headers['proxy-authorization']).toBeUndefined();
-    const t = req({ ...spoofed });
-    setForwardedHeaders(t, true);
-    expect(t.headers['x-real-ip']).toBe('6.6.6.6');
-    const x = req({ 'x-forwarded-for': '1.2.3.4, 5.6.7.8' });
-    setForwardedHeaders(x, true);
-    expect(x.headers['x-real-ip']).toBe('1.2.3.4');
-    expect(x.headers['proxy-authorization']).toBeUndefined();
+    // Behind a proxy that sets no X-Real-IP (an AWS ALB), the client's own went through.
+    const t = req({ ...spoofed, 'x-forwarded-for': '6.6.6.6, 203.0.113.7' });
+    setForwardedHeaders(t, 1, clientAddress(t, 1));
+    expect(t.headers['x-real-ip']).toBe('203.0.113.7');
+    expect(t.headers['x-forwarded-for']).toBe('6.6.6.6, 203.0.113.7, 10.0.0.9');
+    expect(t.headers['proxy-authorization']).toBeUndefined();
+  });
+});
+
+describe('clientAddress behind trusted proxies', () => {
+  const xff = (header: string | string[] | undefined, hops: number): string =>
+    clientAddress(
+      { headers: { 'x-forwarded-for': header }, socket: { remoteAddress: '10.0.0.9' } } as never,
+      hops,
+    );
+
+  it('takes the entry the farthest trusted proxy appended, counted from the right', () => {
+    // An appending proxy (nginx $proxy_add_x_forwarded_for) after a client that forged 6.6.6.6.
+    expect(xff('6.6.6.6, 203.0.113.7', 1)).toBe('203.0.113.7');
+    expect(xff('6.6.6.6, 198.51.100.1, 203.0.113.7', 2)).toBe('198.51.100.1');
+    expect(xff('6.6.6.6, 198.51.100.1, 203.0.113.7', 3)).toBe('6.6.6.6');
+    expect(xff('2001:db8::1, 203.0.113.7', 2)).toBe('2001:db8::1');
   });
 
+  it('with fewer entries than trusted proxies, the left-most one', () => {
+    expect(xff('198.51.100.1, 203.0.113.7', 3)).toBe('198.51.100.1');
+    expect(xff('203.0.113.7', 32)).toBe('203.0.113.7');
+  });
+
+  it('counts several header lines as one list, in order', () => {
+    expect(xff(['6.6.6.6, 198.51.100.1', '203.0.113.7'], 1)).toBe('203.0.113.7');
+    expect(xff(['6.6.6.6, 198.51.100.1', '203.0.113.7'], 2)).toBe('198.51.100.1');
+    expect(xff(['6.6.6.6', '198.51.100.1, 203.0.113.7'], 3)).toBe('6.6.6.6');
+  });
+
+  it('trims spaces and skips empty entries', () => {
+    expect(xff('  6.6.6.6 ,\t203.0.113.7  ', 1)).toBe('203.0.113.7');
+    expect(xff('6.6.6.6,203.0.113.7', 2)).toBe('6.6.6.6');
+    expect(xff('6.6.6.6, , 203.0.113.7,', 1)).toBe('203.0.113.7');
+    expect(xff('6.6.6.6, , 203.0.113.7,', 2)).toBe('6.6.6.6');
+    // nginx appends to an empty header as `, <addr>`.
+    expect(xff(', 203.0.113.7', 2)).toBe('203.0.113.7');
+  });
+
+  it('falls back to the socket without trust or without an entry', () => {
+    expect(xff('6.6.6.6, 203.0.113.7', 0)).toBe('10.0.0.9');
+    expect(xff(undefined, 1)).toBe('10.0.0.9');
+    expect(xff('', 1)).toBe('10.0.0.9');
+    expect(xff(' , ,, ', 2)).toBe('10.0.0.9');
+    expect(xff(',', 1)).toBe('10.0.0.9');
+  });
+});
+
+describe('hop-by-hop headers', () => {
   it('strips hop-by-hop headers but never one the client names in Connection', () => {
     const r = req({
       connection: 'close, X-Private, content-length, authorization, host, transfer-encoding',

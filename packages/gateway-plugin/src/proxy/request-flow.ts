@@ -358,9 +358,11 @@ export class RequestFlow {
       });
       return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, body.detail);
     }
+    // Before the headers change: setForwardedHeaders appends to X-Forwarded-For.
+    const address = clientAddress(req, o.trustForwarded);
     let client: string | undefined;
     if (this.clients) {
-      client = clientKey(clientAddress(req, o.trustForwarded));
+      client = clientKey(address);
       if (!this.clients.acquire(client)) {
         const detail = `${this.clients.max} requests of ${client} in flight`;
         return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
@@ -371,9 +373,9 @@ export class RequestFlow {
     this.active++;
     c.budget?.onRequest();
     stripHopByHop(req);
-    setForwardedHeaders(req, o.trustForwarded);
+    setForwardedHeaders(req, o.trustForwarded, address);
     if (o.affinity) {
-      const k = hashKeyOf(req, o.affinity, o.trustForwarded);
+      const k = hashKeyOf(req, o.affinity, address);
       flow.hashKey = k.key;
       flow.newCookie = k.newCookie;
     }
@@ -770,7 +772,7 @@ export class RequestFlow {
     } else if (!flow.overloaded) c.outlier.onSuccess(backend);
     const aff = c.options.affinity;
     if (flow.newCookie && aff?.cookie) {
-      const secure = cookieIsSecure(aff.cookieSecure, flow.req, c.options.trustForwarded);
+      const secure = cookieIsSecure(aff.cookieSecure, flow.req, c.options.trustForwarded > 0);
       const cookie = affinityCookie(aff.cookie, flow.newCookie, aff.cookieMaxAgeSec ?? 0, secure);
       const existing = proxyRes.headers['set-cookie'];
       proxyRes.headers['set-cookie'] = existing ? [...existing, cookie] : [cookie];

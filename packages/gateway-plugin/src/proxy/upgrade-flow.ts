@@ -112,7 +112,8 @@ export class UpgradeFlow {
       return refuse(socket, 503, 'LW_GW_OVERLOADED');
     }
     // Before the headers change: the address X-Forwarded-For trust gives, as a request's.
-    const client = this.perClient && clientKey(clientAddress(req, c.options.trustForwarded));
+    const address = clientAddress(req, c.options.trustForwarded);
+    const client = this.perClient && clientKey(address);
     if (client !== undefined && !this.perClient!.acquire(client)) {
       c.metrics.onRequestRejected('LW_GW_CLIENT_LIMIT');
       c.logLine(
@@ -122,10 +123,10 @@ export class UpgradeFlow {
       );
       return refuse(socket, 429, 'LW_GW_CLIENT_LIMIT');
     }
-    setForwardedHeaders(req, c.options.trustForwarded);
+    setForwardedHeaders(req, c.options.trustForwarded, address);
     stripHopByHopForUpgrade(req);
     const aff = c.options.affinity;
-    const hashKey = aff ? hashKeyOf(req, aff, c.options.trustForwarded).key : undefined;
+    const hashKey = aff ? hashKeyOf(req, aff, address).key : undefined;
     const nowMs = c.now();
     const backend = c.pickUpgrade(nowMs, hashKey);
     if (!backend) {
