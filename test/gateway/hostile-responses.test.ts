@@ -7,10 +7,13 @@
  * - a Transfer-Encoding other than chunked (a body the backend ends by closing) was relayed
  *   as it came: no framing, the connection kept alive, the next answer inside this body;
  * - a control byte in the reason phrase made Node's writeHead throw, and the client got a
- *   400 blamed on itself.
+ *   400 blamed on itself;
+ * - a body sent after an answer complete at its head (a 204), in a later write, reached the
+ *   gateway's pool on a connection then handed to the next client's request, unnoticed.
  */
 import http from 'node:http';
 import net, { type AddressInfo, type Server, type Socket } from 'node:net';
+import { eventually } from '../kit/fleet';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { rawExchange } from '../kit/raw-http';
 
@@ -171,5 +174,55 @@ describe('hostile backend responses', () => {
     const r = await rawExchange(gw.port, 'GET /p HTTP/1.1\r\nHost: a\r\n\r\n', { responses: 1 });
     expect(r.responses[0]).toMatchObject({ status: 200, body: 'ok' });
     expect(r.raw.startsWith('HTTP/1.1 200 OK\r\n')).toBe(true);
+  });
+
+  it('bytes after an answer complete at its head: the idle pooled connection is closed and the stray bytes logged', async () => {
+    const stray = 'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\nA-private-data';
+    backend = await rawBackend((path, socket) => {
+      if (path !== '/a')
+        return void socket.write('HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal');
+      // A backend that writes a body after its 204, 30 ms later.
+      socket.write('HTTP/1.1 204 No Content\r\n\r\n');
+      setTimeout(() => socket.write(stray), 30);
+    });
+    const warnings: { event?: unknown; bytes?: unknown }[] = [];
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      logger: {
+        info: () => {},
+        error: () => {},
+        warn: (fields) => void (typeof fields === 'object' && warnings.push(fields as never)),
+      },
+    });
+    const first = await rawExchange(gw.port, 'GET /a HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(first.responses[0]).toMatchObject({ status: 204 });
+    // The gateway closes its pooled connection when the stray bytes arrive.
+    const b = backend;
+    await eventually(async () => (await b.open()) === 0, 5_000, 'the pooled connection closed');
+    expect(warnings).toContainEqual(
+      expect.objectContaining({ event: 'upstream-bytes-while-idle', bytes: stray.length }),
+    );
+    // The next request has a connection of its own, and its own answer.
+    const second = await rawExchange(gw.port, 'GET /b HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(second.responses[0]).toMatchObject({ status: 200, body: 'real' });
+    expect(gw.backend('b').failuresTotal).toBe(0);
+  });
+
+  it('a 204 that frames a body: its connection is not pooled', async () => {
+    backend = await rawBackend((_path, socket) =>
+      socket.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n'),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(gw.port, 'GET /p HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(r.responses[0]).toMatchObject({ status: 204 });
+    const b = backend;
+    await eventually(async () => (await b.open()) === 0, 5_000, 'the connection closed');
+    expect(gw.backend('b').failuresTotal).toBe(0);
   });
 });

@@ -364,6 +364,12 @@ export class Balancer implements BalancerHandle, FlowHost {
       origin,
       this.options.agent,
       this.options.backendTls,
+      (bytes) =>
+        this.logLine(
+          `upstream:${id}:idle-bytes`,
+          `${id} (${url.href}) sent ${bytes} bytes on an idle pooled connection (the tail of an answer it had framed shorter); that connection is closed`,
+          { event: 'upstream-bytes-while-idle', backend: id, bytes },
+        ),
     );
     this.engine.register(backend);
     this.registry.add(backend, origin === 'discovery', recompute);

@@ -754,6 +754,17 @@ export class RequestFlow {
     // header on a response that is not chunked makes writeHead throw
     // ERR_HTTP_TRAILER_INVALID, which also killed the process.
     delete proxyRes.headers.trailer;
+    // A 204 that frames a body (RFC 9110 §8.6 forbids it Content-Length) is a backend that
+    // will likely write that body: the answer ends at its head, so the connection would go
+    // back to the pool with the body still to come, and a later request could read it as
+    // its answer. That connection is not reused (registry/pool-agent.ts guards idle ones).
+    if (
+      status === 204 &&
+      flow.proxyReq &&
+      (proxyRes.headers['transfer-encoding'] !== undefined ||
+        Number(proxyRes.headers['content-length'] ?? 0) !== 0)
+    )
+      flow.proxyReq.shouldKeepAlive = false;
     const nowMs = c.now();
     // Overload is not failure: a 503 with Retry-After (RFC 9110 §15.6.4: "temporary
     // overload"; trackRequests() answers so when its queue is full), or a 503/429 while the

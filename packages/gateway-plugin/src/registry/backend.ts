@@ -5,12 +5,12 @@
  * registry, the outlier detector and the health checker; the registry turns
  * them into an eligible set (registry.ts).
  */
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
+import type { Agent as HttpAgent } from 'node:http';
 import type { BackendState as AgentState, MetricsReport } from '@loadwise/protocol';
 import type { LoadEstimate } from '../load';
 import { backendTlsOptions, type BackendTls, type BackendTlsConnectOptions } from './backend-tls';
 import type { Endpoint } from '../strategies/types';
+import { createPoolAgent, type StrayBytesHandler } from './pool-agent';
 
 /** What a backend is, for routing: derived from the flags below. */
 export type BackendCondition = 'up' | 'down' | 'ejected' | 'draining';
@@ -88,6 +88,7 @@ export class Backend {
     readonly origin: 'config' | 'discovery',
     agentOptions: AgentOptions,
     tls: BackendTls,
+    onStrayBytes: StrayBytesHandler = () => {},
   ) {
     this.target = url;
     this.endpoint = { id, weight, load };
@@ -102,8 +103,9 @@ export class Backend {
     this.tls = url.protocol === 'https:' ? backendTlsOptions(url, tls) : undefined;
     // The TLS options are the agent's own: Node's Agent lays them over each request's,
     // so neither a client's Host header nor http-proxy's per-request
-    // rejectUnauthorized can change what a connection verifies.
-    this.agent = this.tls ? new HttpsAgent({ ...opts, ...this.tls }) : new HttpAgent(opts);
+    // rejectUnauthorized can change what a connection verifies. Its idle
+    // connections are guarded: one the backend writes to is closed (pool-agent.ts).
+    this.agent = createPoolAgent(opts, this.tls, onStrayBytes);
   }
 
   /** Administrative exclusion by the agent: never overridden by panic mode. */
