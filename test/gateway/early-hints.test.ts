@@ -95,6 +95,18 @@ describe('103 Early Hints', () => {
     expect([r.responses[0]?.status, r.responses[0]?.body]).toEqual([200, 'ok']);
   });
 
+  it('relays two hints a request at most: a backend sending them without end costs nothing', async () => {
+    const hint = 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload; as=style\r\n\r\n';
+    const gw = await gateway(
+      (await rawBackend(hint.repeat(500) + 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok')).url,
+    );
+    const r = await rawExchange(gw.port, 'GET /page HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(r.interim).toEqual([103, 103]);
+    expect([r.responses[0]?.status, r.responses[0]?.body]).toEqual([200, 'ok']);
+  });
+
   it('is not sent to an HTTP/1.0 client', async () => {
     const gw = await gateway((await hintingBackend()).url);
     const r = await rawExchange(gw.port, 'GET /page HTTP/1.0\r\nHost: a\r\n\r\n');
