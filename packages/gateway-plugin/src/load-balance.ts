@@ -20,7 +20,7 @@ import type { BalancerHandle } from './handle';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
 import type { LoadBalanceOptions } from './options';
 import { resolveOptions } from './options-validate';
-import { takeUpgrade } from './upgrade-routing';
+import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
 import { WarmUp } from './warm-up';
 
 export interface LoadBalancerMiddleware {
@@ -73,8 +73,13 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
 
   const middleware = ((req: IncomingMessage, res: ServerResponse) => {
     // An upgrade routed through the app (routeUpgrades) that reached this balancer.
-    const upgrade = takeUpgrade(req);
-    if (upgrade) return balancer.flow.upgrades.upgrade(req, upgrade.socket, upgrade.head);
+    if (isRoutedUpgrade(req)) {
+      if (balancer.flow.upgrades.servedAsRequest(req)) releaseUpgrade(req);
+      else {
+        const upgrade = takeUpgrade(req)!;
+        return balancer.flow.upgrades.upgrade(req, upgrade.socket, upgrade.head);
+      }
+    }
     if (status || metrics || dashboard) {
       const p = pathOf(req.url);
       if (status && p === options.statusPath) return status(req, res);

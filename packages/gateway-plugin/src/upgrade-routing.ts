@@ -83,3 +83,17 @@ export function takeUpgrade(req: IncomingMessage): { socket: Socket; head: Buffe
   p.res.detachSocket(p.socket);
   return { socket: p.socket, head: p.head };
 }
+
+/** Whether `req` is an upgrade routeUpgrades is passing through the app. */
+export function isRoutedUpgrade(req: IncomingMessage): boolean {
+  return pending.has(req);
+}
+
+/**
+ * Called by a balancer that serves the upgrade request as an ordinary one
+ * (it is not a WebSocket's): the response stays bound to the socket, with
+ * what the app's middleware set on it, and the socket closes after it.
+ */
+export function releaseUpgrade(req: IncomingMessage): void {
+  pending.delete(req);
+}

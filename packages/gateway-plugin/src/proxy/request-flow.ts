@@ -293,7 +293,11 @@ export class RequestFlow {
       const flow = flows.get(this.req);
       if (flow !== undefined) finish(flow);
     };
-    this.upgrades = new UpgradeFlow(core, () => this.wakeIdleWaiters());
+    this.upgrades = new UpgradeFlow(
+      core,
+      () => this.wakeIdleWaiters(),
+      (req, res) => this.handle(req, res),
+    );
     const max = core.options.maxInFlightPerClient;
     this.clients = max === undefined ? undefined : new ClientLimit(max);
     this.log = new RateLimitedLog(core.options.logger, core.now);

@@ -26,12 +26,7 @@
  * address (429 LW_GW_CLIENT_LIMIT) and maxOpen in all (503
  * LW_GW_OVERLOADED), each counted from the moment the upgrade is taken.
  */
-import {
-  STATUS_CODES,
-  type ClientRequest,
-  type IncomingMessage,
-  type ServerResponse,
-} from 'node:http';
+import { STATUS_CODES, ServerResponse, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import type { Backend } from '../registry/backend';
@@ -60,6 +55,8 @@ export class UpgradeFlow {
     private readonly core: FlowHost,
     /** An open WebSocket closed (the shutdown's wait for idle looks again). */
     private readonly onClosed: () => void = () => {},
+    /** Serves an upgrade request that is not a WebSocket's as an ordinary request. */
+    private readonly serve?: (req: IncomingMessage, res: ServerResponse) => void,
   ) {
     const max = core.options.webSockets.maxPerClient;
     this.perClient = max === undefined ? undefined : new ClientLimit(max);
@@ -70,6 +67,41 @@ export class UpgradeFlow {
     return this.open.size;
   }
 
+  /**
+   * An upgrade to anything but a WebSocket (`Upgrade: h2c`, which Java's
+   * HttpClient and `curl --http2` send on plain-http URLs, or an Upgrade on a
+   * POST): http-proxy would close the socket without a word. A server may
+   * ignore Upgrade (RFC 9110 §7.8), so it is served as the ordinary request it
+   * also is, on a response bound to its socket, which closes after it (what
+   * followed the head on the socket is not read). One with a body cannot be:
+   * Node handed its bytes over raw; 400 `LW_GW_BAD_REQUEST`, counted, logged.
+   */
+  private ignoreUpgrade(req: IncomingMessage, socket: Socket): void {
+    if (!this.serve || !this.servedAsRequest(req)) {
+      const code = 'LW_GW_BAD_REQUEST';
+      const detail = `an upgrade to ${JSON.stringify(String(req.headers.upgrade).slice(0, 64))} on a ${String(req.method).slice(0, 16)} with a body: only WebSocket upgrades (GET) are proxied`;
+      this.core.metrics.onRequestRejected(code);
+      this.core.logLine(`upgrade-refused:${code}`, `upgrade refused (${code}): ${detail}`, {
+        event: 'request-refused',
+        code,
+      });
+      return refuse(socket, 400, code);
+    }
+    socket.on('error', () => socket.destroy());
+    const res = new ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket);
+    res.once('finish', () => socket.destroySoon());
+    this.serve(req, res);
+  }
+
+  /** An upgrade request that is not a WebSocket's and has no body: served as a request. */
+  servedAsRequest(req: IncomingMessage): boolean {
+    if (isWebSocketUpgrade(req)) return false;
+    const framing = checkFraming(req);
+    return framing.ok && framing.framing === 'none';
+  }
+
   targetOf(req: IncomingMessage): string | undefined {
     return this.upgrades.get(req)?.target.href;
   }
@@ -78,6 +110,7 @@ export class UpgradeFlow {
     // Closed before this ran (routeUpgrades runs the app's middleware first, an async one
     // included): its 'close' has fired, so nothing would give back what is taken below.
     if (socket.destroyed) return;
+    if (!isWebSocketUpgrade(req)) return this.ignoreUpgrade(req, socket);
     const c = this.core;
     if (c.closed) return refuse(socket, 503, 'LW_GW_CLOSED');
     if (c.draining) return refuse(socket, 503, 'LW_GW_DRAINING');
@@ -296,6 +329,21 @@ const CONNECTION_HEADERS = [
   'proxy-connection',
   'trailer',
 ];
+
+/**
+ * A WebSocket opening handshake (RFC 6455 §4.1: a GET whose Upgrade names
+ * `websocket`). http-proxy proxies only an Upgrade of exactly `websocket`, so
+ * a list naming it (`websocket, foo`) becomes that.
+ */
+function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  if (req.method !== 'GET') return false;
+  const upgrade = req.headers.upgrade;
+  if (upgrade === undefined) return false;
+  if (upgrade.toLowerCase() === 'websocket') return true;
+  if (!upgrade.split(',').some((t) => t.trim().toLowerCase() === 'websocket')) return false;
+  req.headers.upgrade = 'websocket';
+  return true;
+}
 
 /** A coded answer on the raw socket of an upgrade, which then closes. */
 function refuse(
