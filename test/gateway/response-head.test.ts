@@ -124,6 +124,24 @@ describe.each([
     expect(named(headLines(ex.raw).lines, 'connection')).toEqual(['keep-alive']);
   });
 
+  it('tells an HTTP/1.0 keep-alive client the truth: close when the body ends with the connection, never its own tokens', async () => {
+    // The answer has no Content-Length: the body can only end with the connection.
+    const unframed = await rawExchange(
+      gw.port,
+      'GET /stream HTTP/1.0\r\nConnection: keep-alive, Content-Length\r\n\r\n',
+    );
+    expect(named(headLines(unframed.raw).lines, 'connection')).toEqual(['close']);
+    expect(unframed.closed).toBe(true);
+    expect(unframed.raw.endsWith('part 1, part 2')).toBe(true);
+    // A framed answer keeps the connection, and says plain keep-alive.
+    const framed = await rawExchange(
+      gw.port,
+      'GET /plain HTTP/1.0\r\nConnection: keep-alive, Content-Length\r\n\r\n',
+      { responses: 1 },
+    );
+    expect(named(headLines(framed.raw).lines, 'connection')).toEqual(['keep-alive']);
+  });
+
   it('answers a HEAD and a 204 without a body, and the connection carries on', async () => {
     const ex = await rawExchange(gw.port, 'HEAD /plain HTTP/1.1\r\nHost: x\r\n\r\n', {
       responses: 2,

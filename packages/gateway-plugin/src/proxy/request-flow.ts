@@ -78,8 +78,6 @@ interface Flow {
   framing: BodyFraming;
   /** The per-client bound's key this request holds a slot under. */
   client: string | undefined;
-  /** The client's own Connection header (stripped before proxying). */
-  clientConnection: string | undefined;
   tried: Set<Endpoint> | undefined;
   retries: number;
   hashKey: string | undefined;
@@ -190,7 +188,6 @@ function newFlow(
   res: ServerResponse,
   framing: BodyFraming,
   client: string | undefined,
-  clientConnection: string | undefined,
   body: BodyPlan,
 ): Flow {
   return {
@@ -207,7 +204,6 @@ function newFlow(
     bodyTimer: undefined,
     framing,
     client,
-    clientConnection,
     tried: undefined,
     retries: 0,
     hashKey: undefined,
@@ -236,7 +232,6 @@ const FINISHED: Flow = Object.freeze<Flow>({
     undefined as unknown as IncomingMessage,
     undefined as unknown as ServerResponse,
     'none',
-    undefined,
     undefined,
     { kind: 'stream' },
   ),
@@ -385,7 +380,7 @@ export class RequestFlow {
         return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
       }
     }
-    const flow = newFlow(req, res, framing.framing, client, req.headers.connection, body);
+    const flow = newFlow(req, res, framing.framing, client, body);
     this.flows.set(req, flow);
     this.active++;
     c.budget?.onRequest();
@@ -761,12 +756,6 @@ export class RequestFlow {
       // Ends `res`: http-proxy then neither copies this response's head nor pipes its body.
       return this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
     }
-    // http-proxy answers an HTTP/1.0 client with the Connection of its
-    // request, else `close` (web-outgoing.js setConnection): give it back the
-    // header stripHopByHop took, or `ab -k` and other 1.0 keep-alive clients
-    // reconnect for every request. The request is on the wire by now.
-    if (req.httpVersion === '1.0' && flow.clientConnection !== undefined)
-      req.headers.connection = flow.clientConnection;
     // http-proxy forwards the body, never trailer fields; and a Trailer
     // header on a response that is not chunked makes writeHead throw
     // ERR_HTTP_TRAILER_INVALID, which also killed the process.

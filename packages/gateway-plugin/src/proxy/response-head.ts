@@ -122,9 +122,20 @@ export function writeResponseHead(
   const status = proxyRes.statusCode!;
   const http10 = req.httpVersion === '1.0';
   const named = namedByConnection(h.connection);
-  const connection = close
-    ? 'close'
-    : (req.headers.connection ?? (http10 ? 'close' : 'keep-alive'));
+  // An HTTP/1.0 client that asked for keep-alive (Node read its Connection into
+  // shouldKeepAlive, so `close` is false) keeps its connection only when the answer's end
+  // is known without chunking, which 1.0 lacks: a Content-Length, or no body at all.
+  // Otherwise the body ends with the connection, and the head says so. The client's own
+  // Connection value is never echoed (it named whatever the client put there).
+  const keep =
+    !close &&
+    (!http10 ||
+      h['content-length'] !== undefined ||
+      req.method === 'HEAD' ||
+      status === 204 ||
+      status === 304);
+  if (!keep) res.shouldKeepAlive = false;
+  const connection = keep ? 'keep-alive' : 'close';
   const merge = res.getHeaderNames().length !== 0;
   const flat: string[] = [];
   for (const name in h) {
