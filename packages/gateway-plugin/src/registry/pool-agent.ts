@@ -17,7 +17,11 @@
  * the next request, which that request's parser reads (docs/gateway.md,
  * "Answers and connections").
  */
-import { Agent as HttpAgent, type AgentOptions as HttpAgentOptions } from 'node:http';
+import {
+  Agent as HttpAgent,
+  type AgentOptions as HttpAgentOptions,
+  type ClientRequest,
+} from 'node:http';
 import { Agent as HttpsAgent, type AgentOptions as HttpsAgentOptions } from 'node:https';
 import type { Socket } from 'node:net';
 
@@ -54,53 +58,25 @@ function unpool(socket: GuardedSocket): void {
   if (guard !== undefined) socket.removeListener('data', guard);
 }
 
-class GuardedHttpAgent extends HttpAgent {
-  constructor(
-    options: HttpAgentOptions,
-    private readonly onStray: StrayBytesHandler,
-  ) {
-    super(options);
-  }
-  override keepSocketAlive(socket: Socket): boolean {
-    const kept = (HttpAgent.prototype.keepSocketAlive as unknown as KeepSocketAlive).call(
-      this,
-      socket,
-    );
-    return pool(socket, kept, this.onStray);
-  }
-  override reuseSocket(socket: Socket, req: Parameters<HttpAgent['reuseSocket']>[1]): void {
-    unpool(socket);
-    super.reuseSocket(socket, req);
-  }
-}
-
-class GuardedHttpsAgent extends HttpsAgent {
-  constructor(
-    options: HttpsAgentOptions,
-    private readonly onStray: StrayBytesHandler,
-  ) {
-    super(options);
-  }
-  override keepSocketAlive(socket: Socket): boolean {
-    const kept = (HttpsAgent.prototype.keepSocketAlive as unknown as KeepSocketAlive).call(
-      this,
-      socket,
-    );
-    return pool(socket, kept, this.onStray);
-  }
-  override reuseSocket(socket: Socket, req: Parameters<HttpsAgent['reuseSocket']>[1]): void {
-    unpool(socket);
-    super.reuseSocket(socket, req);
-  }
-}
-
-/** A keep-alive pool (https when `tls` options are given) whose idle connections are guarded. */
+/**
+ * A keep-alive pool (https when `tls` options are given) whose idle
+ * connections are guarded: Node's own Agent with its two pooling hooks,
+ * `keepSocketAlive` (a connection goes back to the pool) and `reuseSocket`
+ * (a pooled one is taken), wrapped. https.Agent inherits both from http.Agent.
+ */
 export function createPoolAgent(
   options: HttpAgentOptions,
   tls: HttpsAgentOptions | undefined,
   onStray: StrayBytesHandler,
 ): HttpAgent {
-  return tls
-    ? new GuardedHttpsAgent({ ...options, ...tls }, onStray)
-    : new GuardedHttpAgent(options, onStray);
+  const agent = tls ? new HttpsAgent({ ...options, ...tls }) : new HttpAgent(options);
+  const keepSocketAlive = agent.keepSocketAlive as unknown as KeepSocketAlive;
+  const reuseSocket = agent.reuseSocket;
+  agent.keepSocketAlive = (socket: Socket): boolean =>
+    pool(socket, keepSocketAlive.call(agent, socket), onStray);
+  agent.reuseSocket = (socket: Socket, req: ClientRequest): void => {
+    unpool(socket);
+    reuseSocket.call(agent, socket, req);
+  };
+  return agent;
 }
