@@ -208,10 +208,14 @@ describe('a request that made Node throw', () => {
 });
 
 describe('a backend answer Node cannot relay', () => {
-  it('answers 502 for a status below 100 and drops a Trailer header on an unchunked body', async () => {
+  it('answers 502 for a status outside 100-599 and drops a Trailer header on an unchunked body', async () => {
     const answers: Record<string, string> = {
       '/099': 'HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nok',
       '/000': 'HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok',
+      // RFC 9110 §15 defines 100-599; Node's client parses any three digits and its server
+      // writes them back. Relayed, a 600 or 999 reached clients that treat it as anything.
+      '/600': 'HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok',
+      '/999': 'HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok',
       '/trailer': 'HTTP/1.1 200 OK\r\nTrailer: X-T\r\nContent-Length: 2\r\n\r\nok',
     };
     // A raw TCP backend: node:http would refuse to write these heads.
@@ -228,7 +232,7 @@ describe('a backend answer Node cannot relay', () => {
     );
     const get = (path: string): Promise<RawExchange> =>
       rawExchange(gw!.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, { responses: 1 });
-    for (const path of ['/099', '/000']) {
+    for (const path of ['/099', '/000', '/600', '/999']) {
       const r = await get(path);
       expect([path, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
         path,
@@ -242,9 +246,9 @@ describe('a backend answer Node cannot relay', () => {
     );
     // Those were the backend's failures: counted against it.
     expect(await gw.lb.balancer.metricsRegistry.metrics()).toMatch(
-      /^loadwise_backend_errors_total\{backend="b",kind="5xx"\} 2$/m,
+      /^loadwise_backend_errors_total\{backend="b",kind="5xx"\} 4$/m,
     );
-    expect(await gw.metric('backend_errors_total')).toBe(2);
+    expect(await gw.metric('backend_errors_total')).toBe(4);
     await rawBackend.close();
   });
 });

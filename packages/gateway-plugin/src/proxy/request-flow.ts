@@ -743,10 +743,12 @@ export class RequestFlow {
     const hook = c.options.on.proxyRes;
     if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
     const status = proxyRes.statusCode ?? 502;
-    if (status < 100 || status > 999) {
-      // llhttp reads any three digits; ServerResponse.writeHead throws on a
+    if (status < 100 || status > 599) {
+      // llhttp reads any three digits. ServerResponse.writeHead throws on a
       // status below 100 while http-proxy pipes the body, outside any handler
-      // (it killed the process). A server error in all but number.
+      // (it killed the process); one of 600-999 it writes back, though RFC 9110
+      // §15 defines none and clients read it as they please. A server error in
+      // all but number.
       c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
       c.metrics.onError(backend.id, '5xx');
       c.outlier.onFailure(backend);
