@@ -10,6 +10,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
+import { createServer as createNetServer, type Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { TLSSocket } from 'node:tls';
@@ -208,6 +209,44 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
     for (const host of HOSTS)
       expect((await send(`${gw.url}/`, { headers: { host } })).status).toBe(200);
     expect(b.handshakes).toHaveLength(2);
+  });
+
+  it('counts a TLS handshake that stalls as a connect timeout, retried on another backend', async () => {
+    // Accepts the TCP connection and never answers the ClientHello: a hung TLS terminator.
+    const held: Socket[] = [];
+    const mute = createNetServer((s) => {
+      held.push(s);
+      s.on('error', () => {});
+    });
+    const stalled = await listen(mute as unknown as Server);
+    try {
+      const b = await backend('ip');
+      gw = await startLocalGateway({
+        backends: [
+          { id: 'stalled', url: `https://127.0.0.1:${stalled.port}` },
+          { id: 'b', url: b.url },
+        ],
+        backendTls: { ca },
+        strategy: 'round-robin',
+        connectTimeoutMs: 200,
+        requestTimeoutMs: 20_000,
+        outlier: { consecutiveFailures: 100 },
+      });
+      // Before: the connect timer stopped at the TCP connect, and the request waited
+      // requestTimeoutMs for a 504 that was never retried.
+      for (const p of ['/a', '/b']) {
+        const r = await send(`${gw.url}${p}`);
+        expect([p, r.status, r.headers['x-loadwise-error']]).toEqual([p, 200, undefined]);
+      }
+      expect(gw.backend('stalled')).toMatchObject({ inFlight: 0 });
+      expect(gw.backend('stalled').failuresTotal).toBeGreaterThanOrEqual(1);
+      expect(await gw.lb.balancer.metricsRegistry.metrics()).toMatch(
+        /^loadwise_retries_total\{backend="stalled"\} [1-9]/m,
+      );
+    } finally {
+      for (const s of held) s.destroy();
+      await stalled.close();
+    }
   });
 
   describe('options', () => {

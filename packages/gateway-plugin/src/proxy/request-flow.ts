@@ -27,6 +27,7 @@ import type {
   ServerResponse,
 } from 'node:http';
 import type { Server, Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { drainClosesConnections } from '../cluster/listener-drain';
 import type { GatewayErrorCode } from '../errors';
@@ -723,13 +724,18 @@ export class RequestFlow {
     const socket = proxyReq.socket;
     if (socket?.connecting) {
       // Connect timeout, separate from the request timeout: a dead host (SYN
-      // unanswered) is a connection failure, retryable on another backend.
+      // unanswered) is a connection failure, retryable on another backend. To
+      // an https backend the connection is made once its TLS handshake is: a
+      // TLS terminator that accepts and never answers the ClientHello used to
+      // wait out requestTimeoutMs for a 504 that no retry followed.
       const timer = setTimeout(
         () => this.timeout(flow, CONNECT_TIMEOUT_CODE),
         this.core.options.connectTimeoutMs,
       );
       flow.connectTimer = timer;
-      socket.once('connect', () => clearTimeout(timer));
+      socket.once(socket instanceof TLSSocket ? 'secureConnect' : 'connect', () =>
+        clearTimeout(timer),
+      );
     }
   }
 
