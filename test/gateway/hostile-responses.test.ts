@@ -166,6 +166,48 @@ describe('hostile backend responses', () => {
     expect(gw.snapshot().inFlight).toBe(0);
   });
 
+  it('a pipelined answer waiting behind a long streaming one is not cut as a stalled client', async () => {
+    const big = Buffer.alloc(256 << 10, 121);
+    const timers = new Set<NodeJS.Timeout>();
+    backend = await rawBackend((path, socket) => {
+      if (path === '/big') {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`);
+        socket.write(big);
+        return;
+      }
+      // A chunk every 100 ms for 1.2 s: never silent for requestTimeoutMs.
+      socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n');
+      let left = 12;
+      const t = setInterval(() => {
+        socket.write('2\r\nok\r\n');
+        if (--left > 0) return;
+        clearInterval(t);
+        timers.delete(t);
+        socket.write('0\r\n\r\n');
+      }, 100);
+      timers.add(t);
+    });
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      requestTimeoutMs: 400,
+    });
+    // The second answer can only be written once the first has ended: its backend's answer
+    // pauses for 1.2 s (more than requestTimeoutMs) with the client reading all along. It was
+    // cut as "client stopped reading", and the client got half an answer.
+    const r = await rawExchange(
+      gw.port,
+      'GET /stream HTTP/1.1\r\nHost: a\r\n\r\nGET /big HTTP/1.1\r\nHost: a\r\n\r\n',
+      { responses: 2 },
+    );
+    for (const t of timers) clearInterval(t);
+    expect(r.responses.map((x) => [x.status, x.body.length])).toEqual([
+      [200, 24],
+      [200, big.length],
+    ]);
+    expect(gw.backend('b').failuresTotal).toBe(0);
+    expect(gw.snapshot().inFlight).toBe(0);
+  });
+
   it('a control byte in the reason phrase: the answer goes out with the standard one', async () => {
     backend = await rawBackend((_path, socket) =>
       socket.write('HTTP/1.1 200 O\x7fK\r\nContent-Length: 2\r\n\r\nok'),
