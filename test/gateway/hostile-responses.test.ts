@@ -254,6 +254,65 @@ describe('hostile backend responses', () => {
     expect(gw.backend('b').failuresTotal).toBe(0);
   });
 
+  it('an extra answer on a busy connection: the shift it causes ends after maxRequestsPerConnection', async () => {
+    // Each answer 200 ms after its request; after the first, 100 ms later, an answer nobody
+    // asked for. It lands on the next request, already in flight, and every later request
+    // on that connection reads the answer of the one before: HTTP/1.1 cannot tell.
+    const timers = new Set<NodeJS.Timeout>();
+    const later = (ms: number, f: () => void): void => {
+      const t = setTimeout(() => {
+        timers.delete(t);
+        f();
+      }, ms);
+      timers.add(t);
+    };
+    const answer = (body: string): string =>
+      `HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+    backend = await rawBackend((path, socket) =>
+      later(200, () => {
+        socket.write(answer(path));
+        if (path === '/1') later(100, () => socket.write(answer('stray')));
+      }),
+    );
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      agent: { maxRequestsPerConnection: 5 },
+    });
+    const bodies: string[] = [];
+    for (let i = 1; i <= 10; i++) {
+      const r = await rawExchange(gw.port, `GET /${i} HTTP/1.1\r\nHost: a\r\n\r\n`, {
+        responses: 1,
+      });
+      bodies.push(r.responses[0]?.body ?? '');
+    }
+    for (const t of timers) clearTimeout(t);
+    // The connection carried 5 answers, then closed; the 6th request on has a new one.
+    expect(bodies).toEqual(['/1', 'stray', '/2', '/3', '/4', '/6', '/7', '/8', '/9', '/10']);
+  });
+
+  it('stray bytes on one idle connection retire every connection of that backend', async () => {
+    backend = await rawBackend((path, socket) => {
+      if (path !== '/a') {
+        setTimeout(() => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'), 50);
+        return;
+      }
+      socket.write('HTTP/1.1 204 No Content\r\n\r\n');
+      setTimeout(() => socket.write('HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx'), 30);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const get = (path: string) =>
+      rawExchange(gw!.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, { responses: 1 });
+    // Three at once: three pooled connections.
+    await Promise.all([get('/x'), get('/y'), get('/z')]);
+    const b = backend;
+    expect(await b.open()).toBe(3);
+    expect((await get('/a')).responses[0]).toMatchObject({ status: 204 });
+    // The two connections that showed nothing may be out of step as well: closed too.
+    await eventually(async () => (await b.open()) === 0, 5_000, 'every connection closed');
+    expect((await get('/x')).responses[0]).toMatchObject({ status: 200, body: 'ok' });
+    expect(gw.backend('b').failuresTotal).toBe(0);
+  });
+
   it('a 204 that frames a body: its connection is not pooled', async () => {
     backend = await rawBackend((_path, socket) =>
       socket.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n'),

@@ -367,7 +367,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       (bytes) =>
         this.logLine(
           `upstream:${id}:idle-bytes`,
-          `${id} (${url.href}) sent ${bytes} bytes on an idle pooled connection (the tail of an answer it had framed shorter); that connection is closed`,
+          `${id} (${url.href}) sent ${bytes} bytes on an idle pooled connection (the tail of an answer it had framed shorter, or one nobody asked for); its connections are retired`,
           { event: 'upstream-bytes-while-idle', backend: id, bytes },
         ),
     );

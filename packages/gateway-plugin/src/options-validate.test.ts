@@ -245,6 +245,16 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, load: { cohort: { join: () => ({}) } } },
     'LW_GW_INVALID_OPTION',
   ],
+  [
+    'zero answers per backend connection',
+    { ...base, agent: { maxRequestsPerConnection: 0 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'a fractional answers-per-connection bound',
+    { ...base, agent: { maxRequestsPerConnection: 1.5 } },
+    'LW_GW_INVALID_OPTION',
+  ],
   // Past 2^31 - 1 ms Node fires a timer after 1 ms: 3e9 meant "practically never" and made
   // 700 health checks a second, or answered every queued request 503 at once.
   ...(

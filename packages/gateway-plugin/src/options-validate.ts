@@ -426,6 +426,7 @@ const entries = {
       maxFreeSockets: v.optional(int(0, 1e6)),
       keepAliveMsecs: v.optional(ms(1), DEFAULTS.agent.keepAliveMsecs),
       idleTimeoutMs: v.optional(ms(1), DEFAULTS.agent.idleTimeoutMs),
+      maxRequestsPerConnection: v.optional(int(1), DEFAULTS.agent.maxRequestsPerConnection),
     }),
     {},
   ),

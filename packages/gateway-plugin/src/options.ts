@@ -358,6 +358,12 @@ export interface LoadBalanceOptions {
     keepAliveMsecs?: number;
     /** Idle pooled sockets close after this (default 15 000), sooner if the backend hints less. */
     idleTimeoutMs?: number;
+    /**
+     * Answers one backend connection carries before it is closed (default
+     * 1000, as nginx's `keepalive_requests`): bounds how long a connection
+     * the backend put out of step unnoticed can serve wrong answers.
+     */
+    maxRequestsPerConnection?: number;
   };
   /** TLS to https backends: a private CA, mutual TLS, the verified name. */
   backendTls?: BackendTlsOptions;
@@ -447,7 +453,12 @@ export const DEFAULTS = {
   changeOrigin: false,
   trustForwarded: false,
   forwardMountPath: false,
-  agent: { maxSockets: DEFAULT_MAX_SOCKETS, keepAliveMsecs: 1_000, idleTimeoutMs: 15_000 },
+  agent: {
+    maxSockets: DEFAULT_MAX_SOCKETS,
+    keepAliveMsecs: 1_000,
+    idleTimeoutMs: 15_000,
+    maxRequestsPerConnection: 1_000,
+  },
   backendTls: { rejectUnauthorized: true },
   retry: {
     maxRetries: 2,

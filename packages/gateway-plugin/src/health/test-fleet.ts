@@ -40,7 +40,13 @@ export function fleet(ids: string[], panicThresholdPercent = 50): Fleet {
       1,
       createEndpointLoad({ now }),
       'config',
-      { maxSockets: 1, maxFreeSockets: 1, keepAliveMsecs: 1000, idleTimeoutMs: 1000 },
+      {
+        maxSockets: 1,
+        maxFreeSockets: 1,
+        keepAliveMsecs: 1000,
+        idleTimeoutMs: 1000,
+        maxRequestsPerConnection: 1000,
+      },
       { rejectUnauthorized: true },
     );
     registry.add(b, false);

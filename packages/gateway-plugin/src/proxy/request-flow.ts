@@ -47,6 +47,7 @@ import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './
 import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
+import { retirePool } from '../registry/pool-agent';
 import {
   CLIENT_STALLED_CODE,
   CONNECT_TIMEOUT_CODE,
@@ -894,11 +895,13 @@ export class RequestFlow {
       // followed it (a body Node skips for them, or garbage): the parser fails
       // on those, not on the answer, which goes on to the client in full, as
       // nginx relays it. Node discards the backend's socket; the attempt ends
-      // with the answer. Logged, not held against the backend.
+      // with the answer. Logged, not held against the backend. Its other
+      // connections may be out of step as well, unseen: retired (pool-agent.ts).
       const errno = (err as { code?: string }).code ?? err.message;
+      retirePool(backend.agent);
       c.logLine(
         `upstream:${backend.id}:after-answer`,
-        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${flow.req.url}: ${errno}; answer relayed, its connection closed`,
+        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${flow.req.url}: ${errno}; answer relayed, its connections retired`,
         { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
       );
       return;
@@ -907,6 +910,9 @@ export class RequestFlow {
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
     c.outlier.onFailure(backend);
+    // An answer Node could not parse may be the middle of one that belongs to another
+    // request: that backend's connections are retired, as for stray bytes (pool-agent.ts).
+    if (isBadAnswer(err)) retirePool(backend.agent);
     const res2 = flow.res;
     const errno = (err as { code?: string }).code ?? err.message;
     const attempt = `attempt ${flow.retries + 1} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;

@@ -20,6 +20,7 @@ export interface AgentOptions {
   maxFreeSockets: number;
   keepAliveMsecs: number;
   idleTimeoutMs: number;
+  maxRequestsPerConnection: number;
 }
 
 export class Backend {
@@ -98,14 +99,15 @@ export class Backend {
     // honour a backend's `Keep-Alive: timeout=N` hint (closing a second before
     // the server would, instead of racing its close with a new request:
     // Agent.prototype.keepSocketAlive). It never fires on a socket in use.
-    const { idleTimeoutMs, ...pool } = agentOptions;
+    const { idleTimeoutMs, maxRequestsPerConnection, ...pool } = agentOptions;
     const opts = { keepAlive: true, scheduling: 'lifo' as const, timeout: idleTimeoutMs, ...pool };
     this.tls = url.protocol === 'https:' ? backendTlsOptions(url, tls) : undefined;
     // The TLS options are the agent's own: Node's Agent lays them over each request's,
     // so neither a client's Host header nor http-proxy's per-request
     // rejectUnauthorized can change what a connection verifies. Its idle
-    // connections are guarded: one the backend writes to is closed (pool-agent.ts).
-    this.agent = createPoolAgent(opts, this.tls, onStrayBytes);
+    // connections are guarded: one the backend writes to is closed, and each carries
+    // maxRequestsPerConnection answers at most (pool-agent.ts).
+    this.agent = createPoolAgent(opts, this.tls, maxRequestsPerConnection, onStrayBytes);
   }
 
   /** Administrative exclusion by the agent: never overridden by panic mode. */

@@ -1,21 +1,30 @@
 /**
- * A backend's keep-alive pool that closes a pooled connection the backend
- * writes to while no request is on it, as nginx's upstream keepalive does
- * (its idle connections' read handler closes them on any byte or EOF).
+ * A backend's keep-alive pool that keeps its connections in step with the
+ * backend's answers as far as HTTP/1.1 lets a client tell (docs/gateway.md,
+ * "Headers"):
  *
- * Such bytes are the tail of an answer that was complete at its head (a body
- * after a `HEAD`, `204` or `304`, sent in a later write) or surplus after a
- * `Content-Length` or the last chunk: the backend and the gateway no longer
- * agree where its answers start. Node drops bytes that arrive on an idle
- * pooled socket without a word, and the connection is handed to the next
- * request still out of step; a byte already buffered when the answer ends
- * would be read as the next answer's first. The pool now refuses such a
- * connection and says so (`onStray`). The connection left in step is
- * untouched: one listener added when it is pooled, removed when reused.
+ * - A pooled connection the backend writes to while no request is on it is
+ *   closed, as nginx's upstream keepalive does (its idle connections' read
+ *   handler closes them on any byte or EOF). Such bytes are the tail of an
+ *   answer that was complete at its head (a body after a `HEAD`, `204` or
+ *   `304`, sent in a later write), surplus after a `Content-Length` or the
+ *   last chunk, or an answer nobody asked for: the backend and the gateway no
+ *   longer agree where its answers start. Node drops bytes that arrive on an
+ *   idle pooled socket without a word, and handed the connection to the next
+ *   request still out of step; a byte already buffered when the answer ends
+ *   would be read as the next answer's first.
+ * - That is proof the backend writes what nobody asked for, and a connection
+ *   busy at the time cannot show it: an extra answer landing on a request in
+ *   flight is read as that request's answer, and the connection stays one
+ *   answer behind, each request given the one before's, for as long as it
+ *   never idles. So the whole pool is retired (`retirePool`): idle
+ *   connections closed, busy ones closed after their current answer.
+ * - A connection carries `maxRequests` answers at most (nginx's
+ *   `keepalive_requests`, 1000 by default there and here), which bounds how
+ *   long an out-of-step connection nobody noticed can serve wrong answers.
  *
- * What no pool can see: bytes that arrive after the connection was handed to
- * the next request, which that request's parser reads (docs/gateway.md,
- * "Answers and connections").
+ * The connection left in step is untouched but for a count: one listener
+ * added when it is pooled, removed when it is reused.
  */
 import {
   Agent as HttpAgent,
@@ -29,53 +38,76 @@ import type { Socket } from 'node:net';
 export type StrayBytesHandler = (bytes: number) => void;
 
 const GUARD = Symbol('loadwise.idleGuard');
-type GuardedSocket = Socket & { [GUARD]?: (chunk: Buffer) => void };
+/** Answers the connection has carried to their end. */
+const ANSWERS = Symbol('loadwise.answers');
+/** The pool was retired while the connection was busy: it is not pooled again. */
+const RETIRED = Symbol('loadwise.retired');
+type GuardedSocket = Socket & {
+  [GUARD]?: (chunk: Buffer) => void;
+  [ANSWERS]?: number;
+  [RETIRED]?: true;
+};
 
 /** Agent.prototype.keepSocketAlive returns whether to pool; Node's types say void. */
 type KeepSocketAlive = (socket: Socket) => boolean;
 
-function pool(socket: GuardedSocket, kept: boolean, onStray: StrayBytesHandler): boolean {
-  if (!kept) return false;
-  if (socket.readableLength > 0) {
-    // Already read and waiting: pooled, it would be the next answer's start.
-    onStray(socket.readableLength);
-    return false; // the Agent destroys it
-  }
-  let guard = socket[GUARD];
-  if (guard === undefined) {
-    guard = (chunk: Buffer): void => {
-      onStray(chunk.length);
-      socket.destroy();
-    };
-    socket[GUARD] = guard;
-  }
-  socket.on('data', guard);
-  return true;
-}
+/** Node's Agent bookkeeping: sockets per origin, in use and idle (public, untyped in @types/node). */
+type SocketLists = Record<string, GuardedSocket[] | undefined>;
 
-function unpool(socket: GuardedSocket): void {
-  const guard = socket[GUARD];
-  if (guard !== undefined) socket.removeListener('data', guard);
+/**
+ * Retires every connection of a backend's pool: the idle ones close now,
+ * the ones carrying a request close after its answer. New requests open new
+ * connections. For an agent of createPoolAgent's; a no-op for another.
+ */
+export function retirePool(agent: HttpAgent): void {
+  for (const list of Object.values(agent.freeSockets as SocketLists))
+    for (const socket of list ?? []) socket.destroy();
+  for (const list of Object.values(agent.sockets as SocketLists))
+    for (const socket of list ?? []) socket[RETIRED] = true;
 }
 
 /**
- * A keep-alive pool (https when `tls` options are given) whose idle
- * connections are guarded: Node's own Agent with its two pooling hooks,
+ * A keep-alive pool (https when `tls` options are given) whose connections
+ * are guarded as above: Node's own Agent with its two pooling hooks,
  * `keepSocketAlive` (a connection goes back to the pool) and `reuseSocket`
  * (a pooled one is taken), wrapped. https.Agent inherits both from http.Agent.
  */
 export function createPoolAgent(
   options: HttpAgentOptions,
   tls: HttpsAgentOptions | undefined,
+  maxRequests: number,
   onStray: StrayBytesHandler,
 ): HttpAgent {
   const agent = tls ? new HttpsAgent({ ...options, ...tls }) : new HttpAgent(options);
   const keepSocketAlive = agent.keepSocketAlive as unknown as KeepSocketAlive;
   const reuseSocket = agent.reuseSocket;
-  agent.keepSocketAlive = (socket: Socket): boolean =>
-    pool(socket, keepSocketAlive.call(agent, socket), onStray);
-  agent.reuseSocket = (socket: Socket, req: ClientRequest): void => {
-    unpool(socket);
+  const stray = (socket: GuardedSocket, bytes: number): void => {
+    onStray(bytes);
+    socket.destroy();
+    retirePool(agent);
+  };
+  const pool = (socket: GuardedSocket): boolean => {
+    const answers = (socket[ANSWERS] ?? 0) + 1;
+    socket[ANSWERS] = answers;
+    if (answers >= maxRequests || socket[RETIRED] === true) return false; // the Agent destroys it
+    if (!keepSocketAlive.call(agent, socket)) return false;
+    if (socket.readableLength > 0) {
+      // Already read and waiting: pooled, it would be the next answer's start.
+      stray(socket, socket.readableLength);
+      return false;
+    }
+    let guard = socket[GUARD];
+    if (guard === undefined) {
+      guard = (chunk: Buffer): void => stray(socket, chunk.length);
+      socket[GUARD] = guard;
+    }
+    socket.on('data', guard);
+    return true;
+  };
+  agent.keepSocketAlive = pool;
+  agent.reuseSocket = (socket: GuardedSocket, req: ClientRequest): void => {
+    const guard = socket[GUARD];
+    if (guard !== undefined) socket.removeListener('data', guard);
     reuseSocket.call(agent, socket, req);
   };
   return agent;
