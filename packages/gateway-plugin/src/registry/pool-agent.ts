@@ -86,10 +86,14 @@ export function createPoolAgent(
     socket.destroy();
     retirePool(agent);
   };
-  const pool = (socket: GuardedSocket): boolean => {
+  // An answer has ended: before the Agent hands the connection to a request waiting for
+  // one, or pools it (its own 'free' listener, which passes over a destroyed socket).
+  agent.prependListener('free', (socket: GuardedSocket) => {
     const answers = (socket[ANSWERS] ?? 0) + 1;
     socket[ANSWERS] = answers;
-    if (answers >= maxRequests || socket[RETIRED] === true) return false; // the Agent destroys it
+    if (answers >= maxRequests || socket[RETIRED] === true) socket.destroy();
+  });
+  const pool = (socket: GuardedSocket): boolean => {
     if (!keepSocketAlive.call(agent, socket)) return false;
     if (socket.readableLength > 0) {
       // Already read and waiting: pooled, it would be the next answer's start.
