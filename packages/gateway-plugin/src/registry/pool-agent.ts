@@ -55,15 +55,25 @@ type KeepSocketAlive = (socket: Socket) => boolean;
 type SocketLists = Record<string, GuardedSocket[] | undefined>;
 
 /**
+ * Pools are retired once a second at most: a client that makes a backend
+ * misbehave on purpose (a `HEAD` to a backend that sends a body after it,
+ * over and over) would otherwise make the gateway reconnect, and redo its
+ * TLS handshakes, for every request. In between, the connection the
+ * evidence came on is still closed.
+ */
+export const RETIRE_INTERVAL_MS = 1_000;
+
+const RETIRE = Symbol('loadwise.retirePool');
+type PoolAgent = HttpAgent & { [RETIRE]?: () => void };
+
+/**
  * Retires every connection of a backend's pool: the idle ones close now,
  * the ones carrying a request close after its answer. New requests open new
- * connections. For an agent of createPoolAgent's; a no-op for another.
+ * connections. For an agent of createPoolAgent's (no more than once every
+ * RETIRE_INTERVAL_MS); a no-op for another.
  */
 export function retirePool(agent: HttpAgent): void {
-  for (const list of Object.values(agent.freeSockets as SocketLists))
-    for (const socket of list ?? []) socket.destroy();
-  for (const list of Object.values(agent.sockets as SocketLists))
-    for (const socket of list ?? []) socket[RETIRED] = true;
+  (agent as PoolAgent)[RETIRE]?.();
 }
 
 /**
@@ -77,10 +87,21 @@ export function createPoolAgent(
   tls: HttpsAgentOptions | undefined,
   maxRequests: number,
   onStray: StrayBytesHandler,
+  now: () => number = Date.now,
 ): HttpAgent {
-  const agent = tls ? new HttpsAgent({ ...options, ...tls }) : new HttpAgent(options);
+  const agent: PoolAgent = tls ? new HttpsAgent({ ...options, ...tls }) : new HttpAgent(options);
   const keepSocketAlive = agent.keepSocketAlive as unknown as KeepSocketAlive;
   const reuseSocket = agent.reuseSocket;
+  let retiredAtMs = -Infinity;
+  agent[RETIRE] = (): void => {
+    const nowMs = now();
+    if (nowMs - retiredAtMs < RETIRE_INTERVAL_MS) return;
+    retiredAtMs = nowMs;
+    for (const list of Object.values(agent.freeSockets as SocketLists))
+      for (const socket of list ?? []) socket.destroy();
+    for (const list of Object.values(agent.sockets as SocketLists))
+      for (const socket of list ?? []) socket[RETIRED] = true;
+  };
   const stray = (socket: GuardedSocket, bytes: number): void => {
     onStray(bytes);
     socket.destroy();
