@@ -10,21 +10,22 @@
  *   `304`, sent in a later write), surplus after a `Content-Length` or the
  *   last chunk, or an answer nobody asked for: the backend and the gateway no
  *   longer agree where its answers start. Node drops bytes that arrive on an
- *   idle pooled socket without a word, and handed the connection to the next
- *   request still out of step; a byte already buffered when the answer ends
+ *   idle pooled socket without a word, and would hand the connection to the
+ *   next request still out of step; a byte already buffered when the answer ends
  *   would be read as the next answer's first.
  * - That is proof the backend writes what nobody asked for, and a connection
  *   busy at the time cannot show it: an extra answer landing on a request in
  *   flight is read as that request's answer, and the connection stays one
  *   answer behind, each request given the one before's, for as long as it
- *   never idles. So the whole pool is retired (`retirePool`): idle
- *   connections closed, busy ones closed after their current answer.
+ *   never idles. So the whole pool is retired (`retirePool`, once a second
+ *   at most): idle connections closed, busy ones after their current answer.
  * - A connection carries `maxRequests` answers at most (nginx's
  *   `keepalive_requests`, 1000 by default there and here), which bounds how
  *   long an out-of-step connection nobody noticed can serve wrong answers.
  *
- * The connection left in step is untouched but for a count: one listener
- * added when it is pooled, removed when it is reused.
+ * The connection left in step is untouched but for a count of its answers
+ * (on the Agent's 'free') and one listener added when it is pooled, removed
+ * when it is reused.
  */
 import {
   Agent as HttpAgent,
