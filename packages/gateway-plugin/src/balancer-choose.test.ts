@@ -86,4 +86,16 @@ describe('Balancer.choose', () => {
     fill(lb, 'b7', 200);
     expect(lb.choose(T0, undefined, undefined)).toBe('saturated');
   });
+
+  it('with maxExpectedWaitMs below the service time, an idle backend still takes a request', () => {
+    // The neutral estimate (defaultLatencyMs) is above 1 ms: the wait of an idle backend is
+    // its service time. Saturated then, nothing was ever sent, nothing completed to lower
+    // the estimate, and every request got 503 LW_GW_SATURATED after queueTimeoutMs.
+    const lb = make(3, { saturation: { maxExpectedWaitMs: 1, maxInFlightPerBackend: 1000 } });
+    for (const b of lb.registry.eligible) expect(lb.isSaturated(b, T0)).toBe(false);
+    expect(lb.choose(T0, undefined, undefined)).not.toBe('saturated');
+    // With requests of its own in flight, the bound applies.
+    for (let i = 0; i < 3; i++) fill(lb, `b${i}`, 1);
+    expect(lb.choose(T0, undefined, undefined)).toBe('saturated');
+  });
 });

@@ -653,8 +653,14 @@ export class Balancer implements BalancerHandle, FlowHost {
   isSaturated(backend: Backend, nowMs: number): boolean {
     const s = this.options.saturation;
     if (backend.load.inFlight >= s.maxInFlightPerBackend) return true;
+    // Never by expected wait with none of this gateway's requests on it: the wait includes
+    // the service time, so a backend slower than maxExpectedWaitMs was saturated while
+    // idle, and with nothing in flight nothing ever completed to lower the estimate: every
+    // request waited queueTimeoutMs for a 503, for good. One request at a time still goes.
     return (
-      s.maxExpectedWaitMs !== undefined && backend.load.expectedWaitMs(nowMs) > s.maxExpectedWaitMs
+      s.maxExpectedWaitMs !== undefined &&
+      backend.load.inFlight > 0 &&
+      backend.load.expectedWaitMs(nowMs) > s.maxExpectedWaitMs
     );
   }
 
