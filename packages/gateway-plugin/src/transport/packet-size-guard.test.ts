@@ -3,7 +3,7 @@
  * a packet over the limit is disconnected after its header, before the body
  * is read; everyone else keeps publishing and receiving.
  */
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
 import { connect, type MqttClient } from 'mqtt';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
 
@@ -13,6 +13,22 @@ function client(url: string): Promise<MqttClient> {
     c.once('connect', () => resolve(c));
     c.once('error', reject);
   });
+}
+
+/** A raw TCP client that has sent an MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s). */
+async function rawConnect(port: number, clientId: string): Promise<Socket> {
+  const s = netConnect(port, '127.0.0.1');
+  await new Promise((r) => s.once('connect', r));
+  s.on('error', () => undefined); // ECONNRESET when the broker hangs up
+  const id = Buffer.from(clientId);
+  const vh = Buffer.concat([
+    Buffer.from([0, 4]),
+    Buffer.from('MQTT'),
+    Buffer.from([4, 2, 0, 30, 0, id.length]),
+    id,
+  ]);
+  s.write(Buffer.concat([Buffer.from([0x10, vh.length]), vh]));
+  return s;
 }
 
 const end = (c: MqttClient): Promise<void> => new Promise((r) => c.end(true, {}, () => r()));
@@ -53,21 +69,51 @@ describe('embedded broker packet limit', () => {
     await Promise.all([end(other), end(sub), end(big)]);
   });
 
+  it('routes the whole packets a client sent before its oversized one', async () => {
+    const sub = await client(broker.url);
+    const got: string[] = [];
+    sub.on('message', (topic) => got.push(topic));
+    await sub.subscribeAsync('before/#', { qos: 1 });
+
+    // A raw client: CONNECT, wait for the CONNACK, then retained QoS 1
+    // PUBLISHes and the header of an oversized one.
+    const s = await rawConnect(broker.port, 'burst');
+    await new Promise((r) => s.once('data', r)); // the CONNACK
+    s.resume();
+    const closed = new Promise((r) => s.once('close', r));
+    let packetId = 0;
+    const publish = (topic: string): Buffer => {
+      const t = Buffer.from(topic);
+      const id = ++packetId;
+      const body = Buffer.concat([
+        Buffer.from([0, t.length]),
+        t,
+        Buffer.from([id >> 8, id & 0xff]),
+        Buffer.from('x'),
+      ]);
+      return Buffer.concat([Buffer.from([0x33, body.length]), body]);
+    };
+    const topics = Array.from({ length: 40 }, (_, i) => `before/${i}`);
+    // Separate writes: aedes is still handling the first batch when the
+    // next ones arrive, so they wait in the guard's buffer.
+    for (let i = 0; i < topics.length; i += 10) {
+      s.write(Buffer.concat(topics.slice(i, i + 10).map(publish)));
+    }
+    // 0x30, then Remaining Length 2 MiB: 0x80 0x80 0x80 0x01.
+    s.write(Buffer.from([0x30, 0x80, 0x80, 0x80, 0x01]));
+    await closed;
+    const sentinel = await client(broker.url);
+    await sentinel.publishAsync('before/end', 'ok', { qos: 1 });
+    while (!got.includes('before/end')) await new Promise((r) => setTimeout(r, 10));
+    expect(got).toEqual([...topics, 'before/end']);
+    await Promise.all([end(sentinel), end(sub)]);
+  });
+
   it('reads the length field across chunk boundaries', async () => {
     const before = tooLarge.length;
     // A raw CONNECT, then a PUBLISH header whose 3-byte length (2 MiB) arrives one byte at a time.
-    const s = netConnect(broker.port, '127.0.0.1');
-    await new Promise((r) => s.once('connect', r));
-    const id = Buffer.from('raw');
-    const vh = Buffer.concat([
-      Buffer.from([0, 4]),
-      Buffer.from('MQTT'),
-      Buffer.from([4, 2, 0, 30, 0, id.length]),
-      id,
-    ]);
-    s.write(Buffer.concat([Buffer.from([0x10, vh.length]), vh]));
+    const s = await rawConnect(broker.port, 'raw');
     const closed = new Promise((r) => s.once('close', r));
-    s.on('error', () => undefined);
     // Read what the broker sends (its CONNACK), or 'close' waits for the unread data.
     s.resume();
     for (const byte of [0x30, 0x80, 0x80, 0x01]) {

@@ -23,6 +23,9 @@ import type { Socket } from 'node:net';
  */
 export const MAX_UNREAD_BYTES = 4 * 1024 * 1024;
 
+/** How long a tripped connection may stay open for aedes to route what came before. */
+export const TRIPPED_CLOSE_MS = 5_000;
+
 /** Packet size = 1 (type byte) + bytes of the length field + Remaining Length. */
 export class PacketSizeGuard extends Duplex {
   /** 0: expecting a type byte; 1..4: reading the length field; 5: inside a body. */
@@ -61,12 +64,18 @@ export class PacketSizeGuard extends Duplex {
       this.tripped = true;
       this.onTooLarge(this.oversized);
       // The whole packets before the oversized one are passed on, then the
-      // stream ends and the socket is closed: no byte of the oversized body
-      // is read. (aedes closes the client on 'end' and may discard packets of
-      // it still queued: the client that broke the limit loses its last ones.)
+      // stream ends: no byte of the oversized body is read. The socket is not
+      // destroyed here: that would discard what aedes has not read yet (it
+      // reads a batch only once the one before is handled), and a client's
+      // retained reports published just before were lost. aedes reads to the
+      // end, routes every whole packet, and closes the connection on 'end'.
+      this.socket.pause();
       if (this.oversizedAt > 0) this.push(chunk.subarray(0, this.oversizedAt));
       this.push(null);
-      this.socket.destroy();
+      // Should aedes not close it (a client that never connected), the socket
+      // is closed anyway once aedes had ample time.
+      const timer = setTimeout(() => this.socket.destroy(), TRIPPED_CLOSE_MS).unref();
+      this.socket.once('close', () => clearTimeout(timer));
       return;
     }
     if (!this.push(chunk)) this.socket.pause();
