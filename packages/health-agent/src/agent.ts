@@ -47,13 +47,18 @@ export type MetricsBody = Omit<
   'v' | 'kind' | 'backendId' | 'epochMs' | 'seq' | 'ts'
 >;
 
-/** What went into the last published report (early reports are made from it). */
+/** The outstanding requests of the last published report: an early report's rise is measured from it. */
 interface Published {
   outstanding: number | undefined;
   /** performance.now() when it went out: the early reporter's gap runs on the monotonic clock. */
   atMs: number;
-  /** The last scheduled report's body: an early report repeats all but its queue and traffic. */
+}
+
+/** The last scheduled sample, published or not: an early report repeats all but its queue and traffic. */
+interface Sampled {
   body: MetricsBody;
+  /** performance.now() when it was taken. */
+  atMs: number;
 }
 
 /** Typed events of an agent (`agent.on('sample', ...)`). */
@@ -123,6 +128,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private primed: Promise<void> | undefined;
   private readonly early: EarlyReporter | undefined;
   private published: Published | undefined;
+  private sampled: Sampled | undefined;
   private registrationTimer: NodeJS.Timeout | undefined;
 
   constructor(input: AgentOptions) {
@@ -297,9 +303,13 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (this.stopping && this._state === 'offline') return;
     const encoded = this.encodeReport(body, 'sample');
     if (!encoded) return;
+    // Kept whether or not it goes out: after a broker outage the first early
+    // report must carry the health and CPU read during it, not those of
+    // before it.
+    this.sampled = { body, atMs: performance.now() };
     const published = this.send(encoded.topic, encoded.payload);
     if (published) {
-      this.published = { outstanding: outstandingOf(body.queue), atMs: performance.now(), body };
+      this.published = { outstanding: outstandingOf(body.queue), atMs: performance.now() };
     }
     this.emit('sample', encoded.message, { published });
   }
@@ -339,13 +349,15 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
 
   /**
    * An early report: the fresh queue and traffic of `reading`, the rest as the
-   * last scheduled report said it (host, process and cgroup CPU are rates over
+   * last scheduled sample said it (host, process and cgroup CPU are rates over
    * an interval; re-reading them after a few ms would say nothing new and cost
-   * /proc reads).
+   * /proc reads). None while that sample is more than two intervals old (the
+   * sampling fails or hangs): its figures would go out as new.
    */
   private publishEarly(reading: RiseReading): boolean {
-    const last = this.published;
-    if (!last || (this.stopping && this._state === 'offline')) return false;
+    const last = this.sampled;
+    if (!this.published || !last || (this.stopping && this._state === 'offline')) return false;
+    if (performance.now() - last.atMs > 2 * this.options.intervalMs) return false;
     const body: MetricsBody = { ...last.body, state: this._state, early: true };
     if (reading.queue) body.queue = reading.queue as QueueMetrics;
     if (reading.traffic) body.traffic = reading.traffic;
@@ -356,11 +368,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     const published = this.send(encoded.topic, encoded.payload);
     if (published) {
       this.stats.early++;
-      this.published = {
-        outstanding: outstandingOf(body.queue),
-        atMs: performance.now(),
-        body: last.body,
-      };
+      this.published = { outstanding: outstandingOf(body.queue), atMs: performance.now() };
     }
     this.emit('sample', encoded.message, { published, early: true });
     return published;
