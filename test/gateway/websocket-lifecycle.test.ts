@@ -138,16 +138,18 @@ describe('answers on an upgrade socket', () => {
  * (the gateway's FIN) and never closes its own side, as a client that is
  * gone or hostile does. Resolves with what it read; `close()` ends it.
  */
+/** A WebSocket handshake's request head, for raw sockets. */
+const handshake = (target = '/ws'): string =>
+  `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+  'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
+
 async function halfOpenUpgrade(
   port: number,
   target = '/ws',
 ): Promise<{ answer: string; close(): void }> {
   const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
   socket.on('error', () => {});
-  socket.write(
-    `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
-      'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
-  );
+  socket.write(handshake(target));
   let answer = '';
   socket.setEncoding('latin1');
   socket.on('data', (d: string) => (answer += d));
@@ -203,6 +205,89 @@ describe('an upgrade answered without a 101 frees its socket, though the client 
     } finally {
       for (const c of clients) c.close();
     }
+  });
+});
+
+describe('a client that leaves before the 101', () => {
+  // A backend that takes the upgrade and never answers it: only the client's leaving, or
+  // requestTimeoutMs (60 s here), ends the gateway's request to it.
+  async function silentBackend(): Promise<TestServer & { open: () => number }> {
+    const held = new Set<import('node:net').Socket>();
+    const server = createServer();
+    server.on('upgrade', (_req, socket: import('node:net').Socket) => {
+      held.add(socket);
+      socket.on('close', () => held.delete(socket));
+      socket.on('error', () => {});
+      // Read, or the gateway's hang-up goes unseen here; a server socket allows half-open.
+      socket.resume();
+      socket.on('end', () => socket.destroy());
+    });
+    const s = await listen(server);
+    return {
+      ...s,
+      open: () => held.size,
+      close: async () => {
+        for (const h of held) h.destroy();
+        await s.close();
+      },
+    };
+  }
+
+  it.each(['end', 'destroy'] as const)(
+    'frees the backend connection and its webSockets place at once (client %s)',
+    async (how) => {
+      const backend = await silentBackend();
+      const gw = await gateway(backend.url, {
+        requestTimeoutMs: 60_000,
+        webSockets: { maxPerClient: 1 },
+      });
+      servers.push(backend, gw);
+      const socket = connect({ port: gw.port, host: '127.0.0.1' });
+      socket.on('error', () => {});
+      socket.write(handshake());
+      await eventually(async () => backend.open() === 1, 5_000, 'the upgrade at the backend');
+      if (how === 'end') socket.end();
+      else socket.destroy();
+      await eventually(async () => backend.open() === 0, 5_000, 'the backend request cut');
+      await eventually(
+        async () => (await connections(gw)) === 0,
+        5_000,
+        'the client socket closed',
+      );
+      expect(gw.lb.balancer.snapshot().openWebSockets).toBe(0);
+    },
+  );
+
+  it('passes on, after the 101, bytes the client sent before it, in order', async () => {
+    // Against RFC 6455 §4.1 (a client waits for the answer), but not lost: the gateway now
+    // reads the client's socket before the 101 to see it leave.
+    const backend = await startBackend('plain', () => undefined);
+    const got: Buffer[] = [];
+    const gotAll = new Promise<void>((resolve) => {
+      backend.server.on('upgrade', (_req, socket: import('node:net').Socket) => {
+        setTimeout(() => {
+          socket.write(
+            'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+          );
+          socket.on('data', (d: Buffer) => {
+            got.push(d);
+            if (Buffer.concat(got).toString('latin1') === 'early-1|early-2|late') resolve();
+          });
+        }, 200);
+      });
+    });
+    const gw = await gateway(backend.url);
+    servers.push(backend, gw);
+    const socket = connect({ port: gw.port, host: '127.0.0.1' });
+    socket.on('error', () => {});
+    socket.write(`${handshake()}early-1|`);
+    await new Promise((r) => setTimeout(r, 50));
+    socket.write('early-2|');
+    const answered = new Promise<void>((resolve) => socket.once('data', () => resolve()));
+    await answered;
+    socket.write('late');
+    await gotAll;
+    socket.destroy();
   });
 });
 

@@ -198,10 +198,12 @@ export class UpgradeFlow {
     };
     if (socket.destroyed) return cancel();
     socket.once('close', cancel);
+    const stopReading = readUntilAnswer(socket, () => {
+      cancel();
+      socket.destroy();
+    });
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
-    // must; else 504, the backend's failure. The client's socket is not read before the
-    // 101 (its bytes are the WebSocket's), so a client that left is noticed no sooner:
-    // this bound is what frees the backend connection then.
+    // must; else 504, the backend's failure.
     const timer = setTimeout(() => {
       if (this.upgraded.has(req) || proxyReq.destroyed) return;
       proxyReq.destroy(codedError('no answer to the upgrade in time', TIMEOUT_CODE));
@@ -209,6 +211,7 @@ export class UpgradeFlow {
     const settled = (): void => clearTimeout(timer);
     proxyReq.once('response', (res: IncomingMessage) => {
       settled();
+      stopReading(false);
       // Node's agent then closes the socket when this non-101 answer ends, instead of
       // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
       proxyReq.shouldKeepAlive = false;
@@ -220,11 +223,17 @@ export class UpgradeFlow {
       socket.once('finish', () => socket.destroy());
       socket.setTimeout(this.core.options.requestTimeoutMs, () => socket.destroy());
     });
-    proxyReq.once('close', settled);
+    proxyReq.once('close', () => {
+      settled();
+      // No answer (an error, a timeout): the gateway's own 502 or 504 is on its way.
+      stopReading(false);
+    });
     proxyReq.once('upgrade', (_res: IncomingMessage, backendSocket: Socket) => {
       settled();
       this.upgraded.add(req);
       if (socket.destroyed) return backendSocket.destroy();
+      // Before http-proxy pipes the two sockets (its listener comes after this one).
+      stopReading(true);
       socket.once('close', () => backendSocket.destroy());
       // The client socket carries both directions (a read is the client's byte, a
       // write the backend's), so its inactivity timer is the tunnel's. http-proxy
@@ -273,6 +282,42 @@ export class UpgradeFlow {
   closeAll(): void {
     for (const socket of this.open) socket.destroy();
   }
+}
+
+/** Bytes a client may send before the 101 and still have them read: past this it is not read. */
+const MAX_EARLY_BYTES = 64 * 1024;
+
+/**
+ * Reads the client's socket while the backend has not answered the upgrade,
+ * so that a client that leaves (FIN or RST) is seen at once: unread, its
+ * socket said nothing until requestTimeoutMs, and each one held a backend
+ * connection and a webSockets place that long. A WebSocket client sends
+ * nothing before the answer (RFC 6455 §4.1); what one sends anyway is kept,
+ * up to MAX_EARLY_BYTES (then the socket is no longer read), and put back
+ * for the tunnel. The returned stop() ends the reading at the answer (or
+ * when there is none), and with `keep` puts those bytes back in front of
+ * whatever comes next.
+ */
+function readUntilAnswer(socket: Socket, onLeft: () => void): (keep: boolean) => void {
+  const early: Buffer[] = [];
+  let bytes = 0;
+  const onData = (chunk: Buffer): void => {
+    early.push(chunk);
+    bytes += chunk.length;
+    if (bytes > MAX_EARLY_BYTES) socket.pause();
+  };
+  socket.on('data', onData);
+  socket.once('end', onLeft);
+  let stopped = false;
+  return (keep) => {
+    // Once only: after the tunnel is piped, a pause here would stall it.
+    if (stopped) return;
+    stopped = true;
+    socket.off('data', onData);
+    socket.off('end', onLeft);
+    socket.pause();
+    if (keep && early.length > 0 && !socket.readableEnded) socket.unshift(Buffer.concat(early));
+  };
 }
 
 /**
