@@ -242,6 +242,48 @@ describe('graceful close', () => {
     }
   });
 
+  it("closes a connection after the app's own answer once the server has stopped listening", async () => {
+    // Node answers keep-alive after server.close(): a client that kept sending to a route
+    // of the app's own (here /app, before the balancer) held its connection, and the
+    // graceful close that waits for it, until keepAliveTimeout, or for the whole grace.
+    const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
+    const gw = await startLocalGateway({ backends: [{ id: 'ok', url: ok.url }] }, (app, lb) => {
+      app.get('/app', (req, res) => {
+        setTimeout(() => res.end(`app ${req.query.n}`), 100);
+      });
+      app.use(lb);
+    });
+    expect((await send(`${gw.url}/first`)).status).toBe(200);
+    const sock = connect(gw.port, '127.0.0.1');
+    try {
+      await once(sock, 'connect');
+      let raw = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => (raw += d));
+      const ended = once(sock, 'end');
+      // In the app's hands (so not idle) when the shutdown starts: its answer is keep-alive.
+      sock.write('GET /app?n=1 HTTP/1.1\r\nHost: gw\r\n\r\n');
+      await new Promise((r) => setTimeout(r, 30));
+      gw.server.close();
+      const closing = gw.lb.close({ graceMs: 60_000 });
+      while (!raw.endsWith('app 1')) await new Promise((r) => setTimeout(r, 10));
+      // The next request on that connection: answered, then the connection closes.
+      sock.write('GET /app?n=2 HTTP/1.1\r\nHost: gw\r\n\r\n');
+      await ended;
+      const answers = raw.split(/(?=HTTP\/1\.1 )/);
+      expect(answers).toHaveLength(2);
+      expect(answers[1]).toMatch(/^HTTP\/1\.1 200 /);
+      expect(answers[1]).toMatch(/\r\nconnection: close\r\n/i);
+      expect(answers[1]).toMatch(/app 2$/);
+      // The connection ended: the close goes on, long before its grace.
+      await closing;
+    } finally {
+      sock.destroy();
+      await gw.close();
+      await ok.close();
+    }
+  });
+
   it('cuts what is still running when the grace ends, without charging the backend', async () => {
     const held: ServerResponse[] = [];
     const hold = await startBackend('hold', (_req, res) => void held.push(res));

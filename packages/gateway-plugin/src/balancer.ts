@@ -771,6 +771,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   close(opts: { graceMs?: number } = {}): Promise<void> {
     this.closing ??= (async () => {
       this.draining = true;
+      this.flow.draining();
       for (const reject of this.readyWaiters) reject();
       this.readyWaiters.clear();
       await this.flow.idle(Math.max(0, opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS));

@@ -449,6 +449,14 @@ export class RequestFlow {
   }
 
   /**
+   * The graceful close begins: a server requests came from that stops
+   * listening closes each connection after its next answer, whoever gives it.
+   */
+  draining(): void {
+    for (const s of this.servers) closeAfterEachAnswer(s);
+  }
+
+  /**
    * Resolves once no admitted request is in flight or waiting and no WebSocket is open,
    * and (`servers`, the default) no server that has stopped listening still has a
    * connection; or after `graceMs`.
@@ -485,6 +493,7 @@ export class RequestFlow {
     this.lastServer = server;
     if (this.servers.has(server)) return;
     this.servers.add(server);
+    if (this.core.draining) closeAfterEachAnswer(server);
     server.once('close', () => {
       // Forgotten: if it listens again, its next request notes it anew.
       this.servers.delete(server);
@@ -1147,4 +1156,26 @@ export class RequestFlow {
     flow.proxyReq = undefined;
     this.flows.set(flow.req, FINISHED);
   }
+}
+
+const closingServers = new WeakSet<Server>();
+
+/**
+ * Once `server` has stopped listening, every answer on it says `Connection:
+ * close` and its connection closes after it: those the app's own middleware
+ * gives in front of the balancer (a 401 from its auth, a static file) too.
+ * Node answers them keep-alive after server.close(), so such a connection
+ * stayed open until keepAliveTimeout, or for the whole grace while a client
+ * kept sending on it, and the graceful close waited for it.
+ */
+function closeAfterEachAnswer(server: Server): void {
+  // closeListener (run-workers.ts) closes those of its servers gradually itself.
+  if (closingServers.has(server) || !drainClosesConnections(server)) return;
+  closingServers.add(server);
+  server.prependListener(
+    'request',
+    function (this: Server, _req: IncomingMessage, res: ServerResponse) {
+      if (!this.listening) res.shouldKeepAlive = false;
+    },
+  );
 }
