@@ -11,6 +11,7 @@
  * off and this module does the job.
  */
 import type { IncomingMessage } from 'node:http';
+import { isIPv4, isIPv6 } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { TOKEN_HEADER } from '../observability/handlers';
 import { localAddressOf } from './listen-address';
@@ -163,7 +164,30 @@ export function clientAddress(req: IncomingMessage, hops: number): string {
   if (v === undefined) return remote;
   // Node joins repeated X-Forwarded-For lines with ", " already; an array can
   // only come from a middleware before the balancer.
-  return nthFromRight(Array.isArray(v) ? v.join(',') : v, hops) ?? remote;
+  const entry = nthFromRight(Array.isArray(v) ? v.join(',') : v, hops);
+  return entry === undefined ? remote : withoutPort(entry);
+}
+
+/**
+ * An X-Forwarded-For entry without the port some proxies add (Azure
+ * Application Gateway and IIS ARR write `203.0.113.7:51234`, others
+ * `[2001:db8::7]:51234`): with it, each connection of one client was a
+ * client of its own to `maxInFlightPerClient`, `webSockets.maxPerClient`
+ * and address affinity, which a client then escaped by opening
+ * connections. Anything that is not an address with a port stays as it is.
+ */
+export function withoutPort(entry: string): string {
+  const last = entry.charCodeAt(entry.length - 1);
+  // Fast path: most entries end in neither a port's digit nor ']'.
+  if (!(last >= 0x30 && last <= 0x39) && last !== 0x5d) return entry;
+  if (entry.charCodeAt(0) === 0x5b) {
+    const close = entry.indexOf(']');
+    const rest = entry.slice(close + 1);
+    const ip = entry.slice(1, close);
+    return close > 1 && (rest === '' || /^:\d{1,5}$/.test(rest)) && isIPv6(ip) ? ip : entry;
+  }
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(entry);
+  return m && isIPv4(m[1]!) ? m[1]! : entry;
 }
 
 /** The `n`-th non-empty entry from the right of a comma-separated list, else its left-most one. */

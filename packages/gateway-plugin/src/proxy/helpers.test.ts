@@ -50,6 +50,24 @@ describe('affinity', () => {
 });
 
 describe('forwarded headers', () => {
+  it('takes a trusted entry without the port a proxy added', () => {
+    const from = (xff: string) => clientAddress(req({ 'x-forwarded-for': xff }), 1);
+    // Azure Application Gateway, IIS ARR: one client, a new port per connection.
+    expect(from('203.0.113.7:51234')).toBe('203.0.113.7');
+    expect(from('6.6.6.6, 203.0.113.7:51235')).toBe('203.0.113.7');
+    expect(from('[2001:db8::7]:51234')).toBe('2001:db8::7');
+    expect(from('[2001:db8::7]')).toBe('2001:db8::7');
+    // Addresses without a port, and what is not an address with one, stay as they are.
+    expect(from('203.0.113.7')).toBe('203.0.113.7');
+    expect(from('2001:db8::7')).toBe('2001:db8::7');
+    expect(from('::ffff:203.0.113.7')).toBe('::ffff:203.0.113.7');
+    expect(from('unknown')).toBe('unknown');
+    expect(from('999.1.1.1:80')).toBe('999.1.1.1:80');
+    expect(from('[not-an-ip]:80')).toBe('[not-an-ip]:80');
+    expect(from('1.2.3.4:123456')).toBe('1.2.3.4:123456');
+    expect(from('[2001:db8::7]x')).toBe('[2001:db8::7]x');
+  });
+
   it('overwrites untrusted values from the socket', () => {
     const r = req({ host: 'gw.example:8080', 'x-forwarded-for': '6.6.6.6', forwarded: 'for=x' });
     expect(clientAddress(r, 0)).toBe('10.0.0.9');
