@@ -127,7 +127,8 @@ export class PacketSizeGuard extends Duplex {
   }
 
   override _read(): void {
-    this.socket.resume();
+    // Tripped: the socket stays paused, the oversized body unread.
+    if (!this.tripped) this.socket.resume();
   }
 
   override _write(chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
