@@ -5,12 +5,8 @@ import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { fire, listen, until, type InFlightRequest, type Listening } from '../kit/agent-http';
-import { inbox, type Received } from '../kit/agent-cli';
+import { inbox, metricsOf } from '../kit/agent-cli';
 import { startFaultProxy, type FaultProxy } from '../kit/fault-proxy';
-
-const STATS_PATH = '/.well-known/loadwise/stats';
-const metrics = (r: Received): MetricsReport | undefined =>
-  r.message.kind === 'metrics' ? r.message : undefined;
 
 /**
  * An early report right after a broker outage: the agent kept sampling while
@@ -42,7 +38,7 @@ describe('agent early report after a broker outage', () => {
   });
 
   it('carries what was sampled during the outage', async () => {
-    const tracker = trackRequests({ concurrencyLimit: 2, exposePath: STATS_PATH });
+    const tracker = trackRequests({ concurrencyLimit: 2 });
     let healthy = true;
     const app = express();
     app.get('/health', (_req, res) => res.status(healthy ? 200 : 503).end());
@@ -71,8 +67,8 @@ describe('agent early report after a broker outage', () => {
     const samples: Array<{ report: MetricsReport; published: boolean }> = [];
     agent.on('sample', (report, info) => samples.push({ report, published: info.published }));
     await agent.start();
-    const first = await box.waitFor((r) => metrics(r) !== undefined, 5 * intervalMs, 'a report');
-    expect(metrics(first)!.health.verdict).toBe('up');
+    const first = await box.waitFor((r) => metricsOf(r) !== undefined, 5 * intervalMs, 'a report');
+    expect(metricsOf(first)!.health.verdict).toBe('up');
 
     // The outage: every connection to the broker is reset, and the probe goes down.
     // (The reset comes at the connection's next byte: that report may still
@@ -92,8 +88,8 @@ describe('agent early report after a broker outage', () => {
 
     // A jump of outstanding requests right away: 3 on 2 slots.
     for (let i = 0; i < 3; i++) reqs.push(fire(`${server.url}/work`));
-    const early = await box.waitFor((r) => metrics(r)?.early === true, 5 * intervalMs, 'early');
-    expect(metrics(early)!.queue?.inFlight).toBe(2);
-    expect(metrics(early)!.health.verdict).toBe('down');
+    const early = await box.waitFor((r) => metricsOf(r)?.early === true, 5 * intervalMs, 'early');
+    expect(metricsOf(early)!.queue?.inFlight).toBe(2);
+    expect(metricsOf(early)!.health.verdict).toBe('down');
   });
 });

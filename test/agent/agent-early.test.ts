@@ -1,15 +1,13 @@
 import express from 'express';
 import type { MqttClient } from 'mqtt';
-import { subscriptionFilter, type MetricsReport } from '@loadwise/protocol';
+import { subscriptionFilter } from '@loadwise/protocol';
 import { trackRequests } from '@loadwise/health-agent';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { fire, listen, until, type InFlightRequest, type Listening } from '../kit/agent-http';
-import { inbox, spawnAgent, type AgentProcess, type Received } from '../kit/agent-cli';
+import { inbox, metricsOf, spawnAgent, type AgentProcess } from '../kit/agent-cli';
 
 const STATS_PATH = '/.well-known/loadwise/stats';
-const metrics = (r: Received): MetricsReport | undefined =>
-  r.message.kind === 'metrics' ? r.message : undefined;
 
 /**
  * Early reports end to end: the real agent CLI watching a real tracked
@@ -69,8 +67,8 @@ describe('loadwise-agent early reports', () => {
       '--early-min-gap-ms',
       '50',
     ]);
-    const first = await box.waitFor((r) => metrics(r) !== undefined, 3 * intervalMs, 'a report');
-    const scheduled = metrics(first)!;
+    const first = await box.waitFor((r) => metricsOf(r) !== undefined, 3 * intervalMs, 'a report');
+    const scheduled = metricsOf(first)!;
     expect(scheduled.early).toBeUndefined();
     expect(scheduled.queue).toMatchObject({ inFlight: 0, queued: 0 });
 
@@ -78,8 +76,8 @@ describe('loadwise-agent early reports', () => {
     for (let i = 0; i < 3; i++) reqs.push(fire(`${server.url}/work`));
     await until(() => tracker.snapshot().queued === 1);
 
-    const early = await box.waitFor((r) => metrics(r)?.early === true, 3 * intervalMs, 'early');
-    const e = metrics(early)!;
+    const early = await box.waitFor((r) => metricsOf(r)?.early === true, 3 * intervalMs, 'early');
+    const e = metricsOf(early)!;
     // The watch answers once the rise reaches 2: the third request may or may not be in yet
     // (seen both ways in full runs).
     expect(e.queue?.inFlight).toBe(2);
@@ -90,13 +88,13 @@ describe('loadwise-agent early reports', () => {
     expect(e.intervalMs).toBe(intervalMs);
     // And it came before the next scheduled report, which carries no `early`.
     const next = await box.waitFor(
-      (r) => (metrics(r)?.seq ?? -1) > e.seq,
+      (r) => (metricsOf(r)?.seq ?? -1) > e.seq,
       3 * intervalMs,
       'the next scheduled report',
     );
-    expect(metrics(next)!.early).toBeUndefined();
+    expect(metricsOf(next)!.early).toBeUndefined();
     expect(box.received.indexOf(early)).toBeLessThan(box.received.indexOf(next));
     // Nothing else rose: one early report only.
-    expect(box.received.filter((r) => metrics(r)?.early === true)).toHaveLength(1);
+    expect(box.received.filter((r) => metricsOf(r)?.early === true)).toHaveLength(1);
   });
 });

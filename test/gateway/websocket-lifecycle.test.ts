@@ -8,7 +8,7 @@
  * `routeUpgrades(app)`.
  */
 import { createServer } from 'node:http';
-import { connect, type AddressInfo } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import express from 'express';
 import WebSocket from 'ws';
 import {
@@ -133,16 +133,16 @@ describe('answers on an upgrade socket', () => {
   });
 });
 
-/**
- * A raw client that sends an upgrade request, reads the answer to its end
- * (the gateway's FIN) and never closes its own side, as a client that is
- * gone or hostile does. Resolves with what it read; `close()` ends it.
- */
 /** A WebSocket handshake's request head, for raw sockets. */
 const handshake = (target = '/ws'): string =>
   `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
   'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
 
+/**
+ * A raw client that sends an upgrade request, reads the answer to its end
+ * (the gateway's FIN) and never closes its own side, as a client that is
+ * gone or hostile does. Resolves with what it read; `close()` ends it.
+ */
 async function halfOpenUpgrade(
   port: number,
   target = '/ws',
@@ -212,9 +212,9 @@ describe('a client that leaves before the 101', () => {
   // A backend that takes the upgrade and never answers it: only the client's leaving, or
   // requestTimeoutMs (60 s here), ends the gateway's request to it.
   async function silentBackend(): Promise<TestServer & { open: () => number }> {
-    const held = new Set<import('node:net').Socket>();
+    const held = new Set<Socket>();
     const server = createServer();
-    server.on('upgrade', (_req, socket: import('node:net').Socket) => {
+    server.on('upgrade', (_req, socket: Socket) => {
       held.add(socket);
       socket.on('close', () => held.delete(socket));
       socket.on('error', () => {});
@@ -264,7 +264,7 @@ describe('a client that leaves before the 101', () => {
     const backend = await startBackend('plain', () => undefined);
     const got: Buffer[] = [];
     const gotAll = new Promise<void>((resolve) => {
-      backend.server.on('upgrade', (_req, socket: import('node:net').Socket) => {
+      backend.server.on('upgrade', (_req, socket: Socket) => {
         setTimeout(() => {
           socket.write(
             'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',

@@ -1,7 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { MqttClient } from 'mqtt';
-import { createDecoder, type Message, type SigningKey } from '@loadwise/protocol';
+import {
+  createDecoder,
+  type Message,
+  type MetricsReport,
+  type SigningKey,
+} from '@loadwise/protocol';
 
 /** The built CLI: spawned processes run dist/, never the TypeScript sources. */
 export const AGENT_CLI = path.resolve(__dirname, '../../packages/health-agent/dist/cli.js');
@@ -61,6 +66,10 @@ export interface Received {
   retained: boolean;
   atMs: number;
 }
+
+/** The metrics report a received message is, or undefined for a status or registration. */
+export const metricsOf = (r: Received): MetricsReport | undefined =>
+  r.message.kind === 'metrics' ? r.message : undefined;
 
 /** Decodes (and so validates, and checks signatures when keys are given) every message a subscriber gets. */
 export function inbox(client: MqttClient, prefix: string, keys?: SigningKey[]) {

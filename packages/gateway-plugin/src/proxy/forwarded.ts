@@ -176,7 +176,7 @@ export function clientAddress(req: IncomingMessage, hops: number): string {
  * and address affinity, which a client then escaped by opening
  * connections. Anything that is not an address with a port stays as it is.
  */
-export function withoutPort(entry: string): string {
+function withoutPort(entry: string): string {
   const last = entry.charCodeAt(entry.length - 1);
   // Fast path: most entries end in neither a port's digit nor ']'.
   if (!(last >= 0x30 && last <= 0x39) && last !== 0x5d) return entry;
