@@ -254,6 +254,48 @@ describe('hostile backend responses', () => {
     expect(gw.backend('b').failuresTotal).toBe(0);
   });
 
+  it('a body that does not parse in the read that brought its head: retried, or a 502, never a bare reset', async () => {
+    // A whole chunk, then a chunk size that is not hex, written with the head in one write.
+    const garbled =
+      'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\nworld\r\n0\r\n\r\n';
+    backend = await rawBackend((_path, socket) => socket.write(garbled));
+    const good = await rawBackend((_path, socket) =>
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'),
+    );
+    try {
+      gw = await startLocalGateway({
+        backends: [
+          { id: 'bad', url: backend.url },
+          { id: 'good', url: good.url },
+        ],
+        strategy: 'round-robin',
+      });
+      // Idempotent: the failed attempt is retried on the other backend, the client none the wiser.
+      for (const path of ['/1', '/2']) {
+        const r = await rawExchange(gw.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, {
+          responses: 1,
+        });
+        expect(r.responses[0]).toMatchObject({ status: 200, body: 'ok' });
+        expect(r.raw).not.toContain('hello');
+      }
+      expect(gw.backend('bad').failuresTotal).toBe(1);
+      await gw.close();
+      // Nothing to retry on: a coded 502, where the client used to get a reset and no byte.
+      gw = await startLocalGateway({ backends: [{ id: 'bad', url: backend.url }] });
+      const alone = await rawExchange(gw.port, 'GET / HTTP/1.1\r\nHost: a\r\n\r\n', {
+        responses: 1,
+      });
+      expect(alone.responses[0]).toMatchObject({
+        status: 502,
+        headers: expect.objectContaining({ 'x-loadwise-error': 'LW_GW_UPSTREAM_FAILED' }),
+      });
+      expect(alone.raw).not.toContain('hello');
+      expect(gw.backend('bad').failuresTotal).toBe(1);
+    } finally {
+      await new Promise((r) => good.server.close(r));
+    }
+  });
+
   it('an extra answer on a busy connection: the shift it causes ends after maxRequestsPerConnection', async () => {
     // Each answer 200 ms after its request; after the first, 100 ms later, an answer nobody
     // asked for. It lands on the next request, already in flight, and every later request

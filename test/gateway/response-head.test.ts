@@ -1,11 +1,11 @@
 /**
  * The backend's status line and headers as the client gets them. The gateway
  * writes them in one writeHead call when the response has no header yet
- * (response-head.ts), and leaves them to http-proxy's passes when a middleware
- * set some first (Express's X-Powered-By, CORS, security headers): both paths
+ * (response-head.ts), and merges them header by header when a middleware set
+ * some first (Express's X-Powered-By, CORS, security headers): both paths
  * must give the same answer. Raw bytes on both sides, so nothing tidies them.
  */
-import type { ServerResponse } from 'node:http';
+import http, { type ServerResponse } from 'node:http';
 import express from 'express';
 import { startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
@@ -21,7 +21,23 @@ function headLines(raw: string): { status: string; lines: string[] } {
 const named = (lines: string[], name: string): string[] =>
   lines.filter((l) => l.startsWith(`${name}:`)).map((l) => l.slice(name.length + 1).trim());
 
+/** Ends the `/held` answer's body: the test calls it once the client has the head. */
+let release: (() => void) | undefined;
+
 function answer(res: ServerResponse, url: string): void {
+  if (url === '/held') {
+    // The head now, the body later: an event stream, a long poll.
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.flushHeaders();
+    // Without a client that releases it (the head never came), the body ends anyway.
+    const fallback = setTimeout(() => release?.(), 3_000);
+    release = () => {
+      release = undefined;
+      clearTimeout(fallback);
+      res.end('data: x\n\n');
+    };
+    return;
+  }
   if (url === '/made') {
     // Two Set-Cookie lines, a reason phrase of its own, and a forged decision header.
     res.writeHead(201, 'Made It', [
@@ -53,7 +69,7 @@ function answer(res: ServerResponse, url: string): void {
 
 describe.each([
   ['no header set before the balancer (one writeHead)', false],
-  ['headers set by middleware first (http-proxy copies them)', true],
+  ['headers set by middleware first (merged one by one)', true],
 ])('response head: %s', (_name, presetHeaders) => {
   let backend: TestServer;
   let gw: TestGateway;
@@ -95,6 +111,27 @@ describe.each([
     expect(named(lines, 'x-frame-options')).toEqual(presetHeaders ? ['DENY'] : []);
     expect(named(lines, 'x-powered-by')).toEqual(presetHeaders ? ['Express'] : []);
     expect(ex.responses[0]!.body).toBe('made');
+  });
+
+  it('relays a head the backend sends ahead of its body at once, not with the first body byte', async () => {
+    const got = await new Promise<{ headBeforeBody: boolean; type?: string; body: string }>(
+      (resolve, reject) => {
+        http
+          .get({ host: '127.0.0.1', port: gw.port, path: '/held', agent: false }, (res) => {
+            // The head is here: only now may the backend send its body.
+            const headBeforeBody = release !== undefined;
+            release?.();
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (d: string) => (body += d));
+            res.on('end', () =>
+              resolve({ headBeforeBody, type: res.headers['content-type'], body }),
+            );
+          })
+          .on('error', reject);
+      },
+    );
+    expect(got).toEqual({ headBeforeBody: true, type: 'text/event-stream', body: 'data: x\n\n' });
   });
 
   it('streams a body without Content-Length chunked to HTTP/1.1 and unframed to HTTP/1.0', async () => {

@@ -4,7 +4,11 @@
  * - `xfwd: false`: X-Forwarded-* are overwritten by forwarded.ts instead;
  * - `ejectPlugins: true` with our own listeners: HPM's default error plugin
  *   would answer 502/504 itself, but the balancer must first decide whether
- *   to retry on another backend, and answer with a coded error otherwise.
+ *   to retry on another backend, and answer with a coded error otherwise;
+ * - per request, `selfHandleResponse: true`: the balancer writes the answer's
+ *   head a tick after it arrives and pipes its body (request-flow.ts,
+ *   relayHead), so an answer that fails in the read that brought it can
+ *   still be retried.
  *
  * A request goes straight to the http-proxy server HPM made and configured
  * (handed to our plugin), with this attempt's target and its backend's
@@ -67,6 +71,8 @@ interface WebOptions {
   changeOrigin: boolean;
   xfwd: false;
   buffer: BodySource;
+  /** The balancer writes the answer's head and pipes its body itself (request-flow.ts, onProxyRes). */
+  selfHandleResponse: true;
 }
 
 interface Instance {
@@ -116,6 +122,7 @@ export class ProxyEngine {
         changeOrigin: this.changeOrigin,
         xfwd: false,
         buffer: body,
+        selfHandleResponse: true,
       });
     } catch (err) {
       // http.request() threw: an invalid header value or path

@@ -71,6 +71,12 @@ interface Flow {
   attemptStartMs: number;
   /** The backend's answer started (response headers): it is no longer waited for. */
   responded: boolean;
+  /**
+   * The current attempt's answer while its head is not yet written to the
+   * client (onProxyRes until relayHead, a tick later): an attempt that fails
+   * in that time is answered as one that failed before its head.
+   */
+  answer: IncomingMessage | undefined;
   /** Time the gateway waits for the backend (requestTimeoutMs); paused while the upload waits for the client. */
   firstByteTimer: NodeJS.Timeout | undefined;
   connectTimer: NodeJS.Timeout | undefined;
@@ -216,6 +222,7 @@ function newFlow(
     attemptOpen: false,
     attemptStartMs: 0,
     responded: false,
+    answer: undefined,
     firstByteTimer: undefined,
     connectTimer: undefined,
     bodyTimer: undefined,
@@ -572,6 +579,7 @@ export class RequestFlow {
     flow.proxyReq = undefined;
     flow.attemptOpen = true;
     flow.responded = false;
+    flow.answer = undefined;
     flow.overloaded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
@@ -771,6 +779,10 @@ export class RequestFlow {
     const backend = flow.backend;
     flow.responded = true;
     this.clearTimers(flow);
+    // The head is written once the read that brought it is parsed (relayHead), queued before
+    // the hook can start the answer flowing (a 'data' listener of its own).
+    flow.answer = proxyRes;
+    process.nextTick(this.relayHeadNext, flow, proxyRes);
     const hook = c.options.on.proxyRes;
     if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
     const status = proxyRes.statusCode ?? 502;
@@ -834,10 +846,13 @@ export class RequestFlow {
       proxyReq.setTimeout(c.options.requestTimeoutMs);
     }
     // 'close' comes once: `on` spares `once`'s wrapper.
+    const target = flow.target;
     proxyRes.on('close', () => {
       // The backend cut the body short: the client must see a cut too, not a
       // response that never ends (http-proxy leaves `res` open in that case).
-      if (!proxyRes.complete && !res.writableEnded) {
+      // Not when this attempt failed before its head went out (onError): the
+      // request has been answered or retried since.
+      if (!proxyRes.complete && !res.writableEnded && flow.target === target) {
         if (flow.attemptOpen) {
           c.metrics.onError(backend.id, 'reset');
           c.outlier.onFailure(backend);
@@ -847,10 +862,38 @@ export class RequestFlow {
         res.destroy();
       }
     });
+    // http-proxy leaves the answer to us (selfHandleResponse, proxy-engine.ts): its body
+    // follows the head relayHead writes first.
+    proxyRes.pipe(res);
+  }
+
+  /** relayHead for process.nextTick, without a closure per answer. */
+  private readonly relayHeadNext = (flow: Flow, proxyRes: IncomingMessage): void =>
+    this.relayHead(flow, proxyRes);
+
+  /**
+   * Writes the backend's head to the client a tick after onProxyRes, once the
+   * read that brought it has been parsed, and sends it on its own when no body
+   * came with it. Written at once, as http-proxy writes it, the head of an
+   * answer whose body did not parse in the same read (a bad chunk size) was
+   * already the client's: the attempt could neither be retried nor answered
+   * 502, and the client got its connection reset and not a byte. And Node
+   * sends a written head only with the first body byte, so a backend's head
+   * sent ahead of its body (`flushHeaders()`, an event stream, a long poll)
+   * reached the client only with that first byte, seconds later; nginx
+   * relays it at once.
+   */
+  private relayHead(flow: Flow, proxyRes: IncomingMessage): void {
+    // The attempt failed in the same read (onError) or was given up.
+    if (flow.answer !== proxyRes) return;
+    flow.answer = undefined;
+    const { req, res } = flow;
+    if (res.writableEnded || res.destroyed || !flow.backend) return;
+    const c = this.core;
     // The head in one call where it can be (response-head.ts); the decision
     // header is the gateway's, never a backend's of the same name.
     const decision = c.options.decisionHeader;
-    const decisionValue = decision ? formatDecisionHeader(backend.id, flow.reason) : '';
+    const decisionValue = decision ? formatDecisionHeader(flow.backend.id, flow.reason) : '';
     // Shutting down: the client's next request should open a connection elsewhere. Or the
     // client asked to close (`Connection: close`, HTTP/1.0 without keep-alive; Node read it
     // into shouldKeepAlive before forwarded.ts removed the header): the answer says `close`
@@ -867,7 +910,17 @@ export class RequestFlow {
       (res as { maxRequestsOnConnectionReached?: boolean }).maxRequestsOnConnectionReached ===
         true ||
       (c.draining && drainClosesConnections(serverOf(req)));
-    writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
+    try {
+      writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
+    } catch (err) {
+      // Not inside http-proxy's guarded listener any more (proxy-engine.ts): a
+      // throw here would end the process. Nothing of this answer may follow the error.
+      proxyRes.unpipe(res);
+      proxyRes.destroy();
+      return this.onPrepareError(asError(err), req, res);
+    }
+    // A body that came with the head goes out with it; none did: the head goes now.
+    if (proxyRes.readableLength === 0 && !proxyRes.complete) res.flushHeaders();
   }
 
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void {
@@ -914,6 +967,13 @@ export class RequestFlow {
         { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
       );
       return;
+    }
+    const answer = flow.answer;
+    if (answer) {
+      // The answer failed in the read that brought its head (a bad chunk), which has not
+      // been written yet (relayHead): retried or answered as if no head had come.
+      flow.answer = undefined;
+      answer.unpipe(flow.res);
     }
     flow.responseOk = false;
     this.endAttempt(flow);

@@ -1,9 +1,8 @@
 /**
  * The backend's status line and headers, written to the client by the
- * balancer's 'proxyRes' listener, which http-proxy calls before its own
- * response passes (web-outgoing.js: removeChunked, setConnection,
- * writeHeaders, writeStatusCode); with the head written (`res.headersSent`)
- * http-proxy skips them and only pipes the body.
+ * balancer (request-flow.ts, relayHead) in place of http-proxy's response
+ * passes (web-outgoing.js: removeChunked, setConnection, writeHeaders,
+ * writeStatusCode), which `selfHandleResponse` turns off.
  *
  * What differs from those passes: what the backend says about its own
  * connection is not relayed (RFC 9110 §7.6.1, as nginx and Envoy do):
