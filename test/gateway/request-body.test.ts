@@ -335,6 +335,26 @@ describe('request bodies', () => {
     expect([b.failuresTotal, b.inFlight, b.state]).toEqual([0, 0, 'healthy']);
   });
 
+  it('lets on.proxyRes answer the client itself: its answer goes out, the backend body is not relayed', async () => {
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      // One connection to the backend: an answer left unread would hold it, and the next
+      // request would wait for it.
+      agent: { maxSockets: 1 },
+      on: {
+        proxyRes: (proxyRes, _req, res) => {
+          if (proxyRes.statusCode === 200) res.writeHead(403).end('denied by hook');
+        },
+      },
+    });
+    for (let i = 0; i < 3; i++) {
+      const r = await send(`${gw.url}/x${i}`);
+      expect([r.status, r.body]).toEqual([403, 'denied by hook']);
+    }
+    const b = gw.lb.balancer.snapshot().backends[0]!;
+    expect([b.failuresTotal, b.inFlight]).toEqual([0, 0]);
+  });
+
   it('retries a PUT with a small body on another backend, body included', async () => {
     gw = await deadThenA();
     for (let i = 0; i < 4; i++) {

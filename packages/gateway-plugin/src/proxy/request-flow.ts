@@ -863,7 +863,10 @@ export class RequestFlow {
       }
     });
     // http-proxy leaves the answer to us (selfHandleResponse, proxy-engine.ts): its body
-    // follows the head relayHead writes first.
+    // follows the head relayHead writes first. Unless the hook answered the client itself
+    // (http-proxy did not pipe then either): the backend's answer is dropped with its
+    // connection, never written after that end.
+    if (res.writableEnded) return void proxyRes.destroy();
     proxyRes.pipe(res);
   }
 
