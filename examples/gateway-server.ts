@@ -41,7 +41,7 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_USERNAME: 'MQTT username',
   LOADWISE_GW_PASSWORD_FILE: 'file holding the MQTT password',
   LOADWISE_GW_KEY_FILE:
-    'verification keys ("<keyId> <secret>" per line); unsigned reports are then dropped',
+    'verification keys ("<keyId> <secret> [<backends>]" per line); unsigned reports are then dropped',
   LOADWISE_GW_HOST: 'address to listen on (default 127.0.0.1)',
   LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
   LOADWISE_GW_STATUS_TOKEN: 'token /_lb/status and /_lb/metrics require (Authorization: Bearer)',

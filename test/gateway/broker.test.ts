@@ -125,6 +125,48 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     }
   });
 
+  it('a key bound to one backend cannot drain another: a leaked agent key speaks for its own backend only', async () => {
+    const prefix = uniquePrefix('gw');
+    const ka: SigningKey = { keyId: 'ka', secret: randomBytes(32), backends: ['a'] };
+    const kb: SigningKey = { keyId: 'kb', secret: randomBytes(32), backends: ['b'] };
+    gw = await startLocalGateway({
+      backends: [
+        { id: 'a', url: a.url },
+        { id: 'b', url: b.url },
+      ],
+      broker: broker.url,
+      topicPrefix: prefix,
+      keys: [ka, kb],
+      strategy: 'round-robin',
+    });
+    await gw.lb.ready();
+    const dropped: string[] = [];
+    gw.lb.balancer.on('invalid-message', (e) => dropped.push(e.code));
+    const client = await connectClient(broker.url);
+    try {
+      // a's key, validly signed, on b's topic: what a's compromised host would send. The
+      // encoder refuses to make it; a forger signs by hand.
+      expect(() => createEncoder({ backendId: 'b', prefix, key: ka })).toThrow(
+        'LW_PROTO_KEY_NOT_ALLOWED',
+      );
+      const genuine = createEncoder({ backendId: 'b', prefix, key: kb }).status('draining');
+      const body = genuine.payload.slice(0, genuine.payload.lastIndexOf('\n'));
+      await client.publishAsync(genuine.topic, signPayload(genuine.topic, body, ka), { qos: 1 });
+      // a's own draining, with the same key, goes through: b stays, a leaves.
+      const draining = once(internals(gw.lb).events, 'backend-draining');
+      const own = createEncoder({ backendId: 'a', prefix, key: ka }).status('draining');
+      await client.publishAsync(own.topic, own.payload, { qos: 1 });
+      expect(await draining).toEqual([{ id: 'a' }]);
+      expect(dropped).toEqual(['LW_PROTO_KEY_NOT_ALLOWED']);
+      for (let i = 0; i < 4; i++) {
+        const r = await send(`${gw.url}/`);
+        expect(r.json<{ id: string }>().id).toBe('b');
+      }
+    } finally {
+      await endClient(client);
+    }
+  });
+
   it('lets in-flight requests of a draining backend finish', async () => {
     const prefix = uniquePrefix('gw');
     const held: ServerResponse[] = [];

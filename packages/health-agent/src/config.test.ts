@@ -286,4 +286,15 @@ describe('config sources', () => {
       code: 'LW_AGENT_KEY_FILE',
     });
   });
+
+  it('refuses at start a key bound to other backends: every report it signed would be dropped', () => {
+    const keys = file('bound-keys', `kw ${Buffer.alloc(32, 2).toString('base64')} web-*\n`);
+    const ok = toAgentOptions({ backendId: 'web-3', keyFile: keys }, { requireBroker: false });
+    expect(resolveAgentOptions(ok).signingKey?.backends).toEqual(['web-*']);
+    const raw = { backendId: 'api-1', keyFile: keys };
+    const err = codeOf(() => resolveAgentOptions(toAgentOptions(raw, { requireBroker: false })));
+    expect(err).toMatchObject({ code: 'LW_AGENT_INVALID_OPTION' });
+    expect(err.message).toContain('kw may sign only for web-*, not for api-1');
+    expect(flagFor((err as AgentError).option!, raw)).toBe('--key-file');
+  });
 });

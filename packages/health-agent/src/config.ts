@@ -269,7 +269,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     value: (v, raw) => signingKey(String(v), raw['keyId'] as string | undefined),
     kind: 'string',
     arg: 'file',
-    help: 'Signing key file ("<keyId> <base64 secret>" per line); signs every message',
+    help: 'Signing key file ("<keyId> <base64 secret> [<backends>]" per line); signs every message',
   },
   {
     flag: 'key-id',

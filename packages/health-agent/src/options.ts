@@ -5,6 +5,7 @@ import {
   assertValidBackendId,
   assertValidKey,
   assertValidPrefix,
+  keyMaySign,
   isValidBackendId,
   MAX_URL_LENGTH,
 } from '@loadwise/protocol';
@@ -345,6 +346,13 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
     );
   }
   const intervalMs = o.intervalMs ?? cronMs ?? DEFAULT_INTERVAL_MS;
+  // Gateways would drop every message this key signs (LW_PROTO_KEY_NOT_ALLOWED): said at start.
+  if (o.signingKey !== undefined && !keyMaySign(o.signingKey, o.backendId)) {
+    throw invalidOption(
+      'signingKey',
+      `${o.signingKey.keyId} may sign only for ${o.signingKey.backends?.join(',')}, not for ${o.backendId}`,
+    );
+  }
   if (o.advertiseUrl !== undefined && o.signingKey === undefined) {
     throw invalidOption(
       'advertiseUrl',

@@ -16,6 +16,7 @@ import {
 } from './replay';
 import {
   assertValidKey,
+  keyMaySign,
   signPayload,
   splitSignature,
   verifySignature,
@@ -57,6 +58,12 @@ export function encodeMessage<M extends Message>(
     throw new ProtocolError(
       failure.code,
       `cannot encode ${message.kind ?? 'message'}: field ${failure.path}`,
+    );
+  }
+  if (key && !keyMaySign(key, message.backendId)) {
+    throw new ProtocolError(
+      'LW_PROTO_KEY_NOT_ALLOWED',
+      `key ${key.keyId} may not sign for ${message.backendId} (its backends: ${key.backends?.join(',')})`,
     );
   }
   const topic = topicFor(prefix, message.backendId, message.kind);
@@ -105,7 +112,16 @@ export function createEncoder(opts: EncoderOptions): Encoder {
   const prefix = opts.prefix ?? DEFAULT_TOPIC_PREFIX;
   assertValidPrefix(prefix);
   assertValidBackendId(opts.backendId);
-  if (opts.key) assertValidKey(opts.key);
+  if (opts.key) {
+    assertValidKey(opts.key);
+    // Every message would be refused: said once, where the agent is configured.
+    if (!keyMaySign(opts.key, opts.backendId)) {
+      throw new ProtocolError(
+        'LW_PROTO_KEY_NOT_ALLOWED',
+        `key ${opts.key.keyId} may not sign for ${opts.backendId} (its backends: ${opts.key.backends?.join(',')})`,
+      );
+    }
+  }
   const now = opts.now ?? Date.now;
   const epochMs = now();
   let seq = 0;
@@ -213,9 +229,12 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     throw new ProtocolError('LW_PROTO_INVALID_OPTION', 'maxPayloadBytes must be an integer >= 256');
   }
   const keys = new Map<string, Buffer>();
+  /** The keys bound to some backends (SigningKey.backends), by id. */
+  const scoped = new Map<string, SigningKey>();
   for (const key of opts.keys ?? []) {
     assertValidKey(key);
     keys.set(key.keyId, key.secret);
+    if (key.backends !== undefined) scoped.set(key.keyId, key);
   }
   const requireSignature = opts.requireSignature ?? keys.size > 0;
   const maxClockSkewMs = opts.maxClockSkewMs ?? DEFAULT_MAX_CLOCK_SKEW_MS;
@@ -300,6 +319,15 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       const signature = split.signature ?? '';
       if (copyOf(seenKey(parsedTopic.value), signature, meta.retained === true)) {
         return fail('LW_PROTO_REPLAY', 'a copy of a message already seen', backendId);
+      }
+      // Before the HMAC: which backends a key may sign for is no secret.
+      const scope = scoped.get(split.keyId);
+      if (scope !== undefined && !keyMaySign(scope, backendId)) {
+        return fail(
+          'LW_PROTO_KEY_NOT_ALLOWED',
+          `key id ${JSON.stringify(split.keyId)} may not sign for ${backendId}`,
+          backendId,
+        );
       }
       const bad = verifySignature(topic, split.body, split.keyId, signature, keys);
       if (bad) return fail(bad, `key id ${JSON.stringify(split.keyId.slice(0, 64))}`, backendId);

@@ -21,6 +21,7 @@ export const PROTOCOL_ERRORS = {
   LW_PROTO_UNSIGNED: 'signatures are required and the message carries none',
   LW_PROTO_BAD_SIGNATURE: 'signature does not match the topic and payload',
   LW_PROTO_UNKNOWN_KEY: 'signature names a key id the verifier does not hold',
+  LW_PROTO_KEY_NOT_ALLOWED: "the signing key may not sign for this backend (the key's backends)",
   LW_PROTO_CLOCK_SKEW: 'timestamp is outside the allowed clock-skew window',
   LW_PROTO_STALE: 'a retained message is older than its freshness limit (maxRetainedAgeMs)',
   LW_PROTO_REPLAY: 'sequence number is not newer than one already accepted for this backend',

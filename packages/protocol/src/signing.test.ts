@@ -1,4 +1,5 @@
-import { parseKeyFile, signPayload, verifySignature } from './signing';
+import { createDecoder, createEncoder } from './codec';
+import { keyMaySign, parseKeyFile, signPayload, verifySignature } from './signing';
 
 describe('key files', () => {
   const secret = Buffer.alloc(32, 3);
@@ -16,6 +17,10 @@ describe('key files', () => {
     ['k1 c2hvcnQ=', 'at least 16 bytes'],
     [`k/1 ${secret.toString('base64')}`, 'key id'],
     [`k1 ${secret.toString('base64')}\nk1 ${secret.toString('base64')}`, 'duplicate'],
+    [`k1 ${secret.toString('base64')} b1,,b2`, 'backends'],
+    [`k1 ${secret.toString('base64')} b/1`, 'backends'],
+    [`k1 ${secret.toString('base64')} *web`, 'backends'],
+    [`k1 ${secret.toString('base64')} b1 extra`, 'line 1'],
   ])('rejects %j with a message naming the problem', (text, message) => {
     expect(() => parseKeyFile(text)).toThrow(
       expect.objectContaining({
@@ -66,5 +71,56 @@ describe('the last character of a signature', () => {
         );
       }
     }
+  });
+});
+
+describe('keys bound to backends', () => {
+  const secret = Buffer.alloc(32, 5);
+  it('reads the backends a key may sign for from the third field', () => {
+    const [open, bound] = parseKeyFile(
+      `k-any ${secret.toString('base64')}\nk-web ${secret.toString('base64')} web-*,api-1\n`,
+    );
+    expect(open!.backends).toBeUndefined();
+    expect(bound!.backends).toEqual(['web-*', 'api-1']);
+    expect(['web-1', 'web-', 'api-1', 'api-10', 'b'].map((id) => keyMaySign(bound!, id))).toEqual([
+      true,
+      true,
+      true,
+      false,
+      false,
+    ]);
+    expect(keyMaySign(open!, 'anything')).toBe(true);
+    expect(keyMaySign({ backends: ['*'] }, 'anything')).toBe(true);
+  });
+
+  it('a decoder refuses what a bound key signed for another backend, before the HMAC', () => {
+    const key = { keyId: 'ka', secret, backends: ['a'] };
+    const now = () => 1767225600000;
+    const decoder = createDecoder({ keys: [key], now });
+    const own = createEncoder({ backendId: 'a', key, now }).status('online');
+    expect(decoder.decode(own.topic, own.payload)).toMatchObject({ ok: true, keyId: 'ka' });
+    const forB = createEncoder({ backendId: 'b', key: { keyId: 'ka', secret }, now });
+    const signed = forB.status('draining');
+    expect(decoder.decode(signed.topic, signed.payload)).toMatchObject({
+      ok: false,
+      code: 'LW_PROTO_KEY_NOT_ALLOWED',
+      backendId: 'b',
+    });
+    // Not even the MAC is computed: a wrong one is refused for the same reason.
+    const garbled = signed.payload.replace(/ \S+$/, ' ' + 'A'.repeat(43));
+    expect(decoder.decode(signed.topic, garbled)).toMatchObject({
+      code: 'LW_PROTO_KEY_NOT_ALLOWED',
+    });
+  });
+
+  it('an encoder refuses a key that may not sign for its backend, at once', () => {
+    expect(() =>
+      createEncoder({ backendId: 'b', key: { keyId: 'ka', secret, backends: ['a', 'web-*'] } }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'LW_PROTO_KEY_NOT_ALLOWED',
+        message: expect.stringContaining('may not sign for b'),
+      }),
+    );
   });
 });

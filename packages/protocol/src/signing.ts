@@ -30,6 +30,27 @@ const MAC_RE = new RegExp(`^[A-Za-z0-9_-]{${Math.ceil((MAC_BYTES * 8) / 6)}}$`);
 export interface SigningKey {
   keyId: string;
   secret: Buffer;
+  /**
+   * The backends this key may sign for, each a backend id or a prefix of one
+   * followed by `*` (`web-*`; `*` alone: any); absent: any backend. A
+   * decoder drops what the key signs for another backend
+   * (`LW_PROTO_KEY_NOT_ALLOWED`), so one agent's leaked key cannot speak for
+   * the rest of the fleet (SECURITY.md).
+   */
+  backends?: readonly string[];
+}
+
+/** A backend id (topics.ts), or a prefix of one followed by `*`, or `*` alone. */
+const SCOPE_RE = /^(?:\*|[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}\*?)$/;
+
+/** Whether `key` may sign for `backendId`: its `backends`, when it has them. */
+export function keyMaySign(key: Pick<SigningKey, 'backends'>, backendId: string): boolean {
+  const scope = key.backends;
+  if (scope === undefined) return true;
+  for (const s of scope) {
+    if (s.endsWith('*') ? backendId.startsWith(s.slice(0, -1)) : s === backendId) return true;
+  }
+  return false;
 }
 
 export function assertValidKey(key: SigningKey): void {
@@ -43,6 +64,18 @@ export function assertValidKey(key: SigningKey): void {
     throw new ProtocolError(
       'LW_PROTO_INVALID_OPTION',
       `key ${key.keyId}: secret must be at least ${MIN_SECRET_BYTES} bytes`,
+    );
+  }
+  const scope: unknown = key.backends;
+  if (
+    scope !== undefined &&
+    (!Array.isArray(scope) ||
+      scope.length === 0 ||
+      !scope.every((s) => typeof s === 'string' && SCOPE_RE.test(s)))
+  ) {
+    throw new ProtocolError(
+      'LW_PROTO_INVALID_OPTION',
+      `key ${key.keyId}: backends must be a non-empty list of backend ids, each may end in *`,
     );
   }
 }
@@ -98,10 +131,12 @@ export function verifySignature(
 }
 
 /**
- * Parses a key file: one key per line, `<keyId> <secret>`, the secret in
- * base64 (`openssl rand -base64 32`) or as `hex:<hex>`. Blank lines and lines
- * starting with `#` are ignored. Several keys allow rotation: agents sign with
- * one, gateways accept all listed.
+ * Parses a key file: one key per line, `<keyId> <secret> [<backends>]`, the
+ * secret in base64 (`openssl rand -base64 32`) or as `hex:<hex>`, the
+ * optional third field the backends the key may sign for, comma-separated
+ * (`b1,b2`, `web-*`; SigningKey.backends). Blank lines and lines starting
+ * with `#` are ignored. Several keys allow rotation: agents sign with one,
+ * gateways accept all listed.
  */
 export function parseKeyFile(text: string): SigningKey[] {
   const keys: SigningKey[] = [];
@@ -109,17 +144,18 @@ export function parseKeyFile(text: string): SigningKey[] {
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) return;
     const parts = line.split(/\s+/);
-    if (parts.length !== 2) {
+    if (parts.length !== 2 && parts.length !== 3) {
       throw new ProtocolError(
         'LW_PROTO_INVALID_OPTION',
-        `key file line ${index + 1}: expected "<keyId> <secret>"`,
+        `key file line ${index + 1}: expected "<keyId> <secret> [<backend>,...]"`,
       );
     }
-    const [keyId, encoded] = parts as [string, string];
+    const [keyId, encoded, scope] = parts as [string, string, string | undefined];
     const secret = encoded.startsWith('hex:')
       ? Buffer.from(encoded.slice(4), 'hex')
       : Buffer.from(encoded, 'base64');
-    const key = { keyId, secret };
+    const key: SigningKey =
+      scope === undefined ? { keyId, secret } : { keyId, secret, backends: scope.split(',') };
     try {
       assertValidKey(key);
     } catch (err) {
