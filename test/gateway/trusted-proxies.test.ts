@@ -142,6 +142,25 @@ describe('trustForwarded behind appending proxies', () => {
     expect(hashKeys).toEqual(['127.0.0.2']);
   });
 
+  it("never passes a client's X-Original-URL or X-Rewrite-URL, trusted or not; keeps the trusted proxy's other values", async () => {
+    // The app denies /admin before the balancer; a backend that routes by X-Original-URL
+    // (Symfony's IIS support, IIS URL Rewrite) would serve /admin for a request to /public.
+    const { gw } = await gateway(1);
+    const front = await chain(gw.port, 1);
+    const r = await send(`${front.url}/public`, {
+      headers: {
+        'x-original-url': '/admin',
+        'x-rewrite-url': '/admin',
+        'x-forwarded-prefix': '/shop',
+        'x-forwarded-proto': 'https',
+      },
+    });
+    const h = r.json<Seen>().headers;
+    expect([h['x-original-url'], h['x-rewrite-url']]).toEqual([undefined, undefined]);
+    // What a trusted proxy may have set stays, as documented.
+    expect([h['x-forwarded-prefix'], h['x-forwarded-proto']]).toEqual(['/shop', 'https']);
+  });
+
   it('counts several trusted proxies, and several X-Forwarded-For lines as one list', async () => {
     const { gw, appIps } = await gateway(2);
     const outer = await chain(gw.port, 2);

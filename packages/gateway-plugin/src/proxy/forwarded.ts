@@ -25,9 +25,17 @@ const UNTRUSTED_FORWARDING = [
   'x-forwarded-protocol',
   'x-url-scheme',
   'front-end-https',
-  'x-original-url',
-  'x-rewrite-url',
 ];
+
+/**
+ * Another path for the request than its own (IIS URL Rewrite, and the
+ * frameworks that honour them: Symfony, Laminas). Dropped even from trusted
+ * proxies, which pass a client's copy on unless they set their own (nginx
+ * and an AWS ALB set neither): the app's routes and the gateway's path
+ * checks saw the request's URL, and a backend routing by one of these served
+ * `/admin` to a request for `/public` that the app's `/admin` guard never saw.
+ */
+const PATH_OVERRIDES = ['x-original-url', 'x-rewrite-url'];
 
 /**
  * `client`: the flow's clientAddress(req, hops), taken before this appends to
@@ -51,6 +59,7 @@ export function setForwardedHeaders(req: IncomingMessage, hops: number, client: 
   // ALB does not) passes the client's own, and backends act on it (allow-lists,
   // audit logs).
   h['x-real-ip'] = client;
+  for (const name of PATH_OVERRIDES) delete h[name];
   if (hops > 0) {
     h['x-forwarded-for'] = h['x-forwarded-for'] ? `${h['x-forwarded-for']}, ${remote}` : remote;
     h['x-forwarded-proto'] ??= encrypted ? 'https' : 'http';
