@@ -85,6 +85,8 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       expect(snap.backends.map((s) => s.id)).toEqual(['a', 'b']);
       expect(snap.backends[0]!.lastReport).toMatchObject({ cpuUtilization: 0.5, inFlight: 3 });
       expect(snap.backends[0]!.reportFresh).toBe(true);
+      // Which key spoke for each backend: a's report was signed with k1, b has heard nothing.
+      expect(snap.backends.map((s) => s.signedBy)).toEqual(['k1', null]);
       expect(dropped.sort()).toEqual(['LW_GW_UNKNOWN_BACKEND', 'LW_PROTO_MALFORMED_JSON']);
       expect(snap.brokerConnected).toBe(true);
       const metrics = (await send(`${gw.url}/_lb/metrics`)).body;

@@ -467,6 +467,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       return;
     }
     backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
+    backend.signedBy = keyId;
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
   }

@@ -67,6 +67,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
       cpuThroughputRps: loadSnap.cpuThroughputRps ?? null,
       reportAgeMs: age ?? null,
       reportFresh: load.hasFreshReport(nowMs),
+      signedBy: b.signedBy ?? null,
       lastReport: reported(b.lastReport, b),
       trafficShare: counts.total > 0 ? windowRequests / counts.total : 0,
       windowRequests,

@@ -14,6 +14,7 @@ describe('loadwise status rendering', () => {
     cpuThroughputRps: null,
     reportAgeMs: 250,
     reportFresh: true,
+    signedBy: null,
     trafficShare: 0.456,
     lastReport: {
       cpuUtilization: 0.42,
@@ -49,6 +50,7 @@ describe('loadwise status rendering', () => {
       stateReason: 'active health check failed',
       reportAgeMs: 42_000,
       reportFresh: false,
+      signedBy: null,
     });
     expect(row[1]).toBe('down: active health check failed');
     expect(row[6]).toBe('42 s stale');

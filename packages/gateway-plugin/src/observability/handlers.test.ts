@@ -34,6 +34,7 @@ const SNAPSHOT: BalancerSnapshot = {
       cpuThroughputRps: null,
       reportAgeMs: 200,
       reportFresh: true,
+      signedBy: null,
       lastReport: null,
       trafficShare: 1,
       windowRequests: 10,

@@ -17,6 +17,7 @@ function backend(id: string, over: Partial<BackendSnapshot> = {}): BackendSnapsh
     cpuThroughputRps: null,
     reportAgeMs: null,
     reportFresh: false,
+    signedBy: null,
     lastReport: null,
     trafficShare: 0,
     windowRequests: 0,
@@ -166,6 +167,7 @@ describe('createGatewayMetrics', () => {
             inFlight: 3,
             reportAgeMs: 1500,
             reportFresh: true,
+            signedBy: null,
             trafficShare: 0.75,
             lastReport: {
               cpuUtilization: 0.9,

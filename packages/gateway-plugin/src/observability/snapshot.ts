@@ -71,6 +71,12 @@ export interface BackendSnapshot {
   reportAgeMs: number | null;
   /** Whether that report is younger than its freshness limit (so it steers routing). */
   reportFresh: boolean;
+  /**
+   * Key id of the last signed report or status applied for this backend;
+   * null if none. Which key speaks for which backend, before binding each
+   * key to its own (docs/protocol.md, "Signing and replay protection").
+   */
+  signedBy: string | null;
   /** The last report's load figures; null if no report ever arrived. */
   lastReport: ReportedLoad | null;
   /** Share of the requests this gateway sent in the last window that went here, 0..1. */

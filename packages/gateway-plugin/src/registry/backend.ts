@@ -63,6 +63,8 @@ export class Backend {
   wasFresh = false;
   /** The last accepted report, for the status endpoint. */
   lastReport: MetricsReport | undefined;
+  /** Key id of the last signed message applied for this backend (snapshot `signedBy`). */
+  signedBy: string | undefined;
   /**
    * When this gateway last had a successful answer from the backend (ms,
    * `now`): traffic that proves the path from here, so the active checker's
