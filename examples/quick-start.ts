@@ -162,9 +162,8 @@ function printSecond(snapshot: BalancerSnapshot, driver: LoadDriver | undefined)
 interface GatewayConfig {
   backends: { id: string; url: string }[];
   brokerUrl: string;
-  keyId: string;
-  /** base64 */
-  secret: string;
+  /** One key per agent, bound to its backend; secrets in base64. */
+  keys: { keyId: string; secret: string; backends: string[] }[];
   dashboardToken: string;
   port: number;
 }
@@ -196,7 +195,7 @@ function createGateway(cfg: GatewayConfig, worker?: WorkerContext) {
       ? { url: cfg.brokerUrl, clientIdPrefix: `quick-start-${worker.id}` }
       : cfg.brokerUrl,
     topicPrefix: TOPIC_PREFIX,
-    keys: [{ keyId: cfg.keyId, secret: Buffer.from(cfg.secret, 'base64') }],
+    keys: cfg.keys.map((k) => ({ ...k, secret: Buffer.from(k.secret, 'base64') })),
     statusPath: STATUS_PATH,
     metricsPath: METRICS_PATH,
     decisionHeader: true,
@@ -322,20 +321,23 @@ async function main(): Promise<void> {
   cleanups.push(() => broker.close());
   say(`embedded MQTT broker on ${broker.url}`);
 
-  // 2. A signing key for this run: the gateway refuses unsigned reports by
-  // default (anyone on a broker could forge them; SECURITY.md). In production
-  // the key file comes from `openssl rand -base64 32` and your secret store.
-  const runKey = createRunKey('quick-start');
-  const { key, file: keyFile } = runKey;
-  cleanups.push(() => runKey.remove());
-  say(`signing key for this run in ${keyFile} (agents sign with it, the gateway verifies)`);
-
-  // 3. Backends and their agents, each a child process.
+  // 2. Backends, each a child process.
   const backends: StartedBackend[] = await Promise.all(
     FLEET.map((spec) => startBackendProcess(spec)),
   );
   children.push(...backends.map((b) => b.process));
-  const agents = backends.map((b) =>
+
+  // 3. A signing key per agent for this run, bound to its backend: the gateway
+  // refuses unsigned reports by default (anyone on a broker could forge them),
+  // and what one agent's key signs for another backend (SECURITY.md). In
+  // production the key file comes from `openssl rand -base64 32` and your
+  // secret store.
+  const runKeys = backends.map((b) => createRunKey(`quick-start-${b.id}`, [b.id]));
+  cleanups.push(() => runKeys.forEach((k) => k.remove()));
+  say(
+    `signing keys for this run in ${runKeys.map((k) => k.file).join(', ')} (one per agent, bound to its backend: agents sign, the gateway verifies)`,
+  );
+  const agents = backends.map((b, i) =>
     startAgentProcess({
       backendId: b.id,
       brokerUrl: broker.url,
@@ -344,7 +346,7 @@ async function main(): Promise<void> {
       servicePid: b.process.pid,
       intervalMs: args.intervalMs,
       drainGraceMs: 200,
-      extraArgs: ['--key-file', keyFile],
+      extraArgs: ['--key-file', runKeys[i]!.file],
     }),
   );
   children.push(...agents);
@@ -363,8 +365,11 @@ async function main(): Promise<void> {
   const cfg: GatewayConfig = {
     backends: backends.map((b) => ({ id: b.id, url: b.url })),
     brokerUrl: broker.url,
-    keyId: key.keyId,
-    secret: key.secret.toString('base64'),
+    keys: runKeys.map(({ key }) => ({
+      keyId: key.keyId,
+      secret: key.secret.toString('base64'),
+      backends: key.backends ?? [],
+    })),
     dashboardToken: randomBytes(18).toString('base64url'),
     port: args.port,
   };

@@ -11,17 +11,24 @@ import path from 'node:path';
 
 export interface RunKey {
   /** For `loadBalance({ keys })`. */
-  key: { keyId: string; secret: Buffer };
+  key: { keyId: string; secret: Buffer; backends?: string[] };
   /** The key file, mode 0600, for `loadwise-agent --key-file` and `LOADWISE_GW_KEY_FILE`. */
   file: string;
   /** Removes the key file and its directory. */
   remove(): void;
 }
 
-export function createRunKey(keyId: string): RunKey {
-  const key = { keyId, secret: randomBytes(32) };
+/**
+ * `backends`: the backend ids the key may sign for, written into the key file
+ * as its third field (docs/protocol.md, "Signing and replay protection"); the
+ * gateway drops what it signs for any other, and an agent refuses to start
+ * with a key bound to other backends. Without: any backend.
+ */
+export function createRunKey(keyId: string, backends?: string[]): RunKey {
+  const key = { keyId, secret: randomBytes(32), ...(backends && { backends }) };
   const dir = mkdtempSync(path.join(tmpdir(), `loadwise-${keyId}-`));
   const file = path.join(dir, 'keys');
-  writeFileSync(file, `${key.keyId} ${key.secret.toString('base64')}\n`, { mode: 0o600 });
+  const scope = backends ? ` ${backends.join(',')}` : '';
+  writeFileSync(file, `${key.keyId} ${key.secret.toString('base64')}${scope}\n`, { mode: 0o600 });
   return { key, file, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
