@@ -77,6 +77,16 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, keys: [{ keyId: 'k', secret: Buffer.alloc(4) }] },
     'LW_GW_INVALID_OPTION',
   ],
+  [
+    'a key bound to no backend',
+    { ...base, keys: [{ keyId: 'k', secret: Buffer.alloc(32), backends: [] }] },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'a key bound to a backend id no topic can carry',
+    { ...base, keys: [{ keyId: 'k', secret: Buffer.alloc(32), backends: ['a/b'] }] },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['requireSignature without keys', { ...base, requireSignature: true }, 'LW_GW_INVALID_OPTION'],
   ['allowUnsigned not a boolean', { ...base, allowUnsigned: 'yes' }, 'LW_GW_INVALID_OPTION'],
   [
