@@ -263,7 +263,6 @@ describe('packed packages in an empty project', () => {
       decoded: { kind: 'status', state: 'draining', reason: 'pack test' },
       proxied: { status: 200, body: 'hello from api-1' },
       reportFresh: true,
-      signedBy: null,
       errorCode: 'LW_GW_NO_BACKENDS',
     });
   }, 60_000);
