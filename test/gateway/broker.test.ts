@@ -11,6 +11,7 @@ import { createEncoder, signPayload, type SigningKey } from '@loadwise/protocol'
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default (SECURITY.md). */
@@ -52,8 +53,14 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     await broker.close();
   });
 
-  it('applies reports of configured backends and ignores unknown ones', async () => {
-    const prefix = uniquePrefix('gw');
+  /**
+   * Starts `gw` on this broker over a and b, under `prefix`, verifying with `key`
+   * unless `extra` says otherwise, and waits until it is ready (afterEach closes it).
+   */
+  async function gatewayOverAB(
+    prefix: string,
+    extra: Partial<LoadBalanceOptions>,
+  ): Promise<TestGateway> {
     gw = await startLocalGateway({
       backends: [
         { id: 'a', url: a.url },
@@ -62,9 +69,15 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       broker: broker.url,
       topicPrefix: prefix,
       keys: [key],
-      metricsPath: '/_lb/metrics',
+      ...extra,
     });
     await gw.lb.ready();
+    return gw;
+  }
+
+  it('applies reports of configured backends and ignores unknown ones', async () => {
+    const prefix = uniquePrefix('gw');
+    gw = await gatewayOverAB(prefix, { metricsPath: '/_lb/metrics' });
     const dropped: string[] = [];
     gw.lb.balancer.on('invalid-message', (e) => dropped.push(e.code));
     const client = await connectClient(broker.url);
@@ -101,17 +114,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
 
   it('stops sending new requests to a draining backend', async () => {
     const prefix = uniquePrefix('gw');
-    gw = await startLocalGateway({
-      backends: [
-        { id: 'a', url: a.url },
-        { id: 'b', url: b.url },
-      ],
-      broker: broker.url,
-      topicPrefix: prefix,
-      keys: [key],
-      strategy: 'round-robin',
-    });
-    await gw.lb.ready();
+    gw = await gatewayOverAB(prefix, { strategy: 'round-robin' });
     const client = await connectClient(broker.url);
     try {
       const draining = once(internals(gw.lb).events, 'backend-draining');
@@ -131,17 +134,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     const prefix = uniquePrefix('gw');
     const ka: SigningKey = { keyId: 'ka', secret: randomBytes(32), backends: ['a'] };
     const kb: SigningKey = { keyId: 'kb', secret: randomBytes(32), backends: ['b'] };
-    gw = await startLocalGateway({
-      backends: [
-        { id: 'a', url: a.url },
-        { id: 'b', url: b.url },
-      ],
-      broker: broker.url,
-      topicPrefix: prefix,
-      keys: [ka, kb],
-      strategy: 'round-robin',
-    });
-    await gw.lb.ready();
+    gw = await gatewayOverAB(prefix, { keys: [ka, kb], strategy: 'round-robin' });
     const dropped: string[] = [];
     gw.lb.balancer.on('invalid-message', (e) => dropped.push(e.code));
     const client = await connectClient(broker.url);

@@ -15,6 +15,7 @@ import {
   isLastWill,
 } from './replay';
 import {
+  assertKeyMaySign,
   assertValidKey,
   keyMaySign,
   signPayload,
@@ -60,12 +61,7 @@ export function encodeMessage<M extends Message>(
       `cannot encode ${message.kind ?? 'message'}: field ${failure.path}`,
     );
   }
-  if (key && !keyMaySign(key, message.backendId)) {
-    throw new ProtocolError(
-      'LW_PROTO_KEY_NOT_ALLOWED',
-      `key ${key.keyId} may not sign for ${message.backendId} (its backends: ${key.backends?.join(',')})`,
-    );
-  }
+  if (key) assertKeyMaySign(key, message.backendId);
   const topic = topicFor(prefix, message.backendId, message.kind);
   const json = JSON.stringify(message);
   const payload = key ? signPayload(topic, json, key) : json;
@@ -115,12 +111,7 @@ export function createEncoder(opts: EncoderOptions): Encoder {
   if (opts.key) {
     assertValidKey(opts.key);
     // Every message would be refused: said once, where the agent is configured.
-    if (!keyMaySign(opts.key, opts.backendId)) {
-      throw new ProtocolError(
-        'LW_PROTO_KEY_NOT_ALLOWED',
-        `key ${opts.key.keyId} may not sign for ${opts.backendId} (its backends: ${opts.key.backends?.join(',')})`,
-      );
-    }
+    assertKeyMaySign(opts.key, opts.backendId);
   }
   const now = opts.now ?? Date.now;
   const epochMs = now();

@@ -53,6 +53,16 @@ export function keyMaySign(key: Pick<SigningKey, 'backends'>, backendId: string)
   return false;
 }
 
+/** Throws LW_PROTO_KEY_NOT_ALLOWED unless `key` may sign for `backendId` (encoders). */
+export function assertKeyMaySign(key: SigningKey, backendId: string): void {
+  if (!keyMaySign(key, backendId)) {
+    throw new ProtocolError(
+      'LW_PROTO_KEY_NOT_ALLOWED',
+      `key ${key.keyId} may not sign for ${backendId} (its backends: ${key.backends?.join(',')})`,
+    );
+  }
+}
+
 export function assertValidKey(key: SigningKey): void {
   if (!key || typeof key.keyId !== 'string' || !KEY_ID_RE.test(key.keyId)) {
     throw new ProtocolError(
