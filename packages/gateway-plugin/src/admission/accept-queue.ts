@@ -89,8 +89,8 @@ const SHARE_STEP = 0.05;
 /** Ports remembered (a gateway listens on one or two). */
 const MAX_PORTS = 8;
 /**
- * The reads take at most 1% of the event loop: after a read of d ms the next
- * one waits 100 d. A head read costs ~0.1 ms, far under the 50 ms interval;
+ * The reads take at most 1% of the event loop: after two reads of at least
+ * d ms the next one waits 100 d. A head read costs ~0.1 ms, far under the 50 ms interval;
  * a read of /proc/net/tcp6 when no IPv6 connection is open walks the kernel's
  * whole connection hash (4.4 ms measured, bench/hostile/accept-queue-read.ts),
  * and is then made 0.44 s apart.
@@ -288,6 +288,8 @@ export class AcceptQueueMonitor {
   private active = false;
   private lastSampleMs: number | undefined;
   private nextReadAtMs = 0;
+  /** The last read's cost (ms); 0 before the first, which is therefore never spaced. */
+  private lastReadCostMs = 0;
   private onBacklogExceeded: ((depth: number, limit: number) => void) | undefined;
 
   constructor(
@@ -350,7 +352,16 @@ export class AcceptQueueMonitor {
       if (d === null) continue;
       depth = Math.max(depth ?? 0, d ?? 0);
     }
-    this.nextReadAtMs = startMs + (this.clock() - readFrom) / READ_COST_SHARE;
+    // Spaced by the cheaper of this read and the last: one slow read is no
+    // measure of the table. The first read runs cold code, and a read the
+    // scheduler preempted on a busy host counts the time it waited; either
+    // deferred the next read by half a second (a first read of 5 ms, 517 ms)
+    // right when traffic started, and the queue that filled meanwhile went
+    // unseen (a flaky test found it). A table that is costly to read is so
+    // read after read, and the second read spaces them.
+    const costMs = this.clock() - readFrom;
+    this.nextReadAtMs = startMs + Math.min(costMs, this.lastReadCostMs) / READ_COST_SHARE;
+    this.lastReadCostMs = costMs;
     if (depth === null) {
       // No table to read (not Linux, no /proc): the signal is absent, not an error.
       this.available = false;
