@@ -12,6 +12,7 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
+import { readFileSync } from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
 
 export interface TestServer {
@@ -59,11 +60,46 @@ export function startBackend(
   return listen(server);
 }
 
-/** A port with nothing listening (connections are refused). */
+/**
+ * A loopback port nothing listens on (connections are refused), and which
+ * stays so for the test. It is taken below the kernel's ephemeral range: a
+ * port that a server on port 0 had and gave back is soon handed to the next
+ * server on port 0, in this jest worker or another, and the "refused"
+ * backend then answers 200 (seen in CI). Servers on port 0 and outgoing
+ * connections use the ephemeral range only, and a port some service holds
+ * fails the check below.
+ */
 export async function refusedPort(): Promise<number> {
-  const s = await listen(createServer());
-  await s.close();
-  return s.port;
+  const low = ephemeralLow();
+  for (let i = 0; i < 100; i++) {
+    const port = REFUSED_FROM + Math.floor(Math.random() * (low - REFUSED_FROM));
+    if (await canListen(port)) return port;
+  }
+  throw new Error(`no free loopback port between ${REFUSED_FROM} and ${low}`);
+}
+
+/** Below this are well-known and registered services; the range up to the ephemeral one is free. */
+const REFUSED_FROM = 10_000;
+
+/** The first port of the kernel's ephemeral range (Linux's default when unreadable). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(
+      readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').split(/\s+/)[0],
+    );
+    if (low > REFUSED_FROM + 1000) return low;
+  } catch {
+    // not Linux: its default range below
+  }
+  return 32_768;
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
 }
 
 export interface Reply {
