@@ -68,7 +68,9 @@ describe('agent early report after a broker outage', () => {
     agent.on('sample', (report, info) => samples.push({ report, published: info.published }));
     await agent.start();
     const first = await box.waitFor((r) => metricsOf(r) !== undefined, 5 * intervalMs, 'a report');
-    expect(metricsOf(first)!.health.verdict).toBe('up');
+    // The probe answers 200: up, or degraded where the host's real CPU is at 90% and more
+    // (a busy CI machine), never down.
+    expect(metricsOf(first)!.health.verdict).not.toBe('down');
 
     // The outage: every connection to the broker is reset, and the probe goes down.
     // (The reset comes at the connection's next byte: that report may still
