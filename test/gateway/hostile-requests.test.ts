@@ -502,6 +502,20 @@ describe('request smuggling', () => {
     expect(backend.seen).toEqual([]);
     expect(await gw.metric('rejected_requests_total', 'LW_GW_BAD_REQUEST')).toBe(cases.length);
   });
+
+  it('refuses Transfer-Encoding on HTTP/1.0 (400, closed), which strict Node reads as chunked', async () => {
+    // A proxy in front that reads 1.0 framing sees one request (its body ends with the
+    // connection); Node read two, and the backend got the second.
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(
+      gw.port,
+      'POST /api/first HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n' +
+        '3\r\nabc\r\n0\r\n\r\nGET /api/second HTTP/1.1\r\nHost: a\r\n\r\n',
+    );
+    expect([r.responses.length, r.responses[0]?.status, r.closed]).toEqual([1, 400, true]);
+    expect(r.responses[0]?.headers['x-loadwise-error']).toBe('LW_GW_BAD_REQUEST');
+    expect(backend.seen).toEqual([]);
+  });
 });
 
 describe('Connection: close from the client', () => {
@@ -587,6 +601,30 @@ describe('paths http-proxy would rewrite', () => {
     }
     expect(backend.seen).toEqual([]);
     expect(await gw.metric('rejected_requests_total', 'LW_GW_BAD_PATH')).toBe(3);
+  });
+
+  it("refuses an absolute-form target whose authority url.parse reads as path, and 'http:/'", async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: `${backend.url}/base` }] }, (app, lb) =>
+      app.use(lb),
+    );
+    for (const [target, status] of [
+      // The host ends at `%` for url.parse: the rest reached the backend as /base/%2e%2e%2fsecret.
+      ['http://x%2e%2e%2fsecret', 400],
+      ['http://x%2f..%2f..%2fsecret', 400],
+      // Checked as /y, forwarded as /:abc/y.
+      ['http://x:abc/y', 400],
+      // http-proxy's urlJoin makes it /go/http://evil.example/x.
+      ['/go/http:/evil.example/x', 400],
+      ['http://x:8080/a?q=%2e%2e', 200],
+    ] as const) {
+      const r = await rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: a\r\n\r\n`, {
+        responses: 1,
+      });
+      expect([target, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual(
+        [target, status, status === 400 ? 'LW_GW_BAD_PATH' : undefined],
+      );
+    }
+    expect(backend.seen.map((s) => s.line)).toEqual(['GET /base/a?q=%2e%2e']);
   });
 
   it('checks an upgrade as a request: a bad path or a target that is not one gets 400 at once', async () => {

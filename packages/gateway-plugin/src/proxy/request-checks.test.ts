@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { checkFraming, checkPath } from './request-checks';
 
-function req(raw: string[]): IncomingMessage {
+function req(raw: string[], httpVersion = '1.1'): IncomingMessage {
   const headers: Record<string, string> = {};
   // Like Node: the first of a repeated Host/Content-Length wins, others are joined.
   for (let i = 0; i < raw.length; i += 2) {
@@ -9,7 +9,14 @@ function req(raw: string[]): IncomingMessage {
     if (headers[k] === undefined) headers[k] = raw[i + 1]!;
     else if (k !== 'host' && k !== 'content-length') headers[k] += `, ${raw[i + 1]}`;
   }
-  return { headers, rawHeaders: raw } as unknown as IncomingMessage;
+  const [major, minor] = httpVersion.split('.').map(Number);
+  return {
+    headers,
+    rawHeaders: raw,
+    httpVersion,
+    httpVersionMajor: major,
+    httpVersionMinor: minor,
+  } as unknown as IncomingMessage;
 }
 
 describe('checkFraming', () => {
@@ -42,6 +49,15 @@ describe('checkFraming', () => {
     const r = checkFraming(req(raw));
     expect(r.ok).toBe(false);
     expect(!r.ok && r.detail).toContain(detail);
+  });
+
+  it('refuses Transfer-Encoding from an HTTP/1.0 client, which has no chunked coding', () => {
+    const r = checkFraming(req(['Host', 'a', 'Transfer-Encoding', 'chunked'], '1.0'));
+    expect(r).toEqual({ ok: false, detail: 'Transfer-Encoding in an HTTP/1.0 request' });
+    expect(checkFraming(req(['Host', 'a', 'Content-Length', '3'], '1.0'))).toEqual({
+      ok: true,
+      framing: 'length',
+    });
   });
 });
 
@@ -78,6 +94,45 @@ describe('checkPath', () => {
     ['/a\\b?q=\\', 'backslash in the path'],
     ['/a?q=\\x', undefined],
     ['http://a', undefined],
+  ])('%s: %s', (url, why) => {
+    expect(checkPath(url)).toBe(why);
+  });
+
+  // url.parse (Express's router, http-proxy) ends the host at the first character an
+  // authority cannot hold and makes the rest the path: checked from the first `/`,
+  // `http://x%2e%2e%2fsecret` passed with an empty path and reached the backend as
+  // `/base/%2e%2e%2fsecret`.
+  it.each([
+    'http://x%2e%2e%2fsecret',
+    'http://x%2f..%2f..%2fsecret',
+    'http://u@y%2e%2e/z',
+    'http://x:abc/y',
+    'http://x y/z',
+    'http://[::1/a',
+  ])('refuses the absolute-form target %s: its authority is malformed', (url) => {
+    expect(checkPath(url)).toBe('malformed authority in an absolute-form target');
+  });
+
+  it.each([
+    'http://x',
+    'http://x:8080/a',
+    'http://x:/a',
+    'http://user:p%40ss@x.example:80/a?q=%2e%2e',
+    'http://[::1]:8080/a',
+    'http://127.0.0.1/a',
+    'HTTP://X.Example/a',
+  ])('accepts the absolute-form target %s', (url) => {
+    expect(checkPath(url)).toBeUndefined();
+  });
+
+  // http-proxy's urlJoin turns the path's first `http:/` into `http://`.
+  it.each([
+    ['/go/http:/evil.example/x', "'http:/' in the path"],
+    ['/go/https:/evil.example/x', "'http:/' in the path"],
+    ['http://a/go/http:/b', "'http:/' in the path"],
+    ['/go?to=http:/b', undefined],
+    ['/go/HTTP:/b', undefined],
+    ['/go/http:b', undefined],
   ])('%s: %s', (url, why) => {
     expect(checkPath(url)).toBe(why);
   });

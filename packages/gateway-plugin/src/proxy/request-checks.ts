@@ -35,6 +35,14 @@ export function checkFraming(req: IncomingMessage): Framing {
   if (te !== undefined && cl !== undefined) {
     return { ok: false, detail: 'both Transfer-Encoding and Content-Length' };
   }
+  // HTTP/1.0 has no chunked coding: RFC 9112 §6.1 has a 1.0 request with
+  // Transfer-Encoding treated as faulty framing, and nginx answers it 400. Node
+  // reads it as chunked and keeps the connection open, so a proxy in front that
+  // reads 1.0 framing (the body ends with the connection) sees one request where
+  // the backend gets two.
+  if (te !== undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 0) {
+    return { ok: false, detail: 'Transfer-Encoding in an HTTP/1.0 request' };
+  }
   // Transfer coding names are case-insensitive (RFC 9112 §7). Any other
   // coding ("gzip, chunked", "identity") would be forwarded under a
   // re-chunked body by Node's ClientRequest: refuse rather than guess.
@@ -87,11 +95,39 @@ const PATH_OR_ABSOLUTE = /^(?:\/|[a-z][a-z0-9+.-]*:\/\/)/i;
  */
 const REWRITTEN_BY_PROXY = /\/\/|\\/;
 
-/** The path of an origin- or absolute-form target (after `scheme://authority`). */
-function pathOf(target: string): string {
+/**
+ * http-proxy's urlJoin also turns the first `http:/` of the joined path into
+ * `http://` (and `https:/` into `https://`): `/go/http:/evil.example/x`,
+ * judged by the app as it came, reached the backend as
+ * `/go/http://evil.example/x`, the empty segment a client cannot send.
+ * Case-sensitive, as that replace is.
+ */
+const SCHEME_REWRITTEN_BY_PROXY = /https?:\//;
+
+/**
+ * The authority of an absolute-form target (RFC 3986 §3.2): userinfo, a
+ * registered name, IPv4 or an IP literal, and a port of digits. url.parse,
+ * which both Express's router and http-proxy read the target with, ends the
+ * host at the first other character (`%`, a space, a quote) and makes the
+ * rest the path; checked after the first `/`, `http://x%2e%2e%2fsecret`
+ * passed with an empty path and reached the backend as
+ * `/base/%2e%2e%2fsecret`, outside its base path once decoded. And
+ * `http://x:abc/y` was checked as `/y` and forwarded as `/:abc/y`. Such a
+ * target is refused, not re-read.
+ */
+const AUTHORITY = /^(?:[\w.~!$&'()*+,;=:%-]*@)?(?:\[[0-9a-f:.]+\]|[\w.~!$&'()*+,;=-]*)(?::\d*)?$/i;
+
+/**
+ * The path of an origin- or absolute-form target (after `scheme://authority`),
+ * or undefined for an absolute-form target whose authority url.parse would
+ * read differently (AUTHORITY).
+ */
+function pathOf(target: string): string | undefined {
   if (target.charCodeAt(0) === 47 /* / */) return target;
-  const authority = target.indexOf('://') + 3;
-  const slash = target.indexOf('/', authority);
+  const from = target.indexOf('://') + 3;
+  const slash = target.indexOf('/', from);
+  const end = slash < 0 ? target.length : slash;
+  if (!AUTHORITY.test(target.slice(from, end))) return undefined;
   return slash < 0 ? '' : target.slice(slash);
 }
 
@@ -108,10 +144,12 @@ export function checkPath(url: string | undefined): string | undefined {
   const f = url.indexOf('#');
   if (f >= 0 && f < end) end = f;
   const path = pathOf(end === url.length ? url : url.slice(0, end));
+  if (path === undefined) return 'malformed authority in an absolute-form target';
   if (DOT_SEGMENT.test(path)) return 'dot-segment in the path';
   const rewritten = REWRITTEN_BY_PROXY.exec(path);
   if (rewritten)
     return rewritten[0] === '\\' ? 'backslash in the path' : 'empty segment (//) in the path';
+  if (SCHEME_REWRITTEN_BY_PROXY.test(path)) return "'http:/' in the path";
   return undefined;
 }
 
