@@ -289,6 +289,53 @@ describe('a garbled answer with retries on', () => {
   });
 });
 
+describe("an answer whose head is over Node's limit", () => {
+  it('is answered 502 at once: not retried on the others, no backend charged', async () => {
+    // A redirect that echoes the URL: a client sizes its head (6 KiB of ':' is 18 KiB encoded).
+    const redirecting = async (): Promise<TestServer & { hits: () => number }> => {
+      let hits = 0;
+      const server = createServer((req, res) => {
+        hits++;
+        res.writeHead(302, { location: `/login?next=${encodeURIComponent(req.url!)}` }).end();
+      });
+      const s = await listen(server);
+      others.push(s);
+      return Object.assign(s, { hits: () => hits });
+    };
+    const fleet = [await redirecting(), await redirecting(), await redirecting()];
+    gw = await gateway(
+      {
+        backends: fleet.map((b, i) => ({ id: `b${i}`, url: b.url })),
+        outlier: { consecutiveFailures: 3 },
+      },
+      (app, lb) => app.use(lb),
+    );
+    for (let i = 0; i < 6; i++) {
+      const r = await rawExchange(
+        gw.port,
+        `GET /${':'.repeat(6_000)} HTTP/1.1\r\nHost: a\r\n\r\n`,
+        { responses: 1 },
+      );
+      expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
+        502,
+        'LW_GW_UPSTREAM_FAILED',
+      ]);
+    }
+    // One attempt each; retried, every request reached all three, and b0 was ejected.
+    expect(fleet.reduce((n, b) => n + b.hits(), 0)).toBe(6);
+    const snap = gw.lb.balancer.snapshot().backends;
+    expect(snap.map((b) => [b.id, b.state, b.failuresTotal])).toEqual([
+      ['b0', 'healthy', 0],
+      ['b1', 'healthy', 0],
+      ['b2', 'healthy', 0],
+    ]);
+    const ok = await rawExchange(gw.port, 'GET /short HTTP/1.1\r\nHost: a\r\n\r\n', {
+      responses: 1,
+    });
+    expect(ok.responses[0]?.status).toBe(302);
+  });
+});
+
 describe('what a backend says about its own connection', () => {
   it('never reaches the client: Keep-Alive, Connection and what it names, Upgrade', async () => {
     const hop = (connection: string): string =>

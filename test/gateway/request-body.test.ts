@@ -7,7 +7,7 @@
  * idempotent request is held in memory so a refused attempt is retried with
  * it, a large one is not.
  */
-import { createServer, request, type IncomingMessage } from 'node:http';
+import { Agent, createServer, request, type IncomingMessage } from 'node:http';
 import { gzipSync } from 'node:zlib';
 import express from 'express';
 import { fixRequestBody } from 'http-proxy-middleware';
@@ -382,6 +382,58 @@ describe('request bodies', () => {
       if (r.status === 502) expect(r.headers['x-loadwise-error']).toBe('LW_GW_UPSTREAM_FAILED');
     }
     expect(statuses.sort()).toEqual([200, 200, 502, 502]);
+  });
+});
+
+describe('a streamed upload the backend fails', () => {
+  let backend: TestServer;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    // Resets its connection 64 KiB into an upload; answers anything else.
+    backend = await listen(
+      createServer((req, res) => {
+        let n = 0;
+        req.on('data', (c: Buffer) => {
+          n += c.length;
+          if (n > 65_536) req.socket.resetAndDestroy();
+        });
+        req.on('end', () => res.end('ok'));
+      }),
+    );
+  });
+  afterEach(async () => {
+    await gw?.close();
+    gw = undefined;
+  });
+  afterAll(() => backend.close());
+
+  it('is answered 502 with Connection: close, so the keep-alive client reconnects for its next request', async () => {
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }], retry: false });
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const exchange = (method: string, body?: Buffer) =>
+      new Promise<{ status?: number; connection?: string; error?: string }>((resolve) => {
+        const req = request(
+          `${gw!.url}/upload`,
+          { method, agent, headers: body ? { 'content-length': body.length } : {} },
+          (res) => {
+            res.resume();
+            res.on('end', () =>
+              resolve({ status: res.statusCode, connection: res.headers.connection }),
+            );
+          },
+        );
+        // Kept alive, the next request went to a connection the gateway no longer read.
+        req.setTimeout(TIMEOUT_MS, () => req.destroy(new Error('no answer')));
+        req.on('error', (e) => resolve({ error: e.message }));
+        req.end(body);
+      });
+    try {
+      const upload = await exchange('POST', Buffer.alloc(300 * 1024, 97));
+      expect(upload).toEqual({ status: 502, connection: 'close' });
+      expect(await exchange('GET')).toEqual({ status: 200, connection: 'keep-alive' });
+    } finally {
+      agent.destroy();
+    }
   });
 });
 

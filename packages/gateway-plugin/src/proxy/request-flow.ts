@@ -978,6 +978,7 @@ export class RequestFlow {
       flow.answer = undefined;
       answer.unpipe(flow.res);
     }
+    if ((err as { code?: string }).code === 'HPE_HEADER_OVERFLOW') return this.headTooLarge(flow);
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
@@ -1032,6 +1033,29 @@ export class RequestFlow {
     this.fail(flow, code);
   }
 
+  /**
+   * The backend answered with a head over Node's limit (16 KiB,
+   * `--max-http-header-size`; nginx's proxy_buffer_size is 4-8 KiB), often
+   * one that echoes the request (a redirect's `Location` carrying its URL),
+   * so the client chose its size. Taken for a garbled answer, it was retried
+   * on every other backend, which answered the same, and each was charged a
+   * failure: six such requests ejected a healthy backend. Now answered 502 at
+   * once, not retried, nobody charged, and the pool kept (the answer was well
+   * formed; Node only stopped reading it), as nginx neither retries nor
+   * counts a too large header by default.
+   */
+  private headTooLarge(flow: Flow): void {
+    const backend = flow.backend!;
+    flow.responseOk = false;
+    this.endAttempt(flow, true);
+    this.core.logLine(
+      `upstream:${backend.id}:head-too-large`,
+      `${backend.id} (${backend.target.href}) answered ${describe(flow.req)} with a head over Node's limit (--max-http-header-size); answering 502 LW_GW_UPSTREAM_FAILED, not retried, the backend not charged`,
+      { event: 'upstream-head-too-large', backend: backend.id },
+    );
+    this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
+  }
+
   /** An idempotent method, with no body or one held in memory (request-body.ts). */
   private retryable(flow: Flow): boolean {
     const r = this.core.options.retry;
@@ -1049,6 +1073,7 @@ export class RequestFlow {
   }
 
   private fail(flow: Flow, code: GatewayErrorCode): void {
+    closeIfBodyUnread(flow);
     sendError(flow.res, code);
   }
 
@@ -1130,6 +1155,7 @@ export class RequestFlow {
       // Nothing of this attempt may reach the client after the error answer.
       proxyRes?.destroy();
       flow.proxyReq?.destroy();
+      closeIfBodyUnread(flow);
       sendError(flow.res, 'LW_GW_HOOK_FAILED');
       return false;
     }
@@ -1219,6 +1245,20 @@ export class RequestFlow {
     flow.proxyReq = undefined;
     this.flows.set(flow.req, FINISHED);
   }
+}
+
+/**
+ * An answer of the gateway's own while the request body is still coming (a
+ * streamed upload the backend failed, reset or timed out on): the rest of
+ * the body will not be read, since the body pump stopped with its source
+ * paused and Node discards only a body nobody started reading, so the
+ * connection cannot carry another request. The answer says `close` and the
+ * connection closes after it (as relayHead does for a backend's early
+ * answer). Kept alive, the client's next request on it was never answered
+ * and was reset when keepAliveTimeout ran out.
+ */
+function closeIfBodyUnread(flow: Flow): void {
+  if (flow.framing !== 'none' && !flow.req.complete) flow.res.shouldKeepAlive = false;
 }
 
 const closingServers = new WeakSet<Server>();
