@@ -10,6 +10,7 @@
 import {
   createEncoder,
   encodeMessage,
+  signPayload,
   type MetricsBody,
   type SigningKey,
 } from '@loadwise/protocol';
@@ -181,6 +182,33 @@ describe('replay state cannot be poisoned', () => {
       }
     },
   );
+});
+
+describe('signed messages that can change nothing', () => {
+  it('are dropped before they are parsed: a report of an unknown id, a registration with discovery off', async () => {
+    const r = rig({ keys: [key] });
+    try {
+      // Parsed, each gave the replay guard and the copy cache an entry per made-up id.
+      // The body is not even JSON: no parse, so the drop is for the id, not the body.
+      for (const kind of ['metrics', 'status'] as const) {
+        const topic = `${PREFIX}/v1/backends/x1/${kind}`;
+        r.send({ topic, payload: signPayload(topic, 'not json', key) });
+      }
+      const topic = `${PREFIX}/v1/backends/x1/register`;
+      r.send({ topic, payload: signPayload(topic, 'not json', key) });
+      expect(r.drops).toEqual([
+        'LW_GW_UNKNOWN_BACKEND',
+        'LW_GW_UNKNOWN_BACKEND',
+        'LW_GW_REGISTRATION_REJECTED',
+      ]);
+      // A configured backend's message is parsed as before.
+      const own = `${PREFIX}/v1/backends/a/metrics`;
+      r.send({ topic: own, payload: signPayload(own, 'not json', key) });
+      expect(r.drops.at(-1)).toBe('LW_PROTO_MALFORMED_JSON');
+    } finally {
+      await r.close();
+    }
+  });
 });
 
 describe('Last Will replays', () => {

@@ -403,19 +403,27 @@ export class Balancer implements BalancerHandle, FlowHost {
     const backend = this.registry.get(id);
     const known = backend !== undefined ? id : undefined;
     const signed = verified.keyId !== undefined;
+    // Nothing to apply (onMessage would drop it) and so nothing to charge: a signed
+    // report or status of an unknown id, dropped before it is parsed. It is either a
+    // replay of something genuine or a key holder's: charged, it used up the unknown
+    // ids' bucket that registrations need; parsed, it gave the replay guard and the
+    // decoder's copy cache an entry per made-up id, which a key that may sign for any
+    // id (unbound, or a wildcard) filled at the gateway-wide rate.
+    if (signed && backend === undefined && verified.topic.kind !== 'register') {
+      return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', id);
+    }
+    // The same for a registration while discovery is off (onRegistration refuses it).
+    if (signed && verified.topic.kind === 'register' && !this.discoveryOn()) {
+      return this.drop('LW_GW_REGISTRATION_REJECTED', 'discovery is off', id);
+    }
     if (!signed && this.limited(known, id, false, nowMs)) return;
     const result = this.decoder.parse(verified, { retained });
     if (!result.ok) return this.drop(result.code, result.detail, result.backendId);
     const message = result.message;
     if (signed) {
-      // Nothing to apply (onMessage would drop them) and so nothing to charge: a
-      // will, a report or a status of an unknown id, or a will that changes
-      // nothing. Each is a replay of something genuine (signed, and the replay
-      // rules pass wills, registry.ts willChangesNothing), and charged it used
-      // up the unknown ids' bucket that registrations need, or the agent's own.
-      if (backend === undefined && message.kind !== 'register') {
-        return this.drop('LW_GW_UNKNOWN_BACKEND', 'not configured', id);
-      }
+      // Nor a will that changes nothing: a replay of something genuine (the replay
+      // rules pass wills, registry.ts willChangesNothing), which charged would use up
+      // the agent's own bucket.
       if (
         backend !== undefined &&
         message.kind === 'status' &&
@@ -470,6 +478,15 @@ export class Balancer implements BalancerHandle, FlowHost {
     backend.signedBy = keyId;
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
+  }
+
+  /** Registrations may add backends: discovery is configured, with its address ranges. */
+  private discoveryOn(): boolean {
+    return (
+      this.options.discovery !== undefined &&
+      this.allowed !== undefined &&
+      this.explicit !== undefined
+    );
   }
 
   private onRegistration(message: RegistrationMessage, keyId: string | undefined): void {

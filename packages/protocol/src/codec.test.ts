@@ -187,6 +187,60 @@ describe('replay protection', () => {
     expect(dec.decode(restarted.topic, restarted.payload).ok).toBe(true);
   });
 
+  it('at its bound, forgets the least recently heard backend by one step, not a scan of all', () => {
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now, maxTrackedBackends: 1000 });
+    const send = (id: string) => {
+      const m = createEncoder({ backendId: id, key, now: c.now }).metrics(body);
+      return dec.decode(m.topic, m.payload);
+    };
+    for (let i = 0; i < 1000; i++) expect(send(`b${i}`).ok).toBe(true);
+    // Every state is live: each further id replaced the oldest one in a step or two. The
+    // whole map was walked on every insert, 1.4 ms a message at 100,000 states, so a key
+    // that may sign for any id kept it full and stalled the gateway's loop.
+    const iterate = Map.prototype[Symbol.iterator];
+    const entries = Map.prototype.entries;
+    let steps = 0;
+    const counted = function (this: Map<unknown, unknown>) {
+      const it = entries.call(this);
+      const next = it.next.bind(it);
+      return Object.assign(it, { next: () => (steps++, next()) });
+    };
+    Map.prototype[Symbol.iterator] = counted;
+    Map.prototype.entries = counted;
+    try {
+      for (let i = 1000; i < 1100; i++) expect(send(`b${i}`).ok).toBe(true);
+    } finally {
+      Map.prototype[Symbol.iterator] = iterate;
+      Map.prototype.entries = entries;
+    }
+    expect(steps).toBeLessThan(100 * 5);
+  });
+
+  it('remembers at most 3 signatures per tracked backend in all, the oldest topics going first', () => {
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now, maxTrackedBackends: 3 });
+    // 4 reports from each of 3 backends: 12 signatures for a cache of 9.
+    const sent = ['b1', 'b2', 'b3'].map((id) => {
+      const enc = createEncoder({ backendId: id, key, now: c.now });
+      return Array.from({ length: 4 }, () => {
+        const m = enc.metrics(body);
+        expect(dec.decode(m.topic, m.payload).ok).toBe(true);
+        return m;
+      });
+    });
+    // b1's topic was forgotten whole: its copy is judged by the order rules, a replay still.
+    const old = sent[0]![3]!;
+    const again = dec.decode(old.topic, old.payload);
+    expect(again).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    expect(again).not.toMatchObject({ detail: 'a copy of a message already seen' });
+    const recent = sent[2]![3]!;
+    expect(dec.decode(recent.topic, recent.payload)).toMatchObject({
+      code: 'LW_PROTO_REPLAY',
+      detail: 'a copy of a message already seen',
+    });
+  });
+
   it('refuses a copy of a judged signed message before its HMAC and JSON; wills are judged each time', () => {
     const c = clock();
     const enc = createEncoder({ backendId: 'b1', key, now: c.now });

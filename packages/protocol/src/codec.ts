@@ -17,6 +17,7 @@ import {
 import {
   assertKeyMaySign,
   assertValidKey,
+  detached,
   keyMaySign,
   signPayload,
   splitSignature,
@@ -258,24 +259,35 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
   //   may be judged by the longer retained bound, so it goes through the rules).
   // Only verified signatures are remembered (no one without a key can fill this), never a
   // Last Will (the guard may accept one again) nor a message from the future (time makes it
-  // valid). SEEN_PER_TOPIC per topic, for at most 3 topics per tracked backend.
+  // valid). SEEN_PER_TOPIC per topic, and at most 3 signatures per tracked backend in all
+  // (300,000 by default, about 30 MB), the topics first remembered going first. Each is a
+  // copy of the signature (detached): a slice kept its whole payload alive.
   const seen = new Map<string, Array<{ signature: string; liveOnly: boolean }>>();
-  const maxSeenTopics = 3 * (opts.maxTrackedBackends ?? DEFAULT_MAX_TRACKED_BACKENDS);
+  const maxSeen = 3 * (opts.maxTrackedBackends ?? DEFAULT_MAX_TRACKED_BACKENDS);
+  let seenCount = 0;
   const seenKey = (t: ParsedTopic): string => `${t.backendId}/${t.kind}`;
   const remember = (key: string, signature: string, liveOnly: boolean): void => {
     let ring = seen.get(key);
-    if (ring === undefined) {
-      if (seen.size >= maxSeenTopics) {
-        const oldest = seen.keys().next();
-        if (!oldest.done) seen.delete(oldest.value);
+    if (ring !== undefined) {
+      const i = ring.findIndex((e) => e.signature === signature);
+      if (i >= 0 || ring.length >= SEEN_PER_TOPIC) {
+        ring.splice(Math.max(i, 0), 1);
+        seenCount--;
       }
+    }
+    while (seenCount >= maxSeen) {
+      const oldest = seen.entries().next();
+      if (oldest.done) break;
+      seen.delete(oldest.value[0]);
+      seenCount -= oldest.value[1].length;
+      if (oldest.value[1] === ring) ring = undefined;
+    }
+    if (ring === undefined) {
       ring = [];
       seen.set(key, ring);
     }
-    const i = ring.findIndex((e) => e.signature === signature);
-    if (i >= 0) ring.splice(i, 1);
-    else if (ring.length >= SEEN_PER_TOPIC) ring.shift();
-    ring.push({ signature, liveOnly });
+    ring.push({ signature: detached(signature), liveOnly });
+    seenCount++;
   };
   const copyOf = (key: string, signature: string, retained: boolean): boolean => {
     const ring = seen.get(key);
