@@ -120,18 +120,6 @@ export function splitSignature(text: string): SplitPayload | undefined {
   };
 }
 
-/**
- * A copy of `s` that holds no other string. V8 makes a slice of 13
- * characters or more a view of its parent, so a signature kept from a
- * payload (the decoder's copy cache, codec.ts) kept the whole payload alive:
- * up to 8 KiB each, and 300,000 topics of 8 of them held by a key holder's
- * padded messages would have been gigabytes.
- */
-export function detached(s: string): string {
-  // Exact for text decoded from UTF-8 (no lone surrogates), as every payload is.
-  return Buffer.from(s, 'utf8').toString('utf8');
-}
-
 export function verifySignature(
   topic: string,
   body: string,
