@@ -5,6 +5,7 @@
  */
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
@@ -68,6 +69,30 @@ describe('saturation', () => {
     expect(waited.headers['x-loadwise-error']).toBe('LW_GW_SATURATED');
     expect(waited.headers['retry-after']).toBe('1');
     expect(gw.lb.balancer.snapshot().saturationQueueLength).toBe(0);
+    held[0]!.end('released');
+    await first;
+  });
+
+  it('closes the connection of a shed upload instead of reading its body to the end', async () => {
+    gw = await startLocalGateway({
+      backends: [{ id: 'slow', url: slow.url }],
+      saturation: { maxInFlightPerBackend: 1, queueSize: 0 },
+    });
+    const first = send(`${gw.url}/hold`);
+    await untilHeld(1);
+    // 1 MiB announced, 1 KiB sent: kept alive, Node read and discarded the rest as it came.
+    const sock = connect(gw.port, '127.0.0.1');
+    let raw = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d: string) => (raw += d));
+    sock.on('error', () => {});
+    sock.write(
+      `PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: ${1 << 20}\r\n\r\n${'u'.repeat(1024)}`,
+    );
+    await once(sock, 'close');
+    expect(raw).toMatch(/^HTTP\/1\.1 503 /);
+    expect(raw).toMatch(/\r\nx-loadwise-error: LW_GW_SATURATED\r\n/i);
+    expect(raw).toMatch(/\r\nconnection: close\r\n/i);
     held[0]!.end('released');
     await first;
   });

@@ -4,7 +4,7 @@
  * and releases every timer, socket and broker so the process can exit.
  */
 import { once } from 'node:events';
-import type { ServerResponse } from 'node:http';
+import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
 import { connect, createServer, type AddressInfo } from 'node:net';
@@ -283,6 +283,45 @@ describe('graceful close', () => {
       await ok.close();
     }
   });
+
+  it('closes the connection of an answer begun before the close once it ends, not at the grace', async () => {
+    // Its head went out keep-alive (a download, an event stream); once it ended, the idle
+    // connection kept the graceful close waiting its whole grace, then the process alive
+    // until keepAliveTimeout, answering a reuse 503 LW_GW_CLOSED.
+    const streams: ServerResponse[] = [];
+    const stream = await startBackend('stream', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first ');
+      streams.push(res);
+    });
+    const gw = await startLocalGateway({ backends: [{ id: 'stream', url: stream.url }] });
+    // As behind an ALB (docs/gateway.md, "Shutdown"): an idle connection would outlive the test.
+    gw.server.keepAliveTimeout = 65_000;
+    const agent = new Agent({ keepAlive: true });
+    try {
+      const res = await new Promise<IncomingMessage>((resolve, reject) =>
+        request(`${gw.url}/download`, { agent }, resolve).on('error', reject).end(),
+      );
+      expect(res.headers.connection).toBe('keep-alive');
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      const socketClosed = once(res.socket, 'close');
+      gw.server.close();
+      const closing = gw.lb.close({ graceMs: 60_000 });
+      streams[0]!.end('last');
+      await once(res, 'end');
+      expect(body).toBe('first last');
+      // The gateway closes the connection now that it is idle, and the close goes on.
+      await socketClosed;
+      await closing;
+    } finally {
+      agent.destroy();
+      for (const r of streams) r.end();
+      await gw.close();
+      await stream.close();
+    }
+  }, 20_000);
 
   it('cuts what is still running when the grace ends, without charging the backend', async () => {
     const held: ServerResponse[] = [];

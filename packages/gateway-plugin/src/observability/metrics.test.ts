@@ -151,7 +151,7 @@ describe('createGatewayMetrics', () => {
     const totals = m.totals();
     expect(totals).toEqual({
       retries: 2,
-      shed: { saturated: 2, overloaded: 0, 'no-backend': 1 },
+      shed: { saturated: 2, overloaded: 0, 'no-backend': 1, draining: 0 },
       invalidMessages: { LW_PROTO_MALFORMED_JSON: 1, LW_PROTO_REPLAY: 2 },
     });
     totals.shed.saturated = 99;

@@ -37,8 +37,13 @@ export const UPSTREAM_ERROR_KINDS: readonly UpstreamErrorKind[] = [
 ];
 
 /** Why the gateway answered 503 itself, for `shed_total{reason}`. */
-export type ShedReason = 'saturated' | 'overloaded' | 'no-backend';
-export const SHED_REASONS: readonly ShedReason[] = ['saturated', 'overloaded', 'no-backend'];
+export type ShedReason = 'saturated' | 'overloaded' | 'no-backend' | 'draining';
+export const SHED_REASONS: readonly ShedReason[] = [
+  'saturated',
+  'overloaded',
+  'no-backend',
+  'draining',
+];
 
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const;
 
@@ -453,7 +458,12 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   let webSocketIdleChild: CounterChild | undefined;
   // Plain copies of the rare counters: prom-client reads its own asynchronously.
   let retriesTotal = 0;
-  const shedTotals: Record<ShedReason, number> = { saturated: 0, overloaded: 0, 'no-backend': 0 };
+  const shedTotals: Record<ShedReason, number> = {
+    saturated: 0,
+    overloaded: 0,
+    'no-backend': 0,
+    draining: 0,
+  };
   const invalidTotals = new Map<string, number>();
 
   return {

@@ -339,7 +339,7 @@ export class RequestFlow {
     if (server !== this.lastServer && server) this.noteServer(server);
     if (c.closed) {
       res.shouldKeepAlive = false;
-      return this.shed(res, 'LW_GW_CLOSED', 'no-backend', 1);
+      return this.shed(res, 'LW_GW_CLOSED', 'draining', 1);
     }
     if (c.draining) {
       // Shutting down: this connection should go to another instance, at
@@ -351,7 +351,7 @@ export class RequestFlow {
       // connection was accepted before, so no other instance can take this
       // request; serve it (Connection: close, within the grace) as nginx does
       // on a graceful stop, rather than fail it.
-      if (server?.listening !== false) return this.shed(res, 'LW_GW_DRAINING', 'no-backend', 1);
+      if (server?.listening !== false) return this.shed(res, 'LW_GW_DRAINING', 'draining', 1);
     }
     if (c.overload?.overloaded) {
       return this.shed(res, 'LW_GW_OVERLOADED', 'overloaded', c.overload.retryAfterSec());
@@ -513,7 +513,7 @@ export class RequestFlow {
   private dispatch(flow: Flow): 'started' | 'saturated' | 'failed' {
     const c = this.core;
     if (c.closed) {
-      this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+      this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
       return 'failed';
     }
     const nowMs = c.now();
@@ -557,7 +557,7 @@ export class RequestFlow {
 
   private shedSaturated(flow: Flow): void {
     const c = this.core;
-    if (c.closed) return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+    if (c.closed) return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
     const fallbackSec = Math.ceil(c.options.saturation.queueTimeoutMs / 1000);
     this.shed(
       flow.res,
@@ -952,7 +952,7 @@ export class RequestFlow {
     if (c.closed) {
       // Cut by close() after its grace: not the backend's failure.
       this.endAttempt(flow);
-      return this.shed(flow.res, 'LW_GW_CLOSED', 'no-backend', 1);
+      return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
     }
     // Node keeps the backend's answer on its request (`req.res`), which the types omit.
     if (flow.responded && (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete) {
@@ -1170,8 +1170,11 @@ export class RequestFlow {
     this.core.metrics.onShed(reason);
     // After close(): nothing more is served on this connection, so it closes
     // now rather than idling out the client's keep-alive (which kept a
-    // stopped process alive for server.keepAliveTimeout).
-    if (code === 'LW_GW_CLOSED') res.shouldKeepAlive = false;
+    // stopped process alive for server.keepAliveTimeout). And a refused
+    // upload's body is not read to its end: Node would read and discard all
+    // of it on a keep-alive connection (15 MB in 5 s of one slow client, while
+    // the gateway sheds to spare its work), as reject() does.
+    if (code === 'LW_GW_CLOSED' || bodyStillComing(res.req)) res.shouldKeepAlive = false;
     sendError(res, code, retryAfterSec);
   }
 
@@ -1244,7 +1247,25 @@ export class RequestFlow {
     }
     flow.proxyReq = undefined;
     this.flows.set(flow.req, FINISHED);
+    if (this.core.draining) closeWhenIdle(flow.req);
   }
+}
+
+/**
+ * An answer whose head went out before the graceful close began (an event
+ * stream, a download, a long poll) said keep-alive, so once it has ended
+ * its connection is idle, and server.close() closes only those idle when it
+ * is called. Such a connection kept the graceful close waiting its whole
+ * grace, then the process alive until keepAliveTimeout (65 s behind an ALB:
+ * past a Kubernetes pod's 30 s), and answered a reuse 503 LW_GW_CLOSED. Once
+ * the server has stopped listening, its idle connections are closed as each
+ * answer ends, as nginx closes idle keep-alive connections on a graceful stop.
+ */
+function closeWhenIdle(req: IncomingMessage): void {
+  const server = serverOf(req);
+  if (server === undefined || server.listening || !drainClosesConnections(server)) return;
+  // An http(s).Server: the one the request came through.
+  (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
 }
 
 /**
@@ -1259,6 +1280,13 @@ export class RequestFlow {
  */
 function closeIfBodyUnread(flow: Flow): void {
   if (flow.framing !== 'none' && !flow.req.complete) flow.res.shouldKeepAlive = false;
+}
+
+/** The request has a body and not all of it has arrived (framing not yet checked). */
+function bodyStillComing(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 const closingServers = new WeakSet<Server>();

@@ -134,7 +134,7 @@
     setText('shed', num(shedTotal));
     setText(
       'shed-sub',
-      `saturated ${num(f.shed.saturated)} · overloaded ${num(f.shed.overloaded)} · no backend ${num(f.shed['no-backend'])}`,
+      `saturated ${num(f.shed.saturated)} · overloaded ${num(f.shed.overloaded)} · no backend ${num(f.shed['no-backend'])} · draining ${num(f.shed.draining ?? 0)}`,
     );
     setAlert('shed', shedRate ? 'warn' : '');
 
