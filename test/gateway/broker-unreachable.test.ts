@@ -34,7 +34,9 @@ describe('saying what is wrong', () => {
 
   it('an unreachable broker: one line with URL and error, ready() rejects, routing goes on', async () => {
     const port = await refusedPort();
-    const url = `mqtt://127.0.0.1:${port}`;
+    const url = `mqtt://alice:S3CRET@127.0.0.1:${port}`;
+    // The password never reaches an error or a line: applications log ready()'s error.
+    const shown = `mqtt://***@127.0.0.1:${port}`;
     const logger = captureLogger();
     const gw = await startLocalGateway({
       backends: [{ id: 'a', url: a.url }],
@@ -48,14 +50,15 @@ describe('saying what is wrong', () => {
         (e: Error & { code?: string }) => e,
       );
       expect(err?.code).toBe('LW_GW_BROKER_UNREACHABLE');
-      expect(err?.message).toContain(url);
+      expect(err?.message).toContain(shown);
+      expect(err?.message).not.toContain('S3CRET');
       expect(err?.message).toContain('ECONNREFUSED');
       // Several reconnect attempts failed by now (every 50 ms), still one line.
       const warned = logger.lines.filter((l) => l.includes('unreachable'));
       expect(warned).toEqual([
         expect.stringMatching(
           new RegExp(
-            `^warn broker ${url} unreachable: .*ECONNREFUSED.*; routing on local signals, reconnecting$`,
+            `^warn broker mqtt://\\*\\*\\*@127\\.0\\.0\\.1:${port} unreachable: .*ECONNREFUSED.*; routing on local signals, reconnecting$`,
           ),
         ),
       ]);
@@ -66,7 +69,8 @@ describe('saying what is wrong', () => {
       broker = await startEmbeddedBroker({ port });
       await connected;
       await gw.lb.ready({ timeoutMs: 1000 });
-      expect(logger.lines).toContain(`info broker connected (${url})`);
+      expect(logger.lines).toContain(`info broker connected (${shown})`);
+      expect(logger.lines.join('\n')).not.toContain('S3CRET');
     } finally {
       await gw.close();
       await broker?.close();

@@ -49,7 +49,7 @@ import { createStrategy } from './strategies';
 import type { Endpoint, PickContext, Strategy } from './strategies/types';
 import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
-import { attachEventLog, writeLog } from './observability/event-log';
+import { attachEventLog, redactUrl, writeLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
 /** How long close() waits, after cutting, for the cut requests' answers to go out. */
@@ -314,7 +314,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         settle(
           new GatewayError(
             'LW_GW_BROKER_UNREACHABLE',
-            `broker ${source.url ?? '(starting)'} not connected and subscribed after ${timeoutMs} ms: ${why}`,
+            `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`,
           ),
         );
       }, timeoutMs);
@@ -330,7 +330,7 @@ export class Balancer implements BalancerHandle, FlowHost {
               : Object.assign(
                   new GatewayError(
                     'LW_GW_BROKER_UNREACHABLE',
-                    `broker ${source.url ?? '(embedded)'} did not start: ${err instanceof Error ? err.message : String(err)}`,
+                    `broker ${redactUrl(source.url ?? '(embedded)')} did not start: ${err instanceof Error ? err.message : String(err)}`,
                   ),
                   { cause: err },
                 ),
@@ -522,8 +522,11 @@ export class Balancer implements BalancerHandle, FlowHost {
     let discovered = 0;
     for (const b of this.registry.backends.values()) {
       // Two ids for one server would split its load estimate into two halves that each look
-      // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND).
-      if (b.target.href === url.href) return reject(`${url.href} is backend ${b.id} already`);
+      // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND). The server, not the
+      // URL: `http://10.1.2.3:8080//` or `.../x` beside a configured `http://10.1.2.3:8080`
+      // was added, so a registration could take another backend's server.
+      if (b.target.origin === url.origin)
+        return reject(`${url.origin} is the server of backend ${b.id} already`);
       if (b.origin === 'discovery') discovered++;
     }
     if (discovered >= d.maxBackends) return reject('discovery.maxBackends reached');

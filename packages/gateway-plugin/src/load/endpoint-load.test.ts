@@ -64,6 +64,19 @@ describe('createEndpointLoad: no data', () => {
     expect(cohort.meanServiceTimeMs()).toBe(10);
   });
 
+  it("caps a reported latency at the hour: one agent's 1e300 cannot wreck the cohort's mean for good", () => {
+    const cohort = createLoadCohort();
+    const loads = [0, 1, 2].map(() => createEndpointLoad({ cohort }));
+    const latency = (ms: number) => report({ traffic: { rps: 10, latencyMeanMs: ms } });
+    for (const l of loads) l.onReport(latency(50), 0);
+    expect(cohort.meanServiceTimeMs()).toBe(50);
+    loads[0]!.onReport(latency(1e300), 1000);
+    expect(cohort.meanServiceTimeMs()).toBeLessThanOrEqual(MAX_EXPECTED_WAIT_MS);
+    // Back to 50: the others' figures were lost to rounding beside 1e300 (the mean stayed 16.7).
+    loads[0]!.onReport(latency(50), 2000);
+    expect(cohort.meanServiceTimeMs()).toBeCloseTo(50, 6);
+  });
+
   it('rejects a cohort that createLoadCohort did not make', () => {
     expect(() => createEndpointLoad({ cohort: { size: 0 } as never })).toThrow(GatewayError);
   });

@@ -7,6 +7,7 @@
  */
 import type { BackendState, HealthVerdict, MetricsReport } from '@loadwise/protocol';
 import { cpuEvidence, type CpuEvidence, type LocalRate } from './cpu-capacity';
+import { MAX_EXPECTED_WAIT_MS } from './load-options';
 
 export interface ReportDigest {
   receivedAtMs: number;
@@ -124,7 +125,14 @@ export function digestReport(
   const inFlight = finite(queue?.inFlight);
   const queued = finite(queue?.queued);
   const backlog = finite(queue?.acceptBacklog);
-  const latencyMs = finite(traffic?.latencyMeanMs) ?? finite(traffic?.latencyP50Ms);
+  const reportedLatencyMs = finite(traffic?.latencyMeanMs) ?? finite(traffic?.latencyP50Ms);
+  // At most the longest expected wait: the figure feeds the cohort's running mean
+  // (load/cohort.ts), every idle backend's estimate, and a signed 1e300 from one
+  // agent set an idle peer's wait to the hour cap (0 picks in 10,000) and, once
+  // subtracted again, left the mean a third of its true value for good: the other
+  // members' figures had been lost to rounding beside it.
+  const latencyMs =
+    reportedLatencyMs === undefined ? undefined : Math.min(reportedLatencyMs, MAX_EXPECTED_WAIT_MS);
   const rps = finite(traffic?.rps);
 
   let outstanding: number | undefined;
