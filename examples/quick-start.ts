@@ -69,18 +69,29 @@ interface Args {
 }
 
 function parse(): Args {
-  const { values } = parseArgs({
-    options: {
-      port: { type: 'string', default: '8080' },
-      load: { type: 'boolean', default: false },
-      rate: { type: 'string', default: '300' },
-      'interval-ms': { type: 'string', default: '500' },
-      steady: { type: 'boolean', default: false },
-      workers: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      options: {
+        port: { type: 'string', default: '8080' },
+        load: { type: 'boolean', default: false },
+        rate: { type: 'string', default: '300' },
+        'interval-ms': { type: 'string', default: '500' },
+        steady: { type: 'boolean', default: false },
+        workers: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    // An unknown flag, a flag without its value or a stray argument: parseArgs
+    // throws a TypeError, which main's catch printed with its stack and exit
+    // code 1. One line and exit 2 instead, as for a bad value (lib/args.ts).
+    if (!String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS_')) throw err;
+    const what = (err as Error).message.split('\n')[0]!.replace(/\.$/, '');
+    process.stderr.write(`quick-start: ${what}; npm start -- --help lists the options\n`);
+    process.exit(2);
+  }
   if (values.help) {
     process.stdout.write(
       [

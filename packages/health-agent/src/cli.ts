@@ -61,6 +61,27 @@ function secretWarnings(raw: RawConfig, signed: boolean): string[] {
 /** The same warning (e.g. "tracker unreachable") is repeated at most this often. */
 const WARN_REPEAT_MS = 60_000;
 
+/**
+ * `url` with its password shown as `***`. A broker URL may carry
+ * `user:password@` (--broker, LOADWISE_BROKER, a config file), and the log
+ * goes wherever stderr does (the journal, under examples/systemd's unit),
+ * read by more people than the password file. The user name stays: it tells
+ * which broker account is in use. A string the URL parser refuses is returned
+ * as it is (options.ts refuses such a broker URL before anything connects),
+ * and so is a URL without a password, unnormalised.
+ */
+export function withoutPassword(url: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return url;
+  }
+  if (parsed.password === '') return url;
+  parsed.password = '***';
+  return parsed.href;
+}
+
 function version(): string {
   try {
     return (JSON.parse(readFileSync(`${__dirname}/../package.json`, 'utf8')) as { version: string })
@@ -278,7 +299,7 @@ async function main(argv: string[]): Promise<void> {
   agent.on('connect', () =>
     log(
       'info',
-      `connected to ${agent.options.broker?.url} as ${agent.backendId} (state ${agent.state})`,
+      `connected to ${withoutPassword(agent.options.broker?.url ?? '')} as ${agent.backendId} (state ${agent.state})`,
     ),
   );
   agent.on('offline', () =>

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createDecoder, createEncoder } from './codec';
 import { keyMaySign, parseKeyFile, signPayload, verifySignature } from './signing';
 
@@ -28,6 +30,64 @@ describe('key files', () => {
         message: expect.stringContaining(message),
       }),
     );
+  });
+});
+
+describe('key file secrets', () => {
+  // Its base64 holds "+" and "/", so the URL-safe spelling differs from it.
+  const secret = Buffer.from('+0WP2SNttwFLld8pc70HUZvlL3nDDVeh6zV/yRNdp/E=', 'base64');
+  const hex = secret.toString('hex');
+  const b64 = secret.toString('base64');
+  const parsed = (encoded: string) => parseKeyFile(`k1 ${encoded}\n`)[0]!.secret;
+
+  it.each([
+    ['base64, as Buffer#toString writes it', b64],
+    ['base64 without its padding', b64.replace(/=+$/, '')],
+    ['URL-safe base64', secret.toString('base64url')],
+    ['lower-case hex', `hex:${hex}`],
+    ['upper-case hex', `hex:${hex.toUpperCase()}`],
+  ])('reads %s', (_, encoded) => {
+    expect(parsed(encoded).equals(secret)).toBe(true);
+  });
+
+  it('reads what `openssl rand -base64 32` writes (SECURITY.md, docs/protocol.md)', () => {
+    // 44 characters, one "=": the standard alphabet, "+" and "/" included.
+    const openssl = 'q3+Z/0Jd9XyWcKkK2mO4pQ1bL8sT7vR6uE5iN0aH/+c=';
+    expect(parsed(openssl)).toHaveLength(32);
+    expect(parsed(openssl).toString('base64')).toBe(openssl);
+  });
+
+  // Each of these loaded before, as fewer or other bytes than were written (a
+  // shorter key that agents and gateways agreed on); none may quote the secret.
+  it.each([
+    ['a typo in hex', `hex:${hex.slice(0, 39)}g${hex.slice(40)}`, 'character 40 after "hex:"'],
+    ['hex of an odd length', `hex:${hex.slice(1)}`, '63 digits, an odd number'],
+    ['hex: and nothing', 'hex:', 'at least 16 bytes'],
+    ['base64 padding in the middle', `${b64.slice(0, 22)}==${b64.slice(22)}`, 'at character 23'],
+    ['a character outside base64', `${b64.slice(0, 10)}.${b64.slice(11)}`, 'character 11'],
+    ['a password', 'P@ssw0rd-for-the-gateways!', 'neither base64 nor'],
+    ['a password of base64 letters', 'correcthorsebatterystaple', '25 characters'],
+    ['mixed alphabets', `${b64.slice(0, 40)}-_+/`, 'mixes the standard'],
+    ['spare bits set in the last character', `${b64.slice(0, 42)}B=`, 'last character'],
+    ['too much padding', `${b64}=`, '2 "=" (padding) where 1 belong'],
+    ['padding where none belongs', `${Buffer.alloc(24, 1).toString('base64')}=`, 'where 0'],
+  ])('refuses %s, naming the problem and not the secret', (_, encoded, message) => {
+    let err: Error | undefined;
+    try {
+      parseKeyFile(`# keys\nk1 ${encoded}\n`);
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err).toMatchObject({ code: 'LW_PROTO_INVALID_OPTION' });
+    expect(err!.message).toContain('key file line 2: ');
+    expect(err!.message).toContain(message);
+    const body = encoded.replace(/^hex:/, '');
+    if (body.length > 0) expect(err!.message).not.toContain(body.slice(0, 8));
+  });
+
+  it('the golden fixtures key file still parses (packages/protocol/fixtures)', () => {
+    const text = readFileSync(join(__dirname, '..', 'fixtures', 'keys.txt'), 'utf8');
+    expect(parseKeyFile(text).map((k) => k.secret.length)).toEqual([32, 33]);
   });
 });
 

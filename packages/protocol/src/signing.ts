@@ -140,13 +140,73 @@ export function verifySignature(
   return timingSafeEqual(given, mac(secret, topic, body)) ? undefined : 'LW_PROTO_BAD_SIGNATURE';
 }
 
+const HEX_DIGITS_RE = /^[0-9a-fA-F]*$/;
+const BASE64_CHARS_RE = /^[A-Za-z0-9+/_=-]*$/;
+
+/**
+ * A key file's secret as bytes, or why its text is not one (a message that
+ * never quotes the text: it is the secret). Buffer.from(s, 'hex') stops at
+ * the first character it cannot read and Buffer.from(s, 'base64') skips them,
+ * so a typo at digit 40 of a 64-digit hex secret loaded as a 20-byte key,
+ * `==` in the middle of base64 as the bytes before it, and a password as
+ * whatever its letters decode to: agents and gateways parse alike, so the
+ * shorter or other key verified and nobody noticed. Hence the whole text must
+ * be one valid spelling of the bytes it decodes to. Base64 is the standard
+ * alphabet (`openssl rand -base64 32`, Buffer#toString('base64'), which the
+ * examples write) or the URL-safe one (`-_`, which the decoder has always
+ * read), not both at once, with its padding `=` at the end or left out.
+ */
+function decodeSecret(encoded: string): Buffer | string {
+  if (encoded.startsWith('hex:')) {
+    const hex = encoded.slice(4);
+    if (!HEX_DIGITS_RE.test(hex)) {
+      const at = hex.search(/[^0-9a-fA-F]/) + 1;
+      return `hex secret: character ${at} after "hex:" is not a hex digit`;
+    }
+    if (hex.length % 2 !== 0) {
+      return `hex secret: ${hex.length} digits, an odd number (each byte is two)`;
+    }
+    return Buffer.from(hex, 'hex');
+  }
+  if (!BASE64_CHARS_RE.test(encoded)) {
+    const at = encoded.search(/[^A-Za-z0-9+/_=-]/) + 1;
+    return `secret is neither base64 nor "hex:<hex digits>": character ${at} is not base64`;
+  }
+  const data = encoded.replace(/=+$/, '');
+  if (data.includes('=')) {
+    return `base64 secret: "=" (padding) at character ${data.indexOf('=') + 1}, before the end`;
+  }
+  const urlSafe = /[-_]/.test(data);
+  if (urlSafe && /[+/]/.test(data)) {
+    return 'base64 secret: mixes the standard (+/) and URL-safe (-_) alphabets';
+  }
+  if (data.length % 4 === 1) {
+    return `base64 secret: ${data.length} characters, one too many or too few for whole bytes`;
+  }
+  const secret = Buffer.from(data, urlSafe ? 'base64url' : 'base64');
+  // The last character of a length that is not a multiple of 4 carries spare
+  // bits the decoder ignores: non-zero, they make a second spelling of the
+  // same bytes, most likely a typo.
+  const canonical = secret.toString('base64url').replace(/=+$/, '');
+  if (canonical !== (urlSafe ? data : data.replace(/\+/g, '-').replace(/\//g, '_'))) {
+    return 'base64 secret: its last character sets bits that no byte holds (a typo?)';
+  }
+  if (encoded.length !== data.length && encoded.length !== secret.toString('base64').length) {
+    return `base64 secret: ${encoded.length - data.length} "=" (padding) where ${
+      (4 - (data.length % 4)) % 4
+    } belong`;
+  }
+  return secret;
+}
+
 /**
  * Parses a key file: one key per line, `<keyId> <secret> [<backends>]`, the
  * secret in base64 (`openssl rand -base64 32`) or as `hex:<hex>`, the
  * optional third field the backends the key may sign for, comma-separated
- * (`b1,b2`, `web-*`; SigningKey.backends). Blank lines and lines starting
- * with `#` are ignored. Several keys allow rotation: agents sign with one,
- * gateways accept all listed.
+ * (`b1,b2`, `web-*`; SigningKey.backends). A secret that is not exactly one
+ * valid spelling of its bytes is refused (decodeSecret). Blank lines and
+ * lines starting with `#` are ignored. Several keys allow rotation: agents
+ * sign with one, gateways accept all listed.
  */
 export function parseKeyFile(text: string): SigningKey[] {
   const keys: SigningKey[] = [];
@@ -161,9 +221,10 @@ export function parseKeyFile(text: string): SigningKey[] {
       );
     }
     const [keyId, encoded, scope] = parts as [string, string, string | undefined];
-    const secret = encoded.startsWith('hex:')
-      ? Buffer.from(encoded.slice(4), 'hex')
-      : Buffer.from(encoded, 'base64');
+    const secret = decodeSecret(encoded);
+    if (typeof secret === 'string') {
+      throw new ProtocolError('LW_PROTO_INVALID_OPTION', `key file line ${index + 1}: ${secret}`);
+    }
     const key: SigningKey =
       scope === undefined ? { keyId, secret } : { keyId, secret, backends: scope.split(',') };
     try {
