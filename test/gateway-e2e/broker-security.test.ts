@@ -220,7 +220,7 @@ function acl(prefix: string): string[] {
     const unreachable: unknown[] = [];
     internals(rogueLb).events.on('broker-unreachable', (e: unknown) => unreachable.push(e));
     try {
-      await expect(rogueLb.ready({ timeoutMs: 3_000 })).rejects.toMatchObject({
+      await expect(rogueLb.ready({ timeoutMs: 3_000, requireBroker: true })).rejects.toMatchObject({
         code: 'LW_GW_BROKER_UNREACHABLE',
       });
       console.log(`rogue gateway: ${JSON.stringify(unreachable)} ${warnings.join(' | ')}`);

@@ -94,7 +94,7 @@ it('rejects with LW_GW_BROKER_UNREACHABLE naming a refused subscription', async 
     topicPrefix: uniquePrefix('ready-refused'),
     keys: [key],
   });
-  await expect(gw.lb.ready({ timeoutMs: 1_500 })).rejects.toMatchObject({
+  await expect(gw.lb.ready({ timeoutMs: 1_500, requireBroker: true })).rejects.toMatchObject({
     code: 'LW_GW_BROKER_UNREACHABLE',
     message: expect.stringMatching(/not connected and subscribed after 1500 ms: subscribe failed/),
   });

@@ -34,6 +34,7 @@ import {
   DEFAULT_CLOSE_GRACE_MS,
   DEFAULT_READY_TIMEOUT_MS,
   DEFAULTS,
+  type ReadyOptions,
   type ResolvedOptions,
 } from './options';
 import type { FlowHost } from './proxy/flow-host';
@@ -287,11 +288,18 @@ export class Balancer implements BalancerHandle, FlowHost {
   /**
    * Resolves once the broker (embedded or remote) is connected and has
    * acknowledged the subscription to the agents' topics; at once without a
-   * broker. Rejects with LW_GW_BROKER_UNREACHABLE (naming the URL and the last
-   * error, a refused subscription too) if that is not so within `timeoutMs`; the
-   * balancer keeps reconnecting and routing on local signals meanwhile.
+   * broker. If that is not so within `timeoutMs`, resolves anyway with one
+   * warning (naming the URL and the last error, a refused subscription too),
+   * or with `requireBroker` rejects with LW_GW_BROKER_UNREACHABLE; the balancer
+   * keeps reconnecting and routing on local signals meanwhile. A broker
+   * outage must not become a gateway outage: every recipe awaits ready()
+   * before it listens, so a rejection kept a restarted gateway (or each
+   * worker of a pool, until the pool gave up) from ever listening while the
+   * broker was down, though the gateway routes without it. An embedded
+   * broker that cannot start is a fault of this process's configuration and
+   * always rejects.
    */
-  ready(opts: { timeoutMs?: number } = {}): Promise<void> {
+  ready(opts: ReadyOptions = {}): Promise<void> {
     // Closing or closed: nothing will connect. An embedded broker's ready() used to resolve
     // here and a URL broker's to wait out the timeout (unref'd, so a script awaiting only
     // it exited 0 in silence).
@@ -311,12 +319,19 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.readyWaiters.add(onClose);
       const timer = setTimeout(() => {
         const why = source.lastErrorMessage ?? 'no answer';
-        settle(
-          new GatewayError(
-            'LW_GW_BROKER_UNREACHABLE',
-            `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`,
-          ),
+        const sentence = `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`;
+        if (opts.requireBroker === true) {
+          return settle(new GatewayError('LW_GW_BROKER_UNREACHABLE', sentence));
+        }
+        this.logLine(
+          'ready-without-broker',
+          `${sentence}; ready on local signals, still reconnecting`,
+          {
+            event: 'ready-without-broker',
+            code: 'LW_GW_BROKER_UNREACHABLE',
+          },
         );
+        settle();
       }, timeoutMs);
       timer.unref();
       source.ready.then(

@@ -36,6 +36,7 @@ export {
   type OverloadOptions,
   type AcceptQueueOptions,
   type ProxyEventHooks,
+  type ReadyOptions,
   type RetryOptions,
   type SaturationOptions,
   type WebSocketOptions,

@@ -18,7 +18,7 @@ import { Balancer } from './balancer';
 import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
-import type { LoadBalanceOptions } from './options';
+import type { LoadBalanceOptions, ReadyOptions } from './options';
 import { resolveOptions } from './options-validate';
 import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
 import { WarmUp } from './warm-up';
@@ -36,10 +36,13 @@ export interface LoadBalancerMiddleware {
   /**
    * Resolves once the broker is connected (at once without one) and the
    * warm-up is over (`warmUp`: the request path run, the backend pools
-   * opened); rejects with LW_GW_BROKER_UNREACHABLE after `timeoutMs`
-   * (default 10 000). Requests that come earlier are served, colder.
+   * opened). A broker not connected after `timeoutMs` (default 10 000):
+   * resolves anyway, with one warning, the balancer routing on local signals
+   * and reconnecting; with `requireBroker: true` rejects with
+   * LW_GW_BROKER_UNREACHABLE instead. Requests that come earlier are served,
+   * colder.
    */
-  ready(opts?: { timeoutMs?: number }): Promise<void>;
+  ready(opts?: ReadyOptions): Promise<void>;
   /**
    * Graceful: refuses new requests (503 LW_GW_DRAINING), lets in-flight ones
    * finish for up to `graceMs` (default 10 000), then releases everything:
@@ -96,7 +99,7 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
         balancer.flow.upgrades.upgrade(req, socket, head),
     },
     ready: {
-      value: (o?: { timeoutMs?: number }) =>
+      value: (o?: ReadyOptions) =>
         warmUp
           ? Promise.all([balancer.ready(o), warmUp.done]).then(() => undefined)
           : balancer.ready(o),

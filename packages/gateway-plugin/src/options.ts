@@ -542,3 +542,17 @@ export const DEFAULTS = {
 
 /** What every part of the gateway reads after construction: the schema's output. */
 export type ResolvedOptions = InferOutput<typeof loadBalanceOptionsSchema>;
+
+/** `lb.ready()`'s options. */
+export interface ReadyOptions {
+  /** How long to wait for the broker (default 10 000 ms). */
+  timeoutMs?: number;
+  /**
+   * Reject with LW_GW_BROKER_UNREACHABLE when the broker is not connected
+   * and subscribed within `timeoutMs` (fail fast on a wrong URL or
+   * credentials). Default false: resolve then with one warning, routing on
+   * local signals and reconnecting, so a broker outage does not keep a
+   * restarted gateway from listening.
+   */
+  requireBroker?: boolean;
+}
