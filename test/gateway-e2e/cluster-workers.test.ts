@@ -5,15 +5,17 @@
  * reach both workers; each worker is its own MQTT client; a worker killed
  * with SIGKILL is replaced, and only requests sent before the primary took it
  * out of rotation fail (those it had in flight or was being handed); SIGTERM
- * to the primary closes every worker and exits 0; a worker that keeps failing
- * to start is given up.
+ * to the primary closes every worker and exits 0, and a second SIGTERM or
+ * SIGINT (to the primary, or to its whole process group) while they close
+ * changes nothing; a worker that keeps failing to start is given up.
  */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import type { MqttClient } from 'mqtt';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient } from '../kit/brokers';
@@ -431,3 +433,166 @@ it('a primary killed with SIGKILL: each worker finishes the requests it has, the
     await new Promise((r) => slow.close(r));
   }
 }, 40_000);
+
+/**
+ * Starts cluster-child.js as startPool does, but detached: the primary leads a process group
+ * of its own, which its workers join, as under a terminal (Ctrl-C signals the whole group) or
+ * a supervisor that signals the group (`kill -TERM -PGID`). `line(re)` resolves with the first
+ * stderr line that matches, once there is one (rejects after `timeoutMs`).
+ */
+function startPoolGroup(env: Record<string, string>) {
+  const proc = spawn(process.execPath, [SCRIPT], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  const errLines: string[] = [];
+  const waiting = new Set<(l: string) => void>();
+  createInterface({ input: proc.stderr! }).on('line', (l) => {
+    errLines.push(l);
+    for (const w of [...waiting]) w(l);
+  });
+  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+    proc.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const line = (re: RegExp, timeoutMs = 20_000): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const hit = errLines.find((l) => re.test(l));
+      if (hit !== undefined) return resolve(hit);
+      const check = (l: string): void => {
+        if (!re.test(l)) return;
+        clearTimeout(timer);
+        waiting.delete(check);
+        resolve(l);
+      };
+      const timer = setTimeout(() => {
+        waiting.delete(check);
+        reject(new Error(`no line ${re} within ${timeoutMs} ms (log: ${errLines.join(' / ')})`));
+      }, timeoutMs);
+      waiting.add(check);
+    });
+  child = proc;
+  lines = errLines;
+  return { child: proc, exited, line };
+}
+
+/** `p`, or a rejection naming `what` once `ms` have passed. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const IN_FLIGHT = 4;
+const SLOW_MS = 2_000;
+
+it.each([
+  ['SIGTERM twice to the primary', 'SIGTERM', false],
+  ['SIGTERM twice to the process group (kill -TERM -PGID, twice)', 'SIGTERM', true],
+  ['SIGINT twice to the process group (Ctrl-C twice)', 'SIGINT', true],
+] as const)(
+  '%s: the stop stays graceful, every request in flight is answered and the primary exits 0',
+  async (_name, signal, group) => {
+    // A backend that answers SLOW_MS after a request arrives; `arrivedAll` once IN_FLIGHT have.
+    let arrived = 0;
+    let allArrived!: () => void;
+    const arrivedAll = new Promise<void>((r) => (allArrived = r));
+    const timers = new Set<NodeJS.Timeout>();
+    const slow = http.createServer((req, res) => {
+      if (req.url === '/slow' && ++arrived === IN_FLIGHT) allArrived();
+      const t = setTimeout(() => {
+        timers.delete(t);
+        res.end('slow ok');
+      }, SLOW_MS);
+      timers.add(t);
+    });
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
+    let pool: ReturnType<typeof startPoolGroup> | undefined;
+    try {
+      const port = await freePort();
+      pool = startPoolGroup({
+        LW_WORKERS: '2',
+        LW_PORT: String(port),
+        LW_BROKER_URL: broker.url,
+        LW_BACKENDS: JSON.stringify([
+          { id: 'slow', url: `http://127.0.0.1:${(slow.address() as AddressInfo).port}` },
+        ]),
+      });
+      await pool.line(new RegExp(`pool listening on ${port}`));
+      const workers = [started().get('w1')![0]!, started().get('w2')![0]!];
+      const answers = Array.from(
+        { length: IN_FLIGHT },
+        () =>
+          new Promise<{ status: number; body: string }>((resolve, reject) => {
+            const req = http.get(
+              { host: '127.0.0.1', port, path: '/slow', agent: false },
+              (res) => {
+                let body = '';
+                res.setEncoding('utf8');
+                res.on('data', (c: string) => (body += c));
+                res.on('end', () => resolve({ status: res.statusCode!, body }));
+                res.on('error', reject);
+              },
+            );
+            req.setTimeout(15_000, () => req.destroy(new Error('timeout')));
+            req.on('error', reject);
+          }),
+      );
+      // Read below; until then a failure elsewhere must not leave them unhandled.
+      for (const a of answers) a.catch(() => undefined);
+      await within(arrivedAll, 10_000, `${IN_FLIGHT} requests at the backend`);
+
+      const pid = pool.child.pid!;
+      const send = (): void => {
+        process.kill(group ? -pid : pid, signal);
+      };
+      send();
+      // The second signal comes once the first has been handled, as a repeat does: the
+      // primary logged it and, when the group got it, each worker did (closing on it, or
+      // saying it is already closing when the primary's word was read first). A worker that
+      // had not read the first yet would take both as one.
+      await pool.line(new RegExp(`^loadwise workers: ${signal}: closing every worker`));
+      if (group) {
+        for (const pid of workers) {
+          const handled = `(closing: ${signal}|${signal}: already closing)`;
+          await pool.line(new RegExp(`\\(pid ${pid}\\) ${handled}`), 10_000);
+        }
+      }
+      send();
+
+      // Before the fix the second signal got Node's default action: the workers it reached
+      // died at once (every request they had reset), and so did the primary.
+      const results = await Promise.allSettled(answers);
+      expect(
+        results.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as Error).message)),
+      ).toEqual(Array.from({ length: IN_FLIGHT }, () => ({ status: 200, body: 'slow ok' })));
+      expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+        code: 0,
+        signal: null,
+      });
+      for (const pid of workers) expect(alive(pid)).toBe(false);
+      expect(lines.filter((l) => l.includes('stopped (code 0)'))).toHaveLength(1);
+      // Each process the signals reached said, once, that it was already closing (a worker
+      // may say so of the first signal, if the primary's word reached it before that did).
+      const repeats = lines.filter((l) => l.includes(`${signal}: already closing`));
+      expect(repeats).toHaveLength(group ? 3 : 1);
+      expect(repeats.filter((l) => l.includes('already closing every worker'))).toHaveLength(1);
+    } finally {
+      // What a failure left running: the primary, and the workers it logged.
+      if (pool && pool.child.exitCode === null && pool.child.signalCode === null)
+        pool.child.kill('SIGKILL');
+      for (const pids of started().values())
+        for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      for (const t of timers) clearTimeout(t);
+      slow.closeAllConnections();
+      await new Promise((r) => slow.close(r));
+    }
+  },
+  40_000,
+);

@@ -220,6 +220,7 @@ async function runWorker(
   let started: StartedWorker | undefined;
   let starting = true;
   let closing = false;
+  let repeatLogged = false;
   const close = (why: string): void => {
     if (closing) return;
     closing = true;
@@ -230,32 +231,49 @@ async function runWorker(
       log(
         `worker ${ctx.id} (pid ${process.pid}) did not close in ${shutdownTimeoutMs} ms; exiting`,
       );
-      process.exit(1);
+      exit(1);
     }, shutdownTimeoutMs).unref();
     // Asked while start() runs: its server may listen already, with connections handed to
     // it, so the worker closes what start() returns, once it has returned, rather than
     // exiting under them.
     if (!starting) finish();
   };
+  const exit = (code: number): never => {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    return process.exit(code);
+  };
   const finish = (): void => {
     Promise.resolve(started?.close())
       .then(leave)
       .then(
-        () => process.exit(0),
+        () => exit(0),
         (err: unknown) => {
           log(`worker ${ctx.id} (pid ${process.pid}) close failed: ${String(err)}`);
-          process.exit(1);
+          exit(1);
         },
       )
-      .catch(() => process.exit(1));
+      .catch(() => exit(1));
+  };
+  // Every SIGTERM or SIGINT, not just the first: a repeat while the worker closes (to the
+  // group twice, Ctrl-C twice) used to get Node's default action, and the worker died with
+  // every request it still had reset. A repeat changes nothing, as in
+  // examples/gateway-server.ts (nginx's graceful stop does not escalate either): the timer
+  // in close() bounds the close all the same. exit() removes these handlers.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (closing && !repeatLogged) {
+      repeatLogged = true;
+      log(`worker ${ctx.id} (pid ${process.pid}) ${signal}: already closing`);
+    }
+    close(signal);
   };
   // The primary asks; a signal to this process alone (or to the whole group,
   // e.g. Ctrl-C) does the same; a primary that died leaves no orphan.
   process.on('message', (m: unknown) => {
     if (m === SHUTDOWN) close('asked by the primary');
   });
-  process.once('SIGTERM', () => close('SIGTERM'));
-  process.once('SIGINT', () => close('SIGINT'));
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   // node:cluster's own 'disconnect' handler exits a worker at once when the primary is gone,
   // resetting every request in flight, unless the disconnect was asked for; it emits the
   // worker's 'disconnect' first, so marking it here turns that exit into a graceful close.
@@ -267,7 +285,7 @@ async function runWorker(
     started = await start(ctx);
   } catch (err) {
     log(`worker ${ctx.id} (pid ${process.pid}) failed to start: ${(err as Error).stack ?? err}`);
-    process.exit(1);
+    exit(1);
   }
   starting = false;
   if (closing) finish();
@@ -525,12 +543,25 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   };
 
   if (opts.handleSignals !== false) {
+    // Every SIGTERM or SIGINT, not just the first: a second one (to the group twice, Ctrl-C
+    // twice, a supervisor that repeats its stop) used to get Node's default action, killing
+    // the primary and with it the SIGKILL after `shutdownTimeoutMs`, so the supervisor saw
+    // the service stopped while its workers still drained. A repeat changes nothing, as in
+    // examples/gateway-server.ts and in the workers: exitOf() bounds the close all the same.
+    let repeatLogged = false;
     const onSignal = (signal: NodeJS.Signals): void => {
-      log(`${signal}: closing every worker`);
-      void close();
+      if (!closing) {
+        log(`${signal}: closing every worker`);
+        void close();
+      } else if (!repeatLogged) {
+        repeatLogged = true;
+        log(
+          `${signal}: already closing every worker (SIGKILL ${shutdownTimeoutMs} ms after the close began)`,
+        );
+      }
     };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
     const onHup = (): void => {
       log('SIGHUP: reloading every worker');
       reload().then(
@@ -539,9 +570,14 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       );
     };
     process.on('SIGHUP', onHup);
-    void done.then(() => process.off('SIGHUP', onHup));
-    // Once the pool stops (a signal, close(), or every slot given up), so does the primary.
-    void done.then((code) => process.exit(code));
+    // Once the pool stops (a signal, close(), or every slot given up), so does the primary,
+    // its handlers removed first.
+    void done.then((code) => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      process.off('SIGHUP', onHup);
+      process.exit(code);
+    });
   }
   log(`primary pid ${process.pid}: starting ${opts.workers} worker(s)`);
   for (const slot of slots) fork(slot);
