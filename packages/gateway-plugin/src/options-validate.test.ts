@@ -326,6 +326,13 @@ describe('loadBalance options', () => {
     );
   });
 
+  it('never shows the password of a broker URL it refuses', () => {
+    for (const url of ['mqtt://u:S3CRET@host:99999', 'http://u:S3CRET@broker']) {
+      expect(() => resolveOptions({ ...base, broker: url })).toThrow(/u?\*\*\*@/);
+      expect(() => resolveOptions({ ...base, broker: url })).not.toThrow(/S3CRET/);
+    }
+  });
+
   it('names the metrics with metricsPrefix', async () => {
     const lb = loadBalance({ ...base, metricsPrefix: 'gw_', healthCheck: false, overload: false });
     try {

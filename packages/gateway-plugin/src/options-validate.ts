@@ -24,7 +24,7 @@ import * as v from 'valibot';
 import { GatewayError, invalidOption, shown } from './errors';
 import { HEALTH_CHECK_JITTER } from './health/active-checker';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
-import { defaultLogger } from './observability/event-log';
+import { defaultLogger, redactUrl } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
 import {
   type Check,
@@ -207,7 +207,10 @@ const brokerError = (detail?: string): Fail =>
 const brokerUrl = leaf<string>((u) =>
   typeof u === 'string' && BROKER_PROTOCOLS.has(parseUrl(u)?.protocol ?? '')
     ? undefined
-    : brokerError(`broker url ${shown(u)}: expected mqtt://, mqtts://, ws:// or wss://`),
+    : brokerError(
+        // Never a password it carries: the error is logged.
+        `broker url ${shown(typeof u === 'string' ? redactUrl(u) : u)}: expected mqtt://, mqtts://, ws:// or wss://`,
+      ),
 );
 const brokerClient = strict({
   // Named from 'mqtt' here so the declaration emitted for this schema imports the

@@ -152,7 +152,9 @@ export function url(protocols: readonly string[], wrong: string) {
       try {
         parsed = new URL(x);
       } catch {
-        return `is not a URL: ${show(x)}`;
+        // Not the password of one that does not parse (`mqtt://u:pw@host:99999`): the
+        // error reaches the journal. Up to the authority's last `@`, as a password may hold one.
+        return `is not a URL: ${show(x.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@'))}`;
       }
       return protocols.includes(parsed.protocol) ? undefined : wrong;
     }),

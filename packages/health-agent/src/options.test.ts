@@ -115,6 +115,12 @@ describe('resolveAgentOptions', () => {
     expect((err as AgentError).option).toBe(name);
   });
 
+  it('never shows the password of a broker URL that does not parse', () => {
+    expect(() =>
+      resolveAgentOptions({ backendId: 'b', broker: { url: 'mqtt://u:S3CRET@host:99999' } }),
+    ).toThrow('is not a URL: "mqtt://***@host:99999"');
+  });
+
   it.each<[unknown, string]>([
     [{ qeue: {}, intervalMS: 5 }, 'unknown option qeue (did you mean queue?)'],
     [{ intervalMS: 5 }, 'unknown option intervalMS (did you mean intervalMs?)'],
