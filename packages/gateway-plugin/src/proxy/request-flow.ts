@@ -1264,9 +1264,19 @@ export class RequestFlow {
 function closeWhenIdle(req: IncomingMessage): void {
   const server = serverOf(req);
   if (server === undefined || server.listening || !drainClosesConnections(server)) return;
-  // An http(s).Server: the one the request came through.
-  (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+  // Once per loop turn however many answers end in it: Node walks every connection
+  // of the server to find the idle ones.
+  if (idleSweeps.has(server)) return;
+  idleSweeps.add(server);
+  setImmediate(() => {
+    idleSweeps.delete(server);
+    // An http(s).Server: the one the request came through.
+    (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+  });
 }
+
+/** Servers with a closeWhenIdle sweep queued for this loop turn. */
+const idleSweeps = new WeakSet<Server>();
 
 /**
  * An answer of the gateway's own while the request body is still coming (a
