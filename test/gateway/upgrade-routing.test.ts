@@ -6,6 +6,8 @@
  * no balancer is mounted on gets 404, and an authorised one reaches the echo
  * backend of its own mount path, with the mount path stripped.
  */
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import express from 'express';
 import { loadBalance, routeUpgrades, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
 import { wsExchange } from '../kit/ws-client';
@@ -81,5 +83,67 @@ describe('routeUpgrades(app)', () => {
     const closing = lbs[1]!.close({ graceMs: 0 });
     await closing;
     await expect(wsExchange(ws('/api/orders/ws'), auth)).resolves.toEqual({ status: 503 });
+  });
+});
+
+/**
+ * An upgrade pipelined behind a request whose answer is not out yet: Node hands it
+ * over at once, and binding a response to that socket threw inside Node's parser
+ * callback, ending the process (one write from any client). It waits for the answer
+ * ahead of it, and goes out after it, in order.
+ */
+describe('an upgrade pipelined behind an unanswered request', () => {
+  let backend: TestServer;
+  beforeAll(async () => {
+    backend = await wsEchoBackend((m) => `echo ${m}`, 'b');
+  });
+  afterAll(() => backend.close());
+
+  const upgrade = (path: string, kind: string): string =>
+    `GET ${path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: ${kind}\r\n` +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+
+  it.each([
+    ['routeUpgrades(app), a WebSocket', true, 'websocket', /101 Switching Protocols/],
+    ['routeUpgrades(app), h2c (served as a request)', true, 'h2c', /200 OK[\s\S]*closed/],
+    ['lb.upgrade, a WebSocket', false, 'websocket', /101 Switching Protocols/],
+    ['lb.upgrade, h2c (served as a request)', false, 'h2c', /200 OK[\s\S]*closed/],
+  ])('%s: answered after the answer ahead of it', async (_name, routed, kind, second) => {
+    const lb = loadBalance({
+      backends: [{ id: 'b', url: backend.url }],
+      healthCheck: false,
+      overload: false,
+      warmUp: false,
+      logger: quietLogger,
+    });
+    const app = express();
+    app.get('/plain', (_req, res) => void setTimeout(() => res.end('PLAIN'), 100));
+    app.use(lb);
+    const server = createServer(app);
+    server.on('upgrade', routed ? routeUpgrades(app) : lb.upgrade);
+    const gw = await listen(server);
+    const sock = connect(gw.port, '127.0.0.1');
+    try {
+      let raw = '';
+      sock.setEncoding('latin1');
+      sock.on('data', (d: string) => (raw += d));
+      sock.on('close', () => (raw += '<closed>'));
+      sock.on('error', () => {});
+      await once(sock, 'connect');
+      sock.write(`GET /plain HTTP/1.1\r\nHost: gw\r\n\r\n${upgrade('/ws', kind)}`);
+      while (!(raw.includes('<closed>') || /101 Switching Protocols\r\n[\s\S]*\r\n\r\n/.test(raw)))
+        await new Promise((r) => setTimeout(r, 10));
+      const [first, ...rest] = raw.split(/(?=HTTP\/1\.1 )/);
+      expect(first).toMatch(/^HTTP\/1\.1 200 OK[\s\S]*PLAIN$/);
+      expect(rest.join('')).toMatch(second);
+      // The gateway is still up, and serves the next connection.
+      await expect(wsExchange(`${gw.url.replace('http', 'ws')}/ws`)).resolves.toEqual({
+        echo: 'echo ping',
+      });
+    } finally {
+      sock.destroy();
+      await gw.close();
+      await lb.close();
+    }
   });
 });

@@ -39,36 +39,68 @@ export type AppHandler = (
   next?: (err?: unknown) => void,
 ) => unknown;
 
+/**
+ * Runs `run` once no answer of an earlier request is still being written on
+ * `socket`, at once when none is. Node hands an upgrade request over as soon
+ * as it is parsed, also when it was pipelined behind a request whose answer
+ * is not out yet: binding a response to that socket then threw
+ * ERR_HTTP_SOCKET_ASSIGNED inside Node's parser callback, and one write from
+ * any client (`GET /` and an upgrade) ended the gateway process; a 101
+ * written at once would have gone out before that answer. So the upgrade
+ * waits for the answers ahead of it, in order, as the client expects. If the
+ * connection closes first, nothing runs.
+ */
+export function afterPendingAnswers(socket: Socket, run: () => void): void {
+  // Node's own field: the response bound to the socket (the next queued one is bound
+  // when it finishes); the public API has no other way to see it.
+  const ahead = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (!ahead) return run();
+  ahead.once('close', () => {
+    // Closed after that answer (`Connection: close`): no upgrade on it.
+    if (socket.destroyed || !socket.writable) socket.destroy();
+    else afterPendingAnswers(socket, run);
+  });
+}
+
 /** The 'upgrade' listener that routes upgrade requests through `app`. */
 export function routeUpgrades(app: AppHandler): UpgradeListener {
   if (typeof app !== 'function') throw new TypeError('routeUpgrades(app): app must be a function');
   return (req, socket, head) => {
     socket.on('error', () => socket.destroy());
-    const res = new ServerResponse(req);
-    // Whatever the app answers, this connection ends with it: the client
-    // asked to switch protocols, and what follows on the socket is not HTTP.
-    res.shouldKeepAlive = false;
-    res.assignSocket(socket);
-    res.once('finish', () => socket.destroySoon());
-    pending.set(req, { socket, head, res });
-    const final = (err?: unknown): void => {
-      if (res.headersSent || !pending.has(req)) return void socket.destroy();
-      const status = (err as { status?: unknown } | undefined)?.status;
-      res.statusCode =
-        err === undefined
-          ? 404
-          : typeof status === 'number' && status >= 400 && status < 600
-            ? status
-            : 500;
-      res.setHeader('content-length', '0');
-      res.end();
-    };
-    try {
-      void app(req, res, final);
-    } catch (err) {
-      final(err);
-    }
+    afterPendingAnswers(socket, () => route(app, req, socket, head));
   };
+}
+
+function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buffer): void {
+  const res = new ServerResponse(req);
+  // Whatever the app answers, this connection ends with it: the client
+  // asked to switch protocols, and what follows on the socket is not HTTP.
+  res.shouldKeepAlive = false;
+  try {
+    res.assignSocket(socket);
+  } catch {
+    // Bound to another response after all: never a throw out of Node's parser callback.
+    return void socket.destroy();
+  }
+  res.once('finish', () => socket.destroySoon());
+  pending.set(req, { socket, head, res });
+  const final = (err?: unknown): void => {
+    if (res.headersSent || !pending.has(req)) return void socket.destroy();
+    const status = (err as { status?: unknown } | undefined)?.status;
+    res.statusCode =
+      err === undefined
+        ? 404
+        : typeof status === 'number' && status >= 400 && status < 600
+          ? status
+          : 500;
+    res.setHeader('content-length', '0');
+    res.end();
+  };
+  try {
+    void app(req, res, final);
+  } catch (err) {
+    final(err);
+  }
 }
 
 /**

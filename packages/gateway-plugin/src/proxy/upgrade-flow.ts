@@ -38,6 +38,7 @@ import { clientAddress, setForwardedHeaders, stripHopByHopForUpgrade } from './f
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { namedByConnection } from './response-head';
 import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
+import { afterPendingAnswers } from '../upgrade-routing';
 
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
@@ -90,7 +91,12 @@ export class UpgradeFlow {
     socket.on('error', () => socket.destroy());
     const res = new ServerResponse(req);
     res.shouldKeepAlive = false;
-    res.assignSocket(socket);
+    try {
+      res.assignSocket(socket);
+    } catch {
+      // Bound to another response after all: never a throw out of Node's parser callback.
+      return void socket.destroy();
+    }
     res.once('finish', () => socket.destroySoon());
     this.serve(req, res);
   }
@@ -107,6 +113,13 @@ export class UpgradeFlow {
   }
 
   upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    // `lb.upgrade` as the server's own listener: an upgrade pipelined behind a request
+    // whose answer is not out yet waits for it (upgrade-routing.ts). Through
+    // routeUpgrades it has waited already, and the socket is this upgrade's.
+    afterPendingAnswers(socket, () => this.upgradeNow(req, socket, head));
+  }
+
+  private upgradeNow(req: IncomingMessage, socket: Socket, head: Buffer): void {
     // Closed before this ran (routeUpgrades runs the app's middleware first, an async one
     // included): its 'close' has fired, so nothing would give back what is taken below.
     if (socket.destroyed) return;
