@@ -384,3 +384,90 @@ describe('bounds on open WebSockets (webSockets)', () => {
     await Promise.all(open.map(closed));
   });
 });
+
+describe('a WebSocket the backend closes', () => {
+  /** A ws backend that closes with 1009 on a message over 64 KiB (ws's maxPayload). */
+  async function strictBackend(): Promise<TestServer> {
+    const server = createServer((_req, res) => res.end('http'));
+    const wss = new WebSocket.Server({ server, maxPayload: 64 * 1024 });
+    wss.on('connection', (ws) => {
+      ws.on('error', () => {});
+      ws.on('message', (m: Buffer) => ws.send(`echo ${m.length}`));
+    });
+    const s = await listen(server);
+    const out = {
+      ...s,
+      close: async () => {
+        for (const c of wss.clients) c.terminate();
+        wss.close();
+        await s.close();
+      },
+    };
+    servers.push(out);
+    return out;
+  }
+
+  /** A client that sends 1 MiB at once: the backend closes 1009 while it is still sending. */
+  async function oversized(port: number): Promise<number> {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+    ws.on('error', () => {});
+    await new Promise<void>((resolve) => ws.once('open', () => resolve()));
+    const code = new Promise<number>((resolve) => ws.once('close', (c) => resolve(c)));
+    ws.send(Buffer.alloc(1 << 20, 0x61));
+    return code;
+  }
+
+  it("frees the client's socket and places at once, though the client was still sending", async () => {
+    // No idle timeout: the paused client socket, its FIN never read, was held for good.
+    const backend = await strictBackend();
+    const gw = await gateway(backend.url, {
+      webSockets: { maxPerClient: 2, idleTimeoutMs: false },
+    });
+    servers.push(gw);
+    for (let i = 0; i < 4; i++) expect(await oversized(gw.port)).toBe(1009);
+    await eventually(
+      () => gw.lb.balancer.snapshot().openWebSockets === 0,
+      5_000,
+      () => `every WebSocket released (${gw.lb.balancer.snapshot().openWebSockets} open)`,
+    );
+    const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/ws`);
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    ws.close();
+    await closed(ws);
+  });
+
+  it('is not held against the backend: a client cannot get it ejected that way', async () => {
+    // Frames the backend refuses (unmasked), written on and on: the backend closes, and the
+    // gateway's next write to it fails (EPIPE), which counted as the backend's failure.
+    const backend = await wsEchoBackend();
+    const gw = await gateway(backend.url, { outlier: { consecutiveFailures: 3 } });
+    servers.push(backend, gw);
+    const ejected: string[] = [];
+    gw.lb.balancer.on('backend-ejected', (e) => ejected.push(e.id));
+    const garbage = Buffer.from([0x81, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f]);
+    for (let i = 0; i < 10; i++) {
+      const sock = connect(gw.port, '127.0.0.1');
+      sock.on('error', () => {});
+      let head = '';
+      sock.on('data', (d: Buffer) => (head += d.toString('latin1')));
+      sock.write(
+        'GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+      );
+      await eventually(() => head.includes('\r\n\r\n'), 5_000, 'the 101');
+      expect(head).toMatch(/^HTTP\/1\.1 101 /);
+      const writer = setInterval(() => void (!sock.destroyed && sock.write(garbage)), 1);
+      await new Promise<void>((resolve) => {
+        sock.once('close', () => resolve());
+        setTimeout(resolve, 1_000);
+      });
+      clearInterval(writer);
+      sock.destroy();
+    }
+    expect(ejected).toEqual([]);
+    expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+  });
+});

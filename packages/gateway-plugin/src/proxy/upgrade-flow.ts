@@ -244,10 +244,21 @@ export class UpgradeFlow {
     proxyReq.once('upgrade', (_res: IncomingMessage, backendSocket: Socket) => {
       settled();
       this.upgraded.add(req);
+      // The backend answered as asked: a success, which ends a run of failures (a backend
+      // carrying only WebSockets never reset its consecutive count, and a few refused paths
+      // among many good WebSockets ejected it).
+      const backend = this.upgrades.get(req);
+      if (backend) this.core.outlier.onSuccess(backend);
       if (socket.destroyed) return backendSocket.destroy();
       // Before http-proxy pipes the two sockets (its listener comes after this one).
       stopReading(true);
       socket.once('close', () => backendSocket.destroy());
+      // And the other way: the backend's side closed (after its close frame, say), so the
+      // tunnel is over. http-proxy ends the client's side, but a client socket its pipe had
+      // paused (a client sending faster than the backend read) was never read again: its
+      // FIN unseen, it held its socket and webSockets places until idleTimeoutMs, for
+      // good without one. Closed once what the backend sent has been written.
+      backendSocket.once('close', () => socket.destroySoon());
       // The client socket carries both directions (a read is the client's byte, a
       // write the backend's), so its inactivity timer is the tunnel's. http-proxy
       // has set it to 0 before this request; nothing sets it after.
@@ -281,7 +292,10 @@ export class UpgradeFlow {
     const backend = this.upgrades.get(req);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
-      this.core.outlier.onFailure(backend);
+      // Not after the 101: an error on an open tunnel is a close race (the backend ended
+      // its side while the client still sent: EPIPE), which any client can provoke with a
+      // frame the backend refuses; five in a row ejected a healthy backend.
+      if (!this.upgraded.has(req)) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
     const timedOut = (err as { code?: string }).code === TIMEOUT_CODE;
