@@ -180,6 +180,10 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'LW_GW_INVALID_DISCOVERY',
   ],
   ['status path relative', { ...base, statusPath: 'status' }, 'LW_GW_INVALID_OPTION'],
+  // Joined to each backend's base path: none may name a host or leave that path.
+  ['health path //host', { ...base, healthCheck: { path: '//evil/x' } }, 'LW_GW_INVALID_OPTION'],
+  ['health path ..', { ...base, healthCheck: { path: '/../admin' } }, 'LW_GW_INVALID_OPTION'],
+  ['health path backslash', { ...base, healthCheck: { path: '/a\\b' } }, 'LW_GW_INVALID_OPTION'],
   ['short status token', { ...base, statusToken: 'abc' }, 'LW_GW_INVALID_OPTION'],
   // Read from a secret file with its newline, it could never match: refused at construction.
   [

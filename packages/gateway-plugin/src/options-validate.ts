@@ -26,6 +26,7 @@ import { HEALTH_CHECK_JITTER } from './health/active-checker';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
 import { defaultLogger, redactUrl } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
+import { checkPath } from './proxy/request-checks';
 import {
   type Check,
   type Fail,
@@ -86,9 +87,14 @@ const is =
 const bool = is<boolean>((x) => typeof x === 'boolean', 'a boolean');
 const str = is<string>((x) => typeof x === 'string', 'a string');
 const fn = <F>() => is<F>((x) => typeof x === 'function', 'a function')();
+// Nor what a request's path may not hold (proxy/request-checks.ts: dot-segments, `//`, a
+// backslash): a health-check path is joined to each backend's base path.
 const isPath = (x: unknown): x is string =>
-  typeof x === 'string' && x.startsWith('/') && !/[?#\s]/.test(x);
-const path = is<string>(isPath, "a path starting with '/' without query or spaces");
+  typeof x === 'string' && x.startsWith('/') && !/[?#\s]/.test(x) && checkPath(x) === undefined;
+const path = is<string>(
+  isPath,
+  "a path starting with '/' without query, spaces, dot-segments, '//' or '\\'",
+);
 const isHeaderName = (x: unknown): x is string => typeof x === 'string' && HEADER_NAME_RE.test(x);
 const isPem = (x: unknown): boolean => typeof x === 'string' || Buffer.isBuffer(x);
 const pem = is<string | Buffer>(isPem, 'PEM text or a Buffer');

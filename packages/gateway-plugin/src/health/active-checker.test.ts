@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createEncoder } from '@loadwise/protocol';
-import { ActiveChecker } from './active-checker';
+import { ActiveChecker, healthCheckUrl } from './active-checker';
 import { eligibleIds, fleet, type Fleet } from './test-fleet';
 
 const config = {
@@ -262,5 +262,18 @@ describe('ActiveChecker', () => {
     expect(check.mock.calls.map(([x]) => x.id)).toEqual(['b']);
     expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c', 'd', 'e']);
     checker.close();
+  });
+});
+
+describe('healthCheckUrl', () => {
+  it.each([
+    ['/health', 'http://10.0.0.1:8080', 'http://10.0.0.1:8080/health'],
+    ['/health', 'http://10.0.0.1:8080/api', 'http://10.0.0.1:8080/api/health'],
+    ['/health', 'http://10.0.0.1:8080/api/', 'http://10.0.0.1:8080/api/health'],
+    ['/', 'http://10.0.0.1:8080/api', 'http://10.0.0.1:8080/api/'],
+    // Resolved as a reference, `health:` was a scheme, and the check threw from its timer.
+    ['/health:check', 'http://10.0.0.1:8080/api', 'http://10.0.0.1:8080/api/health:check'],
+  ])('%s under %s', (path, target, url) => {
+    expect(healthCheckUrl(path, new URL(target)).href).toBe(url);
   });
 });

@@ -131,14 +131,22 @@ export class ActiveChecker {
     };
     const url = healthCheckUrl(this.config.path, backend.target);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    const req = send(url, {
-      method: 'GET',
-      agent: false,
-      headers: { 'user-agent': 'loadwise-gateway-health-check' },
-      // Not the pool, but the same trust and name as its connections: a check that
-      // verified otherwise would pass a backend every request fails on, or the reverse.
-      ...backend.tls,
-    });
+    let req: ClientRequest;
+    try {
+      req = send(url, {
+        method: 'GET',
+        agent: false,
+        headers: { 'user-agent': 'loadwise-gateway-health-check' },
+        // Not the pool, but the same trust and name as its connections: a check that
+        // verified otherwise would pass a backend every request fails on, or the reverse.
+        ...backend.tls,
+      });
+    } catch {
+      // A request Node refuses to make: a failed check, never a throw out of the timer
+      // (one ended the process at the first check).
+      settled = true;
+      return done(false);
+    }
     this.inFlight.add(req);
     // A deadline, not an idle timeout: a status line sent a byte at a time, each within
     // timeoutMs of the last, never timed out, and the check that never ended never
@@ -188,11 +196,16 @@ export class ActiveChecker {
   }
 }
 
-function withSlash(url: URL): URL {
-  return url.pathname.endsWith('/') ? url : new URL(`${url.href}/`);
-}
-
-/** The health check's URL on a backend: `path` under the backend's base path. */
+/**
+ * The health check's URL on a backend: `path` under the backend's base path,
+ * joined as text. Resolved as a URL reference, a first segment with a colon
+ * (`/health:check`) read as a scheme (`health:`), and the request then threw
+ * ERR_INVALID_PROTOCOL from the checker's timer, ending the process at the
+ * first check; `//x` named a host, and dot-segments left the base path
+ * (options refuse those now, as a request's path is refused).
+ */
 export function healthCheckUrl(path: string, target: URL): URL {
-  return new URL(path.replace(/^\//, ''), withSlash(target));
+  const url = new URL(target.href);
+  url.pathname = `${target.pathname.replace(/\/$/, '')}${path}`;
+  return url;
 }
