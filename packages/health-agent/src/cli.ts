@@ -36,6 +36,11 @@ function secretWarnings(raw: RawConfig, signed: boolean): string[] {
       'no --key-file: reports are unsigned, and gateways refuse them unless they set allowUnsigned',
     );
   }
+  if (raw['tlsInsecure'] === true) {
+    out.push(
+      "--tls-insecure: the broker's certificate is not checked, so anyone on the path can pose as it and read the password and reports",
+    );
+  }
   const files: Array<[string, unknown]> = [
     ['key-file', raw['keyFile']],
     ['password-file', raw['passwordFile']],

@@ -152,6 +152,16 @@ describe('config sources', () => {
     expect(mergeSources({}, { LOADWISE_CONFIG: config })).toMatchObject({ backendId: 'from-file' });
   });
 
+  it('reads an empty environment variable as unset, and an empty boolean in a file as an error', () => {
+    // LOADWISE_TLS_INSECURE= (a blank env-file line) turned the certificate check off.
+    expect(mergeSources({}, { LOADWISE_TLS_INSECURE: '', LOADWISE_PREFIX: '' })).toEqual({});
+    expect(mergeSources({}, { LOADWISE_TLS_INSECURE: '1' })).toMatchObject({ tlsInsecure: true });
+    const blank = file('blank.json', '{"backendId": "x", "tlsInsecure": ""}');
+    expect(codeOf(() => mergeSources({ config: blank }, {})).message).toContain(
+      '--tls-insecure: must be true or false',
+    );
+  });
+
   it('reads the early-report options from flag, environment and config file', () => {
     const config = file('early.json', JSON.stringify({ backendId: 'x', earlyRise: 3 }));
     expect(mergeSources({ config }, { LOADWISE_EARLY_MIN_GAP_MS: '40' })).toMatchObject({

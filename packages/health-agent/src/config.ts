@@ -340,7 +340,10 @@ function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[str
   switch (spec.kind) {
     case 'boolean':
       if (typeof value === 'boolean') return value;
-      if (value === 'true' || value === '1' || value === '') return true;
+      // Not '': an empty value (a blank line of an env file, a template variable that
+      // expanded to nothing) read as true, and `LOADWISE_TLS_INSECURE=` silently turned the
+      // broker's certificate check off.
+      if (value === 'true' || value === '1') return true;
       if (value === 'false' || value === '0') return false;
       return bad('must be true or false');
     case 'int': {
@@ -411,7 +414,8 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
   for (const spec of CLI_OPTIONS) {
     if (!fromEnvironment(spec.flag) || spec.flag === 'config') continue;
     const v = env[envName(spec.flag)];
-    if (v !== undefined) out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
+    // Empty is unset, as for the gateway's CLI.
+    if (v !== undefined && v !== '') out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
   }
   for (const spec of CLI_OPTIONS) {
     const v = flags[spec.flag];
