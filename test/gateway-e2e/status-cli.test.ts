@@ -11,6 +11,7 @@ import { GATEWAY_BIN, spawnScript, type AgentProcess } from '../kit/agent-cli';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { eventually, type Fleet } from '../kit/fleet';
 import { freePort } from '../kit/ports';
+import { listen } from '../kit/http';
 import { startFleetGateway, type TestGateway } from '../kit/gateway';
 import { fire } from '../kit/load';
 
@@ -241,6 +242,33 @@ describe('loadwise status CLI against a real gateway', () => {
       expect(seen[3]!['authorization']).toBe('Bearer from-env');
     } finally {
       await new Promise<void>((r) => front.close(() => r()));
+    }
+  });
+
+  it('gives up on an answer that trickles past --timeout-ms (a deadline, not an idle timeout)', async () => {
+    // Headers, then a byte every 100 ms: never idle for --timeout-ms, never ending.
+    const timers = new Set<NodeJS.Timeout>();
+    const drip = await listen(
+      http.createServer((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        const t = setInterval(() => res.write(' '), 100);
+        timers.add(t);
+        res.on('close', () => (clearInterval(t), timers.delete(t)));
+      }),
+    );
+    try {
+      const p = await loadwise([
+        'status',
+        '--url',
+        `${drip.url}/_lb/status`,
+        '--timeout-ms',
+        '500',
+      ]);
+      expect(await p.exited).toBe(1);
+      expect(p.stderr()).toMatch(/no answer within 500 ms/);
+    } finally {
+      for (const t of timers) clearInterval(t);
+      await drip.close();
     }
   });
 

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
-import { balancersOf, renderStatus, text, type StatusDocument } from './render';
+import { balancersOf, renderStatus, terminalJson, text, type StatusDocument } from './render';
 
 const NAME = 'loadwise';
 const DEFAULT_INTERVAL_MS = 1000;
@@ -259,9 +259,16 @@ function get(
   timeoutMs: number,
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
+    // A deadline for the whole exchange, not an idle timeout: an answer that trickles a
+    // byte at a time (a URL that reaches an event stream, the dashboard's) never went
+    // idle, and the CLI, and a --watch's Ctrl-C that waits for the fetch, hung for good.
+    const deadline = setTimeout(
+      () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
       url,
-      { headers, agent: false, timeout: timeoutMs },
+      { headers, agent: false },
       (res) => {
         const chunks: Buffer[] = [];
         let size = 0;
@@ -270,14 +277,20 @@ function get(
           if (size > MAX_BODY_BYTES) req.destroy(new Error(`body over ${MAX_BODY_BYTES} bytes`));
           else chunks.push(c);
         });
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }),
-        );
-        res.on('error', reject);
+        res.on('end', () => {
+          clearTimeout(deadline);
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') });
+        });
+        res.on('error', (err) => {
+          clearTimeout(deadline);
+          reject(err);
+        });
       },
     );
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
+    req.on('error', (err) => {
+      clearTimeout(deadline);
+      reject(err);
+    });
     req.end();
   });
 }
@@ -348,7 +361,7 @@ const CLEAR_LINE_END = '\x1b[K';
 const CLEAR_SCREEN_END = '\x1b[J';
 
 function frameText(o: StatusOptions, r: Awaited<ReturnType<typeof fetchStatus>>): string {
-  if (o.json) return r.ok ? `${JSON.stringify(r.body)}\n` : '';
+  if (o.json) return r.ok ? `${terminalJson(r.body)}\n` : '';
   const where = shownUrl(o.url);
   return r.ok ? renderStatus(r.body, where) : `${where}  ${new Date().toISOString()}\n`;
 }

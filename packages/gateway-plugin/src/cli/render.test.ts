@@ -1,5 +1,5 @@
 import type { BackendSnapshot } from '../observability';
-import { backendRow, renderStatus, table } from './render';
+import { backendRow, renderStatus, table, terminalJson } from './render';
 
 describe('loadwise status rendering', () => {
   const backend: Partial<BackendSnapshot> = {
@@ -141,5 +141,17 @@ describe('loadwise status rendering', () => {
         ],
       ),
     ).toEqual(['A        BB', 'long-id  x', 'y']);
+  });
+
+  it('--json escapes what a terminal would act on, and reads back the same', () => {
+    const hostile = { id: 'a\u009b31m\u009d0;x\u0007\u007f\u202eb' };
+    const out = terminalJson(hostile);
+    expect(out).toMatch(/^[\x20-\x7e]+$/);
+    expect(JSON.parse(out)).toEqual(hostile);
+  });
+
+  it('lays out a table of any length (no arguments spread per row)', () => {
+    const rows = Array.from({ length: 200_000 }, (_, i) => [`b${i}`, 'x']);
+    expect(table(['id', 'state'], rows)).toHaveLength(200_001);
   });
 });

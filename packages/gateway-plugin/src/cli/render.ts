@@ -8,14 +8,31 @@ import type { BackendSnapshot, BalancerSnapshot } from '../observability';
 
 type Loose<T> = { [K in keyof T]?: T[K] | null };
 
+/** C0 and C1 controls, DEL, and bidirectional overrides (U+202E makes an id read as another). */
+// eslint-disable-next-line no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
 /**
  * A string from the document as one line of plain text: control characters (ESC, CR, LF,
- * C1) become '?'. The document comes from whatever `--url` names; an escape sequence in
- * an id or a reason would otherwise reach the operator's terminal.
+ * C1) and bidirectional overrides become '?'. The document comes from whatever `--url`
+ * names; an escape sequence in an id or a reason would otherwise reach the operator's
+ * terminal.
  */
 export function text(v: unknown): string {
-  // eslint-disable-next-line no-control-regex
-  return String(v).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+  return String(v).replace(UNPRINTABLE, '?');
+}
+
+/**
+ * JSON text safe for a terminal: JSON.stringify escapes U+0000-U+001F only, so a
+ * hostile status document's C1 controls (U+009B is CSI, U+009D OSC), DEL and
+ * bidirectional overrides (U+202E, to make an id read as another) reached the
+ * terminal raw with `--json`. Escaped as `\uXXXX`, which every JSON reader reads back.
+ */
+export function terminalJson(v: unknown): string {
+  return JSON.stringify(v).replace(
+    /[\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
 }
 
 function num(v: unknown): number | undefined {
@@ -91,7 +108,11 @@ export function backendRow(b: Loose<BackendSnapshot>): string[] {
 
 /** Left-aligned columns two spaces apart; the last column is not padded. */
 export function table(header: readonly string[], rows: string[][]): string[] {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  // A loop, not Math.max(...rows): spread as arguments, 150,000 rows overflowed the stack.
+  const widths = header.map((h) => h.length);
+  for (const r of rows) {
+    for (let i = 0; i < widths.length; i++) widths[i] = Math.max(widths[i]!, (r[i] ?? '').length);
+  }
   const line = (cells: readonly string[]): string =>
     cells
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
