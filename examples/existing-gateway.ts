@@ -221,9 +221,15 @@ async function main(): Promise<void> {
   say(
     `  curl -H 'authorization: Bearer ${args.token}' -H 'x-loadwise-token: ${args.statusToken}' http://127.0.0.1:${port}/_lb/status`,
   );
-  // Not fatal: the balancers route on local signals until the broker answers.
+  // Not fatal: the balancers route on local signals until the broker answers (ready()
+  // resolves after its timeout without it, with a warning of its own).
   Promise.all(all.map((lb) => lb.ready())).then(
-    () => say('every balancer is connected to the broker'),
+    () =>
+      say(
+        all.every((lb) => lb.balancer.brokerConnected !== false)
+          ? 'every balancer is connected to the broker'
+          : 'routing on local signals: the broker did not answer yet (still reconnecting)',
+      ),
     (err: Error) => process.stderr.write(`existing-gateway: ${err.message}\n`),
   );
 
