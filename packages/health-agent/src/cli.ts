@@ -65,6 +65,10 @@ function secretWarnings(raw: RawConfig, signed: boolean): string[] {
 
 /** The same warning (e.g. "tracker unreachable") is repeated at most this often. */
 const WARN_REPEAT_MS = 60_000;
+/** A connection lost this soon after it was made counts as taken over... */
+const QUICK_DROP_MS = 5_000;
+/** ...and this many in a row name the likely cause (a shared --client-id). */
+const QUICK_DROPS = 3;
 
 /**
  * `url` with its password shown as `***`. A broker URL may carry
@@ -301,15 +305,35 @@ async function main(argv: string[]): Promise<void> {
   agent.on('warning', warnOnce);
   // Reconnect attempts fail every --reconnect-ms while the broker is down: log each error once a minute.
   agent.on('error', (err) => warnOnce(`broker: ${err.message}`));
-  agent.on('connect', () =>
+  // A broker drops the older of two clients with one id [MQTT-3.1.4-2], and MQTT 3.1.1
+  // says nothing why: two agents given the same --client-id (a config file copied across
+  // a fleet) took the session from each other every reconnect, each publishing its Last
+  // Will, and said only "connection lost". A run of connections dropped within seconds
+  // is named once.
+  const clientId = agent.options.broker?.clientId;
+  let connectedAt: number | undefined;
+  let quickDrops = 0;
+  let namedTakeover = false;
+  agent.on('connect', () => {
+    connectedAt = Date.now();
     log(
       'info',
       `connected to ${withoutPassword(agent.options.broker?.url ?? '')} as ${agent.backendId} (state ${agent.state})`,
-    ),
-  );
-  agent.on('offline', () =>
-    log('warn', 'broker connection lost; metrics are dropped until it is back'),
-  );
+    );
+  });
+  agent.on('offline', () => {
+    const quick = connectedAt !== undefined && Date.now() - connectedAt < QUICK_DROP_MS;
+    quickDrops = quick ? quickDrops + 1 : 0;
+    connectedAt = undefined;
+    log('warn', 'broker connection lost; metrics are dropped until it is back');
+    if (clientId !== undefined && quickDrops >= QUICK_DROPS && !namedTakeover) {
+      namedTakeover = true;
+      log(
+        'error',
+        `the broker dropped the connection ${quickDrops} times within ${QUICK_DROP_MS / 1000} s of connecting: another client is probably using --client-id ${clientId} (a broker drops the older of two clients with one id); give every agent its own, or leave --client-id unset`,
+      );
+    }
+  });
   agent.on('state', (state) => log('info', `state ${state}`));
   // Once a minute, as docs/agent.md says of every repeated warning.
   agent.on('overlap', () => warnOnce('a sample took longer than the interval; tick skipped'));

@@ -55,3 +55,54 @@ describe('loadwise-agent CLI: the broker password in its log', () => {
     expect(agent.stdout()).not.toContain('S3CRET');
   });
 });
+
+// Two agents with one --client-id take the broker session from each other on every
+// reconnect (the broker drops the older client); MQTT 3.1.1 gives no reason.
+describe('loadwise-agent CLI: a --client-id another client uses', () => {
+  let broker: EmbeddedBroker;
+  const agents: AgentProcess[] = [];
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker();
+  });
+  afterEach(async () => {
+    await Promise.all(agents.splice(0).map((a) => a.kill()));
+  });
+  afterAll(async () => {
+    await broker.close();
+  });
+
+  it('is named once, after a run of connections dropped within seconds', async () => {
+    const prefix = uniquePrefix('agent-dup-id');
+    for (const id of ['dup-a', 'dup-b']) {
+      agents.push(
+        spawnAgent([
+          '--backend-id',
+          id,
+          '--prefix',
+          prefix,
+          '--broker',
+          broker.url,
+          '--client-id',
+          'copied-config-id',
+          '--reconnect-ms',
+          '100',
+          '--interval-ms',
+          '200',
+          '--drain-grace-ms',
+          '0',
+          '--no-cgroup',
+        ]),
+      );
+    }
+    const named = (a: AgentProcess): boolean =>
+      a.stderr().includes('another client is probably using --client-id copied-config-id');
+    await until(() => agents.some(named), 15_000, 'the takeover named');
+    for (const a of agents) {
+      const lines = a
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('--client-id copied-config-id'));
+      expect(lines.length).toBeLessThanOrEqual(1);
+    }
+  }, 30_000);
+});
