@@ -15,6 +15,7 @@ import { createServer } from 'node:http';
 import { listen, type TestServer } from '../kit/http';
 import { wsEchoBackend } from '../kit/ws-server';
 import { quietLogger } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
 
 const TOKEN = 'user-token-1';
 
@@ -146,4 +147,50 @@ describe('an upgrade pipelined behind an unanswered request', () => {
       await lb.close();
     }
   });
+
+  it.each([true, false])(
+    'a client that resets while its upgrade waits takes nothing down (routed %s)',
+    async (routed) => {
+      const lb = loadBalance({
+        backends: [{ id: 'b', url: backend.url }],
+        healthCheck: false,
+        overload: false,
+        warmUp: false,
+        logger: quietLogger,
+      });
+      const app = express();
+      let answered = false;
+      app.get('/plain', (_req, res) => {
+        setTimeout(() => {
+          answered = true;
+          res.end('PLAIN');
+        }, 300);
+      });
+      app.use(lb);
+      const server = createServer(app);
+      server.on('upgrade', routed ? routeUpgrades(app) : lb.upgrade);
+      const gw = await listen(server);
+      try {
+        const sock = connect(gw.port, '127.0.0.1');
+        sock.on('error', () => {});
+        await once(sock, 'connect');
+        sock.write(`GET /plain HTTP/1.1\r\nHost: gw\r\n\r\n${upgrade('/ws', 'websocket')}`);
+        await new Promise((r) => setTimeout(r, 50));
+        sock.resetAndDestroy();
+        while (!answered) await new Promise((r) => setTimeout(r, 20));
+        await expect(wsExchange(`${gw.url.replace('http', 'ws')}/ws`)).resolves.toEqual({
+          echo: 'echo ping',
+        });
+        // Nothing held for the reset one (the exchange's own closes as it ends).
+        await eventually(
+          () => lb.balancer.snapshot().openWebSockets === 0,
+          5_000,
+          'every WebSocket released',
+        );
+      } finally {
+        await gw.close();
+        await lb.close();
+      }
+    },
+  );
 });

@@ -55,6 +55,9 @@ export function afterPendingAnswers(socket: Socket, run: () => void): void {
   // when it finishes); the public API has no other way to see it.
   const ahead = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
   if (!ahead) return run();
+  // Node took its own 'error' listener off the socket at the upgrade: a client that resets
+  // while the upgrade waits must not be an unhandled 'error' event.
+  socket.on('error', () => socket.destroy());
   ahead.once('close', () => {
     // Closed after that answer (`Connection: close`): no upgrade on it.
     if (socket.destroyed || !socket.writable) socket.destroy();
