@@ -409,6 +409,29 @@ describe('a backend that switches protocols unasked', () => {
   });
 });
 
+describe('framing forwarded', () => {
+  it('in the one spelling every parser reads, whatever spelling the client used', async () => {
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    for (const bytes of [
+      'POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
+      'POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0003\r\n\r\nabc',
+    ]) {
+      const r = await rawExchange(gw.port, bytes, { responses: 1 });
+      expect(r.responses[0]?.status).toBe(200);
+    }
+    expect(
+      backend.seen.map((s) => [
+        s.headers['transfer-encoding'],
+        s.headers['content-length'],
+        s.body,
+      ]),
+    ).toEqual([
+      ['chunked', undefined, 'abc'],
+      [undefined, '3', 'abc'],
+    ]);
+  });
+});
+
 describe('pipelining', () => {
   it('answers the requests before a refused one, then closes: none is lost', async () => {
     gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });

@@ -367,6 +367,15 @@ export class RequestFlow {
       const { detail } = framing;
       return this.reject(req, res, 'LW_GW_BAD_REQUEST', detail, true, undefined, detail);
     }
+    // The framing goes on in the one spelling every parser reads: `Transfer-Encoding:
+    // CHUNKED` and `Content-Length: 0003` are valid, and were forwarded as the client
+    // spelled them, for a lax backend to read differently than the gateway did.
+    if (framing.framing === 'chunked') {
+      if (req.headers['transfer-encoding'] !== 'chunked')
+        req.headers['transfer-encoding'] = 'chunked';
+    } else if (framing.framing === 'length' && req.headers['content-length']!.startsWith('0')) {
+      req.headers['content-length'] = req.headers['content-length']!.replace(/^0+(?=\d)/, '');
+    }
     const refused = refusedMethod(req.method);
     if (refused) {
       const close = framing.framing !== 'none';
