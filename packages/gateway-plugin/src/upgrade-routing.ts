@@ -53,16 +53,42 @@ export type AppHandler = (
 export function afterPendingAnswers(socket: Socket, run: () => void): void {
   // Node's own field: the response bound to the socket (the next queued one is bound
   // when it finishes); the public API has no other way to see it.
-  const ahead = (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
-  if (!ahead) return run();
+  const ahead = (): ServerResponse | null | undefined =>
+    (socket as { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (!ahead()) return run();
   // Node took its own 'error' listener off the socket at the upgrade: a client that resets
   // while the upgrade waits must not be an unhandled 'error' event.
   socket.on('error', () => socket.destroy());
-  ahead.once('close', () => {
-    // Closed after that answer (`Connection: close`): no upgrade on it.
-    if (socket.destroyed || !socket.writable) socket.destroy();
-    else afterPendingAnswers(socket, run);
-  });
+  const wait = (answer: ServerResponse): void =>
+    void answer.once('close', () => {
+      // Closed after that answer (`Connection: close`): no upgrade on it.
+      if (socket.destroyed || !socket.writable) return void socket.destroy();
+      const next = ahead();
+      if (next) wait(next);
+      else run();
+    });
+  wait(ahead()!);
+}
+
+/**
+ * A response bound to an upgrade's socket, for an answer over HTTP (the app's,
+ * or an upgrade served as a plain request): the connection ends with it, as
+ * the client asked to switch protocols and what follows on the socket is not
+ * HTTP. Undefined, and the socket destroyed, if another response holds the
+ * socket after all: never a throw out of Node's parser callback.
+ */
+export function responseOnSocket(req: IncomingMessage, socket: Socket): ServerResponse | undefined {
+  socket.on('error', () => socket.destroy());
+  const res = new ServerResponse(req);
+  res.shouldKeepAlive = false;
+  try {
+    res.assignSocket(socket);
+  } catch {
+    socket.destroy();
+    return undefined;
+  }
+  res.once('finish', () => socket.destroySoon());
+  return res;
 }
 
 /** The 'upgrade' listener that routes upgrade requests through `app`. */
@@ -75,17 +101,8 @@ export function routeUpgrades(app: AppHandler): UpgradeListener {
 }
 
 function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buffer): void {
-  const res = new ServerResponse(req);
-  // Whatever the app answers, this connection ends with it: the client
-  // asked to switch protocols, and what follows on the socket is not HTTP.
-  res.shouldKeepAlive = false;
-  try {
-    res.assignSocket(socket);
-  } catch {
-    // Bound to another response after all: never a throw out of Node's parser callback.
-    return void socket.destroy();
-  }
-  res.once('finish', () => socket.destroySoon());
+  const res = responseOnSocket(req, socket);
+  if (res === undefined) return;
   pending.set(req, { socket, head, res });
   const final = (err?: unknown): void => {
     if (res.headersSent || !pending.has(req)) return void socket.destroy();

@@ -140,8 +140,8 @@ export function verifySignature(
   return timingSafeEqual(given, mac(secret, topic, body)) ? undefined : 'LW_PROTO_BAD_SIGNATURE';
 }
 
-const HEX_DIGITS_RE = /^[0-9a-fA-F]*$/;
-const BASE64_CHARS_RE = /^[A-Za-z0-9+/_=-]*$/;
+const NOT_HEX_RE = /[^0-9a-fA-F]/;
+const NOT_BASE64_RE = /[^A-Za-z0-9+/_=-]/;
 
 /**
  * A key file's secret as bytes, or why its text is not one (a message that
@@ -159,18 +159,16 @@ const BASE64_CHARS_RE = /^[A-Za-z0-9+/_=-]*$/;
 function decodeSecret(encoded: string): Buffer | string {
   if (encoded.startsWith('hex:')) {
     const hex = encoded.slice(4);
-    if (!HEX_DIGITS_RE.test(hex)) {
-      const at = hex.search(/[^0-9a-fA-F]/) + 1;
-      return `hex secret: character ${at} after "hex:" is not a hex digit`;
-    }
+    const bad = hex.search(NOT_HEX_RE);
+    if (bad >= 0) return `hex secret: character ${bad + 1} after "hex:" is not a hex digit`;
     if (hex.length % 2 !== 0) {
       return `hex secret: ${hex.length} digits, an odd number (each byte is two)`;
     }
     return Buffer.from(hex, 'hex');
   }
-  if (!BASE64_CHARS_RE.test(encoded)) {
-    const at = encoded.search(/[^A-Za-z0-9+/_=-]/) + 1;
-    return `secret is neither base64 nor "hex:<hex digits>": character ${at} is not base64`;
+  const bad = encoded.search(NOT_BASE64_RE);
+  if (bad >= 0) {
+    return `secret is neither base64 nor "hex:<hex digits>": character ${bad + 1} is not base64`;
   }
   const data = encoded.replace(/=+$/, '');
   if (data.includes('=')) {

@@ -29,8 +29,9 @@ export function text(v: unknown): string {
  * terminal raw with `--json`. Escaped as `\uXXXX`, which every JSON reader reads back.
  */
 export function terminalJson(v: unknown): string {
+  // UNPRINTABLE's C0 range never matches here: JSON.stringify has escaped it already.
   return JSON.stringify(v).replace(
-    /[\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+    UNPRINTABLE,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );
 }

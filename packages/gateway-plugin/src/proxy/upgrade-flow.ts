@@ -38,7 +38,7 @@ import { clientAddress, setForwardedHeaders, stripHopByHopForUpgrade } from './f
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { namedByConnection } from './response-head';
 import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
-import { afterPendingAnswers } from '../upgrade-routing';
+import { afterPendingAnswers, responseOnSocket } from '../upgrade-routing';
 
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
@@ -88,17 +88,8 @@ export class UpgradeFlow {
       });
       return refuse(socket, 400, code);
     }
-    socket.on('error', () => socket.destroy());
-    const res = new ServerResponse(req);
-    res.shouldKeepAlive = false;
-    try {
-      res.assignSocket(socket);
-    } catch {
-      // Bound to another response after all: never a throw out of Node's parser callback.
-      return void socket.destroy();
-    }
-    res.once('finish', () => socket.destroySoon());
-    this.serve(req, res);
+    const res = responseOnSocket(req, socket);
+    if (res !== undefined) this.serve(req, res);
   }
 
   /** An upgrade request that is not a WebSocket's and has no body: served as a request. */
