@@ -3,23 +3,24 @@ import { until } from '../kit/agent-http';
 import { uniquePrefix } from '../kit/brokers';
 import { spawnAgent, type AgentProcess } from '../kit/agent-cli';
 
+// Agents on one embedded broker (aedes takes any user name and password), each test's
+// own processes killed after it.
+let broker: EmbeddedBroker;
+const agents: AgentProcess[] = [];
+beforeAll(async () => {
+  broker = await startEmbeddedBroker();
+});
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.kill()));
+});
+afterAll(async () => {
+  await broker.close();
+});
+
 // The agent's info line named the broker URL as given, password included
 // (`connected to mqtt://alice:S3CRET-PW@...`); its log goes wherever stderr
 // does. The embedded broker (aedes) takes any user name and password.
 describe('loadwise-agent CLI: the broker password in its log', () => {
-  let broker: EmbeddedBroker;
-  const agents: AgentProcess[] = [];
-
-  beforeAll(async () => {
-    broker = await startEmbeddedBroker();
-  });
-  afterEach(async () => {
-    await Promise.all(agents.splice(0).map((a) => a.kill()));
-  });
-  afterAll(async () => {
-    await broker.close();
-  });
-
   it.each([
     ['--broker', (url: string) => ({ args: ['--broker', url], env: {} })],
     ['LOADWISE_BROKER', (url: string) => ({ args: [], env: { LOADWISE_BROKER: url } })],
@@ -59,18 +60,6 @@ describe('loadwise-agent CLI: the broker password in its log', () => {
 // Two agents with one --client-id take the broker session from each other on every
 // reconnect (the broker drops the older client); MQTT 3.1.1 gives no reason.
 describe('loadwise-agent CLI: a --client-id another client uses', () => {
-  let broker: EmbeddedBroker;
-  const agents: AgentProcess[] = [];
-  beforeAll(async () => {
-    broker = await startEmbeddedBroker();
-  });
-  afterEach(async () => {
-    await Promise.all(agents.splice(0).map((a) => a.kill()));
-  });
-  afterAll(async () => {
-    await broker.close();
-  });
-
   it('is named once, after a run of connections dropped within seconds', async () => {
     const prefix = uniquePrefix('agent-dup-id');
     for (const id of ['dup-a', 'dup-b']) {

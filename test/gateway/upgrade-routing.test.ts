@@ -104,12 +104,15 @@ describe('an upgrade pipelined behind an unanswered request', () => {
     `GET ${path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: ${kind}\r\n` +
     'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
 
-  it.each([
-    ['routeUpgrades(app), a WebSocket', true, 'websocket', /101 Switching Protocols/],
-    ['routeUpgrades(app), h2c (served as a request)', true, 'h2c', /200 OK[\s\S]*closed/],
-    ['lb.upgrade, a WebSocket', false, 'websocket', /101 Switching Protocols/],
-    ['lb.upgrade, h2c (served as a request)', false, 'h2c', /200 OK[\s\S]*closed/],
-  ])('%s: answered after the answer ahead of it', async (_name, routed, kind, second) => {
+  /**
+   * A gateway whose app answers `GET /plain` after `plainMs` (then calls `answered`), its
+   * upgrades through routeUpgrades(app) or, `routed` false, lb.upgrade.
+   */
+  async function gateway(
+    routed: boolean,
+    plainMs: number,
+    answered: () => void = () => {},
+  ): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
     const lb = loadBalance({
       backends: [{ id: 'b', url: backend.url }],
       healthCheck: false,
@@ -118,11 +121,33 @@ describe('an upgrade pipelined behind an unanswered request', () => {
       logger: quietLogger,
     });
     const app = express();
-    app.get('/plain', (_req, res) => void setTimeout(() => res.end('PLAIN'), 100));
+    app.get('/plain', (_req, res) => {
+      setTimeout(() => {
+        answered();
+        res.end('PLAIN');
+      }, plainMs);
+    });
     app.use(lb);
     const server = createServer(app);
     server.on('upgrade', routed ? routeUpgrades(app) : lb.upgrade);
     const gw = await listen(server);
+    return {
+      ...gw,
+      lb,
+      close: async () => {
+        await gw.close();
+        await lb.close();
+      },
+    };
+  }
+
+  it.each([
+    ['routeUpgrades(app), a WebSocket', true, 'websocket', /101 Switching Protocols/],
+    ['routeUpgrades(app), h2c (served as a request)', true, 'h2c', /200 OK[\s\S]*closed/],
+    ['lb.upgrade, a WebSocket', false, 'websocket', /101 Switching Protocols/],
+    ['lb.upgrade, h2c (served as a request)', false, 'h2c', /200 OK[\s\S]*closed/],
+  ])('%s: answered after the answer ahead of it', async (_name, routed, kind, second) => {
+    const gw = await gateway(routed, 100);
     const sock = connect(gw.port, '127.0.0.1');
     try {
       let raw = '';
@@ -144,32 +169,14 @@ describe('an upgrade pipelined behind an unanswered request', () => {
     } finally {
       sock.destroy();
       await gw.close();
-      await lb.close();
     }
   });
 
   it.each([true, false])(
     'a client that resets while its upgrade waits takes nothing down (routed %s)',
     async (routed) => {
-      const lb = loadBalance({
-        backends: [{ id: 'b', url: backend.url }],
-        healthCheck: false,
-        overload: false,
-        warmUp: false,
-        logger: quietLogger,
-      });
-      const app = express();
       let answered = false;
-      app.get('/plain', (_req, res) => {
-        setTimeout(() => {
-          answered = true;
-          res.end('PLAIN');
-        }, 300);
-      });
-      app.use(lb);
-      const server = createServer(app);
-      server.on('upgrade', routed ? routeUpgrades(app) : lb.upgrade);
-      const gw = await listen(server);
+      const gw = await gateway(routed, 300, () => (answered = true));
       try {
         const sock = connect(gw.port, '127.0.0.1');
         sock.on('error', () => {});
@@ -183,13 +190,12 @@ describe('an upgrade pipelined behind an unanswered request', () => {
         });
         // Nothing held for the reset one (the exchange's own closes as it ends).
         await eventually(
-          () => lb.balancer.snapshot().openWebSockets === 0,
+          () => gw.lb.balancer.snapshot().openWebSockets === 0,
           5_000,
           'every WebSocket released',
         );
       } finally {
         await gw.close();
-        await lb.close();
       }
     },
   );
