@@ -23,10 +23,10 @@
 import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { parseArgs } from 'node:util';
 import express from 'express';
 import { WebSocketServer } from 'ws';
 import { trackRequests } from '@loadwise/health-agent';
+import { integerArg, parseFlags } from './lib/args';
 
 export const STATS_PATH = '/.well-known/loadwise/stats';
 
@@ -48,37 +48,28 @@ interface Args {
 }
 
 function parse(): Args {
-  const { values } = parseArgs({
-    options: {
-      id: { type: 'string', default: 'backend' },
-      port: { type: 'string', default: '0' },
-      host: { type: 'string', default: '127.0.0.1' },
-      slots: { type: 'string', default: '8' },
-      'service-ms': { type: 'string', default: '10' },
-      'max-queue': { type: 'string', default: '1024' },
-      'exit-with-parent': { type: 'boolean', default: false },
-      'pid-file': { type: 'string' },
-    },
-    strict: true,
+  const { values } = parseFlags('backend', {
+    id: { type: 'string', default: 'backend' },
+    port: { type: 'string', default: '0' },
+    host: { type: 'string', default: '127.0.0.1' },
+    slots: { type: 'string', default: '8' },
+    'service-ms': { type: 'string', default: '10' },
+    'max-queue': { type: 'string', default: '1024' },
+    'exit-with-parent': { type: 'boolean', default: false },
+    'pid-file': { type: 'string' },
   });
-  const int = (name: string, text: string, min: number): number => {
-    const n = Number(text);
-    if (!Number.isInteger(n) || n < min) {
-      process.stderr.write(`backend: --${name} must be an integer >= ${min}\n`);
-      process.exit(2);
-    }
-    return n;
-  };
+  const int = (name: string, text: string, min: number, max: number): number =>
+    integerArg('backend', name, text, min, max);
   return {
     id: values.id,
-    port: int('port', values.port, 0),
+    port: int('port', values.port, 0, 65535),
     host: values.host,
-    slots: int('slots', values.slots, 1),
-    maxQueue: int('max-queue', values['max-queue'], 0),
+    slots: int('slots', values.slots, 1, 100_000),
+    maxQueue: int('max-queue', values['max-queue'], 0, 10_000_000),
     exitWithParent: values['exit-with-parent'],
     pidFile: values['pid-file'],
     config: {
-      serviceMs: int('service-ms', values['service-ms'], 0),
+      serviceMs: int('service-ms', values['service-ms'], 0, 3_600_000),
       failStatus: 0,
       hiddenInFlight: 0,
     },

@@ -23,7 +23,6 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { parseArgs } from 'node:util';
 import express from 'express';
 import { Registry } from 'prom-client';
 import {
@@ -35,7 +34,7 @@ import {
   statusHandler,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
-import { integerArg } from './lib/args';
+import { integerArg, parseFlags } from './lib/args';
 import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,
@@ -58,17 +57,14 @@ interface Args {
 }
 
 function parse(): Args {
-  const { values } = parseArgs({
-    options: {
-      port: { type: 'string', default: '8080' },
-      broker: { type: 'string' },
-      prefix: { type: 'string', default: 'loadwise' },
-      token: { type: 'string', default: process.env.GATEWAY_TOKEN ?? 'app-token' },
-      'status-token': { type: 'string', default: process.env.LB_TOKEN ?? 'ops-token-123' },
-      'interval-ms': { type: 'string', default: '1000' },
-      'rate-limit': { type: 'string', default: '100' },
-    },
-    strict: true,
+  const { values } = parseFlags('existing-gateway', {
+    port: { type: 'string', default: '8080' },
+    broker: { type: 'string' },
+    prefix: { type: 'string', default: 'loadwise' },
+    token: { type: 'string', default: process.env.GATEWAY_TOKEN ?? 'app-token' },
+    'status-token': { type: 'string', default: process.env.LB_TOKEN ?? 'ops-token-123' },
+    'interval-ms': { type: 'string', default: '1000' },
+    'rate-limit': { type: 'string', default: '100' },
   });
   const int = (name: string, text: string, min: number, max: number): number =>
     integerArg('existing-gateway', name, text, min, max);

@@ -15,7 +15,6 @@ import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { parseArgs } from 'node:util';
 import express from 'express';
 import {
   closeListener,
@@ -27,7 +26,7 @@ import {
   type BalancerSnapshot,
   type WorkerContext,
 } from '@loadwise/gateway-plugin';
-import { integerArg } from './lib/args';
+import { integerArg, parseFlags } from './lib/args';
 import { createRunKey } from './lib/run-key';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
@@ -69,29 +68,19 @@ interface Args {
 }
 
 function parse(): Args {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      options: {
-        port: { type: 'string', default: '8080' },
-        load: { type: 'boolean', default: false },
-        rate: { type: 'string', default: '300' },
-        'interval-ms': { type: 'string', default: '500' },
-        steady: { type: 'boolean', default: false },
-        workers: { type: 'string' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      strict: true,
-    }));
-  } catch (err) {
-    // An unknown flag, a flag without its value or a stray argument: parseArgs
-    // throws a TypeError, which main's catch printed with its stack and exit
-    // code 1. One line and exit 2 instead, as for a bad value (lib/args.ts).
-    if (!String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS_')) throw err;
-    const what = (err as Error).message.split('\n')[0]!.replace(/\.$/, '');
-    process.stderr.write(`quick-start: ${what}; npm start -- --help lists the options\n`);
-    process.exit(2);
-  }
+  const { values } = parseFlags(
+    'quick-start',
+    {
+      port: { type: 'string', default: '8080' },
+      load: { type: 'boolean', default: false },
+      rate: { type: 'string', default: '300' },
+      'interval-ms': { type: 'string', default: '500' },
+      steady: { type: 'boolean', default: false },
+      workers: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    'npm start -- --help lists the options',
+  );
   if (values.help) {
     process.stdout.write(
       [

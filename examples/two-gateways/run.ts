@@ -8,9 +8,9 @@
  * Without --broker, an embedded aedes broker in this process stands in for
  * the shared one. Ctrl-C stops everything.
  */
-import { parseArgs } from 'node:util';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { startCluster } from './cluster';
+import { integerArg, parseFlags } from '../lib/args';
 
 const USAGE = `usage: node examples/dist/two-gateways/run.js [--port 8080] [--broker mqtt://host:1883] [--prefix loadwise]
   --port    the round-robin TCP front in front of both gateways (default 8080)
@@ -19,30 +19,21 @@ const USAGE = `usage: node examples/dist/two-gateways/run.js [--port 8080] [--br
 `;
 
 async function main(): Promise<void> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      options: {
-        port: { type: 'string', default: '8080' },
-        broker: { type: 'string' },
-        prefix: { type: 'string', default: 'loadwise' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    }));
-  } catch (err) {
-    process.stderr.write(`two-gateways: ${(err as Error).message}\n${USAGE}`);
-    process.exit(2);
-  }
+  const { values } = parseFlags(
+    'two-gateways',
+    {
+      port: { type: 'string', default: '8080' },
+      broker: { type: 'string' },
+      prefix: { type: 'string', default: 'loadwise' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    '--help lists the options',
+  );
   if (values.help) {
     process.stdout.write(USAGE);
     return;
   }
-  const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    process.stderr.write(`two-gateways: --port: not a port (${values.port})\n`);
-    process.exit(2);
-  }
+  const port = integerArg('two-gateways', 'port', values.port, 0, 65535);
   let embedded: EmbeddedBroker | undefined;
   const brokerUrl = values.broker ?? (embedded = await startEmbeddedBroker()).url;
   const cluster = await startCluster({ brokerUrl, prefix: values.prefix, frontPort: port });
