@@ -7,11 +7,11 @@ import { once } from 'node:events';
 import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
-import { connect, createServer, type AddressInfo } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway } from '../kit/gateway';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default. */
@@ -242,17 +242,27 @@ describe('graceful close', () => {
     }
   });
 
-  it("closes a connection after the app's own answer once the server has stopped listening", async () => {
-    // Node answers keep-alive after server.close(): a client that kept sending to a route
-    // of the app's own (here /app, before the balancer) held its connection, and the
-    // graceful close that waits for it, until keepAliveTimeout, or for the whole grace.
+  /**
+   * A gateway with a route of the app's own (/app, answered 100 ms later, before the
+   * balancer) and one raw connection to it, on which GET /app?n=1 is in the app's hands
+   * (so not idle, and its answer keep-alive) when the server stops listening and
+   * lb.close() begins. `run` gets the connection, what it read, its end and the close.
+   */
+  async function withAppRoute(
+    run: (t: {
+      sock: Socket;
+      raw: () => string;
+      ended: Promise<unknown>;
+      closing: Promise<void>;
+    }) => Promise<void>,
+  ): Promise<void> {
     const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
     const gw = await startLocalGateway({ backends: [{ id: 'ok', url: ok.url }] }, (app, lb) => {
-      app.get('/app', (req, res) => {
-        setTimeout(() => res.end(`app ${req.query.n}`), 100);
-      });
+      app.get('/app', (req, res) => void setTimeout(() => res.end(`app ${req.query.n}`), 100));
       app.use(lb);
     });
+    // As behind an ALB: an idle connection would outlive the test.
+    gw.server.keepAliveTimeout = 65_000;
     expect((await send(`${gw.url}/first`)).status).toBe(200);
     const sock = connect(gw.port, '127.0.0.1');
     try {
@@ -261,28 +271,50 @@ describe('graceful close', () => {
       sock.setEncoding('utf8');
       sock.on('data', (d: string) => (raw += d));
       const ended = once(sock, 'end');
-      // In the app's hands (so not idle) when the shutdown starts: its answer is keep-alive.
       sock.write('GET /app?n=1 HTTP/1.1\r\nHost: gw\r\n\r\n');
       await new Promise((r) => setTimeout(r, 30));
       gw.server.close();
       const closing = gw.lb.close({ graceMs: 60_000 });
-      while (!raw.endsWith('app 1')) await new Promise((r) => setTimeout(r, 10));
+      await run({ sock, raw: () => raw, ended, closing });
+    } finally {
+      sock.destroy();
+      await gw.close();
+      await ok.close();
+    }
+  }
+
+  it("closes a connection after the app's own answer once the server has stopped listening", () =>
+    // Node answers keep-alive after server.close(): a client that kept sending to a route
+    // of the app's own held its connection, and the graceful close that waits for it,
+    // until keepAliveTimeout, or for the whole grace.
+    withAppRoute(async ({ sock, raw, ended, closing }) => {
+      while (!raw().endsWith('app 1')) await new Promise((r) => setTimeout(r, 10));
       // The next request on that connection: answered, then the connection closes.
       sock.write('GET /app?n=2 HTTP/1.1\r\nHost: gw\r\n\r\n');
       await ended;
-      const answers = raw.split(/(?=HTTP\/1\.1 )/);
+      const answers = raw().split(/(?=HTTP\/1\.1 )/);
       expect(answers).toHaveLength(2);
       expect(answers[1]).toMatch(/^HTTP\/1\.1 200 /);
       expect(answers[1]).toMatch(/\r\nconnection: close\r\n/i);
       expect(answers[1]).toMatch(/app 2$/);
       // The connection ended: the close goes on, long before its grace.
       await closing;
-    } finally {
-      sock.destroy();
-      await gw.close();
-      await ok.close();
-    }
-  });
+    }));
+
+  it(
+    "closes the connection of the app's own answer under way when the close began, once it ends",
+    () =>
+      // It said keep-alive and then sat idle: nothing closed it until keepAliveTimeout,
+      // and the graceful close waited for it its whole grace.
+      withAppRoute(async ({ raw, ended, closing }) => {
+        await ended;
+        expect(raw()).toMatch(/^HTTP\/1\.1 200 /);
+        expect(raw()).toMatch(/\r\nconnection: keep-alive\r\n/i);
+        expect(raw()).toMatch(/app 1$/);
+        await closing;
+      }),
+    20_000,
+  );
 
   it('closes the connection of an answer begun before the close once it ends, not at the grace', async () => {
     // Its head went out keep-alive (a download, an event stream); once it ended, the idle

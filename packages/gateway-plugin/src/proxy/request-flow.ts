@@ -1328,4 +1328,18 @@ function closeAfterEachAnswer(server: Server): void {
       if (!this.listening) res.shouldKeepAlive = false;
     },
   );
+  // An answer of the app's own already under way when the close began said keep-alive,
+  // and once it has ended nothing of the balancer's runs on its connection to close it
+  // (closeWhenIdle does for its own answers): the connection, and the close waiting for
+  // it, lasted until keepAliveTimeout. A sweep closes such connections while the server
+  // is not listening; it ends with the server, and never holds the process.
+  const sweep = setInterval(() => {
+    if (!server.listening)
+      (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+  }, IDLE_SWEEP_MS);
+  sweep.unref();
+  server.once('close', () => clearInterval(sweep));
 }
+
+/** How often closeAfterEachAnswer closes a draining server's idle connections. */
+const IDLE_SWEEP_MS = 100;
