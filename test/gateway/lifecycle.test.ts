@@ -11,7 +11,7 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default. */
