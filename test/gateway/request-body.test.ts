@@ -10,7 +10,7 @@
 import { Agent, createServer, request, type IncomingMessage } from 'node:http';
 import { gzipSync } from 'node:zlib';
 import express from 'express';
-import { fixRequestBody } from 'http-proxy-middleware';
+import { fixRequestBody, responseInterceptor } from 'http-proxy-middleware';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { listen, refusedPort, send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
@@ -293,6 +293,73 @@ describe('request bodies', () => {
     const r = await send(`${gw.url}/x`);
     expect(r.status).toBe(500);
     expect(r.headers['x-loadwise-error']).toBe('LW_GW_HOOK_FAILED');
+    const b = gw.lb.balancer.snapshot().backends[0]!;
+    expect([b.failuresTotal, b.inFlight, b.state]).toEqual([0, 0, 'healthy']);
+  });
+
+  it("runs http-proxy-middleware's responseInterceptor with selfHandleResponse, and stays up", async () => {
+    // Without the option the balancer wrote the head too, and the interceptor's own
+    // headers, set on the backend's 'end', threw ERR_HTTP_HEADERS_SENT: the process ended.
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      selfHandleResponse: true,
+      on: {
+        proxyRes: responseInterceptor(async (body) => body.toString('utf8').toUpperCase()),
+      },
+    });
+    const ex = await rawExchange(
+      gw.port,
+      'GET /one HTTP/1.1\r\nHost: gw\r\n\r\nGET /two HTTP/1.1\r\nHost: gw\r\n\r\n',
+      { responses: 2 },
+    );
+    expect(ex.responses.map((r) => [r.status, JSON.parse(r.body).URL])).toEqual([
+      [200, '/ONE'],
+      [200, '/TWO'],
+    ]);
+    expect(ex.responses[0]!.headers['content-length']).toBe(String(ex.responses[0]!.body.length));
+    const b = gw.lb.balancer.snapshot().backends[0]!;
+    expect([b.requestsTotal, b.failuresTotal, b.inFlight]).toEqual([2, 0, 0]);
+  });
+
+  it('writes nothing of its own after a hook that wrote the head and piped the body', async () => {
+    // The balancer's copy as well: the body twice, the second at the front of the
+    // connection's next answer.
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      on: {
+        proxyRes: (proxyRes, _req, res) => {
+          res.writeHead(proxyRes.statusCode!, { 'content-type': 'application/json' });
+          proxyRes.pipe(res);
+        },
+      },
+    });
+    const ex = await rawExchange(
+      gw.port,
+      'GET /one HTTP/1.1\r\nHost: gw\r\n\r\nGET /two HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n',
+    );
+    expect(ex.responses.map((r) => [r.status, (JSON.parse(r.body) as Echo).url])).toEqual([
+      [200, '/one'],
+      [200, '/two'],
+    ]);
+  });
+
+  it.each([
+    ['an async proxyReq hook', {}],
+    ['an async proxyRes hook that writes the answer', { selfHandleResponse: true }],
+  ] as const)('answers 500 LW_GW_HOOK_FAILED when %s rejects, and stays up', async (_, extra) => {
+    // The rejection was unhandled, which ends a Node 20 process.
+    const fail = async (): Promise<void> => {
+      throw new Error('hook bug');
+    };
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      on: 'selfHandleResponse' in extra ? { proxyRes: fail } : { proxyReq: fail },
+      ...extra,
+    });
+    for (const path of ['/x', '/y']) {
+      const r = await send(`${gw.url}${path}`);
+      expect([r.status, r.headers['x-loadwise-error']]).toEqual([500, 'LW_GW_HOOK_FAILED']);
+    }
     const b = gw.lb.balancer.snapshot().backends[0]!;
     expect([b.failuresTotal, b.inFlight, b.state]).toEqual([0, 0, 'healthy']);
   });

@@ -578,6 +578,7 @@ const entries = {
     }),
     {},
   ),
+  selfHandleResponse: v.optional(bool(), false),
   strategyOptions: v.optional(is<Record<string, unknown>>(isObject, 'an object')(), () => ({})),
   load: v.optional(loadOptionsInput, {}),
   broker: v.optional(broker),
@@ -668,6 +669,12 @@ function betweenOptions(o: Parsed): GatewayError | undefined {
       'discovery needs keys: registrations are honoured only when signed',
     );
   if (!o.discovery && o.backends.length === 0) return new GatewayError('LW_GW_NO_BACKENDS');
+  if (o.selfHandleResponse && o.on.proxyRes === undefined)
+    return invalidOption(
+      'selfHandleResponse',
+      'true only with an on.proxyRes hook (it writes the answer)',
+      true,
+    );
   if (o.statusToken !== undefined && o.statusPath === undefined && o.metricsPath === undefined)
     return invalidOption(
       'statusToken',

@@ -91,9 +91,15 @@ export interface RetryOptions {
 
 /** Hooks on each attempt, in http-proxy-middleware's `on: { proxyReq, proxyRes }` shape. */
 export interface ProxyEventHooks {
-  /** Before the request to the backend is sent (every attempt): `proxyReq.setHeader(...)`. */
+  /**
+   * Before the request to the backend is sent (every attempt): `proxyReq.setHeader(...)`.
+   * A throw, or a rejection of the promise it returns, answers `500 LW_GW_HOOK_FAILED`.
+   */
   proxyReq?: (proxyReq: ClientRequest, req: IncomingMessage, res: ServerResponse) => void;
-  /** The backend's response headers arrived: change `proxyRes.headers` before they are copied. */
+  /**
+   * The backend's response headers arrived: change `proxyRes.headers` before they are
+   * copied, or write the answer yourself (`selfHandleResponse`).
+   */
   proxyRes?: (proxyRes: IncomingMessage, req: IncomingMessage, res: ServerResponse) => void;
 }
 
@@ -370,6 +376,12 @@ export interface LoadBalanceOptions {
   retry?: RetryOptions | false;
   /** Hooks on the request to the backend and on its response. */
   on?: ProxyEventHooks;
+  /**
+   * `on.proxyRes` writes the answer itself (http-proxy-middleware's option of
+   * the same name, which its `responseInterceptor` needs): the balancer writes
+   * neither the backend's head nor its body. Default false.
+   */
+  selfHandleResponse?: boolean;
   outlier?: OutlierOptions;
   healthCheck?: HealthCheckOptions | false;
   /** Warm-up before `lb.ready()` resolves (on by default); `false` turns it off. */

@@ -794,6 +794,13 @@ export class RequestFlow {
     process.nextTick(this.relayHeadNext, flow, proxyRes);
     const hook = c.options.on.proxyRes;
     if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
+    // The hook writes the answer (selfHandleResponse, or it wrote a head of its own: an
+    // http-proxy-middleware handler relaying it). The balancer's head and body as well made
+    // two answers in one: a responseInterceptor's headers after the head threw in its own
+    // listener and ended the process; a hook's pipe put the body twice, the second copy at
+    // the front of the connection's next answer.
+    const hookAnswers = c.options.selfHandleResponse || res.headersSent;
+    if (hookAnswers) flow.answer = undefined;
     const status = proxyRes.statusCode ?? 502;
     if (status < 100 || status > 599) {
       // llhttp reads any three digits. ServerResponse.writeHead throws on a
@@ -876,7 +883,7 @@ export class RequestFlow {
     // (http-proxy did not pipe then either): the backend's answer is dropped with its
     // connection, never written after that end.
     if (res.writableEnded) return void proxyRes.destroy();
-    proxyRes.pipe(res);
+    if (!hookAnswers) proxyRes.pipe(res);
   }
 
   /** relayHead for process.nextTick, without a closure per answer. */
@@ -1151,23 +1158,38 @@ export class RequestFlow {
    * against the backend (the request never fairly reached it) and answers
    * 500 LW_GW_HOOK_FAILED. Returns false then.
    */
-  private runHook(flow: Flow, hook: () => void, proxyRes?: IncomingMessage): boolean {
+  private runHook(flow: Flow, hook: () => unknown, proxyRes?: IncomingMessage): boolean {
+    let result: unknown;
     try {
-      hook();
-      return true;
+      result = hook();
     } catch (err) {
-      this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`, {
-        event: 'hook-threw',
-        code: 'LW_GW_HOOK_FAILED',
-      });
-      this.endAttempt(flow, true);
-      // Nothing of this attempt may reach the client after the error answer.
-      proxyRes?.destroy();
-      flow.proxyReq?.destroy();
-      closeIfBodyUnread(flow);
-      sendError(flow.res, 'LW_GW_HOOK_FAILED');
+      this.hookFailed(flow, err, proxyRes);
       return false;
     }
+    // An async hook (http-proxy-middleware's responseInterceptor is one): its rejection was
+    // unhandled, which ends a Node 20 process.
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
+      const target = flow.target;
+      (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
+        // Not once the request is over or has moved to another attempt.
+        if (!flow.done && flow.target === target) this.hookFailed(flow, err, proxyRes);
+      });
+    }
+    return true;
+  }
+
+  private hookFailed(flow: Flow, err: unknown, proxyRes: IncomingMessage | undefined): void {
+    this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`, {
+      event: 'hook-threw',
+      code: 'LW_GW_HOOK_FAILED',
+    });
+    this.endAttempt(flow, true);
+    // Nothing of this attempt may reach the client after the error answer.
+    proxyRes?.destroy();
+    flow.proxyReq?.destroy();
+    closeIfBodyUnread(flow);
+    // After the head went out: the answer is cut (sendError destroys it).
+    sendError(flow.res, 'LW_GW_HOOK_FAILED');
   }
 
   private shed(
