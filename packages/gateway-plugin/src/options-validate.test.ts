@@ -234,7 +234,11 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'LW_GW_DUPLICATE_BACKEND',
   ],
   ['token without a path', { ...base, statusToken: 'long-enough' }, 'LW_GW_INVALID_OPTION'],
-  ['selfHandleResponse without on.proxyRes', { ...base, selfHandleResponse: true }, 'LW_GW_INVALID_OPTION'],
+  [
+    'selfHandleResponse without on.proxyRes',
+    { ...base, selfHandleResponse: true },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['selfHandleResponse not a boolean', { ...base, selfHandleResponse: 1 }, 'LW_GW_INVALID_OPTION'],
   ['service with a slash', { ...base, service: 'a/b' }, 'LW_GW_INVALID_OPTION'],
   ['metrics prefix with a dash', { ...base, metricsPrefix: 'my-gw_' }, 'LW_GW_INVALID_OPTION'],
