@@ -422,6 +422,50 @@ describe('request bodies', () => {
     expect([b.failuresTotal, b.inFlight]).toEqual([0, 0]);
   });
 
+  it("stops the backend's answer when the app answered first (a timeout middleware in front)", async () => {
+    // The app's 503 ended the request while the backend's answer (here an endless stream)
+    // was still to come: that connection stayed busy with it for good, and with the pool
+    // full every later request waited for a 504.
+    const streams: IncomingMessage[] = [];
+    const stream = await listen(
+      createServer((req, res) => {
+        if (req.url === '/stream') {
+          streams.push(req);
+          setTimeout(() => res.writeHead(200).write('first'), 50);
+        } else res.end('fast');
+      }),
+    );
+    try {
+      gw = await startLocalGateway(
+        {
+          backends: [{ id: 's', url: stream.url }],
+          agent: { maxSockets: 1 },
+          requestTimeoutMs: TIMEOUT_MS,
+        },
+        (app, lb) => {
+          app.use((req, res, next) => {
+            if (req.url === '/stream') setTimeout(() => res.status(503).end('app timeout'), 20);
+            next();
+          });
+          app.use(lb);
+        },
+      );
+      for (let i = 0; i < 2; i++) {
+        const r = await send(`${gw.url}/stream`);
+        expect([r.status, r.body]).toEqual([503, 'app timeout']);
+        // The backend's request is cut: its connection is not held.
+        await new Promise((resolve) => streams[i]!.socket.once('close', resolve));
+      }
+      const r = await send(`${gw.url}/fast`);
+      expect([r.status, r.body]).toEqual([200, 'fast']);
+      expect(gw.lb.balancer.snapshot().backends[0]!.failuresTotal).toBe(0);
+    } finally {
+      await gw?.close();
+      gw = undefined;
+      await stream.close();
+    }
+  });
+
   it('retries a PUT with a small body on another backend, body included', async () => {
     gw = await deadThenA();
     for (let i = 0; i < 4; i++) {

@@ -1253,11 +1253,17 @@ export class RequestFlow {
     // So does an answer that came before the whole body was sent (a 401 or 413 to an
     // upload): left open, that backend request held a pooled socket for good, and
     // `agent.maxSockets` such requests blocked the backend.
+    // And so does an answer the app gave itself while the backend's was still to come (a
+    // timeout middleware's 503 in front of the balancer, a hook that ended the answer):
+    // that socket stayed busy with an unread answer, and with an endless one (an event
+    // stream) for good, until the pool was full and every request waited for a 504.
     const proxyReq = flow.proxyReq;
     if (
       proxyReq &&
       !proxyReq.destroyed &&
-      (!flow.res.writableFinished || !proxyReq.writableFinished)
+      (!flow.res.writableFinished ||
+        !proxyReq.writableFinished ||
+        (proxyReq as { res?: IncomingMessage }).res?.complete !== true)
     )
       proxyReq.destroy();
     // A client that left before the backend's head arrived proves nothing about the
