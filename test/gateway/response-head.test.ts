@@ -67,10 +67,29 @@ function answer(res: ServerResponse, url: string): void {
   res.end('ok');
 }
 
+/**
+ * res.writeHead wrapped as on-headers before 1.1.0 did it (morgan, compression,
+ * express-session and response-time in many lockfiles use it): headers given as an array
+ * are read as [name, value] pairs, so a flat [name, value, name, value] array became
+ * headers named after the first two letters of each string.
+ */
+function wrapWriteHeadAsOldOnHeaders(res: ServerResponse): void {
+  const writeHead = res.writeHead as (status: number, message?: string) => ServerResponse;
+  res.writeHead = function (this: ServerResponse, status: number, ...rest: unknown[]) {
+    const headers = rest[rest.length - 1];
+    if (Array.isArray(headers)) for (const [n, v] of headers as string[]) this.setHeader(n!, v!);
+    else if (headers !== null && typeof headers === 'object')
+      for (const [n, v] of Object.entries(headers)) this.setHeader(n, v as string);
+    return writeHead.call(this, status, typeof rest[0] === 'string' ? rest[0] : undefined);
+  } as typeof res.writeHead;
+}
+
 describe.each([
-  ['no header set before the balancer (one writeHead)', false],
-  ['headers set by middleware first (merged one by one)', true],
-])('response head: %s', (_name, presetHeaders) => {
+  ['no header set before the balancer (one writeHead)', 'none'],
+  ['headers set by middleware first (merged one by one)', 'preset'],
+  ['writeHead wrapped by a middleware (as on-headers before 1.1.0)', 'wrapped'],
+] as const)('response head: %s', (_name, before) => {
+  const presetHeaders = before === 'preset';
   let backend: TestServer;
   let gw: TestGateway;
   beforeAll(async () => {
@@ -85,6 +104,12 @@ describe.each([
             next();
           });
         } else app.disable('x-powered-by');
+        if (before === 'wrapped') {
+          app.use((_req, res, next) => {
+            wrapWriteHeadAsOldOnHeaders(res);
+            next();
+          });
+        }
         app.use(lb);
       },
     );

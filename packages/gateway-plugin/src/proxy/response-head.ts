@@ -26,7 +26,10 @@
  * backend's replacing the app's of the same name, but two (`mergeHeader`):
  * `Set-Cookie` lines add up, and `Vary` joins both lists.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ServerResponse, type IncomingMessage } from 'node:http';
+
+/** Node's own writeHead, which takes a flat [name, value, name, value...] array. */
+const NODE_WRITE_HEAD = ServerResponse.prototype.writeHead;
 
 /**
  * The names a backend's `Connection` header lists, lower-case, but the body's
@@ -135,7 +138,11 @@ export function writeResponseHead(
       status === 304);
   if (!keep) res.shouldKeepAlive = false;
   const connection = keep ? 'keep-alive' : 'close';
-  const merge = res.getHeaderNames().length !== 0;
+  // The flat array is one writeHead call, but only Node's own writeHead reads it as such:
+  // on-headers before 1.1.0 (behind morgan, compression, express-session, response-time in
+  // many lockfiles) wraps writeHead and took the array as [name, value] pairs, so the
+  // answer went out with headers named 'c', 'o'... and without its own.
+  const merge = res.getHeaderNames().length !== 0 || res.writeHead !== NODE_WRITE_HEAD;
   const flat: string[] = [];
   for (const name in h) {
     const value = h[name];
