@@ -161,6 +161,7 @@ describe('a request that made Node throw', () => {
       app.use((req, _res, next) => {
         // What a buggy middleware can leave for http.request() or the body write:
         if (req.url === '/bad-value') req.headers['x-note'] = 'line\nbreak';
+        if (req.url === '/undefined-value') req.headers['x-user'] = undefined;
         if (req.url === '/throwing') {
           Object.defineProperty(req.headers, 'x-lazy', {
             enumerable: true,
@@ -177,6 +178,8 @@ describe('a request that made Node throw', () => {
     const cases: Array<[string, number, string]> = [
       ['GET /bad-value HTTP/1.1\r\nHost: a\r\n\r\n', 400, 'LW_GW_BAD_REQUEST'],
       ['GET /throwing HTTP/1.1\r\nHost: a\r\n\r\n', 502, 'LW_GW_PROXY_ERROR'],
+      // No client can send an undefined value: the app's bug, not the client's.
+      ['GET /undefined-value HTTP/1.1\r\nHost: a\r\n\r\n', 502, 'LW_GW_PROXY_ERROR'],
       // The body is longer than the Content-Length a middleware left: the
       // extra bytes must not reach the backend as a request of their own.
       [
@@ -193,7 +196,7 @@ describe('a request that made Node throw', () => {
       ]);
     }
     expect(await gw.metric('rejected_requests_total', 'LW_GW_BAD_REQUEST')).toBe(1);
-    expect(await gw.metric('rejected_requests_total', 'LW_GW_PROXY_ERROR')).toBe(2);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_PROXY_ERROR')).toBe(3);
     expect(backend.seen.map((s) => s.line)).not.toContain('GET /admin/SMUGGLED');
     // Not the backend's fault: no error counted against it, not ejected.
     expect(await gw.metric('backend_errors_total')).toBe(0);

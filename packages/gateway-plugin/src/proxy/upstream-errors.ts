@@ -36,11 +36,14 @@ export function codedError(message: string, code: string): Error {
 /**
  * Errors Node's ClientRequest throws for a request it refuses to send as
  * given: the client's doing (a 400), not the backend's or the gateway's.
+ * Not ERR_HTTP_INVALID_HEADER_VALUE: Node throws it for a header whose value
+ * is `undefined`, which no client can send; only the app's code can set one
+ * (`req.headers['x-user'] = user.email` for a user without one), and a 400
+ * blamed the client for the gateway's bug.
  */
 const INVALID_REQUEST_CODES = new Set([
   'ERR_INVALID_CHAR', // a header value with a byte Node will not write
   'ERR_INVALID_HTTP_TOKEN', // a header name or method that is not a token
-  'ERR_HTTP_INVALID_HEADER_VALUE',
   'ERR_UNESCAPED_CHARACTERS', // a request path with characters Node will not write
   'ERR_HTTP_TRAILER_INVALID', // a Trailer header on a request that is not chunked
 ]);
