@@ -37,6 +37,10 @@ export function mqttClientOptions(
     keepalive: b.keepaliveS ?? DEFAULT_KEEPALIVE_S,
     reconnectPeriod: b.reconnectPeriodMs ?? DEFAULT_RECONNECT_PERIOD_MS,
     connectTimeout: b.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+    // mqtt.js stops reconnecting after one refused CONNACK ("Not authorized" while a
+    // broker's password file or auth plugin is being rolled out): the agent stayed up,
+    // published nothing, and its supervisor saw nothing wrong. It retries like any outage.
+    reconnectOnConnackError: true,
     // mqtt.js queues QoS 0 publishes made while offline and flushes them on
     // reconnect (queueQoSZero defaults to true). A metric is only worth its
     // freshness: drop it rather than deliver it late.

@@ -121,6 +121,11 @@ export class MqttSource {
       resubscribe: false,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
+      // mqtt.js stops reconnecting after one refused CONNACK ("Not authorized" while a
+      // broker's auth is being rolled out): the gateway routed on local signals for good.
+      // It retries like any outage (a refused MQTT 5 CONNECT is retried in 3.1.1 at once,
+      // onVersionRefused; its connect() clears the timer this sets).
+      reconnectOnConnackError: true,
       keepalive: 30,
       ...packetLimit(version, this.maxPacketBytes),
       ...extra,
