@@ -131,3 +131,128 @@ describe('agent.stop() and the broker', () => {
       expect(agent.connected).toBe(false);
     }));
 });
+
+/**
+ * A raw TCP app: a plain GET of its tracker endpoint gets a snapshot, the rise
+ * watch (`?rise=`) and every other path a `101 Switching Protocols` nobody
+ * asked for, the connection kept open as after a real switch.
+ */
+async function switchingTracker(): Promise<{
+  url: string;
+  watches: () => number;
+  close(): Promise<void>;
+}> {
+  const snap = JSON.stringify({
+    inFlight: 1,
+    queued: 0,
+    rps: 1,
+    errorRate: 0,
+    windowMs: 1000,
+    completed: 1,
+  });
+  const sockets = new Set<Socket>();
+  let watches = 0;
+  const server: Server = createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => undefined);
+    let head = '';
+    s.on('data', (d: Buffer) => {
+      head += d.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      const path = head.split(' ')[1] ?? '';
+      head = '';
+      if (path.startsWith('/stats?')) watches++;
+      s.write(
+        path === '/stats'
+          ? `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${snap.length}\r\n\r\n${snap}`
+          : 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n',
+      );
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    watches: () => watches,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** Polls a condition every 5 ms on real I/O; false after `ms`. */
+async function eventually(cond: () => boolean, ms = 5000): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return true;
+}
+
+// An unasked-for 101 left httpGet pending for good (http-get.ts): the tick
+// holding the probe never ended, so the scheduler skipped every later one
+// (status still `online`, no report), and stop() waited forever on the
+// early-report watch holding the tracker's 101.
+describe('the agent and an app that answers 101 Switching Protocols', () => {
+  it('keeps reporting every interval while its probe is answered 101, the backend down', async () => {
+    const broker = await fakeBroker('acks');
+    const app = await switchingTracker();
+    const agent = createAgent({
+      backendId: 'probe-101',
+      broker: { url: broker.url },
+      intervalMs: 100,
+      probe: { url: `${app.url}/healthz` },
+      cgroup: false,
+    });
+    agent.on('warning', () => undefined);
+    const verdicts: string[] = [];
+    agent.on('sample', (r, { published }) => {
+      if (published) verdicts.push(r.health.verdict);
+    });
+    try {
+      await agent.start();
+      expect(await eventually(() => verdicts.length >= 3)).toBe(true);
+      expect(verdicts.slice(0, 3)).toEqual(['down', 'down', 'down']);
+    } finally {
+      await within(agent.stop({ graceMs: 0 }), 3000);
+      await broker.close();
+      await app.close();
+    }
+  });
+
+  it('stop() ends while the tracker answers the early-report watch with 101', async () => {
+    const broker = await fakeBroker('acks');
+    const app = await switchingTracker();
+    const agent = createAgent({
+      backendId: 'watch-101',
+      broker: { url: broker.url },
+      // The watch waits out the gap after each report: with reports every
+      // 100 ms and the default gap, it would never start.
+      intervalMs: 1000,
+      queue: { source: 'tracker', url: `${app.url}/stats` },
+      earlyRise: 1,
+      earlyMinGapMs: 10,
+      cgroup: false,
+    });
+    agent.on('warning', () => undefined);
+    try {
+      await agent.start();
+      // The watch starts once a report with a queue block went out.
+      expect(await eventually(() => app.watches() >= 1)).toBe(true);
+      expect(
+        await within(
+          agent.stop({ graceMs: 0 }).then(() => 'stopped'),
+          3000,
+        ),
+      ).toBe('stopped');
+    } finally {
+      await within(agent.stop({ graceMs: 0 }), 3000);
+      await broker.close();
+      await app.close();
+    }
+  });
+});

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
+import type { Duplex } from 'node:stream';
 
 export interface HttpGetResult {
   status: number;
@@ -45,6 +46,7 @@ export function httpGet(
   const started = performance.now();
   const mod = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
+    let responded = false;
     const req = mod.get(
       url,
       {
@@ -53,6 +55,7 @@ export function httpGet(
         ...(opts.signal ? { signal: opts.signal } : {}),
       },
       (res) => {
+        responded = true;
         if (opts.headOnly) {
           clearTimeout(timer);
           resolve({
@@ -97,5 +100,35 @@ export function httpGet(
       clearTimeout(timer);
       reject(err);
     });
+    // A `101 Switching Protocols` nobody asked for: node:http hands the socket
+    // to an 'upgrade' listener, or destroys it when there is none, and emits
+    // no 'error' either way; the timeout's destroy() then does nothing to the
+    // request already destroyed. The promise never settled: the scheduler
+    // skipped every later tick (status still `online`, no report), `--once`
+    // printed nothing, and stop() waited forever on the early-report watch
+    // (a server answering 101 to the probe, tracker or Prometheus read).
+    req.on('upgrade', (_res, socket: Duplex) => {
+      socket.destroy();
+      clearTimeout(timer);
+      reject(
+        httpGetError(
+          'LW_HTTP_UNEXPECTED_UPGRADE',
+          'answered 101 Switching Protocols, an upgrade not asked for',
+        ),
+      );
+    });
+    // Any other end before a response without an 'error': settled, not left pending.
+    req.on('close', () => {
+      if (responded) return;
+      clearTimeout(timer);
+      reject(httpGetError('LW_HTTP_CLOSED', 'connection closed before a response'));
+    });
   });
+}
+
+/** Codes of the failures httpGet names itself (the rest are node:http's: ECONNREFUSED...). */
+export type HttpGetErrorCode = 'LW_HTTP_UNEXPECTED_UPGRADE' | 'LW_HTTP_CLOSED';
+
+function httpGetError(code: HttpGetErrorCode, message: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(message), { code });
 }
