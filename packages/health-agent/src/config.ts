@@ -145,7 +145,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     option: 'service.pidFile',
     kind: 'string',
     arg: 'file',
-    help: "Watched service's PID file (re-read every sample)",
+    help: "Watched service's PID file (a regular file, re-read every sample)",
   },
   {
     flag: 'cpu-threshold',

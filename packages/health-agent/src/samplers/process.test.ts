@@ -1,7 +1,24 @@
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  constants,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ProcessSampler, parseProcPidStat, parseVmRssBytes, readPidFile } from './process';
+import {
+  MAX_PID_FILE_BYTES,
+  ProcessSampler,
+  parseProcPidStat,
+  parseVmRssBytes,
+  readPidFile,
+  type ProcessSample,
+} from './process';
 import { AgentError } from '../errors';
 
 const STAT = (utime: number, stime: number): string =>
@@ -57,5 +74,83 @@ describe('process sampler', () => {
 
   it('readPidFile throws a coded error', async () => {
     await expect(readPidFile('/nonexistent/x.pid')).rejects.toBeInstanceOf(AgentError);
+  });
+});
+
+/** `p`'s value, or 'still pending' after `ms`: a read that blocks fails the test instead of stalling it. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | 'still pending'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<'still pending'>((r) => {
+        timer = setTimeout(() => r('still pending'), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const hasMkfifo = spawnSync('mkfifo', ['--version']).error === undefined;
+
+// The application owns its --service-pid-file and may put anything there.
+// readFile() took it whole, every sample: a named pipe blocked a libuv thread
+// for good (no report again, and no exit on SIGTERM), a 256 MiB file cost
+// seconds of CPU and 1.36 GB RSS. Each is now "no valid PID", at once.
+describe('process sampler: a PID file that is no PID file', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'lw-pidfile-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  const sample = (pidFile: string): Promise<ProcessSample | 'still pending'> =>
+    within(new ProcessSampler({ pidFile, procRoot: '/proc' }).sample(), 3000);
+
+  (hasMkfifo ? it : it.skip)('a named pipe with no writer', async () => {
+    const fifo = path.join(dir, 'svc.pid');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    try {
+      expect(await sample(fifo)).toEqual({
+        ok: false,
+        reason: `LW_AGENT_PID_FILE: ${fifo} is not a regular file`,
+      });
+    } finally {
+      // A reader still blocked on the pipe (the bug) gets its end of file, so jest can exit.
+      try {
+        closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        // no reader left: nothing blocked
+      }
+    }
+  });
+
+  it('a 256 MiB file (sparse) starting with a valid PID: only the first bytes are read', async () => {
+    const big = path.join(dir, 'svc.pid');
+    writeFileSync(big, `${process.pid}\n`);
+    truncateSync(big, 256 * 1024 * 1024);
+    expect(await sample(big)).toEqual({
+      ok: false,
+      reason: `LW_AGENT_PID_FILE: ${big} is over ${MAX_PID_FILE_BYTES} bytes: no process id`,
+    });
+  });
+
+  it('a directory', async () => {
+    const sub = path.join(dir, 'svc.pid');
+    mkdirSync(sub);
+    expect(await sample(sub)).toEqual({
+      ok: false,
+      reason: `LW_AGENT_PID_FILE: ${sub} is not a regular file`,
+    });
+  });
+
+  it('still reads a PID file of exactly the limit, and refuses one byte more', async () => {
+    const f = path.join(dir, 'svc.pid');
+    const pid = String(process.pid);
+    writeFileSync(f, pid + ' '.repeat(MAX_PID_FILE_BYTES - pid.length - 1) + '\n');
+    expect(await readPidFile(f)).toBe(process.pid);
+    writeFileSync(f, pid + ' '.repeat(MAX_PID_FILE_BYTES - pid.length) + '\n');
+    await expect(readPidFile(f)).rejects.toThrow(`over ${MAX_PID_FILE_BYTES} bytes`);
   });
 });
