@@ -408,8 +408,20 @@ async function main(argv: string[]): Promise<void> {
   );
 }
 
+/**
+ * A stdout or stderr that fails stops the log, never the agent. Run as
+ * `loadwise-agent ... 2>&1 | head -n 3`, the next warning after `head` quit
+ * was an uncaught `write EPIPE`: exit 1, and no more reports. Whatever the
+ * error (EPIPE, or another on a terminal or pipe that went away), the stream
+ * is left destroyed and later writes to it are dropped; reporting goes on.
+ */
+function keepRunningWithoutOutput(): void {
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+}
+
 /** Runs the CLI with `argv` (without node and script); the bin shim calls this. */
 export function run(argv: string[]): void {
+  keepRunningWithoutOutput();
   main(argv).catch((err: unknown) => {
     process.stderr.write(`${NAME}: ${(err as Error)?.stack ?? String(err)}\n`);
     process.exit(1);
