@@ -24,9 +24,10 @@ export interface HttpGetOptions {
   /**
    * Each piece of the body as it arrives, for a caller that reads it as a
    * stream (the Prometheus source): the body is then not kept, `body` is '',
-   * and `maxBodyBytes` still cuts the response off.
+   * and `maxBodyBytes` still cuts the response off. Returning `'done'` ends
+   * the read there: the result resolves at once and the rest is not read.
    */
-  onData?: (chunk: Buffer) => void;
+  onData?: (chunk: Buffer) => 'done' | void;
 }
 
 /**
@@ -74,8 +75,15 @@ export function httpGet(
             req.destroy(new Error(`response body over ${maxBodyBytes} bytes`));
             return;
           }
-          if (opts.onData) opts.onData(chunk);
-          else chunks.push(chunk);
+          if (!opts.onData) return void chunks.push(chunk);
+          if (opts.onData(chunk) !== 'done') return;
+          clearTimeout(timer);
+          resolve({
+            status: res.statusCode ?? 0,
+            body: '',
+            latencyMs: performance.now() - started,
+          });
+          req.destroy();
         });
         res.on('end', () => {
           clearTimeout(timer);
