@@ -57,13 +57,12 @@ export function httpGet(
       },
       (res) => {
         responded = true;
-        if (opts.headOnly) {
+        const done = (body: string): void => {
           clearTimeout(timer);
-          resolve({
-            status: res.statusCode ?? 0,
-            body: '',
-            latencyMs: performance.now() - started,
-          });
+          resolve({ status: res.statusCode ?? 0, body, latencyMs: performance.now() - started });
+        };
+        if (opts.headOnly) {
+          done('');
           res.destroy();
           return;
         }
@@ -77,22 +76,10 @@ export function httpGet(
           }
           if (!opts.onData) return void chunks.push(chunk);
           if (opts.onData(chunk) !== 'done') return;
-          clearTimeout(timer);
-          resolve({
-            status: res.statusCode ?? 0,
-            body: '',
-            latencyMs: performance.now() - started,
-          });
+          done('');
           req.destroy();
         });
-        res.on('end', () => {
-          clearTimeout(timer);
-          resolve({
-            status: res.statusCode ?? 0,
-            body: Buffer.concat(chunks).toString('utf8'),
-            latencyMs: performance.now() - started,
-          });
-        });
+        res.on('end', () => done(Buffer.concat(chunks).toString('utf8')));
         res.on('error', (err) => {
           clearTimeout(timer);
           reject(err);
