@@ -28,6 +28,9 @@ export interface MqttSourceHandlers {
   onUnreachable(url: string | undefined, error: string): void;
 }
 
+/** The longest wait before subscribing again after the broker refused it. */
+const MAX_SUBSCRIBE_RETRY_MS = 30_000;
+
 /** MQTT 5 CONNACK "Unsupported Protocol Version" (0x84), and 3.1.1's return code 1 [MQTT-3.1.2-2]. */
 const UNSUPPORTED_PROTOCOL_CODES = new Set([1, 0x84]);
 
@@ -35,7 +38,22 @@ export class MqttSource {
   private client: MqttClient | undefined;
   private ownsClient = false;
   private embeddedStart: Promise<EmbeddedBroker> | undefined;
+  /** The MQTT connection is up (CONNACK). */
   private connected = false;
+  /**
+   * The broker acknowledged the subscription on this connection: reports reach
+   * this gateway. What `isConnected` (brokerConnected, the status endpoint,
+   * loadwise_broker_connected) says: a connection whose subscription was
+   * refused (an ACL: SUBACK 0x80/0x87) or never acknowledged delivers nothing,
+   * and said "connected" while the gateway stayed deaf for good.
+   */
+  private subscribedNow = false;
+  /** Counts connections, so a late SUBACK or retry of an earlier one is ignored. */
+  private connection = 0;
+  /** The next attempt to subscribe again on this connection, or the wait for a SUBACK. */
+  private subscribeTimer: NodeJS.Timeout | undefined;
+  /** Wait before subscribing again after a refusal: doubles up to MAX_SUBSCRIBE_RETRY_MS. */
+  private subscribeRetryMs = 0;
   private closed = false;
   private lastError: string | undefined;
   /** An attempt failed since the last connect (reported once per outage). */
@@ -72,8 +90,9 @@ export class MqttSource {
     });
   }
 
+  /** Connected, and the broker acknowledged the subscription. */
   get isConnected(): boolean {
-    return this.connected;
+    return this.subscribedNow;
   }
 
   /** The last connection error mqtt.js reported, if any. */
@@ -150,20 +169,75 @@ export class MqttSource {
   private readonly onConnect = (): void => {
     if (this.closed || !this.client) return;
     this.connected = true;
-    this.unreachable = false;
-    // QoS 1: a status change (draining, the Last Will) must not be lost; the
-    // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
-    this.client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
-      if (!err) return this.onSubscribed();
-      // Refused (an ACL): said now, and by ready() at its timeout, which this leaves pending.
-      this.lastError = `subscribe failed: ${err.message}`;
-      if (!this.closed) this.handlers.onLost(this.lastError);
-    });
-    this.handlers.onConnected(this.url);
+    this.connection++;
+    this.subscribeRetryMs = 0;
+    this.subscribe();
   };
 
+  /**
+   * Subscribes on the current connection; connected in earnest (broker-connected,
+   * `ready`) once the broker acknowledges it. A refusal (an ACL) or no SUBACK
+   * within the connect timeout is an outage of the metrics channel: said once
+   * (broker-unreachable, and by ready() at its timeout) and tried again on the
+   * same connection, every reconnect period and then less often. It was said
+   * once as a lost connection, never tried again, and the gateway stayed
+   * deaf, reporting itself connected, until the connection happened to drop.
+   */
+  private subscribe(): void {
+    const client = this.client;
+    if (this.closed || !client || !this.connected) return;
+    const connection = this.connection;
+    const timeoutMs = client.options.connectTimeout ?? 10_000;
+    clearTimeout(this.subscribeTimer);
+    this.subscribeTimer = setTimeout(
+      () => this.subscribeFailed(connection, `subscribe not acknowledged within ${timeoutMs} ms`),
+      timeoutMs,
+    );
+    // QoS 1: a status change (draining, the Last Will) must not be lost; the
+    // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
+    client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
+      if (this.closed || connection !== this.connection) return;
+      // Refused (SUBACK 0x80), or the broker closed the connection instead (aedes does
+      // when its authorizeSubscribe fails): the reason, for ready() and the log.
+      if (err) return this.subscribeFailed(connection, `subscribe failed: ${err.message}`);
+      if (!this.connected) return;
+      clearTimeout(this.subscribeTimer);
+      this.subscribeTimer = undefined;
+      if (this.subscribedNow) return; // a retry's late twin
+      this.subscribedNow = true;
+      this.unreachable = false;
+      this.lastError = undefined;
+      this.onSubscribed();
+      this.handlers.onConnected(this.url);
+    });
+  }
+
+  private subscribeFailed(connection: number, error: string): void {
+    if (this.closed || connection !== this.connection || this.subscribedNow) return;
+    this.lastError = error;
+    if (!this.connected) return; // reconnecting subscribes again
+    if (!this.unreachable) {
+      this.unreachable = true;
+      this.handlers.onUnreachable(this.url, error);
+    }
+    const period = this.client?.options.reconnectPeriod || 1000;
+    this.subscribeRetryMs = Math.min(
+      MAX_SUBSCRIBE_RETRY_MS,
+      this.subscribeRetryMs === 0 ? period : this.subscribeRetryMs * 2,
+    );
+    clearTimeout(this.subscribeTimer);
+    this.subscribeTimer = setTimeout(() => {
+      if (connection === this.connection) this.subscribe();
+    }, this.subscribeRetryMs);
+  }
+
   private readonly onClose = (): void => {
-    if (!this.connected) {
+    clearTimeout(this.subscribeTimer);
+    this.subscribeTimer = undefined;
+    const wasSubscribed = this.subscribedNow;
+    this.subscribedNow = false;
+    if (!wasSubscribed) {
+      this.connected = false;
       if (this.retryingV4) return;
       // No 'error' before the close: the peer hung up without a CONNACK (not
       // an MQTT broker?) or mqtt.js's connectTimeout expired (nothing answers).
@@ -244,6 +318,8 @@ export class MqttSource {
       }
     }
     this.connected = false;
+    this.subscribedNow = false;
+    clearTimeout(this.subscribeTimer);
     // The embedded broker may still be starting: wait for it, then close it.
     const embedded = this.embeddedStart && (await this.embeddedStart.catch(() => undefined));
     if (embedded) await embedded.close();
