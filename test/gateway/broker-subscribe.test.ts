@@ -1,59 +1,94 @@
 /**
- * A broker that refuses the gateway's subscription (an ACL: SUBACK 0x80) or
- * never acknowledges it, then lets it in. The gateway said "connected" all
- * along (brokerConnected, loadwise_broker_connected 1), never subscribed
- * again, and stayed deaf to every report until the connection happened to
- * drop. It now says the broker is unreachable, subscribes again, and hears
- * the reports once the broker allows it.
+ * The gateway's subscription, on a broker the test controls (aedes):
+ * - refused (an ACL: SUBACK 0x80) or never acknowledged, then allowed. The
+ *   gateway said "connected" all along (brokerConnected,
+ *   loadwise_broker_connected 1), never subscribed again, and stayed deaf to
+ *   every report until the connection happened to drop. It now says the
+ *   broker is unreachable, subscribes again, and hears the reports once the
+ *   broker allows it.
+ * - made again after a reconnect: the broker delivers its retained statuses
+ *   again, which the gateway has heard already. They were counted and logged
+ *   as LW_PROTO_REPLAY, the code the suggested alert reads as an attack, once
+ *   per backend on every broker blip.
  */
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { createBroker } from 'aedes';
-import { createEncoder } from '@loadwise/protocol';
+import { createBroker, type AedesOptions } from 'aedes';
+import { createEncoder, type Encoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway } from '../kit/gateway';
+import { counter, quietLogger, startLocalGateway } from '../kit/gateway';
 import { until } from '../kit/agent-http';
 
 const key = { keyId: 'k1', secret: randomBytes(32) };
 
+interface TestBroker {
+  url: string;
+  /** Cuts the connections of the clients whose id starts with `prefix`. */
+  kick(prefix: string): void;
+  close(): Promise<void>;
+}
+
+async function startAedes(opts: AedesOptions = {}): Promise<TestBroker> {
+  const aedes = await createBroker(opts);
+  const clients = new Map<string, { conn: { destroy(): void } }>();
+  aedes.on('client', (c) => clients.set(c.id, c as never));
+  aedes.on('clientDisconnect', (c) => clients.delete(c.id));
+  const server: Server = createServer(aedes.handle);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    kick: (prefix) => {
+      for (const [id, c] of clients) if (id.startsWith(prefix)) c.conn.destroy();
+    },
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    },
+  };
+}
+
+const metricsOf = (encoder: Encoder) =>
+  encoder.metrics({
+    intervalMs: 1000,
+    state: 'online',
+    host: { cpuUtilization: 0.3, memoryUtilization: 0.3, memoryAvailableBytes: 1 },
+    health: { verdict: 'up' },
+  });
+
+let backend: TestServer;
+beforeAll(async () => {
+  backend = await startBackend('a');
+});
+afterAll(() => backend.close());
+
 describe.each(['refuses', 'never acknowledges'] as const)(
   'a broker that %s the subscription, then allows it',
   (how) => {
-    let backend: TestServer;
-    let aedes: Awaited<ReturnType<typeof createBroker>>;
-    let server: Server;
+    let broker: TestBroker;
     /** Subscriptions of the gateway's client are refused or left unanswered while true. */
     let blocking = true;
     beforeAll(async () => {
-      backend = await startBackend('a');
-      aedes = await createBroker({
+      broker = await startAedes({
         authorizeSubscribe(client, sub, done) {
           if (!blocking || !client?.id.startsWith('loadwise-gw')) return done(null, sub);
           if (how === 'refuses') done(null, null); // SUBACK 0x80
         },
       });
-      server = createServer(aedes.handle);
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     });
-    afterAll(async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await new Promise<void>((resolve) => aedes.close(() => resolve()));
-      await backend.close();
-    });
+    afterAll(() => broker.close());
 
     it('says it is not connected, subscribes again, and hears reports once allowed', async () => {
-      const url = `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`;
       const prefix = uniquePrefix('suback');
       const gw = await startLocalGateway({
         backends: [{ id: 'a', url: backend.url }],
-        broker: { url, reconnectPeriodMs: 100, connectTimeoutMs: 300 },
+        broker: { url: broker.url, reconnectPeriodMs: 100, connectTimeoutMs: 300 },
         topicPrefix: prefix,
         keys: [key],
       });
       const unreachable: string[] = [];
       gw.lb.balancer.on('broker-unreachable', ({ error }) => unreachable.push(error));
-      const publisher = await connectClient(url);
+      const publisher = await connectClient(broker.url);
       try {
         await until(() => unreachable.length > 0, 5000, 'the refusal to be said');
         expect(unreachable[0]).toMatch(
@@ -66,12 +101,7 @@ describe.each(['refuses', 'never acknowledges'] as const)(
 
         blocking = false;
         await until(() => gw.lb.balancer.brokerConnected === true, 5000, 'a subscription');
-        const m = createEncoder({ backendId: 'a', prefix, key }).metrics({
-          intervalMs: 1000,
-          state: 'online',
-          host: { cpuUtilization: 0.3, memoryUtilization: 0.3, memoryAvailableBytes: 1 },
-          health: { verdict: 'up' },
-        });
+        const m = metricsOf(createEncoder({ backendId: 'a', prefix, key }));
         await publisher.publishAsync(m.topic, m.payload, { qos: 1 });
         await until(() => gw.lb.balancer.snapshot().backends[0]!.reportFresh, 5000, 'the report');
         // Said once for the outage, however many attempts it took.
@@ -83,3 +113,40 @@ describe.each(['refuses', 'never acknowledges'] as const)(
     }, 20_000);
   },
 );
+
+it("counts the broker's retained statuses after a reconnect as superseded, never as a replay", async () => {
+  const broker = await startAedes();
+  const prefix = uniquePrefix('resub');
+  const warnings: string[] = [];
+  const gw = await startLocalGateway({
+    backends: [{ id: 'a', url: backend.url }],
+    broker: { url: broker.url, reconnectPeriodMs: 100 },
+    topicPrefix: prefix,
+    keys: [key],
+    logger: { ...quietLogger, warn: (_fields: unknown, msg?: string) => warnings.push(msg ?? '') },
+  });
+  const publisher = await connectClient(broker.url);
+  try {
+    await gw.lb.ready();
+    const encoder = createEncoder({ backendId: 'a', prefix, key });
+    const status = encoder.status('online');
+    await publisher.publishAsync(status.topic, status.payload, { qos: 1, retain: true });
+    const m = metricsOf(encoder);
+    await publisher.publishAsync(m.topic, m.payload, { qos: 1 });
+    await until(() => gw.lb.balancer.snapshot().backends[0]!.reportFresh, 5000, 'the report');
+
+    const superseded = () =>
+      counter(gw, 'invalid_messages_total', { code: 'LW_PROTO_RETAINED_SUPERSEDED' });
+    for (let i = 1; i <= 3; i++) {
+      broker.kick('loadwise-gw');
+      // Resubscribed: the broker's retained status comes again, and is told apart.
+      while ((await superseded()) < i) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(await counter(gw, 'invalid_messages_total', { code: 'LW_PROTO_REPLAY' })).toBe(0);
+    expect(warnings.filter((w) => /dropped message/.test(w))).toEqual([]);
+  } finally {
+    await endClient(publisher);
+    await gw.close();
+    await broker.close();
+  }
+}, 20_000);

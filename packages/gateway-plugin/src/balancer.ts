@@ -446,7 +446,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         Registry.willChangesNothing(backend)
       ) {
         return this.drop(
-          'LW_PROTO_REPLAY',
+          retained ? 'LW_PROTO_RETAINED_SUPERSEDED' : 'LW_PROTO_REPLAY',
           'a Last Will that changes nothing (the agent is lost already, or took the backend offline)',
           id,
         );
@@ -560,9 +560,11 @@ export class Balancer implements BalancerHandle, FlowHost {
     // Details quote what the message held (a JSON error, a topic): printable ASCII only in a log.
     detail = detail.replace(/[^\x20-\x7e]/g, '?');
     // The default posture meeting unsigned agents: one clear line here, not one per report.
-    const quiet = code === 'LW_PROTO_UNSIGNED' && this.options.keys.length === 0;
+    const unsignedRefused = code === 'LW_PROTO_UNSIGNED' && this.options.keys.length === 0;
+    // What the broker resends on every subscribe: counted, never a warning.
+    const quiet = unsignedRefused || code === 'LW_PROTO_RETAINED_SUPERSEDED';
     this.events.emit('invalid-message', { code, backendId, detail, quiet });
-    if (quiet) {
+    if (unsignedRefused) {
       if (this.warnedUnsigned) return;
       this.warnedUnsigned = true;
       writeLog(

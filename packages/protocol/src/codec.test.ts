@@ -251,7 +251,7 @@ describe('replay protection', () => {
     // answered from the copy before the MAC is computed (else LW_PROTO_BAD_SIGNATURE).
     expect(dec.decode(m.topic, m.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
     expect(dec.decode(m.topic, m.payload, { retained: true })).toMatchObject({
-      code: 'LW_PROTO_REPLAY',
+      code: 'LW_PROTO_RETAINED_SUPERSEDED',
     });
     const tampered = m.payload.replace('"seq":0', '"seq":9');
     expect(tampered).not.toBe(m.payload);
@@ -317,7 +317,7 @@ describe('replay protection', () => {
     // a replay before any clock rule; a decoder that never saw it finds it stale.
     expect(dec.decode(online.topic, online.payload, { retained: true })).toMatchObject({
       ok: false,
-      code: 'LW_PROTO_REPLAY',
+      code: 'LW_PROTO_RETAINED_SUPERSEDED',
     });
     const fresh = createDecoder({
       keys: [key],
@@ -436,7 +436,7 @@ describe('replay protection', () => {
       ).toMatchObject({ ok: false, code: 'LW_PROTO_BAD_SIGNATURE' });
       expect(dec.decode(draining.topic, draining.payload, { retained: true })).toMatchObject({
         ok: false,
-        code: 'LW_PROTO_REPLAY',
+        code: 'LW_PROTO_RETAINED_SUPERSEDED',
       });
       const next = agent.status('online');
       expect(dec.decode(next.topic, next.payload).ok).toBe(true);
@@ -469,7 +469,7 @@ describe('replay protection', () => {
         c.advance(silenceMs);
         expect(dec.decode(draining.topic, draining.payload, { retained: true })).toMatchObject({
           ok: false,
-          code: 'LW_PROTO_REPLAY',
+          code: 'LW_PROTO_RETAINED_SUPERSEDED',
         });
         const next = agent.metrics(body);
         expect(dec.decode(next.topic, next.payload).ok).toBe(true);
@@ -490,7 +490,7 @@ describe('replay protection', () => {
       c.advance(5_000);
       dec.forget('b1');
       expect(dec.decode(draining.topic, draining.payload, { retained: true })).toMatchObject({
-        code: 'LW_PROTO_REPLAY',
+        code: 'LW_PROTO_RETAINED_SUPERSEDED',
       });
       // Past the retention (max(60 s, 30 s) + 30 s), forget() drops it: an agent
       // restarted with an epoch older than the one remembered is heard again.

@@ -332,7 +332,14 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     if (split.keyId !== undefined && (keys.size > 0 || requireSignature)) {
       const signature = split.signature ?? '';
       if (copyOf(seenKey(parsedTopic.value), signature, meta.retained === true)) {
-        return fail('LW_PROTO_REPLAY', 'a copy of a message already seen', backendId);
+        // A retained copy: the broker resends the topic's last message on every subscribe.
+        return meta.retained === true
+          ? fail(
+              'LW_PROTO_RETAINED_SUPERSEDED',
+              'a retained copy of a message already seen',
+              backendId,
+            )
+          : fail('LW_PROTO_REPLAY', 'a copy of a message already seen', backendId);
       }
       // Before the HMAC: which backends a key may sign for is no secret.
       const scope = scoped.get(split.keyId);
@@ -370,7 +377,11 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     });
     if (verified.signature !== undefined && !isLastWill(message)) {
       const key = seenKey(verified.topic);
-      if (replay === undefined || replay === 'LW_PROTO_REPLAY') {
+      if (
+        replay === undefined ||
+        replay === 'LW_PROTO_REPLAY' ||
+        replay === 'LW_PROTO_RETAINED_SUPERSEDED'
+      ) {
         remember(key, verified.signature, false);
       } else if (
         replay === 'LW_PROTO_CLOCK_SKEW' &&

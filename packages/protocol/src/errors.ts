@@ -25,6 +25,8 @@ export const PROTOCOL_ERRORS = {
   LW_PROTO_CLOCK_SKEW: 'timestamp is outside the allowed clock-skew window',
   LW_PROTO_STALE: 'a retained message is older than its freshness limit (maxRetainedAgeMs)',
   LW_PROTO_REPLAY: 'sequence number is not newer than one already accepted for this backend',
+  LW_PROTO_RETAINED_SUPERSEDED:
+    "a retained message not newer than one already accepted for this backend (the broker's copy, resent on every subscribe)",
   LW_PROTO_INVALID_OPTION: 'an option passed to a protocol function is invalid',
 } as const;
 

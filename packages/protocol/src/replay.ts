@@ -116,14 +116,20 @@ export class ReplayGuard {
       this.last.delete(message.backendId);
       last = undefined;
     }
+    // Not newer, and retained: the broker's copy of the topic's last message, which it
+    // delivers again on every subscribe (every reconnect of this gateway). This gateway
+    // has heard it, or newer, already: dropped as what it is, not as a replay, which the
+    // operator's alert on LW_PROTO_REPLAY took for an attack once per backend on every
+    // broker blip.
+    const old = meta.retained ? 'LW_PROTO_RETAINED_SUPERSEDED' : 'LW_PROTO_REPLAY';
     if (isWill) {
-      return last && message.epochMs < last.epochMs ? 'LW_PROTO_REPLAY' : undefined;
+      return last && message.epochMs < last.epochMs ? old : undefined;
     }
     if (last) {
       const newer =
         message.epochMs > last.epochMs ||
         (message.epochMs === last.epochMs && message.seq > last.seq);
-      if (!newer) return 'LW_PROTO_REPLAY';
+      if (!newer) return old;
       last.epochMs = message.epochMs;
       last.seq = message.seq;
       last.seenAtMs = now;
