@@ -4,7 +4,13 @@
  * and releases every timer, socket and broker so the process can exit.
  */
 import { once } from 'node:events';
-import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:http';
+import {
+  Agent,
+  createServer as createHttpServer,
+  request,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createEncoder } from '@loadwise/protocol';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
@@ -354,6 +360,58 @@ describe('graceful close', () => {
       await stream.close();
     }
   }, 20_000);
+
+  it('lets a closed balancer go: one server, a balancer reloaded behind it 12 times', async () => {
+    // Each balancer left a 'close' listener on the server, holding it (registry, metrics,
+    // dashboard history) as long as the server lived; the eleventh set off Node's
+    // MaxListenersExceededWarning, as did eleven services' balancers on one server.
+    const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
+    let current = loadBalance({
+      backends: [{ id: 'ok', url: ok.url }],
+      healthCheck: false,
+      warmUp: false,
+    });
+    const server = createHttpServer((req, res) => current(req as never, res as never, () => {}));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      expect((await send(`${url}/first`)).body).toBe('done /first');
+      let baseline = 0;
+      for (let i = 0; i < 12; i++) {
+        const old = current;
+        current = loadBalance({
+          backends: [{ id: 'ok', url: ok.url }],
+          healthCheck: false,
+          warmUp: false,
+        });
+        expect((await send(`${url}/r${i}`)).body).toBe(`done /r${i}`);
+        await old.close();
+        // After the first close: the server's own listeners, and one per server of ours.
+        if (i === 0) baseline = server.listenerCount('close');
+      }
+      expect(server.listenerCount('close')).toBe(baseline);
+      // Services side by side: one listener on the server however many balancers.
+      const services = Array.from({ length: 12 }, () =>
+        loadBalance({ backends: [{ id: 'ok', url: ok.url }], healthCheck: false, warmUp: false }),
+      );
+      for (const lb of services) {
+        current = lb;
+        expect((await send(`${url}/s`)).status).toBe(200);
+      }
+      expect(server.listenerCount('close')).toBe(baseline);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings).not.toContain('MaxListenersExceededWarning');
+      for (const lb of services) await lb.close();
+    } finally {
+      process.off('warning', onWarning);
+      await current.close();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await ok.close();
+    }
+  });
 
   it('cuts what is still running when the grace ends, without charging the backend', async () => {
     const held: ServerResponse[] = [];

@@ -834,6 +834,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       // backend request reports the destroyed socket. Resolving before that let a caller's
       // `process.exit()` reset those clients instead.
       await this.flow.idle(CUT_SETTLE_MS, false);
+      this.flow.forgetServers();
     })();
     return this.closing;
   }

@@ -289,7 +289,7 @@ export class RequestFlow {
    * stopped listening to lose its connections: their requests are still
    * served (see handle()).
    */
-  private readonly servers = new Set<Server>();
+  private readonly servers = new Map<Server, () => void>();
   private lastServer: Server | undefined;
   /** The flow whose attempt engine.web() is sending (synchronously): see pipeTaken(). */
   private sending: Flow | undefined;
@@ -469,7 +469,7 @@ export class RequestFlow {
    * listening closes each connection after its next answer, whoever gives it.
    */
   draining(): void {
-    for (const s of this.servers) closeAfterEachAnswer(s);
+    for (const s of this.servers.keys()) closeAfterEachAnswer(s);
   }
 
   /**
@@ -491,7 +491,7 @@ export class RequestFlow {
 
   private isIdle(servers: boolean): boolean {
     if (this.active !== 0 || this.upgrades.openCount !== 0) return false;
-    if (servers) for (const s of this.servers) if (!s.listening) return false;
+    if (servers) for (const s of this.servers.keys()) if (!s.listening) return false;
     return true;
   }
 
@@ -506,16 +506,31 @@ export class RequestFlow {
   }
 
   private noteServer(server: Server): void {
+    // Closed: nothing waits for the server any more (see forgetServers).
+    if (this.core.closed) return;
     this.lastServer = server;
     if (this.servers.has(server)) return;
-    this.servers.add(server);
     if (this.core.draining) closeAfterEachAnswer(server);
-    server.once('close', () => {
+    const onClose = (): void => {
       // Forgotten: if it listens again, its next request notes it anew.
       this.servers.delete(server);
       if (this.lastServer === server) this.lastServer = undefined;
       this.wakeIdleWaiters();
-    });
+    };
+    this.servers.set(server, onClose);
+    watchClose(server, onClose);
+  }
+
+  /**
+   * The balancer has closed: it stops watching the servers it saw. Each
+   * watch held the whole balancer for as long as its server lived: a dev
+   * server reloading the balancer behind one http.Server kept every closed one
+   * (60-75 KB each, with its registry, metrics and dashboard history).
+   */
+  forgetServers(): void {
+    for (const [server, onClose] of this.servers) unwatchClose(server, onClose);
+    this.servers.clear();
+    this.lastServer = undefined;
   }
 
   /** Picks a backend and starts an attempt. */
@@ -1334,6 +1349,31 @@ function bodyStillComing(req: IncomingMessage): boolean {
   if (req.complete) return false;
   const length = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/**
+ * One 'close' listener per server, whatever the number of balancers on it: a
+ * listener each (one balancer per service behind one server) set off Node's
+ * MaxListenersExceededWarning at the eleventh.
+ */
+const closeWatchers = new WeakMap<Server, Set<() => void>>();
+
+function watchClose(server: Server, onClose: () => void): void {
+  let watchers = closeWatchers.get(server);
+  if (!watchers) {
+    const set = new Set<() => void>();
+    watchers = set;
+    closeWatchers.set(server, set);
+    server.once('close', () => {
+      closeWatchers.delete(server);
+      for (const w of set) w();
+    });
+  }
+  watchers.add(onClose);
+}
+
+function unwatchClose(server: Server, onClose: () => void): void {
+  closeWatchers.get(server)?.delete(onClose);
 }
 
 const closingServers = new WeakSet<Server>();
