@@ -61,6 +61,23 @@ describe('saying what is wrong', () => {
     }
   });
 
+  it('a readiness probe calling ready() while the broker is unreachable leaves nothing behind', async () => {
+    // Each call's handler stayed on the broker's pending promise after its own timeout:
+    // about 850 bytes a call, for as long as the broker had never been reached.
+    const gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { url: `mqtt://127.0.0.1:${await refusedPort()}`, reconnectPeriodMs: 50 },
+    });
+    try {
+      const calls = Array.from({ length: 200 }, () => gw.lb.ready({ timeoutMs: 1 }));
+      expect(internals(gw.lb).readyCallsWaiting).toBe(200);
+      await Promise.all(calls);
+      expect(internals(gw.lb).readyCallsWaiting).toBe(0);
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('an unreachable broker with requireBroker: one line with URL and error, ready() rejects, routing goes on', async () => {
     const port = await refusedPort();
     const url = `mqtt://alice:S3CRET@127.0.0.1:${port}`;
