@@ -241,6 +241,21 @@ describe('replay protection', () => {
     });
   });
 
+  it("forget() drops the backend's remembered copies; the order rules still judge its messages", () => {
+    // Kept, a gateway's ordinary discovery churn filled the cache towards its bound.
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const m = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
+    expect(dec.decode(m.topic, m.payload).ok).toBe(true);
+    expect(dec.decode(m.topic, m.payload)).toMatchObject({
+      detail: 'a copy of a message already seen',
+    });
+    dec.forget('b1');
+    const again = dec.decode(m.topic, m.payload);
+    expect(again).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    expect(again).not.toMatchObject({ detail: 'a copy of a message already seen' });
+  });
+
   it('refuses a copy of a judged signed message before its HMAC and JSON; wills are judged each time', () => {
     const c = clock();
     const enc = createEncoder({ backendId: 'b1', key, now: c.now });

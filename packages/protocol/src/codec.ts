@@ -25,6 +25,7 @@ import {
 } from './signing';
 import {
   DEFAULT_TOPIC_PREFIX,
+  MESSAGE_KINDS,
   assertValidBackendId,
   assertValidPrefix,
   parseTopic,
@@ -402,7 +403,18 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
   };
 
   return {
-    forget: (backendId) => guard.forget(backendId),
+    forget: (backendId) => {
+      guard.forget(backendId);
+      // Its copies are for nothing now: a gateway drops a forgotten backend's messages
+      // before decoding them, and the guard judges any that still arrive. Kept, ordinary
+      // discovery churn filled the cache towards its bound (0.55 KB a forgotten backend).
+      for (const kind of MESSAGE_KINDS) {
+        const ring = seen.get(`${backendId}/${kind}`);
+        if (ring === undefined) continue;
+        seen.delete(`${backendId}/${kind}`);
+        seenCount -= ring.length;
+      }
+    },
     verify,
     parse,
     decode(topic, payload, meta = {}) {
