@@ -16,18 +16,13 @@ import {
 } from '@loadwise/protocol';
 import type { Balancer } from './balancer';
 import type { LoadBalanceOptions, Logger } from './options';
-import { testBalancer } from './test-balancer';
+import { calmReport, testBalancer } from './test-balancer';
 
 const T0 = 1_800_000_000_000;
 const PREFIX = 'rx';
 const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 5) };
 
-const calm: MetricsBody = {
-  intervalMs: 1000,
-  state: 'online',
-  host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
-  health: { verdict: 'up' },
-};
+const calm = calmReport;
 /** What a forger sends: every claim that would take the backend out, if believed. */
 const hostile: MetricsBody = {
   ...calm,

@@ -43,7 +43,7 @@ import { acquireLoopDelay, releaseLoopDelay, type LoopDelay } from './load/loop-
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
-import { Registry } from './registry/registry';
+import { Registry, STALE_LINES } from './registry/registry';
 import { ipv6Groups } from './ipv6-groups';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
@@ -415,6 +415,7 @@ export class Balancer implements BalancerHandle, FlowHost {
           { event: 'upstream-bytes-while-idle', backend: id, bytes },
         ),
     );
+    backend.addedAtLeaseMs = this.leaseNow(this.now());
     this.engine.register(backend);
     this.registry.add(backend, origin === 'discovery', recompute);
     this.checker?.watch(backend);
@@ -755,10 +756,42 @@ export class Balancer implements BalancerHandle, FlowHost {
 
   private sweep(): void {
     const nowMs = this.now();
-    this.registry.sweepFreshness(nowMs);
+    const stale = this.registry.sweepFreshness(nowMs);
+    if (stale.length > STALE_LINES) {
+      this.logLine(
+        'metrics-stale-many',
+        `reports of ${stale.length} backends went stale at once (${listIds(stale)}); routing on local signals${this.source?.isConnected === false ? ' while the broker is away' : ''}`,
+        { event: 'metrics-stale-many', backends: stale.length },
+      );
+    }
     if (this.leaseMarkMs !== undefined) this.advanceLease(nowMs, true);
+    this.warnNeverHeard();
     this.forgetSilent();
     if (this.queue.length > 0) this.drainQueue();
+  }
+
+  /**
+   * One line, once per backend, for backends no report of which ever reached
+   * this gateway in NEVER_HEARD_MS of broker connection (subscribed): agents
+   * on another topic prefix or service, or a broker ACL that accepts the
+   * subscription and delivers nothing. Nothing was said, not even at `info`:
+   * a backend that never reported never went stale.
+   */
+  private warnNeverHeard(): void {
+    if (this.source?.isConnected !== true) return;
+    const silent: Backend[] = [];
+    for (const b of this.registry.backends.values()) {
+      if (b.everFresh || b.neverHeardWarned || this.leaseMs - b.addedAtLeaseMs < NEVER_HEARD_MS)
+        continue;
+      b.neverHeardWarned = true;
+      silent.push(b);
+    }
+    if (silent.length === 0) return;
+    this.logLine(
+      'never-heard',
+      `no report from ${silent.length === 1 ? 'backend' : `${silent.length} backends`} ${listIds(silent)} in ${NEVER_HEARD_MS / 1000} s connected to the broker: routing ${silent.length === 1 ? 'it' : 'them'} on local signals. Check that their agents run with this gateway's topic prefix (${JSON.stringify(this.options.topicPrefix)}) and that the broker delivers their topics to this gateway`,
+      { event: 'never-heard', backends: silent.length },
+    );
   }
 
   /** Moves the lease clock to `nowMs` (leaseMs), then marks the broker up or down. */
@@ -867,6 +900,17 @@ export class Balancer implements BalancerHandle, FlowHost {
     })();
     return this.closing;
   }
+}
+
+/** Broker-connected time after which a backend never heard from is said (warnNeverHeard). */
+const NEVER_HEARD_MS = 30_000;
+
+/** Up to five ids, then how many more. */
+function listIds(backends: readonly Backend[]): string {
+  const shown = backends.slice(0, 5).map((b) => b.id);
+  return backends.length > 5
+    ? `${shown.join(', ')} and ${backends.length - 5} more`
+    : shown.join(', ');
 }
 
 function closedError(): GatewayError {

@@ -21,7 +21,14 @@ export interface BalancerEvents {
   /** A discovered backend was forgotten: its agent sent nothing signed for discovery.forgetAfterMs. */
   'backend-removed': [{ id: string; url: string; silentMs: number }];
   /** The last report of a backend became older than its freshness limit. */
-  'metrics-stale': [{ id: string; ageMs: number | undefined }];
+  'metrics-stale': [
+    {
+      id: string;
+      ageMs: number | undefined;
+      /** Logged with the others that went stale in the same sweep, as one line. */
+      quiet?: boolean;
+    },
+  ];
   /** Every eligible backend is saturated (requests queue), or no longer. */
   saturation: [{ saturated: boolean; queued: number }];
   /** The gateway's event loop is too slow: it sheds new requests, or stopped shedding. */

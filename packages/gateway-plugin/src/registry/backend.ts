@@ -61,6 +61,12 @@ export class Backend {
   condition: BackendCondition = 'up';
   /** Whether the last freshness sweep saw a fresh report (to emit metrics-stale once). */
   wasFresh = false;
+  /** A freshness sweep has seen a fresh report of it, ever. */
+  everFresh = false;
+  /** The lease clock when it was added (balancer.ts leaseNow): how long it could have been heard. */
+  addedAtLeaseMs = 0;
+  /** Said once that no report of it ever came (balancer.ts warnNeverHeard). */
+  neverHeardWarned = false;
   /** The last accepted report, for the status endpoint. */
   lastReport: MetricsReport | undefined;
   /** Key id of the last signed message applied for this backend (snapshot `signedBy`). */

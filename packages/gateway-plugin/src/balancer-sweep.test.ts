@@ -1,0 +1,128 @@
+/**
+ * What the balancer's freshness sweep says, with an injected clock: reports
+ * of many backends going stale at once (a broker outage) are one line, not
+ * one per backend; a backend no report of which ever came while the broker
+ * was connected is said once, where nothing was said at all.
+ */
+import { createEncoder, type SigningKey } from '@loadwise/protocol';
+import type { Balancer } from './balancer';
+import type { Logger } from './options';
+import { calmReport, testBalancer } from './test-balancer';
+
+const T0 = 1_800_000_000_000;
+const PREFIX = 'sweep';
+const key: SigningKey = { keyId: 'k1', secret: Buffer.alloc(32, 7) };
+const calm = calmReport;
+
+/** The sweep, the lease clock and the broker source, which a balancer without a broker lacks. */
+interface SweepInternals {
+  sweep(): void;
+  advanceLease(nowMs: number, up: boolean): void;
+  source: { isConnected: boolean; close(): Promise<void> } | undefined;
+}
+
+const broker = (isConnected: boolean) => ({ isConnected, close: () => Promise.resolve() });
+
+function rig(ids: string[]) {
+  const clock = { t: T0 };
+  const lines: Array<{ event: unknown; msg: string }> = [];
+  const logger: Logger = {
+    info: () => {},
+    warn: (fields: object | string, msg?: string) =>
+      void lines.push({ event: (fields as { event?: unknown }).event, msg: msg ?? '' }),
+    error: () => {},
+  };
+  const lb: Balancer = testBalancer(
+    ids.map((id, i) => ({ id, url: `http://127.0.0.1:${9200 + i}` })),
+    () => clock.t,
+    { topicPrefix: PREFIX, logger, keys: [key] },
+  );
+  const inner = lb as unknown as SweepInternals;
+  // As if subscribed to a broker since T0.
+  inner.source = broker(true);
+  inner.advanceLease(clock.t, true);
+  const report = (id: string): void => {
+    const m = createEncoder({ backendId: id, prefix: PREFIX, key, now: () => clock.t }).metrics(
+      calm,
+    );
+    lb.receive(m.topic, Buffer.from(m.payload), false);
+  };
+  const sweepAt = (ms: number): void => {
+    clock.t = T0 + ms;
+    inner.sweep();
+  };
+  return { lb, inner, lines, report, sweepAt };
+}
+
+describe('the freshness sweep', () => {
+  it('says reports of many backends going stale at once in one line; the events stay one each', async () => {
+    const ids = Array.from({ length: 8 }, (_, i) => `b${i}`);
+    const r = rig(ids);
+    const events: Array<{ id: string; quiet?: boolean }> = [];
+    r.lb.on('metrics-stale', (e) => events.push(e));
+    try {
+      for (const id of ids) r.report(id);
+      r.sweepAt(500);
+      // The broker goes away: no report of any backend comes any more.
+      r.inner.source = broker(false);
+      r.sweepAt(60_000);
+      expect(events.map((e) => [e.id, e.quiet])).toEqual(ids.map((id) => [id, true]));
+      const stale = r.lines.filter((l) => String(l.event).startsWith('metrics-stale'));
+      expect(stale).toEqual([
+        {
+          event: 'metrics-stale-many',
+          msg: 'reports of 8 backends went stale at once (b0, b1, b2, b3, b4 and 3 more); routing on local signals while the broker is away',
+        },
+      ]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('still says a few backends going stale one line each', async () => {
+    const r = rig(['a', 'b']);
+    try {
+      r.report('a');
+      r.report('b');
+      r.sweepAt(500);
+      r.sweepAt(60_000);
+      expect(r.lines.filter((l) => l.event === 'metrics-stale').map((l) => l.msg)).toEqual([
+        expect.stringMatching(/^backend a reports are stale/),
+        expect.stringMatching(/^backend b reports are stale/),
+      ]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('says once, after 30 s connected, which backends were never heard from', async () => {
+    const r = rig(['heard', 'quiet1', 'quiet2']);
+    try {
+      r.report('heard');
+      r.sweepAt(500);
+      r.sweepAt(29_000);
+      expect(r.lines.filter((l) => l.event === 'never-heard')).toEqual([]);
+      r.sweepAt(31_000);
+      r.sweepAt(90_000);
+      const said = r.lines.filter((l) => l.event === 'never-heard').map((l) => l.msg);
+      expect(said).toEqual([
+        expect.stringMatching(
+          /^no report from 2 backends quiet1, quiet2 in 30 s connected to the broker: routing them on local signals\. Check that their agents run with this gateway's topic prefix \("sweep"\)/,
+        ),
+      ]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('says nothing of never-heard backends while the broker is not connected', async () => {
+    const r = rig(['quiet']);
+    try {
+      r.inner.source = broker(false);
+      r.sweepAt(120_000);
+      expect(r.lines.filter((l) => l.event === 'never-heard')).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});
