@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -282,8 +283,12 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     w.timer = undefined;
   };
 
+  /** The tracker's own 503s (queue full, queue timeout): overload, never a handler's error. */
+  const ownAnswers = new WeakSet<ServerResponse>();
+
   const reject503 = (res: ServerResponse, reason: string): void => {
     rejected++;
+    ownAnswers.add(res);
     if (res.headersSent || res.writableEnded || res.destroyed) return;
     res.statusCode = 503;
     res.setHeader('Retry-After', String(retryAfterS));
@@ -300,6 +305,10 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     while (limit !== undefined && inFlight < limit && head) {
       const w = head;
       unlink(w);
+      // Pipelined behind the response that just ended, on a connection that has closed:
+      // Node tells this response's 'close' to the connection after this release, and the
+      // waiter was run for a client that had left (its end is counted as aborted).
+      if (w.req.socket?.destroyed === true) continue;
       run(w.req, w.res, w.next);
     }
     changed();
@@ -330,7 +339,13 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       completed++;
       const finished = res.writableFinished;
       if (!finished) aborted++;
-      histogram.record(now(), now() - arrivedMs, !finished || res.statusCode >= 500);
+      // Not the tracker's own 503s: a fast refusal recorded as a request made a saturated
+      // backend's latency look lower and, as an error, its error rate higher, which the
+      // gateway penalises again beside the overload it already sees. Nor a client that left:
+      // gateways charge a backend neither for overload nor for a client's leaving, and a
+      // healthy backend behind impatient clients reported half its requests as errors.
+      if (ownAnswers.has(res)) return;
+      histogram.record(now(), now() - arrivedMs, finished && res.statusCode >= 500);
     });
     if (limit === undefined || inFlight < limit) {
       run(req, res, next);
@@ -344,7 +359,10 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     const w: Waiter = {
       req,
       res,
-      next,
+      // Run later from another request's 'close': bound to this request's async context,
+      // or its handlers ran in the context of the request whose end freed the slot (an
+      // OpenTelemetry span, a logger's request id, a tenant in AsyncLocalStorage).
+      next: AsyncResource.bind(next),
       arrivedMs,
       prev: tail,
       next_: undefined,
