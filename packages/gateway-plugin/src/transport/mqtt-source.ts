@@ -193,6 +193,8 @@ export class MqttSource {
       () => this.subscribeFailed(connection, `subscribe not acknowledged within ${timeoutMs} ms`),
       timeoutMs,
     );
+    // The connection holds the process, not the wait for its SUBACK or the next attempt.
+    this.subscribeTimer.unref();
     // QoS 1: a status change (draining, the Last Will) must not be lost; the
     // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
     client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
@@ -229,6 +231,7 @@ export class MqttSource {
     this.subscribeTimer = setTimeout(() => {
       if (connection === this.connection) this.subscribe();
     }, this.subscribeRetryMs);
+    this.subscribeTimer.unref();
   }
 
   private readonly onClose = (): void => {
