@@ -355,6 +355,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   get readyCallsWaiting(): number {
     return this.brokerWaiters.size;
   }
+
   /** How the source's readiness settled, once it has: later calls settle at once. */
   private brokerOutcome: { err?: Error } | undefined;
 
