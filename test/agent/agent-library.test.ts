@@ -236,8 +236,10 @@ describe('createAgent (library, in-process)', () => {
       const started = agent.start();
       await agent.stop({ graceMs: 0 });
       await started;
-      // mqtt.js opens its socket synchronously: a client made after stop() shows here.
-      expect(sockets()).toBe(before);
+      // mqtt.js opens its socket synchronously: a client made after stop() shows here. At
+      // most as many as before: a socket of the test before (its agent stopped) may still
+      // have been closing when `before` was read (seen in CI on a busy machine: 1, then 0).
+      expect(sockets()).toBeLessThanOrEqual(before);
       expect([connects.length, agent.state]).toEqual([0, 'offline']);
     } finally {
       await broker.close();
