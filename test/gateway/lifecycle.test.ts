@@ -17,7 +17,7 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway } from '../kit/gateway';
+import { quietLogger, startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** Reports are signed, as a gateway requires by default. */
@@ -366,11 +366,13 @@ describe('graceful close', () => {
     // dashboard history) as long as the server lived; the eleventh set off Node's
     // MaxListenersExceededWarning, as did eleven services' balancers on one server.
     const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
-    let current = loadBalance({
-      backends: [{ id: 'ok', url: ok.url }],
+    const quiet = {
       healthCheck: false,
       warmUp: false,
-    });
+      overload: false,
+      logger: quietLogger,
+    } as const;
+    let current = loadBalance({ backends: [{ id: 'ok', url: ok.url }], ...quiet });
     const server = createHttpServer((req, res) => current(req as never, res as never, () => {}));
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -382,20 +384,17 @@ describe('graceful close', () => {
       let baseline = 0;
       for (let i = 0; i < 12; i++) {
         const old = current;
-        current = loadBalance({
-          backends: [{ id: 'ok', url: ok.url }],
-          healthCheck: false,
-          warmUp: false,
-        });
+        current = loadBalance({ backends: [{ id: 'ok', url: ok.url }], ...quiet });
         expect((await send(`${url}/r${i}`)).body).toBe(`done /r${i}`);
         await old.close();
         // After the first close: the server's own listeners, and one per server of ours.
         if (i === 0) baseline = server.listenerCount('close');
       }
       expect(server.listenerCount('close')).toBe(baseline);
+      await current.close();
       // Services side by side: one listener on the server however many balancers.
       const services = Array.from({ length: 12 }, () =>
-        loadBalance({ backends: [{ id: 'ok', url: ok.url }], healthCheck: false, warmUp: false }),
+        loadBalance({ backends: [{ id: 'ok', url: ok.url }], ...quiet }),
       );
       for (const lb of services) {
         current = lb;
