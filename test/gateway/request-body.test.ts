@@ -343,6 +343,26 @@ describe('request bodies', () => {
     ]);
   });
 
+  it('pipes the body after a hook that wrote only the head, as http-proxy-middleware does', async () => {
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      on: {
+        proxyRes: (proxyRes, _req, res) => {
+          res.writeHead(proxyRes.statusCode!, {
+            'content-type': 'application/json',
+            'x-from-hook': 'head',
+          });
+        },
+      },
+    });
+    const r = await send(`${gw.url}/only-head`);
+    expect([r.status, r.headers['x-from-hook'], r.json<Echo>().url]).toEqual([
+      200,
+      'head',
+      '/only-head',
+    ]);
+  });
+
   it.each([
     ['an async proxyReq hook', {}],
     ['an async proxyRes hook that writes the answer', { selfHandleResponse: true }],

@@ -809,13 +809,16 @@ export class RequestFlow {
     process.nextTick(this.relayHeadNext, flow, proxyRes);
     const hook = c.options.on.proxyRes;
     if (hook && !this.runHook(flow, () => hook(proxyRes, req, res), proxyRes)) return;
-    // The hook writes the answer (selfHandleResponse, or it wrote a head of its own: an
-    // http-proxy-middleware handler relaying it). The balancer's head and body as well made
-    // two answers in one: a responseInterceptor's headers after the head threw in its own
-    // listener and ended the process; a hook's pipe put the body twice, the second copy at
-    // the front of the connection's next answer.
-    const hookAnswers = c.options.selfHandleResponse || res.headersSent;
-    if (hookAnswers) flow.answer = undefined;
+    // The hook writes the answer (selfHandleResponse), or its head (it wrote one of its own),
+    // or the whole of it (a head, and it reads the body itself: an http-proxy-middleware
+    // handler relaying it). The balancer's head and body as well made two answers in one: a
+    // responseInterceptor's headers after the head threw in its own listener and ended the
+    // process; a hook's pipe put the body twice, the second copy at the front of the
+    // connection's next answer. A hook that wrote only the head gets the body piped after
+    // it, as http-proxy-middleware pipes it.
+    const hookAnswers =
+      c.options.selfHandleResponse || (res.headersSent && proxyRes.readableFlowing === true);
+    if (hookAnswers || res.headersSent) flow.answer = undefined;
     const status = proxyRes.statusCode ?? 502;
     if (status < 100 || status > 599) {
       // llhttp reads any three digits. ServerResponse.writeHead throws on a
