@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 
 /** Small HTTP helpers for the health-agent tests: real servers on port 0, one connection per request. */
 
@@ -76,5 +76,55 @@ export async function until(
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/**
+ * A raw TCP "app" on 127.0.0.1, port 0: each request head it reads gets the
+ * bytes `answer(path)` returns, written as they are (a 101 nobody asked for,
+ * which node:http would not let a test server send), and the connection
+ * stays open. close() cuts its connections.
+ */
+export async function rawHttpApp(
+  answer: (path: string) => string,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    s.on('error', () => undefined);
+    let head = '';
+    s.on('data', (d: Buffer) => {
+      head += d.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      const path = head.split(' ')[1] ?? '';
+      head = '';
+      s.write(answer(path));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** `p`'s value, or 'still pending' after `ms`: a hang fails the test instead of stalling it. */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | 'still pending'> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<'still pending'>((r) => {
+        timer = setTimeout(() => r('still pending'), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -1,5 +1,6 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import mqttPacket, { type Packet } from 'mqtt-packet';
+import { rawHttpApp, within } from '../../../test/kit/agent-http';
 import { createAgent, type Agent } from './agent';
 
 /**
@@ -46,21 +47,6 @@ async function fakeBroker(mode: 'silent' | 'acks' | 'loses the first ack'): Prom
         server.close(() => r());
       }),
   };
-}
-
-/** `p`'s value, or 'still pending' after `ms`: a hang fails the test instead of stalling it. */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | 'still pending'> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<'still pending'>((r) => {
-        timer = setTimeout(() => r('still pending'), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 const offlinePublished = (packets: Packet[]): boolean =>
@@ -150,37 +136,14 @@ async function switchingTracker(): Promise<{
     windowMs: 1000,
     completed: 1,
   });
-  const sockets = new Set<Socket>();
   let watches = 0;
-  const server: Server = createServer((s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => undefined);
-    let head = '';
-    s.on('data', (d: Buffer) => {
-      head += d.toString('latin1');
-      if (!head.includes('\r\n\r\n')) return;
-      const path = head.split(' ')[1] ?? '';
-      head = '';
-      if (path.startsWith('/stats?')) watches++;
-      s.write(
-        path === '/stats'
-          ? `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${snap.length}\r\n\r\n${snap}`
-          : 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n',
-      );
-    });
+  const app = await rawHttpApp((path) => {
+    if (path.startsWith('/stats?')) watches++;
+    return path === '/stats'
+      ? `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${snap.length}\r\n\r\n${snap}`
+      : 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n';
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    watches: () => watches,
-    close: () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  };
+  return { ...app, watches: () => watches };
 }
 
 /** Polls a condition every 5 ms on real I/O; false after `ms`. */

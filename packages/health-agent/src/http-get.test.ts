@@ -1,4 +1,4 @@
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { rawHttpApp, within } from '../../../test/kit/agent-http';
 import { createAgent } from './agent';
 import { httpGet } from './http-get';
 import { probe } from './probe';
@@ -7,53 +7,15 @@ import { httpTrackerSource } from './queue/tracker-source';
 
 const SWITCHING = 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n';
 
-/**
- * A raw TCP "app" that answers every request with a 101 nobody asked for and
- * keeps the connection open, as a server that switched protocols does.
- */
-async function switchingApp(): Promise<{
-  url: string;
-  requests: () => number;
-  close(): Promise<void>;
-}> {
-  const sockets = new Set<Socket>();
-  let requests = 0;
-  const server: Server = createServer((s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => undefined);
-    s.on('data', () => {
-      requests++;
-      s.write(SWITCHING);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    requests: () => requests,
-    close: () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  };
-}
+/** A raw TCP "app" that answers every request with a 101 nobody asked for. */
+const switchingApp = (): ReturnType<typeof rawHttpApp> => rawHttpApp(() => SWITCHING);
 
 /** `p`'s outcome, or 'still pending' after `ms`: the hang this guards against fails the test, never stalls it. */
-async function settled<T>(p: Promise<T>, ms = 3000): Promise<T | Error | 'still pending'> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p.catch((err: Error) => err),
-      new Promise<'still pending'>((r) => {
-        timer = setTimeout(() => r('still pending'), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+const settled = <T>(p: Promise<T>, ms = 3000): Promise<T | Error | 'still pending'> =>
+  within(
+    p.catch((err: Error) => err),
+    ms,
+  );
 
 // node:http destroys the socket of an unasked-for 101 without an 'error', and
 // the timeout's destroy() then did nothing: every read below never settled.

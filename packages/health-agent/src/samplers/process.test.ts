@@ -19,6 +19,7 @@ import {
   readPidFile,
   type ProcessSample,
 } from './process';
+import { within } from '../../../../test/kit/agent-http';
 import { AgentError } from '../errors';
 
 const STAT = (utime: number, stime: number): string =>
@@ -76,21 +77,6 @@ describe('process sampler', () => {
     await expect(readPidFile('/nonexistent/x.pid')).rejects.toBeInstanceOf(AgentError);
   });
 });
-
-/** `p`'s value, or 'still pending' after `ms`: a read that blocks fails the test instead of stalling it. */
-async function within<T>(p: Promise<T>, ms: number): Promise<T | 'still pending'> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<'still pending'>((r) => {
-        timer = setTimeout(() => r('still pending'), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 const hasMkfifo = spawnSync('mkfifo', ['--version']).error === undefined;
 
