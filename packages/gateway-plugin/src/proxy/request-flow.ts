@@ -1325,9 +1325,13 @@ function closeWhenIdle(req: IncomingMessage): void {
   idleSweeps.add(server);
   setImmediate(() => {
     idleSweeps.delete(server);
-    // An http(s).Server: the one the request came through.
-    (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+    closeIdleConnections(server);
   });
+}
+
+/** server.closeIdleConnections() of the http(s).Server a request came through. */
+function closeIdleConnections(server: Server): void {
+  (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
 }
 
 /** Servers with a closeWhenIdle sweep queued for this loop turn. */
@@ -1405,11 +1409,10 @@ function closeAfterEachAnswer(server: Server): void {
   // it, lasted until keepAliveTimeout. A sweep closes such connections while the server
   // is not listening; it ends with the server, and never holds the process.
   const sweep = setInterval(() => {
-    if (!server.listening)
-      (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+    if (!server.listening) closeIdleConnections(server);
   }, IDLE_SWEEP_MS);
   sweep.unref();
-  server.once('close', () => clearInterval(sweep));
+  watchClose(server, () => clearInterval(sweep));
 }
 
 /** How often closeAfterEachAnswer closes a draining server's idle connections. */
