@@ -252,6 +252,7 @@ export class Balancer implements BalancerHandle, FlowHost {
             },
             o.messageLimits.maxPacketBytes,
           );
+    if (this.source) this.watchBroker(this.source);
   }
 
   private makeDecoder(): Decoder {
@@ -337,7 +338,6 @@ export class Balancer implements BalancerHandle, FlowHost {
       timer.unref();
       if (this.brokerOutcome) return settle(this.brokerOutcome.err);
       this.brokerWaiters.add(settle);
-      if (!this.watchingBroker) this.watchBroker(source);
     });
   }
 
@@ -349,7 +349,6 @@ export class Balancer implements BalancerHandle, FlowHost {
    * about 850 bytes a call (85 MB after 100,000), for good.
    */
   private readonly brokerWaiters = new Set<(err?: Error) => void>();
-  private watchingBroker = false;
 
   /** Calls of ready() waiting for the broker now (tests). */
   get readyCallsWaiting(): number {
@@ -359,8 +358,8 @@ export class Balancer implements BalancerHandle, FlowHost {
   /** How the source's readiness settled, once it has: later calls settle at once. */
   private brokerOutcome: { err?: Error } | undefined;
 
+  /** Settles the waiting calls of ready() when the source's readiness settles (constructor). */
   private watchBroker(source: MqttSource): void {
-    this.watchingBroker = true;
     const settleAll = (err?: Error): void => {
       this.brokerOutcome = { err };
       for (const settle of [...this.brokerWaiters]) settle(err);
