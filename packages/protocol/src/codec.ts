@@ -409,9 +409,10 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       // before decoding them, and the guard judges any that still arrive. Kept, ordinary
       // discovery churn filled the cache towards its bound (0.55 KB a forgotten backend).
       for (const kind of MESSAGE_KINDS) {
-        const ring = seen.get(`${backendId}/${kind}`);
+        const key = seenKey({ backendId, kind });
+        const ring = seen.get(key);
         if (ring === undefined) continue;
-        seen.delete(`${backendId}/${kind}`);
+        seen.delete(key);
         seenCount -= ring.length;
       }
     },
