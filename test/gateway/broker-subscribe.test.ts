@@ -150,3 +150,55 @@ it("counts the broker's retained statuses after a reconnect as superseded, never
     await broker.close();
   }
 }, 20_000);
+
+it("never hands the broker's password to event listeners or brokerUrl", async () => {
+  // An app logs events as they come (docs/gateway.md): broker-connected and
+  // broker-unreachable carried the URL with its password, and so did brokerUrl.
+  const broker = await startAedes({
+    authenticate: (_client, username, password, done) =>
+      done(null, username === 'gw' && password?.toString() === 'S3CRET-right'),
+  });
+  const url = (password: string) => broker.url.replace('mqtt://', `mqtt://gw:${password}@`);
+  const seen: unknown[] = [];
+  const gateways = [];
+  try {
+    for (const password of ['S3CRET-wrong', 'S3CRET-right']) {
+      const gw = await startLocalGateway({
+        backends: [{ id: 'a', url: backend.url }],
+        broker: { url: url(password), reconnectPeriodMs: 100 },
+        topicPrefix: uniquePrefix('cred'),
+        keys: [key],
+      });
+      gateways.push(gw);
+      const brokerEvent = () => gw.events.find((e) => e.name.startsWith('broker-'));
+      await until(() => brokerEvent() !== undefined, 5000, 'a broker event');
+      seen.push([brokerEvent()!.name, brokerEvent()!.data], gw.lb.balancer.brokerUrl);
+    }
+    const shown = broker.url.replace('mqtt://', 'mqtt://***@');
+    expect(seen).toEqual([
+      ['broker-unreachable', { url: shown, error: 'Connection refused: Not authorized' }],
+      shown,
+      ['broker-connected', { url: shown }],
+      shown,
+    ]);
+  } finally {
+    for (const gw of gateways) await gw.close();
+    await broker.close();
+  }
+}, 20_000);
+
+it('warns once when the broker is not verified (rejectUnauthorized: false)', async () => {
+  const warnings: string[] = [];
+  const gw = await startLocalGateway({
+    backends: [{ id: 'a', url: backend.url }],
+    broker: { url: 'mqtts://127.0.0.1:1', rejectUnauthorized: false, reconnectPeriodMs: 60_000 },
+    topicPrefix: uniquePrefix('insecure'),
+    keys: [key],
+    logger: { ...quietLogger, warn: (_fields: unknown, msg?: string) => warnings.push(msg ?? '') },
+  });
+  try {
+    expect(warnings.filter((w) => /broker\.rejectUnauthorized is false/.test(w))).toHaveLength(1);
+  } finally {
+    await gw.close();
+  }
+});

@@ -138,6 +138,19 @@ export class Balancer implements BalancerHandle, FlowHost {
           'who can intercept the traffic to them can read and change every request (testing only).',
       );
     }
+    const b = o.broker;
+    if (typeof b === 'object' && 'url' in b && b.rejectUnauthorized === false) {
+      // The same for the broker: it went unsaid, and an impostor broker was sent the
+      // credentials and could feed the gateway any report its keys would sign.
+      writeLog(
+        o.logger,
+        'warn',
+        { event: 'broker-tls-unverified' },
+        'broker.rejectUnauthorized is false: the broker is not verified, so anyone who can ' +
+          'intercept the traffic to it gets broker.username and broker.password and sees ' +
+          'every report (testing only).',
+      );
+    }
     this.strategy = createStrategy(o.strategy, {
       random: o.random,
       now: o.now,
@@ -241,10 +254,18 @@ export class Balancer implements BalancerHandle, FlowHost {
                 ),
               onConnected: (url) => {
                 this.advanceLease(this.now(), true);
-                this.events.emit('broker-connected', { url });
+                this.events.emit('broker-connected', {
+                  url: url === undefined ? url : redactUrl(url),
+                });
               },
               // Once per outage, not per reconnect attempt (mqtt-source.ts); logged by event-log.ts.
-              onUnreachable: (url, error) => this.events.emit('broker-unreachable', { url, error }),
+              // Events carry the URL without its credentials: an app that logs events as
+              // they come (docs/gateway.md) printed the broker's password.
+              onUnreachable: (url, error) =>
+                this.events.emit('broker-unreachable', {
+                  url: url === undefined ? url : redactUrl(url),
+                  error,
+                }),
               onLost: (error) => {
                 this.advanceLease(this.now(), false);
                 this.events.emit('broker-lost', { error });
@@ -273,9 +294,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     }
   }
 
-  /** URL of the broker (the embedded one's, once started). */
+  /** URL of the broker (the embedded one's, once started), without its credentials. */
   get brokerUrl(): string | undefined {
-    return this.source?.url;
+    const url = this.source?.url;
+    return url === undefined ? url : redactUrl(url);
   }
 
   get metricsRegistry(): BalancerHandle['metricsRegistry'] {

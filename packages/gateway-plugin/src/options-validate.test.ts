@@ -343,6 +343,24 @@ describe('loadBalance options', () => {
     }
   });
 
+  it.each([
+    [{ password: { secret: 'S3CRET' } }, 'broker.password must be a string or a Buffer'],
+    [{ password: 12345678 }, 'broker.password must be a string or a Buffer'],
+    [{ key: { pem: 'S3CRET' } }, 'broker.key must be PEM text or a Buffer'],
+  ])('never shows a broker secret of the wrong type (%j)', (extra, message) => {
+    const opts = {
+      ...base,
+      broker: { url: 'mqtt://broker', ...extra },
+    } as unknown as LoadBalanceOptions;
+    expect(() => resolveOptions(opts)).toThrow(`${message}, got "<redacted>"`);
+    expect(() => resolveOptions(opts)).not.toThrow(/S3CRET|12345678/);
+  });
+
+  it('never shows the password of a URL with a slash in it', () => {
+    const broker = 'ftp://gw:p/S3CRET@broker';
+    expect(() => resolveOptions({ ...base, broker })).not.toThrow(/S3CRET/);
+  });
+
   it('names the metrics with metricsPrefix', async () => {
     const lb = loadBalance({ ...base, metricsPrefix: 'gw_', healthCheck: false, overload: false });
     try {

@@ -110,6 +110,10 @@ const secret = (test: (x: unknown) => boolean, what: string) =>
 const secretPem = leaf<string | Buffer>((x) =>
   isPem(x) ? undefined : (name) => invalidOption(name, 'PEM text or a Buffer', '<redacted>'),
 );
+/** A password: a string or a Buffer, never shown (it was echoed, and called PEM). */
+const secretText = leaf<string | Buffer>((x) =>
+  isPem(x) ? undefined : (name) => invalidOption(name, 'a string or a Buffer', '<redacted>'),
+);
 /** An object the user owns (a logger, a registry): checked by its methods, never walked. */
 const withMethods = <T>(methods: readonly string[], what: string, shown?: string) =>
   leaf<T>((x) =>
@@ -238,10 +242,10 @@ const embeddedBroker = strict({
 const brokerUrlOptions = strict({
   url: brokerUrl,
   username: v.optional(str()),
-  password: v.optional(pem()),
+  password: v.optional(secretText),
   ca: v.optional(pemList()),
   cert: v.optional(pem()),
-  key: v.optional(pem()),
+  key: v.optional(secretPem),
   rejectUnauthorized: v.optional(bool()),
   clientIdPrefix: v.optional(
     is<string>(

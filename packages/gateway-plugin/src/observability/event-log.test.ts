@@ -351,6 +351,7 @@ describe('redactUrl', () => {
     // mqtt.js takes a password holding '@': nothing of it may show.
     ['mqtt://gw:p@ss@broker:1883/x?y=1', 'mqtt://***@broker:1883/x?y=1'],
     ['mqtts://broker:8883', 'mqtts://broker:8883'],
+    ['mqtt://gw:p/w@broker:1883', 'mqtt://***@broker:1883'],
     ['ws://broker/mqtt?token=a@b', 'ws://broker/mqtt?token=a@b'],
   ])('%s -> %s', (url, shown) => {
     expect(redactUrl(url)).toBe(shown);

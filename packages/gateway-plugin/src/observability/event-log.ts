@@ -39,9 +39,10 @@ type Describers = { [K in keyof BalancerEvents]: (data: BalancerEvents[K][0]) =>
 
 /** A URL without its credentials: a broker URL may carry `user:password@`. */
 export function redactUrl(url: string): string {
-  // Up to the last `@` of the authority: a password may hold one (mqtt.js takes
-  // `mqtt://u:p@ss@host`), and up to the first showed its end.
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@');
+  // Up to the last `@` before any query: a password may hold an `@` (mqtt.js takes
+  // `mqtt://u:p@ss@host`; up to the first showed its end) or a `/` (a URL a validation
+  // error refuses, echoed whole before). A path holding an `@` loses the host too.
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^?#]*@/i, '$1***@');
 }
 
 const seconds = (ms: number | undefined): string =>
