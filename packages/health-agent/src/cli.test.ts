@@ -1,4 +1,8 @@
-import { withoutPassword } from './cli';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { secretWarnings, withoutPassword } from './cli';
+import { mergeSources } from './config';
 
 describe('withoutPassword (the broker URL in log lines)', () => {
   it.each([
@@ -25,5 +29,28 @@ describe('withoutPassword (the broker URL in log lines)', () => {
     '',
   ])('leaves %j unchanged', (url) => {
     expect(withoutPassword(url)).toBe(url);
+  });
+});
+
+describe('secretWarnings', () => {
+  it('warns of a config file holding the password that other users can read', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'lw-cli-'));
+    try {
+      const config = path.join(dir, 'agent.json');
+      writeFileSync(config, JSON.stringify({ backendId: 'x', password: 'S3CRET' }));
+      chmodSync(config, 0o644);
+      const raw = mergeSources({ config }, {});
+      expect(secretWarnings(raw, true)).toEqual([
+        `--config ${config} can be read by other users (mode 644): chmod 600 it`,
+      ]);
+      chmodSync(config, 0o600);
+      expect(secretWarnings(raw, true)).toEqual([]);
+      // Without a password in it, a readable config file is no secret.
+      writeFileSync(config, JSON.stringify({ backendId: 'x' }));
+      chmodSync(config, 0o644);
+      expect(secretWarnings(mergeSources({ config }, {}), true)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -9,6 +9,7 @@ import {
   envName,
   flagFor,
   fromEnvironment,
+  configFileWithSecret,
   mergeSources,
   toAgentOptions,
   unknownFlag,
@@ -29,7 +30,7 @@ type Level = (typeof LEVELS)[number];
  * unless it sets allowUnsigned), and secret files that others on the host can read (whoever
  * reads a signing key signs for every backend, SECURITY.md).
  */
-function secretWarnings(raw: RawConfig, signed: boolean): string[] {
+export function secretWarnings(raw: RawConfig, signed: boolean): string[] {
   const out: string[] = [];
   if (!signed) {
     out.push(
@@ -45,6 +46,8 @@ function secretWarnings(raw: RawConfig, signed: boolean): string[] {
     ['key-file', raw['keyFile']],
     ['password-file', raw['passwordFile']],
     ['tls-key', raw['tlsKey']],
+    // A config file may hold the password too (docs/agent.md), and went unchecked.
+    ['config', configFileWithSecret(raw)],
   ];
   for (const [flag, file] of files) {
     if (typeof file !== 'string') continue;

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AgentError } from './errors';
 import {
+  configFileWithSecret,
   CLI_OPTIONS,
   camel,
   configKey,
@@ -170,6 +171,18 @@ describe('config sources', () => {
     });
     const raw = mergeSources({ config, 'early-rise': '0' }, {});
     expect(toAgentOptions(raw, { requireBroker: false })).toMatchObject({ earlyRise: 0 });
+  });
+
+  it('never shows a password it refuses, and says which config file holds one', () => {
+    const config = file('pw.json', JSON.stringify({ backendId: 'x', password: 12345678 }));
+    const err = codeOf(() => mergeSources({ config }, {}));
+    expect(err.message).toBe(
+      `LW_AGENT_INVALID_OPTION: --password: must be a non-empty string (from ${config}, got <redacted>)`,
+    );
+    const ok = file('pw-ok.json', JSON.stringify({ backendId: 'x', password: 'S3CRET' }));
+    expect(configFileWithSecret(mergeSources({ config: ok }, {}))).toBe(ok);
+    const none = file('no-pw.json', JSON.stringify({ backendId: 'x' }));
+    expect(configFileWithSecret(mergeSources({ config: none }, {}))).toBeUndefined();
   });
 
   it('fails with one message naming the option', () => {

@@ -333,9 +333,14 @@ function describe(spec: OptionSpec): string {
   return `--${spec.flag}`;
 }
 
+/** Options whose value is a secret: an error about them never shows it. */
+const SECRET_FLAGS = new Set(['password']);
+
 function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[string] {
   const bad = (why: string): never => {
-    throw invalidOption(describe(spec), `${why} (from ${origin}, got ${JSON.stringify(value)})`);
+    // A password of the wrong type (a number in a config file) was echoed in the error.
+    const shown = SECRET_FLAGS.has(spec.flag) ? '<redacted>' : JSON.stringify(value);
+    throw invalidOption(describe(spec), `${why} (from ${origin}, got ${shown})`);
   };
   switch (spec.kind) {
     case 'boolean':
@@ -380,6 +385,14 @@ function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[str
   }
 }
 
+/** The config file a merged record's secret came from (for the permissions warning). */
+const secretFiles = new WeakMap<RawConfig, string>();
+
+/** The --config file of `raw` if it holds a secret (a password), else undefined. */
+export function configFileWithSecret(raw: RawConfig): string | undefined {
+  return secretFiles.get(raw);
+}
+
 /** Merges config file, environment and flags (highest) into one raw record keyed by camelCase name. */
 export function mergeSources(flags: Record<string, unknown>, env: NodeJS.ProcessEnv): RawConfig {
   const out: RawConfig = {};
@@ -409,6 +422,7 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
         );
       }
       out[key] = coerce(spec, value, configPath);
+      if (SECRET_FLAGS.has(spec.flag)) secretFiles.set(out, configPath);
     }
   }
   for (const spec of CLI_OPTIONS) {
