@@ -4,7 +4,7 @@
  * proxy, and ties their lifecycles together. The per-request path lives in
  * proxy/request-flow.ts; this file is wiring, wire messages and state.
  */
-import { BlockList, isIP } from 'node:net';
+import { BlockList, isIP, type Socket } from 'node:net';
 import {
   createDecoder,
   type Decoder,
@@ -40,6 +40,7 @@ import {
 import type { FlowHost } from './proxy/flow-host';
 import { ProxyEngine } from './proxy/proxy-engine';
 import { acquireLoopDelay, releaseLoopDelay, type LoopDelay } from './load/loop-delay';
+import { LoopGuard } from './proxy/loop-guard';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
@@ -412,6 +413,30 @@ export class Balancer implements BalancerHandle, FlowHost {
    */
   logLine(key: string, message: string, fields: { event: string; [field: string]: unknown }): void {
     this.log.warn(key, message, fields);
+  }
+
+  readonly loops = new LoopGuard();
+
+  /**
+   * A request came back through backend `id` (proxy/loop-guard.ts). Proof that the backend
+   * is this gateway: the request came on one of this gateway's own connections to it (its
+   * source address and port are those of a socket in the backend's pool). A header alone
+   * is no proof: backends see it, and whoever learnt the id could take any backend out.
+   */
+  loopedBack(id: string, socket: Socket): void {
+    const b = this.registry.get(id);
+    if (!b || b.loopsBack || !ownConnection(b, socket)) return;
+    b.loopsBack = true;
+    writeLog(
+      this.options.logger,
+      'error',
+      { event: 'backend-loops-back', backend: id, url: b.target.href },
+      `backend ${id} (${b.target.href}) is this gateway itself: a request sent to it came ` +
+        `back (${b.origin === 'discovery' ? 'its registration' : 'its configured URL'} names ` +
+        "the gateway's own listener). It is out of rotation for good.",
+    );
+    // Out of the eligible set; backend-down says why.
+    this.registry.recompute();
   }
 
   private addBackend(
@@ -1049,4 +1074,21 @@ function specialAddress(
       return 'NAT64 (64:ff9b::/96: register the IPv4 address, or list a range inside 64:ff9b::/96)';
   }
   return undefined;
+}
+
+/** `socket` (a request's, as the gateway received it) is one of `b`'s pooled connections. */
+function ownConnection(b: Backend, socket: Socket): boolean {
+  const port = socket.remotePort;
+  const address = unmapped(socket.remoteAddress);
+  for (const list of Object.values(b.agent.sockets)) {
+    for (const s of list ?? []) {
+      if (s.localPort === port && unmapped(s.localAddress) === address) return true;
+    }
+  }
+  return false;
+}
+
+/** `::ffff:127.0.0.1` as `127.0.0.1`: a dual-stack listener sees IPv4 peers mapped. */
+function unmapped(address: string | undefined): string | undefined {
+  return address?.startsWith('::ffff:') ? address.slice(7) : address;
 }

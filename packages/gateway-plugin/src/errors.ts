@@ -57,6 +57,11 @@ export const GATEWAY_ERRORS = {
     message: 'every attempt to reach a backend failed (refused, reset or closed)',
   },
   LW_GW_UPSTREAM_TIMEOUT: { status: 504, message: 'the backend did not answer in time' },
+  LW_GW_LOOP: {
+    status: 508,
+    message:
+      'the request came back to the gateway that sent it (X-Loadwise-Via): a backend is the gateway itself',
+  },
   LW_GW_BAD_REQUEST: {
     status: 400,
     message:

@@ -16,6 +16,8 @@ import type { GatewayMetrics } from '../observability';
 import type { ResolvedOptions } from '../options';
 import type { Backend } from '../registry/backend';
 import type { Endpoint } from '../strategies/types';
+import type { Socket } from 'node:net';
+import type { LoopGuard } from './loop-guard';
 import type { ProxyEngine } from './proxy-engine';
 
 export interface FlowHost {
@@ -58,6 +60,13 @@ export interface FlowHost {
   noBackendRetryAfterSec(nowMs: number): number;
   /** The wait queue's length changed (saturation events, metrics). */
   queueChanged(): void;
+  /**
+   * A request came back through backend `id` (proxy/loop-guard.ts), on `socket`: taken out
+   * of rotation for good if that socket is one of this gateway's own connections to it.
+   */
+  loopedBack(id: string, socket: Socket): void;
+  /** This gateway's X-Loadwise-Via entries. */
+  readonly loops: LoopGuard;
   /** A warning, at most once per key per 10 s. */
   logLine(key: string, message: string, fields?: Record<string, unknown>): void;
 }

@@ -41,6 +41,7 @@ import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
 import { pumpBody } from './body-pump';
 import { writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
+import { LoopGuard } from './loop-guard';
 import { localAddressOf } from './listen-address';
 import { checkFraming, checkPath, refusedMethod, type BodyFraming } from './request-checks';
 import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
@@ -64,6 +65,8 @@ interface Flow {
   req: IncomingMessage;
   res: ServerResponse;
   backend: Backend | undefined;
+  /** X-Loadwise-Via as the request arrived; each attempt adds this gateway's entry to it. */
+  via: string | undefined;
   /** http-proxy's parsed target of the current attempt: identifies its events. */
   target: unknown;
   proxyReq: ClientRequest | undefined;
@@ -212,11 +215,13 @@ function newFlow(
   framing: BodyFraming,
   client: string | undefined,
   body: BodyPlan,
+  via: string | undefined,
 ): Flow {
   return {
     req,
     res,
     backend: undefined,
+    via,
     target: undefined,
     proxyReq: undefined,
     attemptOpen: false,
@@ -258,6 +263,7 @@ const FINISHED: Flow = Object.freeze<Flow>({
     'none',
     undefined,
     { kind: 'stream' },
+    undefined,
   ),
   done: true,
 });
@@ -381,6 +387,15 @@ export class RequestFlow {
       const close = framing.framing !== 'none';
       return this.reject(req, res, 'LW_GW_METHOD_NOT_ALLOWED', refused, close);
     }
+    // Sent by this gateway and come back: a backend is the gateway itself (loop-guard.ts).
+    // Proxied again, it would come back again, for as long as there were sockets.
+    const via = LoopGuard.incoming(req);
+    const looped = c.loops.loopedBackend(via);
+    if (looped !== undefined) {
+      c.loopedBack(looped, req.socket);
+      const detail = `came back through backend ${looped}: a backend is this gateway itself`;
+      return this.reject(req, res, 'LW_GW_LOOP', detail, framing.framing !== 'none');
+    }
     if (o.forwardMountPath) {
       const original = (req as { originalUrl?: string }).originalUrl;
       if (original) req.url = original;
@@ -413,7 +428,7 @@ export class RequestFlow {
         return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
       }
     }
-    const flow = newFlow(req, res, framing.framing, client, body);
+    const flow = newFlow(req, res, framing.framing, client, body, via);
     this.flows.set(req, flow);
     this.active++;
     c.budget?.onRequest();
@@ -607,6 +622,7 @@ export class RequestFlow {
     flow.overloaded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
+    c.loops.mark(flow.req, flow.via, backend.id);
     c.attemptStarted(backend, nowMs);
     // Time to the response headers, whatever the stage (waiting for a pooled
     // socket, connecting, or the backend thinking): the "backend stops

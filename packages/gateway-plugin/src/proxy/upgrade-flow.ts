@@ -35,6 +35,7 @@ import { GATEWAY_ERRORS, type GatewayErrorCode } from '../errors';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
 import { clientAddress, setForwardedHeaders, stripHopByHopForUpgrade } from './forwarded';
+import { LoopGuard } from './loop-guard';
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { namedByConnection } from './response-head';
 import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
@@ -138,6 +139,22 @@ export class UpgradeFlow {
       });
       return refuse(socket, GATEWAY_ERRORS[code].status, code);
     }
+    // Come back to this gateway: refused as a request is (loop-guard.ts).
+    const via = LoopGuard.incoming(req);
+    const looped = c.loops.loopedBackend(via);
+    if (looped !== undefined) {
+      c.loopedBack(looped, socket);
+      c.metrics.onRequestRejected('LW_GW_LOOP');
+      c.logLine(
+        'upgrade-refused:LW_GW_LOOP',
+        `upgrade refused (LW_GW_LOOP): came back through backend ${looped}`,
+        {
+          event: 'request-refused',
+          code: 'LW_GW_LOOP',
+        },
+      );
+      return refuse(socket, 508, 'LW_GW_LOOP');
+    }
     const { maxOpen } = c.options.webSockets;
     if (maxOpen !== undefined && this.open.size >= maxOpen) {
       c.metrics.onShed('overloaded');
@@ -170,6 +187,7 @@ export class UpgradeFlow {
       if (client !== undefined) this.perClient!.release(client);
       return refuse(socket, 503, 'LW_GW_NO_BACKEND');
     }
+    c.loops.mark(req, via, backend.id);
     this.upgrades.set(req, backend);
     this.sockets.set(req, socket);
     this.open.add(socket);
@@ -411,7 +429,7 @@ function isWebSocketUpgrade(req: IncomingMessage): boolean {
 /** A coded answer on the raw socket of an upgrade, which then closes. */
 function refuse(
   socket: Socket,
-  status: 400 | 405 | 429 | 502 | 503 | 504,
+  status: 400 | 405 | 429 | 502 | 503 | 504 | 508,
   code: GatewayErrorCode,
 ): void {
   const retry = status === 503 || status === 429 ? 'Retry-After: 1\r\n' : '';

@@ -118,9 +118,19 @@ export class Backend {
     this.agent = createPoolAgent(opts, this.tls, maxRequestsPerConnection, onStrayBytes);
   }
 
-  /** Administrative exclusion by the agent: never overridden by panic mode. */
+  /**
+   * The gateway itself: a request sent to it came back on one of this backend's own pooled
+   * connections (proxy/loop-guard.ts). Out of rotation for good, whatever the agent says.
+   */
+  loopsBack = false;
+
+  /** Administrative exclusion by the agent, or the gateway itself: never overridden by panic mode. */
   get drainingOrOffline(): boolean {
-    return this.agentState === 'draining' || (this.agentState === 'offline' && !this.agentLost);
+    return (
+      this.agentState === 'draining' ||
+      (this.agentState === 'offline' && !this.agentLost) ||
+      this.loopsBack
+    );
   }
 
   /** A health exclusion: panic mode may still route to it. */
@@ -129,13 +139,16 @@ export class Backend {
   }
 
   conditionNow(): BackendCondition {
-    if (this.drainingOrOffline) return this.agentState === 'draining' ? 'draining' : 'down';
+    if (this.drainingOrOffline) {
+      return this.agentState === 'draining' && !this.loopsBack ? 'draining' : 'down';
+    }
     if (this.ejectedUntilMs !== undefined) return 'ejected';
     if (this.checkDown || this.verdictDown) return 'down';
     return 'up';
   }
 
   downReason(): string {
+    if (this.loopsBack) return 'it is this gateway itself: a request sent to it came back';
     if (this.agentState === 'offline') return 'agent reported offline';
     if (this.checkDown) {
       return this.checkDownByPath
