@@ -20,9 +20,12 @@ export interface BalancerHandle {
   ): this;
   /** Every backend's state, load, share and recent figures (what `/_lb/status` serves). */
   snapshot(): BalancerSnapshot;
-  /** URL of the broker (the embedded one's, once started); undefined without one. */
+  /**
+   * URL of the broker (the embedded one's, once started), its credentials shown as `***`;
+   * undefined without one.
+   */
   readonly brokerUrl: string | undefined;
-  /** Whether the broker connection is up; null without a broker. */
+  /** Whether the broker connection is up and subscribed; null without a broker. */
   readonly brokerConnected: boolean | null;
   /** The prom-client registry the gateway's metrics live in (`metricsRegistry` or its own). */
   readonly metricsRegistry: MetricsRegistry;
