@@ -12,7 +12,7 @@ import type { LoadBalanceOptions } from './options';
 import { ProxyEngine } from './proxy/proxy-engine';
 import { RequestFlow } from './proxy/request-flow';
 import { gatewayServerOptions } from './proxy/server-classes';
-import { REQUEST_BUDGET_MS } from './warm-up';
+import { MAX_PRECONNECT_SOCKETS, PRECONNECT_CONCURRENCY, REQUEST_BUDGET_MS } from './warm-up';
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
@@ -301,5 +301,108 @@ describe('warm-up', () => {
     );
     expect(servers.every((s) => !s.listening)).toBe(true);
     expect(a.requests.filter((r) => r.endsWith('loadwise-gateway-preconnect'))).toEqual([]);
+  });
+
+  describe('a large fleet', () => {
+    const servers: Array<{ close(): Promise<void> }> = [];
+    afterEach(async () => {
+      await lb?.close({ graceMs: 0 });
+      lb = undefined;
+      await Promise.all(servers.splice(0).map((srv) => srv.close()));
+    });
+
+    /** `n` backends that count their preconnects and hold each answer until `release`. */
+    async function fleet(n: number) {
+      const held: Array<() => void> = [];
+      const perBackend = new Map<string, number>();
+      let hold = true;
+      const urls: string[] = [];
+      for (let i = 0; i < n; i++) {
+        const id = `b${i}`;
+        const srv = await listen((req, res) => {
+          req.resume();
+          perBackend.set(id, (perBackend.get(id) ?? 0) + 1);
+          if (hold) held.push(() => res.end('ok'));
+          else res.end('ok');
+        });
+        servers.push(srv);
+        urls.push(`http://127.0.0.1:${srv.port}`);
+      }
+      return {
+        backends: urls.map((url, i) => ({ id: `b${i}`, url })),
+        held,
+        perBackend,
+        release() {
+          hold = false;
+          for (const answer of held.splice(0)) answer();
+        },
+      };
+    }
+
+    it(`preconnects ${PRECONNECT_CONCURRENCY} backends at a time`, async () => {
+      // All at once, 1,000 backends opened 4,000 sockets in one turn: a 369 ms stall.
+      const f = await fleet(PRECONNECT_CONCURRENCY + 8);
+      const gw = (lb = loadBalance({
+        backends: f.backends,
+        overload: false,
+        logger: quiet,
+        healthCheck: { path: '/healthz', intervalMs: 60_000 },
+        warmUp: { requests: 0, connectionsPerBackend: 2 },
+      }));
+      const ready = gw.ready();
+      const full = PRECONNECT_CONCURRENCY * 2;
+      while (f.held.length < full) await new Promise((r) => setTimeout(r, 5));
+      expect(f.perBackend.size).toBe(PRECONNECT_CONCURRENCY);
+      f.release();
+      await ready;
+      expect(f.perBackend.size).toBe(PRECONNECT_CONCURRENCY + 8);
+      expect([...f.perBackend.values()].every((count) => count === 2)).toBe(true);
+    });
+
+    it(`shares ${MAX_PRECONNECT_SOCKETS} preconnected sockets among the backends`, async () => {
+      // 300 backends x 4 would hold 1,200 descriptors; each gets 3 (1,024 / 300).
+      const f = await fleet(300);
+      f.release();
+      const gw = (lb = loadBalance({
+        backends: f.backends,
+        overload: false,
+        logger: quiet,
+        healthCheck: { path: '/healthz', intervalMs: 60_000 },
+        warmUp: { requests: 0, connectionsPerBackend: 4 },
+      }));
+      await gw.ready();
+      const share = Math.floor(MAX_PRECONNECT_SOCKETS / 300);
+      expect(new Set(f.perBackend.values())).toEqual(new Set([share]));
+    }, 30_000);
+  });
+
+  it('forgets the event-loop delay its own work caused: not overloaded at ready()', async () => {
+    // A preconnect answer that holds this (shared) event loop past the limit, as a large
+    // fleet's preconnects did: the monitor's tick after it says overloaded, and the first
+    // requests after ready() were shed until its next sample.
+    const srv = await listen((req, res) => {
+      req.resume();
+      const until = Date.now() + 400;
+      while (Date.now() < until);
+      res.end('ok');
+    });
+    try {
+      const gw = (lb = loadBalance({
+        backends: [{ id: 'slow', url: `http://127.0.0.1:${srv.port}` }],
+        logger: quiet,
+        overload: { maxEventLoopDelayMs: 100, sampleIntervalMs: 200 },
+        healthCheck: { path: '/healthz', intervalMs: 60_000 },
+        warmUp: { requests: 0, connectionsPerBackend: 1 },
+      }));
+      const overloads: boolean[] = [];
+      gw.balancer.on('overload', ({ overloaded }) => overloads.push(overloaded));
+      await gw.ready();
+      expect(gw.balancer.overload?.overloaded).toBe(false);
+      if (overloads.length > 0) expect(overloads.at(-1)).toBe(false);
+    } finally {
+      await lb?.close({ graceMs: 0 });
+      lb = undefined;
+      await srv.close();
+    }
   });
 });

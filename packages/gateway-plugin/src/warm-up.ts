@@ -58,6 +58,20 @@ export const MAX_WARM_UP_MS = 5_000;
  */
 export const REQUEST_BUDGET_MS = 4_000;
 const SILENT = { info: () => {}, warn: () => {}, error: () => {} };
+/**
+ * Backends preconnected at once. All at once, 1,000 backends opened 4,000 sockets in one
+ * turn and stalled the event loop 369 ms (3,000: 12,000 sockets, 0.9-1.9 s), long enough
+ * for the overload monitor to shed the first requests after ready() (1,668 got 503s).
+ */
+export const PRECONNECT_CONCURRENCY = 32;
+/**
+ * Sockets preconnected in all, over the balancer's life (discovered backends too): each is
+ * a file descriptor held for good, and 12,000 of them took every descriptor a 1,024 limit
+ * allows, so the health checks failed with EMFILE and marked healthy backends down. Past
+ * 256 backends each gets fewer than `connectionsPerBackend` (at least one while the
+ * budget lasts); slow start covers the rest.
+ */
+export const MAX_PRECONNECT_SOCKETS = 1_024;
 const BODY = Buffer.from('{"warmUp":true}');
 
 /** The shadow's options: the user's, with one loopback backend and nothing that reaches out. */
@@ -125,6 +139,12 @@ export class WarmUp {
   private cutShort = false;
   private connections = 0;
   private readonly startedAt = Date.now();
+  /** Sockets the preconnects may still open (MAX_PRECONNECT_SOCKETS in all). */
+  private socketBudget = MAX_PRECONNECT_SOCKETS;
+  /** Backends waiting for a preconnect slot, and the preconnects running. */
+  private readonly preconnectQueue: Backend[] = [];
+  private preconnecting = 0;
+  private preconnectsDone: (() => void) | undefined;
 
   constructor(
     private readonly balancer: Balancer,
@@ -136,7 +156,7 @@ export class WarmUp {
     if (plan.connectionsPerBackend > 0 && balancer.options.healthCheck) {
       balancer.on('backend-added', ({ id }) => {
         const backend = balancer.registry.get(id);
-        if (backend) void this.preconnect(backend);
+        if (backend) this.queuePreconnect(backend);
       });
     }
     this.run().then(
@@ -149,8 +169,29 @@ export class WarmUp {
     if (this.plan.requests > 0) await this.compile();
     if (this.over) return;
     this.releaseShadow();
-    const backends = [...this.balancer.registry.backends.values()];
-    await Promise.all(backends.map((b) => this.preconnect(b)));
+    const all = new Promise<void>((resolve) => (this.preconnectsDone = resolve));
+    for (const b of this.balancer.registry.backends.values()) this.preconnectQueue.push(b);
+    this.pumpPreconnects();
+    await all;
+  }
+
+  /** Preconnects `backend` when a slot is free (PRECONNECT_CONCURRENCY at once). */
+  private queuePreconnect(backend: Backend): void {
+    this.preconnectQueue.push(backend);
+    this.pumpPreconnects();
+  }
+
+  private pumpPreconnects(): void {
+    while (this.preconnecting < PRECONNECT_CONCURRENCY && this.preconnectQueue.length > 0) {
+      const backend = this.preconnectQueue.shift()!;
+      if (this.closed || this.socketBudget <= 0) continue; // dropped: nothing to open
+      this.preconnecting++;
+      void this.preconnect(backend).then(() => {
+        this.preconnecting--;
+        this.pumpPreconnects();
+      });
+    }
+    if (this.preconnecting === 0) this.preconnectsDone?.();
   }
 
   /** The request path, through the shadow balancer and back. */
@@ -224,8 +265,21 @@ export class WarmUp {
   private async preconnect(backend: Backend): Promise<void> {
     const hc = this.balancer.options.healthCheck;
     const pool = this.balancer.options.agent;
-    const n = Math.min(this.plan.connectionsPerBackend, pool.maxSockets, pool.maxFreeSockets);
-    if (!hc || n === 0 || this.closed) return;
+    // A share of the budget each, so a large fleet gets one connection per backend rather
+    // than four for the first 256 and none for the rest.
+    const share = Math.max(
+      1,
+      Math.floor(MAX_PRECONNECT_SOCKETS / Math.max(1, this.balancer.registry.backends.size)),
+    );
+    const n = Math.min(
+      this.plan.connectionsPerBackend,
+      pool.maxSockets,
+      pool.maxFreeSockets,
+      share,
+      this.socketBudget,
+    );
+    if (!hc || n <= 0 || this.closed || this.balancer.registry.get(backend.id) !== backend) return;
+    this.socketBudget -= n;
     const url = healthCheckUrl(hc.path, backend.target);
     const send = url.protocol === 'https:' ? https.request : http.request;
     const one = (): Promise<void> =>
@@ -305,6 +359,9 @@ export class WarmUp {
     this.over = true;
     clearTimeout(this.timer);
     this.releaseShadow();
+    // What the overload monitor measured so far was this warm-up's own work (compiling,
+    // connecting), not load: a stall it caused shed the first requests after ready().
+    if (!this.closed) this.balancer.overload?.forget();
     const ms = Date.now() - this.startedAt;
     const logger = this.balancer.options.logger;
     const budget = this.cutShort
@@ -331,6 +388,7 @@ export class WarmUp {
   /** lb.close(): stops the warm-up and any preconnect, and closes its servers and client. */
   close(): Promise<void> {
     this.closed = true;
+    this.preconnectQueue.length = 0;
     for (const req of this.inFlight) req.destroy();
     this.inFlight.clear();
     this.stop('closed');

@@ -53,6 +53,16 @@ export class OverloadMonitor {
     }
   }
 
+  /**
+   * Forgets what was measured so far (the warm-up's own work, warm-up.ts): not overloaded
+   * until the next sample says so.
+   */
+  forget(): void {
+    this.histogram.reset();
+    this.lastTickMs = performance.now();
+    this.sample(0);
+  }
+
   /** Seconds a shed client should wait: the delay itself, rounded up, at least 1. */
   retryAfterSec(): number {
     return Math.min(60, Math.max(1, Math.ceil(this.eventLoopDelayMs / 1000)));
