@@ -347,6 +347,9 @@ async function main(): Promise<void> {
       intervalMs: args.intervalMs,
       drainGraceMs: 200,
       extraArgs: ['--key-file', runKeys[i]!.file],
+      // Killed outright (SIGKILL: no cleanup runs), the quick start takes its agents with
+      // it, as the backends' --exit-with-parent does for them.
+      exitWithParent: true,
     }),
   );
   children.push(...agents);

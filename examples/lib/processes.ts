@@ -37,6 +37,16 @@ export function agentCli(): string {
   return path.join(repoRoot(), 'packages', 'health-agent', 'dist', 'cli.js');
 }
 
+/**
+ * Node flags that make a child stop when this process dies, even by SIGKILL (no exit
+ * handler runs then): exit-with-parent.js, preloaded, watches the stdin pipe ManagedChild
+ * gives every child and sends the child SIGTERM when it closes. For a program without a
+ * flag of its own for it, such as the backend's `--exit-with-parent`.
+ */
+export function exitWithParentArgs(): string[] {
+  return ['--require', path.join(repoRoot(), 'examples', 'dist', 'lib', 'exit-with-parent.js')];
+}
+
 export interface Exit {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -242,12 +252,19 @@ export interface AgentProcessOptions {
   drainGraceMs?: number;
   /** Further loadwise-agent flags (e.g. ['--key-file', f]). */
   extraArgs?: string[];
+  /**
+   * The agent stops (SIGTERM, its graceful stop) when this process dies, even by SIGKILL
+   * (exitWithParentArgs; default false). The agent pid stays the agent's own: signals to
+   * it (drain, undrain) reach it as before.
+   */
+  exitWithParent?: boolean;
 }
 
 /** Starts packages/health-agent/dist/cli.js beside a backend. */
 export function startAgentProcess(opts: AgentProcessOptions): ManagedChild {
   const base = `http://127.0.0.1:${opts.backendPort}`;
   const args = [
+    ...(opts.exitWithParent ? exitWithParentArgs() : []),
     agentCli(),
     '--backend-id',
     opts.backendId,

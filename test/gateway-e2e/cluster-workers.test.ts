@@ -7,7 +7,8 @@
  * out of rotation fail (those it had in flight or was being handed); SIGTERM
  * to the primary closes every worker and exits 0, and a second SIGTERM or
  * SIGINT (to the primary, or to its whole process group) while they close
- * changes nothing; a worker that keeps failing to start is given up.
+ * changes nothing; a worker that keeps failing to start is given up, its
+ * stack logged once.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -212,6 +213,16 @@ it('gives up a worker that keeps failing to start, and the primary exits 1 once 
   expect(log.filter((l) => /failed to start: Error: start failed on purpose/.test(l))).toHaveLength(
     6,
   );
+  // The stack once per slot, at its first failure; each failure after it is one line.
+  const withStack = log.filter(
+    (l, i) => /failed to start: /.test(l) && /^\s+at /.test(log[i + 1] ?? ''),
+  );
+  expect(withStack).toHaveLength(2);
+  expect(
+    log.filter((l) =>
+      /failed to start: .*\(failure [23] in a row; its stack is logged at the first\)$/.test(l),
+    ),
+  ).toHaveLength(4);
   expect(log.filter((l) => /not restarting it/.test(l))).toHaveLength(2);
   expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
 }, 30_000);

@@ -3,7 +3,8 @@
  * (runWorkers) on one port. Fresh connections reach both workers (the
  * x-loadwise-worker header says which), both route on the agents' signed
  * reports, SIGHUP replaces both workers (the command it prints), and SIGINT
- * stops workers, agents and backends with exit code 0.
+ * stops workers, agents and backends with exit code 0. Killed outright
+ * (SIGKILL: none of its cleanup runs), it leaves no process behind either.
  */
 import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
@@ -111,4 +112,43 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
   expect(await exited).toEqual({ code: 0, signal: null });
   for (const pid of pids) expect(alive(pid)).toBe(false);
   expect(lines).toContain('workers: stopped (code 0)');
+}, 60_000);
+
+it('killed with SIGKILL, it leaves no worker, agent or backend running', async () => {
+  const run = startScript(SCRIPT, ['--port', '0', '--workers', '2', '--interval-ms', '250']);
+  child = run.child;
+  const { lines, errLines, exited } = run;
+  await eventually(
+    () => lines.some((l) => l.startsWith('gateway listening on')),
+    30_000,
+    `gateway up (stderr: ${errLines.join('\n')})`,
+  );
+  const backends: number[] = [];
+  const agents: number[] = [];
+  const workers: number[] = [];
+  for (const l of lines) {
+    const b = /\(pid (\d+), agent pid (\d+)\)/.exec(l);
+    if (b) {
+      backends.push(Number(b[1]));
+      agents.push(Number(b[2]));
+    }
+    const w = /worker w\d started \(pid (\d+)\)/.exec(l);
+    if (w) workers.push(Number(w[1]));
+  }
+  const children = [...backends, ...agents, ...workers];
+  pids.push(...children); // afterAll kills what a failure leaves
+  expect([backends.length, agents.length, workers.length]).toEqual([3, 3, 2]);
+  for (const pid of children) expect(alive(pid)).toBe(true);
+
+  child.kill('SIGKILL');
+  expect(await exited).toEqual({ code: null, signal: 'SIGKILL' });
+  // Backends watch their stdin pipe (--exit-with-parent), workers their IPC channel, and
+  // agents their stdin pipe through exit-with-parent.js: each stops once it closes. Before,
+  // the three agents ran on for good, publishing reports of backends that were gone.
+  await eventually(
+    () => children.every((pid) => !alive(pid)),
+    15_000,
+    () =>
+      `every child gone; still running: ${children.filter(alive).join(', ')} (agents ${agents.join(', ')})`,
+  );
 }, 60_000);

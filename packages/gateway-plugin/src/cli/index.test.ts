@@ -1,6 +1,7 @@
-import { createServer } from 'node:http';
+import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { fetchStatus, parseStatusArgs, shownUrl } from './index';
+import { fetchStatus, frameOf, parseStatusArgs, shownUrl } from './index';
+import * as render from './render';
 
 describe('parseStatusArgs', () => {
   const url = ['--url', 'http://127.0.0.1:8080/_lb/status'];
@@ -55,6 +56,67 @@ describe('what the CLI prints of the endpoint', () => {
       expect(r.error).toContain('HTTP 500');
       expect(r.error).not.toContain('pw@');
     } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+});
+
+describe('one read, as the CLI shows it', () => {
+  const o = { url: new URL('http://gw/_lb/status'), json: false };
+
+  it('a document that cannot be shown is a failed read, in one line: --watch retries it', () => {
+    // render.ts reads every field defensively; should a document still defeat it, the
+    // exception used to end the command (and --watch) with a stack.
+    const spy = jest.spyOn(render, 'renderStatus').mockImplementation(() => {
+      throw new TypeError('Cannot convert object to primitive value\nat x');
+    });
+    try {
+      const f = frameOf(o, { ok: true, body: { backends: [] } });
+      expect(f.error).toBe(
+        'http://gw/_lb/status: cannot show the status document: Cannot convert object to primitive value?at x',
+      );
+      expect(f.text).toMatch(/^http:\/\/gw\/_lb\/status {2}\S+\n$/);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(frameOf(o, { ok: true, body: { backends: [] } }).error).toBeUndefined();
+    expect(frameOf({ ...o, json: true }, { ok: false, error: 'x' })).toEqual({
+      text: '',
+      error: 'x',
+    });
+  });
+
+  it('an aborted read ends at once, not at its timeout', async () => {
+    const open = new Set<ServerResponse>();
+    let arrived!: () => void;
+    const arrival = new Promise<void>((r) => (arrived = r));
+    // Never answers: the read would wait for its whole --timeout-ms.
+    const server = createServer((_req, res) => {
+      open.add(res);
+      arrived();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const abort = new AbortController();
+      const started = Date.now();
+      const read = fetchStatus(
+        {
+          url: new URL(`http://127.0.0.1:${port}/_lb/status`),
+          headers: {},
+          tokenHeader: undefined,
+          timeoutMs: 10_000,
+        },
+        abort.signal,
+      );
+      await arrival;
+      abort.abort();
+      const r = await read;
+      expect(r.ok).toBe(false);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      for (const res of open) res.destroy();
+      server.closeAllConnections();
       await new Promise((r) => server.close(r));
     }
   });

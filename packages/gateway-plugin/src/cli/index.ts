@@ -4,8 +4,9 @@
  * as a table, once or refreshed in place (`--watch`).
  *
  * Exit codes: 0 ok; 1 the gateway could not be read (unreachable, timeout,
- * an HTTP error such as 401, a body that is not status JSON; with --watch:
- * the last refresh failed); 2 invalid usage (one line on stderr).
+ * an HTTP error such as 401, a body that is not status JSON or cannot be
+ * shown; with --watch: the last refresh failed); 2 invalid usage (one line on
+ * stderr).
  */
 import { TOKEN_HEADER } from '../observability/handlers';
 import { readFileSync } from 'node:fs';
@@ -251,12 +252,15 @@ const MAX_BODY_BYTES = 32 * 1024 * 1024;
 /**
  * A GET on a connection of its own, closed afterwards: fetch() would keep the
  * socket in a keep-alive pool and hold a one-shot `loadwise status` up for
- * seconds after its answer (undici's keep-alive timeout).
+ * seconds after its answer (undici's keep-alive timeout). `signal` ends it at
+ * once (rejects): a --watch's Ctrl-C waited out the request in progress, up to
+ * --timeout-ms, and then printed a "retrying" line on its way out.
  */
 function get(
   url: URL,
   headers: Record<string, string>,
   timeoutMs: number,
+  signal?: AbortSignal,
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     // A deadline for the whole exchange, not an idle timeout: an answer that trickles a
@@ -268,7 +272,7 @@ function get(
     );
     const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
       url,
-      { headers, agent: false },
+      { headers, agent: false, ...(signal ? { signal } : {}) },
       (res) => {
         const chunks: Buffer[] = [];
         let size = 0;
@@ -304,14 +308,20 @@ export function shownUrl(url: URL): string {
   return shown.href;
 }
 
-/** One read of the status endpoint: the parsed JSON, or a one-line reason it failed. */
+export type StatusRead = { ok: true; body: Record<string, unknown> } | { ok: false; error: string };
+
+/**
+ * One read of the status endpoint: the parsed JSON, or a one-line reason it failed.
+ * `signal` aborts the request in progress (a failed read).
+ */
 export async function fetchStatus(
   o: Pick<StatusOptions, 'url' | 'headers' | 'tokenHeader' | 'timeoutMs'>,
-): Promise<{ ok: true; body: Record<string, unknown> } | { ok: false; error: string }> {
+  signal?: AbortSignal,
+): Promise<StatusRead> {
   let res: { status: number; body: string };
   const where = shownUrl(o.url);
   try {
-    res = await get(o.url, o.headers, o.timeoutMs);
+    res = await get(o.url, o.headers, o.timeoutMs, signal);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     return { ok: false, error: `${where}: ${e.code ?? e.message}` };
@@ -360,10 +370,27 @@ const CURSOR_HOME = '\x1b[H';
 const CLEAR_LINE_END = '\x1b[K';
 const CLEAR_SCREEN_END = '\x1b[J';
 
-function frameText(o: StatusOptions, r: Awaited<ReturnType<typeof fetchStatus>>): string {
-  if (o.json) return r.ok ? `${terminalJson(r.body)}\n` : '';
+/**
+ * What one read prints: the table (or the JSON line), or, when the read failed, the source
+ * and time and the reason (`error`, for stderr). A document that cannot be shown is a failed
+ * read too: render.ts reads every field defensively, but should a document still defeat it,
+ * the one-shot command says so in one line (not a stack) and --watch shows the failure and
+ * retries, as after any other failed read, where the exception used to end it.
+ */
+export function frameOf(
+  o: Pick<StatusOptions, 'url' | 'json'>,
+  r: StatusRead,
+): { text: string; error?: string } {
   const where = shownUrl(o.url);
-  return r.ok ? renderStatus(r.body, where) : `${where}  ${new Date().toISOString()}\n`;
+  if (r.ok) {
+    try {
+      return { text: o.json ? `${terminalJson(r.body)}\n` : renderStatus(r.body, where) };
+    } catch (err) {
+      const why = err instanceof Error ? text(err.message) : 'unknown error';
+      r = { ok: false, error: `${where}: cannot show the status document: ${why}` };
+    }
+  }
+  return { text: o.json ? '' : `${where}  ${new Date().toISOString()}\n`, error: r.error };
 }
 
 async function statusCommand(argv: string[]): Promise<number> {
@@ -374,36 +401,45 @@ async function statusCommand(argv: string[]): Promise<number> {
   }
   const o = parsed;
   if (!o.watch) {
-    const r = await fetchStatus(o);
-    if (!r.ok) {
-      process.stderr.write(`${NAME}: ${r.error}\n`);
+    const f = frameOf(o, await fetchStatus(o));
+    if (f.error !== undefined) {
+      process.stderr.write(`${NAME}: ${f.error}\n`);
       return 1;
     }
-    process.stdout.write(frameText(o, r));
+    process.stdout.write(f.text);
     return 0;
   }
   const inPlace = process.stdout.isTTY === true && !o.json;
   let stop = false;
   let wake: (() => void) | undefined;
-  const onSignal = (): void => {
+  const abort = new AbortController();
+  // Ctrl-C, SIGTERM, or a stdout whose reader went away (`--watch | head -1` has what it
+  // wanted: EPIPE) stop the watch at once, the read in progress aborted.
+  const onStop = (): void => {
     stop = true;
+    abort.abort();
     wake?.();
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onStop);
+  process.once('SIGTERM', onStop);
+  process.stdout.once('error', onStop);
   let lastOk = true;
   try {
     for (let n = 1; !stop; n++) {
-      const r = await fetchStatus(o);
-      lastOk = r.ok;
-      let text = frameText(o, r);
-      if (!r.ok) text += `${NAME}: ${r.error} (retrying every ${o.intervalMs} ms)\n`;
+      const r = await fetchStatus(o, abort.signal);
+      // Stopped during the read: nothing more to show, and the aborted read is no failure.
+      if (stop) break;
+      const f = frameOf(o, r);
+      lastOk = f.error === undefined;
+      let text = f.text;
+      if (f.error !== undefined)
+        text += `${NAME}: ${f.error} (retrying every ${o.intervalMs} ms)\n`;
       if (inPlace) {
         text = `${CURSOR_HOME}${text.replace(/\n/g, `${CLEAR_LINE_END}\n`)}${CLEAR_SCREEN_END}`;
       } else if (!o.json && n > 1) {
         text = `\n${text}`;
       }
-      if (o.json && !r.ok) process.stderr.write(`${NAME}: ${r.error}\n`);
+      if (o.json && f.error !== undefined) process.stderr.write(`${NAME}: ${f.error}\n`);
       else process.stdout.write(text);
       // Ctrl-C during the fetch: exit now, not after one more interval.
       if (stop || (o.count !== undefined && n >= o.count)) break;
@@ -416,8 +452,9 @@ async function statusCommand(argv: string[]): Promise<number> {
       });
     }
   } finally {
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGINT', onStop);
+    process.removeListener('SIGTERM', onStop);
+    process.stdout.removeListener('error', onStop);
   }
   return lastOk ? 0 : 1;
 }
@@ -443,6 +480,10 @@ async function main(argv: string[]): Promise<number> {
 
 /** Runs the CLI with `argv` (without node and script); the bin shim calls this. */
 export function run(argv: string[]): void {
+  // A stdout or stderr whose reader went away (`loadwise status | head -1`) ends the output,
+  // never the command with an unhandled 'error' (EPIPE) and its stack, as in the agent's CLI:
+  // the stream is left destroyed, later writes to it are dropped (--watch stops: onStop).
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   main(argv).then(
     (code) => {
       process.exitCode = code;

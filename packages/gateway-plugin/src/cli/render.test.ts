@@ -1,5 +1,5 @@
 import type { BackendSnapshot } from '../observability';
-import { backendRow, renderStatus, table, terminalJson } from './render';
+import { backendRow, renderStatus, table, terminalJson, text } from './render';
 
 describe('loadwise status rendering', () => {
   const backend: Partial<BackendSnapshot> = {
@@ -63,6 +63,41 @@ describe('loadwise status rendering', () => {
     expect(text).toContain('strategy ?, - in flight, no broker, event loop -');
     expect(text).toMatch(/^only-id +\? +- +- +- +- +none +- +- +- +-$/m);
     expect(text).toContain('over the last window;');
+  });
+
+  it('survives a malformed document: rows that are not objects are skipped, objects print as -', () => {
+    // Whatever `--url` names: String() of { toString: 1 } threw a TypeError, and a null row
+    // threw reading its fields; either ended `loadwise status` with a stack.
+    const doc: Record<string, unknown> = {
+      strategy: { toString: 0 },
+      takenAt: { toString: 1 },
+      service: ['s'],
+      backends: [
+        null,
+        1,
+        'b0',
+        [],
+        { id: { toString: 1 }, state: 'healthy', stateReason: { toString: 1 }, lastReport: 5 },
+        { id: 'b1', state: 'down', stateReason: { a: 1 }, inFlight: { valueOf: 1 } },
+        { id: true, state: 'healthy' },
+      ],
+    };
+    const out = renderStatus(doc as never, 'http://gw/_lb/status');
+    expect(out).toContain('strategy -, - in flight, no broker');
+    const rows = out.split('\n').filter((l) => /^(-|b1|true) {2}/.test(l));
+    expect(rows).toEqual([
+      expect.stringMatching(/^- +healthy: - +- +- +- +- +none +- +- +- +-$/),
+      expect.stringMatching(/^b1 +down: - +- +- +- +- +none/),
+      expect.stringMatching(/^true +healthy +-/),
+    ]);
+    expect(out).not.toContain('[object Object]');
+    expect(out).not.toMatch(/^(b0|1|null) /m);
+    // A page whose services are not objects shows none of them, and no crash.
+    expect(() => renderStatus({ services: [null, 2] } as never, 'u')).not.toThrow();
+    expect(text({ toString: 1 })).toBe('-');
+    expect(text(null)).toBe('-');
+    expect(text(['x'])).toBe('-');
+    expect([text('a'), text(2), text(false)]).toEqual(['a', '2', 'false']);
   });
 
   it('names the open WebSockets in the summary line when there are any', () => {

@@ -1,8 +1,9 @@
 /**
  * Renders a gateway's status JSON (what `statusPath` serves, observability/
  * snapshot.ts) as the table `loadwise status` prints. The JSON may come from
- * another version of the gateway, so every field is read defensively: a
- * missing or null figure prints as '-', never as a crash.
+ * another version of the gateway, or from whatever else `--url` names, so
+ * every field is read defensively: a missing, null or malformed figure prints
+ * as '-', a row that is not an object is skipped, never a crash.
  */
 import type { BackendSnapshot, BalancerSnapshot } from '../observability';
 
@@ -16,10 +17,18 @@ const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-
  * A string from the document as one line of plain text: control characters (ESC, CR, LF,
  * C1) and bidirectional overrides become '?'. The document comes from whatever `--url`
  * names; an escape sequence in an id or a reason would otherwise reach the operator's
- * terminal.
+ * terminal. Only a string, number or boolean is text; anything else prints as '-':
+ * String() of an object from the document threw (`{"id":{"toString":1}}`: a TypeError and
+ * its stack instead of the table) or printed `[object Object]`.
  */
 export function text(v: unknown): string {
+  if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') return '-';
   return String(v).replace(UNPRINTABLE, '?');
+}
+
+/** An object of the document (not null, not an array): what a backend or a balancer must be. */
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /**
@@ -140,7 +149,10 @@ function balancerBlock(s: Loose<BalancerSnapshot>): string[] {
   if (s.panic) lines.push('PANIC: too few healthy backends, routing over every routable one');
   if ((num(s.saturationQueueLength) ?? 0) > 0)
     lines.push(`SATURATED: ${int(s.saturationQueueLength)} requests wait for a backend slot`);
-  const backends = Array.isArray(s.backends) ? (s.backends as Loose<BackendSnapshot>[]) : [];
+  // A row that is not an object (`"backends": [null]`) is skipped: reading its fields threw.
+  const backends = Array.isArray(s.backends)
+    ? (s.backends.filter(isRecord) as Loose<BackendSnapshot>[])
+    : [];
   return [...lines, '', ...table(COLUMNS, backends.map(backendRow))];
 }
 
@@ -158,7 +170,7 @@ export function balancersOf(doc: StatusDocument): Loose<BalancerSnapshot>[] {
  * legend line.
  */
 export function renderStatus(doc: StatusDocument, source: string): string {
-  const balancers = balancersOf(doc);
+  const balancers = balancersOf(doc).filter(isRecord) as Loose<BalancerSnapshot>[];
   const blocks = balancers.flatMap((s, i) => [...(i > 0 ? [''] : []), ...balancerBlock(s)]);
   const windowMs = balancers.map((s) => num(s.trafficWindowMs)).find((n) => n !== undefined);
   const legend = `SHARE: of this gateway's requests over the last ${windowMs === undefined ? 'window' : ms(windowMs)}; IN-FLIGHT, LATENCY, EXP. WAIT: as this gateway sees it; CPU, MEM, BUSY, QUEUED: from the agent's last report`;

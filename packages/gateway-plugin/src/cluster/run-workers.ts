@@ -10,8 +10,10 @@
  * reports, so the workers do not herd onto the same backend.
  *
  * The primary restarts a crashed worker with backoff (restart-policy.ts),
- * and on close() (or SIGTERM/SIGINT) asks every worker to close gracefully,
- * killing any that has not exited after `shutdownTimeoutMs`.
+ * kills one that has not listened `startTimeoutMs` after it was forked (a
+ * failed start, counted as a crash), and on close() (or SIGTERM/SIGINT) asks
+ * every worker to close gracefully, killing any that has not exited after
+ * `shutdownTimeoutMs`.
  *
  * reload() (or SIGHUP) replaces the workers one slot at a time, as `nginx -s
  * reload` replaces its own: a new worker starts beside the old one, and only
@@ -61,9 +63,10 @@ export interface RunWorkersOptions {
   /** How long the primary waits for workers to close before SIGKILL, ms (default 15 000). */
   shutdownTimeoutMs?: number;
   /**
-   * reload(): how long a new worker may take to listen before the reload of
-   * its slot is given up (it is killed, the old one keeps serving), ms
-   * (default 60 000).
+   * How long a new worker may take to listen, ms (default 60 000). At a
+   * start or restart it is then killed and counted as a crash of its slot
+   * (`restart`); on reload() the reload of its slot is given up (it is
+   * killed, the old one keeps serving).
    */
   startTimeoutMs?: number;
   /** Lifecycle lines of the primary and workers (default: stderr, "loadwise workers: ..."). */
@@ -90,7 +93,8 @@ export interface WorkerPool {
    * slots replaced. A new worker that exits or does not listen within
    * `startTimeoutMs` ends the reload (rejects): it is killed, the old worker
    * of that slot and of the slots after it keep serving. A call while a
-   * reload runs returns that reload.
+   * reload runs returns the reload that follows it: one more, started once
+   * the current one ends, which every call meanwhile shares.
    */
   reload(): Promise<ReloadResult>;
   /** The pool's exit code once it stops: 0 after close(), 1 when every slot was given up. */
@@ -109,6 +113,8 @@ const LEFT = 'loadwise:left';
 const LEAVE_TIMEOUT_MS = 2_000;
 const ENV_INDEX = 'LOADWISE_WORKER_INDEX';
 const ENV_RESTARTS = 'LOADWISE_WORKER_RESTARTS';
+/** How many times in a row this slot's worker failed in start() before: its stack is logged once. */
+const ENV_FAILED_STARTS = 'LOADWISE_WORKER_FAILED_STARTS';
 const MAX_WORKERS = 256;
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 15_000;
 const DEFAULT_START_TIMEOUT_MS = 60_000;
@@ -123,12 +129,29 @@ const defaultLog = (line: string): void => {
   process.stderr.write(`loadwise workers: ${line}\n`);
 };
 
+let outputGuarded = false;
+/**
+ * A stdout or stderr that fails stops the log, never the pool. With the log's reader gone
+ * (journald restarted, a dead `| logger` pipe), the next lifecycle line was an uncaught
+ * `write EPIPE`: the primary exited 1, and each worker, closing as its primary was gone,
+ * died the same way at its next line, resetting the requests it had. Workers inherit the
+ * primary's stdout and stderr, so both guard them. As the health agent's CLI does
+ * (keepRunningWithoutOutput in packages/health-agent/src/cli.ts): the stream is left
+ * destroyed and later writes to it are dropped. Once per process.
+ */
+function keepRunningWithoutOutput(): void {
+  if (outputGuarded) return;
+  outputGuarded = true;
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+}
+
 /**
  * In the primary: forks the workers and returns the pool. In a worker (the
  * same script, forked by the primary): runs `start()` and returns null.
  */
 export async function runWorkers(opts: RunWorkersOptions): Promise<WorkerPool | null> {
   checkOptions(opts);
+  keepRunningWithoutOutput();
   const log = opts.log ?? defaultLog;
   if (cluster.isWorker) {
     await runWorker(opts.start, log, opts.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS);
@@ -284,11 +307,29 @@ async function runWorker(
   try {
     started = await start(ctx);
   } catch (err) {
-    log(`worker ${ctx.id} (pid ${process.pid}) failed to start: ${(err as Error).stack ?? err}`);
+    // The stack at a slot's first failure; a slot that fails again (every restart, each
+    // reload that retries it) says so in one line, not another screenful of the same stack.
+    const failedBefore = Number(process.env[ENV_FAILED_STARTS] ?? 0);
+    const why =
+      failedBefore === 0
+        ? ((err as Error)?.stack ?? String(err))
+        : `${firstLine(err)} (failure ${failedBefore + 1} in a row; its stack is logged at the first)`;
+    log(`worker ${ctx.id} (pid ${process.pid}) failed to start: ${why}`);
     exit(1);
   }
   starting = false;
   if (closing) finish();
+}
+
+/** The first line of what was thrown: `Error: message`, never a throw of its own. */
+function firstLine(err: unknown): string {
+  let s: string;
+  try {
+    s = String(err);
+  } catch {
+    s = Object.prototype.toString.call(err);
+  }
+  return s.split('\n', 1)[0]!;
 }
 
 interface Slot {
@@ -297,6 +338,8 @@ interface Slot {
   worker?: Worker;
   listening: boolean;
   starts: number;
+  /** Workers of this slot in a row that failed in start() (exit 1 before listening). */
+  failedStarts: number;
   crashTimes: number[];
   timer?: NodeJS.Timeout;
   gaveUp: boolean;
@@ -311,6 +354,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     id: `w${index + 1}`,
     listening: false,
     starts: 0,
+    failedStarts: 0,
     crashTimes: [],
     gaveUp: false,
   }));
@@ -333,6 +377,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       ...opts.env,
       [ENV_INDEX]: String(slot.index),
       [ENV_RESTARTS]: String(slot.starts),
+      [ENV_FAILED_STARTS]: String(slot.failedStarts),
     });
     slot.starts++;
     const pid = worker.process.pid;
@@ -341,6 +386,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       port ??= address.port;
       if (slot.worker !== worker) return;
       slot.listening = true;
+      slot.failedStarts = 0;
       settleListening();
     });
     // An IPC error (e.g. a send to a worker that just died) must not crash the primary.
@@ -357,6 +403,8 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         log(`worker ${slot.id} (pid ${pid}) exited (${how})`);
         return;
       }
+      // Exit 1 before listening: start() threw (or the worker died on its way there).
+      if (!slot.listening && code === 1) slot.failedStarts++;
       slot.worker = undefined;
       slot.listening = false;
       const { decision, crashTimes } = decideRestart(slot.crashTimes, Date.now(), restart);
@@ -378,10 +426,33 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     return worker;
   };
 
+  /**
+   * Starts `slot`'s worker (first start or restart) with a deadline: one that has not listened
+   * `startTimeoutMs` after its fork (start() hangs: a dependency that never answers) is killed,
+   * and its exit counts as a crash of the slot, so a slot that never starts is restarted with
+   * backoff and given up as one that crashes in a loop. Before, only a reload's new worker had
+   * a deadline: such a slot went unnoticed for good, and `listening()` never resolved.
+   */
   const fork = (slot: Slot): void => {
     slot.timer = undefined;
     slot.listening = false;
-    slot.worker = spawn(slot);
+    const worker = spawn(slot);
+    slot.worker = worker;
+    const deadline = setTimeout(() => {
+      // Replaced meanwhile (a reload), or the pool closes: whoever took over bounds it.
+      if (slot.worker !== worker || slot.listening || closing || worker.isDead()) return;
+      log(
+        `worker ${slot.id} (pid ${worker.process.pid}) did not listen in ${startTimeoutMs} ms; killing it (a failed start)`,
+      );
+      worker.process.kill('SIGKILL');
+    }, startTimeoutMs);
+    const settled = (): void => {
+      clearTimeout(deadline);
+      worker.off('listening', settled);
+      worker.off('exit', settled);
+    };
+    worker.once('listening', settled);
+    worker.once('exit', settled);
   };
 
   /** Asks a worker to close gracefully (SIGTERM if its IPC channel is gone). */
@@ -453,6 +524,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     }
     slot.gaveUp = false;
     slot.crashTimes = [];
+    slot.failedStarts = 0;
     slot.worker = next;
     slot.listening = true;
     log(`worker ${slot.id} is back (pid ${next.process.pid})`);
@@ -460,9 +532,30 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   };
 
   let reloading: Promise<ReloadResult> | undefined;
+  /** The one reload asked for while another ran: it starts once that one has ended. */
+  let followUp: Promise<ReloadResult> | undefined;
+  /**
+   * A call while a reload runs gets one more after it, not that one: the slots it has
+   * replaced already run the code of before the call (a deploy that landed meanwhile), so
+   * merging the two left the workers on mixed versions. Every call meanwhile shares the
+   * same follow-up (a storm of SIGHUPs is one more reload), which runs whether the current
+   * one succeeds or fails: the new call may be the fix.
+   */
   const reload = (): Promise<ReloadResult> => {
     if (closing) return Promise.reject(new Error('the worker pool stopped'));
-    reloading ??= (async () => {
+    if (reloading) {
+      followUp ??= reloading
+        .then(
+          () => undefined,
+          () => undefined, // logged by that reload
+        )
+        .then(() => {
+          followUp = undefined;
+          return reload();
+        });
+      return followUp;
+    }
+    reloading = (async () => {
       log(`reloading ${slots.length} worker(s), one at a time`);
       const replaced: ReloadResult['replaced'] = [];
       for (const slot of slots) {
@@ -492,6 +585,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
           slot.worker = next;
           slot.listening = true;
           slot.crashTimes = [];
+          slot.failedStarts = 0;
           askToClose(old);
           await exitOf(old);
         } else {
@@ -502,6 +596,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
           const restarted = slot.worker;
           slot.worker = next;
           slot.listening = true;
+          slot.failedStarts = 0;
           if (restarted) {
             extra.add(restarted);
             askToClose(restarted);
@@ -563,7 +658,13 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     const onHup = (): void => {
-      log('SIGHUP: reloading every worker');
+      if (closing) {
+        log('SIGHUP: ignored while the pool closes');
+        return;
+      }
+      if (followUp) log('SIGHUP: reload under way; another already follows it');
+      else if (reloading) log('SIGHUP: reload under way; another follows it');
+      else log('SIGHUP: reloading every worker');
       reload().then(
         () => undefined,
         () => undefined, // logged by reload()

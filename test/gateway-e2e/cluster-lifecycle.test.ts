@@ -1,0 +1,270 @@
+/**
+ * runWorkers' lifecycle against real processes (cluster-plain-child.js: plain
+ * HTTP workers, no broker): a log reader that goes away while the pool serves
+ * (EPIPE on stderr), a worker that never listens at its first start or after a
+ * crash (the start deadline), and SIGHUPs that come while a reload runs or
+ * while the pool closes.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { eventually } from '../kit/fleet';
+import { alive } from '../kit/pids';
+
+const SCRIPT = path.resolve(__dirname, 'cluster-plain-child.js');
+
+interface Pool {
+  child: ChildProcess;
+  lines: string[];
+  exited: Promise<{ code: number | null; signal: string | null }>;
+  /** Resolves with the `n`-th stderr line that matches `re` once there is one; rejects after `timeoutMs`. */
+  line(re: RegExp, timeoutMs?: number, n?: number): Promise<string>;
+  /** The pool's port, once it says it listens. */
+  port(): Promise<number>;
+}
+
+const pools: Pool[] = [];
+const dirs: string[] = [];
+
+/** Starts cluster-plain-child.js with `env`; its stderr lines land in `lines`. */
+function startPool(env: Record<string, string>): Pool {
+  const child = spawn(process.execPath, [SCRIPT], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  const lines: string[] = [];
+  const waiting = new Set<() => void>();
+  createInterface({ input: child.stderr! }).on('line', (l) => {
+    lines.push(l);
+    for (const w of [...waiting]) w();
+  });
+  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const line = (re: RegExp, timeoutMs = 15_000, n = 1): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const hit = lines.filter((l) => re.test(l))[n - 1];
+        if (hit === undefined) return false;
+        clearTimeout(timer);
+        waiting.delete(check);
+        resolve(hit);
+        return true;
+      };
+      const timer = setTimeout(() => {
+        waiting.delete(check);
+        reject(
+          new Error(`no line ${re} (#${n}) within ${timeoutMs} ms (log: ${lines.join(' / ')})`),
+        );
+      }, timeoutMs);
+      if (!check()) waiting.add(check);
+    });
+  const pool: Pool = {
+    child,
+    lines,
+    exited,
+    line,
+    port: async () => Number(/(\d+)$/.exec(await line(/^pool listening on \d+/))![1]),
+  };
+  pools.push(pool);
+  return pool;
+}
+
+/** Worker pids the pool logged as started, by worker id, in order. */
+function started(lines: string[]): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  for (const l of lines) {
+    const hit = /worker (w\d+) started \(pid (\d+)\)/.exec(l);
+    if (hit) m.set(hit[1]!, [...(m.get(hit[1]!) ?? []), Number(hit[2])]);
+  }
+  return m;
+}
+
+/** One request on a connection of its own (the primary hands each connection to a worker). */
+function get(port: number, urlPath = '/'): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: urlPath, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+      res.on('error', reject);
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+/** `p`, or a rejection naming `what` once `ms` have passed. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+afterEach(() => {
+  // What a failure left running: each primary, and the workers it logged.
+  for (const pool of pools.splice(0)) {
+    if (pool.child.exitCode === null && pool.child.signalCode === null) pool.child.kill('SIGKILL');
+    for (const pids of started(pool.lines).values())
+      for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  }
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+it('a log reader that goes away (EPIPE) stops the log, never the pool: requests in flight are answered', async () => {
+  const pool = startPool({});
+  const port = await pool.port();
+  const first = started(pool.lines);
+  const old = [first.get('w1')![0]!, first.get('w2')![0]!];
+  const slow = get(port, '/?d=1500');
+  // Read below; until then a failure elsewhere must not leave it unhandled.
+  slow.catch(() => undefined);
+  await pool.line(/got \/\?d=1500/);
+
+  // The log's reader goes away (journald restarted, a `| logger` that died): each
+  // process's next line meets EPIPE. Then a reload: a line from the primary, and from
+  // each old worker as it closes (the one with the request in flight among them).
+  pool.child.stderr!.destroy();
+  pool.child.kill('SIGHUP');
+
+  // Before the fix the primary died of the uncaught EPIPE (exit 1), and so did the worker
+  // with the request: ECONNRESET.
+  expect(await slow).toMatchObject({ status: 200 });
+  const fresh = new Set<number>();
+  await eventually(
+    async () => {
+      const r = await get(port).catch(() => undefined);
+      const pid = Number(r?.body.split(' ')[1]);
+      if (r?.status === 200 && !old.includes(pid)) fresh.add(pid);
+      return fresh.size === 2;
+    },
+    20_000,
+    'the reload done without a log: two new workers serve',
+  );
+  for (const pid of old) await eventually(() => !alive(pid), 10_000, `old worker ${pid} gone`);
+  expect(alive(pool.child.pid!)).toBe(true);
+  pool.child.kill('SIGTERM');
+  expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+  for (const pid of fresh) expect(alive(pid)).toBe(false);
+}, 40_000);
+
+it('a worker that never listens is killed after startTimeoutMs, restarted, and given up: the pool exits 1', async () => {
+  const pool = startPool({ LW_HANG: 'all', LW_START_TIMEOUT_MS: '800', LW_MAX_RESTARTS: '1' });
+  // Before the fix nothing ever noticed: the pool waited for good.
+  expect(await within(pool.exited, 15_000, 'the pool gives up')).toEqual({
+    code: 1,
+    signal: null,
+  });
+  const log = pool.lines;
+  for (const id of ['w1', 'w2']) {
+    // The first start and one restart, each killed at the deadline, then given up.
+    expect(log.filter((l) => l.includes(`worker ${id} started`))).toHaveLength(2);
+    expect(
+      log.filter((l) =>
+        new RegExp(
+          `worker ${id} \\(pid \\d+\\) did not listen in 800 ms; killing it \\(a failed start\\)`,
+        ).test(l),
+      ),
+    ).toHaveLength(2);
+    expect(log.some((l) => new RegExp(`worker ${id} .* not restarting it`).test(l))).toBe(true);
+  }
+  expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
+}, 30_000);
+
+it('a crashed worker whose restart never listens is killed after startTimeoutMs and given up; the others serve', async () => {
+  const pool = startPool({
+    LW_HANG: 'restart',
+    LW_START_TIMEOUT_MS: '800',
+    LW_MAX_RESTARTS: '1',
+  });
+  const port = await pool.port();
+  const w1 = started(pool.lines).get('w1')![0]!;
+  process.kill(w1, 'SIGKILL');
+  await pool.line(/worker w1 hangs in start\(\)/);
+  await pool.line(/worker w1 \(pid \d+\) did not listen in 800 ms; killing it \(a failed start\)/);
+  await pool.line(
+    /worker w1 \(pid \d+\) exited \(signal SIGKILL\) 2 times in \d+ ms; not restarting it/,
+  );
+  // w2 serves on, and the primary with it.
+  expect(await get(port)).toMatchObject({ status: 200, body: expect.stringMatching(/^w2 /) });
+  expect(alive(pool.child.pid!)).toBe(true);
+  pool.child.kill('SIGTERM');
+  expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+}, 30_000);
+
+it('a SIGHUP during a reload is one more reload after it (a storm is one); during a close it is ignored', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'lw-lifecycle-'));
+  dirs.push(dir);
+  const versionFile = path.join(dir, 'version');
+  writeFileSync(versionFile, 'v1');
+  // Each start takes 700 ms more: a reload of 2 slots runs for seconds.
+  const pool = startPool({ LW_VERSION_FILE: versionFile, LW_START_DELAY_MS: '700' });
+  const port = await pool.port();
+  const hup = (): void => void pool.child.kill('SIGHUP');
+
+  // A deploy (v2) and its reload; once w1's new worker runs v2, another deploy (v3) lands
+  // and the operator reloads again, three times over.
+  writeFileSync(versionFile, 'v2');
+  hup();
+  await pool.line(/^loadwise workers: SIGHUP: reloading every worker$/);
+  await pool.line(/worker w1 \(pid \d+\) runs v2/);
+  writeFileSync(versionFile, 'v3');
+  hup();
+  // Before the fix: "reloading every worker" again, and merged into the reload under way.
+  await pool.line(/^loadwise workers: SIGHUP: reload under way; another follows it$/);
+  hup();
+  await pool.line(/SIGHUP: reload under way; another already follows it$/);
+  hup();
+  await pool.line(/SIGHUP: reload under way; another already follows it$/, 15_000, 2);
+
+  // Exactly one more reload, begun once the first had ended: every worker on v3.
+  await pool.line(/reloaded 2 worker\(s\)/, 20_000, 2);
+  /** Where the lines matching `re` are in the log. */
+  const at = (re: RegExp): number[] => pool.lines.flatMap((l, i) => (re.test(l) ? [i] : []));
+  const reloading = at(/reloading 2 worker\(s\), one at a time/);
+  expect(reloading).toHaveLength(2);
+  expect(reloading[1]).toBeGreaterThan(at(/reloaded 2 worker\(s\)/)[0]!);
+  const versions = new Map<number, string>();
+  await eventually(
+    async () => {
+      const [, pid, version] = (await get(port)).body.split(' ');
+      versions.set(Number(pid), version!);
+      return versions.size === 2;
+    },
+    10_000,
+    'both workers answer',
+  );
+  expect([...versions.values()]).toEqual(['v3', 'v3']);
+
+  // A SIGHUP while the pool closes (a request in flight keeps it closing) reloads nothing.
+  const slow = get(port, '/?d=1500');
+  slow.catch(() => undefined);
+  await pool.line(/got \/\?d=1500/);
+  pool.child.kill('SIGTERM');
+  await pool.line(/^loadwise workers: SIGTERM: closing every worker$/);
+  hup();
+  await pool.line(/^loadwise workers: SIGHUP: ignored while the pool closes$/);
+  expect(await slow).toMatchObject({ status: 200 });
+  expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+  expect(pool.lines.filter((l) => l.includes('SIGHUP: reloading every worker'))).toHaveLength(1);
+  expect(pool.lines.filter((l) => /reloading 2 worker\(s\)/.test(l))).toHaveLength(2);
+}, 60_000);

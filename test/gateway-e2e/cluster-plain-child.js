@@ -1,0 +1,48 @@
+/**
+ * A pool of plain HTTP workers (runWorkers, built from dist: `npm test` builds
+ * first) for cluster-lifecycle.test.ts: no broker and no balancer, so a test
+ * of the pool's own lifecycle starts in a second. The primary logs with
+ * runWorkers' default logger (stderr) and says `pool listening on <port>`.
+ * Environment: LW_WORKERS (default 2), LW_PORT (default 0), LW_START_TIMEOUT_MS,
+ * LW_MAX_RESTARTS; LW_HANG=all makes every start() hang (never listen),
+ * LW_HANG=restart every start but a slot's first; LW_START_DELAY_MS makes
+ * start() wait that long before listening; LW_VERSION_FILE (a path) is read at
+ * each start and answered. Each answer is `<id> <pid> <version>`; `?d=<ms>`
+ * delays it (and the worker logs its arrival).
+ */
+const fs = require('node:fs');
+const http = require('node:http');
+const { setTimeout: sleep } = require('node:timers/promises');
+const { closeListener, runWorkers } = require('@loadwise/gateway-plugin');
+
+const env = process.env;
+const opts = {
+  workers: Number(env.LW_WORKERS ?? 2),
+  restart: { initialDelayMs: 50, maxRestarts: Number(env.LW_MAX_RESTARTS ?? 5) },
+  shutdownTimeoutMs: 10_000,
+  start: async ({ id, restarts }) => {
+    if (env.LW_HANG === 'all' || (env.LW_HANG === 'restart' && restarts > 0)) {
+      process.stderr.write(`worker ${id} hangs in start()\n`);
+      await new Promise(() => {});
+    }
+    const version = env.LW_VERSION_FILE ? fs.readFileSync(env.LW_VERSION_FILE, 'utf8').trim() : '-';
+    process.stderr.write(`worker ${id} (pid ${process.pid}) runs ${version}\n`);
+    if (env.LW_START_DELAY_MS) await sleep(Number(env.LW_START_DELAY_MS));
+    const server = http.createServer((req, res) => {
+      const d = Number(/[?&]d=(\d+)/.exec(req.url)?.[1] ?? 0);
+      // A slow request says it arrived, so a test can act while it is in flight.
+      if (d > 0) process.stderr.write(`worker ${id} (pid ${process.pid}) got ${req.url}\n`);
+      void sleep(d).then(() => res.end(`${id} ${process.pid} ${version}`));
+    });
+    await new Promise((r) => server.listen(Number(env.LW_PORT ?? 0), '127.0.0.1', r));
+    return { close: () => closeListener(server) };
+  },
+};
+if (env.LW_START_TIMEOUT_MS) opts.startTimeoutMs = Number(env.LW_START_TIMEOUT_MS);
+
+void runWorkers(opts).then((pool) =>
+  pool?.listening().then(
+    (port) => process.stderr.write(`pool listening on ${port}\n`),
+    () => undefined,
+  ),
+);
