@@ -4,7 +4,10 @@
  * so the shutdown recipe's process ends by itself; every answer the gateway
  * writes on an upgrade's socket is coded, a backend that cannot be reached
  * included; an open WebSocket is bounded (`webSockets`: idle timeout, per
- * client, in all). Real `ws` servers and clients, a real Express app with
+ * client, in all) and ends with either side's EOF; before its 101 an upgrade
+ * takes no socket from the backend's request pool and may send 64 KiB at most;
+ * least-in-flight spreads WebSockets. Real `ws` servers and clients (raw
+ * sockets where the bytes matter), a real Express app with
  * `routeUpgrades(app)`.
  */
 import { createServer } from 'node:http';
@@ -17,8 +20,10 @@ import {
   type LoadBalanceOptions,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
+import { internals } from '@loadwise/gateway-plugin/internals';
 import { listen, refusedPort, startBackend, type TestServer } from '../kit/http';
 import { quietLogger } from '../kit/gateway';
+import { rawExchange } from '../kit/raw-http';
 import { eventually } from '../kit/fleet';
 import { wsEchoBackend } from '../kit/ws-server';
 
@@ -208,31 +213,33 @@ describe('an upgrade answered without a 101 frees its socket, though the client 
   });
 });
 
-describe('a client that leaves before the 101', () => {
-  // A backend that takes the upgrade and never answers it: only the client's leaving, or
-  // requestTimeoutMs (60 s here), ends the gateway's request to it.
-  async function silentBackend(): Promise<TestServer & { open: () => number }> {
-    const held = new Set<Socket>();
-    const server = createServer();
-    server.on('upgrade', (_req, socket: Socket) => {
-      held.add(socket);
-      socket.on('close', () => held.delete(socket));
-      socket.on('error', () => {});
-      // Read, or the gateway's hang-up goes unseen here; a server socket allows half-open.
-      socket.resume();
-      socket.on('end', () => socket.destroy());
-    });
-    const s = await listen(server);
-    return {
-      ...s,
-      open: () => held.size,
-      close: async () => {
-        for (const h of held) h.destroy();
-        await s.close();
-      },
-    };
-  }
+/**
+ * A backend that takes an upgrade and never answers it (only the client's leaving, or
+ * requestTimeoutMs, ends the gateway's request to it); plain requests get `http`.
+ */
+async function silentBackend(): Promise<TestServer & { open: () => number }> {
+  const held = new Set<Socket>();
+  const server = createServer((_req, res) => res.end('http'));
+  server.on('upgrade', (_req, socket: Socket) => {
+    held.add(socket);
+    socket.on('close', () => held.delete(socket));
+    socket.on('error', () => {});
+    // Read, or the gateway's hang-up goes unseen here; a server socket allows half-open.
+    socket.resume();
+    socket.on('end', () => socket.destroy());
+  });
+  const s = await listen(server);
+  return {
+    ...s,
+    open: () => held.size,
+    close: async () => {
+      for (const h of held) h.destroy();
+      await s.close();
+    },
+  };
+}
 
+describe('a client that leaves before the 101', () => {
   it.each(['end', 'destroy'] as const)(
     'frees the backend connection and its webSockets place at once (client %s)',
     async (how) => {
@@ -288,6 +295,55 @@ describe('a client that leaves before the 101', () => {
     socket.write('late');
     await gotAll;
     socket.destroy();
+  });
+
+  it('refuses more than 64 KiB sent before the 101: 400, counted, the backend request cut', async () => {
+    // Paused instead, the socket went on reading: up to ~180 KiB held per connection, for
+    // requestTimeoutMs (60 s here), and the client had no answer.
+    const backend = await silentBackend();
+    const gw = await gateway(backend.url, { requestTimeoutMs: 60_000 });
+    servers.push(backend, gw);
+    const exchange = await rawExchange(
+      gw.port,
+      Buffer.concat([Buffer.from(handshake(), 'latin1'), Buffer.alloc(64 * 1024 + 1, 0x65)]),
+    );
+    expect(exchange.responses.map((r) => [r.status, r.headers['x-loadwise-error']])).toEqual([
+      [400, 'LW_GW_BAD_REQUEST'],
+    ]);
+    expect(exchange.closed).toBe(true);
+    await eventually(() => backend.open() === 0, 5_000, 'the backend request cut');
+    expect(
+      await metric(gw.lb, 'loadwise_rejected_requests_total', { code: 'LW_GW_BAD_REQUEST' }),
+    ).toBe(1);
+    // The client's doing, not the backend's.
+    expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+    expect(gw.lb.balancer.snapshot().openWebSockets).toBe(0);
+  });
+});
+
+describe('upgrades waiting for their 101', () => {
+  it("take no socket from the backend's request pool", async () => {
+    // With agent.maxSockets 1, an upgrade the backend does not answer held the pool's one
+    // socket: a request queued behind it inside Node's agent, unseen by saturation, until
+    // the upgrade ended (requestTimeoutMs, 60 s here).
+    const backend = await silentBackend();
+    const gw = await gateway(backend.url, { requestTimeoutMs: 60_000, agent: { maxSockets: 1 } });
+    servers.push(backend, gw);
+    const upgrade = connect({ port: gw.port, host: '127.0.0.1' });
+    upgrade.on('error', () => {});
+    upgrade.write(handshake());
+    try {
+      await eventually(() => backend.open() === 1, 5_000, 'the upgrade at the backend');
+      const res = await fetch(`${gw.url}/plain`);
+      expect([res.status, await res.text()]).toEqual([200, 'http']);
+      // The upgrade is still waiting: it gave nothing up for the request.
+      expect(backend.open()).toBe(1);
+    } finally {
+      upgrade.destroy();
+    }
+    // Its slot went with it: the pool is back to its one socket.
+    const pool = internals(gw.lb).registry.get('b')!.agent;
+    await eventually(() => pool.maxSockets === 1, 5_000, 'the slot given back');
   });
 });
 
@@ -469,5 +525,123 @@ describe('a WebSocket the backend closes', () => {
     }
     expect(ejected).toEqual([]);
     expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+  });
+});
+
+describe("one side's EOF ends the WebSocket", () => {
+  /**
+   * A raw backend that accepts the upgrade, echoes what comes, answers the gateway's FIN
+   * with `bye` and never closes its side, as a server that waits for a close frame does.
+   */
+  async function lingeringBackend(): Promise<
+    TestServer & { open: () => number; poke: () => void }
+  > {
+    const held = new Set<Socket>();
+    const server = createServer();
+    server.on('upgrade', (_req, socket: Socket) => {
+      held.add(socket);
+      socket.on('close', () => held.delete(socket));
+      socket.on('error', () => {});
+      socket.write(
+        'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+      );
+      socket.on('data', (d: Buffer) => socket.write(d));
+      socket.on('end', () => socket.write('bye'));
+    });
+    const s = await listen(server);
+    return {
+      ...s,
+      open: () => held.size,
+      // Half-open, it learns that the gateway closed only by writing (a reset comes back).
+      poke: () => held.forEach((h) => h.write('.')),
+      close: async () => {
+        for (const h of held) h.destroy();
+        await s.close();
+      },
+    };
+  }
+
+  /** A raw client that half-closes: resolves once the 101 came, with what it read since. */
+  async function upgraded(port: number): Promise<{ socket: Socket; read: () => string }> {
+    const socket = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    socket.on('error', () => {});
+    socket.setEncoding('latin1');
+    let raw = '';
+    socket.on('data', (d: string) => (raw += d));
+    socket.write(handshake());
+    await new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (!raw.includes('\r\n\r\n')) return;
+        socket.off('data', check);
+        resolve();
+      };
+      socket.on('data', check);
+    });
+    expect(raw).toMatch(/^HTTP\/1\.1 101 /);
+    const head = raw.indexOf('\r\n\r\n') + 4;
+    return { socket, read: () => raw.slice(head) };
+  }
+
+  it("a client's FIN: the backend's last bytes still arrive, then both sides close and the place is free", async () => {
+    // Only the client socket's close ended the tunnel: after the client's FIN, a backend
+    // that did not close held the client's socket (CLOSE-WAIT) and its webSockets place
+    // until idleTimeoutMs, and for good with it off (429 on every new upgrade of the address).
+    const backend = await lingeringBackend();
+    const gw = await gateway(backend.url, {
+      webSockets: { maxPerClient: 1, idleTimeoutMs: false },
+    });
+    servers.push(backend, gw);
+    const client = await upgraded(gw.port);
+    // The gateway's grace after the FIN, on a clock the test moves (its sockets stay real).
+    jest.useFakeTimers({
+      doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask', 'hrtime', 'performance'],
+    });
+    try {
+      const bye = new Promise<void>((resolve) =>
+        client.socket.on('data', () => client.read().endsWith('bye') && resolve()),
+      );
+      const closedSocket = new Promise((resolve) => client.socket.once('close', resolve));
+      client.socket.end('last');
+      // Half-closed, the tunnel still carries the backend's way: the echo, and its answer to the FIN.
+      await bye;
+      expect(client.read()).toBe('lastbye');
+      expect(client.socket.readableEnded).toBe(false);
+      jest.runOnlyPendingTimers();
+      await closedSocket;
+    } finally {
+      jest.useRealTimers();
+    }
+    await eventually(
+      () => (backend.poke(), backend.open() === 0),
+      5_000,
+      'the backend side closed',
+    );
+    await eventually(async () => (await connections(gw)) === 0, 5_000, 'the client socket closed');
+    expect(gw.lb.balancer.snapshot().openWebSockets).toBe(0);
+    // Its one place is free: the next upgrade of the address is a 101, not a 429.
+    const next = await upgraded(gw.port);
+    next.socket.destroy();
+  });
+});
+
+describe('least-in-flight and WebSockets', () => {
+  it('spreads WebSockets over backends tied on in-flight (an upgrade is never in flight)', async () => {
+    // Ties rotated only when a backend's in-flight rose, which an upgrade never does: every
+    // WebSocket went to the one backend first in line.
+    const a = await wsEchoBackend();
+    const b = await wsEchoBackend();
+    const gw = await gateway(a.url, {
+      strategy: 'least-in-flight',
+      backends: [
+        { id: 'a', url: a.url },
+        { id: 'b', url: b.url },
+      ],
+    });
+    servers.push(a, b, gw);
+    const open: WebSocket[] = [];
+    for (let i = 0; i < 4; i++) open.push(await openSocket(gw.port));
+    expect([a.open(), b.open()]).toEqual([2, 2]);
+    for (const ws of open) ws.close();
+    await Promise.all(open.map(closed));
   });
 });

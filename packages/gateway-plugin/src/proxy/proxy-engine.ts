@@ -17,7 +17,8 @@
  * run over three awaits and a copy of every option (docs/bench.md, "Where
  * the time goes"). A WebSocket upgrade still goes through HPM's handler,
  * with `router` returning the target the balancer picked and `agent` a
- * dispatcher handing it to its backend's pool.
+ * dispatcher handing it to its backend's pool, on a socket slot of its own
+ * (upgradeLane).
  *
  * Nothing thrown while a request is prepared or sent may escape: a throw of
  * `http.request()` (an invalid header or path) is caught here; the body is
@@ -25,7 +26,7 @@
  * `req.pipe(proxyReq)`, whose writes throw inside stream listeners; and every
  * listener below is guarded. All of them end in `onPrepareError`.
  */
-import type { Agent, ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import { Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { parse as parseUrl, type UrlWithStringQuery } from 'node:url';
 import { createProxyMiddleware, type RequestHandler } from 'http-proxy-middleware';
@@ -93,6 +94,8 @@ export class ProxyEngine {
    * per attempt still identifies that attempt in later events (onStart).
    */
   private readonly parsedTargets = new Map<string, UrlWithStringQuery>();
+  /** Each registered backend's upgrade lane: its entry in the dispatcher, removed by identity. */
+  private readonly lanes = new WeakMap<Backend, Agent>();
 
   constructor(
     private readonly hooks: ProxyHooks,
@@ -101,12 +104,17 @@ export class ProxyEngine {
 
   /** Makes a backend's pool reachable through the dispatcher of its protocol (upgrades). */
   register(backend: Backend): void {
-    this.instanceOf(backend).dispatcher.set(urlHostKey(backend.target), backend.agent);
+    const lane = upgradeLane(backend.agent);
+    this.lanes.set(backend, lane);
+    this.instanceOf(backend).dispatcher.set(urlHostKey(backend.target), lane);
   }
 
   /** A backend that left: its pool is no longer reachable through the dispatcher. */
   unregister(backend: Backend): void {
-    this.instanceOf(backend).dispatcher.delete(urlHostKey(backend.target), backend.agent);
+    const lane = this.lanes.get(backend);
+    if (lane === undefined) return;
+    this.lanes.delete(backend);
+    this.instanceOf(backend).dispatcher.delete(urlHostKey(backend.target), lane);
   }
 
   /**
@@ -212,4 +220,32 @@ export class ProxyEngine {
     for (const inst of this.instances.values()) inst.dispatcher.destroy();
     this.instances.clear();
   }
+}
+
+type AddRequest = (req: ClientRequest, options: object) => void;
+
+/**
+ * What an upgrade is handed to: its backend's keep-alive pool, with a socket
+ * slot of its own for as long as its request lasts. An upgrade holds its
+ * connection until the backend answers (requestTimeoutMs at most), and the
+ * pool's maxSockets is what saturation keeps requests within
+ * (maxInFlightPerBackend): upgrades waiting for their 101 took those sockets,
+ * unseen, and requests queued inside Node's agent, where the balancer can
+ * neither see nor time them out (a GET waited 7.6 s behind 4 such upgrades
+ * with maxSockets 4). Still the pool's connections, not an agent of their
+ * own: the pool's TLS options verify them, and the loop guard finds an
+ * upgrade that came back among them (balancer.ts ownConnection). Its request
+ * closes once its socket has left the pool: after the 101 (Node takes an
+ * upgraded socket out), or with the connection after any other answer or an
+ * error (never pooled, upgrade-flow.ts onProxyReq).
+ */
+function upgradeLane(pool: Agent): Agent {
+  // Owns no sockets, as the dispatcher (agent-dispatcher.ts): only its addRequest is called.
+  const lane = new Agent();
+  (lane as unknown as { addRequest: AddRequest }).addRequest = (req, options) => {
+    pool.maxSockets += 1;
+    req.once('close', () => (pool.maxSockets -= 1));
+    (pool as unknown as { addRequest: AddRequest }).addRequest(req, options);
+  };
+  return lane;
 }

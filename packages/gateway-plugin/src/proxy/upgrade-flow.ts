@@ -14,7 +14,8 @@
  * what it writes to).
  *
  * Before its `101` an upgrade is a request like any other, bounded as one: no
- * body (http-proxy would send the head only), the client's hop-by-hop
+ * body (http-proxy would send the head only), no more than MAX_EARLY_BYTES
+ * sent before the answer (400 LW_GW_BAD_REQUEST), the client's hop-by-hop
  * headers removed, the backend's answer due within requestTimeoutMs, and its
  * backend connection closed after an answer that is not a `101`, never
  * pooled. Such an answer, or the gateway's own, closes the client's socket
@@ -22,9 +23,10 @@
  * half-open for good, with its webSockets places.
  *
  * Open, it is bounded too (`webSockets`): closed, both sides, after
- * idleTimeoutMs without a byte either way; at most maxPerClient per client
- * address (429 LW_GW_CLIENT_LIMIT) and maxOpen in all (503
- * LW_GW_OVERLOADED), each counted from the moment the upgrade is taken.
+ * idleTimeoutMs without a byte either way, and HALF_CLOSED_GRACE_MS after
+ * either side's EOF; at most maxPerClient per client address (429
+ * LW_GW_CLIENT_LIMIT) and maxOpen in all (503 LW_GW_OVERLOADED), each counted
+ * from the moment the upgrade is taken.
  */
 import { STATUS_CODES, ServerResponse, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
@@ -220,10 +222,24 @@ export class UpgradeFlow {
     };
     if (socket.destroyed) return cancel();
     socket.once('close', cancel);
-    const stopReading = readUntilAnswer(socket, () => {
-      cancel();
-      socket.destroy();
-    });
+    const stopReading = readUntilAnswer(
+      socket,
+      () => {
+        cancel();
+        socket.destroy();
+      },
+      () => {
+        cancel();
+        const code = 'LW_GW_BAD_REQUEST';
+        this.core.metrics.onRequestRejected(code);
+        this.core.logLine(
+          `upgrade-refused:${code}`,
+          `upgrade refused (${code}): more than ${MAX_EARLY_BYTES} bytes sent before the answer to the upgrade`,
+          { event: 'request-refused', code },
+        );
+        refuse(socket, 400, code);
+      },
+    );
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
     // must; else 504, the backend's failure.
     const timer = setTimeout(() => {
@@ -262,6 +278,19 @@ export class UpgradeFlow {
       // Before http-proxy pipes the two sockets (its listener comes after this one).
       stopReading(true);
       socket.once('close', () => backendSocket.destroy());
+      // Either side's EOF ends the tunnel, as nginx's does. http-proxy's pipe passes the FIN
+      // on, and the other side has HALF_CLOSED_GRACE_MS for its last words (the echo of
+      // the last bytes, its close frame); then both are closed. Only the client socket's
+      // close ended it: a client's FIN to a backend that did not close after it held the
+      // client's socket (in CLOSE-WAIT) and its webSockets places until idleTimeoutMs,
+      // for good without one.
+      let grace: NodeJS.Timeout | undefined;
+      const ended = (): void => {
+        grace ??= setTimeout(() => socket.destroy(), HALF_CLOSED_GRACE_MS);
+      };
+      socket.once('end', ended);
+      backendSocket.once('end', ended);
+      socket.once('close', () => clearTimeout(grace));
       // And the other way: the backend's side closed (after its close frame, say), so the
       // tunnel is over. http-proxy ends the client's side, but a client socket its pipe had
       // paused (a client sending faster than the backend read) was never read again: its
@@ -320,8 +349,16 @@ export class UpgradeFlow {
   }
 }
 
-/** Bytes a client may send before the 101 and still have them read: past this it is not read. */
+/** Bytes a client may send before the 101 and still have them passed on: past this, a 400. */
 const MAX_EARLY_BYTES = 64 * 1024;
+
+/**
+ * How long an open WebSocket outlives the EOF of one side: time for the
+ * other's last bytes, already on their way (a close frame, the echo of what
+ * came last), a round trip or two. A peer that keeps its side open past it
+ * holds two sockets and a webSockets place for nothing.
+ */
+const HALF_CLOSED_GRACE_MS = 5_000;
 
 /**
  * Reads the client's socket while the backend has not answered the upgrade,
@@ -329,22 +366,35 @@ const MAX_EARLY_BYTES = 64 * 1024;
  * socket said nothing until requestTimeoutMs, and each one held a backend
  * connection and a webSockets place that long. A WebSocket client sends
  * nothing before the answer (RFC 6455 §4.1); what one sends anyway is kept,
- * up to MAX_EARLY_BYTES (then the socket is no longer read), and put back
- * for the tunnel. The returned stop() ends the reading at the answer (or
+ * up to MAX_EARLY_BYTES, and put back for the tunnel. A chunk that would take
+ * it past them calls `onTooMuch` instead, and the reading stops, nothing kept:
+ * pausing the socket there (as before) held up to ~180 KiB per connection,
+ * the chunk that went over and what the socket had read in the meantime, for
+ * requestTimeoutMs. The returned stop() ends the reading at the answer (or
  * when there is none), and with `keep` puts those bytes back in front of
  * whatever comes next.
  */
-function readUntilAnswer(socket: Socket, onLeft: () => void): (keep: boolean) => void {
+function readUntilAnswer(
+  socket: Socket,
+  onLeft: () => void,
+  onTooMuch: () => void,
+): (keep: boolean) => void {
   const early: Buffer[] = [];
   let bytes = 0;
+  let stopped = false;
   const onData = (chunk: Buffer): void => {
-    early.push(chunk);
     bytes += chunk.length;
-    if (bytes > MAX_EARLY_BYTES) socket.pause();
+    if (bytes <= MAX_EARLY_BYTES) return void early.push(chunk);
+    // Still flowing, with no listener: what more comes is dropped while the refusal goes
+    // out, so the socket closes with a FIN rather than a reset over unread bytes.
+    stopped = true;
+    early.length = 0;
+    socket.off('data', onData);
+    socket.off('end', onLeft);
+    onTooMuch();
   };
   socket.on('data', onData);
   socket.once('end', onLeft);
-  let stopped = false;
   return (keep) => {
     // Once only: after the tunnel is piped, a pause here would stall it.
     if (stopped) return;

@@ -65,6 +65,21 @@ describe('least-in-flight', () => {
     expect(seen.slice(4)).toEqual(seen.slice(0, 4));
   });
 
+  it('rotates among equals on picks that start nothing (WebSocket upgrades), heap and scan', () => {
+    // A WebSocket upgrade is picked and never in flight: rotated on starts only, the heap
+    // sent every one to the same endpoint.
+    const watched = eps(3);
+    const loads = [foreignLoad(), foreignLoad(), foreignLoad()];
+    const scanned: Endpoint[] = loads.map((load, i) => ({ id: `f${i}`, weight: 1, load }));
+    for (const e of [watched, scanned]) {
+      const s = createStrategy('least-in-flight', { random: createSeededRandom(5) });
+      s.setEndpoints(e);
+      const seen = Array.from({ length: 6 }, (_, i) => s.pick({ nowMs: i })!.endpoint.id);
+      expect(new Set(seen.slice(0, 3)).size).toBe(3);
+      expect(seen.slice(3)).toEqual(seen.slice(0, 3));
+    }
+  });
+
   it('the heap always yields the brute-force minimum, with and without exclude (seeded random walk)', () => {
     const random = createSeededRandom(42);
     const e = eps(

@@ -1,11 +1,13 @@
 /**
  * Least in flight (nginx/HAProxy `least_conn`, weighted: in-flight / weight).
- * Ties go to the endpoint that started a request least recently, which makes
- * it round robin among equals, as nginx does; without that, a lightly loaded
- * gateway (every request done before the next) would send everything to one.
+ * Ties go to the endpoint picked least recently, which makes it round robin
+ * among equals, as nginx does; without that, a lightly loaded gateway (every
+ * request done before the next) would send everything to one. Picked, not
+ * started: a WebSocket upgrade is picked and never in flight, and with ties
+ * rotated on starts every one went to the same backend.
  *
  * An O(n) scan per pick costs microseconds at 1,000 endpoints, so the
- * endpoints sit in a binary min-heap keyed on (in-flight / weight, last start)
+ * endpoints sit in a binary min-heap keyed on (in-flight / weight, last pick)
  * and re-sifted in O(log n) when an in-flight count changes (EndpointLoad
  * `watchInFlight`). A pick reads the root; with `exclude`, a best-first walk
  * from the root visits at most 2k + 1 nodes for k excluded endpoints. Loads
@@ -21,8 +23,7 @@ export function createLeastInFlight(opts?: unknown): Strategy {
   let heap: Int32Array = new Int32Array(0); // heap position → endpoint index
   let pos: Int32Array = new Int32Array(0); // endpoint index → heap position
   let key: Float64Array = new Float64Array(0);
-  let last: Float64Array = new Float64Array(0); // tie-breaker: order of the last start
-  let lastInFlight: Int32Array = new Int32Array(0);
+  let last: Float64Array = new Float64Array(0); // tie-breaker: order of the last pick
   let weights: Float64Array = new Float64Array(0);
   let unsubscribe: Array<() => void> = [];
   let indexed = false;
@@ -64,13 +65,15 @@ export function createLeastInFlight(opts?: unknown): Strategy {
   };
 
   const update = (i: number): void => {
-    const ep = list.items[i]!;
-    const inFlight = ep.load.inFlight;
-    // A new start moves the endpoint behind its equals: round robin among ties.
-    if (inFlight > lastInFlight[i]!) last[i] = counter++;
-    lastInFlight[i] = inFlight;
-    key[i] = inFlight / weights[i]!;
+    key[i] = list.items[i]!.load.inFlight / weights[i]!;
     siftUp(pos[i]!);
+    siftDown(pos[i]!);
+  };
+
+  // A pick moves the endpoint behind its equals: round robin among ties. Its key is
+  // unchanged and its order only later, so it can only move down.
+  const picked = (i: number): void => {
+    last[i] = counter++;
     siftDown(pos[i]!);
   };
 
@@ -134,15 +137,13 @@ export function createLeastInFlight(opts?: unknown): Strategy {
       pos = new Int32Array(n);
       key = new Float64Array(n);
       last = new Float64Array(n);
-      lastInFlight = new Int32Array(n);
       weights = new Float64Array(n);
       indexed = list.items.every((ep) => typeof ep.load.watchInFlight === 'function');
       for (let i = 0; i < n; i++) {
         const ep = list.items[i]!;
         weights[i] = weightOf(ep);
-        lastInFlight[i] = ep.load.inFlight;
         key[i] = ep.load.inFlight / weights[i]!;
-        // Random initial order among equals (below every later start, which counts from 1).
+        // Random initial order among equals (below every later pick, which counts from 1).
         last[i] = common.random();
         heap[i] = i;
         pos[i] = i;
@@ -156,6 +157,7 @@ export function createLeastInFlight(opts?: unknown): Strategy {
     pick(ctx: PickContext): Pick | undefined {
       const i = indexed ? fromHeap(ctx) : scan(ctx);
       if (i < 0) return undefined;
+      if (indexed) picked(i);
       const ep = list.items[i]!;
       if (!ctx.explain) return { endpoint: ep };
       return {
