@@ -467,3 +467,49 @@ describe('size and rate', () => {
     }
   });
 });
+
+describe('a burst of registrations (a gateway subscribing gets every retained one at once)', () => {
+  it('recomputes the eligible set once for the burst, and before anything reads it', async () => {
+    const r = rig({ keys: [key], discovery: { allowedRanges: ['10.0.0.0/8'], maxBackends: 500 } });
+    const recompute = jest.spyOn(r.lb.registry, 'recompute');
+    try {
+      for (let i = 0; i < 300; i++) {
+        const agent = createEncoder({
+          backendId: `d${i}`,
+          prefix: PREFIX,
+          key,
+          now: () => r.clock.t,
+        });
+        r.send(agent.registration(`http://10.0.${i >> 8}.${i & 255}:9000/`));
+      }
+      // One per registration, O(n²) in all, took 2.1 s for 3,000.
+      expect(recompute).toHaveBeenCalledTimes(0);
+      // Whatever reads the set (a request's pick) sees every one of them.
+      expect(eligible(r.lb)).toHaveLength(303);
+      expect(recompute).toHaveBeenCalledTimes(1);
+      // A second server for a known one is still refused, by lookup.
+      const twin = createEncoder({ backendId: 'twin', prefix: PREFIX, key, now: () => r.clock.t });
+      const refused: string[] = [];
+      r.lb.on('invalid-message', (e) => refused.push(e.detail ?? ''));
+      r.send(twin.registration('http://10.0.0.7:9000/x'));
+      expect(refused).toEqual(['http://10.0.0.7:9000 is the server of backend d7 already']);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('recomputes on its own once the burst is over, with nobody reading', async () => {
+    const r = rig({ keys: [key], discovery: { allowedRanges: ['10.0.0.0/8'] } });
+    const recompute = jest.spyOn(r.lb.registry, 'recompute');
+    try {
+      const agent = createEncoder({ backendId: 'late', prefix: PREFIX, key, now: () => r.clock.t });
+      r.send(agent.registration('http://10.9.9.9:9000/'));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(recompute).toHaveBeenCalledTimes(1);
+      expect(r.lb.registry.eligible.map((b) => b.id)).toContain('late');
+      expect(recompute).toHaveBeenCalledTimes(1);
+    } finally {
+      await r.close();
+    }
+  });
+});

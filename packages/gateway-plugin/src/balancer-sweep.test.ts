@@ -126,3 +126,37 @@ describe('the freshness sweep', () => {
     }
   });
 });
+
+describe('forgetting discovered backends', () => {
+  it('recomputes the eligible set once for a sweep that forgets many', async () => {
+    const clock = { t: T0 };
+    const lb: Balancer = testBalancer([], () => clock.t, {
+      topicPrefix: PREFIX,
+      keys: [key],
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+      discovery: { allowedRanges: ['10.0.0.0/8'], forgetAfterMs: 1_000, maxBackends: 500 },
+    });
+    const inner = lb as unknown as SweepInternals;
+    inner.source = broker(true);
+    inner.advanceLease(clock.t, true);
+    try {
+      for (let i = 0; i < 200; i++) {
+        const enc = createEncoder({ backendId: `d${i}`, prefix: PREFIX, key, now: () => clock.t });
+        const m = enc.registration(`http://10.0.${i >> 8}.${i & 255}:9000/`);
+        lb.receive(m.topic, Buffer.from(m.payload), false);
+      }
+      expect(lb.registry.eligible).toHaveLength(200);
+      const removed: string[] = [];
+      lb.on('backend-removed', ({ id }) => removed.push(id));
+      const recompute = jest.spyOn(lb.registry, 'recompute');
+      // Every lease ends in one sweep: one recompute per backend cost 0.9 s for 3,000.
+      clock.t = T0 + 2_000;
+      inner.sweep();
+      expect(removed).toHaveLength(200);
+      expect(recompute).toHaveBeenCalledTimes(1);
+      expect(lb.registry.eligible).toHaveLength(0);
+    } finally {
+      await lb.close();
+    }
+  });
+});
