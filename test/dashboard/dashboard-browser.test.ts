@@ -8,7 +8,9 @@
  * its agent's probe fails), and the page must show its state change within a
  * deadline: the time it took is printed and appended to
  * test-output/dashboard-timings.jsonl. A wrong or missing token gets 401. A
- * screenshot goes to test-output/dashboard.png.
+ * screenshot goes to test-output/dashboard.png. A second gateway, with more
+ * backends than a frame details, shows that many rows and how many more
+ * there are.
  *
  * Chromium: /usr/bin/chromium (CHROMIUM_PATH overrides). Missing outside CI,
  * the test is skipped with a loud warning; in CI (CI=true, where .ci/run
@@ -23,6 +25,7 @@ import express from 'express';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { createAgent, trackRequests, type Agent } from '@loadwise/health-agent';
 import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
+import { MAX_DETAILED_BACKENDS } from '../../packages/gateway-plugin/src/dashboard/frame';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
 import { listen, type TestServer } from '../kit/http';
@@ -217,6 +220,59 @@ describeBrowser('dashboard in Chromium', () => {
       // A few more seconds so the charts show the shift, then the picture.
       await framesAtLeast(page, (await frames(page)) + 3);
       await page.screenshot({ path: path.join(OUT_DIR, 'dashboard.png'), fullPage: true });
+    } finally {
+      await page.close();
+    }
+  }, 60_000);
+});
+
+describeBrowser('dashboard in Chromium, a fleet above MAX_DETAILED_BACKENDS', () => {
+  const FLEET = MAX_DETAILED_BACKENDS + 50;
+  let gw: TestGateway | undefined;
+  let context: BrowserContext | undefined;
+  let profileDir: string | undefined;
+
+  beforeAll(async () => {
+    // Nothing is sent to them (no traffic, no health checks): addresses are enough.
+    gw = await startGateway({
+      backends: Array.from({ length: FLEET }, (_, i) => ({
+        id: `backend-${String(i).padStart(3, '0')}`,
+        url: `http://127.0.0.1:${20000 + i}`,
+      })),
+      healthCheck: false,
+      dashboard: { token: TOKEN, intervalMs: 250 },
+    });
+    profileDir = mkdtempSync(path.join(tmpdir(), 'lw-chromium-'));
+    context = await chromium.launchPersistentContext(profileDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      viewport: { width: 1400, height: 1000 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'],
+    });
+  }, 60_000);
+
+  afterAll(async () => {
+    await context?.close();
+    if (profileDir) rmSync(profileDir, { recursive: true, force: true });
+    await gw?.close();
+  });
+
+  it('lists MAX_DETAILED_BACKENDS rows, says how many more there are, and counts the whole fleet', async () => {
+    const page = await context!.newPage();
+    try {
+      await page.goto(`${gw!.url}/_lb/dashboard?token=${TOKEN}`);
+      await poll(
+        async () => (await page.locator('tr[data-backend]').count()) === MAX_DETAILED_BACKENDS,
+        10_000,
+        `${MAX_DETAILED_BACKENDS} backend rows`,
+      );
+      const omitted = page.locator('tr.omitted');
+      expect(await omitted.getAttribute('data-omitted')).toBe('50');
+      expect(await omitted.textContent()).toContain('50 more backends not shown');
+      expect(await page.textContent('#routing')).toBe(`${FLEET} of ${FLEET} backends healthy`);
+      // The page keeps drawing ticks (the charts have a line per listed backend).
+      await framesAtLeast(page, 3);
+      expect(await page.textContent('#conn')).toBe('live');
     } finally {
       await page.close();
     }

@@ -130,6 +130,8 @@ describe('the event stream', () => {
     expect(init.intervalMs).toBe(250);
     expect(init.frame.backends.map((b) => b.id)).toEqual(['b1', 'b2', 'b3']);
     expect(init.frame.backends[0]).toMatchObject({ state: 'healthy', reason: null });
+    // A fleet this small is listed whole.
+    expect(init.frame.fleet).toMatchObject({ total: 3, omitted: 0 });
     expect(d.stream.sampling).toBe(true);
 
     // A second viewer shares the timer.

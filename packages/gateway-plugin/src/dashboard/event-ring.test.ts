@@ -31,6 +31,17 @@ describe('EventRing', () => {
     ]);
   });
 
+  it('names the backends of recent balancer events, not those of dropped messages', () => {
+    const { events, ring, advance } = setup();
+    events.emit('backend-down', { id: 'b1', reason: 'active health check failed' });
+    advance(30_000);
+    events.emit('backend-up', { id: 'b2' });
+    // A forger can name any backend: a dropped message does not make it "recently changed".
+    events.emit('invalid-message', { code: 'LW_PROTO_BAD_SIGNATURE', backendId: 'b3' });
+    expect([...ring.backendsNamedSince(1_000_000)].sort()).toEqual(['b1', 'b2']);
+    expect([...ring.backendsNamedSince(1_000_001)]).toEqual(['b2']);
+  });
+
   it('keeps the newest `capacity` entries, oldest first', () => {
     const { events, ring } = setup(3);
     for (let i = 1; i <= 5; i++) events.emit('backend-up', { id: `b${i}` });

@@ -100,6 +100,19 @@ export class EventRing {
     return [...this.events.all(), ...this.folded.all()].sort((a, b) => a.at - b.at || a.id - b.id);
   }
 
+  /**
+   * Backends named by a balancer event (ejected, restored, down, up,
+   * draining …) at or after `sinceMs`: the dashboard lists them first in a
+   * large fleet. Dropped messages are left out: a forger can name any backend.
+   */
+  backendsNamedSince(sinceMs: number): Set<string> {
+    const ids = new Set<string>();
+    for (const e of this.events.all()) {
+      if (e.backend !== null && e.lastAt >= sinceMs) ids.add(e.backend);
+    }
+    return ids;
+  }
+
   /** Entries added or updated after `seq`, oldest first. */
   since(seq: number): DashboardEvent[] {
     return this.all().filter((e) => e.seq > seq);

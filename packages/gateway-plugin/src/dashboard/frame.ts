@@ -6,8 +6,31 @@
  * changes routing state.
  */
 import type { Balancer } from '../balancer';
-import type { BackendStateName, ShedReason } from '../observability';
+import type { BackendSnapshot, BackendStateName, ShedReason } from '../observability';
 import { redactUrl } from '../observability/event-log';
+
+/**
+ * Backends a frame details, and the history keeps lines for, at most. Up to
+ * this many a frame lists every backend, as it always did. Above it every
+ * tick carried every row (1.25 MB a second per viewer at 3,000 backends) and
+ * every history point six numbers per backend (111 MB for a minute at 250 ms,
+ * kept after the viewers left), for a table and charts nobody can read at
+ * that size: a frame lists the backends that matter (not healthy, recently
+ * changed or stale, then the busiest) and counts the rest, and the page says
+ * how many it does not show. 100 rows and lines still fit a page, and keep a
+ * frame near 50 KB.
+ */
+export const MAX_DETAILED_BACKENDS = 100;
+
+/** How long a backend named by an event (ejected, down, up, drained …) counts as recently changed. */
+const RECENT_MS = 60_000;
+
+/**
+ * How much busier a backend must be than one already listed to take its
+ * place: without it, backends of nearly equal traffic swapped places every
+ * tick, and each swap rebuilds the page's charts and breaks their lines.
+ */
+const INCUMBENT_BONUS = 1.25;
 
 export interface FrameBackend {
   id: string;
@@ -60,7 +83,24 @@ export interface Frame {
   retries: number;
   shed: Record<ShedReason, number>;
   dropped: Record<string, number>;
+  /**
+   * Every backend when there are at most MAX_DETAILED_BACKENDS, else that
+   * many (the ones that matter most); snapshot order either way.
+   */
   backends: FrameBackend[];
+  /** The whole fleet, including the backends `backends` leaves out. */
+  fleet: FleetSummary;
+}
+
+export interface FleetSummary {
+  /** Backends in the balancer. */
+  total: number;
+  /** Backends not in `backends` (0 up to MAX_DETAILED_BACKENDS). */
+  omitted: number;
+  /** Backends in each state. */
+  states: Record<BackendStateName, number>;
+  /** Backends without a fresh report where one is expected (a broker is configured, or one arrived once). */
+  stale: number;
 }
 
 /**
@@ -93,9 +133,77 @@ export interface Point {
 const round = (x: number | null, digits = 1): number | null =>
   x === null || !Number.isFinite(x) ? null : Number(x.toFixed(digits));
 
-export function buildFrame(balancer: Balancer): Frame {
+/** What counts as a backend the operator must see (dashboard.js `isStale` says the same). */
+const isStale = (b: BackendSnapshot, hasBroker: boolean): boolean =>
+  !b.reportFresh && (b.reportAgeMs !== null || hasBroker);
+
+/**
+ * Picks the backends a frame details when there are more than
+ * MAX_DETAILED_BACKENDS. It remembers its last pick, so the ones listed stay
+ * listed while they still matter about as much (see INCUMBENT_BONUS).
+ */
+export class BackendPicker {
+  private picked = new Set<string>();
+
+  /**
+   * @param recentlyChanged ids of backends named by an event since a time
+   *   (the dashboard's event ring); they rank right after the unhealthy ones.
+   */
+  constructor(
+    private readonly recentlyChanged: (sinceMs: number) => Set<string> = () => new Set(),
+  ) {}
+
+  pick(all: BackendSnapshot[], nowMs: number, hasBroker: boolean): BackendSnapshot[] {
+    if (all.length <= MAX_DETAILED_BACKENDS) {
+      this.picked = new Set(all.map((b) => b.id));
+      return all;
+    }
+    const recent = this.recentlyChanged(nowMs - RECENT_MS);
+    // Rank 0: not healthy; 1: recently changed, ramping up or stale; 2: the rest. Within a
+    // rank, the busiest first (what this gateway sends it now and in its traffic window).
+    const ranked = all.map((b, index) => {
+      const rank =
+        b.state !== 'healthy'
+          ? 0
+          : recent.has(b.id) || b.slowStartFactor < 1 || isStale(b, hasBroker)
+            ? 1
+            : 2;
+      const incumbent = this.picked.has(b.id);
+      const traffic = b.windowRequests + b.inFlight;
+      return { b, index, rank, incumbent, score: incumbent ? traffic * INCUMBENT_BONUS : traffic };
+    });
+    ranked.sort(
+      (x, y) =>
+        x.rank - y.rank ||
+        y.score - x.score ||
+        Number(y.incumbent) - Number(x.incumbent) ||
+        x.index - y.index,
+    );
+    const chosen = ranked.slice(0, MAX_DETAILED_BACKENDS).sort((x, y) => x.index - y.index);
+    this.picked = new Set(chosen.map((x) => x.b.id));
+    return chosen.map((x) => x.b);
+  }
+}
+
+function summarize(all: BackendSnapshot[], shown: number, hasBroker: boolean): FleetSummary {
+  const states: Record<BackendStateName, number> = { healthy: 0, ejected: 0, draining: 0, down: 0 };
+  let stale = 0;
+  for (const b of all) {
+    states[b.state]++;
+    if (isStale(b, hasBroker)) stale++;
+  }
+  return { total: all.length, omitted: all.length - shown, states, stale };
+}
+
+/**
+ * One frame. `picker` chooses the backends it details above
+ * MAX_DETAILED_BACKENDS; the stream keeps one, so its choice is steady.
+ */
+export function buildFrame(balancer: Balancer, picker = new BackendPicker()): Frame {
   const s = balancer.snapshot();
   const nowMs = balancer.now();
+  const hasBroker = s.brokerConnected !== null;
+  const shown = picker.pick(s.backends, nowMs, hasBroker);
   const totals = balancer.metrics.totals();
   const o = balancer.options;
   return {
@@ -119,7 +227,7 @@ export function buildFrame(balancer: Balancer): Frame {
     retries: totals.retries,
     shed: totals.shed,
     dropped: totals.invalidMessages,
-    backends: s.backends.map((b) => {
+    backends: shown.map((b) => {
       const until = balancer.registry.get(b.id)?.ejectedUntilMs;
       const r = b.lastReport;
       return {
@@ -148,6 +256,7 @@ export function buildFrame(balancer: Balancer): Frame {
         failures: b.failuresTotal,
       };
     }),
+    fleet: summarize(s.backends, shown.length, hasBroker),
   };
 }
 

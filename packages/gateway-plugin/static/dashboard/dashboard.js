@@ -96,13 +96,14 @@
   // ------------------------------------------------------------------ cards
 
   function renderGateway(f) {
-    const healthy = f.backends.filter((b) => b.state === 'healthy').length;
+    // Over the whole fleet: in a large one the frame lists only some backends (see renderBackends).
+    const healthy = f.fleet.states.healthy;
     setText('strategy', f.strategy);
     setText(
       'routing',
       f.panic
-        ? `PANIC: ${healthy} of ${f.backends.length} healthy, spreading over all`
-        : `${healthy} of ${f.backends.length} backends healthy`,
+        ? `PANIC: ${num(healthy)} of ${num(f.fleet.total)} healthy, spreading over all`
+        : `${num(healthy)} of ${num(f.fleet.total)} backends healthy`,
     );
     setAlert('strategy', f.panic ? 'bad' : '');
 
@@ -232,6 +233,27 @@
         el('td', { class: 'num' }, `${num(b.failures)} / ${num(b.requests)}`),
       ),
     );
+    // Above MAX_DETAILED_BACKENDS (src/dashboard/frame.ts) the gateway sends only the ones
+    // that matter most; say how many more there are, and how they fare.
+    const omitted = f.fleet.omitted;
+    if (omitted > 0) {
+      const st = f.fleet.states;
+      rows.push(
+        el(
+          'tr',
+          { class: 'omitted', 'data-omitted': String(omitted) },
+          el(
+            'td',
+            { colspan: '13' },
+            `${num(omitted)} more backend${omitted === 1 ? '' : 's'} not shown. ` +
+              `This table lists ${num(f.backends.length)} of ${num(f.fleet.total)}: ` +
+              'those not healthy, recently changed or stale first, then the busiest. ' +
+              `The fleet: ${num(st.healthy)} healthy, ${num(st.ejected)} ejected, ` +
+              `${num(st.down)} down, ${num(st.draining)} draining, ${num(f.fleet.stale)} stale.`,
+          ),
+        ),
+      );
+    }
     $('backends').tBodies[0].replaceChildren(...rows);
   }
 

@@ -1,0 +1,207 @@
+/**
+ * The dashboard at fleet scale. Above MAX_DETAILED_BACKENDS a frame details
+ * only the backends that matter and counts the rest, so a tick's size and the
+ * history's memory do not grow with the fleet; a new viewer's first message
+ * is serialised in steps, with the ticks that come meanwhile after it. Sizes
+ * and counts, with fake timers: no timing thresholds.
+ */
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { loadBalance, type LoadBalancerMiddleware } from '../load-balance';
+import type { BackendSnapshot } from '../observability';
+import { dashboardOf } from '../internals';
+import { BackendPicker, MAX_DETAILED_BACKENDS, type Frame, type Point } from './frame';
+import type { InitMessage } from './stream';
+
+/** Records what is written, as a browser would read it: one string, split into messages. */
+class RecordingResponse extends EventEmitter {
+  chunks: string[] = [];
+  writableLength = 0;
+  destroyed = false;
+  writeHead(): this {
+    return this;
+  }
+  write(chunk: string): boolean {
+    this.chunks.push(chunk);
+    return true;
+  }
+  end(): void {
+    this.emit('close');
+  }
+  destroy(): void {
+    this.destroyed = true;
+    this.emit('close');
+  }
+  /** Complete messages so far: [event name, data]. */
+  messages(): [string, string][] {
+    const text = this.chunks.join('');
+    return text
+      .split('\n\n')
+      .slice(0, -1)
+      .map((m) => [/^event: (.*)$/m.exec(m)![1]!, m.slice(m.indexOf('data: ') + 6)]);
+  }
+}
+
+const request = { method: 'GET', socket: { setNoDelay: () => {} } } as unknown as IncomingMessage;
+
+describe('a stream over 3,000 backends', () => {
+  const FLEET = 3000;
+  let lb: LoadBalancerMiddleware;
+
+  beforeEach(() => {
+    // setImmediate stays real: the first message's steps run when the test yields, so a
+    // tick can be made to come while one is being written.
+    jest.useFakeTimers({ now: 1_000_000, doNotFake: ['setImmediate', 'clearImmediate'] });
+    lb = loadBalance({
+      backends: Array.from({ length: FLEET }, (_, i) => ({
+        id: `backend-${String(i).padStart(5, '0')}`,
+        url: `http://127.0.1.${1 + (i % 250)}:${10000 + i}`,
+      })),
+      healthCheck: false,
+      overload: false,
+      warmUp: false,
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+      dashboard: { token: 'dash-0123456789abcdef', intervalMs: 1000, historySec: 60 },
+    });
+  });
+
+  afterEach(async () => {
+    await lb.close();
+    jest.useRealTimers();
+  });
+
+  function open(): RecordingResponse {
+    const res = new RecordingResponse();
+    dashboardOf(lb)!.stream.open(request, res as unknown as ServerResponse);
+    return res;
+  }
+
+  it('keeps history for at most MAX_DETAILED_BACKENDS backends, and ticks of bounded size', () => {
+    const stream = dashboardOf(lb)!.stream;
+    const v = open();
+    jest.advanceTimersByTime(70_000);
+    expect(stream.historyLength).toBe(60);
+    expect(stream.historySeries).toBe(MAX_DETAILED_BACKENDS);
+    const ticks = v.messages().filter(([name]) => name === 'tick');
+    expect(ticks).toHaveLength(70);
+    const last = ticks.at(-1)![1];
+    const tick = JSON.parse(last) as { frame: Frame; point: Point };
+    expect(tick.frame.backends).toHaveLength(MAX_DETAILED_BACKENDS);
+    expect(Object.keys(tick.point.backends)).toHaveLength(MAX_DETAILED_BACKENDS);
+    expect(tick.frame.fleet).toEqual({
+      total: FLEET,
+      omitted: FLEET - MAX_DETAILED_BACKENDS,
+      states: { healthy: FLEET, ejected: 0, draining: 0, down: 0 },
+      stale: 0,
+    });
+    // Every row of 3,000 was 1.2 MB; 100 rows and their point are about 50 KB.
+    expect(Buffer.byteLength(last)).toBeLessThan(64 * 1024);
+    v.end();
+    // Nobody watches: the history stays, as bounded as it was.
+    expect(stream.sampling).toBe(false);
+    expect(stream.historySeries).toBe(MAX_DETAILED_BACKENDS);
+  });
+
+  it("writes a new viewer's history in steps, then the ticks that came meanwhile", async () => {
+    const first = open();
+    jest.advanceTimersByTime(60_000);
+    const stringify = jest.spyOn(JSON, 'stringify');
+    let v: RecordingResponse;
+    try {
+      v = open();
+      // Not all at once: 60 points of 100 backends are more than one step.
+      expect(v.messages()).toEqual([]);
+      const ofPoints = stringify.mock.calls.filter(([x]) => Array.isArray(x));
+      expect(ofPoints).toHaveLength(1);
+      expect((ofPoints[0]![0] as Point[]).length).toBeLessThan(60);
+    } finally {
+      stringify.mockRestore();
+    }
+    // A tick while the first message is being written waits for it.
+    jest.advanceTimersByTime(1000);
+    expect(first.messages().filter(([name]) => name === 'tick')).toHaveLength(61);
+    expect(v.messages()).toEqual([]);
+    for (let turns = 0; v.messages().length < 2 && turns < 100; turns++) {
+      await new Promise((r) => setImmediate(r));
+    }
+    const messages = v.messages();
+    expect(messages.map(([name]) => name)).toEqual(['init', 'tick']);
+    const init = JSON.parse(messages[0]![1]) as InitMessage;
+    const tick = JSON.parse(messages[1]![1]) as { point: Point };
+    // The history as it was when the viewer came; the point of the tick that came meanwhile follows it.
+    expect(init.history).toHaveLength(60);
+    expect(
+      init.history.every((p) => Object.keys(p.backends).length === MAX_DETAILED_BACKENDS),
+    ).toBe(true);
+    expect(tick.point.t).toBeGreaterThan(init.history.at(-1)!.t);
+    expect(init.frame.fleet.omitted).toBe(FLEET - MAX_DETAILED_BACKENDS);
+    // Written in parts: the head, each part of the history, the end.
+    expect(v.chunks.length).toBeGreaterThan(3);
+    first.end();
+    v.end();
+  });
+});
+
+describe('which backends a large fleet details', () => {
+  function fleet(
+    n: number,
+    over: Record<string, Partial<BackendSnapshot>> = {},
+  ): BackendSnapshot[] {
+    return Array.from({ length: n }, (_, i) => {
+      const id = `b${i}`;
+      return {
+        id,
+        state: 'healthy',
+        reportFresh: true,
+        reportAgeMs: 100,
+        slowStartFactor: 1,
+        windowRequests: 0,
+        inFlight: 0,
+        ...over[id],
+      } as BackendSnapshot;
+    });
+  }
+  const ids = (list: BackendSnapshot[]): string[] => list.map((b) => b.id);
+
+  it('lists every backend up to MAX_DETAILED_BACKENDS', () => {
+    const all = fleet(MAX_DETAILED_BACKENDS);
+    expect(new BackendPicker().pick(all, 0, true)).toBe(all);
+  });
+
+  it('lists the unhealthy, then the recently changed, ramping or stale, then the busiest, in snapshot order', () => {
+    const busy = Object.fromEntries(
+      Array.from({ length: 150 }, (_, i) => [`b${i}`, { windowRequests: i }]),
+    );
+    const all = fleet(150, {
+      ...busy,
+      b3: { state: 'down' },
+      b4: { state: 'ejected' },
+      b5: { slowStartFactor: 0.5 },
+      b6: { reportFresh: false },
+    });
+    const picker = new BackendPicker((since) =>
+      since === 1_000 - 60_000 ? new Set(['b7']) : new Set(),
+    );
+    const shown = ids(picker.pick(all, 1_000, true));
+    expect(shown).toHaveLength(MAX_DETAILED_BACKENDS);
+    expect(shown.slice(0, 5)).toEqual(['b3', 'b4', 'b5', 'b6', 'b7']);
+    // Then the 95 busiest: b55 .. b149.
+    expect(shown.slice(5)).toEqual(Array.from({ length: 95 }, (_, i) => `b${55 + i}`));
+  });
+
+  it('keeps a listed backend until another is clearly busier', () => {
+    const picker = new BackendPicker();
+    const first = ids(picker.pick(fleet(101), 0, false));
+    expect(first).toEqual(ids(fleet(100)));
+    const busy = (b100: number): Record<string, Partial<BackendSnapshot>> => ({
+      ...Object.fromEntries(first.map((id) => [id, { windowRequests: 100 }])),
+      b100: { windowRequests: b100 },
+    });
+    // A little busier than the listed ones (within INCUMBENT_BONUS): they stay.
+    expect(ids(picker.pick(fleet(101, busy(110)), 0, false))).toEqual(first);
+    // Clearly busier: it takes a place.
+    const later = ids(picker.pick(fleet(101, busy(200)), 0, false));
+    expect(later).toHaveLength(MAX_DETAILED_BACKENDS);
+    expect(later).toContain('b100');
+  });
+});
