@@ -15,6 +15,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { listen, send, startBackend, type TestServer } from '../kit/http';
 import { quietLogger } from '../kit/gateway';
+import { MAX_RETURNS } from '@loadwise/gateway-plugin/internals';
 import { wsExchange } from '../kit/ws-client';
 
 interface Gateway extends TestServer {
@@ -131,16 +132,20 @@ it('takes nothing out for a forged X-Loadwise-Via, and passes a chain of gateway
 
   // The inner gateway's id, as the backend saw it: a client that learnt it and sends it.
   const innerEntry = via.split(', ')[1]!;
-  const forged = await send(`${inner.url}/forged`, { headers: { 'x-loadwise-via': innerEntry } });
+  const once = await send(`${inner.url}/forged`, { headers: { 'x-loadwise-via': innerEntry } });
+  expect(once.status).toBe(200);
+  const many = Array(MAX_RETURNS).fill(innerEntry).join(', ');
+  const forged = await send(`${inner.url}/forged`, { headers: { 'x-loadwise-via': many } });
   expect([forged.status, forged.headers['x-loadwise-error']]).toEqual([508, 'LW_GW_LOOP']);
   expect(condition(inner, 'a')).toMatchObject({ state: 'healthy' });
   expect(inner.errors).toEqual([]);
   expect((await send(`${inner.url}/after`)).status).toBe(200);
 });
 
-it('answers a loop through two gateways once, without amplifying it', async () => {
+it('answers a loop through two gateways after a bounded number of turns', async () => {
   // A sends to B, B sends back to A: A sees its own entry on a connection that is not its
-  // own (B's): a 508, and nobody is taken out on a header's word.
+  // own (B's), serves it as a callback would be, until its entries come back MAX_RETURNS
+  // times: a 508, and nobody is taken out on a header's word.
   let gwB: Gateway | undefined;
   const gwA = await gatewayNamingItself(async (self) => {
     gwB = await gatewayNamingItself(() => ({ backends: [{ id: 'a', url: self }] }));
@@ -150,7 +155,34 @@ it('answers a loop through two gateways once, without amplifying it', async () =
   open.push(gwA);
   const r = await send(`${gwA.url}/loop`);
   expect([r.status, r.headers['x-loadwise-error']]).toEqual([508, 'LW_GW_LOOP']);
-  expect([gwA.arrived(), gwB!.arrived()]).toEqual([2, 1]);
+  expect([gwA.arrived(), gwB!.arrived()]).toEqual([1 + MAX_RETURNS, MAX_RETURNS]);
   expect(condition(gwA, 'b')).toMatchObject({ state: 'healthy' });
   expect(gwA.errors).toEqual([]);
+});
+
+it('serves a backend that calls back through the gateway and passes the headers on', async () => {
+  // A BFF or SSR layer, or nginx's proxy_pass, forwards every header of the request it
+  // serves, X-Loadwise-Via included, on its own request back through the gateway: the
+  // first version answered that 508.
+  let gatewayUrl = '';
+  const bff = await startBackend('bff', (req, res) => {
+    if (req.url !== '/page') return void res.end('part');
+    const headers = { ...req.headers } as Record<string, string>;
+    delete headers.host;
+    send(`${gatewayUrl}/part`, { headers }).then(
+      (part) => res.end(`page(${part.status} ${part.body})`),
+      (err: Error) => res.end(`page(${err.message})`),
+    );
+  });
+  try {
+    const gw = await gatewayNamingItself(() => ({ backends: [{ id: 'bff', url: bff.url }] }));
+    open.push(gw);
+    gatewayUrl = gw.url;
+    const r = await send(`${gw.url}/page`);
+    expect([r.status, r.body]).toEqual([200, 'page(200 part)']);
+    expect(condition(gw, 'bff')).toMatchObject({ state: 'healthy' });
+  } finally {
+    for (const gw of open.splice(0)) await gw.close();
+    await bff.close();
+  }
 });

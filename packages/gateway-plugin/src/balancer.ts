@@ -423,9 +423,10 @@ export class Balancer implements BalancerHandle, FlowHost {
    * source address and port are those of a socket in the backend's pool). A header alone
    * is no proof: backends see it, and whoever learnt the id could take any backend out.
    */
-  loopedBack(id: string, socket: Socket): void {
+  loopedBack(id: string, socket: Socket): boolean {
     const b = this.registry.get(id);
-    if (!b || b.loopsBack || !ownConnection(b, socket)) return;
+    if (!b || !ownConnection(b, socket)) return false;
+    if (b.loopsBack) return true;
     b.loopsBack = true;
     writeLog(
       this.options.logger,
@@ -437,6 +438,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     );
     // Out of the eligible set; backend-down says why.
     this.registry.recompute();
+    return true;
   }
 
   private addBackend(
@@ -1083,13 +1085,28 @@ function specialAddress(
   return undefined;
 }
 
-/** `socket` (a request's, as the gateway received it) is one of `b`'s pooled connections. */
+/**
+ * `socket` (a request's, as the gateway received it) is the other end of one of `b`'s pooled
+ * connections: the same four addresses and ports, crossed. A TCP connection's four are
+ * unique on a host. The client's end alone was not proof: Linux gives one local port to
+ * connections to different destinations, so a client on the gateway's host could get the
+ * port of a pooled connection (about 4,000 tries, 0.2 s) and, with the id a backend echoed,
+ * take that backend out.
+ */
 function ownConnection(b: Backend, socket: Socket): boolean {
   const port = socket.remotePort;
   const address = unmapped(socket.remoteAddress);
+  const localPort = socket.localPort;
+  const localAddress = unmapped(socket.localAddress);
   for (const list of Object.values(b.agent.sockets)) {
     for (const s of list ?? []) {
-      if (s.localPort === port && unmapped(s.localAddress) === address) return true;
+      if (
+        s.localPort === port &&
+        s.remotePort === localPort &&
+        unmapped(s.localAddress) === address &&
+        unmapped(s.remoteAddress) === localAddress
+      )
+        return true;
     }
   }
   return false;

@@ -60,7 +60,7 @@ export const GATEWAY_ERRORS = {
   LW_GW_LOOP: {
     status: 508,
     message:
-      'the request came back to the gateway that sent it (X-Loadwise-Via): a backend is the gateway itself',
+      'the request came back to the gateway that sent it (X-Loadwise-Via), on its own connection (a backend is the gateway itself) or for the fourth time (a loop through another proxy)',
   },
   LW_GW_BAD_REQUEST: {
     status: 400,

@@ -21,3 +21,4 @@ export function dashboardOf(lb: LoadBalancerMiddleware): Dashboard | undefined {
 
 /** The accept-queue signal's table read (test/gateway/accept-queue.test.ts, bench/hostile/accept-queue-read.ts). */
 export { procDepthReader, readListenDepth } from './admission/accept-queue';
+export { MAX_RETURNS } from './proxy/loop-guard';

@@ -356,10 +356,12 @@ describe('loadBalance options', () => {
     expect(() => resolveOptions(opts)).not.toThrow(/S3CRET|12345678/);
   });
 
-  it('never shows the password of a URL with a slash in it', () => {
-    const broker = 'ftp://gw:p/S3CRET@broker';
-    expect(() => resolveOptions({ ...base, broker })).not.toThrow(/S3CRET/);
-  });
+  it.each(['ftp://gw:p/S3CRET@broker', 'mqtt://gw:s3#S3CRET@broker:1883', 'mqtt://gw:s?S3CRET@b'])(
+    'never shows the password of a URL it refuses (%s)',
+    (broker) => {
+      expect(() => resolveOptions({ ...base, broker })).not.toThrow(/S3CRET/);
+    },
+  );
 
   it('names the metrics with metricsPrefix', async () => {
     const lb = loadBalance({ ...base, metricsPrefix: 'gw_', healthCheck: false, overload: false });

@@ -24,7 +24,7 @@ import * as v from 'valibot';
 import { GatewayError, invalidOption, shown } from './errors';
 import { HEALTH_CHECK_JITTER } from './health/active-checker';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
-import { defaultLogger, redactUrl } from './observability/event-log';
+import { defaultLogger } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
 import { checkPath } from './proxy/request-checks';
 import {
@@ -212,6 +212,17 @@ function duplicateBackend(list: Required<BackendConfig>[]): GatewayError | undef
   return undefined;
 }
 
+/**
+ * A URL the gateway refuses, without anything before its last `@`: unparsed, a password
+ * may hold any character (`#`, `?` ended redactUrl's authority, and were echoed whole).
+ */
+function redactRefusedUrl(u: string): string {
+  const at = u.lastIndexOf('@');
+  if (at === -1) return u;
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(u)?.[0] ?? '';
+  return `${scheme}***${u.slice(at)}`;
+}
+
 const brokerError = (detail?: string): Fail =>
   fixed(new GatewayError('LW_GW_INVALID_BROKER', detail));
 const brokerUrl = leaf<string>((u) =>
@@ -219,7 +230,7 @@ const brokerUrl = leaf<string>((u) =>
     ? undefined
     : brokerError(
         // Never a password it carries: the error is logged.
-        `broker url ${shown(typeof u === 'string' ? redactUrl(u) : u)}: expected mqtt://, mqtts://, ws:// or wss://`,
+        `broker url ${shown(typeof u === 'string' ? redactRefusedUrl(u) : u)}: expected mqtt://, mqtts://, ws:// or wss://`,
       ),
 );
 const brokerClient = strict({

@@ -181,6 +181,8 @@ describe('config sources', () => {
     );
     const ok = file('pw-ok.json', JSON.stringify({ backendId: 'x', password: 'S3CRET' }));
     expect(configFileWithSecret(mergeSources({ config: ok }, {}))).toBe(ok);
+    const inUrl = file('url-pw.json', JSON.stringify({ broker: 'mqtt://u:S3CRET@127.0.0.1:1883' }));
+    expect(configFileWithSecret(mergeSources({ config: inUrl }, {}))).toBe(inUrl);
     const none = file('no-pw.json', JSON.stringify({ backendId: 'x' }));
     expect(configFileWithSecret(mergeSources({ config: none }, {}))).toBeUndefined();
   });

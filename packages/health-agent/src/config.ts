@@ -388,7 +388,7 @@ function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[str
 /** The config file a merged record's secret came from (for the permissions warning). */
 const secretFiles = new WeakMap<RawConfig, string>();
 
-/** The --config file of `raw` if it holds a secret (a password), else undefined. */
+/** The --config file of `raw` if it holds a secret (a password, a broker URL's), else undefined. */
 export function configFileWithSecret(raw: RawConfig): string | undefined {
   return secretFiles.get(raw);
 }
@@ -422,7 +422,9 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
         );
       }
       out[key] = coerce(spec, value, configPath);
-      if (SECRET_FLAGS.has(spec.flag)) secretFiles.set(out, configPath);
+      // A broker URL with credentials in it (`mqtt://user:pass@host`) is a secret too.
+      if (SECRET_FLAGS.has(spec.flag) || (spec.flag === 'broker' && String(value).includes('@')))
+        secretFiles.set(out, configPath);
     }
   }
   for (const spec of CLI_OPTIONS) {

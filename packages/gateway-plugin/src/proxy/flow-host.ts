@@ -62,9 +62,10 @@ export interface FlowHost {
   queueChanged(): void;
   /**
    * A request came back through backend `id` (proxy/loop-guard.ts), on `socket`: taken out
-   * of rotation for good if that socket is one of this gateway's own connections to it.
+   * of rotation for good, and true, if that socket is one of this gateway's own connections
+   * to it.
    */
-  loopedBack(id: string, socket: Socket): void;
+  loopedBack(id: string, socket: Socket): boolean;
   /** This gateway's X-Loadwise-Via entries. */
   readonly loops: LoopGuard;
   /** A warning, at most once per key per 10 s. */

@@ -7,19 +7,28 @@
  *
  * Every request the gateway sends carries `X-Loadwise-Via: <gateway id>/<backend id>`,
  * after any entries it arrived with (a chain of gateways appends). A request that arrives
- * with this gateway's own id has come back: it is answered 508 Loop Detected
- * (`LW_GW_LOOP`) and never proxied. The id is random per balancer, so two gateways, or
- * two services in one process, never mistake each other's entries for their own.
+ * with this gateway's own id has come back. It is answered 508 Loop Detected
+ * (`LW_GW_LOOP`) and never proxied when it came on one of the gateway's own connections
+ * to the backend its entry names (balancer.ts `loopedBack`: the same four addresses and
+ * ports, crossed), and that backend is taken out of rotation for good; or when it has
+ * come back MAX_RETURNS times (a loop through another proxy or gateway). Otherwise it is
+ * served: a backend may call back through the gateway and pass its headers on. The id is
+ * random per balancer, so two gateways, or two services in one process, never mistake
+ * each other's entries for their own.
  *
- * The backend named is taken out of rotation for good only when the request came on one
- * of this gateway's own connections to it (balancer.ts `loopedBack`): backends see the
- * header, so a client could learn the id and send it, and a header alone must not let
- * anyone take a backend out. A forged one costs its sender a 508, nothing more.
+ * A header alone takes nothing out: backends see it, so a client could learn the id and
+ * send it; a forged one costs its sender at most a 508.
  */
 import type { IncomingMessage } from 'node:http';
 import { randomBytes } from 'node:crypto';
 
 export const VIA_HEADER = 'x-loadwise-via';
+/**
+ * Times a request may come back to this gateway through other proxies before it is a loop:
+ * a backend that calls back through the gateway and passes its headers on (nginx's
+ * proxy_pass does; a BFF or SSR layer) comes back legitimately, once or twice nested.
+ */
+export const MAX_RETURNS = 4;
 
 export class LoopGuard {
   /** This balancer's id in the header. */
@@ -49,6 +58,21 @@ export class LoopGuard {
     } catch {
       return encoded;
     }
+  }
+
+  /**
+   * Whether a request whose entries name this gateway is a loop: it came on the gateway's
+   * own connection (`proved`: a backend is the gateway itself), or it has come back
+   * MAX_RETURNS times (a loop through another proxy, each turn one more entry). Else it is
+   * a request a backend made through the gateway, passing the headers on: served.
+   */
+  isLoop(via: string, proved: boolean): boolean {
+    if (proved) return true;
+    let returns = 0;
+    for (let at = via.indexOf(this.mine); at !== -1; at = via.indexOf(this.mine, at + 1)) {
+      if (++returns >= MAX_RETURNS) return true;
+    }
+    return false;
   }
 
   /** Sets the header for an attempt on `backendId`: what the request brought, then ours. */

@@ -387,13 +387,13 @@ export class RequestFlow {
       const close = framing.framing !== 'none';
       return this.reject(req, res, 'LW_GW_METHOD_NOT_ALLOWED', refused, close);
     }
-    // Sent by this gateway and come back: a backend is the gateway itself (loop-guard.ts).
-    // Proxied again, it would come back again, for as long as there were sockets.
+    // Sent by this gateway and come back (loop-guard.ts): on its own connection (a backend is
+    // the gateway itself), or too many times (a loop through another proxy). Proxied again,
+    // it would come back again, for as long as there were sockets.
     const via = LoopGuard.incoming(req);
     const looped = c.loops.loopedBackend(via);
-    if (looped !== undefined) {
-      c.loopedBack(looped, req.socket);
-      const detail = `came back through backend ${looped}: a backend is this gateway itself`;
+    if (looped !== undefined && c.loops.isLoop(via!, c.loopedBack(looped, req.socket))) {
+      const detail = `came back through backend ${looped}: a loop`;
       return this.reject(req, res, 'LW_GW_LOOP', detail, framing.framing !== 'none');
     }
     if (o.forwardMountPath) {

@@ -144,8 +144,7 @@ export class UpgradeFlow {
     // Come back to this gateway: refused as a request is (loop-guard.ts).
     const via = LoopGuard.incoming(req);
     const looped = c.loops.loopedBackend(via);
-    if (looped !== undefined) {
-      c.loopedBack(looped, socket);
+    if (looped !== undefined && c.loops.isLoop(via!, c.loopedBack(looped, socket))) {
       c.metrics.onRequestRejected('LW_GW_LOOP');
       c.logLine(
         'upgrade-refused:LW_GW_LOOP',
