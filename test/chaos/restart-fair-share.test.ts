@@ -8,7 +8,7 @@
  * ejection could keep it out for the rest of base × times ejected
  * (health/outlier-detector.ts). Printed: time out of rotation, time until
  * marked up, its share per sixth of the ramp and after it; asserted: it served
- * within the first half of the ramp and had a fair part of the traffic after it.
+ * during the ramp and had a fair part of the traffic after it.
  */
 import { eventually } from '../kit/fleet';
 import { eventAfter, openLoad, report, scale, sleep, tally, useSignedFleet } from '../kit/chaos';
@@ -60,7 +60,7 @@ it('SIGKILL, restart: served during the ramp, its fair share by the end of it', 
   });
   const all = tally(records);
   const duringOutage = tally(records, killedAtLoad, upAtLoad);
-  const firstHalf = tally(records, upAtLoad, upAtLoad + SLOW_START_MS / 2);
+  const ramp = tally(records, upAtLoad, upAtLoad + SLOW_START_MS);
   const afterRamp = tally(records, rampEndAtLoad, rampEndAtLoad + SLOW_START_MS / 2);
   const shareAfterRamp = (afterRamp.servedBy['b'] ?? 0) / Math.max(1, afterRamp.ok);
   report('restart fair share', {
@@ -74,8 +74,11 @@ it('SIGKILL, restart: served during the ramp, its fair share by the end of it', 
     failures: all.failures,
     failuresDuringOutage: duringOutage.failures,
   });
-  // Served early in the ramp (it got nothing for most of it before), not flooded...
-  expect(firstHalf.servedBy['b'] ?? 0).toBeGreaterThan(0);
+  // Served during the ramp (it got nothing for most of it before), not flooded. Not "in its
+  // first half": a process just restarted answers its first requests slowly (cold code),
+  // and on a busy CI machine the estimate rightly sent it nothing until the fifth sixth
+  // (shares 0, 0, 0, 0, 0.13, 0.29), where 5 local runs gave 0.04-0.21 in the first.
+  expect(ramp.servedBy['b'] ?? 0).toBeGreaterThan(0);
   // ...and in the rotation once it ends. A third is fair with equal backends, but a process
   // just started is slower (cold code) and the estimate rightly sends it less on a busy
   // machine: loose here; strategies/load-aware.test.ts pins the fair share on a fake clock.
