@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { eventually } from '../kit/fleet';
+import { withinOrFail } from '../kit/agent-http';
 import { alive } from '../kit/pids';
 
 const SCRIPT = path.resolve(__dirname, 'cluster-plain-child.js');
@@ -98,19 +99,6 @@ function get(port: number, urlPath = '/'): Promise<{ status: number; body: strin
   });
 }
 
-/** `p`, or a rejection naming `what` once `ms` have passed. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 afterEach(() => {
   // What a failure left running: each primary, and the workers it logged.
   for (const pool of pools.splice(0)) {
@@ -154,7 +142,7 @@ it('a log reader that goes away (EPIPE) stops the log, never the pool: requests 
   for (const pid of old) await eventually(() => !alive(pid), 10_000, `old worker ${pid} gone`);
   expect(alive(pool.child.pid!)).toBe(true);
   pool.child.kill('SIGTERM');
-  expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
     code: 0,
     signal: null,
   });
@@ -164,7 +152,7 @@ it('a log reader that goes away (EPIPE) stops the log, never the pool: requests 
 it('a worker that never listens is killed after startTimeoutMs, restarted, and given up: the pool exits 1', async () => {
   const pool = startPool({ LW_HANG: 'all', LW_START_TIMEOUT_MS: '800', LW_MAX_RESTARTS: '1' });
   // Before the fix nothing ever noticed: the pool waited for good.
-  expect(await within(pool.exited, 15_000, 'the pool gives up')).toEqual({
+  expect(await withinOrFail(pool.exited, 15_000, 'the pool gives up')).toEqual({
     code: 1,
     signal: null,
   });
@@ -202,7 +190,7 @@ it('a crashed worker whose restart never listens is killed after startTimeoutMs 
   expect(await get(port)).toMatchObject({ status: 200, body: expect.stringMatching(/^w2 /) });
   expect(alive(pool.child.pid!)).toBe(true);
   pool.child.kill('SIGTERM');
-  expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
     code: 0,
     signal: null,
   });
@@ -261,7 +249,7 @@ it('a SIGHUP during a reload is one more reload after it (a storm is one); durin
   hup();
   await pool.line(/^loadwise workers: SIGHUP: ignored while the pool closes$/);
   expect(await slow).toMatchObject({ status: 200 });
-  expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
     code: 0,
     signal: null,
   });

@@ -21,6 +21,7 @@ import type { MqttClient } from 'mqtt';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
+import { withinOrFail } from '../kit/agent-http';
 import { alive } from '../kit/pids';
 import { freePort } from '../kit/ports';
 import { startScript } from '../kit/script-child';
@@ -487,19 +488,6 @@ function startPoolGroup(env: Record<string, string>) {
   return { child: proc, exited, line };
 }
 
-/** `p`, or a rejection naming `what` once `ms` have passed. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 const IN_FLIGHT = 4;
 const SLOW_MS = 2_000;
 
@@ -557,7 +545,7 @@ it.each([
       );
       // Read below; until then a failure elsewhere must not leave them unhandled.
       for (const a of answers) a.catch(() => undefined);
-      await within(arrivedAll, 10_000, `${IN_FLIGHT} requests at the backend`);
+      await withinOrFail(arrivedAll, 10_000, `${IN_FLIGHT} requests at the backend`);
 
       const pid = pool.child.pid!;
       const send = (): void => {
@@ -583,7 +571,7 @@ it.each([
       expect(
         results.map((r) => (r.status === 'fulfilled' ? r.value : (r.reason as Error).message)),
       ).toEqual(Array.from({ length: IN_FLIGHT }, () => ({ status: 200, body: 'slow ok' })));
-      expect(await within(pool.exited, 15_000, 'the primary exits')).toEqual({
+      expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
         code: 0,
         signal: null,
       });

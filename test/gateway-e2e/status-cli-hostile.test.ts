@@ -8,19 +8,7 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { GATEWAY_BIN, spawnScript } from '../kit/agent-cli';
 import { listen, type TestServer } from '../kit/http';
-
-/** `p`, or a rejection naming `what` once `ms` have passed. */
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { withinOrFail } from '../kit/agent-http';
 
 const doc = (backends: unknown[]): string =>
   JSON.stringify({ strategy: 'load-aware', inFlight: 0, takenAt: 'T', backends });
@@ -91,10 +79,10 @@ it.each(['SIGINT', 'SIGTERM'] as const)(
       '--timeout-ms',
       '20000',
     ]);
-    await within(arrived, 10_000, 'the read reaches the server');
+    await withinOrFail(arrived, 10_000, 'the read reaches the server');
     p.child.kill(signal);
     // Before the fix: the read's whole --timeout-ms, then "... (retrying every 1000 ms)", exit 1.
-    expect(await within(p.exited, 3_000, 'the exit')).toBe(0);
+    expect(await withinOrFail(p.exited, 3_000, 'the exit')).toBe(0);
     expect(p.stdout() + p.stderr()).not.toMatch(/retrying/);
     expect(p.stderr()).toBe('');
   },
@@ -113,10 +101,10 @@ it('--watch | head -1: a reader of its output that goes away ends it quietly', a
   );
   try {
     // As `head -1` does: read the first frame, then close the pipe. The next frame meets EPIPE.
-    await within(new Promise((r) => child.stdout.once('data', r)), 10_000, 'the first frame');
+    await withinOrFail(new Promise((r) => child.stdout.once('data', r)), 10_000, 'the first frame');
     child.stdout.destroy();
     // Before the fix: an unhandled 'error' event (write EPIPE) and its stack, exit 1.
-    expect(await within(exited, 5_000, 'the exit')).toBe(0);
+    expect(await withinOrFail(exited, 5_000, 'the exit')).toBe(0);
     expect(err).toBe('');
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');

@@ -128,3 +128,10 @@ export async function within<T>(p: Promise<T>, ms: number): Promise<T | 'still p
     clearTimeout(timer);
   }
 }
+
+/** `p`, or a rejection naming `what` once `ms` have passed (within(), failing the test). */
+export async function withinOrFail<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  const r = await within(p, ms);
+  if (r === 'still pending') throw new Error(`${what} not within ${ms} ms`);
+  return r;
+}
