@@ -26,13 +26,8 @@ async function hello(port: number): Promise<Response> {
   return res;
 }
 
-afterAll(() => {
-  child?.kill('SIGKILL');
-  for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
-});
-
-it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on SIGINT', async () => {
-  const port = await freePort();
+/** The quick start with 2 workers on `port` (0: any), once its gateway listens. */
+async function startQuickStart(port: number): Promise<ReturnType<typeof startScript>> {
   const run = startScript(SCRIPT, [
     '--port',
     String(port),
@@ -42,12 +37,22 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
     '250',
   ]);
   child = run.child;
-  const { lines, errLines, exited } = run;
   await eventually(
-    () => lines.some((l) => l.startsWith('gateway listening on')),
+    () => run.lines.some((l) => l.startsWith('gateway listening on')),
     30_000,
-    `gateway up (stderr: ${errLines.join('\n')})`,
+    `gateway up (stderr: ${run.errLines.join('\n')})`,
   );
+  return run;
+}
+
+afterAll(() => {
+  child?.kill('SIGKILL');
+  for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL');
+});
+
+it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on SIGINT', async () => {
+  const port = await freePort();
+  const { lines, exited } = await startQuickStart(port);
   for (const l of lines) {
     const m =
       /\(pid (\d+), agent pid (\d+)\)/.exec(l) ?? /worker w\d started \(pid (\d+)\)/.exec(l);
@@ -85,7 +90,7 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
   // The printed reload command, as written: new workers serve, the old ones are gone.
   expect(lines.some((l) => l.includes(`kill -HUP ${child!.pid} `))).toBe(true);
   const before = lines.flatMap((l) => /worker w\d started \(pid (\d+)\)/.exec(l)?.[1] ?? []);
-  child.kill('SIGHUP');
+  child!.kill('SIGHUP');
   await eventually(
     () => lines.some((l) => l.startsWith('reloaded: ')),
     30_000,
@@ -108,21 +113,14 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
     'the new workers serve',
   );
 
-  child.kill('SIGINT');
+  child!.kill('SIGINT');
   expect(await exited).toEqual({ code: 0, signal: null });
   for (const pid of pids) expect(alive(pid)).toBe(false);
   expect(lines).toContain('workers: stopped (code 0)');
 }, 60_000);
 
 it('killed with SIGKILL, it leaves no worker, agent or backend running', async () => {
-  const run = startScript(SCRIPT, ['--port', '0', '--workers', '2', '--interval-ms', '250']);
-  child = run.child;
-  const { lines, errLines, exited } = run;
-  await eventually(
-    () => lines.some((l) => l.startsWith('gateway listening on')),
-    30_000,
-    `gateway up (stderr: ${errLines.join('\n')})`,
-  );
+  const { lines, exited } = await startQuickStart(0);
   const backends: number[] = [];
   const agents: number[] = [];
   const workers: number[] = [];
@@ -140,7 +138,7 @@ it('killed with SIGKILL, it leaves no worker, agent or backend running', async (
   expect([backends.length, agents.length, workers.length]).toEqual([3, 3, 2]);
   for (const pid of children) expect(alive(pid)).toBe(true);
 
-  child.kill('SIGKILL');
+  child!.kill('SIGKILL');
   expect(await exited).toEqual({ code: null, signal: 'SIGKILL' });
   // Backends watch their stdin pipe (--exit-with-parent), workers their IPC channel, and
   // agents their stdin pipe through exit-with-parent.js: each stops once it closes. Before,
