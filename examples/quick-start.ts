@@ -408,7 +408,10 @@ async function main(): Promise<void> {
     });
     cleanups.push(() => pool!.close());
     // SIGHUP: replace the workers one at a time (a deploy), no connection refused.
+    // Kept until the process exits: removed at the start of stop() (as it was), a SIGHUP
+    // while the pool closed got Node's default action and killed the quick start mid-stop.
     const onHup = (): void => {
+      if (stopping) return say('SIGHUP: ignored while stopping');
       say('SIGHUP: reloading the gateway workers one at a time');
       pool!.reload().then(
         (r) => say(`reloaded: ${r.replaced.map((w) => `${w.id} pid ${w.newPid}`).join(', ')}`),
@@ -416,7 +419,6 @@ async function main(): Promise<void> {
       );
     };
     process.on('SIGHUP', onHup);
-    cleanups.push(() => void process.off('SIGHUP', onHup));
     // Every worker crashed too often to be restarted: stop the rest too.
     void pool!.done.then((code) => {
       if (code !== 0) void stop(code);

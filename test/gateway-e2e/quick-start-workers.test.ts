@@ -3,7 +3,8 @@
  * (runWorkers) on one port. Fresh connections reach both workers (the
  * x-loadwise-worker header says which), both route on the agents' signed
  * reports, SIGHUP replaces both workers (the command it prints), and SIGINT
- * stops workers, agents and backends with exit code 0. Killed outright
+ * stops workers, agents and backends with exit code 0 (a SIGHUP meanwhile is
+ * ignored). Killed outright
  * (SIGKILL: none of its cleanup runs), it leaves no process behind either.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -114,9 +115,19 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
   );
 
   child!.kill('SIGINT');
+  // A SIGHUP while it stops (a deploy script's reload racing a stop) changes nothing. Before,
+  // the stop removed the SIGHUP handler first and Node's default action killed the quick
+  // start mid-stop (signal SIGHUP).
+  await eventually(
+    () => lines.some((l) => l.includes('stopping: load, gateway')),
+    10_000,
+    'stopping',
+  );
+  child!.kill('SIGHUP');
   expect(await exited).toEqual({ code: 0, signal: null });
   for (const pid of pids) expect(alive(pid)).toBe(false);
   expect(lines).toContain('workers: stopped (code 0)');
+  expect(lines).toContain('SIGHUP: ignored while stopping');
 }, 60_000);
 
 it('killed with SIGKILL, it leaves no worker, agent or backend running', async () => {

@@ -264,6 +264,7 @@ async function runWorker(
   const exit = (code: number): never => {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    process.off('SIGHUP', onHup);
     return process.exit(code);
   };
   const finish = (): void => {
@@ -297,6 +298,20 @@ async function runWorker(
   });
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // A SIGHUP reaches the workers too when it goes to the whole group (`kill -HUP -<pgid>`,
+  // `pkill -HUP -f gateway`, the terminal hanging up), and Node's default action for it is
+  // to exit: every worker died at once with its requests reset, and the primary restarted
+  // them as crashes while it reloaded. A reload is the primary's to run, one slot at a
+  // time; a worker leaves it to the primary (said once).
+  let hupLogged = false;
+  const onHup = (): void => {
+    if (hupLogged) return;
+    hupLogged = true;
+    log(
+      `worker ${ctx.id} (pid ${process.pid}) SIGHUP: ignored; reloads are the primary's (pid ${process.ppid})`,
+    );
+  };
+  process.on('SIGHUP', onHup);
   // node:cluster's own 'disconnect' handler exits a worker at once when the primary is gone,
   // resetting every request in flight, unless the disconnect was asked for; it emits the
   // worker's 'disconnect' first, so marking it here turns that exit into a graceful close.
