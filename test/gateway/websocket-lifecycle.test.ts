@@ -25,7 +25,7 @@ import { listen, refusedPort, startBackend, type TestServer } from '../kit/http'
 import { quietLogger } from '../kit/gateway';
 import { rawExchange } from '../kit/raw-http';
 import { eventually } from '../kit/fleet';
-import { wsEchoBackend } from '../kit/ws-server';
+import { wsEchoBackend, type EchoBackend } from '../kit/ws-server';
 
 jest.setTimeout(30_000);
 
@@ -121,20 +121,106 @@ describe('WebSockets at shutdown', () => {
 });
 
 describe('answers on an upgrade socket', () => {
-  it('a backend that cannot be reached: 502 with its code, not a hang-up', async () => {
-    const gw = await gateway(`http://127.0.0.1:${await refusedPort()}`);
-    servers.push(gw);
-    const ws = new WebSocket(`ws://127.0.0.1:${(gw.server.address() as AddressInfo).port}/ws`);
-    const answer = await new Promise<[number, unknown]>((resolve, reject) => {
-      ws.once('unexpected-response', (_req, res) => {
-        res.resume();
-        resolve([res.statusCode ?? 0, res.headers['x-loadwise-error']]);
+  it.each([
+    ['retries off', false],
+    ['none left to retry on', undefined],
+  ] as const)(
+    'a backend that cannot be reached (%s): 502 with its code, not a hang-up',
+    async (_, retry) => {
+      const gw = await gateway(`http://127.0.0.1:${await refusedPort()}`, { retry });
+      servers.push(gw);
+      const ws = new WebSocket(`ws://127.0.0.1:${(gw.server.address() as AddressInfo).port}/ws`);
+      const answer = await new Promise<[number, unknown]>((resolve, reject) => {
+        ws.once('unexpected-response', (_req, res) => {
+          res.resume();
+          resolve([res.statusCode ?? 0, res.headers['x-loadwise-error']]);
+        });
+        ws.once('error', reject);
       });
-      ws.once('error', reject);
+      ws.on('error', () => {});
+      ws.terminate();
+      expect(answer).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    },
+  );
+});
+
+describe('a backend that cannot be reached', () => {
+  /** Round robin over a refused port and an echo backend: every other pick is the dead one. */
+  async function deadAndLive(
+    retry: LoadBalanceOptions['retry'],
+  ): Promise<{ gw: TestServer & { lb: LoadBalancerMiddleware }; live: EchoBackend }> {
+    const live = await wsEchoBackend();
+    servers.push(live);
+    const gw = await gateway('http://unused.invalid', {
+      backends: [
+        { id: 'dead', url: `http://127.0.0.1:${await refusedPort()}` },
+        { id: 'live', url: live.url },
+      ],
+      strategy: 'round-robin',
+      retry,
     });
-    ws.on('error', () => {});
-    ws.terminate();
-    expect(answer).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    servers.push(gw);
+    return { gw, live };
+  }
+
+  it('an upgrade whose connect is refused is retried on another backend: every WebSocket opens', async () => {
+    const { gw, live } = await deadAndLive(undefined);
+    // Before: the upgrades picked for the dead backend got 502 LW_GW_UPSTREAM_FAILED (it
+    // took five to eject it), while a GET to it was retried.
+    const sockets: WebSocket[] = [];
+    for (let i = 0; i < 6; i++) sockets.push(await openSocket(gw.port));
+    expect(live.open()).toBe(6);
+    for (const ws of sockets) ws.close();
+    await Promise.all(sockets.map(closed));
+  });
+
+  it('bytes the client sent behind the handshake reach the backend that answers, once', async () => {
+    const { gw } = await deadAndLive(undefined);
+    // Two raw upgrades, each with a masked text frame ("hi") in the same write as its head:
+    // round robin sends one of them to the dead backend first.
+    const frame = (text: string): Buffer => {
+      const mask = Buffer.from([1, 2, 3, 4]);
+      const payload = Buffer.from(text).map((b, i) => b ^ mask[i % 4]!);
+      return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, payload]);
+    };
+    for (let i = 0; i < 2; i++) {
+      const socket = connect({ port: gw.port, host: '127.0.0.1' });
+      const got: Buffer[] = [];
+      socket.on('data', (d: Buffer) => got.push(d));
+      socket.write(Buffer.concat([Buffer.from(handshake()), frame('hi')]));
+      // The 101, then exactly one echo frame: "echo hi".
+      await eventually(
+        () => Buffer.concat(got).includes('echo hi'),
+        5_000,
+        () => `an echo (got ${JSON.stringify(Buffer.concat(got).toString('latin1'))})`,
+      );
+      const text = Buffer.concat(got).toString('latin1');
+      expect(text.startsWith('HTTP/1.1 101')).toBe(true);
+      expect(text.split('echo hi')).toHaveLength(2);
+      socket.destroy();
+    }
+  });
+
+  it("retry: false keeps the coded 502 for the dead backend's picks", async () => {
+    const { gw, live } = await deadAndLive(false);
+    const answers: unknown[] = [];
+    for (let i = 0; i < 2; i++) {
+      const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/ws`);
+      ws.on('error', () => {});
+      answers.push(
+        await new Promise((resolve) => {
+          ws.once('open', () => resolve('open'));
+          ws.once('unexpected-response', (_req, res) => {
+            res.resume();
+            resolve([res.statusCode, res.headers['x-loadwise-error']]);
+          });
+        }),
+      );
+      ws.terminate();
+    }
+    expect(answers).toContainEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect(answers).toContain('open');
+    await eventually(() => live.open() === 0, 5_000, 'the backend sees its WebSocket end');
   });
 });
 

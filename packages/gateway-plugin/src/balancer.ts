@@ -719,9 +719,13 @@ export class Balancer implements BalancerHandle, FlowHost {
   chosenReason: string | undefined;
 
   /** A WebSocket upgrade's backend: the strategy's pick, counted as a pick (upgrade-flow.ts). */
-  pickUpgrade(nowMs: number, hashKey: string | undefined): Backend | undefined {
+  pickUpgrade(
+    nowMs: number,
+    hashKey: string | undefined,
+    exclude?: ReadonlySet<Endpoint>,
+  ): Backend | undefined {
     if (this.registry.eligible.length === 0) return undefined;
-    const pick = this.strategy.pick({ nowMs, hashKey });
+    const pick = this.strategy.pick({ nowMs, hashKey, exclude });
     const backend = pick && this.registry.get(pick.endpoint.id);
     if (!backend) return undefined;
     this.metrics.onPick(backend.id, this.strategy.name);

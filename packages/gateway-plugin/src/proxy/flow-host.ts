@@ -44,8 +44,15 @@ export interface FlowHost {
     tried: ReadonlySet<Endpoint> | undefined,
     hashKey: string | undefined,
   ): Backend | 'none' | 'all-tried' | 'saturated';
-  /** A backend for a WebSocket upgrade (no saturation test, no in-flight accounting). */
-  pickUpgrade(nowMs: number, hashKey: string | undefined): Backend | undefined;
+  /**
+   * A backend for a WebSocket upgrade (no saturation test, no in-flight accounting),
+   * none of `exclude` (a retry's tried backends).
+   */
+  pickUpgrade(
+    nowMs: number,
+    hashKey: string | undefined,
+    exclude?: ReadonlySet<Endpoint>,
+  ): Backend | undefined;
   attemptStarted(backend: Backend, nowMs: number): void;
   attemptEnded(
     backend: Backend,

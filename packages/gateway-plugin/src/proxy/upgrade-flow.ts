@@ -1,9 +1,12 @@
 /**
  * WebSocket upgrades: picked like a request (same eligible set, strategy and
- * affinity key), proxied through the same http-proxy-middleware instance,
- * without retries (the upgrade request cannot be replayed once its socket is
- * handed over) and without in-flight accounting (a long-lived connection is
- * not a request in flight; counting it would skew every load estimate).
+ * affinity key), proxied through the same http-proxy-middleware instance, and
+ * without in-flight accounting (a long-lived connection is not a request in
+ * flight; counting it would skew every load estimate). Retried on another
+ * backend only when the backend could not be reached at all (a refused or
+ * failed connect: it has not seen a byte), within `retry`'s maxRetries and
+ * budget, as a GET; once the handshake is sent, never (a backend may have
+ * acted on it).
  *
  * Every answer the gateway writes itself is a coded one, as a request's
  * (`X-Loadwise-Error`, and `Retry-After` on a 503), including a `502` when the
@@ -40,7 +43,14 @@ import { clientAddress, setForwardedHeaders, stripHopByHopForUpgrade } from './f
 import { LoopGuard } from './loop-guard';
 import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { namedByConnection } from './response-head';
-import { TIMEOUT_CODE, classify, codedError, isInvalidRequestError } from './upstream-errors';
+import type { Endpoint } from '../strategies/types';
+import {
+  TIMEOUT_CODE,
+  classify,
+  codedError,
+  isBadAnswer,
+  isInvalidRequestError,
+} from './upstream-errors';
 import { afterPendingAnswers, responseOnSocket } from '../upgrade-routing';
 
 export class UpgradeFlow {
@@ -54,6 +64,8 @@ export class UpgradeFlow {
   private readonly cancelled = new WeakSet<IncomingMessage>();
   /** WebSockets per client address (webSockets.maxPerClient), undefined when unbounded. */
   private readonly perClient: ClientLimit | undefined;
+  /** What a retry of an upgrade needs: its pick's inputs, the backends tried, its reader. */
+  private readonly attempts = new WeakMap<IncomingMessage, UpgradeAttempt>();
 
   constructor(
     private readonly core: FlowHost,
@@ -191,13 +203,15 @@ export class UpgradeFlow {
     c.loops.mark(req, via, backend.id);
     this.upgrades.set(req, backend);
     this.sockets.set(req, socket);
+    this.attempts.set(req, { via, hashKey, tried: undefined, retries: 0, stopReading: undefined });
     this.open.add(socket);
     // Counted on the backend too: discovery does not forget a backend with one open.
     backend.openUpgrades++;
     socket.on('error', () => socket.destroy());
     socket.once('close', () => {
       this.open.delete(socket);
-      backend.openUpgrades--;
+      // The backend of the last attempt: a retry moved the count to it.
+      this.upgrades.get(req)!.openUpgrades--;
       if (client !== undefined) this.perClient!.release(client);
       this.onClosed();
     });
@@ -239,6 +253,8 @@ export class UpgradeFlow {
         refuse(socket, 400, code);
       },
     );
+    const attempt = this.attempts.get(req);
+    if (attempt) attempt.stopReading = stopReading;
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
     // must; else 504, the backend's failure.
     const timer = setTimeout(() => {
@@ -335,6 +351,7 @@ export class UpgradeFlow {
       if (!this.upgraded.has(req)) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
+    if (backend && this.retried(err, req, res, backend)) return;
     const timedOut = (err as { code?: string }).code === TIMEOUT_CODE;
     if (!this.upgraded.has(req) && res.writable) {
       if (timedOut) refuse(res, 504, 'LW_GW_UPSTREAM_TIMEOUT');
@@ -342,10 +359,83 @@ export class UpgradeFlow {
     } else res.destroy();
   }
 
+  /**
+   * The upgrade could not reach `failed` (its connect failed: nothing was sent) and goes
+   * to another backend on the same client socket, when `retry` allows one: a GET, within
+   * maxRetries and the retry budget, a backend not tried yet. A backend that went down
+   * (a deploy, a crash) used to cost every WebSocket picked for it a 502, while a
+   * request to it was retried. Once the handshake is sent it is never retried.
+   */
+  private retried(err: Error, req: IncomingMessage, socket: Socket, failed: Backend): boolean {
+    const c = this.core;
+    const attempt = this.attempts.get(req);
+    const e = err as Error & { code?: string };
+    if (!attempt || this.upgraded.has(req) || classify(e) !== 'connect' || isBadAnswer(e))
+      return false;
+    const r = c.options.retry;
+    if (!r || !r.methods.includes('GET') || attempt.retries >= r.maxRetries) return false;
+    if (socket.destroyed || !socket.writable || c.closed || c.draining) return false;
+    attempt.tried ??= new Set();
+    attempt.tried.add(failed.endpoint);
+    if (c.nothingLeftToTry(attempt.tried) || !(c.budget?.tryRetry() ?? false)) return false;
+    const next = c.pickUpgrade(c.now(), attempt.hashKey, attempt.tried);
+    if (!next) return false;
+    const errno = e.code ?? e.message;
+    c.logLine(
+      `upstream:${failed.id}:${errno}`,
+      `attempt ${attempt.retries + 1} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}; retrying`,
+      {
+        event: 'upstream-failed',
+        backend: failed.id,
+        url: failed.target.href,
+        error: errno,
+        attempt: attempt.retries + 1,
+        method: req.method,
+        path: req.url,
+        outcome: 'retrying',
+      },
+    );
+    c.metrics.onRetry(failed.id);
+    attempt.retries++;
+    // What the client sent so far, the head included, goes back in front of the socket
+    // for the next attempt, which is therefore handed an empty head.
+    attempt.stopReading?.(true);
+    attempt.stopReading = undefined;
+    failed.openUpgrades--;
+    next.openUpgrades++;
+    this.upgrades.set(req, next);
+    c.loops.mark(req, attempt.via, next.id);
+    // http-proxy ends the client's socket right after this error reaches its listeners
+    // (ws-incoming.js, onOutgoingError), synchronously: that one end() is skipped, the
+    // socket carrying on. Restored in a microtask in any case, so a later end() is never
+    // swallowed.
+    const skipEnd = ((): Socket => {
+      delete (socket as { end?: unknown }).end;
+      return socket;
+    }) as Socket['end'];
+    socket.end = skipEnd;
+    queueMicrotask(() => {
+      if (socket.end === skipEnd) delete (socket as { end?: unknown }).end;
+    });
+    c.engine.upgrade(next, req, socket, Buffer.alloc(0));
+    return true;
+  }
+
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */
   closeAll(): void {
     for (const socket of this.open) socket.destroy();
   }
+}
+
+interface UpgradeAttempt {
+  /** The X-Loadwise-Via the client's request came with (loop-guard.ts). */
+  via: string | undefined;
+  hashKey: string | undefined;
+  /** Backends whose connect failed, not to be picked again. */
+  tried: Set<Endpoint> | undefined;
+  retries: number;
+  /** Ends the current attempt's reading of the client socket (readUntilAnswer). */
+  stopReading: ((keep: boolean) => void) | undefined;
 }
 
 /** Bytes a client may send before the 101 and still have them passed on: past this, a 400. */
@@ -394,6 +484,8 @@ function readUntilAnswer(
   };
   socket.on('data', onData);
   socket.once('end', onLeft);
+  // A retry's socket was paused by the attempt before (its bytes put back): read again.
+  socket.resume();
   return (keep) => {
     // Once only: after the tunnel is piped, a pause here would stall it.
     if (stopped) return;
