@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
 import {
   createEncoder,
@@ -12,7 +11,7 @@ import {
 } from '@loadwise/protocol';
 import { AgentError } from './errors';
 import { EarlyReporter, outstandingOf } from './early-report';
-import { connectBroker } from './mqtt-publisher';
+import { connectBroker, defaultClientId } from './mqtt-publisher';
 import { probe, type ProbeResult } from './probe';
 import { QUEUE_SOURCES, createQueueReader } from './queue';
 import type { QueueReading, QueueSourceReader, RiseReading } from './queue/types';
@@ -219,8 +218,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (this.stopping) return;
     const b = this.options.broker;
     if (b) {
-      const clientId =
-        b.clientId ?? `lw-agent-${this.backendId}-${randomBytes(4).toString('hex')}`.slice(0, 64);
+      const clientId = b.clientId ?? defaultClientId(this.backendId);
       const will = this.encoder.status('offline', { will: true, reason: 'agent connection lost' });
       const client = connectBroker(b, clientId, will);
       this.client = client;

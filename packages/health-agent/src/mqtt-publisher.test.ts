@@ -1,5 +1,5 @@
 import { createEncoder } from '@loadwise/protocol';
-import { mqttClientOptions } from './mqtt-publisher';
+import { defaultClientId, mqttClientOptions } from './mqtt-publisher';
 
 describe('mqttClientOptions', () => {
   const will = createEncoder({ backendId: 'b1', prefix: 'lw' }).status('offline', { will: true });
@@ -43,5 +43,19 @@ describe('mqttClientOptions', () => {
       password: 'p',
       rejectUnauthorized: false,
     });
+  });
+});
+
+describe('defaultClientId', () => {
+  it('keeps its random part whatever the backend id: two agents never share one', () => {
+    // Valid backend ids of 64 characters that differ only at the end.
+    const base = 'payments-api-production-eu-west-1-availability-zone-a-instance-';
+    const ids = [defaultClientId(`${base}1`), defaultClientId(`${base}2`), defaultClientId('b1')];
+    for (const id of ids) {
+      expect(id.length).toBeLessThanOrEqual(64);
+      expect(id).toMatch(/^lw-agent-.+-[0-9a-f]{8}$/);
+    }
+    expect(new Set(ids).size).toBe(3);
+    expect(ids[2]).toMatch(/^lw-agent-b1-[0-9a-f]{8}$/);
   });
 });

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import type { EncodedMessage } from '@loadwise/protocol';
 
@@ -25,6 +26,24 @@ export const DEFAULT_RECONNECT_PERIOD_MS = 1000;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 /** Short keepalive: the Last Will fires after 1.5 × keepalive of silence [MQTT-3.1.2-24]. */
 export const DEFAULT_KEEPALIVE_S = 10;
+
+/** The longest default client id: 64 characters, which every broker accepts. */
+const MAX_DEFAULT_CLIENT_ID = 64;
+
+/**
+ * `lw-agent-<backend id>-<8 random hex>`, at most 64 characters: the backend id
+ * is shortened, never the random part. Cut at the end (as it was), an id of 54
+ * characters or more lost the whole suffix, so two agents whose backend ids
+ * share their first 55 characters (`...-instance-1`, `...-instance-2`) had
+ * one client id, and the broker disconnected each in turn when the other
+ * connected [MQTT-3.1.4-2]: both reconnected every second, and half their
+ * reports were lost.
+ */
+export function defaultClientId(backendId: string): string {
+  const suffix = `-${randomBytes(4).toString('hex')}`;
+  const room = MAX_DEFAULT_CLIENT_ID - 'lw-agent-'.length - suffix.length;
+  return `lw-agent-${backendId.slice(0, room)}${suffix}`;
+}
 
 export function mqttClientOptions(
   b: BrokerOptions,
