@@ -40,6 +40,30 @@ async function rawBackend(
   return { server, url, open };
 }
 
+/**
+ * GET /big on a raw connection: reads 64 KiB, then nothing for 1.5 s, then on to the
+ * end. Resolves with the bytes read once the connection closes.
+ */
+function readWithPause(port: number, extraHeaders: string): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () =>
+      s.write(`GET /big HTTP/1.1\r\nHost: a\r\n${extraHeaders}\r\n`),
+    );
+    let n = 0;
+    let paused = false;
+    s.on('data', (d) => {
+      n += d.length;
+      if (!paused && n >= 64 * 1024) {
+        paused = true;
+        s.pause();
+        setTimeout(() => s.resume(), 1_500);
+      }
+    });
+    s.on('close', () => resolve(n));
+    s.on('error', () => undefined);
+  });
+}
+
 describe('hostile backend responses', () => {
   let gw: TestGateway | undefined;
   let backend: Awaited<ReturnType<typeof rawBackend>> | undefined;
@@ -141,29 +165,73 @@ describe('hostile backend responses', () => {
     });
     // Reads 64 KiB, then nothing for 1.5 s: the gateway's buffers fill, the backend's answer
     // pauses. Then it reads on: the connection was cut, the body short.
-    const got = await new Promise<number>((resolve) => {
-      const s = net.connect(gw!.port, '127.0.0.1', () =>
-        s.write('GET /big HTTP/1.1\r\nHost: a\r\n\r\n'),
-      );
-      let n = 0;
-      let paused = false;
-      s.on('data', (d) => {
-        n += d.length;
-        if (!paused && n >= 64 * 1024) {
-          paused = true;
-          s.pause();
-          setTimeout(() => s.resume(), 1_500);
-        }
-      });
-      s.on('close', () => resolve(n));
-      s.on('error', () => undefined);
-    });
+    const got = await readWithPause(gw.port, '');
     expect(got).toBeLessThan(big.length);
     const b = gw.backend('b');
     // It was charged a timeout each time, and enough such clients ejected a healthy backend.
     expect(b.failuresTotal).toBe(0);
     expect(b.state).toBe('healthy');
     expect(gw.snapshot().inFlight).toBe(0);
+  });
+
+  it("a client's download time is not the backend's latency: the sample ends with the backend's answer", async () => {
+    const big = Buffer.alloc(16 << 20, 120);
+    backend = await rawBackend((path, socket) => {
+      if (path !== '/big')
+        return void socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`);
+      socket.write(big);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    // A client that takes 64 KiB, then nothing for 1.5 s, then the rest.
+    await readWithPause(gw.port, 'Connection: close\r\n');
+    // Before: a sample of 1.5 s and more, the client's pause, as this backend's latency
+    // (with two backends, the next requests all went to the other one).
+    const latency = gw.backend('b').latencyMs;
+    expect(latency).not.toBeNull();
+    expect(latency!).toBeLessThan(1_000);
+    expect(gw.snapshot().inFlight).toBe(0);
+  }, 30_000);
+
+  it('a quiet event stream cut by requestTimeoutMs is not held against the backend', async () => {
+    const stream = (_path: string, socket: Socket): void => {
+      // One event, then silence (the next one would come in a minute).
+      socket.write(
+        'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n',
+      );
+      socket.write('c\r\ndata: hello\n\r\n');
+    };
+    backend = await rawBackend(stream);
+    const second = await rawBackend(stream);
+    try {
+      gw = await startLocalGateway({
+        backends: [
+          { id: 'b', url: backend.url },
+          { id: 'c', url: second.url },
+        ],
+        requestTimeoutMs: 200,
+        outlier: { consecutiveFailures: 3 },
+      });
+      // Eight streams at once, four a backend (clients opening a page): each gets its
+      // event, then is cut after 200 ms of silence (the connection closes).
+      const all = await Promise.all(
+        Array.from({ length: 8 }, () =>
+          rawExchange(gw!.port, 'GET /events HTTP/1.1\r\nHost: a\r\n\r\n'),
+        ),
+      );
+      for (const r of all) {
+        expect(r.closed).toBe(true);
+        expect(r.raw).toContain('data: hello');
+      }
+      // Before: each cut was a failure, and the four in a row ejected both backends.
+      expect(['b', 'c'].map((id) => [gw!.backend(id).state, gw!.backend(id).ejections])).toEqual([
+        ['healthy', 0],
+        ['healthy', 0],
+      ]);
+      expect(gw.snapshot().inFlight).toBe(0);
+    } finally {
+      await new Promise((r) => second.server.close(r));
+    }
   });
 
   it('a pipelined answer waiting behind a long streaming one is not cut as a stalled client', async () => {

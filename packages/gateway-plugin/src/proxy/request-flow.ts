@@ -74,6 +74,8 @@ interface Flow {
   attemptStartMs: number;
   /** The backend's answer started (response headers): it is no longer waited for. */
   responded: boolean;
+  /** The current attempt's time to the backend's head, ms. */
+  headMs: number;
   /**
    * The current attempt's answer while its head is not yet written to the
    * client (onProxyRes until relayHead, a tick later): an attempt that fails
@@ -123,12 +125,27 @@ function describe(req: IncomingMessage): string {
  * "103 Early Hints' cost").
  */
 const CLIENT_RESPONSE = Symbol('loadwise.clientResponse');
+/** Bytes of the answer the client's socket had taken at the backend socket's last timeout. */
+const CLIENT_TAKEN = Symbol('loadwise.clientTaken');
+/** The pipe to the client paused the backend's answer at least once (backpressure). */
+const ANSWER_HELD = Symbol('loadwise.answerHeld');
 /** 103s relayed for this backend request so far. */
 const HINTS_SENT = Symbol('loadwise.hintsSent');
 type AttemptRequest = ClientRequest & {
   [CLIENT_RESPONSE]?: ServerResponse;
   [HINTS_SENT]?: number;
+  [CLIENT_TAKEN]?: number;
 };
+
+/** The backend's answer's 'pause' listener: the client's side held it back. */
+function answerHeld(this: IncomingMessage & { [ANSWER_HELD]?: true }): void {
+  this[ANSWER_HELD] = true;
+}
+
+/** A backend socket's 'timeout', passed on to the request it carries (as Node's own listener). */
+function passTimeout(this: Socket): void {
+  (this as { _httpMessage?: ClientRequest })._httpMessage?.emit('timeout');
+}
 
 /** A backend request's 'timeout' listener (onProxyRes): its socket was silent mid-response. */
 function backendStalled(this: ClientRequest): void {
@@ -140,14 +157,34 @@ function backendStalled(this: ClientRequest): void {
     // with timeouts and ejected; it is cut without a charge. Not when the answer has no
     // socket yet (a pipelined request's, buffered until the ones before it end: a long
     // stream ahead of it is no stall), nor when the socket has just drained: the clock
-    // starts again.
-    const socket = (this as AttemptRequest)[CLIENT_RESPONSE]?.socket;
+    // starts again. Nor while the client's socket still takes what it was sent: cut only
+    // when no write to it completed since the last timeout (a time like nginx's
+    // send_timeout, between two writes), where the first one with bytes unsent cut it.
+    // What the gateway cannot see is a client reading behind full kernel buffers: its
+    // reads free no window for seconds (measured: 16 KiB/s behind ~4 MB, cut after two
+    // periods of 5 s), so a slow reader of large answers needs requestTimeoutMs to match.
+    const self = this as AttemptRequest;
+    const socket = self[CLIENT_RESPONSE]?.socket;
     if (socket?.writableNeedDrain === true) {
-      this.destroy(codedError('client stopped reading mid-response', CLIENT_STALLED_CODE));
-      return;
+      const taken = socket.bytesWritten - socket.writableLength;
+      if (self[CLIENT_TAKEN] === taken) {
+        this.destroy(codedError('client stopped reading mid-response', CLIENT_STALLED_CODE));
+        return;
+      }
+      self[CLIENT_TAKEN] = taken;
     }
+    // The clock starts again. Node tells a request of its socket's timeout once per
+    // setTimeout() (a `once` listener it does not add again), so re-arming the socket
+    // alone was never heard: a stall after the first re-arm was never cut. The listener
+    // goes with the request, never left on a socket the pool hands to the next one.
     const own = this.socket;
-    if (own && own.timeout) own.setTimeout(own.timeout);
+    if (own && own.timeout) {
+      if (!own.listeners('timeout').includes(passTimeout)) {
+        own.on('timeout', passTimeout);
+        this.once('close', () => own.off('timeout', passTimeout));
+      }
+      own.setTimeout(own.timeout);
+    }
     return;
   }
   this.destroy(codedError('backend stalled mid-response', TIMEOUT_CODE));
@@ -227,6 +264,7 @@ function newFlow(
     attemptOpen: false,
     attemptStartMs: 0,
     responded: false,
+    headMs: 0,
     answer: undefined,
     firstByteTimer: undefined,
     connectTimer: undefined,
@@ -877,7 +915,8 @@ export class RequestFlow {
       ((status === 503 || status === 429) && backend.load.reportSaturated(nowMs));
     const failed = !flow.overloaded && status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
-    c.metrics.onResponse(backend.id, status, nowMs - flow.attemptStartMs);
+    flow.headMs = nowMs - flow.attemptStartMs;
+    c.metrics.onResponse(backend.id, status, flow.headMs);
     if (failed) {
       c.metrics.onError(backend.id, '5xx');
       c.outlier.onFailure(backend);
@@ -895,9 +934,17 @@ export class RequestFlow {
       proxyReq.on('timeout', backendStalled);
       proxyReq.setTimeout(c.options.requestTimeoutMs);
     }
+    proxyRes.on('pause', answerHeld);
     // 'close' comes once: `on` spares `once`'s wrapper.
     const target = flow.target;
     proxyRes.on('close', () => {
+      // The backend's answer is whole: its work and its connection are done, though the
+      // client may still be reading the last of it. The attempt ends here, not when the
+      // client's response closes (endAttempt's sample, below, says why not its time).
+      if (proxyRes.complete) {
+        if (flow.target === target) this.endAttempt(flow);
+        return;
+      }
       // The backend cut the body short: the client must see a cut too, not a
       // response that never ends (http-proxy leaves `res` open in that case).
       // Not when this attempt failed before its head went out (onError): the
@@ -979,8 +1026,13 @@ export class RequestFlow {
   onError(err: Error, req: IncomingMessage, res: ServerResponse | Socket, target: unknown): void {
     const flow = this.flows.get(req);
     if (!flow) return this.upgrades.onError(err, req, res);
-    if (flow.done || !flow.attemptOpen || !flow.backend) return;
+    if (flow.done || !flow.backend) return;
     if (target !== undefined && target !== flow.target) return; // a previous attempt's late error
+    // Node keeps the backend's answer on its request (`req.res`), which the types omit.
+    const whole =
+      flow.responded && (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete;
+    // The attempt ended with its whole answer (onProxyRes), which bytes followed.
+    if (!flow.attemptOpen) return void (whole && this.bytesAfterAnswer(flow, err));
     // The client's side broke (it reset the connection, or its body did not
     // parse): http-proxy reports that through the same 'error', as it listens
     // on the client request too (web-incoming.js). Not the backend's doing.
@@ -1004,23 +1056,7 @@ export class RequestFlow {
       this.endAttempt(flow);
       return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
     }
-    // Node keeps the backend's answer on its request (`req.res`), which the types omit.
-    if (flow.responded && (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete) {
-      // The answer was whole (a HEAD, 204 or 304 is at its head) and bytes
-      // followed it (a body Node skips for them, or garbage): the parser fails
-      // on those, not on the answer, which goes on to the client in full, as
-      // nginx relays it. Node discards the backend's socket; the attempt ends
-      // with the answer. Logged, not held against the backend. Its other
-      // connections may be out of step as well, unseen: retired (pool-agent.ts).
-      const errno = (err as { code?: string }).code ?? err.message;
-      retirePool(backend.agent);
-      c.logLine(
-        `upstream:${backend.id}:after-answer`,
-        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${flow.req.url}: ${errno}; answer relayed, its connections retired`,
-        { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
-      );
-      return;
-    }
+    if (whole) return this.bytesAfterAnswer(flow, err);
     const answer = flow.answer;
     if (answer) {
       // The answer failed in the read that brought its head (a bad chunk), which has not
@@ -1032,7 +1068,11 @@ export class RequestFlow {
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
-    c.outlier.onFailure(backend);
+    // Silence once the answer is the client's is an idle stream's (an event stream, a long
+    // poll between events) as often as a hung backend's: cut, counted, but not held
+    // against the backend, as nginx's max_fails does not count it. Charged, ten such
+    // streams ejected a healthy backend.
+    if (!(kind === 'timeout' && flow.res.headersSent)) c.outlier.onFailure(backend);
     // An answer Node could not parse may be the middle of one that belongs to another
     // request: that backend's connections are retired, as for stray bytes (pool-agent.ts).
     if (isBadAnswer(err)) retirePool(backend.agent);
@@ -1081,6 +1121,25 @@ export class RequestFlow {
     const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
     logFailure(code, `; answering ${code}`);
     this.fail(flow, code);
+  }
+
+  /**
+   * The answer was whole (a HEAD, 204 or 304 is at its head) and bytes
+   * followed it (a body Node skips for them, or garbage): the parser fails
+   * on those, not on the answer, which goes on to the client in full, as
+   * nginx relays it. Node discards the backend's socket; the attempt ends
+   * with the answer. Logged, not held against the backend. Its other
+   * connections may be out of step as well, unseen: retired (pool-agent.ts).
+   */
+  private bytesAfterAnswer(flow: Flow, err: Error): void {
+    const backend = flow.backend!;
+    const errno = (err as { code?: string }).code ?? err.message;
+    retirePool(backend.agent);
+    this.core.logLine(
+      `upstream:${backend.id}:after-answer`,
+      `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${flow.req.url}: ${errno}; answer relayed, its connections retired`,
+      { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
+    );
   }
 
   /**
@@ -1250,7 +1309,15 @@ export class RequestFlow {
     flow.connectTimer = undefined;
   }
 
-  /** Ends the current attempt exactly once; `cancelled`: no latency or error sample. */
+  /**
+   * Ends the current attempt exactly once; `cancelled`: no latency or error sample.
+   * The sample is the attempt's time until now, unless the client's side held the
+   * backend's answer back (backpressure: a slow or paused reader, a pipelined answer
+   * waiting its turn): then the answer ran at the client's pace, and the sample is the
+   * time to the head. A client's download time was the backend's latency: one 20 MB
+   * download at 1 MB/s was a 17.5 s sample, and the next 300 requests went 298 to the
+   * other backend.
+   */
   private endAttempt(flow: Flow, cancelled = false): void {
     if (!flow.attemptOpen || !flow.backend) return;
     flow.attemptOpen = false;
@@ -1259,7 +1326,9 @@ export class RequestFlow {
     flow.bodyTimer = undefined;
     const c = this.core;
     const nowMs = c.now();
-    const latencyMs = nowMs - flow.attemptStartMs;
+    const answer = (flow.proxyReq as { res?: { [ANSWER_HELD]?: true } } | undefined)?.res;
+    const latencyMs =
+      flow.responded && answer?.[ANSWER_HELD] === true ? flow.headMs : nowMs - flow.attemptStartMs;
     c.attemptEnded(flow.backend, nowMs, latencyMs, flow.responseOk, flow.overloaded, cancelled);
   }
 
