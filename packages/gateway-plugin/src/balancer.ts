@@ -82,6 +82,11 @@ export class Balancer implements BalancerHandle, FlowHost {
   readonly engine: ProxyEngine;
   readonly flow: RequestFlow;
   readonly now: () => number;
+  /**
+   * The wall clock, for what is compared with other hosts' clocks (report timestamps,
+   * epochs) or shown as a date; `now` (monotonic, clock.ts) for everything else.
+   */
+  readonly wallNow: () => number;
   closed = false;
   /** close() was called: new requests are refused while in-flight ones finish. */
   draining = false;
@@ -117,6 +122,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   constructor(readonly options: ResolvedOptions) {
     const o = options;
     this.now = o.now;
+    this.wallNow = o.now === DEFAULTS.now ? Date.now : o.now;
     this.log = new RateLimitedLog(o.logger, o.now);
     this.events = new BalancerEmitter((err) =>
       writeLog(
@@ -288,7 +294,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         maxClockSkewMs: o.maxClockSkewMs,
         maxRetainedAgeMs: o.maxRetainedAgeMs,
         maxPayloadBytes: o.maxPayloadBytes,
-        now: o.now,
+        now: this.wallNow,
       });
     } catch (err) {
       throw new GatewayError('LW_GW_INVALID_OPTION', (err as Error).message);

@@ -480,7 +480,7 @@ describe('the defaults table and docs/gateway.md', () => {
         : [[option, undefined, value]],
   );
 
-  // Functions (now, random) are named in the row by hand: `Date.now`, `Math.random`.
+  // Functions (now, random) are named in the row by hand: a monotonic clock, `Math.random`.
   it.each(leaves.filter(([, , v]) => typeof v !== 'function'))(
     'shows %s %s',
     (option, key, value) => {

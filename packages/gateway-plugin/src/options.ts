@@ -4,6 +4,7 @@
  * options-validate.ts checks them, and a compile-time check there keeps it
  * and these types equal; everything after construction reads ResolvedOptions.
  */
+import { monotonicNow } from './clock';
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { MqttClient } from 'mqtt';
 import type { Registry as MetricsRegistry } from 'prom-client';
@@ -411,7 +412,11 @@ export interface LoadBalanceOptions {
   /** A live dashboard page behind its own read-only token; off by default (docs/dashboard.md). */
   dashboard?: DashboardOptions | false;
   logger?: Logger;
-  /** Injectable clock and random source (tests). */
+  /**
+   * Injectable clock and random source (tests). Given, `now` is the only clock, the
+   * wall clock of message timestamps included; by default the gateway times itself on
+   * a monotonic clock and reads the wall clock only for what other hosts stamp.
+   */
   now?: () => number;
   random?: () => number;
 }
@@ -543,9 +548,10 @@ export const DEFAULTS = {
   decisionHeader: DEFAULT_DECISION_HEADER,
   metricsPrefix: DEFAULT_METRICS_PREFIX,
   dashboard: { path: '/_lb/dashboard', maxViewers: 10, intervalMs: 1_000, historySec: 300 },
-  // Read at construction, not at import: tests fake Date.now after importing.
+  // Monotonic (clock.ts). Read at construction, not at import: tests fake the clocks
+  // after importing.
   get now(): () => number {
-    return Date.now;
+    return monotonicNow;
   },
   get random(): () => number {
     return Math.random;

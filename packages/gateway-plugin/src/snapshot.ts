@@ -78,7 +78,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
     });
   }
   return {
-    takenAt: new Date(nowMs).toISOString(),
+    takenAt: new Date(lb.wallNow()).toISOString(),
     service: lb.options.service ?? null,
     strategy: lb.strategy.name,
     panic: lb.registry.panic,

@@ -138,7 +138,7 @@ export class WarmUp {
   /** The request budget ended before `requests` were sent (REQUEST_BUDGET_MS). */
   private cutShort = false;
   private connections = 0;
-  private readonly startedAt = Date.now();
+  private readonly startedAt = performance.now();
   /** Sockets the preconnects may still open (MAX_PRECONNECT_SOCKETS in all). */
   private socketBudget = MAX_PRECONNECT_SOCKETS;
   /** Backends waiting for a preconnect slot, and the preconnects running. */
@@ -223,7 +223,7 @@ export class WarmUp {
     const deadline = this.startedAt + REQUEST_BUDGET_MS;
     const worker = async (): Promise<void> => {
       while (!this.over && next < this.plan.requests) {
-        if (Date.now() >= deadline) {
+        if (performance.now() >= deadline) {
           this.cutShort = true;
           return;
         }
@@ -362,7 +362,7 @@ export class WarmUp {
     // What the overload monitor measured so far was this warm-up's own work (compiling,
     // connecting), not load: a stall it caused shed the first requests after ready().
     if (!this.closed) this.balancer.overload?.forget();
-    const ms = Date.now() - this.startedAt;
+    const ms = Math.round(performance.now() - this.startedAt);
     const logger = this.balancer.options.logger;
     const budget = this.cutShort
       ? ` (of ${this.plan.requests}: the ${REQUEST_BUDGET_MS} ms budget ended)`

@@ -422,7 +422,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       if (!slot.listening && code === 1) slot.failedStarts++;
       slot.worker = undefined;
       slot.listening = false;
-      const { decision, crashTimes } = decideRestart(slot.crashTimes, Date.now(), restart);
+      const { decision, crashTimes } = decideRestart(slot.crashTimes, performance.now(), restart);
       slot.crashTimes = crashTimes;
       if (decision.restart) {
         log(`worker ${slot.id} (pid ${pid}) exited (${how}); restarting in ${decision.delayMs} ms`);
