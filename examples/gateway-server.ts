@@ -8,7 +8,9 @@
  *   LOADWISE_GW_BACKENDS=api-1=http://10.0.0.11:3000,api-2=http://10.0.0.12:3000 \
  *   LOADWISE_GW_BROKER=mqtt://broker.internal:1883 node examples/dist/gateway-server.js
  *
- * Prints one JSON line on stdout once listening: {"event":"listening","id","port","pid"}.
+ * Listens once `lb.ready()` resolves, then prints one JSON line on stdout:
+ * {"event":"listening","id","port","pid"}. Exit 1: not ready (requireBroker
+ * with the broker out of reach).
  * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
  * LOADWISE_GW_STOP_GRACE_MS), answer what is cut, exit 0. With
  * --exit-with-parent it also stops when its stdin closes (the parent died).
@@ -246,6 +248,20 @@ async function main(): Promise<void> {
     process.stdin.on('error', () => stop('parent gone'));
     process.stdin.resume();
   }
+  // Take traffic once the balancer is ready (docs/gateway.md, "Warm-up and readiness"):
+  // subscribed to the broker and warmed up, or told the broker is out of reach (within its
+  // connect timeout, then routing on local signals). It listened at once before, and a
+  // restart served its first requests before the subscription and the warm-up.
+  // requireBroker: true makes an unreachable broker a failed start.
+  try {
+    await lb.ready();
+  } catch (err) {
+    // Stopped meanwhile (ready() rejects with LW_GW_CLOSED): stop() exits.
+    if (stopping) return;
+    process.stderr.write(`gateway-server: not ready: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+  if (stopping) return;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, resolve);
