@@ -167,6 +167,11 @@ describe('decoder never throws', () => {
   });
 });
 
+/** An encoded message as decode()'s first two arguments. */
+function parts(m: { topic: string; payload: string }): [string, string] {
+  return [m.topic, m.payload];
+}
+
 describe('replay protection', () => {
   it('drops repeated and older sequence numbers; a restarted agent (newer epoch) is accepted', () => {
     const c = clock();
@@ -185,6 +190,55 @@ describe('replay protection', () => {
     const restarted = createEncoder({ backendId: 'b1', key, now: c.now }).metrics(body);
     expect(restarted.message.seq).toBe(0);
     expect(dec.decode(restarted.topic, restarted.payload).ok).toBe(true);
+  });
+
+  it('an agent run that said offline hands the backend on to an earlier run still speaking live', () => {
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now });
+    // The agent that stays, and a second one for the same backend started after it (a test
+    // run, a copied configuration): a newer epoch.
+    const stays = createEncoder({ backendId: 'b1', key, now: c.now });
+    expect(dec.decode(...parts(stays.metrics(body))).ok).toBe(true);
+    c.advance(1_000);
+    const stray = createEncoder({ backendId: 'b1', key, now: c.now });
+    expect(dec.decode(...parts(stray.metrics(body))).ok).toBe(true);
+    // While both run, the earlier run's reports are refused, and said to be another run's.
+    c.advance(500);
+    const refused = dec.decode(...parts(stays.metrics(body)));
+    expect(refused).toMatchObject({ ok: false, code: 'LW_PROTO_REPLAY' });
+    expect((refused as { detail: string }).detail).toMatch(
+      /an earlier agent run than the one heard/,
+    );
+    // The stray stops: its offline is accepted, and the agent that stayed is heard again at
+    // once. Before, its reports were replays for 90 s, the backend out on the stray's word.
+    c.advance(500);
+    expect(dec.decode(...parts(stray.status('offline'))).ok).toBe(true);
+    c.advance(500);
+    const back = stays.metrics(body);
+    expect(dec.decode(...parts(back)).ok).toBe(true);
+    // And that run's order is the one checked from then on: its copy is refused.
+    expect(dec.decode(...parts(back))).toMatchObject({ ok: false, code: 'LW_PROTO_REPLAY' });
+  });
+
+  it('a run ended by its Last Will hands on too; a retained message of an earlier run does not take over', () => {
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const stays = createEncoder({ backendId: 'b1', key, now: c.now });
+    const early = stays.metrics(body);
+    expect(dec.decode(...parts(early)).ok).toBe(true);
+    c.advance(1_000);
+    const stray = createEncoder({ backendId: 'b1', key, now: c.now });
+    const will = stray.status('offline', { will: true });
+    expect(dec.decode(...parts(stray.metrics(body))).ok).toBe(true);
+    c.advance(500);
+    const retained = stays.metrics(body);
+    expect(dec.decode(retained.topic, retained.payload, { retained: true })).toMatchObject({
+      ok: false,
+    });
+    // The stray is killed: the broker publishes its will.
+    expect(dec.decode(will.topic, will.payload, { retained: true }).ok).toBe(true);
+    c.advance(500);
+    expect(dec.decode(...parts(stays.metrics(body))).ok).toBe(true);
   });
 
   it('at its bound, forgets the least recently heard backend by one step, not a scan of all', () => {

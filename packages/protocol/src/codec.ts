@@ -393,9 +393,17 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       }
     }
     if (replay) {
+      const current = guard.currentEpoch(backendId);
+      // A live message of an earlier agent run than the one heard, sent just now: not a
+      // captured message but another agent for this backend, or one restarted with its
+      // clock behind. Said so, where "replay" read as an attack.
+      const earlierRun =
+        replay === 'LW_PROTO_REPLAY' && current !== undefined && message.epochMs < current
+          ? `; an earlier agent run than the one heard (epochMs ${current}): a second agent for this backend, or one restarted with its clock behind`
+          : '';
       return fail(
         replay,
-        `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}`,
+        `epochMs ${message.epochMs} seq ${message.seq} ts ${message.ts}${earlierRun}`,
         backendId,
       );
     }
