@@ -10,9 +10,10 @@ import type { ServerResponse } from 'node:http';
 import { createEncoder, signPayload, type SigningKey } from '@loadwise/protocol';
 import { brokerTargets, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
-import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
+import { quietLogger, startLocalGateway, type TestGateway } from '../kit/gateway';
+import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { internals } from '@loadwise/gateway-plugin/internals';
+import { Registry } from 'prom-client';
 
 /** Reports are signed, as a gateway requires by default (SECURITY.md). */
 const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };
@@ -220,6 +221,48 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
       gw = undefined;
       expect(own.connected).toBe(true);
     } finally {
+      await endClient(own);
+    }
+  });
+
+  it("one client for two services' balancers: each hears its own reports, never drops the other's", async () => {
+    const prefix = uniquePrefix('gw');
+    const own = await connectClient(broker.url);
+    const registry = new Registry();
+    const dropped: string[] = [];
+    const balancers = ['users', 'orders'].map((service) => {
+      const lb = loadBalance({
+        backends: [{ id: `${service}-1`, url: a.url }],
+        broker: { client: own },
+        topicPrefix: prefix,
+        service,
+        keys: [key],
+        healthCheck: false,
+        warmUp: false,
+        metricsRegistry: registry,
+        logger: quietLogger,
+      });
+      lb.balancer.on('invalid-message', (e) => dropped.push(`${service}: ${e.code}`));
+      return lb;
+    });
+    try {
+      await Promise.all(balancers.map((lb) => lb.ready()));
+      for (const service of ['users', 'orders']) {
+        const enc = createEncoder({
+          backendId: `${service}-1`,
+          prefix: `${prefix}/${service}`,
+          key,
+        });
+        for (const m of [enc.status('online'), enc.metrics(metricsBody)])
+          await own.publishAsync(m.topic, m.payload, { qos: 1 });
+      }
+      await until(() => balancers.every((lb) => lb.balancer.snapshot().backends[0]!.reportFresh));
+      // Before: each balancer also got the other's two messages, each dropped and counted
+      // as LW_PROTO_BAD_TOPIC, with a warning, and charged to its message limits.
+      expect(dropped).toEqual([]);
+      expect(await registry.metrics()).not.toMatch(/invalid_messages_total\{/);
+    } finally {
+      await Promise.all(balancers.map((lb) => lb.close({ graceMs: 0 })));
       await endClient(own);
     }
   });

@@ -13,7 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
-import { subscriptionFilter } from '@loadwise/protocol';
+import { TOPIC_VERSION, subscriptionFilter } from '@loadwise/protocol';
 import type { BrokerOption, BrokerUrlOptions } from '../options';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
 
@@ -74,6 +74,8 @@ export class MqttSource {
    */
   private readonly subscribed: Promise<void>;
   private onSubscribed!: () => void;
+  /** What every topic this balancer subscribes to begins with. */
+  private readonly topicStart: string;
 
   constructor(
     private readonly broker: BrokerOption,
@@ -81,6 +83,7 @@ export class MqttSource {
     private readonly handlers: MqttSourceHandlers,
     private readonly maxPacketBytes: number,
   ) {
+    this.topicStart = `${prefix}/${TOPIC_VERSION}/backends/`;
     this.subscribed = new Promise((resolve) => (this.onSubscribed = resolve));
     this.ready = this.start().then(() => this.subscribed);
     // A failed start (e.g. the embedded broker's port is taken) rejects
@@ -300,6 +303,12 @@ export class MqttSource {
     packet: { retain?: boolean },
   ): void => {
     if (this.closed) return;
+    // A client shared with the app or with other balancers (`broker: { client }`) emits
+    // every message it is subscribed to: another service's reports, the app's own topics.
+    // Not this balancer's, so neither dropped as malformed nor charged to its rate limits
+    // (each counted LW_PROTO_BAD_TOPIC with a warning, and enough of them used up the
+    // gateway-wide message budget its own agents' reports need).
+    if (!this.ownsClient && !topic.startsWith(this.topicStart)) return;
     this.handlers.onPacket(topic, payload, packet.retain === true);
   };
 
