@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -149,6 +150,29 @@ describe('CgroupSampler', () => {
       memoryLimitBytes: 1e9,
       memoryUtilization: 0.3,
     });
+  });
+
+  it('a named pipe or an oversized file in place of a cgroup file is unknown, never a hang', async () => {
+    const root = fixture({
+      'cgroup.controllers': 'cpu memory\n',
+      'cpu.stat': 'usage_usec 1000000\n',
+      'memory.max': '536870912\n',
+      'memory.current': '300000000\n',
+      // Past the bound: unknown, not 70 KiB read every sample.
+      'memory.stat': `anon 1\n${'x'.repeat(70_000)}\n`,
+    });
+    roots.push(root);
+    // A FIFO nobody writes to: readFile() waited on it for good (the agent never connected).
+    execFileSync('mkfifo', [path.join(root, 'cpu.max')]);
+    const procRoot = fixture({ 'self/cgroup': '0::/\n' });
+    roots.push(procRoot);
+    const s = new CgroupSampler({ root, procRoot, now: () => 0 });
+    expect(await s.detect()).toBe(2);
+    const sample = await s.sample();
+    expect(sample?.cpuLimitCores).toBeUndefined();
+    expect(sample?.memoryLimitBytes).toBe(536870912);
+    // memory.stat unknown: the used figure is memory.current as it is.
+    expect(sample?.memoryUsedBytes).toBe(300000000);
   });
 
   it('returns undefined without a cgroup filesystem', async () => {

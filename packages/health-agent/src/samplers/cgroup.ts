@@ -1,5 +1,6 @@
-import { access, readFile } from 'node:fs/promises';
+import { access } from 'node:fs/promises';
 import type { CgroupMetrics } from '@loadwise/protocol';
+import { readRegularFile } from './bounded-read';
 import { clamp01 } from './proc-stat';
 
 /**
@@ -29,12 +30,17 @@ export interface CgroupSamplerOptions {
 /** v1 "no limit" is LONG_MAX rounded down to a page; anything this large is unlimited. */
 const V1_UNLIMITED_BYTES = 2 ** 60;
 
+/** The most read of a cgroup file: memory.stat, the largest, is a few KiB. */
+export const MAX_CGROUP_FILE_BYTES = 64 * 1024;
+
+/**
+ * A cgroup or procfs file's text, or undefined (bounded-read.ts: a named pipe
+ * under `--cgroup-root` blocked the agent for good; more than
+ * MAX_CGROUP_FILE_BYTES is unknown).
+ */
 async function readText(path: string): Promise<string | undefined> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch {
-    return undefined;
-  }
+  const r = await readRegularFile(path, MAX_CGROUP_FILE_BYTES);
+  return 'text' in r ? r.text : undefined;
 }
 
 async function exists(path: string): Promise<boolean> {

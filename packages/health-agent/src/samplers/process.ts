@@ -1,7 +1,7 @@
-import { constants } from 'node:fs';
-import { open, readFile, type FileHandle } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import type { ProcessMetrics } from '@loadwise/protocol';
 import { AgentError } from '../errors';
+import { readRegularFile } from './bounded-read';
 
 /**
  * Per-process CPU and RSS from /proc/<pid>/stat and /proc/<pid>/status
@@ -45,50 +45,22 @@ export const MAX_PID_FILE_BYTES = 64;
  * and readFile() took whatever it was: a named pipe put in its place blocked a
  * libuv thread for good (no report again, and SIGTERM logged 'stopped' but
  * the process never exited), and a 256 MiB file cost 6.8 s of CPU in 8 s and
- * 1.36 GB RSS. It is now opened without blocking (O_NONBLOCK: an open FIFO
- * returns at once), must be a regular file, and at most MAX_PID_FILE_BYTES
- * are read; anything else holds no valid PID (LW_AGENT_PID_FILE).
+ * 1.36 GB RSS. It is now read with readRegularFile (bounded-read.ts): a
+ * regular file of at most MAX_PID_FILE_BYTES; anything else holds no valid
+ * PID (LW_AGENT_PID_FILE).
  */
 export async function readPidFile(path: string): Promise<number> {
-  let handle: FileHandle;
-  try {
-    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
-  } catch (err) {
-    throw new AgentError(
-      'LW_AGENT_PID_FILE',
-      `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-    );
+  const r = await readRegularFile(path, MAX_PID_FILE_BYTES);
+  if ('error' in r) {
+    const why =
+      r.error === 'not a regular file'
+        ? `${path} is not a regular file`
+        : r.error === 'too large'
+          ? `${path} is over ${MAX_PID_FILE_BYTES} bytes: no process id`
+          : `cannot read ${path}: ${r.error}`;
+    throw new AgentError('LW_AGENT_PID_FILE', why);
   }
-  let text: string;
-  try {
-    if (!(await handle.stat()).isFile()) {
-      throw new AgentError('LW_AGENT_PID_FILE', `${path} is not a regular file`);
-    }
-    // One byte more than allowed tells a longer file from one of exactly the limit.
-    const buf = Buffer.alloc(MAX_PID_FILE_BYTES + 1);
-    let length = 0;
-    for (;;) {
-      const { bytesRead } = await handle.read(buf, length, buf.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-      if (length === buf.length) break;
-    }
-    if (length > MAX_PID_FILE_BYTES) {
-      throw new AgentError(
-        'LW_AGENT_PID_FILE',
-        `${path} is over ${MAX_PID_FILE_BYTES} bytes: no process id`,
-      );
-    }
-    text = buf.toString('utf8', 0, length);
-  } catch (err) {
-    if (err instanceof AgentError) throw err;
-    throw new AgentError(
-      'LW_AGENT_PID_FILE',
-      `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-    );
-  } finally {
-    await handle.close().catch(() => undefined);
-  }
+  const text = r.text;
   const pid = Number(text.trim());
   if (!Number.isSafeInteger(pid) || pid < 1) {
     throw new AgentError('LW_AGENT_PID_FILE', `${path} does not hold a process id`);

@@ -1,0 +1,44 @@
+import { constants } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
+
+/** Why readRegularFile read nothing: an errno of open/read, or the two checks. */
+export type BoundedReadError = 'not a regular file' | 'too large' | string;
+
+/**
+ * The text of a file the agent reads on every sample (a PID file, a cgroup
+ * file), never a hang and never more than `maxBytes`: opened without
+ * blocking (O_NONBLOCK: a named pipe put in its place returns at once), a
+ * regular file only, read until EOF (procfs and cgroupfs files say size 0)
+ * up to one byte past the bound. readFile() took whatever the path was: a
+ * FIFO blocked a libuv thread for good (no report again, and SIGTERM logged
+ * 'stopped' but the process never exited), and a 256 MiB file cost seconds
+ * of CPU and a GB of memory a sample.
+ */
+export async function readRegularFile(
+  path: string,
+  maxBytes: number,
+): Promise<{ text: string } | { error: BoundedReadError }> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (err) {
+    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+  }
+  try {
+    if (!(await handle.stat()).isFile()) return { error: 'not a regular file' };
+    // One byte more than allowed tells a longer file from one of exactly the limit.
+    const buf = Buffer.alloc(maxBytes + 1);
+    let length = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buf, length, buf.length - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+      if (length === buf.length) return { error: 'too large' };
+    }
+    return { text: buf.toString('utf8', 0, length) };
+  } catch (err) {
+    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+  } finally {
+    await handle.close().catch(() => undefined);
+  }
+}
