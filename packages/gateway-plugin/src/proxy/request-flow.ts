@@ -127,6 +127,8 @@ function describe(req: IncomingMessage): string {
 const CLIENT_RESPONSE = Symbol('loadwise.clientResponse');
 /** Bytes of the answer the client's socket had taken at the backend socket's last timeout. */
 const CLIENT_TAKEN = Symbol('loadwise.clientTaken');
+/** false: the last timeout found the answer paused; true: its one period after resuming is used. */
+const RESUMED_GRACE = Symbol('loadwise.resumedGrace');
 /** The pipe to the client paused the backend's answer at least once (backpressure). */
 const ANSWER_HELD = Symbol('loadwise.answerHeld');
 /** 103s relayed for this backend request so far. */
@@ -135,6 +137,7 @@ type AttemptRequest = ClientRequest & {
   [CLIENT_RESPONSE]?: ServerResponse;
   [HINTS_SENT]?: number;
   [CLIENT_TAKEN]?: number;
+  [RESUMED_GRACE]?: boolean;
 };
 
 /** The backend's answer's 'pause' listener: the client's side held it back. */
@@ -150,6 +153,7 @@ function passTimeout(this: Socket): void {
 /** A backend request's 'timeout' listener (onProxyRes): its socket was silent mid-response. */
 function backendStalled(this: ClientRequest): void {
   const answer = (this as { res?: IncomingMessage }).res;
+  const self = this as AttemptRequest;
   if (answer?.readableFlowing === false) {
     // The backend's socket is idle because the pipe to the client paused the answer
     // (backpressure). Whose doing is it? The client's, when its socket holds bytes it has
@@ -163,7 +167,6 @@ function backendStalled(this: ClientRequest): void {
     // What the gateway cannot see is a client reading behind full kernel buffers: its
     // reads free no window for seconds (measured: 16 KiB/s behind ~4 MB, cut after two
     // periods of 5 s), so a slow reader of large answers needs requestTimeoutMs to match.
-    const self = this as AttemptRequest;
     const socket = self[CLIENT_RESPONSE]?.socket;
     if (socket?.writableNeedDrain === true) {
       const taken = socket.bytesWritten - socket.writableLength;
@@ -173,21 +176,34 @@ function backendStalled(this: ClientRequest): void {
       }
       self[CLIENT_TAKEN] = taken;
     }
-    // The clock starts again. Node tells a request of its socket's timeout once per
-    // setTimeout() (a `once` listener it does not add again), so re-arming the socket
-    // alone was never heard: a stall after the first re-arm was never cut. The listener
-    // goes with the request, never left on a socket the pool hands to the next one.
-    const own = this.socket;
-    if (own && own.timeout) {
-      if (!own.listeners('timeout').includes(passTimeout)) {
-        own.on('timeout', passTimeout);
-        this.once('close', () => own.off('timeout', passTimeout));
-      }
-      own.setTimeout(own.timeout);
-    }
-    return;
+    self[RESUMED_GRACE] = false;
+    return restartClock(this);
+  }
+  // Flowing again, but the clock ran while the client's side held the answer: a timer due
+  // as the pipe resumed fires before the backend socket's next read (timers run before
+  // I/O in a loop turn), and a loaded machine cut pipelined answers as stalled backends
+  // the moment their turn came. One more period, once per pause.
+  if (self[RESUMED_GRACE] === false) {
+    self[RESUMED_GRACE] = true;
+    return restartClock(this);
   }
   this.destroy(codedError('backend stalled mid-response', TIMEOUT_CODE));
+}
+
+/**
+ * The backend socket's idle clock starts again. Node tells a request of its socket's
+ * timeout once per setTimeout() (a `once` listener it does not add again), so re-arming
+ * the socket alone was never heard: a stall after the first re-arm was never cut. The
+ * listener goes with the request, never left on a socket the pool hands to the next one.
+ */
+function restartClock(req: ClientRequest): void {
+  const own = req.socket;
+  if (!own || !own.timeout) return;
+  if (!own.listeners('timeout').includes(passTimeout)) {
+    own.on('timeout', passTimeout);
+    req.once('close', () => own.off('timeout', passTimeout));
+  }
+  own.setTimeout(own.timeout);
 }
 
 /**
