@@ -399,7 +399,7 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       // clock behind. Said so, where "replay" read as an attack.
       const earlierRun =
         replay === 'LW_PROTO_REPLAY' && current !== undefined && message.epochMs < current
-          ? `; an earlier agent run than the one heard (epochMs ${current}): a second agent for this backend, or one restarted with its clock behind`
+          ? `; an earlier agent run than the one heard (epochMs ${current}): a second agent for this backend, one restarted with its clock behind, or a replay`
           : '';
       return fail(
         replay,

@@ -32,8 +32,6 @@ interface Last {
   epochMs: number;
   seq: number;
   seenAtMs: number;
-  /** This agent run said it ended: its `offline` status, or its Last Will. */
-  ended: boolean;
 }
 
 /**
@@ -46,11 +44,6 @@ export function replayRetentionMs(
   opts: Pick<ReplayGuardOptions, 'maxClockSkewMs' | 'maxRetainedAgeMs'>,
 ): number {
   return Math.max(opts.maxRetainedAgeMs, opts.maxClockSkewMs) + opts.maxClockSkewMs;
-}
-
-/** An agent's own `offline` status: its run ended (a stop, not a loss). */
-function endsRun(message: Message): boolean {
-  return message.kind === 'status' && message.state === 'offline';
 }
 
 /** The agent's Last Will: an `offline` status marked `will`, built when the agent connected. */
@@ -94,16 +87,6 @@ export function isLastWill(message: Message): boolean {
  * newer one. Its effect is benign by design (the gateway keeps routing to the
  * backend on local signals), so an old will can do no more than the failure it
  * announces. It does not advance the sequence.
- *
- * An agent run that said it ended (its `offline` status, or its Last Will)
- * hands the backend on to whichever run speaks next live, an earlier epoch
- * included: the agent that stayed when a second one for the same backend
- * (a test run, a copied configuration) stopped, or one restarted with its
- * clock stepped back. Refused, their reports were "replays" for the whole
- * retention (90 s), and the backend stayed out on the ended run's `offline`.
- * A replay cannot use this: a live message passed the time rules, so it was
- * sent within `maxClockSkewMs`, and from then on that run's sequence is the
- * one checked.
  */
 export class ReplayGuard {
   /** Per backend, in order of the last accepted message (least recently heard first). */
@@ -140,20 +123,16 @@ export class ReplayGuard {
     // broker blip.
     const old = meta.retained ? 'LW_PROTO_RETAINED_SUPERSEDED' : 'LW_PROTO_REPLAY';
     if (isWill) {
-      if (last && message.epochMs < last.epochMs) return old;
-      if (last && message.epochMs === last.epochMs) last.ended = true;
-      return undefined;
+      return last && message.epochMs < last.epochMs ? old : undefined;
     }
     if (last) {
       const newer =
         message.epochMs > last.epochMs ||
-        (message.epochMs === last.epochMs && message.seq > last.seq) ||
-        (last.ended && !meta.retained && message.epochMs < last.epochMs);
+        (message.epochMs === last.epochMs && message.seq > last.seq);
       if (!newer) return old;
       last.epochMs = message.epochMs;
       last.seq = message.seq;
       last.seenAtMs = now;
-      last.ended = endsRun(message);
       // Moved to the end: the map stays ordered by last accepted message, so
       // eviction at the bound drops the backend heard least recently.
       this.last.delete(message.backendId);
@@ -161,12 +140,7 @@ export class ReplayGuard {
       return undefined;
     }
     if (this.last.size >= this.opts.maxTrackedBackends) this.evict(now);
-    this.last.set(message.backendId, {
-      epochMs: message.epochMs,
-      seq: message.seq,
-      seenAtMs: now,
-      ended: endsRun(message),
-    });
+    this.last.set(message.backendId, { epochMs: message.epochMs, seq: message.seq, seenAtMs: now });
     return undefined;
   }
 
