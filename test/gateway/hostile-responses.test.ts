@@ -234,6 +234,20 @@ describe('hostile backend responses', () => {
     }
   });
 
+  it('a backend that says its length and hangs mid-body is still charged', async () => {
+    backend = await rawBackend((_path, socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":');
+    });
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      requestTimeoutMs: 200,
+    });
+    const r = await rawExchange(gw.port, 'GET /x HTTP/1.1\r\nHost: a\r\n\r\n');
+    expect(r.closed).toBe(true);
+    expect(r.raw).toContain('{"partial":');
+    expect(gw.backend('b').failuresTotal).toBe(1);
+  });
+
   it('a pipelined answer waiting behind a long streaming one is not cut as a stalled client', async () => {
     const big = Buffer.alloc(256 << 10, 121);
     const timers = new Set<NodeJS.Timeout>();

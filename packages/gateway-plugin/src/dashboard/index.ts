@@ -116,7 +116,8 @@ export function createDashboard(balancer: Balancer, opts: ResolvedDashboardOptio
     '{{base}}',
     escapeHtml(encodeURIComponent(base)),
   );
-  const events = new EventRing(balancer.events, balancer.now);
+  // Shown as times of day: the wall clock, not the monotonic one the gateway times itself on.
+  const events = new EventRing(balancer.events, balancer.wallNow);
   const stream = new DashboardStream(balancer, events, opts);
   const prefix = `${opts.path}/`;
 

@@ -1084,11 +1084,17 @@ export class RequestFlow {
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
-    // Silence once the answer is the client's is an idle stream's (an event stream, a long
-    // poll between events) as often as a hung backend's: cut, counted, but not held
-    // against the backend, as nginx's max_fails does not count it. Charged, ten such
-    // streams ejected a healthy backend.
-    if (!(kind === 'timeout' && flow.res.headersSent)) c.outlier.onFailure(backend);
+    // Silence once a streamed answer (no Content-Length: an event stream, a long poll
+    // between events) is the client's is an idle stream's as often as a hung backend's:
+    // cut, counted, but not held against the backend, as nginx's max_fails does not count
+    // it. Charged, eight quiet streams at once ejected two healthy backends. An answer
+    // that said its length and stopped short of it is the backend's failure.
+    const answered = (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res;
+    const quietStream =
+      kind === 'timeout' &&
+      flow.res.headersSent &&
+      answered?.headers['content-length'] === undefined;
+    if (!quietStream) c.outlier.onFailure(backend);
     // An answer Node could not parse may be the middle of one that belongs to another
     // request: that backend's connections are retired, as for stray bytes (pool-agent.ts).
     if (isBadAnswer(err)) retirePool(backend.agent);
