@@ -1047,8 +1047,12 @@ export class RequestFlow {
     // Node keeps the backend's answer on its request (`req.res`), which the types omit.
     const whole =
       flow.responded && (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete;
-    // The attempt ended with its whole answer (onProxyRes), which bytes followed.
-    if (!flow.attemptOpen) return void (whole && this.bytesAfterAnswer(flow, err));
+    // The attempt ended with its whole answer (onProxyRes), which bytes followed; not an
+    // error of the client's side (its upload cut after an early answer), which is nobody's.
+    if (!flow.attemptOpen) {
+      const clientBroke = flow.req.socket.destroyed || flow.req.errored;
+      return void (whole && !clientBroke && this.bytesAfterAnswer(flow, err));
+    }
     // The client's side broke (it reset the connection, or its body did not
     // parse): http-proxy reports that through the same 'error', as it listens
     // on the client request too (web-incoming.js). Not the backend's doing.
