@@ -206,6 +206,35 @@ async function main(): Promise<void> {
   // express.json()'s too (docs/gateway.md, "The gateway's server").
   const server = http.createServer(gatewayServerOptions({ requestFields: ['body', '_body'] }), app);
   server.on('upgrade', routeUpgrades(app));
+  // Graceful shutdown: refuse new connections, let requests in flight finish
+  // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
+  // stop the agents, backends and broker this example started.
+  let stopping = false;
+  const shutdown = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    say(`${signal}: draining`);
+    if (server.listening) server.close();
+    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000 })));
+    for (const c of cleanups.reverse()) await c();
+    say('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  // Traffic once every balancer is ready (subscribed and warmed up, or told the broker is
+  // out of reach: it resolves after its timeout, with a warning of its own, and the
+  // balancers route on local signals), as docs/gateway.md's recipes do. It listened
+  // first, and its first requests met balancers still warming up.
+  const ready = await Promise.all(all.map((lb) => lb.ready())).then(
+    () => true,
+    (err: Error) => {
+      process.stderr.write(`existing-gateway: ${err.message}\n`);
+      return false;
+    },
+  );
+  // Stopped while it waited: shutdown() closes the balancers and exits.
+  if (stopping) return;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(args.port, '127.0.0.1', () => resolve());
@@ -217,34 +246,12 @@ async function main(): Promise<void> {
   say(
     `  curl -H 'authorization: Bearer ${args.token}' -H 'x-loadwise-token: ${args.statusToken}' http://127.0.0.1:${port}/_lb/status`,
   );
-  // Not fatal: the balancers route on local signals until the broker answers (ready()
-  // resolves after its timeout without it, with a warning of its own).
-  Promise.all(all.map((lb) => lb.ready())).then(
-    () =>
-      say(
-        all.every((lb) => lb.balancer.brokerConnected !== false)
-          ? 'every balancer is connected to the broker'
-          : 'routing on local signals: the broker did not answer yet (still reconnecting)',
-      ),
-    (err: Error) => process.stderr.write(`existing-gateway: ${err.message}\n`),
-  );
-
-  // Graceful shutdown: refuse new connections, let requests in flight finish
-  // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
-  // stop the agents, backends and broker this example started.
-  let stopping = false;
-  const shutdown = async (signal: string): Promise<void> => {
-    if (stopping) return;
-    stopping = true;
-    say(`${signal}: draining`);
-    server.close();
-    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000 })));
-    for (const c of cleanups.reverse()) await c();
-    say('stopped');
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  if (ready)
+    say(
+      all.every((lb) => lb.balancer.brokerConnected !== false)
+        ? 'every balancer is connected to the broker'
+        : 'routing on local signals: the broker did not answer yet (still reconnecting)',
+    );
 }
 
 main().catch((err: unknown) => {
