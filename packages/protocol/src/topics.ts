@@ -37,17 +37,22 @@ export function assertValidBackendId(id: string): void {
   }
 }
 
+/** `<prefix>/v1/backends/`: what every topic of the backends under `prefix` begins with (not validated). */
+export function backendsTopicRoot(prefix: string): string {
+  return `${prefix}/${TOPIC_VERSION}/backends/`;
+}
+
 /** `<prefix>/v1/backends/<backendId>/<kind>` */
 export function topicFor(prefix: string, backendId: string, kind: MessageKind): string {
   assertValidPrefix(prefix);
   assertValidBackendId(backendId);
-  return `${prefix}/${TOPIC_VERSION}/backends/${backendId}/${kind}`;
+  return `${backendsTopicRoot(prefix)}${backendId}/${kind}`;
 }
 
 /** The filter a gateway subscribes to: every kind of every backend under the prefix. */
 export function subscriptionFilter(prefix: string, kind: MessageKind | '+' = '+'): string {
   assertValidPrefix(prefix);
-  return `${prefix}/${TOPIC_VERSION}/backends/+/${kind}`;
+  return `${backendsTopicRoot(prefix)}+/${kind}`;
 }
 
 export interface ParsedTopic {
@@ -61,7 +66,7 @@ export type ParseTopicResult =
 
 /** Parses a topic without allocating an array: this runs once per message. */
 export function parseTopic(prefix: string, topic: string): ParseTopicResult {
-  const head = `${prefix}/${TOPIC_VERSION}/backends/`;
+  const head = backendsTopicRoot(prefix);
   if (!topic.startsWith(head)) return { ok: false, code: 'LW_PROTO_BAD_TOPIC' };
   const slash = topic.indexOf('/', head.length);
   if (slash < 0) return { ok: false, code: 'LW_PROTO_BAD_TOPIC' };

@@ -13,7 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
-import { TOPIC_VERSION, subscriptionFilter } from '@loadwise/protocol';
+import { backendsTopicRoot, subscriptionFilter } from '@loadwise/protocol';
 import type { BrokerOption, BrokerUrlOptions } from '../options';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
 
@@ -83,7 +83,7 @@ export class MqttSource {
     private readonly handlers: MqttSourceHandlers,
     private readonly maxPacketBytes: number,
   ) {
-    this.topicStart = `${prefix}/${TOPIC_VERSION}/backends/`;
+    this.topicStart = backendsTopicRoot(prefix);
     this.subscribed = new Promise((resolve) => (this.onSubscribed = resolve));
     this.ready = this.start().then(() => this.subscribed);
     // A failed start (e.g. the embedded broker's port is taken) rejects
