@@ -140,8 +140,15 @@ type AttemptRequest = ClientRequest & {
   [RESUMED_GRACE]?: boolean;
 };
 
+type BackendAnswer = IncomingMessage & { [ANSWER_HELD]?: true };
+
+/** The current attempt's answer: Node keeps it on its request (`req.res`), which the types omit. */
+function backendAnswer(flow: Flow): BackendAnswer | undefined {
+  return (flow.proxyReq as { res?: BackendAnswer } | undefined)?.res;
+}
+
 /** The backend's answer's 'pause' listener: the client's side held it back. */
-function answerHeld(this: IncomingMessage & { [ANSWER_HELD]?: true }): void {
+function answerHeld(this: BackendAnswer): void {
   this[ANSWER_HELD] = true;
 }
 
@@ -1044,9 +1051,8 @@ export class RequestFlow {
     if (!flow) return this.upgrades.onError(err, req, res);
     if (flow.done || !flow.backend) return;
     if (target !== undefined && target !== flow.target) return; // a previous attempt's late error
-    // Node keeps the backend's answer on its request (`req.res`), which the types omit.
-    const whole =
-      flow.responded && (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res?.complete;
+    const answered = backendAnswer(flow);
+    const whole = flow.responded && answered?.complete === true;
     // The attempt ended with its whole answer (onProxyRes), which bytes followed; not an
     // error of the client's side (its upload cut after an early answer), which is nobody's.
     if (!flow.attemptOpen) {
@@ -1093,7 +1099,6 @@ export class RequestFlow {
     // cut, counted, but not held against the backend, as nginx's max_fails does not count
     // it. Charged, eight quiet streams at once ejected two healthy backends. An answer
     // that said its length and stopped short of it is the backend's failure.
-    const answered = (flow.proxyReq as { res?: IncomingMessage } | undefined)?.res;
     const quietStream =
       kind === 'timeout' &&
       flow.res.headersSent &&
@@ -1352,9 +1357,10 @@ export class RequestFlow {
     flow.bodyTimer = undefined;
     const c = this.core;
     const nowMs = c.now();
-    const answer = (flow.proxyReq as { res?: { [ANSWER_HELD]?: true } } | undefined)?.res;
     const latencyMs =
-      flow.responded && answer?.[ANSWER_HELD] === true ? flow.headMs : nowMs - flow.attemptStartMs;
+      flow.responded && backendAnswer(flow)?.[ANSWER_HELD] === true
+        ? flow.headMs
+        : nowMs - flow.attemptStartMs;
     c.attemptEnded(flow.backend, nowMs, latencyMs, flow.responseOk, flow.overloaded, cancelled);
   }
 
@@ -1392,7 +1398,7 @@ export class RequestFlow {
       !proxyReq.destroyed &&
       (!flow.res.writableFinished ||
         !proxyReq.writableFinished ||
-        (proxyReq as { res?: IncomingMessage }).res?.complete !== true)
+        backendAnswer(flow)?.complete !== true)
     )
       proxyReq.destroy();
     // A client that left before the backend's head arrived proves nothing about the
