@@ -5,44 +5,12 @@
  * is serialised in steps, with the ticks that come meanwhile after it. Sizes
  * and counts, with fake timers: no timing thresholds.
  */
-import { EventEmitter } from 'node:events';
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { loadBalance, type LoadBalancerMiddleware } from '../load-balance';
 import type { BackendSnapshot } from '../observability';
 import { dashboardOf } from '../internals';
+import { openViewer, type RecordingResponse } from './test-stream';
 import { BackendPicker, MAX_DETAILED_BACKENDS, type Frame, type Point } from './frame';
 import type { InitMessage } from './stream';
-
-/** Records what is written, as a browser would read it: one string, split into messages. */
-class RecordingResponse extends EventEmitter {
-  chunks: string[] = [];
-  writableLength = 0;
-  destroyed = false;
-  writeHead(): this {
-    return this;
-  }
-  write(chunk: string): boolean {
-    this.chunks.push(chunk);
-    return true;
-  }
-  end(): void {
-    this.emit('close');
-  }
-  destroy(): void {
-    this.destroyed = true;
-    this.emit('close');
-  }
-  /** Complete messages so far: [event name, data]. */
-  messages(): [string, string][] {
-    const text = this.chunks.join('');
-    return text
-      .split('\n\n')
-      .slice(0, -1)
-      .map((m) => [/^event: (.*)$/m.exec(m)![1]!, m.slice(m.indexOf('data: ') + 6)]);
-  }
-}
-
-const request = { method: 'GET', socket: { setNoDelay: () => {} } } as unknown as IncomingMessage;
 
 describe('a stream over 3,000 backends', () => {
   const FLEET = 3000;
@@ -70,15 +38,9 @@ describe('a stream over 3,000 backends', () => {
     jest.useRealTimers();
   });
 
-  function open(): RecordingResponse {
-    const res = new RecordingResponse();
-    dashboardOf(lb)!.stream.open(request, res as unknown as ServerResponse);
-    return res;
-  }
-
   it('keeps history for at most MAX_DETAILED_BACKENDS backends, and ticks of bounded size', () => {
     const stream = dashboardOf(lb)!.stream;
-    const v = open();
+    const v = openViewer(lb);
     jest.advanceTimersByTime(70_000);
     expect(stream.historyLength).toBe(60);
     expect(stream.historySeries).toBe(MAX_DETAILED_BACKENDS);
@@ -103,12 +65,12 @@ describe('a stream over 3,000 backends', () => {
   });
 
   it("writes a new viewer's history in steps, then the ticks that came meanwhile", async () => {
-    const first = open();
+    const first = openViewer(lb);
     jest.advanceTimersByTime(60_000);
     const stringify = jest.spyOn(JSON, 'stringify');
     let v: RecordingResponse;
     try {
-      v = open();
+      v = openViewer(lb);
       // Not all at once: 60 points of 100 backends are more than one step.
       expect(v.messages()).toEqual([]);
       const ofPoints = stringify.mock.calls.filter(([x]) => Array.isArray(x));

@@ -4,44 +4,10 @@
  * while someone watches; the history survives between viewers with a gap
  * marker; a viewer that stops reading is dropped.
  */
-import { EventEmitter } from 'node:events';
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { loadBalance, type LoadBalancerMiddleware } from '../load-balance';
 import type { InitMessage } from './stream';
 import { dashboardOf } from '../internals';
-
-/** A response that records what is written; `writableLength` is what the test says is unsent. */
-class RecordingResponse extends EventEmitter {
-  status = 0;
-  chunks: string[] = [];
-  writableLength = 0;
-  ended = false;
-  destroyed = false;
-  writeHead(status: number): this {
-    this.status = status;
-    return this;
-  }
-  write(chunk: string): boolean {
-    this.chunks.push(chunk);
-    return true;
-  }
-  end(chunk?: string): void {
-    if (chunk) this.chunks.push(chunk);
-    this.ended = true;
-    this.emit('close');
-  }
-  destroy(): void {
-    this.destroyed = true;
-    this.emit('close');
-  }
-  events(name: string): string[] {
-    return this.chunks
-      .filter((c) => c.includes(`event: ${name}\n`))
-      .map((c) => c.slice(c.indexOf('data: ') + 6).trim());
-  }
-}
-
-const request = { method: 'GET', socket: { setNoDelay: () => {} } } as unknown as IncomingMessage;
+import { openViewer } from './test-stream';
 
 let lb: LoadBalancerMiddleware;
 
@@ -66,18 +32,12 @@ afterEach(async () => {
   jest.useRealTimers();
 });
 
-function open(): RecordingResponse {
-  const res = new RecordingResponse();
-  dashboardOf(lb)!.stream.open(request, res as unknown as ServerResponse);
-  return res;
-}
-
 it('runs one timer for all viewers, only while someone watches', () => {
   const stream = dashboardOf(lb)!.stream;
   // The balancer's own: its freshness sweep and its event-loop lateness read (load/loop-delay.ts).
   expect(jest.getTimerCount()).toBe(2);
-  const a = open();
-  const b = open();
+  const a = openViewer(lb);
+  const b = openViewer(lb);
   expect(stream.sampling).toBe(true);
   expect(jest.getTimerCount()).toBe(3);
   jest.advanceTimersByTime(3000);
@@ -92,11 +52,11 @@ it('runs one timer for all viewers, only while someone watches', () => {
 });
 
 it('keeps historySec of points between viewers, with a gap marker where nobody watched', () => {
-  const a = open();
+  const a = openViewer(lb);
   jest.advanceTimersByTime(15_000);
   a.end();
   jest.advanceTimersByTime(60_000);
-  const b = open();
+  const b = openViewer(lb);
   const init = JSON.parse(b.events('init')[0]!) as InitMessage;
   // 10 s of 1 s points (the oldest dropped), then the gap marker.
   expect(init.history).toHaveLength(10);
@@ -106,9 +66,9 @@ it('keeps historySec of points between viewers, with a gap marker where nobody w
 });
 
 it('drops a viewer that stops reading, and refuses viewers over the cap', () => {
-  const slow = open();
-  const ok = open();
-  const third = open();
+  const slow = openViewer(lb);
+  const ok = openViewer(lb);
+  const third = openViewer(lb);
   expect(third.status).toBe(503);
   slow.writableLength = 2 * 1024 * 1024;
   jest.advanceTimersByTime(1000);
@@ -118,11 +78,11 @@ it('drops a viewer that stops reading, and refuses viewers over the cap', () => 
 });
 
 it('serialises the history once per tick, however many viewers open the stream', () => {
-  const a = open();
+  const a = openViewer(lb);
   jest.advanceTimersByTime(10_000);
   const stringify = jest.spyOn(JSON, 'stringify');
   try {
-    for (let i = 0; i < 5; i++) open().end();
+    for (let i = 0; i < 5; i++) openViewer(lb).end();
     const ofHistory = stringify.mock.calls.filter(
       ([v]) => Array.isArray(v) || (typeof v === 'object' && v !== null && 'history' in v),
     );
@@ -130,7 +90,7 @@ it('serialises the history once per tick, however many viewers open the stream',
   } finally {
     stringify.mockRestore();
   }
-  const b = open();
+  const b = openViewer(lb);
   const init = JSON.parse(b.events('init')[0]!) as InitMessage;
   expect(init.history).toHaveLength(10);
   expect(Object.keys(init).sort()).toEqual([
@@ -145,7 +105,7 @@ it('serialises the history once per tick, however many viewers open the stream',
 });
 
 it("counts a viewer's unread bytes from its first message, however large", () => {
-  const v = open();
+  const v = openViewer(lb);
   const first = v.chunks.join('').length;
   // Its whole first message still unsent, plus less than the bound: kept.
   v.writableLength = first + 1024 * 1024 - 1;
