@@ -101,6 +101,21 @@ function get(port: number, urlPath = '/'): Promise<{ status: number; body: strin
   });
 }
 
+/**
+ * A request a worker holds for 1.5 s, once that worker has it. Its answer comes in
+ * `answer` (wrapped: awaiting a promise returned whole would wait for it), handled
+ * meanwhile so that a failure elsewhere never leaves it unhandled.
+ */
+async function inFlight(
+  pool: Pool,
+  port: number,
+): Promise<{ answer: Promise<{ status: number; body: string }> }> {
+  const answer = get(port, '/?d=1500');
+  answer.catch(() => undefined);
+  await pool.line(/got \/\?d=1500/);
+  return { answer };
+}
+
 /** Waits until two workers other than `old` have answered; their pids. */
 async function newWorkersServe(port: number, old: number[], what: string): Promise<Set<number>> {
   const fresh = new Set<number>();
@@ -132,10 +147,7 @@ it('a log reader that goes away (EPIPE) stops the log, never the pool: requests 
   const port = await pool.port();
   const first = started(pool.lines);
   const old = [first.get('w1')![0]!, first.get('w2')![0]!];
-  const slow = get(port, '/?d=1500');
-  // Read below; until then a failure elsewhere must not leave it unhandled.
-  slow.catch(() => undefined);
-  await pool.line(/got \/\?d=1500/);
+  const { answer: slow } = await inFlight(pool, port);
 
   // The log's reader goes away (journald restarted, a `| logger` that died): each
   // process's next line meets EPIPE. Then a reload: a line from the primary, and from
@@ -251,9 +263,7 @@ it('a SIGHUP during a reload is one more reload after it (a storm is one); durin
   expect([...versions.values()]).toEqual(['v3', 'v3']);
 
   // A SIGHUP while the pool closes (a request in flight keeps it closing) reloads nothing.
-  const slow = get(port, '/?d=1500');
-  slow.catch(() => undefined);
-  await pool.line(/got \/\?d=1500/);
+  const { answer: slow } = await inFlight(pool, port);
   pool.child.kill('SIGTERM');
   await pool.line(/^loadwise workers: SIGTERM: closing every worker$/);
   hup();
@@ -272,9 +282,7 @@ it('a SIGHUP to the whole process group reloads the pool once; no worker dies of
   const port = await pool.port();
   const first = started(pool.lines);
   const old = [first.get('w1')![0]!, first.get('w2')![0]!];
-  const slow = get(port, '/?d=1500');
-  slow.catch(() => undefined);
-  await pool.line(/got \/\?d=1500/);
+  const { answer: slow } = await inFlight(pool, port);
 
   // `kill -HUP -<pgid>` (or `pkill -HUP -f gateway`, a terminal hanging up): the primary
   // and both workers get it. Before the fix each worker took Node's default action and
