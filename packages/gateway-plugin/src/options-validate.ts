@@ -533,6 +533,16 @@ const entries = {
     }),
     {},
   ),
+  streams: v.optional(
+    orFalse(
+      strict({
+        afterMs: v.optional(ms(1), DEFAULTS.streams.afterMs),
+        maxPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.streams.maxPerClient),
+        maxOpen: v.optional(orFalse(int(1, 1e7)), DEFAULTS.streams.maxOpen),
+      }),
+    ),
+    {},
+  ),
   overload: v.optional(
     orFalse(
       strict({
@@ -763,6 +773,14 @@ function resolve(o: Parsed) {
       maxPerClient: off(o.webSockets.maxPerClient),
       maxOpen: off(o.webSockets.maxOpen),
     },
+    streams:
+      o.streams === false
+        ? undefined
+        : {
+            afterMs: o.streams.afterMs,
+            maxPerClient: off(o.streams.maxPerClient),
+            maxOpen: off(o.streams.maxOpen),
+          },
     overload: off(o.overload),
     acceptQueue: off(o.acceptQueue),
     discovery:

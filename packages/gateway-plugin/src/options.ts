@@ -209,6 +209,29 @@ export interface WebSocketOptions {
   maxOpen?: number | false;
 }
 
+/**
+ * The lane of long streamed answers (docs/gateway.md, "Streams"): an answer
+ * that gave no length (an event stream, a long poll's chunked reply, a
+ * download of unknown size) and is still running `afterMs` after its head is
+ * no longer a request the backend is working on. It leaves the bounds of
+ * requests (saturation.maxInFlightPerBackend, maxInFlightPerClient) and the
+ * load the strategy sees, and holds a place here instead, with a connection
+ * of its backend's pool beyond agent.maxSockets. Without it, 256 open event
+ * streams filled a backend's slots and every other request got 503, and 65
+ * from one NAT address got that address 429.
+ */
+export interface StreamOptions {
+  /** Time after the head before a streamed answer moves to the lane (default 1 000). */
+  afterMs?: number;
+  /**
+   * Streams one client address (IPv6: its /64) may hold in the lane (default
+   * 256; false: no bound). Past it a stream stays counted as a request.
+   */
+  maxPerClient?: number | false;
+  /** Streams in the lane at most (default 10 000; false: no bound). Past it, as above. */
+  maxOpen?: number | false;
+}
+
 export interface OverloadOptions {
   /** Shed new requests while the event-loop delay (p99 of the last sample) is above this. */
   maxEventLoopDelayMs?: number;
@@ -390,6 +413,8 @@ export interface LoadBalanceOptions {
   saturation?: SaturationOptions;
   /** Bounds on WebSockets: idle timeout, per client, in all. */
   webSockets?: WebSocketOptions;
+  /** The lane of long streamed answers; `false`: they stay counted as requests. */
+  streams?: StreamOptions | false;
   overload?: OverloadOptions | false;
   /** Shed on the kernel's accept-queue depth (Linux); `false` disables. */
   acceptQueue?: AcceptQueueOptions | false;
@@ -517,6 +542,12 @@ export const DEFAULTS = {
    * file descriptors, under the usual limit of 65 536.
    */
   webSockets: { idleTimeoutMs: 300_000, maxPerClient: 256, maxOpen: 10_000 },
+  /**
+   * 1 s: an answer still streaming a second after its head is a stream, not
+   * a slow reply (a reply's body follows its head within milliseconds); the
+   * bounds as WebSockets', which hold the same two sockets.
+   */
+  streams: { afterMs: 1_000, maxPerClient: 256, maxOpen: 10_000 },
   /**
    * 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway
    * never shed while its tails reached 10-20 s; at 200 ms it shed a fresh

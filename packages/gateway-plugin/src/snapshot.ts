@@ -85,6 +85,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
     saturationQueueLength: lb.queue.length,
     inFlight,
     openWebSockets: lb.flow.upgrades.openCount,
+    openStreams: lb.flow.lane?.open ?? 0,
     eventLoopDelayMs: lb.overload ? lb.overload.eventLoopDelayMs : null,
     overloaded: (lb.overload?.overloaded ?? false) || (lb.acceptQueue?.shedding ?? false),
     acceptQueueDepth: lb.acceptQueue?.available ? lb.acceptQueue.depth : null,

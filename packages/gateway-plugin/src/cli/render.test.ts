@@ -110,6 +110,16 @@ describe('loadwise status rendering', () => {
     );
   });
 
+  it('names the streams in the stream lane when there are any', () => {
+    const doc = { strategy: 'p2c', inFlight: 2, brokerConnected: null, backends: [] };
+    expect(renderStatus({ ...doc, openWebSockets: 1, openStreams: 4 }, 'u')).toContain(
+      'strategy p2c, 2 in flight, 1 WebSockets open, 4 streams open, no broker',
+    );
+    expect(renderStatus({ ...doc, openStreams: 0 }, 'u')).toContain(
+      'strategy p2c, 2 in flight, no broker',
+    );
+  });
+
   it('prints no control character from the document: an escape sequence never reaches the terminal', () => {
     // `--url` may name any server: its strings are printed as one line of plain text each.
     const out = renderStatus(

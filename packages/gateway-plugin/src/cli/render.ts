@@ -142,8 +142,9 @@ function balancerBlock(s: Loose<BalancerSnapshot>): string[] {
   const service = typeof s.service === 'string' ? `service ${text(s.service)}: ` : '';
   // Absent from an older gateway's snapshot, and left out at 0.
   const ws = (num(s.openWebSockets) ?? 0) > 0 ? `, ${int(s.openWebSockets)} WebSockets open` : '';
+  const streams = (num(s.openStreams) ?? 0) > 0 ? `, ${int(s.openStreams)} streams open` : '';
   const lines = [
-    `${service}strategy ${text(s.strategy ?? '?')}, ${int(s.inFlight)} in flight${ws}, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
+    `${service}strategy ${text(s.strategy ?? '?')}, ${int(s.inFlight)} in flight${ws}${streams}, ${broker}, event loop ${ms(s.eventLoopDelayMs)}`,
   ];
   if (s.overloaded) lines.push('OVERLOADED: the gateway is shedding new requests (503)');
   if (s.panic) lines.push('PANIC: too few healthy backends, routing over every routable one');

@@ -13,6 +13,7 @@ const SNAPSHOT: BalancerSnapshot = {
   panic: false,
   saturationQueueLength: 0,
   openWebSockets: 0,
+  openStreams: 0,
   inFlight: 0,
   eventLoopDelayMs: 1.5,
   overloaded: false,

@@ -40,6 +40,7 @@ function snapshot(
     panic: false,
     saturationQueueLength: 0,
     openWebSockets: 0,
+    openStreams: 0,
     inFlight: backends.reduce((n, b) => n + b.inFlight, 0),
     eventLoopDelayMs: null,
     overloaded: false,
@@ -185,6 +186,7 @@ describe('createGatewayMetrics', () => {
           panic: true,
           saturationQueueLength: 5,
           openWebSockets: 4,
+          openStreams: 6,
           eventLoopDelayMs: 20,
           acceptQueueDepth: 130,
           brokerConnected: true,
@@ -197,6 +199,7 @@ describe('createGatewayMetrics', () => {
     expect(text).toContain('loadwise_backend_in_flight{backend="a"} 3');
     expect(text).toContain('loadwise_in_flight 3');
     expect(text).toContain('loadwise_websockets_open 4');
+    expect(text).toContain('loadwise_streams_open 6');
     expect(text).toContain('loadwise_backend_report_age_seconds{backend="a"} 1.5');
     expect(text).not.toContain('loadwise_backend_report_age_seconds{backend="b"}');
     expect(text).toContain('loadwise_backend_report_fresh{backend="a"} 1');

@@ -311,6 +311,11 @@ function createFamilies(registry: Registry, p: string): Families {
     'WebSockets open through this gateway (upgrades taken and not closed)',
     [],
   );
+  const streamsOpen = gauge(
+    'streams_open',
+    'Streamed answers in the stream lane (running past streams.afterMs), not counted as in flight',
+    [],
+  );
   const eventLoopDelay = gauge(
     'event_loop_delay_seconds',
     'Event-loop delay the overload protection measured last, seconds (0 when it is off)',
@@ -330,6 +335,7 @@ function createFamilies(registry: Registry, p: string): Families {
   backendGauges.push(reportedCpu, reportedQueued);
   const allGauges = [...backendGauges, state, inFlightTotal, panic, overloaded, queueLength];
   allGauges.push(eventLoopDelay, acceptQueueDepth, brokerConnected, webSocketsOpen);
+  allGauges.push(streamsOpen);
 
   function write(member: Member, s: BalancerSnapshot): void {
     const L = (labels: Labels): Labels => withService(member, labels);
@@ -351,6 +357,7 @@ function createFamilies(registry: Registry, p: string): Families {
     overloaded.set(gl, s.overloaded ? 1 : 0);
     queueLength.set(gl, s.saturationQueueLength);
     webSocketsOpen.set(gl, s.openWebSockets);
+    streamsOpen.set(gl, s.openStreams);
     // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
     eventLoopDelay.set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
     acceptQueueDepth.set(gl, s.acceptQueueDepth ?? 0);

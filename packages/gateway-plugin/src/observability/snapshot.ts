@@ -106,6 +106,11 @@ export interface BalancerSnapshot {
   inFlight: number;
   /** WebSockets open through this balancer (upgrades taken, waiting for their 101 or open). */
   openWebSockets: number;
+  /**
+   * Streamed answers in the stream lane (`streams`): running past `streams.afterMs`,
+   * not counted in `inFlight` nor in their backend's.
+   */
+  openStreams: number;
   /** The gateway's own event-loop delay (last sample), ms; null when overload protection is off. */
   eventLoopDelayMs: number | null;
   /**

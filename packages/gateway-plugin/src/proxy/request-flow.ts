@@ -48,6 +48,7 @@ import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './
 import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
+import { StreamLane, type LanePlace } from './stream-lane';
 import { retirePool } from '../registry/pool-agent';
 import {
   CLIENT_STALLED_CODE,
@@ -107,6 +108,10 @@ interface Flow {
   done: boolean;
   /** How the body reaches the backend (request-body.ts). */
   body: BodyPlan;
+  /** Moves a streamed answer to the stream lane (StreamLane.afterMs after its head). */
+  streamTimer: NodeJS.Timeout | undefined;
+  /** Its place in the stream lane: out of the request bounds (stream-lane.ts). */
+  lane: LanePlace | undefined;
 }
 
 /** Method, path and peer of a request for a log line: printable ASCII only, bounded. */
@@ -306,6 +311,8 @@ function newFlow(
     pipelined: false,
     done: false,
     body,
+    streamTimer: undefined,
+    lane: undefined,
   };
 }
 
@@ -339,6 +346,8 @@ export class RequestFlow {
   readonly upgrades: UpgradeFlow;
   /** Per-client in-flight bound (maxInFlightPerClient), undefined when off. */
   readonly clients: ClientLimit | undefined;
+  /** Long streamed answers, out of the request bounds (`streams`), undefined when off. */
+  readonly lane: StreamLane | undefined;
   private readonly log: RateLimitedLog;
   /** Connections answered with `Connection: close` by reject(): requests pipelined behind are not served. */
   private readonly closing = new WeakSet<Socket>();
@@ -386,6 +395,8 @@ export class RequestFlow {
     );
     const max = core.options.maxInFlightPerClient;
     this.clients = max === undefined ? undefined : new ClientLimit(max);
+    const streams = core.options.streams;
+    this.lane = streams && new StreamLane(streams.afterMs, streams.maxPerClient, streams.maxOpen);
     this.log = new RateLimitedLog(core.options.logger, core.now);
   }
 
@@ -481,9 +492,9 @@ export class RequestFlow {
     }
     // Before the headers change: setForwardedHeaders appends to X-Forwarded-For.
     const address = clientAddress(req, o.trustForwarded);
-    let client: string | undefined;
-    if (this.clients) {
-      client = clientKey(address);
+    // The stream lane's per-client bound keys its streams the same way.
+    const client = this.clients || this.lane ? clientKey(address) : undefined;
+    if (this.clients && client !== undefined) {
       if (!this.clients.acquire(client)) {
         const detail = `${this.clients.max} requests of ${client} in flight`;
         return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
@@ -982,12 +993,40 @@ export class RequestFlow {
         res.destroy();
       }
     });
+    // An answer of no stated length may be a stream (stream-lane.ts): checked once it has
+    // run for a while. A timer with arguments, not a closure per answer.
+    if (this.lane && proxyRes.headers['content-length'] === undefined && !failed)
+      flow.streamTimer = setTimeout(this.enterLaneNext, this.lane.afterMs, flow, proxyRes);
     // http-proxy leaves the answer to us (selfHandleResponse, proxy-engine.ts): its body
     // follows the head relayHead writes first. Unless the hook answered the client itself
     // (http-proxy did not pipe then either): the backend's answer is dropped with its
     // connection, never written after that end.
     if (res.writableEnded) return void proxyRes.destroy();
     if (!hookAnswers) proxyRes.pipe(res);
+  }
+
+  /** enterLane for setTimeout, without a closure per answer. */
+  private readonly enterLaneNext = (flow: Flow, proxyRes: IncomingMessage): void =>
+    this.enterLane(flow, proxyRes);
+
+  /**
+   * A streamed answer still running `streams.afterMs` after its head: a stream, not a
+   * reply. Its attempt ends as an answered one (the sample is its time to the head) and
+   * its client's place is given back; it holds a place in the lane instead, its backend
+   * connection beyond the pool's maxSockets (stream-lane.ts). Not while the client's body
+   * is still coming (its idle timeout is the attempt's), nor when the lane is full: then
+   * it stays a request, as every stream was before.
+   */
+  private enterLane(flow: Flow, proxyRes: IncomingMessage): void {
+    flow.streamTimer = undefined;
+    const backend = flow.backend;
+    if (!this.lane || !flow.attemptOpen || !backend || backendAnswer(flow) !== proxyRes) return;
+    if (proxyRes.complete || flow.res.writableEnded || !flow.req.complete) return;
+    const place = this.lane.enter(flow.client, backend.agent);
+    if (place === undefined) return;
+    flow.lane = place;
+    this.endAttempt(flow);
+    if (flow.client !== undefined) this.clients?.release(flow.client);
   }
 
   /** relayHead for process.nextTick, without a closure per answer. */
@@ -1051,6 +1090,7 @@ export class RequestFlow {
     if (!flow) return this.upgrades.onError(err, req, res);
     if (flow.done || !flow.backend) return;
     if (target !== undefined && target !== flow.target) return; // a previous attempt's late error
+    if (flow.lane) return this.streamBroke(flow, err);
     const answered = backendAnswer(flow);
     const whole = flow.responded && answered?.complete === true;
     // The attempt ended with its whole answer (onProxyRes), which bytes followed; not an
@@ -1152,6 +1192,27 @@ export class RequestFlow {
     const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
     logFailure(code, `; answering ${code}`);
     this.fail(flow, code);
+  }
+
+  /**
+   * A stream in the lane broke: silent for requestTimeoutMs (an idle event stream), its
+   * client stopped reading, or its backend connection failed. Its attempt ended as
+   * answered (enterLane): the client is cut, the break counted and never held against the
+   * backend, as a quiet stream's timeout is not (onError).
+   */
+  private streamBroke(flow: Flow, err: Error): void {
+    const backend = flow.backend!;
+    const code = (err as { code?: string }).code;
+    if (code === CLIENT_STALLED_CODE)
+      this.core.logLine(
+        'client-stalled',
+        `${describe(flow.req)} stopped reading the stream of ${backend.id} for ${this.core.options.requestTimeoutMs} ms; connection cut, the backend not charged`,
+        { event: 'client-stalled', backend: backend.id },
+      );
+    else if (!flow.req.socket.destroyed)
+      this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
+    flow.proxyReq?.destroy();
+    flow.res.destroy();
   }
 
   /**
@@ -1355,10 +1416,13 @@ export class RequestFlow {
     this.clearTimers(flow);
     if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
     flow.bodyTimer = undefined;
+    if (flow.streamTimer) clearTimeout(flow.streamTimer);
+    flow.streamTimer = undefined;
     const c = this.core;
     const nowMs = c.now();
+    // A stream's time is its reader's and its events', never the backend's service time.
     const latencyMs =
-      flow.responded && backendAnswer(flow)?.[ANSWER_HELD] === true
+      flow.responded && (flow.lane !== undefined || backendAnswer(flow)?.[ANSWER_HELD] === true)
         ? flow.headMs
         : nowMs - flow.attemptStartMs;
     c.attemptEnded(flow.backend, nowMs, latencyMs, flow.responseOk, flow.overloaded, cancelled);
@@ -1410,7 +1474,9 @@ export class RequestFlow {
     if (flow.pipelined) this.waitingOn.get(flow.req.socket)?.delete(flow);
     if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
     flow.bodyTimer = undefined;
-    if (flow.client !== undefined) this.clients?.release(flow.client);
+    if (flow.lane) this.lane!.leave(flow.lane);
+    else if (flow.client !== undefined) this.clients?.release(flow.client);
+    flow.lane = undefined;
     this.active--;
     if (this.active === 0) this.wakeIdleWaiters();
     if (flow.queued) {
