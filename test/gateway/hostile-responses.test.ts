@@ -131,6 +131,43 @@ describe('hostile backend responses', () => {
     }
   });
 
+  it('an answer before the whole upload reaches a client that sends all of its body first', async () => {
+    backend = await rawBackend((_path, socket) =>
+      socket.write('HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nnope!\n'),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    // As Python's requests and many SDKs do: the whole 32 MiB body, then the answer is read.
+    // The client's socket is paused, so the answer waits in its kernel until then.
+    const size = 32 << 20;
+    const outcome = await new Promise<{ answer: string; error?: string }>((resolve) => {
+      const s = net.connect(gw!.port, '127.0.0.1');
+      let answer = '';
+      let error: string | undefined;
+      s.pause();
+      s.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+      s.on('error', (e: Error & { code?: string }) => (error = e.code));
+      s.on('close', () => resolve({ answer, error }));
+      s.write(`PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`);
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < size) {
+          sent += chunk.length;
+          if (!s.write(chunk)) return void s.once('drain', pump);
+        }
+        s.resume();
+      };
+      pump();
+    });
+    // Before: the gateway closed the connection with the body still arriving, the client's
+    // kernel got a reset and dropped the answer: EPIPE, and not a byte of the 401.
+    expect(outcome.error).toBeUndefined();
+    expect(outcome.answer).toMatch(
+      /^HTTP\/1\.1 401 Unauthorized\r\n[^]*connection: close\r\n[^]*nope!\n$/i,
+    );
+    expect(gw.snapshot().inFlight).toBe(0);
+  });
+
   it('a body the backend ends by closing (Transfer-Encoding: gzip) is framed for the client', async () => {
     backend = await rawBackend((path, socket) => {
       socket.end(

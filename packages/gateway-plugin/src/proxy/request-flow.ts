@@ -49,6 +49,7 @@ import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
 import { StreamLane, type LanePlace } from './stream-lane';
+import { lingerOnClose } from './linger';
 import { retirePool } from '../registry/pool-agent';
 import {
   CLIENT_STALLED_CODE,
@@ -1072,6 +1073,7 @@ export class RequestFlow {
       (res as { maxRequestsOnConnectionReached?: boolean }).maxRequestsOnConnectionReached ===
         true ||
       (c.draining && drainClosesConnections(serverOf(req)));
+    if (!req.complete) this.lingerAfter(req);
     try {
       writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
     } catch (err) {
@@ -1274,8 +1276,26 @@ export class RequestFlow {
   }
 
   private fail(flow: Flow, code: GatewayErrorCode): void {
-    closeIfBodyUnread(flow);
+    this.closeIfBodyUnread(flow);
     sendError(flow.res, code);
+  }
+
+  /**
+   * The answer goes out before the whole body came: the connection closes after it
+   * (the rest of the body is not read, so it cannot carry another request, and requests
+   * pipelined behind it are not served), lingering so that the client reads the answer
+   * (linger.ts).
+   */
+  private lingerAfter(req: IncomingMessage): void {
+    this.closing.add(req.socket);
+    lingerOnClose(req);
+  }
+
+  /** The gateway answers a request whose body may still be coming: see lingerAfter. */
+  private closeIfBodyUnread(flow: Flow): void {
+    if (flow.framing === 'none' || flow.req.complete) return;
+    flow.res.shouldKeepAlive = false;
+    this.lingerAfter(flow.req);
   }
 
   /**
@@ -1324,7 +1344,7 @@ export class RequestFlow {
     this.count(req, code, detail);
     if (close && !res.headersSent) {
       res.setHeader('connection', 'close');
-      this.closing.add(req.socket);
+      this.lingerAfter(req);
     }
     sendError(res, code, retryAfterSec, reply);
   }
@@ -1372,7 +1392,7 @@ export class RequestFlow {
     // Nothing of this attempt may reach the client after the error answer.
     proxyRes?.destroy();
     flow.proxyReq?.destroy();
-    closeIfBodyUnread(flow);
+    this.closeIfBodyUnread(flow);
     // After the head went out: the answer is cut (sendError destroys it).
     sendError(flow.res, 'LW_GW_HOOK_FAILED');
   }
@@ -1390,7 +1410,10 @@ export class RequestFlow {
     // upload's body is not read to its end: Node would read and discard all
     // of it on a keep-alive connection (15 MB in 5 s of one slow client, while
     // the gateway sheds to spare its work), as reject() does.
-    if (code === 'LW_GW_CLOSED' || bodyStillComing(res.req)) res.shouldKeepAlive = false;
+    if (bodyStillComing(res.req)) {
+      res.shouldKeepAlive = false;
+      this.lingerAfter(res.req);
+    } else if (code === 'LW_GW_CLOSED') res.shouldKeepAlive = false;
     sendError(res, code, retryAfterSec);
   }
 
@@ -1530,10 +1553,6 @@ const idleSweeps = new WeakSet<Server>();
  * answer). Kept alive, the client's next request on it was never answered
  * and was reset when keepAliveTimeout ran out.
  */
-function closeIfBodyUnread(flow: Flow): void {
-  if (flow.framing !== 'none' && !flow.req.complete) flow.res.shouldKeepAlive = false;
-}
-
 /** The request has a body and not all of it has arrived (framing not yet checked). */
 function bodyStillComing(req: IncomingMessage): boolean {
   if (req.complete) return false;
