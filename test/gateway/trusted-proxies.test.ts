@@ -161,6 +161,29 @@ describe('trustForwarded behind appending proxies', () => {
     expect([h['x-forwarded-prefix'], h['x-forwarded-proto']]).toEqual(['/shop', 'https']);
   });
 
+  it.each([0, 1])(
+    'drops what a client spells with underscores of the headers it sets (trusted proxies: %i)',
+    async (hops) => {
+      // PHP-FPM, uWSGI and older gunicorn read X_Real_IP as X-Real-IP (HTTP_X_REAL_IP).
+      const { gw } = await gateway(hops);
+      const front = hops > 0 ? await chain(gw.port, hops) : gw;
+      const r = await send(`${front.url}/who`, {
+        headers: {
+          x_real_ip: '10.0.0.1',
+          x_forwarded_for: '10.0.0.1',
+          x_forwarded_proto: 'https',
+          x_forwarded_host: 'admin.internal',
+          x_original_url: '/admin',
+          x_forwarded_ssl: 'on',
+          x_app_trace: 'kept',
+        },
+      });
+      const h = r.json<Seen>().headers;
+      expect(Object.keys(h).filter((k) => k.includes('_'))).toEqual(['x_app_trace']);
+      expect(h['x-real-ip']).toBe('127.0.0.1');
+    },
+  );
+
   it('counts several trusted proxies, and several X-Forwarded-For lines as one list', async () => {
     const { gw, appIps } = await gateway(2);
     const outer = await chain(gw.port, 2);

@@ -38,6 +38,36 @@ const UNTRUSTED_FORWARDING = [
 const PATH_OVERRIDES = ['x-original-url', 'x-rewrite-url'];
 
 /**
+ * The headers the gateway sets, drops or vouches for, as CGI-style servers
+ * also read them spelled with underscores: PHP-FPM, uWSGI and older gunicorn
+ * map `X_Real_IP` and `X-Real-IP` alike to `HTTP_X_REAL_IP`, so a client's
+ * `X_Real_IP: 10.0.0.1` sent next to the gateway's `X-Real-IP` won or was
+ * merged there (the last of a repeated key wins), and `X_Original_URL`
+ * routed by Symfony as the dropped `X-Original-URL` would. nginx drops every
+ * header with an underscore by default (`underscores_in_headers off`); the
+ * gateway drops those that spell one of these, and passes the others.
+ */
+const UNDERSCORE_SPELLED = new Set([
+  'x-real-ip',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-port',
+  'forwarded',
+  'proxy-authorization',
+  'content-length',
+  'transfer-encoding',
+  ...UNTRUSTED_FORWARDING,
+  ...PATH_OVERRIDES,
+]);
+
+function dropUnderscoreSpellings(h: IncomingMessage['headers']): void {
+  for (const name in h) {
+    if (name.includes('_') && UNDERSCORE_SPELLED.has(name.replaceAll('_', '-'))) delete h[name];
+  }
+}
+
+/**
  * `client`: the flow's clientAddress(req, hops), taken before this appends to
  * X-Forwarded-For; `hops`: the resolved trustForwarded (0: trust nothing).
  */
@@ -51,6 +81,7 @@ export function setForwardedHeaders(req: IncomingMessage, hops: number, client: 
   // Credentials for a proxy are for this gateway (RFC 9110 §11.7.4): a
   // backend must not see, log or act on them.
   delete h['proxy-authorization'];
+  dropUnderscoreSpellings(h);
   // So is the status endpoint's token: a near miss of its path (`/_lb/status/`, `/_LB/status`)
   // is an ordinary request, and the backend would log the token.
   delete h[TOKEN_HEADER];
