@@ -168,10 +168,11 @@ describe('hostile backend responses', () => {
     expect(gw.snapshot().inFlight).toBe(0);
   });
 
-  it('a body the backend ends by closing (Transfer-Encoding: gzip) is framed for the client', async () => {
+  it('a body the backend ends by closing (Transfer-Encoding: gzip) is framed for the client, its coding kept', async () => {
     backend = await rawBackend((path, socket) => {
+      const coding = path === '/first' ? 'gzip' : 'identity';
       socket.end(
-        'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Type: text/plain\r\n\r\n' +
+        `HTTP/1.1 200 OK\r\nTransfer-Encoding: ${coding}\r\nContent-Type: text/plain\r\n\r\n` +
           (path === '/first' ? 'first-body' : 'second-body'),
       );
     });
@@ -186,7 +187,35 @@ describe('hostile backend responses', () => {
       [200, 'first-body'],
       [200, 'second-body'],
     ]);
-    expect(r.responses[0]!.headers['transfer-encoding']).toBe('chunked');
+    // The body is still gzip: said so (before, the header was dropped and the client read
+    // gzip bytes as the body). `identity` is no coding: chunked alone.
+    expect(r.responses.map((x) => x.headers['transfer-encoding'])).toEqual([
+      'gzip, chunked',
+      'chunked',
+    ]);
+  });
+
+  it('a 204 goes out without Content-Length or Transfer-Encoding (RFC 9110 §8.6)', async () => {
+    backend = await rawBackend((path, socket) =>
+      socket.write(
+        path === '/chunked'
+          ? 'HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
+          : 'HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n',
+      ),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(
+      gw.port,
+      'GET /chunked HTTP/1.1\r\nHost: a\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\n\r\n',
+      { responses: 2 },
+    );
+    for (const x of r.responses) {
+      expect(x.status).toBe(204);
+      expect([x.headers['transfer-encoding'], x.headers['content-length']]).toEqual([
+        undefined,
+        undefined,
+      ]);
+    }
   });
 
   it('a client that stops reading is cut without charging the backend', async () => {

@@ -69,6 +69,23 @@ function endsChunked(value: string | string[]): boolean {
 }
 
 /**
+ * A Transfer-Encoding of codings other than chunked (`gzip`) frames its body by the
+ * backend's close (RFC 9112 §6.1), and the body is still in those codings: relayed with
+ * chunked added last, the framing the gateway gives it. Dropped, as it was, the client
+ * read gzip bytes as the body. Undefined (dropped) for a list with chunked or identity
+ * in it, which chunked added again would make invalid (RFC 9112 §7: chunked once, last).
+ */
+function relayedCodings(value: string | string[]): string | undefined {
+  const codings = (Array.isArray(value) ? value.join(',') : value)
+    .split(',')
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '');
+  if (codings.length === 0 || codings.some((c) => c === 'chunked' || c === 'identity'))
+    return undefined;
+  return `${codings.join(', ')}, chunked`;
+}
+
+/**
  * The tokens of `Vary` values, joined: each once (field names are
  * case-insensitive), in the order first seen; `*` (varies on more than
  * headers) alone when any says it.
@@ -153,10 +170,19 @@ export function writeResponseHead(
       name === 'keep-alive' ||
       name === 'proxy-connection' ||
       (name === 'upgrade' && status !== 101) ||
-      (name === 'transfer-encoding' && (http10 || !endsChunked(value))) ||
+      (name === 'transfer-encoding' && (http10 || status === 204)) ||
+      (name === 'content-length' && status === 204) ||
       named?.has(name)
     )
       continue;
+    if (name === 'transfer-encoding' && !endsChunked(value)) {
+      const codings = relayedCodings(value);
+      if (codings !== undefined) {
+        if (merge) res.setHeader(name, codings);
+        else flat.push(name, codings);
+      }
+      continue;
+    }
     if (merge) mergeHeader(res, name, value);
     else if (typeof value === 'string') flat.push(name, value);
     else for (const v of value) flat.push(name, v);
