@@ -193,13 +193,20 @@ const corpus: Case[] = [
   // Request targets and Host
   {
     name: 'absolute-form request target',
-    bytes: 'GET http://example.com/abs HTTP/1.1\r\nHost: a\r\n\r\n',
+    bytes: 'GET http://example.com/abs HTTP/1.1\r\nHost: example.com\r\n\r\n',
     opts: { responses: 1 },
     check: (r) => expect(JSON.parse(r.responses[0]!.body).line).toBe('GET /base/abs'),
   },
   {
+    // RFC 9112 §3.2.2: the target's host, not Host; the app routed by Host.
+    name: 'absolute-form naming another host than Host',
+    bytes: 'GET http://admin.internal/abs HTTP/1.1\r\nHost: a\r\n\r\n',
+    opts: { responses: 1 },
+    check: (r) => expect([status(r), code(r)]).toEqual([[400], 'LW_GW_BAD_PATH']),
+  },
+  {
     name: 'absolute-form with a dot-segment',
-    bytes: 'GET http://example.com/../abs HTTP/1.1\r\nHost: a\r\n\r\n',
+    bytes: 'GET http://example.com/../abs HTTP/1.1\r\nHost: example.com\r\n\r\n',
     opts: { responses: 1 },
     check: (r) => expect([status(r), code(r)]).toEqual([[400], 'LW_GW_BAD_PATH']),
   },
@@ -322,7 +329,7 @@ describe('odd requests, one gateway process', () => {
       proxyError: counterValue(metrics, 'rejected_requests_total', 'LW_GW_PROXY_ERROR'),
       // Nothing a client did counts against the backend.
       backendErrors: counterValue(metrics, 'backend_errors_total'),
-    }).toEqual({ badRequest: 2, badPath: 3, bodyTimeout: 1, proxyError: 0, backendErrors: 0 });
+    }).toEqual({ badRequest: 2, badPath: 4, bodyTimeout: 1, proxyError: 0, backendErrors: 0 });
     for (const c of ['LW_GW_BAD_REQUEST', 'LW_GW_BAD_PATH', 'LW_GW_BODY_TIMEOUT'])
       expect([c, warnings.some((w) => w.includes(`(${c})`))]).toEqual([c, true]);
   });

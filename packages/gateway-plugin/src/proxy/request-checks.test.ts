@@ -125,6 +125,29 @@ describe('checkPath', () => {
     expect(checkPath(url)).toBeUndefined();
   });
 
+  it.each([
+    ['http://admin.internal/x', 'www.example'],
+    ['http://www.example:8080/x', 'www.example'],
+    ['https://www.example/x', 'www.example:80'],
+    ['http://www.example?q=/x', 'other'],
+  ])(
+    'refuses the absolute-form target %s with Host %s: two hosts (RFC 9112 §3.2.2)',
+    (url, host) => {
+      expect(checkPath(url, host)).toBe('an absolute-form target naming another host than Host');
+    },
+  );
+
+  it.each([
+    ['http://www.example/x', 'www.example'],
+    ['http://WWW.Example:80/x', 'www.example'],
+    ['https://www.example:443/x', 'www.example'],
+    ['http://u:p@www.example:8080/x', 'www.example:8080'],
+    ['http://[::1]/x', '[::1]:80'],
+    ['/x', 'anything'],
+  ])('accepts %s with Host %s: the same host', (url, host) => {
+    expect(checkPath(url, host)).toBeUndefined();
+  });
+
   // http-proxy's urlJoin turns the path's first `http:/` into `http://`.
   it.each([
     ['/go/http:/evil.example/x', "'http:/' in the path"],

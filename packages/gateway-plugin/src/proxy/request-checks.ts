@@ -131,8 +131,36 @@ function pathOf(target: string): string | undefined {
   return slash < 0 ? '' : target.slice(slash);
 }
 
-/** Why this request target must not be forwarded, or undefined. */
-export function checkPath(url: string | undefined): string | undefined {
+/** `host:port` lower-cased, the port left out when it is the scheme's default. */
+function hostAndPort(authority: string, https: boolean): string {
+  const a = authority.slice(authority.lastIndexOf('@') + 1).toLowerCase();
+  const port = /:(\d*)$/.exec(a);
+  if (!port) return a;
+  const n = port[1] === '' ? undefined : Number(port[1]);
+  return n === undefined || n === (https ? 443 : 80) ? a.slice(0, port.index) : a;
+}
+
+/**
+ * An absolute-form target names its host, and a server takes that one, not Host (RFC
+ * 9112 §3.2.2), as nginx does; the app in front of the balancer routed and guarded by
+ * Host, and so does the backend, which gets the path only. A request whose two hosts
+ * differ (`GET http://admin.internal/x` with `Host: www.example`) is one the app and an
+ * RFC-reading proxy ahead of it read differently: refused.
+ */
+function otherHost(url: string, end: number, host: string | undefined): boolean {
+  if (host === undefined || url.charCodeAt(0) === 47 /* / */) return false;
+  const from = url.indexOf('://') + 3;
+  const slash = url.indexOf('/', from);
+  const authority = url.slice(from, slash < 0 || slash > end ? end : slash);
+  const https = /^https:/i.test(url);
+  return hostAndPort(authority, https) !== hostAndPort(host, https);
+}
+
+/**
+ * Why this request target must not be forwarded, or undefined. `host`: the request's Host
+ * header, which an absolute-form target's authority must name too.
+ */
+export function checkPath(url: string | undefined, host?: string): string | undefined {
   if (url === undefined) return undefined;
   // `OPTIONS *` (asterisk-form) asks about this server, not a resource: no
   // backend path can be made of it (http-proxy would send `/base*`).
@@ -145,6 +173,7 @@ export function checkPath(url: string | undefined): string | undefined {
   if (f >= 0 && f < end) end = f;
   const path = pathOf(end === url.length ? url : url.slice(0, end));
   if (path === undefined) return 'malformed authority in an absolute-form target';
+  if (otherHost(url, end, host)) return 'an absolute-form target naming another host than Host';
   if (DOT_SEGMENT.test(path)) return 'dot-segment in the path';
   const rewritten = REWRITTEN_BY_PROXY.exec(path);
   if (rewritten)

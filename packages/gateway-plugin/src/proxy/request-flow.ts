@@ -475,7 +475,7 @@ export class RequestFlow {
     }
     // Before http-proxy joins the backend's base path to it, and after the
     // mount path is (or is not) put back: the path as the backend gets it.
-    const badPath = checkPath(req.url);
+    const badPath = checkPath(req.url, req.headers.host);
     if (badPath) {
       const close = framing.framing !== 'none';
       return this.reject(req, res, 'LW_GW_BAD_PATH', badPath, close, undefined, badPath);
