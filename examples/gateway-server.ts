@@ -46,7 +46,8 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
     'verification keys ("<keyId> <secret> [<backends>]" per line); unsigned reports are then dropped',
   LOADWISE_GW_HOST: 'address to listen on (default 127.0.0.1)',
   LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
-  LOADWISE_GW_STATUS_TOKEN: 'token /_lb/status and /_lb/metrics require (Authorization: Bearer)',
+  LOADWISE_GW_STATUS_TOKEN:
+    'token /_lb/status and /_lb/metrics require (X-Loadwise-Token, or Authorization: Bearer)',
   LOADWISE_GW_ID: 'name of this gateway, sent back in an x-loadwise-gateway response header',
   LOADWISE_GW_ACCEPT_HANDLES:
     'connections accepted per event-loop turn, 1..64 (default 1; multiAccept, docs/gateway.md)',

@@ -12,7 +12,7 @@
  * stdout, each after `@<epoch ms> <process>`, and `@load <epoch ms> ...` per
  * run. A trace costs the gateway CPU: its run's latencies are not the product's.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 
 export interface Phase {
   name: string;
@@ -82,9 +82,18 @@ export function summarize(text: string, idleMs = 5_000): Phase[] {
 /** What bench/procs/gateway-loadwise.ts prints when lb.ready() has resolved. */
 const READY = '[loadwise ready]';
 
+const USAGE = `usage: npm run bench:v8-trace -- FILE [--idle-ms N]
+FILE is the gateway's stdout of a traced cold-start run, made first with:
+  LOADWISE_BENCH_GATEWAY_STDOUT=FILE \\
+  LOADWISE_BENCH_GATEWAY_NODE_ARGS="--trace-opt --trace-deopt" \\
+  npm run bench:cold-start -- --runs 1 --seconds 4 --scenario identical --balancers "(backlog 511)"`;
+
 function main(): void {
   const file = process.argv[2];
-  if (!file) throw new Error('usage: npm run bench:v8-trace -- FILE [--idle-ms N]');
+  if (!file || !existsSync(file)) {
+    console.error(file ? `${file}: no such file\n${USAGE}` : USAGE);
+    process.exit(2);
+  }
   const i = process.argv.indexOf('--idle-ms');
   const idle = i > 0 ? Number(process.argv[i + 1]) : 5_000;
   for (const p of summarize(readFileSync(file, 'utf8'), idle)) {

@@ -15,6 +15,11 @@ out=$1
 shift
 san=${SERVER_SAN:-DNS:mosquitto,DNS:localhost,IP:127.0.0.1}
 days=${DAYS:-30}
+# A new CA in a directory of certificates the old one signed leaves those unverifiable.
+if [ -e "$out/ca.pem" ]; then
+  echo "$out already holds a CA (ca.pem): a new one would leave its certificates unverifiable; use another directory" >&2
+  exit 2
+fi
 mkdir -p "$out"
 cd "$out"
 ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
@@ -39,4 +44,6 @@ done
 rm -f server.ext client.ext ca.srl
 chmod 0644 ./*.pem ./*.key
 chmod 0600 ca.key # signs certificates; nothing at run time reads it
-echo "wrote $(ls | tr '\n' ' ')to $out"
+wrote="ca.pem ca.key server.pem server.key"
+for name in "$@"; do wrote="$wrote $name.pem $name.key"; done
+echo "wrote $wrote to $out"
