@@ -356,3 +356,55 @@ describe('embedded broker mode', () => {
     }
   });
 });
+
+describe('the MQTT keepalive the gateway asks for', () => {
+  /** A TCP server that reads the first packet (CONNECT) and closes: its keepalive field. */
+  async function keepaliveOf(
+    opts: Partial<LoadBalanceOptions['broker'] & object>,
+  ): Promise<number> {
+    const { createServer } = await import('node:net');
+    let lb: ReturnType<typeof loadBalance> | undefined;
+    const seen = new Promise<number>((resolve, reject) => {
+      const server = createServer((socket) => {
+        let buf = Buffer.alloc(0);
+        socket.on('data', (d: Buffer) => {
+          buf = Buffer.concat([buf, d]);
+          // Fixed header: type, remaining length (a varint); then the protocol name
+          // (2-byte length + 'MQTT'), the level and the flags, then the keepalive (2 bytes).
+          let i = 1;
+          while (i < buf.length && (buf[i]! & 0x80) !== 0) i++;
+          const at = i + 1 + 2 + 4 + 1 + 1;
+          if (buf.length < at + 2) return;
+          resolve(buf.readUInt16BE(at));
+          socket.destroy();
+          server.close();
+        });
+      });
+      server.on('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        const port = (server.address() as { port: number }).port;
+        lb = loadBalance({
+          backends: [{ id: 'a', url: 'http://127.0.0.1:1' }],
+          broker: { url: `mqtt://127.0.0.1:${port}`, ...opts },
+          logger: quietLogger,
+          healthCheck: false,
+          warmUp: false,
+        });
+      });
+    });
+    try {
+      return await seen;
+    } finally {
+      await lb?.close();
+    }
+  }
+
+  it('is 10 s by default, as the agents', async () => {
+    // A silent broker was noticed after 1.5 × keepalive: 45 s at the 30 s it was.
+    expect(await keepaliveOf({})).toBe(10);
+  });
+
+  it('is broker.keepaliveSec when set', async () => {
+    expect(await keepaliveOf({ keepaliveSec: 60 })).toBe(60);
+  });
+});

@@ -31,6 +31,9 @@ export interface MqttSourceHandlers {
 /** The longest wait before subscribing again after the broker refused it. */
 const MAX_SUBSCRIBE_RETRY_MS = 30_000;
 
+/** The gateway's MQTT keepalive unless `broker.keepaliveSec` says otherwise. */
+export const DEFAULT_KEEPALIVE_SEC = 10;
+
 /** MQTT 5 CONNACK "Unsupported Protocol Version" (0x84), and 3.1.1's return code 1 [MQTT-3.1.2-2]. */
 const UNSUPPORTED_PROTOCOL_CODES = new Set([1, 0x84]);
 
@@ -148,7 +151,11 @@ export class MqttSource {
       // It retries like any outage (a refused MQTT 5 CONNECT is retried in 3.1.1 at once,
       // onVersionRefused; its connect() clears the timer this sets).
       reconnectOnConnackError: true,
-      keepalive: 30,
+      // The agents' 10 s: a broker that stops answering without closing the connection
+      // (frozen, failed over behind a NAT that forgot the flow) is noticed after 1.5 ×
+      // keepalive without a PINGRESP. At 30 s the gateway said it was connected, and heard
+      // nothing, for up to 45 s before it reconnected. One ping each 10 s is the cost.
+      keepalive: DEFAULT_KEEPALIVE_SEC,
       ...packetLimit(version, this.maxPacketBytes),
       ...extra,
     });
