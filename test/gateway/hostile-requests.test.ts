@@ -690,7 +690,9 @@ describe('paths http-proxy would rewrite', () => {
       ['/go/http:/evil.example/x', 400],
       ['http://x:8080/a?q=%2e%2e', 200],
     ] as const) {
-      const r = await rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: a\r\n\r\n`, {
+      // An absolute-form target's host is Host's (request-checks.ts otherHost).
+      const host = target.startsWith('http://x:8080') ? 'x:8080' : 'a';
+      const r = await rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: ${host}\r\n\r\n`, {
         responses: 1,
       });
       expect([target, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual(
