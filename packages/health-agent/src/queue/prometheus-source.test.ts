@@ -109,6 +109,14 @@ describe('prometheusSource', () => {
       await new Promise<void>((resolve) => endless.close(() => resolve()));
     }
   });
+  it('says a gauge that is there is not a finite number, not that it is missing', async () => {
+    for (const value of ['1e999', 'NaN', '+Inf']) {
+      page = `app_queue_depth{worker="0"} ${value}\n`;
+      await expect(
+        prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read(),
+      ).rejects.toThrow(/gauge app_queue_depth has no finite value \(NaN or ±Inf\)/);
+    }
+  });
   it('says so when the gauge is not on the page', async () => {
     page = 'other 1\n';
     await expect(

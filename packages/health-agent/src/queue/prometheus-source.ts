@@ -17,6 +17,8 @@ import type { QueueReading, QueueSourceReader } from './types';
  * Number() alone read an empty value as 0 and `0x10` as 16. NaN and ±Inf are skipped.
  */
 const VALUE_RE = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
+/** The text format's other values: none is a count. */
+const NON_FINITE_RE = /^(?:[+-]?Inf|NaN)$/;
 
 /**
  * The longest line kept while it waits for its end. A gauge's sample line is
@@ -57,6 +59,8 @@ export class GaugeReader {
   private tail = '';
   /** Inside a line longer than MAX_LINE_CHARS: dropped up to its end. */
   private skipping = false;
+  /** Series of the gauge whose value was NaN or ±Inf (`1e999` too): none is a count. */
+  nonFinite = 0;
 
   constructor(private readonly name: string) {}
 
@@ -105,9 +109,16 @@ export class GaugeReader {
       return; // a longer metric name sharing the prefix
     }
     const token = rest.trim().split(/\s+/)[0] ?? '';
-    if (!VALUE_RE.test(token)) return;
+    if (!VALUE_RE.test(token)) {
+      if (NON_FINITE_RE.test(token)) this.nonFinite++;
+      return;
+    }
     const value = Number(token);
-    if (!Number.isFinite(value) || this.seen.has(series)) return;
+    if (!Number.isFinite(value)) {
+      this.nonFinite++;
+      return;
+    }
+    if (this.seen.has(series)) return;
     if (this.seen.size === MAX_GAUGE_SERIES) {
       this.done = true;
       return;
@@ -140,7 +151,12 @@ export function prometheusSource(
         throw new Error(`gauge ${gauge} has over ${MAX_GAUGE_SERIES} series at ${url.href}`);
       }
       const value = reader.feed(decoder.end()).result();
-      if (value === undefined) throw new Error(`gauge ${gauge} not found at ${url.href}`);
+      if (value === undefined) {
+        // A gauge that is there but says NaN or +Inf (`1e999`) was reported "not found",
+        // which sent the operator looking for a typo in the name.
+        const why = reader.nonFinite > 0 ? 'has no finite value (NaN or ±Inf)' : 'not found';
+        throw new Error(`gauge ${gauge} ${why} at ${url.href}`);
+      }
       return {
         // A count the protocol can carry (a safe integer); a sum of huge values is not one.
         queue: {
