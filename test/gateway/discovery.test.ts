@@ -4,6 +4,7 @@
  * backend only from a signed registration inside the allowed ranges.
  */
 import { once } from 'node:events';
+import { request, type ServerResponse } from 'node:http';
 import WebSocket from 'ws';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
@@ -407,6 +408,40 @@ describe('discovery', () => {
       await endClient(client);
       await g.close();
       gw = undefined;
+    }
+  });
+
+  it('does not forget a backend while an event stream of it is in the stream lane', async () => {
+    let stream: ServerResponse | undefined;
+    const backend = await startBackend('x', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: hello\n\n');
+      stream = res;
+    });
+    const { g, prefix, clock } = await leasedGateway('disc-stream', { streams: { afterMs: 20 } });
+    const client = request(`${g.url}/events`, { agent: false });
+    try {
+      await registerX(g, prefix, backend.url, g.lb.balancer.brokerUrl!);
+      const got = new Promise<string>((resolve) =>
+        client.on('response', (res) => res.once('data', (d: Buffer) => resolve(String(d)))),
+      );
+      client.end();
+      expect(await got).toContain('data: hello');
+      await eventually(() => g.snapshot().openStreams === 1, 5_000, 'the stream in the lane');
+      const stale = once(internals(g.lb).events, 'metrics-stale');
+      clock.ms += 5_000;
+      await stale;
+      // Silent past its lease, but its stream runs (out of inFlight): kept.
+      expect(g.lb.balancer.snapshot().backends.map((b) => b.id)).toEqual(['x']);
+      // Ended, the backend goes at a later sweep.
+      const removed = once(internals(g.lb).events, 'backend-removed');
+      stream!.end();
+      expect((await removed)[0]).toMatchObject({ id: 'x' });
+    } finally {
+      client.destroy();
+      await g.close();
+      gw = undefined;
+      await backend.close();
     }
   });
 

@@ -713,6 +713,8 @@ describe('paths http-proxy would rewrite', () => {
       ['/api/x/../../secret', 'LW_GW_BAD_PATH'],
       ['/api/..\\..\\secret', 'LW_GW_BAD_PATH'],
       ['/api//admin', 'LW_GW_BAD_PATH'],
+      // Another host than Host (request-checks.ts otherHost), as a plain request.
+      ['http://admin.internal/api/x', 'LW_GW_BAD_PATH'],
     ] as const) {
       const r = await rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: a\r\n${upgrade}`, {
         guardMs: 5_000,

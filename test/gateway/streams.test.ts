@@ -47,10 +47,14 @@ let gw: TestGateway | undefined;
 const streams: ServerResponse[] = [];
 
 /** `/events`: an event stream (one event, then held open); anything else: JSON at once. */
-async function streamingBackend(opts: { length?: boolean } = {}): Promise<TestServer> {
+async function streamingBackend(
+  opts: { length?: boolean; type?: string } = {},
+): Promise<TestServer> {
   return startBackend('b', (req: IncomingMessage, res: ServerResponse) => {
     if (req.url === '/events') {
-      const head: Record<string, string> = { 'content-type': 'text/event-stream' };
+      const head: Record<string, string> = {
+        'content-type': opts.type ?? 'text/event-stream; charset=utf-8',
+      };
       // A download that said its length and trickles: a reply, never a stream.
       if (opts.length) head['content-length'] = '1000';
       res.writeHead(200, head);
@@ -152,9 +156,25 @@ describe('long streamed answers leave the request bounds', () => {
     expect((await send(`${gw.url}/x`)).status).toBe(200);
   });
 
+  it('streams.contentTypes names the answers that are streams', async () => {
+    backend = await streamingBackend({ type: 'application/x-ndjson' });
+    gw = await gateway({
+      maxInFlightPerClient: 1,
+      streams: { afterMs: 50, contentTypes: ['application/x-ndjson'] },
+    });
+    const client = openStream(gw.url);
+    await client.first;
+    await until(() => gw!.snapshot().openStreams === 1);
+    expect((await send(`${gw.url}/x`)).status).toBe(200);
+    client.close();
+  });
+
   it.each([
     ['an answer that said its length is a reply, however long it runs', { length: true }, {}],
     ['streams: false keeps every stream a request', {}, { streams: false as const }],
+    // Server-side rendering or an export: chunks while the backend works. Let out after a
+    // second, twelve such answers ran on a backend bounded to two.
+    ['a chunked answer that is no event stream stays a request', { type: 'text/html' }, {}],
   ])('%s', async (_name, answer, options) => {
     backend = await streamingBackend(answer);
     gw = await gateway({ maxInFlightPerClient: 1, ...options });

@@ -875,7 +875,7 @@ export class Balancer implements BalancerHandle, FlowHost {
    * lease clock is forgotten, so a fleet that scales in and out does not
    * fill maxBackends with dead entries for good, nor keep checking (and,
    * once the address is reused, routing to) hosts that are gone. A backend
-   * with requests in flight or a WebSocket open waits for a later sweep.
+   * with requests in flight, a WebSocket or a stream open waits for a later sweep.
    */
   private forgetSilent(): void {
     const after = this.options.discovery?.forgetAfterMs;
@@ -883,6 +883,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     let removed = 0;
     for (const b of this.registry.backends.values()) {
       if (b.origin !== 'discovery' || b.load.inFlight > 0 || b.openUpgrades > 0) continue;
+      if (b.openStreams > 0) continue;
       const silentMs = this.leaseMs - b.heardAtLeaseMs;
       if (silentMs < after) continue;
       // One recompute for the sweep, after the loop: one per backend forgotten cost

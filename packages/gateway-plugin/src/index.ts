@@ -40,6 +40,7 @@ export {
   type RetryOptions,
   type SaturationOptions,
   type WebSocketOptions,
+  type StreamOptions,
 } from './options';
 export type { DashboardOptions } from './dashboard/options';
 export {

@@ -210,6 +210,12 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'LW_GW_INVALID_OPTION',
   ],
   ['WebSockets max open true', { ...base, webSockets: { maxOpen: true } }, 'LW_GW_INVALID_OPTION'],
+  ['stream lane after 0 ms', { ...base, streams: { afterMs: 0 } }, 'LW_GW_INVALID_OPTION'],
+  [
+    'stream content type not a media type',
+    { ...base, streams: { contentTypes: ['event-stream'] } },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['WebSockets unknown key', { ...base, webSockets: { idleMs: 5 } }, 'LW_GW_INVALID_OPTION'],
   ['unknown top-level key', { ...base, stratgy: 'p2c' }, 'LW_GW_INVALID_OPTION'],
   ['unknown nested key', { ...base, healthCheck: { pathh: '/h' } }, 'LW_GW_INVALID_OPTION'],

@@ -86,6 +86,8 @@ const is =
     leaf<T>((x) => (test(x) ? undefined : expected(what)(x)));
 const bool = is<boolean>((x) => typeof x === 'boolean', 'a boolean');
 const str = is<string>((x) => typeof x === 'string', 'a string');
+const MEDIA_TYPE = /^[\w!#$&^.+-]+\/[\w!#$&^.+-]+$/;
+const isMediaType = (x: unknown): boolean => typeof x === 'string' && MEDIA_TYPE.test(x);
 const fn = <F>() => is<F>((x) => typeof x === 'function', 'a function')();
 // Nor what a request's path may not hold (proxy/request-checks.ts: dot-segments, `//`, a
 // backslash): a health-check path is joined to each backend's base path.
@@ -539,6 +541,13 @@ const entries = {
         afterMs: v.optional(ms(1), DEFAULTS.streams.afterMs),
         maxPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.streams.maxPerClient),
         maxOpen: v.optional(orFalse(int(1, 1e7)), DEFAULTS.streams.maxOpen),
+        contentTypes: v.optional(
+          is<string[]>(
+            (x) => Array.isArray(x) && x.length <= 64 && x.every(isMediaType),
+            "an array of media types such as 'text/event-stream'",
+          )(),
+          () => DEFAULTS.streams.contentTypes,
+        ),
       }),
     ),
     {},
@@ -780,6 +789,7 @@ function resolve(o: Parsed) {
             afterMs: o.streams.afterMs,
             maxPerClient: off(o.streams.maxPerClient),
             maxOpen: off(o.streams.maxOpen),
+            contentTypes: o.streams.contentTypes,
           },
     overload: off(o.overload),
     acceptQueue: off(o.acceptQueue),

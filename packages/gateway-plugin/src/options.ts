@@ -210,10 +210,9 @@ export interface WebSocketOptions {
 }
 
 /**
- * The lane of long streamed answers (docs/gateway.md, "Streams"): an answer
- * that gave no length (an event stream, a long poll's chunked reply, a
- * download of unknown size) and is still running `afterMs` after its head is
- * no longer a request the backend is working on. It leaves the bounds of
+ * The lane of long streamed answers (docs/gateway.md, "Streams"): an event
+ * stream (`contentTypes`) that gave no length and is still running `afterMs`
+ * after its head is no longer a request the backend is working on. It leaves the bounds of
  * requests (saturation.maxInFlightPerBackend, maxInFlightPerClient) and the
  * load the strategy sees, and holds a place here instead, with a connection
  * of its backend's pool beyond agent.maxSockets. Without it, 256 open event
@@ -230,6 +229,12 @@ export interface StreamOptions {
   maxPerClient?: number | false;
   /** Streams in the lane at most (default 10 000; false: no bound). Past it, as above. */
   maxOpen?: number | false;
+  /**
+   * Media types of the answers that are streams (default ['text/event-stream']).
+   * Not every chunked answer: server-side rendering or an export streams chunks
+   * while the backend works, and must stay within its bounds.
+   */
+  contentTypes?: string[];
 }
 
 export interface OverloadOptions {
@@ -547,7 +552,12 @@ export const DEFAULTS = {
    * a slow reply (a reply's body follows its head within milliseconds); the
    * bounds as WebSockets', which hold the same two sockets.
    */
-  streams: { afterMs: 1_000, maxPerClient: 256, maxOpen: 10_000 },
+  streams: {
+    afterMs: 1_000,
+    maxPerClient: 256,
+    maxOpen: 10_000,
+    contentTypes: ['text/event-stream'],
+  },
   /**
    * 500 ms, sampled every 200 ms (bench/results/burst.md): at 1 s the gateway
    * never shed while its tails reached 10-20 s; at 200 ms it shed a fresh

@@ -15,15 +15,19 @@
  * requests, many SDKs) are the ones that lose the answer.
  *
  * The answer goes out, then a FIN; what the client sends is read and dropped
- * until it closes its side or LINGER_MS pass, then the connection is
- * destroyed. Requests pipelined behind the body are not served (the caller
- * marks the connection closing).
+ * until it closes its side, sends nothing for LINGER_IDLE_MS, or LINGER_MAX_MS
+ * pass (nginx's lingering_timeout and lingering_time), then the connection is
+ * destroyed. A request the parser finds behind the body is dropped unserved,
+ * an upgrade too: its client never gets an answer, and a POST run with its
+ * answer lost is one the client sends again.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 
-/** At most this long after the answer (nginx's lingering_timeout: 5 s). */
-export const LINGER_MS = 5_000;
+/** Without a byte from the client this long, the connection goes (nginx's lingering_timeout). */
+export const LINGER_IDLE_MS = 5_000;
+/** And this long after the answer at most, however it sends (nginx's lingering_time). */
+export const LINGER_MAX_MS = 30_000;
 
 const LINGER_REQ = Symbol('loadwise.lingerRequest');
 type LingeringSocket = Socket & { [LINGER_REQ]?: IncomingMessage };
@@ -40,10 +44,41 @@ function lingeringClose(this: LingeringSocket): void {
     req.unpipe();
     req.resume();
   }
+  // What the parser finds after the body is no request of anyone's.
+  const parser = (this as { parser?: { onIncoming?: unknown } | null }).parser;
+  if (parser) parser.onIncoming = dropIncoming;
   if (this.writable) this.end();
   if (this.destroyed) return;
-  const timer = setTimeout(() => this.destroy(), LINGER_MS);
-  this.once('close', () => clearTimeout(timer));
+  // Idle: the socket's own timer, which every read the parser makes starts again.
+  this.setTimeout(LINGER_IDLE_MS, destroySocket);
+  // In all: LINGER_MAX_MS, and no longer once its server has stopped listening (a
+  // graceful shutdown waits for every connection, and a client trickling its body held
+  // server.close() for the whole linger).
+  const until = performance.now() + LINGER_MAX_MS;
+  const server = (this as { server?: { listening?: boolean } | null }).server;
+  const check = setInterval(() => {
+    if (server?.listening === false || performance.now() >= until) this.destroy();
+  }, LINGER_CHECK_MS);
+  this.once('close', () => clearInterval(check));
+}
+
+/** How often a lingering connection looks at its time and its server. */
+const LINGER_CHECK_MS = 250;
+
+function destroySocket(this: Socket): void {
+  this.destroy();
+}
+
+/**
+ * The parser's onIncoming on a lingering connection (Node's server calls it with each
+ * request head it parses): the request is not handed to the server, its body is read
+ * and dropped, and an upgrade is not one (Node emits 'upgrade' for a head that says so,
+ * whatever this returns). 0: the parser reads the body as a body.
+ */
+function dropIncoming(incoming: IncomingMessage & { upgrade: boolean }): number {
+  incoming.upgrade = false;
+  incoming.resume();
+  return 0;
 }
 
 /** `req`'s connection lingers when Node closes it after this answer (its body is unread). */

@@ -130,6 +130,8 @@ describe('checkPath', () => {
     ['http://www.example:8080/x', 'www.example'],
     ['https://www.example/x', 'www.example:80'],
     ['http://www.example?q=/x', 'other'],
+    // Host has no userinfo: `evil@` is part of its name.
+    ['http://www.example/x', 'evil@www.example'],
   ])(
     'refuses the absolute-form target %s with Host %s: two hosts (RFC 9112 §3.2.2)',
     (url, host) => {
@@ -144,6 +146,8 @@ describe('checkPath', () => {
     ['http://u:p@www.example:8080/x', 'www.example:8080'],
     ['http://[::1]/x', '[::1]:80'],
     ['/x', 'anything'],
+    ['http://www.example./x', 'www.example'],
+    ['http://www.example:8080/x', 'www.example.:8080'],
   ])('accepts %s with Host %s: the same host', (url, host) => {
     expect(checkPath(url, host)).toBeUndefined();
   });

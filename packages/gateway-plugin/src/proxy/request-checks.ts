@@ -131,13 +131,22 @@ function pathOf(target: string): string | undefined {
   return slash < 0 ? '' : target.slice(slash);
 }
 
-/** `host:port` lower-cased, the port left out when it is the scheme's default. */
-function hostAndPort(authority: string, https: boolean): string {
-  const a = authority.slice(authority.lastIndexOf('@') + 1).toLowerCase();
+/**
+ * `host:port` lower-cased, the port left out when it is the scheme's default and a
+ * root dot (`example.com.`) dropped. A Host header has no userinfo: only a target's
+ * authority is read past its `@`.
+ */
+function hostAndPort(authority: string, https: boolean, userinfo: boolean): string {
+  const a = (userinfo ? authority.slice(authority.lastIndexOf('@') + 1) : authority).toLowerCase();
   const port = /:(\d*)$/.exec(a);
-  if (!port) return a;
-  const n = port[1] === '' ? undefined : Number(port[1]);
-  return n === undefined || n === (https ? 443 : 80) ? a.slice(0, port.index) : a;
+  let host = a;
+  let n: number | undefined;
+  if (port) {
+    host = a.slice(0, port.index);
+    n = port[1] === '' ? undefined : Number(port[1]);
+  }
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  return n === undefined || n === (https ? 443 : 80) ? host : `${host}:${n}`;
 }
 
 /**
@@ -153,7 +162,7 @@ function otherHost(url: string, end: number, host: string | undefined): boolean 
   const slash = url.indexOf('/', from);
   const authority = url.slice(from, slash < 0 || slash > end ? end : slash);
   const https = /^https:/i.test(url);
-  return hostAndPort(authority, https) !== hostAndPort(host, https);
+  return hostAndPort(authority, https, true) !== hostAndPort(host, https, false);
 }
 
 /**

@@ -397,7 +397,9 @@ export class RequestFlow {
     const max = core.options.maxInFlightPerClient;
     this.clients = max === undefined ? undefined : new ClientLimit(max);
     const streams = core.options.streams;
-    this.lane = streams && new StreamLane(streams.afterMs, streams.maxPerClient, streams.maxOpen);
+    this.lane =
+      streams &&
+      new StreamLane(streams.afterMs, streams.maxPerClient, streams.maxOpen, streams.contentTypes);
     this.log = new RateLimitedLog(core.options.logger, core.now);
   }
 
@@ -994,9 +996,15 @@ export class RequestFlow {
         res.destroy();
       }
     });
-    // An answer of no stated length may be a stream (stream-lane.ts): checked once it has
-    // run for a while. A timer with arguments, not a closure per answer.
-    if (this.lane && proxyRes.headers['content-length'] === undefined && !failed)
+    // An event stream of no stated length (stream-lane.ts): checked once it has run for a
+    // while. A timer with arguments, not a closure per answer.
+    const lane = this.lane;
+    if (
+      lane &&
+      !failed &&
+      proxyRes.headers['content-length'] === undefined &&
+      lane.isStream(proxyRes.headers['content-type'])
+    )
       flow.streamTimer = setTimeout(this.enterLaneNext, this.lane.afterMs, flow, proxyRes);
     // http-proxy leaves the answer to us (selfHandleResponse, proxy-engine.ts): its body
     // follows the head relayHead writes first. Unless the hook answered the client itself
@@ -1023,7 +1031,7 @@ export class RequestFlow {
     const backend = flow.backend;
     if (!this.lane || !flow.attemptOpen || !backend || backendAnswer(flow) !== proxyRes) return;
     if (proxyRes.complete || flow.res.writableEnded || !flow.req.complete) return;
-    const place = this.lane.enter(flow.client, backend.agent);
+    const place = this.lane.enter(flow.client, backend);
     if (place === undefined) return;
     flow.lane = place;
     this.endAttempt(flow);

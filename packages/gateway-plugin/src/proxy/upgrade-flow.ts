@@ -518,7 +518,7 @@ function upgradeRefusal(req: IncomingMessage):
   if (method) return { code: 'LW_GW_METHOD_NOT_ALLOWED', detail: method };
   if (framing.framing !== 'none')
     return { code: 'LW_GW_BAD_REQUEST', detail: 'a request body on an upgrade' };
-  const path = checkPath(req.url);
+  const path = checkPath(req.url, req.headers.host);
   return path === undefined ? undefined : { code: 'LW_GW_BAD_PATH', detail: path };
 }
 

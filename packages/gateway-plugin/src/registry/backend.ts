@@ -85,6 +85,8 @@ export class Backend {
   heardAtLeaseMs = 0;
   /** Upgrades to this backend taken and not yet closed (proxy/upgrade-flow.ts). */
   openUpgrades = 0;
+  /** Its answers in the stream lane (proxy/stream-lane.ts): not in load.inFlight. */
+  openStreams = 0;
   /** Requests sent and failed since creation (status endpoint). */
   requests = 0;
   failures = 0;
