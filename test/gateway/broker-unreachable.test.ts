@@ -199,12 +199,12 @@ describe('saying what is wrong', () => {
       // Its fields for a JSON logger: the structured-warnings test below.
     }));
 
-  it('a POST to a refused backend: 502 LW_GW_UPSTREAM_FAILED and a line saying so', () =>
+  it('a POST to a refused backend: 503 LW_GW_NO_BACKEND (it reached none) and a line saying so', () =>
     withRefusedBackend(async (gw, dead, logger) => {
       const r = await send(`${gw.url}/orders`, { method: 'POST', body: '{"n":1}' });
-      expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+      expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
       expect(logger.lines.filter((l) => l.includes('ECONNREFUSED'))).toEqual([
-        `warn attempt 1 of POST /orders to dead (${dead}) failed: ECONNREFUSED; answering LW_GW_UPSTREAM_FAILED`,
+        `warn attempt 1 of POST /orders to dead (${dead}) failed: ECONNREFUSED; retrying`,
       ]);
     }));
 

@@ -877,16 +877,22 @@ describe('upgrades to a backend that serves only HTTP (the README mounts lb for 
 });
 
 describe('slow clients', () => {
-  it('answers a stalled body 408 and aborts the attempt without blaming the backend', async () => {
+  it.each([
+    // Streamed (over retry.maxBodyBytes): the backend has the request, and it is aborted.
+    ['streamed', 100_000],
+    // Held in memory to be sent again if need be: the backend never sees it.
+    ['held', 10],
+  ])('answers a stalled %s body 408 without blaming the backend', async (how, length) => {
     gw = await gateway({ backends: [{ id: 'b', url: backend.url }], clientBodyTimeoutMs: 200 });
     const r = await rawExchange(
       gw.port,
-      'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc',
+      `POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${length}\r\n\r\nabc`,
     );
     expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
       [408, 'LW_GW_BODY_TIMEOUT', true],
     );
-    await until(() => backend.seen[0]?.aborted === true);
+    if (how === 'streamed') await until(() => backend.seen[0]?.aborted === true);
+    else expect(backend.seen).toHaveLength(0);
     expect(await gw.metric('backend_errors_total')).toBe(0);
     expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(1);
     const b = gw.lb.balancer.snapshot().backends[0]!;
@@ -915,7 +921,8 @@ describe('slow clients', () => {
     const held = await recordingBackend({ hold: (line) => line.startsWith('POST') });
     gw = await gateway({ backends: [{ id: 'b', url: held.url }], maxInFlightPerClient: 5 });
     const slow: SlowClient[] = [];
-    const upload = 'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nx';
+    // Over retry.maxBodyBytes: streamed to the backend as it comes, so it holds a slot there.
+    const upload = 'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nx';
     for (let i = 0; i < 20; i++) slow.push(await openSlow(gw.port, upload, '127.0.0.2'));
     await until(() => held.seen.length === 5);
     for (const c of slow.slice(5)) {

@@ -233,14 +233,19 @@ export function planBody(req: IncomingMessage): BodyPlan {
 
 /**
  * Reads a body of `length` bytes (Content-Length, at most the retry buffer
- * limit) into memory. Resolves undefined if the client goes away first; never
- * rejects.
+ * limit) into memory. Resolves undefined if the client goes away first, and
+ * 'too-long' for more bytes than `length` (Node's parser holds the client to
+ * the Content-Length it sent; a middleware that changed the header since can
+ * make it say less); never rejects.
  */
-export function readBody(req: IncomingMessage, length: number): Promise<Buffer | undefined> {
+export function readBody(
+  req: IncomingMessage,
+  length: number,
+): Promise<Buffer | undefined | 'too-long'> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    const done = (body: Buffer | undefined): void => {
+    const done = (body: Buffer | undefined | 'too-long'): void => {
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onFail);
@@ -249,8 +254,7 @@ export function readBody(req: IncomingMessage, length: number): Promise<Buffer |
     };
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
-      // Node's parser enforces Content-Length; this only guards the bound.
-      if (size > length) return done(undefined);
+      if (size > length) return done('too-long');
       chunks.push(chunk);
     };
     const onEnd = (): void => done(Buffer.concat(chunks, size));

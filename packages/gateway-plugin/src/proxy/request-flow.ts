@@ -60,6 +60,7 @@ import {
   codedError,
   isBadAnswer,
   isInvalidRequestError,
+  neverSent,
   UNASKED_UPGRADE_CODE,
 } from './upstream-errors';
 
@@ -532,6 +533,11 @@ export class RequestFlow {
       if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
       flow.bodyTimer = undefined;
       if (flow.done || bytes === undefined) return; // the client left; finish() cleans up
+      if (bytes === 'too-long') {
+        // Left waiting for a body that would never fit, the request was never answered.
+        const detail = 'the body is longer than its Content-Length (changed by a middleware?)';
+        return this.reject(flow.req, flow.res, 'LW_GW_PROXY_ERROR', detail, true);
+      }
       flow.body = { kind: 'buffered', body: bytes };
       this.start(flow);
     });
@@ -543,13 +549,13 @@ export class RequestFlow {
 
   /**
    * The Content-Length of a body worth reading into memory first, so that a
-   * retry can send it again (retry.maxBodyBytes); undefined to stream it.
+   * retry can send it again (retry.maxBodyBytes); undefined to stream it. Of
+   * every method: a POST may go again when its connection failed (retryable).
    */
   private bufferForRetry(flow: Flow): number | undefined {
     const r = this.core.options.retry;
     if (!r || r.maxRetries === 0 || flow.body.kind !== 'stream' || flow.framing === 'none')
       return undefined;
-    if (!r.methods.includes(flow.req.method ?? 'GET')) return undefined;
     const length = declaredLength(flow.req);
     return length !== undefined && length <= r.maxBodyBytes ? length : undefined;
   }
@@ -1184,7 +1190,8 @@ export class RequestFlow {
       // come back later" (503), which a retry on the same set would then have answered.
       const badAnswer = isBadAnswer(err);
       const noneLeft = c.nothingLeftToTry(flow.tried);
-      if (!(badAnswer && noneLeft) && this.mayRetry(flow)) {
+      const notSent = neverSent(err as Error & { code?: string });
+      if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
         flow.retries++;
@@ -1194,7 +1201,7 @@ export class RequestFlow {
       // A retryable request that could not reach a backend, when none is left to try or too
       // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
       // Retry-After as above, so clients back off instead of reading a gateway fault.
-      if (!badAnswer && noneLeft && this.retryable(flow)) {
+      if (!badAnswer && noneLeft && this.retryable(flow, notSent)) {
         const retryAfterSec = c.noBackendRetryAfterSec(c.now());
         return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }
@@ -1267,17 +1274,23 @@ export class RequestFlow {
     this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
   }
 
-  /** An idempotent method, with no body or one held in memory (request-body.ts). */
-  private retryable(flow: Flow): boolean {
+  /**
+   * An idempotent method, or any method whose attempt failed before its connection
+   * existed (`notSent`: nothing reached the backend), with no body or one held in memory
+   * (request-body.ts). A POST refused by a backend that had just gone down got 502 until
+   * five failures ejected it, where nginx sends it to the next one.
+   */
+  private retryable(flow: Flow, notSent = false): boolean {
     const r = this.core.options.retry;
-    if (r === undefined || !r.methods.includes(flow.req.method ?? 'GET')) return false;
+    if (r === undefined) return false;
+    if (!notSent && !r.methods.includes(flow.req.method ?? 'GET')) return false;
     return flow.framing === 'none' || flow.body.kind === 'buffered';
   }
 
-  private mayRetry(flow: Flow): boolean {
+  private mayRetry(flow: Flow, notSent: boolean): boolean {
     const r = this.core.options.retry;
     if (!r || flow.retries >= r.maxRetries) return false;
-    if (!this.retryable(flow)) return false;
+    if (!this.retryable(flow, notSent)) return false;
     // Not req.destroyed: a fully read IncomingMessage is auto-destroyed; the client is gone when its socket is.
     if (flow.res.destroyed || flow.req.socket.destroyed) return false;
     return this.core.budget?.tryRetry() ?? false;
