@@ -140,9 +140,12 @@ const RESUMED_GRACE = Symbol('loadwise.resumedGrace');
 const ANSWER_HELD = Symbol('loadwise.answerHeld');
 /** 103s relayed for this backend request so far. */
 const HINTS_SENT = Symbol('loadwise.hintsSent');
+/** Its new connection was made (TLS: the handshake too): bytes may have reached the backend. */
+const CONNECTED = Symbol('loadwise.connected');
 type AttemptRequest = ClientRequest & {
   [CLIENT_RESPONSE]?: ServerResponse;
   [HINTS_SENT]?: number;
+  [CONNECTED]?: true;
   [CLIENT_TAKEN]?: number;
   [RESUMED_GRACE]?: boolean;
 };
@@ -887,9 +890,10 @@ export class RequestFlow {
         this.core.options.connectTimeoutMs,
       );
       flow.connectTimer = timer;
-      socket.once(socket instanceof TLSSocket ? 'secureConnect' : 'connect', () =>
-        clearTimeout(timer),
-      );
+      socket.once(socket instanceof TLSSocket ? 'secureConnect' : 'connect', () => {
+        clearTimeout(timer);
+        (proxyReq as AttemptRequest)[CONNECTED] = true;
+      });
     }
   }
 
@@ -1190,7 +1194,13 @@ export class RequestFlow {
       // come back later" (503), which a retry on the same set would then have answered.
       const badAnswer = isBadAnswer(err);
       const noneLeft = c.nothingLeftToTry(flow.tried);
-      const notSent = neverSent(err as Error & { code?: string });
+      // Only for a connection that was never made: a pooled one carried bytes before, and
+      // an unreachable host reported on a made one may come after the request went out.
+      const attempt = flow.proxyReq as (AttemptRequest & { reusedSocket?: boolean }) | undefined;
+      const notSent =
+        neverSent(err as Error & { code?: string }) &&
+        attempt?.[CONNECTED] !== true &&
+        attempt?.reusedSocket !== true;
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
