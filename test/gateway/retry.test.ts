@@ -134,6 +134,61 @@ describe('retries and failure answers', () => {
     }
   });
 
+  it('never retries a POST on a connection handed over from the answer before it', async () => {
+    // More requests than sockets (maxInFlightPerBackend > maxSockets): the second POST waits
+    // in the pool's queue and Node's agent hands it the first one's connection as that
+    // answer ends, setting no reusedSocket. Then an "unreachable host" error on it (as TCP
+    // reports after ICMP errors on an open connection): the backend has the POST already.
+    const seen: string[] = [];
+    let stalled: (() => void) | undefined;
+    const backendOf = (id: string) =>
+      listen(
+        createServer((req, res) => {
+          seen.push(`${id} ${req.url}`);
+          req.resume();
+          if (req.url === '/first') setTimeout(() => res.end('first'), 100);
+          // The first /second (on the home backend) is held; a retry's is answered.
+          else if (req.url === '/second' && seen.filter((l) => l.endsWith('/second')).length === 1)
+            stalled?.();
+          else res.end(id);
+        }),
+      );
+    const [a, b] = await Promise.all([backendOf('a'), backendOf('b')]);
+    try {
+      gw = await startLocalGateway({
+        backends: [
+          { id: 'a', url: a.url },
+          { id: 'b', url: b.url },
+        ],
+        strategy: 'consistent-hash',
+        affinity: { clientAddress: true },
+        agent: { maxSockets: 1 },
+        saturation: { maxInFlightPerBackend: 4 },
+        outlier: { consecutiveFailures: 100 },
+      });
+      // Both go to the backend the client's address hashes to.
+      const first = send(`${gw.url}/first`, { method: 'POST', body: 'one' });
+      await new Promise<void>((resolve) => {
+        const check = (): void => (seen.length > 0 ? resolve() : void setTimeout(check, 5));
+        check();
+      });
+      const home = seen[0]!.split(' ')[0]!;
+      const pool = internals(gw.lb).registry.get(home)!.agent;
+      const reached = new Promise<void>((resolve) => (stalled = resolve));
+      const second = send(`${gw.url}/second`, { method: 'POST', body: 'two' });
+      await reached;
+      const socket = Object.values(pool.sockets).flat()[0]!;
+      socket.destroy(Object.assign(new Error('read EHOSTUNREACH'), { code: 'EHOSTUNREACH' }));
+      // Before: retried on the other backend (200), the POST run twice.
+      expect((await second).status).toBe(502);
+      expect(seen.filter((l) => l.endsWith('/second'))).toEqual([`${home} /second`]);
+      expect((await first).status).toBe(200);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   it('stops retrying when the retry budget is spent', async () => {
     gw = await startLocalGateway({
       backends: twoBackends(),

@@ -140,11 +140,14 @@ const RESUMED_GRACE = Symbol('loadwise.resumedGrace');
 const ANSWER_HELD = Symbol('loadwise.answerHeld');
 /** 103s relayed for this backend request so far. */
 const HINTS_SENT = Symbol('loadwise.hintsSent');
+/** It was given a connection still being made (not a pooled or handed-over one). */
+const FRESH = Symbol('loadwise.fresh');
 /** Its new connection was made (TLS: the handshake too): bytes may have reached the backend. */
 const CONNECTED = Symbol('loadwise.connected');
 type AttemptRequest = ClientRequest & {
   [CLIENT_RESPONSE]?: ServerResponse;
   [HINTS_SENT]?: number;
+  [FRESH]?: true;
   [CONNECTED]?: true;
   [CLIENT_TAKEN]?: number;
   [RESUMED_GRACE]?: boolean;
@@ -880,6 +883,7 @@ export class RequestFlow {
     writeBody(proxyReq, flow.body);
     const socket = proxyReq.socket;
     if (socket?.connecting) {
+      (proxyReq as AttemptRequest)[FRESH] = true;
       // Connect timeout, separate from the request timeout: a dead host (SYN
       // unanswered) is a connection failure, retryable on another backend. To
       // an https backend the connection is made once its TLS handshake is: a
@@ -1194,13 +1198,15 @@ export class RequestFlow {
       // come back later" (503), which a retry on the same set would then have answered.
       const badAnswer = isBadAnswer(err);
       const noneLeft = c.nothingLeftToTry(flow.tried);
-      // Only for a connection that was never made: a pooled one carried bytes before, and
+      // Only on proof of a connection that was never made: given one still connecting,
+      // which never connected. A pooled one carried bytes before, and so does one Node's
+      // agent hands a queued request as the previous answer ends (it sets no reusedSocket);
       // an unreachable host reported on a made one may come after the request went out.
-      const attempt = flow.proxyReq as (AttemptRequest & { reusedSocket?: boolean }) | undefined;
+      const attempt = flow.proxyReq as AttemptRequest | undefined;
       const notSent =
         neverSent(err as Error & { code?: string }) &&
-        attempt?.[CONNECTED] !== true &&
-        attempt?.reusedSocket !== true;
+        attempt?.[FRESH] === true &&
+        attempt[CONNECTED] !== true;
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
