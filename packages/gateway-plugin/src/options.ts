@@ -212,10 +212,11 @@ export interface WebSocketOptions {
 /**
  * The lane of long streamed answers (docs/gateway.md, "Streams"): an event
  * stream (`contentTypes`) that gave no length and is still running `afterMs`
- * after its head is no longer a request the backend is working on. It leaves the bounds of
- * requests (saturation.maxInFlightPerBackend, maxInFlightPerClient) and the
- * load the strategy sees, and holds a place here instead, with a connection
- * of its backend's pool beyond agent.maxSockets. Without it, 256 open event
+ * after its head is no longer a request the backend is working on. It leaves
+ * the bounds of requests (saturation.maxInFlightPerBackend,
+ * maxInFlightPerClient) and the load the strategy sees, and holds a place
+ * here instead, with a connection of its backend's pool beyond
+ * agent.maxSockets. Without it, 256 open event
  * streams filled a backend's slots and every other request got 503, and 65
  * from one NAT address got that address 429.
  */
@@ -548,9 +549,8 @@ export const DEFAULTS = {
    */
   webSockets: { idleTimeoutMs: 300_000, maxPerClient: 256, maxOpen: 10_000 },
   /**
-   * 1 s: an answer still streaming a second after its head is a stream, not
-   * a slow reply (a reply's body follows its head within milliseconds); the
-   * bounds as WebSockets', which hold the same two sockets.
+   * 1 s: an event stream still open a second after its head is a stream, not
+   * a slow reply; the bounds as WebSockets', which hold the same two sockets.
    */
   streams: {
     afterMs: 1_000,

@@ -34,7 +34,6 @@ export class StreamLane {
   /** Streams in the lane now. */
   open = 0;
   private readonly perClient: ClientLimit | undefined;
-
   private readonly contentTypes: Set<string>;
 
   constructor(
@@ -48,7 +47,7 @@ export class StreamLane {
   }
 
   /**
-   * A place for a stream of `client` on `pool`; undefined when the lane is full
+   * A place for a stream of `client` on `backend`; undefined when the lane is full
    * in all or for that client: the stream then stays counted as a request.
    */
   enter(client: string | undefined, backend: LaneBackend): LanePlace | undefined {
