@@ -44,10 +44,10 @@ export interface InFlightRequest {
 }
 
 /** Starts a GET on its own connection (agent: false), so a queued request holds its own socket. */
-export function fire(url: string): InFlightRequest {
+export function fire(url: string, headers?: http.OutgoingHttpHeaders): InFlightRequest {
   let req!: http.ClientRequest;
   const done = new Promise<Reply | undefined>((resolve) => {
-    req = http.get(url, { agent: false }, (res) => {
+    req = http.get(url, { agent: false, headers }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));

@@ -354,6 +354,30 @@ describe('trackRequests', () => {
     }
   });
 
+  it.each([
+    // An EventSource's request runs at once, uncounted: eight open streams behind a limit of
+    // 8 left no slot for anything else, and the gateway read them as load it did not send.
+    [{}, { started: ['a', 's'], inFlight: 1, queued: 0 }],
+    [{ countEventStreams: true }, { started: ['a'], inFlight: 1, queued: 1 }],
+  ] as const)('an event stream with %j', async (extra, want) => {
+    const app = await holdApp({ concurrencyLimit: 1, ...extra });
+    try {
+      const a = fire(`${app.server.url}/hold/a`);
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const s = fire(`${app.server.url}/hold/s`, { accept: 'text/event-stream' });
+      await until(() => app.started.length === 2 || app.tracker.snapshot().queued === 1);
+      const { inFlight, queued } = app.tracker.snapshot();
+      expect({ started: app.started, inFlight, queued }).toEqual(want);
+      app.release('a');
+      await a.done;
+      if ('countEventStreams' in extra) await until(() => app.started.length === 2);
+      app.release('s');
+      await s.done;
+    } finally {
+      await app.close();
+    }
+  });
+
   it('answers 503 to a waiter after queueTimeoutMs', async () => {
     const app = await holdApp({ concurrencyLimit: 1, queueTimeoutMs: 50 });
     try {

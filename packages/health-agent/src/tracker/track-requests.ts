@@ -10,6 +10,8 @@ const WINDOW_SLOTS = 10;
 /** Default bound on waiting requests: enough to absorb a burst, never unbounded. */
 export const DEFAULT_MAX_QUEUE = 1024;
 export const DEFAULT_QUEUE_RETRY_AFTER_S = 1;
+/** What an EventSource asks for, alone (docs/agent.md, trackRequests()). */
+const EVENT_STREAM = 'text/event-stream';
 
 export interface TrackRequestsOptions {
   /** At most this many requests run the downstream handlers at once; the rest wait in FIFO order. */
@@ -30,6 +32,15 @@ export interface TrackRequestsOptions {
    * overloaded, not down) nor count as traffic. Exact match on the path.
    */
   bypassPaths?: readonly string[];
+  /**
+   * Count event streams (requests that accept only `text/event-stream`, as
+   * every browser's EventSource sends) like any request (default false: they
+   * pass uncounted and unlimited). Counted, each held a slot for as long as it
+   * ran: eight open streams behind a concurrencyLimit of 8 left none for
+   * anything else, and the gateway, which keeps streams out of its own
+   * in-flight count after a second, read them as load it did not send.
+   */
+  countEventStreams?: boolean;
   /** Seconds in the Retry-After header of a 503 (default 1). */
   retryAfterS?: number;
   /** Monotonic clock in ms; injectable for tests (default performance.now). */
@@ -247,6 +258,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     bypass.add(p);
   }
   const exposeToRemote = opts.exposeToRemote === true;
+  const countEventStreams = opts.countEventStreams === true;
 
   // Ten slots: the window slides in steps of a tenth of its length.
   const histogram = new WindowHistogram(windowMs / WINDOW_SLOTS, WINDOW_SLOTS, now());
@@ -325,7 +337,11 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       serveStats(req, res);
       return;
     }
-    if (closed || (bypass.size > 0 && bypass.has(pathOf(req)))) {
+    if (
+      closed ||
+      (bypass.size > 0 && bypass.has(pathOf(req))) ||
+      (!countEventStreams && req.headers.accept === EVENT_STREAM)
+    ) {
       next();
       return;
     }
