@@ -124,11 +124,16 @@ const AUTHORITY = /^(?:[\w.~!$&'()*+,;=:%-]*@)?(?:\[[0-9a-f:.]+\]|[\w.~!$&'()*+,
  */
 function pathOf(target: string): string | undefined {
   if (target.charCodeAt(0) === 47 /* / */) return target;
+  const authority = authorityOf(target);
+  if (!AUTHORITY.test(authority)) return undefined;
+  return target.slice(target.indexOf('://') + 3 + authority.length);
+}
+
+/** The authority of an absolute-form target cut before its query (`scheme://authority/...`). */
+function authorityOf(target: string): string {
   const from = target.indexOf('://') + 3;
   const slash = target.indexOf('/', from);
-  const end = slash < 0 ? target.length : slash;
-  if (!AUTHORITY.test(target.slice(from, end))) return undefined;
-  return slash < 0 ? '' : target.slice(slash);
+  return target.slice(from, slash < 0 ? target.length : slash);
 }
 
 /**
@@ -156,13 +161,10 @@ function hostAndPort(authority: string, https: boolean, userinfo: boolean): stri
  * differ (`GET http://admin.internal/x` with `Host: www.example`) is one the app and an
  * RFC-reading proxy ahead of it read differently: refused.
  */
-function otherHost(url: string, end: number, host: string | undefined): boolean {
-  if (host === undefined || url.charCodeAt(0) === 47 /* / */) return false;
-  const from = url.indexOf('://') + 3;
-  const slash = url.indexOf('/', from);
-  const authority = url.slice(from, slash < 0 || slash > end ? end : slash);
-  const https = /^https:/i.test(url);
-  return hostAndPort(authority, https, true) !== hostAndPort(host, https, false);
+function otherHost(target: string, host: string | undefined): boolean {
+  if (host === undefined || target.charCodeAt(0) === 47 /* / */) return false;
+  const https = /^https:/i.test(target);
+  return hostAndPort(authorityOf(target), https, true) !== hostAndPort(host, https, false);
 }
 
 /**
@@ -180,9 +182,10 @@ export function checkPath(url: string | undefined, host?: string): string | unde
   if (q >= 0) end = q;
   const f = url.indexOf('#');
   if (f >= 0 && f < end) end = f;
-  const path = pathOf(end === url.length ? url : url.slice(0, end));
+  const target = end === url.length ? url : url.slice(0, end);
+  const path = pathOf(target);
   if (path === undefined) return 'malformed authority in an absolute-form target';
-  if (otherHost(url, end, host)) return 'an absolute-form target naming another host than Host';
+  if (otherHost(target, host)) return 'an absolute-form target naming another host than Host';
   if (DOT_SEGMENT.test(path)) return 'dot-segment in the path';
   const rewritten = REWRITTEN_BY_PROXY.exec(path);
   if (rewritten)

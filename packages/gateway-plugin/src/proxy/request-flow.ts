@@ -1130,11 +1130,7 @@ export class RequestFlow {
     if ((err as { code?: string }).code === CLIENT_STALLED_CODE) {
       // backendStalled: the client, not the backend, held the answer up for
       // requestTimeoutMs. Cut the client; the backend is not charged.
-      this.core.logLine(
-        'client-stalled',
-        `${describe(flow.req)} stopped reading the answer of ${flow.backend.id} for ${this.core.options.requestTimeoutMs} ms; connection cut, the backend not charged`,
-        { event: 'client-stalled', backend: flow.backend.id },
-      );
+      this.logClientStalled(flow, 'answer');
       this.cancelAttempt(flow);
       return void flow.res.destroy();
     }
@@ -1234,18 +1230,22 @@ export class RequestFlow {
    * backend, as a quiet stream's timeout is not (onError).
    */
   private streamBroke(flow: Flow, err: Error): void {
-    const backend = flow.backend!;
     const code = (err as { code?: string }).code;
-    if (code === CLIENT_STALLED_CODE)
-      this.core.logLine(
-        'client-stalled',
-        `${describe(flow.req)} stopped reading the stream of ${backend.id} for ${this.core.options.requestTimeoutMs} ms; connection cut, the backend not charged`,
-        { event: 'client-stalled', backend: backend.id },
-      );
+    if (code === CLIENT_STALLED_CODE) this.logClientStalled(flow, 'stream');
     else if (!flow.req.socket.destroyed)
-      this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
+      this.core.metrics.onError(flow.backend!.id, classify(err as Error & { code?: string }));
     flow.proxyReq?.destroy();
     flow.res.destroy();
+  }
+
+  /** The client stopped reading `flow`'s answer (or stream) for requestTimeoutMs: one line. */
+  private logClientStalled(flow: Flow, what: 'answer' | 'stream'): void {
+    const id = flow.backend!.id;
+    this.core.logLine(
+      'client-stalled',
+      `${describe(flow.req)} stopped reading the ${what} of ${id} for ${this.core.options.requestTimeoutMs} ms; connection cut, the backend not charged`,
+      { event: 'client-stalled', backend: id },
+    );
   }
 
   /**
