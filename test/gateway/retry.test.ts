@@ -23,10 +23,9 @@ describe('retries and failure answers', () => {
   });
   afterAll(() => good.close());
 
-  const twoBackends = () => [
-    { id: 'dead', url: deadUrl },
-    { id: 'good', url: good.url },
-  ];
+  /** `first`, then the good backend (round robin with `random: () => 0` offers `first` first). */
+  const thenGood = (first: { id: string; url: string }) => [first, { id: 'good', url: good.url }];
+  const twoBackends = () => thenGood({ id: 'dead', url: deadUrl });
 
   it('retries a GET refused by one backend on the other', async () => {
     gw = await startLocalGateway({
@@ -117,10 +116,7 @@ describe('retries and failure answers', () => {
     const reset = await listen(resetting);
     try {
       gw = await startLocalGateway({
-        backends: [
-          { id: 'reset', url: reset.url },
-          { id: 'good', url: good.url },
-        ],
+        backends: thenGood({ id: 'reset', url: reset.url }),
         strategy: 'round-robin',
         random: () => 0,
         outlier: { consecutiveFailures: 100 },
@@ -211,10 +207,7 @@ describe('retries and failure answers', () => {
     const hang = await listen(createServer(() => void hits++));
     try {
       gw = await startLocalGateway({
-        backends: [
-          { id: 'hang', url: hang.url },
-          { id: 'good', url: good.url },
-        ],
+        backends: thenGood({ id: 'hang', url: hang.url }),
         strategy: 'round-robin',
         // Round robin starts at a random backend; from the first here, so the request goes to hang.
         random: () => 0,
