@@ -153,7 +153,9 @@ export class DashboardStream {
     if (res.destroyed || req.socket.destroyed) return;
     res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
-      'Cache-Control': 'no-store',
+      // no-transform: compression() (mounted before the balancer) leaves the stream alone;
+      // it held every event in zlib, and the page saw nothing, not even the head.
+      'Cache-Control': 'no-store, no-transform',
       // nginx buffers proxied responses unless told not to; an event stream must not be.
       'X-Accel-Buffering': 'no',
     });

@@ -69,10 +69,16 @@ function dropUnderscoreSpellings(h: IncomingMessage['headers']): void {
 
 /**
  * `client`: the flow's clientAddress(req, hops), taken before this appends to
- * X-Forwarded-For; `hops`: the resolved trustForwarded (0: trust nothing).
+ * X-Forwarded-For; `hops`: the resolved trustForwarded (0: trust nothing);
+ * `h`: the headers the backend gets (request-flow.ts sets them on a copy, so
+ * the app's middleware keeps reading the request as it came).
  */
-export function setForwardedHeaders(req: IncomingMessage, hops: number, client: string): void {
-  const h = req.headers;
+export function setForwardedHeaders(
+  req: IncomingMessage,
+  hops: number,
+  client: string,
+  h: IncomingMessage['headers'] = req.headers,
+): void {
   const remote = req.socket.remoteAddress ?? '';
   const encrypted = (req.socket as TLSSocket).encrypted === true;
   const host = h.host ?? '';
@@ -158,8 +164,7 @@ const HOP_BY_HOP = [
  * Framing headers (Content-Length, Transfer-Encoding) and Host are never
  * touched here; request-checks.ts refuses framing that cannot be forwarded.
  */
-export function stripHopByHop(req: IncomingMessage): void {
-  const h = req.headers;
+export function stripHopByHop(h: IncomingMessage['headers']): void {
   for (const name of HOP_BY_HOP) delete h[name];
 }
 

@@ -157,7 +157,7 @@ describe('hop-by-hop headers', () => {
       host: 'gw',
       'x-kept': 'yes',
     });
-    stripHopByHop(r);
+    stripHopByHop(r.headers);
     expect(r.headers).toEqual({
       'x-private': '1',
       'content-length': '5',

@@ -76,8 +76,8 @@ export class LoopGuard {
   }
 
   /** Sets the header for an attempt on `backendId`: what the request brought, then ours. */
-  mark(req: IncomingMessage, incoming: string | undefined, backendId: string): void {
+  mark(headers: IncomingMessage['headers'], incoming: string | undefined, backendId: string): void {
     const entry = `${this.mine}${encodeURIComponent(backendId)}`;
-    req.headers[VIA_HEADER] = incoming === undefined ? entry : `${incoming}, ${entry}`;
+    headers[VIA_HEADER] = incoming === undefined ? entry : `${incoming}, ${entry}`;
   }
 }

@@ -25,7 +25,7 @@
  * (Node's `Readable.pipe` ends the destination at once when the source
  * already emitted 'end').
  */
-import type { ClientRequest, IncomingMessage } from 'node:http';
+import type { ClientRequest, IncomingHttpHeaders, IncomingMessage } from 'node:http';
 
 /** What the gateway sends as the body of each attempt. */
 export type BodyPlan =
@@ -136,18 +136,29 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
 }
 
 /**
- * Whether bytes the client sent as `Content-Encoding: gzip` are still gzip
- * (they start with its magic number, RFC 1952 §2.3.1): a raw-body
- * middleware that did not inflate them, where body-parser (express.raw()
- * included) always does.
+ * Whether bytes the client sent as `Content-Encoding: gzip` are still gzip: a
+ * raw-body middleware that did not inflate them, where body-parser
+ * (express.raw() included) always does. They start with gzip's magic number
+ * (RFC 1952 §2.3.1), and when the client gave a Content-Length they are
+ * exactly that long: a gzip file uploaded with gzip transfer compression
+ * (`file.gz` sent compressed again) still starts with the magic number once
+ * body-parser inflated it, but inflated it is never as long as what the
+ * client sent (gzip over already compressed bytes only adds), so the length
+ * tells the two apart where the magic number cannot. A chunked upload has no
+ * length to compare: the magic number decides.
  */
-function stillGzipped(encoding: string | undefined, bytes: Buffer): boolean {
+function stillGzipped(
+  encoding: string | undefined,
+  bytes: Buffer,
+  sent: number | undefined,
+): boolean {
   const coding = encoding?.trim().toLowerCase();
   return (
     (coding === 'gzip' || coding === 'x-gzip') &&
     bytes.length >= 2 &&
     bytes[0] === 0x1f &&
-    bytes[1] === 0x8b
+    bytes[1] === 0x8b &&
+    (sent === undefined || bytes.length === sent)
   );
 }
 
@@ -172,9 +183,9 @@ function labelUtf8(contentType: string): string {
 }
 
 /** The bytes the gateway sends for a body already read: Content-Length of them, no chunking. */
-function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
-  req.headers['content-length'] = String(body.length);
-  delete req.headers['transfer-encoding'];
+function buffered(h: IncomingHttpHeaders, body: Buffer): BodyPlan {
+  h['content-length'] = String(body.length);
+  delete h['transfer-encoding'];
   return { kind: 'buffered', body };
 }
 
@@ -193,9 +204,12 @@ function buffered(req: IncomingMessage, body: Buffer): BodyPlan {
  * client sent: no `Content-Encoding` (the parser inflated it), and
  * `charset=utf-8` where a charset was named or a text type names none (`labelUtf8`).
  */
-export function planBody(req: IncomingMessage): BodyPlan {
+export function planBody(
+  req: IncomingMessage,
+  /** The headers the backend gets (request-flow.ts: a copy, the app keeps req.headers). */
+  h: IncomingHttpHeaders = req.headers,
+): BodyPlan {
   if (!hasBody(req) || !bodyWasRead(req)) return { kind: 'stream' };
-  const h = req.headers;
   const { body: parsed, rawBody } = req as { body?: unknown; rawBody?: unknown };
   // The bytes a parser's verify hook kept (express.json({ verify }) hands it
   // them inflated, before any charset decoding) win over req.body: sent
@@ -209,8 +223,9 @@ export function planBody(req: IncomingMessage): BodyPlan {
         ? Buffer.from(parsed.buffer, parsed.byteOffset, parsed.byteLength)
         : undefined;
   if (bytes) {
-    if (!stillGzipped(h['content-encoding'], bytes)) delete h['content-encoding'];
-    return buffered(req, bytes);
+    if (!stillGzipped(h['content-encoding'], bytes, declaredLength(req)))
+      delete h['content-encoding'];
+    return buffered(h, bytes);
   }
   if (parsed === undefined) {
     return {
@@ -228,7 +243,7 @@ export function planBody(req: IncomingMessage): BodyPlan {
   }
   delete h['content-encoding'];
   if (h['content-type']) h['content-type'] = labelUtf8(h['content-type']);
-  return buffered(req, body);
+  return buffered(h, body);
 }
 
 /**

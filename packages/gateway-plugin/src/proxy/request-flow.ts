@@ -67,6 +67,17 @@ import {
 interface Flow {
   req: IncomingMessage;
   res: ServerResponse;
+  /**
+   * The headers the backend gets: a copy of the request's, changed here (framing spelled
+   * once, hop-by-hop and forwarding headers, a body sent again, the loop guard's entry)
+   * and handed to http-proxy only while engine.web() runs (startAttempt). `req.headers`
+   * stays as the client sent it: Express reads req.ip, req.protocol, req.secure and
+   * req.hostname from it whenever they are asked for, and middleware before the balancer
+   * asks after it ran (morgan logs at the answer's end, express-session decides a
+   * `secure` cookie at writeHead). Changed in place, morgan logged the front proxy as the
+   * client and a secure session cookie was never sent.
+   */
+  headers: IncomingHttpHeaders;
   backend: Backend | undefined;
   /** X-Loadwise-Via as the request arrived; each attempt adds this gateway's entry to it. */
   via: string | undefined;
@@ -285,6 +296,7 @@ function earlyHints(
 function newFlow(
   req: IncomingMessage,
   res: ServerResponse,
+  headers: IncomingHttpHeaders,
   framing: BodyFraming,
   client: string | undefined,
   body: BodyPlan,
@@ -293,6 +305,7 @@ function newFlow(
   return {
     req,
     res,
+    headers,
     backend: undefined,
     via,
     target: undefined,
@@ -336,6 +349,7 @@ const FINISHED: Flow = Object.freeze<Flow>({
   ...newFlow(
     undefined as unknown as IncomingMessage,
     undefined as unknown as ServerResponse,
+    {},
     'none',
     undefined,
     { kind: 'stream' },
@@ -455,14 +469,23 @@ export class RequestFlow {
       const { detail } = framing;
       return this.reject(req, res, 'LW_GW_BAD_REQUEST', detail, true, undefined, detail);
     }
+    // What the backend gets, changed on a copy (Flow.headers): the app keeps req.headers.
+    let out: IncomingHttpHeaders;
+    try {
+      out = { ...req.headers };
+    } catch (err) {
+      // A middleware's getter on req.headers that throws (http.request() read it here before).
+      const e = asError(err);
+      const detail = `the request's headers could not be read: ${e.name}: ${e.message}`;
+      return this.reject(req, res, 'LW_GW_PROXY_ERROR', detail, framing.framing !== 'none');
+    }
     // The framing goes on in the one spelling every parser reads: `Transfer-Encoding:
     // CHUNKED` and `Content-Length: 0003` are valid, and were forwarded as the client
     // spelled them, for a lax backend to read differently than the gateway did.
     if (framing.framing === 'chunked') {
-      if (req.headers['transfer-encoding'] !== 'chunked')
-        req.headers['transfer-encoding'] = 'chunked';
-    } else if (framing.framing === 'length' && req.headers['content-length']!.startsWith('0')) {
-      req.headers['content-length'] = req.headers['content-length']!.replace(/^0+(?=\d)/, '');
+      if (out['transfer-encoding'] !== 'chunked') out['transfer-encoding'] = 'chunked';
+    } else if (framing.framing === 'length' && out['content-length']!.startsWith('0')) {
+      out['content-length'] = out['content-length']!.replace(/^0+(?=\d)/, '');
     }
     const refused = refusedMethod(req.method);
     if (refused) {
@@ -489,7 +512,7 @@ export class RequestFlow {
       const close = framing.framing !== 'none';
       return this.reject(req, res, 'LW_GW_BAD_PATH', badPath, close, undefined, badPath);
     }
-    const body = planBody(req);
+    const body = planBody(req, out);
     if (body.kind === 'lost') {
       // Fails before any backend is picked: a gateway mistake, not a backend's.
       c.logLine('body-consumed', `${req.method} ${req.url}: ${body.detail}`, {
@@ -510,12 +533,12 @@ export class RequestFlow {
         return this.reject(req, res, 'LW_GW_CLIENT_LIMIT', detail, framing.framing !== 'none', 1);
       }
     }
-    const flow = newFlow(req, res, framing.framing, client, body, via);
+    const flow = newFlow(req, res, out, framing.framing, client, body, via);
     this.flows.set(req, flow);
     this.active++;
     c.budget?.onRequest();
-    stripHopByHop(req);
-    setForwardedHeaders(req, o.trustForwarded, address);
+    stripHopByHop(out);
+    setForwardedHeaders(req, o.trustForwarded, address, out);
     if (o.affinity) {
       const k = hashKeyOf(req, o.affinity, address);
       flow.hashKey = k.key;
@@ -709,7 +732,7 @@ export class RequestFlow {
     flow.overloaded = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
-    c.loops.mark(flow.req, flow.via, backend.id);
+    c.loops.mark(flow.headers, flow.via, backend.id);
     c.attemptStarted(backend, nowMs);
     // Time to the response headers, whatever the stage (waiting for a pooled
     // socket, connecting, or the backend thinking): the "backend stops
@@ -719,9 +742,15 @@ export class RequestFlow {
     this.waitForBackend(flow);
     const outer = this.sending;
     this.sending = flow;
+    // http-proxy copies req.headers into the backend request inside web(), synchronously
+    // (common.js setupOutgoing): the backend's headers for that call, the app's after it.
+    const { req } = flow;
+    const appHeaders = req.headers;
+    req.headers = flow.headers;
     try {
-      c.engine.web(backend, flow.req, flow.res, this.bodySource);
+      c.engine.web(backend, req, flow.res, this.bodySource);
     } finally {
+      req.headers = appHeaders;
       this.sending = outer;
     }
   }
@@ -1025,7 +1054,16 @@ export class RequestFlow {
     // (http-proxy did not pipe then either): the backend's answer is dropped with its
     // connection, never written after that end.
     if (res.writableEnded) return void proxyRes.destroy();
-    if (!hookAnswers) proxyRes.pipe(res);
+    if (hookAnswers) return;
+    proxyRes.pipe(res);
+    // A compression middleware before the balancer (compression(), which adds res.flush)
+    // holds what is written in zlib until about 16 KB have gathered or the answer ends, and
+    // leaves flushing to whoever writes a stream: an event stream's events, a long poll's
+    // or an ndjson feed's lines never reached the client. An answer of no stated length is
+    // flushed after each read from the backend, as nginx's gzip does unbuffered.
+    const flush = (res as { flush?: unknown }).flush;
+    if (typeof flush === 'function' && proxyRes.headers['content-length'] === undefined)
+      proxyRes.on('data', () => void flush.call(res));
   }
 
   /** enterLane for setTimeout, without a closure per answer. */

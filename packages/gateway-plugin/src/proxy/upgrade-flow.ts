@@ -200,7 +200,7 @@ export class UpgradeFlow {
       if (client !== undefined) this.perClient!.release(client);
       return refuse(socket, 503, 'LW_GW_NO_BACKEND');
     }
-    c.loops.mark(req, via, backend.id);
+    c.loops.mark(req.headers, via, backend.id);
     this.upgrades.set(req, backend);
     this.sockets.set(req, socket);
     this.attempts.set(req, { via, hashKey, tried: undefined, retries: 0, stopReading: undefined });
@@ -404,7 +404,7 @@ export class UpgradeFlow {
     failed.openUpgrades--;
     next.openUpgrades++;
     this.upgrades.set(req, next);
-    c.loops.mark(req, attempt.via, next.id);
+    c.loops.mark(req.headers, attempt.via, next.id);
     // http-proxy ends the client's socket right after this error reaches its listeners
     // (ws-incoming.js, onOutgoingError), synchronously: that one end() is skipped, the
     // socket carrying on. Restored in a microtask in any case, so a later end() is never

@@ -1,0 +1,175 @@
+/**
+ * The middleware of a real gateway around the balancer: what runs before it
+ * still reads the request as the client sent it once the balancer has
+ * proxied it (Express derives req.ip, req.protocol and req.secure from the
+ * headers whenever they are asked for, and morgan and express-session ask at
+ * the answer's end); and compression() mounted before it neither holds back
+ * an event stream's events nor the dashboard's.
+ */
+import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createGunzip } from 'node:zlib';
+import compression from 'compression';
+import express from 'express';
+import { listen, send, type TestServer } from '../kit/http';
+import { startLocalGateway, type TestGateway } from '../kit/gateway';
+
+/** What the backend was sent: its headers. */
+function echoHeaders(): Promise<TestServer> {
+  return listen(
+    createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify(req.headers));
+      });
+    }),
+  );
+}
+
+describe("the app's view of a proxied request", () => {
+  let backend: TestServer;
+  let gw: TestGateway;
+  /** What a middleware before the balancer read once the answer was out. */
+  let seen: { headers: IncomingMessage['headers']; ip: string; protocol: string } | undefined;
+  beforeAll(async () => {
+    backend = await echoHeaders();
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
+      // A TLS-terminating proxy in front, as Express is told of it.
+      app.set('trust proxy', 1);
+      app.use((req, res, next) => {
+        res.on('finish', () => {
+          seen = { headers: { ...req.headers }, ip: req.ip ?? '', protocol: req.protocol };
+        });
+        next();
+      });
+      app.use(express.json());
+      app.use(lb);
+    });
+  });
+  afterAll(async () => {
+    await gw.close();
+    await backend.close();
+  });
+
+  it('keeps req.headers as the client sent them; the backend gets the gateway its own', async () => {
+    seen = undefined;
+    const body = JSON.stringify({ n: 1 });
+    const clientHeaders = {
+      'content-type': 'application/json',
+      'x-forwarded-for': '203.0.113.7',
+      'x-forwarded-proto': 'https',
+      'x-real-ip': '198.51.100.1',
+      connection: 'keep-alive',
+      'keep-alive': 'timeout=5',
+      'content-length': String(body.length + 3),
+    };
+    const r = await send(`${gw.url}/login`, {
+      method: 'POST',
+      headers: clientHeaders,
+      body: `${body}   `,
+    });
+    expect(r.status).toBe(200);
+    const sent = JSON.parse(r.body) as Record<string, string>;
+    // The backend's: trustForwarded is 0, so the gateway's own view replaces the client's;
+    // hop-by-hop headers gone; the body parsed and sent again with its own length.
+    expect(sent['x-forwarded-for']).toBe('127.0.0.1');
+    expect(sent['x-forwarded-proto']).toBe('http');
+    expect(sent['x-real-ip']).toBe('127.0.0.1');
+    expect(sent['keep-alive']).toBeUndefined();
+    expect(sent['content-length']).toBe(String(body.length));
+    expect(sent['x-loadwise-via']).toBeDefined();
+    // The app's: as the client sent them, read after the answer went out.
+    await waitFor(() => seen !== undefined);
+    for (const [name, value] of Object.entries(clientHeaders))
+      expect(seen!.headers[name]).toBe(value);
+    expect(seen!.headers['x-loadwise-via']).toBeUndefined();
+    expect(seen!.ip).toBe('203.0.113.7');
+    expect(seen!.protocol).toBe('https');
+  });
+});
+
+describe('compression() before the balancer', () => {
+  let backend: TestServer;
+  let gw: TestGateway;
+  /** The backend's open event streams: each ends when the test says, or after 5 s. */
+  const open = new Set<ServerResponse>();
+  beforeAll(async () => {
+    backend = await listen(
+      createServer((req, res) => {
+        req.resume();
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+        res.write('data: first\n\n');
+        open.add(res);
+        const cap = setTimeout(() => res.end('data: last\n\n'), 5_000);
+        res.on('close', () => {
+          clearTimeout(cap);
+          open.delete(res);
+        });
+      }),
+    );
+    gw = await startLocalGateway(
+      {
+        backends: [{ id: 'b', url: backend.url }],
+        dashboard: { token: 'dash-0123456789abcdef', intervalMs: 250 },
+      },
+      (app, lb) => {
+        app.use(compression());
+        app.use(lb);
+      },
+    );
+  });
+  afterAll(async () => {
+    for (const res of open) res.end();
+    await gw.close();
+    await backend.close();
+  });
+
+  it("relays an event stream's events while the stream is open", async () => {
+    const got = await gunzipUntil(`${gw.url}/events`, 'data: first');
+    // Before the fix every event waited in zlib for the stream's end (5 s here).
+    expect(got.text).toContain('data: first');
+    expect(got.text).not.toContain('data: last');
+    expect(got.headers['content-encoding']).toBe('gzip');
+    expect(open.size).toBe(1);
+    got.close();
+  });
+
+  it('streams the dashboard, which compression leaves alone (no-transform)', async () => {
+    const got = await gunzipUntil(
+      `${gw.url}/_lb/dashboard/events?token=dash-0123456789abcdef`,
+      'event: init',
+    );
+    expect(got.headers['cache-control']).toBe('no-store, no-transform');
+    expect(got.text).toContain('event: init');
+    got.close();
+  });
+});
+
+/** GETs `url` asking for gzip, decoding when it is; resolves once the text holds `mark`. */
+function gunzipUntil(
+  url: string,
+  mark: string,
+): Promise<{ text: string; headers: IncomingMessage['headers']; close(): void }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false, headers: { 'accept-encoding': 'gzip' } }, (res) => {
+      const body = res.headers['content-encoding'] === 'gzip' ? res.pipe(createGunzip()) : res;
+      let text = '';
+      body.setEncoding('utf8');
+      body.on('data', (chunk: string) => {
+        text += chunk;
+        if (text.includes(mark)) {
+          body.removeAllListeners('data');
+          resolve({ text, headers: res.headers, close: () => req.destroy() });
+        }
+      });
+      body.on('error', () => {});
+      res.on('end', () => reject(new Error(`the answer ended without ${mark}: ${text}`)));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function waitFor(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+}
