@@ -11,6 +11,7 @@ import { createGunzip } from 'node:zlib';
 import compression from 'compression';
 import express from 'express';
 import { listen, send, type TestServer } from '../kit/http';
+import { rawExchange } from '../kit/raw-http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
 /** What the backend was sent: its headers. */
@@ -97,6 +98,11 @@ describe('compression() before the balancer', () => {
     backend = await listen(
       createServer((req, res) => {
         req.resume();
+        if (req.url === '/page') {
+          const page = '<p>worth compressing</p>\n'.repeat(200);
+          res.writeHead(200, { 'content-type': 'text/html', 'content-length': page.length });
+          return void res.end(page);
+        }
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
         res.write('data: first\n\n');
         open.add(res);
@@ -132,6 +138,22 @@ describe('compression() before the balancer', () => {
     expect(got.headers['content-encoding']).toBe('gzip');
     expect(open.size).toBe(1);
     got.close();
+  });
+
+  it('tells an HTTP/1.0 keep-alive client the truth when compression drops the length', async () => {
+    // compression replaces the backend's Content-Length by gzip, and an HTTP/1.0 answer
+    // without a length ends with its connection.
+    const req = (gzip: boolean): string =>
+      `GET /page HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n${gzip ? 'Accept-Encoding: gzip\r\n' : ''}\r\n`;
+    const plain = await rawExchange(gw.port, req(false), { responses: 1 });
+    expect(plain.responses[0]!.headers['content-length']).toBeDefined();
+    expect(plain.responses[0]!.headers['connection']).toBe('keep-alive');
+    const gz = await rawExchange(gw.port, req(true));
+    const head = gz.responses[0]!.headers;
+    expect(head['content-encoding']).toBe('gzip');
+    expect(head['content-length']).toBeUndefined();
+    expect(head['connection']).toBe('close');
+    expect(gz.closed).toBe(true);
   });
 
   it('streams the dashboard, which compression leaves alone (no-transform)', async () => {

@@ -188,7 +188,12 @@ export function writeResponseHead(
     else for (const v of value) flat.push(name, v);
   }
   if (merge) {
-    res.setHeader('connection', connection);
+    // A wrapped writeHead may still change the framing: compression() drops the
+    // Content-Length an HTTP/1.0 client's keep-alive rested on, and the body then ends with
+    // the connection while the head said keep-alive. Node decides from the final headers.
+    // (Unset, not removed: removeHeader would tell Node to send no Connection header at all.)
+    if (!(http10 && keep && res.writeHead !== NODE_WRITE_HEAD))
+      res.setHeader('connection', connection);
     if (extra !== undefined) res.setHeader(extra, extraValue);
   } else {
     flat.push('connection', connection);
