@@ -85,6 +85,52 @@ describe('WaitQueue', () => {
   });
 });
 
+describe('WaitQueue, what a finished waiter holds', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('lets go of waiters that expired or were cancelled, with no drain after them', () => {
+    const q = new WaitQueue(100, 1000);
+    // A saturated spell: nothing frees a slot, so nothing drains; clients leave or time out.
+    const waiters = Array.from({ length: 50 }, () =>
+      q.enqueue(
+        () => false,
+        () => undefined,
+      ),
+    );
+    for (const w of waiters.slice(0, 30)) q.cancel(w!);
+    expect(q.length).toBe(20);
+    jest.advanceTimersByTime(1000);
+    expect(q.length).toBe(0);
+    // Before: all 50 stayed in the array, each holding its request's closures, until the
+    // next saturated spell drained the queue.
+    expect(q.retained).toBe(0);
+    // And a finished waiter holds none of its closures or its timer.
+    const w = waiters[0]!;
+    expect(w.timer).toBeUndefined();
+    expect(w.retry()).toBe(false);
+  });
+
+  it('keeps the live waiters behind a finished one, in order', () => {
+    const q = new WaitQueue(10, 1000);
+    const log: string[] = [];
+    const a = q.enqueue(
+      () => true,
+      () => log.push('expired a'),
+    )!;
+    q.enqueue(
+      () => (log.push('go b'), true),
+      () => log.push('expired b'),
+    );
+    q.cancel(a);
+    expect(q.retained).toBe(2);
+    q.drain();
+    expect(log).toEqual(['go b']);
+    expect(q.retained).toBe(0);
+    expect(jest.getTimerCount()).toBe(0);
+  });
+});
+
 describe('DrainRate', () => {
   it('derives Retry-After from completions per second', () => {
     let nowMs = 0;
