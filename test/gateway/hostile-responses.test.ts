@@ -15,7 +15,7 @@ import http from 'node:http';
 import net, { type AddressInfo, type Server, type Socket } from 'node:net';
 import { eventually } from '../kit/fleet';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
-import { rawExchange } from '../kit/raw-http';
+import { rawExchange, uploadThenRead } from '../kit/raw-http';
 
 /** A backend that answers each request head with `answer(path)` and never reads a body. */
 async function rawBackend(
@@ -61,39 +61,6 @@ function readWithPause(port: number, extraHeaders: string): Promise<number> {
     });
     s.on('close', () => resolve(n));
     s.on('error', () => undefined);
-  });
-}
-
-/**
- * A client that sends its whole upload before it reads (its socket paused meanwhile):
- * `size` bytes in 1 MiB writes, one each `paceMs` (0: as fast as the socket takes them).
- */
-function uploadThenRead(
-  port: number,
-  size: number,
-  paceMs: number,
-): Promise<{ answer: string; error?: string }> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    let answer = '';
-    let error: string | undefined;
-    s.pause();
-    s.on('data', (d: Buffer) => (answer += d.toString('latin1')));
-    s.on('error', (e: Error & { code?: string }) => (error = e.code));
-    s.on('close', () => resolve({ answer, error }));
-    s.write(`PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`);
-    const chunk = Buffer.alloc(1 << 20, 1);
-    let sent = 0;
-    const pump = (): void => {
-      while (sent < size && !s.destroyed) {
-        sent += chunk.length;
-        const more = s.write(chunk);
-        if (paceMs > 0) return void setTimeout(pump, paceMs);
-        if (!more) return void s.once('drain', pump);
-      }
-      s.resume();
-    };
-    pump();
   });
 }
 
@@ -177,7 +144,11 @@ describe('hostile backend responses', () => {
       gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
       // As Python's requests and many SDKs do: the whole body, then the answer is read. The
       // client's socket is paused, so the answer waits in its kernel until then.
-      const outcome = await uploadThenRead(gw.port, paceMs === 0 ? 32 << 20 : 24 << 20, paceMs);
+      const outcome = await uploadThenRead(
+        net.connect(gw!.port, '127.0.0.1'),
+        paceMs === 0 ? 32 << 20 : 24 << 20,
+        paceMs,
+      );
       // Before: the gateway closed the connection with the body still arriving, the client's
       // kernel got a reset and dropped the answer: EPIPE, and not a byte of the 401. Then,
       // lingering 5 s in all, the same for an upload that lasted longer.

@@ -192,3 +192,37 @@ export function counterValue(metrics: string, name: string, code?: string): numb
   }
   return sum;
 }
+
+/**
+ * A client that sends its whole upload before it reads, as Python's requests and many
+ * SDKs do: its socket (plain or TLS, just made) paused meanwhile, so the answer waits in
+ * its kernel. `size` bytes in 1 MiB writes, one each `paceMs` (0: as fast as the socket
+ * takes them). What it read once the connection closed, and the socket's error code.
+ */
+export function uploadThenRead(
+  s: Socket,
+  size: number,
+  paceMs = 0,
+): Promise<{ answer: string; error?: string }> {
+  return new Promise((resolve) => {
+    let answer = '';
+    let error: string | undefined;
+    s.pause();
+    s.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+    s.on('error', (e: Error & { code?: string }) => (error = e.code));
+    s.on('close', () => resolve({ answer, error }));
+    s.write(`PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`);
+    const chunk = Buffer.alloc(1 << 20, 1);
+    let sent = 0;
+    const pump = (): void => {
+      while (sent < size && !s.destroyed) {
+        sent += chunk.length;
+        const more = s.write(chunk);
+        if (paceMs > 0) return void setTimeout(pump, paceMs);
+        if (!more) return void s.once('drain', pump);
+      }
+      s.resume();
+    };
+    pump();
+  });
+}

@@ -117,6 +117,22 @@ describe('pumpBody', () => {
     expect(ev.log).toEqual(['client']);
   });
 
+  it('leaves no source paused when the destination it paused for closes', async () => {
+    const src = new PassThrough();
+    // A backend request that takes nothing more (backpressure), then is gone.
+    const dest = new Writable({ highWaterMark: 1, write: () => undefined });
+    pumpBody(src, dest, recorder());
+    src.write('a');
+    await tick();
+    expect(src.isPaused()).toBe(true);
+    dest.destroy();
+    await tick();
+    // Before: still paused, with no listener left to resume it, so the lingering close
+    // that was to read and drop the rest of the upload read nothing (linger.ts).
+    expect(src.listenerCount('data')).toBe(0);
+    expect(src.isPaused()).toBe(false);
+  });
+
   it('ends the destination a tick later, reading nothing, when the parser has the whole bodiless message', async () => {
     // An IncomingMessage of a GET: complete, nothing buffered, 'end' not read yet.
     const src = Object.assign(new PassThrough(), { complete: true });

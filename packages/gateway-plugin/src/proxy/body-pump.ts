@@ -61,6 +61,15 @@ export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
     src.off('end', onEnd);
     dest.off('drain', onDrain);
     dest.off('close', stop);
+    // Paused here for a backend request now gone: no one else resumes it. A streamed body
+    // is never sent again (request-flow.ts, retryable), so the rest is the lingering
+    // close's to read and drop (linger.ts); left paused, the client's upload stalled with
+    // the gateway's 502 unread in its kernel until the linger's idle timeout reset it
+    // (over TLS, where the answer's end comes before the backend request's close).
+    if (waitingForDrain) {
+      waitingForDrain = false;
+      src.resume();
+    }
   };
   const guarded = (fn: () => void): boolean => {
     try {
