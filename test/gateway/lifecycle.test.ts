@@ -421,6 +421,37 @@ describe('graceful close', () => {
     }
   });
 
+  it('closes what a stopped server still holds when the grace ends: a head never finished', async () => {
+    const b = await startBackend('b');
+    const gw = await startLocalGateway({ backends: [{ id: 'b', url: b.url }] });
+    const silent = connect(gw.port, '127.0.0.1');
+    silent.on('error', () => undefined);
+    try {
+      await once(silent, 'connect');
+      // The balancer learns its server from a request; then a client that never finishes
+      // its head (slowloris, a stalled client), past the server's own timeouts' reach.
+      expect((await send(`${gw.url}/x`)).status).toBe(200);
+      silent.write('GET /slow HTTP/1.1\r\nHost: a\r\n');
+      const serverClosed = once(gw.server, 'close');
+      gw.server.close();
+      await gw.lb.close({ graceMs: 200 });
+      // Before: server.close() stopped Node's timeout sweep, and this connection (and with
+      // it the server and the process) stayed until the client went.
+      let timer: NodeJS.Timeout | undefined;
+      const closed = await Promise.race([
+        once(silent, 'close').then(() => true),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), 5_000))),
+      ]);
+      clearTimeout(timer);
+      expect(closed).toBe(true);
+      await serverClosed;
+    } finally {
+      silent.destroy();
+      await gw.close();
+      await b.close();
+    }
+  });
+
   it('cuts what is still running when the grace ends, without charging the backend', async () => {
     const held: ServerResponse[] = [];
     const hold = await startBackend('hold', (_req, res) => void held.push(res));

@@ -653,7 +653,15 @@ export class RequestFlow {
    * (60-75 KB each, with its registry, metrics and dashboard history).
    */
   forgetServers(): void {
-    for (const [server, onClose] of this.servers) unwatchClose(server, onClose);
+    for (const [server, onClose] of this.servers) {
+      // The grace is over and this server has stopped listening (server.close(), the
+      // shutdown recipe): what is still connected goes too. server.close() stops Node's
+      // header and request timeout sweep, so a connection that never sent a whole head
+      // (slowloris, or only a partial request line) was never timed out again and kept
+      // the stopped process alive for good.
+      if (!server.listening) closeAllConnections(server);
+      unwatchClose(server, onClose);
+    }
     this.servers.clear();
     this.lastServer = undefined;
   }
@@ -1608,6 +1616,11 @@ function closeWhenIdle(req: IncomingMessage): void {
     idleSweeps.delete(server);
     closeIdleConnections(server);
   });
+}
+
+/** server.closeAllConnections() of the http(s).Server a request came through. */
+function closeAllConnections(server: Server): void {
+  (server as { closeAllConnections?: () => void }).closeAllConnections?.();
 }
 
 /** server.closeIdleConnections() of the http(s).Server a request came through. */
