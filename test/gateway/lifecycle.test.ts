@@ -16,7 +16,8 @@ import { createEncoder } from '@loadwise/protocol';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
-import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import express from 'express';
+import { listen, refusedPort, send, startBackend, type TestServer } from '../kit/http';
 import { quietLogger, startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
@@ -449,6 +450,74 @@ describe('graceful close', () => {
       silent.destroy();
       await gw.close();
       await b.close();
+    }
+  });
+
+  it('leaves the connections of a balancer still in its grace on a shared server alone', async () => {
+    // Two services on one server, each closed with its own grace (examples/existing-gateway.ts).
+    const held: ServerResponse[] = [];
+    const fast = await startBackend('fast');
+    const slow = await startBackend('slow', (_req, res) => void held.push(res));
+    const quiet = {
+      healthCheck: false,
+      warmUp: false,
+      overload: false,
+      logger: quietLogger,
+    } as const;
+    const lbA = loadBalance({ backends: [{ id: 'fast', url: fast.url }], ...quiet });
+    const lbB = loadBalance({ backends: [{ id: 'slow', url: slow.url }], ...quiet });
+    const app = express();
+    app.use('/a', lbA);
+    app.use('/b', lbB);
+    const srv = await listen(createHttpServer(app));
+    try {
+      expect((await send(`${srv.url}/a/x`)).status).toBe(200);
+      const inFlight = send(`${srv.url}/b/slow`);
+      while (held.length < 1) await new Promise((r) => setTimeout(r, 5));
+      srv.server.close();
+      const closedB = lbB.close({ graceMs: 5_000 });
+      await lbA.close({ graceMs: 100 });
+      // Past the moment A's close would cut the server's leftovers: B's request lives on.
+      await new Promise((r) => setTimeout(r, 1_300));
+      held[0]!.end('b-done');
+      const r = await inFlight;
+      expect([r.status, r.body]).toEqual([200, 'b-done']);
+      await closedB;
+    } finally {
+      for (const r of held) r.end();
+      await lbA.close();
+      await lbB.close();
+      await srv.close();
+      await fast.close();
+      await slow.close();
+    }
+  });
+
+  it('an upload cut when the grace ends still reads its 503', async () => {
+    const hold = await startBackend('hold', (req) => void req.pause());
+    const gw = await startLocalGateway({ backends: [{ id: 'hold', url: hold.url }], retry: false });
+    const client = connect(gw.port, '127.0.0.1');
+    let answer = '';
+    let error: string | undefined;
+    client.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+    client.on('error', (e: Error & { code?: string }) => (error = e.code));
+    const closed = once(client, 'close');
+    // Still sending when the grace ends: the answer lingers for it (linger.ts).
+    client.write(`PUT /upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${64 << 20}\r\n\r\n`);
+    const chunk = Buffer.alloc(64 << 10, 1);
+    const pump = setInterval(() => client.destroyed || client.write(chunk), 5);
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      gw.server.close();
+      await gw.lb.close({ graceMs: 200 });
+      await closed;
+      expect(answer).toMatch(/^HTTP\/1\.1 503 [^]*x-loadwise-error: LW_GW_CLOSED/i);
+      expect(error).toBeUndefined();
+    } finally {
+      clearInterval(pump);
+      client.destroy();
+      await gw.close();
+      await hold.close();
     }
   });
 

@@ -192,7 +192,9 @@ export function writeResponseHead(
     // Content-Length an HTTP/1.0 client's keep-alive rested on, and the body then ends with
     // the connection while the head said keep-alive. Node decides from the final headers.
     // (Unset, not removed: removeHeader would tell Node to send no Connection header at all.)
-    if (!(http10 && keep && res.writeHead !== NODE_WRITE_HEAD))
+    // Not for an answer without a body (HEAD, 204, 304), which keeps its connection anyway.
+    const bodiless = req.method === 'HEAD' || status === 204 || status === 304;
+    if (!(http10 && keep && !bodiless && res.writeHead !== NODE_WRITE_HEAD))
       res.setHeader('connection', connection);
     if (extra !== undefined) res.setHeader(extra, extraValue);
   } else {
