@@ -101,7 +101,7 @@ export class GaugeReader {
       const close = line.lastIndexOf('}');
       if (close < 0) return;
       rest = line.slice(close + 1);
-      series = line.slice(name.length, close + 1);
+      series = seriesKey(line.slice(name.length + 1, close));
     } else if (after === ' ' || after === '\t') {
       rest = line.slice(name.length);
       series = '';
@@ -127,6 +127,20 @@ export class GaugeReader {
     this.sum += value;
     this.found = true;
   }
+}
+
+/** A label pair of the text format: `name="value"`, escapes kept as written. */
+const LABEL_RE = /([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"/g;
+
+/**
+ * A series' labels as one key, the pairs sorted by name: the same series written with its
+ * labels in another order, with spaces or a trailing comma (`{a="1",b="2"}` and
+ * `{b="2", a="1",}`) was summed twice. Labels that do not parse stay as written.
+ */
+function seriesKey(labels: string): string {
+  const pairs: string[] = [];
+  for (const m of labels.matchAll(LABEL_RE)) pairs.push(`${m[1]}="${m[2]}"`);
+  return pairs.length === 0 ? labels : pairs.sort().join(',');
 }
 
 export function parsePrometheusGauge(text: string, name: string): number | undefined {
