@@ -43,6 +43,12 @@ async function holdApp(opts: TrackRequestsOptions): Promise<{
     started.push(req.params.id);
     parked.set(req.params.id, (status) => res.status(status).send(req.params.id));
   });
+  app.get('/sse/:id', (req, res) => {
+    started.push(req.params.id);
+    res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8' });
+    res.write('data: hello\n\n');
+    parked.set(req.params.id, () => res.end());
+  });
   app.get('/fail', (_req, res) => {
     res.status(500).send('boom');
   });
@@ -355,26 +361,118 @@ describe('trackRequests', () => {
   });
 
   it.each([
-    // An EventSource's request runs at once, uncounted: eight open streams behind a limit of
-    // 8 left no slot for anything else, and the gateway read them as load it did not send.
-    [{}, { started: ['a', 's'], inFlight: 1, queued: 0 }],
-    [{ countEventStreams: true }, { started: ['a'], inFlight: 1, queued: 1 }],
+    // An EventSource's stream leaves the counts and its slot once its head says it is one:
+    // eight open streams behind a limit of 8 left no slot for anything else, and the
+    // gateway read them as load it did not send.
+    [{}, { inFlight: 0, queued: 0, started: ['a', 's', 'b'] }],
+    [{ countEventStreams: true }, { inFlight: 1, queued: 1, started: ['a', 's'] }],
   ] as const)('an event stream with %j', async (extra, want) => {
     const app = await holdApp({ concurrencyLimit: 1, ...extra });
     try {
       const a = fire(`${app.server.url}/hold/a`);
       await until(() => app.tracker.snapshot().inFlight === 1);
-      const s = fire(`${app.server.url}/hold/s`, { accept: 'text/event-stream' });
-      await until(() => app.started.length === 2 || app.tracker.snapshot().queued === 1);
-      const { inFlight, queued } = app.tracker.snapshot();
-      expect({ started: app.started, inFlight, queued }).toEqual(want);
+      // It waits for a slot like any request: only its answer can say it is a stream.
+      const s = fire(`${app.server.url}/sse/s`, { accept: 'text/event-stream' });
+      await until(() => app.tracker.snapshot().queued === 1);
+      expect(app.started).toEqual(['a']);
       app.release('a');
       await a.done;
-      if ('countEventStreams' in extra) await until(() => app.started.length === 2);
+      await until(() => app.started.includes('s'));
+      const b = fire(`${app.server.url}/hold/b`);
+      await until(() =>
+        'countEventStreams' in extra
+          ? app.tracker.snapshot().queued === 1
+          : app.started.includes('b'),
+      );
+      const { inFlight, queued } = app.tracker.snapshot();
+      expect({ inFlight: inFlight - (app.started.includes('b') ? 1 : 0), queued }).toEqual({
+        inFlight: want.inFlight,
+        queued: want.queued,
+      });
+      expect(app.started).toEqual(want.started);
       app.release('s');
       await s.done;
+      await until(() => app.started.includes('b'));
+      app.release('b');
+      await b.done;
+      await until(() => app.tracker.snapshot().inFlight === 0);
     } finally {
       await app.close();
+    }
+  });
+
+  it('counts and limits a request that only asks for an event stream and gets JSON', async () => {
+    // Any client can send the header: when it alone decided, a JSON route behind a limit
+    // of 2 ran 20 such requests at once, none counted.
+    const app = await holdApp({ concurrencyLimit: 1 });
+    try {
+      const a = fire(`${app.server.url}/hold/a`, { accept: 'text/event-stream' });
+      await until(() => app.tracker.snapshot().inFlight === 1);
+      const b = fire(`${app.server.url}/hold/b`, { accept: 'text/event-stream' });
+      await until(() => app.tracker.snapshot().queued === 1);
+      expect(app.started).toEqual(['a']);
+      app.release('a');
+      await a.done;
+      await until(() => app.started.includes('b'));
+      expect(app.tracker.snapshot()).toMatchObject({ inFlight: 1, queued: 0, completed: 1 });
+      app.release('b');
+      await b.done;
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('counts a request that passes it twice once', async () => {
+    const tracker = trackRequests({ concurrencyLimit: 1 });
+    const router = express.Router();
+    router.use(tracker);
+    router.get('/x', (_req, res) => void res.send('ok'));
+    const app = express();
+    app.use(tracker);
+    // An async step between the two (a session lookup).
+    app.use((_req, _res, next) => void setImmediate(next));
+    app.use(router);
+    const server = await listen(app);
+    try {
+      // Before: queued behind the slot it held itself, until its client left.
+      const replies = await Promise.all([1, 2].map(() => fire(`${server.url}/x`).done));
+      expect(replies.map((r) => r?.status)).toEqual([200, 200]);
+      await until(() => tracker.snapshot().completed === 2);
+      expect(tracker.snapshot()).toMatchObject({ inFlight: 0, queued: 0, completed: 2 });
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
+  it('counts a client gone mid-upload as aborted, whatever the error handler writes after', async () => {
+    const tracker = trackRequests();
+    const app = express();
+    app.use(tracker);
+    app.post('/upload', express.raw({ type: '*/*', limit: '10mb' }), (_req, res) => {
+      res.send('stored');
+    });
+    // The usual catch-all: body-parser's 'request aborted' lands here, on a closed socket.
+    app.use(
+      (_err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) =>
+        void res.status(500).end(),
+    );
+    const server = await listen(app);
+    try {
+      const { port } = new URL(server.url);
+      const sock = connect(Number(port), '127.0.0.1');
+      sock.on('error', () => undefined);
+      sock.write(
+        'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\nabc',
+      );
+      await until(() => tracker.snapshot().inFlight === 1);
+      sock.destroy();
+      await until(() => tracker.snapshot().inFlight === 0);
+      // Before: a completed 5xx, errorRate 1, aborted 0.
+      expect(tracker.snapshot()).toMatchObject({ completed: 1, aborted: 1, errorRate: 0 });
+    } finally {
+      tracker.close();
+      await server.close();
     }
   });
 

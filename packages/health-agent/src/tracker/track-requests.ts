@@ -34,11 +34,14 @@ export interface TrackRequestsOptions {
   bypassPaths?: readonly string[];
   /**
    * Count event streams (requests that accept only `text/event-stream`, as
-   * every browser's EventSource sends) like any request (default false: they
-   * pass uncounted and unlimited). Counted, each held a slot for as long as it
-   * ran: eight open streams behind a concurrencyLimit of 8 left none for
-   * anything else, and the gateway, which keeps streams out of its own
-   * in-flight count after a second, read them as load it did not send.
+   * every browser's EventSource sends, answered `text/event-stream`) like any
+   * request for as long as they run (default false: such a request counts and
+   * waits for a slot like any other until its answer's head says it is a
+   * stream, then leaves the counts and gives its slot back). Counted, each held
+   * a slot for as long as it ran: eight open streams behind a concurrencyLimit
+   * of 8 left none for anything else, and the gateway, which keeps streams out
+   * of its own in-flight count after a second, read them as load it did not
+   * send.
    */
   countEventStreams?: boolean;
   /** Seconds in the Retry-After header of a 503 (default 1). */
@@ -56,7 +59,7 @@ export interface TrackerSnapshot {
   maxQueue?: number;
   /** Requests completed per second over the window. */
   rps: number;
-  /** Share of requests completed in the window that were 5xx or aborted, 0..1. */
+  /** Share of the handlers' answers in the window that were 5xx, 0..1 (not `rejected`, nor `aborted`). */
   errorRate: number;
   /** Latency from arrival (including queue wait) to the end of the response; 0 when windowCompleted is 0. */
   latencyMeanMs: number;
@@ -194,6 +197,50 @@ function onResponseGone(req: IncomingMessage, res: ServerResponse, fn: () => voi
   waiting.add(gone);
 }
 
+/**
+ * Responses whose 'finish' fired: answered. `writableFinished` alone also read true for an
+ * answer written after its client had left: a client gone mid-upload makes body-parser
+ * call next(err) at once, and the app's error handler's `res.status(500).end()` on the
+ * destroyed socket counted as a completed 5xx (a healthy backend reported half its
+ * requests as errors). No 'finish' is emitted for that end.
+ */
+const finishedAnswers = new WeakSet<ServerResponse>();
+
+function markFinished(this: ServerResponse): void {
+  finishedAnswers.add(this);
+}
+
+/** Requests this tracker has seen: a second pass (mounted on the app and a router) is not counted again. */
+type Seen = WeakSet<IncomingMessage>;
+
+/** The Content-Type a writeHead call sets: its own headers argument, else the response's. */
+function headContentType(res: ServerResponse, args: unknown[]): unknown {
+  const h = typeof args[1] === 'string' ? args[2] : args[1];
+  if (Array.isArray(h)) {
+    for (let i = 0; i + 1 < h.length; i += 2)
+      if (String(h[i]).toLowerCase() === 'content-type') return h[i + 1];
+  } else if (h !== null && typeof h === 'object') {
+    for (const [k, v] of Object.entries(h)) if (k.toLowerCase() === 'content-type') return v;
+  }
+  return res.getHeader('content-type');
+}
+
+/**
+ * Calls `onStream` when `res`'s head goes out saying `text/event-stream`. Node writes an
+ * implicit head (the first write(), flushHeaders()) through the response's own writeHead,
+ * so this sees every head.
+ */
+function watchStreamHead(res: ServerResponse, onStream: () => void): void {
+  const writeHead = res.writeHead;
+  res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
+    const out = (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
+    const type = headContentType(this, args);
+    if (typeof type === 'string' && type.split(';')[0]!.trim().toLowerCase() === EVENT_STREAM)
+      onStream();
+    return out;
+  } as ServerResponse['writeHead'];
+}
+
 function positiveInt(name: string, value: unknown): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
     throw invalidOption(name, `must be a positive integer, got ${String(value)}`);
@@ -297,6 +344,7 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
 
   /** The tracker's own 503s (queue full, queue timeout): overload, never a handler's error. */
   const ownAnswers = new WeakSet<ServerResponse>();
+  const seen: Seen = new WeakSet();
 
   const reject503 = (res: ServerResponse, reason: string): void => {
     rejected++;
@@ -326,9 +374,30 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     changed();
   };
 
+  /** Answers that turned out event streams: out of the counts from their head on. */
+  const streams = new WeakSet<ServerResponse>();
+
   const run = (req: IncomingMessage, res: ServerResponse, next: Next): void => {
     inFlight++;
-    onResponseGone(req, res, release);
+    if (countEventStreams || req.headers.accept !== EVENT_STREAM) {
+      onResponseGone(req, res, release);
+      return next();
+    }
+    // What an EventSource asks for. Counted and limited like any request until its head
+    // says it is a stream: decided on the request's Accept alone, any client skipped the
+    // limit and the counts on any route (a JSON route behind concurrencyLimit 2 ran 20 at
+    // once, none of them counted).
+    let released = false;
+    const releaseOnce = (): void => {
+      if (released) return;
+      released = true;
+      release();
+    };
+    onResponseGone(req, res, releaseOnce);
+    watchStreamHead(res, () => {
+      streams.add(res);
+      releaseOnce();
+    });
     next();
   };
 
@@ -337,14 +406,14 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       serveStats(req, res);
       return;
     }
-    if (
-      closed ||
-      (bypass.size > 0 && bypass.has(pathOf(req))) ||
-      (!countEventStreams && req.headers.accept === EVENT_STREAM)
-    ) {
+    if (closed || (bypass.size > 0 && bypass.has(pathOf(req))) || seen.has(req)) {
       next();
       return;
     }
+    // Counted once: passed again (the tracker on the app and on a router), a request
+    // queued behind the slot it held itself, and counted twice as a completion.
+    seen.add(req);
+    res.once('finish', markFinished);
     const arrivedMs = now();
     // One 'close' listener accounts for every tracked request, whether it ran,
     // waited, was rejected or was abandoned. ServerResponse emits 'close' after
@@ -352,8 +421,10 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     // `writableFinished` tells completed from aborted; a pipelined response
     // still waiting for the connection counts when the connection closes.
     onResponseGone(req, res, () => {
+      // An event stream (run): not a request the backend is working on, nor a latency.
+      if (streams.has(res)) return;
       completed++;
-      const finished = res.writableFinished;
+      const finished = finishedAnswers.has(res);
       if (!finished) aborted++;
       // Not the tracker's own 503s: a fast refusal recorded as a request made a saturated
       // backend's latency look lower and, as an error, its error rate higher, which the
