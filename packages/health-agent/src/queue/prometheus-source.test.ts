@@ -114,6 +114,15 @@ describe('prometheusSource', () => {
       await new Promise<void>((resolve) => endless.close(() => resolve()));
     }
   });
+  it('says so too when the 10,001st series is the last line, without its newline', async () => {
+    const lines: string[] = [];
+    for (let i = 0; i <= MAX_GAUGE_SERIES; i++) lines.push(`app_queue_depth{id="${i}"} 1`);
+    page = lines.join('\n');
+    // Before: the last line was read after the bound's check, and 10,001 series summed.
+    await expect(
+      prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read(),
+    ).rejects.toThrow(/gauge app_queue_depth has over 10000 series/);
+  });
   it('says a gauge that is there is not a finite number, not that it is missing', async () => {
     for (const value of ['1e999', 'NaN', '+Inf']) {
       page = `app_queue_depth{worker="0"} ${value}\n`;

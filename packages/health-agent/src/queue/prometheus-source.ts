@@ -161,10 +161,12 @@ export function prometheusSource(
         onData: (chunk) => (reader.feed(decoder.write(chunk)).done ? 'done' : undefined),
       });
       if (res.status !== 200) throw new Error(`prometheus endpoint answered ${res.status}`);
+      const value = reader.done ? undefined : reader.feed(decoder.end()).result();
+      // Checked after the last line too: a page without its final newline held the series
+      // past the bound there, and was summed.
       if (reader.done) {
         throw new Error(`gauge ${gauge} has over ${MAX_GAUGE_SERIES} series at ${url.href}`);
       }
-      const value = reader.feed(decoder.end()).result();
       if (value === undefined) {
         // A gauge that is there but says NaN or +Inf (`1e999`) was reported "not found",
         // which sent the operator looking for a typo in the name.
