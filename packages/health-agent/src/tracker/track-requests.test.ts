@@ -401,6 +401,90 @@ describe('trackRequests', () => {
     }
   });
 
+  it('runs hundreds of queued event streams one after another, not one inside another', async () => {
+    // Released inside the stream's writeHead, each freed slot ran the next stream's handler
+    // inside this one's: 1,000 queued EventSources overflowed the stack, and Node aborted
+    // ('async hook stack has become corrupted'), uncatchable.
+    const tracker = trackRequests({ concurrencyLimit: 1 });
+    const app = express();
+    app.use(tracker);
+    const order: string[] = [];
+    let release: () => void = () => {};
+    app.get('/hold', (_req, res) => void (release = () => res.send('ok')));
+    app.get('/sse', (_req, res) => {
+      order.push('head');
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      order.push('head written');
+      res.end('data: x\n\n');
+    });
+    const server = await listen(app);
+    try {
+      const hold = fire(`${server.url}/hold`);
+      await until(() => tracker.snapshot().inFlight === 1);
+      const n = 600;
+      const streams = Array.from({ length: n }, () =>
+        fire(`${server.url}/sse`, { accept: 'text/event-stream' }),
+      );
+      await until(() => tracker.snapshot().queued === n, 20_000);
+      release();
+      const replies = await Promise.all(streams.map((s) => s.done));
+      expect(replies.filter((r) => r?.status === 200)).toHaveLength(n);
+      await hold.done;
+      // Each handler finished its writeHead before the next one started.
+      expect(order.slice(0, 4)).toEqual(['head', 'head written', 'head', 'head written']);
+      await until(() => tracker.snapshot().inFlight === 0);
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  }, 60_000);
+
+  it.each([
+    ['a nested array', [['Content-Type', 'text/event-stream']]],
+    ['an array value', { 'Content-Type': ['text/event-stream'] }],
+  ])('frees the slot of a stream whose head was given as %s', async (_what, headers) => {
+    const tracker = trackRequests({ concurrencyLimit: 1 });
+    const app = express();
+    app.use(tracker);
+    let end: () => void = () => {};
+    app.get('/sse', (_req, res) => {
+      res.writeHead(200, headers as never);
+      res.write('data: x\n\n');
+      end = () => res.end();
+    });
+    app.get('/json', (_req, res) => void res.json({ ok: true }));
+    const server = await listen(app);
+    try {
+      const s = fire(`${server.url}/sse`, { accept: 'text/event-stream' });
+      await until(() => tracker.snapshot().completed === 0 && tracker.snapshot().inFlight === 0);
+      // The slot is free while the stream stays open: another request runs at once.
+      expect((await fire(`${server.url}/json`).done)?.status).toBe(200);
+      end();
+      await s.done;
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
+  it('counts an event stream the backend refused and ended as an answer', async () => {
+    const tracker = trackRequests();
+    const app = express();
+    app.use(tracker);
+    app.get('/sse', (_req, res) => {
+      res.type('text/event-stream').status(503).send('retry: 5000\n\n');
+    });
+    const server = await listen(app);
+    try {
+      await fire(`${server.url}/sse`, { accept: 'text/event-stream' }).done;
+      await until(() => tracker.snapshot().completed === 1);
+      expect(tracker.snapshot()).toMatchObject({ completed: 1, errorRate: 1 });
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
   it('counts and limits a request that only asks for an event stream and gets JSON', async () => {
     // Any client can send the header: when it alone decided, a JSON route behind a limit
     // of 2 ran 20 such requests at once, none counted.

@@ -59,7 +59,7 @@ export interface TrackerSnapshot {
   maxQueue?: number;
   /** Requests completed per second over the window. */
   rps: number;
-  /** Share of the handlers' answers in the window that were 5xx, 0..1 (not `rejected`, nor `aborted`). */
+  /** Share of the handlers' answers in the window that were 5xx, 0..1: the tracker's own 503s (`rejected`) are not answers, a client that left (`aborted`) counts as no error. */
   errorRate: number;
   /** Latency from arrival (including queue wait) to the end of the response; 0 when windowCompleted is 0. */
   latencyMeanMs: number;
@@ -210,33 +210,21 @@ function markFinished(this: ServerResponse): void {
   finishedAnswers.add(this);
 }
 
-/** Requests this tracker has seen: a second pass (mounted on the app and a router) is not counted again. */
-type Seen = WeakSet<IncomingMessage>;
-
-/** The Content-Type a writeHead call sets: its own headers argument, else the response's. */
-function headContentType(res: ServerResponse, args: unknown[]): unknown {
-  const h = typeof args[1] === 'string' ? args[2] : args[1];
-  if (Array.isArray(h)) {
-    for (let i = 0; i + 1 < h.length; i += 2)
-      if (String(h[i]).toLowerCase() === 'content-type') return h[i + 1];
-  } else if (h !== null && typeof h === 'object') {
-    for (const [k, v] of Object.entries(h)) if (k.toLowerCase() === 'content-type') return v;
-  }
-  return res.getHeader('content-type');
-}
+/** The head Node wrote says its body is an event stream. */
+const EVENT_STREAM_HEAD = /\r\ncontent-type:[ \t]*text\/event-stream[ \t]*(?:;|\r\n)/i;
 
 /**
  * Calls `onStream` when `res`'s head goes out saying `text/event-stream`. Node writes an
  * implicit head (the first write(), flushHeaders()) through the response's own writeHead,
- * so this sees every head.
+ * so this sees every head; what it reads is the head Node built (`_header`), whatever
+ * form writeHead was given (an object, a flat or nested array, a value array).
  */
 function watchStreamHead(res: ServerResponse, onStream: () => void): void {
   const writeHead = res.writeHead;
   res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
     const out = (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
-    const type = headContentType(this, args);
-    if (typeof type === 'string' && type.split(';')[0]!.trim().toLowerCase() === EVENT_STREAM)
-      onStream();
+    const head = (this as { _header?: unknown })._header;
+    if (typeof head === 'string' && EVENT_STREAM_HEAD.test(head)) onStream();
     return out;
   } as ServerResponse['writeHead'];
 }
@@ -344,7 +332,8 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
 
   /** The tracker's own 503s (queue full, queue timeout): overload, never a handler's error. */
   const ownAnswers = new WeakSet<ServerResponse>();
-  const seen: Seen = new WeakSet();
+  /** Requests this tracker has seen: a second pass (the app and a router) is not counted again. */
+  const seen = new WeakSet<IncomingMessage>();
 
   const reject503 = (res: ServerResponse, reason: string): void => {
     rejected++;
@@ -396,7 +385,11 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     onResponseGone(req, res, releaseOnce);
     watchStreamHead(res, () => {
       streams.add(res);
-      releaseOnce();
+      // Not inside the handler's writeHead: the freed slot runs the next waiter, whose
+      // handler would run inside this one's, and a waiter that is a stream too inside that:
+      // 1,000 queued EventSources nested 1,000 handlers deep and overflowed the stack
+      // (an uncatchable abort: 'async hook stack has become corrupted').
+      process.nextTick(releaseOnce);
     });
     next();
   };
@@ -418,11 +411,12 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     // One 'close' listener accounts for every tracked request, whether it ran,
     // waited, was rejected or was abandoned. ServerResponse emits 'close' after
     // 'finish' and also when the connection drops first (Node >= 12), so
-    // `writableFinished` tells completed from aborted; a pipelined response
+    // its 'finish' (finishedAnswers) tells completed from aborted; a pipelined response
     // still waiting for the connection counts when the connection closes.
     onResponseGone(req, res, () => {
-      // An event stream (run): not a request the backend is working on, nor a latency.
-      if (streams.has(res)) return;
+      // An event stream (run): not a request the backend is working on, nor a latency;
+      // but one the backend refused (a 503 with `retry:`) and ended is an answer.
+      if (streams.has(res) && !(finishedAnswers.has(res) && res.statusCode >= 400)) return;
       completed++;
       const finished = finishedAnswers.has(res);
       if (!finished) aborted++;
