@@ -21,6 +21,14 @@ import { listen, refusedPort, send, startBackend, type TestServer } from '../kit
 import { quietLogger, startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
+/** A balancer of the tests' own that does nothing on its own: no checks, warm-up, shedding or logs. */
+const quiet = {
+  healthCheck: false,
+  warmUp: false,
+  overload: false,
+  logger: quietLogger,
+} as const;
+
 /** Reports are signed, as a gateway requires by default. */
 const key = { keyId: 'k1', secret: randomBytes(32) };
 
@@ -376,12 +384,6 @@ describe('graceful close', () => {
     // dashboard history) as long as the server lived; the eleventh set off Node's
     // MaxListenersExceededWarning, as did eleven services' balancers on one server.
     const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
-    const quiet = {
-      healthCheck: false,
-      warmUp: false,
-      overload: false,
-      logger: quietLogger,
-    } as const;
     let current = loadBalance({ backends: [{ id: 'ok', url: ok.url }], ...quiet });
     const server = createHttpServer((req, res) => current(req as never, res as never, () => {}));
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -458,12 +460,6 @@ describe('graceful close', () => {
     const held: ServerResponse[] = [];
     const fast = await startBackend('fast');
     const slow = await startBackend('slow', (_req, res) => void held.push(res));
-    const quiet = {
-      healthCheck: false,
-      warmUp: false,
-      overload: false,
-      logger: quietLogger,
-    } as const;
     const lbA = loadBalance({ backends: [{ id: 'fast', url: fast.url }], ...quiet });
     const lbB = loadBalance({ backends: [{ id: 'slow', url: slow.url }], ...quiet });
     const app = express();

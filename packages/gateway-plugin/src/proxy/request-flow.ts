@@ -1061,16 +1061,16 @@ export class RequestFlow {
         res.destroy();
       }
     });
-    // An event stream of no stated length (stream-lane.ts): checked once it has run for a
-    // while. A timer with arguments, not a closure per answer.
+    // An answer of no stated length, and among those an event stream (stream-lane.ts):
+    // the lane and the compression flush below both ask.
     const lane = this.lane;
-    if (
-      lane &&
-      !failed &&
-      proxyRes.headers['content-length'] === undefined &&
-      lane.isStream(proxyRes.headers['content-type'])
-    )
-      flow.streamTimer = setTimeout(this.enterLaneNext, this.lane.afterMs, flow, proxyRes);
+    const unlengthed = proxyRes.headers['content-length'] === undefined;
+    const eventStream =
+      unlengthed && lane !== undefined && lane.isStream(proxyRes.headers['content-type']);
+    // An event stream is checked once it has run for a while. A timer with arguments, not
+    // a closure per answer.
+    if (eventStream && !failed)
+      flow.streamTimer = setTimeout(this.enterLaneNext, lane.afterMs, flow, proxyRes);
     // http-proxy leaves the answer to us (selfHandleResponse, proxy-engine.ts): its body
     // follows the head relayHead writes first. Unless the hook answered the client itself
     // (http-proxy did not pipe then either): the backend's answer is dropped with its
@@ -1083,13 +1083,8 @@ export class RequestFlow {
     // leaves flushing to whoever writes a stream: an event stream's events, a long poll's
     // or an ndjson feed's lines never reached the client.
     const flush = (res as { flush?: unknown }).flush;
-    if (typeof flush === 'function' && proxyRes.headers['content-length'] === undefined)
-      flushStreamed(
-        proxyRes,
-        res,
-        flush as () => void,
-        this.lane?.isStream(proxyRes.headers['content-type']),
-      );
+    if (typeof flush === 'function' && unlengthed)
+      flushStreamed(proxyRes, res, flush as () => void, eventStream);
   }
 
   /** enterLane for setTimeout, without a closure per answer. */
@@ -1662,7 +1657,7 @@ function flushStreamed(
   proxyRes: IncomingMessage,
   res: ServerResponse,
   flush: () => void,
-  eventStream: boolean | undefined,
+  eventStream: boolean,
 ): void {
   if (eventStream) {
     proxyRes.on('data', () => void flush.call(res));

@@ -146,13 +146,8 @@ export function writeResponseHead(
   // is known without chunking, which 1.0 lacks: a Content-Length, or no body at all.
   // Otherwise the body ends with the connection, and the head says so. The client's own
   // Connection value is never echoed (it named whatever the client put there).
-  const keep =
-    !close &&
-    (!http10 ||
-      h['content-length'] !== undefined ||
-      req.method === 'HEAD' ||
-      status === 204 ||
-      status === 304);
+  const bodiless = req.method === 'HEAD' || status === 204 || status === 304;
+  const keep = !close && (!http10 || h['content-length'] !== undefined || bodiless);
   if (!keep) res.shouldKeepAlive = false;
   const connection = keep ? 'keep-alive' : 'close';
   // The flat array is one writeHead call, but only Node's own writeHead reads it as such:
@@ -193,7 +188,6 @@ export function writeResponseHead(
     // the connection while the head said keep-alive. Node decides from the final headers.
     // (Unset, not removed: removeHeader would tell Node to send no Connection header at all.)
     // Not for an answer without a body (HEAD, 204, 304), which keeps its connection anyway.
-    const bodiless = req.method === 'HEAD' || status === 204 || status === 304;
     if (!(http10 && keep && !bodiless && res.writeHead !== NODE_WRITE_HEAD))
       res.setHeader('connection', connection);
     if (extra !== undefined) res.setHeader(extra, extraValue);
