@@ -123,6 +123,30 @@ describe('saying what is wrong', () => {
     }
   });
 
+  it('ready({ timeoutMs: Infinity }) waits for the broker as long as it takes, until close()', async () => {
+    // Node fires a timer past 2^31 - 1 ms after 1 ms: with requireBroker it rejected at once.
+    const port = await refusedPort();
+    const gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { url: `mqtt://127.0.0.1:${port}`, reconnectPeriodMs: 50 },
+      logger: captureLogger(),
+    });
+    try {
+      let settled: unknown = 'pending';
+      const ready = gw.lb.ready({ timeoutMs: Infinity, requireBroker: true }).then(
+        () => (settled = 'resolved'),
+        (err: { code?: string }) => (settled = err.code),
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      expect(settled).toBe('pending');
+      void gw.lb.close();
+      await ready;
+      expect(settled).toBe('LW_GW_CLOSED');
+    } finally {
+      await gw.close();
+    }
+  });
+
   it('emits broker-unreachable with the URL and the error', async () => {
     const url = `mqtt://127.0.0.1:${await refusedPort()}`;
     const lb = loadBalance({
@@ -194,8 +218,12 @@ describe('saying what is wrong', () => {
       }
       const lines = logger.lines.filter((l) => l.includes('ECONNREFUSED'));
       expect(lines).toEqual([
-        `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; retrying`,
+        `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; no backend left to try, answered LW_GW_NO_BACKEND`,
       ]);
+      // Nothing was retried: there was no other backend (it used to count five retries).
+      const text = await gw.lb.balancer.metricsRegistry.metrics();
+      expect(text).not.toMatch(/^loadwise_retries_total\{[^}]*backend="dead"[^}]*\} [1-9]/m);
+      expect(text).toMatch(/^loadwise_shed_total\{[^}]*reason="no-backend"[^}]*\} 5$/m);
       // Its fields for a JSON logger: the structured-warnings test below.
     }));
 
@@ -204,7 +232,7 @@ describe('saying what is wrong', () => {
       const r = await send(`${gw.url}/orders`, { method: 'POST', body: '{"n":1}' });
       expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
       expect(logger.lines.filter((l) => l.includes('ECONNREFUSED'))).toEqual([
-        `warn attempt 1 of POST /orders to dead (${dead}) failed: ECONNREFUSED; retrying`,
+        `warn attempt 1 of POST /orders to dead (${dead}) failed: ECONNREFUSED; no backend left to try, answered LW_GW_NO_BACKEND`,
       ]);
     }));
 
@@ -235,9 +263,9 @@ describe('saying what is wrong', () => {
             attempt: 1,
             method: 'GET',
             path: '/x',
-            outcome: 'retrying',
+            outcome: 'LW_GW_NO_BACKEND',
           },
-          msg: `attempt 1 of GET /x to dead (${dead}) failed: ECONNREFUSED; retrying`,
+          msg: `attempt 1 of GET /x to dead (${dead}) failed: ECONNREFUSED; no backend left to try, answered LW_GW_NO_BACKEND`,
         },
         {
           fields: { event: 'request-refused', code: 'LW_GW_BAD_PATH' },

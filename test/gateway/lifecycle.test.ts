@@ -221,6 +221,38 @@ describe('graceful close', () => {
     }
   });
 
+  it('graceMs: Infinity waits for the request in flight; a grace that is no wait is refused and closes nothing', async () => {
+    // Node fires a timer past 2^31 - 1 ms after 1 ms: "as long as it takes" cut every
+    // request in flight with 503 LW_GW_CLOSED, and NaN or -1 were a grace of 0.
+    const slow = await startBackend('slow', (req, res) => {
+      setTimeout(() => res.end(`done ${req.url}`), req.url === '/slow' ? 400 : 0);
+    });
+    const gw = await startLocalGateway({ backends: [{ id: 'slow', url: slow.url }] });
+    try {
+      for (const graceMs of [NaN, -1, 2 ** 31, '5000', null]) {
+        await expect(gw.lb.close({ graceMs } as never)).rejects.toMatchObject({
+          code: 'LW_GW_INVALID_OPTION',
+          message: expect.stringContaining('close.graceMs must be a number of ms'),
+        });
+      }
+      await expect(gw.lb.ready({ timeoutMs: -5 })).rejects.toMatchObject({
+        code: 'LW_GW_INVALID_OPTION',
+        message: expect.stringContaining('ready.timeoutMs'),
+      });
+      // Still serving: nothing was closed.
+      expect((await send(`${gw.url}/x`)).status).toBe(200);
+      const inFlight = send(`${gw.url}/slow`);
+      while (gw.lb.balancer.snapshot().inFlight < 1) await new Promise((r) => setTimeout(r, 5));
+      const closing = gw.lb.close({ graceMs: Infinity });
+      const r = await inFlight;
+      expect([r.status, r.body]).toEqual([200, 'done /slow']);
+      await closing;
+    } finally {
+      await gw.close();
+      await slow.close();
+    }
+  });
+
   it('serves a request already on a connection once the server has stopped listening, with Connection: close', async () => {
     const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
     const gw = await startLocalGateway({ backends: [{ id: 'ok', url: ok.url }] });

@@ -384,6 +384,35 @@ describe('request bodies', () => {
     expect([b.failuresTotal, b.inFlight, b.state]).toEqual([0, 0, 'healthy']);
   });
 
+  it('says so when an async proxyRes hook rejects after its small answer went out', async () => {
+    // The head does not wait for a hook's promise (nor in http-proxy-middleware): too late to
+    // answer 500, and the rejection was dropped without a line.
+    const warnings: string[] = [];
+    let rejected!: () => void;
+    const done = new Promise<void>((r) => (rejected = r));
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      logger: {
+        info: () => {},
+        warn: (m: unknown) => void warnings.push(String(m)),
+        error: () => {},
+      },
+      on: {
+        proxyRes: async () => {
+          await new Promise((r) => setTimeout(r, 30));
+          setImmediate(rejected);
+          throw new Error('late hook bug');
+        },
+      },
+    });
+    const r = await send(`${gw.url}/late`);
+    expect(r.status).toBe(200);
+    await done;
+    expect(warnings).toEqual([
+      'an on.proxyReq/on.proxyRes hook threw: Error: late hook bug once its attempt was over; nothing left to answer',
+    ]);
+  });
+
   it('answers a bodiless request whose head cannot be written (a hook set Trailer), and stays up', async () => {
     // Node writes a backend request's head on end(); a GET ends without the
     // body pump (request-flow.ts, endBodiless), so the throw lands there.

@@ -29,7 +29,7 @@ import {
   type BalancerSnapshot,
   type GatewayMetrics,
 } from './observability';
-import { backendUrl } from './options-validate';
+import { backendUrl, closeOptions, readyOptions } from './options-validate';
 import {
   DEFAULT_CLOSE_GRACE_MS,
   DEFAULT_READY_TIMEOUT_MS,
@@ -329,7 +329,13 @@ export class Balancer implements BalancerHandle, FlowHost {
    * broker that cannot start is a fault of this process's configuration and
    * always rejects.
    */
-  ready(opts: ReadyOptions = {}): Promise<void> {
+  ready(options?: ReadyOptions): Promise<void> {
+    let opts: ReadyOptions;
+    try {
+      opts = readyOptions(options);
+    } catch (err) {
+      return Promise.reject(err as GatewayError);
+    }
     // Closing or closed: nothing will connect. An embedded broker's ready() used to resolve
     // here and a URL broker's to wait out the timeout (unref'd, so a script awaiting only
     // it exited 0 in silence).
@@ -348,23 +354,27 @@ export class Balancer implements BalancerHandle, FlowHost {
       };
       const onClose = (): void => settle(closedError());
       this.readyWaiters.add(onClose);
-      const timer = setTimeout(() => {
-        const why = source.lastErrorMessage ?? 'no answer';
-        const sentence = `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`;
-        if (opts.requireBroker === true) {
-          return settle(new GatewayError('LW_GW_BROKER_UNREACHABLE', sentence));
-        }
-        this.logLine(
-          'ready-without-broker',
-          `${sentence}; ready on local signals, still reconnecting`,
-          {
-            event: 'ready-without-broker',
-            code: 'LW_GW_BROKER_UNREACHABLE',
-          },
-        );
-        settle();
-      }, timeoutMs);
-      timer.unref();
+      // Infinity: no timer (Node would fire one that long after 1 ms).
+      const timer =
+        timeoutMs === Infinity
+          ? undefined
+          : setTimeout(() => {
+              const why = source.lastErrorMessage ?? 'no answer';
+              const sentence = `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`;
+              if (opts.requireBroker === true) {
+                return settle(new GatewayError('LW_GW_BROKER_UNREACHABLE', sentence));
+              }
+              this.logLine(
+                'ready-without-broker',
+                `${sentence}; ready on local signals, still reconnecting`,
+                {
+                  event: 'ready-without-broker',
+                  code: 'LW_GW_BROKER_UNREACHABLE',
+                },
+              );
+              settle();
+            }, timeoutMs);
+      timer?.unref();
       if (this.brokerOutcome) return settle(this.brokerOutcome.err);
       this.brokerWaiters.add(settle);
     });
@@ -935,13 +945,19 @@ export class Balancer implements BalancerHandle, FlowHost {
    * LW_GW_CLOSED), broker, pools (a request still running is cut). No event
    * fires once it resolves.
    */
-  close(opts: { graceMs?: number } = {}): Promise<void> {
+  close(options?: { graceMs?: number }): Promise<void> {
+    let opts: { graceMs?: number };
+    try {
+      opts = closeOptions(options);
+    } catch (err) {
+      return Promise.reject(err as GatewayError);
+    }
     this.closing ??= (async () => {
       this.draining = true;
       this.flow.draining();
       for (const reject of this.readyWaiters) reject();
       this.readyWaiters.clear();
-      await this.flow.idle(Math.max(0, opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS));
+      await this.flow.idle(opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS);
       this.closed = true;
       this.flow.upgrades.closeAll();
       this.events.mute();

@@ -19,7 +19,7 @@ import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
 import type { LoadBalanceOptions, ReadyOptions } from './options';
-import { resolveOptions } from './options-validate';
+import { closeOptions, resolveOptions } from './options-validate';
 import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
 import { WarmUp } from './warm-up';
 
@@ -106,6 +106,12 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     },
     close: {
       value: (o?: { graceMs?: number }) => {
+        // A mistaken grace closes nothing: the caller learns of it with everything serving.
+        try {
+          closeOptions(o);
+        } catch (err) {
+          return Promise.reject(err as Error);
+        }
         // Open dashboard streams would keep an HTTP server's close() waiting.
         dashboard?.close();
         // Both at once: draining starts now, not after the warm-up has stopped.

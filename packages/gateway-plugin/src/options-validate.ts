@@ -46,6 +46,7 @@ import {
   type LoadBalanceOptions,
   type Logger,
   type ProxyEventHooks,
+  type ReadyOptions,
   type ResolvedOptions,
 } from './options';
 
@@ -821,6 +822,33 @@ export const loadBalanceOptionsSchema = v.pipe(
 
 export function resolveOptions(input: LoadBalanceOptions): ResolvedOptions {
   return parseOptions(loadBalanceOptionsSchema, input);
+}
+
+/**
+ * A wait given at run time (`lb.close({ graceMs })`, `lb.ready({ timeoutMs })`): a timer's
+ * range, or Infinity for no limit. Unchecked, `graceMs: Infinity` ("as long as it takes")
+ * became Node's 1 ms and cut every request in flight with 503 LW_GW_CLOSED, and NaN or a
+ * negative one was 0.
+ */
+const wait = leaf<number>((x) =>
+  typeof x === 'number' && x >= 0 && (x <= MAX_TIMER_MS || x === Infinity)
+    ? undefined
+    : expected(`a number of ms in [0, ${MAX_TIMER_MS}], or Infinity for no limit`)(x),
+);
+const closeOptionsSchema = strict({ graceMs: v.optional(wait) });
+const readyOptionsSchema = strict({
+  timeoutMs: v.optional(wait),
+  requireBroker: v.optional(bool()),
+});
+
+/** lb.close()'s options, checked: throws LW_GW_INVALID_OPTION naming `close.graceMs`. */
+export function closeOptions(input: unknown): { graceMs?: number } {
+  return parseOptions(closeOptionsSchema, input ?? {}, 'close');
+}
+
+/** lb.ready()'s options, checked: throws LW_GW_INVALID_OPTION naming `ready.timeoutMs`. */
+export function readyOptions(input: unknown): ReadyOptions {
+  return parseOptions(readyOptionsSchema, input ?? {}, 'ready');
 }
 
 // Compile-time: the hand-written public types and the schema accept the same

@@ -608,7 +608,8 @@ export class RequestFlow {
   idle(graceMs: number, servers = true): Promise<void> {
     if (this.isIdle(servers)) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(done, graceMs);
+      // Infinity: no timer (Node would fire one that long after 1 ms).
+      const timer = graceMs === Infinity ? undefined : setTimeout(done, graceMs);
       function done(): void {
         clearTimeout(timer);
         resolve();
@@ -1228,7 +1229,8 @@ export class RequestFlow {
     if (isBadAnswer(err)) retirePool(backend.agent);
     const res2 = flow.res;
     const errno = (err as { code?: string }).code ?? err.message;
-    const attempt = `attempt ${flow.retries + 1} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
+    const attemptNo = flow.retries + 1;
+    const attempt = `attempt ${attemptNo} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
     // One line per backend and errno per 10 s; the fields say the same for a JSON logger.
     const logFailure = (outcome: string, sentence: string): void =>
       c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}${sentence}`, {
@@ -1236,7 +1238,7 @@ export class RequestFlow {
         backend: backend.id,
         url: backend.target.href,
         error: errno,
-        attempt: flow.retries + 1,
+        attempt: attemptNo,
         method: flow.req.method,
         path: flow.req.url,
         outcome,
@@ -1263,16 +1265,24 @@ export class RequestFlow {
         attempt?.[FRESH] === true &&
         attempt[CONNECTED] !== true;
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
+        flow.retries++;
+        const retry = this.dispatch(flow);
+        // Nothing to retry on (every backend tried, or closed meanwhile): dispatch answered
+        // 503. The line and the retry count used to say "retrying" all the same.
+        if (retry === 'failed') {
+          const code = c.closed ? 'LW_GW_CLOSED' : 'LW_GW_NO_BACKEND';
+          return logFailure(code, `; no backend left to try, answered ${code}`);
+        }
         logFailure('retrying', '; retrying');
         c.metrics.onRetry(backend.id);
-        flow.retries++;
-        if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
+        if (retry === 'saturated') this.shedSaturated(flow);
         return;
       }
       // A retryable request that could not reach a backend, when none is left to try or too
       // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
       // Retry-After as above, so clients back off instead of reading a gateway fault.
       if (!badAnswer && noneLeft && this.retryable(flow, notSent)) {
+        logFailure('LW_GW_NO_BACKEND', '; no backend left to try, answering LW_GW_NO_BACKEND');
         const retryAfterSec = c.noBackendRetryAfterSec(c.now());
         return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }
@@ -1483,18 +1493,25 @@ export class RequestFlow {
     if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
       const target = flow.target;
       (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
-        // Not once the request is over or has moved to another attempt.
+        // Not once the request is over or has moved to another attempt: the head does not
+        // wait for a hook's promise (nor in http-proxy-middleware), so a rejection after a
+        // small answer went out is too late to answer 500. It is still said (it was not).
         if (!flow.done && flow.target === target) this.hookFailed(flow, err, proxyRes);
+        else this.logHookFailed(err, ' once its attempt was over; nothing left to answer');
       });
     }
     return true;
   }
 
-  private hookFailed(flow: Flow, err: unknown, proxyRes: IncomingMessage | undefined): void {
-    this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}`, {
+  private logHookFailed(err: unknown, after = ''): void {
+    this.core.logLine('hook', `an on.proxyReq/on.proxyRes hook threw: ${String(err)}${after}`, {
       event: 'hook-threw',
       code: 'LW_GW_HOOK_FAILED',
     });
+  }
+
+  private hookFailed(flow: Flow, err: unknown, proxyRes: IncomingMessage | undefined): void {
+    this.logHookFailed(err);
     this.endAttempt(flow, true);
     // Nothing of this attempt may reach the client after the error answer.
     proxyRes?.destroy();
