@@ -81,7 +81,8 @@ export function setForwardedHeaders(
 ): void {
   const remote = req.socket.remoteAddress ?? '';
   const encrypted = (req.socket as TLSSocket).encrypted === true;
-  const host = h.host ?? '';
+  // An HTTP/1.0 request may come without one: then no X-Forwarded-Host (it was sent empty).
+  const host = h.host;
   // The port the client actually connected to, not one claimed in Host.
   const port = String(localAddressOf(req.socket).port ?? (encrypted ? 443 : 80));
   // Credentials for a proxy are for this gateway (RFC 9110 §11.7.4): a
@@ -100,7 +101,7 @@ export function setForwardedHeaders(
   if (hops > 0) {
     h['x-forwarded-for'] = h['x-forwarded-for'] ? `${h['x-forwarded-for']}, ${remote}` : remote;
     h['x-forwarded-proto'] ??= encrypted ? 'https' : 'http';
-    h['x-forwarded-host'] ??= host;
+    if (host !== undefined) h['x-forwarded-host'] ??= host;
     h['x-forwarded-port'] ??= port;
     return;
   }
@@ -112,7 +113,8 @@ export function setForwardedHeaders(
   for (const name of UNTRUSTED_FORWARDING) delete h[name];
   h['x-forwarded-for'] = remote;
   h['x-forwarded-proto'] = encrypted ? 'https' : 'http';
-  h['x-forwarded-host'] = host;
+  if (host === undefined) delete h['x-forwarded-host'];
+  else h['x-forwarded-host'] = host;
   h['x-forwarded-port'] = port;
 }
 

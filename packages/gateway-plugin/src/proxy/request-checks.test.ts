@@ -45,11 +45,27 @@ describe('checkFraming', () => {
     [['Host', 'a', 'Content-Length', '-1'], 'not a single number'],
     [['Host', 'a', 'Content-Length', '3', 'content-length', '3'], 'more than one Content-Length'],
     [['Host', 'a', 'host', 'b'], 'more than one Host'],
+    [['Host', 'example.com/admin?x='], 'Host is not a host name'],
+    [['Host', '[::1]x'], 'Host is not a host name'],
+    [['Host', 'a:80:80'], 'Host is not a host name'],
+    [['Host', 'a..b'], 'Host is not a host name'],
+    [['Host', ''], 'Host is not a host name'],
   ])('refuses %j', (raw, detail) => {
     const r = checkFraming(req(raw));
     expect(r.ok).toBe(false);
     expect(!r.ok && r.detail).toContain(detail);
   });
+
+  it.each([
+    'a',
+    'a.example.',
+    'A-1_b~c:8080',
+    '[2001:db8::1]:443',
+    '10.0.0.1:',
+    '[::ffff:10.0.0.1]',
+  ])('accepts Host %j', (host) =>
+    expect(checkFraming(req(['Host', host]))).toEqual({ ok: true, framing: 'none' }),
+  );
 
   it('refuses Transfer-Encoding from an HTTP/1.0 client, which has no chunked coding', () => {
     const r = checkFraming(req(['Host', 'a', 'Transfer-Encoding', 'chunked'], '1.0'));

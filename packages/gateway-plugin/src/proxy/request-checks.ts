@@ -16,6 +16,18 @@ export type Framing = { ok: true; framing: BodyFraming } | { ok: false; detail: 
 
 const DIGITS = /^[0-9]+$/;
 
+/**
+ * A Host header (RFC 9112 §3.2, "MUST respond with a 400" to an invalid one): a DNS name
+ * (letters, digits, `-`, `.`, `_`, `~`), an IPv4 address or an `[IPv6]` literal, then an
+ * optional port. Backends build absolute URLs from Host (`http://${host}${req.url}`, as
+ * many Node adapters do) and the gateway copies it into X-Forwarded-Host: `Host:
+ * example.com/admin?x=` made a request the app judged as `GET /public` reach the backend's
+ * `/admin`. Stricter than RFC 3986's reg-name (no sub-delims, no %-encoding), which no
+ * real host name uses; `..` is refused too (nginx does: vhost directories named by Host).
+ * Empty is refused (nginx does); absent, Node has already refused HTTP/1.1.
+ */
+const HOST = /^(?:\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::[0-9]*)?$/i;
+
 // The answers for a sound request, shared: checkFraming runs on every request.
 const NO_BODY: Framing = Object.freeze({ ok: true, framing: 'none' });
 const BY_LENGTH: Framing = Object.freeze({ ok: true, framing: 'length' });
@@ -63,6 +75,10 @@ export function checkFraming(req: IncomingMessage): Framing {
     else if (name.length === 14 && name.toLowerCase() === 'content-length') lengths++;
   }
   if (hosts > 1) return { ok: false, detail: 'more than one Host header' };
+  const host = h.host;
+  if (host !== undefined && (!HOST.test(host) || host.includes('..'))) {
+    return { ok: false, detail: 'Host is not a host name or address with an optional port' };
+  }
   if (lengths > 1) return { ok: false, detail: 'more than one Content-Length header' };
   if (te !== undefined) return CHUNKED;
   return cl !== undefined && cl !== '0' ? BY_LENGTH : NO_BODY;

@@ -576,6 +576,17 @@ export class RequestFlow {
   }
 
   private start(flow: Flow): void {
+    // Pipelined behind an answer still going out (its response has no socket yet): Node
+    // parses and hands over every pipelined request at once, and a small POST read for
+    // retries was overtaken by the GET behind it, which then read the state from before
+    // the write. Dispatched once the answer before it is done, one at a time, as nginx
+    // does (RFC 9112 §9.3.2 allows parallel processing of safe methods only).
+    if (!flow.res.socket) {
+      flow.res.once('socket', () => {
+        if (!flow.done) this.start(flow);
+      });
+      return;
+    }
     if (this.dispatch(flow) === 'saturated') this.enqueue(flow);
   }
 
