@@ -150,5 +150,35 @@ describe('closeListener', () => {
         await gw.close();
       }
     });
+
+    it('closes the idle connections at the end of the grace, before it answers LW_GW_CLOSED', async () => {
+      // A client idle past the grace (keepAliveTimeout 65 s behind an AWS load balancer)
+      // sent its next request into the closed balancer and got 503 LW_GW_CLOSED, for a
+      // second after the grace, until the leftovers were cut.
+      const slow = await startBackend('slow', (req, res) => {
+        setTimeout(() => res.end(`done ${req.url}`), 400);
+      });
+      const gw = await startLocalGateway({ backends: [{ id: 'slow', url: slow.url }] });
+      try {
+        const idle = await open(gw.port);
+        const busy = await open(gw.port);
+        sockets.push(idle, busy);
+        expect(await exchange(idle, '/first')).toEqual({ status: 200, connection: 'keep-alive' });
+        let idleClosed = false;
+        idle.once('close', () => (idleClosed = true));
+        // A request in flight keeps the grace running to its end.
+        const inFlight = exchange(busy, '/slow');
+        while (gw.lb.balancer.snapshot().inFlight < 1) await new Promise((r) => setTimeout(r, 5));
+        const stopped = closeListener(gw.server);
+        await gw.lb.close({ graceMs: 150 });
+        expect(idleClosed).toBe(true);
+        // The request cut at the grace's end is answered, and its connection closed.
+        expect(await inFlight).toEqual({ status: 503, connection: 'close' });
+        await stopped;
+      } finally {
+        await gw.close();
+        await slow.close();
+      }
+    });
   });
 });

@@ -958,6 +958,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       for (const reject of this.readyWaiters) reject();
       this.readyWaiters.clear();
       await this.flow.idle(opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS);
+      this.flow.graceOver();
       this.closed = true;
       this.flow.upgrades.closeAll();
       this.events.mute();

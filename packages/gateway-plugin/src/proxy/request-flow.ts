@@ -666,6 +666,19 @@ export class RequestFlow {
   }
 
   /**
+   * The grace is over: every server that has stopped listening closes its idle keep-alive
+   * connections now, before the balancer answers 503 LW_GW_CLOSED. A worker's
+   * closeListener leaves idle ones open on purpose (a client may be sending on one), each
+   * to end after an answer; a client idle past the grace then sent its next request into
+   * the closed balancer: 5 of 60 such clients got 503 in one reload (helper, keepAliveTimeout
+   * 65 s), and the reload waited out the grace for them. Closed idle, a client reconnects,
+   * to another worker or instance.
+   */
+  graceOver(): void {
+    for (const server of this.servers.keys()) if (!server.listening) closeIdleConnections(server);
+  }
+
+  /**
    * The balancer has closed: it stops watching the servers it saw. Each
    * watch held the whole balancer for as long as its server lived: a dev
    * server reloading the balancer behind one http.Server kept every closed one
