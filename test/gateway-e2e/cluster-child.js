@@ -6,7 +6,9 @@
  * `pool listening on <port>`), LW_WORKERS; LW_FAIL_START makes every start()
  * throw, LW_FAIL_RESTART every start but a slot's first, LW_MAX_RESTARTS
  * bounds restarts; LW_W2_FAIL_WHILE (a path) makes w2's start throw while that file
- * exists; LW_SLOW_START_MS makes start() wait that long after listening. Each worker answers with
+ * exists; LW_SLOW_START_MS makes start() wait that long after listening;
+ * LW_SLOW_RESTART_MS makes every start but a slot's first wait that long before listening;
+ * LW_SHUTDOWN_MS is the pool's shutdownTimeoutMs (default 10000). Each worker answers with
  * x-gateway-pid so the test can see which worker served a request.
  */
 const fs = require('node:fs');
@@ -18,7 +20,7 @@ const { closeListener, loadBalance, runWorkers } = require('@loadwise/gateway-pl
 const pool = runWorkers({
   workers: Number(process.env.LW_WORKERS),
   restart: { initialDelayMs: 50, maxRestarts: Number(process.env.LW_MAX_RESTARTS ?? 5) },
-  shutdownTimeoutMs: 10000,
+  shutdownTimeoutMs: Number(process.env.LW_SHUTDOWN_MS ?? 10000),
   start: async ({ id, restarts }) => {
     if (process.env.LW_FAIL_START) throw new Error('start failed on purpose');
     if (process.env.LW_FAIL_RESTART && restarts > 0) throw new Error('restart failed on purpose');
@@ -43,7 +45,13 @@ const pool = runWorkers({
     app.use(lb);
     await lb.ready();
     const server = http.createServer(app);
+    if (process.env.LW_SLOW_RESTART_MS && restarts > 0) {
+      process.stderr.write(`worker ${id} restart ${restarts} warming up\n`);
+      await sleep(Number(process.env.LW_SLOW_RESTART_MS));
+    }
     await new Promise((r) => server.listen(Number(process.env.LW_PORT), '127.0.0.1', r));
+    if (process.env.LW_SLOW_RESTART_MS && restarts > 0)
+      process.stderr.write(`worker ${id} restart ${restarts} listening\n`);
     if (process.env.LW_SLOW_START_MS) {
       process.stderr.write(`worker ${id} listening, start() not done\n`);
       await sleep(Number(process.env.LW_SLOW_START_MS));

@@ -399,6 +399,65 @@ it('a worker asked to close while start() still runs closes what start() returns
   expect(lines.filter((l) => /worker w\d closed its server and balancer/.test(l))).toHaveLength(2);
 }, 60_000);
 
+it("a SIGTERM while a reload's new worker still starts stops it at once: the port is not bound again", async () => {
+  // Asked to close, a starting worker closed once its start() returned, which listens: the
+  // primary bound the port again after the old worker had released it, took connections
+  // and reset them, and the stop waited out the warm-up.
+  const port = await freePort();
+  const { exited } = startPool(port, { LW_WORKERS: '1', LW_SLOW_RESTART_MS: '20000' });
+  await eventually(() => lines.some((l) => l.startsWith('pool listening on')), 30_000, 'listening');
+  child!.kill('SIGHUP');
+  await eventually(
+    () => lines.some((l) => l.includes('worker w1 restart 1 warming up')),
+    30_000,
+    `replacement starting (log: ${lines.join(' / ')})`,
+  );
+  const replacement = started().get('w1')![1]!;
+  child!.kill('SIGTERM');
+  expect(await exited).toEqual({ code: 0, signal: null });
+  expect(lines).toContain(
+    `loadwise workers: worker pid ${replacement} has not listened yet; stopping it (SIGKILL)`,
+  );
+  expect(lines.some((l) => l.includes('restart 1 listening'))).toBe(false);
+  expect(alive(replacement)).toBe(false);
+}, 60_000);
+
+it('a close that has to kill a worker mid-request says so in its last line', async () => {
+  let arrived = 0;
+  const hanging = http.createServer(() => void arrived++);
+  await new Promise<void>((r) => hanging.listen(0, '127.0.0.1', () => r()));
+  try {
+    const port = await freePort();
+    const { exited } = startPool(port, {
+      LW_WORKERS: '1',
+      LW_SHUTDOWN_MS: '500',
+      LW_BACKENDS: JSON.stringify([
+        { id: 'hang', url: `http://127.0.0.1:${(hanging.address() as AddressInfo).port}` },
+      ]),
+    });
+    await eventually(() => lines.some((l) => l.startsWith('pool listening on')), 30_000, 'up');
+    const cut = new Promise<string>((resolve) => {
+      const req = http.get({ host: '127.0.0.1', port, path: '/x', agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(`status ${res.statusCode}`));
+        res.on('error', (e) => resolve(e.message));
+      });
+      req.on('error', (e) => resolve(e.message));
+    });
+    await eventually(() => arrived > 0, 10_000, 'request at the backend');
+    child!.kill('SIGTERM');
+    // The exit code stays the supervisor's (a stop that succeeded); the line tells the truth.
+    expect(await exited).toEqual({ code: 0, signal: null });
+    expect(await cut).toBe('socket hang up');
+    expect(lines).toContain(
+      'loadwise workers: stopped (code 0); 1 worker(s) killed after 500 ms, their requests cut',
+    );
+  } finally {
+    hanging.closeAllConnections();
+    await new Promise((r) => hanging.close(r));
+  }
+}, 60_000);
+
 it('a primary killed with SIGKILL: each worker finishes the requests it has, then exits', async () => {
   // A backend that answers 1.5 s after a request arrives; `arrived` says when one has.
   let arrived = 0;

@@ -385,6 +385,8 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
 
   /** Workers being replaced by reload() (asked to close) or not yet in their slot (starting). */
   const extra = new Set<Worker>();
+  /** Workers that have listened: the others hold no connection (close() stops them outright). */
+  const listened = new WeakSet<Worker>();
 
   /** Forks a worker for `slot`; it takes the slot's place only where the caller puts it there. */
   const spawn = (slot: Slot): Worker => {
@@ -398,6 +400,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     const pid = worker.process.pid;
     log(`worker ${slot.id} started (pid ${pid})`);
     worker.on('listening', (address) => {
+      listened.add(worker);
       port ??= address.port;
       if (slot.worker !== worker) return;
       slot.listening = true;
@@ -476,6 +479,8 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     else w.process.kill('SIGTERM');
   };
 
+  /** Workers close() had to kill after `shutdownTimeoutMs`: its last line says how many. */
+  let killedAtClose = 0;
   /** Resolves once `w` has exited; SIGKILL after `shutdownTimeoutMs`. */
   const exitOf = (w: Worker): Promise<void> =>
     new Promise<void>((resolve) => {
@@ -483,6 +488,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       const timer = setTimeout(() => {
         if (w.isDead()) return;
         log(`worker pid ${w.process.pid} did not close in ${shutdownTimeoutMs} ms; SIGKILL`);
+        if (closing) killedAtClose++;
         w.process.kill('SIGKILL');
       }, shutdownTimeoutMs);
       w.once('exit', () => {
@@ -641,12 +647,27 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         await Promise.all(
           [...live].map((w) => {
             const exited = exitOf(w);
-            askToClose(w);
+            // A worker still starting (a reload's replacement warming up, a restart) has no
+            // connection yet; asked to close, it closed only once its start() had returned,
+            // which listens: the primary bound the port again after the last serving worker
+            // had released it, took connections and reset them (helper: SIGTERM during a
+            // reload), and the stop waited out the warm-up (up to the broker's 10 s).
+            if (listened.has(w)) askToClose(w);
+            else {
+              log(`worker pid ${w.process.pid} has not listened yet; stopping it (SIGKILL)`);
+              w.process.kill('SIGKILL');
+            }
             return exited;
           }),
         );
       }
-      log(`stopped (code ${code})`);
+      // The exit code stays the caller's (a supervisor's stop succeeded), but a close that had
+      // to kill workers mid-request says so in its last line.
+      const killed =
+        killedAtClose > 0
+          ? `; ${killedAtClose} worker(s) killed after ${shutdownTimeoutMs} ms, their requests cut`
+          : '';
+      log(`stopped (code ${code})${killed}`);
       resolveDone(code);
     })();
     return closing;
