@@ -323,7 +323,11 @@ async function main(): Promise<void> {
 
   // 2. Backends, each a child process.
   const backends: StartedBackend[] = await Promise.all(
-    FLEET.map((spec) => startBackendProcess(spec)),
+    // Each in a process group of its own, as the agents: a terminal's Ctrl-C goes to the
+    // whole foreground group, and the backends stopped at once while the gateway (its
+    // workers, with --workers) still drained, so its last requests failed. stop() ends
+    // them after the gateway, and --exit-with-parent if this process is killed.
+    FLEET.map((spec) => startBackendProcess({ ...spec, ownGroup: true })),
   );
   children.push(...backends.map((b) => b.process));
 
@@ -350,6 +354,7 @@ async function main(): Promise<void> {
       // Killed outright (SIGKILL: no cleanup runs), the quick start takes its agents with
       // it, as the backends' --exit-with-parent does for them.
       exitWithParent: true,
+      ownGroup: true,
     }),
   );
   children.push(...agents);

@@ -61,14 +61,19 @@ export class ManagedChild {
   private stderr = '';
   private readonly stderrListeners = new Set<(line: string) => void>();
 
+  /**
+   * `ownGroup`: the child runs in a process group of its own, so a signal to ours (a
+   * terminal's Ctrl-C) does not reach it and we stop it when we choose.
+   */
   constructor(
     readonly name: string,
     command: string,
     args: string[],
     env: NodeJS.ProcessEnv = process.env,
+    ownGroup = false,
   ) {
     // stdin is a pipe the child may watch (the backend's --exit-with-parent): it closes when we die.
-    this.child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
+    this.child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env, detached: ownGroup });
     if (this.child.pid === undefined) throw new Error(`${name}: spawn failed`);
     this.pid = this.child.pid;
     live.add(this);
@@ -171,6 +176,8 @@ export interface BackendProcessOptions {
   /** The backend writes its PID here once listening (for the agent's --service-pid-file). */
   pidFile?: string;
   startTimeoutMs?: number;
+  /** In a process group of its own (ManagedChild's ownGroup; default false). */
+  ownGroup?: boolean;
 }
 
 /** A running backend: its port and the process serving it. */
@@ -231,7 +238,13 @@ export async function startBackendProcess(opts: BackendProcessOptions): Promise<
   ];
   if (opts.maxQueue !== undefined) args.push('--max-queue', String(opts.maxQueue));
   if (opts.pidFile !== undefined) args.push('--pid-file', opts.pidFile);
-  const proc = new ManagedChild(`backend ${opts.id}`, process.execPath, args);
+  const proc = new ManagedChild(
+    `backend ${opts.id}`,
+    process.execPath,
+    args,
+    process.env,
+    opts.ownGroup,
+  );
   const port = await waitForListening(proc, opts.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
   return { id: opts.id, port, url: `http://127.0.0.1:${port}`, process: proc };
 }
@@ -258,6 +271,8 @@ export interface AgentProcessOptions {
    * it (drain, undrain) reach it as before.
    */
   exitWithParent?: boolean;
+  /** In a process group of its own (ManagedChild's ownGroup; default false). */
+  ownGroup?: boolean;
 }
 
 /** Starts packages/health-agent/dist/cli.js beside a backend. */
@@ -282,5 +297,11 @@ export function startAgentProcess(opts: AgentProcessOptions): ManagedChild {
   if (opts.servicePidFile !== undefined) args.push('--service-pid-file', opts.servicePidFile);
   if (opts.drainGraceMs !== undefined) args.push('--drain-grace-ms', String(opts.drainGraceMs));
   args.push(...(opts.extraArgs ?? []));
-  return new ManagedChild(`agent ${opts.backendId}`, process.execPath, args);
+  return new ManagedChild(
+    `agent ${opts.backendId}`,
+    process.execPath,
+    args,
+    process.env,
+    opts.ownGroup,
+  );
 }

@@ -8,6 +8,7 @@
  * (SIGKILL: none of its cleanup runs), it leaves no process behind either.
  */
 import type { ChildProcess } from 'node:child_process';
+import http from 'node:http';
 import path from 'node:path';
 import { eventually } from '../kit/fleet';
 import { alive } from '../kit/pids';
@@ -29,14 +30,12 @@ async function hello(port: number): Promise<Response> {
 
 /** The quick start with 2 workers on `port` (0: any), once its gateway listens. */
 async function startQuickStart(port: number): Promise<ReturnType<typeof startScript>> {
-  const run = startScript(SCRIPT, [
-    '--port',
-    String(port),
-    '--workers',
-    '2',
-    '--interval-ms',
-    '250',
-  ]);
+  const run = startScript(
+    SCRIPT,
+    ['--port', String(port), '--workers', '2', '--interval-ms', '250'],
+    process.env,
+    true,
+  );
   child = run.child;
   await eventually(
     () => run.lines.some((l) => l.startsWith('gateway listening on')),
@@ -114,15 +113,31 @@ it('runs the gateway as 2 workers, reloads them on SIGHUP and stops them all on 
     'the new workers serve',
   );
 
-  child!.kill('SIGINT');
-  // A SIGHUP while it stops (a deploy script's reload racing a stop) changes nothing. Before,
-  // the stop removed the SIGHUP handler first and Node's default action killed the quick
-  // start mid-stop (signal SIGHUP).
+  // Ctrl-C in a terminal: SIGINT to the whole foreground group. The backends and agents
+  // were in it and stopped at once while the workers drained, so a request on a connection
+  // the gateway still served found no backend (503 LW_GW_NO_BACKEND).
+  const open = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const viaOpen = async (): Promise<number> =>
+    new Promise((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port, path: '/hello', agent: open }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode!));
+        })
+        .on('error', reject);
+    });
+  expect(await viaOpen()).toBe(200);
+  process.kill(-child!.pid!, 'SIGINT');
   await eventually(
     () => lines.some((l) => l.includes('stopping: load, gateway')),
     10_000,
     'stopping',
   );
+  expect(await viaOpen()).toBe(200);
+  open.destroy();
+  // A SIGHUP while it stops (a deploy script's reload racing a stop) changes nothing. Before,
+  // the stop removed the SIGHUP handler first and Node's default action killed the quick
+  // start mid-stop (signal SIGHUP).
   child!.kill('SIGHUP');
   expect(await exited).toEqual({ code: 0, signal: null });
   for (const pid of pids) expect(alive(pid)).toBe(false);

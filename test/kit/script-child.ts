@@ -11,14 +11,17 @@ export interface ScriptChild {
   exited: Promise<{ code: number | null; signal: string | null }>;
 }
 
+/** `ownGroup`: in a process group of its own, so a test can signal the group as a terminal does. */
 export function startScript(
   script: string,
   args: string[],
   env: NodeJS.ProcessEnv = process.env,
+  ownGroup = false,
 ): ScriptChild {
   const child = spawn(process.execPath, [script, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env,
+    detached: ownGroup,
   });
   const lines: string[] = [];
   const errLines: string[] = [];
