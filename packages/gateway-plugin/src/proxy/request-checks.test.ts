@@ -67,6 +67,13 @@ describe('checkFraming', () => {
     expect(checkFraming(req(['Host', host]))).toEqual({ ok: true, framing: 'none' }),
   );
 
+  it('refuses a request that is not HTTP/1.x (llhttp reads HTTP/2.0 on a request line)', () => {
+    expect(checkFraming(req(['Host', 'a'], '2.0'))).toEqual({
+      ok: false,
+      detail: 'not an HTTP/1.x request',
+    });
+  });
+
   it('refuses Transfer-Encoding from an HTTP/1.0 client, which has no chunked coding', () => {
     const r = checkFraming(req(['Host', 'a', 'Transfer-Encoding', 'chunked'], '1.0'));
     expect(r).toEqual({ ok: false, detail: 'Transfer-Encoding in an HTTP/1.0 request' });
@@ -110,6 +117,8 @@ describe('checkPath', () => {
     ['/a\\b?q=\\', 'backslash in the path'],
     ['/a?q=\\x', undefined],
     ['http://a', undefined],
+    ['/a%00.php', 'encoded NUL (%00) in the path'],
+    ['/a?q=%00', undefined],
   ])('%s: %s', (url, why) => {
     expect(checkPath(url)).toBe(why);
   });

@@ -42,6 +42,9 @@ const CHUNKED: Framing = Object.freeze({ ok: true, framing: 'chunked' });
  */
 export function checkFraming(req: IncomingMessage): Framing {
   const h = req.headers;
+  // llhttp reads `HTTP/2.0` (or 1.9) on a request line; forwarded, it went as HTTP/1.1 and
+  // was answered as 1.1. Not HTTP/1.x: refused (nginx answers 505).
+  if (req.httpVersionMajor !== 1) return { ok: false, detail: 'not an HTTP/1.x request' };
   const te = h['transfer-encoding'];
   const cl = h['content-length'];
   if (te !== undefined && cl !== undefined) {
@@ -203,6 +206,9 @@ export function checkPath(url: string | undefined, host?: string): string | unde
   if (path === undefined) return 'malformed authority in an absolute-form target';
   if (otherHost(target, host)) return 'an absolute-form target naming another host than Host';
   if (DOT_SEGMENT.test(path)) return 'dot-segment in the path';
+  // An encoded NUL: C backends (PHP, CGI) end a file name there, Node's fs throws on it;
+  // no real path has one (nginx answers 400).
+  if (path.includes('%00')) return 'encoded NUL (%00) in the path';
   const rewritten = REWRITTEN_BY_PROXY.exec(path);
   if (rewritten)
     return rewritten[0] === '\\' ? 'backslash in the path' : 'empty segment (//) in the path';
