@@ -354,7 +354,7 @@ describe('discovery', () => {
         5_000,
         'x forgotten 600 ms after the reconnection',
       );
-      expect(removed).toEqual([{ id: 'x', url: `${a.url}/`, silentMs: 1_600 }]);
+      expect(removed).toEqual([{ id: 'x', url: `${a.url}/`, silentMs: 1_600, reason: 'silent' }]);
       expect(g.lb.balancer.snapshot().backends).toEqual([]);
     } finally {
       await g.close();

@@ -584,9 +584,24 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.registry.applyUnsigned(backend, message, receivedAtMs, this.options.unsignedMaxPenalty);
       return;
     }
+    if (backend.refusedEpochMs !== undefined && message.epochMs === backend.refusedEpochMs) {
+      // A run whose registration was refused: another instance than the one at this
+      // entry's address. Applied, its reports described a server that was not the one
+      // routed to, and renewed the lease of a dead entry for good.
+      return this.drop(
+        'LW_GW_REGISTRATION_REJECTED',
+        `${message.kind} of an agent run whose registration was refused: not applied`,
+        message.backendId,
+      );
+    }
     backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
     backend.signedBy = keyId;
     this.registry.applyMessage(backend, message, receivedAtMs);
+    // A discovered backend its agent took offline (a stop) has left: forgotten now when
+    // nothing runs on it, else by the sweep once idle, unless its agent is back by then.
+    // Kept for the lease (10 min), a rolling deploy with new ids filled maxBackends with
+    // departed entries and refused the next generation (40/40 × 503).
+    if (departed(backend) && idle(backend)) this.forget(backend, 'offline');
     if (this.queue.length > 0) this.drainQueue();
   }
 
@@ -600,11 +615,24 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 
   private onRegistration(message: RegistrationMessage, keyId: string | undefined): void {
-    const reject = (why: string): void =>
-      this.drop('LW_GW_REGISTRATION_REJECTED', why, message.backendId);
+    const id = message.backendId;
     const d = this.options.discovery;
-    if (!d || !this.allowed || !this.explicit) return reject('discovery is off');
-    if (keyId === undefined) return reject('registration is not signed');
+    if (!d || !this.allowed || !this.explicit)
+      return this.drop('LW_GW_REGISTRATION_REJECTED', 'discovery is off', id);
+    if (keyId === undefined)
+      return this.drop('LW_GW_REGISTRATION_REJECTED', 'registration is not signed', id);
+    const existing = this.registry.get(id);
+    const newerRun =
+      existing?.origin === 'discovery' &&
+      existing.runEpochMs !== undefined &&
+      message.epochMs > existing.runEpochMs;
+    const reject = (why: string): void => {
+      // A newer agent run of a known id that may not take it over (its address breaks a
+      // rule) is another instance: its messages must not keep the entry alive, nor be read
+      // as the entry's (onMessage). An older or the same run marks nothing.
+      if (newerRun) existing.refusedEpochMs = message.epochMs;
+      this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
+    };
     let url: URL;
     try {
       url = backendUrl('registration url', message.url);
@@ -622,12 +650,29 @@ export class Balancer implements BalancerHandle, FlowHost {
     const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
     if (d.allowedPorts.length > 0 && !d.allowedPorts.includes(port))
       return reject(`port ${port} is not allowed`);
-    const existing = this.registry.get(message.backendId);
-    if (existing) {
-      if (existing.target.href !== url.href) reject('a known backend cannot change its address');
-      // The agent's periodic registration renews a discovered backend's lease.
-      else existing.heardAtLeaseMs = this.leaseNow(this.now());
+    if (existing && existing.target.href === url.href) {
+      // The agent's periodic registration renews a discovered backend's lease; a newer run
+      // at the same address (a restart in place) takes the entry over as it is.
+      if (existing.origin === 'discovery') {
+        if (newerRun) {
+          existing.runEpochMs = message.epochMs;
+          existing.refusedEpochMs = undefined;
+        }
+        existing.heardAtLeaseMs = this.leaseNow(this.now());
+      }
       return;
+    }
+    // A known id at a new address. Only a newer agent run of a discovered backend may move
+    // it (a StatefulSet pod rescheduled: stable id, new IP): refusing it for good routed
+    // every request to the dead address while the new run's messages renewed its lease
+    // (100 % 503 with one backend). The same or an older run may not (a replay, or a
+    // second agent for one id), nor may anything move a configured backend.
+    if (existing && !newerRun) {
+      return reject(
+        existing.origin === 'config'
+          ? 'a configured backend cannot change its address'
+          : 'a known backend cannot change its address (only a newer agent run may move it)',
+      );
     }
     // Two ids for one server would split its load estimate into two halves that each look
     // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND). The server, not the
@@ -635,18 +680,72 @@ export class Balancer implements BalancerHandle, FlowHost {
     // was added, so a registration could take another backend's server. Looked up, not
     // scanned: a scan of every backend per registration cost 357 ms over 3,000.
     const sameServer = this.registry.withOrigin(url.origin);
-    if (sameServer)
+    if (sameServer && sameServer !== existing)
       return reject(`${url.origin} is the server of backend ${sameServer.id} already`);
-    if (this.registry.discoveredCount >= d.maxBackends)
+    if (existing) this.retire(existing, 'moved');
+    else if (this.registry.discoveredCount >= d.maxBackends && !this.evictDeparted())
       return reject('discovery.maxBackends reached');
     const weight = Math.min(Math.max(message.weight ?? 1, 0.01), 1e6);
     // The eligible set is recomputed once per burst (registry.ts recomputeSoon), not per
     // registration: every retained one comes at once when the gateway subscribes.
-    const added = this.addBackend(message.backendId, url, weight, 'discovery', false);
+    const added = this.addBackend(id, url, weight, 'discovery', false);
     this.registry.recomputeSoon();
     added.heardAtLeaseMs = this.leaseNow(this.now());
-    this.events.emit('backend-added', { id: message.backendId, url: url.href });
+    added.runEpochMs = message.epochMs;
+    this.events.emit('backend-added', { id, url: url.href });
   }
+
+  /**
+   * maxBackends is reached: forgets the discovered backend that left (its agent said
+   * `offline`, or its Last Will came) heard from least recently, with nothing in flight.
+   * False when there is none: every slot is taken by a backend that may still serve.
+   */
+  private evictDeparted(): boolean {
+    let oldest: Backend | undefined;
+    for (const b of this.registry.backends.values()) {
+      if (b.origin !== 'discovery' || !idle(b)) continue;
+      if (!b.agentLost && b.agentState !== 'offline') continue;
+      if (!oldest || b.heardAtLeaseMs < oldest.heardAtLeaseMs) oldest = b;
+    }
+    if (!oldest) return false;
+    this.forget(oldest, 'evicted');
+    return true;
+  }
+
+  /**
+   * Takes a discovered backend out for good: not picked, checked or shown; its metric
+   * series, rate bucket and remembered copies go (the replay guard keeps what it must,
+   * ReplayGuard.forget). `recompute: false` leaves the eligible set to the caller.
+   */
+  private forget(b: Backend, reason: 'silent' | 'offline' | 'evicted', recompute = true): void {
+    this.retire(b, reason, recompute);
+    this.traffic.forget(b.id);
+    this.limiter.forget(b.id);
+    this.decoder.forget(b.id);
+    this.metrics.forgetBackend(b.id);
+  }
+
+  /**
+   * Takes a backend out of the registry at once; its pool is closed once the requests,
+   * WebSockets and streams it carries have ended (sweep), so a backend that moved or left
+   * cuts none of them: they finish, or fail, on their own connections.
+   */
+  private retire(
+    b: Backend,
+    reason: 'silent' | 'offline' | 'evicted' | 'moved',
+    recompute = true,
+  ): void {
+    this.registry.remove(b, recompute);
+    this.engine.unregister(b);
+    this.checker?.unwatch(b);
+    if (idle(b)) b.close();
+    else this.retired.add(b);
+    const silentMs = this.leaseMs - b.heardAtLeaseMs;
+    this.events.emit('backend-removed', { id: b.id, url: b.target.href, silentMs, reason });
+  }
+
+  /** Backends taken out with requests still on them: closed by the sweep once idle. */
+  private readonly retired = new Set<Backend>();
 
   private drop(
     code: ProtocolErrorCode | DropReason,
@@ -888,26 +987,23 @@ export class Balancer implements BalancerHandle, FlowHost {
    * with requests in flight, a WebSocket or a stream open waits for a later sweep.
    */
   private forgetSilent(): void {
-    const after = this.options.discovery?.forgetAfterMs;
-    if (after === undefined) return;
+    for (const b of this.retired) {
+      if (!idle(b)) continue;
+      this.retired.delete(b);
+      b.close();
+    }
+    if (this.options.discovery === undefined) return;
+    const after = this.options.discovery.forgetAfterMs;
     let removed = 0;
     for (const b of this.registry.backends.values()) {
-      if (b.origin !== 'discovery' || b.load.inFlight > 0 || b.openUpgrades > 0) continue;
-      if (b.openStreams > 0) continue;
-      const silentMs = this.leaseMs - b.heardAtLeaseMs;
-      if (silentMs < after) continue;
+      if (b.origin !== 'discovery' || !idle(b)) continue;
+      // Its agent said `offline` itself: it left (deregistered, onMessage), as soon as idle.
+      const left = departed(b);
+      if (!left && (after === undefined || this.leaseMs - b.heardAtLeaseMs < after)) continue;
       // One recompute for the sweep, after the loop: one per backend forgotten cost
       // 0.9 s when 3,000 leases ended together.
-      this.registry.remove(b, false);
+      this.forget(b, left ? 'offline' : 'silent', false);
       removed++;
-      this.engine.unregister(b);
-      this.checker?.unwatch(b);
-      this.traffic.forget(b.id);
-      this.limiter.forget(b.id);
-      this.decoder.forget(b.id);
-      this.metrics.forgetBackend(b.id);
-      b.close();
-      this.events.emit('backend-removed', { id: b.id, url: b.target.href, silentMs });
     }
     if (removed > 0) this.registry.recompute();
   }
@@ -974,6 +1070,8 @@ export class Balancer implements BalancerHandle, FlowHost {
       } finally {
         this.engine.close();
         this.registry.close();
+        for (const b of this.retired) b.close();
+        this.retired.clear();
         this.metrics.release();
       }
       // The requests just cut are answered (503 LW_GW_CLOSED) on a later tick, when their
@@ -984,6 +1082,20 @@ export class Balancer implements BalancerHandle, FlowHost {
     })();
     return this.closing;
   }
+}
+
+/** No request in flight, no WebSocket open, no stream in the lane. */
+function idle(b: Backend): boolean {
+  return b.load.inFlight === 0 && b.openUpgrades === 0 && b.openStreams === 0;
+}
+
+/**
+ * A discovered backend whose agent took it offline by its own signed word (a stop: the
+ * signed `offline`): it deregistered. Not its Last Will (agentLost), which says the agent
+ * died and keeps the backend routed on local signals.
+ */
+function departed(b: Backend): boolean {
+  return b.origin === 'discovery' && b.agentState === 'offline' && !b.agentLost;
 }
 
 /** Broker-connected time after which a backend never heard from is said (warnNeverHeard). */

@@ -18,8 +18,20 @@ export interface BalancerEvents {
   'backend-draining': [{ id: string }];
   /** A signed registration inside the allowed ranges added a backend (discovery). */
   'backend-added': [{ id: string; url: string }];
-  /** A discovered backend was forgotten: its agent sent nothing signed for discovery.forgetAfterMs. */
-  'backend-removed': [{ id: string; url: string; silentMs: number }];
+  /**
+   * A discovered backend was taken out: `silent` (its agent sent nothing signed for
+   * discovery.forgetAfterMs), `offline` (its agent stopped: a signed offline), `evicted`
+   * (it had left, and maxBackends needed its slot) or `moved` (a newer agent run registered
+   * the id at another address: `backend-added` follows with it).
+   */
+  'backend-removed': [
+    {
+      id: string;
+      url: string;
+      silentMs: number;
+      reason: 'silent' | 'offline' | 'evicted' | 'moved';
+    },
+  ];
   /** The last report of a backend became older than its freshness limit. */
   'metrics-stale': [
     {

@@ -88,10 +88,22 @@ const CASES: {
   ],
   'backend-removed': [
     [
-      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 600_500 },
+      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 600_500, reason: 'silent' },
       'info',
-      { backend: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 600_500 },
+      { backend: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 600_500, reason: 'silent' },
       /b9 at http:\/\/10.0.0.9:3000\/ forgotten by discovery: nothing signed from its agent for 601 s/,
+    ],
+    [
+      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 500, reason: 'offline' },
+      'info',
+      { backend: 'b9', reason: 'offline' },
+      /b9 at http:\/\/10.0.0.9:3000\/ forgotten by discovery: its agent stopped \(signed offline\)/,
+    ],
+    [
+      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 0, reason: 'moved' },
+      'info',
+      { backend: 'b9', reason: 'moved' },
+      /b9 at http:\/\/10.0.0.9:3000\/ replaced by discovery: a newer run of its agent registered it at another address/,
     ],
   ],
   'metrics-stale': [

@@ -48,6 +48,14 @@ export function redactUrl(url: string): string {
 const seconds = (ms: number | undefined): string =>
   ms === undefined ? 'unknown' : `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
 
+/** Why discovery took a backend out, as the end of its line. */
+const REMOVED: Record<'silent' | 'offline' | 'evicted' | 'moved', (silentMs: number) => string> = {
+  silent: (ms) => `forgotten by discovery: nothing signed from its agent for ${seconds(ms)}`,
+  offline: () => 'forgotten by discovery: its agent stopped (signed offline)',
+  evicted: () => 'forgotten by discovery: it had left, and discovery.maxBackends needed its slot',
+  moved: () => 'replaced by discovery: a newer run of its agent registered it at another address',
+};
+
 /**
  * One entry per event name; the mapped type makes the compiler refuse an
  * event that has no line.
@@ -83,10 +91,10 @@ const DESCRIBE: Describers = {
     fields: { event: 'backend-added', backend: id, url },
     msg: `backend ${id} added by discovery at ${url}`,
   }),
-  'backend-removed': ({ id, url, silentMs }) => ({
+  'backend-removed': ({ id, url, silentMs, reason }) => ({
     level: 'info',
-    fields: { event: 'backend-removed', backend: id, url, silentMs },
-    msg: `backend ${id} at ${url} forgotten by discovery: nothing signed from its agent for ${seconds(silentMs)}`,
+    fields: { event: 'backend-removed', backend: id, url, silentMs, reason },
+    msg: `backend ${id} at ${url} ${REMOVED[reason](silentMs)}`,
   }),
   'metrics-stale': ({ id, ageMs }) => ({
     level: 'warn',

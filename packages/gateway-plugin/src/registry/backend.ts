@@ -83,6 +83,18 @@ export class Backend {
    * leaseNow): a discovered backend's lease (balancer.ts forgetSilent).
    */
   heardAtLeaseMs = 0;
+  /**
+   * Discovery: the agent run (`epochMs`) whose signed registration admitted the backend at
+   * this address, or last renewed it there. A registration of a newer run at another
+   * address replaces the entry (balancer.ts onRegistration); an older run never moves it.
+   */
+  runEpochMs: number | undefined;
+  /**
+   * Discovery: a newer agent run whose registration was refused (an address outside the
+   * rules, another backend's server). Its messages describe some other instance: they
+   * are neither applied to this entry nor renew its lease.
+   */
+  refusedEpochMs: number | undefined;
   /** Upgrades to this backend taken and not yet closed (proxy/upgrade-flow.ts). */
   openUpgrades = 0;
   /** Its answers in the stream lane (proxy/stream-lane.ts): not in load.inFlight. */
