@@ -8,12 +8,12 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createAgent, type Agent } from '@loadwise/health-agent';
-import type { SigningKey } from '@loadwise/protocol';
+import { createEncoder, type SigningKey } from '@loadwise/protocol';
 import { spawnAgent, type AgentProcess } from '../kit/agent-cli';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
 import { internals } from '@loadwise/gateway-plugin/internals';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { startGateway, startLocalGateway, type TestGateway } from '../kit/gateway';
 import { send, startBackend, type TestServer } from '../kit/http';
 import type { MqttClient } from 'mqtt';
 
@@ -202,5 +202,83 @@ describe('a rolling deploy with new ids each generation', () => {
       }
     }
     expect(g.snapshot().backends).toEqual([]);
+  });
+});
+
+describe('crashed discovered backends', () => {
+  it('neither push the gateway into panic nor get its traffic', async () => {
+    const prefix = uniquePrefix('churn-crash');
+    gw = await startGateway({
+      backends: [],
+      broker: { embedded: true },
+      topicPrefix: prefix,
+      keys: [key],
+      discovery: { allowedRanges: ['127.0.0.0/8'] },
+      healthCheck: { path: '/health', intervalMs: 200, unhealthyThreshold: 1 },
+    });
+    const g = gw;
+    const brokerUrl = g.lb.balancer.brokerUrl!;
+    // Two live pods, with agents.
+    for (const id of ['live-1', 'live-2']) {
+      const s = await backend(id);
+      const a = createAgent({
+        backendId: id,
+        broker: { url: brokerUrl },
+        prefix,
+        signingKey: key,
+        advertiseUrl: s.url,
+        intervalMs: 200,
+        cgroup: false,
+      });
+      agents.push(a);
+      await a.start();
+    }
+    // Eight pods that crash whole: each an agent's MQTT session with its signed Last Will,
+    // registering a server that then goes away; the sessions break without DISCONNECT.
+    const crashed = Array.from({ length: 8 }, (_, i) => `dead-${i}`);
+    const sessions: MqttClient[] = [];
+    const doomed: TestServer[] = [];
+    for (const id of crashed) {
+      const s = await startBackend(id);
+      const enc = createEncoder({ backendId: id, prefix, key });
+      const will = enc.status('offline', { will: true, reason: 'agent connection lost' });
+      const c = await connectClient(brokerUrl, {
+        will: { topic: will.topic, payload: Buffer.from(will.payload), qos: 1, retain: true },
+      });
+      clients.push(c);
+      sessions.push(c);
+      const reg = enc.registration(s.url);
+      await c.publishAsync(reg.topic, reg.payload, { qos: 1, retain: true });
+      doomed.push(s);
+    }
+    await eventually(() => g.snapshot().backends.length === 10, 10_000, 'ten registered');
+    // The crash: the sessions break (the broker publishes each Last Will), then the
+    // servers are gone (the checks fail). In this order the gateway passes through no
+    // state where a crashed backend fails checks while its agent still looks alive.
+    for (const c of sessions) c.stream.destroy();
+    await eventually(
+      () => crashed.every((id) => internals(g.lb).registry.get(id)?.agentLost === true),
+      10_000,
+      'every Last Will applied',
+    );
+    for (const s of doomed) await s.close();
+    await eventually(
+      () =>
+        crashed.every((id) => {
+          const b = internals(g.lb).registry.get(id);
+          return b?.agentLost === true && b.checkDown;
+        }),
+      10_000,
+      () => `crashed down and their agents lost (${JSON.stringify(g.snapshot().backends)})`,
+    );
+    expect(internals(g.lb).registry.panic).toBe(false);
+    expect(g.events.filter((e) => e.name === 'panic' && e.data['panic'] === true)).toEqual([]);
+    expect(
+      internals(g.lb)
+        .registry.eligible.map((b) => b.id)
+        .sort()
+        .join(),
+    ).toBe('live-1,live-2');
+    for (let i = 0; i < 40; i++) expect((await send(`${g.url}/`)).status).toBe(200);
   });
 });

@@ -147,6 +147,21 @@ export class Backend {
     );
   }
 
+  /**
+   * A discovered backend presumed gone: its agent is lost (Last Will) and the gateway's own
+   * signals fail it too (ejected, or failing active checks). It does not count as routable
+   * for panic, and panic does not route to it (registry.ts recompute): a crashed pod
+   * (agent and service together) is not a backend that is merely unhealthy. A
+   * configured backend is the operator's word and keeps the panic rules.
+   */
+  get presumedGone(): boolean {
+    return (
+      this.origin === 'discovery' &&
+      this.agentLost &&
+      (this.ejectedUntilMs !== undefined || this.checkDown)
+    );
+  }
+
   /** A health exclusion: panic mode may still route to it. */
   get unhealthy(): boolean {
     return this.ejectedUntilMs !== undefined || this.checkDown || this.verdictDown;

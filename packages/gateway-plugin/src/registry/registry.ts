@@ -12,7 +12,9 @@
  * - ejected, failing active checks, or agent verdict `down`: "unhealthy";
  * - panic (Envoy): when healthy backends are fewer than panicThresholdPercent
  *   of the routable ones, spread over every routable backend instead, because
- *   piling all traffic on the few left would take them down too.
+ *   piling all traffic on the few left would take them down too. A discovered
+ *   backend whose agent is lost and which the gateway's own signals fail too
+ *   (Backend.presumedGone) is neither routable nor picked in panic.
  */
 import type { Message, MetricsReport, StatusMessage } from '@loadwise/protocol';
 import type { Strategy } from '../strategies/types';
@@ -181,14 +183,17 @@ export class Registry {
     let routable = 0;
     let healthyCount = 0;
     for (const b of this.backends.values()) {
-      if (b.drainingOrOffline) continue;
+      // A discovered backend whose agent and service both failed (presumedGone) is not
+      // routable: 8 crashed of 10 put a gateway in panic and spread traffic over the dead
+      // addresses until their leases ended (145 backend errors, 11-16 × 503 per 200 requests).
+      if (b.drainingOrOffline || b.presumedGone) continue;
       routable++;
       if (!b.unhealthy) healthyCount++;
     }
     const panic = routable > 0 && (healthyCount / routable) * 100 < this.panicThresholdPercent;
     const next: Backend[] = [];
     for (const b of this.backends.values()) {
-      if (b.drainingOrOffline) continue;
+      if (b.drainingOrOffline || b.presumedGone) continue;
       if (panic || !b.unhealthy) next.push(b);
     }
     if (panic !== this.panicNow) {
