@@ -937,6 +937,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (this.leaseMarkMs !== undefined) this.advanceLease(nowMs, true);
     this.warnNeverHeard();
     this.forgetSilent();
+    this.decoder.sweep();
     if (this.queue.length > 0) this.drainQueue();
   }
 

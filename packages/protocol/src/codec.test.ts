@@ -1,4 +1,5 @@
 import { createDecoder, createEncoder, encodeMessage } from './codec';
+import { ReplayGuard, replayRetentionMs } from './replay';
 import { ProtocolError } from './errors';
 import type { MetricsReport } from './messages';
 import type { SigningKey } from './signing';
@@ -221,6 +222,37 @@ describe('replay protection', () => {
     c.advance(1_000);
     for (const m of [...captured, ...bReports])
       expect(dec.decode(...parts(m))).toMatchObject({ ok: false });
+  });
+
+  it('sweep() drops the states past their retention, and only those', () => {
+    // Refused or quickly forgotten ids kept their state until the same id was checked
+    // again or the bound was reached: 0.4-0.8 KB each for good.
+    let now = 1_000_000;
+    const guard = new ReplayGuard({
+      maxClockSkewMs: 30_000,
+      maxRetainedAgeMs: 60_000,
+      maxTrackedBackends: 100_000,
+      now: () => now,
+    });
+    const signed = { retained: false, signed: true };
+    const msg = (id: string) =>
+      ({
+        kind: 'status',
+        backendId: id,
+        ts: now,
+        epochMs: now - 5,
+        seq: 0,
+        state: 'online',
+      }) as never;
+    for (let i = 0; i < 50; i++) expect(guard.check(msg(`old${i}`), signed)).toBeUndefined();
+    now += 60_000;
+    expect(guard.check(msg('young'), signed)).toBeUndefined();
+    guard.sweep();
+    expect(guard.size).toBe(51);
+    now += replayRetentionMs({ maxClockSkewMs: 30_000, maxRetainedAgeMs: 60_000 }) - 60_000 + 1;
+    guard.sweep();
+    expect(guard.size).toBe(1);
+    expect(guard.currentEpoch('young')).toBeDefined();
   });
 
   it('at its bound, forgets the least recently heard backend by one step, not a scan of all', () => {

@@ -208,6 +208,8 @@ export interface Decoder {
    * its messages could pass the time rules again (ReplayGuard.forget).
    */
   forget(backendId: string): void;
+  /** Drops the replay state of every backend past its retention (ReplayGuard.sweep). */
+  sweep(): void;
 }
 
 /**
@@ -411,6 +413,7 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
   };
 
   return {
+    sweep: () => guard.sweep(),
     forget: (backendId) => {
       guard.forget(backendId);
       // Its copies are for nothing now: a gateway drops a forgotten backend's messages
