@@ -419,6 +419,8 @@ it("a SIGTERM while a reload's new worker still starts stops it at once: the por
     `loadwise workers: worker pid ${replacement} has not listened yet; stopping it (SIGKILL)`,
   );
   expect(lines.some((l) => l.includes('restart 1 listening'))).toBe(false);
+  // The old worker closes with the pool: "keeps serving" would not be true.
+  expect(lines.some((l) => l.includes('keeps serving'))).toBe(false);
   expect(alive(replacement)).toBe(false);
 }, 60_000);
 

@@ -220,7 +220,10 @@ describe('saying what is wrong', () => {
       expect(lines).toEqual([
         `warn attempt 1 of GET /x0 to dead (${dead}) failed: ECONNREFUSED; no backend left to try, answered LW_GW_NO_BACKEND`,
       ]);
-      // Nothing was retried: there was no other backend (it used to count five retries).
+      // Nothing was retried: there was no other backend (it used to count five retries, and
+      // spend five of the retry budget's).
+      const spent = (internals(gw.lb).budget as unknown as { retries: Float64Array }).retries;
+      expect(spent.reduce((a, b) => a + b, 0)).toBe(0);
       const text = await gw.lb.balancer.metricsRegistry.metrics();
       expect(text).not.toMatch(/^loadwise_retries_total\{[^}]*backend="dead"[^}]*\} [1-9]/m);
       expect(text).toMatch(/^loadwise_shed_total\{[^}]*reason="no-backend"[^}]*\} 5$/m);

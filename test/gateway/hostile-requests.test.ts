@@ -532,6 +532,17 @@ describe('Host', () => {
       );
       expect([r.responses.length, r.responses[0]?.status, r.closed]).toEqual([1, 400, true]);
       expect(r.responses[0]?.headers['x-loadwise-error']).toBe('LW_GW_BAD_REQUEST');
+      // An upgrade that is not a WebSocket's (h2c) is served as a request: refused the same,
+      // and said for its Host (the line named a body it did not have).
+      const h2c = await rawExchange(
+        gw.port,
+        `GET /api/h2 HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n`,
+        { guardMs: 5_000 },
+      );
+      expect(h2c.responses[0]?.headers['x-loadwise-error']).toBe('LW_GW_BAD_REQUEST');
+      expect(gw.warnings).toContainEqual(
+        expect.stringContaining('an upgrade to "h2c": Host is not a host name'),
+      );
       const upgrade = await rawExchange(
         gw.port,
         `GET /api/ws HTTP/1.1\r\nHost: ${host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,

@@ -137,6 +137,8 @@ export function invalidOption(name: string, expected: string, value: unknown): G
 export function shown(value: unknown): string {
   if (typeof value === 'function') return 'a function';
   if (typeof value === 'bigint') return `${value}n`.slice(0, 80);
+  // JSON says null for NaN and ±Infinity: `got null` for `intervalMs: NaN` misled.
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
   try {
     return String(JSON.stringify(value)).slice(0, 80);
   } catch {

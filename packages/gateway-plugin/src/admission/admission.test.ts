@@ -22,6 +22,18 @@ describe('RetryBudget (Finagle-style)', () => {
     expect(budget.tryRetry()).toBe(true);
   });
 
+  it('refund() gives back a retry that never happened', () => {
+    const budget = new RetryBudget(
+      { budgetRatio: 0, minRetriesPerSec: 1, budgetWindowMs: 2000 },
+      () => 0,
+    );
+    expect(budget.tryRetry()).toBe(true);
+    budget.refund();
+    expect(budget.tryRetry()).toBe(true);
+    expect(budget.tryRetry()).toBe(true);
+    expect(budget.tryRetry()).toBe(false);
+  });
+
   it('always allows the per-second floor', () => {
     const budget = new RetryBudget(
       { budgetRatio: 0, minRetriesPerSec: 1, budgetWindowMs: 2000 },

@@ -51,6 +51,15 @@ export class RetryBudget {
     return true;
   }
 
+  /**
+   * Gives back the retry tryRetry() just spent, in the same turn of the event loop: the
+   * retry found no backend to go to (every one tried, or saturated) and never happened.
+   */
+  refund(): void {
+    const slot = this.advance();
+    if (this.retries[slot]! > 0) this.retries[slot]! -= 1;
+  }
+
   /** Moves the ring to the current second, zeroing buckets that fell out of the window. */
   private advance(): number {
     const bucket = Math.floor(this.now() / BUCKET_MS);

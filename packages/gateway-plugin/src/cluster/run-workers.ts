@@ -592,6 +592,9 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         try {
           next = await startReplacement(slot);
         } catch (err) {
+          // The pool closes: close() stopped the replacement (it had not listened), and the
+          // old worker is closing too; "keeps serving" would not be true.
+          if (closing) throw new Error('the worker pool stopped during the reload');
           log(`reload stopped: ${(err as Error).message}; the old worker ${slot.id} keeps serving`);
           throw err;
         }

@@ -1291,16 +1291,23 @@ export class RequestFlow {
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         flow.retries++;
         const retry = this.dispatch(flow);
-        // Nothing to retry on (every backend tried, or closed meanwhile): dispatch answered
-        // 503. The line and the retry count used to say "retrying" all the same.
-        if (retry === 'failed') {
-          const code = c.closed ? 'LW_GW_CLOSED' : 'LW_GW_NO_BACKEND';
-          return logFailure(code, `; no backend left to try, answered ${code}`);
+        if (retry === 'started') {
+          logFailure('retrying', '; retrying');
+          return c.metrics.onRetry(backend.id);
         }
-        logFailure('retrying', '; retrying');
-        c.metrics.onRetry(backend.id);
-        if (retry === 'saturated') this.shedSaturated(flow);
-        return;
+        // No retry happened: every backend tried or closed meanwhile (dispatch answered
+        // 503), or those left are saturated (a retry does not queue). The line, the retry
+        // count and the budget all used to say it had.
+        c.budget?.refund();
+        if (retry === 'saturated') {
+          logFailure(
+            'LW_GW_SATURATED',
+            '; the backends left are saturated, answering LW_GW_SATURATED',
+          );
+          return this.shedSaturated(flow);
+        }
+        const code = c.closed ? 'LW_GW_CLOSED' : 'LW_GW_NO_BACKEND';
+        return logFailure(code, `; no backend left to try, answered ${code}`);
       }
       // A retryable request that could not reach a backend, when none is left to try or too
       // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +

@@ -95,7 +95,12 @@ export class UpgradeFlow {
   private ignoreUpgrade(req: IncomingMessage, socket: Socket): void {
     if (!this.serve || !this.servedAsRequest(req)) {
       const code = 'LW_GW_BAD_REQUEST';
-      const detail = `an upgrade to ${JSON.stringify(String(req.headers.upgrade).slice(0, 64))} on a ${String(req.method).slice(0, 16)} with a body: only WebSocket upgrades (GET) are proxied`;
+      // Refused by its framing checks (a bad Host, not HTTP/1.x) rather than for a body:
+      // said as such, where the body sentence named a body the request did not have.
+      const framing = checkFraming(req);
+      const detail = !framing.ok
+        ? `an upgrade to ${JSON.stringify(String(req.headers.upgrade).slice(0, 64))}: ${framing.detail}`
+        : `an upgrade to ${JSON.stringify(String(req.headers.upgrade).slice(0, 64))} on a ${String(req.method).slice(0, 16)} with a body: only WebSocket upgrades (GET) are proxied`;
       this.core.metrics.onRequestRejected(code);
       this.core.logLine(`upgrade-refused:${code}`, `upgrade refused (${code}): ${detail}`, {
         event: 'request-refused',
