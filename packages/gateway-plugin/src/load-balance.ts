@@ -45,8 +45,11 @@ export interface LoadBalancerMiddleware {
   ready(opts?: ReadyOptions): Promise<void>;
   /**
    * Graceful: refuses new requests (503 LW_GW_DRAINING), lets in-flight ones
-   * finish for up to `graceMs` (default 10 000), then releases everything:
-   * timers, broker connection (or embedded broker), sockets.
+   * finish for up to `graceMs` (default 10 000; `Infinity`: as long as they
+   * take), then releases everything: timers, broker connection (or embedded
+   * broker), sockets. A `graceMs` outside 0 to 2^31 - 1 (other than Infinity)
+   * rejects with LW_GW_INVALID_OPTION and closes nothing. A second call gets
+   * the first call's promise (its grace stands).
    */
   close(opts?: { graceMs?: number }): Promise<void>;
 }

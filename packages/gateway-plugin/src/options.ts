@@ -604,7 +604,10 @@ export type ResolvedOptions = InferOutput<typeof loadBalanceOptionsSchema>;
 
 /** `lb.ready()`'s options. */
 export interface ReadyOptions {
-  /** How long to wait for the broker (default 10 000 ms). */
+  /**
+   * How long to wait for the broker (default 10 000 ms; `Infinity`: no limit). Outside 0
+   * to 2^31 - 1 (other than Infinity), ready() rejects with LW_GW_INVALID_OPTION.
+   */
   timeoutMs?: number;
   /**
    * Reject with LW_GW_BROKER_UNREACHABLE when the broker is not connected
