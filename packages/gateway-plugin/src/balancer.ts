@@ -54,6 +54,8 @@ import { MqttSource } from './transport/mqtt-source';
 import { attachEventLog, redactUrl, writeLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
+/** The longest an evicted backend's address stays reserved for its id: the default lease. */
+const MAX_RESERVATION_MS = 600_000;
 /** How long close() waits, after cutting, for the cut requests' answers to go out. */
 const CUT_SETTLE_MS = 1000;
 /**
@@ -597,11 +599,6 @@ export class Balancer implements BalancerHandle, FlowHost {
     backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
     backend.signedBy = keyId;
     this.registry.applyMessage(backend, message, receivedAtMs);
-    // A discovered backend its agent took offline (a stop) has left: forgotten now when
-    // nothing runs on it, else by the sweep once idle, unless its agent is back by then.
-    // Kept for the lease (10 min), a rolling deploy with new ids filled maxBackends with
-    // departed entries and refused the next generation (40/40 × 503).
-    if (departed(backend) && idle(backend)) this.forget(backend, 'offline');
     if (this.queue.length > 0) this.drainQueue();
   }
 
@@ -622,10 +619,16 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (keyId === undefined)
       return this.drop('LW_GW_REGISTRATION_REJECTED', 'registration is not signed', id);
     const existing = this.registry.get(id);
+    // Another agent run than the one that admitted the entry: the replay guard has already
+    // refused an earlier run's messages while the admitting run is remembered, and a
+    // captured registration goes stale within the skew and retained-age bounds, so a run
+    // that gets here is a live one. Not only a newer epoch: a pod rescheduled onto a node
+    // whose clock is a few seconds behind starts a run with a smaller epochMs, was never
+    // allowed to move the id, and its reports renewed the dead entry for good.
     const newerRun =
       existing?.origin === 'discovery' &&
       existing.runEpochMs !== undefined &&
-      message.epochMs > existing.runEpochMs;
+      message.epochMs !== existing.runEpochMs;
     const reject = (why: string): void => {
       // A newer agent run of a known id that may not take it over (its address breaks a
       // rule) is another instance: its messages must not keep the entry alive, nor be read
@@ -682,6 +685,12 @@ export class Balancer implements BalancerHandle, FlowHost {
     const sameServer = this.registry.withOrigin(url.origin);
     if (sameServer && sameServer !== existing)
       return reject(`${url.origin} is the server of backend ${sameServer.id} already`);
+    // A departed backend evicted for its slot keeps its address for its id until its lease
+    // would have ended: another id's key could otherwise take a server whose agent is only
+    // restarting (its registration refused as "the server of backend evil already").
+    const reserved = this.reservedOrigins.get(url.origin);
+    if (reserved && reserved.id !== id && this.leaseNow(this.now()) < reserved.untilLeaseMs)
+      return reject(`${url.origin} is reserved for backend ${reserved.id}, which left lately`);
     if (existing) this.retire(existing, 'moved');
     else if (this.registry.discoveredCount >= d.maxBackends && !this.evictDeparted())
       return reject('discovery.maxBackends reached');
@@ -704,20 +713,30 @@ export class Balancer implements BalancerHandle, FlowHost {
     let oldest: Backend | undefined;
     for (const b of this.registry.backends.values()) {
       if (b.origin !== 'discovery' || !idle(b)) continue;
-      if (!b.agentLost && b.agentState !== 'offline') continue;
+      // Stopped by its agent (signed offline), or presumed gone (agent lost and failing
+      // checks): not a backend whose agent died while it still serves.
+      if (!departed(b) && !b.presumedGone) continue;
       if (!oldest || b.heardAtLeaseMs < oldest.heardAtLeaseMs) oldest = b;
     }
     if (!oldest) return false;
+    const after = this.options.discovery?.forgetAfterMs ?? MAX_RESERVATION_MS;
+    this.reservedOrigins.set(oldest.target.origin, {
+      id: oldest.id,
+      untilLeaseMs: oldest.heardAtLeaseMs + Math.min(after, MAX_RESERVATION_MS),
+    });
     this.forget(oldest, 'evicted');
     return true;
   }
+
+  /** Addresses of evicted backends, kept for their ids until their lease would have ended. */
+  private readonly reservedOrigins = new Map<string, { id: string; untilLeaseMs: number }>();
 
   /**
    * Takes a discovered backend out for good: not picked, checked or shown; its metric
    * series, rate bucket and remembered copies go (the replay guard keeps what it must,
    * ReplayGuard.forget). `recompute: false` leaves the eligible set to the caller.
    */
-  private forget(b: Backend, reason: 'silent' | 'offline' | 'evicted', recompute = true): void {
+  private forget(b: Backend, reason: 'silent' | 'evicted', recompute = true): void {
     this.retire(b, reason, recompute);
     this.traffic.forget(b.id);
     this.limiter.forget(b.id);
@@ -730,14 +749,15 @@ export class Balancer implements BalancerHandle, FlowHost {
    * WebSockets and streams it carries have ended (sweep), so a backend that moved or left
    * cuts none of them: they finish, or fail, on their own connections.
    */
-  private retire(
-    b: Backend,
-    reason: 'silent' | 'offline' | 'evicted' | 'moved',
-    recompute = true,
-  ): void {
+  private retire(b: Backend, reason: 'silent' | 'evicted' | 'moved', recompute = true): void {
     this.registry.remove(b, recompute);
     this.engine.unregister(b);
     this.checker?.unwatch(b);
+    // Out of the registry: the failures of the requests still on it (a moved backend's old
+    // address dying) no longer eject it, which emitted backend-ejected for the id's live
+    // entry with no backend-restored to follow.
+    b.retired = true;
+    b.clearEjection();
     if (idle(b)) b.close();
     else this.retired.add(b);
     const silentMs = this.leaseMs - b.heardAtLeaseMs;
@@ -998,15 +1018,15 @@ export class Balancer implements BalancerHandle, FlowHost {
     let removed = 0;
     for (const b of this.registry.backends.values()) {
       if (b.origin !== 'discovery' || !idle(b)) continue;
-      // Its agent said `offline` itself: it left (deregistered, onMessage), as soon as idle.
-      const left = departed(b);
-      if (!left && (after === undefined || this.leaseMs - b.heardAtLeaseMs < after)) continue;
+      if (after === undefined || this.leaseMs - b.heardAtLeaseMs < after) continue;
       // One recompute for the sweep, after the loop: one per backend forgotten cost
       // 0.9 s when 3,000 leases ended together.
-      this.forget(b, left ? 'offline' : 'silent', false);
+      this.forget(b, 'silent', false);
       removed++;
     }
     if (removed > 0) this.registry.recompute();
+    for (const [origin, r] of this.reservedOrigins)
+      if (this.leaseMs >= r.untilLeaseMs) this.reservedOrigins.delete(origin);
   }
 
   snapshot(): BalancerSnapshot {

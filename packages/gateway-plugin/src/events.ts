@@ -20,16 +20,16 @@ export interface BalancerEvents {
   'backend-added': [{ id: string; url: string }];
   /**
    * A discovered backend was taken out: `silent` (its agent sent nothing signed for
-   * discovery.forgetAfterMs), `offline` (its agent stopped: a signed offline), `evicted`
-   * (it had left, and maxBackends needed its slot) or `moved` (a newer agent run registered
-   * the id at another address: `backend-added` follows with it).
+   * discovery.forgetAfterMs), `evicted` (it had left: its agent stopped it, or its agent
+   * is lost and it fails its checks; maxBackends needed its slot) or `moved` (another
+   * agent run registered the id at another address: `backend-added` follows with it).
    */
   'backend-removed': [
     {
       id: string;
       url: string;
       silentMs: number;
-      reason: 'silent' | 'offline' | 'evicted' | 'moved';
+      reason: 'silent' | 'evicted' | 'moved';
     },
   ];
   /** The last report of a backend became older than its freshness limit. */

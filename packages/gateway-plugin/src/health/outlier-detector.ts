@@ -61,7 +61,8 @@ export class OutlierDetector {
   onFailure(backend: Backend): boolean {
     backend.failures++;
     backend.consecutiveFailures++;
-    if (backend.ejectedUntilMs !== undefined) return false;
+    // A copy taken out of the registry (its id moved): its id's live entry is another.
+    if (backend.retired || backend.ejectedUntilMs !== undefined) return false;
     if (backend.consecutiveFailures < this.config.consecutiveFailures) return false;
     if (!this.mayEject()) return false;
     this.eject(backend);

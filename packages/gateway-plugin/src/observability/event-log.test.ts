@@ -94,16 +94,16 @@ const CASES: {
       /b9 at http:\/\/10.0.0.9:3000\/ forgotten by discovery: nothing signed from its agent for 601 s/,
     ],
     [
-      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 500, reason: 'offline' },
+      { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 500, reason: 'evicted' },
       'info',
-      { backend: 'b9', reason: 'offline' },
-      /b9 at http:\/\/10.0.0.9:3000\/ forgotten by discovery: its agent stopped \(signed offline\)/,
+      { backend: 'b9', reason: 'evicted' },
+      /b9 at http:\/\/10.0.0.9:3000\/ forgotten by discovery: it had left, and discovery.maxBackends needed its slot/,
     ],
     [
       { id: 'b9', url: 'http://10.0.0.9:3000/', silentMs: 0, reason: 'moved' },
       'info',
       { backend: 'b9', reason: 'moved' },
-      /b9 at http:\/\/10.0.0.9:3000\/ replaced by discovery: a newer run of its agent registered it at another address/,
+      /b9 at http:\/\/10.0.0.9:3000\/ replaced by discovery: another run of its agent registered it at another address/,
     ],
   ],
   'metrics-stale': [

@@ -148,18 +148,27 @@ export class Backend {
   }
 
   /**
-   * A discovered backend presumed gone: its agent is lost (Last Will) and the gateway's own
-   * signals fail it too (ejected, or failing active checks). It does not count as routable
+   * A discovered backend presumed gone: its agent is lost (Last Will) and it fails the
+   * gateway's active checks too. It does not count as routable
    * for panic, and panic does not route to it (registry.ts recompute): a crashed pod
    * (agent and service together) is not a backend that is merely unhealthy. A
    * configured backend is the operator's word and keeps the panic rules.
    */
   get presumedGone(): boolean {
-    return (
-      this.origin === 'discovery' &&
-      this.agentLost &&
-      (this.ejectedUntilMs !== undefined || this.checkDown)
-    );
+    // Failing its active checks, not merely ejected: a Last Will says the agent died, not
+    // the service, and an ejection after a few 5xx of a backend whose checks pass took the
+    // only backend out of panic too (100 % 503 for the ejection's 30 s).
+    return this.origin === 'discovery' && this.agentLost && this.checkDown;
+  }
+
+  /** Taken out of the registry (moved, forgotten) while requests still ran on it. */
+  retired = false;
+
+  /** Ends an ejection without an event (a retired copy: balancer.ts retire). */
+  clearEjection(): void {
+    if (this.ejectionTimer) clearTimeout(this.ejectionTimer);
+    this.ejectionTimer = undefined;
+    this.ejectedUntilMs = undefined;
   }
 
   /** A health exclusion: panic mode may still route to it. */
