@@ -191,6 +191,45 @@ describe('an agent that stops (signed offline), and a full maxBackends', () => {
     }
   });
 
+  it('holds a departed address for a minute only, and not once its id is back elsewhere', async () => {
+    // A rolling deploy that reuses addresses: held for the whole 10-minute lease, a new id
+    // at a stopped one's address was refused, every request 503.
+    const r = rig({ maxBackends: 2, forgetAfterMs: 600_000 });
+    try {
+      const a = r.run('a');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.send(a.status('offline', { reason: 'agent stopped' }));
+      r.at(59_000);
+      r.send(r.run('d').registration('http://10.0.0.1:8080'));
+      expect(r.url('d')).toBeUndefined();
+      r.at(1_000);
+      const d = r.run('d');
+      r.send(d.registration('http://10.0.0.1:8080'));
+      expect(r.url('d')).toBe('http://10.0.0.1:8080/');
+      expect(r.removed).toEqual([['a', 'evicted']]);
+      // Evicted for its slot, b's address is held for b; b back at another address
+      // releases it at once (it was held for the reservation's whole life).
+      const b = r.run('b');
+      r.send(b.registration('http://10.0.0.2:8080'));
+      r.send(b.status('offline', { reason: 'agent stopped' }));
+      const e = r.run('e');
+      r.send(e.registration('http://10.0.0.5:8080'));
+      expect(r.removed).toEqual([
+        ['a', 'evicted'],
+        ['b', 'evicted'],
+      ]);
+      r.send(e.status('offline', { reason: 'agent stopped' }));
+      r.at(1_000);
+      r.send(r.run('b').registration('http://10.0.0.4:8080'));
+      expect(r.url('b')).toBe('http://10.0.0.4:8080/');
+      r.send(d.status('offline', { reason: 'agent stopped' }));
+      r.send(r.run('f').registration('http://10.0.0.2:8080'));
+      expect(r.url('f')).toBe('http://10.0.0.2:8080/');
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it('never evicts a backend whose agent died while it still serves, only one presumed gone', async () => {
     const r = rig({ maxBackends: 2 });
     try {

@@ -54,8 +54,12 @@ import { MqttSource } from './transport/mqtt-source';
 import { attachEventLog, redactUrl, writeLog } from './observability/event-log';
 
 const FRESHNESS_SWEEP_MS = 1000;
-/** The longest an evicted backend's address stays reserved for its id: the default lease. */
-const MAX_RESERVATION_MS = 600_000;
+/**
+ * How long a departed discovered backend (its agent stopped, or presumed gone) holds its
+ * address against other ids: three of the agent's 20 s registration renewals, time for
+ * its agent to restart in place.
+ */
+const DEPARTED_HOLD_MS = 60_000;
 /** How long close() waits, after cutting, for the cut requests' answers to go out. */
 const CUT_SETTLE_MS = 1000;
 /**
@@ -683,11 +687,17 @@ export class Balancer implements BalancerHandle, FlowHost {
     // was added, so a registration could take another backend's server. Looked up, not
     // scanned: a scan of every backend per registration cost 357 ms over 3,000.
     const sameServer = this.registry.withOrigin(url.origin);
-    if (sameServer && sameServer !== existing)
+    // A departed backend (its agent stopped, or presumed gone) holds its address against
+    // other ids for DEPARTED_HOLD_MS, long enough for its agent to restart: a key for
+    // another id could otherwise take a server whose agent was only restarting, and its
+    // new run was refused for good. After that the address goes to whoever registers it
+    // (a rolling deploy reusing addresses: held for the whole 10-minute lease, a new id at
+    // a reused address was refused, every request 503).
+    if (sameServer && sameServer !== existing && this.releasable(sameServer))
+      this.forget(sameServer, 'evicted');
+    else if (sameServer && sameServer !== existing)
       return reject(`${url.origin} is the server of backend ${sameServer.id} already`);
-    // A departed backend evicted for its slot keeps its address for its id until its lease
-    // would have ended: another id's key could otherwise take a server whose agent is only
-    // restarting (its registration refused as "the server of backend evil already").
+    // The same for the address of one evicted for its slot.
     const reserved = this.reservedOrigins.get(url.origin);
     if (reserved && reserved.id !== id && this.leaseNow(this.now()) < reserved.untilLeaseMs)
       return reject(`${url.origin} is reserved for backend ${reserved.id}, which left lately`);
@@ -701,7 +711,23 @@ export class Balancer implements BalancerHandle, FlowHost {
     this.registry.recomputeSoon();
     added.heardAtLeaseMs = this.leaseNow(this.now());
     added.runEpochMs = message.epochMs;
+    // Back (here or elsewhere): its old address is held for it no longer.
+    const held = this.reservedFor.get(id);
+    if (held !== undefined) {
+      this.reservedFor.delete(id);
+      if (this.reservedOrigins.get(held)?.id === id) this.reservedOrigins.delete(held);
+    }
     this.events.emit('backend-added', { id, url: url.href });
+  }
+
+  /** A departed discovered backend, idle, whose address it no longer holds against other ids. */
+  private releasable(b: Backend): boolean {
+    return (
+      b.origin === 'discovery' &&
+      idle(b) &&
+      (departed(b) || b.presumedGone) &&
+      this.leaseMs - b.heardAtLeaseMs >= DEPARTED_HOLD_MS
+    );
   }
 
   /**
@@ -719,17 +745,19 @@ export class Balancer implements BalancerHandle, FlowHost {
       if (!oldest || b.heardAtLeaseMs < oldest.heardAtLeaseMs) oldest = b;
     }
     if (!oldest) return false;
-    const after = this.options.discovery?.forgetAfterMs ?? MAX_RESERVATION_MS;
     this.reservedOrigins.set(oldest.target.origin, {
       id: oldest.id,
-      untilLeaseMs: oldest.heardAtLeaseMs + Math.min(after, MAX_RESERVATION_MS),
+      untilLeaseMs: oldest.heardAtLeaseMs + DEPARTED_HOLD_MS,
     });
+    this.reservedFor.set(oldest.id, oldest.target.origin);
     this.forget(oldest, 'evicted');
     return true;
   }
 
-  /** Addresses of evicted backends, kept for their ids until their lease would have ended. */
+  /** Addresses of evicted backends, held for their ids for DEPARTED_HOLD_MS (releasable). */
   private readonly reservedOrigins = new Map<string, { id: string; untilLeaseMs: number }>();
+  /** The address held for an evicted id: admitted again, it releases it. */
+  private readonly reservedFor = new Map<string, string>();
 
   /**
    * Takes a discovered backend out for good: not picked, checked or shown; its metric
@@ -1025,8 +1053,11 @@ export class Balancer implements BalancerHandle, FlowHost {
       removed++;
     }
     if (removed > 0) this.registry.recompute();
-    for (const [origin, r] of this.reservedOrigins)
-      if (this.leaseMs >= r.untilLeaseMs) this.reservedOrigins.delete(origin);
+    for (const [origin, r] of this.reservedOrigins) {
+      if (this.leaseMs < r.untilLeaseMs) continue;
+      this.reservedOrigins.delete(origin);
+      if (this.reservedFor.get(r.id) === origin) this.reservedFor.delete(r.id);
+    }
   }
 
   snapshot(): BalancerSnapshot {
