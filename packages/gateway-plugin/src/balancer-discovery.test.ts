@@ -48,7 +48,7 @@ function rig(discovery: Partial<NonNullable<LoadBalanceOptions['discovery']>> = 
 }
 
 describe('an id registered again at another address', () => {
-  it('moves with a newer agent run; the same or an older run never moves it', async () => {
+  it('moves with a newer agent run; the same run, or an older one while the newer is remembered, never moves it', async () => {
     const r = rig();
     try {
       const run1 = r.run('web-0');

@@ -629,15 +629,15 @@ export class Balancer implements BalancerHandle, FlowHost {
     // that gets here is a live one. Not only a newer epoch: a pod rescheduled onto a node
     // whose clock is a few seconds behind starts a run with a smaller epochMs, was never
     // allowed to move the id, and its reports renewed the dead entry for good.
-    const newerRun =
+    const otherRun =
       existing?.origin === 'discovery' &&
       existing.runEpochMs !== undefined &&
       message.epochMs !== existing.runEpochMs;
     const reject = (why: string): void => {
-      // A newer agent run of a known id that may not take it over (its address breaks a
+      // Another agent run of a known id that may not take it over (its address breaks a
       // rule) is another instance: its messages must not keep the entry alive, nor be read
-      // as the entry's (onMessage). An older or the same run marks nothing.
-      if (newerRun) existing.refusedEpochMs = message.epochMs;
+      // as the entry's (onMessage). The admitting run marks nothing.
+      if (otherRun) existing.refusedEpochMs = message.epochMs;
       this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
     };
     let url: URL;
@@ -658,10 +658,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (d.allowedPorts.length > 0 && !d.allowedPorts.includes(port))
       return reject(`port ${port} is not allowed`);
     if (existing && existing.target.href === url.href) {
-      // The agent's periodic registration renews a discovered backend's lease; a newer run
+      // The agent's periodic registration renews a discovered backend's lease; another run
       // at the same address (a restart in place) takes the entry over as it is.
       if (existing.origin === 'discovery') {
-        if (newerRun) {
+        if (otherRun) {
           existing.runEpochMs = message.epochMs;
           existing.refusedEpochMs = undefined;
         }
@@ -669,16 +669,16 @@ export class Balancer implements BalancerHandle, FlowHost {
       }
       return;
     }
-    // A known id at a new address. Only a newer agent run of a discovered backend may move
+    // A known id at a new address. Only another agent run of a discovered backend may move
     // it (a StatefulSet pod rescheduled: stable id, new IP): refusing it for good routed
     // every request to the dead address while the new run's messages renewed its lease
-    // (100 % 503 with one backend). The same or an older run may not (a replay, or a
-    // second agent for one id), nor may anything move a configured backend.
-    if (existing && !newerRun) {
+    // (100 % 503 with one backend). The admitting run may not (a confused or second agent
+    // sharing its run), nor may anything move a configured backend.
+    if (existing && !otherRun) {
       return reject(
         existing.origin === 'config'
           ? 'a configured backend cannot change its address'
-          : 'a known backend cannot change its address (only a newer agent run may move it)',
+          : 'a known backend cannot change its address (only another agent run may move it)',
       );
     }
     // Two ids for one server would split its load estimate into two halves that each look

@@ -85,12 +85,13 @@ export class Backend {
   heardAtLeaseMs = 0;
   /**
    * Discovery: the agent run (`epochMs`) whose signed registration admitted the backend at
-   * this address, or last renewed it there. A registration of a newer run at another
-   * address replaces the entry (balancer.ts onRegistration); an older run never moves it.
+   * this address, or last renewed it there. A registration of another run at another
+   * address replaces the entry (balancer.ts onRegistration); the admitting run never moves
+   * it, and the replay guard refuses an earlier run while the admitting one is remembered.
    */
   runEpochMs: number | undefined;
   /**
-   * Discovery: a newer agent run whose registration was refused (an address outside the
+   * Discovery: another agent run whose registration was refused (an address outside the
    * rules, another backend's server). Its messages describe some other instance: they
    * are neither applied to this entry nor renew its lease.
    */
