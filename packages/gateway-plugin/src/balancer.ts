@@ -745,6 +745,11 @@ export class Balancer implements BalancerHandle, FlowHost {
       if (!oldest || b.heardAtLeaseMs < oldest.heardAtLeaseMs) oldest = b;
     }
     if (!oldest) return false;
+    // An expired reservation of another id at this address, not yet swept: its id's entry
+    // goes with it (it stayed in reservedFor for good).
+    const prev = this.reservedOrigins.get(oldest.target.origin);
+    if (prev && this.reservedFor.get(prev.id) === oldest.target.origin)
+      this.reservedFor.delete(prev.id);
     this.reservedOrigins.set(oldest.target.origin, {
       id: oldest.id,
       untilLeaseMs: oldest.heardAtLeaseMs + DEPARTED_HOLD_MS,

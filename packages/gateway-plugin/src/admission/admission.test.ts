@@ -34,6 +34,20 @@ describe('RetryBudget (Finagle-style)', () => {
     expect(budget.tryRetry()).toBe(false);
   });
 
+  it('refund() gives the retry back to the second it was spent in', () => {
+    let nowMs = 10_999;
+    const budget = new RetryBudget(
+      { budgetRatio: 0, minRetriesPerSec: 0.5, budgetWindowMs: 2000 },
+      () => nowMs,
+    );
+    expect(budget.tryRetry()).toBe(true);
+    // The pick crossed into the next second before the retry found nothing to go to.
+    nowMs = 11_000;
+    budget.refund();
+    expect(budget.tryRetry()).toBe(true);
+    expect(budget.tryRetry()).toBe(false);
+  });
+
   it('always allows the per-second floor', () => {
     const budget = new RetryBudget(
       { budgetRatio: 0, minRetriesPerSec: 1, budgetWindowMs: 2000 },

@@ -48,16 +48,26 @@ export class RetryBudget {
     const allowed = this.config.minRetriesPerSec * windowSec + this.config.budgetRatio * requests;
     if (retries + 1 > allowed) return false;
     this.retries[slot]! += 1;
+    this.spentBucket = this.headBucket;
     return true;
   }
+
+  /** The second (bucket number) of the last retry spent: refund() gives it back there. */
+  private spentBucket = -1;
 
   /**
    * Gives back the retry tryRetry() just spent, in the same turn of the event loop: the
    * retry found no backend to go to (every one tried, or saturated) and never happened.
    */
   refund(): void {
-    const slot = this.advance();
+    // Where it was spent, not where the clock is now: the pick between may have crossed
+    // into the next second, whose bucket holds none of it.
+    this.advance();
+    const n = this.retries.length;
+    if (this.spentBucket < 0 || this.spentBucket <= this.headBucket - n) return;
+    const slot = this.spentBucket % n;
     if (this.retries[slot]! > 0) this.retries[slot]! -= 1;
+    this.spentBucket = -1;
   }
 
   /** Moves the ring to the current second, zeroing buckets that fell out of the window. */
