@@ -384,7 +384,11 @@ export class UpgradeFlow {
     attempt.tried.add(failed.endpoint);
     if (c.nothingLeftToTry(attempt.tried) || !(c.budget?.tryRetry() ?? false)) return false;
     const next = c.pickUpgrade(c.now(), attempt.hashKey, attempt.tried);
-    if (!next) return false;
+    if (!next) {
+      // No retry happened: the token goes back, as for a request (request-flow.ts onError).
+      c.budget?.refund();
+      return false;
+    }
     const errno = e.code ?? e.message;
     c.logLine(
       `upstream:${failed.id}:${errno}`,
