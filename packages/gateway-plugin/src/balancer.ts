@@ -591,9 +591,6 @@ export class Balancer implements BalancerHandle, FlowHost {
       return;
     }
     if (backend.refusedEpochMs !== undefined && message.epochMs === backend.refusedEpochMs) {
-      // Nor does it move the replay order past the run this entry is: that run's messages
-      // would be "replays" from now on, and the entry forgotten while its agent reports.
-      this.decoder.revert(message.backendId, message.epochMs);
       // A run whose registration was refused: another instance than the one at this
       // entry's address. Applied, its reports described a server that was not the one
       // routed to, and renewed the lease of a dead entry for good.
@@ -640,10 +637,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       // Another agent run of a known id that may not take it over (its address breaks a
       // rule) is another instance: its messages must not keep the entry alive, nor be read
       // as the entry's (onMessage). The admitting run marks nothing.
-      if (otherRun) {
-        existing.refusedEpochMs = message.epochMs;
-        this.decoder.revert(id, message.epochMs);
-      }
+      if (otherRun) existing.refusedEpochMs = message.epochMs;
       this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
     };
     let url: URL;

@@ -224,31 +224,6 @@ describe('replay protection', () => {
       expect(dec.decode(...parts(m))).toMatchObject({ ok: false });
   });
 
-  it('revert() puts the order back to the run before a refused one, and only that', () => {
-    const now = 1_000_000;
-    const guard = new ReplayGuard({
-      maxClockSkewMs: 30_000,
-      maxRetainedAgeMs: 60_000,
-      maxTrackedBackends: 100,
-      now: () => now,
-    });
-    const signed = { retained: false, signed: true };
-    const msg = (epochMs: number, seq: number) =>
-      ({ kind: 'status', backendId: 'b', ts: now, epochMs, seq, state: 'online' }) as never;
-    expect(guard.check(msg(100, 5), signed)).toBeUndefined();
-    expect(guard.check(msg(200, 0), signed)).toBeUndefined();
-    expect(guard.check(msg(100, 6), signed)).toBe('LW_PROTO_REPLAY');
-    guard.revert('b', 200);
-    expect(guard.currentEpoch('b')).toBe(100);
-    // The run before goes on; its earlier messages are still replays.
-    expect(guard.check(msg(100, 5), signed)).toBe('LW_PROTO_REPLAY');
-    expect(guard.check(msg(100, 6), signed)).toBeUndefined();
-    // Reverting another run, or twice, changes nothing.
-    guard.revert('b', 300);
-    guard.revert('b', 200);
-    expect(guard.currentEpoch('b')).toBe(100);
-  });
-
   it('sweep() drops the states past their retention, and only those', () => {
     // Refused or quickly forgotten ids kept their state until the same id was checked
     // again or the bound was reached: 0.4-0.8 KB each for good.

@@ -210,8 +210,6 @@ export interface Decoder {
   forget(backendId: string): void;
   /** Drops the replay state of every backend past its retention (ReplayGuard.sweep). */
   sweep(): void;
-  /** The reader refused agent run `epochMs` of `backendId`: its order state goes back (ReplayGuard.revert). */
-  revert(backendId: string, epochMs: number): void;
 }
 
 /**
@@ -416,7 +414,6 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
 
   return {
     sweep: () => guard.sweep(),
-    revert: (backendId, epochMs) => guard.revert(backendId, epochMs),
     forget: (backendId) => {
       guard.forget(backendId);
       // Its copies are for nothing now: a gateway drops a forgotten backend's messages

@@ -32,8 +32,6 @@ interface Last {
   epochMs: number;
   seq: number;
   seenAtMs: number;
-  /** The run before, while `epochMs` is one its reader may still refuse (revert). */
-  prev?: { epochMs: number; seq: number };
 }
 
 /**
@@ -132,7 +130,6 @@ export class ReplayGuard {
         message.epochMs > last.epochMs ||
         (message.epochMs === last.epochMs && message.seq > last.seq);
       if (!newer) return old;
-      if (message.epochMs !== last.epochMs) last.prev = { epochMs: last.epochMs, seq: last.seq };
       last.epochMs = message.epochMs;
       last.seq = message.seq;
       last.seenAtMs = now;
@@ -145,22 +142,6 @@ export class ReplayGuard {
     if (this.last.size >= this.opts.maxTrackedBackends) this.evict(now);
     this.last.set(message.backendId, { epochMs: message.epochMs, seq: message.seq, seenAtMs: now });
     return undefined;
-  }
-
-  /**
-   * The reader refused the agent run `epochMs` of `backendId` (a gateway refused its
-   * registration: another instance than the one it routes to): back to the run before, so
-   * that run's messages are not replays of a run nobody accepted. A second agent for one id
-   * whose registration was refused made every message of the admitted one a "replay", and
-   * the healthy backend was forgotten when its lease ended. The refused run's messages are
-   * accepted by the order rules again each time, and refused by the reader each time.
-   */
-  revert(backendId: string, epochMs: number): void {
-    const last = this.last.get(backendId);
-    if (!last || last.epochMs !== epochMs || !last.prev) return;
-    last.epochMs = last.prev.epochMs;
-    last.seq = last.prev.seq;
-    last.prev = undefined;
   }
 
   /** The agent run (epoch) last heard for `backendId`, while remembered. */
