@@ -64,6 +64,27 @@ function agentProcess(id: string, url: string, brokerUrl: string, prefix: string
   return p;
 }
 
+/** The agent library advertising `url` for backend `id`, started; stopped after the test. */
+async function libraryAgent(
+  id: string,
+  url: string,
+  brokerUrl: string,
+  prefix: string,
+): Promise<Agent> {
+  const a = createAgent({
+    backendId: id,
+    broker: { url: brokerUrl },
+    prefix,
+    signingKey: key,
+    advertiseUrl: url,
+    intervalMs: 200,
+    cgroup: false,
+  });
+  agents.push(a);
+  await a.start();
+  return a;
+}
+
 /** The events the gateway has emitted about `id` of kind `name`. */
 function eventsOf(g: TestGateway, name: string, id: string): Record<string, unknown>[] {
   return g.events
@@ -146,18 +167,7 @@ describe('a rolling deploy with new ids each generation', () => {
       const genAgents: Agent[] = [];
       for (const id of ids) {
         const s = await backend(id);
-        const a = createAgent({
-          backendId: id,
-          broker: { url: brokerUrl },
-          prefix,
-          signingKey: key,
-          advertiseUrl: s.url,
-          intervalMs: 200,
-          cgroup: false,
-        });
-        agents.push(a);
-        genAgents.push(a);
-        await a.start();
+        genAgents.push(await libraryAgent(id, s.url, brokerUrl, prefix));
       }
       // Each registration judged: added, or refused.
       await eventually(
@@ -231,17 +241,7 @@ describe('crashed discovered backends', () => {
     // Two live pods, with agents.
     for (const id of ['live-1', 'live-2']) {
       const s = await backend(id);
-      const a = createAgent({
-        backendId: id,
-        broker: { url: brokerUrl },
-        prefix,
-        signingKey: key,
-        advertiseUrl: s.url,
-        intervalMs: 200,
-        cgroup: false,
-      });
-      agents.push(a);
-      await a.start();
+      await libraryAgent(id, s.url, brokerUrl, prefix);
     }
     // Eight pods that crash whole: each an agent's MQTT session with its signed Last Will,
     // registering a server that then goes away; the sessions break without DISCONNECT.

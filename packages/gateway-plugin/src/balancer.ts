@@ -713,10 +713,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     added.runEpochMs = message.epochMs;
     // Back (here or elsewhere): its old address is held for it no longer.
     const held = this.reservedFor.get(id);
-    if (held !== undefined) {
-      this.reservedFor.delete(id);
-      if (this.reservedOrigins.get(held)?.id === id) this.reservedOrigins.delete(held);
-    }
+    if (held !== undefined) this.unreserve(held);
     this.events.emit('backend-added', { id, url: url.href });
   }
 
@@ -745,11 +742,9 @@ export class Balancer implements BalancerHandle, FlowHost {
       if (!oldest || b.heardAtLeaseMs < oldest.heardAtLeaseMs) oldest = b;
     }
     if (!oldest) return false;
-    // An expired reservation of another id at this address, not yet swept: its id's entry
-    // goes with it (it stayed in reservedFor for good).
-    const prev = this.reservedOrigins.get(oldest.target.origin);
-    if (prev && this.reservedFor.get(prev.id) === oldest.target.origin)
-      this.reservedFor.delete(prev.id);
+    // An expired reservation of another id at this address, not yet swept, goes first with
+    // its id's entry (left in reservedFor, it stayed for good).
+    this.unreserve(oldest.target.origin);
     this.reservedOrigins.set(oldest.target.origin, {
       id: oldest.id,
       untilLeaseMs: oldest.heardAtLeaseMs + DEPARTED_HOLD_MS,
@@ -763,6 +758,14 @@ export class Balancer implements BalancerHandle, FlowHost {
   private readonly reservedOrigins = new Map<string, { id: string; untilLeaseMs: number }>();
   /** The address held for an evicted id: admitted again, it releases it. */
   private readonly reservedFor = new Map<string, string>();
+
+  /** Ends the reservation of `origin`, in both maps. */
+  private unreserve(origin: string): void {
+    const r = this.reservedOrigins.get(origin);
+    if (r === undefined) return;
+    this.reservedOrigins.delete(origin);
+    if (this.reservedFor.get(r.id) === origin) this.reservedFor.delete(r.id);
+  }
 
   /**
    * Takes a discovered backend out for good: not picked, checked or shown; its metric
@@ -1058,11 +1061,8 @@ export class Balancer implements BalancerHandle, FlowHost {
       removed++;
     }
     if (removed > 0) this.registry.recompute();
-    for (const [origin, r] of this.reservedOrigins) {
-      if (this.leaseMs < r.untilLeaseMs) continue;
-      this.reservedOrigins.delete(origin);
-      if (this.reservedFor.get(r.id) === origin) this.reservedFor.delete(r.id);
-    }
+    for (const [origin, r] of this.reservedOrigins)
+      if (this.leaseMs >= r.untilLeaseMs) this.unreserve(origin);
   }
 
   snapshot(): BalancerSnapshot {
