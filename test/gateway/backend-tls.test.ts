@@ -9,6 +9,7 @@
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { createSecureServer } from 'node:http2';
 import { createServer as createHttpsServer, type ServerOptions } from 'node:https';
 import { createServer as createNetServer, type Socket } from 'node:net';
 import os from 'node:os';
@@ -87,6 +88,40 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
   const gateway = (url: string, backendTls?: BackendTlsOptions, more = {}) =>
     startLocalGateway({ backends: [{ id: 'b', url }], backendTls, ...more });
 
+  /** Accepts TCP connections and never answers a ClientHello: a hung TLS terminator. */
+  async function stalledTls(): Promise<TestServer & { held: Socket[] }> {
+    const held: Socket[] = [];
+    const mute = createNetServer((s) => {
+      held.push(s);
+      s.on('error', () => {});
+    });
+    const s = await listen(mute as unknown as Server);
+    return {
+      ...s,
+      held,
+      close: async () => {
+        for (const c of held) c.destroy();
+        await s.close();
+      },
+    };
+  }
+
+  /** Round robin over the stalled server (`stalled`) and a good backend (`b`), connect timeout 200 ms. */
+  async function besideStalled(port: number, requestTimeoutMs: number): Promise<TestGateway> {
+    const b = await backend('ip');
+    return startLocalGateway({
+      backends: [
+        { id: 'stalled', url: `https://127.0.0.1:${port}` },
+        { id: 'b', url: b.url },
+      ],
+      backendTls: { ca },
+      strategy: 'round-robin',
+      connectTimeoutMs: 200,
+      requestTimeoutMs,
+      outlier: { consecutiveFailures: 100 },
+    });
+  }
+
   beforeAll(() => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'lw-backend-tls-'));
     pki = createPki(dir);
@@ -129,17 +164,76 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
     expect(b.handshakes.every((sni) => sni === false)).toBe(true);
   });
 
-  /** A POST, never retried: the attempt's own failure is the answer (a GET would get 503). */
+  /** A POST: retried only when nothing of it can have reached the backend. */
   const post = (url: string, headers: Record<string, string> = {}) =>
     send(`${url}/`, { method: 'POST', body: 'x', headers });
 
-  it('refuses a backend whose certificate it cannot verify (no ca): 502, counted', async () => {
+  it('refuses a backend whose certificate it cannot verify (no ca): 503 with no other, counted', async () => {
     const b = await backend('ip');
     gw = await gateway(b.url);
+    // The handshake failed, so nothing was sent: as for a refused connection, "no backend
+    // could be reached" (503 + Retry-After), for a POST as for a GET.
     const r = await post(gw.url);
-    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
     expect(gw.backend('b').failuresTotal).toBeGreaterThan(0);
     expect(b.agents).toEqual([]);
+  });
+
+  it('sends a POST whose backend failed the certificate check to another backend', async () => {
+    // A certificate for backend.internal, the backend addressed by IP and no servername:
+    // refused in the handshake, before a byte of the request. Before, a POST got 502
+    // (maybe sent) every other request until the backend was ejected.
+    const refused = await backend('dns');
+    const good = await backend('ip');
+    gw = await startLocalGateway({
+      backends: [
+        { id: 'refused', url: refused.url },
+        { id: 'good', url: good.url },
+      ],
+      backendTls: { ca },
+      strategy: 'round-robin',
+      outlier: { consecutiveFailures: 100 },
+    });
+    for (let i = 0; i < 4; i++) {
+      const r = await post(gw.url);
+      expect([i, r.status, r.headers['x-loadwise-error']]).toEqual([i, 200, undefined]);
+    }
+    expect(refused.agents).toEqual([]);
+    expect(good.agents).toHaveLength(4);
+    expect(gw.backend('refused').failuresTotal).toBeGreaterThanOrEqual(1);
+  });
+
+  it('offers HTTP/1.1 alone by ALPN: a backend serving only HTTP/2 is refused in the handshake and skipped', async () => {
+    const h2 = createSecureServer({ cert: pki.read('ip.pem'), key: pki.read('ip.key') });
+    let streams = 0;
+    h2.on('stream', (stream) => {
+      streams++;
+      stream.respond({ ':status': 200 });
+      stream.end('h2');
+    });
+    const only2 = await listen(h2 as unknown as Server);
+    try {
+      const good = await backend('ip');
+      gw = await startLocalGateway({
+        backends: [
+          { id: 'h2', url: `https://127.0.0.1:${only2.port}` },
+          { id: 'good', url: good.url },
+        ],
+        backendTls: { ca },
+        strategy: 'round-robin',
+        outlier: { consecutiveFailures: 100 },
+      });
+      // Offered no protocol, Node's HTTP/2 server answered each request with an HTTP/1
+      // 403 ("Missing ALPN Protocol"), which the gateway relayed as the backend's answer.
+      for (const method of ['GET', 'POST', 'GET', 'POST']) {
+        const r = await send(`${gw.url}/`, { method, body: method === 'POST' ? 'x' : undefined });
+        expect([method, r.status, r.headers['x-loadwise-error']]).toEqual([method, 200, undefined]);
+      }
+      expect(streams).toBe(0);
+      expect(good.agents).toHaveLength(4);
+    } finally {
+      await only2.close();
+    }
   });
 
   it('connects unverified with rejectUnauthorized: false, whatever http-proxy asks per request', async () => {
@@ -158,6 +252,8 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
     expect(b.handshakes).toHaveLength(1);
     await gw.close();
 
+    // TLS 1.3: the backend refuses the missing certificate after the gateway's side of the
+    // handshake is done, when the request may be on its way: a POST is not sent again.
     gw = await gateway(b.url, { ca });
     const r = await post(gw.url);
     expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
@@ -175,7 +271,8 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
     // Without it the certificate, which names no IP, is verified against the IP and refused.
     gw = await gateway(b.url, { ca });
     const r = await post(gw.url, { host: 'backend.internal' });
-    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
+    expect(b.agents).toHaveLength(3);
   });
 
   it('runs the active health checks with the same trust and name', async () => {
@@ -212,26 +309,9 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
   });
 
   it('counts a TLS handshake that stalls as a connect timeout, retried on another backend', async () => {
-    // Accepts the TCP connection and never answers the ClientHello: a hung TLS terminator.
-    const held: Socket[] = [];
-    const mute = createNetServer((s) => {
-      held.push(s);
-      s.on('error', () => {});
-    });
-    const stalled = await listen(mute as unknown as Server);
+    const stalled = await stalledTls();
     try {
-      const b = await backend('ip');
-      gw = await startLocalGateway({
-        backends: [
-          { id: 'stalled', url: `https://127.0.0.1:${stalled.port}` },
-          { id: 'b', url: b.url },
-        ],
-        backendTls: { ca },
-        strategy: 'round-robin',
-        connectTimeoutMs: 200,
-        requestTimeoutMs: 20_000,
-        outlier: { consecutiveFailures: 100 },
-      });
+      gw = await besideStalled(stalled.port, 20_000);
       // Before: the connect timer stopped at the TCP connect, and the request waited
       // requestTimeoutMs for a 504 that was never retried.
       for (const p of ['/a', '/b']) {
@@ -244,7 +324,26 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
         /^loadwise_retries_total\{backend="stalled"\} [1-9]/m,
       );
     } finally {
-      for (const s of held) s.destroy();
+      await stalled.close();
+    }
+  });
+
+  it('times the connection of a WebSocket upgrade too: a stalled handshake is retried on another backend', async () => {
+    const stalled = await stalledTls();
+    try {
+      gw = await besideStalled(stalled.port, 10_000);
+      // Before: only requestTimeoutMs ran, and the upgrade picked for the stalled backend
+      // got 504 after it, never retried.
+      const startedMs = Date.now();
+      for (let i = 0; i < 2; i++)
+        expect(await wsExchange(`ws://127.0.0.1:${gw.port}/`)).toEqual({ echo: 'echo ping' });
+      expect(Date.now() - startedMs).toBeLessThan(10_000);
+      expect(stalled.held.length).toBeGreaterThanOrEqual(1);
+      expect(gw.backend('stalled').failuresTotal).toBeGreaterThanOrEqual(1);
+      expect(await gw.lb.balancer.metricsRegistry.metrics()).toMatch(
+        /^loadwise_retries_total\{backend="stalled"\} [1-9]/m,
+      );
+    } finally {
       await stalled.close();
     }
   });

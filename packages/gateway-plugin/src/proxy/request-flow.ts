@@ -60,7 +60,6 @@ import {
   codedError,
   isBadAnswer,
   isInvalidRequestError,
-  neverSent,
   UNASKED_UPGRADE_CODE,
 } from './upstream-errors';
 
@@ -109,6 +108,8 @@ interface Flow {
   client: string | undefined;
   tried: Set<Endpoint> | undefined;
   retries: number;
+  /** It went again after a pooled connection the backend had closed (staleConnection): once. */
+  staleRetried: boolean;
   hashKey: string | undefined;
   newCookie: string | undefined;
   reason: string | undefined;
@@ -325,6 +326,7 @@ function newFlow(
     client,
     tried: undefined,
     retries: 0,
+    staleRetried: false,
     hashKey: undefined,
     newCookie: undefined,
     reason: undefined,
@@ -1238,6 +1240,7 @@ export class RequestFlow {
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
+    const stale = this.staleConnection(flow, err);
     // Silence once a streamed answer (no Content-Length: an event stream, a long poll
     // between events) is the client's is an idle stream's as often as a hung backend's:
     // cut, counted, but not held against the backend, as nginx's max_fails does not count
@@ -1247,7 +1250,7 @@ export class RequestFlow {
       kind === 'timeout' &&
       flow.res.headersSent &&
       answered?.headers['content-length'] === undefined;
-    if (!quietStream) c.outlier.onFailure(backend);
+    if (!quietStream && !stale) c.outlier.onFailure(backend);
     // An answer Node could not parse may be the middle of one that belongs to another
     // request: that backend's connections are retired, as for stray bytes (pool-agent.ts).
     if (isBadAnswer(err)) retirePool(backend.agent);
@@ -1271,6 +1274,18 @@ export class RequestFlow {
       logFailure('cut', ' mid-response; connection cut');
       return void res2.destroy();
     }
+    if (stale) {
+      flow.staleRetried = true;
+      // To another backend if there is one: a backend that crashed resets every request
+      // it had on its pooled connections too. To the same one when it is the only one.
+      flow.tried ??= new Set();
+      flow.tried.add(backend.endpoint);
+      if (c.nothingLeftToTry(flow.tried)) flow.tried.delete(backend.endpoint);
+      logFailure('retrying', ' on a pooled connection, before any answer; sending it again');
+      c.metrics.onRetry(backend.id);
+      if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
+      return;
+    }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       flow.tried ??= new Set();
       flow.tried.add(backend.endpoint);
@@ -1279,15 +1294,15 @@ export class RequestFlow {
       // come back later" (503), which a retry on the same set would then have answered.
       const badAnswer = isBadAnswer(err);
       const noneLeft = c.nothingLeftToTry(flow.tried);
-      // Only on proof of a connection that was never made: given one still connecting,
-      // which never connected. A pooled one carried bytes before, and so does one Node's
-      // agent hands a queued request as the previous answer ends (it sets no reusedSocket);
-      // an unreachable host reported on a made one may come after the request went out.
+      // Only on proof that not a byte reached the backend, whatever the error: the attempt
+      // was given a connection still being made, which never connected (TLS: never finished
+      // its handshake; Node writes the request only after it). nginx and Envoy then try the
+      // next backend for any method. A certificate refused used to count as maybe sent: a
+      // POST to a backend with an expired one got 502. A pooled connection carried bytes
+      // before, and so does one Node's agent hands a queued request as the previous answer
+      // ends (it sets no reusedSocket).
       const attempt = flow.proxyReq as AttemptRequest | undefined;
-      const notSent =
-        neverSent(err as Error & { code?: string }) &&
-        attempt?.[FRESH] === true &&
-        attempt[CONNECTED] !== true;
+      const notSent = attempt?.[FRESH] === true && attempt[CONNECTED] !== true;
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         flow.retries++;
         const retry = this.dispatch(flow);
@@ -1401,6 +1416,27 @@ export class RequestFlow {
     if (r === undefined) return false;
     if (!notSent && !r.methods.includes(flow.req.method ?? 'GET')) return false;
     return flow.framing === 'none' || flow.body.kind === 'buffered';
+  }
+
+  /**
+   * A pooled connection the backend closed as it was handed this request (the idle-close
+   * race: its keep-alive timeout ran out as the gateway reused it; Go, HAProxy and nginx
+   * backends close idle connections without a Keep-Alive hint to say when): reset before
+   * any answer, most likely before the backend read a byte. A request that may go again
+   * (retryable) goes again once, without charging the backend (its failure is counted, not
+   * held against it) or the retry budget, as nginx gives a failure on a cached connection
+   * an extra try and Node's docs advise retrying on `reusedSocket`. It got 503 with one
+   * backend (16 of 120 GETs 300 ms apart to a backend closing connections idle for
+   * 300 ms), each one counted towards ejecting a healthy backend. A backend that crashed
+   * with requests on its pooled connections looks the same; its refused connections are
+   * what charge it then.
+   */
+  private staleConnection(flow: Flow, err: Error): boolean {
+    const code = (err as { code?: string }).code;
+    if (code !== 'ECONNRESET' && code !== 'EPIPE') return false;
+    if (flow.staleRetried || flow.responded || flow.proxyReq?.reusedSocket !== true) return false;
+    if (flow.res.headersSent || flow.res.destroyed || flow.req.socket.destroyed) return false;
+    return this.retryable(flow);
   }
 
   private mayRetry(flow: Flow, notSent: boolean): boolean {

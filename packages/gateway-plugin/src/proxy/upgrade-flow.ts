@@ -33,6 +33,7 @@
  */
 import { STATUS_CODES, ServerResponse, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import type { Backend } from '../registry/backend';
 import { ERROR_CODE_HEADER } from '../error-response';
@@ -45,6 +46,7 @@ import { checkFraming, checkPath, refusedMethod } from './request-checks';
 import { namedByConnection } from './response-head';
 import type { Endpoint } from '../strategies/types';
 import {
+  CONNECT_TIMEOUT_CODE,
   TIMEOUT_CODE,
   classify,
   codedError,
@@ -208,7 +210,16 @@ export class UpgradeFlow {
     c.loops.mark(req.headers, via, backend.id);
     this.upgrades.set(req, backend);
     this.sockets.set(req, socket);
-    this.attempts.set(req, { via, hashKey, tried: undefined, retries: 0, stopReading: undefined });
+    this.attempts.set(req, {
+      via,
+      hashKey,
+      tried: undefined,
+      retries: 0,
+      stopReading: undefined,
+      proxyReq: undefined,
+      responded: false,
+      staleRetried: false,
+    });
     this.open.add(socket);
     // Counted on the backend too: discovery does not forget a backend with one open.
     backend.openUpgrades++;
@@ -259,16 +270,42 @@ export class UpgradeFlow {
       },
     );
     const attempt = this.attempts.get(req);
-    if (attempt) attempt.stopReading = stopReading;
+    if (attempt) {
+      attempt.stopReading = stopReading;
+      attempt.proxyReq = proxyReq;
+      attempt.responded = false;
+    }
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
     // must; else 504, the backend's failure.
     const timer = setTimeout(() => {
       if (this.upgraded.has(req) || proxyReq.destroyed) return;
       proxyReq.destroy(codedError('no answer to the upgrade in time', TIMEOUT_CODE));
     }, this.core.options.requestTimeoutMs);
-    const settled = (): void => clearTimeout(timer);
+    // And its connection (TLS: with its handshake) within connectTimeoutMs, as a request's
+    // (request-flow.ts onProxyReq): a connect failure, so another backend is tried. An
+    // upgrade to a TLS backend that never answered the ClientHello waited out
+    // requestTimeoutMs (30 s by default) for a 504 that no retry followed. http-proxy hands
+    // an upgrade's request over before its socket (ws-incoming.js).
+    let connectTimer: NodeJS.Timeout | undefined;
+    const connecting = (s: Socket): void => {
+      if (!s.connecting) return;
+      connectTimer = setTimeout(() => {
+        if (!proxyReq.destroyed)
+          proxyReq.destroy(codedError('no connection in time', CONNECT_TIMEOUT_CODE));
+      }, this.core.options.connectTimeoutMs);
+      s.once(s instanceof TLSSocket ? 'secureConnect' : 'connect', () =>
+        clearTimeout(connectTimer),
+      );
+    };
+    if (proxyReq.socket) connecting(proxyReq.socket);
+    else proxyReq.once('socket', connecting);
+    const settled = (): void => {
+      clearTimeout(timer);
+      clearTimeout(connectTimer);
+    };
     proxyReq.once('response', (res: IncomingMessage) => {
       settled();
+      if (attempt) attempt.responded = true;
       stopReading(false);
       // Node's agent then closes the socket when this non-101 answer ends, instead of
       // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
@@ -348,16 +385,18 @@ export class UpgradeFlow {
       return;
     }
     const backend = this.upgrades.get(req);
+    const stale = !('setHeader' in res) && this.staleConnection(err, req, res);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
       // Not after the 101: an error on an open tunnel is a close race (the backend ended
       // its side while the client still sent: EPIPE), which any client can provoke with a
       // frame the backend refuses; five in a row ejected a healthy backend.
-      if (!this.upgraded.has(req)) this.core.outlier.onFailure(backend);
+      if (!this.upgraded.has(req) && !stale) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
+    if (backend && stale && this.retriedStale(err, req, res, backend)) return;
     if (backend && this.retried(err, req, res, backend)) return;
-    const timedOut = (err as { code?: string }).code === TIMEOUT_CODE;
+    const timedOut = classify(err as Error & { code?: string }) === 'timeout';
     if (!this.upgraded.has(req) && res.writable) {
       if (timedOut) refuse(res, 504, 'LW_GW_UPSTREAM_TIMEOUT');
       else refuse(res, 502, 'LW_GW_UPSTREAM_FAILED');
@@ -375,11 +414,9 @@ export class UpgradeFlow {
     const c = this.core;
     const attempt = this.attempts.get(req);
     const e = err as Error & { code?: string };
-    if (!attempt || this.upgraded.has(req) || classify(e) !== 'connect' || isBadAnswer(e))
-      return false;
-    const r = c.options.retry;
-    if (!r || !r.methods.includes('GET') || attempt.retries >= r.maxRetries) return false;
-    if (socket.destroyed || !socket.writable || c.closed || c.draining) return false;
+    const connectFailed = classify(e) === 'connect' || e.code === CONNECT_TIMEOUT_CODE;
+    if (!attempt || this.upgraded.has(req) || !connectFailed || isBadAnswer(e)) return false;
+    if (!this.mayGoAgain(attempt, socket)) return false;
     attempt.tried ??= new Set();
     attempt.tried.add(failed.endpoint);
     if (c.nothingLeftToTry(attempt.tried) || !(c.budget?.tryRetry() ?? false)) return false;
@@ -390,22 +427,74 @@ export class UpgradeFlow {
       return false;
     }
     const errno = e.code ?? e.message;
+    attempt.retries++;
+    this.sendAgain(req, socket, attempt, failed, next, errno);
+    return true;
+  }
+
+  /** `retry` allows an upgrade (a GET) to go again, and its client is still there. */
+  private mayGoAgain(attempt: UpgradeAttempt, socket: Socket): boolean {
+    const c = this.core;
+    const r = c.options.retry;
+    if (!r || !r.methods.includes('GET') || attempt.retries >= r.maxRetries) return false;
+    return !(socket.destroyed || !socket.writable || c.closed || c.draining);
+  }
+
+  /**
+   * A pooled connection the backend closed as it was handed this upgrade (the idle-close
+   * race; request-flow.ts staleConnection): reset before any answer. It goes again once,
+   * without charging the backend or the retry budget, to another backend if there is one,
+   * else to the same. Charged and not retried, a healthy lone backend answered 502.
+   */
+  private staleConnection(err: Error, req: IncomingMessage, socket: Socket): boolean {
+    const attempt = this.attempts.get(req);
+    const code = (err as { code?: string }).code;
+    if (!attempt || this.upgraded.has(req) || attempt.responded || attempt.staleRetried)
+      return false;
+    if ((code !== 'ECONNRESET' && code !== 'EPIPE') || attempt.proxyReq?.reusedSocket !== true)
+      return false;
+    return this.mayGoAgain(attempt, socket);
+  }
+
+  private retriedStale(err: Error, req: IncomingMessage, socket: Socket, failed: Backend): boolean {
+    const c = this.core;
+    const attempt = this.attempts.get(req)!;
+    attempt.staleRetried = true;
+    attempt.tried ??= new Set();
+    attempt.tried.add(failed.endpoint);
+    if (c.nothingLeftToTry(attempt.tried)) attempt.tried.delete(failed.endpoint);
+    const next = c.pickUpgrade(c.now(), attempt.hashKey, attempt.tried);
+    if (!next) return false;
+    const errno = `${(err as { code?: string }).code} on a pooled connection, before any answer`;
+    this.sendAgain(req, socket, attempt, failed, next, errno);
+    return true;
+  }
+
+  private sendAgain(
+    req: IncomingMessage,
+    socket: Socket,
+    attempt: UpgradeAttempt,
+    failed: Backend,
+    next: Backend,
+    errno: string,
+  ): void {
+    const c = this.core;
+    const attemptNo = attempt.retries + (attempt.staleRetried ? 1 : 0);
     c.logLine(
       `upstream:${failed.id}:${errno}`,
-      `attempt ${attempt.retries + 1} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}; retrying`,
+      `attempt ${attemptNo} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}; retrying`,
       {
         event: 'upstream-failed',
         backend: failed.id,
         url: failed.target.href,
         error: errno,
-        attempt: attempt.retries + 1,
+        attempt: attemptNo,
         method: req.method,
         path: req.url,
         outcome: 'retrying',
       },
     );
     c.metrics.onRetry(failed.id);
-    attempt.retries++;
     // What the client sent so far, the head included, goes back in front of the socket
     // for the next attempt, which is therefore handed an empty head.
     attempt.stopReading?.(true);
@@ -427,7 +516,6 @@ export class UpgradeFlow {
       if (socket.end === skipEnd) delete (socket as { end?: unknown }).end;
     });
     c.engine.upgrade(next, req, socket, Buffer.alloc(0));
-    return true;
   }
 
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */
@@ -445,6 +533,11 @@ interface UpgradeAttempt {
   retries: number;
   /** Ends the current attempt's reading of the client socket (readUntilAnswer). */
   stopReading: ((keep: boolean) => void) | undefined;
+  /** The current attempt's backend request, and whether it has an answer (not a 101). */
+  proxyReq: ClientRequest | undefined;
+  responded: boolean;
+  /** It went again after a pooled connection the backend had closed (retriedStale): once. */
+  staleRetried: boolean;
 }
 
 /** Bytes a client may send before the 101 and still have them passed on: past this, a 400. */

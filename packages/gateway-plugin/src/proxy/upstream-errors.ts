@@ -16,26 +16,6 @@ export function classify(err: Error & { code?: string }): UpstreamErrorKind {
   return 'connect';
 }
 
-/**
- * Failures before the connection to the backend existed: not a byte of the request
- * reached it, so any method may go to another backend (nginx retries these for every
- * method, as does Envoy's connect-failure). A reset or a timeout on a connection that
- * was made may come after the backend got the request.
- */
-const NEVER_SENT = new Set([
-  'ECONNREFUSED',
-  CONNECT_TIMEOUT_CODE,
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EADDRNOTAVAIL',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-]);
-
-export function neverSent(err: Error & { code?: string }): boolean {
-  return err.code !== undefined && NEVER_SENT.has(err.code);
-}
-
 /** A backend request's error for a 101 to a request that asked for no upgrade. */
 export const UNASKED_UPGRADE_CODE = 'LW_UNASKED_UPGRADE';
 

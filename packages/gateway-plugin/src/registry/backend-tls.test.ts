@@ -21,6 +21,7 @@ describe('backendTlsOptions', () => {
     expect(backendTlsOptions(url, { rejectUnauthorized: true })).toEqual({
       servername: '',
       rejectUnauthorized: true,
+      ALPNProtocols: ['http/1.1'],
     });
     expect(
       backendTlsOptions(url, {
@@ -36,6 +37,7 @@ describe('backendTlsOptions', () => {
       key: 'KEY',
       servername: 'backend.internal',
       rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
     });
   });
 });

@@ -26,7 +26,10 @@ import type { BackendTlsOptions } from '../options';
 export type BackendTls = BackendTlsOptions & { rejectUnauthorized: boolean };
 
 /** What https.Agent and https.request take for one backend: the name always set. */
-export type BackendTlsConnectOptions = Omit<BackendTls, 'servername'> & { servername: string };
+export type BackendTlsConnectOptions = Omit<BackendTls, 'servername'> & {
+  servername: string;
+  ALPNProtocols: string[];
+};
 
 /**
  * The name a backend's certificate is verified against, from its URL: the
@@ -41,8 +44,18 @@ export function backendServerName(url: URL): string {
   return isIP(host) === 0 ? host.replace(/\.$/, '') : '';
 }
 
-/** The TLS options of an https backend's connections. */
+/**
+ * The TLS options of an https backend's connections. ALPN offers HTTP/1.1 alone, what
+ * the gateway speaks: a backend that serves only HTTP/2 refuses the handshake at once
+ * (`no_application_protocol`), a failure before any byte of the request, so another
+ * backend is tried. Offered nothing, such a backend took the request and answered it
+ * with an HTTP/1 403 or an HTTP/2 frame (502), or held it until requestTimeoutMs (504).
+ */
 export function backendTlsOptions(url: URL, tls: BackendTls): BackendTlsConnectOptions {
   const { servername, ...trust } = tls;
-  return { ...trust, servername: servername ?? backendServerName(url) };
+  return {
+    ...trust,
+    servername: servername ?? backendServerName(url),
+    ALPNProtocols: ['http/1.1'],
+  };
 }
