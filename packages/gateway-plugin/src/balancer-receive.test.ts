@@ -498,6 +498,42 @@ describe('a burst of registrations (a gateway subscribing gets every retained on
     }
   });
 
+  it('takes the server as host and port, whatever the scheme: an https backend cannot be registered again as http', async () => {
+    const r = rig({ keys: [key], discovery: { allowedRanges: ['10.0.0.0/8'] } });
+    try {
+      const refused: string[] = [];
+      r.lb.on('invalid-message', (e) => refused.push(e.detail ?? ''));
+      const reg = (id: string, url: string): void =>
+        r.send(
+          createEncoder({ backendId: id, prefix: PREFIX, key, now: () => r.clock.t }).registration(
+            url,
+          ),
+        );
+      reg('api', 'https://10.0.0.5:8443/');
+      reg('api443', 'https://10.0.0.6/');
+      // Keyed by URL origin these were other servers: the second id's requests (cookies,
+      // tokens) went in cleartext to the TLS port, and failed over to the real backend
+      // unseen.
+      reg('rogue', 'http://10.0.0.5:8443/');
+      reg('rogue443', 'http://10.0.0.6:443/');
+      reg('same443', 'https://10.0.0.6:443/');
+      expect(refused).toEqual([
+        'http://10.0.0.5:8443 is the server of backend api already',
+        'http://10.0.0.6:443 is the server of backend api443 already',
+        'https://10.0.0.6 is the server of backend api443 already',
+      ]);
+      // Another port is another server, and so is port 80 beside an https default.
+      reg('web', 'http://10.0.0.6/');
+      expect(refused).toHaveLength(3);
+      expect(r.lb.snapshot().backends.map((b) => b.id)).toEqual(
+        expect.arrayContaining(['api', 'api443', 'web']),
+      );
+      expect(r.lb.snapshot().backends.map((b) => b.id)).not.toContain('rogue');
+    } finally {
+      await r.close();
+    }
+  });
+
   it('recomputes on its own once the burst is over, with nobody reading', async () => {
     const r = rig({ keys: [key], discovery: { allowedRanges: ['10.0.0.0/8'] } });
     const recompute = jest.spyOn(r.lb.registry, 'recompute');

@@ -44,7 +44,7 @@ import { LoopGuard } from './proxy/loop-guard';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
-import { Registry, STALE_LINES } from './registry/registry';
+import { Registry, STALE_LINES, serverOf } from './registry/registry';
 import { ipv6Groups } from './ipv6-groups';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
@@ -686,7 +686,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     // URL: `http://10.1.2.3:8080//` or `.../x` beside a configured `http://10.1.2.3:8080`
     // was added, so a registration could take another backend's server. Looked up, not
     // scanned: a scan of every backend per registration cost 357 ms over 3,000.
-    const sameServer = this.registry.withOrigin(url.origin);
+    const server = serverOf(url);
+    const sameServer = this.registry.atServer(server);
     // A departed backend (its agent stopped, or presumed gone) holds its address against
     // other ids for DEPARTED_HOLD_MS, long enough for its agent to restart: a key for
     // another id could otherwise take a server whose agent was only restarting, and its
@@ -698,7 +699,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     else if (sameServer && sameServer !== existing)
       return reject(`${url.origin} is the server of backend ${sameServer.id} already`);
     // The same for the address of one evicted for its slot.
-    const reserved = this.reservedOrigins.get(url.origin);
+    const reserved = this.reservedServers.get(server);
     if (reserved && reserved.id !== id && this.leaseNow(this.now()) < reserved.untilLeaseMs)
       return reject(`${url.origin} is reserved for backend ${reserved.id}, which left lately`);
     if (existing) this.retire(existing, 'moved');
@@ -744,27 +745,28 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (!oldest) return false;
     // An expired reservation of another id at this address, not yet swept, goes first with
     // its id's entry (left in reservedFor, it stayed for good).
-    this.unreserve(oldest.target.origin);
-    this.reservedOrigins.set(oldest.target.origin, {
+    const server = serverOf(oldest.target);
+    this.unreserve(server);
+    this.reservedServers.set(server, {
       id: oldest.id,
       untilLeaseMs: oldest.heardAtLeaseMs + DEPARTED_HOLD_MS,
     });
-    this.reservedFor.set(oldest.id, oldest.target.origin);
+    this.reservedFor.set(oldest.id, server);
     this.forget(oldest, 'evicted');
     return true;
   }
 
-  /** Addresses of evicted backends, held for their ids for DEPARTED_HOLD_MS (releasable). */
-  private readonly reservedOrigins = new Map<string, { id: string; untilLeaseMs: number }>();
+  /** Servers (serverOf) of evicted backends, held for their ids for DEPARTED_HOLD_MS (releasable). */
+  private readonly reservedServers = new Map<string, { id: string; untilLeaseMs: number }>();
   /** The address held for an evicted id: admitted again, it releases it. */
   private readonly reservedFor = new Map<string, string>();
 
-  /** Ends the reservation of `origin`, in both maps. */
-  private unreserve(origin: string): void {
-    const r = this.reservedOrigins.get(origin);
+  /** Ends the reservation of `server`, in both maps. */
+  private unreserve(server: string): void {
+    const r = this.reservedServers.get(server);
     if (r === undefined) return;
-    this.reservedOrigins.delete(origin);
-    if (this.reservedFor.get(r.id) === origin) this.reservedFor.delete(r.id);
+    this.reservedServers.delete(server);
+    if (this.reservedFor.get(r.id) === server) this.reservedFor.delete(r.id);
   }
 
   /**
@@ -1061,8 +1063,8 @@ export class Balancer implements BalancerHandle, FlowHost {
       removed++;
     }
     if (removed > 0) this.registry.recompute();
-    for (const [origin, r] of this.reservedOrigins)
-      if (this.leaseMs >= r.untilLeaseMs) this.unreserve(origin);
+    for (const [server, r] of this.reservedServers)
+      if (this.leaseMs >= r.untilLeaseMs) this.unreserve(server);
   }
 
   snapshot(): BalancerSnapshot {

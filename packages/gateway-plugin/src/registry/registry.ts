@@ -24,10 +24,22 @@ import { unsignedPenalty } from './unsigned-report';
 
 /** Backends whose reports may go stale in one sweep with a log line each. */
 export const STALE_LINES = 3;
+
+/**
+ * A backend's server, for "one id per server": host and port (the scheme's default port
+ * when none is given), not `URL.origin`, which has the scheme. Keyed by origin,
+ * `http://10.0.0.5:8443` was another server than an https backend's
+ * `https://10.0.0.5:8443`: a key holder could register it for another id, and that id's
+ * requests, cookies and tokens went in cleartext to the TLS port (retried on the real
+ * backend, so no client saw it).
+ */
+export function serverOf(url: URL): string {
+  return `${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`;
+}
 export class Registry {
   readonly backends = new Map<string, Backend>();
-  /** Each backend by its server (`target.origin`): discovery refuses a second id for one. */
-  private readonly byOrigin = new Map<string, Backend>();
+  /** Each backend by its server (serverOf): discovery refuses a second id for one. */
+  private readonly byServer = new Map<string, Backend>();
   /** Backends discovery added (for `discovery.maxBackends`). */
   discoveredCount = 0;
   private eligibleNow: readonly Backend[] = [];
@@ -63,7 +75,7 @@ export class Registry {
    */
   add(backend: Backend, newcomer: boolean, recompute = true): void {
     this.backends.set(backend.id, backend);
-    this.byOrigin.set(backend.target.origin, backend);
+    this.byServer.set(serverOf(backend.target), backend);
     if (backend.origin === 'discovery') this.discoveredCount++;
     // A discovered backend ramps up when it first becomes eligible; the
     // initial set does not (slow start among equals would change nothing).
@@ -78,15 +90,15 @@ export class Registry {
   remove(backend: Backend, recompute = true): void {
     if (this.backends.get(backend.id) !== backend) return;
     this.backends.delete(backend.id);
-    if (this.byOrigin.get(backend.target.origin) === backend)
-      this.byOrigin.delete(backend.target.origin);
+    const server = serverOf(backend.target);
+    if (this.byServer.get(server) === backend) this.byServer.delete(server);
     if (backend.origin === 'discovery') this.discoveredCount--;
     if (recompute) this.recompute();
   }
 
-  /** The backend whose server `origin` is, if any. */
-  withOrigin(origin: string): Backend | undefined {
-    return this.byOrigin.get(origin);
+  /** The backend whose server (serverOf) `server` is, if any. */
+  atServer(server: string): Backend | undefined {
+    return this.byServer.get(server);
   }
 
   /**
