@@ -115,6 +115,56 @@ describe('discovery', () => {
     expect(g.lb.balancer.snapshot().backends[0]!.url).toBe(`${a.url}/`);
   });
 
+  it('keeps hearing the admitted agent while second agents for its id, whose registrations are refused, run too', async () => {
+    // A stale pod or a misconfigured second agent for one id: its newer run's registration
+    // is refused, but it moved the replay order, so every later message of the admitted
+    // agent was dropped as a replay (and the healthy backend forgotten at the end of its
+    // lease). Through a real broker, in the order agents publish: status, registration.
+    const { gw: g, dropped, prefix } = await gateway(true);
+    gw = g;
+    const client = await connectClient(g.lb.balancer.brokerUrl!);
+    const pub = async (...ms: Array<{ topic: string; payload: string }>): Promise<void> => {
+      for (const m of ms) await client.publishAsync(m.topic, m.payload, { qos: 1 });
+    };
+    try {
+      const added = once(internals(g.lb).events, 'backend-added');
+      const admitted = createEncoder({ backendId: 'web', prefix, key });
+      await pub(admitted.status('online'), admitted.registration(a.url));
+      await added;
+      await pub(admitted.metrics(report));
+      // The second agent (port 1 is not allowed), restarted once: two refused runs. A
+      // drain of the first, captured on the way, never reached the gateway.
+      const first = createEncoder({ backendId: 'web', prefix, key, now: () => Date.now() + 1 });
+      await pub(first.status('online'), first.registration('http://127.0.0.1:1'));
+      const capturedDrain = first.status('draining');
+      await pub(first.metrics(report));
+      const second = createEncoder({ backendId: 'web', prefix, key, now: () => Date.now() + 2 });
+      await pub(second.status('online'), second.registration('http://127.0.0.1:1'));
+      await pub(capturedDrain, admitted.metrics(report), admitted.metrics(report));
+      await eventually(
+        () => dropped.length >= 5,
+        5_000,
+        () => JSON.stringify(dropped),
+      );
+      expect(dropped).toEqual([
+        'LW_GW_UNKNOWN_BACKEND', // the first status, before the id was known
+        'LW_GW_REGISTRATION_REJECTED',
+        'LW_GW_REGISTRATION_REJECTED',
+        'LW_GW_REGISTRATION_REJECTED',
+        'LW_PROTO_REPLAY',
+      ]);
+      expect(g.lb.balancer.snapshot().backends).toMatchObject([
+        { id: 'web', url: `${a.url}/`, state: 'healthy' },
+      ]);
+      // What the admitted agent says still counts.
+      await pub(admitted.status('draining'));
+      await eventually(() => g.lb.balancer.snapshot().backends[0]?.state === 'draining', 5_000);
+      expect(dropped).toHaveLength(5);
+    } finally {
+      await endClient(client);
+    }
+  });
+
   it('refuses link-local, unspecified, multicast, IPv4-mapped, loopback and NAT64 targets, and a second id for one URL, even with ranges of everything', async () => {
     const prefix = uniquePrefix('disc-special');
     const g = await startLocalGateway({

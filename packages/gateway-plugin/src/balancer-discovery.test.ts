@@ -122,6 +122,99 @@ describe('an id registered again at another address', () => {
     }
   });
 
+  it('keeps hearing the admitted run while second agents whose registrations were refused report, and never applies their captured messages', async () => {
+    // A second agent for the id (a stale pod, a misconfigured one) whose newer run's
+    // registration is refused: that run moved the replay order, every later message of the
+    // admitted agent was a "replay", and the healthy backend was forgotten at the end of
+    // its lease. Putting the order back (3babdce, reverted) forgot the refused run's place:
+    // its captured messages, and an earlier refused run's, were applied.
+    const r = rig();
+    const draining = { ...calmReport, state: 'draining' as const };
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      // Captured on the way (this gateway never got it): a drain of the admitted run, which
+      // it overtook.
+      const drainOfA = a.metrics(draining);
+      r.send(a.metrics(calmReport));
+      r.at(1_000);
+      // The first refused run, as an agent starts: its status, then its registration
+      // (outside the allowed ranges); a drain of its own instance, captured, and what it
+      // said after.
+      const dup1 = r.run('web');
+      r.send(dup1.status('online'));
+      r.send(dup1.registration('http://192.168.0.1:8080'));
+      const drainOfDup1 = dup1.status('draining');
+      r.send(dup1.metrics(calmReport));
+      r.at(1_000);
+      // The same misconfigured agent restarted: a second refused run.
+      const dup2 = r.run('web');
+      r.send(dup2.status('online'));
+      r.send(dup2.registration('http://192.168.0.1:8080'));
+      const drainOfDup2 = dup2.metrics(draining);
+      const before = r.drops.length;
+      for (let s = 0; s < 100; s++) {
+        r.send(dup2.metrics(calmReport));
+        r.send(a.metrics(calmReport));
+        if (s % 20 === 0) r.send(a.registration('http://10.0.0.1:8080'));
+        // The captured messages, within the time rules: never applied.
+        if (s === 5) {
+          r.send(drainOfA);
+          r.send(drainOfDup1);
+          r.send(drainOfDup2);
+        }
+        expect(r.lb.registry.eligible.map((b) => b.id)).toEqual(['web']);
+        r.at(1_000);
+      }
+      // Kept past its lease (60 s) and the replay guard's retention (90 s).
+      expect(r.removed).toEqual([]);
+      expect(r.url('web')).toBe('http://10.0.0.1:8080/');
+      const later = r.drops.slice(before);
+      // Every message of the admitted run was heard: the only replays are the captured ones,
+      // and the refused run's own messages are refused as such.
+      expect(later.filter(([code]) => code === 'LW_PROTO_REPLAY')).toHaveLength(3);
+      expect(later.filter(([code]) => code === 'LW_GW_REGISTRATION_REJECTED')).toHaveLength(100);
+      expect(later).toHaveLength(103);
+      // What the admitted agent says still counts: it drains.
+      r.send(a.status('draining'));
+      expect(r.lb.registry.eligible).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('charges no replay of a refused run to the backend, and admits the run once its registration passes', async () => {
+    const r = rig();
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.at(1_000);
+      const dup = r.run('web');
+      r.send(dup.registration('http://192.168.0.2:8080'));
+      // Captured reports of the refused run, none of them delivered here before.
+      const captured = Array.from({ length: 60 }, () => dup.metrics(calmReport));
+      r.send(dup.metrics(calmReport));
+      // Sent again, oldest first, 60 in one second (the bucket holds 40): replays, all of
+      // them, and the admitted agent's next messages are not rate-limited.
+      for (const m of captured) r.send(m);
+      expect(r.drops.slice(-60).every(([code]) => code === 'LW_PROTO_REPLAY')).toBe(true);
+      const n = r.drops.length;
+      for (let i = 0; i < 5; i++) r.send(a.metrics(calmReport));
+      expect(r.drops.slice(n)).toEqual([]);
+      // A run held apart may still take the id: a registration at an allowed address moves it.
+      r.send(dup.registration('http://10.0.0.2:8080'));
+      expect(r.url('web')).toBe('http://10.0.0.2:8080/');
+      expect(r.removed).toEqual([['web', 'moved']]);
+      // And the run before is over: its messages are replays now.
+      r.send(a.metrics(calmReport));
+      expect(r.drops.at(-1)).toEqual(['LW_PROTO_REPLAY', 'web']);
+      r.send(dup.metrics(calmReport));
+      expect(r.drops.at(-1)).toEqual(['LW_PROTO_REPLAY', 'web']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it("neither applies a refused run's messages nor lets them renew the lease", async () => {
     const r = rig();
     try {

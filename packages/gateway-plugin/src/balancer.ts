@@ -533,10 +533,37 @@ export class Balancer implements BalancerHandle, FlowHost {
       return this.drop('LW_GW_REGISTRATION_REJECTED', 'discovery is off', id);
     }
     if (!signed && this.limited(known, id, false, nowMs)) return;
-    const result = this.decoder.parse(verified, { retained });
+    // The order rules are judged here and settled below, once it is known whose message
+    // this is (defer).
+    const result = this.decoder.parse(verified, { retained, defer: true });
     if (!result.ok) return this.drop(result.code, result.detail, result.backendId);
-    const message = result.message;
-    if (signed) {
+    try {
+      this.take(result.message, result.keyId, backend, known, retained, nowMs);
+    } finally {
+      // A message of another agent run than the one that admitted a discovered backend is
+      // held apart from the backend's order (ReplayGuard.hold), unless it admitted its run
+      // (a registration that moved the id, or took it over in place). Taken into the
+      // order, a second agent's run that the gateway refused made every later message of
+      // the admitted agent a replay, and the healthy backend was forgotten at the end of
+      // its lease; held, that run's messages (and those of any run held before it) stay
+      // replays, and the admitted run's go on. Everything else is the backend's order.
+      const entry = this.registry.get(id);
+      if (otherRun(entry, result.message.epochMs)) this.decoder.hold(result);
+      else this.decoder.accept(result);
+    }
+  }
+
+  /** A message that passed the decoder's rules: its checks in receive(), then onMessage. */
+  private take(
+    message: Message,
+    keyId: string | undefined,
+    backend: Backend | undefined,
+    known: string | undefined,
+    retained: boolean,
+    nowMs: number,
+  ): void {
+    const id = message.backendId;
+    if (keyId !== undefined) {
       // Nor a will that changes nothing: a replay of something genuine (the replay
       // rules pass wills, registry.ts willChangesNothing), which charged would use up
       // the agent's own bucket.
@@ -554,7 +581,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       }
       if (this.limited(known, id, true, nowMs)) return;
     }
-    this.onMessage(message, result.keyId, nowMs);
+    this.onMessage(message, keyId, nowMs);
   }
 
   /** Charges the backend's bucket; true (and counted) when the message is dropped. */
@@ -629,15 +656,12 @@ export class Balancer implements BalancerHandle, FlowHost {
     // that gets here is a live one. Not only a newer epoch: a pod rescheduled onto a node
     // whose clock is a few seconds behind starts a run with a smaller epochMs, was never
     // allowed to move the id, and its reports renewed the dead entry for good.
-    const otherRun =
-      existing?.origin === 'discovery' &&
-      existing.runEpochMs !== undefined &&
-      message.epochMs !== existing.runEpochMs;
+    const other = otherRun(existing, message.epochMs);
     const reject = (why: string): void => {
       // Another agent run of a known id that may not take it over (its address breaks a
       // rule) is another instance: its messages must not keep the entry alive, nor be read
       // as the entry's (onMessage). The admitting run marks nothing.
-      if (otherRun) existing.refusedEpochMs = message.epochMs;
+      if (other && existing) existing.refusedEpochMs = message.epochMs;
       this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
     };
     let url: URL;
@@ -661,7 +685,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       // The agent's periodic registration renews a discovered backend's lease; another run
       // at the same address (a restart in place) takes the entry over as it is.
       if (existing.origin === 'discovery') {
-        if (otherRun) {
+        if (other) {
           existing.runEpochMs = message.epochMs;
           existing.refusedEpochMs = undefined;
         }
@@ -674,7 +698,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     // every request to the dead address while the new run's messages renewed its lease
     // (100 % 503 with one backend). The admitting run may not (a confused or second agent
     // sharing its run), nor may anything move a configured backend.
-    if (existing && !otherRun) {
+    if (existing && !other) {
       return reject(
         existing.origin === 'config'
           ? 'a configured backend cannot change its address'
@@ -1144,6 +1168,15 @@ export class Balancer implements BalancerHandle, FlowHost {
 }
 
 /** No request in flight, no WebSocket open, no stream in the lane. */
+/**
+ * Another agent run than the one that admitted discovered backend `b` (its registration's
+ * `epochMs`): not the entry's own. A configured backend, or an unknown id, has no admitting
+ * run.
+ */
+function otherRun(b: Backend | undefined, epochMs: number): boolean {
+  return b?.origin === 'discovery' && b.runEpochMs !== undefined && epochMs !== b.runEpochMs;
+}
+
 function idle(b: Backend): boolean {
   return b.load.inFlight === 0 && b.openUpgrades === 0 && b.openStreams === 0;
 }

@@ -224,6 +224,75 @@ describe('replay protection', () => {
       expect(dec.decode(...parts(m))).toMatchObject({ ok: false });
   });
 
+  it('with defer, moves the order only by what the reader takes; a held run and any run held before it stay replays', () => {
+    // A gateway refusing a second agent run's registration: taken into the order, that run
+    // made every later message of the admitted run a replay. Put back (3babdce, reverted),
+    // the refused run's captured messages, and an earlier refused run's, passed again.
+    const c = clock();
+    const dec = createDecoder({ keys: [key], requireSignature: false, now: c.now });
+    const defer = { defer: true };
+    const read = (m: { topic: string; payload: string }, how: 'accept' | 'hold') => {
+      const r = dec.decode(m.topic, m.payload, defer);
+      if (r.ok) dec[how](r);
+      return r.ok ? 'ok' : r.code;
+    };
+    const admitted = createEncoder({ backendId: 'b1', key, now: c.now });
+    const capturedOfAdmitted = admitted.metrics(body);
+    expect(read(admitted.metrics(body), 'accept')).toBe('ok');
+    c.advance(1_000);
+    const first = createEncoder({ backendId: 'b1', key, now: c.now });
+    const capturedOfFirst = first.metrics(body);
+    expect(read(first.registration('http://192.168.0.1:80'), 'hold')).toBe('ok');
+    expect(read(first.metrics(body), 'hold')).toBe('ok');
+    c.advance(1_000);
+    const second = createEncoder({ backendId: 'b1', key, now: c.now });
+    const capturedOfSecond = second.metrics(body);
+    expect(read(second.registration('http://192.168.0.1:80'), 'hold')).toBe('ok');
+    // The admitted run goes on; the held runs' captured messages are replays (never seen
+    // here, so the order rules refuse them, not the cache of copies).
+    for (let i = 0; i < 3; i++) expect(read(admitted.metrics(body), 'accept')).toBe('ok');
+    expect(read(second.metrics(body), 'hold')).toBe('ok');
+    expect(read(capturedOfSecond, 'hold')).toBe('LW_PROTO_REPLAY');
+    expect(read(capturedOfFirst, 'hold')).toBe('LW_PROTO_REPLAY');
+    expect(read(first.metrics(body), 'hold')).toBe('LW_PROTO_REPLAY');
+    expect(read(capturedOfAdmitted, 'accept')).toBe('LW_PROTO_REPLAY');
+    // A forged, unsigned (epochMs, seq) far ahead moves nothing, even if a reader settles it.
+    const forged = createEncoder({ backendId: 'b1', now: () => c.now() + 20_000 });
+    expect(read(forged.metrics(body), 'accept')).toBe('ok');
+    expect(read(forged.metrics(body), 'hold')).toBe('ok');
+    expect(read(admitted.metrics(body), 'accept')).toBe('ok');
+    expect(read(second.metrics(body), 'hold')).toBe('ok');
+    // Without defer a message moves the order as before; a held run taken by the reader
+    // becomes the order, and the run before it is over.
+    expect(read(second.registration('http://10.0.0.1:80'), 'accept')).toBe('ok');
+    expect(read(admitted.metrics(body), 'accept')).toBe('LW_PROTO_REPLAY');
+    expect(dec.decode(...parts(second.metrics(body))).ok).toBe(true);
+    expect(read(capturedOfSecond, 'accept')).toBe('LW_PROTO_REPLAY');
+  });
+
+  it('keeps one order and one held place per backend, swept with it', () => {
+    let now = 1_000_000;
+    const guard = new ReplayGuard({
+      maxClockSkewMs: 30_000,
+      maxRetainedAgeMs: 60_000,
+      maxTrackedBackends: 10,
+      now: () => now,
+    });
+    const signed = { retained: false, signed: true };
+    const msg = (id: string, epochMs: number, seq: number) =>
+      ({ kind: 'metrics', backendId: id, ts: now, epochMs, seq }) as never;
+    guard.accept(msg('b', now - 10, 0));
+    for (let run = 1; run <= 50; run++) {
+      expect(guard.judge(msg('b', now - 10 + run, 0), signed)).toBeUndefined();
+      guard.hold(msg('b', now - 10 + run, 0));
+    }
+    for (let i = 0; i < 20; i++) guard.hold(msg(`other${i}`, now, 0));
+    expect(guard.size).toBe(10);
+    now += replayRetentionMs({ maxClockSkewMs: 30_000, maxRetainedAgeMs: 60_000 }) + 1;
+    guard.sweep();
+    expect(guard.size).toBe(0);
+  });
+
   it('sweep() drops the states past their retention, and only those', () => {
     // Refused or quickly forgotten ids kept their state until the same id was checked
     // again or the bound was reached: 0.4-0.8 KB each for good.

@@ -170,8 +170,14 @@ export interface DecodeFailure {
   backendId: string | undefined;
 }
 
-export type DecodeResult =
-  { ok: true; message: Message; keyId: string | undefined } | DecodeFailure;
+/** A message that passed every rule (Decoder.decode, Decoder.parse). */
+export interface Decoded {
+  ok: true;
+  message: Message;
+  keyId: string | undefined;
+}
+
+export type DecodeResult = Decoded | DecodeFailure;
 
 /** A payload whose size, topic and signature passed, not yet parsed (Decoder.verify). */
 export interface Verified {
@@ -190,6 +196,12 @@ export type VerifyResult = Verified | DecodeFailure;
 export interface DecodeMeta {
   /** The MQTT retain flag of the delivered message. */
   retained?: boolean;
+  /**
+   * Judge the order rules without moving the backend's order state: the caller settles
+   * every signed message that passes with accept() (it took it) or hold() (another agent
+   * run than the one it admitted). Without it, a message that passes moves the order.
+   */
+  defer?: boolean;
 }
 
 export interface Decoder {
@@ -210,6 +222,17 @@ export interface Decoder {
   forget(backendId: string): void;
   /** Drops the replay state of every backend past its retention (ReplayGuard.sweep). */
   sweep(): void;
+  /**
+   * The reader took a message parsed with `defer`: it moves its backend's order
+   * (ReplayGuard.accept). Nothing for an unsigned message.
+   */
+  accept(decoded: Decoded): void;
+  /**
+   * The reader did not take a message parsed with `defer` as its backend's own (another
+   * agent run than the one it admitted): remembered apart, so that run's messages stay
+   * replays and the admitted run's go on (ReplayGuard.hold). Nothing for an unsigned message.
+   */
+  hold(decoded: Decoded): void;
 }
 
 /**
@@ -374,10 +397,9 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     const invalid = validateMessage(value, verified.topic);
     if (invalid) return fail(invalid.code, `${kind} field ${invalid.path}`, backendId);
     const message = value as Message;
-    const replay = guard.check(message, {
-      retained: meta.retained === true,
-      signed: verified.keyId !== undefined,
-    });
+    const checkMeta = { retained: meta.retained === true, signed: verified.keyId !== undefined };
+    const replay =
+      meta.defer === true ? guard.judge(message, checkMeta) : guard.check(message, checkMeta);
     if (verified.signature !== undefined && !isLastWill(message)) {
       const key = seenKey(verified.topic);
       if (
@@ -414,6 +436,14 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
 
   return {
     sweep: () => guard.sweep(),
+    // Only what a verified signature vouches for moves the order: an unsigned message's
+    // (epochMs, seq) could be anyone's.
+    accept: (decoded) => {
+      if (decoded.keyId !== undefined) guard.accept(decoded.message);
+    },
+    hold: (decoded) => {
+      if (decoded.keyId !== undefined) guard.hold(decoded.message);
+    },
     forget: (backendId) => {
       guard.forget(backendId);
       // Its copies are for nothing now: a gateway drops a forgotten backend's messages

@@ -28,10 +28,32 @@ export interface CheckMeta {
   signed: boolean;
 }
 
-interface Last {
+/** An agent run's place: `(epochMs, seq)` of one of its messages. */
+interface Mark {
   epochMs: number;
   seq: number;
+}
+
+interface Last {
+  /**
+   * The newest message the reader took (accept), or that check() passed: the backend's
+   * order. Undefined while only held messages were seen.
+   */
+  taken: Mark | undefined;
+  /**
+   * The newest message of the agent runs the reader did not take (hold): another run than
+   * the one it admitted, whose registration it refused or has not seen yet. Their
+   * messages, and those of any earlier run held before, are ordered by it and never move
+   * `taken`, so a second agent for one id whose registration was refused can neither make
+   * the admitted agent's messages replays nor have its own captured ones applied again.
+   */
+  held: Mark | undefined;
   seenAtMs: number;
+}
+
+/** `a` comes after `b` in the order of one backend's messages. */
+function after(a: Mark, b: Mark): boolean {
+  return a.epochMs > b.epochMs || (a.epochMs === b.epochMs && a.seq > b.seq);
 }
 
 /**
@@ -68,6 +90,12 @@ export function isLastWill(message: Message): boolean {
  *    the broker, and if it could move the high-water mark a single forged
  *    `(epochMs, seq)` far ahead would make every genuine report a "replay".
  *    Unsigned messages are neither checked against nor recorded in this state.
+ *    A reader that refuses a message's agent run only after parsing it (a gateway
+ *    refusing a second agent's registration for an admitted id) judges (judge) and
+ *    settles: accept() moves the order, hold() remembers the message apart as the
+ *    newest of the runs it did not take. A message of another run than the taken
+ *    one must then be newer than the held one too: that run's captured messages,
+ *    and those of any run held before it, stay replays, while the taken run's go on.
  *
  * A backend's state is kept for `retentionMs(opts)` after its last accepted
  * message, `max(maxRetainedAgeMs, maxClockSkewMs) + maxClockSkewMs`: a
@@ -97,7 +125,20 @@ export class ReplayGuard {
     this.retentionMs = replayRetentionMs(opts);
   }
 
+  /**
+   * The rules, and the order state moved by a message they accept (signed, not a Last
+   * Will): judge() then accept(). A reader that may refuse a message's agent run after it
+   * is parsed (a gateway refusing its registration) judges, and settles each signed
+   * message the rules passed with accept() or hold().
+   */
   check(message: Message, meta: CheckMeta): ProtocolErrorCode | undefined {
+    const code = this.judge(message, meta);
+    if (code === undefined && meta.signed) this.accept(message);
+    return code;
+  }
+
+  /** The time and order rules, without moving the order state (check, accept, hold). */
+  judge(message: Message, meta: CheckMeta): ProtocolErrorCode | undefined {
     const now = this.opts.now();
     const skew = this.opts.maxClockSkewMs;
     const isWill = isLastWill(message);
@@ -111,42 +152,86 @@ export class ReplayGuard {
     }
     if (!meta.signed) return undefined;
 
-    let last = this.last.get(message.backendId);
-    if (last && now - last.seenAtMs > this.retentionMs) {
-      this.last.delete(message.backendId);
-      last = undefined;
-    }
+    const last = this.live(message.backendId, now);
     // Not newer, and retained: the broker's copy of the topic's last message, which it
     // delivers again on every subscribe (every reconnect of this gateway). This gateway
     // has heard it, or newer, already: dropped as what it is, not as a replay, which the
     // operator's alert on LW_PROTO_REPLAY took for an attack once per backend on every
     // broker blip.
     const old = meta.retained ? 'LW_PROTO_RETAINED_SUPERSEDED' : 'LW_PROTO_REPLAY';
+    const taken = last?.taken;
     if (isWill) {
-      return last && message.epochMs < last.epochMs ? old : undefined;
+      return taken && message.epochMs < taken.epochMs ? old : undefined;
     }
-    if (last) {
-      const newer =
-        message.epochMs > last.epochMs ||
-        (message.epochMs === last.epochMs && message.seq > last.seq);
-      if (!newer) return old;
-      last.epochMs = message.epochMs;
-      last.seq = message.seq;
-      last.seenAtMs = now;
-      // Moved to the end: the map stays ordered by last accepted message, so
-      // eviction at the bound drops the backend heard least recently.
-      this.last.delete(message.backendId);
-      this.last.set(message.backendId, last);
+    if (taken && !after(message, taken)) return old;
+    // Another run than the taken one: after every held message too. A held run's own
+    // messages, captured and sent again, and those of a run held before it (an earlier
+    // refused run of the same misconfigured agent) are replays.
+    const held = last?.held;
+    if (held && message.epochMs !== taken?.epochMs && !after(message, held)) return old;
+    return undefined;
+  }
+
+  /**
+   * The reader took a signed message that judge() passed: it is the backend's order from
+   * now on. A Last Will moves nothing.
+   */
+  accept(message: Message): void {
+    if (isLastWill(message)) return;
+    const last = this.touch(message.backendId);
+    if (!last.taken || after(message, last.taken)) {
+      last.taken = { epochMs: message.epochMs, seq: message.seq };
+    }
+    // A run taken at or past every held message: they are all before the order now.
+    if (last.held && !after(last.held, last.taken!)) last.held = undefined;
+  }
+
+  /**
+   * The reader did not take a signed message that judge() passed as the backend's own:
+   * another agent run than the one it admitted (its registration refused, or not seen
+   * yet). It is remembered as held, without moving the order: the taken run's messages go
+   * on being accepted, and this one, or any earlier held one, is a replay from now on. A
+   * message of the taken run is taken (accept).
+   */
+  hold(message: Message): void {
+    if (isLastWill(message)) return;
+    const last = this.touch(message.backendId);
+    if (last.taken?.epochMs === message.epochMs) return this.accept(message);
+    if (!last.held || after(message, last.held)) {
+      last.held = { epochMs: message.epochMs, seq: message.seq };
+    }
+  }
+
+  /** The state of `backendId` while within its retention (an expired one is dropped). */
+  private live(backendId: string, now: number): Last | undefined {
+    const last = this.last.get(backendId);
+    if (last && now - last.seenAtMs > this.retentionMs) {
+      this.last.delete(backendId);
       return undefined;
     }
-    if (this.last.size >= this.opts.maxTrackedBackends) this.evict(now);
-    this.last.set(message.backendId, { epochMs: message.epochMs, seq: message.seq, seenAtMs: now });
-    return undefined;
+    return last;
+  }
+
+  /** The live state of `backendId`, made if needed, as heard now. */
+  private touch(backendId: string): Last {
+    const now = this.opts.now();
+    let last = this.live(backendId, now);
+    if (last) {
+      // Moved to the end: the map stays ordered by last accepted message, so
+      // eviction at the bound drops the backend heard least recently.
+      this.last.delete(backendId);
+    } else {
+      if (this.last.size >= this.opts.maxTrackedBackends) this.evict(now);
+      last = { taken: undefined, held: undefined, seenAtMs: now };
+    }
+    last.seenAtMs = now;
+    this.last.set(backendId, last);
+    return last;
   }
 
   /** The agent run (epoch) last heard for `backendId`, while remembered. */
   currentEpoch(backendId: string): number | undefined {
-    return this.last.get(backendId)?.epochMs;
+    return this.last.get(backendId)?.taken?.epochMs;
   }
 
   /**
