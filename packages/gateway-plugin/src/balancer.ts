@@ -581,7 +581,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       }
       if (this.limited(known, id, true, nowMs)) return;
     }
-    this.onMessage(message, keyId, nowMs);
+    this.onMessage(message, keyId, nowMs, retained);
   }
 
   /** Charges the backend's bucket; true (and counted) when the message is dropped. */
@@ -597,8 +597,13 @@ export class Balancer implements BalancerHandle, FlowHost {
     return true;
   }
 
-  private onMessage(message: Message, keyId: string | undefined, receivedAtMs: number): void {
-    if (message.kind === 'register') return this.onRegistration(message, keyId);
+  private onMessage(
+    message: Message,
+    keyId: string | undefined,
+    receivedAtMs: number,
+    retained = false,
+  ): void {
+    if (message.kind === 'register') return this.onRegistration(message, keyId, retained);
     const backend = this.registry.get(message.backendId);
     // The allow-list: a report may change how much traffic a configured (or
     // discovered) backend gets, never add one (HAProxy agent-check rule).
@@ -642,7 +647,11 @@ export class Balancer implements BalancerHandle, FlowHost {
     );
   }
 
-  private onRegistration(message: RegistrationMessage, keyId: string | undefined): void {
+  private onRegistration(
+    message: RegistrationMessage,
+    keyId: string | undefined,
+    retained: boolean,
+  ): void {
     const id = message.backendId;
     const d = this.options.discovery;
     if (!d || !this.allowed || !this.explicit)
@@ -740,6 +749,11 @@ export class Balancer implements BalancerHandle, FlowHost {
     const held = this.reservedFor.get(id);
     if (held !== undefined) this.unreserve(held);
     this.events.emit('backend-added', { id, url: url.href });
+    // Admitted from the burst of retained messages a subscribe brings, in which its retained
+    // status (the Last Will of a crashed pod) may have come first and been dropped unparsed
+    // (an unknown id): the broker sends the retained messages again once the burst is over
+    // (mqtt-source.ts resendRetained), and its status is judged now.
+    if (retained) this.source?.resendRetained();
   }
 
   /** A departed discovered backend, idle, whose address it no longer holds against other ids. */

@@ -28,6 +28,12 @@ export interface MqttSourceHandlers {
   onUnreachable(url: string | undefined, error: string): void;
 }
 
+/**
+ * How long resendRetained() waits for the retained messages still arriving: the burst a
+ * subscribe brings comes at once, so a quarter second without an admission ends it.
+ */
+const RESEND_QUIET_MS = 250;
+
 /** The longest wait before subscribing again after the broker refused it. */
 const MAX_SUBSCRIBE_RETRY_MS = 30_000;
 
@@ -55,6 +61,9 @@ export class MqttSource {
   private connection = 0;
   /** The next attempt to subscribe again on this connection, or the wait for a SUBACK. */
   private subscribeTimer: NodeJS.Timeout | undefined;
+  /** The retained messages asked for again (resendRetained): pending, and on which connection. */
+  private resendTimer: NodeJS.Timeout | undefined;
+  private resentOn = 0;
   /** Wait before subscribing again after a refusal: doubles up to MAX_SUBSCRIBE_RETRY_MS. */
   private subscribeRetryMs = 0;
   private closed = false;
@@ -224,6 +233,41 @@ export class MqttSource {
     });
   }
 
+  /**
+   * Asks the broker for every retained message again, once per connection, when no call
+   * has come for RESEND_QUIET_MS: the balancer calls it when a retained registration
+   * admits an id. The broker may deliver an id's retained status (its Last Will: the
+   * agent crashed) before its retained registration, and a status of an id not yet known
+   * is dropped unparsed, so a gateway restarted after a pod crashed admitted it as online.
+   * A SUBSCRIBE with the filter already subscribed replaces that subscription, re-sends the
+   * retained messages that match and does not interrupt the flow [MQTT-3.8.4-3] (MQTT 5:
+   * retain handling 0), with no second subscription to deliver a live message twice, as a
+   * per-id filter beside the wildcard would (Mosquitto 2 sends MQTT 5 clients one copy per
+   * matching subscription). What this gateway has seen comes back as copies
+   * (LW_PROTO_RETAINED_SUPERSEDED, quiet, before the HMAC); the statuses of ids admitted
+   * since are judged now.
+   */
+  resendRetained(): void {
+    // `connected`, not `subscribedNow`: aedes sends the retained messages before the SUBACK
+    // that resolves the subscribe.
+    if (this.closed || !this.connected || this.resentOn === this.connection) return;
+    const connection = this.connection;
+    clearTimeout(this.resendTimer);
+    this.resendTimer = setTimeout(() => {
+      this.resendTimer = undefined;
+      const client = this.client;
+      if (this.closed || !client || connection !== this.connection || !this.connected) return;
+      this.resentOn = connection;
+      // The object form with `resubscribe`: a client of the app's that mqtt.js resubscribes
+      // (its default) would otherwise skip a filter it holds already, and send nothing.
+      client.subscribe(
+        { [subscriptionFilter(this.prefix)]: { qos: 1 }, resubscribe: true } as never,
+        () => {},
+      );
+    }, RESEND_QUIET_MS);
+    this.resendTimer.unref();
+  }
+
   private subscribeFailed(connection: number, error: string): void {
     if (this.closed || connection !== this.connection || this.subscribedNow) return;
     this.lastError = error;
@@ -339,6 +383,7 @@ export class MqttSource {
     this.connected = false;
     this.subscribedNow = false;
     clearTimeout(this.subscribeTimer);
+    clearTimeout(this.resendTimer);
     // The embedded broker may still be starting: wait for it, then close it.
     const embedded = this.embeddedStart && (await this.embeddedStart.catch(() => undefined));
     if (embedded) await embedded.close();
