@@ -81,6 +81,33 @@ describe('a pooled connection the backend closed as it was reused', () => {
     expect(await counter(gw!, 'retries_total', { backend: 'b' })).toBe(5);
   });
 
+  it("closes the pool's other idle connections: the request sent again gets a new one", async () => {
+    // Three connections in the pool, idle together: the backend resets the next request on
+    // each. Before this, the request sent again was handed the next of them (LIFO), reset
+    // too, and answered 503.
+    await Promise.all([0, 1, 2].map(() => send(`${gw!.url}/warm`)));
+    const opened = b.answered;
+    expect(opened).toBeGreaterThanOrEqual(2);
+    for (let i = 0; i < 3; i++) {
+      const r = await send(`${gw!.url}/${i}`);
+      expect([i, r.status, r.headers['x-loadwise-error']]).toEqual([i, 200, undefined]);
+    }
+    expect(b.resets).toBe(3);
+    expect(gw!.backend('b')).toMatchObject({ failuresTotal: 0, ejections: 0 });
+  });
+
+  it('is a retry: none with retry.maxRetries 0', async () => {
+    await gw!.close();
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: b.url }],
+      retry: { maxRetries: 0 },
+    });
+    expect((await send(`${gw.url}/`)).status).toBe(200);
+    const r = await send(`${gw.url}/`);
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect([b.answered, b.resets]).toEqual([1, 1]);
+  });
+
   it('does not send a POST again: the backend may have read it', async () => {
     expect((await send(`${gw!.url}/`)).status).toBe(200);
     const r = await send(`${gw!.url}/`, { method: 'POST', body: 'x' });

@@ -50,7 +50,7 @@ import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
 import { StreamLane, type LanePlace } from './stream-lane';
 import { lingerOnClose } from './linger';
-import { retirePool } from '../registry/pool-agent';
+import { closeIdle, retirePool } from '../registry/pool-agent';
 import {
   CLIENT_STALLED_CODE,
   CONNECT_TIMEOUT_CODE,
@@ -1276,19 +1276,17 @@ export class RequestFlow {
     }
     if (stale) {
       flow.staleRetried = true;
-      // To another backend if there is one: a backend that crashed resets every request
-      // it had on its pooled connections too. To the same one when it is the only one.
-      flow.tried ??= new Set();
-      flow.tried.add(backend.endpoint);
-      if (c.nothingLeftToTry(flow.tried)) flow.tried.delete(backend.endpoint);
-      logFailure('retrying', ' on a pooled connection, before any answer; sending it again');
-      c.metrics.onRetry(backend.id);
-      if (this.dispatch(flow) === 'saturated') this.shedSaturated(flow);
-      return;
+      // The pool's other idle connections are older than this one (LIFO): closed, so the
+      // retry gets a new connection, not the next one the backend's idle timer closed.
+      closeIdle(backend.agent);
     }
     if (kind !== 'timeout' || (err as { code?: string }).code === CONNECT_TIMEOUT_CODE) {
       flow.tried ??= new Set();
       flow.tried.add(backend.endpoint);
+      // A stale connection's retry goes to another backend if there is one (a backend that
+      // crashed resets the requests on its pooled connections the same way), else to the
+      // same one, on a new connection.
+      if (stale && c.nothingLeftToTry(flow.tried)) flow.tried.delete(backend.endpoint);
       // A backend that answered, badly (a head Node cannot parse, a 101 unasked), was
       // reached: with no other backend to try that is a bad gateway (502), not "unavailable,
       // come back later" (503), which a retry on the same set would then have answered.
@@ -1307,7 +1305,7 @@ export class RequestFlow {
         flow.retries++;
         const retry = this.dispatch(flow);
         if (retry === 'started') {
-          logFailure('retrying', '; retrying');
+          logFailure('retrying', stale ? ' on a pooled connection; retrying' : '; retrying');
           return c.metrics.onRetry(backend.id);
         }
         // No retry happened: every backend tried or closed meanwhile (dispatch answered
@@ -1422,21 +1420,20 @@ export class RequestFlow {
    * A pooled connection the backend closed as it was handed this request (the idle-close
    * race: its keep-alive timeout ran out as the gateway reused it; Go, HAProxy and nginx
    * backends close idle connections without a Keep-Alive hint to say when): reset before
-   * any answer, most likely before the backend read a byte. A request that may go again
-   * (retryable) goes again once, without charging the backend (its failure is counted, not
-   * held against it) or the retry budget, as nginx gives a failure on a cached connection
-   * an extra try and Node's docs advise retrying on `reusedSocket`. It got 503 with one
-   * backend (16 of 120 GETs 300 ms apart to a backend closing connections idle for
-   * 300 ms), each one counted towards ejecting a healthy backend. A backend that crashed
-   * with requests on its pooled connections looks the same; its refused connections are
-   * what charge it then.
+   * any answer, most likely before the backend read a byte. Retried as any reset of a
+   * request that may go again (retryable: within maxRetries and the budget), but once, on
+   * a new connection and to the same backend when it is the only one, and not held against
+   * the backend, as nginx gives a failure on a cached connection an extra try and Node's
+   * docs advise retrying on `reusedSocket`. It got 503 with one backend (16 of 120 GETs
+   * 300 ms apart to a backend closing connections idle for 300 ms), each one counted
+   * towards ejecting a healthy backend. A backend that crashed with requests on its pooled
+   * connections looks the same; its refused connections are what charge it then.
    */
   private staleConnection(flow: Flow, err: Error): boolean {
     const code = (err as { code?: string }).code;
     if (code !== 'ECONNRESET' && code !== 'EPIPE') return false;
     if (flow.staleRetried || flow.responded || flow.proxyReq?.reusedSocket !== true) return false;
-    if (flow.res.headersSent || flow.res.destroyed || flow.req.socket.destroyed) return false;
-    return this.retryable(flow);
+    return !flow.res.headersSent && this.retryable(flow);
   }
 
   private mayRetry(flow: Flow, notSent: boolean): boolean {

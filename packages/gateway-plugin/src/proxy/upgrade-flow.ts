@@ -35,6 +35,7 @@ import { STATUS_CODES, ServerResponse, type ClientRequest, type IncomingMessage 
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { ClientLimit, clientKey } from '../admission/client-limit';
+import { closeIdle } from '../registry/pool-agent';
 import type { Backend } from '../registry/backend';
 import { ERROR_CODE_HEADER } from '../error-response';
 import { GATEWAY_ERRORS, type GatewayErrorCode } from '../errors';
@@ -385,7 +386,7 @@ export class UpgradeFlow {
       return;
     }
     const backend = this.upgrades.get(req);
-    const stale = !('setHeader' in res) && this.staleConnection(err, req, res);
+    const stale = !('setHeader' in res) && this.staleConnection(err, req);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
       // Not after the 101: an error on an open tunnel is a close race (the backend ended
@@ -394,8 +395,7 @@ export class UpgradeFlow {
       if (!this.upgraded.has(req) && !stale) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
-    if (backend && stale && this.retriedStale(err, req, res, backend)) return;
-    if (backend && this.retried(err, req, res, backend)) return;
+    if (backend && this.retried(err, req, res, backend, stale)) return;
     const timedOut = classify(err as Error & { code?: string }) === 'timeout';
     if (!this.upgraded.has(req) && res.writable) {
       if (timedOut) refuse(res, 504, 'LW_GW_UPSTREAM_TIMEOUT');
@@ -408,17 +408,34 @@ export class UpgradeFlow {
    * to another backend on the same client socket, when `retry` allows one: a GET, within
    * maxRetries and the retry budget, a backend not tried yet. A backend that went down
    * (a deploy, a crash) used to cost every WebSocket picked for it a 502, while a
-   * request to it was retried. Once the handshake is sent it is never retried.
+   * request to it was retried. Once the handshake is sent it is never retried, but for a
+   * `stale` connection (staleConnection).
    */
-  private retried(err: Error, req: IncomingMessage, socket: Socket, failed: Backend): boolean {
+  private retried(
+    err: Error,
+    req: IncomingMessage,
+    socket: Socket,
+    failed: Backend,
+    stale: boolean,
+  ): boolean {
     const c = this.core;
     const attempt = this.attempts.get(req);
     const e = err as Error & { code?: string };
     const connectFailed = classify(e) === 'connect' || e.code === CONNECT_TIMEOUT_CODE;
-    if (!attempt || this.upgraded.has(req) || !connectFailed || isBadAnswer(e)) return false;
-    if (!this.mayGoAgain(attempt, socket)) return false;
+    if (!attempt || this.upgraded.has(req) || !(connectFailed || stale) || isBadAnswer(e))
+      return false;
+    const r = c.options.retry;
+    if (!r || !r.methods.includes('GET') || attempt.retries >= r.maxRetries) return false;
+    if (socket.destroyed || !socket.writable || c.closed || c.draining) return false;
     attempt.tried ??= new Set();
     attempt.tried.add(failed.endpoint);
+    if (stale) {
+      // As a request's (request-flow.ts onError): once, on a new connection (the pool's
+      // older idle ones closed), to the same backend when it is the only one.
+      attempt.staleRetried = true;
+      closeIdle(failed.agent);
+      if (c.nothingLeftToTry(attempt.tried)) attempt.tried.delete(failed.endpoint);
+    }
     if (c.nothingLeftToTry(attempt.tried) || !(c.budget?.tryRetry() ?? false)) return false;
     const next = c.pickUpgrade(c.now(), attempt.hashKey, attempt.tried);
     if (!next) {
@@ -427,74 +444,22 @@ export class UpgradeFlow {
       return false;
     }
     const errno = e.code ?? e.message;
-    attempt.retries++;
-    this.sendAgain(req, socket, attempt, failed, next, errno);
-    return true;
-  }
-
-  /** `retry` allows an upgrade (a GET) to go again, and its client is still there. */
-  private mayGoAgain(attempt: UpgradeAttempt, socket: Socket): boolean {
-    const c = this.core;
-    const r = c.options.retry;
-    if (!r || !r.methods.includes('GET') || attempt.retries >= r.maxRetries) return false;
-    return !(socket.destroyed || !socket.writable || c.closed || c.draining);
-  }
-
-  /**
-   * A pooled connection the backend closed as it was handed this upgrade (the idle-close
-   * race; request-flow.ts staleConnection): reset before any answer. It goes again once,
-   * without charging the backend or the retry budget, to another backend if there is one,
-   * else to the same. Charged and not retried, a healthy lone backend answered 502.
-   */
-  private staleConnection(err: Error, req: IncomingMessage, socket: Socket): boolean {
-    const attempt = this.attempts.get(req);
-    const code = (err as { code?: string }).code;
-    if (!attempt || this.upgraded.has(req) || attempt.responded || attempt.staleRetried)
-      return false;
-    if ((code !== 'ECONNRESET' && code !== 'EPIPE') || attempt.proxyReq?.reusedSocket !== true)
-      return false;
-    return this.mayGoAgain(attempt, socket);
-  }
-
-  private retriedStale(err: Error, req: IncomingMessage, socket: Socket, failed: Backend): boolean {
-    const c = this.core;
-    const attempt = this.attempts.get(req)!;
-    attempt.staleRetried = true;
-    attempt.tried ??= new Set();
-    attempt.tried.add(failed.endpoint);
-    if (c.nothingLeftToTry(attempt.tried)) attempt.tried.delete(failed.endpoint);
-    const next = c.pickUpgrade(c.now(), attempt.hashKey, attempt.tried);
-    if (!next) return false;
-    const errno = `${(err as { code?: string }).code} on a pooled connection, before any answer`;
-    this.sendAgain(req, socket, attempt, failed, next, errno);
-    return true;
-  }
-
-  private sendAgain(
-    req: IncomingMessage,
-    socket: Socket,
-    attempt: UpgradeAttempt,
-    failed: Backend,
-    next: Backend,
-    errno: string,
-  ): void {
-    const c = this.core;
-    const attemptNo = attempt.retries + (attempt.staleRetried ? 1 : 0);
     c.logLine(
       `upstream:${failed.id}:${errno}`,
-      `attempt ${attemptNo} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}; retrying`,
+      `attempt ${attempt.retries + 1} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}${stale ? ' on a pooled connection' : ''}; retrying`,
       {
         event: 'upstream-failed',
         backend: failed.id,
         url: failed.target.href,
         error: errno,
-        attempt: attemptNo,
+        attempt: attempt.retries + 1,
         method: req.method,
         path: req.url,
         outcome: 'retrying',
       },
     );
     c.metrics.onRetry(failed.id);
+    attempt.retries++;
     // What the client sent so far, the head included, goes back in front of the socket
     // for the next attempt, which is therefore handed an empty head.
     attempt.stopReading?.(true);
@@ -516,6 +481,21 @@ export class UpgradeFlow {
       if (socket.end === skipEnd) delete (socket as { end?: unknown }).end;
     });
     c.engine.upgrade(next, req, socket, Buffer.alloc(0));
+    return true;
+  }
+
+  /**
+   * A pooled connection the backend closed as it was handed this upgrade (the idle-close
+   * race; request-flow.ts staleConnection): reset before any answer. Retried like a failed
+   * connect, within `retry`, and not held against the backend. Charged and not retried, a
+   * healthy lone backend answered 502.
+   */
+  private staleConnection(err: Error, req: IncomingMessage): boolean {
+    const attempt = this.attempts.get(req);
+    const code = (err as { code?: string }).code;
+    if (!attempt || this.upgraded.has(req) || attempt.responded || attempt.staleRetried)
+      return false;
+    return (code === 'ECONNRESET' || code === 'EPIPE') && attempt.proxyReq?.reusedSocket === true;
   }
 
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */

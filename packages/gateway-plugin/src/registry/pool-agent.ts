@@ -78,6 +78,18 @@ export function retirePool(agent: HttpAgent): void {
 }
 
 /**
+ * Closes a backend's idle pooled connections, and only those: one of them was just found
+ * closed by the backend as it was reused (the idle-close race, request-flow.ts), and the
+ * pool hands out the connection freed last (LIFO), so every other idle one has been idle
+ * longer and most likely met the same idle timer. Left, the request sent again was handed
+ * the next of them (3 of 60 GETs still got 503 with 5 connections idle together).
+ */
+export function closeIdle(agent: HttpAgent): void {
+  for (const list of Object.values(agent.freeSockets as SocketLists))
+    for (const socket of list ?? []) socket.destroy();
+}
+
+/**
  * A keep-alive pool (https when `tls` options are given) whose connections
  * are guarded as above: Node's own Agent with its two pooling hooks,
  * `keepSocketAlive` (a connection goes back to the pool) and `reuseSocket`

@@ -16,6 +16,7 @@
  *   backend whose agent is lost and which the gateway's own signals fail too
  *   (Backend.presumedGone) is neither routable nor picked in panic.
  */
+import { serverOf } from './server';
 import type { Message, MetricsReport, StatusMessage } from '@loadwise/protocol';
 import type { Strategy } from '../strategies/types';
 import type { BalancerEmitter } from '../events';
@@ -25,17 +26,6 @@ import { unsignedPenalty } from './unsigned-report';
 /** Backends whose reports may go stale in one sweep with a log line each. */
 export const STALE_LINES = 3;
 
-/**
- * A backend's server, for "one id per server": host and port (the scheme's default port
- * when none is given), not `URL.origin`, which has the scheme. Keyed by origin,
- * `http://10.0.0.5:8443` was another server than an https backend's
- * `https://10.0.0.5:8443`: a key holder could register it for another id, and that id's
- * requests, cookies and tokens went in cleartext to the TLS port (retried on the real
- * backend, so no client saw it).
- */
-export function serverOf(url: URL): string {
-  return `${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`;
-}
 export class Registry {
   readonly backends = new Map<string, Backend>();
   /** Each backend by its server (serverOf): discovery refuses a second id for one. */
