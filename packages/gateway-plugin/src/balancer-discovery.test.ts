@@ -264,7 +264,8 @@ describe('an agent that stops (signed offline), and a full maxBackends', () => {
       expect(r.url('evil')).toBeUndefined();
       // The next generation: full, so the departed a gives up its slot (a rolling deploy
       // with new ids used to be refused until the leases ended, 10 minutes).
-      r.send(r.run('c').registration('http://10.0.0.3:8080'));
+      const c = r.run('c');
+      r.send(c.registration('http://10.0.0.3:8080'));
       expect(r.url('c')).toBe('http://10.0.0.3:8080/');
       expect(r.removed).toEqual([['a', 'evicted']]);
       // a's address stays a's while its lease would have run: not another id's (b's new run
@@ -272,7 +273,7 @@ describe('an agent that stops (signed offline), and a full maxBackends', () => {
       r.at(1_000);
       r.send(r.run('b').registration('http://10.0.0.1:8080'));
       expect(r.url('b')).toBe('http://10.0.0.2:8080/');
-      r.send(r.run('c').status('offline', { reason: 'agent stopped' }));
+      r.send(c.status('offline', { reason: 'agent stopped' }));
       r.send(r.run('a').registration('http://10.0.0.1:8080'));
       expect(r.url('a')).toBe('http://10.0.0.1:8080/');
       expect(r.drops.map(([code]) => code)).toEqual([
@@ -338,6 +339,104 @@ describe('an agent that stops (signed offline), and a full maxBackends', () => {
       r.send(r.run('n1').registration('http://10.0.1.2:8080'));
       expect(r.url('n1')).toBe('http://10.0.1.2:8080/');
       expect(r.removed).toEqual([['d1', 'evicted']]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});
+
+describe('messages of another agent run than the one that admitted a discovered backend', () => {
+  const ids = (r: ReturnType<typeof rig>): string[] => r.lb.registry.eligible.map((b) => b.id);
+
+  it('never apply, before its registration is refused or after: a stop or a drain stays', async () => {
+    for (const how of ['offline', 'draining'] as const) {
+      const r = rig();
+      try {
+        const a = r.run('web');
+        r.send(a.registration('http://10.0.0.1:8080'));
+        r.send(a.metrics(calmReport));
+        r.at(1_000);
+        r.send(a.status(how));
+        expect(ids(r)).toEqual([]);
+        // A second agent for the id starts as every agent does: `online`, then its
+        // registration (refused: not an allowed address). Its `online` put the stopped or
+        // drained backend back in rotation, before the refusal and for good after.
+        r.at(1_000);
+        const second = r.run('web');
+        r.send(second.status('online'));
+        r.send(second.registration('http://192.168.0.1:8080'));
+        r.send(second.metrics(calmReport));
+        expect(ids(r)).toEqual([]);
+        r.at(30_000);
+        expect(ids(r)).toEqual([]);
+        expect(r.drops.map(([code]) => code)).toEqual([
+          'LW_GW_UNKNOWN_BACKEND',
+          'LW_GW_REGISTRATION_REJECTED',
+          'LW_GW_REGISTRATION_REJECTED',
+        ]);
+      } finally {
+        await r.lb.close();
+      }
+    }
+  });
+
+  it("never apply an earlier refused run's Last Will, however often it is sent again", async () => {
+    const r = rig();
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.send(a.metrics(calmReport));
+      r.at(1_000);
+      const first = r.run('web');
+      r.send(first.registration('http://192.168.0.1:8080'));
+      const willOfFirst = first.status('offline', { will: true });
+      r.at(1_000);
+      // The same misconfigured agent restarted: the refused run is another one now, and
+      // only the last refused run's messages were refused: the first one's will (captured,
+      // or its connection breaking late) took the admitted backend out after each report.
+      r.send(r.run('web').registration('http://192.168.0.1:8080'));
+      for (let i = 0; i < 5; i++) {
+        r.send(a.metrics(calmReport));
+        r.at(1_000);
+        r.send(willOfFirst);
+        expect([i, ids(r), r.lb.registry.get('web')!.agentLost]).toEqual([i, ['web'], false]);
+      }
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it("keep the admitted run the order when the guard's state was swept (a broker outage longer than its retention)", async () => {
+    const r = rig({ forgetAfterMs: 60_000 });
+    const inner = r.lb as unknown as SweepInternals;
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.at(1_000);
+      const second = r.run('web');
+      r.send(second.registration('http://192.168.0.1:8080'));
+      r.send(a.metrics(calmReport));
+      // 100 s without the broker: the lease waits, the replay state is swept.
+      inner.source = { isConnected: false, close: () => Promise.resolve() };
+      for (let i = 0; i < 100; i++) {
+        r.at(1_000);
+        inner.advanceLease(r.now(), false);
+      }
+      inner.source = { isConnected: true, close: () => Promise.resolve() };
+      inner.advanceLease(r.now(), true);
+      // Back: the second agent's retained registration comes first. Held with no order, it
+      // made every message of the admitted run (an earlier epoch) a replay, and the backend
+      // was forgotten when its lease ended.
+      r.drops.length = 0;
+      r.send(second.registration('http://192.168.0.1:8080'));
+      for (let i = 0; i < 90; i++) {
+        r.send(a.metrics(calmReport));
+        r.send(second.metrics(calmReport));
+        r.at(1_000);
+      }
+      expect(r.url('web')).toBe('http://10.0.0.1:8080/');
+      expect(r.removed).toEqual([]);
+      expect(r.drops.filter(([code]) => code === 'LW_PROTO_REPLAY')).toEqual([]);
     } finally {
       await r.lb.close();
     }

@@ -548,8 +548,9 @@ export class Balancer implements BalancerHandle, FlowHost {
       // the admitted agent a replay, and the healthy backend was forgotten at the end of
       // its lease; held, that run's messages (and those of any run held before it) stay
       // replays, and the admitted run's go on. Everything else is the backend's order.
+      // The admitting run is the order if the guard has none (its state swept).
       const entry = this.registry.get(id);
-      if (otherRun(entry, result.message.epochMs)) this.decoder.hold(result);
+      if (otherRun(entry, result.message.epochMs)) this.decoder.hold(result, entry!.runEpochMs);
       else this.decoder.accept(result);
     }
   }
@@ -623,13 +624,23 @@ export class Balancer implements BalancerHandle, FlowHost {
       this.registry.applyUnsigned(backend, message, receivedAtMs, this.options.unsignedMaxPenalty);
       return;
     }
-    if (backend.refusedEpochMs !== undefined && message.epochMs === backend.refusedEpochMs) {
-      // A run whose registration was refused: another instance than the one at this
-      // entry's address. Applied, its reports described a server that was not the one
-      // routed to, and renewed the lease of a dead entry for good.
+    if (otherRun(backend, message.epochMs)) {
+      // Another agent run than the one that admitted this discovered entry: a run whose
+      // registration was refused is another instance than the one at this entry's address
+      // (applied, its reports described a server that was not the one routed to, and
+      // renewed the lease of a dead entry for good), and one that has not registered yet
+      // is not this entry's until its registration moves it or takes it over. Only the
+      // last refused run was checked: a captured Last Will of an earlier refused run put
+      // the admitted backend offline again after each of its reports, and a second
+      // agent's `online` before its refused registration undid the admitted agent's
+      // `offline`. A restarted agent's first reports wait for its registration (it sends
+      // one at once), and its first report after it sets the state.
+      const refused = message.epochMs === backend.refusedEpochMs;
       return this.drop(
-        'LW_GW_REGISTRATION_REJECTED',
-        `${message.kind} of an agent run whose registration was refused: not applied`,
+        refused ? 'LW_GW_REGISTRATION_REJECTED' : 'LW_GW_UNKNOWN_BACKEND',
+        refused
+          ? `${message.kind} of an agent run whose registration was refused: not applied`
+          : `${message.kind} of an agent run that has not registered: not applied`,
         message.backendId,
       );
     }

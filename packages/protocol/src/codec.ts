@@ -232,7 +232,7 @@ export interface Decoder {
    * agent run than the one it admitted): remembered apart, so that run's messages stay
    * replays and the admitted run's go on (ReplayGuard.hold). Nothing for an unsigned message.
    */
-  hold(decoded: Decoded): void;
+  hold(decoded: Decoded, takenEpochMs?: number): void;
 }
 
 /**
@@ -441,8 +441,8 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     accept: (decoded) => {
       if (decoded.keyId !== undefined) guard.accept(decoded.message);
     },
-    hold: (decoded) => {
-      if (decoded.keyId !== undefined) guard.hold(decoded.message);
+    hold: (decoded, takenEpochMs) => {
+      if (decoded.keyId !== undefined) guard.hold(decoded.message, takenEpochMs);
     },
     forget: (backendId) => {
       guard.forget(backendId);

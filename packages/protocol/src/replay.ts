@@ -191,11 +191,17 @@ export class ReplayGuard {
    * another agent run than the one it admitted (its registration refused, or not seen
    * yet). It is remembered as held, without moving the order: the taken run's messages go
    * on being accepted, and this one, or any earlier held one, is a replay from now on. A
-   * message of the taken run is taken (accept).
+   * message of the taken run is taken (accept). `takenEpochMs`: the run the reader took
+   * (the one that admitted the backend), the order when the guard has none (its state
+   * swept after a silence longer than the retention, say a broker outage): held first, a
+   * refused run's message made every message of the admitted run, an earlier run, a
+   * replay, and the backend was forgotten at the end of its lease.
    */
-  hold(message: Message): void {
+  hold(message: Message, takenEpochMs?: number): void {
     if (isLastWill(message)) return;
     const last = this.touch(message.backendId);
+    if (!last.taken && takenEpochMs !== undefined && takenEpochMs !== message.epochMs)
+      last.taken = { epochMs: takenEpochMs, seq: -1 };
     if (last.taken?.epochMs === message.epochMs) return this.accept(message);
     if (!last.held || after(message, last.held)) {
       last.held = { epochMs: message.epochMs, seq: message.seq };
