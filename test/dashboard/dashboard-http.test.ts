@@ -5,6 +5,7 @@
  * timer that runs only while someone watches, a viewer cap, and nothing left
  * open after close().
  */
+import type { ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import type { Frame } from '../../packages/gateway-plugin/src/dashboard/frame';
 import type { InitMessage } from '../../packages/gateway-plugin/src/dashboard/stream';
@@ -74,6 +75,17 @@ describe('the token', () => {
       expect(r.headers['cache-control']).toBe('no-store');
       expect(r.body).toContain('<script src="dashboard/dashboard.js" defer></script>');
     }
+  });
+
+  it('takes the query token beside an Authorization header of its own (an auth proxy in front)', async () => {
+    // oauth2-proxy and the like pass the user's token on as `Authorization: Bearer`; a
+    // browser can send the dashboard's only in the query. The header alone was read: 401.
+    const authorization = 'Bearer app-session-abc';
+    const page = await send(`${gw.url}${PATH}?token=${TOKEN}`, { headers: { authorization } });
+    expect(page.status).toBe(200);
+    const s = await openSse(`${gw.url}${PATH}/events?token=${TOKEN}`, { authorization });
+    streams.push(s);
+    expect((await s.next('init')).event).toBe('init');
   });
 
   it('is not the status token: the dashboard token does not open the status endpoint', async () => {
@@ -216,6 +228,36 @@ it('close() ends every open stream, so the HTTP server can close', async () => {
     expect(after.status).toBe(503);
   } finally {
     await own.close();
+    await backend.close();
+  }
+});
+
+it('close() cuts a viewer whose bytes are unsent, so the HTTP server can close', async () => {
+  // A viewer that stopped reading: end() queued behind what it had not taken, its
+  // response never finished, and the server's close() waited for it to leave, for good
+  // if it never did. Unsent bytes held here by corking its socket.
+  const backend = await startBackend('solo');
+  const own = await startLocalGateway({
+    backends: [{ id: 'solo', url: backend.url }],
+    dashboard: { token: TOKEN, intervalMs: 250 },
+  });
+  const viewer = connect(own.port, '127.0.0.1');
+  viewer.on('error', () => {});
+  try {
+    viewer.write(`GET ${PATH}/events?token=${TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const viewers = (dashboardOf(own.lb)!.stream as unknown as { viewers: Set<ServerResponse> })
+      .viewers;
+    await waitFor(() => viewers.size === 1);
+    const res = [...viewers][0]!;
+    res.socket!.cork();
+    await waitFor(() => res.writableLength > 0);
+    let closed = false;
+    own.server.close(() => (closed = true));
+    await own.lb.close({ graceMs: 0 });
+    await waitFor(() => closed);
+  } finally {
+    viewer.destroy();
+    await own.close().catch(() => {});
     await backend.close();
   }
 });

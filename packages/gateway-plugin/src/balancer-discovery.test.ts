@@ -442,3 +442,32 @@ describe('messages of another agent run than the one that admitted a discovered 
     }
   });
 });
+
+describe('a backend forgotten with a request still on it', () => {
+  it('leaves no metric series once that request has answered', async () => {
+    const r = rig({ forgetAfterMs: 5_000 });
+    const series = async (): Promise<string[]> =>
+      (await r.lb.metrics.registry.metrics())
+        .split('\n')
+        .filter((line) => line.includes('backend="web-0"'));
+    try {
+      r.send(r.run('web-0').registration('http://10.0.0.1:8080'));
+      const old = r.lb.registry.get('web-0')!;
+      r.lb.attemptStarted(old, r.now());
+      // Its agent restarts at another address (the old entry retired with the request on
+      // it), then goes silent: forgotten, its series with it.
+      r.at(1_000);
+      r.send(r.run('web-0').registration('http://10.0.0.2:8080'));
+      for (let i = 0; i < 7; i++) r.at(1_000);
+      expect(r.url('web-0')).toBeUndefined();
+      expect(await series()).toEqual([]);
+      // The request on the old address answers (request-flow.ts counts it by id).
+      r.lb.metrics.onResponse(old.id, 200, 6_000);
+      r.lb.attemptEnded(old, r.now(), 6_000, true, false, false);
+      r.at(1_000);
+      expect(await series()).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});

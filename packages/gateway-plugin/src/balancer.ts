@@ -1100,6 +1100,9 @@ export class Balancer implements BalancerHandle, FlowHost {
       if (!idle(b)) continue;
       this.retired.delete(b);
       b.close();
+      // Forgotten while requests were still on it: their answers made its metric series
+      // again, for a backend the gateway no longer has, and nothing removed them.
+      if (!this.registry.get(b.id)) this.metrics.forgetBackend(b.id);
     }
     if (this.options.discovery === undefined) return;
     const after = this.options.discovery.forgetAfterMs;

@@ -106,8 +106,11 @@ function serveAsset(req: IncomingMessage, res: ServerResponse, a: Asset): void {
 
 export function createDashboard(balancer: Balancer, opts: ResolvedDashboardOptions): Dashboard {
   const matches = tokenMatcher(opts.token);
+  // Either form: an auth proxy in front (oauth2-proxy passing the user's token on) may add
+  // an `Authorization: Bearer` of its own to every request, and a browser can send only the
+  // query form; the Bearer alone was read, and the page answered 401.
   const authorized = (req: IncomingMessage): boolean =>
-    matches(bearerToken(req) ?? queryToken(req));
+    matches(bearerToken(req)) || matches(queryToken(req));
   const anyone = (): boolean => true;
   const assets = loadAssets();
   // The page refers to its assets relative to itself (`<last segment>/x`), so it works mounted anywhere.

@@ -201,7 +201,13 @@ export class DashboardStream {
     if (this.stepping !== undefined) clearImmediate(this.stepping);
     this.stepping = undefined;
     this.joining.clear();
-    for (const res of this.viewers) res.end();
+    // A viewer with bytes still unsent (one that stopped reading) is cut: end() queued
+    // behind them, so its response never finished, and its connection kept the server's
+    // close() waiting until the viewer left, for good if it never did.
+    for (const res of this.viewers) {
+      if (res.writableLength > 0) res.destroy();
+      else res.end();
+    }
     this.viewers.clear();
   }
 
