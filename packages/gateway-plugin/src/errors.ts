@@ -18,10 +18,7 @@ export const GATEWAY_ERRORS = {
     status: undefined,
     message: 'backend id is not a valid protocol backend id',
   },
-  LW_GW_DUPLICATE_BACKEND: {
-    status: undefined,
-    message: 'two backends share an id or a server (host and port)',
-  },
+  LW_GW_DUPLICATE_BACKEND: { status: undefined, message: 'two backends share an id or a URL' },
   LW_GW_INVALID_BACKEND_URL: {
     status: undefined,
     message: 'backend url is not an absolute http(s) URL without credentials, query or hash',

@@ -239,26 +239,6 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     },
     'LW_GW_DUPLICATE_BACKEND',
   ],
-  [
-    'one server under two schemes',
-    {
-      backends: [
-        { id: 'a', url: 'https://h:8443' },
-        { id: 'b', url: 'http://h:8443/x' },
-      ],
-    },
-    'LW_GW_DUPLICATE_BACKEND',
-  ],
-  [
-    "one server at https's default port",
-    {
-      backends: [
-        { id: 'a', url: 'https://h' },
-        { id: 'b', url: 'http://h:443' },
-      ],
-    },
-    'LW_GW_DUPLICATE_BACKEND',
-  ],
   ['token without a path', { ...base, statusToken: 'long-enough' }, 'LW_GW_INVALID_OPTION'],
   [
     'selfHandleResponse without on.proxyRes',

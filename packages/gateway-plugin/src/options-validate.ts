@@ -27,7 +27,6 @@ import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options'
 import { defaultLogger } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
 import { checkPath } from './proxy/request-checks';
-import { serverOf } from './registry/server';
 import {
   type Check,
   type Fail,
@@ -205,18 +204,16 @@ function duplicateBackend(list: Required<BackendConfig>[]): GatewayError | undef
     if (ids.has(b.id))
       return new GatewayError('LW_GW_DUPLICATE_BACKEND', `backend id ${b.id} appears twice`);
     ids.add(b.id);
-    // The server, host and port, as discovery keys it (registry.ts serverOf): not the URL,
-    // which let `http://h:8443` stand beside `https://h:8443`, and the registry kept one.
-    const server = serverOf(new URL(b.url));
-    const first = urls.get(server);
+    // The URL, not the server: backends under paths of one server (`http://h/api-1`,
+    // `http://h/api-2`) are configurations that work; discovery, which takes signed
+    // registrations, refuses a second id for a server whatever its scheme or path.
+    const first = urls.get(b.url);
     if (first !== undefined)
       return new GatewayError(
         'LW_GW_DUPLICATE_BACKEND',
-        list[first]!.url === b.url
-          ? `backends[${i}].url ${b.url} is also backends[${first}].url`
-          : `backends[${i}].url ${b.url} is the server (host and port) of backends[${first}].url ${list[first]!.url}`,
+        `backends[${i}].url ${b.url} is also backends[${first}].url`,
       );
-    urls.set(server, i);
+    urls.set(b.url, i);
   }
   return undefined;
 }
