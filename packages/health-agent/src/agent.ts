@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { MqttClient } from 'mqtt';
 import {
+  DEFAULT_MAX_CLOCK_SKEW_MS,
   createEncoder,
   topicFor,
   type BackendState,
@@ -11,7 +12,7 @@ import {
 } from '@loadwise/protocol';
 import { AgentError } from './errors';
 import { EarlyReporter, outstandingOf } from './early-report';
-import { connectBroker, defaultClientId } from './mqtt-publisher';
+import { connectBroker, defaultClientId, lastWillOption } from './mqtt-publisher';
 import { probe, type ProbeResult } from './probe';
 import { QUEUE_SOURCES, createQueueReader } from './queue';
 import type { QueueReading, QueueSourceReader, RiseReading } from './queue/types';
@@ -94,6 +95,12 @@ export interface Agent extends EventEmitter<AgentEvents> {
     connects: number;
     /** Early reports published (also counted in `published`). */
     early: number;
+    /**
+     * Agent runs started over because the clock stepped back by more than the
+     * gateways' skew window behind the run's start (`epochMs`): each is a new
+     * epoch, sequence from 0, and a new Last Will (LW_AGENT_CLOCK_BEHIND_RUN warning).
+     */
+    newRuns: number;
   };
   /** Connects (in the background; retries forever) and starts the schedule. */
   start(): Promise<void>;
@@ -111,8 +118,16 @@ export interface Agent extends EventEmitter<AgentEvents> {
 
 class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   readonly options: ResolvedAgentOptions;
-  readonly stats = { published: 0, dropped: 0, overlaps: 0, connects: 0, early: 0 };
-  private readonly encoder: Encoder;
+  readonly stats = {
+    published: 0,
+    dropped: 0,
+    overlaps: 0,
+    connects: 0,
+    early: 0,
+    newRuns: 0,
+  };
+  /** The current run's encoder: replaced by runEncoder() when the clock steps back past its epoch. */
+  private encoder: Encoder;
   private readonly host: HostSampler;
   private readonly process: ProcessSampler | undefined;
   private readonly cgroup: CgroupSampler | undefined;
@@ -219,8 +234,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     const b = this.options.broker;
     if (b) {
       const clientId = b.clientId ?? defaultClientId(this.backendId);
-      const will = this.encoder.status('offline', { will: true, reason: 'agent connection lost' });
-      const client = connectBroker(b, clientId, will);
+      const client = connectBroker(b, clientId, this.lastWill());
       this.client = client;
       client.on('connect', () => {
         this.stats.connects++;
@@ -248,12 +262,53 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     this.early?.start();
   }
 
+  /** The Last Will of the current run: the broker publishes it if the agent vanishes. */
+  private lastWill(): EncodedMessage {
+    return this.runEncoder().status('offline', { will: true, reason: 'agent connection lost' });
+  }
+
+  /**
+   * The encoder of the current run, which stamps every message. A run's `epochMs` is the
+   * clock when it started: an agent started while its clock was fast (booted before NTP
+   * synced) kept that epoch after the clock was stepped back, and every gateway dropped
+   * all its messages (LW_PROTO_CLOCK_SKEW: epochMs ahead of their clock by more than
+   * maxClockSkewMs) until the agent was restarted. Once the clock is that far behind the
+   * epoch, the agent starts a new run: a new epoch (sequence from 0) and a new Last Will,
+   * on a new connection, whose `connect` publishes the retained status and registration as
+   * a start does. No gateway with a correct clock accepted the future epoch, so the older
+   * epoch of the new run cannot make its messages replays there.
+   */
+  private runEncoder(): Encoder {
+    const now = Date.now();
+    const ahead = this.encoder.epochMs - now;
+    if (ahead <= DEFAULT_MAX_CLOCK_SKEW_MS) return this.encoder;
+    const o = this.options;
+    this.encoder = createEncoder({ backendId: o.backendId, prefix: o.prefix, key: o.signingKey });
+    this.stats.newRuns++;
+    this.emit(
+      'warning',
+      `LW_AGENT_CLOCK_BEHIND_RUN: the clock stepped back ${Math.round(ahead / 1000)} s behind this agent run's start; gateways drop messages whose epochMs is more than ${DEFAULT_MAX_CLOCK_SKEW_MS / 1000} s ahead of them: starting a new run (epochMs ${this.encoder.epochMs})`,
+    );
+    const c = this.client;
+    // The broker holds the Last Will given at CONNECT: a new one needs a new connection.
+    // reconnect() ends this one cleanly (the broker discards the old will [MQTT-3.14.4-3])
+    // and connects again with the new one; a client offline now connects with it when it
+    // retries. Not while stopping: stop() leaves on the connection it has.
+    if (c && !this.stopping) {
+      c.options.will = lastWillOption(this.lastWill());
+      if (c.connected) c.reconnect();
+    }
+    return this.encoder;
+  }
+
   /** Discovery: the signed, retained registration (advertiseUrl), while not offline. */
   private publishRegistration(): void {
     const url = this.options.advertiseUrl;
     const c = this.client;
     if (url === undefined || !c?.connected || this._state === 'offline') return;
-    const msg = this.encoder.registration(url);
+    const encoder = this.runEncoder();
+    if (!open(c)) return; // a new run: registered again on its connect
+    const msg = encoder.registration(url);
     c.publish(msg.topic, msg.payload, { qos: 1, retain: true }, (err) => {
       if (err) this.emit('warning', `registration publish failed: ${err.message}`);
     });
@@ -262,10 +317,9 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private publishStatus(): void {
     const c = this.client;
     if (!c?.connected) return; // re-sent on the next connect; never queued to arrive late
-    const msg = this.encoder.status(
-      this._state,
-      this.drainReason ? { reason: this.drainReason } : {},
-    );
+    const encoder = this.runEncoder();
+    if (!open(c)) return; // a new run: its status goes out on its connect
+    const msg = encoder.status(this._state, this.drainReason ? { reason: this.drainReason } : {});
     c.publish(msg.topic, msg.payload, { qos: 1, retain: true }, (err) => {
       if (err) this.emit('warning', `status publish failed: ${err.message}`);
     });
@@ -323,7 +377,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private encodeReport(body: MetricsBody, what: string): EncodedMessage<MetricsReport> | undefined {
     this.guard(body, what);
     try {
-      return this.encoder.metrics(body);
+      return this.runEncoder().metrics(body);
     } catch (err) {
       this.emit('warning', `cannot encode ${what}: ${(err as Error).message}`);
       return undefined;
@@ -334,8 +388,9 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private send(topic: string, payload: string | Buffer): boolean {
     const c = this.client;
     // Connected-at-send only: with queueQoSZero off mqtt.js would drop it anyway,
-    // and the count of dropped samples is worth reporting.
-    const published = c?.connected === true;
+    // and the count of dropped samples is worth reporting. Not while the client
+    // leaves the connection (a new run's reconnect): mqtt.js refuses it then.
+    const published = open(c);
     if (published) {
       c!.publish(topic, payload, { qos: 0, retain: false });
       this.stats.published++;
@@ -413,7 +468,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   async sampleReport(): Promise<MetricsReport> {
     const body = await this.sample();
     this.guard(body, 'sample');
-    return this.encoder.metrics(body).message;
+    return this.runEncoder().metrics(body).message;
   }
 
   stop(opts: { graceMs?: number } = {}): Promise<void> {
@@ -459,7 +514,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       await c.publishAsync(topic, '', { qos: 1, retain: true }).catch(() => undefined);
     }
     if (c.connected) {
-      const msg = this.encoder.status('offline', { reason: 'agent stopped' });
+      const msg = this.runEncoder().status('offline', { reason: 'agent stopped' });
       await c.publishAsync(msg.topic, msg.payload, { qos: 1, retain: true }).catch(() => undefined);
     }
     // A clean DISCONNECT: the broker discards the Last Will [MQTT-3.14.4-3].
@@ -468,6 +523,11 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     await new Promise<void>((resolve) => c.end(false, {}, () => resolve()));
     return true;
   }
+}
+
+/** Connected, and not leaving the connection (mqtt.js refuses a publish while it does). */
+function open(c: MqttClient | undefined): c is MqttClient {
+  return c?.connected === true && !c.disconnecting;
 }
 
 /**

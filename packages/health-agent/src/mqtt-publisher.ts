@@ -45,6 +45,14 @@ export function defaultClientId(backendId: string): string {
   return `lw-agent-${backendId.slice(0, room)}${suffix}`;
 }
 
+/**
+ * The Last Will as mqtt.js takes it: the retained `offline` status at QoS 1, published
+ * by the broker if the agent vanishes without a DISCONNECT [MQTT-3.1.2-8].
+ */
+export function lastWillOption(will: EncodedMessage): NonNullable<IClientOptions['will']> {
+  return { topic: will.topic, payload: Buffer.from(will.payload), qos: 1, retain: true };
+}
+
 export function mqttClientOptions(
   b: BrokerOptions,
   clientId: string,
@@ -64,9 +72,7 @@ export function mqttClientOptions(
     // reconnect (queueQoSZero defaults to true). A metric is only worth its
     // freshness: drop it rather than deliver it late.
     queueQoSZero: false,
-    // Last Will: retained `offline` status at QoS 1, published by the broker if
-    // the agent vanishes without a DISCONNECT [MQTT-3.1.2-8].
-    will: { topic: will.topic, payload: Buffer.from(will.payload), qos: 1, retain: true },
+    will: lastWillOption(will),
   };
   if (b.username !== undefined) o.username = b.username;
   if (b.password !== undefined) o.password = b.password;
