@@ -6,6 +6,7 @@ import {
   parsePrometheusGauge,
   prometheusSource,
 } from './prometheus-source';
+import { createAgent } from '../agent';
 
 const TEXT = `# HELP app_queue_depth Requests waiting
 # TYPE app_queue_depth gauge
@@ -124,6 +125,48 @@ describe('prometheusSource', () => {
       await expect(
         prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read(),
       ).rejects.toThrow(/gauge app_queue_depth has no finite value \(NaN or ±Inf\)/);
+    }
+  });
+  it('refuses a gauge outside 0 to 2^53-1 rather than clamp it; a fraction rounds', async () => {
+    // Clamped before: -7 went out as `queued: 0` (an idle backend), 1e308 as 2^53-1.
+    for (const value of ['-7', '-1.5', '1e308', '9007199254740993']) {
+      page = `app_queue_depth{worker="0"} ${value}\n`;
+      await expect(
+        prometheusSource(url(), 'app_queue_depth', 'inFlight', 5_000).read(),
+      ).rejects.toThrow(
+        /^gauge app_queue_depth is [-0-9.e+]+ at http:.*: inFlight must be a count from 0 to 9007199254740991$/,
+      );
+    }
+    for (const [value, count] of [
+      ['0.4', 0],
+      ['-0.4', 0],
+      ['2.6', 3],
+      ['9007199254740991', Number.MAX_SAFE_INTEGER],
+    ] as const) {
+      page = `app_queue_depth{worker="0"} ${value}\n`;
+      const reading = await prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read();
+      expect(reading.queue).toEqual({ queued: count, source: { queued: 'prometheus' } });
+    }
+  });
+  it('an agent leaves the queue block out of the report and warns naming the field', async () => {
+    page = 'app_queue_depth -7\n';
+    const agent = createAgent({
+      backendId: 'prom-neg',
+      queue: { source: 'prometheus', url: url().href, gauge: 'app_queue_depth' },
+      cgroup: false,
+    });
+    const warnings: string[] = [];
+    agent.on('warning', (w) => warnings.push(w));
+    try {
+      const body = await agent.sample();
+      expect(body.queue).toBeUndefined();
+      expect(warnings).toEqual([
+        expect.stringMatching(
+          /^queue source \(prometheus\) failed: gauge app_queue_depth is -7 at .*: queued must be a count/,
+        ),
+      ]);
+    } finally {
+      await agent.stop({ graceMs: 0 });
     }
   });
   it('says so when the gauge is not on the page', async () => {

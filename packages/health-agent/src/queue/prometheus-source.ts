@@ -162,13 +162,18 @@ export function prometheusSource(
         const why = reader.nonFinite > 0 ? 'has no finite value (NaN or ±Inf)' : 'not found';
         throw new Error(`gauge ${gauge} ${why} at ${url.href}`);
       }
-      return {
-        // A count the protocol can carry (a safe integer); a sum of huge values is not one.
-        queue: {
-          [field]: Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.round(value))),
-          source: { [field]: 'prometheus' },
-        },
-      };
+      // A count the protocol can carry: a safe integer from 0. A fraction rounds (a gauge
+      // averaged over workers); anything else is refused like a tracker's bad figure (the
+      // queue block is left out, with a warning naming the field). Clamped, -7 went out as
+      // `queued: 0`, an idle backend, and 1e308 (or a sum of huge values) as 2^53-1.
+      const count = Math.round(value);
+      if (count < 0 || count > Number.MAX_SAFE_INTEGER) {
+        throw new Error(
+          `gauge ${gauge} is ${value} at ${url.href}: ${field} must be a count from 0 to ${Number.MAX_SAFE_INTEGER}`,
+        );
+      }
+      // `+ 0`: -0.4 rounds to -0, which is 0.
+      return { queue: { [field]: count + 0, source: { [field]: 'prometheus' } } };
     },
   };
 }
