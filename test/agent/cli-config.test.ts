@@ -9,6 +9,7 @@ import {
   fromEnvironment,
 } from '../../packages/health-agent/src/config';
 import { spawnAgent } from '../kit/agent-cli';
+import { listen } from '../kit/agent-http';
 
 describe('loadwise-agent CLI interface', () => {
   let dir: string;
@@ -125,6 +126,38 @@ describe('loadwise-agent CLI interface', () => {
     });
     expect(sample.host.memoryAvailableBytes).toBeGreaterThan(0);
     expect(sample.cgroup).toBeUndefined();
+  });
+
+  it('--once logs why a source failed, once, as the daemon does', async () => {
+    // Before, --once returned before the warning listener was attached: the report
+    // went out without its queue block and nothing said why.
+    const sick = await listen((_req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    try {
+      const p = spawnAgent([
+        '--backend-id',
+        'once-warn',
+        '--once',
+        '--no-cgroup',
+        '--interval-ms',
+        '200',
+        '--tracker-url',
+        `${sick.url}/stats`,
+      ]);
+      expect(await p.exited).toBe(0);
+      expect(JSON.parse(p.stdout()).queue).toBeUndefined();
+      // Both samples failed the same way: said once (warnings repeat at most once a minute).
+      const lines = p.stderr().trim().split('\n');
+      expect(lines).toEqual([
+        expect.stringMatching(
+          /^\S+Z warn queue source \(tracker\) failed: tracker endpoint answered 503$/,
+        ),
+      ]);
+    } finally {
+      await sick.close();
+    }
   });
 
   it('`drain` without a target fails clearly', async () => {

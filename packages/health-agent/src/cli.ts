@@ -282,16 +282,6 @@ async function main(argv: string[]): Promise<void> {
     throw err;
   }
 
-  if (once) {
-    // Two samples: the first only primes CPU counters, so the printed one
-    // covers a real interval instead of a zero-length delta.
-    await agent.sample();
-    await new Promise((r) => setTimeout(r, Math.min(agent.options.intervalMs, 500)));
-    const report = await agent.sampleReport();
-    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
-    return;
-  }
-
   const threshold = LEVELS.indexOf(logLevel);
   const log = (level: Level, msg: string): void => {
     if (LEVELS.indexOf(level) <= threshold)
@@ -305,7 +295,20 @@ async function main(argv: string[]): Promise<void> {
     lastWarned.set(msg, now);
     log('warn', msg);
   };
+  // Before --once too: its report left out the queue block of a failing source (an
+  // unreachable tracker, a gauge out of range) and said nothing why.
   agent.on('warning', warnOnce);
+
+  if (once) {
+    // Two samples: the first only primes CPU counters, so the printed one
+    // covers a real interval instead of a zero-length delta.
+    await agent.sample();
+    await new Promise((r) => setTimeout(r, Math.min(agent.options.intervalMs, 500)));
+    const report = await agent.sampleReport();
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    return;
+  }
+
   // Reconnect attempts fail every --reconnect-ms while the broker is down: log each error once a minute.
   agent.on('error', (err) => warnOnce(`broker: ${err.message}`));
   // A broker drops the older of two clients with one id [MQTT-3.1.4-2], and MQTT 3.1.1
