@@ -1,5 +1,5 @@
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
-import { until } from '../kit/agent-http';
+import { listen, until } from '../kit/agent-http';
 import { uniquePrefix } from '../kit/brokers';
 import { spawnAgent, type AgentProcess } from '../kit/agent-cli';
 
@@ -94,4 +94,56 @@ describe('loadwise-agent CLI: a --client-id another client uses', () => {
       expect(lines.length).toBeLessThanOrEqual(1);
     }
   }, 30_000);
+});
+
+// A failing probe was published (verdict down) but never logged: the operator tailing the
+// agent's log saw nothing while every gateway took the backend out.
+describe('loadwise-agent CLI: health verdict changes in its log', () => {
+  it('logs up → down with the reason, and down → up', async () => {
+    let status = 200;
+    const app = await listen((_req, res) => {
+      res.statusCode = status;
+      res.end();
+    });
+    try {
+      const agent = spawnAgent([
+        '--backend-id',
+        'verdict-a',
+        '--broker',
+        broker.url,
+        '--prefix',
+        uniquePrefix('agent-verdict'),
+        '--interval-ms',
+        '200',
+        '--drain-grace-ms',
+        '0',
+        '--no-cgroup',
+        '--probe-url',
+        `${app.url}/healthz`,
+      ]);
+      agents.push(agent);
+      await until(() => agent.stderr().includes('started:'), 8000, 'the start');
+      // The host's CPU is real (other tests run beside): a verdict may be degraded
+      // rather than up, which is logged as a change too.
+      const healthLines = (): string[] =>
+        agent
+          .stderr()
+          .split('\n')
+          .filter((l) => l.includes(' health '));
+      status = 503;
+      const down = /^\S+Z warn health (up|degraded) → down: probe answered 503$/;
+      await until(() => healthLines().some((l) => down.test(l)), 8000, 'the down line');
+      status = 200;
+      const back = /^\S+Z (info health down → up|warn health down → degraded: .*CPU.*)$/;
+      await until(() => healthLines().some((l) => back.test(l)), 8000, 'the line of its return');
+      agent.child.kill('SIGTERM');
+      expect(await agent.exited).toBe(0);
+      const lines = healthLines();
+      const d = lines.findIndex((l) => down.test(l));
+      expect(d).toBeGreaterThanOrEqual(0);
+      expect(back.test(lines[d + 1]!)).toBe(true);
+    } finally {
+      await app.close();
+    }
+  });
 });

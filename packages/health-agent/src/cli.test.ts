@@ -1,7 +1,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { secretWarnings, withoutPassword } from './cli';
+import { secretWarnings, verdictLogger, withoutPassword } from './cli';
 import { mergeSources } from './config';
 
 describe('withoutPassword (the broker URL in log lines)', () => {
@@ -52,5 +52,37 @@ describe('secretWarnings', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('verdictLogger (the health verdict changes in the log)', () => {
+  it('logs each change with its reason, each at most once a minute, never left stale', () => {
+    let t = 0;
+    const said = verdictLogger(() => t);
+    const up = { verdict: 'up' } as const;
+    const down = { verdict: 'down', reason: 'probe answered 503' } as const;
+    expect(said(up)).toBeUndefined(); // a start says nothing of up
+    expect(said(down)).toEqual({ level: 'warn', line: 'health up → down: probe answered 503' });
+    expect(said(down)).toBeUndefined();
+    t = 10_000;
+    expect(said(up)).toEqual({ level: 'info', line: 'health down → up' });
+    // Flapping: the same changes within the minute are held back...
+    t = 20_000;
+    expect(said(down)).toBeUndefined();
+    t = 30_000;
+    expect(said(up)).toBeUndefined();
+    t = 40_000;
+    expect(said(down)).toBeUndefined();
+    // ...and the verdict that still differs is said once the minute is over, with the count.
+    t = 60_000;
+    expect(said(down)).toEqual({
+      level: 'warn',
+      line: 'health up → down: probe answered 503 (2 changes not shown)',
+    });
+    t = 61_000;
+    expect(said({ verdict: 'degraded', reason: 'host CPU 95%' })).toEqual({
+      level: 'warn',
+      line: 'health down → degraded: host CPU 95%',
+    });
   });
 });

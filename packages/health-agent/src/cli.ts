@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import type { HealthReport, HealthVerdict } from '@loadwise/protocol';
 import { createAgent, type Agent } from './agent';
 import { AgentError } from './errors';
 import {
@@ -72,6 +73,43 @@ const WARN_REPEAT_MS = 60_000;
 const QUICK_DROP_MS = 5_000;
 /** ...and this many in a row name the likely cause (a shared --client-id). */
 const QUICK_DROPS = 3;
+
+/**
+ * The log lines of the health verdict's changes, from each report's verdict: `health up →
+ * down: probe answered 503`, `health down → up`. A probe that failed, a watched process
+ * that went away and came back were never logged, only published. Each change (from →
+ * to) is logged at most once a minute, as warnings are, but never left stale: a change
+ * held back is logged (with the count of changes not shown) from the first report after
+ * the minute whose verdict still differs from the last one logged. undefined: no line.
+ */
+export function verdictLogger(
+  now: () => number,
+): (health: HealthReport) => { level: 'warn' | 'info'; line: string } | undefined {
+  let shown: HealthVerdict = 'up'; // the verdict the log last said (a start says nothing of up)
+  let last: HealthVerdict = 'up';
+  let hidden = 0;
+  const loggedAt = new Map<string, number>();
+  return (health) => {
+    const verdict = health.verdict;
+    if (verdict !== last) {
+      hidden++;
+      last = verdict;
+    }
+    if (verdict === shown) return undefined;
+    const change = `${shown} → ${verdict}`;
+    const t = now();
+    if ((loggedAt.get(change) ?? -Infinity) + WARN_REPEAT_MS > t) return undefined;
+    loggedAt.set(change, t);
+    const notShown = hidden > 1 ? ` (${hidden - 1} changes not shown)` : '';
+    shown = verdict;
+    hidden = 0;
+    const reason = health.reason === undefined ? '' : `: ${health.reason}`;
+    return {
+      level: verdict === 'up' ? 'info' : 'warn',
+      line: `health ${change}${reason}${notShown}`,
+    };
+  };
+}
 
 /**
  * `url` with its password shown as `***`. A broker URL may carry
@@ -344,6 +382,11 @@ async function main(argv: string[]): Promise<void> {
   // Once a minute, as docs/agent.md says of every repeated warning.
   agent.on('overlap', () => warnOnce('a sample took longer than the interval; tick skipped'));
   for (const line of secretWarnings(raw, agent.options.signingKey !== undefined)) log('warn', line);
+  const verdictLine = verdictLogger(() => performance.now());
+  agent.on('sample', (r) => {
+    const said = verdictLine(r.health);
+    if (said) log(said.level, said.line);
+  });
   agent.on('sample', (r, { published }) =>
     log('debug', `seq ${r.seq} ${published ? 'published' : 'dropped'} verdict ${r.health.verdict}`),
   );
