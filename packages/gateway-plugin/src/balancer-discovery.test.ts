@@ -122,6 +122,41 @@ describe('an id registered again at another address', () => {
     }
   });
 
+  it("moves with a run whose clock is behind at an agent's own cadence: metrics each second, a registration every 20 s", async () => {
+    // After the guard forgot the run before (90 s), the new run's next message is mostly a
+    // report, held: the admitting run was made the order again each time, the new run's
+    // registration stayed "an earlier run", and the entry was forgotten at the lease's end.
+    const r = rig({ forgetAfterMs: 600_000 });
+    try {
+      const a = r.run('web-0');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.send(a.metrics(calmReport));
+      r.at(1_000);
+      r.send(a.status('offline', { will: true, reason: 'agent connection lost' }));
+      r.at(1_000);
+      const behind = createEncoder({
+        backendId: 'web-0',
+        prefix: PREFIX,
+        key,
+        now: () => r.now() - 4_000,
+      });
+      r.send(behind.status('online'));
+      r.send(behind.registration('http://10.0.0.1:8080'));
+      let admittedAtS: number | undefined;
+      for (let s = 1; s <= 200 && admittedAtS === undefined; s++) {
+        r.send(behind.metrics(calmReport));
+        if (s % 20 === 0) r.send(behind.registration('http://10.0.0.1:8080'));
+        r.at(1_000);
+        if (r.lb.registry.get('web-0')?.runEpochMs === behind.epochMs) admittedAtS = s;
+      }
+      expect(admittedAtS).toBeDefined();
+      expect(admittedAtS!).toBeLessThanOrEqual(120);
+      expect(r.removed).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it('keeps hearing the admitted run while second agents whose registrations were refused report, and never applies their captured messages', async () => {
     // A second agent for the id (a stale pod, a misconfigured one) whose newer run's
     // registration is refused: that run moved the replay order, every later message of the

@@ -193,14 +193,18 @@ export class ReplayGuard {
    * on being accepted, and this one, or any earlier held one, is a replay from now on. A
    * message of the taken run is taken (accept). `takenEpochMs`: the run the reader took
    * (the one that admitted the backend), the order when the guard has none (its state
-   * swept after a silence longer than the retention, say a broker outage): held first, a
-   * refused run's message made every message of the admitted run, an earlier run, a
-   * replay, and the backend was forgotten at the end of its lease.
+   * swept after a silence longer than the retention, say a broker outage) and this
+   * message's run is newer: held first, a refused run's message made every message of the
+   * admitted run, an earlier run, a replay, and the backend was forgotten at the end of
+   * its lease.
    */
   hold(message: Message, takenEpochMs?: number): void {
     if (isLastWill(message)) return;
     const last = this.touch(message.backendId);
-    if (!last.taken && takenEpochMs !== undefined && takenEpochMs !== message.epochMs)
+    // Only for a run newer than the one taken: a run with an earlier epoch (a restart on a
+    // node whose clock is behind) made the taken one the order again each time the state
+    // was swept, so its registration stayed "an earlier run" until the entry's lease ended.
+    if (!last.taken && takenEpochMs !== undefined && takenEpochMs < message.epochMs)
       last.taken = { epochMs: takenEpochMs, seq: -1 };
     if (last.taken?.epochMs === message.epochMs) return this.accept(message);
     if (!last.held || after(message, last.held)) {
