@@ -10,6 +10,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
+import { renderMetrics } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 
 export type HttpHandler = (
@@ -140,7 +141,11 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
   };
 }
 
-/** Serves the registry in the Prometheus text format. */
+/**
+ * Serves the registry in the Prometheus text format: the text of
+ * `registry.metrics()`, rendered in chunks that let the event loop run
+ * between them (exposition.ts); scrapes that arrive together share one render.
+ */
 export function metricsHandler(
   registry: Registry,
   opts: ProtectedHandlerOptions = {},
@@ -148,7 +153,7 @@ export function metricsHandler(
   const authorized = makeAuthorizer(opts.token);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
-    registry.metrics().then(
+    renderMetrics(registry).then(
       (text) => send(res, req, 200, registry.contentType, text),
       (err: unknown) => {
         if (next) return next(err);

@@ -7,6 +7,15 @@
  * implementing the metric interface a prom-client Registry reads (`get()`).
  */
 import type { Registry } from 'prom-client';
+import {
+  SCRAPE_CHUNK_BACKENDS,
+  familyHeader,
+  formatValue,
+  labelText,
+  renderFamily,
+  type DirectlyRendered,
+  type Scrape,
+} from './exposition';
 
 interface Series {
   /** Non-cumulative counts per bucket; the last slot is +Inf. */
@@ -19,11 +28,15 @@ interface Series {
  * A prom-client-compatible histogram with the label `backend`, and `service`
  * for a balancer that has one (several balancers share one histogram then).
  */
-export class BackendLatencyHistogram {
+export class BackendLatencyHistogram implements DirectlyRendered {
   readonly type = 'histogram';
   readonly labelNames = ['service', 'backend'] as const;
   readonly aggregator = 'sum';
-  private readonly series = new Map<string, Series & { labels: Record<string, string> }>();
+  private readonly series = new Map<string, Series & SeriesLabels>();
+  /** `{le: bound}` per bucket, shared by every series (prom-client's sample labels). */
+  private readonly leLabels: readonly { le: number | string }[];
+  /** `name_bucket{le="bound",` per bucket, the start of each bucket line. */
+  private readonly bucketPrefixes: readonly string[];
 
   constructor(
     readonly name: string,
@@ -34,6 +47,8 @@ export class BackendLatencyHistogram {
     for (let i = 1; i < bounds.length; i++) {
       if (!(bounds[i]! > bounds[i - 1]!)) throw new RangeError('bucket bounds must increase');
     }
+    this.leLabels = [...bounds.map((le) => ({ le })), { le: '+Inf' }];
+    this.bucketPrefixes = this.leLabels.map(({ le }) => `${name}_bucket{le="${le}",`);
     // A Registry stores and reads any object with name/help/type/get(); the
     // cast is only because its typings list prom-client's own classes.
     registry.registerMetric(this as unknown as Parameters<Registry['registerMetric']>[0]);
@@ -46,7 +61,13 @@ export class BackendLatencyHistogram {
     if (s === undefined) {
       const labels: Record<string, string> =
         service === undefined ? { backend: backendId } : { service, backend: backendId };
-      s = { counts: new Float64Array(this.bounds.length + 1), sum: 0, count: 0, labels };
+      s = {
+        counts: new Float64Array(this.bounds.length + 1),
+        sum: 0,
+        count: 0,
+        labels,
+        labelText: labelText(labels),
+      };
       this.series.set(key, s);
     }
     return s;
@@ -101,6 +122,82 @@ export class BackendLatencyHistogram {
     }
     return { name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values };
   }
+
+  /**
+   * What `registry.metrics()` formats (it prefers this to `get()`): the
+   * series' own labels as prom-client's `sharedLabels`, one object per series
+   * that the registry flattens once and caches, and the shared `{le}` objects,
+   * instead of a new label object per line. Same text as from `get()`.
+   */
+  async getForPromString(): Promise<{
+    name: string;
+    help: string;
+    type: 'histogram';
+    aggregator: 'sum';
+    values: {
+      labels: object;
+      sharedLabels: Record<string, string>;
+      value: number;
+      metricName: string;
+    }[];
+  }> {
+    const values: {
+      labels: object;
+      sharedLabels: Record<string, string>;
+      value: number;
+      metricName: string;
+    }[] = [];
+    const bucket = `${this.name}_bucket`;
+    const sum = `${this.name}_sum`;
+    const count = `${this.name}_count`;
+    for (const s of this.series.values()) {
+      const sharedLabels = s.labels;
+      let cumulative = 0;
+      for (let i = 0; i <= this.bounds.length; i++) {
+        cumulative += s.counts[i]!;
+        values.push({
+          labels: this.leLabels[i]!,
+          sharedLabels,
+          value: cumulative,
+          metricName: bucket,
+        });
+      }
+      values.push({ labels: NO_LABELS, sharedLabels, value: s.sum, metricName: sum });
+      values.push({ labels: NO_LABELS, sharedLabels, value: s.count, metricName: count });
+    }
+    return { name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values };
+  }
+
+  /** The family's text written directly, pausing every SCRAPE_CHUNK_BACKENDS series. */
+  async [renderFamily](scrape: Scrape): Promise<string> {
+    const lines = [familyHeader(this.name, this.help, this.type)];
+    const prefixes = this.bucketPrefixes;
+    const sum = `${this.name}_sum{`;
+    const count = `${this.name}_count{`;
+    let n = 0;
+    for (const s of this.series.values()) {
+      const labels = s.labelText;
+      let cumulative = 0;
+      for (let i = 0; i < prefixes.length; i++) {
+        cumulative += s.counts[i]!;
+        lines.push(`${prefixes[i]}${labels}} ${formatValue(cumulative)}`);
+      }
+      lines.push(`${sum}${labels}} ${formatValue(s.sum)}`);
+      lines.push(`${count}${labels}} ${formatValue(s.count)}`);
+      // The Map iterator is live: a backend that leaves during the pause is not written.
+      if (++n % SCRAPE_CHUNK_BACKENDS === 0) await scrape.pause();
+    }
+    return lines.join('\n');
+  }
+}
+
+const NO_LABELS = Object.freeze({});
+
+interface SeriesLabels {
+  /** `{backend}` or `{service, backend}`, as get() and the registry read them. */
+  labels: Record<string, string>;
+  /** The same labels escaped and joined: `service="users",backend="u1"`. */
+  labelText: string;
 }
 
 function seriesKey(backendId: string, service: string | undefined): string {

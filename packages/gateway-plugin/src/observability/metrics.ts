@@ -7,18 +7,26 @@
  * request instead of ~700 ns through prom-client's label hashing. Rare events
  * (errors, ejections, retries, sheds, dropped messages) go straight to cached
  * prom-client children. Gauges (in-flight, report age, state, traffic share,
- * panic, ...) are set from a BalancerSnapshot at scrape time
- * (`setSnapshotSource`), so the request path never touches them.
+ * panic, ...) are read from a BalancerSnapshot at scrape time
+ * (`setSnapshotSource`; snapshot-gauges.ts), so the request path never
+ * touches them. The per-backend families write their own exposition from
+ * label strings escaped once per backend (exposition.ts).
  *
  * Several balancers in one gateway (one per service) may share a registry:
  * the metric families are created once per registry and prefix, every series
  * carries the balancer's `service` label, and each scrape collects every
  * balancer. prom-client itself refuses a second metric of the same name.
  */
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { GatewayError } from '../errors';
 import { BackendLatencyHistogram } from './latency-histogram';
-import { BACKEND_STATE_NAMES, type BalancerSnapshot } from './snapshot';
+import {
+  BackendLabelCache,
+  SnapshotGauge,
+  type MemberScrape,
+  type SnapshotSourceOfScrape,
+} from './snapshot-gauges';
+import type { BackendSnapshot, BalancerSnapshot } from './snapshot';
 
 export const DEFAULT_METRICS_PREFIX = 'loadwise_';
 
@@ -86,7 +94,7 @@ export interface GatewayMetrics {
    * registry, so a fleet that scales in and out does not grow the scrape.
    */
   forgetBackend(backendId: string): void;
-  /** Set the gauges from a snapshot (called at scrape time when a source is set). */
+  /** The gauges of the next scrape read this snapshot (instead of the source's, once). */
   collect(snapshot: BalancerSnapshot): void;
   setSnapshotSource(getSnapshot: (() => BalancerSnapshot) | undefined): void;
   /**
@@ -132,6 +140,10 @@ interface Member {
   service: string | undefined;
   children: Map<string, BackendChildren>;
   getSnapshot: (() => BalancerSnapshot) | undefined;
+  /** A snapshot given to collect(), read by the next scrape instead of getSnapshot(). */
+  pending: BalancerSnapshot | undefined;
+  /** Label strings of its gauges, escaped once per backend. */
+  labels: BackendLabelCache;
 }
 
 type Labels = Record<string, string>;
@@ -149,12 +161,6 @@ interface Families {
   invalidMessages: Counter<string>;
   rejected: Counter<string>;
   webSocketIdleClosed: Counter<string>;
-  /** Sets every gauge from every member's snapshot source. */
-  collectAll(): void;
-  /** Sets the gauges from `s` for `member`, after clearing every gauge. */
-  collectWith(member: Member, s: BalancerSnapshot): void;
-  backendGauges: Gauge<string>[];
-  state: Gauge<string>;
 }
 
 const familiesOf = new WeakMap<Registry, Map<string, Families>>();
@@ -242,143 +248,127 @@ function createFamilies(registry: Registry, p: string): Families {
     registers,
   });
 
-  // Snapshot gauges. Every one has the same collect hook; the first to run in a
-  // scrape takes the snapshots, the others reuse them (prom-client calls the
-  // collect hooks one after the other in the same tick of registry.metrics()).
-  let snapshotTaken = false;
-  const refresh = (): void => {
-    if (snapshotTaken) return;
-    snapshotTaken = true;
-    setImmediate(() => {
-      snapshotTaken = false;
-    }).unref();
-    collectAll();
+  // Snapshot gauges: one snapshot per balancer per scrape, shared by every
+  // gauge family. A scrape through renderMetrics() keeps it in its memo; one
+  // through registry.metrics() (prom-client reads every family in the same
+  // tick) keeps it until the next turn of the event loop.
+  let tickSnapshots: MemberScrape[] | undefined;
+  const takeSnapshots = (): MemberScrape[] => {
+    const taken: MemberScrape[] = [];
+    for (const m of members) {
+      const snapshot = m.pending ?? m.getSnapshot?.();
+      m.pending = undefined;
+      if (snapshot !== undefined)
+        taken.push({ snapshot, cache: m.labels, backends: m.labels.of(snapshot.backends) });
+    }
+    return taken;
   };
-  const gauge = (name: string, help: string, labelNames: readonly string[]): Gauge<string> =>
-    new Gauge<string>({
-      name: `${p}${name}`,
-      help,
-      labelNames: ['service', ...labelNames],
-      registers,
-      collect: refresh,
-    });
+  const source: SnapshotSourceOfScrape = {
+    snapshots(scrape) {
+      if (scrape !== undefined) {
+        let taken = scrape.memo.get(source) as MemberScrape[] | undefined;
+        if (taken === undefined) {
+          taken = takeSnapshots();
+          scrape.memo.set(source, taken);
+        }
+        return taken;
+      }
+      if (tickSnapshots === undefined) {
+        tickSnapshots = takeSnapshots();
+        setImmediate(() => {
+          tickSnapshots = undefined;
+        }).unref();
+      }
+      return tickSnapshots;
+    },
+  };
+  const backendGauge = (
+    name: string,
+    help: string,
+    read: (b: BackendSnapshot) => number | undefined,
+  ): SnapshotGauge =>
+    new SnapshotGauge(`${p}${name}`, help, { kind: 'backend', read }, source, registry);
+  const gatewayGauge = (
+    name: string,
+    help: string,
+    read: (s: BalancerSnapshot) => number,
+  ): SnapshotGauge =>
+    new SnapshotGauge(`${p}${name}`, help, { kind: 'gateway', read }, source, registry);
 
-  const inFlight = gauge('backend_in_flight', 'Requests outstanding on each backend', ['backend']);
-  const inFlightTotal = gauge('in_flight', 'Requests this gateway is proxying now', []);
-  const reportAge = gauge(
+  // Registered in the order of the prom-client gauges they replace (the exposition's order).
+  backendGauge('backend_in_flight', 'Requests outstanding on each backend', (b) => b.inFlight);
+  gatewayGauge('in_flight', 'Requests this gateway is proxying now', (s) => s.inFlight);
+  backendGauge(
     'backend_report_age_seconds',
     'Age of the last agent report of each backend, seconds (absent: none yet)',
-    ['backend'],
+    (b) => (b.reportAgeMs !== null ? b.reportAgeMs / 1000 : undefined),
   );
-  const reportFresh = gauge(
+  backendGauge(
     'backend_report_fresh',
     '1 while the last agent report is younger than its freshness limit',
-    ['backend'],
+    (b) => (b.reportFresh ? 1 : 0),
   );
-  const state = gauge(
-    'backend_state',
+  new SnapshotGauge(
+    `${p}backend_state`,
     '1 for the current routing state of each backend, 0 for the others',
-    ['backend', 'state'],
+    { kind: 'state' },
+    source,
+    registry,
   );
-  const share = gauge(
+  backendGauge(
     'backend_traffic_share',
     'Share of the requests in the last window sent to each backend, 0..1',
-    ['backend'],
+    (b) => b.trafficShare,
   );
-  const reportedCpu = gauge(
+  backendGauge(
     'backend_reported_cpu_utilization',
     'CPU utilization (0..1) in the last agent report',
-    ['backend'],
+    (b) => b.lastReport?.cpuUtilization ?? undefined,
   );
-  const reportedQueued = gauge(
+  backendGauge(
     'backend_reported_queued',
     'Requests queued in the backend, per the last agent report',
-    ['backend'],
+    (b) => b.lastReport?.queued ?? undefined,
   );
-  const panic = gauge('panic', '1 while too few backends are healthy (panic mode)', []);
-  const overloaded = gauge(
+  gatewayGauge('panic', '1 while too few backends are healthy (panic mode)', (s) =>
+    s.panic ? 1 : 0,
+  );
+  gatewayGauge(
     'overloaded',
     '1 while the gateway sheds load for its own event loop or accept queue',
-    [],
+    (s) => (s.overloaded ? 1 : 0),
   );
-  const queueLength = gauge(
+  gatewayGauge(
     'saturation_queue_length',
     'Requests waiting for a free backend slot',
-    [],
+    (s) => s.saturationQueueLength,
   );
-  const webSocketsOpen = gauge(
+  gatewayGauge(
     'websockets_open',
     'WebSockets open through this gateway (upgrades taken and not closed)',
-    [],
+    (s) => s.openWebSockets,
   );
-  const streamsOpen = gauge(
+  gatewayGauge(
     'streams_open',
     'Streamed answers in the stream lane (running past streams.afterMs), not counted as in flight',
-    [],
+    (s) => s.openStreams,
   );
-  const eventLoopDelay = gauge(
+  // prom-client always exposed a label-less gauge: "not applicable" reads as 0.
+  gatewayGauge(
     'event_loop_delay_seconds',
     'Event-loop delay the overload protection measured last, seconds (0 when it is off)',
-    [],
+    (s) => (s.eventLoopDelayMs ?? 0) / 1000,
   );
-  const acceptQueueDepth = gauge(
+  gatewayGauge(
     'accept_queue_depth',
     'Connections waiting in the listen socket accept queue at the last sample (0 when off or not Linux)',
-    [],
+    (s) => s.acceptQueueDepth ?? 0,
   );
-  const brokerConnected = gauge(
+  gatewayGauge(
     'broker_connected',
     '1 while connected to the MQTT broker (0 when disconnected or none is configured)',
-    [],
+    (s) => (s.brokerConnected === true ? 1 : 0),
   );
-  const backendGauges: Gauge<string>[] = [inFlight, reportAge, reportFresh, share];
-  backendGauges.push(reportedCpu, reportedQueued);
-  const allGauges = [...backendGauges, state, inFlightTotal, panic, overloaded, queueLength];
-  allGauges.push(eventLoopDelay, acceptQueueDepth, brokerConnected, webSocketsOpen);
-  allGauges.push(streamsOpen);
-
-  function write(member: Member, s: BalancerSnapshot): void {
-    const L = (labels: Labels): Labels => withService(member, labels);
-    for (const b of s.backends) {
-      const bl = L({ backend: b.id });
-      inFlight.set(bl, b.inFlight);
-      if (b.reportAgeMs !== null) reportAge.set(bl, b.reportAgeMs / 1000);
-      reportFresh.set(bl, b.reportFresh ? 1 : 0);
-      share.set(bl, b.trafficShare);
-      for (const name of BACKEND_STATE_NAMES)
-        state.set(L({ backend: b.id, state: name }), b.state === name ? 1 : 0);
-      const r = b.lastReport;
-      if (r?.cpuUtilization != null) reportedCpu.set(bl, r.cpuUtilization);
-      if (r?.queued != null) reportedQueued.set(bl, r.queued);
-    }
-    const gl = L({});
-    inFlightTotal.set(gl, s.inFlight);
-    panic.set(gl, s.panic ? 1 : 0);
-    overloaded.set(gl, s.overloaded ? 1 : 0);
-    queueLength.set(gl, s.saturationQueueLength);
-    webSocketsOpen.set(gl, s.openWebSockets);
-    streamsOpen.set(gl, s.openStreams);
-    // prom-client always exposes a label-less gauge: "not applicable" reads as 0.
-    eventLoopDelay.set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
-    acceptQueueDepth.set(gl, s.acceptQueueDepth ?? 0);
-    brokerConnected.set(gl, s.brokerConnected === true ? 1 : 0);
-  }
-
-  // reset() first: a backend (or balancer) that left must not keep a stale series.
-  const resetGauges = (): void => {
-    for (const g of allGauges) g.reset();
-  };
-  function collectAll(): void {
-    resetGauges();
-    for (const m of members) if (m.getSnapshot) write(m, m.getSnapshot());
-  }
-  function collectWith(member: Member, s: BalancerSnapshot): void {
-    resetGauges();
-    for (const m of members) {
-      if (m === member) write(m, s);
-      else if (m.getSnapshot) write(m, m.getSnapshot());
-    }
-  }
 
   return {
     members,
@@ -392,10 +382,6 @@ function createFamilies(registry: Registry, p: string): Families {
     invalidMessages,
     rejected,
     webSocketIdleClosed,
-    collectAll,
-    collectWith,
-    backendGauges,
-    state,
   };
 }
 
@@ -429,6 +415,8 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     service: opts.service,
     children: new Map(),
     getSnapshot: opts.getSnapshot,
+    pending: undefined,
+    labels: new BackendLabelCache(opts.service),
   };
   for (const other of f.members) {
     if (other.service === member.service) {
@@ -565,7 +553,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
       webSocketIdleChild.inc();
     },
     collect(s) {
-      f.collectWith(member, s);
+      member.pending = s;
     },
     totals: () => ({
       retries: retriesTotal,
@@ -581,6 +569,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
         c.picks.forEach(flush);
       }
       member.getSnapshot = undefined;
+      member.pending = undefined;
       f.members.delete(member);
     },
   };

@@ -1,0 +1,275 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Gauge, Registry } from 'prom-client';
+import { checkExposition } from '../../../../test/kit/prom-text';
+import { metricsHandler } from './handlers';
+import { createGatewayMetrics, type GatewayMetrics } from './metrics';
+import { SnapshotGauge } from './snapshot-gauges';
+import {
+  BACKEND_STATE_NAMES,
+  type BackendSnapshot,
+  type BackendStateName,
+  type BalancerSnapshot,
+} from './snapshot';
+
+/** Ids a label must escape (quote, backslash, newline), and plain ones. */
+const ODD_IDS = ['quote"d', 'back\\slash', 'new\nline', 'ünïcode'];
+
+function backend(id: string, i: number): BackendSnapshot {
+  return {
+    id,
+    url: `http://127.0.0.1:1/${i}`,
+    origin: 'config',
+    weight: 1,
+    state: BACKEND_STATE_NAMES[i % BACKEND_STATE_NAMES.length] as BackendStateName,
+    stateReason: null,
+    inFlight: i % 7,
+    latencyMs: null,
+    expectedWaitMs: null,
+    serviceTimeSource: 'local',
+    cpuThroughputRps: null,
+    reportAgeMs: i % 3 === 0 ? null : i * 10 + 0.5,
+    reportFresh: i % 2 === 0,
+    signedBy: null,
+    lastReport:
+      i % 5 === 0
+        ? null
+        : {
+            cpuUtilization: i % 4 === 0 ? null : (i % 100) / 100,
+            memoryUtilization: 0.5,
+            inFlight: 1,
+            queued: i % 6 === 0 ? null : i % 11,
+            concurrencyLimit: 8,
+            verdict: 'up',
+            agentState: 'online',
+          },
+    trafficShare: 1 / (i + 1),
+    windowRequests: i,
+    slowStartFactor: 1,
+    ejections: 0,
+    requestsTotal: i,
+    failuresTotal: 0,
+  };
+}
+
+function snapshotOf(backends: BackendSnapshot[], i: number): BalancerSnapshot {
+  return {
+    takenAt: new Date(0).toISOString(),
+    service: null,
+    strategy: 'load-aware',
+    panic: i % 2 === 1,
+    saturationQueueLength: i * 3,
+    openWebSockets: i,
+    openStreams: 2 * i,
+    inFlight: 5 + i,
+    eventLoopDelayMs: i === 0 ? null : 12.5,
+    overloaded: false,
+    acceptQueueDepth: i === 0 ? null : 4,
+    brokerConnected: i === 0 ? null : true,
+    trafficWindowMs: 10_000,
+    backends,
+  };
+}
+
+interface Fleet {
+  registry: Registry;
+  members: { service: string | undefined; metrics: GatewayMetrics; snapshot: BalancerSnapshot }[];
+  getSnapshot: jest.Mock;
+}
+
+/** Balancers (one per service) sharing a registry, every backend with traffic of every kind. */
+function fleet(services: (string | undefined)[], backends: number): Fleet {
+  const registry = new Registry();
+  const getSnapshot = jest.fn();
+  const members = services.map((service, s) => {
+    const ids = [
+      ...ODD_IDS,
+      ...Array.from({ length: backends - ODD_IDS.length }, (_, i) => `b-${i}`),
+    ];
+    const snapshot = snapshotOf(
+      ids.map((id, i) => backend(id, i)),
+      s,
+    );
+    const metrics = createGatewayMetrics({
+      registry,
+      ...(service !== undefined ? { service } : {}),
+      getSnapshot: () => getSnapshot(snapshot) as BalancerSnapshot,
+    });
+    ids.forEach((id, i) => {
+      metrics.onPick(id, 'load-aware');
+      metrics.onResponse(id, i % 13 === 0 ? 503 : 200, (i % 50) * 7.3);
+      if (i % 9 === 0) metrics.onError(id, 'timeout');
+      if (i % 17 === 0) metrics.onRetry(id);
+    });
+    metrics.onShed('saturated');
+    return { service, metrics, snapshot };
+  });
+  getSnapshot.mockImplementation((s: BalancerSnapshot) => s);
+  return { registry, members, getSnapshot };
+}
+
+/**
+ * The text the gateway served before the gauges and the histogram were
+ * written directly: prom-client Gauges reset and set from the snapshots as
+ * the old collect hook did, every other family formatted by prom-client from
+ * its `get()` (the histogram's `get()` is the one it always had).
+ */
+async function previousText(f: Fleet): Promise<string> {
+  const ref = new Registry();
+  const gauges = new Map<string, Gauge<string>>();
+  // Histograms and our gauges are not prom-client classes: read every metric as the Registry does.
+  const metrics = f.registry.getMetricsAsArray() as unknown as {
+    name: string;
+    help: string;
+    type: string;
+    aggregator: string;
+    get(): Promise<unknown>;
+    reset(): void;
+  }[];
+  for (const metric of metrics) {
+    if (metric instanceof SnapshotGauge) {
+      gauges.set(
+        metric.name,
+        new Gauge({
+          name: metric.name,
+          help: metric.help,
+          labelNames: [...metric.labelNames],
+          registers: [ref],
+        }),
+      );
+    } else {
+      const generic = {
+        name: metric.name,
+        help: metric.help,
+        type: metric.type,
+        aggregator: metric.aggregator,
+        get: () => metric.get(),
+        reset: () => metric.reset(),
+      };
+      ref.registerMetric(generic as unknown as Parameters<Registry['registerMetric']>[0]);
+    }
+  }
+  const g = (name: string): Gauge<string> => gauges.get(`loadwise_${name}`)!;
+  for (const { service, snapshot: s } of f.members) {
+    const L = (labels: Record<string, string>): Record<string, string> =>
+      service === undefined ? labels : { service, ...labels };
+    for (const b of s.backends) {
+      const bl = L({ backend: b.id });
+      g('backend_in_flight').set(bl, b.inFlight);
+      if (b.reportAgeMs !== null) g('backend_report_age_seconds').set(bl, b.reportAgeMs / 1000);
+      g('backend_report_fresh').set(bl, b.reportFresh ? 1 : 0);
+      g('backend_traffic_share').set(bl, b.trafficShare);
+      for (const name of BACKEND_STATE_NAMES)
+        g('backend_state').set(L({ backend: b.id, state: name }), b.state === name ? 1 : 0);
+      const r = b.lastReport;
+      if (r?.cpuUtilization != null)
+        g('backend_reported_cpu_utilization').set(bl, r.cpuUtilization);
+      if (r?.queued != null) g('backend_reported_queued').set(bl, r.queued);
+    }
+    const gl = L({});
+    g('in_flight').set(gl, s.inFlight);
+    g('panic').set(gl, s.panic ? 1 : 0);
+    g('overloaded').set(gl, s.overloaded ? 1 : 0);
+    g('saturation_queue_length').set(gl, s.saturationQueueLength);
+    g('websockets_open').set(gl, s.openWebSockets);
+    g('streams_open').set(gl, s.openStreams);
+    g('event_loop_delay_seconds').set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
+    g('accept_queue_depth').set(gl, s.acceptQueueDepth ?? 0);
+    g('broker_connected').set(gl, s.brokerConnected === true ? 1 : 0);
+  }
+  return ref.metrics();
+}
+
+/** One scrape through metricsHandler with plain request/response objects. */
+function scrape(handler: ReturnType<typeof metricsHandler>): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = { method: 'GET', headers: {} } as IncomingMessage;
+    const res = {
+      statusCode: 0,
+      setHeader() {},
+      end(body: string) {
+        if (res.statusCode === 200) resolve(body);
+        else reject(new Error(`status ${res.statusCode}`));
+      },
+    };
+    handler(req, res as unknown as ServerResponse, reject);
+  });
+}
+
+describe('metrics exposition at many backends', () => {
+  it.each([
+    ['no service, 1,000 backends', [undefined], 1000],
+    ['two services sharing a registry, 600 backends each', ['users', 'or"ders'], 600],
+  ])('%s: the same text as before, sample for sample, and valid', async (_name, services, n) => {
+    const f = fleet(services, n);
+    const served = await scrape(metricsHandler(f.registry));
+    const direct = await f.registry.metrics();
+    const before = await previousText(f);
+    expect(checkExposition(served)).toEqual([]);
+    expect(served.length).toBeGreaterThan(n * 1000);
+    expect(served).toBe(before);
+    expect(direct).toBe(before);
+    expect(served).toContain('backend="quote\\"d"');
+    expect(served).toContain('backend="back\\\\slash"');
+    expect(served).toContain('backend="new\\nline"');
+  });
+
+  it('gives getMetricsAsJSON() the gauges prom-client gave', async () => {
+    const f = fleet(['users', undefined], 20);
+    const ours = await f.registry.getMetricsAsJSON();
+    const previous = await previousText(f); // sets the reference gauges
+    expect(previous).toBe(await f.registry.metrics());
+    const inFlight = ours.find((m) => m.name === 'loadwise_backend_in_flight')!;
+    expect(inFlight.type).toBe('gauge');
+    expect(inFlight.values).toContainEqual({
+      labels: { service: 'users', backend: 'b-0' },
+      value: ODD_IDS.length % 7,
+    });
+    const state = ours.find((m) => m.name === 'loadwise_backend_state')!;
+    expect(state.values).toHaveLength(2 * 20 * BACKEND_STATE_NAMES.length);
+    const panic = ours.find((m) => m.name === 'loadwise_panic')!;
+    expect(panic.values).toEqual([
+      { labels: { service: 'users' }, value: 0 },
+      { labels: {}, value: 1 },
+    ]);
+  });
+
+  it('lets the event loop run during a scrape of 1,000 backends', async () => {
+    const f = fleet([undefined], 1000);
+    let ranBetween = false;
+    // Queued before the scrape starts: it runs at the scrape's first pause, not after it.
+    setImmediate(() => {
+      ranBetween = true;
+    });
+    await scrape(metricsHandler(f.registry));
+    expect(ranBetween).toBe(true);
+  });
+
+  it('serves scrapes that arrive together from one render, and renders again afterwards', async () => {
+    const f = fleet([undefined], 1000);
+    const handler = metricsHandler(f.registry);
+    const [a, b] = await Promise.all([scrape(handler), scrape(handler)]);
+    expect(a).toBe(b);
+    expect(f.getSnapshot).toHaveBeenCalledTimes(1);
+    await scrape(handler);
+    expect(f.getSnapshot).toHaveBeenCalledTimes(2);
+  });
+
+  it('writes a backend that leaves during a scrape either whole or not at all', async () => {
+    const f = fleet([undefined], 1000);
+    const m = f.members[0]!.metrics;
+    const text = scrape(metricsHandler(f.registry));
+    // After the scrape's first pause: the histogram may be half written.
+    await new Promise((resolve) => setImmediate(resolve));
+    m.forgetBackend('b-990');
+    expect(checkExposition(await text)).toEqual([]);
+  });
+
+  it('leaves a registry with default labels to prom-client', async () => {
+    const f = fleet([undefined], 10);
+    f.registry.setDefaultLabels({ region: 'eu' });
+    const served = await scrape(metricsHandler(f.registry));
+    expect(served).toBe(await f.registry.metrics());
+    expect(served).toContain('loadwise_panic{region="eu"} 0');
+    expect(checkExposition(served)).toEqual([]);
+  });
+});
