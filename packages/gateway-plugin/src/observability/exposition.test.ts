@@ -264,6 +264,22 @@ describe('metrics exposition at many backends', () => {
     expect(checkExposition(await text)).toEqual([]);
   });
 
+  it('writes a backend forgotten and heard again during a scrape once at most', async () => {
+    const f = fleet([undefined], 1000);
+    const m = f.members[0]!.metrics;
+    const handler = metricsHandler(f.registry);
+    // After 1 to 6 pauses of the scrape (the histogram is written in some of them).
+    for (let pauses = 1; pauses <= 6; pauses++) {
+      const text = scrape(handler);
+      for (let i = 0; i < pauses; i++) await new Promise((resolve) => setImmediate(resolve));
+      // Forgotten, then the answer of a request still on it makes its series again: the
+      // live iterator visited it a second time at the end of the family.
+      m.forgetBackend('b-0');
+      m.onResponse('b-0', 200, 12);
+      expect([pauses, checkExposition(await text)]).toEqual([pauses, []]);
+    }
+  });
+
   it('leaves a registry with default labels to prom-client', async () => {
     const f = fleet([undefined], 10);
     f.registry.setDefaultLabels({ region: 'eu' });

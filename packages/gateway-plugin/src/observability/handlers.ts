@@ -153,12 +153,20 @@ export function metricsHandler(
   const authorized = makeAuthorizer(opts.token);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
-    renderMetrics(registry).then(
-      (text) => send(res, req, 200, registry.contentType, text),
-      (err: unknown) => {
-        if (next) return next(err);
-        send(res, req, 500, 'text/plain; charset=utf-8', 'metrics collection failed\n');
-      },
-    );
+    renderMetrics(registry)
+      .then(
+        (text) => send(res, req, 200, registry.contentType, text),
+        (err: unknown) => {
+          if (next) return next(err);
+          send(res, req, 500, 'text/plain; charset=utf-8', 'metrics collection failed\n');
+        },
+      )
+      // A scrape stays open over several turns of the loop now: whatever answered the
+      // request meanwhile (headers sent), the throw of send() must not be an unhandled
+      // rejection, which ends a Node 20 process.
+      .catch(() => {
+        if (!res.headersSent) res.statusCode = 500;
+        if (!res.writableEnded) res.end();
+      });
   };
 }

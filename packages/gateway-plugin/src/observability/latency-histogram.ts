@@ -175,7 +175,13 @@ export class BackendLatencyHistogram implements DirectlyRendered {
     const sum = `${this.name}_sum{`;
     const count = `${this.name}_count{`;
     let n = 0;
-    for (const s of this.series.values()) {
+    // The series as the scrape began, each written only while it is still the one its
+    // backend has: iterated live, a backend forgotten during a pause and heard again (an
+    // answer of a request still on it) was visited again at the end, and written twice.
+    const keys = [...this.series.keys()];
+    for (const key of keys) {
+      const s = this.series.get(key);
+      if (s === undefined) continue;
       const labels = s.labelText;
       let cumulative = 0;
       for (let i = 0; i < prefixes.length; i++) {
@@ -184,7 +190,6 @@ export class BackendLatencyHistogram implements DirectlyRendered {
       }
       lines.push(`${sum}${labels}} ${formatValue(s.sum)}`);
       lines.push(`${count}${labels}} ${formatValue(s.count)}`);
-      // The Map iterator is live: a backend that leaves during the pause is not written.
       if (++n % SCRAPE_CHUNK_BACKENDS === 0) await scrape.pause();
     }
     return lines.join('\n');
