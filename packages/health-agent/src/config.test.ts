@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -310,6 +311,27 @@ describe('config sources', () => {
     ).toMatchObject({
       code: 'LW_AGENT_KEY_FILE',
     });
+  });
+
+  it('refuses a key, password or TLS file that is a named pipe or a device, or over 1 MiB', () => {
+    // readFileSync took whatever the path was: a FIFO hung the agent at start with no
+    // output, and /dev/zero grew it to 1.9 GB in 3 s.
+    const fifo = path.join(dir, 'key-fifo');
+    execFileSync('mkfifo', [fifo]);
+    const big = file('big-keys', 'x'.repeat(1024 * 1024 + 1));
+    for (const [which, raw, why] of [
+      ['fifo key file', { backendId: 'x', keyFile: fifo }, 'not a regular file'],
+      ['device key file', { backendId: 'x', keyFile: '/dev/zero' }, 'not a regular file'],
+      ['large key file', { backendId: 'x', keyFile: big }, 'larger than 1 MiB'],
+      ['fifo password', { backendId: 'x', passwordFile: fifo }, 'not a regular file'],
+    ] as const) {
+      const err = codeOf(() => toAgentOptions(raw, { requireBroker: false }));
+      expect([which, (err as AgentError).code, err.message]).toEqual([
+        which,
+        'LW_AGENT_KEY_FILE',
+        expect.stringContaining(why),
+      ]);
+    }
   });
 
   it('refuses at start a key bound to other backends: every report it signed would be dropped', () => {

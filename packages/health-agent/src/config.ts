@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { readRegularFileSync } from './samplers/bounded-read';
 import { parseKeyFile, unknownOptionText, type SigningKey } from '@loadwise/protocol';
 import { AgentError, invalidOption } from './errors';
 import type { AgentOptions } from './options';
@@ -447,15 +448,20 @@ export function unknownFlag(name: string): string | undefined {
   return flags.includes(name) || name === 'h' ? undefined : unknownOptionText(name, flags, '--');
 }
 
+/** Key, password and TLS files: far below this; a larger one is not one of them. */
+const MAX_OPTION_FILE_BYTES = 1024 * 1024;
+
+/**
+ * A file an option names, read at start: a regular file of at most 1 MiB
+ * (readRegularFileSync), else a coded error naming the flag.
+ */
 function readFileOption(flag: string, path: string): Buffer {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new AgentError(
-      'LW_AGENT_KEY_FILE',
-      `--${flag} ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
-    );
+  const r = readRegularFileSync(path, MAX_OPTION_FILE_BYTES);
+  if ('error' in r) {
+    const why = r.error === 'too large' ? 'larger than 1 MiB' : r.error;
+    throw new AgentError('LW_AGENT_KEY_FILE', `--${flag} ${path}: ${why}`);
   }
+  return r.bytes;
 }
 
 /** The key of --key-file that signs: --key-id's, or the first. */

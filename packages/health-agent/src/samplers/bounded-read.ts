@@ -1,4 +1,4 @@
-import { constants } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
 /** Why readRegularFile read nothing: an errno of open/read, or the two checks. */
@@ -40,5 +40,39 @@ export async function readRegularFile(
     return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
   } finally {
     await handle.close().catch(() => undefined);
+  }
+}
+
+/**
+ * readRegularFile's checks, synchronously: for the files read once at start (a key file,
+ * a password file, TLS material), where the options are resolved without awaiting.
+ * readFileSync took whatever the path was: a named pipe hung the agent at start with no
+ * output, and /dev/zero grew it to 1.9 GB in 3 s.
+ */
+export function readRegularFileSync(
+  path: string,
+  maxBytes: number,
+): { bytes: Buffer } | { error: BoundedReadError } {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (err) {
+    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+  }
+  try {
+    if (!fstatSync(fd).isFile()) return { error: 'not a regular file' };
+    const buf = Buffer.alloc(maxBytes + 1);
+    let length = 0;
+    for (;;) {
+      const bytesRead = readSync(fd, buf, length, buf.length - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+      if (length === buf.length) return { error: 'too large' };
+    }
+    return { bytes: buf.subarray(0, length) };
+  } catch (err) {
+    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+  } finally {
+    closeSync(fd);
   }
 }
