@@ -45,7 +45,7 @@ import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
 import { Registry, STALE_LINES } from './registry/registry';
-import { serverOf } from './registry/server';
+import { portOf, serverOf } from './registry/server';
 import { ipv6Groups } from './ipv6-groups';
 import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
@@ -699,7 +699,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (special) return reject(`address ${host} is ${special}`);
     if (!this.allowed.check(host, family === 6 ? 'ipv6' : 'ipv4'))
       return reject(`address ${host} is outside the allowed ranges`);
-    const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+    const port = portOf(url);
     if (d.allowedPorts.length > 0 && !d.allowedPorts.includes(port))
       return reject(`port ${port} is not allowed`);
     if (existing && existing.target.href === url.href) {

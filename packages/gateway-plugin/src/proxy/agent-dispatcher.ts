@@ -8,6 +8,7 @@
  */
 import { Agent as HttpAgent, type ClientRequest } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
+import { portOf } from '../registry/server';
 
 type AddRequest = (req: ClientRequest, options: { host?: string; port?: number | string }) => void;
 
@@ -17,7 +18,7 @@ export function hostKey(hostname: string, port: string | number): string {
 }
 
 export function urlHostKey(url: URL): string {
-  return hostKey(url.hostname, url.port || (url.protocol === 'https:' ? 443 : 80));
+  return hostKey(url.hostname, portOf(url));
 }
 
 export interface AgentDispatcher {

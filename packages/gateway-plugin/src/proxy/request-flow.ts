@@ -27,7 +27,6 @@ import type {
   ServerResponse,
 } from 'node:http';
 import type { Server, Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { drainClosesConnections } from '../cluster/listener-drain';
 import type { GatewayErrorCode } from '../errors';
@@ -58,6 +57,8 @@ import {
   asError,
   classify,
   codedError,
+  connectedEvent,
+  resetOnPooledConnection,
   isBadAnswer,
   isInvalidRequestError,
   UNASKED_UPGRADE_CODE,
@@ -972,7 +973,7 @@ export class RequestFlow {
         this.core.options.connectTimeoutMs,
       );
       flow.connectTimer = timer;
-      socket.once(socket instanceof TLSSocket ? 'secureConnect' : 'connect', () => {
+      socket.once(connectedEvent(socket), () => {
         clearTimeout(timer);
         (proxyReq as AttemptRequest)[CONNECTED] = true;
       });
@@ -1430,9 +1431,8 @@ export class RequestFlow {
    * connections looks the same; its refused connections are what charge it then.
    */
   private staleConnection(flow: Flow, err: Error): boolean {
-    const code = (err as { code?: string }).code;
-    if (code !== 'ECONNRESET' && code !== 'EPIPE') return false;
-    if (flow.staleRetried || flow.responded || flow.proxyReq?.reusedSocket !== true) return false;
+    if (flow.staleRetried || flow.responded || !resetOnPooledConnection(err, flow.proxyReq))
+      return false;
     return !flow.res.headersSent && this.retryable(flow);
   }
 

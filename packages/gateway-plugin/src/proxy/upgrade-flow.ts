@@ -33,7 +33,6 @@
  */
 import { STATUS_CODES, ServerResponse, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import { TLSSocket } from 'node:tls';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { closeIdle } from '../registry/pool-agent';
 import type { Backend } from '../registry/backend';
@@ -51,6 +50,8 @@ import {
   TIMEOUT_CODE,
   classify,
   codedError,
+  connectedEvent,
+  resetOnPooledConnection,
   isBadAnswer,
   isInvalidRequestError,
 } from './upstream-errors';
@@ -294,9 +295,7 @@ export class UpgradeFlow {
         if (!proxyReq.destroyed)
           proxyReq.destroy(codedError('no connection in time', CONNECT_TIMEOUT_CODE));
       }, this.core.options.connectTimeoutMs);
-      s.once(s instanceof TLSSocket ? 'secureConnect' : 'connect', () =>
-        clearTimeout(connectTimer),
-      );
+      s.once(connectedEvent(s), () => clearTimeout(connectTimer));
     };
     if (proxyReq.socket) connecting(proxyReq.socket);
     else proxyReq.once('socket', connecting);
@@ -492,10 +491,9 @@ export class UpgradeFlow {
    */
   private staleConnection(err: Error, req: IncomingMessage): boolean {
     const attempt = this.attempts.get(req);
-    const code = (err as { code?: string }).code;
     if (!attempt || this.upgraded.has(req) || attempt.responded || attempt.staleRetried)
       return false;
-    return (code === 'ECONNRESET' || code === 'EPIPE') && attempt.proxyReq?.reusedSocket === true;
+    return resetOnPooledConnection(err, attempt.proxyReq);
   }
 
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */

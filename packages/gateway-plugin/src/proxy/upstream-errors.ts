@@ -2,6 +2,9 @@
  * How a failed attempt is classified: the kind decides whether it may be
  * retried (a connection failure may, a timeout may not) and how it is counted.
  */
+import type { ClientRequest } from 'node:http';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { UpstreamErrorKind } from '../observability';
 
 /** Our own error codes on a destroyed backend request, to tell timeouts from resets. */
@@ -9,6 +12,25 @@ export const TIMEOUT_CODE = 'LW_GW_UPSTREAM_TIMEOUT';
 export const CONNECT_TIMEOUT_CODE = 'LW_GW_CONNECT_TIMEOUT';
 /** The backend's answer waited on the client (it stopped reading), not the other way round. */
 export const CLIENT_STALLED_CODE = 'LW_GW_CLIENT_STALLED';
+
+/**
+ * The event by which a new connection to a backend is made: to an https backend, once its
+ * TLS handshake is (a TLS terminator that accepts and never answers the ClientHello has
+ * not connected); Node writes the request only after it.
+ */
+export function connectedEvent(socket: Socket): 'secureConnect' | 'connect' {
+  return socket instanceof TLSSocket ? 'secureConnect' : 'connect';
+}
+
+/**
+ * A reset (or a write to a closed socket) of a backend request that was given a pooled
+ * connection: the idle-close race when no answer came yet (request-flow.ts
+ * staleConnection, upgrade-flow.ts).
+ */
+export function resetOnPooledConnection(err: Error, proxyReq: ClientRequest | undefined): boolean {
+  const code = (err as { code?: string }).code;
+  return (code === 'ECONNRESET' || code === 'EPIPE') && proxyReq?.reusedSocket === true;
+}
 
 export function classify(err: Error & { code?: string }): UpstreamErrorKind {
   if (err.code === TIMEOUT_CODE || err.code === CONNECT_TIMEOUT_CODE) return 'timeout';

@@ -7,5 +7,10 @@
  * backend, so no client saw it).
  */
 export function serverOf(url: URL): string {
-  return `${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`;
+  return `${url.hostname}:${portOf(url)}`;
+}
+
+/** The port a backend URL reaches: its own, or its scheme's default (URL drops a default port). */
+export function portOf(url: URL): number {
+  return url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
 }
