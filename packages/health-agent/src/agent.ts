@@ -144,6 +144,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
   private published: Published | undefined;
   private sampled: Sampled | undefined;
   private registrationTimer: NodeJS.Timeout | undefined;
+  /** withdrawSuperseded() is removing a publish: its callback's error is no failure. */
+  private withdrawing = false;
 
   constructor(input: AgentOptions) {
     super();
@@ -244,6 +246,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         this.publishRegistration();
         this.emit('connect');
       });
+      // Before mqtt.js reconnects (reconnectPeriodMs after this): see withdrawSuperseded.
+      client.on('close', () => this.withdrawSuperseded(client));
       client.on('offline', () => this.emit('offline'));
       // An EventEmitter 'error' without a listener throws; an embedding app
       // that listens only for 'warning' must not crash on ECONNREFUSED.
@@ -301,6 +305,42 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     return this.encoder;
   }
 
+  /**
+   * Drops the status and registration publishes a lost connection left unacknowledged.
+   * mqtt.js keeps an unacknowledged QoS 1 publish and sends it again on the next
+   * connection, before anything published after it, and emits `connect`, on which the
+   * agent publishes its current status, only once the broker has acknowledged all of
+   * them. A `draining` the broker never acknowledged (it froze, the path went silent)
+   * followed by an undrain while the agent was cut off reached every subscriber before
+   * the `online` of now, and a gateway took it: its (epochMs, seq) was newer than any it
+   * had heard, so the replay guard passed it, and the backend left rotation (after a
+   * drain, came back) until the current status came. Every connect publishes the current
+   * status and registration, so these are superseded: none is sent again. Not while the
+   * client ends (stop(), a new run's reconnect): its publishes, the offline status last,
+   * are the newest there are.
+   */
+  private withdrawSuperseded(c: MqttClient): void {
+    if (c.disconnecting) return;
+    const topics = new Set([
+      topicFor(this.options.prefix, this.backendId, 'status'),
+      topicFor(this.options.prefix, this.backendId, 'register'),
+    ]);
+    for (const key of Object.keys(c.outgoing)) {
+      const id = Number(key);
+      c.outgoingStore.get({ messageId: id }, (err, packet) => {
+        if (!err && packet?.cmd === 'publish' && topics.has(packet.topic)) {
+          // Its callback runs now, with "Message removed": not a failure to report.
+          this.withdrawing = true;
+          try {
+            c.removeOutgoingMessage(id);
+          } finally {
+            this.withdrawing = false;
+          }
+        }
+      });
+    }
+  }
+
   /** Discovery: the signed, retained registration (advertiseUrl), while not offline. */
   private publishRegistration(): void {
     const url = this.options.advertiseUrl;
@@ -310,7 +350,8 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (!open(c)) return; // a new run: registered again on its connect
     const msg = encoder.registration(url);
     c.publish(msg.topic, msg.payload, { qos: 1, retain: true }, (err) => {
-      if (err) this.emit('warning', `registration publish failed: ${err.message}`);
+      if (err && !this.withdrawing)
+        this.emit('warning', `registration publish failed: ${err.message}`);
     });
   }
 
@@ -321,7 +362,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (!open(c)) return; // a new run: its status goes out on its connect
     const msg = encoder.status(this._state, this.drainReason ? { reason: this.drainReason } : {});
     c.publish(msg.topic, msg.payload, { qos: 1, retain: true }, (err) => {
-      if (err) this.emit('warning', `status publish failed: ${err.message}`);
+      if (err && !this.withdrawing) this.emit('warning', `status publish failed: ${err.message}`);
     });
   }
 
