@@ -29,9 +29,13 @@ import {
   type BrokerUrlOptions,
   type LoadBalanceOptions,
 } from '@loadwise/gateway-plugin';
-import { parseKeyFile } from '@loadwise/protocol';
+import { GATEWAY_ENV_PREFIX, parseKeyFile } from '@loadwise/protocol';
 
-/** Every variable this program reads, with what it means (printed by --help; the Compose test checks against it). */
+/**
+ * Every variable this program reads, with what it means (printed by --help; the Compose test
+ * checks against it). All under GATEWAY_ENV_PREFIX (@loadwise/protocol), which loadwise-agent
+ * leaves to this program: one env file may serve both.
+ */
 export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_BACKENDS: 'required: id=url pairs, comma-separated (the allow-list)',
   LOADWISE_GW_BROKER:
@@ -109,7 +113,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   id: string | undefined;
 } {
   for (const name of Object.keys(env)) {
-    if (name.startsWith('LOADWISE_GW_') && !(name in GATEWAY_ENV))
+    if (name.startsWith(GATEWAY_ENV_PREFIX) && !(name in GATEWAY_ENV))
       throw new ConfigError(`${name}: unknown variable (see --help)`);
   }
   const options: LoadBalanceOptions = {

@@ -8,8 +8,10 @@ import {
   envName,
   fromEnvironment,
 } from '../../packages/health-agent/src/config';
+import { STATUS_ENV, WORKER_ENV } from '@loadwise/protocol';
+import { GATEWAY_ENV } from '../../examples/gateway-server';
 import { spawnAgent } from '../kit/agent-cli';
-import { listen } from '../kit/agent-http';
+import { listen, until } from '../kit/agent-http';
 
 describe('loadwise-agent CLI interface', () => {
   let dir: string;
@@ -52,6 +54,10 @@ describe('loadwise-agent CLI interface', () => {
     });
     expect(await p.exited).toBe(0);
     expect(JSON.parse(p.stdout())).toMatchObject({ kind: 'metrics', backendId: 'from-env' });
+    // Not read, and said so.
+    expect(p.stderr()).toMatch(
+      /^\S+Z warn LOADWISE_HELP: unknown variable, ignored \(see --help\)$/m,
+    );
   });
 
   it.each([
@@ -102,6 +108,59 @@ describe('loadwise-agent CLI interface', () => {
     expect(p.stderr().trim()).toBe(
       `loadwise-agent: LW_AGENT_CONFIG_FILE: ${config}: unknown option kernelPrt (did you mean kernelPort?)`,
     );
+  });
+
+  it('warns once of a LOADWISE_ variable it does not read, with the nearest name, and starts anyway', async () => {
+    // Set beside it, as in one env file for the agent and a gateway: the gateway side's
+    // variables (@loadwise/protocol environment.ts) are none of the agent's business.
+    const gatewaySide = Object.fromEntries(
+      [...Object.keys(GATEWAY_ENV), ...Object.values(STATUS_ENV), ...Object.values(WORKER_ENV)].map(
+        (name) => [name, '1'],
+      ),
+    );
+    const typo =
+      'LOADWISE_TRAKER_URL: unknown variable, ignored (did you mean LOADWISE_TRACKER_URL?)';
+    const once = spawnAgent([], {
+      ...gatewaySide,
+      LOADWISE_ONCE: '1',
+      LOADWISE_BACKEND_ID: 'typo-once',
+      LOADWISE_NO_CGROUP: 'true',
+      LOADWISE_TRAKER_URL: 'http://127.0.0.1:1/stats',
+    });
+    expect(await once.exited).toBe(0);
+    expect(JSON.parse(once.stdout())).toMatchObject({ kind: 'metrics', backendId: 'typo-once' });
+    expect(once.stderr().trim().split('\n')).toEqual([expect.stringMatching(/^\S+Z warn /)]);
+    expect(once.stderr()).toContain(typo);
+
+    // The daemon: said at start, not again with every report or reconnect attempt.
+    const daemon = spawnAgent(['--interval-ms', '100', '--reconnect-ms', '100'], {
+      ...gatewaySide,
+      LOADWISE_BACKEND_ID: 'typo-daemon',
+      LOADWISE_BROKER: 'mqtt://127.0.0.1:1',
+      LOADWISE_NO_CGROUP: 'true',
+      LOADWISE_TRAKER_URL: 'http://127.0.0.1:1/stats',
+    });
+    try {
+      await until(() => / info started: /.test(daemon.stderr()), 10_000, 'the agent to start');
+      // Ten intervals, each a sample and a reconnect attempt.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(daemon.child.exitCode).toBeNull();
+      expect(daemon.stderr().split(typo).length - 1).toBe(1);
+      expect(daemon.stderr()).not.toMatch(/LOADWISE_(GW|STATUS|WORKER)_/);
+    } finally {
+      await daemon.kill();
+    }
+  });
+
+  it('a misspelt required variable: named, before the refusal it explains', async () => {
+    const p = spawnAgent(['--once'], { LOADWISE_BACKEND_IDD: 'api-1' });
+    expect(await p.exited).toBe(2);
+    expect(p.stderr().trim().split('\n')).toEqual([
+      expect.stringMatching(
+        /^\S+Z warn LOADWISE_BACKEND_IDD: unknown variable, ignored \(did you mean LOADWISE_BACKEND_ID\?\)$/,
+      ),
+      expect.stringMatching(/^loadwise-agent: LW_AGENT_INVALID_OPTION: --backend-id: is required/),
+    ]);
   });
 
   it('--once prints one sample as JSON without a broker, configured from file and env', async () => {

@@ -14,6 +14,7 @@ import {
   mergeSources,
   toAgentOptions,
   unknownFlag,
+  unknownVariables,
   type RawConfig,
 } from './config';
 import { readPidFile } from './samplers/process';
@@ -302,6 +303,10 @@ async function main(argv: string[]): Promise<void> {
   let logLevel: Level = 'info';
   let agentPidFile: string | undefined;
   let raw: RawConfig = {};
+  const log = (level: Level, msg: string): void => {
+    if (LEVELS.indexOf(level) <= LEVELS.indexOf(logLevel))
+      process.stderr.write(`${new Date().toISOString()} ${level} ${msg}\n`);
+  };
   try {
     raw = mergeSources(values, process.env);
     // --once or LOADWISE_ONCE (mergeSources read both).
@@ -311,6 +316,9 @@ async function main(argv: string[]): Promise<void> {
         fail(`LW_AGENT_INVALID_OPTION: --log-level: must be one of ${LEVELS.join(', ')}`);
       logLevel = raw['logLevel'] as Level;
     }
+    // Once, at start, and before a refusal the misspelt name may explain (--backend-id is
+    // required): a start it does not stop.
+    for (const line of unknownVariables(process.env)) log('warn', line);
     agentPidFile = raw['agentPidFile'] as string | undefined;
     const options = toAgentOptions(raw, { requireBroker: !once });
     if (once) delete options.broker;
@@ -320,11 +328,6 @@ async function main(argv: string[]): Promise<void> {
     throw err;
   }
 
-  const threshold = LEVELS.indexOf(logLevel);
-  const log = (level: Level, msg: string): void => {
-    if (LEVELS.indexOf(level) <= threshold)
-      process.stderr.write(`${new Date().toISOString()} ${level} ${msg}\n`);
-  };
   const lastWarned = new Map<string, number>();
   const warnOnce = (msg: string): void => {
     const now = performance.now(); // monotonic: a wall clock stepped back does not mute warnings

@@ -13,6 +13,7 @@ import {
   fromEnvironment,
   mergeSources,
   toAgentOptions,
+  unknownVariables,
 } from './config';
 import { agentOptionsSchema, resolveAgentOptions } from './options';
 
@@ -343,5 +344,40 @@ describe('config sources', () => {
     expect(err).toMatchObject({ code: 'LW_AGENT_INVALID_OPTION' });
     expect(err.message).toContain('kw may sign only for web-*, not for api-1');
     expect(flagFor((err as AgentError).option!, raw)).toBe('--key-file');
+  });
+
+  it('names every LOADWISE_ variable it does not read, with the nearest known name when one is close', () => {
+    expect(
+      unknownVariables({
+        PATH: '/usr/bin',
+        LOADWISE_BACKEND_ID: 'api-1',
+        LOADWISE_CONFIG: '/etc/loadwise/agent.json',
+        LOADWISE_TRAKER_URL: 'http://127.0.0.1:3000/stats',
+        LOADWISE_BROKR: 'mqtt://broker:1883',
+        loadwise_interval_ms: '500',
+        LOADWISE_HELP: '1',
+        LOADWISE_FOO: 'x',
+        // The gateway side's (@loadwise/protocol environment.ts): one env may serve both.
+        LOADWISE_GW_BROKER: 'mqtt://broker:1883',
+        LOADWISE_GW_NOT_ONE_OF_ITS_OWN: 'x',
+        LOADWISE_STATUS_TOKEN: 't',
+        LOADWISE_WORKER_INDEX: '0',
+        // Close to a gateway-side name: that one is named.
+        LOADWISE_STATUS_TOKN: 't',
+        OTHER_LOADWISE_BROKER: 'x',
+      }),
+    ).toEqual([
+      'LOADWISE_BROKR: unknown variable, ignored (did you mean LOADWISE_BROKER?)',
+      'LOADWISE_FOO: unknown variable, ignored (see --help)',
+      'LOADWISE_HELP: unknown variable, ignored (see --help)',
+      'LOADWISE_STATUS_TOKN: unknown variable, ignored (did you mean LOADWISE_STATUS_TOKEN?)',
+      'LOADWISE_TRAKER_URL: unknown variable, ignored (did you mean LOADWISE_TRACKER_URL?)',
+      'loadwise_interval_ms: unknown variable, ignored (did you mean LOADWISE_INTERVAL_MS?)',
+    ]);
+    // Every variable the CLI reads, and none it does not.
+    const own = Object.fromEntries(
+      CLI_OPTIONS.filter((o) => fromEnvironment(o.flag)).map((o) => [envName(o.flag), 'x']),
+    );
+    expect(unknownVariables(own)).toEqual([]);
   });
 });

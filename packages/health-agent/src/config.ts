@@ -1,6 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { readRegularFileSync } from './samplers/bounded-read';
-import { parseKeyFile, unknownOptionText, type SigningKey } from '@loadwise/protocol';
+import {
+  ENV_PREFIX,
+  GATEWAY_SIDE_ENV,
+  didYouMean,
+  isGatewaySideVariable,
+  parseKeyFile,
+  unknownOptionText,
+  type SigningKey,
+} from '@loadwise/protocol';
 import { AgentError, invalidOption } from './errors';
 import type { AgentOptions } from './options';
 import { QUEUE_SOURCES, queueCliOptions } from './queue';
@@ -317,8 +325,37 @@ export function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
 export function envName(flag: string): string {
-  return `LOADWISE_${flag.replace(/-/g, '_').toUpperCase()}`;
+  return `${ENV_PREFIX}${flag.replace(/-/g, '_').toUpperCase()}`;
 }
+/** The LOADWISE_* variables the CLI reads: a row's each, but --help's and --version's. */
+export function agentVariables(): string[] {
+  return CLI_OPTIONS.filter((s) => fromEnvironment(s.flag)).map((s) => envName(s.flag));
+}
+
+/**
+ * One warning for each variable of `env` named like a loadwise one (LOADWISE_, in any
+ * case) that the CLI does not read, with the nearest known name when one is close: a
+ * misspelt `LOADWISE_TRAKER_URL` was ignored without a word, and the agent ran without
+ * its queue source. Not the variables of the gateway side's programs (@loadwise/protocol
+ * environment.ts): one environment may serve the agent and a gateway.
+ */
+export function unknownVariables(env: NodeJS.ProcessEnv): string[] {
+  const own = agentVariables();
+  const known = [...own, ...GATEWAY_SIDE_ENV].map((n) => n.slice(ENV_PREFIX.length));
+  const out: string[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (!name.toUpperCase().startsWith(ENV_PREFIX)) continue;
+    if (own.includes(name) || isGatewaySideVariable(name)) continue;
+    // Without the prefix: every name shares it, and its length would let a nonsense name
+    // (LOADWISE_FOO) be "near" a short one (LOADWISE_ONCE).
+    const near = didYouMean(name.slice(ENV_PREFIX.length), known);
+    out.push(
+      `${name}: unknown variable, ignored ${near ? `(did you mean ${ENV_PREFIX}${near}?)` : '(see --help)'}`,
+    );
+  }
+  return out;
+}
+
 /** The row's key in a --config file; none for --config itself, --once, --help and --version. */
 export function configKey(spec: OptionSpec): string | undefined {
   return spec.from === 'flag' || CLI_ONLY.has(spec.flag) ? undefined : camel(spec.flag);

@@ -17,3 +17,11 @@ export {
 } from './replay';
 export * from './codec';
 export { didYouMean, unknownOptionText } from './did-you-mean';
+export {
+  ENV_PREFIX,
+  GATEWAY_ENV_PREFIX,
+  GATEWAY_SIDE_ENV,
+  STATUS_ENV,
+  WORKER_ENV,
+  isGatewaySideVariable,
+} from './environment';

@@ -8,6 +8,7 @@
  * shown; with --watch: the last refresh failed); 2 invalid usage (one line on
  * stderr).
  */
+import { STATUS_ENV } from '@loadwise/protocol';
 import { TOKEN_HEADER } from '../observability/handlers';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
@@ -36,21 +37,21 @@ export const STATUS_FLAGS: readonly FlagSpec[] = [
     flag: 'url',
     type: 'string',
     arg: 'url',
-    env: 'LOADWISE_STATUS_URL',
+    env: STATUS_ENV.url,
     help: "The gateway's status endpoint (its statusPath), e.g. http://127.0.0.1:8080/_lb/status",
   },
   {
     flag: 'token',
     type: 'string',
     arg: 'token',
-    env: 'LOADWISE_STATUS_TOKEN',
+    env: STATUS_ENV.token,
     help: "The gateway's statusToken (prefer the variable: flags show in ps)",
   },
   {
     flag: 'token-header',
     type: 'string',
     arg: 'name',
-    env: 'LOADWISE_STATUS_TOKEN_HEADER',
+    env: STATUS_ENV.tokenHeader,
     help: 'Header that carries the token: x-loadwise-token (default; a backend never sees it), authorization (sent as "Bearer <token>") or another name, sent as the bare token',
   },
   {
@@ -58,7 +59,7 @@ export const STATUS_FLAGS: readonly FlagSpec[] = [
     type: 'string',
     arg: 'name: value',
     multiple: true,
-    env: 'LOADWISE_STATUS_HEADER',
+    env: STATUS_ENV.header,
     help: 'Another request header, e.g. the credentials of an app in front of the status endpoint (repeatable; the variable holds one)',
   },
   {
@@ -192,7 +193,7 @@ export function parseStatusArgs(argv: string[], env: NodeJS.ProcessEnv): StatusO
     return e && env[e] !== undefined && env[e] !== '' ? env[e] : undefined;
   };
   const rawUrl = get('url');
-  if (!rawUrl) throw new UsageError('--url: is required (or LOADWISE_STATUS_URL)');
+  if (!rawUrl) throw new UsageError(`--url: is required (or ${STATUS_ENV.url})`);
   let url: URL;
   try {
     url = new URL(rawUrl);
@@ -210,7 +211,7 @@ export function parseStatusArgs(argv: string[], env: NodeJS.ProcessEnv): StatusO
   if (!HEADER_NAME.test(header))
     throw new UsageError(`--token-header: not a header name (got ${JSON.stringify(header)})`);
   const given = values['header'];
-  const envHeader = env['LOADWISE_STATUS_HEADER'];
+  const envHeader = env[STATUS_ENV.header];
   const extra = Array.isArray(given)
     ? given.map(String)
     : envHeader !== undefined && envHeader !== ''
@@ -329,7 +330,7 @@ export async function fetchStatus(
   if (res.status === 401) {
     const hint =
       o.tokenHeader === undefined
-        ? 'the gateway has a statusToken: give it with --token or LOADWISE_STATUS_TOKEN'
+        ? `the gateway has a statusToken: give it with --token or ${STATUS_ENV.token}`
         : `the token sent in ${o.tokenHeader} was refused (wrong token, or the gateway reads another --token-header)`;
     return {
       ok: false,

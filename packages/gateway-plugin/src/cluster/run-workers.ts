@@ -25,6 +25,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import { Server as NetServer } from 'node:net';
+import { WORKER_ENV } from '@loadwise/protocol';
 import { invalidOption } from '../errors';
 import {
   functionOption,
@@ -111,10 +112,10 @@ const SHUTDOWN = 'loadwise:shutdown';
 const LEAVING = 'loadwise:leaving';
 const LEFT = 'loadwise:left';
 const LEAVE_TIMEOUT_MS = 2_000;
-const ENV_INDEX = 'LOADWISE_WORKER_INDEX';
-const ENV_RESTARTS = 'LOADWISE_WORKER_RESTARTS';
+const ENV_INDEX = WORKER_ENV.index;
+const ENV_RESTARTS = WORKER_ENV.restarts;
 /** How many times in a row this slot's worker failed in start() before: its stack is logged once. */
-const ENV_FAILED_STARTS = 'LOADWISE_WORKER_FAILED_STARTS';
+const ENV_FAILED_STARTS = WORKER_ENV.failedStarts;
 const MAX_WORKERS = 256;
 const DEFAULT_SHUTDOWN_TIMEOUT_MS = 15_000;
 const DEFAULT_START_TIMEOUT_MS = 60_000;
