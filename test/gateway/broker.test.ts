@@ -267,6 +267,37 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     }
   });
 
+  it('one client for two balancers on one prefix (a reload): closing the old one leaves the new one hearing', async () => {
+    const prefix = uniquePrefix('gw');
+    const own = await connectClient(broker.url);
+    const make = () =>
+      loadBalance({
+        backends: [{ id: 'a', url: a.url }],
+        broker: { client: own },
+        topicPrefix: prefix,
+        keys: [key],
+        healthCheck: false,
+        warmUp: false,
+        metricsRegistry: new Registry(),
+        logger: quietLogger,
+      });
+    const old = make();
+    const next = make();
+    try {
+      await Promise.all([old.ready(), next.ready()]);
+      await old.close({ graceMs: 0 });
+      const enc = createEncoder({ backendId: 'a', prefix, key });
+      for (const m of [enc.status('online'), enc.metrics(metricsBody)])
+        await own.publishAsync(m.topic, m.payload, { qos: 1 });
+      // Before: the old balancer's close unsubscribed the filter both held on the client,
+      // and the new one heard nothing more while saying it was connected.
+      await until(() => next.balancer.snapshot().backends[0]!.reportFresh);
+    } finally {
+      await Promise.all([old, next].map((lb) => lb.close({ graceMs: 0 })));
+      await endClient(own);
+    }
+  });
+
   it('serves several gateways on one broker: both hear every report', async () => {
     const prefix = uniquePrefix('gw');
     const opts = {

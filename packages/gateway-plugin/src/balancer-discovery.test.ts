@@ -506,3 +506,33 @@ describe('a backend forgotten with a request still on it', () => {
     }
   });
 });
+
+describe('a backend that left', () => {
+  it("leaves its parsed URL in no proxy cache (a churning fleet's cache held only the departed)", async () => {
+    const r = rig({ forgetAfterMs: 5_000 });
+    // What a request to a backend does: the engine parses its URL once and keeps it.
+    const engine = r.lb.engine as unknown as {
+      parsed(href: string): unknown;
+      parsedTargets: Map<string, unknown>;
+    };
+    try {
+      const runs = [1, 2, 3].map((i) => r.run(`web-${i}`));
+      runs.forEach((run, i) => {
+        r.send(run.registration(`http://10.0.0.${i + 1}:8080`));
+        engine.parsed(r.url(`web-${i + 1}`)!);
+      });
+      expect(engine.parsedTargets.size).toBe(3);
+      // web-1 moves (its old copy retired), web-2 goes silent and is forgotten.
+      r.at(1_000);
+      r.send(r.run('web-1').registration('http://10.0.0.9:8080'));
+      for (let i = 0; i < 7; i++) {
+        r.send(runs[2]!.metrics(calmReport));
+        r.at(1_000);
+      }
+      expect(r.url('web-2')).toBeUndefined();
+      expect([...engine.parsedTargets.keys()]).toEqual(['http://10.0.0.3:8080/']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});

@@ -109,8 +109,13 @@ export class ProxyEngine {
     this.instanceOf(backend).dispatcher.set(urlHostKey(backend.target), lane);
   }
 
-  /** A backend that left: its pool is no longer reachable through the dispatcher. */
+  /**
+   * A backend that left: its pool is no longer reachable through the dispatcher, and its
+   * parsed URL is not kept (a discovered fleet's churn filled the cache with the URLs of
+   * backends long gone, and every new one was parsed again on each request).
+   */
   unregister(backend: Backend): void {
+    this.parsedTargets.delete(backend.target.href);
     const lane = this.lanes.get(backend);
     if (lane === undefined) return;
     this.lanes.delete(backend);

@@ -43,6 +43,31 @@ export const DEFAULT_KEEPALIVE_SEC = 10;
 /** MQTT 5 CONNACK "Unsupported Protocol Version" (0x84), and 3.1.1's return code 1 [MQTT-3.1.2-2]. */
 const UNSUPPORTED_PROTOCOL_CODES = new Set([1, 0x84]);
 
+/**
+ * How many open balancers hold each filter on a client they share (`broker: { client }`).
+ * MQTT keeps one subscription per filter and client: the first balancer to close
+ * unsubscribed it for all, and another on the same topic prefix (the new balancer of a
+ * configuration reload, built before the old one closes) heard nothing more, while its
+ * status still said connected, until the connection happened to drop. The filter is
+ * unsubscribed when the last one closes.
+ */
+const sharedFilters = new WeakMap<MqttClient, Map<string, number>>();
+
+function holdFilter(client: MqttClient, filter: string): void {
+  let held = sharedFilters.get(client);
+  if (!held) sharedFilters.set(client, (held = new Map()));
+  held.set(filter, (held.get(filter) ?? 0) + 1);
+}
+
+/** Whether no other open balancer holds `filter` on `client` now. */
+function releaseFilter(client: MqttClient, filter: string): boolean {
+  const held = sharedFilters.get(client);
+  const left = (held?.get(filter) ?? 1) - 1;
+  if (left > 0) held!.set(filter, left);
+  else held?.delete(filter);
+  return left <= 0;
+}
+
 export class MqttSource {
   private client: MqttClient | undefined;
   private ownsClient = false;
@@ -176,6 +201,7 @@ export class MqttSource {
 
   private attach(client: MqttClient): void {
     this.client = client;
+    if (!this.ownsClient) holdFilter(client, subscriptionFilter(this.prefix));
     const o = client.options;
     if (o?.hostname) this.url ??= `${o.protocol ?? 'mqtt'}://${o.hostname}:${o.port ?? 1883}`;
     client.on('connect', this.onConnect);
@@ -377,7 +403,8 @@ export class MqttSource {
         client.off('error', this.onError);
       } else {
         client.off('error', this.onError);
-        if (client.connected) client.unsubscribe(subscriptionFilter(this.prefix), () => {});
+        const filter = subscriptionFilter(this.prefix);
+        if (releaseFilter(client, filter) && client.connected) client.unsubscribe(filter, () => {});
       }
     }
     this.connected = false;
