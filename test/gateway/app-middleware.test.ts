@@ -7,12 +7,14 @@
  * an event stream's events nor the dashboard's.
  */
 import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { createGunzip } from 'node:zlib';
 import compression from 'compression';
 import express from 'express';
 import { listen, send, type TestServer } from '../kit/http';
 import { rawExchange } from '../kit/raw-http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** What the backend was sent: its headers. */
 function echoHeaders(): Promise<TestServer> {
@@ -292,3 +294,89 @@ function gunzipUntil(
 async function waitFor(cond: () => boolean): Promise<void> {
   for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
 }
+
+describe('a request a middleware before the balancer already handled', () => {
+  let backend: TestServer;
+  let gw: TestGateway;
+  /** Resolved once the middleware has called next() into the balancer after answering. */
+  let nextCalled: Promise<void> = Promise.resolve();
+  beforeAll(async () => {
+    backend = await echoHeaders();
+    gw = await startLocalGateway(
+      {
+        backends: [{ id: 'b', url: backend.url }],
+        maxInFlightPerClient: 1,
+        clientBodyTimeoutMs: 3_000,
+      },
+      (app, lb) => {
+        app.use((req, res, next) => {
+          if (req.url === '/answered') {
+            // A timeout middleware's 503 while an async step still ran, which then goes on.
+            nextCalled = new Promise((resolve) => {
+              res.once('close', () => {
+                next();
+                resolve();
+              });
+            });
+            return void res.status(503).end('timed out');
+          }
+          if (req.url === '/paused') {
+            // The pause pattern: hold the body while an async check runs, then go on.
+            req.pause();
+            return void setImmediate(next);
+          }
+          if (req.url === '/closing') res.setHeader('connection', 'close');
+          next();
+        });
+        app.use(lb);
+      },
+    );
+  });
+  afterAll(async () => {
+    await gw.close();
+    await backend.close();
+  });
+
+  it('an answer already given: the balancer takes no client slot and forwards nothing', async () => {
+    // A keep-alive client that keeps its connection open.
+    const socket = connect({ port: gw.port, host: '127.0.0.1' });
+    try {
+      socket.write('GET /answered HTTP/1.1\r\nHost: x\r\n\r\n');
+      let got = '';
+      await new Promise<void>((resolve) =>
+        socket.on('data', (d: Buffer) => {
+          got += d.toString('latin1');
+          if (got.includes('timed out')) resolve();
+        }),
+      );
+      expect(got).toMatch(/^HTTP\/1\.1 503/);
+      await nextCalled;
+      // Before: the balancer took the client's only slot and held it until that connection
+      // closed; every other request from the address got 429.
+      expect(internals(gw.lb).flow.active).toBe(0);
+      expect((await send(`${gw.url}/after`)).status).toBe(200);
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  it('reads a small body a middleware paused (it was never read: 408)', async () => {
+    const body = 'x'.repeat(100);
+    const reply = await send(`${gw.url}/paused`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain', 'content-length': String(body.length) },
+      body,
+    });
+    expect(reply.status).toBe(200);
+    expect(reply.json()['content-length']).toBe('100');
+  });
+
+  it("keeps the app's Connection: close on a proxied answer, and closes", async () => {
+    const ex = await rawExchange(gw.port, 'GET /closing HTTP/1.1\r\nHost: x\r\n\r\n', {
+      guardMs: 5_000,
+    });
+    expect(ex.responses[0]?.status).toBe(200);
+    expect(ex.responses[0]?.headers.connection).toBe('close');
+    expect(ex.closed).toBe(true);
+  });
+});

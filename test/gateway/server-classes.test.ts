@@ -174,6 +174,12 @@ describe('gatewayServerOptions', () => {
     for (const bad of [['query'], ['__proto__'], ['constructor'], ['a-b'], [''], [1]]) {
       expect(() => gatewayServerOptions({ requestFields: bad as string[] })).toThrow(GatewayError);
     }
+    // Every method and getter of Express's request: an own undefined field hid it from the
+    // whole app (req.ip, req.path, req.hostname were undefined). A new Express that adds
+    // one fails here.
+    for (const name of Object.getOwnPropertyNames(express.request)) {
+      expect(() => gatewayServerOptions({ requestFields: [name] })).toThrow(GatewayError);
+    }
     expect(() => gatewayServerOptions({ requestFields: 'body' as unknown as string[] })).toThrow(
       /requestFields must be an array of field names/,
     );

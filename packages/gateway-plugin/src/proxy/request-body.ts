@@ -278,6 +278,10 @@ export function readBody(
     req.once('end', onEnd);
     req.once('error', onFail);
     req.once('close', onFail);
+    // A 'data' listener does not start a stream a middleware paused (req.pause() while an
+    // async auth step ran, then next()): the body was never read, and the client got a
+    // 408 after clientBodyTimeoutMs, or no answer at all without it.
+    req.resume();
   });
 }
 

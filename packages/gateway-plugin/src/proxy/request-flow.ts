@@ -443,6 +443,16 @@ export class RequestFlow {
     // one, ran): nobody to answer, and the response's 'close' has fired, so nothing
     // taken below (a client slot, an in-flight place) would ever be given back.
     if (req.socket.destroyed) return;
+    // Answered already by a middleware before this one (a timeout middleware's 503 while
+    // an async auth step still ran, which then called next()): its 'close' has fired, so
+    // a client slot taken here was held until the connection closed (every request from
+    // that address got 429 meanwhile) and lb.close() waited out its grace. Nothing to
+    // forward. One whose head is out but not its end cannot take a backend's answer:
+    // cut, as Node does an answer its handler threw in.
+    if (res.headersSent) {
+      if (!res.writableEnded) res.destroy();
+      return;
+    }
     const server = serverOf(req);
     if (server !== this.lastServer && server) this.noteServer(server);
     if (c.closed) {

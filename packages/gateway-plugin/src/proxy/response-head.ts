@@ -31,6 +31,9 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
 /** Node's own writeHead, which takes a flat [name, value, name, value...] array. */
 const NODE_WRITE_HEAD = ServerResponse.prototype.writeHead;
 
+/** A `close` token in a Connection value (an array of values reads as their join). */
+const CLOSE_TOKEN = /(?:^|,)[ \t]*close[ \t]*(?:,|$)/i;
+
 /**
  * The names a backend's `Connection` header lists, lower-case, but the body's
  * framing (which Node writes from the answer itself) and the connection
@@ -147,7 +150,11 @@ export function writeResponseHead(
   // Otherwise the body ends with the connection, and the head says so. The client's own
   // Connection value is never echoed (it named whatever the client put there).
   const bodiless = req.method === 'HEAD' || status === 204 || status === 304;
-  const keep = !close && (!http10 || h['content-length'] !== undefined || bodiless);
+  // The app's own `Connection: close`, set before the answer (a graceful-shutdown tool
+  // marks the answers in flight so, as http-terminator does): it closes the connection.
+  // The head said keep-alive over it, and the connection stayed open.
+  const appCloses = CLOSE_TOKEN.test(String(res.getHeader('connection') ?? ''));
+  const keep = !close && !appCloses && (!http10 || h['content-length'] !== undefined || bodiless);
   if (!keep) res.shouldKeepAlive = false;
   const connection = keep ? 'keep-alive' : 'close';
   // The flat array is one writeHead call, but only Node's own writeHead reads it as such:

@@ -93,13 +93,26 @@ const DEFAULT_OPTIONS: GatewayServerOptions = {
 };
 
 const NAME = /^[A-Za-z_$][\w$]*$/;
-const RESERVED = new Set(['query', '__proto__', 'constructor', 'prototype']);
+/**
+ * What a field declared on every request would hide: Express's request methods and getters
+ * (its `request` prototype, Express 4's names too: an own `undefined` field made
+ * `req.ip`, `req.path`, `req.hostname`, `req.protocol` undefined for the whole app), and
+ * what would break a prototype.
+ */
+const RESERVED = new Set([
+  ...['header', 'get', 'accepts', 'acceptsEncodings', 'acceptsCharsets', 'acceptsLanguages'],
+  ...['acceptsEncoding', 'acceptsCharset', 'acceptsLanguage', 'param', 'range', 'query', 'is'],
+  ...['protocol', 'secure', 'ip', 'ips', 'subdomains', 'path', 'host', 'hostname'],
+  ...['fresh', 'stale', 'xhr'],
+  ...['__proto__', 'constructor', 'prototype'],
+]);
 
 /**
  * `{ IncomingMessage, ServerResponse }` for `http.createServer(options, app)`.
- * `requestFields`: more request fields to declare (identifiers; `query`,
- * `__proto__`, `constructor` and `prototype` are refused with
- * `LW_GW_INVALID_OPTION`); a field Node's request already has is left as it is.
+ * `requestFields`: more request fields to declare (identifiers; the names of
+ * Express's request methods and getters, `__proto__`, `constructor` and `prototype`
+ * are refused with `LW_GW_INVALID_OPTION`); a field Node's request already has is left
+ * as it is.
  */
 export function gatewayServerOptions(
   opts: { requestFields?: readonly string[] } = {},
@@ -112,7 +125,7 @@ export function gatewayServerOptions(
     if (typeof f !== 'string' || !NAME.test(f) || RESERVED.has(f)) {
       throw invalidOption(
         'requestFields[]',
-        'an identifier other than query, __proto__, constructor and prototype',
+        "an identifier other than Express's request methods and getters (query, ip, path...), __proto__, constructor and prototype",
         f,
       );
     }
