@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Gauge, Registry } from 'prom-client';
+import { Gauge, Registry, type RegistryContentType } from 'prom-client';
 import { checkExposition } from '../../../../test/kit/prom-text';
 import { metricsHandler } from './handlers';
 import { createGatewayMetrics, type GatewayMetrics } from './metrics';
@@ -114,6 +114,11 @@ function fleet(services: (string | undefined)[], backends: number): Fleet {
  * its `get()` (the histogram's `get()` is the one it always had).
  */
 async function previousText(f: Fleet): Promise<string> {
+  return previousRegistry(f).metrics();
+}
+
+/** The registry previousText() formats: prom-client Gauges set from the snapshots, the other families read through. */
+function previousRegistry(f: Fleet): Registry {
   const ref = new Registry();
   const gauges = new Map<string, Gauge<string>>();
   // Histograms and our gauges are not prom-client classes: read every metric as the Registry does.
@@ -176,7 +181,7 @@ async function previousText(f: Fleet): Promise<string> {
     g('accept_queue_depth').set(gl, s.acceptQueueDepth ?? 0);
     g('broker_connected').set(gl, s.brokerConnected === true ? 1 : 0);
   }
-  return ref.metrics();
+  return ref;
 }
 
 /** One scrape through metricsHandler with plain request/response objects. */
@@ -287,5 +292,61 @@ describe('metrics exposition at many backends', () => {
     expect(served).toBe(await f.registry.metrics());
     expect(served).toContain('loadwise_panic{region="eu"} 0');
     expect(checkExposition(served)).toEqual([]);
+  });
+
+  describe('after an OpenMetrics registry merged from it was scraped', () => {
+    /** What an application serving OpenMetrics does (docs/observability.md). */
+    async function scrapeMergedOpenMetrics(registry: Registry): Promise<string> {
+      // merge() is typed as giving a Prometheus-format registry: TypeScript needs the cast.
+      const merged = Registry.merge([registry]) as Registry<RegistryContentType>;
+      merged.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+      return merged.metrics();
+    }
+
+    it('still serves its counters, under their own names, sample for sample', async () => {
+      const f = fleet(['users', undefined], 300);
+      const handler = metricsHandler(f.registry);
+      const before = await scrape(handler);
+      expect(before).toContain('# TYPE loadwise_backend_requests_total counter');
+      // prom-client renames the counters in place while it renders OpenMetrics (no _total).
+      await scrapeMergedOpenMetrics(f.registry);
+      const picks = f.registry.getSingleMetric('loadwise_picks_total') as unknown as {
+        name: string;
+      };
+      expect(picks.name).toBe('loadwise_picks');
+      const after = await scrape(handler);
+      expect(after).toBe(before);
+      expect(checkExposition(after)).toEqual([]);
+    });
+
+    it('still serves its counters with default labels', async () => {
+      const f = fleet([undefined], 20);
+      f.registry.setDefaultLabels({ region: 'eu' });
+      const handler = metricsHandler(f.registry);
+      const before = await scrape(handler);
+      expect(before).toBe(await f.registry.metrics());
+      await scrapeMergedOpenMetrics(f.registry);
+      const after = await scrape(handler);
+      expect(after).toBe(before);
+      expect(after).toContain('loadwise_shed_total{reason="saturated",region="eu"} 1');
+      expect(checkExposition(after)).toEqual([]);
+    });
+
+    it("gives the merged registry the OpenMetrics text prom-client's own gauges give", async () => {
+      const f = fleet(['users', undefined], 50);
+      await scrape(metricsHandler(f.registry)); // a scrape of ours first changes nothing there
+      const merged = await scrapeMergedOpenMetrics(f.registry);
+      // The reference after: its counters are ours, read through (renamed by then).
+      const ref = previousRegistry(f) as Registry<RegistryContentType>;
+      ref.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+      expect(merged).toBe(await ref.metrics());
+      expect(merged.endsWith('\n# EOF\n')).toBe(true);
+      expect(merged).toContain('# TYPE loadwise_picks counter\n');
+      expect(merged).toContain(
+        'loadwise_picks_total{service="users",backend="b-0",strategy="load-aware"} 1\n',
+      );
+      expect(merged).toContain('# TYPE loadwise_backend_latency_seconds histogram\n');
+      expect(merged).toContain('loadwise_backend_state{backend="b-0",state="healthy"} 1\n');
+    });
   });
 });

@@ -11,7 +11,7 @@
  *
  * The text is the one `registry.metrics()` returns, sample for sample.
  */
-import type { Registry } from 'prom-client';
+import { Registry } from 'prom-client';
 
 /** How many backends a family writes between two pauses for the event loop. */
 export const SCRAPE_CHUNK_BACKENDS = 250;
@@ -74,22 +74,95 @@ export function familyHeader(name: string, help: string, type: string): string {
 const pause = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /**
- * Whether the registry adds nothing to a family's own text: the Prometheus
- * format (OpenMetrics renames counters and ends with `# EOF`) and no default
- * labels. prom-client has no getter for its default labels, so this reads
- * its field and, when it is not there (another version), says no.
+ * The default labels of a Prometheus-format registry, or undefined for an
+ * OpenMetrics one (prom-client renames its counters and ends it with `# EOF`:
+ * left to `registry.metrics()`). prom-client has no getter for its default
+ * labels, so this reads its field and, when it is not there (another
+ * version), says undefined too.
  */
-function plainRegistry(registry: Registry): boolean {
-  if (!String(registry.contentType).startsWith('text/plain')) return false;
+function defaultLabelsOf(registry: Registry): Readonly<Record<string, string>> | undefined {
+  if (!String(registry.contentType).startsWith('text/plain')) return undefined;
   const defaults = (registry as unknown as { _defaultLabels?: unknown })._defaultLabels;
-  return typeof defaults === 'object' && defaults !== null && Object.keys(defaults).length === 0;
+  return typeof defaults === 'object' && defaults !== null
+    ? (defaults as Record<string, string>)
+    : undefined;
+}
+
+/** What a Registry reads of a metric: prom-client's `MetricObject` and its `get()`. */
+interface RegisteredMetric {
+  name: string;
+  help: string;
+  type: string;
+  aggregator: string;
+  get(): Promise<{ name: string }>;
+}
+
+/**
+ * The name `metric` is registered under in `registry`, found by identity;
+ * undefined once it has left the registry. Not always `metric.name`: an
+ * OpenMetrics registry that holds the same counter (an application's
+ * `Registry.merge([...])` set to OpenMetrics) renames it in place while it
+ * renders: prom-client 15's `metrics()` sets `counter.name` to its name
+ * without `_total`, for good. Looked up by that name, our counters were gone
+ * from the next scrape.
+ */
+export function registeredName(
+  registry: Registry,
+  metric: { name: string; type: string },
+): string | undefined {
+  if ((registry.getSingleMetric(metric.name) as unknown) === metric) return metric.name;
+  if (metric.type === 'counter') {
+    const registered = `${metric.name}_total`;
+    if ((registry.getSingleMetric(registered) as unknown) === metric) return registered;
+  }
+  return undefined;
+}
+
+/**
+ * One family's text as prom-client formats it in `registry` (no final
+ * newline), under the name it is registered under; undefined when it has left.
+ */
+async function familyText(
+  registry: Registry,
+  metric: RegisteredMetric,
+  defaults: Readonly<Record<string, string>>,
+): Promise<string | undefined> {
+  const name = registeredName(registry, metric);
+  if (name === undefined) return undefined;
+  if (name === metric.name) return registry.getSingleMetricAsString(name);
+  // Renamed by an OpenMetrics registry: formatted under its registered name by a
+  // registry of this one's format and default labels, the counter itself left as
+  // it is (the other registry renames it again at each of its scrapes anyway).
+  const view = {
+    name,
+    help: metric.help,
+    type: metric.type,
+    aggregator: metric.aggregator,
+    get: async () => ({ ...(await metric.get()), name }),
+  };
+  const scratch = new Registry();
+  scratch.setDefaultLabels({ ...defaults });
+  scratch.registerMetric(view as unknown as Parameters<Registry['registerMetric']>[0]);
+  return scratch.getSingleMetricAsString(name);
 }
 
 async function render(registry: Registry): Promise<string> {
-  if (!plainRegistry(registry)) return registry.metrics();
-  const scrape: Scrape = { memo: new Map(), pause };
+  const defaults = defaultLabelsOf(registry);
+  if (defaults === undefined) return registry.metrics();
+  const metrics = registry.getMetricsAsArray() as unknown as RegisteredMetric[];
   const parts: string[] = [];
-  for (const metric of registry.getMetricsAsArray()) {
+  if (Object.keys(defaults).length > 0) {
+    // prom-client adds the default labels: every family through it, all in one
+    // turn of the event loop as in registry.metrics() (the gauges read one
+    // snapshot per turn then).
+    for (const metric of metrics) {
+      const text = await familyText(registry, metric, defaults);
+      if (text !== undefined) parts.push(text);
+    }
+    return `${parts.join('\n\n')}\n`;
+  }
+  const scrape: Scrape = { memo: new Map(), pause };
+  for (const metric of metrics) {
     if (isDirectlyRendered(metric)) {
       parts.push(await metric[renderFamily](scrape));
       continue;
@@ -98,8 +171,8 @@ async function render(registry: Registry): Promise<string> {
     // one block each: a pause between two keeps those blocks apart.
     await scrape.pause();
     // One removed from the registry during a pause is left out, as it would be after.
-    if ((registry.getSingleMetric(metric.name) as unknown) !== metric) continue;
-    parts.push(await registry.getSingleMetricAsString(metric.name));
+    const text = await familyText(registry, metric, defaults);
+    if (text !== undefined) parts.push(text);
   }
   // registry.metrics(): families joined by a blank line, one final newline.
   return `${parts.join('\n\n')}\n`;
