@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Gauge, Registry, type RegistryContentType } from 'prom-client';
 import { checkExposition } from '../../../../test/kit/prom-text';
@@ -184,18 +185,65 @@ function previousRegistry(f: Fleet): Registry {
   return ref;
 }
 
+/** A response that keeps what the handler does with it; `write` answers `writeReturns()`. */
+class FakeResponse extends EventEmitter {
+  statusCode = 0;
+  headersSent = false;
+  writableEnded = false;
+  destroyed = false;
+  readonly headers: Record<string, unknown> = {};
+  /** Every write(), in order; the end's body, if any, last. */
+  readonly writes: string[] = [];
+  /** The writes made before end() (or destroy()). */
+  ended: Promise<'end' | 'destroy'>;
+  writeReturns: () => boolean = () => true;
+  private settle!: (how: 'end' | 'destroy') => void;
+
+  constructor() {
+    super();
+    this.ended = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  get body(): string {
+    return this.writes.join('');
+  }
+
+  setHeader(name: string, value: unknown): void {
+    if (this.headersSent) throw new Error('ERR_HTTP_HEADERS_SENT');
+    this.headers[name.toLowerCase()] = value;
+  }
+
+  write(chunk: string): boolean {
+    if (this.writableEnded || this.destroyed) throw new Error('write after end');
+    this.headersSent = true;
+    this.writes.push(chunk);
+    return this.writeReturns();
+  }
+
+  end(chunk?: string): void {
+    if (chunk !== undefined) this.write(chunk);
+    this.headersSent = true;
+    this.writableEnded = true;
+    this.settle('end');
+    this.emit('close');
+  }
+
+  destroy(): void {
+    this.destroyed = true;
+    this.settle('destroy');
+    this.emit('close');
+  }
+}
+
 /** One scrape through metricsHandler with plain request/response objects. */
 function scrape(handler: ReturnType<typeof metricsHandler>): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = { method: 'GET', headers: {} } as IncomingMessage;
-    const res = {
-      statusCode: 0,
-      setHeader() {},
-      end(body: string) {
-        if (res.statusCode === 200) resolve(body);
-        else reject(new Error(`status ${res.statusCode}`));
-      },
-    };
+    const res = new FakeResponse();
+    void res.ended.then((how) => {
+      if (how === 'end' && res.statusCode === 200) resolve(res.body);
+      else reject(new Error(`${how}, status ${res.statusCode}`));
+    });
     handler(req, res as unknown as ServerResponse, reject);
   });
 }
@@ -347,6 +395,112 @@ describe('metrics exposition at many backends', () => {
       );
       expect(merged).toContain('# TYPE loadwise_backend_latency_seconds histogram\n');
       expect(merged).toContain('loadwise_backend_state{backend="b-0",state="healthy"} 1\n');
+    });
+  });
+
+  describe('written as it is rendered', () => {
+    const get = { method: 'GET', headers: {} } as IncomingMessage;
+
+    it('writes the text in parts of at most a chunk of backends, with the headers, then ends', async () => {
+      const f = fleet([undefined], 3000);
+      const res = new FakeResponse();
+      metricsHandler(f.registry)(get, res as unknown as ServerResponse);
+      expect(await res.ended).toBe('end');
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['content-type']).toBe(f.registry.contentType);
+      expect(res.headers['cache-control']).toBe('no-store');
+      expect(res.headers['content-length']).toBeUndefined();
+      expect(res.body).toBe(await f.registry.metrics());
+      // The histogram's 16 lines of 250 backends: about 0.4 MB; the whole text is 5 MB.
+      expect(res.body.length).toBeGreaterThan(4_000_000);
+      expect(res.writes.length).toBeGreaterThan(30);
+      expect(Math.max(...res.writes.map((w) => w.length))).toBeLessThan(600_000);
+    });
+
+    it("waits for 'drain' when the socket has enough", async () => {
+      const f = fleet([undefined], 1000);
+      const res = new FakeResponse();
+      res.writeReturns = () => false;
+      metricsHandler(f.registry)(get, res as unknown as ServerResponse);
+      const turn = (): Promise<unknown> => new Promise((resolve) => setImmediate(resolve));
+      for (let drains = 0; ; drains++) {
+        // One write after each drain (the first without one), then none however long the loop runs.
+        while (res.writes.length === drains && !res.writableEnded) await turn();
+        for (let i = 0; i < 5; i++) await turn();
+        if (res.writableEnded) break;
+        expect([drains, res.writes.length]).toEqual([drains, drains + 1]);
+        res.emit('drain');
+      }
+      expect(res.writes.length).toBeGreaterThan(10);
+      expect(res.body).toBe(await f.registry.metrics());
+    });
+
+    it('destroys the response when the render fails after its first part', async () => {
+      const f = fleet([undefined], 1000);
+      // After the histogram and the gauges in the registry's order: a family that fails.
+      f.registry.registerMetric({
+        name: 'app_broken',
+        help: 'fails',
+        type: 'gauge',
+        aggregator: 'sum',
+        get: () => Promise.reject(new Error('collect failed')),
+        reset() {},
+      } as unknown as Parameters<Registry['registerMetric']>[0]);
+      const res = new FakeResponse();
+      const next = jest.fn();
+      metricsHandler(f.registry)(get, res as unknown as ServerResponse, next);
+      expect(await res.ended).toBe('destroy');
+      expect(res.writableEnded).toBe(false);
+      expect(res.writes.length).toBeGreaterThan(0);
+      expect(next).toHaveBeenCalledWith(expect.objectContaining({ message: 'collect failed' }));
+    });
+
+    it('answers 500 when the render fails before its first part', async () => {
+      const registry = new Registry();
+      registry.registerMetric({
+        name: 'app_broken',
+        help: 'fails',
+        type: 'gauge',
+        aggregator: 'sum',
+        get: () => Promise.reject(new Error('collect failed')),
+        reset() {},
+      } as unknown as Parameters<Registry['registerMetric']>[0]);
+      const res = new FakeResponse();
+      metricsHandler(registry)(get, res as unknown as ServerResponse);
+      expect(await res.ended).toBe('end');
+      expect(res.statusCode).toBe(500);
+      expect(res.body).toBe('metrics collection failed\n');
+    });
+
+    it('stops writing when the client goes, and stops the render when no scrape is left', async () => {
+      const f = fleet([undefined], 3000);
+      const handler = metricsHandler(f.registry);
+      const res = new FakeResponse();
+      res.writeReturns = () => false;
+      handler(get, res as unknown as ServerResponse);
+      while (res.writes.length === 0) await new Promise((resolve) => setImmediate(resolve));
+      res.emit('close'); // the client went while the socket was full
+      // Read through, the render would reach the gauges (and take the snapshot) within
+      // about 20 turns: the counters before them, the histogram's 12 chunks.
+      for (let i = 0; i < 200; i++) await new Promise((resolve) => setImmediate(resolve));
+      expect(res.writes).toHaveLength(1);
+      expect(res.writableEnded).toBe(false);
+      expect(f.getSnapshot).not.toHaveBeenCalled();
+      // The next scrape renders anew, whole.
+      expect(await scrape(handler)).toBe(await f.registry.metrics());
+      expect(checkExposition(await scrape(handler))).toEqual([]);
+    });
+
+    it('gives a scrape that joins a render late every part from the first', async () => {
+      const f = fleet([undefined], 1000);
+      const handler = metricsHandler(f.registry);
+      const first = scrape(handler);
+      for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
+      const late = scrape(handler);
+      const [a, b] = await Promise.all([first, late]);
+      expect(b).toBe(a);
+      expect(f.getSnapshot).toHaveBeenCalledTimes(1);
+      expect(checkExposition(b)).toEqual([]);
     });
   });
 });

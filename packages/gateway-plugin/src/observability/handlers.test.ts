@@ -51,6 +51,18 @@ let server: Server;
 let base: string;
 const registry = new Registry();
 const metrics = createGatewayMetrics({ registry, getSnapshot: () => SNAPSHOT });
+/** The gateway's families, then one of the app's that fails to collect. */
+const brokenRegistry = new Registry();
+createGatewayMetrics({ registry: brokenRegistry, getSnapshot: () => SNAPSHOT });
+brokenRegistry.registerMetric({
+  name: 'app_broken',
+  help: 'fails',
+  type: 'gauge',
+  aggregator: 'sum',
+  get: () => Promise.reject(new Error('collect failed')),
+  reset() {},
+} as unknown as Parameters<Registry['registerMetric']>[0]);
+const errorsHandled: unknown[] = [];
 
 beforeAll(async () => {
   const app = express();
@@ -77,9 +89,12 @@ beforeAll(async () => {
   );
   app.get('/metrics', metricsHandler(registry));
   app.get('/closed/metrics', metricsHandler(registry, { token: 's3cret' }));
+  app.get('/broken/metrics', metricsHandler(brokenRegistry));
   // Express's default error handler would print the stack; answer 500 quietly instead.
   app.use(
-    (_err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    (err: unknown, _req: express.Request, res: express.Response, next: express.NextFunction) => {
+      errorsHandled.push(err);
+      if (res.headersSent) return next(err);
       res.status(500).json({ error: 'handled' });
     },
   );
@@ -193,5 +208,26 @@ describe('metricsHandler', () => {
       headers: { authorization: 'Bearer s3cret' },
     });
     expect(ok.status).toBe(200);
+  });
+
+  it('streams the text (chunked, no Content-Length) and answers HEAD with the headers only', async () => {
+    const res = await fetch(`${base}/metrics`);
+    expect(res.headers.get('transfer-encoding')).toBe('chunked');
+    expect(res.headers.get('content-length')).toBeNull();
+    expect(res.headers.get('cache-control')).toBe('no-store');
+    expect(await res.text()).toBe(await registry.metrics());
+    const head = await fetch(`${base}/metrics`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-type')).toBe(registry.contentType);
+    expect(head.headers.get('cache-control')).toBe('no-store');
+    expect(await head.text()).toBe('');
+  });
+
+  it('cuts the body when the render fails after its first part: never a complete response', async () => {
+    errorsHandled.length = 0;
+    const res = await fetch(`${base}/broken/metrics`);
+    expect(res.status).toBe(200);
+    await expect(res.text()).rejects.toThrow();
+    expect(errorsHandled).toEqual([expect.objectContaining({ message: 'collect failed' })]);
   });
 });

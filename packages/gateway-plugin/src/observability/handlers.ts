@@ -10,7 +10,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
-import { renderMetrics } from './exposition';
+import { metricsParts } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 
 export type HttpHandler = (
@@ -142,9 +142,75 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
 }
 
 /**
+ * Writes the registry's text part by part as it is rendered (metricsParts),
+ * waiting for 'drain' whenever the socket has enough buffered. The status
+ * line and headers go with the first part, so a render that fails before it
+ * is still a 500 (or the app's error handler); one that fails after it
+ * destroys the response, so the client sees a cut chunked body, never a
+ * complete one (the error still goes to `next`, for the app's log).
+ */
+async function writeMetrics(
+  registry: Registry,
+  req: IncomingMessage,
+  res: ServerResponse,
+  next: ((err?: unknown) => void) | undefined,
+): Promise<void> {
+  let closed = false;
+  res.once('close', () => {
+    closed = true;
+  });
+  const writable = (): Promise<void> =>
+    new Promise((resolve) => {
+      if (closed) return resolve();
+      const done = (): void => {
+        res.off('drain', done);
+        res.off('close', done);
+        resolve();
+      };
+      res.on('drain', done);
+      res.on('close', done);
+    });
+  const parts = metricsParts(registry);
+  let started = false;
+  try {
+    for (;;) {
+      let part: IteratorResult<string>;
+      try {
+        part = await parts.next();
+      } catch (err) {
+        if (started) res.destroy();
+        if (next) return next(err);
+        if (!started && !closed && !res.headersSent)
+          send(res, req, 500, 'text/plain; charset=utf-8', 'metrics collection failed\n');
+        return;
+      }
+      if (part.done) break;
+      // The client went, or something else answered meanwhile: stop reading the render.
+      if (closed || res.writableEnded || (!started && res.headersSent)) {
+        if (!closed && !res.writableEnded) res.end();
+        return;
+      }
+      if (!started) {
+        started = true;
+        res.statusCode = 200;
+        res.setHeader('Content-Type', registry.contentType);
+        res.setHeader('Cache-Control', 'no-store');
+      }
+      if (!res.write(part.value)) await writable();
+    }
+    if (!closed && !res.writableEnded) res.end();
+  } finally {
+    // Leaves the render (a no-op when it was read to its end): it stops when no scrape is left.
+    await parts.return(undefined);
+  }
+}
+
+/**
  * Serves the registry in the Prometheus text format: the text of
  * `registry.metrics()`, rendered in chunks that let the event loop run
- * between them (exposition.ts); scrapes that arrive together share one render.
+ * between them and written to the socket as they are rendered, without a
+ * Content-Length (exposition.ts); scrapes that arrive together read one
+ * render. HEAD answers with the headers only, without rendering.
  */
 export function metricsHandler(
   registry: Registry,
@@ -153,20 +219,22 @@ export function metricsHandler(
   const authorized = makeAuthorizer(opts.token);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
-    renderMetrics(registry)
-      .then(
-        (text) => send(res, req, 200, registry.contentType, text),
-        (err: unknown) => {
-          if (next) return next(err);
-          send(res, req, 500, 'text/plain; charset=utf-8', 'metrics collection failed\n');
-        },
-      )
-      // A scrape stays open over several turns of the loop now: whatever answered the
-      // request meanwhile (headers sent), the throw of send() must not be an unhandled
-      // rejection, which ends a Node 20 process.
-      .catch(() => {
-        if (!res.headersSent) res.statusCode = 500;
-        if (!res.writableEnded) res.end();
-      });
+    if (req.method === 'HEAD') {
+      res.statusCode = 200;
+      res.setHeader('Content-Type', registry.contentType);
+      res.setHeader('Cache-Control', 'no-store');
+      res.end();
+      return;
+    }
+    // A scrape stays open over many turns of the loop: whatever answered the request
+    // meanwhile, or a write that throws, must not be an unhandled rejection, which ends
+    // a Node 20 process.
+    writeMetrics(registry, req, res, next).catch(() => {
+      if (res.headersSent) res.destroy();
+      else if (!res.writableEnded) {
+        res.statusCode = 500;
+        res.end();
+      }
+    });
   };
 }

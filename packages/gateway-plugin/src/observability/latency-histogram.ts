@@ -168,9 +168,12 @@ export class BackendLatencyHistogram implements DirectlyRendered {
     return { name: this.name, help: this.help, type: 'histogram', aggregator: 'sum', values };
   }
 
-  /** The family's text written directly, pausing every SCRAPE_CHUNK_BACKENDS series. */
-  async [renderFamily](scrape: Scrape): Promise<string> {
-    const lines = [familyHeader(this.name, this.help, this.type)];
+  /**
+   * The family's text written directly, a part per SCRAPE_CHUNK_BACKENDS
+   * series with a pause after each.
+   */
+  async *[renderFamily](scrape: Scrape): AsyncGenerator<string> {
+    let lines = [familyHeader(this.name, this.help, this.type)];
     const prefixes = this.bucketPrefixes;
     const sum = `${this.name}_sum{`;
     const count = `${this.name}_count{`;
@@ -190,9 +193,13 @@ export class BackendLatencyHistogram implements DirectlyRendered {
       }
       lines.push(`${sum}${labels}} ${formatValue(s.sum)}`);
       lines.push(`${count}${labels}} ${formatValue(s.count)}`);
-      if (++n % SCRAPE_CHUNK_BACKENDS === 0) await scrape.pause();
+      if (++n % SCRAPE_CHUNK_BACKENDS === 0) {
+        yield `${lines.join('\n')}\n`;
+        lines = [];
+        await scrape.pause();
+      }
     }
-    return lines.join('\n');
+    if (lines.length > 0) yield `${lines.join('\n')}\n`;
   }
 }
 

@@ -201,8 +201,9 @@ export class SnapshotGauge implements DirectlyRendered {
   /** Nothing to zero: the values are read from the snapshots at every scrape (Registry.resetMetrics()). */
   reset(): void {}
 
-  async [renderFamily](scrape: Scrape): Promise<string> {
-    const lines = [familyHeader(this.name, this.help, this.type)];
+  /** The family's text written directly, a part per SCRAPE_CHUNK_BACKENDS backends with a pause after each. */
+  async *[renderFamily](scrape: Scrape): AsyncGenerator<string> {
+    let lines = [familyHeader(this.name, this.help, this.type)];
     const name = this.name;
     const gateway = this.spec.kind === 'gateway';
     const sample = (_labels: Labels, text: string, value: number): void => {
@@ -221,10 +222,12 @@ export class SnapshotGauge implements DirectlyRendered {
         written += to - from;
         if (written >= SCRAPE_CHUNK_BACKENDS) {
           written = 0;
+          yield `${lines.join('\n')}\n`;
+          lines = [];
           await scrape.pause();
         }
       }
     }
-    return lines.join('\n');
+    if (lines.length > 0) yield `${lines.join('\n')}\n`;
   }
 }
