@@ -132,7 +132,7 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
     return `req.body cannot be serialized again for content type ${JSON.stringify(type)} (${text.name}: ${text.message}); keep the bytes received in req.rawBody to send them as they came`;
   if (object && type === 'multipart/form-data')
     return 'a multipart body cannot be rebuilt from req.body (its files are not in it)';
-  return `req.body (${parsed === null ? 'null' : typeof parsed}) has no encoding for content type ${JSON.stringify(type || 'none')}`;
+  return `req.body (${parsed === null ? 'null' : typeof parsed}) has no encoding for content type ${JSON.stringify(type || 'none')}; keep the bytes received in req.rawBody to send them as they came`;
 }
 
 /**
