@@ -117,7 +117,10 @@ describe.each(brokerTargets().map((t) => [t.name, t] as const))(
       gate = undefined;
       if (sub) {
         // The shared Mosquitto keeps retained messages: leave none behind.
-        await clearRetained(sub, [topicFor(prefix, backendId, 'status')]);
+        await clearRetained(sub, [
+          topicFor(prefix, backendId, 'status'),
+          topicFor(prefix, backendId, 'register'),
+        ]);
         await endClient(sub, true);
         sub = undefined;
       }
@@ -239,5 +242,64 @@ describe.each(brokerTargets().map((t) => [t.name, t] as const))(
         expect(warnings.filter((w) => /publish failed/.test(w))).toEqual([]);
       },
     );
+
+    it("a stop whose publishes a lost connection left unacknowledged: sent again, never dropped (the registration is cleared, the status is 'agent stopped')", async () => {
+      prefix = uniquePrefix('agent-stop-reconnect');
+      sub = await connectClient(broker.url);
+      const box = inbox(sub, prefix, [key]);
+      const registerTopic = topicFor(prefix, backendId, 'register');
+      let cleared = false;
+      sub.on('message', (topic, payload) => {
+        if (topic === registerTopic && payload.length === 0) cleared = true;
+      });
+      await sub.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
+      gate = await startGate(broker.url);
+      const g = gate;
+      const a = createAgent({
+        backendId,
+        broker: { url: g.url, reconnectPeriodMs: 100 },
+        prefix,
+        intervalMs: 200,
+        cgroup: false,
+        signingKey: key,
+        advertiseUrl: 'http://127.0.0.1:9/',
+      });
+      agent = a;
+      a.on('error', () => undefined); // the refused reconnects while cut off
+      await a.start();
+      await box.waitFor((r) => r.message.kind === 'register', 5000, 'the registration');
+      // stop() leaves once its grace is over: the connection goes silent under its first
+      // publish (the registration cleared), then is cut, then comes back.
+      let leaving = false;
+      a.on('state', (state) => {
+        if (state !== 'offline') return;
+        g.hold();
+        leaving = true;
+      });
+      const stopped = a.stop({ graceMs: 1500 });
+      const client = (a as unknown as { client: MqttClient }).client;
+      await until(() => leaving, 5000, 'the grace to end');
+      await until(
+        () => Object.keys(client.outgoing).length > 0,
+        5000,
+        'a publish of stop() unacknowledged',
+      );
+      g.cut();
+      await until(() => !client.connected, 5000, 'the agent to notice the cut');
+      g.open();
+      await stopped;
+      // Before: the lost connection withdrew it, and the registration stayed retained (a
+      // gateway starting later added a backend that is gone).
+      await until(() => cleared, 5000, 'the registration cleared');
+      await box.waitFor(
+        (r) =>
+          r.message.kind === 'status' &&
+          r.message.will !== true &&
+          r.message.state === 'offline' &&
+          r.message.reason === 'agent stopped',
+        5000,
+        "the status 'agent stopped'",
+      );
+    });
   },
 );

@@ -171,7 +171,7 @@ describe('gatewayServerOptions', () => {
   });
 
   it('refuses requestFields that would hide or break a prototype, with a coded error', () => {
-    for (const bad of [['query'], ['__proto__'], ['constructor'], ['a-b'], [''], [1]]) {
+    for (const bad of [['query'], ['app'], ['__proto__'], ['constructor'], ['a-b'], [''], [1]]) {
       expect(() => gatewayServerOptions({ requestFields: bad as string[] })).toThrow(GatewayError);
     }
     // Every method and getter of Express's request: an own undefined field hid it from the

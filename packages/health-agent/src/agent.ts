@@ -320,7 +320,10 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
    * are the newest there are.
    */
   private withdrawSuperseded(c: MqttClient): void {
-    if (c.disconnecting) return;
+    // stop() began: its publishes (draining, the registration cleared, offline) are the
+    // newest there are, and it waits for them; a connection lost meanwhile must not drop
+    // them (the registration stayed retained, and the Last Will said "connection lost").
+    if (c.disconnecting || this.stopping) return;
     const topics = new Set([
       topicFor(this.options.prefix, this.backendId, 'status'),
       topicFor(this.options.prefix, this.backendId, 'register'),

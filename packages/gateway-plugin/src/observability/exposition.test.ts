@@ -266,6 +266,19 @@ describe('metrics exposition at many backends', () => {
     expect(served).toContain('backend="new\\nline"');
   });
 
+  it('writes nothing for a chunk of backends none of which has reported (no blank line)', async () => {
+    const f = fleet([undefined], 600);
+    for (const m of f.members)
+      for (const b of m.snapshot.backends as Array<{ reportAgeMs: unknown; lastReport: unknown }>) {
+        b.reportAgeMs = null;
+        b.lastReport = null;
+      }
+    const served = await scrape(metricsHandler(f.registry));
+    // Before: each such chunk of 250 gave a lone newline, and the text was not prom-client's.
+    expect(served).toBe(await f.registry.metrics());
+    expect(served).toBe(await previousText(f));
+  });
+
   it('gives getMetricsAsJSON() the gauges prom-client gave', async () => {
     const f = fleet(['users', undefined], 20);
     const ours = await f.registry.getMetricsAsJSON();

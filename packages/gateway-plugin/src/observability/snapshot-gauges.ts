@@ -222,7 +222,9 @@ export class SnapshotGauge implements DirectlyRendered {
         written += to - from;
         if (written >= SCRAPE_CHUNK_BACKENDS) {
           written = 0;
-          yield `${lines.join('\n')}\n`;
+          // A block with no sample (its backends have not reported) yields nothing: a
+          // lone newline made the text differ from registry.metrics()'.
+          if (lines.length > 0) yield `${lines.join('\n')}\n`;
           lines = [];
           await scrape.pause();
         }

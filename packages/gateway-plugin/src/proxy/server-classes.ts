@@ -104,6 +104,9 @@ const RESERVED = new Set([
   ...['acceptsEncoding', 'acceptsCharset', 'acceptsLanguage', 'param', 'range', 'query', 'is'],
   ...['protocol', 'secure', 'ip', 'ips', 'subdomains', 'path', 'host', 'hostname'],
   ...['fresh', 'stale', 'xhr'],
+  // Express sets `app` on its app.request, not on the prototype: req.app undefined broke
+  // every getter that reads the app's settings.
+  'app',
   ...['__proto__', 'constructor', 'prototype'],
 ]);
 
