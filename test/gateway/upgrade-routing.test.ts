@@ -200,3 +200,84 @@ describe('an upgrade pipelined behind an unanswered request', () => {
     },
   );
 });
+
+describe('routeUpgrades(app): a client that leaves while the middleware runs, and errors', () => {
+  let backend: Awaited<ReturnType<typeof wsEchoBackend>>;
+  let gateway: TestServer;
+  let lb: LoadBalancerMiddleware;
+  let accepted = 0;
+  /** The slow middleware's request has been seen, and it goes on when `release` is called. */
+  let slow: { closed: boolean; release: () => void } | undefined;
+
+  beforeAll(async () => {
+    backend = await wsEchoBackend();
+    backend.wss.on('connection', () => accepted++);
+    lb = loadBalance({
+      backends: [{ id: 'ws-1', url: backend.url }],
+      healthCheck: false,
+      overload: false,
+      logger: quietLogger,
+    });
+    const app = express();
+    app.use('/slow', (req, _res, next) => {
+      // An async auth step (a session store lookup) that takes its time.
+      const s = { closed: false, release: () => next() };
+      req.once('close', () => (s.closed = true));
+      slow = s;
+    });
+    app.use('/denied', (_req, _res, next) =>
+      next(
+        Object.assign(new Error('no'), {
+          statusCode: 403,
+          headers: { 'WWW-Authenticate': 'Bearer' },
+        }),
+      ),
+    );
+    app.use(lb);
+    const server = createServer(app);
+    server.on('upgrade', routeUpgrades(app));
+    gateway = await listen(server);
+  });
+  afterAll(async () => {
+    await gateway.close();
+    await lb.close();
+    await backend.close();
+  });
+
+  const upgradeHead = (path: string): string =>
+    `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+    'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n';
+
+  it('one that sends its FIN is let go at once: no backend WebSocket for it, no socket kept', async () => {
+    slow = undefined;
+    const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+    let received = '';
+    socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.write(upgradeHead('/slow/ws'));
+    await eventually(() => slow !== undefined);
+    socket.end(); // FIN: the client leaves, its side half-open
+    // Before: the socket stayed open (CLOSE_WAIT, for good behind a middleware that never
+    // answers), and the middleware's request never closed.
+    await once(socket, 'close');
+    await eventually(() => slow!.closed);
+    // The middleware goes on after all: nothing is proxied for a client that left (before,
+    // a 101 went to nobody and the backend accepted a WebSocket for it).
+    slow!.release();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(received).toBe('');
+    expect(accepted).toBe(0);
+  });
+
+  it("answers next(err) as Express's final handler: statusCode and the error's headers", async () => {
+    const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+    let received = '';
+    socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.write(upgradeHead('/denied/ws'));
+    await once(socket, 'close');
+    // Before: 500, without WWW-Authenticate.
+    expect(received).toMatch(/^HTTP\/1\.1 403 /);
+    expect(received).toMatch(/\r\nWWW-Authenticate: Bearer\r\n/i);
+  });
+});

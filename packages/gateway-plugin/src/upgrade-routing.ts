@@ -28,6 +28,52 @@ interface PendingUpgrade {
   socket: Socket;
   head: Buffer;
   res: ServerResponse;
+  /** Stops reading the socket (watchWhileRouted); with `keep`, puts what it read back. */
+  stopWatching: (keep: boolean) => void;
+}
+
+/** Bytes a client may send before its upgrade is answered that are kept (upgrade-flow's bound). */
+const MAX_EARLY_BYTES = 64 * 1024;
+
+/**
+ * Reads an upgrade's socket while the app's middleware runs, so that a client that
+ * leaves is seen at once: Node's parser has let go of the socket at the upgrade, and the
+ * server's sockets allow half-open connections, so unread it said nothing. Behind a
+ * middleware that never answered (a session lookup without a timeout), each client that
+ * left with a FIN kept its socket in CLOSE_WAIT for good and `server.close()` never
+ * completed; behind a slow one (an async auth step), its upgrade was proxied after all,
+ * a 101 written to nobody and a backend WebSocket opened for it. `onLeft` runs on the
+ * client's FIN or close, or past MAX_EARLY_BYTES (a WebSocket client sends nothing
+ * before the answer, RFC 6455 §4.1). The returned stop() ends the reading; with `keep`
+ * it puts the bytes read back in front of whatever comes next.
+ */
+function watchWhileRouted(socket: Socket, onLeft: () => void): (keep: boolean) => void {
+  const early: Buffer[] = [];
+  let bytes = 0;
+  let stopped = false;
+  const stop = (keep: boolean): void => {
+    if (stopped) return;
+    stopped = true;
+    socket.off('data', onData);
+    socket.off('end', left);
+    socket.off('close', left);
+    socket.pause();
+    if (keep && early.length > 0 && !socket.readableEnded) socket.unshift(Buffer.concat(early));
+  };
+  const left = (): void => {
+    stop(false);
+    onLeft();
+  };
+  const onData = (chunk: Buffer): void => {
+    bytes += chunk.length;
+    if (bytes <= MAX_EARLY_BYTES) early.push(chunk);
+    else left();
+  };
+  socket.on('data', onData);
+  socket.once('end', left);
+  socket.once('close', left);
+  socket.resume();
+  return stop;
 }
 
 const pending = new WeakMap<IncomingMessage, PendingUpgrade>();
@@ -101,18 +147,39 @@ export function routeUpgrades(app: AppHandler): UpgradeListener {
 }
 
 function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buffer): void {
+  // The client's FIN was read already (while the upgrade waited for answers ahead of it).
+  if (socket.readableEnded) return void socket.destroy();
   const res = responseOnSocket(req, socket);
   if (res === undefined) return;
-  pending.set(req, { socket, head, res });
+  const stopWatching = watchWhileRouted(socket, () => {
+    // Gone before any balancer took it: nobody to answer. The app's middleware, still
+    // running, sees its request close, as it would a plain request's.
+    if (!pending.has(req)) return;
+    pending.delete(req);
+    socket.destroy();
+    req.destroy();
+  });
+  pending.set(req, { socket, head, res, stopWatching });
+  // An answer of the app's own goes out whole: reading on would only see the client leave.
+  res.once('finish', () => stopWatching(false));
   const final = (err?: unknown): void => {
     if (res.headersSent || !pending.has(req)) return void socket.destroy();
-    const status = (err as { status?: unknown } | undefined)?.status;
-    res.statusCode =
-      err === undefined
-        ? 404
-        : typeof status === 'number' && status >= 400 && status < 600
-          ? status
-          : 500;
+    // As Express's final handler: `status` or `statusCode` (an error of the 4xx-5xx
+    // range), and the error's own headers (an auth error's WWW-Authenticate). Read only
+    // `status`, an auth error with `statusCode: 403` went out as a 500.
+    const e = err as { status?: unknown; statusCode?: unknown; headers?: unknown } | undefined;
+    const status = e?.status ?? e?.statusCode;
+    const own = typeof status === 'number' && status >= 400 && status < 600;
+    res.statusCode = err === undefined ? 404 : own ? status : 500;
+    if (own && isHeaderBag(e?.headers)) {
+      for (const [name, value] of Object.entries(e.headers)) {
+        try {
+          res.setHeader(name, value as string | string[]);
+        } catch {
+          // An invalid header name or value: left out, as finalhandler would throw on it.
+        }
+      }
+    }
     res.setHeader('content-length', '0');
     res.end();
   };
@@ -132,8 +199,14 @@ export function takeUpgrade(req: IncomingMessage): { socket: Socket; head: Buffe
   const p = pending.get(req);
   if (p === undefined) return undefined;
   pending.delete(req);
+  p.stopWatching(true);
   p.res.detachSocket(p.socket);
   return { socket: p.socket, head: p.head };
+}
+
+/** An error's `headers`: a plain object of header values (finalhandler's `err.headers`). */
+function isHeaderBag(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 /** Whether `req` is an upgrade routeUpgrades is passing through the app. */
@@ -147,5 +220,9 @@ export function isRoutedUpgrade(req: IncomingMessage): boolean {
  * what the app's middleware set on it, and the socket closes after it.
  */
 export function releaseUpgrade(req: IncomingMessage): void {
+  const p = pending.get(req);
+  if (p === undefined) return;
   pending.delete(req);
+  // Served as a request: its bytes (none, a request with no body) are its own to read.
+  p.stopWatching(true);
 }

@@ -137,7 +137,10 @@ export class UpgradeFlow {
   private upgradeNow(req: IncomingMessage, socket: Socket, head: Buffer): void {
     // Closed before this ran (routeUpgrades runs the app's middleware first, an async one
     // included): its 'close' has fired, so nothing would give back what is taken below.
+    // Or the client's FIN was read already: its 'end' will not come again to tell
+    // readUntilAnswer, and the upgrade would be proxied for a client that left.
     if (socket.destroyed) return;
+    if (socket.readableEnded) return void socket.destroy();
     if (!isWebSocketUpgrade(req)) return this.ignoreUpgrade(req, socket);
     const c = this.core;
     if (c.closed) return refuse(socket, 503, 'LW_GW_CLOSED');
