@@ -4,6 +4,8 @@
 # ACL in loadwise.acl expects). EC P-256 keys, valid for 30 days.
 #
 #   ./gen-certs.sh <out dir> gateway agent-api-1 agent-api-2
+#   (in this directory, name it certs*: .gitignore keeps those out of git; a directory
+#   inside a git work tree where the keys would not be ignored is refused)
 #   SERVER_SAN="DNS:broker.internal" ./gen-certs.sh ...   # the broker's names (default below)
 #
 # For tests and trials only. Keys are written world-readable so that a
@@ -19,6 +21,25 @@ days=${DAYS:-30}
 if [ -e "$out/ca.pem" ]; then
   echo "$out already holds a CA (ca.pem): a new one would leave its certificates unverifiable; use another directory" >&2
   exit 2
+fi
+# Inside a git work tree, every key it writes must be ignored there: examples/mosquitto/
+# ignores certs*/, but `./gen-certs.sh prod ...` left ca.key and the other keys untracked,
+# one `git add .` away from a commit. Checked from the nearest directory of $out that exists.
+keys="ca.key server.key"
+for name in "$@"; do keys="$keys $name.key"; done
+base=$out
+below=
+while [ ! -d "$base" ]; do
+  below=$(basename "$base")${below:+/$below}
+  base=$(dirname "$base")
+done
+if command -v git >/dev/null 2>&1 && (cd "$base" && git rev-parse --is-inside-work-tree) >/dev/null 2>&1; then
+  for key in $keys; do
+    if ! (cd "$base" && git check-ignore -q -- "${below:+$below/}$key"); then
+      echo "$out is inside a git work tree that does not ignore $key there: its private keys would be one 'git add' away from a commit; add the directory to .gitignore, or write outside the work tree" >&2
+      exit 2
+    fi
+  done
 fi
 mkdir -p "$out"
 cd "$out"

@@ -4,13 +4,18 @@
  * client certificate is required; each agent publishes for its own backend
  * only; gateways read and publish nothing; the real agent CLI gets through.
  */
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { connect } from 'mqtt';
 import { createEncoder, subscriptionFilter } from '@loadwise/protocol';
 import { connectClient, endClient } from '../kit/brokers';
 import { inbox, spawnAgent, type AgentProcess } from '../kit/agent-cli';
 import { canRunTlsMosquitto } from '../kit/tls-mosquitto';
-import { startExampleBroker, type ExampleBroker } from '../kit/example-broker';
+import { MOSQUITTO_EXAMPLE, startExampleBroker, type ExampleBroker } from '../kit/example-broker';
+import { have } from '../kit/pki';
 
 const PREFIX = 'loadwise'; // the ACL is written for the default prefix
 
@@ -129,5 +134,55 @@ const PREFIX = 'loadwise'; // the ACL is written for the default prefix
         'api-1 status',
       );
     }, 20_000);
+  },
+);
+
+/**
+ * The commands of docs/operations.md run in examples/mosquitto/ of a git
+ * clone: `./gen-certs.sh certs-prod ...` left ca.key, server.key and the
+ * client keys untracked (.gitignore had certs/ only), one `git add .` away
+ * from a commit. Run here in a git repository of its own holding the shipped
+ * script and .gitignore.
+ */
+(have('git') && have('openssl') ? describe : describe.skip)(
+  'examples/mosquitto/gen-certs.sh in a git work tree',
+  () => {
+    let repo: string;
+    let dir: string;
+    beforeAll(() => {
+      repo = mkdtempSync(path.join(os.tmpdir(), 'lw-gen-certs-git-'));
+      dir = path.join(repo, 'examples', 'mosquitto');
+      mkdirSync(dir, { recursive: true });
+      for (const f of ['gen-certs.sh', '.gitignore'])
+        copyFileSync(path.join(MOSQUITTO_EXAMPLE, f), path.join(dir, f));
+      spawnSync('git', ['init', '-q'], { cwd: repo });
+    });
+    afterAll(() => rmSync(repo, { recursive: true, force: true }));
+
+    const genCerts = (out: string) =>
+      spawnSync('sh', ['./gen-certs.sh', out, 'gateway', 'agent-api-1'], {
+        cwd: dir,
+        encoding: 'utf8',
+      });
+    const untracked = (): string =>
+      spawnSync('git', ['status', '--porcelain', '--untracked-files=all'], {
+        cwd: repo,
+        encoding: 'utf8',
+      }).stdout;
+
+    it.each(['certs', 'certs-prod'])('writes %s/, which git ignores', (out) => {
+      const r = genCerts(out);
+      expect(r.status).toBe(0);
+      expect(existsSync(path.join(dir, out, 'ca.key'))).toBe(true);
+      expect(untracked()).not.toMatch(/\.(key|pem)$/m);
+    });
+
+    it('refuses a directory whose keys git would not ignore, before writing anything', () => {
+      const r = genCerts('prod/tls');
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/^prod\/tls is inside a git work tree that does not ignore ca\.key/);
+      expect(r.stderr.split('\n')).toHaveLength(2);
+      expect(existsSync(path.join(dir, 'prod'))).toBe(false);
+    });
   },
 );
