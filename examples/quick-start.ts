@@ -9,7 +9,10 @@
  *   npm start -- --port 9090 --load --rate 600
  *   npm start -- --workers 2             # 2 gateway workers on the port (node:cluster, runWorkers)
  *
- * Ctrl-C stops everything: load, gateway, agents, backends, broker.
+ * Ctrl-C stops everything: load, gateway, agents, backends, broker; so do
+ * SIGTERM, SIGHUP (without --workers: with them it reloads the workers) and a
+ * stdout whose reader went away (`npm start | head -3`). The signing keys'
+ * folders are removed on every exit but SIGKILL.
  */
 import cluster from 'node:cluster';
 import { randomBytes } from 'node:crypto';
@@ -27,6 +30,7 @@ import {
   type WorkerContext,
 } from '@loadwise/gateway-plugin';
 import { integerArg, parseFlags } from './lib/args';
+import { onLostOutput } from './lib/output';
 import { createRunKey } from './lib/run-key';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
@@ -265,6 +269,9 @@ async function fetchSnapshot(gw: string): Promise<BalancerSnapshot | undefined> 
   }
 }
 
+/** Set once stop() has begun: what fails after it (the broker closed under the start-up) is no error. */
+let stopping = false;
+
 async function main(): Promise<void> {
   const args = parse();
   if (cluster.isWorker) {
@@ -273,7 +280,6 @@ async function main(): Promise<void> {
   }
   const children: ManagedChild[] = [];
   const cleanups: (() => Promise<void> | void)[] = [];
-  let stopping = false;
   const stop = async (code: number): Promise<void> => {
     if (stopping) return;
     stopping = true;
@@ -297,6 +303,12 @@ async function main(): Promise<void> {
     void stop(0);
   });
   process.on('SIGTERM', () => void stop(0));
+  // A closed terminal: without a handler SIGHUP ended the process at once, no cleanup run.
+  // With --workers it reloads them once they run (onHup below replaces this).
+  const hupStops = (): void => void stop(0);
+  process.on('SIGHUP', hupStops);
+  // `npm start | head -3`: head has its lines; stop as for Ctrl-C, exit 0, not `write EPIPE`.
+  onLostOutput(() => void stop(0));
 
   // 0. The gateway's port first: if it is taken, say so before starting anything.
   // Until the gateway is ready, whoever connects gets a 503 with Retry-After
@@ -423,6 +435,7 @@ async function main(): Promise<void> {
         (err: unknown) => say(`reload failed: ${(err as Error).message}`),
       );
     };
+    process.removeListener('SIGHUP', hupStops);
     process.on('SIGHUP', onHup);
     // Every worker crashed too often to be restarted: stop the rest too.
     void pool!.done.then((code) => {
@@ -503,7 +516,9 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
+  // Stopping (Ctrl-C, a lost stdout) during the start-up: stop() exits once it is done.
+  if (stopping) return;
   process.stderr.write(`quick-start: ${(err as Error).stack ?? String(err)}\n`);
-  // Children are killed by the exit handler in lib/processes.
+  // Children are killed by the exit handler in lib/processes, key folders removed by lib/run-key's.
   process.exit(1);
 });

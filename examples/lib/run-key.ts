@@ -14,8 +14,37 @@ export interface RunKey {
   key: { keyId: string; secret: Buffer; backends?: string[] };
   /** The key file, mode 0600, for `loadwise-agent --key-file` and `LOADWISE_GW_KEY_FILE`. */
   file: string;
-  /** Removes the key file and its directory. */
+  /** Removes the key file and its directory (done on process exit too). */
   remove(): void;
+}
+
+/** Key directories not removed yet: the process's 'exit' removes them. */
+const pending = new Set<string>();
+let exitHooked = false;
+
+function removeDir(dir: string): void {
+  pending.delete(dir);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Whatever ends the process short of SIGKILL (or a signal it does not handle), its
+ * key directories go with it: an error, a process.exit() before the cleanups ran,
+ * a lost stdout. `npm start | head -3` left three of them in the temp directory.
+ */
+function removeOnExit(dir: string): void {
+  pending.add(dir);
+  if (exitHooked) return;
+  exitHooked = true;
+  process.on('exit', () => {
+    for (const d of pending) {
+      try {
+        removeDir(d);
+      } catch {
+        // exiting anyway: nothing more to do about it
+      }
+    }
+  });
 }
 
 /**
@@ -30,5 +59,6 @@ export function createRunKey(keyId: string, backends?: string[]): RunKey {
   const file = path.join(dir, 'keys');
   const scope = backends ? ` ${backends.join(',')}` : '';
   writeFileSync(file, `${key.keyId} ${key.secret.toString('base64')}${scope}\n`, { mode: 0o600 });
-  return { key, file, remove: () => rmSync(dir, { recursive: true, force: true }) };
+  removeOnExit(dir);
+  return { key, file, remove: () => removeDir(dir) };
 }
