@@ -7,7 +7,8 @@
  * queued counts.
  *
  *   node examples/dist/backend.js --id b1 --slots 8 --service-ms 10 [--port 0]
- *                                 [--pid-file f] [--exit-with-parent]
+ *        [--host 127.0.0.1] [--max-queue 1024] [--pid-file f] [--exit-with-parent]
+ *   node examples/dist/backend.js --help
  *
  * Prints one JSON line on stdout once listening: {"event":"listening","id","port","pid"}.
  * Admin routes (loopback only, outside the tracker so they never queue):
@@ -26,7 +27,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { WebSocketServer } from 'ws';
 import { trackRequests } from '@loadwise/health-agent';
-import { integerArg, parseFlags } from './lib/args';
+import { integerArg, parseFlags, type Usage } from './lib/args';
 
 export const STATS_PATH = '/.well-known/loadwise/stats';
 
@@ -47,17 +48,52 @@ interface Args {
   config: BackendConfig;
 }
 
+const OPTIONS = {
+  id: { type: 'string', default: 'backend' },
+  port: { type: 'string', default: '0' },
+  host: { type: 'string', default: '127.0.0.1' },
+  slots: { type: 'string', default: '8' },
+  'service-ms': { type: 'string', default: '10' },
+  'max-queue': { type: 'string', default: '1024' },
+  'exit-with-parent': { type: 'boolean', default: false },
+  'pid-file': { type: 'string' },
+} as const;
+
+const USAGE: Usage<typeof OPTIONS> = {
+  usage:
+    'node examples/dist/backend.js [--id b1] [--slots 8] [--service-ms 10] [--port 0] [--host 127.0.0.1]\n' +
+    '         [--max-queue 1024] [--pid-file <file>] [--exit-with-parent]',
+  flags: {
+    id: ['<id>', 'backend id, in x-served-by and its answers (default backend)'],
+    port: ['<n>', 'port to listen on (default 0: any free port)'],
+    host: ['<address>', 'address to listen on (default 127.0.0.1)'],
+    slots: [
+      '<n>',
+      'worker slots: requests served at once, the concurrency limit (1..100000, default 8)',
+    ],
+    'service-ms': ['<ms>', 'service time of every request (0..3600000, default 10)'],
+    'max-queue': [
+      '<n>',
+      'requests waiting for a slot beyond this are answered 503 at once (0..10000000, default 1024)',
+    ],
+    'pid-file': [
+      '<file>',
+      "write this process's PID here once listening (an agent's --service-pid-file)",
+    ],
+    'exit-with-parent': [
+      '',
+      'stop when stdin closes: the parent holding its pipe is gone, even by SIGKILL',
+    ],
+  },
+  notes: [
+    '',
+    'Prints {"event":"listening","id","port","pid"} on stdout once listening.',
+    'Admin routes (loopback only): POST /admin/config {"serviceMs"|"failStatus"|"hiddenInFlight": n}.',
+  ],
+};
+
 function parse(): Args {
-  const { values } = parseFlags('backend', {
-    id: { type: 'string', default: 'backend' },
-    port: { type: 'string', default: '0' },
-    host: { type: 'string', default: '127.0.0.1' },
-    slots: { type: 'string', default: '8' },
-    'service-ms': { type: 'string', default: '10' },
-    'max-queue': { type: 'string', default: '1024' },
-    'exit-with-parent': { type: 'boolean', default: false },
-    'pid-file': { type: 'string' },
-  });
+  const { values } = parseFlags('backend', OPTIONS, undefined, USAGE);
   const int = (name: string, text: string, min: number, max: number): number =>
     integerArg('backend', name, text, min, max);
   return {

@@ -6,8 +6,10 @@
  *   node examples/dist/existing-gateway.js [--port 8080] [--broker mqtt://127.0.0.1:1883]
  *        [--prefix loadwise] [--token <app token>] [--status-token <ops token>]
  *        [--interval-ms 1000] [--rate-limit 100]
+ *   node examples/dist/existing-gateway.js --help
  *
- * Without --broker an embedded one is started. What the app does, in order:
+ * The tokens default to $GATEWAY_TOKEN and $LB_TOKEN (else app-token and
+ * ops-token-123). Without --broker an embedded one is started. What the app does, in order:
  *   request id  → /health (the gateway's own) → /_lb/metrics (ops token) →
  *   rate limit  → Bearer auth → /_lb/status (ops token, X-Loadwise-Token) →
  *   /api/users  (express.json() runs first: the balancer forwards the parsed body) →
@@ -34,7 +36,7 @@ import {
   statusHandler,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
-import { integerArg, parseFlags } from './lib/args';
+import { integerArg, parseFlags, type Usage } from './lib/args';
 import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,
@@ -56,16 +58,41 @@ interface Args {
   rateLimit: number;
 }
 
+const OPTIONS = {
+  port: { type: 'string', default: '8080' },
+  broker: { type: 'string' },
+  prefix: { type: 'string', default: 'loadwise' },
+  token: { type: 'string', default: process.env.GATEWAY_TOKEN ?? 'app-token' },
+  'status-token': { type: 'string', default: process.env.LB_TOKEN ?? 'ops-token-123' },
+  'interval-ms': { type: 'string', default: '1000' },
+  'rate-limit': { type: 'string', default: '100' },
+} as const;
+
+// The tokens' values are never printed: they may come from the environment.
+const USAGE: Usage<typeof OPTIONS> = {
+  usage:
+    'node examples/dist/existing-gateway.js [--port 8080] [--broker mqtt://127.0.0.1:1883]\n' +
+    '         [--prefix loadwise] [--token <app token>] [--status-token <ops token>]\n' +
+    '         [--interval-ms 1000] [--rate-limit 100]',
+  flags: {
+    port: ['<n>', 'gateway port on 127.0.0.1 (0: any free port; default 8080)'],
+    broker: ['<url>', 'MQTT broker of the agents and balancers (default: an embedded one)'],
+    prefix: ['<prefix>', 'MQTT topic prefix (default loadwise)'],
+    token: [
+      '<token>',
+      'Bearer token the app requires on every path but /health and /_lb/metrics\n(default $GATEWAY_TOKEN, else app-token)',
+    ],
+    'status-token': [
+      '<token>',
+      'ops token of /_lb/metrics and /_lb/status, in x-loadwise-token\n(default $LB_TOKEN, else ops-token-123)',
+    ],
+    'interval-ms': ['<ms>', 'how often each agent reports (100..60000, default 1000)'],
+    'rate-limit': ['<n>', 'requests per second per client address (1..1000000, default 100)'],
+  },
+};
+
 function parse(): Args {
-  const { values } = parseFlags('existing-gateway', {
-    port: { type: 'string', default: '8080' },
-    broker: { type: 'string' },
-    prefix: { type: 'string', default: 'loadwise' },
-    token: { type: 'string', default: process.env.GATEWAY_TOKEN ?? 'app-token' },
-    'status-token': { type: 'string', default: process.env.LB_TOKEN ?? 'ops-token-123' },
-    'interval-ms': { type: 'string', default: '1000' },
-    'rate-limit': { type: 'string', default: '100' },
-  });
+  const { values } = parseFlags('existing-gateway', OPTIONS, undefined, USAGE);
   const int = (name: string, text: string, min: number, max: number): number =>
     integerArg('existing-gateway', name, text, min, max);
   return {

@@ -29,7 +29,7 @@ import {
   type BalancerSnapshot,
   type WorkerContext,
 } from '@loadwise/gateway-plugin';
-import { integerArg, parseFlags } from './lib/args';
+import { integerArg, parseFlags, type Usage } from './lib/args';
 import { onLostOutput } from './lib/output';
 import { createRunKey } from './lib/run-key';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
@@ -71,37 +71,41 @@ interface Args {
   workers: number | undefined;
 }
 
+const OPTIONS = {
+  port: { type: 'string', default: '8080' },
+  load: { type: 'boolean', default: false },
+  rate: { type: 'string', default: '300' },
+  'interval-ms': { type: 'string', default: '500' },
+  steady: { type: 'boolean', default: false },
+  workers: { type: 'string' },
+} as const;
+
+const USAGE: Usage<typeof OPTIONS> = {
+  usage:
+    'npm start -- [--port 8080] [--load [--rate 300] [--steady]] [--interval-ms 500] [--workers N]',
+  flags: {
+    port: ['<n>', 'gateway port on 127.0.0.1 (0: any free port)'],
+    load: ['', 'drive load through the gateway and print routing once a second'],
+    rate: ['<n>', 'that load, in requests per second (1..2000)'],
+    steady: [
+      '',
+      `no hidden-load scenario (by default, every ${CYCLE_S} s another client\nloads ${HIDDEN_TARGET} from second ${HIDDEN_FROM_S} to ${HIDDEN_UNTIL_S})`,
+    ],
+    'interval-ms': ['<ms>', 'how often each agent reports (100..60000)'],
+    workers: [
+      '<n>',
+      'run n gateway workers on the port, one process each (1..16, node:cluster);\nwithout it the gateway runs in the quick start process',
+    ],
+  },
+};
+
 function parse(): Args {
   const { values } = parseFlags(
     'quick-start',
-    {
-      port: { type: 'string', default: '8080' },
-      load: { type: 'boolean', default: false },
-      rate: { type: 'string', default: '300' },
-      'interval-ms': { type: 'string', default: '500' },
-      steady: { type: 'boolean', default: false },
-      workers: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
+    OPTIONS,
     'npm start -- --help lists the options',
+    USAGE,
   );
-  if (values.help) {
-    process.stdout.write(
-      [
-        'Usage: npm start -- [--port 8080] [--load [--rate 300] [--steady]] [--interval-ms 500] [--workers N]',
-        '  --port         gateway port on 127.0.0.1 (0: any free port)',
-        '  --load         drive load through the gateway and print routing once a second',
-        '  --rate         that load, in requests per second (1..2000)',
-        `  --steady       no hidden-load scenario (by default, every ${CYCLE_S} s another client`,
-        `                 loads ${HIDDEN_TARGET} from second ${HIDDEN_FROM_S} to ${HIDDEN_UNTIL_S})`,
-        '  --interval-ms  how often each agent reports (100..60000)',
-        '  --workers      run N gateway workers on the port, one process each (1..16, node:cluster);',
-        '                 without it the gateway runs in the quick start process',
-        '',
-      ].join('\n'),
-    );
-    process.exit(0);
-  }
   const int = (name: string, text: string, min: number, max: number): number =>
     integerArg('quick-start', name, text, min, max);
   return {

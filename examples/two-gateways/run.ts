@@ -10,29 +10,26 @@
  */
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { startCluster } from './cluster';
-import { integerArg, parseFlags } from '../lib/args';
+import { integerArg, parseFlags, type Usage } from '../lib/args';
 
-const USAGE = `usage: node examples/dist/two-gateways/run.js [--port 8080] [--broker mqtt://host:1883] [--prefix loadwise]
-  --port    the round-robin TCP front in front of both gateways (default 8080)
-  --broker  an MQTT broker to use instead of the embedded one
-  --prefix  the topic prefix (default loadwise)
-`;
+const OPTIONS = {
+  port: { type: 'string', default: '8080' },
+  broker: { type: 'string' },
+  prefix: { type: 'string', default: 'loadwise' },
+} as const;
+
+const USAGE: Usage<typeof OPTIONS> = {
+  usage:
+    'node examples/dist/two-gateways/run.js [--port 8080] [--broker mqtt://host:1883] [--prefix loadwise]',
+  flags: {
+    port: ['<n>', 'the round-robin TCP front in front of both gateways (default 8080)'],
+    broker: ['<url>', 'an MQTT broker to use instead of the embedded one'],
+    prefix: ['<prefix>', 'the topic prefix (default loadwise)'],
+  },
+};
 
 async function main(): Promise<void> {
-  const { values } = parseFlags(
-    'two-gateways',
-    {
-      port: { type: 'string', default: '8080' },
-      broker: { type: 'string' },
-      prefix: { type: 'string', default: 'loadwise' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    '--help lists the options',
-  );
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return;
-  }
+  const { values } = parseFlags('two-gateways', OPTIONS, undefined, USAGE);
   const port = integerArg('two-gateways', 'port', values.port, 0, 65535);
   let embedded: EmbeddedBroker | undefined;
   const brokerUrl = values.broker ?? (embedded = await startEmbeddedBroker()).url;
