@@ -1,6 +1,7 @@
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from './run';
+import { parseArgs, runBench, usageText, UsageError } from './run';
 import { buildScenarios } from './scenarios';
 
 describe('bench arguments', () => {
@@ -42,5 +43,88 @@ describe('bench arguments', () => {
     const root = join(__dirname, '..');
     expect(parseArgs(['--baseline', root]).baseline).toBe(root);
     expect(() => parseArgs(['--baseline', tmpdir()])).toThrow(/npx tsc -b/);
+  });
+
+  it('refuses a mistake with a UsageError naming it', () => {
+    const refused = (argv: string[]): unknown => {
+      try {
+        parseArgs(argv);
+      } catch (err) {
+        return err;
+      }
+      return undefined;
+    };
+    for (const [argv, says] of [
+      [['--bogus'], 'unknown argument --bogus (--help lists them)'],
+      [['--runs'], '--runs needs a value (N)'],
+      [['--runs', 'x'], '--runs needs a positive integer (got "x")'],
+      [['--runs', '0'], '--runs needs a positive integer (got "0")'],
+      [['--agents', '2e3'], '--agents needs a positive integer (got "2e3")'],
+      [['--rates', '0'], '--rates needs positive numbers, comma-separated (req/s)'],
+    ] as const) {
+      const err = refused([...argv]);
+      expect(err).toBeInstanceOf(UsageError);
+      expect((err as Error).message).toBe(says);
+    }
+  });
+
+  it('--help lists every flag it takes, and every scenario', () => {
+    expect(parseArgs(['--help']).help).toBe(true);
+    expect(parseArgs(['-h']).help).toBe(true);
+    const scenarios = buildScenarios({
+      quick: false,
+      strategies: ['load-aware'],
+      controlPlaneAgents: 10,
+    });
+    const text = usageText(scenarios);
+    expect(text).toMatch(/^ {2}-h, --help /m);
+    const flags = [...text.matchAll(/^ {2}(--[a-z-]+)( \S+)?/gm)].map((m) => [m[1]!, m[2]]);
+    expect(flags.map(([f]) => f)).toEqual(
+      expect.arrayContaining(['--scenario', '--runs', '--rates', '--baseline']),
+    );
+    // Each flag it lists is one parseArgs takes (with a value where it shows one).
+    const sample: Record<string, string> = {
+      '--baseline': join(__dirname, '..'),
+      '--rates': '500',
+      '--runs': '2',
+      '--agents': '10',
+    };
+    for (const [flag, arg] of flags)
+      expect(() => parseArgs(arg ? [flag!, sample[flag!] ?? 'x'] : [flag!])).not.toThrow();
+    for (const s of scenarios) expect(text).toMatch(new RegExp(`^  ${s.name} +${s.title}`, 'm'));
+  });
+
+  it('refuses an unknown scenario before starting anything', async () => {
+    const args = { ...parseArgs(['--scenario', 'nope']), brokerUrl: 'mqtt://127.0.0.1:1' };
+    const bench = runBench(args, () => undefined);
+    await expect(bench).rejects.toBeInstanceOf(UsageError);
+    await expect(bench).rejects.toThrow(/^unknown scenario\(s\) nope; known: heterogeneous,/);
+  });
+});
+
+/** The built runner, as `npm run bench --` runs it. */
+describe('bench command line', () => {
+  const run = (...argv: string[]) =>
+    spawnSync(process.execPath, [join(__dirname, 'dist', 'run.js'), ...argv], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+
+  it('--help prints the usage on stdout and exits 0', () => {
+    const r = run('--help');
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    expect(r.stdout).toMatch(/^Usage: npm run bench/);
+  });
+
+  it.each([
+    [['--help-me'], 'bench: unknown argument --help-me (--help lists them)\n'],
+    [['--runs', 'x'], 'bench: --runs needs a positive integer (got "x")\n'],
+    [
+      ['--scenario', 'nope'],
+      expect.stringMatching(/^bench: unknown scenario\(s\) nope; known: [^\n]+\n$/),
+    ],
+  ])('%j: one line on stderr, exit 2, no stack', (argv, stderr) => {
+    const r = run(...argv);
+    expect([r.status, r.stdout, r.stderr]).toEqual([2, '', stderr]);
   });
 });

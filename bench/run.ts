@@ -1,5 +1,6 @@
 /**
- * `npm run bench [-- --scenario NAME[,NAME]] [--runs N] [--quick]`
+ * `npm run bench [-- --scenario NAME[,NAME]] [--runs N] [--quick]`; `-- --help` lists every flag
+ * and scenario. A mistake in the arguments is one line on stderr and exit 2, never a stack.
  *
  * Runs the scenarios of bench/scenarios.ts and writes bench/results/<name>.md,
  * <name>.svg and latest.md (raw JSON to bench/results/raw/, git-ignored).
@@ -37,8 +38,94 @@ export interface BenchArgs {
   prime?: boolean;
   /** Rebuild latest.md from every scenario page in resultsDir (default: unless only the smoke scenario ran). */
   writeLatest?: boolean;
+  /** `--help`: print usageText and run nothing. */
+  help?: boolean;
 }
 
+/** A mistake in the arguments: one line on stderr and exit 2, no stack (see main below). */
+export class UsageError extends Error {}
+
+function positiveInt(flag: string, v: string): number {
+  const n = /^[0-9]+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new UsageError(`${flag} needs a positive integer (got ${JSON.stringify(v)})`);
+  return n;
+}
+
+interface Flag {
+  /** The value's placeholder; none: a switch. */
+  arg?: string;
+  help: string;
+  set(args: BenchArgs, value: string): void;
+}
+
+/** Every flag, in the order --help lists them: one table drives parsing and help. */
+const FLAGS: Record<string, Flag> = {
+  '--scenario': {
+    arg: 'NAME[,NAME]',
+    help: 'run these scenarios only (repeatable; default: all but those run only when named)',
+    set: (a, v) => a.scenarios.push(...v.split(',')),
+  },
+  '--runs': {
+    arg: 'N',
+    help: 'runs per scenario; the tables show the median (default 3)',
+    set: (a, v) => (a.runs = positiveInt('--runs', v)),
+  },
+  '--quick': { help: 'short runs (seconds each): a rough look', set: (a) => (a.quick = true) },
+  '--balancers': {
+    arg: '"WORD,..."',
+    help: 'keep only balancers whose name contains one of the words, in any case',
+    set: (a, v) => (a.balancers = balancerWords(v)),
+  },
+  '--strategies': {
+    arg: 'S[,S]',
+    help: 'loadwise strategies, e.g. load-aware,p2c or load-aware/choices=2 (default: every one)',
+    set: (a, v) => (a.strategies = v.split(',')),
+  },
+  '--agents': {
+    arg: 'N',
+    help: "scenario 7's simulated agents (default 5000)",
+    set: (a, v) => (a.controlPlaneAgents = positiveInt('--agents', v)),
+  },
+  '--rates': {
+    arg: 'R[,R]',
+    help: "scenario 8's open-loop rates, req/s (default 500 to 2500 by 500)",
+    set: (a, v) => {
+      const rates = v.split(',').map(Number);
+      if (!rates.every((r) => Number.isFinite(r) && r > 0)) {
+        throw new UsageError('--rates needs positive numbers, comma-separated (req/s)');
+      }
+      a.rates = rates;
+    },
+  },
+  '--broker': {
+    arg: 'URL',
+    help: 'MQTT broker (default $LOADWISE_BENCH_BROKER, else mqtt://127.0.0.1:1883)',
+    set: (a, v) => (a.brokerUrl = v),
+  },
+  '--out': {
+    arg: 'DIR',
+    help: 'write the result pages there (default bench/results)',
+    set: (a, v) => (a.resultsDir = v),
+  },
+  '--no-prime': {
+    help: 'leave the backends cold for the first balancer',
+    set: (a) => (a.prime = false),
+  },
+  '--baseline': {
+    arg: 'DIR',
+    help: 'another checkout, built with npx tsc -b: its default gateway as one more row',
+    set: (a, v) => {
+      a.baseline = v;
+      const gateway = join(v, 'bench', 'dist', 'procs', 'gateway-loadwise.js');
+      if (!existsSync(gateway)) {
+        throw new UsageError(`--baseline ${v}: no ${gateway} (build that checkout: npx tsc -b)`);
+      }
+    },
+  },
+};
+
+/** Throws UsageError for a flag it does not know, a flag without its value or a bad value. */
 export function parseArgs(argv: string[]): BenchArgs {
   const args: BenchArgs = {
     scenarios: [],
@@ -50,37 +137,40 @@ export function parseArgs(argv: string[]): BenchArgs {
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    const value = (): string => {
+    if (a === '--help' || a === '-h') {
+      args.help = true;
+      continue;
+    }
+    const flag = Object.hasOwn(FLAGS, a) ? FLAGS[a]! : undefined;
+    if (flag === undefined) throw new UsageError(`unknown argument ${a} (--help lists them)`);
+    let value = '';
+    if (flag.arg !== undefined) {
       const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (a === '--scenario') args.scenarios.push(...value().split(','));
-    else if (a === '--runs') args.runs = Math.max(1, parseInt(value(), 10));
-    else if (a === '--quick') args.quick = true;
-    else if (a === '--no-prime') args.prime = false;
-    else if (a === '--broker') args.brokerUrl = value();
-    else if (a === '--strategies') args.strategies = value().split(',');
-    else if (a === '--balancers') args.balancers = balancerWords(value());
-    else if (a === '--agents') args.controlPlaneAgents = parseInt(value(), 10);
-    else if (a === '--rates') {
-      const rates = value().split(',').map(Number);
-      if (!rates.every((r) => Number.isFinite(r) && r > 0)) {
-        throw new Error('--rates needs positive numbers, comma-separated (req/s)');
-      }
-      args.rates = rates;
-    } else if (a === '--out') args.resultsDir = value();
-    else if (a === '--baseline') {
-      args.baseline = value();
-      const gateway = join(args.baseline, 'bench', 'dist', 'procs', 'gateway-loadwise.js');
-      if (!existsSync(gateway)) {
-        throw new Error(
-          `--baseline ${args.baseline}: no ${gateway} (build that checkout: npx tsc -b)`,
-        );
-      }
-    } else throw new Error(`unknown argument ${a}`);
+      if (v === undefined) throw new UsageError(`${a} needs a value (${flag.arg})`);
+      value = v;
+    }
+    flag.set(args, value);
   }
   return args;
+}
+
+/** What `npm run bench -- --help` prints: every flag, then every scenario. */
+export function usageText(scenarios: Scenario[]): string {
+  const rows = [
+    ...Object.entries(FLAGS).map(([name, f]) => [`${name}${f.arg ? ` ${f.arg}` : ''}`, f.help]),
+    ['-h, --help', 'this help'],
+  ];
+  const width = Math.max(...rows.map(([left]) => left!.length)) + 2;
+  return [
+    'Usage: npm run bench [-- [--scenario NAME[,NAME]] [--runs N] [--quick] [options]]',
+    ...rows.map(([left, help]) => `  ${left!.padEnd(width)}${help}`),
+    '',
+    'Scenarios (docs/bench.md):',
+    ...scenarios.map(
+      (s) => `  ${s.name.padEnd(26)}${s.title}${s.onlyWhenNamed ? ' (only when named)' : ''}`,
+    ),
+    '',
+  ].join('\n');
 }
 
 /** The gateway's registered strategy names, default first; falls back to the default alone. */
@@ -125,7 +215,7 @@ export async function runBench(
   if (args.scenarios.length > 0) {
     const unknown = args.scenarios.filter((s) => !scenarios.some((x) => x.name === s));
     if (unknown.length)
-      throw new Error(
+      throw new UsageError(
         `unknown scenario(s) ${unknown.join(', ')}; known: ${scenarios.map((s) => s.name).join(', ')}`,
       );
     scenarios = scenarios.filter((s) => args.scenarios.includes(s.name));
@@ -235,13 +325,34 @@ export async function runBench(
   return written;
 }
 
+/** The scenarios' names and titles, for --help (their balancers are not started). */
+function allScenarios(): Scenario[] {
+  return buildScenarios({ quick: false, strategies: ['load-aware'], controlPlaneAgents: 5000 });
+}
+
 if (require.main === module) {
-  runBench(parseArgs(process.argv.slice(2)))
+  const usageError = (err: unknown): never => {
+    process.stderr.write(`bench: ${(err as Error).message}\n`);
+    process.exit(2);
+  };
+  let args: BenchArgs;
+  try {
+    args = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    usageError(err);
+  }
+  if (args!.help) {
+    process.stdout.write(usageText(allScenarios()));
+    process.exit(0);
+  }
+  runBench(args!)
     .then((files) => {
       console.log(`wrote ${files.join(', ')}`);
       process.exit(0);
     })
     .catch((err: unknown) => {
+      if (err instanceof UsageError) usageError(err);
       console.error(err);
       process.exit(1);
     });
