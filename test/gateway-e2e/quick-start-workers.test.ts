@@ -8,6 +8,7 @@
  * (SIGKILL: none of its cleanup runs), it leaves no process behind either.
  */
 import type { ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { eventually } from '../kit/fleet';
@@ -175,4 +176,11 @@ it('killed with SIGKILL, it leaves no worker, agent or backend running', async (
     () =>
       `every child gone; still running: ${children.filter(alive).join(', ')} (agents ${agents.join(', ')})`,
   );
+  // Killed so, it cannot remove its signing keys' folders (docs/quick-start.md, "Stopping"): the test does.
+  const keyFiles = lines
+    .map((l) => /signing keys for this run in (.+?) \(one per agent/.exec(l)?.[1])
+    .find((m) => m !== undefined)
+    ?.split(', ');
+  expect(keyFiles).toHaveLength(3);
+  for (const file of keyFiles!) rmSync(path.dirname(file), { recursive: true, force: true });
 }, 60_000);
