@@ -8,12 +8,15 @@
  */
 import { once } from 'node:events';
 import { connect } from 'node:net';
+import { Readable } from 'node:stream';
 import express from 'express';
+import { WebSocket, WebSocketServer } from 'ws';
 import { loadBalance, routeUpgrades, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
 import { wsExchange } from '../kit/ws-client';
 import { createServer } from 'node:http';
 import { listen, type TestServer } from '../kit/http';
 import { wsEchoBackend } from '../kit/ws-server';
+import { parseResponses } from '../kit/raw-http';
 import { quietLogger } from '../kit/gateway';
 import { eventually } from '../kit/fleet';
 
@@ -206,6 +209,14 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
   let gateway: TestServer;
   let lb: LoadBalancerMiddleware;
   let accepted = 0;
+  const own = new WebSocketServer({ noServer: true });
+  let ownBytes = 0;
+  own.on('connection', (c) =>
+    c.on('message', (m: Buffer) => {
+      ownBytes += m.length;
+      c.send(String(ownBytes));
+    }),
+  );
   /** The slow middleware's request has been seen, and it goes on when `release` is called. */
   let slow: { closed: boolean; release: () => void } | undefined;
 
@@ -225,6 +236,15 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
       req.once('close', () => (s.closed = true));
       slow = s;
     });
+    // Answered by the app itself: more than a socket buffer.
+    // (piped, so each write waits for 'drain' once the socket's buffer is full).
+    app.get('/big', (_req, res) =>
+      Readable.from(Array.from({ length: 20 }, () => Buffer.alloc(10_000, 98))).pipe(res),
+    );
+    // A WebSocket server of the app's own on a route, as express-ws does.
+    app.get('/own', (req) =>
+      own.handleUpgrade(req, req.socket, Buffer.alloc(0), (c) => own.emit('connection', c, req)),
+    );
     app.use('/denied', (_req, _res, next) =>
       next(
         Object.assign(new Error('no'), {
@@ -239,6 +259,8 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
     gateway = await listen(server);
   });
   afterAll(async () => {
+    for (const c of own.clients) c.terminate();
+    own.close();
     await gateway.close();
     await lb.close();
     await backend.close();
@@ -267,6 +289,36 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
     await new Promise((r) => setTimeout(r, 100));
     expect(received).toBe('');
     expect(accepted).toBe(0);
+  });
+
+  it('serves an upgrade answered as a plain request (h2c) past a socket buffer whole', async () => {
+    const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+    let received = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => (received = Buffer.concat([received, d])));
+    socket.on('error', () => undefined);
+    socket.write(
+      'GET /big HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n' +
+        'Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n',
+    );
+    await once(socket, 'close');
+    // Before: 'drain' never reached the response, and the answer stopped at about 64 KiB
+    // (curl --http2 waited until its timeout).
+    const { responses } = parseResponses(received.toString('latin1'), [], true);
+    expect(responses.map((r) => [r.status, r.body.length])).toEqual([[200, 200_000]]);
+  });
+
+  it('leaves a WebSocket the app serves itself to the app (it was cut after 64 KiB)', async () => {
+    const client = new WebSocket(`${gateway.url.replace('http', 'ws')}/own`);
+    client.on('error', () => undefined);
+    await once(client, 'open');
+    const counted: string[] = [];
+    client.on('message', (m) => counted.push(String(m)));
+    for (let i = 0; i < 10; i++) client.send(Buffer.alloc(16 * 1024, 97));
+    await eventually(() => counted.length === 10 || client.readyState !== WebSocket.OPEN);
+    expect(client.readyState).toBe(WebSocket.OPEN);
+    expect(counted.at(-1)).toBe(String(10 * 16 * 1024));
+    client.close();
+    await once(client, 'close');
   });
 
   it("answers next(err) as Express's final handler: statusCode and the error's headers", async () => {

@@ -57,8 +57,17 @@ function watchWhileRouted(socket: Socket, onLeft: () => void): (keep: boolean) =
     socket.off('data', onData);
     socket.off('end', left);
     socket.off('close', left);
+    socket.off('newListener', otherReader);
     socket.pause();
     if (keep && early.length > 0 && !socket.readableEnded) socket.unshift(Buffer.concat(early));
+    // As Node leaves an upgrade's socket: the next reader's on('data') starts the flow.
+    (socket as { readableFlowing: boolean | null }).readableFlowing = null;
+  };
+  // The app reads the socket itself (a WebSocket server of its own on a route,
+  // `wss.handleUpgrade(req, req.socket, ...)`): its bytes are the app's. Watched on, that
+  // connection was cut after 64 KiB.
+  const otherReader = (event: string | symbol): void => {
+    if (event === 'data' || event === 'readable') stop(true);
   };
   const left = (): void => {
     stop(false);
@@ -72,6 +81,7 @@ function watchWhileRouted(socket: Socket, onLeft: () => void): (keep: boolean) =
   socket.on('data', onData);
   socket.once('end', left);
   socket.once('close', left);
+  socket.on('newListener', otherReader);
   socket.resume();
   return stop;
 }
@@ -134,6 +144,16 @@ export function responseOnSocket(req: IncomingMessage, socket: Socket): ServerRe
     return undefined;
   }
   res.once('finish', () => socket.destroySoon());
+  // Node's server passes a socket's 'drain' on to the response it serves, and took that
+  // listener off at the upgrade: an answer past the socket's buffer (an upgrade served as
+  // a plain request, `Upgrade: h2c` from curl --http2 or Java's HttpClient) stopped at
+  // 64 KiB and the client waited for good.
+  const drain = (): void => {
+    if ((socket as { _httpMessage?: unknown })._httpMessage === res && !res.writableFinished)
+      res.emit('drain');
+  };
+  socket.on('drain', drain);
+  res.once('close', () => socket.off('drain', drain));
   return res;
 }
 
@@ -168,9 +188,10 @@ function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buff
     // range), and the error's own headers (an auth error's WWW-Authenticate). Read only
     // `status`, an auth error with `statusCode: 403` went out as a 500.
     const e = err as { status?: unknown; statusCode?: unknown; headers?: unknown } | undefined;
-    const status = e?.status ?? e?.statusCode;
-    const own = typeof status === 'number' && status >= 400 && status < 600;
-    res.statusCode = err === undefined ? 404 : own ? status : 500;
+    const valid = (v: unknown): v is number => typeof v === 'number' && v >= 400 && v < 600;
+    const status = valid(e?.status) ? e.status : valid(e?.statusCode) ? e.statusCode : undefined;
+    const own = status !== undefined;
+    res.statusCode = err === undefined ? 404 : (status ?? 500);
     if (own && isHeaderBag(e?.headers)) {
       for (const [name, value] of Object.entries(e.headers)) {
         try {
