@@ -1,6 +1,24 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
+/**
+ * The first buffer of a read; a longer file doubles it, up to the bound. The files read
+ * every sample (cgroup files, a PID file) are a few hundred bytes to a few KiB. A buffer
+ * of the whole bound (64 KiB + 1 for a cgroup file), zero-filled by Buffer.alloc, put
+ * ~380 KiB of touched malloc memory a second into the default agent, resident until a GC
+ * freed the buffers and after: 5-12 MB more RSS max than the 2026-12-01 agent in the
+ * same bench:agent runs (2026-12-06), whose readFile() never touched most of its 64 KiB
+ * chunks (bench/results/agent-rss-2026-12-06.md).
+ */
+export const FIRST_READ_BYTES = 4096;
+
+/** A buffer twice as long (at most the bound plus one byte), holding what `buf` holds. */
+function grown(buf: Buffer<ArrayBuffer>, maxBytes: number): Buffer<ArrayBuffer> {
+  const next = Buffer.alloc(Math.min(buf.length * 2, maxBytes + 1));
+  buf.copy(next);
+  return next;
+}
+
 /** Why readRegularFile read nothing: an errno of open/read, or the two checks. */
 export type BoundedReadError = 'not a regular file' | 'too large' | string;
 
@@ -26,14 +44,17 @@ export async function readRegularFile(
   }
   try {
     if (!(await handle.stat()).isFile()) return { error: 'not a regular file' };
-    // One byte more than allowed tells a longer file from one of exactly the limit.
-    const buf = Buffer.alloc(maxBytes + 1);
+    let buf = Buffer.alloc(Math.min(maxBytes + 1, FIRST_READ_BYTES));
     let length = 0;
     for (;;) {
+      if (length === buf.length) {
+        // One byte more than allowed tells a longer file from one of exactly the limit.
+        if (length > maxBytes) return { error: 'too large' };
+        buf = grown(buf, maxBytes);
+      }
       const { bytesRead } = await handle.read(buf, length, buf.length - length, null);
       if (bytesRead === 0) break;
       length += bytesRead;
-      if (length === buf.length) return { error: 'too large' };
     }
     return { text: buf.toString('utf8', 0, length) };
   } catch (err) {
@@ -61,13 +82,16 @@ export function readRegularFileSync(
   }
   try {
     if (!fstatSync(fd).isFile()) return { error: 'not a regular file' };
-    const buf = Buffer.alloc(maxBytes + 1);
+    let buf = Buffer.alloc(Math.min(maxBytes + 1, FIRST_READ_BYTES));
     let length = 0;
     for (;;) {
+      if (length === buf.length) {
+        if (length > maxBytes) return { error: 'too large' };
+        buf = grown(buf, maxBytes);
+      }
       const bytesRead = readSync(fd, buf, length, buf.length - length, null);
       if (bytesRead === 0) break;
       length += bytesRead;
-      if (length === buf.length) return { error: 'too large' };
     }
     return { bytes: buf.subarray(0, length) };
   } catch (err) {
