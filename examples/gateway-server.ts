@@ -57,6 +57,8 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
     'connections accepted per event-loop turn, 1..64 (default 1; multiAccept, docs/gateway.md)',
   LOADWISE_GW_STOP_GRACE_MS:
     'on SIGTERM, how long in-flight requests get to finish, ms (default 10000; below the stop timeout)',
+  LOADWISE_GW_READY_TIMEOUT_MS:
+    'at start, how long to wait for the broker before listening on local signals, ms (default 10000)',
 };
 
 export const STATUS_PATH = '/_lb/status';
@@ -66,6 +68,12 @@ export const STATUS_PATH = '/_lb/status';
  * the cut requests are answered and the broker connection closes).
  */
 export const STOP_GRACE_MS = 10_000;
+/**
+ * At start, how long ready() waits for the broker by default before the gateway listens
+ * and routes on local signals: connections are refused that long when a restart meets a
+ * broker outage (LOADWISE_GW_READY_TIMEOUT_MS shortens it).
+ */
+export const READY_TIMEOUT_MS = 10_000;
 /**
  * The listen backlog, told to the accept-queue guard too. Node accepts one
  * connection per event-loop turn, so a burst waits in the kernel's queue, and
@@ -110,6 +118,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   acceptHandles: number;
   /** On SIGTERM, how long in-flight requests get to finish. */
   stopGraceMs: number;
+  /** At start, how long ready() waits for the broker. */
+  readyTimeoutMs: number;
   id: string | undefined;
 } {
   for (const name of Object.keys(env)) {
@@ -162,12 +172,20 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       `LOADWISE_GW_STOP_GRACE_MS: not an integer 0..600000 (got ${JSON.stringify(rawGrace)})`,
     );
   }
+  const rawReady = env['LOADWISE_GW_READY_TIMEOUT_MS'] ?? String(READY_TIMEOUT_MS);
+  const readyTimeoutMs = Number(rawReady);
+  if (!/^\d+$/.test(rawReady) || readyTimeoutMs > 600_000) {
+    throw new ConfigError(
+      `LOADWISE_GW_READY_TIMEOUT_MS: not an integer 0..600000 (got ${JSON.stringify(rawReady)})`,
+    );
+  }
   return {
     options,
     host: env['LOADWISE_GW_HOST'] ?? '127.0.0.1',
     port,
     acceptHandles,
     stopGraceMs,
+    readyTimeoutMs,
     id: env['LOADWISE_GW_ID'] || undefined,
   };
 }
@@ -259,7 +277,7 @@ async function main(): Promise<void> {
   // restart served its first requests before the subscription and the warm-up.
   // requireBroker: true makes an unreachable broker a failed start.
   try {
-    await lb.ready();
+    await lb.ready({ timeoutMs: config.readyTimeoutMs });
   } catch (err) {
     // Stopped meanwhile (ready() rejects with LW_GW_CLOSED): stop() exits.
     if (stopping) return;
