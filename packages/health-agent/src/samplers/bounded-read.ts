@@ -12,11 +12,37 @@ import { open, type FileHandle } from 'node:fs/promises';
  */
 export const FIRST_READ_BYTES = 4096;
 
-/** A buffer twice as long (at most the bound plus one byte), holding what `buf` holds. */
-function grown(buf: Buffer<ArrayBuffer>, maxBytes: number): Buffer<ArrayBuffer> {
-  const next = Buffer.alloc(Math.min(buf.length * 2, maxBytes + 1));
-  buf.copy(next);
-  return next;
+/** One read the loop asks for: into `buf` at `offset`, as many bytes as fit. */
+interface ReadRequest {
+  buf: Buffer<ArrayBuffer>;
+  offset: number;
+}
+
+/**
+ * The read loop of both readers, written once: it asks for reads (yielding a request, and
+ * resumed with the byte count) until EOF, growing the buffer from FIRST_READ_BYTES by
+ * doubling up to one byte past `maxBytes` (one byte more than allowed tells a longer file
+ * from one of exactly the limit). Returns the bytes, or 'too large'.
+ */
+function* readLoop(maxBytes: number): Generator<ReadRequest, Buffer | 'too large', number> {
+  let buf = Buffer.alloc(Math.min(maxBytes + 1, FIRST_READ_BYTES));
+  let length = 0;
+  for (;;) {
+    if (length === buf.length) {
+      if (length > maxBytes) return 'too large';
+      const next = Buffer.alloc(Math.min(buf.length * 2, maxBytes + 1));
+      buf.copy(next);
+      buf = next;
+    }
+    const bytesRead = yield { buf, offset: length };
+    if (bytesRead === 0) return buf.subarray(0, length);
+    length += bytesRead;
+  }
+}
+
+/** An errno of open/read, or the error's text. */
+function errorOf(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? String(err);
 }
 
 /** Why readRegularFile read nothing: an errno of open/read, or the two checks. */
@@ -40,25 +66,21 @@ export async function readRegularFile(
   try {
     handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (err) {
-    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+    return { error: errorOf(err) };
   }
   try {
     if (!(await handle.stat()).isFile()) return { error: 'not a regular file' };
-    let buf = Buffer.alloc(Math.min(maxBytes + 1, FIRST_READ_BYTES));
-    let length = 0;
-    for (;;) {
-      if (length === buf.length) {
-        // One byte more than allowed tells a longer file from one of exactly the limit.
-        if (length > maxBytes) return { error: 'too large' };
-        buf = grown(buf, maxBytes);
-      }
-      const { bytesRead } = await handle.read(buf, length, buf.length - length, null);
-      if (bytesRead === 0) break;
-      length += bytesRead;
+    const loop = readLoop(maxBytes);
+    let step = loop.next();
+    while (!step.done) {
+      const { buf, offset } = step.value;
+      step = loop.next((await handle.read(buf, offset, buf.length - offset, null)).bytesRead);
     }
-    return { text: buf.toString('utf8', 0, length) };
+    return step.value === 'too large'
+      ? { error: 'too large' }
+      : { text: step.value.toString('utf8') };
   } catch (err) {
-    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+    return { error: errorOf(err) };
   } finally {
     await handle.close().catch(() => undefined);
   }
@@ -78,24 +100,19 @@ export function readRegularFileSync(
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
   } catch (err) {
-    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+    return { error: errorOf(err) };
   }
   try {
     if (!fstatSync(fd).isFile()) return { error: 'not a regular file' };
-    let buf = Buffer.alloc(Math.min(maxBytes + 1, FIRST_READ_BYTES));
-    let length = 0;
-    for (;;) {
-      if (length === buf.length) {
-        if (length > maxBytes) return { error: 'too large' };
-        buf = grown(buf, maxBytes);
-      }
-      const bytesRead = readSync(fd, buf, length, buf.length - length, null);
-      if (bytesRead === 0) break;
-      length += bytesRead;
+    const loop = readLoop(maxBytes);
+    let step = loop.next();
+    while (!step.done) {
+      const { buf, offset } = step.value;
+      step = loop.next(readSync(fd, buf, offset, buf.length - offset, null));
     }
-    return { bytes: buf.subarray(0, length) };
+    return step.value === 'too large' ? { error: 'too large' } : { bytes: step.value };
   } catch (err) {
-    return { error: (err as NodeJS.ErrnoException).code ?? String(err) };
+    return { error: errorOf(err) };
   } finally {
     closeSync(fd);
   }
