@@ -32,8 +32,12 @@ interface PendingUpgrade {
   stopWatching: (keep: boolean) => void;
 }
 
-/** Bytes a client may send before its upgrade is answered that are kept (upgrade-flow's bound). */
-const MAX_EARLY_BYTES = 64 * 1024;
+/**
+ * Bytes a client may send before its upgrade is answered and still have them passed on,
+ * while the app's middleware runs and while the backend has not answered (upgrade-flow):
+ * past them, the client is let go here and refused there.
+ */
+export const MAX_EARLY_BYTES = 64 * 1024;
 
 /**
  * Reads an upgrade's socket while the app's middleware runs, so that a client that

@@ -55,7 +55,7 @@ import {
   isBadAnswer,
   isInvalidRequestError,
 } from './upstream-errors';
-import { afterPendingAnswers, responseOnSocket } from '../upgrade-routing';
+import { afterPendingAnswers, MAX_EARLY_BYTES, responseOnSocket } from '../upgrade-routing';
 
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
@@ -520,9 +520,6 @@ interface UpgradeAttempt {
   /** It went again after a pooled connection the backend had closed (retriedStale): once. */
   staleRetried: boolean;
 }
-
-/** Bytes a client may send before the 101 and still have them passed on: past this, a 400. */
-const MAX_EARLY_BYTES = 64 * 1024;
 
 /**
  * How long an open WebSocket outlives the EOF of one side: time for the
