@@ -298,6 +298,49 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     }
   });
 
+  it('one client for two balancers (a reload): the new one gets the retained registrations too', async () => {
+    const prefix = uniquePrefix('gw');
+    // As an app's client: mqtt.js resubscribes (and so tracks its filters) when it reconnects.
+    const own = await connectClient(broker.url, { reconnectPeriod: 1000 });
+    const enc = createEncoder({ backendId: 'web-1', prefix, key });
+    const retained = [enc.registration(a.url), enc.status('online')];
+    for (const m of retained) await own.publishAsync(m.topic, m.payload, { qos: 1, retain: true });
+    const make = () =>
+      loadBalance({
+        backends: [],
+        broker: { client: own },
+        topicPrefix: prefix,
+        keys: [key],
+        discovery: { allowedRanges: ['127.0.0.0/8'] },
+        healthCheck: false,
+        warmUp: false,
+        metricsRegistry: new Registry(),
+        logger: quietLogger,
+      });
+    const ids = (lb: ReturnType<typeof make>) => lb.balancer.snapshot().backends.map((b) => b.id);
+    const subscribe = jest.spyOn(own, 'subscribe');
+    const old = make();
+    let next: ReturnType<typeof make> | undefined;
+    try {
+      await old.ready();
+      await until(() => ids(old).includes('web-1'));
+      // The old one's own re-request of the retained messages (mqtt-source.ts
+      // resendRetained) is out and answered: the new one must ask for them itself.
+      await until(() => subscribe.mock.calls.length >= 2);
+      await own.publishAsync(`${prefix}/sync`, 'x', { qos: 1 });
+      next = make();
+      await next.ready();
+      // Before: mqtt.js skips a SUBSCRIBE for a filter its client holds already, so the
+      // broker re-sent nothing and the new balancer knew no backend until each agent
+      // renewed its registration (20 s), while ready() had resolved.
+      await until(() => ids(next!).includes('web-1'));
+    } finally {
+      await Promise.all([old, next].map((lb) => lb?.close({ graceMs: 0 })));
+      for (const m of retained) await own.publishAsync(m.topic, '', { qos: 1, retain: true });
+      await endClient(own);
+    }
+  });
+
   it('serves several gateways on one broker: both hear every report', async () => {
     const prefix = uniquePrefix('gw');
     const opts = {

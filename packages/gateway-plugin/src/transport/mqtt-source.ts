@@ -242,21 +242,28 @@ export class MqttSource {
     this.subscribeTimer.unref();
     // QoS 1: a status change (draining, the Last Will) must not be lost; the
     // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
-    client.subscribe(subscriptionFilter(this.prefix), { qos: 1 }, (err) => {
-      if (this.closed || connection !== this.connection) return;
-      // Refused (SUBACK 0x80), or the broker closed the connection instead (aedes does
-      // when its authorizeSubscribe fails): the reason, for ready() and the log.
-      if (err) return this.subscribeFailed(connection, `subscribe failed: ${err.message}`);
-      if (!this.connected) return;
-      clearTimeout(this.subscribeTimer);
-      this.subscribeTimer = undefined;
-      if (this.subscribedNow) return; // a retry's late twin
-      this.subscribedNow = true;
-      this.unreachable = false;
-      this.lastError = undefined;
-      this.onSubscribed();
-      this.handlers.onConnected(this.url);
-    });
+    // The object form with `resubscribe`, as resendRetained: on an app's client that
+    // holds the filter already (another balancer of a reload), mqtt.js sent no SUBSCRIBE
+    // and acknowledged at once, the broker re-sent no retained message, and this balancer
+    // knew no discovered backend until each agent renewed its registration, ready().
+    client.subscribe(
+      { [subscriptionFilter(this.prefix)]: { qos: 1 }, resubscribe: true } as never,
+      (err: Error | null) => {
+        if (this.closed || connection !== this.connection) return;
+        // Refused (SUBACK 0x80), or the broker closed the connection instead (aedes does
+        // when its authorizeSubscribe fails): the reason, for ready() and the log.
+        if (err) return this.subscribeFailed(connection, `subscribe failed: ${err.message}`);
+        if (!this.connected) return;
+        clearTimeout(this.subscribeTimer);
+        this.subscribeTimer = undefined;
+        if (this.subscribedNow) return; // a retry's late twin
+        this.subscribedNow = true;
+        this.unreachable = false;
+        this.lastError = undefined;
+        this.onSubscribed();
+        this.handlers.onConnected(this.url);
+      },
+    );
   }
 
   /**
