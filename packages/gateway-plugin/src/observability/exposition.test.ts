@@ -448,6 +448,32 @@ describe('metrics exposition at many backends', () => {
       expect(res.body).toBe(await f.registry.metrics());
     });
 
+    it("adds one 'drain' listener however often it waits (compression's res.on keeps each)", async () => {
+      const f = fleet([undefined], 1000);
+      const res = new FakeResponse();
+      res.writeReturns = () => false;
+      // As the compression middleware: res.on('drain') goes to its zlib stream, res.off
+      // does not follow it there. Before: a listener left there for each wait (44 on a
+      // 5 MB scrape, a MaxListenersExceededWarning, every drain calling all of them).
+      const zlib = new EventEmitter();
+      const on = res.on.bind(res);
+      res.on = ((event: string, listener: (...args: unknown[]) => void) =>
+        event === 'drain' ? (zlib.on(event, listener), res) : on(event, listener)) as typeof res.on;
+      metricsHandler(f.registry)(get, res as unknown as ServerResponse);
+      const turn = (): Promise<unknown> => new Promise((resolve) => setImmediate(resolve));
+      let waits = 0;
+      while (!res.writableEnded) {
+        for (let i = 0; i < 3; i++) await turn();
+        if (zlib.listenerCount('drain') > 0) {
+          waits++;
+          zlib.emit('drain');
+        }
+      }
+      expect(waits).toBeGreaterThan(10);
+      expect(zlib.listenerCount('drain')).toBeLessThanOrEqual(1);
+      expect(res.body).toBe(await f.registry.metrics());
+    });
+
     it('destroys the response when the render fails after its first part', async () => {
       const f = fleet([undefined], 1000);
       // After the histogram and the gauges in the registry's order: a family that fails.

@@ -156,19 +156,24 @@ async function writeMetrics(
   next: ((err?: unknown) => void) | undefined,
 ): Promise<void> {
   let closed = false;
+  let wake: (() => void) | undefined;
+  const woken = (): void => {
+    const resolve = wake;
+    wake = undefined;
+    resolve?.();
+  };
   res.once('close', () => {
     closed = true;
+    woken();
   });
+  // One 'drain' listener for the whole scrape: a compression middleware's res.on sends
+  // 'drain' listeners to its zlib stream and its res.off does not follow them there, so one
+  // added and taken back per wait stayed there, each (a MaxListenersExceededWarning).
+  res.on('drain', woken);
   const writable = (): Promise<void> =>
     new Promise((resolve) => {
       if (closed) return resolve();
-      const done = (): void => {
-        res.off('drain', done);
-        res.off('close', done);
-        resolve();
-      };
-      res.on('drain', done);
-      res.on('close', done);
+      wake = resolve;
     });
   const parts = metricsParts(registry);
   let started = false;
@@ -200,6 +205,7 @@ async function writeMetrics(
     }
     if (!closed && !res.writableEnded) res.end();
   } finally {
+    res.off('drain', woken);
     // Leaves the render (a no-op when it was read to its end): it stops when no scrape is left.
     await parts.return(undefined);
   }
