@@ -161,6 +161,57 @@ describe('trustForwarded behind appending proxies', () => {
     expect([h['x-forwarded-prefix'], h['x-forwarded-proto']]).toEqual(['/shop', 'https']);
   });
 
+  it("keeps a trusted proxy's X-Forwarded-Host, -Proto, -Port and Forwarded only when they are sound", async () => {
+    const { gw } = await gateway(1);
+    const front = await chain(gw.port, 1);
+    const sound = {
+      'x-forwarded-host': 'shop.example, edge.example:8443',
+      'x-forwarded-proto': 'https',
+      'x-forwarded-port': '443',
+      forwarded: 'for=192.0.2.60;proto=https;host="shop.example", for="[2001:db8::7]:4711"',
+    };
+    const kept = (await send(`${front.url}/public`, { headers: sound })).json<Seen>().headers;
+    expect(kept).toMatchObject(sound);
+    // A front proxy that sets none of them (an AWS ALB sets no X-Forwarded-Host) passes
+    // the client's: refused as Host, a backend building its URL from it served /admin.
+    const r = await send(`${front.url}/public`, {
+      headers: {
+        'x-forwarded-host': 'shop.example/admin?x=',
+        'x-forwarded-proto': 'https://evil',
+        'x-forwarded-port': '443/admin',
+        forwarded: 'for=6.6.6.6;host="shop.example/admin?x="',
+      },
+    });
+    const h = r.json<Seen>().headers;
+    expect(h['x-forwarded-host']).toBe(`127.0.0.1:${front.port}`);
+    expect(h['x-forwarded-proto']).toBe('http');
+    expect(h['x-forwarded-port']).toBe(String(gw.port));
+    expect(h.forwarded).toBeUndefined();
+  });
+
+  it.each([0, 1])(
+    "drops httpoxy's Proxy header; other client-address spellings unless trusted (trusted proxies: %i)",
+    async (hops) => {
+      const { gw } = await gateway(hops);
+      const front = hops > 0 ? await chain(gw.port, hops) : gw;
+      const spellings = {
+        'x-client-ip': '6.6.6.6',
+        'client-ip': '6.6.6.6',
+        'true-client-ip': '6.6.6.6',
+        'cf-connecting-ip': '6.6.6.6',
+        'fastly-client-ip': '6.6.6.6',
+        'x-cluster-client-ip': '6.6.6.6',
+      };
+      const r = await send(`${front.url}/who`, {
+        headers: { proxy: 'http://attacker.example:8080', ...spellings },
+      });
+      const h = r.json<Seen>().headers;
+      expect(h.proxy).toBeUndefined();
+      if (hops > 0) expect(h).toMatchObject(spellings);
+      else for (const name of Object.keys(spellings)) expect(h[name]).toBeUndefined();
+    },
+  );
+
   it.each([0, 1])(
     'drops what a client spells with underscores of the headers it sets (trusted proxies: %i)',
     async (hops) => {

@@ -15,8 +15,15 @@ import { isIPv4, isIPv6 } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { TOKEN_HEADER } from '../observability/handlers';
 import { localAddressOf } from './listen-address';
+import { isHostValue } from './request-checks';
 
-/** Forwarding headers the gateway does not set, dropped when the client is not trusted. */
+/**
+ * Forwarding headers the gateway does not set, dropped when the client is not trusted:
+ * other spellings of the scheme and base path, and of the client's address, which
+ * address helpers read before X-Forwarded-For (request-ip takes `X-Client-IP` first) and
+ * CDNs set (Cloudflare, Fastly, Akamai): a client posed as any address to them while the
+ * gateway overwrote X-Real-IP.
+ */
 const UNTRUSTED_FORWARDING = [
   'x-forwarded-ssl',
   'x-forwarded-scheme',
@@ -25,7 +32,49 @@ const UNTRUSTED_FORWARDING = [
   'x-forwarded-protocol',
   'x-url-scheme',
   'front-end-https',
+  'x-client-ip',
+  'client-ip',
+  'true-client-ip',
+  'cf-connecting-ip',
+  'fastly-client-ip',
+  'x-cluster-client-ip',
 ];
+
+/** X-Forwarded-Proto's values: a URI scheme (RFC 3986 §3.1), as RFC 7239's `proto`. */
+const SCHEME = /^[a-z][a-z0-9+.-]*$/i;
+const PORT = /^[0-9]{1,5}$/;
+
+/** Every comma-separated entry of a header the request brought passes `valid`. */
+function everyEntry(value: string | string[], valid: (entry: string) => boolean): boolean {
+  for (const part of Array.isArray(value) ? value : [value]) {
+    for (const entry of part.split(',')) if (!valid(entry.trim())) return false;
+  }
+  return true;
+}
+
+/** An RFC 7239 token or quoted-string value, unquoted; undefined when it is neither. */
+const FORWARDED_PAIR = /^([!#$%&'*+.^_`|~0-9a-z-]+)=([!#$%&'*+.^_`|~0-9a-z-]+|"(?:[^"\\]|\\.)*")$/i;
+
+/**
+ * A Forwarded header (RFC 7239) whose `host` and `proto` are what X-Forwarded-Host and
+ * -Proto may be, and that parses: Spring's ForwardedHeaderFilter builds the request's URL
+ * from it before X-Forwarded-*. A quoted string with a comma or semicolon inside is not
+ * split as the grammar allows; nothing sends one (a `for=` IPv6 literal has neither).
+ */
+function soundForwarded(value: string | string[]): boolean {
+  return everyEntry(value, (element) =>
+    element.split(';').every((pair) => {
+      const m = FORWARDED_PAIR.exec(pair.trim());
+      if (!m) return false;
+      const name = m[1]!.toLowerCase();
+      const raw = m[2]!;
+      const v = raw.startsWith('"') ? raw.slice(1, -1).replace(/\\(.)/g, '$1') : raw;
+      if (name === 'host') return isHostValue(v);
+      if (name === 'proto') return SCHEME.test(v);
+      return true;
+    }),
+  );
+}
 
 /**
  * Another path for the request than its own (IIS URL Rewrite, and the
@@ -67,6 +116,15 @@ function dropUnderscoreSpellings(h: IncomingMessage['headers']): void {
   }
 }
 
+function dropUnless(
+  h: IncomingMessage['headers'],
+  name: string,
+  sound: (value: string | string[]) => boolean,
+): void {
+  const v = h[name];
+  if (v !== undefined && !sound(v)) delete h[name];
+}
+
 /**
  * `client`: the flow's clientAddress(req, hops), taken before this appends to
  * X-Forwarded-For; `hops`: the resolved trustForwarded (0: trust nothing);
@@ -88,6 +146,10 @@ export function setForwardedHeaders(
   // Credentials for a proxy are for this gateway (RFC 9110 §11.7.4): a
   // backend must not see, log or act on them.
   delete h['proxy-authorization'];
+  // httpoxy (CVE-2016-5385): CGI-style servers make `Proxy:` HTTP_PROXY, which the
+  // backend's own HTTP clients then use as their proxy. No proxy sets it; nginx's and
+  // HAProxy's advice is to remove it.
+  delete h.proxy;
   dropUnderscoreSpellings(h);
   // So is the status endpoint's token: a near miss of its path (`/_lb/status/`, `/_LB/status`)
   // is an ordinary request, and the backend would log the token.
@@ -100,6 +162,15 @@ export function setForwardedHeaders(
   for (const name of PATH_OVERRIDES) delete h[name];
   if (hops > 0) {
     h['x-forwarded-for'] = h['x-forwarded-for'] ? `${h['x-forwarded-for']}, ${remote}` : remote;
+    // Kept from a trusted proxy only when they are what they claim to be: one that sets
+    // none of them (an AWS ALB sets no X-Forwarded-Host, nginx none without
+    // proxy_set_header) passes the client's copy on, and `X-Forwarded-Host:
+    // example.com/admin?x=`, refused as Host, made a backend that builds its URL from it
+    // serve `/admin` to a request the app judged as `/public`. The gateway's own instead.
+    dropUnless(h, 'x-forwarded-host', (v) => everyEntry(v, isHostValue));
+    dropUnless(h, 'x-forwarded-proto', (v) => everyEntry(v, (e) => SCHEME.test(e)));
+    dropUnless(h, 'x-forwarded-port', (v) => everyEntry(v, (e) => PORT.test(e)));
+    dropUnless(h, 'forwarded', soundForwarded);
     h['x-forwarded-proto'] ??= encrypted ? 'https' : 'http';
     if (host !== undefined) h['x-forwarded-host'] ??= host;
     h['x-forwarded-port'] ??= port;

@@ -28,6 +28,11 @@ const DIGITS = /^[0-9]+$/;
  */
 const HOST = /^(?:\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::[0-9]*)?$/i;
 
+/** `value` is a Host header the gateway would accept (HOST, and no `..`). */
+export function isHostValue(value: string): boolean {
+  return HOST.test(value) && !value.includes('..');
+}
+
 // The answers for a sound request, shared: checkFraming runs on every request.
 const NO_BODY: Framing = Object.freeze({ ok: true, framing: 'none' });
 const BY_LENGTH: Framing = Object.freeze({ ok: true, framing: 'length' });
@@ -79,7 +84,7 @@ export function checkFraming(req: IncomingMessage): Framing {
   }
   if (hosts > 1) return { ok: false, detail: 'more than one Host header' };
   const host = h.host;
-  if (host !== undefined && (!HOST.test(host) || host.includes('..'))) {
+  if (host !== undefined && !isHostValue(host)) {
     return { ok: false, detail: 'Host is not a host name or address with an optional port' };
   }
   if (lengths > 1) return { ok: false, detail: 'more than one Content-Length header' };
