@@ -169,7 +169,7 @@ describe('discovery', () => {
     }
   });
 
-  it('refuses link-local, unspecified, multicast, IPv4-mapped, loopback and NAT64 targets, and a second id for one URL, even with ranges of everything', async () => {
+  it('refuses link-local, metadata, unspecified, multicast, IPv4-mapped, loopback and NAT64 targets, and a second id for one URL, even with ranges of everything', async () => {
     const prefix = uniquePrefix('disc-special');
     const g = await startLocalGateway({
       backends: [],
@@ -198,6 +198,12 @@ describe('discovery', () => {
       loopback6: `http://[::1]:${a.port}/`,
       nat64Metadata: 'http://[64:ff9b::a9fe:a9fe]/',
       nat64: 'http://[64:ff9b::a01:203]/',
+      // Metadata services outside link-local: AWS over IPv6, Alibaba Cloud, Oracle Cloud.
+      awsMetadata6: 'http://[fd00:ec2::254]/',
+      awsMetadata6Spelt: 'http://[FD00:0EC2:0:0:0:0:0:0254]/',
+      alibabaMetadata: 'http://100.100.100.200/',
+      oracleMetadata: 'http://192.0.0.192/',
+      nat64AlibabaMetadata: 'http://[64:ff9b::6464:64c8]/',
     };
     for (const [id, target] of Object.entries(targets)) {
       const m = createEncoder({ backendId: id, prefix, key }).registration(target);

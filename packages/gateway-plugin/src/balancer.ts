@@ -1268,6 +1268,19 @@ const WRAPPED_IPV4_BLOCK = blockOf([
   ['::', 96, 'ipv6'],
   ['64:ff9b:1::', 48, 'ipv6'],
 ]);
+/**
+ * Instance metadata services outside the link-local block, refused whatever the ranges:
+ * AWS's over IPv6 (Nitro, fd00:ec2::254, inside a unique-local range such as fc00::/7),
+ * Alibaba Cloud's (100.100.100.200, inside the shared 100.64.0.0/10) and Oracle Cloud's
+ * legacy one (192.0.0.192). A key holder registered its id at one, and the gateway sent its
+ * clients' requests there (`/latest/meta-data/iam/...` where IMDSv1 answers).
+ */
+const METADATA_BLOCK = blockOf([
+  ['fd00:ec2::254', 128, 'ipv6'],
+  ['100.100.100.200', 32, 'ipv4'],
+  ['192.0.0.192', 32, 'ipv4'],
+]);
+const METADATA = 'a cloud instance metadata address';
 
 /**
  * The ranges that lie inside `rules`' blocks (prefix at least as long, network
@@ -1322,6 +1335,7 @@ function specialAddress(
   if (family === 4) {
     const [a, b] = host.split('.').map(Number) as [number, number];
     if (a === 169 && b === 254) return 'link-local (instance metadata lives there)';
+    if (METADATA_BLOCK.check(host, 'ipv4')) return METADATA;
     if (a === 0) return 'unspecified';
     if (a >= 224) return 'multicast or reserved';
     if (a === 127) return loopback(host, 'ipv4');
@@ -1333,6 +1347,7 @@ function specialAddress(
   if (/^ff[0-9a-f]{2}:/.test(host)) return 'multicast';
   if (host === '::') return 'unspecified';
   if (host === '::1') return loopback(host, 'ipv6');
+  if (METADATA_BLOCK.check(host, 'ipv6')) return METADATA;
   if (WRAPPED_IPV4_BLOCK.check(host, 'ipv6'))
     return 'IPv4-compatible or local-use NAT64 (register the IPv4 address)';
   if (NAT64_BLOCK.check(host, 'ipv6')) {
