@@ -291,6 +291,26 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
     expect(accepted).toBe(0);
   });
 
+  it('refuses more than 64 KiB sent while the middleware runs with 400 LW_GW_BAD_REQUEST', async () => {
+    slow = undefined;
+    const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+    let received = '';
+    socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
+    socket.on('error', () => undefined);
+    socket.write(upgradeHead('/slow/ws'));
+    await eventually(() => slow !== undefined);
+    socket.write(Buffer.alloc(80 * 1024, 120));
+    // Before: the socket was closed with no answer, as if the client had left.
+    await once(socket, 'close');
+    expect(
+      parseResponses(received).responses.map((r) => [r.status, r.headers['x-loadwise-error']]),
+    ).toEqual([[400, 'LW_GW_BAD_REQUEST']]);
+    await eventually(() => slow!.closed);
+    slow!.release();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(accepted).toBe(0);
+  });
+
   it('serves an upgrade answered as a plain request (h2c) past a socket buffer whole', async () => {
     const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
     let received = Buffer.alloc(0);

@@ -20,6 +20,7 @@
  */
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
+import { sendError } from './error-response';
 
 export type UpgradeListener = (req: IncomingMessage, socket: Socket, head: Buffer) => void;
 
@@ -47,11 +48,15 @@ export const MAX_EARLY_BYTES = 64 * 1024;
  * left with a FIN kept its socket in CLOSE_WAIT for good and `server.close()` never
  * completed; behind a slow one (an async auth step), its upgrade was proxied after all,
  * a 101 written to nobody and a backend WebSocket opened for it. `onLeft` runs on the
- * client's FIN or close, or past MAX_EARLY_BYTES (a WebSocket client sends nothing
- * before the answer, RFC 6455 §4.1). The returned stop() ends the reading; with `keep`
- * it puts the bytes read back in front of whatever comes next.
+ * client's FIN or close, `onTooMuch` past MAX_EARLY_BYTES (a WebSocket client sends
+ * nothing before the answer, RFC 6455 §4.1). The returned stop() ends the reading; with
+ * `keep` it puts the bytes read back in front of whatever comes next.
  */
-function watchWhileRouted(socket: Socket, onLeft: () => void): (keep: boolean) => void {
+function watchWhileRouted(
+  socket: Socket,
+  onLeft: () => void,
+  onTooMuch: () => void,
+): (keep: boolean) => void {
   const early: Buffer[] = [];
   let bytes = 0;
   let stopped = false;
@@ -79,8 +84,9 @@ function watchWhileRouted(socket: Socket, onLeft: () => void): (keep: boolean) =
   };
   const onData = (chunk: Buffer): void => {
     bytes += chunk.length;
-    if (bytes <= MAX_EARLY_BYTES) early.push(chunk);
-    else left();
+    if (bytes <= MAX_EARLY_BYTES) return void early.push(chunk);
+    stop(false);
+    onTooMuch();
   };
   socket.on('data', onData);
   socket.once('end', left);
@@ -175,14 +181,31 @@ function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buff
   if (socket.readableEnded) return void socket.destroy();
   const res = responseOnSocket(req, socket);
   if (res === undefined) return;
-  const stopWatching = watchWhileRouted(socket, () => {
-    // Gone before any balancer took it: nobody to answer. The app's middleware, still
-    // running, sees its request close, as it would a plain request's.
-    if (!pending.has(req)) return;
-    pending.delete(req);
-    socket.destroy();
-    req.destroy();
-  });
+  const stopWatching = watchWhileRouted(
+    socket,
+    () => {
+      // Gone before any balancer took it: nobody to answer. The app's middleware, still
+      // running, sees its request close, as it would a plain request's.
+      if (!pending.has(req)) return;
+      pending.delete(req);
+      socket.destroy();
+      req.destroy();
+    },
+    () => {
+      // Refused as the balancer refuses it while the backend has not answered, with the
+      // 400 the app's middleware has not given yet: it was a close with no answer, while
+      // an async auth step ran. Not counted: no balancer has seen the request.
+      if (!pending.has(req)) return void socket.destroy();
+      pending.delete(req);
+      sendError(
+        res,
+        'LW_GW_BAD_REQUEST',
+        undefined,
+        `more than ${MAX_EARLY_BYTES} bytes sent before the answer to the upgrade`,
+      );
+      req.destroy();
+    },
+  );
   pending.set(req, { socket, head, res, stopWatching });
   // An answer of the app's own goes out whole: reading on would only see the client leave.
   res.once('finish', () => stopWatching(false));
