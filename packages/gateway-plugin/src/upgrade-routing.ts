@@ -203,7 +203,9 @@ function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buff
         undefined,
         `more than ${MAX_EARLY_BYTES} bytes sent before the answer to the upgrade`,
       );
-      req.destroy();
+      // The app's middleware sees its request close once the answer is out (the request's
+      // destroy() would take the socket, and the answer, with it).
+      socket.once('close', () => req.destroy());
     },
   );
   pending.set(req, { socket, head, res, stopWatching });
