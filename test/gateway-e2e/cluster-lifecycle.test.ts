@@ -3,7 +3,8 @@
  * HTTP workers, no broker): a log reader that goes away while the pool serves
  * (EPIPE on stderr), a worker that never listens at its first start or after a
  * crash (the start deadline), SIGHUPs that come while a reload runs or
- * while the pool closes, and a SIGHUP to the pool's whole process group.
+ * while the pool closes, a SIGHUP to the pool's whole process group, and an
+ * old worker that crashes while its reload replacement warms up.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -302,3 +303,76 @@ it('a SIGHUP to the whole process group reloads the pool once; no worker dies of
     signal: null,
   });
 }, 40_000);
+
+/**
+ * Reloads `pool` (each start takes LW_START_DELAY_MS) and kills w1's old worker while its
+ * replacement warms up (forked, not listening yet); resolves once the reload has ended.
+ * Returns the old worker's pid and the replacement's.
+ */
+async function crashDuringReload(pool: Pool): Promise<{ old: number; next: number }> {
+  const old = started(pool.lines).get('w1')![0]!;
+  pool.child.kill('SIGHUP');
+  // The replacement logs "runs" as its start() begins, then waits out the delay.
+  const next = Number(
+    /\(pid (\d+)\) runs/.exec(await pool.line(/worker w1 \(pid \d+\) runs/, 15_000, 2))![1],
+  );
+  process.kill(old, 'SIGKILL');
+  await pool.line(/reloaded 2 worker\(s\)/, 20_000);
+  return { old, next };
+}
+
+it('an old worker whose crash during the reload gives its slot up: the replacement keeps the slot, the next reload replaces it', async () => {
+  // maxRestarts 0: the old w1's crash gives the slot up while its replacement warms up, and
+  // the replacement then takes the slot. Before the fix the slot stayed "given up" with that
+  // worker in it; the next reload "revived" the slot with yet another worker and lost track of
+  // the one serving: it went on answering a third of the connections on the code of before
+  // the reload, and the pool's close left it running.
+  const pool = startPool({ LW_MAX_RESTARTS: '0', LW_START_DELAY_MS: '1500' });
+  const port = await pool.port();
+  await crashDuringReload(pool);
+  await pool.line(
+    /worker w1 \(pid \d+\) exited \(signal SIGKILL\) 1 times in \d+ ms; not restarting it/,
+  );
+
+  pool.child.kill('SIGHUP');
+  await pool.line(/reloaded 2 worker\(s\)/, 20_000, 2);
+  const now = started(pool.lines);
+  const current = [now.get('w1')!.at(-1)!, now.get('w2')!.at(-1)!];
+  // The second reload replaced w1's worker as any other: it waited for it to exit.
+  expect([...now.values()].flat().filter(alive).sort()).toEqual([...current].sort());
+  expect(pool.lines.some((l) => l.includes('is back'))).toBe(false);
+  for (let i = 0; i < 6; i++) {
+    const pid = Number((await get(port)).body.split(' ')[1]);
+    expect(current).toContain(pid);
+  }
+  pool.child.kill('SIGTERM');
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+  // The primary exits once every worker it forked has: none is left serving.
+  for (const pid of [...started(pool.lines).values()].flat()) expect(alive(pid)).toBe(false);
+}, 60_000);
+
+it("an old worker's crash during the reload does not count against its replacement's restarts", async () => {
+  // maxRestarts 1: the old w1's crash is its slot's first (a restart is forked, then closed
+  // as the replacement takes the slot). Before the fix the slot kept that crash, so the
+  // replacement's first crash was the second and gave the slot up.
+  const pool = startPool({ LW_MAX_RESTARTS: '1', LW_START_DELAY_MS: '1500' });
+  await pool.port();
+  const { old, next } = await crashDuringReload(pool);
+  await pool.line(
+    new RegExp(`worker w1 \\(pid ${old}\\) exited \\(signal SIGKILL\\); restarting in`),
+  );
+
+  process.kill(next, 'SIGKILL');
+  const exit = await pool.line(
+    new RegExp(`worker w1 \\(pid ${next}\\) exited \\(signal SIGKILL\\)`),
+  );
+  expect(exit).toMatch(/restarting in \d+ ms$/);
+  pool.child.kill('SIGTERM');
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+}, 60_000);

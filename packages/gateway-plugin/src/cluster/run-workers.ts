@@ -358,6 +358,7 @@ interface Slot {
   failedStarts: number;
   crashTimes: number[];
   timer?: NodeJS.Timeout;
+  /** Not restarted after too many crashes; only while the slot has no worker (a reload retries it). */
   gaveUp: boolean;
 }
 
@@ -384,8 +385,12 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     for (const w of waiters.splice(0)) w.resolve(port);
   };
 
-  /** Workers being replaced by reload() (asked to close) or not yet in their slot (starting). */
-  const extra = new Set<Worker>();
+  /**
+   * Every worker forked that has not exited, in a slot or not (a reload's replacement still
+   * starting, an old worker closing): close() stops them all. Collected from the slots, a
+   * worker the slots had lost track of was left serving old code after the pool had stopped.
+   */
+  const forked = new Set<Worker>();
   /** Workers that have listened: the others hold no connection (close() stops them outright). */
   const listened = new WeakSet<Worker>();
 
@@ -398,6 +403,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       [ENV_FAILED_STARTS]: String(slot.failedStarts),
     });
     slot.starts++;
+    forked.add(worker);
     const pid = worker.process.pid;
     log(`worker ${slot.id} started (pid ${pid})`);
     worker.on('listening', (address) => {
@@ -415,10 +421,10 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         worker.send(LEFT, (err: Error | null) => err && undefined);
     });
     worker.once('exit', (code, signal) => {
+      forked.delete(worker);
       const how = signal ? `signal ${signal}` : `code ${code}`;
       // A worker replaced by reload(), or a new one that never took its slot: no restart.
       if (slot.worker !== worker || closing) {
-        extra.delete(worker);
         log(`worker ${slot.id} (pid ${pid}) exited (${how})`);
         return;
       }
@@ -502,7 +508,6 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   const startReplacement = (slot: Slot): Promise<Worker> =>
     new Promise<Worker>((resolve, reject) => {
       const next = spawn(slot);
-      extra.add(next);
       const fail = (why: string): void => {
         clearTimeout(timer);
         next.off('listening', onListening);
@@ -513,7 +518,6 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       const onListening = (): void => {
         clearTimeout(timer);
         next.off('exit', onExit);
-        extra.delete(next);
         resolve(next);
       };
       const onExit = (code: number | null, signal: string | null): void =>
@@ -606,7 +610,6 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         // The new worker takes the slot before the old one is asked to close:
         // the primary's listen socket always has a worker.
         if (slot.worker === old) {
-          extra.add(old);
           slot.worker = next;
           slot.listening = true;
           slot.crashTimes = [];
@@ -615,17 +618,21 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
           await exitOf(old);
         } else {
           // The old worker died meanwhile: the new one takes the slot, and a
-          // restart of it (pending, or already forked) is not needed.
+          // restart of it (pending, or already forked) is not needed. Nor is the
+          // slot given up if that death was one too many, and the old code's
+          // crashes do not count against the new one: left given up, the slot's
+          // next reload revived it with another worker and lost track of this
+          // one, which served on the old code, never closed (a third of the
+          // connections of a 2-worker pool, and still running after close()).
           clearTimeout(slot.timer);
           slot.timer = undefined;
           const restarted = slot.worker;
           slot.worker = next;
           slot.listening = true;
+          slot.gaveUp = false;
+          slot.crashTimes = [];
           slot.failedStarts = 0;
-          if (restarted) {
-            extra.add(restarted);
-            askToClose(restarted);
-          }
+          if (restarted) askToClose(restarted);
         }
         replaced.push({ id: slot.id, oldPid: old.process.pid, newPid: next.process.pid });
       }
@@ -640,11 +647,8 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
 
   const close = (code = 0): Promise<void> => {
     closing ??= (async () => {
-      const live = new Set<Worker>(extra);
-      for (const slot of slots) {
-        clearTimeout(slot.timer);
-        if (slot.worker) live.add(slot.worker);
-      }
+      const live = new Set<Worker>(forked);
+      for (const slot of slots) clearTimeout(slot.timer);
       for (const w of waiters.splice(0)) w.reject(new Error('the worker pool stopped'));
       if (live.size > 0) {
         log(`closing ${live.size} worker(s)`);
