@@ -1,4 +1,9 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import express from 'express';
 import type { MqttClient } from 'mqtt';
 import {
@@ -161,6 +166,38 @@ describe('createAgent (library, in-process)', () => {
     } finally {
       sockets.forEach((s) => s.destroy());
       await new Promise((r) => server.close(r));
+    }
+  });
+
+  it("does not count the probe's own connection as the kernel source's load", async () => {
+    // procRoot's net/tcp is a FIFO: the agent's read of it waits until the test writes it,
+    // and the test writes the kernel's real table of that moment. Read beside the probe,
+    // the probe's connection to the app's port (opened as the read began) was in it.
+    const app = await listen((_req, res) => res.end('ok'));
+    servers.push(app);
+    const port = Number(new URL(app.url).port);
+    const procRoot = mkdtempSync(join(tmpdir(), 'lw-kernel-probe-'));
+    mkdirSync(join(procRoot, 'net'));
+    execFileSync('mkfifo', [join(procRoot, 'net', 'tcp')]);
+    try {
+      const agent = createAgent({
+        backendId: 'lib-5b',
+        queue: { source: 'kernel', port },
+        probe: { url: `${app.url}/healthz` },
+        cgroup: false,
+        procRoot,
+      });
+      agents.push(agent);
+      const sampled = agent.sample();
+      // Opening the FIFO for writing waits for the agent's reader.
+      const fifo = await open(join(procRoot, 'net', 'tcp'), 'w');
+      await fifo.writeFile(readFileSync('/proc/net/tcp', 'utf8'));
+      await fifo.close();
+      const body = await sampled;
+      expect(body.health).toMatchObject({ verdict: 'up', probeStatus: 200 });
+      expect(body.queue).toMatchObject({ acceptBacklog: 0, openConnections: 0 });
+    } finally {
+      rmSync(procRoot, { recursive: true, force: true });
     }
   });
 

@@ -100,6 +100,7 @@ export function kernelSource(
     },
   });
   return {
+    countsConnections: true,
     async read(): Promise<QueueReading> {
       const t = now();
       if (known && t - known.atMs < TABLES_RECHECK_MS && t >= known.atMs) {

@@ -17,6 +17,11 @@ export interface RiseReading extends QueueReading {
 export interface QueueSourceReader {
   read(): Promise<QueueReading>;
   /**
+   * The reading counts the connections to the backend's port (the kernel source): the agent
+   * takes it before the probe opens its own connection there, which it would count as load.
+   */
+  countsConnections?: boolean;
+  /**
    * Only sources that can tell a rise when it happens (a tracker): resolves
    * once inFlight + queued rose by `rise` over the lowest figure since `from`,
    * or after `timeoutMs` with `rose: false` (early-report.ts).
