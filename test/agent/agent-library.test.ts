@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import express from 'express';
 import type { MqttClient } from 'mqtt';
 import {
@@ -198,6 +198,43 @@ describe('createAgent (library, in-process)', () => {
       expect(body.queue).toMatchObject({ acceptBacklog: 0, openConnections: 0 });
     } finally {
       rmSync(procRoot, { recursive: true, force: true });
+    }
+  });
+
+  it("pairs the first report's process with the service's cgroup, not the agent's own unit's", async () => {
+    // A systemd host: the agent in its unit (CPUQuota=10%, MemoryMax=160M), the app in one without limits.
+    const dir = mkdtempSync(join(tmpdir(), 'lw-cgroup-first-'));
+    const files: Record<string, string> = {
+      'proc/self/cgroup': '0::/system.slice/loadwise-agent.service\n',
+      'proc/4242/cgroup': '0::/system.slice/myapp.service\n',
+      'proc/4242/stat': `4242 (myapp) S 1 4242 4242 0 -1 4194560 100 0 0 0 500 100 0 0 20 0 1 0 100 1000000 1000 ${'0 '.repeat(20)}\n`,
+      'proc/4242/status': 'Name:\tmyapp\nVmRSS:\t  512000 kB\n',
+      'cg/cgroup.controllers': 'cpu memory\n',
+      'cg/system.slice/loadwise-agent.service/cpu.max': '10000 100000\n',
+      'cg/system.slice/loadwise-agent.service/memory.max': '167772160\n',
+      'cg/system.slice/loadwise-agent.service/memory.current': '152000000\n',
+      'cg/system.slice/myapp.service/cpu.max': 'max 100000\n',
+      'cg/system.slice/myapp.service/memory.max': 'max\n',
+      'cg/system.slice/myapp.service/memory.current': '524288000\n',
+    };
+    for (const [rel, text] of Object.entries(files)) {
+      mkdirSync(dirname(join(dir, rel)), { recursive: true });
+      writeFileSync(join(dir, rel), text);
+    }
+    try {
+      const agent = createAgent({
+        backendId: 'lib-cg',
+        service: { pid: 4242 },
+        cgroup: { root: join(dir, 'cg') },
+        procRoot: join(dir, 'proc'),
+      });
+      agents.push(agent);
+      const first = await agent.sample();
+      expect(first.process).toMatchObject({ pid: 4242 });
+      expect(first.cgroup).toEqual({ memoryUsedBytes: 524288000 });
+      expect(first.health.verdict).not.toBe('degraded');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -5,6 +5,7 @@ import {
   createEncoder,
   topicFor,
   type BackendState,
+  type CgroupMetrics,
   type EncodedMessage,
   type Encoder,
   type MetricsReport,
@@ -18,7 +19,7 @@ import { QUEUE_SOURCES, createQueueReader } from './queue';
 import type { QueueReading, QueueSourceReader, RiseReading } from './queue/types';
 import { CgroupSampler } from './samplers/cgroup';
 import { HostSampler } from './samplers/host';
-import { ProcessSampler } from './samplers/process';
+import { ProcessSampler, type ProcessSample } from './samplers/process';
 import { createScheduler, type Scheduler } from './scheduler';
 import { dropInvalidBlocks } from './report-guard';
 import { healthVerdict } from './verdict';
@@ -223,8 +224,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     this.primed ??= (async () => {
       await Promise.all([
         this.host.prime().catch(() => undefined),
-        this.process?.sample().catch(() => undefined),
-        this.cgroup?.sample().catch(() => undefined),
+        this.sampleService().catch(() => undefined),
       ]);
     })();
     return this.primed;
@@ -504,13 +504,9 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
             });
           })
         : probe(p);
-    const [host, proc, cgroup, queue, probeResult] = await Promise.all([
+    const [host, [proc, cgroup], queue, probeResult] = await Promise.all([
       this.host.sample(),
-      this.process?.sample(),
-      this.cgroup?.sample().catch((err: Error) => {
-        this.emit('warning', `cgroup read failed: ${err.message}`);
-        return undefined;
-      }),
+      this.sampleService((err) => this.emit('warning', `cgroup read failed: ${err.message}`)),
       queueRead,
       probed,
     ]);
@@ -522,7 +518,6 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     };
     if (proc?.ok) {
       body.process = proc.metrics;
-      this.lastProcessPid = proc.metrics.pid;
     } else if (proc) {
       down.push(proc.reason);
     }
@@ -533,6 +528,25 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (limit !== undefined) body.concurrencyLimit = limit;
     body.health = healthVerdict(body, o.thresholds, probeResult, down, queue?.maxQueue);
     return body;
+  }
+
+  /**
+   * The service's process, then its cgroup (v2), which follows the pid that read found. Read
+   * side by side, the priming and the first report's cgroup reads came before any pid was
+   * known: the first report paired the service's process with another group's limits (the
+   * agent's own unit's, 0.1 core, with --service-pid-file). A cgroup read that fails is
+   * undefined, after `onCgroupError`.
+   */
+  private async sampleService(
+    onCgroupError?: (err: Error) => void,
+  ): Promise<[ProcessSample | undefined, CgroupMetrics | undefined]> {
+    const proc = await this.process?.sample();
+    if (proc?.ok) this.lastProcessPid = proc.metrics.pid;
+    const cgroup = await this.cgroup?.sample().catch((err: Error) => {
+      onCgroupError?.(err);
+      return undefined;
+    });
+    return [proc, cgroup];
   }
 
   async sampleReport(): Promise<MetricsReport> {

@@ -80,24 +80,37 @@ describe('CgroupSampler', () => {
     });
   });
 
-  it('takes no CPU delta across two cgroups (its own, then the service its pid is in)', async () => {
+  it("reads the root without a watched pid, not the agent's own group", async () => {
+    // A systemd host: the agent in its unit (examples/systemd: CPUQuota=10%, MemoryMax=160M).
     const root = fixture({
       'cgroup.controllers': 'cpu memory\n',
-      'agent.slice/cpu.max': '100000 100000\n',
-      'agent.slice/cpu.stat': 'usage_usec 1000\n',
-      'agent.slice/memory.current': '1\n',
+      'cpu.stat': 'usage_usec 999999999\n',
+      'system.slice/loadwise-agent.service/cpu.max': '10000 100000\n',
+      'system.slice/loadwise-agent.service/memory.max': '167772160\n',
+      'system.slice/loadwise-agent.service/memory.current': '152000000\n',
+    });
+    roots.push(root);
+    const procRoot = fixture({ 'self/cgroup': '0::/system.slice/loadwise-agent.service\n' });
+    roots.push(procRoot);
+    // The host's root has no limits: no figures, rather than the agent's (memory 91%).
+    expect(await new CgroupSampler({ root, procRoot }).sample()).toBeUndefined();
+  });
+
+  it('takes no CPU delta across two cgroups (the root, then the service its pid is in)', async () => {
+    const root = fixture({
+      'cgroup.controllers': 'cpu memory\n',
+      'cpu.max': '100000 100000\n',
+      'cpu.stat': 'usage_usec 1000\n',
+      'memory.current': '1\n',
       'app.slice/cpu.max': '100000 100000\n',
       'app.slice/cpu.stat': 'usage_usec 900000000\n',
       'app.slice/memory.current': '1\n',
     });
     roots.push(root);
-    const procRoot = fixture({
-      '4242/cgroup': '0::/app.slice\n',
-      'self/cgroup': '0::/agent.slice\n',
-    });
+    const procRoot = fixture({ '4242/cgroup': '0::/app.slice\n' });
     roots.push(procRoot);
     let t = 0;
-    // The service's pid is not known at first (the agent reads its own cgroup), then it is.
+    // The service's pid is not known at first (the root is read), then it is.
     const service: { pid?: number } = {};
     const s = new CgroupSampler({ root, procRoot, now: () => t, pid: () => service.pid });
     expect((await s.sample())?.cpuUtilization).toBeUndefined();

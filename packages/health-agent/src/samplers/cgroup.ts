@@ -22,7 +22,11 @@ export interface CgroupSamplerOptions {
   root: string;
   /** procfs root, to find a process's own v2 cgroup. */
   procRoot: string;
-  /** Process whose cgroup to read (default: the root, i.e. this container's namespace). */
+  /**
+   * Process whose cgroup to read (v2). Without one, the root: in a container with its own
+   * cgroup namespace that is the container's group; never the agent's own group, which on a
+   * systemd host is the agent's unit and its limits, not the service's.
+   */
   pid?: () => number | undefined;
   now?: () => number;
 }
@@ -137,7 +141,11 @@ export class CgroupSampler {
 
   private async v2Dir(): Promise<string> {
     const pid = this.opts.pid?.();
-    const text = await readText(`${this.opts.procRoot}/${pid ?? 'self'}/cgroup`);
+    // Not /proc/self: the agent run as examples/systemd's unit reported its own CPUQuota=10%
+    // and MemoryMax=160M as the backend's (memory 91%: degraded), and gateways modelled the
+    // backend's CPU as 0.1 core.
+    if (pid === undefined) return this.opts.root;
+    const text = await readText(`${this.opts.procRoot}/${pid}/cgroup`);
     const m = text ? /^0::(\/.*)$/m.exec(text) : null;
     if (m && m[1] !== '/') {
       const dir = `${this.opts.root}${m[1]}`;
