@@ -1,8 +1,9 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { secretWarnings, verdictLogger, withoutPassword } from './cli';
+import { secretWarnings, verdictLogger } from './cli';
 import { mergeSources } from './config';
+import { withoutPassword } from './without-password';
 
 describe('withoutPassword (the broker URL in log lines)', () => {
   it.each([

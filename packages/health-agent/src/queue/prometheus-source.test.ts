@@ -127,6 +127,30 @@ describe('prometheusSource', () => {
       ).rejects.toThrow(/gauge app_queue_depth has no finite value \(NaN or ±Inf\)/);
     }
   });
+  it("names the page in its errors without the URL's password", async () => {
+    const at = url();
+    at.username = 'scraper';
+    at.password = 's3cr3t-pw';
+    const shown = `http://scraper:***@127.0.0.1:${at.port}/metrics`;
+    const series: string[] = [];
+    for (let i = 0; i <= MAX_GAUGE_SERIES; i++) series.push(`app_queue_depth{id="${i}"} 1`);
+    for (const body of [
+      'app_queue_depth NaN\n',
+      'other 1\n',
+      'app_queue_depth -7\n',
+      series.join('\n'),
+    ]) {
+      page = body;
+      const err = await prometheusSource(at, 'app_queue_depth', 'queued', 5_000)
+        .read()
+        .then(
+          () => undefined,
+          (e: Error) => e,
+        );
+      expect(err?.message).toContain(` at ${shown}`);
+      expect(err?.message).not.toContain('s3cr3t');
+    }
+  });
   it('refuses a gauge outside 0 to 2^53-1 rather than clamp it; a fraction rounds', async () => {
     // Clamped before: -7 went out as `queued: 0` (an idle backend), 1e308 as 2^53-1.
     for (const value of ['-7', '-1.5', '1e308', '9007199254740993']) {

@@ -2,6 +2,7 @@ import { QUEUE_FIELDS, type QueueField } from '@loadwise/protocol';
 import { StringDecoder } from 'node:string_decoder';
 import * as v from 'valibot';
 import { httpGet } from '../http-get';
+import { withoutPassword } from '../without-password';
 import { httpUrl, picklist, show, strictObject, string } from '../option-errors';
 import { DEFAULT_SOURCE_TIMEOUT_MS, defineQueueSource, sourceTimeoutMs } from './source';
 import type { QueueReading, QueueSourceReader } from './types';
@@ -142,6 +143,9 @@ export function prometheusSource(
   field: QueueField,
   timeoutMs: number,
 ): QueueSourceReader {
+  // The page's URL in the errors, which the agent logs once a minute: not its basic-auth
+  // password (it showed as `http://scraper:s3cr3t-pw@...` in the journal).
+  const shown = withoutPassword(url.href);
   return {
     async read(): Promise<QueueReading> {
       const reader = new GaugeReader(gauge);
@@ -154,13 +158,13 @@ export function prometheusSource(
       // Checked after the last line too: a page without its final newline held the series
       // past the bound there, and was summed.
       if (reader.done) {
-        throw new Error(`gauge ${gauge} has over ${MAX_GAUGE_SERIES} series at ${url.href}`);
+        throw new Error(`gauge ${gauge} has over ${MAX_GAUGE_SERIES} series at ${shown}`);
       }
       if (value === undefined) {
         // A gauge that is there but says NaN or +Inf (`1e999`) was reported "not found",
         // which sent the operator looking for a typo in the name.
         const why = reader.nonFinite > 0 ? 'has no finite value (NaN or ±Inf)' : 'not found';
-        throw new Error(`gauge ${gauge} ${why} at ${url.href}`);
+        throw new Error(`gauge ${gauge} ${why} at ${shown}`);
       }
       // A count the protocol can carry: a safe integer from 0. A fraction rounds (a gauge
       // averaged over workers); anything else is refused like a tracker's bad figure (the
@@ -169,7 +173,7 @@ export function prometheusSource(
       const count = Math.round(value);
       if (count < 0 || count > Number.MAX_SAFE_INTEGER) {
         throw new Error(
-          `gauge ${gauge} is ${value} at ${url.href}: ${field} must be a count from 0 to ${Number.MAX_SAFE_INTEGER}`,
+          `gauge ${gauge} is ${value} at ${shown}: ${field} must be a count from 0 to ${Number.MAX_SAFE_INTEGER}`,
         );
       }
       // `+ 0`: -0.4 rounds to -0, which is 0.
