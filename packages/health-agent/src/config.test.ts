@@ -215,6 +215,30 @@ describe('config sources', () => {
     });
   });
 
+  it.each([
+    ['cpu-threshold', '0x1', 'must be a number'],
+    ['memory-threshold', '0b1', 'must be a number'],
+    ['cpu-threshold', '5e-1', 'must be a number'],
+    ['cpu-threshold', 'Infinity', 'must be a number'],
+    ['probe-expect-status', '0x1F4,2e2', 'must be comma-separated integers'],
+    ['probe-expect-status', '0o620', 'must be comma-separated integers'],
+    ['probe-expect-status', '200,', 'must be comma-separated integers'],
+  ])('reads --%s %s as decimal only, as an int option does', (flag, value, why) => {
+    expect(codeOf(() => mergeSources({ [flag]: value }, {})).message).toContain(
+      `--${flag}: ${why}`,
+    );
+  });
+
+  it('reads decimal numbers and lists', () => {
+    expect(mergeSources({ 'cpu-threshold': '0.85', 'memory-threshold': '.9' }, {})).toMatchObject({
+      cpuThreshold: 0.85,
+      memoryThreshold: 0.9,
+    });
+    expect(mergeSources({ 'probe-expect-status': '200, 204' }, {})).toMatchObject({
+      probeExpectStatus: [200, 204],
+    });
+  });
+
   it('maps raw config to library options and checks combinations', () => {
     const raw = mergeSources(
       {

@@ -374,6 +374,21 @@ function describe(spec: OptionSpec): string {
 /** Options whose value is a secret: an error about them never shows it. */
 const SECRET_FLAGS = new Set(['password']);
 
+/** A whole decimal number, as `--interval-ms` has always read one. */
+const INT_RE = /^-?\d+$/;
+/** A decimal fraction (`0.9`, `.9`): no exponent, as INT_RE has none. */
+const NUMBER_RE = /^-?(?:\d+\.?\d*|\.\d+)$/;
+
+/**
+ * `text` as a number if it is decimal as `re` spells one, else NaN. Number() alone also
+ * reads `0x1`, `0b1`, `0o620`, `2e2` and `Infinity`: `--cpu-threshold 0x1` was 1 and
+ * `--probe-expect-status 0x1F4,2e2` was 500 and 200, forms no `int` option took.
+ */
+function decimal(text: unknown, re: RegExp): number {
+  const t = typeof text === 'string' ? text.trim() : '';
+  return re.test(t) ? Number(t) : NaN;
+}
+
 function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[string] {
   const bad = (why: string): never => {
     // A password of the wrong type (a number in a config file) was echoed in the error.
@@ -390,21 +405,11 @@ function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[str
       if (value === 'false' || value === '0') return false;
       return bad('must be true or false');
     case 'int': {
-      const n =
-        typeof value === 'number'
-          ? value
-          : typeof value === 'string' && /^-?\d+$/.test(value.trim())
-            ? Number(value)
-            : NaN;
+      const n = typeof value === 'number' ? value : decimal(value, INT_RE);
       return Number.isSafeInteger(n) ? n : bad('must be an integer');
     }
     case 'number': {
-      const n =
-        typeof value === 'number'
-          ? value
-          : typeof value === 'string' && value.trim() !== ''
-            ? Number(value)
-            : NaN;
+      const n = typeof value === 'number' ? value : decimal(value, NUMBER_RE);
       return Number.isFinite(n) ? n : bad('must be a number');
     }
     case 'list': {
@@ -413,7 +418,7 @@ function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[str
         : typeof value === 'string'
           ? value.split(',')
           : bad('must be a list');
-      const nums = items.map((x) => Number(String(x).trim()));
+      const nums = items.map((x) => (typeof x === 'number' ? x : decimal(x, INT_RE)));
       return nums.every((n) => Number.isSafeInteger(n))
         ? nums
         : bad('must be comma-separated integers');
