@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -10,7 +10,7 @@ import {
 } from '../../packages/health-agent/src/config';
 import { STATUS_ENV, WORKER_ENV } from '@loadwise/protocol';
 import { GATEWAY_ENV } from '../../examples/gateway-server';
-import { spawnAgent } from '../kit/agent-cli';
+import { AGENT_CLI, spawnAgent } from '../kit/agent-cli';
 import { listen, until } from '../kit/agent-http';
 
 describe('loadwise-agent CLI interface', () => {
@@ -224,6 +224,40 @@ describe('loadwise-agent CLI interface', () => {
     expect(await p.exited).toBe(2);
     expect(p.stderr()).toContain('--pid-file');
   });
+
+  // Node writes process.title over the argument area and cuts it to fit: started as
+  // `node cli.js` (a container's CMD), the agent's command line is `loadwise-ag`.
+  (process.platform === 'linux' ? it : it.skip)(
+    '`drain --pid` of an agent started with a short command line, whose title is cut',
+    async () => {
+      const agent = spawn(process.execPath, ['cli.js'], {
+        argv0: 'node',
+        cwd: path.dirname(AGENT_CLI),
+        env: {
+          PATH: process.env['PATH'],
+          LOADWISE_BACKEND_ID: 'short-title',
+          LOADWISE_BROKER: 'mqtt://127.0.0.1:1',
+          LOADWISE_NO_CGROUP: '1',
+          LOADWISE_DRAIN_GRACE_MS: '0',
+        },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      agent.stderr.on('data', (d: Buffer) => (stderr += String(d)));
+      const exited = new Promise((r) => agent.once('exit', r));
+      try {
+        await until(() => stderr.includes(' info started: '), 10_000, 'the agent to start');
+        expect(readFileSync(`/proc/${agent.pid}/cmdline`, 'latin1')).toMatch(/^loadwise-ag\0*$/);
+        const p = spawnAgent(['drain', '--pid', String(agent.pid)]);
+        expect(await p.exited).toBe(0);
+        expect(p.stdout()).toContain(`sent SIGUSR2 (drain) to ${agent.pid}`);
+        await until(() => stderr.includes('SIGUSR2: draining'), 5000, 'the drain');
+      } finally {
+        agent.kill('SIGTERM');
+        await exited;
+      }
+    },
+  );
 
   // SIGUSR2's default action ends a process: a wrong --pid (the backend's, printed
   // beside the agent's) or a stale pid file whose pid was reused must not hit it.

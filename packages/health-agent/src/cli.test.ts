@@ -1,7 +1,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { secretWarnings, verdictLogger } from './cli';
+import { isAgentCommandLine, secretWarnings, verdictLogger } from './cli';
 import { mergeSources } from './config';
 import { withoutPassword } from './without-password';
 
@@ -30,6 +30,24 @@ describe('withoutPassword (the broker URL in log lines)', () => {
     '',
   ])('leaves %j unchanged', (url) => {
     expect(withoutPassword(url)).toBe(url);
+  });
+});
+
+describe('isAgentCommandLine (drain/undrain --pid)', () => {
+  it.each([
+    ['loadwise-agent', true],
+    ['loadwise-agent --backend-id api-1', true],
+    // The title cut to the argument area of `node cli.js` (12 bytes), or shorter ones.
+    ['loadwise-ag', true],
+    ['loadwise-a', true],
+    // Too short to name the agent, or another program.
+    ['loadwise', false],
+    ['loadwise-', false],
+    ['loadwise status --url http://127.0.0.1:8080/_lb/status', false],
+    ['node server.js', false],
+    ['', false],
+  ])('%j -> %s', (cmd, agent) => {
+    expect(isAgentCommandLine(cmd)).toBe(agent);
   });
 });
 

@@ -189,6 +189,22 @@ const CONTROL_SIGNALS = { drain: 'SIGUSR2', undrain: 'SIGHUP' } as const;
 const AGENT_PROCESS_TITLE = 'loadwise-agent';
 
 /**
+ * The shortest start of AGENT_PROCESS_TITLE taken for it. Node writes the title over the
+ * process's argument area and cuts it to fit: an agent started as `node cli.js` (a
+ * container's `CMD ["node","cli.js"]`, 12 bytes) shows `loadwise-ag`, and was refused.
+ * No shorter than `loadwise-a`: `loadwise` alone would also be the gateway's command.
+ */
+const MIN_AGENT_TITLE = 'loadwise-a';
+
+/** Whether a command line (commandLineOf) is an agent's: its title, whole or cut to fit. */
+export function isAgentCommandLine(cmd: string): boolean {
+  return (
+    cmd.startsWith(AGENT_PROCESS_TITLE) ||
+    (cmd.length >= MIN_AGENT_TITLE.length && AGENT_PROCESS_TITLE.startsWith(cmd))
+  );
+}
+
+/**
  * What `pid` runs, its arguments joined by spaces, where /proc tells; undefined
  * where it cannot (no /proc: not Linux; or no such process, which process.kill
  * then reports).
@@ -228,7 +244,7 @@ async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]
   }
   const signal = CONTROL_SIGNALS[name];
   const cmd = commandLineOf(pid);
-  if (cmd !== undefined && !cmd.startsWith(AGENT_PROCESS_TITLE)) {
+  if (cmd !== undefined && !isAgentCommandLine(cmd)) {
     fail(
       `LW_AGENT_SIGNAL: process ${pid} is not a loadwise agent (it runs ${JSON.stringify(cmd.slice(0, 120))}); ${signal} not sent`,
       1,
