@@ -43,6 +43,29 @@ describe('resolveAgentOptions', () => {
     ).toBe(5000);
   });
 
+  describe('an uneven cron schedule', () => {
+    afterEach(() => jest.useRealTimers());
+    it.each(['00:00:02', '00:00:05', '00:00:47', '00:00:59', '23:59:55'])(
+      'reports its longest gap, started at %s, and bounds a sample by its shortest',
+      (start) => {
+        jest.useFakeTimers({ now: new Date(`2026-12-06T${start}.000Z`) });
+        // Runs at :00 and :10: gaps of 10 s and 50 s. From the next two runs it said 50 s
+        // started at :00-:09 and 10 s at :10-:59; gateways then judged it stale for 40 s.
+        const o = resolveAgentOptions({
+          backendId: 'b',
+          cron: '0,10 * * * * *',
+          probe: { url: 'http://127.0.0.1/healthz', timeoutMs: 60_000 },
+        });
+        expect(o.intervalMs).toBe(50_000);
+        expect(o.probe?.timeoutMs).toBe(9_000);
+        // 7 s gaps, and 4 s across the minute.
+        expect(resolveAgentOptions({ backendId: 'b', cron: '*/7 * * * * *' }).intervalMs).toBe(
+          7_000,
+        );
+      },
+    );
+  });
+
   it('refuses an interval that contradicts the cron schedule: reports would claim the wrong one', () => {
     // Reports every 5 s that said 1 s looked stale to gateways 40% of the time.
     expect(() =>

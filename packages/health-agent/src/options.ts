@@ -316,12 +316,34 @@ function boundQueueTimeout(
     : q;
 }
 
-/** Derives the spacing of a cron schedule from its next two runs. */
-function cronIntervalMs(expr: string): number {
+/**
+ * Runs of a cron schedule whose gaps cronGaps() compares: a whole cycle of any schedule
+ * that sets the seconds field alone (at most 60 runs a minute), or one coarser field with
+ * fixed seconds (`0 *\/7 * * * *`, `0 0 0,6 * * *`). About 60-150 µs each (node-cron 4.6).
+ */
+const CRON_GAP_RUNS = 61;
+
+/**
+ * The longest and the shortest gap between the next CRON_GAP_RUNS runs of a cron
+ * schedule. From the next two runs only, an uneven schedule's reported interval
+ * depended on the second the agent started: `0,10 * * * * *` said 50 s started at :00
+ * and 10 s started at :50, and with 10 s gateways judged the backend stale for up to
+ * 40 s of every minute.
+ */
+function cronGaps(expr: string): { longestMs: number; shortestMs: number } {
   const task = cron.createTask(expr, () => undefined);
   try {
-    const [a, b] = task.getNextRuns(2);
-    return a && b ? b.getTime() - a.getTime() : DEFAULT_INTERVAL_MS;
+    const runs = task.getNextRuns(CRON_GAP_RUNS).map((d) => d.getTime());
+    let longestMs = 0;
+    let shortestMs = Infinity;
+    for (let i = 1; i < runs.length; i++) {
+      const gap = runs[i]! - runs[i - 1]!;
+      longestMs = Math.max(longestMs, gap);
+      shortestMs = Math.min(shortestMs, gap);
+    }
+    return longestMs > 0
+      ? { longestMs, shortestMs }
+      : { longestMs: DEFAULT_INTERVAL_MS, shortestMs: DEFAULT_INTERVAL_MS };
   } finally {
     void task.destroy();
   }
@@ -336,9 +358,12 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
   if (!input || typeof input !== 'object') throw invalidOption('options', 'must be an object');
   const o = parseOptions(agentOptionsSchema, input);
   const prefix = o.prefix ?? DEFAULT_TOPIC_PREFIX;
-  const cronMs = o.cron ? cronIntervalMs(o.cron) : undefined;
+  const gaps = o.cron ? cronGaps(o.cron) : undefined;
   // Reports say their interval, and gateways judge staleness by it: a report every 5 s that
-  // claimed 1 s looked stale 40% of the time. The two may be given together only if they agree.
+  // claimed 1 s looked stale 40% of the time. So a schedule's is its longest gap (reports
+  // closer than that are early, never late), and the two may be given together only if
+  // they agree.
+  const cronMs = gaps?.longestMs;
   if (cronMs !== undefined && o.intervalMs !== undefined && o.intervalMs !== cronMs) {
     throw invalidOption(
       'intervalMs',
@@ -362,8 +387,10 @@ export function resolveAgentOptions(input: AgentOptions): ResolvedAgentOptions {
   // Every input of a sample gets at most 90% of the interval, whatever its timeout, so that a
   // hung app cannot silence the agent: the sample is over before the next tick, and the
   // report (a down verdict, most likely) goes out every interval (docs/agent.md).
+  // Of the shortest gap, for a schedule: a sample must be over before the next run.
+  const sampleSpanMs = gaps?.shortestMs ?? intervalMs;
   const withinInterval = (timeoutMs: number): number =>
-    Math.max(1, Math.min(timeoutMs, Math.floor(intervalMs * SAMPLE_SHARE_OF_INTERVAL)));
+    Math.max(1, Math.min(timeoutMs, Math.floor(sampleSpanMs * SAMPLE_SHARE_OF_INTERVAL)));
   const jitterMs = o.jitterMs ?? Math.min(intervalMs, 1000);
   const random = o.random ?? Math.random;
   const q = o.queue;
