@@ -61,6 +61,7 @@ import {
   resetOnPooledConnection,
   isBadAnswer,
   isInvalidRequestError,
+  isLocalResourceError,
   UNASKED_UPGRADE_CODE,
 } from './upstream-errors';
 
@@ -1240,6 +1241,7 @@ export class RequestFlow {
       return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
     }
     if (whole) return this.bytesAfterAnswer(flow, err);
+    if (isLocalResourceError(err) && !flow.res.headersSent) return this.outOfResources(flow, err);
     const answer = flow.answer;
     if (answer) {
       // The answer failed in the read that brought its head (a bad chunk), which has not
@@ -1593,6 +1595,29 @@ export class RequestFlow {
     this.closeIfBodyUnread(flow);
     // After the head went out: the answer is cut (sendError destroys it).
     sendError(flow.res, 'LW_GW_HOOK_FAILED');
+  }
+
+  /**
+   * The attempt failed for want of the gateway's own resources (isLocalResourceError): not
+   * the backend's failure, not retried (another backend needs the same descriptor), shed as
+   * an overloaded gateway's request is, with a log line that names the gateway.
+   */
+  private outOfResources(flow: Flow, err: Error): void {
+    const c = this.core;
+    const backend = flow.backend!;
+    const errno = (err as { code?: string }).code ?? err.message;
+    this.endAttempt(flow);
+    c.logLine(
+      `gateway-resources:${errno}`,
+      `the gateway could not open a connection to ${backend.id} (${errno}): its own resources ran out (file descriptors: raise LimitNOFILE / ulimit -n); answering LW_GW_OVERLOADED, the backend not charged`,
+      {
+        event: 'gateway-resources',
+        backend: backend.id,
+        error: errno,
+        outcome: 'LW_GW_OVERLOADED',
+      },
+    );
+    this.shed(flow.res, 'LW_GW_OVERLOADED', 'overloaded', 1);
   }
 
   private shed(

@@ -54,6 +54,7 @@ import {
   resetOnPooledConnection,
   isBadAnswer,
   isInvalidRequestError,
+  isLocalResourceError,
 } from './upstream-errors';
 import { afterPendingAnswers, MAX_EARLY_BYTES, responseOnSocket } from '../upgrade-routing';
 
@@ -388,6 +389,15 @@ export class UpgradeFlow {
       return;
     }
     const backend = this.upgrades.get(req);
+    if (backend && isLocalResourceError(err) && !this.upgraded.has(req)) {
+      // The gateway's own descriptors ran out, as on the request path (request-flow.ts
+      // outOfResources): not the backend's failure, and not retried.
+      this.core.metrics.onShed('overloaded');
+      if ('setHeader' in res) return;
+      if (res.writable) refuse(res, 503, 'LW_GW_OVERLOADED');
+      else res.destroy();
+      return;
+    }
     const stale = !('setHeader' in res) && this.staleConnection(err, req);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));

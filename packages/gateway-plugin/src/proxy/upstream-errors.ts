@@ -38,6 +38,18 @@ export function classify(err: Error & { code?: string }): UpstreamErrorKind {
   return 'connect';
 }
 
+/**
+ * The gateway's own resources ran out making the attempt (file descriptors, buffers, memory,
+ * local ports): nothing about the backend. Counted as the backend's connect failures, a
+ * gateway out of descriptors (an idle-connection flood) ejected healthy backends for 30 s,
+ * past the moment it had descriptors again, and its alerts and logs blamed them.
+ */
+const LOCAL_RESOURCE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+
+export function isLocalResourceError(err: Error): boolean {
+  return LOCAL_RESOURCE_CODES.has((err as { code?: string }).code ?? '');
+}
+
 /** A backend request's error for a 101 to a request that asked for no upgrade. */
 export const UNASKED_UPGRADE_CODE = 'LW_UNASKED_UPGRADE';
 
