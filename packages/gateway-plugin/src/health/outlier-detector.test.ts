@@ -1,3 +1,4 @@
+import type { MetricsReport } from '@loadwise/protocol';
 import { OutlierDetector, RECOVERY_CHECK_MS } from './outlier-detector';
 import { eligibleIds, fleet, type Fleet } from './test-fleet';
 
@@ -147,28 +148,152 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
       () => Date.now(),
     );
 
+  type B = Fleet['backends'][0];
+
+  /** A signed report as the registry applies it: agent run `epochMs`, service process `pid`. */
+  function report(b: B, verdict: 'up' | 'down', epochMs: number, pid: number): void {
+    const message: MetricsReport = {
+      v: 1,
+      kind: 'metrics',
+      backendId: b.id,
+      epochMs,
+      seq: seq++,
+      ts: Date.now(),
+      intervalMs: 1_000,
+      state: 'online',
+      host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
+      process: { pid, cpuCores: 0.1, rssBytes: 1e8 },
+      health: verdict === 'up' ? { verdict } : { verdict, reason: 'probe refused' },
+    };
+    f.registry.applyMessage(b, message, Date.now());
+  }
+  let seq = 0;
+
+  /** Three failed requests, as the proxy records them: a failure for the load model too. */
+  function fail3(d: OutlierDetector, b: B): void {
+    for (let i = 0; i < 3; i++) {
+      b.load.onRequestStart(Date.now());
+      b.load.onRequestEnd(Date.now(), 2, false);
+      d.onFailure(b);
+    }
+  }
+
   it.each([
-    { signal: 'agent verdict', set: (b: Fleet['backends'][0], v: boolean) => (b.verdictDown = v) },
-    { signal: 'active check', set: (b: Fleet['backends'][0], v: boolean) => (b.checkDown = v) },
-  ])('ejected, then down by the $signal, then up: restored at once', ({ set }) => {
+    { restart: 'another service process', epochMs: 1_000, pid: 43 },
+    { restart: 'another agent run', epochMs: 2_000, pid: 42 },
+  ])(
+    'ejected, down by the agent verdict, up in a report of $restart: restored at once',
+    ({ epochMs, pid }) => {
+      f = fleet(['a', 'b', 'c', 'd']);
+      const d = detector();
+      const a = f.backends[0]!;
+      report(a, 'up', 1_000, 42);
+      fail3(d, a); // killed: refused connections
+      expect(eligibleIds(f.registry)).not.toContain('a');
+      jest.advanceTimersByTime(1_000);
+      report(a, 'down', 1_000, 42); // its agent's probe sees it dead
+      jest.advanceTimersByTime(4_000);
+      expect(eligibleIds(f.registry)).not.toContain('a');
+      report(a, 'up', epochMs, pid); // restarted: the probe passes again, 5 s into a 30 s ejection
+      jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+      expect(eligibleIds(f.registry)).toContain('a');
+      expect(f.seen).toContainEqual(['backend-restored', { id: 'a' }]);
+      // A new incarnation: back through slow start, from a clean slate (registry.ts admits it).
+      expect(a.load.slowStartFactor(Date.now())).toBeLessThan(1);
+      expect(a.load.snapshot(Date.now()).penaltyFactor).toBe(1);
+      expect(a.consecutiveFailures).toBe(0);
+    },
+  );
+
+  it('a verdict down and up again within one agent run and one process does not end it', () => {
+    // A backend failing every request whose agent alternates down/up every 300 ms: each
+    // toggle ended its ejection (6 ejections of ~0.5 s in 15 s, 30 failed requests).
     f = fleet(['a', 'b', 'c', 'd']);
     const d = detector();
     const a = f.backends[0]!;
-    for (let i = 0; i < 3; i++) d.onFailure(a); // killed: refused connections
-    expect(eligibleIds(f.registry)).not.toContain('a');
+    report(a, 'up', 1_000, 42);
+    fail3(d, a);
+    for (let t = 0; t < 29_700; t += 300) {
+      report(a, t % 600 === 0 ? 'down' : 'up', 1_000, 42);
+      jest.advanceTimersByTime(300);
+      expect(eligibleIds(f.registry)).not.toContain('a');
+    }
+    report(a, 'up', 1_000, 42);
+    jest.advanceTimersByTime(300); // the ejection's 30 s are over
+    expect(eligibleIds(f.registry)).toContain('a');
+    expect(f.seen.filter(([n]) => n === 'backend-ejected')).toHaveLength(1);
+  });
+
+  it('ended by the active check alone: back at once, keeping its figures and multiplier', () => {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    report(a, 'up', 1_000, 42);
+    fail3(d, a);
     jest.advanceTimersByTime(1_000);
-    set(a, true); // its own health signal sees it dead
+    a.checkDown = true; // no answer from here: unreachable
     f.registry.recompute();
     jest.advanceTimersByTime(4_000);
     expect(eligibleIds(f.registry)).not.toContain('a');
-    set(a, false); // restarted: the probe passes again, 5 s into a 30 s ejection
+    a.checkDown = false; // answers again: the path, not a new process
     f.registry.recompute();
     jest.advanceTimersByTime(RECOVERY_CHECK_MS);
     expect(eligibleIds(f.registry)).toContain('a');
     expect(f.seen).toContainEqual(['backend-restored', { id: 'a' }]);
-    // Back through slow start, from a clean slate (registry.ts admits it).
-    expect(a.load.slowStartFactor(Date.now())).toBeLessThan(1);
-    expect(a.consecutiveFailures).toBe(0);
+    // The failures that ejected it still count against it (admit() wiped them).
+    expect(a.load.snapshot(Date.now()).penaltyFactor).toBeGreaterThan(1);
+    a.load.onRequestStart(Date.now());
+    a.load.onRequestEnd(Date.now(), 2, true);
+    d.onSuccess(a);
+    fail3(d, a);
+    expect(f.seen.at(-1)).toEqual([
+      'backend-ejected',
+      { id: 'a', durationMs: 60_000, consecutiveFailures: 3 },
+    ]);
+  });
+
+  it('ejected again before one success since an early end: serves that ejection in full', () => {
+    // Its agent signs whatever its host says, a new run included: the first claim of a
+    // restart is believed, a second one without a success in between is not.
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    let epochMs = 1_000;
+    const restart = (): void => {
+      report(a, 'down', ++epochMs, 42);
+      jest.advanceTimersByTime(300);
+      report(a, 'up', ++epochMs, 42);
+      jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+    };
+    report(a, 'up', epochMs, 42);
+    fail3(d, a);
+    restart();
+    expect(eligibleIds(f.registry)).toContain('a'); // believed once
+    fail3(d, a); // failing as before
+    expect(f.seen.at(-1)).toEqual([
+      'backend-ejected',
+      { id: 'a', durationMs: 60_000, consecutiveFailures: 3 },
+    ]);
+    const until = a.ejectedUntilMs!;
+    while (Date.now() + 1_000 < until) {
+      restart();
+      expect(eligibleIds(f.registry)).not.toContain('a');
+    }
+    jest.advanceTimersByTime(until - Date.now());
+    expect(eligibleIds(f.registry)).toContain('a');
+
+    // Ended early, then answered a request: the next claim of a restart is believed again.
+    fail3(d, a);
+    restart();
+    expect(eligibleIds(f.registry)).toContain('a');
+    d.onSuccess(a);
+    fail3(d, a);
+    expect(f.seen.at(-1)).toEqual([
+      'backend-ejected',
+      { id: 'a', durationMs: 120_000, consecutiveFailures: 3 },
+    ]);
+    restart();
+    expect(eligibleIds(f.registry)).toContain('a');
   });
 
   it('a backend whose health signals never said down serves its whole ejection', () => {

@@ -13,15 +13,31 @@
  * Envoy decrements the times-ejected multiplier while a host stays healthy;
  * we reset it after a full maxEjectionMs without a new ejection, same intent.
  *
- * An ejection ends early when the backend's own health signals show it went
- * down and came back while ejected: the agent's verdict (its local probe) or
- * the gateway's active check was `down` and is `up` again. That is a restart,
- * a new incarnation, and ejection is only a guess from failed requests: kept
- * out for the rest of base × times ejected (up to minutes in a crash loop), a
- * restarted backend would wait long after it is serving. Envoy does the same
- * with `successful_active_health_check_uneject_host` (on by default). A
- * backend that never looked down to those signals (it answers its probe but
- * fails requests) serves its whole ejection.
+ * An ejection ends early when the backend went down and came back while
+ * ejected, and that was a restart: a new incarnation, which ejection, only a
+ * guess from failed requests, says nothing about. Kept out for the rest of
+ * base × times ejected (up to minutes in a crash loop), a restarted backend
+ * would wait long after it is serving. Envoy does the same with
+ * `successful_active_health_check_uneject_host` (on by default). What counts:
+ * - this gateway's own active check failed and passes again;
+ * - the agent's verdict (its local probe) was `down` and is `up` again in a
+ *   report of another agent run (`epochMs`) or another service process
+ *   (`process.pid`) than the reports at the ejection.
+ * A verdict that only toggles within one run and one process is not a
+ * restart: a backend answering every request with a fast 500 and its agent
+ * alternating down/up every 300 ms was ejected 6 times in 15 s at 40 req/s,
+ * each ejection over in ~0.5 s, and failed 30 client requests (2 when its
+ * agent told the truth). A backend that never looked down to those signals
+ * (it answers its probe but fails requests) serves its whole ejection too.
+ *
+ * The agent signs whatever its host tells it to, a new run and a new pid
+ * included, so an early end is a trial: a backend ejected again before it
+ * answered one request successfully since then serves that next ejection in
+ * full, whatever its signals say. The times-ejected multiplier is kept
+ * across an early end, as across any; an end on the active check alone
+ * keeps what this gateway learned about the backend too (its error
+ * penalty: registry.ts, Backend.keepFiguresOnEntry), as that proves a path,
+ * not a new process.
  */
 import type { BalancerEmitter } from '../events';
 import type { Backend } from '../registry/backend';
@@ -41,10 +57,28 @@ function lookedDown(b: Backend): boolean {
   return b.checkDown || b.verdictDown;
 }
 
+/** Which agent run and service process the backend's last report came from. */
+interface Incarnation {
+  epochMs: number | undefined;
+  pid: number | undefined;
+}
+
+function incarnationOf(b: Backend): Incarnation {
+  return { epochMs: b.lastReport?.epochMs, pid: b.lastReport?.process?.pid };
+}
+
 export class OutlierDetector {
   private readonly lastEjectionEndMs = new WeakMap<Backend, number>();
-  /** Ejected backends whose health signals said `down` during the ejection. */
-  private readonly seenDown = new WeakSet<Backend>();
+  /** Ejected backends this gateway's active check saw down during the ejection. */
+  private readonly seenCheckDown = new WeakSet<Backend>();
+  /** Ejected backends whose agent's verdict was `down` during the ejection. */
+  private readonly seenVerdictDown = new WeakSet<Backend>();
+  /** The agent run and service process of each ejected backend when it was ejected. */
+  private readonly ejectedIncarnation = new WeakMap<Backend, Incarnation>();
+  /** Ended an ejection early and has not answered a request successfully since. */
+  private readonly onTrial = new WeakSet<Backend>();
+  /** Ejected again while on trial: this ejection is served in full. */
+  private readonly noEarlyEnd = new WeakSet<Backend>();
 
   constructor(
     private readonly config: OutlierConfig,
@@ -55,6 +89,7 @@ export class OutlierDetector {
 
   onSuccess(backend: Backend): void {
     backend.consecutiveFailures = 0;
+    this.onTrial.delete(backend);
   }
 
   /** Records a failure; returns true when it ejected the backend. */
@@ -93,8 +128,16 @@ export class OutlierDetector {
     );
     backend.ejectedUntilMs = nowMs + durationMs;
     const failures = backend.consecutiveFailures;
-    this.seenDown.delete(backend);
-    if (lookedDown(backend)) this.seenDown.add(backend);
+    // Failed again after an early end without one success in between: that "restart"
+    // changed nothing, and its signals do not end this ejection.
+    this.noEarlyEnd.delete(backend);
+    if (this.onTrial.has(backend)) this.noEarlyEnd.add(backend);
+    this.onTrial.delete(backend);
+    backend.keepFiguresOnEntry = false;
+    this.seenCheckDown.delete(backend);
+    this.seenVerdictDown.delete(backend);
+    this.ejectedIncarnation.set(backend, incarnationOf(backend));
+    this.noteDown(backend);
     this.arm(backend, nowMs);
     this.registry.recompute();
     this.events.emit('backend-ejected', {
@@ -112,21 +155,53 @@ export class OutlierDetector {
     backend.ejectionTimer.unref();
   }
 
+  private noteDown(backend: Backend): void {
+    if (backend.checkDown) this.seenCheckDown.add(backend);
+    if (backend.verdictDown) this.seenVerdictDown.add(backend);
+  }
+
   private tick(backend: Backend): void {
     backend.ejectionTimer = undefined;
     const until = backend.ejectedUntilMs;
     if (until === undefined) return;
     const nowMs = this.now();
-    if (lookedDown(backend)) this.seenDown.add(backend);
-    else if (this.seenDown.has(backend)) return this.restore(backend); // down, then up: restarted
-    if (nowMs >= until) return this.restore(backend);
+    this.noteDown(backend);
+    if (!lookedDown(backend) && !this.noEarlyEnd.has(backend)) {
+      // Down, then up: restarted, if this gateway saw it or the agent reports another run or
+      // another process than at the ejection.
+      const reincarnated = this.reincarnated(backend);
+      if (this.seenCheckDown.has(backend) || (this.seenVerdictDown.has(backend) && reincarnated)) {
+        return this.restore(backend, true, !reincarnated);
+      }
+    }
+    if (nowMs >= until) return this.restore(backend, false);
     this.arm(backend, nowMs);
   }
 
-  private restore(backend: Backend): void {
+  /** The last report is of another agent run or another service process than at the ejection. */
+  private reincarnated(backend: Backend): boolean {
+    const then = this.ejectedIncarnation.get(backend);
+    const now = incarnationOf(backend);
+    return (
+      (now.epochMs !== undefined && now.epochMs !== then?.epochMs) ||
+      (now.pid !== undefined && now.pid !== then?.pid)
+    );
+  }
+
+  /**
+   * Ends the ejection: `early` on a restart (a trial, see the top of this file);
+   * `sameProcess` when only this gateway's active check vouches for it (no report of
+   * another run or process).
+   */
+  private restore(backend: Backend, early: boolean, sameProcess = false): void {
     if (backend.ejectionTimer) clearTimeout(backend.ejectionTimer);
     backend.ejectionTimer = undefined;
-    this.seenDown.delete(backend);
+    this.seenCheckDown.delete(backend);
+    this.seenVerdictDown.delete(backend);
+    this.ejectedIncarnation.delete(backend);
+    this.noEarlyEnd.delete(backend);
+    if (early) this.onTrial.add(backend);
+    backend.keepFiguresOnEntry = sameProcess;
     backend.ejectedUntilMs = undefined;
     backend.consecutiveFailures = 0;
     this.lastEjectionEndMs.set(backend, this.now());

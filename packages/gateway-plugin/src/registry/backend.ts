@@ -57,6 +57,13 @@ export class Backend {
   ejectionTimer: NodeJS.Timeout | undefined;
   /** Left the eligible set (or is new): re-entering it starts slow start. */
   rampOnEntry = false;
+  /**
+   * Its ejection ended early on this gateway's active check alone, no sign of a
+   * new process (health/outlier-detector.ts): re-entering the eligible set keeps
+   * what was learned about it (the error penalty of the failures that ejected it,
+   * its service times), where admit() would start a newcomer from a clean slate.
+   */
+  keepFiguresOnEntry = false;
   /** The condition last announced by an event, to emit only transitions. */
   condition: BackendCondition = 'up';
   /** Whether the last freshness sweep saw a fresh report (to emit metrics-stale once). */

@@ -218,6 +218,8 @@ export class Registry {
    * whatever brought it back (ejection expired, check passed, agent online
    * again, discovered): not when one reason for its absence ended while
    * another still holds, or the ramp would be over before it serves again.
+   * Except after an ejection the active check alone ended early
+   * (Backend.keepFiguresOnEntry): the same process, its figures kept.
    */
   private rampNewcomers(before: readonly Backend[], after: readonly Backend[]): void {
     const was = new Set(before);
@@ -227,7 +229,11 @@ export class Registry {
     for (const b of after) {
       if (!was.has(b) && b.rampOnEntry) {
         b.rampOnEntry = false;
-        b.load.admit(nowMs);
+        // Not a new incarnation (an ejection ended early on the active check alone): the
+        // failures that ejected it still describe it. Wiped, a backend failing every request
+        // came back with a clean slate each time its signals said down and up.
+        if (b.keepFiguresOnEntry) b.keepFiguresOnEntry = false;
+        else b.load.admit(nowMs);
       }
     }
   }
