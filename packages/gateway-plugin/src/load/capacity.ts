@@ -3,12 +3,15 @@
  * backend serves at once, >= 1. In order of trust:
  *
  * - reported: the agent's concurrencyLimit (configuration, kept when reports
- *   go stale), else the agent's in-flight while requests were queued (every
- *   slot busy: a fact about the backend);
+ *   go stale; dropped by a scheduled report without one and by admit), else
+ *   the agent's in-flight while requests were queued (every slot busy: a fact
+ *   about the backend);
  * - learned: the Vegas/BBR-style estimate n × minLatency / latency from this
  *   gateway's completions (throughput × base service time = busy slots),
  *   tracked as a decaying peak;
- * - cohort: the other members' mean, when it is larger than what was learned;
+ * - cohort: the other members' mean, when it is larger than what was learned
+ *   (a member's reported figure counts in it only up to COHORT_CLAIM_RATIO ×
+ *   what this gateway learned of that member: own());
  * - default: `defaultCapacity`.
  *
  * Written on completions and reports; `value()` and `source()` are pure.
@@ -19,6 +22,16 @@ import type { ReportDigest } from './report-digest';
 import type { LoadSnapshot } from './types';
 
 export type CapacitySource = LoadSnapshot['capacitySource'];
+
+/**
+ * A reported capacity counts in the cohort's mean up to this many times what
+ * this gateway learned of that backend (own()). The mean is the prior of every
+ * other member without a report: one signed report of concurrencyLimit 100000
+ * from one backend made an honest peer that had learned 8 slots score 100000,
+ * its queue term vanished (wait 13.75 to 10.00 ms with 8 in flight), and it
+ * took a queue it could not serve.
+ */
+export const COHORT_CLAIM_RATIO = 4;
 
 export class Capacity {
   /** Decaying peak of capacity samples from this gateway's completions. */
@@ -37,7 +50,11 @@ export class Capacity {
   ) {}
 
   onReport(d: ReportDigest, receivedAtMs: number): void {
-    if (d.concurrencyLimit !== undefined) this.reportedLimit = d.concurrencyLimit;
+    // The agent's configuration as it is now: a scheduled report without a limit withdraws the
+    // last one (it outlived the agent's own change, and a single report's figure lasted for
+    // good). An early report repeats the scheduled one's (protocol: `early`), so one without a
+    // limit is no withdrawal.
+    if (d.concurrencyLimit !== undefined || !d.early) this.reportedLimit = d.concurrencyLimit;
     if (d.capacityHint !== undefined) {
       if (d.capacityHintExact) this.observed = d.capacityHint;
       // A lower bound (requests served at once without queueing) also feeds the learned peak.
@@ -63,15 +80,32 @@ export class Capacity {
     this.raise(nowMs, sample);
   }
 
-  /** Forgets what this gateway learned (admit: a new incarnation); reported figures stay. */
+  /**
+   * Forgets what this gateway learned and what the agent reported (admit: a new
+   * incarnation, whose agent reports again within its interval). A reported
+   * limit kept here outlived the backend it described: one signed report's
+   * 100000 slots stayed through ejection and re-admission, and the backend's
+   * queue never counted again.
+   */
   reset(): void {
     this.learned = undefined;
     this.saturatedAtMs = undefined;
+    this.reportedLimit = undefined;
+    this.observed = undefined;
   }
 
-  /** This backend's own figure for the cohort's mean (no prior, no default). */
+  /**
+   * This backend's own figure for the cohort's mean (no prior, no default): a
+   * reported figure only as far as this gateway has seen it hold, up to
+   * COHORT_CLAIM_RATIO × the learned figure, and none before anything was
+   * learned. The backend itself still scores its reported figure (value()).
+   */
   own(): number | undefined {
-    return this.reportedLimit ?? this.observed ?? this.learned;
+    const claimed = this.reportedLimit ?? this.observed;
+    const learned = this.learned;
+    if (claimed === undefined || learned === undefined) return learned;
+    const bound = COHORT_CLAIM_RATIO * learned;
+    return claimed < bound ? claimed : bound;
   }
 
   /** Concurrent slots, >= 1, at most maxCapacity. */

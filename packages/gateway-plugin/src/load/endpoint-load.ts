@@ -36,6 +36,13 @@ import { SlowStart } from './slow-start';
 import type { LoadEstimate, LoadSnapshot } from './types';
 import { invalidOption } from '../errors';
 
+/**
+ * A backend that has held this gateway's requests for T without answering any
+ * scores at least T / this (expectedWaitMs, docs/strategies.md "What the
+ * gateway saw beats what a report says").
+ */
+export const STALL_RATIO = 4;
+
 /** Weight of each scheduled report in Senders' averages (about the last five reports). */
 const SENDERS_ALPHA = 0.2;
 /** Senders' factor up to this: this gateway is the backend's only sender. */
@@ -101,6 +108,10 @@ class EndpointLoadEstimate implements LoadEstimate {
   private readonly overload: OverloadPenalty;
   private readonly penalties: Penalties;
   private readonly slowStart: SlowStart;
+  /** When this gateway's in-flight on the backend last rose from zero. */
+  private busySinceMs = 0;
+  /** When the backend last answered one of this gateway's requests (a success). */
+  private answeredAtMs = -Infinity;
 
   constructor(
     private readonly o: ResolvedLoadOptions,
@@ -126,6 +137,7 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   onRequestStart(nowMs: number): void {
     this.hidden.accumulate(nowMs, this.local.count);
+    if (this.local.count === 0) this.busySinceMs = nowMs;
     this.local.start();
   }
 
@@ -140,6 +152,7 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.hidden.accumulate(nowMs, n);
     this.local.end();
     if (ok && !overloaded) {
+      this.answeredAtMs = nowMs;
       this.completions.count++;
       this.times.observeLatency(nowMs, latencyMs);
       const inSystem = n + this.hidden.value(this.freshReport(nowMs), nowMs, this.local.count);
@@ -256,6 +269,8 @@ class EndpointLoadEstimate implements LoadEstimate {
     const queued = expectedExcess(outstanding - spread + 1 - c, spread);
     const busy = outstanding < c ? outstanding : c;
     let wait = s * (1 + (queued > 0 ? queued / c : 0) + (this.o.utilizationWeight * busy) / c);
+    const stalled = this.stallMs(nowMs) / STALL_RATIO;
+    if (stalled > wait) wait = stalled;
     wait *= this.penalties.factor(nowMs, r, this.hidden.share);
     // `!(wait < MAX)` also catches NaN: no NaN can leave this function.
     return wait < MAX_EXPECTED_WAIT_MS ? wait : MAX_EXPECTED_WAIT_MS;
@@ -297,6 +312,25 @@ class EndpointLoadEstimate implements LoadEstimate {
   dispose(): void {
     this.membership?.leave();
     this.local.clear();
+  }
+
+  /**
+   * How long the backend has held this gateway's requests without answering
+   * any: since its in-flight rose from zero or its last success, whichever is
+   * later; 0 with nothing in flight. The request in flight at that instant (or
+   * one that failed or was given up since) has been waiting that long, so the
+   * backend is that slow now, whatever its reports say: they are its word, this
+   * is what the gateway saw. Failures and cancels do not end it (a request that
+   * timed out or whose client gave up is no answer); a success does, so a slow
+   * export among quick requests, or a long poll, costs nothing while the quick
+   * ones keep answering. Streams in the lane ended their attempt when they
+   * entered it (proxy/request-flow.ts enterLane). O(1): two timestamps, no
+   * per-request state.
+   */
+  private stallMs(nowMs: number): number {
+    if (this.local.count === 0) return 0;
+    const since = this.answeredAtMs > this.busySinceMs ? this.answeredAtMs : this.busySinceMs;
+    return nowMs > since ? nowMs - since : 0;
   }
 
   private freshReport(nowMs: number): ReportDigest | undefined {

@@ -1,0 +1,192 @@
+/**
+ * What a signed report may claim against what this gateway saw (docs/strategies.md,
+ * "What the gateway saw beats what a report says"): one compromised backend with its
+ * own key must not win the picks by its reports alone. Times are the caller's `nowMs`:
+ * no real clock.
+ */
+import type { MetricsReport } from '@loadwise/protocol';
+import { COHORT_CLAIM_RATIO } from './capacity';
+import { createLoadCohort } from './cohort';
+import { createEndpointLoad, STALL_RATIO } from './endpoint-load';
+
+function report(patch: Partial<MetricsReport> = {}): MetricsReport {
+  return {
+    v: 1,
+    kind: 'metrics',
+    backendId: 'b',
+    epochMs: 1,
+    seq: 1,
+    ts: 0,
+    intervalMs: 1000,
+    state: 'online',
+    host: { cpuUtilization: 0.2, memoryUtilization: 0.3, memoryAvailableBytes: 1e9 },
+    health: { verdict: 'up' },
+    ...patch,
+  };
+}
+
+type Load = ReturnType<typeof createEndpointLoad>;
+
+/** `n` requests of `latencyMs` each, one after the other, ending at `t`. */
+function serve(load: Load, t: number, latencyMs: number, n = 1): void {
+  for (let i = 0; i < n; i++) {
+    load.onRequestStart(t - latencyMs);
+    load.onRequestEnd(t, latencyMs, true);
+  }
+}
+
+/** `n` at once of `latencyMs` each, ending together at `t`: the learned capacity sees n. */
+function serveTogether(load: Load, t: number, latencyMs: number, n: number): void {
+  for (let i = 0; i < n; i++) load.onRequestStart(t - latencyMs);
+  for (let i = 0; i < n; i++) load.onRequestEnd(t, latencyMs, true);
+}
+
+describe('held requests: a backend that answers none of them scores at least stall / STALL_RATIO', () => {
+  it('a backend claiming 100000 slots and 0.05 ms looks slower the longer it holds requests', () => {
+    const cohort = createLoadCohort();
+    const honest = createEndpointLoad({ cohort });
+    const evil = createEndpointLoad({ cohort });
+    serve(honest, 1000, 10, 50);
+    const lie = report({
+      concurrencyLimit: 100_000,
+      queue: { inFlight: 0, queued: 0, source: {} },
+      traffic: { rps: 0, latencyMeanMs: 0.05 },
+    });
+    evil.onReport(lie, 1000);
+    for (let i = 0; i < 20; i++) evil.onRequestStart(1000);
+    // Nothing in flight for 100 ms: the lie alone scores as an idle peer, no better.
+    const idle = evil.expectedWaitMs(1000);
+    expect(idle).toBeGreaterThanOrEqual(honest.expectedWaitMs(1000) * 0.99);
+    // Held for 1 s without an answer: 1000 / STALL_RATIO ms, whatever the report says (it was 10 ms).
+    evil.onReport(lie, 2000);
+    expect(evil.expectedWaitMs(2000)).toBeCloseTo(1000 / STALL_RATIO, 6);
+    expect(evil.expectedWaitMs(2000)).toBeGreaterThan(honest.expectedWaitMs(2000) * 20);
+  });
+
+  it('clients giving up do not end the stall; an answer does', () => {
+    const load = createEndpointLoad();
+    serve(load, 100, 10, 20);
+    for (let i = 0; i < 3; i++) load.onRequestStart(100);
+    load.onRequestCancel(2000); // a client gave up: no answer, no sample
+    expect(load.expectedWaitMs(4100)).toBeCloseTo(4000 / STALL_RATIO, 6);
+    load.onRequestStart(4090);
+    load.onRequestEnd(4100, 10, true); // a quick one answers: two still held, the clock restarts
+    expect(load.expectedWaitMs(4105)).toBeLessThan(100);
+    expect(load.expectedWaitMs(6100)).toBeCloseTo(2000 / STALL_RATIO, 6);
+  });
+
+  it('a slow request among quick answers costs nothing: each answer restarts the clock', () => {
+    const load = createEndpointLoad();
+    serve(load, 100, 10, 20);
+    const quick = load.expectedWaitMs(100);
+    load.onRequestStart(100); // a 30 s export
+    for (let t = 110; t <= 30_000; t += 10) serve(load, t, 10);
+    // One in flight (the export), answers every 10 ms: the score is the queue model's.
+    expect(load.expectedWaitMs(30_000)).toBeLessThan(quick * 1.5);
+  });
+
+  it('the clock starts when the in-flight rises from zero, not at an old answer', () => {
+    const load = createEndpointLoad();
+    serve(load, 100, 10, 20);
+    load.onRequestStart(60_000);
+    // One request ahead on one learned slot, 10 ms each: the queue model's 22.5 ms, not 60 s / 2.
+    expect(load.expectedWaitMs(60_005)).toBeCloseTo(22.5, 6);
+    expect(load.expectedWaitMs(61_000)).toBeCloseTo(1000 / STALL_RATIO, 6);
+  });
+});
+
+describe("a report's latency never below what this gateway measured", () => {
+  const fast = (ms: number) => report({ traffic: { rps: 10, latencyMeanMs: ms } });
+
+  it("before any sample: not below the peers' mean service time", () => {
+    const cohort = createLoadCohort();
+    const a = createEndpointLoad({ cohort });
+    const b = createEndpointLoad({ cohort });
+    serve(a, 100, 10, 20);
+    b.onReport(fast(0.05), 100);
+    expect(b.snapshot(100).serviceTimeSource).toBe('reported');
+    expect(b.snapshot(100).serviceTimeMs).toBeCloseTo(10, 6);
+    // Nor does the lie pull the cohort's mean down (a newcomer's neutral estimate).
+    expect(cohort.meanServiceTimeMs()).toBeCloseTo(10, 6);
+    // A slower report stands as it is.
+    b.onReport(fast(30), 200);
+    expect(b.snapshot(200).serviceTimeMs).toBeCloseTo(30, 6);
+  });
+
+  it('after samples: not below their minimum, once the local figure is old', () => {
+    const cohort = createLoadCohort();
+    const peer = createEndpointLoad({ cohort });
+    const load = createEndpointLoad({ cohort });
+    serve(peer, 100, 1, 20);
+    serve(load, 100, 40, 5); // it answered in 40 ms at best
+    const later = 100 + 31_000; // past localFreshMs: the report's figure takes over
+    load.onReport(fast(0.05), later);
+    expect(load.snapshot(later).serviceTimeSource).toBe('reported');
+    expect(load.snapshot(later).serviceTimeMs).toBeCloseTo(40, 6);
+  });
+
+  it('a timeout counts as a measurement too: a backend that only timed out is not 0.05 ms', () => {
+    const load = createEndpointLoad();
+    load.onRequestStart(0);
+    load.onRequestEnd(10_000, 10_000, false);
+    load.onReport(fast(0.05), 50_000);
+    expect(load.snapshot(50_000).serviceTimeSource).toBe('reported');
+    expect(load.snapshot(50_000).serviceTimeMs).toBeGreaterThanOrEqual(10_000);
+  });
+});
+
+describe("the reported concurrencyLimit: the backend's own, for its current incarnation", () => {
+  const limit = (n: number | undefined, early = false) =>
+    report({ ...(n !== undefined ? { concurrencyLimit: n } : {}), ...(early ? { early } : {}) });
+
+  it('admit() forgets it: the new incarnation reports its own', () => {
+    const load = createEndpointLoad();
+    load.onReport(limit(100_000), 0);
+    expect(load.snapshot(0).capacity).toBe(100_000);
+    load.admit(600_000);
+    expect(load.snapshot(600_000).capacity).toBe(1);
+    expect(load.snapshot(600_000).capacitySource).toBe('default');
+    load.onReport(limit(8), 600_500);
+    expect(load.snapshot(600_500).capacity).toBe(8);
+  });
+
+  it('a scheduled report without one withdraws it; an early report (which repeats it) does not', () => {
+    const load = createEndpointLoad();
+    load.onReport(limit(16), 0);
+    load.onReport(limit(undefined, true), 300);
+    expect(load.snapshot(300).capacity).toBe(16);
+    load.onReport(limit(undefined), 1000);
+    expect(load.snapshot(1000).capacitySource).not.toBe('reported');
+    expect(load.snapshot(1000).capacity).toBe(1);
+  });
+
+  it("one member's claim lifts no peer: it counts in the cohort up to COHORT_CLAIM_RATIO × what was learned", () => {
+    const cohort = createLoadCohort();
+    const honest = createEndpointLoad({ cohort });
+    const evil = createEndpointLoad({ cohort });
+    serveTogether(honest, 100, 10, 8);
+    expect(honest.snapshot(100).capacity).toBe(8);
+    evil.onReport(limit(100_000), 100);
+    // Nothing learned of evil: its claim is not in the mean at all.
+    expect(cohort.meanCapacity()).toBe(8);
+    expect(honest.snapshot(100).capacity).toBe(8);
+    // Learned 2 of it: its claim counts as 2 × COHORT_CLAIM_RATIO.
+    serveTogether(evil, 200, 10, 2);
+    expect(cohort.meanCapacity()).toBe((8 + 2 * COHORT_CLAIM_RATIO) / 2);
+    expect(honest.snapshot(200).capacity).toBe(8);
+    // Evil itself still scores its reported figure while it holds nothing.
+    expect(evil.snapshot(200).capacity).toBe(100_000);
+  });
+
+  it('an honest fleet whose agents report their limits still gives a newcomer their prior', () => {
+    const cohort = createLoadCohort();
+    const members = [0, 1].map(() => createEndpointLoad({ cohort }));
+    for (const m of members) {
+      m.onReport(limit(8), 0);
+      serveTogether(m, 100, 10, 4);
+    }
+    const newcomer = createEndpointLoad({ cohort });
+    expect(newcomer.snapshot(100).capacitySource).toBe('cohort');
+    expect(newcomer.snapshot(100).capacity).toBe(8);
+  });
+});
