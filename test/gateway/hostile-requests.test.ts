@@ -1023,6 +1023,79 @@ describe('slow clients', () => {
     expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
   });
 
+  it.each([
+    ['streamed', 100_000],
+    ['held', 10_000],
+  ])(
+    'answers a %s body trickling under clientBodyMinRate 408, though it is never silent',
+    async (how, length) => {
+      // Five addresses sending such bodies held a backend's whole pool until the server's
+      // requestTimeout: the per-client bound caps one address, the silence timeout never fired.
+      gw = await gateway({
+        backends: [{ id: 'b', url: backend.url }],
+        // Small figures, so that it runs in a second: 1,000 B/s after 300 ms of reading.
+        clientBodyMinRate: { bytesPerSec: 1_000, graceMs: 300 },
+      });
+      const c = await openSlow(
+        gw.port,
+        `POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${length}\r\n\r\nx`,
+      );
+      // One byte every 50 ms: never silent for clientBodyTimeoutMs (10 s).
+      const drip = setInterval(() => c.socket.write('x'), 50);
+      try {
+        await until(() => c.responses().length === 1);
+      } finally {
+        clearInterval(drip);
+      }
+      const r = await c.closed;
+      expect([
+        r.responses[0]?.status,
+        r.responses[0]?.headers['x-loadwise-error'],
+        r.closed,
+      ]).toEqual([408, 'LW_GW_BODY_TIMEOUT', true]);
+      if (how === 'streamed') await until(() => backend.seen[0]?.aborted === true);
+      else expect(backend.seen).toHaveLength(0);
+      expect(await gw.metric('backend_errors_total')).toBe(0);
+      expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(1);
+      const b = gw.lb.balancer.snapshot().backends[0]!;
+      expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
+    },
+  );
+
+  it('does not count against a fast upload the time its backend takes nothing (backpressure)', async () => {
+    // The backend's socket takes nothing for 1.5 s: corked, so Node's buffer (not the
+    // kernel's megabytes) fills and the upload pauses after its first chunk. Counted, that
+    // time puts the whole body under the minimum (1 MiB in 1.5 s, under 2 MB/s); it is the
+    // backend's, not the client's, whose bytes are all waiting to be read.
+    let uncork: NodeJS.Timeout | undefined;
+    gw = await gateway({
+      backends: [{ id: 'b', url: backend.url }],
+      clientBodyMinRate: { bytesPerSec: 2_000_000, graceMs: 300 },
+      on: {
+        proxyReq: (proxyReq) => {
+          proxyReq.cork();
+          uncork = setTimeout(() => proxyReq.uncork(), 1_500);
+        },
+      },
+    });
+    const size = 1 << 20;
+    const c = await openSlow(
+      gw.port,
+      `POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${size}\r\n\r\n`,
+    );
+    try {
+      c.socket.write(Buffer.alloc(size, 'u'));
+      await until(() => c.responses().length === 1);
+    } finally {
+      clearTimeout(uncork);
+      c.socket.destroy();
+    }
+    const [res] = c.responses();
+    expect(res?.status).toBe(200);
+    expect(JSON.parse(res!.body)).toEqual({ line: 'POST /upload', bytes: size });
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(0);
+  });
+
   it('does not time the backend out while a slow but live client is still uploading', async () => {
     gw = await gateway({ backends: [{ id: 'b', url: backend.url }], requestTimeoutMs: 150 });
     const c = await openSlow(

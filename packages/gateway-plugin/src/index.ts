@@ -26,6 +26,7 @@ export {
   type BackendTlsOptions,
   type BrokerOption,
   type BrokerUrlOptions,
+  type ClientBodyMinRateOptions,
   type DiscoveryOptions,
   type HealthCheckOptions,
   type WarmUpOptions,

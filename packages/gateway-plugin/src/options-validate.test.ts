@@ -197,6 +197,22 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['metrics registry not a registry', { ...base, metricsRegistry: {} }, 'LW_GW_INVALID_OPTION'],
   ['body timeout zero', { ...base, clientBodyTimeoutMs: 0 }, 'LW_GW_INVALID_OPTION'],
   ['body timeout true', { ...base, clientBodyTimeoutMs: true }, 'LW_GW_INVALID_OPTION'],
+  [
+    'body min rate zero',
+    { ...base, clientBodyMinRate: { bytesPerSec: 0 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  ['body min rate true', { ...base, clientBodyMinRate: true }, 'LW_GW_INVALID_OPTION'],
+  [
+    'body min rate negative grace',
+    { ...base, clientBodyMinRate: { graceMs: -1 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'body min rate unknown key',
+    { ...base, clientBodyMinRate: { bytesPerSecond: 240 } },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['per-client bound fraction', { ...base, maxInFlightPerClient: 2.5 }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound zero', { ...base, maxInFlightPerClient: 0 }, 'LW_GW_INVALID_OPTION'],
   ['trusted proxies 33', { ...base, trustForwarded: 33 }, 'LW_GW_INVALID_OPTION'],
@@ -335,6 +351,10 @@ describe('loadBalance options', () => {
       { broker: { url: 'mqtt://h', usrname: 'u' } },
       'unknown option broker.usrname (did you mean broker.username?)',
     ],
+    [
+      { clientBodyMinRate: { bytesPerSecond: 240 } },
+      'unknown option clientBodyMinRate.bytesPerSecond (did you mean clientBodyMinRate.bytesPerSec?)',
+    ],
     [{ zzzzzz: 1 }, 'unknown option zzzzzz'],
   ])('names an unknown key %j with its path and the nearest known one', (extra, message) => {
     expect(() => resolveOptions({ ...base, ...extra } as LoadBalanceOptions)).toThrow(
@@ -416,6 +436,12 @@ describe('loadBalance options', () => {
     expect(
       resolveOptions({ ...base, clientBodyTimeoutMs: false, maxInFlightPerClient: false }),
     ).toMatchObject({ clientBodyTimeoutMs: undefined, maxInFlightPerClient: undefined });
+    // Kestrel's minimum request body rate, by default; each figure can be set alone.
+    expect(o.clientBodyMinRate).toEqual({ bytesPerSec: 240, graceMs: 5_000 });
+    expect(resolveOptions({ ...base, clientBodyMinRate: false }).clientBodyMinRate).toBeUndefined();
+    expect(
+      resolveOptions({ ...base, clientBodyMinRate: { bytesPerSec: 1_000 } }).clientBodyMinRate,
+    ).toEqual({ bytesPerSec: 1_000, graceMs: 5_000 });
     // trustForwarded resolves to the number of trusted proxies: true is one.
     expect(o.trustForwarded).toBe(0);
     const hops = (t: boolean | number) =>

@@ -627,6 +627,15 @@ const entries = {
   connectTimeoutMs: v.optional(ms(1), DEFAULTS.connectTimeoutMs),
   requestTimeoutMs: v.optional(ms(1), DEFAULTS.requestTimeoutMs),
   clientBodyTimeoutMs: v.optional(orFalse(ms(1)), DEFAULTS.clientBodyTimeoutMs),
+  clientBodyMinRate: v.optional(
+    orFalse(
+      strict({
+        bytesPerSec: v.optional(num(1), DEFAULTS.clientBodyMinRate.bytesPerSec),
+        graceMs: v.optional(ms(0), DEFAULTS.clientBodyMinRate.graceMs),
+      }),
+    ),
+    {},
+  ),
   maxInFlightPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.maxInFlightPerClient),
   changeOrigin: v.optional(bool(), DEFAULTS.changeOrigin),
   trustForwarded: v.optional(
@@ -802,6 +811,7 @@ function resolve(o: Parsed) {
         ? undefined
         : { ...o.discovery, forgetAfterMs: off(o.discovery.forgetAfterMs) },
     clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
+    clientBodyMinRate: off(o.clientBodyMinRate),
     maxInFlightPerClient: off(o.maxInFlightPerClient),
     // The number of trusted proxies, what the request path counts with
     // (proxy/forwarded.ts clientAddress): true is one, false none.

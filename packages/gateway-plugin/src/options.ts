@@ -238,6 +238,20 @@ export interface StreamOptions {
   contentTypes?: string[];
 }
 
+/**
+ * The slowest a request body may arrive (Kestrel's MinRequestBodyDataRate):
+ * past `graceMs` of the gateway reading it, a body whose average rate since
+ * it began waiting for it is under `bytesPerSec` is answered 408
+ * LW_GW_BODY_TIMEOUT. Time the gateway does not read (a slow backend's
+ * backpressure) does not count.
+ */
+export interface ClientBodyMinRateOptions {
+  /** Default 240 (Kestrel's). */
+  bytesPerSec?: number;
+  /** Reading time before the rate is checked (default 5 000, Kestrel's). */
+  graceMs?: number;
+}
+
 export interface OverloadOptions {
   /** Shed new requests while the event-loop delay (p99 of the last sample) is above this. */
   maxEventLoopDelayMs?: number;
@@ -363,6 +377,14 @@ export interface LoadBalanceOptions {
    * the backend (default 10 000; false: off).
    */
   clientBodyTimeoutMs?: number | false;
+  /**
+   * A request body slower than this on average, once its grace is over, is
+   * answered 408 LW_GW_BODY_TIMEOUT and its backend attempt aborted, not
+   * counted against the backend (default `{ bytesPerSec: 240, graceMs: 5000 }`;
+   * false: off). A body trickling under clientBodyTimeoutMs held a backend
+   * slot until the server's requestTimeout.
+   */
+  clientBodyMinRate?: ClientBodyMinRateOptions | false;
   /**
    * Requests one client address (IPv6: its /64) may have in the gateway at
    * once, waiting or proxied; more get 429 LW_GW_CLIENT_LIMIT (default 64;
@@ -497,6 +519,8 @@ export const DEFAULTS = {
   connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
   requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
   clientBodyTimeoutMs: DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+  // Kestrel's MinRequestBodyDataRate: 240 B/s after a 5 s grace.
+  clientBodyMinRate: { bytesPerSec: 240, graceMs: 5_000 },
   maxInFlightPerClient: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
   changeOrigin: false,
   trustForwarded: false,

@@ -61,6 +61,32 @@ describe('pumpBody', () => {
     expect(src.isPaused()).toBe(false);
   });
 
+  it('says how many bytes came with each wait, for the minimum rate (body-clock.ts)', async () => {
+    const src = new PassThrough();
+    let release: () => void = () => {};
+    const dest = new Writable({
+      highWaterMark: 3,
+      write(_c, _e, cb) {
+        release = cb;
+      },
+    });
+    const bytes: string[] = [];
+    pumpBody(src, dest, {
+      waitingForClient: (n) => bytes.push(`client ${n}`),
+      waitingForBackend: (n) => bytes.push(`backend ${n}`),
+      ended: () => bytes.push('ended'),
+      threw: () => {},
+    });
+    src.write('a');
+    await tick();
+    release();
+    src.write('bcde');
+    await tick();
+    release();
+    await tick();
+    expect(bytes).toEqual(['client 0', 'client 1', 'backend 4', 'client 0']);
+  });
+
   it('reports a throwing write instead of letting it escape, and stops', async () => {
     const src = new PassThrough();
     const dest = sink();

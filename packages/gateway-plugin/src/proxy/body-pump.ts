@@ -10,18 +10,23 @@
  *   where nothing can catch it, so the process died (ERR_HTTP_TRAILER_INVALID
  *   from one `Trailer` header). A throw here becomes `threw(err)`.
  * - It says whom the upload is waiting for: the client (its next bytes, the
- *   body idle timeout) or the backend (backpressure: the socket is not taking
- *   more, or the pool has no socket yet; the backend's timeout). A trickling
- *   client must not make a healthy backend look like it timed out.
+ *   body idle timeout and minimum rate) or the backend (backpressure: the
+ *   socket is not taking more, or the pool has no socket yet; the backend's
+ *   timeout), and how many bytes came. A trickling client must not make a
+ *   healthy backend look like it timed out, nor a slow backend's
+ *   backpressure make a fast client look like it trickles.
  */
 import type { Readable, Writable } from 'node:stream';
 import { asError } from './upstream-errors';
 
 export interface PumpEvents {
-  /** The upload waits for the client's next bytes (at the start and after each chunk). */
-  waitingForClient(): void;
-  /** The backend request is not taking more (backpressure): the upload waits for it. */
-  waitingForBackend(): void;
+  /**
+   * The upload waits for the client's next bytes (at the start, after each chunk and after
+   * a drain); `bytes`: the chunk's length, 0 at the start and after a drain.
+   */
+  waitingForClient(bytes: number): void;
+  /** The backend request is not taking more (backpressure) after a chunk of `bytes`: the upload waits for it. */
+  waitingForBackend(bytes: number): void;
   /** The whole body is handed to the backend request. */
   ended(): void;
   /** write() or end() threw; the pump has stopped. */
@@ -84,16 +89,16 @@ export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
   function onData(chunk: Buffer): void {
     let ok = true;
     if (!guarded(() => (ok = dest.write(chunk)))) return;
-    if (ok) return ev.waitingForClient();
+    if (ok) return ev.waitingForClient(chunk.length);
     waitingForDrain = true;
     src.pause();
-    ev.waitingForBackend();
+    ev.waitingForBackend(chunk.length);
   }
   function onDrain(): void {
     if (!waitingForDrain || stopped) return;
     waitingForDrain = false;
     src.resume();
-    ev.waitingForClient();
+    ev.waitingForClient(0);
   }
   function onEnd(): void {
     if (stopped) return;
@@ -104,7 +109,7 @@ export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
   dest.once('close', stop);
   src.on('data', onData);
   src.once('end', onEnd);
-  ev.waitingForClient();
+  ev.waitingForClient(0);
   // 'data' listeners start the flow unless the stream was paused explicitly.
   src.resume();
 }

@@ -37,6 +37,7 @@ import { formatDecisionHeader } from '../observability';
 import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
+import { BodyClock } from './body-clock';
 import { pumpBody } from './body-pump';
 import { writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
@@ -102,8 +103,11 @@ interface Flow {
   /** Time the gateway waits for the backend (requestTimeoutMs); paused while the upload waits for the client. */
   firstByteTimer: NodeJS.Timeout | undefined;
   connectTimer: NodeJS.Timeout | undefined;
-  /** The client's body idle timeout (clientBodyTimeoutMs), while the upload waits for it. */
-  bodyTimer: NodeJS.Timeout | undefined;
+  /**
+   * The client's body idle timeout and minimum rate (clientBodyTimeoutMs, clientBodyMinRate),
+   * timed while the upload waits for it; made at its first wait.
+   */
+  bodyClock: BodyClock | undefined;
   /** How the client's body is framed, read before http-proxy rewrites the headers. */
   framing: BodyFraming;
   /** The per-client bound's key this request holds a slot under. */
@@ -323,7 +327,7 @@ function newFlow(
     answer: undefined,
     firstByteTimer: undefined,
     connectTimer: undefined,
-    bodyTimer: undefined,
+    bodyClock: undefined,
     framing,
     client,
     tried: undefined,
@@ -569,15 +573,14 @@ export class RequestFlow {
     if (!res.socket) this.finishOnClose(req.socket, flow);
     const toBuffer = this.bufferForRetry(flow);
     if (toBuffer === undefined) return this.start(flow);
-    // The body idle timeout runs while the gateway reads a body to hold for
-    // retries, as it does while the pump streams one.
-    const refresh = (): void => this.waitForClient(flow);
-    refresh();
+    // The body idle timeout and minimum rate run while the gateway reads a body to
+    // hold for retries, as they do while the pump streams one.
+    const refresh = (chunk: Buffer): void => this.waitForClient(flow, chunk.length);
+    this.waitForClient(flow, 0);
     req.on('data', refresh);
     void readBody(req, toBuffer).then((bytes) => {
       req.off('data', refresh);
-      if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
-      flow.bodyTimer = undefined;
+      flow.bodyClock?.paused();
       if (flow.done || bytes === undefined) return; // the client left; finish() cleans up
       if (bytes === 'too-long') {
         // Left waiting for a body that would never fit, the request was never answered.
@@ -875,8 +878,8 @@ export class RequestFlow {
 
   private pump(flow: Flow, proxyReq: ClientRequest): void {
     pumpBody(flow.req, proxyReq, {
-      waitingForClient: () => this.waitForClient(flow),
-      waitingForBackend: () => this.waitForBackend(flow),
+      waitingForClient: (bytes) => this.waitForClient(flow, bytes),
+      waitingForBackend: (bytes) => this.waitForBackend(flow, bytes),
       ended: () => this.waitForBackend(flow),
       threw: (err) => this.onPrepareError(err, flow.req, flow.res),
     });
@@ -897,22 +900,35 @@ export class RequestFlow {
     }
   };
 
-  /** The upload waits for the client: its body idle timeout runs, the backend's does not. */
-  private waitForClient(flow: Flow): void {
+  /**
+   * The upload waits for the client (`bytes` just came from it): its body idle timeout and
+   * minimum rate run, the backend's timeout does not.
+   */
+  private waitForClient(flow: Flow, bytes: number): void {
     // No body coming: the end is a tick away, the backend's clock keeps running.
     if (flow.framing === 'none') return;
     if (flow.firstByteTimer) clearTimeout(flow.firstByteTimer);
     flow.firstByteTimer = undefined;
-    const ms = this.core.options.clientBodyTimeoutMs;
-    if (ms === undefined || flow.done) return;
-    if (flow.bodyTimer) flow.bodyTimer.refresh();
-    else flow.bodyTimer = setTimeout(() => this.bodyTimeout(flow), ms);
+    if (flow.done) return;
+    if (!flow.bodyClock) {
+      const o = this.core.options;
+      if (!BodyClock.needed(o.clientBodyTimeoutMs, o.clientBodyMinRate)) return;
+      flow.bodyClock = new BodyClock(
+        o.clientBodyTimeoutMs,
+        o.clientBodyMinRate,
+        () => this.core.now(),
+        (detail) => this.bodyTimeout(flow, detail),
+      );
+    }
+    flow.bodyClock.reading(bytes);
   }
 
-  /** The gateway waits for the backend (the body is sent, or it is not taking more): requestTimeoutMs runs. */
-  private waitForBackend(flow: Flow): void {
-    if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
-    flow.bodyTimer = undefined;
+  /**
+   * The gateway waits for the backend (the body is sent, or it is not taking more; `bytes`
+   * just came from the client): requestTimeoutMs runs, the body's clock stops.
+   */
+  private waitForBackend(flow: Flow, bytes = 0): void {
+    flow.bodyClock?.paused(bytes);
     if (!flow.attemptOpen || flow.responded) return;
     if (flow.firstByteTimer) flow.firstByteTimer.refresh();
     else
@@ -922,13 +938,14 @@ export class RequestFlow {
       );
   }
 
-  /** The client's body stalled: 408, and the attempt ends without counting against the backend. */
-  private bodyTimeout(flow: Flow): void {
-    flow.bodyTimer = undefined;
+  /**
+   * The client's body stalled or trickles under the minimum rate: 408, and the attempt ends
+   * without counting against the backend.
+   */
+  private bodyTimeout(flow: Flow, detail: string): void {
     if (flow.done) return;
     this.cancelAttempt(flow);
-    const ms = this.core.options.clientBodyTimeoutMs;
-    this.reject(flow.req, flow.res, 'LW_GW_BODY_TIMEOUT', `no body bytes for ${ms} ms`, true);
+    this.reject(flow.req, flow.res, 'LW_GW_BODY_TIMEOUT', detail, true);
   }
 
   private timeout(flow: Flow, code: string): void {
@@ -1660,8 +1677,7 @@ export class RequestFlow {
     if (!flow.attemptOpen || !flow.backend) return;
     flow.attemptOpen = false;
     this.clearTimers(flow);
-    if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
-    flow.bodyTimer = undefined;
+    flow.bodyClock?.paused();
     if (flow.streamTimer) clearTimeout(flow.streamTimer);
     flow.streamTimer = undefined;
     const c = this.core;
@@ -1718,8 +1734,7 @@ export class RequestFlow {
     if (flow.waiter) this.core.queue.cancel(flow.waiter);
     flow.waiter = undefined;
     if (flow.pipelined) this.waitingOn.get(flow.req.socket)?.delete(flow);
-    if (flow.bodyTimer) clearTimeout(flow.bodyTimer);
-    flow.bodyTimer = undefined;
+    flow.bodyClock?.paused();
     if (flow.lane) this.lane!.leave(flow.lane);
     else if (flow.client !== undefined) this.clients?.release(flow.client);
     flow.lane = undefined;
