@@ -341,6 +341,39 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     }
   });
 
+  it('one app client for two balancers: a reconnect sends one SUBSCRIBE, not one per balancer more', async () => {
+    const prefix = uniquePrefix('gw');
+    const own = await connectClient(broker.url, { reconnectPeriod: 100 });
+    const make = () =>
+      loadBalance({
+        backends: [{ id: 'a', url: a.url }],
+        broker: { client: own },
+        topicPrefix: prefix,
+        keys: [key],
+        healthCheck: false,
+        warmUp: false,
+        metricsRegistry: new Registry(),
+        logger: quietLogger,
+      });
+    const lbs = [make(), make()];
+    try {
+      await Promise.all(lbs.map((lb) => lb.ready()));
+      let subscribes = 0;
+      own.on('packetsend', (p) => {
+        if (p.cmd === 'subscribe') subscribes++;
+      });
+      own.stream.destroy();
+      await once(own, 'connect');
+      await own.publishAsync(`${prefix}/sync`, 'x', { qos: 1 });
+      // Before: mqtt.js's own resubscribe and one forced SUBSCRIBE per balancer (3), each
+      // bringing every retained message again.
+      expect(subscribes).toBe(1);
+    } finally {
+      await Promise.all(lbs.map((lb) => lb.close({ graceMs: 0 })));
+      await endClient(own);
+    }
+  });
+
   it('serves several gateways on one broker: both hear every report', async () => {
     const prefix = uniquePrefix('gw');
     const opts = {

@@ -978,6 +978,11 @@ export class Balancer implements BalancerHandle, FlowHost {
     this.traffic.record(backend.id, nowMs);
   }
 
+  /** The attempt's response head arrived (request-flow.ts onProxyRes). */
+  attemptAnswered(backend: Backend): void {
+    backend.load.onResponseHead();
+  }
+
   /** An attempt ended; `cancelled`: no latency or error sample (request-flow.ts endAttempt). */
   attemptEnded(
     backend: Backend,
@@ -1006,7 +1011,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     return (
       s.maxExpectedWaitMs !== undefined &&
       backend.load.inFlight > 0 &&
-      backend.load.expectedWaitMs(nowMs) > s.maxExpectedWaitMs
+      backend.load.expectedWaitMs(nowMs, false) > s.maxExpectedWaitMs
     );
   }
 

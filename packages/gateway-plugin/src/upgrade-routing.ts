@@ -54,11 +54,13 @@ export const MAX_EARLY_BYTES = 64 * 1024;
  */
 function watchWhileRouted(
   socket: Socket,
+  head: Buffer,
   onLeft: () => void,
   onTooMuch: () => void,
 ): (keep: boolean) => void {
   const early: Buffer[] = [];
-  let bytes = 0;
+  // What Node read past the request's head counts too (the balancer passes it on first).
+  let bytes = head.length;
   let stopped = false;
   const stop = (keep: boolean): void => {
     if (stopped) return;
@@ -183,6 +185,7 @@ function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buff
   if (res === undefined) return;
   const stopWatching = watchWhileRouted(
     socket,
+    head,
     () => {
       // Gone before any balancer took it: nobody to answer. The app's middleware, still
       // running, sees its request close, as it would a plain request's.

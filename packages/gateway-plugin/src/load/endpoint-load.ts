@@ -108,10 +108,10 @@ class EndpointLoadEstimate implements LoadEstimate {
   private readonly overload: OverloadPenalty;
   private readonly penalties: Penalties;
   private readonly slowStart: SlowStart;
-  /** When this gateway's in-flight on the backend last rose from zero. */
-  private busySinceMs = 0;
-  /** When the backend last answered one of this gateway's requests (a success). */
-  private answeredAtMs = -Infinity;
+  /** Requests started since the backend last answered (a head or a success), in flight or not. */
+  private sentSinceAnswer = 0;
+  /** When the second of those started: the stall clock (stallMs); 0 while there is none. */
+  private stallSinceMs = 0;
 
   constructor(
     private readonly o: ResolvedLoadOptions,
@@ -137,7 +137,8 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   onRequestStart(nowMs: number): void {
     this.hidden.accumulate(nowMs, this.local.count);
-    if (this.local.count === 0) this.busySinceMs = nowMs;
+    if (this.local.count === 0) this.sentSinceAnswer = 0;
+    if (++this.sentSinceAnswer === 2) this.stallSinceMs = nowMs;
     this.local.start();
   }
 
@@ -147,12 +148,16 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.local.notify();
   }
 
+  onResponseHead(): void {
+    this.sentSinceAnswer = 0;
+  }
+
   onRequestEnd(nowMs: number, latencyMs: number, ok: boolean, overloaded = false): void {
     const n = this.local.count;
     this.hidden.accumulate(nowMs, n);
     this.local.end();
     if (ok && !overloaded) {
-      this.answeredAtMs = nowMs;
+      this.sentSinceAnswer = 0;
       this.completions.count++;
       this.times.observeLatency(nowMs, latencyMs);
       const inSystem = n + this.hidden.value(this.freshReport(nowMs), nowMs, this.local.count);
@@ -256,7 +261,7 @@ class EndpointLoadEstimate implements LoadEstimate {
     return this.slowStart.factor(nowMs);
   }
 
-  expectedWaitMs(nowMs: number): number {
+  expectedWaitMs(nowMs: number, stall = true): number {
     const r = this.freshReport(nowMs);
     const c = this.capacity.value();
     const s = this.serviceTime(nowMs, r, c);
@@ -269,8 +274,10 @@ class EndpointLoadEstimate implements LoadEstimate {
     const queued = expectedExcess(outstanding - spread + 1 - c, spread);
     const busy = outstanding < c ? outstanding : c;
     let wait = s * (1 + (queued > 0 ? queued / c : 0) + (this.o.utilizationWeight * busy) / c);
-    const stalled = this.stallMs(nowMs) / STALL_RATIO;
-    if (stalled > wait) wait = stalled;
+    if (stall) {
+      const stalled = this.stallMs(nowMs) / STALL_RATIO;
+      if (stalled > wait) wait = stalled;
+    }
     wait *= this.penalties.factor(nowMs, r, this.hidden.share);
     // `!(wait < MAX)` also catches NaN: no NaN can leave this function.
     return wait < MAX_EXPECTED_WAIT_MS ? wait : MAX_EXPECTED_WAIT_MS;
@@ -315,22 +322,23 @@ class EndpointLoadEstimate implements LoadEstimate {
   }
 
   /**
-   * How long the backend has held this gateway's requests without answering
-   * any: since its in-flight rose from zero or its last success, whichever is
-   * later; 0 with nothing in flight. The request in flight at that instant (or
-   * one that failed or was given up since) has been waiting that long, so the
-   * backend is that slow now, whatever its reports say: they are its word, this
-   * is what the gateway saw. Failures and cancels do not end it (a request that
-   * timed out or whose client gave up is no answer); a success does, so a slow
-   * export among quick requests, or a long poll, costs nothing while the quick
-   * ones keep answering. Streams in the lane ended their attempt when they
-   * entered it (proxy/request-flow.ts enterLane). O(1): two timestamps, no
-   * per-request state.
+   * How long the backend has left this gateway's requests unanswered: since the second
+   * request sent after its last answer (a response head, or a success) started, while
+   * one is in flight; 0 otherwise. A request in flight then has waited that long with
+   * nothing back, so the backend is that slow now, whatever its reports say: they are
+   * its word, this is what the gateway saw. Failures and cancels end nothing (a request
+   * that timed out or whose client gave up is no answer). From the second request, not
+   * the first: one slow request (a 15 s export, a long poll, an upload) on an otherwise
+   * quick backend stopped traffic to it, as its age rose with nothing else sent there to
+   * answer, and the clock never ended; a second request sent beside it answers quickly
+   * and ends the clock, one that does not answer either starts it. A head ends it too: a
+   * download the client reads slowly is an answer given. Streams in the lane ended their
+   * attempt when they entered it (proxy/request-flow.ts enterLane). O(1): a count and a
+   * timestamp, no per-request state.
    */
   private stallMs(nowMs: number): number {
-    if (this.local.count === 0) return 0;
-    const since = this.answeredAtMs > this.busySinceMs ? this.answeredAtMs : this.busySinceMs;
-    return nowMs > since ? nowMs - since : 0;
+    if (this.local.count === 0 || this.sentSinceAnswer < 2) return 0;
+    return nowMs > this.stallSinceMs ? nowMs - this.stallSinceMs : 0;
   }
 
   private freshReport(nowMs: number): ReportDigest | undefined {

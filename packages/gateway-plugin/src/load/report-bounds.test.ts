@@ -70,9 +70,14 @@ describe('held requests: a backend that answers none of them scores at least sta
     load.onRequestCancel(2000); // a client gave up: no answer, no sample
     expect(load.expectedWaitMs(4100)).toBeCloseTo(4000 / STALL_RATIO, 6);
     load.onRequestStart(4090);
-    load.onRequestEnd(4100, 10, true); // a quick one answers: two still held, the clock restarts
+    load.onRequestEnd(4100, 10, true); // a quick one answers: two still held, the clock ends
     expect(load.expectedWaitMs(4105)).toBeLessThan(100);
-    expect(load.expectedWaitMs(6100)).toBeCloseTo(2000 / STALL_RATIO, 6);
+    // Nothing sent since: two slow requests held are no stall (the quick one answered).
+    expect(load.expectedWaitMs(6100)).toBeLessThan(100);
+    // Two more sent, neither answered: the clock runs from the second.
+    load.onRequestStart(6100);
+    load.onRequestStart(6200);
+    expect(load.expectedWaitMs(8200)).toBeCloseTo(2000 / STALL_RATIO, 6);
   });
 
   it('a slow request among quick answers costs nothing: each answer restarts the clock', () => {
@@ -85,13 +90,34 @@ describe('held requests: a backend that answers none of them scores at least sta
     expect(load.expectedWaitMs(30_000)).toBeLessThan(quick * 1.5);
   });
 
-  it('the clock starts when the in-flight rises from zero, not at an old answer', () => {
+  it('one slow request alone never stalls: the clock starts at the second sent after an answer', () => {
     const load = createEndpointLoad();
     serve(load, 100, 10, 20);
-    load.onRequestStart(60_000);
-    // One request ahead on one learned slot, 10 ms each: the queue model's 22.5 ms, not 60 s / 2.
+    load.onRequestStart(60_000); // a 15 s export, nothing else sent there
+    // One request ahead on one learned slot, 10 ms each: the queue model's 22.5 ms, however
+    // old. Before: it rose with the export's age, nothing more was sent, nothing answered.
     expect(load.expectedWaitMs(60_005)).toBeCloseTo(22.5, 6);
-    expect(load.expectedWaitMs(61_000)).toBeCloseTo(1000 / STALL_RATIO, 6);
+    expect(load.expectedWaitMs(75_000)).toBeCloseTo(22.5, 6);
+    load.onRequestStart(75_000); // a second one, not answered either: that is a stall
+    expect(load.expectedWaitMs(76_000)).toBeCloseTo(1000 / STALL_RATIO, 6);
+  });
+
+  it('a response head is an answer: a download the client reads slowly is no stall', () => {
+    const load = createEndpointLoad();
+    serve(load, 100, 10, 20);
+    load.onRequestStart(1000);
+    load.onRequestStart(1000);
+    load.onResponseHead(); // its head came; the client reads its body for a minute
+    expect(load.expectedWaitMs(61_000)).toBeLessThan(100);
+  });
+
+  it('saturation is judged without the stall floor (nothing sent, nothing answers to end it)', () => {
+    const load = createEndpointLoad();
+    serve(load, 100, 10, 20);
+    load.onRequestStart(1000);
+    load.onRequestStart(1000);
+    expect(load.expectedWaitMs(9000)).toBeCloseTo(8000 / STALL_RATIO, 6);
+    expect(load.expectedWaitMs(9000, false)).toBeLessThan(100);
   });
 });
 

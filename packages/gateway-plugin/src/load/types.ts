@@ -86,6 +86,14 @@ export interface LoadEstimate extends EndpointLoad {
    * goes down, no latency or error sample is taken.
    */
   onRequestCancel(nowMs: number): void;
+  /** The backend's response head arrived: an answer, whatever its body does (stallMs). */
+  onResponseHead(): void;
+  /**
+   * expectedWaitMs; without `stall`, leaving out the floor of requests left unanswered
+   * (endpoint-load.ts stallMs): saturation is judged without it, as that floor keeps new
+   * requests away, and with nothing sent, nothing answers to end it.
+   */
+  expectedWaitMs(nowMs: number, stall?: boolean): number;
   reportVerdict(nowMs: number): HealthVerdict | undefined;
   reportState(nowMs: number): BackendState | undefined;
   /** The fresh report says every slot is busy and requests wait; false when none is fresh. */

@@ -54,6 +54,7 @@ export interface FlowHost {
     exclude?: ReadonlySet<Endpoint>,
   ): Backend | undefined;
   attemptStarted(backend: Backend, nowMs: number): void;
+  attemptAnswered(backend: Backend): void;
   attemptEnded(
     backend: Backend,
     nowMs: number,

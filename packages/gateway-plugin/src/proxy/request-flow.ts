@@ -1014,6 +1014,7 @@ export class RequestFlow {
     const c = this.core;
     const backend = flow.backend;
     flow.responded = true;
+    c.attemptAnswered(backend);
     this.clearTimers(flow);
     // The head is written once the read that brought it is parsed (relayHead), queued before
     // the hook can start the answer flowing (a 'data' listener of its own).
@@ -1623,7 +1624,7 @@ export class RequestFlow {
     const c = this.core;
     const backend = flow.backend!;
     const errno = (err as { code?: string }).code ?? err.message;
-    this.endAttempt(flow);
+    this.endAttempt(flow, true); // no sample: not an answer, fast or slow
     c.logLine(
       `gateway-resources:${errno}`,
       `the gateway could not open a connection to ${backend.id} (${errno}): its own resources ran out (file descriptors: raise LimitNOFILE / ulimit -n); answering LW_GW_OVERLOADED, the backend not charged`,

@@ -84,6 +84,8 @@ export class MqttSource {
   private subscribedNow = false;
   /** Counts connections, so a late SUBACK or retry of an earlier one is ignored. */
   private connection = 0;
+  /** This balancer's filter was acknowledged once on its client (subscribe()). */
+  private subscribedOnce = false;
   /** The next attempt to subscribe again on this connection, or the wait for a SUBACK. */
   private subscribeTimer: NodeJS.Timeout | undefined;
   /** The retained messages asked for again (resendRetained): pending, and on which connection. */
@@ -242,12 +244,17 @@ export class MqttSource {
     this.subscribeTimer.unref();
     // QoS 1: a status change (draining, the Last Will) must not be lost; the
     // publisher's QoS caps delivery anyway, so metrics sent at QoS 0 stay cheap.
-    // The object form with `resubscribe`, as resendRetained: on an app's client that
-    // holds the filter already (another balancer of a reload), mqtt.js sent no SUBSCRIBE
-    // and acknowledged at once, the broker re-sent no retained message, and this balancer
-    // knew no discovered backend until each agent renewed its registration, ready().
+    // The first time, the object form with `resubscribe`, as resendRetained: on an app's
+    // client that holds the filter already (another balancer of a reload), mqtt.js sent no
+    // SUBSCRIBE and acknowledged at once, the broker re-sent no retained message, and this
+    // balancer knew no discovered backend until each agent renewed its registration, ready().
+    // Not on a reconnect: such a client subscribes again itself, and each balancer's forced
+    // SUBSCRIBE as well brought every retained message once more per balancer.
     client.subscribe(
-      { [subscriptionFilter(this.prefix)]: { qos: 1 }, resubscribe: true } as never,
+      {
+        [subscriptionFilter(this.prefix)]: { qos: 1 },
+        resubscribe: !this.subscribedOnce,
+      } as never,
       (err: Error | null) => {
         if (this.closed || connection !== this.connection) return;
         // Refused (SUBACK 0x80), or the broker closed the connection instead (aedes does
@@ -258,6 +265,7 @@ export class MqttSource {
         this.subscribeTimer = undefined;
         if (this.subscribedNow) return; // a retry's late twin
         this.subscribedNow = true;
+        this.subscribedOnce = true;
         this.unreachable = false;
         this.lastError = undefined;
         this.onSubscribed();
