@@ -363,7 +363,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
         if (p.cmd === 'subscribe') subscribes++;
       });
       own.stream.destroy();
-      await once(own, 'connect');
+      await new Promise<void>((resolve) => own.once('connect', () => resolve()));
       await own.publishAsync(`${prefix}/sync`, 'x', { qos: 1 });
       // Before: mqtt.js's own resubscribe and one forced SUBSCRIBE per balancer (3), each
       // bringing every retained message again.
