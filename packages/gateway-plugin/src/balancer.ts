@@ -266,6 +266,12 @@ export class Balancer implements BalancerHandle, FlowHost {
                   `embedded broker disconnected ${from ?? 'a client'}: packet of ${bytes}+ bytes > ${o.messageLimits.maxPacketBytes}`,
                   undefined,
                 ),
+              onBrokerRefused: (reason, from) =>
+                this.drop(
+                  'LW_GW_BROKER_LIMIT',
+                  `embedded broker refused ${from ?? 'a client'}: ${reason}`,
+                  undefined,
+                ),
               onConnected: (url) => {
                 this.advanceLease(this.now(), true);
                 this.events.emit('broker-connected', {

@@ -105,6 +105,8 @@ export const DROP_REASONS = {
     'an unsigned status was ignored: only signed messages change whether a backend is routable (allowUnsigned)',
   LW_GW_PACKET_TOO_LARGE:
     'the embedded broker disconnected a client whose packet exceeds messageLimits.maxPacketBytes',
+  LW_GW_BROKER_LIMIT:
+    "the embedded broker refused a client's retained message, topic, subscription, QoS 2 publish or persistent session past its bounds",
 } as const;
 
 export type DropReason = keyof typeof DROP_REASONS;

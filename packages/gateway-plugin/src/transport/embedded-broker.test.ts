@@ -65,6 +65,40 @@ describe('embedded broker bounds', () => {
     await probe.publishAsync('flood/new', payload, { qos: 1, retain: true });
   });
 
+  it('counts each retained message with its topic and a fixed overhead, not its payload alone', async () => {
+    // A broker of its own: the budget is the whole test. 256 KiB at 1 byte each
+    // admitted every one of 300 retained 1-byte messages on 400-byte topics; with
+    // topic and overhead (about 1.4 KiB each) under 190 are kept.
+    const own = await startEmbeddedBroker({ maxRetainedBytes: 256 * 1024 });
+    try {
+      const flooder = await client(own.url);
+      const pad = 'p'.repeat(400);
+      const closed = new Promise<boolean>((r) => flooder.once('close', () => r(true)));
+      for (let i = 0; i < 300; i++)
+        flooder.publish(`tiny/${i}/${pad}`, 'a', { qos: 0, retain: true });
+      // Acknowledged only if the broker took all 300.
+      const synced = flooder.publishAsync('tiny/sync', 'x', { qos: 1 }).then(
+        () => false,
+        () => true,
+      );
+      expect(await Promise.race([closed, synced])).toBe(true);
+      const sub = await client(own.url);
+      let kept = 0;
+      const done = new Promise<void>((resolve) =>
+        sub.on('message', (t) => (t === 'tiny/done' ? resolve() : void kept++)),
+      );
+      await sub.subscribeAsync('tiny/#', { qos: 1 });
+      await sub.publishAsync('tiny/done', 'x', { qos: 1 });
+      await done;
+      expect(kept).toBeGreaterThan(150);
+      expect(kept).toBeLessThanOrEqual(Math.floor((256 * 1024) / (1 + 406 + 1024)));
+      await end(sub);
+      await end(flooder);
+    } finally {
+      await own.close();
+    }
+  });
+
   it('one subscriber that stops reading does not stop delivery to the others', async () => {
     // A raw client: CONNECT, SUBSCRIBE junk/#, then never read another byte.
     const s = netConnect(broker.port, '127.0.0.1');

@@ -1,5 +1,5 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { createBroker, type AedesOptions } from 'aedes';
+import { createBroker, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
 import { DEFAULTS } from '../options';
 import { PacketSizeGuard } from './packet-size-guard';
 
@@ -19,19 +19,61 @@ export interface EmbeddedBrokerOptions {
   /** Called for every client disconnected for an oversized packet. */
   onPacketTooLarge?: (packetBytes: number, remoteAddress: string | undefined) => void;
   /**
-   * Bytes of retained payloads the broker keeps in all (default 16 MiB; a
+   * Bytes of retained messages the broker keeps in all, each counted as its
+   * payload, its topic and RETAINED_OVERHEAD_BYTES (default 16 MiB; a
    * fleet's retained statuses and registrations are a few hundred bytes a
    * backend). A retained publish past it is refused and its client
    * disconnected: aedes keeps every retained message in this process.
    */
   maxRetainedBytes?: number;
+  /**
+   * Retained messages the broker keeps in all (default 10,000; a backend has
+   * two, its status and its registration). A retained publish on a new topic
+   * past it is refused and its client disconnected.
+   */
+  maxRetainedMessages?: number;
+  /** Subscriptions one client may hold (default 16; a gateway holds one). Past it: SUBACK 0x80. */
+  maxSubscriptionsPerClient?: number;
   /** Client connections at once (default 1024); more are refused by the listener. */
   maxConnections?: number;
+  /**
+   * Called for everything refused for one of the bounds above or below
+   * (retained bytes and messages, topic length and levels, subscriptions, a
+   * persistent session, QoS 2), with why, never the topic itself.
+   */
+  onRefused?: (reason: string, remoteAddress: string | undefined) => void;
 }
 
 /** Retained bytes kept at most by default: far above any fleet's, far below the process's memory. */
 export const DEFAULT_MAX_RETAINED_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_MAX_CONNECTIONS = 1024;
+export const DEFAULT_MAX_RETAINED_MESSAGES = 10_000;
+export const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT = 16;
+
+/**
+ * What a retained message costs besides its topic and payload, counted against
+ * `maxRetainedBytes`: aedes keeps a packet object and a map entry for each
+ * (20,000 retained 1-byte messages on short topics took 0.8 KB of heap each,
+ * 1.3 KB on 500-byte topics). Counting payloads alone, 1,500 1-byte messages on
+ * 60 KB topics counted 1,500 bytes and raised the gateway's RSS by 165 MB.
+ */
+export const RETAINED_OVERHEAD_BYTES = 1024;
+
+/**
+ * Longest topic or topic filter taken, in UTF-8 bytes. Loadwise's longest is
+ * 351: a 200-character prefix, a 64-character service and backend id
+ * (packages/protocol/src/topics.ts). aedes keeps every subscription's filter
+ * and every retained topic: 1,500 subscriptions to 60 KB filters took 91 MB.
+ */
+export const MAX_TOPIC_BYTES = 512;
+
+/**
+ * Most levels in a topic or topic filter. aedes's matcher (qlobber) throws past
+ * 100, out of the event loop: one 204-byte publish or subscription of 102
+ * levels ended the gateway's process. Each level of a subscription costs about
+ * 0.2 KB more; loadwise's topics have the prefix's levels and five more.
+ */
+export const MAX_TOPIC_LEVELS = 32;
 
 export interface EmbeddedBroker {
   readonly url: string;
@@ -53,10 +95,21 @@ export async function startEmbeddedBroker(
       `maxPacketBytes must be an integer >= 1024, got ${String(maxPacketBytes)}`,
     );
   }
-  const aedes = createBroker({
-    ...guardedAuthorizers(opts.maxRetainedBytes ?? DEFAULT_MAX_RETAINED_BYTES),
-    ...opts.aedes,
+  const guards = brokerGuards({
+    maxRetainedBytes: opts.maxRetainedBytes ?? DEFAULT_MAX_RETAINED_BYTES,
+    maxRetainedMessages: opts.maxRetainedMessages ?? DEFAULT_MAX_RETAINED_MESSAGES,
+    maxSubscriptionsPerClient:
+      opts.maxSubscriptionsPerClient ?? DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT,
+    onRefused: (reason, client) => opts.onRefused?.(reason, remoteAddress(client)),
   });
+  const aedes = createBroker({
+    ...guards.authorizers,
+    ...opts.aedes,
+    // Not replaced by opts.aedes: an authenticate of the app's own (passwords)
+    // runs after the session check.
+    authenticate: guards.authenticate(opts.aedes?.authenticate),
+  });
+  aedes.on('unsubscribe', (topics, client) => guards.unsubscribed(client, topics));
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
@@ -100,39 +153,127 @@ export async function startEmbeddedBroker(
   };
 }
 
+/** Where a refused client connects from (PacketSizeGuard passes its socket's address on). */
+function remoteAddress(client: Client | null): string | undefined {
+  return (client?.conn as { remoteAddress?: string } | undefined)?.remoteAddress;
+}
+
+interface GuardLimits {
+  maxRetainedBytes: number;
+  maxRetainedMessages: number;
+  maxSubscriptionsPerClient: number;
+  onRefused(reason: string, client: Client | null): void;
+}
+
+/** Why a topic (or a subscription's filter) is refused: too long or too deep. */
+function topicRefusal(what: 'topic' | 'filter', topic: string): string | undefined {
+  const bytes = Buffer.byteLength(topic);
+  if (bytes > MAX_TOPIC_BYTES) return `${what} of ${bytes} bytes > ${MAX_TOPIC_BYTES}`;
+  let levels = 1;
+  for (let i = topic.indexOf('/'); i >= 0; i = topic.indexOf('/', i + 1)) levels++;
+  if (levels > MAX_TOPIC_LEVELS) return `${what} of ${levels} levels > ${MAX_TOPIC_LEVELS}`;
+  return undefined;
+}
+
 /**
  * The embedded broker's defaults for who may publish and subscribe what
- * (opts.aedes's own handlers replace them):
- * - Retained payloads are counted per topic (an empty one clears its topic,
- *   [MQTT-3.3.1-10]) and a publish that would take the total past
- *   `maxRetainedBytes` is refused: anyone who can connect could otherwise
- *   grow the gateway's memory until it died (2,000 retained 60 KiB messages
- *   kept 118 MB, for good).
+ * (opts.aedes's own authorizers replace them), and the session check that
+ * runs before any authenticate. Anyone who can connect could otherwise grow
+ * the gateway's memory until it died, or end its process:
+ * - Retained messages are counted per topic, with their topic and
+ *   RETAINED_OVERHEAD_BYTES (an empty one clears its topic, [MQTT-3.3.1-10]);
+ *   one that would take the total past `maxRetainedBytes`, or a new topic
+ *   past `maxRetainedMessages`, is refused and its client disconnected
+ *   (2,000 retained 60 KiB messages kept 118 MB, for good).
+ * - Topics and filters are at most MAX_TOPIC_BYTES and MAX_TOPIC_LEVELS, and
+ *   a client holds at most `maxSubscriptionsPerClient` filters: a refused
+ *   publish disconnects its client, a refused subscription gets SUBACK 0x80.
+ * - QoS 2 publishes are refused: aedes keeps each one, by client id, until
+ *   its PUBREL, which need never come (90 MB, kept after the client left).
+ *   Loadwise publishes at QoS 0 and 1.
+ * - Persistent sessions (`clean: false`) are refused at CONNECT with return
+ *   code 2, as [MQTT-3.1.3-8] refuses a session it cannot keep: aedes queues
+ *   every QoS 1 message for an absent one (90.6 MB for a session that
+ *   subscribed to `q/#` and left). Gateways and agents use clean sessions
+ *   (transport/mqtt-source.ts, packages/health-agent/src/mqtt-publisher.ts);
+ *   aedes 0.51 refuses MQTT 5, so clean start and session expiry never arrive.
  * - `$SYS/#` is not subscribed to: aedes announces every client id there,
  *   and a client that connects with another's id takes its session over (the
  *   gateway's own, every time it reconnected).
  */
-function guardedAuthorizers(
-  maxRetainedBytes: number,
-): Pick<AedesOptions, 'authorizePublish' | 'authorizeSubscribe'> {
+function brokerGuards(limits: GuardLimits) {
   const retained = new Map<string, number>();
   let total = 0;
-  return {
-    authorizePublish: (_client, packet, cb) => {
-      if (!packet.retain) return cb(null);
-      const bytes = packet.payload.length;
-      const before = retained.get(packet.topic) ?? 0;
-      if (bytes > 0 && total - before + bytes > maxRetainedBytes) {
-        return cb(new Error(`retained messages over ${maxRetainedBytes} bytes`));
-      }
-      total += bytes - before;
-      if (bytes === 0) retained.delete(packet.topic);
-      else retained.set(packet.topic, bytes);
-      cb(null);
+  const held = new WeakMap<Client, Set<string>>();
+  const authorizers: Pick<AedesOptions, 'authorizePublish' | 'authorizeSubscribe'> = {
+    authorizePublish: (client, packet, cb) => {
+      const refused =
+        topicRefusal('topic', packet.topic) ??
+        (packet.qos === 2 ? 'QoS 2 publish' : undefined) ??
+        (packet.retain ? keepRetained(packet.topic, packet.payload.length) : undefined);
+      if (refused === undefined) return cb(null);
+      limits.onRefused(refused, client);
+      cb(new Error(refused));
     },
-    authorizeSubscribe: (_client, sub, cb) => {
+    authorizeSubscribe: (client, sub, cb) => {
       if (sub.topic.startsWith('$SYS')) return cb(null, null);
+      let refused = topicRefusal('filter', sub.topic);
+      const filters = client && (held.get(client) ?? new Set<string>());
+      if (
+        refused === undefined &&
+        filters &&
+        !filters.has(sub.topic) &&
+        filters.size >= limits.maxSubscriptionsPerClient
+      ) {
+        refused = `more than ${limits.maxSubscriptionsPerClient} subscriptions`;
+      }
+      if (refused !== undefined) {
+        limits.onRefused(refused, client);
+        return cb(null, null);
+      }
+      if (filters) held.set(client, filters.add(sub.topic));
       cb(null, sub);
+    },
+  };
+
+  /** Counts a retained publish in, or says why it is refused. */
+  function keepRetained(topic: string, payloadBytes: number): string | undefined {
+    const before = retained.get(topic);
+    if (payloadBytes === 0) {
+      total -= before ?? 0;
+      retained.delete(topic);
+      return undefined;
+    }
+    const bytes = payloadBytes + Buffer.byteLength(topic) + RETAINED_OVERHEAD_BYTES;
+    if (total - (before ?? 0) + bytes > limits.maxRetainedBytes) {
+      return `retained messages over ${limits.maxRetainedBytes} bytes`;
+    }
+    if (before === undefined && retained.size >= limits.maxRetainedMessages) {
+      return `more than ${limits.maxRetainedMessages} retained messages`;
+    }
+    total += bytes - (before ?? 0);
+    retained.set(topic, bytes);
+    return undefined;
+  }
+
+  return {
+    authorizers,
+    authenticate(next: AedesOptions['authenticate']): NonNullable<AedesOptions['authenticate']> {
+      return function (this: unknown, client, username, password, done) {
+        if (!client.clean) {
+          limits.onRefused('persistent session (clean: false)', client);
+          const err = new Error('persistent sessions are not kept') as AuthenticateError;
+          err.returnCode = 2 as AuthenticateError['returnCode'];
+          return done(err, false);
+        }
+        if (next) return next.call(this, client, username, password, done);
+        done(null, true);
+      };
+    },
+    /** A client's UNSUBSCRIBE: those filters no longer count against it. */
+    unsubscribed(client: Client, topics: readonly string[]): void {
+      const filters = held.get(client);
+      for (const t of topics) filters?.delete(t);
     },
   };
 }

@@ -22,6 +22,8 @@ export interface MqttSourceHandlers {
   onPacket(topic: string, payload: Buffer, retained: boolean): void;
   /** The embedded broker disconnected a client for an oversized packet. */
   onPacketTooLarge(packetBytes: number, remoteAddress: string | undefined): void;
+  /** The embedded broker refused a client's publish, subscription or session past its bounds. */
+  onBrokerRefused(reason: string, remoteAddress: string | undefined): void;
   onConnected(url: string | undefined): void;
   onLost(error: string | undefined): void;
   /** A connection attempt failed while not connected: once per outage, with the broker's URL. */
@@ -163,6 +165,7 @@ export class MqttSource {
         host: b.host,
         maxPacketBytes: this.maxPacketBytes,
         onPacketTooLarge: (bytes, from) => this.handlers.onPacketTooLarge(bytes, from),
+        onRefused: (reason, from) => this.handlers.onBrokerRefused(reason, from),
       });
       const embedded = await this.embeddedStart;
       if (this.closed) return; // close() awaits the start and closes it
