@@ -201,6 +201,36 @@ describe('createAgent (library, in-process)', () => {
     }
   });
 
+  it('leaves the probe at least half the sample share when the kernel table is slow to read', async () => {
+    // A host with many sockets: the table's read takes 800 ms of a 1 s interval. The probe,
+    // which goes after it, had what was left of 900 ms: "timed out after 86 ms", `down`.
+    const app = await listen((_req, res) => void setTimeout(() => res.end('ok'), 150));
+    servers.push(app);
+    const port = Number(new URL(app.url).port);
+    const procRoot = mkdtempSync(join(tmpdir(), 'lw-kernel-slow-'));
+    mkdirSync(join(procRoot, 'net'));
+    execFileSync('mkfifo', [join(procRoot, 'net', 'tcp')]);
+    try {
+      const agent = createAgent({
+        backendId: 'lib-5c',
+        intervalMs: 1000,
+        queue: { source: 'kernel', port },
+        probe: { url: `${app.url}/healthz` },
+        cgroup: false,
+        procRoot,
+      });
+      agents.push(agent);
+      const sampled = agent.sample();
+      const fifo = await open(join(procRoot, 'net', 'tcp'), 'w');
+      await new Promise((r) => setTimeout(r, 800));
+      await fifo.writeFile(readFileSync('/proc/net/tcp', 'utf8'));
+      await fifo.close();
+      expect((await sampled).health).toMatchObject({ verdict: 'up', probeStatus: 200 });
+    } finally {
+      rmSync(procRoot, { recursive: true, force: true });
+    }
+  });
+
   it("pairs the first report's process with the service's cgroup, not the agent's own unit's", async () => {
     // A systemd host: the agent in its unit (CPUQuota=10%, MemoryMax=160M), the app in one without limits.
     const dir = mkdtempSync(join(tmpdir(), 'lw-cgroup-first-'));

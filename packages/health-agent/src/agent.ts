@@ -495,13 +495,14 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       ? Promise.resolve<ProbeResult | undefined>(undefined)
       : this.queue?.countsConnections && queueRead
         ? queueRead.then(() => {
-            const left = Math.floor(
-              o.intervalMs * SAMPLE_SHARE_OF_INTERVAL - (performance.now() - startedMs),
-            );
-            return probe({
-              ...p,
-              timeoutMs: Math.max(1, Math.min(p.timeoutMs, left)),
-            });
+            // At least half the share whatever the read took: a slow table read (a host
+            // with many sockets) left the probe a few ms, and a healthy backend was `down`
+            // (an 800 ms read at 1 s: "timed out after 86 ms"). Such a sample may then run
+            // past the share by the read's excess over its half.
+            const share = o.intervalMs * SAMPLE_SHARE_OF_INTERVAL;
+            const left = Math.floor(share - (performance.now() - startedMs));
+            const timeoutMs = Math.min(p.timeoutMs, Math.max(left, Math.floor(share / 2)));
+            return probe({ ...p, timeoutMs: Math.max(1, timeoutMs) });
           })
         : probe(p);
     const [host, [proc, cgroup], queue, probeResult] = await Promise.all([
