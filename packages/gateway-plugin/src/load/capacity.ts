@@ -3,7 +3,7 @@
  * backend serves at once, >= 1. In order of trust:
  *
  * - reported: the agent's concurrencyLimit (configuration, kept when reports
- *   go stale; dropped by a scheduled report without one and by admit), else
+ *   go stale; dropped by a scheduled report without one), else
  *   the agent's in-flight while requests were queued (every slot busy: a fact
  *   about the backend);
  * - learned: the Vegas/BBR-style estimate n × minLatency / latency from this
@@ -81,17 +81,15 @@ export class Capacity {
   }
 
   /**
-   * Forgets what this gateway learned and what the agent reported (admit: a new
-   * incarnation, whose agent reports again within its interval). A reported
-   * limit kept here outlived the backend it described: one signed report's
-   * 100000 slots stayed through ejection and re-admission, and the backend's
-   * queue never counted again.
+   * Forgets what this gateway learned (admit: a new incarnation); the agent's reported
+   * figures stay, as its configuration: admit runs right after the report that brought
+   * the backend back (registry.ts applyMetrics), and dropping them there lost that
+   * report's limit for an interval. A scheduled report without one withdraws it
+   * (onReport).
    */
   reset(): void {
     this.learned = undefined;
     this.saturatedAtMs = undefined;
-    this.reportedLimit = undefined;
-    this.observed = undefined;
   }
 
   /**

@@ -165,15 +165,12 @@ describe("the reported concurrencyLimit: the backend's own, for its current inca
   const limit = (n: number | undefined, early = false) =>
     report({ ...(n !== undefined ? { concurrencyLimit: n } : {}), ...(early ? { early } : {}) });
 
-  it('admit() forgets it: the new incarnation reports its own', () => {
+  it('admit() keeps it: admit comes right after the report that brought the backend back', () => {
     const load = createEndpointLoad();
-    load.onReport(limit(100_000), 0);
-    expect(load.snapshot(0).capacity).toBe(100_000);
-    load.admit(600_000);
-    expect(load.snapshot(600_000).capacity).toBe(1);
-    expect(load.snapshot(600_000).capacitySource).toBe('default');
-    load.onReport(limit(8), 600_500);
-    expect(load.snapshot(600_500).capacity).toBe(8);
+    load.onReport(limit(8), 0);
+    load.admit(0); // registry.ts applyMetrics: the report, then the recompute that admits
+    expect(load.snapshot(0).capacity).toBe(8);
+    expect(load.snapshot(0).capacitySource).toBe('reported');
   });
 
   it('a scheduled report without one withdraws it; an early report (which repeats it) does not', () => {
