@@ -7,9 +7,7 @@
  *   capacity learning divides by, load/capacity.ts);
  * - service time: a 1 s EWMA of this gateway's latencies with the queueing
  *   part taken out (latency × c / n when n > c) when recent, else the
- *   reported latency (de-queued the same way) while fresh, never below this
- *   gateway's minimum latency for the backend, or the peers' mean before it
- *   has one (reportedLatencyMs()), else the cohort's
+ *   reported latency (de-queued the same way) while fresh, else the cohort's
  *   mean of recent figures (never zero: a backend with no data must not look free), else
  *   `defaultLatencyMs`. A local figure nobody refreshes regresses towards the
  *   peers' mean (raw()), more slowly each time a probe confirms it slow
@@ -146,7 +144,7 @@ export class ServiceTime {
     if (last !== undefined && nowMs - last <= COHORT_FRESH_DECAYS * this.o.serviceDecayMs) {
       return this.service.valueMs(nowMs);
     }
-    return this.reportedLatencyMs(r);
+    return r?.latencyMs;
   }
 
   /** Service time in ms, >= MIN_SERVICE_TIME_MS; `r` is the fresh report, `capacity` the slots. */
@@ -211,27 +209,11 @@ export class ServiceTime {
     if (origin === 'reported') {
       // The agent's latency includes its queue too: with a mean of N requests in the system
       // (Little) on c slots, the service part is c / N of it.
-      const reported = this.reportedLatencyMs(r)!;
+      const reported = r!.latencyMs!;
       const n = r!.meanOutstanding;
       return n !== undefined && n > capacity ? (reported * capacity) / n : reported;
     }
     return this.neutral();
-  }
-
-  /**
-   * The report's latency, never below the lowest this gateway measured for the
-   * backend (over the last one to two windows; a failure counts as at least the
-   * estimate, observeFailure), nor, before any measurement, below the other
-   * members' mean. A report can say the backend is slower than this gateway
-   * saw, never faster: one signed latencyMeanMs of 0.05 made a backend that
-   * answered nothing score 0.05 ms, until a local sample came, which a backend
-   * that holds requests never gives, and 213 of 313 requests went to it.
-   */
-  private reportedLatencyMs(r: ReportDigest | undefined): number | undefined {
-    const reported = r?.latencyMs;
-    if (reported === undefined) return undefined;
-    const floor = this.latency.minMs() ?? this.membership?.othersMeanServiceTimeMs();
-    return floor !== undefined && floor > reported ? floor : reported;
   }
 
   /** The neutral estimate: the cohort's mean, else undefined (the caller's default). */
