@@ -231,7 +231,18 @@ async function main(): Promise<void> {
   // The app is complete before the port opens: no request can arrive before it.
   // gatewayServerOptions() declares the fields Express adds to every request, and
   // express.json()'s too (docs/gateway.md, "The gateway's server").
-  const server = http.createServer(gatewayServerOptions({ requestFields: ['body', '_body'] }), app);
+  // The server timeouts a gateway facing clients needs (docs/gateway.md, "What your
+  // http.Server must do"): Node's defaults hold a slowloris head for 60 s and a request
+  // for 300 s, checked every 30 s.
+  const server = http.createServer(
+    {
+      ...gatewayServerOptions({ requestFields: ['body', '_body'] }),
+      connectionsCheckingInterval: 2_000,
+    },
+    app,
+  );
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 60_000;
   server.on('upgrade', routeUpgrades(app));
   // Graceful shutdown: refuse new connections, let requests in flight finish
   // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
