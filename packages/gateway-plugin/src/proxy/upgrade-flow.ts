@@ -383,20 +383,14 @@ export class UpgradeFlow {
       // A header Node refuses to send is the client's (or a middleware's), as on the request
       // path: 400, never the backend's failure (five in a row ejected a healthy backend).
       this.core.metrics.onRequestRejected('LW_GW_BAD_REQUEST');
-      if ('setHeader' in res) return;
-      if (res.writable) refuse(res, 400, 'LW_GW_BAD_REQUEST');
-      else res.destroy();
-      return;
+      return refuseIfSocket(res, 400, 'LW_GW_BAD_REQUEST');
     }
     const backend = this.upgrades.get(req);
     if (backend && isLocalResourceError(err) && !this.upgraded.has(req)) {
       // The gateway's own descriptors ran out, as on the request path (request-flow.ts
       // outOfResources): not the backend's failure, and not retried.
       this.core.metrics.onShed('overloaded');
-      if ('setHeader' in res) return;
-      if (res.writable) refuse(res, 503, 'LW_GW_OVERLOADED');
-      else res.destroy();
-      return;
+      return refuseIfSocket(res, 503, 'LW_GW_OVERLOADED');
     }
     const stale = !('setHeader' in res) && this.staleConnection(err, req);
     if (backend) {
@@ -658,6 +652,20 @@ function isWebSocketUpgrade(req: IncomingMessage): boolean {
 }
 
 /** A coded answer on the raw socket of an upgrade, which then closes. */
+/**
+ * refuse() on the upgrade's client socket while it can still be written, else its end;
+ * nothing for a response (an upgrade served as a plain request answers on its own path).
+ */
+function refuseIfSocket(
+  res: ServerResponse | Socket,
+  status: Parameters<typeof refuse>[1],
+  code: GatewayErrorCode,
+): void {
+  if ('setHeader' in res) return;
+  if (res.writable) refuse(res, status, code);
+  else res.destroy();
+}
+
 function refuse(
   socket: Socket,
   status: 400 | 405 | 429 | 502 | 503 | 504 | 508,
