@@ -13,7 +13,13 @@ import {
   type SigningKey,
   type StatusMessage,
 } from '@loadwise/protocol';
-import { createAgent, trackRequests, type Agent, type AgentOptions } from '@loadwise/health-agent';
+import {
+  createAgent,
+  trackRequests,
+  type Agent,
+  type AgentOptions,
+  type MetricsBody,
+} from '@loadwise/health-agent';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { clearRetained, connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { fire, listen, until, type Listening } from '../kit/agent-http';
@@ -169,38 +175,52 @@ describe('createAgent (library, in-process)', () => {
     }
   });
 
-  it("does not count the probe's own connection as the kernel source's load", async () => {
-    // procRoot's net/tcp is a FIFO: the agent's read of it waits until the test writes it,
-    // and the test writes the kernel's real table of that moment. Read beside the probe,
-    // the probe's connection to the app's port (opened as the read began) was in it.
-    const app = await listen((_req, res) => res.end('ok'));
-    servers.push(app);
-    const port = Number(new URL(app.url).port);
+  /**
+   * One sample of an agent whose kernel source reads `procRoot`'s net/tcp, a FIFO: the
+   * agent's read of it waits until this writes the kernel's real table of that moment,
+   * `readMs` after the read began. The probe asks `app`'s /healthz.
+   */
+  async function sampleOverFifo(
+    backendId: string,
+    app: { url: string },
+    readMs: number,
+    extra: Partial<AgentOptions> = {},
+  ): Promise<MetricsBody> {
     const procRoot = mkdtempSync(join(tmpdir(), 'lw-kernel-probe-'));
     mkdirSync(join(procRoot, 'net'));
     execFileSync('mkfifo', [join(procRoot, 'net', 'tcp')]);
     try {
       const agent = createAgent({
-        backendId: 'lib-5b',
-        queue: { source: 'kernel', port },
+        backendId,
+        queue: { source: 'kernel', port: Number(new URL(app.url).port) },
         probe: { url: `${app.url}/healthz` },
         cgroup: false,
         procRoot,
+        ...extra,
       });
       agents.push(agent);
       const sampled = agent.sample();
       // Opening the FIFO for writing waits for the agent's reader.
       const fifo = await open(join(procRoot, 'net', 'tcp'), 'w');
+      if (readMs > 0) await new Promise((r) => setTimeout(r, readMs));
       await fifo.writeFile(readFileSync('/proc/net/tcp', 'utf8'));
       await fifo.close();
-      const body = await sampled;
-      // The probe answered (the verdict itself may be `degraded` on a busy machine: host CPU).
-      expect(body.health).toMatchObject({ probeStatus: 200 });
-      expect(body.health.verdict).not.toBe('down');
-      expect(body.queue).toMatchObject({ acceptBacklog: 0, openConnections: 0 });
+      return await sampled;
     } finally {
       rmSync(procRoot, { recursive: true, force: true });
     }
+  }
+
+  it("does not count the probe's own connection as the kernel source's load", async () => {
+    // Read beside the probe, the probe's connection to the app's port (opened as the read
+    // began) was in the table.
+    const app = await listen((_req, res) => res.end('ok'));
+    servers.push(app);
+    const body = await sampleOverFifo('lib-5b', app, 0);
+    // The probe answered (the verdict itself may be `degraded` on a busy machine: host CPU).
+    expect(body.health).toMatchObject({ probeStatus: 200 });
+    expect(body.health.verdict).not.toBe('down');
+    expect(body.queue).toMatchObject({ acceptBacklog: 0, openConnections: 0 });
   });
 
   it('leaves the probe at least half the sample share when the kernel table is slow to read', async () => {
@@ -208,32 +228,10 @@ describe('createAgent (library, in-process)', () => {
     // which goes after it, had what was left of 900 ms: "timed out after 86 ms", `down`.
     const app = await listen((_req, res) => void setTimeout(() => res.end('ok'), 150));
     servers.push(app);
-    const port = Number(new URL(app.url).port);
-    const procRoot = mkdtempSync(join(tmpdir(), 'lw-kernel-slow-'));
-    mkdirSync(join(procRoot, 'net'));
-    execFileSync('mkfifo', [join(procRoot, 'net', 'tcp')]);
-    try {
-      const agent = createAgent({
-        backendId: 'lib-5c',
-        intervalMs: 1000,
-        queue: { source: 'kernel', port },
-        probe: { url: `${app.url}/healthz` },
-        cgroup: false,
-        procRoot,
-      });
-      agents.push(agent);
-      const sampled = agent.sample();
-      const fifo = await open(join(procRoot, 'net', 'tcp'), 'w');
-      await new Promise((r) => setTimeout(r, 800));
-      await fifo.writeFile(readFileSync('/proc/net/tcp', 'utf8'));
-      await fifo.close();
-      const { health } = await sampled;
-      // Before: `down`, "probe failed: timed out after 86 ms". (`degraded` is the host's CPU.)
-      expect(health).toMatchObject({ probeStatus: 200 });
-      expect(health.verdict).not.toBe('down');
-    } finally {
-      rmSync(procRoot, { recursive: true, force: true });
-    }
+    const { health } = await sampleOverFifo('lib-5c', app, 800, { intervalMs: 1000 });
+    // Before: `down`, "probe failed: timed out after 86 ms". (`degraded` is the host's CPU.)
+    expect(health).toMatchObject({ probeStatus: 200 });
+    expect(health.verdict).not.toBe('down');
   });
 
   it("pairs the first report's process with the service's cgroup, not the agent's own unit's", async () => {
