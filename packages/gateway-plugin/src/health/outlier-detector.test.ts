@@ -205,6 +205,49 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
     },
   );
 
+  it.each([
+    { restart: 'another service process', epochMs: 1_000, pid: 43 },
+    { restart: 'another agent run', epochMs: 2_000, pid: 42 },
+  ])(
+    'ejected, never seen down, up in a report of $restart: restored at once, on trial',
+    ({ epochMs, pid }) => {
+      // Crashed under load (refused connections eject it in milliseconds) and restarted within
+      // the agent's probe interval: its verdict never said down. It served its whole ejection.
+      f = fleet(['a', 'b', 'c', 'd']);
+      const d = detector();
+      const a = f.backends[0]!;
+      report(a, 'up', 1_000, 42);
+      fail3(d, a);
+      jest.advanceTimersByTime(1_000);
+      report(a, 'up', 1_000, 42); // the same run and process: nothing
+      jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+      expect(eligibleIds(f.registry)).not.toContain('a');
+      report(a, 'up', epochMs, pid);
+      jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+      expect(eligibleIds(f.registry)).toContain('a');
+      expect(f.seen).toContainEqual(['backend-restored', { id: 'a' }]);
+      fail3(d, a); // on trial: failing again, it serves the next ejection in full
+      report(a, 'up', epochMs + 1, pid + 1);
+      jest.advanceTimersByTime(59_000);
+      expect(eligibleIds(f.registry)).not.toContain('a');
+    },
+  );
+
+  it('no report at the ejection: the first one is no restart unless the verdict said down', () => {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    fail3(d, a); // a gateway that has heard nothing of it yet
+    report(a, 'up', 1_000, 42);
+    jest.advanceTimersByTime(5_000);
+    expect(eligibleIds(f.registry)).not.toContain('a');
+    report(a, 'down', 1_000, 42);
+    jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+    report(a, 'up', 2_000, 43);
+    jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+    expect(eligibleIds(f.registry)).toContain('a');
+  });
+
   it('a verdict down and up again within one agent run and one process does not end it', () => {
     // A backend failing every request whose agent alternates down/up every 300 ms: each
     // toggle ended its ejection (6 ejections of ~0.5 s in 15 s, 30 failed requests).

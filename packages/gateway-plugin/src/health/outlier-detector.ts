@@ -20,9 +20,14 @@
  * would wait long after it is serving. Envoy does the same with
  * `successful_active_health_check_uneject_host` (on by default). What counts:
  * - this gateway's own active check failed and passes again;
- * - the agent's verdict (its local probe) was `down` and is `up` again in a
- *   report of another agent run (`epochMs`) or another service process
- *   (`process.pid`) than the reports at the ejection.
+ * - the agent's verdict (its local probe) is `up` in a report of another
+ *   agent run (`epochMs`) or another service process (`process.pid`) than
+ *   the report at the ejection, whether or not it said `down` in between: a
+ *   container or service restarted faster than the agent's probe interval
+ *   (a crash under load ejects in milliseconds, the restart takes one) was
+ *   never seen down, and served its whole ejection (30 s and up) while it
+ *   answered. Without a report at the ejection to compare with, only a
+ *   verdict that went `down` and came back `up` counts.
  * A verdict that only toggles within one run and one process is not a
  * restart: a backend answering every request with a fast 500 and its agent
  * alternating down/up every 300 ms was ejected 6 times in 15 s at 40 req/s,
@@ -167,10 +172,10 @@ export class OutlierDetector {
     const nowMs = this.now();
     this.noteDown(backend);
     if (!lookedDown(backend) && !this.noEarlyEnd.has(backend)) {
-      // Down, then up: restarted, if this gateway saw it or the agent reports another run or
+      // Restarted: this gateway saw it down and back, or the agent reports another run or
       // another process than at the ejection.
       const reincarnated = this.reincarnated(backend);
-      if (this.seenCheckDown.has(backend) || (this.seenVerdictDown.has(backend) && reincarnated)) {
+      if (this.seenCheckDown.has(backend) || reincarnated) {
         return this.restore(backend, true, !reincarnated);
       }
     }
@@ -178,14 +183,18 @@ export class OutlierDetector {
     this.arm(backend, nowMs);
   }
 
-  /** The last report is of another agent run or another service process than at the ejection. */
+  /**
+   * The last report is of another agent run or another service process than the one at the
+   * ejection; with no report then (a gateway that had heard none yet), only after the agent's
+   * verdict said `down` while it was ejected: its first report is no restart.
+   */
   private reincarnated(backend: Backend): boolean {
     const then = this.ejectedIncarnation.get(backend);
     const now = incarnationOf(backend);
-    return (
+    const another =
       (now.epochMs !== undefined && now.epochMs !== then?.epochMs) ||
-      (now.pid !== undefined && now.pid !== then?.pid)
-    );
+      (now.pid !== undefined && now.pid !== then?.pid);
+    return another && (then?.epochMs !== undefined || this.seenVerdictDown.has(backend));
   }
 
   /**
