@@ -7,7 +7,11 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect, type MqttClient } from 'mqtt';
 import mqttPacket from 'mqtt-packet';
-import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
+import {
+  startEmbeddedBroker,
+  type EmbeddedBroker,
+  type EmbeddedBrokerOptions,
+} from './embedded-broker';
 
 function client(url: string): Promise<MqttClient> {
   const c = connect(url, { reconnectPeriod: 0 });
@@ -19,6 +23,26 @@ function client(url: string): Promise<MqttClient> {
 }
 
 const end = (c: MqttClient): Promise<void> => new Promise((r) => c.end(true, {}, () => r()));
+
+describe('embedded broker options', () => {
+  it.each([
+    ['maxRetainedMessages', NaN],
+    ['maxRetainedBytes', '1mb'],
+    ['maxRetainedBytes', -1],
+    ['maxSubscriptionsPerClient', -1],
+    ['maxSubscriptionsPerClient', 0],
+    ['maxConnections', 1.5],
+    ['port', 70_000],
+    ['host', ''],
+    ['onRefused', 'log'],
+  ])('refuses %s %p with a coded error, before listening', async (name, value) => {
+    const opts = { [name]: value } as unknown as EmbeddedBrokerOptions;
+    await expect(startEmbeddedBroker(opts)).rejects.toMatchObject({
+      code: 'LW_GW_INVALID_OPTION',
+      message: expect.stringContaining(`embedded broker ${name} must be`) as unknown,
+    });
+  });
+});
 
 describe('embedded broker bounds', () => {
   let broker: EmbeddedBroker;

@@ -1,5 +1,6 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createBroker, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
+import { invalidOption } from '../errors';
 import { DEFAULTS } from '../options';
 import { PacketSizeGuard } from './packet-size-guard';
 
@@ -88,13 +89,9 @@ export interface EmbeddedBroker {
 export async function startEmbeddedBroker(
   opts: EmbeddedBrokerOptions = {},
 ): Promise<EmbeddedBroker> {
+  validateBrokerOptions(opts);
   const host = opts.host ?? '127.0.0.1';
   const maxPacketBytes = opts.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
-  if (!Number.isSafeInteger(maxPacketBytes) || maxPacketBytes < 1024) {
-    throw new RangeError(
-      `maxPacketBytes must be an integer >= 1024, got ${String(maxPacketBytes)}`,
-    );
-  }
   const guards = brokerGuards({
     maxRetainedBytes: opts.maxRetainedBytes ?? DEFAULT_MAX_RETAINED_BYTES,
     maxRetainedMessages: opts.maxRetainedMessages ?? DEFAULT_MAX_RETAINED_MESSAGES,
@@ -151,6 +148,38 @@ export async function startEmbeddedBroker(
       return closing;
     },
   };
+}
+
+/**
+ * Every bound checked before anything starts, with a coded error (LW_GW_INVALID_OPTION): a
+ * NaN or a string compared false against every count, and `maxRetainedMessages: NaN` or
+ * `maxRetainedBytes: '1mb'` left the retained store unbounded without a word; a negative
+ * `maxSubscriptionsPerClient` refused every subscription, the gateway's own included.
+ */
+function validateBrokerOptions(opts: EmbeddedBrokerOptions): void {
+  const atLeast = (name: keyof EmbeddedBrokerOptions, min: number, max = Infinity): void => {
+    const v = opts[name];
+    if (v === undefined) return;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+      const range = max === Infinity ? `>= ${min}` : `from ${min} to ${max}`;
+      throw invalidOption(`embedded broker ${name}`, `an integer ${range}`, v);
+    }
+  };
+  atLeast('port', 0, 65_535);
+  atLeast('maxPacketBytes', 1024);
+  atLeast('maxRetainedBytes', 0);
+  atLeast('maxRetainedMessages', 0);
+  atLeast('maxSubscriptionsPerClient', 1);
+  atLeast('maxConnections', 1);
+  if (opts.host !== undefined && (typeof opts.host !== 'string' || opts.host === '')) {
+    throw invalidOption('embedded broker host', 'a non-empty string', opts.host);
+  }
+  for (const name of ['onPacketTooLarge', 'onRefused'] as const) {
+    const f = opts[name];
+    if (f !== undefined && typeof f !== 'function') {
+      throw invalidOption(`embedded broker ${name}`, 'a function', f);
+    }
+  }
 }
 
 /** Where a refused client connects from (PacketSizeGuard passes its socket's address on). */

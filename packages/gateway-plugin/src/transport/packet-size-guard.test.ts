@@ -125,6 +125,8 @@ describe('embedded broker packet limit', () => {
   });
 
   it('rejects a limit below 1 KiB', async () => {
-    await expect(startEmbeddedBroker({ maxPacketBytes: 100 })).rejects.toThrow(RangeError);
+    await expect(startEmbeddedBroker({ maxPacketBytes: 100 })).rejects.toMatchObject({
+      code: 'LW_GW_INVALID_OPTION',
+    });
   });
 });
