@@ -4,7 +4,7 @@
  * front of a real backend that records every request line its HTTP parser
  * reads: a smuggled request shows up there as a second line.
  */
-import { createServer, type IncomingMessage } from 'node:http';
+import { createServer, request, type IncomingMessage } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import express from 'express';
 import { loadBalance, routeUpgrades, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
@@ -1061,6 +1061,57 @@ describe('slow clients', () => {
       expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
     },
   );
+
+  it('lets a full-duplex stream the backend answered talk under the rate, silence still timed', async () => {
+    // A chat over chunked HTTP/1.1: the backend answers at once and acknowledges each message.
+    // At 20 bytes every 60 ms, under the 1,000 B/s minimum, it was cut past the grace with its
+    // answer half sent (the client saw a reset); the backend answered, no slot waits on it.
+    const duplex = await listen(
+      createServer((req, res) => {
+        res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+        let n = 0;
+        req.on('data', () => res.write(`${++n}\n`));
+        req.on('end', () => res.end('end\n'));
+      }),
+    );
+    others.push(duplex);
+    gw = await gateway({
+      backends: [{ id: 'd', url: duplex.url }],
+      clientBodyMinRate: { bytesPerSec: 1_000, graceMs: 300 },
+    });
+    const body = await new Promise<string>((resolve, reject) => {
+      const req = request({
+        port: gw!.port,
+        host: '127.0.0.1',
+        method: 'POST',
+        path: '/api/chat',
+        headers: { 'transfer-encoding': 'chunked' },
+      });
+      let sent = 0;
+      let timer: NodeJS.Timeout | undefined;
+      const next = (): void => {
+        if (++sent > 15) return void req.end(); // 900 ms of talk: three graces
+        req.write('{"msg":"hello 1234"}');
+        timer = setTimeout(next, 60);
+      };
+      req.on('response', (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => resolve(text));
+        res.on('error', reject);
+      });
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      req.flushHeaders();
+      next();
+    });
+    expect(body.trim().split('\n').at(-1)).toBe('end');
+    expect(body.trim().split('\n')).toHaveLength(16);
+    expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(0);
+  });
 
   it('does not count against a fast upload the time its backend takes nothing (backpressure)', async () => {
     // The backend's socket takes nothing for 1.5 s: corked, so Node's buffer (not the

@@ -74,6 +74,16 @@ describe('BodyClock', () => {
     expect(expired).toEqual([[130_000, 'no body bytes for 10000 ms']]);
   });
 
+  it('once the backend answered, only the silence counts', () => {
+    const { c, expired } = clock(10_000, KESTREL);
+    c.reading(0);
+    c.answered(); // a full-duplex stream: its client talks at its own pace
+    trickle(c, 20, 1_000, 20); // 20 B/s for 20 s, under 240 B/s
+    expect(expired).toEqual([]);
+    jest.advanceTimersByTime(10_000);
+    expect(expired).toEqual([[30_000, 'no body bytes for 10000 ms']]);
+  });
+
   it('does not count the time the gateway is not reading (backpressure)', () => {
     const { c, expired } = clock(10_000, KESTREL);
     c.reading(0);

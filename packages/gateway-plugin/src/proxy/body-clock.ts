@@ -48,6 +48,8 @@ export class BodyClock {
   private since = -1;
   /** Expired: what still arrives (a lingering close reads the rest) changes nothing. */
   private over = false;
+  /** The backend answered: the minimum rate no longer applies (answered()). */
+  private rateOff = false;
 
   constructor(
     private readonly idleMs: number | undefined,
@@ -92,6 +94,17 @@ export class BodyClock {
     this.timer = undefined;
   }
 
+  /**
+   * The backend's response head arrived: from now on only the silence counts. The rate
+   * guards a slot held while the backend waits for a body to answer; once it answered, a
+   * body still coming is a full-duplex stream (a chat over chunked HTTP/1.1, an upload
+   * acknowledged as it goes) whose client talks at its own pace, and at one 20-byte
+   * message a second such a stream was cut at 6 s with its answer half sent.
+   */
+  answered(): void {
+    this.rateOff = true;
+  }
+
   private arm(ms: number): void {
     this.armedMs = ms;
     this.timer = setTimeout(this.fire, ms);
@@ -112,7 +125,7 @@ export class BodyClock {
   /** Past the grace and under the minimum: stops and calls `expired`. */
   private tooSlow(): boolean {
     const min = this.minRate;
-    if (!min) return false;
+    if (!min || this.rateOff) return false;
     const ms = this.readMs + (this.since < 0 ? 0 : this.now() - this.since);
     if (ms < min.graceMs || this.bytes * 1000 >= min.bytesPerSec * ms) return false;
     this.stop();

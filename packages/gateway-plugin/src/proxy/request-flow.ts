@@ -1015,6 +1015,7 @@ export class RequestFlow {
     const backend = flow.backend;
     flow.responded = true;
     c.attemptAnswered(backend);
+    flow.bodyClock?.answered();
     this.clearTimers(flow);
     // The head is written once the read that brought it is parsed (relayHead), queued before
     // the hook can start the answer flowing (a 'data' listener of its own).
