@@ -39,12 +39,16 @@ export function classify(err: Error & { code?: string }): UpstreamErrorKind {
 }
 
 /**
- * The gateway's own resources ran out making the attempt (file descriptors, buffers, memory,
- * local ports): nothing about the backend. Counted as the backend's connect failures, a
- * gateway out of descriptors (an idle-connection flood) ejected healthy backends for 30 s,
- * past the moment it had descriptors again, and its alerts and logs blamed them.
+ * The gateway's own resources ran out making the attempt (file descriptors, buffers, memory):
+ * nothing about the backend. Counted as the backend's connect failures, a gateway out of
+ * descriptors (an idle-connection flood) ejected healthy backends for 30 s, past the moment
+ * it had descriptors again, and its alerts and logs blamed them. Not EADDRNOTAVAIL: on a
+ * connect it belongs to the destination (no source address for it, as `http://[::1]` where
+ * IPv6 is off, or the local ports towards that one address and port used up), so another
+ * backend may well be reached. Taken as the gateway's, such a backend was never charged nor
+ * ejected, kept half the picks of two, and each of them got 503 instead of a retry.
  */
-const LOCAL_RESOURCE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM', 'EADDRNOTAVAIL']);
+const LOCAL_RESOURCE_CODES = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM']);
 
 export function isLocalResourceError(err: Error): boolean {
   return LOCAL_RESOURCE_CODES.has((err as { code?: string }).code ?? '');
