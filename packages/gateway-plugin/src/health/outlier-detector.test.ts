@@ -151,7 +151,13 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
   type B = Fleet['backends'][0];
 
   /** A signed report as the registry applies it: agent run `epochMs`, service process `pid`. */
-  function report(b: B, verdict: 'up' | 'down', epochMs: number, pid: number): void {
+  function report(
+    b: B,
+    verdict: 'up' | 'down',
+    epochMs: number,
+    pid: number,
+    state: MetricsReport['state'] = 'online',
+  ): void {
     const message: MetricsReport = {
       v: 1,
       kind: 'metrics',
@@ -160,7 +166,7 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
       seq: seq++,
       ts: Date.now(),
       intervalMs: 1_000,
-      state: 'online',
+      state,
       host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
       process: { pid, cpuCores: 0.1, rssBytes: 1e8 },
       health: verdict === 'up' ? { verdict } : { verdict, reason: 'probe refused' },
@@ -293,6 +299,29 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
       'backend-ejected',
       { id: 'a', durationMs: 60_000, consecutiveFailures: 3 },
     ]);
+  });
+
+  it('ended by the check while drained: a new process after the drain gets a clean slate', () => {
+    // A deploy: the check loses it, the agent drains it, the ejection ends on the check alone
+    // (figures kept for the same process), and what comes back is another process.
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    report(a, 'up', 1_000, 42);
+    fail3(d, a);
+    a.checkDown = true;
+    f.registry.recompute();
+    jest.advanceTimersByTime(1_000);
+    report(a, 'up', 1_000, 42, 'draining');
+    a.checkDown = false;
+    f.registry.recompute();
+    jest.advanceTimersByTime(RECOVERY_CHECK_MS);
+    expect(a.ejectedUntilMs).toBeUndefined(); // the ejection is over
+    expect(eligibleIds(f.registry)).not.toContain('a'); // still drained
+    report(a, 'up', 2_000, 43); // the new release, online
+    expect(eligibleIds(f.registry)).toContain('a');
+    expect(a.load.slowStartFactor(Date.now())).toBeLessThan(1);
+    expect(a.load.snapshot(Date.now()).penaltyFactor).toBe(1);
   });
 
   it('ejected again before one success since an early end: serves that ejection in full', () => {

@@ -135,6 +135,16 @@ export class Registry {
   }
 
   private applyMetrics(backend: Backend, report: MetricsReport, receivedAtMs: number): void {
+    const then = backend.lastReport;
+    // A report of another agent run or service process: whatever was kept of the one
+    // before (an ejection ended on the active check alone, while it was still out for
+    // another reason: draining, offline) does not describe this one, which comes back
+    // through admit() and slow start.
+    if (
+      backend.keepFiguresOnEntry &&
+      (report.epochMs !== then?.epochMs || report.process?.pid !== then?.process?.pid)
+    )
+      backend.keepFiguresOnEntry = false;
     backend.load.onReport(report, receivedAtMs);
     backend.lastReport = report;
     // Fresh now: the next sweep that finds it stale announces metrics-stale,
