@@ -414,7 +414,8 @@ describe('a backend that switches protocols unasked', () => {
 
 describe('framing forwarded', () => {
   it('in the one spelling every parser reads, whatever spelling the client used', async () => {
-    gw = await gateway({ backends: [{ id: 'b', url: backend.url }] });
+    // Streamed (a body read before dispatch goes with its Content-Length, whatever its framing).
+    gw = await gateway({ backends: [{ id: 'b', url: backend.url }], requestBuffering: false });
     for (const bytes of [
       'POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
       'POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0003\r\n\r\nabc',
@@ -1007,7 +1008,12 @@ describe('slow clients', () => {
     // Held in memory to be sent again if need be: the backend never sees it.
     ['held', 10],
   ])('answers a stalled %s body 408 without blaming the backend', async (how, length) => {
-    gw = await gateway({ backends: [{ id: 'b', url: backend.url }], clientBodyTimeoutMs: 200 });
+    gw = await gateway({
+      backends: [{ id: 'b', url: backend.url }],
+      clientBodyTimeoutMs: 200,
+      // Streamed from dispatch only without reading before it (requestBuffering).
+      ...(how === 'streamed' && { requestBuffering: false as const }),
+    });
     const r = await rawExchange(
       gw.port,
       `POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${length}\r\n\r\nabc`,
@@ -1035,6 +1041,7 @@ describe('slow clients', () => {
         backends: [{ id: 'b', url: backend.url }],
         // Small figures, so that it runs in a second: 1,000 B/s after 300 ms of reading.
         clientBodyMinRate: { bytesPerSec: 1_000, graceMs: 300 },
+        ...(how === 'streamed' && { requestBuffering: false as const }),
       });
       const c = await openSlow(
         gw.port,
@@ -1167,9 +1174,14 @@ describe('slow clients', () => {
 
   it('bounds the requests one client address holds; other clients are served', async () => {
     const held = await recordingBackend({ hold: (line) => line.startsWith('POST') });
-    gw = await gateway({ backends: [{ id: 'b', url: held.url }], maxInFlightPerClient: 5 });
+    gw = await gateway({
+      backends: [{ id: 'b', url: held.url }],
+      maxInFlightPerClient: 5,
+      requestBuffering: false,
+    });
     const slow: SlowClient[] = [];
-    // Over retry.maxBodyBytes: streamed to the backend as it comes, so it holds a slot there.
+    // Over retry.maxBodyBytes, not read before dispatch: streamed to the backend as it
+    // comes, so it holds a slot there.
     const upload = 'POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nx';
     for (let i = 0; i < 20; i++) slow.push(await openSlow(gw.port, upload, '127.0.0.2'));
     await until(() => held.seen.length === 5);

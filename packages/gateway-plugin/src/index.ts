@@ -38,6 +38,7 @@ export {
   type AcceptQueueOptions,
   type ProxyEventHooks,
   type ReadyOptions,
+  type RequestBufferingOptions,
   type RetryOptions,
   type SaturationOptions,
   type WebSocketOptions,

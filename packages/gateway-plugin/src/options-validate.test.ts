@@ -213,6 +213,22 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, clientBodyMinRate: { bytesPerSecond: 240 } },
     'LW_GW_INVALID_OPTION',
   ],
+  ['request buffering true', { ...base, requestBuffering: true }, 'LW_GW_INVALID_OPTION'],
+  [
+    'request buffering maxBytes zero',
+    { ...base, requestBuffering: { maxBytes: 0 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'request buffering total under maxBytes',
+    { ...base, requestBuffering: { maxBytes: 1024, maxTotalBytes: 512 } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'request buffering unknown key',
+    { ...base, requestBuffering: { maxBodyBytes: 1024 } },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['per-client bound fraction', { ...base, maxInFlightPerClient: 2.5 }, 'LW_GW_INVALID_OPTION'],
   ['per-client bound zero', { ...base, maxInFlightPerClient: 0 }, 'LW_GW_INVALID_OPTION'],
   ['trusted proxies 33', { ...base, trustForwarded: 33 }, 'LW_GW_INVALID_OPTION'],
@@ -442,6 +458,15 @@ describe('loadBalance options', () => {
     expect(
       resolveOptions({ ...base, clientBodyMinRate: { bytesPerSec: 1_000 } }).clientBodyMinRate,
     ).toEqual({ bytesPerSec: 1_000, graceMs: 5_000 });
+    // Request bodies are read before dispatch by default: 64 KiB each, 64 MiB in all.
+    expect(o.requestBuffering).toEqual({ maxBytes: 65_536, maxTotalBytes: 64 << 20 });
+    expect(resolveOptions({ ...base, requestBuffering: false }).requestBuffering).toBeUndefined();
+    expect(
+      resolveOptions({ ...base, requestBuffering: { maxBytes: 1_024 } }).requestBuffering,
+    ).toEqual({ maxBytes: 1_024, maxTotalBytes: 64 << 20 });
+    expect(() =>
+      resolveOptions({ ...base, requestBuffering: { maxBytes: 1024, maxTotalBytes: 512 } }),
+    ).toThrow('requestBuffering.maxTotalBytes');
     // trustForwarded resolves to the number of trusted proxies: true is one.
     expect(o.trustForwarded).toBe(0);
     const hops = (t: boolean | number) =>

@@ -636,6 +636,26 @@ const entries = {
     ),
     {},
   ),
+  requestBuffering: v.optional(
+    orFalse(
+      v.pipe(
+        strict({
+          maxBytes: v.optional(int(1, 64 << 20), DEFAULTS.requestBuffering.maxBytes),
+          maxTotalBytes: v.optional(int(1, 2 ** 40), DEFAULTS.requestBuffering.maxTotalBytes),
+        }),
+        crossCheck((b) =>
+          b.maxTotalBytes < b.maxBytes
+            ? invalidOption(
+                'requestBuffering.maxTotalBytes',
+                '>= requestBuffering.maxBytes',
+                b.maxTotalBytes,
+              )
+            : undefined,
+        ),
+      ),
+    ),
+    {},
+  ),
   maxInFlightPerClient: v.optional(orFalse(int(1, 1e6)), DEFAULTS.maxInFlightPerClient),
   changeOrigin: v.optional(bool(), DEFAULTS.changeOrigin),
   trustForwarded: v.optional(
@@ -812,6 +832,7 @@ function resolve(o: Parsed) {
         : { ...o.discovery, forgetAfterMs: off(o.discovery.forgetAfterMs) },
     clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
     clientBodyMinRate: off(o.clientBodyMinRate),
+    requestBuffering: off(o.requestBuffering),
     maxInFlightPerClient: off(o.maxInFlightPerClient),
     // The number of trusted proxies, what the request path counts with
     // (proxy/forwarded.ts clientAddress): true is one, false none.

@@ -252,6 +252,26 @@ export interface ClientBodyMinRateOptions {
   graceMs?: number;
 }
 
+/**
+ * The request body is read into memory before a backend is picked (nginx's
+ * `proxy_request_buffering` with `client_body_buffer_size`, in memory only), so
+ * a slow upload holds no backend slot while it trickles.
+ */
+export interface RequestBufferingOptions {
+  /**
+   * A body that ends within this many bytes is sent whole, with a Content-Length
+   * (a chunked one too); a longer one is dispatched once more than this has come,
+   * that much sent first and the rest streamed (default 65 536).
+   */
+  maxBytes?: number;
+  /**
+   * Bytes of request bodies this balancer holds in memory at once, in all
+   * (default 67 108 864, 64 MiB). A body that would pass it is dispatched with
+   * what it has and streamed, as without buffering.
+   */
+  maxTotalBytes?: number;
+}
+
 export interface OverloadOptions {
   /** Shed new requests while the event-loop delay (p99 of the last sample) is above this. */
   maxEventLoopDelayMs?: number;
@@ -385,6 +405,14 @@ export interface LoadBalanceOptions {
    * slot until the server's requestTimeout.
    */
   clientBodyMinRate?: ClientBodyMinRateOptions | false;
+  /**
+   * Read a request's body (up to `maxBytes`, within `maxTotalBytes` in all) before
+   * picking a backend, so that a slow upload holds no backend slot while it arrives;
+   * clientBodyTimeoutMs and clientBodyMinRate run meanwhile (default
+   * `{ maxBytes: 65536, maxTotalBytes: 67108864 }`; false: bodies stream from dispatch,
+   * except those read for retries, `retry.maxBodyBytes`).
+   */
+  requestBuffering?: RequestBufferingOptions | false;
   /**
    * Requests one client address (IPv6: its /64) may have in the gateway at
    * once, waiting or proxied; more get 429 LW_GW_CLIENT_LIMIT (default 64;
@@ -521,6 +549,14 @@ export const DEFAULTS = {
   clientBodyTimeoutMs: DEFAULT_CLIENT_BODY_TIMEOUT_MS,
   // Kestrel's MinRequestBodyDataRate: 240 B/s after a 5 s grace.
   clientBodyMinRate: { bytesPerSec: 240, graceMs: 5_000 },
+  /**
+   * 64 KiB a body: a form, a JSON document or an API call fits whole (nginx's
+   * client_body_buffer_size is 8-16 KiB, but spills to disk beyond it; here the rest
+   * streams instead), and the minimum rate (240 B/s) needs about 4.5 minutes to
+   * deliver it, so a trickle is cut long before it could take a backend slot. 64 MiB
+   * in all: a thousand such bodies at once, a small share of a gateway's memory.
+   */
+  requestBuffering: { maxBytes: 65_536, maxTotalBytes: 64 << 20 },
   maxInFlightPerClient: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
   changeOrigin: false,
   trustForwarded: false,

@@ -89,6 +89,8 @@ export interface GatewayMetrics {
   onRequestRejected(code: string): void;
   /** A WebSocket was closed after `webSockets.idleTimeoutMs` without a byte either way. */
   onWebSocketIdleClosed(): void;
+  /** A request body streamed from dispatch because `requestBuffering.maxTotalBytes` was held. */
+  onBodyBufferFull(): void;
   /**
    * A backend left for good (discovery forgot it): its series leave the
    * registry, so a fleet that scales in and out does not grow the scrape.
@@ -161,6 +163,7 @@ interface Families {
   invalidMessages: Counter<string>;
   rejected: Counter<string>;
   webSocketIdleClosed: Counter<string>;
+  bodyBufferFull: Counter<string>;
 }
 
 const familiesOf = new WeakMap<Registry, Map<string, Families>>();
@@ -239,6 +242,12 @@ function createFamilies(registry: Registry, p: string): Families {
     name: `${p}rejected_requests_total`,
     help: 'Requests the gateway answered itself because of the request (bad framing or path, body timeout, per-client limit, proxy error), by error code',
     labelNames: ['service', 'code'] as const,
+    registers,
+  });
+  const bodyBufferFull = new Counter({
+    name: `${p}request_buffer_full_total`,
+    help: 'Request bodies dispatched before they were read (streamed) because requestBuffering.maxTotalBytes was held',
+    labelNames: ['service'] as const,
     registers,
   });
   const webSocketIdleClosed = new Counter({
@@ -382,6 +391,7 @@ function createFamilies(registry: Registry, p: string): Families {
     invalidMessages,
     rejected,
     webSocketIdleClosed,
+    bodyBufferFull,
   };
 }
 
@@ -451,6 +461,7 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
   const invalidChildren = new Map<string, CounterChild>();
   const rejectedChildren = new Map<string, CounterChild>();
   let webSocketIdleChild: CounterChild | undefined;
+  let bodyBufferFullChild: CounterChild | undefined;
   // Plain copies of the rare counters: prom-client reads its own asynchronously.
   let retriesTotal = 0;
   const shedTotals: Record<ShedReason, number> = {
@@ -551,6 +562,10 @@ export function createGatewayMetrics(opts: GatewayMetricsOptions = {}): GatewayM
     onWebSocketIdleClosed() {
       webSocketIdleChild ??= f.webSocketIdleClosed.labels(L({}));
       webSocketIdleChild.inc();
+    },
+    onBodyBufferFull() {
+      bodyBufferFullChild ??= f.bodyBufferFull.labels(L({}));
+      bodyBufferFullChild.inc();
     },
     collect(s) {
       member.pending = s;

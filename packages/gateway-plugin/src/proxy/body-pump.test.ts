@@ -40,6 +40,58 @@ describe('pumpBody', () => {
     expect(dest.writableEnded).toBe(true);
   });
 
+  it('writes the prefix read before dispatch first, then the rest in order', async () => {
+    const src = new PassThrough();
+    src.write('cd');
+    src.pause(); // as readBody leaves it after the prefix
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev, Buffer.from('ab'));
+    src.end('e');
+    await tick();
+    expect(Buffer.concat(dest.got).toString()).toBe('abcde');
+    expect(dest.writableEnded).toBe(true);
+    expect(ev.log.at(-1)).toBe('ended');
+  });
+
+  it('keeps the rest paused while the backend has not taken the prefix', async () => {
+    const src = new PassThrough();
+    src.pause();
+    let release: () => void = () => {};
+    const got: string[] = [];
+    const dest = new Writable({
+      highWaterMark: 1,
+      write(c: Buffer, _e, cb) {
+        got.push(c.toString());
+        release = cb;
+      },
+    });
+    const ev = recorder();
+    pumpBody(src, dest, ev, Buffer.from('prefix'));
+    src.write('rest');
+    await tick();
+    expect([ev.log, src.isPaused(), got]).toEqual([['backend'], true, ['prefix']]);
+    release();
+    await tick();
+    expect(got).toEqual(['prefix', 'rest']);
+  });
+
+  it('ends with the prefix alone when nothing more is coming', async () => {
+    const src = new PassThrough();
+    src.end();
+    src.resume();
+    await tick();
+    const dest = sink();
+    const ev = recorder();
+    pumpBody(src, dest, ev, Buffer.from('all'));
+    await tick();
+    expect([Buffer.concat(dest.got).toString(), dest.writableEnded, ev.log]).toEqual([
+      'all',
+      true,
+      ['ended'],
+    ]);
+  });
+
   it('waits for the backend under backpressure, then for the client again', async () => {
     const src = new PassThrough();
     let release: () => void = () => {};

@@ -33,18 +33,26 @@ export interface PumpEvents {
   threw(err: Error): void;
 }
 
-/** Ends the backend request of a request with nothing left to read (a GET, say). */
-function endWithoutBody(dest: Writable, ev: PumpEvents): void {
+/**
+ * Ends the backend request of a request with nothing left to read (a GET, say), after
+ * `first`, the body's prefix read before dispatch, when there is one.
+ */
+function endWithoutBody(dest: Writable, ev: PumpEvents, first: Buffer | undefined): void {
   if (dest.destroyed) return;
   try {
-    dest.end();
+    if (first === undefined) dest.end();
+    else dest.end(first);
   } catch (err) {
     return ev.threw(asError(err));
   }
   ev.ended();
 }
 
-export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
+/**
+ * `first`: the body's first bytes, read before dispatch (requestBuffering, request-body.ts
+ * readBody), written before the rest; `src` was paused after them.
+ */
+export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents, first?: Buffer): void {
   // Nothing to stream: the body was read by a middleware (ended), or the
   // parser has the whole message and nothing is buffered (a request without
   // a body, most of them). End the destination a tick later, as Readable.pipe
@@ -55,7 +63,7 @@ export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
     src.readableEnded ||
     ((src as { complete?: boolean }).complete === true && src.readableLength === 0)
   ) {
-    process.nextTick(endWithoutBody, dest, ev);
+    process.nextTick(endWithoutBody, dest, ev, first);
     return;
   }
   let waitingForDrain = false;
@@ -109,6 +117,17 @@ export function pumpBody(src: Readable, dest: Writable, ev: PumpEvents): void {
   dest.once('close', stop);
   src.on('data', onData);
   src.once('end', onEnd);
+  if (first !== undefined) {
+    // Its bytes were counted while they were read: none come with this wait.
+    let ok = true;
+    if (!guarded(() => (ok = dest.write(first)))) return;
+    if (!ok) {
+      // `src` stays paused (readBody paused it: a 'data' listener does not resume it).
+      waitingForDrain = true;
+      src.pause();
+      return ev.waitingForBackend(0);
+    }
+  }
   ev.waitingForClient(0);
   // 'data' listeners start the flow unless the stream was paused explicitly.
   src.resume();

@@ -19,6 +19,11 @@
  *    to `retry.maxBodyBytes` (Envoy buffers retried bodies up to
  *    `per_request_buffer_limit_bytes`; HAProxy's `retry-on` needs
  *    `option http-buffer-request`), and written again on every attempt.
+ * 3. A streamed body holds a backend slot while it arrives. With
+ *    `requestBuffering` (nginx's `proxy_request_buffering`), the first
+ *    `maxBytes` of every body are read before a backend is picked (`readBody`):
+ *    a body that ends within them is sent whole, with a Content-Length; a longer
+ *    one is sent that prefix first and the rest streamed (body-pump.ts).
  *
  * A buffered body is written by `writeBody` from the 'proxyReq' event; http-proxy
  * then pipes the already ended `req`, which only ends the backend request
@@ -31,8 +36,11 @@ import type { ClientRequest, IncomingHttpHeaders, IncomingMessage } from 'node:h
 export type BodyPlan =
   /** Nothing read yet (or no body at all): http-proxy streams `req` as it arrives. */
   | { kind: 'stream' }
-  /** The bytes to send, in memory: re-serialized from `req.body`, or read by the gateway. */
-  | { kind: 'buffered'; body: Buffer }
+  /**
+   * The bytes to send, in memory: re-serialized from `req.body`, or read by the gateway
+   * (`read`: then it is sent again on a retry only within retry.maxBodyBytes).
+   */
+  | { kind: 'buffered'; body: Buffer; read?: true }
   /** The body was read by someone else and cannot be rebuilt. */
   | { kind: 'lost'; detail: string };
 
@@ -182,11 +190,15 @@ function labelUtf8(contentType: string): string {
   return `${type}; charset=utf-8`;
 }
 
-/** The bytes the gateway sends for a body already read: Content-Length of them, no chunking. */
-function buffered(h: IncomingHttpHeaders, body: Buffer): BodyPlan {
+/**
+ * The bytes the gateway sends for a body already read: Content-Length of them, no
+ * chunking (a chunked body read whole goes with its length). `read`: the gateway read
+ * them itself (readBody), not a middleware.
+ */
+export function buffered(h: IncomingHttpHeaders, body: Buffer, read?: true): BodyPlan {
   h['content-length'] = String(body.length);
   delete h['transfer-encoding'];
-  return { kind: 'buffered', body };
+  return read ? { kind: 'buffered', body, read } : { kind: 'buffered', body };
 }
 
 /**
@@ -246,43 +258,77 @@ export function planBody(
   return buffered(h, body);
 }
 
+/** How much of a body `readBody` reads before the request is dispatched. */
+export interface BodyRead {
+  /** The Content-Length, when the body has one: more bytes than this are 'too-long'. */
+  declared: number | undefined;
+  /** More than this many bytes and what came is handed over as a prefix (Infinity: never). */
+  upTo: number;
+  /**
+   * Each chunk as it comes, before it is kept: false hands over what came, this chunk
+   * included, as a prefix (the buffer budget is spent).
+   */
+  chunk(bytes: number): boolean;
+}
+
 /**
- * Reads a body of `length` bytes (Content-Length, at most the retry buffer
- * limit) into memory. Resolves undefined if the client goes away first, and
- * 'too-long' for more bytes than `length` (Node's parser holds the client to
- * the Content-Length it sent; a middleware that changed the header since can
- * make it say less); never rejects.
+ * What `readBody` read: the whole body; the first bytes of a longer one (`prefix`,
+ * the request paused after them: the rest is streamed after it); 'too-long' for more
+ * bytes than the Content-Length (Node's parser holds the client to the Content-Length it
+ * sent; a middleware that changed the header since can make it say less); undefined if
+ * the client went away first, or the read was stopped.
+ */
+export type BodyReadResult =
+  { kind: 'whole'; body: Buffer } | { kind: 'prefix'; prefix: Buffer } | 'too-long' | undefined;
+
+/**
+ * Reads a request body into memory before the request is dispatched: for a retry
+ * (retry.maxBodyBytes) or so that a slow upload holds no backend slot while it arrives
+ * (requestBuffering). Calls `done` once; the function returned stops the read (`done`
+ * gets undefined), and is a no-op once `done` was called.
  */
 export function readBody(
   req: IncomingMessage,
-  length: number,
-): Promise<Buffer | undefined | 'too-long'> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = (body: Buffer | undefined | 'too-long'): void => {
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('error', onFail);
-      req.off('close', onFail);
-      resolve(body);
-    };
-    const onData = (chunk: Buffer): void => {
-      size += chunk.length;
-      if (size > length) return done('too-long');
-      chunks.push(chunk);
-    };
-    const onEnd = (): void => done(Buffer.concat(chunks, size));
-    const onFail = (): void => done(undefined);
-    req.on('data', onData);
-    req.once('end', onEnd);
-    req.once('error', onFail);
-    req.once('close', onFail);
-    // A 'data' listener does not start a stream a middleware paused (req.pause() while an
-    // async auth step ran, then next()): the body was never read, and the client got a
-    // 408 after clientBodyTimeoutMs, or no answer at all without it.
-    req.resume();
-  });
+  read: BodyRead,
+  done: (result: BodyReadResult) => void,
+): () => void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let over = false;
+  const finish = (result: BodyReadResult): void => {
+    if (over) return;
+    over = true;
+    req.off('data', onData);
+    req.off('end', onEnd);
+    req.off('error', onFail);
+    req.off('close', onFail);
+    done(result);
+  };
+  const prefix = (): void => {
+    // Paused before the next 'data': the pump takes the rest from here, in order.
+    req.pause();
+    finish({ kind: 'prefix', prefix: Buffer.concat(chunks, size) });
+  };
+  function onData(chunk: Buffer): void {
+    size += chunk.length;
+    if (read.declared !== undefined && size > read.declared) return finish('too-long');
+    chunks.push(chunk);
+    const keep = read.chunk(chunk.length);
+    // Stopped inside `chunk` (the body clock expired on it: 408): nothing is handed over.
+    if (over) return;
+    if (!keep || size > read.upTo) prefix();
+  }
+  const onEnd = (): void => finish({ kind: 'whole', body: Buffer.concat(chunks, size) });
+  const onFail = (): void => finish(undefined);
+  req.on('data', onData);
+  req.once('end', onEnd);
+  req.once('error', onFail);
+  req.once('close', onFail);
+  // A 'data' listener does not start a stream a middleware paused (req.pause() while an
+  // async auth step ran, then next()): the body was never read, and the client got a
+  // 408 after clientBodyTimeoutMs, or no answer at all without it.
+  req.resume();
+  return () => finish(undefined);
 }
 
 /**

@@ -44,7 +44,15 @@ import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { LoopGuard } from './loop-guard';
 import { localAddressOf } from './listen-address';
 import { checkFraming, checkPath, refusedMethod, type BodyFraming } from './request-checks';
-import { declaredLength, planBody, readBody, writeBody, type BodyPlan } from './request-body';
+import {
+  buffered,
+  declaredLength,
+  planBody,
+  readBody,
+  writeBody,
+  type BodyPlan,
+  type BodyRead,
+} from './request-body';
 import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
@@ -130,6 +138,15 @@ interface Flow {
   done: boolean;
   /** How the body reaches the backend (request-body.ts). */
   body: BodyPlan;
+  /**
+   * The first bytes of a body longer than requestBuffering.maxBytes (or than the budget
+   * let it keep), read before dispatch: the pump writes them before the rest.
+   */
+  prefix: Buffer | undefined;
+  /** Bytes of this request's body charged to requestBuffering.maxTotalBytes. */
+  held: number;
+  /** Stops the read of its body before dispatch (readBody), while it runs. */
+  stopRead: (() => void) | undefined;
   /** Moves a streamed answer to the stream lane (StreamLane.afterMs after its head). */
   streamTimer: NodeJS.Timeout | undefined;
   /** Its place in the stream lane: out of the request bounds (stream-lane.ts). */
@@ -343,6 +360,9 @@ function newFlow(
     pipelined: false,
     done: false,
     body,
+    prefix: undefined,
+    held: 0,
+    stopRead: undefined,
     streamTimer: undefined,
     lane: undefined,
   };
@@ -391,6 +411,8 @@ export class RequestFlow {
   private readonly waitingOn = new WeakMap<Socket, Set<Flow>>();
   /** Requests admitted and not finished yet (graceful close waits for them). */
   active = 0;
+  /** Bytes of request bodies read before dispatch and held now (requestBuffering.maxTotalBytes). */
+  bufferedBytes = 0;
   private idleWaiters: Array<{ servers: boolean; done: () => void }> = [];
   /**
    * The servers requests came from, until their 'close' (stopped listening
@@ -571,23 +593,26 @@ export class RequestFlow {
     // response's 'close': the flow would hold its client slot, its queue place or its
     // backend attempt for good. The connection's own 'close' finishes it instead.
     if (!res.socket) this.finishOnClose(req.socket, flow);
-    const toBuffer = this.bufferForRetry(flow);
-    if (toBuffer === undefined) return this.start(flow);
-    // The body idle timeout and minimum rate run while the gateway reads a body to
-    // hold for retries, as they do while the pump streams one.
-    const refresh = (chunk: Buffer): void => this.waitForClient(flow, chunk.length);
+    const read = this.bodyRead(flow);
+    if (read === undefined) return this.start(flow);
+    // The body idle timeout and minimum rate run while the gateway reads a body before
+    // dispatch, as they do while the pump streams one.
     this.waitForClient(flow, 0);
-    req.on('data', refresh);
-    void readBody(req, toBuffer).then((bytes) => {
-      req.off('data', refresh);
+    flow.stopRead = readBody(req, read, (result) => {
+      flow.stopRead = undefined;
       flow.bodyClock?.paused();
-      if (flow.done || bytes === undefined) return; // the client left; finish() cleans up
-      if (bytes === 'too-long') {
+      if (flow.done || result === undefined) return; // the client left; finish() cleans up
+      if (result === 'too-long') {
         // Left waiting for a body that would never fit, the request was never answered.
         const detail = 'the body is longer than its Content-Length (changed by a middleware?)';
         return this.reject(flow.req, flow.res, 'LW_GW_PROXY_ERROR', detail, true);
       }
-      flow.body = { kind: 'buffered', body: bytes };
+      if (result.kind === 'whole') {
+        // Sent with its length, chunked or not (the headers the backend gets say so).
+        flow.body = buffered(flow.headers, result.body, true);
+      } else {
+        flow.prefix = result.prefix;
+      }
       this.start(flow);
     });
   }
@@ -608,16 +633,62 @@ export class RequestFlow {
   }
 
   /**
-   * The Content-Length of a body worth reading into memory first, so that a
-   * retry can send it again (retry.maxBodyBytes); undefined to stream it. Of
-   * every method: a POST may go again when its connection failed (retryable).
+   * How much of the body to read before dispatch, or undefined to stream it from dispatch
+   * (a request without a body: no cost). A body of at most retry.maxBodyBytes by its
+   * Content-Length is read whole so that a retry can send it again, as before, whatever
+   * the budget; with requestBuffering, any other body up to maxBytes (more than that is
+   * dispatched with its prefix read, the rest streamed), within maxTotalBytes in all.
    */
-  private bufferForRetry(flow: Flow): number | undefined {
-    const r = this.core.options.retry;
-    if (!r || r.maxRetries === 0 || flow.body.kind !== 'stream' || flow.framing === 'none')
+  private bodyRead(flow: Flow): BodyRead | undefined {
+    if (flow.framing === 'none' || flow.body.kind !== 'stream') return undefined;
+    const o = this.core.options;
+    const declared = flow.framing === 'length' ? declaredLength(flow.req) : undefined;
+    const r = o.retry;
+    if (r && r.maxRetries > 0 && declared !== undefined && declared <= r.maxBodyBytes)
+      return { declared, upTo: Infinity, chunk: (bytes) => this.hold(flow, bytes, true) };
+    const b = o.requestBuffering;
+    // Trailer fields come after the body: a body that announces them keeps its chunked
+    // framing (the gateway forwards none, buffered or not: forwarded.ts).
+    if (!b || flow.req.headers.trailer !== undefined) return undefined;
+    if (this.bufferedBytes >= b.maxTotalBytes) {
+      this.bufferFull(flow);
       return undefined;
-    const length = declaredLength(flow.req);
-    return length !== undefined && length <= r.maxBodyBytes ? length : undefined;
+    }
+    return { declared, upTo: b.maxBytes, chunk: (bytes) => this.hold(flow, bytes, false) };
+  }
+
+  /**
+   * `bytes` more of `flow`'s body read before dispatch: charged to the buffer budget, or,
+   * when they would pass maxTotalBytes, false (it is dispatched with what it has). A body
+   * read for retries is always kept, as before the budget existed.
+   */
+  private hold(flow: Flow, bytes: number, always: boolean): boolean {
+    this.waitForClient(flow, bytes);
+    const b = this.core.options.requestBuffering;
+    if (!always && b && this.bufferedBytes + bytes > b.maxTotalBytes) {
+      this.bufferFull(flow);
+      return false;
+    }
+    flow.held += bytes;
+    this.bufferedBytes += bytes;
+    return true;
+  }
+
+  /** The bytes `flow` holds are gone from memory (sent on, or the request over). */
+  private releaseHeld(flow: Flow): void {
+    this.bufferedBytes -= flow.held;
+    flow.held = 0;
+  }
+
+  /** A body streams from dispatch because the buffer budget is spent: counted, logged. */
+  private bufferFull(flow: Flow): void {
+    const c = this.core;
+    c.metrics.onBodyBufferFull();
+    c.logLine(
+      'request-buffer-full',
+      `${describe(flow.req)}: requestBuffering.maxTotalBytes (${c.options.requestBuffering?.maxTotalBytes} bytes) held by bodies being read; this body streams from dispatch`,
+      { event: 'request-buffer-full' },
+    );
   }
 
   /**
@@ -877,12 +948,21 @@ export class RequestFlow {
   };
 
   private pump(flow: Flow, proxyReq: ClientRequest): void {
-    pumpBody(flow.req, proxyReq, {
-      waitingForClient: (bytes) => this.waitForClient(flow, bytes),
-      waitingForBackend: (bytes) => this.waitForBackend(flow, bytes),
-      ended: () => this.waitForBackend(flow),
-      threw: (err) => this.onPrepareError(err, flow.req, flow.res),
-    });
+    // A streamed body is sent once (never retried): its prefix leaves memory with it.
+    const prefix = flow.prefix;
+    flow.prefix = undefined;
+    if (prefix !== undefined) this.releaseHeld(flow);
+    pumpBody(
+      flow.req,
+      proxyReq,
+      {
+        waitingForClient: (bytes) => this.waitForClient(flow, bytes),
+        waitingForBackend: (bytes) => this.waitForBackend(flow, bytes),
+        ended: () => this.waitForBackend(flow),
+        threw: (err) => this.onPrepareError(err, flow.req, flow.res),
+      },
+      prefix,
+    );
   }
 
   /** Ends the backend request of a request without a body (pipeTaken); a throw fails the attempt. */
@@ -944,6 +1024,8 @@ export class RequestFlow {
    */
   private bodyTimeout(flow: Flow, detail: string): void {
     if (flow.done) return;
+    // Still reading it before dispatch: no backend has it, and what comes is not kept.
+    flow.stopRead?.();
     this.cancelAttempt(flow);
     this.reject(flow.req, flow.res, 'LW_GW_BODY_TIMEOUT', detail, true);
   }
@@ -1445,7 +1527,11 @@ export class RequestFlow {
     const r = this.core.options.retry;
     if (r === undefined) return false;
     if (!notSent && !r.methods.includes(flow.req.method ?? 'GET')) return false;
-    return flow.framing === 'none' || flow.body.kind === 'buffered';
+    const body = flow.body;
+    if (body.kind !== 'buffered') return flow.framing === 'none';
+    // One the gateway read before dispatch (requestBuffering) is sent again within the
+    // retry buffer's limit, as one read for retries (request-body.ts).
+    return body.read !== true || body.body.length <= r.maxBodyBytes;
   }
 
   /**
@@ -1737,6 +1823,10 @@ export class RequestFlow {
     flow.waiter = undefined;
     if (flow.pipelined) this.waitingOn.get(flow.req.socket)?.delete(flow);
     flow.bodyClock?.paused();
+    // A client that left while its body was read before dispatch: nothing was sent.
+    flow.stopRead?.();
+    flow.prefix = undefined;
+    this.releaseHeld(flow);
     if (flow.lane) this.lane!.leave(flow.lane);
     else if (flow.client !== undefined) this.clients?.release(flow.client);
     flow.lane = undefined;
