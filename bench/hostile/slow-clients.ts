@@ -4,6 +4,9 @@
  *   npm run bench:hostile                      # 1,000 slow-body + 1,000 slow-header, then 1,000 normal
  *   npm run bench:hostile -- --server hardened # with the http.Server timeouts docs/gateway.md recommends
  *   npm run bench:hostile -- --slow-body 200 --slow-header 200 --normal 500
+ *   # five attacking addresses, 64 slow bodies each, each cut body opened again at once:
+ *   npm run bench:hostile -- --server hardened --backends 1 --attackers 5 --slow-body 64 \
+ *     --slow-header 0 --trickle-ms 3000 --reopen --normal 150 --normal-spread-ms 30000
  *
  * An attacker at 127.0.0.2 opens `--slow-body` POSTs that announce a 1 MB
  * body and send one byte every 5 s (below any body idle timeout: only a
@@ -32,9 +35,9 @@ import { parseArgs } from 'node:util';
 import { cpuSeconds } from '../lib/procs';
 import type { HostileGatewayConfig } from './gateway';
 
+/** The first attacking address; `--attackers n` uses n of them from here (127.0.0.2-6 for 5). */
 const ATTACKER = '127.0.0.2';
-const TRICKLE_MS = 5_000;
-const NORMAL_SPREAD_MS = 10_000;
+const attackerAddress = (i: number): string => `127.0.0.${2 + i}`;
 const NORMAL_TIMEOUT_MS = 10_000;
 const BACKEND_SERVICE_MS = 10;
 const SETTLE_MS = 25_000;
@@ -69,10 +72,10 @@ function countFds(pid: number): number {
   }
 }
 
-/** Role `backends`: three servers; tells the parent their ports, runs until it goes away. */
-async function runBackends(): Promise<void> {
+/** Role `backends`: `count` servers; tells the parent their ports, runs until it goes away. */
+async function runBackends(count: number): Promise<void> {
   const ports: number[] = [];
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < count; i++) {
     const server = http.createServer((req, res) => {
       req.resume();
       req.on('end', () => setTimeout(() => res.end('ok'), BACKEND_SERVICE_MS));
@@ -86,8 +89,8 @@ async function runBackends(): Promise<void> {
 }
 
 /** Role `normal`: the measured clients; sends their figures to the parent and exits. */
-async function runNormal(port: number, count: number): Promise<void> {
-  const stats = await normalLoad(port, count);
+async function runNormal(port: number, count: number, spreadMs: number): Promise<void> {
+  const stats = await normalLoad(port, count, spreadMs);
   process.send?.(
     { type: 'done', ok: stats.ok, failed: [...stats.failed], latenciesMs: stats.latenciesMs },
     () => process.exit(0),
@@ -119,6 +122,16 @@ interface AttackStats {
   /** First status line the attacker got back, counted by status code ("none" if nothing). */
   answers: Map<string, number>;
   closedByGateway: number;
+  /** Connections opened again after the gateway cut one (`--reopen`). */
+  reopened: number;
+}
+
+interface AttackPlan {
+  /** From this address. */
+  from: string;
+  trickleMs: number;
+  /** Open a new one as soon as one the gateway had accepted is closed, while this says so. */
+  reopen?: () => boolean;
 }
 
 function attack(
@@ -127,6 +140,7 @@ function attack(
   kind: 'body' | 'header',
   sockets: Socket[],
   stats: AttackStats,
+  plan: AttackPlan,
 ): Promise<void> {
   return new Promise((resolve) => {
     let pending = count;
@@ -138,8 +152,14 @@ function attack(
     const openBatch = (): void => {
       // Batches of 100 per 20 ms: a burst of thousands of SYNs at once would
       // overflow the accept backlog and measure the kernel, not the gateway.
-      for (let i = 0; i < 100 && opened < count; i++, opened++) {
-        const s = connect({ port, host: '127.0.0.1', localAddress: ATTACKER });
+      for (let i = 0; i < 100 && opened < count; i++, opened++) openOne(false);
+      if (opened < count) setTimeout(openBatch, 20);
+    };
+    function openOne(again: boolean): void {
+      let connected = false;
+      {
+        const s = connect({ port, host: '127.0.0.1', localAddress: plan.from });
+        if (again) stats.reopened++;
         sockets.push(s);
         let answered = false;
         let settled = false;
@@ -150,6 +170,7 @@ function attack(
           }
         };
         s.on('connect', () => {
+          connected = true;
           stats.opened++;
           s.write(
             kind === 'body'
@@ -161,8 +182,11 @@ function attack(
           const timer = setInterval(() => {
             if (s.destroyed || !s.writable) return clearInterval(timer);
             s.write(kind === 'body' ? 'x' : `X-Pad-${n++}: y\r\n`);
-          }, TRICKLE_MS);
+          }, plan.trickleMs);
           s.once('close', () => clearInterval(timer));
+        });
+        s.once('close', () => {
+          if (connected && plan.reopen?.()) openOne(true);
         });
         s.on('data', (d: Buffer) => {
           if (answered) return;
@@ -176,8 +200,7 @@ function attack(
           once();
         });
       }
-      if (opened < count) setTimeout(openBatch, 20);
-    };
+    }
     openBatch();
   });
 }
@@ -188,7 +211,7 @@ interface NormalStats {
   latenciesMs: number[];
 }
 
-async function normalLoad(port: number, count: number): Promise<NormalStats> {
+async function normalLoad(port: number, count: number, spreadMs: number): Promise<NormalStats> {
   // 100 connections, reused: a thousand fresh handshakes at once measure the
   // loopback and a busy machine, not the gateway.
   const agent = new http.Agent({ keepAlive: true, maxSockets: 100 });
@@ -222,7 +245,7 @@ async function normalLoad(port: number, count: number): Promise<NormalStats> {
   const all: Promise<void>[] = [];
   for (let i = 0; i < count; i++) {
     all.push(one());
-    await sleep(NORMAL_SPREAD_MS / count);
+    await sleep(spreadMs / count);
   }
   await Promise.all(all);
   agent.destroy();
@@ -244,15 +267,27 @@ async function main(): Promise<void> {
       normal: { type: 'string', default: '1000' },
       server: { type: 'string', default: 'default' },
       options: { type: 'string', default: '{}' },
+      backends: { type: 'string', default: '3' },
+      attackers: { type: 'string', default: '1' },
+      'trickle-ms': { type: 'string', default: '5000' },
+      reopen: { type: 'boolean', default: false },
+      'normal-spread-ms': { type: 'string', default: '10000' },
     },
   });
+  const attackers = Number(values.attackers);
+  const trickleMs = Number(values['trickle-ms']);
+  const spreadMs = Number(values['normal-spread-ms']);
   const slowBody = Number(values['slow-body']);
   const slowHeader = Number(values['slow-header']);
   const normal = Number(values.normal);
-  if (values.role === 'backends') return runBackends();
-  if (values.role === 'normal') return runNormal(Number(values.port), normal);
+  if (values.role === 'backends') return runBackends(Number(values.backends));
+  if (values.role === 'normal') return runNormal(Number(values.port), normal, spreadMs);
   const script = 'slow-clients.js';
-  const backendsProc = forkChild<{ ports: number[] }>(script, ['--role', 'backends'], 'ready');
+  const backendsProc = forkChild<{ ports: number[] }>(
+    script,
+    ['--role', 'backends', '--backends', values.backends],
+    'ready',
+  );
   const { ports } = await backendsProc.first;
   const cfg: HostileGatewayConfig = {
     options: {
@@ -278,21 +313,40 @@ async function main(): Promise<void> {
     connectErrors: 0,
     answers: new Map(),
     closedByGateway: 0,
+    reopened: 0,
   };
   const headerStats: AttackStats = { ...bodyStats, answers: new Map() };
   const t0 = Date.now();
+  let attacking = true;
+  const reopen = values.reopen ? (): boolean => attacking : undefined;
   await Promise.all([
-    attack(port, slowBody, 'body', sockets, bodyStats),
-    attack(port, slowHeader, 'header', sockets, headerStats),
+    ...Array.from({ length: attackers }, (_, i) =>
+      attack(port, slowBody, 'body', sockets, bodyStats, {
+        from: attackerAddress(i),
+        trickleMs,
+        reopen,
+      }),
+    ),
+    attack(port, slowHeader, 'header', sockets, headerStats, { from: ATTACKER, trickleMs }),
   ]);
   await sleep(1_000);
   const fdsUnderAttack = countFds(pid);
   const normalProc = forkChild<{ ok: number; failed: [string, number][]; latenciesMs: number[] }>(
     script,
-    ['--role', 'normal', '--port', String(port), '--normal', String(normal)],
+    [
+      '--role',
+      'normal',
+      '--port',
+      String(port),
+      '--normal',
+      String(normal),
+      '--normal-spread-ms',
+      String(spreadMs),
+    ],
     'done',
   );
   const done = await normalProc.first;
+  attacking = false;
   const normalStats: NormalStats = { ...done, failed: new Map(done.failed) };
   const fdsAfterNormal = countFds(pid);
   // Attackers keep trickling: what the gateway still holds 25 s in (after a
@@ -306,10 +360,11 @@ async function main(): Promise<void> {
   const lat = normalStats.latenciesMs.sort((a, b) => a - b);
   const answers = (m: Map<string, number>): string =>
     [...m].map(([k, v]) => `${k}: ${v}`).join(', ') || 'none';
-  console.log(`slow clients: ${slowBody} slow-body + ${slowHeader} slow-header from ${ATTACKER}, then ${normal} normal GETs from 127.0.0.1 over 10 s
+  const from = attackers === 1 ? ATTACKER : `${ATTACKER}-${2 + attackers - 1}`;
+  console.log(`slow clients: ${slowBody} slow-body${attackers > 1 ? ` from each of ${attackers} addresses` : ''} (a byte every ${trickleMs} ms${values.reopen ? ', each cut one opened again at once' : ''}) + ${slowHeader} slow-header from ${from}, then ${normal} normal GETs from 127.0.0.1 over ${spreadMs / 1000} s, ${values.backends} backend(s)
   gateway options: ${values.options}, server: ${values.server}${crashed ? '  ** GATEWAY CRASHED **' : ''}
   normal: ok ${normalStats.ok}, failed ${normal - normalStats.ok} (${answers(normalStats.failed)}); latency p50 ${pct(lat, 50).toFixed(0)} ms, p99 ${pct(lat, 99).toFixed(0)} ms, max ${pct(lat, 100).toFixed(0)} ms
-  slow-body: opened ${bodyStats.opened}/${slowBody}, answered (${answers(bodyStats.answers)}), closed by the gateway ${bodyStats.closedByGateway}
+  slow-body: opened ${bodyStats.opened}/${slowBody * attackers} (${bodyStats.reopened} of them again after a cut), answered (${answers(bodyStats.answers)}), closed by the gateway ${bodyStats.closedByGateway}
   slow-header: opened ${headerStats.opened}/${slowHeader}, answered (${answers(headerStats.answers)}), closed by the gateway ${headerStats.closedByGateway}
   gateway fds: idle ${fdsIdle}, under attack ${fdsUnderAttack}, after the normal load ${fdsAfterNormal}, 25 s in ${fdsLate}, max ${maxFds}; run ${elapsedS.toFixed(1)} s, gateway CPU ${cpuS.toFixed(1)} s; load average ${loadAverage()}`);
 
