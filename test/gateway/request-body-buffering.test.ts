@@ -321,3 +321,42 @@ describe('a body parser in front of the balancer', () => {
     await nothingHeld(gw);
   });
 });
+
+describe('retries', () => {
+  it('send a chunked body read whole again, within retry.maxBodyBytes', async () => {
+    // The first backend resets every request before answering: the PUT goes to the other.
+    const resets = await listen(
+      createServer((req) => {
+        req.on('data', () => {});
+        req.on('end', () => req.socket.destroy());
+      }),
+    );
+    try {
+      gw = await gateway({
+        backends: [
+          { id: 'r', url: resets.url },
+          { id: 'b', url: backend.url },
+        ],
+        strategy: 'round-robin',
+      });
+      const lines: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const r = await rawExchange(
+          gw.port,
+          'PUT /again HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n',
+          { responses: 1 },
+        );
+        lines.push(r.responses[0]!.status);
+      }
+      // Whichever backend round-robin picks first, both PUTs are answered by `b`.
+      expect(lines).toEqual([200, 200]);
+      expect(backend.seen.map((s) => [s.line, s.headers['content-length']])).toEqual([
+        ['PUT /again', '3'],
+        ['PUT /again', '3'],
+      ]);
+      expect(Buffer.concat(backend.seen[0]!.chunks).toString()).toBe('abc');
+    } finally {
+      await resets.close();
+    }
+  });
+});
