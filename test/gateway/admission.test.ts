@@ -73,29 +73,38 @@ describe('saturation', () => {
     await first;
   });
 
-  it('closes the connection of a shed upload instead of reading its body to the end', async () => {
-    gw = await startLocalGateway({
-      backends: [{ id: 'slow', url: slow.url }],
-      saturation: { maxInFlightPerBackend: 1, queueSize: 0 },
-    });
-    const first = send(`${gw.url}/hold`);
-    await untilHeld(1);
-    // 1 MiB announced, 1 KiB sent: kept alive, Node read and discarded the rest as it came.
-    const sock = connect(gw.port, '127.0.0.1');
-    let raw = '';
-    sock.setEncoding('utf8');
-    sock.on('data', (d: string) => (raw += d));
-    sock.on('error', () => {});
-    sock.write(
-      `PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: ${1 << 20}\r\n\r\n${'u'.repeat(1024)}`,
-    );
-    await once(sock, 'close');
-    expect(raw).toMatch(/^HTTP\/1\.1 503 /);
-    expect(raw).toMatch(/\r\nx-loadwise-error: LW_GW_SATURATED\r\n/i);
-    expect(raw).toMatch(/\r\nconnection: close\r\n/i);
-    held[0]!.end('released');
-    await first;
-  });
+  it.each([
+    ['streamed from dispatch', false, 1024],
+    ['read before dispatch', true, 80 * 1024],
+  ])(
+    'closes the connection of a shed upload instead of reading its body to the end (%s)',
+    async (_how, buffering, sent) => {
+      gw = await startLocalGateway({
+        backends: [{ id: 'slow', url: slow.url }],
+        saturation: { maxInFlightPerBackend: 1, queueSize: 0 },
+        ...(buffering ? {} : { requestBuffering: false as const }),
+      });
+      const first = send(`${gw.url}/hold`);
+      await untilHeld(1);
+      // 1 MiB announced, `sent` sent: kept alive, Node read and discarded the rest as it came.
+      // Read before dispatch (requestBuffering), the shed comes once more than its maxBytes
+      // (64 KiB) are in, as nginx answers once it has read the body.
+      const sock = connect(gw.port, '127.0.0.1');
+      let raw = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => (raw += d));
+      sock.on('error', () => {});
+      sock.write(
+        `PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: ${1 << 20}\r\n\r\n${'u'.repeat(sent)}`,
+      );
+      await once(sock, 'close');
+      expect(raw).toMatch(/^HTTP\/1\.1 503 /);
+      expect(raw).toMatch(/\r\nx-loadwise-error: LW_GW_SATURATED\r\n/i);
+      expect(raw).toMatch(/\r\nconnection: close\r\n/i);
+      held[0]!.end('released');
+      await first;
+    },
+  );
 });
 
 describe('self-overload', () => {

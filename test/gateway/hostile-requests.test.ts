@@ -1085,6 +1085,8 @@ describe('slow clients', () => {
     gw = await gateway({
       backends: [{ id: 'd', url: duplex.url }],
       clientBodyMinRate: { bytesPerSec: 1_000, graceMs: 300 },
+      // Streamed from dispatch, as a full-duplex route must be (docs/gateway.md).
+      requestBuffering: false,
     });
     const body = await new Promise<string>((resolve, reject) => {
       const req = request({

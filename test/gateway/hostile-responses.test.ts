@@ -82,7 +82,11 @@ describe('hostile backend responses', () => {
           : 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok',
       ),
     );
-    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    // Streamed from dispatch (requestBuffering off): the backend answers mid-upload.
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      requestBuffering: false,
+    });
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     try {
       // 1 MiB announced, 64 KiB sent before the answer; the client then stops sending.
@@ -166,7 +170,8 @@ describe('hostile backend responses', () => {
       socket.write('HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\nnope!\n'),
     );
     let transfers = 0;
-    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
+    const opts = { backends: [{ id: 'b', url: backend.url }], requestBuffering: false as const };
+    gw = await startLocalGateway(opts, (app, lb) => {
       app.post('/transfer', (_req, res) => {
         transfers++;
         res.end('done');
