@@ -150,6 +150,8 @@ export interface SlowClient {
   socket: Socket;
   /** Final responses received so far. */
   responses(): RawResponse[];
+  /** Every byte received so far, as latin1 (an answer still streaming included). */
+  raw(): string;
   /** Everything received, once the server closed the connection. */
   closed: Promise<RawExchange>;
 }
@@ -165,7 +167,7 @@ export function openSlow(port: number, head: string, localAddress?: string): Pro
     socket.on('error', () => undefined);
     socket.once('connect', () => {
       socket.write(Buffer.from(head, 'latin1'), () =>
-        resolve({ socket, responses: () => parseResponses(raw).responses, closed }),
+        resolve({ socket, responses: () => parseResponses(raw).responses, raw: () => raw, closed }),
       );
     });
     socket.once('error', reject);

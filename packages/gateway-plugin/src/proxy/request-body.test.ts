@@ -1,6 +1,6 @@
 import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
-import { declaredLength, hasBody, planBody } from './request-body';
+import { declaredLength, hasBody, planBody, readBody, type BodyReadResult } from './request-body';
 
 /** A request whose body stream a parser already read to the end, with `req.body` set. */
 function parsed(headers: Record<string, string>, body: unknown): IncomingMessage {
@@ -190,5 +190,44 @@ describe('planBody', () => {
     expect([hasBody(req), declaredLength(req)]).toEqual([true, undefined]);
     req.headers = { 'content-length': '12' };
     expect([hasBody(req), declaredLength(req)]).toEqual([true, 12]);
+  });
+});
+
+describe('readBody', () => {
+  function reading(declared: number | undefined, upTo: number) {
+    const req = new IncomingMessage(new Socket());
+    const results: BodyReadResult[] = [];
+    readBody(req, { declared, upTo, chunk: () => true }, (r) => results.push(r));
+    return { req, results };
+  }
+
+  it('copies each chunk as it comes, keeping none of them', () => {
+    // Node hands each chunk of a chunked body over as a Buffer of its own: kept until the
+    // end, a body of one-byte chunks held a ~100-byte object per byte (20 such bodies of
+    // 65,000 bytes: +240 MiB of heap for 1.2 MiB read). A chunk changed after it came (its
+    // memory reused) changes nothing of what was read.
+    const { req, results } = reading(undefined, 65_536);
+    const chunks = Array.from({ length: 3_000 }, (_, i) => Buffer.from([i & 0xff]));
+    for (const c of chunks) req.emit('data', c);
+    for (const c of chunks) c.fill(0xee);
+    req.emit('end');
+    expect(results).toHaveLength(1);
+    const r = results[0];
+    expect(r !== undefined && r !== 'too-long' && r.kind === 'whole').toBe(true);
+    const body = (r as { body: Buffer }).body;
+    expect(body.length).toBe(3_000);
+    expect([...body.subarray(0, 4)]).toEqual([0, 1, 2, 3]);
+    expect(body.every((b, i) => b === (i & 0xff))).toBe(true);
+  });
+
+  it('hands over the first bytes past upTo as a prefix, whole and in order', () => {
+    const { req, results } = reading(1_000_000, 100);
+    req.emit('data', Buffer.alloc(60, 1));
+    req.emit('data', Buffer.alloc(60, 2));
+    expect(results).toHaveLength(1);
+    const r = results[0] as { kind: string; prefix: Buffer };
+    expect(r.kind).toBe('prefix');
+    expect(r.prefix.length).toBe(120);
+    expect([r.prefix[59], r.prefix[60]]).toEqual([1, 2]);
   });
 });

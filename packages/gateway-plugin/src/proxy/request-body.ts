@@ -258,6 +258,8 @@ export function planBody(
   return buffered(h, body);
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** How much of a body `readBody` reads before the request is dispatched. */
 export interface BodyRead {
   /** The Content-Length, when the body has one: more bytes than this are 'too-long'. */
@@ -292,7 +294,10 @@ export function readBody(
   read: BodyRead,
   done: (result: BodyReadResult) => void,
 ): () => void {
-  const chunks: Buffer[] = [];
+  // One growing buffer, not the chunks: Node hands each chunk of a chunked body over as a
+  // Buffer of its own, and a body sent as one-byte chunks kept a ~100-byte object per byte
+  // (20 bodies of 65,000 such chunks: +240 MiB of heap for 1.2 MiB charged to the budget).
+  let buf = EMPTY;
   let size = 0;
   let over = false;
   const finish = (result: BodyReadResult): void => {
@@ -307,18 +312,29 @@ export function readBody(
   const prefix = (): void => {
     // Paused before the next 'data': the pump takes the rest from here, in order.
     req.pause();
-    finish({ kind: 'prefix', prefix: Buffer.concat(chunks, size) });
+    finish({ kind: 'prefix', prefix: kept() });
   };
   function onData(chunk: Buffer): void {
+    const at = size;
     size += chunk.length;
     if (read.declared !== undefined && size > read.declared) return finish('too-long');
-    chunks.push(chunk);
+    if (size > buf.length) {
+      // Doubling, from the Content-Length when there is one (never past what is read before
+      // dispatch: a 1 GB Content-Length is no reason to hold 1 GB): a copy per doubling.
+      const expected = Math.min(read.declared ?? 0, read.upTo + 1);
+      const grown = Buffer.allocUnsafe(Math.max(size, expected, 2 * buf.length, 1024));
+      buf.copy(grown, 0, 0, at);
+      buf = grown;
+    }
+    chunk.copy(buf, at);
     const keep = read.chunk(chunk.length);
     // Stopped inside `chunk` (the body clock expired on it: 408): nothing is handed over.
     if (over) return;
     if (!keep || size > read.upTo) prefix();
   }
-  const onEnd = (): void => finish({ kind: 'whole', body: Buffer.concat(chunks, size) });
+  /** What was read, in a buffer of its own size (the growing one may be twice that). */
+  const kept = (): Buffer => (size === buf.length ? buf : Buffer.from(buf.subarray(0, size)));
+  const onEnd = (): void => finish({ kind: 'whole', body: kept() });
   const onFail = (): void => finish(undefined);
   req.on('data', onData);
   req.once('end', onEnd);

@@ -74,6 +74,11 @@ import {
   UNASKED_UPGRADE_CODE,
 } from './upstream-errors';
 
+/**
+ * A read body's plan once the backend's answer is the client's (relayHead): its bytes are
+ * sent, and no retry comes after that, so nothing needs them any more.
+ */
+const ANSWERED_BODY: BodyPlan = { kind: 'buffered', body: Buffer.alloc(0), read: true };
 interface Flow {
   req: IncomingMessage;
   res: ServerResponse;
@@ -647,9 +652,10 @@ export class RequestFlow {
     if (r && r.maxRetries > 0 && declared !== undefined && declared <= r.maxBodyBytes)
       return { declared, upTo: Infinity, chunk: (bytes) => this.hold(flow, bytes, true) };
     const b = o.requestBuffering;
-    // Trailer fields come after the body: a body that announces them keeps its chunked
-    // framing (the gateway forwards none, buffered or not: forwarded.ts).
-    if (!b || flow.req.headers.trailer !== undefined) return undefined;
+    // A `Trailer` header changes nothing: the gateway forwards no trailer fields, buffered
+    // or not (forwarded.ts strips the header), and exempting it let any client skip the
+    // buffering with one header (5 addresses of slow bodies filled a backend's pool again).
+    if (!b) return undefined;
     if (this.bufferedBytes >= b.maxTotalBytes) {
       this.bufferFull(flow);
       return undefined;
@@ -686,7 +692,7 @@ export class RequestFlow {
     c.metrics.onBodyBufferFull();
     c.logLine(
       'request-buffer-full',
-      `${describe(flow.req)}: requestBuffering.maxTotalBytes (${c.options.requestBuffering?.maxTotalBytes} bytes) held by bodies being read; this body streams from dispatch`,
+      `${describe(flow.req)}: requestBuffering.maxTotalBytes (${c.options.requestBuffering?.maxTotalBytes} bytes) held by bodies read before dispatch and not yet answered; this body streams from dispatch`,
       { event: 'request-buffer-full' },
     );
   }
@@ -1271,6 +1277,14 @@ export class RequestFlow {
     // The attempt failed in the same read (onError) or was given up.
     if (flow.answer !== proxyRes) return;
     flow.answer = undefined;
+    // The answer is the client's from here: no retry will send a body read before dispatch
+    // again (until now one could, if the head's read failed), so its bytes leave the budget
+    // and memory now, not when the answer ends: four 64 KB POSTs answered with event
+    // streams held the budget of a 256 KB gateway for as long as they streamed.
+    if (flow.body.kind === 'buffered' && flow.body.read === true) {
+      this.releaseHeld(flow);
+      flow.body = ANSWERED_BODY;
+    }
     const { req, res } = flow;
     if (res.writableEnded || res.destroyed || !flow.backend) return;
     const c = this.core;
@@ -1531,7 +1545,7 @@ export class RequestFlow {
     if (body.kind !== 'buffered') return flow.framing === 'none';
     // One the gateway read before dispatch (requestBuffering) is sent again within the
     // retry buffer's limit, as one read for retries (request-body.ts).
-    return body.read !== true || body.body.length <= r.maxBodyBytes;
+    return body.read !== true || (r.maxBodyBytes > 0 && body.body.length <= r.maxBodyBytes);
   }
 
   /**
