@@ -1,10 +1,11 @@
-import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import express from 'express';
 import { Registry } from 'prom-client';
 import { metricsHandler, statusHandler } from './handlers';
 import { createGatewayMetrics } from './metrics';
 import type { BalancerSnapshot } from './snapshot';
+import { STATUS_STEP_BACKENDS } from './status-body';
 
 const SNAPSHOT: BalancerSnapshot = {
   takenAt: '2026-01-01T00:00:00.000Z',
@@ -185,6 +186,135 @@ describe('statusHandler', () => {
 
   it('rejects an empty token at construction', () => {
     expect(() => statusHandler({ getSnapshot: () => SNAPSHOT, token: '' })).toThrow(TypeError);
+  });
+});
+
+describe('statusHandler at fleet scale', () => {
+  /** More backends than one step: the body is made over several turns. */
+  const LARGE: BalancerSnapshot = {
+    ...SNAPSHOT,
+    backends: Array.from({ length: 3 * STATUS_STEP_BACKENDS }, (_, i) => ({
+      ...SNAPSHOT.backends[0]!,
+      id: `b${i}`,
+      url: `http://10.0.${i >> 8}.${i & 255}:3000/`,
+    })),
+  };
+  let takes = 0;
+  let wrap: ((res: ServerResponse) => void) | undefined;
+  let big: Server;
+  let port = 0;
+  const handler = statusHandler({
+    getSnapshot: () => {
+      takes++;
+      return LARGE;
+    },
+  });
+
+  beforeAll(async () => {
+    big = createServer((req, res) => {
+      wrap?.(res);
+      handler(req, res);
+    });
+    big.listen(0, '127.0.0.1');
+    await new Promise<void>((resolve) => big.once('listening', resolve));
+    port = (big.address() as AddressInfo).port;
+  });
+
+  afterAll(async () => {
+    big.closeAllConnections();
+    await new Promise<void>((resolve) => big.close(() => resolve()));
+  });
+
+  beforeEach(() => {
+    takes = 0;
+    wrap = undefined;
+  });
+
+  /** `n` connections, open on both ends before any of them sends its request. */
+  async function sockets(n: number): Promise<Socket[]> {
+    let accepted = 0;
+    const all = new Promise<void>((resolve) => {
+      const onConnection = (): void => {
+        if (++accepted < n) return;
+        big.off('connection', onConnection);
+        resolve();
+      };
+      big.on('connection', onConnection);
+    });
+    const list = Array.from({ length: n }, () => connect(port, '127.0.0.1'));
+    await Promise.all([
+      all,
+      ...list.map((s) => new Promise<void>((resolve) => s.once('connect', () => resolve()))),
+    ]);
+    return list;
+  }
+
+  /** The body of the one response `socket` reads (Content-Length framed). */
+  function body(socket: Socket): Promise<string> {
+    return new Promise((resolve, reject) => {
+      let data = Buffer.alloc(0);
+      socket.on('data', (chunk: Buffer) => {
+        data = Buffer.concat([data, chunk]);
+        const end = data.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const length = Number(/content-length: (\d+)/i.exec(data.subarray(0, end).toString())![1]);
+        if (data.length >= end + 4 + length) {
+          resolve(data.subarray(end + 4, end + 4 + length).toString());
+          socket.destroy();
+        }
+      });
+      socket.on('error', reject);
+    });
+  }
+
+  const GET = 'GET / HTTP/1.1\r\nHost: x\r\n\r\n';
+
+  it('answers the requests that come together from one snapshot and one serialisation', async () => {
+    const list = await sockets(8);
+    const bodies = list.map(body);
+    for (const s of list) s.write(GET);
+    const texts = await Promise.all(bodies);
+    expect(takes).toBe(1);
+    expect(new Set(texts).size).toBe(1);
+    expect(JSON.parse(texts[0]!)).toEqual(LARGE);
+  });
+
+  it('writes one slice, then waits for drain; the answers share one Buffer', async () => {
+    // A socket that takes nothing: each write is kept here and "fills" it (false), so the
+    // handler must wait for 'drain', which only the test emits.
+    const writes = new Map<ServerResponse, Buffer[]>();
+    wrap = (res) => {
+      const mine: Buffer[] = [];
+      writes.set(res, mine);
+      res.write = ((chunk: Buffer) => {
+        mine.push(chunk);
+        return false;
+      }) as typeof res.write;
+    };
+    const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+    const list = await sockets(2);
+    for (const s of list) s.write(GET);
+    for (let turns = 0; turns < 1000; turns++) {
+      if (writes.size === 2 && [...writes.values()].every((w) => w.length > 0)) break;
+      await turn();
+    }
+    for (let i = 0; i < 5; i++) await turn();
+    const [a, b] = [...writes.values()] as [Buffer[], Buffer[]];
+    // One write each, not the whole body, until 'drain'.
+    expect(a).toHaveLength(1);
+    expect(b).toHaveLength(1);
+    const json = JSON.stringify(LARGE);
+    expect(a[0]!.length).toBeLessThan(Buffer.byteLength(json));
+    // Views of the same memory: two answers cost one body.
+    expect(a[0]!.buffer).toBe(b[0]!.buffer);
+    for (let turns = 0; turns < 1000 && [...writes.keys()].some((r) => !r.writableEnded); turns++) {
+      for (const res of writes.keys()) if (!res.writableEnded) res.emit('drain');
+      await turn();
+    }
+    expect(Buffer.concat(a).toString()).toBe(json);
+    expect(Buffer.concat(b).toString()).toBe(json);
+    expect(a.length).toBeGreaterThan(1);
+    for (const s of list) s.destroy();
   });
 });
 

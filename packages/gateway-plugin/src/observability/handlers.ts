@@ -12,6 +12,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 import { metricsParts } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
+import { StatusBodies, writeStatus } from './status-body';
 
 export type HttpHandler = (
   req: IncomingMessage,
@@ -115,7 +116,13 @@ function snapshotOf(source: SnapshotSource): BalancerSnapshot {
   return 'balancer' in source ? source.balancer.snapshot() : source.snapshot();
 }
 
-/** Serves `getSnapshot()` (or every balancer's snapshot) as JSON. */
+/**
+ * Serves `getSnapshot()` (or every balancer's snapshot) as compact JSON. The
+ * requests that arrive together read one body, made in steps and written in
+ * slices as the socket takes them (status-body.ts); a request that would
+ * need a new body while answers in progress hold MAX_HELD_STATUS_BYTES of
+ * them gets 503 with Retry-After.
+ */
 export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
   const authorized = makeAuthorizer(opts.token);
   const { getSnapshot, balancers } = opts;
@@ -127,17 +134,41 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
     getSnapshot !== undefined
       ? getSnapshot()
       : { takenAt: new Date().toISOString(), services: balancers!.map(snapshotOf) };
+  const bodies = new StatusBodies(take);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
-    let body: string;
-    try {
-      body = JSON.stringify(take(), null, 2);
-    } catch (err) {
-      if (next) return next(err);
-      send(res, req, 500, 'application/json; charset=utf-8', '{"error":"snapshot failed"}');
+    // An answer holds its body until its client has taken it: clients that never read,
+    // each arriving after the last body was made, must not pin one each, for good.
+    const body = bodies.acquire();
+    if (body === undefined) {
+      res.setHeader('Retry-After', '1');
+      send(
+        res,
+        req,
+        503,
+        'application/json; charset=utf-8',
+        '{"error":"too many status requests"}',
+      );
       return;
     }
-    send(res, req, 200, 'application/json; charset=utf-8', body);
+    let held = true;
+    res.once('close', () => {
+      if (held) bodies.release(body);
+      held = false;
+    });
+    const failed = (err: unknown): void => {
+      if (next) return next(err);
+      send(res, req, 500, 'application/json; charset=utf-8', '{"error":"snapshot failed"}');
+    };
+    // An answer may wait for its body and for 'drain' over many turns: a write that throws
+    // must not be an unhandled rejection, which ends a Node 20 process.
+    writeStatus(body, req, res, failed).catch(() => {
+      if (res.headersSent) res.destroy();
+      else if (!res.writableEnded) {
+        res.statusCode = 500;
+        res.end();
+      }
+    });
   };
 }
 
