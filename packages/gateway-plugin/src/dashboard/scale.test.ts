@@ -11,6 +11,7 @@ import { dashboardOf } from '../internals';
 import { openViewer, type RecordingResponse } from './test-stream';
 import { BackendPicker, MAX_DETAILED_BACKENDS, type Frame, type Point } from './frame';
 import type { InitMessage } from './stream';
+import type { History } from './history';
 
 describe('a stream over 3,000 backends', () => {
   const FLEET = 3000;
@@ -101,6 +102,96 @@ describe('a stream over 3,000 backends', () => {
     expect(v.chunks.length).toBeGreaterThan(3);
     first.end();
     v.end();
+  });
+});
+
+describe('viewers joining a long history', () => {
+  const BACKENDS = 100;
+  let lb: LoadBalancerMiddleware;
+  /** Bytes of the history as the first message carries it. */
+  let historyBytes = 0;
+  const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+  beforeEach(() => {
+    jest.useFakeTimers({ now: 1_000_000, doNotFake: ['setImmediate', 'clearImmediate'] });
+    lb = loadBalance({
+      backends: Array.from({ length: BACKENDS }, (_, i) => ({
+        id: `backend-${i}`,
+        url: `http://127.0.1.${1 + i}:10000`,
+      })),
+      healthCheck: false,
+      overload: false,
+      warmUp: false,
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+      dashboard: { token: 'dash-0123456789abcdef', intervalMs: 250, historySec: 600 },
+    });
+    // Ten minutes at 250 ms of 100 backends, as if watched all along: about 9 MB of JSON.
+    const history = (dashboardOf(lb)!.stream as unknown as { history: History }).history;
+    const backends = Object.fromEntries(
+      Array.from({ length: BACKENDS }, (_, i) => [
+        `backend-${i}`,
+        [0.01, 12.3, 45.6, 0.5, 3, 1] as Point['backends'][string],
+      ]),
+    );
+    const t0 = Date.now() - history.capacity * 250;
+    for (let i = 0; i < history.capacity; i++) {
+      history.push({
+        t: t0 + i * 250,
+        eventLoopDelayMs: 1.2,
+        queue: 0,
+        inFlight: 3,
+        shed: 0,
+        retries: 0,
+        backends,
+      });
+    }
+    historyBytes = Buffer.byteLength(
+      JSON.stringify(history.points(history.firstSeq, history.endSeq)),
+    );
+  });
+
+  afterEach(async () => {
+    await lb.close();
+    jest.useRealTimers();
+  });
+
+  it('stops writing the history to a viewer that does not read, resumes on drain, and drops it when it stays silent', async () => {
+    const v = openViewer(lb);
+    v.reading = false;
+    for (let i = 0; i < 200; i++) await turn();
+    const sent = v.writableLength;
+    // About JOIN_QUEUE_BYTES (1 MiB) and a part of the history, not the whole of it.
+    expect(historyBytes).toBeGreaterThan(8 * 1024 * 1024);
+    expect(sent).toBeGreaterThan(1024 * 1024);
+    expect(sent).toBeLessThan(2 * 1024 * 1024);
+    // It read what it had: the rest follows.
+    v.writableLength = 0;
+    v.emit('drain');
+    for (let i = 0; i < 200; i++) await turn();
+    expect(v.writableLength).toBeGreaterThan(1024 * 1024);
+    expect(v.chunks.join('').length).toBeGreaterThan(sent + 1024 * 1024);
+    expect(v.destroyed).toBe(false);
+    // Then silent while ticks pile up behind its first message: dropped past 1 MiB of them.
+    jest.advanceTimersByTime(250 * 200);
+    expect(v.destroyed).toBe(true);
+    expect(dashboardOf(lb)!.stream.viewerCount).toBe(0);
+  });
+
+  it('writes the same encoded history parts to the viewers that join together', async () => {
+    const a = openViewer(lb);
+    const b = openViewer(lb);
+    const joined = (v: RecordingResponse): boolean => v.chunks.at(-1) === ']}\n\n';
+    for (let i = 0; i < 10_000 && !(joined(a) && joined(b)); i++) await turn();
+    const partsOf = (v: RecordingResponse): Buffer[] => v.raw.filter((c) => Buffer.isBuffer(c));
+    expect(partsOf(a).length).toBeGreaterThan(10);
+    expect(partsOf(b)).toHaveLength(partsOf(a).length);
+    // The very objects: encoded once, not once per viewer.
+    expect(partsOf(a).every((part, i) => partsOf(b)[i] === part)).toBe(true);
+    const init = JSON.parse(a.messages()[0]![1]) as InitMessage;
+    expect(init.history).toHaveLength(600 * 4);
+    expect(b.messages()[0]).toEqual(a.messages()[0]);
+    a.end();
+    b.end();
   });
 });
 

@@ -9,19 +9,28 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { dashboardOf } from '../internals';
 import type { LoadBalancerMiddleware } from '../load-balance';
 
-/** A response that records what is written; `writableLength` is what the test says is unsent. */
+/**
+ * A response that records what is written; `writableLength` is what the test
+ * says is unsent, or, while `reading` is false, grows by what is written (a
+ * viewer that does not read).
+ */
 export class RecordingResponse extends EventEmitter {
   status = 0;
   chunks: string[] = [];
+  /** What each write was handed, as it was (a string or a Buffer). */
+  raw: (string | Buffer)[] = [];
   writableLength = 0;
+  reading = true;
   ended = false;
   destroyed = false;
   writeHead(status: number): this {
     this.status = status;
     return this;
   }
-  write(chunk: string): boolean {
-    this.chunks.push(chunk);
+  write(chunk: string | Buffer): boolean {
+    this.raw.push(chunk);
+    this.chunks.push(chunk.toString());
+    if (!this.reading) this.writableLength += Buffer.byteLength(chunk);
     return true;
   }
   end(chunk?: string): void {
