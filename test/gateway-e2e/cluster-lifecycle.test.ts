@@ -184,13 +184,85 @@ it('a worker that never listens is killed after startTimeoutMs, restarted, and g
     expect(
       log.filter((l) =>
         new RegExp(
-          `worker ${id} \\(pid \\d+\\) did not listen in 800 ms; killing it \\(a failed start\\)`,
+          `worker ${id} \\(pid \\d+\\) did not start in 800 ms \\(its start\\(\\) had not returned\\); killing it \\(a failed start\\)`,
         ).test(l),
       ),
     ).toHaveLength(2);
     expect(log.some((l) => new RegExp(`worker ${id} .* not restarting it`).test(l))).toBe(true);
   }
   expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
+}, 30_000);
+
+it('a worker whose ops listener listens but whose start() never returns is killed after startTimeoutMs', async () => {
+  // Its first listen is an ops port of its own (docs/gateway.md: a second listener per
+  // worker), then start() hangs before the main server. Before the fix that first listen
+  // made the worker "listening": the deadline was cleared, and the pool waited for good.
+  const pool = startPool({
+    LW_WORKERS: '1',
+    LW_OPS_FIRST: '1',
+    LW_HANG: 'all',
+    LW_START_TIMEOUT_MS: '800',
+    LW_MAX_RESTARTS: '0',
+  });
+  await pool.line(/worker w1 \(pid \d+\) ops listening on \d+/);
+  expect(await withinOrFail(pool.exited, 15_000, 'the pool gives up')).toEqual({
+    code: 1,
+    signal: null,
+  });
+  expect(
+    pool.lines.filter((l) =>
+      /worker w1 \(pid \d+\) did not start in 800 ms \(its start\(\) had not returned\); killing it/.test(
+        l,
+      ),
+    ),
+  ).toHaveLength(1);
+}, 30_000);
+
+it("a reload waits for the new worker's start() to return, not its first listen (an ops port): the old worker serves until then", async () => {
+  const pool = startPool({ LW_WORKERS: '1', LW_OPS_FIRST: '1', LW_HOLD_RELOAD: '1' });
+  const reported = await pool.port();
+  const mainPort = (line: string): number => Number(/main port (\d+)/.exec(line)![1]);
+  const port = mainPort(await pool.line(/worker w1 \(pid \d+\) start\(\) returns/));
+  const ops = Number(/on (\d+)$/.exec(await pool.line(/w1 \(pid \d+\) ops listening on/))![1]);
+  const old = started(pool.lines).get('w1')![0]!;
+
+  // The replacement listens on its ops port, then holds before its main server listens.
+  pool.child.kill('SIGHUP');
+  const held = await pool.line(/worker w1 \(pid \d+\) holds before its main listen/);
+  const next = Number(/\(pid (\d+)\)/.exec(held)![1]);
+  // Before the fix the primary took that ops listen for "the new worker listens" and closed
+  // the old one: with no worker on the main port, connections to it were refused.
+  expect(await get(port)).toEqual({ status: 200, body: `w1 ${old} -` });
+  process.kill(next, 'SIGUSR2');
+  await pool.line(/reloaded 1 worker\(s\)/, 20_000);
+  const at = (re: RegExp): number => pool.lines.findIndex((l) => re.test(l));
+  expect(at(new RegExp(`\\(pid ${next}\\) start\\(\\) returns`))).toBeLessThan(
+    at(new RegExp(`worker w1 \\(pid ${old}\\) closing: asked by the primary`)),
+  );
+  expect(await get(port)).toEqual({ status: 200, body: `w1 ${next} -` });
+  // start() returned no port: listening() reports the worker's first listen, and says why.
+  expect(reported).toBe(ops);
+  await pool.line(
+    new RegExp(`listens on ports ${ops}, ${port}; listening\\(\\) reports ${ops}, the first`),
+  );
+  pool.child.kill('SIGTERM');
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+}, 40_000);
+
+it('listening() reports the port start() returned, not an ops listener that listened first', async () => {
+  const pool = startPool({ LW_OPS_FIRST: '1', LW_RETURN_PORT: '1' });
+  // Before the fix: the ops port, which answers `ops`.
+  const port = await pool.port();
+  expect(await get(port)).toMatchObject({ status: 200, body: expect.stringMatching(/^w\d /) });
+  expect(pool.lines.some((l) => l.includes('listens on ports'))).toBe(false);
+  pool.child.kill('SIGTERM');
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
 }, 30_000);
 
 it('a crashed worker whose restart never listens is killed after startTimeoutMs and given up; the others serve', async () => {
@@ -205,7 +277,9 @@ it('a crashed worker whose restart never listens is killed after startTimeoutMs 
   const w1 = started(pool.lines).get('w1')![0]!;
   process.kill(w1, 'SIGKILL');
   await pool.line(/worker w1 hangs in start\(\)/);
-  await pool.line(/worker w1 \(pid \d+\) did not listen in 3000 ms; killing it \(a failed start\)/);
+  await pool.line(
+    /worker w1 \(pid \d+\) did not start in 3000 ms \(its start\(\) had not returned\); killing it \(a failed start\)/,
+  );
   await pool.line(
     /worker w1 \(pid \d+\) exited \(signal SIGKILL\) 2 times in \d+ ms; not restarting it/,
   );

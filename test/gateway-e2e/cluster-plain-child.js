@@ -8,7 +8,11 @@
  * LW_HANG=restart every start but a slot's first; LW_START_DELAY_MS makes
  * start() wait that long before listening; LW_VERSION_FILE (a path) is read at
  * each start and answered. Each answer is `<id> <pid> <version>`; `?d=<ms>`
- * delays it (and the worker logs its arrival).
+ * delays it (and the worker logs its arrival). LW_OPS_FIRST=1: start() first
+ * listens on an ops port of its own (port 0, answers `ops`), as docs/gateway.md
+ * suggests for per-worker metrics, before its main server; LW_HOLD_RELOAD=1 makes
+ * a replacement (restarts > 0) wait there, between the two listens, until it gets
+ * SIGUSR2; LW_RETURN_PORT=1: start() returns the main server's port.
  */
 const fs = require('node:fs');
 const http = require('node:http');
@@ -21,12 +25,25 @@ const opts = {
   restart: { initialDelayMs: 50, maxRestarts: Number(env.LW_MAX_RESTARTS ?? 5) },
   shutdownTimeoutMs: 10_000,
   start: async ({ id, restarts }) => {
+    let ops;
+    if (env.LW_OPS_FIRST) {
+      ops = http.createServer((_req, res) => res.end('ops'));
+      await new Promise((r) => ops.listen(0, '127.0.0.1', r));
+      process.stderr.write(
+        `worker ${id} (pid ${process.pid}) ops listening on ${ops.address().port}\n`,
+      );
+    }
     if (env.LW_HANG === 'all' || (env.LW_HANG === 'restart' && restarts > 0)) {
       process.stderr.write(`worker ${id} hangs in start()\n`);
       await new Promise(() => {});
     }
     const version = env.LW_VERSION_FILE ? fs.readFileSync(env.LW_VERSION_FILE, 'utf8').trim() : '-';
     process.stderr.write(`worker ${id} (pid ${process.pid}) runs ${version}\n`);
+    if (env.LW_HOLD_RELOAD && restarts > 0) {
+      const go = new Promise((r) => process.once('SIGUSR2', r));
+      process.stderr.write(`worker ${id} (pid ${process.pid}) holds before its main listen\n`);
+      await go;
+    }
     if (env.LW_START_DELAY_MS) await sleep(Number(env.LW_START_DELAY_MS));
     const server = http.createServer((req, res) => {
       const d = Number(/[?&]d=(\d+)/.exec(req.url)?.[1] ?? 0);
@@ -35,7 +52,14 @@ const opts = {
       void sleep(d).then(() => res.end(`${id} ${process.pid} ${version}`));
     });
     await new Promise((r) => server.listen(Number(env.LW_PORT ?? 0), '127.0.0.1', r));
-    return { close: () => closeListener(server) };
+    if (env.LW_OPS_FIRST)
+      process.stderr.write(
+        `worker ${id} (pid ${process.pid}) start() returns (main port ${server.address().port})\n`,
+      );
+    return {
+      close: () => Promise.all([closeListener(server), ops && closeListener(ops)]).then(() => {}),
+      ...(env.LW_RETURN_PORT ? { port: server.address().port } : {}),
+    };
   },
 };
 if (env.LW_START_TIMEOUT_MS) opts.startTimeoutMs = Number(env.LW_START_TIMEOUT_MS);

@@ -9,15 +9,19 @@
  * which the cross-gateway cohort (load/cohort.ts) estimates from the agents'
  * reports, so the workers do not herd onto the same backend.
  *
+ * A worker is ready once its `start()` has returned (it says so over IPC):
+ * not at its first listen, which may be a listener of its own (an ops port,
+ * an embedded broker) while its main server still warms up.
+ *
  * The primary restarts a crashed worker with backoff (restart-policy.ts),
- * kills one that has not listened `startTimeoutMs` after it was forked (a
+ * kills one that is not ready `startTimeoutMs` after it was forked (a
  * failed start, counted as a crash), and on close() (or SIGTERM/SIGINT) asks
  * every worker to close gracefully, killing any that has not exited after
  * `shutdownTimeoutMs`.
  *
  * reload() (or SIGHUP) replaces the workers one slot at a time, as `nginx -s
  * reload` replaces its own: a new worker starts beside the old one, and only
- * once it listens (which `start()` does after `await lb.ready()`: broker and
+ * once it is ready (its `start()` listens after `await lb.ready()`: broker and
  * warm-up done) is the old one asked to close gracefully. node:cluster keeps
  * the listen socket in the primary while any worker listens on it, so no
  * connection is refused on the way, and no slot ever serves cold.
@@ -51,6 +55,14 @@ export interface WorkerContext {
 /** What `start()` returns: how to close the worker's gateway gracefully. */
 export interface StartedWorker {
   close(): Promise<void>;
+  /**
+   * The port the worker serves on, which `pool.listening()` reports (an
+   * integer 1..65535; anything else fails the start). Without it the pool
+   * reports the port of the first listen of its first ready worker: give it
+   * when a worker listens on more than one port (an ops listener, an
+   * embedded broker) before its main server.
+   */
+  port?: number;
 }
 
 export interface RunWorkersOptions {
@@ -64,10 +76,10 @@ export interface RunWorkersOptions {
   /** How long the primary waits for workers to close before SIGKILL, ms (default 15 000). */
   shutdownTimeoutMs?: number;
   /**
-   * How long a new worker may take to listen, ms (default 60 000). At a
-   * start or restart it is then killed and counted as a crash of its slot
-   * (`restart`); on reload() the reload of its slot is given up (it is
-   * killed, the old one keeps serving).
+   * How long a new worker may take to be ready (its `start()` returned), ms
+   * (default 60 000). At a start or restart it is then killed and counted as
+   * a crash of its slot (`restart`); on reload() the reload of its slot is
+   * given up (it is killed, the old one keeps serving).
    */
   startTimeoutMs?: number;
   /** Lifecycle lines of the primary and workers (default: stderr, "loadwise workers: ..."). */
@@ -83,16 +95,20 @@ export interface RunWorkersOptions {
 export interface WorkerPool {
   /** Live workers: id → pid. */
   pids(): Map<string, number>;
-  /** Resolves with the port once every slot has a worker listening; rejects if the pool stops first. */
+  /**
+   * Resolves with the port once every slot has a worker ready (its `start()` returned) and a
+   * port is known: the `port` the first ready worker's `start()` returned, else the port of
+   * that worker's first listen. Rejects if the pool stops first.
+   */
   listening(): Promise<number>;
   /** Asks every worker to close, restarts none; resolves once all have exited. */
   close(): Promise<void>;
   /**
    * Replaces every worker, one slot at a time: starts the new one (running
-   * the script's current code), waits until it listens, then asks the old
-   * one to close gracefully and waits for it to exit. Resolves with the
-   * slots replaced. A new worker that exits or does not listen within
-   * `startTimeoutMs` ends the reload (rejects): it is killed, the old worker
+   * the script's current code), waits until it is ready (its `start()`
+   * returned), then asks the old one to close gracefully and waits for it to
+   * exit. Resolves with the slots replaced. A new worker that exits or is not
+   * ready within `startTimeoutMs` ends the reload (rejects): it is killed, the old worker
    * of that slot and of the slots after it keep serving. A call while a
    * reload runs returns the reload that follows it: one more, started once
    * the current one ends, which every call meanwhile shares.
@@ -108,9 +124,13 @@ export interface ReloadResult {
 }
 
 const SHUTDOWN = 'loadwise:shutdown';
+/** A worker's start() has returned: `{ loadwise: 'started', port? }` to the primary. */
+const STARTED = 'started';
 /** A closed worker's last round trip to the primary (leave()). */
 const LEAVING = 'loadwise:leaving';
 const LEFT = 'loadwise:left';
+/** Emitted on a Worker in the primary once its start() has returned. */
+const READY = 'loadwise:ready';
 const LEAVE_TIMEOUT_MS = 2_000;
 const ENV_INDEX = WORKER_ENV.index;
 const ENV_RESTARTS = WORKER_ENV.restarts;
@@ -320,8 +340,10 @@ async function runWorker(
     cluster.worker!.exitedAfterDisconnect = true;
     close('the primary is gone');
   });
+  let port: number | undefined;
   try {
     started = await start(ctx);
+    port = servedPort(started);
   } catch (err) {
     // The stack at a slot's first failure; a slot that fails again (every restart, each
     // reload that retries it) says so in one line, not another screenful of the same stack.
@@ -333,8 +355,30 @@ async function runWorker(
     log(`worker ${ctx.id} (pid ${process.pid}) failed to start: ${why}`);
     exit(1);
   }
+  // Ready: the primary counts this worker as serving (a reload closes the old one) now, not at
+  // its first listen, which may be an ops listener or an embedded broker while the main server
+  // still warms up. Sent after start()'s own listens, so the primary has seen those first.
+  if (process.connected)
+    process.send?.({ loadwise: STARTED, port }, undefined, undefined, () => undefined);
   starting = false;
   if (closing) finish();
+}
+
+/** The port a worker's `start()` returned, checked: undefined when it gave none. */
+function servedPort(started: StartedWorker | undefined): number | undefined {
+  const port = (started as { port?: unknown } | undefined)?.port;
+  if (port === undefined) return undefined;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65_535)
+    throw invalidOption('start() port', 'an integer in [1, 65535]', port);
+  return port;
+}
+
+/** The port of a worker's `{ loadwise: 'started', port? }` message; false for any other message. */
+function startedMessage(m: unknown): { port: number | undefined } | false {
+  if (typeof m !== 'object' || m === null || (m as { loadwise?: unknown }).loadwise !== STARTED)
+    return false;
+  const port = (m as { port?: unknown }).port;
+  return { port: typeof port === 'number' ? port : undefined };
 }
 
 /** The first line of what was thrown: `Error: message`, never a throw of its own. */
@@ -352,9 +396,10 @@ interface Slot {
   index: number;
   id: string;
   worker?: Worker;
-  listening: boolean;
+  /** Its worker is ready: its start() has returned. */
+  ready: boolean;
   starts: number;
-  /** Workers of this slot in a row that failed in start() (exit 1 before listening). */
+  /** Workers of this slot in a row that failed in start() (exit 1 before ready). */
   failedStarts: number;
   crashTimes: number[];
   timer?: NodeJS.Timeout;
@@ -369,7 +414,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   const slots: Slot[] = Array.from({ length: opts.workers }, (_, index) => ({
     index,
     id: `w${index + 1}`,
-    listening: false,
+    ready: false,
     starts: 0,
     failedStarts: 0,
     crashTimes: [],
@@ -378,10 +423,11 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   let closing: Promise<void> | undefined;
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));
+  /** listening()'s port: set by the first worker ready (see notePort). */
   let port: number | undefined;
   const waiters: { resolve(p: number): void; reject(e: Error): void }[] = [];
   const settleListening = (): void => {
-    if (port === undefined || slots.some((s) => !s.listening && !s.gaveUp)) return;
+    if (port === undefined || slots.some((s) => !s.ready && !s.gaveUp)) return;
     for (const w of waiters.splice(0)) w.resolve(port);
   };
 
@@ -393,6 +439,26 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   const forked = new Set<Worker>();
   /** Workers that have listened: the others hold no connection (close() stops them outright). */
   const listened = new WeakSet<Worker>();
+  /** Workers whose start() has returned, with the port it returned, if any. */
+  const ready = new WeakMap<Worker, number | undefined>();
+  /** The ports each worker has listened on, in order. */
+  const listenPorts = new WeakMap<Worker, number[]>();
+  /**
+   * The pool's port, once: what the first ready worker's start() returned, else the port of
+   * that worker's first listen (which may come after start() returned, if it did not wait).
+   * Not the first listen of any worker: an ops listener or an embedded broker may come first,
+   * and listening() reported its port.
+   */
+  const notePort = (worker: Worker): void => {
+    if (port !== undefined || !ready.has(worker)) return;
+    const ports = listenPorts.get(worker) ?? [];
+    port = ready.get(worker) ?? ports[0];
+    if (ready.get(worker) === undefined && new Set(ports).size > 1) {
+      log(
+        `worker pid ${worker.process.pid} listens on ports ${[...new Set(ports)].join(', ')}; listening() reports ${port}, the first (return { port } from start() to choose)`,
+      );
+    }
+  };
 
   /** Forks a worker for `slot`; it takes the slot's place only where the caller puts it there. */
   const spawn = (slot: Slot): Worker => {
@@ -406,12 +472,14 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     forked.add(worker);
     const pid = worker.process.pid;
     log(`worker ${slot.id} started (pid ${pid})`);
+    // node:cluster says 'listening' for every listen of the worker (an ops listener, an
+    // embedded broker): it may hold connections from then on, but is not ready yet.
     worker.on('listening', (address) => {
       listened.add(worker);
-      port ??= address.port;
-      if (slot.worker !== worker) return;
-      slot.listening = true;
-      slot.failedStarts = 0;
+      const ports = listenPorts.get(worker);
+      if (ports) ports.push(address.port);
+      else listenPorts.set(worker, [address.port]);
+      notePort(worker);
       settleListening();
     });
     // An IPC error (e.g. a send to a worker that just died) must not crash the primary.
@@ -419,6 +487,16 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     worker.on('message', (m: unknown) => {
       if (m === LEAVING && worker.isConnected())
         worker.send(LEFT, (err: Error | null) => err && undefined);
+      const started = startedMessage(m);
+      if (!started || ready.has(worker)) return;
+      ready.set(worker, started.port);
+      notePort(worker);
+      if (slot.worker === worker) {
+        slot.ready = true;
+        slot.failedStarts = 0;
+      }
+      settleListening();
+      worker.emit(READY);
     });
     worker.once('exit', (code, signal) => {
       forked.delete(worker);
@@ -428,10 +506,10 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         log(`worker ${slot.id} (pid ${pid}) exited (${how})`);
         return;
       }
-      // Exit 1 before listening: start() threw (or the worker died on its way there).
-      if (!slot.listening && code === 1) slot.failedStarts++;
+      // Exit 1 before ready: start() threw (or the worker died on its way there).
+      if (!slot.ready && code === 1) slot.failedStarts++;
       slot.worker = undefined;
-      slot.listening = false;
+      slot.ready = false;
       const { decision, crashTimes } = decideRestart(slot.crashTimes, performance.now(), restart);
       slot.crashTimes = crashTimes;
       if (decision.restart) {
@@ -452,31 +530,31 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   };
 
   /**
-   * Starts `slot`'s worker (first start or restart) with a deadline: one that has not listened
-   * `startTimeoutMs` after its fork (start() hangs: a dependency that never answers) is killed,
+   * Starts `slot`'s worker (first start or restart) with a deadline: one that is not ready
+   * (its start() has not returned) `startTimeoutMs` after its fork (start() hangs: a dependency that never answers) is killed,
    * and its exit counts as a crash of the slot, so a slot that never starts is restarted with
    * backoff and given up as one that crashes in a loop. Before, only a reload's new worker had
    * a deadline: such a slot went unnoticed for good, and `listening()` never resolved.
    */
   const fork = (slot: Slot): void => {
     slot.timer = undefined;
-    slot.listening = false;
+    slot.ready = false;
     const worker = spawn(slot);
     slot.worker = worker;
     const deadline = setTimeout(() => {
       // Replaced meanwhile (a reload), or the pool closes: whoever took over bounds it.
-      if (slot.worker !== worker || slot.listening || closing || worker.isDead()) return;
+      if (slot.worker !== worker || slot.ready || closing || worker.isDead()) return;
       log(
-        `worker ${slot.id} (pid ${worker.process.pid}) did not listen in ${startTimeoutMs} ms; killing it (a failed start)`,
+        `worker ${slot.id} (pid ${worker.process.pid}) did not start in ${startTimeoutMs} ms (its start() had not returned); killing it (a failed start)`,
       );
       worker.process.kill('SIGKILL');
     }, startTimeoutMs);
     const settled = (): void => {
       clearTimeout(deadline);
-      worker.off('listening', settled);
+      worker.off(READY, settled);
       worker.off('exit', settled);
     };
-    worker.once('listening', settled);
+    worker.once(READY, settled);
     worker.once('exit', settled);
   };
 
@@ -504,29 +582,35 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       });
     });
 
-  /** Starts `slot`'s replacement; resolves once it listens, rejects if it exits or times out first. */
+  /**
+   * Starts `slot`'s replacement; resolves once it is ready (its start() has returned: its first
+   * listen may be an ops listener while its main server warms up, and the old worker closed
+   * then left the slot to a worker not serving yet), rejects if it exits or times out first.
+   */
   const startReplacement = (slot: Slot): Promise<Worker> =>
     new Promise<Worker>((resolve, reject) => {
       const next = spawn(slot);
       const fail = (why: string): void => {
         clearTimeout(timer);
-        next.off('listening', onListening);
+        next.off(READY, onReady);
         next.off('exit', onExit);
         if (!next.isDead()) next.process.kill('SIGKILL');
         reject(new Error(`the new worker ${slot.id} (pid ${next.process.pid}) ${why}`));
       };
-      const onListening = (): void => {
+      const onReady = (): void => {
         clearTimeout(timer);
         next.off('exit', onExit);
         resolve(next);
       };
       const onExit = (code: number | null, signal: string | null): void =>
-        fail(`exited (${signal ? `signal ${signal}` : `code ${code}`}) before listening`);
+        fail(
+          `exited (${signal ? `signal ${signal}` : `code ${code}`}) before its start() returned`,
+        );
       const timer = setTimeout(
-        () => fail(`did not listen in ${startTimeoutMs} ms`),
+        () => fail(`did not start in ${startTimeoutMs} ms (its start() had not returned)`),
         startTimeoutMs,
       );
-      next.once('listening', onListening);
+      next.once(READY, onReady);
       next.once('exit', onExit);
     });
 
@@ -552,7 +636,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     slot.crashTimes = [];
     slot.failedStarts = 0;
     slot.worker = next;
-    slot.listening = true;
+    slot.ready = true;
     log(`worker ${slot.id} is back (pid ${next.process.pid})`);
     replaced.push({ id: slot.id, oldPid: undefined, newPid: next.process.pid });
   };
@@ -597,7 +681,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         try {
           next = await startReplacement(slot);
         } catch (err) {
-          // The pool closes: close() stopped the replacement (it had not listened), and the
+          // The pool closes: close() stopped the replacement (it was not ready), and the
           // old worker is closing too; "keeps serving" would not be true.
           if (closing) throw new Error('the worker pool stopped during the reload');
           log(`reload stopped: ${(err as Error).message}; the old worker ${slot.id} keeps serving`);
@@ -611,7 +695,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
         // the primary's listen socket always has a worker.
         if (slot.worker === old) {
           slot.worker = next;
-          slot.listening = true;
+          slot.ready = true;
           slot.crashTimes = [];
           slot.failedStarts = 0;
           askToClose(old);
@@ -628,7 +712,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
           slot.timer = undefined;
           const restarted = slot.worker;
           slot.worker = next;
-          slot.listening = true;
+          slot.ready = true;
           slot.gaveUp = false;
           slot.crashTimes = [];
           slot.failedStarts = 0;
@@ -660,7 +744,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
             // which listens: the primary bound the port again after the last serving worker
             // had released it, took connections and reset them (helper: SIGTERM during a
             // reload), and the stop waited out the warm-up (up to the broker's 10 s).
-            if (listened.has(w)) askToClose(w);
+            if (listened.has(w) || ready.has(w)) askToClose(w);
             else {
               log(`worker pid ${w.process.pid} has not listened yet; stopping it (SIGKILL)`);
               w.process.kill('SIGKILL');
