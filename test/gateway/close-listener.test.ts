@@ -5,12 +5,14 @@
  * answers growing from none to all), with the balancer's own drain leaving
  * that decision to it.
  */
-import http, { type Server } from 'node:http';
+import http, { type Server, type ServerResponse } from 'node:http';
+import { channel } from 'node:diagnostics_channel';
 import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { closeListener } from '@loadwise/gateway-plugin';
 import { startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway } from '../kit/gateway';
+import { withinOrFail } from '../kit/agent-http';
 
 interface Answer {
   status: number;
@@ -45,6 +47,26 @@ async function open(port: number): Promise<Socket> {
   const sock = connect(port, '127.0.0.1');
   await once(sock, 'connect');
   return sock;
+}
+
+/** A request sent on `sock` whose answer is still to come: what arrives, and its end. */
+function send(sock: Socket, path: string): { text: () => string; ended: Promise<unknown> } {
+  let text = '';
+  const onData = (d: Buffer): void => void (text += d.toString('latin1'));
+  sock.on('data', onData);
+  const ended = once(sock, 'end').finally(() => sock.off('data', onData));
+  sock.write(`GET ${path} HTTP/1.1\r\nHost: t\r\n\r\n`);
+  return { text: () => text, ended };
+}
+
+/** The Connection header of the answer in `text`. */
+function connectionOf(text: string): string | undefined {
+  return /\r\nconnection: *([^\r]+)/i.exec(text)?.[1]?.toLowerCase();
+}
+
+/** Resolves once `check()` holds, looking again every 5 ms. */
+async function until(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((r) => setTimeout(r, 5));
 }
 
 describe('closeListener', () => {
@@ -116,6 +138,56 @@ describe('closeListener', () => {
     await closed;
   });
 
+  it('decides the answers under way when it is called too: each connection ends after its answer, per the ramp', async () => {
+    // The app's own answers: one whose head went out before the call, one whose head is
+    // written after it. Before the fix nobody decided them: both said keep-alive and their
+    // connections stayed open after them, until keepAliveTimeout (off here) or the end of
+    // lb.close()'s grace.
+    const held = new Map<string, ServerResponse>();
+    const server = http.createServer((req, res) => {
+      if (req.url === '/quick') return void res.end('ok');
+      if (req.url?.startsWith('/head-first')) res.writeHead(200).write('a');
+      held.set(req.url!, res);
+    });
+    server.keepAliveTimeout = 0;
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    const [early, headFirst, late] = [await open(port), await open(port), await open(port)];
+    sockets.push(early, headFirst, late);
+    const earlyAnswer = send(early, '/head-first-early');
+    const headFirstAnswer = send(headFirst, '/head-first');
+    const lateAnswer = send(late, '/late');
+    await until(() => held.size === 3 && /\r\n\r\n/.test(headFirstAnswer.text()));
+    expect(connectionOf(headFirstAnswer.text())).toBe('keep-alive');
+
+    let t = 0;
+    const closed = closeListener(server, { drainMs: 1_000, now: () => t, random: () => 0.5 });
+    // Ending at the start of the ramp: kept open, as an answer that came after the call would be.
+    held.get('/head-first-early')!.end();
+    await until(() => earlyAnswer.text().endsWith('0\r\n\r\n'));
+    expect((await exchange(early, '/quick')).connection).toBe('keep-alive');
+    // Ending past half the ramp (the draw is 0.5): closed once written, the head that said
+    // keep-alive (the app's, before or after the call) notwithstanding.
+    t = 600;
+    held.get('/head-first')!.end('b');
+    held.get('/late')!.end('c');
+    await withinOrFail(
+      Promise.all([headFirstAnswer.ended, lateAnswer.ended]),
+      5_000,
+      'both connections end after their answers',
+    );
+    expect(headFirstAnswer.text()).toMatch(/\r\nb\r\n0\r\n\r\n$/);
+    expect(lateAnswer.text()).toMatch(/^HTTP\/1\.1 200 [^]*\r\n\r\nc$/);
+    t = 1_000;
+    const end = once(early, 'end');
+    expect((await exchange(early, '/quick')).connection).toBe('close');
+    await end;
+    await closed;
+    // Closed, it no longer watches the answers' ends.
+    expect(channel('http.server.response.finish').hasSubscribers).toBe(false);
+  });
+
   describe('with the balancer draining beside it (lb.close)', () => {
     let backend: TestServer;
     beforeAll(async () => {
@@ -148,6 +220,45 @@ describe('closeListener', () => {
         await Promise.all([stopped, closing]);
       } finally {
         await gw.close();
+      }
+    });
+
+    it('closes the connections of the answers under way when it is called: a head still to go says close, one out ends with its answer', async () => {
+      // A proxied answer still to come (a slow upload's) and one whose head went out before
+      // (a download). Before the fix the balancer left both to closeListener, which decided
+      // only the requests that came after it: both said keep-alive and stayed open, and
+      // lb.close() waited its whole grace for them.
+      const release: (() => void)[] = [];
+      const slow = await startBackend('slow', (req, res) => {
+        if (req.url === '/download') res.writeHead(200).write('a');
+        release.push(() => res.end('b'));
+      });
+      const gw = await startLocalGateway({ backends: [{ id: 'slow', url: slow.url }] });
+      gw.server.keepAliveTimeout = 0;
+      try {
+        const [upload, download] = [await open(gw.port), await open(gw.port)];
+        sockets.push(upload, download);
+        const uploadAnswer = send(upload, '/upload');
+        const downloadAnswer = send(download, '/download');
+        await until(() => release.length === 2 && /\r\n\r\n/.test(downloadAnswer.text()));
+        expect(connectionOf(downloadAnswer.text())).toBe('keep-alive');
+        const stopped = closeListener(gw.server);
+        const closing = gw.lb.close({ graceMs: 60_000 });
+        for (const r of release) r();
+        await until(() => /\r\n\r\n/.test(uploadAnswer.text()));
+        expect(uploadAnswer.text()).toMatch(/^HTTP\/1\.1 200 /);
+        expect(connectionOf(uploadAnswer.text())).toBe('close');
+        await withinOrFail(
+          Promise.all([uploadAnswer.ended, downloadAnswer.ended]),
+          5_000,
+          'both connections end after their answers',
+        );
+        expect(downloadAnswer.text()).toMatch(/\r\nb\r\n0\r\n\r\n$/);
+        // Not its grace: every connection has ended.
+        await Promise.all([stopped, closing]);
+      } finally {
+        await gw.close();
+        await slow.close();
       }
     });
 

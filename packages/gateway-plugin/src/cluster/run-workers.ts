@@ -39,7 +39,7 @@ import {
   rejectUnknownKeys,
 } from '../load/option-check';
 import { MAX_TIMER_MS } from '../options-validate';
-import { gradualDrain } from './listener-drain';
+import { decideConnectionCloses } from './listener-drain';
 import { closeAcceptCopies } from './multi-accept';
 import { decideRestart, resolveRestart, type RestartOptions } from './restart-policy';
 
@@ -837,7 +837,8 @@ export interface CloseListenerOptions {
    * listener stops to all `drainMs` later (HAProxy's close-spread-time,
    * Envoy's gradual drain), so the clients move to the other workers over
    * that time instead of all within a few milliseconds (docs/gateway.md,
-   * Every core). 0: every answer from now on closes its connection. At most
+   * Every core). 0: every answer from now on closes its connection, those
+   * under way when closeListener is called included. At most
    * 2^31 - 1, as every ms option; checked when closeListener is called (a
    * bad value, a non-function `now` or `random`, or an unknown key throws
    * LW_GW_INVALID_OPTION before the server stops).
@@ -858,8 +859,10 @@ export interface CloseListenerOptions {
  * "Restart as a reload"). Left open, each connection ends after its next
  * answer that says `Connection: close` (every answer from now on, whichever
  * route sends it, or a share growing over `drainMs`) or at the server's
- * `keepAliveTimeout`. For a worker's `close()`, with `lb.close({ graceMs })`
- * beside it.
+ * `keepAliveTimeout`. An answer already under way is decided too: where its
+ * head is still to go out from the balancer, the head says `close`; else its
+ * connection closes as the answer ends (listener-drain.ts). For a worker's
+ * `close()`, with `lb.close({ graceMs })` beside it.
  */
 export function closeListener(server: HttpServer, opts: CloseListenerOptions = {}): Promise<void> {
   // Checked here, not at the first answer: a bad `now` would throw inside the 'request' listener.
@@ -869,12 +872,24 @@ export function closeListener(server: HttpServer, opts: CloseListenerOptions = {
   const now = functionOption(bag, 'closeListener.', 'now', Date.now);
   const random = functionOption(bag, 'closeListener.', 'random', Math.random);
   const from = now();
-  // First in line, before the app has written anything; the balancer's drain
-  // leaves the decision to this listener (listener-drain.ts).
-  gradualDrain.add(server);
+  const closes = new WeakMap<ServerResponse, boolean>();
+  const decide = (res: ServerResponse): boolean => {
+    let close = closes.get(res);
+    if (close === undefined) {
+      const share = drainMs === 0 ? 1 : (now() - from) / drainMs;
+      close = share >= 1 || random() < share;
+      closes.set(res, close);
+    }
+    if (close) res.shouldKeepAlive = false;
+    return close;
+  };
+  // The decision for every answer from now on, those already under way included (the
+  // balancer asks it for their heads, and it is taken as any other ends: listener-drain.ts);
+  // the balancer's drain leaves it to this one.
+  const ended = decideConnectionCloses(server, decide);
+  // First in line, before the app has written anything.
   server.prependListener('request', (_req: IncomingMessage, res: ServerResponse) => {
-    const share = drainMs === 0 ? 1 : (now() - from) / drainMs;
-    if (share >= 1 || random() < share) res.shouldKeepAlive = false;
+    decide(res);
   });
   return new Promise<void>((resolve) => {
     if (!server.listening) {
@@ -886,5 +901,5 @@ export function closeListener(server: HttpServer, opts: CloseListenerOptions = {
     }
     closeAcceptCopies(server);
     NetServer.prototype.close.call(server, () => resolve());
-  });
+  }).finally(ended);
 }

@@ -28,7 +28,7 @@ import type {
 } from 'node:http';
 import type { Server, Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
-import { drainClosesConnections } from '../cluster/listener-drain';
+import { closesForDrain, drainClosesConnections } from '../cluster/listener-drain';
 import type { GatewayErrorCode } from '../errors';
 import { sendError } from '../error-response';
 import { RateLimitedLog } from '../rate-limited-log';
@@ -494,8 +494,9 @@ export class RequestFlow {
     if (c.draining) {
       // Shutting down: this connection should go to another instance, at
       // once, or over closeListener's drainMs when it closes this server's
-      // connections gradually (its listener has decided for this answer).
-      if (drainClosesConnections(server)) res.shouldKeepAlive = false;
+      // connections gradually (its decision for this answer: taken now for one that was
+      // under way when it was called).
+      if (closesForDrain(server, res, true)) res.shouldKeepAlive = false;
       // Unless the server has stopped listening (server.close() first, as the
       // shutdown recipe and a worker replaced by runWorkers' reload() do): the
       // connection was accepted before, so no other instance can take this
@@ -1307,7 +1308,7 @@ export class RequestFlow {
       !req.complete ||
       (res as { maxRequestsOnConnectionReached?: boolean }).maxRequestsOnConnectionReached ===
         true ||
-      (c.draining && drainClosesConnections(serverOf(req)));
+      closesForDrain(serverOf(req), res, c.draining);
     if (!req.complete) this.lingerAfter(req);
     try {
       writeResponseHead(req, res, proxyRes, decision, decisionValue, close);
