@@ -137,6 +137,11 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
   const bodies = new StatusBodies(take);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
+    // Gone while a middleware before this one ran (an auth step, a poller's timeout): its
+    // 'close' has fired already, and a body acquired for it was never released. A dozen
+    // such aborts at 10,000 backends held MAX_HELD_STATUS_BYTES, and every status request
+    // got 503 until the gateway restarted.
+    if (res.destroyed || req.socket?.destroyed === true) return;
     // An answer holds its body until its client has taken it: clients that never read,
     // each arriving after the last body was made, must not pin one each, for good.
     const body = bodies.acquire();
@@ -186,6 +191,9 @@ async function writeMetrics(
   res: ServerResponse,
   next: ((err?: unknown) => void) | undefined,
 ): Promise<void> {
+  // Gone already (while a middleware before this one ran): its 'close' will not come again,
+  // and a write would wait for a 'drain' that never comes, the scrape's parts pinned.
+  if (res.destroyed) return;
   let closed = false;
   let wake: (() => void) | undefined;
   const woken = (): void => {
