@@ -188,6 +188,32 @@ describe('closeListener', () => {
     expect(channel('http.server.response.finish').hasSubscribers).toBe(false);
   });
 
+  it('answers every pipelined request under way before it closes their connection', async () => {
+    // Two requests pipelined on one connection, both handled when closeListener is called:
+    // the first answer's end closed the connection, and the second, whose handler had run
+    // (behind the balancer, a backend had served it), was never sent.
+    const held = new Map<string, ServerResponse>();
+    const server = http.createServer((req, res) => void held.set(req.url!, res));
+    server.keepAliveTimeout = 0;
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const sock = await open((server.address() as { port: number }).port);
+    sockets.push(sock);
+    let text = '';
+    sock.on('data', (d: Buffer) => void (text += d.toString('latin1')));
+    const ended = once(sock, 'end');
+    sock.write('GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\n');
+    await until(() => held.size === 2);
+    const closed = closeListener(server, { drainMs: 0 });
+    held.get('/1')!.end('one');
+    await new Promise((r) => setImmediate(r));
+    held.get('/2')!.end('two');
+    await withinOrFail(ended, 5_000, 'the connection ends after both answers');
+    expect(text.match(/HTTP\/1\.1 200/g)).toHaveLength(2);
+    expect(text).toMatch(/one[^]*two$/);
+    await closed;
+  });
+
   describe('with the balancer draining beside it (lb.close)', () => {
     let backend: TestServer;
     beforeAll(async () => {

@@ -40,11 +40,23 @@ const FINISH_CHANNEL = 'http.server.response.finish';
  * this before it looks at `_last` (resOnFinish in node:_http_server).
  */
 function onFinish(message: unknown): void {
-  const { server, response } = message as { server?: object; response?: ServerResponse };
+  const { server, response, request, socket } = message as {
+    server?: object;
+    response?: ServerResponse;
+    request?: unknown;
+    socket?: { parser?: { incoming?: unknown } | null };
+  };
   const decide = server === undefined ? undefined : decisions.get(server);
   if (decide === undefined || response === undefined) return;
   try {
-    if (decide(response)) (response as { _last?: boolean })._last = true;
+    if (!decide(response)) return;
+    // A request pipelined behind this one was read already (the parser's latest is not this
+    // one): closed now, Node would destroy the connection before that request's answer, whose
+    // handler ran (behind the balancer: a backend served it) and whose client was told
+    // keep-alive. Its own answer is decided as it ends, and closes the connection then.
+    const latest = socket?.parser?.incoming;
+    if (latest !== undefined && latest !== null && latest !== request) return;
+    (response as { _last?: boolean })._last = true;
   } catch {
     // A throwing `now` or `random`: the answer keeps its keep-alive; never a throw in Node's.
   }
