@@ -177,6 +177,23 @@ describe('viewers joining a long history', () => {
     expect(dashboardOf(lb)!.stream.viewerCount).toBe(0);
   });
 
+  it('drops a viewer that reads its history more slowly than ticks come', async () => {
+    // It reads (every part drains), but many ticks come per part: they queued behind its
+    // first message with no bound (a 64 MB history at 50 KB/s against 40 KB/s of ticks:
+    // ~50 MB a viewer). Dropped once 8 MiB of them wait; its browser reconnects.
+    const v = openViewer(lb);
+    const joined = (): boolean => v.chunks.at(-1) === ']}\n\n';
+    for (let i = 0; i < 2_000 && !v.destroyed && !joined(); i++) {
+      v.writableLength = 0;
+      v.emit('drain');
+      await turn();
+      jest.advanceTimersByTime(250 * 40);
+    }
+    expect(joined()).toBe(false);
+    expect(v.destroyed).toBe(true);
+    expect(dashboardOf(lb)!.stream.viewerCount).toBe(0);
+  });
+
   it('writes the same encoded history parts to the viewers that join together', async () => {
     const a = openViewer(lb);
     const b = openViewer(lb);

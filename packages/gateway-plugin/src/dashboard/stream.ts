@@ -65,6 +65,13 @@ const HISTORY_STEP = 12_000;
  */
 const JOIN_QUEUE_BYTES = 1024 * 1024;
 
+/**
+ * Ticks queued behind a first message still being written, at most: past it the viewer is
+ * dropped. 8 MiB is minutes of ticks for a fleet the chart details (100 backends at 1 Hz:
+ * about 14 minutes), so only a viewer far slower than its history's size is dropped.
+ */
+const MAX_QUEUED_TICK_BYTES = 8 * 1024 * 1024;
+
 export interface StreamOptions {
   maxViewers: number;
   intervalMs: number;
@@ -294,7 +301,11 @@ export class DashboardStream {
       j.ticks.push(message);
       j.ticksBytes += bytes;
       // Stopped reading in the middle of its first message: dropped, as it would be after.
-      if (j.paused && (j.stalledBytes += bytes) > MAX_BUFFERED_BYTES) {
+      // So is one that reads, but its first message more slowly than ticks come: the ticks
+      // queued behind it grew with no bound (a 64 MB history at 50 KB/s against 40 KB/s of
+      // ticks: ~50 MB each, ten viewers ~500 MB). Its browser reconnects.
+      const stalled = j.paused && (j.stalledBytes += bytes) > MAX_BUFFERED_BYTES;
+      if (stalled || j.ticksBytes > MAX_QUEUED_TICK_BYTES) {
         res.destroy();
         this.leave(res);
       }
