@@ -235,6 +235,7 @@ describe('the budget of bytes held in all', () => {
       a.socket.write(pattern(600));
       await until(() => b.flow.bufferedBytes === 600);
       expect(backend.seen).toHaveLength(0);
+      expect(await gw.metric('request_buffer_bytes')).toBe(600);
       // 600 more would hold 1,200 > 1,000: this one is dispatched at once with its 600 bytes.
       bee.socket.write(pattern(600));
       await until(() => backend.seen[0]?.bytes === 600);

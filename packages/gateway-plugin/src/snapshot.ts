@@ -86,6 +86,7 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
     inFlight,
     openWebSockets: lb.flow.upgrades.openCount,
     openStreams: lb.flow.lane?.open ?? 0,
+    requestBufferBytes: lb.flow.bufferedBytes,
     eventLoopDelayMs: lb.overload ? lb.overload.eventLoopDelayMs : null,
     overloaded: (lb.overload?.overloaded ?? false) || (lb.acceptQueue?.shedding ?? false),
     acceptQueueDepth: lb.acceptQueue?.available ? lb.acceptQueue.depth : null,

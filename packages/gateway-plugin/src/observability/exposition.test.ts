@@ -61,6 +61,7 @@ function snapshotOf(backends: BackendSnapshot[], i: number): BalancerSnapshot {
     saturationQueueLength: i * 3,
     openWebSockets: i,
     openStreams: 2 * i,
+    requestBufferBytes: 0,
     inFlight: 5 + i,
     eventLoopDelayMs: i === 0 ? null : 12.5,
     overloaded: false,
@@ -177,6 +178,7 @@ function previousRegistry(f: Fleet): Registry {
     g('overloaded').set(gl, s.overloaded ? 1 : 0);
     g('saturation_queue_length').set(gl, s.saturationQueueLength);
     g('websockets_open').set(gl, s.openWebSockets);
+    g('request_buffer_bytes').set(gl, s.requestBufferBytes);
     g('streams_open').set(gl, s.openStreams);
     g('event_loop_delay_seconds').set(gl, (s.eventLoopDelayMs ?? 0) / 1000);
     g('accept_queue_depth').set(gl, s.acceptQueueDepth ?? 0);

@@ -15,6 +15,7 @@ const SNAPSHOT: BalancerSnapshot = {
   saturationQueueLength: 0,
   openWebSockets: 0,
   openStreams: 0,
+  requestBufferBytes: 0,
   inFlight: 0,
   eventLoopDelayMs: 1.5,
   overloaded: false,

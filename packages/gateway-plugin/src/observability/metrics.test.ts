@@ -41,6 +41,7 @@ function snapshot(
     saturationQueueLength: 0,
     openWebSockets: 0,
     openStreams: 0,
+    requestBufferBytes: 0,
     inFlight: backends.reduce((n, b) => n + b.inFlight, 0),
     eventLoopDelayMs: null,
     overloaded: false,
@@ -187,6 +188,7 @@ describe('createGatewayMetrics', () => {
           saturationQueueLength: 5,
           openWebSockets: 4,
           openStreams: 6,
+          requestBufferBytes: 65_536,
           eventLoopDelayMs: 20,
           acceptQueueDepth: 130,
           brokerConnected: true,
@@ -200,6 +202,7 @@ describe('createGatewayMetrics', () => {
     expect(text).toContain('loadwise_in_flight 3');
     expect(text).toContain('loadwise_websockets_open 4');
     expect(text).toContain('loadwise_streams_open 6');
+    expect(text).toContain('loadwise_request_buffer_bytes 65536');
     expect(text).toContain('loadwise_backend_report_age_seconds{backend="a"} 1.5');
     expect(text).not.toContain('loadwise_backend_report_age_seconds{backend="b"}');
     expect(text).toContain('loadwise_backend_report_fresh{backend="a"} 1');

@@ -358,6 +358,11 @@ function createFamilies(registry: Registry, p: string): Families {
     (s) => s.openWebSockets,
   );
   gatewayGauge(
+    'request_buffer_bytes',
+    'Bytes of request bodies read before dispatch (requestBuffering) and held now, against its maxTotalBytes',
+    (s) => s.requestBufferBytes,
+  );
+  gatewayGauge(
     'streams_open',
     'Streamed answers in the stream lane (running past streams.afterMs), not counted as in flight',
     (s) => s.openStreams,

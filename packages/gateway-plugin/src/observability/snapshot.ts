@@ -111,6 +111,12 @@ export interface BalancerSnapshot {
    * not counted in `inFlight` nor in their backend's.
    */
   openStreams: number;
+  /**
+   * Bytes of request bodies this balancer holds now, read before dispatch
+   * (`requestBuffering`, its `maxTotalBytes`, and bodies kept for retries) and not yet
+   * relayed an answer.
+   */
+  requestBufferBytes: number;
   /** The gateway's own event-loop delay (last sample), ms; null when overload protection is off. */
   eventLoopDelayMs: number | null;
   /**
