@@ -13,6 +13,7 @@ import { send, startBackend, type TestServer } from '../kit/http';
 import { quietLogger, startLocalGateway, type TestGateway } from '../kit/gateway';
 import { loadBalance, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { internals } from '@loadwise/gateway-plugin/internals';
+import type { MqttClient } from 'mqtt';
 import { Registry } from 'prom-client';
 
 /** Reports are signed, as a gateway requires by default (SECURITY.md). */
@@ -74,6 +75,29 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     });
     await gw.lb.ready();
     return gw;
+  }
+
+  /**
+   * A balancer on the app's own MQTT client `own` under `prefix`: backend a (unless `extra`
+   * says otherwise), verifying with `key`, no active checks nor warm-up, quiet, with a
+   * metrics registry of its own. The caller closes it.
+   */
+  function onAppClient(
+    own: MqttClient,
+    prefix: string,
+    extra: Partial<LoadBalanceOptions> = {},
+  ): ReturnType<typeof loadBalance> {
+    return loadBalance({
+      backends: [{ id: 'a', url: a.url }],
+      broker: { client: own },
+      topicPrefix: prefix,
+      keys: [key],
+      healthCheck: false,
+      warmUp: false,
+      metricsRegistry: new Registry(),
+      logger: quietLogger,
+      ...extra,
+    });
   }
 
   it('applies reports of configured backends and ignores unknown ones', async () => {
@@ -231,16 +255,10 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     const registry = new Registry();
     const dropped: string[] = [];
     const balancers = ['users', 'orders'].map((service) => {
-      const lb = loadBalance({
+      const lb = onAppClient(own, prefix, {
         backends: [{ id: `${service}-1`, url: a.url }],
-        broker: { client: own },
-        topicPrefix: prefix,
         service,
-        keys: [key],
-        healthCheck: false,
-        warmUp: false,
         metricsRegistry: registry,
-        logger: quietLogger,
       });
       lb.balancer.on('invalid-message', (e) => dropped.push(`${service}: ${e.code}`));
       return lb;
@@ -270,17 +288,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
   it('one client for two balancers on one prefix (a reload): closing the old one leaves the new one hearing', async () => {
     const prefix = uniquePrefix('gw');
     const own = await connectClient(broker.url);
-    const make = () =>
-      loadBalance({
-        backends: [{ id: 'a', url: a.url }],
-        broker: { client: own },
-        topicPrefix: prefix,
-        keys: [key],
-        healthCheck: false,
-        warmUp: false,
-        metricsRegistry: new Registry(),
-        logger: quietLogger,
-      });
+    const make = () => onAppClient(own, prefix);
     const old = make();
     const next = make();
     try {
@@ -306,17 +314,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
     const retained = [enc.registration(a.url), enc.status('online')];
     for (const m of retained) await own.publishAsync(m.topic, m.payload, { qos: 1, retain: true });
     const make = () =>
-      loadBalance({
-        backends: [],
-        broker: { client: own },
-        topicPrefix: prefix,
-        keys: [key],
-        discovery: { allowedRanges: ['127.0.0.0/8'] },
-        healthCheck: false,
-        warmUp: false,
-        metricsRegistry: new Registry(),
-        logger: quietLogger,
-      });
+      onAppClient(own, prefix, { backends: [], discovery: { allowedRanges: ['127.0.0.0/8'] } });
     const ids = (lb: ReturnType<typeof make>) => lb.balancer.snapshot().backends.map((b) => b.id);
     const subscribe = jest.spyOn(own, 'subscribe');
     const old = make();
@@ -344,17 +342,7 @@ describe.each(brokerTargets())('gateway on $name', (target) => {
   it('one app client for two balancers: a reconnect sends one SUBSCRIBE, not one per balancer more', async () => {
     const prefix = uniquePrefix('gw');
     const own = await connectClient(broker.url, { reconnectPeriod: 100 });
-    const make = () =>
-      loadBalance({
-        backends: [{ id: 'a', url: a.url }],
-        broker: { client: own },
-        topicPrefix: prefix,
-        keys: [key],
-        healthCheck: false,
-        warmUp: false,
-        metricsRegistry: new Registry(),
-        logger: quietLogger,
-      });
+    const make = () => onAppClient(own, prefix);
     const lbs = [make(), make()];
     try {
       await Promise.all(lbs.map((lb) => lb.ready()));

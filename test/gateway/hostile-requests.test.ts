@@ -1002,6 +1002,23 @@ describe('upgrades to a backend that serves only HTTP (the README mounts lb for 
 });
 
 describe('slow clients', () => {
+  /**
+   * A body too slow or silent was answered 408 and its connection closed; a streamed one's
+   * backend request was aborted, a held one never reached the backend; the backend is not
+   * charged, and nothing is left in flight.
+   */
+  async function expectBodyTimedOut(r: RawExchange, how: string): Promise<void> {
+    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
+      [408, 'LW_GW_BODY_TIMEOUT', true],
+    );
+    if (how === 'streamed') await until(() => backend.seen[0]?.aborted === true);
+    else expect(backend.seen).toHaveLength(0);
+    expect(await gw!.metric('backend_errors_total')).toBe(0);
+    expect(await gw!.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(1);
+    const b = gw!.lb.balancer.snapshot().backends[0]!;
+    expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
+  }
+
   it.each([
     // Streamed (over retry.maxBodyBytes): the backend has the request, and it is aborted.
     ['streamed', 100_000],
@@ -1018,15 +1035,7 @@ describe('slow clients', () => {
       gw.port,
       `POST /api/upload HTTP/1.1\r\nHost: a\r\nContent-Length: ${length}\r\n\r\nabc`,
     );
-    expect([r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error'], r.closed]).toEqual(
-      [408, 'LW_GW_BODY_TIMEOUT', true],
-    );
-    if (how === 'streamed') await until(() => backend.seen[0]?.aborted === true);
-    else expect(backend.seen).toHaveLength(0);
-    expect(await gw.metric('backend_errors_total')).toBe(0);
-    expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(1);
-    const b = gw.lb.balancer.snapshot().backends[0]!;
-    expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
+    await expectBodyTimedOut(r, how);
   });
 
   it.each([
@@ -1054,18 +1063,7 @@ describe('slow clients', () => {
       } finally {
         clearInterval(drip);
       }
-      const r = await c.closed;
-      expect([
-        r.responses[0]?.status,
-        r.responses[0]?.headers['x-loadwise-error'],
-        r.closed,
-      ]).toEqual([408, 'LW_GW_BODY_TIMEOUT', true]);
-      if (how === 'streamed') await until(() => backend.seen[0]?.aborted === true);
-      else expect(backend.seen).toHaveLength(0);
-      expect(await gw.metric('backend_errors_total')).toBe(0);
-      expect(await gw.metric('rejected_requests_total', 'LW_GW_BODY_TIMEOUT')).toBe(1);
-      const b = gw.lb.balancer.snapshot().backends[0]!;
-      expect([b.inFlight, b.state]).toEqual([0, 'healthy']);
+      await expectBodyTimedOut(await c.closed, how);
     },
   );
 

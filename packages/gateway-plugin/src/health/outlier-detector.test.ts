@@ -184,17 +184,23 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
     }
   }
 
+  /** A fleet of four whose `a` reported up (agent run 1000, pid 42), then failed until ejected. */
+  function ejectedA(): { d: OutlierDetector; a: B } {
+    f = fleet(['a', 'b', 'c', 'd']);
+    const d = detector();
+    const a = f.backends[0]!;
+    report(a, 'up', 1_000, 42);
+    fail3(d, a);
+    return { d, a };
+  }
+
   it.each([
     { restart: 'another service process', epochMs: 1_000, pid: 43 },
     { restart: 'another agent run', epochMs: 2_000, pid: 42 },
   ])(
     'ejected, down by the agent verdict, up in a report of $restart: restored at once',
     ({ epochMs, pid }) => {
-      f = fleet(['a', 'b', 'c', 'd']);
-      const d = detector();
-      const a = f.backends[0]!;
-      report(a, 'up', 1_000, 42);
-      fail3(d, a); // killed: refused connections
+      const { a } = ejectedA(); // killed: refused connections
       expect(eligibleIds(f.registry)).not.toContain('a');
       jest.advanceTimersByTime(1_000);
       report(a, 'down', 1_000, 42); // its agent's probe sees it dead
@@ -219,11 +225,7 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
     ({ epochMs, pid }) => {
       // Crashed under load (refused connections eject it in milliseconds) and restarted within
       // the agent's probe interval: its verdict never said down. It served its whole ejection.
-      f = fleet(['a', 'b', 'c', 'd']);
-      const d = detector();
-      const a = f.backends[0]!;
-      report(a, 'up', 1_000, 42);
-      fail3(d, a);
+      const { d, a } = ejectedA();
       jest.advanceTimersByTime(1_000);
       report(a, 'up', 1_000, 42); // the same run and process: nothing
       jest.advanceTimersByTime(RECOVERY_CHECK_MS);
@@ -257,11 +259,7 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
   it('a verdict down and up again within one agent run and one process does not end it', () => {
     // A backend failing every request whose agent alternates down/up every 300 ms: each
     // toggle ended its ejection (6 ejections of ~0.5 s in 15 s, 30 failed requests).
-    f = fleet(['a', 'b', 'c', 'd']);
-    const d = detector();
-    const a = f.backends[0]!;
-    report(a, 'up', 1_000, 42);
-    fail3(d, a);
+    const { a } = ejectedA();
     for (let t = 0; t < 29_700; t += 300) {
       report(a, t % 600 === 0 ? 'down' : 'up', 1_000, 42);
       jest.advanceTimersByTime(300);
@@ -274,11 +272,7 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
   });
 
   it('ended by the active check alone: back at once, keeping its figures and multiplier', () => {
-    f = fleet(['a', 'b', 'c', 'd']);
-    const d = detector();
-    const a = f.backends[0]!;
-    report(a, 'up', 1_000, 42);
-    fail3(d, a);
+    const { d, a } = ejectedA();
     jest.advanceTimersByTime(1_000);
     a.checkDown = true; // no answer from here: unreachable
     f.registry.recompute();
@@ -304,11 +298,7 @@ describe('OutlierDetector: a restarted backend is not kept out by its ejection',
   it('ended by the check while drained: a new process after the drain gets a clean slate', () => {
     // A deploy: the check loses it, the agent drains it, the ejection ends on the check alone
     // (figures kept for the same process), and what comes back is another process.
-    f = fleet(['a', 'b', 'c', 'd']);
-    const d = detector();
-    const a = f.backends[0]!;
-    report(a, 'up', 1_000, 42);
-    fail3(d, a);
+    const { a } = ejectedA();
     a.checkDown = true;
     f.registry.recompute();
     jest.advanceTimersByTime(1_000);
