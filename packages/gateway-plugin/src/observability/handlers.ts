@@ -13,6 +13,7 @@ import type { Registry } from 'prom-client';
 import { metricsParts } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 import { StatusBodies, writeStatus } from './status-body';
+import { AnswerWaiter } from './backpressure';
 
 export type HttpHandler = (
   req: IncomingMessage,
@@ -194,26 +195,7 @@ async function writeMetrics(
   // Gone already (while a middleware before this one ran): its 'close' will not come again,
   // and a write would wait for a 'drain' that never comes, the scrape's parts pinned.
   if (res.destroyed) return;
-  let closed = false;
-  let wake: (() => void) | undefined;
-  const woken = (): void => {
-    const resolve = wake;
-    wake = undefined;
-    resolve?.();
-  };
-  res.once('close', () => {
-    closed = true;
-    woken();
-  });
-  // One 'drain' listener for the whole scrape: a compression middleware's res.on sends
-  // 'drain' listeners to its zlib stream and its res.off does not follow them there, so one
-  // added and taken back per wait stayed there, each (a MaxListenersExceededWarning).
-  res.on('drain', woken);
-  const writable = (): Promise<void> =>
-    new Promise((resolve) => {
-      if (closed) return resolve();
-      wake = resolve;
-    });
+  const waiter = new AnswerWaiter(res);
   const parts = metricsParts(registry);
   let started = false;
   try {
@@ -224,14 +206,14 @@ async function writeMetrics(
       } catch (err) {
         if (started) res.destroy();
         if (next) return next(err);
-        if (!started && !closed && !res.headersSent)
+        if (!started && !waiter.closed && !res.headersSent)
           send(res, req, 500, 'text/plain; charset=utf-8', 'metrics collection failed\n');
         return;
       }
       if (part.done) break;
       // The client went, or something else answered meanwhile: stop reading the render.
-      if (closed || res.writableEnded || (!started && res.headersSent)) {
-        if (!closed && !res.writableEnded) res.end();
+      if (waiter.closed || res.writableEnded || (!started && res.headersSent)) {
+        if (!waiter.closed && !res.writableEnded) res.end();
         return;
       }
       if (!started) {
@@ -240,11 +222,11 @@ async function writeMetrics(
         res.setHeader('Content-Type', registry.contentType);
         res.setHeader('Cache-Control', 'no-store');
       }
-      if (!res.write(part.value)) await writable();
+      if (!res.write(part.value)) await waiter.next();
     }
-    if (!closed && !res.writableEnded) res.end();
+    if (!waiter.closed && !res.writableEnded) res.end();
   } finally {
-    res.off('drain', woken);
+    waiter.dispose();
     // Leaves the render (a no-op when it was read to its end): it stops when no scrape is left.
     await parts.return(undefined);
   }

@@ -24,6 +24,7 @@
  *   it shares with the others.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { AnswerWaiter } from './backpressure';
 
 /** Backends serialised per turn of the event loop: about 1-2 ms of JSON.stringify. */
 export const STATUS_STEP_BACKENDS = 500;
@@ -232,61 +233,29 @@ export async function writeStatus(
   res: ServerResponse,
   onFailure: (err: unknown) => void,
 ): Promise<void> {
-  let closed = res.destroyed;
-  let wake: (() => void) | undefined;
-  const woken = (): void => {
-    const resolve = wake;
-    wake = undefined;
-    resolve?.();
-  };
-  const onClose = (): void => {
-    closed = true;
-    woken();
-  };
-  res.once('close', onClose);
-  if (!body.done) {
-    await new Promise<void>((resolve) => {
-      wake = resolve;
-      body.waiting.add(woken);
-    });
-    body.waiting.delete(woken);
-  }
-  // Gone while its body was made, or something else answered meanwhile.
-  if (closed || res.headersSent || res.writableEnded) {
-    res.off('close', onClose);
-    return;
-  }
-  if (body.failed) {
-    res.off('close', onClose);
-    onFailure(body.error);
-    return;
-  }
-  res.statusCode = 200;
-  res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('Content-Length', body.bytes);
-  if (req.method === 'HEAD') {
-    res.off('close', onClose);
-    res.end();
-    return;
-  }
-  // One 'drain' listener for the whole answer (see writeMetrics: compression's res.off).
-  res.on('drain', woken);
+  const waiter = new AnswerWaiter(res);
   try {
+    if (!body.done) {
+      body.waiting.add(waiter.woken);
+      await waiter.next();
+      body.waiting.delete(waiter.woken);
+    }
+    // Gone while its body was made, or something else answered meanwhile.
+    if (waiter.closed || res.headersSent || res.writableEnded) return;
+    if (body.failed) return onFailure(body.error);
+    res.statusCode = 200;
+    res.setHeader('Content-Type', 'application/json; charset=utf-8');
+    res.setHeader('Cache-Control', 'no-store');
+    res.setHeader('Content-Length', body.bytes);
+    if (req.method === 'HEAD') return void res.end();
     for (const part of body.parts) {
       for (let at = 0; at < part.length; at += WRITE_SLICE_BYTES) {
-        if (closed) return;
-        if (!res.write(part.subarray(at, at + WRITE_SLICE_BYTES))) {
-          await new Promise<void>((resolve) => {
-            if (closed) return resolve();
-            wake = resolve;
-          });
-        }
+        if (waiter.closed) return;
+        if (!res.write(part.subarray(at, at + WRITE_SLICE_BYTES))) await waiter.next();
       }
     }
-    if (!closed && !res.writableEnded) res.end();
+    if (!waiter.closed && !res.writableEnded) res.end();
   } finally {
-    res.off('drain', woken);
-    res.off('close', onClose);
+    waiter.dispose();
   }
 }
