@@ -145,7 +145,7 @@ describe('trustForwarded behind appending proxies', () => {
   it("never passes a client's X-Original-URL or X-Rewrite-URL, trusted or not; keeps the trusted proxy's other values", async () => {
     // The app denies /admin before the balancer; a backend that routes by X-Original-URL
     // (Symfony's IIS support, IIS URL Rewrite) would serve /admin for a request to /public.
-    const { gw } = await gateway(1);
+    const { gw } = await gateway(1, { trustHeaders: ['X-Forwarded-Prefix'] });
     const front = await chain(gw.port, 1);
     const r = await send(`${front.url}/public`, {
       headers: {
@@ -189,28 +189,43 @@ describe('trustForwarded behind appending proxies', () => {
     expect(h.forwarded).toBeUndefined();
   });
 
+  const spellings = {
+    'x-client-ip': '6.6.6.6',
+    'client-ip': '6.6.6.6',
+    'true-client-ip': '6.6.6.6',
+    'cf-connecting-ip': '6.6.6.6',
+    'fastly-client-ip': '6.6.6.6',
+    'x-cluster-client-ip': '6.6.6.6',
+    'x-forwarded-ssl': 'on',
+    'x-forwarded-prefix': '/admin',
+    'front-end-https': 'on',
+  };
+
   it.each([0, 1])(
-    "drops httpoxy's Proxy header; other client-address spellings unless trusted (trusted proxies: %i)",
+    "drops httpoxy's Proxy header and other client-address and scheme spellings (trusted proxies: %i)",
     async (hops) => {
+      // An appending proxy (nginx, an AWS ALB) passes a client's True-Client-IP or
+      // X-Forwarded-Ssl on untouched: trusting it for X-Forwarded-For vouches for neither.
       const { gw } = await gateway(hops);
       const front = hops > 0 ? await chain(gw.port, hops) : gw;
-      const spellings = {
-        'x-client-ip': '6.6.6.6',
-        'client-ip': '6.6.6.6',
-        'true-client-ip': '6.6.6.6',
-        'cf-connecting-ip': '6.6.6.6',
-        'fastly-client-ip': '6.6.6.6',
-        'x-cluster-client-ip': '6.6.6.6',
-      };
       const r = await send(`${front.url}/who`, {
         headers: { proxy: 'http://attacker.example:8080', ...spellings },
       });
       const h = r.json<Seen>().headers;
       expect(h.proxy).toBeUndefined();
-      if (hops > 0) expect(h).toMatchObject(spellings);
-      else for (const name of Object.keys(spellings)) expect(h[name]).toBeUndefined();
+      for (const name of Object.keys(spellings)) expect([name, h[name]]).toEqual([name, undefined]);
     },
   );
+
+  it('keeps the spellings named in trustHeaders, from trusted proxies', async () => {
+    // A CDN in front sets CF-Connecting-IP itself, overwriting any a client sent.
+    const { gw } = await gateway(1, { trustHeaders: ['CF-Connecting-IP', 'x-forwarded-ssl'] });
+    const front = await chain(gw.port, 1);
+    const r = await send(`${front.url}/who`, { headers: spellings });
+    const h = r.json<Seen>().headers;
+    const kept = Object.keys(spellings).filter((name) => h[name] !== undefined);
+    expect(kept).toEqual(['cf-connecting-ip', 'x-forwarded-ssl']);
+  });
 
   it.each([0, 1])(
     'drops what a client spells with underscores of the headers it sets (trusted proxies: %i)',
@@ -293,8 +308,13 @@ describe('trustForwarded on WebSocket upgrades', () => {
   });
 
   it('bounds webSockets.maxPerClient by the real client and sends it as X-Real-IP', async () => {
-    // The backend answers each message with the X-Real-IP of its upgrade.
-    const ws = await wsEchoBackend((_m, req) => String(req.headers['x-real-ip']));
+    // The backend answers each message with the X-Real-IP of its upgrade, and says so when
+    // a client's True-Client-IP reached it.
+    const ws = await wsEchoBackend((_m, req) =>
+      req.headers['true-client-ip'] === undefined
+        ? String(req.headers['x-real-ip'])
+        : `forged ${String(req.headers['true-client-ip'])}`,
+    );
     const gw = await startLocalGateway({
       backends: [{ id: 'b', url: ws.url }],
       trustForwarded: true,
@@ -306,7 +326,11 @@ describe('trustForwarded on WebSocket upgrades', () => {
     /** An upgrade with the X-Forwarded-For an appending proxy sends for `client` that forged `forged`. */
     const upgrade = (forged: string, client: string): Promise<string | number> => {
       const socket = new WebSocket(`ws://127.0.0.1:${gw.port}/ws`, {
-        headers: { 'x-forwarded-for': `${forged}, ${client}`, 'x-real-ip': forged },
+        headers: {
+          'x-forwarded-for': `${forged}, ${client}`,
+          'x-real-ip': forged,
+          'true-client-ip': forged,
+        },
       });
       open.push(socket);
       return new Promise((resolve, reject) => {

@@ -235,6 +235,21 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['trusted proxies -1', { ...base, trustForwarded: -1 }, 'LW_GW_INVALID_OPTION'],
   ['trusted proxies 1.5', { ...base, trustForwarded: 1.5 }, 'LW_GW_INVALID_OPTION'],
   ['trusted proxies as text', { ...base, trustForwarded: '1' }, 'LW_GW_INVALID_OPTION'],
+  [
+    'trusted header not a forwarding spelling',
+    { ...base, trustForwarded: 1, trustHeaders: ['authorization'] },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'trusted headers as text',
+    { ...base, trustForwarded: 1, trustHeaders: 'x-client-ip' },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'trusted headers without trusted proxies',
+    { ...base, trustHeaders: ['x-client-ip'] },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['WebSocket idle zero', { ...base, webSockets: { idleTimeoutMs: 0 } }, 'LW_GW_INVALID_OPTION'],
   [
     'WebSockets per client 1.5',
@@ -472,6 +487,12 @@ describe('loadBalance options', () => {
     const hops = (t: boolean | number) =>
       resolveOptions({ ...base, trustForwarded: t }).trustForwarded;
     expect([hops(true), hops(false), hops(0), hops(3), hops(32)]).toEqual([1, 0, 0, 3, 32]);
+    // trustHeaders: none by default; names in lower case, as Node's req.headers has them.
+    expect(o.trustHeaders).toEqual([]);
+    expect(
+      resolveOptions({ ...base, trustForwarded: 1, trustHeaders: ['CF-Connecting-IP'] })
+        .trustHeaders,
+    ).toEqual(['cf-connecting-ip']);
     // WebSockets are bounded by default; false turns each bound off.
     expect(o.webSockets).toEqual({ idleTimeoutMs: 300_000, maxPerClient: 256, maxOpen: 10_000 });
     const ws = { idleTimeoutMs: false, maxPerClient: false, maxOpen: false } as const;

@@ -26,6 +26,7 @@ import { HEALTH_CHECK_JITTER } from './health/active-checker';
 import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options';
 import { defaultLogger } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
+import { FORWARDING_ALIASES } from './proxy/forwarded';
 import { checkPath } from './proxy/request-checks';
 import {
   type Check,
@@ -667,6 +668,15 @@ const entries = {
     )(),
     DEFAULTS.trustForwarded,
   ),
+  trustHeaders: v.optional(
+    is<string[]>(
+      (x) =>
+        Array.isArray(x) &&
+        x.every((n) => typeof n === 'string' && FORWARDING_ALIASES.includes(n.toLowerCase())),
+      `an array of header names among ${FORWARDING_ALIASES.join(', ')}`,
+    )(),
+    () => [...DEFAULTS.trustHeaders],
+  ),
   forwardMountPath: v.optional(bool(), DEFAULTS.forwardMountPath),
   statusPath: v.optional(path()),
   metricsPath: v.optional(path()),
@@ -736,6 +746,13 @@ function betweenOptions(o: Parsed): GatewayError | undefined {
       'discovery needs keys: registrations are honoured only when signed',
     );
   if (!o.discovery && o.backends.length === 0) return new GatewayError('LW_GW_NO_BACKENDS');
+  // Kept only from trusted proxies: without trustForwarded they are always removed.
+  if (o.trustHeaders.length > 0 && (o.trustForwarded === false || o.trustForwarded === 0))
+    return invalidOption(
+      'trustHeaders',
+      'used with trustForwarded (the headers are kept only behind trusted proxies)',
+      o.trustHeaders,
+    );
   if (o.selfHandleResponse && o.on.proxyRes === undefined)
     return invalidOption(
       'selfHandleResponse',
@@ -838,6 +855,7 @@ function resolve(o: Parsed) {
     // (proxy/forwarded.ts clientAddress): true is one, false none.
     trustForwarded:
       typeof o.trustForwarded === 'number' ? o.trustForwarded : o.trustForwarded ? 1 : 0,
+    trustHeaders: o.trustHeaders.map((n) => n.toLowerCase()),
     decisionHeader:
       decisionHeader === true
         ? DEFAULTS.decisionHeader

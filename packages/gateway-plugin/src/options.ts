@@ -436,6 +436,16 @@ export interface LoadBalanceOptions {
    * -Host and -Port; without, it overwrites them from the connection.
    */
   trustForwarded?: boolean | number;
+  /**
+   * With trustForwarded: the other forwarding headers your trusted proxies
+   * set themselves, which the gateway then passes on (default none: removed,
+   * trusted proxies or not, since nginx and an AWS ALB pass a client's copy
+   * on). Any of x-forwarded-ssl, x-forwarded-scheme, x-forwarded-prefix,
+   * x-forwarded-server, x-forwarded-protocol, x-url-scheme, front-end-https,
+   * x-client-ip, client-ip, true-client-ip, cf-connecting-ip,
+   * fastly-client-ip, x-cluster-client-ip; case does not matter.
+   */
+  trustHeaders?: string[];
   /** When mounted (app.use('/api', ...)), forward the mount path too (default false, like HPM 3). */
   forwardMountPath?: boolean;
   agent?: {
@@ -560,6 +570,7 @@ export const DEFAULTS = {
   maxInFlightPerClient: DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
   changeOrigin: false,
   trustForwarded: false,
+  trustHeaders: [] as string[],
   forwardMountPath: false,
   agent: {
     maxSockets: DEFAULT_MAX_SOCKETS,

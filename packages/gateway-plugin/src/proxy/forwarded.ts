@@ -18,13 +18,15 @@ import { localAddressOf } from './listen-address';
 import { isHostValue } from './request-checks';
 
 /**
- * Forwarding headers the gateway does not set, dropped when the client is not trusted:
- * other spellings of the scheme and base path, and of the client's address, which
- * address helpers read before X-Forwarded-For (request-ip takes `X-Client-IP` first) and
- * CDNs set (Cloudflare, Fastly, Akamai): a client posed as any address to them while the
- * gateway overwrote X-Real-IP.
+ * Forwarding headers the gateway does not set, dropped unless the user's trusted proxies
+ * set them (`trustHeaders`): other spellings of the scheme and base path, and of the
+ * client's address, which address helpers read before X-Forwarded-For (request-ip takes
+ * `X-Client-IP` first) and CDNs set (Cloudflare, Fastly, Akamai): a client posed as any
+ * address to them while the gateway overwrote X-Real-IP. Trusting the proxies in front
+ * (`trustForwarded`) does not vouch for these: nginx and an AWS ALB append to
+ * X-Forwarded-For but pass a client's `True-Client-IP` or `X-Forwarded-Ssl` on untouched.
  */
-const UNTRUSTED_FORWARDING = [
+export const FORWARDING_ALIASES: readonly string[] = [
   'x-forwarded-ssl',
   'x-forwarded-scheme',
   'x-forwarded-prefix',
@@ -106,7 +108,7 @@ const UNDERSCORE_SPELLED = new Set([
   'proxy-authorization',
   'content-length',
   'transfer-encoding',
-  ...UNTRUSTED_FORWARDING,
+  ...FORWARDING_ALIASES,
   ...PATH_OVERRIDES,
 ]);
 
@@ -128,12 +130,15 @@ function dropUnless(
 /**
  * `client`: the flow's clientAddress(req, hops), taken before this appends to
  * X-Forwarded-For; `hops`: the resolved trustForwarded (0: trust nothing);
- * `h`: the headers the backend gets (request-flow.ts sets them on a copy, so
- * the app's middleware keeps reading the request as it came).
+ * `kept`: the resolved trustHeaders, the FORWARDING_ALIASES the trusted proxies
+ * set (lower case; empty without trust); `h`: the headers the backend gets
+ * (request-flow.ts sets them on a copy, so the app's middleware keeps reading
+ * the request as it came).
  */
 export function setForwardedHeaders(
   req: IncomingMessage,
   hops: number,
+  kept: readonly string[],
   client: string,
   h: IncomingMessage['headers'] = req.headers,
 ): void {
@@ -160,6 +165,12 @@ export function setForwardedHeaders(
   // audit logs).
   h['x-real-ip'] = client;
   for (const name of PATH_OVERRIDES) delete h[name];
+  // The other spellings of "how the client reached the proxy" that frameworks read:
+  // Rack takes its scheme from X-Forwarded-Ssl before X-Forwarded-Proto, Spring's
+  // ForwardedHeaderFilter honours X-Forwarded-Prefix, request-ip believes X-Client-IP.
+  // A client's copy would pose as HTTPS, move the app's base path or claim an address;
+  // kept only where the user says their proxies set them.
+  for (const name of FORWARDING_ALIASES) if (!kept.includes(name)) delete h[name];
   if (hops > 0) {
     h['x-forwarded-for'] = h['x-forwarded-for'] ? `${h['x-forwarded-for']}, ${remote}` : remote;
     // Kept from a trusted proxy only when they are what they claim to be: one that sets
@@ -177,11 +188,6 @@ export function setForwardedHeaders(
     return;
   }
   delete h.forwarded;
-  // The other spellings of "how the client reached the proxy" that frameworks read:
-  // Rack takes its scheme from X-Forwarded-Ssl before X-Forwarded-Proto, Spring's
-  // ForwardedHeaderFilter honours X-Forwarded-Prefix. Untrusted, a client's copy
-  // would pose as HTTPS or move the app's base path.
-  for (const name of UNTRUSTED_FORWARDING) delete h[name];
   h['x-forwarded-for'] = remote;
   h['x-forwarded-proto'] = encrypted ? 'https' : 'http';
   if (host === undefined) delete h['x-forwarded-host'];

@@ -71,7 +71,7 @@ describe('forwarded headers', () => {
   it('overwrites untrusted values from the socket', () => {
     const r = req({ host: 'gw.example:8080', 'x-forwarded-for': '6.6.6.6', forwarded: 'for=x' });
     expect(clientAddress(r, 0)).toBe('10.0.0.9');
-    setForwardedHeaders(r, 0, '10.0.0.9');
+    setForwardedHeaders(r, 0, [], '10.0.0.9');
     expect(r.headers).toMatchObject({
       'x-forwarded-for': '10.0.0.9',
       'x-forwarded-proto': 'http',
@@ -84,12 +84,12 @@ describe('forwarded headers', () => {
   it('sets X-Real-IP to the client address, never the one a request brought, and drops Proxy-Authorization', () => {
     const spoofed = { 'x-real-ip': '6.6.6.6', 'proxy-authorization': 'Basic eDp5' };
     const r = req({ ...spoofed });
-    setForwardedHeaders(r, 0, clientAddress(r, 0));
+    setForwardedHeaders(r, 0, [], clientAddress(r, 0));
     expect(r.headers['x-real-ip']).toBe('10.0.0.9');
     expect(r.headers['proxy-authorization']).toBeUndefined();
     // Behind a proxy that sets no X-Real-IP (an AWS ALB), the client's own went through.
     const t = req({ ...spoofed, 'x-forwarded-for': '6.6.6.6, 203.0.113.7' });
-    setForwardedHeaders(t, 1, clientAddress(t, 1));
+    setForwardedHeaders(t, 1, [], clientAddress(t, 1));
     expect(t.headers['x-real-ip']).toBe('203.0.113.7');
     expect(t.headers['x-forwarded-for']).toBe('6.6.6.6, 203.0.113.7, 10.0.0.9');
     expect(t.headers['proxy-authorization']).toBeUndefined();

@@ -587,7 +587,7 @@ export class RequestFlow {
     this.active++;
     c.budget?.onRequest();
     stripHopByHop(out);
-    setForwardedHeaders(req, o.trustForwarded, address, out);
+    setForwardedHeaders(req, o.trustForwarded, o.trustHeaders, address, out);
     if (o.affinity) {
       const k = hashKeyOf(req, o.affinity, address);
       flow.hashKey = k.key;

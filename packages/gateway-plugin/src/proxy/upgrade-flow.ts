@@ -203,7 +203,7 @@ export class UpgradeFlow {
       );
       return refuse(socket, 429, 'LW_GW_CLIENT_LIMIT');
     }
-    setForwardedHeaders(req, c.options.trustForwarded, address);
+    setForwardedHeaders(req, c.options.trustForwarded, c.options.trustHeaders, address);
     stripHopByHopForUpgrade(req);
     const aff = c.options.affinity;
     const hashKey = aff ? hashKeyOf(req, aff, address).key : undefined;
