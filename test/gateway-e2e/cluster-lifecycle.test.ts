@@ -193,6 +193,20 @@ it('a worker that never listens is killed after startTimeoutMs, restarted, and g
   expect(log.some((l) => l.includes('every worker was given up; stopping'))).toBe(true);
 }, 30_000);
 
+it('a worker ready without a port or a listen is named in the log: listening() waits for it', async () => {
+  // Before, listening() stayed pending and the log ended at the workers' start lines.
+  const pool = startPool({ LW_NO_LISTEN: '1', LW_WORKERS: '1' });
+  expect(await pool.line(/worker w1 \(pid \d+\) is ready but has not listened/)).toMatch(
+    /listening\(\) waits for its first listen \(return \{ port \} from start\(\)\)$/,
+  );
+  expect(pool.lines.some((l) => l.startsWith('pool listening on'))).toBe(false);
+  pool.child.kill('SIGTERM');
+  expect(await withinOrFail(pool.exited, 15_000, 'the pool stops')).toEqual({
+    code: 0,
+    signal: null,
+  });
+}, 30_000);
+
 it('a worker whose ops listener listens but whose start() never returns is killed after startTimeoutMs', async () => {
   // Its first listen is an ops port of its own (docs/gateway.md: a second listener per
   // worker), then start() hangs before the main server. Before the fix that first listen

@@ -12,7 +12,8 @@
  * listens on an ops port of its own (port 0, answers `ops`), as docs/gateway.md
  * suggests for per-worker metrics, before its main server; LW_HOLD_RELOAD=1 makes
  * a replacement (restarts > 0) wait there, between the two listens, until it gets
- * SIGUSR2; LW_RETURN_PORT=1: start() returns the main server's port.
+ * SIGUSR2; LW_RETURN_PORT=1: start() returns the main server's port;
+ * LW_NO_LISTEN=1: start() returns at once, its server never listening.
  */
 const fs = require('node:fs');
 const http = require('node:http');
@@ -44,6 +45,7 @@ const opts = {
       process.stderr.write(`worker ${id} (pid ${process.pid}) holds before its main listen\n`);
       await go;
     }
+    if (env.LW_NO_LISTEN) return { close: async () => {} };
     if (env.LW_START_DELAY_MS) await sleep(Number(env.LW_START_DELAY_MS));
     const server = http.createServer((req, res) => {
       const d = Number(/[?&]d=(\d+)/.exec(req.url)?.[1] ?? 0);

@@ -131,6 +131,8 @@ const LEAVING = 'loadwise:leaving';
 const LEFT = 'loadwise:left';
 /** Emitted on a Worker in the primary once its start() has returned. */
 const READY = 'loadwise:ready';
+/** How long a ready worker may go without a listen before runWorkers says so. */
+const NO_LISTEN_WARN_MS = 1_000;
 const LEAVE_TIMEOUT_MS = 2_000;
 const ENV_INDEX = WORKER_ENV.index;
 const ENV_RESTARTS = WORKER_ENV.restarts;
@@ -460,6 +462,20 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
     }
   };
 
+  /**
+   * A worker ready with no port returned and no listen: listening() waits for its first
+   * listen, and said nothing while it waited (a start() that returns before its server
+   * listens, or that listens nowhere). Logged once a second later, if still so.
+   */
+  const warnIfNoListen = (worker: Worker, slot: Slot): void => {
+    setTimeout(() => {
+      if (port !== undefined || worker.isDead() || listened.has(worker)) return;
+      log(
+        `worker ${slot.id} (pid ${worker.process.pid}) is ready but has not listened; listening() waits for its first listen (return { port } from start())`,
+      );
+    }, NO_LISTEN_WARN_MS).unref();
+  };
+
   /** Forks a worker for `slot`; it takes the slot's place only where the caller puts it there. */
   const spawn = (slot: Slot): Worker => {
     const worker = cluster.fork({
@@ -491,6 +507,7 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       if (!started || ready.has(worker)) return;
       ready.set(worker, started.port);
       notePort(worker);
+      if (port === undefined) warnIfNoListen(worker, slot);
       if (slot.worker === worker) {
         slot.ready = true;
         slot.failedStarts = 0;
