@@ -64,6 +64,25 @@ function readWithPause(port: number, extraHeaders: string): Promise<number> {
   });
 }
 
+/** A WebSocket handshake on a raw socket: what came back, and how the connection ended. */
+function rawUpgrade(port: number): Promise<{ raw: string; reset: boolean; ms: number }> {
+  return new Promise((resolve) => {
+    const started = performance.now();
+    const s = net.connect(port, '127.0.0.1', () =>
+      s.write(
+        'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      ),
+    );
+    let raw = '';
+    let reset = false;
+    s.setEncoding('latin1');
+    s.on('data', (d: string) => (raw += d));
+    s.on('error', (e: Error & { code?: string }) => (reset ||= e.code === 'ECONNRESET'));
+    s.on('close', () => resolve({ raw, reset, ms: performance.now() - started }));
+  });
+}
+
 describe('hostile backend responses', () => {
   let gw: TestGateway | undefined;
   let backend: Awaited<ReturnType<typeof rawBackend>> | undefined;
@@ -222,6 +241,21 @@ describe('hostile backend responses', () => {
     expect(r.responses.map((x) => x.headers['transfer-encoding'])).toEqual([
       'gzip, chunked',
       'chunked',
+    ]);
+  });
+
+  it('a Transfer-Encoding that says chunked twice goes out as chunked once (RFC 9112 §6.1)', async () => {
+    backend = await rawBackend((_path, socket) =>
+      socket.write(
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n' +
+          '5\r\nhello\r\n0\r\n\r\n',
+      ),
+    );
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(gw.port, 'GET /p HTTP/1.1\r\nHost: a\r\n\r\n', { responses: 1 });
+    // Before: `chunked, chunked` over a body chunked once, which a strict client refuses.
+    expect(r.responses.map((x) => [x.headers['transfer-encoding'], x.body])).toEqual([
+      ['chunked', 'hello'],
     ]);
   });
 
@@ -545,6 +579,49 @@ describe('hostile backend responses', () => {
     expect(r.responses[0]).toMatchObject({ status: 204 });
     const b = backend;
     await eventually(async () => (await b.open()) === 0, 5_000, 'the connection closed');
+    expect(gw.backend('b').failuresTotal).toBe(0);
+  });
+
+  it('an answer the backend resets mid-body reaches the client cut (reset), never with a 502 inside it', async () => {
+    backend = await rawBackend((_path, socket) => {
+      socket.write('HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nhel');
+      setTimeout(() => socket.resetAndDestroy(), 50);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }], retry: false });
+    const r = await rawUpgrade(gw.port);
+    // Before: `helHTTP/1.1 502 Bad Gateway...` and a FIN, read as a complete 10-byte body.
+    expect(r.raw).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*\r\n\r\nhel$/);
+    expect(r.reset).toBe(true);
+  });
+
+  it('an answer the backend stops sending (its FIN) is cut at once: the client sees a reset, its place is free', async () => {
+    backend = await rawBackend((_path, socket) => {
+      // Chunked: the gateway passes it on framed by its close, so only a reset says "cut".
+      socket.write('HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
+      setTimeout(() => socket.end(), 50);
+    });
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      retry: false,
+      webSockets: { maxPerClient: 1 },
+    });
+    const r = await rawUpgrade(gw.port);
+    expect(r.raw).toMatch(/\r\n\r\nhello$/);
+    // Before: held until requestTimeoutMs (30 s), the webSockets place with it, then a FIN.
+    expect(r.reset).toBe(true);
+    expect(r.ms).toBeLessThan(10_000);
+    await eventually(() => gw!.snapshot().openWebSockets === 0, 5_000, 'the place is free');
+  });
+
+  it('bytes after a complete answer: the answer is relayed whole, no 502, the backend not charged', async () => {
+    backend = await rawBackend((_path, socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA');
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }], retry: false });
+    const r = await rawUpgrade(gw.port);
+    // Before: `hello` lost, a 502 in its place, and the backend charged a failure.
+    expect(r.raw).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nhello$/);
+    expect(r.raw).not.toContain('502');
     expect(gw.backend('b').failuresTotal).toBe(0);
   });
 });

@@ -83,9 +83,13 @@ function relayedCodings(value: string | string[]): string | undefined {
     .split(',')
     .map((c) => c.trim().toLowerCase())
     .filter((c) => c !== '');
-  if (codings.length === 0 || codings.some((c) => c === 'chunked' || c === 'identity'))
-    return undefined;
-  return `${codings.join(', ')}, chunked`;
+  // Ending in chunked, Node has taken one chunked off: the codings before it stay, chunked
+  // once after them. `chunked, chunked` (two Transfer-Encoding lines of a body chunked
+  // once) went out as it came, over a body the gateway chunked once: RFC 9112 §6.1
+  // allows chunked once, and a strict client refused the answer.
+  if (endsChunked(value)) codings.pop();
+  if (codings.some((c) => c === 'chunked' || c === 'identity')) return undefined;
+  return codings.length === 0 ? 'chunked' : `${codings.join(', ')}, chunked`;
 }
 
 /**
@@ -177,7 +181,7 @@ export function writeResponseHead(
       named?.has(name)
     )
       continue;
-    if (name === 'transfer-encoding' && !endsChunked(value)) {
+    if (name === 'transfer-encoding' && !(endsChunked(value) && value === 'chunked')) {
       const codings = relayedCodings(value);
       if (codings !== undefined) {
         if (merge) res.setHeader(name, codings);

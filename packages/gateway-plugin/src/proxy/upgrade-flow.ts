@@ -224,6 +224,7 @@ export class UpgradeFlow {
       stopReading: undefined,
       proxyReq: undefined,
       responded: false,
+      answer: undefined,
       staleRetried: false,
     });
     this.open.add(socket);
@@ -280,6 +281,7 @@ export class UpgradeFlow {
       attempt.stopReading = stopReading;
       attempt.proxyReq = proxyReq;
       attempt.responded = false;
+      attempt.answer = undefined;
     }
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
     // must; else 504, the backend's failure.
@@ -309,7 +311,10 @@ export class UpgradeFlow {
     };
     proxyReq.once('response', (res: IncomingMessage) => {
       settled();
-      if (attempt) attempt.responded = true;
+      if (attempt) {
+        attempt.responded = true;
+        attempt.answer = res;
+      }
       stopReading(false);
       // Node's agent then closes the socket when this non-101 answer ends, instead of
       // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
@@ -321,6 +326,13 @@ export class UpgradeFlow {
       // that stops moving (a stalled body, a client that does not read) is cut.
       socket.once('finish', () => socket.destroy());
       socket.setTimeout(this.core.options.requestTimeoutMs, () => socket.destroy());
+      // An answer the backend stopped sending (its FIN or reset mid-body): http-proxy's pipe
+      // neither ends nor closes the client's socket then, which waited out requestTimeoutMs
+      // with the client's webSockets place held, and then ended with a FIN, which a body
+      // framed by the close (a chunked one) reads as complete. Reset at once.
+      res.once('close', () => {
+        if (!res.complete) resetSocket(socket);
+      });
     });
     proxyReq.once('close', () => {
       settled();
@@ -392,6 +404,26 @@ export class UpgradeFlow {
       this.core.metrics.onShed('overloaded');
       return refuseIfSocket(res, 503, 'LW_GW_OVERLOADED');
     }
+    const answer = this.attempts.get(req)?.answer;
+    if (backend && answer?.complete && !('setHeader' in res)) {
+      // The whole answer came, and bytes after it (garbage, a body after a 204): the parser
+      // fails on those, not on the answer. As on the request path (request-flow.ts
+      // bytesAfterAnswer): relayed, logged, not held against the backend. A 502 written
+      // here went out in the middle of the answer's body. http-proxy ends the client's
+      // socket once this returns (ws-incoming.js onOutgoingError), before its pipe has
+      // written what the parser read with the error: written now, then the socket closes
+      // ('finish').
+      answer.unpipe(res);
+      for (let chunk = answer.read() as Buffer | null; chunk !== null; chunk = answer.read())
+        res.write(chunk);
+      const errno = (err as { code?: string }).code ?? err.message;
+      this.core.logLine(
+        `upstream:${backend.id}:after-answer`,
+        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to the upgrade ${req.url}: ${errno}; answer relayed`,
+        { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
+      );
+      return;
+    }
     const stale = !('setHeader' in res) && this.staleConnection(err, req);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
@@ -403,7 +435,10 @@ export class UpgradeFlow {
     if ('setHeader' in res) return;
     if (backend && this.retried(err, req, res, backend, stale)) return;
     const timedOut = classify(err as Error & { code?: string }) === 'timeout';
-    if (!this.upgraded.has(req) && res.writable) {
+    // Part of an answer was relayed (its head at least): the client's socket is reset, so the
+    // client sees the answer cut; a 502 written after it read as the rest of its body.
+    if (answer) resetSocket(res);
+    else if (!this.upgraded.has(req) && res.writable) {
       if (timedOut) refuse(res, 504, 'LW_GW_UPSTREAM_TIMEOUT');
       else refuse(res, 502, 'LW_GW_UPSTREAM_FAILED');
     } else res.destroy();
@@ -521,6 +556,8 @@ interface UpgradeAttempt {
   /** The current attempt's backend request, and whether it has an answer (not a 101). */
   proxyReq: ClientRequest | undefined;
   responded: boolean;
+  /** That answer (its body piped to the client by http-proxy), once its head came. */
+  answer: IncomingMessage | undefined;
   /** It went again after a pooled connection the backend had closed (retriedStale): once. */
   staleRetried: boolean;
 }
@@ -618,6 +655,21 @@ function upgradeRefusal(req: IncomingMessage):
  * one: http-proxy writes the backend's unchecked, a control byte included
  * (the request path drops such a phrase, response-head.ts).
  */
+/**
+ * Closes the client's socket with a TCP reset where it can (a plain TCP socket), so that a
+ * client reading a body framed by the close sees it cut rather than complete; a TLS
+ * socket is destroyed (no close_notify: a TLS client sees the truncation).
+ */
+function resetSocket(socket: Socket): void {
+  if (socket.destroyed) return;
+  try {
+    socket.resetAndDestroy();
+  } catch {
+    // ERR_INVALID_HANDLE_TYPE: not a TCP handle (a TLS socket).
+    socket.destroy();
+  }
+}
+
 function closeDelimited(res: IncomingMessage): void {
   const h = res.headers;
   // What the backend's Connection names is about its connection too (RFC 9110 §7.6.1).
