@@ -276,6 +276,104 @@ describe('Last Will replays', () => {
   });
 });
 
+describe('registrations, charged per signing key', () => {
+  // Agents' keys bound to their own ids (`<keyId> <secret> <backend id>`), and one key
+  // shared by a fleet (unbound), as the key file allows.
+  const own = (id: string, fill: number): SigningKey => ({
+    keyId: `k-${id}`,
+    secret: Buffer.alloc(32, fill),
+    backends: [id],
+  });
+  const evilKey = own('evil', 7);
+  const goodKey = own('good', 8);
+  const fleetKey: SigningKey = { keyId: 'k-fleet', secret: Buffer.alloc(32, 9) };
+  const agentOf = (r: Rig, id: string, by: SigningKey) =>
+    createEncoder({ backendId: id, prefix: PREFIX, key: by, now: () => r.clock.t });
+
+  /**
+   * `seconds` of a flood by the holder of `by`: `perTick` refused registrations of its own
+   * id (an address outside allowedRanges, so the id stays unknown) every 10 ms, each with
+   * a fresh seq. `midway` runs after the first second, amid the flood.
+   */
+  function flood(r: Rig, by: SigningKey, perTick: number, seconds: number, midway: () => void) {
+    const evil = agentOf(r, 'evil', by);
+    for (let tick = 0; tick < seconds * 100; tick++) {
+      for (let i = 0; i < perTick; i++) r.send(evil.registration('http://10.9.9.9:8080'));
+      if (tick === 100) midway();
+      r.clock.t += 10;
+    }
+  }
+
+  it("never lets one key's flood of refused registrations keep another key's agent out", async () => {
+    const r = rig({
+      keys: [evilKey, goodKey],
+      discovery: { allowedRanges: ['127.0.0.0/8'] },
+    });
+    const limited: string[] = [];
+    r.lb.on('invalid-message', (e) => {
+      if (e.code === 'LW_GW_RATE_LIMITED') limited.push(e.detail ?? '');
+    });
+    try {
+      let admittedAt: number | undefined;
+      const good = agentOf(r, 'good', goodKey);
+      // 900 msg/s for 5 s. One bucket for every unknown id, refilled at 20/s, kept the
+      // genuine agent out for as long as the flood lasted.
+      flood(r, evilKey, 9, 5, () => {
+        r.send(good.registration('http://127.0.0.1:9300'));
+        if (r.lb.registry.get('good')) admittedAt = r.clock.t;
+      });
+      expect(admittedAt).toBe(T0 + 1_000);
+      expect(r.lb.registry.get('evil')).toBeUndefined();
+      // The flood had its own key's bucket: its burst (40), then 20/s.
+      const refused = await r.counted('LW_GW_REGISTRATION_REJECTED');
+      expect(refused).toBeGreaterThanOrEqual(40 + 20 * 5 - 2);
+      expect(refused).toBeLessThanOrEqual(40 + 20 * 5 + 1);
+      expect(refused + (await r.counted('LW_GW_RATE_LIMITED'))).toBe(4500);
+      expect(new Set(limited)).toEqual(
+        new Set(['signed message rate of unknown backends signed by key k-evil exceeded']),
+      );
+      // The admitted agent's reports are its own backend's, not dropped as unknown.
+      r.send(good.metrics(calm));
+      expect(r.lb.registry.get('good')!.lastReport?.seq).toBe(1);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it("gives a key shared by a fleet a fleet's burst, and its holder the reach of that key only", async () => {
+    const r = rig({
+      keys: [fleetKey, goodKey],
+      discovery: { allowedRanges: ['127.0.0.0/8'], maxBackends: 62 },
+    });
+    try {
+      // A gateway subscribing gets every retained registration of the fleet at once.
+      for (let i = 0; i < 60; i++) {
+        const agent = agentOf(r, `f${i}`, fleetKey);
+        r.send(agent.registration(`http://127.0.0.1:${20_000 + i}`), true);
+      }
+      expect(r.lb.registry.discoveredCount).toBe(60);
+      expect(await r.counted('LW_GW_RATE_LIMITED')).toBe(0);
+      // A holder of the shared key floods: the agents of that key wait (documented), the
+      // agents of another key do not.
+      r.clock.t += 10_000;
+      const late = agentOf(r, 'late', fleetKey);
+      const good = agentOf(r, 'good', goodKey);
+      flood(r, fleetKey, 9, 3, () => {
+        r.send(late.registration('http://127.0.0.1:9301'));
+        r.send(good.registration('http://127.0.0.1:9300'));
+      });
+      expect(r.lb.registry.get('good')).toBeDefined();
+      expect(r.lb.registry.get('late')).toBeUndefined();
+      // Once the flood is over, the key's next registration (an agent's renewal) gets in.
+      r.clock.t += 1_000;
+      r.send(late.registration('http://127.0.0.1:9301'));
+      expect(r.lb.registry.get('late')).toBeDefined();
+    } finally {
+      await r.close();
+    }
+  });
+});
+
 describe("discovery's refused addresses", () => {
   /** Registers each url under its own id; the ids admitted, and why the others were refused. */
   async function register(
@@ -333,6 +431,21 @@ describe("discovery's refused addresses", () => {
     expect(refused['nat64Metadata']).toMatch(/NAT64 of 169\.254\.169\.254, link-local/);
     expect(refused['nat64Loopback']).toMatch(/NAT64 of 127\.0\.0\.1, loopback/);
     expect(refused['nat64']).toMatch(/is NAT64/);
+  });
+
+  it('refuses port 0, which no server listens on', async () => {
+    const { admitted, refused } = await register(['127.0.0.0/8', '10.0.0.0/8', '::/0'], {
+      zero: 'http://127.0.0.1:0',
+      zeros: 'https://10.1.2.3:000/x',
+      zero6: 'http://[2001:db8::1]:0/',
+      plain: 'http://10.1.2.3:9000/',
+    });
+    expect(admitted).toEqual(['plain']);
+    expect(refused).toEqual({
+      zero: 'registration url "http://127.0.0.1:0": port 0 is no server\'s port',
+      zeros: 'registration url "https://10.1.2.3:000/x": port 0 is no server\'s port',
+      zero6: 'registration url "http://[2001:db8::1]:0/": port 0 is no server\'s port',
+    });
   });
 
   it('admits loopback and NAT64 only inside a range that lies in those blocks', async () => {

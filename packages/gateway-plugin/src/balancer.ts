@@ -171,8 +171,10 @@ export class Balancer implements BalancerHandle, FlowHost {
       ...o.strategyOptions,
     });
     this.decoder = this.makeDecoder();
-    // Every retained registration arrives at once on (re)subscribe: room for a full fleet.
-    this.limiter = new MessageLimiter(o.messageLimits, o.now(), o.discovery?.maxBackends);
+    // Registrations are charged per signing key, so one key's flood cannot keep another
+    // key's agents out; every retained registration arrives at once on (re)subscribe, so
+    // a key that may sign for a whole fleet has room for it (registrationBurst).
+    this.limiter = new MessageLimiter(o.messageLimits, o.now(), o.keys, o.discovery?.maxBackends);
     this.registry = new Registry(
       this.strategy,
       this.events,
@@ -528,8 +530,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     const signed = verified.keyId !== undefined;
     // Nothing to apply (onMessage would drop it) and so nothing to charge: a signed
     // report or status of an unknown id, dropped before it is parsed. It is either a
-    // replay of something genuine or a key holder's: charged, it used up the unknown
-    // ids' bucket that registrations need; parsed, it gave the replay guard and the
+    // replay of something genuine or a key holder's: charged, it used up the bucket its
+    // key's registrations need; parsed, it gave the replay guard and the
     // decoder's copy cache an entry per made-up id, which a key that may sign for any
     // id (unbound, or a wildcard) filled at the gateway-wide rate.
     if (signed && backend === undefined && verified.topic.kind !== 'register') {
@@ -539,7 +541,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (signed && verified.topic.kind === 'register' && !this.discoveryOn()) {
       return this.drop('LW_GW_REGISTRATION_REJECTED', 'discovery is off', id);
     }
-    if (!signed && this.limited(known, id, false, nowMs)) return;
+    if (!signed && this.limited(known, id, undefined, nowMs)) return;
     // The order rules are judged here and settled below, once it is known whose message
     // this is (defer).
     const result = this.decoder.parse(verified, { retained, defer: true });
@@ -587,19 +589,32 @@ export class Balancer implements BalancerHandle, FlowHost {
           id,
         );
       }
-      if (this.limited(known, id, true, nowMs)) return;
+      if (this.limited(known, id, keyId, nowMs)) return;
     }
     this.onMessage(message, keyId, nowMs, retained);
   }
 
-  /** Charges the backend's bucket; true (and counted) when the message is dropped. */
-  private limited(known: string | undefined, id: string, signed: boolean, nowMs: number): boolean {
-    const limited = this.limiter.admit(known, signed, nowMs);
+  /**
+   * Charges the backend's bucket (an unknown id's signed message: its key's); true (and
+   * counted) when the message is dropped. `keyId`: the verified key, undefined if unsigned.
+   */
+  private limited(
+    known: string | undefined,
+    id: string,
+    keyId: string | undefined,
+    nowMs: number,
+  ): boolean {
+    const limited = this.limiter.admit(known, keyId, nowMs);
     if (limited === undefined) return false;
-    const which = limited === 'backend' ? `backend ${id}` : 'unknown backends';
+    const which =
+      limited === 'backend'
+        ? `backend ${id}`
+        : limited === 'key'
+          ? `unknown backends signed by key ${keyId}`
+          : 'unknown backends';
     this.drop(
       'LW_GW_RATE_LIMITED',
-      `${signed ? 'signed' : 'unsigned'} message rate of ${which} exceeded`,
+      `${keyId !== undefined ? 'signed' : 'unsigned'} message rate of ${which} exceeded`,
       id,
     );
     return true;
@@ -694,8 +709,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     let url: URL;
     try {
       url = backendUrl('registration url', message.url);
-    } catch {
-      return reject('url is not an http(s) URL');
+    } catch (err) {
+      // Which rule (not http(s), port 0), with the url as sent (cut at 80 characters).
+      const { code, message: why } = err as GatewayError;
+      return reject(why.slice(code.length + 2));
     }
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const family = isIP(host);

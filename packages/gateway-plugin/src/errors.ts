@@ -21,7 +21,8 @@ export const GATEWAY_ERRORS = {
   LW_GW_DUPLICATE_BACKEND: { status: undefined, message: 'two backends share an id or a URL' },
   LW_GW_INVALID_BACKEND_URL: {
     status: undefined,
-    message: 'backend url is not an absolute http(s) URL without credentials, query or hash',
+    message:
+      'backend url is not an absolute http(s) URL without credentials, query or hash, or its port is 0',
   },
   LW_GW_INVALID_BROKER: {
     status: undefined,

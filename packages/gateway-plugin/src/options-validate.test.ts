@@ -54,6 +54,13 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { backends: [{ id: 'a', url: 'http://h/?q' }] },
     'LW_GW_INVALID_BACKEND_URL',
   ],
+  // No server listens there: a backend at it could never be reached.
+  ['url at port 0', { backends: [{ id: 'a', url: 'http://h:0' }] }, 'LW_GW_INVALID_BACKEND_URL'],
+  [
+    'url at port 00',
+    { backends: [{ id: 'a', url: 'https://10.0.0.1:00/x' }] },
+    'LW_GW_INVALID_BACKEND_URL',
+  ],
   ['weight zero', { backends: [{ id: 'a', url: 'http://h', weight: 0 }] }, 'LW_GW_INVALID_OPTION'],
   ['http broker', { ...base, broker: 'http://broker' }, 'LW_GW_INVALID_BROKER'],
   ['broker garbage', { ...base, broker: 42 }, 'LW_GW_INVALID_BROKER'],

@@ -147,6 +147,14 @@ export function backendUrl(name: string, x: unknown): URL {
       `${name} ${shown(x)}: expected http(s)://host[:port][/path]`,
     );
   }
+  // No server listens on port 0 (a listener asking for it gets some free port instead), so
+  // such a backend could never be reached; a registration for one was admitted.
+  if (url.port === '0') {
+    throw new GatewayError(
+      'LW_GW_INVALID_BACKEND_URL',
+      `${name} ${shown(x)}: port 0 is no server's port`,
+    );
+  }
   return url;
 }
 
