@@ -233,4 +233,28 @@ describe('retries and failure answers', () => {
     expect(r.headers['retry-after']).toBe('1');
     expect(r.json()).toMatchObject({ error: { code: 'LW_GW_NO_BACKEND' } });
   });
+
+  it('says Retry-After: 1 while a backend out for another reason than an ejection may come back', async () => {
+    gw = await startLocalGateway({
+      backends: [
+        { id: 'good', url: good.url },
+        { id: 'other', url: good.url.replace('127.0.0.1', 'localhost') },
+      ],
+      outlier: { baseEjectionMs: 30_000, maxEjectionPercent: 100, panicThresholdPercent: 0 },
+    });
+    const b = internals(gw.lb);
+    // 'other' ejected for 30 s; 'good' draining, which its next report may end.
+    for (let i = 0; i < 5; i++) b.outlier.onFailure(b.registry.get('other')!);
+    b.registry.get('good')!.agentState = 'draining';
+    b.registry.recompute();
+    const r = await send(`${gw.url}/`);
+    expect(r.json()).toMatchObject({ error: { code: 'LW_GW_NO_BACKEND' } });
+    // Before: 30, the ejection's end, as if nothing could serve sooner.
+    expect(r.headers['retry-after']).toBe('1');
+    // Every backend ejected: until the first ejection ends.
+    b.registry.get('good')!.agentState = 'online';
+    for (let i = 0; i < 5; i++) b.outlier.onFailure(b.registry.get('good')!);
+    b.registry.recompute();
+    expect((await send(`${gw.url}/`)).headers['retry-after']).toBe('30');
+  });
 });

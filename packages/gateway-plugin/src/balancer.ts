@@ -1038,11 +1038,18 @@ export class Balancer implements BalancerHandle, FlowHost {
     );
   }
 
-  /** Retry-After when nothing is eligible: until the first ejection expires, within [1, 60] s. */
+  /**
+   * Retry-After when nothing is eligible (or every backend was tried): until the first
+   * ejection expires, within [1, 60] s, when every backend is ejected. One out for another
+   * reason (down by its checks, draining, offline) or not out at all (tried already) may
+   * serve at its next report or check: 1 s. Counting only the ejections told clients to
+   * wait 30 s while a drained backend was back a second later.
+   */
   noBackendRetryAfterSec(nowMs: number): number {
     let soonest = Infinity;
     for (const b of this.registry.backends.values()) {
-      if (b.ejectedUntilMs !== undefined) soonest = Math.min(soonest, b.ejectedUntilMs - nowMs);
+      if (b.ejectedUntilMs === undefined) return 1;
+      soonest = Math.min(soonest, b.ejectedUntilMs - nowMs);
     }
     return soonest === Infinity ? 1 : Math.min(60, Math.max(1, Math.ceil(soonest / 1000)));
   }
