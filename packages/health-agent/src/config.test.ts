@@ -359,6 +359,29 @@ describe('config sources', () => {
     }
   });
 
+  it('refuses a --config or LOADWISE_CONFIG file that is a named pipe or a device, or over 1 MiB', () => {
+    // readFileSync took whatever the path was: --config /dev/zero grew the agent to
+    // 2.1 GB, and a FIFO hung it at start with no output.
+    const fifo = path.join(dir, 'config-fifo');
+    execFileSync('mkfifo', [fifo]);
+    const big = file('big.json', `{"backendId": "${'x'.repeat(1024 * 1024)}"}`);
+    for (const [which, flags, env, why] of [
+      ['large config', { config: big }, {}, `${big}: larger than 1 MiB`],
+      ['device config', { config: '/dev/zero' }, {}, '/dev/zero: not a regular file'],
+      ['fifo config', { config: fifo }, {}, `${fifo}: not a regular file`],
+      ['fifo LOADWISE_CONFIG', {}, { LOADWISE_CONFIG: fifo }, `${fifo}: not a regular file`],
+    ] as const) {
+      const err = codeOf(() => mergeSources(flags, env));
+      expect([which, (err as AgentError).code, err.message]).toEqual([
+        which,
+        'LW_AGENT_CONFIG_FILE',
+        `LW_AGENT_CONFIG_FILE: ${why}`,
+      ]);
+    }
+    const ok = file('ok.json', '{"backendId": "x"}');
+    expect(mergeSources({ config: ok }, {})).toEqual({ backendId: 'x' });
+  });
+
   it('refuses at start a key bound to other backends: every report it signed would be dropped', () => {
     const keys = file('bound-keys', `kw ${Buffer.alloc(32, 2).toString('base64')} web-*\n`);
     const ok = toAgentOptions({ backendId: 'web-3', keyFile: keys }, { requireBroker: false });

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { readRegularFileSync } from './samplers/bounded-read';
 import {
   ENV_PREFIX,
@@ -428,6 +427,21 @@ function coerce(spec: OptionSpec, value: unknown, origin: string): RawConfig[str
   }
 }
 
+/** The config file, key, password and TLS files: far below this; a larger one is not one of them. */
+const MAX_START_FILE_BYTES = 1024 * 1024;
+
+/**
+ * A file read once at start (--config, --key-file, --password-file, TLS files): a
+ * regular file of at most 1 MiB (readRegularFileSync), else why not. readFileSync took
+ * whatever the path was: --config /dev/zero grew the agent to 2.1 GB, a named pipe hung
+ * it with no output.
+ */
+function readStartFile(path: string): { bytes: Buffer } | { why: string } {
+  const r = readRegularFileSync(path, MAX_START_FILE_BYTES);
+  if ('bytes' in r) return r;
+  return { why: r.error === 'too large' ? 'larger than 1 MiB' : r.error };
+}
+
 /** The config file a merged record's secret came from (for the permissions warning). */
 const secretFiles = new WeakMap<RawConfig, string>();
 
@@ -441,9 +455,11 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
   const out: RawConfig = {};
   const configPath = (flags['config'] as string | undefined) ?? env[envName('config')];
   if (configPath) {
+    const read = readStartFile(configPath);
+    if ('why' in read) throw new AgentError('LW_AGENT_CONFIG_FILE', `${configPath}: ${read.why}`);
     let doc: unknown;
     try {
-      doc = JSON.parse(readFileSync(configPath, 'utf8'));
+      doc = JSON.parse(read.bytes.toString('utf8'));
     } catch (err) {
       throw new AgentError('LW_AGENT_CONFIG_FILE', `${configPath}: ${(err as Error).message}`);
     }
@@ -490,19 +506,13 @@ export function unknownFlag(name: string): string | undefined {
   return flags.includes(name) || name === 'h' ? undefined : unknownOptionText(name, flags, '--');
 }
 
-/** Key, password and TLS files: far below this; a larger one is not one of them. */
-const MAX_OPTION_FILE_BYTES = 1024 * 1024;
-
 /**
  * A file an option names, read at start: a regular file of at most 1 MiB
  * (readRegularFileSync), else a coded error naming the flag.
  */
 function readFileOption(flag: string, path: string): Buffer {
-  const r = readRegularFileSync(path, MAX_OPTION_FILE_BYTES);
-  if ('error' in r) {
-    const why = r.error === 'too large' ? 'larger than 1 MiB' : r.error;
-    throw new AgentError('LW_AGENT_KEY_FILE', `--${flag} ${path}: ${why}`);
-  }
+  const r = readStartFile(path);
+  if ('why' in r) throw new AgentError('LW_AGENT_KEY_FILE', `--${flag} ${path}: ${r.why}`);
   return r.bytes;
 }
 
