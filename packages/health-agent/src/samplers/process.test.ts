@@ -1,10 +1,11 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   closeSync,
   constants,
   mkdirSync,
   mkdtempSync,
   openSync,
+  readFileSync,
   rmSync,
   truncateSync,
   writeFileSync,
@@ -19,11 +20,11 @@ import {
   readPidFile,
   type ProcessSample,
 } from './process';
-import { within } from '../../../../test/kit/agent-http';
+import { until, within } from '../../../../test/kit/agent-http';
 import { AgentError } from '../errors';
 
-const STAT = (utime: number, stime: number): string =>
-  `1234 (my (weird) app) S 1 1234 1234 0 -1 4194560 1000 0 0 0 ${utime} ${stime} 0 0 20 0 11 0 5000 1000000 2500 18446744073709551615\n`;
+const STAT = (utime: number, stime: number, state = 'S'): string =>
+  `1234 (my (weird) app) ${state} 1 1234 1234 0 -1 4194560 1000 0 0 0 ${utime} ${stime} 0 0 20 0 11 0 5000 1000000 2500 18446744073709551615\n`;
 
 describe('process sampler', () => {
   const dirs: string[] = [];
@@ -35,7 +36,8 @@ describe('process sampler', () => {
   afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
   it('parses utime + stime after a comm with spaces and parentheses', () => {
-    expect(parseProcPidStat(STAT(300, 50))).toBe(350);
+    expect(parseProcPidStat(STAT(300, 50))).toEqual({ state: 'S', ticks: 350 });
+    expect(parseProcPidStat(STAT(300, 50, 'Z'))).toEqual({ state: 'Z', ticks: 350 });
     expect(parseVmRssBytes('Name:\tx\nVmRSS:\t   2048 kB\n')).toBe(2048 * 1024);
     expect(parseVmRssBytes('Name:\tx\n')).toBeUndefined();
   });
@@ -71,6 +73,51 @@ describe('process sampler', () => {
     const bad = await s.sample();
     expect(bad.ok).toBe(false);
     expect(!bad.ok && bad.reason).toContain('LW_AGENT_PID_FILE');
+  });
+
+  it.each(['Z', 'X'])(
+    'reports a process in state %s (exited, not reaped) as not running, as a missing one',
+    async (state) => {
+      // It was reported running with cpuCores 0 and rssBytes 0 (a zombie has no VmRSS),
+      // so the verdict never went down.
+      const root = tmp();
+      mkdirSync(path.join(root, '1234'));
+      writeFileSync(path.join(root, '1234/stat'), STAT(100, 0));
+      writeFileSync(path.join(root, '1234/status'), 'VmRSS:\t 51200 kB\n');
+      const s = new ProcessSampler({ pid: 1234, procRoot: root });
+      expect((await s.sample()).ok).toBe(true);
+      writeFileSync(path.join(root, '1234/stat'), STAT(100, 0, state));
+      writeFileSync(path.join(root, '1234/status'), `State:\t${state} (zombie)\n`);
+      expect(await s.sample()).toEqual({
+        ok: false,
+        reason: `process 1234 is not running (state ${state})`,
+      });
+    },
+  );
+
+  it('reports a real zombie as not running', async () => {
+    // sh starts a child, then becomes `sleep`, which never reaps it; the child exits once
+    // its parent is `sleep` (before, sh might reap it).
+    const script =
+      'p=$$; (while read -r c < /proc/$p/comm && [ "$c" != sleep ]; do :; done) & echo $!; exec sleep 30';
+    const parent = spawn('sh', ['-c', script], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    try {
+      let out = '';
+      parent.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      await until(() => out.includes('\n'), 5000, 'the child pid');
+      const pid = Number(out.trim());
+      const state = (): string => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]![0]!;
+      await until(() => state() === 'Z', 5000, 'the child to exit');
+      const s = new ProcessSampler({ pid, procRoot: '/proc' });
+      expect(await s.sample()).toEqual({
+        ok: false,
+        reason: `process ${pid} is not running (state Z)`,
+      });
+    } finally {
+      parent.kill('SIGKILL');
+    }
   });
 
   it('readPidFile throws a coded error', async () => {

@@ -18,16 +18,28 @@ export interface ProcessSamplerOptions {
   now?: () => number;
 }
 
-/** utime + stime in clock ticks. comm (field 2) may hold spaces and parentheses: split after the last ')'. */
-export function parseProcPidStat(text: string): number | undefined {
+/**
+ * The state letter (R, S, D, Z, ...) and utime + stime in clock ticks. comm (field 2)
+ * may hold spaces and parentheses: split after the last ')'.
+ */
+export function parseProcPidStat(text: string): { state: string; ticks: number } | undefined {
   const close = text.lastIndexOf(')');
   if (close < 0) return undefined;
   const f = text.slice(close + 2).split(' ');
   // f[0] is field 3 (state); utime is field 14, stime field 15.
+  const state = f[0] ?? '';
   const utime = Number(f[11]);
   const stime = Number(f[12]);
-  return Number.isFinite(utime) && Number.isFinite(stime) ? utime + stime : undefined;
+  return /^[A-Za-z]$/.test(state) && Number.isFinite(utime) && Number.isFinite(stime)
+    ? { state, ticks: utime + stime }
+    : undefined;
 }
+
+/**
+ * States of a process that has exited: Z (a zombie, not yet reaped by its parent) and X
+ * (dead). Its /proc entry stays until it is reaped, with no VmRSS; it serves nothing.
+ */
+const EXITED_STATES = new Set(['Z', 'X']);
 
 export function parseVmRssBytes(text: string): number | undefined {
   const m = /^VmRSS:\s+(\d+)\s*kB/m.exec(text);
@@ -100,10 +112,17 @@ export class ProcessSampler {
       this.prev = undefined;
       return { ok: false, reason: `process ${pid} is not running` };
     }
-    const ticks = parseProcPidStat(stat);
-    const rssBytes = parseVmRssBytes(status) ?? 0;
-    if (ticks === undefined)
+    const parsed = parseProcPidStat(stat);
+    if (parsed === undefined)
       return { ok: false, reason: `cannot parse ${this.opts.procRoot}/${pid}/stat` };
+    // An exited process not yet reaped was reported as running with 0 CPU and 0 RSS,
+    // never down. It is as gone as a missing one.
+    if (EXITED_STATES.has(parsed.state)) {
+      this.prev = undefined;
+      return { ok: false, reason: `process ${pid} is not running (state ${parsed.state})` };
+    }
+    const { ticks } = parsed;
+    const rssBytes = parseVmRssBytes(status) ?? 0;
     const atMs = this.now();
     let cpuCores = 0;
     if (this.prev && this.prev.pid === pid && atMs > this.prev.atMs) {
