@@ -1,7 +1,7 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { isAgentCommandLine, secretWarnings, verdictLogger } from './cli';
+import { isAgentCommandLine, secretWarnings, verdictLogger, warningLimiter } from './cli';
 import { mergeSources } from './config';
 import { withoutPassword } from './without-password';
 
@@ -103,5 +103,28 @@ describe('verdictLogger (the health verdict changes in the log)', () => {
       level: 'warn',
       line: 'health down → degraded: host CPU 95%',
     });
+  });
+});
+
+describe('warningLimiter (a repeated warning at most once a minute)', () => {
+  it('takes a warning whose figures change for the same warning', () => {
+    // A gauge drifting negative: each sample's warning named a new value, and every one
+    // was logged (17 lines in 4 s at --interval-ms 200).
+    let t = 0;
+    const says = warningLimiter(() => t);
+    const gauge = (v: number): string =>
+      `queue source (prometheus) failed: gauge q is ${v} at http://127.0.0.1:9100/metrics: queued must be a count from 0 to 9007199254740991`;
+    expect(says(gauge(-1))).toBe(true);
+    for (let v = -2; v > -300; v--) {
+      t += 200;
+      expect([v, says(gauge(v))]).toEqual([v, false]);
+    }
+    // Another warning is its own.
+    expect(says('queue source (prometheus) failed: gauge q not found at http://x/metrics')).toBe(
+      true,
+    );
+    t = 60_000;
+    expect(says(gauge(-301))).toBe(true);
+    expect(says(gauge(-302))).toBe(false);
   });
 });

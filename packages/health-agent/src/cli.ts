@@ -77,6 +77,24 @@ const QUICK_DROP_MS = 5_000;
 const QUICK_DROPS = 3;
 
 /**
+ * Whether a warning is logged now: the same warning at most once a minute. "The same"
+ * ignores its figures: `gauge q is -1 at ...`, then `-2`, `-3` (a gauge drifting
+ * negative) were each new text and logged every sample (20 lines in 4 s at
+ * --interval-ms 200). The first text of a minute is the one shown.
+ */
+export function warningLimiter(now: () => number): (msg: string) => boolean {
+  const lastWarned = new Map<string, number>();
+  return (msg) => {
+    const key = msg.replace(/\d+/g, '#');
+    const t = now();
+    if ((lastWarned.get(key) ?? -Infinity) + WARN_REPEAT_MS > t) return false;
+    if (lastWarned.size > 1000) lastWarned.clear(); // bounded, whatever the messages
+    lastWarned.set(key, t);
+    return true;
+  };
+}
+
+/**
  * The log lines of the health verdict's changes, from each report's verdict: `health up →
  * down: probe answered 503`, `health down → up`. A probe that failed, a watched process
  * that went away and came back were never logged, only published. Each change (from →
@@ -324,13 +342,10 @@ async function main(argv: string[]): Promise<void> {
     throw err;
   }
 
-  const lastWarned = new Map<string, number>();
+  // performance.now(): monotonic, so a wall clock stepped back does not mute warnings.
+  const warnSays = warningLimiter(() => performance.now());
   const warnOnce = (msg: string): void => {
-    const now = performance.now(); // monotonic: a wall clock stepped back does not mute warnings
-    if ((lastWarned.get(msg) ?? -Infinity) + WARN_REPEAT_MS > now) return;
-    if (lastWarned.size > 1000) lastWarned.clear(); // bounded, whatever the messages
-    lastWarned.set(msg, now);
-    log('warn', msg);
+    if (warnSays(msg)) log('warn', msg);
   };
   // Before --once too: its report left out the queue block of a failing source (an
   // unreachable tracker, a gauge out of range) and said nothing why.
