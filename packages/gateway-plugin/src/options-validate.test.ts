@@ -64,6 +64,14 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   ['weight zero', { backends: [{ id: 'a', url: 'http://h', weight: 0 }] }, 'LW_GW_INVALID_OPTION'],
   ['http broker', { ...base, broker: 'http://broker' }, 'LW_GW_INVALID_BROKER'],
   ['broker garbage', { ...base, broker: 42 }, 'LW_GW_INVALID_BROKER'],
+  // No host (an empty template variable): mqtt.js connected to localhost:1883.
+  ['broker url with no host', { ...base, broker: 'mqtt://' }, 'LW_GW_INVALID_BROKER'],
+  ['broker url of a bare path', { ...base, broker: 'mqtt:///' }, 'LW_GW_INVALID_BROKER'],
+  [
+    'broker.url with no host',
+    { ...base, broker: { url: 'mqtt:broker.internal:1883' } },
+    'LW_GW_INVALID_BROKER',
+  ],
   ['broker client without subscribe', { ...base, broker: { client: {} } }, 'LW_GW_INVALID_BROKER'],
   ['embedded false', { ...base, broker: { embedded: false } }, 'LW_GW_INVALID_BROKER'],
   [

@@ -240,14 +240,20 @@ function redactRefusedUrl(u: string): string {
 
 const brokerError = (detail?: string): Fail =>
   fixed(new GatewayError('LW_GW_INVALID_BROKER', detail));
-const brokerUrl = leaf<string>((u) =>
-  typeof u === 'string' && BROKER_PROTOCOLS.has(parseUrl(u)?.protocol ?? '')
-    ? undefined
-    : brokerError(
-        // Never a password it carries: the error is logged.
-        `broker url ${shown(typeof u === 'string' ? redactRefusedUrl(u) : u)}: expected mqtt://, mqtts://, ws:// or wss://`,
-      ),
-);
+/**
+ * A broker URL with a host: `mqtt://` (an empty template variable after it) parsed, had
+ * none, and mqtt.js connected to localhost:1883.
+ */
+const brokerUrl = leaf<string>((u) => {
+  const parsed = typeof u === 'string' ? parseUrl(u) : undefined;
+  const protocolOk = BROKER_PROTOCOLS.has(parsed?.protocol ?? '');
+  if (protocolOk && parsed?.hostname !== '') return undefined;
+  // Never a password it carries: the error is logged.
+  const url = `broker url ${shown(typeof u === 'string' ? redactRefusedUrl(u) : u)}`;
+  return brokerError(
+    protocolOk ? `${url}: has no host` : `${url}: expected mqtt://, mqtts://, ws:// or wss://`,
+  );
+});
 const brokerClient = strict({
   // Named from 'mqtt' here so the declaration emitted for this schema imports the
   // package's entry point, not a subpath its exports map does not resolve for consumers.

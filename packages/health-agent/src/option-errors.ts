@@ -143,7 +143,11 @@ export const nonEmpty = () =>
 export const picklist = <const T extends readonly string[]>(values: T) =>
   v.picklist(values, (iss) => `must be ${oneOf(values)}, got ${show(iss.input)}`);
 
-/** A URL string with one of `protocols` (`'http:'`); `wrong` is the message for another. */
+/**
+ * A URL string with one of `protocols` (`'http:'`) and a host; `wrong` is the message for
+ * another protocol. `mqtt://` (an empty template variable after it) parsed, had no host,
+ * and mqtt.js connected to localhost:1883.
+ */
 export function url(protocols: readonly string[], wrong: string) {
   return v.pipe(
     string(),
@@ -156,7 +160,8 @@ export function url(protocols: readonly string[], wrong: string) {
         // error reaches the journal. Up to the authority's last `@`, as a password may hold one.
         return `is not a URL: ${show(x.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/?#]*@/i, '$1***@'))}`;
       }
-      return protocols.includes(parsed.protocol) ? undefined : wrong;
+      if (!protocols.includes(parsed.protocol)) return wrong;
+      return parsed.hostname === '' ? `has no host: ${show(x)}` : undefined;
     }),
   );
 }

@@ -138,6 +138,15 @@ describe('resolveAgentOptions', () => {
     expect((err as AgentError).option).toBe(name);
   });
 
+  it.each(['mqtt://', 'mqtt:///', 'mqtts://', 'tcp://', 'mqtt:broker.internal:1883'])(
+    'refuses the broker URL %j: it has no host, and mqtt.js connected to localhost:1883',
+    (url) => {
+      expect(() => resolveAgentOptions({ backendId: 'b', broker: { url } })).toThrow(
+        `LW_AGENT_INVALID_OPTION: broker.url: has no host: "${url}"`,
+      );
+    },
+  );
+
   it('never shows the password of a broker URL that does not parse', () => {
     expect(() =>
       resolveAgentOptions({ backendId: 'b', broker: { url: 'mqtt://u:S3CRET@host:99999' } }),
