@@ -225,6 +225,16 @@ describe('loadwise-agent CLI interface', () => {
     expect(p.stderr()).toContain('--pid-file');
   });
 
+  it.each(['0x1', '1e0', '1.0'])('`drain --pid %j` is refused: a PID is decimal', async (pid) => {
+    // Number() read `0x1` and `1e0` as 1: init, which the command-line check then refused
+    // only because /proc said it was no agent.
+    const p = spawnAgent(['drain', '--pid', pid]);
+    expect(await p.exited).toBe(2);
+    expect(p.stderr().trim()).toBe(
+      'loadwise-agent: LW_AGENT_INVALID_OPTION: --pid: must be a process id',
+    );
+  });
+
   // Node writes process.title over the argument area and cuts it to fit: started as
   // `node cli.js` (a container's CMD), the agent's command line is `loadwise-ag`.
   (process.platform === 'linux' ? it : it.skip)(

@@ -17,7 +17,7 @@ import {
   unknownVariables,
   type RawConfig,
 } from './config';
-import { readPidFile } from './samplers/process';
+import { parsePid, readPidFile } from './samplers/process';
 import { withoutPassword } from './without-password';
 
 /**
@@ -248,9 +248,7 @@ async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]
   }
   let pid: number;
   if (values['pid'] !== undefined) {
-    pid = Number(values['pid']);
-    if (!Number.isSafeInteger(pid) || pid < 1)
-      fail('LW_AGENT_INVALID_OPTION: --pid: must be a process id');
+    pid = parsePid(values['pid']) ?? fail('LW_AGENT_INVALID_OPTION: --pid: must be a process id');
   } else if (values['pid-file']) {
     try {
       pid = await readPidFile(values['pid-file']);

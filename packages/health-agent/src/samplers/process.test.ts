@@ -15,6 +15,7 @@ import path from 'node:path';
 import {
   MAX_PID_FILE_BYTES,
   ProcessSampler,
+  parsePid,
   parseProcPidStat,
   parseVmRssBytes,
   readPidFile,
@@ -122,6 +123,39 @@ describe('process sampler', () => {
 
   it('readPidFile throws a coded error', async () => {
     await expect(readPidFile('/nonexistent/x.pid')).rejects.toBeInstanceOf(AgentError);
+  });
+
+  it.each<[string, number | undefined]>([
+    ['1234\n', 1234],
+    ['  42  ', 42],
+    ['007', 7],
+    ['9007199254740991', Number.MAX_SAFE_INTEGER],
+    // Number() read these: ` 1e0 ` as PID 1 (init), `0x35a6` as 13734.
+    [' 1e0 ', undefined],
+    ['0x35a6', undefined],
+    ['0b1', undefined],
+    ['0o7', undefined],
+    ['1.0', undefined],
+    ['+5', undefined],
+    ['Infinity', undefined],
+    ['1 2', undefined],
+    ['', undefined],
+    ['0', undefined],
+    ['9007199254740993', undefined],
+    ['123456789012345678901', undefined],
+  ])('parsePid(%j) is %s', (text, pid) => {
+    expect(parsePid(text)).toBe(pid);
+  });
+
+  it('a PID file holding an exponent or hex form holds no process id', async () => {
+    const root = tmp();
+    for (const text of [' 1e0 \n', `0x${process.pid.toString(16)}\n`]) {
+      const f = path.join(root, 'svc.pid');
+      writeFileSync(f, text);
+      await expect(readPidFile(f)).rejects.toThrow(
+        `LW_AGENT_PID_FILE: ${f} does not hold a process id`,
+      );
+    }
   });
 });
 

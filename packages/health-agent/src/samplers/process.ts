@@ -53,6 +53,18 @@ export function parseVmRssBytes(text: string): number | undefined {
 export const MAX_PID_FILE_BYTES = 64;
 
 /**
+ * The process id `text` holds: decimal digits (at most 20, the 2^64 of MAX_PID_FILE_BYTES)
+ * with whitespace around, a safe integer from 1; else undefined. Number() read ` 1e0 `
+ * as 1 (init) and `0x35a6` as 13734.
+ */
+export function parsePid(text: string): number | undefined {
+  const t = text.trim();
+  if (!/^\d{1,20}$/.test(t)) return undefined;
+  const pid = Number(t);
+  return Number.isSafeInteger(pid) && pid >= 1 ? pid : undefined;
+}
+
+/**
  * The PID in `path`, re-read every sample. The application owns that file,
  * and readFile() took whatever it was: a named pipe put in its place blocked a
  * libuv thread for good (no report again, and SIGTERM logged 'stopped' but
@@ -72,9 +84,8 @@ export async function readPidFile(path: string): Promise<number> {
           : `cannot read ${path}: ${r.error}`;
     throw new AgentError('LW_AGENT_PID_FILE', why);
   }
-  const text = r.text;
-  const pid = Number(text.trim());
-  if (!Number.isSafeInteger(pid) || pid < 1) {
+  const pid = parsePid(r.text);
+  if (pid === undefined) {
     throw new AgentError('LW_AGENT_PID_FILE', `${path} does not hold a process id`);
   }
   return pid;
