@@ -206,6 +206,10 @@ describe('resolveAgentOptions', () => {
         advertiseUrl: 'http://app.internal:8080',
       }),
     ).toThrow('advertiseUrl: must name its host by IP address');
+    // Port 0: no server listens there, and gateways refuse the registration.
+    expect(() =>
+      resolveAgentOptions({ backendId: 'b', signingKey, advertiseUrl: 'http://10.0.0.5:0' }),
+    ).toThrow('advertiseUrl: must not name port 0');
     for (const url of ['http://10.0.0.5:8080', 'http://[fd00::5]:8080']) {
       expect(
         resolveAgentOptions({ backendId: 'b', signingKey, advertiseUrl: url }).advertiseUrl,

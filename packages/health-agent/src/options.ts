@@ -235,7 +235,9 @@ export const agentOptionsSchema = notArray(
               ? 'must not carry credentials (gateways refuse them)'
               : isIP(new URL(x).hostname.replace(/^\[|\]$/g, '')) === 0
                 ? 'must name its host by IP address (gateways refuse a name: it would be resolved after their range check)'
-                : undefined,
+                : new URL(x).port === '0'
+                  ? 'must not name port 0, where no server listens (gateways refuse it)'
+                  : undefined,
         ),
       ),
     ),
