@@ -5,11 +5,10 @@
  */
 import { createServer as createNetServer } from 'node:net';
 import { createServer, type Server } from 'node:http';
-import express from 'express';
-import { loadBalance, type LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
+import type { LoadBalancerMiddleware } from '@loadwise/gateway-plugin';
 import { listen, type TestServer } from '../kit/http';
 import { rawExchange } from '../kit/raw-http';
-import { quietLogger } from '../kit/gateway';
+import { expressGateway } from '../kit/gateway';
 
 const servers: TestServer[] = [];
 afterEach(async () => {
@@ -40,24 +39,7 @@ async function rawBackend(answer: string): Promise<TestServer> {
 }
 
 async function gateway(url: string): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
-  const lb = loadBalance({
-    backends: [{ id: 'b', url }],
-    healthCheck: false,
-    overload: false,
-    warmUp: false,
-    logger: quietLogger,
-  });
-  const app = express();
-  app.use(lb);
-  const s = await listen(createServer(app));
-  const gw = {
-    ...s,
-    lb,
-    close: async () => {
-      await s.close();
-      await lb.close({ graceMs: 0 });
-    },
-  };
+  const gw = await expressGateway(url);
   servers.push(gw);
   return gw;
 }

@@ -12,17 +12,15 @@
  */
 import { createServer } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
-import express from 'express';
 import WebSocket from 'ws';
 import {
-  loadBalance,
   routeUpgrades,
   type LoadBalanceOptions,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
 import { internals } from '@loadwise/gateway-plugin/internals';
 import { listen, refusedPort, startBackend, type TestServer } from '../kit/http';
-import { quietLogger } from '../kit/gateway';
+import { expressGateway } from '../kit/gateway';
 import { rawExchange } from '../kit/raw-http';
 import { eventually } from '../kit/fleet';
 import { wsEchoBackend, type EchoBackend } from '../kit/ws-server';
@@ -33,27 +31,10 @@ async function gateway(
   url: string,
   extra: Partial<LoadBalanceOptions> = {},
 ): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
-  const lb = loadBalance({
-    backends: [{ id: 'b', url }],
-    healthCheck: false,
-    overload: false,
-    retry: false,
-    logger: quietLogger,
-    ...extra,
+  return expressGateway(url, { retry: false, ...extra }, (app, lb, server) => {
+    app.use(lb);
+    server.on('upgrade', routeUpgrades(app));
   });
-  const app = express();
-  app.use(lb);
-  const server = createServer(app);
-  server.on('upgrade', routeUpgrades(app));
-  const s = await listen(server);
-  return {
-    ...s,
-    lb,
-    close: async () => {
-      await s.close();
-      await lb.close({ graceMs: 0 });
-    },
-  };
 }
 
 /** An open client WebSocket through the gateway, echo checked. */

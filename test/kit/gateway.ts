@@ -102,6 +102,42 @@ export async function startGateway(
 }
 
 /**
+ * One balancer over `url` (backend `b`; no active checks, no overload shedding, no warm-up,
+ * quiet) in an Express app of its own that `build` sets up (default: `app.use(lb)`; it may
+ * add listeners to the server too, `routeUpgrades(app)`), on 127.0.0.1 port 0. Closing it
+ * closes the server, then the balancer without grace.
+ */
+export async function expressGateway(
+  url: string,
+  opts: Partial<LoadBalanceOptions> = {},
+  build: (app: express.Express, lb: LoadBalancerMiddleware, server: http.Server) => void = (
+    app,
+    lb,
+  ) => app.use(lb),
+): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
+  const lb = loadBalance({
+    backends: [{ id: 'b', url }],
+    healthCheck: false,
+    overload: false,
+    warmUp: false,
+    logger: quietLogger,
+    ...opts,
+  });
+  const app = express();
+  const server = http.createServer(app);
+  build(app, lb, server);
+  const s = await listen(server);
+  return {
+    ...s,
+    lb,
+    close: async () => {
+      await s.close();
+      await lb.close({ graceMs: 0 });
+    },
+  };
+}
+
+/**
  * A gateway for the proxy's own tests (test/gateway/): no active health checks, and
  * returned before its broker (if any) connects, for the tests of that connection.
  */

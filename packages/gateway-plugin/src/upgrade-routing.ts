@@ -215,6 +215,10 @@ function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buff
   // An answer of the app's own goes out whole: reading on would only see the client leave.
   res.once('finish', () => stopWatching(false));
   const final = (err?: unknown): void => {
+    // A balancer has the socket: an error passed on after that (connect-timeout's 503 for
+    // a WebSocket open longer than its timeout) is no longer the app's to answer. Closing
+    // here cut every WebSocket when the app's timeout ran out.
+    if (taken.has(req)) return;
     if (res.headersSent || !pending.has(req)) return void socket.destroy();
     // As Express's final handler: `status` or `statusCode` (an error of the 4xx-5xx
     // range), and the error's own headers (an auth error's WWW-Authenticate). Read only
@@ -252,10 +256,23 @@ export function takeUpgrade(req: IncomingMessage): { socket: Socket; head: Buffe
   const p = pending.get(req);
   if (p === undefined) return undefined;
   pending.delete(req);
+  taken.add(req);
   p.stopWatching(true);
   p.res.detachSocket(p.socket);
+  // The app's response is done with: its head hooks run (on-headers, which connect-timeout
+  // clears its timer on), with the status the proxy's answer will have, and nothing is
+  // written (it has no socket). connect-timeout's timer ran on, and its 503 closed the
+  // WebSocket.
+  try {
+    p.res.writeHead(101);
+  } catch {
+    // A middleware's head hook threw: the proxy's answer does not depend on it.
+  }
   return { socket: p.socket, head: p.head };
 }
+
+/** Upgrade requests a balancer took over (takeUpgrade). */
+const taken = new WeakSet<IncomingMessage>();
 
 /** An error's `headers`: a plain object of header values (finalhandler's `err.headers`). */
 function isHeaderBag(value: unknown): value is Record<string, unknown> {

@@ -623,6 +623,24 @@ export class RequestFlow {
     });
   }
 
+  /**
+   * The app answers this request itself: connect-timeout (and middleware like it) sets
+   * `req.timedout` and passes a 503 to next(err), and Express's final handler writes it once
+   * the request's body has ended. The balancer then neither dispatches nor answers: a
+   * dispatch at the body's end sent a POST to a backend for a client answered 503 on the
+   * same event, and an answer of the balancer's before the final handler's (a 408 for a
+   * stalled body, a backend's early answer) made its write throw ERR_HTTP_HEADERS_SENT
+   * outside any handler, which ended the process. The attempt, if any, is cancelled (not
+   * the backend's failure); the flow ends with the app's answer ('close').
+   */
+  private appAnswers(flow: Flow): boolean {
+    if ((flow.req as { timedout?: unknown }).timedout !== true || flow.res.headersSent)
+      return false;
+    flow.stopRead?.();
+    this.cancelAttempt(flow);
+    return true;
+  }
+
   private start(flow: Flow): void {
     // Pipelined behind an answer still going out (its response has no socket yet): Node
     // parses and hands over every pipelined request at once, and a small POST read for
@@ -635,6 +653,7 @@ export class RequestFlow {
       });
       return;
     }
+    if (this.appAnswers(flow)) return;
     if (this.dispatch(flow) === 'saturated') this.enqueue(flow);
   }
 
@@ -1031,6 +1050,12 @@ export class RequestFlow {
    */
   private bodyTimeout(flow: Flow, detail: string): void {
     if (flow.done) return;
+    if (this.appAnswers(flow)) {
+      // The final handler waits for a body that stalled: the connection closes, and its
+      // write goes nowhere (no answer of the balancer's to collide with).
+      this.count(flow.req, 'LW_GW_BODY_TIMEOUT', `${detail}; the app answers (req.timedout)`);
+      return void flow.req.socket.destroy();
+    }
     // Still reading it before dispatch: no backend has it, and what comes is not kept.
     flow.stopRead?.();
     this.cancelAttempt(flow);
@@ -1100,6 +1125,7 @@ export class RequestFlow {
   onProxyRes(proxyRes: IncomingMessage, req: IncomingMessage, res: ServerResponse): void {
     const flow = this.flows.get(req);
     if (!flow?.attemptOpen || !flow.backend) return;
+    if (this.appAnswers(flow)) return void proxyRes.destroy();
     const c = this.core;
     const backend = flow.backend;
     flow.responded = true;
@@ -1581,6 +1607,7 @@ export class RequestFlow {
   }
 
   private fail(flow: Flow, code: GatewayErrorCode): void {
+    if (this.appAnswers(flow)) return;
     this.closeIfBodyUnread(flow);
     sendError(flow.res, code);
   }

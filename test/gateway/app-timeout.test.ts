@@ -1,0 +1,113 @@
+/**
+ * connect-timeout in front of the balancer, as Express's docs suggest it: on its
+ * timeout it sets `req.timedout` and passes a 503 to next(err), and Express's
+ * final handler writes that answer once the request's body has ended. The
+ * balancer leaves the answer to the app from then on:
+ * - a body that stalled: the balancer's 408 came first, and the final
+ *   handler's write threw ERR_HTTP_HEADERS_SENT outside any handler (the
+ *   process exited);
+ * - a body that ended after the timeout: the POST went to a backend for a
+ *   client answered 503 on the same event;
+ * - a WebSocket routed through the app (routeUpgrades): the timeout's 503
+ *   closed it, however busy it was.
+ */
+import { once } from 'node:events';
+import { connect } from 'node:net';
+import timeout from 'connect-timeout';
+import WebSocket from 'ws';
+import {
+  routeUpgrades,
+  type LoadBalanceOptions,
+  type LoadBalancerMiddleware,
+} from '@loadwise/gateway-plugin';
+import { expressGateway } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
+import { startBackend, type TestServer } from '../kit/http';
+import { wsEchoBackend } from '../kit/ws-server';
+
+const servers: Array<{ close(): Promise<void> }> = [];
+afterEach(async () => {
+  for (const s of servers.splice(0).reverse()) await s.close();
+});
+
+/** `app.use(timeout(ms))` then the balancer (mounted at `/`), WebSockets through the app. */
+async function gateway(
+  url: string,
+  ms: number,
+  opts: Partial<LoadBalanceOptions> = {},
+): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
+  const gw = await expressGateway(url, opts, (app, lb, server) => {
+    // Not for the requests that warm the pool up (`/warm`), whatever their time.
+    const withTimeout = timeout(ms);
+    app.use((req, res, next) => (req.url === '/warm' ? next() : withTimeout(req, res, next)));
+    app.use(lb);
+    server.on('upgrade', routeUpgrades(app));
+  });
+  servers.push(gw);
+  return gw;
+}
+
+/** A POST's head and the first bytes of its body on a raw socket; collects what comes back. */
+function startPost(port: number, path: string) {
+  const socket = connect(port, '127.0.0.1');
+  let received = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => (received += d));
+  socket.on('error', () => undefined);
+  socket.write(`POST ${path} HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n{"a`);
+  return { socket, received: () => received, closed: once(socket, 'close') };
+}
+
+it("a body that stalls past the app's timeout: the connection closes, no answer of the balancer's, no crash", async () => {
+  const backend = await startBackend('b');
+  servers.push(backend);
+  const gw = await gateway(backend.url, 100, { clientBodyTimeoutMs: 400 });
+  const post = startPost(gw.port, '/stall');
+  // Before: the balancer's 408 at 400 ms, then the final handler's deferred write threw
+  // ERR_HTTP_HEADERS_SENT (an uncaught exception: this test process ended).
+  await post.closed;
+  expect(post.received()).toBe('');
+  await eventually(() => gw.lb.balancer.snapshot().inFlight === 0, 5_000, 'the flow ended');
+});
+
+it("a body that ends after the app's timeout is not sent to a backend: the client has the app's 503", async () => {
+  const seen: string[] = [];
+  const backend = await startBackend('b', (req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    res.end('ok');
+  });
+  servers.push(backend);
+  const gw = await gateway(backend.url, 400);
+  // A pooled connection to the backend, so that a dispatch would reach it at once.
+  const warm = await fetch(`${gw.url}/warm`);
+  expect(await warm.text()).toBe('ok');
+  const post = startPost(gw.port, '/orders');
+  await new Promise((r) => setTimeout(r, 700));
+  post.socket.write('":1234}');
+  await eventually(() => post.received().includes('\r\n\r\n'), 5_000, 'an answer');
+  expect(post.received()).toMatch(/^HTTP\/1\.1 503 /);
+  post.socket.destroy();
+  // Before: the backend got the POST the client was told had failed.
+  await new Promise((r) => setTimeout(r, 200));
+  expect(seen).toEqual(['GET /warm']);
+  await eventually(() => gw.lb.balancer.snapshot().inFlight === 0, 5_000, 'the flow ended');
+});
+
+it("a WebSocket routed through the app outlives the app's timeout", async () => {
+  const ws = await wsEchoBackend((m) => `echo ${String(m)}`);
+  servers.push(ws);
+  const gw = await gateway(ws.url, 200);
+  const client = new WebSocket(`ws://127.0.0.1:${gw.port}/chat`);
+  servers.push({ close: async () => void client.terminate() });
+  await once(client, 'open');
+  const echo = async (text: string): Promise<string> => {
+    const reply = once(client, 'message');
+    client.send(text);
+    return String((await reply)[0]);
+  };
+  expect(await echo('one')).toBe('echo one');
+  // Before: closed (1006) at 200 ms, the app's timeout, by routeUpgrades' final handler.
+  await new Promise((r) => setTimeout(r, 500));
+  expect(client.readyState).toBe(WebSocket.OPEN);
+  expect(await echo('two')).toBe('echo two');
+});
