@@ -30,16 +30,22 @@ afterEach(async () => {
   for (const s of servers.splice(0).reverse()) await s.close();
 });
 
-/** `app.use(timeout(ms))` then the balancer (mounted at `/`), WebSockets through the app. */
+/**
+ * `app.use(timeout(ms, timeoutOptions))` then the balancer (mounted at `/`), WebSockets
+ * through the app. Not for paths under `/no-timeout` (warming the pool up, a slow request
+ * ahead of the one under test), whatever their time.
+ */
 async function gateway(
   url: string,
   ms: number,
   opts: Partial<LoadBalanceOptions> = {},
+  timeoutOptions: timeout.TimeoutOptions = {},
 ): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
   const gw = await expressGateway(url, opts, (app, lb, server) => {
-    // Not for the requests that warm the pool up (`/warm`), whatever their time.
-    const withTimeout = timeout(ms);
-    app.use((req, res, next) => (req.url === '/warm' ? next() : withTimeout(req, res, next)));
+    const withTimeout = timeout(ms, timeoutOptions);
+    app.use((req, res, next) =>
+      req.url.startsWith('/no-timeout') ? next() : withTimeout(req, res, next),
+    );
     app.use(lb);
     server.on('upgrade', routeUpgrades(app));
   });
@@ -79,7 +85,7 @@ it("a body that ends after the app's timeout is not sent to a backend: the clien
   servers.push(backend);
   const gw = await gateway(backend.url, 400);
   // A pooled connection to the backend, so that a dispatch would reach it at once.
-  const warm = await fetch(`${gw.url}/warm`);
+  const warm = await fetch(`${gw.url}/no-timeout/warm`);
   expect(await warm.text()).toBe('ok');
   const post = startPost(gw.port, '/orders');
   await new Promise((r) => setTimeout(r, 700));
@@ -89,7 +95,7 @@ it("a body that ends after the app's timeout is not sent to a backend: the clien
   post.socket.destroy();
   // Before: the backend got the POST the client was told had failed.
   await new Promise((r) => setTimeout(r, 200));
-  expect(seen).toEqual(['GET /warm']);
+  expect(seen).toEqual(['GET /no-timeout/warm']);
   await eventually(() => gw.lb.balancer.snapshot().inFlight === 0, 5_000, 'the flow ended');
 });
 
@@ -110,4 +116,69 @@ it("a WebSocket routed through the app outlives the app's timeout", async () => 
   await new Promise((r) => setTimeout(r, 500));
   expect(client.readyState).toBe(WebSocket.OPEN);
   expect(await echo('two')).toBe('echo two');
+});
+
+it('with respond: false (nobody answers for the balancer) a request past the timeout is proxied as before', async () => {
+  const backend = await startBackend('b', (_req, res) => void setTimeout(() => res.end('ok'), 400));
+  servers.push(backend);
+  const gw = await gateway(backend.url, 150, {}, { respond: false });
+  // The fix before this one left every such request unanswered for good.
+  const r = await fetch(`${gw.url}/slow`);
+  expect([r.status, await r.text()]).toEqual([200, 'ok']);
+});
+
+it('a pipelined request the app answered 503 while it waited its turn is not sent to a backend', async () => {
+  const seen: string[] = [];
+  const backend = await startBackend('b', (req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    setTimeout(() => res.end('ok'), req.url === '/no-timeout/first' ? 500 : 0);
+  });
+  servers.push(backend);
+  const gw = await gateway(backend.url, 200);
+  const socket = connect(gw.port, '127.0.0.1');
+  servers.push({ close: async () => void socket.destroy() });
+  let received = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => (received += d));
+  socket.write(
+    'GET /no-timeout/first HTTP/1.1\r\nHost: a\r\n\r\n' +
+      'POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi',
+  );
+  await eventually(() => (received.match(/HTTP\/1\.1 /g) ?? []).length === 2, 5_000, 'two answers');
+  expect(received.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 503']);
+  await new Promise((r) => setTimeout(r, 200));
+  // Before: the POST reached the backend after its 503 (Express had written it into the
+  // response that had no socket yet).
+  expect(seen).toEqual(['GET /no-timeout/first']);
+});
+
+it('a request the app answered 503 while it waited in the saturation queue is not sent to a backend', async () => {
+  const seen: string[] = [];
+  const backend = await startBackend('b', (req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    setTimeout(() => res.end('ok'), req.url === '/no-timeout/busy' ? 600 : 0);
+  });
+  servers.push(backend);
+  const gw = await gateway(backend.url, 200, { saturation: { maxInFlightPerBackend: 1 } });
+  const busy = fetch(`${gw.url}/no-timeout/busy`);
+  await eventually(() => seen.length === 1, 5_000, 'the backend busy');
+  // Past requestBuffering's 64 KiB: queued with the rest of its body still to come, which
+  // comes after the slot freed (600 ms), so the final handler still waits for it then.
+  const socket = connect(gw.port, '127.0.0.1');
+  servers.push({ close: async () => void socket.destroy() });
+  let received = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => (received += d));
+  socket.write(
+    `POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(70_000)}`,
+  );
+  expect(await (await busy).text()).toBe('ok');
+  await new Promise((r) => setTimeout(r, 200));
+  socket.write('y'.repeat(30_000));
+  await eventually(() => received.includes('\r\n\r\n'), 5_000, 'an answer');
+  expect(received).toMatch(/^HTTP\/1\.1 503 /);
+  await new Promise((r) => setTimeout(r, 200));
+  // Before: dispatched out of the queue once the slot freed, after the client's 503.
+  expect(seen).toEqual(['GET /no-timeout/busy']);
+  await eventually(() => gw.lb.balancer.snapshot().inFlight === 0, 5_000, 'the flows ended');
 });

@@ -24,21 +24,19 @@ describe('overload is not failure', () => {
   let full: TestServer;
   let broken: TestServer;
   let busy429: TestServer;
-  let limited: TestServer;
   let gw: TestGateway | undefined;
   beforeAll(async () => {
     ok = await startBackend('ok');
     full = await startBackend('full', (_req, res) => answer(res, 'full', 503, '1'));
     broken = await startBackend('broken', (_req, res) => answer(res, 'broken', 503));
     busy429 = await startBackend('busy', (_req, res) => answer(res, 'busy', 429));
-    limited = await startBackend('full', (_req, res) => answer(res, 'full', 429, '1'));
   });
   afterEach(async () => {
     await gw?.close();
     gw = undefined;
   });
   afterAll(async () => {
-    for (const s of [ok, full, broken, busy429, limited]) await s.close();
+    for (const s of [ok, full, broken, busy429]) await s.close();
   });
 
   const ejections = (g: TestGateway, id: string): number =>
@@ -70,33 +68,24 @@ describe('overload is not failure', () => {
     expect(gw.lb.balancer.snapshot().backends.find((b) => b.id === 'full')!.state).toBe('healthy');
   });
 
-  // 429 + Retry-After is how many concurrency limiters shed (Kubernetes' API priority and
-  // fairness, rate limiters in front of a service). Taken for a success, its fast answer
-  // made the refusing backend the least loaded: 92% of a load test's requests got 429
-  // while another backend sat idle.
-  it.each([503, 429])(
-    "the overloaded backend's share falls (load-aware; %i + Retry-After)",
-    async (status) => {
-      gw = await startLocalGateway({
-        backends: [
-          { id: 'ok', url: ok.url },
-          { id: 'full', url: (status === 503 ? full : limited).url },
-        ],
-        outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
-      });
-      const served = new Map<string, number>();
-      for (let i = 0; i < 60; i++) {
-        const id = (await send(`${gw.url}/`)).json<{ id: string }>().id;
-        served.set(id, (served.get(id) ?? 0) + 1);
-      }
-      expect(ejections(gw, 'full')).toBe(0);
-      // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth
-      // (18 once on a loaded machine: the penalty decays in time, and requests came slower), and
-      // took 59 of 60 while its 429 counted as a success.
-      expect(served.get('full') ?? 0).toBeGreaterThan(0);
-      expect(served.get('full') ?? 0).toBeLessThan(30);
-    },
-  );
+  it("the overloaded backend's share falls (load-aware)", async () => {
+    gw = await startLocalGateway({
+      backends: [
+        { id: 'ok', url: ok.url },
+        { id: 'full', url: full.url },
+      ],
+      outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
+    });
+    const served = new Map<string, number>();
+    for (let i = 0; i < 60; i++) {
+      const id = (await send(`${gw.url}/`)).json<{ id: string }>().id;
+      served.set(id, (served.get(id) ?? 0) + 1);
+    }
+    expect(ejections(gw, 'full')).toBe(0);
+    // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth.
+    expect(served.get('full') ?? 0).toBeGreaterThan(0);
+    expect(served.get('full') ?? 0).toBeLessThan(15);
+  });
 
   it('503 or 429 without Retry-After count as overload while the report says it is full', async () => {
     const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };

@@ -624,18 +624,19 @@ export class RequestFlow {
   }
 
   /**
-   * The app answers this request itself: connect-timeout (and middleware like it) sets
-   * `req.timedout` and passes a 503 to next(err), and Express's final handler writes it once
-   * the request's body has ended. The balancer then neither dispatches nor answers: a
-   * dispatch at the body's end sent a POST to a backend for a client answered 503 on the
-   * same event, and an answer of the balancer's before the final handler's (a 408 for a
-   * stalled body, a backend's early answer) made its write throw ERR_HTTP_HEADERS_SENT
-   * outside any handler, which ended the process. The attempt, if any, is cancelled (not
-   * the backend's failure); the flow ends with the app's answer ('close').
+   * The app answers this request itself: connect-timeout, in its default mode
+   * (`respond: true`), sets `req.timedout` and passes a 503 to next(err) from its
+   * 'timeout' listener, and Express's final handler writes it once the request's body
+   * has ended. The balancer then neither dispatches nor answers: a dispatch at the body's
+   * end sent a POST to a backend for a client answered 503 on the same event, and an
+   * answer of the balancer's before the final handler's (a 408 for a stalled body, a
+   * backend's early answer) made its write throw ERR_HTTP_HEADERS_SENT outside any
+   * handler, which ended the process. The attempt, if any, is cancelled (not the
+   * backend's failure); the flow ends with the app's answer ('close'). With `respond:
+   * false` (no 'timeout' listener) nobody answers for the balancer: it goes on.
    */
   private appAnswers(flow: Flow): boolean {
-    if ((flow.req as { timedout?: unknown }).timedout !== true || flow.res.headersSent)
-      return false;
+    if (flow.res.headersSent || !timeoutAnswered(flow.req)) return false;
     flow.stopRead?.();
     this.cancelAttempt(flow);
     return true;
@@ -653,7 +654,6 @@ export class RequestFlow {
       });
       return;
     }
-    if (this.appAnswers(flow)) return;
     if (this.dispatch(flow) === 'saturated') this.enqueue(flow);
   }
 
@@ -821,6 +821,10 @@ export class RequestFlow {
 
   /** Picks a backend and starts an attempt. */
   private dispatch(flow: Flow): 'started' | 'saturated' | 'failed' {
+    // The app answered it already (a pipelined request its timeout answered before its
+    // turn: Express wrote the 503 into a response without a socket), or will
+    // (appAnswers): from the start, out of the saturation queue or on a retry alike.
+    if (flow.res.headersSent || this.appAnswers(flow)) return 'failed';
     const c = this.core;
     if (c.closed) {
       this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
@@ -1181,15 +1185,15 @@ export class RequestFlow {
       flow.proxyReq.shouldKeepAlive = false;
     const nowMs = c.now();
     // Overload is not failure: a 503 with Retry-After (RFC 9110 §15.6.4: "temporary
-    // overload"; trackRequests() answers so when its queue is full), a 429 with Retry-After
-    // (RFC 6585 §4; how concurrency limiters and Kubernetes' API priority and fairness
-    // shed), or a 503/429 while the backend's fresh report says it is saturated, lowers its
-    // share through the load estimate and never counts toward ejection. Ejecting it would
-    // move its load onto the others, who are as full: measured, 2× overload ejected a
-    // backend within 2 s. A 429 + Retry-After taken for a success made the refusing
-    // backend look fastest: it drew 92% of a load test's requests while another sat idle.
+    // overload"; trackRequests() answers so when its queue is full), or a 503/429 while the
+    // backend's fresh report says it is saturated, lowers its share through the load
+    // estimate and never counts toward ejection. Ejecting it would move its load onto the
+    // others, who are as full: measured, 2× overload ejected a backend within 2 s. Not a
+    // 429 with Retry-After alone: most are a per-client rate limit (RFC 6585 §4), and one
+    // client's 429s then penalised the backend with the least of everyone else's traffic,
+    // which got less still: 95-97% of the other clients' requests went to one backend.
     flow.overloaded =
-      ((status === 503 || status === 429) && proxyRes.headers['retry-after'] !== undefined) ||
+      (status === 503 && proxyRes.headers['retry-after'] !== undefined) ||
       ((status === 503 || status === 429) && backend.load.reportSaturated(nowMs));
     const failed = !flow.overloaded && status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
@@ -1432,6 +1436,9 @@ export class RequestFlow {
       logFailure('cut', ' mid-response; connection cut');
       return void res2.destroy();
     }
+    // The app's timeout answers it (appAnswers): neither a retry nor an answer of ours.
+    if (timeoutAnswered(flow.req))
+      return logFailure('app-answers', '; the app answers it (its timeout ran out)');
     if (stale) {
       flow.staleRetried = true;
       // The pool's other idle connections are older than this one (LIFO): closed, so the
@@ -1962,6 +1969,11 @@ const idleSweeps = new WeakSet<Server>();
  * answer). Kept alive, the client's next request on it was never answered
  * and was reset when keepAliveTimeout ran out.
  */
+/** connect-timeout's 503 is on its way to next(err): see RequestFlow.appAnswers. */
+function timeoutAnswered(req: IncomingMessage): boolean {
+  return (req as { timedout?: unknown }).timedout === true && req.listenerCount('timeout') > 0;
+}
+
 /** The request has a body and not all of it has arrived (framing not yet checked). */
 function bodyStillComing(req: IncomingMessage): boolean {
   if (req.complete) return false;
