@@ -259,6 +259,60 @@ describe('trackRequests', () => {
     }
   });
 
+  it("does not count its own 503s that the connection's close kept from going out as clients gone", async () => {
+    const tracker = trackRequests({ concurrencyLimit: 1, maxQueue: 0 });
+    const server = await listen((req, res) =>
+      tracker(req, res, () => setTimeout(() => res.end('ok'), 20)),
+    );
+    const { hostname, port } = new URL(server.url);
+    const socket = connect(Number(port), hostname);
+    socket.on('error', () => undefined);
+    let received = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => (received += d));
+    try {
+      socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(3));
+      await until(() => tracker.snapshot().completed === 3, 5_000, 'three completions');
+      // The second got the 503 (`Connection: close`) and the third never went out: the
+      // tracker ended the connection, the client did not leave. Before: aborted 1.
+      expect(received.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 503']);
+      expect(tracker.snapshot()).toMatchObject({ rejected: 2, aborted: 0, inFlight: 0 });
+    } finally {
+      socket.destroy();
+      tracker.close();
+      await server.close();
+    }
+  });
+
+  it('gives back the slot of a client that left while middleware before it ran', async () => {
+    // An async step before the tracker (a token lookup): the client is gone when the
+    // tracker runs, and Node had emitted the response's 'close' already.
+    const tracker = trackRequests({ concurrencyLimit: 1, queueTimeoutMs: 2_000 });
+    const app = express();
+    const gate: Array<() => void> = [];
+    app.use((_req, _res, next) => void gate.push(next));
+    app.use(tracker);
+    app.get('/item', (_req, res) => void res.send('ok'));
+    const server = await listen(app);
+    try {
+      const gone = fire(`${server.url}/item`);
+      await until(() => gate.length === 1);
+      gone.abort();
+      await new Promise((r) => setTimeout(r, 50));
+      gate.shift()!();
+      // Before: inFlight 1 for good, and every later request waited queueTimeoutMs for a 503.
+      await until(() => tracker.snapshot().inFlight === 0, 5_000, 'the slot given back');
+      expect(tracker.snapshot().aborted).toBe(1);
+      const next = fire(`${server.url}/item`);
+      await until(() => gate.length === 1);
+      gate.shift()!();
+      expect((await next.done)?.status).toBe(200);
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
   /** Two pipelined GETs on one raw connection: the second's response waits behind the first's. */
   async function pipelined(url: string, a: string, b: string): Promise<Socket> {
     const { hostname, port } = new URL(url);
@@ -649,7 +703,16 @@ describe('trackRequests', () => {
     [{ windowMs: 150 }, 'windowMs'],
     [{ exposePath: 'stats' }, 'exposePath'],
     [{ bypassPaths: ['healthz'] }, 'bypassPaths'],
-  ] as [TrackRequestsOptions, string][])('rejects %j naming %s', (opts, name) => {
+    // A timer past 2^31-1 ms fires after 1 ms: every waiter timed out at once.
+    [{ concurrencyLimit: 1, queueTimeoutMs: 2 ** 31 }, 'queueTimeoutMs'],
+    [{ queueTimeoutMs: 1_000 }, 'queueTimeoutMs'],
+    // A misspelt name was no limit at all; a flag as a string was false.
+    [{ concurencyLimit: 8 }, 'concurencyLimit (did you mean concurrencyLimit?)'],
+    [{ exposeToRemote: 'true' }, 'exposeToRemote'],
+    [{ bypassPaths: '/healthz' }, 'bypassPaths'],
+    [{ now: 5 }, 'now'],
+    [null, 'options'],
+  ] as unknown as [TrackRequestsOptions, string][])('rejects %j naming %s', (opts, name) => {
     let err: unknown;
     try {
       trackRequests(opts);
