@@ -14,6 +14,7 @@
 import { once } from 'node:events';
 import { connect } from 'node:net';
 import timeout from 'connect-timeout';
+import type { Express } from 'express';
 import WebSocket from 'ws';
 import {
   routeUpgrades,
@@ -40,12 +41,14 @@ async function gateway(
   ms: number,
   opts: Partial<LoadBalanceOptions> = {},
   timeoutOptions: timeout.TimeoutOptions = {},
+  before: (app: Express) => void = () => undefined,
 ): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
   const gw = await expressGateway(url, opts, (app, lb, server) => {
     const withTimeout = timeout(ms, timeoutOptions);
     app.use((req, res, next) =>
       req.url.startsWith('/no-timeout') ? next() : withTimeout(req, res, next),
     );
+    before(app);
     app.use(lb);
     server.on('upgrade', routeUpgrades(app));
   });
@@ -118,11 +121,18 @@ it("a WebSocket routed through the app outlives the app's timeout", async () => 
   expect(await echo('two')).toBe('echo two');
 });
 
-it('with respond: false (nobody answers for the balancer) a request past the timeout is proxied as before', async () => {
+it('with respond: false (nobody answers for the balancer), beside a listener of the app, a request past the timeout is proxied as before', async () => {
   const backend = await startBackend('b', (_req, res) => void setTimeout(() => res.end('ok'), 400));
   servers.push(backend);
-  const gw = await gateway(backend.url, 150, {}, { respond: false });
-  // The fix before this one left every such request unanswered for good.
+  const gw = await gateway(backend.url, 150, {}, { respond: false }, (app) =>
+    // The app's own 'timeout' listener, which answers nothing: only logs.
+    app.use((req, _res, next) => {
+      req.setTimeout(120_000, () => undefined);
+      next();
+    }),
+  );
+  // The fix before this one left every such request unanswered for good (with any
+  // 'timeout' listener on the request, taken for connect-timeout's responder).
   const r = await fetch(`${gw.url}/slow`);
   expect([r.status, await r.text()]).toEqual([200, 'ok']);
 });

@@ -1969,10 +1969,21 @@ const idleSweeps = new WeakSet<Server>();
  * answer). Kept alive, the client's next request on it was never answered
  * and was reset when keepAliveTimeout ran out.
  */
-/** connect-timeout's 503 is on its way to next(err): see RequestFlow.appAnswers. */
+/**
+ * connect-timeout's 503 is on its way to next(err): see RequestFlow.appAnswers. Its
+ * responder (respond: true) among the request's 'timeout' listeners, not any listener: an
+ * app's own (`req.setTimeout(ms, log)` beside `respond: false`) answers nothing, and the
+ * request waited for an answer that never came. Read only once `req.timedout` is set.
+ */
 function timeoutAnswered(req: IncomingMessage): boolean {
-  return (req as { timedout?: unknown }).timedout === true && req.listenerCount('timeout') > 0;
+  if ((req as { timedout?: unknown }).timedout !== true) return false;
+  return req.listeners('timeout').some(isConnectTimeoutResponder);
 }
+
+/** connect-timeout's onTimeout() listener, by the error it passes on (its code since 1.0). */
+// eslint-disable-next-line @typescript-eslint/no-unsafe-function-type -- what EventEmitter.listeners() returns
+const isConnectTimeoutResponder = (listener: Function): boolean =>
+  Function.prototype.toString.call(listener).includes('Response timeout');
 
 /** The request has a body and not all of it has arrived (framing not yet checked). */
 function bodyStillComing(req: IncomingMessage): boolean {

@@ -443,6 +443,17 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     // Counted once: passed again (the tracker on the app and on a router), a request
     // queued behind the slot it held itself, and counted twice as a completion.
     seen.add(req);
+    if (res.closed || res.writableEnded) {
+      // Over before the tracker ran: answered by middleware before it that still called
+      // next() (nothing to count), or its client left while that middleware ran (an async
+      // auth step): aborted, and never run. Run, its handlers took no slot, so clients that
+      // sent and left ran without the limit while the agent reported nothing in flight.
+      if (!res.writableFinished) {
+        completed++;
+        aborted++;
+      }
+      return;
+    }
     res.once('finish', markFinished);
     const arrivedMs = now();
     // One 'close' listener accounts for every tracked request, whether it ran,
