@@ -108,12 +108,17 @@ describe('embedded broker bounds', () => {
       expect(await Promise.race([closed, synced])).toBe(true);
       const sub = await client(own.url);
       let kept = 0;
-      const done = new Promise<void>((resolve) =>
-        sub.on('message', (t) => (t === 'tiny/done' ? resolve() : void kept++)),
-      );
+      sub.on('message', () => void kept++);
       await sub.subscribeAsync('tiny/#', { qos: 1 });
-      await sub.publishAsync('tiny/done', 'x', { qos: 1 });
-      await done;
+      // The broker streams the retained messages after the SUBACK, and a message published
+      // meanwhile may overtake them (a marker published after the subscription came with
+      // 79 of them delivered, on a loaded machine): counted until the count holds still.
+      let last = -1;
+      for (let quiet = 0; quiet < 3;) {
+        await new Promise((r) => setTimeout(r, 100));
+        quiet = kept === last ? quiet + 1 : 0;
+        last = kept;
+      }
       expect(kept).toBeGreaterThan(150);
       expect(kept).toBeLessThanOrEqual(Math.floor((256 * 1024) / (1 + 406 + 1024)));
       await end(sub);
