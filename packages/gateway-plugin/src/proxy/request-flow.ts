@@ -1960,16 +1960,6 @@ function closeIdleConnections(server: Server): void {
 const idleSweeps = new WeakSet<Server>();
 
 /**
- * An answer of the gateway's own while the request body is still coming (a
- * streamed upload the backend failed, reset or timed out on): the rest of
- * the body will not be read, since the body pump stopped with its source
- * paused and Node discards only a body nobody started reading, so the
- * connection cannot carry another request. The answer says `close` and the
- * connection closes after it (as relayHead does for a backend's early
- * answer). Kept alive, the client's next request on it was never answered
- * and was reset when keepAliveTimeout ran out.
- */
-/**
  * connect-timeout's 503 is on its way to next(err): see RequestFlow.appAnswers. Its
  * responder (respond: true) among the request's 'timeout' listeners, not any listener: an
  * app's own (`req.setTimeout(ms, log)` beside `respond: false`) answers nothing, and the
@@ -1985,6 +1975,16 @@ function timeoutAnswered(req: IncomingMessage): boolean {
 const isConnectTimeoutResponder = (listener: Function): boolean =>
   Function.prototype.toString.call(listener).includes('Response timeout');
 
+/**
+ * An answer of the gateway's own while the request body is still coming (a
+ * streamed upload the backend failed, reset or timed out on): the rest of
+ * the body will not be read, since the body pump stopped with its source
+ * paused and Node discards only a body nobody started reading, so the
+ * connection cannot carry another request. The answer says `close` and the
+ * connection closes after it (as relayHead does for a backend's early
+ * answer). Kept alive, the client's next request on it was never answered
+ * and was reset when keepAliveTimeout ran out.
+ */
 /** The request has a body and not all of it has arrived (framing not yet checked). */
 function bodyStillComing(req: IncomingMessage): boolean {
   if (req.complete) return false;
