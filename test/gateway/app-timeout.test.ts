@@ -56,6 +56,27 @@ async function gateway(
   return gw;
 }
 
+/** A backend that records each request's method and path, and answers `slowPath` after `ms`. */
+async function recordingBackend(slowPath: string, ms: number) {
+  const seen: string[] = [];
+  const backend = await startBackend('b', (req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    setTimeout(() => res.end('ok'), req.url === slowPath ? ms : 0);
+  });
+  servers.push(backend);
+  return { backend, seen };
+}
+
+/** A raw connection to `port`, closed after the test; `received()` is what came back. */
+function rawClient(port: number) {
+  const socket = connect(port, '127.0.0.1');
+  servers.push({ close: async () => void socket.destroy() });
+  let received = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => (received += d));
+  return { socket, received: () => received };
+}
+
 /** A POST's head and the first bytes of its body on a raw socket; collects what comes back. */
 function startPost(port: number, path: string) {
   const socket = connect(port, '127.0.0.1');
@@ -138,24 +159,15 @@ it('with respond: false (nobody answers for the balancer), beside a listener of 
 });
 
 it('a pipelined request the app answered 503 while it waited its turn is not sent to a backend', async () => {
-  const seen: string[] = [];
-  const backend = await startBackend('b', (req, res) => {
-    seen.push(`${req.method} ${req.url}`);
-    setTimeout(() => res.end('ok'), req.url === '/no-timeout/first' ? 500 : 0);
-  });
-  servers.push(backend);
+  const { backend, seen } = await recordingBackend('/no-timeout/first', 500);
   const gw = await gateway(backend.url, 200);
-  const socket = connect(gw.port, '127.0.0.1');
-  servers.push({ close: async () => void socket.destroy() });
-  let received = '';
-  socket.setEncoding('latin1');
-  socket.on('data', (d: string) => (received += d));
+  const { socket, received } = rawClient(gw.port);
   socket.write(
     'GET /no-timeout/first HTTP/1.1\r\nHost: a\r\n\r\n' +
       'POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi',
   );
-  await eventually(() => (received.match(/HTTP\/1\.1 /g) ?? []).length === 2, 5_000, 'two answers');
-  expect(received.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 503']);
+  await eventually(() => (received().match(/HTTP\/1\.1 /g) ?? []).length === 2, 5_000, 'answers');
+  expect(received().match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 503']);
   await new Promise((r) => setTimeout(r, 200));
   // Before: the POST reached the backend after its 503 (Express had written it into the
   // response that had no socket yet).
@@ -163,30 +175,21 @@ it('a pipelined request the app answered 503 while it waited its turn is not sen
 });
 
 it('a request the app answered 503 while it waited in the saturation queue is not sent to a backend', async () => {
-  const seen: string[] = [];
-  const backend = await startBackend('b', (req, res) => {
-    seen.push(`${req.method} ${req.url}`);
-    setTimeout(() => res.end('ok'), req.url === '/no-timeout/busy' ? 600 : 0);
-  });
-  servers.push(backend);
+  const { backend, seen } = await recordingBackend('/no-timeout/busy', 600);
   const gw = await gateway(backend.url, 200, { saturation: { maxInFlightPerBackend: 1 } });
   const busy = fetch(`${gw.url}/no-timeout/busy`);
   await eventually(() => seen.length === 1, 5_000, 'the backend busy');
   // Past requestBuffering's 64 KiB: queued with the rest of its body still to come, which
   // comes after the slot freed (600 ms), so the final handler still waits for it then.
-  const socket = connect(gw.port, '127.0.0.1');
-  servers.push({ close: async () => void socket.destroy() });
-  let received = '';
-  socket.setEncoding('latin1');
-  socket.on('data', (d: string) => (received += d));
+  const { socket, received } = rawClient(gw.port);
   socket.write(
     `POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(70_000)}`,
   );
   expect(await (await busy).text()).toBe('ok');
   await new Promise((r) => setTimeout(r, 200));
   socket.write('y'.repeat(30_000));
-  await eventually(() => received.includes('\r\n\r\n'), 5_000, 'an answer');
-  expect(received).toMatch(/^HTTP\/1\.1 503 /);
+  await eventually(() => received().includes('\r\n\r\n'), 5_000, 'an answer');
+  expect(received()).toMatch(/^HTTP\/1\.1 503 /);
   await new Promise((r) => setTimeout(r, 200));
   // Before: dispatched out of the queue once the slot freed, after the client's 503.
   expect(seen).toEqual(['GET /no-timeout/busy']);
