@@ -12,7 +12,7 @@ import {
   type ProtocolErrorCode,
   type RegistrationMessage,
 } from '@loadwise/protocol';
-import { GatewayError, type DropReason } from './errors';
+import { GatewayError, shown, type DropReason } from './errors';
 import { BalancerEmitter, type BalancerEvents } from './events';
 import type { BalancerHandle } from './handle';
 import { DrainRate } from './admission/drain-rate';
@@ -29,7 +29,7 @@ import {
   type BalancerSnapshot,
   type GatewayMetrics,
 } from './observability';
-import { backendUrl, closeOptions, readyOptions } from './options-validate';
+import { checkBackendUrl, closeOptions, readyOptions } from './options-validate';
 import {
   DEFAULT_CLOSE_GRACE_MS,
   DEFAULT_READY_TIMEOUT_MS,
@@ -706,14 +706,9 @@ export class Balancer implements BalancerHandle, FlowHost {
       if (other && existing) existing.refusedEpochMs = message.epochMs;
       this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
     };
-    let url: URL;
-    try {
-      url = backendUrl('registration url', message.url);
-    } catch (err) {
-      // Which rule (not http(s), port 0), with the url as sent (cut at 80 characters).
-      const { code, message: why } = err as GatewayError;
-      return reject(why.slice(code.length + 2));
-    }
+    const url = checkBackendUrl(message.url);
+    // Which rule (not http(s), port 0), with the url as sent (cut at 80 characters).
+    if (typeof url === 'string') return reject(`registration url ${shown(message.url)}: ${url}`);
     const host = url.hostname.replace(/^\[|\]$/g, '');
     const family = isIP(host);
     // IP literals only: a name would be resolved later, outside the check.

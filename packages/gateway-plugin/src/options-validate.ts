@@ -133,6 +133,14 @@ const orFalse = <S extends v.GenericSchema>(section: S) =>
 
 /** Parses a backend URL; used for configured and for discovered backends. */
 export function backendUrl(name: string, x: unknown): URL {
+  const checked = checkBackendUrl(x);
+  if (typeof checked === 'string')
+    throw new GatewayError('LW_GW_INVALID_BACKEND_URL', `${name} ${shown(x)}: ${checked}`);
+  return checked;
+}
+
+/** A backend URL parsed, or what is wrong with it (the rule it breaks). */
+export function checkBackendUrl(x: unknown): URL | string {
   const url = parseUrl(x);
   if (
     !url ||
@@ -141,20 +149,11 @@ export function backendUrl(name: string, x: unknown): URL {
     url.password ||
     url.search ||
     url.hash
-  ) {
-    throw new GatewayError(
-      'LW_GW_INVALID_BACKEND_URL',
-      `${name} ${shown(x)}: expected http(s)://host[:port][/path]`,
-    );
-  }
+  )
+    return 'expected http(s)://host[:port][/path]';
   // No server listens on port 0 (a listener asking for it gets some free port instead), so
   // such a backend could never be reached; a registration for one was admitted.
-  if (url.port === '0') {
-    throw new GatewayError(
-      'LW_GW_INVALID_BACKEND_URL',
-      `${name} ${shown(x)}: port 0 is no server's port`,
-    );
-  }
+  if (url.port === '0') return "port 0 is no server's port";
   return url;
 }
 

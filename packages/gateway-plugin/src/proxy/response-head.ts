@@ -85,9 +85,9 @@ function relayedCodings(value: string | string[]): string | undefined {
     .filter((c) => c !== '');
   // Ending in chunked, Node has taken one chunked off: the codings before it stay, chunked
   // once after them (a repeated chunked at the end, `gzip, chunked, chunked`, is that one
-  // chunked said twice: the gzip stays). `chunked, chunked` (two Transfer-Encoding lines of a body chunked
-  // once) went out as it came, over a body the gateway chunked once: RFC 9112 §6.1
-  // allows chunked once, and a strict client refused the answer.
+  // chunked said twice: the gzip stays). `chunked, chunked` (two Transfer-Encoding lines
+  // of a body chunked once) went out as it came, over a body the gateway chunked once:
+  // RFC 9112 §6.1 allows chunked once, and a strict client refused the answer.
   if (endsChunked(value)) while (codings.at(-1) === 'chunked') codings.pop();
   if (codings.some((c) => c === 'chunked' || c === 'identity')) return undefined;
   return codings.length === 0 ? 'chunked' : `${codings.join(', ')}, chunked`;
@@ -182,7 +182,7 @@ export function writeResponseHead(
       named?.has(name)
     )
       continue;
-    if (name === 'transfer-encoding' && !(endsChunked(value) && value === 'chunked')) {
+    if (name === 'transfer-encoding' && value !== 'chunked') {
       const codings = relayedCodings(value);
       if (codings !== undefined) {
         if (merge) res.setHeader(name, codings);

@@ -223,7 +223,6 @@ export class UpgradeFlow {
       retries: 0,
       stopReading: undefined,
       proxyReq: undefined,
-      responded: false,
       answer: undefined,
       staleRetried: false,
     });
@@ -280,7 +279,6 @@ export class UpgradeFlow {
     if (attempt) {
       attempt.stopReading = stopReading;
       attempt.proxyReq = proxyReq;
-      attempt.responded = false;
       attempt.answer = undefined;
     }
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
@@ -311,10 +309,7 @@ export class UpgradeFlow {
     };
     proxyReq.once('response', (res: IncomingMessage) => {
       settled();
-      if (attempt) {
-        attempt.responded = true;
-        attempt.answer = res;
-      }
+      if (attempt) attempt.answer = res;
       stopReading(false);
       // Node's agent then closes the socket when this non-101 answer ends, instead of
       // freeing it to the pool. (Set here: writing the head, `Connection: Upgrade`, set it.)
@@ -533,7 +528,7 @@ export class UpgradeFlow {
    */
   private staleConnection(err: Error, req: IncomingMessage): boolean {
     const attempt = this.attempts.get(req);
-    if (!attempt || this.upgraded.has(req) || attempt.responded || attempt.staleRetried)
+    if (!attempt || this.upgraded.has(req) || attempt.answer !== undefined || attempt.staleRetried)
       return false;
     return resetOnPooledConnection(err, attempt.proxyReq);
   }
@@ -553,10 +548,9 @@ interface UpgradeAttempt {
   retries: number;
   /** Ends the current attempt's reading of the client socket (readUntilAnswer). */
   stopReading: ((keep: boolean) => void) | undefined;
-  /** The current attempt's backend request, and whether it has an answer (not a 101). */
+  /** The current attempt's backend request. */
   proxyReq: ClientRequest | undefined;
-  responded: boolean;
-  /** That answer (its body piped to the client by http-proxy), once its head came. */
+  /** Its answer, not a 101 (its body piped to the client by http-proxy), once its head came. */
   answer: IncomingMessage | undefined;
   /** It went again after a pooled connection the backend had closed (retriedStale): once. */
   staleRetried: boolean;
