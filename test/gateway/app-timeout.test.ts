@@ -5,7 +5,8 @@
  * balancer leaves the answer to the app from then on:
  * - a body that stalled: the balancer's 408 came first, and the final
  *   handler's write threw ERR_HTTP_HEADERS_SENT outside any handler (the
- *   process exited);
+ *   process exited); also when a socket timeout, not connect-timeout's timer,
+ *   set its responder off;
  * - a body that ended after the timeout: the POST went to a backend for a
  *   client answered 503 on the same event;
  * - a WebSocket routed through the app (routeUpgrades): the timeout's 503
@@ -94,6 +95,26 @@ it("a body that stalls past the app's timeout: the connection closes, no answer 
   const gw = await gateway(backend.url, 100, { clientBodyTimeoutMs: 400 });
   const post = startPost(gw.port, '/stall');
   // Before: the balancer's 408 at 400 ms, then the final handler's deferred write threw
+  // ERR_HTTP_HEADERS_SENT (an uncaught exception: this test process ended).
+  await post.closed;
+  expect(post.received()).toBe('');
+  await eventually(() => gw.lb.balancer.snapshot().inFlight === 0, 5_000, 'the flow ended');
+});
+
+it("a body that stalls past a socket timeout the app's timeout answers: the connection closes, no answer of the balancer's, no crash", async () => {
+  const backend = await startBackend('b');
+  servers.push(backend);
+  // connect-timeout's own timer is far off; the request's socket times out first, which
+  // emits 'timeout' on the unfinished request: connect-timeout's responder passes its 503
+  // on, without setting req.timedout.
+  const gw = await gateway(backend.url, 60_000, { clientBodyTimeoutMs: 500 }, {}, (app) =>
+    app.use((req, _res, next) => {
+      req.setTimeout(150);
+      next();
+    }),
+  );
+  const post = startPost(gw.port, '/stall');
+  // Before: the balancer's 408 at 500 ms, then the final handler's deferred write threw
   // ERR_HTTP_HEADERS_SENT (an uncaught exception: this test process ended).
   await post.closed;
   expect(post.received()).toBe('');

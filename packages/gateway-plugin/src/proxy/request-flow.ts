@@ -485,6 +485,10 @@ export class RequestFlow {
       if (!res.writableEnded) res.destroy();
       return;
     }
+    // A 'timeout' emitted on the request by its socket (the server's or the app's
+    // setTimeout) rather than connect-timeout's timer: no `req.timedout`, but its
+    // responder has passed its 503 on all the same (timeoutAnswered).
+    if (req.listenerCount('timeout') > 0) req.once('timeout', () => timeoutEmitted.add(req));
     const server = serverOf(req);
     if (server !== this.lastServer && server) this.noteServer(server);
     if (c.closed) {
@@ -1057,7 +1061,11 @@ export class RequestFlow {
     if (this.appAnswers(flow)) {
       // The final handler waits for a body that stalled: the connection closes, and its
       // write goes nowhere (no answer of the balancer's to collide with).
-      this.count(flow.req, 'LW_GW_BODY_TIMEOUT', `${detail}; the app answers (req.timedout)`);
+      this.count(
+        flow.req,
+        'LW_GW_BODY_TIMEOUT',
+        `${detail}; the app answers (its timeout ran out)`,
+      );
       return void flow.req.socket.destroy();
     }
     // Still reading it before dispatch: no backend has it, and what comes is not kept.
@@ -1959,14 +1967,21 @@ function closeIdleConnections(server: Server): void {
 /** Servers with a closeWhenIdle sweep queued for this loop turn. */
 const idleSweeps = new WeakSet<Server>();
 
+/** Requests that emitted 'timeout' after the balancer saw them (RequestFlow.handle). */
+const timeoutEmitted = new WeakSet<IncomingMessage>();
+
 /**
  * connect-timeout's 503 is on its way to next(err): see RequestFlow.appAnswers. Its
  * responder (respond: true) among the request's 'timeout' listeners, not any listener: an
  * app's own (`req.setTimeout(ms, log)` beside `respond: false`) answers nothing, and the
- * request waited for an answer that never came. Read only once `req.timedout` is set.
+ * request waited for an answer that never came. Read only once the request has timed out:
+ * `req.timedout` (connect-timeout's timer), or a 'timeout' its socket emitted on it (a
+ * server or request `setTimeout` shorter than the app's: the responder listens to the
+ * event, whoever emits it, and the balancer's 408 for the stalled body then went before
+ * the final handler's write, which threw ERR_HTTP_HEADERS_SENT and ended the process).
  */
 function timeoutAnswered(req: IncomingMessage): boolean {
-  if ((req as { timedout?: unknown }).timedout !== true) return false;
+  if ((req as { timedout?: unknown }).timedout !== true && !timeoutEmitted.has(req)) return false;
   return req.listeners('timeout').some(isConnectTimeoutResponder);
 }
 
