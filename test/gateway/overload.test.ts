@@ -1,10 +1,12 @@
 /**
  * Overload is not failure (README failure semantics: "backend reports
  * overload: its share falls; it is not ejected"). A backend that answers 503
- * with Retry-After (trackRequests() does when its queue is full), or 503/429
- * while its fresh report says every slot is busy and requests wait, is never
- * ejected; its share falls through the load estimate. A plain 503 from a
- * backend that does not say it is full still counts as a failure.
+ * with Retry-After (trackRequests() does when its queue is full), a 429 with
+ * Retry-After and no rate-limit headers, or 503/429 while its fresh report
+ * says every slot is busy and requests wait, is never ejected; its share falls
+ * through the load estimate. A plain 503 from a backend that does not say it
+ * is full still counts as a failure; a 429 with rate-limit headers is a
+ * client's quota, neither overload nor a service time.
  */
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
@@ -13,9 +15,16 @@ import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
-function answer(res: ServerResponse, id: string, status: number, retryAfter?: string): void {
+function answer(
+  res: ServerResponse,
+  id: string,
+  status: number,
+  retryAfter?: string,
+  headers: Record<string, string> = {},
+): void {
   res.statusCode = status;
   if (retryAfter !== undefined) res.setHeader('retry-after', retryAfter);
+  for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
   res.end(JSON.stringify({ id }));
 }
 
@@ -24,19 +33,21 @@ describe('overload is not failure', () => {
   let full: TestServer;
   let broken: TestServer;
   let busy429: TestServer;
+  let shedding: TestServer;
   let gw: TestGateway | undefined;
   beforeAll(async () => {
     ok = await startBackend('ok');
     full = await startBackend('full', (_req, res) => answer(res, 'full', 503, '1'));
     broken = await startBackend('broken', (_req, res) => answer(res, 'broken', 503));
     busy429 = await startBackend('busy', (_req, res) => answer(res, 'busy', 429));
+    shedding = await startBackend('full', (_req, res) => answer(res, 'full', 429, '1'));
   });
   afterEach(async () => {
     await gw?.close();
     gw = undefined;
   });
   afterAll(async () => {
-    for (const s of [ok, full, broken, busy429]) await s.close();
+    for (const s of [ok, full, broken, busy429, shedding]) await s.close();
   });
 
   const ejections = (g: TestGateway, id: string): number =>
@@ -68,24 +79,63 @@ describe('overload is not failure', () => {
     expect(gw.lb.balancer.snapshot().backends.find((b) => b.id === 'full')!.state).toBe('healthy');
   });
 
-  it("the overloaded backend's share falls (load-aware)", async () => {
-    gw = await startLocalGateway({
-      backends: [
-        { id: 'ok', url: ok.url },
-        { id: 'full', url: full.url },
-      ],
-      outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
-    });
-    const served = new Map<string, number>();
-    for (let i = 0; i < 60; i++) {
-      const id = (await send(`${gw.url}/`)).json<{ id: string }>().id;
-      served.set(id, (served.get(id) ?? 0) + 1);
-    }
-    expect(ejections(gw, 'full')).toBe(0);
-    // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth.
-    expect(served.get('full') ?? 0).toBeGreaterThan(0);
-    expect(served.get('full') ?? 0).toBeLessThan(15);
-  });
+  // A 429 with Retry-After and no rate-limit headers is a concurrency limiter shedding its
+  // excess. Taken for a fast success, it made the refusing backend the least loaded: 97% of
+  // a load test's requests got 429 while another backend had room.
+  it.each([503, 429])(
+    "the overloaded backend's share falls (load-aware; %i + Retry-After)",
+    async (status) => {
+      gw = await startLocalGateway({
+        backends: [
+          { id: 'ok', url: ok.url },
+          { id: 'full', url: (status === 503 ? full : shedding).url },
+        ],
+        outlier: { consecutiveFailures: 3, baseEjectionMs: 60_000, maxEjectionPercent: 100 },
+      });
+      const served = new Map<string, number>();
+      for (let i = 0; i < 60; i++) {
+        const id = (await send(`${gw.url}/`)).json<{ id: string }>().id;
+        served.set(id, (served.get(id) ?? 0) + 1);
+      }
+      expect(ejections(gw, 'full')).toBe(0);
+      // Equal backends would split 60 requests about 30/30; "full" keeps a probe's worth.
+      expect(served.get('full') ?? 0).toBeGreaterThan(0);
+      expect(served.get('full') ?? 0).toBeLessThan(15);
+    },
+  );
+
+  it.each([
+    ['X-RateLimit-*', { 'x-ratelimit-limit': '20', 'x-ratelimit-remaining': '0' }],
+    ['RateLimit', { ratelimit: 'limit=20, remaining=0, reset=1' }],
+  ])(
+    "a 429 with %s headers is a client's quota, not overload: no penalty, and its instant answer is no service time",
+    async (_name, headers) => {
+      // The one backend answers one client 429 at once, everyone else in 40 ms.
+      const quota = await startBackend('quota', (req, res) => {
+        if (req.headers['x-client'] === 'greedy') return answer(res, 'quota', 429, '1', headers);
+        setTimeout(() => answer(res, 'quota', 200), 40);
+      });
+      try {
+        gw = await startLocalGateway({ backends: [{ id: 'quota', url: quota.url }] });
+        for (let i = 0; i < 3; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
+        // One every 50 ms for 2 s: twice the service time's time constant (serviceDecayMs).
+        for (let i = 0; i < 40; i++) {
+          const r = await send(`${gw.url}/`, { headers: { 'x-client': 'greedy' } });
+          expect(r.status).toBe(429);
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        const b = gw.lb.balancer.snapshot().backends[0]!;
+        // Timed as successes, those answers of about a millisecond took the service time to a
+        // few ms; counted as overload, the greedy client's 429s would have pushed everyone
+        // else's traffic away (×4.8 after 30 in a row). The wait stays the service time.
+        expect(b.expectedWaitMs).toBeGreaterThanOrEqual(30);
+        expect(b.expectedWaitMs).toBeLessThan(80);
+        expect(b.ejections).toBe(0);
+      } finally {
+        await quota.close();
+      }
+    },
+  );
 
   it('503 or 429 without Retry-After count as overload while the report says it is full', async () => {
     const key: SigningKey = { keyId: 'k1', secret: randomBytes(32) };

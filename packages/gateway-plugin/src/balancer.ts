@@ -1009,9 +1009,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     ok: boolean,
     overloaded: boolean,
     cancelled: boolean,
+    refused = false,
   ): void {
     if (cancelled) backend.load.onRequestCancel(nowMs);
-    else backend.load.onRequestEnd(nowMs, latencyMs, ok, overloaded);
+    else backend.load.onRequestEnd(nowMs, latencyMs, ok, overloaded, refused);
     if (ok && !cancelled) backend.lastAnsweredAtMs = nowMs;
     this.drainRate.onCompletion();
     // A slot freed: let the oldest waiter go.

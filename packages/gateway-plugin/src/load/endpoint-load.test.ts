@@ -257,6 +257,28 @@ describe('createEndpointLoad: overloaded answers (503 + Retry-After)', () => {
   });
 });
 
+describe('createEndpointLoad: refused answers (a 429 that is not overload)', () => {
+  it('never lower the service time, and count as neither error nor overload', () => {
+    const load = createEndpointLoad();
+    serve(load, 0, 40);
+    const before = load.snapshot(0);
+    // One every 100 ms for 3 s: three times the service time's time constant (1 s).
+    let t = 1;
+    for (let i = 0; i < 30; i++, t += 100) {
+      load.onRequestStart(t);
+      load.onRequestEnd(t, 1, true, false, true);
+    }
+    const after = load.snapshot(t);
+    // Timed as successes, such answers of 1 ms took the estimate to a few ms: the backend
+    // refusing work looked the quickest of the fleet.
+    expect(load.latencyMs(t)).toBeGreaterThanOrEqual(39);
+    expect(after.serviceTimeMs).toBeGreaterThanOrEqual(39);
+    expect(after.penaltyFactor).toBe(before.penaltyFactor);
+    expect(after.overload).toBe(0);
+    expect(load.inFlight).toBe(0);
+  });
+});
+
 describe('createEndpointLoad: the agent report', () => {
   it('detects hidden load: what the agent sees minus what this gateway had in flight', () => {
     const load = createEndpointLoad({ defaultCapacity: 4 });

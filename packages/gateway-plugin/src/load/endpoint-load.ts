@@ -162,11 +162,17 @@ class EndpointLoadEstimate implements LoadEstimate {
     this.sentSinceAnswer = 0;
   }
 
-  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean, overloaded = false): void {
+  onRequestEnd(
+    nowMs: number,
+    latencyMs: number,
+    ok: boolean,
+    overloaded = false,
+    refused = false,
+  ): void {
     const n = this.local.count;
     this.hidden.accumulate(nowMs, n);
     this.local.end();
-    if (ok && !overloaded) {
+    if (ok && !overloaded && !refused) {
       this.sentSinceAnswer = 0;
       this.completions.count++;
       this.times.observeLatency(nowMs, latencyMs);

@@ -103,9 +103,17 @@ export interface LoadEstimate extends EndpointLoad {
    * Retry-After, or a 503/429 while it reports itself saturated): the request
    * neither succeeded nor failed. It raises a bounded, decaying overload
    * signal that lowers the backend's share, leaves the error rate alone, and
-   * (like a failure) says nothing good about its speed.
+   * (like a failure) says nothing good about its speed. `refused`: answered but not
+   * served (a 429 that is not overload, such as a client's rate limit): a success for the
+   * error rate and the penalties, but its time, a refusal's, never lowers the service time.
    */
-  onRequestEnd(nowMs: number, latencyMs: number, ok: boolean, overloaded?: boolean): void;
+  onRequestEnd(
+    nowMs: number,
+    latencyMs: number,
+    ok: boolean,
+    overloaded?: boolean,
+    refused?: boolean,
+  ): void;
   watchInFlight(listener: () => void): () => void;
   snapshot(nowMs: number): LoadSnapshot;
   dispose(): void;

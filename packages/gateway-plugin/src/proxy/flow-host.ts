@@ -62,6 +62,8 @@ export interface FlowHost {
     ok: boolean,
     overloaded: boolean,
     cancelled: boolean,
+    /** Refused, not overloaded (a client's 429): see EndpointLoad.onRequestEnd. */
+    refused?: boolean,
   ): void;
   /** Too few healthy backends (panic), or every eligible one is in `tried`. */
   nothingLeftToTry(tried: ReadonlySet<Endpoint> | undefined): boolean;

@@ -135,6 +135,8 @@ interface Flow {
   responseOk: boolean;
   /** The backend answered "overloaded": neither success nor failure (see onProxyRes). */
   overloaded: boolean;
+  /** The backend refused it otherwise (a 429): its time is no service time (see onProxyRes). */
+  refused: boolean;
   queued: boolean;
   /** The request's place in the wait queue, while it waits. */
   waiter: Waiter | undefined;
@@ -360,6 +362,7 @@ function newFlow(
     reason: undefined,
     responseOk: true,
     overloaded: false,
+    refused: false,
     queued: false,
     waiter: undefined,
     pipelined: false,
@@ -899,6 +902,7 @@ export class RequestFlow {
     flow.responded = false;
     flow.answer = undefined;
     flow.overloaded = false;
+    flow.refused = false;
     flow.attemptStartMs = nowMs;
     flow.reason = reason;
     c.loops.mark(flow.headers, flow.via, backend.id);
@@ -1196,13 +1200,22 @@ export class RequestFlow {
     // overload"; trackRequests() answers so when its queue is full), or a 503/429 while the
     // backend's fresh report says it is saturated, lowers its share through the load
     // estimate and never counts toward ejection. Ejecting it would move its load onto the
-    // others, who are as full: measured, 2× overload ejected a backend within 2 s. Not a
-    // 429 with Retry-After alone: most are a per-client rate limit (RFC 6585 §4), and one
-    // client's 429s then penalised the backend with the least of everyone else's traffic,
-    // which got less still: 95-97% of the other clients' requests went to one backend.
+    // others, who are as full: measured, 2× overload ejected a backend within 2 s. A 429
+    // with Retry-After too (a concurrency limiter shedding the excess: one with room for 2
+    // requests took 97% of a load test's requests, nearly all refused), unless it carries
+    // rate-limit headers (`RateLimit*`, `X-RateLimit*`: express-rate-limit, Kong), which
+    // say a client's quota ran out (RFC 6585 §4): one client's 429s then penalised the
+    // backend with the least of everyone else's traffic, which got less still (95-97% of
+    // the other clients' requests on one backend).
+    const retryAfter = proxyRes.headers['retry-after'] !== undefined;
     flow.overloaded =
-      (status === 503 && proxyRes.headers['retry-after'] !== undefined) ||
+      (status === 503 && retryAfter) ||
+      (status === 429 && retryAfter && !hasRateLimitHeaders(proxyRes.headers)) ||
       ((status === 503 || status === 429) && backend.load.reportSaturated(nowMs));
+    // Any other 429 is a refusal, answered at once, not a service: timed as a fast success,
+    // it made the refusing backend look the quickest (a client's quota on three backends
+    // left one of them none of everyone else's requests).
+    flow.refused = status === 429 && !flow.overloaded;
     const failed = !flow.overloaded && status >= 500 && c.options.outlier.failOn5xx;
     flow.responseOk = !failed;
     flow.headMs = nowMs - flow.attemptStartMs;
@@ -1835,7 +1848,15 @@ export class RequestFlow {
       flow.responded && (flow.lane !== undefined || backendAnswer(flow)?.[ANSWER_HELD] === true)
         ? flow.headMs
         : nowMs - flow.attemptStartMs;
-    c.attemptEnded(flow.backend, nowMs, latencyMs, flow.responseOk, flow.overloaded, cancelled);
+    c.attemptEnded(
+      flow.backend,
+      nowMs,
+      latencyMs,
+      flow.responseOk,
+      flow.overloaded,
+      cancelled,
+      flow.refused,
+    );
   }
 
   /** Finishes `flow` when `socket` closes (a pipelined flow: see handle). */
@@ -1966,6 +1987,14 @@ function closeIdleConnections(server: Server): void {
 
 /** Servers with a closeWhenIdle sweep queued for this loop turn. */
 const idleSweeps = new WeakSet<Server>();
+
+/** A response header that describes a client's rate limit: `RateLimit*` or `X-RateLimit*`. */
+function hasRateLimitHeaders(headers: IncomingHttpHeaders): boolean {
+  for (const name in headers) {
+    if (name.startsWith('ratelimit') || name.startsWith('x-ratelimit')) return true;
+  }
+  return false;
+}
 
 /** Requests that emitted 'timeout' after the balancer saw them (RequestFlow.handle). */
 const timeoutEmitted = new WeakSet<IncomingMessage>();
