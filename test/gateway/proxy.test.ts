@@ -161,6 +161,28 @@ describe('proxying', () => {
     }
   });
 
+  it("sets the affinity cookie when the backend's Connection header names Set-Cookie", async () => {
+    const naming = await startBackend('n', (_req, res) => {
+      res.setHeader('connection', 'keep-alive, Set-Cookie');
+      res.setHeader('set-cookie', 'hop=1');
+      res.end('{"id":"n"}');
+    });
+    try {
+      gw = await startLocalGateway({
+        backends: [{ id: 'n', url: naming.url }],
+        strategy: 'consistent-hash',
+        affinity: { cookie: 'lw', setCookie: true },
+      });
+      const r = await send(`${gw.url}/`);
+      // Before: dropped with the backend's hop-by-hop cookie; no stickiness, ever.
+      expect(r.headers['set-cookie']).toEqual([
+        expect.stringMatching(/^lw=[A-Za-z0-9_-]+; Path=\/; HttpOnly; SameSite=Lax$/),
+      ]);
+    } finally {
+      await naming.close();
+    }
+  });
+
   it('marks the affinity cookie Secure when the client came over HTTPS (auto), or as told', async () => {
     const setCookieOf = async (
       { trust, cookieSecure }: { trust?: boolean; cookieSecure?: boolean },

@@ -39,7 +39,7 @@ import type { Backend } from '../registry/backend';
 import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
 import { BodyClock } from './body-clock';
 import { pumpBody } from './body-pump';
-import { writeResponseHead } from './response-head';
+import { namedByConnection, writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { LoopGuard } from './loop-guard';
 import { localAddressOf } from './listen-address';
@@ -1229,7 +1229,17 @@ export class RequestFlow {
       const secure = cookieIsSecure(aff.cookieSecure, flow.req, c.options.trustForwarded > 0);
       const cookie = affinityCookie(aff.cookie, flow.newCookie, aff.cookieMaxAgeSec ?? 0, secure);
       const existing = proxyRes.headers['set-cookie'];
-      proxyRes.headers['set-cookie'] = existing ? [...existing, cookie] : [cookie];
+      const connection = proxyRes.headers.connection;
+      if (namedByConnection(connection)?.has('set-cookie')) {
+        // The backend's `Connection` names Set-Cookie: its own cookies are hop-by-hop and
+        // stay here (response-head.ts), and the gateway's went with them, so every answer
+        // gave the client a new key and no stickiness. The name goes, and with it theirs.
+        proxyRes.headers.connection = connection!
+          .split(',')
+          .filter((token) => token.trim().toLowerCase() !== 'set-cookie')
+          .join(',');
+        proxyRes.headers['set-cookie'] = [cookie];
+      } else proxyRes.headers['set-cookie'] = existing ? [...existing, cookie] : [cookie];
     }
     // An idle backend mid-response is cut after requestTimeoutMs of silence.
     const proxyReq = flow.proxyReq;
