@@ -1261,7 +1261,8 @@ function listIds(backends: readonly Backend[]): string {
     : shown.join(', ');
 }
 
-function closedError(): GatewayError {
+/** What ready() rejects with once close() has begun. */
+export function closedError(): GatewayError {
   return new GatewayError('LW_GW_CLOSED', 'ready() on a balancer that is closing or closed');
 }
 

@@ -14,7 +14,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { Balancer } from './balancer';
+import { Balancer, closedError } from './balancer';
 import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
 import { metricsHandler, statusHandler, type HttpHandler } from './observability';
@@ -104,7 +104,12 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     ready: {
       value: (o?: ReadyOptions) =>
         warmUp
-          ? Promise.all([balancer.ready(o), warmUp.done]).then(() => undefined)
+          ? Promise.all([balancer.ready(o), warmUp.done]).then(() => {
+              // close() began during the warm-up, which it ends (`done` then resolves) after
+              // the broker's part had settled: resolved, ready() let a start-up script open
+              // its port on a closed balancer, every request 503 and the process up for good.
+              if (balancer.draining) throw closedError();
+            })
           : balancer.ready(o),
     },
     close: {

@@ -257,7 +257,10 @@ describe('warm-up', () => {
       await srv.close();
     }
     await gw.close();
-    await readyP; // close() ends the warm-up: ready() does not hang
+    // close() ends the warm-up: ready() does not hang, and does not say ready either (it
+    // resolved, and a start-up script opened its port on a closed balancer).
+    await expect(readyP).rejects.toMatchObject({ code: 'LW_GW_CLOSED' });
+    expect(ready).toBe(false);
   });
 
   it('close() mid-way returns under a fake clock (unit tests of apps that use one)', async () => {
