@@ -549,12 +549,12 @@ describe('graceful close', () => {
     }
   });
 
-  it('cuts what is still running when the grace ends, without charging the backend', async () => {
+  it('cuts what is still running when the grace ends, without charging the backend or inviting a retry', async () => {
     const held: ServerResponse[] = [];
     const hold = await startBackend('hold', (_req, res) => void held.push(res));
     const gw = await startLocalGateway({ backends: [{ id: 'hold', url: hold.url }] });
     try {
-      const inFlight = send(`${gw.url}/forever`);
+      const inFlight = send(`${gw.url}/charge`, { method: 'POST', body: '{"amount":1}' });
       while (held.length < 1) await new Promise((r) => setTimeout(r, 5));
       const started = Date.now();
       await gw.lb.close({ graceMs: 200 });
@@ -563,8 +563,11 @@ describe('graceful close', () => {
       const r = await inFlight;
       // Answered before close() resolved: a `process.exit()` after it reset the client.
       expect(activeAtClose).toBe(0);
-      expect(r.status).toBe(503);
-      expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED');
+      // The backend has the request: its outcome is unknown. Before: 503 LW_GW_CLOSED with
+      // Retry-After: 1, and a client that retried it ran the charge twice.
+      expect(r.status).toBe(502);
+      expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED_IN_FLIGHT');
+      expect(r.headers['retry-after']).toBeUndefined();
       // Nothing more is served on that connection: it closes now, not after the client's
       // keep-alive idles out (which kept a stopped process alive for keepAliveTimeout).
       expect(r.headers.connection).toBe('close');

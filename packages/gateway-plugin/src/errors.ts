@@ -44,6 +44,10 @@ export const GATEWAY_ERRORS = {
   },
   LW_GW_OVERLOADED: { status: 503, message: 'the gateway itself is overloaded (event-loop delay)' },
   LW_GW_CLOSED: { status: 503, message: 'the balancer is closed' },
+  LW_GW_CLOSED_IN_FLIGHT: {
+    status: 502,
+    message: 'the balancer closed while a backend had the request: its outcome is unknown',
+  },
   LW_GW_DRAINING: {
     status: 503,
     message: 'the gateway is shutting down; in-flight requests finish, new ones go elsewhere',

@@ -1418,7 +1418,17 @@ export class RequestFlow {
     if (c.closed) {
       // Cut by close() after its grace: not the backend's failure.
       this.endAttempt(flow);
-      return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
+      // The whole request handed to the backend's connection: the backend has it, or may
+      // have. A 503 with Retry-After told the client to send it again, and a POST /charge
+      // the backend was still running ran twice: 502, no Retry-After. Not when part of it
+      // is still to go (an upload under way, a connection never made): then the backend
+      // cannot have acted on it, and the client may well send it again.
+      const attempt = flow.proxyReq;
+      if (attempt?.writableFinished !== true)
+        return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
+      c.metrics.onShed('draining');
+      flow.res.shouldKeepAlive = false; // nothing more is served on it (shed() says why)
+      return this.fail(flow, 'LW_GW_CLOSED_IN_FLIGHT');
     }
     if (whole) return this.bytesAfterAnswer(flow, err);
     if (isLocalResourceError(err) && !flow.res.headersSent) return this.outOfResources(flow, err);
