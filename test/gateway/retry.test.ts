@@ -60,7 +60,22 @@ describe('retries and failure answers', () => {
     expect(r.headers['x-loadwise-error']).toBe('LW_GW_NO_BACKEND');
   });
 
-  it('does not replay a POST whose body was streamed (over retry.maxBodyBytes); answers 502', async () => {
+  it('a POST no backend got a byte of gets 503 with Retry-After when retries stop with backends left', async () => {
+    const dead = await Promise.all([0, 1, 2, 3].map(async () => refusedPort()));
+    gw = await startLocalGateway({
+      backends: dead.map((port, i) => ({ id: `d${i}`, url: `http://127.0.0.1:${port}` })),
+      outlier: { consecutiveFailures: 1000 },
+      retry: { maxRetries: 1 },
+    });
+    for (let i = 0; i < 3; i++) {
+      const r = await send(`${gw.url}/charge`, { method: 'POST', body: '{"amount":1}' });
+      // Before: 502 LW_GW_UPSTREAM_FAILED, no Retry-After, though it provably went nowhere.
+      expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
+      expect(r.headers['retry-after']).toBeDefined();
+    }
+  });
+
+  it('does not replay a POST whose body was streamed (over retry.maxBodyBytes); 503, as it reached no backend', async () => {
     gw = await startLocalGateway({
       backends: twoBackends(),
       strategy: 'round-robin',
@@ -69,9 +84,11 @@ describe('retries and failure answers', () => {
       retry: { maxBodyBytes: 4 },
     });
     const r = await send(`${gw.url}/p`, { method: 'POST', body: 'payload' });
-    expect(r.status).toBe(502);
-    expect(r.headers['x-loadwise-error']).toBe('LW_GW_UPSTREAM_FAILED');
-    expect(r.json()).toMatchObject({ error: { code: 'LW_GW_UPSTREAM_FAILED' } });
+    // Its body went into the refused attempt and cannot go again; refused at connect, it
+    // reached no backend, so the client may send it again: 503 with Retry-After (was 502).
+    expect(r.status).toBe(503);
+    expect(r.headers['x-loadwise-error']).toBe('LW_GW_NO_BACKEND');
+    expect(r.headers['retry-after']).toBeDefined();
   });
 
   it('a GET that every backend refused gets 503 LW_GW_NO_BACKEND with Retry-After', async () => {
@@ -195,8 +212,9 @@ describe('retries and failure answers', () => {
     const statuses: number[] = [];
     for (let i = 0; i < 20; i++) statuses.push((await send(`${gw.url}/`)).status);
     // 10 of 20 requests hit the dead backend first; the budget allows retries
-    // for at most 20% of the requests seen, so some of those end in 502.
-    const failed = statuses.filter((s) => s === 502).length;
+    // for at most 20% of the requests seen, so some of those end without one: 503 with
+    // Retry-After (refused at connect, they reached no backend; before, 502).
+    const failed = statuses.filter((s) => s === 503).length;
     expect(failed).toBeGreaterThan(0);
     expect(failed).toBeLessThan(10);
     expect(statuses.filter((s) => s === 200).length + failed).toBe(20);

@@ -137,6 +137,8 @@ interface Flow {
   overloaded: boolean;
   /** The backend refused it otherwise (a 429): its time is no service time (see onProxyRes). */
   refused: boolean;
+  /** A failed attempt may have sent it some bytes (onError): once true, stays true. */
+  maybeSent: boolean;
   queued: boolean;
   /** The request's place in the wait queue, while it waits. */
   waiter: Waiter | undefined;
@@ -363,6 +365,7 @@ function newFlow(
     responseOk: true,
     overloaded: false,
     refused: false,
+    maybeSent: false,
     queued: false,
     waiter: undefined,
     pipelined: false,
@@ -1516,6 +1519,7 @@ export class RequestFlow {
       // ends (it sets no reusedSocket).
       const attempt = flow.proxyReq as AttemptRequest | undefined;
       const notSent = attempt?.[FRESH] === true && attempt[CONNECTED] !== true;
+      if (!notSent) flow.maybeSent = true;
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         flow.retries++;
         const retry = this.dispatch(flow);
@@ -1539,9 +1543,13 @@ export class RequestFlow {
       }
       // A retryable request that could not reach a backend, when none is left to try or too
       // few are healthy (panic: the retry budget runs out when every attempt fails): 503 +
-      // Retry-After as above, so clients back off instead of reading a gateway fault.
-      if (!badAnswer && noneLeft && this.retryable(flow, notSent)) {
-        logFailure('LW_GW_NO_BACKEND', '; no backend left to try, answering LW_GW_NO_BACKEND');
+      // Retry-After as above, so clients back off instead of reading a gateway fault. So is
+      // one no backend got a byte of, whatever stopped the retries (the budget spent,
+      // maxRetries reached with backends left): a 502 said it might have gone out, and
+      // during an outage 145 of 300 requests got one with no hint to back off.
+      if (!badAnswer && ((noneLeft && this.retryable(flow, notSent)) || !flow.maybeSent)) {
+        const why = noneLeft ? 'no backend left to try' : 'sent to no backend and no retry left';
+        logFailure('LW_GW_NO_BACKEND', `; ${why}, answering LW_GW_NO_BACKEND`);
         const retryAfterSec = c.noBackendRetryAfterSec(c.now());
         return this.shed(flow.res, 'LW_GW_NO_BACKEND', 'no-backend', retryAfterSec);
       }
