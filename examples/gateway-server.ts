@@ -261,7 +261,8 @@ async function main(): Promise<void> {
     // connections close now), and drain the balancer at once, so that every answer
     // from here on says `Connection: close`. One grace for both: close() waits for
     // the requests in flight and for the server's last connection, cuts what still
-    // runs after the grace (503 LW_GW_CLOSED), and resolves once those answers are
+    // runs after the grace (502 LW_GW_CLOSED_IN_FLIGHT, 503 LW_GW_CLOSED if no backend has
+    // it), and resolves once those answers are
     // out. (This used to wait for the server, then give lb.close() a grace of its
     // own: twice the grace, past systemd's stop timeout, and keep-alive clients
     // were served without `Connection: close` all along.)

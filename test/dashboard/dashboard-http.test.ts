@@ -9,7 +9,7 @@ import type { ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import type { Frame } from '../../packages/gateway-plugin/src/dashboard/frame';
 import type { InitMessage } from '../../packages/gateway-plugin/src/dashboard/stream';
-import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
+import { send, startBackend, type TestServer } from '../kit/http';
 import { heldBeforeBalancer, startLocalGateway, type TestGateway } from '../kit/gateway';
 import { openSse, type SseStream } from '../kit/sse';
 import { dashboardOf } from '@loadwise/gateway-plugin/internals';
@@ -171,10 +171,12 @@ describe('the event stream', () => {
 });
 
 it('streams real state changes and sheds as recent events', async () => {
-  // One backend whose port refuses: the first failure ejects it, and with
-  // panic mode off the next request finds no backend and is shed (503).
+  // One backend that resets every request it has read: the first failure (502, as the
+  // backend had it) ejects it, and with panic mode off the next request finds no backend
+  // and is shed (503).
+  const resetting = await startBackend('gone', (req) => void req.socket.destroy());
   const own = await startLocalGateway({
-    backends: [{ id: 'gone', url: `http://127.0.0.1:${await refusedPort()}` }],
+    backends: [{ id: 'gone', url: resetting.url }],
     retry: false,
     outlier: { consecutiveFailures: 1, panicThresholdPercent: 0 },
     dashboard: { token: TOKEN, intervalMs: 250 },
@@ -209,6 +211,7 @@ it('streams real state changes and sheds as recent events', async () => {
   } finally {
     s.close();
     await own.close();
+    await resetting.close();
   }
 });
 

@@ -309,8 +309,9 @@ describe('closeListener', () => {
         const stopped = closeListener(gw.server);
         await gw.lb.close({ graceMs: 150 });
         expect(idleClosed).toBe(true);
-        // The request cut at the grace's end is answered, and its connection closed.
-        expect(await inFlight).toEqual({ status: 503, connection: 'close' });
+        // The request cut at the grace's end is answered (502: the backend had it, so no
+        // invitation to send it again), and its connection closed.
+        expect(await inFlight).toEqual({ status: 502, connection: 'close' });
         await stopped;
       } finally {
         await gw.close();

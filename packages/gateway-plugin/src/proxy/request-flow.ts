@@ -1429,7 +1429,6 @@ export class RequestFlow {
       const attempt = flow.proxyReq;
       if (attempt?.writableFinished !== true)
         return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
-      c.metrics.onShed('draining');
       flow.res.shouldKeepAlive = false; // nothing more is served on it (shed() says why)
       return this.fail(flow, 'LW_GW_CLOSED_IN_FLIGHT');
     }
