@@ -17,7 +17,8 @@ import type { Socket } from 'node:net';
 import { Balancer, closedError } from './balancer';
 import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
-import { metricsHandler, statusHandler, type HttpHandler } from './observability';
+import { statusHandler, type HttpHandler } from './observability';
+import { serveMetrics } from './observability/handlers';
 import type { LoadBalanceOptions, ReadyOptions } from './options';
 import { closeOptions, resolveOptions } from './options-validate';
 import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
@@ -71,7 +72,15 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
   const metrics: HttpHandler | undefined =
     options.metricsPath === undefined
       ? undefined
-      : metricsHandler(balancer.metrics.registry, { token: options.statusToken });
+      : serveMetrics(balancer.metrics.registry, {
+          token: options.statusToken,
+          // A scrape whose client stops reading is cut as a proxied answer would be.
+          stallTimeoutMs: options.requestTimeoutMs,
+          onStalled: (message) =>
+            balancer.logLine('metrics-scrape-stalled', message, {
+              event: 'metrics-scrape-stalled',
+            }),
+        });
 
   const dashboard = options.dashboard && createDashboard(balancer, options.dashboard);
   // Starts now, beside the broker connection; ready() waits for both (warm-up.ts).

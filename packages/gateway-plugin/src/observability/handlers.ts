@@ -10,7 +10,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
-import { metricsParts } from './exposition';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from '../options';
+import { MetricsRenders, type RenderRead } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 import { StatusBodies, writeStatus } from './status-body';
 import { AnswerWaiter } from './backpressure';
@@ -178,25 +179,96 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
   };
 }
 
+/** Most characters of a part handed to the socket in one write (status-body.ts writes as much). */
+const WRITE_SLICE_CHARS = 64 * 1024;
+
 /**
- * Writes the registry's text part by part as it is rendered (metricsParts),
- * waiting for 'drain' whenever the socket has enough buffered. The status
- * line and headers go with the first part, so a render that fails before it
- * is still a 500 (or the app's error handler); one that fails after it
- * destroys the response, so the client sees a cut chunked body, never a
- * complete one (the error still goes to `next`, for the app's log).
+ * `part` in slices of WRITE_SLICE_CHARS, never between the two halves of a
+ * surrogate pair (each half alone would be written as U+FFFD). Substrings of
+ * a flat string are views of it, not copies.
+ */
+function* slicesOf(part: string): Generator<string> {
+  if (part.length <= WRITE_SLICE_CHARS) {
+    yield part;
+    return;
+  }
+  for (let from = 0; from < part.length;) {
+    let to = Math.min(from + WRITE_SLICE_CHARS, part.length);
+    const last = part.charCodeAt(to - 1);
+    if (to < part.length && last >= 0xd800 && last <= 0xdbff) to--;
+    yield part.slice(from, to);
+    from = to;
+  }
+}
+
+/** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
+function bytesTaken(res: ServerResponse): number | undefined {
+  const socket = res.socket;
+  if (!socket) return undefined;
+  const written = socket.bytesWritten as number | undefined;
+  return written === undefined ? undefined : written - socket.writableLength;
+}
+
+/**
+ * Waits for 'drain' (or the close); false when the client stalled: checked
+ * every `timeoutMs` meanwhile, its socket had handed on no byte since the
+ * last check (or the start of the wait). So a client that stops reading is
+ * cut between one and two `timeoutMs` after its last byte taken, as a
+ * proxied answer is (`client-stalled`). A response without a socket yet (a
+ * pipelined one, queued behind the answers before it) is not stalled.
+ */
+async function drainedWithin(
+  waiter: AnswerWaiter,
+  res: ServerResponse,
+  timeoutMs: number,
+): Promise<boolean> {
+  let stalled = false;
+  let seen = bytesTaken(res);
+  const check = setInterval(() => {
+    const taken = bytesTaken(res);
+    if (taken !== undefined && taken === seen) {
+      stalled = true;
+      waiter.woken();
+    }
+    seen = taken;
+  }, timeoutMs);
+  check.unref();
+  try {
+    await waiter.next();
+  } finally {
+    clearInterval(check);
+  }
+  return !stalled;
+}
+
+/** The peer of a scrape for a log line: printable ASCII only, bounded. */
+function peerOf(req: IncomingMessage): string {
+  return String(req.socket?.remoteAddress ?? '?')
+    .slice(0, 64)
+    .replace(/[^\x20-\x7e]/g, '?');
+}
+
+/**
+ * Writes the read render's text part by part as it is rendered, each part in
+ * slices, waiting for 'drain' whenever the socket has enough buffered. The
+ * status line and headers go with the first part, so a render that fails
+ * before it is still a 500 (or the app's error handler); one that fails
+ * after it destroys the response, so the client sees a cut chunked body,
+ * never a complete one (the error still goes to `next`, for the app's log).
+ * A client that takes no byte for `stallTimeoutMs` while the scrape waits
+ * for 'drain' is cut the same way (`onStalled` is told), and its render
+ * released: before, one that never read held its render for as long as its
+ * connection stayed open.
  */
 async function writeMetrics(
   registry: Registry,
+  parts: RenderRead,
   req: IncomingMessage,
   res: ServerResponse,
   next: ((err?: unknown) => void) | undefined,
+  stall: { timeoutMs: number; onStalled: ((message: string) => void) | undefined },
 ): Promise<void> {
-  // Gone already (while a middleware before this one ran): its 'close' will not come again,
-  // and a write would wait for a 'drain' that never comes, the scrape's parts pinned.
-  if (res.destroyed) return;
   const waiter = new AnswerWaiter(res);
-  const parts = metricsParts(registry);
   let started = false;
   try {
     for (;;) {
@@ -222,14 +294,41 @@ async function writeMetrics(
         res.setHeader('Content-Type', registry.contentType);
         res.setHeader('Cache-Control', 'no-store');
       }
-      if (!res.write(part.value)) await waiter.next();
+      for (const slice of slicesOf(part.value)) {
+        if (res.write(slice)) continue;
+        const drained = await drainedWithin(waiter, res, stall.timeoutMs);
+        if (waiter.closed) return;
+        if (!drained) {
+          // The peer first: a destroyed socket has no remoteAddress any more.
+          const peer = peerOf(req);
+          res.destroy();
+          stall.onStalled?.(
+            `metrics scrape from ${peer} took no bytes for ${stall.timeoutMs} ms; connection cut, its render released`,
+          );
+          return;
+        }
+      }
     }
     if (!waiter.closed && !res.writableEnded) res.end();
   } finally {
     waiter.dispose();
     // Leaves the render (a no-op when it was read to its end): it stops when no scrape is left.
-    await parts.return(undefined);
+    parts.release();
   }
+}
+
+/** How metricsHandler is built; `loadBalance()` sets the stall handling from its options. */
+export interface MetricsServeOptions extends ProtectedHandlerOptions {
+  /**
+   * A scrape whose client takes no byte for this long while the text waits
+   * for its socket is cut (see drainedWithin): `loadBalance()` gives its
+   * `requestTimeoutMs`; alone, DEFAULT_REQUEST_TIMEOUT_MS (30 s), its default.
+   */
+  stallTimeoutMs?: number;
+  /** Told of each scrape cut so, with a line to log (`loadBalance()` logs it, rate-limited). */
+  onStalled?: (message: string) => void;
+  /** Bound of the renders held by scrapes in progress (MAX_HELD_METRICS_BYTES). */
+  maxHeldBytes?: number;
 }
 
 /**
@@ -237,13 +336,26 @@ async function writeMetrics(
  * `registry.metrics()`, rendered in chunks that let the event loop run
  * between them and written to the socket as they are rendered, without a
  * Content-Length (exposition.ts); scrapes that arrive together read one
- * render. HEAD answers with the headers only, without rendering.
+ * render. A scrape that would need a new render while scrapes in progress
+ * hold MAX_HELD_METRICS_BYTES of renders gets 503 with Retry-After, as the
+ * status does; one whose client takes no byte for 30 s is cut. HEAD answers
+ * with the headers only, without rendering.
  */
 export function metricsHandler(
   registry: Registry,
   opts: ProtectedHandlerOptions = {},
 ): HttpHandler {
+  return serveMetrics(registry, opts);
+}
+
+/** metricsHandler, with the stall handling and the bound set (`loadBalance()`, tests). */
+export function serveMetrics(registry: Registry, opts: MetricsServeOptions = {}): HttpHandler {
   const authorized = makeAuthorizer(opts.token);
+  const renders = new MetricsRenders(registry, opts.maxHeldBytes);
+  const stall = {
+    timeoutMs: opts.stallTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+    onStalled: opts.onStalled,
+  };
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
     if (req.method === 'HEAD') {
@@ -253,10 +365,28 @@ export function metricsHandler(
       res.end();
       return;
     }
+    // Gone already (while a middleware before this one ran): its 'close' will not come again,
+    // and a write would wait for a 'drain' that never comes, the scrape's render pinned.
+    if (res.destroyed || req.socket?.destroyed === true) return;
+    // A scrape holds its render until its client has taken the text: clients that never
+    // read, each arriving after the last render ended, must not pin one each.
+    const parts = renders.acquire();
+    if (parts === undefined) {
+      res.setHeader('Retry-After', '1');
+      send(
+        res,
+        req,
+        503,
+        'application/json; charset=utf-8',
+        '{"error":"too many metrics scrapes"}',
+      );
+      return;
+    }
     // A scrape stays open over many turns of the loop: whatever answered the request
     // meanwhile, or a write that throws, must not be an unhandled rejection, which ends
     // a Node 20 process.
-    writeMetrics(registry, req, res, next).catch(() => {
+    writeMetrics(registry, parts, req, res, next, stall).catch(() => {
+      parts.release();
       if (res.headersSent) res.destroy();
       else if (!res.writableEnded) {
         res.statusCode = 500;

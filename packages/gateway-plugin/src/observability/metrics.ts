@@ -258,7 +258,7 @@ function createFamilies(registry: Registry, p: string): Families {
   });
 
   // Snapshot gauges: one snapshot per balancer per scrape, shared by every
-  // gauge family. A scrape through metricsParts() keeps it in its memo; one
+  // gauge family. A scrape through metricsHandler (exposition.ts) keeps it in its memo; one
   // through registry.metrics() (prom-client reads every family in the same
   // tick) keeps it until the next turn of the event loop.
   let tickSnapshots: MemberScrape[] | undefined;
