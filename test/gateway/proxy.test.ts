@@ -251,6 +251,24 @@ describe('proxying', () => {
     }
   });
 
+  it('reuses the connection of a backend that hints Keep-Alive: timeout=1, for half of it', async () => {
+    let connections = 0;
+    const ka = await startBackend('ka');
+    ka.server.keepAliveTimeout = 1000; // announced as `Keep-Alive: timeout=1`
+    ka.server.on('connection', () => connections++);
+    try {
+      gw = await startLocalGateway({ backends: [{ id: 'ka', url: ka.url }] });
+      for (let i = 0; i < 5; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
+      // Before: one connection per request (Node keeps none a second before a 1 s hint).
+      expect(connections).toBe(1);
+      const free = Object.values(internals(gw.lb).registry.get('ka')!.agent.freeSockets).flat();
+      expect(free).toHaveLength(1);
+      expect(free[0]!.timeout).toBe(500);
+    } finally {
+      await ka.close();
+    }
+  });
+
   it('proxies WebSocket upgrades', async () => {
     const wsBackend = createServer();
     wsBackend.on('upgrade', (req, socket: Socket) => {
