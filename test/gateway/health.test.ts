@@ -5,7 +5,7 @@
  */
 import { once } from 'node:events';
 import { Registry } from 'prom-client';
-import { send, startBackend, type TestServer } from '../kit/http';
+import { refusedPort, send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
@@ -42,13 +42,31 @@ describe('gateway health', () => {
       outlier: { consecutiveFailures: 1000 },
     });
     const down = once(internals(gw.lb).events, 'backend-down');
-    expect(await down).toEqual([{ id: 'sick', reason: 'active health check failed' }]);
+    // Why, in its reason: before, a refused port, a name that did not resolve and a 5xx
+    // all read "active health check failed".
+    expect(await down).toEqual([{ id: 'sick', reason: 'active health check failed (HTTP 503)' }]);
     for (let i = 0; i < 4; i++)
       expect((await send(`${gw.url}/`)).json<{ id: string }>().id).toBe('a');
     expect(gw.lb.balancer.snapshot().backends[1]).toMatchObject({
       state: 'down',
-      stateReason: 'active health check failed',
+      stateReason: 'active health check failed (HTTP 503)',
     });
+  });
+
+  it("says why a check failed: a refused port's error code", async () => {
+    gw = await startLocalGateway({
+      backends: [
+        { id: 'a', url: a.url },
+        { id: 'gone', url: `http://127.0.0.1:${await refusedPort()}` },
+      ],
+      healthCheck: { path: '/healthz', intervalMs: 20, unhealthyThreshold: 2 },
+      outlier: { consecutiveFailures: 1000 },
+      warmUp: false,
+    });
+    const down = once(internals(gw.lb).events, 'backend-down');
+    expect(await down).toEqual([
+      { id: 'gone', reason: 'active health check failed (ECONNREFUSED)' },
+    ]);
   });
 
   it('passive detection ejects a backend answering 5xx, and counts it', async () => {

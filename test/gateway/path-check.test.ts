@@ -54,7 +54,9 @@ it.each([
     // The agent still reports b up: only this gateway's path is broken. (Fresh for 1 s: a
     // stall of this process could miss one instant, so waited for.)
     await eventually(() => gw.backend('b').reportFresh, 5_000, "b's agent still reporting");
-    expect(gw.backend('b').stateReason).toBe('no answer to the path check from this gateway');
+    expect(gw.backend('b').stateReason).toMatch(
+      /^no answer to the path check from this gateway \(.+\)$/,
+    );
     proxy!.setFault({ kind: 'none' });
     await eventually(() => gw.backend('b').state === 'healthy', 10_000, 'b healthy again');
     // No client request was sent into the broken path: the checks did the work.

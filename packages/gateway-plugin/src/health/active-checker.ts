@@ -94,12 +94,12 @@ export class ActiveChecker {
     }
     this.check(
       backend,
-      (ok) => {
+      (ok, why) => {
         if (fresh && ok && backend.checkDown && !backend.checkDownByPath) {
           // A full check's verdict (a 5xx) from before the report: the agent speaks now.
           this.clear(backend);
         } else {
-          this.record(backend, ok, fresh);
+          this.record(backend, ok, fresh, why);
         }
         if (!this.closed) this.schedule(backend);
       },
@@ -117,17 +117,18 @@ export class ActiveChecker {
   }
 
   /**
-   * One check; `done` is called exactly once. `pathOnly`: any answer passes
+   * One check; `done` is called exactly once, with why it failed when it did (an error
+   * code, `HTTP 503`, `no answer within <timeoutMs> ms`). `pathOnly`: any answer passes
    * (the path check of a backend with a fresh report), else a status below 500.
    */
-  check(backend: Backend, done: (ok: boolean) => void, pathOnly = false): void {
+  check(backend: Backend, done: (ok: boolean, why?: string) => void, pathOnly = false): void {
     let settled = false;
-    const finish = (ok: boolean): void => {
+    const finish = (ok: boolean, why?: string): void => {
       if (settled) return;
       settled = true;
       clearTimeout(deadline);
       this.inFlight.delete(req);
-      done(ok);
+      done(ok, why);
     };
     const url = healthCheckUrl(this.config.path, backend.target);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
@@ -141,23 +142,27 @@ export class ActiveChecker {
         // verified otherwise would pass a backend every request fails on, or the reverse.
         ...backend.tls,
       });
-    } catch {
+    } catch (err) {
       // A request Node refuses to make: a failed check, never a throw out of the timer
       // (one ended the process at the first check).
       settled = true;
-      return done(false);
+      return done(false, errorCode(err));
     }
     this.inFlight.add(req);
     // A deadline, not an idle timeout: a status line sent a byte at a time, each within
     // timeoutMs of the last, never timed out, and the check that never ended never
     // scheduled the next (the backend was not checked again).
+    const timedOut = `no answer within ${this.config.timeoutMs} ms`;
     const deadline = setTimeout(
-      () => req.destroy(new Error('health check timeout')),
+      () => req.destroy(Object.assign(new Error(timedOut), { code: timedOut })),
       this.config.timeoutMs,
     );
-    req.on('error', () => finish(false));
+    // Why, in the backend's down reason: a name that does not resolve (ENOTFOUND), a
+    // refused port and a 5xx all read "active health check failed" before.
+    req.on('error', (err) => finish(false, errorCode(err)));
     req.on('response', (res) => {
-      finish(pathOnly || (res.statusCode ?? 500) < 500);
+      const status = res.statusCode ?? 500;
+      finish(pathOnly || status < 500, `HTTP ${status}`);
       // The status is the verdict; the body is not read. Drained, an endless or huge one
       // (an event stream at the default path `/`) held a socket open after every check.
       res.on('error', () => {});
@@ -166,8 +171,11 @@ export class ActiveChecker {
     req.end();
   }
 
-  /** A check's result; `byPath`: a path check's (a fresh report speaks for the service). */
-  record(backend: Backend, ok: boolean, byPath = false): void {
+  /**
+   * A check's result; `byPath`: a path check's (a fresh report speaks for the service);
+   * `why`: a failure's cause, shown in the backend's down reason.
+   */
+  record(backend: Backend, ok: boolean, byPath = false, why?: string): void {
     if (ok) {
       backend.checkFailures = 0;
       backend.checkPasses++;
@@ -179,6 +187,8 @@ export class ActiveChecker {
     } else {
       backend.checkPasses = 0;
       backend.checkFailures++;
+      // The cause while it is down: the one that took it out, then the latest.
+      backend.checkFailure = why;
       if (!backend.checkDown && backend.checkFailures >= this.config.unhealthyThreshold) {
         backend.checkDown = true;
         backend.checkDownByPath = byPath;
@@ -208,4 +218,10 @@ export function healthCheckUrl(path: string, target: URL): URL {
   const url = new URL(target.href);
   url.pathname = `${target.pathname.replace(/\/$/, '')}${path}`;
   return url;
+}
+
+/** An error's code (`ECONNREFUSED`, `ENOTFOUND`, `CERT_HAS_EXPIRED`), else its message. */
+function errorCode(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown } | undefined;
+  return typeof e?.code === 'string' ? e.code : String(e?.message ?? err);
 }

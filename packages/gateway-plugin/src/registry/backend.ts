@@ -47,6 +47,8 @@ export class Backend {
   /** `checkDown` came from path checks (no answer at all), not from a full check's status. */
   checkDownByPath = false;
   checkFailures = 0;
+  /** Why the last failed check failed (health/active-checker.ts), for the down reason. */
+  checkFailure: string | undefined;
   checkPasses = 0;
   /** Passive outlier detection (Envoy): consecutive failures and ejection state. */
   consecutiveFailures = 0;
@@ -197,9 +199,10 @@ export class Backend {
     if (this.loopsBack) return 'it is this gateway itself: a request sent to it came back';
     if (this.agentState === 'offline') return 'agent reported offline';
     if (this.checkDown) {
+      const why = this.checkFailure === undefined ? '' : ` (${this.checkFailure})`;
       return this.checkDownByPath
-        ? 'no answer to the path check from this gateway'
-        : 'active health check failed';
+        ? `no answer to the path check from this gateway${why}`
+        : `active health check failed${why}`;
     }
     if (this.verdictDown) return 'agent health verdict down';
     return 'unknown';
