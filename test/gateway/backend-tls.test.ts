@@ -252,11 +252,14 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
     expect(b.handshakes).toHaveLength(1);
     await gw.close();
 
-    // TLS 1.3: the backend refuses the missing certificate after the gateway's side of the
-    // handshake is done, when the request may be on its way: a POST is not sent again.
+    // TLS 1.3: the backend refuses the missing certificate with an alert after the
+    // gateway's side of the handshake is done, the request perhaps on its way; refused, the
+    // handshake handed it to no application: nothing sent (any method may go elsewhere),
+    // and with no other backend 503 + Retry-After. Before: 502, as if the POST had run.
     gw = await gateway(b.url, { ca });
     const r = await post(gw.url);
-    expect([r.status, r.headers['x-loadwise-error']]).toEqual([502, 'LW_GW_UPSTREAM_FAILED']);
+    expect([r.status, r.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
+    expect(r.headers['retry-after']).toBeDefined();
     expect(b.agents).toHaveLength(3);
   });
 

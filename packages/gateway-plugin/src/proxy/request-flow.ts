@@ -71,6 +71,7 @@ import {
   isBadAnswer,
   isInvalidRequestError,
   isLocalResourceError,
+  isTlsRefusal,
   UNASKED_UPGRADE_CODE,
 } from './upstream-errors';
 
@@ -1516,8 +1517,12 @@ export class RequestFlow {
       // POST to a backend with an expired one got 502. A pooled connection carried bytes
       // before, and so does one Node's agent hands a queued request as the previous answer
       // ends (it sets no reusedSocket).
+      // Nor one whose new TLS connection the backend refused with an alert (a TLS 1.3
+      // backend that requires a client certificate says so after the gateway's side of the
+      // handshake is over): it never took the request the gateway may have written.
       const attempt = flow.proxyReq as AttemptRequest | undefined;
-      const notSent = attempt?.[FRESH] === true && attempt[CONNECTED] !== true;
+      const notSent =
+        attempt?.[FRESH] === true && (attempt[CONNECTED] !== true || isTlsRefusal(err));
       if (!notSent) flow.maybeSent = true;
       if (!(badAnswer && noneLeft) && this.mayRetry(flow, notSent)) {
         flow.retries++;

@@ -67,6 +67,16 @@ export function isBadAnswer(err: Error & { code?: string }): boolean {
   return code.startsWith('HPE_') || code === UNASKED_UPGRADE_CODE;
 }
 
+/**
+ * The backend ended a new TLS connection with an alert (`ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED`,
+ * `ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE`, `..._UNKNOWN_CA`): it refused the handshake, and
+ * nothing written after the gateway's side of it reached its application.
+ */
+export function isTlsRefusal(err: Error & { code?: string }): boolean {
+  const code = err.code ?? '';
+  return code.startsWith('ERR_SSL_') && code.includes('_ALERT_');
+}
+
 export function codedError(message: string, code: string): Error {
   return Object.assign(new Error(message), { code });
 }
