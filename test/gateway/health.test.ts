@@ -69,6 +69,19 @@ describe('gateway health', () => {
     ]);
   });
 
+  it('reaches and checks a backend addressed by name (registry/dns-cache.ts)', async () => {
+    gw = await startLocalGateway({
+      backends: [{ id: 'named', url: a.url.replace('127.0.0.1', 'localhost') }],
+      healthCheck: { path: '/healthz', intervalMs: 20, unhealthyThreshold: 1 },
+    });
+    const checks = internals(gw.lb).registry.get('named')!;
+    for (let i = 0; i < 3; i++) expect((await send(`${gw.url}/`)).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 200));
+    // Checked every 20 ms meanwhile, by name too: still up.
+    expect(checks.checkDown).toBe(false);
+    expect(gw.lb.balancer.snapshot().backends[0]).toMatchObject({ state: 'healthy' });
+  });
+
   it('passive detection ejects a backend answering 5xx, and counts it', async () => {
     const registry = new Registry(); // the user's own registry
     gw = await startLocalGateway({

@@ -141,6 +141,9 @@ export class ActiveChecker {
         // Not the pool, but the same trust and name as its connections: a check that
         // verified otherwise would pass a backend every request fails on, or the reverse.
         ...backend.tls,
+        // The pool's resolution too: a resolver outage that the traffic rides out on the
+        // last good answer must not take every backend down by its checks.
+        ...(backend.lookup ? { lookup: backend.lookup } : {}),
       });
     } catch (err) {
       // A request Node refuses to make: a failed check, never a throw out of the timer

@@ -6,11 +6,13 @@
  * them into an eligible set (registry.ts).
  */
 import type { Agent as HttpAgent } from 'node:http';
+import { isIP } from 'node:net';
 import type { BackendState as AgentState, MetricsReport } from '@loadwise/protocol';
 import type { LoadEstimate } from '../load';
 import { backendTlsOptions, type BackendTls, type BackendTlsConnectOptions } from './backend-tls';
 import type { Endpoint } from '../strategies/types';
 import { createPoolAgent, type StrayBytesHandler } from './pool-agent';
+import { backendLookup, type ConnectLookup } from './dns-cache';
 
 /** What a backend is, for routing: derived from the flags below. */
 export type BackendCondition = 'up' | 'down' | 'ejected' | 'draining';
@@ -35,6 +37,11 @@ export class Backend {
    * connections of their own, pass them too (registry/backend-tls.ts).
    */
   readonly tls: BackendTlsConnectOptions | undefined;
+  /**
+   * How its name is resolved, for a backend addressed by name (undefined for an address):
+   * the last good answer kept (registry/dns-cache.ts), for its pool and its health checks.
+   */
+  readonly lookup: ConnectLookup | undefined;
 
   /** Last lifecycle state reported by the agent; 'online' until told otherwise. */
   agentState: AgentState = 'online';
@@ -132,7 +139,14 @@ export class Backend {
     // the server would, instead of racing its close with a new request:
     // Agent.prototype.keepSocketAlive). It never fires on a socket in use.
     const { idleTimeoutMs, maxRequestsPerConnection, ...pool } = agentOptions;
-    const opts = { keepAlive: true, scheduling: 'lifo' as const, timeout: idleTimeoutMs, ...pool };
+    this.lookup = isIP(url.hostname.replace(/^\[|\]$/g, '')) === 0 ? backendLookup : undefined;
+    const opts = {
+      keepAlive: true,
+      scheduling: 'lifo' as const,
+      timeout: idleTimeoutMs,
+      ...(this.lookup ? { lookup: this.lookup } : {}),
+      ...pool,
+    };
     this.tls = url.protocol === 'https:' ? backendTlsOptions(url, tls) : undefined;
     // The TLS options are the agent's own: Node's Agent lays them over each request's,
     // so neither a client's Host header nor http-proxy's per-request
