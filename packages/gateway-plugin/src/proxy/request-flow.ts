@@ -1456,16 +1456,7 @@ export class RequestFlow {
       kind === 'timeout' &&
       flow.res.headersSent &&
       answered?.headers['content-length'] === undefined;
-    // A reset while the body still went up, before any answer: the backend stopped reading
-    // it and closed, as one does that refuses an upload at once (a 413 or 401 and close:
-    // nginx's client_max_body_size, Go's MaxBytesReader). Node's write met the reset before
-    // its read found the answer, and destroying the socket threw the answer away (nginx
-    // answers such a request 502 too). A 502 then, but not held against the backend: five
-    // 3 MB uploads ejected a healthy backend that refused them. One that crashed mid-upload
-    // is charged by the connections it refuses next.
-    const uploadCut =
-      kind === 'reset' && !flow.responded && flow.proxyReq?.writableFinished === false;
-    if (!quietStream && !stale && !uploadCut) c.outlier.onFailure(backend);
+    if (!quietStream && !stale) c.outlier.onFailure(backend);
     // An answer Node could not parse may be the middle of one that belongs to another
     // request: that backend's connections are retired, as for stray bytes (pool-agent.ts).
     if (isBadAnswer(err)) retirePool(backend.agent);
@@ -1559,8 +1550,7 @@ export class RequestFlow {
       }
     }
     const code = kind === 'timeout' ? 'LW_GW_UPSTREAM_TIMEOUT' : 'LW_GW_UPSTREAM_FAILED';
-    const cut = uploadCut ? ' while the body went up (not counted against it)' : '';
-    logFailure(code, `${cut}; answering ${code}`);
+    logFailure(code, `; answering ${code}`);
     this.fail(flow, code);
   }
 
