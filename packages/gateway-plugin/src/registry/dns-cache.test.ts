@@ -29,9 +29,9 @@ function resolve(l: ReturnType<typeof createCachedLookup>, all = false): Promise
 }
 
 /** Resolves `api.internal` once to `address`, so that a last good answer exists. */
-async function resolvedOnce(address: string) {
+async function resolvedOnce(address: string, now = () => 0) {
   const r = resolver();
-  const l = createCachedLookup({ lookup: r.lookup, staleAfterMs: 1_000 });
+  const l = createCachedLookup({ lookup: r.lookup, staleAfterMs: 1_000, keepMs: 60_000, now });
   const first = resolve(l);
   r.calls[0]!.answer({ err: null, addresses: [v4(address)] });
   await first;
@@ -85,6 +85,33 @@ describe('createCachedLookup', () => {
     const after = resolve(l);
     r.calls[2]!.answer(fail('EAI_AGAIN'));
     expect((await after).address).toBe('10.0.0.7');
+  });
+
+  it('fails for a name the resolver says is gone, and for an answer older than keepMs', async () => {
+    // A deleted name kept its old address, which a reused pod IP answered for another service.
+    const { r, l } = await resolvedOnce('10.0.0.1');
+    const gone = resolve(l);
+    r.calls[1]!.answer(fail('ENOTFOUND'));
+    expect((await gone).err).toBe('ENOTFOUND');
+    let t = 0;
+    const old = await resolvedOnce('10.0.0.1', () => t);
+    t = 60_000;
+    const late = resolve(old.l);
+    old.r.calls[1]!.answer(fail('EAI_AGAIN'));
+    expect((await late).err).toBe('EAI_AGAIN');
+  });
+
+  it('answers a lookup that throws with its error, and looks the name up again next time', async () => {
+    let calls = 0;
+    const l = createCachedLookup({
+      lookup: (_h, _o, callback) => {
+        if (++calls === 1) throw Object.assign(new TypeError('bad hints'), { code: 'ERR_X' });
+        callback(null, [v4('10.0.0.3')]);
+      },
+    });
+    expect((await resolve(l)).err).toBe('ERR_X');
+    // Before: the name stayed "under way" for good, and this never answered.
+    expect((await resolve(l)).address).toBe('10.0.0.3');
   });
 
   it('fails as dns.lookup does for a name never resolved, however long the resolver takes', async () => {
