@@ -125,7 +125,7 @@ export function createCachedLookup(o: CachedLookupOptions = {}): ConnectLookup {
     } catch (err) {
       // dns.lookup validates its arguments by throwing: the name must not stay "under
       // way" for good, every later connection joining a lookup that never answers.
-      settle(err as NodeJS.ErrnoException, []);
+      process.nextTick(settle, err as NodeJS.ErrnoException, []); // answered later, as a lookup is
     }
   };
 }
