@@ -147,17 +147,7 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
     // An answer holds its body until its client has taken it: clients that never read,
     // each arriving after the last body was made, must not pin one each, for good.
     const body = bodies.acquire();
-    if (body === undefined) {
-      res.setHeader('Retry-After', '1');
-      send(
-        res,
-        req,
-        503,
-        'application/json; charset=utf-8',
-        '{"error":"too many status requests"}',
-      );
-      return;
-    }
+    if (body === undefined) return tooMany(req, res, 'status requests');
     let held = true;
     res.once('close', () => {
       if (held) bodies.release(body);
@@ -177,6 +167,12 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
       }
     });
   };
+}
+
+/** 503 + Retry-After: the answers in progress hold their bound of bodies (`what`: of which). */
+function tooMany(req: IncomingMessage, res: ServerResponse, what: string): void {
+  res.setHeader('Retry-After', '1');
+  send(res, req, 503, 'application/json; charset=utf-8', `{"error":"too many ${what}"}`);
 }
 
 /** Most characters of a part handed to the socket in one write (status-body.ts writes as much). */
@@ -371,17 +367,7 @@ export function serveMetrics(registry: Registry, opts: MetricsServeOptions = {})
     // A scrape holds its render until its client has taken the text: clients that never
     // read, each arriving after the last render ended, must not pin one each.
     const parts = renders.acquire();
-    if (parts === undefined) {
-      res.setHeader('Retry-After', '1');
-      send(
-        res,
-        req,
-        503,
-        'application/json; charset=utf-8',
-        '{"error":"too many metrics scrapes"}',
-      );
-      return;
-    }
+    if (parts === undefined) return tooMany(req, res, 'metrics scrapes');
     // A scrape stays open over many turns of the loop: whatever answered the request
     // meanwhile, or a write that throws, must not be an unhandled rejection, which ends
     // a Node 20 process.
