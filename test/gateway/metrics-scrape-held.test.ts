@@ -18,7 +18,7 @@ import type { ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { Registry } from 'prom-client';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
-import { expressGateway } from '../kit/gateway';
+import { expressGateway, warningLogger } from '../kit/gateway';
 import { eventually } from '../kit/fleet';
 import { refusedPort, send, type TestServer } from '../kit/http';
 
@@ -157,13 +157,7 @@ describe('metricsPath scrapes whose clients do not read', () => {
   });
 
   it('cuts a scrape whose client takes no byte for requestTimeoutMs, releases its render and logs it once', async () => {
-    const warnings: Array<{ fields: Record<string, unknown>; msg: string }> = [];
-    const logger = {
-      info: () => {},
-      error: () => {},
-      warn: (fields: object | string, msg?: string) =>
-        warnings.push({ fields: fields as Record<string, unknown>, msg: msg ?? '' }),
-    };
+    const { logger, warnings } = warningLogger();
     const gw = await gateway({ requestTimeoutMs: 1000, logger });
     const a = await nonReadingScrape(gw);
     const b = await nonReadingScrape(gw);

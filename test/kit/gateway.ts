@@ -262,3 +262,15 @@ export function heldBeforeBalancer(): {
     letGo: released.resolve,
   };
 }
+
+/** A logger that keeps its warnings (fields and message), and says nothing. */
+export function warningLogger() {
+  const warnings: Array<{ fields: Record<string, unknown>; msg: string }> = [];
+  const logger = {
+    info: () => {},
+    error: () => {},
+    warn: (fields: object | string, msg?: string) =>
+      warnings.push({ fields: fields as Record<string, unknown>, msg: msg ?? '' }),
+  };
+  return { logger, warnings };
+}

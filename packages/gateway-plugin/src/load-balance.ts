@@ -17,8 +17,8 @@ import type { Socket } from 'node:net';
 import { Balancer, closedError } from './balancer';
 import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
-import { statusHandler, type HttpHandler } from './observability';
-import { serveMetrics } from './observability/handlers';
+import type { HttpHandler } from './observability';
+import { serveMetrics, serveStatus } from './observability/handlers';
 import type { LoadBalanceOptions, ReadyOptions } from './options';
 import { closeOptions, resolveOptions } from './options-validate';
 import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
@@ -68,7 +68,16 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
   const status: HttpHandler | undefined =
     options.statusPath === undefined
       ? undefined
-      : statusHandler({ getSnapshot, token: options.statusToken });
+      : serveStatus({
+          getSnapshot,
+          token: options.statusToken,
+          // A status request whose client stops reading is cut as a proxied answer would be.
+          stallTimeoutMs: options.requestTimeoutMs,
+          onStalled: (message) =>
+            balancer.logLine('status-request-stalled', message, {
+              event: 'status-request-stalled',
+            }),
+        });
   const metrics: HttpHandler | undefined =
     options.metricsPath === undefined
       ? undefined

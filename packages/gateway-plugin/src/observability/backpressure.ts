@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /**
  * What an answer written in parts waits on (the metrics scrape, the status body): the
@@ -44,4 +44,83 @@ export class AnswerWaiter {
     this.closed = true;
     this.woken();
   };
+}
+
+/** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
+export function bytesTaken(res: ServerResponse): number | undefined {
+  const socket = res.socket;
+  if (!socket) return undefined;
+  const written = socket.bytesWritten as number | undefined;
+  return written === undefined ? undefined : written - socket.writableLength;
+}
+
+/**
+ * Waits for 'drain' (or the close); false when the client stalled: checked
+ * every `timeoutMs` meanwhile, its socket had handed on no byte since the
+ * last check (or the start of the wait). So a client that stops reading is
+ * cut between one and two `timeoutMs` after its last byte taken, as a
+ * proxied answer is (`client-stalled`). A response without a socket yet (a
+ * pipelined one, queued behind the answers before it) is not stalled.
+ */
+export async function drainedWithin(
+  waiter: AnswerWaiter,
+  res: ServerResponse,
+  timeoutMs: number,
+): Promise<boolean> {
+  let stalled = false;
+  let seen = bytesTaken(res);
+  const check = setInterval(() => {
+    const taken = bytesTaken(res);
+    if (taken !== undefined && taken === seen) {
+      stalled = true;
+      waiter.woken();
+    }
+    seen = taken;
+  }, timeoutMs);
+  check.unref();
+  try {
+    await waiter.next();
+  } finally {
+    clearInterval(check);
+  }
+  return !stalled;
+}
+
+/** The peer of a scrape for a log line: printable ASCII only, bounded. */
+export function peerOf(req: IncomingMessage): string {
+  return String(req.socket?.remoteAddress ?? '?')
+    .slice(0, 64)
+    .replace(/[^\x20-\x7e]/g, '?');
+}
+
+/** How an answer written in parts treats a client that takes nothing (drainedWithin). */
+export interface Stall {
+  timeoutMs: number;
+  /** Told of each answer cut so, with a line to log. */
+  onStalled: ((message: string) => void) | undefined;
+}
+
+/**
+ * Waits for the socket of an answer written in parts to take more; false when the client
+ * went, or stalled (drainedWithin): then after destroying the response and telling `stall.onStalled`
+ * with `what` (`metrics scrape`, `status request`) and what it held (`its render`) in the line.
+ */
+export async function drainedOrCut(
+  waiter: AnswerWaiter,
+  req: IncomingMessage,
+  res: ServerResponse,
+  stall: Stall,
+  what: string,
+  held: string,
+): Promise<boolean> {
+  const drained = await drainedWithin(waiter, res, stall.timeoutMs);
+  if (waiter.closed) return false;
+  if (drained) return true;
+  // The peer first: a destroyed socket has no remoteAddress any more.
+  const peer = peerOf(req);
+  res.destroy();
+  stall.onStalled?.(
+    `${what} from ${peer} took no bytes for ${stall.timeoutMs} ms; connection cut, ${held} released`,
+  );
+  return false;
 }

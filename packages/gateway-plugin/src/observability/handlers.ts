@@ -14,7 +14,7 @@ import { DEFAULT_REQUEST_TIMEOUT_MS } from '../options';
 import { MetricsRenders, type RenderRead } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 import { StatusBodies, writeStatus } from './status-body';
-import { AnswerWaiter } from './backpressure';
+import { AnswerWaiter, drainedOrCut, type Stall } from './backpressure';
 
 export type HttpHandler = (
   req: IncomingMessage,
@@ -123,9 +123,26 @@ function snapshotOf(source: SnapshotSource): BalancerSnapshot {
  * requests that arrive together read one body, made in steps and written in
  * slices as the socket takes them (status-body.ts); a request that would
  * need a new body while answers in progress hold MAX_HELD_STATUS_BYTES of
- * them gets 503 with Retry-After.
+ * them gets 503 with Retry-After; one whose client takes no byte for 30 s is cut.
  */
 export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
+  return serveStatus(opts);
+}
+
+/** How statusHandler is built; `loadBalance()` sets the stall handling from its options. */
+export interface StatusServeOptions extends StatusHandlerOptions {
+  /** As MetricsServeOptions.stallTimeoutMs: `loadBalance()` gives its `requestTimeoutMs`. */
+  stallTimeoutMs?: number;
+  /** Told of each answer cut so, with a line to log. */
+  onStalled?: (message: string) => void;
+}
+
+/** statusHandler, with the stall handling set (`loadBalance()`). */
+export function serveStatus(opts: StatusServeOptions): HttpHandler {
+  const stall: Stall = {
+    timeoutMs: opts.stallTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+    onStalled: opts.onStalled,
+  };
   const authorized = makeAuthorizer(opts.token);
   const { getSnapshot, balancers } = opts;
   if ((getSnapshot === undefined) === (balancers === undefined))
@@ -159,7 +176,7 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
     };
     // An answer may wait for its body and for 'drain' over many turns: a write that throws
     // must not be an unhandled rejection, which ends a Node 20 process.
-    writeStatus(body, req, res, failed).catch(() => {
+    writeStatus(body, req, res, failed, stall).catch(() => {
       if (res.headersSent) res.destroy();
       else if (!res.writableEnded) {
         res.statusCode = 500;
@@ -197,53 +214,6 @@ function* slicesOf(part: string): Generator<string> {
   }
 }
 
-/** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
-function bytesTaken(res: ServerResponse): number | undefined {
-  const socket = res.socket;
-  if (!socket) return undefined;
-  const written = socket.bytesWritten as number | undefined;
-  return written === undefined ? undefined : written - socket.writableLength;
-}
-
-/**
- * Waits for 'drain' (or the close); false when the client stalled: checked
- * every `timeoutMs` meanwhile, its socket had handed on no byte since the
- * last check (or the start of the wait). So a client that stops reading is
- * cut between one and two `timeoutMs` after its last byte taken, as a
- * proxied answer is (`client-stalled`). A response without a socket yet (a
- * pipelined one, queued behind the answers before it) is not stalled.
- */
-async function drainedWithin(
-  waiter: AnswerWaiter,
-  res: ServerResponse,
-  timeoutMs: number,
-): Promise<boolean> {
-  let stalled = false;
-  let seen = bytesTaken(res);
-  const check = setInterval(() => {
-    const taken = bytesTaken(res);
-    if (taken !== undefined && taken === seen) {
-      stalled = true;
-      waiter.woken();
-    }
-    seen = taken;
-  }, timeoutMs);
-  check.unref();
-  try {
-    await waiter.next();
-  } finally {
-    clearInterval(check);
-  }
-  return !stalled;
-}
-
-/** The peer of a scrape for a log line: printable ASCII only, bounded. */
-function peerOf(req: IncomingMessage): string {
-  return String(req.socket?.remoteAddress ?? '?')
-    .slice(0, 64)
-    .replace(/[^\x20-\x7e]/g, '?');
-}
-
 /**
  * Writes the read render's text part by part as it is rendered, each part in
  * slices, waiting for 'drain' whenever the socket has enough buffered. The
@@ -262,7 +232,7 @@ async function writeMetrics(
   req: IncomingMessage,
   res: ServerResponse,
   next: ((err?: unknown) => void) | undefined,
-  stall: { timeoutMs: number; onStalled: ((message: string) => void) | undefined },
+  stall: Stall,
 ): Promise<void> {
   const waiter = new AnswerWaiter(res);
   let started = false;
@@ -292,17 +262,7 @@ async function writeMetrics(
       }
       for (const slice of slicesOf(part.value)) {
         if (res.write(slice)) continue;
-        const drained = await drainedWithin(waiter, res, stall.timeoutMs);
-        if (waiter.closed) return;
-        if (!drained) {
-          // The peer first: a destroyed socket has no remoteAddress any more.
-          const peer = peerOf(req);
-          res.destroy();
-          stall.onStalled?.(
-            `metrics scrape from ${peer} took no bytes for ${stall.timeoutMs} ms; connection cut, its render released`,
-          );
-          return;
-        }
+        if (!(await drainedOrCut(waiter, req, res, stall, 'metrics scrape', 'its render'))) return;
       }
     }
     if (!waiter.closed && !res.writableEnded) res.end();

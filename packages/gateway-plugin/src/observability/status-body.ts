@@ -24,7 +24,7 @@
  *   it shares with the others.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { AnswerWaiter } from './backpressure';
+import { AnswerWaiter, drainedOrCut, type Stall } from './backpressure';
 
 /** Backends serialised per turn of the event loop: about 1-2 ms of JSON.stringify. */
 export const STATUS_STEP_BACKENDS = 500;
@@ -232,6 +232,7 @@ export async function writeStatus(
   req: IncomingMessage,
   res: ServerResponse,
   onFailure: (err: unknown) => void,
+  stall: Stall,
 ): Promise<void> {
   const waiter = new AnswerWaiter(res);
   try {
@@ -251,7 +252,10 @@ export async function writeStatus(
     for (const part of body.parts) {
       for (let at = 0; at < part.length; at += WRITE_SLICE_BYTES) {
         if (waiter.closed) return;
-        if (!res.write(part.subarray(at, at + WRITE_SLICE_BYTES))) await waiter.next();
+        if (res.write(part.subarray(at, at + WRITE_SLICE_BYTES))) continue;
+        // A client that takes nothing is cut (its body released): before, a few that never
+        // read held MAX_HELD_STATUS_BYTES for good, and every status request got 503.
+        if (!(await drainedOrCut(waiter, req, res, stall, 'status request', 'its body'))) return;
       }
     }
     if (!waiter.closed && !res.writableEnded) res.end();
