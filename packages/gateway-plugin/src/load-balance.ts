@@ -18,6 +18,7 @@ import { Balancer, closedError } from './balancer';
 import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
 import type { HttpHandler } from './observability';
+import type { StallOptions } from './observability/backpressure';
 import { serveMetrics, serveStatus } from './observability/handlers';
 import type { LoadBalanceOptions, ReadyOptions } from './options';
 import { closeOptions, resolveOptions } from './options-validate';
@@ -65,30 +66,26 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
   const options = resolveOptions(opts);
   const balancer = new Balancer(options);
   const getSnapshot = (): ReturnType<BalancerHandle['snapshot']> => balancer.snapshot();
+  // A status or metrics answer whose client stops reading is cut as a proxied answer would
+  // be, and logged (`event`, rate-limited).
+  const stallCut = (event: string): StallOptions => ({
+    stallTimeoutMs: options.requestTimeoutMs,
+    onStalled: (message) => balancer.logLine(event, message, { event }),
+  });
   const status: HttpHandler | undefined =
     options.statusPath === undefined
       ? undefined
       : serveStatus({
           getSnapshot,
           token: options.statusToken,
-          // A status request whose client stops reading is cut as a proxied answer would be.
-          stallTimeoutMs: options.requestTimeoutMs,
-          onStalled: (message) =>
-            balancer.logLine('status-request-stalled', message, {
-              event: 'status-request-stalled',
-            }),
+          ...stallCut('status-request-stalled'),
         });
   const metrics: HttpHandler | undefined =
     options.metricsPath === undefined
       ? undefined
       : serveMetrics(balancer.metrics.registry, {
           token: options.statusToken,
-          // A scrape whose client stops reading is cut as a proxied answer would be.
-          stallTimeoutMs: options.requestTimeoutMs,
-          onStalled: (message) =>
-            balancer.logLine('metrics-scrape-stalled', message, {
-              event: 'metrics-scrape-stalled',
-            }),
+          ...stallCut('metrics-scrape-stalled'),
         });
 
   const dashboard = options.dashboard && createDashboard(balancer, options.dashboard);

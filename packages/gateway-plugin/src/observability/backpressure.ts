@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from '../options';
 
 /**
  * What an answer written in parts waits on (the metrics scrape, the status body): the
@@ -47,7 +48,7 @@ export class AnswerWaiter {
 }
 
 /** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
-export function bytesTaken(res: ServerResponse): number | undefined {
+function bytesTaken(res: ServerResponse): number | undefined {
   const socket = res.socket;
   if (!socket) return undefined;
   const written = socket.bytesWritten as number | undefined;
@@ -98,6 +99,25 @@ export interface Stall {
   timeoutMs: number;
   /** Told of each answer cut so, with a line to log. */
   onStalled: ((message: string) => void) | undefined;
+}
+
+/** A handler's stall options (status and metrics alike). */
+export interface StallOptions {
+  /**
+   * An answer whose client takes no byte for this long while it waits for its socket is
+   * cut (drainedWithin): `loadBalance()` gives its `requestTimeoutMs`; alone,
+   * DEFAULT_REQUEST_TIMEOUT_MS (30 s).
+   */
+  stallTimeoutMs?: number;
+  /** Told of each answer cut so, with a line to log (`loadBalance()` logs it, rate-limited). */
+  onStalled?: (message: string) => void;
+}
+
+export function stallOf(opts: StallOptions): Stall {
+  return {
+    timeoutMs: opts.stallTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+    onStalled: opts.onStalled,
+  };
 }
 
 /**

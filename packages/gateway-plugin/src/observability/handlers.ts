@@ -10,11 +10,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
-import { DEFAULT_REQUEST_TIMEOUT_MS } from '../options';
 import { MetricsRenders, type RenderRead } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 import { StatusBodies, writeStatus } from './status-body';
-import { AnswerWaiter, drainedOrCut, type Stall } from './backpressure';
+import { AnswerWaiter, drainedOrCut, stallOf, type Stall, type StallOptions } from './backpressure';
 
 export type HttpHandler = (
   req: IncomingMessage,
@@ -130,19 +129,11 @@ export function statusHandler(opts: StatusHandlerOptions): HttpHandler {
 }
 
 /** How statusHandler is built; `loadBalance()` sets the stall handling from its options. */
-export interface StatusServeOptions extends StatusHandlerOptions {
-  /** As MetricsServeOptions.stallTimeoutMs: `loadBalance()` gives its `requestTimeoutMs`. */
-  stallTimeoutMs?: number;
-  /** Told of each answer cut so, with a line to log. */
-  onStalled?: (message: string) => void;
-}
+export interface StatusServeOptions extends StatusHandlerOptions, StallOptions {}
 
 /** statusHandler, with the stall handling set (`loadBalance()`). */
 export function serveStatus(opts: StatusServeOptions): HttpHandler {
-  const stall: Stall = {
-    timeoutMs: opts.stallTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
-    onStalled: opts.onStalled,
-  };
+  const stall = stallOf(opts);
   const authorized = makeAuthorizer(opts.token);
   const { getSnapshot, balancers } = opts;
   if ((getSnapshot === undefined) === (balancers === undefined))
@@ -274,15 +265,7 @@ async function writeMetrics(
 }
 
 /** How metricsHandler is built; `loadBalance()` sets the stall handling from its options. */
-export interface MetricsServeOptions extends ProtectedHandlerOptions {
-  /**
-   * A scrape whose client takes no byte for this long while the text waits
-   * for its socket is cut (see drainedWithin): `loadBalance()` gives its
-   * `requestTimeoutMs`; alone, DEFAULT_REQUEST_TIMEOUT_MS (30 s), its default.
-   */
-  stallTimeoutMs?: number;
-  /** Told of each scrape cut so, with a line to log (`loadBalance()` logs it, rate-limited). */
-  onStalled?: (message: string) => void;
+export interface MetricsServeOptions extends ProtectedHandlerOptions, StallOptions {
   /** Bound of the renders held by scrapes in progress (MAX_HELD_METRICS_BYTES). */
   maxHeldBytes?: number;
 }
@@ -308,10 +291,7 @@ export function metricsHandler(
 export function serveMetrics(registry: Registry, opts: MetricsServeOptions = {}): HttpHandler {
   const authorized = makeAuthorizer(opts.token);
   const renders = new MetricsRenders(registry, opts.maxHeldBytes);
-  const stall = {
-    timeoutMs: opts.stallTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
-    onStalled: opts.onStalled,
-  };
+  const stall = stallOf(opts);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
     if (req.method === 'HEAD') {
