@@ -44,6 +44,7 @@ import { LoopGuard } from './proxy/loop-guard';
 import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
+import { urlHost } from './registry/backend-tls';
 import { Registry, STALE_LINES } from './registry/registry';
 import { portOf, serverOf } from './registry/server';
 import { ipv6Groups } from './ipv6-groups';
@@ -709,7 +710,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     const url = checkBackendUrl(message.url);
     // Which rule (not http(s), port 0), with the url as sent (cut at 80 characters).
     if (typeof url === 'string') return reject(`registration url ${shown(message.url)}: ${url}`);
-    const host = url.hostname.replace(/^\[|\]$/g, '');
+    const host = urlHost(url);
     const family = isIP(host);
     // IP literals only: a name would be resolved later, outside the check.
     if (family === 0) return reject(`host ${host} is not an IP address`);

@@ -28,6 +28,7 @@
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Backend } from '../registry/backend';
+import { errnoOf } from '../proxy/upstream-errors';
 import type { Registry } from '../registry/registry';
 
 /** Each timer is the interval ±10%, so that gateways do not probe in lockstep. */
@@ -149,7 +150,7 @@ export class ActiveChecker {
       // A request Node refuses to make: a failed check, never a throw out of the timer
       // (one ended the process at the first check).
       settled = true;
-      return done(false, errorCode(err));
+      return done(false, errnoOf(err));
     }
     this.inFlight.add(req);
     // A deadline, not an idle timeout: a status line sent a byte at a time, each within
@@ -162,7 +163,7 @@ export class ActiveChecker {
     );
     // Why, in the backend's down reason: a name that does not resolve (ENOTFOUND), a
     // refused port and a 5xx all read "active health check failed" before.
-    req.on('error', (err) => finish(false, errorCode(err)));
+    req.on('error', (err) => finish(false, errnoOf(err)));
     req.on('response', (res) => {
       const status = res.statusCode ?? 500;
       finish(pathOnly || status < 500, `HTTP ${status}`);
@@ -221,10 +222,4 @@ export function healthCheckUrl(path: string, target: URL): URL {
   const url = new URL(target.href);
   url.pathname = `${target.pathname.replace(/\/$/, '')}${path}`;
   return url;
-}
-
-/** An error's code (`ECONNREFUSED`, `ENOTFOUND`, `CERT_HAS_EXPIRED`), else its message. */
-function errorCode(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown } | undefined;
-  return typeof e?.code === 'string' ? e.code : String(e?.message ?? err);
 }

@@ -64,6 +64,7 @@ import {
   CONNECT_TIMEOUT_CODE,
   TIMEOUT_CODE,
   asError,
+  errnoOf,
   classify,
   codedError,
   connectedEvent,
@@ -1461,7 +1462,7 @@ export class RequestFlow {
     // request: that backend's connections are retired, as for stray bytes (pool-agent.ts).
     if (isBadAnswer(err)) retirePool(backend.agent);
     const res2 = flow.res;
-    const errno = (err as { code?: string }).code ?? err.message;
+    const errno = errnoOf(err);
     const attemptNo = flow.retries + 1;
     const attempt = `attempt ${attemptNo} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
     // One line per backend and errno per 10 s; the fields say the same for a JSON logger.
@@ -1589,7 +1590,7 @@ export class RequestFlow {
    */
   private bytesAfterAnswer(flow: Flow, err: Error): void {
     const backend = flow.backend!;
-    const errno = (err as { code?: string }).code ?? err.message;
+    const errno = errnoOf(err);
     retirePool(backend.agent);
     this.core.logLine(
       `upstream:${backend.id}:after-answer`,
@@ -1815,7 +1816,7 @@ export class RequestFlow {
   private outOfResources(flow: Flow, err: Error): void {
     const c = this.core;
     const backend = flow.backend!;
-    const errno = (err as { code?: string }).code ?? err.message;
+    const errno = errnoOf(err);
     this.endAttempt(flow, true); // no sample: not an answer, fast or slow
     c.logLine(
       `gateway-resources:${errno}`,

@@ -51,6 +51,7 @@ import {
   classify,
   codedError,
   connectedEvent,
+  errnoOf,
   resetOnPooledConnection,
   isBadAnswer,
   isInvalidRequestError,
@@ -411,7 +412,7 @@ export class UpgradeFlow {
       answer.unpipe(res);
       for (let chunk = answer.read() as Buffer | null; chunk !== null; chunk = answer.read())
         res.write(chunk);
-      const errno = (err as { code?: string }).code ?? err.message;
+      const errno = errnoOf(err);
       this.core.logLine(
         `upstream:${backend.id}:after-answer`,
         `${backend.id} (${backend.target.href}) sent bytes after a complete answer to the upgrade ${req.url}: ${errno}; answer relayed`,
@@ -479,7 +480,7 @@ export class UpgradeFlow {
       c.budget?.refund();
       return false;
     }
-    const errno = e.code ?? e.message;
+    const errno = errnoOf(e);
     c.logLine(
       `upstream:${failed.id}:${errno}`,
       `attempt ${attempt.retries + 1} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}${stale ? ' on a pooled connection' : ''}; retrying`,

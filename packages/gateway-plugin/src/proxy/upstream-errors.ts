@@ -101,6 +101,12 @@ export function isInvalidRequestError(err: Error): boolean {
 }
 
 /** Not `instanceof Error`: Node's own errors may come from another realm (vm, jest). */
+/** What a log line or a reason names a failure by: its code (`ECONNREFUSED`), else its message. */
+export function errnoOf(err: unknown): string {
+  const e = asError(err) as Error & { code?: unknown };
+  return String(e.code ?? e.message);
+}
+
 export function asError(err: unknown): Error {
   return typeof err === 'object' && err !== null && 'message' in err
     ? (err as Error)

@@ -39,9 +39,13 @@ export type BackendTlsConnectOptions = Omit<BackendTls, 'servername'> & {
  * (tls.connect: `servername || host`).
  */
 export function backendServerName(url: URL): string {
-  // WHATWG URL keeps an IPv6 literal's brackets.
-  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const host = urlHost(url);
   return isIP(host) === 0 ? host.replace(/\.$/, '') : '';
+}
+
+/** A URL's host as a name or an address: WHATWG URL keeps an IPv6 literal's brackets. */
+export function urlHost(url: URL): string {
+  return url.hostname.replace(/^\[|\]$/g, '');
 }
 
 /**

@@ -9,7 +9,12 @@ import type { Agent as HttpAgent } from 'node:http';
 import { isIP } from 'node:net';
 import type { BackendState as AgentState, MetricsReport } from '@loadwise/protocol';
 import type { LoadEstimate } from '../load';
-import { backendTlsOptions, type BackendTls, type BackendTlsConnectOptions } from './backend-tls';
+import {
+  backendTlsOptions,
+  urlHost,
+  type BackendTls,
+  type BackendTlsConnectOptions,
+} from './backend-tls';
 import type { Endpoint } from '../strategies/types';
 import { createPoolAgent, type StrayBytesHandler } from './pool-agent';
 import { backendLookup, type ConnectLookup } from './dns-cache';
@@ -139,7 +144,7 @@ export class Backend {
     // the server would, instead of racing its close with a new request:
     // Agent.prototype.keepSocketAlive). It never fires on a socket in use.
     const { idleTimeoutMs, maxRequestsPerConnection, ...pool } = agentOptions;
-    this.lookup = isIP(url.hostname.replace(/^\[|\]$/g, '')) === 0 ? backendLookup : undefined;
+    this.lookup = isIP(urlHost(url)) === 0 ? backendLookup : undefined;
     const opts = {
       keepAlive: true,
       scheduling: 'lifo' as const,
