@@ -17,7 +17,7 @@ import { createServer } from 'node:http';
 import { listen, type TestServer } from '../kit/http';
 import { wsEchoBackend } from '../kit/ws-server';
 import { parseResponses } from '../kit/raw-http';
-import { quietLogger } from '../kit/gateway';
+import { expressGateway, quietLogger } from '../kit/gateway';
 import { eventually } from '../kit/fleet';
 
 const TOKEN = 'user-token-1';
@@ -116,32 +116,16 @@ describe('an upgrade pipelined behind an unanswered request', () => {
     plainMs: number,
     answered: () => void = () => {},
   ): Promise<TestServer & { lb: LoadBalancerMiddleware }> {
-    const lb = loadBalance({
-      backends: [{ id: 'b', url: backend.url }],
-      healthCheck: false,
-      overload: false,
-      warmUp: false,
-      logger: quietLogger,
+    return expressGateway(backend.url, {}, (app, lb, server) => {
+      app.get('/plain', (_req, res) => {
+        setTimeout(() => {
+          answered();
+          res.end('PLAIN');
+        }, plainMs);
+      });
+      app.use(lb);
+      server.on('upgrade', routed ? routeUpgrades(app) : lb.upgrade);
     });
-    const app = express();
-    app.get('/plain', (_req, res) => {
-      setTimeout(() => {
-        answered();
-        res.end('PLAIN');
-      }, plainMs);
-    });
-    app.use(lb);
-    const server = createServer(app);
-    server.on('upgrade', routed ? routeUpgrades(app) : lb.upgrade);
-    const gw = await listen(server);
-    return {
-      ...gw,
-      lb,
-      close: async () => {
-        await gw.close();
-        await lb.close();
-      },
-    };
   }
 
   it.each([
