@@ -47,7 +47,9 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_USERNAME: 'MQTT username',
   LOADWISE_GW_PASSWORD_FILE: 'file holding the MQTT password',
   LOADWISE_GW_KEY_FILE:
-    'verification keys ("<keyId> <secret> [<backends>]" per line); unsigned reports are then dropped',
+    'verification keys ("<keyId> <secret> [<backends>]" per line); without it or LOADWISE_GW_ALLOW_UNSIGNED no report counts',
+  LOADWISE_GW_ALLOW_UNSIGNED:
+    '1: count unsigned reports too (they can only make a backend look busier; for a trial, not production)',
   LOADWISE_GW_HOST: 'address to listen on (default 127.0.0.1)',
   LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
   LOADWISE_GW_STATUS_TOKEN:
@@ -141,6 +143,8 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
     if (cert) broker.cert = cert;
     if (key) broker.key = key;
     if (env['LOADWISE_GW_USERNAME']) broker.username = env['LOADWISE_GW_USERNAME'];
+    else if (password)
+      throw new ConfigError('LOADWISE_GW_PASSWORD_FILE: needs LOADWISE_GW_USERNAME');
     if (password) broker.password = password.toString('utf8').trim();
     options.broker = broker;
   }
@@ -153,6 +157,12 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       throw new ConfigError(`LOADWISE_GW_KEY_FILE: ${(err as Error).message}`);
     }
   }
+  const allowUnsigned = env['LOADWISE_GW_ALLOW_UNSIGNED'];
+  if (allowUnsigned !== undefined && allowUnsigned !== '' && !/^[01]$/.test(allowUnsigned))
+    throw new ConfigError(
+      `LOADWISE_GW_ALLOW_UNSIGNED: 0 or 1 (got ${JSON.stringify(allowUnsigned)})`,
+    );
+  if (allowUnsigned === '1') options.allowUnsigned = true;
   if (env['LOADWISE_GW_STATUS_TOKEN']) options.statusToken = env['LOADWISE_GW_STATUS_TOKEN'];
   const rawPort = env['LOADWISE_GW_PORT'] ?? '8080';
   const port = Number(rawPort);
@@ -179,9 +189,11 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       `LOADWISE_GW_READY_TIMEOUT_MS: not an integer 0..600000 (got ${JSON.stringify(rawReady)})`,
     );
   }
+  // Empty counts as unset (as for every variable): listen(port, '') binds every interface.
+  const host = env['LOADWISE_GW_HOST'] || '127.0.0.1';
   return {
     options,
-    host: env['LOADWISE_GW_HOST'] ?? '127.0.0.1',
+    host,
     port,
     acceptHandles,
     stopGraceMs,
@@ -294,10 +306,21 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   if (stopping) return;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, resolve);
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ port: config.port, host: config.host, backlog: LISTEN_BACKLOG }, resolve);
+    });
+  } catch (err) {
+    // A host that does not resolve or is not this machine's, a port taken: the configuration,
+    // said in one line as for every other variable (it was a stack trace and exit 1).
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    process.stderr.write(
+      `gateway-server: LOADWISE_GW_HOST/LOADWISE_GW_PORT: cannot listen on ${config.host}:${config.port} (${code})\n`,
+    );
+    await lb.close({ graceMs: 0 });
+    process.exit(2);
+  }
   // More than one connection accepted per loop turn on Node 20 (docs/gateway.md, "Accept queue").
   await multiAccept(server, { handles: config.acceptHandles, backlog: LISTEN_BACKLOG });
   const { port } = server.address() as AddressInfo;

@@ -343,6 +343,40 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, agent: { maxRequestsPerConnection: 1.5 } },
     'LW_GW_INVALID_OPTION',
   ],
+  // MQTT 3.1.1 sends no password without a username: the broker closed the connection.
+  [
+    'a broker password without a username',
+    { ...base, broker: { url: 'mqtt://h', password: 'p' } },
+    'LW_GW_INVALID_BROKER',
+  ],
+  [
+    'an empty embedded broker host',
+    { ...base, broker: { embedded: true, host: '' } },
+    'LW_GW_INVALID_OPTION',
+  ],
+  // It overwrites the header it names on every proxied answer.
+  ...[
+    'content-length',
+    'Transfer-Encoding',
+    'connection',
+    'Set-Cookie',
+    'location',
+    'content-type',
+  ].map((h): [string, unknown, GatewayErrorCode] => [
+    `decisionHeader ${h}`,
+    { ...base, decisionHeader: h },
+    'LW_GW_INVALID_OPTION',
+  ]),
+  [
+    'two keys with one keyId',
+    { ...base, keys: [key, { keyId: key.keyId, secret: Buffer.alloc(32, 2) }] },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'allowUnsigned false beside requireSignature false',
+    { ...base, allowUnsigned: false, requireSignature: false },
+    'LW_GW_INVALID_OPTION',
+  ],
   // Past 2^31 - 1 ms Node fires a timer after 1 ms: 3e9 meant "practically never" and made
   // 700 health checks a second, or answered every queued request 503 at once.
   ...(
@@ -406,6 +440,21 @@ describe('loadBalance options', () => {
     expect(() => resolveOptions({ ...base, ...extra } as LoadBalanceOptions)).toThrow(
       `LW_GW_INVALID_OPTION: ${message}`,
     );
+  });
+
+  it('takes a decision header of its own', () => {
+    expect(resolveOptions({ ...base, decisionHeader: 'X-Backend' }).decisionHeader).toBe(
+      'x-backend',
+    );
+  });
+
+  it('says what is wrong with a backend URL, never its password', () => {
+    const bad = (url: string) => () => resolveOptions({ backends: [{ id: 'a', url }] });
+    expect(bad('http://user:S3CRET@10.0.0.1:1')).toThrow(
+      'LW_GW_INVALID_BACKEND_URL: backends[0].url "http://***@10.0.0.1:1": has credentials',
+    );
+    expect(bad('http://user:S3CRET@10.0.0.1:1')).not.toThrow(/S3CRET/);
+    expect(bad('http://10.0.0.1:1/?a=1')).toThrow(/has a query or a fragment/);
   });
 
   it('never shows the password of a broker URL it refuses', () => {

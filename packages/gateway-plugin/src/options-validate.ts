@@ -100,6 +100,41 @@ const path = is<string>(
   "a path starting with '/' without query, spaces, dot-segments, '//' or '\\'",
 );
 const isHeaderName = (x: unknown): x is string => typeof x === 'string' && HEADER_NAME_RE.test(x);
+/**
+ * Response headers a client or Node acts on. decisionHeader overwrites the one it names on
+ * every proxied answer: `content-length` made every response unreadable
+ * (HPE_INVALID_CONTENT_LENGTH), and `set-cookie` or `location` replaced the backend's.
+ */
+const MEANINGFUL_RESPONSE_HEADERS = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'trailer',
+  'te',
+  'upgrade',
+  'set-cookie',
+  'location',
+  'retry-after',
+  'www-authenticate',
+  'proxy-authenticate',
+  'cache-control',
+  'expires',
+  'vary',
+  'etag',
+  'last-modified',
+  'age',
+  'date',
+  'strict-transport-security',
+]);
+const isMeaningfulResponseHeader = (name: string): boolean => {
+  const n = name.toLowerCase();
+  return (
+    MEANINGFUL_RESPONSE_HEADERS.has(n) ||
+    n.startsWith('content-') ||
+    n.startsWith('access-control-')
+  );
+};
 const isPem = (x: unknown): boolean => typeof x === 'string' || Buffer.isBuffer(x);
 const pem = is<string | Buffer>(isPem, 'PEM text or a Buffer');
 /** CA certificates: one PEM text or Buffer, or an array of them (Node's `ca`). */
@@ -134,23 +169,23 @@ const orFalse = <S extends v.GenericSchema>(section: S) =>
 /** Parses a backend URL; used for configured and for discovered backends. */
 export function backendUrl(name: string, x: unknown): URL {
   const checked = checkBackendUrl(x);
-  if (typeof checked === 'string')
-    throw new GatewayError('LW_GW_INVALID_BACKEND_URL', `${name} ${shown(x)}: ${checked}`);
+  if (typeof checked === 'string') {
+    // Never the password it carries: the error is logged (and printed by the examples).
+    const u = typeof x === 'string' ? redactRefusedUrl(x) : x;
+    throw new GatewayError('LW_GW_INVALID_BACKEND_URL', `${name} ${shown(u)}: ${checked}`);
+  }
   return checked;
 }
 
 /** A backend URL parsed, or what is wrong with it (the rule it breaks). */
 export function checkBackendUrl(x: unknown): URL | string {
   const url = parseUrl(x);
-  if (
-    !url ||
-    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
-    url.username ||
-    url.password ||
-    url.search ||
-    url.hash
-  )
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:'))
     return 'expected http(s)://host[:port][/path]';
+  if (url.username || url.password)
+    return 'has credentials (user:password@), which a backend URL never carries';
+  if (url.search || url.hash)
+    return 'has a query or a fragment (expected http(s)://host[:port][/path])';
   // No server listens on port 0 (a listener asking for it gets some free port instead), so
   // such a backend could never be reached; a registration for one was admitted.
   if (url.port === '0') return "port 0 is no server's port";
@@ -268,27 +303,41 @@ const embeddedBroker = strict({
     x === true ? undefined : brokerError('broker.embedded must be true'),
   ),
   port: v.optional(int(0, 65535)),
-  host: v.optional(str()),
+  // An empty host was refused only when ready() started the broker.
+  host: v.optional(is<string>((x) => typeof x === 'string' && x !== '', 'a non-empty string')()),
 });
-const brokerUrlOptions = strict({
-  url: brokerUrl,
-  username: v.optional(str()),
-  password: v.optional(secretText),
-  ca: v.optional(pemList()),
-  cert: v.optional(pem()),
-  key: v.optional(secretPem),
-  rejectUnauthorized: v.optional(bool()),
-  clientIdPrefix: v.optional(
-    is<string>(
-      (x) => typeof x === 'string' && x.length <= 40,
-      'a string of at most 40 characters',
-    )(),
+const brokerUrlOptions = v.pipe(
+  strict({
+    url: brokerUrl,
+    username: v.optional(str()),
+    password: v.optional(secretText),
+    ca: v.optional(pemList()),
+    cert: v.optional(pem()),
+    key: v.optional(secretPem),
+    rejectUnauthorized: v.optional(bool()),
+    clientIdPrefix: v.optional(
+      is<string>(
+        (x) => typeof x === 'string' && x.length <= 40,
+        'a string of at most 40 characters',
+      )(),
+    ),
+    keepaliveSec: v.optional(int(0, 65535)),
+    reconnectPeriodMs: v.optional(ms(1)),
+    connectTimeoutMs: v.optional(ms(1)),
+    protocolVersion: v.optional(is<4 | 5>((x) => x === 4 || x === 5, '4 or 5')()),
+  }),
+  // MQTT 3.1.1 has no password without a username [MQTT-3.1.2-22]: mqtt.js sent one,
+  // Mosquitto closed the connection without a CONNACK (under MQTT 5 too), and all the
+  // gateway could say was that the broker did not answer.
+  crossCheck((b) =>
+    b.password !== undefined && b.username === undefined
+      ? new GatewayError(
+          'LW_GW_INVALID_BROKER',
+          'broker.password needs broker.username (brokers close a connection with a password and no username)',
+        )
+      : undefined,
   ),
-  keepaliveSec: v.optional(int(0, 65535)),
-  reconnectPeriodMs: v.optional(ms(1)),
-  connectTimeoutMs: v.optional(ms(1)),
-  protocolVersion: v.optional(is<4 | 5>((x) => x === 4 || x === 5, '4 or 5')()),
-});
+);
 const broker = v.lazy((x) =>
   typeof x === 'string'
     ? brokerUrl
@@ -410,12 +459,17 @@ const entries = {
     leaf<SigningKey[]>(
       thrown((x, name) => {
         if (!Array.isArray(x)) throw invalidOption(name, 'an array of { keyId, secret }', x);
+        // Keys are looked up by id: of two with one id, one secret would never verify
+        // anything (parseKeyFile refuses the same in a key file).
+        const ids = new Set<string>();
         for (const k of x as SigningKey[]) {
           try {
             assertValidKey(k);
           } catch (err) {
             throw invalidOption(name, `valid keys (${(err as Error).message})`, k?.keyId);
           }
+          if (ids.has(k.keyId)) throw invalidOption(name, 'keys with distinct keyIds', k.keyId);
+          ids.add(k.keyId);
         }
       }),
     ),
@@ -611,8 +665,8 @@ const entries = {
   ),
   decisionHeader: v.optional(
     is<boolean | string>(
-      (x) => typeof x === 'boolean' || isHeaderName(x),
-      'a boolean or a header name',
+      (x) => typeof x === 'boolean' || (isHeaderName(x) && !isMeaningfulResponseHeader(x)),
+      'a boolean or a header name of your own (not one HTTP frames, caches or acts on)',
     )(),
   ),
   // Visible ASCII, as dashboard.token: a token read from a secret file with its trailing
@@ -753,6 +807,9 @@ function betweenOptions(o: Parsed): GatewayError | undefined {
     return invalidOption('requireSignature', 'false when no keys are given', true);
   if (o.allowUnsigned === true && o.requireSignature === true)
     return invalidOption('allowUnsigned', 'false when requireSignature is true', true);
+  // The legacy option says the opposite: which one meant it is anyone's guess.
+  if (o.allowUnsigned === false && o.requireSignature === false)
+    return invalidOption('allowUnsigned', 'true or unset when requireSignature is false', false);
   if (o.discovery && o.keys.length === 0)
     return new GatewayError(
       'LW_GW_INVALID_DISCOVERY',

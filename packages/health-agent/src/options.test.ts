@@ -98,6 +98,8 @@ describe('resolveAgentOptions', () => {
     ['broker.url', { broker: { url: 'http://x' } }],
     ['broker.url', { broker: { url: 'not a url' } }],
     ['broker.cert', { broker: { url: 'mqtts://x', cert: 'PEM' } }],
+    // MQTT 3.1.1 sends no password without a username: the broker closed the connection.
+    ['broker.password', { broker: { url: 'mqtt://x', password: 'p' } }],
     ['intervalMs', { intervalMs: 50 }],
     // Past 2^31 - 1 ms Node fires the timer after 1 ms: a reconnect every millisecond.
     ['broker.reconnectPeriodMs', { broker: { url: 'mqtt://x', reconnectPeriodMs: 2 ** 31 } }],

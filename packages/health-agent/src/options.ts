@@ -186,6 +186,15 @@ const brokerSchema = notArray(
       ),
       ['cert'],
     ),
+    // MQTT 3.1.1 has no password without a username [MQTT-3.1.2-22]: the broker closed the
+    // connection without a CONNACK, and the agent logged only "connection lost", forever.
+    v.forward(
+      v.check(
+        (b) => b.password === undefined || b.username !== undefined,
+        'needs a username (MQTT 3.1.1 sends no password without one)',
+      ),
+      ['password'],
+    ),
   ),
 );
 
