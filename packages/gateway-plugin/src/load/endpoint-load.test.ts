@@ -1,5 +1,6 @@
 import type { MetricsReport } from '@loadwise/protocol';
 import { GatewayError } from '../errors';
+import { COHORT_CLAIM_RATIO } from './capacity';
 import { createLoadCohort } from './cohort';
 import { createEndpointLoad, expectedExcess } from './endpoint-load';
 import {
@@ -64,17 +65,24 @@ describe('createEndpointLoad: no data', () => {
     expect(cohort.meanServiceTimeMs()).toBe(10);
   });
 
-  it("caps a reported latency at the hour: one agent's 1e300 cannot wreck the cohort's mean for good", () => {
+  it("counts a reported latency in the cohort's mean only up to COHORT_CLAIM_RATIO × the fastest answer seen, and not before one", () => {
     const cohort = createLoadCohort();
-    const loads = [0, 1, 2].map(() => createEndpointLoad({ cohort }));
+    const loads = [0, 1, 2].map(() => createEndpointLoad({ cohort, serviceDecayMs: 1000 }));
     const latency = (ms: number) => report({ traffic: { rps: 10, latencyMeanMs: ms } });
+    // Nothing seen from any: the reports say nothing of the mean, the neutral estimate of
+    // every backend without data (one agent's claim of an hour made each of them look slow).
     for (const l of loads) l.onReport(latency(50), 0);
-    expect(cohort.meanServiceTimeMs()).toBe(50);
-    loads[0]!.onReport(latency(1e300), 1000);
-    expect(cohort.meanServiceTimeMs()).toBeLessThanOrEqual(MAX_EXPECTED_WAIT_MS);
-    // Back to 50: the others' figures were lost to rounding beside 1e300 (the mean stayed 16.7).
-    loads[0]!.onReport(latency(50), 2000);
+    expect(cohort.meanServiceTimeMs()).toBeUndefined();
+    for (const l of loads) serve(l, 0, 50);
     expect(cohort.meanServiceTimeMs()).toBeCloseTo(50, 6);
+    // The local figures older than 3 × serviceDecayMs: a report speaks for its backend, a
+    // claim of 1e300 (the digest caps it at the hour) as 4 × the 50 ms seen.
+    loads[0]!.onReport(latency(1e300), 5000);
+    expect(cohort.meanServiceTimeMs()).toBeCloseTo((COHORT_CLAIM_RATIO * 50 + 50 + 50) / 3, 6);
+    // Back to 50: the others' figures were lost to rounding beside 1e300 (the mean stayed 16.7).
+    loads[0]!.onReport(latency(50), 6000);
+    expect(cohort.meanServiceTimeMs()).toBeCloseTo(50, 6);
+    expect(MAX_EXPECTED_WAIT_MS).toBeLessThan(1e300);
   });
 
   it('rejects a cohort that createLoadCohort did not make', () => {

@@ -15,6 +15,7 @@
  *
  * Written on completions; `value()`, `source()` and `latencyMs()` are pure.
  */
+import { COHORT_CLAIM_RATIO } from './capacity';
 import type { CohortMembership, LoadCohort } from './cohort';
 import { MIN_SERVICE_TIME_MS, type ResolvedLoadOptions } from './load-options';
 import { PeakEwma } from './peak-ewma';
@@ -137,14 +138,22 @@ export class ServiceTime {
    * figure nobody refreshes must stop counting in it: a backend left alone after a latency
    * fault kept the fault's figure in the mean, and its idle, healthy peers regressed up
    * towards it (the chaos test's latency fault with best of 3: one at 116 ms for a true 15,
-   * three seconds after the fault ended).
+   * three seconds after the fault ended). A reported figure counts only up to
+   * COHORT_CLAIM_RATIO × the fastest answer this gateway saw from the backend, and not
+   * before it saw one, as capacity.ts does with a reported limit: the mean is the neutral
+   * estimate of every backend without data, and one agent's signed claim of an hour made
+   * each of them look slow.
    */
   own(nowMs: number, r: ReportDigest | undefined): number | undefined {
     const last = this.service.lastSampleMs;
     if (last !== undefined && nowMs - last <= COHORT_FRESH_DECAYS * this.o.serviceDecayMs) {
       return this.service.valueMs(nowMs);
     }
-    return r?.latencyMs;
+    const claimed = r?.latencyMs;
+    const seen = this.latency.minMs();
+    if (claimed === undefined || seen === undefined) return undefined;
+    const bound = COHORT_CLAIM_RATIO * seen;
+    return claimed < bound ? claimed : bound;
   }
 
   /** Service time in ms, >= MIN_SERVICE_TIME_MS; `r` is the fresh report, `capacity` the slots. */
