@@ -123,6 +123,9 @@ describe('assets', () => {
     const slash = await send(`${gw.url}${PATH}/?token=${TOKEN}`);
     expect(slash.status).toBe(308);
     expect(slash.headers.location).toBe(`../dashboard?token=${TOKEN}`);
+    // Its Location carries the token: Chromium kept the redirect in its disk cache.
+    expect(slash.headers['cache-control']).toBe('no-store');
+    expect(slash.headers['referrer-policy']).toBe('no-referrer');
   });
 
   it('leaves every other path to the proxy', async () => {

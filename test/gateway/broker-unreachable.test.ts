@@ -252,7 +252,8 @@ describe('saying what is wrong', () => {
     });
     try {
       expect((await send(`${gw.url}/x`)).status).toBe(503);
-      const r = await rawExchange(gw.port, 'GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n', {
+      // The query is left out of the line: it may carry a credential (a dashboard token).
+      const r = await rawExchange(gw.port, 'GET /a/../b?token=S3CRET HTTP/1.1\r\nHost: a\r\n\r\n', {
         responses: 1,
       });
       expect(r.responses[0]?.status).toBe(400);
@@ -272,7 +273,7 @@ describe('saying what is wrong', () => {
         },
         {
           fields: { event: 'request-refused', code: 'LW_GW_BAD_PATH' },
-          msg: 'request refused (LW_GW_BAD_PATH): dot-segment in the path; GET /a/../b from 127.0.0.1',
+          msg: 'request refused (LW_GW_BAD_PATH): dot-segment in the path; GET /a/../b?... from 127.0.0.1',
         },
       ]);
     } finally {

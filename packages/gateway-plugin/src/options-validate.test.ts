@@ -367,6 +367,18 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, decisionHeader: h },
     'LW_GW_INVALID_OPTION',
   ]),
+  // Compared with the path as sent, and the dashboard's asset URLs are built from it.
+  ...['/_lb/st%61tus', '/_lb/tableau-de-bord-é', '/_lb/dash{1}'].flatMap(
+    (p): Array<[string, unknown, GatewayErrorCode]> => [
+      [`statusPath ${p}`, { ...base, statusPath: p }, 'LW_GW_INVALID_OPTION'],
+      [`metricsPath ${p}`, { ...base, metricsPath: p }, 'LW_GW_INVALID_OPTION'],
+      [
+        `dashboard.path ${p}`,
+        { ...base, dashboard: { token: 'a-dashboard-token-0123', path: p } },
+        'LW_GW_INVALID_OPTION',
+      ],
+    ],
+  ),
   [
     'two keys with one keyId',
     { ...base, keys: [key, { keyId: key.keyId, secret: Buffer.alloc(32, 2) }] },
@@ -440,6 +452,13 @@ describe('loadBalance options', () => {
     expect(() => resolveOptions({ ...base, ...extra } as LoadBalanceOptions)).toThrow(
       `LW_GW_INVALID_OPTION: ${message}`,
     );
+  });
+
+  it("takes a dashboard path with RFC 3986's sub-delimiters", () => {
+    const dashboard = { token: 'a-dashboard-token-0123', path: "/_lb/dash'x;v=1" };
+    expect(resolveOptions({ ...base, dashboard }).dashboard).toMatchObject({
+      path: dashboard.path,
+    });
   });
 
   it('takes a decision header of its own', () => {

@@ -99,6 +99,18 @@ const path = is<string>(
   isPath,
   "a path starting with '/' without query, spaces, dot-segments, '//' or '\\'",
 );
+/**
+ * A path the gateway answers itself (statusPath, metricsPath, dashboard.path): only
+ * characters a request's path carries as they are (RFC 3986 pchar, no `%`). It is compared
+ * with the path as sent, and the dashboard builds its asset URLs from it: `%20` was encoded
+ * twice (the page's scripts were fetched from a backend), and `é` or `{` arrive
+ * percent-encoded, so the page could never be reached and its token went to a backend.
+ */
+const isOwnPath = (x: unknown): x is string =>
+  isPath(x) && /^[A-Za-z0-9._~!$&'()*+,;=:@/-]+$/.test(x);
+const OWN_PATH =
+  "a path starting with '/' of letters, digits and -._~!$&'()*+,;=:@/ (no '%', spaces or query)";
+const ownPath = is<string>(isOwnPath, OWN_PATH);
 const isHeaderName = (x: unknown): x is string => typeof x === 'string' && HEADER_NAME_RE.test(x);
 /**
  * Response headers a client or Node acts on. decisionHeader overwrites the one it names on
@@ -745,8 +757,8 @@ const entries = {
     () => [...DEFAULTS.trustHeaders],
   ),
   forwardMountPath: v.optional(bool(), DEFAULTS.forwardMountPath),
-  statusPath: v.optional(path()),
-  metricsPath: v.optional(path()),
+  statusPath: v.optional(ownPath()),
+  metricsPath: v.optional(ownPath()),
   metricsRegistry: v.optional(
     withMethods<MetricsRegistry>(
       ['registerMetric', 'metrics'],
@@ -766,8 +778,8 @@ const entries = {
         {
           path: v.optional(
             leaf<string>((x) =>
-              !isPath(x)
-                ? expected("a path starting with '/' without query or spaces")(x)
+              !isOwnPath(x)
+                ? expected(OWN_PATH)(x)
                 : // Assets and the stream live under `<path>/`, referenced relative to the page.
                   x === '/' || x.endsWith('/')
                   ? expected("a path that does not end with '/'")(x)

@@ -149,6 +149,10 @@ export function createDashboard(balancer: Balancer, opts: ResolvedDashboardOptio
         const url = req.url ?? '';
         const q = url.indexOf('?');
         res.statusCode = 308;
+        // Its Location carries the token: a browser may keep a 308 in its disk cache, and
+        // send its URL on as a Referer, unless told not to (the page itself says both).
+        res.setHeader('Cache-Control', 'no-store');
+        res.setHeader('Referrer-Policy', 'no-referrer');
         res.setHeader('Location', `../${encodeURIComponent(base)}${q < 0 ? '' : url.slice(q)}`);
         res.end();
         return true;

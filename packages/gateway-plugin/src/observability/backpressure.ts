@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { DEFAULT_REQUEST_TIMEOUT_MS } from '../options';
 
 /**
@@ -45,6 +46,41 @@ export class AnswerWaiter {
     this.closed = true;
     this.woken();
   };
+}
+
+/** Responses queued behind another on their connection, by connection (closeWithConnection). */
+const queuedOn = new WeakMap<Socket, Set<ServerResponse>>();
+
+/**
+ * Gives a response queued behind an earlier one on a pipelined connection (no socket yet)
+ * the 'close' Node never emits for it: when such a connection goes, its request gets
+ * 'close', its response nothing, so whatever waited for that 'close' (a status body or a
+ * metrics render held, a dashboard viewer's place) waited for good. Forty connections each
+ * pipelining a slow request and a status request, then closing, held the status bodies'
+ * bound: every status request got 503 until the gateway restarted. A response that gets
+ * its socket later closes as any other. The proxied requests have their own
+ * (proxy/request-flow.ts finishOnClose).
+ */
+export function closeWithConnection(req: IncomingMessage, res: ServerResponse): void {
+  const socket = req.socket as Socket | undefined;
+  // (A handler called with a request of its own making may have no socket at all.)
+  if (res.socket || res.destroyed || typeof socket?.once !== 'function') return;
+  let queued = queuedOn.get(socket);
+  if (queued === undefined) {
+    const responses = new Set<ServerResponse>();
+    queued = responses;
+    queuedOn.set(socket, responses);
+    socket.once('close', () => {
+      queuedOn.delete(socket);
+      for (const r of responses) {
+        if (r.socket) continue;
+        r.destroy();
+        r.emit('close');
+      }
+    });
+  }
+  queued.add(res);
+  res.once('socket', () => queuedOn.get(socket)?.delete(res));
 }
 
 /** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */

@@ -13,7 +13,14 @@ import type { Registry } from 'prom-client';
 import { MetricsRenders, type RenderRead } from './exposition';
 import type { BalancerSnapshot } from './snapshot';
 import { StatusBodies, writeStatus } from './status-body';
-import { AnswerWaiter, drainedOrCut, stallOf, type Stall, type StallOptions } from './backpressure';
+import {
+  AnswerWaiter,
+  closeWithConnection,
+  drainedOrCut,
+  stallOf,
+  type Stall,
+  type StallOptions,
+} from './backpressure';
 
 export type HttpHandler = (
   req: IncomingMessage,
@@ -152,6 +159,7 @@ export function serveStatus(opts: StatusServeOptions): HttpHandler {
     // such aborts at 10,000 backends held MAX_HELD_STATUS_BYTES, and every status request
     // got 503 until the gateway restarted.
     if (res.destroyed || req.socket?.destroyed === true) return;
+    closeWithConnection(req, res);
     // An answer holds its body until its client has taken it: clients that never read,
     // each arriving after the last body was made, must not pin one each, for good.
     const body = bodies.acquire();
@@ -304,6 +312,7 @@ export function serveMetrics(registry: Registry, opts: MetricsServeOptions = {})
     // Gone already (while a middleware before this one ran): its 'close' will not come again,
     // and a write would wait for a 'drain' that never comes, the scrape's render pinned.
     if (res.destroyed || req.socket?.destroyed === true) return;
+    closeWithConnection(req, res);
     // A scrape holds its render until its client has taken the text: clients that never
     // read, each arriving after the last render ended, must not pin one each.
     const parts = renders.acquire();

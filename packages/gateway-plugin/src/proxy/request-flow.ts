@@ -164,9 +164,15 @@ interface Flow {
   lane: LanePlace | undefined;
 }
 
-/** Method, path and peer of a request for a log line: printable ASCII only, bounded. */
+/**
+ * Method, path and peer of a request for a log line: printable ASCII only, bounded, and
+ * without the query, which may carry a credential (the dashboard's `?token=` was logged
+ * whole with a request refused for its path).
+ */
 function describe(req: IncomingMessage): string {
-  const url = (req.url ?? '').slice(0, 120).replace(/[^\x20-\x7e]/g, '?');
+  const raw = req.url ?? '';
+  const q = raw.indexOf('?');
+  const url = (q < 0 ? raw : `${raw.slice(0, q)}?...`).slice(0, 120).replace(/[^\x20-\x7e]/g, '?');
   return `${String(req.method).slice(0, 16)} ${url} from ${req.socket?.remoteAddress ?? '?'}`;
 }
 
