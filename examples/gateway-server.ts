@@ -97,6 +97,15 @@ function file(name: string, env: NodeJS.ProcessEnv): Buffer | undefined {
   }
 }
 
+/** The URL names a user (`mqtt://alice@host`), which mqtt.js takes as the username. */
+function urlNamesUser(url: string): boolean {
+  try {
+    return new URL(url).username !== '';
+  } catch {
+    return false;
+  }
+}
+
 /** Parses `id=url,id=url`. */
 export function parseBackends(text: string | undefined): BackendConfig[] {
   if (!text) throw new ConfigError('LOADWISE_GW_BACKENDS: is required (id=url,id=url)');
@@ -143,8 +152,10 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
     if (cert) broker.cert = cert;
     if (key) broker.key = key;
     if (env['LOADWISE_GW_USERNAME']) broker.username = env['LOADWISE_GW_USERNAME'];
-    else if (password)
-      throw new ConfigError('LOADWISE_GW_PASSWORD_FILE: needs LOADWISE_GW_USERNAME');
+    else if (password && !urlNamesUser(broker.url))
+      throw new ConfigError(
+        'LOADWISE_GW_PASSWORD_FILE: needs LOADWISE_GW_USERNAME (or a user in LOADWISE_GW_BROKER)',
+      );
     if (password) broker.password = password.toString('utf8').trim();
     options.broker = broker;
   }

@@ -45,8 +45,10 @@ describe('configFromEnv', () => {
         LOADWISE_GW_PASSWORD_FILE: file,
       };
       expect(() => configFromEnv(env)).toThrow(
-        'LOADWISE_GW_PASSWORD_FILE: needs LOADWISE_GW_USERNAME',
+        'LOADWISE_GW_PASSWORD_FILE: needs LOADWISE_GW_USERNAME (or a user in LOADWISE_GW_BROKER)',
       );
+      const inUrl = { ...env, LOADWISE_GW_BROKER: 'mqtt://gw@127.0.0.1:1883' };
+      expect(configFromEnv(inUrl).options.broker).toMatchObject({ password: 'secret' });
       const broker = configFromEnv({ ...env, LOADWISE_GW_USERNAME: 'gw' }).options.broker;
       expect(broker).toMatchObject({ username: 'gw', password: 'secret' });
     } finally {

@@ -362,6 +362,9 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'Set-Cookie',
     'location',
     'content-type',
+    'x-frame-options',
+    'cross-origin-opener-policy',
+    'x-loadwise-error',
   ].map((h): [string, unknown, GatewayErrorCode] => [
     `decisionHeader ${h}`,
     { ...base, decisionHeader: h },
@@ -454,16 +457,33 @@ describe('loadBalance options', () => {
     );
   });
 
-  it("takes a dashboard path with RFC 3986's sub-delimiters", () => {
-    const dashboard = { token: 'a-dashboard-token-0123', path: "/_lb/dash'x;v=1" };
+  it("takes RFC 3986's sub-delimiters in statusPath, and in dashboard.path those encodeURIComponent leaves", () => {
+    expect(resolveOptions({ ...base, statusPath: '/_lb/st@tus;v=1' }).statusPath).toBe(
+      '/_lb/st@tus;v=1',
+    );
+    const dashboard = { token: 'a-dashboard-token-0123', path: "/_lb/dash'x(1)" };
     expect(resolveOptions({ ...base, dashboard }).dashboard).toMatchObject({
       path: dashboard.path,
     });
+    // Its asset URLs go through encodeURIComponent: /_lb/dash%401/dashboard.js was a backend's.
+    for (const path of ['/_lb/dash@1', '/_lb/ops;v=2', '/_lb/a+b', '/_lb/dash:x']) {
+      expect(codeOf(() => resolveOptions({ ...base, dashboard: { ...dashboard, path } }))).toBe(
+        'LW_GW_INVALID_OPTION',
+      );
+    }
+  });
+
+  it('takes a broker password with the user in the broker URL (mqtt.js sends it as the username)', () => {
+    const broker = { url: 'mqtt://alice@127.0.0.1:1883', password: 'pw' };
+    expect(codeOf(() => resolveOptions({ ...base, broker }))).toBeUndefined();
   });
 
   it('takes a decision header of its own', () => {
     expect(resolveOptions({ ...base, decisionHeader: 'X-Backend' }).decisionHeader).toBe(
       'x-backend',
+    );
+    expect(resolveOptions({ ...base, decisionHeader: 'x-loadwise-decision' }).decisionHeader).toBe(
+      'x-loadwise-decision',
     );
   });
 

@@ -111,6 +111,16 @@ const isOwnPath = (x: unknown): x is string =>
 const OWN_PATH =
   "a path starting with '/' of letters, digits and -._~!$&'()*+,;=:@/ (no '%', spaces or query)";
 const ownPath = is<string>(isOwnPath, OWN_PATH);
+/**
+ * The dashboard's path, narrower: the page names its assets and the 308 its target by the
+ * last segment through encodeURIComponent, which encodes `$&+,;=:@`: with `/_lb/dash@1` the
+ * browser asked for `/_lb/dash%401/dashboard.js`, which is not the path, so the page's
+ * script came from a backend into the gateway's origin, `?token=` in its location.
+ */
+const isDashboardPath = (x: unknown): x is string =>
+  isOwnPath(x) && /^[A-Za-z0-9._~!'()*/-]+$/.test(x);
+const DASHBOARD_PATH =
+  "a path starting with '/' of letters, digits and -._~!'()*/ (no '%', spaces or query)";
 const isHeaderName = (x: unknown): x is string => typeof x === 'string' && HEADER_NAME_RE.test(x);
 /**
  * Response headers a client or Node acts on. decisionHeader overwrites the one it names on
@@ -138,13 +148,25 @@ const MEANINGFUL_RESPONSE_HEADERS = new Set([
   'age',
   'date',
   'strict-transport-security',
+  'x-frame-options',
+  'x-content-type-options',
+  'referrer-policy',
+  'permissions-policy',
+  'refresh',
+  'link',
+  'alt-svc',
+  'clear-site-data',
+  'server-timing',
 ]);
 const isMeaningfulResponseHeader = (name: string): boolean => {
   const n = name.toLowerCase();
   return (
     MEANINGFUL_RESPONSE_HEADERS.has(n) ||
     n.startsWith('content-') ||
-    n.startsWith('access-control-')
+    n.startsWith('access-control-') ||
+    n.startsWith('cross-origin-') ||
+    // The gateway's own (x-loadwise-error says why it answered): the default is the one.
+    (n.startsWith('x-loadwise-') && n !== DEFAULTS.decisionHeader)
   );
 };
 const isPem = (x: unknown): boolean => typeof x === 'string' || Buffer.isBuffer(x);
@@ -284,6 +306,8 @@ function redactRefusedUrl(u: string): string {
   return `${scheme}***${u.slice(at)}`;
 }
 
+/** The URL names a user (`mqtt://alice@host`): mqtt.js takes it as the username. */
+const urlHasUser = (u: string): boolean => (parseUrl(u)?.username ?? '') !== '';
 const brokerError = (detail?: string): Fail =>
   fixed(new GatewayError('LW_GW_INVALID_BROKER', detail));
 /**
@@ -338,14 +362,14 @@ const brokerUrlOptions = v.pipe(
     connectTimeoutMs: v.optional(ms(1)),
     protocolVersion: v.optional(is<4 | 5>((x) => x === 4 || x === 5, '4 or 5')()),
   }),
-  // MQTT 3.1.1 has no password without a username [MQTT-3.1.2-22]: mqtt.js sent one,
-  // Mosquitto closed the connection without a CONNACK (under MQTT 5 too), and all the
-  // gateway could say was that the broker did not answer.
+  // mqtt.js sends no password without a username (MQTT 3.1.1 has none [MQTT-3.1.2-22]):
+  // the connection closed before its CONNACK, under protocolVersion 5 too, and all the
+  // gateway could say was that the broker did not answer. A user in the URL is one.
   crossCheck((b) =>
-    b.password !== undefined && b.username === undefined
+    b.password !== undefined && b.username === undefined && !urlHasUser(b.url)
       ? new GatewayError(
           'LW_GW_INVALID_BROKER',
-          'broker.password needs broker.username (brokers close a connection with a password and no username)',
+          'broker.password needs broker.username or a user in the broker url (mqtt.js connects with no password without one, and the connection closes)',
         )
       : undefined,
   ),
@@ -778,8 +802,8 @@ const entries = {
         {
           path: v.optional(
             leaf<string>((x) =>
-              !isOwnPath(x)
-                ? expected(OWN_PATH)(x)
+              !isDashboardPath(x)
+                ? expected(DASHBOARD_PATH)(x)
                 : // Assets and the stream live under `<path>/`, referenced relative to the page.
                   x === '/' || x.endsWith('/')
                   ? expected("a path that does not end with '/'")(x)

@@ -100,6 +100,7 @@ describe('resolveAgentOptions', () => {
     ['broker.cert', { broker: { url: 'mqtts://x', cert: 'PEM' } }],
     // MQTT 3.1.1 sends no password without a username: the broker closed the connection.
     ['broker.password', { broker: { url: 'mqtt://x', password: 'p' } }],
+    ['broker.password', { broker: { url: 'mqtt://:p@x', password: 'p' } }],
     ['intervalMs', { intervalMs: 50 }],
     // Past 2^31 - 1 ms Node fires the timer after 1 ms: a reconnect every millisecond.
     ['broker.reconnectPeriodMs', { broker: { url: 'mqtt://x', reconnectPeriodMs: 2 ** 31 } }],
@@ -138,6 +139,14 @@ describe('resolveAgentOptions', () => {
     expect((err as AgentError).code).toBe('LW_AGENT_INVALID_OPTION');
     expect((err as AgentError).message.startsWith(`LW_AGENT_INVALID_OPTION: ${name}: `)).toBe(true);
     expect((err as AgentError).option).toBe(name);
+  });
+
+  it('takes a password with the user in the broker URL (mqtt.js sends it as the username)', () => {
+    const o = resolveAgentOptions({
+      backendId: 'b',
+      broker: { url: 'mqtt://alice@x:1883', password: 'p' },
+    });
+    expect(o.broker?.password).toBe('p');
   });
 
   it.each(['mqtt://', 'mqtt:///', 'mqtts://', 'tcp://', 'mqtt:broker.internal:1883'])(

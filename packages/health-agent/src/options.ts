@@ -160,6 +160,15 @@ function asserted<T>(assert: (v: T) => void) {
 
 const pem = v.union([v.string(), v.instance(Buffer)], 'must be PEM text or a Buffer');
 
+/** The broker URL names a user (`mqtt://alice@host`): mqtt.js takes it as the username. */
+function urlHasUser(url: string): boolean {
+  try {
+    return new URL(url).username !== '';
+  } catch {
+    return false;
+  }
+}
+
 const brokerSchema = notArray(
   v.pipe(
     strictObject({
@@ -186,12 +195,13 @@ const brokerSchema = notArray(
       ),
       ['cert'],
     ),
-    // MQTT 3.1.1 has no password without a username [MQTT-3.1.2-22]: the broker closed the
-    // connection without a CONNACK, and the agent logged only "connection lost", forever.
+    // mqtt.js sends no password without a username (MQTT 3.1.1 has none [MQTT-3.1.2-22]):
+    // the connection closed before its CONNACK, and the agent logged only "connection
+    // lost", forever. A user in the URL (mqtt://alice@host) is one.
     v.forward(
       v.check(
-        (b) => b.password === undefined || b.username !== undefined,
-        'needs a username (MQTT 3.1.1 sends no password without one)',
+        (b) => b.password === undefined || b.username !== undefined || urlHasUser(b.url),
+        'needs a username (--username, or a user in the broker URL): mqtt.js sends no password without one',
       ),
       ['password'],
     ),

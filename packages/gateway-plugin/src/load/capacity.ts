@@ -25,8 +25,8 @@ export type CapacitySource = LoadSnapshot['capacitySource'];
 
 /**
  * A reported capacity counts in the cohort's mean up to this many times what
- * this gateway learned of that backend (own(); a reported service time the same
- * against its fastest answer, service-time.ts own()). The mean is the prior of every
+ * this gateway learned of that backend (own(); a reported latency the same against
+ * the service time measured, service-time.ts own()). The mean is the prior of every
  * other member without a report: one signed report of concurrencyLimit 100000
  * from one backend made an honest peer that had learned 8 slots score 100000,
  * its queue term vanished (wait 13.75 to 10.00 ms with 8 in flight), and it

@@ -85,6 +85,18 @@ describe('createEndpointLoad: no data', () => {
     expect(MAX_EXPECTED_WAIT_MS).toBeLessThan(1e300);
   });
 
+  it('bounds a report by the service time measured, not the fastest answer: one cache hit clips no honest report', () => {
+    const cohort = createLoadCohort();
+    const loads = [0, 1].map(() => createEndpointLoad({ cohort, serviceDecayMs: 1000 }));
+    for (const l of loads) {
+      serve(l, 0, 2);
+      for (let t = 10; t <= 1000; t += 10) serve(l, t, 100);
+      l.onReport(report({ traffic: { rps: 10, latencyMeanMs: 100 } }), 5000);
+    }
+    // Bounded by 4 × the 2 ms answer, the honest 100 ms counted as 8.
+    expect(cohort.meanServiceTimeMs()).toBeGreaterThan(90);
+  });
+
   it('rejects a cohort that createLoadCohort did not make', () => {
     expect(() => createEndpointLoad({ cohort: { size: 0 } as never })).toThrow(GatewayError);
   });

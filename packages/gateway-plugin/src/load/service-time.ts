@@ -139,10 +139,11 @@ export class ServiceTime {
    * fault kept the fault's figure in the mean, and its idle, healthy peers regressed up
    * towards it (the chaos test's latency fault with best of 3: one at 116 ms for a true 15,
    * three seconds after the fault ended). A reported figure counts only up to
-   * COHORT_CLAIM_RATIO × the fastest answer this gateway saw from the backend, and not
-   * before it saw one, as capacity.ts does with a reported limit: the mean is the neutral
-   * estimate of every backend without data, and one agent's signed claim of an hour made
-   * each of them look slow.
+   * COHORT_CLAIM_RATIO × the service time this gateway measured of the backend (its mean,
+   * not its fastest answer: one cache hit among 100 ms answers clipped honest reports
+   * twelvefold), and not before it measured one, as capacity.ts does with a reported limit:
+   * the mean is the neutral estimate of every backend without data, and one agent's signed
+   * claim of an hour made each of them look slow.
    */
   own(nowMs: number, r: ReportDigest | undefined): number | undefined {
     const last = this.service.lastSampleMs;
@@ -150,7 +151,7 @@ export class ServiceTime {
       return this.service.valueMs(nowMs);
     }
     const claimed = r?.latencyMs;
-    const seen = this.latency.minMs();
+    const seen = this.service.valueMs(nowMs);
     if (claimed === undefined || seen === undefined) return undefined;
     const bound = COHORT_CLAIM_RATIO * seen;
     return claimed < bound ? claimed : bound;

@@ -276,3 +276,13 @@ export function defaultLogger(): Logger {
     };
   return { info: () => {}, warn: line('warn'), error: line('error') };
 }
+
+/**
+ * A request's path for a log line or field: without its query, which may carry a credential
+ * (a dashboard's `?token=` was logged whole), printable ASCII only, at most 120 characters.
+ */
+export function pathForLog(url: string | undefined): string {
+  const raw = url ?? '';
+  const q = raw.indexOf('?');
+  return (q < 0 ? raw : `${raw.slice(0, q)}?...`).slice(0, 120).replace(/[^\x20-\x7e]/g, '?');
+}

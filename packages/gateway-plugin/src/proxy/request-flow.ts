@@ -34,6 +34,7 @@ import { sendError } from '../error-response';
 import { RateLimitedLog } from '../rate-limited-log';
 import type { ShedReason } from '../observability';
 import { formatDecisionHeader } from '../observability';
+import { pathForLog } from '../observability/event-log';
 import type { Endpoint } from '../strategies/types';
 import type { Backend } from '../registry/backend';
 import { affinityCookie, cookieIsSecure, hashKeyOf } from './affinity';
@@ -164,16 +165,9 @@ interface Flow {
   lane: LanePlace | undefined;
 }
 
-/**
- * Method, path and peer of a request for a log line: printable ASCII only, bounded, and
- * without the query, which may carry a credential (the dashboard's `?token=` was logged
- * whole with a request refused for its path).
- */
+/** Method, path (pathForLog: no query) and peer of a request for a log line. */
 function describe(req: IncomingMessage): string {
-  const raw = req.url ?? '';
-  const q = raw.indexOf('?');
-  const url = (q < 0 ? raw : `${raw.slice(0, q)}?...`).slice(0, 120).replace(/[^\x20-\x7e]/g, '?');
-  return `${String(req.method).slice(0, 16)} ${url} from ${req.socket?.remoteAddress ?? '?'}`;
+  return `${String(req.method).slice(0, 16)} ${pathForLog(req.url)} from ${req.socket?.remoteAddress ?? '?'}`;
 }
 
 /**
@@ -1470,7 +1464,8 @@ export class RequestFlow {
     const res2 = flow.res;
     const errno = errnoOf(err);
     const attemptNo = flow.retries + 1;
-    const attempt = `attempt ${attemptNo} of ${flow.req.method} ${flow.req.url} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
+    const path = pathForLog(flow.req.url);
+    const attempt = `attempt ${attemptNo} of ${flow.req.method} ${path} to ${backend.id} (${backend.target.href}) failed: ${errno}`;
     // One line per backend and errno per 10 s; the fields say the same for a JSON logger.
     const logFailure = (outcome: string, sentence: string): void =>
       c.logLine(`upstream:${backend.id}:${errno}`, `${attempt}${sentence}`, {
@@ -1480,7 +1475,7 @@ export class RequestFlow {
         error: errno,
         attempt: attemptNo,
         method: flow.req.method,
-        path: flow.req.url,
+        path,
         outcome,
       });
     if (res2.headersSent) {

@@ -37,6 +37,7 @@ import { ClientLimit, clientKey } from '../admission/client-limit';
 import { closeIdle } from '../registry/pool-agent';
 import type { Backend } from '../registry/backend';
 import { ERROR_CODE_HEADER } from '../error-response';
+import { pathForLog } from '../observability/event-log';
 import { GATEWAY_ERRORS, type GatewayErrorCode } from '../errors';
 import { hashKeyOf } from './affinity';
 import type { FlowHost } from './flow-host';
@@ -415,7 +416,7 @@ export class UpgradeFlow {
       const errno = errnoOf(err);
       this.core.logLine(
         `upstream:${backend.id}:after-answer`,
-        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to the upgrade ${req.url}: ${errno}; answer relayed`,
+        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to the upgrade ${pathForLog(req.url)}: ${errno}; answer relayed`,
         { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
       );
       return;
@@ -483,7 +484,7 @@ export class UpgradeFlow {
     const errno = errnoOf(e);
     c.logLine(
       `upstream:${failed.id}:${errno}`,
-      `attempt ${attempt.retries + 1} of the WebSocket upgrade ${String(req.url).slice(0, 256)} to ${failed.id} (${failed.target.href}) failed: ${errno}${stale ? ' on a pooled connection' : ''}; retrying`,
+      `attempt ${attempt.retries + 1} of the WebSocket upgrade ${pathForLog(req.url)} to ${failed.id} (${failed.target.href}) failed: ${errno}${stale ? ' on a pooled connection' : ''}; retrying`,
       {
         event: 'upstream-failed',
         backend: failed.id,
@@ -491,7 +492,7 @@ export class UpgradeFlow {
         error: errno,
         attempt: attempt.retries + 1,
         method: req.method,
-        path: req.url,
+        path: pathForLog(req.url),
         outcome: 'retrying',
       },
     );
