@@ -29,7 +29,7 @@ import {
   type BrokerUrlOptions,
   type LoadBalanceOptions,
 } from '@loadwise/gateway-plugin';
-import { GATEWAY_ENV_PREFIX, parseKeyFile } from '@loadwise/protocol';
+import { brokerUrlNamesUser, GATEWAY_ENV_PREFIX, parseKeyFile } from '@loadwise/protocol';
 
 /**
  * Every variable this program reads, with what it means (printed by --help; the Compose test
@@ -97,15 +97,6 @@ function file(name: string, env: NodeJS.ProcessEnv): Buffer | undefined {
   }
 }
 
-/** The URL names a user (`mqtt://alice@host`), which mqtt.js takes as the username. */
-function urlNamesUser(url: string): boolean {
-  try {
-    return new URL(url).username !== '';
-  } catch {
-    return false;
-  }
-}
-
 /** Parses `id=url,id=url`. */
 export function parseBackends(text: string | undefined): BackendConfig[] {
   if (!text) throw new ConfigError('LOADWISE_GW_BACKENDS: is required (id=url,id=url)');
@@ -152,7 +143,7 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
     if (cert) broker.cert = cert;
     if (key) broker.key = key;
     if (env['LOADWISE_GW_USERNAME']) broker.username = env['LOADWISE_GW_USERNAME'];
-    else if (password && !urlNamesUser(broker.url))
+    else if (password && !brokerUrlNamesUser(broker.url))
       throw new ConfigError(
         'LOADWISE_GW_PASSWORD_FILE: needs LOADWISE_GW_USERNAME (or a user in LOADWISE_GW_BROKER)',
       );

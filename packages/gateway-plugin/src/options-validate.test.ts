@@ -476,6 +476,9 @@ describe('loadBalance options', () => {
   it('takes a broker password with the user in the broker URL (mqtt.js sends it as the username)', () => {
     const broker = { url: 'mqtt://alice@127.0.0.1:1883', password: 'pw' };
     expect(codeOf(() => resolveOptions({ ...base, broker }))).toBeUndefined();
+    // mqtt.js reads a%3Ab as user a with the URL's password b, over the one given.
+    const decoded = { url: 'mqtt://a%3Ab@127.0.0.1:1883', password: 'pw' };
+    expect(codeOf(() => resolveOptions({ ...base, broker: decoded }))).toBe('LW_GW_INVALID_BROKER');
   });
 
   it('takes a decision header of its own', () => {

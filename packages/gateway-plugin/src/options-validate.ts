@@ -14,6 +14,7 @@
 import { isIP } from 'node:net';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import {
+  brokerUrlNamesUser,
   assertValidKey,
   assertValidPrefix,
   isValidBackendId,
@@ -157,6 +158,19 @@ const MEANINGFUL_RESPONSE_HEADERS = new Set([
   'alt-svc',
   'clear-site-data',
   'server-timing',
+  'pragma',
+  'cdn-cache-control',
+  'surrogate-control',
+  'x-robots-tag',
+  'x-xss-protection',
+  'timing-allow-origin',
+  'service-worker-allowed',
+  'x-permitted-cross-domain-policies',
+  'nel',
+  'report-to',
+  'reporting-endpoints',
+  'origin-agent-cluster',
+  'accept-ranges',
 ]);
 const isMeaningfulResponseHeader = (name: string): boolean => {
   const n = name.toLowerCase();
@@ -165,6 +179,8 @@ const isMeaningfulResponseHeader = (name: string): boolean => {
     n.startsWith('content-') ||
     n.startsWith('access-control-') ||
     n.startsWith('cross-origin-') ||
+    n.startsWith('x-accel-') ||
+    n.endsWith('-cdn-cache-control') ||
     // The gateway's own (x-loadwise-error says why it answered): the default is the one.
     (n.startsWith('x-loadwise-') && n !== DEFAULTS.decisionHeader)
   );
@@ -306,8 +322,6 @@ function redactRefusedUrl(u: string): string {
   return `${scheme}***${u.slice(at)}`;
 }
 
-/** The URL names a user (`mqtt://alice@host`): mqtt.js takes it as the username. */
-const urlHasUser = (u: string): boolean => (parseUrl(u)?.username ?? '') !== '';
 const brokerError = (detail?: string): Fail =>
   fixed(new GatewayError('LW_GW_INVALID_BROKER', detail));
 /**
@@ -366,7 +380,7 @@ const brokerUrlOptions = v.pipe(
   // the connection closed before its CONNACK, under protocolVersion 5 too, and all the
   // gateway could say was that the broker did not answer. A user in the URL is one.
   crossCheck((b) =>
-    b.password !== undefined && b.username === undefined && !urlHasUser(b.url)
+    b.password !== undefined && b.username === undefined && !brokerUrlNamesUser(b.url)
       ? new GatewayError(
           'LW_GW_INVALID_BROKER',
           'broker.password needs broker.username or a user in the broker url (mqtt.js connects with no password without one, and the connection closes)',

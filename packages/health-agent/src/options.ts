@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import type { SigningKey } from '@loadwise/protocol';
 import {
+  brokerUrlNamesUser,
   DEFAULT_TOPIC_PREFIX,
   assertValidBackendId,
   assertValidKey,
@@ -160,15 +161,6 @@ function asserted<T>(assert: (v: T) => void) {
 
 const pem = v.union([v.string(), v.instance(Buffer)], 'must be PEM text or a Buffer');
 
-/** The broker URL names a user (`mqtt://alice@host`): mqtt.js takes it as the username. */
-function urlHasUser(url: string): boolean {
-  try {
-    return new URL(url).username !== '';
-  } catch {
-    return false;
-  }
-}
-
 const brokerSchema = notArray(
   v.pipe(
     strictObject({
@@ -200,7 +192,7 @@ const brokerSchema = notArray(
     // lost", forever. A user in the URL (mqtt://alice@host) is one.
     v.forward(
       v.check(
-        (b) => b.password === undefined || b.username !== undefined || urlHasUser(b.url),
+        (b) => b.password === undefined || b.username !== undefined || brokerUrlNamesUser(b.url),
         'needs a username (--username, or a user in the broker URL): mqtt.js sends no password without one',
       ),
       ['password'],

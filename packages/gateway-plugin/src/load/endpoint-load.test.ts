@@ -85,16 +85,25 @@ describe('createEndpointLoad: no data', () => {
     expect(MAX_EXPECTED_WAIT_MS).toBeLessThan(1e300);
   });
 
-  it('bounds a report by the service time measured, not the fastest answer: one cache hit clips no honest report', () => {
+  it('bounds a report by the service time measured, itself at most 4 × the fastest answer: one slow answer lifts no claim', () => {
     const cohort = createLoadCohort();
-    const loads = [0, 1].map(() => createEndpointLoad({ cohort, serviceDecayMs: 1000 }));
-    for (const l of loads) {
-      serve(l, 0, 2);
-      for (let t = 10; t <= 1000; t += 10) serve(l, t, 100);
-      l.onReport(report({ traffic: { rps: 10, latencyMeanMs: 100 } }), 5000);
+    const loads = [0, 1, 2].map(() => createEndpointLoad({ cohort, serviceDecayMs: 1000 }));
+    const claim = (l: (typeof loads)[number], ms: number, t: number) =>
+      l.onReport(report({ traffic: { rps: 10, latencyMeanMs: ms } }), t);
+    // Honest, 100 ms answers and one 2 ms cache hit: counted as 4 × min(100, 4 × 2) = 32,
+    // not 8 (4 × the fastest answer alone).
+    serve(loads[0]!, 0, 2);
+    for (let t = 10; t <= 1000; t += 10) serve(loads[0]!, t, 100);
+    claim(loads[0]!, 100, 5000);
+    // The other two answer 10 ms for 10 s; one of them answers once in 30 s after a quiet
+    // spell, then its agent claims an hour: that answer may not lift the bound (it did to 104 s).
+    for (let t = 0; t <= 10_000; t += 10) {
+      serve(loads[1]!, t, 10);
+      serve(loads[2]!, t, 10);
     }
-    // Bounded by 4 × the 2 ms answer, the honest 100 ms counted as 8.
-    expect(cohort.meanServiceTimeMs()).toBeGreaterThan(90);
+    serve(loads[2]!, 12_000, 30_000);
+    claim(loads[2]!, 3.6e6, 20_000);
+    expect(cohort.meanServiceTimeMs()).toBeCloseTo((32 + 10 + COHORT_CLAIM_RATIO * 4 * 10) / 3, 0);
   });
 
   it('rejects a cohort that createLoadCohort did not make', () => {

@@ -38,6 +38,8 @@ export const MAX_PROBE_BACKOFF = 32;
  * to 0.53x least-in-flight with seed 1).
  */
 export const QUIET_DECAY_SHARE = 0.25;
+/** own(): the measured service time that bounds a reported one is at most this × the fastest answer. */
+export const FASTEST_ANSWER_RATIO = 4;
 /** A local figure older than this × serviceDecayMs no longer speaks for the cohort's mean (own()). */
 export const COHORT_FRESH_DECAYS = 3;
 type Origin = 'local' | 'reported' | 'cohort';
@@ -139,11 +141,14 @@ export class ServiceTime {
    * fault kept the fault's figure in the mean, and its idle, healthy peers regressed up
    * towards it (the chaos test's latency fault with best of 3: one at 116 ms for a true 15,
    * three seconds after the fault ended). A reported figure counts only up to
-   * COHORT_CLAIM_RATIO × the service time this gateway measured of the backend (its mean,
-   * not its fastest answer: one cache hit among 100 ms answers clipped honest reports
-   * twelvefold), and not before it measured one, as capacity.ts does with a reported limit:
-   * the mean is the neutral estimate of every backend without data, and one agent's signed
-   * claim of an hour made each of them look slow.
+   * COHORT_CLAIM_RATIO × the service time this gateway measured of the backend, and not
+   * before it measured one, as capacity.ts does with a reported limit: the mean is the
+   * neutral estimate of every backend without data, and one agent's signed claim of an
+   * hour made each of them look slow. That measured time is at most FASTEST_ANSWER_RATIO ×
+   * the fastest answer of the last window, which one slow answer cannot raise: after a
+   * quiet spell one 30 s answer was nearly all of the mean, and the same claim then
+   * counted as 104 s. (The fastest answer alone clipped an honest 100 ms report to 8 ms
+   * after one 2 ms cache hit; now to 32.)
    */
   own(nowMs: number, r: ReportDigest | undefined): number | undefined {
     const last = this.service.lastSampleMs;
@@ -151,9 +156,10 @@ export class ServiceTime {
       return this.service.valueMs(nowMs);
     }
     const claimed = r?.latencyMs;
-    const seen = this.service.valueMs(nowMs);
-    if (claimed === undefined || seen === undefined) return undefined;
-    const bound = COHORT_CLAIM_RATIO * seen;
+    const mean = this.service.valueMs(nowMs);
+    const fastest = this.latency.minMs();
+    if (claimed === undefined || mean === undefined || fastest === undefined) return undefined;
+    const bound = COHORT_CLAIM_RATIO * Math.min(mean, FASTEST_ANSWER_RATIO * fastest);
     return claimed < bound ? claimed : bound;
   }
 

@@ -277,12 +277,18 @@ export function defaultLogger(): Logger {
   return { info: () => {}, warn: line('warn'), error: line('error') };
 }
 
+/** The longest path a log line shows. */
+const MAX_LOGGED_PATH = 1024;
+
 /**
  * A request's path for a log line or field: without its query, which may carry a credential
- * (a dashboard's `?token=` was logged whole), printable ASCII only, at most 120 characters.
+ * (a dashboard's `?token=` was logged whole; `?...` says there was one), printable ASCII
+ * only, the path cut at 1,024 characters (`...` says so).
  */
 export function pathForLog(url: string | undefined): string {
   const raw = url ?? '';
   const q = raw.indexOf('?');
-  return (q < 0 ? raw : `${raw.slice(0, q)}?...`).slice(0, 120).replace(/[^\x20-\x7e]/g, '?');
+  const path = q < 0 ? raw : raw.slice(0, q);
+  const shown = path.length > MAX_LOGGED_PATH ? `${path.slice(0, MAX_LOGGED_PATH)}...` : path;
+  return `${shown.replace(/[^\x20-\x7e]/g, '?')}${q < 0 ? '' : '?...'}`;
 }

@@ -576,11 +576,11 @@ export class RequestFlow {
     const body = planBody(req, out);
     if (body.kind === 'lost') {
       // Fails before any backend is picked: a gateway mistake, not a backend's.
-      c.logLine('body-consumed', `${req.method} ${req.url}: ${body.detail}`, {
+      c.logLine('body-consumed', `${req.method} ${pathForLog(req.url)}: ${body.detail}`, {
         event: 'body-consumed',
         code: 'LW_GW_BODY_CONSUMED',
         method: req.method,
-        path: req.url,
+        path: pathForLog(req.url),
       });
       return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, body.detail);
     }
@@ -1595,8 +1595,13 @@ export class RequestFlow {
     retirePool(backend.agent);
     this.core.logLine(
       `upstream:${backend.id}:after-answer`,
-      `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${flow.req.url}: ${errno}; answer relayed, its connections retired`,
-      { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
+      `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${pathForLog(flow.req.url)}: ${errno}; answer relayed, its connections retired`,
+      {
+        event: 'upstream-bytes-after-answer',
+        backend: backend.id,
+        error: errno,
+        path: pathForLog(flow.req.url),
+      },
     );
   }
 
