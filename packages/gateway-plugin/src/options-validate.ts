@@ -89,6 +89,7 @@ const is =
     leaf<T>((x) => (test(x) ? undefined : expected(what)(x)));
 const bool = is<boolean>((x) => typeof x === 'boolean', 'a boolean');
 const str = is<string>((x) => typeof x === 'string', 'a string');
+const nonEmptyStr = (what: string) => is<string>((x) => typeof x === 'string' && x !== '', what)();
 const MEDIA_TYPE = /^[\w!#$&^.+-]+\/[\w!#$&^.+-]+$/;
 const isMediaType = (x: unknown): boolean => typeof x === 'string' && MEDIA_TYPE.test(x);
 const fn = <F>() => is<F>((x) => typeof x === 'function', 'a function')();
@@ -354,7 +355,7 @@ const embeddedBroker = strict({
   ),
   port: v.optional(int(0, 65535)),
   // An empty host was refused only when ready() started the broker.
-  host: v.optional(is<string>((x) => typeof x === 'string' && x !== '', 'a non-empty string')()),
+  host: v.optional(nonEmptyStr('a non-empty string')),
 });
 const brokerUrlOptions = v.pipe(
   strict({
@@ -540,10 +541,7 @@ const entries = {
     }),
     {},
   ),
-  strategy: v.optional(
-    is<string>((x) => typeof x === 'string' && x !== '', 'a strategy name')(),
-    DEFAULTS.strategy,
-  ),
+  strategy: v.optional(nonEmptyStr('a strategy name'), DEFAULTS.strategy),
   affinity: v.optional(
     v.pipe(
       strict({

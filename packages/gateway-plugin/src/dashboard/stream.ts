@@ -32,7 +32,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Balancer } from '../balancer';
-import { closeWithConnection } from '../observability/backpressure';
+import { awaitsAnswer } from '../observability/backpressure';
 import type { EventRing } from './event-ring';
 import {
   BackendPicker,
@@ -178,10 +178,9 @@ export class DashboardStream {
       res.end(body);
       return;
     }
-    // Gone already (it left while a middleware before the balancer ran): its 'close' has
-    // fired, so a viewer added now would hold its place, and the sampling timer, for good.
-    if (res.destroyed || req.socket.destroyed) return;
-    closeWithConnection(req, res);
+    // Gone already, or queued on a connection that may go (awaitsAnswer): a viewer whose
+    // 'close' never comes would hold its place, and the sampling timer, for good.
+    if (!awaitsAnswer(req, res)) return;
     res.writeHead(200, {
       'Content-Type': 'text/event-stream; charset=utf-8',
       // no-transform: compression() (mounted before the balancer) leaves the stream alone;

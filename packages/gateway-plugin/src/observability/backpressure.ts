@@ -52,19 +52,33 @@ export class AnswerWaiter {
 const queuedOn = new WeakMap<Socket, Set<ServerResponse>>();
 
 /**
- * Gives a response queued behind an earlier one on a pipelined connection (no socket yet)
- * the 'close' Node never emits for it: when such a connection goes, its request gets
- * 'close', its response nothing, so whatever waited for that 'close' (a status body or a
- * metrics render held, a dashboard viewer's place) waited for good. Forty connections each
- * pipelining a slow request and a status request, then closing, held the status bodies'
- * bound: every status request got 503 until the gateway restarted. A response that gets
- * its socket later closes as any other. The proxied requests have their own
- * (proxy/request-flow.ts finishOnClose).
+ * For an answer of the gateway's own that holds something until its response closes (a
+ * status body, a metrics render, a dashboard viewer's place): false when its client is
+ * gone already, else true, its 'close' then sure to come.
+ *
+ * Gone already: it left while a middleware before this handler ran (an auth step, a
+ * poller's timeout), its 'close' has fired, and what it took would be held for good (a
+ * dozen such aborts at 10,000 backends held the status bodies' bound, and every status
+ * request got 503 until a restart).
+ *
+ * Sure to come: a response queued behind an earlier one on a pipelined connection (no
+ * socket yet) gets no 'close' from Node when that connection goes (its request gets
+ * 'close', the response nothing): forty connections each pipelining a slow request and a
+ * status request, then closing, held the same bound. Such a response gets its 'close'
+ * here; one that gets its socket later closes as any other. The proxied requests have
+ * their own (proxy/request-flow.ts finishOnClose).
  */
-export function closeWithConnection(req: IncomingMessage, res: ServerResponse): void {
+export function awaitsAnswer(req: IncomingMessage, res: ServerResponse): boolean {
+  if (res.destroyed || req.socket?.destroyed === true) return false;
+  closeWithConnection(req, res);
+  return true;
+}
+
+/** awaitsAnswer's second half: the 'close' a queued response would not get. */
+function closeWithConnection(req: IncomingMessage, res: ServerResponse): void {
   const socket = req.socket as Socket | undefined;
   // (A handler called with a request of its own making may have no socket at all.)
-  if (res.socket || res.destroyed || typeof socket?.once !== 'function') return;
+  if (res.socket || typeof socket?.once !== 'function') return;
   let queued = queuedOn.get(socket);
   if (queued === undefined) {
     const responses = new Set<ServerResponse>();

@@ -15,7 +15,7 @@ import type { BalancerSnapshot } from './snapshot';
 import { StatusBodies, writeStatus } from './status-body';
 import {
   AnswerWaiter,
-  closeWithConnection,
+  awaitsAnswer,
   drainedOrCut,
   stallOf,
   type Stall,
@@ -154,12 +154,8 @@ export function serveStatus(opts: StatusServeOptions): HttpHandler {
   const bodies = new StatusBodies(take);
   return (req, res, next) => {
     if (refuse(req, res, authorized)) return;
-    // Gone while a middleware before this one ran (an auth step, a poller's timeout): its
-    // 'close' has fired already, and a body acquired for it was never released. A dozen
-    // such aborts at 10,000 backends held MAX_HELD_STATUS_BYTES, and every status request
-    // got 503 until the gateway restarted.
-    if (res.destroyed || req.socket?.destroyed === true) return;
-    closeWithConnection(req, res);
+    // Gone already, or queued on a connection that may go: see awaitsAnswer.
+    if (!awaitsAnswer(req, res)) return;
     // An answer holds its body until its client has taken it: clients that never read,
     // each arriving after the last body was made, must not pin one each, for good.
     const body = bodies.acquire();
@@ -309,10 +305,9 @@ export function serveMetrics(registry: Registry, opts: MetricsServeOptions = {})
       res.end();
       return;
     }
-    // Gone already (while a middleware before this one ran): its 'close' will not come again,
-    // and a write would wait for a 'drain' that never comes, the scrape's render pinned.
-    if (res.destroyed || req.socket?.destroyed === true) return;
-    closeWithConnection(req, res);
+    // Gone already (a write would wait for a 'drain' that never comes, the scrape's render
+    // pinned), or queued on a connection that may go: see awaitsAnswer.
+    if (!awaitsAnswer(req, res)) return;
     // A scrape holds its render until its client has taken the text: clients that never
     // read, each arriving after the last render ended, must not pin one each.
     const parts = renders.acquire();

@@ -1592,16 +1592,12 @@ export class RequestFlow {
   private bytesAfterAnswer(flow: Flow, err: Error): void {
     const backend = flow.backend!;
     const errno = errnoOf(err);
+    const path = pathForLog(flow.req.url);
     retirePool(backend.agent);
     this.core.logLine(
       `upstream:${backend.id}:after-answer`,
-      `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${pathForLog(flow.req.url)}: ${errno}; answer relayed, its connections retired`,
-      {
-        event: 'upstream-bytes-after-answer',
-        backend: backend.id,
-        error: errno,
-        path: pathForLog(flow.req.url),
-      },
+      `${backend.id} (${backend.target.href}) sent bytes after a complete answer to ${flow.req.method} ${path}: ${errno}; answer relayed, its connections retired`,
+      { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno, path },
     );
   }
 
