@@ -14,7 +14,7 @@
 import http from 'node:http';
 import net, { type AddressInfo, type Server, type Socket } from 'node:net';
 import { eventually } from '../kit/fleet';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { startLocalGateway, warningLogger, type TestGateway } from '../kit/gateway';
 import { rawExchange, uploadThenRead } from '../kit/raw-http';
 
 /** A backend that answers each request head with `answer(path)` and never reads a body. */
@@ -623,11 +623,19 @@ describe('hostile backend responses', () => {
     backend = await rawBackend((_path, socket) => {
       socket.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA');
     });
-    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }], retry: false });
+    const { logger, warnings } = warningLogger();
+    gw = await startLocalGateway({
+      backends: [{ id: 'b', url: backend.url }],
+      retry: false,
+      logger,
+    });
     const r = await rawUpgrade(gw.port);
     // Before: `hello` lost, a 502 in its place, and the backend charged a failure.
     expect(r.raw).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nhello$/);
     expect(r.raw).not.toContain('502');
     expect(gw.backend('b').failuresTotal).toBe(0);
+    // Its log line has the fields the request path's has (the path with it).
+    const line = warnings.find((w) => w.fields.event === 'upstream-bytes-after-answer');
+    expect(line?.fields).toMatchObject({ backend: 'b', path: expect.any(String) });
   });
 });

@@ -414,10 +414,11 @@ export class UpgradeFlow {
       for (let chunk = answer.read() as Buffer | null; chunk !== null; chunk = answer.read())
         res.write(chunk);
       const errno = errnoOf(err);
+      const path = pathForLog(req.url);
       this.core.logLine(
         `upstream:${backend.id}:after-answer`,
-        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to the upgrade ${pathForLog(req.url)}: ${errno}; answer relayed`,
-        { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno },
+        `${backend.id} (${backend.target.href}) sent bytes after a complete answer to the upgrade ${path}: ${errno}; answer relayed`,
+        { event: 'upstream-bytes-after-answer', backend: backend.id, error: errno, path },
       );
       return;
     }
