@@ -392,6 +392,17 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, allowUnsigned: false, requireSignature: false },
     'LW_GW_INVALID_OPTION',
   ],
+  // Its factor applies to unsigned reports only, which are refused unless allowed.
+  [
+    'unsignedMaxPenalty without allowUnsigned',
+    { ...base, unsignedMaxPenalty: 4 },
+    'LW_GW_INVALID_OPTION',
+  ],
+  [
+    'unsignedMaxPenalty beside allowUnsigned false',
+    { ...base, allowUnsigned: false, unsignedMaxPenalty: 4 },
+    'LW_GW_INVALID_OPTION',
+  ],
   // Past 2^31 - 1 ms Node fires a timer after 1 ms: 3e9 meant "practically never" and made
   // 700 health checks a second, or answered every queued request 503 at once.
   ...(
@@ -619,6 +630,14 @@ describe('loadBalance options', () => {
     expect(resolveOptions({ ...base, keys: [key], requireSignature: false }).allowUnsigned).toBe(
       true,
     );
+    // Its factor given with the choice that uses it, either spelling.
+    expect(
+      resolveOptions({ ...base, allowUnsigned: true, unsignedMaxPenalty: 4 }).unsignedMaxPenalty,
+    ).toBe(4);
+    expect(
+      resolveOptions({ ...base, keys: [key], requireSignature: false, unsignedMaxPenalty: 3 })
+        .unsignedMaxPenalty,
+    ).toBe(3);
     expect(
       resolveOptions({ ...base, messageLimits: { totalPerSec: 50 } }).messageLimits.totalBurst,
     ).toBe(50);

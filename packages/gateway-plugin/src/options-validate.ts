@@ -736,7 +736,8 @@ const entries = {
   strategyOptions: v.optional(is<Record<string, unknown>>(isObject, 'an object')(), () => ({})),
   load: v.optional(loadOptionsInput, {}),
   broker: v.optional(broker),
-  unsignedMaxPenalty: v.optional(num(1, 8), DEFAULTS.unsignedMaxPenalty),
+  // No default here: given without allowUnsigned it does nothing, and is refused (betweenOptions).
+  unsignedMaxPenalty: v.optional(num(1, 8)),
   maxClockSkewMs: v.optional(ms(1)),
   maxRetainedAgeMs: v.optional(ms(1)),
   maxPayloadBytes: v.optional(int(256, 1 << 20)),
@@ -858,6 +859,13 @@ function betweenOptions(o: Parsed): GatewayError | undefined {
   // The legacy option says the opposite: which one meant it is anyone's guess.
   if (o.allowUnsigned === false && o.requireSignature === false)
     return invalidOption('allowUnsigned', 'true or unset when requireSignature is false', false);
+  // Unsigned reports refused, its factor never applies: a setting that looks active and is not.
+  if (o.unsignedMaxPenalty !== undefined && !(o.allowUnsigned ?? o.requireSignature === false))
+    return invalidOption(
+      'unsignedMaxPenalty',
+      'used with allowUnsigned: true (unsigned reports are refused otherwise)',
+      o.unsignedMaxPenalty,
+    );
   if (o.discovery && o.keys.length === 0)
     return new GatewayError(
       'LW_GW_INVALID_DISCOVERY',
@@ -926,6 +934,7 @@ function resolve(o: Parsed) {
     topicPrefix: o.service === undefined ? o.topicPrefix : `${o.topicPrefix}/${o.service}`,
     // Secure by default: unsigned reports are refused unless allowed (SECURITY.md).
     allowUnsigned: o.allowUnsigned ?? o.requireSignature === false,
+    unsignedMaxPenalty: o.unsignedMaxPenalty ?? DEFAULTS.unsignedMaxPenalty,
     messageLimits: {
       ...limits,
       perBackendBurst: limits.perBackendBurst ?? Math.max(1, 2 * limits.perBackendPerSec),
