@@ -1,3 +1,4 @@
+import * as net from 'node:net';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { listen, until } from '../kit/agent-http';
 import { uniquePrefix } from '../kit/brokers';
@@ -94,6 +95,52 @@ describe('loadwise-agent CLI: a --client-id another client uses', () => {
       expect(lines.length).toBeLessThanOrEqual(1);
     }
   }, 30_000);
+});
+
+// A listener that closes every connection before a CONNACK (a TLS or WebSocket port given
+// as mqtt://, a broker at its connection limit) gave no error: the agent said "broker
+// connection lost" while it never was connected, and nothing after.
+describe('loadwise-agent CLI: a broker that closes before accepting', () => {
+  it('says the connection was closed before a CONNACK, and that it never was connected', async () => {
+    const closer = net.createServer((c) => c.once('data', () => c.destroy()));
+    await new Promise<void>((r) => closer.listen(0, '127.0.0.1', r));
+    try {
+      const port = (closer.address() as net.AddressInfo).port;
+      const agent = spawnAgent([
+        '--backend-id',
+        'closed-a',
+        '--prefix',
+        uniquePrefix('agent-no-connack'),
+        '--broker',
+        `mqtt://alice:S3CRET-PW@127.0.0.1:${port}`,
+        '--reconnect-ms',
+        '100',
+        '--interval-ms',
+        '200',
+        '--drain-grace-ms',
+        '0',
+        '--no-cgroup',
+      ]);
+      agents.push(agent);
+      await until(
+        () => agent.stderr().includes('before accepting it'),
+        8000,
+        'the no-CONNACK line',
+      );
+      // Reconnects every 100 ms for a while: the line is said once a minute, not each time.
+      await new Promise((r) => setTimeout(r, 600));
+      const stderr = agent.stderr();
+      expect(stderr).toContain(
+        `broker mqtt://alice:***@127.0.0.1:${port} closed the connection before accepting it (no CONNACK)`,
+      );
+      expect(stderr.split('before accepting it').length - 1).toBe(1);
+      expect(stderr).toContain('no broker connection yet');
+      expect(stderr).not.toContain('broker connection lost');
+      expect(stderr).not.toContain('S3CRET');
+    } finally {
+      await new Promise((r) => closer.close(r));
+    }
+  }, 20_000);
 });
 
 // A failing probe was published (verdict down) but never logged: the operator tailing the

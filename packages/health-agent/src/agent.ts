@@ -23,6 +23,7 @@ import { ProcessSampler, type ProcessSample } from './samplers/process';
 import { createScheduler, type Scheduler } from './scheduler';
 import { dropInvalidBlocks } from './report-guard';
 import { healthVerdict } from './verdict';
+import { withoutPassword } from './without-password';
 import {
   SAMPLE_SHARE_OF_INTERVAL,
   resolveAgentOptions,
@@ -243,7 +244,14 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       const clientId = b.clientId ?? defaultClientId(this.backendId);
       const client = connectBroker(b, clientId, this.lastWill());
       this.client = client;
+      // Whether this connection attempt was accepted, or failed with an error of its own: a
+      // broker that closes before its CONNACK (a TLS or WebSocket port, a connection limit, a
+      // client id or protocol version it refuses) says nothing else, and the agent logged
+      // only "connection lost" while it never was connected.
+      let accepted = false;
+      let errored = false;
       client.on('connect', () => {
+        accepted = true;
         this.stats.connects++;
         // Retained status on every (re)connect: a broker restart may have lost
         // retained state, and the Last Will may have replaced it meanwhile.
@@ -252,11 +260,23 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         this.emit('connect');
       });
       // Before mqtt.js reconnects (reconnectPeriodMs after this): see withdrawSuperseded.
-      client.on('close', () => this.withdrawSuperseded(client));
+      client.on('close', () => {
+        this.withdrawSuperseded(client);
+        if (!accepted && !errored && !client.disconnecting && !this.stopping)
+          this.emit(
+            'warning',
+            `broker ${withoutPassword(b.url)} closed the connection before accepting it (no CONNACK): ` +
+              'is it an MQTT port (not TLS or WebSocket), and does the broker allow this client id, ' +
+              'protocol version and one more connection?',
+          );
+        accepted = false;
+        errored = false;
+      });
       client.on('offline', () => this.emit('offline'));
       // An EventEmitter 'error' without a listener throws; an embedding app
       // that listens only for 'warning' must not crash on ECONNREFUSED.
       client.on('error', (err) => {
+        errored = true;
         if (this.listenerCount('error') > 0) this.emit('error', err);
         else this.emit('warning', `broker: ${err.message}`);
       });

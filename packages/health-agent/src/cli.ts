@@ -370,8 +370,10 @@ async function main(argv: string[]): Promise<void> {
   let connectedAt: number | undefined;
   let quickDrops = 0;
   let namedTakeover = false;
+  let everConnected = false;
   agent.on('connect', () => {
     connectedAt = Date.now();
+    everConnected = true;
     log(
       'info',
       `connected to ${withoutPassword(agent.options.broker?.url ?? '')} as ${agent.backendId} (state ${agent.state})`,
@@ -380,8 +382,15 @@ async function main(argv: string[]): Promise<void> {
   agent.on('offline', () => {
     const quick = connectedAt !== undefined && Date.now() - connectedAt < QUICK_DROP_MS;
     quickDrops = quick ? quickDrops + 1 : 0;
+    // Never connected (a first attempt failed): nothing was lost, and the line before or
+    // after says why (the error, or a close before the broker's CONNACK).
     connectedAt = undefined;
-    log('warn', 'broker connection lost; metrics are dropped until it is back');
+    log(
+      'warn',
+      everConnected
+        ? 'broker connection lost; metrics are dropped until it is back'
+        : 'no broker connection yet; metrics are dropped until there is one',
+    );
     if (clientId !== undefined && quickDrops >= QUICK_DROPS && !namedTakeover) {
       namedTakeover = true;
       log(
