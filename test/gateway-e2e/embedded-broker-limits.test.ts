@@ -162,18 +162,35 @@ it('refuses QoS 2 publishes, which aedes keeps until a PUBREL that need never co
   expect(refusals().slice(before)).toEqual(['embedded broker refused 127.0.0.1: QoS 2 publish']);
 });
 
-it('counts retained messages, not only their bytes: past the bound a new topic is refused', async () => {
+it('counts retained messages, not only their bytes: past the bound a new topic is not kept', async () => {
   const before = refusals().length;
   const c = await open();
   const closed = await closedAfter(c, () => {
     for (let i = 0; i <= DEFAULT_MAX_RETAINED_MESSAGES; i++)
       c.publish(`r/${i}`, 'a', { qos: 0, retain: true });
   });
-  expect(closed).toBe(true);
+  // Delivered, not kept, the client staying: disconnected, an agent whose retained status
+  // met a store anyone had filled never published a report.
+  expect(closed).toBe(false);
   await eventually(() => refusals().length > before);
   expect(refusals().slice(before)).toEqual([
-    `embedded broker refused 127.0.0.1: more than ${DEFAULT_MAX_RETAINED_MESSAGES} retained messages`,
+    `embedded broker refused 127.0.0.1: more than ${DEFAULT_MAX_RETAINED_MESSAGES} retained messages: delivered, not retained`,
   ]);
+  // The store full of others' topics, an agent's retained status and its report still
+  // reach the gateway.
+  const agent = await open();
+  const enc = createEncoder({ backendId: 'a', prefix, key });
+  const status = enc.status('online');
+  await agent.publishAsync(status.topic, status.payload, { qos: 1, retain: true });
+  const report = enc.metrics({
+    intervalMs: 1000,
+    state: 'online',
+    host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1e9 },
+    health: { verdict: 'up' },
+  });
+  await agent.publishAsync(report.topic, report.payload, { qos: 1 });
+  expect(agent.connected).toBe(true);
+  await eventually(() => gw.backend('a').reportFresh, 10_000, 'a report past the full store');
   // A kept topic may still be replaced, and cleared.
   const again = await open();
   await again.publishAsync('r/0', 'b', { qos: 1, retain: true });

@@ -23,14 +23,14 @@ export interface EmbeddedBrokerOptions {
    * Bytes of retained messages the broker keeps in all, each counted as its
    * payload, its topic and RETAINED_OVERHEAD_BYTES (default 16 MiB; a
    * fleet's retained statuses and registrations are a few hundred bytes a
-   * backend). A retained publish past it is refused and its client
-   * disconnected: aedes keeps every retained message in this process.
+   * backend). A retained publish past it is delivered but not kept (its
+   * client stays): aedes keeps every retained message in this process.
    */
   maxRetainedBytes?: number;
   /**
    * Retained messages the broker keeps in all (default 10,000; a backend has
    * two, its status and its registration). A retained publish on a new topic
-   * past it is refused and its client disconnected.
+   * past it is delivered but not kept (its client stays).
    */
   maxRetainedMessages?: number;
   /** Subscriptions one client may hold (default 16; a gateway holds one). Past it: SUBACK 0x80. */
@@ -212,7 +212,7 @@ function topicRefusal(what: 'topic' | 'filter', topic: string): string | undefin
  * - Retained messages are counted per topic, with their topic and
  *   RETAINED_OVERHEAD_BYTES (an empty one clears its topic, [MQTT-3.3.1-10]);
  *   one that would take the total past `maxRetainedBytes`, or a new topic
- *   past `maxRetainedMessages`, is refused and its client disconnected
+ *   past `maxRetainedMessages`, is delivered but not kept, its client staying
  *   (2,000 retained 60 KiB messages kept 118 MB, for good).
  * - Topics and filters are at most MAX_TOPIC_BYTES and MAX_TOPIC_LEVELS, and
  *   a client holds at most `maxSubscriptionsPerClient` filters: a refused
@@ -237,12 +237,21 @@ function brokerGuards(limits: GuardLimits) {
   const authorizers: Pick<AedesOptions, 'authorizePublish' | 'authorizeSubscribe'> = {
     authorizePublish: (client, packet, cb) => {
       const refused =
-        topicRefusal('topic', packet.topic) ??
-        (packet.qos === 2 ? 'QoS 2 publish' : undefined) ??
-        (packet.retain ? keepRetained(packet.topic, packet.payload.length) : undefined);
-      if (refused === undefined) return cb(null);
-      limits.onRefused(refused, client);
-      cb(new Error(refused));
+        topicRefusal('topic', packet.topic) ?? (packet.qos === 2 ? 'QoS 2 publish' : undefined);
+      if (refused !== undefined) {
+        limits.onRefused(refused, client);
+        return cb(new Error(refused));
+      }
+      const notKept = packet.retain ? keepRetained(packet.topic, packet.payload.length) : undefined;
+      if (notKept !== undefined) {
+        // Past the retained bounds only the keeping is refused: the message goes to its
+        // subscribers as any other. Refused whole, with its client disconnected, a store
+        // anyone had filled kept every new agent out: its retained status on connect was
+        // refused, it was disconnected before one report, and again on every reconnect.
+        limits.onRefused(`${notKept}: delivered, not retained`, client);
+        packet.retain = false;
+      }
+      cb(null);
     },
     authorizeSubscribe: (client, sub, cb) => {
       if (sub.topic.startsWith('$SYS')) return cb(null, null);
