@@ -647,6 +647,52 @@ describe('a burst of registrations (a gateway subscribing gets every retained on
     }
   });
 
+  it("refuses another id at the address a configured backend's name resolves to", async () => {
+    // Compared as text, `http://127.0.0.1:P` was another server than a configured
+    // `http://localhost:P`: a key holder took a second id on it (a review: 165 of 300
+    // requests on that one server, its estimate split into two that each looked idle).
+    const clock = { t: T0 };
+    const lb = testBalancer(
+      [
+        { id: 'named', url: 'http://localhost:9300' },
+        { id: 'lit', url: 'http://127.0.0.1:9301' },
+      ],
+      () => clock.t,
+      { topicPrefix: PREFIX, keys: [key], discovery: { allowedRanges: ['127.0.0.0/8'] } },
+    );
+    const refused: string[] = [];
+    lb.on('invalid-message', (e) => refused.push(e.detail ?? ''));
+    const reg = (id: string, at: string): void => {
+      const m = createEncoder({ backendId: id, prefix: PREFIX, key, now: () => clock.t });
+      const r = m.registration(at);
+      lb.receive(r.topic, Buffer.from(r.payload), false);
+    };
+    try {
+      // The name not resolved yet: nothing on its port can be told apart from it.
+      reg('early', 'http://127.0.0.1:9300');
+      expect(refused).toEqual([
+        'http://127.0.0.1:9300 cannot be told apart from backend named yet: localhost is not resolved',
+      ]);
+      // Resolved (the system's resolver, /etc/hosts): each try is another agent's.
+      for (let i = 0; i < 200 && refused.at(-1)!.includes('not resolved'); i++) {
+        await new Promise((r) => setTimeout(r, 10));
+        reg(`evil${i}`, 'http://127.0.0.1:9300');
+      }
+      expect(refused.at(-1)).toBe(
+        'http://127.0.0.1:9300 is the server of backend named (localhost) already',
+      );
+      // The literal one as before; another port is another server.
+      reg('evil-lit', 'http://127.0.0.1:9301/x');
+      expect(refused.at(-1)).toBe('http://127.0.0.1:9301 is the server of backend lit already');
+      const before = refused.length;
+      reg('other', 'http://127.0.0.1:9302');
+      expect(refused).toHaveLength(before);
+      expect(lb.snapshot().backends.map((b) => b.id)).toEqual(['named', 'lit', 'other']);
+    } finally {
+      await lb.close();
+    }
+  });
+
   it('recomputes on its own once the burst is over, with nobody reading', async () => {
     const r = rig({ keys: [key], discovery: { allowedRanges: ['10.0.0.0/8'] } });
     const recompute = jest.spyOn(r.lb.registry, 'recompute');

@@ -1,0 +1,91 @@
+import type { LookupAddress } from 'node:dns';
+import type { ConnectLookup } from './dns-cache';
+import { NamedServers, REFRESH_MS } from './named-servers';
+
+/** A resolver answering from `table` when `answer()` is called, counting the questions. */
+function resolver(table: Record<string, string[] | Error>) {
+  const pending: Array<() => void> = [];
+  const asked: string[] = [];
+  const lookup: ConnectLookup = (hostname, _options, callback) => {
+    asked.push(hostname);
+    pending.push(() => {
+      const a = table[hostname];
+      if (a instanceof Error || a === undefined)
+        return callback(Object.assign(a ?? new Error('ENOTFOUND'), { code: 'ENOTFOUND' }), []);
+      callback(
+        null,
+        a.map((address): LookupAddress => ({ address, family: address.includes(':') ? 6 : 4 })),
+      );
+    });
+  };
+  const answer = (): void => {
+    for (const f of pending.splice(0)) f();
+  };
+  return { lookup, asked, answer, table };
+}
+
+const url = (s: string): URL => new URL(s);
+
+describe('NamedServers: configured backends addressed by name, for discovery', () => {
+  it('matches an address a name resolves to on its port, and tells "not resolved yet" apart', () => {
+    const r = resolver({ 'api-1.internal': ['10.0.0.5', 'fd00::5'] });
+    let t = 0;
+    const named = new NamedServers(
+      [
+        { id: 'api', url: url('http://api-1.internal:8080') },
+        // IP literals are the server key already: not looked up.
+        { id: 'lit', url: url('http://10.0.0.9:8080') },
+        { id: 'v6', url: url('http://[fd00::9]:8080') },
+      ],
+      r.lookup,
+      () => t,
+    );
+    expect(named.any).toBe(true);
+    named.refresh();
+    expect(r.asked).toEqual(['api-1.internal']);
+    // Before the answer no registration on that port can be told apart from it.
+    expect(named.match('10.0.0.7', 8080)).toEqual({
+      id: 'api',
+      hostname: 'api-1.internal',
+      resolved: false,
+    });
+    // One lookup at a time, however many registrations ask.
+    expect(r.asked).toEqual(['api-1.internal']);
+    r.answer();
+    expect(named.match('10.0.0.5', 8080)).toEqual({
+      id: 'api',
+      hostname: 'api-1.internal',
+      resolved: true,
+    });
+    expect(named.match('fd00::5', 8080)?.id).toBe('api');
+    expect(named.match('10.0.0.7', 8080)).toBeUndefined();
+    // Another port is another server.
+    expect(named.match('10.0.0.5', 8081)).toBeUndefined();
+    // Looked up again only every REFRESH_MS; a failed lookup keeps the answer before.
+    named.refresh();
+    expect(r.asked).toHaveLength(1);
+    t += REFRESH_MS;
+    r.table['api-1.internal'] = new Error('resolver down');
+    named.refresh();
+    r.answer();
+    expect(r.asked).toHaveLength(2);
+    expect(named.match('10.0.0.5', 8080)?.id).toBe('api');
+    // A new answer replaces it: the old address is another server now.
+    t += REFRESH_MS;
+    r.table['api-1.internal'] = ['10.0.0.6'];
+    named.refresh();
+    r.answer();
+    expect(named.match('10.0.0.5', 8080)).toBeUndefined();
+    expect(named.match('10.0.0.6', 8080)?.id).toBe('api');
+    named.close();
+  });
+
+  it('has nothing to do when every configured backend is an IP literal', () => {
+    const r = resolver({});
+    const named = new NamedServers([{ id: 'a', url: url('http://10.0.0.1') }], r.lookup, () => 0);
+    expect(named.any).toBe(false);
+    named.refresh();
+    expect(r.asked).toEqual([]);
+    expect(named.match('10.0.0.1', 80)).toBeUndefined();
+  });
+});
