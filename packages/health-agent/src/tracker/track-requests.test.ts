@@ -187,6 +187,27 @@ describe('trackRequests', () => {
     }
   });
 
+  it("takes the error rate over the handlers' answers: clients that left are not in it", async () => {
+    // Ninety clients leaving beside ten 500s made a backend failing every answer report an
+    // error rate of 0.1 (a review): impatient clients, or a gateway timing requests out,
+    // hid it. Here two answers, both 500, and three requests whose clients left.
+    const app = await holdApp({});
+    try {
+      for (let i = 0; i < 2; i++) expect((await get(`${app.server.url}/fail`)).status).toBe(500);
+      const left = ['x', 'y', 'z'].map((id) => fire(`${app.server.url}/hold/${id}`));
+      await until(() => app.tracker.snapshot().inFlight === 3);
+      for (const r of left) r.abort();
+      await until(() => app.tracker.snapshot().completed === 5, 5000, 'every request ended');
+      expect(app.tracker.snapshot()).toMatchObject({
+        aborted: 3,
+        windowCompleted: 5,
+        errorRate: 1,
+      });
+    } finally {
+      await app.close();
+    }
+  });
+
   it('counts its own 503s as refusals, neither as errors nor as latency samples', async () => {
     // A fast refusal recorded as a request lowered a saturated backend's latency and, as an
     // error, raised its error rate, which gateways penalise beside the overload they see.

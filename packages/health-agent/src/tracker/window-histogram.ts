@@ -27,6 +27,8 @@ export function bucketUpperMs(i: number): number {
 
 export interface WindowStats {
   count: number;
+  /** Of `count`, those answered (not left by their client first): the error rate's denominator. */
+  answered: number;
   errors: number;
   sumMs: number;
   /** Span of time the figures cover, ms (shorter than the window right after start). */
@@ -40,6 +42,7 @@ export class WindowHistogram {
   private readonly slotEpoch: Float64Array;
   private readonly slotCount: Uint32Array;
   private readonly slotErrors: Uint32Array;
+  private readonly slotAnswered: Uint32Array;
   private readonly slotSumMs: Float64Array;
   private readonly slotMaxMs: Float64Array;
   private readonly buckets: Uint32Array;
@@ -53,24 +56,28 @@ export class WindowHistogram {
     this.slotEpoch = new Float64Array(slots).fill(-1);
     this.slotCount = new Uint32Array(slots);
     this.slotErrors = new Uint32Array(slots);
+    this.slotAnswered = new Uint32Array(slots);
     this.slotSumMs = new Float64Array(slots);
     this.slotMaxMs = new Float64Array(slots);
     this.buckets = new Uint32Array(slots * BUCKETS);
   }
 
-  record(nowMs: number, latencyMs: number, error: boolean): void {
+  /** `answered`: false for a request its client left before the answer (counted, never an error). */
+  record(nowMs: number, latencyMs: number, error: boolean, answered = true): void {
     const epoch = Math.floor(nowMs / this.slotMs);
     const s = epoch % this.slots;
     if (this.slotEpoch[s] !== epoch) {
       this.slotEpoch[s] = epoch;
       this.slotCount[s] = 0;
       this.slotErrors[s] = 0;
+      this.slotAnswered[s] = 0;
       this.slotSumMs[s] = 0;
       this.slotMaxMs[s] = 0;
       this.buckets.fill(0, s * BUCKETS, (s + 1) * BUCKETS);
     }
     this.slotCount[s]!++;
     if (error) this.slotErrors[s]!++;
+    if (answered) this.slotAnswered[s]!++;
     this.slotSumMs[s]! += latencyMs;
     if (latencyMs > this.slotMaxMs[s]!) this.slotMaxMs[s] = latencyMs;
     this.buckets[s * BUCKETS + bucketIndex(latencyMs)]!++;
@@ -83,6 +90,7 @@ export class WindowHistogram {
     merged.fill(0);
     let count = 0;
     let errors = 0;
+    let answered = 0;
     let sumMs = 0;
     let maxMs = 0;
     for (let s = 0; s < this.slots; s++) {
@@ -90,6 +98,7 @@ export class WindowHistogram {
       if (e < oldest || e > epoch || this.slotCount[s] === 0) continue;
       count += this.slotCount[s]!;
       errors += this.slotErrors[s]!;
+      answered += this.slotAnswered[s]!;
       sumMs += this.slotSumMs[s]!;
       if (this.slotMaxMs[s]! > maxMs) maxMs = this.slotMaxMs[s]!;
       const base = s * BUCKETS;
@@ -99,6 +108,7 @@ export class WindowHistogram {
     const spanMs = Math.max(nowMs - windowStart, 1);
     return {
       count,
+      answered,
       errors,
       sumMs,
       spanMs,
