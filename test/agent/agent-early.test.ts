@@ -97,4 +97,44 @@ describe('loadwise-agent early reports', () => {
     // Nothing else rose: one early report only.
     expect(box.received.filter((r) => metricsOf(r)?.early === true)).toHaveLength(1);
   });
+  it("judges the early report's verdict from its own queue: a full queue is degraded", async () => {
+    // It carried the last sample's verdict: `queued: 2` of 2 (full) beside "up", where a
+    // scheduled sample at that moment says degraded, "request queue full".
+    const tracker = trackRequests({ concurrencyLimit: 1, maxQueue: 2, exposePath: STATS_PATH });
+    const app = express();
+    app.use(tracker);
+    app.get('/work', () => undefined); // held until the test ends
+    server = await listen(app);
+    const prefix = uniquePrefix('agent-early-verdict');
+    client = await connectClient(broker.url);
+    const box = inbox(client, prefix);
+    await client.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
+    agent = spawnAgent([
+      '--backend-id',
+      'early-v',
+      '--broker',
+      broker.url,
+      '--prefix',
+      prefix,
+      '--interval-ms',
+      '2000',
+      '--jitter-ms',
+      '0',
+      '--tracker-url',
+      `${server.url}${STATS_PATH}`,
+      '--no-cgroup',
+      '--early-rise',
+      '3',
+      '--early-min-gap-ms',
+      '50',
+    ]);
+    const first = await box.waitFor((r) => metricsOf(r) !== undefined, 15_000, 'a report');
+    expect(metricsOf(first)!.health.verdict).toBe('up');
+    // A rise of 3 is the whole burst: 1 in flight, 2 queued, the queue full.
+    for (let i = 0; i < 3; i++) reqs.push(fire(`${server.url}/work`));
+    const early = await box.waitFor((r) => metricsOf(r)?.early === true, 15_000, 'early');
+    const e = metricsOf(early)!;
+    expect(e.queue).toMatchObject({ inFlight: 1, queued: 2 });
+    expect(e.health).toMatchObject({ verdict: 'degraded', reason: 'request queue full (2)' });
+  });
 });

@@ -485,6 +485,21 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (reading.traffic) body.traffic = reading.traffic;
     const limit = this.options.concurrencyLimit ?? reading.concurrencyLimit;
     if (limit !== undefined) body.concurrencyLimit = limit;
+    // The verdict again, from this queue: a burst that filled the tracker's queue went out
+    // as `queued: 4` (full) beside the last sample's "up". A down verdict stands as it was
+    // (its causes are the probe's and the process's, which an early report does not read);
+    // the probe's figures are the last sample's.
+    const h = last.body.health;
+    if (h.verdict !== 'down') {
+      const probed = h.probeLatencyMs !== undefined || h.probeStatus !== undefined;
+      body.health = healthVerdict(
+        body,
+        this.options.thresholds,
+        probed ? { ok: true, latencyMs: h.probeLatencyMs, status: h.probeStatus } : undefined,
+        [],
+        reading.maxQueue,
+      );
+    }
     const encoded = this.encodeReport(body, 'early report');
     if (!encoded) return false;
     const published = this.send(encoded.topic, encoded.payload);
