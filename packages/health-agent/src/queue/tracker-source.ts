@@ -64,7 +64,11 @@ async function fetchSnapshot(
   opts: { signal?: AbortSignal; agent?: http.Agent } = {},
 ): Promise<TrackerSnapshot> {
   const res = await httpGet(url, timeoutMs, 64 * 1024, opts);
-  if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
+  if (res.status !== 200) {
+    // A refused watch says why (track-requests.ts: the watches are full).
+    const why = res.status === 429 ? `: ${res.body.split('\n', 1)[0]!.slice(0, 200)}` : '';
+    throw new Error(`tracker endpoint answered ${res.status}${why}`);
+  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(res.body);

@@ -12,7 +12,9 @@ import {
   type Listening,
 } from '../../../../test/kit/agent-http';
 import { AgentError } from '../errors';
+import { httpTrackerSource } from '../queue/tracker-source';
 import {
+  MAX_RISE_WATCHERS,
   trackRequests,
   type RequestTracker,
   type TrackerSnapshot,
@@ -855,6 +857,32 @@ describe('trackRequests rise watch (early reports)', () => {
       expect((await get(`${app.server.url}${STATS}?${query}`)).status).toBe(400);
     } finally {
       await app.close();
+    }
+  });
+
+  it('refuses a watch past MAX_RISE_WATCHERS, saying why, where it answered `rose: false` unseen', async () => {
+    // A local client holding eight long polls answered every agent watch at once as a quiet
+    // one: early reports off, and nothing said (a review: 0 early reports against 18).
+    const app = await holdApp({ exposePath: STATS });
+    const held = Array.from({ length: MAX_RISE_WATCHERS }, () =>
+      app.tracker.waitForRise({ from: 0, rise: 1000, timeoutMs: 60_000 }),
+    );
+    try {
+      await expect(app.tracker.waitForRise({ from: 0, rise: 1, timeoutMs: 1000 })).rejects.toThrow(
+        /8 early-report watches are held already/,
+      );
+      const r = await get(`${app.server.url}${STATS}?rise=1&from=0&waitMs=1000`);
+      expect(r.status).toBe(429);
+      expect(r.body).toMatch(/another client is holding/);
+      // The agent's reader says it, in the warning it gives a failed watch.
+      const source = httpTrackerSource(new URL(`${app.server.url}${STATS}`), 1000);
+      await expect(source.waitForRise!(0, 1, 1000, new AbortController().signal)).rejects.toThrow(
+        /tracker endpoint answered 429: 8 early-report watches are held already/,
+      );
+      source.close?.();
+    } finally {
+      await app.close();
+      await Promise.all(held);
     }
   });
 

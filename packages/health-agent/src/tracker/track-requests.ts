@@ -93,8 +93,13 @@ export interface RiseWait {
   signal?: AbortSignal;
 }
 
-/** Callers waiting at once beyond this are answered at once (`rose: false`): the watch is for one agent. */
+/**
+ * Watches held at once, at most: the watch is for one agent. One more is refused (waitForRise
+ * rejects, the endpoint answers 429) rather than answered `rose: false` as a quiet one was:
+ * a local client holding eight long polls turned the agent's early reports off unseen.
+ */
 export const MAX_RISE_WATCHERS = 8;
+const WATCHERS_FULL = `${MAX_RISE_WATCHERS} early-report watches are held already: another client is holding the tracker's rise watch`;
 /** Longest a rise watch may be held, ms. */
 export const MAX_RISE_WAIT_MS = 60_000;
 
@@ -109,7 +114,7 @@ export interface RequestTracker {
    * Resolves with a snapshot as soon as outstanding requests (inFlight +
    * queued) rise by `rise` over the lowest figure since `from` (`rose: true`),
    * or after `timeoutMs` (`rose: false`); an aborted signal or close() ends
-   * the wait the same way. This is what the agent's early reports watch:
+   * the wait the same way. Rejects when MAX_RISE_WATCHERS are held already. This is what the agent's early reports watch:
    * a jump is known when it happens, at the cost of one answer per jump, not
    * of a poll per few ms. Also served at exposePath with
    * `?rise=N&from=N&waitMs=N`.
@@ -553,15 +558,15 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
   };
 
   const waitForRise = (wait: RiseWait): Promise<TrackerSnapshot> =>
-    new Promise((resolve) => {
+    new Promise((resolve, reject) => {
       const answer = (rose: boolean): TrackerSnapshot => ({ ...snapshot(), rose });
       const outstanding = inFlight + queued;
       const from = wait.from >= 0 ? wait.from : outstanding;
       const floor = outstanding < from ? outstanding : from;
       const rise = wait.rise >= 1 ? wait.rise : 1;
       if (outstanding >= floor + rise) return resolve(answer(true));
-      if (closed || watchers.size >= MAX_RISE_WATCHERS || wait.signal?.aborted)
-        return resolve(answer(false));
+      if (closed || wait.signal?.aborted) return resolve(answer(false));
+      if (watchers.size >= MAX_RISE_WATCHERS) return reject(new Error(WATCHERS_FULL));
       const onAbort = (): void => w.done(false);
       const timer = setTimeout(
         () => w.done(false),
@@ -637,7 +642,13 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     // A client that goes away ends its watch (the agent aborts it when it stops).
     const controller = new AbortController();
     onResponseGone(req, res, () => controller.abort());
-    void waitForRise({ ...wait, signal: controller.signal }).then(send);
+    void waitForRise({ ...wait, signal: controller.signal }).then(send, (err: Error) => {
+      if (res.writableEnded || res.destroyed) return;
+      res.statusCode = 429;
+      res.setHeader('Content-Type', 'text/plain; charset=utf-8');
+      res.setHeader('Cache-Control', 'no-store');
+      res.end(`${err.message}\n`);
+    });
   };
 
   middleware.snapshot = snapshot;
