@@ -32,6 +32,7 @@ describe('embedded broker options', () => {
     ['maxSubscriptionsPerClient', -1],
     ['maxSubscriptionsPerClient', 0],
     ['maxConnections', 1.5],
+    ['maxConnectionsPerAddress', 0],
     ['port', 70_000],
     ['host', ''],
     ['onRefused', 'log'],
@@ -130,6 +131,50 @@ describe('embedded broker bounds', () => {
       await end(sub);
       await end(flooder);
     } finally {
+      await own.close();
+    }
+  });
+
+  it('holds one address to maxConnectionsPerAddress; another address still gets in', async () => {
+    // 1,023 idle connections from one client (a review) took every place of the listener:
+    // no agent connected again, nor the gateway's own client once it had to reconnect.
+    const refused: Array<[string, string | undefined]> = [];
+    const own = await startEmbeddedBroker({
+      maxConnectionsPerAddress: 2,
+      onRefused: (reason, from) => refused.push([reason, from]),
+    });
+    const sockets: Socket[] = [];
+    const openFrom = async (localAddress: string): Promise<Socket> => {
+      const s = netConnect({ port: own.port, host: '127.0.0.1', localAddress });
+      sockets.push(s);
+      s.on('error', () => undefined);
+      await new Promise((r) => s.once('connect', r));
+      return s;
+    };
+    const closedSoon = (s: Socket): Promise<boolean> =>
+      new Promise((resolve) => {
+        const t = setTimeout(() => resolve(false), 300);
+        s.once('close', () => {
+          clearTimeout(t);
+          resolve(true);
+        });
+      });
+    try {
+      const a = await openFrom('127.0.0.1');
+      const b = await openFrom('127.0.0.1');
+      const third = await openFrom('127.0.0.1');
+      expect(await closedSoon(third)).toBe(true);
+      expect(refused).toEqual([['more than 2 connections from one address', '127.0.0.1']]);
+      // Another address has places of its own; a place freed is taken again.
+      expect(await closedSoon(await openFrom('127.0.0.2'))).toBe(false);
+      a.destroy();
+      // Taken again once the broker has seen it close (a refused try closes at once).
+      let kept = false;
+      for (let i = 0; i < 50 && !kept; i++) kept = !(await closedSoon(await openFrom('127.0.0.1')));
+      expect(kept).toBe(true);
+      expect(b.destroyed).toBe(false);
+    } finally {
+      for (const s of sockets) s.destroy();
       await own.close();
     }
   });

@@ -38,6 +38,12 @@ export interface EmbeddedBrokerOptions {
   /** Client connections at once (default 1024); more are refused by the listener. */
   maxConnections?: number;
   /**
+   * Client connections at once from one remote address (default 256): past it a new one
+   * is closed at once, so one host cannot take every place (1,023 idle connections from
+   * one client kept every agent out). Agents on the gateway's own host share loopback's.
+   */
+  maxConnectionsPerAddress?: number;
+  /**
    * Called for everything refused for one of the bounds above or below
    * (retained bytes and messages, topic length and levels, subscriptions, a
    * persistent session, QoS 2), with why, never the topic itself.
@@ -48,6 +54,7 @@ export interface EmbeddedBrokerOptions {
 /** Retained bytes kept at most by default: far above any fleet's, far below the process's memory. */
 export const DEFAULT_MAX_RETAINED_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_MAX_CONNECTIONS = 1024;
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256;
 export const DEFAULT_MAX_RETAINED_MESSAGES = 10_000;
 export const DEFAULT_MAX_SUBSCRIPTIONS_PER_CLIENT = 16;
 
@@ -108,9 +115,24 @@ export async function startEmbeddedBroker(
   });
   aedes.on('unsubscribe', (topics, client) => guards.unsubscribed(client, topics));
   const sockets = new Set<Socket>();
+  const perAddress = new Map<string, number>();
+  const maxPerAddress = opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
   const server: Server = createServer((socket) => {
+    const from = socket.remoteAddress ?? '';
+    const open = perAddress.get(from) ?? 0;
+    if (open >= maxPerAddress) {
+      opts.onRefused?.(`more than ${maxPerAddress} connections from one address`, from);
+      socket.destroy();
+      return;
+    }
+    perAddress.set(from, open + 1);
     sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
+    socket.once('close', () => {
+      sockets.delete(socket);
+      const left = (perAddress.get(from) ?? 1) - 1;
+      if (left > 0) perAddress.set(from, left);
+      else perAddress.delete(from);
+    });
     const guarded = new PacketSizeGuard(socket, maxPacketBytes, (bytes) =>
       opts.onPacketTooLarge?.(bytes, socket.remoteAddress),
     );
@@ -171,6 +193,7 @@ function validateBrokerOptions(opts: EmbeddedBrokerOptions): void {
   atLeast('maxRetainedMessages', 0);
   atLeast('maxSubscriptionsPerClient', 1);
   atLeast('maxConnections', 1);
+  atLeast('maxConnectionsPerAddress', 1);
   if (opts.host !== undefined && (typeof opts.host !== 'string' || opts.host === '')) {
     throw invalidOption('embedded broker host', 'a non-empty string', opts.host);
   }
