@@ -28,6 +28,15 @@ export interface HttpGetOptions {
    * the read there: the result resolves at once and the rest is not read.
    */
   onData?: (chunk: Buffer) => 'done' | void;
+  /**
+   * Called with the status as soon as the response head arrives, before any of the body
+   * is read. An Error it returns fails the GET with that error, and the response is
+   * destroyed unread. The Prometheus source checked the status only after the body: an
+   * endless 503 page was read to the byte bound every interval (64 MiB then; ~10% of a
+   * core and +50 MB RSS), and the warning said "response body over 67108864 bytes", not
+   * the status.
+   */
+  onHead?: (status: number) => Error | undefined;
 }
 
 /**
@@ -57,6 +66,13 @@ export function httpGet(
       },
       (res) => {
         responded = true;
+        const refused = opts.onHead?.(res.statusCode ?? 0);
+        if (refused) {
+          clearTimeout(timer);
+          reject(refused);
+          res.destroy();
+          return;
+        }
         const done = (body: string): void => {
           clearTimeout(timer);
           resolve({ status: res.statusCode ?? 0, body, latencyMs: performance.now() - started });

@@ -117,6 +117,10 @@ describe('resolveAgentOptions', () => {
       'queue.field',
       { queue: { source: 'prometheus', url: 'http://x/', gauge: 'g', field: 'depth' as never } },
     ],
+    [
+      'queue.maxBytes',
+      { queue: { source: 'prometheus', url: 'http://x/', gauge: 'g', maxBytes: 1 } },
+    ],
     ['probe.url', { probe: { url: '/healthz' } }],
     ['probe.expectStatus', { probe: { url: 'http://x/', expectStatus: [] } }],
     ['thresholds.cpuUtilization', { thresholds: { cpuUtilization: 1.5 } }],

@@ -29,13 +29,28 @@ export type QueueOptions =
   /** Zero-code: accept backlog and established connections of a listening port, from /proc/net/tcp*. */
   | { source: 'kernel'; port: number }
   /** A Prometheus text endpoint; `gauge` is summed across label sets and reported as `field` (default queued). */
-  | { source: 'prometheus'; url: string; gauge: string; field?: QueueField; timeoutMs?: number };
+  | {
+      source: 'prometheus';
+      url: string;
+      gauge: string;
+      field?: QueueField;
+      timeoutMs?: number;
+      /** The most bytes of the page read (default 16 MiB); past it the read fails. */
+      maxBytes?: number;
+    };
 
 /** The `queue` option with its defaults filled in (each source's resolve()). */
 export type ResolvedQueueOptions =
   | { source: 'tracker'; tracker?: SnapshotProvider; url?: URL; timeoutMs: number }
   | { source: 'kernel'; port: number }
-  | { source: 'prometheus'; url: URL; gauge: string; field: QueueField; timeoutMs: number };
+  | {
+      source: 'prometheus';
+      url: URL;
+      gauge: string;
+      field: QueueField;
+      timeoutMs: number;
+      maxBytes: number;
+    };
 
 type Sources = readonly AnyQueueSource[];
 type SchemaOf<S extends Sources> = S[number]['schema'];

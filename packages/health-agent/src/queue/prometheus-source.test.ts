@@ -2,11 +2,53 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
   GaugeReader,
+  MAX_EXPOSITION_BYTES,
   MAX_GAUGE_LINES,
   parsePrometheusGauge,
   prometheusSource,
 } from './prometheus-source';
 import { createAgent } from '../agent';
+
+/** A server whose every answer is `status` and a page of `line` over and over that never ends. */
+async function endlessServer(
+  status: number,
+  line: string,
+): Promise<{
+  url: URL;
+  bytesWritten: () => number;
+  closed: Promise<void>;
+  close: () => Promise<void>;
+}> {
+  let written = 0;
+  let onClosed!: () => void;
+  const closed = new Promise<void>((resolve) => (onClosed = resolve));
+  const chunk = Buffer.from(line.repeat(Math.ceil(65536 / line.length)));
+  const server = http.createServer((_req, res) => {
+    res.writeHead(status, { 'content-type': 'text/plain; version=0.0.4' });
+    let open = true;
+    res.on('close', () => {
+      open = false;
+      onClosed();
+    });
+    const pump = (): void => {
+      while (open) {
+        written += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', pump);
+      }
+    };
+    pump();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/metrics`),
+    bytesWritten: () => written,
+    closed,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
 
 const TEXT = `# HELP app_queue_depth Requests waiting
 # TYPE app_queue_depth gauge
@@ -209,6 +251,38 @@ describe('prometheusSource', () => {
     } finally {
       await agent.stop({ graceMs: 0 });
     }
+  });
+  it('fails an error status at the head, naming it, without reading the page', async () => {
+    // Checked after the body: an endless fast 503 page was read to the 64 MiB bound every
+    // interval (~10% of a core, RSS 70 -> 119 MB), and the warning said "response body
+    // over 67108864 bytes", not the status.
+    const app = await endlessServer(503, 'other_metric{le="0.1"} 1\n');
+    try {
+      await expect(
+        prometheusSource(app.url, 'app_queue_depth', 'queued', 60_000).read(),
+      ).rejects.toThrow(/^prometheus endpoint answered 503$/);
+      await app.closed; // the agent hung up
+      // What the server got into its socket before the close, not the bound's 16 MiB.
+      expect(app.bytesWritten()).toBeLessThan(MAX_EXPOSITION_BYTES / 4);
+    } finally {
+      await app.close();
+    }
+  });
+  it('stops an endless page at queue.maxBytes (default 16 MiB), and says so', async () => {
+    const app = await endlessServer(200, 'other_metric{le="0.1"} 1\n');
+    try {
+      for (const [maxBytes, bound] of [
+        [undefined, MAX_EXPOSITION_BYTES],
+        [65536, 65536],
+      ] as const) {
+        await expect(
+          prometheusSource(app.url, 'app_queue_depth', 'queued', 60_000, maxBytes).read(),
+        ).rejects.toThrow(`response body over ${bound} bytes`);
+      }
+    } finally {
+      await app.close();
+    }
+    expect(MAX_EXPOSITION_BYTES).toBe(16 * 1024 * 1024);
   });
   it('says so when the gauge is not on the page', async () => {
     page = 'other 1\n';

@@ -3,7 +3,7 @@ import { StringDecoder } from 'node:string_decoder';
 import * as v from 'valibot';
 import { httpGet } from '../http-get';
 import { withoutPassword } from '../without-password';
-import { httpUrl, picklist, show, strictObject, string } from '../option-errors';
+import { httpUrl, int, picklist, show, strictObject, string } from '../option-errors';
 import { DEFAULT_SOURCE_TIMEOUT_MS, defineQueueSource, sourceTimeoutMs } from './source';
 import type { QueueReading, QueueSourceReader } from './types';
 
@@ -31,9 +31,16 @@ const MAX_LINE_CHARS = 64 * 1024;
  * An application's whole /metrics page can run to megabytes (histograms per
  * route and status). Such a page used to be refused whole at 1 MiB, and the
  * agent then never read its queue. It is now read as it arrives, line by line,
- * keeping one line at a time, up to this much; the read's timeout bounds it too.
+ * keeping one line at a time, up to this much by default (`queue.maxBytes`,
+ * --prometheus-max-bytes); the read's timeout bounds it too. 64 MiB before: an
+ * endless page of other metrics, read to the bound every second, cost the agent
+ * 10.5% of a core, and 3.8% at 16 MiB (2026-12-07, 2 cores). A real page of
+ * 16 MiB already costs ~35 ms a read (docs/agent.md, "Measured cost").
  */
-export const MAX_EXPOSITION_BYTES = 64 * 1024 * 1024;
+export const MAX_EXPOSITION_BYTES = 16 * 1024 * 1024;
+/** The range of `queue.maxBytes`: from 64 KiB (one line's bound) to 1 GiB. */
+export const MIN_EXPOSITION_BYTES = 64 * 1024;
+export const MAX_EXPOSITION_BYTES_LIMIT = 1024 * 1024 * 1024;
 
 /**
  * The most lines of the gauge read. A queue gauge has one per worker or so;
@@ -148,6 +155,7 @@ export function prometheusSource(
   gauge: string,
   field: QueueField,
   timeoutMs: number,
+  maxBytes = MAX_EXPOSITION_BYTES,
 ): QueueSourceReader {
   // The page's URL in the errors, which the agent logs once a minute: not its basic-auth
   // password (it showed as `http://scraper:s3cr3t-pw@...` in the journal).
@@ -156,10 +164,13 @@ export function prometheusSource(
     async read(): Promise<QueueReading> {
       const reader = new GaugeReader(gauge);
       const decoder = new StringDecoder('utf8');
-      const res = await httpGet(url, timeoutMs, MAX_EXPOSITION_BYTES, {
+      await httpGet(url, timeoutMs, maxBytes, {
+        // At the head: an error page is not read (an endless 503 was read to the bound,
+        // and the warning named the bound, not the status).
+        onHead: (status) =>
+          status === 200 ? undefined : new Error(`prometheus endpoint answered ${status}`),
         onData: (chunk) => (reader.feed(decoder.write(chunk)).done ? 'done' : undefined),
       });
-      if (res.status !== 200) throw new Error(`prometheus endpoint answered ${res.status}`);
       const value = reader.done ? undefined : reader.feed(decoder.end()).result();
       // Checked after the last line too: a page without its final newline held the series
       // past the bound there, and was summed.
@@ -188,7 +199,7 @@ export function prometheusSource(
   };
 }
 
-/** `{ source: 'prometheus', url, gauge, field?, timeoutMs? }`, --prometheus-url and its rows. */
+/** `{ source: 'prometheus', url, gauge, field?, timeoutMs?, maxBytes? }`, --prometheus-url and its rows. */
 export const prometheusQueueSource = defineQueueSource('prometheus', {
   schema: strictObject({
     source: v.literal('prometheus'),
@@ -202,6 +213,7 @@ export const prometheusQueueSource = defineQueueSource('prometheus', {
     ),
     field: v.optional(picklist(QUEUE_FIELDS)),
     timeoutMs: sourceTimeoutMs,
+    maxBytes: v.optional(int(MIN_EXPOSITION_BYTES, MAX_EXPOSITION_BYTES_LIMIT)),
   }),
   resolve: (q) => ({
     source: 'prometheus',
@@ -209,8 +221,9 @@ export const prometheusQueueSource = defineQueueSource('prometheus', {
     gauge: q.gauge,
     field: q.field ?? 'queued',
     timeoutMs: q.timeoutMs ?? DEFAULT_SOURCE_TIMEOUT_MS,
+    maxBytes: q.maxBytes ?? MAX_EXPOSITION_BYTES,
   }),
-  create: (q) => prometheusSource(q.url, q.gauge, q.field, q.timeoutMs),
+  create: (q) => prometheusSource(q.url, q.gauge, q.field, q.timeoutMs, q.maxBytes),
   cli: [
     {
       flag: 'prometheus-url',
@@ -235,6 +248,14 @@ export const prometheusQueueSource = defineQueueSource('prometheus', {
       kind: 'string',
       arg: 'field',
       help: 'Queue field the gauge reports: queued (default), inFlight, acceptBacklog, openConnections',
+    },
+    {
+      flag: 'prometheus-max-bytes',
+      option: 'queue.maxBytes',
+      needs: ['prometheus-url'],
+      kind: 'int',
+      arg: 'bytes',
+      help: 'Most bytes of the --prometheus-url page read (default 16777216, 16 MiB)',
     },
   ],
 });

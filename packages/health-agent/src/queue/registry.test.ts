@@ -72,6 +72,7 @@ describe('a queue source registered by one row', () => {
       'prometheus-url',
       'prometheus-gauge',
       'prometheus-field',
+      'prometheus-max-bytes',
       'fake-depth',
       'source-timeout-ms',
     ]);
