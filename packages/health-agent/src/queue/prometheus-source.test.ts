@@ -80,6 +80,28 @@ describe('parsePrometheusGauge', () => {
   });
 });
 
+describe('parsePrometheusGauge: label sets and exemplars', () => {
+  it("reads a labelled sample's value, not its OpenMetrics exemplar's", () => {
+    // The line's last `}` was taken as the label set's end: the exemplar's value (1) was
+    // summed for each worker, 2 instead of 12.
+    const page =
+      '# TYPE q gauge\nq{worker="1"} 5 # {trace_id="abc"} 1\nq{worker="2"} 7 # {trace_id="def"} 1\n# EOF\n';
+    expect(parsePrometheusGauge(page, 'q')).toBe(12);
+    expect(parsePrometheusGauge('q{w="1"} 5 # {t="a"} 1.0 1700000000\n', 'q')).toBe(5);
+    expect(parsePrometheusGauge('q{w="1"} 5 1700000000000 # {t="a"} 9\n', 'q')).toBe(5);
+    expect(parsePrometheusGauge('q 5 # {trace_id="abc"} 1.0\n', 'q')).toBe(5);
+  });
+  it('ends the label set at its own brace, quoted values and their escapes aside', () => {
+    expect(parsePrometheusGauge('q{path="/a}b"} 5\n', 'q')).toBe(5);
+    expect(parsePrometheusGauge('q{path="x # {y=\\"z\\"} 1"} 5\n', 'q')).toBe(5);
+    expect(parsePrometheusGauge('q{a="\\\\"} 4 # {t="}"} 1\n', 'q')).toBe(4); // a value of one backslash
+    expect(parsePrometheusGauge('q{a="\\"} 3"} 6\n', 'q')).toBe(6); // an escaped quote
+    expect(parsePrometheusGauge('q{a="unterminated} 5\n', 'q')).toBeUndefined();
+    // Two series differing only inside a quoted brace are two series.
+    expect(parsePrometheusGauge('q{a="}"} 1 # {t="x"} 9\nq{a="}x"} 2 # {t="x"} 9\n', 'q')).toBe(3);
+  });
+});
+
 describe('GaugeReader', () => {
   it('reads the same fed in pieces of any size as whole, a line split across pieces too', () => {
     const text = TEXT + 'app_queue_depth{worker="2"} 5'; // the last line has no newline

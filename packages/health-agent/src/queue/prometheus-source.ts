@@ -111,7 +111,10 @@ export class GaugeReader {
     let rest: string;
     let series: string;
     if (after === '{') {
-      const close = line.lastIndexOf('}');
+      // The label set's own `}`, not the line's last: an OpenMetrics exemplar
+      // (`q{w="1"} 5 # {trace_id="abc"} 1`) has braces of its own, and its value was
+      // read as the sample's (5 and 7 over two workers summed to 2, not 12).
+      const close = labelSetEnd(line, name.length);
       if (close < 0) return;
       rest = line.slice(close + 1);
       // As written: a series repeated with its labels in another order is summed twice
@@ -129,6 +132,7 @@ export class GaugeReader {
       return;
     }
     this.lines++;
+    // The value is the first token; a timestamp and an exemplar (` # {...} v`) may follow.
     const token = rest.trim().split(/\s+/)[0] ?? '';
     if (!VALUE_RE.test(token)) {
       if (NON_FINITE_RE.test(token)) this.nonFinite++;
@@ -144,6 +148,27 @@ export class GaugeReader {
     this.sum += value;
     this.found = true;
   }
+}
+
+/**
+ * The index of the `}` that closes the label set opened at `open`, or -1: a `}` or `"`
+ * inside a quoted label value (escaped with a backslash, `\"` and `\\` among them) does
+ * not count.
+ */
+function labelSetEnd(line: string, open: number): number {
+  let quoted = false;
+  for (let i = open + 1; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (quoted) {
+      if (c === 0x5c /* backslash: the next character is escaped */) i++;
+      else if (c === 0x22 /* " */) quoted = false;
+    } else if (c === 0x22) {
+      quoted = true;
+    } else if (c === 0x7d /* } */) {
+      return i;
+    }
+  }
+  return -1;
 }
 
 export function parsePrometheusGauge(text: string, name: string): number | undefined {
