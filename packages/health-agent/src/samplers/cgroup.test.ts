@@ -165,6 +165,33 @@ describe('CgroupSampler', () => {
     });
   });
 
+  it('reads v1 CPU utilisation past 2^53 ns of cpuacct.usage (104 CPU-days)', async () => {
+    // The safe-integer check meant for limits dropped the figure for good from there on:
+    // an 8-core group reaches it in 13 days.
+    for (const [before, after] of [
+      ['9000000000000000', '9000002000000000'], // under 2^53, as before
+      ['9100000000000000', '9100002000000000'], // just past 2^53
+      ['12345678901234567890', '12345678903234567890'], // near the u64 counter's end
+    ]) {
+      const root = fixture({
+        'cpu/cpu.cfs_quota_us': '200000\n',
+        'cpu/cpu.cfs_period_us': '100000\n',
+        'cpuacct/cpuacct.usage': `${before}\n`,
+        'memory/memory.limit_in_bytes': '1073741824\n',
+        'memory/memory.usage_in_bytes': '536870912\n',
+      });
+      roots.push(root);
+      let t = 0;
+      const s = new CgroupSampler({ root, procRoot: root, now: () => t });
+      await s.sample();
+      t = 2000;
+      writeFileSync(path.join(root, 'cpuacct/cpuacct.usage'), `${after}\n`); // 2 s in 2 s of 2 cores
+      const sample = await s.sample();
+      expect([before, sample?.cpuLimitCores]).toEqual([before, 2]);
+      expect([before, sample?.cpuUtilization]).toEqual([before, expect.closeTo(0.5, 5)]);
+    }
+  });
+
   it('a named pipe or an oversized file in place of a cgroup file is unknown, never a hang', async () => {
     const root = fixture({
       'cgroup.controllers': 'cpu memory\n',

@@ -67,6 +67,19 @@ function num(text: string | undefined): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
+/**
+ * A cumulative counter of a cgroup file (v1 `cpuacct.usage`, ns): digits, any size. Only
+ * its deltas are used, and a double keeps them to a few ns at 2^53 (about 2 µs at 2^64,
+ * the counter's own bound). num()'s safe-integer check dropped cgroup CPU utilisation for
+ * good once the group had used 2^53 ns, 104 CPU-days: 13 days for an 8-core group.
+ */
+function counter(text: string | undefined): number | undefined {
+  const t = text?.trim();
+  if (!t || !/^\d+$/.test(t)) return undefined;
+  const n = Number(t);
+  return Number.isFinite(n) ? n : undefined;
+}
+
 function statField(text: string | undefined, field: string): number | undefined {
   if (!text) return undefined;
   const m = new RegExp(`^${field} (\\d+)$`, 'm').exec(text);
@@ -190,7 +203,7 @@ export class CgroupSampler {
     const limit = num(memLimit);
     const usage = num(memUsage);
     const inactive = statField(memStat, 'total_inactive_file') ?? 0;
-    const ns = num(usageNs);
+    const ns = counter(usageNs);
     return {
       source: r,
       cpuLimitCores: q !== undefined && q > 0 && p ? q / p : undefined,
