@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createAgent } from '../agent';
 import { CgroupSampler, parseCpuMax } from './cgroup';
 
 function fixture(files: Record<string, string>): string {
@@ -192,27 +193,73 @@ describe('CgroupSampler', () => {
     }
   });
 
-  it('a named pipe or an oversized file in place of a cgroup file is unknown, never a hang', async () => {
-    const root = fixture({
+  it('a named pipe or an oversized file in place of a cgroup file fails the read, never a hang', async () => {
+    const files = {
       'cgroup.controllers': 'cpu memory\n',
       'cpu.stat': 'usage_usec 1000000\n',
       'memory.max': '536870912\n',
       'memory.current': '300000000\n',
-      // Past the bound: unknown, not 70 KiB read every sample.
-      'memory.stat': `anon 1\n${'x'.repeat(70_000)}\n`,
-    });
-    roots.push(root);
-    // A FIFO nobody writes to: readFile() waited on it for good (the agent never connected).
-    execFileSync('mkfifo', [path.join(root, 'cpu.max')]);
+    };
     const procRoot = fixture({ 'self/cgroup': '0::/\n' });
     roots.push(procRoot);
-    const s = new CgroupSampler({ root, procRoot, now: () => 0 });
+    // Past the bound: not 70 KiB read every sample.
+    const big = fixture({ ...files, 'memory.stat': `anon 1\n${'x'.repeat(70_000)}\n` });
+    roots.push(big);
+    await expect(new CgroupSampler({ root: big, procRoot }).sample()).rejects.toThrow(
+      `${big}/memory.stat: too large`,
+    );
+    // A FIFO nobody writes to: readFile() waited on it for good (the agent never connected).
+    const fifo = fixture(files);
+    roots.push(fifo);
+    execFileSync('mkfifo', [path.join(fifo, 'cpu.max')]);
+    const s = new CgroupSampler({ root: fifo, procRoot, now: () => 0 });
     expect(await s.detect()).toBe(2);
-    const sample = await s.sample();
-    expect(sample?.cpuLimitCores).toBeUndefined();
-    expect(sample?.memoryLimitBytes).toBe(536870912);
-    // memory.stat unknown: the used figure is memory.current as it is.
-    expect(sample?.memoryUsedBytes).toBe(300000000);
+    await expect(s.sample()).rejects.toThrow(`${fifo}/cpu.max: not a regular file`);
+  });
+
+  it('a file there but unreadable fails the read, naming it; one not there is unknown', async () => {
+    // Every read error was "absent": a v2 tree whose files were directories left the
+    // cgroup block out of every report, and the agent's "cgroup read failed" never fired.
+    const files = ['cpu.max', 'cpu.stat', 'memory.max', 'memory.current', 'memory.stat'];
+    const root = fixture({ 'cgroup.controllers': 'cpu memory\n' });
+    roots.push(root);
+    for (const f of files) mkdirSync(path.join(root, f));
+    const procRoot = fixture({ 'self/cgroup': '0::/\n' });
+    roots.push(procRoot);
+    await expect(new CgroupSampler({ root, procRoot }).sample()).rejects.toThrow(
+      `${root}/cpu.max: not a regular file (and 4 more)`,
+    );
+    // v1 too, the first failure in a fixed order whichever read ends first.
+    const v1 = fixture({ 'cpu/cpu.cfs_period_us': '100000\n' });
+    roots.push(v1);
+    mkdirSync(path.join(v1, 'memory/memory.usage_in_bytes'), { recursive: true });
+    await expect(new CgroupSampler({ root: v1, procRoot: v1 }).sample()).rejects.toThrow(
+      new RegExp(`^${v1}/memory/memory.usage_in_bytes: not a regular file$`),
+    );
+    // Absent files (ENOENT: a controller not enabled) are still just unknown.
+    rmSync(path.join(root, 'cpu.max'), { recursive: true });
+    rmSync(path.join(root, 'cpu.stat'), { recursive: true });
+    rmSync(path.join(root, 'memory.max'), { recursive: true });
+    rmSync(path.join(root, 'memory.stat'), { recursive: true });
+    rmSync(path.join(root, 'memory.current'), { recursive: true });
+    writeFileSync(path.join(root, 'memory.current'), '42\n');
+    expect(await new CgroupSampler({ root, procRoot }).sample()).toEqual({ memoryUsedBytes: 42 });
+  });
+
+  it('an agent warns "cgroup read failed" naming the file, and reports without the block', async () => {
+    const root = fixture({ 'cgroup.controllers': 'cpu memory\n', 'memory.current': '1\n' });
+    roots.push(root);
+    mkdirSync(path.join(root, 'memory.max'));
+    const agent = createAgent({ backendId: 'cg-unreadable', cgroup: { root } });
+    const warnings: string[] = [];
+    agent.on('warning', (w: string) => warnings.push(w));
+    try {
+      const body = await agent.sample();
+      expect(body.cgroup).toBeUndefined();
+      expect(warnings).toEqual([`cgroup read failed: ${root}/memory.max: not a regular file`]);
+    } finally {
+      await agent.stop({ graceMs: 0 });
+    }
   });
 
   it('returns undefined without a cgroup filesystem', async () => {

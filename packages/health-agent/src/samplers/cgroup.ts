@@ -38,13 +38,39 @@ const V1_UNLIMITED_BYTES = 2 ** 60;
 export const MAX_CGROUP_FILE_BYTES = 64 * 1024;
 
 /**
- * A cgroup or procfs file's text, or undefined (bounded-read.ts: a named pipe
- * under `--cgroup-root` blocked the agent for good; more than
- * MAX_CGROUP_FILE_BYTES is unknown).
+ * Errors of a read that mean the file is not there: a controller not enabled (no
+ * cpu.max in the root group), a process gone while its /proc/<pid>/cgroup was read.
+ */
+const ABSENT = new Set(['ENOENT', 'ESRCH']);
+
+/**
+ * A cgroup or procfs file's text, undefined when it is not there, or an Error naming
+ * the file and why it could not be read (bounded-read.ts: a named pipe, anything but
+ * a regular file, more than MAX_CGROUP_FILE_BYTES, EACCES...). Every failure used to be
+ * undefined, as if the file were absent: a tree of unreadable files (directories in
+ * their place) left the cgroup block out of every report without a word.
  */
 async function readText(path: string): Promise<string | undefined> {
   const r = await readRegularFile(path, MAX_CGROUP_FILE_BYTES);
-  return 'text' in r ? r.text : undefined;
+  if ('text' in r) return r.text;
+  if (ABSENT.has(r.error)) return undefined;
+  throw new Error(`${path}: ${r.error}`);
+}
+
+/**
+ * The texts of `paths`, read side by side. A read that fails fails the whole (the agent
+ * warns "cgroup read failed" and leaves the block out), with the first failure in the
+ * order given, so that the message is the same every sample and its warning is
+ * repeated once a minute, not each time another read loses the race.
+ */
+async function readAll(paths: readonly string[]): Promise<(string | undefined)[]> {
+  const results = await Promise.allSettled(paths.map(readText));
+  const failed = results.filter((r) => r.status === 'rejected');
+  if (failed.length > 0) {
+    const first = (failed[0]!.reason as Error).message;
+    throw new Error(failed.length === 1 ? first : `${first} (and ${failed.length - 1} more)`);
+  }
+  return results.map((r) => (r as PromiseFulfilledResult<string | undefined>).value);
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -125,7 +151,10 @@ export class CgroupSampler {
     return this.version;
   }
 
-  /** Undefined when there is no cgroup filesystem or nothing readable in it. */
+  /**
+   * Undefined when there is no cgroup filesystem or none of its files is there; rejects
+   * when one that is there cannot be read (the agent then warns and leaves the block out).
+   */
   async sample(): Promise<CgroupMetrics | undefined> {
     const version = await this.detect();
     if (version === undefined) return undefined;
@@ -169,12 +198,12 @@ export class CgroupSampler {
 
   private async readV2(): Promise<Raw> {
     const dir = await this.v2Dir();
-    const [cpuMax, cpuStat, memMax, memCurrent, memStat] = await Promise.all([
-      readText(`${dir}/cpu.max`),
-      readText(`${dir}/cpu.stat`),
-      readText(`${dir}/memory.max`),
-      readText(`${dir}/memory.current`),
-      readText(`${dir}/memory.stat`),
+    const [cpuMax, cpuStat, memMax, memCurrent, memStat] = await readAll([
+      `${dir}/cpu.max`,
+      `${dir}/cpu.stat`,
+      `${dir}/memory.max`,
+      `${dir}/memory.current`,
+      `${dir}/memory.stat`,
     ]);
     const current = num(memCurrent);
     const inactive = statField(memStat, 'inactive_file') ?? 0;
@@ -190,13 +219,13 @@ export class CgroupSampler {
 
   private async readV1(): Promise<Raw> {
     const r = this.opts.root;
-    const [quota, period, usageNs, memLimit, memUsage, memStat] = await Promise.all([
-      readText(`${r}/cpu/cpu.cfs_quota_us`),
-      readText(`${r}/cpu/cpu.cfs_period_us`),
-      readText(`${r}/cpuacct/cpuacct.usage`),
-      readText(`${r}/memory/memory.limit_in_bytes`),
-      readText(`${r}/memory/memory.usage_in_bytes`),
-      readText(`${r}/memory/memory.stat`),
+    const [quota, period, usageNs, memLimit, memUsage, memStat] = await readAll([
+      `${r}/cpu/cpu.cfs_quota_us`,
+      `${r}/cpu/cpu.cfs_period_us`,
+      `${r}/cpuacct/cpuacct.usage`,
+      `${r}/memory/memory.limit_in_bytes`,
+      `${r}/memory/memory.usage_in_bytes`,
+      `${r}/memory/memory.stat`,
     ]);
     const q = num(quota);
     const p = num(period);
