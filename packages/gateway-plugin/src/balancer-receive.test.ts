@@ -454,7 +454,8 @@ describe("discovery's refused addresses", () => {
       {
         listed: 'http://127.0.0.2:9000/',
         unlisted: 'http://127.0.0.1:9000/',
-        loopback6: 'http://[::1]:9000/',
+        // Another port: every loopback address on one port is one server (server.ts hostKey).
+        loopback6: 'http://[::1]:9001/',
         nat64: 'http://[64:ff9b::10.1.2.3]:9000/',
         nat64Metadata: 'http://[64:ff9b::169.254.169.254]/',
         nat64Multicast: 'http://[64:ff9b::224.0.0.1]/',
@@ -658,7 +659,11 @@ describe('a burst of registrations (a gateway subscribing gets every retained on
         { id: 'lit', url: 'http://127.0.0.1:9301' },
       ],
       () => clock.t,
-      { topicPrefix: PREFIX, keys: [key], discovery: { allowedRanges: ['127.0.0.0/8'] } },
+      {
+        topicPrefix: PREFIX,
+        keys: [key],
+        discovery: { allowedRanges: ['127.0.0.0/8', '::1/128'] },
+      },
     );
     const refused: string[] = [];
     lb.on('invalid-message', (e) => refused.push(e.detail ?? ''));
@@ -681,9 +686,22 @@ describe('a burst of registrations (a gateway subscribing gets every retained on
       expect(refused.at(-1)).toBe(
         'http://127.0.0.1:9300 is the server of backend named (localhost) already',
       );
-      // The literal one as before; another port is another server.
+      // Every loopback address reaches a server listening on all of them (Node's default):
+      // one server, whatever the loopback address or family.
+      reg('evil-2', 'http://127.0.0.2:9300');
+      expect(refused.at(-1)).toBe(
+        'http://127.0.0.2:9300 is the server of backend named (localhost) already',
+      );
+      reg('evil-6', 'http://[::1]:9300');
+      expect(refused.at(-1)).toBe(
+        'http://[::1]:9300 is the server of backend named (localhost) already',
+      );
+      // The literal one as before, and at another loopback address; another port is
+      // another server.
       reg('evil-lit', 'http://127.0.0.1:9301/x');
       expect(refused.at(-1)).toBe('http://127.0.0.1:9301 is the server of backend lit already');
+      reg('evil-lit3', 'http://127.0.0.3:9301');
+      expect(refused.at(-1)).toBe('http://127.0.0.3:9301 is the server of backend lit already');
       const before = refused.length;
       reg('other', 'http://127.0.0.1:9302');
       expect(refused).toHaveLength(before);

@@ -11,7 +11,12 @@ function resolver(table: Record<string, string[] | Error>) {
     pending.push(() => {
       const a = table[hostname];
       if (a instanceof Error || a === undefined)
-        return callback(Object.assign(a ?? new Error('ENOTFOUND'), { code: 'ENOTFOUND' }), []);
+        return callback(
+          Object.assign(a ?? new Error('ENOTFOUND'), {
+            code: (a as NodeJS.ErrnoException | undefined)?.code ?? 'ENOTFOUND',
+          }),
+          [],
+        );
       callback(
         null,
         a.map((address): LookupAddress => ({ address, family: address.includes(':') ? 6 : 4 })),
@@ -65,7 +70,7 @@ describe('NamedServers: configured backends addressed by name, for discovery', (
     named.refresh();
     expect(r.asked).toHaveLength(1);
     t += REFRESH_MS;
-    r.table['api-1.internal'] = new Error('resolver down');
+    r.table['api-1.internal'] = Object.assign(new Error('resolver down'), { code: 'EAI_AGAIN' });
     named.refresh();
     r.answer();
     expect(r.asked).toHaveLength(2);
@@ -77,7 +82,41 @@ describe('NamedServers: configured backends addressed by name, for discovery', (
     r.answer();
     expect(named.match('10.0.0.5', 8080)).toBeUndefined();
     expect(named.match('10.0.0.6', 8080)?.id).toBe('api');
+    // Deleted from DNS: no address any more, where the old one was kept for good.
+    t += REFRESH_MS;
+    delete r.table['api-1.internal'];
+    named.refresh();
+    r.answer();
+    expect(named.match('10.0.0.6', 8080)).toBeUndefined();
     named.close();
+  });
+
+  it('takes a name that does not exist as no server, not as one still to resolve', () => {
+    // Kept "not resolved", a typo'd or retired name closed its port to every registration.
+    const r = resolver({});
+    const named = new NamedServers(
+      [{ id: 'gone', url: url('http://api-gone.invalid:8080') }],
+      r.lookup,
+      () => 0,
+    );
+    named.refresh();
+    expect(named.match('10.0.0.5', 8080)?.resolved).toBe(false);
+    r.answer();
+    expect(named.match('10.0.0.5', 8080)).toBeUndefined();
+  });
+
+  it('takes every loopback address as one server: a server on all addresses answers on each', () => {
+    const r = resolver({ localhost: ['127.0.0.1'] });
+    const named = new NamedServers(
+      [{ id: 'l', url: url('http://localhost:3000') }],
+      r.lookup,
+      () => 0,
+    );
+    named.refresh();
+    r.answer();
+    for (const a of ['127.0.0.1', '127.0.0.2', '::1', '0.0.0.0', '::'])
+      expect(named.match(a, 3000)?.id).toBe('l');
+    expect(named.match('10.0.0.1', 3000)).toBeUndefined();
   });
 
   it('has nothing to do when every configured backend is an IP literal', () => {

@@ -8,14 +8,16 @@
  * idle), which docs/gateway.md says is refused.
  *
  * The names are looked up as the backends' connections look them up (registry/dns-cache.ts),
- * again every REFRESH_MS; an answer that fails keeps the one before. Until a name has an
- * answer, a registration on its port cannot be told apart from it, and is refused for now
- * (its agent registers again every 20 s).
+ * again every REFRESH_MS. A lookup that fails for an outage keeps the answer before; a name
+ * that does not exist (ENOTFOUND, ENODATA) has no addresses. Until a name has an answer, a
+ * registration on its port cannot be told apart from it, and is refused for now (its agent
+ * registers again every 20 s). Addresses compare as server keys (server.ts hostKey: every
+ * loopback address is one).
  */
 import { isIP } from 'node:net';
 import type { LookupAddress } from 'node:dns';
 import type { ConnectLookup } from './dns-cache';
-import { portOf } from './server';
+import { hostKey, portOf } from './server';
 
 /** How often the names are looked up again, ms. */
 export const REFRESH_MS = 30_000;
@@ -79,7 +81,7 @@ export class NamedServers {
         unresolved ??= n;
         // Asked again now rather than at the next refresh: the agent's next try may pass.
         this.resolve(n);
-      } else if (n.addresses.has(address)) {
+      } else if (n.addresses.has(hostKey(address))) {
         return { id: n.id, hostname: n.hostname, resolved: true };
       }
     }
@@ -95,8 +97,13 @@ export class NamedServers {
     n.looking = true;
     this.lookup(n.hostname, { all: true }, (err, addresses) => {
       n.looking = false;
-      if (this.closed || err || !Array.isArray(addresses) || addresses.length === 0) return;
-      n.addresses = new Set((addresses as LookupAddress[]).map((a) => a.address));
+      if (this.closed) return;
+      // A name that does not exist (a typo, a retired service) has no server to protect:
+      // kept "not resolved", it closed its port to every registration for good, and a name
+      // deleted from DNS kept its old address against a new service there.
+      if (err?.code === 'ENOTFOUND' || err?.code === 'ENODATA') n.addresses = new Set();
+      if (err || !Array.isArray(addresses) || addresses.length === 0) return;
+      n.addresses = new Set((addresses as LookupAddress[]).map((a) => hostKey(a.address)));
     });
   }
 }

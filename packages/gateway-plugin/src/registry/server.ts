@@ -1,3 +1,5 @@
+import { isIP } from 'node:net';
+
 /**
  * A backend's server, for "one id per server": host and port (the scheme's default port
  * when none is given), not `URL.origin`, which has the scheme. Keyed by origin,
@@ -7,7 +9,25 @@
  * backend, so no client saw it).
  */
 export function serverOf(url: URL): string {
-  return `${url.hostname}:${portOf(url)}`;
+  return `${hostKey(url.hostname)}:${portOf(url)}`;
+}
+
+/**
+ * A host as a server key: every loopback address and the unspecified ones are one
+ * (`loopback`). A server listening on all addresses (Node's default) answers on each of
+ * them, so `127.0.0.2:P` or `[::1]:P` beside `127.0.0.1:P` was a second id on one server
+ * (a review of the change that compared a configured name's addresses). Two servers bound
+ * to two loopback addresses on one port are told apart no longer, which only a host's own
+ * tests do.
+ */
+export function hostKey(hostname: string): string {
+  const h = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
+  const family = isIP(h);
+  const local =
+    family === 4
+      ? h.startsWith('127.') || h === '0.0.0.0'
+      : family === 6 && (h === '::1' || h === '::');
+  return local ? 'loopback' : hostname;
 }
 
 /** The port a backend URL reaches: its own, or its scheme's default (URL drops a default port). */
