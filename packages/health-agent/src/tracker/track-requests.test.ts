@@ -210,6 +210,33 @@ describe('trackRequests', () => {
     }
   });
 
+  it('counts a 5xx head sent before the response was destroyed as an error, not as a client that left', async () => {
+    // Express's final handler destroys a response whose headers went out; a proxy failing
+    // mid-body does the same. Read as clients that left: error rate 0 for a backend
+    // failing half its answers that way (the session's re-review).
+    const tracker = trackRequests({});
+    const app = express();
+    app.use(tracker);
+    app.get('/ok', (_req, res) => void res.send('ok'));
+    app.get('/broken', (_req, res) => {
+      res.writeHead(500, { 'Content-Length': '100' });
+      res.write('partial');
+      setImmediate(() => res.destroy());
+    });
+    const server = await listen(app);
+    try {
+      for (let i = 0; i < 2; i++) {
+        await get(`${server.url}/ok`);
+        await get(`${server.url}/broken`).catch(() => undefined);
+      }
+      await until(() => tracker.snapshot().completed === 4, 5000, 'every request ended');
+      expect(tracker.snapshot()).toMatchObject({ aborted: 0, errorRate: 0.5 });
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
   it('counts its own 503s as refusals, neither as errors nor as latency samples', async () => {
     // A fast refusal recorded as a request lowered a saturated backend's latency and, as an
     // error, raised its error rate, which gateways penalise beside the overload they see.

@@ -471,7 +471,13 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       // but one the backend refused (a 503 with `retry:`) and ended is an answer.
       if (streams.has(res) && !(finishedAnswers.has(res) && res.statusCode >= 400)) return;
       completed++;
-      const finished = finishedAnswers.has(res);
+      // A 5xx head that went out for a whole request is the handler's answer even when the
+      // response was then destroyed (Express's final handler after headers, a proxy failing
+      // mid-body): read as a client that left, a backend failing that way reported an error
+      // rate of 0. Not for a request whose client left mid-body: its error handler writes
+      // a 500 on the closed socket, in the same turn.
+      const finished =
+        finishedAnswers.has(res) || (res.headersSent && res.statusCode >= 500 && req.complete);
       // Not a 503 of its own that never went out: pipelined behind an earlier one, whose
       // `Connection: close` ended the connection. The tracker closed it, not the client
       // (3,000 pipelined requests showed 2,374 clients gone that had not left).
