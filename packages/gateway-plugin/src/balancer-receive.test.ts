@@ -706,6 +706,17 @@ describe('a burst of registrations (a gateway subscribing gets every retained on
       reg('other', 'http://127.0.0.1:9302');
       expect(refused).toHaveLength(before);
       expect(lb.snapshot().backends.map((b) => b.id)).toEqual(['named', 'lit', 'other']);
+      // A configured name that comes to resolve to a discovered backend's server (a DNS
+      // change; a name that did not exist yet): that backend is let go, not kept beside it.
+      const removed: Array<[string, string]> = [];
+      lb.on('backend-removed', (e) => removed.push([e.id, e.reason]));
+      (
+        lb as unknown as {
+          namedServerResolved(id: string, port: number, a: ReadonlySet<string>): void;
+        }
+      ).namedServerResolved('named', 9302, new Set(['loopback']));
+      expect(removed).toEqual([['other', 'configured-server']]);
+      expect(lb.snapshot().backends.map((b) => b.id)).toEqual(['named', 'lit']);
     } finally {
       await lb.close();
     }

@@ -233,6 +233,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         o.backends.map((b) => ({ id: b.id, url: new URL(b.url) })),
         backendLookup,
         this.now,
+        (id, port, addresses) => this.namedServerResolved(id, port, addresses),
       );
       if (named.any) {
         this.namedServers = named;
@@ -813,6 +814,20 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (retained) this.source?.resendRetained();
   }
 
+  /**
+   * A configured backend's name now resolves to `addresses`: a discovered backend of another
+   * id at one of them is that server again, admitted while the name had no answer or another
+   * one. It is let go (its requests finish on their connections), and its agent's next
+   * registration is refused.
+   */
+  private namedServerResolved(id: string, port: number, addresses: ReadonlySet<string>): void {
+    for (const host of addresses) {
+      const b = this.registry.atServer(`${host}:${port}`);
+      if (!b || b.origin !== 'discovery' || b.id === id) continue;
+      this.forget(b, 'configured-server');
+    }
+  }
+
   /** A departed discovered backend, idle, whose address it no longer holds against other ids. */
   private releasable(b: Backend): boolean {
     return (
@@ -869,7 +884,11 @@ export class Balancer implements BalancerHandle, FlowHost {
    * series, rate bucket and remembered copies go (the replay guard keeps what it must,
    * ReplayGuard.forget). `recompute: false` leaves the eligible set to the caller.
    */
-  private forget(b: Backend, reason: 'silent' | 'evicted', recompute = true): void {
+  private forget(
+    b: Backend,
+    reason: 'silent' | 'evicted' | 'configured-server',
+    recompute = true,
+  ): void {
     this.retire(b, reason, recompute);
     this.traffic.forget(b.id);
     this.limiter.forget(b.id);
@@ -882,7 +901,11 @@ export class Balancer implements BalancerHandle, FlowHost {
    * WebSockets and streams it carries have ended (sweep), so a backend that moved or left
    * cuts none of them: they finish, or fail, on their own connections.
    */
-  private retire(b: Backend, reason: 'silent' | 'evicted' | 'moved', recompute = true): void {
+  private retire(
+    b: Backend,
+    reason: 'silent' | 'evicted' | 'moved' | 'configured-server',
+    recompute = true,
+  ): void {
     this.registry.remove(b, recompute);
     this.engine.unregister(b);
     this.checker?.unwatch(b);

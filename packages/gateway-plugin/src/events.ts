@@ -21,15 +21,16 @@ export interface BalancerEvents {
   /**
    * A discovered backend was taken out: `silent` (its agent sent nothing signed for
    * discovery.forgetAfterMs), `evicted` (it had left: its agent stopped it, or its agent
-   * is lost and it fails its checks; maxBackends needed its slot) or `moved` (another
-   * agent run registered the id at another address: `backend-added` follows with it).
+   * is lost and it fails its checks; maxBackends needed its slot), `moved` (another
+   * agent run registered the id at another address: `backend-added` follows with it) or
+   * `configured-server` (a configured backend's name resolves to its address now).
    */
   'backend-removed': [
     {
       id: string;
       url: string;
       silentMs: number;
-      reason: 'silent' | 'evicted' | 'moved';
+      reason: 'silent' | 'evicted' | 'moved' | 'configured-server';
     },
   ];
   /** The last report of a backend became older than its freshness limit. */

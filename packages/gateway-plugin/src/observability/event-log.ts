@@ -57,10 +57,15 @@ const seconds = (ms: number | undefined): string =>
   ms === undefined ? 'unknown' : `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
 
 /** Why discovery took a backend out, as the end of its line. */
-const REMOVED: Record<'silent' | 'evicted' | 'moved', (silentMs: number) => string> = {
+const REMOVED: Record<
+  'silent' | 'evicted' | 'moved' | 'configured-server',
+  (silentMs: number) => string
+> = {
   silent: (ms) => `forgotten by discovery: nothing signed from its agent for ${seconds(ms)}`,
   evicted: () => 'forgotten by discovery: it had left, and discovery.maxBackends needed its slot',
   moved: () => 'replaced by discovery: another run of its agent registered it at another address',
+  'configured-server': () =>
+    "let go by discovery: a configured backend's name resolves to its address now (one id per server)",
 };
 
 /**

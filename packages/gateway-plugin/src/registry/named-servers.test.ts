@@ -91,18 +91,36 @@ describe('NamedServers: configured backends addressed by name, for discovery', (
     named.close();
   });
 
-  it('takes a name that does not exist as no server, not as one still to resolve', () => {
-    // Kept "not resolved", a typo'd or retired name closed its port to every registration.
+  it('keeps a name that never resolved unresolved, and says when its addresses change', () => {
+    // A name that does not exist yet (a Service created after the gateway) taken as "no
+    // server" let a key holder register its address, and keep it once the name resolved.
     const r = resolver({});
+    let t = 0;
+    const changes: Array<[string, number, string[]]> = [];
     const named = new NamedServers(
-      [{ id: 'gone', url: url('http://api-gone.invalid:8080') }],
+      [{ id: 'svc', url: url('http://svc.test:8080') }],
       r.lookup,
-      () => 0,
+      () => t,
+      (id, port, addresses) => changes.push([id, port, [...addresses]]),
     );
     named.refresh();
-    expect(named.match('10.0.0.5', 8080)?.resolved).toBe(false);
     r.answer();
-    expect(named.match('10.0.0.5', 8080)).toBeUndefined();
+    expect(named.match('10.0.0.5', 8080)).toEqual({
+      id: 'svc',
+      hostname: 'svc.test',
+      resolved: false,
+    });
+    expect(changes).toEqual([]);
+    // It exists now: the change is said once, with its server keys.
+    r.table['svc.test'] = ['10.0.0.5', 'fd00::5'];
+    t += REFRESH_MS;
+    named.refresh();
+    r.answer();
+    expect(named.match('10.0.0.5', 8080)?.resolved).toBe(true);
+    t += REFRESH_MS;
+    named.refresh();
+    r.answer();
+    expect(changes).toEqual([['svc', 8080, ['10.0.0.5', '[fd00::5]']]]);
   });
 
   it('takes every loopback address as one server: a server on all addresses answers on each', () => {

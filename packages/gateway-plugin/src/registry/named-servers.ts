@@ -8,16 +8,19 @@
  * idle), which docs/gateway.md says is refused.
  *
  * The names are looked up as the backends' connections look them up (registry/dns-cache.ts),
- * again every REFRESH_MS. A lookup that fails for an outage keeps the answer before; a name
- * that does not exist (ENOTFOUND, ENODATA) has no addresses. Until a name has an answer, a
- * registration on its port cannot be told apart from it, and is refused for now (its agent
- * registers again every 20 s). Addresses compare as server keys (server.ts hostKey: every
- * loopback address is one).
+ * again every REFRESH_MS. A lookup that fails for an outage keeps the answer before. Until a
+ * name has had an answer, a registration on its port cannot be told apart from it, and is
+ * refused for now (its agent registers again every 20 s), however the lookup fails: a name
+ * that does not exist yet (a Service created after the gateway) let a key holder take its
+ * server, and keep it once the name resolved. A name that resolved and then does not exist
+ * (deleted) has no address. Each answer that changes a name's addresses is passed to
+ * `onChange`, so that a discovered backend at one of them can be let go. Addresses compare
+ * as server keys (server.ts serverHost: every loopback address is one).
  */
 import { isIP } from 'node:net';
 import type { LookupAddress } from 'node:dns';
 import type { ConnectLookup } from './dns-cache';
-import { hostKey, portOf } from './server';
+import { portOf, serverHost } from './server';
 
 /** How often the names are looked up again, ms. */
 export const REFRESH_MS = 30_000;
@@ -26,7 +29,7 @@ interface Named {
   id: string;
   hostname: string;
   port: number;
-  /** The last answer's addresses; undefined until a lookup answered. */
+  /** The last answer's addresses (server keys); undefined until a lookup answered. */
   addresses?: Set<string>;
   /** A lookup is under way: one at a time per name, however many registrations ask. */
   looking?: boolean;
@@ -45,6 +48,12 @@ export class NamedServers {
     backends: ReadonlyArray<{ id: string; url: URL }>,
     private readonly lookup: ConnectLookup,
     private readonly now: () => number,
+    /** A name's addresses changed: the configured backend `id` is the server at each, on `port`. */
+    private readonly onChange: (
+      id: string,
+      port: number,
+      addresses: ReadonlySet<string>,
+    ) => void = () => {},
   ) {
     for (const { id, url } of backends) {
       const hostname = url.hostname;
@@ -81,7 +90,7 @@ export class NamedServers {
         unresolved ??= n;
         // Asked again now rather than at the next refresh: the agent's next try may pass.
         this.resolve(n);
-      } else if (n.addresses.has(hostKey(address))) {
+      } else if (n.addresses.has(serverHost(address))) {
         return { id: n.id, hostname: n.hostname, resolved: true };
       }
     }
@@ -98,12 +107,18 @@ export class NamedServers {
     this.lookup(n.hostname, { all: true }, (err, addresses) => {
       n.looking = false;
       if (this.closed) return;
-      // A name that does not exist (a typo, a retired service) has no server to protect:
-      // kept "not resolved", it closed its port to every registration for good, and a name
-      // deleted from DNS kept its old address against a new service there.
-      if (err?.code === 'ENOTFOUND' || err?.code === 'ENODATA') n.addresses = new Set();
+      // A name deleted from DNS kept its old address against a new service there for good.
+      // One that never resolved stays unresolved: it may be about to exist.
+      const gone = err?.code === 'ENOTFOUND' || err?.code === 'ENODATA';
+      if (gone && n.addresses !== undefined) n.addresses = new Set();
       if (err || !Array.isArray(addresses) || addresses.length === 0) return;
-      n.addresses = new Set((addresses as LookupAddress[]).map((a) => hostKey(a.address)));
+      const next = new Set((addresses as LookupAddress[]).map((a) => serverHost(a.address)));
+      const changed =
+        n.addresses === undefined ||
+        next.size !== n.addresses.size ||
+        [...next].some((a) => !n.addresses!.has(a));
+      n.addresses = next;
+      if (changed) this.onChange(n.id, n.port, next);
     });
   }
 }

@@ -9,28 +9,26 @@ import { isIP } from 'node:net';
  * backend, so no client saw it).
  */
 export function serverOf(url: URL): string {
-  return `${hostKey(url.hostname)}:${portOf(url)}`;
+  return `${serverHost(url.hostname)}:${portOf(url)}`;
 }
 
 /**
  * A host as a server key: every loopback address and the unspecified ones are one
- * (`loopback`). A server listening on all addresses (Node's default) answers on each of
- * them, so `127.0.0.2:P` or `[::1]:P` beside `127.0.0.1:P` was a second id on one server
- * (a review of the change that compared a configured name's addresses). Two servers bound
- * to two loopback addresses on one port are told apart no longer, which only a host's own
- * tests do.
+ * (`loopback`), and an IPv6 address is bracketed whether given so or not. A server
+ * listening on all addresses (Node's default) answers on each of them, so `127.0.0.2:P` or
+ * `[::1]:P` beside `127.0.0.1:P` was a second id on one server (a review of the change
+ * that compared a configured name's addresses). Two servers bound to two loopback
+ * addresses on one port are told apart no longer, which only a host's own tests do.
  */
-export function hostKey(hostname: string): string {
+export function serverHost(hostname: string): string {
   const h = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
   const family = isIP(h);
-  const local =
-    family === 4
-      ? h.startsWith('127.') || h === '0.0.0.0'
-      : family === 6 && (h === '::1' || h === '::');
-  return local ? 'loopback' : hostname;
+  if (family === 4) return h.startsWith('127.') || h === '0.0.0.0' ? 'loopback' : h;
+  if (family === 6) return h === '::1' || h === '::' ? 'loopback' : `[${h}]`;
+  return hostname;
 }
 
-/** The port a backend URL reaches: its own, or its scheme's default (URL drops a default port). */
+/** The scheme's default port when the URL has none (URL drops a default port). */
 export function portOf(url: URL): number {
   return url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port);
 }
