@@ -237,6 +237,38 @@ describe('trackRequests', () => {
     }
   });
 
+  it("counts a 500 written on req 'aborted' for a whole request as the client's leaving", async () => {
+    // The session's second re-review: with the 5xx-head rule keyed on a complete request
+    // alone, a handler answering 500 when its client left a GET counted as an error again.
+    const tracker = trackRequests({});
+    const app = express();
+    app.use(tracker);
+    app.get('/slow', (req, res) => {
+      req.on('aborted', () => {
+        if (!res.headersSent) res.status(500).end('client gone');
+      });
+    });
+    app.get('/ok', (_req, res) => void res.send('ok'));
+    const server = await listen(app);
+    try {
+      const { port } = new URL(server.url);
+      for (let i = 0; i < 3; i++) {
+        const sock = connect(Number(port), '127.0.0.1');
+        sock.on('error', () => undefined);
+        sock.write('GET /slow HTTP/1.1\r\nHost: a\r\n\r\n');
+        await until(() => tracker.snapshot().inFlight === 1);
+        sock.destroy();
+        await until(() => tracker.snapshot().inFlight === 0);
+      }
+      await get(`${server.url}/ok`);
+      await until(() => tracker.snapshot().completed === 4);
+      expect(tracker.snapshot()).toMatchObject({ aborted: 3, errorRate: 0 });
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
   it('counts its own 503s as refusals, neither as errors nor as latency samples', async () => {
     // A fast refusal recorded as a request lowered a saturated backend's latency and, as an
     // error, raised its error rate, which gateways penalise beside the overload they see.

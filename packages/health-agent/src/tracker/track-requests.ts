@@ -461,6 +461,9 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     }
     res.once('finish', markFinished);
     const arrivedMs = now();
+    // What the connection had sent before this request: an answer that put bytes on it
+    // after was written while the client was there (below).
+    const sentBefore = req.socket?.bytesWritten ?? 0;
     // One 'close' listener accounts for every tracked request, whether it ran,
     // waited, was rejected or was abandoned. ServerResponse emits 'close' after
     // 'finish' and also when the connection drops first (Node >= 12), so
@@ -471,13 +474,20 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       // but one the backend refused (a 503 with `retry:`) and ended is an answer.
       if (streams.has(res) && !(finishedAnswers.has(res) && res.statusCode >= 400)) return;
       completed++;
-      // A 5xx head that went out for a whole request is the handler's answer even when the
+      // A 5xx answer that went out for a whole request is the handler's even when the
       // response was then destroyed (Express's final handler after headers, a proxy failing
       // mid-body): read as a client that left, a backend failing that way reported an error
-      // rate of 0. Not for a request whose client left mid-body: its error handler writes
-      // a 500 on the closed socket, in the same turn.
+      // rate of 0. Went out: bytes reached the connection since the request came; a 500
+      // written after its client left (an error handler on body-parser's 'request aborted',
+      // a handler on req 'aborted') meets a destroyed socket, which takes nothing. A request
+      // cut mid-body is its client's leaving whatever was written (the socket may still
+      // take the bytes then, half-closed).
       const finished =
-        finishedAnswers.has(res) || (res.headersSent && res.statusCode >= 500 && req.complete);
+        finishedAnswers.has(res) ||
+        (res.headersSent &&
+          res.statusCode >= 500 &&
+          req.complete &&
+          (req.socket?.bytesWritten ?? 0) > sentBefore);
       // Not a 503 of its own that never went out: pipelined behind an earlier one, whose
       // `Connection: close` ended the connection. The tracker closed it, not the client
       // (3,000 pipelined requests showed 2,374 clients gone that had not left).
