@@ -354,6 +354,18 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     { ...base, broker: { embedded: true, host: '' } },
     'LW_GW_INVALID_OPTION',
   ],
+  ...[0, 1.5, 'x', 2e6].flatMap((n): Array<[string, unknown, GatewayErrorCode]> => [
+    [
+      `embedded broker maxConnectionsPerAddress ${String(n)}`,
+      { ...base, broker: { embedded: true, maxConnectionsPerAddress: n } },
+      'LW_GW_INVALID_OPTION',
+    ],
+    [
+      `embedded broker maxConnections ${String(n)}`,
+      { ...base, broker: { embedded: true, maxConnections: n } },
+      'LW_GW_INVALID_OPTION',
+    ],
+  ]),
   // It overwrites the header it names on every proxied answer.
   ...[
     'content-length',

@@ -356,6 +356,9 @@ const embeddedBroker = strict({
   port: v.optional(int(0, 65535)),
   // An empty host was refused only when ready() started the broker.
   host: v.optional(nonEmptyStr('a non-empty string')),
+  // Agents behind one address (a NAT, a node's IP) past 256 need more than the default.
+  maxConnections: v.optional(int(1, 1_000_000)),
+  maxConnectionsPerAddress: v.optional(int(1, 1_000_000)),
 });
 const brokerUrlOptions = v.pipe(
   strict({

@@ -53,7 +53,15 @@ export type BrokerOption =
   /** An mqtt.js client the user owns: the balancer subscribes but never ends it. */
   | { client: MqttClient }
   /** An aedes broker hosted in this process (single gateway); its URL is `balancer.brokerUrl`. */
-  | { embedded: true; port?: number; host?: string };
+  | {
+      embedded: true;
+      port?: number;
+      host?: string;
+      /** Client connections at once (default 1024). */
+      maxConnections?: number;
+      /** Client connections at once from one remote address (default 256). */
+      maxConnectionsPerAddress?: number;
+    };
 
 export interface AffinityOptions {
   /** Hash key from this request header (e.g. 'x-user-id'). */

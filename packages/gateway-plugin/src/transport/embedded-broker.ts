@@ -1,4 +1,5 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import { createBroker, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
 import { invalidOption } from '../errors';
 import { DEFAULTS } from '../options';
@@ -86,6 +87,12 @@ export const MAX_TOPIC_LEVELS = 32;
 export interface EmbeddedBroker {
   readonly url: string;
   readonly port: number;
+  /**
+   * A connection to the broker inside this process, for the gateway's own client: no
+   * listener place, so no one who holds every place of the listener (or of its address)
+   * keeps the gateway from its own broker. Each call is a new connection.
+   */
+  connectInProcess(): Duplex;
   close(): Promise<void>;
 }
 
@@ -156,15 +163,25 @@ export async function startEmbeddedBroker(
   }
   const port = (server.address() as AddressInfo).port;
   let closing: Promise<void> | undefined;
+  const inProcess = new Set<Duplex>();
   return {
     port,
     url: `mqtt://${host}:${port}`,
+    connectInProcess() {
+      const [client, broker] = duplexPair();
+      inProcess.add(client);
+      client.once('close', () => inProcess.delete(client));
+      if (closing) client.destroy();
+      else aedes.handle(broker);
+      return client;
+    },
     close() {
       closing ??= new Promise<void>((resolve) => {
         server.close();
         // Destroy client sockets so server.close() and aedes.close() complete
         // without waiting for clients' keepalive to time out.
         for (const socket of sockets) socket.destroy();
+        for (const stream of inProcess) stream.destroy();
         aedes.close(() => resolve());
       });
       return closing;
@@ -337,4 +354,33 @@ function brokerGuards(limits: GuardLimits) {
       for (const t of topics) filters?.delete(t);
     },
   };
+}
+
+/**
+ * Two connected in-memory streams (Node 20 has no stream.duplexPair): what one writes the
+ * other reads; ending one ends the other's reading; destroying one destroys both, as a
+ * closed connection does.
+ */
+function duplexPair(): [Duplex, Duplex] {
+  class Side extends Duplex {
+    peer!: Side;
+    override _read(): void {}
+    override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+      this.peer.push(chunk);
+      cb();
+    }
+    override _final(cb: (err?: Error | null) => void): void {
+      this.peer.push(null);
+      cb();
+    }
+    override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+      if (!this.peer.destroyed) this.peer.destroy();
+      cb(err);
+    }
+  }
+  const a = new Side();
+  const b = new Side();
+  a.peer = b;
+  b.peer = a;
+  return [a, b];
 }

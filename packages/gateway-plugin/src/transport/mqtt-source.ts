@@ -12,7 +12,7 @@
  * a reconnect [MQTT-3.1.2-6], so we subscribe again on every `connect`.
  */
 import { randomBytes } from 'node:crypto';
-import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { connect, MqttClient, type IClientOptions } from 'mqtt';
 import { backendsTopicRoot, subscriptionFilter } from '@loadwise/protocol';
 import type { BrokerOption, BrokerUrlOptions } from '../options';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
@@ -157,17 +157,20 @@ export class MqttSource {
     // packets itself (embedded-broker.ts). `pinned`: no fallback to 3.1.1.
     let version: 4 | 5 = 5;
     let pinned = false;
+    let embedded: EmbeddedBroker | undefined;
     if (typeof b === 'string') url = b;
     else if ('embedded' in b) {
       version = 4;
       this.embeddedStart = startEmbeddedBroker({
         port: b.port ?? 0,
         host: b.host,
+        maxConnections: b.maxConnections,
+        maxConnectionsPerAddress: b.maxConnectionsPerAddress,
         maxPacketBytes: this.maxPacketBytes,
         onPacketTooLarge: (bytes, from) => this.handlers.onPacketTooLarge(bytes, from),
         onRefused: (reason, from) => this.handlers.onBrokerRefused(reason, from),
       });
-      const embedded = await this.embeddedStart;
+      embedded = await this.embeddedStart;
       if (this.closed) return; // close() awaits the start and closes it
       url = embedded.url;
     } else {
@@ -179,7 +182,7 @@ export class MqttSource {
     this.url = url;
     const idPrefix =
       (typeof b === 'object' && 'clientIdPrefix' in b && b.clientIdPrefix) || 'loadwise-gw';
-    const client = connect(url, {
+    const options: IClientOptions = {
       clientId: `${idPrefix}-${randomBytes(6).toString('hex')}`,
       clean: true,
       resubscribe: false,
@@ -197,7 +200,15 @@ export class MqttSource {
       keepalive: DEFAULT_KEEPALIVE_SEC,
       ...packetLimit(version, this.maxPacketBytes),
       ...extra,
-    });
+    };
+    // The embedded broker's own gateway connects inside the process (embedded-broker.ts
+    // connectInProcess): over loopback it took a listener place, and a local process
+    // holding the places of loopback's address kept the gateway from its broker once it
+    // had to reconnect (a review: 0 reconnects in 5 s).
+    const inProcess = embedded;
+    const client = inProcess
+      ? new MqttClient(() => inProcess.connectInProcess(), { ...options, protocolVersion: 4 })
+      : connect(url, options);
     this.ownsClient = true;
     if (version === 5 && !pinned) client.on('error', this.onVersionRefused);
     this.attach(client);
