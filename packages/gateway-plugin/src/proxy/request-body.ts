@@ -139,7 +139,7 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
   if (text !== undefined)
     return `req.body cannot be serialized again for content type ${JSON.stringify(type)} (${text.name}: ${text.message}); keep the bytes received in req.rawBody to send them as they came`;
   if (object && type === 'multipart/form-data')
-    return 'a multipart body cannot be rebuilt from req.body (its files are not in it)';
+    return 'a multipart body is never rebuilt from req.body (its files are not in it, and its boundary and part headers are gone); parse multipart only on routes the gateway answers itself, or keep the bytes received in req.rawBody';
   return `req.body (${parsed === null ? 'null' : typeof parsed}) has no encoding for content type ${JSON.stringify(type || 'none')}; keep the bytes received in req.rawBody to send them as they came`;
 }
 
