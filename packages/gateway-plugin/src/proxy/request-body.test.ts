@@ -139,7 +139,7 @@ describe('planBody', () => {
   );
 
   it.each([
-    ['multipart/form-data; boundary=x', { f: 'v' }, /multipart body cannot be rebuilt/],
+    ['multipart/form-data; boundary=x', { f: 'v' }, /multipart body is never rebuilt/],
     [
       'application/xml',
       { a: 1 },
