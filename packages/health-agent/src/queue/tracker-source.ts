@@ -63,7 +63,15 @@ async function fetchSnapshot(
   timeoutMs: number,
   opts: { signal?: AbortSignal; agent?: http.Agent } = {},
 ): Promise<TrackerSnapshot> {
-  const res = await httpGet(url, timeoutMs, 64 * 1024, opts);
+  const res = await httpGet(url, timeoutMs, 64 * 1024, {
+    ...opts,
+    // At the head, as the Prometheus source: an error page is not read to the bound (whose
+    // warning named the bound, not the status). A refused watch's 429 says why in its body.
+    onHead: (status) =>
+      status === 200 || status === 429
+        ? undefined
+        : new Error(`tracker endpoint answered ${status}`),
+  });
   if (res.status !== 200) {
     // A refused watch says why (track-requests.ts: the watches are full).
     const why = res.status === 429 ? `: ${res.body.split('\n', 1)[0]!.slice(0, 200)}` : '';
