@@ -215,7 +215,9 @@ it('a worker whose ops listener listens but whose start() never returns is kille
     LW_WORKERS: '1',
     LW_OPS_FIRST: '1',
     LW_HANG: 'all',
-    LW_START_TIMEOUT_MS: '800',
+    // Long enough for a worker's boot on a loaded machine (at 800 ms a full run beside
+    // other work killed it before its ops listener listened).
+    LW_START_TIMEOUT_MS: '3000',
     LW_MAX_RESTARTS: '0',
   });
   await pool.line(/worker w1 \(pid \d+\) ops listening on \d+/);
@@ -225,7 +227,7 @@ it('a worker whose ops listener listens but whose start() never returns is kille
   });
   expect(
     pool.lines.filter((l) =>
-      /worker w1 \(pid \d+\) did not start in 800 ms \(its start\(\) had not returned\); killing it/.test(
+      /worker w1 \(pid \d+\) did not start in 3000 ms \(its start\(\) had not returned\); killing it/.test(
         l,
       ),
     ),
