@@ -269,6 +269,36 @@ describe('trackRequests', () => {
     }
   });
 
+  it('counts a pipelined 500 that never got the connection as its client leaving', async () => {
+    // The third re-review: its bytes wait behind the answer before it; that answer's bytes
+    // on the connection were credited to it, and a 500 the client never saw was an error.
+    const tracker = trackRequests({});
+    const app = express();
+    app.use(tracker);
+    app.get('/slow', (_req, res) => void setTimeout(() => res.write('first chunk'), 50));
+    app.get('/fail', (_req, res) => {
+      res.status(500);
+      res.write('partial error');
+    });
+    const server = await listen(app);
+    try {
+      const { port } = new URL(server.url);
+      const sock = connect(Number(port), '127.0.0.1');
+      sock.on('error', () => undefined);
+      let got = '';
+      sock.on('data', (d: Buffer) => (got += d.toString()));
+      sock.write('GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fail HTTP/1.1\r\nHost: a\r\n\r\n');
+      await until(() => got.includes('first chunk'));
+      sock.destroy();
+      await until(() => tracker.snapshot().completed === 2);
+      expect(got).not.toContain('500');
+      expect(tracker.snapshot()).toMatchObject({ aborted: 2, errorRate: 0 });
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
   it('counts its own 503s as refusals, neither as errors nor as latency samples', async () => {
     // A fast refusal recorded as a request lowered a saturated backend's latency and, as an
     // error, raised its error rate, which gateways penalise beside the overload they see.

@@ -463,7 +463,10 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
     const arrivedMs = now();
     // What the connection had sent before this request: an answer that put bytes on it
     // after was written while the client was there (below).
-    const sentBefore = req.socket?.bytesWritten ?? 0;
+    // A pipelined response gets the connection only when those before it are done: until
+    // then nothing it writes goes out, and the bytes that do are an earlier answer's.
+    let sentBefore = res.socket ? res.socket.bytesWritten : Infinity;
+    if (!res.socket) res.once('socket', (socket: Socket) => (sentBefore = socket.bytesWritten));
     // One 'close' listener accounts for every tracked request, whether it ran,
     // waited, was rejected or was abandoned. ServerResponse emits 'close' after
     // 'finish' and also when the connection drops first (Node >= 12), so
