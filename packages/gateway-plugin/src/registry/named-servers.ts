@@ -8,18 +8,19 @@
  * idle), which docs/gateway.md says is refused.
  *
  * The names are looked up as the backends' connections look them up (registry/dns-cache.ts),
- * again every REFRESH_MS. A lookup that fails for an outage keeps the answer before. Until a
- * name has had an answer, a registration on its port cannot be told apart from it, and is
- * refused for now (its agent registers again every 20 s), however the lookup fails: a name
- * that does not exist yet (a Service created after the gateway) let a key holder take its
- * server, and keep it once the name resolved. A name that resolved and then does not exist
- * (deleted) has no address. Each answer that changes a name's addresses is passed to
- * `onChange`, so that a discovered backend at one of them can be let go. Addresses compare
- * as server keys (server.ts serverHost: every loopback address is one).
+ * again every REFRESH_MS. A name's server is every address its answers gave within KEEP_MS
+ * (round-robin DNS answers a subset each time: the latest answer alone let a discovered
+ * backend in and out, every other refresh, a review found). A lookup failing for an outage
+ * keeps what was seen; a name that does not exist (ENOTFOUND, ENODATA) has no address.
+ * Until a name has had an answer, a registration on its port cannot be told apart from it,
+ * and is refused for now (its agent registers again every 20 s). An address new to a name
+ * is passed to `onChange`, so that a discovered backend there (admitted while the name did
+ * not exist yet, a Service created after the gateway) is let go. Addresses compare as
+ * server keys (server.ts serverHost: every loopback address is one).
  */
 import { isIP } from 'node:net';
 import type { LookupAddress } from 'node:dns';
-import type { ConnectLookup } from './dns-cache';
+import { KEEP_MS, type ConnectLookup } from './dns-cache';
 import { portOf, serverHost } from './server';
 
 /** How often the names are looked up again, ms. */
@@ -29,8 +30,11 @@ interface Named {
   id: string;
   hostname: string;
   port: number;
-  /** The last answer's addresses (server keys); undefined until a lookup answered. */
-  addresses?: Set<string>;
+  /**
+   * Server keys its answers gave, each with when it was last given; undefined until a
+   * lookup answered (an answer that the name does not exist leaves it empty).
+   */
+  addresses?: Map<string, number>;
   /** A lookup is under way: one at a time per name, however many registrations ask. */
   looking?: boolean;
 }
@@ -48,7 +52,7 @@ export class NamedServers {
     backends: ReadonlyArray<{ id: string; url: URL }>,
     private readonly lookup: ConnectLookup,
     private readonly now: () => number,
-    /** A name's addresses changed: the configured backend `id` is the server at each, on `port`. */
+    /** Addresses new to a name: the configured backend `id` is the server at each, on `port`. */
     private readonly onChange: (
       id: string,
       port: number,
@@ -107,18 +111,21 @@ export class NamedServers {
     this.lookup(n.hostname, { all: true }, (err, addresses) => {
       n.looking = false;
       if (this.closed) return;
-      // A name deleted from DNS kept its old address against a new service there for good.
-      // One that never resolved stays unresolved: it may be about to exist.
-      const gone = err?.code === 'ENOTFOUND' || err?.code === 'ENODATA';
-      if (gone && n.addresses !== undefined) n.addresses = new Set();
+      if (err?.code === 'ENOTFOUND' || err?.code === 'ENODATA') {
+        n.addresses = new Map();
+        return;
+      }
       if (err || !Array.isArray(addresses) || addresses.length === 0) return;
-      const next = new Set((addresses as LookupAddress[]).map((a) => serverHost(a.address)));
-      const changed =
-        n.addresses === undefined ||
-        next.size !== n.addresses.size ||
-        [...next].some((a) => !n.addresses!.has(a));
-      n.addresses = next;
-      if (changed) this.onChange(n.id, n.port, next);
+      const t = this.now();
+      const seen = (n.addresses ??= new Map());
+      const added = new Set<string>();
+      for (const a of addresses as LookupAddress[]) {
+        const key = serverHost(a.address);
+        if (!seen.has(key)) added.add(key);
+        seen.set(key, t);
+      }
+      for (const [key, at] of seen) if (t - at > KEEP_MS) seen.delete(key);
+      if (added.size > 0) this.onChange(n.id, n.port, added);
     });
   }
 }
