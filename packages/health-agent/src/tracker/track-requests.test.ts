@@ -299,6 +299,37 @@ describe('trackRequests', () => {
     }
   });
 
+  it('does not take a 100 Continue sent before a 500 head that never went out for the answer', async () => {
+    // The fourth re-review: pipelined behind an answer that ends, a request with
+    // `Expect: 100-continue` gets its held 100 Continue flushed when it gets the connection;
+    // those bytes counted as its 500 going out (writeHead alone writes nothing).
+    const tracker = trackRequests({});
+    const app = express();
+    app.use(tracker);
+    app.get('/slow', (_req, res) => void setTimeout(() => res.end('first done'), 50));
+    app.get('/fail', (_req, res) => void res.writeHead(500, { 'Content-Type': 'text/plain' }));
+    const server = await listen(app);
+    try {
+      const { port } = new URL(server.url);
+      const sock = connect(Number(port), '127.0.0.1');
+      sock.on('error', () => undefined);
+      let got = '';
+      sock.on('data', (d: Buffer) => (got += d.toString()));
+      sock.write(
+        'GET /slow HTTP/1.1\r\nHost: a\r\n\r\n' +
+          'GET /fail HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n',
+      );
+      await until(() => got.includes('100 Continue'));
+      sock.destroy();
+      await until(() => tracker.snapshot().completed === 2);
+      expect(got).not.toContain(' 500 ');
+      expect(tracker.snapshot()).toMatchObject({ aborted: 1, errorRate: 0 });
+    } finally {
+      tracker.close();
+      await server.close();
+    }
+  });
+
   it('counts its own 503s as refusals, neither as errors nor as latency samples', async () => {
     // A fast refusal recorded as a request lowered a saturated backend's latency and, as an
     // error, raised its error rate, which gateways penalise beside the overload they see.

@@ -224,6 +224,12 @@ function markFinished(this: ServerResponse): void {
   finishedAnswers.add(this);
 }
 
+/** The bytes of the head Node built for `res` (at least 1 when it keeps none). */
+function headBytes(res: ServerResponse): number {
+  const head = (res as { _header?: unknown })._header;
+  return typeof head === 'string' ? Buffer.byteLength(head) : 1;
+}
+
 /** The head Node wrote says its body is an event stream. */
 const EVENT_STREAM_HEAD = /\r\ncontent-type:[ \t]*text\/event-stream[ \t]*(?:;|\r\n)/i;
 
@@ -484,13 +490,14 @@ export function trackRequests(opts: TrackRequestsOptions = {}): RequestTracker {
       // written after its client left (an error handler on body-parser's 'request aborted',
       // a handler on req 'aborted') meets a destroyed socket, which takes nothing. A request
       // cut mid-body is its client's leaving whatever was written (the socket may still
-      // take the bytes then, half-closed).
+      // take the bytes then, half-closed). At least the head's bytes: a `100 Continue`
+      // (or 103) sent meanwhile is not the answer.
       const finished =
         finishedAnswers.has(res) ||
         (res.headersSent &&
           res.statusCode >= 500 &&
           req.complete &&
-          (req.socket?.bytesWritten ?? 0) > sentBefore);
+          (req.socket?.bytesWritten ?? 0) - sentBefore >= headBytes(res));
       // Not a 503 of its own that never went out: pipelined behind an earlier one, whose
       // `Connection: close` ended the connection. The tracker closed it, not the client
       // (3,000 pipelined requests showed 2,374 clients gone that had not left).
