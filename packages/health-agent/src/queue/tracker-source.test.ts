@@ -69,22 +69,28 @@ describe('tracker source over HTTP and the probe', () => {
     await expect(httpTrackerSource(new URL(url), 500).read()).rejects.toThrow(message);
   });
 
-  it('names an error status at the head, without reading the page to its bound', async () => {
-    // An endless 503 page: read to the 64 KiB bound, the warning named the bound.
-    const s = await listen((_req, res) => {
-      res.writeHead(503, { 'Content-Type': 'text/html' });
-      const chunk = Buffer.alloc(16 * 1024, 120);
-      const pump = (): void => {
-        while (!res.destroyed && res.write(chunk));
-        if (!res.destroyed) res.once('drain', pump);
-      };
-      pump();
-    });
-    servers.push(s);
-    await expect(httpTrackerSource(new URL(`${s.url}/stats`), 2000).read()).rejects.toThrow(
-      /^tracker endpoint answered 503$/,
-    );
-  });
+  it.each([
+    [503, /^tracker endpoint answered 503$/],
+    [429, /^tracker endpoint answered 429: its 8 early-report watches are held already/],
+  ])(
+    'names an error status (%i) at the head, without reading the page to its bound',
+    async (status, message) => {
+      // An endless error page: read to the 64 KiB bound, the warning named the bound.
+      const s = await listen((_req, res) => {
+        res.writeHead(status, { 'Content-Type': 'text/html' });
+        const chunk = Buffer.alloc(16 * 1024, 120);
+        const pump = (): void => {
+          while (!res.destroyed && res.write(chunk));
+          if (!res.destroyed) res.once('drain', pump);
+        };
+        pump();
+      });
+      servers.push(s);
+      await expect(httpTrackerSource(new URL(`${s.url}/stats`), 2000).read()).rejects.toThrow(
+        message,
+      );
+    },
+  );
 
   it('holds a rise watch longer than the tracker allows (--interval-ms 120000) at its maximum', async () => {
     const tracker = trackRequests({ exposePath: '/stats' });

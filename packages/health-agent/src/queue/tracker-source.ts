@@ -1,6 +1,11 @@
 import http from 'node:http';
 import https from 'node:https';
-import { MAX_RISE_WAIT_MS, type RiseWait, type TrackerSnapshot } from '../tracker/track-requests';
+import {
+  MAX_RISE_WAIT_MS,
+  MAX_RISE_WATCHERS,
+  type RiseWait,
+  type TrackerSnapshot,
+} from '../tracker/track-requests';
 import * as v from 'valibot';
 import { httpGet } from '../http-get';
 import { httpUrl, strictObject } from '../option-errors';
@@ -66,17 +71,19 @@ async function fetchSnapshot(
   const res = await httpGet(url, timeoutMs, 64 * 1024, {
     ...opts,
     // At the head, as the Prometheus source: an error page is not read to the bound (whose
-    // warning named the bound, not the status). A refused watch's 429 says why in its body.
+    // warning named the bound, not the status). A 429 is a refused watch (track-requests.ts:
+    // the watches are full), said as the tracker says it.
     onHead: (status) =>
-      status === 200 || status === 429
+      status === 200
         ? undefined
-        : new Error(`tracker endpoint answered ${status}`),
+        : new Error(
+            `tracker endpoint answered ${status}` +
+              (status === 429
+                ? `: its ${MAX_RISE_WATCHERS} early-report watches are held already (another client is holding them)`
+                : ''),
+          ),
   });
-  if (res.status !== 200) {
-    // A refused watch says why (track-requests.ts: the watches are full).
-    const why = res.status === 429 ? `: ${res.body.split('\n', 1)[0]!.slice(0, 200)}` : '';
-    throw new Error(`tracker endpoint answered ${res.status}${why}`);
-  }
+  if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
   let parsed: unknown;
   try {
     parsed = JSON.parse(res.body);

@@ -997,7 +997,7 @@ describe('trackRequests rise watch (early reports)', () => {
       // The agent's reader says it, in the warning it gives a failed watch.
       const source = httpTrackerSource(new URL(`${app.server.url}${STATS}`), 1000);
       await expect(source.waitForRise!(0, 1, 1000, new AbortController().signal)).rejects.toThrow(
-        /tracker endpoint answered 429: 8 early-report watches are held already/,
+        /tracker endpoint answered 429: its 8 early-report watches are held already/,
       );
       source.close?.();
     } finally {
