@@ -39,9 +39,12 @@ interface Named {
   looking?: boolean;
 }
 
-export type NamedServerMatch =
-  | { id: string; hostname: string; resolved: true }
-  | { id: string; hostname: string; resolved: false };
+/** A configured backend named by host that a registration meets: at its server, or not resolved yet. */
+export interface NamedServerMatch {
+  id: string;
+  hostname: string;
+  resolved: boolean;
+}
 
 export class NamedServers {
   private readonly byPort = new Map<number, Named[]>();
