@@ -40,6 +40,19 @@ export interface HttpGetOptions {
 }
 
 /**
+ * An `onHead` that fails every status but 200 as `<what> answered <status>`, with what
+ * `detail` says of that status after it: the sources that read a page (Prometheus, a
+ * tracker) name the status at the head rather than read an error page to their bound.
+ */
+export function only200(
+  what: string,
+  detail: (status: number) => string = () => '',
+): (status: number) => Error | undefined {
+  return (status) =>
+    status === 200 ? undefined : new Error(`${what} answered ${status}${detail(status)}`);
+}
+
+/**
  * A GET with a hard timeout covering connect, headers and body. node:http
  * rather than fetch: at one request a second the difference is small, but it
  * keeps undici's pool and its memory out of a daemon that must stay lean.

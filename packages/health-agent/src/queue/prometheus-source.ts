@@ -1,7 +1,7 @@
 import { QUEUE_FIELDS, type QueueField } from '@loadwise/protocol';
 import { StringDecoder } from 'node:string_decoder';
 import * as v from 'valibot';
-import { httpGet } from '../http-get';
+import { httpGet, only200 } from '../http-get';
 import { withoutPassword } from '../without-password';
 import { httpUrl, int, picklist, show, strictObject, string } from '../option-errors';
 import { DEFAULT_SOURCE_TIMEOUT_MS, defineQueueSource, sourceTimeoutMs } from './source';
@@ -192,8 +192,7 @@ export function prometheusSource(
       await httpGet(url, timeoutMs, maxBytes, {
         // At the head: an error page is not read (an endless 503 was read to the bound,
         // and the warning named the bound, not the status).
-        onHead: (status) =>
-          status === 200 ? undefined : new Error(`prometheus endpoint answered ${status}`),
+        onHead: only200('prometheus endpoint'),
         onData: (chunk) => (reader.feed(decoder.write(chunk)).done ? 'done' : undefined),
       });
       const value = reader.done ? undefined : reader.feed(decoder.end()).result();

@@ -7,7 +7,7 @@ import {
   type TrackerSnapshot,
 } from '../tracker/track-requests';
 import * as v from 'valibot';
-import { httpGet } from '../http-get';
+import { httpGet, only200 } from '../http-get';
 import { httpUrl, strictObject } from '../option-errors';
 import { DEFAULT_SOURCE_TIMEOUT_MS, defineQueueSource, sourceTimeoutMs } from './source';
 import type { QueueReading, QueueSourceReader, RiseReading } from './types';
@@ -73,17 +73,12 @@ async function fetchSnapshot(
     // At the head, as the Prometheus source: an error page is not read to the bound (whose
     // warning named the bound, not the status). A 429 is a refused watch (track-requests.ts:
     // the watches are full), said as the tracker says it.
-    onHead: (status) =>
-      status === 200
-        ? undefined
-        : new Error(
-            `tracker endpoint answered ${status}` +
-              (status === 429
-                ? `: its ${MAX_RISE_WATCHERS} early-report watches are held already (another client is holding them)`
-                : ''),
-          ),
+    onHead: only200('tracker endpoint', (status) =>
+      status === 429
+        ? `: its ${MAX_RISE_WATCHERS} early-report watches are held already (another client is holding them)`
+        : '',
+    ),
   });
-  if (res.status !== 200) throw new Error(`tracker endpoint answered ${res.status}`);
   let parsed: unknown;
   try {
     parsed = JSON.parse(res.body);
