@@ -20,6 +20,7 @@
  */
 import { isIP } from 'node:net';
 import type { LookupAddress } from 'node:dns';
+import { urlHost } from './backend-tls';
 import { KEEP_MS, type ConnectLookup } from './dns-cache';
 import { portOf, serverHost } from './server';
 
@@ -65,7 +66,7 @@ export class NamedServers {
     for (const { id, url } of backends) {
       const hostname = url.hostname;
       // An IP literal is compared as the server key already (registry/server.ts).
-      if (isIP(hostname.replace(/^\[|\]$/g, '')) !== 0) continue;
+      if (isIP(urlHost(url)) !== 0) continue;
       const port = portOf(url);
       const list = this.byPort.get(port) ?? [];
       list.push({ id, hostname, port });

@@ -224,10 +224,16 @@ function markFinished(this: ServerResponse): void {
   finishedAnswers.add(this);
 }
 
+/** The head Node built for `res` (`_header`), whatever form writeHead was given. */
+function builtHead(res: ServerResponse): string | undefined {
+  const head = (res as { _header?: unknown })._header;
+  return typeof head === 'string' ? head : undefined;
+}
+
 /** The bytes of the head Node built for `res` (at least 1 when it keeps none). */
 function headBytes(res: ServerResponse): number {
-  const head = (res as { _header?: unknown })._header;
-  return typeof head === 'string' ? Buffer.byteLength(head) : 1;
+  const head = builtHead(res);
+  return head === undefined ? 1 : Buffer.byteLength(head);
 }
 
 /** The head Node wrote says its body is an event stream. */
@@ -243,8 +249,8 @@ function watchStreamHead(res: ServerResponse, onStream: () => void): void {
   const writeHead = res.writeHead;
   res.writeHead = function (this: ServerResponse, ...args: unknown[]) {
     const out = (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
-    const head = (this as { _header?: unknown })._header;
-    if (typeof head === 'string' && EVENT_STREAM_HEAD.test(head)) onStream();
+    const head = builtHead(this);
+    if (head !== undefined && EVENT_STREAM_HEAD.test(head)) onStream();
     return out;
   } as ServerResponse['writeHead'];
 }
