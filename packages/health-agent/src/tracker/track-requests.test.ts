@@ -22,6 +22,38 @@ import {
 } from './track-requests';
 
 /**
+ * A tracker (`opts`) in front of an Express app whose routes `routes` adds, on port 0;
+ * `run` gets both, and both are closed after it.
+ */
+async function withTrackedApp(
+  routes: (app: express.Express) => void,
+  run: (tracker: RequestTracker, server: Listening) => Promise<void>,
+  opts?: TrackRequestsOptions,
+): Promise<void> {
+  const tracker = trackRequests(opts);
+  const app = express();
+  app.use(tracker);
+  routes(app);
+  const server = await listen(app);
+  try {
+    await run(tracker, server);
+  } finally {
+    tracker.close();
+    await server.close();
+  }
+}
+
+/** A raw connection to `server` that wrote `request`; `received()` is what came back so far. */
+function rawRequest(server: Listening, request: string): { sock: Socket; received(): string } {
+  const sock = connect(Number(new URL(server.url).port), '127.0.0.1');
+  sock.on('error', () => undefined);
+  let got = '';
+  sock.on('data', (d: Buffer) => (got += d.toString()));
+  sock.write(request);
+  return { sock, received: () => got };
+}
+
+/**
  * A real Express app on port 0. GET /hold/:id parks the request until the test
  * calls release(id); the order in which handlers start is recorded, so FIFO
  * admission is observable.
@@ -214,120 +246,99 @@ describe('trackRequests', () => {
     // Express's final handler destroys a response whose headers went out; a proxy failing
     // mid-body does the same. Read as clients that left: error rate 0 for a backend
     // failing half its answers that way (the session's re-review).
-    const tracker = trackRequests({});
-    const app = express();
-    app.use(tracker);
-    app.get('/ok', (_req, res) => void res.send('ok'));
-    app.get('/broken', (_req, res) => {
-      res.writeHead(500, { 'Content-Length': '100' });
-      res.write('partial');
-      setImmediate(() => res.destroy());
-    });
-    const server = await listen(app);
-    try {
-      for (let i = 0; i < 2; i++) {
-        await get(`${server.url}/ok`);
-        await get(`${server.url}/broken`).catch(() => undefined);
-      }
-      await until(() => tracker.snapshot().completed === 4, 5000, 'every request ended');
-      expect(tracker.snapshot()).toMatchObject({ aborted: 0, errorRate: 0.5 });
-    } finally {
-      tracker.close();
-      await server.close();
-    }
+    await withTrackedApp(
+      (app) => {
+        app.get('/ok', (_req, res) => void res.send('ok'));
+        app.get('/broken', (_req, res) => {
+          res.writeHead(500, { 'Content-Length': '100' });
+          res.write('partial');
+          setImmediate(() => res.destroy());
+        });
+      },
+      async (tracker, server) => {
+        for (let i = 0; i < 2; i++) {
+          await get(`${server.url}/ok`);
+          await get(`${server.url}/broken`).catch(() => undefined);
+        }
+        await until(() => tracker.snapshot().completed === 4, 5000, 'every request ended');
+        expect(tracker.snapshot()).toMatchObject({ aborted: 0, errorRate: 0.5 });
+      },
+    );
   });
 
   it("counts a 500 written on req 'aborted' for a whole request as the client's leaving", async () => {
     // The session's second re-review: with the 5xx-head rule keyed on a complete request
     // alone, a handler answering 500 when its client left a GET counted as an error again.
-    const tracker = trackRequests({});
-    const app = express();
-    app.use(tracker);
-    app.get('/slow', (req, res) => {
-      req.on('aborted', () => {
-        if (!res.headersSent) res.status(500).end('client gone');
-      });
-    });
-    app.get('/ok', (_req, res) => void res.send('ok'));
-    const server = await listen(app);
-    try {
-      const { port } = new URL(server.url);
-      for (let i = 0; i < 3; i++) {
-        const sock = connect(Number(port), '127.0.0.1');
-        sock.on('error', () => undefined);
-        sock.write('GET /slow HTTP/1.1\r\nHost: a\r\n\r\n');
-        await until(() => tracker.snapshot().inFlight === 1);
-        sock.destroy();
-        await until(() => tracker.snapshot().inFlight === 0);
-      }
-      await get(`${server.url}/ok`);
-      await until(() => tracker.snapshot().completed === 4);
-      expect(tracker.snapshot()).toMatchObject({ aborted: 3, errorRate: 0 });
-    } finally {
-      tracker.close();
-      await server.close();
-    }
+    await withTrackedApp(
+      (app) => {
+        app.get('/slow', (req, res) => {
+          req.on('aborted', () => {
+            if (!res.headersSent) res.status(500).end('client gone');
+          });
+        });
+        app.get('/ok', (_req, res) => void res.send('ok'));
+      },
+      async (tracker, server) => {
+        for (let i = 0; i < 3; i++) {
+          const { sock } = rawRequest(server, 'GET /slow HTTP/1.1\r\nHost: a\r\n\r\n');
+          await until(() => tracker.snapshot().inFlight === 1);
+          sock.destroy();
+          await until(() => tracker.snapshot().inFlight === 0);
+        }
+        await get(`${server.url}/ok`);
+        await until(() => tracker.snapshot().completed === 4);
+        expect(tracker.snapshot()).toMatchObject({ aborted: 3, errorRate: 0 });
+      },
+    );
   });
 
   it('counts a pipelined 500 that never got the connection as its client leaving', async () => {
     // The third re-review: its bytes wait behind the answer before it; that answer's bytes
     // on the connection were credited to it, and a 500 the client never saw was an error.
-    const tracker = trackRequests({});
-    const app = express();
-    app.use(tracker);
-    app.get('/slow', (_req, res) => void setTimeout(() => res.write('first chunk'), 50));
-    app.get('/fail', (_req, res) => {
-      res.status(500);
-      res.write('partial error');
-    });
-    const server = await listen(app);
-    try {
-      const { port } = new URL(server.url);
-      const sock = connect(Number(port), '127.0.0.1');
-      sock.on('error', () => undefined);
-      let got = '';
-      sock.on('data', (d: Buffer) => (got += d.toString()));
-      sock.write('GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fail HTTP/1.1\r\nHost: a\r\n\r\n');
-      await until(() => got.includes('first chunk'));
-      sock.destroy();
-      await until(() => tracker.snapshot().completed === 2);
-      expect(got).not.toContain('500');
-      expect(tracker.snapshot()).toMatchObject({ aborted: 2, errorRate: 0 });
-    } finally {
-      tracker.close();
-      await server.close();
-    }
+    await withTrackedApp(
+      (app) => {
+        app.get('/slow', (_req, res) => void setTimeout(() => res.write('first chunk'), 50));
+        app.get('/fail', (_req, res) => {
+          res.status(500);
+          res.write('partial error');
+        });
+      },
+      async (tracker, server) => {
+        const c = rawRequest(
+          server,
+          'GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /fail HTTP/1.1\r\nHost: a\r\n\r\n',
+        );
+        await until(() => c.received().includes('first chunk'));
+        c.sock.destroy();
+        await until(() => tracker.snapshot().completed === 2);
+        expect(c.received()).not.toContain('500');
+        expect(tracker.snapshot()).toMatchObject({ aborted: 2, errorRate: 0 });
+      },
+    );
   });
 
   it('does not take a 100 Continue sent before a 500 head that never went out for the answer', async () => {
     // The fourth re-review: pipelined behind an answer that ends, a request with
     // `Expect: 100-continue` gets its held 100 Continue flushed when it gets the connection;
     // those bytes counted as its 500 going out (writeHead alone writes nothing).
-    const tracker = trackRequests({});
-    const app = express();
-    app.use(tracker);
-    app.get('/slow', (_req, res) => void setTimeout(() => res.end('first done'), 50));
-    app.get('/fail', (_req, res) => void res.writeHead(500, { 'Content-Type': 'text/plain' }));
-    const server = await listen(app);
-    try {
-      const { port } = new URL(server.url);
-      const sock = connect(Number(port), '127.0.0.1');
-      sock.on('error', () => undefined);
-      let got = '';
-      sock.on('data', (d: Buffer) => (got += d.toString()));
-      sock.write(
-        'GET /slow HTTP/1.1\r\nHost: a\r\n\r\n' +
-          'GET /fail HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n',
-      );
-      await until(() => got.includes('100 Continue'));
-      sock.destroy();
-      await until(() => tracker.snapshot().completed === 2);
-      expect(got).not.toContain(' 500 ');
-      expect(tracker.snapshot()).toMatchObject({ aborted: 1, errorRate: 0 });
-    } finally {
-      tracker.close();
-      await server.close();
-    }
+    await withTrackedApp(
+      (app) => {
+        app.get('/slow', (_req, res) => void setTimeout(() => res.end('first done'), 50));
+        app.get('/fail', (_req, res) => void res.writeHead(500, { 'Content-Type': 'text/plain' }));
+      },
+      async (tracker, server) => {
+        const c = rawRequest(
+          server,
+          'GET /slow HTTP/1.1\r\nHost: a\r\n\r\n' +
+            'GET /fail HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n',
+        );
+        await until(() => c.received().includes('100 Continue'));
+        c.sock.destroy();
+        await until(() => tracker.snapshot().completed === 2);
+        expect(c.received()).not.toContain(' 500 ');
+        expect(tracker.snapshot()).toMatchObject({ aborted: 1, errorRate: 0 });
+      },
+    );
   });
 
   it('counts its own 503s as refusals, neither as errors nor as latency samples', async () => {
@@ -739,34 +750,33 @@ describe('trackRequests', () => {
   });
 
   it('counts a client gone mid-upload as aborted, whatever the error handler writes after', async () => {
-    const tracker = trackRequests();
-    const app = express();
-    app.use(tracker);
-    app.post('/upload', express.raw({ type: '*/*', limit: '10mb' }), (_req, res) => {
-      res.send('stored');
-    });
-    // The usual catch-all: body-parser's 'request aborted' lands here, on a closed socket.
-    app.use(
-      (_err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) =>
-        void res.status(500).end(),
+    await withTrackedApp(
+      (app) => {
+        app.post('/upload', express.raw({ type: '*/*', limit: '10mb' }), (_req, res) => {
+          res.send('stored');
+        });
+        // The usual catch-all: body-parser's 'request aborted' lands here, on a closed socket.
+        app.use(
+          (
+            _err: unknown,
+            _req: express.Request,
+            res: express.Response,
+            _next: express.NextFunction,
+          ) => void res.status(500).end(),
+        );
+      },
+      async (tracker, server) => {
+        const { sock } = rawRequest(
+          server,
+          'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\nabc',
+        );
+        await until(() => tracker.snapshot().inFlight === 1);
+        sock.destroy();
+        await until(() => tracker.snapshot().inFlight === 0);
+        // Before: a completed 5xx, errorRate 1, aborted 0.
+        expect(tracker.snapshot()).toMatchObject({ completed: 1, aborted: 1, errorRate: 0 });
+      },
     );
-    const server = await listen(app);
-    try {
-      const { port } = new URL(server.url);
-      const sock = connect(Number(port), '127.0.0.1');
-      sock.on('error', () => undefined);
-      sock.write(
-        'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\nabc',
-      );
-      await until(() => tracker.snapshot().inFlight === 1);
-      sock.destroy();
-      await until(() => tracker.snapshot().inFlight === 0);
-      // Before: a completed 5xx, errorRate 1, aborted 0.
-      expect(tracker.snapshot()).toMatchObject({ completed: 1, aborted: 1, errorRate: 0 });
-    } finally {
-      tracker.close();
-      await server.close();
-    }
   });
 
   it('answers 503 to a waiter after queueTimeoutMs', async () => {
