@@ -1,7 +1,7 @@
 import express from 'express';
 import type { MqttClient } from 'mqtt';
 import { subscriptionFilter } from '@loadwise/protocol';
-import { trackRequests } from '@loadwise/health-agent';
+import { trackRequests, type TrackRequestsOptions } from '@loadwise/health-agent';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { fire, listen, until, type InFlightRequest, type Listening } from '../kit/agent-http';
@@ -35,38 +35,38 @@ describe('loadwise-agent early reports', () => {
     await broker.close();
   });
 
-  it('publishes a jump of outstanding requests between two scheduled reports', async () => {
-    const tracker = trackRequests({ concurrencyLimit: 2, exposePath: STATS_PATH });
+  /**
+   * A tracked backend (`trackerOpts`, GET /work held until the test ends), a subscriber on
+   * a prefix of its own, and the agent CLI watching the tracker: id, interval and rise.
+   */
+  async function watched(
+    trackerOpts: TrackRequestsOptions,
+    a: { id: string; intervalMs: number; rise: number },
+  ) {
+    const tracker = trackRequests({ ...trackerOpts, exposePath: STATS_PATH });
     const app = express();
     app.use(tracker);
-    app.get('/work', () => undefined); // held until the test ends
+    app.get('/work', () => undefined);
     server = await listen(app);
-
-    const prefix = uniquePrefix('agent-early');
+    const prefix = uniquePrefix(`agent-${a.id}`);
     client = await connectClient(broker.url);
     const box = inbox(client, prefix);
     await client.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
-
-    const intervalMs = 5000;
     agent = spawnAgent([
-      '--backend-id',
-      'early-1',
-      '--broker',
-      broker.url,
-      '--prefix',
-      prefix,
-      '--interval-ms',
-      String(intervalMs),
-      '--jitter-ms',
-      '0',
-      '--tracker-url',
-      `${server.url}${STATS_PATH}`,
-      '--no-cgroup',
-      '--early-rise',
-      '2',
-      '--early-min-gap-ms',
-      '50',
+      ...['--backend-id', a.id, '--broker', broker.url, '--prefix', prefix],
+      ...['--interval-ms', String(a.intervalMs), '--jitter-ms', '0', '--no-cgroup'],
+      ...['--tracker-url', `${server.url}${STATS_PATH}`],
+      ...['--early-rise', String(a.rise), '--early-min-gap-ms', '50'],
     ]);
+    return { tracker, server, box };
+  }
+
+  it('publishes a jump of outstanding requests between two scheduled reports', async () => {
+    const intervalMs = 5000;
+    const { tracker, server, box } = await watched(
+      { concurrencyLimit: 2 },
+      { id: 'early-1', intervalMs, rise: 2 },
+    );
     const first = await box.waitFor((r) => metricsOf(r) !== undefined, 3 * intervalMs, 'a report');
     const scheduled = metricsOf(first)!;
     expect(scheduled.early).toBeUndefined();
@@ -100,34 +100,10 @@ describe('loadwise-agent early reports', () => {
   it("judges the early report's verdict from its own queue: a full queue is degraded", async () => {
     // It carried the last sample's verdict: `queued: 2` of 2 (full) beside "up", where a
     // scheduled sample at that moment says degraded, "request queue full".
-    const tracker = trackRequests({ concurrencyLimit: 1, maxQueue: 2, exposePath: STATS_PATH });
-    const app = express();
-    app.use(tracker);
-    app.get('/work', () => undefined); // held until the test ends
-    server = await listen(app);
-    const prefix = uniquePrefix('agent-early-verdict');
-    client = await connectClient(broker.url);
-    const box = inbox(client, prefix);
-    await client.subscribeAsync(subscriptionFilter(prefix), { qos: 1 });
-    agent = spawnAgent([
-      '--backend-id',
-      'early-v',
-      '--broker',
-      broker.url,
-      '--prefix',
-      prefix,
-      '--interval-ms',
-      '2000',
-      '--jitter-ms',
-      '0',
-      '--tracker-url',
-      `${server.url}${STATS_PATH}`,
-      '--no-cgroup',
-      '--early-rise',
-      '3',
-      '--early-min-gap-ms',
-      '50',
-    ]);
+    const { server, box } = await watched(
+      { concurrencyLimit: 1, maxQueue: 2 },
+      { id: 'early-v', intervalMs: 2000, rise: 3 },
+    );
     const first = await box.waitFor((r) => metricsOf(r) !== undefined, 15_000, 'a report');
     expect(metricsOf(first)!.health.verdict).toBe('up');
     // A rise of 3 is the whole burst: 1 in flight, 2 queued, the queue full.
