@@ -57,6 +57,9 @@ import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
 import { attachEventLog, redactUrl, writeLog } from './observability/event-log';
 
+/** Why discovery takes a backend out (the `backend-removed` event's reason). */
+type RemovalReason = BalancerEvents['backend-removed'][0]['reason'];
+
 const FRESHNESS_SWEEP_MS = 1000;
 /**
  * How long a departed discovered backend (its agent stopped, or presumed gone) holds its
@@ -761,11 +764,6 @@ export class Balancer implements BalancerHandle, FlowHost {
           : 'a known backend cannot change its address (only another agent run may move it)',
       );
     }
-    // Two ids for one server would split its load estimate into two halves that each look
-    // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND). The server, not the
-    // URL: `http://10.1.2.3:8080//` or `.../x` beside a configured `http://10.1.2.3:8080`
-    // was added, so a registration could take another backend's server. Looked up, not
-    // scanned: a scan of every backend per registration cost 357 ms over 3,000.
     // A configured backend addressed by name is the same server at the address it
     // resolves to (registry/named-servers.ts).
     const named = this.namedServers?.match(host, port);
@@ -777,6 +775,11 @@ export class Balancer implements BalancerHandle, FlowHost {
       return reject(
         `${url.origin} is the server of backend ${named.id} (${named.hostname}) already`,
       );
+    // Two ids for one server would split its load estimate into two halves that each look
+    // idle (configuration refuses it too: LW_GW_DUPLICATE_BACKEND). The server, not the
+    // URL: `http://10.1.2.3:8080//` or `.../x` beside a configured `http://10.1.2.3:8080`
+    // was added, so a registration could take another backend's server. Looked up, not
+    // scanned: a scan of every backend per registration cost 357 ms over 3,000.
     const server = serverOf(url);
     const sameServer = this.registry.atServer(server);
     // A departed backend (its agent stopped, or presumed gone) holds its address against
@@ -884,11 +887,7 @@ export class Balancer implements BalancerHandle, FlowHost {
    * series, rate bucket and remembered copies go (the replay guard keeps what it must,
    * ReplayGuard.forget). `recompute: false` leaves the eligible set to the caller.
    */
-  private forget(
-    b: Backend,
-    reason: 'silent' | 'evicted' | 'configured-server',
-    recompute = true,
-  ): void {
+  private forget(b: Backend, reason: Exclude<RemovalReason, 'moved'>, recompute = true): void {
     this.retire(b, reason, recompute);
     this.traffic.forget(b.id);
     this.limiter.forget(b.id);
@@ -901,11 +900,7 @@ export class Balancer implements BalancerHandle, FlowHost {
    * WebSockets and streams it carries have ended (sweep), so a backend that moved or left
    * cuts none of them: they finish, or fail, on their own connections.
    */
-  private retire(
-    b: Backend,
-    reason: 'silent' | 'evicted' | 'moved' | 'configured-server',
-    recompute = true,
-  ): void {
+  private retire(b: Backend, reason: RemovalReason, recompute = true): void {
     this.registry.remove(b, recompute);
     this.engine.unregister(b);
     this.checker?.unwatch(b);

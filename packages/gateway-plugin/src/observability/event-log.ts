@@ -58,7 +58,7 @@ const seconds = (ms: number | undefined): string =>
 
 /** Why discovery took a backend out, as the end of its line. */
 const REMOVED: Record<
-  'silent' | 'evicted' | 'moved' | 'configured-server',
+  BalancerEvents['backend-removed'][0]['reason'],
   (silentMs: number) => string
 > = {
   silent: (ms) => `forgotten by discovery: nothing signed from its agent for ${seconds(ms)}`,
