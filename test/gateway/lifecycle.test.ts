@@ -18,7 +18,7 @@ import { loadBalance, startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import express from 'express';
 import { listen, refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { quietLogger, startLocalGateway } from '../kit/gateway';
+import { counter, quietLogger, startLocalGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 
 /** A balancer of the tests' own that does nothing on its own: no checks, warm-up, shedding or logs. */
@@ -572,8 +572,41 @@ describe('graceful close', () => {
       // keep-alive idles out (which kept a stopped process alive for keepAliveTimeout).
       expect(r.headers.connection).toBe('close');
       expect(internals(gw.lb).registry.get('hold')!.failures).toBe(0);
+      // Counted with close()'s 503s (nowhere before).
+      expect(internals(gw.lb).metrics.totals().shed.draining).toBe(1);
     } finally {
       for (const r of held) r.end();
+      await gw.close();
+      await hold.close();
+    }
+  });
+
+  it('cuts an answer still streaming when the grace ends, without charging the backend', async () => {
+    const held: ServerResponse[] = [];
+    const hold = await startBackend('hold', (_req, res) => {
+      res.writeHead(200, { 'content-length': '100' });
+      res.write('x'); // the head and a byte, then nothing
+      held.push(res);
+    });
+    const gw = await startLocalGateway({ backends: [{ id: 'hold', url: hold.url }] });
+    try {
+      const client = connect(gw.port, '127.0.0.1');
+      client.on('error', () => {});
+      let answer = '';
+      client.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+      const cut = once(client, 'close');
+      client.write('GET /download HTTP/1.1\r\nHost: a\r\n\r\n');
+      while (!answer.endsWith('\r\n\r\nx')) await new Promise((r) => setTimeout(r, 5));
+      await gw.lb.close({ graceMs: 100 });
+      await cut;
+      // The client sees the answer cut short (its length unmet), not completed.
+      expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+      // Counted a reset and a failure of the backend's before: its pool closed under the
+      // answer after the grace.
+      expect(internals(gw.lb).registry.get('hold')!.failures).toBe(0);
+      expect(await counter(gw, 'backend_errors_total', {})).toBe(0);
+    } finally {
+      for (const r of held) r.destroy();
       await gw.close();
       await hold.close();
     }

@@ -101,6 +101,41 @@ describe('WebSockets at shutdown', () => {
   });
 });
 
+describe('a handshake still waiting for its 101 when the grace ends', () => {
+  it('is cut without charging the backend', async () => {
+    // A backend that takes the upgrade and never answers it.
+    const held: Socket[] = [];
+    const slow = createServer();
+    slow.on('upgrade', (_req, socket: Socket) => void held.push(socket));
+    const backend = await listen(slow);
+    const gw = await gateway(backend.url);
+    servers.push(backend);
+    const client = connect(gw.port, '127.0.0.1');
+    client.on('error', () => {});
+    client.write(
+      'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
+    const cut = new Promise((resolve) => client.once('close', resolve));
+    try {
+      await eventually(() => held.length === 1);
+      await gw.lb.close({ graceMs: 100 });
+      await cut;
+      // Counted a reset and a failure of the backend's before: the pools closed under the
+      // handshake after close() had cut the client.
+      expect(internals(gw.lb).registry.get('b')!.failures).toBe(0);
+      const errors = gw.lb.balancer.metricsRegistry.getSingleMetric(
+        'loadwise_backend_errors_total',
+      );
+      expect((await errors!.get()).values.reduce((sum, v) => sum + v.value, 0)).toBe(0);
+    } finally {
+      client.destroy();
+      for (const s of held) s.destroy();
+      await gw.close();
+    }
+  });
+});
+
 describe('answers on an upgrade socket', () => {
   it.each([
     ['retries off', false],

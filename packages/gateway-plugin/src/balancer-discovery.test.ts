@@ -507,6 +507,30 @@ describe('a backend forgotten with a request still on it', () => {
   });
 });
 
+describe('a backend moved with requests still on it', () => {
+  it("keeps them in the gateway's in-flight total until they end", async () => {
+    const r = rig();
+    try {
+      r.send(r.run('web-0').registration('http://10.0.0.1:8080'));
+      const old = r.lb.registry.get('web-0')!;
+      for (let i = 0; i < 4; i++) r.lb.attemptStarted(old, r.now());
+      expect(r.lb.snapshot().inFlight).toBe(4);
+      r.at(1_000);
+      r.send(r.run('web-0').registration('http://10.0.0.2:8080'));
+      expect(r.url('web-0')).toBe('http://10.0.0.2:8080/');
+      const moved = r.lb.registry.get('web-0')!;
+      r.lb.attemptStarted(moved, r.now());
+      // The status endpoint and loadwise_in_flight read this total: 1 of 5 before.
+      expect(r.lb.snapshot().inFlight).toBe(5);
+      expect(r.lb.snapshot().backends.map((b) => b.inFlight)).toEqual([1]);
+      for (let i = 0; i < 4; i++) r.lb.attemptEnded(old, r.now(), 100, true, false, false);
+      expect(r.lb.snapshot().inFlight).toBe(1);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});
+
 describe('a backend that left', () => {
   it("leaves its parsed URL in no proxy cache (a churning fleet's cache held only the departed)", async () => {
     const r = rig({ forgetAfterMs: 5_000 });

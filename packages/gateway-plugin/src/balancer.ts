@@ -918,6 +918,16 @@ export class Balancer implements BalancerHandle, FlowHost {
   /** Backends taken out with requests still on them: closed by the sweep once idle. */
   private readonly retired = new Set<Backend>();
 
+  /**
+   * Requests still on backends taken out of the registry (moved, forgotten, removed): part
+   * of what the gateway proxies now, though no registry entry counts them any more.
+   */
+  retiredInFlight(): number {
+    let n = 0;
+    for (const b of this.retired) n += b.load.inFlight;
+    return n;
+  }
+
   private drop(
     code: ProtocolErrorCode | DropReason,
     detail: string,

@@ -37,7 +37,9 @@ export function buildSnapshot(lb: Balancer): BalancerSnapshot {
   const nowMs = lb.now();
   const counts = lb.traffic.counts(nowMs);
   const backends: BackendSnapshot[] = [];
-  let inFlight = 0;
+  // A backend that moved or was forgotten with requests on it has left the registry, not
+  // the gateway: its requests are still being proxied (4 of 8 went missing from the total).
+  let inFlight = lb.retiredInFlight();
   for (const b of lb.registry.backends.values()) {
     const condition = b.conditionNow();
     const load = b.load;

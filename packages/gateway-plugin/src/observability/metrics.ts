@@ -227,7 +227,7 @@ function createFamilies(registry: Registry, p: string): Families {
   });
   const sheds = new Counter({
     name: `${p}shed_total`,
-    help: 'Requests the gateway answered 503 itself, by reason (saturated, overloaded, no-backend)',
+    help: 'Requests the gateway answered 503 itself, by reason (saturated, overloaded, no-backend, draining; draining also counts the 502 of a request cut at the end of close())',
     labelNames: ['service', 'reason'] as const,
     registers,
   });

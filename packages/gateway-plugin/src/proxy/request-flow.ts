@@ -1269,8 +1269,11 @@ export class RequestFlow {
       // request has been answered or retried since.
       if (!proxyRes.complete && !res.writableEnded && flow.target === target) {
         if (flow.attemptOpen) {
-          c.metrics.onError(backend.id, 'reset');
-          c.outlier.onFailure(backend);
+          // Cut by close() after its grace (its pools destroyed): not the backend's failure.
+          if (!c.closed) {
+            c.metrics.onError(backend.id, 'reset');
+            c.outlier.onFailure(backend);
+          }
           flow.responseOk = false;
           flow.overloaded = false;
         }
@@ -1432,6 +1435,7 @@ export class RequestFlow {
       if (attempt?.writableFinished !== true)
         return this.shed(flow.res, 'LW_GW_CLOSED', 'draining', 1);
       flow.res.shouldKeepAlive = false; // nothing more is served on it (shed() says why)
+      c.metrics.onShed('draining'); // counted with the 503s close() gives, not nowhere
       return this.fail(flow, 'LW_GW_CLOSED_IN_FLIGHT');
     }
     if (whole) return this.bytesAfterAnswer(flow, err);

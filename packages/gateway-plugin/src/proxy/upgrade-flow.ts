@@ -422,6 +422,10 @@ export class UpgradeFlow {
       );
       return;
     }
+    // Cut by close() after its grace: the client sockets destroyed first, then the pools,
+    // whose handshakes still waiting end here. Not the backend's failure, as on the request
+    // path (request-flow.ts, onError).
+    if (this.core.closed) return void res.destroy();
     const stale = !('setHeader' in res) && this.staleConnection(err, req);
     if (backend) {
       this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
