@@ -329,6 +329,20 @@ describe('hostile backend responses', () => {
     expect(gw.snapshot().inFlight).toBe(0);
   }, 30_000);
 
+  it('an answer whose head comes at once and whose body comes later is timed to its end', async () => {
+    backend = await rawBackend((_path, socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n');
+      setTimeout(() => socket.write('2\r\nok\r\n0\r\n\r\n'), 300);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(gw.port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    expect(r.raw).toMatch(/^HTTP\/1\.1 200 [^]*\r\n\r\n2\r\nok\r\n0\r\n\r\n$/);
+    // Before: timed to its head (a millisecond), as if the client had held the body back:
+    // a backend that sent its head at once and its body 3 s later drew every client.
+    await eventually(() => gw!.snapshot().inFlight === 0);
+    expect(gw.backend('b').latencyMs!).toBeGreaterThanOrEqual(250);
+  });
+
   it('a quiet event stream cut by requestTimeoutMs is not held against the backend', async () => {
     const stream = (_path: string, socket: Socket): void => {
       // One event, then silence (the next one would come in a minute).

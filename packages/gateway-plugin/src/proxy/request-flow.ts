@@ -208,9 +208,17 @@ function backendAnswer(flow: Flow): BackendAnswer | undefined {
   return (flow.proxyReq as { res?: BackendAnswer } | undefined)?.res;
 }
 
-/** The backend's answer's 'pause' listener: the client's side held it back. */
+/**
+ * The backend's answer's 'pause' listener: the client's side held it back (its response
+ * took no more: a slow reader, or a pipelined answer waiting its turn). Not the pause of
+ * the pipe's unpipe once the client's response has finished: every answer whose client
+ * finished before its 'close' was timed to its head, and a backend that sent its head at
+ * once and its body 3 s later read 1.7 ms and drew every client.
+ */
 function answerHeld(this: BackendAnswer): void {
-  this[ANSWER_HELD] = true;
+  // Node keeps the request on its answer (`res.req`), which the types omit.
+  const attempt = (this as { req?: AttemptRequest }).req;
+  if (attempt?.[CLIENT_RESPONSE]?.writableNeedDrain === true) this[ANSWER_HELD] = true;
 }
 
 /** A backend socket's 'timeout', passed on to the request it carries (as Node's own listener). */
