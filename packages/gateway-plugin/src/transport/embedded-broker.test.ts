@@ -220,6 +220,48 @@ describe('embedded broker bounds', () => {
     expect(got).toContain('reports/b1');
   });
 
+  it('survives a flood of messages that match no subscriber behind ones that do', async () => {
+    const sub = await open();
+    const got: string[] = [];
+    sub.on('message', (t) => got.push(t));
+    await sub.subscribeAsync('flood/#', { qos: 0 });
+    const s = netConnect(broker.port, '127.0.0.1');
+    raw.push(s);
+    s.on('error', () => undefined);
+    await new Promise((r) => s.once('connect', r));
+    s.write(
+      mqttPacket.generate({ cmd: 'connect', clientId: 'flood', protocolVersion: 4, clean: true }),
+    );
+    await new Promise((r) => s.once('data', r)); // the CONNACK
+    s.resume();
+    const publish = (topic: string): Buffer =>
+      mqttPacket.generate({
+        cmd: 'publish',
+        topic,
+        payload: Buffer.from('x'),
+        qos: 0,
+        retain: false,
+        dup: false,
+      });
+    // Deliveries that take aedes's places in flight, then a long run of messages for no
+    // one, in one read. Before: the run was handled in the calls that freed the places,
+    // each in the last one's, until the stack overflowed and the process died.
+    const toSubscriber = publish('flood/a');
+    const toNobody = publish('nobody/x');
+    s.write(
+      Buffer.concat([
+        ...Array.from({ length: 300 }, () => toSubscriber),
+        ...Array.from({ length: 30_000 }, () => toNobody),
+        publish('flood/end'),
+      ]),
+    );
+    const deadline = Date.now() + 10_000;
+    while (!got.includes('flood/end') && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(got.filter((t) => t === 'flood/a')).toHaveLength(300);
+    expect(got).toContain('flood/end');
+  });
+
   it('does not let a client read $SYS, where aedes names every client id', async () => {
     const spy = await open();
     // Refused: SUBACK 0x80, which mqtt.js turns into an error.

@@ -3,7 +3,7 @@ import { Duplex } from 'node:stream';
 import { createBroker, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
 import { invalidOption } from '../errors';
 import { DEFAULTS } from '../options';
-import { PacketSizeGuard } from './packet-size-guard';
+import { PacketSizeGuard, UnreadBudget } from './packet-size-guard';
 
 /** Largest MQTT packet the embedded broker reads (a full signed report is about 1 KiB). */
 export const DEFAULT_MAX_PACKET_BYTES = DEFAULTS.messageLimits.maxPacketBytes;
@@ -115,6 +115,13 @@ export async function startEmbeddedBroker(
   });
   const aedes = createBroker({
     ...guards.authorizers,
+    // No queue of messages behind aedes's default 100 deliveries in flight: one that
+    // matched no subscriber when its turn came was handled in the call that freed its
+    // place, so a queue of them (a client's flood, 64 KiB of tiny PUBLISHes a read, its
+    // subscriber gone) recursed through mqemitter until the gateway's stack overflowed.
+    // Deliveries still wait for a turn of the event loop each (aedes: setImmediate), and a
+    // client's next read waits for its batch to be handled.
+    concurrency: 0,
     ...opts.aedes,
     // Not replaced by opts.aedes: an authenticate of the app's own (passwords)
     // runs after the session check.
@@ -122,6 +129,7 @@ export async function startEmbeddedBroker(
   });
   aedes.on('unsubscribe', (topics, client) => guards.unsubscribed(client, topics));
   const sockets = new Set<Socket>();
+  const unread = new UnreadBudget();
   const perAddress = new Map<string, number>();
   const maxPerAddress = opts.maxConnectionsPerAddress ?? DEFAULT_MAX_CONNECTIONS_PER_ADDRESS;
   const server: Server = createServer((socket) => {
@@ -140,8 +148,11 @@ export async function startEmbeddedBroker(
       if (left > 0) perAddress.set(from, left);
       else perAddress.delete(from);
     });
-    const guarded = new PacketSizeGuard(socket, maxPacketBytes, (bytes) =>
-      opts.onPacketTooLarge?.(bytes, socket.remoteAddress),
+    const guarded = new PacketSizeGuard(
+      socket,
+      maxPacketBytes,
+      (bytes) => opts.onPacketTooLarge?.(bytes, socket.remoteAddress),
+      unread,
     );
     // aedes.handle takes any Duplex (its Connection type is Duplex | Socket).
     aedes.handle(guarded);
