@@ -8,7 +8,7 @@ import { createServer, request, type IncomingMessage } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import express from 'express';
 import { loadBalance, routeUpgrades, type LoadBalanceOptions } from '@loadwise/gateway-plugin';
-import { listen, type TestServer } from '../kit/http';
+import { listen, startBackend, type TestServer } from '../kit/http';
 import {
   counterValue,
   openSlow,
@@ -337,12 +337,46 @@ describe("an answer whose head is over Node's limit", () => {
     });
     expect(ok.responses[0]?.status).toBe(302);
   });
+
+  it("to a short request is the backend's failure: charged, timed, it stops drawing traffic", async () => {
+    // 17 KB of Location whatever was asked: the backend chose that size.
+    const huge = createServer((_req, res) => {
+      res.writeHead(302, { location: `/${'x'.repeat(17_000)}` }).end();
+    });
+    const bad = await listen(huge);
+    const good = await startBackend('good');
+    others.push(bad, good);
+    gw = await gateway(
+      {
+        backends: [
+          { id: 'bad', url: bad.url },
+          { id: 'good', url: good.url },
+        ],
+        outlier: { consecutiveFailures: 3 },
+        retry: false,
+      },
+      (app, lb) => app.use(lb),
+    );
+    let failed = 0;
+    for (let i = 0; i < 40; i++) {
+      const r = await rawExchange(gw.port, 'GET /short HTTP/1.1\r\nHost: a\r\n\r\n', {
+        responses: 1,
+      });
+      if (r.responses[0]?.status === 502) failed++;
+    }
+    // Before: never charged nor timed, it looked idle, kept most picks, each one a 502.
+    const charged = gw.lb.balancer.snapshot().backends.find((b) => b.id === 'bad')!;
+    expect(charged.failuresTotal).toBeGreaterThanOrEqual(1);
+    expect(charged.latencyMs).not.toBeNull();
+    expect([charged.requestsTotal, failed]).toEqual([charged.failuresTotal, charged.failuresTotal]);
+    expect(failed).toBeLessThanOrEqual(5);
+  });
 });
 
 describe('what a backend says about its own connection', () => {
-  it('never reaches the client: Keep-Alive, Connection and what it names, Upgrade', async () => {
+  it('never reaches the client: Keep-Alive, Connection and what it names, Upgrade, TE, Proxy-Authenticate', async () => {
     const hop = (connection: string): string =>
-      `HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=65\r\nConnection: ${connection}\r\nX-Secret: 1\r\nUpgrade: h2c\r\nX-Kept: 1\r\n\r\nok`;
+      `HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=65\r\nConnection: ${connection}\r\nX-Secret: 1\r\nUpgrade: h2c\r\nTE: trailers\r\nProxy-Authenticate: Basic\r\nX-Kept: 1\r\n\r\nok`;
     const raw = await rawBackend({ '/named': hop('x-secret, keep-alive'), '/close': hop('close') });
     gw = await gateway({ backends: [{ id: 'b', url: raw.url }] }, (app, lb) => app.use(lb));
     const r = await rawExchange(
@@ -354,6 +388,7 @@ describe('what a backend says about its own connection', () => {
     expect([named?.status, named?.body, named?.headers['x-kept']]).toEqual([200, 'ok', '1']);
     expect(named?.headers['x-secret']).toBeUndefined();
     for (const h of [named!.headers, close!.headers]) {
+      expect([h.te, h['proxy-authenticate']]).toEqual([undefined, undefined]);
       expect([h['keep-alive'], h.upgrade, h.connection]).toEqual([
         undefined,
         undefined,

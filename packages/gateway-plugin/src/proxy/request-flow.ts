@@ -32,7 +32,7 @@ import { closesForDrain, drainClosesConnections } from '../cluster/listener-drai
 import type { GatewayErrorCode } from '../errors';
 import { sendError } from '../error-response';
 import { RateLimitedLog } from '../rate-limited-log';
-import type { ShedReason } from '../observability';
+import type { ShedReason, UpstreamErrorKind } from '../observability';
 import { formatDecisionHeader } from '../observability';
 import { pathForLog } from '../observability/event-log';
 import type { Endpoint } from '../strategies/types';
@@ -202,6 +202,19 @@ type AttemptRequest = ClientRequest & {
 };
 
 type BackendAnswer = IncomingMessage & { [ANSWER_HELD]?: true };
+
+/**
+ * A request head under this (a quarter of Node's 16 KiB limit) cannot be what made its
+ * answer's head too large: the backend chose that size (headTooLarge).
+ */
+const CLIENT_SIZED_HEAD_BYTES = 4096;
+
+/** The bytes of a request's target and header lines, as the client sent them (about). */
+function requestHeadBytes(req: IncomingMessage): number {
+  let n = (req.url ?? '').length;
+  for (const field of req.rawHeaders) n += field.length + 2;
+  return n;
+}
 
 /** The current attempt's answer: Node keeps it on its request (`req.res`), which the types omit. */
 function backendAnswer(flow: Flow): BackendAnswer | undefined {
@@ -1455,7 +1468,8 @@ export class RequestFlow {
       flow.answer = undefined;
       answer.unpipe(flow.res);
     }
-    if ((err as { code?: string }).code === 'HPE_HEADER_OVERFLOW') return this.headTooLarge(flow);
+    if ((err as { code?: string }).code === 'HPE_HEADER_OVERFLOW')
+      return this.headTooLarge(flow, kind);
     flow.responseOk = false;
     this.endAttempt(flow);
     c.metrics.onError(backend.id, kind);
@@ -1624,14 +1638,25 @@ export class RequestFlow {
    * formed; Node only stopped reading it), as nginx neither retries nor
    * counts a too large header by default.
    */
-  private headTooLarge(flow: Flow): void {
+  private headTooLarge(flow: Flow, kind: UpstreamErrorKind): void {
     const backend = flow.backend!;
+    const c = this.core;
     flow.responseOk = false;
-    this.endAttempt(flow, true);
-    this.core.logLine(
+    // A head that echoes a long request (a redirect's Location) is the client's doing: not
+    // charged, a few long URLs ejected healthy backends. One answering a short request is the
+    // backend's: uncharged, and never timed, it looked idle and drew 74% of the picks, each
+    // a 502.
+    const requestBytes = requestHeadBytes(flow.req);
+    const charged = requestBytes < CLIENT_SIZED_HEAD_BYTES;
+    this.endAttempt(flow, !charged);
+    if (charged) {
+      c.metrics.onError(backend.id, kind);
+      c.outlier.onFailure(backend);
+    }
+    c.logLine(
       `upstream:${backend.id}:head-too-large`,
-      `${backend.id} (${backend.target.href}) answered ${describe(flow.req)} with a head over Node's limit (--max-http-header-size); answering 502 LW_GW_UPSTREAM_FAILED, not retried, the backend not charged`,
-      { event: 'upstream-head-too-large', backend: backend.id },
+      `${backend.id} (${backend.target.href}) answered ${describe(flow.req)} (a head of ${requestBytes} bytes) with a head over Node's limit (--max-http-header-size); answering 502 LW_GW_UPSTREAM_FAILED, not retried, ${charged ? 'charged to the backend (the request was short)' : 'the backend not charged (the request was long)'}`,
+      { event: 'upstream-head-too-large', backend: backend.id, requestBytes, charged },
     );
     this.fail(flow, 'LW_GW_UPSTREAM_FAILED');
   }

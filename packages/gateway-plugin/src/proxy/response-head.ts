@@ -176,6 +176,10 @@ export function writeResponseHead(
       name === 'connection' ||
       name === 'keep-alive' ||
       name === 'proxy-connection' ||
+      // Hop-by-hop too (RFC 9110 §7.6.1; §11.7.1: a proxy challenge is for the client that
+      // chose the proxy, which is the gateway here, not the gateway's client).
+      name === 'te' ||
+      name === 'proxy-authenticate' ||
       (name === 'upgrade' && status !== 101) ||
       (name === 'transfer-encoding' && (http10 || status === 204)) ||
       (name === 'content-length' && status === 204) ||
