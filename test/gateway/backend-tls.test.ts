@@ -401,6 +401,40 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
       expect(construct(backendTls)).toThrow(message);
     });
 
+    it('refuses material Node cannot use, at construction, naming no part of the key', async () => {
+      // Each failed every connection; the first, in the warm-up, ended the process.
+      const cases: [Record<string, unknown>, RegExp][] = [
+        [
+          { cert: pki.read('gateway.pem'), key: pki.read('ip.key') },
+          /^LW_GW_INVALID_OPTION: backendTls: .*ERR_OSSL_X509_KEY_VALUES_MISMATCH: the key is not the certificate's/,
+        ],
+        [
+          { cert: pki.file('gateway.pem'), key: pki.file('gateway.key') },
+          /^LW_GW_INVALID_OPTION: backendTls: the certificate, key or CA cannot be used/,
+        ],
+        [
+          { ca: pki.file('ca.pem') },
+          /^LW_GW_INVALID_OPTION: backendTls: the CA holds no PEM certificate .*not its name/,
+        ],
+      ];
+      for (const [backendTls, message] of cases) {
+        let err: Error | undefined;
+        try {
+          construct(backendTls)();
+        } catch (e) {
+          err = e as Error;
+        }
+        expect(err?.message).toMatch(message);
+        expect(err?.message).not.toContain('PRIVATE KEY');
+      }
+      const usable = construct({
+        ca,
+        cert: pki.read('gateway.pem'),
+        key: pki.read('gateway.key'),
+      })();
+      await usable.close();
+    });
+
     it('warns once that rejectUnauthorized: false verifies nothing', async () => {
       const warnings: string[] = [];
       const lb = loadBalance({

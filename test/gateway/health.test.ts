@@ -53,6 +53,32 @@ describe('gateway health', () => {
     });
   });
 
+  it('checks with healthCheck.host for a backend that routes by Host', async () => {
+    // As a virtual-host proxy's default server: 503 for any Host but the service's.
+    const hosts: string[] = [];
+    const vhost = await startBackend('vhost', (req, res) => {
+      hosts.push(`${req.url} ${req.headers.host}`);
+      res.statusCode = req.headers.host === 'api.example.com' ? 200 : 503;
+      res.end(JSON.stringify({ id: 'vhost' }));
+    });
+    try {
+      gw = await startLocalGateway({
+        backends: [{ id: 'vhost', url: vhost.url }],
+        healthCheck: { path: '/healthz', host: 'api.example.com', intervalMs: 20 },
+      });
+      while (hosts.filter((h) => h.startsWith('/healthz')).length < 3)
+        await new Promise((r) => setTimeout(r, 10));
+      // Before: each check went with the backend's own address, and the backend was down
+      // while every request (with the client's Host) was served.
+      expect(new Set(hosts.filter((h) => h.startsWith('/healthz')))).toEqual(
+        new Set(['/healthz api.example.com']),
+      );
+      expect(gw.lb.balancer.snapshot().backends[0]?.state).toBe('healthy');
+    } finally {
+      await vhost.close();
+    }
+  });
+
   it("says why a check failed: a refused port's error code", async () => {
     gw = await startLocalGateway({
       backends: [

@@ -73,6 +73,33 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
     'LW_GW_INVALID_BROKER',
   ],
   ['broker client without subscribe', { ...base, broker: { client: {} } }, 'LW_GW_INVALID_BROKER'],
+  // TLS options beside a clear-text URL were ignored: the password went out in clear text.
+  [
+    'broker ca with mqtt://',
+    { ...base, broker: { url: 'mqtt://broker:1883', username: 'u', password: 'p', ca: 'PEM' } },
+    'LW_GW_INVALID_BROKER',
+  ],
+  [
+    'broker rejectUnauthorized with ws://',
+    { ...base, broker: { url: 'ws://broker:8080', rejectUnauthorized: true } },
+    'LW_GW_INVALID_BROKER',
+  ],
+  // Dropped without a word before: the broker refused the connection for want of one.
+  [
+    'broker cert without key',
+    { ...base, broker: { url: 'mqtts://broker:8883', cert: 'PEM' } },
+    'LW_GW_INVALID_BROKER',
+  ],
+  [
+    'broker ca with no certificate in it',
+    { ...base, broker: { url: 'mqtts://broker:8883', ca: '/etc/ssl/ca.pem' } },
+    'LW_GW_INVALID_BROKER',
+  ],
+  [
+    'healthCheck.host with a path',
+    { ...base, healthCheck: { host: 'api.example.com/admin' } },
+    'LW_GW_INVALID_OPTION',
+  ],
   ['embedded false', { ...base, broker: { embedded: false } }, 'LW_GW_INVALID_BROKER'],
   [
     'embedded port out of range',

@@ -14,7 +14,9 @@
 import { isIP } from 'node:net';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import {
+  brokerTlsMismatch,
   brokerUrlNamesUser,
+  tlsMaterialProblem,
   assertValidKey,
   assertValidPrefix,
   isValidBackendId,
@@ -28,7 +30,7 @@ import { loadOptionsInput, type EndpointLoadOptions } from './load/load-options'
 import { defaultLogger } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
 import { FORWARDING_ALIASES } from './proxy/forwarded';
-import { checkPath } from './proxy/request-checks';
+import { checkPath, isHostValue } from './proxy/request-checks';
 import {
   type Check,
   type Fail,
@@ -97,6 +99,10 @@ const fn = <F>() => is<F>((x) => typeof x === 'function', 'a function')();
 // backslash): a health-check path is joined to each backend's base path.
 const isPath = (x: unknown): x is string =>
   typeof x === 'string' && x.startsWith('/') && !/[?#\s]/.test(x) && checkPath(x) === undefined;
+const hostHeader = is<string>(
+  (x): x is string => typeof x === 'string' && isHostValue(x),
+  'a host name or address with an optional port, as a Host header carries it',
+);
 const path = is<string>(
   isPath,
   "a path starting with '/' without query, spaces, dot-segments, '//' or '\\'",
@@ -391,6 +397,18 @@ const brokerUrlOptions = v.pipe(
         )
       : undefined,
   ),
+  crossCheck((b) => {
+    const problem =
+      brokerTlsMismatch(b.url, b) ??
+      (b.cert !== undefined && b.key === undefined
+        ? 'broker.cert needs broker.key (a client certificate is sent with its key)'
+        : b.key !== undefined && b.cert === undefined
+          ? 'broker.key needs broker.cert (a client certificate is sent with its key)'
+          : tlsMaterialProblem(b));
+    return problem === undefined
+      ? undefined
+      : new GatewayError('LW_GW_INVALID_BROKER', `broker: ${problem}`);
+  }),
 );
 const broker = v.lazy((x) =>
   typeof x === 'string'
@@ -445,6 +463,12 @@ const backendTls = v.pipe(
           )
         : undefined,
   ),
+  crossCheck((t) => {
+    const problem = tlsMaterialProblem(t);
+    return problem === undefined
+      ? undefined
+      : new GatewayError('LW_GW_INVALID_OPTION', `backendTls: ${problem}`);
+  }),
 );
 
 // Discovery: its own error code too.
@@ -621,6 +645,7 @@ const entries = {
     orFalse(
       strict({
         path: v.optional(path(), DEFAULTS.healthCheck.path),
+        host: v.optional(hostHeader()),
         intervalMs: v.optional(
           ms(10, MAX_HEALTH_CHECK_INTERVAL_MS),
           DEFAULTS.healthCheck.intervalMs,

@@ -128,6 +128,13 @@ export interface OutlierOptions {
 
 export interface HealthCheckOptions {
   path?: string;
+  /**
+   * The `Host` header of checks and of the warm-up's preconnect GETs (default:
+   * the backend URL's host and port). For backends behind a proxy that routes
+   * by `Host` (a virtual host, an ingress), which answers the backend's own
+   * address with a default server: requests carry the client's `Host`.
+   */
+  host?: string;
   intervalMs?: number;
   timeoutMs?: number;
   /** Consecutive failed checks that mark a backend down (default 2). */

@@ -42,7 +42,7 @@ import type { AddressInfo } from 'node:net';
 import { Registry as MetricsRegistry } from 'prom-client';
 import { Balancer } from './balancer';
 import { gatewayServerOptions } from './proxy/server-classes';
-import { healthCheckUrl } from './health/active-checker';
+import { checkHeaders, healthCheckUrl } from './health/active-checker';
 import { writeLog } from './observability/event-log';
 import type { ResolvedOptions, WarmUpOptions } from './options';
 import type { Backend } from './registry/backend';
@@ -288,7 +288,7 @@ export class WarmUp {
           method: 'GET',
           agent: backend.agent,
           timeout: hc.timeoutMs,
-          headers: { 'user-agent': 'loadwise-gateway-preconnect' },
+          headers: checkHeaders(hc, 'loadwise-gateway-preconnect'),
         });
         req.on('timeout', () => req.destroy());
         this.track(req, (ok) => {

@@ -1,7 +1,9 @@
 import { isIP } from 'node:net';
 import type { SigningKey } from '@loadwise/protocol';
 import {
+  brokerTlsMismatch,
   brokerUrlNamesUser,
+  tlsMaterialProblem,
   DEFAULT_TOPIC_PREFIX,
   assertValidBackendId,
   assertValidKey,
@@ -184,6 +186,29 @@ const brokerSchema = notArray(
       v.check(
         (b) => (b.cert === undefined) === (b.key === undefined),
         'a client certificate needs its key (and the key its certificate)',
+      ),
+      ['cert'],
+    ),
+    // TLS options beside a clear-text URL were ignored without a word (the password went
+    // out in clear text); unusable material failed at the connection with a stack trace.
+    v.forward(
+      v.check(
+        (b) => brokerTlsMismatch(b.url, b) === undefined,
+        (issue) => brokerTlsMismatch((issue.input as { url: string }).url, issue.input as object)!,
+      ),
+      ['url'],
+    ),
+    v.forward(
+      v.check(
+        (b) => tlsMaterialProblem({ ca: b.ca }) === undefined,
+        (issue) => tlsMaterialProblem({ ca: (issue.input as { ca: string | Buffer }).ca })!,
+      ),
+      ['ca'],
+    ),
+    v.forward(
+      v.check(
+        (b) => tlsMaterialProblem(b) === undefined,
+        (issue) => tlsMaterialProblem(issue.input as Parameters<typeof tlsMaterialProblem>[0])!,
       ),
       ['cert'],
     ),

@@ -1,3 +1,4 @@
+import { createSecureContext } from 'node:tls';
 import { parse } from 'node:url';
 
 /**
@@ -17,4 +18,57 @@ export function brokerUrlNamesUser(url: string): boolean {
   }
   // `:pass` alone (no user) went as the username ":pass".
   return auth !== null && auth !== '' && !auth.includes(':');
+}
+
+/**
+ * Why TLS options for a broker do not fit its URL, or undefined: `ca`, `cert`, `key` and
+ * `rejectUnauthorized` beside an `mqtt://`, `tcp://` or `ws://` URL were ignored without a
+ * word (the password went out in clear text to whoever listened), except that mqtt.js
+ * quietly switched to TLS for a `cert` and `key`. The gateway's and the agent's checks.
+ */
+export function brokerTlsMismatch(
+  url: string,
+  tls: { ca?: unknown; cert?: unknown; key?: unknown; rejectUnauthorized?: unknown },
+): string | undefined {
+  const given = (['ca', 'cert', 'key', 'rejectUnauthorized'] as const).filter(
+    (k) => tls[k] !== undefined,
+  );
+  if (given.length === 0) return undefined;
+  let scheme: string;
+  try {
+    scheme = new URL(url).protocol;
+  } catch {
+    return undefined; // the URL's own check says what is wrong with it
+  }
+  if (scheme === 'mqtts:' || scheme === 'ssl:' || scheme === 'wss:') return undefined;
+  return `${given.join(', ')} ${given.length === 1 ? 'is a TLS option' : 'are TLS options'}, but the broker URL is ${scheme}// (clear text): use mqtts:// or wss://`;
+}
+
+type Pem = string | Buffer;
+
+/**
+ * Why TLS material cannot be used, or undefined: Node reads it only when it connects, so
+ * a certificate and key that do not match, or a file name given for its contents, failed
+ * every connection (and a throw at the first one ended a gateway). A CA with no PEM
+ * certificate in it left an empty trust store. The message names no part of a key.
+ */
+export function tlsMaterialProblem(tls: {
+  ca?: Pem | Pem[] | undefined;
+  cert?: Pem | undefined;
+  key?: Pem | undefined;
+}): string | undefined {
+  const cas = tls.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca];
+  if (cas.some((ca) => !String(ca).includes('-----BEGIN CERTIFICATE-----')))
+    return 'the CA holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the contents of a PEM file, not its name';
+  try {
+    createSecureContext({ ca: tls.ca, cert: tls.cert, key: tls.key });
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    const why =
+      e.code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH'
+        ? "the key is not the certificate's"
+        : e.message.replace(/^error:[0-9A-F]+:/, '');
+    return `the certificate, key or CA cannot be used (${e.code ?? 'error'}: ${why})`;
+  }
+  return undefined;
 }

@@ -1,5 +1,5 @@
 export * from './errors';
-export { brokerUrlNamesUser } from './broker-url';
+export { brokerTlsMismatch, brokerUrlNamesUser, tlsMaterialProblem } from './broker-url';
 export * from './topics';
 export * from './messages';
 export {

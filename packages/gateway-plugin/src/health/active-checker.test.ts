@@ -223,6 +223,43 @@ describe('ActiveChecker', () => {
     checker.close();
   });
 
+  it("spreads backends' first checks over the first interval, then checks each every interval ±10%", () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c', 'd']);
+    const draws = [0, 0.25, 0.5, 0.75];
+    let next = 0;
+    const checker = new ActiveChecker(
+      config,
+      f.registry,
+      () => Date.now(),
+      () => draws[next++ % draws.length]!,
+    );
+    const at: [string, number][] = [];
+    const start = Date.now();
+    jest.spyOn(checker, 'check').mockImplementation((b, done) => {
+      at.push([b.id, Date.now() - start]);
+      done(true);
+    });
+    for (const b of f.backends) checker.watch(b);
+    jest.advanceTimersByTime(760);
+    // Before: all four at 0.9-1.1 s, and three gateways' in one 200 ms window.
+    expect(at).toEqual([
+      ['a', 0],
+      ['b', 250],
+      ['c', 500],
+      ['d', 750],
+    ]);
+    // Then each every 0.9-1.1 s.
+    jest.advanceTimersByTime(5_000);
+    for (const id of ['a', 'b', 'c', 'd']) {
+      const times = at.filter(([x]) => x === id).map(([, t]) => t);
+      const gaps = times.slice(1).map((t, i) => t - times[i]!);
+      expect(gaps.length).toBeGreaterThanOrEqual(4);
+      for (const gap of gaps) expect(gap >= 900 && gap <= 1_100).toBe(true);
+    }
+    checker.close();
+  });
+
   it('a fresh report and an answer from here within the interval: no check at all', () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b']);

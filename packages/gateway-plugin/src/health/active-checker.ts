@@ -21,9 +21,12 @@
  * accepting). Any status below 500 passes: the check asks "is it serving",
  * not "is this route 200". unhealthyThreshold failures in a row mark the
  * backend down, healthyThreshold passes mark it up (Envoy's thresholds).
- * Each backend's timer is jittered ±10% so gateways do not probe in lockstep;
- * an answer since the last tick (at most an interval plus the jitter ago)
- * counts as traffic.
+ * A backend's first check comes at a random point of the first interval
+ * (HAProxy's spread-checks), then each timer is the interval ±10%: started
+ * together, every backend's first check came at 0.9-1.1 intervals, 120 checks
+ * of three gateways in one 200 ms window, and they drifted apart only over
+ * minutes. An answer since the last tick (at most an interval plus the jitter
+ * ago) counts as traffic.
  */
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -36,6 +39,8 @@ export const HEALTH_CHECK_JITTER = 0.1;
 
 export interface HealthCheckConfig {
   path: string;
+  /** The checks' Host header; absent: the backend URL's. */
+  host?: string;
   intervalMs: number;
   timeoutMs: number;
   unhealthyThreshold: number;
@@ -58,7 +63,7 @@ export class ActiveChecker {
   /** Starts checking a backend (call once per backend added). */
   watch(backend: Backend): void {
     if (this.closed || this.timers.has(backend)) return;
-    this.schedule(backend);
+    this.schedule(backend, this.config.intervalMs * this.random());
   }
 
   /** A backend that left the registry: no more checks (a check under way ends unrecorded). */
@@ -68,10 +73,12 @@ export class ActiveChecker {
     this.unwatched.add(backend);
   }
 
-  private schedule(backend: Backend): void {
+  private schedule(
+    backend: Backend,
+    delayMs = this.config.intervalMs *
+      (1 - HEALTH_CHECK_JITTER + 2 * HEALTH_CHECK_JITTER * this.random()),
+  ): void {
     if (this.unwatched.has(backend)) return;
-    const delayMs =
-      this.config.intervalMs * (1 - HEALTH_CHECK_JITTER + 2 * HEALTH_CHECK_JITTER * this.random());
     const timer = setTimeout(() => this.tick(backend), delayMs);
     timer.unref();
     this.timers.set(backend, timer);
@@ -138,7 +145,7 @@ export class ActiveChecker {
       req = send(url, {
         method: 'GET',
         agent: false,
-        headers: { 'user-agent': 'loadwise-gateway-health-check' },
+        headers: checkHeaders(this.config, 'loadwise-gateway-health-check'),
         // Not the pool, but the same trust and name as its connections: a check that
         // verified otherwise would pass a backend every request fails on, or the reverse.
         ...backend.tls,
@@ -222,4 +229,14 @@ export function healthCheckUrl(path: string, target: URL): URL {
   const url = new URL(target.href);
   url.pathname = `${target.pathname.replace(/\/$/, '')}${path}`;
   return url;
+}
+
+/** A check's or a preconnect's headers: its user agent, and `healthCheck.host` when set. */
+export function checkHeaders(
+  config: { host?: string | undefined },
+  userAgent: string,
+): Record<string, string> {
+  return config.host === undefined
+    ? { 'user-agent': userAgent }
+    : { 'user-agent': userAgent, host: config.host };
 }
