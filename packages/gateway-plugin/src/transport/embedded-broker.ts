@@ -115,18 +115,12 @@ export async function startEmbeddedBroker(
   });
   const aedes = createBroker({
     ...guards.authorizers,
-    // No queue of messages behind aedes's default 100 deliveries in flight: one that
-    // matched no subscriber when its turn came was handled in the call that freed its
-    // place, so a queue of them (a client's flood, 64 KiB of tiny PUBLISHes a read, its
-    // subscriber gone) recursed through mqemitter until the gateway's stack overflowed.
-    // Deliveries still wait for a turn of the event loop each (aedes: setImmediate), and a
-    // client's next read waits for its batch to be handled.
-    concurrency: 0,
     ...opts.aedes,
     // Not replaced by opts.aedes: an authenticate of the app's own (passwords)
     // runs after the session check.
     authenticate: guards.authenticate(opts.aedes?.authenticate),
   });
+  if (!opts.aedes?.mq) flattenReleases((aedes as unknown as { mq: unknown }).mq);
   aedes.on('unsubscribe', (topics, client) => guards.unsubscribed(client, topics));
   const sockets = new Set<Socket>();
   const unread = new UnreadBudget();
@@ -394,4 +388,38 @@ function duplexPair(): [Duplex, Duplex] {
   a.peer = b;
   b.peer = a;
   return [a, b];
+}
+
+/**
+ * Hands out mqemitter's places in a loop, not by recursion. Behind its 100 deliveries in
+ * flight (aedes's `concurrency`) messages wait in a queue, and one that matches no
+ * subscriber when its turn comes is done at once, in the call that freed its place, which
+ * takes the next one: one client's single write (300 messages to a subscribed topic, then
+ * 30,000 to nobody) recursed until the gateway's stack overflowed and the process died.
+ * Without the bound (`concurrency: 0`) there was no queue, but nothing held a client's
+ * read of 13,000 tiny messages from fanning out to every subscriber at once: 195 KB from
+ * three clients took a 1 GB heap. So the bound stays, and a message that matches nobody
+ * while places are being handed out waits for the loop below, in order.
+ */
+function flattenReleases(mq: unknown): void {
+  type Parallel = (that: unknown, fns: unknown[], message: unknown, done: () => void) => void;
+  const emitter = mq as { _parallel?: Parallel };
+  const parallel = emitter._parallel;
+  // mqemitter 6's internals; another version runs as it comes (the flood test would tell).
+  if (typeof parallel !== 'function') return;
+  let looping = false;
+  const waiting: Parameters<Parallel>[] = [];
+  emitter._parallel = (that, fns, message, done) => {
+    // Subscribers: their deliveries end on a later turn (aedes: setImmediate), no recursion.
+    if (fns.length > 0) return parallel(that, fns, message, done);
+    if (looping) return void waiting.push([that, fns, message, done]);
+    looping = true;
+    try {
+      parallel(that, fns, message, done);
+      for (let next = waiting.shift(); next !== undefined; next = waiting.shift())
+        parallel(...next);
+    } finally {
+      looping = false;
+    }
+  };
 }
