@@ -11,7 +11,9 @@
  * - a body sent after an answer complete at its head (a 204), in a later write, reached the
  *   gateway's pool on a connection then handed to the next client's request, unnoticed.
  */
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
+import compression from 'compression';
 import net, { type AddressInfo, type Server, type Socket } from 'node:net';
 import { eventually } from '../kit/fleet';
 import { startLocalGateway, warningLogger, type TestGateway } from '../kit/gateway';
@@ -342,6 +344,53 @@ describe('hostile backend responses', () => {
     await eventually(() => gw!.snapshot().inFlight === 0);
     expect(gw.backend('b').latencyMs!).toBeGreaterThanOrEqual(250);
   });
+
+  it('the same with a first read of 64 KiB: the client took it at once, the backend is timed', async () => {
+    // A read of 16 KiB or more says "need drain" to the client's response even when the
+    // client takes it at once: judged at that pause, the answer was timed to its head.
+    backend = await rawBackend((_path, socket) => {
+      socket.write(
+        `HTTP/1.1 200 OK\r\nContent-Length: ${(64 << 10) + 2}\r\n\r\n` + 'x'.repeat(64 << 10),
+      );
+      setTimeout(() => socket.write('ok'), 300);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const r = await rawExchange(gw.port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    expect(r.raw.endsWith('ok')).toBe(true);
+    await eventually(() => gw!.snapshot().inFlight === 0);
+    expect(gw.backend('b').latencyMs!).toBeGreaterThanOrEqual(250);
+  });
+
+  it("behind compression(), a slow reader's download is not the backend's latency", async () => {
+    // Random bytes in base64: gzip shrinks them by a quarter only.
+    const big = randomBytes(9 << 20).toString('base64');
+    backend = await rawBackend((path, socket) => {
+      if (path !== '/big')
+        return void socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      socket.write(
+        `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${big.length}\r\n\r\n`,
+      );
+      socket.write(big);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
+      app.use(compression());
+      app.use(lb);
+    });
+    // A reader at 3 MB/s: about 3 s for the 9 MB gzip sends, more than the buffers on the
+    // way hold. The review's reader (a Node backend's res.end, 8 MB at 1 MB/s) found the
+    // download until the backend's answer was all read taken as the sample, 2.1 s: the
+    // pipe paused on the compression stream while the response did not need drain. This
+    // reader does not recreate that on the code before (23 ms there): it keeps the case.
+    const s = net.connect(gw.port, '127.0.0.1');
+    s.write('GET /big HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n');
+    s.on('data', (d: Buffer) => {
+      s.pause();
+      setTimeout(() => s.resume(), d.length / 3_000);
+    });
+    await new Promise((r) => s.on('close', r));
+    await eventually(() => gw!.snapshot().inFlight === 0);
+    expect(gw.backend('b').latencyMs!).toBeLessThan(1_000);
+  }, 30_000);
 
   it('a quiet event stream cut by requestTimeoutMs is not held against the backend', async () => {
     const stream = (_path: string, socket: Socket): void => {

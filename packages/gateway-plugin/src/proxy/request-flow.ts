@@ -184,8 +184,12 @@ const CLIENT_RESPONSE = Symbol('loadwise.clientResponse');
 const CLIENT_TAKEN = Symbol('loadwise.clientTaken');
 /** false: the last timeout found the answer paused; true: its one period after resuming is used. */
 const RESUMED_GRACE = Symbol('loadwise.resumedGrace');
-/** The pipe to the client paused the backend's answer at least once (backpressure). */
-const ANSWER_HELD = Symbol('loadwise.answerHeld');
+/** When the pipe to the client last paused the backend's answer (backpressure), if it still is. */
+const PAUSED_AT = Symbol('loadwise.pausedAt');
+/** How long the pipe to the client held the backend's answer paused, in all. */
+const PAUSED_MS = Symbol('loadwise.pausedMs');
+/** The gateway's clock, for the two above. */
+const CLOCK = Symbol('loadwise.clock');
 /** 103s relayed for this backend request so far. */
 const HINTS_SENT = Symbol('loadwise.hintsSent');
 /** It was given a connection still being made (not a pooled or handed-over one). */
@@ -201,7 +205,11 @@ type AttemptRequest = ClientRequest & {
   [RESUMED_GRACE]?: boolean;
 };
 
-type BackendAnswer = IncomingMessage & { [ANSWER_HELD]?: true };
+type BackendAnswer = IncomingMessage & {
+  [PAUSED_AT]?: number;
+  [PAUSED_MS]?: number;
+  [CLOCK]?: () => number;
+};
 
 /**
  * A request head under this (a quarter of Node's 16 KiB limit) cannot be what made its
@@ -222,16 +230,30 @@ function backendAnswer(flow: Flow): BackendAnswer | undefined {
 }
 
 /**
- * The backend's answer's 'pause' listener: the client's side held it back (its response
- * took no more: a slow reader, or a pipelined answer waiting its turn). Not the pause of
- * the pipe's unpipe once the client's response has finished: every answer whose client
- * finished before its 'close' was timed to its head, and a backend that sent its head at
- * once and its body 3 s later read 1.7 ms and drew every client.
+ * The backend's answer's 'pause' and 'resume' listeners: how long the client's side held it
+ * back (a slow reader, a compression stream that takes no more, a pipelined answer waiting
+ * its turn), which endAttempt takes out of the backend's latency sample. Counted as time,
+ * not judged at the pause: the pause of the pipe's unpipe once the client's response had
+ * finished made every answer be timed to its head (a backend that sent its head at once
+ * and its body 3 s later read 1.7 ms and drew every client), and a 16 KiB read says
+ * "need drain" to the response even when the client takes it at once.
  */
-function answerHeld(this: BackendAnswer): void {
-  // Node keeps the request on its answer (`res.req`), which the types omit.
-  const attempt = (this as { req?: AttemptRequest }).req;
-  if (attempt?.[CLIENT_RESPONSE]?.writableNeedDrain === true) this[ANSWER_HELD] = true;
+function answerPaused(this: BackendAnswer): void {
+  if (this[PAUSED_AT] === undefined) this[PAUSED_AT] = this[CLOCK]!();
+}
+
+function answerResumed(this: BackendAnswer): void {
+  const at = this[PAUSED_AT];
+  if (at === undefined) return;
+  this[PAUSED_AT] = undefined;
+  this[PAUSED_MS] = (this[PAUSED_MS] ?? 0) + this[CLOCK]!() - at;
+}
+
+/** How long the client's side has held `answer` back, until `nowMs`. */
+function heldMs(answer: BackendAnswer | undefined, nowMs: number): number {
+  if (answer === undefined) return 0;
+  const at = answer[PAUSED_AT];
+  return (answer[PAUSED_MS] ?? 0) + (at === undefined ? 0 : nowMs - at);
 }
 
 /** A backend socket's 'timeout', passed on to the request it carries (as Node's own listener). */
@@ -1273,7 +1295,9 @@ export class RequestFlow {
       proxyReq.on('timeout', backendStalled);
       proxyReq.setTimeout(c.options.requestTimeoutMs);
     }
-    proxyRes.on('pause', answerHeld);
+    (proxyRes as BackendAnswer)[CLOCK] = c.now;
+    proxyRes.on('pause', answerPaused);
+    proxyRes.on('resume', answerResumed);
     // 'close' comes once: `on` spares `once`'s wrapper.
     const target = flow.target;
     proxyRes.on('close', () => {
@@ -1899,12 +1923,11 @@ export class RequestFlow {
 
   /**
    * Ends the current attempt exactly once; `cancelled`: no latency or error sample.
-   * The sample is the attempt's time until now, unless the client's side held the
+   * The sample is the attempt's time until now, less the time the client's side held the
    * backend's answer back (backpressure: a slow or paused reader, a pipelined answer
-   * waiting its turn): then the answer ran at the client's pace, and the sample is the
-   * time to the head. A client's download time was the backend's latency: one 20 MB
-   * download at 1 MB/s was a 17.5 s sample, and the next 300 requests went 298 to the
-   * other backend.
+   * waiting its turn), and never less than the time to the head. A client's download
+   * time was the backend's latency: one 20 MB download at 1 MB/s was a 17.5 s sample, and
+   * the next 300 requests went 298 to the other backend.
    */
   private endAttempt(flow: Flow, cancelled = false): void {
     if (!flow.attemptOpen || !flow.backend) return;
@@ -1916,10 +1939,11 @@ export class RequestFlow {
     const c = this.core;
     const nowMs = c.now();
     // A stream's time is its reader's and its events', never the backend's service time.
-    const latencyMs =
-      flow.responded && (flow.lane !== undefined || backendAnswer(flow)?.[ANSWER_HELD] === true)
+    const latencyMs = !flow.responded
+      ? nowMs - flow.attemptStartMs
+      : flow.lane !== undefined
         ? flow.headMs
-        : nowMs - flow.attemptStartMs;
+        : Math.max(flow.headMs, nowMs - flow.attemptStartMs - heldMs(backendAnswer(flow), nowMs));
     c.attemptEnded(
       flow.backend,
       nowMs,
