@@ -303,8 +303,9 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
     gw = await startGateway({
       backends: [{ id: 'b', url: b.url }],
       backendTls: { ca },
-      // A long interval: no check runs during the test, only the warm-up's preconnects.
-      healthCheck: { path: '/healthz', intervalMs: 60_000 },
+      // A long interval (22 days: the first check comes at a random point of it): no
+      // check runs during the test, only the warm-up's preconnects.
+      healthCheck: { path: '/healthz', intervalMs: 1_900_000_000 },
       warmUp: { requests: 0, connectionsPerBackend: 2 },
     });
     expect(b.agents).toEqual(['loadwise-gateway-preconnect', 'loadwise-gateway-preconnect']);

@@ -275,4 +275,25 @@ describe('retries and failure answers', () => {
     b.registry.recompute();
     expect((await send(`${gw.url}/`)).headers['retry-after']).toBe('30');
   });
+
+  it('every backend ejected, one seen down meanwhile: Retry-After until its next passing checks', async () => {
+    gw = await startLocalGateway({
+      backends: [
+        { id: 'good', url: good.url },
+        { id: 'other', url: deadUrl }, // its checks fail: it stays down
+      ],
+      outlier: { baseEjectionMs: 30_000, maxEjectionPercent: 100, panicThresholdPercent: 0 },
+      healthCheck: { intervalMs: 2_000, healthyThreshold: 1 },
+    });
+    const b = internals(gw.lb);
+    for (const id of ['good', 'other'])
+      for (let i = 0; i < 5; i++) b.outlier.onFailure(b.registry.get(id)!);
+    // 'other' crashed: its check saw it down during the ejection, and the next passing check
+    // ends that ejection early (outlier-detector.ts). Before: 30, while it was back in 2.6 s.
+    b.registry.get('other')!.checkDown = true;
+    b.registry.recompute();
+    const r = await send(`${gw.url}/`);
+    expect(r.json()).toMatchObject({ error: { code: 'LW_GW_NO_BACKEND' } });
+    expect(r.headers['retry-after']).toBe('3'); // 2 s ± 10%, rounded up
+  });
 });

@@ -20,7 +20,7 @@ import { AcceptQueueMonitor } from './admission/accept-queue';
 import { OverloadMonitor } from './admission/overload-monitor';
 import { RetryBudget } from './admission/retry-budget';
 import { WaitQueue } from './admission/wait-queue';
-import { ActiveChecker } from './health/active-checker';
+import { ActiveChecker, HEALTH_CHECK_JITTER } from './health/active-checker';
 import { OutlierDetector } from './health/outlier-detector';
 import { createEndpointLoad, createLoadCohort, type LoadCohort } from './load';
 import {
@@ -1094,13 +1094,21 @@ export class Balancer implements BalancerHandle, FlowHost {
    * ejection expires, within [1, 60] s, when every backend is ejected. One out for another
    * reason (down by its checks, draining, offline) or not out at all (tried already) may
    * serve at its next report or check: 1 s. Counting only the ejections told clients to
-   * wait 30 s while a drained backend was back a second later.
+   * wait 30 s while a drained backend was back a second later. An ejected backend seen
+   * down meanwhile may be back at its next passing checks or report, which end its
+   * ejection early (outlier-detector.ts): "Retry-After: 30" went out while both backends of
+   * a crash were back 2.6 s after it.
    */
   noBackendRetryAfterSec(nowMs: number): number {
+    const hc = this.options.healthCheck;
     let soonest = Infinity;
     for (const b of this.registry.backends.values()) {
       if (b.ejectedUntilMs === undefined) return 1;
-      soonest = Math.min(soonest, b.ejectedUntilMs - nowMs);
+      let until = b.ejectedUntilMs - nowMs;
+      if (b.verdictDown) until = Math.min(until, 1_000);
+      else if (b.checkDown && hc)
+        until = Math.min(until, hc.intervalMs * (1 + HEALTH_CHECK_JITTER) * hc.healthyThreshold);
+      soonest = Math.min(soonest, until);
     }
     return soonest === Infinity ? 1 : Math.min(60, Math.max(1, Math.ceil(soonest / 1000)));
   }

@@ -109,6 +109,13 @@ const EVENTS: (keyof BalancerEvents)[] = [
   'invalid-message',
 ];
 
+/**
+ * A health check interval long enough that no check runs during a test: each backend's
+ * first check comes at a random point of the first interval (active-checker.ts), so a
+ * minute left one in a test's seconds now and then.
+ */
+const NO_CHECK_MS = 1_900_000_000;
+
 describe('warm-up', () => {
   let a: TestBackend;
   let lb: LoadBalancerMiddleware | undefined;
@@ -196,7 +203,7 @@ describe('warm-up', () => {
 
   it("preconnects sockets to each backend's pool with GETs of the health path; real requests reuse them", async () => {
     const gw = start({
-      healthCheck: { path: '/healthz', intervalMs: 60_000 },
+      healthCheck: { path: '/healthz', intervalMs: NO_CHECK_MS },
       warmUp: { requests: 0, connectionsPerBackend: 3 },
     });
     await gw.ready();
@@ -226,7 +233,7 @@ describe('warm-up', () => {
       if (fields.event === 'warm-up') lines.push(msg);
     };
     const gw = start({
-      healthCheck: { path: '/healthz', intervalMs: 60_000 },
+      healthCheck: { path: '/healthz', intervalMs: NO_CHECK_MS },
       warmUp: { requests: 100_000, connectionsPerBackend: 2 },
       logger: { info: log, warn: log, error: log },
     });
@@ -324,7 +331,8 @@ describe('warm-up', () => {
         const id = `b${i}`;
         const srv = await listen((req, res) => {
           req.resume();
-          perBackend.set(id, (perBackend.get(id) ?? 0) + 1);
+          if (req.headers['user-agent'] === 'loadwise-gateway-preconnect')
+            perBackend.set(id, (perBackend.get(id) ?? 0) + 1);
           if (hold) held.push(() => res.end('ok'));
           else res.end('ok');
         });
@@ -349,7 +357,7 @@ describe('warm-up', () => {
         backends: f.backends,
         overload: false,
         logger: quiet,
-        healthCheck: { path: '/healthz', intervalMs: 60_000 },
+        healthCheck: { path: '/healthz', intervalMs: NO_CHECK_MS },
         warmUp: { requests: 0, connectionsPerBackend: 2 },
       }));
       const ready = gw.ready();
@@ -370,7 +378,7 @@ describe('warm-up', () => {
         backends: f.backends,
         overload: false,
         logger: quiet,
-        healthCheck: { path: '/healthz', intervalMs: 60_000 },
+        healthCheck: { path: '/healthz', intervalMs: NO_CHECK_MS },
         warmUp: { requests: 0, connectionsPerBackend: 4 },
       }));
       await gw.ready();
@@ -394,7 +402,7 @@ describe('warm-up', () => {
         backends: [{ id: 'slow', url: `http://127.0.0.1:${srv.port}` }],
         logger: quiet,
         overload: { maxEventLoopDelayMs: 100, sampleIntervalMs: 200 },
-        healthCheck: { path: '/healthz', intervalMs: 60_000 },
+        healthCheck: { path: '/healthz', intervalMs: NO_CHECK_MS },
         warmUp: { requests: 0, connectionsPerBackend: 1 },
       }));
       const overloads: boolean[] = [];

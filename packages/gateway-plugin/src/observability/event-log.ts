@@ -81,7 +81,7 @@ const DESCRIBE: Describers = {
   'backend-restored': ({ id }) => ({
     level: 'info',
     fields: { event: 'backend-restored', backend: id },
-    msg: `backend ${id} restored after its ejection; slow start`,
+    msg: `backend ${id} restored after its ejection`,
   }),
   'backend-down': ({ id, reason }) => ({
     level: 'warn',
@@ -91,7 +91,7 @@ const DESCRIBE: Describers = {
   'backend-up': ({ id }) => ({
     level: 'info',
     fields: { event: 'backend-up', backend: id },
-    msg: `backend ${id} up again; slow start`,
+    msg: `backend ${id} up again`,
   }),
   'backend-draining': ({ id }) => ({
     level: 'info',

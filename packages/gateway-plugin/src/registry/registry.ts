@@ -208,10 +208,8 @@ export class Registry {
       if (b.drainingOrOffline || b.presumedGone) continue;
       if (panic || !b.unhealthy) next.push(b);
     }
-    if (panic !== this.panicNow) {
-      this.panicNow = panic;
-      this.events.emit('panic', { panic, healthy: healthyCount, routable });
-    }
+    const panicChanged = panic !== this.panicNow;
+    this.panicNow = panic;
     const changed =
       next.length !== this.eligibleNow.length || next.some((b, i) => b !== this.eligibleNow[i]);
     if (changed) {
@@ -220,6 +218,8 @@ export class Registry {
       this.strategy.setEndpoints(next.map((b) => b.endpoint));
     }
     for (const b of this.backends.values()) this.announce(b);
+    // After the backends' own events: the panic a backend-down caused was logged before it.
+    if (panicChanged) this.events.emit('panic', { panic, healthy: healthyCount, routable });
     if (changed) this.onEligibleChange?.();
   }
 

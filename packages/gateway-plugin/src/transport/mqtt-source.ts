@@ -494,5 +494,11 @@ export function describeError(err: Error & { code?: unknown; reason?: unknown })
   if (typeof err.reason === 'string' && typeof err.code === 'string') {
     return `${err.code}: ${err.reason}`;
   }
-  return err.message.trim();
+  const message = err.message.trim();
+  // A certificate Node could not verify has its code apart from its message
+  // (SELF_SIGNED_CERT_IN_CHAIN: "self-signed certificate in certificate chain"), the code
+  // being what the docs and a search name.
+  return typeof err.code === 'string' && !message.includes(err.code)
+    ? `${err.code}: ${message}`
+    : message;
 }
