@@ -7,6 +7,7 @@
  * CA, mutual TLS and the override of that name, and is checked at
  * construction.
  */
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createSecureServer } from 'node:http2';
@@ -414,8 +415,20 @@ const HOSTS = ['evil.example', 'a.example', 'b.example:8443', '[::1]', '10.0.0.1
           /^LW_GW_INVALID_OPTION: backendTls: the certificate, key or CA cannot be used/,
         ],
         [
+          // An EC key beside an RSA certificate: OpenSSL compares a key with a certificate
+          // of its own type only, so it passed, and no client certificate was ever sent.
+          {
+            cert: pki.read('gateway.pem'),
+            key: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+              type: 'pkcs8',
+              format: 'pem',
+            }),
+          },
+          /^LW_GW_INVALID_OPTION: backendTls: .*the key is not the certificate's/,
+        ],
+        [
           { ca: pki.file('ca.pem') },
-          /^LW_GW_INVALID_OPTION: backendTls: the CA holds no PEM certificate .*not its name/,
+          /^LW_GW_INVALID_OPTION: backendTls: the CA holds no PEM certificate .*a file name where its contents belong/,
         ],
       ];
       for (const [backendTls, message] of cases) {

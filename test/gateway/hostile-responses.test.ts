@@ -321,7 +321,13 @@ describe('hostile backend responses', () => {
       socket.write(big);
     });
     gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
-    // A client that takes 64 KiB, then nothing for 1.5 s, then the rest.
+    // One quick answer first: the backend's own time.
+    expect(
+      (await rawExchange(gw.port, 'GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')).raw,
+    ).toMatch(/ok$/);
+    // A client that takes 64 KiB, then nothing for 1.5 s, then the rest: held back for most
+    // of its time, it gives no sample (what the backend took while its socket was stopped
+    // is unseen), and never the client's pause.
     await readWithPause(gw.port, 'Connection: close\r\n');
     // Before: a sample of 1.5 s and more, the client's pause, as this backend's latency
     // (with two backends, the next requests all went to the other one).
@@ -376,6 +382,9 @@ describe('hostile backend responses', () => {
       app.use(compression());
       app.use(lb);
     });
+    expect(
+      (await rawExchange(gw.port, 'GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')).raw,
+    ).toMatch(/ok$/);
     // A reader at 3 MB/s: about 3 s for the 9 MB gzip sends, more than the buffers on the
     // way hold. The review's reader (a Node backend's res.end, 8 MB at 1 MB/s) found the
     // download until the backend's answer was all read taken as the sample, 2.1 s: the
@@ -390,6 +399,23 @@ describe('hostile backend responses', () => {
     await new Promise((r) => s.on('close', r));
     await eventually(() => gw!.snapshot().inFlight === 0);
     expect(gw.backend('b').latencyMs!).toBeLessThan(1_000);
+  }, 30_000);
+
+  it('an answer the client held back for most of its time gives no latency sample', async () => {
+    // 8 MB at once, its last bytes a second later: the second passes while the client's
+    // pause holds the backend's socket stopped, unseen. Before: a sample of about 40 ms for
+    // a backend that took a second.
+    const body = Buffer.alloc(8_000_000, 120);
+    backend = await rawBackend((_path, socket) => {
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length + 2}\r\n\r\n`);
+      socket.write(body);
+      setTimeout(() => socket.write('ok'), 1_000);
+    });
+    gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] });
+    const got = await readWithPause(gw.port, 'Connection: close\r\n');
+    expect(got).toBeGreaterThan(body.length);
+    await eventually(() => gw!.snapshot().inFlight === 0);
+    expect(gw.backend('b')).toMatchObject({ latencyMs: null, failuresTotal: 0 });
   }, 30_000);
 
   it('a quiet event stream cut by requestTimeoutMs is not held against the backend', async () => {

@@ -99,8 +99,8 @@ describe('resolveAgentOptions', () => {
     ['broker.url', { broker: { url: 'not a url' } }],
     ['broker.cert', { broker: { url: 'mqtts://x', cert: 'PEM' } }],
     // TLS options beside a clear-text URL were ignored (the password went in clear text).
-    ['broker.url', { broker: { url: 'mqtt://x', ca: 'PEM' } }],
-    ['broker.url', { broker: { url: 'ws://x', rejectUnauthorized: true } }],
+    ['broker.ca', { broker: { url: 'mqtt://x', ca: 'PEM' } }],
+    ['broker.rejectUnauthorized', { broker: { url: 'ws://x', rejectUnauthorized: true } }],
     // A file name for its contents: an empty trust store, found at the connection.
     ['broker.ca', { broker: { url: 'mqtts://x', ca: '/etc/ssl/ca.pem' } }],
     // MQTT 3.1.1 sends no password without a username: the broker closed the connection.

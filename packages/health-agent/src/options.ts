@@ -163,25 +163,45 @@ function asserted<T>(assert: (v: T) => void) {
 
 const pem = v.union([v.string(), v.instance(Buffer)], 'must be PEM text or a Buffer');
 
+const brokerFields = strictObject({
+  url: url(
+    ['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'],
+    'must be an mqtt://, mqtts://, ws:// or wss:// URL',
+  ),
+  clientId: v.optional(v.pipe(nonEmpty(), v.maxLength(128, 'must be 1-128 characters'))),
+  username: v.optional(string()),
+  password: v.optional(string()),
+  ca: v.optional(pem),
+  cert: v.optional(pem),
+  key: v.optional(pem),
+  rejectUnauthorized: v.optional(boolean()),
+  // A Node timer: past 2^31 - 1 ms it fires after 1 ms (a reconnect every millisecond).
+  reconnectPeriodMs: v.optional(int(100, MAX_TIMER_MS)),
+  connectTimeoutMs: v.optional(int(1, 600_000)),
+  keepaliveS: v.optional(int(1, 65535)),
+});
+type BrokerIn = v.InferOutput<typeof brokerFields>;
+
+/** A TLS option only with a TLS broker URL: the error on that option (the CLI names its flag). */
+function tlsOnly(option: 'ca' | 'cert' | 'key' | 'rejectUnauthorized') {
+  const problem = (b: BrokerIn): string | undefined =>
+    b[option] === undefined ? undefined : brokerTlsMismatch(b.url, { [option]: b[option] });
+  return v.forward<
+    BrokerIn,
+    v.CheckIssue<BrokerIn>,
+    ['ca' | 'cert' | 'key' | 'rejectUnauthorized']
+  >(
+    v.check(
+      (b) => problem(b) === undefined,
+      (issue) => problem(issue.input as BrokerIn)!,
+    ),
+    [option],
+  );
+}
+
 const brokerSchema = notArray(
   v.pipe(
-    strictObject({
-      url: url(
-        ['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'],
-        'must be an mqtt://, mqtts://, ws:// or wss:// URL',
-      ),
-      clientId: v.optional(v.pipe(nonEmpty(), v.maxLength(128, 'must be 1-128 characters'))),
-      username: v.optional(string()),
-      password: v.optional(string()),
-      ca: v.optional(pem),
-      cert: v.optional(pem),
-      key: v.optional(pem),
-      rejectUnauthorized: v.optional(boolean()),
-      // A Node timer: past 2^31 - 1 ms it fires after 1 ms (a reconnect every millisecond).
-      reconnectPeriodMs: v.optional(int(100, MAX_TIMER_MS)),
-      connectTimeoutMs: v.optional(int(1, 600_000)),
-      keepaliveS: v.optional(int(1, 65535)),
-    }),
+    brokerFields,
     v.forward(
       v.check(
         (b) => (b.cert === undefined) === (b.key === undefined),
@@ -191,13 +211,10 @@ const brokerSchema = notArray(
     ),
     // TLS options beside a clear-text URL were ignored without a word (the password went
     // out in clear text); unusable material failed at the connection with a stack trace.
-    v.forward(
-      v.check(
-        (b) => brokerTlsMismatch(b.url, b) === undefined,
-        (issue) => brokerTlsMismatch((issue.input as { url: string }).url, issue.input as object)!,
-      ),
-      ['url'],
-    ),
+    tlsOnly('ca'),
+    tlsOnly('cert'),
+    tlsOnly('key'),
+    tlsOnly('rejectUnauthorized'),
     v.forward(
       v.check(
         (b) => tlsMaterialProblem({ ca: b.ca }) === undefined,

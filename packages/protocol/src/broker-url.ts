@@ -1,3 +1,4 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { parse } from 'node:url';
 
@@ -58,8 +59,8 @@ export function tlsMaterialProblem(tls: {
   key?: Pem | undefined;
 }): string | undefined {
   const cas = tls.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca];
-  if (cas.some((ca) => !String(ca).includes('-----BEGIN CERTIFICATE-----')))
-    return 'the CA holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the contents of a PEM file, not its name';
+  if (cas.some((ca) => !/-----BEGIN (TRUSTED )?CERTIFICATE-----/.test(String(ca))))
+    return 'the CA holds no PEM certificate (-----BEGIN CERTIFICATE-----; a file name where its contents belong?)';
   try {
     createSecureContext({ ca: tls.ca, cert: tls.cert, key: tls.key });
   } catch (err) {
@@ -69,6 +70,18 @@ export function tlsMaterialProblem(tls: {
         ? "the key is not the certificate's"
         : e.message.replace(/^error:[0-9A-F]+:/, '');
     return `the certificate, key or CA cannot be used (${e.code ?? 'error'}: ${why})`;
+  }
+  // OpenSSL compares a key with the certificate of its own type only: an EC key beside an
+  // RSA certificate passed, and no client certificate was sent at all.
+  if (tls.cert !== undefined && tls.key !== undefined) {
+    let matches = false;
+    try {
+      matches = new X509Certificate(tls.cert).checkPrivateKey(createPrivateKey(tls.key));
+    } catch {
+      matches = false;
+    }
+    if (!matches)
+      return "the certificate, key or CA cannot be used (the key is not the certificate's)";
   }
   return undefined;
 }

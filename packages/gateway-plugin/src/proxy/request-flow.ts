@@ -239,6 +239,11 @@ function backendAnswer(flow: Flow): BackendAnswer | undefined {
  * "need drain" to the response even when the client takes it at once.
  */
 function answerPaused(this: BackendAnswer): void {
+  // Not the pipe's unpipe once the client's response has finished: nothing is held then,
+  // and the time to the answer's 'close' (an event-loop turn, longer on a busy gateway)
+  // is no client's doing.
+  const attempt = (this as { req?: AttemptRequest }).req;
+  if (attempt?.[CLIENT_RESPONSE]?.writableFinished === true) return;
   if (this[PAUSED_AT] === undefined) this[PAUSED_AT] = this[CLOCK]!();
 }
 
@@ -1939,20 +1944,28 @@ export class RequestFlow {
     const c = this.core;
     const nowMs = c.now();
     // A stream's time is its reader's and its events', never the backend's service time.
+    const elapsedMs = nowMs - flow.attemptStartMs;
+    const held = flow.responded && flow.lane === undefined ? heldMs(backendAnswer(flow), nowMs) : 0;
+    // Held back for most of its time, the answer says little of the backend: its socket was
+    // stopped with the pipe, so whatever the backend took meanwhile is unseen, and the rest
+    // read as its latency (a backend sending 8 MB at once and its last bytes a second later
+    // read 40 ms to a client that paused 1.5 s). No sample then, but an answer all the same.
+    const unmeasured = !cancelled && held > elapsedMs / 2;
     const latencyMs = !flow.responded
-      ? nowMs - flow.attemptStartMs
+      ? elapsedMs
       : flow.lane !== undefined
         ? flow.headMs
-        : Math.max(flow.headMs, nowMs - flow.attemptStartMs - heldMs(backendAnswer(flow), nowMs));
+        : Math.max(flow.headMs, elapsedMs - held);
     c.attemptEnded(
       flow.backend,
       nowMs,
       latencyMs,
       flow.responseOk,
       flow.overloaded,
-      cancelled,
+      cancelled || unmeasured,
       flow.refused,
     );
+    if (unmeasured && flow.responseOk) flow.backend.lastAnsweredAtMs = nowMs;
   }
 
   /** Finishes `flow` when `socket` closes (a pipelined flow: see handle). */
