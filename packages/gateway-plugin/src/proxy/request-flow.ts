@@ -1663,9 +1663,9 @@ export class RequestFlow {
    * so the client chose its size. Taken for a garbled answer, it was retried
    * on every other backend, which answered the same, and each was charged a
    * failure: six such requests ejected a healthy backend. Now answered 502 at
-   * once, not retried, nobody charged, and the pool kept (the answer was well
-   * formed; Node only stopped reading it), as nginx neither retries nor
-   * counts a too large header by default.
+   * once, not retried, and the pool kept (the answer was well formed; Node
+   * only stopped reading it), as nginx neither retries nor counts a too large
+   * header by default; charged only when the request was short (below).
    */
   private headTooLarge(flow: Flow, kind: UpstreamErrorKind): void {
     const backend = flow.backend!;
