@@ -45,8 +45,6 @@ export function brokerTlsMismatch(
   return `${given.join(', ')} ${given.length === 1 ? 'is a TLS option' : 'are TLS options'}, but the broker URL is ${scheme}// (clear text): use mqtts:// or wss://`;
 }
 
-type Pem = string | Buffer;
-
 /**
  * Why TLS material cannot be used, or undefined: Node reads it only when it connects, so
  * a certificate and key that do not match, or a file name given for its contents, failed
@@ -54,9 +52,9 @@ type Pem = string | Buffer;
  * certificate in it left an empty trust store. The message names no part of a key.
  */
 export function tlsMaterialProblem(tls: {
-  ca?: Pem | Pem[] | undefined;
-  cert?: Pem | undefined;
-  key?: Pem | undefined;
+  ca?: string | Buffer | (string | Buffer)[] | undefined;
+  cert?: string | Buffer | undefined;
+  key?: string | Buffer | undefined;
 }): string | undefined {
   const cas = tls.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca];
   if (cas.some((ca) => !/-----BEGIN (TRUSTED )?CERTIFICATE-----/.test(String(ca))))
