@@ -218,14 +218,18 @@ const brokerSchema = notArray(
     v.forward(
       v.check(
         (b) => tlsMaterialProblem({ ca: b.ca }) === undefined,
-        (issue) => tlsMaterialProblem({ ca: (issue.input as { ca: string | Buffer }).ca })!,
+        (issue) => tlsMaterialProblem({ ca: (issue.input as BrokerIn).ca })!,
       ),
       ['ca'],
     ),
     v.forward(
       v.check(
-        (b) => tlsMaterialProblem(b) === undefined,
-        (issue) => tlsMaterialProblem(issue.input as Parameters<typeof tlsMaterialProblem>[0])!,
+        // The CA was read by the check before: the pair alone here.
+        (b) => tlsMaterialProblem({ cert: b.cert, key: b.key }) === undefined,
+        (issue) => {
+          const b = issue.input as BrokerIn;
+          return tlsMaterialProblem({ cert: b.cert, key: b.key })!;
+        },
       ),
       ['cert'],
     ),

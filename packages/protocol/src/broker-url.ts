@@ -56,6 +56,8 @@ export function tlsMaterialProblem(tls: {
   cert?: string | Buffer | undefined;
   key?: string | Buffer | undefined;
 }): string | undefined {
+  // Nothing given: nothing to read, and no secure context built at every construction.
+  if (tls.ca === undefined && tls.cert === undefined && tls.key === undefined) return undefined;
   const cas = tls.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca];
   if (cas.some((ca) => !/-----BEGIN (TRUSTED )?CERTIFICATE-----/.test(String(ca))))
     return 'the CA holds no PEM certificate (-----BEGIN CERTIFICATE-----; a file name where its contents belong?)';

@@ -3,8 +3,7 @@
  * a packet over the limit is disconnected after its header, before the body
  * is read; everyone else keeps publishing and receiving.
  */
-import { connect as netConnect, type Socket } from 'node:net';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { connect, type MqttClient } from 'mqtt';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
 import {
