@@ -18,7 +18,7 @@ import { Balancer, closedError } from './balancer';
 import { createDashboard } from './dashboard';
 import type { BalancerHandle } from './handle';
 import type { HttpHandler } from './observability';
-import type { StallOptions } from './observability/backpressure';
+import { stallOf, type StallOptions } from './observability/backpressure';
 import { serveMetrics, serveStatus } from './observability/handlers';
 import type { LoadBalanceOptions, ReadyOptions } from './options';
 import { closeOptions, resolveOptions } from './options-validate';
@@ -88,7 +88,9 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
           ...stallCut('metrics-scrape-stalled'),
         });
 
-  const dashboard = options.dashboard && createDashboard(balancer, options.dashboard);
+  const dashboard =
+    options.dashboard &&
+    createDashboard(balancer, options.dashboard, stallOf(stallCut('dashboard-viewer-stalled')));
   // Starts now, beside the broker connection; ready() waits for both (warm-up.ts).
   const warmUp = options.warmUp && new WarmUp(balancer, options.warmUp);
 

@@ -22,6 +22,7 @@ import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import type { Balancer } from '../balancer';
+import type { Stall } from '../observability/backpressure';
 import { bearerToken, refuse, send, tokenMatcher } from '../observability/handlers';
 import { EventRing } from './event-ring';
 import type { ResolvedDashboardOptions } from './options';
@@ -104,7 +105,12 @@ function serveAsset(req: IncomingMessage, res: ServerResponse, a: Asset): void {
   res.end(req.method === 'HEAD' ? undefined : a.body);
 }
 
-export function createDashboard(balancer: Balancer, opts: ResolvedDashboardOptions): Dashboard {
+/** `stall`: a viewer with bytes unsent whose socket takes none this long is cut, and told of. */
+export function createDashboard(
+  balancer: Balancer,
+  opts: ResolvedDashboardOptions,
+  stall: Stall,
+): Dashboard {
   const matches = tokenMatcher(opts.token);
   // Either form: an auth proxy in front (oauth2-proxy passing the user's token on) may add
   // an `Authorization: Bearer` of its own to every request, and a browser can send only the
@@ -121,7 +127,7 @@ export function createDashboard(balancer: Balancer, opts: ResolvedDashboardOptio
   );
   // Shown as times of day: the wall clock, not the monotonic one the gateway times itself on.
   const events = new EventRing(balancer.events, balancer.wallNow);
-  const stream = new DashboardStream(balancer, events, opts);
+  const stream = new DashboardStream(balancer, events, opts, stall);
   const prefix = `${opts.path}/`;
 
   const servePage = (req: IncomingMessage, res: ServerResponse): void => {

@@ -12,7 +12,11 @@
  *   beyond what was unsent when its first message ended, or, while that
  *   message waits for it to read, MAX_BUFFERED_BYTES of ticks queue behind
  *   it) is dropped instead of growing the gateway's memory; its browser
- *   reconnects.
+ *   reconnects. So is one with bytes unsent whose socket has taken none for
+ *   the stall timeout (`requestTimeoutMs`), as a stalled status or metrics
+ *   reader is: on a small fleet a tick is 2 KB, and a frozen browser's
+ *   viewer reached the byte bound only after ten minutes or more, holding
+ *   one of `maxViewers` places (10: every other viewer got 503 meanwhile).
  * - The history, most of a viewer's first message, is serialised once per
  *   tick however many viewers open the stream, and in steps (HISTORY_STEP
  *   numbers each, one per turn of the event loop) when it is large, so a
@@ -32,7 +36,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Balancer } from '../balancer';
-import { awaitsAnswer } from '../observability/backpressure';
+import { awaitsAnswer, bytesTaken, peerOf, type Stall } from '../observability/backpressure';
 import type { EventRing } from './event-ring';
 import {
   BackendPicker,
@@ -133,11 +137,14 @@ export class DashboardStream {
   private stepping: NodeJS.Immediate | undefined;
   /** Each viewer's first message size: its bound on unread bytes counts from it. */
   private readonly allowance = new WeakMap<ServerResponse, number>();
+  /** A viewer with bytes unsent: what its socket had taken when last seen to take more, and when. */
+  private readonly progress = new WeakMap<ServerResponse, { taken: number; sinceMs: number }>();
 
   constructor(
     private readonly balancer: Balancer,
     private readonly ring: EventRing,
     private readonly opts: StreamOptions,
+    private readonly stall: Stall,
   ) {
     this.history = new History(
       Math.ceil((opts.historySec * 1000) / opts.intervalMs),
@@ -291,7 +298,9 @@ export class DashboardStream {
     const events = this.ring.since(this.sentSeq);
     this.sentSeq = this.ring.seq;
     const message = `event: tick\ndata: ${JSON.stringify({ frame, point, events })}\n\n`;
+    const nowMs = performance.now();
     for (const res of this.viewers) {
+      if (this.stalled(res, nowMs)) continue;
       // Its history ends before this point: the tick follows the first message.
       const j = this.joining.get(res);
       if (j === undefined) {
@@ -311,6 +320,33 @@ export class DashboardStream {
         this.leave(res);
       }
     }
+  }
+
+  /**
+   * Cuts `res`, and says so, when it has bytes unsent and its socket has taken none for
+   * the stall timeout (checked at each tick, so within an interval of it). A viewer that
+   * reads, however slowly, or has nothing unsent, is not stalled.
+   */
+  private stalled(res: ServerResponse, nowMs: number): boolean {
+    const taken = res.writableLength > 0 ? bytesTaken(res) : undefined;
+    if (taken === undefined) {
+      this.progress.delete(res);
+      return false;
+    }
+    const seen = this.progress.get(res);
+    if (seen === undefined || seen.taken !== taken) {
+      this.progress.set(res, { taken, sinceMs: nowMs });
+      return false;
+    }
+    if (nowMs - seen.sinceMs < this.stall.timeoutMs) return false;
+    // The peer first: a destroyed socket has no remoteAddress any more.
+    const peer = peerOf(res.req);
+    res.destroy();
+    this.leave(res);
+    this.stall.onStalled?.(
+      `dashboard viewer from ${peer} took no bytes for ${this.stall.timeoutMs} ms; connection cut, its place released`,
+    );
+    return true;
   }
 
   /** The history up to the newest point, serialised or on its way (one part done). */

@@ -98,7 +98,7 @@ function closeWithConnection(req: IncomingMessage, res: ServerResponse): void {
 }
 
 /** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
-function bytesTaken(res: ServerResponse): number | undefined {
+export function bytesTaken(res: ServerResponse): number | undefined {
   const socket = res.socket;
   if (!socket) return undefined;
   const written = socket.bytesWritten as number | undefined;
