@@ -51,7 +51,7 @@ function rig(ids: string[]) {
     clock.t = T0 + ms;
     inner.sweep();
   };
-  return { lb, inner, lines, report, sweepAt };
+  return { lb, inner, lines, report, sweepAt, clock };
 }
 
 describe('the freshness sweep', () => {
@@ -121,6 +121,33 @@ describe('the freshness sweep', () => {
       r.inner.source = broker(false);
       r.sweepAt(120_000);
       expect(r.lines.filter((l) => l.event === 'never-heard')).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});
+
+describe("a stale report's verdict", () => {
+  it('no longer keeps its backend out: without active checks, local signals decide once stale', async () => {
+    const r = rig(['a', 'b']);
+    const reasons: string[] = [];
+    r.lb.on('backend-down', (e) => reasons.push(e.reason));
+    try {
+      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const send = (m: { topic: string; payload: string | Buffer }): void =>
+        r.lb.receive(m.topic, Buffer.from(m.payload), false);
+      send(agent.metrics({ ...calm, health: { verdict: 'down' } }));
+      r.sweepAt(500);
+      expect(r.lb.registry.eligible.map((b) => b.id)).toEqual(['b']);
+      expect(reasons).toEqual(['agent health verdict down']);
+      // Its agent dies (its Last Will) or the broker goes: no report comes any more. Before,
+      // the backend stayed out for as long as none came (for good after a Last Will).
+      send(agent.status('offline', { will: true }));
+      expect(r.lb.registry.get('a')!.downReason()).toBe(
+        'agent lost; its last health verdict was down',
+      );
+      r.sweepAt(60_000);
+      expect(r.lb.registry.eligible.map((b) => b.id)).toEqual(['a', 'b']);
     } finally {
       await r.lb.close();
     }

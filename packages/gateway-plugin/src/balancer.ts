@@ -1130,6 +1130,18 @@ export class Balancer implements BalancerHandle, FlowHost {
     const nowMs = this.now();
     this.namedServers?.refresh();
     const stale = this.registry.sweepFreshness(nowMs);
+    // A stale report's verdict no longer speaks (docs/gateway.md, "Which backends are
+    // eligible"): with active checks, the first full check that passes takes it back
+    // (active-checker.ts record); without them, local signals alone decide from now on.
+    if (!this.checker) {
+      let cleared = false;
+      for (const b of stale) {
+        if (!b.verdictDown) continue;
+        b.verdictDown = false;
+        cleared = true;
+      }
+      if (cleared) this.registry.recompute();
+    }
     if (stale.length > STALE_LINES) {
       this.logLine(
         'metrics-stale-many',

@@ -179,16 +179,59 @@ describe('ActiveChecker', () => {
   }
 
   /** A fresh signed report for `id` in the fleet's registry. */
-  function freshReport(fl: Fleet, id: string): void {
+  function freshReport(fl: Fleet, id: string, verdict: 'up' | 'down' = 'up'): void {
     const b = fl.backends.find((x) => x.id === id)!;
     const m = createEncoder({ backendId: id, now: () => Date.now() }).metrics({
       intervalMs: 1000,
       state: 'online',
       host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1 },
-      health: { verdict: 'up' },
+      health: { verdict },
     });
     fl.registry.applyMessage(b, m.message, Date.now());
   }
+
+  it("a stale report's down verdict: the first full checks that pass bring the backend back", () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
+    let answer = false;
+    const calls: boolean[] = [];
+    jest.spyOn(checker, 'check').mockImplementation((_b, done, pathOnly) => {
+      calls.push(pathOnly === true);
+      done(answer);
+    });
+    // The agent said down, then nothing more (it died, or the broker went away).
+    freshReport(f, 'a', 'down');
+    checker.watch(a);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    // Stale after three intervals: full checks from then on. While they fail it stays out.
+    jest.advanceTimersByTime(5_000);
+    expect(calls.filter((pathOnly) => !pathOnly).length).toBeGreaterThan(0);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    // The service is back: healthyThreshold (2) passing checks and it serves again. Before,
+    // it stayed out for as long as no report came.
+    answer = true;
+    jest.advanceTimersByTime(2_000);
+    expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c']);
+    expect(f.seen.at(-1)).toEqual(['backend-up', { id: 'a' }]);
+    checker.close();
+  });
+
+  it('a fresh down verdict is not undone by checks from here: the agent speaks for the service', () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
+    jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    checker.watch(a);
+    for (let i = 0; i < 4; i++) {
+      freshReport(f, 'a', 'down');
+      jest.advanceTimersByTime(1000);
+    }
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    checker.close();
+  });
 
   it('a fresh report but no answer from here within an interval: a path check', () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });

@@ -190,11 +190,22 @@ export class ActiveChecker {
     if (ok) {
       backend.checkFailures = 0;
       backend.checkPasses++;
-      if (backend.checkDown && backend.checkPasses >= this.config.healthyThreshold) {
+      if (backend.checkPasses < this.config.healthyThreshold) return;
+      let up = false;
+      if (backend.checkDown) {
         backend.checkDown = false;
         backend.checkDownByPath = false;
-        this.registry.recompute(); // re-entering the eligible set starts slow start
+        up = true;
       }
+      // The last verdict of a report gone stale (its agent lost, or the broker away) said
+      // down: this gateway's own full check speaks for the service now. Kept, it held a
+      // backend that came back healthy out of rotation for as long as no report came (34 s
+      // of a broker outage, for good after its agent's Last Will).
+      if (!byPath && backend.verdictDown && !backend.load.hasFreshReport(this.now())) {
+        backend.verdictDown = false;
+        up = true;
+      }
+      if (up) this.registry.recompute(); // re-entering the eligible set starts slow start
     } else {
       backend.checkPasses = 0;
       backend.checkFailures++;

@@ -216,14 +216,19 @@ export class Backend {
 
   downReason(): string {
     if (this.loopsBack) return 'it is this gateway itself: a request sent to it came back';
-    if (this.agentState === 'offline') return 'agent reported offline';
+    // After a Last Will the agent reported nothing: it died (and `offline` is the will's).
+    if (this.agentState === 'offline' && !this.agentLost) return 'agent reported offline';
     if (this.checkDown) {
       const why = this.checkFailure === undefined ? '' : ` (${this.checkFailure})`;
       return this.checkDownByPath
         ? `no answer to the path check from this gateway${why}`
         : `active health check failed${why}`;
     }
-    if (this.verdictDown) return 'agent health verdict down';
+    if (this.verdictDown) {
+      return this.agentLost
+        ? 'agent lost; its last health verdict was down'
+        : 'agent health verdict down';
+    }
     return 'unknown';
   }
 
