@@ -12,6 +12,7 @@ import {
   fromEnvironment,
   configFileWithSecret,
   mergeSources,
+  repeatedFlag,
   toAgentOptions,
   unknownFlag,
   unknownVariables,
@@ -284,10 +285,14 @@ async function main(argv: string[]): Promise<void> {
   // With the options, so a string option takes the next argument as its value (`--interval-ms
   // -5`), as the strict pass does, instead of reading `-5` as an unknown flag.
   const options = flagsForParseArgs();
+  const given: string[] = [];
   for (const t of parseArgs({ args: argv, options, strict: false, tokens: true }).tokens) {
     const unknown = t.kind === 'option' ? unknownFlag(t.name) : undefined;
     if (unknown) fail(`LW_AGENT_INVALID_OPTION: ${unknown} (see --help)`);
+    if (t.kind === 'option') given.push(t.name);
   }
+  const repeated = repeatedFlag(given);
+  if (repeated) fail(`LW_AGENT_INVALID_OPTION: ${repeated}`);
   try {
     ({ values } = parseArgs({
       args: argv,

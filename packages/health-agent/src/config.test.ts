@@ -1,5 +1,5 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AgentError } from './errors';
@@ -12,6 +12,7 @@ import {
   flagFor,
   fromEnvironment,
   mergeSources,
+  repeatedFlag,
   toAgentOptions,
   unknownVariables,
 } from './config';
@@ -426,5 +427,133 @@ describe('config sources', () => {
       CLI_OPTIONS.filter((o) => fromEnvironment(o.flag)).map((o) => [envName(o.flag), 'x']),
     );
     expect(unknownVariables(own)).toEqual([]);
+  });
+
+  describe('one broker password', () => {
+    const PW = 'agentS3cret';
+    const password = (raw: ReturnType<typeof mergeSources>): unknown => {
+      const o = toAgentOptions(
+        { backendId: 'x', broker: 'mqtt://u@h', ...raw },
+        {
+          requireBroker: true,
+        },
+      );
+      return { url: o.broker!.url, password: o.broker!.password };
+    };
+    let pf: string;
+    beforeAll(() => (pf = file('pw-file', 'fromFile\n')));
+
+    it.each<[string, Record<string, unknown>, NodeJS.ProcessEnv, string]>([
+      ['two flags', { password: PW, 'password-file': 'PF' }, {}, '--password and --password-file'],
+      [
+        'two variables',
+        {},
+        { LOADWISE_PASSWORD: PW, LOADWISE_PASSWORD_FILE: 'PF' },
+        'LOADWISE_PASSWORD and LOADWISE_PASSWORD_FILE',
+      ],
+      [
+        "a flag and the flag's URL",
+        { broker: `mqtt://u:${PW}@h`, password: 'other' },
+        {},
+        'the URL of --broker and --password',
+      ],
+      [
+        "a variable and the variable's URL",
+        {},
+        { LOADWISE_BROKER: `mqtt://u:${PW}@h`, LOADWISE_PASSWORD_FILE: 'PF' },
+        'the URL of LOADWISE_BROKER and LOADWISE_PASSWORD_FILE',
+      ],
+    ])('refuses two at one level, naming both and never the value: %s', (_, flags, env, both) => {
+      const fill = (v: unknown): unknown => (v === 'PF' ? pf : v);
+      const err = codeOf(() =>
+        mergeSources(
+          Object.fromEntries(Object.entries(flags).map(([k, v]) => [k, fill(v)])),
+          Object.fromEntries(Object.entries(env).map(([k, v]) => [k, fill(v) as string])),
+        ),
+      );
+      expect(err.code).toBe('LW_AGENT_INVALID_OPTION');
+      expect(err.message).toContain(`${both} both give one`);
+      expect(err.message).not.toContain(PW);
+      expect(err.message).not.toContain('fromFile');
+    });
+
+    it('refuses two in one config file', () => {
+      const config = file('two-pw.json', JSON.stringify({ password: PW, passwordFile: pf }));
+      expect(codeOf(() => mergeSources({ config }, {})).message).toBe(
+        `LW_AGENT_INVALID_OPTION: --password-file: give the broker password once: password in ${config} and passwordFile in ${config} both give one`,
+      );
+    });
+
+    it('takes the one of the highest level, flag > environment > file, and drops the others', () => {
+      // The flag over the variable, whichever of the two is the file.
+      expect(password(mergeSources({ password: PW }, { LOADWISE_PASSWORD_FILE: pf }))).toEqual({
+        url: 'mqtt://u@h',
+        password: PW,
+      });
+      const fileWins = mergeSources({ 'password-file': pf }, { LOADWISE_PASSWORD: PW });
+      expect(fileWins['password']).toBeUndefined();
+      expect(password(fileWins)).toEqual({ url: 'mqtt://u@h', password: 'fromFile' });
+      // A URL's password loses to a flag's (the URL keeps its user), and beats a variable's.
+      expect(
+        password(mergeSources({ password: PW }, { LOADWISE_BROKER: 'mqtt://u:old@h:1883' })),
+      ).toEqual({ url: 'mqtt://u@h:1883', password: PW });
+      expect(
+        password(mergeSources({ broker: `mqtt://u:${PW}@h` }, { LOADWISE_PASSWORD_FILE: pf })),
+      ).toEqual({ url: `mqtt://u:${PW}@h`, password: undefined });
+      // A variable over the config file.
+      const config = file('cfg-pw.json', JSON.stringify({ passwordFile: pf }));
+      expect(password(mergeSources({ config }, { LOADWISE_PASSWORD: PW }))).toEqual({
+        url: 'mqtt://u@h',
+        password: PW,
+      });
+    });
+  });
+
+  it('refuses a flag given twice, never showing its value', () => {
+    expect(repeatedFlag(['backend-id', 'once', 'broker'])).toBeUndefined();
+    expect(repeatedFlag(['backend-id', 'once', 'backend-id'])).toBe(
+      '--backend-id: given 2 times; give it once',
+    );
+    expect(repeatedFlag(['probe-expect-status', 'probe-expect-status'])).toBe(
+      '--probe-expect-status: given 2 times; give it once (a list is comma-separated: 200,204)',
+    );
+    // The built CLI, end to end: exit 2 and one line, where api-2 was published.
+    const cli = path.resolve(__dirname, '../dist/cli.js');
+    const r = spawnSync(
+      process.execPath,
+      [cli, '--backend-id', 'api-1', '--once', '--password', 'a', '--backend-id', 'api-2'],
+      { encoding: 'utf8', env: { PATH: process.env['PATH'] } },
+    );
+    expect({ status: r.status, stderr: r.stderr, stdout: r.stdout }).toEqual({
+      status: 2,
+      stderr:
+        'loadwise-agent: LW_AGENT_INVALID_OPTION: --backend-id: given 2 times; give it once\n',
+      stdout: '',
+    });
+  });
+
+  it('refuses a --cgroup-root or --proc-root that is not a directory', () => {
+    const root = path.join(dir, 'root');
+    mkdirSync(root, { recursive: true });
+    const plain = file('not-a-dir', '');
+    const opts = (raw: Record<string, unknown>) =>
+      toAgentOptions({ backendId: 'x', ...raw } as never, { requireBroker: false });
+    for (const [flag, key] of [
+      ['cgroup-root', 'cgroupRoot'],
+      ['proc-root', 'procRoot'],
+    ] as const) {
+      expect(codeOf(() => opts({ [key]: '/nonexistent' })).message).toBe(
+        `LW_AGENT_INVALID_OPTION: --${flag}: /nonexistent does not exist`,
+      );
+      expect(codeOf(() => opts({ [key]: plain })).message).toBe(
+        `LW_AGENT_INVALID_OPTION: --${flag}: ${plain} is not a directory`,
+      );
+    }
+    expect(opts({ cgroupRoot: root, procRoot: root })).toMatchObject({
+      cgroup: { root },
+      procRoot: root,
+    });
+    // Not read at all with --no-cgroup.
+    expect(opts({ cgroupRoot: '/nonexistent', noCgroup: true })).toMatchObject({ cgroup: false });
   });
 });

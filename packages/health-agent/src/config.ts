@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { readRegularFileSync } from './samplers/bounded-read';
 import {
   ENV_PREFIX,
@@ -181,6 +182,8 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     option: 'cgroup.root',
     kind: 'string',
     arg: 'dir',
+    // Unused with --no-cgroup, which wins.
+    value: (v, raw) => (raw['noCgroup'] === true ? v : existingDir('cgroup-root', String(v))),
     help: 'cgroup mount (default /sys/fs/cgroup)',
   },
   {
@@ -195,6 +198,7 @@ export const CLI_OPTIONS: readonly OptionSpec[] = [
     option: 'procRoot',
     kind: 'string',
     arg: 'dir',
+    value: (v) => existingDir('proc-root', String(v)),
     help: 'procfs mount (default /proc)',
   },
   {
@@ -450,9 +454,19 @@ export function configFileWithSecret(raw: RawConfig): string | undefined {
   return secretFiles.get(raw);
 }
 
-/** Merges config file, environment and flags (highest) into one raw record keyed by camelCase name. */
+/** Where a merged value came from: its level (config file 0, environment 1, flag 2) and its name there. */
+interface Origin {
+  level: number;
+  name: string;
+}
+
+/**
+ * Merges config file, environment and flags (highest) into one raw record keyed by camelCase
+ * name, then settles the broker password (onePassword).
+ */
 export function mergeSources(flags: Record<string, unknown>, env: NodeJS.ProcessEnv): RawConfig {
   const out: RawConfig = {};
+  const origins = new Map<string, Origin>();
   const configPath = (flags['config'] as string | undefined) ?? env[envName('config')];
   if (configPath) {
     const read = readStartFile(configPath);
@@ -481,6 +495,7 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
         );
       }
       out[key] = coerce(spec, value, configPath);
+      origins.set(key, { level: 0, name: `${key} in ${configPath}` });
       // A broker URL with credentials in it (`mqtt://user:pass@host`) is a secret too.
       if (SECRET_FLAGS.has(spec.flag) || (spec.flag === 'broker' && String(value).includes('@')))
         secretFiles.set(out, configPath);
@@ -490,14 +505,87 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
     if (!fromEnvironment(spec.flag) || spec.flag === 'config') continue;
     const v = env[envName(spec.flag)];
     // Empty is unset, as for the gateway's CLI.
-    if (v !== undefined && v !== '') out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
+    if (v !== undefined && v !== '') {
+      out[camel(spec.flag)] = coerce(spec, v, envName(spec.flag));
+      origins.set(camel(spec.flag), { level: 1, name: envName(spec.flag) });
+    }
   }
   for (const spec of CLI_OPTIONS) {
     const v = flags[spec.flag];
-    if (v !== undefined && spec.flag !== 'config')
+    if (v !== undefined && spec.flag !== 'config') {
       out[camel(spec.flag)] = coerce(spec, v, describe(spec));
+      origins.set(camel(spec.flag), { level: 2, name: describe(spec) });
+    }
   }
+  onePassword(out, origins);
   return out;
+}
+
+/** The password a broker URL holds (`mqtt://user:pass@host`), '' for none or an unparsable URL. */
+function urlPassword(url: unknown): string {
+  try {
+    return typeof url === 'string' ? new URL(url).password : '';
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * One broker password of three places: --password, --password-file and the broker URL
+ * (mqtt.js takes the URL's over the others). Each row merged on its own, so two of them
+ * given at once both reached the options and one won without a word: the file over the
+ * flag, the URL over both. The one from the highest level wins, as flag > environment >
+ * file does for one option; the others are dropped (a URL loses only its password). Two at
+ * the highest level are refused, naming both places and never the value.
+ */
+function onePassword(out: RawConfig, origins: Map<string, Origin>): void {
+  const given: Array<{ key: string; flag: string; origin: Origin }> = [];
+  if (urlPassword(out['broker']) !== '') {
+    const o = origins.get('broker')!;
+    given.push({ key: 'broker', flag: 'broker', origin: { ...o, name: `the URL of ${o.name}` } });
+  }
+  for (const flag of ['password', 'password-file']) {
+    const o = origins.get(camel(flag));
+    if (o && out[camel(flag)] !== undefined) given.push({ key: camel(flag), flag, origin: o });
+  }
+  if (given.length < 2) return;
+  const top = Math.max(...given.map((g) => g.origin.level));
+  const winners = given.filter((g) => g.origin.level === top);
+  if (winners.length > 1) {
+    const [a, b] = winners as [(typeof winners)[number], (typeof winners)[number]];
+    throw invalidOption(
+      `--${b.flag}`,
+      `give the broker password once: ${a.origin.name} and ${b.origin.name} both give one`,
+    );
+  }
+  for (const g of given) {
+    if (g.origin.level === top) continue;
+    if (g.key !== 'broker') {
+      delete out[g.key];
+      continue;
+    }
+    const u = new URL(out['broker'] as string);
+    u.password = '';
+    out['broker'] = u.toString();
+  }
+}
+
+/**
+ * `--backend-id: given 2 times; give it once` for the first flag of `names` (the options
+ * of a command line, in order) given more than once, else undefined. parseArgs keeps the
+ * last of a repeated flag: `--backend-id api-1 --backend-id api-2` published as api-2,
+ * and no flag takes several values (a list is comma-separated). Never shows a value (a
+ * repeated --password).
+ */
+export function repeatedFlag(names: readonly string[]): string | undefined {
+  const count = new Map<string, number>();
+  for (const n of names) count.set(n, (count.get(n) ?? 0) + 1);
+  for (const [name, n] of count) {
+    if (n < 2) continue;
+    const list = specOf(name)?.kind === 'list' ? ' (a list is comma-separated: 200,204)' : '';
+    return `--${name}: given ${n} times; give it once${list}`;
+  }
+  return undefined;
 }
 
 /** `unknown option --kernel-prot (did you mean --kernel-port?)` for a flag not in the table, else undefined. */
@@ -514,6 +602,26 @@ function readFileOption(flag: string, path: string): Buffer {
   const r = readStartFile(path);
   if ('why' in r) throw new AgentError('LW_AGENT_KEY_FILE', `--${flag} ${path}: ${r.why}`);
   return r.bytes;
+}
+
+/**
+ * A root directory an option names (--cgroup-root, --proc-root), checked at start: one
+ * that did not exist (a typo) was taken, and its signal left the reports without a word
+ * (the cgroup block was just missing).
+ */
+function existingDir(flag: string, dir: string): string {
+  let isDir: boolean;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw invalidOption(
+      `--${flag}`,
+      code === 'ENOENT' ? `${dir} does not exist` : `${dir} cannot be read (${code})`,
+    );
+  }
+  if (!isDir) throw invalidOption(`--${flag}`, `${dir} is not a directory`);
+  return dir;
 }
 
 /** The key of --key-file that signs: --key-id's, or the first. */
