@@ -466,3 +466,129 @@ it("an old worker's crash during the reload does not count against its replaceme
     signal: null,
   });
 }, 60_000);
+
+/**
+ * A 1-worker pool on a build that crash-loops (each worker throws 1 s after its start()
+ * returned; maxRestarts 1: the second exit gives the slot up), and the file that says which
+ * build the next start runs. Resolves once the second (last) life has begun, with its pid.
+ */
+async function crashLooping(
+  env: Record<string, string> = {},
+): Promise<{ pool: Pool; modeFile: string; last: number }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'lw-lifecycle-'));
+  dirs.push(dir);
+  const modeFile = path.join(dir, 'mode');
+  writeFileSync(modeFile, 'crash:1000');
+  const pool = startPool({ LW_WORKERS: '1', LW_MAX_RESTARTS: '1', LW_MODE_FILE: modeFile, ...env });
+  await pool.line(/worker w1 \(pid \d+\) exited \(code 1\); restarting in \d+ ms/);
+  const last = Number(
+    /\(pid (\d+)\)/.exec(await pool.line(/worker w1 \(pid \d+\) mode crash 1000/, 15_000, 2))![1],
+  );
+  return { pool, modeFile, last };
+}
+
+/** `re`'s first line; rejects at once, with the log, if the pool stops first. */
+function lineBeforeExit(pool: Pool, re: RegExp, timeoutMs = 15_000): Promise<string> {
+  return Promise.race([
+    pool.line(re, timeoutMs),
+    pool.exited.then((e) => {
+      throw new Error(
+        `the pool stopped (${JSON.stringify(e)}) before ${re}: ${pool.lines.join(' / ')}`,
+      );
+    }),
+  ]);
+}
+
+it('a crash-looping pool reloaded with a fix in its last life: the replacement takes the given-up slot, the pool serves on', async () => {
+  const { pool, modeFile, last } = await crashLooping();
+  // The fix is deployed, whose start() takes 3 s, and the pool reloaded: the replacement is
+  // forked while the last life still serves, which crashes 1 s in, one exit too many.
+  writeFileSync(modeFile, 'slow:3000');
+  pool.child.kill('SIGHUP');
+  const next = Number(
+    /\(pid (\d+)\)/.exec(await pool.line(/worker w1 \(pid \d+\) mode slow 3000/))![1],
+  );
+  await pool.line(
+    new RegExp(
+      `worker w1 \\(pid ${last}\\) exited \\(code 1\\) 2 times in \\d+ ms; not restarting it`,
+    ),
+  );
+  // Before the fix every slot given up stopped the pool there: the replacement was SIGKILLed
+  // as "not listened yet" and the primary exited 1.
+  await lineBeforeExit(pool, /reloaded 1 worker\(s\)/);
+  const port = Number(
+    /on (\d+)$/.exec(await pool.line(new RegExp(`worker w1 \\(pid ${next}\\) listening on`)))![1],
+  );
+  expect(await get(port)).toEqual({ status: 200, body: `w1 ${next} -` });
+  expect(pool.lines.some((l) => l.includes('every worker was given up; stopping'))).toBe(false);
+  expect(pool.lines.some((l) => l.includes('has not listened yet'))).toBe(false);
+  const at = (re: RegExp): number => pool.lines.findIndex((l) => re.test(l));
+  const waited = at(/every worker was given up; the reload under way may bring one back/);
+  expect(waited).toBeGreaterThan(at(/not restarting it$/));
+  expect(at(new RegExp(`worker w1 \\(pid ${next}\\) takes its slot, given up`))).toBeGreaterThan(
+    waited,
+  );
+  // None of the old code's exits count against the replacement: its first crash restarts it.
+  writeFileSync(modeFile, 'slow:0');
+  process.kill(next, 'SIGKILL');
+  expect(
+    await lineBeforeExit(
+      pool,
+      new RegExp(`worker w1 \\(pid ${next}\\) exited \\(signal SIGKILL\\)`),
+    ),
+  ).toMatch(/restarting in \d+ ms$/);
+  pool.child.kill('SIGTERM');
+  expect(await withinOrFail(pool.exited, 15_000, 'the primary exits')).toEqual({
+    code: 0,
+    signal: null,
+  });
+}, 30_000);
+
+it("a crash-looping pool whose reload's replacement fails too stops with code 1 once the reload has failed", async () => {
+  const { pool, modeFile, last } = await crashLooping();
+  writeFileSync(modeFile, 'slow-fail:2500');
+  pool.child.kill('SIGHUP');
+  const next = Number(
+    /\(pid (\d+)\)/.exec(await pool.line(/worker w1 \(pid \d+\) mode slow-fail 2500/))![1],
+  );
+  expect(await withinOrFail(pool.exited, 15_000, 'the pool gives up')).toEqual({
+    code: 1,
+    signal: null,
+  });
+  const at = (re: RegExp): number => pool.lines.findIndex((l) => re.test(l));
+  const gaveUp = at(new RegExp(`worker w1 \\(pid ${last}\\) exited .* not restarting it`));
+  const failed = at(
+    new RegExp(
+      `reload stopped: the new worker w1 \\(pid ${next}\\) exited \\(code 1\\) before its start\\(\\) returned; slot w1 stays given up`,
+    ),
+  );
+  const stopping = at(/every worker was given up; stopping$/);
+  expect(gaveUp).toBeGreaterThanOrEqual(0);
+  // Given up while the replacement warmed up: the stop waited for the reload's end.
+  const waited = at(/the reload under way may bring one back/);
+  expect(waited).toBeGreaterThan(gaveUp);
+  expect(failed).toBeGreaterThan(waited);
+  expect(stopping).toBeGreaterThan(failed);
+  expect(pool.lines.at(-1)).toMatch(/stopped \(code 1\)$/);
+}, 30_000);
+
+it('a pool whose every slot is given up with no reload under way stops with code 1 at once', async () => {
+  const { pool, last } = await crashLooping({ LW_WORKERS: '2' });
+  expect(await withinOrFail(pool.exited, 15_000, 'the pool gives up')).toEqual({
+    code: 1,
+    signal: null,
+  });
+  const log = pool.lines;
+  expect(log.some((l) => new RegExp(`\\(pid ${last}\\) exited .* not restarting it`).test(l))).toBe(
+    true,
+  );
+  for (const id of ['w1', 'w2']) {
+    expect(log.filter((l) => l.includes(`worker ${id} started`))).toHaveLength(2);
+  }
+  // The last line but one gives the stop its reason, right after the last give-up.
+  expect(log.slice(-3).map((l) => l.replace(/\(pid \d+\)|\d+ ms/g, ''))).toEqual([
+    expect.stringMatching(/exited \(code 1\) 2 times in ; not restarting it$/),
+    'loadwise workers: every worker was given up; stopping',
+    'loadwise workers: stopped (code 1)',
+  ]);
+}, 30_000);

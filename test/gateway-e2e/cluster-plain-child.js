@@ -14,9 +14,15 @@
  * a replacement (restarts > 0) wait there, between the two listens, until it gets
  * SIGUSR2; LW_RETURN_PORT=1: start() returns the main server's port;
  * LW_NO_LISTEN=1: start() returns at once, its server never listening.
+ * LW_MODE_FILE (a path) is read at each start, as a deploy that changes between two:
+ * `crash:<ms>` makes the worker throw (uncaught) that long after its start() returned,
+ * a build that crash-loops; `slow:<ms>` makes start() wait that long before listening, then
+ * serve; `slow-fail:<ms>` makes it wait that long, then throw. With a mode the worker logs
+ * it, and its main port once it listens (port 0: a slot left without a worker gets a new one).
  */
 const fs = require('node:fs');
 const http = require('node:http');
+const timers = require('node:timers');
 const { setTimeout: sleep } = require('node:timers/promises');
 const { closeListener, runWorkers } = require('@loadwise/gateway-plugin');
 
@@ -40,6 +46,12 @@ const opts = {
     }
     const version = env.LW_VERSION_FILE ? fs.readFileSync(env.LW_VERSION_FILE, 'utf8').trim() : '-';
     process.stderr.write(`worker ${id} (pid ${process.pid}) runs ${version}\n`);
+    const [mode, ms] = env.LW_MODE_FILE
+      ? fs.readFileSync(env.LW_MODE_FILE, 'utf8').trim().split(':')
+      : [];
+    if (mode) process.stderr.write(`worker ${id} (pid ${process.pid}) mode ${mode} ${ms}\n`);
+    if (mode === 'slow' || mode === 'slow-fail') await sleep(Number(ms));
+    if (mode === 'slow-fail') throw new Error('start failed on purpose (slow-fail)');
     if (env.LW_HOLD_RELOAD && restarts > 0) {
       const go = new Promise((r) => process.once('SIGUSR2', r));
       process.stderr.write(`worker ${id} (pid ${process.pid}) holds before its main listen\n`);
@@ -58,6 +70,16 @@ const opts = {
       process.stderr.write(
         `worker ${id} (pid ${process.pid}) start() returns (main port ${server.address().port})\n`,
       );
+    if (mode)
+      process.stderr.write(
+        `worker ${id} (pid ${process.pid}) listening on ${server.address().port}\n`,
+      );
+    if (mode === 'crash')
+      timers
+        .setTimeout(() => {
+          throw new Error('crash on purpose (the old code)');
+        }, Number(ms))
+        .unref();
     return {
       close: () => Promise.all([closeListener(server), ops && closeListener(ops)]).then(() => {}),
       ...(env.LW_RETURN_PORT ? { port: server.address().port } : {}),

@@ -429,7 +429,14 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
   let port: number | undefined;
   const waiters: { resolve(p: number): void; reject(e: Error): void }[] = [];
   const settleListening = (): void => {
-    if (port === undefined || slots.some((s) => !s.ready && !s.gaveUp)) return;
+    // Every slot given up: none serves, though the pool may not have stopped yet (a reload
+    // under way decides, see the workers' exit).
+    if (
+      port === undefined ||
+      slots.some((s) => !s.ready && !s.gaveUp) ||
+      slots.every((s) => s.gaveUp)
+    )
+      return;
     for (const w of waiters.splice(0)) w.resolve(port);
   };
 
@@ -538,12 +545,25 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       log(
         `worker ${slot.id} (pid ${pid}) exited (${how}) ${crashTimes.length} times in ${restart.windowMs} ms; not restarting it`,
       );
-      if (slots.every((s) => s.gaveUp)) {
-        log('every worker was given up; stopping');
-        void close(1);
-      } else settleListening();
+      if (!slots.every((s) => s.gaveUp)) settleListening();
+      // A reload under way has a new worker starting (forked, not yet its slot's): stopping
+      // here SIGKILLed it as "not listened yet" and the primary exited 1, when it was the
+      // operator's fix (a 1-worker pool crash-looping, reloaded during its last life). The
+      // reload decides: its new worker, once ready, takes the slot, given up or not;
+      // if none comes back, the pool stops as below once the reload has ended.
+      else if (reloading)
+        log(
+          'every worker was given up; the reload under way may bring one back, else the pool stops',
+        );
+      else stopGivenUp();
     });
     return worker;
+  };
+
+  /** Every slot given up, none coming back: the pool stops with code 1. */
+  const stopGivenUp = (): void => {
+    log('every worker was given up; stopping');
+    void close(1);
   };
 
   /**
@@ -701,7 +721,15 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
           // The pool closes: close() stopped the replacement (it was not ready), and the
           // old worker is closing too; "keeps serving" would not be true.
           if (closing) throw new Error('the worker pool stopped during the reload');
-          log(`reload stopped: ${(err as Error).message}; the old worker ${slot.id} keeps serving`);
+          // The old worker may have died meanwhile: its slot restarts as after any crash, or
+          // was given up (every slot given up: the pool stops as this reload ends).
+          const after =
+            slot.worker === old
+              ? `the old worker ${slot.id} keeps serving`
+              : slot.gaveUp
+                ? `slot ${slot.id} stays given up`
+                : `slot ${slot.id} restarts as after any crash`;
+          log(`reload stopped: ${(err as Error).message}; ${after}`);
           throw err;
         }
         if (closing) {
@@ -727,6 +755,10 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
           // connections of a 2-worker pool, and still running after close()).
           clearTimeout(slot.timer);
           slot.timer = undefined;
+          if (slot.gaveUp)
+            log(
+              `worker ${slot.id} (pid ${next.process.pid}) takes its slot, given up as the old worker crashed`,
+            );
           const restarted = slot.worker;
           slot.worker = next;
           slot.ready = true;
@@ -742,6 +774,10 @@ function startPrimary(opts: RunWorkersOptions, log: (l: string) => void): Worker
       return { replaced };
     })().finally(() => {
       reloading = undefined;
+      // Every slot given up while this reload ran, and none brought back (a worker's exit
+      // left the stop to it): the pool stops, as it would have without the reload. Unless
+      // another reload follows, which tries every given-up slot again (it may be the fix).
+      if (!closing && !followUp && slots.every((s) => s.gaveUp)) stopGivenUp();
     });
     return reloading;
   };
