@@ -9,7 +9,9 @@
  *   node examples/dist/existing-gateway.js --help
  *
  * The tokens default to $GATEWAY_TOKEN and $LB_TOKEN (else app-token and
- * ops-token-123). Without --broker an embedded one is started. What the app does, in order:
+ * ops-token-123; an empty variable is unset). Without --broker an embedded one
+ * is started. A flag it cannot use is one line on stderr and exit 2, before
+ * anything starts. What the app does, in order:
  *   request id  → /health (the gateway's own) → /_lb/metrics (ops token) →
  *   rate limit  → Bearer auth → /_lb/status (ops token, X-Loadwise-Token) →
  *   /api/users  (express.json() runs first: the balancer forwards the parsed body) →
@@ -28,6 +30,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { Registry } from 'prom-client';
 import {
+  GatewayError,
   gatewayServerOptions,
   loadBalance,
   metricsHandler,
@@ -36,7 +39,9 @@ import {
   statusHandler,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
+import { assertValidPrefix, ProtocolError } from '@loadwise/protocol';
 import { integerArg, parseFlags, type Usage } from './lib/args';
+import { redactUrl } from './lib/output';
 import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,
@@ -58,12 +63,18 @@ interface Args {
   rateLimit: number;
 }
 
+/** The built-in tokens: printed in the curl hints, where any other token is a placeholder. */
+const DEFAULT_TOKEN = 'app-token';
+const DEFAULT_STATUS_TOKEN = 'ops-token-123';
+
 const OPTIONS = {
   port: { type: 'string', default: '8080' },
   broker: { type: 'string' },
   prefix: { type: 'string', default: 'loadwise' },
-  token: { type: 'string', default: process.env.GATEWAY_TOKEN ?? 'app-token' },
-  'status-token': { type: 'string', default: process.env.LB_TOKEN ?? 'ops-token-123' },
+  // `||`: an empty variable is unset. With `??`, LB_TOKEN= gave the status and metrics
+  // handlers an empty token, whose TypeError was a stack trace and exit 1.
+  token: { type: 'string', default: process.env.GATEWAY_TOKEN || DEFAULT_TOKEN },
+  'status-token': { type: 'string', default: process.env.LB_TOKEN || DEFAULT_STATUS_TOKEN },
   'interval-ms': { type: 'string', default: '1000' },
   'rate-limit': { type: 'string', default: '100' },
 } as const;
@@ -91,10 +102,45 @@ const USAGE: Usage<typeof OPTIONS> = {
   },
 };
 
+/** One line naming the mistake, exit 2: the flags' rule (lib/args.ts). */
+function refuse(what: string): never {
+  process.stderr.write(`existing-gateway: ${what}\n`);
+  process.exit(2);
+}
+
+/**
+ * The balancers' own checks of --broker and --prefix, made before anything starts: they
+ * threw once the four backends and agents ran, a GatewayError printed with its stack and
+ * exit 1 (`--broker http://x`, `--prefix 'a b'`).
+ */
+function checkBrokerAndPrefix(broker: string | undefined, prefix: string): void {
+  if (broker !== undefined) {
+    let scheme: string | undefined;
+    try {
+      scheme = new URL(broker).protocol;
+    } catch {
+      // not a URL: said below
+    }
+    if (scheme === undefined) refuse(`--broker ${redactUrl(broker)}: not a URL`);
+    if (!['mqtt:', 'mqtts:', 'ws:', 'wss:'].includes(scheme))
+      refuse(`--broker ${redactUrl(broker)}: expected mqtt://, mqtts://, ws:// or wss://`);
+  }
+  try {
+    assertValidPrefix(prefix);
+  } catch (err) {
+    if (!(err instanceof ProtocolError)) throw err;
+    refuse(`--prefix: ${err.message.replace(/^LW_PROTO_\w+: /, '')}`);
+  }
+}
+
 function parse(): Args {
   const { values } = parseFlags('existing-gateway', OPTIONS, undefined, USAGE);
   const int = (name: string, text: string, min: number, max: number): number =>
     integerArg('existing-gateway', name, text, min, max);
+  // An empty token would let anyone in (the handlers refuse it with a TypeError).
+  if (values.token === '') refuse('--token must not be empty');
+  if (values['status-token'] === '') refuse('--status-token must not be empty');
+  checkBrokerAndPrefix(values.broker, values.prefix);
   return {
     port: int('port', values.port, 0, 65535),
     broker: values.broker,
@@ -201,16 +247,30 @@ async function main(): Promise<void> {
   // One balancer per service, one metrics registry for both.
   const registry = new Registry();
   const lbs = {} as Record<Service, LoadBalancerMiddleware>;
-  for (const service of SERVICES) {
-    lbs[service] = loadBalance({
-      service,
-      backends: backends.get(service)!.map((b) => ({ id: b.id, url: b.url })),
-      broker: brokerUrl,
-      topicPrefix: args.prefix,
-      metricsRegistry: registry,
-      keys: [runKey.key],
-      decisionHeader: true,
-    });
+  let metrics: express.RequestHandler;
+  let status: express.RequestHandler;
+  try {
+    for (const service of SERVICES) {
+      lbs[service] = loadBalance({
+        service,
+        backends: backends.get(service)!.map((b) => ({ id: b.id, url: b.url })),
+        broker: brokerUrl,
+        topicPrefix: args.prefix,
+        metricsRegistry: registry,
+        keys: [runKey.key],
+        decisionHeader: true,
+      });
+    }
+    metrics = metricsHandler(registry, { token: args.statusToken });
+    status = statusHandler({ balancers: Object.values(lbs), token: args.statusToken });
+  } catch (err) {
+    // What parse() did not foresee of the balancers' checks: still one line and exit 2,
+    // once the backends and agents it started are stopped.
+    if (!(err instanceof GatewayError || err instanceof TypeError)) throw err;
+    process.stderr.write(`existing-gateway: ${err.message}\n`);
+    await Promise.all(Object.values(lbs).map((lb) => lb.close({ graceMs: 0 })));
+    for (const c of cleanups.reverse()) await c();
+    process.exit(2);
   }
   const all = Object.values(lbs);
 
@@ -219,11 +279,11 @@ async function main(): Promise<void> {
   app.get('/health', (_req, res) => {
     res.json({ status: 'ok', brokerConnected: all.map((lb) => lb.balancer.brokerConnected) });
   });
-  app.get('/_lb/metrics', metricsHandler(registry, { token: args.statusToken }));
+  app.get('/_lb/metrics', metrics);
   app.use(rateLimit(args.rateLimit));
   app.use(bearerAuth(args.token));
   // Behind the app's own Bearer auth: the ops token travels in X-Loadwise-Token.
-  app.get('/_lb/status', statusHandler({ balancers: all, token: args.statusToken }));
+  app.get('/_lb/status', status);
   app.use('/api/users', express.json(), lbs.users);
   app.use('/api/orders', lbs.orders);
   app.use((_req, res) => void res.status(404).json({ error: 'not found' }));
@@ -279,10 +339,14 @@ async function main(): Promise<void> {
   });
   const port = (server.address() as AddressInfo).port;
   say(JSON.stringify({ event: 'listening', port }));
-  say(`gateway on http://127.0.0.1:${port} (broker ${brokerUrl})`);
-  say(`  curl -H 'authorization: Bearer ${args.token}' http://127.0.0.1:${port}/api/users/hello`);
+  // Neither the broker's credentials nor a token of the user's are printed (the tokens may
+  // come from the environment): the built-in tokens are, any other is a placeholder.
+  say(`gateway on http://127.0.0.1:${port} (broker ${redactUrl(brokerUrl)})`);
+  const token = args.token === DEFAULT_TOKEN ? DEFAULT_TOKEN : '<app token>';
+  const ops = args.statusToken === DEFAULT_STATUS_TOKEN ? DEFAULT_STATUS_TOKEN : '<ops token>';
+  say(`  curl -H 'authorization: Bearer ${token}' http://127.0.0.1:${port}/api/users/hello`);
   say(
-    `  curl -H 'authorization: Bearer ${args.token}' -H 'x-loadwise-token: ${args.statusToken}' http://127.0.0.1:${port}/_lb/status`,
+    `  curl -H 'authorization: Bearer ${token}' -H 'x-loadwise-token: ${ops}' http://127.0.0.1:${port}/_lb/status`,
   );
   if (ready)
     say(

@@ -11,12 +11,11 @@
  * Listens once `lb.ready()` resolves, then prints one JSON line on stdout:
  * {"event":"listening","id","port","pid"}. Exit 1: not ready (requireBroker
  * with the broker out of reach).
- * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (at most
+ * SIGTERM/SIGINT/SIGHUP: stop accepting, let in-flight requests finish (at most
  * LOADWISE_GW_STOP_GRACE_MS), answer what is cut, exit 0. With
  * --exit-with-parent it also stops when its stdin closes (the parent died).
- * Exit 2: invalid configuration (one line on stderr naming the variable).
+ * Exit 2: invalid configuration (one line on stderr naming the variable or flag).
  */
-import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
@@ -30,6 +29,8 @@ import {
   type LoadBalanceOptions,
 } from '@loadwise/gateway-plugin';
 import { brokerUrlNamesUser, GATEWAY_ENV_PREFIX, parseKeyFile } from '@loadwise/protocol';
+import { parseFlags } from './lib/args';
+import { readStartFile } from './lib/read-file';
 
 /**
  * Every variable this program reads, with what it means (printed by --help; the Compose test
@@ -87,15 +88,27 @@ export const METRICS_PATH = '/_lb/metrics';
 
 class ConfigError extends Error {}
 
+/** A file a variable names: a regular file of at most 1 MiB (readStartFile), else one line naming it. */
 function file(name: string, env: NodeJS.ProcessEnv): Buffer | undefined {
   const p = env[name];
   if (!p) return undefined;
-  try {
-    return readFileSync(p);
-  } catch (err) {
-    throw new ConfigError(`${name}: cannot read ${p}: ${(err as NodeJS.ErrnoException).code}`);
-  }
+  const r = readStartFile(p);
+  if ('error' in r) throw new ConfigError(`${name}: cannot read ${p}: ${r.error}`);
+  return r.bytes;
 }
+
+/**
+ * The broker's settings: without LOADWISE_GW_BROKER there is no broker connection (no
+ * embedded one either) for them to apply to. They were ignored without a word, so a
+ * broker line lost from an env file left a gateway that hears no agent and said nothing.
+ */
+const BROKER_SETTINGS = [
+  'LOADWISE_GW_TLS_CA',
+  'LOADWISE_GW_TLS_CERT',
+  'LOADWISE_GW_TLS_KEY',
+  'LOADWISE_GW_USERNAME',
+  'LOADWISE_GW_PASSWORD_FILE',
+] as const;
 
 /** Parses `id=url,id=url`. */
 export function parseBackends(text: string | undefined): BackendConfig[] {
@@ -149,6 +162,12 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       );
     if (password) broker.password = password.toString('utf8').trim();
     options.broker = broker;
+  } else {
+    const orphan = BROKER_SETTINGS.find((name) => env[name]);
+    if (orphan)
+      throw new ConfigError(
+        `${orphan}: needs LOADWISE_GW_BROKER (without a broker there is no connection for it to apply to)`,
+      );
   }
   if (env['LOADWISE_GW_PREFIX']) options.topicPrefix = env['LOADWISE_GW_PREFIX'];
   const keys = file('LOADWISE_GW_KEY_FILE', env);
@@ -166,25 +185,27 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
     );
   if (allowUnsigned === '1') options.allowUnsigned = true;
   if (env['LOADWISE_GW_STATUS_TOKEN']) options.statusToken = env['LOADWISE_GW_STATUS_TOKEN'];
-  const rawPort = env['LOADWISE_GW_PORT'] ?? '8080';
+  // Empty counts as unset, for every variable (docs/operations.md): a Compose `${PORT}` that
+  // came out empty was refused as "not a port" (`??` keeps '').
+  const rawPort = env['LOADWISE_GW_PORT'] || '8080';
   const port = Number(rawPort);
   if (!/^\d+$/.test(rawPort) || port > 65535)
     throw new ConfigError(`LOADWISE_GW_PORT: not a port (got ${JSON.stringify(rawPort)})`);
-  const rawHandles = env['LOADWISE_GW_ACCEPT_HANDLES'] ?? '1';
+  const rawHandles = env['LOADWISE_GW_ACCEPT_HANDLES'] || '1';
   const acceptHandles = Number(rawHandles);
   if (!/^\d+$/.test(rawHandles) || acceptHandles < 1 || acceptHandles > 64) {
     throw new ConfigError(
       `LOADWISE_GW_ACCEPT_HANDLES: not an integer 1..64 (got ${JSON.stringify(rawHandles)})`,
     );
   }
-  const rawGrace = env['LOADWISE_GW_STOP_GRACE_MS'] ?? String(STOP_GRACE_MS);
+  const rawGrace = env['LOADWISE_GW_STOP_GRACE_MS'] || String(STOP_GRACE_MS);
   const stopGraceMs = Number(rawGrace);
   if (!/^\d+$/.test(rawGrace) || stopGraceMs > 600_000) {
     throw new ConfigError(
       `LOADWISE_GW_STOP_GRACE_MS: not an integer 0..600000 (got ${JSON.stringify(rawGrace)})`,
     );
   }
-  const rawReady = env['LOADWISE_GW_READY_TIMEOUT_MS'] ?? String(READY_TIMEOUT_MS);
+  const rawReady = env['LOADWISE_GW_READY_TIMEOUT_MS'] || String(READY_TIMEOUT_MS);
   const readyTimeoutMs = Number(rawReady);
   if (!/^\d+$/.test(rawReady) || readyTimeoutMs > 600_000) {
     throw new ConfigError(
@@ -222,8 +243,23 @@ function help(): string {
   ].join('\n');
 }
 
+/**
+ * Its flags, parsed strictly: an unknown one (`--exit-with-parnt`) or a stray argument is one
+ * line and exit 2. argv.includes() ignored them, and the misspelt flag's gateway started
+ * without it.
+ */
+const FLAGS = {
+  help: { type: 'boolean', short: 'h' },
+  'exit-with-parent': { type: 'boolean' },
+} as const;
+
 async function main(): Promise<void> {
-  if (process.argv.includes('--help')) {
+  const { values: flags } = parseFlags(
+    'gateway-server',
+    FLAGS,
+    '--help lists the flag and the variables',
+  );
+  if (flags.help) {
     process.stdout.write(help());
     return;
   }
@@ -288,7 +324,13 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  if (process.argv.includes('--exit-with-parent')) {
+  // A closed terminal, or a `kill -HUP` meant as a reload (what it is for a runWorkers pool,
+  // README): without a handler SIGHUP ended the process at once, with no log line and every
+  // request in flight cut. There is no pool to reload here, so it stops as on SIGTERM, as the
+  // quick start does without --workers; a service manager's restart policy (Restart=always,
+  // Compose's restart:) then starts it again with its configuration read anew.
+  process.on('SIGHUP', () => stop('SIGHUP'));
+  if (flags['exit-with-parent']) {
     // The parent holds our stdin pipe: when it goes away (even by SIGKILL), so do we.
     process.stdin.on('end', () => stop('parent gone'));
     process.stdin.on('error', () => stop('parent gone'));

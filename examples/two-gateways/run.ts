@@ -11,6 +11,7 @@
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { startCluster } from './cluster';
 import { integerArg, parseFlags, type Usage } from '../lib/args';
+import { redactUrl } from '../lib/output';
 
 const OPTIONS = {
   port: { type: 'string', default: '8080' },
@@ -35,7 +36,8 @@ async function main(): Promise<void> {
   const brokerUrl = values.broker ?? (embedded = await startEmbeddedBroker()).url;
   const cluster = await startCluster({ brokerUrl, prefix: values.prefix, frontPort: port });
   const lines = [
-    `broker   ${brokerUrl}${embedded ? ' (embedded aedes)' : ''}, topic prefix ${values.prefix}`,
+    // Credentials in --broker are not printed (as the gateways' own log lines do).
+    `broker   ${redactUrl(brokerUrl)}${embedded ? ' (embedded aedes)' : ''}, topic prefix ${values.prefix}`,
     ...cluster.backends.map(
       (b) => `backend  ${b.id} ${b.url} (agent pid ${cluster.agents.get(b.id)!.pid})`,
     ),

@@ -3,8 +3,11 @@
  * is checked, not run: every file, build context and Dockerfile it names
  * exists; the certificates it mounts are what its own gen-certs.sh command
  * makes; every variable is a real agent or gateway option; ports, host names
- * and identities agree across the services, the Mosquitto config and its ACL.
- * The same config, certificates, agent and gateway run for real in
+ * and identities agree across the services, the Mosquitto config and its ACL;
+ * the signing keys its own gen-keys.sh command makes, read as the agents and
+ * the gateway read them (their own option parsers), let each agent's signed
+ * report pass the gateway's check (the file had no keys, and the gateway
+ * refused every report). The same config, certificates, agent and gateway run for real in
  * mosquitto.test.ts and systemd.test.ts.
  */
 import { execFileSync } from 'node:child_process';
@@ -12,8 +15,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import os from 'node:os';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { CLI_OPTIONS, envName } from '../../packages/health-agent/src/config';
-import { GATEWAY_ENV } from '../../examples/gateway-server';
+import { createDecoder, createEncoder, keyMaySign } from '@loadwise/protocol';
+import {
+  CLI_OPTIONS,
+  envName,
+  mergeSources,
+  toAgentOptions,
+} from '../../packages/health-agent/src/config';
+import { configFromEnv, GATEWAY_ENV } from '../../examples/gateway-server';
 import { EXAMPLES, MOSQUITTO_EXAMPLE, genCerts } from '../kit/example-broker';
 
 const COMPOSE_DIR = path.join(EXAMPLES, 'compose');
@@ -67,6 +76,7 @@ function hostPath(s: Service, containerPath: string): string | undefined {
 
 describe('examples/compose/compose.yaml', () => {
   let certDir: string;
+  let keyDir: string;
   let tmp: string;
 
   beforeAll(() => {
@@ -77,14 +87,39 @@ describe('examples/compose/compose.yaml', () => {
     tmp = mkdtempSync(path.join(os.tmpdir(), 'lw-compose-'));
     certDir = path.join(tmp, 'certs');
     genCerts(certDir, m[1]!.trim().split(/\s+/));
+    // And the signing keys, as its gen-keys.sh command makes them.
+    const k = /^#\s+\.\/gen-keys\.sh keys (.+)$/m.exec(header);
+    if (!k) throw new Error('compose.yaml does not say how to make ./keys');
+    keyDir = path.join(tmp, 'keys');
+    execFileSync(path.join(COMPOSE_DIR, 'gen-keys.sh'), [keyDir, ...k[1]!.trim().split(/\s+/)]);
   });
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-  /** A compose-relative path; ./certs/... is looked up in what gen-certs.sh made. */
+  /** Where a compose-relative path is here: ./certs and ./keys in what gen-certs.sh and gen-keys.sh made. */
+  function local(p: string): string {
+    for (const [dir, made] of [
+      ['certs', certDir],
+      ['keys', keyDir],
+    ] as const) {
+      const rel = path.relative(path.join(COMPOSE_DIR, dir), p);
+      if (!rel.startsWith('..')) return path.join(made, rel);
+    }
+    return p;
+  }
+
   function exists(p: string): boolean {
-    const rel = path.relative(path.join(COMPOSE_DIR, 'certs'), p);
-    if (!rel.startsWith('..')) return existsSync(path.join(certDir, rel));
-    return existsSync(p);
+    return existsSync(local(p));
+  }
+
+  /** A service's environment with every file it names mapped to where that file is here. */
+  function localEnv(s: Service): Record<string, string> {
+    const env = { ...s.environment };
+    for (const [k, v] of Object.entries(env)) {
+      if (!/_(TLS_CA|TLS_CERT|TLS_KEY|KEY_FILE|PASSWORD_FILE)$/.test(k)) continue;
+      const host = hostPath(s, v);
+      if (host !== undefined) env[k] = local(host);
+    }
+    return env;
   }
 
   it('has the broker, two backends with agent sidecars and a gateway', () => {
@@ -265,5 +300,53 @@ describe('examples/compose/compose.yaml', () => {
     );
     expect(san).toContain('DNS:mosquitto');
     expect(statSync(path.join(certDir, 'server.key')).mode & 0o004).toBe(0o004); // readable by the broker's user
+  });
+
+  it('signs every agent report with a key the gateway holds for that backend alone', () => {
+    const gateway = Object.values(services).find(isGateway)!;
+    const gatewayEnv = localEnv(gateway);
+    // Without keys the gateway counts no report (and unsigned ones are no substitute here).
+    expect(gatewayEnv['LOADWISE_GW_KEY_FILE']).toBeDefined();
+    expect(gatewayEnv['LOADWISE_GW_ALLOW_UNSIGNED'] ?? '').not.toBe('1');
+    // Read as the gateway reads it at start.
+    const keys = configFromEnv(gatewayEnv).options.keys ?? [];
+    const prefix = gatewayEnv['LOADWISE_GW_PREFIX'] || undefined;
+    const agents = Object.entries(services).filter(([, s]) => isAgent(s));
+    const backendIds = agents.map(([, s]) => s.environment!['LOADWISE_BACKEND_ID']!);
+    expect(agents).toHaveLength(2);
+    for (const [name, s] of agents) {
+      const keyFile = s.environment!['LOADWISE_KEY_FILE'];
+      expect({ name, keyFile }).toEqual({ name, keyFile: expect.any(String) });
+      // Each agent sees its own key file only, read-only.
+      const mounted = (s.volumes ?? []).filter((v) => v.startsWith('./keys'));
+      expect({ name, mounted }).toEqual({
+        name,
+        mounted: [expect.stringMatching(`:${keyFile}:ro$`)],
+      });
+      const env = localEnv(s);
+      // Read as the agent reads it at start (it refuses a key bound to another backend).
+      const key = toAgentOptions(mergeSources({}, env), { requireBroker: false }).signingKey!;
+      expect(key).toBeDefined();
+      expect(env['LOADWISE_PREFIX'] || undefined).toBe(prefix);
+      const backendId = env['LOADWISE_BACKEND_ID']!;
+      const report = createEncoder({ backendId, key, ...(prefix && { prefix }) }).status('online');
+      const decoded = createDecoder({ keys, ...(prefix && { prefix }) }).decode(
+        report.topic,
+        report.payload,
+      );
+      expect({ name, decoded }).toEqual({ name, decoded: expect.objectContaining({ ok: true }) });
+      // The gateway's copy of this agent's key signs for its backend only.
+      const held = keys.find((k) => k.keyId === key.keyId)!;
+      for (const other of backendIds)
+        expect({ name, other, may: keyMaySign(held, other) }).toEqual({
+          name,
+          other,
+          may: other === backendId,
+        });
+    }
+    // Keys and certificates stay out of the image (its build context is the repository).
+    const ignore = readFileSync(path.join(COMPOSE_DIR, 'Dockerfile.dockerignore'), 'utf8');
+    for (const dir of ['examples/compose/certs', 'examples/compose/keys'])
+      expect(ignore.split('\n')).toContain(dir);
   });
 });

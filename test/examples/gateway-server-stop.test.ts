@@ -6,6 +6,8 @@
  * lb.close() a grace of its own (twice the grace, past systemd's stop
  * timeout), served keep-alive clients without `Connection: close` meanwhile,
  * and exited before the cut requests were answered: they got a reset.
+ * SIGHUP (a closed terminal, a `kill -HUP` meant as a reload) stops it the
+ * same way: it had no handler, and ended the process at once, requests cut.
  */
 import type { ServerResponse } from 'node:http';
 import path from 'node:path';
@@ -50,6 +52,27 @@ describe('gateway-server on SIGTERM', () => {
     // The backend has it: no 503 with Retry-After, which invited the client to send it again.
     expect(r.status).toBe(502);
     expect(r.headers['x-loadwise-error']).toBe('LW_GW_CLOSED_IN_FLIGHT');
+    expect(await gateway.stop('SIGTERM', 15_000)).toEqual({ code: 0, signal: null });
+  }, 40_000);
+
+  test('SIGHUP: the same graceful stop, the request in flight finished, exit 0', async () => {
+    await gateway?.stop('SIGKILL');
+    held.clear();
+    gateway = new ManagedChild('gateway-server', process.execPath, [GATEWAY_SERVER], {
+      PATH: process.env.PATH,
+      LOADWISE_GW_BACKENDS: `api-1=${backend.url}`,
+      LOADWISE_GW_PORT: '0',
+      LOADWISE_GW_STOP_GRACE_MS: '5000',
+    });
+    const port = await waitForListening(gateway, 15_000);
+    const finishing = send(`http://127.0.0.1:${port}/hup`);
+    while (!held.has('/hup')) await new Promise((r) => setTimeout(r, 10));
+
+    gateway.signal('SIGHUP');
+    await gateway.waitForStderr(/SIGHUP: finishing in-flight requests/);
+    held.get('/hup')!.end('done');
+    const done = await finishing;
+    expect([done.status, done.body]).toEqual([200, 'done']);
     expect(await gateway.stop('SIGTERM', 15_000)).toEqual({ code: 0, signal: null });
   }, 40_000);
 });

@@ -120,6 +120,21 @@ describe('examples/systemd: unit files and environment files', () => {
     expect(seconds(one(gw, 'TimeoutStopSec')) * 1000).toBeGreaterThan(STOP_GRACE_MS + 2000);
   });
 
+  it('do not restart a configuration error (exit 2) every RestartSec', async () => {
+    for (const unit of ['loadwise-agent.service', 'loadwise-gateway.service']) {
+      const s = service(unit);
+      expect({ unit, restart: one(s, 'Restart') }).toEqual({ unit, restart: 'always' });
+      const prevent = (s.get('RestartPreventExitStatus') ?? []).flatMap((v) => v.split(/\s+/));
+      expect({ unit, prevent }).toEqual({ unit, prevent: expect.arrayContaining(['2']) });
+    }
+    // Both programs say a configuration error with exit 2 (here: nothing configured).
+    const gateway = path.join(ROOT, 'examples', 'dist', 'gateway-server.js');
+    for (const script of [AGENT_BIN, gateway]) {
+      const p = spawnScript(script, []);
+      expect({ script, code: await p.exited }).toEqual({ script, code: 2 });
+    }
+  }, 30_000);
+
   it('put the agent PID file in the unit’s RuntimeDirectory and read the shipped env files', () => {
     const agent = service('loadwise-agent.service');
     const pidFile = one(agent, 'ExecStart').split(/\s+/).at(-1)!;

@@ -1,9 +1,12 @@
 /**
  * examples/two-gateways: two gateway processes on one broker behind the
  * round-robin TCP front. Requests through the front reach both gateways;
- * an agent's report (drain, then undrain) changes routing on both.
+ * an agent's report (drain, then undrain) changes routing on both. run.js
+ * prints the broker URL without its password.
  */
 import http from 'node:http';
+import path from 'node:path';
+import { spawnScript } from '../kit/agent-cli';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import type { BalancerSnapshot } from '@loadwise/gateway-plugin';
 import { startCluster, type Cluster } from '../../examples/two-gateways/cluster';
@@ -128,3 +131,32 @@ describe('examples/two-gateways: two gateways, one broker, a round-robin front',
     expect(new Set(replies.map((r) => r.gateway))).toEqual(new Set(['gw-2']));
   }, 20_000);
 });
+
+test('run.js prints a --broker URL with its credentials masked', async () => {
+  const broker = await startEmbeddedBroker();
+  const url = new URL(broker.url);
+  url.username = 'gw';
+  url.password = 'broker-secret';
+  const run = spawnScript(path.resolve(__dirname, '../../examples/dist/two-gateways/run.js'), [
+    '--port',
+    '0',
+    '--broker',
+    url.href,
+    '--prefix',
+    'lwtest/two-gw-run',
+  ]);
+  try {
+    await eventually(
+      () => /^front /m.test(run.stdout()),
+      30_000,
+      () => `the front line (${run.stderr()})`,
+    );
+    expect(run.stdout()).toContain(`broker   mqtt://***@${url.host}, topic prefix`);
+    expect(run.stdout()).not.toContain('broker-secret');
+    run.child.kill('SIGINT');
+    expect(await run.exited).toBe(0);
+  } finally {
+    await run.kill();
+    await broker.close();
+  }
+}, 60_000);

@@ -7,11 +7,16 @@
  * of an existing gateway sees: parsed bodies arrive, each balancer hears only
  * its own agents, one status page and one metrics registry cover both,
  * WebSocket upgrades obey the app's auth and mount paths, and SIGTERM with a
- * 2 s request in flight lets it finish with 200.
+ * 2 s request in flight lets it finish with 200. Its stdout shows no token of
+ * the user's and no broker password, and a flag it cannot use (a broker URL
+ * that is not MQTT, a prefix with a space, an empty token) is one line and
+ * exit 2 before anything starts: it was a stack trace and exit 1 once four
+ * backends and agents ran.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { uniquePrefix } from '../kit/brokers';
 import { eventually } from '../kit/fleet';
 import { GATEWAY_BIN, spawnScript } from '../kit/agent-cli';
@@ -33,11 +38,15 @@ interface Started {
   exited: Promise<{ code: number | null; signal: string | null }>;
 }
 
-async function start(): Promise<Started> {
-  const args = [SCRIPT, '--port', '0', '--token', TOKEN, '--status-token', OPS];
+async function start(
+  flags: string[] = ['--token', TOKEN, '--status-token', OPS],
+  env: NodeJS.ProcessEnv = process.env,
+  broker = process.env.MQTT_URL,
+): Promise<Started> {
+  const args = [SCRIPT, '--port', '0', ...flags];
   args.push('--interval-ms', '250', '--prefix', uniquePrefix('existing'));
-  if (process.env.MQTT_URL) args.push('--broker', process.env.MQTT_URL);
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  if (broker) args.push('--broker', broker);
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   const stdout: string[] = [];
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -87,6 +96,14 @@ describe('an existing Express gateway with two services (examples/existing-gatew
   afterAll(() => {
     // On a failed assertion, leave nothing behind.
     if (gw && gw.child.pid !== undefined && alive(gw.child.pid)) gw.child.kill('SIGKILL');
+  });
+
+  it('prints placeholders for the tokens it was given, never their values', () => {
+    const out = gw.stdout.join('\n');
+    expect(out).not.toContain(TOKEN);
+    expect(out).not.toContain(OPS);
+    expect(out).toContain(`curl -H 'authorization: Bearer <app token>' ${gw.base}/api/users/hello`);
+    expect(out).toContain("-H 'x-loadwise-token: <ops token>'");
   });
 
   it('keeps the app in charge: own /health, auth, request id, and each mount path to its own backends', async () => {
@@ -248,4 +265,58 @@ describe('an existing Express gateway with two services (examples/existing-gatew
       await expect(fetch(`${b.url}/health`)).rejects.toThrow();
     }
   }, 20_000);
+});
+
+describe('existing-gateway with empty token variables and a broker URL with a password', () => {
+  test('takes LB_TOKEN= and GATEWAY_TOKEN= as unset (the built-in tokens, printed), and masks the password', async () => {
+    const broker = await startEmbeddedBroker();
+    const url = new URL(broker.url);
+    url.username = 'gw';
+    url.password = 'broker-secret';
+    const env = { ...process.env, LB_TOKEN: '', GATEWAY_TOKEN: '' };
+    let gw: Started | undefined;
+    try {
+      gw = await start([], env, url.href);
+      const out = gw.stdout.join('\n');
+      expect(out).not.toContain('broker-secret');
+      expect(out).toContain(`(broker mqtt://***@${url.host})`);
+      expect(out).toContain(
+        "-H 'authorization: Bearer app-token' -H 'x-loadwise-token: ops-token-123'",
+      );
+      // The status page takes the built-in ops token: the handlers were not given ''.
+      const res = await fetch(`${gw.base}/_lb/status`, {
+        headers: { authorization: 'Bearer app-token', 'x-loadwise-token': 'ops-token-123' },
+      });
+      expect(res.status).toBe(200);
+      gw.child.kill('SIGTERM');
+      expect(await gw.exited).toEqual({ code: 0, signal: null });
+    } finally {
+      if (gw && gw.child.pid !== undefined && alive(gw.child.pid)) gw.child.kill('SIGKILL');
+      await broker.close();
+    }
+  }, 40_000);
+});
+
+describe('existing-gateway refuses a flag it cannot use, before starting anything', () => {
+  test.each([
+    [['--broker', 'http://x'], '--broker http://x: expected mqtt://, mqtts://, ws:// or wss://'],
+    [['--broker', 'mqtt://gw:pw@['], '--broker mqtt://***@[: not a URL'],
+    [['--prefix', 'a b'], '--prefix: topic prefix "a b" must be levels of'],
+    [['--status-token', ''], '--status-token must not be empty'],
+    [['--token', ''], '--token must not be empty'],
+  ])(
+    '%j: one line, exit 2',
+    async (flags, says) => {
+      const p = spawnScript(SCRIPT, ['--port', '0', ...flags]);
+      const guard = setTimeout(() => void p.kill(), 20_000);
+      const code = await p.exited;
+      clearTimeout(guard);
+      expect(code).toBe(2);
+      expect(p.stderr()).toMatch(/^existing-gateway: [^\n]+\n$/);
+      expect(p.stderr()).toContain(says);
+      // Nothing started: no backend line.
+      expect(p.stdout()).toBe('');
+    },
+    30_000,
+  );
 });
