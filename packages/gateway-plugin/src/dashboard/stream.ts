@@ -36,7 +36,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Balancer } from '../balancer';
-import { awaitsAnswer, bytesTaken, peerOf, type Stall } from '../observability/backpressure';
+import { awaitsAnswer, peerOf, progressMark, type Stall } from '../observability/backpressure';
 import type { EventRing } from './event-ring';
 import {
   BackendPicker,
@@ -137,7 +137,9 @@ export class DashboardStream {
   private stepping: NodeJS.Immediate | undefined;
   /** Each viewer's first message size: its bound on unread bytes counts from it. */
   private readonly allowance = new WeakMap<ServerResponse, number>();
-  /** A viewer with bytes unsent: what its socket had taken when last seen to take more, and when. */
+  /** Viewers seen with nothing unsent since their first message: the stall cut applies to them. */
+  private readonly caughtUp = new WeakSet<ServerResponse>();
+  /** A viewer with bytes unsent: its socket's progress mark when last seen to move, and when. */
   private readonly progress = new WeakMap<ServerResponse, { taken: number; sinceMs: number }>();
 
   constructor(
@@ -324,15 +326,22 @@ export class DashboardStream {
 
   /**
    * Cuts `res`, and says so, when it has bytes unsent and its socket has taken none for
-   * the stall timeout (checked at each tick, so within an interval of it). A viewer that
-   * reads, however slowly, or has nothing unsent, is not stalled.
+   * the stall timeout (checked at each tick, so within an interval of it), once it has
+   * caught up with its first message. A viewer with nothing unsent is not stalled.
    */
   private stalled(res: ServerResponse, nowMs: number): boolean {
-    const taken = res.writableLength > 0 ? bytesTaken(res) : undefined;
+    const taken = res.writableLength > 0 ? progressMark(res) : undefined;
     if (taken === undefined) {
       this.progress.delete(res);
+      if (!this.joining.has(res)) this.caughtUp.add(res);
       return false;
     }
+    // Still taking its first message (its history: up to 64 MB): the kernel's send buffer,
+    // megabytes, takes more only once a good part of it has drained, so a viewer reading
+    // 200 KB/s through a small receive buffer showed no progress for seconds at a time and
+    // was cut, again at each reconnect, and never saw the page. Until it has caught up once,
+    // only the byte bounds apply.
+    if (!this.caughtUp.has(res)) return false;
     const seen = this.progress.get(res);
     if (seen === undefined || seen.taken !== taken) {
       this.progress.set(res, { taken, sinceMs: nowMs });

@@ -97,6 +97,24 @@ function closeWithConnection(req: IncomingMessage, res: ServerResponse): void {
   res.once('socket', () => queuedOn.get(socket)?.delete(res));
 }
 
+/**
+ * A mark that moves whenever the kernel takes bytes of `res`'s socket; undefined without
+ * one. bytesTaken moves only when a whole write completes, and a write is as large as what
+ * queued behind the one before (a dashboard viewer's first message: up to 1 MiB): a viewer
+ * reading 200 KB/s through a small receive buffer showed no progress for seconds at a
+ * time and was cut as stalled. libuv's queue of the write in progress
+ * (`writeQueueSize`, what Node's own socket timeout watches) shrinks as the kernel takes
+ * its bytes.
+ */
+export function progressMark(res: ServerResponse): number | undefined {
+  const taken = bytesTaken(res);
+  if (taken === undefined) return undefined;
+  const queued = (res.socket as { _handle?: { writeQueueSize?: number } | null } | null)?._handle
+    ?.writeQueueSize;
+  // A write completing moves `taken` up by its size as `queued` falls to 0: the mark moves.
+  return taken - (typeof queued === 'number' ? queued : 0);
+}
+
 /** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
 export function bytesTaken(res: ServerResponse): number | undefined {
   const socket = res.socket;
