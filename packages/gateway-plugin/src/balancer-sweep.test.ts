@@ -152,6 +152,30 @@ describe("a stale report's verdict", () => {
       await r.lb.close();
     }
   });
+
+  it('holds while its agent is expected to speak again: a report a minute keeps a down backend out', async () => {
+    const r = rig(['a', 'b']);
+    try {
+      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const down = { ...calm, intervalMs: 60_000, health: { verdict: 'down' as const } };
+      // Stale after 30 s (maxStaleAfterMs), but the next report is due only at 60 s: the
+      // verdict lapsed between every two reports, and the backend flapped in and out.
+      for (let minute = 0; minute < 3; minute++) {
+        r.clock.t = T0 + minute * 60_000;
+        const m = agent.metrics(down);
+        r.lb.receive(m.topic, Buffer.from(m.payload), false);
+        for (const s of [10_000, 31_000, 59_000]) {
+          r.sweepAt(minute * 60_000 + s);
+          expect(r.lb.registry.eligible.map((b) => b.id)).toEqual(['b']);
+        }
+      }
+      // Three of its intervals without a report: the verdict lapses.
+      r.sweepAt(2 * 60_000 + 181_000);
+      expect(r.lb.registry.eligible.map((b) => b.id)).toEqual(['a', 'b']);
+    } finally {
+      await r.lb.close();
+    }
+  });
 });
 
 describe('forgetting discovered backends', () => {

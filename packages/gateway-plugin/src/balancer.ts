@@ -1130,13 +1130,13 @@ export class Balancer implements BalancerHandle, FlowHost {
     const nowMs = this.now();
     this.namedServers?.refresh();
     const stale = this.registry.sweepFreshness(nowMs);
-    // A stale report's verdict no longer speaks (docs/gateway.md, "Which backends are
-    // eligible"): with active checks, the first full check that passes takes it back
-    // (active-checker.ts record); without them, local signals alone decide from now on.
+    // A lapsed verdict no longer speaks (Backend.verdictLapsed; docs/gateway.md, "Which
+    // backends are eligible"): with active checks, healthyThreshold full checks that pass
+    // take it back (active-checker.ts record); without them, local signals alone decide.
     if (!this.checker) {
       let cleared = false;
-      for (const b of stale) {
-        if (!b.verdictDown) continue;
+      for (const b of this.registry.backends.values()) {
+        if (!b.verdictDown || !b.verdictLapsed(nowMs)) continue;
         b.verdictDown = false;
         cleared = true;
       }

@@ -218,6 +218,33 @@ describe('ActiveChecker', () => {
     checker.close();
   });
 
+  it("a lapsed verdict needs healthyThreshold full passes: the fresh report's path checks do not count", () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
+    const full: boolean[] = [];
+    const answers = [true, false];
+    jest.spyOn(checker, 'check').mockImplementation((_b, done, pathOnly) => {
+      // Path checks (any answer passes one, a 503 too) while the report is fresh; then a
+      // flapping service: one full check passes, the next fails.
+      if (pathOnly) return done(true);
+      const ok = answers[full.length % answers.length]!;
+      full.push(ok);
+      done(ok);
+    });
+    checker.watch(a);
+    for (let i = 0; i < 3; i++) {
+      freshReport(f, 'a', 'down');
+      jest.advanceTimersByTime(1000);
+    }
+    // The report lapses: full checks, pass, fail, pass, fail... never two in a row.
+    jest.advanceTimersByTime(8_000);
+    expect(full.length).toBeGreaterThan(3);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    checker.close();
+  });
+
   it('a fresh down verdict is not undone by checks from here: the agent speaks for the service', () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);

@@ -190,23 +190,29 @@ export class ActiveChecker {
     if (ok) {
       backend.checkFailures = 0;
       backend.checkPasses++;
-      if (backend.checkPasses < this.config.healthyThreshold) return;
+      if (!byPath) backend.fullPassesSinceVerdict++;
       let up = false;
-      if (backend.checkDown) {
+      if (backend.checkDown && backend.checkPasses >= this.config.healthyThreshold) {
         backend.checkDown = false;
         backend.checkDownByPath = false;
         up = true;
       }
-      // The last verdict of a report gone stale (its agent lost, or the broker away) said
-      // down: this gateway's own full check speaks for the service now. Kept, it held a
-      // backend that came back healthy out of rotation for as long as no report came (34 s
-      // of a broker outage, for good after its agent's Last Will).
-      if (!byPath && backend.verdictDown && !backend.load.hasFreshReport(this.now())) {
+      // The agent's last verdict said down and no longer speaks (verdictLapsed: its agent
+      // lost, or no report for three of its intervals): this gateway's own full checks
+      // speak for the service now. Kept, it held a backend that came back healthy out of
+      // rotation for as long as no report came (34 s of a broker outage, for good after
+      // its agent's Last Will).
+      if (
+        backend.verdictDown &&
+        backend.fullPassesSinceVerdict >= this.config.healthyThreshold &&
+        backend.verdictLapsed(this.now())
+      ) {
         backend.verdictDown = false;
         up = true;
       }
       if (up) this.registry.recompute(); // re-entering the eligible set starts slow start
     } else {
+      backend.fullPassesSinceVerdict = 0;
       backend.checkPasses = 0;
       backend.checkFailures++;
       // The cause while it is down: the one that took it out, then the latest.

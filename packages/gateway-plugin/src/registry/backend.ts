@@ -19,6 +19,9 @@ import type { Endpoint } from '../strategies/types';
 import { createPoolAgent, type StrayBytesHandler } from './pool-agent';
 import { backendLookup, type ConnectLookup } from './dns-cache';
 
+/** Intervals of its own without a report after which an agent's `down` verdict lapses (verdictLapsed). */
+const VERDICT_INTERVALS = 3;
+
 /** What a backend is, for routing: derived from the flags below. */
 export type BackendCondition = 'up' | 'down' | 'ejected' | 'draining';
 
@@ -52,8 +55,15 @@ export class Backend {
   agentState: AgentState = 'online';
   /** The agent's Last Will arrived: metrics go stale, the backend stays routable. */
   agentLost = false;
-  /** The agent's health verdict is `down`. */
+  /** The agent's health verdict is `down` (verdictLapsed: when it no longer speaks). */
   verdictDown = false;
+  /**
+   * Full checks passed in a row since `verdictDown` was last reported: a lapsed verdict
+   * ends at `healthyThreshold` of them (health/active-checker.ts). Not `checkPasses`, which
+   * counts the path checks made while the report was fresh too (any answer passes one,
+   * a 503 as well), and one lucky full check then brought a flapping service back.
+   */
+  fullPassesSinceVerdict = 0;
   /** Active health check: consecutive results and the resulting verdict. */
   checkDown = false;
   /** `checkDown` came from path checks (no answer at all), not from a full check's status. */
@@ -198,6 +208,20 @@ export class Backend {
     if (this.ejectionTimer) clearTimeout(this.ejectionTimer);
     this.ejectionTimer = undefined;
     this.ejectedUntilMs = undefined;
+  }
+
+  /**
+   * The agent's last verdict no longer speaks for the service: its report is stale, and
+   * its agent is lost (a Last Will) or no report has come for VERDICT_INTERVALS of its own
+   * intervals. Not the freshness limit alone, which is capped (`maxStaleAfterMs`, 30 s):
+   * an agent reporting once a minute had its `down` lapse between every two reports, the
+   * backend in rotation half the time.
+   */
+  verdictLapsed(nowMs: number): boolean {
+    if (this.load.hasFreshReport(nowMs)) return false;
+    if (this.agentLost) return true;
+    const age = this.load.reportAgeMs(nowMs);
+    return age === undefined || age > VERDICT_INTERVALS * (this.lastReport?.intervalMs ?? 0);
   }
 
   /** A health exclusion: panic mode may still route to it. */

@@ -154,6 +154,7 @@ export class Registry {
     backend.agentLost = false;
     backend.agentState = report.state;
     backend.verdictDown = report.health.verdict === 'down';
+    if (backend.verdictDown) backend.fullPassesSinceVerdict = 0;
     if (wasOut !== (backend.drainingOrOffline || backend.verdictDown)) this.recompute();
     else if (backend.conditionNow() !== backend.condition) this.recompute();
   }
