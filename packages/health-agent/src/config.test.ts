@@ -500,6 +500,17 @@ describe('config sources', () => {
       expect(
         password(mergeSources({ broker: `mqtt://u:${PW}@h` }, { LOADWISE_PASSWORD_FILE: pf })),
       ).toEqual({ url: `mqtt://u:${PW}@h`, password: undefined });
+      // With a username given too, the URL loses its user with its password: mqtt.js sends
+      // the URL's user whatever --username says (alice's name with bob's password).
+      const apart = mergeSources(
+        { username: 'bob', password: PW },
+        { LOADWISE_BROKER: 'mqtt://alice:old@h:1883' },
+      );
+      expect([apart['broker'], apart['username'], apart['password']]).toEqual([
+        'mqtt://h:1883',
+        'bob',
+        PW,
+      ]);
       // A variable over the config file.
       const config = file('cfg-pw.json', JSON.stringify({ passwordFile: pf }));
       expect(password(mergeSources({ config }, { LOADWISE_PASSWORD: PW }))).toEqual({

@@ -535,7 +535,8 @@ function urlPassword(url: unknown): string {
  * (mqtt.js takes the URL's over the others). Each row merged on its own, so two of them
  * given at once both reached the options and one won without a word: the file over the
  * flag, the URL over both. The one from the highest level wins, as flag > environment >
- * file does for one option; the others are dropped (a URL loses only its password). Two at
+ * file does for one option; the others are dropped (a URL loses its password, and its user
+ * when a username is given apart). Two at
  * the highest level are refused, naming both places and never the value.
  */
 function onePassword(out: RawConfig, origins: Map<string, Origin>): void {
@@ -566,6 +567,9 @@ function onePassword(out: RawConfig, origins: Map<string, Origin>): void {
     }
     const u = new URL(out['broker'] as string);
     u.password = '';
+    // mqtt.js takes the URL's user over --username too: kept beside the winning password
+    // of another user, it sent alice's name with bob's password.
+    if (out['username'] !== undefined) u.username = '';
     out['broker'] = u.toString();
   }
 }
