@@ -122,8 +122,11 @@ function checkBrokerAndPrefix(broker: string | undefined, prefix: string): void 
       // not a URL: said below
     }
     if (scheme === undefined) refuse(`--broker ${redactUrl(broker)}: not a URL`);
-    if (!['mqtt:', 'mqtts:', 'ws:', 'wss:'].includes(scheme))
-      refuse(`--broker ${redactUrl(broker)}: expected mqtt://, mqtts://, ws:// or wss://`);
+    // What loadBalance() takes (tcp:// and ssl:// are mqtt.js's names for mqtt:// and mqtts://).
+    if (!['mqtt:', 'mqtts:', 'ws:', 'wss:', 'tcp:', 'ssl:'].includes(scheme))
+      refuse(
+        `--broker ${redactUrl(broker)}: expected mqtt://, mqtts://, ws://, wss://, tcp:// or ssl://`,
+      );
   }
   try {
     assertValidPrefix(prefix);

@@ -30,6 +30,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { brokerUrlNamesUser, GATEWAY_ENV_PREFIX, parseKeyFile } from '@loadwise/protocol';
 import { parseFlags } from './lib/args';
+import { onLostOutput } from './lib/output';
 import { readStartFile } from './lib/read-file';
 
 /**
@@ -254,6 +255,9 @@ const FLAGS = {
 } as const;
 
 async function main(): Promise<void> {
+  // A server goes on without its output: a closed terminal (SIGHUP) made the stop's own
+  // log line an uncaught write error, and the requests in flight were cut after all.
+  onLostOutput(() => undefined);
   const { values: flags } = parseFlags(
     'gateway-server',
     FLAGS,

@@ -27,16 +27,30 @@ if command -v git >/dev/null 2>&1 && git -C "$out" rev-parse --is-inside-work-tr
   echo "$0: $out is inside a git work tree that does not ignore it: name it keys (examples/compose/.gitignore), or write outside the work tree" >&2
   exit 2
 fi
-tmp=$out/gateway.keys.tmp
-: > "$tmp"
+# Every id first, then every file: a bad id half way through left the first agents' keys
+# rewritten and gateway.keys not, and their reports were refused after a restart. The key
+# id is agent-<backend>, and key ids are [A-Za-z0-9._-], at most 64 (backend ids also take
+# `:` and `@`, which a key id cannot carry).
+seen=' '
 for backend in "$@"; do
-  case $backend in
-    *[!A-Za-z0-9._:@-]* | '') echo "$0: \"$backend\" is not a backend id" >&2; rm -f "$tmp"; exit 2 ;;
+  if ! printf '%s' "$backend" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,57}$'; then
+    echo "$0: \"$backend\": give backend ids of letters, digits, '.', '_' and '-', at most 58, starting with a letter or digit (its key id is agent-<id>)" >&2
+    exit 2
+  fi
+  case $seen in
+    *" $backend "*) echo "$0: \"$backend\" is given twice" >&2; exit 2 ;;
   esac
-  line="agent-$backend $(openssl rand -base64 32) $backend"
-  printf '%s\n' "$line" > "$out/agent-$backend.key"
-  chmod 0644 "$out/agent-$backend.key"
-  printf '%s\n' "$line" >> "$tmp"
+  seen="$seen$backend "
 done
-chmod 0644 "$tmp"
-mv "$tmp" "$out/gateway.keys"
+: > "$out/gateway.keys.tmp"
+for backend in "$@"; do
+  line="agent-$backend $(openssl rand -base64 32) $backend"
+  printf '%s\n' "$line" > "$out/agent-$backend.key.tmp"
+  printf '%s\n' "$line" >> "$out/gateway.keys.tmp"
+done
+for backend in "$@"; do
+  chmod 0644 "$out/agent-$backend.key.tmp"
+  mv "$out/agent-$backend.key.tmp" "$out/agent-$backend.key"
+done
+chmod 0644 "$out/gateway.keys.tmp"
+mv "$out/gateway.keys.tmp" "$out/gateway.keys"

@@ -10,7 +10,7 @@
  * refused every report). The same config, certificates, agent and gateway run for real in
  * mosquitto.test.ts and systemd.test.ts.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -349,4 +349,26 @@ describe('examples/compose/compose.yaml', () => {
     for (const dir of ['examples/compose/certs', 'examples/compose/keys'])
       expect(ignore.split('\n')).toContain(dir);
   });
+});
+
+it('gen-keys.sh refuses ids its keys cannot carry, before rewriting any key', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'lw-keys-'));
+  try {
+    const gen = (...ids: string[]) =>
+      spawnSync(path.join(COMPOSE_DIR, 'gen-keys.sh'), [dir, ...ids], { encoding: 'utf8' });
+    expect(gen('api-1', 'api-2').status).toBe(0);
+    const before = readFileSync(path.join(dir, 'agent-api-1.key'), 'utf8');
+    // A key id is agent-<backend> of [A-Za-z0-9._-]: `db:1` and a repeated id made keys
+    // neither parser takes, and a bad id half way through had rewritten api-1's key but not
+    // gateway.keys (api-1's reports refused after a restart).
+    for (const ids of [['api-1', 'db:1'], ['api-1', 'api-1'], ['.hidden']]) {
+      const r = gen(...ids);
+      expect({ ids, status: r.status }).toEqual({ ids, status: 2 });
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    }
+    expect(readFileSync(path.join(dir, 'agent-api-1.key'), 'utf8')).toBe(before);
+    expect(readFileSync(path.join(dir, 'gateway.keys'), 'utf8')).toContain(before.trim());
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
