@@ -299,7 +299,10 @@ describe('existing-gateway with empty token variables and a broker URL with a pa
 
 describe('existing-gateway refuses a flag it cannot use, before starting anything', () => {
   test.each([
-    [['--broker', 'http://x'], '--broker http://x: expected mqtt://, mqtts://, ws://, wss://, tcp:// or ssl://'],
+    [
+      ['--broker', 'http://x'],
+      '--broker http://x: expected mqtt://, mqtts://, ws://, wss://, tcp:// or ssl://',
+    ],
     [['--broker', 'mqtt://gw:pw@['], '--broker mqtt://***@[: not a URL'],
     [['--prefix', 'a b'], '--prefix: topic prefix "a b" must be levels of'],
     [['--status-token', ''], '--status-token must not be empty'],
