@@ -179,10 +179,15 @@ describe('ActiveChecker', () => {
   }
 
   /** A fresh signed report for `id` in the fleet's registry. */
-  function freshReport(fl: Fleet, id: string, verdict: 'up' | 'down' = 'up'): void {
+  function freshReport(
+    fl: Fleet,
+    id: string,
+    verdict: 'up' | 'down' = 'up',
+    intervalMs = 1000,
+  ): void {
     const b = fl.backends.find((x) => x.id === id)!;
     const m = createEncoder({ backendId: id, now: () => Date.now() }).metrics({
-      intervalMs: 1000,
+      intervalMs,
       state: 'online',
       host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1 },
       health: { verdict },
@@ -215,6 +220,53 @@ describe('ActiveChecker', () => {
     jest.advanceTimersByTime(2_000);
     expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c']);
     expect(f.seen.at(-1)).toEqual(['backend-up', { id: 'a' }]);
+    checker.close();
+  });
+
+  it("a down verdict holds for three of its agent's intervals (five minutes at most), checks passing or not", () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
+    jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    checker.watch(a);
+    // An agent reporting once a minute: stale after 30 s (maxStaleAfterMs), and the full
+    // checks from then on pass; its down still speaks until three of its intervals passed.
+    freshReport(f, 'a', 'down', 60_000);
+    jest.advanceTimersByTime(179_000);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    jest.advanceTimersByTime(3_000);
+    expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c']);
+    // An hour's interval (the agent's largest) is held five minutes, not three hours.
+    freshReport(f, 'a', 'down', 3_600_000);
+    jest.advanceTimersByTime(299_000);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    jest.advanceTimersByTime(3_000);
+    expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c']);
+    checker.close();
+  });
+
+  it('a down verdict lapses once its report is stale when its agent is lost (a Last Will)', () => {
+    jest.useFakeTimers({ now: 1_700_000_000_000 });
+    f = fleet(['a', 'b', 'c']);
+    const checker = fakeClockChecker(f);
+    const a = f.backends[0]!;
+    jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    checker.watch(a);
+    const agent = createEncoder({ backendId: 'a', now: () => Date.now() });
+    const body = {
+      intervalMs: 60_000,
+      state: 'online' as const,
+      host: { cpuUtilization: 0.1, memoryUtilization: 0.1, memoryAvailableBytes: 1 },
+      health: { verdict: 'down' as const },
+    };
+    f.registry.applyMessage(a, agent.metrics(body).message, Date.now());
+    f.registry.applyMessage(a, agent.status('offline', { will: true }).message, Date.now());
+    // Stale at 30 s; the agent died, so its verdict speaks no more, and a check passes.
+    jest.advanceTimersByTime(29_000);
+    expect(eligibleIds(f.registry)).toEqual(['b', 'c']);
+    jest.advanceTimersByTime(3_000);
+    expect(eligibleIds(f.registry)).toEqual(['a', 'b', 'c']);
     checker.close();
   });
 

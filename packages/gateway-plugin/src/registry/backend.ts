@@ -21,6 +21,13 @@ import { backendLookup, type ConnectLookup } from './dns-cache';
 
 /** Intervals of its own without a report after which an agent's `down` verdict lapses (verdictLapsed). */
 const VERDICT_INTERVALS = 3;
+/**
+ * And at most this long: an interval is the agent's word (the protocol bounds none, the
+ * agent takes up to an hour), and a verdict held for three of them kept a backend out for
+ * 3 hours, or for good with a forged interval. Five minutes covers agents reporting every
+ * 100 s; the freshness limit is capped the same way (staleAfterFor, maxStaleAfterMs).
+ */
+const MAX_VERDICT_HOLD_MS = 300_000;
 
 /** What a backend is, for routing: derived from the flags below. */
 export type BackendCondition = 'up' | 'down' | 'ejected' | 'draining';
@@ -213,7 +220,7 @@ export class Backend {
   /**
    * The agent's last verdict no longer speaks for the service: its report is stale, and
    * its agent is lost (a Last Will) or no report has come for VERDICT_INTERVALS of its own
-   * intervals. Not the freshness limit alone, which is capped (`maxStaleAfterMs`, 30 s):
+   * intervals (MAX_VERDICT_HOLD_MS at most). Not the freshness limit alone, which is capped (`maxStaleAfterMs`, 30 s):
    * an agent reporting once a minute had its `down` lapse between every two reports, the
    * backend in rotation half the time.
    */
@@ -221,7 +228,11 @@ export class Backend {
     if (this.load.hasFreshReport(nowMs)) return false;
     if (this.agentLost) return true;
     const age = this.load.reportAgeMs(nowMs);
-    return age === undefined || age > VERDICT_INTERVALS * (this.lastReport?.intervalMs ?? 0);
+    const hold = Math.min(
+      VERDICT_INTERVALS * (this.lastReport?.intervalMs ?? 0),
+      MAX_VERDICT_HOLD_MS,
+    );
+    return age === undefined || age > hold;
   }
 
   /** A health exclusion: panic mode may still route to it. */
