@@ -511,6 +511,22 @@ describe('config sources', () => {
         'bob',
         PW,
       ]);
+      // A username of a lower level than the URL's does not take the URL's user away: the
+      // config file's bob beside LOADWISE_BROKER's alice gave bob.
+      const cfg = file('cfg-user.json', JSON.stringify({ username: 'bob' }));
+      const lower = mergeSources(
+        { password: PW, config: cfg },
+        { LOADWISE_BROKER: 'mqtt://alice:old@h:1883' },
+      );
+      expect([lower['broker'], lower['username']]).toEqual(['mqtt://alice@h:1883', undefined]);
+      // Two users at one level: refused, as two passwords are.
+      expect(
+        codeOf(() =>
+          mergeSources({}, { LOADWISE_BROKER: 'mqtt://alice@h', LOADWISE_USERNAME: 'carol' }),
+        ).message,
+      ).toBe(
+        'LW_AGENT_INVALID_OPTION: --username: give the broker user once: the URL of LOADWISE_BROKER and LOADWISE_USERNAME both give one',
+      );
       // A variable over the config file.
       const config = file('cfg-pw.json', JSON.stringify({ passwordFile: pf }));
       expect(password(mergeSources({ config }, { LOADWISE_PASSWORD: PW }))).toEqual({

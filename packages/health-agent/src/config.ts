@@ -518,6 +518,7 @@ export function mergeSources(flags: Record<string, unknown>, env: NodeJS.Process
     }
   }
   onePassword(out, origins);
+  oneUser(out, origins);
   return out;
 }
 
@@ -568,10 +569,39 @@ function onePassword(out: RawConfig, origins: Map<string, Origin>): void {
     const u = new URL(out['broker'] as string);
     u.password = '';
     // mqtt.js takes the URL's user over --username too: kept beside the winning password
-    // of another user, it sent alice's name with bob's password.
-    if (out['username'] !== undefined) u.username = '';
+    // of another user, it sent alice's name with bob's password. The user of the higher
+    // level goes with it (oneUser refuses two at one level).
+    const user = origins.get('username');
+    if (user !== undefined && out['username'] !== undefined) {
+      if (user.level >= origins.get('broker')!.level) u.username = '';
+      else delete out['username'];
+    }
     out['broker'] = u.toString();
   }
+}
+
+/**
+ * One broker user: the URL's (`mqtt://alice@host`) and another --username at one level
+ * are refused, naming both (mqtt.js took the URL's without a word); the password's rule
+ * (onePassword) settles them across levels when a password of another place wins.
+ */
+function oneUser(out: RawConfig, origins: Map<string, Origin>): void {
+  const url = origins.get('broker');
+  const user = origins.get('username');
+  if (url === undefined || user === undefined || out['username'] === undefined) return;
+  let urlUser = '';
+  try {
+    urlUser = typeof out['broker'] === 'string' ? new URL(out['broker']).username : '';
+  } catch {
+    return;
+  }
+  if (urlUser === '' || url.level !== user.level) return;
+  // The same user twice is no conflict.
+  if (decodeURIComponent(urlUser) === String(out['username'])) return;
+  throw invalidOption(
+    '--username',
+    `give the broker user once: the URL of ${url.name} and ${user.name} both give one`,
+  );
 }
 
 /**
