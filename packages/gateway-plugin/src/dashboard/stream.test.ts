@@ -5,7 +5,7 @@
  * marker; a viewer that stops reading is dropped.
  */
 import { loadBalance, type LoadBalancerMiddleware } from '../load-balance';
-import type { InitMessage } from './stream';
+import { STREAM_LIFETIME_MS, type InitMessage } from './stream';
 import { dashboardOf } from '../internals';
 import { openViewer } from './test-stream';
 
@@ -114,4 +114,29 @@ it("counts a viewer's unread bytes from its first message, however large", () =>
   v.writableLength = first + 1024 * 1024 + 1;
   jest.advanceTimersByTime(1000);
   expect(v.destroyed).toBe(true);
+});
+
+it('ends each stream after STREAM_LIFETIME_MS, and samples on while its browser reconnects', () => {
+  // A frozen browser on a small fleet was never cut: the kernel took its 2 KB ticks for
+  // tens of minutes. Now its stream ends; a live browser reconnects RECONNECT_MS later.
+  const stream = dashboardOf(lb)!.stream;
+  const a = openViewer(lb);
+  jest.advanceTimersByTime(STREAM_LIFETIME_MS - 1000);
+  expect(a.ended).toBe(false);
+  jest.advanceTimersByTime(1000);
+  expect([a.ended, a.destroyed, stream.viewerCount]).toEqual([true, false, 0]);
+  // The sampling goes on for the reconnect: no gap in the history.
+  expect(stream.sampling).toBe(true);
+  jest.advanceTimersByTime(3000);
+  const b = openViewer(lb);
+  const init = JSON.parse(b.events('init')[0]!) as InitMessage;
+  expect(init.history.some((p) => p.gap === true)).toBe(false);
+  // One that has not read what it was sent is cut, not ended behind its unread bytes.
+  b.reading = false;
+  b.write('x');
+  jest.advanceTimersByTime(STREAM_LIFETIME_MS);
+  expect([b.destroyed, b.ended]).toEqual([true, false]);
+  // Nobody back: the timer stops once the linger is over.
+  jest.advanceTimersByTime(7000);
+  expect(stream.sampling).toBe(false);
 });

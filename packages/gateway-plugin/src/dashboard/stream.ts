@@ -57,6 +57,15 @@ const MAX_BUFFERED_BYTES = 1024 * 1024;
 /** How long a browser waits before reconnecting after the stream ends (the SSE `retry:` field). */
 const RECONNECT_MS = 3000;
 /**
+ * A stream ends after this long; its browser reconnects RECONNECT_MS later and gets a new
+ * first message. A frozen one (a suspended laptop, a tab the browser stopped) does not,
+ * and its place is free: the kernel's send buffer (about 4 MB on Linux) takes a zero-window
+ * viewer's ticks for tens of minutes on a small fleet (2 KB a tick) before any stay unsent
+ * in the gateway, so neither the stall cut nor the byte bounds reached one before (about
+ * 38 minutes measured, holding one of `maxViewers` places).
+ */
+export const STREAM_LIFETIME_MS = 600_000;
+/**
  * Numbers of the history serialised per turn of the event loop for a new
  * viewer: a few ms of JSON.stringify (20 points of 100 backends). A small
  * history (up to this many numbers: 10 minutes of 3 backends) is written at
@@ -137,6 +146,13 @@ export class DashboardStream {
   private stepping: NodeJS.Immediate | undefined;
   /** Each viewer's first message size: its bound on unread bytes counts from it. */
   private readonly allowance = new WeakMap<ServerResponse, number>();
+  /** When each viewer's stream ends (STREAM_LIFETIME_MS after it opened). */
+  private readonly endsAt = new WeakMap<ServerResponse, number>();
+  /**
+   * The sampling goes on until then with nobody watching: a stream ended for its lifetime
+   * reconnects within RECONNECT_MS, and the history would otherwise have a gap each time.
+   */
+  private lingerUntilMs = -Infinity;
   /** Viewers seen with nothing unsent since their first message: the stall cut applies to them. */
   private readonly caughtUp = new WeakSet<ServerResponse>();
   /** A viewer with bytes unsent: its socket's progress mark when last seen to move, and when. */
@@ -200,6 +216,7 @@ export class DashboardStream {
     });
     req.socket.setNoDelay(true);
     this.viewers.add(res);
+    this.endsAt.set(res, performance.now() + STREAM_LIFETIME_MS);
     const leave = (): void => this.leave(res);
     res.on('close', leave);
     res.on('error', leave);
@@ -285,11 +302,28 @@ export class DashboardStream {
   private leave(res: ServerResponse): void {
     this.joining.delete(res);
     if (!this.viewers.delete(res)) return;
-    if (this.viewers.size === 0) {
-      this.stop();
-      // Nobody to send it to until the next viewer, who may come in an hour.
-      this.historyJson = undefined;
-    }
+    if (this.viewers.size === 0 && performance.now() >= this.lingerUntilMs) this.idle();
+  }
+
+  /** Nobody watches: the timer stops, and the history's serialisation is let go. */
+  private idle(): void {
+    this.stop();
+    // Nobody to send it to until the next viewer, who may come in an hour.
+    this.historyJson = undefined;
+  }
+
+  /**
+   * Ends the stream of a viewer whose lifetime is over: gracefully when it has read what it
+   * was sent (its browser reconnects), cut when it has not (it may be frozen: end() would
+   * wait behind what it has not read).
+   */
+  private expire(res: ServerResponse, nowMs: number): boolean {
+    if (nowMs < (this.endsAt.get(res) ?? Infinity)) return false;
+    this.lingerUntilMs = nowMs + 2 * RECONNECT_MS;
+    if (res.writableLength > 0) res.destroy();
+    else res.end();
+    this.leave(res);
+    return true;
   }
 
   private tick(): void {
@@ -297,12 +331,20 @@ export class DashboardStream {
     const point = pointOf(frame);
     this.remember(point);
     this.noteSheds(frame.shed);
+    const nowMs = performance.now();
+    if (this.viewers.size === 0) {
+      // Lingering after streams ended for their lifetime: the point is kept (a new first
+      // message carries the events), and once the linger is over with nobody back, the
+      // timer stops.
+      this.sentSeq = this.ring.seq;
+      if (nowMs >= this.lingerUntilMs) this.idle();
+      return;
+    }
     const events = this.ring.since(this.sentSeq);
     this.sentSeq = this.ring.seq;
     const message = `event: tick\ndata: ${JSON.stringify({ frame, point, events })}\n\n`;
-    const nowMs = performance.now();
     for (const res of this.viewers) {
-      if (this.stalled(res, nowMs)) continue;
+      if (this.stalled(res, nowMs) || this.expire(res, nowMs)) continue;
       // Its history ends before this point: the tick follows the first message.
       const j = this.joining.get(res);
       if (j === undefined) {
