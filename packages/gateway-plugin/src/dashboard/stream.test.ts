@@ -34,12 +34,13 @@ afterEach(async () => {
 
 it('runs one timer for all viewers, only while someone watches', () => {
   const stream = dashboardOf(lb)!.stream;
-  // The balancer's own: its freshness sweep and its event-loop lateness read (load/loop-delay.ts).
-  expect(jest.getTimerCount()).toBe(2);
+  // The balancer's own: its freshness sweep, and its event-loop lateness read and stall
+  // tick (load/loop-delay.ts).
+  expect(jest.getTimerCount()).toBe(3);
   const a = openViewer(lb);
   const b = openViewer(lb);
   expect(stream.sampling).toBe(true);
-  expect(jest.getTimerCount()).toBe(3);
+  expect(jest.getTimerCount()).toBe(4);
   jest.advanceTimersByTime(3000);
   expect(a.events('tick')).toHaveLength(3);
   // The same serialised message to every viewer.
@@ -48,7 +49,7 @@ it('runs one timer for all viewers, only while someone watches', () => {
   expect(stream.sampling).toBe(true);
   b.end();
   expect(stream.sampling).toBe(false);
-  expect(jest.getTimerCount()).toBe(2);
+  expect(jest.getTimerCount()).toBe(3);
 });
 
 it('keeps historySec of points between viewers, with a gap marker where nobody watched', () => {

@@ -19,10 +19,17 @@
  * acquireLoopDelay() / releaseLoopDelay().
  */
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { monotonicNow } from '../clock';
 
 const RESOLUTION_MS = 10;
 const READ_EVERY_MS = 500;
 const WINDOWS = 4;
+/** The stall timer's period (stalledMs). */
+const STALL_TICK_MS = 50;
+/** Two ticks this much further apart than STALL_TICK_MS: the loop stood still between them. */
+const MIN_STALL_MS = 50;
+/** Stalls remembered: far more than fit in a request's time. */
+const STALLS = 32;
 
 export class LoopDelay {
   /** Mean event-loop lateness, ms: the largest of the last WINDOWS reads. */
@@ -31,12 +38,56 @@ export class LoopDelay {
   private readonly timer: NodeJS.Timeout;
   private readonly reads = new Float64Array(WINDOWS);
   private next = 0;
+  /** The loop's recent stalls, [start, end) on the gateway's clock (clock.ts). */
+  private readonly stallStarts = new Float64Array(STALLS);
+  private readonly stallEnds = new Float64Array(STALLS);
+  private nextStall = 0;
+  private lastTickMs = monotonicNow();
+  private readonly stallTimer: NodeJS.Timeout;
 
   constructor() {
     this.histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
     this.histogram.enable();
     this.timer = setInterval(() => this.read(), READ_EVERY_MS);
     this.timer.unref();
+    this.stallTimer = setInterval(() => this.tick(), STALL_TICK_MS);
+    this.stallTimer.unref();
+  }
+
+  /** One tick of the stall timer (public, with its time, so tests can drive it). */
+  tick(nowMs = monotonicNow()): void {
+    const gapMs = nowMs - this.lastTickMs - STALL_TICK_MS;
+    this.lastTickMs = nowMs;
+    if (gapMs <= MIN_STALL_MS) return;
+    this.stallStarts[this.nextStall] = nowMs - gapMs;
+    this.stallEnds[this.nextStall] = nowMs;
+    this.nextStall = (this.nextStall + 1) % STALLS;
+  }
+
+  /**
+   * How long, of [fromMs, toMs] (the gateway's clock), this process's event loop stood still
+   * (stalls of over MIN_STALL_MS): a GC pause, a long synchronous task, the process stopped
+   * or descheduled. A backend's latency is timed by this loop, and a 2 s stall read as 1.8 s
+   * of latency on every backend with a request in flight: the others took all the traffic
+   * for 11 s, until the figures decayed (request-flow.ts endAttempt takes it out). A stall
+   * still going on (a response handled right after a long task, before the tick that
+   * records it) counts from the tick that did not come.
+   */
+  stalledMs(fromMs: number, toMs: number): number {
+    let sum = 0;
+    for (let i = 0; i < STALLS; i++) {
+      const end = this.stallEnds[i]!;
+      if (end <= fromMs) continue;
+      const start = this.stallStarts[i]!;
+      const overlap = (end < toMs ? end : toMs) - (start > fromMs ? start : fromMs);
+      if (overlap > 0) sum += overlap;
+    }
+    const missedSince = this.lastTickMs + STALL_TICK_MS;
+    if (toMs - missedSince > MIN_STALL_MS) {
+      const overlap = toMs - (missedSince > fromMs ? missedSince : fromMs);
+      if (overlap > 0) sum += overlap;
+    }
+    return sum;
   }
 
   private read(): void {
@@ -57,6 +108,7 @@ export class LoopDelay {
 
   close(): void {
     clearInterval(this.timer);
+    clearInterval(this.stallTimer);
     this.histogram.disable();
   }
 }
