@@ -519,6 +519,33 @@ describe('config sources', () => {
         { LOADWISE_BROKER: 'mqtt://alice:old@h:1883' },
       );
       expect([lower['broker'], lower['username']]).toEqual(['mqtt://alice@h:1883', undefined]);
+      // A URL's user without a password, below a --username: the flag's user (mqtt.js sent
+      // alice whatever --username said).
+      const userOnly = mergeSources({ username: 'bob' }, { LOADWISE_BROKER: 'mqtt://alice@h' });
+      expect([userOnly['broker'], userOnly['username']]).toEqual(['mqtt://h', 'bob']);
+      // With the URL's own password kept: that password is alice's, so bob is refused.
+      expect(
+        codeOf(() => mergeSources({ username: 'bob' }, { LOADWISE_BROKER: 'mqtt://alice:pw@h' }))
+          .message,
+      ).toBe(
+        "LW_AGENT_INVALID_OPTION: --username: give the broker user once: the URL of LOADWISE_BROKER and --username both give one, and the URL's password is its own user's",
+      );
+      // Same level, with a password from another place taking the URL's: still two users.
+      expect(
+        codeOf(() =>
+          mergeSources(
+            { password: PW },
+            { LOADWISE_BROKER: 'mqtt://alice:old@h', LOADWISE_USERNAME: 'bob' },
+          ),
+        ).message,
+      ).toMatch(/give the broker user once: the URL of LOADWISE_BROKER and LOADWISE_USERNAME/);
+      // A malformed escape in the URL's user: one line, not a URIError with a stack.
+      expect(
+        codeOf(() => mergeSources({ broker: 'mqtt://%E0@h', username: 'x', password: PW }, {}))
+          .message,
+      ).toBe(
+        'LW_AGENT_INVALID_OPTION: --broker: the user in the URL of --broker has a malformed %-escape',
+      );
       // Two users at one level: refused, as two passwords are.
       expect(
         codeOf(() =>

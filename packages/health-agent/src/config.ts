@@ -568,40 +568,52 @@ function onePassword(out: RawConfig, origins: Map<string, Origin>): void {
     }
     const u = new URL(out['broker'] as string);
     u.password = '';
-    // mqtt.js takes the URL's user over --username too: kept beside the winning password
-    // of another user, it sent alice's name with bob's password. The user of the higher
-    // level goes with it (oneUser refuses two at one level).
-    const user = origins.get('username');
-    if (user !== undefined && out['username'] !== undefined) {
-      if (user.level >= origins.get('broker')!.level) u.username = '';
-      else delete out['username'];
-    }
     out['broker'] = u.toString();
   }
 }
 
 /**
- * One broker user: the URL's (`mqtt://alice@host`) and another --username at one level
- * are refused, naming both (mqtt.js took the URL's without a word); the password's rule
- * (onePassword) settles them across levels when a password of another place wins.
+ * One broker user, by the password's rule: mqtt.js sends the URL's user
+ * (`mqtt://alice@host`) whatever `username` says, so a URL's user and another username
+ * were two, one of them dropped without a word (alice's name went with bob's password,
+ * or a --username flag was ignored for an environment's URL). The one of the higher level
+ * is used: a URL below loses its user, a username below is dropped; one at the same level
+ * is refused, and so is a username above a URL that keeps its password (that password is
+ * the URL user's). Both name their places, never a value.
  */
 function oneUser(out: RawConfig, origins: Map<string, Origin>): void {
   const url = origins.get('broker');
   const user = origins.get('username');
   if (url === undefined || user === undefined || out['username'] === undefined) return;
-  let urlUser = '';
+  let parsed: URL;
   try {
-    urlUser = typeof out['broker'] === 'string' ? new URL(out['broker']).username : '';
+    parsed = new URL(String(out['broker']));
   } catch {
+    return; // not a URL: the broker option says so
+  }
+  if (parsed.username === '') return;
+  let urlUser: string;
+  try {
+    urlUser = decodeURIComponent(parsed.username);
+  } catch {
+    throw invalidOption('--broker', `the user in the URL of ${url.name} has a malformed %-escape`);
+  }
+  // The same user twice is no conflict.
+  if (urlUser === String(out['username'])) return;
+  const both = `the URL of ${url.name} and ${user.name} both give one`;
+  if (user.level === url.level)
+    throw invalidOption('--username', `give the broker user once: ${both}`);
+  if (user.level < url.level) {
+    delete out['username'];
     return;
   }
-  if (urlUser === '' || url.level !== user.level) return;
-  // The same user twice is no conflict.
-  if (decodeURIComponent(urlUser) === String(out['username'])) return;
-  throw invalidOption(
-    '--username',
-    `give the broker user once: the URL of ${url.name} and ${user.name} both give one`,
-  );
+  if (parsed.password !== '')
+    throw invalidOption(
+      '--username',
+      `give the broker user once: ${both}, and the URL's password is its own user's`,
+    );
+  parsed.username = '';
+  out['broker'] = parsed.toString();
 }
 
 /**
