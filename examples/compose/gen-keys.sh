@@ -33,7 +33,12 @@ fi
 # `:` and `@`, which a key id cannot carry).
 seen=' '
 for backend in "$@"; do
-  if ! printf '%s' "$backend" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,57}$'; then
+  # A case pattern, not grep: grep tests each line, and an id with a newline in it passed.
+  case $backend in
+    '' | [!A-Za-z0-9]* | *[!A-Za-z0-9._-]*) bad=1 ;;
+    *) bad=0 ;;
+  esac
+  if [ "$bad" = 1 ] || [ "${#backend}" -gt 58 ]; then
     echo "$0: \"$backend\": give backend ids of letters, digits, '.', '_' and '-', at most 58, starting with a letter or digit (its key id is agent-<id>)" >&2
     exit 2
   fi
@@ -42,6 +47,8 @@ for backend in "$@"; do
   esac
   seen="$seen$backend "
 done
+# A failed run (openssl) leaves the keys as they were, and no temporary file.
+trap 'rm -f "$out"/*.tmp' EXIT
 : > "$out/gateway.keys.tmp"
 for backend in "$@"; do
   line="agent-$backend $(openssl rand -base64 32) $backend"

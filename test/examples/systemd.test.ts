@@ -131,6 +131,13 @@ describe('examples/systemd: unit files and environment files', () => {
         unit,
         prevent: undefined,
       });
+      // And the start limit trips: its burst of starts, RestartSec apart, fits in its
+      // interval (systemd's default, 5 in 10 s, never does with RestartSec=2).
+      const u = parseUnit(readFileSync(path.join(SYSTEMD, unit), 'utf8')).get('Unit')!;
+      const burst = Number(one(u, 'StartLimitBurst'));
+      const intervalS = Number(one(u, 'StartLimitIntervalSec'));
+      const restartS = Number(one(s, 'RestartSec'));
+      expect({ unit, trips: (burst - 1) * restartS < intervalS }).toEqual({ unit, trips: true });
     }
     // A key file a mount writes later: exit 2 from both, which the units restart.
     const gateway = path.join(ROOT, 'examples', 'dist', 'gateway-server.js');
