@@ -146,7 +146,7 @@ export class DashboardStream {
   private stepping: NodeJS.Immediate | undefined;
   /** Each viewer's first message size: its bound on unread bytes counts from it. */
   private readonly allowance = new WeakMap<ServerResponse, number>();
-  /** When each viewer's stream ends (STREAM_LIFETIME_MS after it opened). */
+  /** When each viewer's stream ends (STREAM_LIFETIME_MS after its first message). */
   private readonly endsAt = new WeakMap<ServerResponse, number>();
   /**
    * The sampling goes on until then with nobody watching: a stream ended for its lifetime
@@ -216,7 +216,6 @@ export class DashboardStream {
     });
     req.socket.setNoDelay(true);
     this.viewers.add(res);
-    this.endsAt.set(res, performance.now() + STREAM_LIFETIME_MS);
     const leave = (): void => this.leave(res);
     res.on('close', leave);
     res.on('error', leave);
@@ -243,6 +242,7 @@ export class DashboardStream {
       // bound counts from it, or a viewer far away was dropped at its first tick, for good.
       this.allowance.set(res, Buffer.byteLength(message));
       this.write(res, message);
+      this.endsAt.set(res, performance.now() + STREAM_LIFETIME_MS);
       return;
     }
     res.write(head);
@@ -455,6 +455,9 @@ export class DashboardStream {
         // on its unread bytes counts from there.
         this.allowance.set(res, res.writableLength + j.ticksBytes);
         for (const tick of j.ticks) this.write(res, tick);
+        // Its lifetime counts from here: from its opening, a history slower to take than
+        // the lifetime was cut every time, and never seen whole.
+        this.endsAt.set(res, performance.now() + STREAM_LIFETIME_MS);
         continue;
       }
       more = true;
