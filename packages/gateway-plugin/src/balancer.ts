@@ -1082,15 +1082,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   /** Saturated: see docs/gateway.md ("Saturation"). */
   isSaturated(backend: Backend, nowMs: number): boolean {
     const s = this.options.saturation;
-    const inFlight = backend.load.inFlight;
-    if (inFlight >= s.maxInFlightPerBackend) return true;
-    // What its agent says it serves at once, and as many again waiting in it: beyond that a
-    // request waits in the gateway's bounded, timed queue, and goes to whichever backend
-    // frees a slot first. Bounded by the pool alone (256), three backends of 8 slots at
-    // twice their capacity held 256 requests each, 248 queued inside each backend (3.2 s,
-    // no timeout the gateway could apply), and the first 503 came after 7 s.
-    const slots = backend.load.reportedSlots?.();
-    if (slots !== undefined && inFlight >= reportedBound(slots)) return true;
+    if (backend.load.inFlight >= s.maxInFlightPerBackend) return true;
     // Never by expected wait with none of this gateway's requests on it: the wait includes
     // the service time, so a backend slower than maxExpectedWaitMs was saturated while
     // idle, and with nothing in flight nothing ever completed to lower the estimate: every
@@ -1323,15 +1315,6 @@ export class Balancer implements BalancerHandle, FlowHost {
  * `epochMs`): not the entry's own. A configured backend, or an unknown id, has no admitting
  * run.
  */
-/**
- * Requests in flight from this gateway past which a backend whose agent reports
- * `slots` (its concurrencyLimit) is saturated: its slots and as many queued in it (at
- * least 4), so a slot that frees never waits for the gateway's next dispatch.
- */
-export function reportedBound(slots: number): number {
-  return Math.max(2 * slots, slots + 4);
-}
-
 function otherRun(b: Backend | undefined, epochMs: number): boolean {
   return b?.origin === 'discovery' && b.runEpochMs !== undefined && epochMs !== b.runEpochMs;
 }

@@ -190,11 +190,7 @@ export interface BackendTlsOptions {
 }
 
 export interface SaturationOptions {
-  /**
-   * Requests this gateway keeps outstanding on one backend at most (default agent.maxSockets).
-   * A backend whose agent reports a concurrency limit `c` takes `max(2c, c + 4)` at most
-   * (docs/gateway.md, "Saturation").
-   */
+  /** Requests this gateway keeps outstanding on one backend at most (default agent.maxSockets). */
   maxInFlightPerBackend?: number;
   /** A backend whose expected wait is above this is saturated too (off by default). */
   maxExpectedWaitMs?: number;
