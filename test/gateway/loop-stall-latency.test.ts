@@ -11,11 +11,13 @@ import { send } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 
 let backend: StartedBackend | undefined;
+let slow: StartedBackend | undefined;
 let gw: TestGateway | undefined;
 
 afterAll(async () => {
   await gw?.close();
   await backend?.process.stop('SIGTERM');
+  await slow?.process.stop('SIGTERM');
 });
 
 /** Blocks this process's event loop for `ms` (a stand-in for a GC pause or SIGSTOP). */
@@ -43,4 +45,22 @@ it("does not take a stall of the gateway's loop as its backend's latency", async
   for (const r of await Promise.all(inFlight)) expect(r.status).toBe(200);
   // Before: about 800 ms.
   expect(latency()).toBeLessThan(200);
+});
+
+it('leaves a slow answer its time when a stall in the middle of its wait delayed nothing', async () => {
+  slow = await startBackendProcess({ id: 'slow', slots: 8, serviceMs: 1000 });
+  const g = await startLocalGateway({ backends: [{ id: 'slow', url: slow.url }] });
+  try {
+    const answer = send(`${g.url}/slow`);
+    const deadline = performance.now() + 5_000;
+    while (g.snapshot().backends[0]!.inFlight < 1 && performance.now() < deadline)
+      await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setTimeout(r, 200));
+    stall(300);
+    expect((await answer).status).toBe(200);
+    // Its 1 s, not 0.7 s: every stall within the attempt was taken out before.
+    expect(g.snapshot().backends[0]!.latencyMs).toBeGreaterThan(900);
+  } finally {
+    await g.close();
+  }
 });

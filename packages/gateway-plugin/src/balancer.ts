@@ -1056,9 +1056,9 @@ export class Balancer implements BalancerHandle, FlowHost {
     backend.load.onResponseHead();
   }
 
-  loopStalledMs(fromMs: number, toMs: number): number {
+  loopDelayedMs(fromMs: number, eventMs: number): number {
     // Only on the gateway's own clock (an injected one has no sampler): see the constructor.
-    return this.loopDelay?.stalledMs(fromMs, toMs) ?? 0;
+    return this.loopDelay?.delayedMs(fromMs, eventMs) ?? 0;
   }
 
   /** An attempt ended; `cancelled`: no latency or error sample (request-flow.ts endAttempt). */

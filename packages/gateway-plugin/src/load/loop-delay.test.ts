@@ -18,8 +18,8 @@ describe('LoopDelay', () => {
   });
 });
 
-describe('LoopDelay.stalledMs', () => {
-  it("says how long of a request's time the loop stood still, a stall not yet ticked too", () => {
+describe('LoopDelay.delayedMs', () => {
+  it('counts the stalls that can have delayed an event: ending just before it, starting just after its start, going on', () => {
     jest.useFakeTimers();
     const d = new LoopDelay();
     try {
@@ -28,17 +28,23 @@ describe('LoopDelay.stalledMs', () => {
       d.tick(t0 + 50);
       // On time (a few ms late at most): no stall.
       d.tick(t0 + 120);
-      expect(d.stalledMs(t0, t0 + 120)).toBe(0);
-      // 550 ms between two ticks of 50: the loop stood still for 500 of them.
+      expect(d.delayedMs(t0, t0 + 120)).toBe(0);
+      // 550 ms between two ticks of 50: the loop stood still for 500 of them, [170, 670).
       d.tick(t0 + 670);
-      expect(d.stalledMs(t0, t0 + 700)).toBe(500);
-      // Only the part within the request's time.
-      expect(d.stalledMs(t0 + 600, t0 + 700)).toBe(70);
-      expect(d.stalledMs(t0 + 680, t0 + 700)).toBe(0);
-      // A response handled right after a long task, before the tick that records it: the
+      // An answer handled right after it: delayed by all of it within the request's time.
+      expect(d.delayedMs(t0, t0 + 700)).toBe(500);
+      expect(d.delayedMs(t0 + 600, t0 + 700)).toBe(70);
+      expect(d.delayedMs(t0 + 680, t0 + 700)).toBe(0);
+      // An answer handled right after a long task, before the tick that records it: the
       // time since the tick that did not come (t0 + 720) counts.
-      expect(d.stalledMs(t0 + 680, t0 + 1020)).toBe(300);
-      expect(d.stalledMs(t0 + 680, t0 + 760)).toBe(0);
+      expect(d.delayedMs(t0 + 680, t0 + 1020)).toBe(300);
+      expect(d.delayedMs(t0 + 680, t0 + 760)).toBe(0);
+      // Ticks on time until t0 + 2020.
+      for (let at = t0 + 720; at <= t0 + 2020; at += 50) d.tick(at);
+      // A stall in the middle of a 2 s wait delayed nothing (it read 1.5 s for a 2 s backend).
+      expect(d.delayedMs(t0, t0 + 2000)).toBe(0);
+      // One that began just after the request started delayed its sending.
+      expect(d.delayedMs(t0 + 130, t0 + 2000)).toBe(500);
     } finally {
       d.close();
       jest.useRealTimers();

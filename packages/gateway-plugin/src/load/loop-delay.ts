@@ -28,6 +28,8 @@ const WINDOWS = 4;
 const STALL_TICK_MS = 50;
 /** Two ticks this much further apart than STALL_TICK_MS: the loop stood still between them. */
 const MIN_STALL_MS = 50;
+/** A stall ending this close before an event (or starting this close after its start) delayed it. */
+const STALL_NEAR_MS = 50;
 /** Stalls remembered: far more than fit in a request's time. */
 const STALLS = 32;
 
@@ -65,26 +67,33 @@ export class LoopDelay {
   }
 
   /**
-   * How long, of [fromMs, toMs] (the gateway's clock), this process's event loop stood still
-   * (stalls of over MIN_STALL_MS): a GC pause, a long synchronous task, the process stopped
-   * or descheduled. A backend's latency is timed by this loop, and a 2 s stall read as 1.8 s
-   * of latency on every backend with a request in flight: the others took all the traffic
-   * for 11 s, until the figures decayed (request-flow.ts endAttempt takes it out). A stall
-   * still going on (a response handled right after a long task, before the tick that
-   * records it) counts from the tick that did not come.
+   * How long this process's event loop, standing still (stalls of over MIN_STALL_MS: a GC
+   * pause, a long synchronous task, the process stopped or descheduled), delayed an event
+   * timed from `fromMs` and handled at `eventMs` (the gateway's clock). A backend's latency
+   * is timed by this loop, and a 2 s stall read as 1.8 s of latency on every backend with a
+   * request in flight: the others took all the traffic for 11 s, until the figures decayed
+   * (request-flow.ts endAttempt takes it out).
+   *
+   * Only a stall that can have delayed it counts: one that ended within STALL_NEAR_MS of
+   * the event (the answer came during it and was handled once it ended), one that began
+   * within STALL_NEAR_MS of the start (the request went out late), and one still going on
+   * (an answer handled right after a long task, before the tick that records it; counted
+   * from the tick that did not come). A stall in the middle of a 2 s wait delayed nothing:
+   * taken out, a 2 s backend read 1.5 s after a 500 ms stall.
    */
-  stalledMs(fromMs: number, toMs: number): number {
+  delayedMs(fromMs: number, eventMs: number): number {
     let sum = 0;
     for (let i = 0; i < STALLS; i++) {
       const end = this.stallEnds[i]!;
       if (end <= fromMs) continue;
       const start = this.stallStarts[i]!;
-      const overlap = (end < toMs ? end : toMs) - (start > fromMs ? start : fromMs);
+      if (end < eventMs - STALL_NEAR_MS && start > fromMs + STALL_NEAR_MS) continue;
+      const overlap = (end < eventMs ? end : eventMs) - (start > fromMs ? start : fromMs);
       if (overlap > 0) sum += overlap;
     }
     const missedSince = this.lastTickMs + STALL_TICK_MS;
-    if (toMs - missedSince > MIN_STALL_MS) {
-      const overlap = toMs - (missedSince > fromMs ? missedSince : fromMs);
+    if (eventMs - missedSince > MIN_STALL_MS) {
+      const overlap = eventMs - (missedSince > fromMs ? missedSince : fromMs);
       if (overlap > 0) sum += overlap;
     }
     return sum;

@@ -65,8 +65,8 @@ export interface FlowHost {
     /** Refused, not overloaded (a client's 429): see EndpointLoad.onRequestEnd. */
     refused?: boolean,
   ): void;
-  /** How long, of [fromMs, toMs], the gateway's own event loop stood still (load/loop-delay.ts). */
-  loopStalledMs(fromMs: number, toMs: number): number;
+  /** How long the gateway's own event loop, standing still, delayed an event (load/loop-delay.ts). */
+  loopDelayedMs(fromMs: number, eventMs: number): number;
   /** Too few healthy backends (panic), or every eligible one is in `tried`. */
   nothingLeftToTry(tried: ReadonlySet<Endpoint> | undefined): boolean;
   noBackendRetryAfterSec(nowMs: number): number;

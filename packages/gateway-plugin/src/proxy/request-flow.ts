@@ -1950,18 +1950,25 @@ export class RequestFlow {
     // stopped with the pipe, so whatever the backend took meanwhile is unseen, and the rest
     // read as its latency (a backend sending 8 MB at once and its last bytes a second later
     // read 40 ms to a client that paused 1.5 s). No sample then, but an answer all the same.
-    // So is one the gateway's own loop stood still for (a GC pause, the process stopped or
-    // descheduled): the stall is this process's, not the backend's. A 2 s stall read as
-    // 1.8 s of latency on each backend with a request in flight, and the others took all
-    // the traffic for 11 s. A shorter stall is taken out of the sample.
-    const stalled = cancelled ? 0 : c.loopStalledMs(flow.attemptStartMs, nowMs);
+    // So is an answer the gateway's own loop, standing still, delayed by more than half
+    // its time (a GC pause, the process stopped or descheduled): the stall is this
+    // process's, not the backend's. A 2 s stall read as 1.8 s of latency on each backend
+    // with a request in flight, and the others took all the traffic for 11 s. A shorter
+    // delay is taken out of the sample (load/loop-delay.ts delayedMs).
     const measuredMs = !flow.responded
       ? elapsedMs
       : flow.lane !== undefined
         ? flow.headMs
         : Math.max(flow.headMs, elapsedMs - held);
-    const unmeasured = !cancelled && (held > elapsedMs / 2 || stalled > measuredMs / 2);
-    const latencyMs = measuredMs - stalled;
+    // The stall that delayed the event the sample times: a stream's head, else this end.
+    const eventMs =
+      flow.responded && flow.lane !== undefined ? flow.attemptStartMs + flow.headMs : nowMs;
+    const stalled = cancelled ? 0 : c.loopDelayedMs(flow.attemptStartMs, eventMs);
+    // A failure keeps its sample, less the stall: its outcome (errors, overload) counts,
+    // and a failure's latency never lowers an estimate.
+    const unmeasured =
+      !cancelled && (held > elapsedMs / 2 || (flow.responseOk && stalled > measuredMs / 2));
+    const latencyMs = Math.max(0, measuredMs - stalled);
     c.attemptEnded(
       flow.backend,
       nowMs,
