@@ -211,3 +211,39 @@ describe('forgetting discovered backends', () => {
     }
   });
 });
+
+describe('saturation at the reported concurrency limit', () => {
+  it('holds first attempts at max(2c, c + 4) while the fresh report says full; never retries', async () => {
+    const r = rig(['a', 'b']);
+    try {
+      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const report = (queued: number): void => {
+        const m = agent.metrics({
+          ...calm,
+          concurrencyLimit: 2,
+          queue: { inFlight: 2, queued, source: { inFlight: 'tracker', queued: 'tracker' } },
+        });
+        r.lb.receive(m.topic, Buffer.from(m.payload), false);
+      };
+      const a = r.lb.registry.get('a')!;
+      for (let i = 0; i < 6; i++) r.lb.attemptStarted(a, r.clock.t);
+      // Full by its own account: 6 of this gateway's = its 2 slots and 4 waiting.
+      report(3);
+      expect(r.lb.isSaturated(a, r.clock.t)).toBe(true);
+      // A retry (one backend crashed under load) does not queue: it still goes.
+      expect(r.lb.isSaturated(a, r.clock.t, true)).toBe(false);
+      // Its report says nothing waits: the 6 are requests its agent does not count (long
+      // polls left out of its tracker), and it still has free slots.
+      r.clock.t += 1000;
+      report(0);
+      expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
+      // One fewer than the bound: not saturated, full or not.
+      r.clock.t += 1000;
+      report(3);
+      r.lb.attemptEnded(a, r.clock.t, 10, true, false, false);
+      expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});

@@ -983,12 +983,13 @@ export class Balancer implements BalancerHandle, FlowHost {
     ctx.explain = this.options.decisionHeader !== undefined;
     ctx.measurementNoiseMs = this.loopDelay?.valueMs ?? 0;
     let extra: Set<Endpoint> | undefined;
+    const retry = tried !== undefined && tried.size > 0;
     for (let round = 0; round <= SATURATED_REPICKS; round++) {
       const pick = this.strategy.pick(ctx);
       if (pick === undefined) return round === 0 ? 'all-tried' : 'saturated';
       const backend = this.registry.get(pick.endpoint.id);
       if (backend === undefined) return 'saturated';
-      if (!this.isSaturated(backend, nowMs)) {
+      if (!this.isSaturated(backend, nowMs, retry)) {
         this.chosenReason = pick.reason;
         return backend;
       }
@@ -1001,7 +1002,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     for (const b of eligible) {
       if (tried?.has(b.endpoint)) continue;
       untried++;
-      if (this.isSaturated(b, nowMs)) extra!.add(b.endpoint);
+      if (this.isSaturated(b, nowMs, retry)) extra!.add(b.endpoint);
     }
     if (untried === 0) return 'all-tried';
     const pick = this.strategy.pick(ctx);
@@ -1080,9 +1081,29 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 
   /** Saturated: see docs/gateway.md ("Saturation"). */
-  isSaturated(backend: Backend, nowMs: number): boolean {
+  isSaturated(backend: Backend, nowMs: number, retry = false): boolean {
     const s = this.options.saturation;
-    if (backend.load.inFlight >= s.maxInFlightPerBackend) return true;
+    const inFlight = backend.load.inFlight;
+    if (inFlight >= s.maxInFlightPerBackend) return true;
+    // What its agent says it serves at once, and as many again waiting in it, while its
+    // fresh report says it is full (every slot busy, requests waiting): beyond that a first
+    // attempt waits in the gateway's bounded, timed queue, and goes to whichever backend
+    // frees a slot first. Bounded by the pool alone (256), three backends of 8 slots at
+    // twice their capacity held 256 requests each, 248 queued inside each backend (3.2 s,
+    // no timeout the gateway could apply), and the first 503 came after 7 s. Only while
+    // the report agrees: requests its agent does not count (long polls left out of its
+    // tracker) filled the bound of a backend with free slots, and every other request got
+    // 503. Never for a retry, which does not queue: one backend crashing under load sent
+    // its retries to 503 at the others' bound.
+    if (!retry) {
+      const slots = backend.load.reportedSlots?.();
+      if (
+        slots !== undefined &&
+        inFlight >= reportedBound(slots) &&
+        backend.load.reportSaturated(nowMs)
+      )
+        return true;
+    }
     // Never by expected wait with none of this gateway's requests on it: the wait includes
     // the service time, so a backend slower than maxExpectedWaitMs was saturated while
     // idle, and with nothing in flight nothing ever completed to lower the estimate: every
@@ -1315,6 +1336,15 @@ export class Balancer implements BalancerHandle, FlowHost {
  * `epochMs`): not the entry's own. A configured backend, or an unknown id, has no admitting
  * run.
  */
+/**
+ * Requests in flight from this gateway past which a backend whose agent reports
+ * `slots` (its concurrencyLimit) is saturated: its slots and as many queued in it (at
+ * least 4), so a slot that frees never waits for the gateway's next dispatch.
+ */
+export function reportedBound(slots: number): number {
+  return Math.max(2 * slots, slots + 4);
+}
+
 function otherRun(b: Backend | undefined, epochMs: number): boolean {
   return b?.origin === 'discovery' && b.runEpochMs !== undefined && epochMs !== b.runEpochMs;
 }

@@ -190,7 +190,11 @@ export interface BackendTlsOptions {
 }
 
 export interface SaturationOptions {
-  /** Requests this gateway keeps outstanding on one backend at most (default agent.maxSockets). */
+  /**
+   * Requests this gateway keeps outstanding on one backend at most (default agent.maxSockets).
+   * A backend whose agent reports a concurrency limit `c`, and full in its fresh report,
+   * takes `max(2c, c + 4)` first attempts at most (docs/gateway.md, "Saturation").
+   */
   maxInFlightPerBackend?: number;
   /** A backend whose expected wait is above this is saturated too (off by default). */
   maxExpectedWaitMs?: number;

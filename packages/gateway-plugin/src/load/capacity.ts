@@ -107,6 +107,11 @@ export class Capacity {
     return claimed < bound ? claimed : bound;
   }
 
+  /** The agent's concurrencyLimit, as reported (undefined: none). */
+  reported(): number | undefined {
+    return this.reportedLimit;
+  }
+
   /** Concurrent slots, >= 1, at most maxCapacity. */
   value(): number {
     // One pass of origin() and raw() (this runs on every pick).
