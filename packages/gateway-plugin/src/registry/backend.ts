@@ -220,9 +220,9 @@ export class Backend {
   /**
    * The agent's last verdict no longer speaks for the service: its report is stale, and
    * its agent is lost (a Last Will) or no report has come for VERDICT_INTERVALS of its own
-   * intervals (MAX_VERDICT_HOLD_MS at most). Not the freshness limit alone, which is capped (`maxStaleAfterMs`, 30 s):
-   * an agent reporting once a minute had its `down` lapse between every two reports, the
-   * backend in rotation half the time.
+   * intervals (MAX_VERDICT_HOLD_MS at most). Not the freshness limit alone, which is
+   * capped (`maxStaleAfterMs`, 30 s): an agent reporting once a minute had its `down` lapse
+   * between every two reports, the backend in rotation half the time.
    */
   verdictLapsed(nowMs: number): boolean {
     if (this.load.hasFreshReport(nowMs)) return false;
