@@ -19,7 +19,7 @@ describe('LoopDelay', () => {
 });
 
 describe('LoopDelay.delayedMs', () => {
-  it('counts the stalls that can have delayed an event: ending just before it, starting just after its start, going on', () => {
+  it('counts the stalls that can have delayed an event: ending just before it, or going on', () => {
     jest.useFakeTimers();
     const d = new LoopDelay();
     try {
@@ -35,6 +35,8 @@ describe('LoopDelay.delayedMs', () => {
       expect(d.delayedMs(t0, t0 + 700)).toBe(500);
       expect(d.delayedMs(t0 + 600, t0 + 700)).toBe(70);
       expect(d.delayedMs(t0 + 680, t0 + 700)).toBe(0);
+      // One handled 60 ms after it ended came after it: not delayed.
+      expect(d.delayedMs(t0, t0 + 730)).toBe(0);
       // An answer handled right after a long task, before the tick that records it: the
       // time since the tick that did not come (t0 + 720) counts.
       expect(d.delayedMs(t0 + 680, t0 + 1020)).toBe(300);
@@ -43,8 +45,8 @@ describe('LoopDelay.delayedMs', () => {
       for (let at = t0 + 720; at <= t0 + 2020; at += 50) d.tick(at);
       // A stall in the middle of a 2 s wait delayed nothing (it read 1.5 s for a 2 s backend).
       expect(d.delayedMs(t0, t0 + 2000)).toBe(0);
-      // One that began just after the request started delayed its sending.
-      expect(d.delayedMs(t0 + 130, t0 + 2000)).toBe(500);
+      // Nor one just after the request started: it had been written (read 1.5 s for 2 s).
+      expect(d.delayedMs(t0 + 130, t0 + 2000)).toBe(0);
     } finally {
       d.close();
       jest.useRealTimers();

@@ -28,7 +28,14 @@ const WINDOWS = 4;
 const STALL_TICK_MS = 50;
 /** Two ticks this much further apart than STALL_TICK_MS: the loop stood still between them. */
 const MIN_STALL_MS = 50;
-/** A stall ending this close before an event (or starting this close after its start) delayed it. */
+/**
+ * A stall that ended this close before an event delayed it: its answer came during the
+ * stall and was handled once it ended (the tick that records the end runs first, then the
+ * answers that waited; 20 ms missed them in a test process whose loop had just stood
+ * still for 800 ms). An answer that came within this long after a stall ended loses the
+ * stall from its sample too (a 600 ms backend read 420 ms after a 200 ms stall that ended
+ * 30 ms before its answer): the price of catching the ones it delayed.
+ */
 const STALL_NEAR_MS = 50;
 /** Stalls remembered: far more than fit in a request's time. */
 const STALLS = 32;
@@ -75,19 +82,19 @@ export class LoopDelay {
    * (request-flow.ts endAttempt takes it out).
    *
    * Only a stall that can have delayed it counts: one that ended within STALL_NEAR_MS of
-   * the event (the answer came during it and was handled once it ended), one that began
-   * within STALL_NEAR_MS of the start (the request went out late), and one still going on
-   * (an answer handled right after a long task, before the tick that records it; counted
-   * from the tick that did not come). A stall in the middle of a 2 s wait delayed nothing:
-   * taken out, a 2 s backend read 1.5 s after a 500 ms stall.
+   * the event (the answer came during it and was handled once it ended), and one still
+   * going on (an answer handled right after a long task, before the tick that records it;
+   * counted from the tick that did not come). A stall in the middle of a 2 s wait delayed
+   * nothing: taken out, a 2 s backend read 1.5 s after a 500 ms stall; so did one just
+   * after the request's start, once the request was written (a request whose connection
+   * opened during a stall is sent late, and that delay stays in its sample).
    */
   delayedMs(fromMs: number, eventMs: number): number {
     let sum = 0;
     for (let i = 0; i < STALLS; i++) {
       const end = this.stallEnds[i]!;
-      if (end <= fromMs) continue;
+      if (end <= fromMs || end < eventMs - STALL_NEAR_MS) continue;
       const start = this.stallStarts[i]!;
-      if (end < eventMs - STALL_NEAR_MS && start > fromMs + STALL_NEAR_MS) continue;
       const overlap = (end < eventMs ? end : eventMs) - (start > fromMs ? start : fromMs);
       if (overlap > 0) sum += overlap;
     }
