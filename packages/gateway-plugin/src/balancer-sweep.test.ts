@@ -227,8 +227,8 @@ describe('saturation at the reported concurrency limit', () => {
       };
       const a = r.lb.registry.get('a')!;
       for (let i = 0; i < 6; i++) r.lb.attemptStarted(a, r.clock.t);
-      // Full by its own account: 6 of this gateway's = its 2 slots and 4 waiting.
-      report(3);
+      // Full by its own account, its 2 slots and 4 waiting: this gateway's 6.
+      report(4);
       expect(r.lb.isSaturated(a, r.clock.t)).toBe(true);
       // A retry (one backend crashed under load) does not queue: it still goes.
       expect(r.lb.isSaturated(a, r.clock.t, true)).toBe(false);
@@ -237,9 +237,13 @@ describe('saturation at the reported concurrency limit', () => {
       r.clock.t += 1000;
       report(0);
       expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
-      // One fewer than the bound: not saturated, full or not.
+      // A retry through choose(): b tried already, a full at its bound, and still chosen.
       r.clock.t += 1000;
-      report(3);
+      report(4);
+      expect(r.lb.isSaturated(a, r.clock.t)).toBe(true);
+      const b = r.lb.registry.get('b')!;
+      expect(r.lb.choose(r.clock.t, new Set([b.endpoint]), undefined)).toBe(a);
+      // One fewer than the bound: not saturated, full or not.
       r.lb.attemptEnded(a, r.clock.t, 10, true, false, false);
       expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
     } finally {

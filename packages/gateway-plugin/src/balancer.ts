@@ -1093,8 +1093,9 @@ export class Balancer implements BalancerHandle, FlowHost {
     // no timeout the gateway could apply), and the first 503 came after 7 s. Only while
     // the report agrees: requests its agent does not count (long polls left out of its
     // tracker) filled the bound of a backend with free slots, and every other request got
-    // 503. Never for a retry, which does not queue: one backend crashing under load sent
-    // its retries to 503 at the others' bound.
+    // 503 (they still can while other clients keep it full: docs/gateway.md). Never for a
+    // retry, which does not queue: one backend crashing under load sent its retries to 503
+    // at the others' bound.
     if (!retry) {
       const slots = backend.load.reportedSlots?.();
       if (
