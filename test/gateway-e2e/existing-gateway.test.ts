@@ -66,6 +66,13 @@ async function start(
     30_000,
     () => `gateway listening (stderr: ${stderr})`,
   );
+  // Its human lines follow the listening line in the same turn, but may come in a later read
+  // of the pipe: the tests that read them raced them (the status curl line is the last).
+  await eventually(
+    () => stdout.some((l) => l.includes('/_lb/status')),
+    10_000,
+    () => `the lines after listening (stdout: ${stdout.join(' | ')})`,
+  );
   const port = events().find((e) => e.event === 'listening')!.port!;
   const backends = events()
     .filter((e) => e.event === 'backend')
