@@ -236,6 +236,10 @@ async function main(): Promise<void> {
           intervalMs: args.intervalMs,
           drainGraceMs: 200,
           extraArgs: ['--service-name', service, '--key-file', runKey.file],
+          // Killed outright (SIGKILL: no cleanup runs), it takes its agents with it, as the
+          // backends' --exit-with-parent does for them. Left behind, an agent polled its
+          // backend's old port for minutes, and a test server that got the port saw it.
+          exitWithParent: true,
         }),
       );
       say(JSON.stringify({ event: 'backend', service, id: b.id, url: b.url }));

@@ -109,6 +109,8 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
           intervalMs: opts.intervalMs ?? 500,
           drainGraceMs: 200,
           extraArgs: ['--key-file', runKey.file],
+          // Killed outright, it takes its agents with it (the quick start's rule).
+          exitWithParent: true,
         }),
       );
     }
