@@ -9,49 +9,34 @@
  * new connections are refused; each such failure is retried on another
  * backend, and 3 consecutive failures eject it (outlier.consecutiveFailures).
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { eventually, type Fleet } from '../kit/fleet';
-import { counter, startFleetGateway, type TestGateway } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
+import { counter, fleetGatewayOnEmbeddedBroker } from '../kit/gateway';
 import { fire, failed, startLoad } from '../kit/load';
 
 const SLOW_START_MS = 2_000;
 const BASE_EJECTION_MS = 2_000;
-let broker: { url: string; close(): Promise<void> };
-let fleet: Fleet | undefined;
-let gw: TestGateway | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  ({ fleet, gw } = await startFleetGateway({
-    brokerUrl: broker.url,
-    label: 'crash',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-    gateway: {
-      outlier: { consecutiveFailures: 3, baseEjectionMs: BASE_EJECTION_MS },
-      healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 500 },
-      load: { slowStartMs: SLOW_START_MS },
-    },
-  }));
-});
-
-afterAll(async () => {
-  await gw?.close();
-  await fleet?.close();
-  await broker?.close();
+const suite = fleetGatewayOnEmbeddedBroker({
+  label: 'crash',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+  gateway: {
+    outlier: { consecutiveFailures: 3, baseEjectionMs: BASE_EJECTION_MS },
+    healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 500 },
+    load: { slowStartMs: SLOW_START_MS },
+  },
 });
 
 it('SIGKILL under load: zero failed GETs, out of rotation within a second', async () => {
-  const b = fleet!.get('b');
-  const load = startLoad({ url: `${gw!.url}/work`, total: 1_200, concurrency: 12 });
+  const b = suite.fleet.get('b');
+  const load = startLoad({ url: `${suite.gw.url}/work`, total: 1_200, concurrency: 12 });
   await eventually(() => load.result.sent >= 200, 15_000, '200 requests sent');
   // Kill while b has requests in flight: the crash must cost them nothing.
-  await eventually(() => gw!.backend('b').inFlight > 0, 5_000, 'requests in flight on b');
+  await eventually(() => suite.gw.backend('b').inFlight > 0, 5_000, 'requests in flight on b');
 
   const killedAtMs = Date.now();
   await b.kill('SIGKILL');
   // Out of rotation: ejected by passive detection, or down by the active check / the agent's verdict.
-  await eventually(() => gw!.backend('b').state !== 'healthy', 5_000, 'b out of rotation');
-  const out = gw!.events.find(
+  await eventually(() => suite.gw.backend('b').state !== 'healthy', 5_000, 'b out of rotation');
+  const out = suite.gw.events.find(
     (e) => (e.name === 'backend-ejected' || e.name === 'backend-down') && e.data['id'] === 'b',
   );
   expect(out).toBeDefined();
@@ -64,42 +49,42 @@ it('SIGKILL under load: zero failed GETs, out of rotation within a second', asyn
   expect(result.errors).toBe(0);
   expect(failed(result)).toBe(0);
   // The failures were real (requests were in flight on b), and every one was retried elsewhere.
-  const errorsOnB = await counter(gw!, 'backend_errors_total', { backend: 'b' });
+  const errorsOnB = await counter(suite.gw, 'backend_errors_total', { backend: 'b' });
   expect(errorsOnB).toBeGreaterThan(0);
-  expect(await counter(gw!, 'retries_total', { backend: 'b' })).toBe(errorsOnB);
+  expect(await counter(suite.gw, 'retries_total', { backend: 'b' })).toBe(errorsOnB);
 });
 
 it('after a downtime longer than the ramp, a restarted backend comes back through slow start', async () => {
-  const b = fleet!.get('b');
+  const b = suite.fleet.get('b');
   expect(b.process.running).toBe(false);
   // A realistic downtime: the ejection expires while b is still dead (it stays
   // out, down by its agent's verdict and the health check), and longer than a
   // slow-start ramp passes. The ramp must start when b is routable again, not
   // when one of the reasons to keep it out went away.
   await eventually(
-    () => gw!.backend('b').state === 'down',
+    () => suite.gw.backend('b').state === 'down',
     BASE_EJECTION_MS + 5_000,
     'ejection over',
   );
   await new Promise((r) => setTimeout(r, SLOW_START_MS + 500));
-  expect(gw!.backend('b').state).toBe('down');
+  expect(suite.gw.backend('b').state).toBe('down');
 
   // Restart on the same port: re-admitted, ramping up (slow start), then served again.
-  const restoredAfter = gw!.events.length;
+  const restoredAfter = suite.gw.events.length;
   await b.restart();
-  await eventually(() => gw!.backend('b').state === 'healthy', 10_000, 'b healthy again');
-  const back = gw!.events
+  await eventually(() => suite.gw.backend('b').state === 'healthy', 10_000, 'b healthy again');
+  const back = suite.gw.events
     .slice(restoredAfter)
     .find(
       (e) => (e.name === 'backend-up' || e.name === 'backend-restored') && e.data['id'] === 'b',
     );
   expect(back).toBeDefined();
-  expect(gw!.backend('b').slowStartFactor).toBeLessThan(1);
+  expect(suite.gw.backend('b').slowStartFactor).toBeLessThan(1);
   // 12 clients need every backend's slots: as the ramp proceeds, b takes its part again.
   const rampShares: number[] = [];
   await eventually(
     async () => {
-      const round = await fire({ url: `${gw!.url}/work`, total: 150, concurrency: 12 });
+      const round = await fire({ url: `${suite.gw.url}/work`, total: 150, concurrency: 12 });
       expect(failed(round)).toBe(0);
       rampShares.push((round.servedBy.get('b') ?? 0) / 150);
       return rampShares[rampShares.length - 1]! > 0.1;
@@ -108,7 +93,7 @@ it('after a downtime longer than the ramp, a restarted backend comes back throug
     'b serves again',
   );
   await eventually(
-    () => gw!.backend('b').slowStartFactor === 1,
+    () => suite.gw.backend('b').slowStartFactor === 1,
     SLOW_START_MS + 5_000,
     'slow start ends',
   );

@@ -10,61 +10,46 @@
  * to 0 and the failures stay bounded by what was in flight when it hung plus
  * what was sent before the ejection (at most 12 + 3 here, with 12 clients).
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { eventually, type Fleet } from '../kit/fleet';
-import { counter, startFleetGateway, type TestGateway } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
+import { counter, fleetGatewayOnEmbeddedBroker } from '../kit/gateway';
 import { failed, startLoad } from '../kit/load';
 
 const CONCURRENCY = 12;
 const CONSECUTIVE_FAILURES = 3;
-let broker: { url: string; close(): Promise<void> };
-let fleet: Fleet | undefined;
-let gw: TestGateway | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  ({ fleet, gw } = await startFleetGateway({
-    brokerUrl: broker.url,
-    label: 'hang',
-    backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
-    gateway: {
-      requestTimeoutMs: 400,
-      // Long ejection: b must stay out for the rest of the test.
-      // No panic mode: a starved machine can fail a health check or probe of a or c too, and
-      // panic would then route to the hung b again. This test is about b's pile-up, not panic.
-      outlier: {
-        consecutiveFailures: CONSECUTIVE_FAILURES,
-        baseEjectionMs: 60_000,
-        panicThresholdPercent: 0,
-      },
-      healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 1_000 },
+const suite = fleetGatewayOnEmbeddedBroker({
+  label: 'hang',
+  backends: ['a', 'b', 'c'].map((id) => ({ id, slots: 4, serviceMs: 10 })),
+  gateway: {
+    requestTimeoutMs: 400,
+    // Long ejection: b must stay out for the rest of the test.
+    // No panic mode: a starved machine can fail a health check or probe of a or c too, and
+    // panic would then route to the hung b again. This test is about b's pile-up, not panic.
+    outlier: {
+      consecutiveFailures: CONSECUTIVE_FAILURES,
+      baseEjectionMs: 60_000,
+      panicThresholdPercent: 0,
     },
-  }));
-});
-
-afterAll(async () => {
-  fleet?.get('b').resume();
-  await gw?.close();
-  await fleet?.close();
-  await broker?.close();
+    healthCheck: { path: '/health', intervalMs: 250, timeoutMs: 1_000 },
+  },
+  beforeClose: (fleet) => fleet.get('b').resume(),
 });
 
 it('SIGSTOP under load: timeouts, ejection, no pile-up', async () => {
-  const load = startLoad({ url: `${gw!.url}/work`, total: 1_000, concurrency: CONCURRENCY });
+  const load = startLoad({ url: `${suite.gw.url}/work`, total: 1_000, concurrency: CONCURRENCY });
   await eventually(() => load.result.sent >= 200, 15_000, '200 requests sent');
-  await eventually(() => gw!.backend('b').inFlight > 0, 5_000, 'requests in flight on b');
-  fleet!.get('b').pause();
-  const requestsAtHang = gw!.backend('b').requestsTotal;
+  await eventually(() => suite.gw.backend('b').inFlight > 0, 5_000, 'requests in flight on b');
+  suite.fleet.get('b').pause();
+  const requestsAtHang = suite.gw.backend('b').requestsTotal;
 
-  await eventually(() => gw!.backend('b').state !== 'healthy', 10_000, 'b out of rotation');
+  await eventually(() => suite.gw.backend('b').state !== 'healthy', 10_000, 'b out of rotation');
   // Whatever took it out first (ejection, or the health check), the timeouts are counted.
   await eventually(
     async () =>
-      (await counter(gw!, 'backend_errors_total', { backend: 'b', kind: 'timeout' })) >= 1,
+      (await counter(suite.gw, 'backend_errors_total', { backend: 'b', kind: 'timeout' })) >= 1,
     5_000,
     'timeouts counted',
   );
-  const requestsAtEjection = gw!.backend('b').requestsTotal;
+  const requestsAtEjection = suite.gw.backend('b').requestsTotal;
 
   const result = await load.done;
   expect(result.sent).toBe(1_000);
@@ -76,14 +61,14 @@ it('SIGSTOP under load: timeouts, ejection, no pile-up', async () => {
   expect(failures).toBeGreaterThan(0);
   expect([...result.statuses.keys()].filter((s) => s !== 200)).toEqual([504]);
   const timeouts = async (id: string): Promise<number> =>
-    counter(gw!, 'backend_errors_total', { backend: id, kind: 'timeout' });
+    counter(suite.gw, 'backend_errors_total', { backend: id, kind: 'timeout' });
   const onB = await timeouts('b');
   expect(failures).toBe(onB + (await timeouts('a')) + (await timeouts('c')));
   expect(onB).toBeLessThanOrEqual(CONCURRENCY + CONSECUTIVE_FAILURES);
   // No pile-up: nothing new was sent to b after it went out, and nothing is left hanging on it.
-  expect(gw!.backend('b').requestsTotal).toBe(requestsAtEjection);
+  expect(suite.gw.backend('b').requestsTotal).toBe(requestsAtEjection);
   expect(requestsAtEjection - requestsAtHang).toBeLessThanOrEqual(
     CONCURRENCY + CONSECUTIVE_FAILURES,
   );
-  await eventually(() => gw!.backend('b').inFlight === 0, 5_000, 'no request left on b');
+  await eventually(() => suite.gw.backend('b').inFlight === 0, 5_000, 'no request left on b');
 });

@@ -9,57 +9,42 @@
  * Two backends of 2 slots x 200 ms, their agents reporting a limit of 2 (the
  * backends' own tracker says so); 40 closed-loop clients.
  */
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
 import { reportedBound } from '../../packages/gateway-plugin/src/balancer';
-import { eventually, type Fleet } from '../kit/fleet';
-import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
+import { fleetGatewayOnEmbeddedBroker } from '../kit/gateway';
 import { fire, ok, startLoad } from '../kit/load';
 
-let broker: { url: string; close(): Promise<void> };
-let fleet: Fleet | undefined;
-let gw: TestGateway | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  ({ fleet, gw } = await startFleetGateway({
-    brokerUrl: broker.url,
-    label: 'saturation-reported',
-    backends: ['a', 'b'].map((id) => ({ id, slots: 2, serviceMs: 200 })),
-    gateway: { healthCheck: { path: '/health', intervalMs: 1000 } },
-  }));
-});
-
-afterAll(async () => {
-  await gw?.close();
-  await fleet?.close();
-  await broker?.close();
+const suite = fleetGatewayOnEmbeddedBroker({
+  label: 'saturation-reported',
+  backends: ['a', 'b'].map((id) => ({ id, slots: 2, serviceMs: 200 })),
+  gateway: { healthCheck: { path: '/health', intervalMs: 1000 } },
 });
 
 it("keeps first attempts at the reported slots and as many again while the report says full; the rest wait in the gateway's queue", async () => {
   await eventually(
-    () => gw!.snapshot().backends.every((b) => b.lastReport?.concurrencyLimit === 2),
+    () => suite.gw.snapshot().backends.every((b) => b.lastReport?.concurrencyLimit === 2),
     10_000,
     'reported limits',
   );
   // Full first, by the agents' own account (requests waiting in each backend): the bound
   // holds only while the report agrees, so that requests the agent does not count (long
   // polls left out of its tracker) never lock out a backend with free slots.
-  const background = startLoad({ url: `${gw!.url}/work`, total: 10_000, concurrency: 10 });
+  const background = startLoad({ url: `${suite.gw.url}/work`, total: 10_000, concurrency: 10 });
   try {
     await eventually(
-      () => gw!.snapshot().backends.every((b) => (b.lastReport?.queued ?? 0) >= 1),
+      () => suite.gw.snapshot().backends.every((b) => (b.lastReport?.queued ?? 0) >= 1),
       10_000,
       'reports saying full',
     );
     let most = 0;
     let queued = 0;
     const sampler = setInterval(() => {
-      const s = gw!.snapshot();
+      const s = suite.gw.snapshot();
       for (const b of s.backends) most = Math.max(most, b.inFlight);
       queued = Math.max(queued, s.saturationQueueLength);
     }, 5);
     try {
-      const r = await fire({ url: `${gw!.url}/work`, total: 60, concurrency: 30 });
+      const r = await fire({ url: `${suite.gw.url}/work`, total: 60, concurrency: 30 });
       expect(r.errors).toBe(0);
       expect(ok(r)).toBeGreaterThan(0);
     } finally {
@@ -71,5 +56,5 @@ it("keeps first attempts at the reported slots and as many again while the repor
   } finally {
     await background.stop();
   }
-  await eventually(() => gw!.snapshot().inFlight === 0, 10_000, 'drained');
+  await eventually(() => suite.gw.snapshot().inFlight === 0, 10_000, 'drained');
 });

@@ -10,9 +10,8 @@
  */
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { eventually, type Fleet } from '../kit/fleet';
-import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { eventually } from '../kit/fleet';
+import { fleetGatewayOnEmbeddedBroker } from '../kit/gateway';
 import { fire, ok } from '../kit/load';
 
 const MAX_IN_FLIGHT_PER_BACKEND = 2;
@@ -28,38 +27,24 @@ const SLACK_MS = 2_000;
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc') as () => void;
 
-let broker: { url: string; close(): Promise<void> };
-let fleet: Fleet | undefined;
-let gw: TestGateway | undefined;
-
-beforeAll(async () => {
-  broker = await startEmbeddedBroker();
-  ({ fleet, gw } = await startFleetGateway({
-    brokerUrl: broker.url,
-    label: 'saturation',
-    backends: ['a', 'b'].map((id) => ({ id, slots: 2, serviceMs: 200 })),
-    gateway: {
-      healthCheck: { path: '/health', intervalMs: 1000 },
-      saturation: {
-        maxInFlightPerBackend: MAX_IN_FLIGHT_PER_BACKEND,
-        queueSize: QUEUE_SIZE,
-        queueTimeoutMs: QUEUE_TIMEOUT_MS,
-      },
+const suite = fleetGatewayOnEmbeddedBroker({
+  label: 'saturation',
+  backends: ['a', 'b'].map((id) => ({ id, slots: 2, serviceMs: 200 })),
+  gateway: {
+    healthCheck: { path: '/health', intervalMs: 1000 },
+    saturation: {
+      maxInFlightPerBackend: MAX_IN_FLIGHT_PER_BACKEND,
+      queueSize: QUEUE_SIZE,
+      queueTimeoutMs: QUEUE_TIMEOUT_MS,
     },
-  }));
-});
-
-afterAll(async () => {
-  await gw?.close();
-  await fleet?.close();
-  await broker?.close();
+  },
 });
 
 it('sheds with 503 + Retry-After within the configured wait, with bounded queue and flat memory', async () => {
   let maxQueued = 0;
   let maxInFlight = 0;
   const sampler = setInterval(() => {
-    const s = gw!.snapshot();
+    const s = suite.gw.snapshot();
     maxQueued = Math.max(maxQueued, s.saturationQueueLength);
     maxInFlight = Math.max(maxInFlight, s.inFlight);
   }, 5);
@@ -68,7 +53,7 @@ it('sheds with 503 + Retry-After within the configured wait, with bounded queue 
   const rounds = [];
   try {
     for (let round = 0; round < 3; round++) {
-      const r = await fire({ url: `${gw!.url}/work`, total: 300, concurrency: 16 });
+      const r = await fire({ url: `${suite.gw.url}/work`, total: 300, concurrency: 16 });
       rounds.push(r);
       gc();
       heapAfterRound.push(process.memoryUsage().heapUsed);
@@ -92,14 +77,14 @@ it('sheds with 503 + Retry-After within the configured wait, with bounded queue 
   }
   expect(maxQueued).toBeLessThanOrEqual(QUEUE_SIZE);
   expect(maxInFlight).toBeLessThanOrEqual(2 * MAX_IN_FLIGHT_PER_BACKEND);
-  expect(gw!.events.some((e) => e.name === 'saturation' && e.data['saturated'] === true)).toBe(
+  expect(suite.gw.events.some((e) => e.name === 'saturation' && e.data['saturated'] === true)).toBe(
     true,
   );
   // 600 more shed requests after the first round add no live memory (bound: 5 MB of noise).
   expect(heapAfterRound[2]! - heapAfterRound[0]!).toBeLessThan(5 * 1024 * 1024);
   // Once the load stops, nothing is left waiting.
   await eventually(
-    () => gw!.snapshot().saturationQueueLength === 0 && gw!.snapshot().inFlight === 0,
+    () => suite.gw.snapshot().saturationQueueLength === 0 && suite.gw.snapshot().inFlight === 0,
     5_000,
     'drained',
   );

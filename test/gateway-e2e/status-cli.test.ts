@@ -8,11 +8,10 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { GATEWAY_BIN, spawnScript, type AgentProcess } from '../kit/agent-cli';
-import { startEmbeddedBroker } from '@loadwise/gateway-plugin';
-import { eventually, type Fleet } from '../kit/fleet';
+import { eventually } from '../kit/fleet';
 import { freePort } from '../kit/ports';
 import { listen } from '../kit/http';
-import { startFleetGateway, type TestGateway } from '../kit/gateway';
+import { fleetGatewayOnEmbeddedBroker } from '../kit/gateway';
 import { fire } from '../kit/load';
 
 const TOKEN = 'status-token-for-tests';
@@ -32,31 +31,20 @@ function row(out: string, id: string): string[] {
 }
 
 describe('loadwise status CLI against a real gateway', () => {
-  let broker: { url: string; close(): Promise<void> };
-  let fleet: Fleet | undefined;
-  let gw: TestGateway | undefined;
+  const suite = fleetGatewayOnEmbeddedBroker({
+    label: 'status-cli',
+    backends: [
+      { id: 'api-1', slots: 4, serviceMs: 5 },
+      { id: 'api-2', slots: 8, serviceMs: 5 },
+    ],
+    gateway: { statusPath: '/_lb/status', statusToken: TOKEN },
+  });
   let statusUrl: string;
 
   beforeAll(async () => {
-    broker = await startEmbeddedBroker();
-    ({ fleet, gw } = await startFleetGateway({
-      brokerUrl: broker.url,
-      label: 'status-cli',
-      backends: [
-        { id: 'api-1', slots: 4, serviceMs: 5 },
-        { id: 'api-2', slots: 8, serviceMs: 5 },
-      ],
-      gateway: { statusPath: '/_lb/status', statusToken: TOKEN },
-    }));
-    statusUrl = `${gw.url}/_lb/status`;
-    await fire({ url: `${gw.url}/work`, total: 40, concurrency: 4 });
+    statusUrl = `${suite.gw.url}/_lb/status`;
+    await fire({ url: `${suite.gw.url}/work`, total: 40, concurrency: 4 });
   }, 30_000);
-
-  afterAll(async () => {
-    await gw?.close();
-    await fleet?.close();
-    await broker?.close();
-  });
 
   it('prints every backend with its state, share, load and report age', async () => {
     // The table is read at one instant: a report is fresh for 1 s and one starved probe can
@@ -69,7 +57,7 @@ describe('loadwise status CLI against a real gateway', () => {
         expect(p.stderr()).toBe('');
         expect(await p.exited).toBe(0);
         out = p.stdout();
-        return gw!.snapshot().backends.every((b) => {
+        return suite.gw.snapshot().backends.every((b) => {
           const [, state, , , , , age] = row(out, b.id);
           return state === 'healthy' && /^\d+(\.\d)? m?s$/.test(age ?? '');
         });
@@ -82,7 +70,7 @@ describe('loadwise status CLI against a real gateway', () => {
     expect(out).toMatch(
       /^ID +STATE +SHARE +IN-FLIGHT +LATENCY +EXP\. WAIT +REPORT AGE +CPU +MEM +BUSY +QUEUED$/m,
     );
-    const snap = gw!.snapshot();
+    const snap = suite.gw.snapshot();
     for (const b of snap.backends) {
       const [id, state, share, inFlight, latency, , age, cpu, mem, busy, queued] = row(out, b.id);
       expect(id).toBe(b.id);
@@ -94,23 +82,27 @@ describe('loadwise status CLI against a real gateway', () => {
       expect(cpu).toMatch(/^\d+%$/);
       expect(mem).toMatch(/^\d+%$/);
       // The agent reports the tracker's limit: busy/limit.
-      expect(busy).toMatch(new RegExp(`^\\d+/${fleet!.get(b.id).spec.slots}$`));
+      expect(busy).toMatch(new RegExp(`^\\d+/${suite.fleet.get(b.id).spec.slots}$`));
       expect(queued).toMatch(/^\d+$/);
     }
   });
 
   it('shows a draining backend with its reason', async () => {
-    const agent = fleet!.get('api-2').agent!;
+    const agent = suite.fleet.get('api-2').agent!;
     agent.signal('SIGUSR2');
     try {
-      await eventually(() => gw!.backend('api-2').state === 'draining', 10_000, 'api-2 draining');
+      await eventually(
+        () => suite.gw.backend('api-2').state === 'draining',
+        10_000,
+        'api-2 draining',
+      );
       const p = await loadwise(['status', '--url', statusUrl], { LOADWISE_STATUS_TOKEN: TOKEN });
       expect(await p.exited).toBe(0);
       expect(row(p.stdout(), 'api-2')[1]).toBe('draining: agent reported draining');
       expect(row(p.stdout(), 'api-1')[1]).toBe('healthy');
     } finally {
       agent.signal('SIGHUP');
-      await eventually(() => gw!.backend('api-2').state === 'healthy', 10_000, 'api-2 back');
+      await eventually(() => suite.gw.backend('api-2').state === 'healthy', 10_000, 'api-2 back');
     }
   }, 30_000);
 
@@ -207,7 +199,7 @@ describe('loadwise status CLI against a real gateway', () => {
     const front = http.createServer((req, res) => {
       seen.push(req.headers);
       res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify(gw!.snapshot()));
+      res.end(JSON.stringify(suite.gw.snapshot()));
     });
     await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
     try {
@@ -281,7 +273,7 @@ describe('loadwise status CLI against a real gateway', () => {
     expect(await down.exited).toBe(1);
     expect(down.stderr()).toMatch(/ECONNREFUSED/);
 
-    const notStatus = await loadwise(['status', '--url', `${gw!.url}/work`]);
+    const notStatus = await loadwise(['status', '--url', `${suite.gw.url}/work`]);
     expect(await notStatus.exited).toBe(1);
     expect(notStatus.stderr()).toMatch(/not a loadwise status document/);
 

@@ -6,6 +6,7 @@ import http from 'node:http';
 import express from 'express';
 import {
   loadBalance,
+  startEmbeddedBroker,
   type BalancerEvents,
   type BalancerSnapshot,
   type BackendSnapshot,
@@ -200,6 +201,43 @@ export async function startFleetGateway(opts: {
     await fleet.close();
     throw err;
   }
+}
+
+/**
+ * A fleet and its gateway (startFleetGateway) on an embedded broker of their own, for
+ * one test file or describe block: started in beforeAll, closed in afterAll (gateway,
+ * fleet, broker), `beforeClose` first (a paused backend resumed so that it can stop).
+ * Read `fleet` and `gw` inside tests and hooks, once started.
+ */
+export function fleetGatewayOnEmbeddedBroker(
+  opts: Omit<Parameters<typeof startFleetGateway>[0], 'brokerUrl'> & {
+    beforeClose?: (fleet: Fleet) => void;
+  },
+): { readonly fleet: Fleet; readonly gw: TestGateway } {
+  const { beforeClose, ...start } = opts;
+  let broker: { url: string; close(): Promise<void> } | undefined;
+  let fleet: Fleet | undefined;
+  let gw: TestGateway | undefined;
+  beforeAll(async () => {
+    broker = await startEmbeddedBroker();
+    ({ fleet, gw } = await startFleetGateway({ brokerUrl: broker.url, ...start }));
+  });
+  afterAll(async () => {
+    if (fleet) beforeClose?.(fleet);
+    await gw?.close();
+    await fleet?.close();
+    await broker?.close();
+  });
+  return {
+    get fleet() {
+      if (!fleet) throw new Error('the fleet has not started');
+      return fleet;
+    },
+    get gw() {
+      if (!gw) throw new Error('the gateway has not started');
+      return gw;
+    },
+  };
 }
 
 /**
