@@ -1331,12 +1331,6 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 }
 
-/** No request in flight, no WebSocket open, no stream in the lane. */
-/**
- * Another agent run than the one that admitted discovered backend `b` (its registration's
- * `epochMs`): not the entry's own. A configured backend, or an unknown id, has no admitting
- * run.
- */
 /**
  * Requests in flight from this gateway past which a backend whose agent reports
  * `slots` (its concurrencyLimit) is saturated: its slots and as many queued in it (at
@@ -1346,10 +1340,16 @@ export function reportedBound(slots: number): number {
   return Math.max(2 * slots, slots + 4);
 }
 
+/**
+ * Another agent run than the one that admitted discovered backend `b` (its registration's
+ * `epochMs`): not the entry's own. A configured backend, or an unknown id, has no admitting
+ * run.
+ */
 function otherRun(b: Backend | undefined, epochMs: number): boolean {
   return b?.origin === 'discovery' && b.runEpochMs !== undefined && epochMs !== b.runEpochMs;
 }
 
+/** No request in flight, no WebSocket open, no stream in the lane. */
 function idle(b: Backend): boolean {
   return b.load.inFlight === 0 && b.openUpgrades === 0 && b.openStreams === 0;
 }

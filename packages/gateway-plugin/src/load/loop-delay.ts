@@ -24,7 +24,7 @@ import { monotonicNow } from '../clock';
 const RESOLUTION_MS = 10;
 const READ_EVERY_MS = 500;
 const WINDOWS = 4;
-/** The stall timer's period (stalledMs). */
+/** The stall timer's period (tick, delayedMs). */
 const STALL_TICK_MS = 50;
 /** Two ticks this much further apart than STALL_TICK_MS: the loop stood still between them. */
 const MIN_STALL_MS = 50;

@@ -116,7 +116,7 @@ export function progressMark(res: ServerResponse): number | undefined {
 }
 
 /** Bytes the socket of `res` has handed on (written, not waiting in it); undefined without one. */
-export function bytesTaken(res: ServerResponse): number | undefined {
+function bytesTaken(res: ServerResponse): number | undefined {
   const socket = res.socket;
   if (!socket) return undefined;
   const written = socket.bytesWritten as number | undefined;
