@@ -39,9 +39,8 @@ import {
   statusHandler,
   type LoadBalancerMiddleware,
 } from '@loadwise/gateway-plugin';
-import { assertValidPrefix, ProtocolError } from '@loadwise/protocol';
+import { assertValidPrefix, ProtocolError, redactUrl } from '@loadwise/protocol';
 import { integerArg, parseFlags, type Usage } from './lib/args';
-import { redactUrl } from './lib/output';
 import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,

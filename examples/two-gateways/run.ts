@@ -11,7 +11,7 @@
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { startCluster } from './cluster';
 import { integerArg, parseFlags, type Usage } from '../lib/args';
-import { redactUrl } from '../lib/output';
+import { redactUrl } from '@loadwise/protocol';
 
 const OPTIONS = {
   port: { type: 'string', default: '8080' },

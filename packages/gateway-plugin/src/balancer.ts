@@ -10,6 +10,7 @@ import {
   type Decoder,
   type Message,
   type ProtocolErrorCode,
+  redactUrl,
   type RegistrationMessage,
 } from '@loadwise/protocol';
 import { GatewayError, shown, type DropReason } from './errors';
@@ -55,7 +56,7 @@ import { createStrategy } from './strategies';
 import type { Endpoint, PickContext, Strategy } from './strategies/types';
 import { MessageLimiter } from './transport/message-limiter';
 import { MqttSource } from './transport/mqtt-source';
-import { attachEventLog, redactUrl, writeLog } from './observability/event-log';
+import { attachEventLog, writeLog } from './observability/event-log';
 
 /** Why discovery takes a backend out (the `backend-removed` event's reason). */
 type RemovalReason = BalancerEvents['backend-removed'][0]['reason'];

@@ -1,4 +1,4 @@
-import { brokerUrlNamesUser } from './broker-url';
+import { brokerUrlNamesUser, redactUrl } from './broker-url';
 
 describe('brokerUrlNamesUser: a user mqtt.js sends as the username by itself', () => {
   it.each([
@@ -14,5 +14,23 @@ describe('brokerUrlNamesUser: a user mqtt.js sends as the username by itself', (
     ['not a url', false],
   ])('%s → %s', (url, named) => {
     expect(brokerUrlNamesUser(url)).toBe(named);
+  });
+});
+
+describe('redactUrl', () => {
+  it.each([
+    ['mqtt://gw:secret@broker:1883', 'mqtt://***@broker:1883'],
+    // mqtt.js takes a password holding '@': nothing of it may show.
+    ['mqtt://gw:p@ss@broker:1883/x?y=1', 'mqtt://***@broker:1883/x?y=***'],
+    ['mqtts://broker:8883', 'mqtts://broker:8883'],
+    ['mqtt://gw:p/w@broker:1883', 'mqtt://***@broker:1883'],
+    ['ws://broker/mqtt?token=a@b', 'ws://broker/mqtt?token=***'],
+    // A presigned URL's credentials are its query: names kept, values and fragment not.
+    [
+      'wss://iot.example/mqtt?X-Amz-Algorithm=AWS4&X-Amz-Signature=SECRETSIG&flag&e=#frag',
+      'wss://iot.example/mqtt?X-Amz-Algorithm=***&X-Amz-Signature=***&flag&e=***',
+    ],
+  ])('%s -> %s', (url, shown) => {
+    expect(redactUrl(url)).toBe(shown);
   });
 });

@@ -3,6 +3,22 @@ import { createSecureContext } from 'node:tls';
 import { parse } from 'node:url';
 
 /**
+ * A URL without its credentials: a broker URL may carry `user:password@`, and its query
+ * may carry them too (a presigned `wss://` URL: AWS IoT's `X-Amz-Signature`, an Azure SAS
+ * token), shown whole on the gateway's dashboard and in log lines before, and printed whole by the examples: each parameter keeps its
+ * name, not its value, and the fragment goes.
+ */
+export function redactUrl(url: string): string {
+  // Up to the last `@` before any query: a password may hold an `@` (mqtt.js takes
+  // `mqtt://u:p@ss@host`; up to the first showed its end) or a `/` (a URL a validation
+  // error refuses, echoed whole before). A path holding an `@` loses the host too.
+  const shown = url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^?#]*@/i, '$1***@').replace(/#.*$/s, '');
+  const q = shown.indexOf('?');
+  if (q < 0) return shown;
+  return shown.slice(0, q) + shown.slice(q).replace(/=[^&]*/g, '=***');
+}
+
+/**
  * True when a broker URL names a user that mqtt.js sends as the username by itself: it
  * reads the URL's `auth` with Node's legacy parser (decoded, so `a%3Ab` is `a:b`), and an
  * `auth` of the form `user:pass` sets both, its password over any given beside it. So only

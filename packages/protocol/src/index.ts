@@ -1,5 +1,5 @@
 export * from './errors';
-export { brokerTlsMismatch, brokerUrlNamesUser, tlsMaterialProblem } from './broker-url';
+export { brokerTlsMismatch, brokerUrlNamesUser, redactUrl, tlsMaterialProblem } from './broker-url';
 export * from './topics';
 export * from './messages';
 export {

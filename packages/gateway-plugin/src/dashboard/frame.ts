@@ -7,7 +7,7 @@
  */
 import type { Balancer } from '../balancer';
 import type { BackendSnapshot, BackendStateName, ShedReason } from '../observability';
-import { redactUrl } from '../observability/event-log';
+import { redactUrl } from '@loadwise/protocol';
 
 /**
  * Backends a frame details, and the history keeps lines for, at most. Up to

@@ -16,6 +16,7 @@
  * a flapping broker) go through RateLimitedLog; the others are transitions
  * and are already bounded by the state machines that emit them.
  */
+import { redactUrl } from '@loadwise/protocol';
 import type { BalancerEmitter, BalancerEvents } from '../events';
 import type { Logger } from '../options';
 import type { RateLimitedLog } from '../rate-limited-log';
@@ -36,22 +37,6 @@ export interface LogRecord {
 }
 
 type Describers = { [K in keyof BalancerEvents]: (data: BalancerEvents[K][0]) => LogRecord };
-
-/**
- * A URL without its credentials: a broker URL may carry `user:password@`, and its query
- * may carry them too (a presigned `wss://` URL: AWS IoT's `X-Amz-Signature`, an Azure SAS
- * token), shown whole on the dashboard and in log lines before: each parameter keeps its
- * name, not its value, and the fragment goes.
- */
-export function redactUrl(url: string): string {
-  // Up to the last `@` before any query: a password may hold an `@` (mqtt.js takes
-  // `mqtt://u:p@ss@host`; up to the first showed its end) or a `/` (a URL a validation
-  // error refuses, echoed whole before). A path holding an `@` loses the host too.
-  const shown = url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^?#]*@/i, '$1***@').replace(/#.*$/s, '');
-  const q = shown.indexOf('?');
-  if (q < 0) return shown;
-  return shown.slice(0, q) + shown.slice(q).replace(/=[^&]*/g, '=***');
-}
 
 const seconds = (ms: number | undefined): string =>
   ms === undefined ? 'unknown' : `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
