@@ -33,9 +33,9 @@ export interface CohortMembership {
   /**
    * How many requests other gateways keep on a backend per request this one
    * keeps (G − 1 for G alike gateways): the median over members of hidden /
-   * local mean concurrency. A median, because load that is not from gateways
-   * (a batch job on one backend) inflates a few members' ratios, not the
-   * typical one. A pure read: the figure refreshRatio last computed.
+   * local mean concurrency. A median (the lower one of an even count),
+   * because load that is not from gateways (a batch job on one backend)
+   * inflates a few members' ratios, not the typical one. A pure read: the figure refreshRatio last computed.
    */
   hiddenRatio(): number;
   /**
@@ -81,8 +81,11 @@ export function createLoadCohort(): LoadCohort {
       return;
     }
     scratch.sort((a, b) => a - b);
-    const m = scratch.length >> 1;
-    ratio = scratch.length % 2 ? scratch[m]! : (scratch[m - 1]! + scratch[m]!) / 2;
+    // The lower median: with an even count the mean of the middle two let one loaded member
+    // move it, and with two members (a two-backend fleet) it was their mean, so a batch job on
+    // one backend was half taken for other gateways' load, charged to the idle one too. Too low
+    // a ratio loses nothing: what it leaves out stays in each backend's steady excess.
+    ratio = scratch[(scratch.length - 1) >> 1]!;
   };
 
   const cohort: CohortInternals = {
