@@ -210,6 +210,40 @@ describe('request bodies', () => {
     expect([b.requestsTotal, b.failuresTotal, b.state]).toEqual([0, 0, 'healthy']);
   });
 
+  it("answers 500 LW_GW_BODY_CONSUMED when a middleware set the body stream's encoding and left it unread", async () => {
+    gw = await startLocalGateway(
+      { backends: [{ id: 'a', url: a.url }], requestTimeoutMs: TIMEOUT_MS },
+      (app, lb) => {
+        // A hand-written reader that reads JSON only, as text; other bodies it leaves.
+        app.use((req, _res, next) => {
+          req.setEncoding('utf8');
+          next();
+        });
+        app.use(lb);
+      },
+    );
+    // Buffered for a retry (the default) and streamed: the same answer, the backend untouched
+    // (buffered, the reader's TypeError ended the process; streamed, the backend got the bytes
+    // decoded as UTF-8).
+    for (const path of ['/small', '/large']) {
+      const body = Buffer.from([0x68, 0xff, 0xfe, 0x69]);
+      const r = await send(`${gw.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: path === '/small' ? body : Buffer.concat([body, Buffer.alloc(2 * 1024 * 1024)]),
+      });
+      expect(r.status).toBe(500);
+      expect(r.headers['x-loadwise-error']).toBe('LW_GW_BODY_CONSUMED');
+      expect(r.json<{ error: { message: string } }>().error.message).toMatch(
+        /setEncoding\('utf8'\)/,
+      );
+    }
+    // A request without a body is not the encoding's business.
+    expect((await send(`${gw.url}/get`)).status).toBe(200);
+    const b = gw.lb.balancer.snapshot().backends[0]!;
+    expect([b.requestsTotal, b.failuresTotal]).toEqual([1, 0]);
+  });
+
   it('answers 500 LW_GW_BODY_CONSUMED, never next(err), for a req.body JSON.stringify refuses', async () => {
     const handed: unknown[] = [];
     gw = await startLocalGateway(

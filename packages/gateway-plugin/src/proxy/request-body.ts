@@ -221,7 +221,21 @@ export function planBody(
   /** The headers the backend gets (request-flow.ts: a copy, the app keeps req.headers). */
   h: IncomingHttpHeaders = req.headers,
 ): BodyPlan {
-  if (!hasBody(req) || !bodyWasRead(req)) return { kind: 'stream' };
+  if (!hasBody(req)) return { kind: 'stream' };
+  if (!bodyWasRead(req)) {
+    // A middleware that called req.setEncoding() and left the body unread (it reads JSON
+    // only, say) hands the balancer strings: the bytes are decoded, lossily for UTF-8, and the
+    // body reader took them for Buffers (a TypeError thrown from the stream's 'data' listener
+    // ended the process; streamed, the backend got U+FFFD where the client's bytes were).
+    const encoding = req.readableEncoding;
+    if (encoding) {
+      return {
+        kind: 'lost',
+        detail: `a middleware before the balancer set the request stream's encoding (req.setEncoding('${encoding}')) and left the body unread, so its bytes arrive decoded and cannot be forwarded as the client sent them; read the body whole (req.body or req.rawBody) or leave the stream's encoding alone`,
+      };
+    }
+    return { kind: 'stream' };
+  }
   const { body: parsed, rawBody } = req as { body?: unknown; rawBody?: unknown };
   // The bytes a parser's verify hook kept (express.json({ verify }) hands it
   // them inflated, before any charset decoding) win over req.body: sent
