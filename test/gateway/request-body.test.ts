@@ -8,7 +8,7 @@
  * it, a large one is not.
  */
 import { Agent, createServer, request, type IncomingMessage } from 'node:http';
-import { gzipSync } from 'node:zlib';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import express from 'express';
 import { fixRequestBody, responseInterceptor } from 'http-proxy-middleware';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
@@ -725,7 +725,7 @@ describe('request bodies, byte for byte', () => {
     expect(got.headers['content-length']).toBe(String(latin1.length));
   });
 
-  it('drops Content-Encoding of a body express.raw() inflated, keeps it on bytes still gzip', async () => {
+  it('drops Content-Encoding of a body express.raw() inflated, keeps it on bytes still encoded', async () => {
     const json = Buffer.from('{"event":"paid"}');
     const zipped = gzipSync(json);
     const headers = { 'Content-Type': 'application/json', 'Content-Encoding': 'gzip' };
@@ -736,6 +736,17 @@ describe('request bodies, byte for byte', () => {
     expect(kept.bytes).toEqual(zipped);
     expect(kept.headers['content-encoding']).toBe('gzip');
     expect(kept.headers['content-length']).toBe(String(zipped.length));
+    // deflate and br too: kept as they came, they went out without their label.
+    for (const [coding, encoded] of [
+      ['deflate', deflateSync(json)],
+      ['br', brotliCompressSync(json)],
+    ] as const) {
+      const labels = { 'Content-Type': 'application/json', 'Content-Encoding': coding };
+      const raw = await through('/raw/a', labels, encoded);
+      expect([raw.bytes, raw.headers['content-encoding']]).toEqual([json, undefined]);
+      const same = await through('/kept/a', labels, encoded);
+      expect([same.bytes, same.headers['content-encoding']]).toEqual([encoded, coding]);
+    }
   });
 
   it('sends a .gz file uploaded with gzip compression as the file, without Content-Encoding', async () => {

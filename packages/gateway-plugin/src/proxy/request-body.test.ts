@@ -61,16 +61,32 @@ describe('planBody', () => {
     },
   );
 
+  const zlibHead = Buffer.from([0x78, 0x9c, 3, 0]); // deflateSync's header: method 8, check bits
   it.each([
-    ['gzip', Buffer.from([0x1f, 0x8b, 8, 0]), 'gzip'],
-    [' X-Gzip ', Buffer.from([0x1f, 0x8b, 8, 0]), ' X-Gzip '],
-    ['gzip', Buffer.from('{"a":1}'), undefined],
-    ['deflate', Buffer.from([0x1f, 0x8b, 8, 0]), undefined],
+    ['gzip', Buffer.from([0x1f, 0x8b, 8, 0]), '4', 'gzip'],
+    [' X-Gzip ', Buffer.from([0x1f, 0x8b, 8, 0]), '4', ' X-Gzip '],
+    ['gzip', Buffer.from('{"a":1}'), '4', undefined], // inflated: not the length sent
+    ['gzip', Buffer.from('{"a"'), '4', undefined], // the length, but not gzip
+    ['deflate', zlibHead, '4', 'deflate'], // the length sent: as it came
+    ['br', Buffer.from([0x0b, 2, 0x80, 0]), '4', 'br'],
+    ['br', Buffer.from('{"a":1}'), '4', undefined],
+    ['identity', Buffer.from('{"a"'), '4', undefined],
+    // Chunked: no length to compare; gzip's magic number or a zlib header decides, br drops.
+    ['gzip', Buffer.from([0x1f, 0x8b, 8, 0]), undefined, 'gzip'],
+    ['deflate', zlibHead, undefined, 'deflate'],
+    ['deflate', Buffer.from('{"a":1}'), undefined, undefined],
+    ['br', Buffer.from([0x0b, 2, 0x80, 0]), undefined, undefined],
   ])(
-    'a Buffer req.body sent as Content-Encoding %j keeps it only while still gzip (%#)',
-    (encoding, bytes, kept) => {
+    'a Buffer req.body sent as Content-Encoding %j keeps it only while still encoded (%#)',
+    (encoding, bytes, length, kept) => {
       const req = parsed(
-        { 'content-type': 'application/json', 'content-encoding': encoding, 'content-length': '4' },
+        {
+          'content-type': 'application/json',
+          'content-encoding': encoding,
+          ...(length === undefined
+            ? { 'transfer-encoding': 'chunked' }
+            : { 'content-length': length }),
+        },
         bytes,
       );
       expect(planBody(req)).toEqual({ kind: 'buffered', body: bytes });

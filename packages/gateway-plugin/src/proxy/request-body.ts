@@ -144,29 +144,37 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
 }
 
 /**
- * Whether bytes the client sent as `Content-Encoding: gzip` are still gzip: a
+ * Whether bytes the client sent with a `Content-Encoding` are still in it: a
  * raw-body middleware that did not inflate them, where body-parser
- * (express.raw() included) always does. They start with gzip's magic number
- * (RFC 1952 §2.3.1), and when the client gave a Content-Length they are
- * exactly that long: a gzip file uploaded with gzip transfer compression
- * (`file.gz` sent compressed again) still starts with the magic number once
- * body-parser inflated it, but inflated it is never as long as what the
- * client sent (gzip over already compressed bytes only adds), so the length
- * tells the two apart where the magic number cannot. A chunked upload has no
- * length to compare: the magic number decides.
+ * (express.raw() included) always inflates gzip, deflate and br. When the
+ * client gave a Content-Length they are exactly that long, where inflated
+ * bytes never are (a coding over already compressed bytes only adds): a gzip
+ * file uploaded with gzip transfer compression (`file.gz` sent compressed
+ * again) still starts with the magic number once body-parser inflated it, so
+ * the length tells the two apart where the magic number cannot. A chunked
+ * upload has no length to compare: gzip's magic number (RFC 1952 §2.3.1) or
+ * zlib's header (RFC 1950 §2.2: method 8, the check bits) decides, and br,
+ * which has neither, counts as inflated. Until 2026-12-07 only gzip was kept:
+ * deflate and br bytes kept as they came went out without their label, a
+ * body no backend could read.
  */
-function stillGzipped(
+function stillEncoded(
   encoding: string | undefined,
   bytes: Buffer,
   sent: number | undefined,
 ): boolean {
   const coding = encoding?.trim().toLowerCase();
+  if (!coding || coding === 'identity') return false;
+  if (sent !== undefined && bytes.length !== sent) return false;
+  if (coding === 'gzip' || coding === 'x-gzip') {
+    return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
+  }
+  if (sent !== undefined) return true;
   return (
-    (coding === 'gzip' || coding === 'x-gzip') &&
+    coding === 'deflate' &&
     bytes.length >= 2 &&
-    bytes[0] === 0x1f &&
-    bytes[1] === 0x8b &&
-    (sent === undefined || bytes.length === sent)
+    (bytes[0]! & 0x0f) === 8 &&
+    (bytes[0]! * 256 + bytes[1]!) % 31 === 0
   );
 }
 
@@ -210,7 +218,7 @@ export function buffered(h: IncomingHttpHeaders, body: Buffer, read?: true): Bod
  * untouched: nothing decoded their charset, so the client's label is still
  * theirs. `Content-Encoding` is dropped, since body-parser inflates gzip,
  * deflate and br bodies before handing them over, unless the bytes are
- * still gzip (`stillGzipped`).
+ * still in their coding (`stillEncoded`).
  *
  * A re-serialized body (a string, a parsed object) is UTF-8 whatever the
  * client sent: no `Content-Encoding` (the parser inflated it), and
@@ -249,7 +257,7 @@ export function planBody(
         ? Buffer.from(parsed.buffer, parsed.byteOffset, parsed.byteLength)
         : undefined;
   if (bytes) {
-    if (!stillGzipped(h['content-encoding'], bytes, declaredLength(req)))
+    if (!stillEncoded(h['content-encoding'], bytes, declaredLength(req)))
       delete h['content-encoding'];
     return buffered(h, bytes);
   }
