@@ -322,7 +322,10 @@ export class UpgradeFlow {
       // webSockets places, for good. So it closes once the answer is out, and an answer
       // that stops moving (a stalled body, a client that does not read) is cut.
       socket.once('finish', () => socket.destroy());
-      socket.setTimeout(this.core.options.requestTimeoutMs, () => socket.destroy());
+      // Cut before the whole answer went out (else 'finish' closed it): with a reset, as
+      // below, since a FIN ends a body framed by the close, and the client read a stalled
+      // page as a whole one.
+      socket.setTimeout(this.core.options.requestTimeoutMs, () => resetSocket(socket));
       // An answer the backend stopped sending (its FIN or reset mid-body): http-proxy's pipe
       // neither ends nor closes the client's socket then, which waited out requestTimeoutMs
       // with the client's webSockets place held, and then ended with a FIN, which a body
