@@ -337,3 +337,50 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
     expect(received).toMatch(/\r\nWWW-Authenticate: Bearer\r\n/i);
   });
 });
+
+describe('routeUpgrades(app) at shutdown', () => {
+  it("cuts an upgrade still in the app's middleware once the grace is over", async () => {
+    const backend = await wsEchoBackend();
+    const lb = loadBalance({
+      backends: [{ id: 'ws-1', url: backend.url }],
+      healthCheck: false,
+      overload: false,
+      warmUp: false,
+      logger: quietLogger,
+    });
+    let seen = false;
+    const app = express();
+    // A session lookup that never answers, for upgrades and requests alike.
+    app.use('/hang', () => void (seen = true));
+    app.use(lb);
+    const server = createServer(app);
+    server.on('upgrade', routeUpgrades(app));
+    const gateway = await listen(server);
+    const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+    try {
+      // A request the balancer serves: the server is one of its own.
+      const plain = await fetch(`${gateway.url}/ok`, { headers: { connection: 'close' } });
+      expect(plain.status).toBe(200);
+      await plain.text();
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.on('error', () => {});
+      socket.write(
+        'GET /hang HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      await eventually(() => seen, 5_000, 'the upgrade in the middleware');
+      // The shutdown recipe: stop listening, then the balancer's grace.
+      server.close();
+      await lb.close({ graceMs: 100 });
+      // Node no longer counts an upgrade's socket as its connection: closeAllConnections()
+      // missed it, and the stopped process lived until the client left.
+      let cut = false;
+      void closed.then(() => (cut = true));
+      await eventually(() => cut, 5_000, "the upgrade's socket cut");
+    } finally {
+      socket.destroy();
+      await gateway.close();
+      await backend.close();
+    }
+  });
+});

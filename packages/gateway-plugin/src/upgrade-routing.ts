@@ -78,7 +78,10 @@ function watchWhileRouted(
   // `wss.handleUpgrade(req, req.socket, ...)`): its bytes are the app's. Watched on, that
   // connection was cut after 64 KiB.
   const otherReader = (event: string | symbol): void => {
-    if (event === 'data' || event === 'readable') stop(true);
+    if (event !== 'data' && event !== 'readable') return;
+    stop(true);
+    // Nor is it cut with the balancer's leftovers at shutdown (cutRoutedUpgrades).
+    unrouted(socket);
   };
   const left = (): void => {
     stop(false);
@@ -99,6 +102,36 @@ function watchWhileRouted(
 }
 
 const pending = new WeakMap<IncomingMessage, PendingUpgrade>();
+
+/**
+ * The sockets of upgrades in the app's middleware, per server they came
+ * through: Node stops tracking a socket as its connection once it is handed
+ * over as an upgrade, so server.closeAllConnections() at shutdown never cut
+ * one whose middleware hung (a session lookup that never answers), and the
+ * stopped process lived until the client left (cutRoutedUpgrades).
+ */
+const routing = new WeakMap<object, Set<Socket>>();
+
+function serverOf(socket: Socket): object | undefined {
+  return (socket as { server?: object }).server ?? undefined;
+}
+
+function unrouted(socket: Socket): void {
+  const server = serverOf(socket);
+  if (server) routing.get(server)?.delete(socket);
+}
+
+/**
+ * Destroys the sockets of upgrades still in the app's middleware on `server`
+ * (no balancer took them): with its other leftover connections once the
+ * shutdown's grace is over (request-flow.ts, forgetServers).
+ */
+export function cutRoutedUpgrades(server: object): void {
+  const sockets = routing.get(server);
+  if (!sockets) return;
+  routing.delete(server);
+  for (const socket of sockets) socket.destroy();
+}
 
 /** An Express app, a connect app, or any `(req, res, next)` handler. */
 export type AppHandler = (
@@ -212,6 +245,13 @@ function route(app: AppHandler, req: IncomingMessage, socket: Socket, head: Buff
     },
   );
   pending.set(req, { socket, head, res, stopWatching });
+  const server = serverOf(socket);
+  if (server) {
+    let sockets = routing.get(server);
+    if (!sockets) routing.set(server, (sockets = new Set()));
+    sockets.add(socket);
+    socket.once('close', () => unrouted(socket));
+  }
   // An answer of the app's own goes out whole: reading on would only see the client leave.
   res.once('finish', () => stopWatching(false));
   const final = (err?: unknown): void => {
@@ -257,6 +297,7 @@ export function takeUpgrade(req: IncomingMessage): { socket: Socket; head: Buffe
   if (p === undefined) return undefined;
   pending.delete(req);
   taken.add(req);
+  unrouted(p.socket);
   p.stopWatching(true);
   p.res.detachSocket(p.socket);
   // The app's response is done with: its head hooks run (on-headers, which connect-timeout
@@ -293,6 +334,7 @@ export function releaseUpgrade(req: IncomingMessage): void {
   const p = pending.get(req);
   if (p === undefined) return;
   pending.delete(req);
+  unrouted(p.socket);
   // Served as a request: its bytes (none, a request with no body) are its own to read.
   p.stopWatching(true);
 }

@@ -57,6 +57,7 @@ import {
 import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
+import { cutRoutedUpgrades } from '../upgrade-routing';
 import { StreamLane, type LanePlace } from './stream-lane';
 import { lingerOnClose } from './linger';
 import { closeIdle, retirePool } from '../registry/pool-agent';
@@ -2097,9 +2098,14 @@ function flushStreamed(
   proxyRes.once('close', () => clearTimeout(timer));
 }
 
-/** server.closeAllConnections() of the http(s).Server a request came through. */
+/**
+ * server.closeAllConnections() of the http(s).Server a request came through, and the
+ * upgrades still in the app's middleware there, which Node no longer counts as its
+ * connections (upgrade-routing.ts).
+ */
 function closeAllConnections(server: Server): void {
   (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+  cutRoutedUpgrades(server);
 }
 
 /** server.closeIdleConnections() of the http(s).Server a request came through. */
