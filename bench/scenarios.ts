@@ -441,6 +441,12 @@ export function coldStartScenarios(
       name: `loadwise ${strategy} default, traced`,
     },
     nginx('least_conn'),
+    // Two workers (runWorkers, the quick start's --workers 2): the cold start's connection storm
+    // split over two processes, on a machine where one worker has less than a core to spare.
+    // Not in the restart variant, which has its own pool rows.
+    ...(restartAtMs === undefined
+      ? [{ ...loadwiseWorkers(strategy, 2), name: `loadwise ${strategy}, 2 workers` }]
+      : []),
     // The Node baseline: Express + http-proxy-middleware with a keep-alive agent, round robin,
     // no warm-up. Whether a cold tail is this product's or any Node proxy's on the machine.
     // Not in the restart variant: killed in place, it only adds its boot time.
