@@ -99,6 +99,7 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     if (isRoutedUpgrade(req)) {
       if (balancer.flow.upgrades.servedAsRequest(req)) releaseUpgrade(req);
       else {
+        balancer.flow.noteUpgradeServer(req);
         const upgrade = takeUpgrade(req)!;
         return balancer.flow.upgrades.upgrade(req, upgrade.socket, upgrade.head);
       }
@@ -115,8 +116,10 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     balancer: { value: balancer, enumerable: true },
     dashboard: { value: dashboard || undefined },
     upgrade: {
-      value: (req: IncomingMessage, socket: Socket, head: Buffer) =>
-        balancer.flow.upgrades.upgrade(req, socket, head),
+      value: (req: IncomingMessage, socket: Socket, head: Buffer) => {
+        balancer.flow.noteUpgradeServer(req);
+        return balancer.flow.upgrades.upgrade(req, socket, head);
+      },
     },
     ready: {
       value: (o?: ReadyOptions) =>

@@ -820,6 +820,16 @@ export class RequestFlow {
     }
   }
 
+  /**
+   * An upgrade this balancer takes (load-balance.ts) came through a server of its own too:
+   * noted as a request's is, so that at shutdown its leftover connections, upgrades still
+   * in the app's middleware included, are cut on a gateway that serves only WebSockets.
+   */
+  noteUpgradeServer(req: IncomingMessage): void {
+    const server = serverOf(req);
+    if (server !== this.lastServer && server) this.noteServer(server);
+  }
+
   private noteServer(server: Server): void {
     // Closed: nothing waits for the server any more (see forgetServers).
     if (this.core.closed) return;
