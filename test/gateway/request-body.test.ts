@@ -238,6 +238,17 @@ describe('request bodies', () => {
         /setEncoding\('utf8'\)/,
       );
     }
+    // The body is still on the connection: on a keep-alive one, the answer closes it (it read
+    // a 200 MB upload through to the end, and a request behind it waited for that).
+    const head =
+      'POST /kept HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n' +
+      'Content-Length: 4\r\n\r\n';
+    const ex = await rawExchange(
+      gw.port,
+      Buffer.concat([Buffer.from(head), Buffer.from([0x68, 0xff, 0xfe, 0x69])]),
+    );
+    expect(ex.responses.map((x) => [x.status, x.headers['connection']])).toEqual([[500, 'close']]);
+    expect(ex.closed).toBe(true);
     // A request without a body is not the encoding's business.
     expect((await send(`${gw.url}/get`)).status).toBe(200);
     const b = gw.lb.balancer.snapshot().backends[0]!;

@@ -17,7 +17,13 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import express from 'express';
-import { gatewayServerOptions, loadBalance } from '@loadwise/gateway-plugin';
+import { createServer } from 'node:http';
+import {
+  gatewayServerOptions,
+  loadBalance,
+  routeUpgrades,
+  type LoadBalanceOptions,
+} from '@loadwise/gateway-plugin';
 import { quietLogger } from '../kit/gateway';
 import { listen, startBackend } from '../kit/http';
 import { canRunOpenssl, createPki, type Pki } from '../kit/pki';
@@ -37,7 +43,10 @@ suite('a gateway terminating TLS', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   /** The balancer behind an https server of its own, on 127.0.0.1, port 0. */
-  async function httpsGateway(backendUrl: string): Promise<{
+  async function httpsGateway(
+    backendUrl: string,
+    extra: Partial<LoadBalanceOptions> = {},
+  ): Promise<{
     port: number;
     close(): Promise<void>;
   }> {
@@ -47,6 +56,7 @@ suite('a gateway terminating TLS', () => {
       warmUp: false,
       overload: false,
       healthCheck: false,
+      ...extra,
     });
     const app = express();
     app.use(lb);
@@ -54,6 +64,7 @@ suite('a gateway terminating TLS', () => {
       { key: pki.read('front.key'), cert: pki.read('front.pem'), ...gatewayServerOptions() },
       app,
     );
+    server.on('upgrade', routeUpgrades(app));
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     await lb.ready();
@@ -85,6 +96,40 @@ suite('a gateway terminating TLS', () => {
     } finally {
       await gw.close();
       await echo.close();
+    }
+  });
+
+  it("cuts an upgrade's stalled non-101 answer with a reset, never a clean end", async () => {
+    // A chunked 403 page, its first chunk only: framed by the close on the client's side.
+    // A TLS socket has no reset of its own; destroy() alone sent a FIN without close_notify,
+    // which Node's clients read as the end of the (truncated) page.
+    const stalled = createServer();
+    stalled.on('upgrade', (_req, socket: net.Socket) => {
+      socket.on('error', () => {});
+      socket.write(
+        'HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{"error":"denied\r\n',
+      );
+    });
+    const backend = await listen(stalled);
+    const gw = await httpsGateway(backend.url, { requestTimeoutMs: 300 });
+    try {
+      const client = tls.connect({ port: gw.port, host: '127.0.0.1', rejectUnauthorized: false });
+      let got = '';
+      client.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      const ended = new Promise<string>((resolve) => {
+        client.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        client.once('end', () => resolve('end'));
+      });
+      client.write(
+        'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      expect(await ended).toBe('ECONNRESET');
+      client.destroy();
+      expect(got).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*denied/);
+    } finally {
+      await gw.close();
+      await backend.close();
     }
   });
 

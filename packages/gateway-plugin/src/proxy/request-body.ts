@@ -31,6 +31,7 @@
  * already emitted 'end').
  */
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import { brotliDecompressSync, inflateSync } from 'node:zlib';
 
 /** What the gateway sends as the body of each attempt. */
 export type BodyPlan =
@@ -41,8 +42,11 @@ export type BodyPlan =
    * (`read`: then it is sent again on a retry only within retry.maxBodyBytes).
    */
   | { kind: 'buffered'; body: Buffer; read?: true }
-  /** The body was read by someone else and cannot be rebuilt. */
-  | { kind: 'lost'; detail: string };
+  /**
+   * The body was read by someone else and cannot be rebuilt; or (`unread`) it is still
+   * on the connection but would arrive decoded (a middleware set the stream's encoding).
+   */
+  | { kind: 'lost'; detail: string; unread?: true };
 
 /** Whether the request announces a body (RFC 9112 §6.3: Transfer-Encoding, or Content-Length > 0). */
 export function hasBody(req: IncomingMessage): boolean {
@@ -147,35 +151,52 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
  * Whether bytes the client sent with a `Content-Encoding` are still in it: a
  * raw-body middleware that did not inflate them, where body-parser
  * (express.raw() included) always inflates gzip, deflate and br. When the
- * client gave a Content-Length they are exactly that long, where inflated
- * bytes never are (a coding over already compressed bytes only adds): a gzip
- * file uploaded with gzip transfer compression (`file.gz` sent compressed
- * again) still starts with the magic number once body-parser inflated it, so
- * the length tells the two apart where the magic number cannot. A chunked
- * upload has no length to compare: gzip's magic number (RFC 1952 §2.3.1) or
- * zlib's header (RFC 1950 §2.2: method 8, the check bits) decides, and br,
- * which has neither, counts as inflated. Until 2026-12-07 only gzip was kept:
- * deflate and br bytes kept as they came went out without their label, a
- * body no backend could read.
+ * client gave a Content-Length, bytes of another length were inflated. Of
+ * that length, they are still encoded if they read as the last coding named:
+ * gzip's magic number (RFC 1952 §2.3.1), or the start of a zlib (`deflate`,
+ * RFC 1950) or brotli stream, decoded up to its first byte of output. The
+ * length alone is not enough: inflated bytes can be as long as the encoded
+ * ones were (partly compressible data), and then went out labelled. The
+ * magic number alone is not enough either: a gzip file uploaded with gzip
+ * transfer compression (`file.gz` sent compressed again) still starts with it
+ * once body-parser inflated it, but is then never as long as what was sent.
+ * A chunked upload has no length to compare: the reading alone decides. A
+ * coding with no such check (zstd, compress) is kept when the length matches
+ * and dropped when there is none. Until 2026-12-07 only gzip was kept:
+ * deflate and br bytes kept as they came went out without their label.
  */
 function stillEncoded(
   encoding: string | undefined,
   bytes: Buffer,
   sent: number | undefined,
 ): boolean {
-  const coding = encoding?.trim().toLowerCase();
+  // The last coding applied is the outermost (RFC 9110 §8.4): what the bytes start as.
+  const coding = encoding?.split(',').pop()?.trim().toLowerCase();
   if (!coding || coding === 'identity') return false;
   if (sent !== undefined && bytes.length !== sent) return false;
   if (coding === 'gzip' || coding === 'x-gzip') {
     return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
   }
-  if (sent !== undefined) return true;
-  return (
-    coding === 'deflate' &&
-    bytes.length >= 2 &&
-    (bytes[0]! & 0x0f) === 8 &&
-    (bytes[0]! * 256 + bytes[1]!) % 31 === 0
-  );
+  if (coding === 'deflate') return startsAs(inflateSync, bytes);
+  if (coding === 'br') return startsAs(brotliDecompressSync, bytes);
+  return sent !== undefined;
+}
+
+/**
+ * Whether `bytes` begin a valid stream of the coding `decode` reads: decoded
+ * until its first byte of output (a valid stream that has more stops there
+ * with ERR_BUFFER_TOO_LARGE; anything else fails on its first bytes).
+ */
+function startsAs(
+  decode: (b: Buffer, o: { maxOutputLength: number }) => Buffer,
+  bytes: Buffer,
+): boolean {
+  try {
+    decode(bytes, { maxOutputLength: 1 });
+    return true;
+  } catch (err) {
+    return (err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE';
+  }
 }
 
 /** A `charset` parameter, not a parameter whose name ends with it (`x-orig-charset`). */
@@ -239,6 +260,7 @@ export function planBody(
     if (encoding) {
       return {
         kind: 'lost',
+        unread: true,
         detail: `a middleware before the balancer set the request stream's encoding (req.setEncoding('${encoding}')) and left the body unread, so its bytes arrive decoded and cannot be forwarded as the client sent them; read the body whole (req.body or req.rawBody) or leave the stream's encoding alone`,
       };
     }

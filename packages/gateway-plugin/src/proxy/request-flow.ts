@@ -631,6 +631,12 @@ export class RequestFlow {
         method: req.method,
         path: pathForLog(req.url),
       });
+      // Still on the connection: closed after the answer, as other refusals before a body
+      // are (lingerAfter), rather than read through on a keep-alive connection.
+      if (body.unread && !res.headersSent) {
+        res.setHeader('connection', 'close');
+        this.lingerAfter(req);
+      }
       return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, body.detail);
     }
     // Before the headers change: setForwardedHeaders appends to X-Forwarded-For.

@@ -669,7 +669,14 @@ function resetSocket(socket: Socket): void {
   try {
     socket.resetAndDestroy();
   } catch {
-    // ERR_INVALID_HANDLE_TYPE: not a TCP handle (a TLS socket).
+    // ERR_INVALID_HANDLE_TYPE: not a TCP handle (a TLS socket). Its destroy() alone ends
+    // the TCP connection with a FIN and no close_notify, which Node's clients read as a
+    // clean end: the TCP socket under it is reset first.
+    try {
+      (socket as { _parent?: Socket })._parent?.resetAndDestroy();
+    } catch {
+      // Not a TCP socket under it either: the FIN is all there is.
+    }
     socket.destroy();
   }
 }

@@ -419,6 +419,24 @@ describe('queueing simulation: several gateways on one broker', () => {
     expect(la.meanMs).toBeLessThan(lif.meanMs * 1.1);
   });
 
+  it('two gateways on two equal backends and nothing else: not worse than least-in-flight', () => {
+    // The lower median of two noisy ratios is biased low; what it leaves out lags in the
+    // steady excess. It must not cost more than the three-backend fleet above may.
+    const two: Scenario = {
+      backends: [THREE_EQUAL[0]!, THREE_EQUAL[0]!],
+      gatewayRps: 300,
+      gateways: 2,
+      reportLimit: true,
+      durationMs: 10_000,
+    };
+    for (const seed of [1, 2, 3]) {
+      const la = simulate('load-aware', two, seed);
+      const lif = simulate('least-in-flight', two, seed);
+      expect(la.p99Ms).toBeLessThan(lif.p99Ms * 1.1);
+      expect(la.meanMs).toBeLessThan(lif.meanMs * 1.1);
+    }
+  });
+
   it('two gateways, two backends, a batch job on one: routed around (the lower median)', () => {
     // Agents reading a gauge (no traffic figures); a batch job holds 3 of b0's 4 slots. The
     // median of the two backends' hidden/local ratios was their mean: the batch job was half
