@@ -499,28 +499,6 @@ describe('createEndpointLoad: the agent report', () => {
     expect(l0.snapshot(3000).hiddenInFlight).toBeCloseTo(6, 6);
   });
 
-  it('with two backends, a batch job on one is its own load, not the other gateways’ (lower median)', () => {
-    const cohort = createLoadCohort();
-    const loads = [0, 1].map(() => createEndpointLoad({ cohort }));
-    // Both: this gateway kept 1 request, one other gateway 1; b0 also runs 3 batch requests.
-    loads.forEach((l, i) => {
-      l.onReport(report({ queue: { inFlight: 0, source: {} } }), 0);
-      l.onRequestStart(0);
-      const seen = 2 + (i === 0 ? 3 : 0);
-      l.onReport(
-        report({
-          queue: { inFlight: seen, source: {} },
-          traffic: { rps: seen * 100, latencyMeanMs: 10 },
-        }),
-        1000,
-      );
-    });
-    // The mean of the two ratios (1 and 4) took 2.5 requests of others per one of ours: b1 was
-    // charged 2.5 it never had and b0's batch job shrank to a gap of 1.5.
-    expect(loads[1]!.snapshot(2000).hiddenInFlight).toBeCloseTo(1, 6);
-    expect(loads[0]!.snapshot(2000).hiddenInFlight).toBeCloseTo(4, 6);
-  });
-
   it('exposes the fresh verdict and state for the balancer', () => {
     const load = createEndpointLoad();
     expect(load.reportVerdict(0)).toBeUndefined();

@@ -420,8 +420,8 @@ describe('queueing simulation: several gateways on one broker', () => {
   });
 
   it('two gateways on two equal backends and nothing else: not worse than least-in-flight', () => {
-    // The lower median of two noisy ratios is biased low; what it leaves out lags in the
-    // steady excess. It must not cost more than the three-backend fleet above may.
+    // Two noisy ratios, one median between them: it must not cost more than the
+    // three-backend fleet above may.
     const two: Scenario = {
       backends: [THREE_EQUAL[0]!, THREE_EQUAL[0]!],
       gatewayRps: 300,
@@ -437,11 +437,12 @@ describe('queueing simulation: several gateways on one broker', () => {
     }
   });
 
-  it('two gateways, two backends, a batch job on one: routed around (the lower median)', () => {
-    // Agents reading a gauge (no traffic figures); a batch job holds 3 of b0's 4 slots. The
-    // median of the two backends' hidden/local ratios was their mean: the batch job was half
-    // taken for the other gateway's load, charged to b1 as well (seeds 1-3: b0 got 0.18-0.19 of
-    // the requests, p99 0.52-0.58x least-in-flight's; now 0.12-0.14 and 0.50-0.54x).
+  it('two gateways, two backends, a batch job on one: routed around, though the median is a mean', () => {
+    // Agents reading a gauge (no traffic figures); a batch job holds 3 of b0's 4 slots. With
+    // two backends the median of the hidden/local ratios is their mean: the batch job is half
+    // taken for the other gateway's load (seeds 1-3: b0 gets 0.18-0.19 of the requests, p99
+    // 0.52-0.58x least-in-flight's; the lower median gave 0.12-0.14 and 0.50-0.54x, and cost
+    // bench scenario 1: docs/strategies.md).
     const two: Scenario = {
       backends: [THREE_EQUAL[0]!, THREE_EQUAL[0]!],
       gatewayRps: 150,
@@ -454,8 +455,8 @@ describe('queueing simulation: several gateways on one broker', () => {
     for (const seed of [1, 2, 3]) {
       const la = simulate('load-aware', two, seed);
       const lif = simulate('least-in-flight', two, seed);
-      expect(la.shares[0]).toBeLessThan(0.16);
-      expect(la.p99Ms).toBeLessThan(lif.p99Ms * 0.56);
+      expect(la.shares[0]).toBeLessThan(0.2);
+      expect(la.p99Ms).toBeLessThan(lif.p99Ms * 0.6);
     }
   });
 
