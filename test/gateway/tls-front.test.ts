@@ -17,7 +17,6 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import express from 'express';
-import { createServer } from 'node:http';
 import {
   gatewayServerOptions,
   loadBalance,
@@ -28,6 +27,7 @@ import { quietLogger } from '../kit/gateway';
 import { listen, startBackend } from '../kit/http';
 import { canRunOpenssl, createPki, type Pki } from '../kit/pki';
 import { uploadThenRead } from '../kit/raw-http';
+import { stalledUpgradeBackend, upgradeUntilEnd } from '../kit/ws-server';
 
 const suite = canRunOpenssl ? describe : describe.skip;
 
@@ -103,29 +103,12 @@ suite('a gateway terminating TLS', () => {
     // A chunked 403 page, its first chunk only: framed by the close on the client's side.
     // A TLS socket has no reset of its own; destroy() alone sent a FIN without close_notify,
     // which Node's clients read as the end of the (truncated) page.
-    const stalled = createServer();
-    stalled.on('upgrade', (_req, socket: net.Socket) => {
-      socket.on('error', () => {});
-      socket.write(
-        'HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{"error":"denied\r\n',
-      );
-    });
-    const backend = await listen(stalled);
+    const backend = await stalledUpgradeBackend();
     const gw = await httpsGateway(backend.url, { requestTimeoutMs: 300 });
     try {
       const client = tls.connect({ port: gw.port, host: '127.0.0.1', rejectUnauthorized: false });
-      let got = '';
-      client.on('data', (d: Buffer) => (got += d.toString('latin1')));
-      const ended = new Promise<string>((resolve) => {
-        client.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
-        client.once('end', () => resolve('end'));
-      });
-      client.write(
-        'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
-          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
-      );
-      expect(await ended).toBe('ECONNRESET');
-      client.destroy();
+      const { ended, got } = await upgradeUntilEnd(client);
+      expect(ended).toBe('ECONNRESET');
       expect(got).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*denied/);
     } finally {
       await gw.close();

@@ -23,7 +23,12 @@ import { listen, refusedPort, startBackend, type TestServer } from '../kit/http'
 import { expressGateway } from '../kit/gateway';
 import { rawExchange } from '../kit/raw-http';
 import { eventually } from '../kit/fleet';
-import { wsEchoBackend, type EchoBackend } from '../kit/ws-server';
+import {
+  stalledUpgradeBackend,
+  upgradeUntilEnd,
+  wsEchoBackend,
+  type EchoBackend,
+} from '../kit/ws-server';
 
 jest.setTimeout(30_000);
 
@@ -295,30 +300,11 @@ describe('an upgrade answered without a 101 frees its socket, though the client 
   it('a non-101 answer whose body stalls is cut with a reset at requestTimeoutMs, never read as whole', async () => {
     // A chunked 403 page: its first chunk, then nothing. The answer is framed by the close
     // on the client's side, so a FIN there reads as its end (the truncated page as whole).
-    const stalled = createServer();
-    stalled.on('upgrade', (_req, socket: Socket) => {
-      socket.on('error', () => {});
-      socket.write(
-        'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n' +
-          'Transfer-Encoding: chunked\r\n\r\n10\r\n{"error":"denied\r\n',
-      );
-    });
-    const backend = await listen(stalled);
+    const backend = await stalledUpgradeBackend();
     const gw = await gateway(backend.url, { requestTimeoutMs: 300 });
     servers.push(backend, gw);
-    const socket = connect((gw as { port: number }).port, '127.0.0.1');
-    let got = '';
-    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
-    const ended = new Promise<string>((resolve) => {
-      socket.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
-      socket.once('end', () => resolve('end'));
-    });
-    socket.write(
-      'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
-        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
-    );
-    expect(await ended).toBe('ECONNRESET');
-    socket.destroy();
+    const { ended, got } = await upgradeUntilEnd(connect(gw.port, '127.0.0.1'));
+    expect(ended).toBe('ECONNRESET');
     expect(got).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*\{"error":"denied/);
   });
 

@@ -115,7 +115,7 @@ export function send(
   opts: {
     method?: string;
     headers?: Record<string, string>;
-    body?: string;
+    body?: string | Buffer;
     /** Source address (any 127.0.0.0/8 address works on loopback): another client. */
     localAddress?: string;
   } = {},
