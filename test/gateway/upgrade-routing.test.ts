@@ -339,7 +339,16 @@ describe('routeUpgrades(app): a client that leaves while the middleware runs, an
 });
 
 describe('routeUpgrades(app) at shutdown', () => {
-  it("cuts an upgrade still in the app's middleware once the grace is over", async () => {
+  /**
+   * A gateway whose middleware never answers `hangPath` (a session lookup that hangs), an
+   * upgrade sent there, then the shutdown recipe: stop listening, then the balancer's grace.
+   * Node no longer counts an upgrade's socket as its connection: closeAllConnections()
+   * missed it, and the stopped process lived until the client left.
+   */
+  async function hungUpgradeAtShutdown(
+    hangPath: string,
+    before: (gatewayUrl: string) => Promise<void>,
+  ): Promise<void> {
     const backend = await wsEchoBackend();
     const lb = loadBalance({
       backends: [{ id: 'ws-1', url: backend.url }],
@@ -350,39 +359,45 @@ describe('routeUpgrades(app) at shutdown', () => {
     });
     let seen = false;
     const app = express();
-    // A session lookup that never answers, for upgrades and requests alike.
-    app.use('/hang', () => void (seen = true));
+    app.use(hangPath, () => void (seen = true));
     app.use(lb);
     const server = createServer(app);
     server.on('upgrade', routeUpgrades(app));
     const gateway = await listen(server);
     const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
     try {
-      // Only WebSockets: one the balancer proxies makes the server one of its own (it noted
-      // servers from plain requests alone, and a WebSocket-only gateway kept the hung one).
-      const open = new WebSocket(`${gateway.url.replace('http', 'ws')}/ws`);
-      await once(open, 'open');
-      open.close();
-      await once(open, 'close');
-      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      await before(gateway.url);
+      let cut = false;
+      socket.once('close', () => (cut = true));
       socket.on('error', () => {});
       socket.write(
-        'GET /hang HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+        `GET ${hangPath} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
           'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
       );
       await eventually(() => seen, 5_000, 'the upgrade in the middleware');
-      // The shutdown recipe: stop listening, then the balancer's grace.
       server.close();
       await lb.close({ graceMs: 100 });
-      // Node no longer counts an upgrade's socket as its connection: closeAllConnections()
-      // missed it, and the stopped process lived until the client left.
-      let cut = false;
-      void closed.then(() => (cut = true));
       await eventually(() => cut, 5_000, "the upgrade's socket cut");
     } finally {
       socket.destroy();
       await gateway.close();
       await backend.close();
     }
+  }
+
+  it("cuts an upgrade still in the app's middleware once the grace is over", async () => {
+    // Only WebSockets: one the balancer proxies makes the server one of its own (it noted
+    // servers from plain requests alone, and a WebSocket-only gateway kept the hung one).
+    await hungUpgradeAtShutdown('/hang', async (url) => {
+      const open = new WebSocket(`${url.replace('http', 'ws')}/ws`);
+      await once(open, 'open');
+      open.close();
+      await once(open, 'close');
+    });
+  });
+
+  it('cuts them though no request or upgrade ever reached the balancer there', async () => {
+    // A session lookup that hangs on every upgrade: the balancer never learns the server.
+    await hungUpgradeAtShutdown('/', async () => {});
   });
 });

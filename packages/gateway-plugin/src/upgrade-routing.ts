@@ -108,9 +108,10 @@ const pending = new WeakMap<IncomingMessage, PendingUpgrade>();
  * through: Node stops tracking a socket as its connection once it is handed
  * over as an upgrade, so server.closeAllConnections() at shutdown never cut
  * one whose middleware hung (a session lookup that never answers), and the
- * stopped process lived until the client left (cutRoutedUpgrades).
+ * stopped process lived until the client left (cutRoutedUpgrades). Each
+ * server's entry goes when its last such socket does.
  */
-const routing = new WeakMap<object, Set<Socket>>();
+const routing = new Map<object, Set<Socket>>();
 
 function serverOf(socket: Socket): object | undefined {
   return (socket as { server?: object }).server ?? undefined;
@@ -118,7 +119,22 @@ function serverOf(socket: Socket): object | undefined {
 
 function unrouted(socket: Socket): void {
   const server = serverOf(socket);
-  if (server) routing.get(server)?.delete(socket);
+  const sockets = server && routing.get(server);
+  if (!sockets) return;
+  sockets.delete(socket);
+  // Held only while it has upgrades in the app: a Map, so that a balancer that never
+  // saw a request on a server can still find it (routedUpgradeServers).
+  if (sockets.size === 0) routing.delete(server);
+}
+
+/**
+ * The servers that have upgrades in the app's middleware now: at shutdown a
+ * balancer cuts those of a stopped server with no balancer of its own left,
+ * though no request reached one there (a session lookup that hangs on every
+ * upgrade).
+ */
+export function routedUpgradeServers(): IterableIterator<object> {
+  return routing.keys();
 }
 
 /**

@@ -1,4 +1,5 @@
 import { IncomingMessage } from 'node:http';
+import { randomBytes } from 'node:crypto';
 import { Socket } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { declaredLength, hasBody, planBody, readBody, type BodyReadResult } from './request-body';
@@ -64,6 +65,7 @@ describe('planBody', () => {
 
   const json = Buffer.from('{"event":"paid","id":1}');
   const zipped = { gzip: gzipSync(json), deflate: deflateSync(json), br: brotliCompressSync(json) };
+  const noise = randomBytes(16 * 1024); // compresses to more than 4 KiB
   it.each<[string, Buffer, 'sent' | number | undefined, string | undefined]>([
     // [Content-Encoding, the bytes in req.body, the client's Content-Length, the label kept]
     ['gzip', zipped.gzip, 'sent', 'gzip'],
@@ -77,14 +79,21 @@ describe('planBody', () => {
     ['deflate', json, 'sent', undefined],
     ['br', json, 'sent', undefined],
     ['gzip, br', zipped.br, 'sent', 'gzip, br'], // the last coding is what the bytes start as
+    ['br,', zipped.br, 'sent', 'br,'], // an empty list element is none
+    // A zlib header with a preset dictionary: as it came, though it cannot be inflated here.
+    ['deflate', Buffer.from([0x78, 0xbb, 0, 0, 0, 1, 1, 2]), 'sent', 'deflate'],
+    // Only the first 4 KiB are decoded: a long body is read no further (a crafted one held
+    // the event loop for a second, decoded whole).
+    ['br', Buffer.concat([brotliCompressSync(noise), Buffer.alloc(64 * 1024, 0xff)]), 'sent', 'br'],
     ['zstd', json, 'sent', 'zstd'], // no check for it: the length decides
     ['identity', json, 'sent', undefined],
-    // Chunked: no length to compare; the bytes' reading alone decides.
+    // Chunked: no length to compare; gzip's magic number or a zlib header decides.
     ['gzip', zipped.gzip, undefined, 'gzip'],
     ['deflate', zipped.deflate, undefined, 'deflate'],
-    ['br', zipped.br, undefined, 'br'],
     ['deflate', json, undefined, undefined],
-    ['br', json, undefined, undefined],
+    // br has no magic number ("7" is a whole valid, empty stream): inflated, as before.
+    ['br', zipped.br, undefined, undefined],
+    ['br', Buffer.from('7'), undefined, undefined],
     ['zstd', json, undefined, undefined],
   ])(
     'a Buffer req.body sent as Content-Encoding %j keeps it only while still encoded (%#)',

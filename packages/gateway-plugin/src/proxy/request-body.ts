@@ -31,7 +31,7 @@
  * already emitted 'end').
  */
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import { brotliDecompressSync, inflateSync } from 'node:zlib';
+import { brotliDecompressSync, constants as zlibConstants } from 'node:zlib';
 
 /** What the gateway sends as the body of each attempt. */
 export type BodyPlan =
@@ -152,18 +152,23 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
  * raw-body middleware that did not inflate them, where body-parser
  * (express.raw() included) always inflates gzip, deflate and br. When the
  * client gave a Content-Length, bytes of another length were inflated. Of
- * that length, they are still encoded if they read as the last coding named:
- * gzip's magic number (RFC 1952 §2.3.1), or the start of a zlib (`deflate`,
- * RFC 1950) or brotli stream, decoded up to its first byte of output. The
+ * that length, they are still encoded if they start as the last coding
+ * named: gzip's magic number (RFC 1952 §2.3.1), a zlib header (`deflate`,
+ * RFC 1950 §2.2: method 8, the check bits; a preset dictionary too), or the
+ * first 4 KiB of a brotli stream, decoded to its first byte of output. The
  * length alone is not enough: inflated bytes can be as long as the encoded
  * ones were (partly compressible data), and then went out labelled. The
  * magic number alone is not enough either: a gzip file uploaded with gzip
  * transfer compression (`file.gz` sent compressed again) still starts with it
  * once body-parser inflated it, but is then never as long as what was sent.
- * A chunked upload has no length to compare: the reading alone decides. A
- * coding with no such check (zstd, compress) is kept when the length matches
- * and dropped when there is none. Until 2026-12-07 only gzip was kept:
- * deflate and br bytes kept as they came went out without their label.
+ * A chunked upload has no length to compare: gzip's magic number or a zlib
+ * header decides, and br, which has no magic number (one byte in 26 of random
+ * data is a whole valid stream), counts as inflated, as does a coding with no
+ * check (zstd), which is kept when the length matches. Only a prefix is
+ * decoded: the whole of a 96-byte upload inflated by the app's parser to 49
+ * MiB of brotli metadata held the event loop for 1.25 s. Until 2026-12-07
+ * only gzip was kept: deflate and br bytes kept as they came went out
+ * without their label.
  */
 function stillEncoded(
   encoding: string | undefined,
@@ -171,28 +176,38 @@ function stillEncoded(
   sent: number | undefined,
 ): boolean {
   // The last coding applied is the outermost (RFC 9110 §8.4): what the bytes start as.
-  const coding = encoding?.split(',').pop()?.trim().toLowerCase();
+  // Empty list elements do not count (§5.6.1): `br,` is br.
+  let coding = '';
+  for (const c of (encoding ?? '').split(',')) if (c.trim()) coding = c.trim().toLowerCase();
   if (!coding || coding === 'identity') return false;
   if (sent !== undefined && bytes.length !== sent) return false;
   if (coding === 'gzip' || coding === 'x-gzip') {
     return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
   }
-  if (coding === 'deflate') return startsAs(inflateSync, bytes);
-  if (coding === 'br') return startsAs(brotliDecompressSync, bytes);
+  if (coding === 'deflate') {
+    return (
+      bytes.length >= 2 && (bytes[0]! & 0x0f) === 8 && (bytes[0]! * 256 + bytes[1]!) % 31 === 0
+    );
+  }
+  if (coding === 'br') return sent !== undefined && startsAsBrotli(bytes);
   return sent !== undefined;
 }
 
+/** How much of a body is decoded to tell whether it starts a brotli stream. */
+const BROTLI_PREFIX_BYTES = 4096;
+
 /**
- * Whether `bytes` begin a valid stream of the coding `decode` reads: decoded
- * until its first byte of output (a valid stream that has more stops there
- * with ERR_BUFFER_TOO_LARGE; anything else fails on its first bytes).
+ * Whether `bytes` begin a brotli stream: their first 4 KiB decoded, flushed
+ * rather than finished (a prefix is not a whole stream), until the first byte
+ * of output (a stream that has more stops there with ERR_BUFFER_TOO_LARGE;
+ * anything else fails on its first bytes).
  */
-function startsAs(
-  decode: (b: Buffer, o: { maxOutputLength: number }) => Buffer,
-  bytes: Buffer,
-): boolean {
+function startsAsBrotli(bytes: Buffer): boolean {
   try {
-    decode(bytes, { maxOutputLength: 1 });
+    brotliDecompressSync(bytes.subarray(0, BROTLI_PREFIX_BYTES), {
+      maxOutputLength: 1,
+      finishFlush: zlibConstants.BROTLI_OPERATION_FLUSH,
+    });
     return true;
   } catch (err) {
     return (err as { code?: unknown }).code === 'ERR_BUFFER_TOO_LARGE';
