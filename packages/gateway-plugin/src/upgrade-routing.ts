@@ -108,10 +108,14 @@ const pending = new WeakMap<IncomingMessage, PendingUpgrade>();
  * through: Node stops tracking a socket as its connection once it is handed
  * over as an upgrade, so server.closeAllConnections() at shutdown never cut
  * one whose middleware hung (a session lookup that never answers), and the
- * stopped process lived until the client left (cutRoutedUpgrades). Each
- * server's entry goes when its last such socket does.
+ * stopped process lived until the client left (cutRoutedUpgrades). A
+ * WeakMap: a server dropped with a socket that never closed (a Duplex handed
+ * in with emit('connection')) is not held. Only a server a balancer has
+ * noted is cut (a request or an upgrade reached it there): a closing
+ * balancer cannot tell another app's server, or one fed connections without
+ * listening, from one that has stopped.
  */
-const routing = new Map<object, Set<Socket>>();
+const routing = new WeakMap<object, Set<Socket>>();
 
 function serverOf(socket: Socket): object | undefined {
   return (socket as { server?: object }).server ?? undefined;
@@ -122,19 +126,7 @@ function unrouted(socket: Socket): void {
   const sockets = server && routing.get(server);
   if (!sockets) return;
   sockets.delete(socket);
-  // Held only while it has upgrades in the app: a Map, so that a balancer that never
-  // saw a request on a server can still find it (routedUpgradeServers).
   if (sockets.size === 0) routing.delete(server);
-}
-
-/**
- * The servers that have upgrades in the app's middleware now: at shutdown a
- * balancer cuts those of a stopped server with no balancer of its own left,
- * though no request reached one there (a session lookup that hangs on every
- * upgrade).
- */
-export function routedUpgradeServers(): IterableIterator<object> {
-  return routing.keys();
 }
 
 /**

@@ -154,21 +154,22 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
  * client gave a Content-Length, bytes of another length were inflated. Of
  * that length, they are still encoded if they start as the last coding
  * named: gzip's magic number (RFC 1952 §2.3.1), a zlib header (`deflate`,
- * RFC 1950 §2.2: method 8, the check bits; a preset dictionary too), or the
- * first 4 KiB of a brotli stream, decoded to its first byte of output. The
- * length alone is not enough: inflated bytes can be as long as the encoded
- * ones were (partly compressible data), and then went out labelled. The
- * magic number alone is not enough either: a gzip file uploaded with gzip
- * transfer compression (`file.gz` sent compressed again) still starts with it
- * once body-parser inflated it, but is then never as long as what was sent.
- * A chunked upload has no length to compare: gzip's magic number or a zlib
- * header decides, and br, which has no magic number (one byte in 26 of random
- * data is a whole valid stream), counts as inflated, as does a coding with no
- * check (zstd), which is kept when the length matches. Only a prefix is
- * decoded: the whole of a 96-byte upload inflated by the app's parser to 49
- * MiB of brotli metadata held the event loop for 1.25 s. Until 2026-12-07
- * only gzip was kept: deflate and br bytes kept as they came went out
- * without their label.
+ * RFC 1950 §2.2: method 8, the check bits; a preset dictionary too), or a
+ * brotli stream (its first 4 KiB decoded without error). The length alone is
+ * not enough: inflated bytes can be as long as the encoded ones were (partly
+ * compressible data), and then went out labelled. The magic number alone is
+ * not enough either: a gzip file uploaded with gzip transfer compression
+ * (`file.gz` sent compressed again) still starts with it once body-parser
+ * inflated it, but is then never as long as what was sent. A chunked upload
+ * has no length to compare: gzip's magic number decides, as before
+ * 2026-12-07 (a `.gz` file sent chunked with gzip compression keeps the label
+ * after body-parser inflated it); deflate, br and codings with no check are
+ * dropped, since their starts are no proof (ordinary data passes a zlib
+ * header's check, one byte in 26 of random data is a whole brotli stream).
+ * Only a prefix is decoded: the whole of a 96-byte upload inflated by the
+ * app's parser to 49 MiB of brotli metadata held the event loop for 1.25 s.
+ * Until 2026-12-07 only gzip was kept: deflate and br bytes kept as they came
+ * went out without their label.
  */
 function stillEncoded(
   encoding: string | undefined,
@@ -185,8 +186,13 @@ function stillEncoded(
     return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
   }
   if (coding === 'deflate') {
+    // Two bytes with a 1-in-31 check: ordinary data passes it ('80' in a CSV, a protobuf),
+    // so never alone: with the length only.
     return (
-      bytes.length >= 2 && (bytes[0]! & 0x0f) === 8 && (bytes[0]! * 256 + bytes[1]!) % 31 === 0
+      sent !== undefined &&
+      bytes.length >= 2 &&
+      (bytes[0]! & 0x0f) === 8 &&
+      (bytes[0]! * 256 + bytes[1]!) % 31 === 0
     );
   }
   if (coding === 'br') return sent !== undefined && startsAsBrotli(bytes);
@@ -198,9 +204,11 @@ const BROTLI_PREFIX_BYTES = 4096;
 
 /**
  * Whether `bytes` begin a brotli stream: their first 4 KiB decoded, flushed
- * rather than finished (a prefix is not a whole stream), until the first byte
- * of output (a stream that has more stops there with ERR_BUFFER_TOO_LARGE;
- * anything else fails on its first bytes).
+ * rather than finished (a prefix is not a whole stream), with at most a byte
+ * of output kept (Node checks the bound after each native call, which may
+ * decode the whole slice: the cost is bounded by the slice). A stream that
+ * has more output fails with ERR_BUFFER_TOO_LARGE; anything else that fails
+ * is no brotli.
  */
 function startsAsBrotli(bytes: Buffer): boolean {
   try {

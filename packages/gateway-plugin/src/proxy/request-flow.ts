@@ -57,7 +57,7 @@ import {
 import type { FlowHost } from './flow-host';
 import type { BodySource } from './proxy-engine';
 import { UpgradeFlow } from './upgrade-flow';
-import { cutRoutedUpgrades, routedUpgradeServers } from '../upgrade-routing';
+import { cutRoutedUpgrades } from '../upgrade-routing';
 import { StreamLane, type LanePlace } from './stream-lane';
 import { lingerOnClose } from './linger';
 import { closeIdle, retirePool } from '../registry/pool-agent';
@@ -891,12 +891,6 @@ export class RequestFlow {
       if (!server.listening && !flows?.size) {
         setTimeout(closeAllConnections, CUT_LEFTOVERS_MS, server).unref();
       }
-    }
-    // Upgrades hung in the app's middleware on a stopped server no balancer noted (none
-    // of its requests or upgrades ever got this far): cut with the same delay.
-    for (const server of routedUpgradeServers() as IterableIterator<Server>) {
-      if (this.servers.has(server) || server.listening || balancersOn.get(server)?.size) continue;
-      setTimeout(cutRoutedUpgrades, CUT_LEFTOVERS_MS, server).unref();
     }
     this.servers.clear();
     this.lastServer = undefined;
