@@ -178,6 +178,21 @@ describe('ActiveChecker', () => {
     );
   }
 
+  /**
+   * A checker on the fake clock over `fl` whose checks `answer` decides (told whether it is
+   * a path check), and the fleet's first backend, not watched yet.
+   */
+  function answeringChecker(
+    fl: Fleet,
+    answer: (pathOnly: boolean) => boolean,
+  ): { checker: ActiveChecker; a: Fleet['backends'][number] } {
+    const checker = fakeClockChecker(fl);
+    jest
+      .spyOn(checker, 'check')
+      .mockImplementation((_b, done, pathOnly) => done(answer(pathOnly === true)));
+    return { checker, a: fl.backends[0]! };
+  }
+
   /** A fresh signed report for `id` in the fleet's registry. */
   function freshReport(
     fl: Fleet,
@@ -198,13 +213,11 @@ describe('ActiveChecker', () => {
   it("a stale report's down verdict: the first full checks that pass bring the backend back", () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);
-    const checker = fakeClockChecker(f);
-    const a = f.backends[0]!;
     let answer = false;
     const calls: boolean[] = [];
-    jest.spyOn(checker, 'check').mockImplementation((_b, done, pathOnly) => {
-      calls.push(pathOnly === true);
-      done(answer);
+    const { checker, a } = answeringChecker(f, (pathOnly) => {
+      calls.push(pathOnly);
+      return answer;
     });
     // The agent said down, then nothing more (it died, or the broker went away).
     freshReport(f, 'a', 'down');
@@ -226,9 +239,7 @@ describe('ActiveChecker', () => {
   it("a down verdict holds for three of its agent's intervals (five minutes at most), checks passing or not", () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);
-    const checker = fakeClockChecker(f);
-    const a = f.backends[0]!;
-    jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    const { checker, a } = answeringChecker(f, () => true);
     checker.watch(a);
     // An agent reporting once a minute: stale after 30 s (maxStaleAfterMs), and the full
     // checks from then on pass; its down still speaks until three of its intervals passed.
@@ -249,9 +260,7 @@ describe('ActiveChecker', () => {
   it('a down verdict lapses once its report is stale when its agent is lost (a Last Will)', () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);
-    const checker = fakeClockChecker(f);
-    const a = f.backends[0]!;
-    jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    const { checker, a } = answeringChecker(f, () => true);
     checker.watch(a);
     const agent = createEncoder({ backendId: 'a', now: () => Date.now() });
     const body = {
@@ -273,17 +282,15 @@ describe('ActiveChecker', () => {
   it("a lapsed verdict needs healthyThreshold full passes: the fresh report's path checks do not count", () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);
-    const checker = fakeClockChecker(f);
-    const a = f.backends[0]!;
     const full: boolean[] = [];
     const answers = [true, false];
-    jest.spyOn(checker, 'check').mockImplementation((_b, done, pathOnly) => {
+    const { checker, a } = answeringChecker(f, (pathOnly) => {
       // Path checks (any answer passes one, a 503 too) while the report is fresh; then a
       // flapping service: one full check passes, the next fails.
-      if (pathOnly) return done(true);
+      if (pathOnly) return true;
       const ok = answers[full.length % answers.length]!;
       full.push(ok);
-      done(ok);
+      return ok;
     });
     checker.watch(a);
     for (let i = 0; i < 3; i++) {
@@ -300,9 +307,7 @@ describe('ActiveChecker', () => {
   it('a fresh down verdict is not undone by checks from here: the agent speaks for the service', () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);
-    const checker = fakeClockChecker(f);
-    const a = f.backends[0]!;
-    jest.spyOn(checker, 'check').mockImplementation((_b, done) => done(true));
+    const { checker, a } = answeringChecker(f, () => true);
     checker.watch(a);
     for (let i = 0; i < 4; i++) {
       freshReport(f, 'a', 'down');
@@ -315,13 +320,11 @@ describe('ActiveChecker', () => {
   it('a fresh report but no answer from here within an interval: a path check', () => {
     jest.useFakeTimers({ now: 1_700_000_000_000 });
     f = fleet(['a', 'b', 'c']);
-    const checker = fakeClockChecker(f);
-    const a = f.backends[0]!;
     let answer = false;
     const calls: boolean[] = [];
-    jest.spyOn(checker, 'check').mockImplementation((_b, done, pathOnly) => {
-      calls.push(pathOnly === true);
-      done(answer);
+    const { checker, a } = answeringChecker(f, (pathOnly) => {
+      calls.push(pathOnly);
+      return answer;
     });
     checker.watch(a);
     // The agent keeps reporting `up`; the path from this gateway gives no answer.
