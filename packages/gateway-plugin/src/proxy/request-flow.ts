@@ -633,10 +633,7 @@ export class RequestFlow {
       });
       // Still on the connection: closed after the answer, as other refusals before a body
       // are (lingerAfter), rather than read through on a keep-alive connection.
-      if (body.unread && !res.headersSent) {
-        res.setHeader('connection', 'close');
-        this.lingerAfter(req);
-      }
+      if (body.unread) this.closeAfterAnswer(req, res);
       return sendError(res, 'LW_GW_BODY_CONSUMED', undefined, body.detail);
     }
     // Before the headers change: setForwardedHeaders appends to X-Forwarded-For.
@@ -1823,11 +1820,15 @@ export class RequestFlow {
     reply?: string,
   ): void {
     this.count(req, code, detail);
-    if (close && !res.headersSent) {
-      res.setHeader('connection', 'close');
-      this.lingerAfter(req);
-    }
+    if (close) this.closeAfterAnswer(req, res);
     sendError(res, code, retryAfterSec, reply);
+  }
+
+  /** The answer about to be written says `Connection: close`, and lingers (lingerAfter). */
+  private closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
+    if (res.headersSent) return;
+    res.setHeader('connection', 'close');
+    this.lingerAfter(req);
   }
 
   private count(req: IncomingMessage, code: GatewayErrorCode, detail: string): void {
