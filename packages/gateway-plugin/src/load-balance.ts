@@ -99,7 +99,7 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     if (isRoutedUpgrade(req)) {
       if (balancer.flow.upgrades.servedAsRequest(req)) releaseUpgrade(req);
       else {
-        balancer.flow.noteUpgradeServer(req);
+        balancer.flow.noteServerOf(req);
         const upgrade = takeUpgrade(req)!;
         return balancer.flow.upgrades.upgrade(req, upgrade.socket, upgrade.head);
       }
@@ -117,7 +117,7 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     dashboard: { value: dashboard || undefined },
     upgrade: {
       value: (req: IncomingMessage, socket: Socket, head: Buffer) => {
-        balancer.flow.noteUpgradeServer(req);
+        balancer.flow.noteServerOf(req);
         return balancer.flow.upgrades.upgrade(req, socket, head);
       },
     },

@@ -546,8 +546,7 @@ export class RequestFlow {
     // setTimeout) rather than connect-timeout's timer: no `req.timedout`, but its
     // responder has passed its 503 on all the same (timeoutAnswered).
     if (req.listenerCount('timeout') > 0) req.once('timeout', () => timeoutEmitted.add(req));
-    const server = serverOf(req);
-    if (server !== this.lastServer && server) this.noteServer(server);
+    const server = this.noteServerOf(req);
     if (c.closed) {
       res.shouldKeepAlive = false;
       return this.shed(res, 'LW_GW_CLOSED', 'draining', 1);
@@ -824,13 +823,15 @@ export class RequestFlow {
   }
 
   /**
-   * An upgrade this balancer takes (load-balance.ts) came through a server of its own too:
-   * noted as a request's is, so that at shutdown its leftover connections, upgrades still
-   * in the app's middleware included, are cut on a gateway that serves only WebSockets.
+   * The server a request came through is one of this balancer's: at shutdown its leftover
+   * connections are cut (forgetServers). Upgrades the balancer takes (load-balance.ts) note
+   * theirs too, so that a gateway that serves only WebSockets cuts upgrades still in the
+   * app's middleware. Returns that server.
    */
-  noteUpgradeServer(req: IncomingMessage): void {
+  noteServerOf(req: IncomingMessage): Server | undefined {
     const server = serverOf(req);
     if (server !== this.lastServer && server) this.noteServer(server);
+    return server;
   }
 
   private noteServer(server: Server): void {
