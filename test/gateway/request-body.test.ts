@@ -13,7 +13,7 @@ import express from 'express';
 import { fixRequestBody, responseInterceptor } from 'http-proxy-middleware';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { listen, refusedPort, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { counter, startLocalGateway, type TestGateway } from '../kit/gateway';
 import { rawExchange } from '../kit/raw-http';
 
 interface Echo {
@@ -206,6 +206,7 @@ describe('request bodies', () => {
     expect(r.headers['x-loadwise-error']).toBe('LW_GW_BODY_CONSUMED');
     expect(r.json<{ error: { message: string } }>().error.message).toMatch(/req\.body is not set/);
     expect(warnings.join('\n')).toMatch(/POST \/upload: the request body was read by a middleware/);
+    expect(await counter(gw, 'rejected_requests_total', { code: 'LW_GW_BODY_CONSUMED' })).toBe(1);
     const b = gw.lb.balancer.snapshot().backends[0]!;
     expect([b.requestsTotal, b.failuresTotal, b.state]).toEqual([0, 0, 'healthy']);
   });

@@ -623,7 +623,9 @@ export class RequestFlow {
     }
     const body = planBody(req, out);
     if (body.kind === 'lost') {
-      // Fails before any backend is picked: a gateway mistake, not a backend's.
+      // Fails before any backend is picked: a gateway mistake, not a backend's. Counted
+      // with the other answers the gateway gives itself, so a dashboard sees it.
+      c.metrics.onRequestRejected('LW_GW_BODY_CONSUMED');
       c.logLine('body-consumed', `${req.method} ${pathForLog(req.url)}: ${body.detail}`, {
         event: 'body-consumed',
         code: 'LW_GW_BODY_CONSUMED',
