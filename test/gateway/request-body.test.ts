@@ -7,6 +7,7 @@
  * idempotent request is held in memory so a refused attempt is retried with
  * it, a large one is not.
  */
+import { createHash } from 'node:crypto';
 import { Agent, createServer, request, type IncomingMessage } from 'node:http';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import express from 'express';
@@ -674,6 +675,7 @@ describe('request bodies, byte for byte', () => {
     );
     gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }] }, (app, lb) => {
       app.use('/raw', express.raw({ type: '*/*' }), lb);
+      app.use('/json', express.json(), lb);
       app.use('/text', express.text({ type: 'text/*', defaultCharset: 'latin1' }), lb);
       // The usual way to keep a webhook's bytes for its signature.
       app.use(
@@ -759,6 +761,35 @@ describe('request bodies, byte for byte', () => {
       const same = await through('/kept/a', labels, encoded);
       expect([same.bytes, same.headers['content-encoding']]).toEqual([encoded, coding]);
     }
+  });
+
+  it("drops the client's digests from bytes a parser decoded or rebuilt, keeps them on its own bytes", async () => {
+    const json = Buffer.from('{"amount": 1.10}');
+    const zipped = gzipSync(json);
+    const digests = (bytes: Buffer): Record<string, string> => ({
+      'Content-Digest': `sha-256=:${createHash('sha256').update(bytes).digest('base64')}:`,
+      'Repr-Digest': `sha-256=:${createHash('sha256').update(bytes).digest('base64')}:`,
+      Digest: `SHA-256=${createHash('sha256').update(bytes).digest('base64')}`,
+      'Content-MD5': createHash('md5').update(bytes).digest('base64'),
+    });
+    const names = ['content-digest', 'repr-digest', 'digest', 'content-md5'];
+    const present = (h: Record<string, string>): string[] => names.filter((n) => n in h);
+    const type = { 'Content-Type': 'application/json' };
+    // express.json() parsed it and the gateway wrote it again: {"amount":1.1}.
+    const rebuilt = await through('/json/pay', { ...type, ...digests(json) }, json);
+    expect(rebuilt.bytes.toString()).toBe('{"amount":1.1}');
+    expect(present(rebuilt.headers)).toEqual([]);
+    // express.raw() inflated the gzip the client's digests were computed over.
+    const gz = { ...type, 'Content-Encoding': 'gzip', ...digests(zipped) };
+    const inflated = await through('/raw/pay', gz, zipped);
+    expect(inflated.bytes).toEqual(json);
+    expect(present(inflated.headers)).toEqual([]);
+    // The client's bytes, as they came: its digests still hold and go on.
+    expect(present((await through('/kept/pay', gz, zipped)).headers)).toEqual(names);
+    const plain = await through('/raw/pay', { ...type, ...digests(json) }, json);
+    expect(plain.bytes).toEqual(json);
+    expect(plain.headers['content-digest']).toBe(digests(json)['Content-Digest']);
+    expect(present(plain.headers)).toEqual(names);
   });
 
   it('sends a .gz file uploaded with gzip compression as the file, without Content-Encoding', async () => {

@@ -171,16 +171,37 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
  * Until 2026-12-07 only gzip was kept: deflate and br bytes kept as they came
  * went out without their label.
  */
+/**
+ * The last coding a Content-Encoding names, lower-cased; '' for none or
+ * identity. The last applied is the outermost (RFC 9110 §8.4): what the bytes
+ * start as. Empty list elements do not count (§5.6.1): `br,` is br.
+ */
+function lastCoding(encoding: string | undefined): string {
+  let coding = '';
+  for (const c of (encoding ?? '').split(',')) if (c.trim()) coding = c.trim().toLowerCase();
+  return coding === 'identity' ? '' : coding;
+}
+
+/**
+ * Integrity fields computed over the bytes the client sent: RFC 9530's
+ * Content-Digest and Repr-Digest (the representation includes its content
+ * coding), RFC 3230's Digest and Content-MD5. Over bytes a parser decoded or
+ * rebuilt they are false, and a backend that checks them refused a request
+ * that was fine; without them it sees no claim rather than a wrong one.
+ */
+const DIGEST_FIELDS = ['content-digest', 'repr-digest', 'digest', 'content-md5'] as const;
+
+function dropDigests(h: IncomingHttpHeaders): void {
+  for (const f of DIGEST_FIELDS) delete h[f];
+}
+
 function stillEncoded(
   encoding: string | undefined,
   bytes: Buffer,
   sent: number | undefined,
 ): boolean {
-  // The last coding applied is the outermost (RFC 9110 §8.4): what the bytes start as.
-  // Empty list elements do not count (§5.6.1): `br,` is br.
-  let coding = '';
-  for (const c of (encoding ?? '').split(',')) if (c.trim()) coding = c.trim().toLowerCase();
-  if (!coding || coding === 'identity') return false;
+  const coding = lastCoding(encoding);
+  if (!coding) return false;
   if (sent !== undefined && bytes.length !== sent) return false;
   if (coding === 'gzip' || coding === 'x-gzip') {
     return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
@@ -302,8 +323,12 @@ export function planBody(
         ? Buffer.from(parsed.buffer, parsed.byteOffset, parsed.byteLength)
         : undefined;
   if (bytes) {
-    if (!stillEncoded(h['content-encoding'], bytes, declaredLength(req)))
+    const encoding = h['content-encoding'];
+    if (!stillEncoded(encoding, bytes, declaredLength(req))) {
       delete h['content-encoding'];
+      // Decoded by the parser: not the bytes the client's digests were computed over.
+      if (lastCoding(encoding)) dropDigests(h);
+    }
     return buffered(h, bytes);
   }
   if (parsed === undefined) {
@@ -321,6 +346,7 @@ export function planBody(
     };
   }
   delete h['content-encoding'];
+  dropDigests(h);
   if (h['content-type']) h['content-type'] = labelUtf8(h['content-type']);
   return buffered(h, body);
 }
