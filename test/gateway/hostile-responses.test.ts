@@ -85,6 +85,22 @@ function rawUpgrade(port: number): Promise<{ raw: string; reset: boolean; ms: nu
   });
 }
 
+/** A request on a raw socket (HTTP/1.0 by default): what came back, and whether it was reset. */
+function rawRequest(
+  port: number,
+  head = 'GET /cut HTTP/1.0\r\n\r\n',
+): Promise<{ raw: string; reset: boolean }> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1', () => s.write(head));
+    let raw = '';
+    let reset = false;
+    s.setEncoding('latin1');
+    s.on('data', (d: string) => (raw += d));
+    s.on('error', (e: Error & { code?: string }) => (reset ||= e.code === 'ECONNRESET'));
+    s.on('close', () => resolve({ raw, reset }));
+  });
+}
+
 describe('hostile backend responses', () => {
   let gw: TestGateway | undefined;
   let backend: Awaited<ReturnType<typeof rawBackend>> | undefined;
@@ -707,6 +723,27 @@ describe('hostile backend responses', () => {
     expect(r.ms).toBeLessThan(10_000);
     await eventually(() => gw!.snapshot().openWebSockets === 0, 5_000, 'the place is free');
   });
+
+  it.each([
+    ['resets', (socket: net.Socket) => socket.resetAndDestroy()],
+    ['closes', (socket: net.Socket) => socket.end()],
+  ])(
+    'an answer the backend %s mid-body reaches an HTTP/1.0 client cut (reset), not whole',
+    async (_how, cut) => {
+      backend = await rawBackend((_path, socket) => {
+        socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
+        setTimeout(() => cut(socket), 50);
+      });
+      gw = await startLocalGateway({ backends: [{ id: 'b', url: backend.url }], retry: false });
+      // HTTP/1.0 has no chunks: the body is framed by the close, so a FIN said "complete".
+      const r10 = await rawRequest(gw.port);
+      expect(r10.raw).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nhello$/);
+      expect(r10.reset).toBe(true);
+      // HTTP/1.1: chunked, the missing last chunk says so.
+      const r11 = await rawRequest(gw.port, 'GET /cut HTTP/1.1\r\nHost: a\r\n\r\n');
+      expect(r11.raw).toMatch(/\r\n\r\n5\r\nhello\r\n$/);
+    },
+  );
 
   it('bytes after a complete answer: the answer is relayed whole, no 502, the backend not charged', async () => {
     backend = await rawBackend((_path, socket) => {

@@ -60,6 +60,7 @@ import { UpgradeFlow } from './upgrade-flow';
 import { cutRoutedUpgrades } from '../upgrade-routing';
 import { StreamLane, type LanePlace } from './stream-lane';
 import { lingerOnClose } from './linger';
+import { cutAnswer } from './reset-socket';
 import { closeIdle, retirePool } from '../registry/pool-agent';
 import {
   CLIENT_STALLED_CODE,
@@ -1344,7 +1345,7 @@ export class RequestFlow {
           flow.responseOk = false;
           flow.overloaded = false;
         }
-        res.destroy();
+        cutAnswer(res);
       }
     });
     // An answer of no stated length, and among those an event stream (stream-lane.ts):
@@ -1552,7 +1553,7 @@ export class RequestFlow {
       });
     if (res2.headersSent) {
       logFailure('cut', ' mid-response; connection cut');
-      return void res2.destroy();
+      return cutAnswer(res2);
     }
     // The app's timeout answers it (appAnswers): neither a retry nor an answer of ours.
     if (timeoutAnswered(flow.req))
@@ -1640,7 +1641,7 @@ export class RequestFlow {
     else if (!flow.req.socket.destroyed)
       this.core.metrics.onError(flow.backend!.id, classify(err as Error & { code?: string }));
     flow.proxyReq?.destroy();
-    flow.res.destroy();
+    cutAnswer(flow.res);
   }
 
   /** The client stopped reading `flow`'s answer (or stream) for requestTimeoutMs: one line. */

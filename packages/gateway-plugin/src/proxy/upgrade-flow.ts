@@ -35,6 +35,7 @@ import { STATUS_CODES, ServerResponse, type ClientRequest, type IncomingMessage 
 import type { Socket } from 'node:net';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { closeIdle } from '../registry/pool-agent';
+import { resetSocket } from './reset-socket';
 import type { Backend } from '../registry/backend';
 import { ERROR_CODE_HEADER } from '../error-response';
 import { pathForLog } from '../observability/event-log';
@@ -659,30 +660,6 @@ function upgradeRefusal(req: IncomingMessage):
  * one: http-proxy writes the backend's unchecked, a control byte included
  * (the request path drops such a phrase, response-head.ts).
  */
-/**
- * Closes the client's socket with a TCP reset, so that a client reading a body framed by
- * the close sees it cut rather than complete: a TLS socket's own TCP socket is reset (its
- * destroy() alone sent a FIN, which Node's clients read as a clean end). A reset drops
- * what the kernel still held to send; with megabytes in flight a client may still see a
- * clean end now and then (loopback, about 1 run in 30 with 2 MB).
- */
-function resetSocket(socket: Socket): void {
-  if (socket.destroyed) return;
-  try {
-    socket.resetAndDestroy();
-  } catch {
-    // ERR_INVALID_HANDLE_TYPE: not a TCP handle (a TLS socket). Its destroy() alone ends
-    // the TCP connection with a FIN and no close_notify, which Node's clients read as a
-    // clean end: the TCP socket under it is reset first.
-    try {
-      (socket as { _parent?: Socket })._parent?.resetAndDestroy();
-    } catch {
-      // Not a TCP socket under it either: the FIN is all there is.
-    }
-    socket.destroy();
-  }
-}
-
 function closeDelimited(res: IncomingMessage): void {
   const h = res.headers;
   // What the backend's Connection names is about its connection too (RFC 9110 §7.6.1).
