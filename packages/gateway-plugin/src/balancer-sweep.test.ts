@@ -23,7 +23,7 @@ interface SweepInternals {
 
 const broker = (isConnected: boolean) => ({ isConnected, close: () => Promise.resolve() });
 
-function rig(ids: string[]) {
+function rig(ids: string[], extra: { allowUnsigned?: boolean } = {}) {
   const clock = { t: T0 };
   const lines: Array<{ event: unknown; msg: string }> = [];
   const logger: Logger = {
@@ -35,7 +35,7 @@ function rig(ids: string[]) {
   const lb: Balancer = testBalancer(
     ids.map((id, i) => ({ id, url: `http://127.0.0.1:${9200 + i}` })),
     () => clock.t,
-    { topicPrefix: PREFIX, logger, keys: [key] },
+    { topicPrefix: PREFIX, logger, keys: [key], ...extra },
   );
   const inner = lb as unknown as SweepInternals;
   // As if subscribed to a broker since T0.
@@ -108,6 +108,28 @@ describe('the freshness sweep', () => {
       expect(said).toEqual([
         expect.stringMatching(
           /^no report from 2 backends quiet1, quiet2 in 30 s connected to the broker: routing them on local signals\. Check that their agents run with this gateway's topic prefix \("sweep"\)/,
+        ),
+      ]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('says backends heard only unsigned apart: their prefix and broker are fine', async () => {
+    const r = rig(['heard', 'unsigned', 'quiet'], { allowUnsigned: true });
+    try {
+      r.report('heard');
+      const m = createEncoder({ backendId: 'unsigned', prefix: PREFIX, now: () => r.clock.t });
+      const u = m.metrics(calm);
+      r.lb.receive(u.topic, Buffer.from(u.payload), false);
+      r.sweepAt(500);
+      r.sweepAt(31_000);
+      expect(r.lines.filter((l) => l.event === 'never-heard').map((l) => l.msg)).toEqual([
+        expect.stringMatching(/^no report from backend quiet in 30 s connected to the broker/),
+      ]);
+      expect(r.lines.filter((l) => l.event === 'unsigned-only').map((l) => l.msg)).toEqual([
+        expect.stringMatching(
+          /^only unsigned reports from backend unsigned in 30 s: allowUnsigned lets them only raise a backend's expected wait \(at most ×2\)/,
         ),
       ]);
     } finally {

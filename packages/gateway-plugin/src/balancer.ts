@@ -1194,11 +1194,22 @@ export class Balancer implements BalancerHandle, FlowHost {
   private warnNeverHeard(): void {
     if (this.source?.isConnected !== true) return;
     const silent: Backend[] = [];
+    const unsignedOnly: Backend[] = [];
     for (const b of this.registry.backends.values()) {
       if (b.everFresh || b.neverHeardWarned || this.leaseMs - b.addedAtLeaseMs < NEVER_HEARD_MS)
         continue;
       b.neverHeardWarned = true;
-      silent.push(b);
+      (b.heardUnsigned ? unsignedOnly : silent).push(b);
+    }
+    if (unsignedOnly.length > 0) {
+      // Heard, but only unsigned (allowUnsigned): the topic prefix and the broker are
+      // fine, and the line above sent an operator of the documented trial looking there.
+      const n = unsignedOnly.length;
+      this.logLine(
+        'unsigned-only',
+        `only unsigned reports from ${n === 1 ? 'backend' : `${n} backends`} ${listIds(unsignedOnly)} in ${NEVER_HEARD_MS / 1000} s: allowUnsigned lets them only raise a backend's expected wait (at most ×${this.options.unsignedMaxPenalty}), so ${n === 1 ? 'it is' : 'they are'} routed on local signals and the status shows no report. Give the agents a key (--key-file) this gateway holds (keys) to route on their reports`,
+        { event: 'unsigned-only', backends: n },
+      );
     }
     if (silent.length === 0) return;
     this.logLine(

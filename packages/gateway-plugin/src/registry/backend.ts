@@ -105,6 +105,8 @@ export class Backend {
   addedAtLeaseMs = 0;
   /** Said once that no report of it ever came (balancer.ts warnNeverHeard). */
   neverHeardWarned = false;
+  /** An unsigned report of it came (allowUnsigned): a penalty only, never `lastReport`. */
+  heardUnsigned = false;
   /** The last accepted report, for the status endpoint. */
   lastReport: MetricsReport | undefined;
   /** Key id of the last signed message applied for this backend (snapshot `signedBy`). */

@@ -127,6 +127,7 @@ export class Registry {
     receivedAtMs: number,
     maxPenalty: number,
   ): void {
+    backend.heardUnsigned = true;
     backend.load.onUnsignedReport(
       unsignedPenalty(report, maxPenalty),
       report.intervalMs,
