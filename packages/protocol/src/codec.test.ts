@@ -378,6 +378,31 @@ describe('replay protection', () => {
     });
   });
 
+  it('drops a live copy of a retained message just delivered quietly: the subscribe race, not a replay', () => {
+    // An agent publishing while the gateway subscribes has its message delivered both ways.
+    const c = clock();
+    const dec = createDecoder({ keys: [key], now: c.now });
+    const m = createEncoder({ backendId: 'b1', key, now: c.now }).status('online');
+    expect(dec.decode(m.topic, m.payload, { retained: true }).ok).toBe(true);
+    expect(dec.decode(m.topic, m.payload)).toMatchObject({
+      code: 'LW_PROTO_RETAINED_SUPERSEDED',
+      detail: expect.stringMatching(/^a live copy of a retained message just delivered/),
+    });
+    // A changed body under its signature is a replay, then as later.
+    const tampered = m.payload.replace('"seq":0', '"seq":9');
+    expect(tampered).not.toBe(m.payload);
+    expect(dec.decode(m.topic, tampered)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    // Later, the same live copy is a replay.
+    c.advance(6_000);
+    expect(dec.decode(m.topic, m.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    // Live first, then retained: the retained copy is the broker's, as before.
+    const n = createEncoder({ backendId: 'b2', key, now: c.now }).status('online');
+    expect(dec.decode(n.topic, n.payload).ok).toBe(true);
+    expect(dec.decode(n.topic, n.payload, { retained: true })).toMatchObject({
+      code: 'LW_PROTO_RETAINED_SUPERSEDED',
+    });
+  });
+
   it("forget() drops the backend's remembered copies; the order rules still judge its messages", () => {
     // Kept, a gateway's ordinary discovery churn filled the cache towards its bound.
     const c = clock();

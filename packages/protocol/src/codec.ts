@@ -249,6 +249,11 @@ function detached(s: string): string {
 
 /** Signatures remembered per topic (see `seen` in createDecoder). */
 const SEEN_PER_TOPIC = 8;
+/**
+ * A live copy of a retained message this soon after it is the broker's subscribe race
+ * (copyOf in createDecoder), not a replay: dropped quietly as the retained copy it is.
+ */
+const SUBSCRIBE_RACE_MS = 5_000;
 
 export function createDecoder(opts: DecoderOptions = {}): Decoder {
   const prefix = opts.prefix ?? DEFAULT_TOPIC_PREFIX;
@@ -299,11 +304,19 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
   // valid). SEEN_PER_TOPIC per topic, and at most 3 signatures per tracked backend in all
   // (300,000 by default, about 30 MB), the topics first remembered going first. Each is a
   // copy of the signature (detached): a slice kept its whole payload alive.
-  const seen = new Map<string, Array<{ signature: string; liveOnly: boolean }>>();
+  const seen = new Map<
+    string,
+    Array<{ signature: string; liveOnly: boolean; retainedAtMs: number | undefined }>
+  >();
   const maxSeen = 3 * (opts.maxTrackedBackends ?? DEFAULT_MAX_TRACKED_BACKENDS);
   let seenCount = 0;
   const seenKey = (t: ParsedTopic): string => `${t.backendId}/${t.kind}`;
-  const remember = (key: string, signature: string, liveOnly: boolean): void => {
+  const remember = (
+    key: string,
+    signature: string,
+    liveOnly: boolean,
+    retainedAtMs?: number,
+  ): void => {
     let ring = seen.get(key);
     if (ring !== undefined) {
       const i = ring.findIndex((e) => e.signature === signature);
@@ -323,13 +336,26 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       ring = [];
       seen.set(key, ring);
     }
-    ring.push({ signature: detached(signature), liveOnly });
+    ring.push({ signature: detached(signature), liveOnly, retainedAtMs });
     seenCount++;
   };
-  const copyOf = (key: string, signature: string, retained: boolean): boolean => {
+  /**
+   * Whether the message is a copy of one remembered: 'race' for a live copy of a message
+   * first delivered retained within SUBSCRIBE_RACE_MS. An agent that publishes while the
+   * gateway subscribes has its message sent both ways (the broker's retained copy for the
+   * new subscription, and the live one), in either order: the quick start warned of a
+   * replay once in about five starts.
+   */
+  const copyOf = (key: string, signature: string, retained: boolean): false | 'copy' | 'race' => {
     const ring = seen.get(key);
     if (ring === undefined) return false;
-    for (const e of ring) if (e.signature === signature) return !(retained && e.liveOnly);
+    for (const e of ring) {
+      if (e.signature !== signature) continue;
+      if (retained && e.liveOnly) return false;
+      const race =
+        !retained && e.retainedAtMs !== undefined && now() - e.retainedAtMs <= SUBSCRIBE_RACE_MS;
+      return race ? 'race' : 'copy';
+    }
     return false;
   };
 
@@ -357,7 +383,17 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
     let keyId: string | undefined;
     if (split.keyId !== undefined && (keys.size > 0 || requireSignature)) {
       const signature = split.signature ?? '';
-      if (copyOf(seenKey(parsedTopic.value), signature, meta.retained === true)) {
+      const copy = copyOf(seenKey(parsedTopic.value), signature, meta.retained === true);
+      // The copy's body checked too (one HMAC, only this soon after a retained delivery): a
+      // changed body under a seen signature is someone's replay, whenever it comes.
+      if (copy === 'race' && !verifySignature(topic, split.body, split.keyId, signature, keys)) {
+        return fail(
+          'LW_PROTO_RETAINED_SUPERSEDED',
+          'a live copy of a retained message just delivered (published while this gateway subscribed)',
+          backendId,
+        );
+      }
+      if (copy) {
         // A retained copy: the broker resends the topic's last message on every subscribe.
         return meta.retained === true
           ? fail(
@@ -407,7 +443,7 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
         replay === 'LW_PROTO_REPLAY' ||
         replay === 'LW_PROTO_RETAINED_SUPERSEDED'
       ) {
-        remember(key, verified.signature, false);
+        remember(key, verified.signature, false, meta.retained === true ? now() : undefined);
       } else if (
         replay === 'LW_PROTO_CLOCK_SKEW' &&
         meta.retained !== true &&
