@@ -28,7 +28,12 @@ import {
   type BrokerUrlOptions,
   type LoadBalanceOptions,
 } from '@loadwise/gateway-plugin';
-import { brokerUrlNamesUser, GATEWAY_ENV_PREFIX, parseKeyFile } from '@loadwise/protocol';
+import {
+  brokerUrlNamesUser,
+  didYouMean,
+  GATEWAY_ENV_PREFIX,
+  parseKeyFile,
+} from '@loadwise/protocol';
 import { parseFlags } from './lib/args';
 import { onLostOutput } from './lib/output';
 import { readStartFile } from './lib/read-file';
@@ -139,8 +144,12 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   id: string | undefined;
 } {
   for (const name of Object.keys(env)) {
-    if (name.startsWith(GATEWAY_ENV_PREFIX) && !(name in GATEWAY_ENV))
-      throw new ConfigError(`${name}: unknown variable (see --help)`);
+    if (name.startsWith(GATEWAY_ENV_PREFIX) && !(name in GATEWAY_ENV)) {
+      const near = didYouMean(name, Object.keys(GATEWAY_ENV));
+      throw new ConfigError(
+        `${name}: unknown variable ${near ? `(did you mean ${near}?)` : '(see --help)'}`,
+      );
+    }
   }
   const options: LoadBalanceOptions = {
     backends: parseBackends(env['LOADWISE_GW_BACKENDS']),

@@ -29,7 +29,7 @@ import {
   type BalancerSnapshot,
   type WorkerContext,
 } from '@loadwise/gateway-plugin';
-import { integerArg, parseFlags, type Usage } from './lib/args';
+import { integerArg, parseFlags, refuse, type Usage } from './lib/args';
 import { onLostOutput } from './lib/output';
 import { createRunKey } from './lib/run-key';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
@@ -108,6 +108,8 @@ function parse(): Args {
   );
   const int = (name: string, text: string, min: number, max: number): number =>
     integerArg('quick-start', name, text, min, max);
+  // Without --load there is no load to keep steady: taken in silence, it did nothing.
+  if (values.steady && !values.load) refuse('quick-start', '--steady goes with --load');
   return {
     port: int('port', values.port, 0, 65535),
     load: values.load,

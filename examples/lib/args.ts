@@ -7,7 +7,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 /** One line naming the mistake, then exit 2. */
-function refuse(program: string, what: string, hint?: string): never {
+export function refuse(program: string, what: string, hint?: string): never {
   process.stderr.write(`${program}: ${what}${hint === undefined ? '' : `; ${hint}`}\n`);
   process.exit(2);
 }

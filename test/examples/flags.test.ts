@@ -83,6 +83,12 @@ describe.each(PROGRAMS)('%s', (program, script, hint) => {
   });
 });
 
+it('quick-start refuses --steady without --load, which it took in silence', async () => {
+  const quickStart = PROGRAMS.find(([program]) => program === 'quick-start')![1];
+  const { code, stderr } = await run(quickStart, ['--steady']);
+  expect([code, stderr]).toEqual([2, 'quick-start: --steady goes with --load\n']);
+});
+
 describe.each(PROGRAMS)('%s', (program, script) => {
   it.each([['--help'], ['-h']])('%s prints every flag on stdout and exits 0', async (flag) => {
     // A token from the environment is a default the help must not show.

@@ -39,6 +39,15 @@ describe('configFromEnv', () => {
     );
   });
 
+  it('names the variable meant for a mistyped one', () => {
+    expect(() => configFromEnv({ ...BACKENDS, LOADWISE_GW_BACKEND: 'x' })).toThrow(
+      'LOADWISE_GW_BACKEND: unknown variable (did you mean LOADWISE_GW_BACKENDS?)',
+    );
+    expect(() => configFromEnv({ ...BACKENDS, LOADWISE_GW_COLOUR: 'x' })).toThrow(
+      'LOADWISE_GW_COLOUR: unknown variable (see --help)',
+    );
+  });
+
   it('takes every empty variable as unset: its default, not a refusal', () => {
     const config = configFromEnv({
       ...BACKENDS,

@@ -484,6 +484,13 @@ describe('loadBalance options', () => {
     }
   });
 
+  it('says a range above 0 as such, not from Number.MIN_VALUE', () => {
+    const backends = [{ id: 'a', url: 'http://h', weight: '2' as unknown as number }];
+    expect(() => resolveOptions({ ...base, backends })).toThrow(
+      /backends\[0\]\.weight must be a number in \(0, 1000000\]/,
+    );
+  });
+
   it.each([
     [{ stratgy: 'p2c' }, 'unknown option stratgy (did you mean strategy?)'],
     [

@@ -65,7 +65,10 @@ export const MIN_DASHBOARD_TOKEN_LENGTH = 16;
 // Leaves: each says what it accepts in the words of its error.
 
 function num(min: number, max = Infinity, int = false) {
-  const range = max === Infinity ? `>= ${min}` : `in [${min}, ${max}]`;
+  // Number.MIN_VALUE as the least: "above 0", not [5e-324, ...].
+  const low = min === Number.MIN_VALUE ? `(0` : `[${min}`;
+  const range =
+    max === Infinity ? (min === Number.MIN_VALUE ? '> 0' : `>= ${min}`) : `in ${low}, ${max}]`;
   const wrong = expected(`${int ? 'an integer' : 'a number'} ${range}`);
   return leaf<number>((x) =>
     typeof x !== 'number' ||
