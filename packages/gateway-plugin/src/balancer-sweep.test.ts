@@ -235,7 +235,7 @@ describe('forgetting discovered backends', () => {
 });
 
 describe('saturation at the reported concurrency limit', () => {
-  it('holds first attempts at max(2c, c + 4) while the fresh report says full; never retries', async () => {
+  it('holds first attempts at max(2c, c + 4) and the requests its agent does not count; never retries', async () => {
     const r = rig(['a', 'b']);
     try {
       const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
@@ -268,6 +268,44 @@ describe('saturation at the reported concurrency limit', () => {
       // One fewer than the bound: not saturated, full or not.
       r.lb.attemptEnded(a, r.clock.t, 10, true, false, false);
       expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('keeps the bound when a report finds every slot busy and none waiting', async () => {
+    // A batch of answers has just emptied the backend's queue: 4 busy, 0 waiting, while
+    // this gateway holds its 8 (4 answers on their way back). The bound lifted to the
+    // pool's 256 there, and the gateway's whole queue went into the backends.
+    const r = rig(['a']);
+    try {
+      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const report = (inFlight: number, queued: number): void => {
+        const m = agent.metrics({
+          ...calm,
+          concurrencyLimit: 4,
+          queue: { inFlight, queued, source: { inFlight: 'tracker', queued: 'tracker' } },
+        });
+        r.lb.receive(m.topic, Buffer.from(m.payload), false);
+      };
+      const a = r.lb.registry.get('a')!;
+      /** Starts (n > 0) or ends (n < 0) attempts on a, then whether it is saturated. */
+      const after = (n: number): boolean => {
+        for (let i = 0; i < n; i++) r.lb.attemptStarted(a, r.clock.t);
+        for (let i = 0; i < -n; i++) r.lb.attemptEnded(a, r.clock.t, 100, true, false, false);
+        return r.lb.isSaturated(a, r.clock.t);
+      };
+      after(8);
+      report(4, 0);
+      // 4 of this gateway's 8 not counted: the bound is 8 + 4, not the pool's 256.
+      expect([after(3), after(1)]).toEqual([false, true]);
+      // The next report counts them all: back to 2c.
+      r.clock.t += 1000;
+      report(4, 8);
+      expect([after(-4), after(-1)]).toEqual([true, false]);
+      // Without a fresh report, the pool alone, as before.
+      r.clock.t += 60_000;
+      expect(after(20)).toBe(false);
     } finally {
       await r.lb.close();
     }

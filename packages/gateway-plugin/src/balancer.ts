@@ -1086,25 +1086,17 @@ export class Balancer implements BalancerHandle, FlowHost {
     const s = this.options.saturation;
     const inFlight = backend.load.inFlight;
     if (inFlight >= s.maxInFlightPerBackend) return true;
-    // What its agent says it serves at once, and as many again waiting in it, while its
-    // fresh report says it is full (every slot busy, requests waiting): beyond that a first
-    // attempt waits in the gateway's bounded, timed queue, and goes to whichever backend
-    // frees a slot first. Bounded by the pool alone (256), three backends of 8 slots at
-    // twice their capacity held 256 requests each, 248 queued inside each backend (3.2 s,
-    // no timeout the gateway could apply), and the first 503 came after 7 s. Only while
-    // the report agrees: requests its agent does not count (long polls left out of its
-    // tracker) filled the bound of a backend with free slots, and every other request got
-    // 503 (they still can while other clients keep it full: docs/gateway.md). Never for a
+    // What its agent says it serves at once, and as many again waiting in it, plus this
+    // gateway's requests its agent did not count (EndpointLoad.saturationBound): beyond that
+    // a first attempt waits in the gateway's bounded, timed queue, and goes to whichever
+    // backend frees a slot first. Bounded by the pool alone (256), three backends of 8 slots
+    // at twice their capacity held 256 requests each, 248 queued inside each backend (3.2 s,
+    // no timeout the gateway could apply), and the first 503 came after 7 s. Never for a
     // retry, which does not queue: one backend crashing under load sent its retries to 503
     // at the others' bound.
     if (!retry) {
-      const slots = backend.load.reportedSlots?.();
-      if (
-        slots !== undefined &&
-        inFlight >= reportedBound(slots) &&
-        backend.load.reportSaturated(nowMs)
-      )
-        return true;
+      const bound = backend.load.saturationBound?.(nowMs);
+      if (bound !== undefined && inFlight >= bound) return true;
     }
     // Never by expected wait with none of this gateway's requests on it: the wait includes
     // the service time, so a backend slower than maxExpectedWaitMs was saturated while
@@ -1343,14 +1335,7 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 }
 
-/**
- * Requests in flight from this gateway past which a backend whose agent reports
- * `slots` (its concurrencyLimit) is saturated: its slots and as many queued in it (at
- * least 4), so a slot that frees never waits for the gateway's next dispatch.
- */
-export function reportedBound(slots: number): number {
-  return Math.max(2 * slots, slots + 4);
-}
+export { reportedBound } from './load/report-digest';
 
 /**
  * Another agent run than the one that admitted discovered backend `b` (its registration's

@@ -29,7 +29,7 @@ import {
 import { optionBag } from './option-check';
 import { ErrorPenalty, OverloadPenalty } from './outcome-penalties';
 import { Penalties } from './penalties';
-import { digestReport, staleAfterFor, type ReportDigest } from './report-digest';
+import { digestReport, reportedBound, staleAfterFor, type ReportDigest } from './report-digest';
 import { ReportPenalty } from './report-penalty';
 import { ServiceTime } from './service-time';
 import { SlowStart } from './slow-start';
@@ -275,6 +275,24 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   reportSaturated(nowMs: number): boolean {
     return this.freshReport(nowMs)?.saturated === true;
+  }
+
+  /**
+   * reportedBound(c) for the concurrencyLimit c its agent reports, plus this gateway's
+   * requests the fresh report did not count (long polls left out of the agent's
+   * tracker, still in transit, just answered). Held on every fresh report that counts
+   * requests: held only while the report said "full" (requests waiting), it lifted
+   * whenever a batch of answers had just emptied the backend's queue (4 busy, 0
+   * waiting, this gateway's 8 sent), and the pool's 256 let the gateway's whole queue
+   * into three saturated backends (p99 8.6 s against queueTimeoutMs 5 s, 9 of 1,400
+   * shed). Undefined (no bound but the pool) without a limit or a fresh count.
+   */
+  saturationBound(nowMs: number): number | undefined {
+    const c = this.capacity.reported();
+    if (c === undefined) return undefined;
+    const r = this.freshReport(nowMs);
+    if (r?.countedOutstanding === undefined) return undefined;
+    return reportedBound(c) + Math.max(0, r.localInFlightAtReport - r.countedOutstanding);
   }
 
   slowStartFactor(nowMs: number): number {

@@ -26,6 +26,12 @@ export interface ReportDigest {
    * Little's law (rps × mean latency); undefined without traffic figures.
    */
   meanOutstanding: number | undefined;
+  /**
+   * Requests the agent counted (serving + queued + in the accept backlog);
+   * undefined when it reports no queue figure (`outstanding` is then Little's
+   * law's mean, not a count).
+   */
+  countedOutstanding: number | undefined;
   /** Requests this gateway had in flight on the backend when the report arrived. */
   localInFlightAtReport: number;
   /** Concurrent slots the agent reports (concurrencyLimit), undefined if not reported. */
@@ -136,8 +142,9 @@ export function digestReport(
   const rps = finite(traffic?.rps);
 
   let outstanding: number | undefined;
+  let countedOutstanding: number | undefined;
   if (inFlight !== undefined || queued !== undefined || backlog !== undefined) {
-    outstanding = (inFlight ?? 0) + (queued ?? 0) + (backlog ?? 0);
+    outstanding = countedOutstanding = (inFlight ?? 0) + (queued ?? 0) + (backlog ?? 0);
   } else if (rps !== undefined && latencyMs !== undefined) {
     // Little's law: mean requests in the system = arrival rate × mean time in it.
     outstanding = (rps * latencyMs) / 1000;
@@ -165,6 +172,7 @@ export function digestReport(
     outstanding,
     meanOutstanding:
       rps !== undefined && latencyMs !== undefined ? (rps * latencyMs) / 1000 : undefined,
+    countedOutstanding,
     localInFlightAtReport: localInFlight,
     concurrencyLimit,
     capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,
@@ -181,4 +189,13 @@ export function digestReport(
     errorRate: unit(traffic?.errorRate),
     early: report.early === true,
   };
+}
+
+/**
+ * Requests in flight from this gateway past which a backend whose agent reports
+ * `slots` (its concurrencyLimit) is saturated: its slots and as many queued in it (at
+ * least 4), so a slot that frees never waits for the gateway's next dispatch.
+ */
+export function reportedBound(slots: number): number {
+  return Math.max(2 * slots, slots + 4);
 }

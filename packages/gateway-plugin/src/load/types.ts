@@ -101,6 +101,11 @@ export interface LoadEstimate extends EndpointLoad {
   /** The fresh report says every slot is busy and requests wait; false when none is fresh. */
   reportSaturated(nowMs: number): boolean;
   /**
+   * This gateway's requests in flight past which a first attempt waits in the
+   * gateway's queue (docs/gateway.md, "Saturation"); undefined: no such bound.
+   */
+  saturationBound?(nowMs: number): number | undefined;
+  /**
    * onRequestEnd, with the backend's answer "overloaded" (a 503 with
    * Retry-After, or a 503/429 while it reports itself saturated): the request
    * neither succeeded nor failed. It raises a bounded, decaying overload
