@@ -198,6 +198,27 @@ function bearerAuth(token: string): express.RequestHandler {
 async function main(): Promise<void> {
   const args = parse();
   const cleanups: (() => Promise<void> | void)[] = [];
+  // Graceful shutdown: refuse new connections, let requests in flight finish
+  // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
+  // stop the agents, backends and broker this example started. From the first
+  // moment: installed once it was up, a Ctrl-C while it started met Node's default,
+  // and the run's key was left in /tmp.
+  let stopping = false;
+  // Set once built: shutdown() then stops it listening.
+  const built: { server?: http.Server } = {};
+  let all: LoadBalancerMiddleware[] = [];
+  const shutdown = async (signal: string, code = 0): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    if (signal) say(`${signal}: draining`);
+    if (built.server?.listening) built.server.close();
+    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000 })));
+    for (const c of cleanups.reverse()) await c();
+    if (signal) say('stopped');
+    process.exit(code);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
 
   // The broker: the given one (Mosquitto, ...) or an embedded one.
   let brokerUrl = args.broker;
@@ -205,6 +226,8 @@ async function main(): Promise<void> {
     const broker = await startEmbeddedBroker();
     cleanups.push(() => broker.close());
     brokerUrl = broker.url;
+    // Stopped meanwhile: shutdown() closed what it was given and exits.
+    if (stopping) return void (await broker.close());
   }
 
   // Two backends per service, each with its agent; the agent's --service-name
@@ -221,6 +244,11 @@ async function main(): Promise<void> {
       ),
     ),
   );
+  if (stopping) {
+    // Stopped while they started: these were not in the cleanups shutdown() ran.
+    await Promise.all(started.flat().map((b) => b.process.stop()));
+    return;
+  }
   for (const [i, service] of SERVICES.entries()) {
     backends.set(service, started[i]!);
     for (const b of started[i]!) {
@@ -278,7 +306,7 @@ async function main(): Promise<void> {
     for (const c of cleanups.reverse()) await c();
     process.exit(2);
   }
-  const all = Object.values(lbs);
+  all = Object.values(lbs);
 
   const app = express();
   app.use(requestId());
@@ -300,32 +328,16 @@ async function main(): Promise<void> {
   // The server timeouts a gateway facing clients needs (docs/gateway.md, "What your
   // http.Server must do"): Node's defaults hold a slowloris head for 60 s and a request
   // for 300 s, checked every 30 s.
-  const server = http.createServer(
+  const server = (built.server = http.createServer(
     {
       ...gatewayServerOptions({ requestFields: ['body', '_body'] }),
       connectionsCheckingInterval: 2_000,
     },
     app,
-  );
+  ));
   server.headersTimeout = 10_000;
   server.requestTimeout = 60_000;
   server.on('upgrade', routeUpgrades(app));
-  // Graceful shutdown: refuse new connections, let requests in flight finish
-  // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
-  // stop the agents, backends and broker this example started.
-  let stopping = false;
-  const shutdown = async (signal: string): Promise<void> => {
-    if (stopping) return;
-    stopping = true;
-    say(`${signal}: draining`);
-    if (server.listening) server.close();
-    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000 })));
-    for (const c of cleanups.reverse()) await c();
-    say('stopped');
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
   // Traffic once every balancer is ready (subscribed and warmed up, or told the broker is
   // out of reach: it resolves after its timeout, with a warning of its own, and the
   // balancers route on local signals), as docs/gateway.md's recipes do. It listened
@@ -333,16 +345,26 @@ async function main(): Promise<void> {
   const ready = await Promise.all(all.map((lb) => lb.ready())).then(
     () => true,
     (err: Error) => {
-      process.stderr.write(`existing-gateway: ${err.message}\n`);
+      // Stopped while it waited: the closing balancers' LW_GW_CLOSED is no error.
+      if (!stopping) process.stderr.write(`existing-gateway: ${err.message}\n`);
       return false;
     },
   );
   // Stopped while it waited: shutdown() closes the balancers and exits.
   if (stopping) return;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(args.port, '127.0.0.1', () => resolve());
+  const taken = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    server.once('error', resolve);
+    server.listen(args.port, '127.0.0.1', () => resolve(undefined));
   });
+  if (taken) {
+    // One line, as the quick start says it, not a stack trace; what it started is stopped.
+    process.stderr.write(
+      taken.code === 'EADDRINUSE'
+        ? `existing-gateway: port ${args.port} is already in use. Pick another: --port 9090 (or --port 0 for any free port)\n`
+        : `existing-gateway: cannot listen on port ${args.port}: ${taken.message}\n`,
+    );
+    return shutdown('', 1);
+  }
   const port = (server.address() as AddressInfo).port;
   say(JSON.stringify({ event: 'listening', port }));
   // Neither the broker's credentials nor a token of the user's are printed (the tokens may

@@ -33,6 +33,11 @@ export interface ClusterOptions {
   intervalMs?: number;
   /** Gateway names (default gw-1, gw-2). */
   gatewayIds?: string[];
+  /**
+   * Stops the start-up between steps (Ctrl-C while it starts): whatever was started
+   * is stopped, its files removed, and startCluster rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
 }
 
 export interface RunningGateway {
@@ -95,6 +100,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
   };
   try {
     for (const spec of opts.backends ?? DEFAULT_BACKENDS) {
+      opts.signal?.throwIfAborted();
       const pidFile = path.join(dir, `${spec.id}.pid`);
       const b = await startBackendProcess({ ...spec, pidFile });
       backends.push(b);
@@ -120,8 +126,11 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
       LOADWISE_GW_PREFIX: prefix,
       LOADWISE_GW_KEY_FILE: runKey.file,
     };
-    for (const id of opts.gatewayIds ?? ['gw-1', 'gw-2'])
+    for (const id of opts.gatewayIds ?? ['gw-1', 'gw-2']) {
+      opts.signal?.throwIfAborted();
       gateways.push(await startGatewayServer(id, env));
+    }
+    opts.signal?.throwIfAborted();
     front = await startRoundRobinFront(
       gateways.map((g) => ({ host: '127.0.0.1', port: g.port })),
       { port: opts.frontPort ?? 0 },

@@ -9,7 +9,8 @@
  * the shared one. Ctrl-C stops everything.
  */
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
-import { startCluster } from './cluster';
+import net from 'node:net';
+import { startCluster, type Cluster } from './cluster';
 import { integerArg, parseFlags, type Usage } from '../lib/args';
 import { redactUrl } from '@loadwise/protocol';
 
@@ -29,12 +30,61 @@ const USAGE: Usage<typeof OPTIONS> = {
   },
 };
 
+/** Whether `port` can be listened on now: taken, it is said before anything starts. */
+function portFree(port: number): Promise<boolean> {
+  if (port === 0) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
+}
+
 async function main(): Promise<void> {
   const { values } = parseFlags('two-gateways', OPTIONS, undefined, USAGE);
   const port = integerArg('two-gateways', 'port', values.port, 0, 65535);
+  if (!(await portFree(port))) {
+    process.stderr.write(
+      `two-gateways: port ${port} is already in use. Pick another: --port 9090 (or --port 0 for any free port)\n`,
+    );
+    process.exit(1);
+  }
+  // Ctrl-C from the first moment: while it starts, the start-up stops and cleans up what
+  // it started (the run's key, pid files); the handlers came after it, and Node's default
+  // ended the process with them left in /tmp.
+  const starting = new AbortController();
+  let stopping = false;
+  // Set once it runs: stop() then closes it.
+  const running: { close?: () => Promise<void> } = {};
   let embedded: EmbeddedBroker | undefined;
-  const brokerUrl = values.broker ?? (embedded = await startEmbeddedBroker()).url;
-  const cluster = await startCluster({ brokerUrl, prefix: values.prefix, frontPort: port });
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    process.stdout.write('stopping...\n');
+    if (!running.close) return starting.abort(new Error('stopped while starting'));
+    void running
+      .close()
+      .then(() => embedded?.close())
+      .then(() => process.exit(0));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  let cluster: Cluster;
+  try {
+    const brokerUrl = values.broker ?? (embedded = await startEmbeddedBroker()).url;
+    cluster = await startCluster({
+      brokerUrl,
+      prefix: values.prefix,
+      frontPort: port,
+      signal: starting.signal,
+    });
+  } catch (err) {
+    if (!stopping) throw err;
+    await embedded?.close();
+    process.exit(0);
+  }
+  running.close = cluster.close;
+  const brokerUrl = values.broker ?? embedded!.url;
   const lines = [
     // Credentials in --broker are not printed (as the gateways' own log lines do).
     `broker   ${redactUrl(brokerUrl)}${embedded ? ' (embedded aedes)' : ''}, topic prefix ${values.prefix}`,
@@ -52,21 +102,13 @@ async function main(): Promise<void> {
     '',
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    process.stdout.write('stopping...\n');
-    void cluster
-      .close()
-      .then(() => embedded?.close())
-      .then(() => process.exit(0));
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`two-gateways: ${(err as Error).stack ?? String(err)}\n`);
+  // Taken between the check and the front's listen: one line, as for the check.
+  const e = err as NodeJS.ErrnoException;
+  process.stderr.write(
+    `two-gateways: ${e.code === 'EADDRINUSE' ? e.message : (e.stack ?? String(err))}\n`,
+  );
   process.exit(1);
 });

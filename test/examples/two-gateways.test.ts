@@ -5,6 +5,8 @@
  * prints the broker URL without its password.
  */
 import http from 'node:http';
+import { readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { spawnScript } from '../kit/agent-cli';
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
@@ -160,3 +162,27 @@ test('run.js prints a --broker URL with its credentials masked', async () => {
     await broker.close();
   }
 }, 60_000);
+
+test('startCluster stopped while it starts: what it started is stopped, its files removed', async () => {
+  // Ctrl-C in run.js's first seconds: the run's key and pid files were left in /tmp.
+  const before = readdirSync(tmpdir()).filter((f) =>
+    /^(lw-two-gw-|loadwise-two-gateways-)/.test(f),
+  );
+  const broker = await startEmbeddedBroker();
+  const starting = new AbortController();
+  const started = startCluster({
+    brokerUrl: broker.url,
+    prefix: 'lwtest/two-gw-abort',
+    signal: starting.signal,
+  });
+  starting.abort(new Error('stopped while starting'));
+  try {
+    await expect(started).rejects.toThrow('stopped while starting');
+    const after = readdirSync(tmpdir()).filter((f) =>
+      /^(lw-two-gw-|loadwise-two-gateways-)/.test(f),
+    );
+    expect(after).toEqual(before);
+  } finally {
+    await broker.close();
+  }
+});
