@@ -278,21 +278,22 @@ class EndpointLoadEstimate implements LoadEstimate {
   }
 
   /**
-   * reportedBound(c) for the concurrencyLimit c its agent reports, plus this gateway's
-   * requests the fresh report did not count (long polls left out of the agent's
-   * tracker, still in transit, just answered). Held on every fresh report that counts
-   * requests: held only while the report said "full" (requests waiting), it lifted
-   * whenever a batch of answers had just emptied the backend's queue (4 busy, 0
-   * waiting, this gateway's 8 sent), and the pool's 256 let the gateway's whole queue
-   * into three saturated backends (p99 8.6 s against queueTimeoutMs 5 s, 9 of 1,400
-   * shed). Undefined (no bound but the pool) without a limit or a fresh count.
+   * reportedBound(c) for the concurrencyLimit c its agent reports, while its fresh
+   * report finds every slot busy, requests waiting or not. Held only while the report
+   * said "full, requests waiting", it lifted whenever a batch of answers had just
+   * emptied the backend's queue (4 busy, 0 waiting, this gateway's 8 sent), and the
+   * pool's 256 let the gateway's whole queue into three saturated backends (p99 8.6 s
+   * against queueTimeoutMs 5 s). Not on a report with free slots: long polls its
+   * tracker leaves out, opened after a report, would hold an idle backend saturated
+   * (held on every fresh count, requests waited up to queueTimeoutMs for reports to
+   * raise the bound). Not raised by this gateway's requests the report did not count
+   * either: at receipt that also counts what was sent since the agent's sample, and a
+   * burst went past 2c. Undefined (no bound but the pool) otherwise.
    */
   saturationBound(nowMs: number): number | undefined {
     const c = this.capacity.reported();
-    if (c === undefined) return undefined;
-    const r = this.freshReport(nowMs);
-    if (r?.countedOutstanding === undefined) return undefined;
-    return reportedBound(c) + Math.max(0, r.localInFlightAtReport - r.countedOutstanding);
+    if (c === undefined || this.freshReport(nowMs)?.slotsFull !== true) return undefined;
+    return reportedBound(c);
   }
 
   slowStartFactor(nowMs: number): number {

@@ -27,11 +27,10 @@ export interface ReportDigest {
    */
   meanOutstanding: number | undefined;
   /**
-   * Requests the agent counted (serving + queued + in the accept backlog);
-   * undefined when it reports no queue figure (`outstanding` is then Little's
-   * law's mean, not a count).
+   * Every slot busy by the agent's count: it reports a concurrency limit and
+   * `queue.inFlight` at or above it, requests waiting or not.
    */
-  countedOutstanding: number | undefined;
+  slotsFull: boolean;
   /** Requests this gateway had in flight on the backend when the report arrived. */
   localInFlightAtReport: number;
   /** Concurrent slots the agent reports (concurrencyLimit), undefined if not reported. */
@@ -142,9 +141,8 @@ export function digestReport(
   const rps = finite(traffic?.rps);
 
   let outstanding: number | undefined;
-  let countedOutstanding: number | undefined;
   if (inFlight !== undefined || queued !== undefined || backlog !== undefined) {
-    outstanding = countedOutstanding = (inFlight ?? 0) + (queued ?? 0) + (backlog ?? 0);
+    outstanding = (inFlight ?? 0) + (queued ?? 0) + (backlog ?? 0);
   } else if (rps !== undefined && latencyMs !== undefined) {
     // Little's law: mean requests in the system = arrival rate × mean time in it.
     outstanding = (rps * latencyMs) / 1000;
@@ -172,7 +170,7 @@ export function digestReport(
     outstanding,
     meanOutstanding:
       rps !== undefined && latencyMs !== undefined ? (rps * latencyMs) / 1000 : undefined,
-    countedOutstanding,
+    slotsFull: limit !== undefined && inFlight !== undefined && inFlight >= limit,
     localInFlightAtReport: localInFlight,
     concurrencyLimit,
     capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,

@@ -540,7 +540,7 @@ export class RequestFlow {
     // forward. One whose head is out but not its end cannot take a backend's answer:
     // cut, as Node does an answer its handler threw in.
     if (res.headersSent) {
-      if (!res.writableEnded) res.destroy();
+      if (!res.writableEnded) cutAnswer(res);
       return;
     }
     // A 'timeout' emitted on the request by its socket (the server's or the app's
@@ -1486,7 +1486,9 @@ export class RequestFlow {
       // requestTimeoutMs. Cut the client; the backend is not charged.
       this.logClientStalled(flow, 'answer');
       this.cancelAttempt(flow);
-      return void flow.res.destroy();
+      // A reset: what the kernel held for it is dropped, and a close-framed answer reads
+      // as cut, not whole (cutAnswer).
+      return cutAnswer(flow.res);
     }
     const c = this.core;
     const backend = flow.backend;
