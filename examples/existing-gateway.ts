@@ -41,6 +41,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { assertValidPrefix, ProtocolError, redactUrl } from '@loadwise/protocol';
 import { integerArg, parseFlags, type Usage } from './lib/args';
+import { portFree } from './lib/port';
 import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,
@@ -197,6 +198,12 @@ function bearerAuth(token: string): express.RequestHandler {
 
 async function main(): Promise<void> {
   const args = parse();
+  if (!(await portFree(args.port))) {
+    process.stderr.write(
+      `existing-gateway: port ${args.port} is already in use. Pick another: --port 9090 (or --port 0 for any free port)\n`,
+    );
+    process.exit(1);
+  }
   const cleanups: (() => Promise<void> | void)[] = [];
   // Graceful shutdown: refuse new connections, let requests in flight finish
   // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then

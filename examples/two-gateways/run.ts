@@ -9,9 +9,9 @@
  * the shared one. Ctrl-C stops everything.
  */
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
-import net from 'node:net';
 import { startCluster, type Cluster } from './cluster';
 import { integerArg, parseFlags, type Usage } from '../lib/args';
+import { portFree } from '../lib/port';
 import { redactUrl } from '@loadwise/protocol';
 
 const OPTIONS = {
@@ -29,16 +29,6 @@ const USAGE: Usage<typeof OPTIONS> = {
     prefix: ['<prefix>', 'the topic prefix (default loadwise)'],
   },
 };
-
-/** Whether `port` can be listened on now: taken, it is said before anything starts. */
-function portFree(port: number): Promise<boolean> {
-  if (port === 0) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const probe = net.createServer();
-    probe.once('error', () => resolve(false));
-    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
-  });
-}
 
 async function main(): Promise<void> {
   const { values } = parseFlags('two-gateways', OPTIONS, undefined, USAGE);

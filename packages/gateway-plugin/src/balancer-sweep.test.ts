@@ -303,7 +303,7 @@ describe('saturation at the reported concurrency limit', () => {
     }
   });
 
-  it('bounds no backend with free slots, and a gauge that cannot see its queue at 2c', async () => {
+  it('bounds no backend with free slots or counted above its limit; a gauge at its limit at 2c', async () => {
     const r = rig(['a']);
     try {
       const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
@@ -328,6 +328,12 @@ describe('saturation at the reported concurrency limit', () => {
       report({ inFlight: 1, queued: 0 });
       expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
       for (let i = 0; i < 60; i++) r.lb.attemptEnded(a, r.clock.t, 10, true, false, false);
+      // A gauge that counts its long polls too: 10 in flight under a limit of 4, none of
+      // them in a slot. Bounded at 2c, the idle backend was saturated by them.
+      start(10);
+      report({ inFlight: 10 });
+      expect(r.lb.isSaturated(a, r.clock.t)).toBe(false);
+      for (let i = 0; i < 10; i++) r.lb.attemptEnded(a, r.clock.t, 10, true, false, false);
       // A gauge of in-flight requests capped at its 4 workers, no queue figure: full at 4,
       // and 2c it stays however many of this gateway's wait in its unseen queue.
       for (let i = 0; i < 5; i++) {

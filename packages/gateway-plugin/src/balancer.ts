@@ -1086,10 +1086,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     const s = this.options.saturation;
     const inFlight = backend.load.inFlight;
     if (inFlight >= s.maxInFlightPerBackend) return true;
-    // What its agent says it serves at once, and as many again waiting in it, plus this
-    // gateway's requests its agent did not count (EndpointLoad.saturationBound): beyond that
-    // a first attempt waits in the gateway's bounded, timed queue, and goes to whichever
-    // backend frees a slot first. Bounded by the pool alone (256), three backends of 8 slots
+    // What its agent says it serves at once, and as many again waiting in it, while its
+    // fresh report finds every slot busy (EndpointLoad.saturationBound): beyond that a first
+    // attempt waits in the gateway's bounded, timed queue, and goes to whichever backend
+    // frees a slot first. Bounded by the pool alone (256), three backends of 8 slots
     // at twice their capacity held 256 requests each, 248 queued inside each backend (3.2 s,
     // no timeout the gateway could apply), and the first 503 came after 7 s. Never for a
     // retry, which does not queue: one backend crashing under load sent its retries to 503

@@ -28,7 +28,11 @@ export interface ReportDigest {
   meanOutstanding: number | undefined;
   /**
    * Every slot busy by the agent's count: it reports a concurrency limit and
-   * `queue.inFlight` at or above it, requests waiting or not.
+   * `queue.inFlight` exactly at it, requests waiting or not. Above it the limit
+   * does not govern what the agent counts (a gauge that counts long polls, or
+   * requests waiting inside the app): bounded by it, a backend holding 10 long
+   * polls under a limit of 4 was saturated while idle, and every other request
+   * got 503 after queueTimeoutMs.
    */
   slotsFull: boolean;
   /** Requests this gateway had in flight on the backend when the report arrived. */
@@ -170,7 +174,7 @@ export function digestReport(
     outstanding,
     meanOutstanding:
       rps !== undefined && latencyMs !== undefined ? (rps * latencyMs) / 1000 : undefined,
-    slotsFull: limit !== undefined && inFlight !== undefined && inFlight >= limit,
+    slotsFull: limit !== undefined && inFlight === limit,
     localInFlightAtReport: localInFlight,
     concurrencyLimit,
     capacityHint: capacityHint !== undefined && capacityHint >= 1 ? capacityHint : undefined,
