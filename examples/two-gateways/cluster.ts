@@ -68,6 +68,8 @@ export const DEFAULT_BACKENDS = [
 export async function startGatewayServer(
   id: string,
   env: NodeJS.ProcessEnv,
+  /** Stops the wait for its port (and the process) when aborted: a Ctrl-C while it starts. */
+  signal?: AbortSignal,
 ): Promise<RunningGateway> {
   const script = path.join(repoRoot(), 'examples', 'dist', 'gateway-server.js');
   const proc = new ManagedChild(`gateway ${id}`, process.execPath, [script, '--exit-with-parent'], {
@@ -77,8 +79,24 @@ export async function startGatewayServer(
     LOADWISE_GW_PORT: '0',
     ...env,
   });
-  const port = await waitForListening(proc, DEFAULT_START_TIMEOUT_MS);
-  return { id, port, url: `http://127.0.0.1:${port}`, process: proc };
+  const listening = waitForListening(proc, DEFAULT_START_TIMEOUT_MS);
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    // Waiting for its port waits for its ready(): 10 s with the broker out of reach, and
+    // a Ctrl-C meanwhile took that long to be heard.
+    const port = await Promise.race([listening, aborted]);
+    return { id, port, url: `http://127.0.0.1:${port}`, process: proc };
+  } catch (err) {
+    listening.catch(() => undefined);
+    await proc.stop('SIGTERM');
+    throw err;
+  } finally {
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+  }
 }
 
 export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
@@ -128,7 +146,7 @@ export async function startCluster(opts: ClusterOptions): Promise<Cluster> {
     };
     for (const id of opts.gatewayIds ?? ['gw-1', 'gw-2']) {
       opts.signal?.throwIfAborted();
-      gateways.push(await startGatewayServer(id, env));
+      gateways.push(await startGatewayServer(id, env, opts.signal));
     }
     opts.signal?.throwIfAborted();
     front = await startRoundRobinFront(
