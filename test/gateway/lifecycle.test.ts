@@ -591,16 +591,18 @@ describe('graceful close', () => {
     const gw = await startLocalGateway({ backends: [{ id: 'hold', url: hold.url }] });
     try {
       const client = connect(gw.port, '127.0.0.1');
-      client.on('error', () => {});
+      let error: string | undefined;
+      client.on('error', (e: Error & { code?: string }) => (error = e.code));
       let answer = '';
       client.on('data', (d: Buffer) => (answer += d.toString('latin1')));
-      const cut = once(client, 'close');
+      const cut = new Promise((r) => client.once('close', r));
       client.write('GET /download HTTP/1.1\r\nHost: a\r\n\r\n');
       while (!answer.endsWith('\r\n\r\nx')) await new Promise((r) => setTimeout(r, 5));
       await gw.lb.close({ graceMs: 100 });
       await cut;
-      // The client sees the answer cut short (its length unmet), not completed.
+      // The client sees the answer cut short (its length unmet), with a reset (cutAnswer).
       expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+      expect(error).toBe('ECONNRESET');
       // Counted a reset and a failure of the backend's before: its pool closed under the
       // answer after the grace.
       expect(internals(gw.lb).registry.get('hold')!.failures).toBe(0);
