@@ -148,30 +148,6 @@ function serialize(parsed: unknown, contentType: string | undefined): Buffer | s
 }
 
 /**
- * Whether bytes the client sent with a `Content-Encoding` are still in it: a
- * raw-body middleware that did not inflate them, where body-parser
- * (express.raw() included) always inflates gzip, deflate and br. When the
- * client gave a Content-Length, bytes of another length were inflated. Of
- * that length, they are still encoded if they start as the last coding
- * named: gzip's magic number (RFC 1952 §2.3.1), a zlib header (`deflate`,
- * RFC 1950 §2.2: method 8, the check bits; a preset dictionary too), or a
- * brotli stream (its first 4 KiB decoded without error). The length alone is
- * not enough: inflated bytes can be as long as the encoded ones were (partly
- * compressible data), and then went out labelled. The magic number alone is
- * not enough either: a gzip file uploaded with gzip transfer compression
- * (`file.gz` sent compressed again) still starts with it once body-parser
- * inflated it, but is then never as long as what was sent. A chunked upload
- * has no length to compare: gzip's magic number decides, as before
- * 2026-12-07 (a `.gz` file sent chunked with gzip compression keeps the label
- * after body-parser inflated it); deflate, br and codings with no check are
- * dropped, since their starts are no proof (ordinary data passes a zlib
- * header's check, one byte in 26 of random data is a whole brotli stream).
- * Only a prefix is decoded: the whole of a 96-byte upload inflated by the
- * app's parser to 49 MiB of brotli metadata held the event loop for 1.25 s.
- * Until 2026-12-07 only gzip was kept: deflate and br bytes kept as they came
- * went out without their label.
- */
-/**
  * The last coding a Content-Encoding names, lower-cased; '' for none or
  * identity. The last applied is the outermost (RFC 9110 §8.4): what the bytes
  * start as. Empty list elements do not count (§5.6.1): `br,` is br.
@@ -195,6 +171,30 @@ function dropDigests(h: IncomingHttpHeaders): void {
   for (const f of DIGEST_FIELDS) delete h[f];
 }
 
+/**
+ * Whether bytes the client sent with a `Content-Encoding` are still in it: a
+ * raw-body middleware that did not inflate them, where body-parser
+ * (express.raw() included) always inflates gzip, deflate and br. When the
+ * client gave a Content-Length, bytes of another length were inflated. Of
+ * that length, they are still encoded if they start as the last coding
+ * named: gzip's magic number (RFC 1952 §2.3.1), a zlib header (`deflate`,
+ * RFC 1950 §2.2: method 8, the check bits; a preset dictionary too), or a
+ * brotli stream (its first 4 KiB decoded without error). The length alone is
+ * not enough: inflated bytes can be as long as the encoded ones were (partly
+ * compressible data), and then went out labelled. The magic number alone is
+ * not enough either: a gzip file uploaded with gzip transfer compression
+ * (`file.gz` sent compressed again) still starts with it once body-parser
+ * inflated it, but is then never as long as what was sent. A chunked upload
+ * has no length to compare: gzip's magic number decides, as before
+ * 2026-12-07 (a `.gz` file sent chunked with gzip compression keeps the label
+ * after body-parser inflated it); deflate, br and codings with no check are
+ * dropped, since their starts are no proof (ordinary data passes a zlib
+ * header's check, one byte in 26 of random data is a whole brotli stream).
+ * Only a prefix is decoded: the whole of a 96-byte upload inflated by the
+ * app's parser to 49 MiB of brotli metadata held the event loop for 1.25 s.
+ * Until 2026-12-07 only gzip was kept: deflate and br bytes kept as they came
+ * went out without their label.
+ */
 function stillEncoded(
   encoding: string | undefined,
   bytes: Buffer,
