@@ -261,10 +261,6 @@ class EndpointLoadEstimate implements LoadEstimate {
     return this.times.latencyMs(nowMs);
   }
 
-  reportedSlots(): number | undefined {
-    return this.capacity.reported();
-  }
-
   reportVerdict(nowMs: number): HealthVerdict | undefined {
     return this.freshReport(nowMs)?.verdict;
   }

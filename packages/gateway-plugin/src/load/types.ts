@@ -96,8 +96,6 @@ export interface LoadEstimate extends EndpointLoad {
   expectedWaitMs(nowMs: number, stall?: boolean): number;
   reportVerdict(nowMs: number): HealthVerdict | undefined;
   reportState(nowMs: number): BackendState | undefined;
-  /** The concurrencyLimit its agent reports (configuration: kept when reports go stale). */
-  reportedSlots?(): number | undefined;
   /** The fresh report says every slot is busy and requests wait; false when none is fresh. */
   reportSaturated(nowMs: number): boolean;
   /**
