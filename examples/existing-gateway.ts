@@ -41,7 +41,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { assertValidPrefix, ProtocolError, redactUrl } from '@loadwise/protocol';
 import { integerArg, parseFlags, type Usage } from './lib/args';
-import { portFree } from './lib/port';
+import { exitIfPortTaken, listenOrSay } from './lib/port';
 import { createRunKey } from './lib/run-key';
 import {
   startAgentProcess,
@@ -198,12 +198,7 @@ function bearerAuth(token: string): express.RequestHandler {
 
 async function main(): Promise<void> {
   const args = parse();
-  if (!(await portFree(args.port))) {
-    process.stderr.write(
-      `existing-gateway: port ${args.port} is already in use. Pick another: --port 9090 (or --port 0 for any free port)\n`,
-    );
-    process.exit(1);
-  }
+  await exitIfPortTaken('existing-gateway', args.port);
   const cleanups: (() => Promise<void> | void)[] = [];
   // Graceful shutdown: refuse new connections, let requests in flight finish
   // (each balancer answers 503 LW_GW_DRAINING to new requests meanwhile), then
@@ -359,19 +354,8 @@ async function main(): Promise<void> {
   );
   // Stopped while it waited: shutdown() closes the balancers and exits.
   if (stopping) return;
-  const taken = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
-    server.once('error', resolve);
-    server.listen(args.port, '127.0.0.1', () => resolve(undefined));
-  });
-  if (taken) {
-    // One line, as the quick start says it, not a stack trace; what it started is stopped.
-    process.stderr.write(
-      taken.code === 'EADDRINUSE'
-        ? `existing-gateway: port ${args.port} is already in use. Pick another: --port 9090 (or --port 0 for any free port)\n`
-        : `existing-gateway: cannot listen on port ${args.port}: ${taken.message}\n`,
-    );
-    return shutdown('', 1);
-  }
+  // Taken since the check: one line, and what it started is stopped.
+  if (!(await listenOrSay('existing-gateway', server, args.port))) return shutdown('', 1);
   const port = (server.address() as AddressInfo).port;
   say(JSON.stringify({ event: 'listening', port }));
   // Neither the broker's credentials nor a token of the user's are printed (the tokens may

@@ -31,6 +31,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { integerArg, parseFlags, refuse, type Usage } from './lib/args';
 import { onLostOutput } from './lib/output';
+import { listenOrSay } from './lib/port';
 import { createRunKey } from './lib/run-key';
 import { quantile, startLoadDriver, type LoadDriver } from './lib/load-driver';
 import {
@@ -247,23 +248,6 @@ async function startWorkerGateway(worker: WorkerContext): Promise<{ close(): Pro
   };
 }
 
-/** Binds the port for a moment: says so at once if it is taken, before anything starts. */
-async function listenOrSay(server: http.Server, port: number): Promise<boolean> {
-  return new Promise<boolean>((resolve) => {
-    server.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE') {
-        process.stderr.write(
-          `quick-start: port ${port} is already in use. Pick another: npm start -- --port 9090 (or --port 0 for any free port)\n`,
-        );
-      } else {
-        process.stderr.write(`quick-start: cannot listen on port ${port}: ${err.message}\n`);
-      }
-      resolve(false);
-    });
-    server.listen(port, '127.0.0.1', () => resolve(true));
-  });
-}
-
 const workersLog = (line: string): void => say(`workers: ${line}`);
 
 async function fetchSnapshot(gw: string): Promise<BalancerSnapshot | undefined> {
@@ -329,7 +313,7 @@ async function main(): Promise<void> {
     res.end('{"error":{"code":"STARTING","message":"the quick start is still starting"}}');
   };
   const server = gatewayServer(() => handler);
-  if (!(await listenOrSay(server, args.port))) return stop(1);
+  if (!(await listenOrSay('quick-start', server, args.port, 'npm start -- --port'))) return stop(1);
   if (args.workers !== undefined) {
     await new Promise<void>((r) => server.close(() => r()));
   }

@@ -11,7 +11,7 @@
 import { startEmbeddedBroker, type EmbeddedBroker } from '@loadwise/gateway-plugin';
 import { startCluster, type Cluster } from './cluster';
 import { integerArg, parseFlags, type Usage } from '../lib/args';
-import { portFree } from '../lib/port';
+import { exitIfPortTaken } from '../lib/port';
 import { redactUrl } from '@loadwise/protocol';
 
 const OPTIONS = {
@@ -33,12 +33,7 @@ const USAGE: Usage<typeof OPTIONS> = {
 async function main(): Promise<void> {
   const { values } = parseFlags('two-gateways', OPTIONS, undefined, USAGE);
   const port = integerArg('two-gateways', 'port', values.port, 0, 65535);
-  if (!(await portFree(port))) {
-    process.stderr.write(
-      `two-gateways: port ${port} is already in use. Pick another: --port 9090 (or --port 0 for any free port)\n`,
-    );
-    process.exit(1);
-  }
+  await exitIfPortTaken('two-gateways', port);
   // Ctrl-C from the first moment: while it starts, the start-up stops and cleans up what
   // it started (the run's key, pid files); the handlers came after it, and Node's default
   // ended the process with them left in /tmp.
