@@ -234,19 +234,30 @@ describe('forgetting discovered backends', () => {
   });
 });
 
+/** Signed reports of backend `id` with concurrency limit `limit` and the queue figures given. */
+function limitReports(
+  r: ReturnType<typeof rig>,
+  id: string,
+  limit: number,
+  source: 'tracker' | 'gauge' = 'tracker',
+): (queue: { inFlight?: number; queued?: number }) => void {
+  const agent = createEncoder({ backendId: id, prefix: PREFIX, key, now: () => r.clock.t });
+  return (queue) => {
+    const m = agent.metrics({
+      ...calm,
+      concurrencyLimit: limit,
+      queue: { ...queue, source: { inFlight: source, queued: source } },
+    });
+    r.lb.receive(m.topic, Buffer.from(m.payload), false);
+  };
+}
+
 describe('saturation at the reported concurrency limit', () => {
   it('holds first attempts at max(2c, c + 4) while the fresh report finds every slot busy; never retries', async () => {
     const r = rig(['a', 'b']);
     try {
-      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
-      const report = (queued: number, inFlight = 2): void => {
-        const m = agent.metrics({
-          ...calm,
-          concurrencyLimit: 2,
-          queue: { inFlight, queued, source: { inFlight: 'tracker', queued: 'tracker' } },
-        });
-        r.lb.receive(m.topic, Buffer.from(m.payload), false);
-      };
+      const send = limitReports(r, 'a', 2);
+      const report = (queued: number, inFlight = 2): void => send({ inFlight, queued });
       const a = r.lb.registry.get('a')!;
       for (let i = 0; i < 6; i++) r.lb.attemptStarted(a, r.clock.t);
       // Full by its own account, its 2 slots and 4 waiting: this gateway's 6.
@@ -279,15 +290,8 @@ describe('saturation at the reported concurrency limit', () => {
     // pool's 256 there, and the gateway's whole queue went into the backends.
     const r = rig(['a']);
     try {
-      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
-      const report = (inFlight: number, queued: number): void => {
-        const m = agent.metrics({
-          ...calm,
-          concurrencyLimit: 4,
-          queue: { inFlight, queued, source: { inFlight: 'tracker', queued: 'tracker' } },
-        });
-        r.lb.receive(m.topic, Buffer.from(m.payload), false);
-      };
+      const send = limitReports(r, 'a', 4);
+      const report = (inFlight: number, queued: number): void => send({ inFlight, queued });
       const a = r.lb.registry.get('a')!;
       for (let i = 0; i < 8; i++) r.lb.attemptStarted(a, r.clock.t);
       report(4, 0);
@@ -306,14 +310,9 @@ describe('saturation at the reported concurrency limit', () => {
   it('bounds no backend with free slots or counted above its limit; a gauge at its limit at 2c', async () => {
     const r = rig(['a']);
     try {
-      const agent = createEncoder({ backendId: 'a', prefix: PREFIX, key, now: () => r.clock.t });
+      const send = limitReports(r, 'a', 4, 'gauge');
       const report = (queue: { inFlight?: number; queued?: number }): void => {
-        const m = agent.metrics({
-          ...calm,
-          concurrencyLimit: 4,
-          queue: { ...queue, source: { inFlight: 'gauge', queued: 'gauge' } },
-        });
-        r.lb.receive(m.topic, Buffer.from(m.payload), false);
+        send(queue);
         r.clock.t += 1000;
       };
       const a = r.lb.registry.get('a')!;
