@@ -214,7 +214,8 @@ async function main(): Promise<void> {
     stopping = true;
     if (signal) say(`${signal}: draining`);
     if (built.server?.listening) built.server.close();
-    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000 })));
+    const server = built.server;
+    await Promise.all(all.map((lb) => lb.close({ graceMs: 10_000, ...(server && { server }) })));
     for (const c of cleanups.reverse()) await c();
     if (signal) say('stopped');
     process.exit(code);

@@ -330,7 +330,7 @@ async function main(): Promise<void> {
     // own: twice the grace, past systemd's stop timeout, and keep-alive clients
     // were served without `Connection: close` all along.)
     server.close();
-    void lb.close({ graceMs: config.stopGraceMs }).then(
+    void lb.close({ graceMs: config.stopGraceMs, server }).then(
       () => process.exit(0),
       () => process.exit(1),
     );

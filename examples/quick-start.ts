@@ -243,7 +243,7 @@ async function startWorkerGateway(worker: WorkerContext): Promise<{ close(): Pro
     // Stop listening; the open connections are served until they end (a reload
     // replaces this worker under load: none is cut, none refused).
     close: async () => {
-      await Promise.all([closeListener(server), lb.close({ graceMs: 5_000 })]);
+      await Promise.all([closeListener(server), lb.close({ graceMs: 5_000, server })]);
     },
   };
 }

@@ -49,7 +49,7 @@ describe("the README's SIGTERM recipe", () => {
 
   it('is the one docs/gateway.md shows too', () => {
     const readme = recipes('README.md');
-    expect(readme).toEqual(['server.close(); await lb.close({ graceMs: 10_000 });']);
+    expect(readme).toEqual(['server.close(); await lb.close({ graceMs: 10_000, server });']);
     expect(recipes('docs/gateway.md')).toEqual([readme[0], readme[0]]);
   });
 

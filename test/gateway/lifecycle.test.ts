@@ -239,6 +239,10 @@ describe('graceful close', () => {
         code: 'LW_GW_INVALID_OPTION',
         message: expect.stringContaining('ready.timeoutMs'),
       });
+      await expect(gw.lb.close({ server: {} as never })).rejects.toMatchObject({
+        code: 'LW_GW_INVALID_OPTION',
+        message: expect.stringContaining('close.server'),
+      });
       // Still serving: nothing was closed.
       expect((await send(`${gw.url}/x`)).status).toBe(200);
       const inFlight = send(`${gw.url}/slow`);
@@ -284,6 +288,46 @@ describe('graceful close', () => {
       await closing;
     } finally {
       sock.destroy();
+      await gw.close();
+      await ok.close();
+    }
+  });
+
+  it('waits, given the server, for a request still in the middleware of a gateway no request has reached yet', async () => {
+    // An operator's review: SIGTERM seconds after a start, uploads still being read by
+    // express.json(). The balancer knew no server (it learns one from a request that reaches
+    // it), so close() resolved at once and every one of them got 503 LW_GW_CLOSED.
+    const ok = await startBackend('ok', (req, res) => res.end(`done ${req.url}`));
+    let inHand: () => void = () => {};
+    const firstInHand = new Promise<void>((resolve) => (inHand = resolve));
+    let release: () => void = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const gw = await startLocalGateway({ backends: [{ id: 'ok', url: ok.url }] }, (app, lb) => {
+      app.use((_req, _res, next) => {
+        inHand();
+        void released.then(() => next());
+      });
+      app.use(lb);
+    });
+    try {
+      // A failure is read below, not left unhandled.
+      const late = send(`${gw.url}/late`).catch((err: Error) => ({ status: err.message }));
+      await firstInHand;
+      gw.server.close();
+      let closed = false;
+      const closing = gw.lb.close({ graceMs: 5000, server: gw.server }).then(() => (closed = true));
+      await new Promise((r) => setImmediate(r));
+      expect(closed).toBe(false);
+      release();
+      const r = await late;
+      expect('body' in r && [r.status, r.body, r.headers.connection]).toEqual([
+        200,
+        'done /late',
+        'close',
+      ]);
+      await closing;
+    } finally {
+      release();
       await gw.close();
       await ok.close();
     }

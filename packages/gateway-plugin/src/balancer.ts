@@ -35,6 +35,7 @@ import {
   DEFAULT_CLOSE_GRACE_MS,
   DEFAULT_READY_TIMEOUT_MS,
   DEFAULTS,
+  type CloseOptions,
   type ReadyOptions,
   type ResolvedOptions,
 } from './options';
@@ -1291,8 +1292,8 @@ export class Balancer implements BalancerHandle, FlowHost {
    * LW_GW_CLOSED), broker, pools (a request still running is cut). No event
    * fires once it resolves.
    */
-  close(options?: { graceMs?: number }): Promise<void> {
-    let opts: { graceMs?: number };
+  close(options?: CloseOptions): Promise<void> {
+    let opts: CloseOptions;
     try {
       opts = closeOptions(options);
     } catch (err) {
@@ -1301,6 +1302,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     this.closing ??= (async () => {
       this.draining = true;
       this.flow.draining();
+      if (opts.server) this.flow.noteServers(opts.server);
       for (const reject of this.readyWaiters) reject();
       this.readyWaiters.clear();
       await this.flow.idle(opts.graceMs ?? DEFAULT_CLOSE_GRACE_MS);

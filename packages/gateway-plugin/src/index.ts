@@ -37,6 +37,7 @@ export {
   type OverloadOptions,
   type AcceptQueueOptions,
   type ProxyEventHooks,
+  type CloseOptions,
   type ReadyOptions,
   type RequestBufferingOptions,
   type RetryOptions,

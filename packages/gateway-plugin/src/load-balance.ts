@@ -20,7 +20,7 @@ import type { BalancerHandle } from './handle';
 import type { HttpHandler } from './observability';
 import { stallOf, type StallOptions } from './observability/backpressure';
 import { serveMetrics, serveStatus } from './observability/handlers';
-import type { LoadBalanceOptions, ReadyOptions } from './options';
+import type { CloseOptions, LoadBalanceOptions, ReadyOptions } from './options';
 import { closeOptions, resolveOptions } from './options-validate';
 import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
 import { WarmUp } from './warm-up';
@@ -51,9 +51,11 @@ export interface LoadBalancerMiddleware {
    * take), then releases everything: timers, broker connection (or embedded
    * broker), sockets. A `graceMs` outside 0 to 2^31 - 1 (other than Infinity)
    * rejects with LW_GW_INVALID_OPTION and closes nothing. A second call gets
-   * the first call's promise (its grace stands).
+   * the first call's promise (its grace stands). `server`: the server(s) the
+   * app listens on, so that requests still in the app's middleware are waited
+   * for though none reached the balancer yet (CloseOptions).
    */
-  close(opts?: { graceMs?: number }): Promise<void>;
+  close(opts?: CloseOptions): Promise<void>;
 }
 
 function pathOf(url: string | undefined): string {
@@ -133,7 +135,7 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
           : balancer.ready(o),
     },
     close: {
-      value: (o?: { graceMs?: number }) => {
+      value: (o?: CloseOptions) => {
         // A mistaken grace closes nothing: the caller learns of it with everything serving.
         try {
           closeOptions(o);

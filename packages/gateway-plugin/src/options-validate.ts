@@ -11,7 +11,7 @@
  * The public types stay hand-written in options.ts, with their doc comments;
  * the compile-time checks at the end keep them and the schema equal.
  */
-import { isIP } from 'node:net';
+import { isIP, Server as NetServer } from 'node:net';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import {
   brokerTlsMismatch,
@@ -47,6 +47,7 @@ import {
   DEFAULTS,
   type BackendConfig,
   type BrokerOption,
+  type CloseOptions,
   type LoadBalanceOptions,
   type Logger,
   type ProxyEventHooks,
@@ -1045,14 +1046,21 @@ const wait = leaf<number>((x) =>
     ? undefined
     : expected(`a number of ms in [0, ${MAX_TIMER_MS}], or Infinity for no limit`)(x),
 );
-const closeOptionsSchema = strict({ graceMs: v.optional(wait) });
+/** A listening socket's server (http, https, net): what close() waits for. */
+const isServer = (x: unknown): x is NetServer => x instanceof NetServer;
+const servers = leaf<NetServer | readonly NetServer[]>((x) =>
+  isServer(x) || (Array.isArray(x) && x.length > 0 && x.every(isServer))
+    ? undefined
+    : expected('the http.Server (or an array of the servers) the app listens on')(x),
+);
+const closeOptionsSchema = strict({ graceMs: v.optional(wait), server: v.optional(servers) });
 const readyOptionsSchema = strict({
   timeoutMs: v.optional(wait),
   requireBroker: v.optional(bool()),
 });
 
 /** lb.close()'s options, checked: throws LW_GW_INVALID_OPTION naming `close.graceMs`. */
-export function closeOptions(input: unknown): { graceMs?: number } {
+export function closeOptions(input: unknown): CloseOptions {
   return parseOptions(closeOptionsSchema, input ?? {}, 'close');
 }
 

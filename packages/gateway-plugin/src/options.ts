@@ -6,6 +6,7 @@
  */
 import { monotonicNow } from './clock';
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { Server as NetServer } from 'node:net';
 import type { MqttClient } from 'mqtt';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import type { SigningKey } from '@loadwise/protocol';
@@ -691,6 +692,25 @@ export const DEFAULTS = {
 
 /** What every part of the gateway reads after construction: the schema's output. */
 export type ResolvedOptions = InferOutput<typeof loadBalanceOptionsSchema>;
+
+/** `lb.close()`'s options. */
+export interface CloseOptions {
+  /**
+   * How long requests in flight and waiting may take to finish (default 10 000 ms;
+   * `Infinity`: as long as they take). Outside 0 to 2^31 - 1 (other than Infinity),
+   * close() rejects with LW_GW_INVALID_OPTION and closes nothing.
+   */
+  graceMs?: number;
+  /**
+   * The server (or servers) the app listens on, stopped with `server.close()` just before.
+   * close() then waits, within the grace, for their connections too: requests still in
+   * the app's middleware (a body being read, an auth lookup) reach the balancer and are
+   * proxied, and at the grace's end their leftover connections are cut. Without it the
+   * balancer knows a server only once a request or upgrade has reached it, and right after
+   * a start close() resolved at once and those requests got 503 LW_GW_CLOSED.
+   */
+  server?: NetServer | readonly NetServer[];
+}
 
 /** `lb.ready()`'s options. */
 export interface ReadyOptions {

@@ -837,6 +837,15 @@ export class RequestFlow {
     return server;
   }
 
+  /**
+   * The servers lb.close() was given (`server`): waited for and cut at the grace's end as
+   * those a request came through, so requests still in the app's middleware when close()
+   * began are proxied, not refused, though none had reached the balancer before.
+   */
+  noteServers(servers: Server | readonly Server[]): void {
+    for (const server of Array.isArray(servers) ? servers : [servers]) this.noteServer(server);
+  }
+
   private noteServer(server: Server): void {
     // Closed: nothing waits for the server any more (see forgetServers).
     if (this.core.closed) return;
