@@ -172,3 +172,34 @@ describe("the reported concurrencyLimit: the backend's own, for its current inca
     expect(newcomer.snapshot(100).capacity).toBe(8);
   });
 });
+
+describe('figures that contradict each other: never fewer than no hidden requests', () => {
+  it('a mean far above the snapshot (rps 1e7 x 1 s, nothing in flight) is no negative hidden load', () => {
+    // An adversarial review: a backend signing with its own key reported inFlight 0 with
+    // rps 1e7 and a 1 s mean latency. The transient (snapshot − mean) outweighed the rest
+    // of the hidden estimate: expectedWaitMs -50 against about 22 for an honest backend,
+    // below any idle one's.
+    // Two backends, as in the review: the cohort's ratio is the mean of both.
+    const cohort = createLoadCohort();
+    const honest = createEndpointLoad({ cohort });
+    const liar = createEndpointLoad({ cohort });
+    const lie = report({
+      queue: { inFlight: 0, queued: 0, source: {} },
+      traffic: { rps: 1e7, latencyMeanMs: 1000 },
+    });
+    const truth = report({
+      queue: { inFlight: 1, queued: 0, source: {} },
+      traffic: { rps: 50, latencyMeanMs: 20 },
+    });
+    for (let t = 1000; t <= 3000; t += 1000) {
+      for (const l of [honest, liar]) serveTogether(l, t, 20, 4);
+      honest.onReport(truth, t);
+      liar.onReport(lie, t);
+    }
+    for (const t of [3000, 3001, 3100, 3500]) {
+      expect(liar.snapshot(t).hiddenInFlight ?? 0).toBeGreaterThanOrEqual(0);
+      // Never below its own service time: nothing waits less than no wait at all.
+      expect(liar.expectedWaitMs(t)).toBeGreaterThanOrEqual(liar.snapshot(t).serviceTimeMs);
+    }
+  });
+});
