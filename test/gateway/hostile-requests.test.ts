@@ -211,7 +211,7 @@ describe('a request that made Node throw', () => {
 });
 
 describe('a backend answer Node cannot relay', () => {
-  it('answers 502 for a status outside 100-599 and drops a Trailer header on an unchunked body', async () => {
+  it('answers 502 for a status outside 100-599 or a bare 101, and drops a Trailer header on an unchunked body', async () => {
     const answers: Record<string, string> = {
       '/099': 'HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nok',
       '/000': 'HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok',
@@ -219,6 +219,11 @@ describe('a backend answer Node cannot relay', () => {
       // writes them back. Relayed, a 600 or 999 reached clients that treat it as anything.
       '/600': 'HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok',
       '/999': 'HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok',
+      // A 101 without Upgrade to a request that asked for none (an app answering the status
+      // a client names): Node's client takes it as the final answer, and relayed keep-alive
+      // the client, or a proxy in front that tunnels on any 101, and the gateway disagreed
+      // on what the connection now carries (WebSocket smuggling past a front proxy's rules).
+      '/101': 'HTTP/1.1 101 Switching Protocols\r\n\r\n',
       '/trailer': 'HTTP/1.1 200 OK\r\nTrailer: X-T\r\nContent-Length: 2\r\n\r\nok',
     };
     // A raw TCP backend: node:http would refuse to write these heads.
@@ -235,7 +240,7 @@ describe('a backend answer Node cannot relay', () => {
     );
     const get = (path: string): Promise<RawExchange> =>
       rawExchange(gw!.port, `GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`, { responses: 1 });
-    for (const path of ['/099', '/000', '/600', '/999']) {
+    for (const path of ['/099', '/000', '/600', '/999', '/101']) {
       const r = await get(path);
       expect([path, r.responses[0]?.status, r.responses[0]?.headers['x-loadwise-error']]).toEqual([
         path,
@@ -249,9 +254,9 @@ describe('a backend answer Node cannot relay', () => {
     );
     // Those were the backend's failures: counted against it.
     expect(await gw.lb.balancer.metricsRegistry.metrics()).toMatch(
-      /^loadwise_backend_errors_total\{backend="b",kind="5xx"\} 4$/m,
+      /^loadwise_backend_errors_total\{backend="b",kind="5xx"\} 5$/m,
     );
-    expect(await gw.metric('backend_errors_total')).toBe(4);
+    expect(await gw.metric('backend_errors_total')).toBe(5);
     await rawBackend.close();
   });
 });

@@ -10,7 +10,7 @@
  * sockets where the bytes matter), a real Express app with
  * `routeUpgrades(app)`.
  */
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import {
@@ -59,6 +59,17 @@ const closed = (ws: WebSocket): Promise<void> =>
   ws.readyState === WebSocket.CLOSED
     ? Promise.resolve()
     : new Promise((resolve) => ws.once('close', () => resolve()));
+
+/** A WebSocket to /ws through the gateway opens, and closes. */
+async function opensAndCloses(port: number): Promise<void> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  ws.close();
+  await closed(ws);
+}
 
 const servers: TestServer[] = [];
 afterEach(async () => {
@@ -559,6 +570,22 @@ describe('bounds on open WebSockets (webSockets)', () => {
   });
 });
 
+/** `server` listening on port 0, closed with every WebSocket of `wss` terminated. */
+async function listenWs(
+  server: ReturnType<typeof createServer>,
+  wss: WebSocket.Server,
+): Promise<TestServer> {
+  const s = await listen(server);
+  return {
+    ...s,
+    close: async () => {
+      for (const c of wss.clients) c.terminate();
+      wss.close();
+      await s.close();
+    },
+  };
+}
+
 describe('a WebSocket the backend closes', () => {
   /** A ws backend that closes with 1009 on a message over 64 KiB (ws's maxPayload). */
   async function strictBackend(): Promise<TestServer> {
@@ -568,15 +595,7 @@ describe('a WebSocket the backend closes', () => {
       ws.on('error', () => {});
       ws.on('message', (m: Buffer) => ws.send(`echo ${m.length}`));
     });
-    const s = await listen(server);
-    const out = {
-      ...s,
-      close: async () => {
-        for (const c of wss.clients) c.terminate();
-        wss.close();
-        await s.close();
-      },
-    };
+    const out = await listenWs(server, wss);
     servers.push(out);
     return out;
   }
@@ -604,13 +623,7 @@ describe('a WebSocket the backend closes', () => {
       5_000,
       () => `every WebSocket released (${gw.lb.balancer.snapshot().openWebSockets} open)`,
     );
-    const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/ws`);
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', reject);
-    });
-    ws.close();
-    await closed(ws);
+    await opensAndCloses(gw.port);
   });
 
   it('is not held against the backend: a client cannot get it ejected that way', async () => {
@@ -643,6 +656,64 @@ describe('a WebSocket the backend closes', () => {
     }
     expect(ejected).toEqual([]);
     expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+  });
+});
+
+describe('an upgrade the backend refuses by closing its connection', () => {
+  it('is not held against the backend: a client cannot get healthy backends ejected that way', async () => {
+    // ws's pattern for several servers on one HTTP server (noServer): an upgrade to a path
+    // none serves has its socket destroyed. In an adversarial review 40 upgrades to such a
+    // path ejected two of four healthy backends for 30 s, again at every try.
+    const server = createServer((_req, res) => res.end('http'));
+    const wss = new WebSocket.Server({ noServer: true });
+    server.on('upgrade', (req, socket: Socket, head: Buffer) => {
+      if (req.url !== '/ws') return void socket.destroy();
+      wss.handleUpgrade(req, socket, head, (ws) => ws.on('message', (m) => ws.send(m)));
+    });
+    const backend = await listenWs(server, wss);
+    const gw = await gateway(backend.url, { outlier: { consecutiveFailures: 3 } });
+    servers.push(backend, gw);
+    const ejected: string[] = [];
+    gw.lb.balancer.on('backend-ejected', (e) => ejected.push(e.id));
+    for (let i = 0; i < 6; i++) {
+      const { raw } = await rawExchange(
+        gw.port,
+        'GET /nope HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+      );
+      // Still answered: the client learns the upgrade failed.
+      expect(raw).toMatch(/^HTTP\/1\.1 502 /);
+    }
+    expect(ejected).toEqual([]);
+    expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+    // And the path it serves still opens.
+    await opensAndCloses(gw.port);
+  });
+});
+
+describe("the upgrade's Connection header", () => {
+  it("is the gateway's own, naming Upgrade alone: a client cannot have the backend drop X-Forwarded-For", async () => {
+    // The client's went out as it came, `Upgrade, X-Forwarded-For, Host`, and a backend or
+    // proxy honouring those names (Go's ReverseProxy, Apache) dropped what the gateway set.
+    const seen: IncomingMessage['headers'][] = [];
+    const server = createServer((_req, res) => res.end('http'));
+    server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+      seen.push(req.headers);
+      socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    });
+    const backend = await listen(server);
+    const gw = await gateway(backend.url);
+    servers.push(backend, gw);
+    const { raw } = await rawExchange(
+      gw.port,
+      'GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, X-Forwarded-For, Host\r\n' +
+        'Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+        'Sec-WebSocket-Version: 13\r\n\r\n',
+    );
+    expect(raw).toMatch(/^HTTP\/1\.1 403 /);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.connection).toBe('Upgrade');
+    expect(seen[0]!['x-forwarded-for']).toBe('127.0.0.1');
   });
 });
 

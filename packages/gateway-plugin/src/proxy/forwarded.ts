@@ -248,14 +248,19 @@ export function stripHopByHop(h: IncomingMessage['headers']): void {
 }
 
 /**
- * The same for an upgrade, but Connection and Upgrade, which the handshake
- * needs: a `Trailer` made Node's ClientRequest throw on the upgrade too
- * (charged to the backend), and `te`, `expect`, `keep-alive` describe the
- * client's hop, not the backend's.
+ * The same for an upgrade, but Upgrade, which the handshake needs, and a
+ * Connection of the gateway's own that names it alone: a `Trailer` made
+ * Node's ClientRequest throw on the upgrade too (charged to the backend), and
+ * `te`, `expect`, `keep-alive` describe the client's hop, not the backend's.
+ * The client's Connection went out as it came (`Upgrade, X-Forwarded-For,
+ * Host`), and a backend or proxy that honours the names in it (Go's
+ * ReverseProxy, Apache, Traefik) dropped the X-Forwarded-For the gateway had
+ * set, or a header the app added after its auth (above).
  */
 export function stripHopByHopForUpgrade(req: IncomingMessage): void {
   const h = req.headers;
   for (const name of UPGRADE_HOP_BY_HOP) delete h[name];
+  h.connection = 'Upgrade';
 }
 const UPGRADE_HOP_BY_HOP = HOP_BY_HOP.filter((n) => n !== 'connection' && n !== 'upgrade');
 

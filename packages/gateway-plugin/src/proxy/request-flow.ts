@@ -1245,12 +1245,15 @@ export class RequestFlow {
       c.options.selfHandleResponse || (res.headersSent && proxyRes.readableFlowing === true);
     if (hookAnswers || res.headersSent) flow.answer = undefined;
     const status = proxyRes.statusCode ?? 502;
-    if (status < 100 || status > 599) {
+    if (status < 100 || status > 599 || status === 101) {
       // llhttp reads any three digits. ServerResponse.writeHead throws on a
       // status below 100 while http-proxy pipes the body, outside any handler
       // (it killed the process); one of 600-999 it writes back, though RFC 9110
       // §15 defines none and clients read it as they please. A server error in
-      // all but number.
+      // all but number. So is a 101 without Upgrade (one with it is an 'upgrade':
+      // backendUpgradedUnasked), which Node's client takes as the final answer: relayed
+      // keep-alive, the client (or a proxy in front that tunnels on any 101) and the
+      // gateway disagreed on what the connection carries next.
       c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
       c.metrics.onError(backend.id, '5xx');
       c.outlier.onFailure(backend);

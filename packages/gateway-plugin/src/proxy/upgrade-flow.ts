@@ -228,6 +228,7 @@ export class UpgradeFlow {
       proxyReq: undefined,
       answer: undefined,
       staleRetried: false,
+      connected: false,
     });
     this.open.add(socket);
     // Counted on the backend too: discovery does not forget a backend with one open.
@@ -283,6 +284,7 @@ export class UpgradeFlow {
       attempt.stopReading = stopReading;
       attempt.proxyReq = proxyReq;
       attempt.answer = undefined;
+      attempt.connected = false;
     }
     // The backend answers (101 or not) within requestTimeoutMs, as a request's first byte
     // must; else 504, the backend's failure.
@@ -297,12 +299,18 @@ export class UpgradeFlow {
     // an upgrade's request over before its socket (ws-incoming.js).
     let connectTimer: NodeJS.Timeout | undefined;
     const connecting = (s: Socket): void => {
-      if (!s.connecting) return;
+      if (!s.connecting) {
+        if (attempt) attempt.connected = true;
+        return;
+      }
       connectTimer = setTimeout(() => {
         if (!proxyReq.destroyed)
           proxyReq.destroy(codedError('no connection in time', CONNECT_TIMEOUT_CODE));
       }, this.core.options.connectTimeoutMs);
-      s.once(connectedEvent(s), () => clearTimeout(connectTimer));
+      s.once(connectedEvent(s), () => {
+        clearTimeout(connectTimer);
+        if (attempt) attempt.connected = true;
+      });
     };
     if (proxyReq.socket) connecting(proxyReq.socket);
     else proxyReq.once('socket', connecting);
@@ -432,11 +440,19 @@ export class UpgradeFlow {
     if (this.core.closed) return void res.destroy();
     const stale = !('setHeader' in res) && this.staleConnection(err, req);
     if (backend) {
-      this.core.metrics.onError(backend.id, classify(err as Error & { code?: string }));
+      const kind = classify(err as Error & { code?: string });
+      this.core.metrics.onError(backend.id, kind);
       // Not after the 101: an error on an open tunnel is a close race (the backend ended
       // its side while the client still sent: EPIPE), which any client can provoke with a
-      // frame the backend refuses; five in a row ejected a healthy backend.
-      if (!this.upgraded.has(req) && !stale) this.core.outlier.onFailure(backend);
+      // frame the backend refuses; five in a row ejected a healthy backend. Nor a reset of
+      // a connection the handshake went out on: that is how a WebSocket server refuses an
+      // upgrade it does not serve (ws's noServer pattern destroys the socket of an unknown
+      // path), as easy for a client to provoke: 40 upgrades to a path no backend serves
+      // ejected two of four healthy backends (an adversarial review, 2026-12-07). A
+      // backend that never answers still is charged (a timeout), and one that is down
+      // refuses the connection itself.
+      const refused = kind === 'reset' && this.attempts.get(req)?.connected === true;
+      if (!this.upgraded.has(req) && !stale && !refused) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
     if (backend && this.retried(err, req, res, backend, stale)) return;
@@ -565,6 +581,8 @@ interface UpgradeAttempt {
   answer: IncomingMessage | undefined;
   /** It went again after a pooled connection the backend had closed (retriedStale): once. */
   staleRetried: boolean;
+  /** The current attempt's connection is made (TLS: its handshake done): the upgrade went out. */
+  connected: boolean;
 }
 
 /**
