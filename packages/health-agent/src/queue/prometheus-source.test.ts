@@ -72,11 +72,41 @@ describe('parsePrometheusGauge', () => {
     // Number() took an empty value for 0 and hex for a number.
     expect(parsePrometheusGauge('x \n', 'x')).toBeUndefined();
     expect(parsePrometheusGauge('x 0x10\n', 'x')).toBeUndefined();
-    expect(parsePrometheusGauge('x{a="1"} 0x10\nx{a="2"} 2\n', 'x')).toBe(2);
+    expect(parsePrometheusGauge('x{a="1"} 0x10\nx{a="2"} 2\n', 'x')).toBeUndefined();
     expect(parsePrometheusGauge('x 1e3\nx{a="1"} -.5\n', 'x')).toBe(999.5);
     expect(parsePrometheusGauge('x +Inf\nx{a="1"} NaN\n', 'x')).toBeUndefined();
     // A broken exporter repeating a series: counted once.
     expect(parsePrometheusGauge('x{a="1"} 3\nx{a="1"} 3\nx{a="2"} 1\n', 'x')).toBe(4);
+  });
+  it.each([
+    ['undefined', '"undefined"'],
+    ['1,5e1', '"1,5e1"'],
+    ['NaN', '"NaN"'],
+    ['-Inf', '"-Inf"'],
+    ['1e999', '"1e999"'],
+    ['0x10', '"0x10"'],
+    ['', 'no value'],
+    ['z'.repeat(40), `"${'z'.repeat(32)}..."`],
+  ])('counts a line of the gauge valued %j as unreadable, beside a good one', (value, why) => {
+    // Skipped before, and the other series summed: `queued: 0`, an idle backend.
+    const r = new GaugeReader('q').feed(`q{worker="1"} ${value}\nq{worker="2"} 0\n`);
+    expect([r.result(), r.unreadable, r.lines, r.firstUnreadable]).toEqual([0, 1, 2, why]);
+    expect(parsePrometheusGauge(`q{worker="1"} ${value}\nq{worker="2"} 0\n`, 'q')).toBeUndefined();
+  });
+  it("counts a name without a value and a label set never closed; other metrics' lines are free", () => {
+    const r = new GaugeReader('q').feed('q\nq{a="x} 5\nq{a="y"}\nq 1\n');
+    expect([r.result(), r.unreadable, r.lines, r.firstUnreadable]).toEqual([1, 3, 4, 'no value']);
+    expect(new GaugeReader('q').feed('q{a="x} 5\n').firstUnreadable).toBe('a label set not closed');
+    const page = '# TYPE q gauge\nq_total undefined\nother NaN\nqq{a="} 1\n# q NaN\nq 3\n';
+    const other = new GaugeReader('q').feed(page);
+    expect([other.result(), other.unreadable, other.lines]).toEqual([3, 0, 1]);
+  });
+  it('counts a line below 0 once rounded, and reads -0.5 to -0 as 0', () => {
+    const r = new GaugeReader('q').feed('q{w="1"} -7\nq{w="2"} 10\nq{w="3"} -0.5\n');
+    expect([r.result(), r.belowZero, r.firstBelowZero, r.lines, r.unreadable]).toEqual([
+      9.5, 1, -7, 3, 0,
+    ]);
+    expect(parsePrometheusGauge('q{w="1"} -7\nq{w="2"} 10\n', 'q')).toBeUndefined();
   });
 });
 
@@ -111,17 +141,70 @@ describe('GaugeReader', () => {
       expect(r.result()).toBe(12);
     }
   });
-  it('skips a line longer than 64 Ki characters without keeping it, and reads the next', () => {
+  it('does not keep a line longer than 64 Ki characters, reads the next, and counts it', () => {
     const r = new GaugeReader('x');
     r.feed('x{a="');
     for (let i = 0; i < 100; i++) r.feed('y'.repeat(1024)); // 100 KiB, no end of line yet
     r.feed('"} 50\nx{a="2"} 3\n');
-    expect(r.result()).toBe(3);
+    expect([r.result(), r.unreadable, r.lines]).toEqual([3, 1, 2]);
+    expect(r.firstUnreadable).toBe('a line over 65536 characters');
+  });
+  it('takes a long line the same whatever the pieces it came in', () => {
+    // A 70 KB line of the gauge was summed (40) when it came in one piece and skipped
+    // (without a word) when split: the page read 40 or 0 by the chunking.
+    const label = (chars: number, line: (l: string) => string): string => {
+      const fixed = line('').length;
+      return line('y'.repeat(chars - fixed));
+    };
+    const longest = 64 * 1024;
+    const cases: [string, { sum: number | undefined; unreadable: number; lines: number }][] = [
+      [
+        `q{worker="2"} 0\n${label(70_000, (l) => `q{worker="1",big="${l}"} 40`)}\n`,
+        { sum: 0, unreadable: 1, lines: 2 },
+      ],
+      // At the bound, read; one character over, not.
+      [`${label(longest, (l) => `q{big="${l}"} 40`)}\nq 2\n`, { sum: 42, unreadable: 0, lines: 2 }],
+      [
+        `${label(longest + 1, (l) => `q{big="${l}"} 40`)}\nq 2\n`,
+        { sum: 2, unreadable: 1, lines: 2 },
+      ],
+      // The last line, without its newline.
+      [
+        `q 2\n${label(longest + 1, (l) => `  q{big="${l}"} 40`)}`,
+        { sum: 2, unreadable: 1, lines: 2 },
+      ],
+      [`q 2\n${label(longest, (l) => `q{big="${l}"} 40`)}`, { sum: 42, unreadable: 0, lines: 2 }],
+      // Another metric's long line is skipped freely, as is a longer name's.
+      [
+        `${label(70_000, (l) => `other{big="${l}"} 40`)}\nq 2\n`,
+        { sum: 2, unreadable: 0, lines: 1 },
+      ],
+      [
+        `${label(70_000, (l) => `q_max{big="${l}"} 40`)}\nq 2\n`,
+        { sum: 2, unreadable: 0, lines: 1 },
+      ],
+      [`# ${label(70_000, (l) => `q{big="${l}"} 40`)}\nq 2\n`, { sum: 2, unreadable: 0, lines: 1 }],
+    ];
+    for (const [page, want] of cases) {
+      const cuts = [page.length, 65536, 65535, 40_000, 1000, 4096, 17, 1];
+      for (const size of cuts) {
+        const r = new GaugeReader('q');
+        for (let i = 0; i < page.length; i += size) r.feed(page.slice(i, i + size));
+        const got = { sum: r.result(), unreadable: r.unreadable, lines: r.lines };
+        expect([page.length, size, got]).toEqual([page.length, size, want]);
+      }
+      // Cut once, anywhere around the bound.
+      for (let cut = longest - 50; cut < longest + 60; cut += 7) {
+        const r = new GaugeReader('q').feed(page.slice(0, cut)).feed(page.slice(cut));
+        const got = { sum: r.result(), unreadable: r.unreadable, lines: r.lines };
+        expect([page.length, cut, got]).toEqual([page.length, cut, want]);
+      }
+    }
   });
   it('counts a repeated series toward the bound each time, and a NaN line too', () => {
     // Counted once, an endless page of one line was read to the timeout: 64 MiB of
     // `q{a="b"} 1` cost 3.0 s of CPU, 54% of a core at one read a second.
-    for (const line of ['q{a="b"} 1\n', 'q 1\n', 'q NaN\n']) {
+    for (const line of ['q{a="b"} 1\n', 'q 1\n', 'q NaN\n', 'q -3\n', 'q{a="\n']) {
       const r = new GaugeReader('q');
       r.feed(line.repeat(MAX_GAUGE_LINES));
       expect([line, r.done]).toEqual([line, false]);
@@ -136,15 +219,18 @@ describe('GaugeReader', () => {
 describe('prometheusSource', () => {
   let server: http.Server;
   let page = '';
+  let pieceSize = 1000;
   beforeAll(async () => {
     server = http.createServer((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
-      // Written in 1000-byte pieces: lines (and a UTF-8 character) split across chunks.
+      // Written in 1000-byte pieces (pieceSize): lines (and a UTF-8 character) split across
+      // chunks.
       let i = 0;
+      const size = pieceSize;
       const next = (): void => {
         while (i < page.length) {
-          const piece = page.slice(i, i + 1000);
-          i += 1000;
+          const piece = page.slice(i, i + size);
+          i += size;
           if (!res.write(piece)) return void res.once('drain', next);
         }
         res.end();
@@ -205,8 +291,61 @@ describe('prometheusSource', () => {
       page = `app_queue_depth{worker="0"} ${value}\n`;
       await expect(
         prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read(),
-      ).rejects.toThrow(/gauge app_queue_depth has no finite value \(NaN or ±Inf\)/);
+      ).rejects.toThrow(`gauge app_queue_depth: 1 of 1 lines unreadable ("${value}") at`);
     }
+  });
+  it.each([
+    ['undefined', '"undefined"'],
+    ['1,5e1', '"1,5e1"'],
+    ['NaN', '"NaN"'],
+    ['1e999', '"1e999"'],
+    ['', 'no value'],
+  ])(
+    'fails the read when one line of the gauge is unreadable (%j), the others fine',
+    async (value, why) => {
+      // The other series were summed: `queued: 0`, verdict up, nothing on stderr.
+      page = `# TYPE q gauge\nq{worker="1"} ${value}\nq{worker="2"} 0\nother NaN\n`;
+      await expect(prometheusSource(url(), 'q', 'queued', 5_000).read()).rejects.toThrow(
+        new RegExp(
+          `^gauge q: 1 of 2 lines unreadable \\(${why}\\) at http://127\\.0\\.0\\.1:\\d+/metrics: queued must be a count from 0 to 9007199254740991$`,
+        ),
+      );
+    },
+  );
+  it('fails the read on a label set never closed, and on a line below 0 beside others', async () => {
+    page = 'q{worker="1} 3\nq{worker="2"} 0\n';
+    await expect(prometheusSource(url(), 'q', 'queued', 5_000).read()).rejects.toThrow(
+      /^gauge q: 1 of 2 lines unreadable \(a label set not closed\) at /,
+    );
+    // Summed before: 3 queued.
+    page = 'q{worker="1"} -7\nq{worker="2"} 10\n';
+    await expect(prometheusSource(url(), 'q', 'inFlight', 5_000).read()).rejects.toThrow(
+      /^gauge q is -7 on 1 of 2 lines at http:.*: inFlight must be a count from 0 to 9007199254740991$/,
+    );
+  });
+  it('fails on a line of the gauge over 64 Ki characters however the page is cut', async () => {
+    // Read as 40 in one piece, skipped (the page read 0) when split across pieces.
+    const big = `q{worker="1",big="${'y'.repeat(70_000)}"} 40`;
+    for (const [body, sizes] of [
+      [`q{worker="2"} 0\n${big}\n`, [100_000, 65536, 1000, 97]],
+      [`${big}\nq{worker="2"} 0\n`, [100_000, 65536, 1000, 97]],
+    ] as const) {
+      for (const size of sizes) {
+        page = body;
+        pieceSize = size;
+        try {
+          await expect(prometheusSource(url(), 'q', 'queued', 5_000).read()).rejects.toThrow(
+            /^gauge q: 1 of 2 lines unreadable \(a line over 65536 characters\) at /,
+          );
+        } finally {
+          pieceSize = 1000;
+        }
+      }
+    }
+    // Another metric's long line is skipped, as before.
+    page = `other{big="${'y'.repeat(70_000)}"} 1\nq{worker="2"} 4\n`;
+    const reading = await prometheusSource(url(), 'q', 'queued', 5_000).read();
+    expect(reading.queue).toEqual({ queued: 4, source: { queued: 'prometheus' } });
   });
   it("names the page in its errors without the URL's password", async () => {
     const at = url();
@@ -251,6 +390,27 @@ describe('prometheusSource', () => {
       page = `app_queue_depth{worker="0"} ${value}\n`;
       const reading = await prometheusSource(url(), 'app_queue_depth', 'queued', 5_000).read();
       expect(reading.queue).toEqual({ queued: count, source: { queued: 'prometheus' } });
+    }
+  });
+  it('an agent leaves the queue block out when a line of the gauge is unreadable, and warns', async () => {
+    page = 'q{worker="1"} undefined\nq{worker="2"} 0\n';
+    const agent = createAgent({
+      backendId: 'prom-unreadable',
+      queue: { source: 'prometheus', url: url().href, gauge: 'q' },
+      cgroup: false,
+    });
+    const warnings: string[] = [];
+    agent.on('warning', (w) => warnings.push(w));
+    try {
+      const body = await agent.sample();
+      expect(body.queue).toBeUndefined();
+      expect(warnings).toEqual([
+        expect.stringMatching(
+          /^queue source \(prometheus\) failed: gauge q: 1 of 2 lines unreadable \("undefined"\) at /,
+        ),
+      ]);
+    } finally {
+      await agent.stop({ graceMs: 0 });
     }
   });
   it('an agent leaves the queue block out of the report and warns naming the field', async () => {

@@ -15,17 +15,20 @@ import type { QueueReading, QueueSourceReader } from './types';
  */
 /**
  * A sample value as the text format writes one (a Go float: digits, a point, an exponent).
- * Number() alone read an empty value as 0 and `0x10` as 16. NaN and ±Inf are skipped.
+ * Number() alone read an empty value as 0 and `0x10` as 16.
  */
 const VALUE_RE = /^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$/;
-/** The text format's other values: none is a count. */
-const NON_FINITE_RE = /^(?:[+-]?Inf|NaN)$/;
 
 /**
- * The longest line kept while it waits for its end. A gauge's sample line is
- * short; a longer one (a label value of megabytes) is skipped, not buffered.
+ * The longest line read. A gauge's sample line is short; a longer one (a label
+ * value of megabytes) is not buffered: another metric's is skipped, and the
+ * gauge's is a line not read, which fails the read. Decided on the line's
+ * length alone, however the page came in pieces.
  */
 const MAX_LINE_CHARS = 64 * 1024;
+
+/** The most characters of a bad value the read's error quotes. */
+const SHOWN_VALUE_CHARS = 32;
 
 /**
  * An application's whole /metrics page can run to megabytes (histograms per
@@ -53,7 +56,18 @@ export const MAX_EXPOSITION_BYTES_LIMIT = 1024 * 1024 * 1024;
  */
 export const MAX_GAUGE_LINES = 10_000;
 
-/** Sums one gauge over the lines of an exposition fed to it in pieces of any size. */
+/**
+ * Sums one gauge over the lines of an exposition fed to it in pieces of any size.
+ *
+ * Every line of the gauge must be read, as Prometheus fails a whole scrape on one
+ * malformed line: a line of the gauge whose value is not a number as the text format
+ * writes one, NaN or ±Inf (`1e999` too), a line with no value or whose label set never
+ * closes, or one longer than MAX_LINE_CHARS is `unreadable`; a value below 0 once
+ * rounded (as the sum is: -0.4, a gauge averaged over workers, is 0) is `belowZero`.
+ * Either fails the read. They were skipped (a negative one summed), and the others
+ * summed: a backend whose one worker exposed `q{worker="1"} undefined` beside
+ * `q{worker="2"} 0` went out as idle (`queued: 0`). Other metrics' lines are skipped.
+ */
 export class GaugeReader {
   private sum = 0;
   private found = false;
@@ -66,14 +80,19 @@ export class GaugeReader {
   done = false;
   /** Series already summed: a repeated one (a broken exporter) is summed once, the first. */
   private readonly seen = new Set<string>();
-  /** Lines of the gauge read, a repeated series' too. */
-  private lines = 0;
-  /** The unfinished last line of what was fed so far. */
+  /** Lines of the gauge read, a repeated series' too, and unreadable ones. */
+  lines = 0;
+  /** Lines of the gauge not read (see the class); any fails the read. */
+  unreadable = 0;
+  /** What the first unreadable line had: its value, quoted, or why it was not read. */
+  firstUnreadable = '';
+  /** Lines of the gauge whose value is below 0 once rounded, and the first such value. */
+  belowZero = 0;
+  firstBelowZero = 0;
+  /** The unfinished last line of what was fed so far, at most MAX_LINE_CHARS long. */
   private tail = '';
-  /** Inside a line longer than MAX_LINE_CHARS: dropped up to its end. */
+  /** Inside a line longer than MAX_LINE_CHARS (already counted): dropped up to its end. */
   private skipping = false;
-  /** Series of the gauge whose value was NaN or ±Inf (`1e999` too): none is a count. */
-  nonFinite = 0;
 
   constructor(private readonly name: string) {}
 
@@ -83,24 +102,60 @@ export class GaugeReader {
       const nl = text.indexOf('\n', from);
       if (nl < 0) break;
       if (this.skipping) this.skipping = false;
+      else if (this.tail.length + (nl - from) > MAX_LINE_CHARS) this.tooLong(text, from);
       else this.line(this.tail === '' ? text.slice(from, nl) : this.tail + text.slice(from, nl));
       this.tail = '';
       from = nl + 1;
     }
     if (this.done || this.skipping || from === text.length) return this;
-    this.tail += text.slice(from);
-    if (this.tail.length > MAX_LINE_CHARS) {
+    if (this.tail.length + (text.length - from) > MAX_LINE_CHARS) {
+      this.tooLong(text, from);
       this.tail = '';
       this.skipping = true;
+    } else {
+      this.tail += text.slice(from);
     }
     return this;
   }
 
-  /** The sum once the exposition ended; undefined when the gauge was not in it. */
+  /** The sum once the exposition ended; undefined when no line of the gauge was read. */
   result(): number | undefined {
     if (this.tail !== '') this.line(this.tail);
     this.tail = '';
+    this.skipping = false;
     return this.found ? this.sum : undefined;
+  }
+
+  /**
+   * A line longer than MAX_LINE_CHARS, starting with `tail` and going on at `text[from]`:
+   * told apart by its first MAX_LINE_CHARS + 1 characters, whatever the pieces it came in
+   * (a 70 KB line of the gauge was summed when it came in one piece, and skipped when
+   * split across two).
+   */
+  private tooLong(text: string, from: number): void {
+    const head = (this.tail + text.slice(from, from + MAX_LINE_CHARS + 1 - this.tail.length))
+      .slice(0, MAX_LINE_CHARS + 1)
+      .trimStart();
+    if (!head.startsWith(this.name)) return;
+    const after = head.charAt(this.name.length);
+    if (after !== '{' && after !== ' ' && after !== '\t') return; // a longer metric name
+    this.bad(`a line over ${MAX_LINE_CHARS} characters`);
+  }
+
+  /** Counts a line of the gauge toward MAX_GAUGE_LINES; false past the bound (then done). */
+  private count(): boolean {
+    if (this.lines === MAX_GAUGE_LINES) {
+      this.done = true;
+      return false;
+    }
+    this.lines++;
+    return true;
+  }
+
+  /** A line of the gauge not read, and why. */
+  private bad(why: string): void {
+    if (!this.count()) return;
+    if (this.unreadable++ === 0) this.firstUnreadable = why;
   }
 
   private line(raw: string): void {
@@ -115,7 +170,7 @@ export class GaugeReader {
       // (`q{w="1"} 5 # {trace_id="abc"} 1`) has braces of its own, and its value was
       // read as the sample's (5 and 7 over two workers summed to 2, not 12).
       const close = labelSetEnd(line, name.length);
-      if (close < 0) return;
+      if (close < 0) return this.bad('a label set not closed');
       rest = line.slice(close + 1);
       // As written: a series repeated with its labels in another order is summed twice
       // (an exporter's bug), where sorting every line's pairs made a read of a gauge of
@@ -124,23 +179,23 @@ export class GaugeReader {
     } else if (after === ' ' || after === '\t') {
       rest = line.slice(name.length);
       series = '';
+    } else if (after === '') {
+      return this.bad('no value'); // the name alone
     } else {
       return; // a longer metric name sharing the prefix
     }
-    if (this.lines === MAX_GAUGE_LINES) {
-      this.done = true;
-      return;
-    }
-    this.lines++;
     // The value is the first token; a timestamp and an exemplar (` # {...} v`) may follow.
     const token = rest.trim().split(/\s+/)[0] ?? '';
-    if (!VALUE_RE.test(token)) {
-      if (NON_FINITE_RE.test(token)) this.nonFinite++;
-      return;
-    }
-    const value = Number(token);
+    if (token === '') return this.bad('no value');
+    const value = VALUE_RE.test(token) ? Number(token) : NaN;
     if (!Number.isFinite(value)) {
-      this.nonFinite++;
+      const shown =
+        token.length > SHOWN_VALUE_CHARS ? `${token.slice(0, SHOWN_VALUE_CHARS)}...` : token;
+      return this.bad(JSON.stringify(shown));
+    }
+    if (!this.count()) return;
+    if (Math.round(value) < 0) {
+      if (this.belowZero++ === 0) this.firstBelowZero = value;
       return;
     }
     if (this.seen.has(series)) return;
@@ -171,8 +226,14 @@ function labelSetEnd(line: string, open: number): number {
   return -1;
 }
 
+/**
+ * The gauge's sum in `text` as a read takes it: undefined when the gauge is not there,
+ * or when one of its lines is unreadable or below 0 (which fails a read).
+ */
 export function parsePrometheusGauge(text: string, name: string): number | undefined {
-  return new GaugeReader(name).feed(text).result();
+  const reader = new GaugeReader(name).feed(text);
+  const sum = reader.result();
+  return reader.unreadable > 0 || reader.belowZero > 0 ? undefined : sum;
 }
 
 export function prometheusSource(
@@ -201,21 +262,30 @@ export function prometheusSource(
       if (reader.done) {
         throw new Error(`gauge ${gauge} has over ${MAX_GAUGE_LINES} lines at ${shown}`);
       }
-      if (value === undefined) {
-        // A gauge that is there but says NaN or +Inf (`1e999`) was reported "not found",
-        // which sent the operator looking for a typo in the name.
-        const why = reader.nonFinite > 0 ? 'has no finite value (NaN or ±Inf)' : 'not found';
-        throw new Error(`gauge ${gauge} ${why} at ${shown}`);
+      // One line of the gauge not read fails the read, as it fails a Prometheus scrape:
+      // the others summed, a worker exposing `undefined` (or NaN, or -3) beside one at 0
+      // went out as an idle backend. A gauge that is there but says only NaN was reported
+      // "not found" once, which sent the operator looking for a typo in the name.
+      const range = `${field} must be a count from 0 to ${Number.MAX_SAFE_INTEGER}`;
+      if (reader.unreadable > 0) {
+        const { unreadable, lines, firstUnreadable } = reader;
+        throw new Error(
+          `gauge ${gauge}: ${unreadable} of ${lines} lines unreadable (${firstUnreadable}) at ${shown}: ${range}`,
+        );
       }
+      if (reader.belowZero > 0) {
+        // A worker's -7 beside another's 10 went out as 3 queued.
+        const on = reader.lines > 1 ? ` on ${reader.belowZero} of ${reader.lines} lines` : '';
+        throw new Error(`gauge ${gauge} is ${reader.firstBelowZero}${on} at ${shown}: ${range}`);
+      }
+      if (value === undefined) throw new Error(`gauge ${gauge} not found at ${shown}`);
       // A count the protocol can carry: a safe integer from 0. A fraction rounds (a gauge
       // averaged over workers); anything else is refused like a tracker's bad figure (the
       // queue block is left out, with a warning naming the field). Clamped, -7 went out as
       // `queued: 0`, an idle backend, and 1e308 (or a sum of huge values) as 2^53-1.
       const count = Math.round(value);
       if (count < 0 || count > Number.MAX_SAFE_INTEGER) {
-        throw new Error(
-          `gauge ${gauge} is ${value} at ${shown}: ${field} must be a count from 0 to ${Number.MAX_SAFE_INTEGER}`,
-        );
+        throw new Error(`gauge ${gauge} is ${value} at ${shown}: ${range}`);
       }
       // `+ 0`: -0.4 rounds to -0, which is 0.
       return { queue: { [field]: count + 0, source: { [field]: 'prometheus' } } };
