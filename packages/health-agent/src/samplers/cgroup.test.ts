@@ -19,7 +19,20 @@ describe('parseCpuMax', () => {
     ['max 100000\n', undefined],
     ['200000 100000\n', 2],
     ['50000 100000', 0.5],
+    ['150000', 1.5], // the period is the kernel's default
     ['', undefined],
+    // Digits only, as every other cgroup figure: Number() read these as 0.00016 cores,
+    // 1e-305, 1e-5 and 0.5.
+    ['0x10 100000', undefined],
+    ['1e-300 100000', undefined],
+    ['1 0x186a0', undefined],
+    ['50000 1e5', undefined],
+    ['+50000 100000', undefined],
+    ['50000.5 100000', undefined],
+    ['-1 100000', undefined],
+    ['0 100000', undefined],
+    ['50000 0', undefined],
+    ['99999999999999999999 100000', undefined], // past 2^53
   ])('%j → %s cores', (text, cores) => {
     expect(parseCpuMax(text)).toBe(cores);
   });
@@ -127,7 +140,7 @@ describe('CgroupSampler', () => {
   it('reads an empty, signed or too large figure as unknown, never as 0 or past 2^53', async () => {
     const root = fixture({
       'cgroup.controllers': 'cpu memory\n',
-      'cpu.max': 'max 100000\n',
+      'cpu.max': '0x10 100000\n', // was a limit of 0.00016 cores
       'memory.max': '\n', // was a 0-byte limit
       'memory.current': '99999999999999999999\n', // past 2^53: cost the whole report
     });

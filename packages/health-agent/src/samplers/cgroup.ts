@@ -112,13 +112,18 @@ function statField(text: string | undefined, field: string): number | undefined 
   return m ? Number(m[1]) : undefined;
 }
 
+/**
+ * cpu.max's limit in cores: quota / period, each a figure as num() reads one, else
+ * unknown (as is "max", or a zero quota or period). Number() read `0x10 100000` as
+ * 0.00016 cores and `1e-300 100000` as 1e-305.
+ */
 export function parseCpuMax(text: string | undefined): number | undefined {
   if (!text) return undefined;
   const [quota, period] = text.trim().split(/\s+/);
   if (quota === undefined || quota === 'max') return undefined;
-  const q = Number(quota);
-  const p = Number(period ?? 100000);
-  return q > 0 && p > 0 ? q / p : undefined;
+  const q = num(quota);
+  const p = num(period ?? '100000');
+  return q !== undefined && q > 0 && p !== undefined && p > 0 ? q / p : undefined;
 }
 
 interface Raw {
