@@ -162,7 +162,7 @@ describe('trustForwarded behind appending proxies', () => {
   });
 
   it("keeps a trusted proxy's X-Forwarded-Host, -Proto, -Port and Forwarded only when they are sound", async () => {
-    const { gw } = await gateway(1);
+    const { gw } = await gateway(1, { trustHeaders: ['forwarded'] });
     const front = await chain(gw.port, 1);
     const sound = {
       'x-forwarded-host': 'shop.example, edge.example:8443',
@@ -187,6 +187,20 @@ describe('trustForwarded behind appending proxies', () => {
     expect(h['x-forwarded-proto']).toBe('http');
     expect(h['x-forwarded-port']).toBe(String(gw.port));
     expect(h.forwarded).toBeUndefined();
+  });
+
+  it("drops a client's Forwarded behind trusted proxies unless trustHeaders names it", async () => {
+    // An adversarial review: behind an appending proxy (nginx, an ALB: neither sets
+    // Forwarded) the client's `for=10.0.0.1;host=attacker.example` reached the backend as
+    // the only element, which Spring and Jetty read before X-Forwarded-*.
+    const { gw } = await gateway(1);
+    const front = await chain(gw.port, 1);
+    const r = await send(`${front.url}/public`, {
+      headers: { forwarded: 'for=10.0.0.1;host=attacker.example;proto=https' },
+    });
+    const h = r.json<Seen>().headers;
+    expect(h.forwarded).toBeUndefined();
+    expect(h['x-real-ip']).toBe('127.0.0.1');
   });
 
   const spellings = {

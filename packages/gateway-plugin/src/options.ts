@@ -463,7 +463,8 @@ export interface LoadBalanceOptions {
    * on). Any of x-forwarded-ssl, x-forwarded-scheme, x-forwarded-prefix,
    * x-forwarded-server, x-forwarded-protocol, x-url-scheme, front-end-https,
    * x-client-ip, client-ip, true-client-ip, cf-connecting-ip,
-   * fastly-client-ip, x-cluster-client-ip; case does not matter.
+   * fastly-client-ip, x-cluster-client-ip, forwarded (RFC 7239: kept then only when
+   * sound); case does not matter.
    */
   trustHeaders?: string[];
   /** When mounted (app.use('/api', ...)), forward the mount path too (default false, like HPM 3). */

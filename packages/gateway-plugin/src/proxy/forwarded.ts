@@ -40,6 +40,11 @@ export const FORWARDING_ALIASES: readonly string[] = [
   'cf-connecting-ip',
   'fastly-client-ip',
   'x-cluster-client-ip',
+  // RFC 7239's: the gateway appends to X-Forwarded-For, not to this, and nginx and an ALB
+  // do not set it, so with trusted proxies a client's `for=10.0.0.1;host=evil.example`
+  // reached the backend as the only Forwarded element (Spring and Jetty read it before
+  // X-Forwarded-*: an internal address for allow-lists, a host for reset links).
+  'forwarded',
 ];
 
 /** X-Forwarded-Proto's values: a URI scheme (RFC 3986 §3.1), as RFC 7239's `proto`. */
@@ -181,6 +186,7 @@ export function setForwardedHeaders(
     dropUnless(h, 'x-forwarded-host', (v) => everyEntry(v, isHostValue));
     dropUnless(h, 'x-forwarded-proto', (v) => everyEntry(v, (e) => SCHEME.test(e)));
     dropUnless(h, 'x-forwarded-port', (v) => everyEntry(v, (e) => PORT.test(e)));
+    // Named in trustHeaders (above): still only when sound.
     dropUnless(h, 'forwarded', soundForwarded);
     h['x-forwarded-proto'] ??= encrypted ? 'https' : 'http';
     if (host !== undefined) h['x-forwarded-host'] ??= host;
