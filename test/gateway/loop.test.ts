@@ -15,7 +15,7 @@ import {
 } from '@loadwise/gateway-plugin';
 import { listen, send, startBackend, type TestServer } from '../kit/http';
 import { quietLogger } from '../kit/gateway';
-import { MAX_RETURNS } from '@loadwise/gateway-plugin/internals';
+import { internals, MAX_RETURNS } from '@loadwise/gateway-plugin/internals';
 import { wsExchange } from '../kit/ws-client';
 
 interface Gateway extends TestServer {
@@ -140,6 +140,20 @@ it('takes nothing out for a forged X-Loadwise-Via, and passes a chain of gateway
   expect(condition(inner, 'a')).toMatchObject({ state: 'healthy' });
   expect(inner.errors).toEqual([]);
   expect((await send(`${inner.url}/after`)).status).toBe(200);
+});
+
+it('finds the loop by its own last entry, whatever entries of it a client forged before', async () => {
+  // An HTTP-side review: a client that learnt the gateway's id sent `<id>/b1` on every
+  // request; the loop check read the first of the gateway's entries (the forged one), so
+  // the proof named the wrong backend, every request went round MAX_RETURNS times and the
+  // backend that is the gateway itself stayed in rotation.
+  const gw = await gatewayNamingItself((self) => ({ backends: [{ id: 'self', url: self }] }));
+  open.push(gw);
+  const forged = `${internals(gw.lb).loops.id}/b1`;
+  const r = await send(`${gw.url}/x`, { headers: { 'x-loadwise-via': forged } });
+  expect([r.status, r.headers['x-loadwise-error']]).toEqual([508, 'LW_GW_LOOP']);
+  expect(gw.arrived()).toBe(2);
+  expect(condition(gw, 'self')).toMatchObject({ state: 'down' });
 });
 
 it('answers a loop through two gateways after a bounded number of turns', async () => {

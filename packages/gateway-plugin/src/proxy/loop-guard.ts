@@ -43,12 +43,16 @@ export class LoopGuard {
   }
 
   /**
-   * The backend named by this gateway's own entry when the request came back through it;
-   * undefined for a request that did not (every other request: one property read).
+   * The backend named by this gateway's own last entry when the request came back through
+   * it; undefined for a request that did not (every other request: one property read).
+   * The last: the gateway appended it on the request's latest pass, and a client can only
+   * put entries before it. The first was read, and a client that sent `<id>/b1` on every
+   * request had the proof checked against b1: a backend that is the gateway itself went
+   * unnoticed and every request went round MAX_RETURNS times.
    */
   loopedBackend(via: string | undefined): string | undefined {
     if (via === undefined) return undefined;
-    const at = via.indexOf(this.mine);
+    const at = via.lastIndexOf(this.mine);
     if (at === -1) return undefined;
     const start = at + this.mine.length;
     const end = via.indexOf(',', start);
