@@ -31,4 +31,17 @@ describe('clientKey', () => {
     expect(clientKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
     expect(clientKey('not-an-address')).toBe('not-an-address');
   });
+
+  it('takes an address that embeds an IPv4 one for that IPv4 client, not for its /64', () => {
+    // NAT64 / SIIT-DC: every IPv4 user of an IPv6-only gateway arrives as 64:ff9b::a.b.c.d,
+    // and was counted as one client (one /64): one user's 64 requests, 429 for all.
+    expect(clientKey('64:ff9b::198.51.100.7')).toBe('198.51.100.7');
+    expect(clientKey('64:ff9b::c633:6407')).toBe('198.51.100.7');
+    expect(clientKey('::ffff:c633:6407')).toBe('198.51.100.7');
+    expect(clientKey('0:0:0:0:0:FFFF:C633:6407')).toBe('198.51.100.7');
+    expect(clientKey('64:ff9b::198.51.100.8')).not.toBe(clientKey('64:ff9b::198.51.100.7'));
+    // Not the well-known prefix's /96: still by /64.
+    expect(clientKey('64:ff9b:1::c633:6407')).toBe('64:ff9b:1:0::/64');
+    expect(clientKey('64:ff9b::1:c633:6407')).toBe('64:ff9b:0:0::/64');
+  });
 });

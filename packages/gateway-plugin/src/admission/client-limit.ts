@@ -44,11 +44,15 @@ export class ClientLimit {
 
 /**
  * The key a client is counted under: its IPv4 address (also when written as
- * IPv4-mapped IPv6, as a dual-stack server reports it), or the /64 prefix of
+ * IPv4-mapped IPv6, as a dual-stack server reports it, in any spelling, or
+ * as NAT64's well-known 64:ff9b::/96, RFC 6052), or the /64 prefix of
  * an IPv6 address. One IPv6 host usually owns a whole /64 (RFC 4291 §2.5.4,
  * SLAAC), so counting single IPv6 addresses would let one client pose as
- * 2^64 clients. Anything else (a trusted X-Forwarded-For value that is not
- * an address) is its own key.
+ * 2^64 clients. An address that embeds an IPv4 one is that client: taken by
+ * its /64, every IPv4 user of an IPv6-only gateway behind NAT64 or SIIT-DC
+ * (RFC 7755), and every one written `::ffff:c633:6401`, shared one client's
+ * limits (an HTTP-side review, 2026-12-07). Anything else (a trusted
+ * X-Forwarded-For value that is not an address) is its own key.
  */
 export function clientKey(address: string): string {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
@@ -57,8 +61,13 @@ export function clientKey(address: string): string {
   const zone = address.indexOf('%');
   const ip = zone >= 0 ? address.slice(0, zone) : address;
   if (!isIPv6(ip)) return address;
-  const prefix = ipv6Groups(ip)
-    .slice(0, 4)
-    .map((g) => g.toString(16));
+  const g = ipv6Groups(ip);
+  const mappedV4 = g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[5] === 0xffff;
+  const nat64 = g[0] === 0x64 && g[1] === 0xff9b && g[2] === 0 && g[3] === 0;
+  if (g[4] === 0 && (mappedV4 || (nat64 && g[5] === 0))) {
+    const [hi = 0, lo = 0] = [g[6], g[7]];
+    return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  }
+  const prefix = g.slice(0, 4).map((x) => x.toString(16));
   return `${prefix.join(':')}::/64`;
 }
