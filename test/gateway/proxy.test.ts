@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { listen, send, startBackend, type TestServer } from '../kit/http';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
+import { rawExchange } from '../kit/raw-http';
 
 interface Echo {
   id: string;
@@ -230,6 +231,16 @@ describe('proxying', () => {
     const metrics = await send(`${gw.url}/_lb/metrics`, { headers: auth });
     expect(metrics.status).toBe(200);
     expect(metrics.body).toContain('loadwise_');
+    // The same path in absolute form or with a fragment is the same endpoint: it was
+    // proxied, and the backend got /_lb/status with the token (an HTTP-side review).
+    for (const target of [`http://127.0.0.1:${gw.port}/_lb/status`, '/_lb/status#x']) {
+      const head = `GET ${target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n`;
+      const none = await rawExchange(gw.port, `${head}\r\n`);
+      expect([target, none.responses[0]?.status]).toEqual([target, 401]);
+      const ok = await rawExchange(gw.port, `${head}Authorization: Bearer secret-token\r\n\r\n`);
+      expect([target, ok.responses[0]?.status]).toEqual([target, 200]);
+      expect(JSON.parse(ok.responses[0]!.body)).toMatchObject({ strategy: 'load-aware' });
+    }
   });
 
   // Node retires a pooled connection one second before the backend's announced timeout;

@@ -58,10 +58,25 @@ export interface LoadBalancerMiddleware {
   close(opts?: CloseOptions): Promise<void>;
 }
 
+/** Scheme and authority of an absolute-form target (RFC 9112 §3.2.2), which Express keeps. */
+const ABSOLUTE_FORM = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i;
+
+/**
+ * The path of a request target as Express routes it: without the scheme and authority of
+ * an absolute-form target, the query or a fragment. Cut at `?` alone, `GET
+ * http://gw/_lb/status` and `GET /_lb/status#x` were not the status path here, while
+ * Express mounted the balancer for them and the backend got `/_lb/status` (with the
+ * token, in `Authorization`).
+ */
 function pathOf(url: string | undefined): string {
   if (!url) return '/';
-  const q = url.indexOf('?');
-  return q < 0 ? url : url.slice(0, q);
+  const start = ABSOLUTE_FORM.exec(url)?.[0].length ?? 0;
+  let end = url.length;
+  for (const c of ['?', '#']) {
+    const at = url.indexOf(c, start);
+    if (at >= 0 && at < end) end = at;
+  }
+  return url.slice(start, end) || '/';
 }
 
 export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
