@@ -118,7 +118,7 @@ describe('WebSockets at shutdown', () => {
 });
 
 describe('a handshake still waiting for its 101 when the grace ends', () => {
-  it('is cut without charging the backend', async () => {
+  it('is answered 503 LW_GW_CLOSED with Retry-After, without charging the backend', async () => {
     // A backend that takes the upgrade and never answers it.
     const held: Socket[] = [];
     const slow = createServer();
@@ -132,11 +132,18 @@ describe('a handshake still waiting for its 101 when the grace ends', () => {
       'GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
         'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
     );
+    let got = '';
+    client.on('data', (d: Buffer) => (got += d.toString('latin1')));
     const cut = new Promise((resolve) => client.once('close', resolve));
     try {
       await eventually(() => held.length === 1);
       await gw.lb.close({ graceMs: 100 });
       await cut;
+      // Closed without a word before: the client could not tell a gateway going away from
+      // a failure (a review of the upgrade path).
+      expect(got).toMatch(
+        /^HTTP\/1\.1 503 .*\r\nx-loadwise-error: LW_GW_CLOSED\r\nRetry-After: 1\r\n/is,
+      );
       // Counted a reset and a failure of the backend's before: the pools closed under the
       // handshake after close() had cut the client.
       expect(internals(gw.lb).registry.get('b')!.failures).toBe(0);

@@ -64,7 +64,8 @@ import { afterPendingAnswers, MAX_EARLY_BYTES, responseOnSocket } from '../upgra
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
   /** Client sockets handed to the proxy, until they close. */
-  private readonly open = new Set<Socket>();
+  /** Client sockets of the upgrades taken, waiting for their answer or open: their request. */
+  private readonly open = new Map<Socket, IncomingMessage>();
   private readonly sockets = new WeakMap<IncomingMessage, Socket>();
   /** Upgrades the backend accepted (101): a WebSocket, no place for an HTTP answer any more. */
   private readonly upgraded = new WeakSet<IncomingMessage>();
@@ -230,7 +231,7 @@ export class UpgradeFlow {
       staleRetried: false,
       connected: false,
     });
-    this.open.add(socket);
+    this.open.set(socket, req);
     // Counted on the backend too: discovery does not forget a backend with one open.
     backend.openUpgrades++;
     socket.on('error', () => socket.destroy());
@@ -561,8 +562,23 @@ export class UpgradeFlow {
   }
 
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */
+  /**
+   * close()'s grace is over: open WebSockets are cut, and an upgrade still waiting for its
+   * backend's answer (no byte of one relayed) gets 503 LW_GW_CLOSED with Retry-After, as a
+   * waiting request does. It was closed without a word, and its client could not tell
+   * a gateway going away, to retry elsewhere, from a failure.
+   */
   closeAll(): void {
-    for (const socket of this.open) socket.destroy();
+    for (const [socket, req] of this.open) {
+      const waiting =
+        !this.upgraded.has(req) && this.attempts.get(req)?.answer === undefined && socket.writable;
+      if (!waiting) {
+        socket.destroy();
+        continue;
+      }
+      this.core.metrics.onShed('draining');
+      refuse(socket, 503, 'LW_GW_CLOSED');
+    }
   }
 }
 
