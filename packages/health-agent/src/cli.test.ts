@@ -127,4 +127,17 @@ describe('warningLimiter (a repeated warning at most once a minute)', () => {
     expect(says(gauge(-301))).toBe(true);
     expect(says(gauge(-302))).toBe(false);
   });
+  it('takes a warning whose quoted value changes for the same warning', () => {
+    // A page whose unreadable value changed letters each scrape was logged every sample (a
+    // re-review: 60 lines a minute at the default interval).
+    let t = 0;
+    const says = warningLimiter(() => t);
+    const gauge = (v: string): string =>
+      `queue source (prometheus) failed: gauge q: 1 of 2 lines unreadable (${JSON.stringify(v)}) at http://x/metrics`;
+    expect(says(gauge('va'))).toBe(true);
+    for (const v of ['vb', 'vc', 'x\\"y', '0x1a']) {
+      t += 1000;
+      expect([v, says(gauge(v))]).toEqual([v, false]);
+    }
+  });
 });

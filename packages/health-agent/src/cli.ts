@@ -86,7 +86,9 @@ const QUICK_DROPS = 3;
 export function warningLimiter(now: () => number): (msg: string) => boolean {
   const lastWarned = new Map<string, number>();
   return (msg) => {
-    const key = msg.replace(/\d+/g, '#');
+    // Nor a quoted value: a gauge's unreadable one (`"va"`, `"vb"`, ...) changing each scrape
+    // was a new warning every sample.
+    const key = msg.replace(/"(?:[^"\\]|\\.)*"/g, '"…"').replace(/\d+/g, '#');
     const t = now();
     if ((lastWarned.get(key) ?? -Infinity) + WARN_REPEAT_MS > t) return false;
     if (lastWarned.size > 1000) lastWarned.clear(); // bounded, whatever the messages

@@ -101,6 +101,19 @@ describe('parsePrometheusGauge', () => {
     const other = new GaugeReader('q').feed(page);
     expect([other.result(), other.unreadable, other.lines]).toEqual([3, 0, 1]);
   });
+  it('reads blanks between the name and its label set, as Prometheus does', () => {
+    expect(parsePrometheusGauge('q {w="1"} 5\nq\t{w="2"} 7\nq 1\n', 'q')).toBe(13);
+    expect(parsePrometheusGauge('q {w="1" 5\n', 'q')).toBeUndefined(); // never closed
+  });
+  it('counts a line whose name 64 Ki blanks put out of reach, not skip it', () => {
+    // The others were summed and nothing said: 0 for a page whose one worker held 7.
+    for (const blanks of [65_537, 65_532, 70_000]) {
+      const r = new GaugeReader('queue_depth').feed(
+        ' '.repeat(blanks) + 'queue_depth{w="1"} 7\nqueue_depth{w="2"} 0\n',
+      );
+      expect([blanks, r.unreadable]).toEqual([blanks, 1]);
+    }
+  });
   it('counts a line below 0 once rounded, and reads -0.5 to -0 as 0', () => {
     const r = new GaugeReader('q').feed('q{w="1"} -7\nq{w="2"} 10\nq{w="3"} -0.5\n');
     expect([r.result(), r.belowZero, r.firstBelowZero, r.lines, r.unreadable]).toEqual([

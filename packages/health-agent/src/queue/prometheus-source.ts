@@ -61,7 +61,8 @@ export const MAX_GAUGE_LINES = 10_000;
  *
  * Every line of the gauge must be read, as Prometheus fails a whole scrape on one
  * malformed line: a line of the gauge whose value is not a number as the text format
- * writes one, NaN or ±Inf (`1e999` too), a line with no value or whose label set never
+ * writes one, NaN or ±Inf (`1e999` too: stricter than Prometheus, which stores them, as
+ * none is a count), a line with no value or whose label set never
  * closes, or one longer than MAX_LINE_CHARS is `unreadable`; a value below 0 once
  * rounded (as the sum is: -0.4, a gauge averaged over workers, is 0) is `belowZero`.
  * Either fails the read. They were skipped (a negative one summed), and the others
@@ -136,6 +137,9 @@ export class GaugeReader {
     const head = (this.tail + text.slice(from, from + MAX_LINE_CHARS + 1 - this.tail.length))
       .slice(0, MAX_LINE_CHARS + 1)
       .trimStart();
+    // Blanks (valid before a sample) so many that its name is cut or not in the head: a
+    // line that may be the gauge's is not skipped without a word.
+    if (this.name.startsWith(head)) return this.bad(`a line over ${MAX_LINE_CHARS} characters`);
     if (!head.startsWith(this.name)) return;
     const after = head.charAt(this.name.length);
     if (after !== '{' && after !== ' ' && after !== '\t') return; // a longer metric name
@@ -162,20 +166,24 @@ export class GaugeReader {
     const name = this.name;
     const line = raw.trim();
     if (!line.startsWith(name)) return; // comments, blank lines and other metrics
-    const after = line.charAt(name.length);
+    // Blanks may stand between the name and its label set (`q {w="1"} 5`, as Prometheus's
+    // lexer reads it): that line failed the read as one with the value `{w="1"}`.
+    let open = name.length;
+    while (line.charAt(open) === ' ' || line.charAt(open) === '\t') open++;
+    const after = open > name.length && line.charAt(open) === '{' ? '{' : line.charAt(name.length);
     let rest: string;
     let series: string;
     if (after === '{') {
       // The label set's own `}`, not the line's last: an OpenMetrics exemplar
       // (`q{w="1"} 5 # {trace_id="abc"} 1`) has braces of its own, and its value was
       // read as the sample's (5 and 7 over two workers summed to 2, not 12).
-      const close = labelSetEnd(line, name.length);
+      const close = labelSetEnd(line, open);
       if (close < 0) return this.bad('a label set not closed');
       rest = line.slice(close + 1);
       // As written: a series repeated with its labels in another order is summed twice
       // (an exporter's bug), where sorting every line's pairs made a read of a gauge of
       // 10,000 series cost 20 ms of CPU instead of 8.
-      series = line.slice(name.length, close + 1);
+      series = line.slice(open, close + 1);
     } else if (after === ' ' || after === '\t') {
       rest = line.slice(name.length);
       series = '';
