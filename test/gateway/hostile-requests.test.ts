@@ -261,6 +261,34 @@ describe('a backend answer Node cannot relay', () => {
   });
 });
 
+describe('a bare 101 with failOn5xx off', () => {
+  it('is a 502 that is not held against the backend, as a 5xx is not', async () => {
+    // An app that answers the status a client names (`/status/101`): with failOn5xx off,
+    // a dozen such requests ejected a healthy backend (a re-review).
+    const raw = createNetServer((s) => {
+      s.on('error', () => {});
+      s.once('data', () => s.end('HTTP/1.1 101 Switching Protocols\r\n\r\n'));
+    });
+    const rawBackend = await listen(raw as unknown as Parameters<typeof listen>[0]);
+    gw = await gateway(
+      {
+        backends: [{ id: 'b', url: rawBackend.url }],
+        retry: false,
+        outlier: { failOn5xx: false, consecutiveFailures: 3 },
+      },
+      (app, lb) => app.use(lb),
+    );
+    for (let i = 0; i < 6; i++) {
+      const r = await rawExchange(gw.port, 'GET /status/101 HTTP/1.1\r\nHost: a\r\n\r\n', {
+        responses: 1,
+      });
+      expect(r.responses[0]?.status).toBe(502);
+    }
+    expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
+    await rawBackend.close();
+  });
+});
+
 describe('a garbled answer with retries on', () => {
   it('is retried on another backend, and with none left answered 502, not 503 "no backend"', async () => {
     // A head Node's parser refuses (a header line without a colon): HPE_INVALID_HEADER_TOKEN.

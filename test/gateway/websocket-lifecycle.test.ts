@@ -60,6 +60,16 @@ const closed = (ws: WebSocket): Promise<void> =>
     ? Promise.resolve()
     : new Promise((resolve) => ws.once('close', () => resolve()));
 
+/** What comes back for a WebSocket upgrade of `path` sent as raw bytes, until the close. */
+async function rawUpgrade(port: number, path: string): Promise<string> {
+  const { raw } = await rawExchange(
+    port,
+    `GET ${path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  );
+  return raw;
+}
+
 /** A WebSocket to /ws through the gateway opens, and closes. */
 async function opensAndCloses(port: number): Promise<void> {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
@@ -682,19 +692,30 @@ describe('an upgrade the backend refuses by closing its connection', () => {
     servers.push(backend, gw);
     const ejected: string[] = [];
     gw.lb.balancer.on('backend-ejected', (e) => ejected.push(e.id));
-    for (let i = 0; i < 6; i++) {
-      const { raw } = await rawExchange(
-        gw.port,
-        'GET /nope HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
-          'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
-      );
-      // Still answered: the client learns the upgrade failed.
-      expect(raw).toMatch(/^HTTP\/1\.1 502 /);
-    }
+    // It serves WebSockets: a 101 lately (a backend that answered none is charged, below).
+    await opensAndCloses(gw.port);
+    // Still answered: the client learns the upgrade failed.
+    for (let i = 0; i < 6; i++)
+      expect(await rawUpgrade(gw.port, '/nope')).toMatch(/^HTTP\/1\.1 502 /);
     expect(ejected).toEqual([]);
     expect(gw.lb.balancer.snapshot().backends[0]!.state).toBe('healthy');
     // And the path it serves still opens.
     await opensAndCloses(gw.port);
+  });
+
+  it('is held against a backend that has upgraded none lately: its WebSocket service is broken', async () => {
+    // HTTP fine (health checks are GETs), every upgrade reset: exempt always, it was never
+    // ejected and half the upgrades of a two-backend fleet failed for good (a re-review).
+    const server = createServer((_req, res) => res.end('http'));
+    server.on('upgrade', (_req, socket: Socket) => socket.destroy());
+    const backend = await listen(server);
+    const gw = await gateway(backend.url, { outlier: { consecutiveFailures: 3 } });
+    servers.push(backend, gw);
+    const ejected: string[] = [];
+    gw.lb.balancer.on('backend-ejected', (e) => ejected.push(e.id));
+    for (let i = 0; i < 3; i++)
+      expect(await rawUpgrade(gw.port, '/ws')).toMatch(/^HTTP\/1\.1 502 /);
+    expect(ejected).toEqual(['b']);
   });
 });
 

@@ -1049,7 +1049,7 @@ const wait = leaf<number>((x) =>
 /** A listening socket's server (http, https, net): what close() waits for. */
 const isServer = (x: unknown): x is NetServer => x instanceof NetServer;
 const servers = leaf<NetServer | readonly NetServer[]>((x) =>
-  isServer(x) || (Array.isArray(x) && x.length > 0 && x.every(isServer))
+  isServer(x) || (Array.isArray(x) && x.every(isServer))
     ? undefined
     : expected('the http.Server (or an array of the servers) the app listens on')(x),
 );

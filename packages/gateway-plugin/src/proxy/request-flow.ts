@@ -843,7 +843,19 @@ export class RequestFlow {
    * began are proxied, not refused, though none had reached the balancer before.
    */
   noteServers(servers: Server | readonly Server[]): void {
-    for (const server of Array.isArray(servers) ? servers : [servers]) this.noteServer(server);
+    const list: readonly Server[] = isServerList(servers) ? servers : [servers];
+    for (const server of list) {
+      this.noteServer(server);
+      // Not listening and without a connection: it never listened (its listen() failed, or
+      // close() came during the start), or its 'close' has fired already, and no 'close' is
+      // coming. Waited for, close() took its whole grace (10.3 s for a SIGTERM while the
+      // example waited for its broker, 0.3 s before; a re-review).
+      if (!server.listening) {
+        server.getConnections((err, n) => {
+          if (!err && n === 0 && !server.listening) this.servers.get(server)?.();
+        });
+      }
+    }
   }
 
   private noteServer(server: Server): void {
@@ -1253,10 +1265,12 @@ export class RequestFlow {
       // all but number. So is a 101 without Upgrade (one with it is an 'upgrade':
       // backendUpgradedUnasked), which Node's client takes as the final answer: relayed
       // keep-alive, the client (or a proxy in front that tunnels on any 101) and the
-      // gateway disagreed on what the connection carries next.
+      // gateway disagreed on what the connection carries next. Charged as a 5xx is, only
+      // with failOn5xx: set off where an app echoes a status a client names, `/status/101`
+      // ejected a healthy backend in a dozen requests (a re-review).
       c.metrics.onResponse(backend.id, status, c.now() - flow.attemptStartMs);
       c.metrics.onError(backend.id, '5xx');
-      c.outlier.onFailure(backend);
+      if (c.options.outlier.failOn5xx) c.outlier.onFailure(backend);
       flow.responseOk = false;
       this.endAttempt(flow);
       proxyRes.destroy();
@@ -2205,6 +2219,10 @@ function bodyStillComing(req: IncomingMessage): boolean {
  * MaxListenersExceededWarning at the eleventh.
  */
 const closeWatchers = new WeakMap<Server, Set<() => void>>();
+
+function isServerList(s: Server | readonly Server[]): s is readonly Server[] {
+  return Array.isArray(s);
+}
 
 function watchClose(server: Server, onClose: () => void): void {
   let watchers = closeWatchers.get(server);

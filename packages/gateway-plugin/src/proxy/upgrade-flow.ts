@@ -356,7 +356,10 @@ export class UpgradeFlow {
       // carrying only WebSockets never reset its consecutive count, and a few refused paths
       // among many good WebSockets ejected it).
       const backend = this.upgrades.get(req);
-      if (backend) this.core.outlier.onSuccess(backend);
+      if (backend) {
+        this.core.outlier.onSuccess(backend);
+        backend.lastUpgradeMs = this.core.now();
+      }
       if (socket.destroyed) return backendSocket.destroy();
       // Before http-proxy pipes the two sockets (its listener comes after this one).
       stopReading(true);
@@ -446,13 +449,21 @@ export class UpgradeFlow {
       // Not after the 101: an error on an open tunnel is a close race (the backend ended
       // its side while the client still sent: EPIPE), which any client can provoke with a
       // frame the backend refuses; five in a row ejected a healthy backend. Nor a reset of
-      // a connection the handshake went out on: that is how a WebSocket server refuses an
-      // upgrade it does not serve (ws's noServer pattern destroys the socket of an unknown
-      // path), as easy for a client to provoke: 40 upgrades to a path no backend serves
-      // ejected two of four healthy backends (an adversarial review, 2026-12-07). A
-      // backend that never answers still is charged (a timeout), and one that is down
-      // refuses the connection itself.
-      const refused = kind === 'reset' && this.attempts.get(req)?.connected === true;
+      // a connection the handshake went out on, by a backend that has answered an upgrade
+      // with its 101 within baseEjectionMs: that is how a WebSocket server refuses one it
+      // does not serve (ws's noServer pattern destroys the socket of an unknown path), as
+      // easy for a client to provoke: 40 upgrades to such a path ejected two of four
+      // healthy backends (an adversarial review, 2026-12-07). Exempt always, a backend
+      // whose WebSocket service was broken (every upgrade reset, plain GETs and health
+      // checks fine) was never ejected and failed half the upgrades for good (its
+      // re-review): one that upgraded none lately is charged, as Envoy and nginx charge a
+      // reset before any answer. A timeout and a refused connection always are.
+      const last = backend.lastUpgradeMs;
+      const refused =
+        kind === 'reset' &&
+        this.attempts.get(req)?.connected === true &&
+        last !== undefined &&
+        this.core.now() - last <= this.core.options.outlier.baseEjectionMs;
       if (!this.upgraded.has(req) && !stale && !refused) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
