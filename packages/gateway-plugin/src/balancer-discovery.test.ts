@@ -560,3 +560,21 @@ describe('a backend that left', () => {
     }
   });
 });
+
+describe("a registration's weight", () => {
+  it('is taken at most at discovery.maxWeight (default 1): one key holder cannot claim the fleet', () => {
+    // A review of discovery: the weight divides the backend's score, and a registration
+    // signed with one backend's own key claiming 1e6 took every request of three backends.
+    const r = rig();
+    r.send(r.run('web-0').registration('http://10.0.0.1:8080'));
+    r.send(r.run('evil').registration('http://10.0.0.2:8080', 1e6));
+    r.send(r.run('light').registration('http://10.0.0.3:8080', 0.5));
+    expect(r.lb.registry.get('evil')?.weight).toBe(1);
+    expect(r.lb.registry.get('light')?.weight).toBe(0.5);
+    const raised = rig({ maxWeight: 4 });
+    raised.send(raised.run('big').registration('http://10.0.0.4:8080', 3));
+    raised.send(raised.run('evil').registration('http://10.0.0.5:8080', 1e6));
+    expect(raised.lb.registry.get('big')?.weight).toBe(3);
+    expect(raised.lb.registry.get('evil')?.weight).toBe(4);
+  });
+});

@@ -801,7 +801,9 @@ export class Balancer implements BalancerHandle, FlowHost {
     if (existing) this.retire(existing, 'moved');
     else if (this.registry.discoveredCount >= d.maxBackends && !this.evictDeparted())
       return reject('discovery.maxBackends reached');
-    const weight = Math.min(Math.max(message.weight ?? 1, 0.01), 1e6);
+    // At most discovery.maxWeight: the weight divides the backend's score, and one key holder
+    // that claimed 1e6 took every request of a three-backend fleet (a review of discovery).
+    const weight = Math.min(Math.max(message.weight ?? 1, 0.01), d.maxWeight);
     // The eligible set is recomputed once per burst (registry.ts recomputeSoon), not per
     // registration: every retained one comes at once when the gateway subscribes.
     const added = this.addBackend(id, url, weight, 'discovery', false);

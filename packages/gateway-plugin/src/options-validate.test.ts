@@ -699,6 +699,7 @@ describe('loadBalance options', () => {
       allowedRanges: ['127.0.0.0/8', '::1/128'],
       allowedPorts: [],
       maxBackends: 100,
+      maxWeight: 1,
       forgetAfterMs: 600_000,
     });
   });

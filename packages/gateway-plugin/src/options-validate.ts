@@ -739,6 +739,7 @@ const entries = {
         allowedRanges,
         allowedPorts: v.optional(ports, () => [...DEFAULTS.discovery.allowedPorts]),
         maxBackends: v.optional(int(1, 10_000), DEFAULTS.discovery.maxBackends),
+        maxWeight: v.optional(num(0.01, 1e6), DEFAULTS.discovery.maxWeight),
         forgetAfterMs: v.optional(orFalse(ms(1_000)), DEFAULTS.discovery.forgetAfterMs),
       }),
     ),

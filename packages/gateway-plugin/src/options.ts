@@ -337,6 +337,13 @@ export interface DiscoveryOptions {
   allowedPorts?: number[];
   maxBackends?: number;
   /**
+   * The most weight a registration may claim (default 1, from 0.01 to 1e6): a heavier one
+   * is taken at this. A registration is signed by the backend's own key, and the weight
+   * divides its score: one key holder that claimed 1e6 took every request of the fleet.
+   * Raise it where your agents announce weights of your choosing.
+   */
+  maxWeight?: number;
+  /**
    * A discovered backend whose agent has sent nothing signed for this long,
    * counted while this gateway is connected to the broker, is forgotten once
    * it has no request in flight (default 600 000; false: kept until the
@@ -677,7 +684,12 @@ export const DEFAULTS = {
    * deregister_critical_service_after, but long: an agent restarting, or cut
    * from the broker for minutes, must not take a working backend out.
    */
-  discovery: { allowedPorts: [] as number[], maxBackends: 100, forgetAfterMs: 600_000 },
+  discovery: {
+    allowedPorts: [] as number[],
+    maxBackends: 100,
+    maxWeight: 1,
+    forgetAfterMs: 600_000,
+  },
   decisionHeader: DEFAULT_DECISION_HEADER,
   metricsPrefix: DEFAULT_METRICS_PREFIX,
   dashboard: { path: '/_lb/dashboard', maxViewers: 10, intervalMs: 1_000, historySec: 300 },
