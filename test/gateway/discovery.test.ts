@@ -115,6 +115,54 @@ describe('discovery', () => {
     expect(g.lb.balancer.snapshot().backends[0]!.url).toBe(`${a.url}/`);
   });
 
+  it("takes out, and then refuses, a registration of the gateway's own listener, though mounted", async () => {
+    // A review of discovery: mounted at /api, a registration of the gateway's own URL sent
+    // /api/admin to the app's /admin route, which trusted loopback callers (18 of 20): the
+    // loop guard sees only a request that comes back through the balancer.
+    const prefix = uniquePrefix('disc');
+    let admin = 0;
+    const g = await startLocalGateway(
+      {
+        backends: [],
+        broker: { embedded: true },
+        topicPrefix: prefix,
+        keys: [key],
+        discovery: { allowedRanges: ['127.0.0.0/8'] },
+      },
+      (app, lb) => {
+        app.get('/admin', (_req, res) => void (admin++, res.end('ADMIN')));
+        app.use('/api', lb);
+      },
+    );
+    gw = g;
+    await g.lb.ready();
+    const dropped: string[] = [];
+    g.lb.balancer.on('invalid-message', (e) => dropped.push(`${e.code}: ${e.detail}`));
+    const url = g.lb.balancer.brokerUrl!;
+    // Registered before any request: the balancer knows no listener of its own yet.
+    const added = once(internals(g.lb).events, 'backend-added');
+    const self = createEncoder({ backendId: 'self', prefix, key }).registration(g.url);
+    await publish(url, self.topic, self.payload);
+    await added;
+    const first = await send(`${g.url}/api/admin`);
+    expect([first.status, first.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
+    expect(admin).toBe(0);
+    expect(g.lb.balancer.snapshot().backends[0]).toMatchObject({ id: 'self', state: 'down' });
+    // Known now: a registration of it (its id moved there by a new run) is refused as such.
+    const moved = createEncoder({ backendId: 'a2', prefix, key });
+    await publish(url, moved.registration(a.url).topic, moved.registration(a.url).payload);
+    await eventually(() => g.lb.balancer.snapshot().backends.length === 2, 5_000, 'a2 added');
+    const again = createEncoder({ backendId: 'a2', prefix, key, now: () => Date.now() + 1_000 });
+    const reg = again.registration(`http://127.0.0.1:${g.port}/x`);
+    await publish(url, reg.topic, reg.payload);
+    await eventually(() => dropped.length === 1, 5_000, 'the registration dropped');
+    expect(dropped).toEqual([
+      `LW_GW_REGISTRATION_REJECTED: http://127.0.0.1:${g.port} is this gateway's own listener`,
+    ]);
+    expect((await send(`${g.url}/api/admin`)).status).toBe(200); // a2, at `a`
+    expect(admin).toBe(0);
+  });
+
   it('keeps hearing the admitted agent while second agents for its id, whose registrations are refused, run too', async () => {
     // A stale pod or a misconfigured second agent for one id: its newer run's registration
     // is refused, but it moved the replay order, so every later message of the admitted

@@ -479,19 +479,36 @@ export class Balancer implements BalancerHandle, FlowHost {
   loopedBack(id: string, socket: Socket): boolean {
     const b = this.registry.get(id);
     if (!b || !ownConnection(b, socket)) return false;
-    if (b.loopsBack) return true;
+    this.loopsBack(b, 'a request sent to it came back');
+    return true;
+  }
+
+  /**
+   * A server the balancer serves on became known (a request reached it): a discovered
+   * backend registered before at that server's own address goes out of rotation, as one
+   * registering there now is refused (onRegistration).
+   */
+  listenerNoted(): void {
+    for (const b of this.registry.backends.values()) {
+      if (b.origin !== 'discovery' || b.loopsBack) continue;
+      if (this.flow.listensAt(urlHost(b.target), portOf(b.target)))
+        this.loopsBack(b, 'it registered the address this gateway listens at');
+    }
+  }
+
+  private loopsBack(b: Backend, how: string): void {
+    if (b.loopsBack) return;
     b.loopsBack = true;
     writeLog(
       this.options.logger,
       'error',
-      { event: 'backend-loops-back', backend: id, url: b.target.href },
-      `backend ${id} (${b.target.href}) is this gateway itself: a request sent to it came ` +
-        `back (${b.origin === 'discovery' ? 'its registration' : 'its configured URL'} names ` +
+      { event: 'backend-loops-back', backend: b.id, url: b.target.href },
+      `backend ${b.id} (${b.target.href}) is this gateway itself: ${how} ` +
+        `(${b.origin === 'discovery' ? 'its registration' : 'its configured URL'} names ` +
         "the gateway's own listener). It is out of rotation for good.",
     );
     // Out of the eligible set; backend-down says why.
     this.registry.recompute();
-    return true;
   }
 
   private addBackend(
@@ -742,6 +759,13 @@ export class Balancer implements BalancerHandle, FlowHost {
     const port = portOf(url);
     if (d.allowedPorts.length > 0 && !d.allowedPorts.includes(port))
       return reject(`port ${port} is not allowed`);
+    // The gateway's own listener, as far as it knows one (a request has reached it): the loop
+    // guard finds such a backend only when a request comes back through the balancer, and
+    // with the balancer mounted (`app.use('/api', lb)`) or a base path in the URL it came
+    // back to the app's own routes instead, one that trusted loopback callers answered
+    // (a review of discovery, 18 of 20 requests).
+    if (this.flow.listensAt(host, port))
+      return reject(`${url.origin} is this gateway's own listener`);
     if (existing && existing.target.href === url.href) {
       // The agent's periodic registration renews a discovered backend's lease; another run
       // at the same address (a restart in place) takes the entry over as it is.

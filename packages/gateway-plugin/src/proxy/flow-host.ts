@@ -78,6 +78,8 @@ export interface FlowHost {
    * to it.
    */
   loopedBack(id: string, socket: Socket): boolean;
+  /** A server the balancer serves on became known: discovered backends that are it go. */
+  listenerNoted(): void;
   /** This gateway's X-Loadwise-Via entries. */
   readonly loops: LoopGuard;
   /** A warning, at most once per key per 10 s. */

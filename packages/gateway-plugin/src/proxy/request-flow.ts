@@ -27,6 +27,7 @@ import type {
   ServerResponse,
 } from 'node:http';
 import type { Server, Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { closesForDrain, drainClosesConnections } from '../cluster/listener-drain';
 import type { GatewayErrorCode } from '../errors';
@@ -876,6 +877,25 @@ export class RequestFlow {
     let flows = balancersOn.get(server);
     if (!flows) balancersOn.set(server, (flows = new Set()));
     flows.add(this);
+    this.core.listenerNoted();
+  }
+
+  /**
+   * Whether `host`:`port` is where a server this balancer serves on listens: its bound
+   * address, or, bound to every address (`::`, `0.0.0.0`), loopback or one of the host's
+   * own interfaces. Only servers it knows (a request or upgrade reached it, or close() was
+   * given them).
+   */
+  listensAt(host: string, port: number): boolean {
+    for (const server of this.servers.keys()) {
+      const a = server.address();
+      if (a === null || typeof a === 'string' || a.port !== port) continue;
+      const bound = unmappedAddress(a.address);
+      if (bound === '::' || bound === '0.0.0.0') {
+        if (isLocalAddress(unmappedAddress(host))) return true;
+      } else if (unmappedAddress(host) === bound) return true;
+    }
+    return false;
   }
 
   /**
@@ -2219,6 +2239,18 @@ function bodyStillComing(req: IncomingMessage): boolean {
  * MaxListenersExceededWarning at the eleventh.
  */
 const closeWatchers = new WeakMap<Server, Set<() => void>>();
+
+function unmappedAddress(address: string): string {
+  return address.toLowerCase().startsWith('::ffff:') ? address.slice(7) : address.toLowerCase();
+}
+
+/** Loopback, or an address of one of this host's interfaces. */
+function isLocalAddress(address: string): boolean {
+  if (address === '::1' || address.startsWith('127.')) return true;
+  for (const list of Object.values(networkInterfaces()))
+    for (const i of list ?? []) if (unmappedAddress(i.address) === address) return true;
+  return false;
+}
 
 function isServerList(s: Server | readonly Server[]): s is readonly Server[] {
   return Array.isArray(s);
