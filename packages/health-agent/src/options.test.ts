@@ -230,6 +230,20 @@ describe('resolveAgentOptions', () => {
     expect(() =>
       resolveAgentOptions({ backendId: 'b', signingKey, advertiseUrl: 'http://10.0.0.5:0' }),
     ).toThrow('advertiseUrl: must not name port 0');
+    // What every gateway refuses whatever its ranges: the agent ran, and every report of its
+    // backend was dropped as unknown (a review of discovery; HOST=0.0.0.0 copied).
+    const refused: [string, string][] = [
+      ['http://0.0.0.0:3000', 'not an unspecified one'],
+      ['http://[::]:3000', 'not an unspecified one'],
+      ['http://[::ffff:10.0.0.5]:3000', 'not IPv4-mapped'],
+      ['http://10.0.0.5:3000/?x=1', 'query or a fragment'],
+      ['http://10.0.0.5:3000/#f', 'query or a fragment'],
+    ];
+    for (const [url, why] of refused) {
+      expect(() => resolveAgentOptions({ backendId: 'b', signingKey, advertiseUrl: url })).toThrow(
+        why,
+      );
+    }
     for (const url of ['http://10.0.0.5:8080', 'http://[fd00::5]:8080']) {
       expect(
         resolveAgentOptions({ backendId: 'b', signingKey, advertiseUrl: url }).advertiseUrl,

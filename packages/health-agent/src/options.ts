@@ -49,6 +49,23 @@ export const DEFAULT_DRAIN_GRACE_MS = 2000;
 export const DEFAULT_PROC_ROOT = '/proc';
 export const DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup';
 
+/**
+ * What every gateway refuses in an advertised URL whatever its ranges (docs/gateway.md,
+ * "Discovery"), caught at the agent's start: a bind address copied as the URL (`HOST=0.0.0.0`)
+ * ran an agent whose backend every gateway refused, each later report dropped as unknown, and
+ * the agent never learnt of it (a review of discovery, 2026-12-07).
+ */
+function advertiseHostProblem(url: URL): string | undefined {
+  const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  if (host === '0.0.0.0' || host === '::')
+    return 'must name the address gateways reach the backend at, not an unspecified one (0.0.0.0, ::): gateways refuse it';
+  if (host.startsWith('::ffff:'))
+    return 'must name an IPv4 address as IPv4, not IPv4-mapped (gateways refuse it)';
+  if (url.search !== '' || url.hash !== '' || url.href.endsWith('?') || url.href.endsWith('#'))
+    return 'must not carry a query or a fragment (gateways refuse them)';
+  return undefined;
+}
+
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** systeminformation's currentLoad() spawns a shell per call on Linux; see docs/agent.md for the measured difference. */
 export const DEFAULT_HOST_SOURCE: HostSource = 'proc';
@@ -294,7 +311,7 @@ export const agentOptionsSchema = notArray(
                 ? 'must name its host by IP address (gateways refuse a name: it would be resolved after their range check)'
                 : new URL(x).port === '0'
                   ? 'must not name port 0, where no server listens (gateways refuse it)'
-                  : undefined,
+                  : advertiseHostProblem(new URL(x)),
         ),
       ),
     ),
