@@ -134,6 +134,11 @@ describe('checkPath', () => {
     'http://x:abc/y',
     'http://x y/z',
     'http://[::1/a',
+    // RFC 3986 allows `;` and `'` in a host, url.parse ends it there: `/;b/admin` went to
+    // the backend (Tomcat and Spring read `/admin`) past an app's `/admin` guard.
+    'http://a;b/admin',
+    "http://a'b/admin",
+    'http://a;/admin/x',
   ])('refuses the absolute-form target %s: its authority is malformed', (url) => {
     expect(checkPath(url)).toBe('malformed authority in an absolute-form target');
   });
@@ -143,6 +148,7 @@ describe('checkPath', () => {
     'http://x:8080/a',
     'http://x:/a',
     'http://user:p%40ss@x.example:80/a?q=%2e%2e',
+    'http://user;x@x.example/a',
     'http://[::1]:8080/a',
     'http://127.0.0.1/a',
     'HTTP://X.Example/a',

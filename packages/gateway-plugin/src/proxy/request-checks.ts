@@ -137,9 +137,13 @@ const SCHEME_REWRITTEN_BY_PROXY = /https?:\//;
  * passed with an empty path and reached the backend as
  * `/base/%2e%2e%2fsecret`, outside its base path once decoded. And
  * `http://x:abc/y` was checked as `/y` and forwarded as `/:abc/y`. Such a
- * target is refused, not re-read.
+ * target is refused, not re-read. So is a host with `;` or `'`, which url.parse
+ * also ends the host at though RFC 3986 allows them there: `GET http://a;b/admin`
+ * without a Host was checked as `/admin`, routed by Express as `;b/admin` past an
+ * `app.use('/admin', guard)`, and reached the backend as `/;b/admin`, which Tomcat
+ * and Spring read as `/admin` (a re-review, 2026-12-07).
  */
-const AUTHORITY = /^(?:[\w.~!$&'()*+,;=:%-]*@)?(?:\[[0-9a-f:.]+\]|[\w.~!$&'()*+,;=-]*)(?::\d*)?$/i;
+const AUTHORITY = /^(?:[\w.~!$&'()*+,;=:%-]*@)?(?:\[[0-9a-f:.]+\]|[\w.~!$&()*+,=-]*)(?::\d*)?$/i;
 
 /**
  * The path of an origin- or absolute-form target (after `scheme://authority`),
