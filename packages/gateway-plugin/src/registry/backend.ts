@@ -138,8 +138,6 @@ export class Backend {
   refusedEpochMs: number | undefined;
   /** Upgrades to this backend taken and not yet closed (proxy/upgrade-flow.ts). */
   openUpgrades = 0;
-  /** When it last answered an upgrade with its 101 (proxy/upgrade-flow.ts, onError). */
-  lastUpgradeMs: number | undefined;
   /** Its answers in the stream lane (proxy/stream-lane.ts): not in load.inFlight. */
   openStreams = 0;
   /** Requests sent and failed since creation (status endpoint). */
