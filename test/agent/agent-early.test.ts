@@ -113,6 +113,8 @@ describe('loadwise-agent early reports', () => {
     const early = await box.waitFor((r) => metricsOf(r)?.early === true, 15_000, 'early');
     const e = metricsOf(early)!;
     expect(e.queue).toMatchObject({ inFlight: 1, queued: 2 });
-    expect(e.health).toMatchObject({ verdict: 'degraded', reason: 'request queue full (2)' });
+    // Its own queue's reason, beside any other (`host CPU 98%; ...` on a busy machine).
+    expect(e.health.verdict).toBe('degraded');
+    expect(e.health.reason).toMatch(/(^|; )request queue full \(2\)$/);
   });
 });
