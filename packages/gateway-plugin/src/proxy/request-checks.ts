@@ -141,9 +141,12 @@ const SCHEME_REWRITTEN_BY_PROXY = /https?:\//;
  * also ends the host at though RFC 3986 allows them there: `GET http://a;b/admin`
  * without a Host was checked as `/admin`, routed by Express as `;b/admin` past an
  * `app.use('/admin', guard)`, and reached the backend as `/;b/admin`, which Tomcat
- * and Spring read as `/admin` (a re-review, 2026-12-07).
+ * and Spring read as `/admin` (a re-review, 2026-12-07). And userinfo with a `%`
+ * not followed by two hex digits, on which url.parse throws: http-proxy-middleware
+ * then declined the upgrade without a word, which held its client's places for good.
  */
-const AUTHORITY = /^(?:[\w.~!$&'()*+,;=:%-]*@)?(?:\[[0-9a-f:.]+\]|[\w.~!$&()*+,=-]*)(?::\d*)?$/i;
+const AUTHORITY =
+  /^(?:(?:[\w.~!$&'()*+,;=:-]|%[0-9a-f]{2})*@)?(?:\[[0-9a-f:.]+\]|[\w.~!$&()*+,=-]*)(?::\d*)?$/i;
 
 /**
  * The path of an origin- or absolute-form target (after `scheme://authority`),

@@ -69,12 +69,6 @@ export class UpgradeFlow {
   private readonly sockets = new WeakMap<IncomingMessage, Socket>();
   /** Upgrades the backend accepted (101): a WebSocket, no place for an HTTP answer any more. */
   private readonly upgraded = new WeakSet<IncomingMessage>();
-  /**
-   * Paths some backend answered an upgrade of with its 101, and when (onError: a reset on a
-   * path served elsewhere is the backend's failure). At most MAX_UPGRADED_PATHS, the least
-   * recent dropped first: a room per path (`/ws/:room`) only forgets, never charges.
-   */
-  private readonly upgradedPaths = new Map<string, number>();
   /** Upgrades whose client left before the backend answered: their backend request was cut. */
   private readonly cancelled = new WeakSet<IncomingMessage>();
   /** WebSockets per client address (webSockets.maxPerClient), undefined when unbounded. */
@@ -363,7 +357,6 @@ export class UpgradeFlow {
       // among many good WebSockets ejected it).
       const backend = this.upgrades.get(req);
       if (backend) this.core.outlier.onSuccess(backend);
-      this.notePathUpgraded(req);
       if (socket.destroyed) return backendSocket.destroy();
       // Before http-proxy pipes the two sockets (its listener comes after this one).
       stopReading(true);
@@ -453,22 +446,18 @@ export class UpgradeFlow {
       // Not after the 101: an error on an open tunnel is a close race (the backend ended
       // its side while the client still sent: EPIPE), which any client can provoke with a
       // frame the backend refuses; five in a row ejected a healthy backend. Nor a reset of
-      // a connection the handshake went out on, for a path no backend has answered with a
-      // 101 within baseEjectionMs: that is how a WebSocket server refuses an upgrade it
-      // does not serve (ws's noServer pattern destroys the socket of an unknown path), as
-      // easy for a client to provoke: 40 upgrades to such a path ejected two of four
-      // healthy backends (an adversarial review, 2026-12-07). Exempt always, a backend
-      // whose WebSocket service was broken (every upgrade reset, plain GETs and health
-      // checks fine) was never ejected and failed its share for good; exempt by the
-      // backend's own last 101, a client re-ejected backends at a start, after a quiet
-      // spell and after each ejection (the re-reviews). By the path: a path another
-      // backend upgrades is served, and a reset there is the backend's failure, as Envoy
-      // and nginx charge a reset before any answer. A timeout and a refused connection
-      // always are.
-      const refused =
-        kind === 'reset' &&
-        this.attempts.get(req)?.connected === true &&
-        !this.pathUpgradedLately(req);
+      // a connection the handshake went out on: that is how a WebSocket server refuses an
+      // upgrade (ws's noServer pattern destroys the socket of an unknown path, a bad token,
+      // an Origin it refuses), and any client can send one: 40 upgrades to such a path
+      // ejected two of four healthy backends, for HTTP traffic too (an adversarial review,
+      // 2026-12-07). Two narrower rules were tried and broken by their re-reviews: charged
+      // unless the backend had upgraded lately (re-ejected at a start, after a quiet spell,
+      // after each ejection), and unless the path was served lately (one good upgrade, then
+      // 40 with a bad token on the same path, ejected two of four). So a backend whose
+      // WebSocket service is broken behind passing GETs is not ejected by its resets: they
+      // are counted (loadwise_backend_errors_total{kind="reset"}) for an alert, and a
+      // timeout or a refused connection still counts.
+      const refused = kind === 'reset' && this.attempts.get(req)?.connected === true;
       if (!this.upgraded.has(req) && !stale && !refused) this.core.outlier.onFailure(backend);
     }
     if ('setHeader' in res) return;
@@ -578,30 +567,6 @@ export class UpgradeFlow {
   }
 
   /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */
-  /** The upgrade's path (no query), as the key of upgradedPaths: bounded in length. */
-  private static pathKey(req: IncomingMessage): string {
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    return (q < 0 ? url : url.slice(0, q)).slice(0, MAX_PATH_KEY_CHARS);
-  }
-
-  /** A backend answered an upgrade of `req`'s path with its 101. */
-  private notePathUpgraded(req: IncomingMessage): void {
-    const key = UpgradeFlow.pathKey(req);
-    this.upgradedPaths.delete(key); // the most recent last, for the bound below
-    this.upgradedPaths.set(key, this.core.now());
-    if (this.upgradedPaths.size > MAX_UPGRADED_PATHS) {
-      const oldest = this.upgradedPaths.keys().next().value;
-      if (oldest !== undefined) this.upgradedPaths.delete(oldest);
-    }
-  }
-
-  /** Whether some backend answered an upgrade of `req`'s path with its 101 lately. */
-  private pathUpgradedLately(req: IncomingMessage): boolean {
-    const at = this.upgradedPaths.get(UpgradeFlow.pathKey(req));
-    return at !== undefined && this.core.now() - at <= this.core.options.outlier.baseEjectionMs;
-  }
-
   /**
    * close()'s grace is over: open WebSockets are cut, and an upgrade still waiting for its
    * backend's answer (no byte of one relayed) gets 503 LW_GW_CLOSED with Retry-After, as a
@@ -640,10 +605,6 @@ interface UpgradeAttempt {
   /** The current attempt's connection is made (TLS: its handshake done): the upgrade went out. */
   connected: boolean;
 }
-
-/** Paths remembered as upgraded (upgradedPaths), and the characters of one kept. */
-const MAX_UPGRADED_PATHS = 1_000;
-const MAX_PATH_KEY_CHARS = 256;
 
 /**
  * How long an open WebSocket outlives the EOF of one side: time for the
