@@ -63,8 +63,7 @@ import { afterPendingAnswers, MAX_EARLY_BYTES, responseOnSocket } from '../upgra
 
 export class UpgradeFlow {
   private readonly upgrades = new WeakMap<IncomingMessage, Backend>();
-  /** Client sockets handed to the proxy, until they close. */
-  /** Client sockets of the upgrades taken, waiting for their answer or open: their request. */
+  /** Client sockets handed to the proxy, until they close: their request. */
   private readonly open = new Map<Socket, IncomingMessage>();
   private readonly sockets = new WeakMap<IncomingMessage, Socket>();
   /** Upgrades the backend accepted (101): a WebSocket, no place for an HTTP answer any more. */
@@ -566,12 +565,11 @@ export class UpgradeFlow {
     return resetOnPooledConnection(err, attempt.proxyReq);
   }
 
-  /** lb.close() after its grace: every WebSocket still open is cut, with its backend side. */
   /**
-   * close()'s grace is over: open WebSockets are cut, and an upgrade still waiting for its
-   * backend's answer (no byte of one relayed) gets 503 LW_GW_CLOSED with Retry-After, as a
-   * waiting request does. It was closed without a word, and its client could not tell
-   * a gateway going away, to retry elsewhere, from a failure.
+   * close()'s grace is over: open WebSockets are cut, with their backend side, and an
+   * upgrade still waiting for its backend's answer (no byte of one relayed) gets 503
+   * LW_GW_CLOSED with Retry-After, as a waiting request does. It was closed without a word,
+   * and its client could not tell a gateway going away, to retry elsewhere, from a failure.
    */
   closeAll(): void {
     for (const [socket, req] of this.open) {
