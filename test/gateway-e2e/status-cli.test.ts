@@ -44,6 +44,14 @@ describe('loadwise status CLI against a real gateway', () => {
   beforeAll(async () => {
     statusUrl = `${suite.gw.url}/_lb/status`;
     await fire({ url: `${suite.gw.url}/work`, total: 40, concurrency: 4 });
+    // Both serve, so both have a latency to show: in one full CI run (the whole suite on two
+    // cores) one backend served none of the 40 and its LATENCY was "-" (the test's own
+    // comment below: a starved probe can say "down" until the next report).
+    for (let round = 0; round < 10; round++) {
+      if (suite.gw.snapshot().backends.every((b) => b.requestsTotal > 0)) break;
+      await new Promise((r) => setTimeout(r, 500));
+      await fire({ url: `${suite.gw.url}/work`, total: 20, concurrency: 4 });
+    }
   }, 30_000);
 
   it('prints every backend with its state, share, load and report age', async () => {
