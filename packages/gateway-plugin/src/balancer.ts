@@ -47,6 +47,7 @@ import { RequestFlow } from './proxy/request-flow';
 import { RateLimitedLog } from './rate-limited-log';
 import { Backend } from './registry/backend';
 import { urlHost } from './registry/backend-tls';
+import { unmapped } from './proxy/listen-address';
 import { Registry, STALE_LINES } from './registry/registry';
 import { NamedServers } from './registry/named-servers';
 import { portOf, serverOf } from './registry/server';
@@ -1556,9 +1557,4 @@ function ownConnection(b: Backend, socket: Socket): boolean {
     }
   }
   return false;
-}
-
-/** `::ffff:127.0.0.1` as `127.0.0.1`: a dual-stack listener sees IPv4 peers mapped. */
-function unmapped(address: string | undefined): string | undefined {
-  return address?.startsWith('::ffff:') ? address.slice(7) : address;
 }

@@ -10,6 +10,7 @@
  * that does not listen) answers for itself.
  */
 import type { AddressInfo, Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 
 interface ListeningServer {
   address(): AddressInfo | string | null;
@@ -41,4 +42,25 @@ export function localAddressOf(socket: Socket): LocalAddress {
     if (known !== undefined) return known;
   }
   return { port: socket.localPort, family: socket.localFamily };
+}
+
+/** `::ffff:127.0.0.1` as `127.0.0.1`: a dual-stack listener sees IPv4 peers mapped. */
+export function unmapped(address: string | undefined): string | undefined {
+  return address?.startsWith('::ffff:') ? address.slice(7) : address;
+}
+
+/**
+ * Whether a server whose `address()` is `bound` listens at `host`:`port` (both as libuv,
+ * WHATWG URL and os.networkInterfaces() write them: lower case): its bound address, or,
+ * bound to every address (`::`, `0.0.0.0`), loopback or one of the host's own interfaces.
+ */
+export function boundAt(bound: AddressInfo | string | null, host: string, port: number): boolean {
+  if (bound === null || typeof bound === 'string' || bound.port !== port) return false;
+  const at = unmapped(bound.address);
+  const h = unmapped(host)!;
+  if (at !== '::' && at !== '0.0.0.0') return h === at;
+  if (h === '::1' || h.startsWith('127.')) return true;
+  for (const list of Object.values(networkInterfaces()))
+    for (const i of list ?? []) if (unmapped(i.address) === h) return true;
+  return false;
 }

@@ -27,7 +27,6 @@ import type {
   ServerResponse,
 } from 'node:http';
 import type { Server, Socket } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import { ClientLimit, clientKey } from '../admission/client-limit';
 import { closesForDrain, drainClosesConnections } from '../cluster/listener-drain';
 import type { GatewayErrorCode } from '../errors';
@@ -44,7 +43,7 @@ import { pumpBody } from './body-pump';
 import { namedByConnection, writeResponseHead } from './response-head';
 import { clientAddress, setForwardedHeaders, stripHopByHop } from './forwarded';
 import { LoopGuard } from './loop-guard';
-import { localAddressOf } from './listen-address';
+import { boundAt, localAddressOf } from './listen-address';
 import { checkFraming, checkPath, refusedMethod, type BodyFraming } from './request-checks';
 import {
   buffered,
@@ -881,20 +880,12 @@ export class RequestFlow {
   }
 
   /**
-   * Whether `host`:`port` is where a server this balancer serves on listens: its bound
-   * address, or, bound to every address (`::`, `0.0.0.0`), loopback or one of the host's
-   * own interfaces. Only servers it knows (a request or upgrade reached it, or close() was
-   * given them).
+   * Whether `host`:`port` is where a server this balancer serves on listens (boundAt).
+   * Only servers it knows (a request or upgrade reached it, or close() was given them).
    */
   listensAt(host: string, port: number): boolean {
-    for (const server of this.servers.keys()) {
-      const a = server.address();
-      if (a === null || typeof a === 'string' || a.port !== port) continue;
-      const bound = unmappedAddress(a.address);
-      if (bound === '::' || bound === '0.0.0.0') {
-        if (isLocalAddress(unmappedAddress(host))) return true;
-      } else if (unmappedAddress(host) === bound) return true;
-    }
+    for (const server of this.servers.keys())
+      if (boundAt(server.address(), host, port)) return true;
     return false;
   }
 
@@ -2239,18 +2230,6 @@ function bodyStillComing(req: IncomingMessage): boolean {
  * MaxListenersExceededWarning at the eleventh.
  */
 const closeWatchers = new WeakMap<Server, Set<() => void>>();
-
-function unmappedAddress(address: string): string {
-  return address.toLowerCase().startsWith('::ffff:') ? address.slice(7) : address.toLowerCase();
-}
-
-/** Loopback, or an address of one of this host's interfaces. */
-function isLocalAddress(address: string): boolean {
-  if (address === '::1' || address.startsWith('127.')) return true;
-  for (const list of Object.values(networkInterfaces()))
-    for (const i of list ?? []) if (unmappedAddress(i.address) === address) return true;
-  return false;
-}
 
 function isServerList(s: Server | readonly Server[]): s is readonly Server[] {
   return Array.isArray(s);

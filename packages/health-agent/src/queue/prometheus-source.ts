@@ -270,10 +270,11 @@ export function prometheusSource(
       if (reader.done) {
         throw new Error(`gauge ${gauge} has over ${MAX_GAUGE_LINES} lines at ${shown}`);
       }
-      // One line of the gauge not read fails the read, as it fails a Prometheus scrape:
-      // the others summed, a worker exposing `undefined` (or NaN, or -3) beside one at 0
-      // went out as an idle backend. A gauge that is there but says only NaN was reported
-      // "not found" once, which sent the operator looking for a typo in the name.
+      // One line of the gauge not read fails the read, as a malformed one fails a Prometheus
+      // scrape (NaN too, stricter: not a count): the others summed, a worker exposing
+      // `undefined` (or NaN, or -3) beside one at 0 went out as an idle backend. A gauge
+      // that is there but says only NaN was reported "not found" once, which sent the
+      // operator looking for a typo in the name.
       const range = `${field} must be a count from 0 to ${Number.MAX_SAFE_INTEGER}`;
       if (reader.unreadable > 0) {
         const { unreadable, lines, firstUnreadable } = reader;
