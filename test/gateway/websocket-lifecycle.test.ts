@@ -70,9 +70,9 @@ async function rawUpgrade(port: number, path: string): Promise<string> {
   return raw;
 }
 
-/** A WebSocket to /ws through the gateway opens, and closes. */
-async function opensAndCloses(port: number): Promise<void> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`);
+/** A WebSocket to `path` through the gateway opens, and closes. */
+async function opensAndCloses(port: number, path = '/ws'): Promise<void> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('error', reject);
@@ -677,14 +677,18 @@ describe('a WebSocket the backend closes', () => {
 });
 
 describe('an upgrade the backend refuses by closing its connection', () => {
-  it('is not held against the backend: a client cannot get healthy backends ejected that way', async () => {
-    // ws's pattern for several servers on one HTTP server (noServer): an upgrade to a path
-    // none serves has its socket destroyed. In an adversarial review 40 upgrades to such a
-    // path ejected two of four healthy backends for 30 s, again at every try.
+  /**
+   * A gateway (ejection after 3 failures) over one `ws` backend in noServer mode that
+   * destroys the socket of every upgrade `serves` refuses, as ws's README does for a path
+   * no server on it serves; and the backends it ejects.
+   */
+  async function refusingGateway(
+    serves: (url: string | undefined) => boolean,
+  ): Promise<{ gw: TestServer & { lb: LoadBalancerMiddleware }; ejected: string[] }> {
     const server = createServer((_req, res) => res.end('http'));
     const wss = new WebSocket.Server({ noServer: true });
     server.on('upgrade', (req, socket: Socket, head: Buffer) => {
-      if (req.url !== '/ws') return void socket.destroy();
+      if (!serves(req.url)) return void socket.destroy();
       wss.handleUpgrade(req, socket, head, (ws) => ws.on('message', (m) => ws.send(m)));
     });
     const backend = await listenWs(server, wss);
@@ -692,6 +696,14 @@ describe('an upgrade the backend refuses by closing its connection', () => {
     servers.push(backend, gw);
     const ejected: string[] = [];
     gw.lb.balancer.on('backend-ejected', (e) => ejected.push(e.id));
+    return { gw, ejected };
+  }
+
+  it('is not held against the backend: a client cannot get healthy backends ejected that way', async () => {
+    // ws's pattern for several servers on one HTTP server (noServer): an upgrade to a path
+    // none serves has its socket destroyed. In an adversarial review 40 upgrades to such a
+    // path ejected two of four healthy backends for 30 s, again at every try.
+    const { gw, ejected } = await refusingGateway((url) => url === '/ws');
     // Still answered: the client learns the upgrade failed.
     for (let i = 0; i < 6; i++)
       expect(await rawUpgrade(gw.port, '/nope')).toMatch(/^HTTP\/1\.1 502 /);
@@ -704,24 +716,8 @@ describe('an upgrade the backend refuses by closing its connection', () => {
   it('is not held against a backend for refusals on a path it serves either (a bad token)', async () => {
     // Charged when the path was served lately, one good upgrade and then 40 with a bad token
     // ejected two of four healthy backends (a re-review): the resets are counted, for alerts.
-    const server = createServer((_req, res) => res.end('http'));
-    const wss = new WebSocket.Server({ noServer: true });
-    server.on('upgrade', (req, socket: Socket, head: Buffer) => {
-      if (!req.url?.endsWith('token=ok')) return void socket.destroy();
-      wss.handleUpgrade(req, socket, head, (ws) => ws.on('message', (m) => ws.send(m)));
-    });
-    const backend = await listenWs(server, wss);
-    const gw = await gateway(backend.url, { outlier: { consecutiveFailures: 3 } });
-    servers.push(backend, gw);
-    const ejected: string[] = [];
-    gw.lb.balancer.on('backend-ejected', (e) => ejected.push(e.id));
-    const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/ws?token=ok`);
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve());
-      ws.once('error', reject);
-    });
-    ws.close();
-    await closed(ws);
+    const { gw, ejected } = await refusingGateway((url) => url?.endsWith('token=ok') === true);
+    await opensAndCloses(gw.port, '/ws?token=ok');
     for (let i = 0; i < 6; i++)
       expect(await rawUpgrade(gw.port, '/ws?token=bad')).toMatch(/^HTTP\/1\.1 502 /);
     expect(ejected).toEqual([]);

@@ -405,47 +405,43 @@ describe('prometheusSource', () => {
       expect(reading.queue).toEqual({ queued: count, source: { queued: 'prometheus' } });
     }
   });
-  it('an agent leaves the queue block out when a line of the gauge is unreadable, and warns', async () => {
-    page = 'q{worker="1"} undefined\nq{worker="2"} 0\n';
+  /** One sample of an agent reading `gauge` from the page: its queue block, and its warnings. */
+  async function agentSample(
+    backendId: string,
+    gauge: string,
+  ): Promise<{ queue: unknown; warnings: string[] }> {
     const agent = createAgent({
-      backendId: 'prom-unreadable',
-      queue: { source: 'prometheus', url: url().href, gauge: 'q' },
+      backendId,
+      queue: { source: 'prometheus', url: url().href, gauge },
       cgroup: false,
     });
     const warnings: string[] = [];
     agent.on('warning', (w) => warnings.push(w));
     try {
-      const body = await agent.sample();
-      expect(body.queue).toBeUndefined();
-      expect(warnings).toEqual([
-        expect.stringMatching(
-          /^queue source \(prometheus\) failed: gauge q: 1 of 2 lines unreadable \("undefined"\) at /,
-        ),
-      ]);
+      return { queue: (await agent.sample()).queue, warnings };
     } finally {
       await agent.stop({ graceMs: 0 });
     }
+  }
+  it('an agent leaves the queue block out when a line of the gauge is unreadable, and warns', async () => {
+    page = 'q{worker="1"} undefined\nq{worker="2"} 0\n';
+    const { queue, warnings } = await agentSample('prom-unreadable', 'q');
+    expect(queue).toBeUndefined();
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /^queue source \(prometheus\) failed: gauge q: 1 of 2 lines unreadable \("undefined"\) at /,
+      ),
+    ]);
   });
   it('an agent leaves the queue block out of the report and warns naming the field', async () => {
     page = 'app_queue_depth -7\n';
-    const agent = createAgent({
-      backendId: 'prom-neg',
-      queue: { source: 'prometheus', url: url().href, gauge: 'app_queue_depth' },
-      cgroup: false,
-    });
-    const warnings: string[] = [];
-    agent.on('warning', (w) => warnings.push(w));
-    try {
-      const body = await agent.sample();
-      expect(body.queue).toBeUndefined();
-      expect(warnings).toEqual([
-        expect.stringMatching(
-          /^queue source \(prometheus\) failed: gauge app_queue_depth is -7 at .*: queued must be a count/,
-        ),
-      ]);
-    } finally {
-      await agent.stop({ graceMs: 0 });
-    }
+    const { queue, warnings } = await agentSample('prom-neg', 'app_queue_depth');
+    expect(queue).toBeUndefined();
+    expect(warnings).toEqual([
+      expect.stringMatching(
+        /^queue source \(prometheus\) failed: gauge app_queue_depth is -7 at .*: queued must be a count/,
+      ),
+    ]);
   });
   it('fails an error status at the head, naming it, without reading the page', async () => {
     // Checked after the body: an endless fast 503 page was read to the 64 MiB bound every
