@@ -15,7 +15,8 @@
  * stalls its scrape), so two renders reach the 32 MiB bound.
  */
 import type { ServerResponse } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { connect, Socket } from 'node:net';
+import type { Express } from 'express';
 import { Registry } from 'prom-client';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { expressGateway, warningLogger } from '../kit/gateway';
@@ -69,7 +70,10 @@ interface Gateway extends TestServer {
   };
 }
 
-async function gateway(opts: Partial<LoadBalanceOptions>): Promise<Gateway> {
+async function gateway(
+  opts: Partial<LoadBalanceOptions>,
+  before?: (app: Express) => void,
+): Promise<Gateway> {
   const counts = { started: 0, ended: 0, closed: 0 };
   const registry = new Registry();
   registry.registerMetric(bigFamily(() => counts.started++));
@@ -82,6 +86,7 @@ async function gateway(opts: Partial<LoadBalanceOptions>): Promise<Gateway> {
     },
     (app, lb, server) => {
       server.on('request', (_req, res: ServerResponse) => res.once('close', () => counts.closed++));
+      before?.(app);
       app.use(lb);
     },
   );
@@ -180,5 +185,57 @@ describe('metricsPath scrapes whose clients do not read', () => {
     expect(stalled[0]!.msg).toBe(
       'metrics scrape from 127.0.0.1 took no bytes for 1000 ms; connection cut, its render released',
     );
+  });
+
+  it('does not cut a reading client when the loop was busy for longer than requestTimeoutMs', async () => {
+    const { logger, warnings } = warningLogger();
+    const client = new Socket();
+    sockets.push(client);
+    let blocked = false;
+    const gw = await gateway({ requestTimeoutMs: 400, logger }, (app) =>
+      app.use((_req, res, next) => {
+        const write = res.write.bind(res) as (chunk: string) => boolean;
+        res.write = ((chunk: string) => {
+          const ok = write(chunk);
+          // The kernel took all it could of a client that had not read yet, and the scrape
+          // waits for its socket (the write handed on in the next tick): the client starts
+          // to read as the loop is busy for 1 s (a large render, a long GC, a machine short
+          // of CPU). The stall check due meanwhile runs before the loop polls any socket
+          // (timers first): it found no byte taken since the wait began and cut the
+          // client, which was reading all along.
+          if (!ok && !blocked) {
+            process.nextTick(() => {
+              const handle = (res.socket as { _handle?: { writeQueueSize?: number } } | null)
+                ?._handle;
+              if (blocked || !((handle?.writeQueueSize ?? 0) > 0)) return;
+              blocked = true;
+              client.resume();
+              const until = Date.now() + 1000;
+              while (Date.now() < until);
+            });
+          }
+          return ok;
+        }) as typeof res.write;
+        next();
+      }),
+    );
+    client.pause();
+    client.connect(gw.port, '127.0.0.1');
+    const received = new Promise<Buffer>((resolve) => {
+      const chunks: Buffer[] = [];
+      client.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        // The whole chunked body: the client ends it.
+        if (chunk.subarray(-5).toString() === '0\r\n\r\n') client.end();
+      });
+      client.once('close', () => resolve(Buffer.concat(chunks)));
+    });
+    client.on('error', () => {});
+    client.write('GET /_lb/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    const text = (await received).toString('latin1');
+    expect(blocked).toBe(true);
+    expect(text.slice(0, 15)).toBe('HTTP/1.1 200 OK');
+    expect(text).toMatch(/\ntest_tail 1\n\r\n0\r\n\r\n$/);
+    expect(warnings.filter((w) => w.fields.event === 'metrics-scrape-stalled')).toEqual([]);
   });
 });

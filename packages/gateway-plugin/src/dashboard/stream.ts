@@ -36,7 +36,13 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Balancer } from '../balancer';
-import { awaitsAnswer, peerOf, progressMark, type Stall } from '../observability/backpressure';
+import {
+  awaitsAnswer,
+  peerOf,
+  progressMark,
+  StallClock,
+  type Stall,
+} from '../observability/backpressure';
 import type { EventRing } from './event-ring';
 import {
   BackendPicker,
@@ -155,8 +161,8 @@ export class DashboardStream {
   private lingerUntilMs = -Infinity;
   /** Viewers seen with nothing unsent since their first message: the stall cut applies to them. */
   private readonly caughtUp = new WeakSet<ServerResponse>();
-  /** A viewer with bytes unsent: its socket's progress mark when last seen to move, and when. */
-  private readonly progress = new WeakMap<ServerResponse, { taken: number; sinceMs: number }>();
+  /** A viewer with bytes unsent: how long its socket's progress mark has not moved. */
+  private readonly progress = new WeakMap<ServerResponse, StallClock>();
 
   constructor(
     private readonly balancer: Balancer,
@@ -384,12 +390,14 @@ export class DashboardStream {
     // was cut, again at each reconnect, and never saw the page. Until it has caught up once,
     // only the byte bounds apply.
     if (!this.caughtUp.has(res)) return false;
-    const seen = this.progress.get(res);
-    if (seen === undefined || seen.taken !== taken) {
-      this.progress.set(res, { taken, sinceMs: nowMs });
+    // Time with no progress counts only while the loop was free to see some (StallClock):
+    // a tick late behind a busy loop runs before the sockets are polled.
+    const clock = this.progress.get(res);
+    if (clock === undefined) {
+      this.progress.set(res, new StallClock(this.opts.intervalMs, taken, nowMs));
       return false;
     }
-    if (nowMs - seen.sinceMs < this.stall.timeoutMs) return false;
+    if (clock.idleAt(taken, nowMs) < this.stall.timeoutMs) return false;
     // The peer first: a destroyed socket has no remoteAddress any more.
     const peer = peerOf(res.req);
     res.destroy();

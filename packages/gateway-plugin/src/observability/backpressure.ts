@@ -124,12 +124,56 @@ function bytesTaken(res: ServerResponse): number | undefined {
 }
 
 /**
- * Waits for 'drain' (or the close); false when the client stalled: checked
- * every `timeoutMs` meanwhile, its socket had handed on no byte since the
- * last check (or the start of the wait). So a client that stops reading is
- * cut between one and two `timeoutMs` after its last byte taken, as a
- * proxied answer is (`client-stalled`). A response without a socket yet (a
- * pipelined one, queued behind the answers before it) is not stalled.
+ * How long a client has taken no byte, counting only time the event loop was free to see
+ * it take one. A check is a timer, and after the loop was busy (a large render, a long
+ * GC, a machine short of CPU) timers run before the loop polls its sockets: a check due
+ * meanwhile saw no progress since the last one however fast the client read, and the
+ * metrics scrape of a reading client was cut as stalled on a loaded CI machine. So each
+ * check adds the time since the one before, but at most `stepMs` (its period): a late
+ * check counts as one on time, and the sockets are polled before the next.
+ */
+export class StallClock {
+  private seen: number | undefined;
+  private idleMs = 0;
+  private lastMs: number;
+
+  constructor(
+    private readonly stepMs: number,
+    mark: number | undefined,
+    nowMs: number,
+  ) {
+    this.seen = mark;
+    this.lastMs = nowMs;
+  }
+
+  /**
+   * A check at `nowMs` that found the socket's progress at `mark` (undefined: nothing to
+   * take, never stalled): the time with no progress so far, 0 when it moved.
+   */
+  idleAt(mark: number | undefined, nowMs: number): number {
+    // Timers keep whole milliseconds: one on time can read a little less than its period.
+    const sinceMs = nowMs - this.lastMs;
+    const elapsed = sinceMs >= this.stepMs * 0.9 ? this.stepMs : Math.max(sinceMs, 0);
+    this.lastMs = nowMs;
+    if (mark === undefined || mark !== this.seen) {
+      this.seen = mark;
+      this.idleMs = 0;
+      return 0;
+    }
+    return (this.idleMs += elapsed);
+  }
+}
+
+/** Checks of drainedWithin in each `timeoutMs`: cut at most a quarter of it late. */
+const STALL_CHECKS = 4;
+
+/**
+ * Waits for 'drain' (or the close); false when the client stalled: its socket handed on
+ * no byte for `timeoutMs` of the wait, counted by StallClock (checked every quarter of
+ * it). So a client that stops reading is cut between one and 1.25 `timeoutMs` after its
+ * last byte taken, while the gateway's loop is free, as a proxied answer is
+ * (`client-stalled`). A response without a socket yet (a pipelined one, queued behind the
+ * answers before it) is not stalled.
  */
 export async function drainedWithin(
   waiter: AnswerWaiter,
@@ -137,15 +181,14 @@ export async function drainedWithin(
   timeoutMs: number,
 ): Promise<boolean> {
   let stalled = false;
-  let seen = bytesTaken(res);
+  const stepMs = timeoutMs / STALL_CHECKS;
+  const clock = new StallClock(stepMs, bytesTaken(res), performance.now());
   const check = setInterval(() => {
-    const taken = bytesTaken(res);
-    if (taken !== undefined && taken === seen) {
+    if (clock.idleAt(bytesTaken(res), performance.now()) >= timeoutMs) {
       stalled = true;
       waiter.woken();
     }
-    seen = taken;
-  }, timeoutMs);
+  }, stepMs);
   check.unref();
   try {
     await waiter.next();

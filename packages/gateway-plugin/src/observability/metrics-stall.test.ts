@@ -8,6 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Registry } from 'prom-client';
 import { MetricsRenders, renderFamily, type Scrape } from './exposition';
 import { serveMetrics } from './handlers';
+import { StallClock } from './backpressure';
 
 /** A registry whose one family is `parts`, a pause for the event loop between two. */
 function registryOf(parts: string[]): { registry: Registry; renders: () => number } {
@@ -229,5 +230,22 @@ describe('MetricsRenders', () => {
     d.release();
     e!.release();
     expect(held.heldBytes).toBe(0);
+  });
+});
+
+describe('StallClock', () => {
+  it('counts a late check as one period: the loop was busy, not the client idle', () => {
+    const clock = new StallClock(250, 10, 0);
+    expect(clock.idleAt(10, 250)).toBe(250);
+    // Busy for 3 s: the check due meanwhile runs before any socket is polled.
+    expect(clock.idleAt(10, 3250)).toBe(500);
+    // On time, give or take a timer's rounding.
+    expect(clock.idleAt(10, 3499.6)).toBe(750);
+    expect(clock.idleAt(10, 3750)).toBe(1000);
+    // Progress starts it again; so does nothing left to take.
+    expect(clock.idleAt(11, 4000)).toBe(0);
+    expect(clock.idleAt(11, 4250)).toBe(250);
+    expect(clock.idleAt(undefined, 4500)).toBe(0);
+    expect(clock.idleAt(undefined, 4750)).toBe(0);
   });
 });
