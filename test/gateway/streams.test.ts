@@ -5,11 +5,12 @@
  * maxInFlightPerClient) and the strategy's load, under bounds of its own.
  * Real backends, real sockets; no broker.
  */
-import { request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import type { LoadBalanceOptions } from '@loadwise/gateway-plugin';
 import { internals } from '@loadwise/gateway-plugin/internals';
 import { startLocalGateway, type TestGateway } from '../kit/gateway';
-import { send, startBackend, type TestServer } from '../kit/http';
+import { listen, send, startBackend, type TestServer } from '../kit/http';
 import { until } from '../kit/raw-http';
 
 jest.setTimeout(30_000);
@@ -117,6 +118,50 @@ describe('long streamed answers leave the request bounds', () => {
     expect(reply.status).toBe(200);
     expect(internals(gw.lb).flow.clients?.clients).toBe(0);
     for (const c of clients) c.close();
+    await until(() => gw!.snapshot().openStreams === 0);
+  });
+
+  it('a stream whose request body ends after streams.afterMs enters the lane once it is in', async () => {
+    // Answers at once, reading the body as it comes.
+    backend = await listen(
+      createServer((req, res) => {
+        req.resume();
+        if (req.url !== '/events') return void res.end('{"ok":true}');
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.write('data: hello\n\n');
+        streams.push(res);
+      }),
+    );
+    gw = await gateway({ maxInFlightPerClient: 2 });
+    const sockets: Socket[] = [];
+    const firstEvents: Promise<void>[] = [];
+    for (let k = 0; k < 2; k++) {
+      const socket = connect(gw.port, '127.0.0.1');
+      sockets.push(socket);
+      socket.on('error', () => {});
+      let text = '';
+      firstEvents.push(
+        new Promise((resolve) =>
+          socket.on('data', (chunk: Buffer) => {
+            if ((text += chunk.toString('latin1')).includes('data: hello')) resolve();
+          }),
+        ),
+      );
+      // More than requestBuffering's 64 KiB: dispatched, the rest of the body still to come.
+      socket.write('POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n');
+      socket.write(Buffer.alloc(70_000, 1));
+    }
+    await Promise.all(firstEvents);
+    // Past afterMs with the body still coming: not yet a stream.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(gw.snapshot().openStreams).toBe(0);
+    for (const socket of sockets) socket.write(Buffer.alloc(30_000, 1));
+    // Before: they stayed requests for as long as they ran, the address's two places held,
+    // and its next request got 429 LW_GW_CLIENT_LIMIT.
+    await until(() => gw!.snapshot().openStreams === 2);
+    expect(gw.snapshot().inFlight).toBe(0);
+    expect((await send(`${gw.url}/x`)).status).toBe(200);
+    for (const socket of sockets) socket.destroy();
     await until(() => gw!.snapshot().openStreams === 0);
   });
 

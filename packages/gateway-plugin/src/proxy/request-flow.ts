@@ -1420,14 +1420,22 @@ export class RequestFlow {
    * reply. Its attempt ends as an answered one (the sample is its time to the head) and
    * its client's place is given back; it holds a place in the lane instead, its backend
    * connection beyond the pool's maxSockets (stream-lane.ts). Not while the client's body
-   * is still coming (its idle timeout is the attempt's), nor when the lane is full: then
-   * it stays a request, as every stream was before.
+   * is still coming (its idle timeout is the attempt's): it enters once the body is in. It
+   * used to be checked only at `afterMs`, so a client that finished its body a little
+   * later kept the stream a request for as long as it ran, a backend slot and one of its
+   * address's places held (two such streams, and its every other request got 429). Not
+   * when the lane is full either: then it stays a request, as every stream was before.
    */
   private enterLane(flow: Flow, proxyRes: IncomingMessage): void {
     flow.streamTimer = undefined;
     const backend = flow.backend;
     if (!this.lane || !flow.attemptOpen || !backend || backendAnswer(flow) !== proxyRes) return;
-    if (proxyRes.complete || flow.res.writableEnded || !flow.req.complete) return;
+    if (proxyRes.complete || flow.res.writableEnded) return;
+    if (!flow.req.complete) {
+      // Rare (a body still coming past afterMs): a closure is fine here.
+      flow.req.once('end', () => this.enterLane(flow, proxyRes));
+      return;
+    }
     const place = this.lane.enter(flow.client, backend);
     if (place === undefined) return;
     flow.lane = place;
