@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import mqtt from 'mqtt';
 import path from 'node:path';
 import { GatewayError, type GatewayErrorCode } from './errors';
 import { loadBalance } from './load-balance';
@@ -70,6 +71,14 @@ const cases: Array<[string, unknown, GatewayErrorCode]> = [
   [
     'broker.url with no host',
     { ...base, broker: { url: 'mqtt:broker.internal:1883' } },
+    'LW_GW_INVALID_BROKER',
+  ],
+  // mqtt.js takes the URL's clientId over the gateway's own: every worker or gateway started
+  // from that URL connected with one id, and the broker dropped them in turn.
+  ['broker url with clientId', { ...base, broker: 'mqtt://b?clientId=gw' }, 'LW_GW_INVALID_BROKER'],
+  [
+    'broker.url with clientId',
+    { ...base, broker: { url: 'wss://b/mqtt?x=1&clientId=gw' } },
     'LW_GW_INVALID_BROKER',
   ],
   ['broker client without subscribe', { ...base, broker: { client: {} } }, 'LW_GW_INVALID_BROKER'],
@@ -739,4 +748,17 @@ describe('the defaults table and docs/gateway.md', () => {
       expect(forms.some((f) => text.includes(f)) ? text : forms).toBe(text);
     },
   );
+});
+
+describe('a clientId in the broker URL', () => {
+  it('is what mqtt.js connects with, over the id it is given: why the gateway refuses it', () => {
+    const client = mqtt.connect('mqtt://127.0.0.1:9?clientId=from-url', {
+      clientId: 'given',
+      reconnectPeriod: 0,
+      connectTimeout: 100,
+    });
+    client.on('error', () => {});
+    expect(client.options.clientId).toBe('from-url');
+    client.end(true);
+  });
 });

@@ -11,10 +11,12 @@
  * The public types stay hand-written in options.ts, with their doc comments;
  * the compile-time checks at the end keep them and the schema equal.
  */
+import cluster from 'node:cluster';
 import { isIP, Server as NetServer } from 'node:net';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import {
   brokerTlsMismatch,
+  brokerUrlClientIdProblem,
   brokerUrlNamesUser,
   tlsMaterialProblem,
   assertValidKey,
@@ -342,9 +344,15 @@ const brokerError = (detail?: string): Fail =>
 const brokerUrl = leaf<string>((u) => {
   const parsed = typeof u === 'string' ? parseUrl(u) : undefined;
   const protocolOk = BROKER_PROTOCOLS.has(parsed?.protocol ?? '');
-  if (protocolOk && parsed?.hostname !== '') return undefined;
   // Never a password it carries: the error is logged.
   const url = `broker url ${shown(typeof u === 'string' ? redactRefusedUrl(u) : u)}`;
+  if (protocolOk && parsed?.hostname !== '') {
+    const problem = brokerUrlClientIdProblem(
+      u as string,
+      'leave it out (each connection gets broker.clientIdPrefix, `loadwise-gw` by default, and a random suffix)',
+    );
+    return problem === undefined ? undefined : brokerError(`${url}: ${problem}`);
+  }
   return brokerError(
     protocolOk ? `${url}: has no host` : `${url}: expected mqtt://, mqtts://, ws:// or wss://`,
   );
@@ -360,8 +368,18 @@ const brokerClient = strict({
   }),
 });
 const embeddedBroker = strict({
+  // In a node:cluster worker (runWorkers) each worker started a broker of its own on the
+  // port they share, and the primary handed each agent's connection to one of them: every
+  // other worker never heard that agent, its drain or its will (it kept sending to a
+  // backend its agent had reported down), and nothing said so.
   embedded: leaf<true>((x) =>
-    x === true ? undefined : brokerError('broker.embedded must be true'),
+    x !== true
+      ? brokerError('broker.embedded must be true')
+      : cluster.isWorker
+        ? brokerError(
+            'broker.embedded in a node:cluster worker: each worker would run a broker of its own, each agent heard by one worker only; run one broker (Mosquitto, or startEmbeddedBroker() in the primary) and give the workers its URL',
+          )
+        : undefined,
   ),
   port: v.optional(int(0, 65535)),
   // An empty host was refused only when ready() started the broker.

@@ -106,6 +106,8 @@ describe('resolveAgentOptions', () => {
     // MQTT 3.1.1 sends no password without a username: the broker closed the connection.
     ['broker.password', { broker: { url: 'mqtt://x', password: 'p' } }],
     ['broker.password', { broker: { url: 'mqtt://:p@x', password: 'p' } }],
+    // mqtt.js takes the URL's clientId over the agent's: two agents from one URL collide.
+    ['broker.url', { broker: { url: 'mqtt://x?clientId=a' } }],
     ['intervalMs', { intervalMs: 50 }],
     // Past 2^31 - 1 ms Node fires the timer after 1 ms: a reconnect every millisecond.
     ['broker.reconnectPeriodMs', { broker: { url: 'mqtt://x', reconnectPeriodMs: 2 ** 31 } }],

@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import type { SigningKey } from '@loadwise/protocol';
 import {
   brokerTlsMismatch,
+  brokerUrlClientIdProblem,
   brokerUrlNamesUser,
   tlsMaterialProblem,
   DEFAULT_TOPIC_PREFIX,
@@ -249,6 +250,18 @@ const brokerSchema = notArray(
         },
       ),
       ['cert'],
+    ),
+    // A clientId in the URL's query: mqtt.js uses it over the agent's own id.
+    v.forward(
+      v.check(
+        (b) => brokerUrlClientIdProblem(b.url, '') === undefined,
+        (issue) =>
+          brokerUrlClientIdProblem(
+            (issue.input as BrokerIn).url,
+            'leave it out, and give an agent its own id with --client-id if it needs one',
+          )!,
+      ),
+      ['url'],
     ),
     // mqtt.js sends no password without a username (MQTT 3.1.1 has none [MQTT-3.1.2-22]):
     // the connection closed before its CONNACK, and the agent logged only "connection

@@ -1,4 +1,4 @@
-import { brokerUrlNamesUser, redactUrl } from './broker-url';
+import { brokerUrlClientIdProblem, brokerUrlNamesUser, redactUrl } from './broker-url';
 
 describe('brokerUrlNamesUser: a user mqtt.js sends as the username by itself', () => {
   it.each([
@@ -32,5 +32,25 @@ describe('redactUrl', () => {
     ],
   ])('%s -> %s', (url, shown) => {
     expect(redactUrl(url)).toBe(shown);
+  });
+});
+
+describe('brokerUrlClientIdProblem: a clientId mqtt.js would take from the URL', () => {
+  it.each([
+    ['mqtt://b:1883?clientId=gw', true],
+    ['wss://b/mqtt?token=x&clientId=', true],
+    ['mqtt://b:1883', false],
+    // Case matters to mqtt.js, and a repeated one is an array it leaves alone.
+    ['mqtt://b:1883?clientid=gw', false],
+    ['mqtt://b:1883?clientId=a&clientId=b', false],
+    ['not a url', false],
+  ])('%s → %s', (url, refused) => {
+    expect(brokerUrlClientIdProblem(url, 'use X') !== undefined).toBe(refused);
+  });
+
+  it('says why and what to do instead', () => {
+    expect(brokerUrlClientIdProblem('mqtt://b?clientId=gw', 'use X')).toBe(
+      'the broker URL sets clientId, which mqtt.js gives every connection made from it (two with one id knock each other off the broker): use X',
+    );
   });
 });

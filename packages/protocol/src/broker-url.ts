@@ -38,6 +38,26 @@ export function brokerUrlNamesUser(url: string): boolean {
 }
 
 /**
+ * Why a broker URL cannot be used as one connection's among several, or undefined: mqtt.js
+ * takes a `clientId` in the URL's query over the client id it is given (its legacy parse,
+ * a string only), so every gateway, worker or agent started from one URL (a template, an
+ * environment variable, runWorkers) connected with the same id, and the broker closed the
+ * older connection at each one's reconnect: they knocked each other off about once a
+ * second, and reports arriving in the gaps were lost. The gateway's and the agent's
+ * checks, each naming its own way to set an id.
+ */
+export function brokerUrlClientIdProblem(url: string, instead: string): string | undefined {
+  let clientId: unknown;
+  try {
+    clientId = parse(url, true).query.clientId;
+  } catch {
+    return undefined; // the URL's own check says what is wrong with it
+  }
+  if (typeof clientId !== 'string') return undefined;
+  return `the broker URL sets clientId, which mqtt.js gives every connection made from it (two with one id knock each other off the broker): ${instead}`;
+}
+
+/**
  * Why TLS options for a broker do not fit its URL, or undefined: `ca`, `cert`, `key` and
  * `rejectUnauthorized` beside an `mqtt://`, `tcp://` or `ws://` URL were ignored without a
  * word (the password went out in clear text to whoever listened), except that mqtt.js

@@ -1,5 +1,11 @@
 export * from './errors';
-export { brokerTlsMismatch, brokerUrlNamesUser, redactUrl, tlsMaterialProblem } from './broker-url';
+export {
+  brokerTlsMismatch,
+  brokerUrlClientIdProblem,
+  brokerUrlNamesUser,
+  redactUrl,
+  tlsMaterialProblem,
+} from './broker-url';
 export * from './topics';
 export * from './messages';
 export {
