@@ -415,6 +415,75 @@ describe('messages of another agent run than the one that admitted a discovered 
     }
   });
 
+  it('take the entry out of rotation while its admitting run is silent, until the new run registers', async () => {
+    const r = rig();
+    try {
+      // A dead run's registration, copied and published again as retained: a gateway that
+      // has just started admits it (it has heard no later run).
+      const dead = r.run('web');
+      r.at(1_000);
+      const live = r.run('web');
+      r.send(dead.registration('http://10.0.0.1:8080'));
+      r.send(r.run('api').registration('http://10.0.0.2:8080'));
+      expect(ids(r).sort()).toEqual(['api', 'web']);
+      // The live run reports every second, its registration due in up to 20 s. Before, every
+      // request for web went to the dead run's address (a reused IP: another server) all
+      // that time, the live run's reports dropped as unregistered.
+      for (let i = 0; i < 4; i++) {
+        r.send(live.metrics(calmReport));
+        expect([i, ids(r).sort()]).toEqual([i, ['api', 'web']]);
+        r.at(1_000);
+      }
+      // Past three of its report intervals with nothing from the run that registered it.
+      r.send(live.metrics(calmReport));
+      expect(ids(r)).toEqual(['api']);
+      expect(r.lb.registry.get('web')!.conditionNow()).toBe('down');
+      // Its registration takes the id (at its own address): back in rotation.
+      r.send(live.registration('http://10.0.0.3:8080'));
+      r.at(0);
+      expect(ids(r).sort()).toEqual(['api', 'web']);
+      expect(r.url('web')).toBe('http://10.0.0.3:8080/');
+      // At the same address, a takeover clears it too.
+      const next = r.run('web');
+      for (let i = 0; i < 5; i++) {
+        r.send(next.metrics(calmReport));
+        r.at(1_000);
+      }
+      expect(ids(r)).toEqual(['api']);
+      r.send(next.registration('http://10.0.0.3:8080'));
+      expect(ids(r).sort()).toEqual(['api', 'web']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('leave the entry in rotation while its admitting run is heard, or back once it is heard again', async () => {
+    const r = rig();
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.at(1_000);
+      // A second live agent sharing the id (an overlap in a deploy): both report.
+      const b = r.run('web');
+      for (let i = 0; i < 10; i++) {
+        r.send(a.metrics(calmReport));
+        r.send(b.metrics(calmReport));
+        r.at(1_000);
+        expect([i, ids(r)]).toEqual([i, ['web']]);
+      }
+      // The admitting run goes quiet: out; it reports again: back.
+      for (let i = 0; i < 5; i++) {
+        r.send(b.metrics(calmReport));
+        r.at(1_000);
+      }
+      expect(ids(r)).toEqual([]);
+      r.send(a.metrics(calmReport));
+      expect(ids(r)).toEqual(['web']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it("never apply an earlier refused run's Last Will, however often it is sent again", async () => {
     const r = rig();
     try {

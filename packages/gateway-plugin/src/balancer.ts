@@ -697,6 +697,7 @@ export class Balancer implements BalancerHandle, FlowHost {
       // `offline`. A restarted agent's first reports wait for its registration (it sends
       // one at once), and its first report after it sets the state.
       const refused = message.epochMs === backend.refusedEpochMs;
+      if (!refused) this.supersedeIfQuiet(backend, message, receivedAtMs);
       return this.drop(
         refused ? 'LW_GW_REGISTRATION_REJECTED' : 'LW_GW_UNKNOWN_BACKEND',
         refused
@@ -707,8 +708,42 @@ export class Balancer implements BalancerHandle, FlowHost {
     }
     backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
     backend.signedBy = keyId;
+    // The admitting run is heard again: it was only quiet (supersedeIfQuiet).
+    if (backend.supersededBy !== undefined) {
+      backend.supersededBy = undefined;
+      this.registry.recompute();
+    }
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
+  }
+
+  /**
+   * A signed message of another agent run than the one that admitted `backend`, not yet
+   * registered: when the admitting run has been silent for SUPERSEDE_INTERVALS of its
+   * report interval (the other run's, or 1 s, when it reported nothing here), the agent
+   * has moved on and the entry's address is a dead run's (Backend.supersededBy): out of
+   * rotation until a registration of another run takes it over or moves it. Not while the
+   * admitting run is heard: two live agents sharing an id (an overlap in a deploy) would
+   * take the backend out in turn.
+   */
+  private supersedeIfQuiet(backend: Backend, message: Message, receivedAtMs: number): void {
+    if (backend.supersededBy !== undefined) return;
+    const intervalMs =
+      backend.lastReport?.intervalMs ??
+      (message.kind === 'metrics' ? message.intervalMs : undefined) ??
+      SUPERSEDE_DEFAULT_INTERVAL_MS;
+    const quietMs = this.leaseNow(receivedAtMs) - backend.heardAtLeaseMs;
+    if (quietMs <= SUPERSEDE_INTERVALS * intervalMs) return;
+    backend.supersededBy = message.epochMs;
+    writeLog(
+      this.options.logger,
+      'warn',
+      { event: 'backend-superseded', backend: backend.id, url: backend.target.href },
+      `backend ${backend.id}: another run of its agent reports, unregistered yet, and the run ` +
+        `that registered ${backend.target.href} has been silent for ${Math.round(quietMs)} ms: ` +
+        'out of rotation until a registration of the new run',
+    );
+    this.registry.recompute();
   }
 
   /** Registrations may add backends: discovery is configured, with its address ranges. */
@@ -774,6 +809,10 @@ export class Balancer implements BalancerHandle, FlowHost {
         if (other) {
           existing.runEpochMs = message.epochMs;
           existing.refusedEpochMs = undefined;
+          if (existing.supersededBy !== undefined) {
+            existing.supersededBy = undefined;
+            this.registry.recompute();
+          }
         }
         existing.heardAtLeaseMs = this.leaseNow(this.now());
       }
@@ -1388,6 +1427,11 @@ function idle(b: Backend): boolean {
 function departed(b: Backend): boolean {
   return b.origin === 'discovery' && b.agentState === 'offline' && !b.agentLost;
 }
+
+/** Report intervals of silence of the admitting run after which another run supersedes it. */
+const SUPERSEDE_INTERVALS = 3;
+/** The report interval assumed when no report gives one (the agent's default). */
+const SUPERSEDE_DEFAULT_INTERVAL_MS = 1000;
 
 /** Broker-connected time after which a backend never heard from is said (warnNeverHeard). */
 const NEVER_HEARD_MS = 30_000;

@@ -186,12 +186,25 @@ export class Backend {
    */
   loopsBack = false;
 
+  /**
+   * Discovery: a run of this backend's agent other than the one whose registration admitted
+   * the entry, heard while the admitting run was silent (balancer.ts onMessage): the agent
+   * has moved on, and the entry's address is an old run's. A registration replayed to a
+   * gateway that had just started (a copy of a dead run's, published again as retained)
+   * routed every request for that id to the old address (a reused pod IP: another
+   * server) until the live run's next registration, ~18 s, while the live run's reports
+   * were dropped as unregistered. Out of rotation until a registration of another run
+   * takes the entry over or moves it.
+   */
+  supersededBy: number | undefined;
+
   /** Administrative exclusion by the agent, or the gateway itself: never overridden by panic mode. */
   get drainingOrOffline(): boolean {
     return (
       this.agentState === 'draining' ||
       (this.agentState === 'offline' && !this.agentLost) ||
-      this.loopsBack
+      this.loopsBack ||
+      this.supersededBy !== undefined
     );
   }
 
@@ -244,7 +257,9 @@ export class Backend {
 
   conditionNow(): BackendCondition {
     if (this.drainingOrOffline) {
-      return this.agentState === 'draining' && !this.loopsBack ? 'draining' : 'down';
+      return this.agentState === 'draining' && !this.loopsBack && this.supersededBy === undefined
+        ? 'draining'
+        : 'down';
     }
     if (this.ejectedUntilMs !== undefined) return 'ejected';
     if (this.checkDown || this.verdictDown) return 'down';
@@ -253,6 +268,8 @@ export class Backend {
 
   downReason(): string {
     if (this.loopsBack) return 'it is this gateway itself: a request sent to it came back';
+    if (this.supersededBy !== undefined)
+      return "another run of its agent reports, unregistered yet: the address is an old run's";
     // After a Last Will the agent reported nothing: it died (and `offline` is the will's).
     if (this.agentState === 'offline' && !this.agentLost) return 'agent reported offline';
     if (this.checkDown) {
