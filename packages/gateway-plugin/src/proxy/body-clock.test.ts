@@ -29,6 +29,47 @@ afterEach(() => {
 });
 
 describe('BodyClock', () => {
+  it('decides nothing on a firing late behind a busy loop: bytes read in the same turn count', () => {
+    const expired: number[] = [];
+    let busyMs = 0;
+    const t0 = Date.now();
+    const c = new BodyClock(
+      400,
+      undefined,
+      () => Date.now() + busyMs,
+      () => expired.push(Date.now() + busyMs - t0),
+    );
+    c.reading(0);
+    // The loop busy for 600 ms as the silence runs out: the timer fires first, before the
+    // socket is read. Before, it cut the body at once (408) though a byte had come.
+    busyMs = 600;
+    jest.advanceTimersByTime(400);
+    expect(expired).toEqual([]);
+    c.reading(1); // the byte the busy loop had left unread
+    jest.advanceTimersByTime(399);
+    expect(expired).toEqual([]);
+    // Silent from then on: cut a whole clientBodyTimeoutMs after that byte.
+    jest.advanceTimersByTime(1);
+    expect(expired).toEqual([1_400]);
+  });
+
+  it('after a late firing with nothing read, cuts on the next firing', () => {
+    const expired: number[] = [];
+    let busyMs = 0;
+    const c = new BodyClock(
+      400,
+      undefined,
+      () => Date.now() + busyMs,
+      () => expired.push(1),
+    );
+    c.reading(0);
+    busyMs = 600;
+    jest.advanceTimersByTime(400);
+    expect(expired).toEqual([]);
+    jest.advanceTimersByTime(1);
+    expect(expired).toEqual([1]);
+  });
+
   it('cuts one byte every 9.9 s at the end of the grace, though it never trips a 10 s silence', () => {
     const { c, expired } = clock(10_000, KESTREL);
     c.reading(0);

@@ -33,6 +33,9 @@ export interface BodyMinRate {
 /** The longest the rate goes unchecked while the body is silent: Kestrel's heartbeat (1 s). */
 export const CHECK_MS = 1_000;
 
+/** A firing this much past its time (or half its period, if more) decides nothing (fire). */
+const LATE_MS = 20;
+
 export class BodyClock {
   private timer: NodeJS.Timeout | undefined;
   /** The timer's period: the silence's, or shorter to check the rate. */
@@ -41,6 +44,8 @@ export class BodyClock {
   private silentMs = 0;
   /** The timer's current duration (the last one may be shorter: what is left of the silence). */
   private armedMs = 0;
+  /** When the timer was last armed or refreshed (`now()`). */
+  private armedAtMs = 0;
   private bytes = 0;
   /** Reading time before the current reading period. */
   private readMs = 0;
@@ -75,6 +80,7 @@ export class BodyClock {
     if (this.timer) {
       if (bytes > 0) {
         this.silentMs = 0;
+        this.armedAtMs = this.now();
         this.timer.refresh();
       }
       return;
@@ -107,12 +113,24 @@ export class BodyClock {
 
   private arm(ms: number): void {
     this.armedMs = ms;
+    this.armedAtMs = this.now();
     this.timer = setTimeout(this.fire, ms);
   }
 
   private readonly fire = (): void => {
     this.timer = undefined;
+    const lateMs = this.now() - this.armedAtMs - this.armedMs;
     this.silentMs += this.armedMs;
+    // Late behind a busy loop (a long GC, a machine short of CPU), a timer runs before the
+    // loop reads any socket: bytes the client sent meanwhile are still unread, and with a
+    // clientBodyTimeoutMs of one period or less a single firing decided on them (408 to a
+    // client that had sent). Nothing is decided on a late firing: the next, a loop turn
+    // later, decides, after the socket has been read (and reading() started the clock
+    // again if bytes came).
+    if (lateMs > Math.max(LATE_MS, this.armedMs / 2)) {
+      const left = this.idleMs === undefined ? Infinity : this.idleMs - this.silentMs;
+      return this.arm(Math.max(1, Math.min(this.periodMs, left)));
+    }
     if (this.idleMs !== undefined && this.silentMs >= this.idleMs) {
       this.stop();
       return this.expired(`no body bytes for ${this.idleMs} ms`);
