@@ -36,6 +36,13 @@ export interface MqttSourceHandlers {
  */
 const RESEND_QUIET_MS = 250;
 
+/**
+ * ready() waits this long without a retained message after the SUBACK (the burst a subscribe
+ * brings comes at once, right after it), and this long at most (settleThenSubscribed).
+ */
+const RETAINED_SETTLE_MS = 50;
+const RETAINED_SETTLE_MAX_MS = 1_000;
+
 /** The longest wait before subscribing again after the broker refused it. */
 const MAX_SUBSCRIBE_RETRY_MS = 30_000;
 
@@ -84,6 +91,8 @@ export class MqttSource {
    * and said "connected" while the gateway stayed deaf for good.
    */
   private subscribedNow = false;
+  /** When the last retained message came (performance.now()): settleThenSubscribed. */
+  private retainedAtMs = -Infinity;
   /** Counts connections, so a late SUBACK or retry of an earlier one is ignored. */
   private connection = 0;
   /** This balancer's filter was acknowledged once on its client (subscribe()). */
@@ -282,10 +291,31 @@ export class MqttSource {
         this.subscribedOnce = true;
         this.unreachable = false;
         this.lastError = undefined;
-        this.onSubscribed();
+        this.settleThenSubscribed();
         this.handlers.onConnected(this.url);
       },
     );
+  }
+
+  /**
+   * Resolves `subscribed` (and so ready()) once the retained messages the subscribe brings
+   * have come: RETAINED_SETTLE_MS with none after the SUBACK, RETAINED_SETTLE_MAX_MS at
+   * most. Mosquitto sends them after the SUBACK, and ready() resolved on it: a
+   * discovery-only gateway with `warmUp: false`, restarted under load, answered its first
+   * requests 503 LW_GW_NO_BACKEND (7-8 in a review at 200 req/s) with the registrations
+   * 45 ms away, and a configured backend's retained drain came after ready too.
+   */
+  private settleThenSubscribed(): void {
+    const started = performance.now();
+    const check = (): void => {
+      if (this.closed) return this.onSubscribed();
+      const now = performance.now();
+      const quiet = now - Math.max(this.retainedAtMs, started);
+      if (quiet >= RETAINED_SETTLE_MS || now - started >= RETAINED_SETTLE_MAX_MS)
+        return this.onSubscribed();
+      setTimeout(check, RETAINED_SETTLE_MS - quiet).unref();
+    };
+    setTimeout(check, RETAINED_SETTLE_MS).unref();
   }
 
   /**
@@ -415,6 +445,7 @@ export class MqttSource {
     // (each counted LW_PROTO_BAD_TOPIC with a warning, and enough of them used up the
     // gateway-wide message budget its own agents' reports need).
     if (!this.ownsClient && !topic.startsWith(this.topicStart)) return;
+    if (packet.retain === true) this.retainedAtMs = performance.now();
     this.handlers.onPacket(topic, payload, packet.retain === true);
   };
 
