@@ -2,6 +2,7 @@ import type { MetricsReport } from '@loadwise/protocol';
 import { cpuEvidence, ELASTIC_MEMORY_REPORTS, MIN_CPU_COMPLETIONS } from './cpu-capacity';
 import { createEndpointLoad } from './endpoint-load';
 import { DEFAULT_UTILIZATION_WEIGHT, MAX_EXPECTED_WAIT_MS } from './load-options';
+import { MIN_LOCAL_SAMPLES } from './service-time';
 
 interface Figures {
   rps?: number;
@@ -258,9 +259,12 @@ describe('the CPU term in the expected wait', () => {
       return [r, noProcess].map((x) => {
         const l = createEndpointLoad();
         l.onReport(x, 0);
-        l.onRequestStart(0);
-        l.onRequestEnd(latencyMs, latencyMs, true);
-        return l.snapshot(latencyMs);
+        // Enough samples for the local figure to speak over the report (MIN_LOCAL_SAMPLES).
+        for (let i = 0; i < MIN_LOCAL_SAMPLES; i++) {
+          l.onRequestStart(i * latencyMs);
+          l.onRequestEnd((i + 1) * latencyMs, latencyMs, true);
+        }
+        return l.snapshot(MIN_LOCAL_SAMPLES * latencyMs);
       });
     };
     const [slow, slowNoCpu] = latencyOnly(quota(), 20);
@@ -286,8 +290,10 @@ describe('the CPU term in the expected wait', () => {
     expect(cpuEvidence(dip, 1)!.elastic).toBe(false);
     const load = createEndpointLoad();
     load.onReport(full, 0);
-    load.onRequestStart(0);
-    load.onRequestEnd(3, 3, true);
+    for (let i = 0; i < MIN_LOCAL_SAMPLES; i++) {
+      load.onRequestStart(0);
+      load.onRequestEnd(3, 3, true);
+    }
     let t = 0;
     for (let i = 0; i < ELASTIC_MEMORY_REPORTS; i++) {
       t += 1000;

@@ -3,6 +3,7 @@ import { GatewayError } from '../errors';
 import { COHORT_CLAIM_RATIO } from './capacity';
 import { createLoadCohort } from './cohort';
 import { createEndpointLoad, expectedExcess } from './endpoint-load';
+import { MIN_LOCAL_SAMPLES } from './service-time';
 import {
   DEFAULT_LATENCY_MS,
   DEFAULT_UTILIZATION_WEIGHT,
@@ -351,6 +352,23 @@ describe('createEndpointLoad: the agent report', () => {
     }
     // The mean of the excess is 0 → 3 → 3 with α 0.5: 1.5 after one report, 2.25 after two.
     expect(load.snapshot(3900).hiddenInFlight).toBeCloseTo(2.25, 6);
+  });
+
+  it('takes the report over a local figure of fewer than MIN_LOCAL_SAMPLES samples', () => {
+    // One cheap request (the `/healthz` that checked the gateway was up, passed through) set
+    // a 10 ms backend's figure to 2 ms over its agent's report of all its requests, for the
+    // 30 s of localFreshMs: at a cold start it drew 15 of the first 32 requests in flight.
+    const load = createEndpointLoad();
+    load.onReport(report({ traffic: { rps: 100, latencyMeanMs: 10 } }), 0);
+    serve(load, 0, 2);
+    expect(load.snapshot(0).serviceTimeSource).toBe('reported');
+    expect(load.snapshot(0).serviceTimeMs).toBe(10);
+    serve(load, 0, 2, MIN_LOCAL_SAMPLES - 2);
+    expect(load.snapshot(0).serviceTimeSource).toBe('reported');
+    // Enough of its own: the gateway's measure speaks.
+    serve(load, 0, 2);
+    expect(load.snapshot(0).serviceTimeSource).toBe('local');
+    expect(load.snapshot(0).serviceTimeMs).toBeCloseTo(2, 6);
   });
 
   it("hidden load from Little's law when the agent has traffic but no queue figures", () => {

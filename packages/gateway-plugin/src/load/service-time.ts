@@ -42,6 +42,8 @@ export const QUIET_DECAY_SHARE = 0.25;
 export const FASTEST_ANSWER_RATIO = 4;
 /** A local figure older than this × serviceDecayMs no longer speaks for the cohort's mean (own()). */
 export const COHORT_FRESH_DECAYS = 3;
+/** Local samples a figure rests on before it speaks over a fresh report (origin()). */
+export const MIN_LOCAL_SAMPLES = 10;
 type Origin = 'local' | 'reported' | 'cohort';
 
 export class ServiceTime {
@@ -190,10 +192,23 @@ export class ServiceTime {
     return v === undefined || !(v >= 0) ? 'default' : origin;
   }
 
+  /**
+   * Local while recent and resting on MIN_LOCAL_SAMPLES samples, else the fresh report's.
+   * One sample is no backend's service time: the request that checked the gateway was up
+   * (a `/healthz` passed through, answered in 2 ms) set one of four identical 10 ms
+   * backends' figure for the whole 30 s of localFreshMs, over its agent's report of all
+   * its requests; at a cold start it looked five times faster and got 15 of the first
+   * 32 requests in flight (cold-start bench, identical fleet). Without a report, any
+   * local figure.
+   */
   private origin(nowMs: number, r: ReportDigest | undefined): Origin {
     const last = this.service.lastSampleMs;
     const reported = r?.latencyMs;
-    if (last !== undefined && (nowMs - last <= this.o.localFreshMs || reported === undefined)) {
+    if (
+      last !== undefined &&
+      (reported === undefined ||
+        (nowMs - last <= this.o.localFreshMs && this.service.count >= MIN_LOCAL_SAMPLES))
+    ) {
       return 'local';
     }
     return reported !== undefined ? 'reported' : 'cohort';
