@@ -53,6 +53,24 @@ describe('BodyClock', () => {
     expect(expired).toEqual([1_400]);
   });
 
+  it('decides on the second of two late firings in a row: a loop kept busy does not save a silent body', () => {
+    const expired: number[] = [];
+    let busyMs = 0;
+    const c = new BodyClock(
+      400,
+      undefined,
+      () => Date.now() + busyMs,
+      () => expired.push(1),
+    );
+    c.reading(0);
+    busyMs = 600;
+    jest.advanceTimersByTime(400);
+    expect(expired).toEqual([]);
+    busyMs = 1200; // late again
+    jest.advanceTimersByTime(1);
+    expect(expired).toEqual([1]);
+  });
+
   it('after a late firing with nothing read, cuts on the next firing', () => {
     const expired: number[] = [];
     let busyMs = 0;

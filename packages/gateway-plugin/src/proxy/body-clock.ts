@@ -46,6 +46,8 @@ export class BodyClock {
   private armedMs = 0;
   /** When the timer was last armed or refreshed (`now()`). */
   private armedAtMs = 0;
+  /** The last firing was late and decided nothing (fire). */
+  private deferred = false;
   private bytes = 0;
   /** Reading time before the current reading period. */
   private readMs = 0;
@@ -126,11 +128,14 @@ export class BodyClock {
     // clientBodyTimeoutMs of one period or less a single firing decided on them (408 to a
     // client that had sent). Nothing is decided on a late firing: the next, a loop turn
     // later, decides, after the socket has been read (and reading() started the clock
-    // again if bytes came).
-    if (lateMs > Math.max(LATE_MS, this.armedMs / 2)) {
+    // again if bytes came). Only once in a row: the loop has read the socket since, and a
+    // loop kept busy (by the slow client's own neighbours) must not keep the body uncut.
+    if (!this.deferred && lateMs > Math.max(LATE_MS, this.armedMs / 2)) {
+      this.deferred = true;
       const left = this.idleMs === undefined ? Infinity : this.idleMs - this.silentMs;
       return this.arm(Math.max(1, Math.min(this.periodMs, left)));
     }
+    this.deferred = false;
     if (this.idleMs !== undefined && this.silentMs >= this.idleMs) {
       this.stop();
       return this.expired(`no body bytes for ${this.idleMs} ms`);
