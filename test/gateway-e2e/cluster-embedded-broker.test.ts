@@ -13,7 +13,7 @@ import path from 'node:path';
 
 const SCRIPT = path.resolve(__dirname, 'cluster-embedded-child.js');
 
-it('a cluster worker is refused an embedded broker of its own, and takes a broker URL', async () => {
+it('a cluster worker is refused an embedded broker of its own (option or startEmbeddedBroker), and takes a broker URL', async () => {
   const child = spawn(process.execPath, [SCRIPT], {
     cwd: process.cwd(),
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -22,5 +22,9 @@ it('a cluster worker is refused an embedded broker of its own, and takes a broke
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
   expect(code).toBe(0);
-  expect(JSON.parse(out)).toEqual({ embedded: 'LW_GW_INVALID_BROKER', url: 'built' });
+  expect(JSON.parse(out)).toEqual({
+    embedded: 'LW_GW_INVALID_BROKER',
+    url: 'built',
+    started: 'LW_GW_INVALID_BROKER',
+  });
 });

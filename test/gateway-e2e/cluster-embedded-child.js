@@ -1,7 +1,8 @@
 /**
  * For cluster-embedded-broker.test.ts: a primary forks one worker, which builds
- * a balancer with an embedded broker and with a broker URL (from dist) and sends
- * back what each gave: the error's code or 'built'. The primary prints it.
+ * a balancer with an embedded broker and with a broker URL, and starts an
+ * embedded broker itself (from dist), and sends back what each gave: the
+ * error's code or 'built'. The primary prints it.
  */
 const cluster = require('node:cluster');
 if (cluster.isPrimary) {
@@ -11,7 +12,7 @@ if (cluster.isPrimary) {
     worker.kill();
   });
 } else {
-  const { loadBalance } = require('@loadwise/gateway-plugin');
+  const { loadBalance, startEmbeddedBroker } = require('@loadwise/gateway-plugin');
   const backends = [{ id: 'b1', url: 'http://127.0.0.1:9' }];
   const tryIt = async (broker) => {
     try {
@@ -26,6 +27,13 @@ if (cluster.isPrimary) {
     const embedded = await tryIt({ embedded: true });
     // A broker URL is what a worker is given instead.
     const url = await tryIt('mqtt://127.0.0.1:9');
-    process.send({ embedded, url });
+    let started;
+    try {
+      await (await startEmbeddedBroker()).close();
+      started = 'built';
+    } catch (err) {
+      started = err.code;
+    }
+    process.send({ embedded, url, started });
   })();
 }

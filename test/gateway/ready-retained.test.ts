@@ -7,6 +7,7 @@
  * ready() too. Against every broker target (aedes, and Mosquitto when
  * MQTT_URL is set, as in CI).
  */
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { createEncoder } from '@loadwise/protocol';
 import { loadBalance } from '@loadwise/gateway-plugin';
 import {
@@ -59,6 +60,68 @@ describe.each(brokerTargets())('ready() on $name', (target) => {
     } finally {
       await clearRetained(client, topics);
       await endClient(client);
+      await broker.close();
+    }
+  });
+
+  it('is not refused by a short timeoutMs while the retained messages are still coming', async () => {
+    const broker = await target.start();
+    const lb = loadBalance({
+      backends: [{ id: 'c1', url: 'http://127.0.0.1:18004' }],
+      broker: broker.url,
+      topicPrefix: uniquePrefix('ready-short'),
+      warmUp: false,
+    });
+    try {
+      // Subscribed (the SUBACK came), the retained burst's wait just begun: a timeout of 1 ms
+      // fires within it. Before, it refused a broker that had answered.
+      const ready = await new Promise<{ settled: Promise<void> }>((resolve) =>
+        lb.balancer.on('broker-connected', () =>
+          resolve({ settled: lb.ready({ timeoutMs: 1, requireBroker: true }) }),
+        ),
+      );
+      await expect(ready.settled).resolves.toBeUndefined();
+    } finally {
+      await lb.close();
+      await broker.close();
+    }
+  });
+
+  it('is not ready on a connection lost while the retained messages were coming', async () => {
+    const broker = await target.start();
+    const upstream = new URL(broker.url);
+    // A path to the broker the test can cut: every connection through it, and the listener.
+    const links = new Set<Socket>();
+    const proxy = createServer((client) => {
+      const server = connect(Number(upstream.port), upstream.hostname);
+      for (const s of [client, server]) {
+        links.add(s);
+        s.on('error', () => {});
+        s.on('close', () => (client.destroy(), server.destroy()));
+      }
+      client.pipe(server).pipe(client);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const lb = loadBalance({
+      backends: [{ id: 'c1', url: 'http://127.0.0.1:18004' }],
+      broker: `mqtt://127.0.0.1:${(proxy.address() as AddressInfo).port}`,
+      topicPrefix: uniquePrefix('ready-lost'),
+      warmUp: false,
+      // The loss is the point: not a line on the test's output.
+      logger: { info: () => {}, warn: () => {}, error: () => {} },
+    });
+    try {
+      // Cut at the SUBACK, within the wait for the retained messages. Before, ready()
+      // resolved 50 ms later all the same, with no broker.
+      lb.balancer.on('broker-connected', () => {
+        proxy.close();
+        for (const s of links) s.destroy();
+      });
+      await expect(lb.ready({ timeoutMs: 500, requireBroker: true })).rejects.toThrow(
+        'LW_GW_BROKER_UNREACHABLE',
+      );
+    } finally {
+      await lb.close();
       await broker.close();
     }
   });

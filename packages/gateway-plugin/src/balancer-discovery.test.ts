@@ -484,6 +484,54 @@ describe('messages of another agent run than the one that admitted a discovered 
     }
   });
 
+  it('leave it in rotation when the agent restarts in place: its status comes just before its registration', async () => {
+    const r = rig();
+    const events: string[] = [];
+    r.lb.on('backend-down', (e) => events.push(`down ${e.id}`));
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.send(a.metrics(calmReport));
+      r.at(8_000); // the agent restarting, slowly
+      const b = r.run('web');
+      r.send(b.status('online'));
+      r.send(b.registration('http://10.0.0.1:8080'));
+      r.send(b.metrics(calmReport));
+      expect(ids(r)).toEqual(['web']);
+      expect(events).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it("wait for the longer of the two runs' report intervals, and stand again when the new run is refused", async () => {
+    const r = rig();
+    try {
+      const a = r.run('web');
+      r.send(a.registration('http://10.0.0.1:8080'));
+      r.send(a.metrics({ ...calmReport, intervalMs: 10_000 }));
+      // A run reporting every second beside one reporting every 10 s: 30 s, not 3.
+      r.at(1_000);
+      const b = r.run('web');
+      for (let i = 0; i < 24; i++) {
+        r.at(1_000);
+        r.send(b.metrics(calmReport));
+      }
+      expect(ids(r)).toEqual(['web']);
+      for (let i = 0; i < 6; i++) {
+        r.at(1_000);
+        r.send(b.metrics(calmReport));
+      }
+      expect(ids(r)).toEqual([]);
+      // Its registration is refused (an address outside the rules): another instance, not
+      // this backend's agent moving on. The entry stands again, on local signals.
+      r.send(b.registration('http://192.168.0.1:8080'));
+      expect(ids(r)).toEqual(['web']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it("never apply an earlier refused run's Last Will, however often it is sent again", async () => {
     const r = rig();
     try {

@@ -57,7 +57,7 @@ import { buildSnapshot } from './snapshot';
 import { createStrategy } from './strategies';
 import type { Endpoint, PickContext, Strategy } from './strategies/types';
 import { MessageLimiter } from './transport/message-limiter';
-import { MqttSource } from './transport/mqtt-source';
+import { MqttSource, RETAINED_SETTLE_MAX_MS } from './transport/mqtt-source';
 import { attachEventLog, writeLog } from './observability/event-log';
 
 /** Why discovery takes a backend out (the `backend-removed` event's reason). */
@@ -354,8 +354,9 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 
   /**
-   * Resolves once the broker (embedded or remote) is connected and has
-   * acknowledged the subscription to the agents' topics; at once without a
+   * Resolves once the broker (embedded or remote) is connected, has
+   * acknowledged the subscription to the agents' topics and sent the retained
+   * messages it brings (mqtt-source.ts settleThenSubscribed); at once without a
    * broker. If that is not so within `timeoutMs`, resolves anyway with one
    * warning (naming the URL and the last error, a refused subscription too),
    * or with `requireBroker` rejects with LW_GW_BROKER_UNREACHABLE; the balancer
@@ -392,26 +393,35 @@ export class Balancer implements BalancerHandle, FlowHost {
       };
       const onClose = (): void => settle(closedError());
       this.readyWaiters.add(onClose);
+      // Subscribed when the time is up: the retained messages the subscribe brings are still
+      // coming (mqtt-source.ts settleThenSubscribed), and a short timeoutMs warned of, or
+      // with requireBroker refused, a broker that had answered. Once more, for as long as
+      // that wait can last.
+      let waitedForRetained = false;
+      const expire = (): void => {
+        if (source.isConnected && !waitedForRetained) {
+          waitedForRetained = true;
+          timer = setTimeout(expire, RETAINED_SETTLE_MAX_MS);
+          timer.unref();
+          return;
+        }
+        const why = source.lastErrorMessage ?? 'no answer';
+        const sentence = `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`;
+        if (opts.requireBroker === true) {
+          return settle(new GatewayError('LW_GW_BROKER_UNREACHABLE', sentence));
+        }
+        this.logLine(
+          'ready-without-broker',
+          `${sentence}; ready on local signals, still reconnecting`,
+          {
+            event: 'ready-without-broker',
+            code: 'LW_GW_BROKER_UNREACHABLE',
+          },
+        );
+        settle();
+      };
       // Infinity: no timer (Node would fire one that long after 1 ms).
-      const timer =
-        timeoutMs === Infinity
-          ? undefined
-          : setTimeout(() => {
-              const why = source.lastErrorMessage ?? 'no answer';
-              const sentence = `broker ${redactUrl(source.url ?? '(starting)')} not connected and subscribed after ${timeoutMs} ms: ${why}`;
-              if (opts.requireBroker === true) {
-                return settle(new GatewayError('LW_GW_BROKER_UNREACHABLE', sentence));
-              }
-              this.logLine(
-                'ready-without-broker',
-                `${sentence}; ready on local signals, still reconnecting`,
-                {
-                  event: 'ready-without-broker',
-                  code: 'LW_GW_BROKER_UNREACHABLE',
-                },
-              );
-              settle();
-            }, timeoutMs);
+      let timer = timeoutMs === Infinity ? undefined : setTimeout(expire, timeoutMs);
       timer?.unref();
       if (this.brokerOutcome) return settle(this.brokerOutcome.err);
       this.brokerWaiters.add(settle);
@@ -697,7 +707,8 @@ export class Balancer implements BalancerHandle, FlowHost {
       // `offline`. A restarted agent's first reports wait for its registration (it sends
       // one at once), and its first report after it sets the state.
       const refused = message.epochMs === backend.refusedEpochMs;
-      if (!refused) this.supersedeIfQuiet(backend, message, receivedAtMs);
+      if (!refused && message.kind === 'metrics')
+        this.supersedeIfQuiet(backend, message.intervalMs, message.epochMs, receivedAtMs);
       return this.drop(
         refused ? 'LW_GW_REGISTRATION_REJECTED' : 'LW_GW_UNKNOWN_BACKEND',
         refused
@@ -718,23 +729,32 @@ export class Balancer implements BalancerHandle, FlowHost {
   }
 
   /**
-   * A signed message of another agent run than the one that admitted `backend`, not yet
-   * registered: when the admitting run has been silent for SUPERSEDE_INTERVALS of its
-   * report interval (the other run's, or 1 s, when it reported nothing here), the agent
-   * has moved on and the entry's address is a dead run's (Backend.supersededBy): out of
-   * rotation until a registration of another run takes it over or moves it. Not while the
-   * admitting run is heard: two live agents sharing an id (an overlap in a deploy) would
-   * take the backend out in turn.
+   * A signed report of another agent run than the one that admitted `backend`, not yet
+   * registered: when the admitting run has been silent for SUPERSEDE_INTERVALS report
+   * intervals (the longer of the two runs', 1 s for one that reported nothing here), the
+   * agent has moved on and the entry's address is a dead run's (Backend.supersededBy): out
+   * of rotation until a registration of another run takes it over or moves it. Not while
+   * the admitting run is heard: two live agents sharing an id (an overlap in a deploy)
+   * would take the backend out in turn. Not on a status: an agent restarted in place sends
+   * its status just before its registration, and the backend went down and up again, its
+   * learned figures reset, for nothing.
    */
-  private supersedeIfQuiet(backend: Backend, message: Message, receivedAtMs: number): void {
+  private supersedeIfQuiet(
+    backend: Backend,
+    otherIntervalMs: number,
+    epochMs: number,
+    receivedAtMs: number,
+  ): void {
     if (backend.supersededBy !== undefined) return;
-    const intervalMs =
-      backend.lastReport?.intervalMs ??
-      (message.kind === 'metrics' ? message.intervalMs : undefined) ??
-      SUPERSEDE_DEFAULT_INTERVAL_MS;
+    // The longer of the two runs' intervals: a deploy overlap where the admitting run
+    // reports every 10 s and the new one every second took the backend out for 3 s.
+    const intervalMs = Math.max(
+      backend.lastReport?.intervalMs ?? SUPERSEDE_DEFAULT_INTERVAL_MS,
+      otherIntervalMs,
+    );
     const quietMs = this.leaseNow(receivedAtMs) - backend.heardAtLeaseMs;
     if (quietMs <= SUPERSEDE_INTERVALS * intervalMs) return;
-    backend.supersededBy = message.epochMs;
+    backend.supersededBy = epochMs;
     writeLog(
       this.options.logger,
       'warn',
@@ -778,7 +798,15 @@ export class Balancer implements BalancerHandle, FlowHost {
       // Another agent run of a known id that may not take it over (its address breaks a
       // rule) is another instance: its messages must not keep the entry alive, nor be read
       // as the entry's (onMessage). The admitting run marks nothing.
-      if (other && existing) existing.refusedEpochMs = message.epochMs;
+      if (other && existing) {
+        existing.refusedEpochMs = message.epochMs;
+        // The run that superseded the entry is another instance, not the backend's agent
+        // moving on: the entry stands on its own run again (served on local signals).
+        if (existing.supersededBy === message.epochMs) {
+          existing.supersededBy = undefined;
+          this.registry.recompute();
+        }
+      }
       this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
     };
     const url = checkBackendUrl(message.url);

@@ -36,7 +36,8 @@ export interface LoadBalancerMiddleware {
    */
   readonly upgrade: (req: IncomingMessage, socket: Socket, head: Buffer) => void;
   /**
-   * Resolves once the broker is connected (at once without one) and the
+   * Resolves once the broker is connected and its retained messages are in
+   * (at once without one) and the
    * warm-up is over (`warmUp`: the request path run, the backend pools
    * opened). A broker not connected after `timeoutMs` (default 10 000):
    * resolves anyway, with one warning, the balancer routing on local signals

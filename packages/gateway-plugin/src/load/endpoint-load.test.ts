@@ -369,6 +369,20 @@ describe('createEndpointLoad: the agent report', () => {
     serve(load, 0, 2);
     expect(load.snapshot(0).serviceTimeSource).toBe('local');
     expect(load.snapshot(0).serviceTimeMs).toBeCloseTo(2, 6);
+    // After a lull (the figure's weight on those samples long gone) one sample is one sample
+    // again: the report speaks until the new run of samples reaches MIN_LOCAL_SAMPLES.
+    load.onReport(report({ traffic: { rps: 100, latencyMeanMs: 10 } }), 20_000);
+    serve(load, 20_000, 2);
+    expect(load.snapshot(20_000).serviceTimeSource).toBe('reported');
+  });
+
+  it('takes a local figure slower than the report however few its samples', () => {
+    // An agent reporting a tenth of the latency: nine 500 ms answers were held at its 10 ms.
+    const load = createEndpointLoad();
+    load.onReport(report({ traffic: { rps: 100, latencyMeanMs: 10 } }), 0);
+    serve(load, 0, 500);
+    expect(load.snapshot(0).serviceTimeSource).toBe('local');
+    expect(load.snapshot(0).serviceTimeMs).toBe(500);
   });
 
   it("hidden load from Little's law when the agent has traffic but no queue figures", () => {

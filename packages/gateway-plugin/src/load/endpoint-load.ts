@@ -320,7 +320,7 @@ class EndpointLoadEstimate implements LoadEstimate {
 
   expectedWaitError(nowMs: number): number {
     const r = this.freshReport(nowMs);
-    const e = this.times.relativeError(nowMs, r);
+    const e = this.times.relativeError(nowMs, r, this.capacity.value());
     // A CPU-set service time is not a mean of these samples.
     return e > 0 && !this.cpuSetsServiceTime(nowMs, r, this.capacity.value()) ? e : 0;
   }

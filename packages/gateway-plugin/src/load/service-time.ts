@@ -53,6 +53,12 @@ export class ServiceTime {
   private readonly service: PeakEwma;
   /** serviceDecayMs × this is the regression's time constant (observeService: probes). */
   private backoff = 1;
+  /**
+   * Samples in the current run of them, none more than COHORT_FRESH_DECAYS × serviceDecayMs
+   * after the one before (origin()): the EWMA's weight of samples older than that is under
+   * 5%, so after a lull the figure rests on the new ones alone.
+   */
+  private recent = 0;
 
   constructor(
     private readonly o: ResolvedLoadOptions,
@@ -95,6 +101,10 @@ export class ServiceTime {
         this.backoff = 1;
       }
     }
+    this.recent =
+      last !== undefined && nowMs - last <= COHORT_FRESH_DECAYS * this.o.serviceDecayMs
+        ? this.recent + 1
+        : 1;
     this.service.observe(nowMs, sample);
   }
 
@@ -125,6 +135,7 @@ export class ServiceTime {
     this.latency.reset();
     this.service.reset();
     this.backoff = 1;
+    this.recent = 0;
   }
 
   latencyMs(nowMs: number): number | undefined {
@@ -167,7 +178,7 @@ export class ServiceTime {
 
   /** Service time in ms, >= MIN_SERVICE_TIME_MS; `r` is the fresh report, `capacity` the slots. */
   value(nowMs: number, r: ReportDigest | undefined, capacity: number): number {
-    let v = this.raw(this.origin(nowMs, r), nowMs, r, capacity);
+    let v = this.raw(this.origin(nowMs, r, capacity), nowMs, r, capacity);
     if (v === undefined || !(v >= 0)) v = this.o.defaultLatencyMs;
     return v > MIN_SERVICE_TIME_MS ? v : MIN_SERVICE_TIME_MS;
   }
@@ -179,39 +190,43 @@ export class ServiceTime {
    * keep coming (the figure is checked), and for a reported or neutral figure,
    * whose spread is unknown here.
    */
-  relativeError(nowMs: number, r: ReportDigest | undefined): number {
-    if (this.origin(nowMs, r) !== 'local') return 0;
+  relativeError(nowMs: number, r: ReportDigest | undefined, capacity: number): number {
+    if (this.origin(nowMs, r, capacity) !== 'local') return 0;
     if (nowMs - this.service.lastSampleMs! < QUIET_DECAY_SHARE * this.o.serviceDecayMs) return 0;
     return this.service.relativeError();
   }
 
   /** Where value() comes from (for the snapshot). */
   source(nowMs: number, r: ReportDigest | undefined, capacity: number): ServiceTimeSource {
-    const origin = this.origin(nowMs, r);
+    const origin = this.origin(nowMs, r, capacity);
     const v = this.raw(origin, nowMs, r, capacity);
     return v === undefined || !(v >= 0) ? 'default' : origin;
   }
 
   /**
-   * Local while recent and resting on MIN_LOCAL_SAMPLES samples, else the fresh report's.
-   * One sample is no backend's service time: the request that checked the gateway was up
-   * (a `/healthz` passed through, answered in 2 ms) set one of four identical 10 ms
-   * backends' figure for the whole 30 s of localFreshMs, over its agent's report of all
-   * its requests; at a cold start it looked five times faster and got 15 of the first
-   * 32 requests in flight (cold-start bench, identical fleet). Without a report, any
-   * local figure.
+   * Local while recent and resting on MIN_LOCAL_SAMPLES samples of its current run (recent),
+   * else the fresh report's; but a local figure slower than the report speaks however few
+   * its samples. One sample is no backend's service time: the request that checked the
+   * gateway was up (a `/healthz` passed through, answered in 2 ms) set one of four
+   * identical 10 ms backends' figure for the whole 30 s of localFreshMs, over its agent's
+   * report of all its requests; at a cold start it looked five times faster and got 15 of
+   * the first 32 requests in flight (cold-start bench, identical fleet). The same after a
+   * lull, so the count is of the current run. A few slow answers are a warning worth
+   * heeding, though: an agent reporting a tenth of its latency held nine 500 ms answers
+   * at its 10 ms for every re-admission (a re-review's simulation: p99 +7%). Without a
+   * report, any local figure.
    */
-  private origin(nowMs: number, r: ReportDigest | undefined): Origin {
+  private origin(nowMs: number, r: ReportDigest | undefined, capacity: number): Origin {
     const last = this.service.lastSampleMs;
     const reported = r?.latencyMs;
-    if (
-      last !== undefined &&
-      (reported === undefined ||
-        (nowMs - last <= this.o.localFreshMs && this.service.count >= MIN_LOCAL_SAMPLES))
-    ) {
-      return 'local';
-    }
-    return reported !== undefined ? 'reported' : 'cohort';
+    if (last === undefined) return reported !== undefined ? 'reported' : 'cohort';
+    if (reported === undefined) return 'local';
+    if (nowMs - last > this.o.localFreshMs) return 'reported';
+    if (this.recent >= MIN_LOCAL_SAMPLES) return 'local';
+    const local = this.raw('local', nowMs, r, capacity);
+    return local !== undefined && local > this.raw('reported', nowMs, r, capacity)!
+      ? 'local'
+      : 'reported';
   }
 
   private raw(

@@ -82,11 +82,13 @@ export class BodyClock {
     if (this.timer) {
       if (bytes > 0) {
         this.silentMs = 0;
+        this.deferred = false;
         this.armedAtMs = this.now();
         this.timer.refresh();
       }
       return;
     }
+    this.deferred = false;
     this.silentMs = 0;
     this.arm(this.periodMs);
   }
@@ -100,6 +102,7 @@ export class BodyClock {
     }
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.deferred = false;
   }
 
   /**

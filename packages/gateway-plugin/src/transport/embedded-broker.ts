@@ -1,7 +1,8 @@
+import cluster from 'node:cluster';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import { createBroker, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
-import { invalidOption } from '../errors';
+import { GatewayError, invalidOption } from '../errors';
 import { DEFAULTS } from '../options';
 import { PacketSizeGuard, UnreadBudget } from './packet-size-guard';
 
@@ -104,6 +105,15 @@ export async function startEmbeddedBroker(
   opts: EmbeddedBrokerOptions = {},
 ): Promise<EmbeddedBroker> {
   validateBrokerOptions(opts);
+  // In a node:cluster worker the listener is the primary's, shared by every worker: each
+  // worker's broker took the connections the primary handed it, each agent was heard by
+  // one worker only (options-validate.ts refuses `broker: { embedded: true }` there too).
+  if (cluster.isWorker) {
+    throw new GatewayError(
+      'LW_GW_INVALID_BROKER',
+      'startEmbeddedBroker() in a node:cluster worker: every worker would share its port, each agent heard by one worker only; start it in the primary and give the workers its URL',
+    );
+  }
   const host = opts.host ?? '127.0.0.1';
   const maxPacketBytes = opts.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
   const guards = brokerGuards({

@@ -41,7 +41,7 @@ const RESEND_QUIET_MS = 250;
  * brings comes at once, right after it), and this long at most (settleThenSubscribed).
  */
 const RETAINED_SETTLE_MS = 50;
-const RETAINED_SETTLE_MAX_MS = 1_000;
+export const RETAINED_SETTLE_MAX_MS = 1_000;
 
 /** The longest wait before subscribing again after the broker refused it. */
 const MAX_SUBSCRIBE_RETRY_MS = 30_000;
@@ -143,7 +143,10 @@ export class MqttSource {
     });
   }
 
-  /** Connected, and the broker acknowledged the subscription. */
+  /**
+   * Connected, and the broker acknowledged the subscription (ready() may still wait up to
+   * RETAINED_SETTLE_MAX_MS for the retained messages it brings).
+   */
   get isConnected(): boolean {
     return this.subscribedNow;
   }
@@ -307,8 +310,11 @@ export class MqttSource {
    */
   private settleThenSubscribed(): void {
     const started = performance.now();
+    const connection = this.connection;
     const check = (): void => {
       if (this.closed) return this.onSubscribed();
+      // Lost meanwhile: not ready on this connection; the next SUBACK settles again.
+      if (connection !== this.connection || !this.subscribedNow) return;
       const now = performance.now();
       const quiet = now - Math.max(this.retainedAtMs, started);
       if (quiet >= RETAINED_SETTLE_MS || now - started >= RETAINED_SETTLE_MAX_MS)
