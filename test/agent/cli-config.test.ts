@@ -45,6 +45,18 @@ describe('loadwise-agent CLI interface', () => {
     expect(p.stdout()).toContain('SIGUSR2');
   });
 
+  it('drain --help and undrain -h say how to use them (they were refused as unknown options)', async () => {
+    for (const [args, signal] of [
+      [['drain', '--help'], 'SIGUSR2'],
+      [['undrain', '-h'], 'SIGHUP'],
+    ] as const) {
+      const p = spawnAgent([...args]);
+      expect(await p.exited).toBe(0);
+      expect(p.stdout()).toContain(`${args[0]} (--pid-file <agent pid file> | --pid <pid>)`);
+      expect(p.stdout()).toContain(signal);
+    }
+  });
+
   it('LOADWISE_ONCE=1 samples once like --once; LOADWISE_HELP does not turn a daemon into --help', async () => {
     const p = spawnAgent([], {
       LOADWISE_ONCE: '1',

@@ -243,11 +243,27 @@ async function controlCommand(name: keyof typeof CONTROL_SIGNALS, argv: string[]
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { 'pid-file': { type: 'string' }, pid: { type: 'string' } },
+      options: {
+        'pid-file': { type: 'string' },
+        pid: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
       strict: true,
     }));
   } catch (err) {
     fail(`LW_AGENT_INVALID_OPTION: ${name}: ${(err as Error).message}`);
+  }
+  // A subcommand's own help (it was refused as an unknown option, exit 2).
+  if (values.help === true) {
+    process.stdout.write(
+      `usage: ${NAME} ${name} (--pid-file <agent pid file> | --pid <pid>)\n` +
+        `sends ${CONTROL_SIGNALS[name]} to a running agent: ${
+          name === 'drain'
+            ? 'it publishes draining (gateways stop sending it new requests) until undrain'
+            : 'it publishes online again after a drain'
+        }\n`,
+    );
+    return;
   }
   let pid: number;
   if (values['pid'] !== undefined) {
