@@ -11,7 +11,14 @@
  *   as LW_PROTO_REPLAY, the code the suggested alert reads as an attack, once
  *   per backend on every broker blip.
  */
-import { createServer, type AddressInfo, type Server } from 'node:net';
+import {
+  connect as connectRaw,
+  createServer,
+  type AddressInfo,
+  type Server,
+  type Socket,
+} from 'node:net';
+import mqttPacket from 'mqtt-packet';
 import { randomBytes } from 'node:crypto';
 import { createBroker, type AedesOptions } from 'aedes';
 import { createEncoder, type Encoder } from '@loadwise/protocol';
@@ -202,3 +209,94 @@ it('warns once when the broker is not verified (rejectUnauthorized: false)', asy
     await gw.close();
   }
 });
+
+it("drops an agent's first status delivered behind its first report quietly, never as a replay", async () => {
+  // The quick start's first start (1 in about 31): the agent's status (seq 1, QoS 1, retained)
+  // and its first report (seq 2, QoS 0) reached aedes in one read; aedes handles the packets
+  // of one read concurrently and the QoS 1 path takes more turns, so the gateway got the
+  // report first and warned "dropped message (LW_PROTO_REPLAY) from b2: ... seq 1".
+  const broker = await startAedes();
+  const prefix = uniquePrefix('overtaken');
+  const warnings: string[] = [];
+  const gw = await startLocalGateway({
+    backends: [{ id: 'a', url: backend.url }],
+    broker: broker.url,
+    topicPrefix: prefix,
+    keys: [key],
+    logger: { ...quietLogger, warn: (_fields: unknown, msg?: string) => warnings.push(msg ?? '') },
+  });
+  let socket: Socket | undefined;
+  try {
+    await gw.lb.ready();
+    const agent = connectRaw(Number(new URL(broker.url).port), '127.0.0.1');
+    socket = agent;
+    await new Promise((resolve) => agent.once('connect', resolve));
+    agent.write(
+      mqttPacket.generate({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clean: true,
+        clientId: `agent-${prefix}`,
+        keepalive: 10,
+      }),
+    );
+    await new Promise((resolve) => agent.once('data', resolve)); // CONNACK
+    const encoder = createEncoder({ backendId: 'a', prefix, key });
+    encoder.status('offline', { will: true }); // seq 0, the Last Will
+    const status = encoder.status('online'); // seq 1
+    const m = metricsOf(encoder); // seq 2
+    agent.write(
+      Buffer.concat([
+        mqttPacket.generate({
+          cmd: 'publish',
+          topic: status.topic,
+          payload: status.payload,
+          qos: 1,
+          messageId: 1,
+          retain: true,
+          dup: false,
+        }),
+        mqttPacket.generate({
+          cmd: 'publish',
+          topic: m.topic,
+          payload: m.payload,
+          qos: 0,
+          retain: false,
+          dup: false,
+        }),
+      ]),
+    );
+    await until(() => gw.lb.balancer.snapshot().backends[0]!.reportFresh, 5000, 'the report');
+    const overtaken = () => counter(gw, 'invalid_messages_total', { code: 'LW_PROTO_OVERTAKEN' });
+    const replays = () => counter(gw, 'invalid_messages_total', { code: 'LW_PROTO_REPLAY' });
+    const deadline = Date.now() + 2_000;
+    while ((await overtaken()) + (await replays()) === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
+    // This broker delivers them so (were it in order, the status would be taken: nothing dropped).
+    expect(await overtaken()).toBe(1);
+    expect(await replays()).toBe(0);
+    expect(warnings.filter((w) => /dropped message/.test(w))).toEqual([]);
+
+    // Sent again later, the same status is a replay, and said so.
+    await new Promise((r) => setTimeout(r, 2_100));
+    agent.write(
+      mqttPacket.generate({
+        cmd: 'publish',
+        topic: status.topic,
+        payload: status.payload,
+        qos: 0,
+        retain: false,
+        dup: false,
+      }),
+    );
+    const until2 = Date.now() + 5_000;
+    while ((await replays()) === 0 && Date.now() < until2)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(await replays()).toBe(1);
+  } finally {
+    socket?.destroy();
+    await gw.close();
+    await broker.close();
+  }
+}, 20_000);

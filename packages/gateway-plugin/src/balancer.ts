@@ -1034,8 +1034,10 @@ export class Balancer implements BalancerHandle, FlowHost {
     detail = detail.replace(/[^\x20-\x7e]/g, '?');
     // The default posture meeting unsigned agents: one clear line here, not one per report.
     const unsignedRefused = code === 'LW_PROTO_UNSIGNED' && this.options.keys.length === 0;
-    // What the broker resends on every subscribe: counted, never a warning.
-    const quiet = unsignedRefused || code === 'LW_PROTO_RETAINED_SUPERSEDED';
+    // What the broker resends on every subscribe, and a genuine message it delivered behind a
+    // newer one of its agent (ReplayGuard, LW_PROTO_OVERTAKEN): counted, never a warning.
+    const quiet =
+      unsignedRefused || code === 'LW_PROTO_RETAINED_SUPERSEDED' || code === 'LW_PROTO_OVERTAKEN';
     this.events.emit('invalid-message', { code, backendId, detail, quiet });
     if (unsignedRefused) {
       if (this.warnedUnsigned) return;

@@ -403,6 +403,71 @@ describe('replay protection', () => {
     });
   });
 
+  it('drops a message overtaken in delivery by a newer one on another topic quietly, not as a replay', () => {
+    // The agent's first status (QoS 1, retained) and the report it sends just after (QoS 0):
+    // MQTT orders one topic's messages, not one client's, and aedes delivered the report first.
+    // The quick start warned "LW_PROTO_REPLAY ... seq 1" once in about 31 starts.
+    const c = clock();
+    const enc = createEncoder({ backendId: 'b1', key, now: c.now });
+    const dec = createDecoder({ keys: [key], now: c.now });
+    enc.status('offline', { will: true }); // seq 0: the Last Will, built at connect
+    const status = enc.status('online'); // seq 1
+    c.advance(3);
+    const report = enc.metrics(body); // seq 2
+    c.advance(2);
+    expect(dec.decode(report.topic, report.payload).ok).toBe(true);
+    expect(dec.decode(status.topic, status.payload)).toMatchObject({
+      code: 'LW_PROTO_OVERTAKEN',
+      detail: expect.stringMatching(/ seq 1 /),
+    });
+    // A copy of it, live, is a replay; the broker's retained copy is what it always was.
+    expect(dec.decode(status.topic, status.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    expect(dec.decode(status.topic, status.payload, { retained: true })).toMatchObject({
+      code: 'LW_PROTO_RETAINED_SUPERSEDED',
+    });
+    // The order stays strict: a newer status is taken, the same-kind older one is a replay.
+    const next = enc.status('draining');
+    expect(dec.decode(next.topic, next.payload).ok).toBe(true);
+
+    // A copy of a taken message within the window, past the copy memory: a replay.
+    const copies = createDecoder({ keys: [key], now: c.now });
+    const e2 = createEncoder({ backendId: 'b2', key, now: c.now });
+    const first = e2.metrics(body);
+    expect(copies.decode(first.topic, first.payload).ok).toBe(true);
+    for (let i = 0; i < 8; i++) {
+      const m = e2.metrics(body);
+      expect(copies.decode(m.topic, m.payload).ok).toBe(true);
+    }
+    expect(copies.decode(first.topic, first.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    const st = e2.status('online');
+    expect(copies.decode(st.topic, st.payload).ok).toBe(true);
+    expect(copies.decode(first.topic, first.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+
+    // Sent more than 2 s before the newer one, or arriving more than 2 s after it: a replay
+    // (a message captured and published again later).
+    for (const [sentBeforeMs, arrivesAfterMs] of [
+      [2_001, 0],
+      [0, 2_001],
+    ]) {
+      const d = createDecoder({ keys: [key], now: c.now });
+      const e = createEncoder({ backendId: 'b3', key, now: c.now });
+      const old = e.status('online');
+      c.advance(sentBeforeMs!);
+      const newer = e.metrics(body);
+      expect(d.decode(newer.topic, newer.payload).ok).toBe(true);
+      c.advance(arrivesAfterMs!);
+      expect(d.decode(old.topic, old.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+    }
+
+    // Of an earlier agent run: a replay, as before.
+    const d = createDecoder({ keys: [key], now: c.now });
+    const earlier = createEncoder({ backendId: 'b4', key, now: c.now }).status('online');
+    c.advance(1);
+    const later = createEncoder({ backendId: 'b4', key, now: c.now }).metrics(body);
+    expect(d.decode(later.topic, later.payload).ok).toBe(true);
+    expect(d.decode(earlier.topic, earlier.payload)).toMatchObject({ code: 'LW_PROTO_REPLAY' });
+  });
+
   it("forget() drops the backend's remembered copies; the order rules still judge its messages", () => {
     // Kept, a gateway's ordinary discovery churn filled the cache towards its bound.
     const c = clock();

@@ -441,7 +441,8 @@ export function createDecoder(opts: DecoderOptions = {}): Decoder {
       if (
         replay === undefined ||
         replay === 'LW_PROTO_REPLAY' ||
-        replay === 'LW_PROTO_RETAINED_SUPERSEDED'
+        replay === 'LW_PROTO_RETAINED_SUPERSEDED' ||
+        replay === 'LW_PROTO_OVERTAKEN'
       ) {
         remember(key, verified.signature, false, meta.retained === true ? now() : undefined);
       } else if (

@@ -27,6 +27,8 @@ export const PROTOCOL_ERRORS = {
   LW_PROTO_REPLAY: 'sequence number is not newer than one already accepted for this backend',
   LW_PROTO_RETAINED_SUPERSEDED:
     "a retained message not newer than one already accepted for this backend (the broker's copy, resent on every subscribe)",
+  LW_PROTO_OVERTAKEN:
+    'a live message delivered behind a newer one of its agent run, sent and received within 2 s of it: not a replay',
   LW_PROTO_INVALID_OPTION: 'an option passed to a protocol function is invalid',
 } as const;
 

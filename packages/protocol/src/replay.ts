@@ -11,6 +11,12 @@ export const DEFAULT_MAX_CLOCK_SKEW_MS = 30_000;
  */
 export const DEFAULT_MAX_RETAINED_AGE_MS = 60_000;
 export const DEFAULT_MAX_TRACKED_BACKENDS = 100_000;
+/**
+ * How close behind the newest accepted message a live message overtaken in delivery may be:
+ * sent at most this long before it (by the agent's clock) and received at most this long
+ * after it (by the reader's), see ReplayGuard.judge (LW_PROTO_OVERTAKEN).
+ */
+export const OVERTAKEN_WINDOW_MS = 2_000;
 
 export interface ReplayGuardOptions {
   /** Reject timestamps further than this from the local clock. */
@@ -40,6 +46,14 @@ interface Last {
    * order. Undefined while only held messages were seen.
    */
   taken: Mark | undefined;
+  /**
+   * Of the message that last moved `taken`: its `ts` (the agent's clock) and when it was
+   * taken (the reader's clock). Undefined when `taken` was set by hold() (no message).
+   */
+  takenTs: number | undefined;
+  takenAtMs: number;
+  /** The newest `seq` taken per message kind (topic), in `taken`'s run. */
+  takenByKind: Partial<Record<Message['kind'], number>>;
   /**
    * The newest message of the agent runs the reader did not take (hold): another run than
    * the one it admitted, whose registration it refused or has not seen yet. Their
@@ -163,13 +177,39 @@ export class ReplayGuard {
     if (isWill) {
       return taken && message.epochMs < taken.epochMs ? old : undefined;
     }
-    if (taken && !after(message, taken)) return old;
+    if (taken && !after(message, taken)) {
+      return !meta.retained && this.overtaken(message, last!, now) ? 'LW_PROTO_OVERTAKEN' : old;
+    }
     // Another run than the taken one: after every held message too. A held run's own
     // messages, captured and sent again, and those of a run held before it (an earlier
     // refused run of the same misconfigured agent) are replays.
     const held = last?.held;
     if (held && message.epochMs !== taken?.epochMs && !after(message, held)) return old;
     return undefined;
+  }
+
+  /**
+   * A live message of the taken run that is not newer than the taken one, but was
+   * overtaken in delivery by it, not captured and sent again: MQTT orders the messages of
+   * one topic, not those of one client across topics, and a broker may deliver an agent's
+   * QoS 0 report ahead of the QoS 1 status it published just before (aedes, the quick
+   * start's embedded broker, handles the packets of one read concurrently, and the QoS 1
+   * path takes more turns: the quick start warned of a replay of `seq 1`, the agent's
+   * first status, once in about 30 starts). It is one the reader has never taken (newer
+   * than every taken message of its kind), sent at most OVERTAKEN_WINDOW_MS before the
+   * taken one and received at most that long after it. Dropped all the same (the order
+   * stays strict: the newer message carries the agent's state), as what it is, not as a
+   * replay: a copy of a taken message, or a message sent again later, still is.
+   */
+  private overtaken(message: Message, last: Last, now: number): boolean {
+    const taken = last.taken!;
+    if (message.epochMs !== taken.epochMs || last.takenTs === undefined) return false;
+    const kindSeq = last.takenByKind[message.kind];
+    if (kindSeq !== undefined && message.seq <= kindSeq) return false;
+    return (
+      last.takenTs - message.ts <= OVERTAKEN_WINDOW_MS &&
+      now - last.takenAtMs <= OVERTAKEN_WINDOW_MS
+    );
   }
 
   /**
@@ -180,7 +220,15 @@ export class ReplayGuard {
     if (isLastWill(message)) return;
     const last = this.touch(message.backendId);
     if (!last.taken || after(message, last.taken)) {
+      if (last.taken?.epochMs !== message.epochMs) last.takenByKind = {};
       last.taken = { epochMs: message.epochMs, seq: message.seq };
+      last.takenTs = message.ts;
+      last.takenAtMs = last.seenAtMs;
+    }
+    if (message.epochMs === last.taken.epochMs) {
+      const kindSeq = last.takenByKind[message.kind];
+      if (kindSeq === undefined || message.seq > kindSeq)
+        last.takenByKind[message.kind] = message.seq;
     }
     // A run taken at or past every held message: they are all before the order now.
     if (last.held && !after(last.held, last.taken!)) last.held = undefined;
@@ -204,8 +252,11 @@ export class ReplayGuard {
     // Only for a run newer than the one taken: a run with an earlier epoch (a restart on a
     // node whose clock is behind) made the taken one the order again each time the state
     // was swept, so its registration stayed "an earlier run" until the entry's lease ended.
-    if (!last.taken && takenEpochMs !== undefined && takenEpochMs < message.epochMs)
+    if (!last.taken && takenEpochMs !== undefined && takenEpochMs < message.epochMs) {
       last.taken = { epochMs: takenEpochMs, seq: -1 };
+      last.takenTs = undefined;
+      last.takenByKind = {};
+    }
     if (last.taken?.epochMs === message.epochMs) return this.accept(message);
     if (!last.held || after(message, last.held)) {
       last.held = { epochMs: message.epochMs, seq: message.seq };
@@ -232,7 +283,14 @@ export class ReplayGuard {
       this.last.delete(backendId);
     } else {
       if (this.last.size >= this.opts.maxTrackedBackends) this.evict(now);
-      last = { taken: undefined, held: undefined, seenAtMs: now };
+      last = {
+        taken: undefined,
+        takenTs: undefined,
+        takenAtMs: now,
+        takenByKind: {},
+        held: undefined,
+        seenAtMs: now,
+      };
     }
     last.seenAtMs = now;
     this.last.set(backendId, last);
