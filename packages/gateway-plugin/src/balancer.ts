@@ -720,10 +720,7 @@ export class Balancer implements BalancerHandle, FlowHost {
     backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
     backend.signedBy = keyId;
     // The admitting run is heard again: it was only quiet (supersedeIfQuiet).
-    if (backend.supersededBy !== undefined) {
-      backend.supersededBy = undefined;
-      this.registry.recompute();
-    }
+    this.unsupersede(backend);
     this.registry.applyMessage(backend, message, receivedAtMs);
     if (this.queue.length > 0) this.drainQueue();
   }
@@ -766,6 +763,13 @@ export class Balancer implements BalancerHandle, FlowHost {
     this.registry.recompute();
   }
 
+  /** Back in rotation if supersedeIfQuiet took `backend` out. */
+  private unsupersede(backend: Backend): void {
+    if (backend.supersededBy === undefined) return;
+    backend.supersededBy = undefined;
+    this.registry.recompute();
+  }
+
   /** Registrations may add backends: discovery is configured, with its address ranges. */
   private discoveryOn(): boolean {
     return (
@@ -802,10 +806,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         existing.refusedEpochMs = message.epochMs;
         // The run that superseded the entry is another instance, not the backend's agent
         // moving on: the entry stands on its own run again (served on local signals).
-        if (existing.supersededBy === message.epochMs) {
-          existing.supersededBy = undefined;
-          this.registry.recompute();
-        }
+        if (existing.supersededBy === message.epochMs) this.unsupersede(existing);
       }
       this.drop('LW_GW_REGISTRATION_REJECTED', why, id);
     };
@@ -837,10 +838,7 @@ export class Balancer implements BalancerHandle, FlowHost {
         if (other) {
           existing.runEpochMs = message.epochMs;
           existing.refusedEpochMs = undefined;
-          if (existing.supersededBy !== undefined) {
-            existing.supersededBy = undefined;
-            this.registry.recompute();
-          }
+          this.unsupersede(existing);
         }
         existing.heardAtLeaseMs = this.leaseNow(this.now());
       }

@@ -11,7 +11,6 @@
  * The public types stay hand-written in options.ts, with their doc comments;
  * the compile-time checks at the end keep them and the schema equal.
  */
-import cluster from 'node:cluster';
 import { isIP, Server as NetServer } from 'node:net';
 import type { Registry as MetricsRegistry } from 'prom-client';
 import {
@@ -33,6 +32,7 @@ import { defaultLogger } from './observability/event-log';
 import { STRATEGY_NAMES } from './strategies/registry';
 import { FORWARDING_ALIASES } from './proxy/forwarded';
 import { checkPath, isHostValue } from './proxy/request-checks';
+import { embeddedInWorkerProblem } from './transport/embedded-broker';
 import {
   type Check,
   type Fail,
@@ -368,19 +368,12 @@ const brokerClient = strict({
   }),
 });
 const embeddedBroker = strict({
-  // In a node:cluster worker (runWorkers) each worker started a broker of its own on the
-  // port they share, and the primary handed each agent's connection to one of them: every
-  // other worker never heard that agent, its drain or its will (it kept sending to a
-  // backend its agent had reported down), and nothing said so.
-  embedded: leaf<true>((x) =>
-    x !== true
-      ? brokerError('broker.embedded must be true')
-      : cluster.isWorker
-        ? brokerError(
-            'broker.embedded in a node:cluster worker: each worker would run a broker of its own, each agent heard by one worker only; run one broker (Mosquitto, or startEmbeddedBroker() in the primary) and give the workers its URL',
-          )
-        : undefined,
-  ),
+  // Not in a node:cluster worker (runWorkers): embedded-broker.ts embeddedInWorkerProblem.
+  embedded: leaf<true>((x) => {
+    if (x !== true) return brokerError('broker.embedded must be true');
+    const inWorker = embeddedInWorkerProblem('broker.embedded');
+    return inWorker === undefined ? undefined : brokerError(inWorker);
+  }),
   port: v.optional(int(0, 65535)),
   // An empty host was refused only when ready() started the broker.
   host: v.optional(nonEmptyStr('a non-empty string')),

@@ -217,6 +217,12 @@ function tlsOnly(option: 'ca' | 'cert' | 'key' | 'rejectUnauthorized') {
   );
 }
 
+const clientIdProblem = (b: BrokerIn): string | undefined =>
+  brokerUrlClientIdProblem(
+    b.url,
+    'leave it out, and give an agent its own id with --client-id if it needs one',
+  );
+
 const brokerSchema = notArray(
   v.pipe(
     brokerFields,
@@ -254,12 +260,8 @@ const brokerSchema = notArray(
     // A clientId in the URL's query: mqtt.js uses it over the agent's own id.
     v.forward(
       v.check(
-        (b) => brokerUrlClientIdProblem(b.url, '') === undefined,
-        (issue) =>
-          brokerUrlClientIdProblem(
-            (issue.input as BrokerIn).url,
-            'leave it out, and give an agent its own id with --client-id if it needs one',
-          )!,
+        (b) => clientIdProblem(b) === undefined,
+        (issue) => clientIdProblem(issue.input as BrokerIn)!,
       ),
       ['url'],
     ),

@@ -98,6 +98,19 @@ export interface EmbeddedBroker {
 }
 
 /**
+ * Why an embedded broker (`what`: the option or the function) cannot run here, or undefined.
+ * In a node:cluster worker the listener is the primary's, shared by every worker: each
+ * worker's broker took the connections the primary handed it, and every other worker never
+ * heard that agent, its drain or its will (it kept sending to a backend its agent had
+ * reported down), and nothing said so. options-validate.ts asks at construction.
+ */
+export function embeddedInWorkerProblem(what: string): string | undefined {
+  return cluster.isWorker
+    ? `${what} in a node:cluster worker: each worker would run a broker of its own on the port they share, each agent heard by one worker only; run one broker (Mosquitto, or startEmbeddedBroker() in the primary) and give the workers its URL`
+    : undefined;
+}
+
+/**
  * An MQTT broker (aedes) inside this process, for a single gateway or a quick
  * start. Production with several gateways points `broker` at a real one.
  */
@@ -105,15 +118,8 @@ export async function startEmbeddedBroker(
   opts: EmbeddedBrokerOptions = {},
 ): Promise<EmbeddedBroker> {
   validateBrokerOptions(opts);
-  // In a node:cluster worker the listener is the primary's, shared by every worker: each
-  // worker's broker took the connections the primary handed it, each agent was heard by
-  // one worker only (options-validate.ts refuses `broker: { embedded: true }` there too).
-  if (cluster.isWorker) {
-    throw new GatewayError(
-      'LW_GW_INVALID_BROKER',
-      'startEmbeddedBroker() in a node:cluster worker: every worker would share its port, each agent heard by one worker only; start it in the primary and give the workers its URL',
-    );
-  }
+  const inWorker = embeddedInWorkerProblem('startEmbeddedBroker()');
+  if (inWorker) throw new GatewayError('LW_GW_INVALID_BROKER', inWorker);
   const host = opts.host ?? '127.0.0.1';
   const maxPacketBytes = opts.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
   const guards = brokerGuards({
