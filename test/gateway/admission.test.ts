@@ -125,6 +125,11 @@ describe('self-overload', () => {
       // A window long enough that the shed state outlives the request below.
       overload: { maxEventLoopDelayMs: 100, sampleIntervalMs: 300 },
     });
+    const monitor = internals(gw.lb).overload!;
+    // A start slow enough to count as a stall (a loaded CI machine) may have set the
+    // state already, with no listener yet: wait for a calm sample first, or the stall
+    // below changes nothing and no event ever comes.
+    while (monitor.overloaded) await new Promise((r) => setTimeout(r, 10));
     const changes: boolean[] = [];
     gw.lb.balancer.on('overload', (e) => changes.push(e.overloaded));
     const overloaded = once(internals(gw.lb).events, 'overload');
@@ -139,8 +144,9 @@ describe('self-overload', () => {
     expect(shed.headers['x-loadwise-error']).toBe('LW_GW_OVERLOADED');
     expect(Number(shed.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     // Once samples are calm again, requests flow.
-    while (internals(gw.lb).overload!.overloaded) await new Promise((r) => setTimeout(r, 10));
+    while (monitor.overloaded) await new Promise((r) => setTimeout(r, 10));
     expect((await send(`${gw.url}/`)).status).toBe(200);
-    expect(changes).toEqual([true, false]);
+    // A later stall of a loaded machine may add more; these two are this test's.
+    expect(changes.slice(0, 2)).toEqual([true, false]);
   });
 });

@@ -1,49 +1,56 @@
 /**
- * Gateway self-protection (@fastify/under-pressure): sample the event-loop
- * delay with perf_hooks' histogram on an unref'd interval; while the p99 of
- * the last sample is above the limit, new requests get 503 + Retry-After at
+ * Gateway self-protection (@fastify/under-pressure): measure the event-loop
+ * delay with a 10 ms probe timer (unref'd); while the p99 delay of the last
+ * sample window is above the limit, new requests get 503 + Retry-After at
  * once instead of queueing inside a process that can no longer keep up.
  * Shedding early keeps the requests already admitted fast; a melting gateway
  * fails all of them.
+ *
+ * The probe is ours rather than perf_hooks' monitorEventLoopDelay: that
+ * histogram records nothing for a stall that starts before its first timer run
+ * after enable() or reset(), and each window starts with a reset, so a stall
+ * beginning just after a sample (up to the window plus the limit) was never
+ * seen. Here a stall the probe has not run after yet is still measured at the
+ * sample, from the probe's last run.
  */
-import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node:perf_hooks';
+import { performance } from 'node:perf_hooks';
 
 export interface OverloadConfig {
   maxEventLoopDelayMs: number;
   sampleIntervalMs: number;
 }
 
+/** Probe period, ms: what under-pressure uses; finer costs wakeups without changing a decision made at a limit of hundreds of ms. */
+const PROBE_MS = 10;
+
 export class OverloadMonitor {
   overloaded = false;
   /** p99 event-loop delay of the last sample, ms. */
   eventLoopDelayMs = 0;
-  private readonly histogram: IntervalHistogram;
+  /** Delays (ms) the probe measured in this window. */
+  private delays: number[] = [];
+  private lastProbeMs: number;
+  private readonly probe: NodeJS.Timeout;
   private readonly timer: NodeJS.Timeout;
-  private lastTickMs = performance.now();
 
   constructor(
     private readonly config: OverloadConfig,
     private readonly onChange: (overloaded: boolean, delayMs: number) => void,
+    /** Monotonic clock, ms (a test's own, to make a stall without a real one). */
+    private readonly now: () => number = () => performance.now(),
   ) {
-    // 10 ms resolution is what under-pressure uses: finer costs timer wakeups
-    // without changing a decision made at a limit of hundreds of ms.
-    this.histogram = monitorEventLoopDelay({ resolution: 10 });
-    this.histogram.enable();
-    this.timer = setInterval(() => this.tick(), config.sampleIntervalMs);
+    this.lastProbeMs = now();
+    this.probe = setInterval(() => {
+      const nowMs = this.now();
+      this.delays.push(Math.max(0, nowMs - this.lastProbeMs - PROBE_MS));
+      this.lastProbeMs = nowMs;
+    }, PROBE_MS);
+    this.probe.unref();
+    this.timer = setInterval(() => this.sample(), config.sampleIntervalMs);
     this.timer.unref();
   }
 
-  private tick(): void {
-    // The sampler's own lateness is a delay measurement too, and it cannot be
-    // lost: the histogram's reset() may drop a stall it had not recorded yet
-    // when both timers fire right after that stall.
-    const nowMs = performance.now();
-    const latenessMs = nowMs - this.lastTickMs - this.config.sampleIntervalMs;
-    this.lastTickMs = nowMs;
-    this.sample(Math.max(this.readDelayMs(), latenessMs));
-  }
-
-  /** Applies a delay measurement (the histogram's by default); public so tests can drive it. */
+  /** Applies a delay measurement (the probe's window by default); public so tests can drive it. */
   sample(delayMs = this.readDelayMs()): void {
     this.eventLoopDelayMs = delayMs;
     const over = delayMs > this.config.maxEventLoopDelayMs;
@@ -58,8 +65,8 @@ export class OverloadMonitor {
    * until the next sample says so.
    */
   forget(): void {
-    this.histogram.reset();
-    this.lastTickMs = performance.now();
+    this.delays = [];
+    this.lastProbeMs = this.now();
     this.sample(0);
   }
 
@@ -68,16 +75,23 @@ export class OverloadMonitor {
     return Math.min(60, Math.max(1, Math.ceil(this.eventLoopDelayMs / 1000)));
   }
 
+  /** p99 of the window's delays, or the stall still under way if longer; the window restarts. */
   private readDelayMs(): number {
-    // The histogram records ns; the resolution (10 ms) is subtracted because
-    // the sampling timer itself adds it (under-pressure does the same).
-    const p99Ms = this.histogram.percentile(99) / 1e6 - 10;
-    this.histogram.reset();
-    return Number.isFinite(p99Ms) ? Math.max(0, p99Ms) : 0;
+    // A stall that ended just now: this sample may run before the probe (both timers
+    // are due), so the time since the probe last ran counts as a delay too.
+    const nowMs = this.now();
+    const pendingMs = nowMs - this.lastProbeMs - PROBE_MS;
+    // Counted here, that stall is not counted again by the probe's next run.
+    this.lastProbeMs = nowMs;
+    const delays = this.delays;
+    this.delays = [];
+    delays.sort((a, b) => a - b);
+    const p99 = delays.length === 0 ? 0 : delays[Math.ceil(delays.length * 0.99) - 1]!;
+    return Math.max(0, p99, pendingMs);
   }
 
   close(): void {
     clearInterval(this.timer);
-    this.histogram.disable();
+    clearInterval(this.probe);
   }
 }

@@ -1,0 +1,113 @@
+import { OverloadMonitor } from './overload-monitor';
+
+/** Blocks the event loop for `ms`: what a melting gateway looks like. */
+function stall(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until) {
+    /* busy */
+  }
+}
+
+/** Resolves with the monitor's first change, or undefined once `boundMs` pass without one. */
+function firstChange(
+  make: (onChange: (over: boolean, delayMs: number) => void) => OverloadMonitor,
+  boundMs: number,
+): { monitor: OverloadMonitor; change: Promise<{ over: boolean; delayMs: number } | undefined> } {
+  let settle!: (v: { over: boolean; delayMs: number } | undefined) => void;
+  const change = new Promise<{ over: boolean; delayMs: number } | undefined>((r) => (settle = r));
+  const monitor = make((over, delayMs) => settle({ over, delayMs }));
+  const bound = setTimeout(() => settle(undefined), boundMs);
+  void change.then(() => clearTimeout(bound));
+  return { monitor, change };
+}
+
+describe('OverloadMonitor', () => {
+  it('sees a stall that starts right after it starts (before its probe first runs)', async () => {
+    // 350 ms is less than the window plus the limit: the window's own lateness (50 ms)
+    // misses it, and perf_hooks' histogram, just enabled, records nothing for it.
+    const { monitor, change } = firstChange(
+      (onChange) =>
+        new OverloadMonitor({ maxEventLoopDelayMs: 100, sampleIntervalMs: 300 }, onChange),
+      3_000,
+    );
+    try {
+      stall(350);
+      const seen = await change;
+      expect(seen?.over).toBe(true);
+      expect(seen!.delayMs).toBeGreaterThan(300);
+      expect(monitor.retryAfterSec()).toBe(1);
+    } finally {
+      monitor.close();
+    }
+  });
+
+  describe('with a clock of its own (a stall is time passing with no timer run)', () => {
+    let offsetMs: number;
+    let changes: boolean[];
+    let monitor: OverloadMonitor;
+    beforeEach(() => {
+      jest.useFakeTimers();
+      offsetMs = 0;
+      changes = [];
+      monitor = new OverloadMonitor(
+        { maxEventLoopDelayMs: 100, sampleIntervalMs: 200 },
+        (o) => changes.push(o),
+        () => performance.now() + offsetMs,
+      );
+    });
+    afterEach(() => {
+      monitor.close();
+      jest.useRealTimers();
+    });
+
+    it('a stall the probe runs after first is counted in that window only', () => {
+      jest.advanceTimersByTime(200);
+      expect(changes).toEqual([]);
+      offsetMs += 250; // the stall, right after the sample
+      jest.advanceTimersByTime(200);
+      expect(changes).toEqual([true]);
+      expect(monitor.eventLoopDelayMs).toBeCloseTo(250, -1);
+      expect(monitor.retryAfterSec()).toBe(1);
+      jest.advanceTimersByTime(200);
+      expect(changes).toEqual([true, false]);
+    });
+
+    it('a stall the sample runs after first (both due) is counted there, and not again', () => {
+      jest.advanceTimersByTime(195);
+      offsetMs += 250;
+      monitor.sample(); // due with the probe; this time it runs first
+      expect(changes).toEqual([true]);
+      expect(monitor.eventLoopDelayMs).toBeCloseTo(245, -1);
+      // The probe's next run measures from that sample: the next window is calm.
+      jest.advanceTimersByTime(200);
+      expect(changes).toEqual([true, false]);
+    });
+
+    it('a sustained delay keeps it overloaded; retryAfterSec follows the delay', () => {
+      for (let i = 0; i < 4; i++) {
+        offsetMs += 1_600;
+        jest.advanceTimersByTime(200);
+      }
+      expect(changes).toEqual([true]);
+      expect(monitor.retryAfterSec()).toBe(2);
+    });
+  });
+
+  it('forgets what it measured: calm until the next sample says otherwise', () => {
+    const changes: boolean[] = [];
+    const monitor = new OverloadMonitor(
+      { maxEventLoopDelayMs: 100, sampleIntervalMs: 10_000 },
+      (o) => changes.push(o),
+    );
+    try {
+      monitor.sample(500);
+      expect(monitor.overloaded).toBe(true);
+      expect(monitor.retryAfterSec()).toBe(1);
+      monitor.forget();
+      expect(monitor.overloaded).toBe(false);
+      expect(changes).toEqual([true, false]);
+    } finally {
+      monitor.close();
+    }
+  });
+});
