@@ -93,6 +93,64 @@ describe('OverloadMonitor', () => {
     });
   });
 
+  describe('in a window of a second or more (hundreds of probe runs)', () => {
+    let offsetMs: number;
+    let changes: Array<[boolean, number]>;
+    let monitor: OverloadMonitor;
+    beforeEach(() => {
+      jest.useFakeTimers();
+      offsetMs = 0;
+      changes = [];
+      monitor = new OverloadMonitor(
+        { maxEventLoopDelayMs: 500, sampleIntervalMs: 2_000 },
+        (o, d) => changes.push([o, d]),
+        () => performance.now() + offsetMs,
+      );
+    });
+    afterEach(() => {
+      monitor.close();
+      jest.useRealTimers();
+    });
+
+    it("a stall the probe runs after first, at the window's end, is seen", () => {
+      // By count it was one delay of 199: outside the p99, and the sample that followed
+      // had nothing pending. The old monitor's own lateness caught this one.
+      jest.advanceTimersByTime(1_985);
+      offsetMs += 1_500;
+      jest.advanceTimersByTime(15);
+      expect(changes).toHaveLength(1);
+      expect(changes[0]![0]).toBe(true);
+      expect(changes[0]![1]).toBeCloseTo(1_500, -1);
+      expect(monitor.retryAfterSec()).toBe(2);
+    });
+
+    it('a stall in the middle of the window is seen (40% of its time)', () => {
+      jest.advanceTimersByTime(1_000);
+      offsetMs += 1_000;
+      jest.advanceTimersByTime(1_000);
+      expect(changes.map((c) => c[0])).toEqual([true]);
+      expect(changes[0]![1]).toBeCloseTo(1_000, -1);
+      jest.advanceTimersByTime(2_000);
+      expect(changes.map((c) => c[0])).toEqual([true, false]);
+    });
+
+    it('the same stall counts the same whichever timer runs after it first', () => {
+      jest.advanceTimersByTime(1_995);
+      offsetMs += 1_500;
+      monitor.sample(); // due with the probe; this time it runs first
+      expect(changes.map((c) => c[0])).toEqual([true]);
+      expect(changes[0]![1]).toBeCloseTo(1_495, 0);
+    });
+
+    it("a blip under 1% of the window's time is not its p99", () => {
+      jest.advanceTimersByTime(1_000);
+      offsetMs += 5; // one probe interval of 15 ms in 2 s
+      jest.advanceTimersByTime(1_000);
+      jest.advanceTimersByTime(0);
+      expect(monitor.eventLoopDelayMs).toBeLessThan(1);
+    });
+  });
+
   it('forgets what it measured: calm until the next sample says otherwise', () => {
     const changes: boolean[] = [];
     const monitor = new OverloadMonitor(
