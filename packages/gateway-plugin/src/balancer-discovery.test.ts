@@ -380,6 +380,99 @@ describe('an agent that stops (signed offline), and a full maxBackends', () => {
   });
 });
 
+describe('a discovered backend whose agent went silent without a Last Will', () => {
+  const interval = 1_000;
+  /** Four backends reporting every second; b1-b3 die with no will (a broker that crashed). */
+  function fleet(r: ReturnType<typeof rig>): Encoder[] {
+    const runs = ['b0', 'b1', 'b2', 'b3'].map((id) => r.run(id));
+    runs.forEach((e, i) => {
+      r.send(e.registration(`http://10.0.0.${i + 1}:8080`));
+      r.send(e.metrics({ ...calmReport, intervalMs: interval }));
+    });
+    return runs;
+  }
+  const eligible = (r: ReturnType<typeof rig>): string[] => r.lb.registry.eligible.map((b) => b.id);
+
+  it('is presumed gone once silent 15 s on the lease clock and failing checks: no panic over it', async () => {
+    const r = rig();
+    const panics: boolean[] = [];
+    r.lb.on('panic', (e) => panics.push(e.panic));
+    try {
+      const [b0] = fleet(r);
+      for (const id of ['b1', 'b2', 'b3']) r.lb.registry.get(id)!.checkDown = true;
+      r.lb.registry.recompute();
+      // 1 of 4 healthy: panic routes to all four, the dead ones too.
+      expect(eligible(r)).toEqual(['b0', 'b1', 'b2', 'b3']);
+      expect(panics).toEqual([true]);
+      for (let s = 1; s <= 15; s++) {
+        r.at(1_000);
+        r.send(b0!.metrics({ ...calmReport, intervalMs: interval }));
+      }
+      // 15 s of silence is not yet more than the least silence that counts.
+      expect(eligible(r)).toEqual(['b0', 'b1', 'b2', 'b3']);
+      r.at(1_000);
+      r.send(b0!.metrics({ ...calmReport, intervalMs: interval }));
+      expect(eligible(r)).toEqual(['b0']);
+      expect(panics).toEqual([true, false]);
+      expect(r.lb.registry.get('b1')!.presumedGone).toBe(true);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('is not made silent by a broker outage; its agent heard again, it is no longer gone', async () => {
+    const r = rig();
+    const inner = r.lb as unknown as SweepInternals;
+    try {
+      const runs = fleet(r);
+      for (const id of ['b1', 'b2', 'b3']) r.lb.registry.get(id)!.checkDown = true;
+      r.lb.registry.recompute();
+      // The broker goes away for a minute: the lease clock stands still.
+      inner.source!.isConnected = false;
+      inner.advanceLease(r.now(), false);
+      for (let s = 0; s < 60; s++) r.at(1_000);
+      expect(eligible(r)).toEqual(['b0', 'b1', 'b2', 'b3']);
+      // Back: 10 s connected, still not silent (b0 reporting again).
+      inner.source!.isConnected = true;
+      inner.advanceLease(r.now(), true);
+      for (let s = 0; s < 10; s++) {
+        r.at(1_000);
+        r.send(runs[0]!.metrics({ ...calmReport, intervalMs: interval }));
+      }
+      expect(eligible(r)).toEqual(['b0', 'b1', 'b2', 'b3']);
+      for (let s = 0; s < 10; s++) {
+        r.at(1_000);
+        r.send(runs[0]!.metrics({ ...calmReport, intervalMs: interval }));
+      }
+      expect(eligible(r)).toEqual(['b0']);
+      // b2's agent speaks again (it was only cut off): b2 counts for panic again (b0 of
+      // b0 and b2 healthy is not below the 50% threshold, so the set stays).
+      expect(r.lb.registry.get('b2')!.presumedGone).toBe(true);
+      r.send(runs[2]!.metrics({ ...calmReport, intervalMs: interval }));
+      expect(r.lb.registry.get('b2')!.presumedGone).toBe(false);
+      expect(r.lb.registry.get('b1')!.presumedGone).toBe(true);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('an agent reporting once a minute is silent only after three of its intervals', async () => {
+    const r = rig({ forgetAfterMs: 600_000 });
+    try {
+      const e = r.run('slow');
+      r.send(e.registration('http://10.0.0.9:8080'));
+      r.send(e.metrics({ ...calmReport, intervalMs: 60_000 }));
+      r.lb.registry.get('slow')!.checkDown = true;
+      r.at(170_000);
+      expect(r.lb.registry.get('slow')!.presumedGone).toBe(false);
+      r.at(11_000);
+      expect(r.lb.registry.get('slow')!.presumedGone).toBe(true);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});
+
 describe('messages of another agent run than the one that admitted a discovered backend', () => {
   const ids = (r: ReturnType<typeof rig>): string[] => r.lb.registry.eligible.map((b) => b.id);
 

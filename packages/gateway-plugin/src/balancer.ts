@@ -718,6 +718,10 @@ export class Balancer implements BalancerHandle, FlowHost {
       );
     }
     backend.heardAtLeaseMs = this.leaseNow(receivedAtMs);
+    if (backend.agentSilent) {
+      backend.agentSilent = false;
+      if (backend.checkDown) this.registry.recomputeSoon();
+    }
     backend.signedBy = keyId;
     // The admitting run is heard again: it was only quiet (supersedeIfQuiet).
     this.unsupersede(backend);
@@ -1265,10 +1269,35 @@ export class Balancer implements BalancerHandle, FlowHost {
       );
     }
     if (this.leaseMarkMs !== undefined) this.advanceLease(nowMs, true);
+    this.markSilentAgents();
     this.warnNeverHeard();
     this.forgetSilent();
     this.decoder.sweep();
     if (this.queue.length > 0) this.drainQueue();
+  }
+
+  /**
+   * Discovered backends whose agents have sent nothing signed for SILENT_INTERVALS report
+   * intervals (SILENT_MIN_MS at least) on the lease clock (Backend.agentSilent): with
+   * failing checks too, they are presumed gone. A broker that crashed sends no Last Will
+   * for an agent that died while it was down: three of four pods killed during an
+   * outage kept the gateway in panic, spreading requests over their dead addresses,
+   * until their leases ended 10 minutes later. The lease clock stands still while the
+   * broker is away, so an outage makes no agent silent.
+   */
+  private markSilentAgents(): void {
+    if (this.options.discovery === undefined) return;
+    let changed = false;
+    for (const b of this.registry.backends.values()) {
+      if (b.origin !== 'discovery') continue;
+      const intervalMs = b.lastReport?.intervalMs ?? SUPERSEDE_DEFAULT_INTERVAL_MS;
+      const silent =
+        this.leaseMs - b.heardAtLeaseMs > Math.max(SILENT_INTERVALS * intervalMs, SILENT_MIN_MS);
+      if (silent === b.agentSilent) continue;
+      b.agentSilent = silent;
+      if (b.checkDown) changed = true;
+    }
+    if (changed) this.registry.recompute();
   }
 
   /**
@@ -1460,6 +1489,14 @@ function departed(b: Backend): boolean {
 const SUPERSEDE_INTERVALS = 3;
 /** The report interval assumed when no report gives one (the agent's default). */
 const SUPERSEDE_DEFAULT_INTERVAL_MS = 1000;
+/** Report intervals of silence (on the lease clock) after which an agent is silent. */
+const SILENT_INTERVALS = 3;
+/**
+ * The least silence that makes an agent silent, whatever its interval: an agent
+ * reconnecting after a broker restart (its retries, then its first report) is not
+ * silent, nor one whose report was dropped by a rate bound once or twice.
+ */
+const SILENT_MIN_MS = 15_000;
 
 /** Broker-connected time after which a backend never heard from is said (warnNeverHeard). */
 const NEVER_HEARD_MS = 30_000;

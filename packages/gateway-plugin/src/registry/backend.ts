@@ -62,6 +62,14 @@ export class Backend {
   agentState: AgentState = 'online';
   /** The agent's Last Will arrived: metrics go stale, the backend stays routable. */
   agentLost = false;
+  /**
+   * Discovery: the agent has sent nothing signed for SILENT_INTERVALS of its report
+   * intervals (SILENT_MIN_MS at least) on the lease clock, which runs only while the
+   * gateway is connected to the broker (balancer.ts markSilentAgents). Its Last Will
+   * may never come: a broker that crashed, or restarted without persistence, knows
+   * nothing of the connection of an agent that died meanwhile.
+   */
+  agentSilent = false;
   /** The agent's health verdict is `down` (verdictLapsed: when it no longer speaks). */
   verdictDown = false;
   /**
@@ -209,8 +217,8 @@ export class Backend {
   }
 
   /**
-   * A discovered backend presumed gone: its agent is lost (Last Will) and it fails the
-   * gateway's active checks too. It does not count as routable
+   * A discovered backend presumed gone: its agent is lost (Last Will) or silent
+   * (agentSilent), and it fails the gateway's active checks too. It does not count as routable
    * for panic, and panic does not route to it (registry.ts recompute): a crashed pod
    * (agent and service together) is not a backend that is merely unhealthy. A
    * configured backend is the operator's word and keeps the panic rules.
@@ -219,7 +227,7 @@ export class Backend {
     // Failing its active checks, not merely ejected: a Last Will says the agent died, not
     // the service, and an ejection after a few 5xx of a backend whose checks pass took the
     // only backend out of panic too (100 % 503 for the ejection's 30 s).
-    return this.origin === 'discovery' && this.agentLost && this.checkDown;
+    return this.origin === 'discovery' && (this.agentLost || this.agentSilent) && this.checkDown;
   }
 
   /** Taken out of the registry (moved, forgotten) while requests still ran on it. */
