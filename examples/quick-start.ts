@@ -209,6 +209,8 @@ function createGateway(cfg: GatewayConfig, worker?: WorkerContext) {
     keys: cfg.keys.map((k) => ({ ...k, secret: Buffer.from(k.secret, 'base64') })),
     statusPath: STATUS_PATH,
     metricsPath: METRICS_PATH,
+    // Open on purpose: the demo listens on 127.0.0.1 only, and its output shows the status.
+    statusToken: false,
     decisionHeader: true,
     // The --load driver stands for many users but comes from one address.
     maxInFlightPerClient: false,

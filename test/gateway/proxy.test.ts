@@ -7,7 +7,7 @@
 import { createServer, request } from 'node:http';
 import type { Socket } from 'node:net';
 import { listen, send, startBackend, type TestServer } from '../kit/http';
-import { startLocalGateway, type TestGateway } from '../kit/gateway';
+import { startLocalGateway, warningLogger, type TestGateway } from '../kit/gateway';
 import { internals } from '@loadwise/gateway-plugin/internals';
 import { rawExchange } from '../kit/raw-http';
 
@@ -241,6 +241,36 @@ describe('proxying', () => {
       expect([target, ok.responses[0]?.status]).toEqual([target, 200]);
       expect(JSON.parse(ok.responses[0]!.body)).toMatchObject({ strategy: 'load-aware' });
     }
+  });
+
+  // `statusToken: process.env.LB_TOKEN`, as the docs write it, with the variable missing
+  // opened both endpoints to anyone, and nothing was said (a hostile-viewer review).
+  it('warns once when status or metrics answer without a token; statusToken false says so on purpose', async () => {
+    const unset = warningLogger();
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      statusPath: '/_lb/status',
+      metricsPath: '/_lb/metrics',
+      statusToken: process.env['LOADWISE_TEST_UNSET_TOKEN'],
+      logger: unset.logger,
+    });
+    expect((await send(`${gw.url}/_lb/status`)).status).toBe(200);
+    expect(unset.warnings).toEqual([
+      {
+        fields: { event: 'status-unprotected' },
+        msg: expect.stringMatching(/^\/_lb\/status and \/_lb\/metrics answer without a token/),
+      },
+    ]);
+    await gw.close();
+    const open = warningLogger();
+    gw = await startLocalGateway({
+      backends: [{ id: 'a', url: a.url }],
+      metricsPath: '/_lb/metrics',
+      statusToken: false,
+      logger: open.logger,
+    });
+    expect((await send(`${gw.url}/_lb/metrics`)).status).toBe(200);
+    expect(open.warnings).toEqual([]);
   });
 
   // Node retires a pooled connection one second before the backend's announced timeout;

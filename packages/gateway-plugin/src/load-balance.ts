@@ -20,6 +20,7 @@ import type { BalancerHandle } from './handle';
 import type { HttpHandler } from './observability';
 import { stallOf, type StallOptions } from './observability/backpressure';
 import { serveMetrics, serveStatus } from './observability/handlers';
+import { writeLog } from './observability/event-log';
 import type { CloseOptions, LoadBalanceOptions, ReadyOptions } from './options';
 import { closeOptions, resolveOptions } from './options-validate';
 import { isRoutedUpgrade, releaseUpgrade, takeUpgrade } from './upgrade-routing';
@@ -89,19 +90,36 @@ export function loadBalance(opts: LoadBalanceOptions): LoadBalancerMiddleware {
     stallTimeoutMs: options.requestTimeoutMs,
     onStalled: (message) => balancer.logLine(event, message, { event }),
   });
+  const token = options.statusToken === false ? undefined : options.statusToken;
+  if (
+    options.statusToken === undefined &&
+    (options.statusPath ?? options.metricsPath) !== undefined
+  ) {
+    // Once, here: `statusToken: process.env.LB_TOKEN` with the variable missing opened both
+    // to anyone who reached them (every signed-in user of the app, or everyone), unsaid.
+    const paths = [options.statusPath, options.metricsPath].filter((p) => p !== undefined);
+    writeLog(
+      options.logger,
+      'warn',
+      { event: 'status-unprotected' },
+      `${paths.join(' and ')} answer${paths.length === 1 ? 's' : ''} without a token: statusToken is unset, so ` +
+        'anyone who reaches the gateway reads backend addresses and load. Set statusToken, or ' +
+        "statusToken: false if the app's own auth protects them.",
+    );
+  }
   const status: HttpHandler | undefined =
     options.statusPath === undefined
       ? undefined
       : serveStatus({
           getSnapshot,
-          token: options.statusToken,
+          token,
           ...stallCut('status-request-stalled'),
         });
   const metrics: HttpHandler | undefined =
     options.metricsPath === undefined
       ? undefined
       : serveMetrics(balancer.metrics.registry, {
-          token: options.statusToken,
+          token,
           ...stallCut('metrics-scrape-stalled'),
         });
 

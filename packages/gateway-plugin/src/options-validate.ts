@@ -763,10 +763,13 @@ const entries = {
   ),
   // Visible ASCII, as dashboard.token: a token read from a secret file with its trailing
   // newline could never match (the token presented is trimmed), a permanent 401.
+  // false: served without one on purpose (the app's own auth in front), and not warned of.
   statusToken: v.optional(
-    secret(
-      (x) => typeof x === 'string' && x.length >= 8 && /^[\x21-\x7e]+$/.test(x),
-      'a string of at least 8 visible ASCII characters',
+    orFalse(
+      secret(
+        (x) => typeof x === 'string' && x.length >= 8 && /^[\x21-\x7e]+$/.test(x),
+        'a string of at least 8 visible ASCII characters, or false',
+      ),
     ),
   ),
   on: v.optional(

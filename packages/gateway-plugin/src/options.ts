@@ -518,8 +518,11 @@ export interface LoadBalanceOptions {
   /**
    * Token the status and metrics endpoints require, in `X-Loadwise-Token`
    * (or `Authorization: Bearer` when the app does not use that header itself).
+   * Unset, they answer anyone who reaches them, and the gateway warns once
+   * (`status-unprotected`); `false` says so on purpose (the app's own auth in
+   * front) and is not warned of.
    */
-  statusToken?: string;
+  statusToken?: string | false;
   /** Serve Prometheus metrics here; off by default. */
   metricsPath?: string;
   /** prom-client registry to register the gateway's metrics in (default: one of its own). */
