@@ -380,6 +380,71 @@ describe('an agent that stops (signed offline), and a full maxBackends', () => {
   });
 });
 
+describe('registrations at http: URLs beside backend TLS', () => {
+  // A private CA (or a client certificate) says the backends speak TLS: an http:
+  // registration was admitted beside it, and its requests went out in clear, without the
+  // client certificate (a review of TLS backends with discovery).
+  function tlsRig(extra: Partial<LoadBalanceOptions>, discovery: { requireTls?: boolean } = {}) {
+    const clock = { t: T0 };
+    const lb = testBalancer([], () => clock.t, {
+      topicPrefix: PREFIX,
+      keys: [key],
+      discovery: { allowedRanges: ['10.0.0.0/8'], ...discovery },
+      ...extra,
+    });
+    const drops: string[] = [];
+    lb.on('invalid-message', (e) => drops.push(`${e.code} ${e.backendId}`));
+    const register = (id: string, url: string): void => {
+      const m = createEncoder({
+        backendId: id,
+        prefix: PREFIX,
+        key,
+        now: () => clock.t,
+      }).registration(url);
+      lb.receive(m.topic, Buffer.from(m.payload), false);
+    };
+    return { lb, drops, register };
+  }
+  const ca = '-----BEGIN CERTIFICATE-----\n(a private CA)\n-----END CERTIFICATE-----\n';
+
+  it('refuses them when backendTls has a ca, and admits https', async () => {
+    const r = tlsRig({ backendTls: { ca } });
+    try {
+      r.register('plain', 'http://10.0.0.1:8080');
+      r.register('tls', 'https://10.0.0.2:8443');
+      expect([...r.lb.registry.backends.keys()]).toEqual(['tls']);
+      expect(r.drops).toEqual(['LW_GW_REGISTRATION_REJECTED plain']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
+  it('admits them without backend TLS, or with requireTls: false', async () => {
+    for (const [extra, discovery] of [
+      [{}, {}],
+      [{ backendTls: { ca } }, { requireTls: false }],
+    ] as const) {
+      const r = tlsRig(extra, discovery);
+      try {
+        r.register('plain', 'http://10.0.0.1:8080');
+        expect([...r.lb.registry.backends.keys()]).toEqual(['plain']);
+      } finally {
+        await r.lb.close();
+      }
+    }
+  });
+
+  it('refuses them with requireTls: true and no backend TLS option', async () => {
+    const r = tlsRig({}, { requireTls: true });
+    try {
+      r.register('plain', 'http://10.0.0.1:8080');
+      expect([...r.lb.registry.backends.keys()]).toEqual([]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+});
+
 describe('a discovered backend whose agent went silent without a Last Will', () => {
   const interval = 1_000;
   /** Four backends reporting every second; b1-b3 die with no will (a broker that crashed). */

@@ -817,6 +817,8 @@ export class Balancer implements BalancerHandle, FlowHost {
     const url = checkBackendUrl(message.url);
     // Which rule (not http(s), port 0), with the url as sent (cut at 80 characters).
     if (typeof url === 'string') return reject(`registration url ${shown(message.url)}: ${url}`);
+    if (d.requireTls && url.protocol !== 'https:')
+      return reject(`registration url ${shown(message.url)} is not https (discovery.requireTls)`);
     const host = urlHost(url);
     const family = isIP(host);
     // IP literals only: a name would be resolved later, outside the check.

@@ -710,7 +710,17 @@ describe('loadBalance options', () => {
       maxBackends: 100,
       maxWeight: 1,
       forgetAfterMs: 600_000,
+      requireTls: false,
     });
+    // A private CA says the backends speak TLS: http: registrations are refused.
+    const ca = '-----BEGIN CERTIFICATE-----\n(a private CA)\n-----END CERTIFICATE-----\n';
+    const tls = resolveOptions({
+      backends: [],
+      keys: [key],
+      backendTls: { ca },
+      discovery: { allowedRanges: ['10.0.0.0/8'] },
+    });
+    expect(tls.discovery?.requireTls).toBe(true);
   });
 });
 

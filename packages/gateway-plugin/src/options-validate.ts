@@ -752,6 +752,7 @@ const entries = {
         maxBackends: v.optional(int(1, 10_000), DEFAULTS.discovery.maxBackends),
         maxWeight: v.optional(num(0.01, 1e6), DEFAULTS.discovery.maxWeight),
         forgetAfterMs: v.optional(orFalse(ms(1_000)), DEFAULTS.discovery.forgetAfterMs),
+        requireTls: v.optional(bool()),
       }),
     ),
   ),
@@ -1020,7 +1021,14 @@ function resolve(o: Parsed) {
     discovery:
       o.discovery === false || o.discovery === undefined
         ? undefined
-        : { ...o.discovery, forgetAfterMs: off(o.discovery.forgetAfterMs) },
+        : {
+            ...o.discovery,
+            forgetAfterMs: off(o.discovery.forgetAfterMs),
+            // A private CA or a client certificate says the backends speak TLS.
+            requireTls:
+              o.discovery.requireTls ??
+              (o.backendTls.ca !== undefined || o.backendTls.cert !== undefined),
+          },
     clientBodyTimeoutMs: off(o.clientBodyTimeoutMs),
     clientBodyMinRate: off(o.clientBodyMinRate),
     requestBuffering: off(o.requestBuffering),

@@ -350,6 +350,13 @@ export interface DiscoveryOptions {
    * gateway restarts). Its id may then register again, at another address.
    */
   forgetAfterMs?: number | false;
+  /**
+   * Refuse registrations at `http:` URLs (default: true when `backendTls` has a `ca` or a
+   * `cert`, which say the backends speak TLS; false otherwise). A registration is the
+   * agent's word: without this, an `http:` one was admitted beside a private CA or mutual
+   * TLS, and its requests went out in clear, without the client certificate.
+   */
+  requireTls?: boolean;
 }
 
 /** Bounds on the control channel (docs/gateway.md, "Control channel limits"). */
