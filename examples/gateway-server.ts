@@ -68,6 +68,10 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
     'on SIGTERM, how long in-flight requests get to finish, ms (default 10000; below the stop timeout)',
   LOADWISE_GW_READY_TIMEOUT_MS:
     'at start, how long to wait for the broker before listening on local signals, ms (default 10000)',
+  LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT:
+    'requests one client address may have in the gateway at once, 1..1000000, or off (default 64; maxInFlightPerClient)',
+  LOADWISE_GW_TRUST_FORWARDED:
+    'proxies of yours in front that append to X-Forwarded-For, 0..32 (true: 1; default 0; trustForwarded)',
 };
 
 export const STATUS_PATH = '/_lb/status';
@@ -91,6 +95,8 @@ export const READY_TIMEOUT_MS = 10_000;
  */
 export const LISTEN_BACKLOG = 4096;
 export const METRICS_PATH = '/_lb/metrics';
+/** LOADWISE_GW_TRUST_FORWARDED's highest value: trustForwarded's (options-validate.ts). */
+const MAX_TRUSTED_HOPS = 32;
 
 class ConfigError extends Error {}
 
@@ -222,6 +228,31 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       `LOADWISE_GW_READY_TIMEOUT_MS: not an integer 0..600000 (got ${JSON.stringify(rawReady)})`,
     );
   }
+  // Behind a front every client comes from the front's address, and the per-client bound
+  // became one bound for all of them (130 slow uploads from one client got every other
+  // client 429 LW_GW_CLIENT_LIMIT): these two had no variable (docs/operations.md,
+  // "Several gateways on one broker").
+  const rawPerClient = env['LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT'];
+  if (rawPerClient) {
+    const perClient = Number(rawPerClient);
+    if (rawPerClient === 'off' || rawPerClient === 'false') options.maxInFlightPerClient = false;
+    else if (/^\d+$/.test(rawPerClient) && perClient >= 1 && perClient <= 1_000_000)
+      options.maxInFlightPerClient = perClient;
+    else
+      throw new ConfigError(
+        `LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT: not an integer 1..1000000 or off (got ${JSON.stringify(rawPerClient)})`,
+      );
+  }
+  const rawTrust = env['LOADWISE_GW_TRUST_FORWARDED'];
+  if (rawTrust) {
+    // trustForwarded's own forms: a number of proxies, true (1) or false (0).
+    const hops = rawTrust === 'true' ? 1 : rawTrust === 'false' ? 0 : Number(rawTrust);
+    if (!/^(\d+|true|false)$/.test(rawTrust) || hops > MAX_TRUSTED_HOPS)
+      throw new ConfigError(
+        `LOADWISE_GW_TRUST_FORWARDED: not an integer 0..${MAX_TRUSTED_HOPS}, true or false (got ${JSON.stringify(rawTrust)})`,
+      );
+    options.trustForwarded = hops;
+  }
   // Empty counts as unset (as for every variable): listen(port, '') binds every interface.
   const host = env['LOADWISE_GW_HOST'] || '127.0.0.1';
   return {
@@ -242,11 +273,13 @@ const stderrLogger = {
   error: (msg: string) => process.stderr.write(`error ${msg}\n`),
 };
 
+const NAME_WIDTH = Math.max(...Object.keys(GATEWAY_ENV).map((k) => k.length));
+
 function help(): string {
   return [
     'Usage: node examples/dist/gateway-server.js [--exit-with-parent]   (configured by environment)',
     '',
-    ...Object.entries(GATEWAY_ENV).map(([k, v]) => `  ${k.padEnd(27)} ${v}`),
+    ...Object.entries(GATEWAY_ENV).map(([k, v]) => `  ${k.padEnd(NAME_WIDTH)} ${v}`),
     '',
     `Serves the balancer on every path except ${STATUS_PATH} and ${METRICS_PATH}.`,
     '',

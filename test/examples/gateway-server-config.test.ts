@@ -61,6 +61,8 @@ describe('configFromEnv', () => {
       LOADWISE_GW_ACCEPT_HANDLES: '',
       LOADWISE_GW_STOP_GRACE_MS: '',
       LOADWISE_GW_READY_TIMEOUT_MS: '',
+      LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT: '',
+      LOADWISE_GW_TRUST_FORWARDED: '',
     });
     expect(config).toMatchObject({
       port: 8080,
@@ -71,6 +73,8 @@ describe('configFromEnv', () => {
     });
     expect(config.options.broker).toBeUndefined();
     expect(config.options.statusToken).toBeUndefined();
+    expect(config.options.maxInFlightPerClient).toBeUndefined();
+    expect(config.options.trustForwarded).toBeUndefined();
   });
 
   it.each([
