@@ -4,6 +4,9 @@
  * broker options reach mqtt.js, and a refused login leaves routing working.
  */
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { loadBalance, type BalancerEvents } from '@loadwise/gateway-plugin';
+import { internals } from '@loadwise/gateway-plugin/internals';
 import { createEncoder } from '@loadwise/protocol';
 import { connectClient, endClient, uniquePrefix } from '../kit/brokers';
 import { canRunTlsMosquitto, startTlsMosquitto, type TlsMosquitto } from '../kit/tls-mosquitto';
@@ -62,6 +65,40 @@ const key = { keyId: 'k1', secret: randomBytes(32) };
         expect(gw.lb.balancer.brokerConnected).toBe(true);
       } finally {
         await endClient(agent);
+      }
+    });
+
+    // Mosquitto resets a connection to its TLS port that speaks plain MQTT: an `error`
+    // (ECONNRESET) before the close, and the no-CONNACK hint, given only for a close with no
+    // error before it, was never given. A certificate it cannot verify keeps its code.
+    it.each([
+      [
+        'the TLS port given as mqtt://',
+        'mqtt:',
+        /^read ECONNRESET: closed before the broker accepted it \(no CONNACK\): is it an MQTT port \(not TLS or WebSocket\)/,
+      ],
+      ['a certificate it cannot verify', 'mqtts:', /^[A-Z][A-Z_]+: [a-z]/],
+    ])('says why it is unreachable: %s', async (_what, scheme, error) => {
+      const { cert, key: clientKey, username, password } = broker.clientOptions();
+      const url = `${scheme}//127.0.0.1:${broker.port}`;
+      const lb = loadBalance({
+        backends: [{ id: 'a', url: a.url }],
+        // mqtts: no CA, so the broker's chain is the run's own CA, which Node does not trust.
+        broker:
+          scheme === 'mqtts:'
+            ? { url, cert, key: clientKey, username, password, reconnectPeriodMs: 100 }
+            : { url, username, password, reconnectPeriodMs: 100 },
+        logger: { info: () => {}, warn: () => {}, error: () => {} },
+        warmUp: false,
+      });
+      // Attached in the same tick as the constructor: before any connection attempt ends.
+      const unreachable = once(internals(lb).events, 'broker-unreachable');
+      try {
+        const [e] = (await unreachable) as BalancerEvents['broker-unreachable'];
+        expect(e.error).toMatch(error);
+        if (scheme === 'mqtts:') expect(e.error).not.toContain('no CONNACK');
+      } finally {
+        await lb.close();
       }
     });
 

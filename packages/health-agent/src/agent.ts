@@ -3,6 +3,9 @@ import type { MqttClient } from 'mqtt';
 import {
   DEFAULT_MAX_CLOCK_SKEW_MS,
   createEncoder,
+  describeBrokerError,
+  isBrokerHangUp,
+  NO_CONNACK_HINT,
   topicFor,
   type BackendState,
   type CgroupMetrics,
@@ -244,12 +247,14 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       const clientId = b.clientId ?? defaultClientId(this.backendId);
       const client = connectBroker(b, clientId, this.lastWill());
       this.client = client;
-      // Whether this connection attempt was accepted, or failed with an error of its own: a
-      // broker that closes before its CONNACK (a TLS or WebSocket port, a connection limit, a
-      // client id or protocol version it refuses) says nothing else, and the agent logged
-      // only "connection lost" while it never was connected.
+      // Whether this connection attempt was accepted, and whether it failed in a way that says
+      // why of its own: a broker that closes before its CONNACK (a TLS or WebSocket port, a
+      // connection limit, a client id or protocol version it refuses) says nothing else, and
+      // the agent logged only "connection lost" while it never was connected. A reset is such
+      // a close too (Mosquitto's TLS port given as mqtt:// resets the connection): the hint
+      // was given only when no error came first, so never there.
       let accepted = false;
-      let errored = false;
+      let explained = false;
       client.on('connect', () => {
         accepted = true;
         this.stats.connects++;
@@ -262,23 +267,23 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
       // Before mqtt.js reconnects (reconnectPeriodMs after this): see withdrawSuperseded.
       client.on('close', () => {
         this.withdrawSuperseded(client);
-        if (!accepted && !errored && !client.disconnecting && !this.stopping)
+        if (!accepted && !explained && !client.disconnecting && !this.stopping)
           this.emit(
             'warning',
             `broker ${withoutPassword(b.url)} closed the connection before accepting it (no CONNACK): ` +
-              'is it an MQTT port (not TLS or WebSocket), and does the broker allow this client id, ' +
-              'protocol version and one more connection?',
+              NO_CONNACK_HINT,
           );
         accepted = false;
-        errored = false;
+        explained = false;
       });
       client.on('offline', () => this.emit('offline'));
       // An EventEmitter 'error' without a listener throws; an embedding app
       // that listens only for 'warning' must not crash on ECONNREFUSED.
       client.on('error', (err) => {
-        errored = true;
+        if (!isBrokerHangUp(err)) explained = true;
         if (this.listenerCount('error') > 0) this.emit('error', err);
-        else this.emit('warning', `broker: ${err.message}`);
+        // With its code, as the gateway logs it (SELF_SIGNED_CERT_IN_CHAIN: ...).
+        else this.emit('warning', `broker: ${describeBrokerError(err)}`);
       });
     }
     if (b && this.options.advertiseUrl !== undefined) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import type { HealthReport, HealthVerdict } from '@loadwise/protocol';
+import { describeBrokerError, type HealthReport, type HealthVerdict } from '@loadwise/protocol';
 import { createAgent, type Agent } from './agent';
 import { AgentError } from './errors';
 import {
@@ -383,7 +383,8 @@ async function main(argv: string[]): Promise<void> {
   }
 
   // Reconnect attempts fail every --reconnect-ms while the broker is down: log each error once a minute.
-  agent.on('error', (err) => warnOnce(`broker: ${err.message}`));
+  // With its code, as the gateway logs it (SELF_SIGNED_CERT_IN_CHAIN: ...).
+  agent.on('error', (err) => warnOnce(`broker: ${describeBrokerError(err)}`));
   // A broker drops the older of two clients with one id [MQTT-3.1.4-2], and MQTT 3.1.1
   // says nothing why: two agents given the same --client-id (a config file copied across
   // a fleet) took the session from each other every reconnect, each publishing its Last

@@ -121,3 +121,42 @@ export function tlsMaterialProblem(tls: {
   }
   return undefined;
 }
+
+/**
+ * One readable line for an error of a broker connection (mqtt.js's `error` event), the same
+ * in the agent's log and the gateway's. OpenSSL's messages carry a library-internal prefix, a
+ * source path and a trailing newline ("808C...:error:0A000418:SSL
+ * routines:ssl3_read_bytes:tlsv1 alert unknown ca:../deps/openssl/...:1601:SSL alert number
+ * 48\n"); Node also gives the same failure as `code` and `reason`, which is what an operator
+ * needs ("ERR_SSL_TLSV1_ALERT_UNKNOWN_CA: tlsv1 alert unknown ca").
+ */
+export function describeBrokerError(err: Error & { code?: unknown; reason?: unknown }): string {
+  if (typeof err.reason === 'string' && typeof err.code === 'string') {
+    return `${err.code}: ${err.reason}`;
+  }
+  const message = err.message.trim();
+  // A certificate Node could not verify has its code apart from its message
+  // (SELF_SIGNED_CERT_IN_CHAIN: "self-signed certificate in certificate chain"), the code
+  // being what the docs and a search name.
+  return typeof err.code === 'string' && !message.includes(err.code)
+    ? `${err.code}: ${message}`
+    : message;
+}
+
+/**
+ * Whether a broker connection's error says the peer took the connection and then hung up
+ * on it (a reset, or a write into one it had closed): before a CONNACK, what a TLS port
+ * given as mqtt:// does (Mosquitto resets it), as a WebSocket port or a broker at its
+ * connection limit closes it.
+ */
+export function isBrokerHangUp(err: Error & { code?: unknown }): boolean {
+  return err.code === 'ECONNRESET' || err.code === 'EPIPE';
+}
+
+/**
+ * What to check when a broker closes (or resets) a connection before its CONNACK: it was
+ * never accepted, and nothing else says why.
+ */
+export const NO_CONNACK_HINT =
+  'is it an MQTT port (not TLS or WebSocket), and does the broker allow this client id, ' +
+  'protocol version and one more connection?';

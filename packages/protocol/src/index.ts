@@ -3,6 +3,9 @@ export {
   brokerTlsMismatch,
   brokerUrlClientIdProblem,
   brokerUrlNamesUser,
+  describeBrokerError,
+  isBrokerHangUp,
+  NO_CONNACK_HINT,
   redactUrl,
   tlsMaterialProblem,
 } from './broker-url';

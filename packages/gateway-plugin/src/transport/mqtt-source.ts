@@ -13,7 +13,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { connect, MqttClient, type IClientOptions } from 'mqtt';
-import { backendsTopicRoot, subscriptionFilter } from '@loadwise/protocol';
+import {
+  backendsTopicRoot,
+  describeBrokerError,
+  isBrokerHangUp,
+  NO_CONNACK_HINT,
+  subscriptionFilter,
+} from '@loadwise/protocol';
 import type { BrokerOption, BrokerUrlOptions } from '../options';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker';
 
@@ -391,7 +397,10 @@ export class MqttSource {
       // an MQTT broker?) or mqtt.js's connectTimeout expired (nothing answers).
       if (!this.unreachable && !this.closed) {
         this.unreachable = true;
-        this.handlers.onUnreachable(this.url, 'connection closed before the broker accepted it');
+        this.handlers.onUnreachable(
+          this.url,
+          `connection closed before the broker accepted it (no CONNACK): ${NO_CONNACK_HINT}`,
+        );
       }
       return;
     }
@@ -406,11 +415,18 @@ export class MqttSource {
     // listener they would be thrown as an unhandled 'error' event. The loss
     // itself is reported once, on 'close'.
     if (this.retryingV4) return;
-    const message = describeError(err);
+    const message = describeBrokerError(err);
     this.lastError = message;
     if (!this.connected && !this.unreachable && !this.closed) {
       this.unreachable = true;
-      this.handlers.onUnreachable(this.url, message);
+      // A reset before the CONNACK is a close too (Mosquitto's TLS port given as mqtt://
+      // resets it): the hint was given only when no error came first, so never there.
+      this.handlers.onUnreachable(
+        this.url,
+        isBrokerHangUp(err)
+          ? `${message}: closed before the broker accepted it (no CONNACK): ${NO_CONNACK_HINT}`
+          : message,
+      );
     }
   };
 
@@ -517,25 +533,4 @@ function onceConnected(client: MqttClient): Promise<void> {
     // fatal (routing works on local signals) and mqtt.js keeps retrying.
     client.once('connect', () => resolve());
   });
-}
-
-/**
- * One readable line for a connection error. OpenSSL's messages carry a
- * library-internal prefix, a source path and a trailing newline
- * ("808C...:error:0A000418:SSL routines:ssl3_read_bytes:tlsv1 alert unknown
- * ca:../deps/openssl/...:1601:SSL alert number 48\n"); Node also gives the
- * same failure as `code` and `reason`, which is what an operator needs
- * ("ERR_SSL_TLSV1_ALERT_UNKNOWN_CA: tlsv1 alert unknown ca").
- */
-export function describeError(err: Error & { code?: unknown; reason?: unknown }): string {
-  if (typeof err.reason === 'string' && typeof err.code === 'string') {
-    return `${err.code}: ${err.reason}`;
-  }
-  const message = err.message.trim();
-  // A certificate Node could not verify has its code apart from its message
-  // (SELF_SIGNED_CERT_IN_CHAIN: "self-signed certificate in certificate chain"), the code
-  // being what the docs and a search name.
-  return typeof err.code === 'string' && !message.includes(err.code)
-    ? `${err.code}: ${message}`
-    : message;
 }

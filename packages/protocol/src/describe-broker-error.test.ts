@@ -1,8 +1,8 @@
 /**
- * The broker's connection errors as the gateway logs them: one line, with the code an
- * operator searches for.
+ * The broker's connection errors as the gateway and the agent log them: one line, with the
+ * code an operator searches for.
  */
-import { describeError } from './mqtt-source';
+import { describeBrokerError as describeError, isBrokerHangUp } from './broker-url';
 
 const err = (message: string, fields: Record<string, unknown>): Error =>
   Object.assign(new Error(message), fields);
@@ -30,5 +30,17 @@ describe('describeError', () => {
     [err('connack timeout\n', {}), 'connack timeout'],
   ])('%p', (e, line) => {
     expect(describeError(e)).toBe(line);
+  });
+});
+
+describe('isBrokerHangUp', () => {
+  it.each([
+    ['read ECONNRESET', 'ECONNRESET', true],
+    ['write EPIPE', 'EPIPE', true],
+    ['connect ECONNREFUSED 127.0.0.1:1883', 'ECONNREFUSED', false],
+    ['self-signed certificate in certificate chain', 'SELF_SIGNED_CERT_IN_CHAIN', false],
+    ['connack timeout', undefined, false],
+  ])('%s', (message, code, hangUp) => {
+    expect(isBrokerHangUp(err(message, { code }))).toBe(hangUp);
   });
 });
