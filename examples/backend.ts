@@ -131,7 +131,14 @@ function main(): void {
   });
 
   app.use('/admin', (req, res, next) => {
-    if (!isLoopback(req.socket.remoteAddress)) res.status(403).end();
+    // Loopback alone is not the operator: a gateway on this host connects from loopback
+    // too, and anyone who reached it changed this backend for every gateway (a review
+    // sent POST /admin/config {"failStatus":500} through one). A proxied request says so.
+    const proxied =
+      req.headers['x-forwarded-for'] !== undefined ||
+      req.headers['forwarded'] !== undefined ||
+      req.headers['via'] !== undefined;
+    if (!isLoopback(req.socket.remoteAddress) || proxied) res.status(403).end();
     else next();
   });
   app.post('/admin/config', express.json(), (req, res) => {
