@@ -20,6 +20,7 @@ import {
 } from '@loadwise/protocol';
 
 const PREFIX = 'packtest';
+const STATUS_TOKEN = 'pack-test-status-token';
 
 function listen(app: express.Express): Promise<{ server: http.Server; url: string }> {
   return new Promise((resolve) => {
@@ -63,6 +64,9 @@ async function main(): Promise<void> {
     topicPrefix: PREFIX,
     keys: [key],
     statusPath: '/_lb/status',
+    // As the README sets it: without one the gateway warns (status-unprotected), a second
+    // stderr line the pack test does not expect.
+    statusToken: STATUS_TOKEN,
   };
   const lb = loadBalance(options);
   const gatewayApp = express();
@@ -87,7 +91,9 @@ async function main(): Promise<void> {
 
   const res = await fetch(`${gateway.url}/hello`);
   const body = await res.text();
-  const snapshot = (await (await fetch(`${gateway.url}/_lb/status`)).json()) as BalancerSnapshot;
+  const snapshot = (await (
+    await fetch(`${gateway.url}/_lb/status`, { headers: { 'x-loadwise-token': STATUS_TOKEN } })
+  ).json()) as BalancerSnapshot;
 
   let errorCode: string | undefined;
   try {
