@@ -60,7 +60,7 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_HOST: 'address to listen on (default 127.0.0.1)',
   LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
   LOADWISE_GW_STATUS_TOKEN:
-    'token /_lb/status and /_lb/metrics require (X-Loadwise-Token, or Authorization: Bearer)',
+    'token /_lb/status and /_lb/metrics require (X-Loadwise-Token, or Authorization: Bearer); off: open on purpose (unset: open, with a warning)',
   LOADWISE_GW_ID: 'name of this gateway, sent back in an x-loadwise-gateway response header',
   LOADWISE_GW_ACCEPT_HANDLES:
     'connections accepted per event-loop turn, 1..64 (default 1; multiAccept, docs/gateway.md)',
@@ -70,9 +70,21 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
     'at start, how long to wait for the broker before listening on local signals, ms (default 10000)',
   LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT:
     'requests one client address may have in the gateway at once, 1..1000000, or off (default 64; maxInFlightPerClient)',
+  LOADWISE_GW_WS_MAX_PER_CLIENT:
+    'WebSockets one client address may hold open at once, 1..1000000, or off (default 256; webSockets.maxPerClient)',
   LOADWISE_GW_TRUST_FORWARDED:
     'proxies of yours in front that append to X-Forwarded-For, 0..32 (true: 1; default 0; trustForwarded)',
 };
+
+/** A per-client-address bound from `name`: 1..1 000 000, or off/false (none); undefined: unset. */
+function perClientBound(env: NodeJS.ProcessEnv, name: string): number | false | undefined {
+  const raw = env[name];
+  if (!raw) return undefined;
+  if (raw === 'off' || raw === 'false') return false;
+  const n = Number(raw);
+  if (/^\d+$/.test(raw) && n >= 1 && n <= 1_000_000) return n;
+  throw new ConfigError(`${name}: not an integer 1..1000000 or off (got ${JSON.stringify(raw)})`);
+}
 
 export const STATUS_PATH = '/_lb/status';
 /**
@@ -200,7 +212,9 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
       `LOADWISE_GW_ALLOW_UNSIGNED: 0 or 1 (got ${JSON.stringify(allowUnsigned)})`,
     );
   if (allowUnsigned === '1') options.allowUnsigned = true;
-  if (env['LOADWISE_GW_STATUS_TOKEN']) options.statusToken = env['LOADWISE_GW_STATUS_TOKEN'];
+  const statusToken = env['LOADWISE_GW_STATUS_TOKEN'];
+  // off: open on purpose (a listener only the operator reaches), and not warned of.
+  if (statusToken) options.statusToken = statusToken === 'off' ? false : statusToken;
   // Empty counts as unset, for every variable (docs/operations.md): a Compose `${PORT}` that
   // came out empty was refused as "not a port" (`??` keeps '').
   const rawPort = env['LOADWISE_GW_PORT'] || '8080';
@@ -232,17 +246,11 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
   // became one bound for all of them (130 slow uploads from one client got every other
   // client 429 LW_GW_CLIENT_LIMIT): these two had no variable (docs/operations.md,
   // "Several gateways on one broker").
-  const rawPerClient = env['LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT'];
-  if (rawPerClient) {
-    const perClient = Number(rawPerClient);
-    if (rawPerClient === 'off' || rawPerClient === 'false') options.maxInFlightPerClient = false;
-    else if (/^\d+$/.test(rawPerClient) && perClient >= 1 && perClient <= 1_000_000)
-      options.maxInFlightPerClient = perClient;
-    else
-      throw new ConfigError(
-        `LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT: not an integer 1..1000000 or off (got ${JSON.stringify(rawPerClient)})`,
-      );
-  }
+  const perClient = perClientBound(env, 'LOADWISE_GW_MAX_IN_FLIGHT_PER_CLIENT');
+  if (perClient !== undefined) options.maxInFlightPerClient = perClient;
+  // WebSockets have a per-address bound of their own (256), which the front shares too.
+  const wsPerClient = perClientBound(env, 'LOADWISE_GW_WS_MAX_PER_CLIENT');
+  if (wsPerClient !== undefined) options.webSockets = { maxPerClient: wsPerClient };
   const rawTrust = env['LOADWISE_GW_TRUST_FORWARDED'];
   if (rawTrust) {
     // trustForwarded's own forms: a number of proxies, true (1) or false (0).

@@ -33,6 +33,28 @@ describe('configFromEnv', () => {
       );
   });
 
+  // WebSockets have their own per-address bound (256), shared behind such a front too: a
+  // re-review opened 260 upgrades with the request bound off, and the 257th got 429.
+  it('reads LOADWISE_GW_WS_MAX_PER_CLIENT: a bound, or off', () => {
+    const ws = (v: string): unknown =>
+      configFromEnv({ ...BACKENDS, LOADWISE_GW_WS_MAX_PER_CLIENT: v }).options.webSockets;
+    expect(ws('')).toBeUndefined();
+    expect(ws('2000')).toEqual({ maxPerClient: 2000 });
+    expect(ws('off')).toEqual({ maxPerClient: false });
+    for (const bad of ['0', '1e3', 'OFF'])
+      expect(() => ws(bad)).toThrow(
+        `LOADWISE_GW_WS_MAX_PER_CLIENT: not an integer 1..1000000 or off (got ${JSON.stringify(bad)})`,
+      );
+  });
+
+  it('reads LOADWISE_GW_STATUS_TOKEN=off as statusToken: false (open on purpose, no warning)', () => {
+    const token = (v: string): unknown =>
+      configFromEnv({ ...BACKENDS, LOADWISE_GW_STATUS_TOKEN: v }).options.statusToken;
+    expect(token('')).toBeUndefined();
+    expect(token('off')).toBe(false);
+    expect(token('a-long-token')).toBe('a-long-token');
+  });
+
   it('reads LOADWISE_GW_TRUST_FORWARDED: a number of proxies, true or false', () => {
     const trust = (v: string): unknown =>
       configFromEnv({ ...BACKENDS, LOADWISE_GW_TRUST_FORWARDED: v }).options.trustForwarded;

@@ -159,4 +159,4 @@ export function isBrokerHangUp(err: Error & { code?: unknown }): boolean {
  */
 export const NO_CONNACK_HINT =
   'is it an MQTT port (not TLS or WebSocket), and does the broker allow this client id, ' +
-  'protocol version and one more connection?';
+  'protocol version and one more connection (or is it a proxy whose broker is down)?';
