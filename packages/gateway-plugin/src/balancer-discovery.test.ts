@@ -521,6 +521,35 @@ describe('a discovered backend whose agent went silent without a Last Will', () 
     }
   });
 
+  it('is not presumed gone while its checks are answered (a 5xx): panic still serves it', async () => {
+    // Every health endpoint answers 503 (a shared dependency down) and the agents are cut
+    // off from a restarted broker (silent, no Last Will): the servers are there, and panic
+    // is what serves them. Presumed gone, every request was 503 LW_GW_NO_BACKEND.
+    const r = rig();
+    try {
+      fleet(r);
+      const ids = ['b0', 'b1', 'b2', 'b3'];
+      for (const id of ids) {
+        const b = r.lb.registry.get(id)!;
+        b.checkDown = true;
+        b.checkAnswered = true;
+      }
+      r.lb.registry.recompute();
+      expect(eligible(r)).toEqual(ids);
+      for (let s = 0; s < 30; s++) r.at(1_000);
+      expect(ids.map((id) => r.lb.registry.get(id)!.agentSilent)).toEqual([true, true, true, true]);
+      expect(eligible(r)).toEqual(ids);
+      expect(r.lb.registry.get('b1')!.presumedGone).toBe(false);
+      // b1's server dies: its checks now get no answer, and it is gone.
+      const b1 = r.lb.registry.get('b1')!;
+      b1.checkAnswered = false;
+      r.lb.registry.recompute();
+      expect(eligible(r)).toEqual(['b0', 'b2', 'b3']);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it('an agent reporting once a minute is silent only after three of its intervals', async () => {
     const r = rig({ forgetAfterMs: 600_000 });
     try {

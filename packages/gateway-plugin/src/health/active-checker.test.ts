@@ -83,6 +83,35 @@ describe('ActiveChecker', () => {
     }
   });
 
+  it('says whether a failed check was answered: a 5xx was, a refused port or a timeout was not', async () => {
+    const { url, server } = await serve((req, res) => {
+      if (req.url === '/bad/healthz') res.writeHead(503).end();
+      // '/hang/healthz' never answers
+    });
+    f = fleet(['x']);
+    const checker = new ActiveChecker(
+      { ...config, timeoutMs: 2_000 },
+      f.registry,
+      Date.now,
+      Math.random,
+    );
+    const run = (target: string): Promise<[boolean, boolean | undefined]> => {
+      const b = f!.backends[0]!;
+      Object.defineProperty(b, 'target', { value: new URL(target) });
+      return new Promise((resolve) =>
+        checker.check(b, (ok, _why, answered) => resolve([ok, answered])),
+      );
+    };
+    try {
+      expect(await run(`${url}/bad`)).toEqual([false, true]);
+      expect(await run('http://127.0.0.1:1')).toEqual([false, false]);
+    } finally {
+      checker.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it('decides on the status and closes the connection: an endless body holds no socket', async () => {
     const open = new Set<import('node:net').Socket>();
     const server = createServer((_req, res) => {

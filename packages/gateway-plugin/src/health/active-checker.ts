@@ -102,12 +102,12 @@ export class ActiveChecker {
     }
     this.check(
       backend,
-      (ok, why) => {
+      (ok, why, answered) => {
         if (fresh && ok && backend.checkDown && !backend.checkDownByPath) {
           // A full check's verdict (a 5xx) from before the report: the agent speaks now.
           this.clear(backend);
         } else {
-          this.record(backend, ok, fresh, why);
+          this.record(backend, ok, fresh, why, answered);
         }
         if (!this.closed) this.schedule(backend);
       },
@@ -126,17 +126,22 @@ export class ActiveChecker {
 
   /**
    * One check; `done` is called exactly once, with why it failed when it did (an error
-   * code, `HTTP 503`, `no answer within <timeoutMs> ms`). `pathOnly`: any answer passes
-   * (the path check of a backend with a fresh report), else a status below 500.
+   * code, `HTTP 503`, `no answer within <timeoutMs> ms`) and whether the backend answered
+   * (a status came). `pathOnly`: any answer passes (the path check of a backend with a
+   * fresh report), else a status below 500.
    */
-  check(backend: Backend, done: (ok: boolean, why?: string) => void, pathOnly = false): void {
+  check(
+    backend: Backend,
+    done: (ok: boolean, why?: string, answered?: boolean) => void,
+    pathOnly = false,
+  ): void {
     let settled = false;
-    const finish = (ok: boolean, why?: string): void => {
+    const finish = (ok: boolean, why?: string, answered = false): void => {
       if (settled) return;
       settled = true;
       clearTimeout(deadline);
       this.inFlight.delete(req);
-      done(ok, why);
+      done(ok, why, answered);
     };
     const url = healthCheckUrl(this.config.path, backend.target);
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
@@ -173,7 +178,7 @@ export class ActiveChecker {
     req.on('error', (err) => finish(false, errnoOf(err)));
     req.on('response', (res) => {
       const status = res.statusCode ?? 500;
-      finish(pathOnly || status < 500, `HTTP ${status}`);
+      finish(pathOnly || status < 500, `HTTP ${status}`, true);
       // The status is the verdict; the body is not read. Drained, an endless or huge one
       // (an event stream at the default path `/`) held a socket open after every check.
       res.on('error', () => {});
@@ -184,9 +189,10 @@ export class ActiveChecker {
 
   /**
    * A check's result; `byPath`: a path check's (a fresh report speaks for the service);
-   * `why`: a failure's cause, shown in the backend's down reason.
+   * `why`: a failure's cause, shown in the backend's down reason; `answered`: a failure
+   * with a status (a 5xx), not for want of an answer (Backend.presumedGone).
    */
-  record(backend: Backend, ok: boolean, byPath = false, why?: string): void {
+  record(backend: Backend, ok: boolean, byPath = false, why?: string, answered = false): void {
     if (ok) {
       backend.checkFailures = 0;
       backend.checkPasses++;
@@ -217,9 +223,15 @@ export class ActiveChecker {
       backend.checkFailures++;
       // The cause while it is down: the one that took it out, then the latest.
       backend.checkFailure = why;
+      // The latest failure's kind: a server that answered 503, then died, is gone.
+      const wasAnswered = backend.checkAnswered;
+      backend.checkAnswered = answered;
       if (!backend.checkDown && backend.checkFailures >= this.config.unhealthyThreshold) {
         backend.checkDown = true;
         backend.checkDownByPath = byPath;
+        this.registry.recompute();
+      } else if (backend.checkDown && wasAnswered !== answered && backend.origin === 'discovery') {
+        // Down already: whether it may be presumed gone turned (registry.ts recompute).
         this.registry.recompute();
       }
     }

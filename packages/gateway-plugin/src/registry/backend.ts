@@ -86,6 +86,12 @@ export class Backend {
   checkFailures = 0;
   /** Why the last failed check failed (health/active-checker.ts), for the down reason. */
   checkFailure: string | undefined;
+  /**
+   * The last failed check was answered (a 5xx): a server is there, alive. Such a backend
+   * is never presumed gone (presumedGone), its agent lost or silent: a health endpoint that
+   * answers 503 fleet-wide (a shared dependency down) is what panic mode is for.
+   */
+  checkAnswered = false;
   checkPasses = 0;
   /** Passive outlier detection (Envoy): consecutive failures and ejection state. */
   consecutiveFailures = 0;
@@ -218,7 +224,7 @@ export class Backend {
 
   /**
    * A discovered backend presumed gone: its agent is lost (Last Will) or silent
-   * (agentSilent), and it fails the gateway's active checks too. It does not count as routable
+   * (agentSilent), and it fails the gateway's active checks too, unanswered. It does not count as routable
    * for panic, and panic does not route to it (registry.ts recompute): a crashed pod
    * (agent and service together) is not a backend that is merely unhealthy. A
    * configured backend is the operator's word and keeps the panic rules.
@@ -227,7 +233,16 @@ export class Backend {
     // Failing its active checks, not merely ejected: a Last Will says the agent died, not
     // the service, and an ejection after a few 5xx of a backend whose checks pass took the
     // only backend out of panic too (100 % 503 for the ejection's 30 s).
-    return this.origin === 'discovery' && (this.agentLost || this.agentSilent) && this.checkDown;
+    // Failing for want of an answer (refused, reset, timed out), not with a 5xx: a server
+    // that answers is there. Agents cut off from a restarted broker (silent, no Last Will)
+    // while every health endpoint answered 503 took the whole fleet out of panic: every
+    // request 503 where panic had served them all.
+    return (
+      this.origin === 'discovery' &&
+      (this.agentLost || this.agentSilent) &&
+      this.checkDown &&
+      !this.checkAnswered
+    );
   }
 
   /** Taken out of the registry (moved, forgotten) while requests still ran on it. */
