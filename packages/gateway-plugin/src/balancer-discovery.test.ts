@@ -480,6 +480,10 @@ describe('a discovered backend whose agent went silent without a Last Will', () 
       expect(eligible(r)).toEqual(['b0']);
       expect(panics).toEqual([true, false]);
       expect(r.lb.registry.get('b1')!.presumedGone).toBe(true);
+      // The status says why it is out of panic's set too.
+      expect(r.lb.registry.get('b1')!.downReason()).toBe(
+        'presumed gone: its agent is silent and its checks get no answer',
+      );
     } finally {
       await r.lb.close();
     }

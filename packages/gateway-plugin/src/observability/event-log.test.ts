@@ -139,6 +139,13 @@ const CASES: {
       /only 1 of 3/,
     ],
     [{ panic: false, healthy: 3, routable: 3 }, 'info', { panic: false }, /panic mode over/],
+    // Not a recovery: nothing routable is left.
+    [
+      { panic: false, healthy: 0, routable: 0 },
+      'error',
+      { panic: false, routable: 0 },
+      /no routable backend is left .* 503 LW_GW_NO_BACKEND/,
+    ],
   ],
   'broker-connected': [
     [{ url: 'mqtt://127.0.0.1:1883' }, 'info', { url: 'mqtt://127.0.0.1:1883' }, /connected/],

@@ -143,11 +143,19 @@ const DESCRIBE: Describers = {
           fields: { event: 'panic', panic, healthy, routable },
           msg: `panic mode: only ${healthy} of ${routable} routable backends are healthy; traffic spreads over all of them`,
         }
-      : {
-          level: 'info',
-          fields: { event: 'panic', panic, healthy, routable },
-          msg: `panic mode over: ${healthy} of ${routable} routable backends healthy`,
-        },
+      : routable === 0
+        ? {
+            // Not a recovery: every backend left is draining, stopped or presumed gone
+            // (a re-review read "panic mode over: 0 of 0" as one while every request got 503).
+            level: 'error',
+            fields: { event: 'panic', panic, healthy, routable },
+            msg: 'panic mode over: no routable backend is left (every one is draining, stopped or presumed gone); requests get 503 LW_GW_NO_BACKEND',
+          }
+        : {
+            level: 'info',
+            fields: { event: 'panic', panic, healthy, routable },
+            msg: `panic mode over: ${healthy} of ${routable} routable backends healthy`,
+          },
   'broker-connected': ({ url }) => {
     const shown = url === undefined ? null : redactUrl(url);
     return {

@@ -297,6 +297,9 @@ export class Backend {
     if (this.agentState === 'offline' && !this.agentLost) return 'agent reported offline';
     if (this.checkDown) {
       const why = this.checkFailure === undefined ? '' : ` (${this.checkFailure})`;
+      // Out of panic's set too: say why, or "check failed" read as an ordinary outage.
+      if (this.presumedGone)
+        return `presumed gone: its agent is ${this.agentLost ? 'lost (Last Will)' : 'silent'} and its checks get no answer${why}`;
       return this.checkDownByPath
         ? `no answer to the path check from this gateway${why}`
         : `active health check failed${why}`;
