@@ -112,6 +112,39 @@ describe('ActiveChecker', () => {
     }
   });
 
+  it('a check that times out on a connection the backend took was answered; one that never connects was not', async () => {
+    // An overloaded fleet whose health endpoint answered after timeoutMs, its agents cut off
+    // from the broker: counted as no answer, every backend was presumed gone and every
+    // request got 503 LW_GW_NO_BACKEND, where panic served them (slow, but served).
+    const { url, server } = await serve(() => {
+      // never answers: a server that is there, too slow for the check
+    });
+    f = fleet(['x']);
+    const checker = new ActiveChecker(config, f.registry, Date.now, Math.random);
+    const run = (target: string, lookup?: unknown): Promise<[boolean, string?, boolean?]> => {
+      const b = f!.backends[0]!;
+      Object.defineProperty(b, 'target', { value: new URL(target) });
+      Object.defineProperty(b, 'lookup', { value: lookup });
+      return new Promise((resolve) =>
+        checker.check(b, (ok, why, answered) => resolve([ok, why, answered])),
+      );
+    };
+    try {
+      expect(await run(`${url}/slow`)).toEqual([false, 'no answer within 100 ms', true]);
+      // A connection that never comes (a host that is gone: a lookup that never ends here).
+      const never = (): void => {};
+      expect(await run(`http://backend.invalid:${new URL(url).port}`, never)).toEqual([
+        false,
+        'no connection within 100 ms',
+        false,
+      ]);
+    } finally {
+      checker.close();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    }
+  });
+
   it('decides on the status and closes the connection: an endless body holds no socket', async () => {
     const open = new Set<import('node:net').Socket>();
     const server = createServer((_req, res) => {

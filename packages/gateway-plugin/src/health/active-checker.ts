@@ -127,7 +127,8 @@ export class ActiveChecker {
   /**
    * One check; `done` is called exactly once, with why it failed when it did (an error
    * code, `HTTP 503`, `no answer within <timeoutMs> ms`) and whether the backend answered
-   * (a status came). `pathOnly`: any answer passes (the path check of a backend with a
+   * (a status came, or the connection was taken and the deadline passed: a server that is
+   * there, slow). `pathOnly`: any answer passes (the path check of a backend with a
    * fresh report), else a status below 500.
    */
   check(
@@ -165,14 +166,28 @@ export class ActiveChecker {
       return done(false, errnoOf(err));
     }
     this.inFlight.add(req);
+    // Whether the backend's host took the connection: a check that then times out was
+    // answered by a server that is there, slow (Backend.checkAnswered). An overloaded fleet
+    // whose health endpoint answered after the timeout, its agents cut off from the broker,
+    // was presumed gone whole: every request 503 LW_GW_NO_BACKEND where panic served them.
+    // A crashed pod's address refuses, or never connects (its host gone).
+    let connected = false;
+    req.on('socket', (socket) => {
+      if (!socket.connecting) connected = true;
+      else socket.once('connect', () => (connected = true));
+    });
     // A deadline, not an idle timeout: a status line sent a byte at a time, each within
     // timeoutMs of the last, never timed out, and the check that never ended never
     // scheduled the next (the backend was not checked again).
     const timedOut = `no answer within ${this.config.timeoutMs} ms`;
-    const deadline = setTimeout(
-      () => req.destroy(Object.assign(new Error(timedOut), { code: timedOut })),
-      this.config.timeoutMs,
-    );
+    const deadline = setTimeout(() => {
+      finish(
+        false,
+        connected ? timedOut : `no connection within ${this.config.timeoutMs} ms`,
+        connected,
+      );
+      req.destroy(Object.assign(new Error(timedOut), { code: timedOut }));
+    }, this.config.timeoutMs);
     // Why, in the backend's down reason: a name that does not resolve (ENOTFOUND), a
     // refused port and a 5xx all read "active health check failed" before.
     req.on('error', (err) => finish(false, errnoOf(err)));
