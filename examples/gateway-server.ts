@@ -60,7 +60,7 @@ export const GATEWAY_ENV: Readonly<Record<string, string>> = {
   LOADWISE_GW_HOST: 'address to listen on (default 127.0.0.1)',
   LOADWISE_GW_PORT: 'port to listen on (default 8080; 0 picks a free one)',
   LOADWISE_GW_STATUS_TOKEN:
-    'token /_lb/status and /_lb/metrics require (X-Loadwise-Token, or Authorization: Bearer); off: open on purpose (unset: open, with a warning)',
+    'token /_lb/status and /_lb/metrics require (X-Loadwise-Token, or Authorization: Bearer), 8+ visible ASCII characters; off: open on purpose (unset: open, with a warning)',
   LOADWISE_GW_ID: 'name of this gateway, sent back in an x-loadwise-gateway response header',
   LOADWISE_GW_ACCEPT_HANDLES:
     'connections accepted per event-loop turn, 1..64 (default 1; multiAccept, docs/gateway.md)',
@@ -213,8 +213,13 @@ export function configFromEnv(env: NodeJS.ProcessEnv): {
     );
   if (allowUnsigned === '1') options.allowUnsigned = true;
   const statusToken = env['LOADWISE_GW_STATUS_TOKEN'];
-  // off: open on purpose (a listener only the operator reaches), and not warned of.
-  if (statusToken) options.statusToken = statusToken === 'off' ? false : statusToken;
+  // off (or false): open on purpose (a listener only the operator reaches), not warned of.
+  if (statusToken && /^(off|false)$/i.test(statusToken)) options.statusToken = false;
+  else if (statusToken && !/^[\x21-\x7e]{8,}$/.test(statusToken))
+    throw new ConfigError(
+      'LOADWISE_GW_STATUS_TOKEN: at least 8 visible ASCII characters, or off (got a value that is not)',
+    );
+  else if (statusToken) options.statusToken = statusToken;
   // Empty counts as unset, for every variable (docs/operations.md): a Compose `${PORT}` that
   // came out empty was refused as "not a port" (`??` keeps '').
   const rawPort = env['LOADWISE_GW_PORT'] || '8080';

@@ -52,7 +52,12 @@ describe('configFromEnv', () => {
       configFromEnv({ ...BACKENDS, LOADWISE_GW_STATUS_TOKEN: v }).options.statusToken;
     expect(token('')).toBeUndefined();
     expect(token('off')).toBe(false);
+    expect(token('FALSE')).toBe(false);
     expect(token('a-long-token')).toBe('a-long-token');
+    // Short: refused naming the variable (the value is a secret: never shown).
+    expect(() => token('short')).toThrow(
+      'LOADWISE_GW_STATUS_TOKEN: at least 8 visible ASCII characters, or off (got a value that is not)',
+    );
   });
 
   it('reads LOADWISE_GW_TRUST_FORWARDED: a number of proxies, true or false', () => {

@@ -554,6 +554,25 @@ describe('a discovered backend whose agent went silent without a Last Will', () 
     }
   });
 
+  it('says when no routable backend is left, though panic never came on', async () => {
+    const r = rig();
+    const said: Array<[boolean, number]> = [];
+    r.lb.on('panic', (e) => said.push([e.panic, e.routable]));
+    try {
+      const runs = ['p0', 'p1'].map((id) => r.run(id));
+      runs.forEach((e, i) => r.send(e.registration(`http://10.0.0.${i + 1}:8080`)));
+      r.at(1_000);
+      // Both pods crash at once: wills, and checks that get no answer.
+      for (const e of runs) r.send(e.status('offline', { will: true }));
+      for (const id of ['p0', 'p1']) r.lb.registry.get(id)!.checkDown = true;
+      r.lb.registry.recompute();
+      expect(eligible(r)).toEqual([]);
+      expect(said).toEqual([[false, 0]]);
+    } finally {
+      await r.lb.close();
+    }
+  });
+
   it('an agent reporting once a minute is silent only after three of its intervals', async () => {
     const r = rig({ forgetAfterMs: 600_000 });
     try {

@@ -210,6 +210,28 @@ describe('ActiveChecker', () => {
     }
   });
 
+  it('an answered failure counts at once; "no answer" after unhealthyThreshold in a row', () => {
+    f = fleet(['a']);
+    const checker = new ActiveChecker(config, f.registry, Date.now, Math.random);
+    const a = f.backends[0]!;
+    const kinds: boolean[] = [];
+    // 503, refused, 503, refused...: a live server, never "no answer" (it flapped panic).
+    for (const answered of [true, false, true, false]) {
+      checker.record(a, false, false, answered ? 'HTTP 503' : 'ECONNREFUSED', answered);
+      kinds.push(a.checkAnswered);
+    }
+    expect(kinds).toEqual([true, true, true, true]);
+    // Then refused twice in a row (the threshold): gone, as a crashed pod.
+    checker.record(a, false, false, 'ECONNREFUSED', false);
+    expect(a.checkAnswered).toBe(false);
+    // A pass forgets it all; never answered from the start, unanswered at once.
+    checker.record(a, true);
+    expect([a.checkAnswered, a.checkUnansweredRun]).toEqual([false, 0]);
+    checker.record(a, false, false, 'ECONNREFUSED', false);
+    expect(a.checkAnswered).toBe(false);
+    checker.close();
+  });
+
   it('marks down after unhealthyThreshold failures and up after healthyThreshold passes', () => {
     f = fleet(['a', 'b', 'c', 'd']);
     const checker = new ActiveChecker(config, f.registry, Date.now, Math.random);

@@ -210,6 +210,8 @@ export class ActiveChecker {
   record(backend: Backend, ok: boolean, byPath = false, why?: string, answered = false): void {
     if (ok) {
       backend.checkFailures = 0;
+      backend.checkUnansweredRun = 0;
+      backend.checkAnswered = false;
       backend.checkPasses++;
       if (!byPath) backend.fullPassesSinceVerdict++;
       let up = false;
@@ -238,9 +240,14 @@ export class ActiveChecker {
       backend.checkFailures++;
       // The cause while it is down: the one that took it out, then the latest.
       backend.checkFailure = why;
-      // The latest failure's kind: a server that answered 503, then died, is gone.
+      // An answered failure speaks at once (a live server); "no answer" only after as many
+      // in a row as take a backend down: a server that answered 503, then died, is gone
+      // then, and one whose checks alternate 503 and refused no longer turned panic on
+      // and off at every check (a re-review).
       const wasAnswered = backend.checkAnswered;
-      backend.checkAnswered = answered;
+      backend.checkUnansweredRun = answered ? 0 : backend.checkUnansweredRun + 1;
+      backend.checkAnswered =
+        answered || (wasAnswered && backend.checkUnansweredRun < this.config.unhealthyThreshold);
       if (!backend.checkDown && backend.checkFailures >= this.config.unhealthyThreshold) {
         backend.checkDown = true;
         backend.checkDownByPath = byPath;

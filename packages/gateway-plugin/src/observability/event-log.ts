@@ -149,7 +149,7 @@ const DESCRIBE: Describers = {
             // (a re-review read "panic mode over: 0 of 0" as one while every request got 503).
             level: 'error',
             fields: { event: 'panic', panic, healthy, routable },
-            msg: 'panic mode over: no routable backend is left (every one is draining, stopped or presumed gone); requests get 503 LW_GW_NO_BACKEND',
+            msg: 'no routable backend is left (every one is draining, stopped, presumed gone or replaced); requests get 503 LW_GW_NO_BACKEND',
           }
         : {
             level: 'info',

@@ -92,6 +92,8 @@ export class Backend {
    * answers 503 fleet-wide (a shared dependency down) is what panic mode is for.
    */
   checkAnswered = false;
+  /** Failed checks without an answer in a row (health/active-checker.ts record). */
+  checkUnansweredRun = 0;
   checkPasses = 0;
   /** Passive outlier detection (Envoy): consecutive failures and ejection state. */
   consecutiveFailures = 0;

@@ -34,6 +34,8 @@ export class Registry {
   discoveredCount = 0;
   private eligibleNow: readonly Backend[] = [];
   private panicNow = false;
+  /** Routable backends at the last recompute (the panic event when none is left). */
+  private routableNow = 0;
   /** A recompute is due (recomputeSoon): reading the set does it first. */
   private pending: NodeJS.Immediate | undefined;
   /** Called after the eligible set changed (the balancer lets waiting requests retry). */
@@ -212,6 +214,10 @@ export class Registry {
     }
     const panicChanged = panic !== this.panicNow;
     this.panicNow = panic;
+    // None routable any more is said whatever panic was: a healthy fleet whose pods all
+    // crashed at once never turned panic on, and nothing said why every request got 503.
+    const emptied = routable === 0 && this.routableNow > 0;
+    this.routableNow = routable;
     const changed =
       next.length !== this.eligibleNow.length || next.some((b, i) => b !== this.eligibleNow[i]);
     if (changed) {
@@ -221,7 +227,8 @@ export class Registry {
     }
     for (const b of this.backends.values()) this.announce(b);
     // After the backends' own events: the panic a backend-down caused was logged before it.
-    if (panicChanged) this.events.emit('panic', { panic, healthy: healthyCount, routable });
+    if (panicChanged || emptied)
+      this.events.emit('panic', { panic, healthy: healthyCount, routable });
     if (changed) this.onEligibleChange?.();
   }
 
