@@ -490,6 +490,9 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (reading.traffic) body.traffic = reading.traffic;
     const limit = this.options.concurrencyLimit ?? reading.concurrencyLimit;
     if (limit !== undefined) body.concurrencyLimit = limit;
+    // Guarded before the verdict, as a sample is: a queue the report cannot carry is no queue
+    // to call full.
+    this.guard(body, 'early report');
     // The verdict again, from this queue: a burst that filled the tracker's queue went out
     // as `queued: 4` (full) beside the last sample's "up". A down verdict stands as it was
     // (its causes are the probe's and the process's, which an early report does not read);
@@ -502,7 +505,7 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
         this.options.thresholds,
         probed ? { ok: true, latencyMs: h.probeLatencyMs, status: h.probeStatus } : undefined,
         [],
-        reading.maxQueue,
+        body.queue ? reading.maxQueue : undefined,
       );
     }
     const encoded = this.encodeReport(body, 'early report');
@@ -567,7 +570,18 @@ class HealthAgent extends EventEmitter<AgentEvents> implements Agent {
     if (queue?.traffic) body.traffic = queue.traffic;
     const limit = o.concurrencyLimit ?? queue?.concurrencyLimit;
     if (limit !== undefined) body.concurrencyLimit = limit;
-    body.health = healthVerdict(body, o.thresholds, probeResult, down, queue?.maxQueue);
+    // The verdict is judged on the figures the report carries: guarded first. Judged on the
+    // raw reading, a tracker's `queued: 1e308` (or 9.5) beside `maxQueue: 10` went out as
+    // `degraded`, "request queue full (1e+308)", in a report whose queue block the guard had
+    // dropped as out of range: a queue unknown, said full, and penalised by the gateways.
+    this.guard(body, 'sample');
+    body.health = healthVerdict(
+      body,
+      o.thresholds,
+      probeResult,
+      down,
+      body.queue ? queue?.maxQueue : undefined,
+    );
     return body;
   }
 

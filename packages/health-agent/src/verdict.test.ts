@@ -99,6 +99,13 @@ describe('healthVerdict', () => {
     expect(v({ host: host(0.1, 0.1) }).causes).toBeUndefined();
   });
 
+  it("takes a tracker's maxQueue only as a count: 0.5 or true is no bound", () => {
+    const m = { host: host(0.1, 0.1), queue: { queued: 1, source: {} } };
+    for (const bad of [0.5, true, '1', -1, Number.NaN, 1e300])
+      expect(healthVerdict(m, DEFAULT_THRESHOLDS, undefined, [], bad as number).verdict).toBe('up');
+    expect(healthVerdict(m, DEFAULT_THRESHOLDS, undefined, [], 1).verdict).toBe('degraded');
+  });
+
   it('carries probe status and latency, and cuts reasons to 200 characters', () => {
     const r = healthVerdict(
       { host: host(0, 0) },

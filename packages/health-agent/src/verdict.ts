@@ -61,7 +61,10 @@ export function healthVerdict(
   ) {
     add('memory', `cgroup memory ${pct(m.cgroup.memoryUtilization)}`);
   }
-  if (t.queueFull && maxQueue !== undefined && (m.queue?.queued ?? 0) >= maxQueue && maxQueue > 0) {
+  // The bound as the tracker's document gave it: only a count (`maxQueue: 0.5` or `true` from
+  // an app's own endpoint made one queued request "queue full").
+  const bound = Number.isSafeInteger(maxQueue) && maxQueue! > 0 ? maxQueue : undefined;
+  if (t.queueFull && bound !== undefined && (m.queue?.queued ?? 0) >= bound) {
     add('queue', `request queue full (${m.queue?.queued})`);
   }
   if (degraded.length > 0) {
