@@ -87,8 +87,10 @@ it('answers 508 to a request that came back, and takes the backend that is itsel
     state: 'down',
     stateReason: expect.stringMatching(/this gateway itself/),
   });
+  // And, the only backend gone, that nothing routable is left (the 503 below).
   expect(gw.errors).toEqual([
     expect.stringMatching(/^backend self \(http:\/\/127\.0\.0\.1:\d+\/\) is this gateway itself/),
+    expect.stringMatching(/^no routable backend is left .* 503 LW_GW_NO_BACKEND/),
   ]);
   const next = await send(`${gw.url}/y`);
   expect([next.status, next.headers['x-loadwise-error']]).toEqual([503, 'LW_GW_NO_BACKEND']);
