@@ -252,7 +252,11 @@ export class ActiveChecker {
         backend.checkDown = true;
         backend.checkDownByPath = byPath;
         this.registry.recompute();
-      } else if (backend.checkDown && wasAnswered !== answered && backend.origin === 'discovery') {
+      } else if (
+        backend.checkDown &&
+        wasAnswered !== backend.checkAnswered &&
+        backend.origin === 'discovery'
+      ) {
         // Down already: whether it may be presumed gone turned (registry.ts recompute).
         this.registry.recompute();
       }

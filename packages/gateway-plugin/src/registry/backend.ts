@@ -87,7 +87,9 @@ export class Backend {
   /** Why the last failed check failed (health/active-checker.ts), for the down reason. */
   checkFailure: string | undefined;
   /**
-   * The last failed check was answered (a 5xx): a server is there, alive. Such a backend
+   * Its failing checks are answered (a 5xx, or a timeout on a connection it took): a server
+   * is there, alive. Set by an answered failure at once, cleared by unhealthyThreshold
+   * unanswered ones in a row or a pass (health/active-checker.ts record). Such a backend
    * is never presumed gone (presumedGone), its agent lost or silent: a health endpoint that
    * answers 503 fleet-wide (a shared dependency down) is what panic mode is for.
    */
