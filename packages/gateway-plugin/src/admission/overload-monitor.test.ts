@@ -1,4 +1,4 @@
-import { OverloadMonitor } from './overload-monitor';
+import { OverloadMonitor, type OverloadConfig } from './overload-monitor';
 
 /** Blocks the event loop for `ms`: what a melting gateway looks like. */
 function stall(ms: number): void {
@@ -19,6 +19,26 @@ function firstChange(
   const bound = setTimeout(() => settle(undefined), boundMs);
   void change.then(() => clearTimeout(bound));
   return { monitor, change };
+}
+
+/**
+ * A monitor on a clock of its own, under fake timers: `stall(ms)` is time passing with no
+ * timer run; `changes` are its [overloaded, delay] calls, `kinds()` the first of each.
+ */
+function onOwnClock(config: OverloadConfig) {
+  let offsetMs = 0;
+  const changes: Array<[boolean, number]> = [];
+  const monitor = new OverloadMonitor(
+    config,
+    (o, d) => changes.push([o, d]),
+    () => performance.now() + offsetMs,
+  );
+  return {
+    monitor,
+    changes,
+    kinds: (): boolean[] => changes.map((c) => c[0]),
+    stall: (ms: number): void => void (offsetMs += ms),
+  };
 }
 
 describe('OverloadMonitor', () => {
@@ -42,73 +62,57 @@ describe('OverloadMonitor', () => {
   });
 
   describe('with a clock of its own (a stall is time passing with no timer run)', () => {
-    let offsetMs: number;
-    let changes: boolean[];
-    let monitor: OverloadMonitor;
+    let rig: ReturnType<typeof onOwnClock>;
     beforeEach(() => {
       jest.useFakeTimers();
-      offsetMs = 0;
-      changes = [];
-      monitor = new OverloadMonitor(
-        { maxEventLoopDelayMs: 100, sampleIntervalMs: 200 },
-        (o) => changes.push(o),
-        () => performance.now() + offsetMs,
-      );
+      rig = onOwnClock({ maxEventLoopDelayMs: 100, sampleIntervalMs: 200 });
     });
     afterEach(() => {
-      monitor.close();
+      rig.monitor.close();
       jest.useRealTimers();
     });
 
     it('a stall the probe runs after first is counted in that window only', () => {
       jest.advanceTimersByTime(200);
-      expect(changes).toEqual([]);
-      offsetMs += 250; // the stall, right after the sample
+      expect(rig.kinds()).toEqual([]);
+      rig.stall(250); // the stall, right after the sample
       jest.advanceTimersByTime(200);
-      expect(changes).toEqual([true]);
-      expect(monitor.eventLoopDelayMs).toBeCloseTo(250, -1);
-      expect(monitor.retryAfterSec()).toBe(1);
+      expect(rig.kinds()).toEqual([true]);
+      expect(rig.monitor.eventLoopDelayMs).toBeCloseTo(250, -1);
+      expect(rig.monitor.retryAfterSec()).toBe(1);
       jest.advanceTimersByTime(200);
-      expect(changes).toEqual([true, false]);
+      expect(rig.kinds()).toEqual([true, false]);
     });
 
     it('a stall the sample runs after first (both due) is counted there, and not again', () => {
       jest.advanceTimersByTime(195);
-      offsetMs += 250;
-      monitor.sample(); // due with the probe; this time it runs first
-      expect(changes).toEqual([true]);
-      expect(monitor.eventLoopDelayMs).toBeCloseTo(245, -1);
+      rig.stall(250);
+      rig.monitor.sample(); // due with the probe; this time it runs first
+      expect(rig.kinds()).toEqual([true]);
+      expect(rig.monitor.eventLoopDelayMs).toBeCloseTo(245, -1);
       // The probe's next run measures from that sample: the next window is calm.
       jest.advanceTimersByTime(200);
-      expect(changes).toEqual([true, false]);
+      expect(rig.kinds()).toEqual([true, false]);
     });
 
     it('a sustained delay keeps it overloaded; retryAfterSec follows the delay', () => {
       for (let i = 0; i < 4; i++) {
-        offsetMs += 1_600;
+        rig.stall(1_600);
         jest.advanceTimersByTime(200);
       }
-      expect(changes).toEqual([true]);
-      expect(monitor.retryAfterSec()).toBe(2);
+      expect(rig.kinds()).toEqual([true]);
+      expect(rig.monitor.retryAfterSec()).toBe(2);
     });
   });
 
   describe('in a window of a second or more (hundreds of probe runs)', () => {
-    let offsetMs: number;
-    let changes: Array<[boolean, number]>;
-    let monitor: OverloadMonitor;
+    let rig: ReturnType<typeof onOwnClock>;
     beforeEach(() => {
       jest.useFakeTimers();
-      offsetMs = 0;
-      changes = [];
-      monitor = new OverloadMonitor(
-        { maxEventLoopDelayMs: 500, sampleIntervalMs: 2_000 },
-        (o, d) => changes.push([o, d]),
-        () => performance.now() + offsetMs,
-      );
+      rig = onOwnClock({ maxEventLoopDelayMs: 500, sampleIntervalMs: 2_000 });
     });
     afterEach(() => {
-      monitor.close();
+      rig.monitor.close();
       jest.useRealTimers();
     });
 
@@ -116,38 +120,38 @@ describe('OverloadMonitor', () => {
       // By count it was one delay of 199: outside the p99, and the sample that followed
       // had nothing pending. The old monitor's own lateness caught this one.
       jest.advanceTimersByTime(1_985);
-      offsetMs += 1_500;
+      rig.stall(1_500);
       jest.advanceTimersByTime(15);
-      expect(changes).toHaveLength(1);
-      expect(changes[0]![0]).toBe(true);
-      expect(changes[0]![1]).toBeCloseTo(1_500, -1);
-      expect(monitor.retryAfterSec()).toBe(2);
+      expect(rig.changes).toHaveLength(1);
+      expect(rig.changes[0]![0]).toBe(true);
+      expect(rig.changes[0]![1]).toBeCloseTo(1_500, -1);
+      expect(rig.monitor.retryAfterSec()).toBe(2);
     });
 
     it('a stall in the middle of the window is seen (40% of its time)', () => {
       jest.advanceTimersByTime(1_000);
-      offsetMs += 1_000;
+      rig.stall(1_000);
       jest.advanceTimersByTime(1_000);
-      expect(changes.map((c) => c[0])).toEqual([true]);
-      expect(changes[0]![1]).toBeCloseTo(1_000, -1);
+      expect(rig.kinds()).toEqual([true]);
+      expect(rig.changes[0]![1]).toBeCloseTo(1_000, -1);
       jest.advanceTimersByTime(2_000);
-      expect(changes.map((c) => c[0])).toEqual([true, false]);
+      expect(rig.kinds()).toEqual([true, false]);
     });
 
     it('the same stall counts the same whichever timer runs after it first', () => {
       jest.advanceTimersByTime(1_995);
-      offsetMs += 1_500;
-      monitor.sample(); // due with the probe; this time it runs first
-      expect(changes.map((c) => c[0])).toEqual([true]);
-      expect(changes[0]![1]).toBeCloseTo(1_495, 0);
+      rig.stall(1_500);
+      rig.monitor.sample(); // due with the probe; this time it runs first
+      expect(rig.kinds()).toEqual([true]);
+      expect(rig.changes[0]![1]).toBeCloseTo(1_495, 0);
     });
 
     it("a blip under 1% of the window's time is not its p99", () => {
       jest.advanceTimersByTime(1_000);
-      offsetMs += 5; // one probe interval of 15 ms in 2 s
+      rig.stall(5); // one probe interval of 15 ms in 2 s
       jest.advanceTimersByTime(1_000);
       jest.advanceTimersByTime(0);
-      expect(monitor.eventLoopDelayMs).toBeLessThan(1);
+      expect(rig.monitor.eventLoopDelayMs).toBeLessThan(1);
     });
   });
 
